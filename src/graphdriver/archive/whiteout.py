@@ -1,0 +1,30 @@
+"""Whiteout conventions.
+
+In a layer tarball a deletion of ``dir/name`` is an entry ``dir/.wh.name`` and
+"hide everything below from lower layers" is an entry ``dir/.wh..wh..opq``
+(the AUFS convention Docker and OCI use).  In an overlayfs upper directory a
+deletion is a 0/0 character device named ``name`` and an opaque directory
+carries the xattr ``trusted.overlay.opaque=y`` (``user.overlay.opaque`` when
+mounted with ``userxattr``, as rootless mounts are).
+"""
+
+from __future__ import annotations
+
+import enum
+
+WHITEOUT_PREFIX = ".wh."
+# Names starting with this are reserved metadata, not whiteouts of ".wh.<x>" files.
+WHITEOUT_META_PREFIX = ".wh..wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_OPAQUE_XATTR_USER = "user.overlay.opaque"
+
+
+class WhiteoutMode(enum.Enum):
+    """How applying a layer expresses deletions in the target directory."""
+
+    #: The target holds the full tree (vfs): whiteouts delete, opaque dirs are emptied.
+    DELETE = "delete"
+    #: The target is an overlay upper dir: 0/0 char devices and the opaque xattr.
+    OVERLAY = "overlay"

@@ -1,0 +1,73 @@
+"""The error tree.
+
+Every failure the store reports is one of these classes.  Each carries the
+command-line exit code of ``shared/spec/cli.md`` and renders as one line,
+``<what failed>: <why>``; the CLI prefixes ``graphdriver: ``.  Causes are
+chained with ``raise ... from`` so ``-v`` can show them.
+"""
+
+from __future__ import annotations
+
+
+class GraphDriverError(Exception):
+    """Base class: any failure (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, why: str = "") -> None:
+        self.what = what
+        self.why = why
+        super().__init__(f"{what}: {why}" if why else what)
+
+
+class InvalidArgument(GraphDriverError):
+    """Bad arguments: an invalid id, option, size, ... (usage error, exit 2)."""
+
+    exit_code = 2
+
+
+class NotFound(GraphDriverError):
+    """A layer, parent or image that does not exist (exit 3)."""
+
+    exit_code = 3
+
+
+class AlreadyExists(GraphDriverError):
+    """A layer with that id is already there (exit 4)."""
+
+    exit_code = 4
+
+
+class Precondition(GraphDriverError):
+    """The operation is not allowed now: in use, has children, too deep, wrong driver (exit 5)."""
+
+    exit_code = 5
+
+
+class IntegrityError(GraphDriverError):
+    """Digest or checksum mismatch, corrupt metadata (exit 6)."""
+
+    exit_code = 6
+
+
+class Unsupported(GraphDriverError):
+    """Missing kernel feature, filesystem ability or privilege (exit 7)."""
+
+    exit_code = 7
+
+
+class ArchiveError(GraphDriverError):
+    """A malformed or hostile layer tarball (exit 1).
+
+    ``entry`` names the archive entry at fault (empty when the archive is
+    unreadable before any entry).
+    """
+
+    def __init__(self, entry: str, why: str) -> None:
+        self.entry = entry
+        what = f"entry {entry!r}" if entry else "archive"
+        super().__init__(what, why)
+
+
+class BreakoutError(ArchiveError):
+    """An archive entry that would reach outside the directory it is applied to."""

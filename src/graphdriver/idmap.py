@@ -1,0 +1,77 @@
+"""uid/gid maps (the seeds' ``uidMaps``/``gidMaps``).
+
+A map is a list of ``(container_id, host_id, size)`` ranges, as in
+``/proc/PID/uid_map``.  Applying a layer maps archive owners (container ids)
+to host ids; exporting maps them back, so an export equals what was imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphdriver.errors import InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class IDRange:
+    container_id: int
+    host_id: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class IDMap:
+    """One direction-agnostic id map; the empty map is the identity."""
+
+    ranges: tuple[IDRange, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> IDMap:
+        """Parse ``"0:100000:65536[,...]"`` (container:host:size triples)."""
+        ranges = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            try:
+                c, h, s = (int(x) for x in part.split(":"))
+            except ValueError as e:
+                raise InvalidArgument(f"invalid id map {part!r}", "expected container:host:size") from e
+            if c < 0 or h < 0 or s <= 0:
+                raise InvalidArgument(f"invalid id map {part!r}", "ids must be >= 0 and size > 0")
+            ranges.append(IDRange(c, h, s))
+        return cls(tuple(ranges))
+
+    @property
+    def identity(self) -> bool:
+        return not self.ranges
+
+    def to_host(self, container_id: int) -> int:
+        """The host id for *container_id* (unchanged by the identity map)."""
+        if not self.ranges:
+            return container_id
+        for r in self.ranges:
+            if r.container_id <= container_id < r.container_id + r.size:
+                return r.host_id + container_id - r.container_id
+        raise InvalidArgument(f"id {container_id}", "is not covered by the id map")
+
+    def to_container(self, host_id: int) -> int:
+        """The container id for *host_id* (unchanged by the identity map)."""
+        if not self.ranges:
+            return host_id
+        for r in self.ranges:
+            if r.host_id <= host_id < r.host_id + r.size:
+                return r.container_id + host_id - r.host_id
+        raise InvalidArgument(f"host id {host_id}", "is not covered by the id map")
+
+    def __str__(self) -> str:
+        return ",".join(f"{r.container_id}:{r.host_id}:{r.size}" for r in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class IDMappings:
+    """The uid map and gid map of a store."""
+
+    uids: IDMap = IDMap()
+    gids: IDMap = IDMap()
+
+    @property
+    def identity(self) -> bool:
+        return self.uids.identity and self.gids.identity
