@@ -100,7 +100,7 @@ class DriverConfig:
     home: str
     run_root: str
     options: Mapping[str, str] = field(default_factory=dict)
-    idmaps: IDMappings = IDMappings()
+    idmaps: IDMappings = field(default_factory=IDMappings)
     # Homes of this driver in additional read-only stores, searched after ``home``.
     readonly_homes: tuple[str, ...] = ()
 
@@ -181,6 +181,7 @@ class Driver(abc.ABC):
     @classmethod
     def probe(cls, home: str) -> None:
         """Raise :class:`~graphdriver.errors.Unsupported` if the driver cannot work at *home*."""
+        return None
 
     def status(self) -> list[tuple[str, str]]:
         """``key: value`` pairs describing the driver (the seeds' ``Status``)."""

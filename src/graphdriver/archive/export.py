@@ -1,0 +1,243 @@
+"""A change set as a layer tarball, and its size.
+
+The tarball of a change set holds, in path order, a whiteout entry for each
+deleted path and the file on disk, with its metadata, for each added or
+changed one.  Choices, and why:
+
+* Names are relative (no ``/`` or ``./`` in front) and directories end in
+  ``/``, as Docker writes them; tools compare names literally.
+* Owners are numeric only (empty uname/gname: no user database is consulted,
+  the layer's ``/etc/passwd`` is not the host's) and are mapped back through
+  the id maps, since the layer on disk holds host ids.
+* Modification times keep their nanoseconds (the writer adds a PAX ``mtime``
+  record when there is a fraction), so diff then apply is exact.  Access and
+  change times are left out: they change on every read and would make two
+  exports of one tree differ.
+* Every extended attribute is exported except ``security.selinux`` (a label
+  of the host's policy, set again by whoever mounts the layer) and overlayfs'
+  own ``trusted.overlay.*`` / ``user.overlay.*`` (the union's bookkeeping,
+  not the file's).
+* Sockets are left out: tar has no type for them (GNU tar and Docker skip
+  them too).
+* Files that vanish between the walk and the export are skipped quietly: a
+  running container may delete files while its diff is taken.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from graphdriver.archive.changes import Change, ChangeKind
+from graphdriver.archive.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
+from graphdriver.archive.tarstream import TarWriter
+from graphdriver.archive.whiteout import WHITEOUT_PREFIX
+from graphdriver.errors import InvalidArgument
+from graphdriver.idmap import IDMappings
+
+#: Extended attributes never exported (see the module docstring).
+EXCLUDED_XATTRS = frozenset({"security.selinux"})
+EXCLUDED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+# Errors of an entry that disappeared or was replaced while being exported.
+_VANISHED = (FileNotFoundError, NotADirectoryError)
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def change_sort_key(change: Change) -> bytes:
+    """Sort key of changes: the path's bytes, the order Docker and tar tools use.
+
+    A parent always sorts before its children, so an archive written in this
+    order creates every directory before the entries inside it.
+    """
+    return change.path.encode("utf-8", "surrogateescape")
+
+
+def whiteout_entry(path: str) -> TarEntry:
+    """The whiteout entry deleting the layer path *path* (``/a/b`` gives ``a/.wh.b``).
+
+    A regular file of size 0, mode 0, owned by 0:0 as Docker writes it, but
+    with mtime 0 where Docker puts the current time, so that exporting the
+    same change set twice gives the same bytes.
+    """
+    parent, _, base = path.strip("/").rpartition("/")
+    name = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base
+    return TarEntry(name=name, type=REG, size=0, mode=0, mtime_ns=0)
+
+
+def read_xattrs(path: str) -> dict[str, bytes]:
+    """The exportable extended attributes of *path* (not following symlinks), sorted by name."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    xattrs: dict[str, bytes] = {}
+    for name in sorted(names):
+        if name in EXCLUDED_XATTRS or name.startswith(EXCLUDED_XATTR_PREFIXES):
+            continue
+        try:
+            xattrs[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as e:
+            if e.errno != errno.ENODATA:  # removed since listed: nothing to export
+                raise
+    return xattrs
+
+
+def entry_from_stat(
+    root: str,
+    relpath: str,
+    st: os.stat_result,
+    idmaps: IDMappings,
+    hardlinks: dict[tuple[int, int], str],
+) -> TarEntry | None:
+    """The tar entry for the file *relpath* under *root*, described by its lstat *st*.
+
+    *relpath* has no leading ``/``.  The entry carries no data: for a regular
+    file the caller writes ``entry.size`` bytes of it.  A non-directory with
+    more than one link whose inode is already in *hardlinks* (``(st_dev,
+    st_ino)`` to the archive name written first) becomes a hard link entry to
+    that name, of size 0; otherwise it is recorded there.  Returns None for a
+    socket, which tar cannot hold.  Raises ``FileNotFoundError`` if the file
+    vanished and :class:`InvalidArgument` if its owner is outside the id maps.
+    """
+    mode = st.st_mode
+    if stat.S_ISSOCK(mode):
+        return None
+    path = os.path.join(root, relpath)
+    is_dir = stat.S_ISDIR(mode)
+    entry = TarEntry(
+        name=relpath + "/" if is_dir else relpath,
+        mode=stat.S_IMODE(mode),
+        uid=_to_container(idmaps, relpath, st.st_uid, uid=True),
+        gid=_to_container(idmaps, relpath, st.st_gid, uid=False),
+        mtime_ns=st.st_mtime_ns,
+    )
+    if not is_dir and st.st_nlink > 1:
+        key = (st.st_dev, st.st_ino)
+        first = hardlinks.get(key)
+        if first is not None:
+            # The inode's data and xattrs went out with its first name.
+            entry.type, entry.linkname = LNK, first
+            return entry
+        hardlinks[key] = relpath
+    _set_type(entry, path, st)
+    entry.xattrs = read_xattrs(path)
+    return entry
+
+
+def _set_type(entry: TarEntry, path: str, st: os.stat_result) -> None:
+    """Fill in the type-specific fields of *entry* from *st*."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        entry.type, entry.size = REG, st.st_size
+    elif stat.S_ISDIR(mode):
+        entry.type = DIR
+    elif stat.S_ISLNK(mode):
+        entry.type, entry.linkname = SYM, os.readlink(path)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        entry.type = CHR if stat.S_ISCHR(mode) else BLK
+        entry.devmajor, entry.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    elif stat.S_ISFIFO(mode):
+        entry.type = FIFO
+    else:
+        raise InvalidArgument(f"file {entry.name!r}", f"unknown file type {stat.S_IFMT(mode):o}")
+
+
+def _to_container(idmaps: IDMappings, relpath: str, host_id: int, *, uid: bool) -> int:
+    idmap = idmaps.uids if uid else idmaps.gids
+    try:
+        return idmap.to_container(host_id)
+    except InvalidArgument as e:
+        which = "owner" if uid else "group"
+        raise InvalidArgument(
+            f"file {relpath!r}", f"{which} {host_id} is not covered by the id map"
+        ) from e
+
+
+def export_changes(
+    root: str, changes: Iterable[Change], out: BinaryIO, idmaps: IDMappings = IDMappings()
+) -> None:
+    """Write the layer tarball of *changes* (paths within the tree at *root*) to *out*.
+
+    Deletions become whiteouts (:func:`whiteout_entry`), additions and changes
+    the file as it is now under *root* (:func:`entry_from_stat`); a second name
+    of an inode already written becomes a hard link to the first.  Entries are
+    written in :func:`change_sort_key` order whatever the order of *changes*.
+    File data is streamed, never held whole in memory.  *out* is not closed.
+    """
+    writer = TarWriter(out)
+    hardlinks: dict[tuple[int, int], str] = {}
+    for change in sorted(changes, key=change_sort_key):
+        if change.kind is ChangeKind.DELETE:
+            writer.add(whiteout_entry(change.path))
+            continue
+        try:
+            _add_file(writer, root, change.path.lstrip("/"), idmaps, hardlinks)
+        except _VANISHED:
+            continue
+    writer.close()
+
+
+def _add_file(
+    writer: TarWriter,
+    root: str,
+    relpath: str,
+    idmaps: IDMappings,
+    hardlinks: dict[tuple[int, int], str],
+) -> None:
+    """Write the entry (and data) of one file; raises a ``_VANISHED`` error if it is gone."""
+    path = os.path.join(root, relpath)
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in hardlinks:
+        entry = entry_from_stat(root, relpath, st, idmaps, hardlinks)
+        if entry is not None:
+            writer.add(entry)
+        return
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # replaced by a symlink since the lstat
+            raise FileNotFoundError(errno.ENOENT, "replaced", path) from e
+        raise
+    try:
+        # Describe what was opened, so that the header and the data agree.
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "replaced", path)
+        entry = entry_from_stat(root, relpath, st, idmaps, hardlinks)
+        assert entry is not None
+        writer.add(entry, fd if entry.size else None)
+    finally:
+        os.close(fd)
+
+
+def changes_size(root: str, changes: Iterable[Change]) -> int:
+    """Bytes of regular files added or changed in *changes*, as they are under *root*.
+
+    Each inode counts once however many of its names changed; directories,
+    symlinks and devices count 0, deletions nothing, vanished files nothing.
+    """
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for change in changes:
+        if change.kind is ChangeKind.DELETE:
+            continue
+        try:
+            st = os.lstat(os.path.join(root, change.path.lstrip("/")))
+        except _VANISHED:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+        total += st.st_size
+    return total

@@ -1,0 +1,491 @@
+"""Copy a directory tree with everything a layer's files carry.
+
+:func:`copy_tree` is how the ``vfs`` driver makes a new layer from its parent: the
+copy must be indistinguishable from the original to the tree walk that computes
+changes and to the tarball exporter.  So it keeps file types, permission bits
+(setuid, setgid and sticky included), owners, nanosecond times (of symlinks and
+directories too), every extended attribute (ACLs and file capabilities included)
+and hardlink groups.  File data is cloned (``FICLONE``) where the filesystem can
+share extents, and otherwise copied in the kernel with ``copy_file_range``.
+
+The walk works on directory file descriptors and ``*at`` calls: names are looked
+up one component at a time, so a copy is as fast as the tree is wide and not
+slowed (or limited) by path length.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, field
+
+#: ``_IOW(0x94, 9, int)``: make the destination file share the source's extents.
+FICLONE = 0x40049409
+
+# errnos by which FICLONE says "these two files cannot share extents here".
+_NO_CLONE = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY})
+# errnos by which copy_file_range / sendfile say "not between these files".
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
+# Failures to set an owner that an unprivileged copy lives with (EINVAL: id unmapped).
+_OWNER_DENIED = frozenset({errno.EPERM, errno.EINVAL})
+
+_CHUNK = 1 << 30  # bytes asked of one copy_file_range/sendfile call
+_RW_CHUNK = 1 << 20  # buffer of the read/write fallback
+#: Directories deeper than this release their ancestors' descriptors (reopened via "..").
+MAX_OPEN_DEPTH = 128
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class CopyStats:
+    """What :func:`copy_tree` did."""
+
+    #: Regular files whose data was copied (each hardlinked inode once).
+    files: int = 0
+    #: Bytes of file data copied or cloned.
+    bytes: int = 0
+    #: Whether any file's data was cloned rather than copied.
+    reflinked: bool = False
+    dirs: int = 0
+    symlinks: int = 0
+    #: Extra names of an already copied inode, made with ``link``.
+    hardlinks: int = 0
+    #: Device nodes, fifos and sockets.
+    specials: int = 0
+    #: Entries that could not be recreated without privilege (device nodes).
+    skipped: list[str] = field(default_factory=list)
+    #: ``path: attribute`` for extended attributes the destination refused.
+    dropped_xattrs: list[str] = field(default_factory=list)
+
+
+def copy_tree(src: str, dst: str, *, reflink: bool | None = None) -> CopyStats:
+    """Copy the tree at *src* into *dst*; returns what was copied.
+
+    *dst* must be an empty directory or not exist (its parent must).  The root
+    of *src* may be a symlink to a directory; nothing below it is followed.
+    *reflink* ``None`` clones file data where the filesystem can and copies it
+    otherwise, ``True`` requires cloning (``OSError`` where it fails) and
+    ``False`` always copies.
+
+    Without privilege, owners that cannot be set, device nodes and ``trusted.*``
+    or ``security.*`` attributes are left out and listed in the stats; every
+    other failure raises ``OSError`` naming the source path and leaves a partial
+    copy for the caller to remove.
+    """
+    return _TreeCopier(src, reflink).run(dst)
+
+
+def reflink_supported(directory: str) -> bool:
+    """Whether files in *directory* can be cloned (tried on two unnamed files)."""
+    try:
+        with (
+            tempfile.TemporaryFile(dir=directory) as source,
+            tempfile.TemporaryFile(dir=directory) as target,
+        ):
+            source.write(b"\0" * 4096)
+            source.flush()
+            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+    except OSError:
+        return False
+    return True
+
+
+class _Frame:
+    """One directory being copied: its descriptors and the subdirectories still to do."""
+
+    __slots__ = ("dst_fd", "dst_id", "name", "parent", "pending", "src_fd", "st")
+
+    def __init__(
+        self,
+        parent: _Frame | None,
+        name: str,
+        st: os.stat_result,
+        src_fd: int,
+        dst_fd: int,
+    ) -> None:
+        self.parent = parent
+        self.name = name
+        self.st = st
+        self.src_fd = src_fd
+        self.dst_fd = dst_fd
+        dst_st = os.fstat(dst_fd)
+        self.dst_id = (dst_st.st_dev, dst_st.st_ino)
+        self.pending: list[tuple[str, os.stat_result]] = []
+
+    @property
+    def rel(self) -> str:
+        """The directory's path relative to the roots ("" for the roots)."""
+        parts: list[str] = []
+        frame: _Frame | None = self
+        while frame is not None and frame.parent is not None:
+            parts.append(frame.name)
+            frame = frame.parent
+        return "/".join(reversed(parts))
+
+    def close(self) -> None:
+        for fd in (self.src_fd, self.dst_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.src_fd = self.dst_fd = -1
+
+
+class _TreeCopier:
+    """The state of one copy: what the filesystems proved able to do, and hardlinks seen."""
+
+    def __init__(self, src: str, reflink: bool | None) -> None:
+        self.src = src
+        self.require_clone = reflink is True
+        self.try_clone = reflink is not False
+        self.cloned_once = False
+        self.try_kernel_copy = True
+        self.try_sendfile = True
+        self.privileged = os.geteuid() == 0
+        self.proc_fds = os.path.isdir("/proc/self/fd")
+        self.stats = CopyStats()
+        # (st_dev, st_ino) of a hardlinked source inode -> its first copy, relative to dst.
+        self.links: dict[tuple[int, int], str] = {}
+        self.dst = ""
+        self.dst_root_fd = -1
+        self.skip_dir: tuple[int, int] | None = None
+        self.where = ""
+
+    # ----- the walk ----------------------------------------------------------------
+
+    def run(self, dst: str) -> CopyStats:
+        src_fd = os.open(self.src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            dst_fd = _open_empty_dir(dst)
+        except BaseException:
+            os.close(src_fd)
+            raise
+        root = _Frame(None, "", os.fstat(src_fd), src_fd, dst_fd)
+        self.dst = dst
+        self.dst_root_fd = dst_fd
+        # A destination inside the source must not be copied into itself.
+        self.skip_dir = root.dst_id
+        stack = [root]
+        try:
+            self._fill(root)
+            while stack:
+                self._step(stack)
+        except OSError as e:
+            path = os.path.join(self.src, self.where) if self.where else self.src
+            raise OSError(e.errno, f"{e.strerror} (copying {path})", path) from e
+        finally:
+            for frame in stack:
+                frame.close()
+        return self.stats
+
+    def _step(self, stack: list[_Frame]) -> None:
+        """Descend into the next pending subdirectory, or finish the current directory."""
+        frame = stack[-1]
+        if frame.pending:
+            name, st = frame.pending.pop()
+            self.where = os.path.join(frame.rel, name)
+            os.mkdir(name, 0o700, dir_fd=frame.dst_fd)
+            src_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.src_fd)
+            try:
+                dst_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.dst_fd)
+            except BaseException:
+                os.close(src_fd)
+                raise
+            child = _Frame(frame, name, st, src_fd, dst_fd)
+            stack.append(child)
+            self.stats.dirs += 1
+            if len(stack) > MAX_OPEN_DEPTH:
+                _release_one(stack)
+            self._fill(child)
+            return
+        self.where = frame.rel
+        stack.pop()
+        try:
+            self._finish_dir(frame)
+            if frame.parent is not None and frame.parent.src_fd < 0:
+                _reopen_parent(frame)
+        finally:
+            frame.close()
+
+    def _fill(self, frame: _Frame) -> None:
+        """Copy a directory's non-directory entries; queue its subdirectories."""
+        with os.scandir(frame.src_fd) as it:
+            entries = list(it)
+        subdirs = []
+        rel = frame.rel
+        for entry in entries:
+            self.where = os.path.join(rel, entry.name)
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) != self.skip_dir:
+                    subdirs.append((entry.name, st))
+            else:
+                self._copy_entry(frame, entry.name, st)
+        subdirs.reverse()  # popped from the end: keeps the listing order
+        frame.pending = subdirs
+
+    def _finish_dir(self, frame: _Frame) -> None:
+        """Give a directory its metadata, once nothing more is written into it."""
+        st = frame.st
+        self._chown(frame.dst_fd, st)
+        os.chmod(frame.dst_fd, stat.S_IMODE(st.st_mode))
+        self._copy_xattrs(frame.src_fd, frame.dst_fd, frame.rel)
+        os.utime(frame.dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    # ----- entries -----------------------------------------------------------------
+
+    def _copy_entry(self, frame: _Frame, name: str, st: os.stat_result) -> None:
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1:
+            first = self.links.get(key)
+            if first is not None:
+                os.link(
+                    first,
+                    name,
+                    src_dir_fd=self.dst_root_fd,
+                    dst_dir_fd=frame.dst_fd,
+                    follow_symlinks=False,
+                )
+                self.stats.hardlinks += 1
+                return
+        if stat.S_ISREG(st.st_mode):
+            self._copy_file(frame, name, st)
+        elif stat.S_ISLNK(st.st_mode):
+            self._copy_symlink(frame, name, st)
+        elif not self._copy_special(frame, name, st):
+            return
+        if st.st_nlink > 1:
+            self.links[key] = os.path.join(frame.rel, name)
+
+    def _copy_file(self, frame: _Frame, name: str, st: os.stat_result) -> None:
+        src_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=frame.src_fd)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            dst_fd = os.open(name, flags, 0o600, dir_fd=frame.dst_fd)
+            try:
+                if st.st_size:
+                    self._copy_data(src_fd, dst_fd, st.st_size)
+                # chown clears setuid/setgid and drops file capabilities: it goes first.
+                self._chown(dst_fd, st)
+                os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
+                self._copy_xattrs(src_fd, dst_fd, self.where)
+                os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+        self.stats.files += 1
+
+    def _copy_symlink(self, frame: _Frame, name: str, st: os.stat_result) -> None:
+        os.symlink(os.readlink(name, dir_fd=frame.src_fd), name, dir_fd=frame.dst_fd)
+        self._chown(name, st, dir_fd=frame.dst_fd)
+        self._copy_xattrs(
+            self._entry_path(frame, name, src=True),
+            self._entry_path(frame, name, src=False),
+            self.where,
+        )
+        os.utime(
+            name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=frame.dst_fd, follow_symlinks=False
+        )
+        self.stats.symlinks += 1
+
+    def _copy_special(self, frame: _Frame, name: str, st: os.stat_result) -> bool:
+        """Recreate a device node, fifo or socket; False when it was left out."""
+        kind = stat.S_IFMT(st.st_mode)
+        if kind not in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            return False
+        try:
+            os.mknod(name, kind | 0o600, st.st_rdev, dir_fd=frame.dst_fd)
+        except PermissionError:
+            if self.privileged or kind not in (stat.S_IFCHR, stat.S_IFBLK):
+                raise
+            self.stats.skipped.append(self.where)
+            return False
+        self._chown(name, st, dir_fd=frame.dst_fd)
+        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=frame.dst_fd)
+        self._copy_xattrs(
+            self._entry_path(frame, name, src=True),
+            self._entry_path(frame, name, src=False),
+            self.where,
+        )
+        os.utime(
+            name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=frame.dst_fd, follow_symlinks=False
+        )
+        self.stats.specials += 1
+        return True
+
+    def _entry_path(self, frame: _Frame, name: str, *, src: bool) -> str:
+        """A path naming *name* in a frame's directory, for calls that take no dir fd."""
+        fd = frame.src_fd if src else frame.dst_fd
+        if self.proc_fds:
+            return f"/proc/self/fd/{fd}/{name}"
+        # Without /proc the full path does it (within PATH_MAX).
+        return os.path.join(self.src if src else self.dst, frame.rel, name)
+
+    # ----- metadata ----------------------------------------------------------------
+
+    def _chown(self, target: int | str, st: os.stat_result, dir_fd: int | None = None) -> None:
+        try:
+            if isinstance(target, int):
+                os.chown(target, st.st_uid, st.st_gid)
+            else:
+                os.chown(target, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as e:
+            # Unprivileged copies keep the copier's own ids, as cp -a does.
+            if self.privileged or e.errno not in _OWNER_DENIED:
+                raise
+
+    def _copy_xattrs(self, src: int | str, dst: int | str, where: str) -> None:
+        """Copy every extended attribute; str arguments name entries not to follow."""
+        follow = isinstance(src, int)
+        try:
+            names = os.listxattr(src, follow_symlinks=follow)
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                return
+            raise
+        for attr in names:
+            try:
+                value = os.getxattr(src, attr, follow_symlinks=follow)
+            except OSError as e:
+                if e.errno == errno.ENODATA:  # removed since it was listed
+                    continue
+                raise
+            try:
+                os.setxattr(dst, attr, value, follow_symlinks=follow)
+            except OSError as e:
+                if not _xattr_droppable(e, attr):
+                    raise
+                self.stats.dropped_xattrs.append(f"{where or '.'}: {attr}")
+
+    # ----- data --------------------------------------------------------------------
+
+    def _copy_data(self, src_fd: int, dst_fd: int, size: int) -> None:
+        """Clone or copy a file's data, from the cheapest way that works down."""
+        if self.try_clone and self._clone(src_fd, dst_fd):
+            self.stats.bytes += size
+            self.stats.reflinked = True
+            return
+        done, copied = False, 0
+        if self.try_kernel_copy:
+            done, copied = self._kernel_copy(src_fd, dst_fd, size)
+        # Each fallback goes on from the offsets where the previous way stopped.
+        if not done and self.try_sendfile:
+            done, copied = self._sendfile(src_fd, dst_fd, copied)
+        if not done:
+            copied = _read_write(src_fd, dst_fd, copied)
+        self.stats.bytes += copied
+
+    def _clone(self, src_fd: int, dst_fd: int) -> bool:
+        try:
+            fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        except OSError as e:
+            if e.errno not in _NO_CLONE or self.require_clone:
+                raise
+            # The first attempt is the probe: if it fails the filesystem cannot clone
+            # and no other file is tried; later failures concern one file only.
+            if not self.cloned_once:
+                self.try_clone = False
+            return False
+        self.cloned_once = True
+        return True
+
+    def _kernel_copy(self, src_fd: int, dst_fd: int, size: int) -> tuple[bool, int]:
+        """copy_file_range to the end of the file: (whether done, bytes copied)."""
+        copied = 0
+        try:
+            while n := os.copy_file_range(src_fd, dst_fd, _CHUNK):
+                copied += n
+        except OSError as e:
+            if e.errno not in _NO_KERNEL_COPY:
+                raise
+            self.try_kernel_copy = False
+            return False, copied
+        # Some filesystems (procfs-like, some FUSE) report nothing to copy for files
+        # that have data; a plain read tells.
+        return bool(copied or not size), copied
+
+    def _sendfile(self, src_fd: int, dst_fd: int, copied: int) -> tuple[bool, int]:
+        """sendfile to the end of the file: (whether done, bytes copied in all)."""
+        try:
+            while n := os.sendfile(dst_fd, src_fd, None, _CHUNK):
+                copied += n
+        except OSError as e:
+            if e.errno not in _NO_KERNEL_COPY:
+                raise
+            self.try_sendfile = False
+            return False, copied
+        return True, copied
+
+
+def _read_write(src_fd: int, dst_fd: int, copied: int) -> int:
+    """Copy the rest of a file through a buffer; returns the bytes copied in all."""
+    while chunk := os.read(src_fd, _RW_CHUNK):
+        view = memoryview(chunk)
+        while view:
+            written = os.write(dst_fd, view)
+            view = view[written:]
+        copied += len(chunk)
+    return copied
+
+
+def _xattr_droppable(e: OSError, attr: str) -> bool:
+    """Whether a refused setxattr is a limit of the destination rather than an error.
+
+    Filesystems without extended attributes refuse them all; without privilege
+    the ``trusted`` and ``security`` namespaces are closed.  ``user`` attributes
+    the destination accepts, so their failure is real.
+    """
+    if e.errno == errno.EOPNOTSUPP:
+        return True
+    return e.errno == errno.EPERM and not attr.startswith("user.")
+
+
+def _open_empty_dir(path: str) -> int:
+    """Create *path*, or open it if it is an existing empty directory."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with os.scandir(fd) as it:
+                if next(it, None) is not None:
+                    raise OSError(errno.ENOTEMPTY, "destination is not empty", path) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _release_one(stack: list[_Frame]) -> None:
+    """Close the shallowest open non-root frame's descriptors to bound the open count.
+
+    Released frames are always a run just above the root, so the frame below
+    the shallowest open one is the one reopened when that one finishes.
+    """
+    for frame in stack[1:-1]:
+        if frame.src_fd >= 0:
+            frame.close()
+            return
+
+
+def _reopen_parent(child: _Frame) -> None:
+    """Reopen a released parent through "..", checking it is the same directory."""
+    parent = child.parent
+    assert parent is not None
+    src_fd = os.open("..", _DIR_FLAGS, dir_fd=child.src_fd)
+    try:
+        dst_fd = os.open("..", _DIR_FLAGS, dir_fd=child.dst_fd)
+    except BaseException:
+        os.close(src_fd)
+        raise
+    parent.src_fd, parent.dst_fd = src_fd, dst_fd
+    src_st, dst_st = os.fstat(src_fd), os.fstat(dst_fd)
+    if (src_st.st_dev, src_st.st_ino) != (parent.st.st_dev, parent.st.st_ino) or (
+        dst_st.st_dev,
+        dst_st.st_ino,
+    ) != parent.dst_id:
+        raise OSError(errno.ESTALE, "directory moved during the copy", parent.rel)

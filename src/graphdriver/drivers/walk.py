@@ -1,0 +1,212 @@
+"""The generic ("naive") changes between two directory trees.
+
+Drivers with no cheaper way to know what a layer changed (``vfs``, or any
+driver comparing two mounted views) walk the layer's tree and its parent's
+side by side.  The rules are ``docker diff``'s:
+
+* a path only in the new tree is added (``A``), and so is everything below
+  an added directory;
+* a path only in the old tree is deleted (``D``); its descendants are not
+  listed, the deletion of a directory implies them;
+* a path in both is changed (``C``) when its type or mode bits, owner, group,
+  device number or ``security.capability`` differ, or, for non-directories,
+  its size, modification time or symlink target.  A directory whose only
+  difference is its mtime or size is *not* changed: those move whenever an
+  entry inside is touched, and the entry itself is reported;
+* a directory in both trees with any change below it is changed too, up to
+  (not including) the root, so that exporting the change set also carries the
+  directory's own metadata;
+* a type change is a change of the path.  When a directory became something
+  else its old contents are not listed as deleted (the new entry replaces the
+  whole subtree); when something else became a directory everything in it is
+  added;
+* an entry that is the very same object on both sides (equal ``st_dev`` and
+  ``st_ino``, as with hardlinked copies or a shared lower layer) is skipped
+  with its whole subtree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+from graphdriver.archive.changes import Change, ChangeKind
+from graphdriver.archive.export import change_sort_key
+
+CAPABILITY_XATTR = "security.capability"
+
+# getxattr errors meaning the filesystem keeps no xattrs of that namespace at all.
+_NO_XATTR_SUPPORT = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+@dataclass(slots=True)
+class _Walk:
+    """State of one comparison: the two roots and what was found so far."""
+
+    new_root: str
+    old_root: str | None
+    changes: list[Change] = field(default_factory=list)
+    # Per side: set once a getxattr says the filesystem has no xattrs at all,
+    # so that a tree on such a filesystem costs one failed call, not one per file.
+    no_xattrs: list[bool] = field(default_factory=lambda: [False, False])
+
+    def add(self, path: str, kind: ChangeKind) -> None:
+        self.changes.append(Change(path, kind))
+
+
+def changes_between(new_root: str, old_root: str | None) -> list[Change]:
+    """What the tree at *new_root* changed relative to the tree at *old_root*.
+
+    ``old_root=None`` stands for an empty tree: everything is added.  Paths are
+    absolute within the layer (``/etc/passwd``), the root is never listed, and
+    the list is sorted by the bytes of the path (the order tar tools and Go's
+    sort use; it differs from ``str`` order only for names that are not UTF-8).
+    Names that are not UTF-8 appear decoded with ``surrogateescape``, as
+    :mod:`os` returns them.  Entries that vanish during the walk count as absent.
+    """
+    walk = _Walk(new_root, old_root)
+    if old_root is not None and _same_object(os.lstat(new_root), os.lstat(old_root)):
+        return []
+    # An explicit stack rather than recursion: directory depth is input data.
+    pending: list[tuple[str, bool]] = [("", old_root is not None)]
+    while pending:
+        rel, in_old = pending.pop()
+        pending.extend(_compare_dir(walk, rel, in_old))
+    _add_parents(walk)
+    walk.changes.sort(key=change_sort_key)
+    return walk.changes
+
+
+def _same_object(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
+
+
+def _scan(path: str) -> dict[str, os.DirEntry[str]]:
+    """The entries of directory *path* by name; empty if it vanished or was replaced."""
+    try:
+        with os.scandir(path) as it:
+            return {e.name: e for e in it}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+
+
+def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    """The entry's lstat (cached by the DirEntry), or None if it vanished."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _compare_dir(walk: _Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
+    """Compare the directory *rel* ("" for the root) of both trees.
+
+    Records the changes of its direct entries and returns the subdirectories
+    still to visit, each with whether the old tree has a directory there too
+    (when it has not, everything below is added).
+    """
+    new_entries = _scan(walk.new_root + rel)
+    old_entries = _scan(walk.old_root + rel) if in_old and walk.old_root is not None else {}
+    subdirs: list[tuple[str, bool]] = []
+    for name in sorted(new_entries.keys() | old_entries.keys()):
+        path = f"{rel}/{name}"
+        new_entry = new_entries.get(name)
+        new_st = _lstat(new_entry) if new_entry is not None else None
+        old_entry = old_entries.get(name)
+        old_st = _lstat(old_entry) if old_entry is not None else None
+        if new_st is None:
+            if old_st is not None:
+                walk.add(path, ChangeKind.DELETE)
+            continue
+        new_is_dir = stat.S_ISDIR(new_st.st_mode)
+        if old_st is None:
+            walk.add(path, ChangeKind.ADD)
+            if new_is_dir:
+                subdirs.append((path, False))
+            continue
+        if _same_object(new_st, old_st):
+            continue
+        if _differs(walk, path, new_st, old_st):
+            walk.add(path, ChangeKind.MODIFY)
+        if new_is_dir:
+            subdirs.append((path, stat.S_ISDIR(old_st.st_mode)))
+    return subdirs
+
+
+def _differs(walk: _Walk, path: str, new: os.stat_result, old: os.stat_result) -> bool:
+    """Whether an entry present in both trees changed (see the module docstring)."""
+    if (
+        new.st_mode != old.st_mode
+        or new.st_uid != old.st_uid
+        or new.st_gid != old.st_gid
+        or new.st_rdev != old.st_rdev
+    ):
+        return True
+    mode = new.st_mode
+    if stat.S_ISDIR(mode):
+        return False
+    if new.st_size != old.st_size or not _same_mtime(new.st_mtime_ns, old.st_mtime_ns):
+        return True
+    # The costlier checks last, only for entries whose stat looks unchanged.
+    assert walk.old_root is not None
+    if stat.S_ISLNK(mode):
+        try:
+            return os.readlink(walk.new_root + path) != os.readlink(walk.old_root + path)
+        except FileNotFoundError:
+            return True  # replaced while we looked: report it, export skips what is gone
+    if stat.S_ISREG(mode):
+        return _capability(walk, 0, walk.new_root + path) != _capability(
+            walk, 1, walk.old_root + path
+        )
+    return False
+
+
+def _same_mtime(a_ns: int, b_ns: int) -> bool:
+    """Docker's time equality: exact, or the same second with one side lacking a fraction.
+
+    Plain ustar headers (and so most layers ever built) hold whole seconds; a
+    file written from such a tarball compared with a copy that kept its
+    nanoseconds is the same file.
+    """
+    if a_ns == b_ns:
+        return True
+    a_sec, a_frac = divmod(a_ns, 1_000_000_000)
+    b_sec, b_frac = divmod(b_ns, 1_000_000_000)
+    return a_sec == b_sec and (a_frac == 0 or b_frac == 0)
+
+
+def _capability(walk: _Walk, side: int, path: str) -> bytes | None:
+    """The file's ``security.capability`` xattr, or None when it has none."""
+    if walk.no_xattrs[side]:
+        return None
+    try:
+        return os.getxattr(path, CAPABILITY_XATTR, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in _NO_XATTR_SUPPORT:
+            walk.no_xattrs[side] = True
+            return None
+        if e.errno == errno.ENODATA:
+            return None
+        raise
+
+
+def _add_parents(walk: _Walk) -> None:
+    """Mark every directory above a change as changed (``docker diff`` does).
+
+    Any ancestor of a change that is not itself listed exists in both trees as
+    a directory: were it only in the new tree it would be added, were its type
+    changed it would be listed already.
+    """
+    listed = {c.path for c in walk.changes}
+    done: set[str] = set()
+    for change in list(walk.changes):
+        parent = change.path.rpartition("/")[0]
+        while parent and parent not in done:
+            done.add(parent)
+            if parent not in listed:
+                walk.add(parent, ChangeKind.MODIFY)
+            parent = parent.rpartition("/")[0]

@@ -1,0 +1,208 @@
+"""Layer records: the single source of truth about which layers exist.
+
+One JSON file per layer under ``<root>/layers/``, written only through
+:mod:`graphdriver.atomic`.  A layer whose disk work is under way also has a
+marker in ``<root>/pending/`` naming the process doing it; the marker is made
+before any disk work and removed last, so a crash leaves a marker that
+``cleanup`` finds without reading every record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from graphdriver import atomic
+from graphdriver.errors import IntegrityError, NotFound
+
+RECORDS_DIR = "layers"
+PENDING_DIR = "pending"
+
+
+@dataclass
+class LayerRecord:
+    """What the store knows of one layer."""
+
+    id: str
+    parent: str | None = None
+    created: str = ""
+    writable: bool = False
+    driver: str = ""
+    #: Bytes applied by import/apply (the seeds' ApplyDiff size); None until applied.
+    size: int | None = None
+    #: Store-level facts recorded on import (DiffID etc.), see the layer store.
+    diff_digest: str | None = None
+    compressed_digest: str | None = None
+    compressed_size: int | None = None
+    uncompressed_size: int | None = None
+    chain_id: str | None = None
+    #: Driver facts shown by ``layer ID`` (filled in when printed, not stored).
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: True for layers of an additional read-only store.
+    read_only_store: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (without the display-only fields)."""
+        value = asdict(self)
+        value.pop("metadata")
+        value.pop("read_only_store")
+        return value
+
+    @classmethod
+    def from_json(cls, value: Any, source: str) -> LayerRecord:
+        if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+            raise IntegrityError(f"layer record {source}", "malformed")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in value.items() if k in known})
+
+    def display(self) -> dict[str, Any]:
+        """The form ``graphdriver layer ID`` prints: unset store facts left out."""
+        value = asdict(self)
+        for key in ("diff_digest", "compressed_digest", "compressed_size",
+                    "uncompressed_size", "chain_id"):
+            if value[key] is None:
+                del value[key]
+        if not value["read_only_store"]:
+            del value["read_only_store"]
+        return value
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as RFC 3339 with nanoseconds (as Go prints times)."""
+    ns = time.time_ns()
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+class RecordStore:
+    """The records of one store root (read-only when *writable* is False)."""
+
+    def __init__(self, root: str, *, writable: bool = True) -> None:
+        self.root = root
+        self.dir = os.path.join(root, RECORDS_DIR)
+        self.pending_dir = os.path.join(root, PENDING_DIR)
+        if writable:
+            os.makedirs(self.dir, 0o700, exist_ok=True)
+            os.makedirs(self.pending_dir, 0o700, exist_ok=True)
+
+    def _path(self, layer_id: str) -> str:
+        return os.path.join(self.dir, layer_id + ".json")
+
+    def exists(self, layer_id: str) -> bool:
+        return os.path.exists(self._path(layer_id))
+
+    def get(self, layer_id: str) -> LayerRecord:
+        path = self._path(layer_id)
+        try:
+            value = atomic.read_json(path)
+        except FileNotFoundError as e:
+            raise NotFound(f"layer {layer_id}", "no such layer") from e
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"layer record {layer_id}", f"unreadable: {e}") from e
+        return LayerRecord.from_json(value, layer_id)
+
+    def put(self, record: LayerRecord) -> None:
+        atomic.write_json(self._path(record.id), record.to_json(), 0o600)
+
+    def delete(self, layer_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(layer_id))
+        atomic.fsync_dir(self.dir)
+
+    def ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
+
+    def all(self) -> list[LayerRecord]:
+        out = []
+        for layer_id in self.ids():
+            with contextlib.suppress(NotFound):
+                out.append(self.get(layer_id))
+        return out
+
+    # ----- pending markers --------------------------------------------------------
+
+    def mark_pending(self, layer_id: str, operation: str) -> None:
+        """Say that *operation* on *layer_id* is under way (before any disk work)."""
+        atomic.write_json(
+            os.path.join(self.pending_dir, layer_id),
+            {
+                "op": operation,
+                "pid": os.getpid(),
+                "start": process_start(os.getpid()),
+                "boot": boot_id(),
+            },
+        )
+
+    def clear_pending(self, layer_id: str) -> None:
+        """The work on *layer_id* is complete and durable."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.pending_dir, layer_id))
+        atomic.fsync_dir(self.pending_dir)
+
+    def pending(self) -> dict[str, dict[str, Any]]:
+        """Markers left by work under way or interrupted: id → marker."""
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            names = os.listdir(self.pending_dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                value = atomic.read_json(os.path.join(self.pending_dir, name))
+            except (OSError, ValueError):
+                value = {}
+            out[name] = value if isinstance(value, dict) else {}
+        return out
+
+    def is_pending(self, layer_id: str) -> bool:
+        return os.path.exists(os.path.join(self.pending_dir, layer_id))
+
+
+_BOOT_ID: str | None = None
+
+
+def boot_id() -> str:
+    """This boot's id: a marker from an earlier boot belongs to a dead process."""
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                _BOOT_ID = f.read().strip()
+        except OSError:
+            _BOOT_ID = ""
+    return _BOOT_ID
+
+
+def marker_is_live(marker: dict[str, Any]) -> bool:
+    """Whether the process that left *marker* may still be working."""
+    pid = marker.get("pid")
+    if not isinstance(pid, int) or marker.get("boot") != boot_id():
+        return False
+    if pid == os.getpid():
+        return False
+    # A pid can be reused: the marker names the process's start time too.
+    return process_start(pid) == marker.get("start")
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process *pid* in clock ticks since boot (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None

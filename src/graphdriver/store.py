@@ -1,0 +1,448 @@
+"""The layer store: records above a driver.
+
+The store owns ``<root>``: ``store.json`` (which driver the store was made
+with, its id maps and options), ``layers/`` (one record per layer),
+``pending/`` (markers of work under way), and ``<driver>/`` (the driver's
+home).  Runtime state (mount counts, locks that die with a reboot) lives under
+the run root.
+
+Every mutation happens inside :meth:`Store.locked` (an exclusive lock on
+``store.lock``); readers need no lock because every file is replaced
+atomically.  A layer is marked pending before any disk work and unmarked last,
+so :meth:`Store.cleanup`, which also runs when a store is opened, can tell a
+crash's leftovers from work in progress in another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from graphdriver import atomic, drivers
+from graphdriver.archive.changes import Change
+from graphdriver.drivers.base import CreateOpts, Driver, DriverConfig
+from graphdriver.errors import (
+    AlreadyExists,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Precondition,
+)
+from graphdriver.idmap import IDMap, IDMappings
+from graphdriver.ids import check_id
+from graphdriver.locking import locked
+from graphdriver.records import LayerRecord, RecordStore, marker_is_live, now_rfc3339
+from graphdriver.units import parse_size
+
+STORE_FILE = "store.json"
+LOCK_FILE = "store.lock"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How to open a store (resolved from the CLI's global options)."""
+
+    root: str
+    run_root: str
+    driver: str | None = None
+    driver_options: dict[str, str] = field(default_factory=dict)
+    idmaps: IDMappings | None = None
+    additional_stores: tuple[str, ...] = ()
+    #: Run ``cleanup`` when opening (finishes what a crash interrupted).
+    recover: bool = True
+
+
+def default_root() -> str:
+    env = os.environ.get("GRAPHDRIVER_ROOT")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/graphdriver"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(data, "graphdriver")
+
+
+def default_run_root(root: str) -> str:
+    env = os.environ.get("GRAPHDRIVER_RUNROOT")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/run/graphdriver"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "graphdriver")
+    return os.path.join(root, "run")
+
+
+class Store:
+    """An open layer store."""
+
+    def __init__(self, opts: StoreOptions) -> None:
+        self.root = os.path.abspath(opts.root)
+        self.run_root = os.path.abspath(opts.run_root)
+        os.makedirs(self.root, 0o700, exist_ok=True)
+        os.makedirs(self.run_root, 0o700, exist_ok=True)
+        self.records = RecordStore(self.root)
+        with self.locked():
+            settings = self._settle_settings(opts)
+        self.driver_name: str = settings["driver"]
+        idmaps = IDMappings(
+            IDMap.parse(settings.get("uidmap", "")), IDMap.parse(settings.get("gidmap", ""))
+        )
+        self.readonly = [
+            RecordStore(os.path.abspath(p), writable=False) for p in opts.additional_stores
+        ]
+        config = DriverConfig(
+            home=os.path.join(self.root, self.driver_name),
+            run_root=os.path.join(self.run_root, self.driver_name),
+            options=dict(opts.driver_options),
+            idmaps=idmaps,
+            readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
+        )
+        os.makedirs(config.home, 0o700, exist_ok=True)
+        self.driver: Driver = drivers.init_driver(self.driver_name, config)
+        if opts.recover and self.records.pending():
+            self.cleanup()
+
+    # ----- settings -------------------------------------------------------------------
+
+    def _settle_settings(self, opts: StoreOptions) -> dict[str, str]:
+        """Read ``store.json``, or write it for a new store; refuse a different driver."""
+        path = os.path.join(self.root, STORE_FILE)
+        try:
+            settings = atomic.read_json(path)
+        except FileNotFoundError:
+            settings = None
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"store {self.root}", f"unreadable {STORE_FILE}: {e}") from e
+        if settings is not None:
+            if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
+                raise IntegrityError(f"store {self.root}", f"malformed {STORE_FILE}")
+            if opts.driver and opts.driver != settings["driver"]:
+                raise Precondition(
+                    f"store {self.root}",
+                    f"was created with driver {settings['driver']}, not {opts.driver}",
+                )
+            if opts.idmaps is not None and (
+                str(opts.idmaps.uids) != settings.get("uidmap", "")
+                or str(opts.idmaps.gids) != settings.get("gidmap", "")
+            ):
+                raise Precondition(f"store {self.root}", "was created with other id maps")
+            return settings
+        name = opts.driver or drivers.select_driver(probe_home=self.root)
+        drivers.driver_class(name)  # unknown names are refused before anything is written
+        idmaps = opts.idmaps or IDMappings()
+        settings = {
+            "format": FORMAT_VERSION,
+            "driver": name,
+            "uidmap": str(idmaps.uids),
+            "gidmap": str(idmaps.gids),
+        }
+        atomic.write_json(path, settings)
+        return settings
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The store-wide writer lock."""
+        with locked(os.path.join(self.root, LOCK_FILE)):
+            yield
+
+    # ----- queries ------------------------------------------------------------------
+
+    def status(self) -> list[tuple[str, str]]:
+        pairs = [("Root", self.root), ("Run Root", self.run_root)]
+        pairs += self.driver.status()
+        pairs.append(("Layers", str(len(self.records.ids()))))
+        if self.readonly:
+            pairs.append(("Additional Stores", ",".join(r.root for r in self.readonly)))
+        return pairs
+
+    def _find(self, layer_id: str) -> LayerRecord:
+        check_id(layer_id)
+        if self.records.exists(layer_id) and not self.records.is_pending(layer_id):
+            return self.records.get(layer_id)
+        for ro in self.readonly:
+            if ro.exists(layer_id) and not ro.is_pending(layer_id):
+                record = ro.get(layer_id)
+                record.read_only_store = True
+                return record
+        raise NotFound(f"layer {layer_id}", "no such layer")
+
+    def exists(self, layer_id: str) -> bool:
+        try:
+            self._find(layer_id)
+        except NotFound:
+            return False
+        return True
+
+    def layer(self, layer_id: str) -> LayerRecord:
+        """The record of *layer_id* with the driver's metadata filled in."""
+        record = self._find(layer_id)
+        with contextlib.suppress(NotFound):
+            record.metadata = self.driver.metadata(layer_id)
+        return record
+
+    def layers(self) -> list[LayerRecord]:
+        """Every complete layer, this store's first, then the additional stores'."""
+        seen: set[str] = set()
+        out: list[LayerRecord] = []
+        pending = set(self.records.pending())
+        for record in self.records.all():
+            if record.id not in pending:
+                seen.add(record.id)
+                out.append(record)
+        for ro in self.readonly:
+            ro_pending = set(ro.pending())
+            for record in ro.all():
+                if record.id not in seen and record.id not in ro_pending:
+                    record.read_only_store = True
+                    seen.add(record.id)
+                    out.append(record)
+        return out
+
+    def children(self, layer_id: str) -> list[str]:
+        return [r.id for r in self.records.all() if r.parent == layer_id]
+
+    # ----- create, import, apply ---------------------------------------------------
+
+    def create(
+        self,
+        layer_id: str,
+        parent: str | None = None,
+        *,
+        writable: bool = False,
+        size: str | None = None,
+        mount_label: str = "",
+    ) -> LayerRecord:
+        """Create an empty layer on top of *parent* (the seeds' Create/CreateReadWrite)."""
+        check_id(layer_id)
+        if parent is not None:
+            check_id(parent, "parent id")
+        storage_opt: dict[str, str] = {}
+        if size is not None:
+            if not writable:
+                raise InvalidArgument("--size", "only applies to writable (--rw) layers")
+            storage_opt["size"] = str(parse_size(size))
+        with self.locked():
+            record = self._begin_create(layer_id, parent, writable)
+            try:
+                opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt)
+                if writable:
+                    self.driver.create_rw(layer_id, parent, opts)
+                else:
+                    self.driver.create(layer_id, parent, opts)
+            except BaseException:
+                self._undo_create(layer_id)
+                raise
+            self.records.clear_pending(layer_id)
+        return record
+
+    def _begin_create(self, layer_id: str, parent: str | None, writable: bool) -> LayerRecord:
+        """Under the lock: refuse duplicates and missing parents, then write a pending record."""
+        if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
+            raise AlreadyExists(f"layer {layer_id}", "already exists")
+        if parent is not None:
+            self._find(parent)
+        record = LayerRecord(
+            id=layer_id,
+            parent=parent,
+            created=now_rfc3339(),
+            writable=writable,
+            driver=self.driver_name,
+        )
+        self.records.mark_pending(layer_id, "create")
+        self.records.put(record)
+        return record
+
+    def _undo_create(self, layer_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            if self.driver.exists(layer_id) and not self.driver.is_readonly_store(layer_id):
+                self.driver.remove(layer_id)
+        self.records.delete(layer_id)
+        self.records.clear_pending(layer_id)
+
+    def import_layer(self, layer_id: str, parent: str | None, stream: BinaryIO) -> LayerRecord:
+        """Create a read-only layer on *parent* and apply a (compressed) tarball to it.
+
+        The layer stays pending (invisible to other commands, removed by
+        ``cleanup`` after a crash) until its data is durable.
+        """
+        check_id(layer_id)
+        if parent is not None:
+            check_id(parent, "parent id")
+        with self.locked():
+            record = self._begin_create(layer_id, parent, False)
+            try:
+                self.driver.create(layer_id, parent)
+            except BaseException:
+                self._undo_create(layer_id)
+                raise
+        try:
+            record.size = self._apply_stream(layer_id, parent, stream)
+            with self.locked():
+                self.records.put(record)
+                self.records.clear_pending(layer_id)
+        except BaseException:
+            with self.locked():
+                self._undo_create(layer_id)
+            raise
+        return record
+
+    def apply(self, layer_id: str, stream: BinaryIO, parent: str | None = None) -> int:
+        """Apply a (compressed) tarball to an existing layer (the seeds' ApplyDiff)."""
+        record = self._find(layer_id)
+        if record.read_only_store:
+            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
+        if parent is not None and parent != record.parent:
+            raise InvalidArgument(
+                f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
+            )
+        if self.driver.mount_count(layer_id) > 0 and not record.writable:
+            raise Precondition(f"layer {layer_id}", "is mounted")
+        size = self._apply_stream(layer_id, record.parent, stream)
+        with self.locked():
+            record = self.records.get(layer_id)
+            record.size = (record.size or 0) + size
+            # The tarball no longer describes the layer alone: forget what the import recorded.
+            record.diff_digest = record.compressed_digest = record.chain_id = None
+            record.compressed_size = record.uncompressed_size = None
+            self.records.put(record)
+        return size
+
+    def _apply_stream(self, layer_id: str, parent: str | None, stream: BinaryIO) -> int:
+        from graphdriver.archive.compression import open_decompressed
+
+        plain, _kind = open_decompressed(stream)
+        size = self.driver.apply_diff(layer_id, parent, plain)
+        self._sync()
+        return size
+
+    def _sync(self) -> None:
+        """Make the layer data durable before its record says it is complete."""
+        fd = os.open(self.driver.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
+        finally:
+            os.close(fd)
+
+    # ----- mount -------------------------------------------------------------------------
+
+    def mount(self, layer_id: str, mount_label: str = "") -> str:
+        self._find(layer_id)
+        return self.driver.get(layer_id, mount_label)
+
+    def unmount(self, layer_id: str) -> None:
+        self._find(layer_id)
+        self.driver.put(layer_id)
+
+    # ----- changes and diffs ---------------------------------------------------------
+
+    def _parent_for(self, layer_id: str, parent: str | None) -> str | None:
+        record = self._find(layer_id)
+        if parent is None:
+            return record.parent
+        self._find(parent)
+        return parent
+
+    def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
+        return self.driver.changes(layer_id, self._parent_for(layer_id, parent))
+
+    def diff(self, layer_id: str, out: BinaryIO, parent: str | None = None) -> None:
+        self.driver.diff(layer_id, self._parent_for(layer_id, parent), out)
+
+    def diff_size(self, layer_id: str, parent: str | None = None) -> int:
+        return self.driver.diff_size(layer_id, self._parent_for(layer_id, parent))
+
+    # ----- remove and cleanup ----------------------------------------------------------
+
+    def remove(self, layer_id: str) -> None:
+        """Delete a layer; refused while mounted or while it has children."""
+        record = self._find(layer_id)
+        if record.read_only_store:
+            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
+        with self.locked():
+            children = self.children(layer_id)
+            if children:
+                raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
+            if self.driver.mount_count(layer_id) > 0:
+                raise Precondition(f"layer {layer_id}", "is mounted")
+            self.records.mark_pending(layer_id, "remove")
+            if self.driver.exists(layer_id):
+                self.driver.remove(layer_id)
+            self.records.delete(layer_id)
+            self.records.clear_pending(layer_id)
+
+    def cleanup(self) -> list[str]:
+        """Finish or undo whatever a crash interrupted; one line per thing done."""
+        done: list[str] = []
+        with self.locked():
+            for layer_id, marker in sorted(self.records.pending().items()):
+                if marker_is_live(marker):
+                    continue
+                op = marker.get("op", "work")
+                with contextlib.suppress(NotFound):
+                    self.driver.remove(layer_id)
+                self.records.delete(layer_id)
+                self.records.clear_pending(layer_id)
+                done.append(f"removed layer {layer_id} left by an interrupted {op}")
+            done.extend(self.driver.cleanup())
+            done.extend(self._remove_orphans())
+        return done
+
+    def _remove_orphans(self) -> list[str]:
+        """Driver folders that no record names are garbage (records are the truth)."""
+        known = set(self.records.ids())
+        done = []
+        for name in sorted(os.listdir(self.driver.home)):
+            if name.startswith(".") or name in known or name.endswith("-removing"):
+                continue
+            path = os.path.join(self.driver.home, name)
+            if not os.path.isdir(path) or self.records.is_pending(name):
+                continue
+            if self._is_alternate_target(name):
+                continue
+            try:
+                self.driver.remove(name)
+            except (OSError, Precondition, NotFound):
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path)
+            done.append(f"removed orphaned layer folder {name}")
+        return done
+
+    def _is_alternate_target(self, folder: str) -> bool:
+        """Whether some layer's alternate-id file points at *folder*."""
+        for layer_id in self.records.ids():
+            with contextlib.suppress(NotFound, OSError):
+                if os.path.basename(self.driver.resolve(layer_id)) == folder:
+                    return True
+        return False
+
+
+def open_store(
+    root: str | None = None,
+    run_root: str | None = None,
+    driver: str | None = None,
+    driver_options: Sequence[str] = (),
+    **kwargs: object,
+) -> Store:
+    """Open (or create) a store with CLI-style arguments (``KEY=VALUE`` options)."""
+    root = root or default_root()
+    options: dict[str, str] = {}
+    for item in driver_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"--opt {item!r}", "expected KEY=VALUE")
+        options[key.strip().lower()] = value.strip()
+    opts = StoreOptions(
+        root=root,
+        run_root=run_root or default_run_root(root),
+        driver=driver or os.environ.get("GRAPHDRIVER_DRIVER") or None,
+        driver_options=options,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return Store(opts)

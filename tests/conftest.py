@@ -1,0 +1,129 @@
+"""Shared fixtures: stores over every driver, the test corpus, a real Debian layer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, mounts)")
+
+
+def corpus_dir() -> Path | None:
+    """``shared/corpus`` beside the checkout, or ``$GRAPHDRIVER_CORPUS``."""
+    env = os.environ.get("GRAPHDRIVER_CORPUS")
+    candidates = [Path(env)] if env else []
+    candidates += [ROOT.parent / "shared" / "corpus", ROOT / "tests" / "data" / "corpus"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def conformance_drivers() -> list[str]:
+    """Every registered driver that can run here, for the parametrised suite."""
+    from graphdriver import drivers
+
+    out = []
+    for name in drivers.registered():
+        if name == "windowsfilter":
+            continue  # Windows layers have their own layout; their suite selects scenarios
+        out.append(name)
+    return out
+
+
+@pytest.fixture(params=conformance_drivers())
+def driver_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    from graphdriver import drivers
+    from graphdriver.errors import GraphDriverError
+
+    try:
+        drivers.driver_class(name).probe(str(request.getfixturevalue("tmp_path")))
+    except GraphDriverError as e:
+        pytest.skip(f"driver {name} cannot run here: {e}")
+    return name
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(store_root: Path, tmp_path: Path, driver_name: str) -> Iterator[object]:
+    from graphdriver.store import Store, StoreOptions
+
+    s = Store(StoreOptions(root=str(store_root), run_root=str(tmp_path / "run"), driver=driver_name))
+    yield s
+    # Leave no mounts behind, whatever the test did.
+    for record in s.layers():
+        while s.driver.mount_count(record.id) > 0:
+            s.driver.put(record.id)
+
+
+def run_cli(*args: str, root: Path, run_root: Path | None = None, driver: str | None = None,
+            input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run the real ``graphdriver`` command (as a user would) on a store."""
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(root),
+           "--run-root", str(run_root or root.parent / "run")]
+    if driver:
+        cmd += ["--driver", driver]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run([*cmd, *args], input=input, capture_output=True, env=env, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr.decode()}")
+    return proc
+
+
+CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
+
+
+@pytest.fixture(scope="session")
+def minbase_tar() -> Path:
+    """A real Debian bookworm minbase root filesystem as a tarball (made once, cached)."""
+    tar = CACHE / "debian-minbase.tar"
+    if tar.exists():
+        return tar
+    CACHE.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    with open(CACHE / ".lock", "w") as lock:  # parallel test workers build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tar.exists():
+            _build_minbase(tar)
+    return tar
+
+
+def _build_minbase(tar: Path) -> None:
+    if not IS_ROOT:
+        pytest.skip("needs root to debootstrap a Debian root filesystem")
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed (apt-get install debootstrap)")
+    rootfs = CACHE / "rootfs"
+    if not (rootfs / "etc" / "debian_version").exists():
+        shutil.rmtree(rootfs, ignore_errors=True)
+        mirror = os.environ.get("GRAPHDRIVER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+        proc = subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
+            capture_output=True, check=False,
+        )
+        if proc.returncode != 0:
+            why = f"debootstrap failed: {proc.stderr.decode()[-300:]}"
+            if os.environ.get("CI"):
+                pytest.fail(why)  # CI promises the real-data tests run
+            pytest.skip(why)
+    tmp = tar.with_suffix(".partial")
+    subprocess.run(
+        ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", str(tmp),
+         "-C", str(rootfs), "."],
+        check=True,
+    )
+    tmp.rename(tar)

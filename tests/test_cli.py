@@ -1,0 +1,117 @@
+"""The command-line contract (shared/spec/cli.md), driven as a user would."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.treeutil import D, F, make_tar
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def cli(root: Path, *args: str, input: bytes | None = None):
+    return run_cli(*args, root=root, driver=None, input=input)
+
+
+def test_full_session(root, tmp_path):
+    layer = make_tar({"etc": D(), "etc/hosts": F(b"127.0.0.1 localhost\n")})
+    (tmp_path / "base.tar").write_bytes(layer)
+    r = run_cli("import", "base", str(tmp_path / "base.tar"), root=root, driver="vfs")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == str(len(b"127.0.0.1 localhost\n"))
+    r = cli(root, "create", "ctr", "--parent", "base", "--rw")
+    assert (r.returncode, r.stdout.decode().strip()) == (0, "ctr")
+    mnt = cli(root, "mount", "ctr").stdout.decode().strip()
+    Path(mnt, "etc/resolv.conf").write_text("nameserver 10.0.0.1\n")
+    assert cli(root, "changes", "ctr").stdout.decode() == "C /etc\nA /etc/resolv.conf\n"
+    r = cli(root, "diff", "ctr")
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+        assert sorted(m.name.rstrip("/") for m in tf) == ["etc", "etc/resolv.conf"]
+    out = tmp_path / "ctr.tar"
+    assert cli(root, "diff", "ctr", "-o", str(out)).returncode == 0
+    assert out.read_bytes() == r.stdout
+    assert cli(root, "diffsize", "ctr").stdout.decode().strip() == "21"
+    assert cli(root, "remove", "ctr").returncode == 5  # mounted
+    assert cli(root, "unmount", "ctr").returncode == 0
+    assert cli(root, "remove", "base").returncode == 5  # has children
+    assert cli(root, "layers").stdout.decode().split() == ["base", "ctr"]
+    listing = json.loads(cli(root, "--json", "layers").stdout)
+    assert [x["id"] for x in listing] == ["base", "ctr"]
+    rec = json.loads(cli(root, "layer", "ctr").stdout)
+    assert rec["parent"] == "base" and rec["writable"] is True and "dir" in rec["metadata"]
+    st = cli(root, "status").stdout.decode().splitlines()
+    assert st[0] == "vfs" and any(line.startswith("Layers: 2") for line in st)
+    assert cli(root, "remove", "ctr").returncode == 0
+    assert cli(root, "remove", "base").returncode == 0
+    assert cli(root, "layers").stdout == b""
+
+
+def test_import_from_stdin(root):
+    data = make_tar({"f": F(b"abc")})
+    r = cli(root, "import", "l", "-", input=data)
+    assert (r.returncode, r.stdout.strip()) == (0, b"3")
+    assert cli(root, "exists", "l").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["exists", "missing"], 3),
+        (["mount", "missing"], 3),
+        (["layer", "missing"], 3),
+        (["remove", "missing"], 3),
+        (["create", "x", "--parent", "missing"], 3),
+        (["create", "-bad"], 2),
+        (["create", "a/b"], 2),
+        (["exists", "x" * 129], 2),
+        (["frobnicate"], 2),
+        (["--driver", "nosuch", "status"], 2),
+        (["--opt", "nosuch=1", "status"], 2),
+        (["create", "x", "--size", "1G"], 2),  # --size needs --rw
+        (["create", "x", "--rw", "--size", "lots"], 2),
+    ],
+)
+def test_exit_codes(root, args, code):
+    r = cli(root, *args)
+    assert r.returncode == code, r.stderr
+    if code != 2 or args[0] != "frobnicate":
+        err = r.stderr.decode()
+        if code != 2:
+            assert err.startswith("graphdriver: ") and err.count("\n") == 1, err
+
+
+def test_duplicate_is_exit_4(root):
+    assert cli(root, "create", "a").returncode == 0
+    r = cli(root, "create", "a")
+    assert r.returncode == 4
+    assert r.stderr.decode() == "graphdriver: layer a: already exists\n"
+
+
+def test_wrong_driver_is_exit_5(root):
+    assert run_cli("create", "a", root=root, driver="vfs").returncode == 0
+    r = run_cli("layers", root=root, driver="overlay")
+    assert r.returncode in (5, 7), r.stderr  # 7 where overlay is not even available
+
+
+def test_malformed_import_one_line(root):
+    r = cli(root, "import", "bad", "-", input=b"this is not a tarball" * 50)
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert err.startswith("graphdriver: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert cli(root, "exists", "bad").returncode == 3
+    assert cli(root, "layers").stdout == b""
+
+
+def test_cleanup_prints_nothing_when_clean(root):
+    assert cli(root, "create", "a").returncode == 0
+    r = cli(root, "cleanup")
+    assert (r.returncode, r.stdout) == (0, b"")
