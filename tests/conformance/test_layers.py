@@ -48,6 +48,12 @@ def tar_names(data: bytes) -> list[str]:
 
 
 def view(store, layer_id, **kw):
+    """The mounted tree of a layer, without the root directory's own metadata.
+
+    Layer tarballs never carry the root (``docker diff`` never lists it), so its
+    times and mode belong to the store, not to the layer's content.
+    """
+    kw.setdefault("skip", ["."])
     path = store.mount(layer_id)
     try:
         return snapshot(path, **kw)
@@ -305,7 +311,7 @@ def _rich_spec() -> dict:
 def test_metadata_fidelity_against_gnu_tar(store, tmp_path):
     spec = _rich_spec()
     spec["long"] = D()
-    spec = dict(sorted(spec.items(), key=lambda kv: kv[0].count("/")))
+    spec = dict(sorted(spec.items(), key=lambda kv: kv[0].split("/")))  # GNU tar wants dirs contiguous
     data = make_tar(spec)
     ref = tmp_path / "gnutar"
     ref.mkdir()
@@ -316,7 +322,6 @@ def test_metadata_fidelity_against_gnu_tar(store, tmp_path):
     mine = view(store, "rich")
     theirs = snapshot(str(ref))
     # The root directory's own metadata comes from the store, not from the tarball.
-    mine.pop(".")
     theirs.pop(".")
     assert_same_tree(mine, theirs)
 
@@ -400,7 +405,7 @@ def test_symlink_breakout_refused(store, tmp_path):
 
 @pytest.mark.parametrize("data", [
     b"garbage" * 100,
-    b"\0" * 100,  # truncated end
+    make_tar({"f": F(b"x")})[:300],  # truncated header
     make_tar({"f": F(b"x" * 5000)})[:2048],  # truncated data
 ])
 def test_malformed_input_leaves_nothing(store, data):

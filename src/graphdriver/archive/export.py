@@ -29,7 +29,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from graphdriver.archive.changes import Change, ChangeKind
 from graphdriver.archive.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
@@ -44,6 +44,9 @@ EXCLUDED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 # Errors of an entry that disappeared or was replaced while being exported.
 _VANISHED = (FileNotFoundError, NotADirectoryError)
+
+# The identity maps (frozen, so one shared default is safe).
+NO_ID_MAPS = IDMappings()
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -161,7 +164,7 @@ def _to_container(idmaps: IDMappings, relpath: str, host_id: int, *, uid: bool) 
 
 
 def export_changes(
-    root: str, changes: Iterable[Change], out: BinaryIO, idmaps: IDMappings = IDMappings()
+    root: str, changes: Iterable[Change], out: BinaryIO, idmaps: IDMappings = NO_ID_MAPS
 ) -> None:
     """Write the layer tarball of *changes* (paths within the tree at *root*) to *out*.
 
@@ -212,9 +215,27 @@ def _add_file(
             raise FileNotFoundError(errno.ENOENT, "replaced", path)
         entry = entry_from_stat(root, relpath, st, idmaps, hardlinks)
         assert entry is not None
-        writer.add(entry, fd if entry.size else None)
+        # The writer reads exactly entry.size bytes; a file that grew is cut there.
+        writer.add(entry, cast(BinaryIO, _ZeroPadded(fd)) if entry.size else None)
     finally:
         os.close(fd)
+
+
+class _ZeroPadded:
+    """Reads a file descriptor, then zeros once the file ends.
+
+    The header promised the size seen by fstat; a file that a running
+    container truncates while it is archived must still give that many bytes
+    or the rest of the stream is misaligned.  GNU tar pads with zeros too.
+    Only ``read`` is provided: it is all the writer uses.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def read(self, n: int) -> bytes:
+        chunk = os.read(self._fd, n)
+        return chunk if chunk else bytes(n)
 
 
 def changes_size(root: str, changes: Iterable[Change]) -> int:

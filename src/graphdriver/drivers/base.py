@@ -65,10 +65,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import errno
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, ClassVar
@@ -205,7 +203,10 @@ class Driver(abc.ABC):
                         with open(os.path.join(folder, fname), encoding="utf-8") as f:
                             alt = f.read().strip()
                         if alt and alt == os.path.basename(alt) and alt not in (".", ".."):
-                            return self._folder(home, alt)
+                            target = self._folder(home, alt)
+                            if not os.path.isdir(target):
+                                raise NotFound(f"layer {layer_id}", f"{fname} names missing {alt}")
+                            return target
                         raise GraphDriverError(f"layer {layer_id}", f"invalid {fname} file")
                 return folder
         raise NotFound(f"layer {layer_id}", "no such layer")
@@ -271,7 +272,8 @@ class Driver(abc.ABC):
         chain = [parent_folder, *self.layer_chain(parent)] if parent and parent_folder else []
         staging = os.path.join(self.home, STAGING_DIR, f"{layer_id}-{os.getpid()}")
         if os.path.lexists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self._destroy(staging)
         os.mkdir(staging, 0o700)
         try:
             self._create(layer_id, staging, parent, opts, rw=rw)
@@ -302,17 +304,20 @@ class Driver(abc.ABC):
             if self.exists(layer_id):
                 raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
             raise NotFound(f"layer {layer_id}", "no such layer")
-        if self.mount_count(layer_id) > 0:
-            raise Precondition(f"layer {layer_id}", "is mounted")
         removing = folder + REMOVING_SUFFIX
         if os.path.lexists(removing):
             self._destroy(removing)
-        os.rename(folder, removing)
+        with locked(self._count_path(layer_id) + ".lock"):
+            if self.mount_count(layer_id) > 0:
+                raise Precondition(f"layer {layer_id}", "is mounted")
+            os.rename(folder, removing)
         self._destroy(removing)
 
     def _destroy(self, folder: str) -> None:
         """Delete a folder that is no longer any layer's (override to unmount first)."""
-        shutil.rmtree(folder, ignore_errors=False, onerror=_force_remove)
+        from graphdriver.drivers.treecopy import remove_tree
+
+        remove_tree(folder)
 
     def cleanup(self) -> list[str]:
         """Finish or undo interrupted work; returns one line per thing done.
@@ -332,7 +337,7 @@ class Driver(abc.ABC):
         staging_root = os.path.join(self.home, STAGING_DIR)
         for entry in sorted(os.listdir(staging_root)):
             pid = entry.rsplit("-", 1)[-1]
-            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            if pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))):
                 continue
             with contextlib.suppress(OSError):
                 self._destroy(os.path.join(staging_root, entry))
@@ -347,7 +352,11 @@ class Driver(abc.ABC):
         return os.path.join(self.run_root, "mounts")
 
     def _count_path(self, layer_id: str) -> str:
-        return os.path.join(self._mounts_dir, os.path.basename(layer_id))
+        try:  # keyed by the folder an id resolves to: an alternate id shares its count
+            key = os.path.basename(self.resolve(layer_id))
+        except NotFound:
+            key = os.path.basename(layer_id)
+        return os.path.join(self._mounts_dir, key)
 
     def mount_count(self, layer_id: str) -> int:
         """How many ``get`` calls (in all processes) await their ``put``."""
@@ -500,20 +509,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _force_remove(func: object, path: str, exc_info: object) -> None:
-    """rmtree error hook: make read-only directories writable and retry once."""
-    parent = os.path.dirname(path)
-    try:
-        os.chmod(parent, 0o700)
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o700)
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise

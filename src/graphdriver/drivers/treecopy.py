@@ -5,12 +5,16 @@ copy must be indistinguishable from the original to the tree walk that computes
 changes and to the tarball exporter.  So it keeps file types, permission bits
 (setuid, setgid and sticky included), owners, nanosecond times (of symlinks and
 directories too), every extended attribute (ACLs and file capabilities included)
-and hardlink groups.  File data is cloned (``FICLONE``) where the filesystem can
-share extents, and otherwise copied in the kernel with ``copy_file_range``.
+and hardlink groups.  Device nodes, fifos and sockets are recreated (a socket
+is only a name: nothing listens on the copy).  File data is cloned
+(``FICLONE``) where the filesystem can share extents, and otherwise copied in
+the kernel with ``copy_file_range``.
 
-The walk works on directory file descriptors and ``*at`` calls: names are looked
-up one component at a time, so a copy is as fast as the tree is wide and not
-slowed (or limited) by path length.
+The walk works on directory file descriptors and ``*at`` calls, one path
+component at a time: no long path is resolved again for every file, and depth
+is limited neither by ``PATH_MAX`` nor by Python's recursion limit (past
+:data:`MAX_OPEN_DEPTH` levels, ancestors' descriptors are released and
+reopened through ``..``).
 """
 
 from __future__ import annotations
@@ -69,12 +73,13 @@ def copy_tree(src: str, dst: str, *, reflink: bool | None = None) -> CopyStats:
     of *src* may be a symlink to a directory; nothing below it is followed.
     *reflink* ``None`` clones file data where the filesystem can and copies it
     otherwise, ``True`` requires cloning (``OSError`` where it fails) and
-    ``False`` always copies.
+    ``False`` always copies the bytes, so that no extent is shared.
 
-    Without privilege, owners that cannot be set, device nodes and ``trusted.*``
-    or ``security.*`` attributes are left out and listed in the stats; every
-    other failure raises ``OSError`` naming the source path and leaves a partial
-    copy for the caller to remove.
+    Without privilege, entries whose owner cannot be set keep the copier's (as
+    with ``cp -a``), and device nodes and ``trusted.*`` or ``security.*``
+    attributes the destination refuses are left out and listed in the stats.
+    Every other failure raises ``OSError`` naming the source path and leaves a
+    partial copy for the caller to remove.
     """
     return _TreeCopier(src, reflink).run(dst)
 
@@ -90,6 +95,97 @@ def reflink_supported(directory: str) -> bool:
             source.flush()
             fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
     except OSError:
+        return False
+    return True
+
+
+def remove_tree(path: str) -> None:
+    """Delete *path* and everything below it; a missing *path* is no error.
+
+    Symlinks are removed, never followed.  Nothing recurses, so no depth defeats
+    it (``shutil.rmtree`` recurses on Python 3.11): subtrees deeper than
+    :data:`MAX_OPEN_DEPTH` are first moved up to the top directory, which bounds
+    the descriptors held.  Directories their owner may not read or write (an
+    unprivileged layer's 0555 or 0000) are opened up on the way.
+    """
+    try:
+        root_fd = _open_dir_at(None, path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(path)  # not a directory: a file, or a symlink to anything
+        return
+    # Per open directory: its descriptor, its name in its parent, subdirectories to do.
+    stack: list[tuple[int, str, list[str]]] = []
+    moved = 0
+    try:
+        stack.append((root_fd, "", _unlink_files(root_fd)))
+        while stack:
+            fd, name, subdirs = stack[-1]
+            if not subdirs:
+                stack.pop()
+                os.close(fd)
+                if stack:
+                    _rmdir_at(stack[-1][0], name)
+                continue
+            sub = subdirs.pop()
+            if len(stack) < MAX_OPEN_DEPTH:
+                child = _open_dir_at(fd, sub)
+                stack.append((child, sub, _unlink_files(child)))
+                continue
+            moved += 1
+            while _exists_at(root_fd, f".deep-{moved}"):
+                moved += 1
+            os.rename(sub, f".deep-{moved}", src_dir_fd=fd, dst_dir_fd=root_fd)
+            stack[0][2].append(f".deep-{moved}")
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    os.rmdir(path)
+
+
+def _open_dir_at(dir_fd: int | None, name: str) -> int:
+    """Open a directory to remove its contents, granting its owner access if needed."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Unlink every non-directory in a directory; returns its subdirectories."""
+    with os.scandir(fd) as it:
+        entries = list(it)
+    subdirs = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry.name)
+            continue
+        try:
+            os.unlink(entry.name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            os.chmod(fd, 0o700)  # a read-only directory of the caller's own
+            os.unlink(entry.name, dir_fd=fd)
+    return subdirs
+
+
+def _rmdir_at(dir_fd: int, name: str) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(dir_fd, 0o700)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
         return False
     return True
 
@@ -141,7 +237,9 @@ class _TreeCopier:
         self.require_clone = reflink is True
         self.try_clone = reflink is not False
         self.cloned_once = False
-        self.try_kernel_copy = True
+        # copy_file_range shares extents where the filesystem can (xfs, btrfs), so a
+        # copy that must not share any goes through sendfile instead.
+        self.try_kernel_copy = reflink is not False
         self.try_sendfile = True
         self.privileged = os.geteuid() == 0
         self.proc_fds = os.path.isdir("/proc/self/fd")
@@ -151,7 +249,9 @@ class _TreeCopier:
         self.dst = ""
         self.dst_root_fd = -1
         self.skip_dir: tuple[int, int] | None = None
-        self.where = ""
+        # Where the copy is (directory frame, entry name or "" for the directory
+        # itself), turned into a path only when one is reported.
+        self.at: tuple[_Frame | None, str] = (None, "")
 
     # ----- the walk ----------------------------------------------------------------
 
@@ -173,19 +273,25 @@ class _TreeCopier:
             while stack:
                 self._step(stack)
         except OSError as e:
-            path = os.path.join(self.src, self.where) if self.where else self.src
+            path = os.path.join(self.src, self.where()) if self.at[0] else self.src
             raise OSError(e.errno, f"{e.strerror} (copying {path})", path) from e
         finally:
             for frame in stack:
                 frame.close()
         return self.stats
 
+    def where(self) -> str:
+        """The path being copied, relative to the roots."""
+        frame, name = self.at
+        rel = frame.rel if frame else ""
+        return os.path.join(rel, name) if name else rel
+
     def _step(self, stack: list[_Frame]) -> None:
         """Descend into the next pending subdirectory, or finish the current directory."""
         frame = stack[-1]
         if frame.pending:
             name, st = frame.pending.pop()
-            self.where = os.path.join(frame.rel, name)
+            self.at = (frame, name)
             os.mkdir(name, 0o700, dir_fd=frame.dst_fd)
             src_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.src_fd)
             try:
@@ -200,7 +306,7 @@ class _TreeCopier:
                 _release_one(stack)
             self._fill(child)
             return
-        self.where = frame.rel
+        self.at = (frame, "")
         stack.pop()
         try:
             self._finish_dir(frame)
@@ -214,9 +320,8 @@ class _TreeCopier:
         with os.scandir(frame.src_fd) as it:
             entries = list(it)
         subdirs = []
-        rel = frame.rel
         for entry in entries:
-            self.where = os.path.join(rel, entry.name)
+            self.at = (frame, entry.name)
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) != self.skip_dir:
@@ -231,7 +336,7 @@ class _TreeCopier:
         st = frame.st
         self._chown(frame.dst_fd, st)
         os.chmod(frame.dst_fd, stat.S_IMODE(st.st_mode))
-        self._copy_xattrs(frame.src_fd, frame.dst_fd, frame.rel)
+        self._copy_xattrs(frame.src_fd, frame.dst_fd)
         os.utime(frame.dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     # ----- entries -----------------------------------------------------------------
@@ -270,7 +375,7 @@ class _TreeCopier:
                 # chown clears setuid/setgid and drops file capabilities: it goes first.
                 self._chown(dst_fd, st)
                 os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
-                self._copy_xattrs(src_fd, dst_fd, self.where)
+                self._copy_xattrs(src_fd, dst_fd)
                 os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             finally:
                 os.close(dst_fd)
@@ -284,11 +389,8 @@ class _TreeCopier:
         self._copy_xattrs(
             self._entry_path(frame, name, src=True),
             self._entry_path(frame, name, src=False),
-            self.where,
         )
-        os.utime(
-            name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=frame.dst_fd, follow_symlinks=False
-        )
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=frame.dst_fd, follow_symlinks=False)
         self.stats.symlinks += 1
 
     def _copy_special(self, frame: _Frame, name: str, st: os.stat_result) -> bool:
@@ -301,18 +403,15 @@ class _TreeCopier:
         except PermissionError:
             if self.privileged or kind not in (stat.S_IFCHR, stat.S_IFBLK):
                 raise
-            self.stats.skipped.append(self.where)
+            self.stats.skipped.append(self.where())
             return False
         self._chown(name, st, dir_fd=frame.dst_fd)
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=frame.dst_fd)
         self._copy_xattrs(
             self._entry_path(frame, name, src=True),
             self._entry_path(frame, name, src=False),
-            self.where,
         )
-        os.utime(
-            name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=frame.dst_fd, follow_symlinks=False
-        )
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=frame.dst_fd, follow_symlinks=False)
         self.stats.specials += 1
         return True
 
@@ -337,7 +436,7 @@ class _TreeCopier:
             if self.privileged or e.errno not in _OWNER_DENIED:
                 raise
 
-    def _copy_xattrs(self, src: int | str, dst: int | str, where: str) -> None:
+    def _copy_xattrs(self, src: int | str, dst: int | str) -> None:
         """Copy every extended attribute; str arguments name entries not to follow."""
         follow = isinstance(src, int)
         try:
@@ -358,7 +457,7 @@ class _TreeCopier:
             except OSError as e:
                 if not _xattr_droppable(e, attr):
                     raise
-                self.stats.dropped_xattrs.append(f"{where or '.'}: {attr}")
+                self.stats.dropped_xattrs.append(f"{self.where() or '.'}: {attr}")
 
     # ----- data --------------------------------------------------------------------
 

@@ -67,7 +67,9 @@ def changes_between(new_root: str, old_root: str | None) -> list[Change]:
     :mod:`os` returns them.  Entries that vanish during the walk count as absent.
     """
     walk = _Walk(new_root, old_root)
-    if old_root is not None and _same_object(os.lstat(new_root), os.lstat(old_root)):
+    # Missing roots are errors (FileNotFoundError), not empty trees.
+    new_st = os.lstat(new_root)
+    if old_root is not None and _same_object(new_st, os.lstat(old_root)):
         return []
     # An explicit stack rather than recursion: directory depth is input data.
     pending: list[tuple[str, bool]] = [("", old_root is not None)]

@@ -1,0 +1,184 @@
+"""The ``vfs`` driver: every layer a full copy of its parent's tree.
+
+Layout::
+
+    <home>/<id>/layerchain.json   ancestors' folders, nearest first (null for a base)
+    <home>/<id>/fs/               the layer's whole root filesystem
+
+A new layer starts as a copy of its parent's ``fs`` (cloned where the
+filesystem shares extents, see :mod:`graphdriver.drivers.treecopy`), so ``get``
+needs no mount and no privilege: it hands out ``fs`` itself.  Applying a layer
+tarball writes straight into ``fs`` with whiteouts carried out as deletions.
+It is slow and wasteful of space, and it works on any filesystem, for any user
+(without privilege, files keep the user's own ids and a parent's device nodes
+are left out of the copy, as they could not have been extracted either).
+
+Driver options (``--opt KEY=VALUE``):
+
+``copy``
+    ``auto`` (default) clones file data where the filesystem can and copies it
+    otherwise; ``reflink`` requires cloning and refuses a home that cannot;
+    ``copy`` always copies the bytes, so layers never share extents.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from typing import ClassVar
+
+from graphdriver.archive.whiteout import WhiteoutMode
+from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig
+from graphdriver.drivers.treecopy import copy_tree, reflink_supported, remove_tree
+from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
+
+#: The layer's root filesystem, inside its folder.
+FS_DIR = "fs"
+
+# Option value -> copy_tree's reflink argument.
+_COPY_MODES: dict[str, bool | None] = {"auto": None, "reflink": True, "copy": False}
+
+
+class VfsDriver(Driver):
+    """Layers as plain directories, each a full copy of its parent."""
+
+    name: ClassVar[str] = "vfs"
+    OPTIONS: ClassVar[frozenset[str]] = frozenset({"copy"})
+
+    def __init__(self, config: DriverConfig) -> None:
+        mode = config.options.get("copy", "auto")
+        if mode not in _COPY_MODES:
+            raise InvalidArgument(f"option copy={mode!r} for driver vfs", "expected auto, reflink or copy")
+        super().__init__(config)
+        self.copy_mode = mode
+        self._reflinks: bool | None = None
+        if mode == "reflink" and not self.reflinks():
+            raise Unsupported(
+                f"vfs with copy=reflink at {self.home}",
+                "the filesystem cannot clone files (use xfs with reflink=1 or btrfs, or copy=auto)",
+            )
+
+    # ----- probing and status --------------------------------------------------
+
+    @classmethod
+    def probe(cls, home: str) -> None:
+        """vfs needs only a directory it can write in."""
+        existing = os.path.abspath(home)
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise Unsupported(f"vfs home {home}", f"{existing} is not a directory; choose another home")
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".vfs-probe-", dir=existing))
+        except OSError as e:
+            raise Unsupported(
+                f"vfs home {home}",
+                f"cannot create directories in {existing} ({e.strerror}); "
+                "choose a writable home or fix its permissions",
+            ) from e
+
+    def status(self) -> list[tuple[str, str]]:
+        return [
+            ("Backing Filesystem", backing_filesystem(self.home)),
+            ("Reflinks", "yes" if self.reflinks() else "no"),
+            ("Copy", self.copy_mode),
+            ("Home", self.home),
+        ]
+
+    def reflinks(self) -> bool:
+        """Whether files in the home can be cloned (probed once per driver)."""
+        if self._reflinks is None:
+            self._reflinks = reflink_supported(self.home)
+        return self._reflinks
+
+    # ----- the driver steps ------------------------------------------------------
+
+    def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
+        fs = os.path.join(folder, FS_DIR)
+        if parent is None:
+            self._make_root(fs)
+            return
+        source = self._fs(parent)
+        try:
+            copy_tree(source, fs, reflink=_COPY_MODES[self.copy_mode])
+        except OSError as e:
+            what = f"layer {layer_id}"
+            if self.copy_mode == "reflink" and e.errno in (errno.EOPNOTSUPP, errno.EXDEV):
+                # A parent in another store may sit on a filesystem that cannot share.
+                raise Unsupported(what, f"cannot clone the files of parent {parent}: {e}") from e
+            raise GraphDriverError(what, f"cannot copy the tree of parent {parent}: {e}") from e
+
+    def _make_root(self, fs: str) -> None:
+        """An empty root directory: 0755, owned by the id maps' root."""
+        os.mkdir(fs)
+        uid = self.config.idmaps.uids.to_host(0)
+        gid = self.config.idmaps.gids.to_host(0)
+        try:
+            os.chown(fs, uid, gid)
+        except OSError as e:
+            # Without privilege the directory stays the user's, as everything it writes.
+            if os.geteuid() == 0 or e.errno not in (errno.EPERM, errno.EINVAL):
+                raise
+        os.chmod(fs, 0o755)  # mkdir's mode is masked by the umask
+
+    def _mount(self, layer_id: str, mount_label: str) -> str:
+        return self._fs(layer_id)
+
+    def _unmount(self, layer_id: str) -> None:
+        """Nothing was mounted."""
+
+    def _destroy(self, folder: str) -> None:
+        # A layer holds a whole tree, of any depth a tarball or a container made.
+        remove_tree(folder)
+
+    def apply_target(self, layer_id: str) -> ApplyTarget:
+        return ApplyTarget(path=self._fs(layer_id), whiteouts=WhiteoutMode.DELETE)
+
+    def _fs(self, layer_id: str) -> str:
+        """The root filesystem directory of a layer (of any home)."""
+        fs = os.path.join(self.resolve(layer_id), FS_DIR)
+        if not os.path.isdir(fs):
+            raise GraphDriverError(f"layer {layer_id}", f"its {FS_DIR} directory is missing")
+        return fs
+
+
+def backing_filesystem(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the filesystem holding *path*, from the mount table."""
+    target = os.path.realpath(path)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return "unknown"
+    best, fstype = "", "unknown"
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        mount_point = _unescape(parts[4])
+        # The longest mount point above the path wins; a later mount over the
+        # same point hides an earlier one.
+        if _is_within(target, mount_point) and len(mount_point) >= len(best):
+            best, fstype = mount_point, rest.split()[0]
+    return fstype
+
+
+def _is_within(path: str, directory: str) -> bool:
+    return directory == "/" or path == directory or path.startswith(directory + "/")
+
+
+def _unescape(field: str) -> str:
+    """Undo the mount table's octal escapes (``\\040`` for a space, ...)."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
