@@ -1,0 +1,345 @@
+"""Compression of layer tarballs: sniffing, decompressing and compressing streams.
+
+Codec modules are imported when a stream needs them, so that commands which
+never touch a compressed stream start fast.  ``isal`` (much faster gzip) and
+``zstandard`` are optional: gzip falls back to the standard library, zstd is
+reported as unsupported without its package.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+from collections.abc import Callable
+from types import ModuleType
+from typing import BinaryIO, cast
+
+from graphdriver.errors import ArchiveError, Unsupported
+
+__all__ = ["Compression", "open_compressor", "open_decompressed", "sniff"]
+
+# Enough to recognise every format below (xz's magic is the longest).
+_SNIFF_SIZE = 6
+_CHUNK = 1 << 16
+
+
+class Compression(enum.Enum):
+    """A compression format of layer tarballs."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    XZ = "xz"
+    BZIP2 = "bzip2"
+
+
+_MAGIC = (
+    (b"\x1f\x8b", Compression.GZIP),
+    (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+    (b"\xfd7zXZ\x00", Compression.XZ),
+    (b"BZh", Compression.BZIP2),
+)
+
+
+def sniff(head: bytes) -> Compression:
+    """The compression format of a stream, from its first bytes (six are enough)."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return Compression.NONE
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were already read: give them back, then the rest."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+class _Checked(io.RawIOBase):
+    """A decompressing reader whose codec errors become :class:`ArchiveError`."""
+
+    def __init__(
+        self, inner: BinaryIO, kind: Compression, errors: tuple[type[BaseException], ...]
+    ) -> None:
+        self._inner = inner
+        self._kind = kind
+        self._errors = errors
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._inner.read(len(buf))
+        except self._errors as e:
+            raise self._corrupt(e) from e
+        except OSError as e:
+            if e.errno is not None:
+                raise  # a real I/O error from below, not bad data
+            raise self._corrupt(e) from e
+        buf[: len(data)] = data
+        return len(data)
+
+    def _corrupt(self, e: BaseException) -> ArchiveError:
+        return ArchiveError("", f"corrupt {self._kind.value} data: {e}")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
+
+
+def _peek(fileobj: BinaryIO) -> tuple[bytes, BinaryIO]:
+    """The first bytes of ``fileobj``, and a stream that still starts with them."""
+    peek = getattr(fileobj, "peek", None)
+    if peek is not None:
+        head = peek(_SNIFF_SIZE)[:_SNIFF_SIZE]
+        if len(head) >= _SNIFF_SIZE:
+            return bytes(head), fileobj
+    head = b""
+    while len(head) < _SNIFF_SIZE:  # pipes may hand out fewer bytes than asked
+        chunk = fileobj.read(_SNIFF_SIZE - len(head))
+        if not chunk:
+            break
+        head += chunk
+    try:
+        seekable = fileobj.seekable()
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    if seekable:
+        fileobj.seek(-len(head), io.SEEK_CUR)
+        return head, fileobj
+    return head, cast(BinaryIO, io.BufferedReader(_Prefixed(head, fileobj), _CHUNK))
+
+
+def open_decompressed(fileobj: BinaryIO) -> tuple[BinaryIO, Compression]:
+    """Sniff ``fileobj`` and return a reader of its decompressed content, and the format.
+
+    Works on pipes (nothing read is lost).  Concatenated gzip members and
+    zstd frames are all read.  Corrupt data raises :class:`ArchiveError` when
+    read.  Closing a decompressing reader leaves ``fileobj`` open; for an
+    uncompressed stream the reader may be ``fileobj`` itself.
+    """
+    head, stream = _peek(fileobj)
+    kind = sniff(head)
+    if kind is Compression.NONE:
+        return stream, kind
+    inner, errors = _DECOMPRESSORS[kind](stream)
+    checked = _Checked(inner, kind, (EOFError, *errors))
+    return cast(BinaryIO, io.BufferedReader(checked, _CHUNK)), kind
+
+
+def _gunzip(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
+    import zlib
+
+    try:
+        from isal import igzip, isal_zlib
+    except ImportError:
+        import gzip
+
+        return cast(BinaryIO, gzip.GzipFile(fileobj=stream, mode="rb")), (zlib.error,)
+    reader = igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[no-untyped-call]
+    return cast(BinaryIO, reader), (zlib.error, cast(type[BaseException], isal_zlib.error))
+
+
+def _unzstd(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
+    zstandard = _zstandard()
+    frames = _ZstdFrames(stream)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        frames, read_across_frames=True, closefd=False
+    )
+    return cast(BinaryIO, _ZstdEnd(reader, frames)), (zstandard.ZstdError,)
+
+
+class _ZstdFrames:
+    """Passes compressed bytes through, following zstd frame and block headers.
+
+    The zstandard stream reader ends quietly when its input stops inside a
+    frame; knowing where frames end lets a truncated stream be refused.  Only
+    headers are looked at: block contents are skipped by their sizes.
+    """
+
+    _FCS_SIZES = (0, 2, 4, 8)
+    _DICT_SIZES = (0, 1, 2, 4)
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._state = "magic"  # the next structure expected
+        self._want = 4  # its length
+        self._field = b""  # its bytes so far
+        self._skip = 0  # block content bytes still to pass over
+        self._checksum = False
+        self.lost = False  # not zstd framing any more: the decompressor will say so
+
+    @property
+    def at_boundary(self) -> bool:
+        """True if the bytes seen so far end exactly after a frame."""
+        return self.lost or (self._state == "magic" and not self._field and not self._skip)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        if not self.lost:
+            self._feed(data)
+        return data
+
+    def _feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and not self.lost:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            step = min(self._want - len(self._field), end - pos)
+            self._field += data[pos : pos + step]
+            pos += step
+            if len(self._field) == self._want:
+                field, self._field = self._field, b""
+                self._next(field)
+
+    def _next(self, field: bytes) -> None:
+        value = int.from_bytes(field, "little")
+        state = self._state
+        if state == "magic":
+            if value == 0xFD2FB528:
+                self._state, self._want = "descriptor", 1
+            elif value & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
+                self._state, self._want = "skippable", 4
+            else:
+                self.lost = True
+        elif state == "skippable":
+            self._skip = value
+            self._state, self._want = "magic", 4
+        elif state == "descriptor":
+            single = (value >> 5) & 1
+            self._checksum = bool((value >> 2) & 1)
+            fcs = self._FCS_SIZES[value >> 6] or single  # 1 byte when single-segment
+            rest = (1 - single) + self._DICT_SIZES[value & 3] + fcs
+            self._state, self._want = ("header", rest) if rest else ("block", 3)
+        elif state == "header":
+            self._state, self._want = "block", 3
+        elif state == "block":
+            kind, size = (value >> 1) & 3, value >> 3
+            if kind == 3:
+                self.lost = True  # reserved block type
+            self._skip = 1 if kind == 1 else size  # an RLE block stores one byte
+            if value & 1:  # last block of the frame
+                self._state, self._want = ("checksum", 4) if self._checksum else ("magic", 4)
+        else:  # checksum
+            self._state, self._want = "magic", 4
+
+
+class _ZstdEnd:
+    """Ends a zstd stream reader with an error if the input stopped inside a frame."""
+
+    def __init__(self, reader: BinaryIO, frames: _ZstdFrames) -> None:
+        self._reader = reader
+        self._frames = frames
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._reader.read(n)
+        if not data and n and not self._frames.at_boundary:
+            raise EOFError("compressed data ends inside a frame")
+        return data
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _unxz(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
+    import lzma
+
+    return cast(BinaryIO, lzma.LZMAFile(stream, "rb")), (lzma.LZMAError,)
+
+
+def _bunzip2(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
+    import bz2
+
+    # bz2 reports bad data as an OSError without errno, which _Checked maps.
+    return cast(BinaryIO, bz2.BZ2File(stream, "rb")), ()
+
+
+_Opener = Callable[[BinaryIO], tuple[BinaryIO, tuple[type[BaseException], ...]]]
+_DECOMPRESSORS: dict[Compression, _Opener] = {
+    Compression.GZIP: _gunzip,
+    Compression.ZSTD: _unzstd,
+    Compression.XZ: _unxz,
+    Compression.BZIP2: _bunzip2,
+}
+
+
+def _zstandard() -> ModuleType:
+    try:
+        import zstandard
+    except ImportError:
+        raise Unsupported("zstd", "install the zstandard package") from None
+    return zstandard
+
+
+class _Uncompressed(io.RawIOBase):
+    """A writer passing bytes through; closing it leaves the target open."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self._target = target
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._target.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.closed:
+            self._target.flush()
+
+
+def open_compressor(fileobj: BinaryIO, kind: Compression, level: int | None = None) -> BinaryIO:
+    """A writer compressing into ``fileobj``; closing it ends the stream, not ``fileobj``.
+
+    ``level`` follows each codec's own scale (gzip 0-9, zstd 1-22, xz 0-9,
+    bzip2 1-9); None is the codec's default.  With ``isal``, gzip levels map
+    onto its 0-3 scale (0 to 0, 1-3 to 1, 4-6 to 2, 7-9 to 3).  Output is
+    deterministic: gzip headers carry no name and a zero timestamp.
+    """
+    if kind is Compression.NONE:
+        return cast(BinaryIO, _Uncompressed(fileobj))
+    if kind is Compression.GZIP:
+        try:
+            from isal import igzip
+        except ImportError:
+            import gzip
+
+            gz_level = 6 if level is None else level
+            gz = gzip.GzipFile("", "wb", gz_level, fileobj, mtime=0)
+            return cast(BinaryIO, gz)
+        isal_level = 2 if level is None else (0 if level <= 0 else min(3, (level + 2) // 3))
+        make = igzip.IGzipFile
+        writer = make("", "wb", isal_level, fileobj, mtime=0)  # type: ignore[no-untyped-call]
+        return cast(BinaryIO, writer)
+    if kind is Compression.ZSTD:
+        zstandard = _zstandard()
+        compressor = zstandard.ZstdCompressor(level=3 if level is None else level)
+        return cast(BinaryIO, compressor.stream_writer(fileobj, closefd=False))
+    if kind is Compression.XZ:
+        import lzma
+
+        return cast(BinaryIO, lzma.LZMAFile(fileobj, "wb", preset=6 if level is None else level))
+    import bz2
+
+    return cast(BinaryIO, bz2.BZ2File(fileobj, "wb", compresslevel=9 if level is None else level))

@@ -1,0 +1,803 @@
+"""Streaming tar reader and writer for layer tarballs.
+
+The reader parses v7, ustar, star, GNU and PAX archives in one forward pass
+with flat memory, and can report every byte it consumes: header bytes to one
+callback, entry contents to another, so that the two streams concatenated give
+the input back exactly (what tar-split needs).  The writer emits ustar headers,
+adding a PAX header only for what ustar cannot hold, and is deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from graphdriver.archive.compression import sniff
+from graphdriver.archive.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
+from graphdriver.errors import ArchiveError
+
+__all__ = ["BLOCK", "DataSink", "RawSink", "TarReader", "TarWriter"]
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+# Types whose header size field never announces data (Go and Python's tarfile
+# agree; see hdr-only.tar): any size there is ignored and reported as 0.
+_HEADER_ONLY = frozenset({LNK, SYM, CHR, BLK, DIR, FIFO})
+_META_TYPES = frozenset(b"xgLK")  # PAX local/global, GNU long name/link
+# Meta entries carry names and records, never file data: a bigger one is an
+# attack on memory, not a real archive (Go refuses them the same way).
+_MAX_META = 1 << 20
+# Bytes kept after the end-of-archive marker; real layers have a few KiB.
+_MAX_TRAILING = 1 << 26
+_CACHE_MAX = 4096
+_HIGH_BYTES = bytes(range(128, 256))
+_NS = 1_000_000_000
+_MAX_INT64 = (1 << 63) - 1
+_SCHILY = "SCHILY.xattr."
+# PAX keys that describe one file only; in a global header they would give
+# every later entry the same name or data length, so they are not applied.
+_NOT_GLOBAL = frozenset({"path", "linkpath", "size"})
+_TEXT_RECORDS = frozenset({"path", "linkpath", "uname", "gname"})
+
+# Callbacks of the reader: entry content arrives as memoryview slices, the rest as bytes.
+DataSink = Callable[[memoryview], None]
+RawSink = Callable[[bytes], None]
+# What meta headers left for the next entry: PAX records, GNU long name, long link.
+_Meta = list[bytes | dict[str, bytes] | None]
+
+
+def _err(name: bytes | str, why: str) -> ArchiveError:
+    return ArchiveError(_text(name) if isinstance(name, bytes) else name, why)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstr(field: bytes) -> bytes:
+    """The bytes of a NUL-terminated header field."""
+    i = field.find(0)
+    return field if i < 0 else field[:i]
+
+
+def _bad_number(what: str, name: bytes) -> ArchiveError:
+    return _err(name, "invalid size field" if what == "size" else f"invalid numeric field {what!r}")
+
+
+def _number(field: bytes, what: str, name: bytes) -> int:
+    """Parse a numeric header field: octal text, or GNU base-256 binary."""
+    if field[0] & 0x80:
+        # Base-256: big-endian two's complement once the marker bit is
+        # replaced by a copy of the sign bit (0x40).
+        if field[0] & 0x40:
+            if what == "size":
+                raise _err(name, "negative size")
+            value = int.from_bytes(field, "big", signed=True)
+        else:
+            value = int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
+        if not -_MAX_INT64 - 1 <= value <= _MAX_INT64:
+            raise _bad_number(what, name)
+        return value
+    # Octal text, padded with spaces or NULs on either side, ending at the
+    # first NUL after the digits.
+    text = _cstr(field.strip(b" \x00"))
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise _bad_number(what, name)
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise _bad_number(what, name) from None
+
+
+def _checksum_ok(blk: bytes) -> bool:
+    """True if the stored checksum matches the unsigned or the signed byte sum."""
+    if blk[154] == 0 and blk[148:154].isdigit():  # the usual "dddddd\0 "
+        try:
+            stored = int(blk[148:154], 8)
+        except ValueError:
+            return False
+    elif blk[148] & 0x80:
+        return False  # octal text only here, never base-256
+    else:
+        try:
+            stored = _number(blk[148:156], "chksum", b"")
+        except ArchiveError:
+            return False
+    # Adler-32's low half is 1 + the byte sum mod 65521; the sum of 256 bytes
+    # cannot reach that, so two halves give the exact sum, fast.
+    view = memoryview(blk)
+    total = (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
+    unsigned = total - sum(blk[148:156]) + 256  # the field counts as eight spaces
+    if stored == unsigned:
+        return True
+    # Historic tars summed signed chars: every byte >= 0x80 counts 256 less.
+    rest = blk[:148] + blk[156:]
+    return stored == unsigned - 256 * (len(rest) - len(rest.translate(None, _HIGH_BYTES)))
+
+
+def _compressed(blk: bytes) -> str | None:
+    """What a first block that is no tar header holds, if it is compressed data."""
+    kind = sniff(blk).value
+    if kind == "none" or (len(blk) == BLOCK and _checksum_ok(blk)):
+        return None
+    return f"{kind}-compressed data"
+
+
+def _pax_decimal(value: bytes, key: str, name: bytes) -> int:
+    """A decimal within int64 (without feeding huge strings to int())."""
+    digits = value.lstrip(b"0")
+    if not value.isdigit() or len(digits) > 19 or int(digits or b"0") > _MAX_INT64:
+        raise _err(name, f"invalid PAX {key}")
+    return int(digits or b"0")
+
+
+def _pax_time(value: bytes, key: str, name: bytes) -> int:
+    """Parse a PAX time (``[-]seconds[.fraction]``) into nanoseconds."""
+    neg = value[:1] == b"-"
+    body = value[1:] if neg or value[:1] == b"+" else value
+    secs_text, _, frac = body.partition(b".")
+    secs = _pax_decimal(secs_text, key, name)
+    if frac and not frac.isdigit():
+        raise _err(name, f"invalid PAX {key}")
+    # Digits past nanoseconds are dropped, as other readers do.
+    ns = secs * _NS + int((frac + b"000000000")[:9])
+    return -ns if neg else ns
+
+
+def _parse_pax(data: bytes, name: bytes) -> dict[str, bytes]:
+    """Parse PAX records (``"<len> <key>=<value>\\n"``); a repeated key's last value wins."""
+    records: dict[str, bytes] = {}
+    sparse_map: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        sp = data.find(b" ", pos, pos + 21)
+        digits = data[pos:sp] if sp > pos else b""
+        if not digits.isdigit():
+            raise _err(name, "malformed PAX record")
+        nxt = pos + int(digits)
+        if nxt - sp < 4 or nxt > end or data[nxt - 1] != 0x0A:
+            raise _err(name, "malformed PAX record")
+        rec = data[sp + 1 : nxt - 1]
+        eq = rec.find(b"=")
+        if eq <= 0:
+            raise _err(name, "malformed PAX record")
+        kb, value = rec[:eq], rec[eq + 1 :]
+        key = _text(kb)
+        if 0 in kb:
+            what = "xattr name" if key.startswith(_SCHILY) else "record key"
+            raise _err(name, f"PAX {what} with NUL")
+        if key in _TEXT_RECORDS and 0 in value:
+            raise _err(name, f"PAX record with NUL in {key}")
+        if key in ("GNU.sparse.offset", "GNU.sparse.numbytes"):
+            # Sparse format 0.0 repeats these two keys; keep them all, in
+            # order, the way format 0.1 spells its map.
+            sparse_map.append(value)
+        else:
+            records[key] = value
+        pos = nxt
+    if sparse_map:
+        records["GNU.sparse.map"] = b",".join(sparse_map)
+    return records
+
+
+def _apply_pax(entry: TarEntry, pax: dict[str, bytes], name: bytes) -> tuple[bytes, bytes | None]:
+    """Apply PAX records to ``entry``; return the name and the link name (None: unchanged)."""
+    entry.pax = pax
+    linkname = None
+    where = name
+    for key, value in pax.items():
+        if key.startswith(_SCHILY):
+            entry.xattrs[key[len(_SCHILY) :]] = value
+        elif not value:
+            continue  # an empty record leaves the header's value in place
+        elif key == "path":
+            name = value
+        elif key == "linkpath":
+            linkname = value
+        elif key == "size":
+            entry.size = _pax_decimal(value, key, where)
+        elif key in ("mtime", "atime", "ctime"):
+            setattr(entry, key + "_ns", _pax_time(value, key, where))
+        elif key in ("uid", "gid"):
+            setattr(entry, key, _pax_decimal(value, key, where))
+        elif key in ("uname", "gname"):
+            setattr(entry, key, _text(value))
+    sparse_name = pax.get("GNU.sparse.name")
+    if sparse_name:
+        name = sparse_name  # the real name of a PAX sparse file, whatever the record order
+    return name, linkname
+
+
+class TarReader:
+    """Read a tar stream entry by entry, in one pass, in bounded memory.
+
+    ``raw_sink`` receives every byte that is not entry content, in stream
+    order: each entry's header blocks (meta headers and their data included,
+    one call per entry), the padding after its content, and at the end all
+    from the end-of-archive marker to EOF.  ``data_sink`` receives all entry
+    content, read or skipped, as ``memoryview`` slices of immutable buffers
+    (safe to keep).  Both concatenated in call order give the input back.
+
+    Choices where archives or readers disagree:
+
+    - Link, symlink, device, directory and FIFO entries never have data: a
+      size in their header is ignored and reported as 0 (``hdr-only.tar``).
+    - Of several PAX ``x`` headers before an entry the last wins entirely, of
+      several GNU ``L``/``K`` the last of each kind; a GNU long name or link
+      wins over PAX ``path``/``linkpath`` (as Go, GNU and BSD tar do:
+      ``pax-multi-hdrs.tar``, ``gnu-multi-hdrs.tar``).
+    - PAX ``g`` records apply to all later entries (local ones override, an
+      empty global value removes the record) except ``path``, ``linkpath``,
+      ``size`` and ``GNU.sparse.*``, which cannot describe several files.
+      Global headers go into the next entry's ``raw``; they are not yielded.
+      An empty local value leaves the header's field as it is.
+    - Meta header data over 1 MiB is refused (as Go refuses
+      ``pax-bad-hdr-large.tar.bz2``).
+    - GNU dump directories (``D``) and old GNU sparse files (``S``, with
+      their extension blocks in ``raw``) are yielded with their data as
+      stored.  PAX sparse files keep their type and take ``GNU.sparse.name``
+      as name; sparse maps are not expanded (format 1.0 keeps its map in the
+      data) and ``size`` is always the stored length.
+    - A ``\\0``-type entry, or a ``0``-type one in a v7 header, whose name
+      ends with ``/`` is a directory.
+    - The archive ends at EOF on a header boundary, at a zero block (the
+      second may be missing or short), or at EOF inside the last padding.  A
+      zero block followed by one holding data is refused, as Go does.
+    - Unparsable GNU atime/ctime fields are ignored, and read as a ustar
+      prefix when ASCII (archives of pre-1.8 Go writers).
+    """
+
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        *,
+        raw_sink: RawSink | None = None,
+        data_sink: DataSink | None = None,
+        bufsize: int = 1 << 20,
+    ) -> None:
+        self._f = fileobj
+        self._raw_sink = raw_sink
+        self._data_sink = data_sink
+        self._bufsize = max(bufsize, BLOCK)
+        self._buf = b""
+        self._pos = 0  # read position in _buf
+        self._base = 0  # stream offset of _buf[0]
+        self._entry: TarEntry | None = None
+        self._size = 0  # data length of the current entry
+        self._remaining = 0  # its unread data
+        self._pad = 0  # padding still to skip after it
+        self._globals: dict[str, bytes] = {}
+        self._trailing: bytes | None = None
+        self._error: ArchiveError | None = None
+        # Header fields repeat a lot (modes, owners); decoding each distinct
+        # spelling once keeps per-entry work small.
+        self._ids: dict[bytes, tuple[int, int, int]] = {}
+        self._owners: dict[bytes, tuple[str, str]] = {}
+
+    # -- public interface -------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """The current position in the stream."""
+        return self._base + self._pos
+
+    @property
+    def trailing(self) -> bytes:
+        """Every byte after the last entry's padding (valid once :meth:`next` gave None)."""
+        if self._trailing is None:
+            raise ValueError("the end of the archive has not been reached")
+        return self._trailing
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        while (entry := self.next()) is not None:
+            yield entry
+
+    def next(self) -> TarEntry | None:
+        """Advance to the next entry, skipping what is left of the current one."""
+        if self._error is not None:
+            raise self._error
+        if self._trailing is not None:
+            return None
+        skip = self._remaining + self._pad
+        try:
+            if not skip:
+                pass
+            elif self._pos + skip <= len(self._buf):
+                # Fast path: the rest of the entry and its padding are buffered.
+                pos, rem = self._pos, self._remaining
+                if rem and self._data_sink is not None:
+                    self._data_sink(memoryview(self._buf)[pos : pos + rem])
+                if self._pad and self._raw_sink is not None:
+                    self._raw_sink(self._buf[pos + rem : pos + skip])
+                self._pos = pos + skip
+                self._remaining = self._pad = 0
+            else:
+                self._skip_data()
+                want, self._pad = self._pad, 0
+                pad = self._take(want)
+                if pad and self._raw_sink is not None:
+                    self._raw_sink(pad)
+                if len(pad) < want:  # the stream ended inside the padding
+                    self._finish(b"")
+                    return None
+            self._entry = entry = self._read_entry()
+        except ArchiveError as e:
+            self._error = e
+            raise
+        if entry is not None:
+            self._size = self._remaining = entry.size
+            self._pad = -entry.size % BLOCK
+        return entry
+
+    def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes (all if negative) of the current entry's data."""
+        if n < 0 or n > self._remaining:
+            n = self._remaining
+        pos = self._pos
+        if pos + n <= len(self._buf):
+            # Common case: the data is in the buffer already.
+            self._pos = pos + n
+            self._remaining -= n
+            if self._data_sink is not None and n:
+                self._data_sink(memoryview(self._buf)[pos : pos + n])
+            return self._buf[pos : pos + n]
+        parts = []
+        while n:
+            chunk = self._data_chunk(n)
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        """Read the current entry's data into ``buf``; return the byte count (0 at its end)."""
+        out = memoryview(buf).cast("B")
+        done, want = 0, min(len(out), self._remaining)
+        while done < want:
+            chunk = self._data_chunk(want - done)
+            out[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        return done
+
+    def copy_to_fd(self, fd: int) -> int:
+        """Write the rest of the current entry's data to ``fd``; return the byte count."""
+        total = 0
+        while self._remaining:
+            chunk = self._data_chunk(self._remaining)
+            total += len(chunk)
+            while chunk:
+                chunk = chunk[os.write(fd, chunk) :]
+        return total
+
+    # -- buffer management --------------------------------------------------
+
+    def _fill(self, n: int) -> int:
+        """Try to have ``n`` bytes buffered at the read position; return how many are."""
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail >= n:
+            return avail
+        parts = [buf[pos:]] if avail else []
+        self._base += pos
+        while avail < n:
+            chunk = self._f.read(max(self._bufsize, n - avail))
+            if not chunk:
+                break
+            parts.append(chunk)
+            avail += len(chunk)
+        self._buf = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._pos = 0
+        return avail
+
+    def _take(self, n: int) -> bytes:
+        """Consume up to ``n`` bytes (fewer only at EOF)."""
+        self._fill(n)
+        pos = self._pos
+        out = self._buf[pos : pos + n]
+        self._pos = pos + len(out)
+        return out
+
+    def _data_chunk(self, limit: int) -> memoryview:
+        """Consume up to ``limit`` bytes of entry data (at least one), feeding data_sink."""
+        avail = len(self._buf) - self._pos
+        if avail == 0 and self._fill(1) == 0:
+            name = self._entry.name if self._entry else ""
+            got = self._size - self._remaining
+            self._error = _err(name, f"truncated data (expected {self._size} bytes, got {got})")
+            raise self._error
+        pos = self._pos
+        n = min(len(self._buf) - pos, limit, self._remaining)
+        chunk = memoryview(self._buf)[pos : pos + n]
+        self._pos = pos + n
+        self._remaining -= n
+        if self._data_sink is not None:
+            self._data_sink(chunk)
+        return chunk
+
+    def _skip_data(self) -> None:
+        while self._remaining:
+            if self._data_sink is not None or self._pos == len(self._buf):
+                self._data_chunk(self._remaining)  # refills, or raises at EOF
+            else:
+                n = min(len(self._buf) - self._pos, self._remaining)
+                self._pos += n
+                self._remaining -= n
+
+    def _finish(self, head: bytes) -> None:
+        """Everything from ``head`` to EOF is the archive's tail."""
+        parts, size = [head], len(head)
+        while self._fill(1):
+            chunk = self._buf[self._pos :]
+            self._pos = len(self._buf)
+            size += len(chunk)
+            if size > _MAX_TRAILING:
+                raise _err("", f"more than {_MAX_TRAILING} bytes after the end of the archive")
+            parts.append(chunk)
+        self._trailing = b"".join(parts)
+        if self._raw_sink is not None and self._trailing:
+            self._raw_sink(self._trailing)
+        self._entry = None
+
+    # -- headers ------------------------------------------------------------
+
+    def _read_entry(self) -> TarEntry | None:
+        """Read header blocks (meta ones included) up to the next real entry."""
+        start = self._base + self._pos
+        raw: list[bytes] = []
+        meta: _Meta = [None, None, None]
+        while True:
+            pos = self._pos
+            if pos + BLOCK <= len(self._buf):
+                blk = self._buf[pos : pos + BLOCK]
+                self._pos = pos + BLOCK
+            else:
+                blk = self._take(BLOCK)
+            if start == 0 and not raw and (hint := _compressed(blk)):
+                raise _err("", f"not a tar archive ({hint})")
+            if len(blk) < BLOCK or blk == _ZERO_BLOCK:
+                self._end_of_archive(raw, blk)
+                return None
+            if not _checksum_ok(blk):
+                if start == 0 and not raw:
+                    raise _err("", "not a tar archive (bad header checksum)")
+                raise _err(_cstr(blk[:100]), "bad header checksum")
+            raw.append(blk)
+            if blk[156] not in _META_TYPES:
+                break
+            self._read_meta(blk, raw, meta)
+        entry = self._decode(blk, raw, meta)
+        entry.raw = blk if len(raw) == 1 else b"".join(raw)
+        entry.offset = start
+        if self._raw_sink is not None:
+            self._raw_sink(entry.raw)
+        return entry
+
+    def _end_of_archive(self, pending: list[bytes], blk: bytes) -> None:
+        """Handle EOF, a zero block or a short block where a header belongs."""
+        if blk.count(0) != len(blk):
+            raise _err("", "truncated header")
+        nxt = self._take(BLOCK) if blk else b""
+        if nxt.count(0) != len(nxt):
+            raise _err("", "data after a single end-of-archive zero block")
+        self._finish(b"".join(pending) + blk + nxt)
+
+    def _read_meta(self, blk: bytes, raw: list[bytes], meta: _Meta) -> None:
+        """Read a PAX or GNU long-name header's data (and padding) into ``raw`` and ``meta``."""
+        name = _cstr(blk[:100])
+        size = _number(blk[124:136], "size", name)
+        if size < 0:
+            raise _err(name, "negative size")
+        if size > _MAX_META:
+            kind = "PAX" if blk[156] in b"xg" else "GNU long name"
+            raise _err("", f"{kind} header too large ({size} bytes, limit {_MAX_META})")
+        data = self._take(size + (-size % BLOCK))
+        if len(data) < size:
+            raise _err(name, f"truncated data (expected {size} bytes, got {len(data)})")
+        raw.append(data)  # a stream ending inside the padding ends at the next read
+        typ = blk[156]
+        if typ == 0x78:  # 'x'
+            meta[0] = _parse_pax(data[:size], name)
+        elif typ == 0x67:  # 'g'
+            for key, value in _parse_pax(data[:size], name).items():
+                if key in _NOT_GLOBAL or key.startswith("GNU.sparse."):
+                    continue
+                if value:
+                    self._globals[key] = value
+                else:
+                    self._globals.pop(key, None)
+        else:  # GNU long names are C strings (gnu-long-nul.tar)
+            meta[1 if typ == 0x4C else 2] = _cstr(data[:size])
+
+    def _numbers(self, blk: bytes, name: bytes) -> tuple[int, int, int, int, int]:
+        """Mode, uid, gid, size and mtime of a header block."""
+        key = blk[100:124]
+        ids = self._ids.get(key)
+        if ids is None:
+            mode = _number(key[:8], "mode", name) & 0o7777
+            ids = (mode, _number(key[8:16], "uid", name), _number(key[16:24], "gid", name))
+            if len(self._ids) >= _CACHE_MAX:
+                self._ids.clear()
+            self._ids[key] = ids
+        size_f, mtime_f = blk[124:135], blk[136:147]
+        if blk[135] == 0 == blk[147] and size_f.isdigit() and mtime_f.isdigit():
+            try:
+                return (*ids, int(size_f, 8), int(mtime_f, 8))
+            except ValueError:
+                pass  # an 8 or a 9: let the careful parser say which field
+        size = _number(blk[124:136], "size", name)
+        if size < 0:
+            raise _err(name, "negative size")
+        return (*ids, size, _number(blk[136:148], "mtime", name))
+
+    def _owner_names(self, blk: bytes) -> tuple[str, str]:
+        key = blk[265:329]
+        names = self._owners.get(key)
+        if names is None:
+            names = (_text(_cstr(key[:32])), _text(_cstr(key[32:])))
+            if len(self._owners) >= _CACHE_MAX:
+                self._owners.clear()
+            self._owners[key] = names
+        return names
+
+    def _decode(self, blk: bytes, raw: list[bytes], meta: _Meta) -> TarEntry:
+        """Build the entry of a header block, with its meta records applied."""
+        i = blk.find(0, 0, 100)
+        name = blk[: i if i >= 0 else 100]
+        typ = chr(blk[156])
+        mode, uid, gid, size, mtime = self._numbers(blk, name)
+        entry = TarEntry(name="", type=typ, size=size, mode=mode, uid=uid, gid=gid)
+        entry.mtime_ns = mtime * _NS
+        linkname = _cstr(blk[157:257]) if blk[157] else b""
+        magic = blk[257:265]
+        if magic[:6] == b"ustar\x00":
+            entry.uname, entry.gname = self._owner_names(blk)
+            if blk[508:512] == b"tar\x00":  # star: shorter prefix, then atime and ctime
+                prefix = _cstr(blk[345:476])
+                entry.atime_ns = _opt_time(blk[476:488], "atime", name)
+                entry.ctime_ns = _opt_time(blk[488:500], "ctime", name)
+            else:
+                prefix = _cstr(blk[345:500]) if blk[345] else b""
+            if prefix:
+                name = prefix + b"/" + name
+        elif magic == b"ustar  \x00":  # GNU
+            entry.uname, entry.gname = self._owner_names(blk)
+            name = self._gnu_tail(blk, raw, entry, name)
+        else:
+            if typ == "0" and name.endswith(b"/"):
+                entry.type = DIR  # v7 archives mark directories with a trailing slash
+            if typ == "S":
+                raise _err(name, "sparse entry not in GNU format")
+        if typ in (CHR, BLK):
+            entry.devmajor = _number(blk[329:337], "devmajor", name)
+            entry.devminor = _number(blk[337:345], "devminor", name)
+        return self._finish_entry(entry, name, linkname, meta)
+
+    def _gnu_tail(self, blk: bytes, raw: list[bytes], entry: TarEntry, name: bytes) -> bytes:
+        """GNU atime/ctime and sparse extension blocks; return the (maybe prefixed) name."""
+        if blk[345] or blk[357]:
+            try:
+                entry.atime_ns = _opt_time(blk[345:357], "atime", name)
+                entry.ctime_ns = _opt_time(blk[357:369], "ctime", name)
+            except ArchiveError:
+                # Pre-1.8 Go wrote a ustar prefix here; read it back as such.
+                entry.atime_ns = entry.ctime_ns = None
+                prefix = _cstr(blk[345:500])
+                if prefix.isascii():
+                    name = prefix + b"/" + name
+        if entry.type == "S":
+            extended = blk[482]
+            while extended:
+                ext = self._take(BLOCK)
+                if len(ext) < BLOCK:
+                    raise _err(name, "truncated header")
+                raw.append(ext)
+                extended = ext[504]
+        return name
+
+    def _finish_entry(self, entry: TarEntry, name: bytes, link: bytes, meta: _Meta) -> TarEntry:
+        """Apply PAX records, then GNU long names; settle the type and size."""
+        local, long_name, long_link = meta
+        if local is not None or self._globals:
+            pax = dict(self._globals)
+            if isinstance(local, dict):
+                pax.update(local)
+            name, pax_link = _apply_pax(entry, pax, name)
+            if pax_link is not None:
+                link = pax_link
+        if isinstance(long_name, bytes):
+            name = long_name
+        if isinstance(long_link, bytes):
+            link = long_link
+        if entry.type == AREG and name.endswith(b"/"):
+            entry.type = DIR  # old-style directory
+        if entry.type in _HEADER_ONLY:
+            entry.size = 0
+        entry.name = _text(name)
+        if link:
+            entry.linkname = _text(link)
+        return entry
+
+
+def _opt_time(field: bytes, what: str, name: bytes) -> int | None:
+    return None if field[0] == 0 else _number(field, what, name) * _NS
+
+
+# -- writer -------------------------------------------------------------------
+_MAX_OCTAL7 = 8**7  # 8-byte fields: 7 octal digits and a NUL
+_MAX_OCTAL11 = 8**11  # 12-byte fields: 11 octal digits and a NUL
+_COPY_CHUNK = 1 << 20
+# Keys the writer derives from entry fields: copies of them in entry.pax,
+# stale or not, are never written.
+_DERIVED = frozenset({"path", "linkpath", "size", "uid", "gid", "uname", "gname"})
+_DERIVED |= {"mtime", "atime", "ctime"}
+
+
+def _field(value: bytes, size: int) -> bytes:
+    return value[:size].ljust(size, b"\x00")
+
+
+def _dev_field(value: int) -> bytes:
+    if 0 <= value < _MAX_OCTAL7:
+        return b"%07o\x00" % value
+    if 0 <= value < 1 << 56:
+        return b"\x80" + value.to_bytes(7, "big")  # GNU base-256
+    raise ArchiveError("", f"device number {value} out of range")
+
+
+def _block(name: bytes, prefix: bytes, typ: bytes, nums: tuple[int, ...], texts: bytes) -> bytes:
+    """Assemble a ustar header block; ``texts`` is linkname..devminor, already laid out."""
+    numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % nums  # mode uid gid size mtime
+    # While summing, the checksum field counts as eight spaces.
+    fields = (_field(name, 100), numbers, b" " * 8, typ, texts, _field(prefix, 155), bytes(12))
+    blk = b"".join(fields)
+    return blk[:148] + b"%06o\x00 " % sum(blk) + blk[156:]
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """One ``"<len> key=value\\n"`` record; the length counts its own digits."""
+    body = len(key) + len(value) + 3  # space, '=', newline
+    n = body + len(str(body))
+    if len(str(n)) != len(str(body)):
+        n = body + len(str(n))
+    return b"%d %s=%s\n" % (n, key, value)
+
+
+def _pax_time_text(ns: int) -> bytes:
+    secs, frac = divmod(abs(ns), _NS)
+    text = b"%s%d" % (b"-" if ns < 0 else b"", secs)
+    if frac:
+        text += (b".%09d" % frac).rstrip(b"0")
+    return text
+
+
+def _check_text(value: bytes, what: str, name: bytes) -> bytes:
+    if 0 in value:
+        raise _err(name, f"{what} contains NUL")
+    return value
+
+
+def _header(entry: TarEntry) -> bytes:
+    """The header blocks of ``entry``: a PAX header if needed, then ustar."""
+    records: dict[bytes, bytes] = {}
+    name = _check_text(entry.name_bytes, "name", entry.name_bytes)
+    field, prefix = name, b""
+    if len(name) > 100:
+        i = name.rfind(b"/", 0, min(156, len(name) - 1))
+        if i > 0 and len(name) - i - 1 <= 100:
+            prefix, field = name[:i], name[i + 1 :]
+        else:
+            records[b"path"] = name
+    if not name.isascii():
+        records[b"path"] = name
+    texts = []
+    for key, text, width in (
+        (b"linkpath", entry.linkname, 100),
+        (b"uname", entry.uname, 32),
+        (b"gname", entry.gname, 32),
+    ):
+        raw = _check_text(text.encode("utf-8", "surrogateescape"), key.decode(), name)
+        if len(raw) > width or not raw.isascii():
+            records[key] = raw
+        texts.append(_field(raw, width))
+    nums: list[int] = [entry.mode & 0o7777]
+    size = 0 if entry.type in _HEADER_ONLY else entry.size
+    limits = ((b"uid", entry.uid, _MAX_OCTAL7), (b"gid", entry.gid, _MAX_OCTAL7))
+    for key, value, limit in (*limits, (b"size", size, _MAX_OCTAL11)):
+        if value < 0:
+            raise _err(name, f"negative {key.decode()}")
+        if value >= limit:
+            records[key] = b"%d" % value
+        nums.append(value if value < limit else 0)
+    secs, frac = divmod(entry.mtime_ns, _NS)
+    nums.append(secs if 0 <= secs < _MAX_OCTAL11 else 0)
+    if frac or not 0 <= secs < _MAX_OCTAL11:
+        records[b"mtime"] = _pax_time_text(entry.mtime_ns)
+    for key, ns in ((b"atime", entry.atime_ns), (b"ctime", entry.ctime_ns)):
+        if ns is not None:
+            records[key] = _pax_time_text(ns)
+    _extra_records(entry, name, records)
+    typ = entry.type.encode("utf-8", "surrogateescape")
+    if len(typ) != 1:
+        raise _err(name, f"invalid entry type {entry.type!r}")
+    devs = _dev_field(entry.devmajor) + _dev_field(entry.devminor)
+    tail = texts[0] + b"ustar\x0000" + texts[1] + texts[2] + devs
+    header = _block(field, prefix, typ, tuple(nums), tail)
+    if not records:
+        return header
+    body = b"".join(_pax_record(k, records[k]) for k in sorted(records))
+    base = name.rstrip(b"/").rsplit(b"/", 1)[-1] or b"entry"
+    pax_name = b"PaxHeaders/" + bytes(c if 0x20 < c < 0x7F else 0x5F for c in base)
+    empty = _field(b"", 100) + b"ustar\x0000" + _field(b"", 64) + b"0000000\x00" * 2
+    pax = _block(pax_name, b"", b"x", (0o644, 0, 0, len(body), 0), empty)
+    return pax + body + bytes(-len(body) % BLOCK) + header
+
+
+def _extra_records(entry: TarEntry, name: bytes, records: dict[bytes, bytes]) -> None:
+    """Add xattrs and the verbatim records of ``entry.pax`` to ``records``."""
+    for xname, xvalue in entry.xattrs.items():
+        key = (_SCHILY + xname).encode("utf-8", "surrogateescape")
+        if 0 in key or b"=" in key:
+            raise _err(name, f"xattr name {xname!r} cannot be stored")
+        records[key] = bytes(xvalue)
+    for pkey, pvalue in entry.pax.items():
+        if pkey in _DERIVED or pkey.startswith(_SCHILY):
+            continue
+        key = pkey.encode("utf-8", "surrogateescape")
+        if not key or 0 in key or b"=" in key:
+            raise _err(name, f"PAX key {pkey!r} cannot be stored")
+        records[key] = bytes(pvalue)
+
+
+class TarWriter:
+    """Write a tar stream: ustar headers, with a PAX header only when needed.
+
+    Output is deterministic: the same entries and data give the same bytes.
+    The PAX header (named ``PaxHeaders/<basename>``, mode 0644, owner 0,
+    mtime 0) carries only what ustar cannot hold: names not splittable into
+    prefix and name or not ASCII, link names over 100 bytes or not ASCII,
+    sizes of 8 GiB and more, ids of 2097152 and more, user and group names
+    over 32 bytes or not ASCII, sub-second or out-of-range mtimes, atime and
+    ctime when set, xattrs (``SCHILY.xattr.*``), and the records of
+    ``entry.pax`` not derived from fields, verbatim; keys in byte order.
+    """
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._f = fileobj
+
+    def add(self, entry: TarEntry, data: BinaryIO | int | None = None) -> None:
+        """Write ``entry``'s headers, then ``entry.size`` bytes of ``data`` and padding.
+
+        ``data`` is a file object or a file descriptor.  Link, symlink,
+        device, directory and FIFO entries are written with size 0 and no
+        data, whatever ``entry.size`` says.  If ``data`` runs short, the
+        error comes after part of the entry was written.
+        """
+        size = 0 if entry.type in _HEADER_ONLY else entry.size
+        if size and data is None:
+            raise _err(entry.name, f"no data given for {size} bytes")
+        self._f.write(_header(entry))
+        if not size or data is None:
+            return
+        remaining = size
+        while remaining:
+            n = min(remaining, _COPY_CHUNK)
+            chunk = os.read(data, n) if isinstance(data, int) else data.read(n)
+            if not chunk:
+                got = size - remaining
+                raise _err(entry.name, f"data shorter than size (expected {size} bytes, got {got})")
+            self._f.write(chunk[:remaining])
+            remaining -= min(len(chunk), remaining)
+        if size % BLOCK:
+            self._f.write(bytes(BLOCK - size % BLOCK))
+
+    def add_raw(self, raw: bytes) -> None:
+        """Write bytes as they are (headers or padding kept from another archive)."""
+        self._f.write(raw)
+
+    def close(self) -> None:
+        """Write the end-of-archive marker (two zero blocks); ``fileobj`` stays open."""
+        self._f.write(bytes(2 * BLOCK))
+        self._f.flush()
