@@ -65,6 +65,11 @@ def _build_parser() -> argparse.ArgumentParser:
         c.add_argument("--parent")
     sub.choices["diff"].add_argument("-o", "--output", metavar="FILE")
     sub.add_parser("cleanup", help="finish or undo interrupted work")
+    c = sub.add_parser("tarsplit", help="the layer's tar-split metadata")
+    c.add_argument("id")
+    c.add_argument("-o", "--output", metavar="FILE")
+    c = sub.add_parser("check", help="re-export layers and compare with their digests")
+    c.add_argument("ids", nargs="*", metavar="ID")
     return p
 
 
@@ -220,6 +225,25 @@ def cmd_cleanup(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tarsplit(store: Store, args: argparse.Namespace) -> int:
+    with _output(args.output) as out:
+        store.tarsplit(args.id, out)
+    return 0
+
+
+def cmd_check(store: Store, args: argparse.Namespace) -> int:
+    results = store.check(args.ids)
+    bad = [(layer_id, why) for layer_id, why in results if why and not why.startswith("skipped")]
+    if args.json:
+        _out(json.dumps([{"id": i, "ok": why is None, "error": why} for i, why in results]))
+    else:
+        for layer_id, why in results:
+            _out(f"{layer_id}: {why or 'ok'}")
+    for layer_id, why in bad:
+        sys.stderr.write(f"{PROG}: layer {layer_id}: {why}\n")
+    return 6 if bad else 0
+
+
 COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "status": cmd_status,
     "create": cmd_create,
@@ -235,6 +259,8 @@ COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "diffsize": cmd_diffsize,
     "remove": cmd_remove,
     "cleanup": cmd_cleanup,
+    "tarsplit": cmd_tarsplit,
+    "check": cmd_check,
 }
 
 
@@ -244,6 +270,8 @@ def _validate_ids(args: argparse.Namespace) -> None:
         check_id(args.id)
     if getattr(args, "parent", None) is not None:
         check_id(args.parent, "parent id")
+    for layer_id in getattr(args, "ids", None) or ():
+        check_id(layer_id)
 
 
 def _report(err: BaseException, args: argparse.Namespace | None) -> None:

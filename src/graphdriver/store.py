@@ -16,11 +16,12 @@ crash's leftovers from work in progress in another process.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from graphdriver import atomic, drivers
 from graphdriver.archive.changes import Change
@@ -39,6 +40,8 @@ from graphdriver.records import LayerRecord, RecordStore, marker_is_live, now_rf
 from graphdriver.units import parse_size
 
 STORE_FILE = "store.json"
+TARSPLIT_DIR = "tarsplit"
+TARSPLIT_SUFFIX = ".tar-split.gz"
 LOCK_FILE = "store.lock"
 FORMAT_VERSION = 1
 
@@ -88,6 +91,7 @@ class Store:
         os.makedirs(self.root, 0o700, exist_ok=True)
         os.makedirs(self.run_root, 0o700, exist_ok=True)
         self.records = RecordStore(self.root)
+        os.makedirs(os.path.join(self.root, TARSPLIT_DIR), 0o700, exist_ok=True)
         with self.locked():
             settings = self._settle_settings(opts)
         self.driver_name: str = settings["driver"]
@@ -283,7 +287,7 @@ class Store:
                 self._undo_create(layer_id)
                 raise
         try:
-            record.size = self._apply_stream(layer_id, parent, stream)
+            self._ingest_into(record, stream)
             with self.locked():
                 self.records.put(record)
                 self.records.clear_pending(layer_id)
@@ -292,6 +296,39 @@ class Store:
                 self._undo_create(layer_id)
             raise
         return record
+
+    def _ingest_into(self, record: LayerRecord, stream: BinaryIO) -> None:
+        """Extract, hash and record tar-split in one pass; fill *record* with what was learnt."""
+        final = self._tarsplit_path(record.id)
+        staging = f"{final}.partial-{os.getpid()}"
+        with open(staging, "wb") as out:
+            try:
+                result = self.driver.ingest(record.id, stream, tarsplit_out=out)
+            except BaseException:
+                os.unlink(staging)
+                raise
+        self._sync()
+        os.replace(staging, final)
+        atomic.fsync_dir(os.path.dirname(final))
+        record.size = result.size
+        record.diff_digest = result.diff_digest
+        record.uncompressed_size = result.uncompressed_size
+        record.compressed_digest = result.compressed_digest
+        record.compressed_size = result.compressed_size
+        record.chain_id = self._chain_id(record.parent, result.diff_digest)
+
+    def _chain_id(self, parent: str | None, diff_digest: str) -> str | None:
+        """Docker's ChainID: the DiffID for a base, else sha256 of "<parent chain> <diff id>"."""
+        if parent is None:
+            return diff_digest
+        parent_chain = self._find(parent).chain_id
+        if parent_chain is None:
+            return None
+        text = f"{parent_chain} {diff_digest}".encode()
+        return "sha256:" + hashlib.sha256(text).hexdigest()
+
+    def _tarsplit_path(self, layer_id: str) -> str:
+        return os.path.join(self.root, TARSPLIT_DIR, layer_id + TARSPLIT_SUFFIX)
 
     def apply(self, layer_id: str, stream: BinaryIO, parent: str | None = None) -> int:
         """Apply a (compressed) tarball to an existing layer (the seeds' ApplyDiff)."""
@@ -304,22 +341,21 @@ class Store:
             )
         if self.driver.mount_count(layer_id) > 0 and not record.writable:
             raise Precondition(f"layer {layer_id}", "is mounted")
-        size = self._apply_stream(layer_id, record.parent, stream)
         with self.locked():
+            # Once more is applied, the imported tarball no longer describes the
+            # layer: forget what the import recorded before touching the files.
             record = self.records.get(layer_id)
-            record.size = (record.size or 0) + size
-            # The tarball no longer describes the layer alone: forget what the import recorded.
             record.diff_digest = record.compressed_digest = record.chain_id = None
             record.compressed_size = record.uncompressed_size = None
             self.records.put(record)
-        return size
-
-    def _apply_stream(self, layer_id: str, parent: str | None, stream: BinaryIO) -> int:
-        from graphdriver.archive.compression import open_decompressed
-
-        plain, _kind = open_decompressed(stream)
-        size = self.driver.apply_diff(layer_id, parent, plain)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tarsplit_path(layer_id))
+        size = self.driver.ingest(layer_id, stream).size
         self._sync()
+        with self.locked():
+            record = self.records.get(layer_id)
+            record.size = (record.size or 0) + size
+            self.records.put(record)
         return size
 
     def _sync(self) -> None:
@@ -353,7 +389,77 @@ class Store:
         return self.driver.changes(layer_id, self._parent_for(layer_id, parent))
 
     def diff(self, layer_id: str, out: BinaryIO, parent: str | None = None) -> None:
-        self.driver.diff(layer_id, self._parent_for(layer_id, parent), out)
+        """The layer tarball: the imported bytes exactly when tar-split data exists."""
+        record = self._find(layer_id)
+        base = self._parent_for(layer_id, parent)
+        if base == record.parent and self._has_tarsplit(record):
+            self._reassemble(record, out.write)
+            return
+        self.driver.diff(layer_id, base, out)
+
+    def _has_tarsplit(self, record: LayerRecord) -> bool:
+        return record.diff_digest is not None and os.path.exists(self._tarsplit_of(record))
+
+    def _tarsplit_of(self, record: LayerRecord) -> str:
+        """Where *record*'s tar-split data lives (its own store's folder)."""
+        if record.read_only_store:
+            for ro in self.readonly:
+                if ro.exists(record.id):
+                    return os.path.join(ro.root, TARSPLIT_DIR, record.id + TARSPLIT_SUFFIX)
+        return self._tarsplit_path(record.id)
+
+    def _reassemble(self, record: LayerRecord, write: Callable[[Any], object]) -> int:
+        """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
+        from graphdriver.archive.compression import open_decompressed
+        from graphdriver.archive.tarsplit import assemble, read_entries
+
+        digest = hashlib.sha256()
+
+        def sink(data: Any) -> None:
+            digest.update(data)
+            write(data)
+
+        getter = self.driver.diff_getter(record.id)
+        try:
+            with open(self._tarsplit_of(record), "rb") as f:
+                meta, _kind = open_decompressed(f)
+                size = assemble(read_entries(meta), getter, sink)
+        finally:
+            getter.close()
+        if "sha256:" + digest.hexdigest() != record.diff_digest:
+            raise IntegrityError(
+                f"layer {record.id}", f"re-exported tarball does not match {record.diff_digest}"
+            )
+        return size
+
+    def tarsplit(self, layer_id: str, out: BinaryIO) -> None:
+        """Write the layer's tar-split metadata (gzip-compressed NDJSON)."""
+        record = self._find(layer_id)
+        if not self._has_tarsplit(record):
+            raise NotFound(f"tar-split data of layer {layer_id}", "the layer was not imported")
+        with open(self._tarsplit_of(record), "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    def check(self, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | None]]:
+        """Re-export layers and compare with their DiffIDs: (id, None if good else why)."""
+        from graphdriver.errors import GraphDriverError
+
+        records = [self._find(i) for i in layer_ids] if layer_ids else self.layers()
+        results: list[tuple[str, str | None]] = []
+        for record in records:
+            if record.diff_digest is None:
+                results.append((record.id, "skipped: no recorded digest (not imported)"))
+                continue
+            try:
+                if self._has_tarsplit(record):
+                    self._reassemble(record, lambda _data: None)
+                else:
+                    raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
+            except GraphDriverError as e:
+                results.append((record.id, str(e)))
+                continue
+            results.append((record.id, None))
+        return results
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         return self.driver.diff_size(layer_id, self._parent_for(layer_id, parent))
@@ -374,6 +480,8 @@ class Store:
             self.records.mark_pending(layer_id, "remove")
             if self.driver.exists(layer_id):
                 self.driver.remove(layer_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tarsplit_path(layer_id))
             self.records.delete(layer_id)
             self.records.clear_pending(layer_id)
 
@@ -387,11 +495,14 @@ class Store:
                 op = marker.get("op", "work")
                 with contextlib.suppress(NotFound):
                     self.driver.remove(layer_id)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._tarsplit_path(layer_id))
                 self.records.delete(layer_id)
                 self.records.clear_pending(layer_id)
                 done.append(f"removed layer {layer_id} left by an interrupted {op}")
             done.extend(self.driver.cleanup())
             done.extend(self._remove_orphans())
+            done.extend(self._remove_stray_tarsplit())
         return done
 
     def _remove_orphans(self) -> list[str]:
@@ -412,6 +523,25 @@ class Store:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(path)
             done.append(f"removed orphaned layer folder {name}")
+        return done
+
+    def _remove_stray_tarsplit(self) -> list[str]:
+        """tar-split files of no layer, and half-written ones of dead processes."""
+        from graphdriver.records import process_start
+
+        known = set(self.records.ids())
+        done = []
+        folder = os.path.join(self.root, TARSPLIT_DIR)
+        for name in sorted(os.listdir(folder)):
+            layer_id, sep, rest = name.partition(TARSPLIT_SUFFIX)
+            if sep and not rest and layer_id in known:
+                continue
+            pid = rest.rpartition("-")[2]
+            if rest.startswith(".partial-") and pid.isdigit() and process_start(int(pid)) is not None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+            done.append(f"removed stray tar-split file {name}")
         return done
 
     def _is_alternate_target(self, folder: str) -> bool:

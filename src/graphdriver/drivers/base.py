@@ -69,7 +69,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, ClassVar
+from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from graphdriver import atomic
 from graphdriver.archive.changes import Change
@@ -83,6 +83,11 @@ from graphdriver.errors import (
 )
 from graphdriver.idmap import IDMappings
 from graphdriver.locking import locked
+
+if TYPE_CHECKING:
+    from graphdriver.archive.confine import ConfinedDirs
+    from graphdriver.archive.extract import ApplyOptions, EntrySource
+    from graphdriver.archive.ingest import IngestResult
 
 LAYERCHAIN_FILE = "layerchain.json"
 LAYERID_FILE = "layerID"
@@ -480,8 +485,19 @@ class Driver(abc.ABC):
         """Where :meth:`apply_diff` extracts into, and with which conventions."""
 
     def apply_diff(self, layer_id: str, parent: str | None, stream: BinaryIO) -> int:
-        """Apply an uncompressed layer tarball; returns the size applied (the seeds' ``ApplyDiff``)."""
-        from graphdriver.archive.extract import ApplyOptions, apply_layer
+        """Apply a layer tarball; returns the size applied (the seeds' ``ApplyDiff``)."""
+        return self.ingest(layer_id, stream).size
+
+    def ingest(
+        self, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None
+    ) -> IngestResult:
+        """Apply a (possibly compressed) tarball in one pass, learning its digests.
+
+        The store uses this to record DiffIDs and tar-split metadata while the
+        layer is extracted; *tarsplit_out* receives the gzip-compressed metadata.
+        """
+        from graphdriver.archive.extract import ApplyOptions
+        from graphdriver.archive.ingest import ingest
 
         if self.is_readonly_store(layer_id):
             raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
@@ -489,9 +505,26 @@ class Driver(abc.ABC):
         opts = ApplyOptions(
             idmaps=self.config.idmaps, whiteouts=target.whiteouts, lower_dirs=target.lower_dirs
         )
-        size = apply_layer(stream, target.path, opts)
+
+        def apply(entries: EntrySource, dirs: ConfinedDirs) -> int:
+            return self.apply_entries(entries, dirs, opts)
+
+        result = ingest(
+            stream, target.path, apply, extra_dirs=target.lower_dirs, tarsplit_out=tarsplit_out
+        )
         self.after_apply(layer_id)
-        return size
+        return result
+
+    def apply_entries(self, entries: EntrySource, dirs: ConfinedDirs, opts: ApplyOptions) -> int:
+        """Write tar entries into the layer; runs inside the confined child.
+
+        Drivers whose layers have their own format (``windowsfilter``) override
+        this; the default is the Docker/OCI layer semantics of
+        :func:`graphdriver.archive.extract.extract_entries`.
+        """
+        from graphdriver.archive.extract import extract_entries
+
+        return extract_entries(entries, dirs.root_fd, opts, lower_fds=dirs.extra_fds)
 
     def after_apply(self, layer_id: str) -> None:  # noqa: B027 - optional hook
         """Called after a successful apply (e.g. to back up files the driver rewrites)."""

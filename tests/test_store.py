@@ -1,0 +1,188 @@
+"""The layer store: records, digests, bit-exact re-export, check, tar-split for other tools."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from graphdriver.errors import IntegrityError, NotFound, Precondition
+from graphdriver.store import Store, StoreOptions
+from tests.conftest import corpus_dir, needs_root, run_cli
+from tests.treeutil import D, F, H, L, make_tar
+
+CORPUS = corpus_dir()
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def export(store: Store, layer_id: str) -> bytes:
+    out = io.BytesIO()
+    store.diff(layer_id, out)
+    return out.getvalue()
+
+
+BASE = make_tar({"etc": D(), "etc/hosts": F(b"127.0.0.1 localhost\n"), "bin": D(),
+                 "bin/sh": F(b"#!" + b"x" * 3000, mode=0o755), "bin/rsh": L("sh"),
+                 "bin/sh2": H("bin/sh")})
+TOP = make_tar({"etc": D(), "etc/motd": F(b"welcome\n")})
+
+
+def test_record_digests_and_chain_id(store):
+    gz = gzip.compress(BASE)
+    rec = store.import_layer("base", None, io.BytesIO(gz))
+    assert rec.diff_digest == sha(BASE)
+    assert rec.compressed_digest == sha(gz)
+    assert rec.compressed_size == len(gz)
+    assert rec.uncompressed_size == len(BASE)
+    assert rec.chain_id == rec.diff_digest
+    top = store.import_layer("top", "base", io.BytesIO(TOP))
+    assert top.compressed_digest == top.diff_digest == sha(TOP)
+    expected = "sha256:" + hashlib.sha256(f"{rec.chain_id} {top.diff_digest}".encode()).hexdigest()
+    assert top.chain_id == expected
+    # What was learnt is on disk, not only in memory.
+    again = store.layer("top")
+    assert (again.diff_digest, again.chain_id, again.size) == (top.diff_digest, expected, 8)
+
+
+def test_diff_of_imported_layer_is_bit_exact(store):
+    store.import_layer("base", None, io.BytesIO(BASE))
+    store.import_layer("top", "base", io.BytesIO(TOP))
+    assert export(store, "base") == BASE
+    assert export(store, "top") == TOP
+    assert store.check() == [("base", None), ("top", None)]
+
+
+def _corpus_layers() -> list[Path]:
+    if CORPUS is None:
+        return []
+    return sorted((CORPUS / "tar-split").iterdir())
+
+
+@pytest.mark.skipif(CORPUS is None, reason="shared/corpus not found (set GRAPHDRIVER_CORPUS)")
+@pytest.mark.parametrize("path", _corpus_layers(), ids=lambda p: p.name[:16])
+def test_tar_split_corpus_reexports_exactly(store, path):
+    raw = path.read_bytes()
+    data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    try:
+        store.import_layer("l", None, io.BytesIO(raw))
+    except Exception as e:  # noqa: BLE001 - a refusal must be deliberate and named
+        pytest.fail(f"{path.name} refused: {e}")
+    assert export(store, "l") == data
+
+
+def test_changed_file_is_caught_by_check_and_diff(store):
+    store.import_layer("base", None, io.BytesIO(BASE))
+    root = store.mount("base")
+    try:
+        Path(root, "etc/hosts").write_bytes(b"127.0.0.1 evil\n")
+    finally:
+        store.unmount("base")
+    results = dict(store.check())
+    assert results["base"] is not None and "etc/hosts" in results["base"]
+    with pytest.raises(IntegrityError):
+        export(store, "base")
+
+
+def test_same_length_change_is_caught(store):
+    store.import_layer("base", None, io.BytesIO(BASE))
+    root = store.mount("base")
+    try:
+        Path(root, "etc/hosts").write_bytes(b"127.0.0.2 localhost\n")
+    finally:
+        store.unmount("base")
+    with pytest.raises(IntegrityError, match="checksum"):
+        export(store, "base")
+
+
+def test_apply_forgets_the_import(store):
+    store.import_layer("base", None, io.BytesIO(BASE))
+    store.apply("base", io.BytesIO(TOP))
+    rec = store.layer("base")
+    assert rec.diff_digest is None and rec.chain_id is None
+    with pytest.raises(NotFound):
+        store.tarsplit("base", io.BytesIO())
+    names = export(store, "base")
+    assert b"etc/motd" in names and b"etc/hosts" in names
+
+
+def test_tarsplit_metadata_for_go_tool(store, tmp_path):
+    if shutil.which("tar-split") is None:
+        pytest.skip("tar-split (Debian package tar-split) not installed")
+    store.import_layer("base", None, io.BytesIO(BASE))
+    meta = tmp_path / "meta.gz"
+    with open(meta, "wb") as f:
+        store.tarsplit("base", f)
+    root = store.mount("base")
+    try:
+        out = subprocess.run(["tar-split", "asm", "--input", str(meta), "--path", root],
+                             capture_output=True, check=True)
+    finally:
+        store.unmount("base")
+    assert out.stdout == BASE
+
+
+def test_cli_check_reports_bad_layer_with_exit_6(tmp_path):
+    root = tmp_path / "store"
+    assert run_cli("import", "good", "-", root=root, input=BASE).returncode == 0
+    assert run_cli("import", "bad", "-", root=root, input=TOP).returncode == 0
+    mnt = run_cli("mount", "bad", root=root).stdout.decode().strip()
+    Path(mnt, "etc/motd").write_bytes(b"tampered\n")
+    run_cli("unmount", "bad", root=root, check=True)
+    r = run_cli("check", root=root)
+    assert r.returncode == 6
+    out = r.stdout.decode().splitlines()
+    assert "good: ok" in out and any(line.startswith("bad: ") for line in out)
+    assert "bad" in r.stderr.decode()
+    assert run_cli("check", "good", root=root).returncode == 0
+    r = run_cli("diff", "bad", "-o", str(tmp_path / "x.tar"), root=root)
+    assert r.returncode == 6 and not (tmp_path / "x.tar").exists()
+
+
+def test_tarsplit_cli(tmp_path):
+    root = tmp_path / "store"
+    run_cli("import", "l", "-", root=root, input=BASE, check=True)
+    r = run_cli("tarsplit", "l", root=root, check=True)
+    assert gzip.decompress(r.stdout).startswith(b'{"type":2')
+    run_cli("tarsplit", "l", "-o", str(tmp_path / "m.gz"), root=root, check=True)
+    assert (tmp_path / "m.gz").read_bytes() == r.stdout
+    run_cli("create", "empty", root=root, check=True)
+    assert run_cli("tarsplit", "empty", root=root).returncode == 3
+
+
+def test_remove_drops_tarsplit_and_leaves_store_empty(store):
+    store.import_layer("base", None, io.BytesIO(BASE))
+    store.remove("base")
+    assert os.listdir(os.path.join(store.root, "tarsplit")) == []
+    assert store.cleanup() == []
+
+
+@needs_root
+def test_additional_read_only_store(tmp_path, driver_name):
+    shared = Store(StoreOptions(root=str(tmp_path / "shared"), run_root=str(tmp_path / "r1"),
+                                driver=driver_name))
+    shared.import_layer("base", None, io.BytesIO(BASE))
+    local = Store(StoreOptions(root=str(tmp_path / "local"), run_root=str(tmp_path / "r2"),
+                               driver=driver_name,
+                               additional_stores=(str(tmp_path / "shared"),)))
+    assert [r.id for r in local.layers()] == ["base"]
+    assert local.layer("base").read_only_store
+    local.import_layer("top", "base", io.BytesIO(TOP))
+    root = local.mount("top")
+    try:
+        assert Path(root, "etc/hosts").exists() and Path(root, "etc/motd").exists()
+    finally:
+        local.unmount("top")
+    assert export(local, "base") == BASE
+    with pytest.raises(Precondition):
+        local.remove("base")
+    with pytest.raises(Precondition):
+        local.apply("base", io.BytesIO(TOP))
