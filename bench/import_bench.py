@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+from graphdriver.atomic import syncfs  # noqa: E402
+
 CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
 
 
@@ -68,11 +71,7 @@ def run_gnu_tar(layer: Path, work: Path) -> None:
 
 def run_sync(work: Path) -> None:
     """Time of the data reaching the disk is part of an import: count it for everyone."""
-    fd = os.open(work, os.O_RDONLY)
-    try:
-        os.syncfs(fd)
-    finally:
-        os.close(fd)
+    syncfs(str(work))
 
 
 TOOLS: dict[str, Callable[[Path, Path], None]] = {

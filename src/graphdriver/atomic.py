@@ -73,3 +73,21 @@ def staged_dir(final: str) -> Iterator[str]:
     yield staging
     os.rename(staging, final)
     fsync_dir(os.path.dirname(final) or ".")
+
+
+def syncfs(path: str) -> None:
+    """Flush every dirty page of the filesystem holding *path* (``syncfs(2)``).
+
+    One call makes a whole extracted layer durable, far cheaper than an fsync
+    per file; ``os.sync`` (every filesystem) is the fallback.
+    """
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = getattr(libc, "syncfs", None)
+        if func is None or func(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)

@@ -53,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text)
         c.add_argument("id")
         c.add_argument("--parent")
-        c.add_argument("file", nargs="?", default="-")
+        c.add_argument("file", nargs="?", default=None, metavar="FILE|-")
     for name in ("mount", "unmount", "exists", "layer", "remove"):
         c = sub.add_parser(name, help=f"{name} a layer")
         c.add_argument("id")
@@ -70,6 +70,10 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", metavar="FILE")
     c = sub.add_parser("check", help="re-export layers and compare with their digests")
     c.add_argument("ids", nargs="*", metavar="ID")
+    for c in sub.choices.values():
+        # `graphdriver layers --json` works as well as `graphdriver --json layers`.
+        c.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="machine-readable output")
     return p
 
 
@@ -178,6 +182,8 @@ def cmd_exists(store: Store, args: argparse.Namespace) -> int:
 def cmd_layers(store: Store, args: argparse.Namespace) -> int:
     records = store.layers()
     if args.json:
+        for r in records:
+            r.metadata = store.driver.metadata(r.id)
         _out(json.dumps([r.display() for r in records]))
     else:
         for r in records:
@@ -274,6 +280,23 @@ def _validate_ids(args: argparse.Namespace) -> None:
         check_id(layer_id)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, letting FILE follow options (``import ID --parent P FILE``).
+
+    argparse matches all positionals of a command at once, so an optional
+    FILE after ``--parent P`` would be left over; take it here.
+    """
+    args, extras = parser.parse_known_args(argv)
+    lone_file = len(extras) == 1 and (extras[0] == "-" or not extras[0].startswith("-"))
+    if lone_file and getattr(args, "file", "") is None:
+        args.file, extras = extras[0], []
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    if getattr(args, "file", "") is None:
+        args.file = "-"
+    return args
+
+
 def _report(err: BaseException, args: argparse.Namespace | None) -> None:
     sys.stderr.write(f"{PROG}: {err}\n")
     if args is not None and args.verbose:
@@ -285,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args: Any = None
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         _validate_ids(args)
         store = _open_store(args)
         return COMMANDS[args.command](store, args)

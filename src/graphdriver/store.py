@@ -360,11 +360,7 @@ class Store:
 
     def _sync(self) -> None:
         """Make the layer data durable before its record says it is complete."""
-        fd = os.open(self.driver.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
-        finally:
-            os.close(fd)
+        atomic.syncfs(self.driver.home)
 
     # ----- mount -------------------------------------------------------------------------
 

@@ -1,0 +1,139 @@
+"""Crash safety and many processes on one store, with real processes and real kills.
+
+kill -9 lands at random moments of ``import``, ``create`` and ``remove``; after
+each, the store is reopened and must list only whole layers that re-export
+exactly, and removing everything must leave it empty.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from graphdriver.store import Store, StoreOptions
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _layer(files: int, size: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for d in range(files // 50 + 1):
+            info = tarfile.TarInfo(f"d{d}")
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tf.addfile(info)
+        for i in range(files):
+            data = rng.randbytes(rng.randint(0, size))
+            info = tarfile.TarInfo(f"d{i // 50}/f{i}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _cli(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+            str(root.parent / "run"), *args]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), GRAPHDRIVER_NO_PROGRESS="1")
+
+
+def _assert_whole(root: Path, driver: str) -> list[str]:
+    """Open the store (which recovers), then every listed layer must re-export exactly."""
+    store = Store(StoreOptions(root=str(root), run_root=str(root.parent / "run"), driver=driver))
+    store.cleanup()
+    layers = [r.id for r in store.layers()]
+    bad = [(i, why) for i, why in store.check() if why and not why.startswith("skipped")]
+    assert not bad, bad
+    home = store.driver.home
+    folders = {n for n in os.listdir(home) if not n.startswith(".")}
+    assert folders == set(layers), (folders, layers)
+    return layers
+
+
+def test_kill_at_random_points(tmp_path: Path, driver_name: str):
+    root = tmp_path / "store"
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(_layer(600, 20_000, 1))
+    rng = random.Random(int(os.environ.get("GRAPHDRIVER_CRASH_SEED", "7")))
+    subprocess.run(_cli(root, "--driver", driver_name, "import", "base", str(tar)),
+                   env=_env(), check=True, capture_output=True)
+    rounds = int(os.environ.get("GRAPHDRIVER_CRASH_ROUNDS", "25"))
+    for n in range(rounds):
+        op = rng.choice(["import", "import", "create", "remove"])
+        if op == "import":
+            args = ["import", f"l{n}", "--parent", "base", str(tar)]
+        elif op == "create":
+            args = ["create", f"c{n}", "--parent", "base"]
+        else:
+            victims = [x for x in _assert_whole(root, driver_name) if x != "base"]
+            if not victims:
+                continue
+            args = ["remove", rng.choice(victims)]
+        proc = subprocess.Popen(_cli(root, *args), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _assert_whole(root, driver_name)
+    # Everything removable leaves nothing behind.
+    store = Store(StoreOptions(root=str(root), run_root=str(root.parent / "run"), driver=driver_name))
+    for record in sorted(store.layers(), key=lambda r: r.parent is None):
+        store.remove(record.id)
+    assert store.layers() == []
+    assert [n for n in os.listdir(store.driver.home) if not n.startswith(".")] == []
+    assert os.listdir(root / "tarsplit") == []
+    assert os.listdir(root / "pending") == []
+
+
+def test_six_processes_share_one_store(tmp_path: Path, driver_name: str):
+    root = tmp_path / "store"
+    data = _layer(100, 3000, 2)
+    run_cli("import", "base", "-", root=root, driver=driver_name, input=data, check=True)
+    tar = tmp_path / "l.tar"
+    tar.write_bytes(_layer(80, 2000, 3))
+
+    def worker(w: int) -> list[str]:
+        failures = []
+        for i in range(4):
+            steps = [
+                ["import", f"w{w}-{i}", "--parent", "base", str(tar)],
+                ["mount", "base"],
+                ["mount", f"w{w}-{i}"],
+                ["changes", f"w{w}-{i}"],
+                ["unmount", f"w{w}-{i}"],
+                ["layers"],
+                ["unmount", "base"],
+                ["create", f"w{w}-{i}-c", "--parent", f"w{w}-{i}"],
+                ["remove", f"w{w}-{i}-c"],
+                ["remove", f"w{w}-{i}"],
+            ]
+            for step in steps:
+                r = subprocess.run(_cli(root, *step), env=_env(), capture_output=True)
+                if r.returncode != 0:
+                    failures.append(f"{step}: {r.returncode} {r.stderr.decode().strip()}")
+        return failures
+
+    with ThreadPoolExecutor(6) as pool:
+        failures = [f for fs in pool.map(worker, range(6)) for f in fs]
+    assert failures == []
+    store = Store(StoreOptions(root=str(root), run_root=str(root.parent / "run"), driver=driver_name))
+    assert [r.id for r in store.layers()] == ["base"]
+    assert store.driver.mount_count("base") == 0
+    assert store.check() == [("base", None)]
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        assert str(root) not in f.read()
