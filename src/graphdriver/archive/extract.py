@@ -1,0 +1,801 @@
+"""Applying a layer tarball to a directory (Docker's ``ApplyLayer``/``UnpackLayer``).
+
+Conventions, and where this differs from a plain ``tar -x``:
+
+* Names lose leading ``/`` and ``./`` and are normalised lexically; a name
+  that still starts with ``..`` is a :class:`BreakoutError`.  The root entry
+  (``.``, ``./``, ``/``) applies its owner, mode, xattrs and times to the
+  target directory itself, as Docker's ``UnpackLayer`` and GNU tar do (Docker's
+  plain ``Untar`` skips it); it must be a directory.
+* Missing parent directories are created 0755, owned by the mapped root
+  (copying a lower directory's owner, mode and times when one exists there).
+  Directories the layer changes but does not list keep their times.
+* An existing directory meets a directory entry: merged, metadata updated.
+  Anything else existing is removed (recursively) and replaced.
+* Whiteouts: ``.wh..wh..opq`` marks its directory opaque; any other name
+  starting ``.wh..wh.`` is reserved AUFS metadata and ignored (the
+  ``.wh..wh.plnk`` hardlink store is extracted to a scratch directory and
+  dropped at the end so links into it work); every other ``.wh.X`` deletes
+  ``X``, so ``.wh..foo`` deletes ``.foo``.  Nothing below a whiteout name is
+  ever created.
+* Relative symlinks that escape the layer when joined lexically to their
+  directory are refused (Docker's rule); absolute ones are kept as they are,
+  since they resolve inside the root when the layer is used.
+* A hardlink entry only makes the link: the inode keeps the metadata of the
+  entry that created it.  A target missing from the layer is copied up from
+  ``lower_dirs`` first (an overlay upper directory holds only the layer).
+* In overlay mode, ``trusted.overlay.*``/``user.overlay.*`` xattrs in the
+  archive are dropped: in an upper directory the kernel would obey them.
+
+Every path operation resolves the parent directory with ``openat2`` confined
+to the root and acts on the last component with ``*at`` calls that never
+follow it; see :mod:`graphdriver.archive.confine`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from graphdriver import syscalls as sc
+from graphdriver.archive import confine
+from graphdriver.archive import entry as te
+from graphdriver.archive.entry import LNK, REGULAR_TYPES, SYM, TarEntry
+from graphdriver.archive.tarstream import TarReader
+from graphdriver.archive.whiteout import (
+    OPAQUE_WHITEOUT,
+    OVERLAY_OPAQUE_XATTR,
+    WHITEOUT_META_PREFIX,
+    WHITEOUT_PREFIX,
+    WhiteoutMode,
+)
+from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
+from graphdriver.idmap import IDMappings
+
+log = logging.getLogger(__name__)
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOWER_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+IMPLIED_DIR_MODE = 0o755
+# Parent directory fds kept open.  Entries come grouped by directory, so a
+# small cache hits nearly always; it is trimmed between entries only, so every
+# fd an entry is working with stays open until the entry is done.
+_DIR_CACHE_SIZE = 128
+AUFS_LINK_DIR = ".wh..wh.plnk"
+
+_DIR_TYPES = frozenset({te.DIR, te.GNU_DUMPDIR})  # a dumpdir is a directory plus a listing
+_SPECIAL_TYPES = {te.CHR: stat.S_IFCHR, te.BLK: stat.S_IFBLK, te.FIFO: stat.S_IFIFO}
+# Metadata records that describe no file (the reader normally folds them in).
+_NO_FILE_TYPES = frozenset({te.PAX_GLOBAL, te.PAX_LOCAL, te.GNU_VOLHDR})
+_UNSUPPORTED_TYPES = {
+    te.GNU_SPARSE: "sparse file",
+    te.GNU_MULTIVOL: "multi-volume continuation",
+    te.GNU_LONGNAME: "orphaned long name record",
+    te.GNU_LONGLINK: "orphaned long link record",
+}
+_KNOWN_TYPES = REGULAR_TYPES | _DIR_TYPES | {SYM, LNK} | set(_SPECIAL_TYPES)
+
+_IGNORED_XATTRS = frozenset({"security.selinux"})  # the labeler's business, not the layer's
+_OVERLAY_PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.")
+_TOLERATED_XATTRS = ("trusted.", "security.")  # need privileges a rootless run lacks
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How :func:`apply_layer` writes a layer."""
+
+    #: Archive owners are container ids, mapped to host ids on the way in.
+    idmaps: IDMappings = field(default_factory=IDMappings)
+    #: Delete whiteouts out (full tree) or write overlay whiteouts (upper dir).
+    whiteouts: WhiteoutMode = WhiteoutMode.DELETE
+    #: Where hardlink targets missing from the layer are copied up from, nearest first.
+    lower_dirs: tuple[str, ...] = ()
+    #: The xattr that marks an opaque directory in overlay mode.
+    opaque_xattr: str = OVERLAY_OPAQUE_XATTR
+    #: Tolerate (and count) EPERM from chown, device mknod and trusted/security
+    #: xattrs.  None: tolerate when not running as root.
+    ignore_chown_errors: bool | None = None
+    #: Run in this process instead of a confined child.  None: the
+    #: ``GRAPHDRIVER_APPLY_INLINE`` environment switch decides.
+    inline: bool | None = None
+
+
+@dataclass
+class ExtractStats:
+    """What an unprivileged extraction had to leave out."""
+
+    skipped_chowns: int = 0
+    skipped_devices: int = 0
+    skipped_xattrs: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.skipped_chowns or self.skipped_devices or self.skipped_xattrs)
+
+
+class EntrySource(Protocol):
+    """What :func:`extract_entries` reads: a :class:`TarReader` or a wrapper of one."""
+
+    def next(self) -> TarEntry | None: ...
+
+    def copy_to_fd(self, fd: int) -> int: ...
+
+
+_DEFAULT_OPTIONS = ApplyOptions()
+
+
+def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIONS) -> int:
+    """Apply the uncompressed layer tarball *stream* to directory *dest*.
+
+    Runs confined (see :func:`graphdriver.archive.confine.run_confined`) and
+    returns the layer's size: the sum of the sizes of its regular files
+    (hardlinks count 0).  On failure *dest* is left as it is for the caller
+    to discard.  The stream is consumed by the child process.
+    """
+
+    def work(dirs: confine.ConfinedDirs) -> tuple[int, ExtractStats]:
+        stats = ExtractStats()
+        size = extract_entries(
+            TarReader(stream), dirs.root_fd, opts, lower_fds=dirs.extra_fds, stats=stats
+        )
+        return size, stats
+
+    size, stats = confine.run_confined(dest, work, extra_dirs=opts.lower_dirs, inline=opts.inline)
+    if stats:
+        log.warning(
+            "applied to %s without privileges: skipped %d ownership changes, "
+            "%d device nodes, %d xattrs",
+            dest, stats.skipped_chowns, stats.skipped_devices, stats.skipped_xattrs,
+        )  # fmt: skip
+    return size
+
+
+def extract_entries(
+    reader: EntrySource,
+    root_fd: int,
+    opts: ApplyOptions,
+    *,
+    lower_fds: Sequence[int] | None = None,
+    stats: ExtractStats | None = None,
+) -> int:
+    """Apply every entry of *reader* to the directory open as *root_fd*; returns the size.
+
+    The loop behind :func:`apply_layer`, for callers that wrap the reader
+    (to record tar-split data and digests in the same pass, say).  Paths
+    resolve as if *root_fd* were ``/``.  *lower_fds* are open directories
+    standing for ``opts.lower_dirs``; when None those paths are opened here.
+    What was skipped for lack of privilege is counted into *stats*.
+    """
+    opened: list[int] = []
+    try:
+        if lower_fds is None:
+            for d in opts.lower_dirs:
+                opened.append(os.open(d, _LOWER_DIR))
+            lower_fds = opened
+        stats = ExtractStats() if stats is None else stats
+        ex = _Extractor(reader, root_fd, opts, tuple(lower_fds), stats)
+        try:
+            return ex.run()
+        finally:
+            ex.close()
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def clean_name(name: str, entry: str, what: str = "path") -> str:
+    """*name* relative to the layer root and normalised (``"."`` for the root).
+
+    Raises :class:`BreakoutError` when it would leave the root.
+    """
+    rel = posixpath.normpath(name.lstrip("/") or ".")
+    if rel == ".." or rel.startswith("../"):
+        raise BreakoutError(entry, f"{what} escapes the layer")
+    return rel
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _depth(rel: str) -> int:
+    return rel.count("/") + 1 if rel else 0
+
+
+class _Extractor:
+    """The state of one extraction: cached parent fds and what this layer made."""
+
+    def __init__(
+        self,
+        reader: EntrySource,
+        root_fd: int,
+        opts: ApplyOptions,
+        lower_fds: tuple[int, ...],
+        stats: ExtractStats,
+    ) -> None:
+        self.reader = reader
+        self.root_fd = root_fd
+        self.opts = opts
+        self.lower_fds = lower_fds
+        self.stats = stats
+        self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
+        self.privileged = os.geteuid() == 0
+        tolerant = opts.ignore_chown_errors
+        self.tolerant = (not self.privileged) if tolerant is None else tolerant
+        self.umask = _current_umask()
+        # Relative path -> fd of that directory (resolved in the root).
+        self.dirs: dict[str, int] = {}
+        # Fds dropped from the cache while an entry may still use them.
+        self.stale: list[int] = []
+        # Paths this layer created, for opaque directories (which hide only
+        # what was there before the layer).
+        self.created: set[str] = set()
+        # Directory path -> (atime, mtime, mode to set late or None), applied
+        # after all entries since creating children changes a directory's mtime.
+        self.pending: dict[str, tuple[int, int, int | None]] = {}
+        self._keep_times(root_fd, "")
+
+    # ----- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        size = 0
+        while (e := self._next()) is not None:
+            if self.stale or len(self.dirs) > _DIR_CACHE_SIZE:
+                self._trim_cache()
+            try:
+                size += self._entry(e)
+            except OSError as x:
+                raise ArchiveError(e.name, x.strerror or str(x)) from x
+            except ValueError as x:  # a NUL byte in a name
+                raise ArchiveError(e.name, str(x)) from x
+        try:
+            self._finish()
+        except OSError as x:
+            raise ArchiveError("", f"finishing directories: {x.strerror or x}") from x
+        return size
+
+    def _next(self) -> TarEntry | None:
+        try:
+            return self.reader.next()
+        except (OSError, EOFError) as x:  # the stream, not the archive, failed
+            raise ArchiveError("", f"reading the layer: {x}") from x
+
+    def _entry(self, e: TarEntry) -> int:
+        t = e.type
+        if t in _NO_FILE_TYPES:
+            return 0
+        if t not in _KNOWN_TYPES:
+            kind = _UNSUPPORTED_TYPES.get(t)
+            why = f"unsupported entry type {t!r}" + (f" ({kind})" if kind else "")
+            raise ArchiveError(e.name, why)
+        if not e.name:
+            raise ArchiveError(e.name, "empty name")
+        rel = clean_name(e.name, e.name)
+        parent, _, base = rel.rpartition("/")
+        if WHITEOUT_PREFIX in parent and self._below_reserved(e, parent):
+            return 0
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(e, parent, base)
+            return 0
+        if rel == ".":
+            self._root(e)
+            return 0
+        if e.pax and t in REGULAR_TYPES and any(k.startswith("GNU.sparse.") for k in e.pax):
+            # Its data is the packed extents (and map), not the file.
+            raise ArchiveError(e.name, f"unsupported entry type {t!r} (PAX sparse file)")
+        pfd = self._dir_fd(parent)
+        if t in REGULAR_TYPES:
+            self._regular(e, rel, pfd, base)
+            self.created.add(rel)
+            return e.size
+        if t in _DIR_TYPES:
+            self._directory(e, rel, pfd, base)
+        elif t == SYM:
+            self._symlink(e, rel, parent, pfd, base)
+        elif t == LNK:
+            self._hardlink(e, rel, pfd, base)
+        else:
+            self._special(e, rel, pfd, base)
+        self.created.add(rel)
+        return 0
+
+    def _below_reserved(self, e: TarEntry, parent: str) -> bool:
+        """Whether to skip an entry below a ``.wh.`` directory name (AUFS metadata).
+
+        Raises for entries below a plain whiteout name: a deleted path has no children.
+        """
+        for comp in parent.split("/"):
+            if not comp.startswith(WHITEOUT_PREFIX):
+                continue
+            if not comp.startswith(WHITEOUT_META_PREFIX):
+                raise ArchiveError(e.name, f"entries below the whiteout {comp!r}")
+            # Hardlink targets of old AUFS layers live in /.wh..wh.plnk: keep
+            # those (in a scratch directory removed at the end), skip the rest.
+            return not (parent == AUFS_LINK_DIR and e.type in REGULAR_TYPES)
+        return False
+
+    # ----- directories and the fd cache -------------------------------------
+
+    def _dir_fd(self, rel: str, *, create: bool = True) -> int:
+        """An fd of directory *rel*, created (with missing parents) if *create*."""
+        if not rel:
+            return self.root_fd
+        fd = self.dirs.get(rel)
+        if fd is not None:
+            return fd
+        try:
+            fd = confine.resolve_dir(self.root_fd, rel)
+        except FileNotFoundError:
+            if not create:
+                raise
+            return self._make_dirs(rel)
+        self.dirs[rel] = fd
+        if rel not in self.pending and rel not in self.created:
+            self._keep_times(fd, rel)
+        return fd
+
+    def _keep_times(self, fd: int, rel: str) -> None:
+        """Restore a directory's times at the end: the layer changes it but does not list it.
+
+        Then a full copy (where a new or deleted child bumps the parent) and an
+        overlay upper (whose implied parents copy the lower's) give one tree.
+        """
+        st = os.fstat(fd)
+        self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
+
+    def _existing_dir(self, rel: str) -> int | None:
+        try:
+            return self._dir_fd(rel, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _make_dirs(self, rel: str) -> int:
+        """Create the missing directories of *rel* (Docker's implied directories)."""
+        comps = rel.split("/")
+        # The deepest existing ancestor: nearly always the parent.
+        n = len(comps) - 1
+        fd = self.root_fd
+        while n > 0:
+            try:
+                fd = self._dir_fd("/".join(comps[:n]), create=False)
+                break
+            except FileNotFoundError:
+                n -= 1
+        owned = False
+        try:
+            for i in range(n, len(comps)):
+                try:
+                    sc.mkdir_at(comps[i], 0o700, dir_fd=fd)
+                except FileExistsError:
+                    # Resolution said ENOENT, so this is a dangling symlink.
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
+                # Only the deepest is cached: a hostile path thousands of
+                # levels deep must not pin thousands of fds.
+                sub = os.open(comps[i], _OPEN_DIR, dir_fd=fd)
+                if owned:
+                    os.close(fd)
+                fd, owned = sub, True
+                prefix = "/".join(comps[: i + 1])
+                self._implied_metadata(fd, prefix)
+                self.created.add(prefix)
+            self.dirs[rel] = fd
+            owned = False
+            return fd
+        finally:
+            if owned:
+                os.close(fd)
+
+    def _implied_metadata(self, fd: int, rel: str) -> None:
+        """Owner and mode of a directory created only because a path needed it."""
+        uid, gid = self._map_ids(rel, 0, 0)
+        mode = IMPLIED_DIR_MODE
+        for lower in self.lower_fds:
+            # Over lower layers, inherit the lower directory's identity so the
+            # union view does not change it.
+            try:
+                lfd = confine.open_at_root(lower, rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(lfd)
+            finally:
+                os.close(lfd)
+            uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+            self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
+            break
+        self._chown_fd(fd, uid, gid)
+        sc.fchmod(fd, mode)
+
+    def _trim_cache(self) -> None:
+        for fd in self.stale:
+            os.close(fd)
+        self.stale.clear()
+        while len(self.dirs) > _DIR_CACHE_SIZE:
+            os.close(self.dirs.pop(next(iter(self.dirs))))
+
+    def _invalidate(self) -> None:
+        """Forget every cached directory: a directory or symlink went away.
+
+        Cached paths may have resolved through it (even via other symlinks),
+        so nothing cached can be trusted.  The fds are closed after the entry.
+        """
+        self.stale.extend(self.dirs.values())
+        self.dirs.clear()
+
+    def close(self) -> None:
+        """Close every cached fd."""
+        self._invalidate()
+        self._trim_cache()
+
+    # ----- removing what is in the way ---------------------------------------------
+
+    def _remove(self, pfd: int, name: str, rel: str) -> bool:
+        """Remove *name* of *pfd* (recursively); False if there was nothing."""
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            self._invalidate()
+            confine.remove_tree(pfd, name, unprivileged=not self.privileged)
+            inside = rel + "/"
+            for p in [p for p in self.pending if p == rel or p.startswith(inside)]:
+                del self.pending[p]
+        else:
+            os.unlink(name, dir_fd=pfd)
+            if stat.S_ISLNK(st.st_mode):
+                self._invalidate()
+        return True
+
+    def _empty_opaque(self, fd: int, rel: str) -> None:
+        """Remove what directory *rel* held before this layer (DELETE-mode opaque)."""
+        work: list[tuple[int, str]] = [(fd, rel)]
+        owned: list[int] = []
+        try:
+            while work:
+                dfd, drel = work.pop()
+                with os.scandir(dfd) as it:
+                    children = [(c.name, c.is_dir(follow_symlinks=False)) for c in it]
+                for name, is_dir in children:
+                    crel = f"{drel}/{name}" if drel else name
+                    if crel not in self.created:
+                        self._remove(dfd, name, crel)
+                    elif is_dir:
+                        # Made (or merged) by this layer: keep, but what lay
+                        # below it before the layer is hidden too.
+                        cfd = os.open(name, _OPEN_DIR, dir_fd=dfd)
+                        owned.append(cfd)
+                        work.append((cfd, crel))
+        finally:
+            for cfd in owned:
+                os.close(cfd)
+
+    # ----- entry kinds ----------------------------------------------------------------
+
+    def _regular(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
+        perm = e.mode & 0o7777
+        try:
+            fd = os.open(base, _CREATE, perm & 0o777, dir_fd=pfd)
+        except FileExistsError:
+            # Never write through what is there (a symlink above all): replace it.
+            self._remove(pfd, base, rel)
+            fd = os.open(base, _CREATE, perm & 0o777, dir_fd=pfd)
+        try:
+            if e.size:
+                self.reader.copy_to_fd(fd)
+            uid, gid = self._owner(e)
+            self._chown_fd(fd, uid, gid)
+            # chown clears setuid/setgid, so those come after it; plain
+            # permissions were set by open() unless the umask took some.
+            if perm & 0o7000 or perm & self.umask:
+                sc.fchmod(fd, perm)
+            if e.xattrs:
+                self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v))
+            os.utime(fd, ns=_times(e))
+        finally:
+            os.close(fd)
+
+    def _directory(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
+        try:
+            sc.mkdir_at(base, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
+        except OSError as x:
+            if x.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            # Something else than a directory is there (ELOOP: a symlink).
+            self._remove(pfd, base, rel)
+            sc.mkdir_at(base, 0o700, dir_fd=pfd)
+            fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
+        old = self.dirs.get(rel)
+        if old is not None:
+            self.stale.append(old)
+        self.dirs[rel] = fd
+        self._dir_metadata(fd, e, rel)
+
+    def _root(self, e: TarEntry) -> None:
+        if e.type not in _DIR_TYPES:
+            raise ArchiveError(e.name, "the layer root can only be a directory")
+        self._dir_metadata(self.root_fd, e, "")
+
+    def _dir_metadata(self, fd: int, e: TarEntry, rel: str) -> None:
+        uid, gid = self._owner(e)
+        self._chown_fd(fd, uid, gid)
+        perm = e.mode & 0o7777
+        late: int | None = None
+        if not self.privileged and perm & 0o700 != 0o700:
+            # Without CAP_DAC_OVERRIDE a directory we cannot write or search
+            # could not be filled: keep it open to us until the end.
+            late = perm
+            perm |= 0o700
+        sc.fchmod(fd, perm)
+        if e.xattrs:
+            self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v))
+        atime, mtime = _times(e)
+        self.pending[rel] = (atime, mtime, late)
+
+    def _symlink(self, e: TarEntry, rel: str, parent: str, pfd: int, base: str) -> None:
+        target = e.linkname
+        if not target:
+            raise ArchiveError(e.name, "symlink with an empty target")
+        if not target.startswith("/"):
+            joined = posixpath.normpath(posixpath.join(parent, target))
+            if joined == ".." or joined.startswith("../"):
+                raise BreakoutError(e.name, "symlink target escapes the layer")
+        try:
+            sc.symlink_at(target, base, dir_fd=pfd)
+        except FileExistsError:
+            self._remove(pfd, base, rel)
+            sc.symlink_at(target, base, dir_fd=pfd)
+        uid, gid = self._owner(e)
+        self._chown_at(pfd, base, uid, gid)
+        if e.xattrs:
+            self._xattrs(e, lambda k, v: sc.lsetxattr_at(pfd, base, k, v))
+        os.utime(base, ns=_times(e), dir_fd=pfd, follow_symlinks=False)
+
+    def _special(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
+        kind = _SPECIAL_TYPES[e.type]
+        perm = e.mode & 0o7777
+        dev = 0 if kind == stat.S_IFIFO else os.makedev(e.devmajor, e.devminor)
+        try:
+            self._mknod(pfd, base, rel, kind | (perm & 0o777), dev)
+        except PermissionError:
+            if not self.tolerant or kind == stat.S_IFIFO:
+                raise
+            self.stats.skipped_devices += 1
+            return
+        uid, gid = self._owner(e)
+        self._chown_at(pfd, base, uid, gid)
+        if perm & 0o7000 or perm & self.umask:
+            # Just made by mknod: not a symlink, so following is harmless.
+            sc.chmod_at(base, perm, dir_fd=pfd)
+        if e.xattrs:
+            self._xattrs(e, lambda k, v: sc.lsetxattr_at(pfd, base, k, v))
+        os.utime(base, ns=_times(e), dir_fd=pfd, follow_symlinks=False)
+
+    def _mknod(self, pfd: int, name: str, rel: str, mode: int, dev: int) -> None:
+        try:
+            sc.mknod_at(name, mode, dev, dir_fd=pfd)
+        except FileExistsError:
+            self._remove(pfd, name, rel)
+            sc.mknod_at(name, mode, dev, dir_fd=pfd)
+
+    def _hardlink(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
+        if not e.linkname:
+            raise ArchiveError(e.name, "hardlink with an empty target")
+        target = clean_name(e.linkname, e.name, "hardlink target")
+        if target == ".":
+            raise ArchiveError(e.name, "hardlink to a directory")
+        tparent, _, tbase = target.rpartition("/")
+        if target == rel:
+            # A link to itself: there is nothing to do if it exists.
+            os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            return
+        copied = False
+        for _ in range(4):
+            tfd = self._existing_dir(tparent)
+            if tfd is not None:
+                try:
+                    # follow_symlinks=False: a link to a symlink is a symlink.
+                    sc.link_at(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+                    return
+                except FileExistsError:
+                    self._remove(pfd, base, rel)
+                    continue
+                except FileNotFoundError:
+                    pass
+                except PermissionError:
+                    st = os.stat(tbase, dir_fd=tfd, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        raise ArchiveError(e.name, "hardlink to a directory") from None
+                    raise
+            if copied or not self._copy_up(e, target):
+                raise ArchiveError(e.name, f"hardlink target {e.linkname!r} is missing")
+            copied = True
+        raise ArchiveError(e.name, f"cannot link to {e.linkname!r}")
+
+    # ----- whiteouts ------------------------------------------------------------------
+
+    def _whiteout(self, e: TarEntry, parent: str, base: str) -> None:
+        if base == OPAQUE_WHITEOUT:
+            self._opaque(e, parent)
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            return  # reserved AUFS metadata (.wh..wh.plnk, .wh..wh.aufs, ...)
+        name = base[len(WHITEOUT_PREFIX) :]
+        if name == "..":
+            raise BreakoutError(e.name, "whiteout target escapes the layer")
+        if name in ("", "."):
+            raise ArchiveError(e.name, "whiteout without a name")
+        rel = f"{parent}/{name}" if parent else name
+        if not self.overlay:
+            pfd = self._existing_dir(parent)
+            if pfd is not None:
+                self._remove(pfd, name, rel)
+            return
+        try:
+            pfd = self._dir_fd(parent)
+        except NotADirectoryError:
+            return  # below a deleted (or non-directory) path: nothing to hide
+        self._mknod(pfd, name, rel, stat.S_IFCHR, 0)
+        uid, gid = self._owner(e)
+        self._chown_at(pfd, name, uid, gid)
+        self.created.add(rel)
+
+    def _opaque(self, e: TarEntry, parent: str) -> None:
+        if not self.overlay:
+            fd = self._existing_dir(parent)
+            if fd is not None:
+                self._empty_opaque(fd, parent)
+            return
+        fd = self._dir_fd(parent)
+        try:
+            sc.fsetxattr(fd, self.opts.opaque_xattr, b"y")
+        except OSError as x:
+            raise ArchiveError(
+                e.name, f"marking the directory opaque ({self.opts.opaque_xattr}): {x.strerror}"
+            ) from x
+
+    # ----- hardlink targets from lower layers ---------------------------------------
+
+    def _copy_up(self, e: TarEntry, target: str) -> bool:
+        """Copy *target* from the nearest lower directory holding it; False if none does."""
+        found = confine.find_in_lowers(self.lower_fds, target)
+        if found is None:
+            return False
+        lpfd, st = found
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                raise ArchiveError(e.name, "hardlink to a directory")
+            tparent, _, tbase = target.rpartition("/")
+            self._copy_node(lpfd, tbase, st, self._dir_fd(tparent), e)
+        finally:
+            os.close(lpfd)
+        self.created.add(target)
+        return True
+
+    def _copy_node(
+        self, src_dir: int, name: str, st: os.stat_result, dst_dir: int, e: TarEntry
+    ) -> None:
+        # Lower layers hold host ids already: no mapping.
+        mode = stat.S_IMODE(st.st_mode)
+        times = (st.st_atime_ns, st.st_mtime_ns)
+        if stat.S_ISREG(st.st_mode):
+            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+            dst = -1
+            try:
+                dst = os.open(name, _CREATE, 0o600, dir_fd=dst_dir)
+                sc.copy_fd(src, dst, st.st_size)
+                self._chown_fd(dst, st.st_uid, st.st_gid)
+                sc.fchmod(dst, mode)
+                xattrs = {k: os.getxattr(src, k) for k in os.listxattr(src)}
+                self._xattrs(e, lambda k, v: sc.fsetxattr(dst, k, v), xattrs)
+                os.utime(dst, ns=times)
+            finally:
+                os.close(src)
+                if dst >= 0:
+                    os.close(dst)
+            return
+        if stat.S_ISLNK(st.st_mode):
+            sc.symlink_at(os.readlink(name, dir_fd=src_dir), name, dir_fd=dst_dir)
+        else:
+            sc.mknod_at(name, st.st_mode, st.st_rdev, dir_fd=dst_dir)
+            sc.chmod_at(name, mode, dir_fd=dst_dir)
+        self._chown_at(dst_dir, name, st.st_uid, st.st_gid)
+        os.utime(name, ns=times, dir_fd=dst_dir, follow_symlinks=False)
+
+    # ----- metadata -------------------------------------------------------------------
+
+    def _map_ids(self, entry: str, uid: int, gid: int) -> tuple[int, int]:
+        maps = self.opts.idmaps
+        if maps.identity:
+            return uid, gid
+        try:
+            return maps.uids.to_host(uid), maps.gids.to_host(gid)
+        except InvalidArgument as x:
+            raise ArchiveError(entry, f"owner {uid}:{gid} is outside the id map") from x
+
+    def _owner(self, e: TarEntry) -> tuple[int, int]:
+        return self._map_ids(e.name, e.uid, e.gid)
+
+    def _chown_fd(self, fd: int, uid: int, gid: int) -> None:
+        try:
+            sc.fchown(fd, uid, gid)
+        except OSError as x:
+            self._chown_failed(x)
+
+    def _chown_at(self, dfd: int, name: str, uid: int, gid: int) -> None:
+        try:
+            sc.chown_at(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+        except OSError as x:
+            self._chown_failed(x)
+
+    def _chown_failed(self, x: OSError) -> None:
+        # EINVAL: an id the user namespace does not map.
+        if self.tolerant and x.errno in (errno.EPERM, errno.EINVAL):
+            self.stats.skipped_chowns += 1
+            return
+        raise x
+
+    def _xattrs(
+        self,
+        e: TarEntry,
+        setter: Callable[[str, bytes], None],
+        xattrs: dict[str, bytes] | None = None,
+    ) -> None:
+        for key, value in (e.xattrs if xattrs is None else xattrs).items():
+            if key in _IGNORED_XATTRS:
+                continue
+            if key.startswith(_OVERLAY_PRIVATE_XATTRS) and (self.overlay or xattrs is not None):
+                self.stats.skipped_xattrs += 1
+                continue
+            try:
+                setter(key, value)
+            except OSError as x:
+                if (
+                    self.tolerant
+                    and x.errno in (errno.EPERM, errno.ENOTSUP)
+                    and key.startswith(_TOLERATED_XATTRS)
+                ):
+                    self.stats.skipped_xattrs += 1
+                    continue
+                raise ArchiveError(e.name, f"setting xattr {key!r}: {x.strerror}") from x
+
+    # ----- the end --------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Drop the AUFS link scratch directory, then fix directory times and late modes."""
+        if AUFS_LINK_DIR in self.created:
+            self._remove(self.root_fd, AUFS_LINK_DIR, AUFS_LINK_DIR)
+        self._trim_cache()
+        # Deepest first, so a late mode never locks us out of a child.
+        for rel in sorted(self.pending, key=_depth, reverse=True):
+            atime, mtime, late = self.pending[rel]
+            try:
+                # O_NOFOLLOW: a later entry may have put a symlink there.
+                fd = confine.open_at_root(self.root_fd, rel, _OPEN_DIR) if rel else self.root_fd
+            except OSError as x:
+                if x.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise
+            try:
+                if late is not None:
+                    sc.fchmod(fd, late)
+                os.utime(fd, ns=(atime, mtime))
+            finally:
+                if fd != self.root_fd:
+                    os.close(fd)
+
+
+def _times(e: TarEntry) -> tuple[int, int]:
+    return (e.mtime_ns if e.atime_ns is None else e.atime_ns), e.mtime_ns

@@ -1,0 +1,196 @@
+"""The system calls that write layers, in one place.
+
+Extraction calls the kernel through this module only (``syscalls.fchown(...)``,
+never ``os.fchown`` directly), so that a test can replace one call to inject a
+fault, and so that what differs when running unprivileged is decided here and
+not all over the extractor.
+
+Most names are the :mod:`os` functions themselves (no wrapper cost on a path
+that runs for every file of every layer).  The rest are Linux calls Python has
+no binding for, made through :mod:`ctypes`:
+
+* :func:`openat2` with ``RESOLVE_IN_ROOT``: path resolution that treats a
+  directory as ``/`` the way ``chroot`` would, so neither ``..`` nor a symlink
+  can leave it (Linux 5.6).
+* :func:`lsetxattr_at`: set an extended attribute on a directory entry named
+  relative to a directory fd without following a symlink, which needs
+  ``setxattrat`` (Linux 6.13).  Older kernels get a ``fchdir`` fallback.
+
+Every function raises :class:`OSError` with the usual ``errno``, except that a
+kernel without ``openat2`` raises :class:`~graphdriver.errors.Unsupported`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+from graphdriver.errors import Unsupported
+
+# openat2(2) resolve flags (linux/openat2.h).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+AT_SYMLINK_NOFOLLOW = 0x100
+
+# Syscalls added since Linux 5.1 share one number on every architecture but
+# alpha, so one table entry per architecture family is enough.
+_UNIFIED_ARCHES = frozenset(
+    {
+        "x86_64", "amd64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv8l",
+        "riscv64", "ppc64le", "ppc64", "s390x", "loongarch64", "mips64",
+    }
+)  # fmt: skip
+_NR_OPENAT2 = 437
+_NR_SETXATTRAT = 463
+
+MACHINE = platform.machine().lower()
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+class _XattrArgs(ctypes.Structure):
+    _fields_ = [
+        ("value", ctypes.c_uint64),
+        ("size", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+# Loaded at import: a confined child may be chrooted where no libc path
+# resolves any more, so nothing here may be looked up lazily.
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# setxattrat is probed on first use; False once the kernel said ENOSYS.
+_have_setxattrat = MACHINE in _UNIFIED_ARCHES
+
+
+def _raise_errno(path: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), path)
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """``openat2(2)``: open *path* relative to *dirfd* with *resolve* restrictions.
+
+    Retries the transient ``EAGAIN`` the kernel returns when a concurrent
+    rename raced a ``RESOLVE_IN_ROOT``/``RESOLVE_BENEATH`` walk.
+    """
+    if MACHINE not in _UNIFIED_ARCHES:
+        raise Unsupported("openat2", f"unknown system call number on {MACHINE}")
+    how = _OpenHow(flags, mode, resolve)
+    cpath = os.fsencode(path)
+    for _ in range(64):
+        fd = _syscall(
+            ctypes.c_long(_NR_OPENAT2),
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(cpath),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        if err in (errno.EAGAIN, errno.EINTR):
+            continue
+        if err == errno.ENOSYS:
+            raise Unsupported(
+                "openat2", "the kernel lacks openat2(2): Linux 5.6 or later is needed"
+            )
+        raise OSError(err, os.strerror(err), path)
+    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
+
+
+def lsetxattr_at(dirfd: int, name: str, attr: str, value: bytes) -> None:
+    """Set xattr *attr* on entry *name* of directory *dirfd*, not following a symlink.
+
+    Used for entries that cannot be opened to get an fd: symlinks, device
+    nodes, fifos.
+    """
+    global _have_setxattrat
+    cname = os.fsencode(name)
+    if _have_setxattrat:
+        buf = ctypes.create_string_buffer(value, len(value))
+        args = _XattrArgs(ctypes.addressof(buf), len(value), 0)
+        res = _syscall(
+            ctypes.c_long(_NR_SETXATTRAT),
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(cname),
+            ctypes.c_uint(AT_SYMLINK_NOFOLLOW),
+            ctypes.c_char_p(os.fsencode(attr)),
+            ctypes.byref(args),
+            ctypes.c_size_t(ctypes.sizeof(args)),
+        )
+        if res == 0:
+            return
+        if ctypes.get_errno() != errno.ENOSYS:
+            _raise_errno(name)
+        _have_setxattrat = False
+    # Older kernels: make the directory the working directory for one
+    # relative lsetxattr.  The working directory is process-wide, so it is put
+    # back at once; only the inline (debugging) mode shares it with threads.
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(dirfd)
+        os.setxattr(cname, attr, value, follow_symlinks=False)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG)``: have the kernel send *sig* to us when our parent dies."""
+    if _libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0) != 0:
+        _raise_errno("prctl")
+
+
+def copy_fd(src: int, dst: int, size: int) -> None:
+    """Copy *size* bytes from the current offset of *src* to *dst* (in-kernel when possible)."""
+    left = size
+    while left > 0:
+        try:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            break
+        if n == 0:
+            return
+        left -= n
+    while left > 0:
+        chunk = os.read(src, min(left, 1 << 20))
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        left -= len(chunk)
+
+
+# The plain calls, under names tests can replace.
+fchown = os.fchown
+fchmod = os.fchmod
+fsetxattr = os.setxattr
+chown_at = os.chown
+chmod_at = os.chmod
+mknod_at = os.mknod
+link_at = os.link
+symlink_at = os.symlink
+mkdir_at = os.mkdir
+chroot = os.chroot
