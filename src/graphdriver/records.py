@@ -10,6 +10,7 @@ before any disk work and removed last, so a crash leaves a marker that
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -84,6 +85,7 @@ class RecordStore:
         self.root = root
         self.dir = os.path.join(root, RECORDS_DIR)
         self.pending_dir = os.path.join(root, PENDING_DIR)
+        self._held: dict[str, int] = {}
         if writable:
             os.makedirs(self.dir, 0o700, exist_ok=True)
             os.makedirs(self.pending_dir, 0o700, exist_ok=True)
@@ -127,24 +129,42 @@ class RecordStore:
         return out
 
     # ----- pending markers --------------------------------------------------------
+    #
+    # A marker is a JSON file (what is under way, for people) and a lock file
+    # the working process holds an flock on for as long as the work lasts.  The
+    # lock belongs to the open file description, so the confined child a
+    # process forks holds it too: work counts as live until every process
+    # doing it is gone, whatever pids are reused later.
+
+    def _lock_path(self, layer_id: str) -> str:
+        return os.path.join(self.pending_dir, f".{layer_id}.lock")
 
     def mark_pending(self, layer_id: str, operation: str) -> None:
         """Say that *operation* on *layer_id* is under way (before any disk work)."""
-        atomic.write_json(
-            os.path.join(self.pending_dir, layer_id),
-            {
-                "op": operation,
-                "pid": os.getpid(),
-                "start": process_start(os.getpid()),
-                "boot": boot_id(),
-            },
-        )
+        fd = os.open(self._lock_path(layer_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            atomic.write_json(
+                os.path.join(self.pending_dir, layer_id),
+                {"op": operation, "pid": os.getpid(), "boot": boot_id()},
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        old = self._held.pop(layer_id, None)
+        if old is not None:
+            os.close(old)
+        self._held[layer_id] = fd
 
     def clear_pending(self, layer_id: str) -> None:
-        """The work on *layer_id* is complete and durable."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.pending_dir, layer_id))
+        """The work on *layer_id* is complete and durable (or undone)."""
+        for path in (os.path.join(self.pending_dir, layer_id), self._lock_path(layer_id)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         atomic.fsync_dir(self.pending_dir)
+        fd = self._held.pop(layer_id, None)
+        if fd is not None:
+            os.close(fd)
 
     def pending(self) -> dict[str, dict[str, Any]]:
         """Markers left by work under way or interrupted: id → marker."""
@@ -166,6 +186,22 @@ class RecordStore:
     def is_pending(self, layer_id: str) -> bool:
         return os.path.exists(os.path.join(self.pending_dir, layer_id))
 
+    def is_live(self, layer_id: str) -> bool:
+        """Whether some process (this one included) is still doing the marked work."""
+        if layer_id in self._held:
+            return True
+        try:
+            fd = os.open(self._lock_path(layer_id), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
 
 _BOOT_ID: str | None = None
 
@@ -180,17 +216,6 @@ def boot_id() -> str:
         except OSError:
             _BOOT_ID = ""
     return _BOOT_ID
-
-
-def marker_is_live(marker: dict[str, Any]) -> bool:
-    """Whether the process that left *marker* may still be working."""
-    pid = marker.get("pid")
-    if not isinstance(pid, int) or marker.get("boot") != boot_id():
-        return False
-    if pid == os.getpid():
-        return False
-    # A pid can be reused: the marker names the process's start time too.
-    return process_start(pid) == marker.get("start")
 
 
 def process_start(pid: int) -> int | None:

@@ -36,7 +36,7 @@ from graphdriver.errors import (
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.ids import check_id
 from graphdriver.locking import locked
-from graphdriver.records import LayerRecord, RecordStore, marker_is_live, now_rfc3339
+from graphdriver.records import LayerRecord, RecordStore, now_rfc3339
 from graphdriver.units import parse_size
 
 STORE_FILE = "store.json"
@@ -486,7 +486,7 @@ class Store:
         done: list[str] = []
         with self.locked():
             for layer_id, marker in sorted(self.records.pending().items()):
-                if marker_is_live(marker):
+                if self.records.is_live(layer_id):
                     continue
                 op = marker.get("op", "work")
                 with contextlib.suppress(NotFound):
@@ -496,6 +496,7 @@ class Store:
                 self.records.delete(layer_id)
                 self.records.clear_pending(layer_id)
                 done.append(f"removed layer {layer_id} left by an interrupted {op}")
+            done.extend(self._remove_stray_locks())
             done.extend(self.driver.cleanup())
             done.extend(self._remove_orphans())
             done.extend(self._remove_stray_tarsplit())
@@ -519,6 +520,20 @@ class Store:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(path)
             done.append(f"removed orphaned layer folder {name}")
+        return done
+
+    def _remove_stray_locks(self) -> list[str]:
+        """Lock files of pending work that crashed before writing its marker."""
+        pending = self.records.pending()
+        folder = self.records.pending_dir
+        done = []
+        for name in sorted(os.listdir(folder)):
+            layer_id = name[1:-5] if name.startswith(".") and name.endswith(".lock") else None
+            if layer_id is None or layer_id in pending or self.records.is_live(layer_id):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+            done.append(f"removed stray lock of {layer_id}")
         return done
 
     def _remove_stray_tarsplit(self) -> list[str]:

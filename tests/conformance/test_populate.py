@@ -117,7 +117,7 @@ def _populate(store) -> None:
     for layer_id, parent, fill in (("lower", None, _populate_lower),
                                    ("middle", "lower", _populate_mid),
                                    ("upper", "middle", _populate_upper)):
-        store.create(layer_id, parent)
+        store.create(layer_id, parent, writable=True)  # containers-storage's create-layer is writable
         root = store.mount(layer_id)
         try:
             fill(root)

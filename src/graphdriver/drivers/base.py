@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from graphdriver import atomic
 from graphdriver.archive.changes import Change
-from graphdriver.archive.whiteout import WhiteoutMode
+from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, WhiteoutMode
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -124,6 +124,8 @@ class ApplyTarget:
     whiteouts: WhiteoutMode = WhiteoutMode.DELETE
     # Directories searched (in order) for hardlink targets the layer itself lacks.
     lower_dirs: tuple[str, ...] = ()
+    # The xattr that marks an opaque directory in OVERLAY mode (user.overlay.opaque when rootless).
+    opaque_xattr: str = OVERLAY_OPAQUE_XATTR
 
 
 class FileGetter(abc.ABC):
@@ -503,7 +505,10 @@ class Driver(abc.ABC):
             raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
         target = self.apply_target(layer_id)
         opts = ApplyOptions(
-            idmaps=self.config.idmaps, whiteouts=target.whiteouts, lower_dirs=target.lower_dirs
+            idmaps=self.config.idmaps,
+            whiteouts=target.whiteouts,
+            lower_dirs=target.lower_dirs,
+            opaque_xattr=target.opaque_xattr,
         )
 
         def apply(entries: EntrySource, dirs: ConfinedDirs) -> int:

@@ -1,0 +1,593 @@
+"""Mount plumbing for the overlay driver: mounting, unmounting, asking the mount table.
+
+Overlay mounts are made with the new mount API when the kernel has it
+(``fsopen``/``fsconfig``/``fsmount``/``move_mount``, through :mod:`ctypes`):
+each lower layer is one ``fsconfig(FSCONFIG_SET_STRING, "lowerdir+", path)``
+call (Linux 6.8), so a chain is not bounded by the one page of option text
+that ``mount(2)`` accepts and the kernel's own limit of 500 lower layers is
+reachable.  ``fsconfig`` refuses strings of 256 bytes or more, so a longer
+path is passed through an ``O_PATH`` descriptor of its directory
+(``/proc/self/fd/N/name``) instead.
+
+Older kernels get ``mount(2)`` with the whole option string.  To fit long
+chains in a page, the working directory is moved to :attr:`OverlayMount.base`
+for the call and the layers below it are named relative to it (the overlay
+driver's six-letter link names).  The working directory is process-wide, so
+this fallback briefly affects other threads resolving relative paths; it is
+used only where the kernel leaves no other way.
+
+Unmounting detaches lazily when the mount is busy: a process still inside it
+keeps its view, the mount point is free at once, and the kernel drops the
+mount when the last user leaves.  FUSE mounts made by an unprivileged user are
+released with ``fusermount3 -u``.
+
+Whether a path is a mount point is answered by ``statx(2)``'s
+``STATX_ATTR_MOUNT_ROOT`` (Linux 5.8), which costs one call however many
+mounts the system has; ``/proc/self/mountinfo`` is parsed only when that is
+not available and when a mount's details are wanted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from graphdriver.syscalls import _UNIFIED_ARCHES, MACHINE
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+# Syscall numbers of the new mount API (one table on every architecture but alpha).
+_NR_MOVE_MOUNT = 429
+_NR_FSOPEN = 430
+_NR_FSCONFIG = 431
+_NR_FSMOUNT = 432
+
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+
+#: ``fsconfig`` copies at most this many bytes of a string, the NUL included.
+FSCONFIG_VALUE_MAX = 256
+
+STATX_ATTR_MOUNT_ROOT = 0x2000
+
+#: ``statfs`` magic numbers of the filesystems a layer mount can be.
+OVERLAYFS_MAGIC = 0x794C7630
+FUSE_MAGIC = 0x65735546
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# None until a mount tried the new API; then whether it works here.
+_new_api: bool | None = None if MACHINE in _UNIFIED_ARCHES else False
+
+
+class MountError(OSError):
+    """A mount that failed; ``strerror`` carries the kernel's own explanation when it gave one."""
+
+    #: The new mount API's step that failed (``"lowerdir+#0"``, ``"create"``...).
+    step: str = ""
+
+
+@dataclass(frozen=True)
+class OverlayMount:
+    """What to mount: an overlay of *lowers* (nearest first) under an optional upper."""
+
+    lowers: tuple[str, ...]
+    upper: str | None = None
+    work: str | None = None
+    #: Further options, ``key`` or ``key=value`` (``index=off``, ``userxattr``...).
+    options: tuple[str, ...] = ()
+    #: Mount read-only (an overlay without upper is read-only anyway).
+    readonly: bool = False
+    #: Directory most layer paths live in: ``mount(2)`` names them relative to it.
+    base: str | None = None
+
+
+# ----- the new mount API -------------------------------------------------------------------
+
+
+def _check(res: int, what: str) -> int:
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), what)
+    return res
+
+
+def _fsopen(fstype: str) -> int:
+    return _check(
+        _syscall(ctypes.c_long(_NR_FSOPEN), ctypes.c_char_p(fstype.encode()), ctypes.c_uint(FSOPEN_CLOEXEC)),
+        f"fsopen {fstype}",
+    )
+
+
+def _fsconfig(fd: int, cmd: int, key: str | None = None, value: bytes | None = None) -> None:
+    _check(
+        _syscall(
+            ctypes.c_long(_NR_FSCONFIG),
+            ctypes.c_int(fd),
+            ctypes.c_uint(cmd),
+            ctypes.c_char_p(key.encode() if key is not None else None),
+            ctypes.c_char_p(value),
+            ctypes.c_int(0),
+        ),
+        f"fsconfig {key}" if key else "fsconfig",
+    )
+
+
+def _fsmount(fd: int, attrs: int) -> int:
+    return _check(
+        _syscall(
+            ctypes.c_long(_NR_FSMOUNT), ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs)
+        ),
+        "fsmount",
+    )
+
+
+def _move_mount(fd: int, target: str) -> None:
+    _check(
+        _syscall(
+            ctypes.c_long(_NR_MOVE_MOUNT),
+            ctypes.c_int(fd),
+            ctypes.c_char_p(b""),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(os.fsencode(target)),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        target,
+    )
+
+
+def _kernel_messages(fd: int) -> str:
+    """What the filesystem logged into the context (``e overlay: ...`` lines)."""
+    lines = []
+    for _ in range(16):
+        try:
+            msg = os.read(fd, 1024)
+        except OSError:
+            break
+        if not msg:
+            break
+        text = msg.decode("utf-8", "replace").strip()
+        lines.append(text[2:] if text[1:2] == " " else text)
+    return "; ".join(lines)
+
+
+class _PathArgs:
+    """Turns layer paths into ``fsconfig`` strings, opening directories for long ones."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def __call__(self, path: str) -> bytes:
+        raw = os.fsencode(path)
+        if len(raw) < FSCONFIG_VALUE_MAX:
+            return raw
+        parent, name = os.path.split(path)
+        fd = self.fds.get(parent)
+        if fd is None:
+            fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.fds[parent] = fd
+        short = os.fsencode(f"/proc/self/fd/{fd}/") + os.fsencode(name)
+        if len(short) >= FSCONFIG_VALUE_MAX:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+        return short
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _mount_new_api(spec: OverlayMount, target: str) -> None:
+    """Mount *spec* with fsopen & co; OSError(EINVAL) with ``lowerdir+`` means too old a kernel."""
+    fsfd = _fsopen("overlay")
+    paths = _PathArgs()
+    step = "source"
+    try:
+        _fsconfig(fsfd, FSCONFIG_SET_STRING, "source", b"overlay")
+        for i, lower in enumerate(spec.lowers):
+            step = f"lowerdir+#{i}"
+            _fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", paths(lower))
+        if spec.upper is not None and spec.work is not None:
+            step = "upperdir"
+            _fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", paths(spec.upper))
+            step = "workdir"
+            _fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", paths(spec.work))
+        for option in spec.options:
+            key, sep, value = option.partition("=")
+            step = key
+            if sep:
+                _fsconfig(fsfd, FSCONFIG_SET_STRING, key, os.fsencode(value))
+            else:
+                _fsconfig(fsfd, FSCONFIG_SET_FLAG, key)
+        step = "create"
+        _fsconfig(fsfd, FSCONFIG_CMD_CREATE)
+        step = "fsmount"
+        mfd = _fsmount(fsfd, MOUNT_ATTR_RDONLY if spec.readonly else 0)
+        try:
+            step = "move_mount"
+            _move_mount(mfd, target)
+        finally:
+            os.close(mfd)
+    except OSError as e:
+        why = _kernel_messages(fsfd) or e.strerror or str(e)
+        err = MountError(e.errno, why, target)
+        err.step = step
+        raise err from e
+    finally:
+        paths.close()
+        os.close(fsfd)
+
+
+# ----- mount(2) ----------------------------------------------------------------------------
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str = "") -> None:
+    """``mount(2)``; raises :class:`MountError`."""
+    res = _libc.mount(
+        os.fsencode(source),
+        os.fsencode(target),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        os.fsencode(data) if data else None,
+    )
+    if res != 0:
+        err = ctypes.get_errno()
+        raise MountError(err, os.strerror(err), target)
+
+
+def bind_mount(source: str, target: str, *, readonly: bool = False) -> None:
+    """Bind *source* on *target*, read-only if asked (which takes a second, remounting call)."""
+    mount(source, target, None, MS_BIND)
+    if readonly:
+        try:
+            mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        except OSError:
+            unmount(target)
+            raise
+
+
+def _escape(path: str) -> str:
+    """A path as one item of overlay's option string (``\\`` before ``,`` ``:`` and ``\\``)."""
+    for ch in ("\\", ",", ":"):
+        path = path.replace(ch, "\\" + ch)
+    return path
+
+
+def overlay_options(spec: OverlayMount, base: str | None = None) -> str:
+    """The option string of *spec* for ``mount(2)``, layer paths relative to *base* when shorter."""
+
+    def name(path: str) -> str:
+        if base is not None:
+            rel = os.path.relpath(path, base)
+            if len(rel) < len(path):
+                path = rel
+        return _escape(path)
+
+    parts = ["lowerdir=" + ":".join(name(p) for p in spec.lowers)]
+    if spec.upper is not None and spec.work is not None:
+        parts += [f"upperdir={name(spec.upper)}", f"workdir={name(spec.work)}"]
+    parts += spec.options
+    return ",".join(parts)
+
+
+@contextlib.contextmanager
+def _working_dir(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(path)
+        yield
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+def _mount_legacy(spec: OverlayMount, target: str) -> None:
+    target = os.path.abspath(target)
+    data = overlay_options(spec, spec.base)
+    limit = os.sysconf("SC_PAGE_SIZE") - 1
+    if len(os.fsencode(data)) > limit:
+        raise MountError(
+            errno.E2BIG,
+            f"the overlay options of {len(spec.lowers)} layers exceed the {limit} bytes mount(2) "
+            "accepts; Linux 6.8 or later (lowerdir+) mounts deeper chains",
+            target,
+        )
+    with _working_dir(spec.base):
+        mount("overlay", target, "overlay", MS_RDONLY if spec.readonly else 0, data)
+
+
+def mount_overlay(spec: OverlayMount, target: str, *, api: str = "auto") -> str:
+    """Mount the overlay *spec* on *target*; returns the API used (``"fsopen"`` or ``"mount"``).
+
+    *api* forces one (``"fsopen"``, ``"mount"``) instead of choosing (tests use it).
+    Raises :class:`MountError`.
+    """
+    global _new_api
+    if api == "mount" or (api == "auto" and _new_api is False):
+        _mount_legacy(spec, target)
+        return "mount"
+    try:
+        _mount_new_api(spec, target)
+    except MountError as e:
+        # Only the very first "lowerdir+" tells an old kernel (an unknown
+        # parameter) from a bad layer (too many, say) further down the list.
+        old_kernel = e.errno == errno.ENOSYS or (e.errno == errno.EINVAL and e.step == "lowerdir+#0")
+        if api == "fsopen" or not old_kernel or _new_api:
+            raise
+        _new_api = False
+        _mount_legacy(spec, target)
+        return "mount"
+    _new_api = True
+    return "fsopen"
+
+
+def request_filesystem(fstype: str) -> None:
+    """Ask the kernel for a filesystem type, which loads its module if it is one."""
+    if _new_api is False:
+        return
+    with contextlib.suppress(OSError):
+        os.close(_fsopen(fstype))
+
+
+def new_api_state() -> bool | None:
+    """Whether the new mount API worked here (None: not tried yet)."""
+    return _new_api
+
+
+# ----- FUSE (rootless) -----------------------------------------------------------------------
+
+
+def mount_fuse_overlay(program: str, spec: OverlayMount, target: str) -> None:
+    """Mount *spec* with a FUSE overlay program (``fuse-overlayfs``), which returns once mounted."""
+    import subprocess
+
+    for path in (*spec.lowers, spec.upper or "", spec.work or ""):
+        if ":" in path or "," in path:
+            raise MountError(errno.EINVAL, f"{program} cannot take a path with ':' or ','", path)
+    data = overlay_options(spec)
+    proc = subprocess.run(
+        [program, "-o", data, target], capture_output=True, check=False, close_fds=True
+    )
+    if proc.returncode != 0:
+        why = proc.stderr.decode("utf-8", "replace").strip() or f"{program} exited {proc.returncode}"
+        raise MountError(errno.EIO, why, target)
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+# ----- unmounting -----------------------------------------------------------------------------
+
+
+def unmount(target: str) -> str:
+    """Unmount *target*, detaching lazily if it is busy.
+
+    Returns ``"unmounted"``, ``"detached"`` (busy: gone from the tree, kept
+    alive by its users) or ``"not mounted"``.  An unprivileged FUSE mount is
+    released with ``fusermount3``.  Raises :class:`MountError` otherwise.
+    """
+    path = os.fsencode(target)
+    if _libc.umount2(path, 0) == 0:
+        return "unmounted"
+    err = ctypes.get_errno()
+    if err == errno.EBUSY:
+        if _libc.umount2(path, MNT_DETACH) == 0:
+            return "detached"
+        err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOENT):
+        return "not mounted"
+    if err == errno.EPERM and os.geteuid() != 0:
+        return _fuse_unmount(target)
+    raise MountError(err, os.strerror(err), target)
+
+
+def _fuse_unmount(target: str) -> str:
+    import subprocess
+
+    tool = _fusermount()
+    if tool is None:
+        raise MountError(errno.EPERM, "fusermount3 is not installed", target)
+    for args, outcome in ((["-u"], "unmounted"), (["-u", "-z"], "detached")):
+        proc = subprocess.run([tool, *args, target], capture_output=True, check=False)
+        if proc.returncode == 0:
+            return outcome
+    why = proc.stderr.decode("utf-8", "replace").strip()
+    if "not mounted" in why or "not found in" in why:
+        return "not mounted"
+    raise MountError(errno.EBUSY, why or "fusermount failed", target)
+
+
+# ----- asking ---------------------------------------------------------------------------------
+
+
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [
+        ("mask", ctypes.c_uint32),
+        ("blksize", ctypes.c_uint32),
+        ("attributes", ctypes.c_uint64),
+        ("nlink", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("mode", ctypes.c_uint16),
+        ("spare0", ctypes.c_uint16),
+        ("ino", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("attributes_mask", ctypes.c_uint64),
+        ("times", _StatxTimestamp * 4),
+        ("rdev_major", ctypes.c_uint32),
+        ("rdev_minor", ctypes.c_uint32),
+        ("dev_major", ctypes.c_uint32),
+        ("dev_minor", ctypes.c_uint32),
+        ("rest", ctypes.c_uint64 * 14),
+    ]
+
+
+_statx = getattr(_libc, "statx", None)
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether *path* is the root of a mount (a symlink never is)."""
+    if _statx is not None:
+        buf = _Statx()
+        res = _statx(AT_FDCWD, os.fsencode(path), AT_SYMLINK_NOFOLLOW, 0, ctypes.byref(buf))
+        if res == 0 and buf.attributes_mask & STATX_ATTR_MOUNT_ROOT:
+            return bool(buf.attributes & STATX_ATTR_MOUNT_ROOT)
+        if res != 0:
+            err = ctypes.get_errno()
+            if err in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            if err in (errno.EACCES, errno.ENOTCONN):
+                # Another user's FUSE mount (or a dead one) answers nobody else:
+                # something is mounted there.
+                return True
+    return mount_at(path) is not None
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+def fs_magic(path: str) -> int | None:
+    """The ``statfs`` type of the filesystem holding *path*, or None when it cannot be asked."""
+    buf = _Statfs()
+    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        return None
+    return int(buf.f_type) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class MountInfo:
+    """One line of ``/proc/self/mountinfo``."""
+
+    mount_id: int
+    parent_id: int
+    root: str
+    mount_point: str
+    options: str
+    fstype: str
+    source: str
+    super_options: str
+
+
+def unescape(field: str) -> str:
+    """Undo the mount table's octal escapes (``\\040`` for a space, ...)."""
+    if "\\" not in field:
+        return field
+    raw = field.encode("utf-8", "surrogateescape")
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8) & 0xFF)
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def parse_mountinfo_line(line: str) -> MountInfo | None:
+    """One mountinfo line, or None when it is malformed."""
+    fields, sep, rest = line.rstrip("\n").partition(" - ")
+    parts = fields.split(" ")
+    tail = rest.split(" ")
+    if not sep or len(parts) < 6 or len(tail) < 2:
+        return None
+    try:
+        mount_id, parent_id = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return MountInfo(
+        mount_id=mount_id,
+        parent_id=parent_id,
+        root=unescape(parts[3]),
+        mount_point=unescape(parts[4]),
+        options=parts[5],
+        fstype=tail[0],
+        source=unescape(tail[1]),
+        super_options=tail[2] if len(tail) > 2 else "",
+    )
+
+
+def read_mountinfo(path: str = MOUNTINFO) -> list[MountInfo]:
+    """Every mount of this process's namespace, in the table's order."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [m for line in f if (m := parse_mountinfo_line(line)) is not None]
+
+
+def mount_at(path: str, mountinfo: str = MOUNTINFO) -> MountInfo | None:
+    """The mount whose mount point is *path* (the topmost if several are stacked), or None."""
+    target = os.path.realpath(path)
+    found = None
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            # Cheap test first: most lines are other mounts, and overlay lines are long.
+            parts = line.split(" ", 5)
+            if len(parts) < 6 or unescape(parts[4]) != target:
+                continue
+            info = parse_mountinfo_line(line)
+            if info is not None:
+                found = info
+    return found
+
+
+def is_overlay_mount(path: str, mountinfo: str = MOUNTINFO) -> bool:
+    """Whether *path* is the mount point of an overlay (kernel or FUSE overlay)."""
+    info = mount_at(path, mountinfo)
+    return info is not None and (info.fstype == "overlay" or info.fstype.startswith("fuse"))
+
+
+def filesystem_of(path: str, mountinfo: str = MOUNTINFO) -> MountInfo | None:
+    """The mount holding *path*: the longest mount point above it (the last one if stacked)."""
+    target = os.path.realpath(path)
+    best: MountInfo | None = None
+    for info in read_mountinfo(mountinfo):
+        mp = info.mount_point
+        inside = mp == "/" or target == mp or target.startswith(mp + "/")
+        if inside and (best is None or len(mp) >= len(best.mount_point)):
+            best = info
+    return best
+
+
+def mounts_below(path: str, mountinfo: str = MOUNTINFO) -> list[str]:
+    """Mount points at or below *path*, deepest first (the order to unmount them in)."""
+    target = os.path.realpath(path)
+    points = {
+        info.mount_point
+        for info in read_mountinfo(mountinfo)
+        if info.mount_point == target or info.mount_point.startswith(target + "/")
+    }
+    return sorted(points, key=lambda p: (p.count("/"), p), reverse=True)
+
+
+def split_options(text: str) -> Sequence[str]:
+    """``a,b=c`` as ``["a", "b=c"]``, dropping empty items."""
+    return [item.strip() for item in text.split(",") if item.strip()]

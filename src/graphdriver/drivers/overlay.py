@@ -1,0 +1,703 @@
+"""The ``overlay`` driver: layers stacked by the kernel's overlayfs.
+
+Layout under the driver home::
+
+    <home>/.l/<short>             symlink to ../<id>/diff (six letters: long chains fit)
+    <home>/<id>/diff/             the layer's own contents; the upper dir when mounted
+    <home>/<id>/work/             overlay's work dir (same filesystem as diff)
+    <home>/<id>/merged/           where the union is mounted
+    <home>/<id>/link              the layer's short name
+    <home>/<id>/lower             the ancestors' links, nearest first (``.l/abc:.l/def``;
+                                  absolute for ancestors in other stores)
+    <home>/<id>/layerchain.json   the ancestors' folders, nearest first (the base class)
+
+Mounting.  ``get`` mounts ``lowerdir=<ancestors>, upperdir=diff, workdir=work``
+at ``merged`` for writable (container) layers.  Image layers (``create``
+without ``--rw``, ``import``) mount read-only: their own ``diff`` becomes the
+top lower directory, so nothing can change them behind their recorded
+digests; ``apply`` writes into ``diff`` directly.  A layer without ancestors
+has nothing to stack, so its ``diff`` is bind-mounted at ``merged`` (read-only
+for an image layer).  Layers of additional (read-only) stores mount
+read-only, under the run root.
+Mounts use ``index=off`` (mounting a layer's upper over other lowers later
+must work), ``redirect_dir=off`` and ``metacopy=off`` (so that the upper
+directory alone says what the layer changed), with the new mount API where
+the kernel has it (:mod:`graphdriver.drivers.mounts`).  Mount counts are the
+base class's, checked against the kernel with ``statx``: a mount that
+vanished behind the store's back is made again by the next ``get`` and by
+``cleanup``, which also unmounts mounts no count accounts for.
+
+Depth.  The kernel stacks at most :data:`MAX_DEPTH` lower directories;
+creating a layer deeper than that chain allows is refused up front.
+
+Applying.  A tarball is extracted straight into ``diff`` with whiteouts as
+0/0 character devices and opaque xattrs (a base layer has nothing below to
+hide, so there whiteouts simply delete).  A layer that is mounted (a
+container's, say) is applied through its mount instead, since writing under
+a live overlay's upper directory is undefined.
+
+Changes and diffs are read from ``diff`` itself when the parent asked for
+is the layer's own parent and nothing redirects (see
+:mod:`graphdriver.drivers.overlaydiff`); otherwise the generic walk compares
+the mounted views.
+
+Unprivileged use.  Without root the kernel's overlay cannot be mounted here,
+so ``fuse-overlayfs`` is used when installed (``mount_program``), with
+``user.overlay.*`` xattrs; a base layer is then handed out as its ``diff``
+directory (nothing to stack, and no bind mounts without privilege).
+
+Driver options (``--opt KEY=VALUE``):
+
+``mount_program``
+    A FUSE overlay program (``/usr/bin/fuse-overlayfs``) to mount with
+    instead of the kernel; found automatically when not running as root.
+    ``none`` forces the kernel's overlay.
+``mountopt``
+    More overlay mount options, comma-separated (``xino=on``).  Turning
+    ``redirect_dir`` or ``metacopy`` on makes changes and diffs use the
+    generic walk.
+
+``--size`` (writable layers only) is enforced by :mod:`graphdriver.drivers.sizelimit`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, BinaryIO, ClassVar
+
+from graphdriver import atomic
+from graphdriver.archive.changes import Change
+from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_XATTR_USER, WhiteoutMode
+from graphdriver.drivers import mounts, sizelimit
+from graphdriver.drivers.base import (
+    REMOVING_SUFFIX,
+    STAGING_DIR,
+    ApplyTarget,
+    CreateOpts,
+    DirFileGetter,
+    Driver,
+    DriverConfig,
+    FileGetter,
+)
+from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
+from graphdriver.locking import locked
+
+if TYPE_CHECKING:
+    pass
+
+#: The most lower directories the kernel stacks (``OVL_MAX_STACK``), so the longest chain.
+MAX_DEPTH = 500
+
+# Dot-named: layer ids never start with a dot, and the store takes any other
+# name in the home for a layer folder (or an orphan of one).
+LINK_DIR = ".l"
+DIFF_DIR = "diff"
+WORK_DIR = "work"
+MERGED_DIR = "merged"
+LINK_FILE = "link"
+LOWER_FILE = "lower"
+#: Present in the folder of a writable (container) layer: it mounts read-write.
+WRITABLE_FILE = "writable"
+SHORT_LEN = 6
+
+DEFAULT_MOUNT_PROGRAM = "/usr/bin/fuse-overlayfs"
+#: Options every kernel mount gets (a ``mountopt`` with the same key wins).
+BASE_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
+_LAYER_KEYS = frozenset({"lowerdir", "lowerdir+", "upperdir", "workdir", "datadir+"})
+_MODULE_PARAMS = "/sys/module/overlay/parameters"
+
+
+# ----- probing -------------------------------------------------------------------------------------
+
+
+def _overlay_in_kernel() -> bool:
+    def listed() -> bool:
+        try:
+            with open("/proc/filesystems", encoding="ascii", errors="replace") as f:
+                return any(line.split()[-1:] == ["overlay"] for line in f)
+        except OSError:
+            return False
+
+    if listed():
+        return True
+    mounts.request_filesystem("overlay")  # loads its module, if it is one
+    return listed()
+
+
+def _find_mount_program(option: str | None) -> str | None:
+    if option is not None:
+        return None if option in ("", "none") else option
+    if os.geteuid() == 0:
+        return None
+    if os.access(DEFAULT_MOUNT_PROGRAM, os.X_OK):
+        return DEFAULT_MOUNT_PROGRAM
+    return shutil.which("fuse-overlayfs")
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+# Homes that passed the probe in this process: opening a store probes once,
+# not once for the registry and again for the driver.
+_PROBED: dict[tuple[str, str | None], dict[str, str]] = {}
+
+
+def probe_home(home: str, mount_program: str | None, *, cached: bool = False) -> dict[str, str]:
+    """Check that overlay can work at *home*; returns what was found (for ``status``).
+
+    Raises :class:`Unsupported` saying what is missing and what to do.  With
+    *cached*, a home that passed before in this process is not probed again.
+    """
+    key = (os.path.abspath(home), mount_program)
+    if cached and key in _PROBED:
+        return _PROBED[key]
+    found = _probe(home, mount_program)
+    _PROBED[key] = found
+    return found
+
+
+def _probe(home: str, mount_program: str | None) -> dict[str, str]:
+    what = f"overlay at {home}"
+    found: dict[str, str] = {}
+    if mount_program is None:
+        if os.geteuid() != 0:
+            raise Unsupported(
+                "overlay as an unprivileged user",
+                "the kernel's overlay needs root here and fuse-overlayfs is not installed "
+                "(apt-get install fuse-overlayfs), or use --driver vfs",
+            )
+        if not _overlay_in_kernel():
+            raise Unsupported(
+                what, "the kernel has no overlay filesystem (modprobe overlay), or use --driver vfs"
+            )
+    else:
+        if not os.access(mount_program, os.X_OK):
+            raise Unsupported(what, f"mount program {mount_program} is not installed; or use --driver vfs")
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise Unsupported(what, "/dev/fuse is missing or not accessible to this user; use --driver vfs")
+    existing = os.path.abspath(home)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    info = mounts.filesystem_of(existing)
+    backing = info.fstype if info else "unknown"
+    found["Backing Filesystem"] = backing
+    if backing == "overlay":
+        raise Unsupported(
+            what,
+            "the home is itself on overlayfs (inside a container?), which cannot hold upper "
+            "directories: put the store on a volume or bind mount of ext4, xfs or btrfs, or use --driver vfs",
+        )
+    user_xattrs = mount_program is not None or os.geteuid() != 0 or _in_user_namespace()
+    found.update(_probe_directory(existing, what, user_xattrs=user_xattrs))
+    for param in ("redirect_dir", "metacopy", "index"):
+        with contextlib.suppress(OSError), open(os.path.join(_MODULE_PARAMS, param), encoding="ascii") as f:
+            found[f"Kernel Default {param}"] = f.read().strip()
+    return found
+
+
+def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str, str]:
+    """d_type and xattr support, tried in a scratch directory under *existing*."""
+    scratch = os.path.join(existing, f".overlay-probe-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.mkdir(scratch, 0o700)
+    except OSError as e:
+        raise Unsupported(what, f"cannot create directories in {existing} ({e.strerror})") from e
+    try:
+        probe_file = os.path.join(scratch, "f")
+        with open(probe_file, "wb"):
+            pass
+        with os.scandir(scratch) as it:
+            entries = list(it)
+        os.unlink(probe_file)
+        # With the file gone, is_file() can only answer from the entry's d_type.
+        if not entries or not entries[0].is_file(follow_symlinks=False):
+            raise Unsupported(
+                what,
+                f"the filesystem at {existing} does not record file types in directory entries "
+                "(d_type), without which whiteouts leak; for xfs, recreate it with mkfs.xfs -n ftype=1",
+            )
+        xattr = "user.graphdriver-probe" if user_xattrs else "trusted.graphdriver-probe"
+        try:
+            os.setxattr(scratch, xattr, b"y")
+        except OSError as e:
+            kind = xattr.split(".")[0]
+            raise Unsupported(
+                what, f"the filesystem at {existing} cannot store {kind}.* extended attributes ({e.strerror})"
+            ) from e
+        return {"Supports d_type": "true", "Xattrs": xattr.split(".")[0] + ".overlay.*"}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ----- the driver ------------------------------------------------------------------------------------
+
+
+class OverlayDriver(Driver):
+    """Layers as overlayfs upper directories stacked by the kernel (or fuse-overlayfs)."""
+
+    name: ClassVar[str] = "overlay"
+    OPTIONS: ClassVar[frozenset[str]] = frozenset({"mount_program", "mountopt"})
+
+    def __init__(self, config: DriverConfig) -> None:
+        super().__init__(config)
+        self.mount_program = _find_mount_program(config.options.get("mount_program"))
+        self.extra_options = tuple(mounts.split_options(config.options.get("mountopt", "")))
+        for option in self.extra_options:
+            if option.partition("=")[0] in _LAYER_KEYS:
+                raise InvalidArgument(f"mountopt {option!r}", "the driver sets the layer directories itself")
+        self.probed = probe_home(self.home, self.mount_program, cached=True)
+        # Rootless overlays (FUSE, or the kernel's inside a user namespace) keep
+        # their whiteout bookkeeping in user.* xattrs.
+        self.user_xattrs = self.mount_program is not None or _in_user_namespace()
+        self.opaque_xattr = OVERLAY_OPAQUE_XATTR_USER if self.user_xattrs else OVERLAY_OPAQUE_XATTR
+        self.mount_options = self._kernel_options()
+        self.native_diff, self.native_why = self._native_diff_ok()
+        self.size_method = sizelimit.choose_method(self.home)
+        self._home_abs = os.path.abspath(self.home)
+        self.links = os.path.join(self._home_abs, LINK_DIR)
+        if not os.path.isdir(self.links):
+            os.makedirs(self.links, 0o700, exist_ok=True)
+            self.repair_links()
+
+    @classmethod
+    def probe(cls, home: str) -> None:
+        """Overlay must be mountable here and the home must hold upper directories."""
+        probe_home(home, _find_mount_program(None))
+
+    def _kernel_options(self) -> tuple[str, ...]:
+        if self.mount_program is not None:
+            return self.extra_options
+        keys = {o.partition("=")[0] for o in self.extra_options}
+        options = [o for o in BASE_OPTIONS if o.partition("=")[0] not in keys]
+        if self.user_xattrs and "userxattr" not in keys:
+            options.append("userxattr")
+        return (*options, *self.extra_options)
+
+    def _native_diff_ok(self) -> tuple[bool, str]:
+        if self.mount_program is not None:
+            return False, f"{os.path.basename(self.mount_program)} keeps its own whiteout formats"
+        for option in self.mount_options:
+            key, _, value = option.partition("=")
+            if (key == "redirect_dir" and value in ("on", "follow")) or (key == "metacopy" and value == "on"):
+                return False, f"mounted with {option}"
+        return True, ""
+
+    def status(self) -> list[tuple[str, str]]:
+        new_api = "fsopen/fsconfig lowerdir+"
+        api = {True: new_api, False: "mount(2)", None: f"{new_api} if present, else mount(2)"}
+        native = "true" if self.native_diff else f"false ({self.native_why})"
+        pairs = list(probe_home(self.home, self.mount_program).items())
+        pairs += [
+            ("Mount Program", self.mount_program or "none (kernel overlay)"),
+            ("Mount API", "FUSE" if self.mount_program else api[mounts.new_api_state()]),
+            ("Mount Options", ",".join(self.mount_options) or "none"),
+            ("Native Overlay Diff", native),
+            ("Size Limits", self.size_method.value if self.size_method else "unavailable (needs root)"),
+            ("Max Depth", str(MAX_DEPTH)),
+            ("Home", self.home),
+        ]
+        return pairs
+
+    # ----- layer folders ------------------------------------------------------------------------
+
+    def _own(self, folder: str) -> bool:
+        return os.path.dirname(os.path.abspath(folder)) == self._home_abs
+
+    def _upper(self, folder: str) -> str:
+        path = os.path.join(folder, DIFF_DIR)
+        return os.path.realpath(path) if os.path.islink(path) else path
+
+    def _merged(self, folder: str, *, create: bool = False) -> str:
+        if self._own(folder):
+            return os.path.join(folder, MERGED_DIR)
+        # Another store's layers are never written: their mount points live in our run root.
+        target = os.path.join(self.run_root, MERGED_DIR, os.path.basename(folder))
+        if create:
+            os.makedirs(target, 0o700, exist_ok=True)
+        return target
+
+    def _link_entry(self, folder: str) -> str:
+        """How a child in this home names *folder*'s link in its ``lower`` file."""
+        with open(os.path.join(folder, LINK_FILE), encoding="ascii") as f:
+            short = f.read().strip()
+        entry = f"{LINK_DIR}/{short}"
+        return entry if self._own(folder) else os.path.join(os.path.dirname(os.path.abspath(folder)), entry)
+
+    def _lower_entries(self, folder: str) -> list[str]:
+        """The ``lower`` file of *folder*, entries as written (relative to the folder's home)."""
+        try:
+            with open(os.path.join(folder, LOWER_FILE), encoding="utf-8") as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return []
+        return text.split(":") if text else []
+
+    def _lowers(self, folder: str) -> list[str]:
+        """The ancestors' link paths, nearest first, absolute."""
+        home = os.path.dirname(os.path.abspath(folder))
+        return [e if e.startswith("/") else f"{home}/{e}" for e in self._lower_entries(folder)]
+
+    # ----- create and remove ------------------------------------------------------------------
+
+    def _create_checked(self, layer_id: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
+        if parent is not None:
+            depth = len(self.layer_chain(parent)) + 2
+            if depth > MAX_DEPTH:
+                raise Precondition(
+                    f"layer {layer_id}",
+                    f"would be {depth} layers deep; overlay stacks at most {MAX_DEPTH} layers "
+                    "(the kernel's limit)",
+                )
+        super()._create_checked(layer_id, parent, opts, rw=rw)
+
+    def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
+        for key in sorted(storage_opt):
+            if key != "size":
+                raise InvalidArgument(f"storage option {key!r}", "the overlay driver knows only size")
+        if "size" not in storage_opt:
+            return
+        if not rw:
+            raise InvalidArgument("--size", "limits writable (--rw) layers only")
+        try:
+            size = int(storage_opt["size"])
+        except ValueError as e:
+            raise InvalidArgument(f"size {storage_opt['size']!r}", "expected a number of bytes") from e
+        sizelimit.check_size(size)
+        if self.size_method is None:
+            raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
+
+    def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
+        parent_folder = self.resolve(parent) if parent else None
+        size = opts.storage_opt.get("size")
+        where = folder
+        if size is not None and self.size_method is not None:
+            where = sizelimit.prepare(folder, int(size), self.size_method, self.home)
+        self._make_upper(os.path.join(where, DIFF_DIR), parent_folder)
+        os.mkdir(os.path.join(where, WORK_DIR), 0o700)
+        if where != folder:
+            for name in (DIFF_DIR, WORK_DIR):
+                os.symlink(os.path.relpath(os.path.join(where, name), folder), os.path.join(folder, name))
+        os.mkdir(os.path.join(folder, MERGED_DIR), 0o700)
+        if rw:
+            atomic.write_bytes(os.path.join(folder, WRITABLE_FILE), b"", 0o644, durable=False)
+        short = self._new_link(layer_id)
+        atomic.write_bytes(os.path.join(folder, LINK_FILE), short.encode(), 0o644, durable=False)
+        if parent_folder is not None:
+            entries = [self._link_entry(parent_folder)]
+            parent_home = os.path.dirname(os.path.abspath(parent_folder))
+            for e in self._lower_entries(parent_folder):
+                own = e.startswith("/") or self._own(parent_folder)
+                entries.append(e if own else f"{parent_home}/{e}")
+            data = ":".join(entries).encode()
+            atomic.write_bytes(os.path.join(folder, LOWER_FILE), data, 0o644, durable=False)
+
+    def _make_upper(self, path: str, parent_folder: str | None) -> None:
+        """The layer's root directory: owned and moded like the parent's (the root of a union)."""
+        os.mkdir(path)
+        if parent_folder is not None:
+            st = os.stat(self._upper(parent_folder))
+            uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+        else:
+            uid = self.config.idmaps.uids.to_host(0)
+            gid = self.config.idmaps.gids.to_host(0)
+            mode = 0o755
+        try:
+            os.chown(path, uid, gid)
+        except OSError as e:
+            # Without privilege the directory stays the user's, as everything it writes.
+            if os.geteuid() == 0 or e.errno not in (errno.EPERM, errno.EINVAL):
+                raise
+        os.chmod(path, mode)  # mkdir's mode is masked by the umask
+
+    def _new_link(self, layer_id: str) -> str:
+        """A fresh short name, linked to the layer's (future) ``diff``."""
+        os.makedirs(self.links, 0o700, exist_ok=True)
+        for _ in range(64):
+            short = base64.b32encode(os.urandom(5)).decode().lower()[:SHORT_LEN]
+            try:
+                os.symlink(f"../{layer_id}/{DIFF_DIR}", os.path.join(self.links, short))
+            except FileExistsError:
+                continue
+            return short
+        raise GraphDriverError(f"layer {layer_id}", f"no free short name in {self.links}")
+
+    def _destroy(self, folder: str) -> None:
+        # A layer folder may hold mounts: its union at merged, its size-limited
+        # image at img.  Deleting through a mount would delete its contents.
+        for sub in (MERGED_DIR, sizelimit.IMAGE_MOUNT):
+            point = os.path.join(folder, sub)
+            if os.path.isdir(point) and mounts.is_mount_point(point):
+                mounts.unmount(point)
+                if mounts.is_mount_point(point):
+                    raise OSError(errno.EBUSY, "still mounted", point)
+        self._drop_link(folder)
+        from graphdriver.drivers.treecopy import remove_tree
+
+        remove_tree(folder)
+
+    def _drop_link(self, folder: str) -> None:
+        """Remove the folder's short link, if it still points at this layer."""
+        try:
+            with open(os.path.join(folder, LINK_FILE), encoding="ascii") as f:
+                short = f.read().strip()
+        except OSError:
+            return
+        name = os.path.basename(folder)
+        if name.endswith(REMOVING_SUFFIX):
+            name = name[: -len(REMOVING_SUFFIX)]
+        elif os.path.basename(os.path.dirname(folder)) == STAGING_DIR:
+            name = name.rpartition("-")[0]
+        link = os.path.join(self.links, short)
+        with contextlib.suppress(OSError):
+            if short and os.readlink(link) == f"../{name}/{DIFF_DIR}":
+                os.unlink(link)
+
+    def repair_links(self) -> list[str]:
+        """Recreate missing short links (the link directory is derived data); one line each."""
+        done = []
+        os.makedirs(self.links, 0o700, exist_ok=True)
+        for name in sorted(os.listdir(self.home)):
+            if name.startswith(".") or name.endswith(REMOVING_SUFFIX):
+                continue
+            try:
+                with open(os.path.join(self.home, name, LINK_FILE), encoding="ascii") as f:
+                    short = f.read().strip()
+            except OSError:
+                continue
+            link = os.path.join(self.links, short)
+            target = f"../{name}/{DIFF_DIR}"
+            with contextlib.suppress(OSError):
+                if os.readlink(link) == target:
+                    continue
+                os.unlink(link)
+            os.symlink(target, link)
+            done.append(f"recreated link {short} of layer {name}")
+        return done
+
+    def _repair_chain(self, folder: str) -> None:
+        """Make every lower directory of *folder* reachable again (links, size-limited images)."""
+        self.repair_links()
+        for ancestor in [folder, *self.layer_chain(os.path.basename(folder))]:
+            if self._own(ancestor):
+                sizelimit.ensure_mounted(ancestor)
+
+    # ----- get and put ------------------------------------------------------------------------
+
+    def _writable(self, folder: str) -> bool:
+        """Whether a layer mounts read-write: only this store's container layers do."""
+        return self._own(folder) and os.path.exists(os.path.join(folder, WRITABLE_FILE))
+
+    def _mount(self, layer_id: str, mount_label: str) -> str:
+        folder = self.resolve(layer_id)
+        own = self._own(folder)
+        target = self._merged(folder, create=True)
+        if mounts.is_mount_point(target):
+            return target  # left by a process that died before counting it
+        if own:
+            sizelimit.ensure_mounted(folder)
+        lowers = self._lowers(folder)
+        try:
+            if not lowers:
+                if self.mount_program is not None:
+                    return self._upper(folder)  # nothing to stack and no bind mounts without root
+                mounts.bind_mount(self._upper(folder), target, readonly=not self._writable(folder))
+                return target
+            try:
+                self._mount_overlay(folder, lowers, target, mount_label)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                # A lower directory is missing: its link or image may be lost; restore and retry.
+                self._repair_chain(folder)
+                self._mount_overlay(folder, lowers, target, mount_label)
+        except OSError as e:
+            raise GraphDriverError(f"mounting layer {layer_id}", e.strerror or str(e)) from e
+        return target
+
+    def _mount_overlay(self, folder: str, lowers: list[str], target: str, mount_label: str) -> None:
+        options = self.mount_options
+        if mount_label:
+            options = (*options, f"context={mount_label}")
+        if self._writable(folder):
+            spec = mounts.OverlayMount(
+                lowers=tuple(lowers),
+                upper=os.path.join(folder, DIFF_DIR),
+                work=os.path.join(folder, WORK_DIR),
+                options=options,
+                base=self.links,
+            )
+        else:
+            own_link = os.path.join(os.path.dirname(folder), self._link_entry(folder))
+            spec = mounts.OverlayMount(
+                lowers=(own_link, *lowers), options=options, readonly=True, base=self.links
+            )
+        if self.mount_program is not None:
+            mounts.mount_fuse_overlay(self.mount_program, spec, target)
+        else:
+            mounts.mount_overlay(spec, target)
+
+    def _unmount(self, layer_id: str) -> None:
+        folder = self.resolve(layer_id)
+        target = self._merged(folder)
+        if os.path.isdir(target) and mounts.is_mount_point(target):
+            try:
+                mounts.unmount(target)
+            except OSError as e:
+                raise GraphDriverError(f"unmounting layer {layer_id}", e.strerror or str(e)) from e
+
+    def _still_mounted(self, layer_id: str, path: str) -> bool:
+        if not os.path.isdir(path):
+            return False
+        if path == self._upper(self.resolve(layer_id)):
+            return True  # a base layer handed out as its own directory: nothing to lose
+        return mounts.is_mount_point(path)
+
+    def _cleanup_mounts(self) -> list[str]:
+        """Remount what a count still owes, drop records of gone layers, unmount uncounted mounts."""
+        done: list[str] = []
+        for entry in sorted(os.listdir(self._mounts_dir)):
+            if not entry.endswith(".json"):
+                continue
+            layer_id = entry[: -len(".json")]
+            with locked(self._count_path(layer_id) + ".lock"):
+                count = self.mount_count(layer_id)
+                path = self._mounted_path(layer_id)
+                if not self.exists(layer_id) or count <= 0:
+                    if path and os.path.isdir(path) and mounts.is_mount_point(path):
+                        mounts.unmount(path)
+                    self._write_count(layer_id, 0, "")
+                    done.append(f"dropped stale mount record of {layer_id}")
+                elif path is None or not self._still_mounted(layer_id, path):
+                    try:
+                        path = self._mount(layer_id, "")
+                    except GraphDriverError as e:
+                        self._write_count(layer_id, 0, "")
+                        done.append(f"dropped mount record of {layer_id}: cannot remount: {e.why}")
+                        continue
+                    self._write_count(layer_id, count, path)
+                    done.append(f"remounted {layer_id} (its mount had gone)")
+        done.extend(self._unmount_uncounted())
+        return done
+
+    def _unmount_uncounted(self) -> list[str]:
+        done = []
+        for name in sorted(os.listdir(self.home)):
+            point = os.path.join(self.home, name, MERGED_DIR)
+            if name.startswith(".") or not os.path.isdir(point):
+                continue
+            with locked(self._count_path(name) + ".lock"):
+                if self.mount_count(name) == 0 and mounts.is_mount_point(point):
+                    outcome = mounts.unmount(point)
+                    done.append(f"{outcome} uncounted mount of {name}")
+        return done
+
+    def cleanup(self) -> list[str]:
+        done = super().cleanup()
+        done.extend(self.repair_links())
+        return done
+
+    # ----- apply, changes, diff -----------------------------------------------------------------
+
+    def apply_target(self, layer_id: str) -> ApplyTarget:
+        folder = self.resolve(layer_id)
+        live = self._live_mount(layer_id, folder)
+        if live is not None:
+            # Writing under a mounted overlay's upper directory is undefined: go
+            # through the union, where the kernel makes the whiteouts itself.
+            return ApplyTarget(path=live, whiteouts=WhiteoutMode.DELETE)
+        if self._own(folder):
+            sizelimit.ensure_mounted(folder)
+        lowers = tuple(os.path.join(p, DIFF_DIR) for p in self.layer_chain(layer_id))
+        # A base layer has nothing below to hide: its whiteouts just delete.
+        mode = WhiteoutMode.OVERLAY if lowers else WhiteoutMode.DELETE
+        # Rootless overlays read opaque directories from user.* xattrs.
+        return ApplyTarget(
+            path=self._upper(folder), whiteouts=mode, lower_dirs=lowers, opaque_xattr=self.opaque_xattr
+        )
+
+    def _live_mount(self, layer_id: str, folder: str) -> str | None:
+        """The union mount of a layer of ours that is mounted now, if any."""
+        if not self._own(folder) or self.mount_count(layer_id) <= 0:
+            return None
+        path = self._mounted_path(layer_id)
+        if path != os.path.join(folder, MERGED_DIR) or not mounts.is_mount_point(path):
+            return None
+        return path
+
+    def diff_getter(self, layer_id: str) -> FileGetter:
+        return DirFileGetter(self._upper(self.resolve(layer_id)))
+
+    def _native(self, layer_id: str, parent: str | None) -> tuple[str, list[str]] | None:
+        """The upper directory and lower roots for a native diff, or None to walk instead."""
+        if not self.native_diff:
+            return None
+        folder = self.resolve(layer_id)
+        lowers = self._lowers(folder)
+        if parent is None:
+            if lowers:
+                return None
+        else:
+            parent_folder = self.resolve(parent)
+            parent_link = os.path.join(os.path.dirname(parent_folder), self._link_entry(parent_folder))
+            if not lowers or os.path.normpath(lowers[0]) != os.path.normpath(parent_link):
+                return None
+        if self._own(folder):
+            sizelimit.ensure_mounted(folder)
+        if not all(os.path.isdir(p) for p in lowers):
+            self._repair_chain(folder)
+            missing = [p for p in lowers if not os.path.isdir(p)]
+            if missing:
+                raise GraphDriverError(f"layer {layer_id}", f"lower directory {missing[0]} is missing")
+        return self._upper(folder), lowers
+
+    def changes(self, layer_id: str, parent: str | None) -> list[Change]:
+        plan = self._native(layer_id, parent)
+        if plan is None:
+            return super().changes(layer_id, parent)
+        from graphdriver.drivers import overlaydiff
+
+        return overlaydiff.changes(*plan, opaque_xattr=self.opaque_xattr)
+
+    def diff(self, layer_id: str, parent: str | None, out: BinaryIO) -> None:
+        plan = self._native(layer_id, parent)
+        if plan is None:
+            super().diff(layer_id, parent, out)
+            return
+        from graphdriver.drivers import overlaydiff
+
+        overlaydiff.export(*plan, out, self.config.idmaps, opaque_xattr=self.opaque_xattr)
+
+    def diff_size(self, layer_id: str, parent: str | None) -> int:
+        plan = self._native(layer_id, parent)
+        if plan is None:
+            return super().diff_size(layer_id, parent)
+        from graphdriver.drivers import overlaydiff
+
+        return overlaydiff.size(*plan, opaque_xattr=self.opaque_xattr)
+
+    def metadata(self, layer_id: str) -> dict[str, str]:
+        folder = self.resolve(layer_id)
+        meta = {
+            "dir": folder,
+            "UpperDir": os.path.join(folder, DIFF_DIR),
+            "WorkDir": os.path.join(folder, WORK_DIR),
+            "MergedDir": self._merged(folder),
+        }
+        lowers = self._lowers(folder)
+        if lowers:
+            meta["LowerDir"] = ":".join(lowers)
+        limit = sizelimit.limit_of(folder)
+        if limit:
+            meta["SizeLimit"] = str(limit.get("size"))
+        return meta

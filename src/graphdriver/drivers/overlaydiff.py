@@ -1,0 +1,278 @@
+"""Changes and diffs read from an overlay layer's own upper directory.
+
+The generic walk (:mod:`graphdriver.drivers.walk`) compares the whole union
+view of a layer with its parent's, so its cost grows with the image.  An
+overlay layer's upper directory already holds exactly what the layer
+changed, so reading it costs what the layer holds, plus a few lookups in the
+layers below for each entry found:
+
+* a 0/0 character device is a whiteout: the path is deleted if it exists
+  below;
+* a directory whose opaque xattr (``trusted.overlay.opaque`` or, for
+  ``userxattr`` mounts, ``user.overlay.opaque``) is ``y`` hides what was
+  below it, so whatever exists below and not in the upper directory is
+  deleted;
+* anything else is added when nothing is there below, and otherwise changed
+  if the generic walk's comparison says so (so a copied-up but untouched file
+  is not reported, exactly as the walk would not report it).
+
+"Below" is the parent's union view, computed the way overlayfs does: the
+lower directories nearest first, a whiteout or a non-directory hides
+everything further down, an opaque directory hides the rest of its own
+subtree.  The result is the generic walk's change list entry for entry,
+including the rule that every directory above a change is changed too.
+
+Export writes the tarball conventions: ``.wh.<name>`` for each deletion and
+``<dir>/.wh..wh..opq`` for an opaque directory that exists below (the
+deletions it implies are not listed one by one).  Redirected directories and
+metacopy files (``redirect_dir``, ``metacopy``) are not understood here; the
+overlay driver turns both off and uses the generic walk where they may be on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from graphdriver.archive.changes import Change, ChangeKind
+from graphdriver.archive.export import NO_ID_MAPS, change_sort_key, changes_size, export_changes
+from graphdriver.archive.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
+from graphdriver.drivers.walk import _differs, _Walk
+from graphdriver.idmap import IDMappings
+
+#: The change that :func:`~graphdriver.archive.export.whiteout_entry` turns into
+#: ``<dir>/.wh..wh..opq``: the whiteout of the reserved name ``.wh..opq``.
+_OPAQUE_MARKER = OPAQUE_WHITEOUT[len(WHITEOUT_PREFIX) :]
+
+_GONE = (FileNotFoundError, NotADirectoryError)
+
+
+@dataclass
+class Scan:
+    """What one reading of an upper directory found."""
+
+    #: The changes, sorted by path, exactly as the generic walk lists them.
+    changes: list[Change] = field(default_factory=list)
+    #: Opaque directories of the layer that exist below (they get a marker in a tarball).
+    opaque: list[str] = field(default_factory=list)
+    #: Directories whose deletions below are implied by an opaque marker at or above them.
+    implied: set[str] = field(default_factory=set)
+    #: Everything of the layer below (and including) an opaque directory with a marker:
+    #: the marker hides what was below, so these must travel with it, changed or not.
+    carried: list[str] = field(default_factory=list)
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class _Reader:
+    """One scan: the upper root, the lower roots and the comparison state per lower."""
+
+    def __init__(self, upper: str, lowers: Sequence[str], opaque_xattr: str) -> None:
+        self.upper = upper
+        self.lowers = tuple(lowers)
+        self.opaque_xattr = opaque_xattr
+        self.scan = Scan()
+        self._walks: dict[str, _Walk] = {}
+
+    def add(self, path: str, kind: ChangeKind) -> None:
+        self.scan.changes.append(Change(path, kind))
+
+    def is_opaque(self, path: str) -> bool:
+        try:
+            return os.getxattr(path, self.opaque_xattr, follow_symlinks=False) == b"y"
+        except OSError as e:
+            if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
+                return False
+            raise
+
+    def differs(self, root: str, path: str, new: os.stat_result, old: os.stat_result) -> bool:
+        # The generic walk's own comparison, so that both list the same changes.
+        walk = self._walks.get(root)
+        if walk is None:
+            walk = self._walks[root] = _Walk(self.upper, root)
+        return _differs(walk, path, new, old)
+
+    # ----- the layers below ---------------------------------------------------------------
+
+    def below(self, roots: tuple[str, ...], path: str) -> tuple[str, os.stat_result] | None:
+        """The entry the parent's view has at *path* (its lower root and lstat), or None."""
+        for root in roots:
+            try:
+                st = os.lstat(root + path)
+            except _GONE:
+                continue
+            return None if _is_whiteout(st) else (root, st)
+        return None
+
+    def dir_roots(self, roots: tuple[str, ...], path: str) -> tuple[str, ...]:
+        """The lower roots whose directory *path* makes up the parent's view of it."""
+        out: list[str] = []
+        for root in roots:
+            try:
+                st = os.lstat(root + path)
+            except _GONE:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                break  # a whiteout or a file hides everything further down
+            out.append(root)
+            if self.is_opaque(root + path):
+                break
+        return tuple(out)
+
+    def listing(self, roots: tuple[str, ...], rel: str) -> set[str]:
+        """The names the parent's view has in directory *rel*."""
+        seen: set[str] = set()
+        hidden: set[str] = set()
+        for root in roots:
+            try:
+                with os.scandir(root + rel) as it:
+                    entries = list(it)
+            except _GONE:
+                continue
+            for e in entries:
+                name = e.name
+                if name in seen or name in hidden:
+                    continue
+                if _entry_is_whiteout(e):
+                    hidden.add(name)
+                else:
+                    seen.add(name)
+        return seen
+
+    # ----- the upper directory ----------------------------------------------------------
+
+    def run(self) -> Scan:
+        # (directory, lower roots of its view below, whether an opaque directory is at or above it)
+        pending: list[tuple[str, tuple[str, ...], bool]] = [("", self.lowers, False)]
+        while pending:
+            rel, roots, opaque_above = pending.pop()
+            pending.extend(self.directory(rel, roots, opaque_above))
+        _add_parents(self.scan.changes)
+        self.scan.changes.sort(key=change_sort_key)
+        return self.scan
+
+    def directory(
+        self, rel: str, roots: tuple[str, ...], opaque_above: bool
+    ) -> list[tuple[str, tuple[str, ...], bool]]:
+        """The changes of the direct entries of upper directory *rel*; returns the subdirectories."""
+        try:
+            with os.scandir(self.upper + rel) as it:
+                entries = {e.name: e for e in it}
+        except _GONE:
+            return []
+        own_opaque = bool(rel) and self.is_opaque(self.upper + rel)
+        opaque = opaque_above or own_opaque
+        if opaque and roots:
+            if own_opaque and not opaque_above:
+                self.scan.opaque.append(rel)
+                self.scan.carried.append(rel)
+            self.scan.implied.add(rel)
+            for name in self.listing(roots, rel):
+                e = entries.get(name)
+                if e is None or _entry_is_whiteout(e):
+                    self.add(f"{rel}/{name}", ChangeKind.DELETE)
+        subdirs: list[tuple[str, tuple[str, ...], bool]] = []
+        for name, e in entries.items():
+            path = f"{rel}/{name}"
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if _is_whiteout(st):
+                if not opaque and roots and self.below(roots, path) is not None:
+                    self.add(path, ChangeKind.DELETE)
+                continue
+            if opaque and (roots or opaque_above):
+                self.scan.carried.append(path)
+            old = self.below(roots, path) if roots else None
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if old is None:
+                self.add(path, ChangeKind.ADD)
+                if is_dir:
+                    subdirs.append((path, (), opaque))
+                continue
+            root, old_st = old
+            if self.differs(root, path, st, old_st):
+                self.add(path, ChangeKind.MODIFY)
+            if is_dir:
+                below = self.dir_roots(roots, path) if stat.S_ISDIR(old_st.st_mode) else ()
+                subdirs.append((path, below, opaque))
+        return subdirs
+
+
+def _entry_is_whiteout(e: os.DirEntry[str]) -> bool:
+    # d_type answers for nearly every entry without a stat.
+    if e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False) or e.is_symlink():
+        return False
+    try:
+        return _is_whiteout(e.stat(follow_symlinks=False))
+    except FileNotFoundError:
+        return False
+
+
+def _add_parents(changes: list[Change]) -> None:
+    """Every directory above a change is changed too (the generic walk's rule)."""
+    listed = {c.path for c in changes}
+    done: set[str] = set()
+    for change in list(changes):
+        parent = change.path.rpartition("/")[0]
+        while parent and parent not in done:
+            done.add(parent)
+            if parent not in listed:
+                changes.append(Change(parent, ChangeKind.MODIFY))
+            parent = parent.rpartition("/")[0]
+
+
+# ----- the public face ---------------------------------------------------------------------------
+
+
+def scan(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> Scan:
+    """Read what the layer with upper directory *upper* changed over *lowers* (nearest first)."""
+    os.lstat(upper)  # a missing upper directory is an error, not an empty layer
+    return _Reader(upper, lowers, opaque_xattr).run()
+
+
+def changes(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> list[Change]:
+    """The layer's changes, sorted by path (see the module docstring)."""
+    return scan(upper, lowers, opaque_xattr).changes
+
+
+def export_changeset(result: Scan) -> list[Change]:
+    """The changes to write in a tarball.
+
+    Deletions an opaque marker implies are dropped, the markers added, and
+    whatever the layer holds below a marker is added too (unchanged entries
+    included: the marker hides their copies below).
+    """
+    out = [
+        c
+        for c in result.changes
+        if not (c.kind is ChangeKind.DELETE and c.path.rpartition("/")[0] in result.implied)
+    ]
+    listed = {c.path for c in out}
+    out += [Change(p, ChangeKind.MODIFY) for p in result.carried if p not in listed]
+    out += [Change(f"{d}/{_OPAQUE_MARKER}", ChangeKind.DELETE) for d in result.opaque]
+    return out
+
+
+def export(
+    upper: str,
+    lowers: Sequence[str],
+    out: BinaryIO,
+    idmaps: IDMappings = NO_ID_MAPS,
+    opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
+) -> None:
+    """Write the layer tarball of the layer with upper directory *upper* to *out*."""
+    result = scan(upper, lowers, opaque_xattr)
+    export_changes(upper, export_changeset(result), out, idmaps)
+
+
+def size(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> int:
+    """Bytes of regular files the layer added or changed (hardlinked inodes once)."""
+    return changes_size(upper, scan(upper, lowers, opaque_xattr).changes)

@@ -1,0 +1,759 @@
+"""The overlay driver: layout, mounts, depth, native changes, recovery, probes, id maps, rootless."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphdriver.archive.changes import ChangeKind
+from graphdriver.drivers import mounts, overlay
+from graphdriver.drivers.base import CreateOpts, Driver, DriverConfig
+from graphdriver.drivers.overlay import MAX_DEPTH, OverlayDriver
+from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
+from graphdriver.idmap import IDMap, IDMappings
+from graphdriver.store import Store, StoreOptions
+from tests.conftest import ROOT, run_cli
+from tests.treeutil import D, F, H, L, Opaque, W, make_tar, snapshot
+
+A, C, X = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
+
+def _why_not() -> str:
+    """Why the kernel's overlay cannot be tested here ("" when it can)."""
+    if os.geteuid() != 0:
+        return "needs root (kernel overlay mounts)"
+    try:
+        overlay.probe_home("/tmp", None)
+    except GraphDriverError as e:
+        return f"overlay cannot run here: {e}"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_why_not()), reason=_why_not() or "runs")
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+
+
+def make_driver(tmp_path: Path, home: str = "home", **kw: Any) -> OverlayDriver:
+    return OverlayDriver(DriverConfig(home=str(tmp_path / home), run_root=str(tmp_path / "run"), **kw))
+
+
+@pytest.fixture
+def d(tmp_path: Path) -> Iterator[OverlayDriver]:
+    driver = make_driver(tmp_path)
+    yield driver
+    _release_all(tmp_path)
+
+
+def _release_all(tmp_path: Path) -> None:
+    for point in mounts.mounts_below(str(tmp_path)):
+        mounts.unmount(point)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(StoreOptions(root=str(tmp_path / "store"), run_root=str(tmp_path / "run"), driver="overlay"))
+    yield s
+    _release_all(tmp_path)
+
+
+def diff_dir(drv: OverlayDriver, layer_id: str) -> Path:
+    return Path(drv.resolve(layer_id)) / "diff"
+
+
+def apply(drv: Driver, layer_id: str, spec: dict[str, Any]) -> int:
+    return drv.apply_diff(layer_id, None, io.BytesIO(make_tar(spec)))
+
+
+def walk_changes(drv: OverlayDriver, layer_id: str, parent: str | None) -> list[tuple[ChangeKind, str]]:
+    return [(c.kind, c.path) for c in Driver.changes(drv, layer_id, parent)]
+
+
+def native_changes(drv: OverlayDriver, layer_id: str, parent: str | None) -> list[tuple[ChangeKind, str]]:
+    assert drv._native(layer_id, parent) is not None
+    return [(c.kind, c.path) for c in drv.changes(layer_id, parent)]
+
+
+def tar_names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [m.name for m in tf.getmembers()]
+
+
+# ----- layout and mounts ------------------------------------------------------------------------------
+
+
+def test_layout(d):
+    d.create("base", None)
+    d.create_rw("ctr", "base")
+    base, ctr = Path(d.resolve("base")), Path(d.resolve("ctr"))
+    for folder in (base, ctr):
+        assert {p.name for p in folder.iterdir()} >= {"diff", "work", "merged", "link", "layerchain.json"}
+        short = (folder / "link").read_text()
+        assert len(short) == overlay.SHORT_LEN
+        link = Path(d.home) / ".l" / short
+        assert os.readlink(link) == f"../{folder.name}/diff"
+    assert not (base / "lower").exists()
+    assert (ctr / "lower").read_text() == ".l/" + (base / "link").read_text()
+    assert d.layer_chain("ctr") == [str(base)]
+    meta = d.metadata("ctr")
+    assert meta["UpperDir"] == str(ctr / "diff") and meta["LowerDir"].endswith((base / "link").read_text())
+
+
+def test_mounts_and_counts(d):
+    d.create("base", None)
+    (diff_dir(d, "base") / "f").write_bytes(b"base")
+    d.create_rw("ctr", "base")
+    path = d.get("ctr")
+    assert path == os.path.join(d.resolve("ctr"), "merged")
+    assert mounts.is_overlay_mount(path)
+    assert Path(path, "f").read_bytes() == b"base"
+    Path(path, "g").write_bytes(b"ctr")
+    assert (diff_dir(d, "ctr") / "g").read_bytes() == b"ctr"
+    assert d.get("ctr") == path and d.mount_count("ctr") == 2
+    d.put("ctr")
+    assert mounts.is_mount_point(path)
+    d.put("ctr")
+    assert not mounts.is_mount_point(path)
+    # A base layer has nothing to stack: its own directory is bind-mounted, read-only
+    # for an image layer.
+    base_path = d.get("base")
+    assert mounts.is_mount_point(base_path) and not mounts.is_overlay_mount(base_path)
+    with pytest.raises(OSError) as err:
+        Path(base_path, "h").write_bytes(b"h")
+    assert err.value.errno == errno.EROFS
+    d.put("base")
+    d.create_rw("rwbase", None)
+    rw_path = d.get("rwbase")
+    Path(rw_path, "h").write_bytes(b"h")
+    d.put("rwbase")
+    assert (diff_dir(d, "rwbase") / "h").exists()
+
+
+def test_image_layers_mount_read_only(d):
+    d.create("img", None)
+    d.create("img2", "img")
+    path = d.get("img2")
+    try:
+        with pytest.raises(OSError) as err:
+            Path(path, "x").write_bytes(b"x")
+        assert err.value.errno == errno.EROFS
+    finally:
+        d.put("img2")
+    d.create_rw("ctr", "img2")
+    path = d.get("ctr")
+    try:
+        Path(path, "x").write_bytes(b"x")
+    finally:
+        d.put("ctr")
+
+def test_additional_store_layers_mount_read_only(tmp_path):
+    shared = make_driver(tmp_path, "shared")
+    shared.create("base", None)
+    (diff_dir(shared, "base") / "f").write_bytes(b"f")
+    shared.create("mid", "base")
+    (diff_dir(shared, "mid") / "g").write_bytes(b"g")
+    mine = OverlayDriver(DriverConfig(home=str(tmp_path / "home"), run_root=str(tmp_path / "run2"),
+                                      readonly_homes=(shared.home,)))
+    try:
+        for layer_id, names in (("base", ["f"]), ("mid", ["f", "g"])):
+            path = mine.get(layer_id)
+            assert path.startswith(mine.run_root)
+            assert sorted(os.listdir(path)) == names
+            with pytest.raises(OSError) as e:
+                Path(path, "new").write_bytes(b"x")
+            assert e.value.errno == errno.EROFS
+            mine.put(layer_id)
+            assert not mounts.is_mount_point(path)
+        # A layer of our own on top of theirs.
+        mine.create_rw("ctr", "mid")
+        path = mine.get("ctr")
+        assert sorted(os.listdir(path)) == ["f", "g"]
+        Path(path, "h").write_bytes(b"h")
+        mine.put("ctr")
+        assert native_changes(mine, "ctr", "mid") == [(A, "/h")]
+    finally:
+        _release_all(tmp_path)
+
+
+def test_remove_unmounts_a_leaked_mount_first(d):
+    d.create("base", None)
+    (diff_dir(d, "base") / "keep").write_bytes(b"k")
+    d.create_rw("ctr", "base")
+    path = d._mount("ctr", "")  # mounted, but no count says so (a crash, say)
+    d.remove("ctr")
+    assert not os.path.exists(path)
+    assert (diff_dir(d, "base") / "keep").read_bytes() == b"k"
+    assert len(os.listdir(Path(d.home) / ".l")) == 1  # the base's
+
+
+def test_remove_drops_the_link(d):
+    d.create("a", None)
+    d.remove("a")
+    assert os.listdir(Path(d.home) / ".l") == []
+    assert [n for n in os.listdir(d.home) if not n.startswith(".")] == []
+
+
+def test_option_errors(tmp_path):
+    with pytest.raises(InvalidArgument):
+        make_driver(tmp_path, options={"bogus": "1"})
+    with pytest.raises(InvalidArgument):
+        make_driver(tmp_path, options={"mountopt": "upperdir=/x"})
+
+
+def test_storage_options(d):
+    with pytest.raises(InvalidArgument):
+        d.create("a", None, CreateOpts(storage_opt={"size": str(64 << 20)}))
+    with pytest.raises(InvalidArgument):
+        d.create_rw("a", None, CreateOpts(storage_opt={"quota": "1"}))
+    with pytest.raises(InvalidArgument):
+        d.create_rw("a", None, CreateOpts(storage_opt={"size": "1024"}))
+    assert not d.exists("a")
+
+
+def test_status_reports_probes(d):
+    status = dict(d.status())
+    assert status["Supports d_type"] == "true"
+    assert status["Xattrs"] == "trusted.overlay.*"
+    assert status["Native Overlay Diff"] == "true"
+    assert status["Max Depth"] == "500"
+    assert "index=off" in status["Mount Options"]
+
+
+def test_mount_label_is_passed(d, monkeypatch):
+    seen: list[tuple[str, ...]] = []
+    real = mounts.mount_overlay
+
+    def spy(spec: mounts.OverlayMount, target: str, **kw: Any) -> str:
+        seen.append(spec.options)
+        return real(mounts.OverlayMount(spec.lowers, spec.upper, spec.work,
+                                        tuple(o for o in spec.options if not o.startswith("context=")),
+                                        spec.readonly, spec.base), target)
+
+    monkeypatch.setattr(mounts, "mount_overlay", spy)
+    d.create("a", None)
+    d.create("b", "a")
+    d.get("b", "system_u:object_r:container_file_t:s0")
+    d.put("b")
+    assert "context=system_u:object_r:container_file_t:s0" in seen[0]
+
+
+def test_legacy_mount_api_works_too(d, monkeypatch):
+    monkeypatch.setattr(mounts, "_new_api", False)
+    parent = None
+    for i in range(10):
+        d.create(f"l{i}", parent)
+        (diff_dir(d, f"l{i}") / f"f{i}").write_bytes(b"x")
+        parent = f"l{i}"
+    path = d.get("l9")
+    try:
+        assert len(os.listdir(path)) == 10
+        assert "lowerdir=" in mounts.mount_at(path).super_options
+    finally:
+        d.put("l9")
+
+
+# ----- depth ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_500_layer_chain_mounts_and_501st_is_refused(tmp_path):
+    s = Store(StoreOptions(root=str(tmp_path / "store"), run_root=str(tmp_path / "run"), driver="overlay"))
+    try:
+        parent = None
+        for i in range(MAX_DEPTH):
+            s.create(f"l{i}", parent)
+            (diff_dir(s.driver, f"l{i}") / f"f{i}").write_bytes(b"%d" % i)  # type: ignore[arg-type]
+            parent = f"l{i}"
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            path = s.mount("l499")
+            times.append(time.perf_counter() - start)
+            assert len(os.listdir(path)) == MAX_DEPTH
+            s.unmount("l499")
+        times.sort()
+        print(f"500-layer chain: get in {times[2] * 1000:.1f} ms (median of 5)")
+        assert times[2] < 0.1  # the target is well under 50 ms; leave room for a loaded machine
+        with pytest.raises(Precondition) as e:
+            s.create("l500", "l499")
+        assert "500" in str(e.value)
+        assert not s.exists("l500")
+        r = run_cli("create", "l500", "--parent", "l499", root=tmp_path / "store", run_root=tmp_path / "run")
+        assert r.returncode == 5
+        assert b"at most 500 layers" in r.stderr
+    finally:
+        _release_all(tmp_path)
+
+
+# ----- native changes against the generic walk ---------------------------------------------------------
+
+
+BASE = {
+    "etc": D(), "etc/hosts": F(b"127.0.0.1 localhost\n"), "etc/motd": F(b"hi\n"),
+    "etc/app": D(), "etc/app/a.conf": F(b"a"), "etc/app/b.conf": F(b"b"),
+    "usr": D(), "usr/bin": D(), "usr/bin/tool": F(b"\x7fELF", mode=0o755),
+    "usr/bin/tool2": H("usr/bin/tool"), "usr/lib": D(), "usr/lib/x": L("../bin/tool"),
+    "var": D(), "var/cache": D(), "var/cache/c1": F(b"c" * 100), "var/cache/sub": D(),
+    "var/cache/sub/deep": F(b"d"), "opt": D(), "opt/o": Opaque(), "opt/o/only": F(b"o"),
+    "srv": D(mode=0o700),
+}
+
+
+def _files(root: str) -> tuple[list[str], list[str]]:
+    files, dirs = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames:
+            if not os.path.islink(os.path.join(dirpath, n)):
+                dirs.append(os.path.relpath(os.path.join(dirpath, n), root))
+        for n in filenames:
+            files.append(os.path.relpath(os.path.join(dirpath, n), root))
+    return sorted(files), sorted(dirs)
+
+
+def _mutate(root: str, rng: random.Random, n: int) -> None:
+    """Random changes through a union mount, of every kind overlay records differently."""
+    for i in range(n):
+        files, dirs = _files(root)
+        op = rng.randrange(12)
+        try:
+            if op == 0 or not files:
+                d_ = rng.choice(["", *dirs])
+                Path(root, d_, f"new{i}").write_bytes(b"n" * rng.randrange(50))
+            elif op == 1:
+                with open(os.path.join(root, rng.choice(files)), "ab") as f:
+                    f.write(b"more")
+            elif op == 2:
+                os.unlink(os.path.join(root, rng.choice(files)))
+            elif op == 3 and dirs:
+                shutil.rmtree(os.path.join(root, rng.choice(dirs)))
+            elif op == 4 and dirs:
+                d_ = os.path.join(root, rng.choice(dirs))
+                shutil.rmtree(d_)
+                os.makedirs(os.path.join(d_, "again"))  # an opaque directory
+            elif op == 5 and dirs:
+                os.chmod(os.path.join(root, rng.choice(dirs)), 0o711)
+            elif op == 6:
+                f_ = os.path.join(root, rng.choice(files))
+                os.unlink(f_)
+                os.mkdir(f_)  # a file became a directory
+            elif op == 7 and dirs:
+                d_ = os.path.join(root, rng.choice(dirs))
+                shutil.rmtree(d_)
+                Path(d_).write_bytes(b"was a dir")
+            elif op == 8:
+                os.symlink("somewhere", os.path.join(root, f"sym{i}"))
+            elif op == 9:
+                f_ = os.path.join(root, rng.choice(files))
+                if not os.path.islink(f_):  # a relative symlink moved elsewhere would point out
+                    os.link(f_, os.path.join(root, f"hard{i}"))
+            elif op == 10:
+                # Opened for writing, left as it was: copied up, but not changed.
+                with open(os.path.join(root, rng.choice(files)), "r+b"):
+                    pass
+            else:
+                os.chown(os.path.join(root, rng.choice(files)), 1000, 1000, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+
+
+def _unlinked(tree: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {path: {k: v for k, v in item.items() if k != "link_group"} for path, item in tree.items()}
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_native_changes_equal_the_generic_walk(d, seed):
+    rng = random.Random(seed)
+    d.create("base", None)
+    apply(d, "base", BASE)
+    parent = "base"
+    for layer in ("mid", "top"):
+        d.create_rw(layer, parent)
+        with d.mounted(layer) as root:
+            _mutate(root, rng, 12)
+        assert native_changes(d, layer, parent) == walk_changes(d, layer, parent), seed
+        assert d.diff_size(layer, parent) == Driver.diff_size(d, layer, parent)
+        # The native tarball rebuilds the same view on the same parent.
+        out = io.BytesIO()
+        d.diff(layer, parent, out)
+        d.create(f"{layer}-copy", parent)
+        d.apply_diff(f"{layer}-copy", parent, io.BytesIO(out.getvalue()))
+        with d.mounted(layer) as a, d.mounted(f"{layer}-copy") as b:
+            # A new hardlink to an untouched lower file shares the copied-up inode
+            # in the layer, but only the new name is a change: the copy gets a file.
+            # A directory whose only change is its mtime is no change (the walk's rule).
+            view_a, view_b = (_unlinked(snapshot(p, skip=["."], dir_times=False)) for p in (a, b))
+            assert view_a == view_b
+        assert native_changes(d, f"{layer}-copy", parent) == native_changes(d, layer, parent)
+        parent = layer
+
+
+def test_opaque_directories_in_tarballs(d):
+    d.create("base", None)
+    apply(d, "base", BASE)
+    d.create_rw("ctr", "base")
+    with d.mounted("ctr") as root:
+        shutil.rmtree(os.path.join(root, "var/cache"))
+        os.makedirs(os.path.join(root, "var/cache/fresh"))
+        shutil.rmtree(os.path.join(root, "etc/app"))
+        os.mkdir(os.path.join(root, "newdir"))
+    assert native_changes(d, "ctr", "base") == [
+        (C, "/etc"), (X, "/etc/app"), (A, "/newdir"), (C, "/var"), (C, "/var/cache"),
+        (X, "/var/cache/c1"), (A, "/var/cache/fresh"), (X, "/var/cache/sub"),
+    ]
+    assert native_changes(d, "ctr", "base") == walk_changes(d, "ctr", "base")
+    out = io.BytesIO()
+    d.diff("ctr", "base", out)
+    names = sorted(tar_names(out.getvalue()))
+    assert names == ["etc", "etc/.wh.app", "newdir", "var", "var/cache", "var/cache/.wh..wh..opq",
+                     "var/cache/fresh"]
+
+
+def test_changes_against_another_parent_use_the_walk(d, monkeypatch):
+    d.create("base", None)
+    apply(d, "base", {"a": F(b"a")})
+    d.create("mid", "base")
+    apply(d, "mid", {"b": F(b"b")})
+    d.create("top", "mid")
+    apply(d, "top", {"c": F(b"c")})
+    assert d._native("top", "base") is None and d._native("top", None) is None
+    assert [(c.kind, c.path) for c in d.changes("top", "base")] == [(A, "/b"), (A, "/c")]
+    assert [(c.kind, c.path) for c in d.changes("top", None)] == [(A, "/a"), (A, "/b"), (A, "/c")]
+
+
+def test_redirect_dir_on_disables_native_diff(tmp_path):
+    drv = make_driver(tmp_path, options={"mountopt": "redirect_dir=on"})
+    try:
+        assert not drv.native_diff
+        assert "redirect_dir=on" in dict(drv.status())["Native Overlay Diff"]
+        drv.create("base", None)
+        apply(drv, "base", {"a": D(), "a/f": F(b"f")})
+        drv.create_rw("ctr", "base")
+        with drv.mounted("ctr") as root:
+            os.rename(os.path.join(root, "a"), os.path.join(root, "b"))  # a redirect
+        assert drv._native("ctr", "base") is None
+        assert [(c.kind, c.path) for c in drv.changes("ctr", "base")] == [(X, "/a"), (A, "/b"), (A, "/b/f")]
+    finally:
+        _release_all(tmp_path)
+
+
+def _timed(fn: Callable[[], object], rounds: int = 5) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _ten_changes(root: str) -> None:
+    for i in range(4):
+        Path(root, "tree", f"d{i}", f"f{i}").write_bytes(b"changed")
+    for i in range(4, 7):
+        Path(root, "tree", f"d{i}", f"added{i}").write_bytes(b"new")
+    for i in range(7, 10):
+        os.unlink(os.path.join(root, "tree", f"d{i}", f"f{i}"))
+
+
+@pytest.mark.slow
+def test_changes_cost_grows_with_the_layer_not_the_image(d):
+    costs = {}
+    for n_files in (10, 20_000):
+        base, ctr = f"base{n_files}", f"ctr{n_files}"
+        d.create(base, None)
+        root = diff_dir(d, base) / "tree"
+        for i in range(n_files):
+            sub = root / f"d{i % 100}"
+            if i < 100:
+                sub.mkdir(parents=True)
+            (sub / f"f{i}").write_bytes(b"x")
+        d.create_rw(ctr, base)
+        with d.mounted(ctr) as merged:
+            _ten_changes(merged)
+        listed = d.changes(ctr, base)
+        assert len([c for c in listed if c.path.count("/") == 3]) == 10
+        costs[n_files] = _timed(lambda: d.changes(ctr, base))  # noqa: B023
+        if n_files == 20_000:
+            walk = _timed(lambda: Driver.changes(d, ctr, base), rounds=1)  # noqa: B023
+            assert [str(c) for c in listed] == [str(c) for c in Driver.changes(d, ctr, base)]
+            print(f"native {costs[10] * 1000:.2f} ms over 10 files, {costs[20_000] * 1000:.2f} ms over "
+                  f"20,000 files; generic walk {walk * 1000:.1f} ms")
+            assert walk > 10 * costs[20_000]
+    assert costs[20_000] < 3 * costs[10] + 0.002
+
+
+# ----- counted mounts across processes and recovery ---------------------------------------------------
+
+
+def test_counts_are_shared_between_driver_instances_and_processes(tmp_path):
+    d1, d2 = make_driver(tmp_path), make_driver(tmp_path)
+    try:
+        d1.create("base", None)
+        d1.create_rw("ctr", "base")
+        p1 = d1.get("ctr")
+        assert d2.get("ctr") == p1 and d2.mount_count("ctr") == 2
+        code = (
+            "import sys; from graphdriver.drivers.overlay import OverlayDriver; "
+            "from graphdriver.drivers.base import DriverConfig; "
+            f"d = OverlayDriver(DriverConfig(home={d1.home!r}, run_root={d1.run_root!r})); "
+            "print(d.get('ctr')); print(d.mount_count('ctr')); d.put('ctr'); d.put('ctr')"
+        )
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, env=env)
+        assert out.stdout.decode().split() == [p1, "3"]
+        assert d1.mount_count("ctr") == 1 and mounts.is_mount_point(p1)
+        d1.put("ctr")
+        assert not mounts.is_mount_point(p1)
+        with pytest.raises(Precondition):
+            d2.put("ctr")
+    finally:
+        _release_all(tmp_path)
+
+
+def test_lost_mount_is_redone_by_the_next_get(d):
+    d.create("base", None)
+    d.create_rw("ctr", "base")
+    path = d.get("ctr")
+    subprocess.run(["umount", path], check=True)  # behind the store's back
+    assert d.get("ctr") == path
+    assert mounts.is_overlay_mount(path) and d.mount_count("ctr") == 2
+    d.put("ctr")
+    d.put("ctr")
+    assert not mounts.is_mount_point(path)
+
+
+def test_cleanup_remounts_lost_mounts_and_unmounts_uncounted_ones(d):
+    d.create("base", None)
+    d.create_rw("ctr", "base")
+    d.create_rw("leak", "base")
+    path = d.get("ctr")
+    subprocess.run(["umount", path], check=True)
+    leaked = d._mount("leak", "")  # a mount no count accounts for
+    done = d.cleanup()
+    assert "remounted ctr (its mount had gone)" in done
+    assert "unmounted uncounted mount of leak" in done
+    assert mounts.is_overlay_mount(path) and d.mount_count("ctr") == 1
+    assert not mounts.is_mount_point(leaked)
+    d.put("ctr")
+    assert not mounts.is_mount_point(path)
+    assert d.cleanup() == []
+
+
+def test_put_detaches_a_busy_mount(d):
+    d.create("base", None)
+    (diff_dir(d, "base") / "f").write_bytes(b"still here")
+    d.create_rw("ctr", "base")
+    path = d.get("ctr")
+    fd = os.open(os.path.join(path, "f"), os.O_RDONLY)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], cwd=path,
+                            stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.1)
+        d.put("ctr")
+        assert not mounts.is_mount_point(path)
+        assert os.read(fd, 100) == b"still here"
+        d.remove("ctr")
+    finally:
+        os.close(fd)
+        proc.communicate(b"")
+
+
+def test_lost_links_are_recreated(d):
+    d.create("base", None)
+    (diff_dir(d, "base") / "f").write_bytes(b"f")
+    d.create_rw("ctr", "base")
+    shutil.rmtree(os.path.join(d.home, ".l"))
+    with d.mounted("ctr") as root:  # the mount fails, repairs, retries
+        assert os.listdir(root) == ["f"]
+    shutil.rmtree(os.path.join(d.home, ".l"))
+    again = OverlayDriver(d.config)  # and a new driver finds them gone at once
+    assert len(os.listdir(os.path.join(again.home, ".l"))) == 2
+
+
+def test_apply_to_a_mounted_writable_layer_goes_through_the_union(d):
+    d.create("base", None)
+    apply(d, "base", {"a": D(), "a/old": F(b"o")})
+    d.create_rw("ctr", "base")
+    path = d.get("ctr")
+    try:
+        d.apply_diff("ctr", "base", io.BytesIO(make_tar({"a/old": W(), "a/new": F(b"n")})))
+        assert os.listdir(os.path.join(path, "a")) == ["new"]
+    finally:
+        d.put("ctr")
+    assert native_changes(d, "ctr", "base") == [(C, "/a"), (A, "/a/new"), (X, "/a/old")]
+
+
+# ----- probes ------------------------------------------------------------------------------------------
+
+
+def test_overlay_backing_filesystem_is_refused(tmp_path):
+    for name in ("lower", "upper", "work", "merged"):
+        (tmp_path / name).mkdir()
+    spec = mounts.OverlayMount(lowers=(str(tmp_path / "lower"),), upper=str(tmp_path / "upper"),
+                               work=str(tmp_path / "work"))
+    mounts.mount_overlay(spec, str(tmp_path / "merged"))
+    try:
+        with pytest.raises(Unsupported) as e:
+            OverlayDriver.probe(str(tmp_path / "merged" / "home"))
+        assert "overlayfs" in str(e.value) and "--driver vfs" in str(e.value)
+    finally:
+        mounts.unmount(str(tmp_path / "merged"))
+
+
+def test_missing_xattrs_are_refused(tmp_path, monkeypatch):
+    def no_xattrs(*args: object, **kw: object) -> None:
+        raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+
+    monkeypatch.setattr(os, "setxattr", no_xattrs)
+    with pytest.raises(Unsupported) as e:
+        OverlayDriver.probe(str(tmp_path))
+    assert "trusted.* extended attributes" in str(e.value)
+
+
+def test_missing_d_type_is_refused(tmp_path, monkeypatch):
+    real = os.scandir
+
+    class NoType:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.entry = entry
+
+        def is_file(self, follow_symlinks: bool = True) -> bool:
+            return os.path.isfile(self.entry.path)  # DT_UNKNOWN: a stat, which fails now
+
+    class Scan:
+        def __init__(self, path: str) -> None:
+            self.it = real(path)
+
+        def __enter__(self) -> Iterator[NoType]:
+            return (NoType(e) for e in self.it)
+
+        def __exit__(self, *exc: object) -> None:
+            self.it.close()
+
+    monkeypatch.setattr(os, "scandir", Scan)
+    with pytest.raises(Unsupported) as e:
+        OverlayDriver.probe(str(tmp_path))
+    assert "d_type" in str(e.value) and "ftype=1" in str(e.value)
+
+
+def test_unprivileged_without_fuse_overlayfs_points_to_vfs(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(overlay, "DEFAULT_MOUNT_PROGRAM", "/nonexistent/fuse-overlayfs")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(Unsupported) as e:
+        OverlayDriver.probe(str(tmp_path))
+    assert "fuse-overlayfs" in str(e.value) and "--driver vfs" in str(e.value)
+
+
+# ----- id maps ----------------------------------------------------------------------------------------
+
+
+def test_id_maps_shift_on_apply_and_back_on_native_export(tmp_path):
+    maps = IDMappings(IDMap.parse("0:100000:65536"), IDMap.parse("0:200000:65536"))
+    drv = make_driver(tmp_path, idmaps=maps)
+    try:
+        drv.create("base", None)
+        spec = {"etc": D(), "etc/f": F(b"f", uid=0, gid=0), "home": D(uid=1000, gid=1000),
+                "home/g": F(b"g", uid=1000, gid=1000)}
+        data = make_tar(spec)
+        drv.apply_diff("base", None, io.BytesIO(data))
+        st = os.lstat(diff_dir(drv, "base") / "home" / "g")
+        assert (st.st_uid, st.st_gid) == (101000, 201000)
+        assert os.stat(diff_dir(drv, "base")).st_uid == 100000
+        drv.create_rw("ctr", "base")
+        assert os.stat(diff_dir(drv, "ctr")).st_uid == 100000
+        with drv.mounted("ctr") as root:
+            Path(root, "home", "g").write_bytes(b"changed")
+        out = io.BytesIO()
+        drv.diff("ctr", "base", out)
+        with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+            owners = {m.name: (m.uid, m.gid) for m in tf.getmembers()}
+        assert owners == {"home": (1000, 1000), "home/g": (1000, 1000)}
+        out = io.BytesIO()
+        drv.diff("base", None, out)
+        with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+            assert {m.name: (m.uid, m.gid) for m in tf.getmembers()}["home/g"] == (1000, 1000)
+    finally:
+        _release_all(tmp_path)
+
+
+# ----- the store on overlay ----------------------------------------------------------------------------
+
+
+def test_store_cleanup_keeps_the_link_directory(store):
+    store.create("base")
+    store.create("ctr", "base", writable=True)
+    assert store.cleanup() == []
+    assert os.path.isdir(os.path.join(store.driver.home, ".l"))
+
+
+def test_cli_status_and_exit_codes(tmp_path):
+    root = tmp_path / "store"
+    r = run_cli("--driver", "overlay", "status", root=root)
+    assert r.returncode == 0, r.stderr
+    assert b"Native Overlay Diff: true" in r.stdout
+    assert run_cli("create", "img", root=root).returncode == 0
+    r = run_cli("create", "bad", "--parent", "img", "--size", "64M", root=root)
+    assert r.returncode == 2 and b"--rw" in r.stderr
+
+
+# ----- rootless -----------------------------------------------------------------------------------------
+
+
+NOBODY = 65534
+
+
+def _as_nobody(*cmd: str, cwd: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
+                          cwd=cwd, env=env, capture_output=True, check=False)
+
+
+def _rootless_blocker(tmp: Path, env: dict[str, str]) -> str:
+    if shutil.which("setpriv") is None:
+        return "setpriv is not installed"
+    if not os.access(overlay.DEFAULT_MOUNT_PROGRAM, os.X_OK):
+        return "fuse-overlayfs is not installed"
+    try:
+        mode = os.stat("/dev/fuse").st_mode
+    except OSError:
+        return "/dev/fuse does not exist"
+    if mode & 0o006 != 0o006:
+        return f"/dev/fuse is not usable by unprivileged users (mode {stat.S_IMODE(mode):o})"
+    probe = _as_nobody(sys.executable, "-c", "import pytest, graphdriver", cwd=str(tmp), env=env)
+    if probe.returncode != 0:
+        return f"{sys.executable} cannot run pytest as an unprivileged user ({probe.stderr[-200:]!r})"
+    return ""
+
+
+@pytest.mark.slow
+def test_conformance_suite_rootless_with_fuse_overlayfs(tmp_path):
+    work = tmp_path / "nobody"
+    work.mkdir()
+    os.chown(work, NOBODY, NOBODY)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
+        "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    why = _rootless_blocker(work, env)
+    if why:
+        pytest.skip(f"rootless overlay cannot be tested here: {why}")
+    r = _as_nobody(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "overlay", "-rs",
+                   "--basetemp", str(work / "pytest"), str(ROOT / "tests" / "conformance"),
+                   cwd=str(ROOT), env=env)
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, out[-3000:] + r.stderr.decode(errors="replace")[-2000:]
+    assert " passed" in out
+    assert "cannot run here" not in out  # the overlay driver itself was not skipped

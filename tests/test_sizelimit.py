@@ -1,0 +1,151 @@
+"""``--size`` on overlay layers: enforced on ext4 and on xfs homes, cleaned up on remove."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graphdriver.drivers import mounts, sizelimit
+from graphdriver.errors import InvalidArgument
+from graphdriver.store import Store, StoreOptions
+from tests.treeutil import F, make_tar
+
+MiB = 1 << 20
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/loop-control"),
+    reason="needs root and loop devices",
+)
+
+MKFS = {
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+    "xfs": ["mkfs.xfs", "-q", "-f"],
+    "xfs-prjquota": ["mkfs.xfs", "-q", "-f"],
+}
+
+
+def _release(path: Path) -> None:
+    for point in mounts.mounts_below(str(path)):
+        mounts.unmount(point)
+
+
+@pytest.fixture(params=["ext4", "xfs", "xfs-prjquota"])
+def home_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A fresh filesystem of the given type, loop-mounted, to keep a store on.
+
+    ``xfs-prjquota`` is XFS with project quotas, where the kernel can do them
+    (then the quota enforces ``--size``, not an image).
+    """
+    fstype: str = request.param
+    if shutil.which(MKFS[fstype][0]) is None:
+        pytest.skip(f"{MKFS[fstype][0]} is not installed")
+    image = tmp_path / f"{fstype}.img"
+    with open(image, "wb") as f:
+        f.truncate(512 * MiB)  # sparse; xfs wants at least 300 MiB
+    subprocess.run([*MKFS[fstype], str(image)], check=True, capture_output=True)
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    options = "loop,prjquota" if fstype == "xfs-prjquota" else "loop"
+    if subprocess.run(["mount", "-o", options, str(image), str(mnt)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount {fstype} here (no XFS quota support in this kernel?)")
+    try:
+        yield mnt
+    finally:
+        _release(mnt)
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _store(root: Path) -> Store:
+    return Store(StoreOptions(root=str(root / "store"), run_root=str(root / "run"), driver="overlay"))
+
+
+def _fill(path: str, nbytes: int) -> None:
+    chunk = b"\xa5" * MiB  # not zeros: no filesystem may compress or dedupe them away
+    with open(path, "wb") as f:
+        for _ in range(nbytes // MiB):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_size_is_enforced(home_fs):
+    store = _store(home_fs)
+    quota = mounts.filesystem_of(str(home_fs)).super_options.find("prjquota") >= 0
+    assert store.driver.size_method is (sizelimit.Method.QUOTA if quota else sizelimit.Method.IMAGE)
+    store.create("base")
+    store.create("ctr", "base", writable=True, size="32M")
+    folder = store.driver.resolve("ctr")
+    assert store.driver.metadata("ctr")["SizeLimit"] == str(32 * MiB)
+    root = store.mount("ctr")
+    try:
+        _fill(os.path.join(root, "fits"), 16 * MiB)
+        with pytest.raises(OSError) as e:
+            _fill(os.path.join(root, "too-much"), 40 * MiB)
+        assert e.value.errno in (errno.ENOSPC, errno.EDQUOT)
+        os.unlink(os.path.join(root, "too-much"))
+    finally:
+        store.unmount("ctr")
+    assert [c.path for c in store.changes("ctr")] == ["/fits"]
+    if not quota:
+        # The image is sparse: the home holds what was written, not the limit.
+        image = os.path.join(folder, sizelimit.IMAGE_FILE)
+        assert os.stat(image).st_blocks * 512 < 32 * MiB
+    store.remove("ctr")
+    assert not os.path.exists(folder)
+    assert not any(p.startswith(str(home_fs / "store")) for p in mounts.mounts_below(str(home_fs)))
+    store.remove("base")
+
+
+def test_apply_past_the_limit_fails(home_fs):
+    store = _store(home_fs)
+    store.create("ctr", None, writable=True, size="16M")
+    with pytest.raises(Exception) as e:
+        store.apply("ctr", io.BytesIO(make_tar({"big": F(b"x" * (24 * MiB))})))
+    assert "space" in str(e.value).lower() or "quota" in str(e.value).lower()
+
+
+def test_lost_image_mount_is_remounted(home_fs):
+    store = _store(home_fs)
+    if store.driver.size_method is not sizelimit.Method.IMAGE:
+        pytest.skip("no image under a project quota")
+    store.create("ctr", None, writable=True, size="16M")
+    folder = store.driver.resolve("ctr")
+    root = store.mount("ctr")
+    Path(root, "kept").write_bytes(b"kept")
+    store.unmount("ctr")
+    # As after a reboot: the image's mount (and loop device) are gone.
+    mounts.unmount(os.path.join(folder, sizelimit.IMAGE_MOUNT))
+    assert not os.path.exists(os.path.join(folder, "diff", "kept"))
+    root = store.mount("ctr")
+    try:
+        assert Path(root, "kept").read_bytes() == b"kept"
+    finally:
+        store.unmount("ctr")
+    store.remove("ctr")
+
+
+def test_size_refused_where_it_means_nothing(tmp_path):
+    store = _store(tmp_path)
+    try:
+        with pytest.raises(InvalidArgument):
+            store.create("ro", size="64M")  # image layers are never written
+        with pytest.raises(InvalidArgument):
+            store.create("tiny", writable=True, size="1M")
+        assert store.layers() == []
+    finally:
+        _release(tmp_path)
+
+
+def test_quota_is_detected_only_where_enforced(tmp_path):
+    info = mounts.filesystem_of(str(tmp_path))
+    if info is not None and info.fstype == "xfs" and "prjquota" in info.super_options:
+        pytest.skip("the test directory itself is on XFS with project quotas")
+    assert sizelimit._quota_device(str(tmp_path)) is None
+    assert sizelimit.choose_method(str(tmp_path)) is sizelimit.Method.IMAGE
