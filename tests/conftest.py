@@ -127,3 +127,13 @@ def _build_minbase(tar: Path) -> None:
         check=True,
     )
     tmp.rename(tar)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """An escape canary: nothing the tests do may touch the host's own files."""
+    import stat
+
+    st = os.lstat("/dev/null")
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
+        sys.stderr.write("\n/dev/null is no longer the null device: something escaped its directory\n")
+        session.exitstatus = 1
