@@ -206,7 +206,10 @@ def cmd_changes(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_diff(store: Store, args: argparse.Namespace) -> int:
-    with _output(args.output) as out:
+    from graphdriver import progress
+
+    total = store.layer(args.id).uncompressed_size if args.parent is None else None
+    with _output(args.output) as raw, progress.writing(raw, f"diff {args.id}", total, args.quiet) as out:
         store.diff(args.id, out, args.parent)
     return 0
 

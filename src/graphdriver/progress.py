@@ -44,13 +44,30 @@ class _CountingReader:
         return getattr(self._raw, name)
 
 
+class _CountingWriter:
+    """A write-through wrapper that reports bytes written to a callback."""
+
+    def __init__(self, raw: BinaryIO, advance: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._advance = advance
+
+    def write(self, data: Any) -> int:
+        n = self._raw.write(data)
+        self._advance(len(data))
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 @contextlib.contextmanager
-def reading(stream: BinaryIO, label: str, total: int | None, quiet: bool = False) -> Iterator[BinaryIO]:
-    """Yield *stream*, wrapped to drive a bar of bytes read when one is wanted."""
+def _bar(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """A byte-counting bar on stderr, or None when no bar is wanted (or rich is missing)."""
     if not wanted(quiet):
-        yield stream
+        yield None
         return
     try:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -59,17 +76,32 @@ def reading(stream: BinaryIO, label: str, total: int | None, quiet: bool = False
             TransferSpeedColumn,
         )
     except ImportError:
-        yield stream
+        yield None
         return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
+        console=Console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=total)
-        yield _CountingReader(stream, lambda n: bar.advance(task, n))  # type: ignore[misc]
+        yield lambda n: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def reading(stream: BinaryIO, label: str, total: int | None, quiet: bool = False) -> Iterator[BinaryIO]:
+    """Yield *stream*, wrapped to drive a bar of bytes read when one is wanted."""
+    with _bar(label, total, quiet) as advance:
+        yield stream if advance is None else _CountingReader(stream, advance)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def writing(stream: BinaryIO, label: str, total: int | None, quiet: bool = False) -> Iterator[BinaryIO]:
+    """Yield *stream*, wrapped to drive a bar of bytes written when one is wanted."""
+    with _bar(label, total, quiet) as advance:
+        yield stream if advance is None else _CountingWriter(stream, advance)  # type: ignore[misc]
 
 
 def file_size(stream: BinaryIO) -> int | None:

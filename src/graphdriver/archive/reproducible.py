@@ -1,0 +1,56 @@
+"""Can a layer's tarball be rebuilt from its extracted files?
+
+tar-split rebuilds an archive by reading each member's content back from the
+extracted layer.  That fails when the archive itself overwrote or deleted the
+content of an earlier member: the same path twice, a whiteout of a file the
+same archive added, a directory replaced by a file.  Such archives are legal
+(the last entry wins) but cannot be re-exported bit for bit; noticing it while
+importing lets the store say so plainly instead of failing an export later.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from graphdriver.archive.entry import DIR, TarEntry
+from graphdriver.archive.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
+
+
+def _normal(name: str) -> str:
+    return posixpath.normpath("/" + name).lstrip("/")
+
+
+class ReproducibilityCheck:
+    """Fed every entry of an archive, in order; ``reason`` says why it cannot be rebuilt."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._files: set[str] = set()
+        self._dirs: set[str] = set()
+
+    def see(self, entry: TarEntry) -> None:
+        """Account for one entry (cheap: two set lookups for most entries)."""
+        if self.reason is not None:
+            return
+        name = _normal(entry.name)
+        parent, _, base = name.rpartition("/")
+        if base.startswith(WHITEOUT_PREFIX):
+            if base.startswith(WHITEOUT_META_PREFIX):
+                return  # opaque markers hide lower layers only, never this archive's own files
+            target = posixpath.join(parent, base[len(WHITEOUT_PREFIX) :])
+            if target in self._files or target in self._dirs:
+                self.reason = f"{target!r} is deleted by the same archive that adds it"
+            return
+        if name in self._files:
+            self.reason = f"{name!r} appears twice"
+        elif entry.type != DIR and name in self._dirs:
+            self.reason = f"directory {name!r} is replaced by a later entry"
+        elif entry.size > 0:
+            self._add(name)
+
+    def _add(self, name: str) -> None:
+        self._files.add(name)
+        parent = name.rpartition("/")[0]
+        while parent and parent not in self._dirs:
+            self._dirs.add(parent)
+            parent = parent.rpartition("/")[0]

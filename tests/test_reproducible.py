@@ -1,0 +1,32 @@
+"""Archives whose members the archive itself overwrites cannot be rebuilt: noticed at import."""
+
+from __future__ import annotations
+
+import pytest
+
+from graphdriver.archive.entry import DIR, REG, SYM, TarEntry
+from graphdriver.archive.reproducible import ReproducibilityCheck
+
+
+def check(*entries: tuple[str, str, int]) -> str | None:
+    c = ReproducibilityCheck()
+    for name, kind, size in entries:
+        c.see(TarEntry(name=name, type=kind, size=size))
+    return c.reason
+
+
+def test_ordinary_archive_is_reproducible():
+    assert check(("./", DIR, 0), ("./etc/", DIR, 0), ("./etc/hosts", REG, 10),
+                 ("./etc/.wh.motd", REG, 0), ("./etc/.wh..wh..opq", REG, 0),
+                 ("./empty", REG, 0), ("./empty", REG, 0)) is None
+
+
+@pytest.mark.parametrize("entries, why", [
+    ([("a", REG, 3), ("./a", REG, 4)], "twice"),
+    ([("d/f", REG, 3), ("d", SYM, 0)], "replaced"),
+    ([("d/f", REG, 3), ("d/.wh.f", REG, 0)], "deleted"),
+    ([("d/sub/f", REG, 3), (".wh.d", REG, 0)], "deleted"),
+])
+def test_self_overwriting_archives_are_noticed(entries, why):
+    reason = check(*entries)
+    assert reason is not None and why in reason
