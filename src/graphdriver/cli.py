@@ -68,6 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("tarsplit", help="the layer's tar-split metadata")
     c.add_argument("id")
     c.add_argument("-o", "--output", metavar="FILE")
+    sub.add_parser("base-images", help="(windowsfilter) register and list the configured base images")
     c = sub.add_parser("check", help="re-export layers and compare with their digests")
     c.add_argument("ids", nargs="*", metavar="ID")
     for c in sub.choices.values():
@@ -253,6 +254,17 @@ def cmd_check(store: Store, args: argparse.Namespace) -> int:
     return 6 if bad else 0
 
 
+def cmd_base_images(store: Store, args: argparse.Namespace) -> int:
+    infos = store.base_images()
+    if args.json:
+        _out(json.dumps([i.to_json() for i in infos]))
+    else:
+        for i in infos:
+            features = ",".join(i.os_features) or "-"
+            _out(f"{i.id} {i.name} {i.version} {i.os_version or '-'} {features} {i.path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "status": cmd_status,
     "create": cmd_create,
@@ -270,6 +282,7 @@ COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "cleanup": cmd_cleanup,
     "tarsplit": cmd_tarsplit,
     "check": cmd_check,
+    "base-images": cmd_base_images,
 }
 
 

@@ -32,6 +32,7 @@ from graphdriver.errors import (
     InvalidArgument,
     NotFound,
     Precondition,
+    Unsupported,
 )
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.ids import check_id
@@ -459,6 +460,27 @@ class Store:
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         return self.driver.diff_size(layer_id, self._parent_for(layer_id, parent))
+
+    # ----- base images -----------------------------------------------------------------
+
+    def base_images(self) -> list[Any]:
+        """Register the driver's base images as read-only layers and list them.
+
+        The seeds' ``GetCustomImageInfos``: ids are derived from the images'
+        folder names, so registering again changes nothing.
+        """
+        register = getattr(self.driver, "base_images", None)
+        if register is None:
+            raise Unsupported("base-images", f"the {self.driver_name} driver has no base images")
+        with self.locked():
+            infos = list(register())
+            for info in infos:
+                if not self.records.exists(info.id):
+                    self.records.put(LayerRecord(
+                        id=info.id, parent=None, created=info.created or now_rfc3339(),
+                        writable=False, driver=self.driver_name, size=info.size or None,
+                    ))
+        return infos
 
     # ----- remove and cleanup ----------------------------------------------------------
 

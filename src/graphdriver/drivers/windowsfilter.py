@@ -1,0 +1,813 @@
+"""The ``windowsfilter`` driver: Windows container layers, stored, viewed and re-exported on Linux.
+
+Layout under the driver home, as the seeds keep it::
+
+    <home>/<id>/Files/              the layer's part of the Windows volume
+    <home>/<id>/Hives/              its registry deltas (``*_Delta``), as imported
+    <home>/<id>/UtilityVM/Files/    its utility VM files, as imported
+    <home>/<id>/layerchain.json     the ancestors' folders, nearest first (``null`` for a base)
+    <home>/<id>/layerID             optional: the folder the layer really lives in
+    <home>/<id>/bcd*.bak            the imported bytes of the utility VM's BCD files
+    <home>/<id>/.winmeta/           what Linux files cannot hold (see :mod:`.winmeta`)
+    <home>/<id>/.work/              overlay's work directory (writable layers only)
+    <home>/<folder> -> <base image> a registered base image (see :meth:`base_images`)
+
+A writable layer limited by ``--size`` through a loop-mounted image keeps
+all of that but the chain file inside the image (``<home>/<id>/img/``, the
+Linux form of the seeds' ``sandbox.vhdx``).
+
+Applying.  A layer tarball is applied in one pass, confined to the layer
+folder, no path ever followed through a symlink
+(:class:`.winmeta.WindowsApplier`).  Deletions under ``Files/`` of a layer
+with ancestors become overlay whiteouts (root only) and are recorded in the
+sidecar in any case; a directory made again after its tombstone becomes
+opaque.  Hard links to files no layer holds (trimmed images have them) live
+on in the sidecar only.  The four BCD files of the utility VM are also copied
+to ``bcd.bak``, ``bcd.log.bak``, ``bcd.log1.bak`` and ``bcd.log2.bak`` as
+they are written: Windows rewrites them in place when it prepares the
+utility VM, and the file getter serves the copies so that an imported layer
+still re-exports byte for byte.
+
+Viewing.  ``get`` gives the union of the chain's ``Files/`` trees: an
+overlay mount (read-only for image layers; upper directory ``Files/`` for
+writable ones), a bind mount for a layer without ancestors.  Without root
+an image layer's view is a materialised copy under the run root (writable
+layers need root).  Views live under ``<run root>/views/``.
+
+Changes list what the layer's ``Files/`` changed, as ``/Files/...`` paths.
+A diff that no tar-split data covers is written in the Windows format:
+``Files/...`` entries with ``MSWINDOWS.fileattr``, a security descriptor,
+creation, access and change times (to 100 ns) in PAX records, streams after
+their files, and ``.wh.`` entries for deletions.  An entry some layer of the
+chain recorded keeps its metadata (a file changed from Linux gains the
+archive attribute); one a Linux process created gets the attributes Windows
+would give it and the descriptor it would inherit from its directory (at the
+top, :data:`graphdriver.archive.wintar.DEFAULT_ROOT_SD`).  A layer's own ``Hives/`` and ``UtilityVM/``
+travel with it when the diff is against its own parent; a writable layer
+has none, so they are untouched.
+
+Driver options (``--opt KEY=VALUE``):
+
+``base_images``
+    A directory of base layer folders, each a ``Files/`` tree (optionally
+    ``UtilityVM/``) described by an ``image.json`` (``{"name":
+    "ServerCore", "version": "10.0.17763.1"}``), or listed in one
+    ``images.json`` in the seeds' ``{"Images": [{"Name", "Version",
+    "Path"}]}`` form.  :meth:`WindowsFilterDriver.base_images` registers them.
+
+``--size`` on writable layers uses the overlay driver's size limits
+(:mod:`graphdriver.drivers.sizelimit`) when they are available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+from typing import BinaryIO, ClassVar
+
+from graphdriver import atomic
+from graphdriver.archive import ingest as one_pass
+from graphdriver.archive import wintar
+from graphdriver.archive.changes import Change, ChangeKind
+from graphdriver.archive.confine import ConfinedDirs, open_beneath
+from graphdriver.archive.entry import DIR, LNK, REG, SYM
+from graphdriver.archive.export import change_sort_key, changes_size, whiteout_entry
+from graphdriver.archive.tarstream import TarWriter
+from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR
+from graphdriver.archive.wintar import Times, WinMeta
+from graphdriver.drivers import mounts, overlaydiff, winmeta
+from graphdriver.drivers.base import (
+    LAYERID_FILE,
+    REMOVING_SUFFIX,
+    STAGING_DIR,
+    ApplyTarget,
+    CreateOpts,
+    Driver,
+    DriverConfig,
+    FileGetter,
+)
+from graphdriver.drivers.treecopy import remove_tree
+from graphdriver.drivers.walk import changes_between
+from graphdriver.errors import (
+    AlreadyExists,
+    GraphDriverError,
+    InvalidArgument,
+    NotFound,
+    Precondition,
+    Unsupported,
+)
+from graphdriver.locking import locked
+
+_sizelimit: ModuleType | None
+try:
+    from graphdriver.drivers import sizelimit as _sizelimit
+except ImportError:  # pragma: no cover - an installation without size limits
+    _sizelimit = None
+
+log = logging.getLogger(__name__)
+
+#: Files Windows rewrites in place after import, and where their imported bytes are kept.
+MUTATED_FILES: dict[str, str] = {
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD": "bcd.bak",
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG": "bcd.log.bak",
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG1": "bcd.log1.bak",
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG2": "bcd.log2.bak",
+}
+WORK_DIR = ".work"
+VIEWS_DIR = "views"
+BASE_IMAGES_OPTION = "base_images"
+#: Overlay options: the upper directory alone must say what a layer changed.
+OVERLAY_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
+
+
+# ----- probing ------------------------------------------------------------------------------------
+
+
+# Homes that passed the probe in this process: opening a store probes once.
+_PROBED: dict[str, dict[str, str]] = {}
+
+
+def probe_home(home: str, *, cached: bool = False) -> dict[str, str]:
+    """Check that *home* can hold Windows layers; returns what was found (for ``status``).
+
+    The sidecar needs nothing unusual, but stream files are named
+    ``<file>:<stream>``, which FAT and NTFS homes refuse, and overlay's upper
+    directories (writable layers, root only) cannot live on overlayfs.  With
+    *cached*, a home that passed before in this process is not probed again.
+    """
+    key = os.path.abspath(home)
+    if cached and key in _PROBED:
+        return _PROBED[key]
+    _PROBED[key] = found = _probe(home)
+    return found
+
+
+def _probe(home: str) -> dict[str, str]:
+    existing = os.path.abspath(home)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    what = f"windowsfilter at {home}"
+    info = mounts.filesystem_of(existing)
+    found = {"Backing Filesystem": info.fstype if info else "unknown"}
+    if os.geteuid() == 0 and found["Backing Filesystem"] == "overlay":
+        raise Unsupported(what, "the home is on overlayfs, which cannot hold the upper directories of "
+                                "writable layers: put the store on ext4, xfs or btrfs")
+    scratch = os.path.join(existing, f".windowsfilter-probe-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.mkdir(scratch, 0o700)
+    except OSError as e:
+        raise Unsupported(what, f"cannot create directories in {existing} ({e.strerror})") from e
+    try:
+        with open(os.path.join(scratch, "file.txt:stream"), "wb") as f:
+            f.write(b"x")
+        root_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.close(winmeta.open_beneath(root_fd, "file.txt:stream", os.O_RDONLY))
+        finally:
+            os.close(root_fd)
+    except OSError as e:
+        why = (f"the filesystem at {existing} cannot hold file names with ':' "
+               f"(alternate data streams are kept as <file>:<stream> files): {e.strerror}")
+        raise Unsupported(what, why) from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    found["Stream Files"] = "<file>:<stream> under .winmeta/streams"
+    found["Union"] = "overlay" if os.geteuid() == 0 else "materialised copies (read-only layers only)"
+    return found
+
+
+# ----- base images -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseImageInfo:
+    """A base image found in the ``base_images`` directory (the seeds' ``CustomImageInfo``)."""
+
+    id: str
+    name: str
+    version: str
+    path: str
+    size: int = 0
+    created: str = ""
+    #: ``major.minor.build`` (the revision does not influence compatibility); "" if unparsable.
+    os_version: str = ""
+    os_features: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON form, in the seeds' field names."""
+        return {"ID": self.id, "Name": self.name, "Version": self.version, "Path": self.path,
+                "Size": self.size, "CreatedTime": self.created, "OSVersion": self.os_version,
+                "OSFeatures": list(self.os_features)}
+
+
+def base_image_id(folder_name: str) -> str:
+    """The layer id of a base image: hex of the first 32 bytes of SHA-384 of its folder name."""
+    return hashlib.sha384(folder_name.encode("utf-8", "surrogateescape")).digest()[:32].hex()
+
+
+def _field(desc: Mapping[str, object], key: str) -> object:
+    for k, v in desc.items():
+        if k.lower() == key:
+            return v
+    return None
+
+
+def _descriptions(directory: str) -> list[tuple[dict[str, object], str]]:
+    """``(description, folder)`` of every base image in *directory*."""
+    index = os.path.join(directory, "images.json")
+    what = f"base images in {directory}"
+    out: list[tuple[dict[str, object], str]] = []
+    try:
+        if os.path.exists(index):
+            listed = _field(atomic.read_json(index), "images")
+            if not isinstance(listed, list):
+                raise InvalidArgument(what, "images.json has no Images list")
+            for desc in listed:
+                path = _field(desc, "path") if isinstance(desc, dict) else None
+                if not isinstance(path, str):
+                    raise InvalidArgument(what, "an image in images.json has no Path")
+                out.append((desc, os.path.join(directory, path)))
+            return out
+        for name in sorted(os.listdir(directory)):
+            desc_file = os.path.join(directory, name, "image.json")
+            if os.path.isfile(desc_file):
+                desc = atomic.read_json(desc_file)
+                if not isinstance(desc, dict):
+                    raise InvalidArgument(what, f"{desc_file} is not a JSON object")
+                path = _field(desc, "path")
+                out.append((desc, os.path.join(directory, name, path if isinstance(path, str) else ".")))
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(what, str(e)) from e
+    return out
+
+
+def _base_image(desc: Mapping[str, object], folder: str) -> BaseImageInfo:
+    folder = os.path.normpath(folder)
+    name, version = str(_field(desc, "name") or ""), str(_field(desc, "version") or "")
+    parts = version.split(".")
+    os_version = ".".join(parts[:3]) if len(parts) == 4 else ""
+    if not os_version:
+        log.warning("could not parse the Windows version %r of base image %s", version, folder)
+    created = _field(desc, "createdtime")
+    if not isinstance(created, str):
+        mtime = os.stat(folder).st_mtime
+        created = datetime.datetime.fromtimestamp(mtime, datetime.UTC).isoformat().replace("+00:00", "Z")
+    size = _field(desc, "size")
+    return BaseImageInfo(
+        id=base_image_id(os.path.basename(folder)),
+        name=name,
+        version=version,
+        path=folder,
+        size=size if isinstance(size, int) else 0,
+        created=created,
+        os_version=os_version,
+        # All base images but NanoServer depend on win32k (as the seeds hard-code it).
+        os_features=() if name == "NanoServer" else ("win32k",),
+    )
+
+
+# ----- the file getter ---------------------------------------------------------------------------------
+
+
+class WindowsFileGetter(FileGetter):
+    """Contents by archive path: BCD backups, stream files, or the layer's own files."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def open(self, name: str) -> BinaryIO:
+        rel = wintar.normalise(name)
+        backup = MUTATED_FILES.get(rel)
+        if backup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return open(os.path.join(self.data_dir, backup), "rb")
+        _, stream = wintar.split_stream(rel)
+        root = winmeta.streams_root(self.data_dir) if stream is not None else self.data_dir
+        try:
+            return open_beneath(root, rel)
+        except FileNotFoundError as e:
+            raise NotFound(f"file {name!r}", "not in the layer") from e
+
+
+# ----- the driver --------------------------------------------------------------------------------------
+
+
+class WindowsFilterDriver(Driver):
+    """Windows image and sandbox layers in the seeds' layout, on Linux."""
+
+    name: ClassVar[str] = "windowsfilter"
+    OPTIONS: ClassVar[frozenset[str]] = frozenset({BASE_IMAGES_OPTION})
+
+    def __init__(self, config: DriverConfig) -> None:
+        super().__init__(config)
+        self.privileged = os.geteuid() == 0
+        base = config.options.get(BASE_IMAGES_OPTION)
+        self.base_images_dir = os.path.abspath(base) if base else None
+        self.size_method = _sizelimit.choose_method(self.home) if _sizelimit is not None else None
+        self.probed = probe_home(self.home, cached=True)
+        os.makedirs(self._views_root, 0o700, exist_ok=True)
+
+    @classmethod
+    def probe(cls, home: str) -> None:
+        probe_home(home)
+
+    def status(self) -> list[tuple[str, str]]:
+        if _sizelimit is None:
+            sizes = "unavailable (no size-limit support in this installation)"
+        else:
+            sizes = self.size_method.value if self.size_method else "unavailable (needs root)"
+        return [
+            ("Windows", "layers kept on Linux in the seeds' layout"),
+            *self.probed.items(),
+            ("Metadata", f"{winmeta.META_DIR}/{winmeta.ENTRIES_FILE} beside Files/ (attributes, "
+                         "security descriptors, times, EAs, junctions)"),
+            ("Size Limits", sizes),
+            ("Base Images", self._base_images_status()),
+            ("Home", self.home),
+        ]
+
+    def _base_images_status(self) -> str:
+        if self.base_images_dir is None:
+            return "none configured (--opt base_images=DIR)"
+        with os.scandir(self.home) as it:
+            registered = sum(1 for e in it if e.is_symlink())
+        return f"{self.base_images_dir} ({registered} registered)"
+
+    # ----- folders ------------------------------------------------------------------------------
+
+    @property
+    def _views_root(self) -> str:
+        return os.path.join(self.run_root, VIEWS_DIR)
+
+    def _data_dir(self, folder: str) -> str:
+        """Where the Windows layout of the layer in *folder* is: the folder, or its size-limited image."""
+        if _sizelimit is not None and os.path.exists(os.path.join(folder, _sizelimit.IMAGE_FILE)):
+            _sizelimit.ensure_mounted(folder)
+            return os.path.join(folder, _sizelimit.IMAGE_MOUNT)
+        return folder
+
+    def _files(self, folder: str) -> str:
+        return os.path.join(self._data_dir(folder), wintar.FILES)
+
+    def _is_sandbox(self, folder: str) -> bool:
+        return os.path.isdir(os.path.join(self._data_dir(folder), WORK_DIR))
+
+    def _is_base_image(self, folder: str) -> bool:
+        # Registered base images are linked into the home, never copied or written.
+        return os.path.islink(folder)
+
+    def _view_path(self, folder: str) -> str:
+        name = os.path.basename(folder)
+        if name.endswith(REMOVING_SUFFIX):
+            name = name[: -len(REMOVING_SUFFIX)]
+        return os.path.join(self._views_root, name)
+
+    def metadata(self, layer_id: str) -> dict[str, str]:
+        folder = self.resolve(layer_id)
+        meta = {"dir": folder, "Files": self._files(folder),
+                "Kind": "sandbox" if self._is_sandbox(folder) else "image"}
+        if self._is_base_image(folder):
+            meta["BaseImage"] = os.path.realpath(folder)
+        if _sizelimit is not None and (limit := _sizelimit.limit_of(folder)):
+            meta["SizeLimit"] = str(limit.get("size"))
+        return meta
+
+    # ----- create and remove ----------------------------------------------------------------------
+
+    def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
+        for key in sorted(storage_opt):
+            if key != "size":
+                raise InvalidArgument(f"storage option {key!r}", "the windowsfilter driver knows only size")
+        if "size" not in storage_opt:
+            return
+        if not rw:
+            raise InvalidArgument("--size", "limits writable (--rw) layers only")
+        if _sizelimit is None:
+            raise Unsupported("--size", "size limits are not available in this installation")
+        try:
+            size = int(storage_opt["size"])
+        except ValueError as e:
+            raise InvalidArgument(f"size {storage_opt['size']!r}", "expected a number of bytes") from e
+        _sizelimit.check_size(size)
+        if self.size_method is None:
+            raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
+
+    def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
+        where = folder
+        size = opts.storage_opt.get("size")
+        if size is not None and _sizelimit is not None and self.size_method is not None:
+            where = _sizelimit.prepare(folder, int(size), self.size_method, self.home)
+        files = os.path.join(where, wintar.FILES)
+        os.mkdir(files)
+        os.chmod(files, 0o755)  # mkdir's mode is masked by the umask
+        if rw:
+            os.mkdir(os.path.join(where, WORK_DIR), 0o700)
+
+    def remove(self, layer_id: str) -> None:
+        link = self._base_link(layer_id)
+        super().remove(layer_id)
+        if link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)  # the registration only: the base image's files are never touched
+
+    def _base_link(self, layer_id: str) -> str | None:
+        """The link of the base image *layer_id* stands for, if it is a registered one."""
+        own = self._folder(self.home, layer_id)
+        if os.path.islink(own) or not os.path.isdir(own):
+            return None
+        try:
+            folder = self.resolve(layer_id)
+        except GraphDriverError:
+            return None
+        return folder if folder != own and self._is_base_image(folder) else None
+
+    def _destroy(self, folder: str) -> None:
+        if os.path.islink(folder):
+            os.unlink(folder)  # a base image's registration, never its files
+            return
+        view = self._view_path(folder)
+        if os.path.isdir(view) and mounts.is_mount_point(view):
+            mounts.unmount(view)
+        if _sizelimit is not None:
+            _sizelimit.release(folder)
+        remove_tree(folder)
+
+    # ----- get and put ------------------------------------------------------------------------------
+
+    def _mount(self, layer_id: str, mount_label: str) -> str:
+        folder = self.resolve(layer_id)
+        target = self._view_path(folder)
+        if self.privileged and os.path.isdir(target) and mounts.is_mount_point(target):
+            return target  # left by a process that died before counting it
+        if not self.privileged:
+            remove_tree(target)  # a copy left by a process that died before counting it
+        os.makedirs(target, 0o700, exist_ok=True)
+        try:
+            if self.privileged:
+                self._mount_union(layer_id, folder, target, mount_label)
+            else:
+                self._materialise(layer_id, folder, target)
+        except (OSError, GraphDriverError) as e:
+            # Undo the steps done so far, as the seeds unwind Activate and Prepare.
+            with contextlib.suppress(OSError):
+                if not self.privileged:
+                    remove_tree(target)
+                os.rmdir(target)
+            if isinstance(e, GraphDriverError):
+                raise
+            raise GraphDriverError(f"mounting layer {layer_id}", e.strerror or str(e)) from e
+        return target
+
+    def _mount_union(self, layer_id: str, folder: str, target: str, mount_label: str) -> None:
+        own = self._files(folder)
+        lowers = tuple(self._files(c) for c in self.layer_chain(layer_id))
+        options = (*OVERLAY_OPTIONS, f"context={mount_label}") if mount_label else OVERLAY_OPTIONS
+        if self._is_sandbox(folder):
+            if not lowers:
+                mounts.bind_mount(own, target)
+                return
+            work = os.path.join(self._data_dir(folder), WORK_DIR)
+            mounts.mount_overlay(mounts.OverlayMount(lowers, own, work, options), target)
+        elif not lowers:
+            mounts.bind_mount(own, target, readonly=True)
+        else:
+            mounts.mount_overlay(mounts.OverlayMount((own, *lowers), options=options, readonly=True), target)
+
+    def _materialise(self, layer_id: str, folder: str, target: str) -> None:
+        """Without root: copy the chain's ``Files/`` into *target*, bottom up, tombstones applied."""
+        if self._is_sandbox(folder):
+            raise Unsupported(f"mounting layer {layer_id}", "writable Windows layers need root (overlay)")
+        for layer in [*reversed(self.layer_chain(layer_id)), folder]:
+            data = self._data_dir(layer)
+            for path in sorted(winmeta.LayerMeta.load(data).tombstones):
+                if wintar.has_path_prefix(path, wintar.FILES) and path != wintar.FILES:
+                    victim = os.path.join(target, path[len(wintar.FILES) + 1 :])
+                    if os.path.isdir(victim) and not os.path.islink(victim):
+                        shutil.rmtree(victim)
+                    elif os.path.lexists(victim):
+                        os.unlink(victim)
+            shutil.copytree(os.path.join(data, wintar.FILES), target, symlinks=True, dirs_exist_ok=True)
+
+    def _unmount(self, layer_id: str) -> None:
+        target = self._view_path(self.resolve(layer_id))
+        try:
+            if os.path.isdir(target) and mounts.is_mount_point(target):
+                mounts.unmount(target)
+            elif not self.privileged:
+                remove_tree(target)
+        except OSError as e:
+            raise GraphDriverError(f"unmounting layer {layer_id}", e.strerror or str(e)) from e
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
+
+    def _still_mounted(self, layer_id: str, path: str) -> bool:
+        if not os.path.isdir(path):
+            return False
+        return mounts.is_mount_point(path) if self.privileged else True
+
+    def _cleanup_mounts(self) -> list[str]:
+        done = super()._cleanup_mounts()
+        for name in sorted(os.listdir(self._views_root)):
+            path = os.path.join(self._views_root, name)
+            with locked(self._count_path(name) + ".lock"):
+                if self.mount_count(name) > 0:
+                    continue
+                if mounts.is_mount_point(path):
+                    done.append(f"{mounts.unmount(path)} uncounted view of {name}")
+                if self.privileged:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(path)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+        return done
+
+    def cleanup(self) -> list[str]:
+        done = super().cleanup()
+        for line in done:
+            if line.startswith("could not remove"):
+                log.warning("%s (cleanup will try again)", line)
+        return done
+
+    # ----- apply ------------------------------------------------------------------------------------------
+
+    def apply_target(self, layer_id: str) -> ApplyTarget:
+        return ApplyTarget(path=self._data_dir(self.resolve(layer_id)))
+
+    def ingest(self, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None,
+               ) -> one_pass.IngestResult:
+        if self.is_readonly_store(layer_id):
+            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
+        folder = self.resolve(layer_id)
+        if self._is_base_image(folder):
+            raise Precondition(f"layer {layer_id}", "is a base image, which is never written")
+        if self.mount_count(layer_id) > 0:
+            raise Precondition(f"layer {layer_id}", "is mounted: unmount it before applying to it")
+        chain = self.layer_chain(layer_id)
+        owner = None
+        if not self.config.idmaps.identity:
+            owner = (self.config.idmaps.uids.to_host(0), self.config.idmaps.gids.to_host(0))
+        plan = winmeta.ApplyPlan(
+            whiteout_devices=self.privileged and bool(chain), mutated=dict(MUTATED_FILES), owner=owner
+        )
+
+        def apply(entries: one_pass.RecordingReader, dirs: ConfinedDirs) -> int:
+            return winmeta.apply_windows_layer(entries, dirs.root_fd, dirs.extra_fds, plan)
+
+        lowers = [self._data_dir(c) for c in chain]
+        result = one_pass.ingest(stream, self._data_dir(folder), apply, extra_dirs=lowers,
+                                       tarsplit_out=tarsplit_out)
+        self.after_apply(layer_id)
+        return result
+
+    def after_apply(self, layer_id: str) -> None:
+        # The seeds write the chain on apply too: a layer applied to is fully described.
+        self.write_layer_chain(self.resolve(layer_id), self.layer_chain(layer_id))
+
+    def diff_getter(self, layer_id: str) -> FileGetter:
+        return WindowsFileGetter(self._data_dir(self.resolve(layer_id)))
+
+    # ----- changes and diffs --------------------------------------------------------------------------
+
+    def _native(self, layer_id: str, parent: str | None) -> bool:
+        """Whether the layer's own ``Files/`` says what it changed relative to *parent*."""
+        chain = self.layer_chain(layer_id)
+        if parent is None:
+            return not chain
+        return bool(chain) and os.path.realpath(chain[0]) == os.path.realpath(self.resolve(parent))
+
+    def _own_changes(self, layer_id: str) -> tuple[str, list[Change]]:
+        """The layer's own ``Files/`` and what it changed over its ancestors (paths without ``/Files``)."""
+        folder = self.resolve(layer_id)
+        own = self._files(folder)
+        lowers = [self._files(c) for c in self.layer_chain(layer_id)]
+        changes = overlaydiff.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
+        # Without root no whiteout devices were made: the sidecar's tombstones say it.
+        listed = {c.path for c in changes}
+        extra = []
+        for path in winmeta.LayerMeta.load(self._data_dir(folder)).tombstones:
+            if not path.startswith(wintar.FILES + "/"):
+                continue
+            rel = path[len(wintar.FILES) :]
+            if rel not in listed and not os.path.lexists(own + rel) and any(
+                os.path.lexists(low + rel) for low in lowers
+            ):
+                extra.append(Change(rel, ChangeKind.DELETE))
+        if extra:
+            changes = sorted([*changes, *extra], key=change_sort_key)
+        return own, changes
+
+    @contextlib.contextmanager
+    def _compared(self, layer_id: str, parent: str | None) -> Iterator[tuple[str, list[Change]]]:
+        """The tree holding the layer's files and its changes relative to *parent*."""
+        if self._native(layer_id, parent):
+            yield self._own_changes(layer_id)
+            return
+        with self.mounted(layer_id) as new, self._parent_view(parent) as old:
+            yield new, changes_between(new, old)
+
+    def changes(self, layer_id: str, parent: str | None) -> list[Change]:
+        """What the layer changed in the Windows volume, as ``/Files/...`` paths."""
+        with self._compared(layer_id, parent) as (_, changes):
+            return [Change("/" + wintar.FILES + c.path, c.kind) for c in changes]
+
+    def diff_size(self, layer_id: str, parent: str | None) -> int:
+        with self._compared(layer_id, parent) as (root, changes):
+            return changes_size(root, changes)
+
+    def diff(self, layer_id: str, parent: str | None, out: BinaryIO) -> None:
+        """The layer tarball in the Windows format (see the module docstring)."""
+        folder = self.resolve(layer_id)
+        datas = [self._data_dir(folder), *(self._data_dir(c) for c in self.layer_chain(layer_id))]
+        native = self._native(layer_id, parent)
+        with self._compared(layer_id, parent) as (root, changes):
+            items: list[tuple[str, str | None]] = []
+            for c in changes:
+                name = wintar.FILES + c.path
+                items.append((name, None if c.kind is ChangeKind.DELETE else root + c.path))
+            if native:
+                items += _own_extras(datas[0])
+            items.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+            exporter = _Exporter(winmeta.ChainMeta(datas), out)
+            for name, path in items:
+                exporter.add(name, path)
+            exporter.close()
+
+    # ----- base images ---------------------------------------------------------------------------------
+
+    def base_images(self) -> list[BaseImageInfo]:
+        """Register the base images of the ``base_images`` directory; returns them (idempotent).
+
+        Each becomes a read-only layer whose id is :func:`base_image_id` of its
+        folder name, holding only a ``layerID`` file that names the folder,
+        which is linked into the home (the folder itself is never written).
+        """
+        if self.base_images_dir is None:
+            return []
+        images = [_base_image(desc, folder) for desc, folder in _descriptions(self.base_images_dir)]
+        for info in images:
+            self._register_base(info)
+        return images
+
+    def _register_base(self, info: BaseImageInfo) -> None:
+        folder_name = os.path.basename(info.path)
+        what = f"base image {info.path}"
+        if not os.path.isdir(os.path.join(info.path, wintar.FILES)):
+            raise InvalidArgument(what, "has no Files/ folder")
+        if folder_name.startswith(".") or folder_name.endswith(REMOVING_SUFFIX) or len(folder_name) > 255:
+            raise InvalidArgument(what, "its folder name cannot name a layer folder")
+        link = os.path.join(self.home, folder_name)
+        target = os.path.realpath(info.path)
+        if os.path.islink(link):
+            if os.readlink(link) != target:
+                tmp = f"{link}.{os.getpid()}.tmp"
+                os.symlink(target, tmp)
+                os.replace(tmp, link)  # the images moved: follow them
+        elif os.path.lexists(link):
+            raise AlreadyExists(what, f"{link} is a layer folder, not a base image")
+        else:
+            os.symlink(target, link)
+        own = os.path.join(self.home, info.id)
+        if os.path.isdir(own):
+            with contextlib.suppress(FileNotFoundError), open(os.path.join(own, LAYERID_FILE)) as f:
+                if f.read().strip() == folder_name:
+                    return
+            raise AlreadyExists(f"layer {info.id}", f"exists and is not base image {folder_name}")
+        staging = os.path.join(self.home, STAGING_DIR, f"{info.id}-{os.getpid()}")
+        os.mkdir(staging, 0o700)
+        try:
+            layer_id_file = os.path.join(staging, LAYERID_FILE)
+            atomic.write_bytes(layer_id_file, folder_name.encode(), 0o600, durable=False)
+            self.write_layer_chain(staging, [])
+            os.rename(staging, own)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def _own_extras(data_dir: str) -> list[tuple[str, str | None]]:
+    """The layer's own trees beside ``Files/``: ``Hives/``, ``UtilityVM/`` and what its records add."""
+    items: list[tuple[str, str | None]] = []
+    for top in (wintar.HIVES, wintar.UTILITY_VM):
+        start = os.path.join(data_dir, top)
+        if not os.path.isdir(start):
+            continue
+        items.append((top, start))
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = os.path.relpath(dirpath, data_dir)
+            items += [(f"{rel}/{n}", os.path.join(dirpath, n)) for n in (*dirnames, *filenames)]
+    layer = winmeta.LayerMeta.load(data_dir)
+    if wintar.FILES in layer.records:
+        items.append((wintar.FILES, os.path.join(data_dir, wintar.FILES)))
+    items += [(p, None) for p in layer.tombstones if p.startswith(wintar.UTILITY_VM_FILES + "/")
+              and p not in layer.records]
+    # Links to files no layer holds exist in the metadata only.
+    items += [(r.path, "") for r in layer.records.values() if r.kind == winmeta.LINK and r.dangling]
+    return items
+
+
+class _Exporter:
+    """Writes entries as ``backuptar`` does, metadata from the chain's sidecars."""
+
+    def __init__(self, chain: winmeta.ChainMeta, out: BinaryIO) -> None:
+        self.chain = chain
+        self.writer = TarWriter(out)
+        self.hardlinks: dict[tuple[int, int], str] = {}
+        self.sds: dict[str, bytes | None] = {}
+
+    def add(self, name: str, path: str | None) -> None:
+        """Write *name*: a tombstone when *path* is None, a metadata-only link when it is ""."""
+        if path is None:
+            self.writer.add(whiteout_entry(name))
+            return
+        found = self.chain.find(name)
+        if path == "":
+            if found is not None:
+                rec = found[0]
+                mtime = rec.mtime_ns or 0
+                times = Times(mtime, rec.atime_ns or mtime, rec.ctime_ns or mtime, mtime)
+                meta = rec.meta or WinMeta()
+                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=rec.target))
+            return
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # gone while we looked, as a running container may do
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            log.warning("%s: a Windows layer holds only files, directories and symlinks; left out", name)
+            return
+        meta, times, index = self._meta(name, kind, st, found)
+        if kind == REG and st.st_nlink > 1:
+            first = self.hardlinks.setdefault((st.st_dev, st.st_ino), name)
+            if first != name:
+                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=first))
+                return
+        if kind == REG:
+            with open(path, "rb", opener=_nofollow) as f:
+                self.writer.add(wintar.export_entry(name, REG, meta, times, size=st.st_size), f)
+        else:
+            linkname = os.readlink(path) if kind == SYM else ""
+            self.writer.add(wintar.export_entry(name, kind, meta, times, linkname=linkname))
+        if index >= 0 and kind in (REG, DIR):
+            for stream, data in self.chain.streams(index, name):
+                with contextlib.suppress(FileNotFoundError), open(data, "rb", opener=_nofollow) as f:
+                    size = os.fstat(f.fileno()).st_size
+                    self.writer.add(wintar.stream_entry(name, stream, size, times), f)
+
+    def _meta(self, name: str, kind: str, st: os.stat_result,
+              found: tuple[winmeta.Record, int] | None) -> tuple[WinMeta, Times, int]:
+        """The metadata and times to write, and the index of the layer they come from (-1: none)."""
+        disk = Times(st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_mtime_ns)
+        if found is not None and found[0].meta is not None:
+            rec, index = found
+            meta = dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas))
+            creation = meta.creation_ns if meta.creation_ns is not None else st.st_mtime_ns
+            if index == 0:
+                # The layer's own entry: the times it was applied with.
+                return meta, Times(st.st_mtime_ns, rec.atime_ns or st.st_atime_ns,
+                                   rec.ctime_ns or st.st_ctime_ns, creation), index
+            if kind == REG:
+                meta.attributes = wintar.attributes_for(kind, previous=meta.attributes)  # written above
+            return meta, dataclasses.replace(disk, creation=creation), index
+        parent = name.rpartition("/")[0]
+        sd = wintar.inherit_security_descriptor(self._sd(parent), is_dir=kind == DIR)
+        attrs = wintar.attributes_for(kind, readonly=not st.st_mode & 0o222 and kind == REG)
+        return WinMeta(attributes=attrs, security_descriptor=sd), disk, -1
+
+    def _sd(self, name: str) -> bytes | None:
+        """The binary security descriptor of directory *name*, as recorded or inherited."""
+        pending = []
+        sd: bytes | None = None
+        while name:
+            if name in self.sds:
+                sd = self.sds[name]
+                break
+            found = self.chain.find(name)
+            if found is not None and found[0].meta is not None and found[0].meta.security_descriptor:
+                sd = self.sds[name] = found[0].meta.security_descriptor
+                break
+            pending.append(name)
+            if name == wintar.FILES:
+                break
+            name = name.rpartition("/")[0]
+        for child in reversed(pending):
+            sd = self.sds[child] = wintar.inherit_security_descriptor(sd, is_dir=True)
+        return sd
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+_KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -1,0 +1,665 @@
+"""The windowsfilter driver: Windows layers imported, viewed, changed and re-exported on Linux."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from graphdriver.archive import wintar
+from graphdriver.archive.changes import ChangeKind
+from graphdriver.archive.entry import TarEntry
+from graphdriver.archive.tarstream import TarReader
+from graphdriver.drivers import windowsfilter, winmeta
+from graphdriver.errors import ArchiveError, IntegrityError, InvalidArgument, Precondition, Unsupported
+from graphdriver.store import Store, StoreOptions
+from tests import wingen
+from tests.conftest import corpus_dir, needs_root
+
+A, C, X = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
+
+
+@pytest.fixture
+def wstore(tmp_path: Path):
+    s = Store(StoreOptions(root=str(tmp_path / "root"), run_root=str(tmp_path / "run"),
+                           driver="windowsfilter"))
+    yield s
+    for record in s.layers():
+        while s.driver.mount_count(record.id) > 0:
+            s.driver.put(record.id)
+
+
+def diff_bytes(store: Store, layer_id: str, parent: str | None = None) -> bytes:
+    out = io.BytesIO()
+    store.diff(layer_id, out, parent)
+    return out.getvalue()
+
+
+def entries_of(data: bytes) -> list[TarEntry]:
+    return list(TarReader(io.BytesIO(data)))
+
+
+def changes_of(store: Store, layer_id: str) -> list[tuple[ChangeKind, str]]:
+    return [(c.kind, c.path) for c in store.changes(layer_id)]
+
+
+def import_entries(store: Store, layer_id: str, entries, parent=None):
+    return store.import_layer(layer_id, parent, io.BytesIO(wingen.layer_tar(entries)))
+
+
+# ----- the format ----------------------------------------------------------------------------------
+
+
+def test_names_and_tombstones():
+    assert wintar.split_stream("Files/a.txt:Zone.Identifier") == ("Files/a.txt", "Zone.Identifier")
+    assert wintar.split_stream("Files/a.txt") == ("Files/a.txt", None)
+    wintar.check_tombstone("Files/x")
+    wintar.check_tombstone("UtilityVM/Files/x/y")
+    for bad in ("Hives/Sam_Delta", "UtilityVM/x", "Files", "Other/x"):
+        with pytest.raises(ArchiveError, match="invalid tombstone"):
+            wintar.check_tombstone(bad)
+
+
+@pytest.mark.parametrize("ns", [0, 1, 1_575_700_977_123_456_700, -1_500_000_000, -1])
+def test_pax_times_round_trip(ns):
+    assert wintar.parse_pax_time(wintar.format_pax_time(ns)) == ns
+    assert wintar.format_pax_time(ns).encode() == wingen.pax_time(ns) or ns < 0
+
+
+def test_metadata_defaults_and_errors():
+    assert wintar.meta_from_entry(TarEntry("Files/d", type="5")).attributes == wintar.FILE_ATTRIBUTE_DIRECTORY
+    assert wintar.meta_from_entry(TarEntry("Files/f")).attributes == 0
+    legacy = TarEntry("Files/f", xattrs={"MSWINDOWS.fileattr": b"34", "MSWINDOWS.sd": b"O:BAG:SY"})
+    meta = wintar.meta_from_entry(legacy)
+    assert (meta.attributes, meta.sddl) == (34, "O:BAG:SY")
+    for key, value in (("MSWINDOWS.fileattr", b"x1"), ("MSWINDOWS.rawsd", b"!!"),
+                       ("LIBARCHIVE.creationtime", b"1.2.3")):
+        with pytest.raises(ArchiveError):
+            wintar.meta_from_entry(TarEntry("Files/f", pax={key: value}))
+
+
+def test_security_descriptor_inheritance():
+    def inherit(parent_sd: bytes, is_dir: bool) -> wintar.SecurityDescriptor:
+        return wintar.parse_security_descriptor(wintar.inherit_security_descriptor(parent_sd, is_dir=is_dir))
+
+    parent = wintar.parse_security_descriptor(wingen.DIR_SD)
+    child_file, child_dir = inherit(wingen.DIR_SD, False), inherit(wingen.DIR_SD, True)
+    assert child_file.owner == parent.owner and child_file.group == parent.group
+    assert [a[1] for a in child_file.dacl] == [wintar.INHERITED_ACE] * 4
+    assert [a[1] for a in child_dir.dacl] == [0x13] * 4  # OI|CI passed on, inherited
+    assert [a[4:] for a in child_file.dacl] == [a[4:] for a in parent.dacl]  # masks and SIDs kept
+    # A file inheriting from a file-level descriptor (nothing inheritable) gets the default.
+    fallback = inherit(wingen.FILE_SD, False)
+    assert wintar.sid_string(fallback.owner) == "S-1-5-32-544"
+    assert len(fallback.dacl) == 3
+    assert wintar.inherit_security_descriptor(b"garbage", is_dir=True) == wintar.inherit_security_descriptor(
+        None, is_dir=True)
+
+
+def test_generator_is_a_plain_tar():
+    data = wingen.layer_tar(wingen.base_layer())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        members = {m.name: m for m in tf.getmembers()}
+    assert members[wingen.LONG_NAME].size == len(b"<assembly/>\r\n")
+    assert members["Files/Windows/System32/notepad.exe:Zone.Identifier"].isfile()
+    assert members["UtilityVM/Files/License.txt"].islnk()
+    assert members["Files"].pax_headers["MSWINDOWS.fileattr"] == "16"
+    assert data[:512].startswith(b"PaxHeaders.0/Files\0")
+
+
+# ----- import and exact re-export ----------------------------------------------------------------------
+
+
+def test_base_layer_layout_and_exact_reexport(wstore):
+    entries = wingen.base_layer()
+    data = wingen.layer_tar(entries)
+    record = wstore.import_layer("base", None, io.BytesIO(data))
+    assert record.size == wingen.regular_size(entries)
+    assert record.diff_digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    folder = Path(wstore.driver.resolve("base"))
+    assert (folder / "layerchain.json").read_text() == "null"
+    for sub in ("Files/Windows/System32", "Hives", "UtilityVM/Files/EFI/Microsoft/Boot"):
+        assert (folder / sub).is_dir()
+    files = {e.path: e for e in entries if isinstance(e, wingen.WinFile)}
+    for path, backup in windowsfilter.MUTATED_FILES.items():
+        assert (folder / backup).read_bytes() == files[path].data
+    stream = folder / ".winmeta/streams/Files/Windows/System32/notepad.exe:Zone.Identifier"
+    assert stream.read_bytes() == files["Files/Windows/System32/notepad.exe"].streams["Zone.Identifier"]
+    assert os.path.samefile(folder / "UtilityVM/Files/License.txt", folder / "Files/License.txt")
+    assert os.readlink(folder / "Files/Documents and Settings") == "C:\\Users"
+    assert diff_bytes(wstore, "base") == data
+    assert wstore.check() == [("base", None)]
+    assert all(kind is A and path.startswith("/Files/") for kind, path in changes_of(wstore, "base"))
+
+
+def test_metadata_is_kept(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    layer = winmeta.LayerMeta.load(wstore.driver.resolve("base"))
+    hosts = layer.records["Files/Windows/System32/drivers/etc/hosts"]
+    assert hosts.meta.attributes == wintar.FILE_ATTRIBUTE_ARCHIVE | wintar.FILE_ATTRIBUTE_READONLY
+    assert hosts.meta.security_descriptor == wingen.FILE_SD
+    assert hosts.meta.creation_ns == wingen.Times().creation
+    assert hosts.ctime_ns == wingen.Times().change
+    assert layer.records["Files/Documents and Settings"].meta.mountpoint
+    assert layer.records["Files/Users/Public"].meta.eas == {"$KERNEL.PURGE.ESBCACHE": b"\x01\x00\x02\x03"}
+    assert layer.streams["Files/Windows/System32/notepad.exe"] == ["Zone.Identifier"]
+    assert layer.records["UtilityVM/Files/License.txt"].target == "Files/License.txt"
+
+
+def test_child_layer(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    data = wingen.layer_tar(wingen.child_layer())
+    record = wstore.import_layer("child", "base", io.BytesIO(data))
+    assert record.size == wingen.regular_size(wingen.child_layer())
+    folder = Path(wstore.driver.resolve("child"))
+    assert json.loads((folder / "layerchain.json").read_text()) == [wstore.driver.resolve("base")]
+    assert (folder / "Hives/Software_Delta").read_bytes().startswith(b"regf\x14")
+    assert changes_of(wstore, "child") == [
+        (X, "/Files/License.txt"),
+        (C, "/Files/Windows"),
+        (C, "/Files/Windows/System32"),
+        (A, "/Files/Windows/System32/app.dll"),
+        (C, "/Files/Windows/System32/drivers"),
+        (C, "/Files/Windows/System32/drivers/etc"),
+        (C, "/Files/Windows/System32/drivers/etc/hosts"),
+        (X, "/Files/Windows/System32/empty.log"),
+    ]
+    assert diff_bytes(wstore, "child") == data
+    root = Path(wstore.mount("child"))
+    try:
+        assert not (root / "License.txt").exists()
+        assert (root / "Windows/System32/drivers/etc/hosts").read_bytes().endswith(b"10.0.0.1 db\r\n")
+        assert (root / "Windows/System32/notepad.exe").read_bytes().startswith(b"MZ")
+        assert sorted(os.listdir(root)) == ["Documents and Settings", "ProgramData", "Users", "Windows"]
+    finally:
+        wstore.unmount("child")
+    assert wstore.diff_size("child") == len(b"MZ app" * 300) + len(b"127.0.0.1 localhost\r\n10.0.0.1 db\r\n")
+
+
+def test_bcd_rewritten_after_import_still_reexports(wstore):
+    data = wingen.layer_tar(wingen.base_layer())
+    wstore.import_layer("base", None, io.BytesIO(data))
+    folder = Path(wstore.driver.resolve("base"))
+    # What Windows' utility VM processing does to the store in place.
+    (folder / wingen.BCD_DIR / "BCD").write_bytes(b"rewritten by the host" * 10)
+    (folder / wingen.BCD_DIR / "BCD.LOG1").write_bytes(b"")
+    assert diff_bytes(wstore, "base") == data
+    assert wstore.check() == [("base", None)]
+    # Any other file changed behind the store's back is caught.
+    (folder / "Hives/Sam_Delta").write_bytes(b"tampered")
+    with pytest.raises(IntegrityError):
+        diff_bytes(wstore, "base")
+
+
+def test_compressed_import(wstore):
+    import gzip
+
+    data = wingen.layer_tar(wingen.base_layer())
+    record = wstore.import_layer("base", None, io.BytesIO(gzip.compress(data)))
+    assert record.diff_digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert diff_bytes(wstore, "base") == data
+
+
+def test_corpus_image_imports_and_reexports(wstore, tmp_path):
+    corpus = corpus_dir()
+    image = corpus / "windows" / "windows-mini-image.tar.gz" if corpus else None
+    if image is None or not image.exists():
+        pytest.skip("the shared corpus is not available")
+    unpacked = tmp_path / "image"
+    unpacked.mkdir()
+    with tarfile.open(image) as tf:
+        tf.extractall(unpacked, filter="data")
+    manifest = json.loads((unpacked / "manifest.json").read_text())
+    parent = None
+    for i, name in enumerate(manifest[0]["Layers"]):
+        data = (unpacked / name).read_bytes()
+        record = wstore.import_layer(f"layer{i}", parent, io.BytesIO(data))
+        assert record.diff_digest == "sha256:" + hashlib.sha256(data).hexdigest()
+        assert diff_bytes(wstore, f"layer{i}") == data
+        parent = f"layer{i}"
+    assert wstore.check() == [(f"layer{i}", None) for i in range(len(manifest[0]["Layers"]))]
+    root = Path(wstore.mount(parent))
+    try:
+        assert (root / "License.txt").read_bytes().startswith(b"MICROSOFT SOFTWARE SUPPLEMENTAL LICENSE")
+    finally:
+        wstore.unmount(parent)
+    # The trimmed image links to files it no longer holds: the links live on in the metadata.
+    layer = winmeta.LayerMeta.load(wstore.driver.resolve("layer0"))
+    assert layer.records["Files/Windows/System32/perfd009.dat"].dangling
+
+
+# ----- refusals -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("victim", ["Hives/Sam_Delta", "UtilityVM/License.txt", "Files"])
+def test_invalid_tombstone_refused(wstore, victim):
+    import_entries(wstore, "base", wingen.base_layer())
+    with pytest.raises(ArchiveError, match="invalid tombstone"):
+        import_entries(wstore, "bad", [wingen.Tombstone(victim)], parent="base")
+    assert not wstore.exists("bad")
+
+
+def test_utility_vm_tombstone_accepted(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "top", [wingen.WinDir("UtilityVM"), wingen.WinDir("UtilityVM/Files"),
+                                   wingen.Tombstone("UtilityVM/Files/License.txt")], parent="base")
+    layer = winmeta.LayerMeta.load(wstore.driver.resolve("top"))
+    assert "UtilityVM/Files/License.txt" in layer.tombstones
+
+
+def _plain_tar(*members: tuple[str, bytes, str]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, content, link in members:
+            info = tarfile.TarInfo(name)
+            if link:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tf.addfile(info)
+            else:
+                info.size = len(content)
+                tf.addfile(info, io.BytesIO(content))
+    return raw.getvalue()
+
+
+@pytest.mark.parametrize("members", [
+    [("etc/passwd", b"root:x:0:0", "")],  # not a Windows layer path
+    [(".winmeta/entries.ndjson", b"{}", "")],  # the sidecar is never an archive's to write
+    [("bcd.bak", b"evil", "")],
+    [("Files/link", b"", "/"), ("Files/link/bcd.bak", b"evil", "")],  # no path goes through a symlink
+    [("Files/link", b"", "/"), ("Files/link/.winmeta/x", b"evil", "")],
+    [("Files/a:b/c", b"x", "")],  # ':' only ends a name (a stream)
+    [("Files/orphan.txt:stream", b"x", "")],  # a stream without its file
+])
+def test_hostile_entries_refused(wstore, members):
+    with pytest.raises(ArchiveError):
+        wstore.import_layer("evil", None, io.BytesIO(_plain_tar(*members)))
+    assert not wstore.exists("evil")
+    assert [n for n in os.listdir(wstore.driver.home) if not n.startswith(".")] == []
+
+
+def test_hardlinks_outside_the_volumes_refused(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    with pytest.raises(ArchiveError, match="invalid hard link"):
+        import_entries(wstore, "bad", [wingen.WinLink("Hives/x", "Hives/Sam_Delta")], parent="base")
+
+
+def test_cross_layer_hardlink_copies_the_target(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "top", [wingen.WinLink("Files/copy.txt", "Files/License.txt")], parent="base")
+    top = Path(wstore.driver.resolve("top"))
+    base = Path(wstore.driver.resolve("base"))
+    assert (top / "Files/copy.txt").read_bytes() == (base / "Files/License.txt").read_bytes()
+
+
+# ----- views, sandboxes and their diffs -------------------------------------------------------------
+
+
+@needs_root
+def test_views_read_only_for_images_writable_for_sandboxes(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    root = wstore.mount("base")
+    try:
+        with pytest.raises(OSError) as e:
+            Path(root, "new.txt").write_bytes(b"x")
+        assert e.value.errno == errno.EROFS
+    finally:
+        wstore.unmount("base")
+    wstore.create("ctr", "base", writable=True)
+    root = wstore.mount("ctr")
+    assert wstore.mount("ctr") == root
+    try:
+        Path(root, "new.txt").write_bytes(b"x")
+    finally:
+        wstore.unmount("ctr")
+        wstore.unmount("ctr")
+    assert wstore.driver.mount_count("ctr") == 0
+    assert not os.path.ismount(root)
+
+
+@needs_root
+def test_sandbox_exports_windows_format(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("ctr", "base", writable=True)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "Windows/System32/new.txt").write_bytes(b"hello from linux\n")
+        (root / "Program Files/App").mkdir(parents=True)
+        (root / "Program Files/App/app.cfg").write_bytes(b"x=1\n")
+        with open(root / "Windows/System32/notepad.exe", "ab") as f:
+            f.write(b"patched")
+        (root / "License.txt").unlink()
+    finally:
+        wstore.unmount("ctr")
+    data = diff_bytes(wstore, "ctr")
+    entries = {e.name: e for e in entries_of(data)}
+    assert all(n.startswith("Files/") for n in entries)
+    assert "Files/.wh.License.txt" in entries
+    for name, e in entries.items():
+        if ".wh." not in name and ":" not in name:
+            assert wintar.FILEATTR in e.pax and wintar.RAWSD in e.pax, name
+            assert e.atime_ns is not None and e.ctime_ns is not None
+    meta = {n: wintar.meta_from_entry(e) for n, e in entries.items()}
+    assert meta["Files/Program Files"].attributes == wintar.FILE_ATTRIBUTE_DIRECTORY
+    assert meta["Files/Windows/System32/new.txt"].attributes == wintar.FILE_ATTRIBUTE_ARCHIVE
+    # A new file inherits from its directory; a changed one keeps its own descriptor and streams.
+    assert meta["Files/Windows/System32/new.txt"].security_descriptor == wintar.inherit_security_descriptor(
+        wingen.DIR_SD, is_dir=False)
+    assert meta["Files/Windows/System32/notepad.exe"].security_descriptor == wingen.FILE_SD
+    assert "Files/Windows/System32/notepad.exe:Zone.Identifier" in entries
+    # Applied on the base again, the diff gives the same view and the same changes.
+    wstore.import_layer("copy", "base", io.BytesIO(data))
+    assert wstore.changes("copy") == wstore.changes("ctr")
+    copy = Path(wstore.mount("copy"))
+    try:
+        assert (copy / "Program Files/App/app.cfg").read_bytes() == b"x=1\n"
+        assert (copy / "Windows/System32/notepad.exe").read_bytes().endswith(b"patched")
+        assert not (copy / "License.txt").exists()
+    finally:
+        wstore.unmount("copy")
+    layer = winmeta.LayerMeta.load(wstore.driver.resolve("copy"))
+    assert layer.streams["Files/Windows/System32/notepad.exe"] == ["Zone.Identifier"]
+
+
+@needs_root
+def test_sandbox_without_parent_and_diff_against_other_parent(wstore):
+    wstore.create("solo", writable=True)
+    root = Path(wstore.mount("solo"))
+    try:
+        (root / "a.txt").write_bytes(b"a")
+    finally:
+        wstore.unmount("solo")
+    assert changes_of(wstore, "solo") == [(A, "/Files/a.txt")]
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "child", wingen.child_layer(), parent="base")
+    # Against the empty tree, the child's whole view is added.
+    out = io.BytesIO()
+    wstore.driver.diff("child", None, out)
+    names = [e.name for e in entries_of(out.getvalue())]
+    assert "Files/Windows/System32/notepad.exe" in names and "Files/License.txt" not in names
+    assert not any(".wh." in n for n in names)
+    # Against another layer than its parent, through the views.
+    import_entries(wstore, "other", [wingen.WinDir("Files"), wingen.WinFile("Files/License.txt", b"x")])
+    kinds = {c.path: c.kind for c in wstore.changes("child", "other")}
+    assert kinds["/Files/License.txt"] is X and kinds["/Files/Windows"] is A
+
+
+@needs_root
+def test_mount_failure_unwinds(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "child", wingen.child_layer(), parent="base")
+    base = Path(wstore.driver.resolve("base"))
+    (base / "Files").rename(base / "Files.away")
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - any mount failure will do
+            wstore.mount("child")
+        assert wstore.driver.mount_count("child") == 0
+        assert not os.path.exists(os.path.join(wstore.driver.run_root, "views", "child"))
+    finally:
+        (base / "Files.away").rename(base / "Files")
+    wstore.mount("child")
+    wstore.unmount("child")
+
+
+def test_apply_refused_while_mounted(wstore):
+    wstore.create("l")
+    wstore.mount("l")
+    try:
+        with pytest.raises(Precondition):
+            wstore.apply("l", io.BytesIO(wingen.layer_tar(wingen.base_layer())))
+    finally:
+        wstore.unmount("l")
+
+
+# ----- alternate ids, removal, cleanup --------------------------------------------------------------------
+
+
+def test_alternate_layer_id(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    alias = Path(wstore.driver.home, "alias")
+    alias.mkdir()
+    (alias / "layerId").write_text("base")  # the seeds' writer spells it so
+    assert wstore.driver.resolve("alias") == wstore.driver.resolve("base")
+    path = wstore.driver.get("alias")
+    assert wstore.driver.mount_count("base") == 1
+    assert (Path(path) / "License.txt").exists()
+    wstore.driver.put("base")
+
+
+def test_remove_and_cleanup(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    home = Path(wstore.driver.home)
+    wstore.remove("base")
+    assert [n for n in os.listdir(home) if not n.startswith(".")] == []
+    leftover = home / "old-removing"
+    (leftover / "Files/x").mkdir(parents=True)
+    (leftover / "Files/x/f").write_bytes(b"f")
+    assert "removed interrupted removal old-removing" in wstore.cleanup()
+    assert not leftover.exists()
+
+
+@needs_root
+def test_cleanup_reports_what_it_cannot_remove_yet(wstore, tmp_path):
+    home = Path(wstore.driver.home)
+    leftover = home / "busy-removing"
+    (leftover / "m").mkdir(parents=True)
+    source = tmp_path / "src"
+    source.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(leftover / "m")], check=True)
+    try:
+        done = wstore.cleanup()
+        assert any(line.startswith("could not remove busy-removing yet") for line in done), done
+        assert leftover.exists()
+    finally:
+        subprocess.run(["umount", str(leftover / "m")], check=True)
+    assert "removed interrupted removal busy-removing" in wstore.cleanup()
+
+
+# ----- base images -----------------------------------------------------------------------------------
+
+
+def _base_images(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    for folder, name, version in (("CN=Microsoft_NanoServer_10.0.17763.1", "NanoServer", "10.0.17763.1"),
+                                  ("CN=Microsoft_WindowsServerCore_10.0.17763.1", "WindowsServerCore",
+                                   "10.0.17763.1")):
+        (images / folder / "Files/Windows").mkdir(parents=True)
+        (images / folder / "Files/Windows/win.ini").write_bytes(name.encode())
+        (images / folder / "UtilityVM/Files").mkdir(parents=True)
+        (images / folder / "image.json").write_text(json.dumps({"name": name, "version": version}))
+    return images
+
+
+def test_base_images_registered(tmp_path):
+    images = _base_images(tmp_path)
+    store = Store(StoreOptions(root=str(tmp_path / "root"), run_root=str(tmp_path / "run"),
+                               driver="windowsfilter", driver_options={"base_images": str(images)}))
+    driver = store.driver
+    infos = {i.name: i for i in driver.base_images()}
+    nano = infos["NanoServer"]
+    folder_name = "CN=Microsoft_NanoServer_10.0.17763.1"
+    assert nano.id == hashlib.sha384(folder_name.encode()).digest()[:32].hex()
+    assert nano.os_version == "10.0.17763"
+    assert nano.os_features == () and infos["WindowsServerCore"].os_features == ("win32k",)
+    assert nano.to_json()["OSFeatures"] == []
+    assert (Path(driver.home, nano.id) / "layerID").read_text() == folder_name
+    assert driver.resolve(nano.id) == os.path.join(driver.home, folder_name)
+    assert {i.id for i in driver.base_images()} == {i.id for i in infos.values()}  # idempotent
+    view = Path(driver.get(nano.id))
+    try:
+        assert (view / "Windows/win.ini").read_bytes() == b"NanoServer"
+    finally:
+        driver.put(nano.id)
+    with pytest.raises(Precondition):
+        driver.apply_diff(nano.id, None, io.BytesIO(wingen.layer_tar(wingen.base_layer())))
+    if os.geteuid() == 0:
+        driver.create_rw("ctr", nano.id)
+        assert driver.layer_chain("ctr") == [os.path.join(driver.home, folder_name)]
+        view = Path(driver.get("ctr"))
+        try:
+            (view / "Windows/win.ini").write_bytes(b"changed")
+        finally:
+            driver.put("ctr")
+        assert (images / folder_name / "Files/Windows/win.ini").read_bytes() == b"NanoServer"
+        driver.remove("ctr")
+    driver.remove(nano.id)
+    assert not os.path.lexists(os.path.join(driver.home, folder_name))
+    assert (images / folder_name / "Files/Windows/win.ini").exists()
+
+
+def test_base_images_index_form(tmp_path):
+    images = _base_images(tmp_path)
+    (images / "images.json").write_text(json.dumps({"Images": [
+        {"Name": "WindowsServerCore", "Version": "10.0.17763",
+         "Path": "CN=Microsoft_WindowsServerCore_10.0.17763.1"},
+    ]}))
+    store = Store(StoreOptions(root=str(tmp_path / "root"), run_root=str(tmp_path / "run"),
+                               driver="windowsfilter", driver_options={"base_images": str(images)}))
+    [info] = store.driver.base_images()
+    assert info.os_version == ""  # not major.minor.build.revision: reported, not guessed
+    assert info.os_features == ("win32k",)
+
+
+# ----- options, probes, status ----------------------------------------------------------------------------
+
+
+def test_unknown_options_and_sizes_refused(wstore, monkeypatch):
+    with pytest.raises(InvalidArgument):
+        wstore.create("l", size="1G")  # read-only layers have no size
+    monkeypatch.setattr(windowsfilter, "_sizelimit", None)
+    with pytest.raises(Unsupported, match="size limits"):
+        wstore.create("rw", writable=True, size="1G")
+    assert not wstore.exists("rw")
+
+
+@needs_root
+def test_size_limited_sandbox(wstore):
+    if wstore.driver.size_method is None:
+        pytest.skip("no size limits here")
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("ctr", "base", writable=True, size="64M")
+    assert wstore.driver.metadata("ctr")["SizeLimit"] == str(64 << 20)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "small.txt").write_bytes(b"fits")
+        with pytest.raises(OSError) as e, open(root / "big.bin", "wb") as f:
+            for _ in range(80):
+                f.write(bytes(1 << 20))
+        assert e.value.errno in (errno.ENOSPC, errno.EDQUOT)
+        (root / "big.bin").unlink()
+    finally:
+        wstore.unmount("ctr")
+    assert (A, "/Files/small.txt") in changes_of(wstore, "ctr")
+    wstore.remove("ctr")
+
+
+def test_status_and_probe(wstore, tmp_path, monkeypatch):
+    status = dict(wstore.status())
+    assert "Metadata" in status and ".winmeta" in status["Metadata"]
+    assert status["Stream Files"]
+    windowsfilter.probe_home(str(tmp_path / "elsewhere"))
+    if os.geteuid() == 0:
+        from graphdriver.drivers import mounts
+
+        fake = mounts.MountInfo.__new__(mounts.MountInfo)
+        object.__setattr__(fake, "fstype", "overlay")
+        monkeypatch.setattr(mounts, "filesystem_of", lambda path: fake)
+        with pytest.raises(Unsupported, match="overlayfs"):
+            windowsfilter.probe_home(str(tmp_path))
+
+
+def test_unprivileged_views_are_copies(wstore):
+    # What a user without root gets: no whiteout devices, views copied from the chain.
+    wstore.driver.privileged = False
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "child", wingen.child_layer(), parent="base")
+    child = Path(wstore.driver.resolve("child"))
+    assert not (child / "Files/License.txt").exists()  # a tombstone in the sidecar only
+    assert (X, "/Files/License.txt") in changes_of(wstore, "child")
+    assert (X, "/Files/Windows/System32/empty.log") in changes_of(wstore, "child")
+    root = Path(wstore.mount("child"))
+    try:
+        assert not os.path.ismount(root)
+        assert not (root / "License.txt").exists()
+        assert (root / "Windows/System32/app.dll").read_bytes().startswith(b"MZ app")
+        assert (root / "Windows/System32/notepad.exe").exists()
+    finally:
+        wstore.unmount("child")
+    assert not root.exists()
+    wstore.create("ctr", "child", writable=True)
+    with pytest.raises(Unsupported, match="need root"):
+        wstore.mount("ctr")
+    assert wstore.driver.mount_count("ctr") == 0
+
+
+def test_records_this_code_does_not_know_survive(wstore):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        top = tarfile.TarInfo("Files")
+        top.type = tarfile.DIRTYPE
+        tf.addfile(top)
+        info = tarfile.TarInfo("Files/f.txt")
+        info.size = 4
+        # A newer writer's record and a Linux xattr.
+        info.pax_headers.update(
+            {"MSWINDOWS.fileattr": "32", "MSWINDOWS.future": "42", "SCHILY.xattr.user.k": "v"}
+        )
+        tf.addfile(info, io.BytesIO(b"data"))
+    wstore.import_layer("l", None, io.BytesIO(raw.getvalue()))
+    out = io.BytesIO()
+    wstore.driver.diff("l", None, out)  # written anew from the files and the sidecar
+    exported = {e.name: e for e in entries_of(out.getvalue())}["Files/f.txt"]
+    assert exported.pax["MSWINDOWS.future"] == b"42"
+    assert exported.pax["MSWINDOWS.fileattr"] == b"32"
+    assert exported.xattrs == {"user.k": b"v"}
+
+
+@needs_root
+def test_directory_made_again_after_its_tombstone_is_empty(wstore):
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "top", [wingen.WinDir("Files"), wingen.Tombstone("Files/Windows/System32"),
+                                   wingen.WinDir("Files/Windows/System32"),
+                                   wingen.WinFile("Files/Windows/System32/only.dll", b"x")], parent="base")
+    root = Path(wstore.mount("top"))
+    try:
+        assert os.listdir(root / "Windows/System32") == ["only.dll"]
+    finally:
+        wstore.unmount("top")
+    changes = changes_of(wstore, "top")
+    assert (X, "/Files/Windows/System32/notepad.exe") in changes
+    assert (A, "/Files/Windows/System32/only.dll") in changes
+
+
+def test_base_images_cli(tmp_path):
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    root = tmp_path / "cli-root"
+    args = ("--opt", f"base_images={images}", "base-images")
+    first = run_cli(*args, "--json", root=root, driver="windowsfilter")
+    assert first.returncode == 0, first.stderr
+    listed = {i["Name"]: i for i in json.loads(first.stdout)}
+    nano_id = hashlib.sha384(b"CN=Microsoft_NanoServer_10.0.17763.1").digest()[:32].hex()
+    assert listed["NanoServer"]["ID"] == nano_id
+    assert listed["WindowsServerCore"]["OSFeatures"] == ["win32k"]
+    assert listed["NanoServer"]["OSVersion"] == "10.0.17763"
+    again = run_cli(*args, "--json", root=root)  # registering twice changes nothing
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    layers = run_cli("--opt", f"base_images={images}", "layers", root=root).stdout.decode().split()
+    assert sorted(layers) == sorted(i["ID"] for i in listed.values())
+    text = run_cli(*args, root=root).stdout.decode().splitlines()
+    assert any(line.startswith(nano_id + " NanoServer 10.0.17763.1 10.0.17763 - ") for line in text)
+    # The images are layers: usable as parents, never removed by cleanup.
+    assert run_cli("--opt", f"base_images={images}", "create", "ctr", "--parent", nano_id, "--rw",
+                   root=root).returncode == 0
+    run_cli("--opt", f"base_images={images}", "cleanup", root=root, check=True)
+    assert (images / "CN=Microsoft_NanoServer_10.0.17763.1" / "Files/Windows/win.ini").exists()
+    assert run_cli("--opt", f"base_images={images}", "exists", nano_id, root=root).returncode == 0
+    wrong = run_cli("base-images", root=tmp_path / "vfs-root", driver="vfs")
+    assert wrong.returncode == 7
