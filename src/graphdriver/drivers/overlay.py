@@ -362,20 +362,7 @@ class OverlayDriver(Driver):
         super()._create_checked(layer_id, parent, opts, rw=rw)
 
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
-        for key in sorted(storage_opt):
-            if key != "size":
-                raise InvalidArgument(f"storage option {key!r}", "the overlay driver knows only size")
-        if "size" not in storage_opt:
-            return
-        if not rw:
-            raise InvalidArgument("--size", "limits writable (--rw) layers only")
-        try:
-            size = int(storage_opt["size"])
-        except ValueError as e:
-            raise InvalidArgument(f"size {storage_opt['size']!r}", "expected a number of bytes") from e
-        sizelimit.check_size(size)
-        if self.size_method is None:
-            raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
+        sizelimit.check_storage_opt(storage_opt, rw=rw, method=self.size_method, driver=self.name)
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
         parent_folder = self.resolve(parent) if parent else None

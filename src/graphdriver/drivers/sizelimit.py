@@ -36,6 +36,7 @@ import fcntl
 import os
 import shutil
 import stat
+from collections.abc import Mapping
 
 from graphdriver import atomic
 from graphdriver.drivers import mounts
@@ -179,6 +180,26 @@ def check_size(size: int) -> None:
     """Refuse a limit too small to hold anything."""
     if size < MIN_SIZE:
         raise InvalidArgument(f"size {size}", f"the smallest size limit is {MIN_SIZE // 2**20}MiB")
+
+
+def check_storage_opt(
+    storage_opt: Mapping[str, str], *, rw: bool, method: Method | None, driver: str
+) -> None:
+    """Refuse storage options a size-limiting driver cannot honour (only ``size`` is known)."""
+    for key in sorted(storage_opt):
+        if key != "size":
+            raise InvalidArgument(f"storage option {key!r}", f"the {driver} driver knows only size")
+    if "size" not in storage_opt:
+        return
+    if not rw:
+        raise InvalidArgument("--size", "limits writable (--rw) layers only")
+    try:
+        size = int(storage_opt["size"])
+    except ValueError as e:
+        raise InvalidArgument(f"size {storage_opt['size']!r}", "expected a number of bytes") from e
+    check_size(size)
+    if method is None:
+        raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
 
 
 # ----- setting up and tearing down ------------------------------------------------------------

@@ -383,22 +383,11 @@ class WindowsFilterDriver(Driver):
     # ----- create and remove ----------------------------------------------------------------------
 
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
-        for key in sorted(storage_opt):
-            if key != "size":
-                raise InvalidArgument(f"storage option {key!r}", "the windowsfilter driver knows only size")
-        if "size" not in storage_opt:
-            return
-        if not rw:
-            raise InvalidArgument("--size", "limits writable (--rw) layers only")
         if _sizelimit is None:
-            raise Unsupported("--size", "size limits are not available in this installation")
-        try:
-            size = int(storage_opt["size"])
-        except ValueError as e:
-            raise InvalidArgument(f"size {storage_opt['size']!r}", "expected a number of bytes") from e
-        _sizelimit.check_size(size)
-        if self.size_method is None:
-            raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
+            if storage_opt:
+                raise Unsupported("--size", "size limits are not available in this installation")
+            return
+        _sizelimit.check_storage_opt(storage_opt, rw=rw, method=self.size_method, driver=self.name)
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
         where = folder
