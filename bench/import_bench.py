@@ -2,64 +2,49 @@
 """Import of one real layer, side by side: graphdriver, containers-storage, GNU tar.
 
 Every tool gets the same tarball and a fresh empty target, in turns (A B C A B
-C ...), so a noisy machine slows them alike.  Prints each tool's median wall
-time and the ratios to graphdriver's.  Run as root (owners, devices):
+C ...), so a noisy machine slows them alike; the time of the data reaching the
+disk (syncfs) counts for everyone.  Prints each tool's median wall time and the
+ratios of graphdriver's to it.  Run as root (owners, devices):
 
     python bench/import_bench.py [--layer FILE] [--rounds 5] [--where tmpfs|disk|both]
 
 Without ``--layer`` a Debian bookworm minbase root filesystem is made with
-debootstrap (cached under ``~/.cache/graphdriver``).
+debootstrap (cached under ``~/.cache/graphdriver``).  ``containers-storage
+import-layer`` does the same work as ``graphdriver import`` in Go (DiffID,
+tar-split, extraction); GNU ``tar -x`` does no bookkeeping at all.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-from graphdriver.atomic import syncfs  # noqa: E402
-
-CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
-
-
-def debian_layer() -> Path:
-    tar = CACHE / "debian-minbase.tar"
-    if tar.exists():
-        return tar
-    rootfs = CACHE / "rootfs"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    if not (rootfs / "etc" / "debian_version").exists():
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs),
-                        "http://deb.debian.org/debian"], check=True, capture_output=True)
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf",
-                    str(tar), "-C", str(rootfs), "."], check=True)
-    return tar
-
-
-def graphdriver_cmd() -> list[str]:
-    exe = shutil.which("graphdriver")
-    return [exe] if exe else [sys.executable, "-m", "graphdriver"]
+from common import (
+    Tool,
+    cs_cmd,
+    debian_layer,
+    gd,
+    have,
+    mib,
+    place,
+    places,
+    remove_work,
+    report,
+    take_turns,
+    timed,
+)
 
 
 def run_graphdriver(layer: Path, work: Path) -> None:
-    subprocess.run([*graphdriver_cmd(), "--root", str(work / "gd"), "--run-root",
-                    str(work / "gd-run"), "--driver", "vfs", "import", "layer", str(layer)],
-                   check=True, stdout=subprocess.DEVNULL)
+    gd(work, "vfs", "import", "layer", str(layer))
 
 
 def run_containers_storage(layer: Path, work: Path) -> None:
-    subprocess.run(["containers-storage", "--graph", str(work / "cs"), "--run",
-                    str(work / "cs-run"), "--storage-driver", "vfs", "import-layer", "-f",
-                    str(layer)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cs_cmd(work, "vfs", "import-layer", "-f", str(layer)), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_gnu_tar(layer: Path, work: Path) -> None:
@@ -69,61 +54,30 @@ def run_gnu_tar(layer: Path, work: Path) -> None:
                     str(layer), "-C", str(dest)], check=True)
 
 
-def run_sync(work: Path) -> None:
-    """Time of the data reaching the disk is part of an import: count it for everyone."""
-    syncfs(str(work))
-
-
-TOOLS: dict[str, Callable[[Path, Path], None]] = {
+TOOLS: dict[str, Tool] = {
     "graphdriver": run_graphdriver,
     "containers-storage": run_containers_storage,
     "gnu-tar": run_gnu_tar,
 }
 
 
+def fresh(base: Path, layer: Path, tool: Tool) -> Callable[[], float]:
+    """One timed run of *tool* into a fresh work directory, removed afterwards."""
+
+    def run() -> float:
+        work = Path(tempfile.mkdtemp(dir=base))
+        try:
+            return timed(lambda: tool(layer, work), sync=work)
+        finally:
+            remove_work(work)
+
+    return run
+
+
 def bench(layer: Path, base: Path, rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in TOOLS}
-    available = {n: f for n, f in TOOLS.items()
-                 if n != "containers-storage" or shutil.which("containers-storage")}
-    for _ in range(rounds):
-        for name, fn in available.items():
-            work = Path(tempfile.mkdtemp(dir=base))
-            try:
-                run_sync(work)
-                start = time.perf_counter()
-                fn(layer, work)
-                run_sync(work)
-                times[name].append(time.perf_counter() - start)
-            finally:
-                cleanup(work)
-    return {n: t for n, t in times.items() if t}
-
-
-def cleanup(work: Path) -> None:
-    if (work / "cs").exists():
-        subprocess.run(["containers-storage", "--graph", str(work / "cs"), "--run",
-                        str(work / "cs-run"), "--storage-driver", "vfs", "wipe"],
-                       check=False, capture_output=True)
-        subprocess.run(["containers-storage", "--graph", str(work / "cs"), "--run",
-                        str(work / "cs-run"), "--storage-driver", "vfs", "shutdown"],
-                       check=False, capture_output=True)
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def report(where: str, layer: Path, times: dict[str, list[float]]) -> None:
-    med = {n: statistics.median(t) for n, t in times.items()}
-    mine = med["graphdriver"]
-    print(f"\nimport of {layer.name} ({layer.stat().st_size / 2**20:.0f} MiB) on {where}, "
-          f"{len(times['graphdriver'])} rounds, medians:")
-    for name, m in med.items():
-        ratio = mine / m
-        print(f"  {name:20s} {m:7.3f} s   graphdriver/{name} = {ratio:.2f}")
-
-
-def mount_tmpfs() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="gd-bench-tmpfs-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8g", "tmpfs", str(path)], check=True)
-    return path
+    tools = {name: fresh(base, layer, fn) for name, fn in TOOLS.items()
+             if name != "containers-storage" or have("containers-storage")}
+    return take_turns(tools, rounds)
 
 
 def main() -> int:
@@ -133,19 +87,9 @@ def main() -> int:
     p.add_argument("--where", choices=["tmpfs", "disk", "both"], default="both")
     args = p.parse_args()
     layer = args.layer or debian_layer()
-    if args.where in ("tmpfs", "both"):
-        base = mount_tmpfs()
-        try:
-            report("tmpfs", layer, bench(layer, base, args.rounds))
-        finally:
-            subprocess.run(["umount", str(base)], check=False)
-            base.rmdir()
-    if args.where in ("disk", "both"):
-        base = Path(tempfile.mkdtemp(prefix="gd-bench-disk-", dir=os.environ.get("BENCH_DISK_DIR")))
-        try:
-            report("disk", layer, bench(layer, base, args.rounds))
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+    for where in places(args.where):
+        with place(where) as base:
+            report(f"import of {layer.name} ({mib(layer)}) on {where}", bench(layer, base, args.rounds))
     return 0
 
 

@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import BinaryIO
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphdriver.archive import crc64
+from graphdriver.archive import crc64, tarsplit
 from graphdriver.archive.tarsplit import (
     FILE,
     SEGMENT,
@@ -221,3 +222,158 @@ def test_we_reassemble_go_disasm_output(tmp_path):
     theirs = [(e.type, e.name, e.size, e.payload) for e in read_entries(io.BytesIO(meta))]
     mine = [(e.type, e.name, e.size, e.payload) for e in read_entries(io.BytesIO(ours))]
     assert mine == theirs
+
+
+@needs_go_tool
+def test_go_disasm_lines_take_the_fast_path(tmp_path):
+    (tmp_path / "in.tar").write_bytes(_sample())
+    subprocess.run(["tar-split", "disasm", "--no-stdout", "--output", str(tmp_path / "m.gz"),
+                    str(tmp_path / "in.tar")], check=True, capture_output=True)
+    lines = gzip.decompress((tmp_path / "m.gz").read_bytes()).splitlines(keepends=True)
+    # Every line but the final empty segment (``"payload":null`` in Go) is in the usual form.
+    fast = [tarsplit._usual(line) for line in lines]
+    assert all(e is not None for e in fast[:-1])
+    assert fast[:-1] == [SplitEntry.from_json(line, i) for i, line in enumerate(lines[:-1], 1)]
+
+
+# ----- the JSON lines: written by hand, read without a JSON parser when usual ----------------
+
+_names = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"a<b>&c", b'q"uote', b"back\\slash", b"tab\there", b"./etc/hosts", b"caf\xe9"]),
+)
+
+
+@given(st.sampled_from([FILE, SEGMENT]), _names, st.integers(min_value=0, max_value=2**40),
+       st.one_of(st.none(), st.binary(max_size=600)), st.integers(min_value=0, max_value=10**6),
+       st.booleans())
+@settings(max_examples=300)
+def test_lines_read_back_the_same_by_both_parsers(kind, name, size, payload, position, newline):
+    if kind == SEGMENT:
+        name, size = b"", 0
+    line = SplitEntry(kind, payload, name, size, position).to_json() + (b"\n" if newline else b"")
+    parsed = tarsplit.parse_line(line, 1)
+    assert parsed == SplitEntry.from_json(line.strip(), 1)
+    assert (parsed.type, parsed.payload, parsed.name, parsed.size) == (kind, payload, name, size)
+
+
+@pytest.mark.parametrize("line", [
+    b'{"type":2,"payload":"AAAA\\/A==","position":0}',  # an escaped slash: valid JSON
+    b'{"type":1,"name":"a\\u003cb","size":3,"payload":"AAAAAAAAAAA=","position":1}',
+    b'{"position":1,"type":1,"name":"x","payload":null}',  # another member order
+    b'{"type":2,"payload":null,"position":7}',
+    b'{"type":2, "payload": "AAAA", "position": 0}',  # spaces
+])
+def test_unusual_but_valid_lines_go_to_the_json_parser(line):
+    assert tarsplit._usual(line) is None or tarsplit._usual(line) == SplitEntry.from_json(line, 1)
+    assert tarsplit.parse_line(line, 1) == SplitEntry.from_json(line, 1)
+
+
+@pytest.mark.parametrize("line", [
+    b'{"type":2,"payload":"A===","position":0}',  # bad padding
+    b'{"type":2,"payload":"AAAA","position":0}}',  # extra data
+    b'{"type":1,"name":"x","size":3,"payload":"!!!!","position":1}',
+    b'{"type":2,"payload":"AAAA","position":' + b"9" * 5000 + b"}",
+])
+def test_malformed_usual_looking_lines_are_integrity_errors(line):
+    with pytest.raises(IntegrityError):
+        list(read_entries(io.BytesIO(line + b"\n")))
+
+
+def test_packer_batches_lines_in_order():
+    out = io.BytesIO()
+    packer = Packer(out)
+    for i in range(5000):
+        packer.segment(bytes([i % 256]) * (i % 700 + 1))
+        packer.file(b"f%d" % i, i, i * 7)
+    assert out.getvalue() != b""  # batches were written before the end
+    packer.flush()
+    entries = list(read_entries(io.BytesIO(out.getvalue())))
+    assert [e.position for e in entries] == list(range(10_000))
+    assert entries[2 * 4999].payload == bytes([4999 % 256]) * (4999 % 700 + 1)
+    assert entries[2 * 4999 + 1].payload == crc64.digest(4999 * 7)
+
+
+# ----- reassembly: batches, big files, errors, the pure CRC twin -------------------------------
+
+
+def test_big_files_and_segments_cross_batches():
+    big = bytes(range(256)) * 12_000  # ~3 MiB: more than a batch, read whole (under 16 MiB)
+    data = make_tar({"a": F(b"x" * 5), "big": F(big), "b": F(b"y" * 700)})
+    meta, contents = record(data)
+    assert reassemble(meta, ListGetter(contents)) == data
+
+
+def test_files_over_the_verify_limit_are_streamed(monkeypatch):
+    big = os.urandom(3 << 20)
+    data = make_tar({"big": F(big), "after": F(b"tail")})
+    meta, contents = record(data)
+    monkeypatch.setattr(tarsplit, "VERIFY_BEFORE_WRITE", 1 << 20)
+    assert reassemble(meta, ListGetter(contents)) == data
+    contents["big"] = [big[:-1] + b"\0" if big[-1] else big[:-1] + b"\1"]
+    with pytest.raises(IntegrityError, match="checksum"):
+        reassemble(meta, ListGetter(contents))
+    contents["big"] = [big[:-5]]
+    with pytest.raises(IntegrityError, match="shorter"):
+        reassemble(meta, ListGetter(contents))
+    contents["big"] = [big + b"more"]
+    with pytest.raises(IntegrityError, match="longer"):
+        reassemble(meta, ListGetter(contents))
+
+
+def test_bytes_before_a_bad_file_are_written_then_the_error_raised():
+    data = make_tar({"good": F(b"good" * 100), "bad": F(b"original")})
+    meta, contents = record(data)
+    contents["bad"] = [b"tampered"]
+    out = io.BytesIO()
+    with pytest.raises(IntegrityError, match="'bad'"):
+        assemble(read_entries(io.BytesIO(meta)), ListGetter(contents), out.write)
+    written = out.getvalue()
+    assert written and data.startswith(written)
+    assert b"good" * 100 in written and b"tampered" not in written
+
+
+def test_a_failing_write_is_raised_to_the_caller():
+    data = make_tar({f"f{i}": F(os.urandom(300_000)) for i in range(10)})
+    meta, contents = record(data)
+    calls = []
+
+    def write(view):
+        calls.append(len(view))
+        if len(calls) == 2:
+            raise BrokenPipeError("reader went away")
+
+    with pytest.raises(BrokenPipeError):
+        assemble(read_entries(io.BytesIO(meta)), ListGetter(contents), write)
+    assert len(calls) == 2  # nothing more is written after the failure
+
+
+def test_a_directory_where_a_file_was_is_an_integrity_error(tmp_path):
+    from graphdriver.drivers.base import DirFileGetter
+
+    data = make_tar({"f": F(b"content")})
+    meta, _ = record(data)
+    (tmp_path / "f").mkdir()
+    getter = DirFileGetter(str(tmp_path))
+    try:
+        with pytest.raises(IntegrityError, match="'f'"):
+            assemble(read_entries(io.BytesIO(meta)), getter, lambda _v: None)
+    finally:
+        getter.close()
+
+
+def test_the_pure_crc_twin_records_and_reassembles(monkeypatch):
+    data = _sample()
+    fast_meta, contents = record(data)
+    monkeypatch.setattr(tarsplit, "crc64_iso", crc64.crc64_iso_pure)
+    pure_meta, _ = record(data)
+    assert pure_meta == fast_meta
+    assert reassemble(pure_meta, ListGetter(contents)) == data
+
+
+def test_graphdriver_pure_forces_the_twin():
+    code = "from graphdriver.archive import crc64; print(crc64.IMPLEMENTATION)"
+    env = dict(os.environ, GRAPHDRIVER_PURE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    assert out.stdout.strip() == b"pure"

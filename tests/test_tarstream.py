@@ -785,3 +785,74 @@ def test_reads_gnu_tar_output(tmp_path: Path, fmt: str) -> None:
     assert content == (deep / "f").read_bytes()
     if fmt == "posix":
         assert by_name["./small"][0].mtime_ns == 1_600_000_000_123_456_789
+
+
+# ----- reading speed-ups keep the semantics ----------------------------------------------------
+
+
+class Chunky(io.RawIOBase):
+    """A stream that hands out the given chunk sizes in turn (short reads, as pipes give)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data = memoryview(data)
+        self._sizes = sizes or [1]
+        self._i = 0
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        size = self._sizes[self._i % len(self._sizes)]
+        self._i += 1
+        out = bytes(self._data[: min(n if n >= 0 else len(self._data), size)])
+        self._data = self._data[len(out) :]
+        return out
+
+
+def _summary(reader: TarReader, consume: bool) -> list[tuple[Any, ...]]:
+    out = []
+    for e in reader:
+        out.append((*(getattr(e, f) for f in FIELDS), e.offset, e.raw, reader.read() if consume else None))
+    return out
+
+
+@needs_corpus
+@pytest.mark.parametrize("name", ["pax-records.tar", "gnu-long-nul.tar", "ustar-file-devs.tar",
+                                  "pax-global-records.tar", "star.tar", "v7.tar", "gnu-sparse-big.tar",
+                                  "xattrs.tar", "gnu-incremental.tar"])
+@given(sizes=st.lists(st.integers(min_value=1, max_value=1500), min_size=1, max_size=8),
+       consume=st.booleans())
+@settings(max_examples=30, deadline=None)
+def test_short_reads_give_the_same_entries(name: str, sizes: list[int], consume: bool) -> None:
+    data = go_file(name)
+    whole = _summary(TarReader(io.BytesIO(data)), consume)
+    tape = Tape()
+    reader = TarReader(Chunky(data, sizes), raw_sink=tape.raw, data_sink=tape.content, bufsize=BLOCK)
+    assert _summary(reader, consume) == whole
+    assert tape.joined() == data
+
+
+@given(st.from_regex(rb"\A[+-]?[0-9]{0,21}(\.[0-9]{0,12})?\Z"))
+@settings(max_examples=400)
+def test_pax_times_fast_path_agrees_with_the_careful_parser(value: bytes) -> None:
+    from graphdriver.archive import pax
+
+    def careful(v: bytes) -> int | str:
+        neg = v[:1] == b"-"
+        body = v[1:] if neg or v[:1] == b"+" else v
+        secs, _, frac = body.partition(b".")
+        try:
+            ns = pax.decimal(secs, "mtime", b"x") * 10**9 + int((frac + b"0" * 9)[:9])
+        except ArchiveError:
+            return "error"
+        return -ns if neg else ns
+
+    try:
+        got: int | str = pax.time_ns(value, "mtime", b"x")
+    except ArchiveError:
+        got = "error"
+    assert got == careful(value)
+
+
+def test_entry_fields_keep_the_order_the_reader_relies_on() -> None:
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(TarEntry)][:9]
+    assert names == ["name", "type", "size", "mode", "uid", "gid", "uname", "gname", "mtime_ns"]

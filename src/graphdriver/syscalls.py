@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 from graphdriver.errors import Unsupported
 
@@ -49,7 +48,7 @@ _UNIFIED_ARCHES = frozenset(
 _NR_OPENAT2 = 437
 _NR_SETXATTRAT = 463
 
-MACHINE = platform.machine().lower()
+MACHINE = os.uname().machine.lower()  # what platform.machine() says, without importing it
 
 
 class _OpenHow(ctypes.Structure):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import cast
 
 _POLY_REFLECTED = 0xD800000000000000
 _MASK = 0xFFFFFFFFFFFFFFFF
@@ -44,12 +45,9 @@ def _load_fast() -> Callable[[bytes | bytearray | memoryview, int], int] | None:
         from fastcrc import crc64 as fast
     except ImportError:
         return None
-    go_iso = fast.go_iso
-
-    def crc64_iso_fast(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
-        return int(go_iso(data, initial=crc))  # takes any buffer: no copy
-
-    return crc64_iso_fast
+    # Called as it is (no wrapper): it runs once per file and per chunk, and
+    # takes any buffer without a copy, the running value as its second argument.
+    return cast(Callable[[bytes | bytearray | memoryview, int], int], fast.go_iso)
 
 
 crc64_iso: Callable[[bytes | bytearray | memoryview, int], int] = _load_fast() or crc64_iso_pure

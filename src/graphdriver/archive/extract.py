@@ -35,7 +35,6 @@ follow it; see :mod:`graphdriver.archive.confine`.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import posixpath
 import stat
@@ -44,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from graphdriver import syscalls as sc
-from graphdriver.archive import confine
+from graphdriver.archive import confine, pax
 from graphdriver.archive import entry as te
 from graphdriver.archive.entry import LNK, REGULAR_TYPES, SYM, TarEntry
 from graphdriver.archive.tarstream import TarReader
@@ -57,8 +56,6 @@ from graphdriver.archive.whiteout import (
 )
 from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
 from graphdriver.idmap import IDMappings
-
-log = logging.getLogger(__name__)
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -148,7 +145,9 @@ def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIO
 
     size, stats = confine.run_confined(dest, work, extra_dirs=opts.lower_dirs, inline=opts.inline)
     if stats:
-        log.warning(
+        import logging  # only here: the import path of every CLI call need not load it
+
+        logging.getLogger(__name__).warning(
             "applied to %s without privileges: skipped %d ownership changes, "
             "%d device nodes, %d xattrs",
             dest, stats.skipped_chowns, stats.skipped_devices, stats.skipped_xattrs,
@@ -227,6 +226,7 @@ class _Extractor:
         self.lower_fds = lower_fds
         self.stats = stats
         self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
+        self.same_ids = opts.idmaps.identity  # archive owners are host owners
         self.privileged = os.geteuid() == 0
         tolerant = opts.ignore_chown_errors
         self.tolerant = (not self.privileged) if tolerant is None else tolerant
@@ -247,7 +247,14 @@ class _Extractor:
 
     def run(self) -> int:
         size = 0
-        while (e := self._next()) is not None:
+        read_next = self.reader.next
+        while True:
+            try:
+                e = read_next()
+            except (OSError, EOFError) as x:  # the stream, not the archive, failed
+                raise ArchiveError("", f"reading the layer: {x}") from x
+            if e is None:
+                break
             if self.stale or len(self.dirs) > _DIR_CACHE_SIZE:
                 self._trim_cache()
             try:
@@ -261,12 +268,6 @@ class _Extractor:
         except OSError as x:
             raise ArchiveError("", f"finishing directories: {x.strerror or x}") from x
         return size
-
-    def _next(self) -> TarEntry | None:
-        try:
-            return self.reader.next()
-        except (OSError, EOFError) as x:  # the stream, not the archive, failed
-            raise ArchiveError("", f"reading the layer: {x}") from x
 
     def _entry(self, e: TarEntry) -> int:
         t = e.type
@@ -288,7 +289,7 @@ class _Extractor:
         if rel == ".":
             self._root(e)
             return 0
-        if e.pax and t in REGULAR_TYPES and any(k.startswith("GNU.sparse.") for k in e.pax):
+        if e.pax and t in REGULAR_TYPES and pax.sparse(e.pax):
             # Its data is the packed extents (and map), not the file.
             raise ArchiveError(e.name, f"unsupported entry type {t!r} (PAX sparse file)")
         pfd = self._dir_fd(parent)
@@ -491,15 +492,20 @@ class _Extractor:
         try:
             if e.size:
                 self.reader.copy_to_fd(fd)
-            uid, gid = self._owner(e)
-            self._chown_fd(fd, uid, gid)
+            # The common case spelled out: this runs for every file of every layer.
+            uid, gid = (e.uid, e.gid) if self.same_ids else self._owner(e)
+            try:
+                sc.fchown(fd, uid, gid)
+            except OSError as x:
+                self._chown_failed(x)
             # chown clears setuid/setgid, so those come after it; plain
             # permissions were set by open() unless the umask took some.
             if perm & 0o7000 or perm & self.umask:
                 sc.fchmod(fd, perm)
             if e.xattrs:
                 self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v))
-            os.utime(fd, ns=_times(e))
+            atime = e.atime_ns
+            os.utime(fd, ns=(e.mtime_ns if atime is None else atime, e.mtime_ns))
         finally:
             os.close(fd)
 

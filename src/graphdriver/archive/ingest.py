@@ -1,11 +1,13 @@
 """One pass over a layer tarball: sniff, hash, decompress, hash, record tar-split, extract.
 
-Every byte of the input is read once.  The compressed bytes are hashed as
-they are read (``compressed_digest``); the decompressed stream goes through
-the tar reader, whose raw and data sinks see every uncompressed byte exactly
-once, in order, so they feed the DiffID hash and the tar-split recorder at
-the same time as the extractor writes the files.  Memory stays flat: nothing
-holds a file or the tarball.
+Every byte of the input is read once.  A read-ahead thread reads the input,
+hashes the compressed bytes (``compressed_digest``), decompresses them and
+hashes the result (the DiffID), a chunk at a time and mostly outside the GIL;
+an uncompressed input is hashed once, its two digests being the same.  The
+tar reader parses the chunks in the calling thread; its raw and data sinks see
+every uncompressed byte exactly once, in order, and feed the tar-split recorder
+while the extractor writes the files.  Memory stays flat: nothing holds a file
+or the tarball.
 
 The whole pass runs in the confined child of :func:`confine.run_confined`;
 only the small :class:`IngestResult` comes back.
@@ -13,16 +15,19 @@ only the small :class:`IngestResult` comes back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from graphdriver.archive import confine
 from graphdriver.archive.compression import Compression, open_compressor, open_decompressed
-from graphdriver.archive.entry import TarEntry
 from graphdriver.archive.tarsplit import Packer, Recorder
 from graphdriver.archive.tarstream import TarReader
 
@@ -30,6 +35,10 @@ from graphdriver.archive.tarstream import TarReader
 ApplyFn = Callable[["RecordingReader", confine.ConfinedDirs], int]
 
 _CHUNK = 1 << 20
+# Chunks read ahead of the parser: enough to ride out a slow entry, little memory.
+_DEPTH = 4
+# How long closing waits for the read-ahead thread to stop (seconds).
+_STOP_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,33 +54,45 @@ class IngestResult:
 
 
 class _HashingReader:
-    """Hashes and counts the bytes read through it (the compressed input)."""
+    """Hashes and counts the bytes read through it (the compressed input).
+
+    ``hashing`` is switched off when the input turns out not to be compressed:
+    its digest is then the DiffID, which the read-ahead thread computes anyway.
+    """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self.hash = hashlib.sha256()
+        self.hashing = True
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._raw.read(n)
-        self.hash.update(data)
+        if self.hashing:
+            self.hash.update(data)
         self.count += len(data)
         return data
 
     def readinto(self, buf: Any) -> int:
         n = self._raw.readinto(buf)  # type: ignore[attr-defined]
         if n:
-            self.hash.update(memoryview(buf)[:n])
+            if self.hashing:
+                self.hash.update(memoryview(buf)[:n])
             self.count += n
         return int(n or 0)
 
     read1 = read
 
+    def peek(self, n: int = 1) -> bytes:
+        """Look ahead without consuming (nothing is hashed twice); b"" if the stream cannot."""
+        peek = getattr(self._raw, "peek", None)
+        return b"" if peek is None else bytes(peek(n))
+
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return False  # a seek back would hash bytes twice: sniffing must buffer instead
+        return False  # a seek back would hash bytes twice: sniffing must peek or buffer instead
 
     @property
     def closed(self) -> bool:
@@ -83,27 +104,83 @@ class _HashingReader:
             pass
 
 
-class RecordingReader:
-    """A :class:`TarReader` whose every entry is also announced to a tar-split recorder."""
+class _ReadAhead:
+    """The decompressed stream, read and hashed a few chunks ahead in a thread.
 
-    def __init__(self, reader: TarReader, recorder: Recorder | None) -> None:
-        self._reader = reader
-        self._recorder = recorder
+    Reading, decompressing and hashing (the DiffID, and the compressed digest
+    inside the decompressor's reads) run in C with the GIL released, so on a
+    second core they overlap with parsing and extraction instead of adding to
+    them.  Whole chunks are hashed in one call each, not entry by entry.  The
+    queue is bounded: memory stays at a few chunks whatever the layer size.
+    A failure of the stream is raised by the :meth:`read` that reaches it.
+    """
 
-    def next(self) -> TarEntry | None:
-        entry = self._reader.next()
-        if entry is not None and self._recorder is not None:
-            self._recorder.header(entry)
-        return entry
+    def __init__(self, source: BinaryIO, compressed: _HashingReader) -> None:
+        self._source = source
+        self._compressed = compressed
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_DEPTH)
+        self._stop = threading.Event()
+        self._done = False
+        self._left = memoryview(b"")
+        self._thread = threading.Thread(target=self._run, name="graphdriver-read-ahead", daemon=True)
 
-    def copy_to_fd(self, fd: int) -> int:
-        return self._reader.copy_to_fd(fd)
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        item: BaseException | None = None
+        try:
+            while not self._stop.is_set():
+                data = self._source.read(_CHUNK)
+                if not data:
+                    # Bytes after the compressed stream still count in its digest.
+                    self._compressed.drain()
+                    break
+                self.hash.update(data)
+                self.count += len(data)
+                self._queue.put(data)
+        except BaseException as e:  # handed to the reading thread, which raises it
+            item = e
+        if not self._stop.is_set():
+            self._queue.put(item)
 
     def read(self, n: int = -1) -> bytes:
-        return self._reader.read(n)
+        """Up to *n* bytes (all that is left if *n* < 0); b"" at the end."""
+        if n < 0:
+            return b"".join(iter(lambda: self.read(_CHUNK), b""))
+        if not self._left:
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if item is None or isinstance(item, BaseException):
+                self._done = True
+                if item is not None:
+                    raise item
+                return b""
+            if n >= len(item):
+                return item  # the usual case: the tar reader asks for a chunk or more
+            self._left = memoryview(item)
+        out = bytes(self._left[:n])
+        self._left = self._left[n:]
+        return out
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reader, name)
+    def close(self) -> None:
+        """Stop the thread, unblocking it if the queue is full."""
+        self._stop.set()
+        # It stops after its current read; a source that never answers (a
+        # stalled pipe) is left to the daemon thread rather than hanging here.
+        deadline = time.monotonic() + _STOP_WAIT
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+
+
+#: What *apply* functions read: a tar reader whose raw, data and entry sinks feed
+#: the tar-split recorder, so that every entry is recorded as it is read (the
+#: reader itself, with no wrapper between: this runs for every entry).
+RecordingReader = TarReader
 
 
 def ingest(
@@ -130,54 +207,66 @@ def ingest(
     return confine.run_confined(dest, work, extra_dirs=extra_dirs, inline=inline)
 
 
+def _read_sequentially(stream: BinaryIO) -> None:
+    """Tell the kernel a file input is read once, front to back (a larger read-ahead from disk)."""
+    try:
+        os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass  # a pipe, a memory stream: nothing to tell
+
+
 class _Pipeline:
-    """Compressed hash -> decompressor -> tar reader (DiffID hash, tar-split) -> extractor."""
+    """Compressed hash, decompressor, DiffID (read-ahead thread) -> tar reader, tar-split -> extractor."""
 
     def __init__(self, stream: BinaryIO, tarsplit_out: BinaryIO | None) -> None:
+        _read_sequentially(stream)
         self.compressed = _HashingReader(stream)
         self.plain, self.kind = open_decompressed(self.compressed)  # type: ignore[arg-type]
-        self.diff_hash = hashlib.sha256()
-        self.count = 0
+        if self.kind is Compression.NONE:
+            self.compressed.hashing = False  # the same bytes: hash them once
         self.tarsplit_out = tarsplit_out
-        self.packer_out: BinaryIO | None = None
-        self.recorder: Recorder | None = None
         if tarsplit_out is not None:
             # The compressor itself is made in the child (it writes a header at
             # once, which must not sit in a buffer the parent flushes too); make
             # one here only so that its modules are imported before any chroot.
             open_compressor(io.BytesIO(), Compression.GZIP, 1).close()
-        self.reader = TarReader(self.plain, raw_sink=self._raw, data_sink=self._data)
-
-    def _raw(self, data: bytes) -> None:
-        self.diff_hash.update(data)
-        self.count += len(data)
-        if self.recorder is not None:
-            self.recorder.raw(data)
-
-    def _data(self, data: memoryview) -> None:
-        self.diff_hash.update(data)
-        self.count += len(data)
-        if self.recorder is not None:
-            self.recorder.data(data)
 
     def run(self, apply: ApplyFn, dirs: confine.ConfinedDirs) -> IngestResult:
+        # Threads do not survive fork: the read-ahead starts here, in the child.
+        ahead = _ReadAhead(self.plain, self.compressed)
+        packer_out: BinaryIO | None = None
+        recorder: Recorder | None = None
         if self.tarsplit_out is not None:
-            self.packer_out = open_compressor(self.tarsplit_out, Compression.GZIP, 1)
-            self.recorder = Recorder(Packer(self.packer_out))
-        size = apply(RecordingReader(self.reader, self.recorder), dirs)
-        self.reader.trailing  # noqa: B018 - reading it to the end feeds the sinks every byte
-        self.compressed.drain()
-        if self.recorder is not None and self.packer_out is not None:
-            self.recorder.finish()
-            self.packer_out.close()
+            packer_out = open_compressor(self.tarsplit_out, Compression.GZIP, 1)
+            recorder = Recorder(Packer(packer_out))
+        reader = TarReader(
+            ahead,  # type: ignore[arg-type]
+            raw_sink=None if recorder is None else recorder.raw,
+            data_sink=None if recorder is None else recorder.data,
+            entry_sink=None if recorder is None else recorder.header,
+            bufsize=_CHUNK,
+        )
+        ahead.start()
+        try:
+            size = apply(reader, dirs)
+            # Raises unless the reader saw the end of the stream: only then is
+            # the digest of what the thread read that of the tarball.
+            reader.trailing  # noqa: B018
+        finally:
+            ahead.close()
+        if recorder is not None and packer_out is not None:
+            recorder.finish()
+            packer_out.close()
         if self.tarsplit_out is not None:
             self.tarsplit_out.flush()
             os.fsync(self.tarsplit_out.fileno())
+        diff_digest = "sha256:" + ahead.hash.hexdigest()
+        plain = self.kind is Compression.NONE
         return IngestResult(
             size=size,
-            diff_digest="sha256:" + self.diff_hash.hexdigest(),
-            uncompressed_size=self.count,
-            compressed_digest="sha256:" + self.compressed.hash.hexdigest(),
+            diff_digest=diff_digest,
+            uncompressed_size=ahead.count,
+            compressed_digest=diff_digest if plain else "sha256:" + self.compressed.hash.hexdigest(),
             compressed_size=self.compressed.count,
             compression=self.kind.value,
         )

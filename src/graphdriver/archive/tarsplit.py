@@ -23,13 +23,15 @@ is interchangeable.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 from base64 import b64encode
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, BinaryIO, Protocol
 
+from graphdriver.archive.batched import BatchedWriter
 from graphdriver.archive.crc64 import crc64_iso, digest
 from graphdriver.archive.entry import TarEntry
 from graphdriver.errors import IntegrityError
@@ -37,14 +39,37 @@ from graphdriver.errors import IntegrityError
 SEGMENT = 2
 FILE = 1
 
-_PLAIN_NAME = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')
+# Bytes a JSON string may hold as they are: printable ASCII but the quote and
+# the backslash.  A name made of these alone needs no escaping either way.
+_PLAIN_BYTES = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+_B64 = binascii.b2a_base64
+_a2b = binascii.a2b_base64
 
 
-def _json_string(text: str) -> bytes:
-    """*text* as a JSON string (fast path for the plain ASCII names of most archives)."""
-    if text.isascii() and _PLAIN_NAME.fullmatch(text):
-        return b'"' + text.encode("ascii") + b'"'
-    return json.dumps(text).encode("ascii")
+def _is_plain(raw: bytes) -> bool:
+    return not raw.translate(None, _PLAIN_BYTES)
+
+
+def _json_name(name: bytes) -> bytes:
+    """The ``"name":...`` (or ``"name_raw":...`` for names that are not UTF-8) member."""
+    if _is_plain(name):
+        return b'"name":"' + name + b'"'
+    try:
+        return b'"name":' + json.dumps(name.decode("utf-8")).encode("ascii")
+    except UnicodeDecodeError:
+        return b'"name_raw":"' + b64encode(name) + b'"'
+
+
+def _segment_line(data: bytes | bytearray | memoryview, position: int) -> bytes:
+    return b'{"type":2,"payload":"%s","position":%d}\n' % (_B64(data, newline=False), position)
+
+
+def _file_line(name: bytes, size: int, payload: bytes | None, position: int) -> bytes:
+    pay = b"null" if payload is None else b'"' + _B64(payload, newline=False) + b'"'
+    size_member = b'"size":%d,' % size if size else b""
+    return b'{"type":1,%s,%s"payload":%s,"position":%d}\n' % (
+        _json_name(name), size_member, pay, position
+    )
 
 
 @dataclass(slots=True)
@@ -58,20 +83,12 @@ class SplitEntry:
     position: int = 0
 
     def to_json(self) -> bytes:
-        """One JSON line, fields in the order Go's encoder writes them.
-
-        Formatted by hand: this runs twice per archive member on import, and
-        ``json.dumps`` of a small dict costs more than the rest of the entry.
-        """
-        payload = b"null" if self.payload is None else b'"' + b64encode(self.payload) + b'"'
+        """One JSON line (without its newline), fields in the order Go's encoder writes them."""
         if self.type == SEGMENT:
-            return b'{"type":2,"payload":%s,"position":%d}' % (payload, self.position)
-        try:
-            name = b'"name":' + _json_string(self.name.decode("utf-8"))
-        except UnicodeDecodeError:
-            name = b'"name_raw":"' + b64encode(self.name) + b'"'
-        size = b'"size":%d,' % self.size if self.size else b""
-        return b'{"type":1,%s,%s"payload":%s,"position":%d}' % (name, size, payload, self.position)
+            if self.payload is None:
+                return b'{"type":2,"payload":null,"position":%d}' % self.position
+            return _segment_line(self.payload, self.position)[:-1]
+        return _file_line(self.name, self.size, self.payload, self.position)[:-1]
 
     @classmethod
     def from_json(cls, line: bytes, where: int) -> SplitEntry:
@@ -92,44 +109,102 @@ class SplitEntry:
         return cls(kind, raw, name, size, int(value.get("position", where - 1)))
 
 
+# The lines this module and Go's encoder write for nearly every entry, read
+# without a JSON parser (which costs more than the rest of an entry's work);
+# anything else (escapes, null payloads, other member orders) goes to json.
+_SEGMENT_HEAD = b'{"type":2,"payload":"'
+_POSITION = b'","position":'
+_FILE_LINE = re.compile(
+    rb'\{"type":1,"name":"([ !#-\[\]-~]*)",(?:"size":([0-9]{1,19}),)?'
+    rb'"payload":(?:null|"([A-Za-z0-9+/=]*)"),"position":([0-9]{1,19})\}\n?'
+)
+
+
+def _usual(line: bytes) -> SplitEntry | None:
+    """The entry of a line in the usual form (newline included or not), else None."""
+    try:
+        if line.startswith(_SEGMENT_HEAD):
+            stop = -2 if line.endswith(b"}\n") else -1 if line.endswith(b"}") else 0
+            end = line.find(b'"', 21)
+            digits = line[end + 13 : stop]
+            if stop and line.startswith(_POSITION, end) and digits.isdigit() and len(digits) < 20:
+                return SplitEntry(SEGMENT, _a2b(line[21:end], strict_mode=True), b"", 0, int(digits))
+        elif (m := _FILE_LINE.fullmatch(line)) is not None:
+            name, size, pay, position = m.groups()
+            crc = None if pay is None else _a2b(pay, strict_mode=True)
+            return SplitEntry(FILE, crc, bytes(name), int(size or 0), int(position))
+    except binascii.Error:
+        pass  # let the JSON parser judge (and word the error)
+    return None
+
+
+def parse_line(line: bytes, where: int) -> SplitEntry:
+    """The entry of one JSON line (*where*: its line number, for errors)."""
+    entry = _usual(line)
+    return SplitEntry.from_json(line, where) if entry is None else entry
+
+
 class Packer:
-    """Writes tar-split entries, one JSON line each, to a (compressing) stream."""
+    """Writes tar-split entries, one JSON line each, to a (compressing) stream.
+
+    Lines are gathered and written in batches (one write per line would cost
+    a compressor call each); :meth:`flush` writes what is gathered.
+    """
+
+    _BATCH = 1 << 18
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self._position = 0
+        self._lines: list[bytes] = []
+        self._gathered = 0
+
+    def _line(self, line: bytes) -> None:
+        self._position += 1
+        self._lines.append(line)
+        self._gathered += len(line)
+        if self._gathered >= self._BATCH:
+            self.flush()
 
     def add(self, entry: SplitEntry) -> None:
         entry.position = self._position
-        self._position += 1
-        self._out.write(entry.to_json() + b"\n")
+        self._line(entry.to_json() + b"\n")
 
-    def segment(self, data: bytes) -> None:
+    def segment(self, data: bytes | bytearray | memoryview) -> None:
         if data:
-            self.add(SplitEntry(SEGMENT, bytes(data)))
+            self._line(_segment_line(data, self._position))
 
     def file(self, name: bytes, size: int, crc: int | None) -> None:
-        self.add(SplitEntry(FILE, digest(crc) if crc is not None and size else None, name, size))
+        payload = digest(crc) if crc is not None and size else None
+        self._line(_file_line(name, size, payload, self._position))
+
+    def flush(self) -> None:
+        """Write the gathered lines to the stream."""
+        if self._lines:
+            self._out.write(b"".join(self._lines))
+            self._lines.clear()
+            self._gathered = 0
 
 
 class Recorder:
     """Turns a tar reader's byte stream into tar-split entries, in the same pass.
 
     Wire it to :class:`~graphdriver.archive.tarstream.TarReader` as
-    ``raw_sink=rec.raw, data_sink=rec.data`` and call :meth:`header` with every
-    entry ``next()`` returns, then :meth:`finish` at the end.
+    ``raw_sink=rec.raw, data_sink=rec.data, entry_sink=rec.header`` (or call
+    :meth:`header` with every entry ``next()`` returns), then call
+    :meth:`finish` at the end (which flushes the packer).
     """
 
     def __init__(self, packer: Packer) -> None:
         self._packer = packer
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
         self._name = b""
         self._size = 0
         self._remaining = 0
         self._crc = 0
 
     def raw(self, data: bytes | memoryview) -> None:
-        self._pending += data
+        self._pending.append(bytes(data))
 
     def data(self, chunk: bytes | memoryview) -> None:
         self._crc = crc64_iso(chunk, self._crc)
@@ -140,8 +215,10 @@ class Recorder:
     def header(self, entry: TarEntry) -> None:
         # The previous entry's padding and this header are one segment, as the
         # Go disassembler frames them (its reader skips padding inside Next).
-        self._packer.segment(bytes(self._pending))
-        self._pending.clear()
+        pending = self._pending
+        if pending:
+            self._packer.segment(pending[0] if len(pending) == 1 else b"".join(pending))
+            pending.clear()
         self._name = entry.name_bytes
         self._size = self._remaining = entry.size
         self._crc = 0
@@ -154,7 +231,7 @@ class Recorder:
         Framed as the Go disassembler does: padding plus the end blocks the
         reader consumed, then whatever follows them, then an empty segment.
         """
-        pending = bytes(self._pending)
+        pending = b"".join(self._pending)
         self._pending.clear()
         # The reader's last call consumed the padding, any headers without an
         # entry, and up to two zero blocks; what follows is trailing data.
@@ -167,14 +244,19 @@ class Recorder:
         self._packer.segment(pending[:end])
         self._packer.segment(pending[end:])
         self._packer.add(SplitEntry(SEGMENT, b""))
+        self._packer.flush()
 
 
-def read_entries(stream: BinaryIO) -> Iterator[SplitEntry]:
+def read_entries(stream: Iterable[bytes]) -> Iterator[SplitEntry]:
     """The entries of decompressed tar-split metadata, in order."""
     for number, line in enumerate(stream, start=1):
-        line = line.strip()
-        if line:
-            yield SplitEntry.from_json(line, number)
+        entry = _usual(line)
+        if entry is None:
+            line = line.strip()
+            if not line:
+                continue
+            entry = SplitEntry.from_json(line, number)
+        yield entry
 
 
 class FileSource(Protocol):
@@ -183,77 +265,106 @@ class FileSource(Protocol):
     def open(self, name: str) -> BinaryIO: ...
 
 
-CHUNK = 1 << 20
-
-
 def assemble(
-    entries: Iterator[SplitEntry],
+    entries: Iterable[SplitEntry],
     files: FileSource,
-    write: Callable[[bytes | memoryview], object],
+    write: Callable[[memoryview], object],
 ) -> int:
     """Rebuild the tarball from *entries* and *files*, passing its bytes to *write*.
 
     Raises IntegrityError when a file is missing, shorter or longer than
-    recorded, or its CRC differs.  Returns the number of bytes written.
-    *write* must be done with the bytes it is given when it returns (the
-    buffer is reused).
+    recorded, or its CRC differs; what came before it is written first.
+    Returns the number of bytes written.  *write* is called from a thread of
+    its own, in order, with buffers of about a MiB, and must be done with the
+    bytes it is given when it returns (the buffer is reused).
     """
-    total = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    for entry in entries:
-        if entry.type == SEGMENT:
-            if entry.payload:
-                write(entry.payload)
-                total += len(entry.payload)
-            continue
-        if entry.size == 0:
-            continue
-        total += _copy_file(entry, files, write, view)
-    return total
+    out = BatchedWriter(write)
+    try:
+        for entry in entries:
+            if entry.type == SEGMENT:
+                if entry.payload:
+                    out.add(entry.payload)
+            elif entry.size:
+                _copy_file(entry, files, out)
+    except BaseException:
+        out.close(check=False)
+        raise
+    out.close()
+    return out.total
 
 
-def _copy_file(
-    entry: SplitEntry,
-    files: FileSource,
-    write: Callable[[bytes | memoryview], object],
-    view: memoryview,
-) -> int:
-    """Copy one file's content, checked against its recorded size and CRC.
-
-    Files up to :data:`VERIFY_BEFORE_WRITE` bytes are checked before a byte of
-    them is written, so a changed small file never reaches the output; larger
-    ones are streamed (memory stays flat) and a mismatch fails at their end.
-    """
+def _open(entry: SplitEntry, files: FileSource) -> tuple[str, BinaryIO]:
     name = entry.name.decode("utf-8", "surrogateescape")
     try:
-        f = files.open(name)
+        return name, files.open(name)
     except (OSError, LookupError) as e:
         raise IntegrityError(f"file {name!r}", f"missing from the layer: {e}") from e
     except Exception as e:
         if getattr(e, "exit_code", None) == 3:  # NotFound from a getter
             raise IntegrityError(f"file {name!r}", "missing from the layer") from e
         raise
-    with f:
-        if entry.size <= VERIFY_BEFORE_WRITE:
-            data = f.read(entry.size + 1)
-            _check_length(name, entry.size, len(data))
-            _check_crc(name, entry, crc64_iso(data, 0))
-            write(data)
-            return entry.size
-        crc = 0
-        remaining = entry.size
+
+
+def _copy_file(entry: SplitEntry, files: FileSource, out: BatchedWriter) -> None:
+    """Copy one file's content, checked against its recorded size and CRC.
+
+    Files up to :data:`VERIFY_BEFORE_WRITE` bytes are read straight into the
+    output buffer and checked before they are kept there, so a changed small
+    file never reaches the output; larger ones are streamed (memory stays
+    flat) and a mismatch fails at their end.
+    """
+    name, f = _open(entry, files)
+    size = entry.size
+    try:
+        if size > VERIFY_BEFORE_WRITE:
+            _stream_file(entry, f, out, name)
+            return
+        # One byte more than recorded is asked for, to see a longer file.  A
+        # read that stops exactly at the recorded size is taken as the end of
+        # the file: reads of a regular file are short only there, and asking
+        # again would cost a syscall per file.
+        view = out.reserve(size + 1)[: size + 1]
+        try:
+            got = f.readinto(view) or 0  # type: ignore[attr-defined]
+            while 0 < got < size:
+                n = f.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                got += n
+        except OSError as e:
+            raise _unreadable(name, e) from e
+        if got != size:
+            _check_length(name, size, got)
+        _check_crc(name, entry, crc64_iso(view[:size], 0))
+        out.commit(size)
+    finally:
+        f.close()
+
+
+def _stream_file(entry: SplitEntry, f: BinaryIO, out: BatchedWriter, name: str) -> None:
+    """Copy a big file through the output buffers, checking it at its end."""
+    size = entry.size
+    crc = 0
+    remaining = size
+    try:
         while remaining > 0:
+            view = out.reserve(1)
             n = f.readinto(view[: min(len(view), remaining)])  # type: ignore[attr-defined]
             if not n:
-                _check_length(name, entry.size, entry.size - remaining)
-            chunk = view[:n]
-            crc = crc64_iso(chunk, crc)
-            write(chunk)
+                _check_length(name, size, size - remaining)
+            crc = crc64_iso(view[:n], crc)
+            out.commit(n)
             remaining -= n
-        _check_length(name, entry.size, entry.size + len(f.read(1)))
+        extra = len(f.read(1))
+    except OSError as e:
+        raise _unreadable(name, e) from e
+    _check_length(name, size, size + extra)
     _check_crc(name, entry, crc)
-    return entry.size
+
+
+def _unreadable(name: str, e: OSError) -> IntegrityError:
+    # A directory, say, where the file was.
+    return IntegrityError(f"file {name!r}", f"cannot be read: {e.strerror or e}")
 
 
 VERIFY_BEFORE_WRITE = 16 << 20

@@ -10,15 +10,16 @@ adding a PAX header only for what ustar cannot hold, and is deterministic.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
+from zlib import adler32 as _adler32
 
+from graphdriver.archive import pax
 from graphdriver.archive.compression import sniff
 from graphdriver.archive.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
 from graphdriver.errors import ArchiveError
 
-__all__ = ["BLOCK", "DataSink", "RawSink", "TarReader", "TarWriter"]
+__all__ = ["BLOCK", "DataSink", "EntrySink", "RawSink", "TarReader", "TarWriter"]
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -35,17 +36,15 @@ _CACHE_MAX = 4096
 _HIGH_BYTES = bytes(range(128, 256))
 _NS = 1_000_000_000
 _MAX_INT64 = (1 << 63) - 1
-_SCHILY = "SCHILY.xattr."
-# PAX keys that describe one file only; in a global header they would give
-# every later entry the same name or data length, so they are not applied.
-_NOT_GLOBAL = frozenset({"path", "linkpath", "size"})
-_TEXT_RECORDS = frozenset({"path", "linkpath", "uname", "gname"})
-
 # Callbacks of the reader: entry content arrives as memoryview slices, the rest as bytes.
 DataSink = Callable[[memoryview], None]
 RawSink = Callable[[bytes], None]
+EntrySink = Callable[[TarEntry], None]
 # What meta headers left for the next entry: PAX records, GNU long name, long link.
 _Meta = list[bytes | dict[str, bytes] | None]
+_NO_META: _Meta = [None, None, None]
+# The type flag of each header byte value, as the one-character string entries carry.
+_TYPE_CHARS = tuple(chr(i) for i in range(256))
 
 
 def _err(name: bytes | str, why: str) -> ArchiveError:
@@ -95,23 +94,23 @@ def _number(field: bytes, what: str, name: bytes) -> int:
 
 def _checksum_ok(blk: bytes) -> bool:
     """True if the stored checksum matches the unsigned or the signed byte sum."""
-    if blk[154] == 0 and blk[148:154].isdigit():  # the usual "dddddd\0 "
+    field = blk[148:156]
+    if field[6] == 0 and field[:6].isdigit():  # the usual "dddddd\0 "
         try:
-            stored = int(blk[148:154], 8)
+            stored = int(field[:6], 8)
         except ValueError:
             return False
-    elif blk[148] & 0x80:
+    elif field[0] & 0x80:
         return False  # octal text only here, never base-256
     else:
         try:
-            stored = _number(blk[148:156], "chksum", b"")
+            stored = _number(field, "chksum", b"")
         except ArchiveError:
             return False
     # Adler-32's low half is 1 + the byte sum mod 65521; the sum of 256 bytes
     # cannot reach that, so two halves give the exact sum, fast.
-    view = memoryview(blk)
-    total = (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
-    unsigned = total - sum(blk[148:156]) + 256  # the field counts as eight spaces
+    total = (_adler32(blk[:256]) & 0xFFFF) + (_adler32(blk[256:]) & 0xFFFF) - 2
+    unsigned = total - sum(field) + 256  # the field counts as eight spaces
     if stored == unsigned:
         return True
     # Historic tars summed signed chars: every byte >= 0x80 counts 256 less.
@@ -127,91 +126,6 @@ def _compressed(blk: bytes) -> str | None:
     return f"{kind}-compressed data"
 
 
-def _pax_decimal(value: bytes, key: str, name: bytes) -> int:
-    """A decimal within int64 (without feeding huge strings to int())."""
-    digits = value.lstrip(b"0")
-    if not value.isdigit() or len(digits) > 19 or int(digits or b"0") > _MAX_INT64:
-        raise _err(name, f"invalid PAX {key}")
-    return int(digits or b"0")
-
-
-def _pax_time(value: bytes, key: str, name: bytes) -> int:
-    """Parse a PAX time (``[-]seconds[.fraction]``) into nanoseconds."""
-    neg = value[:1] == b"-"
-    body = value[1:] if neg or value[:1] == b"+" else value
-    secs_text, _, frac = body.partition(b".")
-    secs = _pax_decimal(secs_text, key, name)
-    if frac and not frac.isdigit():
-        raise _err(name, f"invalid PAX {key}")
-    # Digits past nanoseconds are dropped, as other readers do.
-    ns = secs * _NS + int((frac + b"000000000")[:9])
-    return -ns if neg else ns
-
-
-def _parse_pax(data: bytes, name: bytes) -> dict[str, bytes]:
-    """Parse PAX records (``"<len> <key>=<value>\\n"``); a repeated key's last value wins."""
-    records: dict[str, bytes] = {}
-    sparse_map: list[bytes] = []
-    pos, end = 0, len(data)
-    while pos < end:
-        sp = data.find(b" ", pos, pos + 21)
-        digits = data[pos:sp] if sp > pos else b""
-        if not digits.isdigit():
-            raise _err(name, "malformed PAX record")
-        nxt = pos + int(digits)
-        if nxt - sp < 4 or nxt > end or data[nxt - 1] != 0x0A:
-            raise _err(name, "malformed PAX record")
-        rec = data[sp + 1 : nxt - 1]
-        eq = rec.find(b"=")
-        if eq <= 0:
-            raise _err(name, "malformed PAX record")
-        kb, value = rec[:eq], rec[eq + 1 :]
-        key = _text(kb)
-        if 0 in kb:
-            what = "xattr name" if key.startswith(_SCHILY) else "record key"
-            raise _err(name, f"PAX {what} with NUL")
-        if key in _TEXT_RECORDS and 0 in value:
-            raise _err(name, f"PAX record with NUL in {key}")
-        if key in ("GNU.sparse.offset", "GNU.sparse.numbytes"):
-            # Sparse format 0.0 repeats these two keys; keep them all, in
-            # order, the way format 0.1 spells its map.
-            sparse_map.append(value)
-        else:
-            records[key] = value
-        pos = nxt
-    if sparse_map:
-        records["GNU.sparse.map"] = b",".join(sparse_map)
-    return records
-
-
-def _apply_pax(entry: TarEntry, pax: dict[str, bytes], name: bytes) -> tuple[bytes, bytes | None]:
-    """Apply PAX records to ``entry``; return the name and the link name (None: unchanged)."""
-    entry.pax = pax
-    linkname = None
-    where = name
-    for key, value in pax.items():
-        if key.startswith(_SCHILY):
-            entry.xattrs[key[len(_SCHILY) :]] = value
-        elif not value:
-            continue  # an empty record leaves the header's value in place
-        elif key == "path":
-            name = value
-        elif key == "linkpath":
-            linkname = value
-        elif key == "size":
-            entry.size = _pax_decimal(value, key, where)
-        elif key in ("mtime", "atime", "ctime"):
-            setattr(entry, key + "_ns", _pax_time(value, key, where))
-        elif key in ("uid", "gid"):
-            setattr(entry, key, _pax_decimal(value, key, where))
-        elif key in ("uname", "gname"):
-            setattr(entry, key, _text(value))
-    sparse_name = pax.get("GNU.sparse.name")
-    if sparse_name:
-        name = sparse_name  # the real name of a PAX sparse file, whatever the record order
-    return name, linkname
-
-
 class TarReader:
     """Read a tar stream entry by entry, in one pass, in bounded memory.
 
@@ -221,6 +135,8 @@ class TarReader:
     from the end-of-archive marker to EOF.  ``data_sink`` receives all entry
     content, read or skipped, as ``memoryview`` slices of immutable buffers
     (safe to keep).  Both concatenated in call order give the input back.
+    ``entry_sink`` is called with each entry as it is read, right after its
+    header bytes went to ``raw_sink`` (a tar-split recorder takes all three).
 
     Choices where archives or readers disagree:
 
@@ -257,10 +173,12 @@ class TarReader:
         *,
         raw_sink: RawSink | None = None,
         data_sink: DataSink | None = None,
+        entry_sink: EntrySink | None = None,
         bufsize: int = 1 << 20,
     ) -> None:
         self._f = fileobj
         self._raw_sink = raw_sink
+        self._entry_sink = entry_sink
         self._data_sink = data_sink
         self._bufsize = max(bufsize, BLOCK)
         self._buf = b""
@@ -365,6 +283,21 @@ class TarReader:
     def copy_to_fd(self, fd: int) -> int:
         """Write the rest of the current entry's data to ``fd``; return the byte count."""
         total = 0
+        rem, pos = self._remaining, self._pos
+        if rem and pos + rem <= len(self._buf):
+            # The usual case, spelled out: all of it is buffered, one write.
+            chunk = memoryview(self._buf)[pos : pos + rem]
+            self._pos = pos + rem
+            self._remaining = 0
+            if self._data_sink is not None:
+                self._data_sink(chunk)
+            written = os.write(fd, chunk)
+            if written == rem:
+                return rem
+            total, chunk = rem, chunk[written:]
+            while chunk:
+                chunk = chunk[os.write(fd, chunk) :]
+            return total
         while self._remaining:
             chunk = self._data_chunk(self._remaining)
             total += len(chunk)
@@ -394,11 +327,29 @@ class TarReader:
 
     def _take(self, n: int) -> bytes:
         """Consume up to ``n`` bytes (fewer only at EOF)."""
-        self._fill(n)
-        pos = self._pos
-        out = self._buf[pos : pos + n]
-        self._pos = pos + len(out)
-        return out
+        buf, pos = self._buf, self._pos
+        if pos + n <= len(buf):
+            self._pos = pos + n
+            return buf[pos : pos + n]
+        # Across the end of the buffer: gather just these bytes and keep the
+        # chunk read last as the buffer, rather than copy it onto the rest.
+        parts = [buf[pos:]] if pos < len(buf) else []
+        got = len(buf) - pos
+        self._base += len(buf)
+        self._buf, self._pos = b"", 0
+        while got < n:
+            chunk = self._f.read(max(self._bufsize, n - got))
+            if not chunk:
+                break
+            need = n - got
+            if len(chunk) > need:
+                parts.append(chunk[:need])
+                self._buf, self._pos = chunk, need
+                break
+            parts.append(chunk)
+            got += len(chunk)
+            self._base += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _data_chunk(self, limit: int) -> memoryview:
         """Consume up to ``limit`` bytes of entry data (at least one), feeding data_sink."""
@@ -447,7 +398,7 @@ class TarReader:
         """Read header blocks (meta ones included) up to the next real entry."""
         start = self._base + self._pos
         raw: list[bytes] = []
-        meta: _Meta = [None, None, None]
+        meta: _Meta | None = None
         while True:
             pos = self._pos
             if pos + BLOCK <= len(self._buf):
@@ -467,12 +418,16 @@ class TarReader:
             raw.append(blk)
             if blk[156] not in _META_TYPES:
                 break
+            if meta is None:
+                meta = [None, None, None]
             self._read_meta(blk, raw, meta)
         entry = self._decode(blk, raw, meta)
         entry.raw = blk if len(raw) == 1 else b"".join(raw)
         entry.offset = start
         if self._raw_sink is not None:
             self._raw_sink(entry.raw)
+        if self._entry_sink is not None:
+            self._entry_sink(entry)
         return entry
 
     def _end_of_archive(self, pending: list[bytes], blk: bytes) -> None:
@@ -486,23 +441,28 @@ class TarReader:
 
     def _read_meta(self, blk: bytes, raw: list[bytes], meta: _Meta) -> None:
         """Read a PAX or GNU long-name header's data (and padding) into ``raw`` and ``meta``."""
-        name = _cstr(blk[:100])
-        size = _number(blk[124:136], "size", name)
-        if size < 0:
-            raise _err(name, "negative size")
+        size_f = blk[124:135]
+        try:
+            if blk[135] != 0 or not size_f.isdigit():
+                raise ValueError
+            size = int(size_f, 8)
+        except ValueError:  # not the usual octal spelling: the careful parser decides
+            size = _number(blk[124:136], "size", _cstr(blk[:100]))
+            if size < 0:
+                raise _err(_cstr(blk[:100]), "negative size") from None
         if size > _MAX_META:
             kind = "PAX" if blk[156] in b"xg" else "GNU long name"
             raise _err("", f"{kind} header too large ({size} bytes, limit {_MAX_META})")
         data = self._take(size + (-size % BLOCK))
         if len(data) < size:
-            raise _err(name, f"truncated data (expected {size} bytes, got {len(data)})")
+            raise _err(_cstr(blk[:100]), f"truncated data (expected {size} bytes, got {len(data)})")
         raw.append(data)  # a stream ending inside the padding ends at the next read
         typ = blk[156]
         if typ == 0x78:  # 'x'
-            meta[0] = _parse_pax(data[:size], name)
+            meta[0] = pax.parse_records(data[:size], blk)
         elif typ == 0x67:  # 'g'
-            for key, value in _parse_pax(data[:size], name).items():
-                if key in _NOT_GLOBAL or key.startswith("GNU.sparse."):
+            for key, value in pax.parse_records(data[:size], blk).items():
+                if key in pax.NOT_GLOBAL or key.startswith("GNU.sparse."):
                     continue
                 if value:
                     self._globals[key] = value
@@ -542,18 +502,21 @@ class TarReader:
             self._owners[key] = names
         return names
 
-    def _decode(self, blk: bytes, raw: list[bytes], meta: _Meta) -> TarEntry:
+    def _decode(self, blk: bytes, raw: list[bytes], meta: _Meta | None) -> TarEntry:
         """Build the entry of a header block, with its meta records applied."""
         i = blk.find(0, 0, 100)
         name = blk[: i if i >= 0 else 100]
-        typ = chr(blk[156])
+        typ = _TYPE_CHARS[blk[156]]
         mode, uid, gid, size, mtime = self._numbers(blk, name)
-        entry = TarEntry(name="", type=typ, size=size, mode=mode, uid=uid, gid=gid)
-        entry.mtime_ns = mtime * _NS
-        linkname = _cstr(blk[157:257]) if blk[157] else b""
         magic = blk[257:265]
-        if magic[:6] == b"ustar\x00":
-            entry.uname, entry.gname = self._owner_names(blk)
+        ustar = magic[:6] == b"ustar\x00"
+        gnu = not ustar and magic == b"ustar  \x00"
+        uname, gname = self._owner_names(blk) if ustar or gnu else ("", "")
+        # Positional, in TarEntry's field order (name, type, size, mode, uid, gid,
+        # uname, gname, mtime_ns): this runs for every entry.
+        entry = TarEntry("", typ, size, mode, uid, gid, uname, gname, mtime * _NS)
+        linkname = _cstr(blk[157:257]) if blk[157] else b""
+        if ustar:
             if blk[508:512] == b"tar\x00":  # star: shorter prefix, then atime and ctime
                 prefix = _cstr(blk[345:476])
                 entry.atime_ns = _opt_time(blk[476:488], "atime", name)
@@ -562,8 +525,7 @@ class TarReader:
                 prefix = _cstr(blk[345:500]) if blk[345] else b""
             if prefix:
                 name = prefix + b"/" + name
-        elif magic == b"ustar  \x00":  # GNU
-            entry.uname, entry.gname = self._owner_names(blk)
+        elif gnu:
             name = self._gnu_tail(blk, raw, entry, name)
         else:
             if typ == "0" and name.endswith(b"/"):
@@ -597,14 +559,16 @@ class TarReader:
                 extended = ext[504]
         return name
 
-    def _finish_entry(self, entry: TarEntry, name: bytes, link: bytes, meta: _Meta) -> TarEntry:
+    def _finish_entry(self, entry: TarEntry, name: bytes, link: bytes, meta: _Meta | None) -> TarEntry:
         """Apply PAX records, then GNU long names; settle the type and size."""
-        local, long_name, long_link = meta
-        if local is not None or self._globals:
-            pax = dict(self._globals)
+        local, long_name, long_link = _NO_META if meta is None else meta
+        if self._globals:
+            records = dict(self._globals)
             if isinstance(local, dict):
-                pax.update(local)
-            name, pax_link = _apply_pax(entry, pax, name)
+                records.update(local)
+            local = records
+        if local is not None:
+            name, pax_link = pax.apply_records(entry, local, name)  # type: ignore[arg-type]
             if pax_link is not None:
                 link = pax_link
         if isinstance(long_name, bytes):
@@ -738,12 +702,12 @@ def _header(entry: TarEntry) -> bytes:
 def _extra_records(entry: TarEntry, name: bytes, records: dict[bytes, bytes]) -> None:
     """Add xattrs and the verbatim records of ``entry.pax`` to ``records``."""
     for xname, xvalue in entry.xattrs.items():
-        key = (_SCHILY + xname).encode("utf-8", "surrogateescape")
+        key = (pax.SCHILY + xname).encode("utf-8", "surrogateescape")
         if 0 in key or b"=" in key:
             raise _err(name, f"xattr name {xname!r} cannot be stored")
         records[key] = bytes(xvalue)
     for pkey, pvalue in entry.pax.items():
-        if pkey in _DERIVED or pkey.startswith(_SCHILY):
+        if pkey in _DERIVED or pkey.startswith(pax.SCHILY):
             continue
         key = pkey.encode("utf-8", "surrogateescape")
         if not key or 0 in key or b"=" in key:

@@ -1,0 +1,163 @@
+"""What the import, export and memory benchmarks share: the layer, the commands, the places, the report.
+
+Every benchmark runs graphdriver as its users do, one CLI process per
+operation, with the interpreter itself (not a wrapper script) and compiled
+modules cached as an installed package has them.  Tools take turns round by
+round (A B C A B C ...), so that a noisy machine slows them alike, and the
+report gives medians and each tool's ratio to graphdriver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from graphdriver.atomic import syncfs  # noqa: E402
+
+CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
+# Compiled modules cached, as an installed package has them (a checkout run with
+# PYTHONDONTWRITEBYTECODE would compile every module on every command).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV.update(PYTHONPATH=str(SRC), GRAPHDRIVER_NO_PROGRESS="1", PYTHONPYCACHEPREFIX=str(CACHE / "pycache"))
+
+#: A tool's run: (layer tarball, fresh work directory) -> None; raises on failure.
+Tool = Callable[[Path, Path], None]
+WHERE = ("tmpfs", "disk")
+
+
+def debian_layer() -> Path:
+    """A Debian bookworm minbase root filesystem as a tarball (made once, cached)."""
+    tar = CACHE / "debian-minbase.tar"
+    if tar.exists():
+        return tar
+    rootfs = CACHE / "rootfs"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not (rootfs / "etc" / "debian_version").exists():
+        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs),
+                        "http://deb.debian.org/debian"], check=True, capture_output=True)
+    subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf",
+                    str(tar), "-C", str(rootfs), "."], check=True)
+    return tar
+
+
+def gd_cmd(work: Path, driver: str, *args: str) -> list[str]:
+    """A graphdriver CLI command on the store in *work*."""
+    # The interpreter itself, not a wrapper script (pyenv shims cost more than some work).
+    return [sys.executable, "-m", "graphdriver", "--root", str(work / "gd"), "--run-root",
+            str(work / "gd-run"), "--driver", driver, *args]
+
+
+def gd(work: Path, driver: str, *args: str, stdout: int | None = subprocess.DEVNULL) -> None:
+    subprocess.run(gd_cmd(work, driver, *args), env=ENV, check=True, stdout=stdout)
+
+
+def cs_cmd(work: Path, driver: str, *args: str) -> list[str]:
+    """A containers-storage command on the store in *work*."""
+    return ["containers-storage", "--graph", str(work / "cs"), "--run", str(work / "cs-run"),
+            "--storage-driver", driver, *args]
+
+
+def cs_cleanup(work: Path, driver: str) -> None:
+    if (work / "cs").exists():
+        for cmd in ("wipe", "shutdown"):
+            subprocess.run(cs_cmd(work, driver, cmd), check=False, capture_output=True)
+
+
+def unmount_below(path: Path) -> None:
+    """Unmount whatever an overlay store left mounted under *path* (deepest first)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    prefix = str(path).rstrip("/") + "/"
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+def remove_work(work: Path) -> None:
+    cs_cleanup(work, "vfs")
+    cs_cleanup(work, "overlay")
+    unmount_below(work)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def timed(fn: Callable[[], object], sync: Path | None = None) -> float:
+    """Wall time of *fn*, with the data it wrote under *sync* made durable (syncfs) counted too.
+
+    Writing back is part of the work on a disk; the filesystem is synced
+    before the clock starts, so that nobody pays for someone else's pages.
+    """
+    if sync is not None:
+        syncfs(str(sync))
+    start = time.perf_counter()
+    fn()
+    if sync is not None:
+        syncfs(str(sync))
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def place(where: str) -> Iterator[Path]:
+    """A fresh directory on tmpfs (mounted for the run) or on disk (``BENCH_DISK_DIR``)."""
+    if where == "tmpfs":
+        path = Path(tempfile.mkdtemp(prefix="gd-bench-tmpfs-"))
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8g", "tmpfs", str(path)], check=True)
+        try:
+            yield path
+        finally:
+            unmount_below(path)
+            subprocess.run(["umount", str(path)], check=False)
+            path.rmdir()
+        return
+    path = Path(tempfile.mkdtemp(prefix="gd-bench-disk-", dir=os.environ.get("BENCH_DISK_DIR")))
+    try:
+        yield path
+    finally:
+        unmount_below(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def places(choice: str) -> tuple[str, ...]:
+    return WHERE if choice == "both" else (choice,)
+
+
+def take_turns(tools: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each tool once per round, in turns; each returns its own time."""
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    for _ in range(rounds):
+        for name, run in tools.items():
+            times[name].append(run())
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], mine: str = "graphdriver") -> dict[str, float]:
+    """Print medians and ratios to *mine*; return the medians."""
+    med = {n: statistics.median(t) for n, t in times.items() if t}
+    rounds = max(len(t) for t in times.values())
+    print(f"\n{title}, {rounds} rounds, medians (s):")
+    for name, m in med.items():
+        spread = f"[{min(times[name]):.3f}-{max(times[name]):.3f}]"
+        line = f"  {name:28s} {m:7.3f} s  {spread:>15s}"
+        if name != mine and not name.startswith(mine):
+            line += "   " + "  ".join(f"{g}/{name} = {med[g] / m:.2f}" for g in med if g.startswith(mine))
+        print(line)
+    return med
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def mib(path: Path) -> str:
+    return f"{path.stat().st_size / 2**20:.0f} MiB"
