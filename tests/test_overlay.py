@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -739,9 +740,11 @@ def _rootless_blocker(tmp: Path, env: dict[str, str]) -> str:
 
 
 @pytest.mark.slow
-def test_conformance_suite_rootless_with_fuse_overlayfs(tmp_path):
-    work = tmp_path / "nobody"
-    work.mkdir()
+def test_conformance_suite_rootless_with_fuse_overlayfs(request):
+    # pytest's own temporary folders are private to root: nobody needs a path it can walk.
+    work = Path(tempfile.mkdtemp(prefix="graphdriver-nobody-"))
+    request.addfinalizer(lambda: shutil.rmtree(work, ignore_errors=True))
+    os.chmod(work, 0o755)
     os.chown(work, NOBODY, NOBODY)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),

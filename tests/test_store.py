@@ -178,3 +178,26 @@ def test_additional_read_only_store(tmp_path, driver_name):
         local.remove("base")
     with pytest.raises(Precondition):
         local.apply("base", io.BytesIO(TOP))
+
+
+def test_self_overwriting_archive_is_kept_but_not_claimed_exact(store):
+    raw = io.BytesIO()
+    import tarfile
+
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for content in (b"first", b"second!"):
+            info = tarfile.TarInfo("f")
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    data = raw.getvalue()
+    rec = store.import_layer("dup", None, io.BytesIO(data))
+    assert rec.diff_digest == sha(data)
+    assert rec.unreproducible is not None and "twice" in rec.unreproducible
+    assert store.layer("dup").display()["unreproducible"] == rec.unreproducible
+    # The layer still exports (its files as they are), and check says why it skips it.
+    out = export(store, "dup")
+    assert b"second!" in out and b"first" not in out
+    ((layer_id, why),) = store.check()
+    assert layer_id == "dup" and why.startswith("skipped: cannot be re-exported exactly")
+    with pytest.raises(NotFound):
+        store.tarsplit("dup", io.BytesIO())

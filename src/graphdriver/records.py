@@ -40,6 +40,8 @@ class LayerRecord:
     compressed_size: int | None = None
     uncompressed_size: int | None = None
     chain_id: str | None = None
+    #: Why ``diff`` cannot give back the imported bytes (an archive that overwrites itself).
+    unreproducible: str | None = None
     #: Driver facts shown by ``layer ID`` (filled in when printed, not stored).
     metadata: dict[str, str] = field(default_factory=dict)
     #: True for layers of an additional read-only store.
@@ -63,7 +65,7 @@ class LayerRecord:
         """The form ``graphdriver layer ID`` prints: unset store facts left out."""
         value = asdict(self)
         for key in ("diff_digest", "compressed_digest", "compressed_size",
-                    "uncompressed_size", "chain_id"):
+                    "uncompressed_size", "chain_id", "unreproducible"):
             if value[key] is None:
                 del value[key]
         if not value["read_only_store"]:

@@ -309,8 +309,13 @@ class Store:
                 os.unlink(staging)
                 raise
         self._sync()
-        os.replace(staging, final)
-        atomic.fsync_dir(os.path.dirname(final))
+        if result.unreproducible:
+            # tar-split would rebuild the wrong bytes: keep the digests, not the metadata.
+            os.unlink(staging)
+            record.unreproducible = result.unreproducible
+        else:
+            os.replace(staging, final)
+            atomic.fsync_dir(os.path.dirname(final))
         record.size = result.size
         record.diff_digest = result.diff_digest
         record.uncompressed_size = result.uncompressed_size
@@ -347,7 +352,7 @@ class Store:
             # layer: forget what the import recorded before touching the files.
             record = self.records.get(layer_id)
             record.diff_digest = record.compressed_digest = record.chain_id = None
-            record.compressed_size = record.uncompressed_size = None
+            record.compressed_size = record.uncompressed_size = record.unreproducible = None
             self.records.put(record)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tarsplit_path(layer_id))
@@ -446,6 +451,10 @@ class Store:
         for record in records:
             if record.diff_digest is None:
                 results.append((record.id, "skipped: no recorded digest (not imported)"))
+                continue
+            if record.unreproducible:
+                why = f"skipped: cannot be re-exported exactly: {record.unreproducible}"
+                results.append((record.id, why))
                 continue
             try:
                 if self._has_tarsplit(record):

@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 
 from graphdriver.archive import confine
 from graphdriver.archive.compression import Compression, open_compressor, open_decompressed
+from graphdriver.archive.entry import TarEntry
+from graphdriver.archive.reproducible import ReproducibilityCheck
 from graphdriver.archive.tarsplit import Packer, Recorder
 from graphdriver.archive.tarstream import TarReader
 
@@ -51,6 +53,8 @@ class IngestResult:
     compressed_digest: str
     compressed_size: int
     compression: str
+    #: Why the tarball cannot be rebuilt from its files (tar-split is then useless).
+    unreproducible: str | None = None
 
 
 class _HashingReader:
@@ -239,11 +243,20 @@ class _Pipeline:
         if self.tarsplit_out is not None:
             packer_out = open_compressor(self.tarsplit_out, Compression.GZIP, 1)
             recorder = Recorder(Packer(packer_out))
+        check = ReproducibilityCheck()
+        entry_sink = None
+        if recorder is not None:
+            header, see = recorder.header, check.see
+
+            def entry_sink(entry: TarEntry) -> None:
+                header(entry)
+                see(entry)
+
         reader = TarReader(
             ahead,  # type: ignore[arg-type]
             raw_sink=None if recorder is None else recorder.raw,
             data_sink=None if recorder is None else recorder.data,
-            entry_sink=None if recorder is None else recorder.header,
+            entry_sink=entry_sink,
             bufsize=_CHUNK,
         )
         ahead.start()
@@ -269,4 +282,5 @@ class _Pipeline:
             compressed_digest=diff_digest if plain else "sha256:" + self.compressed.hash.hexdigest(),
             compressed_size=self.compressed.count,
             compression=self.kind.value,
+            unreproducible=check.reason,
         )
