@@ -104,7 +104,9 @@ class Store:
         ]
         config = DriverConfig(
             home=os.path.join(self.root, self.driver_name),
-            run_root=os.path.join(self.run_root, self.driver_name),
+            # Stores sharing one run root (the default /run/graphdriver) keep apart:
+            # mount counts are per layer id, and two stores may both have a "base".
+            run_root=os.path.join(self.run_root, _store_key(self.root), self.driver_name),
             options=dict(opts.driver_options),
             idmaps=idmaps,
             readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
@@ -593,6 +595,11 @@ class Store:
                 if os.path.basename(self.driver.resolve(layer_id)) == folder:
                     return True
         return False
+
+
+def _store_key(root: str) -> str:
+    """A short, stable name for the store at *root* inside a shared run root."""
+    return hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
 
 
 def open_store(
