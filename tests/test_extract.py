@@ -696,21 +696,6 @@ def test_data_buffered_by_the_parent_reaches_the_child(dest: Path) -> None:
 # ----- against GNU tar on a real root filesystem ---------------------------------------------
 
 
-ROOTFS = Path.home() / ".cache" / "graphdriver" / "rootfs"
-
-
-def _minbase_tar(tmp_path: Path) -> Path:
-    for candidate in (Path("/tmp/minbase.tar"), ROOTFS.parent / "debian-minbase.tar"):
-        if candidate.is_file():
-            return candidate
-    if not (ROOTFS / "etc").is_dir():
-        pytest.skip(f"no minbase tarball and no root filesystem at {ROOTFS}")
-    tar = tmp_path / "minbase.tar"
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-cf", str(tar), "-C", str(ROOTFS),
-                    "."], check=True)
-    return tar
-
-
 def tree_state(root: Path) -> tuple[dict[str, tuple[Any, ...]], set[frozenset[str]]]:
     """Everything extraction must reproduce, per path, plus the hardlink groups."""
     state: dict[str, tuple[Any, ...]] = {}
@@ -739,8 +724,8 @@ def tree_state(root: Path) -> tuple[dict[str, tuple[Any, ...]], set[frozenset[st
 
 @pytest.mark.slow
 @needs_root("a root filesystem has many owners and devices")
-def test_minbase_matches_gnu_tar(tmp_path: Path) -> None:
-    tar = _minbase_tar(tmp_path)
+def test_minbase_matches_gnu_tar(tmp_path: Path, minbase_tar: Path) -> None:
+    tar = minbase_tar  # the shared fixture: a debootstrapped Debian minbase, cached
     ours, gnu = tmp_path / "ours", tmp_path / "gnu"
     ours.mkdir()
     gnu.mkdir()
