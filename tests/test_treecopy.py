@@ -18,6 +18,7 @@ import pytest
 
 from graphdriver.drivers import treecopy
 from graphdriver.drivers.treecopy import CopyStats, copy_tree, reflink_supported, remove_tree
+from tests.conftest import as_nobody
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, trusted xattrs)")
@@ -469,38 +470,6 @@ def test_reflink_supported_leaves_nothing(tmp_path: Path) -> None:
 
 
 # ----- without privilege ------------------------------------------------------------
-
-
-def as_nobody(work: Any) -> Any:
-    """Run *work()* in a forked child with the ids of nobody; returns what it returned."""
-    import pickle
-
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        status = 0
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                result: Any = ("ok", work())
-            except BaseException as e:  # reported to the parent
-                result = ("error", repr(e))
-            with os.fdopen(write_end, "wb") as f:
-                pickle.dump(result, f)
-        except BaseException:
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    assert kind == "ok", value
-    return value
 
 
 @needs_root
