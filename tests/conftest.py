@@ -16,15 +16,13 @@ IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, mounts)")
 
 
-def corpus_dir() -> Path | None:
-    """``shared/corpus`` beside the checkout, or ``$GRAPHDRIVER_CORPUS``."""
-    env = os.environ.get("GRAPHDRIVER_CORPUS")
-    candidates = [Path(env)] if env else []
-    candidates += [ROOT.parent / "shared" / "corpus", ROOT / "tests" / "data" / "corpus"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+#: Archives from other projects (tar-split's, Go's, a small Windows image), with their licenses.
+CORPUS = ROOT / "tests" / "data"
+
+
+def corpus_files(folder: str) -> list[Path]:
+    """The archives of one corpus folder, sorted (its LICENSE left out)."""
+    return sorted(p for p in (CORPUS / folder).iterdir() if p.name != "LICENSE")
 
 
 def conformance_drivers() -> list[str]:

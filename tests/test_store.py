@@ -14,10 +14,8 @@ import pytest
 
 from graphdriver.errors import IntegrityError, NotFound, Precondition
 from graphdriver.store import Store, StoreOptions
-from tests.conftest import corpus_dir, needs_root, run_cli
+from tests.conftest import corpus_files, needs_root, run_cli
 from tests.treeutil import D, F, H, L, make_tar
-
-CORPUS = corpus_dir()
 
 
 def sha(data: bytes) -> str:
@@ -62,12 +60,9 @@ def test_diff_of_imported_layer_is_bit_exact(store):
 
 
 def _corpus_layers() -> list[Path]:
-    if CORPUS is None:
-        return []
-    return sorted((CORPUS / "tar-split").iterdir())
+    return corpus_files("tar-split")
 
 
-@pytest.mark.skipif(CORPUS is None, reason="shared/corpus not found (set GRAPHDRIVER_CORPUS)")
 @pytest.mark.parametrize("path", _corpus_layers(), ids=lambda p: p.name[:16])
 def test_tar_split_corpus_reexports_exactly(store, path):
     raw = path.read_bytes()

@@ -28,10 +28,8 @@ from graphdriver.archive.tarsplit import (
 )
 from graphdriver.archive.tarstream import TarReader
 from graphdriver.errors import ArchiveError, IntegrityError
-from tests.conftest import corpus_dir
+from tests.conftest import CORPUS, corpus_files
 from tests.treeutil import D, F, H, L, make_tar
-
-CORPUS = corpus_dir()
 
 
 def record(data: bytes) -> tuple[bytes, dict[str, list[bytes]]]:
@@ -79,9 +77,7 @@ def test_crc64_chunked_equals_whole_and_twins_agree(data, cut):
 
 
 def _tar_split_corpus() -> list[Path]:
-    if CORPUS is None:
-        return []
-    return sorted((CORPUS / "tar-split").iterdir())
+    return corpus_files("tar-split")
 
 
 def _load(path: Path) -> bytes:
@@ -89,7 +85,6 @@ def _load(path: Path) -> bytes:
     return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
 
 
-@pytest.mark.skipif(CORPUS is None, reason="shared/corpus not found (set GRAPHDRIVER_CORPUS)")
 @pytest.mark.parametrize("path", _tar_split_corpus(), ids=lambda p: p.name[:20])
 def test_tar_split_corpus_round_trips(path):
     data = _load(path)
@@ -98,12 +93,9 @@ def test_tar_split_corpus_round_trips(path):
 
 
 def _go_corpus() -> list[Path]:
-    if CORPUS is None:
-        return []
     return sorted(p for p in (CORPUS / "go-archive-tar").glob("*.tar"))
 
 
-@pytest.mark.skipif(CORPUS is None, reason="shared/corpus not found (set GRAPHDRIVER_CORPUS)")
 @pytest.mark.parametrize("path", _go_corpus(), ids=lambda p: p.name)
 def test_go_corpus_round_trips_or_is_refused(path):
     data = path.read_bytes()

@@ -22,32 +22,19 @@ from hypothesis import strategies as st
 from graphdriver.archive.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.archive.tarstream import BLOCK, TarReader, TarWriter
 from graphdriver.errors import ArchiveError
+from tests.conftest import CORPUS
 
 # -- helpers --------------------------------------------------------------------
 
 
-def _corpus() -> Path | None:
-    here = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-    if here.is_dir():
-        return here
-    env = os.environ.get("GRAPHDRIVER_CORPUS")
-    return Path(env) if env and Path(env).is_dir() else None
-
-
-CORPUS = _corpus()
-needs_corpus = pytest.mark.skipif(
-    CORPUS is None, reason="test corpus not found (../shared/corpus or $GRAPHDRIVER_CORPUS)"
-)
 
 
 def go_file(name: str) -> bytes:
-    assert CORPUS is not None
     data = (CORPUS / "go-archive-tar" / name).read_bytes()
     return bz2.decompress(data) if name.endswith(".bz2") else data
 
 
 def split_file(name: str) -> bytes:
-    assert CORPUS is not None
     return gzip.decompress((CORPUS / "tar-split" / name).read_bytes())
 
 
@@ -130,14 +117,11 @@ READABLE = [
 ]  # fmt: skip
 
 
-@needs_corpus
 def test_corpus_lists_are_complete() -> None:
-    assert CORPUS is not None
     names = {p.name for p in (CORPUS / "go-archive-tar").iterdir() if ".tar" in p.name}
     assert names == set(REFUSED) | HEADER_ONLY_FILES | set(READABLE)
 
 
-@needs_corpus
 @pytest.mark.parametrize("name", READABLE)
 @pytest.mark.parametrize("bufsize", [BLOCK, 1 << 20])
 def test_go_corpus_reads_byte_exact(name: str, bufsize: int) -> None:
@@ -151,7 +135,6 @@ def test_go_corpus_reads_byte_exact(name: str, bufsize: int) -> None:
         assert data[e.offset : e.offset + len(e.raw)] == e.raw
 
 
-@needs_corpus
 @pytest.mark.parametrize("name", READABLE)
 def test_go_corpus_reads_content(name: str) -> None:
     data = go_file(name)
@@ -160,14 +143,12 @@ def test_go_corpus_reads_content(name: str) -> None:
     assert [len(c or b"") for _, c in got] == [e.size for e, _ in got]
 
 
-@needs_corpus
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_go_corpus_refused(name: str) -> None:
     with pytest.raises(ArchiveError, match=REFUSED[name]):
         entries(go_file(name))
 
 
-@needs_corpus
 @pytest.mark.parametrize("name", sorted(HEADER_ONLY_FILES))
 def test_go_corpus_huge_entries_without_data(name: str) -> None:
     reader = TarReader(io.BytesIO(go_file(name)))
@@ -181,9 +162,7 @@ def test_go_corpus_huge_entries_without_data(name: str) -> None:
         reader.next()
 
 
-@needs_corpus
 def test_gnu_and_star_and_v7_content() -> None:
-    assert CORPUS is not None
     small = (CORPUS / "go-archive-tar" / "small.txt").read_bytes()
     small2 = (CORPUS / "go-archive-tar" / "small2.txt").read_bytes()
     for name, typ in (("gnu.tar", REG), ("star.tar", REG), ("v7.tar", AREG)):
@@ -200,7 +179,6 @@ def test_gnu_and_star_and_v7_content() -> None:
     assert hashlib.md5(small).hexdigest() == "e38b27eaccb4391bdec553a7f3ae6b2f"
 
 
-@needs_corpus
 def test_pax_and_xattrs() -> None:
     a, b = entries(go_file("pax.tar"))
     assert a.name == "a/" + "".join(str(i) for i in range(1, 101))
@@ -220,7 +198,6 @@ def test_pax_and_xattrs() -> None:
     assert (pos.name, pos.size) == ("foo", 999)
 
 
-@needs_corpus
 def test_repeated_meta_headers_last_wins() -> None:
     (g,) = entries(go_file("gnu-multi-hdrs.tar"))
     assert (g.name, g.linkname) == ("GNU2/GNU2/long-path-name", "GNU4/GNU4/long-linkpath-name")
@@ -229,7 +206,6 @@ def test_repeated_meta_headers_last_wins() -> None:
     assert p.pax == {"linkpath": b"PAX4/PAX4/long-linkpath-name"}
 
 
-@needs_corpus
 def test_header_only_types_have_no_data() -> None:
     got = entries(go_file("hdr-only.tar"))
     assert len(got) == 16
@@ -242,7 +218,6 @@ def test_header_only_types_have_no_data() -> None:
     assert (null.devmajor, null.devminor) == (1, 3)
 
 
-@needs_corpus
 def test_global_records_apply_to_later_entries() -> None:
     got = entries(go_file("pax-global-records.tar"))
     assert [(e.name, e.mtime_ns // 10**9) for e in got] == [
@@ -253,7 +228,6 @@ def test_global_records_apply_to_later_entries() -> None:
     ]
 
 
-@needs_corpus
 def test_gnu_oddities() -> None:
     d, f, s = entries(go_file("gnu-incremental.tar"))
     assert (d.name, d.type, d.size, d.mode) == ("test2/", "D", 14, 0o755)
@@ -270,7 +244,6 @@ def test_gnu_oddities() -> None:
     assert (nil.uid, nil.gid, nil.size) == (0, 0, 14)
 
 
-@needs_corpus
 def test_sparse_entries_are_yielded_as_stored() -> None:
     got = entries(go_file("sparse-formats.tar"))
     assert [e.name for e in got] == [
@@ -288,7 +261,6 @@ def test_sparse_entries_are_yielded_as_stored() -> None:
         assert e.name == "sparse.db" and e.pax["GNU.sparse.realsize"] == b"1000"
 
 
-@needs_corpus
 def test_misc_headers() -> None:
     (slash,) = entries(go_file("trailing-slash.tar"))
     assert (slash.type, slash.name) == (DIR, "123456789/" * 30)
@@ -310,7 +282,6 @@ SPLIT = [
 ]  # fmt: skip
 
 
-@needs_corpus
 @pytest.mark.parametrize("name", SPLIT)
 @pytest.mark.parametrize("bufsize", [BLOCK, 3000, 1 << 20])
 def test_tar_split_corpus_byte_exact(name: str, bufsize: int) -> None:
@@ -323,7 +294,6 @@ def test_tar_split_corpus_byte_exact(name: str, bufsize: int) -> None:
     assert reader.trailing == data[end:]
 
 
-@needs_corpus
 def test_tar_split_corpus_details() -> None:
     (true,) = entries(split_file(SPLIT[-1]))
     assert (true.name, true.size) == ("true", 124)
@@ -349,7 +319,6 @@ def count_until_end(data: bytes) -> tuple[int, bool]:
     return n, True
 
 
-@needs_corpus
 def test_truncation_like_go() -> None:
     gnu = go_file("gnu.tar")
     reg = go_file("ustar-file-reg.tar") + bytes(10 * BLOCK)
@@ -744,7 +713,6 @@ class _Trickle(io.RawIOBase):
         return len(chunk)
 
 
-@needs_corpus
 def test_short_reads_from_the_stream() -> None:
     data = go_file("sparse-formats.tar")
     tape = Tape()
@@ -813,7 +781,6 @@ def _summary(reader: TarReader, consume: bool) -> list[tuple[Any, ...]]:
     return out
 
 
-@needs_corpus
 @pytest.mark.parametrize("name", ["pax-records.tar", "gnu-long-nul.tar", "ustar-file-devs.tar",
                                   "pax-global-records.tar", "star.tar", "v7.tar", "gnu-sparse-big.tar",
                                   "xattrs.tar", "gnu-incremental.tar"])

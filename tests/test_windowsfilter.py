@@ -21,7 +21,7 @@ from graphdriver.drivers import windowsfilter, winmeta
 from graphdriver.errors import ArchiveError, IntegrityError, InvalidArgument, Precondition, Unsupported
 from graphdriver.store import Store, StoreOptions
 from tests import wingen
-from tests.conftest import corpus_dir, needs_root
+from tests.conftest import CORPUS, needs_root
 
 A, C, X = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 
@@ -208,10 +208,7 @@ def test_compressed_import(wstore):
 
 
 def test_corpus_image_imports_and_reexports(wstore, tmp_path):
-    corpus = corpus_dir()
-    image = corpus / "windows" / "windows-mini-image.tar.gz" if corpus else None
-    if image is None or not image.exists():
-        pytest.skip("the shared corpus is not available")
+    image = CORPUS / "windows" / "windows-mini-image.tar.gz"
     unpacked = tmp_path / "image"
     unpacked.mkdir()
     with tarfile.open(image) as tf:
