@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from graphdriver.archive.whiteout import WhiteoutMode
-from graphdriver.drivers import vfs as vfs_module
+from graphdriver.drivers import treecopy as treecopy_module
 from graphdriver.drivers.base import CreateOpts, DriverConfig
 from graphdriver.drivers.treecopy import reflink_supported
 from graphdriver.drivers.vfs import VfsDriver, backing_filesystem
@@ -206,7 +206,7 @@ def test_failed_copy_leaves_nothing(d: VfsDriver, tmp_path: Path, monkeypatch: p
         Path(dst, "half").write_bytes(b"")
         raise OSError(5, "Input/output error", src)
 
-    monkeypatch.setattr(vfs_module, "copy_tree", broken_copy)
+    monkeypatch.setattr(treecopy_module, "copy_tree", broken_copy)
     with pytest.raises(GraphDriverError) as e:
         d.create("child", "base")
     assert "base" in str(e.value) and "Input/output error" in str(e.value)

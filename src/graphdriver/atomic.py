@@ -5,11 +5,13 @@ Readers never see a half-written file: they see the old content or the new.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from collections.abc import Iterator
-from typing import Any
+
+from graphdriver import jsonio
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def fsync_dir(path: str) -> None:
@@ -35,44 +37,58 @@ def write_bytes(path: str, data: bytes, mode: int = 0o600, *, durable: bool = Tr
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
     os.close(fd)
     try:
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
     if durable:
         fsync_dir(directory)
 
 
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def write_json(path: str, value: Any, mode: int = 0o600, *, durable: bool = True) -> None:
     """Replace *path* with the JSON form of *value* atomically."""
-    data = json.dumps(value, indent=None, separators=(",", ":"), sort_keys=False).encode()
+    data = jsonio.dumps(value, compact=True).encode()
     write_bytes(path, data, mode, durable=durable)
 
 
 def read_json(path: str) -> Any:
     """The JSON value stored at *path* (raises OSError / ValueError)."""
     with open(path, "rb") as f:
-        return json.loads(f.read())
+        return jsonio.loads(f.read())
 
 
-@contextlib.contextmanager
-def staged_dir(final: str) -> Iterator[str]:
+class staged_dir:  # lower case: used like a function, `with staged_dir(final) as staging:`
     """A staging directory beside *final*, renamed into place when the block succeeds.
 
     On failure the staging directory is left for ``cleanup`` (callers remove it
-    when they can); it never appears under the final name half-made.
+    when they can); it never appears under the final name half-made.  (A class
+    rather than a generator: this module is on every command's path, and
+    :mod:`contextlib` is not worth its import there.)
     """
-    staging = f"{final}.staging-{os.getpid()}"
-    os.mkdir(staging, 0o700)
-    yield staging
-    os.rename(staging, final)
-    fsync_dir(os.path.dirname(final) or ".")
+
+    def __init__(self, final: str) -> None:
+        self.final = final
+        self.staging = f"{final}.staging-{os.getpid()}"
+
+    def __enter__(self) -> str:
+        os.mkdir(self.staging, 0o700)
+        return self.staging
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if kind is None:
+            os.rename(self.staging, self.final)
+            fsync_dir(os.path.dirname(self.final) or ".")
 
 
 def syncfs(path: str) -> None:

@@ -7,23 +7,48 @@ to host ids; exporting maps them back, so an export equals what was imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from graphdriver.errors import InvalidArgument
 
 
-@dataclass(frozen=True, slots=True)
 class IDRange:
-    container_id: int
-    host_id: int
-    size: int
+    """``size`` ids from ``container_id`` on, stored from ``host_id`` on."""
+
+    __slots__ = ("container_id", "host_id", "size")
+
+    def __init__(self, container_id: int, host_id: int, size: int) -> None:
+        self.container_id = container_id
+        self.host_id = host_id
+        self.size = size
+
+    def _key(self) -> tuple[int, int, int]:
+        return (self.container_id, self.host_id, self.size)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IDRange) and other._key() == self._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"IDRange{self._key()}"
 
 
-@dataclass(frozen=True, slots=True)
 class IDMap:
     """One direction-agnostic id map; the empty map is the identity."""
 
-    ranges: tuple[IDRange, ...] = ()
+    __slots__ = ("ranges",)
+
+    def __init__(self, ranges: tuple[IDRange, ...] = ()) -> None:
+        self.ranges = tuple(ranges)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IDMap) and other.ranges == self.ranges
+
+    def __hash__(self) -> int:
+        return hash(self.ranges)
+
+    def __repr__(self) -> str:
+        return f"IDMap({self.ranges!r})"
 
     @classmethod
     def parse(cls, text: str) -> IDMap:
@@ -65,12 +90,23 @@ class IDMap:
         return ",".join(f"{r.container_id}:{r.host_id}:{r.size}" for r in self.ranges)
 
 
-@dataclass(frozen=True, slots=True)
 class IDMappings:
     """The uid map and gid map of a store."""
 
-    uids: IDMap = IDMap()
-    gids: IDMap = IDMap()
+    __slots__ = ("gids", "uids")
+
+    def __init__(self, uids: IDMap | None = None, gids: IDMap | None = None) -> None:
+        self.uids = uids if uids is not None else IDMap()
+        self.gids = gids if gids is not None else IDMap()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IDMappings) and (other.uids, other.gids) == (self.uids, self.gids)
+
+    def __hash__(self) -> int:
+        return hash((self.uids, self.gids))
+
+    def __repr__(self) -> str:
+        return f"IDMappings({self.uids!r}, {self.gids!r})"
 
     @property
     def identity(self) -> bool:

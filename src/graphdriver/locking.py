@@ -9,32 +9,44 @@ manager: a lock cannot be forgotten.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
 
 
-@contextlib.contextmanager
-def locked(path: str, *, exclusive: bool = True) -> Iterator[int]:
+class locked:  # lower case: used like a function, `with locked(path) as fd:`
     """Hold a lock on *path* for the duration of the block; yields the lock fd.
 
     The lock file is created when missing.  A shared lock on a file that cannot
     be created (a read-only additional store) is taken on the file if it exists
-    and skipped otherwise: nobody can be writing there through us.
+    and skipped otherwise (the block gets -1): nobody can be writing there
+    through us.  A class rather than a generator: every command takes a lock,
+    and :mod:`contextlib` costs more to import than the lock does.
     """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        if exclusive:
-            raise
+
+    def __init__(self, path: str, *, exclusive: bool = True) -> None:
+        self.path = path
+        self.exclusive = exclusive
+        self.fd = -1
+
+    def __enter__(self) -> int:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
-            yield -1
-            return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield fd
-    finally:
-        os.close(fd)  # closing the last fd of the description releases the lock
+            if self.exclusive:
+                raise
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return fd
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last fd of the description releases the lock
+            self.fd = -1

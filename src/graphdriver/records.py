@@ -9,68 +9,108 @@ before any disk work and removed last, so a crash leaves a marker that
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
 
 from graphdriver import atomic
 from graphdriver.errors import IntegrityError, NotFound
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 RECORDS_DIR = "layers"
 PENDING_DIR = "pending"
 
 
-@dataclass
+#: Stored fields and their defaults, in the order records are written.
+_STORED: tuple[tuple[str, Any], ...] = (
+    ("id", ""),
+    ("parent", None),
+    ("created", ""),
+    ("writable", False),
+    ("driver", ""),
+    # Bytes applied by import/apply (the seeds' ApplyDiff size); None until applied.
+    ("size", None),
+    # Store-level facts recorded on import (DiffID etc.), see the layer store.
+    ("diff_digest", None),
+    ("compressed_digest", None),
+    ("compressed_size", None),
+    ("uncompressed_size", None),
+    ("chain_id", None),
+    # Why ``diff`` cannot give back the imported bytes (an archive that overwrites itself).
+    ("unreproducible", None),
+)
+_OPTIONAL = ("diff_digest", "compressed_digest", "compressed_size", "uncompressed_size",
+             "chain_id", "unreproducible")
+
+
 class LayerRecord:
-    """What the store knows of one layer."""
+    """What the store knows of one layer.
+
+    A plain class rather than a dataclass: records are read by every command,
+    and building dataclasses at import costs more than a read-only command may.
+    """
+
+    __slots__ = (*(name for name, _ in _STORED), "metadata", "read_only_store")
 
     id: str
-    parent: str | None = None
-    created: str = ""
-    writable: bool = False
-    driver: str = ""
-    #: Bytes applied by import/apply (the seeds' ApplyDiff size); None until applied.
-    size: int | None = None
-    #: Store-level facts recorded on import (DiffID etc.), see the layer store.
-    diff_digest: str | None = None
-    compressed_digest: str | None = None
-    compressed_size: int | None = None
-    uncompressed_size: int | None = None
-    chain_id: str | None = None
-    #: Why ``diff`` cannot give back the imported bytes (an archive that overwrites itself).
-    unreproducible: str | None = None
+    parent: str | None
+    created: str
+    writable: bool
+    driver: str
+    size: int | None
+    diff_digest: str | None
+    compressed_digest: str | None
+    compressed_size: int | None
+    uncompressed_size: int | None
+    chain_id: str | None
+    unreproducible: str | None
     #: Driver facts shown by ``layer ID`` (filled in when printed, not stored).
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str]
     #: True for layers of an additional read-only store.
-    read_only_store: bool = False
+    read_only_store: bool
+
+    def __init__(self, **values: Any) -> None:
+        for name, default in _STORED:
+            setattr(self, name, values.pop(name, default))
+        self.metadata = values.pop("metadata", None) or {}
+        self.read_only_store = bool(values.pop("read_only_store", False))
+        if values:
+            raise TypeError(f"unknown record fields: {', '.join(sorted(values))}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LayerRecord):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"LayerRecord({self.to_json()!r})"
 
     def to_json(self) -> dict[str, Any]:
         """The stored form (without the display-only fields)."""
-        value = asdict(self)
-        value.pop("metadata")
-        value.pop("read_only_store")
-        return value
+        return {name: getattr(self, name) for name, _ in _STORED}
 
     @classmethod
     def from_json(cls, value: Any, source: str) -> LayerRecord:
         if not isinstance(value, dict) or not isinstance(value.get("id"), str):
             raise IntegrityError(f"layer record {source}", "malformed")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in value.items() if k in known})
+        return cls(**{k: v for k, v in value.items() if k in _FIELD_NAMES})
 
     def display(self) -> dict[str, Any]:
         """The form ``graphdriver layer ID`` prints: unset store facts left out."""
-        value = asdict(self)
-        for key in ("diff_digest", "compressed_digest", "compressed_size",
-                    "uncompressed_size", "chain_id", "unreproducible"):
+        value = self.to_json()
+        for key in _OPTIONAL:
             if value[key] is None:
                 del value[key]
-        if not value["read_only_store"]:
-            del value["read_only_store"]
+        value["metadata"] = self.metadata
+        if self.read_only_store:
+            value["read_only_store"] = True
         return value
+
+
+_FIELD_NAMES = frozenset(name for name, _ in _STORED)
 
 
 def now_rfc3339() -> str:
@@ -112,8 +152,10 @@ class RecordStore:
         atomic.write_json(self._path(record.id), record.to_json(), 0o600)
 
     def delete(self, layer_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self._path(layer_id))
+        except FileNotFoundError:
+            pass
         atomic.fsync_dir(self.dir)
 
     def ids(self) -> list[str]:
@@ -126,8 +168,10 @@ class RecordStore:
     def all(self) -> list[LayerRecord]:
         out = []
         for layer_id in self.ids():
-            with contextlib.suppress(NotFound):
+            try:
                 out.append(self.get(layer_id))
+            except NotFound:
+                pass
         return out
 
     # ----- pending markers --------------------------------------------------------
@@ -161,12 +205,21 @@ class RecordStore:
     def clear_pending(self, layer_id: str) -> None:
         """The work on *layer_id* is complete and durable (or undone)."""
         for path in (os.path.join(self.pending_dir, layer_id), self._lock_path(layer_id)):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
+            except FileNotFoundError:
+                pass
         atomic.fsync_dir(self.pending_dir)
         fd = self._held.pop(layer_id, None)
         if fd is not None:
             os.close(fd)
+
+    def pending_ids(self) -> list[str]:
+        """Ids with a pending marker, without reading the markers."""
+        try:
+            return [n for n in os.listdir(self.pending_dir) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
 
     def pending(self) -> dict[str, dict[str, Any]]:
         """Markers left by work under way or interrupted: id → marker."""

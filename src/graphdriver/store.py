@@ -15,17 +15,9 @@ crash's leftovers from work in progress in another process.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import shutil
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
 
-from graphdriver import atomic, drivers
-from graphdriver.archive.changes import Change
-from graphdriver.drivers.base import CreateOpts, Driver, DriverConfig
+from graphdriver import atomic, codecs, drivers
 from graphdriver.errors import (
     AlreadyExists,
     IntegrityError,
@@ -34,11 +26,18 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
 )
-from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.ids import check_id
 from graphdriver.locking import locked
 from graphdriver.records import LayerRecord, RecordStore, now_rfc3339
-from graphdriver.units import parse_size
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, BinaryIO
+
+    from graphdriver.archive.changes import Change
+    from graphdriver.drivers.base import Driver
+    from graphdriver.idmap import IDMappings
 
 STORE_FILE = "store.json"
 TARSPLIT_DIR = "tarsplit"
@@ -47,18 +46,30 @@ LOCK_FILE = "store.lock"
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
 class StoreOptions:
     """How to open a store (resolved from the CLI's global options)."""
 
-    root: str
-    run_root: str
-    driver: str | None = None
-    driver_options: dict[str, str] = field(default_factory=dict)
-    idmaps: IDMappings | None = None
-    additional_stores: tuple[str, ...] = ()
-    #: Run ``cleanup`` when opening (finishes what a crash interrupted).
-    recover: bool = True
+    __slots__ = ("additional_stores", "driver", "driver_options", "idmaps", "recover", "root",
+                 "run_root")
+
+    def __init__(
+        self,
+        root: str,
+        run_root: str,
+        driver: str | None = None,
+        driver_options: dict[str, str] | None = None,
+        idmaps: IDMappings | None = None,
+        additional_stores: tuple[str, ...] = (),
+        recover: bool = True,
+    ) -> None:
+        self.root = root
+        self.run_root = run_root
+        self.driver = driver
+        self.driver_options = dict(driver_options or {})
+        self.idmaps = idmaps
+        self.additional_stores = tuple(additional_stores)
+        #: Run ``cleanup`` when opening (finishes what a crash interrupted).
+        self.recover = recover
 
 
 def default_root() -> str:
@@ -87,64 +98,108 @@ class Store:
     """An open layer store."""
 
     def __init__(self, opts: StoreOptions) -> None:
+        if opts.driver is not None:
+            drivers.check_name(opts.driver)  # before anything is created
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
         os.makedirs(self.root, 0o700, exist_ok=True)
         os.makedirs(self.run_root, 0o700, exist_ok=True)
         self.records = RecordStore(self.root)
         os.makedirs(os.path.join(self.root, TARSPLIT_DIR), 0o700, exist_ok=True)
-        with self.locked():
-            settings = self._settle_settings(opts)
-        self.driver_name: str = settings["driver"]
-        idmaps = IDMappings(
-            IDMap.parse(settings.get("uidmap", "")), IDMap.parse(settings.get("gidmap", ""))
-        )
+        self._opts = opts
+        self._settings: dict[str, str] | None = None
+        # An existing store's settings are read when first needed (a read-only
+        # command such as `layers` never needs them), unless the caller named a
+        # driver or id maps that must be checked against them now.
+        if opts.driver or opts.idmaps is not None or not os.path.exists(self._settings_path()):
+            self.settings()
+        self._driver: Driver | None = None
         self.readonly = [
             RecordStore(os.path.abspath(p), writable=False) for p in opts.additional_stores
         ]
-        config = DriverConfig(
-            home=os.path.join(self.root, self.driver_name),
-            # Stores sharing one run root (the default /run/graphdriver) keep apart:
-            # mount counts are per layer id, and two stores may both have a "base".
-            run_root=os.path.join(self.run_root, _store_key(self.root), self.driver_name),
-            options=dict(opts.driver_options),
-            idmaps=idmaps,
-            readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
-        )
-        os.makedirs(config.home, 0o700, exist_ok=True)
-        self.driver: Driver = drivers.init_driver(self.driver_name, config)
-        if opts.recover and self.records.pending():
+        # Recovery runs only when a crash left work behind: a read-only command
+        # on a healthy store lists one empty folder and goes on.
+        if opts.recover and self.records.pending_ids():
             self.cleanup()
+        if opts.driver_options:
+            self.driver  # noqa: B018 - unknown driver options are refused at once
+
+    def _settings_path(self) -> str:
+        return os.path.join(self.root, STORE_FILE)
+
+    def settings(self) -> dict[str, str]:
+        """``store.json``: the store's driver and id maps (written when the store is new)."""
+        if self._settings is None:
+            settings = self._read_settings(self._opts)
+            if settings is None:  # a new store: settle its driver under the lock
+                with self.locked():
+                    settings = self._read_settings(self._opts) or self._new_settings(self._opts)
+            self._settings = settings
+        return self._settings
+
+    @property
+    def driver_name(self) -> str:
+        """The driver the store was created with."""
+        return self.settings()["driver"]
+
+    @property
+    def driver(self) -> Driver:
+        """The driver, initialised (and its home probed) on first use."""
+        if self._driver is None:
+            from graphdriver.drivers.base import DriverConfig
+            from graphdriver.idmap import IDMap, IDMappings
+
+            settings = self.settings()
+            idmaps = IDMappings(
+                IDMap.parse(settings.get("uidmap", "")), IDMap.parse(settings.get("gidmap", ""))
+            )
+            config = DriverConfig(
+                home=os.path.join(self.root, self.driver_name),
+                # Stores sharing one run root (the default /run/graphdriver) keep apart:
+                # mount counts are per layer id, and two stores may both have a "base".
+                run_root=os.path.join(self.run_root, _store_key(self.root), self.driver_name),
+                options=dict(self._opts.driver_options),
+                idmaps=idmaps,
+                readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
+            )
+            os.makedirs(config.home, 0o700, exist_ok=True)
+            self._driver = drivers.init_driver(self.driver_name, config)
+        return self._driver
 
     # ----- settings -------------------------------------------------------------------
 
-    def _settle_settings(self, opts: StoreOptions) -> dict[str, str]:
-        """Read ``store.json``, or write it for a new store; refuse a different driver."""
-        path = os.path.join(self.root, STORE_FILE)
+    def _read_settings(self, opts: StoreOptions) -> dict[str, str] | None:
+        """``store.json`` checked against *opts*; None for a new store."""
+        path = self._settings_path()
         try:
             settings = atomic.read_json(path)
         except FileNotFoundError:
-            settings = None
+            return None
         except (OSError, ValueError) as e:
             raise IntegrityError(f"store {self.root}", f"unreadable {STORE_FILE}: {e}") from e
-        if settings is not None:
-            if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
-                raise IntegrityError(f"store {self.root}", f"malformed {STORE_FILE}")
-            if opts.driver and opts.driver != settings["driver"]:
-                raise Precondition(
-                    f"store {self.root}",
-                    f"was created with driver {settings['driver']}, not {opts.driver}",
-                )
-            if opts.idmaps is not None and (
-                str(opts.idmaps.uids) != settings.get("uidmap", "")
-                or str(opts.idmaps.gids) != settings.get("gidmap", "")
-            ):
-                raise Precondition(f"store {self.root}", "was created with other id maps")
-            return settings
+        if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
+            raise IntegrityError(f"store {self.root}", f"malformed {STORE_FILE}")
+        if opts.driver and opts.driver != settings["driver"]:
+            raise Precondition(
+                f"store {self.root}",
+                f"was created with driver {settings['driver']}, not {opts.driver}",
+            )
+        if opts.idmaps is not None and (
+            str(opts.idmaps.uids) != settings.get("uidmap", "")
+            or str(opts.idmaps.gids) != settings.get("gidmap", "")
+        ):
+            raise Precondition(f"store {self.root}", "was created with other id maps")
+        return settings
+
+    def _new_settings(self, opts: StoreOptions) -> dict[str, str]:
+        """Choose the driver of a new store and write ``store.json``."""
+        path = self._settings_path()
         name = opts.driver or drivers.select_driver(probe_home=self.root)
         drivers.driver_class(name)  # unknown names are refused before anything is written
+        from graphdriver.idmap import IDMappings
+
         idmaps = opts.idmaps or IDMappings()
-        settings = {
+        settings: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "driver": name,
             "uidmap": str(idmaps.uids),
@@ -153,18 +208,17 @@ class Store:
         atomic.write_json(path, settings)
         return settings
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """The store-wide writer lock."""
-        with locked(os.path.join(self.root, LOCK_FILE)):
-            yield
+    def locked(self) -> locked:
+        """The store-wide writer lock: ``with store.locked(): ...``."""
+        return locked(os.path.join(self.root, LOCK_FILE))
 
     # ----- queries ------------------------------------------------------------------
 
     def status(self) -> list[tuple[str, str]]:
         pairs = [("Root", self.root), ("Run Root", self.run_root)]
-        pairs += self.driver.status()
+        pairs += drivers.driver_status(self.driver)
         pairs.append(("Layers", str(len(self.records.ids()))))
+        pairs += codecs.implementations()
         if self.readonly:
             pairs.append(("Additional Stores", ",".join(r.root for r in self.readonly)))
         return pairs
@@ -181,35 +235,50 @@ class Store:
         raise NotFound(f"layer {layer_id}", "no such layer")
 
     def exists(self, layer_id: str) -> bool:
-        try:
-            self._find(layer_id)
-        except NotFound:
-            return False
-        return True
+        """Whether *layer_id* is a complete layer here or in an additional store."""
+        check_id(layer_id)
+        return any(
+            r.exists(layer_id) and not r.is_pending(layer_id) for r in (self.records, *self.readonly)
+        )
 
     def layer(self, layer_id: str) -> LayerRecord:
         """The record of *layer_id* with the driver's metadata filled in."""
         record = self._find(layer_id)
-        with contextlib.suppress(NotFound):
+        try:
             record.metadata = self.driver.metadata(layer_id)
+        except NotFound:
+            pass
         return record
 
     def layers(self) -> list[LayerRecord]:
         """Every complete layer, this store's first, then the additional stores'."""
         seen: set[str] = set()
         out: list[LayerRecord] = []
-        pending = set(self.records.pending())
+        pending = set(self.records.pending_ids())
         for record in self.records.all():
             if record.id not in pending:
                 seen.add(record.id)
                 out.append(record)
         for ro in self.readonly:
-            ro_pending = set(ro.pending())
+            ro_pending = set(ro.pending_ids())
             for record in ro.all():
                 if record.id not in seen and record.id not in ro_pending:
                     record.read_only_store = True
                     seen.add(record.id)
                     out.append(record)
+        return out
+
+    def layer_ids(self) -> list[str]:
+        """The ids :meth:`layers` lists, in its order, without reading the records."""
+        pending = set(self.records.pending_ids())
+        out = [i for i in self.records.ids() if i not in pending]
+        seen = set(out)
+        for ro in self.readonly:
+            ro_pending = set(ro.pending_ids())
+            for layer_id in ro.ids():
+                if layer_id not in seen and layer_id not in ro_pending:
+                    seen.add(layer_id)
+                    out.append(layer_id)
         return out
 
     def children(self, layer_id: str) -> list[str]:
@@ -234,7 +303,11 @@ class Store:
         if size is not None:
             if not writable:
                 raise InvalidArgument("--size", "only applies to writable (--rw) layers")
+            from graphdriver.units import parse_size
+
             storage_opt["size"] = str(parse_size(size))
+        from graphdriver.drivers.base import CreateOpts
+
         with self.locked():
             record = self._begin_create(layer_id, parent, writable)
             try:
@@ -267,9 +340,11 @@ class Store:
         return record
 
     def _undo_create(self, layer_id: str) -> None:
-        with contextlib.suppress(NotFound):
+        try:
             if self.driver.exists(layer_id) and not self.driver.is_readonly_store(layer_id):
                 self.driver.remove(layer_id)
+        except NotFound:
+            pass
         self.records.delete(layer_id)
         self.records.clear_pending(layer_id)
 
@@ -332,6 +407,8 @@ class Store:
         parent_chain = self._find(parent).chain_id
         if parent_chain is None:
             return None
+        import hashlib
+
         text = f"{parent_chain} {diff_digest}".encode()
         return "sha256:" + hashlib.sha256(text).hexdigest()
 
@@ -356,8 +433,10 @@ class Store:
             record.diff_digest = record.compressed_digest = record.chain_id = None
             record.compressed_size = record.uncompressed_size = record.unreproducible = None
             self.records.put(record)
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self._tarsplit_path(layer_id))
+            except FileNotFoundError:
+                pass
         size = self.driver.ingest(layer_id, stream).size
         self._sync()
         with self.locked():
@@ -414,6 +493,8 @@ class Store:
 
     def _reassemble(self, record: LayerRecord, write: Callable[[Any], object]) -> int:
         """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
+        import hashlib
+
         from graphdriver.archive.compression import open_decompressed
         from graphdriver.archive.tarsplit import assemble, read_entries
 
@@ -441,6 +522,8 @@ class Store:
         record = self._find(layer_id)
         if not self._has_tarsplit(record):
             raise NotFound(f"tar-split data of layer {layer_id}", "the layer was not imported")
+        import shutil
+
         with open(self._tarsplit_of(record), "rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
 
@@ -509,8 +592,10 @@ class Store:
             self.records.mark_pending(layer_id, "remove")
             if self.driver.exists(layer_id):
                 self.driver.remove(layer_id)
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self._tarsplit_path(layer_id))
+            except FileNotFoundError:
+                pass
             self.records.delete(layer_id)
             self.records.clear_pending(layer_id)
 
@@ -522,10 +607,14 @@ class Store:
                 if self.records.is_live(layer_id):
                     continue
                 op = marker.get("op", "work")
-                with contextlib.suppress(NotFound):
+                try:
                     self.driver.remove(layer_id)
-                with contextlib.suppress(FileNotFoundError):
+                except NotFound:
+                    pass
+                try:
                     os.unlink(self._tarsplit_path(layer_id))
+                except FileNotFoundError:
+                    pass
                 self.records.delete(layer_id)
                 self.records.clear_pending(layer_id)
                 done.append(f"removed layer {layer_id} left by an interrupted {op}")
@@ -550,8 +639,12 @@ class Store:
             try:
                 self.driver.remove(name)
             except (OSError, Precondition, NotFound):
-                with contextlib.suppress(OSError):
+                import shutil
+
+                try:
                     shutil.rmtree(path)
+                except OSError:
+                    pass
             done.append(f"removed orphaned layer folder {name}")
         return done
 
@@ -564,8 +657,10 @@ class Store:
             layer_id = name[1:-5] if name.startswith(".") and name.endswith(".lock") else None
             if layer_id is None or layer_id in pending or self.records.is_live(layer_id):
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
             done.append(f"removed stray lock of {layer_id}")
         return done
 
@@ -583,23 +678,36 @@ class Store:
             pid = rest.rpartition("-")[2]
             if rest.startswith(".partial-") and pid.isdigit() and process_start(int(pid)) is not None:
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
             done.append(f"removed stray tar-split file {name}")
         return done
 
     def _is_alternate_target(self, folder: str) -> bool:
         """Whether some layer's alternate-id file points at *folder*."""
         for layer_id in self.records.ids():
-            with contextlib.suppress(NotFound, OSError):
+            try:
                 if os.path.basename(self.driver.resolve(layer_id)) == folder:
                     return True
+            except (NotFound, OSError):
+                pass
         return False
 
 
 def _store_key(root: str) -> str:
     """A short, stable name for the store at *root* inside a shared run root."""
-    return hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
+    # The built-in SHA-256 module, not hashlib: opening a store for a mount
+    # should not pay for loading OpenSSL (the digest is the same).
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # Python 3.12 and later
+        except ImportError:
+            from hashlib import sha256
+    return str(sha256(os.fsencode(root)).hexdigest()[:16])
 
 
 def open_store(

@@ -1,16 +1,17 @@
 """CRC-64 with the ISO polynomial, as Go's ``hash/crc64`` computes it (tar-split's checksum).
 
-The fast path is ``fastcrc`` (C, tens of GB/s); the pure-Python twin below is
-the reference the tests hold it to and the fallback when ``fastcrc`` is missing
-(set ``GRAPHDRIVER_PURE=1`` to force it).  Both continue a running CRC: pass the
+The fast path is ``fastcrc`` (C, tens of GB/s, a dependency); the pure-Python
+twin below is the reference the tests hold it to and the fallback where the
+``fastcrc`` wheel cannot load (``GRAPHDRIVER_PURE=1`` forces it).  Both continue a running CRC: pass the
 previous value as *crc* to checksum a stream chunk by chunk.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import cast
+
+from graphdriver.codecs import pure_forced
 
 _POLY_REFLECTED = 0xD800000000000000
 _MASK = 0xFFFFFFFFFFFFFFFF
@@ -39,7 +40,7 @@ def crc64_iso_pure(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
 
 
 def _load_fast() -> Callable[[bytes | bytearray | memoryview, int], int] | None:
-    if os.environ.get("GRAPHDRIVER_PURE"):
+    if pure_forced():
         return None
     try:
         from fastcrc import crc64 as fast

@@ -64,15 +64,9 @@ Invariants
 from __future__ import annotations
 
 import abc
-import contextlib
-import json
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
-from graphdriver import atomic
-from graphdriver.archive.changes import Change
+from graphdriver import atomic, jsonio
 from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, WhiteoutMode
 from graphdriver.errors import (
     AlreadyExists,
@@ -84,7 +78,15 @@ from graphdriver.errors import (
 from graphdriver.idmap import IDMappings
 from graphdriver.locking import locked
 
+# The option classes below are plain classes, and typing is imported for the
+# checker only: ``mount`` and ``status`` load this module, and dataclasses or
+# typing at import would cost more than the rest of those commands.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import BinaryIO, ClassVar
+
+    from graphdriver.archive.changes import Change
     from graphdriver.archive.confine import ConfinedDirs
     from graphdriver.archive.extract import ApplyOptions, EntrySource
     from graphdriver.archive.ingest import IngestResult
@@ -96,36 +98,59 @@ REMOVING_SUFFIX = "-removing"
 STAGING_DIR = ".staging"
 
 
-@dataclass(frozen=True)
 class DriverConfig:
     """What a driver is initialised with (the seeds' ``InitFilter(home, options, uidMaps, gidMaps)``)."""
 
-    home: str
-    run_root: str
-    options: Mapping[str, str] = field(default_factory=dict)
-    idmaps: IDMappings = field(default_factory=IDMappings)
-    # Homes of this driver in additional read-only stores, searched after ``home``.
-    readonly_homes: tuple[str, ...] = ()
+    __slots__ = ("home", "idmaps", "options", "probed", "readonly_homes", "run_root")
+
+    def __init__(
+        self,
+        home: str,
+        run_root: str,
+        options: Mapping[str, str] | None = None,
+        idmaps: IDMappings | None = None,
+        readonly_homes: tuple[str, ...] = (),
+        probed: bool = False,
+    ) -> None:
+        self.home = home
+        self.run_root = run_root
+        self.options: Mapping[str, str] = dict(options or {})
+        self.idmaps = idmaps if idmaps is not None else IDMappings()
+        #: Homes of this driver in additional read-only stores, searched after ``home``.
+        self.readonly_homes = tuple(readonly_homes)
+        #: The home passed this driver's probe since the run root was made (since boot):
+        #: the driver need not probe it again.
+        self.probed = probed
 
 
-@dataclass(frozen=True)
 class CreateOpts:
     """Options for create and create_rw (the seeds' ``CreateOpts``)."""
 
-    mount_label: str = ""
-    storage_opt: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("mount_label", "storage_opt")
+
+    def __init__(self, mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
+        self.mount_label = mount_label
+        self.storage_opt: Mapping[str, str] = dict(storage_opt or {})
 
 
-@dataclass(frozen=True)
 class ApplyTarget:
     """Where and how a tarball is applied to a layer."""
 
-    path: str
-    whiteouts: WhiteoutMode = WhiteoutMode.DELETE
-    # Directories searched (in order) for hardlink targets the layer itself lacks.
-    lower_dirs: tuple[str, ...] = ()
-    # The xattr that marks an opaque directory in OVERLAY mode (user.overlay.opaque when rootless).
-    opaque_xattr: str = OVERLAY_OPAQUE_XATTR
+    __slots__ = ("lower_dirs", "opaque_xattr", "path", "whiteouts")
+
+    def __init__(
+        self,
+        path: str,
+        whiteouts: WhiteoutMode = WhiteoutMode.DELETE,
+        lower_dirs: tuple[str, ...] = (),
+        opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
+    ) -> None:
+        self.path = path
+        self.whiteouts = whiteouts
+        #: Directories searched (in order) for hardlink targets the layer itself lacks.
+        self.lower_dirs = tuple(lower_dirs)
+        #: The xattr that marks an opaque directory in OVERLAY mode (user.overlay.opaque rootless).
+        self.opaque_xattr = opaque_xattr
 
 
 _READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -247,6 +272,9 @@ class Driver(abc.ABC):
     name: ClassVar[str]
     #: Driver options this driver accepts (``--opt KEY=VALUE``); others are refused.
     OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    #: Whether :meth:`status` says only what the probe found, so it holds until a reboot
+    #: (and the registry may remember it in the run root).
+    STATUS_IS_STATIC: ClassVar[bool] = True
 
     def __init__(self, config: DriverConfig) -> None:
         unknown = sorted(set(config.options) - self.OPTIONS)
@@ -287,15 +315,17 @@ class Driver(abc.ABC):
             folder = self._folder(home, layer_id)
             if os.path.isdir(folder):
                 for fname in (LAYERID_FILE, LAYERID_FILE_ALT):
-                    with contextlib.suppress(FileNotFoundError):
+                    try:
                         with open(os.path.join(folder, fname), encoding="utf-8") as f:
                             alt = f.read().strip()
-                        if alt and alt == os.path.basename(alt) and alt not in (".", ".."):
-                            target = self._folder(home, alt)
-                            if not os.path.isdir(target):
-                                raise NotFound(f"layer {layer_id}", f"{fname} names missing {alt}")
-                            return target
-                        raise GraphDriverError(f"layer {layer_id}", f"invalid {fname} file")
+                    except FileNotFoundError:
+                        continue
+                    if alt and alt == os.path.basename(alt) and alt not in (".", ".."):
+                        target = self._folder(home, alt)
+                        if not os.path.isdir(target):
+                            raise NotFound(f"layer {layer_id}", f"{fname} names missing {alt}")
+                        return target
+                    raise GraphDriverError(f"layer {layer_id}", f"invalid {fname} file")
                 return folder
         raise NotFound(f"layer {layer_id}", "no such layer")
 
@@ -336,7 +366,7 @@ class Driver(abc.ABC):
     @staticmethod
     def write_layer_chain(folder: str, chain: list[str]) -> None:
         """Record *chain* (ancestor folders, nearest first) in *folder*; ``null`` for none."""
-        data = json.dumps(chain or None).encode()
+        data = jsonio.dumps(chain or None).encode()
         atomic.write_bytes(os.path.join(folder, LAYERCHAIN_FILE), data, 0o600, durable=False)
 
     # ----- create and remove ----------------------------------------------------
@@ -360,8 +390,10 @@ class Driver(abc.ABC):
         chain = [parent_folder, *self.layer_chain(parent)] if parent and parent_folder else []
         staging = os.path.join(self.home, STAGING_DIR, f"{layer_id}-{os.getpid()}")
         if os.path.lexists(staging):
-            with contextlib.suppress(OSError):
+            try:
                 self._destroy(staging)
+            except OSError:
+                pass
         os.mkdir(staging, 0o700)
         try:
             self._create(layer_id, staging, parent, opts, rw=rw)
@@ -427,9 +459,11 @@ class Driver(abc.ABC):
             pid = entry.rsplit("-", 1)[-1]
             if pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))):
                 continue
-            with contextlib.suppress(OSError):
+            try:
                 self._destroy(os.path.join(staging_root, entry))
                 done.append(f"dropped staging leftover {entry}")
+            except OSError:
+                pass
         done.extend(self._cleanup_mounts())
         return done
 
@@ -450,22 +484,24 @@ class Driver(abc.ABC):
         """How many ``get`` calls (in all processes) await their ``put``."""
         try:
             with open(self._count_path(layer_id) + ".json", encoding="utf-8") as f:
-                return int(json.load(f).get("count", 0))
+                return int(jsonio.loads(f.read()).get("count", 0))
         except (OSError, ValueError):
             return 0
 
     def _write_count(self, layer_id: str, count: int, path: str) -> None:
         target = self._count_path(layer_id) + ".json"
         if count <= 0:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(target)
+            except FileNotFoundError:
+                pass
             return
         atomic.write_json(target, {"count": count, "path": path}, durable=False)
 
     def _mounted_path(self, layer_id: str) -> str | None:
         try:
             with open(self._count_path(layer_id) + ".json", encoding="utf-8") as f:
-                path = json.load(f).get("path")
+                path = jsonio.loads(f.read()).get("path")
                 return str(path) if path else None
         except (OSError, ValueError):
             return None
@@ -496,14 +532,9 @@ class Driver(abc.ABC):
                 self._unmount(layer_id)
             self._write_count(layer_id, count - 1, self._mounted_path(layer_id) or "")
 
-    @contextlib.contextmanager
-    def mounted(self, layer_id: str) -> Iterator[str]:
-        """``get`` for the duration of a block."""
-        path = self.get(layer_id)
-        try:
-            yield path
-        finally:
-            self.put(layer_id)
+    def mounted(self, layer_id: str) -> _Mounted:
+        """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``."""
+        return _Mounted(self, layer_id)
 
     def _still_mounted(self, layer_id: str, path: str) -> bool:
         """Whether a recorded mount is really there (drivers that mount check the table)."""
@@ -535,10 +566,9 @@ class Driver(abc.ABC):
 
     # ----- changes, diff, apply ------------------------------------------------------
 
-    def _parent_view(self, parent: str | None) -> contextlib.AbstractContextManager[str | None]:
-        if parent is None:
-            return contextlib.nullcontext(None)
-        return self.mounted(parent)
+    def _parent_view(self, parent: str | None) -> _ParentView:
+        """The mounted *parent* for a block (None, mounting nothing, for no parent)."""
+        return _ParentView(self, parent)
 
     def changes(self, layer_id: str, parent: str | None) -> list[Change]:
         """What *layer_id* changed relative to *parent*, sorted by path."""
@@ -628,3 +658,36 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _Mounted:
+    """A layer held mounted for a ``with`` block, which gets its path.
+
+    (Classes rather than ``contextlib`` generators: this module is loaded by
+    ``mount``, and importing :mod:`contextlib` would cost it more than its work.)
+    """
+
+    def __init__(self, driver: Driver, layer_id: str) -> None:
+        self.driver = driver
+        self.layer_id = layer_id
+
+    def __enter__(self) -> str:
+        return self.driver.get(self.layer_id)
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        self.driver.put(self.layer_id)
+
+
+class _ParentView:
+    """A parent held mounted for a ``with`` block; no parent gives None and mounts nothing."""
+
+    def __init__(self, driver: Driver, layer_id: str | None) -> None:
+        self.driver = driver
+        self.layer_id = layer_id
+
+    def __enter__(self) -> str | None:
+        return None if self.layer_id is None else self.driver.get(self.layer_id)
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if self.layer_id is not None:
+            self.driver.put(self.layer_id)

@@ -33,11 +33,13 @@ import contextlib
 import ctypes
 import errno
 import os
-import shutil
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from graphdriver.syscalls import _UNIFIED_ARCHES, MACHINE
+
+# Plain classes below and typing for the checker only: `mount` loads this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -86,19 +88,33 @@ class MountError(OSError):
     step: str = ""
 
 
-@dataclass(frozen=True)
 class OverlayMount:
     """What to mount: an overlay of *lowers* (nearest first) under an optional upper."""
 
-    lowers: tuple[str, ...]
-    upper: str | None = None
-    work: str | None = None
-    #: Further options, ``key`` or ``key=value`` (``index=off``, ``userxattr``...).
-    options: tuple[str, ...] = ()
-    #: Mount read-only (an overlay without upper is read-only anyway).
-    readonly: bool = False
-    #: Directory most layer paths live in: ``mount(2)`` names them relative to it.
-    base: str | None = None
+    __slots__ = ("base", "lowers", "options", "readonly", "upper", "work")
+
+    def __init__(
+        self,
+        lowers: tuple[str, ...],
+        upper: str | None = None,
+        work: str | None = None,
+        options: tuple[str, ...] = (),
+        readonly: bool = False,
+        base: str | None = None,
+    ) -> None:
+        self.lowers = tuple(lowers)
+        self.upper = upper
+        self.work = work
+        #: Further options, ``key`` or ``key=value`` (``index=off``, ``userxattr``...).
+        self.options = tuple(options)
+        #: Mount read-only (an overlay without upper is read-only anyway).
+        self.readonly = readonly
+        #: Directory most layer paths live in: ``mount(2)`` names them relative to it.
+        self.base = base
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"OverlayMount({fields})"
 
 
 # ----- the new mount API -------------------------------------------------------------------
@@ -376,6 +392,8 @@ def mount_fuse_overlay(program: str, spec: OverlayMount, target: str) -> None:
 
 
 def _fusermount() -> str | None:
+    import shutil
+
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
@@ -483,18 +501,31 @@ def fs_magic(path: str) -> int | None:
     return int(buf.f_type) & 0xFFFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
 class MountInfo:
     """One line of ``/proc/self/mountinfo``."""
 
-    mount_id: int
-    parent_id: int
-    root: str
-    mount_point: str
-    options: str
-    fstype: str
-    source: str
-    super_options: str
+    __slots__ = ("fstype", "mount_id", "mount_point", "options", "parent_id", "root", "source",
+                 "super_options")
+
+    def __init__(self, *, mount_id: int, parent_id: int, root: str, mount_point: str,
+                 options: str, fstype: str, source: str, super_options: str) -> None:
+        self.mount_id = mount_id
+        self.parent_id = parent_id
+        self.root = root
+        self.mount_point = mount_point
+        self.options = options
+        self.fstype = fstype
+        self.source = source
+        self.super_options = super_options
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MountInfo) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__
+        )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"MountInfo({fields})"
 
 
 def unescape(field: str) -> str:

@@ -62,19 +62,14 @@ Driver options (``--opt KEY=VALUE``):
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import os
-import shutil
 import stat
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from graphdriver import atomic
 from graphdriver.archive.changes import Change
 from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_XATTR_USER, WhiteoutMode
-from graphdriver.drivers import mounts, sizelimit
 from graphdriver.drivers.base import (
     REMOVING_SUFFIX,
     STAGING_DIR,
@@ -85,11 +80,18 @@ from graphdriver.drivers.base import (
     DriverConfig,
     FileGetter,
 )
+from graphdriver.drivers.sizerecord import has_image, limit_of
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
 from graphdriver.locking import locked
 
+# mounts (ctypes), sizelimit, shutil and typing are imported where used: `layer`
+# and `mount` load this module, and scripts call them thousands of times.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Mapping
+    from typing import BinaryIO, ClassVar
+
+    from graphdriver.drivers import sizelimit
 
 #: The most lower directories the kernel stacks (``OVL_MAX_STACK``), so the longest chain.
 MAX_DEPTH = 500
@@ -117,6 +119,8 @@ _MODULE_PARAMS = "/sys/module/overlay/parameters"
 
 
 def _overlay_in_kernel() -> bool:
+    from graphdriver.drivers import mounts
+
     def listed() -> bool:
         try:
             with open("/proc/filesystems", encoding="ascii", errors="replace") as f:
@@ -137,6 +141,8 @@ def _find_mount_program(option: str | None) -> str | None:
         return None
     if os.access(DEFAULT_MOUNT_PROGRAM, os.X_OK):
         return DEFAULT_MOUNT_PROGRAM
+    import shutil
+
     return shutil.which("fuse-overlayfs")
 
 
@@ -168,6 +174,8 @@ def probe_home(home: str, mount_program: str | None, *, cached: bool = False) ->
 
 
 def _probe(home: str, mount_program: str | None) -> dict[str, str]:
+    from graphdriver.drivers import mounts
+
     what = f"overlay at {home}"
     found: dict[str, str] = {}
     if mount_program is None:
@@ -208,6 +216,8 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
 
 def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str, str]:
     """d_type and xattr support, tried in a scratch directory under *existing*."""
+    import shutil
+
     scratch = os.path.join(existing, f".overlay-probe-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         os.mkdir(scratch, 0o700)
@@ -252,23 +262,37 @@ class OverlayDriver(Driver):
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
         self.mount_program = _find_mount_program(config.options.get("mount_program"))
-        self.extra_options = tuple(mounts.split_options(config.options.get("mountopt", "")))
+        self.extra_options: tuple[str, ...] = ()
+        if config.options.get("mountopt"):
+            from graphdriver.drivers import mounts
+
+            self.extra_options = tuple(mounts.split_options(config.options["mountopt"]))
         for option in self.extra_options:
             if option.partition("=")[0] in _LAYER_KEYS:
                 raise InvalidArgument(f"mountopt {option!r}", "the driver sets the layer directories itself")
-        self.probed = probe_home(self.home, self.mount_program, cached=True)
+        if not config.probed:
+            probe_home(self.home, self.mount_program, cached=True)
         # Rootless overlays (FUSE, or the kernel's inside a user namespace) keep
         # their whiteout bookkeeping in user.* xattrs.
         self.user_xattrs = self.mount_program is not None or _in_user_namespace()
         self.opaque_xattr = OVERLAY_OPAQUE_XATTR_USER if self.user_xattrs else OVERLAY_OPAQUE_XATTR
         self.mount_options = self._kernel_options()
         self.native_diff, self.native_why = self._native_diff_ok()
-        self.size_method = sizelimit.choose_method(self.home)
+        self._size_method: sizelimit.Method | bool | None = False  # False: not chosen yet
         self._home_abs = os.path.abspath(self.home)
         self.links = os.path.join(self._home_abs, LINK_DIR)
         if not os.path.isdir(self.links):
             os.makedirs(self.links, 0o700, exist_ok=True)
             self.repair_links()
+
+    @property
+    def size_method(self) -> sizelimit.Method | None:
+        """How ``--size`` is enforced here (chosen when first needed: it looks for mkfs)."""
+        from graphdriver.drivers import sizelimit
+
+        if self._size_method is False:
+            self._size_method = sizelimit.choose_method(self.home)
+        return self._size_method  # type: ignore[return-value]
 
     @classmethod
     def probe(cls, home: str) -> None:
@@ -294,6 +318,8 @@ class OverlayDriver(Driver):
         return True, ""
 
     def status(self) -> list[tuple[str, str]]:
+        from graphdriver.drivers import mounts
+
         new_api = "fsopen/fsconfig lowerdir+"
         api = {True: new_api, False: "mount(2)", None: f"{new_api} if present, else mount(2)"}
         native = "true" if self.native_diff else f"false ({self.native_why})"
@@ -362,9 +388,13 @@ class OverlayDriver(Driver):
         super()._create_checked(layer_id, parent, opts, rw=rw)
 
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
+        from graphdriver.drivers import sizelimit
+
         sizelimit.check_storage_opt(storage_opt, rw=rw, method=self.size_method, driver=self.name)
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
+        from graphdriver.drivers import sizelimit
+
         parent_folder = self.resolve(parent) if parent else None
         size = opts.storage_opt.get("size")
         where = folder
@@ -409,6 +439,8 @@ class OverlayDriver(Driver):
 
     def _new_link(self, layer_id: str) -> str:
         """A fresh short name, linked to the layer's (future) ``diff``."""
+        import base64
+
         os.makedirs(self.links, 0o700, exist_ok=True)
         for _ in range(64):
             short = base64.b32encode(os.urandom(5)).decode().lower()[:SHORT_LEN]
@@ -422,6 +454,8 @@ class OverlayDriver(Driver):
     def _destroy(self, folder: str) -> None:
         # A layer folder may hold mounts: its union at merged, its size-limited
         # image at img.  Deleting through a mount would delete its contents.
+        from graphdriver.drivers import mounts, sizelimit
+
         for sub in (MERGED_DIR, sizelimit.IMAGE_MOUNT):
             point = os.path.join(folder, sub)
             if os.path.isdir(point) and mounts.is_mount_point(point):
@@ -474,6 +508,8 @@ class OverlayDriver(Driver):
 
     def _repair_chain(self, folder: str) -> None:
         """Make every lower directory of *folder* reachable again (links, size-limited images)."""
+        from graphdriver.drivers import sizelimit
+
         self.repair_links()
         for ancestor in [folder, *self.layer_chain(os.path.basename(folder))]:
             if self._own(ancestor):
@@ -486,12 +522,16 @@ class OverlayDriver(Driver):
         return self._own(folder) and os.path.exists(os.path.join(folder, WRITABLE_FILE))
 
     def _mount(self, layer_id: str, mount_label: str) -> str:
+        from graphdriver.drivers import mounts
+
         folder = self.resolve(layer_id)
         own = self._own(folder)
         target = self._merged(folder, create=True)
         if mounts.is_mount_point(target):
             return target  # left by a process that died before counting it
-        if own:
+        if own and has_image(folder):
+            from graphdriver.drivers import sizelimit
+
             sizelimit.ensure_mounted(folder)
         lowers = self._lowers(folder)
         try:
@@ -513,6 +553,8 @@ class OverlayDriver(Driver):
         return target
 
     def _mount_overlay(self, folder: str, lowers: list[str], target: str, mount_label: str) -> None:
+        from graphdriver.drivers import mounts
+
         options = self.mount_options
         if mount_label:
             options = (*options, f"context={mount_label}")
@@ -535,6 +577,8 @@ class OverlayDriver(Driver):
             mounts.mount_overlay(spec, target)
 
     def _unmount(self, layer_id: str) -> None:
+        from graphdriver.drivers import mounts
+
         folder = self.resolve(layer_id)
         target = self._merged(folder)
         if os.path.isdir(target) and mounts.is_mount_point(target):
@@ -544,6 +588,8 @@ class OverlayDriver(Driver):
                 raise GraphDriverError(f"unmounting layer {layer_id}", e.strerror or str(e)) from e
 
     def _still_mounted(self, layer_id: str, path: str) -> bool:
+        from graphdriver.drivers import mounts
+
         if not os.path.isdir(path):
             return False
         if path == self._upper(self.resolve(layer_id)):
@@ -552,6 +598,8 @@ class OverlayDriver(Driver):
 
     def _cleanup_mounts(self) -> list[str]:
         """Remount what a count still owes, drop records of gone layers, unmount uncounted mounts."""
+        from graphdriver.drivers import mounts
+
         done: list[str] = []
         for entry in sorted(os.listdir(self._mounts_dir)):
             if not entry.endswith(".json"):
@@ -578,6 +626,8 @@ class OverlayDriver(Driver):
         return done
 
     def _unmount_uncounted(self) -> list[str]:
+        from graphdriver.drivers import mounts
+
         done = []
         for name in sorted(os.listdir(self.home)):
             point = os.path.join(self.home, name, MERGED_DIR)
@@ -597,6 +647,8 @@ class OverlayDriver(Driver):
     # ----- apply, changes, diff -----------------------------------------------------------------
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
+        from graphdriver.drivers import sizelimit
+
         folder = self.resolve(layer_id)
         live = self._live_mount(layer_id, folder)
         if live is not None:
@@ -615,6 +667,8 @@ class OverlayDriver(Driver):
 
     def _live_mount(self, layer_id: str, folder: str) -> str | None:
         """The union mount of a layer of ours that is mounted now, if any."""
+        from graphdriver.drivers import mounts
+
         if not self._own(folder) or self.mount_count(layer_id) <= 0:
             return None
         path = self._mounted_path(layer_id)
@@ -627,6 +681,8 @@ class OverlayDriver(Driver):
 
     def _native(self, layer_id: str, parent: str | None) -> tuple[str, list[str]] | None:
         """The upper directory and lower roots for a native diff, or None to walk instead."""
+        from graphdriver.drivers import sizelimit
+
         if not self.native_diff:
             return None
         folder = self.resolve(layer_id)
@@ -684,7 +740,7 @@ class OverlayDriver(Driver):
         lowers = self._lowers(folder)
         if lowers:
             meta["LowerDir"] = ":".join(lowers)
-        limit = sizelimit.limit_of(folder)
+        limit = limit_of(folder)
         if limit:
             meta["SizeLimit"] = str(limit.get("size"))
         return meta

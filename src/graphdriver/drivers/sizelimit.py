@@ -40,11 +40,10 @@ from collections.abc import Mapping
 
 from graphdriver import atomic
 from graphdriver.drivers import mounts
+from graphdriver.drivers.sizerecord import IMAGE_FILE, RECORD_FILE, limit_of
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
 from graphdriver.locking import locked
 
-RECORD_FILE = "sizelimit.json"
-IMAGE_FILE = "size.img"
 IMAGE_MOUNT = "img"
 
 #: The smallest limit accepted: below it a filesystem image has no room left for files.
@@ -234,15 +233,6 @@ def prepare(folder: str, size: int, method: Method, home: str) -> str:
         durable=False,
     )
     return target
-
-
-def limit_of(folder: str) -> dict[str, object] | None:
-    """What :func:`prepare` recorded for the layer in *folder* (None: no limit)."""
-    try:
-        value = atomic.read_json(os.path.join(folder, RECORD_FILE))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def ensure_mounted(folder: str) -> bool:

@@ -23,8 +23,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
-from dataclasses import dataclass, field
 
 #: ``_IOW(0x94, 9, int)``: make the destination file share the source's extents.
 FICLONE = 0x40049409
@@ -44,26 +42,32 @@ MAX_OPEN_DEPTH = 128
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
 class CopyStats:
     """What :func:`copy_tree` did."""
 
-    #: Regular files whose data was copied (each hardlinked inode once).
-    files: int = 0
-    #: Bytes of file data copied or cloned.
-    bytes: int = 0
-    #: Whether any file's data was cloned rather than copied.
-    reflinked: bool = False
-    dirs: int = 0
-    symlinks: int = 0
-    #: Extra names of an already copied inode, made with ``link``.
-    hardlinks: int = 0
-    #: Device nodes, fifos and sockets.
-    specials: int = 0
-    #: Entries that could not be recreated without privilege (device nodes).
-    skipped: list[str] = field(default_factory=list)
-    #: ``path: attribute`` for extended attributes the destination refused.
-    dropped_xattrs: list[str] = field(default_factory=list)
+    __slots__ = ("bytes", "dirs", "dropped_xattrs", "files", "hardlinks", "reflinked", "skipped",
+                 "specials", "symlinks")
+
+    def __init__(self) -> None:
+        #: Regular files whose data was copied (each hardlinked inode once).
+        self.files = 0
+        #: Bytes of file data copied or cloned.
+        self.bytes = 0
+        #: Whether any file's data was cloned rather than copied.
+        self.reflinked = False
+        self.dirs = 0
+        self.symlinks = 0
+        #: Extra names of an already copied inode, made with ``link``.
+        self.hardlinks = 0
+        #: Device nodes, fifos and sockets.
+        self.specials = 0
+        #: Entries that could not be recreated without privilege (device nodes).
+        self.skipped: list[str] = []
+        #: ``path: attribute`` for extended attributes the destination refused.
+        self.dropped_xattrs: list[str] = []
+
+    def __repr__(self) -> str:
+        return "CopyStats(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 def copy_tree(src: str, dst: str, *, reflink: bool | None = None) -> CopyStats:
@@ -86,16 +90,17 @@ def copy_tree(src: str, dst: str, *, reflink: bool | None = None) -> CopyStats:
 
 def reflink_supported(directory: str) -> bool:
     """Whether files in *directory* can be cloned (tried on two unnamed files)."""
+    fds: list[int] = []
     try:
-        with (
-            tempfile.TemporaryFile(dir=directory) as source,
-            tempfile.TemporaryFile(dir=directory) as target,
-        ):
-            source.write(b"\0" * 4096)
-            source.flush()
-            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+        for _ in range(2):
+            fds.append(os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600))
+        os.write(fds[0], b"\0" * 4096)
+        fcntl.ioctl(fds[1], FICLONE, fds[0])
     except OSError:
         return False
+    finally:
+        for fd in fds:
+            os.close(fd)
     return True
 
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
-from typing import ClassVar
 
 from graphdriver.archive.whiteout import WhiteoutMode
 from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig
-from graphdriver.drivers.treecopy import copy_tree, reflink_supported, remove_tree
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 #: The layer's root filesystem, inside its folder.
 FS_DIR = "fs"
@@ -70,7 +71,9 @@ class VfsDriver(Driver):
         if not os.path.isdir(existing):
             raise Unsupported(f"vfs home {home}", f"{existing} is not a directory; choose another home")
         try:
-            os.rmdir(tempfile.mkdtemp(prefix=".vfs-probe-", dir=existing))
+            probe = os.path.join(existing, f".vfs-probe-{os.getpid()}-{os.urandom(4).hex()}")
+            os.mkdir(probe, 0o700)
+            os.rmdir(probe)
         except OSError as e:
             raise Unsupported(
                 f"vfs home {home}",
@@ -89,6 +92,8 @@ class VfsDriver(Driver):
     def reflinks(self) -> bool:
         """Whether files in the home can be cloned (probed once per driver)."""
         if self._reflinks is None:
+            from graphdriver.drivers.treecopy import reflink_supported
+
             self._reflinks = reflink_supported(self.home)
         return self._reflinks
 
@@ -101,6 +106,8 @@ class VfsDriver(Driver):
             return
         source = self._fs(parent)
         try:
+            from graphdriver.drivers.treecopy import copy_tree
+
             copy_tree(source, fs, reflink=_COPY_MODES[self.copy_mode])
         except OSError as e:
             what = f"layer {layer_id}"
@@ -130,6 +137,8 @@ class VfsDriver(Driver):
 
     def _destroy(self, folder: str) -> None:
         # A layer holds a whole tree, of any depth a tarball or a container made.
+        from graphdriver.drivers.treecopy import remove_tree
+
         remove_tree(folder)
 
     def apply_target(self, layer_id: str) -> ApplyTarget:

@@ -305,6 +305,7 @@ class WindowsFilterDriver(Driver):
 
     name: ClassVar[str] = "windowsfilter"
     OPTIONS: ClassVar[frozenset[str]] = frozenset({BASE_IMAGES_OPTION})
+    STATUS_IS_STATIC: ClassVar[bool] = False  # base images come and go
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)

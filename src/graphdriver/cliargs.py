@@ -1,0 +1,255 @@
+"""Command-line parsing for ``graphdriver``: one table, read by a small parser.
+
+Scripts call a layer store thousands of times, so parsing must cost next to
+nothing: no ``argparse`` (whose import and per-command parser building cost
+more than the rest of a read-only command), no regexes, no dataclasses.  The
+table below is the one description of the command line; the parser, the
+usage errors and ``--help`` all read it.
+
+Global options may stand before or after the command (``graphdriver layers
+--json`` and ``graphdriver --json layers`` are the same); ``--opt=VALUE`` and
+``--opt VALUE`` are the same; ``--`` ends the options; ``-`` is an argument
+(standard input).  A usage error is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+from graphdriver.errors import GraphDriverError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+PROG = "graphdriver"
+
+
+class UsageError(GraphDriverError):
+    """Bad arguments: one line, exit code 2, a pointer to ``--help``."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, command: str | None = None) -> None:
+        where = f"{PROG} {command}" if command else PROG
+        super().__init__(message, f"see '{where} --help'")
+
+
+class Option:
+    """One option: its spellings, where its value goes, and what it means."""
+
+    __slots__ = ("dest", "flags", "help", "metavar", "repeat", "value")
+
+    def __init__(self, flags: str, help: str, *, metavar: str = "", repeat: bool = False) -> None:
+        self.flags = tuple(flags.split("|"))
+        self.dest = self.flags[-1].lstrip("-").replace("-", "_")
+        self.metavar = metavar  # empty: a switch that takes no value
+        self.value = bool(metavar)
+        self.repeat = repeat
+        self.help = help
+
+
+class Command:
+    """One command: positional arguments (``ID``, ``[FILE]``, ``[ID...]``) and options."""
+
+    __slots__ = ("args", "help", "name", "options")
+
+    def __init__(self, name: str, args: str, help: str, *options: Option) -> None:
+        self.name = name
+        self.args = tuple(args.split())
+        self.help = help
+        self.options = options
+
+
+_PARENT = Option("--parent", "the parent layer (default: the layer's own)", metavar="P")
+
+GLOBAL_OPTIONS = (
+    Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root)",
+           metavar="DIR"),
+    Option("--run-root", "runtime state: mounts, mount counts (default $GRAPHDRIVER_RUNROOT)",
+           metavar="DIR"),
+    Option("--driver", "overlay, vfs or windowsfilter (default: the store's, else probed)",
+           metavar="NAME"),
+    Option("--opt", "a driver option, repeatable (size=20G, mount_program=PATH, ...)",
+           metavar="KEY=VALUE", repeat=True),
+    Option("--additional-store", "a read-only store whose layers are listed and used as parents",
+           metavar="DIR", repeat=True),
+    Option("--uidmap", "uid map of a new store (container:host:size[,...])", metavar="MAP"),
+    Option("--gidmap", "gid map of a new store (container:host:size[,...])", metavar="MAP"),
+    Option("--json", "machine-readable output on stdout"),
+    Option("-q|--quiet", "less on stderr (no progress bars)"),
+    Option("-v|--verbose", "more on stderr (a traceback with errors)"),
+    Option("-h|--help", "this help"),
+)
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("status", "", "the driver's name, then what it found (key: value lines)"),
+    Command("create", "ID", "create an empty layer (an image layer; --rw for a container layer)",
+            _PARENT,
+            Option("--rw", "a writable container layer"),
+            Option("--size", "limit a --rw layer's size (20G, 512M, ...)", metavar="SIZE"),
+            Option("--mount-label", "SELinux label for its mounts", metavar="LABEL")),
+    Command("import", "ID [FILE]", "create an image layer from a layer tarball (plain, gzip, zstd, "
+            "xz, bzip2; FILE or - for standard input); prints the bytes applied", _PARENT),
+    Command("apply", "ID [FILE]", "apply a layer tarball to an existing layer; prints the bytes "
+            "applied", _PARENT),
+    Command("mount", "ID", "make the layer's root filesystem available; prints its path "
+            "(counted: each mount needs an unmount)",
+            Option("--mount-label", "SELinux label for the mount", metavar="LABEL")),
+    Command("unmount", "ID", "release one mount; the last one really unmounts"),
+    Command("exists", "ID", "exit 0 if the layer exists, 3 if not"),
+    Command("layers", "", "list the layers, one id a line"),
+    Command("layer", "ID", "the layer's record, as JSON"),
+    Command("changes", "ID", "what the layer changed (A added, C changed, D deleted), sorted by path",
+            _PARENT),
+    Command("diff", "ID", "the layer tarball; byte for byte the imported one while unchanged",
+            _PARENT, Option("-o|--output", "write to FILE instead of standard output",
+                            metavar="FILE")),
+    Command("diffsize", "ID", "bytes the layer adds (hard-linked files once)", _PARENT),
+    Command("remove", "ID", "delete a layer (refused while mounted or with children)"),
+    Command("cleanup", "", "finish or undo what a crash interrupted; prints what it did"),
+    Command("tarsplit", "ID", "the layer's tar-split metadata (gzip-compressed NDJSON)",
+            Option("-o|--output", "write to FILE instead of standard output", metavar="FILE")),
+    Command("check", "[ID...]", "re-export layers and compare with their recorded digests"),
+    Command("base-images", "", "(windowsfilter) register and list the configured base images"),
+)}
+
+
+class Args:
+    """Parsed arguments: every option's destination and every positional, by name.
+
+    ``id`` is set for the commands whose arguments name ``ID`` (empty otherwise).
+    """
+
+    command: str
+    id: str
+    parent: str | None
+    file: str
+    ids: list[str]
+    output: str | None
+    rw: bool
+    size: str | None
+    mount_label: str
+    root: str | None
+    run_root: str | None
+    driver: str | None
+    opt: list[str]
+    additional_store: list[str]
+    uidmap: str | None
+    gidmap: str | None
+    json: bool
+    quiet: bool
+    verbose: bool
+    help: bool
+
+    def __init__(self) -> None:
+        self.command = self.id = self.mount_label = ""
+        self.file = "-"
+        self.parent = self.output = self.size = None
+        self.root = self.run_root = self.driver = self.uidmap = self.gidmap = None
+        self.ids, self.opt, self.additional_store = [], [], []
+        self.rw = self.json = self.quiet = self.verbose = self.help = False
+
+
+def _index(options: Sequence[Option]) -> dict[str, Option]:
+    return {flag: o for o in options for flag in o.flags}
+
+
+_GLOBAL_INDEX = _index(GLOBAL_OPTIONS)
+
+
+def parse(argv: Sequence[str]) -> Args:
+    """Parse *argv* (without the program name); :class:`UsageError` on bad arguments."""
+    args = Args()
+    words: list[str] = []
+    index = _GLOBAL_INDEX
+    command: Command | None = None
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        word = items[i]
+        i += 1
+        if word == "--":
+            words.extend(items[i:])
+            break
+        if not word.startswith("-") or word == "-":
+            if command is None:
+                command = COMMANDS.get(word)
+                if command is None:
+                    raise UsageError(f"unknown command {_quote(word)}")
+                args.command = word
+                index = {**_GLOBAL_INDEX, **_index(command.options)}
+            else:
+                words.append(word)
+            continue
+        flag, eq, inline = word.partition("=")
+        option = index.get(flag)
+        if option is None:
+            raise UsageError(f"unknown option {_quote(flag)}", args.command or None)
+        if not option.value:
+            if eq:
+                raise UsageError(f"option {flag} takes no value", args.command or None)
+            setattr(args, option.dest, True)
+            continue
+        if not eq:
+            if i >= len(items):
+                raise UsageError(f"option {flag} needs a value ({option.metavar})", args.command or None)
+            inline = items[i]
+            i += 1
+        if option.repeat:
+            getattr(args, option.dest).append(inline)
+        else:
+            setattr(args, option.dest, inline)
+    if args.help:
+        return args
+    if command is None:
+        raise UsageError("no command given")
+    _positionals(command, words, args)
+    return args
+
+
+def _positionals(command: Command, words: list[str], args: Args) -> None:
+    for spec in command.args:
+        if spec == "[ID...]":
+            args.ids, words = words, []
+        elif spec.startswith("["):
+            if words:
+                setattr(args, spec.strip("[]").lower(), words.pop(0))
+        elif not words:
+            raise UsageError(f"missing argument {spec}", command.name)
+        else:
+            setattr(args, spec.lower(), words.pop(0))
+    if words:
+        raise UsageError(f"unexpected argument {_quote(words[0])}", command.name)
+
+
+def _quote(word: str) -> str:
+    """A word from the command line, shortened and with control characters escaped."""
+    shown = word if len(word) <= 60 else word[:57] + "..."
+    return repr(shown) if not shown.isprintable() else f"'{shown}'"
+
+
+def _option_lines(options: Sequence[Option]) -> list[str]:
+    lines = []
+    for o in options:
+        spelled = ", ".join(o.flags) + (f" {o.metavar}" if o.metavar else "")
+        lines.append(f"  {spelled:<28} {o.help}")
+    return lines
+
+
+def help_text(command: str | None) -> str:
+    """``graphdriver --help`` or ``graphdriver COMMAND --help``."""
+    if command is None:
+        lines = [f"usage: {PROG} [OPTIONS] COMMAND [ARGS]", "", "A container layer store.", "",
+                 "Commands:"]
+        lines += [f"  {c.name:<12} {c.help}" for c in COMMANDS.values()]
+        lines += ["", "Options (before or after the command):", *_option_lines(GLOBAL_OPTIONS), "",
+                  "Exit codes: 0 success, 1 failure, 2 usage, 3 not found, 4 exists, "
+                  "5 precondition, 6 integrity, 7 unsupported.",
+                  f"Run '{PROG} COMMAND --help' for one command."]
+        return "\n".join(lines) + "\n"
+    c = COMMANDS[command]
+    lines = [f"usage: {PROG} [OPTIONS] {' '.join((c.name, *c.args))}"
+             + (" [COMMAND OPTIONS]" if c.options else ""), "", c.help[0].upper() + c.help[1:] + "."]
+    if c.options:
+        lines += ["", "Command options:", *_option_lines(c.options)]
+    lines += ["", f"Global options: see '{PROG} --help'."]
+    return "\n".join(lines) + "\n"

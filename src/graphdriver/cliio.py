@@ -1,0 +1,63 @@
+"""Where a command's bytes come from and go to.
+
+``import``/``apply`` read FILE or standard input (``-``); ``diff``/``tarsplit``
+write standard output or ``-o FILE``.  A regular FILE is written whole or not
+at all (a temporary file beside it, renamed over it at the end), so a failed
+export never leaves a truncated tarball under the name a script expects; a FILE
+that exists and is not a regular file (a device, a fifo, ``/dev/stdout``) is
+written into as it is, never replaced.  Progress bars wrap the stream when
+stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from graphdriver import progress
+from graphdriver.errors import InvalidArgument
+
+
+@contextlib.contextmanager
+def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
+    """FILE (or standard input for ``-``), wrapped in a progress bar when one is wanted."""
+    if path == "-":
+        with progress.reading(sys.stdin.buffer, label, None, quiet) as s:
+            yield s
+        return
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}", e.strerror or str(e)) from e
+    with f, progress.reading(f, label, progress.file_size(f), quiet) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def output_stream(path: str | None) -> Iterator[BinaryIO]:
+    """Standard output, or FILE: a regular file written whole, anything else written into."""
+    if path is None or path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(path, "wb") as f:
+            yield f
+        return
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

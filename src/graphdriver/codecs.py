@@ -1,0 +1,65 @@
+"""Which implementation each codec uses: a C-backed wheel, or its twin.
+
+Every speed-up the store relies on is an ordinary dependency (``isal`` for
+gzip, ``zstandard`` for zstd, ``fastcrc`` for tar-split's CRC-64), and each
+keeps a twin that passes the same tests:
+
+========  ==============  =====================================================
+codec     fast            twin (used when the wheel cannot be imported)
+========  ==============  =====================================================
+gzip      ``isal``        the standard library's ``gzip``/``zlib``
+crc64     ``fastcrc``     a table-driven pure-Python CRC-64/ISO
+zstd      ``zstandard``   none before Python 3.14; zstd layers are refused
+========  ==============  =====================================================
+
+``GRAPHDRIVER_PURE=1`` selects the twins (gzip and CRC-64) even where the
+wheels load, so the tests can hold both to the same results.  Nothing here
+imports a codec: ``status`` reports what *would* be used by looking the modules
+up, which costs microseconds, while the import itself (tens of milliseconds for
+``isal`` and ``zstandard``) happens only when a stream needs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Set (to anything but the empty string) to select the pure twins.
+PURE_ENV = "GRAPHDRIVER_PURE"
+
+
+def pure_forced() -> bool:
+    """True when the environment asks for the pure twins."""
+    return bool(os.environ.get(PURE_ENV))
+
+
+def _installed(module: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def gzip_implementation() -> str:
+    """``isal`` or ``zlib`` (the standard library), as gzip streams will use."""
+    return "isal" if not pure_forced() and _installed("isal") else "zlib"
+
+
+def crc64_implementation() -> str:
+    """``fastcrc`` or ``pure``, as tar-split's CRC-64 will use."""
+    return "fastcrc" if not pure_forced() and _installed("fastcrc") else "pure"
+
+
+def zstd_implementation() -> str:
+    """``zstandard``, or ``unavailable`` when its wheel is missing."""
+    return "zstandard" if _installed("zstandard") else "unavailable"
+
+
+def implementations() -> list[tuple[str, str]]:
+    """``(codec, implementation)`` pairs for ``status``."""
+    return [
+        ("Codec gzip", gzip_implementation()),
+        ("Codec zstd", zstd_implementation()),
+        ("Codec crc64", crc64_implementation()),
+    ]

@@ -1,0 +1,107 @@
+"""JSON for store files and command output, through the standard library's C codec.
+
+Every command reads records and prints JSON, and importing :mod:`json` costs a
+read-only command more than its own work: the package imports ``re`` and
+compiles its patterns.  Its C accelerator, ``_json``, needs none of that, so
+this module drives ``_json``'s scanner and encoder directly and gives the same
+results as ``json.loads`` and ``json.dumps`` (the tests hold the two together).
+Where ``_json`` is missing (an interpreter without it), :mod:`json` serves.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+_WS = " \t\n\r"  # JSON's whitespace, and nothing else
+_CONSTANTS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+class _Context:
+    """What ``_json``'s scanner reads from a decoder: json.loads' defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = _CONSTANTS.__getitem__
+    memo: dict[str, str] = {}
+
+
+try:
+    import _json
+
+    _scan: Callable[[str, int], tuple[Any, int]] | None = _json.make_scanner(_Context())  # type: ignore[arg-type]
+    _quote: Callable[[str], str] = _json.encode_basestring_ascii
+except (ImportError, AttributeError):  # pragma: no cover - CPython always has it
+    _scan = None
+
+
+def _unencodable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def loads(data: str | bytes) -> Any:
+    """Like ``json.loads``: one JSON value (UTF-8 bytes or text); ValueError if malformed."""
+    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    if _scan is None:  # pragma: no cover
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(_WS))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as e:
+        raise ValueError(f"Expecting value: char {e.value}") from None
+    if text[end:].strip(_WS):
+        raise ValueError(f"Extra data: char {end}")
+    return value
+
+
+def dumps(value: Any, *, indent: int | None = None, compact: bool = False) -> str:
+    """Like ``json.dumps(value, indent=indent)``; *compact* drops the spaces after ``,`` and ``:``."""
+    if _scan is None:  # pragma: no cover
+        import json
+
+        separators = (",", ":") if compact else None
+        return json.dumps(value, indent=indent, separators=separators)
+    if indent is not None:
+        return "".join(_pretty(value, " " * indent, "\n"))
+    item, key = (",", ":") if compact else (", ", ": ")
+    encode = _json.make_encoder({}, _unencodable, _quote, None, key, item, False, False, True)
+    return "".join(encode(value, 0))
+
+
+def _scalar(value: Any) -> str:
+    encode = _json.make_encoder(None, _unencodable, _quote, None, ": ", ", ", False, False, True)
+    return "".join(encode(value, 0))
+
+
+def _pretty(value: Any, step: str, newline: str) -> list[str]:
+    """``json.dumps(value, indent=len(step))`` as pieces."""
+    if isinstance(value, dict):
+        if not value:
+            return ["{}"]
+        inner = newline + step
+        out = ["{"]
+        for i, (k, v) in enumerate(value.items()):
+            if not isinstance(k, str):
+                k = _scalar(k)  # json.dumps' key rules: 1 -> "1", True -> "true", None -> "null"
+            out.append(("," if i else "") + inner + _quote(k) + ": ")
+            out.extend(_pretty(v, step, inner))
+        out.append(newline + "}")
+        return out
+    if isinstance(value, list | tuple):
+        if not value:
+            return ["[]"]
+        inner = newline + step
+        out = ["["]
+        for i, v in enumerate(value):
+            out.append(("," if i else "") + inner)
+            out.extend(_pretty(v, step, inner))
+        out.append(newline + "]")
+        return out
+    return [_scalar(value)]

@@ -1,0 +1,57 @@
+"""The store's JSON codec gives exactly what the standard library's json gives."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graphdriver import jsonio
+
+scalars = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300)
+@given(values)
+def test_dumps_matches_json(value):
+    assert jsonio.dumps(value) == json.dumps(value)
+    assert jsonio.dumps(value, compact=True) == json.dumps(value, separators=(",", ":"))
+    assert jsonio.dumps(value, indent=2) == json.dumps(value, indent=2)
+
+
+@settings(max_examples=300)
+@given(values, st.sampled_from(["", " ", "\n", " \t\r\n "]))
+def test_loads_matches_json(value, space):
+    text = space + json.dumps(value, indent=None if len(space) % 2 else 2) + space
+    assert jsonio.loads(text) == json.loads(text)
+    assert jsonio.loads(text.encode()) == json.loads(text)
+
+
+def test_non_string_keys_and_constants_as_json_writes_them():
+    value = {1: "a", False: "b", None: [float("inf")], 2.5: {}}
+    assert jsonio.dumps(value, indent=2) == json.dumps(value, indent=2)
+    assert jsonio.dumps(value) == json.dumps(value)
+    assert math.isnan(jsonio.loads("NaN"))
+
+
+@pytest.mark.parametrize("text", ["", "   ", "{", '{"a": 1} x', "[1,]", "tru", '"\x01"', b"\xff"])
+def test_malformed_is_value_error(text):
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        jsonio.loads(text)
+
+
+def test_unencodable_is_type_error():
+    with pytest.raises(TypeError):
+        jsonio.dumps({"a": object()})
+    with pytest.raises(TypeError):
+        jsonio.dumps({"a": object()}, indent=2)
