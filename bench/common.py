@@ -1,10 +1,12 @@
-"""What the import, export and memory benchmarks share: the layer, the commands, the places, the report.
+"""What the benchmarks share: the installed command, the layer, the places, the report.
 
-Every benchmark runs graphdriver as its users do, one CLI process per
-operation, with the interpreter itself (not a wrapper script) and compiled
-modules cached as an installed package has them.  Tools take turns round by
-round (A B C A B C ...), so that a noisy machine slows them alike, and the
-report gives medians and each tool's ratio to graphdriver.
+Every benchmark runs graphdriver as its users get it: the checkout installed
+with a plain ``pip install .`` (no extras) into a new virtual environment
+under ``~/.cache/graphdriver``, and the installed ``graphdriver`` command run
+once per operation.  The report says so, with the codec implementations that
+install uses.  Tools take turns round by round (A B C A B C ...), so that a
+noisy machine slows them alike, and the report gives medians and each tool's
+ratio to graphdriver.
 """
 
 from __future__ import annotations
@@ -28,10 +30,40 @@ if str(SRC) not in sys.path:
 from graphdriver.atomic import syncfs  # noqa: E402
 
 CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
-# Compiled modules cached, as an installed package has them (a checkout run with
-# PYTHONDONTWRITEBYTECODE would compile every module on every command).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-ENV.update(PYTHONPATH=str(SRC), GRAPHDRIVER_NO_PROGRESS="1", PYTHONPYCACHEPREFIX=str(CACHE / "pycache"))
+VENV = CACHE / "bench-venv"
+ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+ENV.update(GRAPHDRIVER_NO_PROGRESS="1")
+
+
+def install() -> Path:
+    """The checkout installed as users install it: ``pip install .`` in a new venv.
+
+    Made afresh on every benchmark run (the checkout may have changed), with
+    the interpreter running the benchmark; returns the venv's ``graphdriver``
+    command and prints how it was installed.
+    """
+    shutil.rmtree(VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                    str(HERE.parent)], check=True, env=ENV)
+    command = VENV / "bin" / "graphdriver"
+    probe = subprocess.run([str(VENV / "bin" / "python"), "-c",
+                            "from graphdriver import codecs; "
+                            "print(', '.join(f'{k[6:]}={v}' for k, v in codecs.implementations()))"],
+                           check=True, capture_output=True, text=True, env=ENV)
+    print(f"graphdriver: `pip install .` (no extras) into a new venv, {command}")
+    print(f"  Python {sys.version.split()[0]}; codecs: {probe.stdout.strip()}")
+    return command
+
+
+_COMMAND: list[Path] = []
+
+
+def graphdriver_command() -> Path:
+    """The installed command (installed once per benchmark process)."""
+    if not _COMMAND:
+        _COMMAND.append(install())
+    return _COMMAND[0]
 
 #: A tool's run: (layer tarball, fresh work directory) -> None; raises on failure.
 Tool = Callable[[Path, Path], None]
@@ -54,9 +86,8 @@ def debian_layer() -> Path:
 
 
 def gd_cmd(work: Path, driver: str, *args: str) -> list[str]:
-    """A graphdriver CLI command on the store in *work*."""
-    # The interpreter itself, not a wrapper script (pyenv shims cost more than some work).
-    return [sys.executable, "-m", "graphdriver", "--root", str(work / "gd"), "--run-root",
+    """A graphdriver CLI command on the store in *work* (the installed command)."""
+    return [str(graphdriver_command()), "--root", str(work / "gd"), "--run-root",
             str(work / "gd-run"), "--driver", driver, *args]
 
 

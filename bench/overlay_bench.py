@@ -42,24 +42,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from common import CACHE, ENV, VENV, graphdriver_command  # noqa: E402
 from graphdriver.drivers.base import Driver  # noqa: E402
 from graphdriver.drivers.mounts import mounts_below, unmount  # noqa: E402
 from graphdriver.store import Store, StoreOptions  # noqa: E402
-
-CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
-# Compiled modules cached, as an installed package has them (a checkout run with
-# PYTHONDONTWRITEBYTECODE would compile every module on every command).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-ENV.update(PYTHONPATH=str(HERE.parent / "src"), GRAPHDRIVER_NO_PROGRESS="1",
-           PYTHONPYCACHEPREFIX=str(CACHE / "pycache"))
-
 
 # ----- the two tools ------------------------------------------------------------------------
 
 
 def gd(work: Path, *args: str, stdout: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[bytes]:
-    # The interpreter itself, not a wrapper script (pyenv shims cost more than the work).
-    cmd = [sys.executable, "-m", "graphdriver"]
+    cmd = [str(graphdriver_command())]  # the command `pip install .` installed
     return subprocess.run([*cmd, "--root", str(work / "gd"), "--run-root", str(work / "gd-run"),
                            "--driver", "overlay", *args], env=ENV, check=True, stdout=stdout,
                           stderr=subprocess.PIPE)
@@ -106,7 +98,8 @@ def cs_chain(work: Path, depth: int) -> tuple[str | None, str]:
 
 def interpreter_start(rounds: int) -> float:
     """What starting Python and importing the CLI costs before any work (median ms)."""
-    cmd = [sys.executable, "-c", "import graphdriver.cli, graphdriver.store"]
+    graphdriver_command()
+    cmd = [str(VENV / "bin" / "python"), "-c", "import graphdriver.cli, graphdriver.store"]
     return median_ms([timed(lambda: subprocess.run(cmd, env=ENV, check=True)) for _ in range(rounds)])
 
 

@@ -116,3 +116,67 @@ def test_cleanup_prints_nothing_when_clean(root):
     assert cli(root, "create", "a").returncode == 0
     r = cli(root, "cleanup")
     assert (r.returncode, r.stdout) == (0, b"")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["frobnicate"], "unknown command 'frobnicate': see 'graphdriver --help'"),
+        (["layers", "--bogus"], "unknown option '--bogus': see 'graphdriver layers --help'"),
+        (["create"], "missing argument ID: see 'graphdriver create --help'"),
+        (["exists", "a", "b"], "unexpected argument 'b': see 'graphdriver exists --help'"),
+        (["diff", "a", "-o"], "option -o needs a value (FILE): see 'graphdriver diff --help'"),
+        (["create", "a", "--rw=yes"], "option --rw takes no value: see 'graphdriver create --help'"),
+        ([], "no command given: see 'graphdriver --help'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_a_hint(root, args, says):
+    r = cli(root, *args)
+    assert r.returncode == 2
+    assert r.stderr.decode() == f"graphdriver: {says}\n"
+    assert r.stdout == b""
+
+
+def test_help_for_the_tool_and_each_command(root):
+    from graphdriver.cliargs import COMMANDS
+
+    r = cli(root, "--help")
+    assert r.returncode == 0 and b"Commands:" in r.stdout
+    for name in COMMANDS:
+        assert f"  {name} ".encode() in r.stdout
+        one = cli(root, name, "--help")
+        assert one.returncode == 0, one.stderr
+        assert one.stdout.decode().startswith(f"usage: graphdriver [OPTIONS] {name}")
+    assert not root.exists()  # help touches no store
+
+
+def test_global_options_after_the_command_and_inline_values(root, tmp_path):
+    assert cli(root, "create", "a").returncode == 0
+    other = tmp_path / "other"
+    r = run_cli("layers", "--json", f"--root={other}", root=root)  # the later --root wins
+    assert (r.returncode, json.loads(r.stdout)) == (0, [])
+    r = run_cli("import", "b", "--parent", "a", "-", root=root, input=make_tar({"f": F(b"x")}))
+    assert (r.returncode, r.stdout) == (0, b"1\n")
+
+
+def test_unknown_driver_on_a_new_root_creates_nothing(root):
+    r = cli(root, "--driver", "bogus", "layers")
+    assert r.returncode == 2 and "unknown driver 'bogus'" in r.stderr.decode()
+    assert not root.exists()
+
+
+def test_output_into_a_fifo_is_written_not_replaced(root, tmp_path):
+    import os
+    import threading
+
+    data = make_tar({"f": F(b"abc")})
+    assert cli(root, "import", "l", "-", input=data).returncode == 0
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    r = cli(root, "diff", "l", "-o", str(fifo))
+    reader.join(10)
+    assert r.returncode == 0, r.stderr
+    assert got == [data] and fifo.is_fifo()

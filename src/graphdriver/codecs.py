@@ -22,6 +22,7 @@ up, which costs microseconds, while the import itself (tens of milliseconds for
 from __future__ import annotations
 
 import os
+import sys
 
 #: Set (to anything but the empty string) to select the pure twins.
 PURE_ENV = "GRAPHDRIVER_PURE"
@@ -33,12 +34,21 @@ def pure_forced() -> bool:
 
 
 def _installed(module: str) -> bool:
-    from importlib.util import find_spec
+    """Whether *module* (a top-level name) can be found, without importing it.
 
-    try:
-        return find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    Asks the import system's finders directly, as ``importlib.util.find_spec``
+    does for a top-level name, without importing :mod:`importlib.util`.
+    """
+    if module in sys.modules:
+        return True
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        try:
+            if find_spec is not None and find_spec(module, None) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
 
 
 def gzip_implementation() -> str:

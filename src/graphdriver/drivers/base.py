@@ -67,7 +67,6 @@ import abc
 import os
 
 from graphdriver import atomic, jsonio
-from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, WhiteoutMode
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -90,6 +89,7 @@ if TYPE_CHECKING:
     from graphdriver.archive.confine import ConfinedDirs
     from graphdriver.archive.extract import ApplyOptions, EntrySource
     from graphdriver.archive.ingest import IngestResult
+    from graphdriver.archive.whiteout import WhiteoutMode
 
 LAYERCHAIN_FILE = "layerchain.json"
 LAYERID_FILE = "layerID"
@@ -141,16 +141,20 @@ class ApplyTarget:
     def __init__(
         self,
         path: str,
-        whiteouts: WhiteoutMode = WhiteoutMode.DELETE,
+        whiteouts: WhiteoutMode | None = None,
         lower_dirs: tuple[str, ...] = (),
-        opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
+        opaque_xattr: str | None = None,
     ) -> None:
+        # Imported here: the enum module is more than `layer` and `mount` should load.
+        from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, WhiteoutMode
+
         self.path = path
-        self.whiteouts = whiteouts
+        #: How deletions are expressed in the target (default: deleting, as in a full tree).
+        self.whiteouts = WhiteoutMode.DELETE if whiteouts is None else whiteouts
         #: Directories searched (in order) for hardlink targets the layer itself lacks.
         self.lower_dirs = tuple(lower_dirs)
         #: The xattr that marks an opaque directory in OVERLAY mode (user.overlay.opaque rootless).
-        self.opaque_xattr = opaque_xattr
+        self.opaque_xattr = OVERLAY_OPAQUE_XATTR if opaque_xattr is None else opaque_xattr
 
 
 _READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -62,14 +62,11 @@ Driver options (``--opt KEY=VALUE``):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 
 from graphdriver import atomic
-from graphdriver.archive.changes import Change
-from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_XATTR_USER, WhiteoutMode
 from graphdriver.drivers.base import (
     REMOVING_SUFFIX,
     STAGING_DIR,
@@ -91,6 +88,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import BinaryIO, ClassVar
 
+    from graphdriver.archive.changes import Change
     from graphdriver.drivers import sizelimit
 
 #: The most lower directories the kernel stacks (``OVL_MAX_STACK``), so the longest chain.
@@ -209,8 +207,11 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
     user_xattrs = mount_program is not None or os.geteuid() != 0 or _in_user_namespace()
     found.update(_probe_directory(existing, what, user_xattrs=user_xattrs))
     for param in ("redirect_dir", "metacopy", "index"):
-        with contextlib.suppress(OSError), open(os.path.join(_MODULE_PARAMS, param), encoding="ascii") as f:
-            found[f"Kernel Default {param}"] = f.read().strip()
+        try:
+            with open(os.path.join(_MODULE_PARAMS, param), encoding="ascii") as f:
+                found[f"Kernel Default {param}"] = f.read().strip()
+        except OSError:
+            pass
     return found
 
 
@@ -275,7 +276,6 @@ class OverlayDriver(Driver):
         # Rootless overlays (FUSE, or the kernel's inside a user namespace) keep
         # their whiteout bookkeeping in user.* xattrs.
         self.user_xattrs = self.mount_program is not None or _in_user_namespace()
-        self.opaque_xattr = OVERLAY_OPAQUE_XATTR_USER if self.user_xattrs else OVERLAY_OPAQUE_XATTR
         self.mount_options = self._kernel_options()
         self.native_diff, self.native_why = self._native_diff_ok()
         self._size_method: sizelimit.Method | bool | None = False  # False: not chosen yet
@@ -284,6 +284,13 @@ class OverlayDriver(Driver):
         if not os.path.isdir(self.links):
             os.makedirs(self.links, 0o700, exist_ok=True)
             self.repair_links()
+
+    @property
+    def opaque_xattr(self) -> str:
+        """The xattr marking an opaque directory in this driver's upper directories."""
+        from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_XATTR_USER
+
+        return OVERLAY_OPAQUE_XATTR_USER if self.user_xattrs else OVERLAY_OPAQUE_XATTR
 
     @property
     def size_method(self) -> sizelimit.Method | None:
@@ -480,9 +487,11 @@ class OverlayDriver(Driver):
         elif os.path.basename(os.path.dirname(folder)) == STAGING_DIR:
             name = name.rpartition("-")[0]
         link = os.path.join(self.links, short)
-        with contextlib.suppress(OSError):
+        try:
             if short and os.readlink(link) == f"../{name}/{DIFF_DIR}":
                 os.unlink(link)
+        except OSError:
+            pass
 
     def repair_links(self) -> list[str]:
         """Recreate missing short links (the link directory is derived data); one line each."""
@@ -498,10 +507,12 @@ class OverlayDriver(Driver):
                 continue
             link = os.path.join(self.links, short)
             target = f"../{name}/{DIFF_DIR}"
-            with contextlib.suppress(OSError):
+            try:
                 if os.readlink(link) == target:
                     continue
                 os.unlink(link)
+            except OSError:
+                pass
             os.symlink(target, link)
             done.append(f"recreated link {short} of layer {name}")
         return done
@@ -647,6 +658,7 @@ class OverlayDriver(Driver):
     # ----- apply, changes, diff -----------------------------------------------------------------
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
+        from graphdriver.archive.whiteout import WhiteoutMode
         from graphdriver.drivers import sizelimit
 
         folder = self.resolve(layer_id)

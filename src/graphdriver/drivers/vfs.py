@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import os
 
-from graphdriver.archive.whiteout import WhiteoutMode
 from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
 
@@ -142,7 +141,7 @@ class VfsDriver(Driver):
         remove_tree(folder)
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
-        return ApplyTarget(path=self._fs(layer_id), whiteouts=WhiteoutMode.DELETE)
+        return ApplyTarget(path=self._fs(layer_id))  # whiteouts delete: a full tree
 
     def _fs(self, layer_id: str) -> str:
         """The root filesystem directory of a layer (of any home)."""

@@ -1,0 +1,113 @@
+"""Start-up: what a command loads, and the per-boot probe and status memory.
+
+Scripts call a layer store thousands of times, so the read-only commands must
+not load the modules that make up most of a command's start-up.  This is
+checked by the modules a command leaves in ``sys.modules`` (deterministic),
+never by timing; ``bench/startup_bench.py`` measures the time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, needs_root, run_cli
+
+# Each costs a read-only command a large share of an interpreter's start-up.
+HEAVY = ("argparse", "re", "json", "dataclasses", "typing", "contextlib", "enum", "inspect",
+         "hashlib", "shutil", "tempfile", "ctypes", "importlib.util", "isal", "zstandard", "rich")
+
+PROBE = """
+import sys
+from graphdriver.cli import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+print("MODULES", " ".join(sorted(sys.modules)), file=sys.stderr)
+raise SystemExit(code)
+"""
+
+
+def loaded(store: Path, *args: str) -> set[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", PROBE, "--root", str(store), "--run-root", str(store.parent / "run"),
+         *args], capture_output=True, env=env, check=False,
+    )
+    assert proc.returncode in (0, 3), proc.stderr
+    line = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("MODULES ")][-1]
+    return set(line.split()[1:])
+
+
+@pytest.fixture
+def made(tmp_path: Path, driver_name: str) -> Path:
+    store = tmp_path / "store"
+    for args in (("create", "base"), ("create", "ctr", "--parent", "base", "--rw")):
+        run_cli(*args, root=store, driver=driver_name, check=True)
+    run_cli("status", root=store, check=True)  # the first command after boot probes
+    return store
+
+
+@pytest.mark.parametrize("command", [("layers",), ("exists", "ctr"), ("exists", "nope"),
+                                     ("layer", "ctr"), ("status",)])
+def test_read_only_commands_load_no_heavy_module(made, command):
+    heavy = loaded(made, *command) & set(HEAVY)
+    assert not heavy, f"{' '.join(command)} imported {sorted(heavy)}"
+
+
+@needs_root
+def test_mount_loads_no_heavy_module_but_the_mount_calls(made):
+    try:
+        heavy = loaded(made, "mount", "ctr") & set(HEAVY)
+    finally:
+        run_cli("unmount", "ctr", root=made, check=True)
+    assert heavy <= {"ctypes", "contextlib"}, sorted(heavy)  # the mount API goes through ctypes
+
+
+def test_probe_is_remembered_per_boot_for_the_same_home_and_options(tmp_path, monkeypatch):
+    from graphdriver import drivers
+    from graphdriver.drivers.base import DriverConfig
+    from graphdriver.drivers.vfs import VfsDriver
+
+    calls: list[str] = []
+    monkeypatch.setattr(VfsDriver, "probe", classmethod(lambda cls, home: calls.append(home)))
+
+    def config(**opts: str) -> DriverConfig:
+        return DriverConfig(home=str(tmp_path / "home"), run_root=str(tmp_path / "run"), options=opts)
+
+    drivers.init_driver("vfs", config())
+    drivers.init_driver("vfs", config())
+    assert len(calls) == 1
+    drivers.init_driver("vfs", config(copy="copy"))  # other options: probed again
+    assert len(calls) == 2
+    (tmp_path / "run" / drivers.PROBED_MARKER).write_text("something else")
+    drivers.init_driver("vfs", config(copy="copy"))
+    assert len(calls) == 3
+
+
+def test_status_is_remembered_and_names_the_codecs(tmp_path):
+    store = tmp_path / "store"
+    first = run_cli("status", root=store, driver="vfs", check=True).stdout.decode().splitlines()
+    again = run_cli("status", root=store, check=True).stdout.decode().splitlines()
+    assert first == again
+    found = dict(line.split(": ", 1) for line in first[1:])
+    assert found["Codec gzip"] == "isal" and found["Codec crc64"] == "fastcrc"
+    assert found["Codec zstd"] == "zstandard"
+    as_json = json.loads(run_cli("--json", "status", root=store, check=True).stdout)
+    assert as_json["status"]["Codec gzip"] == "isal"
+
+
+def test_status_says_when_the_pure_twins_are_selected(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHDRIVER_PURE", "1")
+    out = run_cli("status", root=tmp_path / "store", driver="vfs", check=True).stdout.decode()
+    assert "Codec gzip: zlib" in out and "Codec crc64: pure" in out
+
+
+def test_installed_command_is_our_launcher():
+    # pip's generated entry-point wrapper imports re; ours must not.
+    text = (ROOT / "bin" / "graphdriver").read_text()
+    assert "import re" not in text and "graphdriver.cli import main" in text
