@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from common import ENV, debian_layer, gd, gd_cmd, have, mib, place, places, report, take_turns, timed
+from common import ENV, debian_layer, gd, gd_cmd, have, mib, place, places, report, take_turns, timed, warm
 
 DRIVERS = ("vfs", "overlay")
 
@@ -94,7 +94,7 @@ def main() -> int:
     if not have("tar-split"):
         print("tar-split is not installed (Debian package tar-split)")
         return 2
-    layer = args.layer or debian_layer()
+    layer = warm(args.layer or debian_layer())
     for where in places(args.where):
         with place(where) as base:
             times = bench(layer, base, args.rounds, args.devnull)

@@ -35,6 +35,7 @@ from common import (
     report,
     take_turns,
     timed,
+    warm,
 )
 
 
@@ -86,7 +87,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--where", choices=["tmpfs", "disk", "both"], default="both")
     args = p.parse_args()
-    layer = args.layer or debian_layer()
+    layer = warm(args.layer or debian_layer())
     for where in places(args.where):
         with place(where) as base:
             report(f"import of {layer.name} ({mib(layer)}) on {where}", bench(layer, base, args.rounds))
