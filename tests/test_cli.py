@@ -180,3 +180,61 @@ def test_output_into_a_fifo_is_written_not_replaced(root, tmp_path):
     reader.join(10)
     assert r.returncode == 0, r.stderr
     assert got == [data] and fifo.is_fifo()
+
+
+def test_diff_of_a_layer_missing_its_tarsplit_data_exits_6(root):
+    data = make_tar({"f": F(b"abc")})
+    assert cli(root, "import", "l", "-", input=data).returncode == 0
+    for path in (root / "tarsplit").iterdir():
+        path.unlink()
+    r = cli(root, "diff", "l")
+    assert r.returncode == 6 and r.stdout == b""
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and "tar-split data is missing" in err and "--regenerate" in err
+    r = cli(root, "diff", "l", "--regenerate")
+    assert r.returncode == 0 and r.stdout
+
+
+def test_import_with_closed_stdin_is_one_line_and_no_layer(root):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+           str(root.parent / "run"), "--driver", "vfs", "import", "l", "-"]
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, check=False)
+    assert r.returncode == 0  # an empty stream is an empty layer, as the Go stores take it
+    r = subprocess.run(["sh", "-c", '"$@" <&-', "sh", *cmd[:-3], "import", "closed", "-"],
+                       capture_output=True, env=env, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.decode() == ("graphdriver: standard input: is closed; name a FILE or pipe a "
+                                 "tarball in\n")
+    assert cli(root, "exists", "closed").returncode == 3
+
+
+def test_changes_quotes_names_that_could_forge_lines(root):
+    data = make_tar({"etc": D(), "etc/ok": F(b"1")})
+    assert cli(root, "import", "base", "-", input=data).returncode == 0
+    assert cli(root, "create", "ctr", "--parent", "base", "--rw").returncode == 0
+    mnt = Path(cli(root, "mount", "ctr").stdout.decode().strip())
+    (mnt / "evil\nD ").mkdir()
+    (mnt / "evil\nD " / "passwd").write_bytes(b"x")
+    assert cli(root, "unmount", "ctr").returncode == 0
+    r = cli(root, "changes", "ctr")
+    assert r.stdout.decode() == 'A "/evil\\nD "\nA "/evil\\nD /passwd"\n'
+    assert json.loads(cli(root, "changes", "ctr", "--json").stdout) == [
+        {"path": "/evil\nD ", "kind": "A"}, {"path": "/evil\nD /passwd", "kind": "A"}]
+
+
+def test_output_to_dev_null_writes_into_it_and_never_replaces_it(root):
+    import os
+    import stat
+
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    before = os.lstat("/dev/null")
+    r = cli(root, "diff", "l", "-o", "/dev/null")
+    after = os.lstat("/dev/null")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_ino == before.st_ino

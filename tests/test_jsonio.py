@@ -55,3 +55,19 @@ def test_unencodable_is_type_error():
         jsonio.dumps({"a": object()})
     with pytest.raises(TypeError):
         jsonio.dumps({"a": object()}, indent=2)
+
+
+def test_malformed_input_is_a_value_error_in_a_fresh_interpreter():
+    """_json reports errors through json.decoder only if that is loaded: it is not, at start-up."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from graphdriver import jsonio\n"
+        "for text in ['{\"id\": \"a\", \"creat', '[1,', '{\"a\" 1}', 'x']:\n"
+        "    try:\n        jsonio.loads(text)\n    except ValueError:\n        pass\n"
+        "    else:\n        raise SystemExit('accepted ' + text)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(ROOT / "src")], check=True)

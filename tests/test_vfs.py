@@ -300,7 +300,7 @@ def test_remove_renames_then_destroys(d: VfsDriver, tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(d, "_destroy", spy)
     d.remove("base")
-    assert seen == [(str(folder) + "-removing", False, True)]
+    assert seen == [(str(tmp_path / "home" / ".removing-base"), False, True)]
     assert not d.exists("base")
     assert sorted(os.listdir(tmp_path / "home")) == [".staging"]
     with pytest.raises(NotFound):
@@ -344,7 +344,12 @@ def test_cleanup_finishes_interrupted_work(d: VfsDriver, tmp_path: Path) -> None
     (dead / "fs").mkdir(parents=True)
     alive = home / ".staging" / f"busy-{os.getppid()}"
     alive.mkdir()
-    done = d.cleanup()
+    live = home / "live-removing"  # a layer named like an older store's leftover
+    live.mkdir()
+    first = d.cleanup()
+    assert not any("gone-removing" in line for line in first)  # no records given: kept
+    done = first + d.cleanup(layers={"keep", "live-removing"})
+    assert live.exists()
     assert not (home / "gone-removing").exists()
     assert not dead.exists()
     assert alive.exists()

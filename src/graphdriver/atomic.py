@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+#: Temporary files are named ``<prefix><name>-<pid>``: dot-named, so never a layer's
+#: name, and the pid says whether their writer still lives.
+TEMP_PREFIX = ".tmp-"
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename or unlink inside *path* durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -26,7 +31,7 @@ def fsync_dir(path: str) -> None:
 def write_bytes(path: str, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
     """Replace *path* with *data* atomically (and durably unless told otherwise)."""
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}-{os.getpid()}")
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(path)}-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 
 def _open_store(args: Args) -> Store:
+    """The store the global options name (``cleanup`` opens it without recovering first,
+    so that what it repairs is its own work, printed line by line)."""
     from graphdriver.store import open_store
 
     idmaps = None
@@ -37,6 +39,7 @@ def _open_store(args: Args) -> Store:
         driver_options=args.opt,
         idmaps=idmaps,
         additional_stores=tuple(args.additional_store),
+        recover=args.command != "cleanup",
     )
 
 
@@ -98,14 +101,20 @@ def cmd_exists(store: Store, args: Args) -> int:
 
 
 def cmd_layers(store: Store, args: Args) -> int:
+    records, bad = store.scan_layers()
     if args.json:
-        records = store.layers()
         for r in records:
             r.metadata = store.driver.metadata(r.id)
         _out(jsonio.dumps([r.display() for r in records]))
     else:
-        # Ids alone need no record read: scripts list layers often.
-        sys.stdout.writelines(f"{layer_id}\n" for layer_id in store.layer_ids())
+        sys.stdout.writelines(f"{r.id}\n" for r in records)
+    # A corrupt record or a damaged layer is named, not fatal: the layers are listed
+    # (`check` exits 6 for them).
+    for _layer_id, error in bad:
+        sys.stderr.write(f"{PROG}: {error}\n")
+    for r in records:
+        if r.damaged:
+            sys.stderr.write(f"{PROG}: layer {r.id}: is damaged ({r.damaged})\n")
     return 0
 
 
@@ -130,7 +139,7 @@ def cmd_diff(store: Store, args: Args) -> int:
     total = store.layer(args.id).uncompressed_size if args.parent is None else None
     label = f"diff {args.id}"
     with output_stream(args.output) as raw, progress.writing(raw, label, total, args.quiet) as out:
-        store.diff(args.id, out, args.parent)
+        store.diff(args.id, out, args.parent, regenerate=args.regenerate)
     return 0
 
 

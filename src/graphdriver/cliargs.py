@@ -102,7 +102,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             _PARENT),
     Command("diff", "ID", "the layer tarball; byte for byte the imported one while unchanged",
             _PARENT, Option("-o|--output", "write to FILE instead of standard output",
-                            metavar="FILE")),
+                            metavar="FILE"),
+            Option("--regenerate", "build the tarball from the layer's files even where the "
+                                   "imported bytes cannot be given back (another digest)")),
     Command("diffsize", "ID", "bytes the layer adds (hard-linked files once)", _PARENT),
     Command("remove", "ID", "delete a layer (refused while mounted or with children)"),
     Command("cleanup", "", "finish or undo what a crash interrupted; prints what it did"),
@@ -126,6 +128,7 @@ class Args:
     ids: list[str]
     output: str | None
     rw: bool
+    regenerate: bool
     size: str | None
     mount_label: str
     root: str | None
@@ -146,7 +149,7 @@ class Args:
         self.parent = self.output = self.size = None
         self.root = self.run_root = self.driver = self.uidmap = self.gidmap = None
         self.ids, self.opt, self.additional_store = [], [], []
-        self.rw = self.json = self.quiet = self.verbose = self.help = False
+        self.rw = self.regenerate = self.json = self.quiet = self.verbose = self.help = False
 
 
 def _index(options: Sequence[Option]) -> dict[str, Option]:

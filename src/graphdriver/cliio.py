@@ -26,6 +26,8 @@ from graphdriver.errors import InvalidArgument
 def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
     """FILE (or standard input for ``-``), wrapped in a progress bar when one is wanted."""
     if path == "-":
+        if sys.stdin is None:  # the caller closed it: there is nothing to read, not an empty layer
+            raise InvalidArgument("standard input", "is closed; name a FILE or pipe a tarball in")
         with progress.reading(sys.stdin.buffer, label, None, quiet) as s:
             yield s
         return

@@ -8,6 +8,14 @@ chained with ``raise ... from`` so ``-v`` can show them.
 
 from __future__ import annotations
 
+#: The most characters of a name (an archive entry, an id) an error message quotes.
+NAME_LIMIT = 200
+
+
+def shorten(name: str, limit: int = NAME_LIMIT) -> str:
+    """*name* cut to *limit* characters (with "..." and the full length) for a message."""
+    return name if len(name) <= limit else f"{name[:limit]}... ({len(name)} characters)"
+
 
 class GraphDriverError(Exception):
     """Base class: any failure (exit code 1)."""
@@ -65,7 +73,7 @@ class ArchiveError(GraphDriverError):
 
     def __init__(self, entry: str, why: str) -> None:
         self.entry = entry
-        what = f"entry {entry!r}" if entry else "archive"
+        what = f"entry {shorten(entry)!r}" if entry else "archive"
         super().__init__(what, why)
 
 

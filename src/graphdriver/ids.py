@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphdriver.errors import InvalidArgument
+from graphdriver.errors import InvalidArgument, shorten
 
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _REST = _ALNUM | frozenset("_.-")
@@ -22,9 +22,8 @@ def is_valid_id(layer_id: str) -> bool:
 def check_id(layer_id: str, what: str = "layer id") -> str:
     """Return *layer_id* unchanged, or raise :class:`InvalidArgument`."""
     if not is_valid_id(layer_id):
-        shown = layer_id if len(layer_id) <= 200 else layer_id[:200] + "..."
         raise InvalidArgument(
-            f"invalid {what} {shown!r}",
+            f"invalid {what} {shorten(layer_id)!r}",
             "must be 1 to 128 characters of [A-Za-z0-9][A-Za-z0-9_.-]*",
         )
     return layer_id

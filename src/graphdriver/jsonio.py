@@ -54,8 +54,12 @@ def loads(data: str | bytes) -> Any:
     start = len(text) - len(text.lstrip(_WS))
     try:
         value, end = _scan(text, start)
-    except StopIteration as e:
-        raise ValueError(f"Expecting value: char {e.value}") from None
+    except (StopIteration, ValueError, SystemError):
+        # Malformed.  _json reports errors through json.decoder, which it finds
+        # only if already imported (else a SystemError): let json say what is wrong.
+        import json
+
+        return json.loads(text)
     if text[end:].strip(_WS):
         raise ValueError(f"Extra data: char {end}")
     return value

@@ -15,6 +15,7 @@ import time
 
 from graphdriver import atomic
 from graphdriver.errors import IntegrityError, NotFound
+from graphdriver.ids import is_valid_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,9 +42,11 @@ _STORED: tuple[tuple[str, Any], ...] = (
     ("chain_id", None),
     # Why ``diff`` cannot give back the imported bytes (an archive that overwrites itself).
     ("unreproducible", None),
+    # Why the layer's files cannot be trusted (an apply that did not finish); None when whole.
+    ("damaged", None),
 )
 _OPTIONAL = ("diff_digest", "compressed_digest", "compressed_size", "uncompressed_size",
-             "chain_id", "unreproducible")
+             "chain_id", "unreproducible", "damaged")
 
 
 class LayerRecord:
@@ -67,6 +70,7 @@ class LayerRecord:
     uncompressed_size: int | None
     chain_id: str | None
     unreproducible: str | None
+    damaged: str | None
     #: Driver facts shown by ``layer ID`` (filled in when printed, not stored).
     metadata: dict[str, str]
     #: True for layers of an additional read-only store.
@@ -94,8 +98,18 @@ class LayerRecord:
 
     @classmethod
     def from_json(cls, value: Any, source: str) -> LayerRecord:
-        if not isinstance(value, dict) or not isinstance(value.get("id"), str):
-            raise IntegrityError(f"layer record {source}", "malformed")
+        """A record read from disk, every field checked by type (IntegrityError if corrupt)."""
+        what = f"layer record {source}"
+        if not isinstance(value, dict):
+            raise IntegrityError(what, "corrupt: not a JSON object")
+        if value.get("id") != source:
+            raise IntegrityError(what, f"corrupt: its id is {_shown(value.get('id'))}")
+        for name, kinds in _FIELD_TYPES.items():
+            if name in value and not _is(value[name], kinds):
+                raise IntegrityError(what, f"corrupt: {name} is {_shown(value[name])}")
+        parent = value.get("parent")
+        if parent is not None and not is_valid_id(parent):
+            raise IntegrityError(what, f"corrupt: parent is {_shown(parent)}")
         return cls(**{k: v for k, v in value.items() if k in _FIELD_NAMES})
 
     def display(self) -> dict[str, Any]:
@@ -111,6 +125,29 @@ class LayerRecord:
 
 
 _FIELD_NAMES = frozenset(name for name, _ in _STORED)
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+#: What each stored field may hold (ints never bools, sizes never negative).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "parent": _OPT_STR, "created": (str,), "writable": (bool,), "driver": (str,),
+    "size": _OPT_INT, "diff_digest": _OPT_STR, "compressed_digest": _OPT_STR,
+    "compressed_size": _OPT_INT, "uncompressed_size": _OPT_INT, "chain_id": _OPT_STR,
+    "unreproducible": _OPT_STR, "damaged": _OPT_STR,
+}
+
+
+def _is(value: object, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        return False
+    return isinstance(value, kinds)
+
+
+def _shown(value: object) -> str:
+    from graphdriver.errors import shorten
+
+    return shorten(repr(value), 60)
 
 
 def now_rfc3339() -> str:
@@ -166,13 +203,25 @@ class RecordStore:
         return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
 
     def all(self) -> list[LayerRecord]:
-        out = []
+        """Every readable record (corrupt ones left out: see :meth:`scan`)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[LayerRecord], list[tuple[str, IntegrityError]]]:
+        """Every record: the good ones, and what is wrong with each corrupt one.
+
+        One damaged record must not take the store down: callers list and use
+        the good ones and name the bad.
+        """
+        good: list[LayerRecord] = []
+        bad: list[tuple[str, IntegrityError]] = []
         for layer_id in self.ids():
             try:
-                out.append(self.get(layer_id))
+                good.append(self.get(layer_id))
             except NotFound:
-                pass
-        return out
+                pass  # removed while we looked
+            except IntegrityError as e:
+                bad.append((layer_id, e))
+        return good, bad
 
     # ----- pending markers --------------------------------------------------------
     #
@@ -218,6 +267,13 @@ class RecordStore:
         """Ids with a pending marker, without reading the markers."""
         try:
             return [n for n in os.listdir(self.pending_dir) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def pending_entries(self) -> list[str]:
+        """Everything in the pending folder: markers, their locks, half-written markers."""
+        try:
+            return os.listdir(self.pending_dir)
         except FileNotFoundError:
             return []
 

@@ -20,6 +20,7 @@ import os
 from graphdriver import atomic, codecs, drivers
 from graphdriver.errors import (
     AlreadyExists,
+    GraphDriverError,
     IntegrityError,
     InvalidArgument,
     NotFound,
@@ -117,9 +118,10 @@ class Store:
         self.readonly = [
             RecordStore(os.path.abspath(p), writable=False) for p in opts.additional_stores
         ]
-        # Recovery runs only when a crash left work behind: a read-only command
-        # on a healthy store lists one empty folder and goes on.
-        if opts.recover and self.records.pending_ids():
+        # Recovery runs only when work was left behind (markers, their locks,
+        # half-written temporary files): a read-only command on a healthy store
+        # lists one empty folder and goes on.
+        if opts.recover and self.records.pending_entries():
             self.cleanup()
         if opts.driver_options:
             self.driver  # noqa: B018 - unknown driver options are refused at once
@@ -251,35 +253,25 @@ class Store:
         return record
 
     def layers(self) -> list[LayerRecord]:
-        """Every complete layer, this store's first, then the additional stores'."""
+        """Every complete layer with a sound record, this store's first, then the additional stores'."""
+        return self.scan_layers()[0]
+
+    def scan_layers(self) -> tuple[list[LayerRecord], list[tuple[str, IntegrityError]]]:
+        """:meth:`layers`, and the ids whose records are corrupt with what is wrong with each."""
         seen: set[str] = set()
         out: list[LayerRecord] = []
-        pending = set(self.records.pending_ids())
-        for record in self.records.all():
-            if record.id not in pending:
-                seen.add(record.id)
-                out.append(record)
-        for ro in self.readonly:
-            ro_pending = set(ro.pending_ids())
-            for record in ro.all():
-                if record.id not in seen and record.id not in ro_pending:
-                    record.read_only_store = True
+        bad: list[tuple[str, IntegrityError]] = []
+        for records, read_only in ((self.records, False), *((ro, True) for ro in self.readonly)):
+            pending = set(records.pending_ids())
+            good, broken = records.scan()
+            for record in good:
+                if record.id not in seen and record.id not in pending:
+                    record.read_only_store = read_only
                     seen.add(record.id)
                     out.append(record)
-        return out
-
-    def layer_ids(self) -> list[str]:
-        """The ids :meth:`layers` lists, in its order, without reading the records."""
-        pending = set(self.records.pending_ids())
-        out = [i for i in self.records.ids() if i not in pending]
-        seen = set(out)
-        for ro in self.readonly:
-            ro_pending = set(ro.pending_ids())
-            for layer_id in ro.ids():
-                if layer_id not in seen and layer_id not in ro_pending:
-                    seen.add(layer_id)
-                    out.append(layer_id)
-        return out
+            bad += [(i, e) for i, e in broken if i not in seen and i not in pending]
+            seen.update(i for i, _ in broken)
+        return out, bad
 
     def children(self, layer_id: str) -> list[str]:
         return [r.id for r in self.records.all() if r.parent == layer_id]
@@ -416,34 +408,57 @@ class Store:
         return os.path.join(self.root, TARSPLIT_DIR, layer_id + TARSPLIT_SUFFIX)
 
     def apply(self, layer_id: str, stream: BinaryIO, parent: str | None = None) -> int:
-        """Apply a (compressed) tarball to an existing layer (the seeds' ApplyDiff)."""
-        record = self._find(layer_id)
-        if record.read_only_store:
-            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
-        if parent is not None and parent != record.parent:
-            raise InvalidArgument(
-                f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
-            )
-        if self.driver.mount_count(layer_id) > 0 and not record.writable:
-            raise Precondition(f"layer {layer_id}", "is mounted")
+        """Apply a (compressed) tarball to an existing layer (the seeds' ApplyDiff).
+
+        Files cannot be put back as they were, so the record says the layer is
+        damaged before the first one is touched and stops saying so only once
+        the whole tarball is applied and durable: after a crash, or an archive
+        that fails half way, the layer is reported damaged (exit 6) and refused
+        by ``mount`` until it is removed, never taken for whole.
+        """
         with self.locked():
+            record = self._find(layer_id)
+            if record.read_only_store:
+                raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
+            if parent is not None and parent != record.parent:
+                raise InvalidArgument(
+                    f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
+                )
+            self._refuse_damaged(record)
+            if self.driver.mount_count(layer_id) > 0 and not record.writable:
+                raise Precondition(f"layer {layer_id}", "is mounted")
             # Once more is applied, the imported tarball no longer describes the
             # layer: forget what the import recorded before touching the files.
-            record = self.records.get(layer_id)
             record.diff_digest = record.compressed_digest = record.chain_id = None
             record.compressed_size = record.uncompressed_size = record.unreproducible = None
+            record.damaged = f"an apply started at {now_rfc3339()} did not finish"
             self.records.put(record)
             try:
                 os.unlink(self._tarsplit_path(layer_id))
             except FileNotFoundError:
                 pass
-        size = self.driver.ingest(layer_id, stream).size
+        try:
+            size = self.driver.ingest(layer_id, stream).size
+        except GraphDriverError as e:
+            with self.locked():
+                record = self.records.get(layer_id)
+                record.damaged = f"an apply failed half way: {e}"
+                self.records.put(record)
+            raise
         self._sync()
         with self.locked():
             record = self.records.get(layer_id)
             record.size = (record.size or 0) + size
+            record.damaged = None
             self.records.put(record)
         return size
+
+    def _refuse_damaged(self, record: LayerRecord) -> None:
+        if record.damaged:
+            raise IntegrityError(
+                f"layer {record.id}",
+                f"is damaged ({record.damaged}); graphdriver remove {record.id} removes it",
+            )
 
     def _sync(self) -> None:
         """Make the layer data durable before its record says it is complete."""
@@ -452,12 +467,45 @@ class Store:
     # ----- mount -------------------------------------------------------------------------
 
     def mount(self, layer_id: str, mount_label: str = "") -> str:
-        self._find(layer_id)
-        return self.driver.get(layer_id, mount_label)
+        self._refuse_damaged(self._find(layer_id))
+        try:
+            return self.driver.get(layer_id, mount_label)
+        except (NotFound, IntegrityError) as e:
+            raise self._explain(e, layer_id) from e
 
     def unmount(self, layer_id: str) -> None:
         self._find(layer_id)
-        self.driver.put(layer_id)
+        try:
+            self.driver.put(layer_id)
+        except (NotFound, IntegrityError) as e:
+            raise self._explain(e, layer_id) from e
+
+    def _explain(self, error: Exception, *layer_ids: str | None) -> Exception:
+        """What a failure reading a layer's data means, told by the records.
+
+        A layer removed while we read it (its record gone, or its removal under
+        way) is simply not found, whatever broke on the way; a layer whose
+        record stands but whose files are gone is damaged (exit 6); anything
+        else is *error* itself.
+        """
+        for layer_id in filter(None, layer_ids):
+            if self._being_removed(layer_id):
+                return NotFound(f"layer {layer_id}", "no such layer (it was removed meanwhile)")
+        if isinstance(error, NotFound):
+            for layer_id in filter(None, layer_ids):
+                if error.what == f"layer {layer_id}":
+                    return IntegrityError(
+                        f"layer {layer_id}",
+                        "its files are missing from the store (its record remains); "
+                        f"graphdriver remove {layer_id} removes what is left",
+                    )
+        return error
+
+    def _being_removed(self, layer_id: str) -> bool:
+        """Whether *layer_id* of this store is gone or its removal is under way."""
+        if any(ro.exists(layer_id) for ro in self.readonly):
+            return False  # nobody removes a read-only store's layers through us
+        return not self.records.exists(layer_id) or self.records.is_pending(layer_id)
 
     # ----- changes and diffs ---------------------------------------------------------
 
@@ -469,13 +517,48 @@ class Store:
         return parent
 
     def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
-        return self.driver.changes(layer_id, self._parent_for(layer_id, parent))
+        base = self._parent_for(layer_id, parent)
+        try:
+            return self.driver.changes(layer_id, base)
+        except (NotFound, IntegrityError) as e:
+            raise self._explain(e, layer_id, base) from e
 
-    def diff(self, layer_id: str, out: BinaryIO, parent: str | None = None) -> None:
-        """The layer tarball: the imported bytes exactly when tar-split data exists."""
+    def diff(
+        self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False
+    ) -> None:
+        """The layer tarball: exactly the imported bytes while the layer is unchanged.
+
+        An imported layer's recorded ``diff_digest`` is a promise: its tarball
+        is rebuilt from tar-split data, or :class:`IntegrityError` says why it
+        cannot be (the data is missing, or the archive overwrote its own
+        files).  *regenerate* asks for a tarball built from the files instead,
+        whose digest differs from the recorded one; a diff against another
+        parent than the layer's own is always built from the files.
+        """
         record = self._find(layer_id)
         base = self._parent_for(layer_id, parent)
-        if base == record.parent and self._has_tarsplit(record):
+        try:
+            self._diff(record, base, out, regenerate)
+        except (NotFound, IntegrityError, FileNotFoundError) as e:
+            # Files may vanish under a reader when another process removes the layer.
+            raise self._explain(e, layer_id, base) from e
+
+    def _diff(self, record: LayerRecord, base: str | None, out: BinaryIO, regenerate: bool) -> None:
+        layer_id = record.id
+        if base == record.parent and record.diff_digest is not None and not regenerate:
+            if record.unreproducible:
+                raise IntegrityError(
+                    f"layer {layer_id}",
+                    f"cannot be re-exported exactly ({record.unreproducible}); "
+                    "diff --regenerate builds a tarball from its files, with another digest",
+                )
+            if not self._has_tarsplit(record):
+                raise IntegrityError(
+                    f"layer {layer_id}",
+                    f"its tar-split data is missing ({self._tarsplit_of(record)}), so the imported "
+                    f"tarball {record.diff_digest} cannot be rebuilt; diff --regenerate builds one "
+                    "from its files, with another digest",
+                )
             self._reassemble(record, out.write)
             return
         self.driver.diff(layer_id, base, out)
@@ -528,12 +611,36 @@ class Store:
             shutil.copyfileobj(f, out, 1 << 20)
 
     def check(self, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | None]]:
-        """Re-export layers and compare with their DiffIDs: (id, None if good else why)."""
-        from graphdriver.errors import GraphDriverError
+        """Re-export layers and compare with their DiffIDs: (id, None if good else why).
 
-        records = [self._find(i) for i in layer_ids] if layer_ids else self.layers()
+        Every layer is reported, a corrupt record as what is wrong with it; one
+        bad layer never stops the others from being checked.
+        """
+        results: list[tuple[str, str | None]] = []
+        if layer_ids:
+            records = []
+            for layer_id in layer_ids:
+                try:
+                    records.append(self._find(layer_id))
+                except IntegrityError as e:
+                    results.append((layer_id, e.why or str(e)))
+        else:
+            records, bad = self.scan_layers()
+            results += [(layer_id, e.why or str(e)) for layer_id, e in bad]
+        results += self._check_records(records)
+        return results if layer_ids else sorted(results, key=lambda r: r[0])
+
+    def _check_records(self, records: list[LayerRecord]) -> list[tuple[str, str | None]]:
         results: list[tuple[str, str | None]] = []
         for record in records:
+            if record.damaged:
+                results.append((record.id, f"damaged: {record.damaged}"))
+                continue
+            if not self.driver.exists(record.id):
+                error = self._explain(NotFound(f"layer {record.id}", "no such layer"), record.id)
+                if isinstance(error, IntegrityError):
+                    results.append((record.id, error.why))
+                continue
             if record.diff_digest is None:
                 results.append((record.id, "skipped: no recorded digest (not imported)"))
                 continue
@@ -546,14 +653,24 @@ class Store:
                     self._reassemble(record, lambda _data: None)
                 else:
                     raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
-            except GraphDriverError as e:
-                results.append((record.id, str(e)))
+            except (GraphDriverError, FileNotFoundError) as e:
+                error = self._explain(e, record.id)
+                if isinstance(error, NotFound):
+                    continue  # removed while we checked it: no longer a layer to report
+                if not isinstance(error, GraphDriverError):
+                    raise
+                same = error.what == f"layer {record.id}"  # never "layer a: layer a: ..."
+                results.append((record.id, error.why if same and error.why else str(error)))
                 continue
             results.append((record.id, None))
         return results
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
-        return self.driver.diff_size(layer_id, self._parent_for(layer_id, parent))
+        base = self._parent_for(layer_id, parent)
+        try:
+            return self.driver.diff_size(layer_id, base)
+        except (NotFound, IntegrityError) as e:
+            raise self._explain(e, layer_id, base) from e
 
     # ----- base images -----------------------------------------------------------------
 
@@ -619,7 +736,12 @@ class Store:
                 self.records.clear_pending(layer_id)
                 done.append(f"removed layer {layer_id} left by an interrupted {op}")
             done.extend(self._remove_stray_locks())
-            done.extend(self.driver.cleanup())
+            done.extend(self._remove_stale_temporaries())
+            done.extend(
+                f"layer {r.id} is damaged ({r.damaged}): remove it, nothing was removed for it"
+                for r in self.records.all() if r.damaged
+            )
+            done.extend(self.driver.cleanup(frozenset(self.records.ids())))
             done.extend(self._remove_orphans())
             done.extend(self._remove_stray_tarsplit())
         return done
@@ -662,6 +784,25 @@ class Store:
             except FileNotFoundError:
                 pass
             done.append(f"removed stray lock of {layer_id}")
+        return done
+
+    def _remove_stale_temporaries(self) -> list[str]:
+        """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose process is dead."""
+        from graphdriver.records import process_start
+
+        done = []
+        for folder in (self.root, self.records.dir, self.records.pending_dir):
+            for name in sorted(os.listdir(folder)):
+                pid = name.rpartition("-")[2]
+                if not name.startswith(atomic.TEMP_PREFIX) or not pid.isdigit():
+                    continue
+                if int(pid) == os.getpid() or process_start(int(pid)) is not None:
+                    continue
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                done.append(f"removed half-written file {name}")
         return done
 
     def _remove_stray_tarsplit(self) -> list[str]:

@@ -60,4 +60,40 @@ class Change:
         return f"Change({self.path!r}, {self.kind})"
 
     def __str__(self) -> str:
-        return f"{self.kind.value} {self.path}"
+        """The ``docker diff`` line: ``A /path``, the path quoted when it must be (see :func:`quote_path`)."""
+        return f"{self.kind.value} {quote_path(self.path)}"
+
+
+_PLAIN_BYTES = frozenset(range(0x20, 0x7F)) - {ord("\\")}
+_ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"', 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
+
+
+def quote_path(path: str) -> str:
+    """*path* as one line of ``changes`` output: unchanged, or C-quoted when it must be.
+
+    A name may hold any byte but NUL and ``/``, so a newline in a name could
+    forge a whole line (``x\\nD /etc/passwd``).  A path holding a control
+    character (below 0x20, or 0x7f), a backslash, bytes that are not UTF-8, or
+    starting with ``"`` is printed between double quotes with C escapes, as
+    git quotes paths: ``\\\\``, ``\\"``, ``\\n``, ``\\t``, ``\\r``,
+    and three octal digits for any other such byte; other paths (UTF-8 names
+    included) print as they are.  ``--json`` output keeps the raw path.
+    """
+    raw = path.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
+        utf8 = True
+    except UnicodeDecodeError:
+        utf8 = False
+    if utf8 and not path.startswith('"') and all(b in _PLAIN_BYTES or b >= 0x80 for b in raw):
+        return path
+    out = bytearray()
+    for b in raw:
+        if b in _ESCAPES:
+            out += _ESCAPES[b].encode()
+        elif b < 0x20 or b == 0x7F or (b >= 0x80 and not utf8):
+            out += f"\\{b:03o}".encode()
+        else:
+            out.append(b)  # ASCII, or part of a valid UTF-8 character (kept whole)
+    text = out.decode("utf-8")
+    return f'"{text}"'

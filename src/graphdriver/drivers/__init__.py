@@ -8,7 +8,7 @@ first whose probe passes.
 
 from __future__ import annotations
 
-from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
+from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported, shorten
 
 TYPE_CHECKING = False
 
@@ -43,8 +43,7 @@ def check_name(name: str) -> str:
     target = _REGISTRY.get(name)
     if target is None:
         known = ", ".join(sorted(_REGISTRY))
-        shown = name if len(name) <= 200 else name[:200] + "..."
-        raise InvalidArgument(f"unknown driver {shown!r}", f"known drivers: {known}")
+        raise InvalidArgument(f"unknown driver {shorten(name)!r}", f"known drivers: {known}")
     return target
 
 

@@ -50,9 +50,11 @@ Invariants
 ----------
 * A layer folder that exists under its final name is whole: creation is staged
   in a ``.staging`` folder and renamed in.
-* ``remove`` renames the folder to ``<id>-removing`` before destroying it, so a
-  crash leaves either the layer or a ``-removing`` leftover that ``cleanup``
-  finishes.
+* ``remove`` renames the folder to ``.removing-<id>`` before destroying it, so a
+  crash leaves either the layer or a ``.removing-`` leftover that ``cleanup``
+  finishes.  Ids never start with a dot, so no layer can have such a name (the
+  ``<id>-removing`` of older stores could: ``work-removing`` is a valid id, and
+  such a folder is finished only when the caller says no record names it).
 * A layer is never removed while it is mounted (``Precondition``); the store also
   refuses while it has children.
 * Every step of ``get`` is undone if a later one fails; a failed ``get`` leaves
@@ -82,7 +84,7 @@ from graphdriver.locking import locked
 # typing at import would cost more than the rest of those commands.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
     from typing import BinaryIO, ClassVar
 
     from graphdriver.archive.changes import Change
@@ -94,7 +96,10 @@ if TYPE_CHECKING:
 LAYERCHAIN_FILE = "layerchain.json"
 LAYERID_FILE = "layerID"
 LAYERID_FILE_ALT = "layerId"
-REMOVING_SUFFIX = "-removing"
+#: A folder being removed: this prefix and the layer's folder name (no id starts with a dot).
+REMOVING_PREFIX = ".removing-"
+#: What older stores appended instead; such folders may be real layers (``work-removing``).
+LEGACY_REMOVING_SUFFIX = "-removing"
 STAGING_DIR = ".staging"
 
 
@@ -422,19 +427,24 @@ class Driver(abc.ABC):
         """Populate the staging *folder* of a new layer (the chain file is written after)."""
 
     def remove(self, layer_id: str) -> None:
-        """Delete a layer: rename to ``<id>-removing``, then destroy (the seeds' ``Remove``)."""
+        """Delete a layer: rename to ``.removing-<id>``, then destroy (the seeds' ``Remove``)."""
         folder = self._folder(self.home, layer_id)
         if not os.path.isdir(folder):
             if self.exists(layer_id):
                 raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
             raise NotFound(f"layer {layer_id}", "no such layer")
-        removing = folder + REMOVING_SUFFIX
+        removing = os.path.join(self.home, REMOVING_PREFIX + os.path.basename(folder))
         if os.path.lexists(removing):
             self._destroy(removing)
         with locked(self._count_path(layer_id) + ".lock"):
             if self.mount_count(layer_id) > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             os.rename(folder, removing)
+            # The layer is gone: its count lock goes with it (held here, so nobody counts).
+            try:
+                os.unlink(self._count_path(layer_id) + ".lock")
+            except FileNotFoundError:
+                pass
         self._destroy(removing)
 
     def _destroy(self, folder: str) -> None:
@@ -443,15 +453,21 @@ class Driver(abc.ABC):
 
         remove_tree(folder)
 
-    def cleanup(self) -> list[str]:
+    def cleanup(self, layers: Collection[str] | None = None) -> list[str]:
         """Finish or undo interrupted work; returns one line per thing done.
 
-        Leftover ``-removing`` folders are destroyed and staging folders of dead
+        Leftover ``.removing-`` folders are destroyed and staging folders of dead
         processes dropped; what cannot be removed yet is reported, not raised.
+        An older store's ``<id>-removing`` folders are finished only when
+        *layers* (the ids the caller's records name) is given and does not name
+        them: ``work-removing`` may be a real layer.
         """
         done: list[str] = []
         for entry in sorted(os.listdir(self.home)):
-            if entry.endswith(REMOVING_SUFFIX):
+            legacy = (
+                layers is not None and entry.endswith(LEGACY_REMOVING_SUFFIX) and entry not in layers
+            )
+            if entry.startswith(REMOVING_PREFIX) or legacy:
                 path = os.path.join(self.home, entry)
                 try:
                     self._destroy(path)
@@ -469,6 +485,7 @@ class Driver(abc.ABC):
             except OSError:
                 pass
         done.extend(self._cleanup_mounts())
+        done.extend(self._cleanup_mount_locks())
         return done
 
     # ----- get and put ------------------------------------------------------------
@@ -517,6 +534,9 @@ class Driver(abc.ABC):
             count = self.mount_count(layer_id)
             path = self._mounted_path(layer_id) if count else None
             if path is None or not self._still_mounted(layer_id, path):
+                # Unmounted behind our back (or never): the old count owes nothing
+                # any more, so this mount starts afresh and one unmount undoes it.
+                count = 0
                 path = self._mount(layer_id, mount_label)
             try:
                 self._write_count(layer_id, count + 1, path)
@@ -558,6 +578,32 @@ class Driver(abc.ABC):
                 ):
                     self._write_count(layer_id, 0, "")
                     done.append(f"dropped stale mount record of {layer_id}")
+        return done
+
+    def _cleanup_mount_locks(self) -> list[str]:
+        """Drop the count lock files of layers that are gone and that nobody holds."""
+        import fcntl
+
+        done = []
+        for entry in sorted(os.listdir(self._mounts_dir)):
+            if not entry.endswith(".lock") or self.exists(entry[: -len(".lock")]):
+                continue
+            path = os.path.join(self._mounts_dir, entry)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # someone is counting a mount of it right now
+            finally:
+                os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            done.append(f"removed mount lock of gone layer {entry[: -len('.lock')]}")
         return done
 
     @abc.abstractmethod
@@ -662,6 +708,23 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def layer_name_of(folder: str, *, destroying: bool = False) -> str:
+    """The layer folder name that *folder* is, or was before removal or staging renamed it.
+
+    *destroying*: the folder is on its way out (passed to ``_destroy``), so an
+    older store's ``<name>-removing`` names ``<name>``; a live folder's name is
+    its own, whatever it ends with.
+    """
+    name = os.path.basename(folder)
+    if name.startswith(REMOVING_PREFIX):
+        return name[len(REMOVING_PREFIX):]
+    if os.path.basename(os.path.dirname(folder)) == STAGING_DIR:
+        return name.rpartition("-")[0]
+    if destroying and name.endswith(LEGACY_REMOVING_SUFFIX):
+        return name[: -len(LEGACY_REMOVING_SUFFIX)]
+    return name
 
 
 class _Mounted:

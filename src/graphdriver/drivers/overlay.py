@@ -68,14 +68,13 @@ import stat
 
 from graphdriver import atomic
 from graphdriver.drivers.base import (
-    REMOVING_SUFFIX,
-    STAGING_DIR,
     ApplyTarget,
     CreateOpts,
     DirFileGetter,
     Driver,
     DriverConfig,
     FileGetter,
+    layer_name_of,
 )
 from graphdriver.drivers.sizerecord import has_image, limit_of
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
@@ -85,7 +84,7 @@ from graphdriver.locking import locked
 # and `mount` load this module, and scripts call them thousands of times.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
     from typing import BinaryIO, ClassVar
 
     from graphdriver.archive.changes import Change
@@ -481,11 +480,7 @@ class OverlayDriver(Driver):
                 short = f.read().strip()
         except OSError:
             return
-        name = os.path.basename(folder)
-        if name.endswith(REMOVING_SUFFIX):
-            name = name[: -len(REMOVING_SUFFIX)]
-        elif os.path.basename(os.path.dirname(folder)) == STAGING_DIR:
-            name = name.rpartition("-")[0]
+        name = layer_name_of(folder, destroying=True)
         link = os.path.join(self.links, short)
         try:
             if short and os.readlink(link) == f"../{name}/{DIFF_DIR}":
@@ -498,7 +493,7 @@ class OverlayDriver(Driver):
         done = []
         os.makedirs(self.links, 0o700, exist_ok=True)
         for name in sorted(os.listdir(self.home)):
-            if name.startswith(".") or name.endswith(REMOVING_SUFFIX):
+            if name.startswith("."):
                 continue
             try:
                 with open(os.path.join(self.home, name, LINK_FILE), encoding="ascii") as f:
@@ -608,7 +603,13 @@ class OverlayDriver(Driver):
         return mounts.is_mount_point(path)
 
     def _cleanup_mounts(self) -> list[str]:
-        """Remount what a count still owes, drop records of gone layers, unmount uncounted mounts."""
+        """Drop counts whose mount is gone or whose layer is gone, unmount uncounted mounts.
+
+        A mount that vanished behind the store's back (``umount -l`` by an
+        administrator) is reported and its count dropped, as Docker's and
+        containers/storage's counters do when the kernel says the path is not
+        mounted; it is never mounted again on its own.
+        """
         from graphdriver.drivers import mounts
 
         done: list[str] = []
@@ -625,14 +626,11 @@ class OverlayDriver(Driver):
                     self._write_count(layer_id, 0, "")
                     done.append(f"dropped stale mount record of {layer_id}")
                 elif path is None or not self._still_mounted(layer_id, path):
-                    try:
-                        path = self._mount(layer_id, "")
-                    except GraphDriverError as e:
-                        self._write_count(layer_id, 0, "")
-                        done.append(f"dropped mount record of {layer_id}: cannot remount: {e.why}")
-                        continue
-                    self._write_count(layer_id, count, path)
-                    done.append(f"remounted {layer_id} (its mount had gone)")
+                    self._write_count(layer_id, 0, "")
+                    done.append(
+                        f"dropped the mount count of {layer_id} ({count}): its mount at {path} "
+                        "had gone"
+                    )
         done.extend(self._unmount_uncounted())
         return done
 
@@ -650,8 +648,8 @@ class OverlayDriver(Driver):
                     done.append(f"{outcome} uncounted mount of {name}")
         return done
 
-    def cleanup(self) -> list[str]:
-        done = super().cleanup()
+    def cleanup(self, layers: Collection[str] | None = None) -> list[str]:
+        done = super().cleanup(layers)
         done.extend(self.repair_links())
         return done
 

@@ -69,7 +69,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from types import ModuleType
 from typing import BinaryIO, ClassVar
 
@@ -86,13 +86,13 @@ from graphdriver.archive.wintar import Times, WinMeta
 from graphdriver.drivers import mounts, overlaydiff, winmeta
 from graphdriver.drivers.base import (
     LAYERID_FILE,
-    REMOVING_SUFFIX,
     STAGING_DIR,
     ApplyTarget,
     CreateOpts,
     Driver,
     DriverConfig,
     FileGetter,
+    layer_name_of,
 )
 from graphdriver.drivers.treecopy import remove_tree
 from graphdriver.drivers.walk import changes_between
@@ -365,11 +365,8 @@ class WindowsFilterDriver(Driver):
         # Registered base images are linked into the home, never copied or written.
         return os.path.islink(folder)
 
-    def _view_path(self, folder: str) -> str:
-        name = os.path.basename(folder)
-        if name.endswith(REMOVING_SUFFIX):
-            name = name[: -len(REMOVING_SUFFIX)]
-        return os.path.join(self._views_root, name)
+    def _view_path(self, folder: str, *, destroying: bool = False) -> str:
+        return os.path.join(self._views_root, layer_name_of(folder, destroying=destroying))
 
     def metadata(self, layer_id: str) -> dict[str, str]:
         folder = self.resolve(layer_id)
@@ -423,7 +420,7 @@ class WindowsFilterDriver(Driver):
         if os.path.islink(folder):
             os.unlink(folder)  # a base image's registration, never its files
             return
-        view = self._view_path(folder)
+        view = self._view_path(folder, destroying=True)
         if os.path.isdir(view) and mounts.is_mount_point(view):
             mounts.unmount(view)
         if _sizelimit is not None:
@@ -519,8 +516,8 @@ class WindowsFilterDriver(Driver):
                     shutil.rmtree(path, ignore_errors=True)
         return done
 
-    def cleanup(self) -> list[str]:
-        done = super().cleanup()
+    def cleanup(self, layers: Collection[str] | None = None) -> list[str]:
+        done = super().cleanup(layers)
         for line in done:
             if line.startswith("could not remove"):
                 log.warning("%s (cleanup will try again)", line)
@@ -651,7 +648,7 @@ class WindowsFilterDriver(Driver):
         what = f"base image {info.path}"
         if not os.path.isdir(os.path.join(info.path, wintar.FILES)):
             raise InvalidArgument(what, "has no Files/ folder")
-        if folder_name.startswith(".") or folder_name.endswith(REMOVING_SUFFIX) or len(folder_name) > 255:
+        if folder_name.startswith(".") or len(folder_name) > 255:
             raise InvalidArgument(what, "its folder name cannot name a layer folder")
         link = os.path.join(self.home, folder_name)
         target = os.path.realpath(info.path)

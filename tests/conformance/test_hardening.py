@@ -1,0 +1,305 @@
+"""Promises a layer store keeps under hostile or careless use: one named test each.
+
+Driver-independent, so every driver runs them (the ``store`` fixture).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from graphdriver.errors import IntegrityError
+from tests.treeutil import F, make_tar
+
+
+def _write(store, layer_id: str, name: str, data: bytes) -> None:
+    path = store.mount(layer_id)
+    try:
+        Path(path, name).parent.mkdir(parents=True, exist_ok=True)
+        Path(path, name).write_bytes(data)
+    finally:
+        store.unmount(layer_id)
+
+
+def _read(store, layer_id: str, name: str) -> bytes:
+    path = store.mount(layer_id)
+    try:
+        return Path(path, name).read_bytes()
+    finally:
+        store.unmount(layer_id)
+
+
+def test_cleanup_keeps_a_layer_whose_id_ends_in_removing(store):
+    """A valid id like ``work-removing`` is a layer, never a removal leftover."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    store.create("work-removing", "base", writable=True)
+    _write(store, "work-removing", "data", b"precious")
+    assert store.cleanup() == []
+    assert store.exists("work-removing")
+    assert _read(store, "work-removing", "data") == b"precious"
+    store.remove("work-removing")
+    home = store.driver.home
+    assert not [n for n in os.listdir(home) if "removing" in n]
+
+
+def test_removal_leftovers_are_finished_and_reported(store):
+    """A crash between rename and delete leaves a dot-named folder; an older store's
+    ``<id>-removing`` folder is finished only when no record names it."""
+    home = Path(store.driver.home)
+    (home / ".removing-gone" / "x").mkdir(parents=True)
+    (home / "old-removing" / "y").mkdir(parents=True)
+    done = store.cleanup()
+    assert "removed interrupted removal .removing-gone" in done
+    assert "removed interrupted removal old-removing" in done
+    assert not (home / ".removing-gone").exists() and not (home / "old-removing").exists()
+
+
+def test_diff_without_tarsplit_data_fails_instead_of_other_bytes(store):
+    """The recorded digest is a promise: those bytes, or exit 6 naming what is missing."""
+    data = make_tar({"etc/hosts": F(b"127.0.0.1 localhost\n")})
+    record = store.import_layer("base", None, io.BytesIO(data))
+    os.unlink(store._tarsplit_path("base"))
+    with pytest.raises(IntegrityError, match="tar-split data is missing") as failure:
+        store.diff("base", io.BytesIO())
+    assert failure.value.exit_code == 6
+    regenerated = io.BytesIO()
+    store.diff("base", regenerated, regenerate=True)
+    assert regenerated.getvalue()  # asked for explicitly: the files, as a tarball
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == record.diff_digest
+    ((layer_id, why),) = store.check()
+    assert layer_id == "base" and "tar-split data is missing" in why
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_cleanup_after_crashes_reports_each_repair_and_leaves_only_live_layers(store, tmp_path):
+    """Leftovers of kill -9: a half-imported layer, half-written files, mount locks of gone layers."""
+    from graphdriver.records import LayerRecord
+    from tests.conftest import run_cli
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    # A half-imported layer: marker, record and folder, its process gone.
+    store.records.mark_pending("half", "import")
+    store.records.put(LayerRecord(id="half", parent="base", driver=store.driver_name))
+    store.driver.create("half", "base")
+    os.close(store.records._held.pop("half"))  # the crash: the marker's lock is released
+    pid = _dead_pid()
+    for folder in (store.records.pending_dir, store.records.dir, store.root):
+        Path(folder, f".tmp-x.json-{pid}").write_bytes(b"{")
+    store.create("gone")
+    store.mount("gone")
+    store.unmount("gone")
+    store.remove("gone")
+    lock = Path(store.driver._mounts_dir, "gone.lock")
+    lock.touch()  # as an older version left it
+    root = Path(store.root)
+    r = run_cli("cleanup", root=root, run_root=Path(store.run_root))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert "removed layer half left by an interrupted import" in lines
+    assert lines.count(f"removed half-written file .tmp-x.json-{pid}") == 3
+    assert "removed mount lock of gone layer gone" in lines
+    assert not lock.exists()
+    assert os.listdir(store.records.pending_dir) == []
+    assert sorted(os.listdir(store.records.dir)) == ["base.json"]
+    assert [n for n in os.listdir(store.driver.home) if not n.startswith(".")] == ["base"]
+    assert run_cli("cleanup", root=root, run_root=Path(store.run_root)).stdout == b""
+
+
+def test_changes_cannot_print_forged_lines(store):
+    """A name holding a newline is one quoted line, never a second change."""
+    from graphdriver.archive.changes import quote_path
+
+    store.create("base")
+    store.create("ctr", "base", writable=True)
+    _write(store, "ctr", "x\nD /etc/passwd", b"x")
+    _write(store, "ctr", "back\\slash", b"y")
+    _write(store, "ctr", "caf\u00e9", b"z")
+    lines = [str(c) for c in store.changes("ctr")]
+    assert lines == ['A "/back\\\\slash"', "A /caf\u00e9", 'A "/x\\nD "', 'A "/x\\nD /etc"',
+                     'A "/x\\nD /etc/passwd"']
+    assert quote_path("/plain name") == "/plain name"
+    assert [c.path for c in store.changes("ctr")][4] == "/x\nD /etc/passwd"  # raw for --json
+
+
+def test_error_messages_quote_at_most_200_characters_of_a_name(store):
+    import tarfile
+
+    long_name = "d/" + "n" * 40000
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(long_name)
+        tf.addfile(info, io.BytesIO(b""))
+    with pytest.raises(Exception) as failure:
+        store.import_layer("long", None, io.BytesIO(raw.getvalue()))
+    assert len(str(failure.value)) < 400, str(failure.value)[:500]
+    assert not store.exists("long")
+
+
+# ----- a damaged store ---------------------------------------------------------------------
+
+
+def test_one_corrupt_record_does_not_take_the_store_down(store):
+    from graphdriver.errors import IntegrityError as Corrupt
+    from tests.conftest import run_cli
+
+    for name in ("a", "b", "c"):
+        store.import_layer(name, None, io.BytesIO(make_tar({name: F(name.encode())})))
+    Path(store.records.dir, "b.json").write_text('{"id": "b", "parent": 5, "size": "big"}')
+    with pytest.raises(Corrupt, match="corrupt"):
+        store.layer("b")
+    assert [r.id for r in store.layers()] == ["a", "c"]
+    root, run_root = Path(store.root), Path(store.run_root)
+    r = run_cli("layers", root=root, run_root=run_root)
+    assert (r.returncode, r.stdout) == (0, b"a\nc\n")
+    assert r.stderr.decode().startswith("graphdriver: layer record b: corrupt: parent is 5")
+    r = run_cli("check", root=root, run_root=run_root)
+    assert r.returncode == 6
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "a: ok" and lines[1].startswith("b: corrupt") and lines[2] == "c: ok"
+    assert run_cli("remove", "c", root=root, run_root=run_root).returncode == 0
+    Path(store.records.dir, "a.json").write_text('{"id": "a", "creat')  # truncated
+    assert run_cli("layers", root=root, run_root=run_root).stdout == b""
+    assert run_cli("layer", "a", root=root, run_root=run_root).returncode == 6
+
+
+def test_a_layer_whose_folder_was_deleted_is_damaged_everywhere(store):
+    """exists says it is there (its record is), mount/diff/check say it is damaged (6),
+    and no message repeats its prefix."""
+    from tests.conftest import run_cli
+
+    store.create("a")
+    store.create("b", "a")
+    from graphdriver.drivers.treecopy import remove_tree
+
+    remove_tree(store.driver.resolve("b"))
+    root, run_root = Path(store.root), Path(store.run_root)
+    assert run_cli("exists", "b", root=root, run_root=run_root).returncode == 0
+    for args in (["mount", "b"], ["diff", "b"], ["changes", "b"], ["check", "b"], ["diffsize", "b"]):
+        r = run_cli(*args, root=root, run_root=run_root)
+        err = r.stderr.decode()
+        assert r.returncode == 6, (args, err)
+        assert err.count("layer b:") == 1 and err.count("\n") == 1, err
+    assert run_cli("remove", "b", root=root, run_root=run_root).returncode == 0
+    assert run_cli("exists", "b", root=root, run_root=run_root).returncode == 3
+
+
+def test_a_reader_racing_a_removal_finds_the_layer_gone_never_corrupt(store, tmp_path):
+    """diff and check of a layer another process is removing: 0 or 3, never 6."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.conftest import ROOT
+
+    store.create("keep")
+    data = make_tar({f"d/f{i}": F(bytes(50_000)) for i in range(40)})
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(data)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    base = [sys.executable, "-m", "graphdriver", "--root", store.root, "--run-root", store.run_root]
+    codes: list[tuple[str, int, str]] = []
+    stop = time.monotonic() + 8
+
+    def read(command: str) -> None:
+        while time.monotonic() < stop:
+            r = subprocess.run([*base, command, "l"], env=env, capture_output=True, check=False)
+            codes.append((command, r.returncode, r.stderr.decode()[-200:]))
+
+    readers = [threading.Thread(target=read, args=(c,)) for c in ("diff", "check")]
+    for t in readers:
+        t.start()
+    while time.monotonic() < stop:
+        subprocess.run([*base, "import", "l", str(layer)], env=env, capture_output=True, check=False)
+        subprocess.run([*base, "remove", "l"], env=env, capture_output=True, check=False)
+    for t in readers:
+        t.join()
+    assert codes, "the readers never ran"
+    assert [c for c in codes if c[1] not in (0, 3)] == []
+
+
+def test_an_apply_that_fails_half_way_leaves_a_layer_reported_damaged(store):
+    from graphdriver.errors import ArchiveError
+    from tests.conftest import run_cli
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    good = make_tar({f"g{i}": F(b"x" * 5000) for i in range(20)})
+    with pytest.raises(ArchiveError):
+        store.apply("base", io.BytesIO(good[: len(good) // 2]))  # truncated half way
+    record = store.layer("base")
+    assert record.damaged and "failed half way" in record.damaged
+    with pytest.raises(IntegrityError, match="is damaged"):
+        store.mount("base")
+    root, run_root = Path(store.root), Path(store.run_root)
+    r = run_cli("check", root=root, run_root=run_root)
+    assert r.returncode == 6 and "base: damaged" in r.stdout.decode()
+    r = run_cli("layers", root=root, run_root=run_root)
+    assert r.stdout == b"base\n" and "layer base: is damaged" in r.stderr.decode()
+    r = run_cli("cleanup", root=root, run_root=run_root)
+    assert r.stdout.decode().startswith("layer base is damaged") and store.exists("base")
+    store.remove("base")
+    assert not store.exists("base")
+
+
+def test_a_crash_during_apply_leaves_the_layer_whole_or_reported_damaged(store, tmp_path):
+    """kill -9 at several points of `apply` onto an existing layer: as before, whole, or damaged."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    store.create("target", "base")
+    files = 2000
+    layer = tmp_path / "big.tar"
+    layer.write_bytes(make_tar({f"d{i % 10}/f{i}": F(bytes(4_000)) for i in range(files)}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    base = [sys.executable, "-m", "graphdriver", "--root", store.root, "--run-root", store.run_root]
+    outcomes = []
+    # Killed before it starts, as soon as the record says the apply began, and later.
+    for delay in (0.0, "started", "started", 0.2, 0.4, 30.0):
+        proc = subprocess.Popen([*base, "apply", "target", str(layer)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if delay == "started":
+            deadline = time.monotonic() + 20
+            while not store.records.get("target").damaged and proc.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+        else:
+            try:
+                proc.wait(timeout=float(delay))
+            except subprocess.TimeoutExpired:
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        record = store.records.get("target")
+        if record.damaged:
+            outcomes.append("damaged")
+            with pytest.raises(IntegrityError):
+                store.mount("target")
+            assert any(i == "target" and why and why.startswith("damaged") for i, why in store.check())
+            store.remove("target")
+            store.create("target", "base")
+        else:
+            outcomes.append("whole")
+            assert (record.size or 0) % (files * 4_000) == 0  # only complete applies counted
+            path = store.mount("target")
+            try:
+                names = set(os.listdir(path))
+            finally:
+                store.unmount("target")
+            assert names in ({"f"}, {"f", *(f"d{i}" for i in range(10))})
+    assert "damaged" in outcomes, outcomes
