@@ -303,3 +303,126 @@ def test_a_crash_during_apply_leaves_the_layer_whole_or_reported_damaged(store, 
                 store.unmount("target")
             assert names in ({"f"}, {"f", *(f"d{i}" for i in range(10))})
     assert "damaged" in outcomes, outcomes
+
+
+# ----- hostile archives --------------------------------------------------------------------
+
+
+def test_symlink_targets_above_the_root_are_stored_as_content(store, tmp_path):
+    """GNU tar and bsdtar store ``up -> ../x``; so do we, and nothing is written through them."""
+    import subprocess
+
+    from tests.treeutil import D, L
+
+    data = make_tar({"up": L("../x"), "d": D(), "d/s": L("../../y"), "abs": L("/../../etc"),
+                     "f": F(b"plain")})
+    store.import_layer("syms", None, io.BytesIO(data))
+    out = io.BytesIO()
+    store.diff("syms", out)
+    assert out.getvalue() == data
+    assert store.check() == [("syms", None)]
+    path = store.mount("syms")
+    try:
+        assert os.readlink(Path(path, "up")) == "../x"
+        assert os.readlink(Path(path, "d/s")) == "../../y"
+    finally:
+        store.unmount("syms")
+    # A tree tarred by GNU tar, with a symlink above its root, imports the same way.
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "file").write_bytes(b"hello")
+    os.symlink("../../outside", tree / "sub" / "up")
+    gnu = subprocess.run(["tar", "-C", str(tree), "-cf", "-", "."], capture_output=True, check=True).stdout
+    store.import_layer("gnu", None, io.BytesIO(gnu))
+    out = io.BytesIO()
+    store.diff("gnu", out)
+    assert out.getvalue() == gnu
+    # Writing through such a symlink stays inside the layer.
+    before = sorted(os.listdir(tmp_path))
+    through = make_tar({"esc": L("../../.."), "esc/planted": F(b"x")})
+    try:
+        store.import_layer("through", None, io.BytesIO(through))
+    except Exception:
+        pass
+    assert sorted(os.listdir(tmp_path)) == before
+    assert not Path("/planted").exists()
+
+
+def test_overlay_private_xattrs_from_an_archive_are_dropped_in_every_layer(store):
+    """A crafted trusted.overlay.whiteout / metacopy must not hide or break files of any mount."""
+    xattrs = {"trusted.overlay.whiteout": b"y", "trusted.overlay.metacopy": b"",
+              "user.overlay.opaque": b"y", "user.keep": b"kept"}
+    data = make_tar({"f": F(b"visible", xattrs=xattrs)})
+    store.import_layer("base", None, io.BytesIO(data))
+    store.create("top", "base")
+    for layer_id in ("base", "top"):
+        path = store.mount(layer_id)
+        try:
+            assert Path(path, "f").read_bytes() == b"visible"
+        finally:
+            store.unmount(layer_id)
+    folder = store.driver.apply_target("base").path
+    names = os.listxattr(Path(folder, "f"))
+    assert not [n for n in names if ".overlay." in n]
+    assert "user.keep" in names
+    out = io.BytesIO()
+    store.diff("base", out)
+    assert out.getvalue() == data  # the archive itself is given back unchanged
+
+
+ODD_NAMES = {
+    "dotdot-inside": [("a/../x", b"x")],
+    "trailing-dot-file": [("r/.", b"y")],
+    "dot-components": [("./q/./z", b"z")],
+    "trailing-slash-file": [("f/", b"1")],
+    "double-slash": [("a//b", b"2")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_NAMES))
+def test_odd_entry_names_reexport_byte_for_byte(store, case):
+    """Names that normalise (a/../x, r/., ./q/./z) re-export exactly; check passes."""
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, content in ODD_NAMES[case]:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    data = raw.getvalue()
+    store.import_layer("odd", None, io.BytesIO(data))
+    assert store.check() == [("odd", None)]
+    out = io.BytesIO()
+    store.diff("odd", out)
+    assert out.getvalue() == data
+
+
+def test_aufs_hardlink_directory_is_unpacked_as_docker_does_and_marked(store):
+    """Files under .wh..wh.plnk serve as hardlink targets, are left out of the layer, and
+    the layer says it cannot be re-exported exactly (check skips it, never fails it)."""
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        plnk = tarfile.TarInfo(".wh..wh.plnk")
+        plnk.type = tarfile.DIRTYPE
+        tf.addfile(plnk)
+        info = tarfile.TarInfo(".wh..wh.plnk/1234.5678")
+        info.size = 6
+        tf.addfile(info, io.BytesIO(b"shared"))
+        link = tarfile.TarInfo("b")
+        link.type, link.linkname = tarfile.LNKTYPE, ".wh..wh.plnk/1234.5678"
+        tf.addfile(link)
+    record = store.import_layer("aufs", None, io.BytesIO(raw.getvalue()))
+    assert record.unreproducible and "AUFS" in record.unreproducible
+    path = store.mount("aufs")
+    try:
+        assert sorted(os.listdir(path)) == ["b"]
+        assert Path(path, "b").read_bytes() == b"shared"
+    finally:
+        store.unmount("aufs")
+    ((_, why),) = store.check()
+    assert why is not None and why.startswith("skipped")
+    with pytest.raises(IntegrityError, match="cannot be re-exported exactly"):
+        store.diff("aufs", io.BytesIO())

@@ -24,8 +24,9 @@ Conventions, and where this differs from a plain ``tar -x``:
 * A hardlink entry only makes the link: the inode keeps the metadata of the
   entry that created it.  A target missing from the layer is copied up from
   ``lower_dirs`` first (an overlay upper directory holds only the layer).
-* In overlay mode, ``trusted.overlay.*``/``user.overlay.*`` xattrs in the
-  archive are dropped: in an upper directory the kernel would obey them.
+* ``trusted.overlay.*``/``user.overlay.*`` xattrs in the archive are dropped,
+  in every layer and for every driver: the kernel would obey them in any
+  layer of an overlay chain (a base layer is a lower directory too).
 
 Every path operation resolves the parent directory with ``openat2`` confined
 to the root and acts on the last component with ``*at`` calls that never
@@ -554,10 +555,9 @@ class _Extractor:
         target = e.linkname
         if not target:
             raise ArchiveError(e.name, "symlink with an empty target")
-        if not target.startswith("/"):
-            joined = posixpath.normpath(posixpath.join(parent, target))
-            if joined == ".." or joined.startswith("../"):
-                raise BreakoutError(e.name, "symlink target escapes the layer")
+        # The target is content, stored as it is (relative targets above the
+        # root included, as GNU tar, bsdtar and containerd store them): nothing
+        # here ever follows a symlink, every path is resolved beneath the root.
         try:
             sc.symlink_at(target, base, dir_fd=pfd)
         except FileExistsError:
@@ -762,7 +762,9 @@ class _Extractor:
         for key, value in (e.xattrs if xattrs is None else xattrs).items():
             if key in _IGNORED_XATTRS:
                 continue
-            if key.startswith(_OVERLAY_PRIVATE_XATTRS) and (self.overlay or xattrs is not None):
+            if key.startswith(_OVERLAY_PRIVATE_XATTRS):
+                # The union's own bookkeeping: in any layer of a chain the kernel
+                # would obey it (hide files, redirect them), so no archive sets it.
                 self.stats.skipped_xattrs += 1
                 continue
             try:

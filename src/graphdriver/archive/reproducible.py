@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import posixpath
 
-from graphdriver.archive.entry import DIR, TarEntry
+from graphdriver.archive.entry import DIR, REGULAR_TYPES, TarEntry
 from graphdriver.archive.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
+
+_AUFS_LINKS = WHITEOUT_META_PREFIX + "plnk/"  # Docker's AUFS hardlink directory, and below
 
 
 def _normal(name: str) -> str:
@@ -33,7 +35,20 @@ class ReproducibilityCheck:
         if self.reason is not None:
             return
         name = _normal(entry.name)
+        if name.startswith(_AUFS_LINKS) and entry.type != DIR:
+            self.reason = (
+                f"{name!r} is an AUFS hardlink file, which unpacking leaves out of the layer "
+                "(as Docker does)"
+            )
+            return
         parent, _, base = name.rpartition("/")
+        skipped = WHITEOUT_META_PREFIX in parent  # AUFS metadata: unpacking leaves it out
+        if entry.size > 0 and (
+            skipped or entry.type not in REGULAR_TYPES or base.startswith(WHITEOUT_PREFIX)
+        ):
+            # Unpacking keeps no file for it, so its bytes cannot be read back.
+            self.reason = f"{name!r} carries {entry.size} bytes of content that unpacking drops"
+            return
         if base.startswith(WHITEOUT_PREFIX):
             if base.startswith(WHITEOUT_META_PREFIX):
                 return  # opaque markers hide lower layers only, never this archive's own files

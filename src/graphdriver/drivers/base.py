@@ -236,6 +236,12 @@ class DirFileGetter(FileGetter):
 
     def open(self, name: str) -> BinaryIO:
         clean = name.lstrip("/")
+        if "//" in clean or "/." in "/" + clean or clean.endswith("/"):
+            # Found where extraction put it: "a/../x", "./q/./z", "r/.", "f/" name
+            # x, q/z, r and f (the usual name needs no normpath: this runs per file).
+            import posixpath
+
+            clean = posixpath.normpath("/" + clean).lstrip("/")
         if self.backups:
             backup = self.backups.get(clean)
             if backup is not None:

@@ -50,7 +50,6 @@ import errno
 import json
 import logging
 import os
-import posixpath
 import stat
 import typing
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ from graphdriver.archive.confine import remove_tree
 from graphdriver.archive.extract import clean_name
 from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.archive.wintar import WinMeta
-from graphdriver.errors import ArchiveError, BreakoutError, IntegrityError
+from graphdriver.errors import ArchiveError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -632,10 +631,9 @@ class WindowsApplier:
         target = e.linkname
         if not target:
             raise ArchiveError(e.name, "symlink with an empty target")
-        if not target.startswith("/"):
-            joined = posixpath.normpath(posixpath.join(parent, target))
-            if joined == ".." or joined.startswith("../"):
-                raise BreakoutError(e.name, "symlink target escapes the layer")
+        # The target is content, stored as it is (relative targets above the
+        # root included, as GNU tar, bsdtar and containerd store them): nothing
+        # here ever follows a symlink, every path is resolved beneath the root.
         pfd = self._dir(parent)
         self._clear(pfd, base, rel)
         os.symlink(target, base, dir_fd=pfd)
