@@ -61,6 +61,15 @@ def _discard(path: str) -> None:
         pass
 
 
+def remove_file(path: str) -> bool:
+    """Unlink *path*; False when it was already gone (another process removed it)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def write_json(path: str, value: Any, mode: int = 0o600, *, durable: bool = True) -> None:
     """Replace *path* with the JSON form of *value* atomically."""
     data = jsonio.dumps(value, compact=True).encode()

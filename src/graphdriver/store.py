@@ -600,6 +600,33 @@ class Store:
             )
         return size
 
+    def _verify_files(self, record: LayerRecord) -> None:
+        """IntegrityError unless the stored files' metadata and set match the tar headers.
+
+        The digest proves the content; a chmod, chown, xattr, touched mtime or
+        planted file would go unseen without this (see :mod:`graphdriver.verify`).
+        """
+        if not self.driver.FILES_AS_IN_TARBALL:
+            return
+        from graphdriver.archive.compression import open_decompressed
+        from graphdriver.archive.tarsplit import read_entries
+        from graphdriver.archive.whiteout import WhiteoutMode
+        from graphdriver.verify import tree_problems
+
+        target = self.driver.apply_target(record.id)
+        inherited = None  # a full tree over its parent's (vfs): the parent's paths are no extra
+        if record.parent is not None and target.whiteouts is not WhiteoutMode.OVERLAY:
+            inherited = self.driver.apply_target(record.parent).path
+        with open(self._tarsplit_of(record), "rb") as f:
+            meta, _kind = open_decompressed(f)
+            problems = tree_problems(read_entries(meta), target.path, self.driver.config.idmaps,
+                                     inherited=inherited)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise IntegrityError(
+                f"layer {record.id}", f"its files differ from its tarball: {problems[0]}{more}"
+            )
+
     def tarsplit(self, layer_id: str, out: BinaryIO) -> None:
         """Write the layer's tar-split metadata (gzip-compressed NDJSON)."""
         record = self._find(layer_id)
@@ -651,6 +678,7 @@ class Store:
             try:
                 if self._has_tarsplit(record):
                     self._reassemble(record, lambda _data: None)
+                    self._verify_files(record)
                 else:
                     raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
             except (GraphDriverError, FileNotFoundError) as e:
@@ -779,11 +807,8 @@ class Store:
             layer_id = name[1:-5] if name.startswith(".") and name.endswith(".lock") else None
             if layer_id is None or layer_id in pending or self.records.is_live(layer_id):
                 continue
-            try:
-                os.unlink(os.path.join(folder, name))
-            except FileNotFoundError:
-                pass
-            done.append(f"removed stray lock of {layer_id}")
+            if atomic.remove_file(os.path.join(folder, name)):
+                done.append(f"removed stray lock of {layer_id}")
         return done
 
     def _remove_stale_temporaries(self) -> list[str]:
@@ -798,11 +823,8 @@ class Store:
                     continue
                 if int(pid) == os.getpid() or process_start(int(pid)) is not None:
                     continue
-                try:
-                    os.unlink(os.path.join(folder, name))
-                except FileNotFoundError:
-                    continue
-                done.append(f"removed half-written file {name}")
+                if atomic.remove_file(os.path.join(folder, name)):
+                    done.append(f"removed half-written file {name}")
         return done
 
     def _remove_stray_tarsplit(self) -> list[str]:
@@ -819,11 +841,8 @@ class Store:
             pid = rest.rpartition("-")[2]
             if rest.startswith(".partial-") and pid.isdigit() and process_start(int(pid)) is not None:
                 continue
-            try:
-                os.unlink(os.path.join(folder, name))
-            except FileNotFoundError:
-                pass
-            done.append(f"removed stray tar-split file {name}")
+            if atomic.remove_file(os.path.join(folder, name)):
+                done.append(f"removed stray tar-split file {name}")
         return done
 
     def _is_alternate_target(self, folder: str) -> bool:

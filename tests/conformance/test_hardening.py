@@ -426,3 +426,50 @@ def test_aufs_hardlink_directory_is_unpacked_as_docker_does_and_marked(store):
     assert why is not None and why.startswith("skipped")
     with pytest.raises(IntegrityError, match="cannot be re-exported exactly"):
         store.diff("aufs", io.BytesIO())
+
+
+# ----- check sees metadata, not only content ----------------------------------------------------
+
+
+TAMPERINGS = {
+    "chmod": lambda p: os.chmod(p / "etc/conf", 0o600),
+    "chown": lambda p: os.chown(p / "etc/conf", 4242, 4242),
+    "new-xattr": lambda p: os.setxattr(p / "etc/conf", "user.planted", b"1"),
+    "mtime": lambda p: os.utime(p / "etc/conf", ns=(1, 1)),
+    "extra-file": lambda p: (p / "etc/planted").write_bytes(b""),
+    "symlink-retargeted": lambda p: (os.unlink(p / "link"), os.symlink("elsewhere", p / "link")),
+    "dir-mode": lambda p: os.chmod(p / "etc", 0o700),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERINGS))
+def test_check_finds_metadata_tampering_in_an_image_layer(store, how):
+    from tests.treeutil import D, L
+
+    if how == "chown" and os.geteuid() != 0:
+        pytest.skip("needs root to chown (and an unprivileged store records no owners)")
+    data = make_tar({"etc": D(mode=0o755), "etc/conf": F(b"setting=1\n", mode=0o644),
+                     "link": L("etc/conf")})
+    store.import_layer("img", None, io.BytesIO(data))
+    assert store.check() == [("img", None)]
+    TAMPERINGS[how](Path(store.driver.apply_target("img").path))
+    ((layer_id, why),) = store.check()
+    assert layer_id == "img" and why is not None and "differ from its tarball" in why, why
+
+
+def test_check_says_when_a_stored_layer_carries_overlay_xattrs(store):
+    data = make_tar({"f": F(b"x")})
+    store.import_layer("old", None, io.BytesIO(data))
+    os.setxattr(Path(store.driver.apply_target("old").path, "f"), "user.overlay.metacopy", b"")
+    ((_, why),) = store.check()
+    assert why is not None and "carries overlay's own xattr user.overlay.metacopy" in why
+
+
+def test_check_finds_a_file_planted_in_a_child_image_layer(store):
+    store.import_layer("base", None, io.BytesIO(make_tar({"etc/a": F(b"a")})))
+    store.import_layer("child", "base", io.BytesIO(make_tar({"etc/b": F(b"b")})))
+    assert [why for _, why in store.check()] == [None, None]
+    Path(store.driver.apply_target("child").path, "etc", "planted").write_bytes(b"")
+    results = dict(store.check())
+    assert results["base"] is None
+    assert "'etc/planted': is in the layer but in no entry" in (results["child"] or "")

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from graphdriver.errors import GraphDriverError, IntegrityError
 from graphdriver.store import Store, StoreOptions
 
-SEGMENTS = ["a", "b", "d", ".", "..", ".wh.a", ".wh..wh..opq", ".wh..wh.plnk", "sp ace", "x\ny", "\u00e9", "-"]
+SEGMENTS = ["a", "b", "d", ".", "..", ".wh.a", ".wh..wh..opq", ".wh..wh.plnk", "sp ace", "x\ny",
+            "\u00e9", "-"]
 name = st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=4).map("/".join) | st.just(".")
 prefixed = st.tuples(st.sampled_from(["", "./", "/"]), name, st.sampled_from(["", "/"])).map("".join)
 kind = st.sampled_from(["file", "file", "dir", "symlink", "hardlink", "whiteout"])

@@ -60,11 +60,18 @@ class ReproducibilityCheck:
             self.reason = f"{name!r} appears twice"
         elif entry.type != DIR and name in self._dirs:
             self.reason = f"directory {name!r} is replaced by a later entry"
-        elif entry.size > 0:
-            self._add(name)
+        else:
+            # Parents count for every entry, empty ones too: ``check`` holds each
+            # stored file to its header, so one a later entry removes (by
+            # replacing its directory) could not be checked.  A name given twice
+            # matters only with content (the last header wins, as in unpacking).
+            self._add(name, entry.type == DIR, entry.size > 0)
 
-    def _add(self, name: str) -> None:
-        self._files.add(name)
+    def _add(self, name: str, is_dir: bool, content: bool) -> None:
+        if is_dir:
+            self._dirs.add(name)
+        elif content:
+            self._files.add(name)
         parent = name.rpartition("/")[0]
         while parent and parent not in self._dirs:
             self._dirs.add(parent)

@@ -287,6 +287,9 @@ class Driver(abc.ABC):
     name: ClassVar[str]
     #: Driver options this driver accepts (``--opt KEY=VALUE``); others are refused.
     OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    #: Whether a layer's files sit under :meth:`apply_target` as its tarball names them
+    #: (so ``check`` can compare their metadata with the tar headers).
+    FILES_AS_IN_TARBALL: ClassVar[bool] = True
     #: Whether :meth:`status` says only what the probe found, so it holds until a reboot
     #: (and the registry may remember it in the run root).
     STATUS_IS_STATIC: ClassVar[bool] = True

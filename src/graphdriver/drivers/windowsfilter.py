@@ -306,6 +306,7 @@ class WindowsFilterDriver(Driver):
     name: ClassVar[str] = "windowsfilter"
     OPTIONS: ClassVar[frozenset[str]] = frozenset({BASE_IMAGES_OPTION})
     STATUS_IS_STATIC: ClassVar[bool] = False  # base images come and go
+    FILES_AS_IN_TARBALL: ClassVar[bool] = False  # Files/, Hives/ and a metadata sidecar
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)

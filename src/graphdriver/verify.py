@@ -1,0 +1,227 @@
+"""Compare a layer's stored files with the tar headers it was imported from.
+
+``check`` rebuilds an imported layer's tarball and compares its digest, which
+proves every file's *content*.  This module proves the rest: for every entry
+of the layer's tar-split metadata, the stored file has the type, mode,
+owner, modification time, size, link target, device numbers and extended
+attributes its header gives, and the layer holds no file that no entry
+names.  A ``chmod``, ``chown``, new xattr, touched mtime or planted file in
+an image layer's folder is found, where a digest alone would miss it.
+
+The headers come from the tar-split metadata alone: its segments hold every
+header block, and file data is skipped as zeros of the recorded size, so no
+file is read here.  Extraction's own rules are mirrored: whiteouts and AUFS
+metadata leave no file of their name, overlay's private xattrs are never
+stored (one found is reported: an older import kept it), ``security.selinux``
+belongs to the host, owners go through the store's id maps, and an
+unprivileged store cannot set owners or device nodes (those are not compared).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+
+from graphdriver.archive import entry as te
+from graphdriver.archive.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from graphdriver.archive.tarsplit import SplitEntry
+    from graphdriver.idmap import IDMappings
+
+_OVERLAY_PRIVATE = ("trusted.overlay.", "user.overlay.")
+_HOST_XATTRS = frozenset({"security.selinux"})
+_ZEROS = bytes(1 << 20)
+_KINDS = {
+    te.REG: stat.S_IFREG, te.AREG: stat.S_IFREG, te.CONT: stat.S_IFREG, te.DIR: stat.S_IFDIR,
+    te.SYM: stat.S_IFLNK, te.CHR: stat.S_IFCHR, te.BLK: stat.S_IFBLK, te.FIFO: stat.S_IFIFO,
+}
+
+
+class _HeadersOnly:
+    """The tarball as a stream of its header bytes, with file data read as zeros."""
+
+    def __init__(self, entries: Iterable[SplitEntry]) -> None:
+        self._parts = self._generate(entries)
+        self._left = memoryview(b"")
+
+    @staticmethod
+    def _generate(entries: Iterable[SplitEntry]) -> Iterator[memoryview]:
+        from graphdriver.archive.tarsplit import SEGMENT
+
+        for e in entries:
+            if e.type == SEGMENT:
+                if e.payload:
+                    yield memoryview(e.payload)
+                continue
+            size = e.size
+            while size > 0:
+                chunk = min(size, len(_ZEROS))
+                yield memoryview(_ZEROS)[:chunk]
+                size -= chunk
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._left:
+            part = next(self._parts, None)
+            if part is None:
+                return b""
+            self._left = part
+        if n < 0 or n >= len(self._left):
+            out, self._left = bytes(self._left), memoryview(b"")
+            return out
+        out, self._left = bytes(self._left[:n]), self._left[n:]
+        return out
+
+
+def tree_problems(
+    entries: Iterable[SplitEntry], root: str, idmaps: IDMappings, *, inherited: str | None = None
+) -> list[str]:
+    """What differs between the tree at *root* and the headers of *entries* (empty: none).
+
+    A file no entry names is reported too, unless *root* is a full tree on top
+    of its parent's (vfs) and the parent's tree at *inherited* has that path.
+    """
+    from graphdriver.archive.tarstream import TarReader
+
+    privileged = os.geteuid() == 0
+    problems: list[str] = []
+    expected: set[str] = set()
+    last: dict[str, te.TarEntry] = {}  # a name given twice: its last header is what unpacking left
+    for e in TarReader(_HeadersOnly(entries)):  # type: ignore[arg-type]
+        e.raw, e.pax = b"", {}  # only the fields are compared: keep memory flat
+        last[posixpath.normpath("/" + e.name).lstrip("/")] = e
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        inodes: dict[str, tuple[int, int]] = {}
+        for e in last.values():
+            rel = posixpath.normpath("/" + e.name).lstrip("/")
+            parent, _, base = rel.rpartition("/")
+            if not rel or base.startswith(WHITEOUT_PREFIX) or WHITEOUT_META_PREFIX in parent:
+                # The root's own metadata is the store's; a whiteout leaves no file of
+                # its name (but, in an overlay upper directory, a 0/0 device of its target's).
+                if rel and not base.startswith(WHITEOUT_META_PREFIX):
+                    expected.add(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]))
+                expected.update(_parents(parent) if rel and WHITEOUT_META_PREFIX not in parent else ())
+                continue
+            expected.add(rel)
+            expected.update(_parents(parent))
+            problem = _compare(e, rel, root_fd, idmaps, privileged, inodes)
+            if problem:
+                problems.append(f"{rel!r}: {problem}")
+        extra = _walk(root) - expected
+        if inherited is not None:
+            extra -= _walk(inherited)
+        problems += [f"{rel!r}: is in the layer but in no entry of its tarball" for rel in sorted(extra)]
+    finally:
+        os.close(root_fd)
+    return problems
+
+
+def _parents(parent: str) -> Iterator[str]:
+    while parent:
+        yield parent
+        parent = parent.rpartition("/")[0]
+
+
+def _walk(root: str) -> set[str]:
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in (*dirnames, *filenames):
+            found.add(name if rel_dir == "." else f"{rel_dir}/{name}")
+    return found
+
+
+def _compare(
+    e: te.TarEntry, rel: str, root_fd: int, idmaps: IDMappings, privileged: bool,
+    inodes: dict[str, tuple[int, int]],
+) -> str:
+    from graphdriver.archive.confine import open_at_root
+
+    parent, _, base = rel.rpartition("/")
+    try:
+        pfd = open_at_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY) if parent else root_fd
+    except OSError:
+        return "is missing from the layer"
+    try:
+        try:
+            st = os.lstat(base, dir_fd=pfd)
+        except FileNotFoundError:
+            return "is missing from the layer"
+        if e.type == te.LNK:
+            target = posixpath.normpath("/" + e.linkname).lstrip("/")
+            # A target of a lower layer was copied up: then only the file itself is checked.
+            if target in inodes and inodes[target] != (st.st_dev, st.st_ino):
+                return f"is not a hard link to {target!r}"
+            return ""
+        inodes[rel] = (st.st_dev, st.st_ino)
+        kind = _KINDS.get(e.type)
+        if kind is None or stat.S_IFMT(st.st_mode) != kind:
+            if kind in (stat.S_IFCHR, stat.S_IFBLK) and not privileged:
+                return ""  # an unprivileged store cannot make device nodes
+            return f"is a {_kind_name(st.st_mode)}, its entry a {_kind_name(kind or 0)}"
+        return _compare_metadata(e, base, pfd, st, idmaps, privileged)
+    finally:
+        if pfd != root_fd:
+            os.close(pfd)
+
+
+def _compare_metadata(
+    e: te.TarEntry, base: str, pfd: int, st: os.stat_result, idmaps: IDMappings, privileged: bool
+) -> str:
+    if e.type == te.SYM:
+        target = os.readlink(base, dir_fd=pfd)
+        if target != e.linkname:
+            return f"links to {target!r}, its entry to {e.linkname!r}"
+    elif stat.S_IMODE(st.st_mode) != e.mode & 0o7777:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, its entry {e.mode & 0o7777:04o}"
+    if e.type in te.REGULAR_TYPES and st.st_size != e.size:
+        return f"has {st.st_size} bytes, its entry {e.size}"
+    if privileged:
+        owner = (idmaps.uids.to_host(e.uid), idmaps.gids.to_host(e.gid))
+        if (st.st_uid, st.st_gid) != owner:
+            return f"is owned by {st.st_uid}:{st.st_gid}, its entry by {owner[0]}:{owner[1]}"
+        if e.type in (te.CHR, te.BLK) and st.st_rdev != os.makedev(e.devmajor, e.devminor):
+            return "has other device numbers than its entry"
+    if st.st_mtime_ns != e.mtime_ns:
+        return f"was modified at {st.st_mtime_ns} ns, its entry at {e.mtime_ns} ns"
+    return _compare_xattrs(e, base, pfd, privileged)
+
+
+def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> str:
+    if e.type == te.SYM:
+        return ""  # set on symlinks only where the filesystem allows: not compared
+    fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd) \
+        if e.type in te.REGULAR_TYPES or e.type == te.DIR else -1
+    if fd < 0:
+        return ""
+    try:
+        names = set(os.listxattr(fd))
+        private = sorted(n for n in names if n.startswith(_OVERLAY_PRIVATE)
+                         and not n.endswith(".overlay.opaque"))
+        if private:
+            return f"carries overlay's own xattr {private[0]} (kept by an older import)"
+        stored = {n for n in names if not n.startswith(_OVERLAY_PRIVATE) and n not in _HOST_XATTRS}
+        wanted = {k for k in e.xattrs if not k.startswith(_OVERLAY_PRIVATE) and k not in _HOST_XATTRS}
+        if not privileged:  # trusted.* and security.* need privilege: an unprivileged import skips them
+            wanted = {k for k in wanted if not k.startswith(("trusted.", "security."))}
+        if stored != wanted:
+            extra, missing = sorted(stored - wanted), sorted(wanted - stored)
+            return f"has xattr {extra[0]} its entry lacks" if extra else f"lacks xattr {missing[0]}"
+        for name in wanted:
+            if os.getxattr(fd, name) != e.xattrs[name]:
+                return f"has another value of xattr {name}"
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _kind_name(mode: int) -> str:
+    names = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
+             stat.S_IFCHR: "character device", stat.S_IFBLK: "block device", stat.S_IFIFO: "fifo",
+             stat.S_IFSOCK: "socket"}
+    return names.get(stat.S_IFMT(mode), "special file")
