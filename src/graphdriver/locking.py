@@ -50,3 +50,14 @@ class locked:  # lower case: used like a function, `with locked(path) as fd:`
         if self.fd >= 0:
             os.close(self.fd)  # closing the last fd of the description releases the lock
             self.fd = -1
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process *pid* exists (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

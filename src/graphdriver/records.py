@@ -327,18 +327,3 @@ def boot_id() -> str:
         except OSError:
             _BOOT_ID = ""
     return _BOOT_ID
-
-
-def process_start(pid: int) -> int | None:
-    """The start time of process *pid* in clock ticks since boot (None if gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None

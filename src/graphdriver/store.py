@@ -28,7 +28,7 @@ from graphdriver.errors import (
     Unsupported,
 )
 from graphdriver.ids import check_id
-from graphdriver.locking import locked
+from graphdriver.locking import locked, pid_alive
 from graphdriver.records import LayerRecord, RecordStore, now_rfc3339
 
 TYPE_CHECKING = False
@@ -471,14 +471,20 @@ class Store:
         try:
             return self.driver.get(layer_id, mount_label)
         except (NotFound, IntegrityError) as e:
-            raise self._explain(e, layer_id) from e
+            error = self._explain(e, layer_id)
+            if error is e:
+                raise
+            raise error from e
 
     def unmount(self, layer_id: str) -> None:
         self._find(layer_id)
         try:
             self.driver.put(layer_id)
         except (NotFound, IntegrityError) as e:
-            raise self._explain(e, layer_id) from e
+            error = self._explain(e, layer_id)
+            if error is e:
+                raise
+            raise error from e
 
     def _explain(self, error: Exception, *layer_ids: str | None) -> Exception:
         """What a failure reading a layer's data means, told by the records.
@@ -521,7 +527,10 @@ class Store:
         try:
             return self.driver.changes(layer_id, base)
         except (NotFound, IntegrityError) as e:
-            raise self._explain(e, layer_id, base) from e
+            error = self._explain(e, layer_id, base)
+            if error is e:
+                raise
+            raise error from e
 
     def diff(
         self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False
@@ -539,9 +548,12 @@ class Store:
         base = self._parent_for(layer_id, parent)
         try:
             self._diff(record, base, out, regenerate)
-        except (NotFound, IntegrityError, FileNotFoundError) as e:
+        except (GraphDriverError, OSError) as e:
             # Files may vanish under a reader when another process removes the layer.
-            raise self._explain(e, layer_id, base) from e
+            error = self._explain(e, layer_id, base)
+            if error is e:
+                raise
+            raise error from e
 
     def _diff(self, record: LayerRecord, base: str | None, out: BinaryIO, regenerate: bool) -> None:
         layer_id = record.id
@@ -681,7 +693,7 @@ class Store:
                     self._verify_files(record)
                 else:
                     raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
-            except (GraphDriverError, FileNotFoundError) as e:
+            except (GraphDriverError, OSError) as e:
                 error = self._explain(e, record.id)
                 if isinstance(error, NotFound):
                     continue  # removed while we checked it: no longer a layer to report
@@ -698,7 +710,10 @@ class Store:
         try:
             return self.driver.diff_size(layer_id, base)
         except (NotFound, IntegrityError) as e:
-            raise self._explain(e, layer_id, base) from e
+            error = self._explain(e, layer_id, base)
+            if error is e:
+                raise
+            raise error from e
 
     # ----- base images -----------------------------------------------------------------
 
@@ -789,10 +804,10 @@ class Store:
             try:
                 self.driver.remove(name)
             except (OSError, Precondition, NotFound):
-                import shutil
+                from graphdriver.drivers.treecopy import remove_tree
 
                 try:
-                    shutil.rmtree(path)
+                    remove_tree(path)
                 except OSError:
                     pass
             done.append(f"removed orphaned layer folder {name}")
@@ -813,15 +828,13 @@ class Store:
 
     def _remove_stale_temporaries(self) -> list[str]:
         """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose process is dead."""
-        from graphdriver.records import process_start
-
         done = []
         for folder in (self.root, self.records.dir, self.records.pending_dir):
             for name in sorted(os.listdir(folder)):
                 pid = name.rpartition("-")[2]
                 if not name.startswith(atomic.TEMP_PREFIX) or not pid.isdigit():
                     continue
-                if int(pid) == os.getpid() or process_start(int(pid)) is not None:
+                if int(pid) == os.getpid() or pid_alive(int(pid)):
                     continue
                 if atomic.remove_file(os.path.join(folder, name)):
                     done.append(f"removed half-written file {name}")
@@ -829,8 +842,6 @@ class Store:
 
     def _remove_stray_tarsplit(self) -> list[str]:
         """tar-split files of no layer, and half-written ones of dead processes."""
-        from graphdriver.records import process_start
-
         known = set(self.records.ids())
         done = []
         folder = os.path.join(self.root, TARSPLIT_DIR)
@@ -839,7 +850,7 @@ class Store:
             if sep and not rest and layer_id in known:
                 continue
             pid = rest.rpartition("-")[2]
-            if rest.startswith(".partial-") and pid.isdigit() and process_start(int(pid)) is not None:
+            if rest.startswith(".partial-") and pid.isdigit() and pid_alive(int(pid)):
                 continue
             if atomic.remove_file(os.path.join(folder, name)):
                 done.append(f"removed stray tar-split file {name}")

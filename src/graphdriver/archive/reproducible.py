@@ -27,7 +27,8 @@ class ReproducibilityCheck:
 
     def __init__(self) -> None:
         self.reason: str | None = None
-        self._files: set[str] = set()
+        self._files: set[str] = set()  # names with content
+        self._names: set[str] = set()  # every name but directories', empty files' too
         self._dirs: set[str] = set()
 
     def see(self, entry: TarEntry) -> None:
@@ -53,7 +54,7 @@ class ReproducibilityCheck:
             if base.startswith(WHITEOUT_META_PREFIX):
                 return  # opaque markers hide lower layers only, never this archive's own files
             target = posixpath.join(parent, base[len(WHITEOUT_PREFIX) :])
-            if target in self._files or target in self._dirs:
+            if target in self._names or target in self._dirs:
                 self.reason = f"{target!r} is deleted by the same archive that adds it"
             return
         if name in self._files:
@@ -70,8 +71,10 @@ class ReproducibilityCheck:
     def _add(self, name: str, is_dir: bool, content: bool) -> None:
         if is_dir:
             self._dirs.add(name)
-        elif content:
-            self._files.add(name)
+        else:
+            self._names.add(name)
+            if content:
+                self._files.add(name)
         parent = name.rpartition("/")[0]
         while parent and parent not in self._dirs:
             self._dirs.add(parent)

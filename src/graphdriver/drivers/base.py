@@ -77,7 +77,7 @@ from graphdriver.errors import (
     Precondition,
 )
 from graphdriver.idmap import IDMappings
-from graphdriver.locking import locked
+from graphdriver.locking import locked, pid_alive
 
 # The option classes below are plain classes, and typing is imported for the
 # checker only: ``mount`` and ``status`` load this module, and dataclasses or
@@ -486,7 +486,7 @@ class Driver(abc.ABC):
         staging_root = os.path.join(self.home, STAGING_DIR)
         for entry in sorted(os.listdir(staging_root)):
             pid = entry.rsplit("-", 1)[-1]
-            if pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+            if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid))):
                 continue
             try:
                 self._destroy(os.path.join(staging_root, entry))
@@ -707,16 +707,6 @@ class Driver(abc.ABC):
     def diff_getter(self, layer_id: str) -> FileGetter:
         """A file source for reassembling the layer's tarball from its files."""
         return DirFileGetter(self.apply_target(layer_id).path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def layer_name_of(folder: str, *, destroying: bool = False) -> str:

@@ -216,7 +216,7 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
 
 def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str, str]:
     """d_type and xattr support, tried in a scratch directory under *existing*."""
-    import shutil
+    from graphdriver.drivers.treecopy import remove_tree
 
     scratch = os.path.join(existing, f".overlay-probe-{os.getpid()}-{os.urandom(4).hex()}")
     try:
@@ -247,7 +247,10 @@ def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str
             ) from e
         return {"Supports d_type": "true", "Xattrs": xattr.split(".")[0] + ".overlay.*"}
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            remove_tree(scratch)
+        except OSError:
+            pass
 
 
 # ----- the driver ------------------------------------------------------------------------------------

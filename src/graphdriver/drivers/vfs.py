@@ -152,41 +152,11 @@ class VfsDriver(Driver):
 
 
 def backing_filesystem(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
-    """The type of the filesystem holding *path*, from the mount table."""
-    target = os.path.realpath(path)
+    """The type of the filesystem holding *path*, from the mount table ("unknown" without one)."""
+    from graphdriver.drivers.mounts import filesystem_of  # the one mountinfo parser
+
     try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
+        info = filesystem_of(path, mountinfo)
     except OSError:
         return "unknown"
-    best, fstype = "", "unknown"
-    for line in lines:
-        fields, _, rest = line.partition(" - ")
-        parts = fields.split()
-        if len(parts) < 5 or not rest:
-            continue
-        mount_point = _unescape(parts[4])
-        # The longest mount point above the path wins; a later mount over the
-        # same point hides an earlier one.
-        if _is_within(target, mount_point) and len(mount_point) >= len(best):
-            best, fstype = mount_point, rest.split()[0]
-    return fstype
-
-
-def _is_within(path: str, directory: str) -> bool:
-    return directory == "/" or path == directory or path.startswith(directory + "/")
-
-
-def _unescape(field: str) -> str:
-    """Undo the mount table's octal escapes (``\\040`` for a space, ...)."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+    return info.fstype if info is not None else "unknown"

@@ -178,7 +178,10 @@ def _probe(home: str) -> dict[str, str]:
                f"(alternate data streams are kept as <file>:<stream> files): {e.strerror}")
         raise Unsupported(what, why) from e
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            remove_tree(scratch)
+        except OSError:
+            pass
     found["Stream Files"] = "<file>:<stream> under .winmeta/streams"
     found["Union"] = "overlay" if os.geteuid() == 0 else "materialised copies (read-only layers only)"
     return found
@@ -479,7 +482,7 @@ class WindowsFilterDriver(Driver):
                 if wintar.has_path_prefix(path, wintar.FILES) and path != wintar.FILES:
                     victim = os.path.join(target, path[len(wintar.FILES) + 1 :])
                     if os.path.isdir(victim) and not os.path.islink(victim):
-                        shutil.rmtree(victim)
+                        remove_tree(victim)
                     elif os.path.lexists(victim):
                         os.unlink(victim)
             shutil.copytree(os.path.join(data, wintar.FILES), target, symlinks=True, dirs_exist_ok=True)
@@ -514,7 +517,10 @@ class WindowsFilterDriver(Driver):
                     with contextlib.suppress(OSError):
                         os.rmdir(path)
                 else:
-                    shutil.rmtree(path, ignore_errors=True)
+                    try:
+                        remove_tree(path)
+                    except OSError:
+                        pass
         return done
 
     def cleanup(self, layers: Collection[str] | None = None) -> list[str]:
@@ -676,7 +682,10 @@ class WindowsFilterDriver(Driver):
             self.write_layer_chain(staging, [])
             os.rename(staging, own)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                remove_tree(staging)
+            except OSError:
+                pass
             raise
 
 
