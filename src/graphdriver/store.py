@@ -262,8 +262,11 @@ class Store:
         out: list[LayerRecord] = []
         bad: list[tuple[str, IntegrityError]] = []
         for records, read_only in ((self.records, False), *((ro, True) for ro in self.readonly)):
-            pending = set(records.pending_ids())
+            # Records first, markers after: a layer's marker is made before its
+            # record, so a record read here whose work is under way has its
+            # marker in the listing read next (the other order misses it).
             good, broken = records.scan()
+            pending = set(records.pending_ids())
             for record in good:
                 if record.id not in seen and record.id not in pending:
                     record.read_only_store = read_only
@@ -622,16 +625,18 @@ class Store:
             return
         from graphdriver.archive.compression import open_decompressed
         from graphdriver.archive.tarsplit import read_entries
-        from graphdriver.archive.whiteout import WhiteoutMode
         from graphdriver.verify import tree_problems
 
-        target = self.driver.apply_target(record.id)
-        inherited = None  # a full tree over its parent's (vfs): the parent's paths are no extra
-        if record.parent is not None and target.whiteouts is not WhiteoutMode.OVERLAY:
-            inherited = self.driver.apply_target(record.parent).path
+        # The layer's own files (an overlay upper directory, never a live union
+        # mount), or its full tree, whose parent's paths are then no extra files.
+        root, inherited = self.driver.own_files(record.id), None
+        if root is None:
+            root = self.driver.apply_target(record.id).path
+            if record.parent is not None:
+                inherited = self.driver.apply_target(record.parent).path
         with open(self._tarsplit_of(record), "rb") as f:
             meta, _kind = open_decompressed(f)
-            problems = tree_problems(read_entries(meta), target.path, self.driver.config.idmaps,
+            problems = tree_problems(read_entries(meta), root, self.driver.config.idmaps,
                                      inherited=inherited)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

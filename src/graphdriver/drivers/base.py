@@ -704,6 +704,11 @@ class Driver(abc.ABC):
     def after_apply(self, layer_id: str) -> None:  # noqa: B027 - optional hook
         """Called after a successful apply (e.g. to back up files the driver rewrites)."""
 
+    def own_files(self, layer_id: str) -> str | None:
+        """The directory holding this layer's own files only, or None when its tree
+        includes its parents' files (a full copy, as vfs keeps).  Read, never written."""
+        return None
+
     def diff_getter(self, layer_id: str) -> FileGetter:
         """A file source for reassembling the layer's tarball from its files."""
         return DirFileGetter(self.apply_target(layer_id).path)

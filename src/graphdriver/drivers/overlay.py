@@ -689,6 +689,10 @@ class OverlayDriver(Driver):
             return None
         return path
 
+    def own_files(self, layer_id: str) -> str | None:
+        # The upper directory, even while the layer is mounted: only read here.
+        return self._upper(self.resolve(layer_id))
+
     def diff_getter(self, layer_id: str) -> FileGetter:
         return DirFileGetter(self._upper(self.resolve(layer_id)))
 
