@@ -489,16 +489,21 @@ class Store:
                 raise
             raise error from e
 
-    def _explain(self, error: Exception, *layer_ids: str | None) -> Exception:
+    def _explain(
+        self, error: Exception, *layer_ids: str | None, seen: LayerRecord | None = None
+    ) -> Exception:
         """What a failure reading a layer's data means, told by the records.
 
-        A layer removed while we read it (its record gone, or its removal under
-        way) is simply not found, whatever broke on the way; a layer whose
-        record stands but whose files are gone is damaged (exit 6); anything
-        else is *error* itself.
+        A layer removed while we read it (its record gone, its removal under
+        way, or -- *seen* being the record we started from -- removed and made
+        again under the same id) is simply not found, whatever broke on the
+        way; a layer whose record stands but whose files are gone is damaged
+        (exit 6); anything else is *error* itself.
         """
         for layer_id in filter(None, layer_ids):
-            if self._being_removed(layer_id):
+            if self._being_removed(layer_id) or (
+                seen is not None and layer_id == seen.id and self._remade(seen)
+            ):
                 return NotFound(f"layer {layer_id}", "no such layer (it was removed meanwhile)")
         if isinstance(error, NotFound):
             for layer_id in filter(None, layer_ids):
@@ -509,6 +514,13 @@ class Store:
                         f"graphdriver remove {layer_id} removes what is left",
                     )
         return error
+
+    def _remade(self, seen: LayerRecord) -> bool:
+        """Whether the layer of record *seen* is gone, its id now another layer's."""
+        try:
+            return self.records.get(seen.id).created != seen.created
+        except (NotFound, IntegrityError):
+            return True
 
     def _being_removed(self, layer_id: str) -> bool:
         """Whether *layer_id* of this store is gone or its removal is under way."""
@@ -553,7 +565,7 @@ class Store:
             self._diff(record, base, out, regenerate)
         except (GraphDriverError, OSError) as e:
             # Files may vanish under a reader when another process removes the layer.
-            error = self._explain(e, layer_id, base)
+            error = self._explain(e, layer_id, base, seen=None if record.read_only_store else record)
             if error is e:
                 raise
             raise error from e
@@ -681,7 +693,10 @@ class Store:
                 results.append((record.id, f"damaged: {record.damaged}"))
                 continue
             if not self.driver.exists(record.id):
-                error = self._explain(NotFound(f"layer {record.id}", "no such layer"), record.id)
+                error = self._explain(
+                    NotFound(f"layer {record.id}", "no such layer"), record.id,
+                    seen=None if record.read_only_store else record,
+                )
                 if isinstance(error, IntegrityError):
                     results.append((record.id, error.why))
                 continue
@@ -699,7 +714,7 @@ class Store:
                 else:
                     raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
             except (GraphDriverError, OSError) as e:
-                error = self._explain(e, record.id)
+                error = self._explain(e, record.id, seen=None if record.read_only_store else record)
                 if isinstance(error, NotFound):
                     continue  # removed while we checked it: no longer a layer to report
                 if not isinstance(error, GraphDriverError):
