@@ -34,7 +34,7 @@ from graphdriver.records import LayerRecord, RecordStore, now_rfc3339
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, NoReturn
 
     from graphdriver.archive.changes import Change
     from graphdriver.drivers.base import Driver
@@ -474,20 +474,14 @@ class Store:
         try:
             return self.driver.get(layer_id, mount_label)
         except (NotFound, IntegrityError) as e:
-            error = self._explain(e, layer_id)
-            if error is e:
-                raise
-            raise error from e
+            self._raise_explained(e, layer_id)
 
     def unmount(self, layer_id: str) -> None:
         self._find(layer_id)
         try:
             self.driver.put(layer_id)
         except (NotFound, IntegrityError) as e:
-            error = self._explain(e, layer_id)
-            if error is e:
-                raise
-            raise error from e
+            self._raise_explained(e, layer_id)
 
     def _explain(
         self, error: Exception, *layer_ids: str | None, seen: LayerRecord | None = None
@@ -515,8 +509,19 @@ class Store:
                     )
         return error
 
+    def _raise_explained(
+        self, error: Exception, *layer_ids: str | None, seen: LayerRecord | None = None
+    ) -> NoReturn:
+        """Raise what *error* means (see :meth:`_explain`), chained to it when it differs."""
+        explained = self._explain(error, *layer_ids, seen=seen)
+        if explained is error:
+            raise error
+        raise explained from error
+
     def _remade(self, seen: LayerRecord) -> bool:
         """Whether the layer of record *seen* is gone, its id now another layer's."""
+        if seen.read_only_store:
+            return False  # nobody removes a read-only store's layers through us
         try:
             return self.records.get(seen.id).created != seen.created
         except (NotFound, IntegrityError):
@@ -542,10 +547,7 @@ class Store:
         try:
             return self.driver.changes(layer_id, base)
         except (NotFound, IntegrityError) as e:
-            error = self._explain(e, layer_id, base)
-            if error is e:
-                raise
-            raise error from e
+            self._raise_explained(e, layer_id, base)
 
     def diff(
         self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False
@@ -565,10 +567,7 @@ class Store:
             self._diff(record, base, out, regenerate)
         except (GraphDriverError, OSError) as e:
             # Files may vanish under a reader when another process removes the layer.
-            error = self._explain(e, layer_id, base, seen=None if record.read_only_store else record)
-            if error is e:
-                raise
-            raise error from e
+            self._raise_explained(e, layer_id, base, seen=record)
 
     def _diff(self, record: LayerRecord, base: str | None, out: BinaryIO, regenerate: bool) -> None:
         layer_id = record.id
@@ -694,8 +693,7 @@ class Store:
                 continue
             if not self.driver.exists(record.id):
                 error = self._explain(
-                    NotFound(f"layer {record.id}", "no such layer"), record.id,
-                    seen=None if record.read_only_store else record,
+                    NotFound(f"layer {record.id}", "no such layer"), record.id, seen=record
                 )
                 if isinstance(error, IntegrityError):
                     results.append((record.id, error.why))
@@ -714,7 +712,7 @@ class Store:
                 else:
                     raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
             except (GraphDriverError, OSError) as e:
-                error = self._explain(e, record.id, seen=None if record.read_only_store else record)
+                error = self._explain(e, record.id, seen=record)
                 if isinstance(error, NotFound):
                     continue  # removed while we checked it: no longer a layer to report
                 if not isinstance(error, GraphDriverError):
@@ -730,10 +728,7 @@ class Store:
         try:
             return self.driver.diff_size(layer_id, base)
         except (NotFound, IntegrityError) as e:
-            error = self._explain(e, layer_id, base)
-            if error is e:
-                raise
-            raise error from e
+            self._raise_explained(e, layer_id, base)
 
     # ----- base images -----------------------------------------------------------------
 

@@ -236,7 +236,7 @@ class DirFileGetter(FileGetter):
 
     def open(self, name: str) -> BinaryIO:
         clean = name.lstrip("/")
-        if "//" in clean or "/." in "/" + clean or clean.endswith("/"):
+        if "//" in clean or "/." in clean or clean[:1] == "." or clean[-1:] == "/":
             # Found where extraction put it: "a/../x", "./q/./z", "r/.", "f/" name
             # x, q/z, r and f (the usual name needs no normpath: this runs per file).
             import posixpath
