@@ -26,6 +26,8 @@ def test_ordinary_archive_is_reproducible():
     ([("d/f", REG, 3), ("d", SYM, 0)], "replaced"),
     ([("d/f", REG, 3), ("d/.wh.f", REG, 0)], "deleted"),
     ([("d/sub/f", REG, 3), (".wh.d", REG, 0)], "deleted"),
+    ([("a", SYM, 0), ("a/a", REG, 0)], "through the symlink"),
+    ([("l", SYM, 0), ("l/x/y", REG, 3)], "through the symlink"),
 ])
 def test_self_overwriting_archives_are_noticed(entries, why):
     reason = check(*entries)

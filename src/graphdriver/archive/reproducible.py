@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import posixpath
 
-from graphdriver.archive.entry import DIR, REGULAR_TYPES, TarEntry
+from graphdriver.archive.entry import DIR, REGULAR_TYPES, SYM, TarEntry
 from graphdriver.archive.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 
 _AUFS_LINKS = WHITEOUT_META_PREFIX + "plnk/"  # Docker's AUFS hardlink directory, and below
@@ -30,6 +30,8 @@ class ReproducibilityCheck:
         self._files: set[str] = set()  # names with content
         self._names: set[str] = set()  # every name but directories', empty files' too
         self._dirs: set[str] = set()
+        self._links: set[str] = set()  # symlinks this archive adds
+        self._through_no_link: set[str] = set()  # parents known to cross none of them
 
     def see(self, entry: TarEntry) -> None:
         """Account for one entry (cheap: two set lookups for most entries)."""
@@ -57,6 +59,11 @@ class ReproducibilityCheck:
             if target in self._names or target in self._dirs:
                 self.reason = f"{target!r} is deleted by the same archive that adds it"
             return
+        if self._links and parent not in self._through_no_link:
+            link = self._link_above(parent)
+            if link is not None:
+                self.reason = f"{name!r} is written through the symlink {link!r} of the same archive"
+                return
         if name in self._files:
             self.reason = f"{name!r} appears twice"
         elif entry.type != DIR and name in self._dirs:
@@ -66,15 +73,31 @@ class ReproducibilityCheck:
             # stored file to its header, so one a later entry removes (by
             # replacing its directory) could not be checked.  A name given twice
             # matters only with content (the last header wins, as in unpacking).
-            self._add(name, entry.type == DIR, entry.size > 0)
+            self._add(name, entry.type == DIR, entry.size > 0, entry.type == SYM)
 
-    def _add(self, name: str, is_dir: bool, content: bool) -> None:
+    def _link_above(self, parent: str) -> str | None:
+        """The first of this archive's symlinks on the way to *parent*, if any.
+
+        Parents found clear are remembered: a symlink added later at one of
+        their prefixes replaces a directory, which is reported on its own.
+        """
+        path = parent
+        while path:
+            if path in self._links:
+                return path
+            path = path.rpartition("/")[0]
+        self._through_no_link.add(parent)
+        return None
+
+    def _add(self, name: str, is_dir: bool, content: bool, entry_is_link: bool = False) -> None:
         if is_dir:
             self._dirs.add(name)
         else:
             self._names.add(name)
             if content:
                 self._files.add(name)
+            if entry_is_link:
+                self._links.add(name)
         parent = name.rpartition("/")[0]
         while parent and parent not in self._dirs:
             self._dirs.add(parent)
