@@ -27,7 +27,7 @@ SRC = HERE.parent / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from graphdriver.atomic import syncfs  # noqa: E402
+from graphdriver.fs.atomic import syncfs  # noqa: E402
 
 CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
 VENV = CACHE / "bench-venv"

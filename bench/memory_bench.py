@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from common import ENV, cs_cmd, gd, gd_cmd, have, remove_work
-from graphdriver.archive.entry import DIR, LNK, REG, SYM, TarEntry
-from graphdriver.archive.tarstream import TarWriter
+from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
+from graphdriver.layerio.tarstream import TarWriter
 
 TARGET_MIB = 64
 _POOL = random.Random(42).randbytes(8 << 20)  # file contents: slices of this, at varying offsets

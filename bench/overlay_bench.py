@@ -44,8 +44,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from common import CACHE, ENV, VENV, graphdriver_command  # noqa: E402
 from graphdriver.drivers.base import Driver  # noqa: E402
-from graphdriver.drivers.mounts import mounts_below, unmount  # noqa: E402
-from graphdriver.store import Store, StoreOptions  # noqa: E402
+from graphdriver.fs.mounts import mounts_below, unmount  # noqa: E402
+from graphdriver.store.layers import Store, StoreOptions  # noqa: E402
 
 # ----- the two tools ------------------------------------------------------------------------
 
@@ -99,7 +99,7 @@ def cs_chain(work: Path, depth: int) -> tuple[str | None, str]:
 def interpreter_start(rounds: int) -> float:
     """What starting Python and importing the CLI costs before any work (median ms)."""
     graphdriver_command()
-    cmd = [str(VENV / "bin" / "python"), "-c", "import graphdriver.cli, graphdriver.store"]
+    cmd = [str(VENV / "bin" / "python"), "-c", "import graphdriver.cli, graphdriver.store.layers"]
     return median_ms([timed(lambda: subprocess.run(cmd, env=ENV, check=True)) for _ in range(rounds)])
 
 

@@ -27,10 +27,10 @@ def corpus_files(folder: str) -> list[Path]:
 
 def conformance_drivers() -> list[str]:
     """Every registered driver that can run here, for the parametrised suite."""
-    from graphdriver import drivers
+    from graphdriver.drivers import registry
 
     out = []
-    for name in drivers.registered():
+    for name in registry.registered():
         if name == "windowsfilter":
             continue  # Windows layers have their own layout; their suite selects scenarios
         out.append(name)
@@ -40,11 +40,11 @@ def conformance_drivers() -> list[str]:
 @pytest.fixture(params=conformance_drivers())
 def driver_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param
-    from graphdriver import drivers
+    from graphdriver.drivers import registry
     from graphdriver.errors import GraphDriverError
 
     try:
-        drivers.driver_class(name).probe(str(request.getfixturevalue("tmp_path")))
+        registry.driver_class(name).probe(str(request.getfixturevalue("tmp_path")))
     except GraphDriverError as e:
         pytest.skip(f"driver {name} cannot run here: {e}")
     return name
@@ -57,7 +57,7 @@ def store_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(store_root: Path, tmp_path: Path, driver_name: str) -> Iterator[object]:
-    from graphdriver.store import Store, StoreOptions
+    from graphdriver.store.layers import Store, StoreOptions
 
     s = Store(StoreOptions(root=str(store_root), run_root=str(tmp_path / "run"), driver=driver_name))
     yield s

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphdriver.archive.batched import BatchedWriter
+from graphdriver.layerio.batched import BatchedWriter
 
 
 class Sink:

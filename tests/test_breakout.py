@@ -28,11 +28,10 @@ from typing import Any
 
 import pytest
 
-from graphdriver import syscalls
-from graphdriver.archive import confine
-from graphdriver.archive.extract import ApplyOptions, apply_layer
-from graphdriver.archive.whiteout import WhiteoutMode
 from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError
+from graphdriver.fs import confine, syscalls
+from graphdriver.layerio.extract import ApplyOptions, apply_layer
+from graphdriver.layerio.whiteout import WhiteoutMode
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chroot")
@@ -485,8 +484,8 @@ def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     script = f"""
 import os, time
-from graphdriver import syscalls
-from graphdriver.archive import confine
+from graphdriver.fs import syscalls
+from graphdriver.fs import confine
 def work(dirs):  # chrooted when root: write through the fd it was given
     fd = os.open("child.pid", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dirs.root_fd)
     os.write(fd, str(os.getpid()).encode())

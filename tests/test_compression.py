@@ -13,14 +13,14 @@ from typing import Any, BinaryIO, cast
 
 import pytest
 
-from graphdriver.archive.compression import (
+from graphdriver.errors import ArchiveError, Unsupported
+from graphdriver.layerio.compression import (
     Compression,
     open_compressor,
     open_decompressed,
     sniff,
 )
-from graphdriver.archive.tarstream import TarReader
-from graphdriver.errors import ArchiveError, Unsupported
+from graphdriver.layerio.tarstream import TarReader
 from tests.conftest import corpus_files
 
 PAYLOAD = b"".join(b"line %d of a layer tarball\n" % i for i in range(20000))

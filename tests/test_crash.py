@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.store import Store, StoreOptions
+from graphdriver.store.layers import Store, StoreOptions
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Exporting a change set as a layer tarball, and its size (``graphdriver.archive.export``)."""
+"""Exporting a change set as a layer tarball, and its size (``graphdriver.layerio.export``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.archive.changes import Change, ChangeKind
-from graphdriver.archive.export import (
+from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.walk import changes_between
+from graphdriver.errors import InvalidArgument
+from graphdriver.idmap import IDMap, IDMappings
+from graphdriver.layerio.export import (
     NO_ID_MAPS,
     change_sort_key,
     changes_size,
@@ -21,9 +24,6 @@ from graphdriver.archive.export import (
     export_changes,
     whiteout_entry,
 )
-from graphdriver.drivers.walk import changes_between
-from graphdriver.errors import InvalidArgument
-from graphdriver.idmap import IDMap, IDMappings
 
 A, C, D = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 T0 = 1_600_000_000_123_456_789
@@ -148,7 +148,7 @@ def test_nanosecond_mtimes_round_trip(tmp_path: Path) -> None:
 
 
 def test_nanosecond_mtimes_round_trip_through_our_reader(tmp_path: Path) -> None:
-    tarstream = pytest.importorskip("graphdriver.archive.tarstream")
+    tarstream = pytest.importorskip("graphdriver.layerio.tarstream")
     if not hasattr(tarstream, "TarReader"):
         pytest.skip("no TarReader yet")
     write(tmp_path / "f", b"data", mtime_ns=T0 + 1)

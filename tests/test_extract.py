@@ -19,18 +19,17 @@ from typing import Any
 
 import pytest
 
-from graphdriver import syscalls
-from graphdriver.archive import confine
-from graphdriver.archive.entry import TarEntry
-from graphdriver.archive.extract import (
+from graphdriver.errors import ArchiveError, GraphDriverError, Unsupported
+from graphdriver.fs import confine, syscalls
+from graphdriver.idmap import IDMap, IDMappings
+from graphdriver.layerio.entry import TarEntry
+from graphdriver.layerio.extract import (
     ApplyOptions,
     ExtractStats,
     apply_layer,
     extract_entries,
 )
-from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR_USER, WhiteoutMode
-from graphdriver.errors import ArchiveError, GraphDriverError, Unsupported
-from graphdriver.idmap import IDMap, IDMappings
+from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR_USER, WhiteoutMode
 
 IS_ROOT = os.geteuid() == 0
 MTIME = 1_600_000_000
@@ -576,7 +575,7 @@ def test_chown_and_mknod_errors_tolerated_when_asked(dest: Path, inline: bool,
     monkeypatch.setattr(syscalls, "mknod_at", mknod)
     members = [reg("d/f", b"x", uid=5), sym("d/s", "f"), dev("d/null", tarfile.CHRTYPE, 1, 3),
                dev("d/p", tarfile.FIFOTYPE)]
-    with caplog.at_level(logging.WARNING, logger="graphdriver.archive.extract"):
+    with caplog.at_level(logging.WARNING, logger="graphdriver.layerio.extract"):
         assert apply(dest, *members, ignore_chown_errors=True, inline=inline) == 1
     assert listing(dest) == ["d/", "d/f", "d/p", "d/s"]
     assert "skipped 4 ownership changes, 1 device nodes" in caplog.text
@@ -600,7 +599,7 @@ def test_trusted_xattr_eperm_tolerated_only_when_asked(dest: Path,
     fd = os.open(dest, os.O_RDONLY)
     try:
         data = io.BytesIO(tar_of(member))
-        from graphdriver.archive.tarstream import TarReader
+        from graphdriver.layerio.tarstream import TarReader
 
         extract_entries(TarReader(data), fd, ApplyOptions(ignore_chown_errors=True), stats=stats)
     finally:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.archive import ingest as one_pass
-from graphdriver.archive.compression import Compression, open_compressor
-from graphdriver.archive.extract import ApplyOptions, extract_entries
-from graphdriver.archive.tarsplit import assemble, read_entries
 from graphdriver.drivers.base import DirFileGetter
 from graphdriver.errors import ArchiveError
+from graphdriver.layerio import ingest as one_pass
+from graphdriver.layerio.compression import Compression, open_compressor
+from graphdriver.layerio.extract import ApplyOptions, extract_entries
+from graphdriver.layerio.tarsplit import assemble, read_entries
 from tests.treeutil import D, F, H, L, make_tar
 
 LAYER = make_tar({"etc": D(), "etc/hosts": F(b"127.0.0.1 localhost\n" * 300), "bin": D(),

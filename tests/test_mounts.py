@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.drivers import mounts
+from graphdriver.fs import mounts
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (mounts)")

@@ -19,13 +19,14 @@ from typing import Any
 
 import pytest
 
-from graphdriver.archive.changes import ChangeKind
-from graphdriver.drivers import mounts, overlay
+from graphdriver.diff.changes import ChangeKind
+from graphdriver.drivers import overlay
 from graphdriver.drivers.base import CreateOpts, Driver, DriverConfig
 from graphdriver.drivers.overlay import MAX_DEPTH, OverlayDriver
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
+from graphdriver.fs import mounts
 from graphdriver.idmap import IDMap, IDMappings
-from graphdriver.store import Store, StoreOptions
+from graphdriver.store.layers import Store, StoreOptions
 from tests.conftest import ROOT, run_cli
 from tests.treeutil import D, F, H, L, Opaque, W, make_tar, snapshot
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from graphdriver.archive.entry import DIR, REG, SYM, TarEntry
-from graphdriver.archive.reproducible import ReproducibilityCheck
+from graphdriver.layerio.entry import DIR, REG, SYM, TarEntry
+from graphdriver.layerio.reproducible import ReproducibilityCheck
 
 
 def check(*entries: tuple[str, str, int]) -> str | None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.drivers import mounts, sizelimit
 from graphdriver.errors import InvalidArgument
-from graphdriver.store import Store, StoreOptions
+from graphdriver.fs import mounts, sizelimit
+from graphdriver.store.layers import Store, StoreOptions
 from tests.treeutil import F, make_tar
 
 MiB = 1 << 20

@@ -69,7 +69,7 @@ def test_mount_loads_no_heavy_module_but_the_mount_calls(made):
 
 
 def test_probe_is_remembered_per_boot_for_the_same_home_and_options(tmp_path, monkeypatch):
-    from graphdriver import drivers
+    from graphdriver.drivers import registry
     from graphdriver.drivers.base import DriverConfig
     from graphdriver.drivers.vfs import VfsDriver
 
@@ -79,13 +79,13 @@ def test_probe_is_remembered_per_boot_for_the_same_home_and_options(tmp_path, mo
     def config(**opts: str) -> DriverConfig:
         return DriverConfig(home=str(tmp_path / "home"), run_root=str(tmp_path / "run"), options=opts)
 
-    drivers.init_driver("vfs", config())
-    drivers.init_driver("vfs", config())
+    registry.init_driver("vfs", config())
+    registry.init_driver("vfs", config())
     assert len(calls) == 1
-    drivers.init_driver("vfs", config(copy="copy"))  # other options: probed again
+    registry.init_driver("vfs", config(copy="copy"))  # other options: probed again
     assert len(calls) == 2
-    (tmp_path / "run" / drivers.PROBED_MARKER).write_text("something else")
-    drivers.init_driver("vfs", config(copy="copy"))
+    (tmp_path / "run" / registry.PROBED_MARKER).write_text("something else")
+    registry.init_driver("vfs", config(copy="copy"))
     assert len(calls) == 3
 
 

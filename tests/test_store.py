@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from graphdriver.errors import IntegrityError, NotFound, Precondition
-from graphdriver.store import Store, StoreOptions
+from graphdriver.store.layers import Store, StoreOptions
 from tests.conftest import corpus_files, needs_root, run_cli
 from tests.treeutil import D, F, H, L, make_tar
 

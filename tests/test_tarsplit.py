@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphdriver.archive import crc64, tarsplit
-from graphdriver.archive.tarsplit import (
+from graphdriver.errors import ArchiveError, IntegrityError
+from graphdriver.layerio import crc64, tarsplit
+from graphdriver.layerio.tarsplit import (
     FILE,
     SEGMENT,
     Packer,
@@ -26,8 +27,7 @@ from graphdriver.archive.tarsplit import (
     assemble,
     read_entries,
 )
-from graphdriver.archive.tarstream import TarReader
-from graphdriver.errors import ArchiveError, IntegrityError
+from graphdriver.layerio.tarstream import TarReader
 from tests.conftest import CORPUS, corpus_files
 from tests.treeutil import D, F, H, L, make_tar
 
@@ -365,7 +365,7 @@ def test_the_pure_crc_twin_records_and_reassembles(monkeypatch):
 
 
 def test_graphdriver_pure_forces_the_twin():
-    code = "from graphdriver.archive import crc64; print(crc64.IMPLEMENTATION)"
+    code = "from graphdriver.layerio import crc64; print(crc64.IMPLEMENTATION)"
     env = dict(os.environ, GRAPHDRIVER_PURE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
     assert out.stdout.strip() == b"pure"

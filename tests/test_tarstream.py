@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphdriver.archive.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
-from graphdriver.archive.tarstream import BLOCK, TarReader, TarWriter
 from graphdriver.errors import ArchiveError
+from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
+from graphdriver.layerio.tarstream import BLOCK, TarReader, TarWriter
 from tests.conftest import CORPUS
 
 # -- helpers --------------------------------------------------------------------
@@ -799,7 +799,7 @@ def test_short_reads_give_the_same_entries(name: str, sizes: list[int], consume:
 @given(st.from_regex(rb"\A[+-]?[0-9]{0,21}(\.[0-9]{0,12})?\Z"))
 @settings(max_examples=400)
 def test_pax_times_fast_path_agrees_with_the_careful_parser(value: bytes) -> None:
-    from graphdriver.archive import pax
+    from graphdriver.layerio import pax
 
     def careful(v: bytes) -> int | str:
         neg = v[:1] == b"-"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from graphdriver.drivers import treecopy
-from graphdriver.drivers.treecopy import CopyStats, copy_tree, reflink_supported, remove_tree
+from graphdriver.fs import tree as treecopy
+from graphdriver.fs.tree import CopyStats, copy_tree, reflink_supported, remove_tree
 from tests.conftest import as_nobody
 
 IS_ROOT = os.geteuid() == 0

@@ -15,10 +15,7 @@ from typing import Any
 
 import pytest
 
-from graphdriver.archive.whiteout import WhiteoutMode
-from graphdriver.drivers import treecopy as treecopy_module
 from graphdriver.drivers.base import CreateOpts, DriverConfig
-from graphdriver.drivers.treecopy import reflink_supported
 from graphdriver.drivers.vfs import VfsDriver, backing_filesystem
 from graphdriver.errors import (
     AlreadyExists,
@@ -28,7 +25,10 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
 )
+from graphdriver.fs import tree as treecopy_module
+from graphdriver.fs.tree import reflink_supported
 from graphdriver.idmap import IDMap, IDMappings
+from graphdriver.layerio.whiteout import WhiteoutMode
 from tests.conftest import as_nobody
 
 IS_ROOT = os.geteuid() == 0
@@ -43,11 +43,11 @@ def has_module(name: str) -> bool:
 
 
 needs_extract = pytest.mark.skipif(
-    not has_module("graphdriver.archive.extract"), reason="graphdriver.archive.extract is not there yet"
+    not has_module("graphdriver.layerio.extract"), reason="graphdriver.layerio.extract is not there yet"
 )
 needs_walk_export = pytest.mark.skipif(
-    not (has_module("graphdriver.drivers.walk") and has_module("graphdriver.archive.export")),
-    reason="graphdriver.drivers.walk / graphdriver.archive.export are not there yet",
+    not (has_module("graphdriver.diff.walk") and has_module("graphdriver.layerio.export")),
+    reason="graphdriver.diff.walk / graphdriver.layerio.export are not there yet",
 )
 
 T = 1_600_000_000_123_456_789

@@ -1,4 +1,4 @@
-"""The generic tree comparison (``graphdriver.drivers.walk``)."""
+"""The generic tree comparison (``graphdriver.diff.walk``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphdriver.archive.changes import Change, ChangeKind
-from graphdriver.drivers.walk import changes_between
+from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.walk import changes_between
 
 A, C, D = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 T0 = 1_600_000_000_123_456_789  # a time with a nanosecond fraction

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.archive import wintar
-from graphdriver.archive.changes import ChangeKind
-from graphdriver.archive.entry import TarEntry
-from graphdriver.archive.tarstream import TarReader
-from graphdriver.drivers import windowsfilter, winmeta
+from graphdriver.diff.changes import ChangeKind
+from graphdriver.drivers import windowsfilter
 from graphdriver.errors import ArchiveError, IntegrityError, InvalidArgument, Precondition, Unsupported
-from graphdriver.store import Store, StoreOptions
+from graphdriver.layerio.entry import TarEntry
+from graphdriver.layerio.tarstream import TarReader
+from graphdriver.layerio.windows import winmeta, wintar
+from graphdriver.store.layers import Store, StoreOptions
 from tests import wingen
 from tests.conftest import CORPUS, needs_root
 
@@ -562,7 +562,7 @@ def test_status_and_probe(wstore, tmp_path, monkeypatch):
     assert status["Stream Files"]
     windowsfilter.probe_home(str(tmp_path / "elsewhere"))
     if os.geteuid() == 0:
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         fake = mounts.MountInfo.__new__(mounts.MountInfo)
         object.__setattr__(fake, "fstype", "overlay")

@@ -1,4 +1,4 @@
-"""The ``graphdriver`` command line: a thin shell over :mod:`graphdriver.store`.
+"""The ``graphdriver`` command line: a thin shell over :mod:`graphdriver.store.layers`.
 
 The contract (names, outputs, exit codes) is ``shared/spec/cli.md``.  Each
 command calls one store function; errors print as one line
@@ -19,13 +19,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from graphdriver.store import Store
+    from graphdriver.store.layers import Store
 
 
 def _open_store(args: Args) -> Store:
     """The store the global options name (``cleanup`` opens it without recovering first,
     so that what it repairs is its own work, printed line by line)."""
-    from graphdriver.store import open_store
+    from graphdriver.store.layers import open_store
 
     idmaps = None
     if args.uidmap or args.gidmap:

@@ -84,7 +84,7 @@ def _dead_pid() -> int:
 
 def test_cleanup_after_crashes_reports_each_repair_and_leaves_only_live_layers(store, tmp_path):
     """Leftovers of kill -9: a half-imported layer, half-written files, mount locks of gone layers."""
-    from graphdriver.records import LayerRecord
+    from graphdriver.store.records import LayerRecord
     from tests.conftest import run_cli
 
     store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
@@ -118,7 +118,7 @@ def test_cleanup_after_crashes_reports_each_repair_and_leaves_only_live_layers(s
 
 def test_changes_cannot_print_forged_lines(store):
     """A name holding a newline is one quoted line, never a second change."""
-    from graphdriver.archive.changes import quote_path
+    from graphdriver.diff.changes import quote_path
 
     store.create("base")
     store.create("ctr", "base", writable=True)
@@ -180,7 +180,7 @@ def test_a_layer_whose_folder_was_deleted_is_damaged_everywhere(store):
 
     store.create("a")
     store.create("b", "a")
-    from graphdriver.drivers.treecopy import remove_tree
+    from graphdriver.fs.tree import remove_tree
 
     remove_tree(store.driver.resolve("b"))
     root, run_root = Path(store.root), Path(store.run_root)

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graphdriver.errors import GraphDriverError, IntegrityError
-from graphdriver.store import Store, StoreOptions
+from graphdriver.store.layers import Store, StoreOptions
 
 SEGMENTS = ["a", "b", "d", ".", "..", ".wh.a", ".wh..wh..opq", ".wh..wh.plnk", "sp ace", "x\ny",
             "\u00e9", "-"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.archive.changes import Change, ChangeKind
+from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import (
     AlreadyExists,
     ArchiveError,

@@ -16,7 +16,7 @@ import tarfile
 
 import pytest
 
-from graphdriver.archive.changes import ChangeKind
+from graphdriver.diff.changes import ChangeKind
 
 A, C, X = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.archive.changes import ChangeKind
+from graphdriver.diff.changes import ChangeKind
 from graphdriver.errors import AlreadyExists, ArchiveError, NotFound, Precondition
-from graphdriver.store import Store, StoreOptions
+from graphdriver.store.layers import Store, StoreOptions
 from tests import wingen
 
 # Scenarios that do not depend on a layer's content, shared with every other driver.

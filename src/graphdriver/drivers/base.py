@@ -1,7 +1,7 @@
 """The graph driver contract.
 
 A driver keeps layers as directories under its *home* and hands out their
-root filesystems.  It knows nothing of tar beyond calling :mod:`graphdriver.archive`,
+root filesystems.  It knows nothing of tar beyond calling :mod:`graphdriver.layerio`,
 nothing of digests, records or images: the store above it does that.
 
 Vocabulary
@@ -68,7 +68,7 @@ from __future__ import annotations
 import abc
 import os
 
-from graphdriver import atomic, jsonio
+from graphdriver import jsonio
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -76,8 +76,9 @@ from graphdriver.errors import (
     NotFound,
     Precondition,
 )
+from graphdriver.fs import atomic
+from graphdriver.fs.locking import locked, pid_alive
 from graphdriver.idmap import IDMappings
-from graphdriver.locking import locked, pid_alive
 
 # The option classes below are plain classes, and typing is imported for the
 # checker only: ``mount`` and ``status`` load this module, and dataclasses or
@@ -87,11 +88,11 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
     from typing import BinaryIO, ClassVar
 
-    from graphdriver.archive.changes import Change
-    from graphdriver.archive.confine import ConfinedDirs
-    from graphdriver.archive.extract import ApplyOptions, EntrySource
-    from graphdriver.archive.ingest import IngestResult
-    from graphdriver.archive.whiteout import WhiteoutMode
+    from graphdriver.diff.changes import Change
+    from graphdriver.fs.confine import ConfinedDirs
+    from graphdriver.layerio.extract import ApplyOptions, EntrySource
+    from graphdriver.layerio.ingest import IngestResult
+    from graphdriver.layerio.whiteout import WhiteoutMode
 
 LAYERCHAIN_FILE = "layerchain.json"
 LAYERID_FILE = "layerID"
@@ -151,7 +152,7 @@ class ApplyTarget:
         opaque_xattr: str | None = None,
     ) -> None:
         # Imported here: the enum module is more than `layer` and `mount` should load.
-        from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, WhiteoutMode
+        from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR, WhiteoutMode
 
         self.path = path
         #: How deletions are expressed in the target (default: deleting, as in a full tree).
@@ -226,7 +227,7 @@ class DirFileGetter(FileGetter):
     """
 
     def __init__(self, root: str, backups: Mapping[str, str] | None = None) -> None:
-        from graphdriver.archive import confine  # not at module level: most commands need none of it
+        from graphdriver.fs import confine  # not at module level: most commands need none of it
 
         self.root = root
         self.backups = dict(backups or {})
@@ -458,7 +459,7 @@ class Driver(abc.ABC):
 
     def _destroy(self, folder: str) -> None:
         """Delete a folder that is no longer any layer's (override to unmount first)."""
-        from graphdriver.drivers.treecopy import remove_tree
+        from graphdriver.fs.tree import remove_tree
 
         remove_tree(folder)
 
@@ -631,23 +632,23 @@ class Driver(abc.ABC):
 
     def changes(self, layer_id: str, parent: str | None) -> list[Change]:
         """What *layer_id* changed relative to *parent*, sorted by path."""
-        from graphdriver.drivers.walk import changes_between
+        from graphdriver.diff.walk import changes_between
 
         with self.mounted(layer_id) as new, self._parent_view(parent) as old:
             return changes_between(new, old)
 
     def diff(self, layer_id: str, parent: str | None, out: BinaryIO) -> None:
         """Write the layer tarball of *layer_id* relative to *parent* to *out*."""
-        from graphdriver.archive.export import export_changes
-        from graphdriver.drivers.walk import changes_between
+        from graphdriver.diff.walk import changes_between
+        from graphdriver.layerio.export import export_changes
 
         with self.mounted(layer_id) as new, self._parent_view(parent) as old:
             export_changes(new, changes_between(new, old), out, self.config.idmaps)
 
     def diff_size(self, layer_id: str, parent: str | None) -> int:
         """Bytes of regular files added or changed (hardlinked inodes counted once)."""
-        from graphdriver.archive.export import changes_size
-        from graphdriver.drivers.walk import changes_between
+        from graphdriver.diff.walk import changes_between
+        from graphdriver.layerio.export import changes_size
 
         with self.mounted(layer_id) as new, self._parent_view(parent) as old:
             return changes_size(new, changes_between(new, old))
@@ -668,8 +669,8 @@ class Driver(abc.ABC):
         The store uses this to record DiffIDs and tar-split metadata while the
         layer is extracted; *tarsplit_out* receives the gzip-compressed metadata.
         """
-        from graphdriver.archive.extract import ApplyOptions
-        from graphdriver.archive.ingest import ingest
+        from graphdriver.layerio.extract import ApplyOptions
+        from graphdriver.layerio.ingest import ingest
 
         if self.is_readonly_store(layer_id):
             raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
@@ -695,9 +696,9 @@ class Driver(abc.ABC):
 
         Drivers whose layers have their own format (``windowsfilter``) override
         this; the default is the Docker/OCI layer semantics of
-        :func:`graphdriver.archive.extract.extract_entries`.
+        :func:`graphdriver.layerio.extract.extract_entries`.
         """
-        from graphdriver.archive.extract import extract_entries
+        from graphdriver.layerio.extract import extract_entries
 
         return extract_entries(entries, dirs.root_fd, opts, lower_fds=dirs.extra_fds)
 

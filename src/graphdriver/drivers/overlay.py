@@ -22,7 +22,7 @@ read-only, under the run root.
 Mounts use ``index=off`` (mounting a layer's upper over other lowers later
 must work), ``redirect_dir=off`` and ``metacopy=off`` (so that the upper
 directory alone says what the layer changed), with the new mount API where
-the kernel has it (:mod:`graphdriver.drivers.mounts`).  Mount counts are the
+the kernel has it (:mod:`graphdriver.fs.mounts`).  Mount counts are the
 base class's, checked against the kernel with ``statx``: a mount that
 vanished behind the store's back is made again by the next ``get`` and by
 ``cleanup``, which also unmounts mounts no count accounts for.
@@ -38,7 +38,7 @@ a live overlay's upper directory is undefined.
 
 Changes and diffs are read from ``diff`` itself when the parent asked for
 is the layer's own parent and nothing redirects (see
-:mod:`graphdriver.drivers.overlaydiff`); otherwise the generic walk compares
+:mod:`graphdriver.diff.upper`); otherwise the generic walk compares
 the mounted views.
 
 Unprivileged use.  Without root the kernel's overlay cannot be mounted here,
@@ -57,7 +57,7 @@ Driver options (``--opt KEY=VALUE``):
     ``redirect_dir`` or ``metacopy`` on makes changes and diffs use the
     generic walk.
 
-``--size`` (writable layers only) is enforced by :mod:`graphdriver.drivers.sizelimit`.
+``--size`` (writable layers only) is enforced by :mod:`graphdriver.fs.sizelimit`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ import errno
 import os
 import stat
 
-from graphdriver import atomic
 from graphdriver.drivers.base import (
     ApplyTarget,
     CreateOpts,
@@ -76,9 +75,10 @@ from graphdriver.drivers.base import (
     FileGetter,
     layer_name_of,
 )
-from graphdriver.drivers.sizerecord import has_image, limit_of
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
-from graphdriver.locking import locked
+from graphdriver.fs import atomic
+from graphdriver.fs.locking import locked
+from graphdriver.fs.sizerecord import has_image, limit_of
 
 # mounts (ctypes), sizelimit, shutil and typing are imported where used: `layer`
 # and `mount` load this module, and scripts call them thousands of times.
@@ -87,8 +87,8 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
     from typing import BinaryIO, ClassVar
 
-    from graphdriver.archive.changes import Change
-    from graphdriver.drivers import sizelimit
+    from graphdriver.diff.changes import Change
+    from graphdriver.fs import sizelimit
 
 #: The most lower directories the kernel stacks (``OVL_MAX_STACK``), so the longest chain.
 MAX_DEPTH = 500
@@ -116,7 +116,7 @@ _MODULE_PARAMS = "/sys/module/overlay/parameters"
 
 
 def _overlay_in_kernel() -> bool:
-    from graphdriver.drivers import mounts
+    from graphdriver.fs import mounts
 
     def listed() -> bool:
         try:
@@ -171,7 +171,7 @@ def probe_home(home: str, mount_program: str | None, *, cached: bool = False) ->
 
 
 def _probe(home: str, mount_program: str | None) -> dict[str, str]:
-    from graphdriver.drivers import mounts
+    from graphdriver.fs import mounts
 
     what = f"overlay at {home}"
     found: dict[str, str] = {}
@@ -216,7 +216,7 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
 
 def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str, str]:
     """d_type and xattr support, tried in a scratch directory under *existing*."""
-    from graphdriver.drivers.treecopy import remove_tree
+    from graphdriver.fs.tree import remove_tree
 
     scratch = os.path.join(existing, f".overlay-probe-{os.getpid()}-{os.urandom(4).hex()}")
     try:
@@ -267,7 +267,7 @@ class OverlayDriver(Driver):
         self.mount_program = _find_mount_program(config.options.get("mount_program"))
         self.extra_options: tuple[str, ...] = ()
         if config.options.get("mountopt"):
-            from graphdriver.drivers import mounts
+            from graphdriver.fs import mounts
 
             self.extra_options = tuple(mounts.split_options(config.options["mountopt"]))
         for option in self.extra_options:
@@ -290,14 +290,14 @@ class OverlayDriver(Driver):
     @property
     def opaque_xattr(self) -> str:
         """The xattr marking an opaque directory in this driver's upper directories."""
-        from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_XATTR_USER
+        from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_XATTR_USER
 
         return OVERLAY_OPAQUE_XATTR_USER if self.user_xattrs else OVERLAY_OPAQUE_XATTR
 
     @property
     def size_method(self) -> sizelimit.Method | None:
         """How ``--size`` is enforced here (chosen when first needed: it looks for mkfs)."""
-        from graphdriver.drivers import sizelimit
+        from graphdriver.fs import sizelimit
 
         if self._size_method is False:
             self._size_method = sizelimit.choose_method(self.home)
@@ -327,7 +327,7 @@ class OverlayDriver(Driver):
         return True, ""
 
     def status(self) -> list[tuple[str, str]]:
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         new_api = "fsopen/fsconfig lowerdir+"
         api = {True: new_api, False: "mount(2)", None: f"{new_api} if present, else mount(2)"}
@@ -397,12 +397,12 @@ class OverlayDriver(Driver):
         super()._create_checked(layer_id, parent, opts, rw=rw)
 
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
-        from graphdriver.drivers import sizelimit
+        from graphdriver.fs import sizelimit
 
         sizelimit.check_storage_opt(storage_opt, rw=rw, method=self.size_method, driver=self.name)
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
-        from graphdriver.drivers import sizelimit
+        from graphdriver.fs import sizelimit
 
         parent_folder = self.resolve(parent) if parent else None
         size = opts.storage_opt.get("size")
@@ -463,7 +463,7 @@ class OverlayDriver(Driver):
     def _destroy(self, folder: str) -> None:
         # A layer folder may hold mounts: its union at merged, its size-limited
         # image at img.  Deleting through a mount would delete its contents.
-        from graphdriver.drivers import mounts, sizelimit
+        from graphdriver.fs import mounts, sizelimit
 
         for sub in (MERGED_DIR, sizelimit.IMAGE_MOUNT):
             point = os.path.join(folder, sub)
@@ -472,7 +472,7 @@ class OverlayDriver(Driver):
                 if mounts.is_mount_point(point):
                     raise OSError(errno.EBUSY, "still mounted", point)
         self._drop_link(folder)
-        from graphdriver.drivers.treecopy import remove_tree
+        from graphdriver.fs.tree import remove_tree
 
         remove_tree(folder)
 
@@ -517,7 +517,7 @@ class OverlayDriver(Driver):
 
     def _repair_chain(self, folder: str) -> None:
         """Make every lower directory of *folder* reachable again (links, size-limited images)."""
-        from graphdriver.drivers import sizelimit
+        from graphdriver.fs import sizelimit
 
         self.repair_links()
         for ancestor in [folder, *self.layer_chain(os.path.basename(folder))]:
@@ -531,7 +531,7 @@ class OverlayDriver(Driver):
         return self._own(folder) and os.path.exists(os.path.join(folder, WRITABLE_FILE))
 
     def _mount(self, layer_id: str, mount_label: str) -> str:
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         folder = self.resolve(layer_id)
         own = self._own(folder)
@@ -539,7 +539,7 @@ class OverlayDriver(Driver):
         if mounts.is_mount_point(target):
             return target  # left by a process that died before counting it
         if own and has_image(folder):
-            from graphdriver.drivers import sizelimit
+            from graphdriver.fs import sizelimit
 
             sizelimit.ensure_mounted(folder)
         lowers = self._lowers(folder)
@@ -562,7 +562,7 @@ class OverlayDriver(Driver):
         return target
 
     def _mount_overlay(self, folder: str, lowers: list[str], target: str, mount_label: str) -> None:
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         options = self.mount_options
         if mount_label:
@@ -586,7 +586,7 @@ class OverlayDriver(Driver):
             mounts.mount_overlay(spec, target)
 
     def _unmount(self, layer_id: str) -> None:
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         folder = self.resolve(layer_id)
         target = self._merged(folder)
@@ -597,7 +597,7 @@ class OverlayDriver(Driver):
                 raise GraphDriverError(f"unmounting layer {layer_id}", e.strerror or str(e)) from e
 
     def _still_mounted(self, layer_id: str, path: str) -> bool:
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         if not os.path.isdir(path):
             return False
@@ -613,7 +613,7 @@ class OverlayDriver(Driver):
         containers/storage's counters do when the kernel says the path is not
         mounted; it is never mounted again on its own.
         """
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         done: list[str] = []
         for entry in sorted(os.listdir(self._mounts_dir)):
@@ -638,7 +638,7 @@ class OverlayDriver(Driver):
         return done
 
     def _unmount_uncounted(self) -> list[str]:
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         done = []
         for name in sorted(os.listdir(self.home)):
@@ -659,8 +659,8 @@ class OverlayDriver(Driver):
     # ----- apply, changes, diff -----------------------------------------------------------------
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
-        from graphdriver.archive.whiteout import WhiteoutMode
-        from graphdriver.drivers import sizelimit
+        from graphdriver.fs import sizelimit
+        from graphdriver.layerio.whiteout import WhiteoutMode
 
         folder = self.resolve(layer_id)
         live = self._live_mount(layer_id, folder)
@@ -680,7 +680,7 @@ class OverlayDriver(Driver):
 
     def _live_mount(self, layer_id: str, folder: str) -> str | None:
         """The union mount of a layer of ours that is mounted now, if any."""
-        from graphdriver.drivers import mounts
+        from graphdriver.fs import mounts
 
         if not self._own(folder) or self.mount_count(layer_id) <= 0:
             return None
@@ -698,7 +698,7 @@ class OverlayDriver(Driver):
 
     def _native(self, layer_id: str, parent: str | None) -> tuple[str, list[str]] | None:
         """The upper directory and lower roots for a native diff, or None to walk instead."""
-        from graphdriver.drivers import sizelimit
+        from graphdriver.fs import sizelimit
 
         if not self.native_diff:
             return None
@@ -725,26 +725,26 @@ class OverlayDriver(Driver):
         plan = self._native(layer_id, parent)
         if plan is None:
             return super().changes(layer_id, parent)
-        from graphdriver.drivers import overlaydiff
+        from graphdriver.diff import upper
 
-        return overlaydiff.changes(*plan, opaque_xattr=self.opaque_xattr)
+        return upper.changes(*plan, opaque_xattr=self.opaque_xattr)
 
     def diff(self, layer_id: str, parent: str | None, out: BinaryIO) -> None:
         plan = self._native(layer_id, parent)
         if plan is None:
             super().diff(layer_id, parent, out)
             return
-        from graphdriver.drivers import overlaydiff
+        from graphdriver.diff import upper
 
-        overlaydiff.export(*plan, out, self.config.idmaps, opaque_xattr=self.opaque_xattr)
+        upper.export(*plan, out, self.config.idmaps, opaque_xattr=self.opaque_xattr)
 
     def diff_size(self, layer_id: str, parent: str | None) -> int:
         plan = self._native(layer_id, parent)
         if plan is None:
             return super().diff_size(layer_id, parent)
-        from graphdriver.drivers import overlaydiff
+        from graphdriver.diff import upper
 
-        return overlaydiff.size(*plan, opaque_xattr=self.opaque_xattr)
+        return upper.size(*plan, opaque_xattr=self.opaque_xattr)
 
     def metadata(self, layer_id: str) -> dict[str, str]:
         folder = self.resolve(layer_id)

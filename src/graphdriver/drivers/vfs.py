@@ -6,7 +6,7 @@ Layout::
     <home>/<id>/fs/               the layer's whole root filesystem
 
 A new layer starts as a copy of its parent's ``fs`` (cloned where the
-filesystem shares extents, see :mod:`graphdriver.drivers.treecopy`), so ``get``
+filesystem shares extents, see :mod:`graphdriver.fs.tree`), so ``get``
 needs no mount and no privilege: it hands out ``fs`` itself.  Applying a layer
 tarball writes straight into ``fs`` with whiteouts carried out as deletions.
 It is slow and wasteful of space, and it works on any filesystem, for any user
@@ -91,7 +91,7 @@ class VfsDriver(Driver):
     def reflinks(self) -> bool:
         """Whether files in the home can be cloned (probed once per driver)."""
         if self._reflinks is None:
-            from graphdriver.drivers.treecopy import reflink_supported
+            from graphdriver.fs.tree import reflink_supported
 
             self._reflinks = reflink_supported(self.home)
         return self._reflinks
@@ -105,7 +105,7 @@ class VfsDriver(Driver):
             return
         source = self._fs(parent)
         try:
-            from graphdriver.drivers.treecopy import copy_tree
+            from graphdriver.fs.tree import copy_tree
 
             copy_tree(source, fs, reflink=_COPY_MODES[self.copy_mode])
         except OSError as e:
@@ -136,7 +136,7 @@ class VfsDriver(Driver):
 
     def _destroy(self, folder: str) -> None:
         # A layer holds a whole tree, of any depth a tarball or a container made.
-        from graphdriver.drivers.treecopy import remove_tree
+        from graphdriver.fs.tree import remove_tree
 
         remove_tree(folder)
 
@@ -153,7 +153,7 @@ class VfsDriver(Driver):
 
 def backing_filesystem(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
     """The type of the filesystem holding *path*, from the mount table ("unknown" without one)."""
-    from graphdriver.drivers.mounts import filesystem_of  # the one mountinfo parser
+    from graphdriver.fs.mounts import filesystem_of  # the one mountinfo parser
 
     try:
         info = filesystem_of(path, mountinfo)

@@ -42,7 +42,7 @@ their files, and ``.wh.`` entries for deletions.  An entry some layer of the
 chain recorded keeps its metadata (a file changed from Linux gains the
 archive attribute); one a Linux process created gets the attributes Windows
 would give it and the descriptor it would inherit from its directory (at the
-top, :data:`graphdriver.archive.wintar.DEFAULT_ROOT_SD`).  A layer's own ``Hives/`` and ``UtilityVM/``
+top, :data:`graphdriver.layerio.windows.wintar.DEFAULT_ROOT_SD`).  A layer's own ``Hives/`` and ``UtilityVM/``
 travel with it when the diff is against its own parent; a writable layer
 has none, so they are untouched.
 
@@ -56,7 +56,7 @@ Driver options (``--opt KEY=VALUE``):
     "Path"}]}`` form.  :meth:`WindowsFilterDriver.base_images` registers them.
 
 ``--size`` on writable layers uses the overlay driver's size limits
-(:mod:`graphdriver.drivers.sizelimit`) when they are available.
+(:mod:`graphdriver.fs.sizelimit`) when they are available.
 """
 
 from __future__ import annotations
@@ -73,17 +73,9 @@ from collections.abc import Collection, Iterator, Mapping
 from types import ModuleType
 from typing import BinaryIO, ClassVar
 
-from graphdriver import atomic
-from graphdriver.archive import ingest as one_pass
-from graphdriver.archive import wintar
-from graphdriver.archive.changes import Change, ChangeKind
-from graphdriver.archive.confine import ConfinedDirs, open_beneath
-from graphdriver.archive.entry import DIR, LNK, REG, SYM
-from graphdriver.archive.export import change_sort_key, changes_size, whiteout_entry
-from graphdriver.archive.tarstream import TarWriter
-from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR
-from graphdriver.archive.wintar import Times, WinMeta
-from graphdriver.drivers import mounts, overlaydiff, winmeta
+from graphdriver.diff import upper
+from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.walk import changes_between
 from graphdriver.drivers.base import (
     LAYERID_FILE,
     STAGING_DIR,
@@ -94,8 +86,6 @@ from graphdriver.drivers.base import (
     FileGetter,
     layer_name_of,
 )
-from graphdriver.drivers.treecopy import remove_tree
-from graphdriver.drivers.walk import changes_between
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -104,11 +94,21 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
 )
-from graphdriver.locking import locked
+from graphdriver.fs import atomic, mounts
+from graphdriver.fs.confine import ConfinedDirs, open_beneath
+from graphdriver.fs.locking import locked
+from graphdriver.fs.tree import remove_tree
+from graphdriver.layerio import ingest as one_pass
+from graphdriver.layerio.entry import DIR, LNK, REG, SYM
+from graphdriver.layerio.export import change_sort_key, changes_size, whiteout_entry
+from graphdriver.layerio.tarstream import TarWriter
+from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
+from graphdriver.layerio.windows import winmeta, wintar
+from graphdriver.layerio.windows.wintar import Times, WinMeta
 
 _sizelimit: ModuleType | None
 try:
-    from graphdriver.drivers import sizelimit as _sizelimit
+    from graphdriver.fs import sizelimit as _sizelimit
 except ImportError:  # pragma: no cover - an installation without size limits
     _sizelimit = None
 
@@ -582,7 +582,7 @@ class WindowsFilterDriver(Driver):
         folder = self.resolve(layer_id)
         own = self._files(folder)
         lowers = [self._files(c) for c in self.layer_chain(layer_id)]
-        changes = overlaydiff.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
+        changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
         # Without root no whiteout devices were made: the sidecar's tombstones say it.
         listed = {c.path for c in changes}
         extra = []

@@ -26,12 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from graphdriver.archive import confine
-from graphdriver.archive.compression import Compression, open_compressor, open_decompressed
-from graphdriver.archive.entry import TarEntry
-from graphdriver.archive.reproducible import ReproducibilityCheck
-from graphdriver.archive.tarsplit import Packer, Recorder
-from graphdriver.archive.tarstream import TarReader
+from graphdriver.fs import confine
+from graphdriver.layerio.compression import Compression, open_compressor, open_decompressed
+from graphdriver.layerio.entry import TarEntry
+from graphdriver.layerio.reproducible import ReproducibilityCheck
+from graphdriver.layerio.tarsplit import Packer, Recorder
+from graphdriver.layerio.tarstream import TarReader
 
 #: What applies the entries inside the child: (entries, confined dirs) -> size.
 ApplyFn = Callable[["RecordingReader", confine.ConfinedDirs], int]

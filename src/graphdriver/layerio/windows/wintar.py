@@ -44,8 +44,8 @@ import posixpath
 import struct
 from dataclasses import dataclass, field
 
-from graphdriver.archive.entry import DIR, LNK, REG, SYM, TarEntry
 from graphdriver.errors import ArchiveError
+from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
 
 # ----- PAX records ----------------------------------------------------------------------------
 

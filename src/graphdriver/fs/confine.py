@@ -30,8 +30,8 @@ import stat
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, NamedTuple, NoReturn, TypeVar
 
-from graphdriver import syscalls
 from graphdriver.errors import GraphDriverError
+from graphdriver.fs import syscalls
 
 T = TypeVar("T")
 

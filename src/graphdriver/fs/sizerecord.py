@@ -1,6 +1,6 @@
 """The record a size-limited layer keeps in its folder (``sizelimit.json``).
 
-Apart from :mod:`graphdriver.drivers.sizelimit`, which enforces limits with
+Apart from :mod:`graphdriver.fs.sizelimit`, which enforces limits with
 quotas and loop devices (ctypes, mount tables), so that reading a layer's
 limit for ``layer ID`` costs one file read, not those imports.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from graphdriver import atomic
+from graphdriver.fs import atomic
 
 RECORD_FILE = "sizelimit.json"
 #: The sparse filesystem image of a layer limited by an image (not a quota).

@@ -55,14 +55,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphdriver import syscalls
-from graphdriver.archive import entry as te
-from graphdriver.archive import wintar
-from graphdriver.archive.confine import remove_tree
-from graphdriver.archive.extract import clean_name
-from graphdriver.archive.whiteout import OVERLAY_OPAQUE_XATTR
-from graphdriver.archive.wintar import WinMeta
 from graphdriver.errors import ArchiveError, IntegrityError
+from graphdriver.fs import syscalls
+from graphdriver.fs.confine import remove_tree
+from graphdriver.layerio import entry as te
+from graphdriver.layerio.extract import clean_name
+from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
+from graphdriver.layerio.windows import wintar
+from graphdriver.layerio.windows.wintar import WinMeta
 
 log = logging.getLogger(__name__)
 

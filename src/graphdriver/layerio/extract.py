@@ -30,7 +30,7 @@ Conventions, and where this differs from a plain ``tar -x``:
 
 Every path operation resolves the parent directory with ``openat2`` confined
 to the root and acts on the last component with ``*at`` calls that never
-follow it; see :mod:`graphdriver.archive.confine`.
+follow it; see :mod:`graphdriver.fs.confine`.
 """
 
 from __future__ import annotations
@@ -43,20 +43,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from graphdriver import syscalls as sc
-from graphdriver.archive import confine, pax
-from graphdriver.archive import entry as te
-from graphdriver.archive.entry import LNK, REGULAR_TYPES, SYM, TarEntry
-from graphdriver.archive.tarstream import TarReader
-from graphdriver.archive.whiteout import (
+from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
+from graphdriver.fs import confine
+from graphdriver.fs import syscalls as sc
+from graphdriver.idmap import IDMappings
+from graphdriver.layerio import entry as te
+from graphdriver.layerio import pax
+from graphdriver.layerio.entry import LNK, REGULAR_TYPES, SYM, TarEntry
+from graphdriver.layerio.tarstream import TarReader
+from graphdriver.layerio.whiteout import (
     OPAQUE_WHITEOUT,
     OVERLAY_OPAQUE_XATTR,
     WHITEOUT_META_PREFIX,
     WHITEOUT_PREFIX,
     WhiteoutMode,
 )
-from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
-from graphdriver.idmap import IDMappings
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -131,7 +132,7 @@ _DEFAULT_OPTIONS = ApplyOptions()
 def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIONS) -> int:
     """Apply the uncompressed layer tarball *stream* to directory *dest*.
 
-    Runs confined (see :func:`graphdriver.archive.confine.run_confined`) and
+    Runs confined (see :func:`graphdriver.fs.confine.run_confined`) and
     returns the layer's size: the sum of the sizes of its regular files
     (hardlinks count 0).  On failure *dest* is left as it is for the caller
     to discard.  The stream is consumed by the child process.

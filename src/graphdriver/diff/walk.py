@@ -32,8 +32,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from graphdriver.archive.changes import Change, ChangeKind
-from graphdriver.archive.export import change_sort_key
+from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.layerio.export import change_sort_key
 
 CAPABILITY_XATTR = "security.capability"
 

@@ -9,8 +9,8 @@ a key or a time is decoded once per process.
 
 from __future__ import annotations
 
-from graphdriver.archive.entry import TarEntry
 from graphdriver.errors import ArchiveError
+from graphdriver.layerio.entry import TarEntry
 
 __all__ = ["NOT_GLOBAL", "SCHILY", "apply_records", "decimal", "parse_records", "sparse", "time_ns"]
 

@@ -31,12 +31,12 @@ import stat
 from collections.abc import Iterable
 from typing import BinaryIO, cast
 
-from graphdriver.archive.changes import Change, ChangeKind
-from graphdriver.archive.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
-from graphdriver.archive.tarstream import TarWriter
-from graphdriver.archive.whiteout import WHITEOUT_PREFIX
+from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import InvalidArgument
 from graphdriver.idmap import IDMappings
+from graphdriver.layerio.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
+from graphdriver.layerio.tarstream import TarWriter
+from graphdriver.layerio.whiteout import WHITEOUT_PREFIX
 
 #: Extended attributes never exported (see the module docstring).
 EXCLUDED_XATTRS = frozenset({"security.selinux"})

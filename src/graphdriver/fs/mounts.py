@@ -34,7 +34,7 @@ import ctypes
 import errno
 import os
 
-from graphdriver.syscalls import _UNIFIED_ARCHES, MACHINE
+from graphdriver.fs.syscalls import _UNIFIED_ARCHES, MACHINE
 
 # Plain classes below and typing for the checker only: `mount` loads this module.
 TYPE_CHECKING = False

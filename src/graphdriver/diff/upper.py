@@ -1,6 +1,6 @@
 """Changes and diffs read from an overlay layer's own upper directory.
 
-The generic walk (:mod:`graphdriver.drivers.walk`) compares the whole union
+The generic walk (:mod:`graphdriver.diff.walk`) compares the whole union
 view of a layer with its parent's, so its cost grows with the image.  An
 overlay layer's upper directory already holds exactly what the layer
 changed, so reading it costs what the layer holds, plus a few lookups in the
@@ -38,13 +38,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from graphdriver.archive.changes import Change, ChangeKind
-from graphdriver.archive.export import NO_ID_MAPS, change_sort_key, changes_size, export_changes
-from graphdriver.archive.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
-from graphdriver.drivers.walk import _differs, _Walk
+from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.walk import _differs, _Walk
 from graphdriver.idmap import IDMappings
+from graphdriver.layerio.export import NO_ID_MAPS, change_sort_key, changes_size, export_changes
+from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
 
-#: The change that :func:`~graphdriver.archive.export.whiteout_entry` turns into
+#: The change that :func:`~graphdriver.layerio.export.whiteout_entry` turns into
 #: ``<dir>/.wh..wh..opq``: the whiteout of the reserved name ``.wh..opq``.
 _OPAQUE_MARKER = OPAQUE_WHITEOUT[len(WHITEOUT_PREFIX) :]
 

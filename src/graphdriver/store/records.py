@@ -1,7 +1,7 @@
 """Layer records: the single source of truth about which layers exist.
 
 One JSON file per layer under ``<root>/layers/``, written only through
-:mod:`graphdriver.atomic`.  A layer whose disk work is under way also has a
+:mod:`graphdriver.fs.atomic`.  A layer whose disk work is under way also has a
 marker in ``<root>/pending/`` naming the process doing it; the marker is made
 before any disk work and removed last, so a crash leaves a marker that
 ``cleanup`` finds without reading every record.
@@ -13,8 +13,8 @@ import fcntl
 import os
 import time
 
-from graphdriver import atomic
 from graphdriver.errors import IntegrityError, NotFound
+from graphdriver.fs import atomic
 from graphdriver.ids import is_valid_id
 
 TYPE_CHECKING = False

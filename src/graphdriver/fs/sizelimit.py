@@ -38,11 +38,10 @@ import shutil
 import stat
 from collections.abc import Mapping
 
-from graphdriver import atomic
-from graphdriver.drivers import mounts
-from graphdriver.drivers.sizerecord import IMAGE_FILE, RECORD_FILE, limit_of
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
-from graphdriver.locking import locked
+from graphdriver.fs import atomic, mounts
+from graphdriver.fs.locking import locked
+from graphdriver.fs.sizerecord import IMAGE_FILE, RECORD_FILE, limit_of
 
 IMAGE_MOUNT = "img"
 

@@ -23,15 +23,15 @@ import os
 import posixpath
 import stat
 
-from graphdriver.archive import entry as te
-from graphdriver.archive.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
+from graphdriver.layerio import entry as te
+from graphdriver.layerio.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from graphdriver.archive.tarsplit import SplitEntry
     from graphdriver.idmap import IDMappings
+    from graphdriver.layerio.tarsplit import SplitEntry
 
 _OVERLAY_PRIVATE = ("trusted.overlay.", "user.overlay.")
 _HOST_XATTRS = frozenset({"security.selinux"})
@@ -51,7 +51,7 @@ class _HeadersOnly:
 
     @staticmethod
     def _generate(entries: Iterable[SplitEntry]) -> Iterator[memoryview]:
-        from graphdriver.archive.tarsplit import SEGMENT
+        from graphdriver.layerio.tarsplit import SEGMENT
 
         for e in entries:
             if e.type == SEGMENT:
@@ -85,7 +85,7 @@ def tree_problems(
     A file no entry names is reported too, unless *root* is a full tree on top
     of its parent's (vfs) and the parent's tree at *inherited* has that path.
     """
-    from graphdriver.archive.tarstream import TarReader
+    from graphdriver.layerio.tarstream import TarReader
 
     privileged = os.geteuid() == 0
     problems: list[str] = []
@@ -140,7 +140,7 @@ def _compare(
     e: te.TarEntry, rel: str, root_fd: int, idmaps: IDMappings, privileged: bool,
     inodes: dict[str, tuple[int, int]],
 ) -> str:
-    from graphdriver.archive.confine import open_at_root
+    from graphdriver.fs.confine import open_at_root
 
     parent, _, base = rel.rpartition("/")
     try:

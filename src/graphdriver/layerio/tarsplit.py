@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, BinaryIO, Protocol
 
-from graphdriver.archive.batched import BatchedWriter
-from graphdriver.archive.crc64 import crc64_iso, digest
-from graphdriver.archive.entry import TarEntry
 from graphdriver.errors import IntegrityError
+from graphdriver.layerio.batched import BatchedWriter
+from graphdriver.layerio.crc64 import crc64_iso, digest
+from graphdriver.layerio.entry import TarEntry
 
 SEGMENT = 2
 FILE = 1
@@ -189,7 +189,7 @@ class Packer:
 class Recorder:
     """Turns a tar reader's byte stream into tar-split entries, in the same pass.
 
-    Wire it to :class:`~graphdriver.archive.tarstream.TarReader` as
+    Wire it to :class:`~graphdriver.layerio.tarstream.TarReader` as
     ``raw_sink=rec.raw, data_sink=rec.data, entry_sink=rec.header`` (or call
     :meth:`header` with every entry ``next()`` returns), then call
     :meth:`finish` at the end (which flushes the packer).

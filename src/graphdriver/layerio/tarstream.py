@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 from zlib import adler32 as _adler32
 
-from graphdriver.archive import pax
-from graphdriver.archive.compression import sniff
-from graphdriver.archive.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
 from graphdriver.errors import ArchiveError
+from graphdriver.layerio import pax
+from graphdriver.layerio.compression import sniff
+from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
 
 __all__ = ["BLOCK", "DataSink", "EntrySink", "RawSink", "TarReader", "TarWriter"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import posixpath
 
-from graphdriver.archive.entry import DIR, REGULAR_TYPES, SYM, TarEntry
-from graphdriver.archive.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
+from graphdriver.layerio.entry import DIR, REGULAR_TYPES, SYM, TarEntry
+from graphdriver.layerio.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 
 _AUFS_LINKS = WHITEOUT_META_PREFIX + "plnk/"  # Docker's AUFS hardlink directory, and below
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 
-from graphdriver import atomic, codecs, drivers
+from graphdriver import codecs
+from graphdriver.drivers import registry
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -27,16 +28,17 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
 )
+from graphdriver.fs import atomic
+from graphdriver.fs.locking import locked, pid_alive
 from graphdriver.ids import check_id
-from graphdriver.locking import locked, pid_alive
-from graphdriver.records import LayerRecord, RecordStore, now_rfc3339
+from graphdriver.store.records import LayerRecord, RecordStore, now_rfc3339
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, BinaryIO, NoReturn
 
-    from graphdriver.archive.changes import Change
+    from graphdriver.diff.changes import Change
     from graphdriver.drivers.base import Driver
     from graphdriver.idmap import IDMappings
 
@@ -100,7 +102,7 @@ class Store:
 
     def __init__(self, opts: StoreOptions) -> None:
         if opts.driver is not None:
-            drivers.check_name(opts.driver)  # before anything is created
+            registry.check_name(opts.driver)  # before anything is created
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
         os.makedirs(self.root, 0o700, exist_ok=True)
@@ -165,7 +167,7 @@ class Store:
                 readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
             )
             os.makedirs(config.home, 0o700, exist_ok=True)
-            self._driver = drivers.init_driver(self.driver_name, config)
+            self._driver = registry.init_driver(self.driver_name, config)
         return self._driver
 
     # ----- settings -------------------------------------------------------------------
@@ -196,8 +198,8 @@ class Store:
     def _new_settings(self, opts: StoreOptions) -> dict[str, str]:
         """Choose the driver of a new store and write ``store.json``."""
         path = self._settings_path()
-        name = opts.driver or drivers.select_driver(probe_home=self.root)
-        drivers.driver_class(name)  # unknown names are refused before anything is written
+        name = opts.driver or registry.select_driver(probe_home=self.root)
+        registry.driver_class(name)  # unknown names are refused before anything is written
         from graphdriver.idmap import IDMappings
 
         idmaps = opts.idmaps or IDMappings()
@@ -218,7 +220,7 @@ class Store:
 
     def status(self) -> list[tuple[str, str]]:
         pairs = [("Root", self.root), ("Run Root", self.run_root)]
-        pairs += drivers.driver_status(self.driver)
+        pairs += registry.driver_status(self.driver)
         pairs.append(("Layers", str(len(self.records.ids()))))
         pairs += codecs.implementations()
         if self.readonly:
@@ -604,8 +606,8 @@ class Store:
         """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
         import hashlib
 
-        from graphdriver.archive.compression import open_decompressed
-        from graphdriver.archive.tarsplit import assemble, read_entries
+        from graphdriver.layerio.compression import open_decompressed
+        from graphdriver.layerio.tarsplit import assemble, read_entries
 
         digest = hashlib.sha256()
 
@@ -630,13 +632,13 @@ class Store:
         """IntegrityError unless the stored files' metadata and set match the tar headers.
 
         The digest proves the content; a chmod, chown, xattr, touched mtime or
-        planted file would go unseen without this (see :mod:`graphdriver.verify`).
+        planted file would go unseen without this (see :mod:`graphdriver.layerio.verify`).
         """
         if not self.driver.FILES_AS_IN_TARBALL:
             return
-        from graphdriver.archive.compression import open_decompressed
-        from graphdriver.archive.tarsplit import read_entries
-        from graphdriver.verify import tree_problems
+        from graphdriver.layerio.compression import open_decompressed
+        from graphdriver.layerio.tarsplit import read_entries
+        from graphdriver.layerio.verify import tree_problems
 
         # The layer's own files (an overlay upper directory, never a live union
         # mount), or its full tree, whose parent's paths are then no extra files.
@@ -819,7 +821,7 @@ class Store:
             try:
                 self.driver.remove(name)
             except (OSError, Precondition, NotFound):
-                from graphdriver.drivers.treecopy import remove_tree
+                from graphdriver.fs.tree import remove_tree
 
                 try:
                     remove_tree(path)

@@ -1,0 +1,10 @@
+"""The filesystem underneath: what every other part stands on and none of it knows layers.
+
+- :mod:`.syscalls`: the one facade for what :mod:`os` lacks (``openat2``, ``renameat2``, ...).
+- :mod:`.atomic`: the one atomic write, the one staged directory, ``syncfs``.
+- :mod:`.locking`: ``flock`` locks and whether a process is alive.
+- :mod:`.mounts`: the kernel's mount API and the one mountinfo parser.
+- :mod:`.tree`: copying and removing whole trees.
+- :mod:`.confine`: opens confined to a directory, and the confined child process.
+- :mod:`.sizelimit` / :mod:`.sizerecord`: size limits (project quota or a loop image) and their record.
+"""
