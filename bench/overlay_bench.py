@@ -43,8 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from common import CACHE, ENV, VENV, graphdriver_command  # noqa: E402
-from graphdriver.drivers.base import Driver  # noqa: E402
 from graphdriver.fs.mounts import mounts_below, unmount  # noqa: E402
+from graphdriver.store import content  # noqa: E402
 from graphdriver.store.layers import Store, StoreOptions  # noqa: E402
 
 # ----- the two tools ------------------------------------------------------------------------
@@ -185,7 +185,8 @@ def bench_changes(base: Path, files: int, rounds: int) -> None:
         ten_changes(Path(cs(work, "mount", cs_ctr).stdout.decode().strip()))
         cs(work, "unmount", cs_ctr)
         native = [timed(lambda: store.changes("ctr")) for _ in range(rounds)]
-        walk = [timed(lambda: Driver.changes(store.driver, "ctr", "base")) for _ in range(rounds)]
+        drv = store.driver
+        walk = [timed(lambda: content.changes(drv, "ctr", "base", native=False)) for _ in range(rounds)]
         cli = [timed(lambda: gd(work, "changes", "ctr")) for _ in range(rounds)]
         theirs = [timed(lambda: cs(work, "changes", cs_ctr)) for _ in range(rounds)]
         n, w, c, t = (median_ms(x) for x in (native, walk, cli, theirs))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.drivers.base import DirFileGetter
 from graphdriver.errors import ArchiveError
 from graphdriver.layerio import ingest as one_pass
 from graphdriver.layerio.compression import Compression, open_compressor
 from graphdriver.layerio.extract import ApplyOptions, extract_entries
+from graphdriver.layerio.getter import DirFileGetter
 from graphdriver.layerio.tarsplit import assemble, read_entries
 from tests.treeutil import D, F, H, L, make_tar
 

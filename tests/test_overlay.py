@@ -26,6 +26,7 @@ from graphdriver.drivers.overlay import MAX_DEPTH, OverlayDriver
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
 from graphdriver.fs import mounts
 from graphdriver.idmap import IDMap, IDMappings
+from graphdriver.store import content
 from graphdriver.store.layers import Store, StoreOptions
 from tests.conftest import ROOT, run_cli
 from tests.treeutil import D, F, H, L, Opaque, W, make_tar, snapshot
@@ -77,16 +78,16 @@ def diff_dir(drv: OverlayDriver, layer_id: str) -> Path:
 
 
 def apply(drv: Driver, layer_id: str, spec: dict[str, Any]) -> int:
-    return drv.apply_diff(layer_id, None, io.BytesIO(make_tar(spec)))
+    return content.apply(drv, layer_id, io.BytesIO(make_tar(spec))).size
 
 
 def walk_changes(drv: OverlayDriver, layer_id: str, parent: str | None) -> list[tuple[ChangeKind, str]]:
-    return [(c.kind, c.path) for c in Driver.changes(drv, layer_id, parent)]
+    return [(c.kind, c.path) for c in content.changes(drv, layer_id, parent, native=False)]
 
 
 def native_changes(drv: OverlayDriver, layer_id: str, parent: str | None) -> list[tuple[ChangeKind, str]]:
     assert drv._native(layer_id, parent) is not None
-    return [(c.kind, c.path) for c in drv.changes(layer_id, parent)]
+    return [(c.kind, c.path) for c in content.changes(drv, layer_id, parent)]
 
 
 def tar_names(data: bytes) -> list[str]:
@@ -387,12 +388,12 @@ def test_native_changes_equal_the_generic_walk(d, seed):
         with d.mounted(layer) as root:
             _mutate(root, rng, 12)
         assert native_changes(d, layer, parent) == walk_changes(d, layer, parent), seed
-        assert d.diff_size(layer, parent) == Driver.diff_size(d, layer, parent)
+        assert content.size(d, layer, parent) == content.size(d, layer, parent, native=False)
         # The native tarball rebuilds the same view on the same parent.
         out = io.BytesIO()
-        d.diff(layer, parent, out)
+        content.export(d, layer, parent, out)
         d.create(f"{layer}-copy", parent)
-        d.apply_diff(f"{layer}-copy", parent, io.BytesIO(out.getvalue()))
+        content.apply(d, f"{layer}-copy", io.BytesIO(out.getvalue()))
         with d.mounted(layer) as a, d.mounted(f"{layer}-copy") as b:
             # A new hardlink to an untouched lower file shares the copied-up inode
             # in the layer, but only the new name is a change: the copy gets a file.
@@ -418,7 +419,7 @@ def test_opaque_directories_in_tarballs(d):
     ]
     assert native_changes(d, "ctr", "base") == walk_changes(d, "ctr", "base")
     out = io.BytesIO()
-    d.diff("ctr", "base", out)
+    content.export(d, "ctr", "base", out)
     names = sorted(tar_names(out.getvalue()))
     assert names == ["etc", "etc/.wh.app", "newdir", "var", "var/cache", "var/cache/.wh..wh..opq",
                      "var/cache/fresh"]
@@ -432,8 +433,8 @@ def test_changes_against_another_parent_use_the_walk(d, monkeypatch):
     d.create("top", "mid")
     apply(d, "top", {"c": F(b"c")})
     assert d._native("top", "base") is None and d._native("top", None) is None
-    assert [(c.kind, c.path) for c in d.changes("top", "base")] == [(A, "/b"), (A, "/c")]
-    assert [(c.kind, c.path) for c in d.changes("top", None)] == [(A, "/a"), (A, "/b"), (A, "/c")]
+    assert [(c.kind, c.path) for c in content.changes(d, "top", "base")] == [(A, "/b"), (A, "/c")]
+    assert [(c.kind, c.path) for c in content.changes(d, "top", None)] == [(A, "/a"), (A, "/b"), (A, "/c")]
 
 
 def test_redirect_dir_on_disables_native_diff(tmp_path):
@@ -447,7 +448,8 @@ def test_redirect_dir_on_disables_native_diff(tmp_path):
         with drv.mounted("ctr") as root:
             os.rename(os.path.join(root, "a"), os.path.join(root, "b"))  # a redirect
         assert drv._native("ctr", "base") is None
-        assert [(c.kind, c.path) for c in drv.changes("ctr", "base")] == [(X, "/a"), (A, "/b"), (A, "/b/f")]
+        found = [(c.kind, c.path) for c in content.changes(drv, "ctr", "base")]
+        assert found == [(X, "/a"), (A, "/b"), (A, "/b/f")]
     finally:
         _release_all(tmp_path)
 
@@ -485,12 +487,12 @@ def test_changes_cost_grows_with_the_layer_not_the_image(d):
         d.create_rw(ctr, base)
         with d.mounted(ctr) as merged:
             _ten_changes(merged)
-        listed = d.changes(ctr, base)
+        listed = content.changes(d, ctr, base)
         assert len([c for c in listed if c.path.count("/") == 3]) == 10
-        costs[n_files] = _timed(lambda: d.changes(ctr, base))  # noqa: B023
+        costs[n_files] = _timed(lambda: content.changes(d, ctr, base))  # noqa: B023
         if n_files == 20_000:
-            walk = _timed(lambda: Driver.changes(d, ctr, base), rounds=1)  # noqa: B023
-            assert [str(c) for c in listed] == [str(c) for c in Driver.changes(d, ctr, base)]
+            walk = _timed(lambda: content.changes(d, ctr, base, native=False), rounds=1)  # noqa: B023
+            assert [str(c) for c in listed] == [str(c) for c in content.changes(d, ctr, base, native=False)]
             print(f"native {costs[10] * 1000:.2f} ms over 10 files, {costs[20_000] * 1000:.2f} ms over "
                   f"20,000 files; generic walk {walk * 1000:.1f} ms")
             assert walk > 10 * costs[20_000]
@@ -592,7 +594,7 @@ def test_apply_to_a_mounted_writable_layer_goes_through_the_union(d):
     d.create_rw("ctr", "base")
     path = d.get("ctr")
     try:
-        d.apply_diff("ctr", "base", io.BytesIO(make_tar({"a/old": W(), "a/new": F(b"n")})))
+        content.apply(d, "ctr", io.BytesIO(make_tar({"a/old": W(), "a/new": F(b"n")})))
         assert os.listdir(os.path.join(path, "a")) == ["new"]
     finally:
         d.put("ctr")
@@ -672,7 +674,7 @@ def test_id_maps_shift_on_apply_and_back_on_native_export(tmp_path):
         spec = {"etc": D(), "etc/f": F(b"f", uid=0, gid=0), "home": D(uid=1000, gid=1000),
                 "home/g": F(b"g", uid=1000, gid=1000)}
         data = make_tar(spec)
-        drv.apply_diff("base", None, io.BytesIO(data))
+        content.apply(drv, "base", io.BytesIO(data))
         st = os.lstat(diff_dir(drv, "base") / "home" / "g")
         assert (st.st_uid, st.st_gid) == (101000, 201000)
         assert os.stat(diff_dir(drv, "base")).st_uid == 100000
@@ -681,12 +683,12 @@ def test_id_maps_shift_on_apply_and_back_on_native_export(tmp_path):
         with drv.mounted("ctr") as root:
             Path(root, "home", "g").write_bytes(b"changed")
         out = io.BytesIO()
-        drv.diff("ctr", "base", out)
+        content.export(drv, "ctr", "base", out)
         with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
             owners = {m.name: (m.uid, m.gid) for m in tf.getmembers()}
         assert owners == {"home": (1000, 1000), "home/g": (1000, 1000)}
         out = io.BytesIO()
-        drv.diff("base", None, out)
+        content.export(drv, "base", None, out)
         with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
             assert {m.name: (m.uid, m.gid) for m in tf.getmembers()}["home/g"] == (1000, 1000)
     finally:

@@ -342,7 +342,7 @@ def test_a_failing_write_is_raised_to_the_caller():
 
 
 def test_a_directory_where_a_file_was_is_an_integrity_error(tmp_path):
-    from graphdriver.drivers.base import DirFileGetter
+    from graphdriver.layerio.getter import DirFileGetter
 
     data = make_tar({"f": F(b"content")})
     meta, _ = record(data)

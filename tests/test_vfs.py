@@ -29,6 +29,7 @@ from graphdriver.fs import tree as treecopy_module
 from graphdriver.fs.tree import reflink_supported
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.layerio.whiteout import WhiteoutMode
+from graphdriver.store import content
 from tests.conftest import as_nobody
 
 IS_ROOT = os.geteuid() == 0
@@ -405,7 +406,7 @@ def test_apply_target_is_the_tree(d: VfsDriver) -> None:
     d.create("base", None)
     target = d.apply_target("base")
     assert target.path == str(fs_of(d, "base"))
-    assert target.whiteouts is WhiteoutMode.DELETE
+    assert target.whiteouts == WhiteoutMode.DELETE.value
     assert target.lower_dirs == ()
 
 
@@ -572,7 +573,7 @@ def tarball(entries: list[tuple[str, bytes | None]]) -> io.BytesIO:
 @pytest.fixture
 def layered(d: VfsDriver) -> Iterator[VfsDriver]:
     d.create("base", None)
-    d.apply_diff("base", None, tarball([("etc/", None), ("etc/a", b"a"), ("etc/b", b"b"), ("etc/c", b"c")]))
+    content.apply(d, "base", tarball([("etc/", None), ("etc/a", b"a"), ("etc/b", b"b"), ("etc/c", b"c")]))
     yield d
 
 
@@ -581,7 +582,7 @@ def test_apply_diff_writes_into_the_tree(layered: VfsDriver) -> None:
     d = layered
     assert sorted(os.listdir(fs_of(d, "base") / "etc")) == ["a", "b", "c"]
     d.create("l2", "base")
-    size = d.apply_diff("l2", "base", tarball([("etc/", None), ("etc/.wh.a", b""), ("etc/d", b"dd")]))
+    size = content.apply(d, "l2", tarball([("etc/", None), ("etc/.wh.a", b""), ("etc/d", b"dd")])).size
     assert size >= 0
     assert sorted(os.listdir(fs_of(d, "l2") / "etc")) == ["b", "c", "d"]
     assert sorted(os.listdir(fs_of(d, "base") / "etc")) == ["a", "b", "c"]  # parent untouched
@@ -596,13 +597,13 @@ def test_changes_and_diff_of_a_container(layered: VfsDriver) -> None:
         os.unlink(Path(root, "etc", "a"))
         Path(root, "etc", "b").write_bytes(b"bigger b")
         Path(root, "new").write_bytes(b"new")
-    changes = {(c.path, c.kind.value) for c in d.changes("ctr", "base")}
+    changes = {(c.path, c.kind.value) for c in content.changes(d, "ctr", "base")}
     assert changes == {("/etc", "C"), ("/etc/a", "D"), ("/etc/b", "C"), ("/new", "A")}
     out = io.BytesIO()
-    d.diff("ctr", "base", out)
+    content.export(d, "ctr", "base", out)
     out.seek(0)
     with tarfile.open(fileobj=out) as tar:
         names = {m.name.rstrip("/") for m in tar.getmembers()}
     assert names == {"etc", "etc/.wh.a", "etc/b", "new"}
-    assert d.diff_size("ctr", "base") == len(b"bigger b") + len(b"new")
+    assert content.size(d, "ctr", "base") == len(b"bigger b") + len(b"new")
     assert d.mount_count("ctr") == 0 and d.mount_count("base") == 0

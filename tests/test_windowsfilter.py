@@ -18,7 +18,9 @@ from graphdriver.drivers import windowsfilter
 from graphdriver.errors import ArchiveError, IntegrityError, InvalidArgument, Precondition, Unsupported
 from graphdriver.layerio.entry import TarEntry
 from graphdriver.layerio.tarstream import TarReader
+from graphdriver.layerio.windows import layer as winlayer
 from graphdriver.layerio.windows import winmeta, wintar
+from graphdriver.store import content
 from graphdriver.store.layers import Store, StoreOptions
 from tests import wingen
 from tests.conftest import CORPUS, needs_root
@@ -128,7 +130,7 @@ def test_base_layer_layout_and_exact_reexport(wstore):
     for sub in ("Files/Windows/System32", "Hives", "UtilityVM/Files/EFI/Microsoft/Boot"):
         assert (folder / sub).is_dir()
     files = {e.path: e for e in entries if isinstance(e, wingen.WinFile)}
-    for path, backup in windowsfilter.MUTATED_FILES.items():
+    for path, backup in winlayer.MUTATED_FILES.items():
         assert (folder / backup).read_bytes() == files[path].data
     stream = folder / ".winmeta/streams/Files/Windows/System32/notepad.exe:Zone.Identifier"
     assert stream.read_bytes() == files["Files/Windows/System32/notepad.exe"].streams["Zone.Identifier"]
@@ -377,7 +379,7 @@ def test_sandbox_without_parent_and_diff_against_other_parent(wstore):
     import_entries(wstore, "child", wingen.child_layer(), parent="base")
     # Against the empty tree, the child's whole view is added.
     out = io.BytesIO()
-    wstore.driver.diff("child", None, out)
+    content.export(wstore.driver, "child", None, out)
     names = [e.name for e in entries_of(out.getvalue())]
     assert "Files/Windows/System32/notepad.exe" in names and "Files/License.txt" not in names
     assert not any(".wh." in n for n in names)
@@ -494,7 +496,7 @@ def test_base_images_registered(tmp_path):
     finally:
         driver.put(nano.id)
     with pytest.raises(Precondition):
-        driver.apply_diff(nano.id, None, io.BytesIO(wingen.layer_tar(wingen.base_layer())))
+        content.apply(driver, nano.id, io.BytesIO(wingen.layer_tar(wingen.base_layer())))
     if os.geteuid() == 0:
         driver.create_rw("ctr", nano.id)
         assert driver.layer_chain("ctr") == [os.path.join(driver.home, folder_name)]
@@ -610,7 +612,7 @@ def test_records_this_code_does_not_know_survive(wstore):
         tf.addfile(info, io.BytesIO(b"data"))
     wstore.import_layer("l", None, io.BytesIO(raw.getvalue()))
     out = io.BytesIO()
-    wstore.driver.diff("l", None, out)  # written anew from the files and the sidecar
+    content.export(wstore.driver, "l", None, out)  # written anew from the files and the sidecar
     exported = {e.name: e for e in entries_of(out.getvalue())}["Files/f.txt"]
     assert exported.pax["MSWINDOWS.future"] == b"42"
     assert exported.pax["MSWINDOWS.fileattr"] == b"32"

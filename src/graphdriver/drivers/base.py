@@ -1,8 +1,10 @@
 """The graph driver contract.
 
 A driver keeps layers as directories under its *home* and hands out their
-root filesystems.  It knows nothing of tar beyond calling :mod:`graphdriver.layerio`,
-nothing of digests, records or images: the store above it does that.
+root filesystems.  It knows nothing of tar, digests, records or images: it hands
+back directories (where a tarball is applied, which trees say what a layer
+changed) and the store combines them with :mod:`graphdriver.layerio`
+(see :mod:`graphdriver.store.content`).
 
 Vocabulary
 ----------
@@ -38,12 +40,12 @@ Lifecycle, by example
 ::
 
     d.create("base", None)               # empty read-only layer
-    d.apply_diff("base", None, tarball)  # fill it; returns the bytes applied
+    d.apply_target("base").path          # where the store extracts its tarball
     d.create_rw("ctr", "base")           # writable layer on top
     root = d.get("ctr")                  # the union view; write into it
-    d.changes("ctr", "base")             # [Change("/etc", C), Change("/etc/x", A)]
-    d.diff("ctr", "base", out)           # the layer tarball of those changes
     d.put("ctr")
+    with d.compare("ctr", "base") as c:  # the trees that say what ctr changed
+        ...                              # c.root, and c.parent_root or c.lowers
     d.remove("ctr"); d.remove("base")
 
 Invariants
@@ -78,6 +80,7 @@ from graphdriver.errors import (
 )
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import locked, pid_alive
+from graphdriver.fs.overlayfs import OPAQUE_XATTR
 from graphdriver.idmap import IDMappings
 
 # The option classes below are plain classes, and typing is imported for the
@@ -86,13 +89,8 @@ from graphdriver.idmap import IDMappings
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
-    from typing import BinaryIO, ClassVar
-
-    from graphdriver.diff.changes import Change
-    from graphdriver.fs.confine import ConfinedDirs
-    from graphdriver.layerio.extract import ApplyOptions, EntrySource
-    from graphdriver.layerio.ingest import IngestResult
-    from graphdriver.layerio.whiteout import WhiteoutMode
+    from contextlib import AbstractContextManager
+    from typing import ClassVar
 
 LAYERCHAIN_FILE = "layerchain.json"
 LAYERID_FILE = "layerID"
@@ -139,6 +137,16 @@ class CreateOpts:
         self.storage_opt: Mapping[str, str] = dict(storage_opt or {})
 
 
+#: How deletions are expressed where a tarball is applied: the target holds a whole
+#: tree, so a deletion deletes (vfs, a base layer)...
+DELETE_WHITEOUTS = "delete"
+#: ...or it is an overlay upper directory: 0/0 character devices and the opaque xattr.
+OVERLAY_WHITEOUTS = "overlay"
+#: Layer formats: Docker/OCI layer tarballs, or the seeds' Windows layers.
+OCI_FORMAT = "oci"
+WINDOWS_FORMAT = "windows"
+
+
 class ApplyTarget:
     """Where and how a tarball is applied to a layer."""
 
@@ -147,138 +155,51 @@ class ApplyTarget:
     def __init__(
         self,
         path: str,
-        whiteouts: WhiteoutMode | None = None,
+        whiteouts: str = DELETE_WHITEOUTS,
         lower_dirs: tuple[str, ...] = (),
-        opaque_xattr: str | None = None,
+        opaque_xattr: str = OPAQUE_XATTR,
     ) -> None:
-        # Imported here: the enum module is more than `layer` and `mount` should load.
-        from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR, WhiteoutMode
-
         self.path = path
-        #: How deletions are expressed in the target (default: deleting, as in a full tree).
-        self.whiteouts = WhiteoutMode.DELETE if whiteouts is None else whiteouts
-        #: Directories searched (in order) for hardlink targets the layer itself lacks.
+        #: :data:`DELETE_WHITEOUTS` or :data:`OVERLAY_WHITEOUTS`.
+        self.whiteouts = whiteouts
+        #: The ancestors' directories, nearest first: hardlink targets the layer itself
+        #: lacks are searched there, and deletions only matter where they hide something.
         self.lower_dirs = tuple(lower_dirs)
-        #: The xattr that marks an opaque directory in OVERLAY mode (user.overlay.opaque rootless).
-        self.opaque_xattr = OVERLAY_OPAQUE_XATTR if opaque_xattr is None else opaque_xattr
+        #: The xattr that marks an opaque directory with overlay whiteouts.
+        self.opaque_xattr = opaque_xattr
 
 
-_READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NOT_PLAIN = frozenset({"", ".", ".."})  # last components that are no file name
-# Directories a getter keeps open (files come grouped by directory).
-_GETTER_DIRS = 64
+class Comparison:
+    """The directories that say what a layer changed relative to a parent.
 
-
-class FileGetter(abc.ABC):
-    """A source of a layer's file contents by archive path (tar-split reassembly)."""
-
-    @abc.abstractmethod
-    def open(self, name: str) -> BinaryIO:
-        """Open the file that was archived as *name* (raises NotFound)."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release whatever ``open`` needed (a mount, say)."""
-
-
-class _FdFile:
-    """A file open for reading by descriptor: what reassembly needs, at one syscall a read.
-
-    (A Python file object would cost an ``fstat`` per file on top, and reads
-    through a buffer that reassembly does not need.)
+    Either two trees to walk (*root* against *parent_root*, None for no parent),
+    or an upper directory *root* over *lowers* that itself records the changes
+    (overlay's whiteouts and opaque directories): :attr:`native`.
     """
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    __slots__ = ("data_dirs", "lowers", "opaque_xattr", "parent_root", "root")
 
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        return os.readv(self._fd, [buf])
-
-    def read(self, n: int = -1) -> bytes:
-        if n >= 0:
-            return os.read(self._fd, n)
-        return b"".join(iter(lambda: os.read(self._fd, 1 << 20), b""))
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> _FdFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-class DirFileGetter(FileGetter):
-    """Files served from one directory tree, with mutated files served from backups.
-
-    Directories are resolved confined to the tree (``openat2`` with
-    ``RESOLVE_IN_ROOT``: a symlink in the layer cannot lead out of it) and
-    kept open, since files come grouped by directory; the file itself is
-    opened without following a symlink, relative to its directory.  So a file
-    costs one ``open`` until :meth:`close`.
-    """
-
-    def __init__(self, root: str, backups: Mapping[str, str] | None = None) -> None:
-        from graphdriver.fs import confine  # not at module level: most commands need none of it
-
+    def __init__(
+        self,
+        root: str,
+        *,
+        parent_root: str | None = None,
+        lowers: tuple[str, ...] | None = None,
+        opaque_xattr: str = OPAQUE_XATTR,
+        data_dirs: tuple[str, ...] = (),
+    ) -> None:
+        #: The tree holding the layer's files as changes name them.
         self.root = root
-        self.backups = dict(backups or {})
-        self._confine = confine
-        self._root_fd: int | None = None
-        self._dirs: dict[str, int] = {}
+        self.parent_root = parent_root
+        self.lowers = lowers
+        self.opaque_xattr = opaque_xattr
+        #: The layer's folder and its ancestors', nearest first, for what a layer
+        #: format keeps beside the files (the Windows metadata sidecar).
+        self.data_dirs = data_dirs
 
-    def open(self, name: str) -> BinaryIO:
-        clean = name.lstrip("/")
-        if "//" in clean or "/." in clean or clean[:1] == "." or clean[-1:] == "/":
-            # Found where extraction put it: "a/../x", "./q/./z", "r/.", "f/" name
-            # x, q/z, r and f (the usual name needs no normpath: this runs per file).
-            import posixpath
-
-            clean = posixpath.normpath("/" + clean).lstrip("/")
-        if self.backups:
-            backup = self.backups.get(clean)
-            if backup is not None:
-                return open(backup, "rb")
-        root_fd = self._root_fd
-        if root_fd is None:
-            root_fd = self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        parent, _, base = clean.rpartition("/")
-        try:
-            if base in _NOT_PLAIN:  # the whole path, confined
-                fd = self._confine.open_at_root(root_fd, clean, os.O_RDONLY)
-            else:
-                pfd = self._dirs.get(parent) if parent else root_fd
-                if pfd is None:
-                    pfd = self._dir_fd(root_fd, parent)
-                fd = os.open(base, _READ_FILE, dir_fd=pfd)
-        except (FileNotFoundError, NotADirectoryError) as e:
-            raise NotFound(f"file {name!r}", "not in the layer") from e
-        return _FdFile(fd)  # type: ignore[return-value]
-
-    def _dir_fd(self, root_fd: int, rel: str) -> int:
-        if len(self._dirs) >= _GETTER_DIRS:
-            self._close_dirs()
-        fd = self._dirs[rel] = self._confine.resolve_dir(root_fd, rel)
-        return fd
-
-    def _close_dirs(self) -> None:
-        for fd in self._dirs.values():
-            os.close(fd)
-        self._dirs.clear()
-
-    def close(self) -> None:
-        self._close_dirs()
-        if self._root_fd is not None:
-            os.close(self._root_fd)
-            self._root_fd = None
+    @property
+    def native(self) -> bool:
+        return self.lowers is not None
 
 
 class Driver(abc.ABC):
@@ -294,6 +215,8 @@ class Driver(abc.ABC):
     #: Whether :meth:`status` says only what the probe found, so it holds until a reboot
     #: (and the registry may remember it in the run root).
     STATUS_IS_STATIC: ClassVar[bool] = True
+    #: The format of the layer tarballs this driver's layers come from and go to.
+    LAYER_FORMAT: ClassVar[str] = OCI_FORMAT
 
     def __init__(self, config: DriverConfig) -> None:
         unknown = sorted(set(config.options) - self.OPTIONS)
@@ -624,83 +547,27 @@ class Driver(abc.ABC):
     def _unmount(self, layer_id: str) -> None:
         """Undo :meth:`_mount` (last ``put``)."""
 
-    # ----- changes, diff, apply ------------------------------------------------------
+    # ----- changes and apply: directories for the store ------------------------------
 
-    def _parent_view(self, parent: str | None) -> _ParentView:
-        """The mounted *parent* for a block (None, mounting nothing, for no parent)."""
-        return _ParentView(self, parent)
+    def compare(
+        self, layer_id: str, parent: str | None, *, native: bool = True
+    ) -> AbstractContextManager[Comparison]:
+        """The trees that say what *layer_id* changed relative to *parent*, for a ``with`` block.
 
-    def changes(self, layer_id: str, parent: str | None) -> list[Change]:
-        """What *layer_id* changed relative to *parent*, sorted by path."""
-        from graphdriver.diff.walk import changes_between
-
-        with self.mounted(layer_id) as new, self._parent_view(parent) as old:
-            return changes_between(new, old)
-
-    def diff(self, layer_id: str, parent: str | None, out: BinaryIO) -> None:
-        """Write the layer tarball of *layer_id* relative to *parent* to *out*."""
-        from graphdriver.diff.walk import changes_between
-        from graphdriver.layerio.export import export_changes
-
-        with self.mounted(layer_id) as new, self._parent_view(parent) as old:
-            export_changes(new, changes_between(new, old), out, self.config.idmaps)
-
-    def diff_size(self, layer_id: str, parent: str | None) -> int:
-        """Bytes of regular files added or changed (hardlinked inodes counted once)."""
-        from graphdriver.diff.walk import changes_between
-        from graphdriver.layerio.export import changes_size
-
-        with self.mounted(layer_id) as new, self._parent_view(parent) as old:
-            return changes_size(new, changes_between(new, old))
+        By default both layers are mounted and walked; a driver whose layer
+        directory itself records its changes over *parent* (overlay's upper
+        directory) hands that back instead, unless *native* is False.
+        """
+        return Compared(self, layer_id, parent)
 
     @abc.abstractmethod
     def apply_target(self, layer_id: str) -> ApplyTarget:
-        """Where :meth:`apply_diff` extracts into, and with which conventions."""
+        """Where a tarball is applied to the layer, and with which conventions."""
 
-    def apply_diff(self, layer_id: str, parent: str | None, stream: BinaryIO) -> int:
-        """Apply a layer tarball; returns the size applied (the seeds' ``ApplyDiff``)."""
-        return self.ingest(layer_id, stream).size
-
-    def ingest(
-        self, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None
-    ) -> IngestResult:
-        """Apply a (possibly compressed) tarball in one pass, learning its digests.
-
-        The store uses this to record DiffIDs and tar-split metadata while the
-        layer is extracted; *tarsplit_out* receives the gzip-compressed metadata.
-        """
-        from graphdriver.layerio.extract import ApplyOptions
-        from graphdriver.layerio.ingest import ingest
-
+    def check_apply(self, layer_id: str) -> None:
+        """Raise :class:`~graphdriver.errors.Precondition` if a tarball may not be applied now."""
         if self.is_readonly_store(layer_id):
             raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
-        target = self.apply_target(layer_id)
-        opts = ApplyOptions(
-            idmaps=self.config.idmaps,
-            whiteouts=target.whiteouts,
-            lower_dirs=target.lower_dirs,
-            opaque_xattr=target.opaque_xattr,
-        )
-
-        def apply(entries: EntrySource, dirs: ConfinedDirs) -> int:
-            return self.apply_entries(entries, dirs, opts)
-
-        result = ingest(
-            stream, target.path, apply, extra_dirs=target.lower_dirs, tarsplit_out=tarsplit_out
-        )
-        self.after_apply(layer_id)
-        return result
-
-    def apply_entries(self, entries: EntrySource, dirs: ConfinedDirs, opts: ApplyOptions) -> int:
-        """Write tar entries into the layer; runs inside the confined child.
-
-        Drivers whose layers have their own format (``windowsfilter``) override
-        this; the default is the Docker/OCI layer semantics of
-        :func:`graphdriver.layerio.extract.extract_entries`.
-        """
-        from graphdriver.layerio.extract import extract_entries
-
-        return extract_entries(entries, dirs.root_fd, opts, lower_fds=dirs.extra_fds)
 
     def after_apply(self, layer_id: str) -> None:  # noqa: B027 - optional hook
         """Called after a successful apply (e.g. to back up files the driver rewrites)."""
@@ -709,10 +576,6 @@ class Driver(abc.ABC):
         """The directory holding this layer's own files only, or None when its tree
         includes its parents' files (a full copy, as vfs keeps).  Read, never written."""
         return None
-
-    def diff_getter(self, layer_id: str) -> FileGetter:
-        """A file source for reassembling the layer's tarball from its files."""
-        return DirFileGetter(self.apply_target(layer_id).path)
 
 
 def layer_name_of(folder: str, *, destroying: bool = False) -> str:
@@ -750,16 +613,42 @@ class _Mounted:
         self.driver.put(self.layer_id)
 
 
-class _ParentView:
-    """A parent held mounted for a ``with`` block; no parent gives None and mounts nothing."""
+class Compared:
+    """A layer and its parent held mounted for a ``with`` block, which gets their :class:`Comparison`."""
 
-    def __init__(self, driver: Driver, layer_id: str | None) -> None:
+    def __init__(
+        self, driver: Driver, layer_id: str, parent: str | None, data_dirs: tuple[str, ...] = ()
+    ) -> None:
         self.driver = driver
         self.layer_id = layer_id
+        self.parent = parent
+        self.data_dirs = data_dirs
 
-    def __enter__(self) -> str | None:
-        return None if self.layer_id is None else self.driver.get(self.layer_id)
+    def __enter__(self) -> Comparison:
+        new = self.driver.get(self.layer_id)
+        try:
+            old = None if self.parent is None else self.driver.get(self.parent)
+        except BaseException:
+            self.driver.put(self.layer_id)
+            raise
+        return Comparison(new, parent_root=old, data_dirs=self.data_dirs)
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        if self.layer_id is not None:
+        try:
+            if self.parent is not None:
+                self.driver.put(self.parent)
+        finally:
             self.driver.put(self.layer_id)
+
+
+class Prepared:
+    """A :class:`Comparison` known before the block: nothing to mount or release."""
+
+    def __init__(self, comparison: Comparison) -> None:
+        self.comparison = comparison
+
+    def __enter__(self) -> Comparison:
+        return self.comparison
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        return None

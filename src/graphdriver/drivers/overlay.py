@@ -67,12 +67,14 @@ import os
 import stat
 
 from graphdriver.drivers.base import (
+    DELETE_WHITEOUTS,
+    OVERLAY_WHITEOUTS,
     ApplyTarget,
+    Comparison,
     CreateOpts,
-    DirFileGetter,
     Driver,
     DriverConfig,
-    FileGetter,
+    Prepared,
     layer_name_of,
 )
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
@@ -85,9 +87,9 @@ from graphdriver.fs.sizerecord import has_image, limit_of
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
-    from typing import BinaryIO, ClassVar
+    from contextlib import AbstractContextManager
+    from typing import ClassVar
 
-    from graphdriver.diff.changes import Change
     from graphdriver.fs import sizelimit
 
 #: The most lower directories the kernel stacks (``OVL_MAX_STACK``), so the longest chain.
@@ -290,9 +292,9 @@ class OverlayDriver(Driver):
     @property
     def opaque_xattr(self) -> str:
         """The xattr marking an opaque directory in this driver's upper directories."""
-        from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_XATTR_USER
+        from graphdriver.fs.overlayfs import OPAQUE_XATTR, OPAQUE_XATTR_USER
 
-        return OVERLAY_OPAQUE_XATTR_USER if self.user_xattrs else OVERLAY_OPAQUE_XATTR
+        return OPAQUE_XATTR_USER if self.user_xattrs else OPAQUE_XATTR
 
     @property
     def size_method(self) -> sizelimit.Method | None:
@@ -656,23 +658,22 @@ class OverlayDriver(Driver):
         done.extend(self.repair_links())
         return done
 
-    # ----- apply, changes, diff -----------------------------------------------------------------
+    # ----- apply and compare: directories for the store ------------------------------------
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
         from graphdriver.fs import sizelimit
-        from graphdriver.layerio.whiteout import WhiteoutMode
 
         folder = self.resolve(layer_id)
         live = self._live_mount(layer_id, folder)
         if live is not None:
             # Writing under a mounted overlay's upper directory is undefined: go
             # through the union, where the kernel makes the whiteouts itself.
-            return ApplyTarget(path=live, whiteouts=WhiteoutMode.DELETE)
+            return ApplyTarget(path=live, whiteouts=DELETE_WHITEOUTS)
         if self._own(folder):
             sizelimit.ensure_mounted(folder)
         lowers = tuple(os.path.join(p, DIFF_DIR) for p in self.layer_chain(layer_id))
         # A base layer has nothing below to hide: its whiteouts just delete.
-        mode = WhiteoutMode.OVERLAY if lowers else WhiteoutMode.DELETE
+        mode = OVERLAY_WHITEOUTS if lowers else DELETE_WHITEOUTS
         # Rootless overlays read opaque directories from user.* xattrs.
         return ApplyTarget(
             path=self._upper(folder), whiteouts=mode, lower_dirs=lowers, opaque_xattr=self.opaque_xattr
@@ -692,9 +693,6 @@ class OverlayDriver(Driver):
     def own_files(self, layer_id: str) -> str | None:
         # The upper directory, even while the layer is mounted: only read here.
         return self._upper(self.resolve(layer_id))
-
-    def diff_getter(self, layer_id: str) -> FileGetter:
-        return DirFileGetter(self._upper(self.resolve(layer_id)))
 
     def _native(self, layer_id: str, parent: str | None) -> tuple[str, list[str]] | None:
         """The upper directory and lower roots for a native diff, or None to walk instead."""
@@ -721,30 +719,16 @@ class OverlayDriver(Driver):
                 raise GraphDriverError(f"layer {layer_id}", f"lower directory {missing[0]} is missing")
         return self._upper(folder), lowers
 
-    def changes(self, layer_id: str, parent: str | None) -> list[Change]:
-        plan = self._native(layer_id, parent)
+    def compare(
+        self, layer_id: str, parent: str | None, *, native: bool = True
+    ) -> AbstractContextManager[Comparison]:
+        """The layer's upper directory over its lowers, when that says what it changed
+        relative to *parent*; otherwise the two layers mounted, to walk."""
+        plan = self._native(layer_id, parent) if native else None
         if plan is None:
-            return super().changes(layer_id, parent)
-        from graphdriver.diff import upper
-
-        return upper.changes(*plan, opaque_xattr=self.opaque_xattr)
-
-    def diff(self, layer_id: str, parent: str | None, out: BinaryIO) -> None:
-        plan = self._native(layer_id, parent)
-        if plan is None:
-            super().diff(layer_id, parent, out)
-            return
-        from graphdriver.diff import upper
-
-        upper.export(*plan, out, self.config.idmaps, opaque_xattr=self.opaque_xattr)
-
-    def diff_size(self, layer_id: str, parent: str | None) -> int:
-        plan = self._native(layer_id, parent)
-        if plan is None:
-            return super().diff_size(layer_id, parent)
-        from graphdriver.diff import upper
-
-        return upper.size(*plan, opaque_xattr=self.opaque_xattr)
+            return super().compare(layer_id, parent)
+        upper, lowers = plan
+        return Prepared(Comparison(upper, lowers=tuple(lowers), opaque_xattr=self.opaque_xattr))
 
     def metadata(self, layer_id: str) -> dict[str, str]:
         folder = self.resolve(layer_id)

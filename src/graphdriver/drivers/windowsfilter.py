@@ -68,43 +68,37 @@ import hashlib
 import logging
 import os
 import shutil
-import stat
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
+from contextlib import AbstractContextManager
 from types import ModuleType
-from typing import BinaryIO, ClassVar
+from typing import ClassVar
 
-from graphdriver.diff import upper
-from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.diff.walk import changes_between
 from graphdriver.drivers.base import (
+    DELETE_WHITEOUTS,
     LAYERID_FILE,
+    OVERLAY_WHITEOUTS,
     STAGING_DIR,
+    WINDOWS_FORMAT,
     ApplyTarget,
+    Compared,
+    Comparison,
     CreateOpts,
     Driver,
     DriverConfig,
-    FileGetter,
+    Prepared,
     layer_name_of,
 )
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
     InvalidArgument,
-    NotFound,
     Precondition,
     Unsupported,
 )
-from graphdriver.fs import atomic, mounts
-from graphdriver.fs.confine import ConfinedDirs, open_beneath
+from graphdriver.fs import atomic, mounts, syscalls
 from graphdriver.fs.locking import locked
 from graphdriver.fs.tree import remove_tree
-from graphdriver.layerio import ingest as one_pass
-from graphdriver.layerio.entry import DIR, LNK, REG, SYM
-from graphdriver.layerio.export import change_sort_key, changes_size, whiteout_entry
-from graphdriver.layerio.tarstream import TarWriter
-from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
-from graphdriver.layerio.windows import winmeta, wintar
-from graphdriver.layerio.windows.wintar import Times, WinMeta
+from graphdriver.layerio.windows.layout import ENTRIES_FILE, FILES, META_DIR, has_path_prefix
 
 _sizelimit: ModuleType | None
 try:
@@ -114,13 +108,6 @@ except ImportError:  # pragma: no cover - an installation without size limits
 
 log = logging.getLogger(__name__)
 
-#: Files Windows rewrites in place after import, and where their imported bytes are kept.
-MUTATED_FILES: dict[str, str] = {
-    "UtilityVM/Files/EFI/Microsoft/Boot/BCD": "bcd.bak",
-    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG": "bcd.log.bak",
-    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG1": "bcd.log1.bak",
-    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG2": "bcd.log2.bak",
-}
 WORK_DIR = ".work"
 VIEWS_DIR = "views"
 BASE_IMAGES_OPTION = "base_images"
@@ -170,7 +157,8 @@ def _probe(home: str) -> dict[str, str]:
             f.write(b"x")
         root_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.close(winmeta.open_beneath(root_fd, "file.txt:stream", os.O_RDONLY))
+            flags = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS
+            os.close(syscalls.openat2(root_fd, "file.txt:stream", os.O_RDONLY | os.O_CLOEXEC, 0, flags))
         finally:
             os.close(root_fd)
     except OSError as e:
@@ -280,26 +268,6 @@ def _base_image(desc: Mapping[str, object], folder: str) -> BaseImageInfo:
 # ----- the file getter ---------------------------------------------------------------------------------
 
 
-class WindowsFileGetter(FileGetter):
-    """Contents by archive path: BCD backups, stream files, or the layer's own files."""
-
-    def __init__(self, data_dir: str) -> None:
-        self.data_dir = data_dir
-
-    def open(self, name: str) -> BinaryIO:
-        rel = wintar.normalise(name)
-        backup = MUTATED_FILES.get(rel)
-        if backup is not None:
-            with contextlib.suppress(FileNotFoundError):
-                return open(os.path.join(self.data_dir, backup), "rb")
-        _, stream = wintar.split_stream(rel)
-        root = winmeta.streams_root(self.data_dir) if stream is not None else self.data_dir
-        try:
-            return open_beneath(root, rel)
-        except FileNotFoundError as e:
-            raise NotFound(f"file {name!r}", "not in the layer") from e
-
-
 # ----- the driver --------------------------------------------------------------------------------------
 
 
@@ -310,6 +278,7 @@ class WindowsFilterDriver(Driver):
     OPTIONS: ClassVar[frozenset[str]] = frozenset({BASE_IMAGES_OPTION})
     STATUS_IS_STATIC: ClassVar[bool] = False  # base images come and go
     FILES_AS_IN_TARBALL: ClassVar[bool] = False  # Files/, Hives/ and a metadata sidecar
+    LAYER_FORMAT: ClassVar[str] = WINDOWS_FORMAT
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
@@ -332,7 +301,7 @@ class WindowsFilterDriver(Driver):
         return [
             ("Windows", "layers kept on Linux in the seeds' layout"),
             *self.probed.items(),
-            ("Metadata", f"{winmeta.META_DIR}/{winmeta.ENTRIES_FILE} beside Files/ (attributes, "
+            ("Metadata", f"{META_DIR}/{ENTRIES_FILE} beside Files/ (attributes, "
                          "security descriptors, times, EAs, junctions)"),
             ("Size Limits", sizes),
             ("Base Images", self._base_images_status()),
@@ -360,7 +329,7 @@ class WindowsFilterDriver(Driver):
         return folder
 
     def _files(self, folder: str) -> str:
-        return os.path.join(self._data_dir(folder), wintar.FILES)
+        return os.path.join(self._data_dir(folder), FILES)
 
     def _is_sandbox(self, folder: str) -> bool:
         return os.path.isdir(os.path.join(self._data_dir(folder), WORK_DIR))
@@ -396,7 +365,7 @@ class WindowsFilterDriver(Driver):
         size = opts.storage_opt.get("size")
         if size is not None and _sizelimit is not None and self.size_method is not None:
             where = _sizelimit.prepare(folder, int(size), self.size_method, self.home)
-        files = os.path.join(where, wintar.FILES)
+        files = os.path.join(where, FILES)
         os.mkdir(files)
         os.chmod(files, 0o755)  # mkdir's mode is masked by the umask
         if rw:
@@ -476,16 +445,18 @@ class WindowsFilterDriver(Driver):
         """Without root: copy the chain's ``Files/`` into *target*, bottom up, tombstones applied."""
         if self._is_sandbox(folder):
             raise Unsupported(f"mounting layer {layer_id}", "writable Windows layers need root (overlay)")
+        from graphdriver.layerio.windows.winmeta import LayerMeta  # the sidecar's tombstones
+
         for layer in [*reversed(self.layer_chain(layer_id)), folder]:
             data = self._data_dir(layer)
-            for path in sorted(winmeta.LayerMeta.load(data).tombstones):
-                if wintar.has_path_prefix(path, wintar.FILES) and path != wintar.FILES:
-                    victim = os.path.join(target, path[len(wintar.FILES) + 1 :])
+            for path in sorted(LayerMeta.load(data).tombstones):
+                if has_path_prefix(path, FILES) and path != FILES:
+                    victim = os.path.join(target, path[len(FILES) + 1 :])
                     if os.path.isdir(victim) and not os.path.islink(victim):
                         remove_tree(victim)
                     elif os.path.lexists(victim):
                         os.unlink(victim)
-            shutil.copytree(os.path.join(data, wintar.FILES), target, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(os.path.join(data, FILES), target, symlinks=True, dirs_exist_ok=True)
 
     def _unmount(self, layer_id: str) -> None:
         target = self._view_path(self.resolve(layer_id))
@@ -530,109 +501,49 @@ class WindowsFilterDriver(Driver):
                 log.warning("%s (cleanup will try again)", line)
         return done
 
-    # ----- apply ------------------------------------------------------------------------------------------
+    # ----- apply and compare: directories for the store -----------------------------------------------
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
-        return ApplyTarget(path=self._data_dir(self.resolve(layer_id)))
-
-    def ingest(self, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None,
-               ) -> one_pass.IngestResult:
-        if self.is_readonly_store(layer_id):
-            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
         folder = self.resolve(layer_id)
-        if self._is_base_image(folder):
+        chain = self.layer_chain(layer_id)
+        # Deletions become overlay whiteouts where there is something below to hide and
+        # root to make them; the metadata sidecar records them in any case.
+        devices = self.privileged and bool(chain)
+        return ApplyTarget(
+            path=self._data_dir(folder),
+            whiteouts=OVERLAY_WHITEOUTS if devices else DELETE_WHITEOUTS,
+            lower_dirs=tuple(self._data_dir(c) for c in chain),
+        )
+
+    def check_apply(self, layer_id: str) -> None:
+        super().check_apply(layer_id)
+        if self._is_base_image(self.resolve(layer_id)):
             raise Precondition(f"layer {layer_id}", "is a base image, which is never written")
         if self.mount_count(layer_id) > 0:
             raise Precondition(f"layer {layer_id}", "is mounted: unmount it before applying to it")
-        chain = self.layer_chain(layer_id)
-        owner = None
-        if not self.config.idmaps.identity:
-            owner = (self.config.idmaps.uids.to_host(0), self.config.idmaps.gids.to_host(0))
-        plan = winmeta.ApplyPlan(
-            whiteout_devices=self.privileged and bool(chain), mutated=dict(MUTATED_FILES), owner=owner
-        )
-
-        def apply(entries: one_pass.RecordingReader, dirs: ConfinedDirs) -> int:
-            return winmeta.apply_windows_layer(entries, dirs.root_fd, dirs.extra_fds, plan)
-
-        lowers = [self._data_dir(c) for c in chain]
-        result = one_pass.ingest(stream, self._data_dir(folder), apply, extra_dirs=lowers,
-                                       tarsplit_out=tarsplit_out)
-        self.after_apply(layer_id)
-        return result
 
     def after_apply(self, layer_id: str) -> None:
         # The seeds write the chain on apply too: a layer applied to is fully described.
         self.write_layer_chain(self.resolve(layer_id), self.layer_chain(layer_id))
 
-    def diff_getter(self, layer_id: str) -> FileGetter:
-        return WindowsFileGetter(self._data_dir(self.resolve(layer_id)))
-
-    # ----- changes and diffs --------------------------------------------------------------------------
-
-    def _native(self, layer_id: str, parent: str | None) -> bool:
-        """Whether the layer's own ``Files/`` says what it changed relative to *parent*."""
+    def compare(
+        self, layer_id: str, parent: str | None, *, native: bool = True
+    ) -> AbstractContextManager[Comparison]:
+        """The layer's own ``Files/`` over its ancestors' when it is compared with its own
+        parent (or a base layer with nothing); otherwise the two views, mounted."""
+        folder = self.resolve(layer_id)
         chain = self.layer_chain(layer_id)
+        datas = (self._data_dir(folder), *(self._data_dir(c) for c in chain))
+        if native and self._native(chain, parent):
+            lowers = tuple(os.path.join(d, FILES) for d in datas[1:])
+            return Prepared(Comparison(os.path.join(datas[0], FILES), lowers=lowers, data_dirs=datas))
+        return Compared(self, layer_id, parent, data_dirs=datas)
+
+    def _native(self, chain: list[str], parent: str | None) -> bool:
+        """Whether the layer's own ``Files/`` says what it changed relative to *parent*."""
         if parent is None:
             return not chain
         return bool(chain) and os.path.realpath(chain[0]) == os.path.realpath(self.resolve(parent))
-
-    def _own_changes(self, layer_id: str) -> tuple[str, list[Change]]:
-        """The layer's own ``Files/`` and what it changed over its ancestors (paths without ``/Files``)."""
-        folder = self.resolve(layer_id)
-        own = self._files(folder)
-        lowers = [self._files(c) for c in self.layer_chain(layer_id)]
-        changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
-        # Without root no whiteout devices were made: the sidecar's tombstones say it.
-        listed = {c.path for c in changes}
-        extra = []
-        for path in winmeta.LayerMeta.load(self._data_dir(folder)).tombstones:
-            if not path.startswith(wintar.FILES + "/"):
-                continue
-            rel = path[len(wintar.FILES) :]
-            if rel not in listed and not os.path.lexists(own + rel) and any(
-                os.path.lexists(low + rel) for low in lowers
-            ):
-                extra.append(Change(rel, ChangeKind.DELETE))
-        if extra:
-            changes = sorted([*changes, *extra], key=change_sort_key)
-        return own, changes
-
-    @contextlib.contextmanager
-    def _compared(self, layer_id: str, parent: str | None) -> Iterator[tuple[str, list[Change]]]:
-        """The tree holding the layer's files and its changes relative to *parent*."""
-        if self._native(layer_id, parent):
-            yield self._own_changes(layer_id)
-            return
-        with self.mounted(layer_id) as new, self._parent_view(parent) as old:
-            yield new, changes_between(new, old)
-
-    def changes(self, layer_id: str, parent: str | None) -> list[Change]:
-        """What the layer changed in the Windows volume, as ``/Files/...`` paths."""
-        with self._compared(layer_id, parent) as (_, changes):
-            return [Change("/" + wintar.FILES + c.path, c.kind) for c in changes]
-
-    def diff_size(self, layer_id: str, parent: str | None) -> int:
-        with self._compared(layer_id, parent) as (root, changes):
-            return changes_size(root, changes)
-
-    def diff(self, layer_id: str, parent: str | None, out: BinaryIO) -> None:
-        """The layer tarball in the Windows format (see the module docstring)."""
-        folder = self.resolve(layer_id)
-        datas = [self._data_dir(folder), *(self._data_dir(c) for c in self.layer_chain(layer_id))]
-        native = self._native(layer_id, parent)
-        with self._compared(layer_id, parent) as (root, changes):
-            items: list[tuple[str, str | None]] = []
-            for c in changes:
-                name = wintar.FILES + c.path
-                items.append((name, None if c.kind is ChangeKind.DELETE else root + c.path))
-            if native:
-                items += _own_extras(datas[0])
-            items.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
-            exporter = _Exporter(winmeta.ChainMeta(datas), out)
-            for name, path in items:
-                exporter.add(name, path)
-            exporter.close()
 
     # ----- base images ---------------------------------------------------------------------------------
 
@@ -653,7 +564,7 @@ class WindowsFilterDriver(Driver):
     def _register_base(self, info: BaseImageInfo) -> None:
         folder_name = os.path.basename(info.path)
         what = f"base image {info.path}"
-        if not os.path.isdir(os.path.join(info.path, wintar.FILES)):
+        if not os.path.isdir(os.path.join(info.path, FILES)):
             raise InvalidArgument(what, "has no Files/ folder")
         if folder_name.startswith(".") or len(folder_name) > 255:
             raise InvalidArgument(what, "its folder name cannot name a layer folder")
@@ -689,122 +600,3 @@ class WindowsFilterDriver(Driver):
             raise
 
 
-def _own_extras(data_dir: str) -> list[tuple[str, str | None]]:
-    """The layer's own trees beside ``Files/``: ``Hives/``, ``UtilityVM/`` and what its records add."""
-    items: list[tuple[str, str | None]] = []
-    for top in (wintar.HIVES, wintar.UTILITY_VM):
-        start = os.path.join(data_dir, top)
-        if not os.path.isdir(start):
-            continue
-        items.append((top, start))
-        for dirpath, dirnames, filenames in os.walk(start):
-            rel = os.path.relpath(dirpath, data_dir)
-            items += [(f"{rel}/{n}", os.path.join(dirpath, n)) for n in (*dirnames, *filenames)]
-    layer = winmeta.LayerMeta.load(data_dir)
-    if wintar.FILES in layer.records:
-        items.append((wintar.FILES, os.path.join(data_dir, wintar.FILES)))
-    items += [(p, None) for p in layer.tombstones if p.startswith(wintar.UTILITY_VM_FILES + "/")
-              and p not in layer.records]
-    # Links to files no layer holds exist in the metadata only.
-    items += [(r.path, "") for r in layer.records.values() if r.kind == winmeta.LINK and r.dangling]
-    return items
-
-
-class _Exporter:
-    """Writes entries as ``backuptar`` does, metadata from the chain's sidecars."""
-
-    def __init__(self, chain: winmeta.ChainMeta, out: BinaryIO) -> None:
-        self.chain = chain
-        self.writer = TarWriter(out)
-        self.hardlinks: dict[tuple[int, int], str] = {}
-        self.sds: dict[str, bytes | None] = {}
-
-    def add(self, name: str, path: str | None) -> None:
-        """Write *name*: a tombstone when *path* is None, a metadata-only link when it is ""."""
-        if path is None:
-            self.writer.add(whiteout_entry(name))
-            return
-        found = self.chain.find(name)
-        if path == "":
-            if found is not None:
-                rec = found[0]
-                mtime = rec.mtime_ns or 0
-                times = Times(mtime, rec.atime_ns or mtime, rec.ctime_ns or mtime, mtime)
-                meta = rec.meta or WinMeta()
-                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=rec.target))
-            return
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return  # gone while we looked, as a running container may do
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
-        if kind is None:
-            log.warning("%s: a Windows layer holds only files, directories and symlinks; left out", name)
-            return
-        meta, times, index = self._meta(name, kind, st, found)
-        if kind == REG and st.st_nlink > 1:
-            first = self.hardlinks.setdefault((st.st_dev, st.st_ino), name)
-            if first != name:
-                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=first))
-                return
-        if kind == REG:
-            with open(path, "rb", opener=_nofollow) as f:
-                self.writer.add(wintar.export_entry(name, REG, meta, times, size=st.st_size), f)
-        else:
-            linkname = os.readlink(path) if kind == SYM else ""
-            self.writer.add(wintar.export_entry(name, kind, meta, times, linkname=linkname))
-        if index >= 0 and kind in (REG, DIR):
-            for stream, data in self.chain.streams(index, name):
-                with contextlib.suppress(FileNotFoundError), open(data, "rb", opener=_nofollow) as f:
-                    size = os.fstat(f.fileno()).st_size
-                    self.writer.add(wintar.stream_entry(name, stream, size, times), f)
-
-    def _meta(self, name: str, kind: str, st: os.stat_result,
-              found: tuple[winmeta.Record, int] | None) -> tuple[WinMeta, Times, int]:
-        """The metadata and times to write, and the index of the layer they come from (-1: none)."""
-        disk = Times(st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_mtime_ns)
-        if found is not None and found[0].meta is not None:
-            rec, index = found
-            meta = dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas))
-            creation = meta.creation_ns if meta.creation_ns is not None else st.st_mtime_ns
-            if index == 0:
-                # The layer's own entry: the times it was applied with.
-                return meta, Times(st.st_mtime_ns, rec.atime_ns or st.st_atime_ns,
-                                   rec.ctime_ns or st.st_ctime_ns, creation), index
-            if kind == REG:
-                meta.attributes = wintar.attributes_for(kind, previous=meta.attributes)  # written above
-            return meta, dataclasses.replace(disk, creation=creation), index
-        parent = name.rpartition("/")[0]
-        sd = wintar.inherit_security_descriptor(self._sd(parent), is_dir=kind == DIR)
-        attrs = wintar.attributes_for(kind, readonly=not st.st_mode & 0o222 and kind == REG)
-        return WinMeta(attributes=attrs, security_descriptor=sd), disk, -1
-
-    def _sd(self, name: str) -> bytes | None:
-        """The binary security descriptor of directory *name*, as recorded or inherited."""
-        pending = []
-        sd: bytes | None = None
-        while name:
-            if name in self.sds:
-                sd = self.sds[name]
-                break
-            found = self.chain.find(name)
-            if found is not None and found[0].meta is not None and found[0].meta.security_descriptor:
-                sd = self.sds[name] = found[0].meta.security_descriptor
-                break
-            pending.append(name)
-            if name == wintar.FILES:
-                break
-            name = name.rpartition("/")[0]
-        for child in reversed(pending):
-            sd = self.sds[child] = wintar.inherit_security_descriptor(sd, is_dir=True)
-        return sd
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-_KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
-
-
-def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)

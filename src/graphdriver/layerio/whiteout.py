@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import enum
 
+from graphdriver.fs.overlayfs import OPAQUE_XATTR, OPAQUE_XATTR_USER
+
 WHITEOUT_PREFIX = ".wh."
 # Names starting with this are reserved metadata, not whiteouts of ".wh.<x>" files.
 WHITEOUT_META_PREFIX = ".wh..wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_OPAQUE_XATTR_USER = "user.overlay.opaque"
+OVERLAY_OPAQUE_XATTR = OPAQUE_XATTR
+OVERLAY_OPAQUE_XATTR_USER = OPAQUE_XATTR_USER
 
 
 class WhiteoutMode(enum.Enum):

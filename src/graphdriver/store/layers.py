@@ -378,7 +378,9 @@ class Store:
         staging = f"{final}.partial-{os.getpid()}"
         with open(staging, "wb") as out:
             try:
-                result = self.driver.ingest(record.id, stream, tarsplit_out=out)
+                from graphdriver.store import content
+
+                result = content.apply(self.driver, record.id, stream, tarsplit_out=out)
             except BaseException:
                 os.unlink(staging)
                 raise
@@ -443,7 +445,9 @@ class Store:
             except FileNotFoundError:
                 pass
         try:
-            size = self.driver.ingest(layer_id, stream).size
+            from graphdriver.store import content
+
+            size = content.apply(self.driver, layer_id, stream).size
         except GraphDriverError as e:
             with self.locked():
                 record = self.records.get(layer_id)
@@ -547,7 +551,9 @@ class Store:
     def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
         base = self._parent_for(layer_id, parent)
         try:
-            return self.driver.changes(layer_id, base)
+            from graphdriver.store import content
+
+            return content.changes(self.driver, layer_id, base)
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id, base)
 
@@ -589,7 +595,9 @@ class Store:
                 )
             self._reassemble(record, out.write)
             return
-        self.driver.diff(layer_id, base, out)
+        from graphdriver.store import content
+
+        content.export(self.driver, layer_id, base, out)
 
     def _has_tarsplit(self, record: LayerRecord) -> bool:
         return record.diff_digest is not None and os.path.exists(self._tarsplit_of(record))
@@ -615,7 +623,9 @@ class Store:
             digest.update(data)
             write(data)
 
-        getter = self.driver.diff_getter(record.id)
+        from graphdriver.store import content
+
+        getter = content.file_getter(self.driver, record.id)
         try:
             with open(self._tarsplit_of(record), "rb") as f:
                 meta, _kind = open_decompressed(f)
@@ -728,7 +738,9 @@ class Store:
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         base = self._parent_for(layer_id, parent)
         try:
-            return self.driver.diff_size(layer_id, base)
+            from graphdriver.store import content
+
+            return content.size(self.driver, layer_id, base)
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id, base)
 

@@ -61,13 +61,12 @@ from graphdriver.fs.confine import remove_tree
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.extract import clean_name
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
-from graphdriver.layerio.windows import wintar
+from graphdriver.layerio.windows import layout, wintar
+from graphdriver.layerio.windows.layout import ENTRIES_FILE, META_DIR
 from graphdriver.layerio.windows.wintar import WinMeta
 
 log = logging.getLogger(__name__)
 
-META_DIR = ".winmeta"
-ENTRIES_FILE = "entries.ndjson"
 STREAMS_DIR = "streams"
 
 FILE = "file"
@@ -467,7 +466,7 @@ class WindowsApplier:
         if stream is not None:
             self._stream(e, path, stream)
             return 0
-        top = rel in wintar.LAYER_ROOTS or rel == wintar.UTILITY_VM_FILES
+        top = rel in layout.LAYER_ROOTS or rel == layout.UTILITY_VM_FILES
         if top and e.type != te.DIR:
             raise ArchiveError(e.name, "the layer's top-level folders must be directories")
         self.last = rel
@@ -645,7 +644,7 @@ class WindowsApplier:
 
     def _hardlink(self, e: Any, rel: str, parent: str, base: str) -> None:
         target = clean_name(e.linkname, e.name, "hardlink target") if e.linkname else ""
-        inside = all(any(wintar.has_path_prefix(p, r) for r in wintar.TOMBSTONE_ROOTS) for p in (rel, target))
+        inside = all(any(layout.has_path_prefix(p, r) for r in layout.TOMBSTONE_ROOTS) for p in (rel, target))
         if not target or not inside:
             why = "invalid hard link: both names must be under Files/ or UtilityVM/Files/"
             raise ArchiveError(e.name, why)
@@ -716,7 +715,7 @@ class WindowsApplier:
         rel = f"{parent}/{name}" if parent else name
         wintar.check_tombstone(rel, e.name)
         self.last = ""
-        if self.plan.whiteout_devices and rel.startswith(wintar.FILES + "/"):
+        if self.plan.whiteout_devices and rel.startswith(layout.FILES + "/"):
             pfd = self._dir(parent)
             self._clear(pfd, name, rel)
             syscalls.mknod_at(name, 0o600 | stat.S_IFCHR, 0, dir_fd=pfd)  # 0/0: overlay's whiteout

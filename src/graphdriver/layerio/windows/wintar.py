@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 from graphdriver.errors import ArchiveError
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
+from graphdriver.layerio.windows.layout import LAYER_ROOTS, TOMBSTONE_ROOTS
 
 # ----- PAX records ----------------------------------------------------------------------------
 
@@ -74,25 +75,13 @@ FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 
 # ----- layer paths ----------------------------------------------------------------------------
 
-FILES = "Files"
-HIVES = "Hives"
-UTILITY_VM = "UtilityVM"
-UTILITY_VM_FILES = "UtilityVM/Files"
-#: The top-level trees a Windows layer tarball may hold.
-LAYER_ROOTS = (FILES, HIVES, UTILITY_VM)
-#: Where tombstones (``.wh.`` deletions) and hard links may appear.
-TOMBSTONE_ROOTS = (FILES, UTILITY_VM_FILES)
+# The layer's trees (names in :mod:`.layout`).
 
 WHITEOUT_PREFIX = ".wh."
 
 # Seconds from 1601-01-01 (the FILETIME epoch) to 1970-01-01.
 _FILETIME_EPOCH_DELTA = 11_644_473_600
 _NS = 1_000_000_000
-
-
-def has_path_prefix(path: str, prefix: str) -> bool:
-    """Whether *path* is *prefix* or lies below it (whole components only)."""
-    return path == prefix or path.startswith(prefix + "/")
 
 
 def layer_root(rel: str) -> str | None:

@@ -1,0 +1,11 @@
+"""overlayfs's own conventions in an upper directory (see the kernel's overlayfs documentation).
+
+A deleted name is a 0/0 character device; a directory that hides everything
+below it carries the opaque xattr, ``trusted.overlay.opaque=y``, or
+``user.overlay.opaque`` when the overlay is mounted with ``userxattr`` (as
+rootless mounts are).  Layer tarballs say the same with ``.wh.`` names
+(:mod:`graphdriver.layerio.whiteout`).
+"""
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+OPAQUE_XATTR_USER = "user.overlay.opaque"

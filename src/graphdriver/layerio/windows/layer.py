@@ -1,0 +1,224 @@
+"""A Windows layer's content in and out of the directories a driver hands back.
+
+Applying is :func:`.winmeta.apply_windows_layer`; this module adds what the store
+needs around it: the files Windows rewrites after import (kept as they were
+imported, so the layer still re-exports byte for byte), the reassembly getter,
+what a layer changed (as ``/Files/...`` paths, tombstones included) and the
+export of those changes in the Windows format (``backuptar``'s entries,
+metadata from the chain's sidecars).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import stat
+from typing import BinaryIO
+
+from graphdriver.diff import upper
+from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.errors import NotFound
+from graphdriver.fs.confine import open_beneath
+from graphdriver.layerio.entry import DIR, LNK, REG, SYM
+from graphdriver.layerio.export import change_sort_key, whiteout_entry
+from graphdriver.layerio.getter import FileGetter
+from graphdriver.layerio.tarstream import TarWriter
+from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
+from graphdriver.layerio.windows import layout, winmeta, wintar
+from graphdriver.layerio.windows.wintar import Times, WinMeta
+
+log = logging.getLogger(__name__)
+
+#: Files Windows rewrites in place after import, and where their imported bytes are kept.
+MUTATED_FILES: dict[str, str] = {
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD": "bcd.bak",
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG": "bcd.log.bak",
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG1": "bcd.log1.bak",
+    "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG2": "bcd.log2.bak",
+}
+
+
+def own_changes(own: str, lowers: list[str] | tuple[str, ...], data_dir: str) -> list[Change]:
+    """What the layer's own ``Files/`` (*own*) changed over its ancestors' (*lowers*).
+
+    Paths are relative to ``Files/``.  Without root no whiteout devices were
+    made: the sidecar's tombstones in *data_dir* say what was deleted.
+    """
+    changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
+    listed = {c.path for c in changes}
+    extra = []
+    for path in winmeta.LayerMeta.load(data_dir).tombstones:
+        if not path.startswith(layout.FILES + "/"):
+            continue
+        rel = path[len(layout.FILES) :]
+        if rel not in listed and not os.path.lexists(own + rel) and any(
+            os.path.lexists(low + rel) for low in lowers
+        ):
+            extra.append(Change(rel, ChangeKind.DELETE))
+    if extra:
+        changes = sorted([*changes, *extra], key=change_sort_key)
+    return changes
+
+
+def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: BinaryIO, *,
+           own_extras: bool) -> None:
+    """Write the layer tarball of *changes* (paths under ``Files/``) of the tree *root*.
+
+    *data_dirs* are the layer's folder and its ancestors', nearest first;
+    *own_extras*: the layer's own ``Hives/`` and ``UtilityVM/`` travel with it
+    (the diff is against its own parent).
+    """
+    items: list[tuple[str, str | None]] = []
+    for c in changes:
+        name = layout.FILES + c.path
+        items.append((name, None if c.kind is ChangeKind.DELETE else root + c.path))
+    if own_extras:
+        items += _own_extras(data_dirs[0])
+    items.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+    exporter = _Exporter(winmeta.ChainMeta(list(data_dirs)), out)
+    for name, path in items:
+        exporter.add(name, path)
+    exporter.close()
+
+
+class WindowsFileGetter(FileGetter):
+    """Contents by archive path: BCD backups, stream files, or the layer's own files."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def open(self, name: str) -> BinaryIO:
+        rel = wintar.normalise(name)
+        backup = MUTATED_FILES.get(rel)
+        if backup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return open(os.path.join(self.data_dir, backup), "rb")
+        _, stream = wintar.split_stream(rel)
+        root = winmeta.streams_root(self.data_dir) if stream is not None else self.data_dir
+        try:
+            return open_beneath(root, rel)
+        except FileNotFoundError as e:
+            raise NotFound(f"file {name!r}", "not in the layer") from e
+
+
+def _own_extras(data_dir: str) -> list[tuple[str, str | None]]:
+    """The layer's own trees beside ``Files/``: ``Hives/``, ``UtilityVM/`` and what its records add."""
+    items: list[tuple[str, str | None]] = []
+    for top in (layout.HIVES, layout.UTILITY_VM):
+        start = os.path.join(data_dir, top)
+        if not os.path.isdir(start):
+            continue
+        items.append((top, start))
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = os.path.relpath(dirpath, data_dir)
+            items += [(f"{rel}/{n}", os.path.join(dirpath, n)) for n in (*dirnames, *filenames)]
+    layer = winmeta.LayerMeta.load(data_dir)
+    if layout.FILES in layer.records:
+        items.append((layout.FILES, os.path.join(data_dir, layout.FILES)))
+    items += [(p, None) for p in layer.tombstones if p.startswith(layout.UTILITY_VM_FILES + "/")
+              and p not in layer.records]
+    # Links to files no layer holds exist in the metadata only.
+    items += [(r.path, "") for r in layer.records.values() if r.kind == winmeta.LINK and r.dangling]
+    return items
+
+
+class _Exporter:
+    """Writes entries as ``backuptar`` does, metadata from the chain's sidecars."""
+
+    def __init__(self, chain: winmeta.ChainMeta, out: BinaryIO) -> None:
+        self.chain = chain
+        self.writer = TarWriter(out)
+        self.hardlinks: dict[tuple[int, int], str] = {}
+        self.sds: dict[str, bytes | None] = {}
+
+    def add(self, name: str, path: str | None) -> None:
+        """Write *name*: a tombstone when *path* is None, a metadata-only link when it is ""."""
+        if path is None:
+            self.writer.add(whiteout_entry(name))
+            return
+        found = self.chain.find(name)
+        if path == "":
+            if found is not None:
+                rec = found[0]
+                mtime = rec.mtime_ns or 0
+                times = Times(mtime, rec.atime_ns or mtime, rec.ctime_ns or mtime, mtime)
+                meta = rec.meta or WinMeta()
+                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=rec.target))
+            return
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # gone while we looked, as a running container may do
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            log.warning("%s: a Windows layer holds only files, directories and symlinks; left out", name)
+            return
+        meta, times, index = self._meta(name, kind, st, found)
+        if kind == REG and st.st_nlink > 1:
+            first = self.hardlinks.setdefault((st.st_dev, st.st_ino), name)
+            if first != name:
+                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=first))
+                return
+        if kind == REG:
+            with open(path, "rb", opener=_nofollow) as f:
+                self.writer.add(wintar.export_entry(name, REG, meta, times, size=st.st_size), f)
+        else:
+            linkname = os.readlink(path) if kind == SYM else ""
+            self.writer.add(wintar.export_entry(name, kind, meta, times, linkname=linkname))
+        if index >= 0 and kind in (REG, DIR):
+            for stream, data in self.chain.streams(index, name):
+                with contextlib.suppress(FileNotFoundError), open(data, "rb", opener=_nofollow) as f:
+                    size = os.fstat(f.fileno()).st_size
+                    self.writer.add(wintar.stream_entry(name, stream, size, times), f)
+
+    def _meta(self, name: str, kind: str, st: os.stat_result,
+              found: tuple[winmeta.Record, int] | None) -> tuple[WinMeta, Times, int]:
+        """The metadata and times to write, and the index of the layer they come from (-1: none)."""
+        disk = Times(st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_mtime_ns)
+        if found is not None and found[0].meta is not None:
+            rec, index = found
+            meta = dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas))
+            creation = meta.creation_ns if meta.creation_ns is not None else st.st_mtime_ns
+            if index == 0:
+                # The layer's own entry: the times it was applied with.
+                return meta, Times(st.st_mtime_ns, rec.atime_ns or st.st_atime_ns,
+                                   rec.ctime_ns or st.st_ctime_ns, creation), index
+            if kind == REG:
+                meta.attributes = wintar.attributes_for(kind, previous=meta.attributes)  # written above
+            return meta, dataclasses.replace(disk, creation=creation), index
+        parent = name.rpartition("/")[0]
+        sd = wintar.inherit_security_descriptor(self._sd(parent), is_dir=kind == DIR)
+        attrs = wintar.attributes_for(kind, readonly=not st.st_mode & 0o222 and kind == REG)
+        return WinMeta(attributes=attrs, security_descriptor=sd), disk, -1
+
+    def _sd(self, name: str) -> bytes | None:
+        """The binary security descriptor of directory *name*, as recorded or inherited."""
+        pending = []
+        sd: bytes | None = None
+        while name:
+            if name in self.sds:
+                sd = self.sds[name]
+                break
+            found = self.chain.find(name)
+            if found is not None and found[0].meta is not None and found[0].meta.security_descriptor:
+                sd = self.sds[name] = found[0].meta.security_descriptor
+                break
+            pending.append(name)
+            if name == layout.FILES:
+                break
+            name = name.rpartition("/")[0]
+        for child in reversed(pending):
+            sd = self.sds[child] = wintar.inherit_security_descriptor(sd, is_dir=True)
+        return sd
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+_KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)

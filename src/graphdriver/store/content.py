@@ -1,0 +1,156 @@
+"""A layer's content in and out: where :mod:`graphdriver.layerio` meets a driver's directories.
+
+A driver hands back directories (:meth:`~graphdriver.drivers.base.Driver.apply_target`,
+:meth:`~graphdriver.drivers.base.Driver.compare`); these functions apply a tarball
+to them, list and export what a layer changed, and serve its files for tar-split
+reassembly, in the layer format the driver stores (Docker/OCI, or Windows).
+"""
+
+from __future__ import annotations
+
+from graphdriver.drivers.base import OVERLAY_WHITEOUTS, WINDOWS_FORMAT
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
+
+    from graphdriver.diff.changes import Change
+    from graphdriver.drivers.base import Comparison, Driver
+    from graphdriver.fs.confine import ConfinedDirs
+    from graphdriver.layerio.extract import EntrySource
+    from graphdriver.layerio.getter import FileGetter
+    from graphdriver.layerio.ingest import IngestResult
+
+    Writer = Callable[[EntrySource, ConfinedDirs], int]
+
+
+def apply(driver: Driver, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None
+          ) -> IngestResult:
+    """Apply a (possibly compressed) tarball to the layer in one pass, learning its digests.
+
+    *tarsplit_out* receives the gzip-compressed tar-split metadata.  Extraction
+    runs confined to the driver's apply target (see :mod:`graphdriver.fs.confine`).
+    """
+    from graphdriver.layerio.ingest import ingest
+
+    driver.check_apply(layer_id)
+    target = driver.apply_target(layer_id)
+    if driver.LAYER_FORMAT == WINDOWS_FORMAT:
+        write = _windows_writer(driver, target.whiteouts == OVERLAY_WHITEOUTS)
+    else:
+        write = _oci_writer(driver, target.whiteouts, target.lower_dirs, target.opaque_xattr)
+    result = ingest(stream, target.path, write, extra_dirs=target.lower_dirs, tarsplit_out=tarsplit_out)
+    driver.after_apply(layer_id)
+    return result
+
+
+def _oci_writer(driver: Driver, whiteouts: str, lowers: tuple[str, ...], opaque_xattr: str) -> Writer:
+    from graphdriver.layerio.extract import ApplyOptions, extract_entries
+    from graphdriver.layerio.whiteout import WhiteoutMode
+
+    opts = ApplyOptions(
+        idmaps=driver.config.idmaps,
+        whiteouts=WhiteoutMode(whiteouts),
+        lower_dirs=lowers,
+        opaque_xattr=opaque_xattr,
+    )
+
+    def write(entries: EntrySource, dirs: ConfinedDirs) -> int:
+        return extract_entries(entries, dirs.root_fd, opts, lower_fds=dirs.extra_fds)
+
+    return write
+
+
+def _windows_writer(driver: Driver, whiteout_devices: bool) -> Writer:
+    from graphdriver.layerio.windows import winmeta
+    from graphdriver.layerio.windows.layer import MUTATED_FILES
+
+    idmaps = driver.config.idmaps
+    owner = None if idmaps.identity else (idmaps.uids.to_host(0), idmaps.gids.to_host(0))
+    plan = winmeta.ApplyPlan(whiteout_devices=whiteout_devices, mutated=dict(MUTATED_FILES), owner=owner)
+
+    def write(entries: EntrySource, dirs: ConfinedDirs) -> int:
+        return winmeta.apply_windows_layer(entries, dirs.root_fd, dirs.extra_fds, plan)  # type: ignore[arg-type]
+
+    return write
+
+
+def _changes_of(c: Comparison, windows: bool) -> list[Change]:
+    """What the compared layer changed, paths relative to ``c.root``."""
+    if windows and c.native:
+        from graphdriver.layerio.windows.layer import own_changes
+
+        return own_changes(c.root, c.lowers or (), c.data_dirs[0])
+    if c.lowers is not None:
+        from graphdriver.diff import upper
+
+        return upper.changes(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
+    from graphdriver.diff.walk import changes_between
+
+    return changes_between(c.root, c.parent_root)
+
+
+def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True) -> list[Change]:
+    """What *layer_id* changed relative to *parent*, sorted by path.
+
+    *native* False walks the two trees even where the driver could say it
+    itself (to cross-check the two).  Windows layers name their changes as
+    ``/Files/...`` paths, as the seeds do.
+    """
+    windows = driver.LAYER_FORMAT == WINDOWS_FORMAT
+    with driver.compare(layer_id, parent, native=native) as c:
+        found = _changes_of(c, windows)
+    if windows:
+        from graphdriver.diff.changes import Change
+        from graphdriver.layerio.windows.layout import FILES
+
+        return [Change("/" + FILES + ch.path, ch.kind) for ch in found]
+    return found
+
+
+def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO) -> None:
+    """Write the layer tarball of what *layer_id* changed relative to *parent* to *out*."""
+    with driver.compare(layer_id, parent) as c:
+        if driver.LAYER_FORMAT == WINDOWS_FORMAT:
+            from graphdriver.layerio.windows import layer
+
+            found = _changes_of(c, True)
+            layer.export(c.root, found, c.data_dirs, out, own_extras=c.native)
+        elif c.lowers is not None:
+            from graphdriver.diff import upper
+
+            upper.export(c.root, c.lowers, out, driver.config.idmaps, opaque_xattr=c.opaque_xattr)
+        else:
+            from graphdriver.diff.walk import changes_between
+            from graphdriver.layerio.export import export_changes
+
+            export_changes(c.root, changes_between(c.root, c.parent_root), out, driver.config.idmaps)
+
+
+def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True) -> int:
+    """Bytes of regular files *layer_id* added or changed (hardlinked inodes counted once)."""
+    from graphdriver.layerio.export import changes_size
+
+    with driver.compare(layer_id, parent, native=native) as c:
+        if c.lowers is not None and driver.LAYER_FORMAT != WINDOWS_FORMAT:
+            from graphdriver.diff import upper
+
+            return upper.size(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
+        return changes_size(c.root, _changes_of(c, driver.LAYER_FORMAT == WINDOWS_FORMAT))
+
+
+def file_getter(driver: Driver, layer_id: str) -> FileGetter:
+    """The layer's files by the names its tarball gave them, for tar-split reassembly.
+
+    Served from the layer's own files (overlay's upper directory, even while
+    mounted: only read) or the tree its tarball was applied to.
+    """
+    root = driver.own_files(layer_id) or driver.apply_target(layer_id).path
+    if driver.LAYER_FORMAT == WINDOWS_FORMAT:
+        from graphdriver.layerio.windows.layer import WindowsFileGetter
+
+        return WindowsFileGetter(root)
+    from graphdriver.layerio.getter import DirFileGetter
+
+    return DirFileGetter(root)
