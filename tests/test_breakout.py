@@ -30,6 +30,7 @@ import pytest
 
 from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError
 from graphdriver.fs import confine, syscalls
+from graphdriver.fs.tree import remove_tree_at
 from graphdriver.layerio.extract import ApplyOptions, apply_layer
 from graphdriver.layerio.whiteout import WhiteoutMode
 
@@ -395,7 +396,7 @@ def test_very_deep_path(site: Site) -> None:
     # Iterative removal, leaving nothing for pytest's recursive clean-up.
     fd = os.open(site.dest, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        confine.remove_tree(fd, "d")
+        remove_tree_at(fd, "d")
     finally:
         os.close(fd)
     assert os.listdir(site.dest) == []
@@ -450,7 +451,7 @@ def test_open_beneath_does_not_follow_out(site: Site) -> None:
     os.symlink(str(site.victim), site.dest / "abs")
     for rel in ("evil/hello", "abs/hello", "../victim/hello", "/../victim/hello"):
         with pytest.raises(FileNotFoundError):
-            confine.open_beneath(str(site.dest), rel)
+            confine.open_file_in_root(str(site.dest), rel)
 
 
 def test_magic_links_are_refused(site: Site) -> None:
@@ -545,12 +546,12 @@ def test_open_beneath(tmp_path: Path) -> None:
     (dest / "dir").mkdir()
     (dest / "dir/file").write_bytes(b"content")
     os.symlink("/dir", dest / "abs")
-    with confine.open_beneath(str(dest), "/abs/file") as f:
+    with confine.open_file_in_root(str(dest), "/abs/file") as f:
         assert f.read() == b"content"
     with pytest.raises(FileNotFoundError):
-        confine.open_beneath(str(dest), "missing")
-    with confine.open_beneath(str(dest), "dir/new", os.O_WRONLY | os.O_CREAT) as f:
+        confine.open_file_in_root(str(dest), "missing")
+    with confine.open_file_in_root(str(dest), "dir/new", os.O_WRONLY | os.O_CREAT) as f:
         f.write(b"new")
     assert (dest / "dir/new").read_bytes() == b"new"
     with pytest.raises(IsADirectoryError):
-        confine.open_beneath(str(dest), "dir")
+        confine.open_file_in_root(str(dest), "dir")

@@ -88,7 +88,7 @@ from graphdriver.idmap import IDMappings
 # typing at import would cost more than the rest of those commands.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Callable, Collection, Mapping
     from contextlib import AbstractContextManager
     from typing import ClassVar
 
@@ -576,6 +576,21 @@ class Driver(abc.ABC):
         """The directory holding this layer's own files only, or None when its tree
         includes its parents' files (a full copy, as vfs keeps).  Read, never written."""
         return None
+
+
+# What each driver's probe found per home (and options) in this process: opening a
+# store probes once, not once for the registry and again for the driver.
+_PROBED: dict[tuple[object, ...], dict[str, str]] = {}
+
+
+def probed_once(
+    key: tuple[object, ...], probe: Callable[[], dict[str, str]], *, cached: bool
+) -> dict[str, str]:
+    """``probe()``'s findings; with *cached*, those of an earlier success under *key* in this process."""
+    if cached and key in _PROBED:
+        return _PROBED[key]
+    found = _PROBED[key] = probe()
+    return found
 
 
 def layer_name_of(folder: str, *, destroying: bool = False) -> str:

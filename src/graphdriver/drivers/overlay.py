@@ -76,6 +76,7 @@ from graphdriver.drivers.base import (
     DriverConfig,
     Prepared,
     layer_name_of,
+    probed_once,
 )
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
 from graphdriver.fs import atomic
@@ -153,23 +154,14 @@ def _in_user_namespace() -> bool:
         return False
 
 
-# Homes that passed the probe in this process: opening a store probes once,
-# not once for the registry and again for the driver.
-_PROBED: dict[tuple[str, str | None], dict[str, str]] = {}
-
-
 def probe_home(home: str, mount_program: str | None, *, cached: bool = False) -> dict[str, str]:
     """Check that overlay can work at *home*; returns what was found (for ``status``).
 
     Raises :class:`Unsupported` saying what is missing and what to do.  With
     *cached*, a home that passed before in this process is not probed again.
     """
-    key = (os.path.abspath(home), mount_program)
-    if cached and key in _PROBED:
-        return _PROBED[key]
-    found = _probe(home, mount_program)
-    _PROBED[key] = found
-    return found
+    key = ("overlay", os.path.abspath(home), mount_program)
+    return probed_once(key, lambda: _probe(home, mount_program), cached=cached)
 
 
 def _probe(home: str, mount_program: str | None) -> dict[str, str]:

@@ -87,6 +87,7 @@ from graphdriver.drivers.base import (
     DriverConfig,
     Prepared,
     layer_name_of,
+    probed_once,
 )
 from graphdriver.errors import (
     AlreadyExists,
@@ -95,7 +96,8 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
 )
-from graphdriver.fs import atomic, mounts, syscalls
+from graphdriver.fs import atomic, mounts
+from graphdriver.fs.confine import open_no_symlinks
 from graphdriver.fs.locking import locked
 from graphdriver.fs.tree import remove_tree
 from graphdriver.layerio.windows.layout import ENTRIES_FILE, FILES, META_DIR, has_path_prefix
@@ -118,10 +120,6 @@ OVERLAY_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
 # ----- probing ------------------------------------------------------------------------------------
 
 
-# Homes that passed the probe in this process: opening a store probes once.
-_PROBED: dict[str, dict[str, str]] = {}
-
-
 def probe_home(home: str, *, cached: bool = False) -> dict[str, str]:
     """Check that *home* can hold Windows layers; returns what was found (for ``status``).
 
@@ -130,11 +128,7 @@ def probe_home(home: str, *, cached: bool = False) -> dict[str, str]:
     directories (writable layers, root only) cannot live on overlayfs.  With
     *cached*, a home that passed before in this process is not probed again.
     """
-    key = os.path.abspath(home)
-    if cached and key in _PROBED:
-        return _PROBED[key]
-    _PROBED[key] = found = _probe(home)
-    return found
+    return probed_once(("windowsfilter", os.path.abspath(home)), lambda: _probe(home), cached=cached)
 
 
 def _probe(home: str) -> dict[str, str]:
@@ -157,8 +151,7 @@ def _probe(home: str) -> dict[str, str]:
             f.write(b"x")
         root_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            flags = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS
-            os.close(syscalls.openat2(root_fd, "file.txt:stream", os.O_RDONLY | os.O_CLOEXEC, 0, flags))
+            os.close(open_no_symlinks(root_fd, "file.txt:stream", os.O_RDONLY))
         finally:
             os.close(root_fd)
     except OSError as e:

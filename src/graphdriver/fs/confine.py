@@ -22,6 +22,7 @@ any extra directories and hands their fds to the function it runs.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import pickle
@@ -40,6 +41,7 @@ INLINE_ENV = "GRAPHDRIVER_APPLY_INLINE"
 
 _RESOLVE = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NO_SYMLINKS = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 _NOFOLLOW_DIR = _DIR_FLAGS | os.O_NOFOLLOW
 
 # Exit status of a child whose own error reporting failed.
@@ -63,7 +65,7 @@ def open_at_root(root_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
     return syscalls.openat2(root_fd, relpath or ".", flags | os.O_CLOEXEC, mode, _RESOLVE)
 
 
-def open_beneath(root: str, relpath: str, flags: int = os.O_RDONLY, mode: int = 0o644) -> BinaryIO:
+def open_file_in_root(root: str, relpath: str, flags: int = os.O_RDONLY, mode: int = 0o644) -> BinaryIO:
     """Open *relpath* inside directory *root*, symlinks resolved as if *root* were ``/``.
 
     Returns a binary file object (read, write or read-write after *flags*).
@@ -85,6 +87,49 @@ def open_beneath(root: str, relpath: str, flags: int = os.O_RDONLY, mode: int = 
         # open() does not close an fd it was given when it refuses it (a directory).
         os.close(fd)
         raise
+
+
+# ----- below a directory, through no symlink at all (Windows layers hold none on the way) -----------
+
+
+def open_dir_no_symlinks(root_fd: int, rel: str) -> int:
+    """Open directory *rel* below *root_fd*; no component may be a symlink (ELOOP/EXDEV then)."""
+    return syscalls.openat2(root_fd, rel or ".", _NOFOLLOW_DIR, 0, _NO_SYMLINKS)
+
+
+def open_no_symlinks(root_fd: int, rel: str, flags: int, mode: int = 0) -> int:
+    """``openat2`` of *rel* below *root_fd* with *flags*, never through a symlink."""
+    if not flags & os.O_CREAT:
+        mode = 0
+    return syscalls.openat2(root_fd, rel, flags | os.O_CLOEXEC, mode, _NO_SYMLINKS)
+
+
+def makedirs_no_symlinks(root_fd: int, rel: str, mode: int = 0o755) -> int:
+    """Open directory *rel* below *root_fd*, creating what is missing (with *mode*)."""
+    try:
+        return open_dir_no_symlinks(root_fd, rel)
+    except FileNotFoundError:
+        pass
+    fd = os.dup(root_fd)
+    try:
+        for comp in rel.split("/"):
+            try:
+                os.mkdir(comp, mode, dir_fd=fd)
+                os.chmod(comp, mode, dir_fd=fd, follow_symlinks=True)  # mkdir's mode is masked
+            except FileExistsError:
+                pass
+            sub = os.open(comp, _NOFOLLOW_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_symlink_error(e: OSError) -> bool:
+    """Whether a beneath-resolution failed because a component is a symlink."""
+    return e.errno in (errno.ELOOP, errno.EXDEV)
 
 
 def find_in_lowers(lower_fds: Sequence[int], rel: str) -> tuple[int, os.stat_result] | None:
@@ -113,48 +158,6 @@ def find_in_lowers(lower_fds: Sequence[int], rel: str) -> tuple[int, os.stat_res
             return None
         return pfd, st
     return None
-
-
-def remove_tree(parent_fd: int, name: str, *, unprivileged: bool = False) -> None:
-    """Remove directory *name* of *parent_fd* and everything below it, never following symlinks.
-
-    Iterative, since a hostile tree can be deeper than Python's recursion
-    limit.  *unprivileged*: make each directory writable first (a rootless
-    run cannot otherwise empty a read-only directory it extracted).
-    """
-    stack: list[tuple[int, str, int, list[tuple[str, bool]]]] = []
-    try:
-        fd = os.open(name, _NOFOLLOW_DIR, dir_fd=parent_fd)
-        # On the stack before listing, so that it is closed if listing fails.
-        stack.append((parent_fd, name, fd, []))
-        stack[-1][3].extend(_children(fd, unprivileged))
-        while stack:
-            pfd, dname, dfd, todo = stack[-1]
-            if todo:
-                cname, is_dir = todo.pop()
-                if is_dir:
-                    cfd = os.open(cname, _NOFOLLOW_DIR, dir_fd=dfd)
-                    stack.append((dfd, cname, cfd, []))
-                    stack[-1][3].extend(_children(cfd, unprivileged))
-                else:
-                    os.unlink(cname, dir_fd=dfd)
-                continue
-            stack.pop()
-            os.close(dfd)
-            os.rmdir(dname, dir_fd=pfd)
-    finally:
-        for _, _, dfd, _ in stack:
-            os.close(dfd)
-
-
-def _children(fd: int, unprivileged: bool) -> list[tuple[str, bool]]:
-    if unprivileged:
-        try:
-            syscalls.fchmod(fd, 0o700)
-        except OSError:
-            pass
-    with os.scandir(fd) as it:
-        return [(c.name, c.is_dir(follow_symlinks=False)) for c in it]
 
 
 class ConfinedDirs(NamedTuple):

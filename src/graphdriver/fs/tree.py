@@ -114,26 +114,35 @@ def remove_tree(path: str) -> None:
     unprivileged layer's 0555 or 0000) are opened up on the way.
     """
     try:
-        root_fd = _open_dir_at(None, path)
+        remove_tree_at(None, path)
     except FileNotFoundError:
         return
     except OSError as e:
         if e.errno not in (errno.ENOTDIR, errno.ELOOP):
             raise
         os.unlink(path)  # not a directory: a file, or a symlink to anything
-        return
+
+
+def remove_tree_at(dir_fd: int | None, name: str) -> None:
+    """Delete directory *name* of *dir_fd* (a path when None) and everything below it.
+
+    As :func:`remove_tree`, but a *name* that is no directory (or a symlink)
+    raises ``ENOTDIR``/``ELOOP``; used where paths must stay below an open
+    directory (extraction replacing a directory, confined to its layer).
+    """
+    root_fd = _open_dir_at(dir_fd, name)
     # Per open directory: its descriptor, its name in its parent, subdirectories to do.
     stack: list[tuple[int, str, list[str]]] = []
     moved = 0
     try:
         stack.append((root_fd, "", _unlink_files(root_fd)))
         while stack:
-            fd, name, subdirs = stack[-1]
+            fd, dname, subdirs = stack[-1]
             if not subdirs:
                 stack.pop()
                 os.close(fd)
                 if stack:
-                    _rmdir_at(stack[-1][0], name)
+                    _rmdir_at(stack[-1][0], dname)
                 continue
             sub = subdirs.pop()
             if len(stack) < MAX_OPEN_DEPTH:
@@ -148,7 +157,7 @@ def remove_tree(path: str) -> None:
     finally:
         for fd, _, _ in stack:
             os.close(fd)
-    os.rmdir(path)
+    _rmdir_at(dir_fd, name)
 
 
 def _open_dir_at(dir_fd: int | None, name: str) -> int:
@@ -179,11 +188,11 @@ def _unlink_files(fd: int) -> list[str]:
     return subdirs
 
 
-def _rmdir_at(dir_fd: int, name: str) -> None:
+def _rmdir_at(dir_fd: int | None, name: str) -> None:
     try:
         os.rmdir(name, dir_fd=dir_fd)
     except PermissionError:
-        os.chmod(dir_fd, 0o700)
+        os.chmod(dir_fd if dir_fd is not None else os.path.dirname(name) or ".", 0o700)
         os.rmdir(name, dir_fd=dir_fd)
 
 

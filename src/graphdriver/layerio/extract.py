@@ -46,6 +46,7 @@ from typing import BinaryIO, Protocol
 from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
 from graphdriver.fs import confine
 from graphdriver.fs import syscalls as sc
+from graphdriver.fs.tree import remove_tree_at
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio import entry as te
 from graphdriver.layerio import pax
@@ -448,7 +449,7 @@ class _Extractor:
             return False
         if stat.S_ISDIR(st.st_mode):
             self._invalidate()
-            confine.remove_tree(pfd, name, unprivileged=not self.privileged)
+            remove_tree_at(pfd, name)
             inside = rel + "/"
             for p in [p for p in self.pending if p == rel or p.startswith(inside)]:
                 del self.pending[p]

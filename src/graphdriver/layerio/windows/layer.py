@@ -20,7 +20,7 @@ from typing import BinaryIO
 from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import NotFound
-from graphdriver.fs.confine import open_beneath
+from graphdriver.fs.confine import open_file_in_root
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM
 from graphdriver.layerio.export import change_sort_key, whiteout_entry
 from graphdriver.layerio.getter import FileGetter
@@ -98,7 +98,7 @@ class WindowsFileGetter(FileGetter):
         _, stream = wintar.split_stream(rel)
         root = winmeta.streams_root(self.data_dir) if stream is not None else self.data_dir
         try:
-            return open_beneath(root, rel)
+            return open_file_in_root(root, rel)
         except FileNotFoundError as e:
             raise NotFound(f"file {name!r}", "not in the layer") from e
 

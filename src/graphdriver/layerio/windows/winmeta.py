@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -57,7 +56,13 @@ from typing import Any
 
 from graphdriver.errors import ArchiveError, IntegrityError
 from graphdriver.fs import syscalls
-from graphdriver.fs.confine import remove_tree
+from graphdriver.fs.confine import (
+    is_symlink_error,
+    makedirs_no_symlinks,
+    open_dir_no_symlinks,
+    open_no_symlinks,
+)
+from graphdriver.fs.tree import remove_tree_at
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.extract import clean_name
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
@@ -77,7 +82,6 @@ STREAM = "stream"
 DELETED = "deleted"
 KINDS = frozenset({FILE, DIR, SYMLINK, LINK, STREAM, DELETED})
 
-_BENEATH = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -277,7 +281,7 @@ class MetaWriter:
 
     def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd
-        dfd = makedirs_beneath(root_fd, META_DIR, 0o700)
+        dfd = makedirs_no_symlinks(root_fd, META_DIR, 0o700)
         try:
             fd = os.open(ENTRIES_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=dfd)
@@ -292,7 +296,7 @@ class MetaWriter:
         """A new, empty file for the data of stream *stream* of *path* (an fd to write)."""
         rel = f"{META_DIR}/{STREAMS_DIR}/{path}:{stream}"
         parent, _, base = rel.rpartition("/")
-        dfd = makedirs_beneath(self.root_fd, parent, 0o700)
+        dfd = makedirs_no_symlinks(self.root_fd, parent, 0o700)
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(base, dir_fd=dfd)
@@ -306,7 +310,7 @@ class MetaWriter:
         rel = f"{META_DIR}/{STREAMS_DIR}/{path}"
         parent, _, base = rel.rpartition("/")
         try:
-            dfd = open_dir_beneath(self.root_fd, parent)
+            dfd = open_dir_no_symlinks(self.root_fd, parent)
         except (FileNotFoundError, NotADirectoryError):
             return
         try:
@@ -315,7 +319,7 @@ class MetaWriter:
                 if name.startswith(prefix):
                     os.unlink(name, dir_fd=dfd)
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    remove_tree(dfd, base)
+                    remove_tree_at(dfd, base)
         finally:
             os.close(dfd)
 
@@ -327,50 +331,6 @@ class MetaWriter:
         if durable:
             os.fsync(self._out.fileno())
         self._out.close()
-
-
-# ----- confined paths without symlinks ----------------------------------------------------------------
-
-
-def open_dir_beneath(root_fd: int, rel: str) -> int:
-    """Open directory *rel* below *root_fd*; no component may be a symlink (ELOOP/EXDEV then)."""
-    return syscalls.openat2(root_fd, rel or ".", _DIR_FLAGS, 0, _BENEATH)
-
-
-def open_beneath(root_fd: int, rel: str, flags: int, mode: int = 0) -> int:
-    """``openat2`` of *rel* below *root_fd* with *flags*, never through a symlink."""
-    if not flags & os.O_CREAT:
-        mode = 0
-    return syscalls.openat2(root_fd, rel, flags | os.O_CLOEXEC, mode, _BENEATH)
-
-
-def makedirs_beneath(root_fd: int, rel: str, mode: int = 0o755) -> int:
-    """Open directory *rel* below *root_fd*, creating what is missing (with *mode*)."""
-    try:
-        return open_dir_beneath(root_fd, rel)
-    except FileNotFoundError:
-        pass
-    fd = os.dup(root_fd)
-    try:
-        for comp in rel.split("/"):
-            try:
-                os.mkdir(comp, mode, dir_fd=fd)
-                os.chmod(comp, mode, dir_fd=fd, follow_symlinks=True)  # mkdir's mode is masked
-            except FileExistsError:
-                pass
-            sub = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = sub
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def is_symlink_error(e: OSError) -> bool:
-    """Whether a beneath-resolution failed because a component is a symlink."""
-    return e.errno in (errno.ELOOP, errno.EXDEV)
-
 
 
 
@@ -504,7 +464,7 @@ class WindowsApplier:
         if fd is not None:
             return fd
         try:
-            fd = open_dir_beneath(self.root_fd, rel)
+            fd = open_dir_no_symlinks(self.root_fd, rel)
         except (FileNotFoundError, NotADirectoryError):
             if not create:
                 return None
@@ -525,7 +485,7 @@ class WindowsApplier:
         mode, times = 0o755, None
         for lower in self.lower_fds:
             try:
-                lfd = open_dir_beneath(lower, rel)
+                lfd = open_dir_no_symlinks(lower, rel)
             except OSError:
                 continue
             try:
@@ -559,7 +519,7 @@ class WindowsApplier:
             # Cached fds below it would outlive it: drop them after this entry.
             self.stale.extend(self.dirs.values())
             self.dirs.clear()
-            remove_tree(pfd, base)
+            remove_tree_at(pfd, base)
             inside = rel + "/"
             for p in [p for p in self.pending if p == rel or p.startswith(inside)]:
                 del self.pending[p]
@@ -653,7 +613,7 @@ class WindowsApplier:
         record = Record(rel, LINK, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns, target=target)
         tparent, _, tbase = target.rpartition("/")
         try:
-            tfd = open_dir_beneath(self.root_fd, tparent)
+            tfd = open_dir_no_symlinks(self.root_fd, tparent)
         except FileNotFoundError:
             tfd = -1
         if tfd >= 0:
@@ -675,7 +635,7 @@ class WindowsApplier:
         """Copy *target* from the nearest lower layer holding it to *base*; False if none does."""
         for lower in self.lower_fds:
             try:
-                src = open_beneath(lower, target, os.O_RDONLY | os.O_NOFOLLOW)
+                src = open_no_symlinks(lower, target, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError:
                 continue
             try:
@@ -741,7 +701,7 @@ class WindowsApplier:
         self._trim()
         for rel in sorted(self.pending, key=lambda p: p.count("/"), reverse=True):
             try:
-                fd = open_dir_beneath(self.root_fd, rel)
+                fd = open_dir_no_symlinks(self.root_fd, rel)
             except OSError:
                 continue  # deleted or replaced since
             try:
