@@ -100,7 +100,7 @@ def test_cleanup_after_crashes_reports_each_repair_and_leaves_only_live_layers(s
     store.mount("gone")
     store.unmount("gone")
     store.remove("gone")
-    lock = Path(store.driver._mounts_dir, "gone.lock")
+    lock = Path(store.driver.counts.directory, "gone.lock")
     lock.touch()  # as an older version left it
     root = Path(store.root)
     r = run_cli("cleanup", root=root, run_root=Path(store.run_root))

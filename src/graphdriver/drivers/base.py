@@ -71,6 +71,7 @@ import abc
 import os
 
 from graphdriver import jsonio
+from graphdriver.drivers.refcount import MountCounts
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -79,7 +80,7 @@ from graphdriver.errors import (
     Precondition,
 )
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import locked, pid_alive
+from graphdriver.fs.locking import pid_alive
 from graphdriver.fs.overlayfs import OPAQUE_XATTR
 from graphdriver.idmap import IDMappings
 
@@ -90,7 +91,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
     from contextlib import AbstractContextManager
-    from typing import ClassVar
+    from typing import Any, ClassVar
 
 LAYERCHAIN_FILE = "layerchain.json"
 LAYERID_FILE = "layerID"
@@ -230,7 +231,8 @@ class Driver(abc.ABC):
         self.run_root = config.run_root
         os.makedirs(self.home, 0o700, exist_ok=True)
         os.makedirs(os.path.join(self.home, STAGING_DIR), 0o700, exist_ok=True)
-        os.makedirs(self._mounts_dir, 0o700, exist_ok=True)
+        #: Mount counts across processes, in the run root.
+        self.counts = MountCounts(os.path.join(self.run_root, "mounts"))
 
     # ----- probing and status --------------------------------------------------
 
@@ -369,15 +371,13 @@ class Driver(abc.ABC):
         removing = os.path.join(self.home, REMOVING_PREFIX + os.path.basename(folder))
         if os.path.lexists(removing):
             self._destroy(removing)
-        with locked(self._count_path(layer_id) + ".lock"):
-            if self.mount_count(layer_id) > 0:
+        key = self._count_key(layer_id)
+        with self.counts.lock(key):
+            if self.counts.count(key) > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             os.rename(folder, removing)
             # The layer is gone: its count lock goes with it (held here, so nobody counts).
-            try:
-                os.unlink(self._count_path(layer_id) + ".lock")
-            except FileNotFoundError:
-                pass
+            self.counts.forget_lock(key)
         self._destroy(removing)
 
     def _destroy(self, folder: str) -> None:
@@ -418,61 +418,36 @@ class Driver(abc.ABC):
             except OSError:
                 pass
         done.extend(self._cleanup_mounts())
-        done.extend(self._cleanup_mount_locks())
+        done.extend(self.counts.remove_unused_locks(self.exists))
         return done
 
     # ----- get and put ------------------------------------------------------------
 
-    @property
-    def _mounts_dir(self) -> str:
-        return os.path.join(self.run_root, "mounts")
-
-    def _count_path(self, layer_id: str) -> str:
-        try:  # keyed by the folder an id resolves to: an alternate id shares its count
-            key = os.path.basename(self.resolve(layer_id))
+    def _count_key(self, layer_id: str) -> str:
+        """Mount counts are kept per folder an id resolves to: an alternate id shares its count."""
+        try:
+            return os.path.basename(self.resolve(layer_id))
         except NotFound:
-            key = os.path.basename(layer_id)
-        return os.path.join(self._mounts_dir, key)
+            return os.path.basename(layer_id)
 
     def mount_count(self, layer_id: str) -> int:
         """How many ``get`` calls (in all processes) await their ``put``."""
-        try:
-            with open(self._count_path(layer_id) + ".json", encoding="utf-8") as f:
-                return int(jsonio.loads(f.read()).get("count", 0))
-        except (OSError, ValueError):
-            return 0
-
-    def _write_count(self, layer_id: str, count: int, path: str) -> None:
-        target = self._count_path(layer_id) + ".json"
-        if count <= 0:
-            try:
-                os.unlink(target)
-            except FileNotFoundError:
-                pass
-            return
-        atomic.write_json(target, {"count": count, "path": path}, durable=False)
-
-    def _mounted_path(self, layer_id: str) -> str | None:
-        try:
-            with open(self._count_path(layer_id) + ".json", encoding="utf-8") as f:
-                path = jsonio.loads(f.read()).get("path")
-                return str(path) if path else None
-        except (OSError, ValueError):
-            return None
+        return self.counts.count(self._count_key(layer_id))
 
     def get(self, layer_id: str, mount_label: str = "") -> str:
         """Make the layer's root filesystem available; returns its path (counted)."""
         self.resolve(layer_id)
-        with locked(self._count_path(layer_id) + ".lock"):
-            count = self.mount_count(layer_id)
-            path = self._mounted_path(layer_id) if count else None
+        key = self._count_key(layer_id)
+        with self.counts.lock(key):
+            count = self.counts.count(key)
+            path = self.counts.path(key) if count else None
             if path is None or not self._still_mounted(layer_id, path):
                 # Unmounted behind our back (or never): the old count owes nothing
                 # any more, so this mount starts afresh and one unmount undoes it.
                 count = 0
                 path = self._mount(layer_id, mount_label)
             try:
-                self._write_count(layer_id, count + 1, path)
+                self.counts.set(key, count + 1, path)
             except BaseException:
                 if count == 0:
                     self._unmount(layer_id)
@@ -481,13 +456,14 @@ class Driver(abc.ABC):
 
     def put(self, layer_id: str) -> None:
         """Release one ``get``; the last release unmounts (the seeds' ``Put``)."""
-        with locked(self._count_path(layer_id) + ".lock"):
-            count = self.mount_count(layer_id)
+        key = self._count_key(layer_id)
+        with self.counts.lock(key):
+            count = self.counts.count(key)
             if count <= 0:
                 raise Precondition(f"layer {layer_id}", "is not mounted")
             if count == 1:
                 self._unmount(layer_id)
-            self._write_count(layer_id, count - 1, self._mounted_path(layer_id) or "")
+            self.counts.set(key, count - 1, self.counts.path(key) or "")
 
     def mounted(self, layer_id: str) -> _Mounted:
         """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``."""
@@ -500,43 +476,12 @@ class Driver(abc.ABC):
     def _cleanup_mounts(self) -> list[str]:
         """Drop mount records whose mount is gone (e.g. after a reboot)."""
         done = []
-        for entry in sorted(os.listdir(self._mounts_dir)):
-            if not entry.endswith(".json"):
-                continue
-            layer_id = entry[: -len(".json")]
-            with locked(self._count_path(layer_id) + ".lock"):
-                path = self._mounted_path(layer_id)
-                if not self.exists(layer_id) or path is None or not self._still_mounted(
-                    layer_id, path
-                ):
-                    self._write_count(layer_id, 0, "")
-                    done.append(f"dropped stale mount record of {layer_id}")
-        return done
-
-    def _cleanup_mount_locks(self) -> list[str]:
-        """Drop the count lock files of layers that are gone and that nobody holds."""
-        import fcntl
-
-        done = []
-        for entry in sorted(os.listdir(self._mounts_dir)):
-            if not entry.endswith(".lock") or self.exists(entry[: -len(".lock")]):
-                continue
-            path = os.path.join(self._mounts_dir, entry)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # someone is counting a mount of it right now
-            finally:
-                os.close(fd)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            done.append(f"removed mount lock of gone layer {entry[: -len('.lock')]}")
+        for key in self.counts.counted():
+            with self.counts.lock(key):
+                path = self.counts.path(key)
+                if not self.exists(key) or path is None or not self._still_mounted(key, path):
+                    self.counts.set(key, 0, "")
+                    done.append(f"dropped stale mount record of {key}")
         return done
 
     @abc.abstractmethod
@@ -576,6 +521,15 @@ class Driver(abc.ABC):
         """The directory holding this layer's own files only, or None when its tree
         includes its parents' files (a full copy, as vfs keeps).  Read, never written."""
         return None
+
+
+class BaseImages(abc.ABC):
+    """An optional ability: a driver that registers ready-made base layers it finds
+    (the seeds' ``GetCustomImageInfos``).  Each info has ``id``, ``created`` and ``size``."""
+
+    @abc.abstractmethod
+    def base_images(self) -> list[Any]:
+        """Register the base images as read-only layers (idempotent); returns them."""
 
 
 # What each driver's probe found per home (and options) in this process: opening a

@@ -80,7 +80,6 @@ from graphdriver.drivers.base import (
 )
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import locked
 from graphdriver.fs.sizerecord import has_image, limit_of
 
 # mounts (ctypes), sizelimit, shutil and typing are imported where used: `layer`
@@ -610,20 +609,17 @@ class OverlayDriver(Driver):
         from graphdriver.fs import mounts
 
         done: list[str] = []
-        for entry in sorted(os.listdir(self._mounts_dir)):
-            if not entry.endswith(".json"):
-                continue
-            layer_id = entry[: -len(".json")]
-            with locked(self._count_path(layer_id) + ".lock"):
-                count = self.mount_count(layer_id)
-                path = self._mounted_path(layer_id)
+        for layer_id in self.counts.counted():
+            with self.counts.lock(layer_id):
+                count = self.counts.count(layer_id)
+                path = self.counts.path(layer_id)
                 if not self.exists(layer_id) or count <= 0:
                     if path and os.path.isdir(path) and mounts.is_mount_point(path):
                         mounts.unmount(path)
-                    self._write_count(layer_id, 0, "")
+                    self.counts.set(layer_id, 0, "")
                     done.append(f"dropped stale mount record of {layer_id}")
                 elif path is None or not self._still_mounted(layer_id, path):
-                    self._write_count(layer_id, 0, "")
+                    self.counts.set(layer_id, 0, "")
                     done.append(
                         f"dropped the mount count of {layer_id} ({count}): its mount at {path} "
                         "had gone"
@@ -639,7 +635,7 @@ class OverlayDriver(Driver):
             point = os.path.join(self.home, name, MERGED_DIR)
             if name.startswith(".") or not os.path.isdir(point):
                 continue
-            with locked(self._count_path(name) + ".lock"):
+            with self.counts.lock(self._count_key(name)):
                 if self.mount_count(name) == 0 and mounts.is_mount_point(point):
                     outcome = mounts.unmount(point)
                     done.append(f"{outcome} uncounted mount of {name}")
@@ -677,7 +673,7 @@ class OverlayDriver(Driver):
 
         if not self._own(folder) or self.mount_count(layer_id) <= 0:
             return None
-        path = self._mounted_path(layer_id)
+        path = self.counts.path(self._count_key(layer_id))
         if path != os.path.join(folder, MERGED_DIR) or not mounts.is_mount_point(path):
             return None
         return path

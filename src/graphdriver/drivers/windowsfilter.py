@@ -80,6 +80,7 @@ from graphdriver.drivers.base import (
     STAGING_DIR,
     WINDOWS_FORMAT,
     ApplyTarget,
+    BaseImages,
     Compared,
     Comparison,
     CreateOpts,
@@ -98,7 +99,6 @@ from graphdriver.errors import (
 )
 from graphdriver.fs import atomic, mounts
 from graphdriver.fs.confine import open_no_symlinks
-from graphdriver.fs.locking import locked
 from graphdriver.fs.tree import remove_tree
 from graphdriver.layerio.windows.layout import ENTRIES_FILE, FILES, META_DIR, has_path_prefix
 
@@ -264,7 +264,7 @@ def _base_image(desc: Mapping[str, object], folder: str) -> BaseImageInfo:
 # ----- the driver --------------------------------------------------------------------------------------
 
 
-class WindowsFilterDriver(Driver):
+class WindowsFilterDriver(Driver, BaseImages):
     """Windows image and sandbox layers in the seeds' layout, on Linux."""
 
     name: ClassVar[str] = "windowsfilter"
@@ -472,7 +472,7 @@ class WindowsFilterDriver(Driver):
         done = super()._cleanup_mounts()
         for name in sorted(os.listdir(self._views_root)):
             path = os.path.join(self._views_root, name)
-            with locked(self._count_path(name) + ".lock"):
+            with self.counts.lock(self._count_key(name)):
                 if self.mount_count(name) > 0:
                     continue
                 if mounts.is_mount_point(path):

@@ -752,11 +752,13 @@ class Store:
         The seeds' ``GetCustomImageInfos``: ids are derived from the images'
         folder names, so registering again changes nothing.
         """
-        register = getattr(self.driver, "base_images", None)
-        if register is None:
+        from graphdriver.drivers.base import BaseImages
+
+        driver = self.driver
+        if not isinstance(driver, BaseImages):
             raise Unsupported("base-images", f"the {self.driver_name} driver has no base images")
         with self.locked():
-            infos = list(register())
+            infos = driver.base_images()
             for info in infos:
                 if not self.records.exists(info.id):
                     self.records.put(LayerRecord(
