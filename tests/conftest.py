@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,17 +38,76 @@ def conformance_drivers() -> list[str]:
     return out
 
 
-@pytest.fixture(params=conformance_drivers())
-def driver_name(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
+class DriverSetup(str):
+    """A driver name that also carries driver options (``--opt``): one set of the suite.
+
+    It is the driver's name wherever a name is expected; :func:`run_cli` adds its
+    options to the command line and :func:`open_store` to the store it opens.
+    """
+
+    options: dict[str, str]
+
+    def __new__(cls, name: str, **options: str) -> DriverSetup:
+        setup = super().__new__(cls, name)
+        setup.options = dict(options)
+        return setup
+
+    @property
+    def id(self) -> str:
+        return "-".join([str(self), *(f"{k}={v}" for k, v in sorted(self.options.items()))])
+
+
+#: The option sets the conformance suite runs each driver with, beyond its defaults:
+#: overlay through the old mount(2) API and through fuse-overlayfs, vfs copying
+#: without trying reflinks.
+OPTION_SETS: dict[str, list[dict[str, str]]] = {
+    "overlay": [{}, {"mount_api": "mount"}, {"mount_program": "fuse-overlayfs"}],
+    "vfs": [{}, {"copy": "copy"}],
+}
+
+
+def driver_setups(*, all_options: bool) -> list[DriverSetup]:
+    """Each driver that runs here with its default options, and with every option set too."""
+    out = []
+    for name in conformance_drivers():
+        for options in OPTION_SETS.get(name, [{}]) if all_options else [{}]:
+            out.append(DriverSetup(name, **options))
+    return out
+
+
+def _usable(request: pytest.FixtureRequest, setup: DriverSetup) -> DriverSetup:
     from graphdriver.drivers import registry
     from graphdriver.errors import GraphDriverError
 
     try:
-        registry.driver_class(name).probe(str(request.getfixturevalue("tmp_path")))
+        registry.driver_class(setup).probe(str(request.getfixturevalue("tmp_path")))
     except GraphDriverError as e:
-        pytest.skip(f"driver {name} cannot run here: {e}")
-    return name
+        pytest.skip(f"driver {setup} cannot run here: {e}")
+    program = setup.options.get("mount_program")
+    if program and shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed (apt-get install {program})")
+    return setup
+
+
+@pytest.fixture(params=driver_setups(all_options=False), ids=lambda s: s.id)
+def driver_name(request: pytest.FixtureRequest) -> DriverSetup:
+    """Each driver with its default options (for the slower whole-store and CLI tests)."""
+    return _usable(request, request.param)
+
+
+@pytest.fixture(params=driver_setups(all_options=True), ids=lambda s: s.id)
+def driver_setup(request: pytest.FixtureRequest) -> DriverSetup:
+    """Each driver with each of its option sets: what the conformance suite runs over."""
+    return _usable(request, request.param)
+
+
+def open_store(root: Path, run_root: Path, driver: str) -> Any:
+    """A store on *driver* (a :class:`DriverSetup` brings its options)."""
+    from graphdriver.store.layers import Store, StoreOptions
+
+    options = getattr(driver, "options", {})
+    return Store(StoreOptions(root=str(root), run_root=str(run_root), driver=str(driver),
+                              driver_options=dict(options)))
 
 
 @pytest.fixture
@@ -56,10 +116,9 @@ def store_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(store_root: Path, tmp_path: Path, driver_name: str) -> Iterator[object]:
-    from graphdriver.store.layers import Store, StoreOptions
-
-    s = Store(StoreOptions(root=str(store_root), run_root=str(tmp_path / "run"), driver=driver_name))
+def store(store_root: Path, tmp_path: Path, driver_setup: DriverSetup) -> Iterator[Any]:
+    """An empty store on each driver and option set (the conformance suite's fixture)."""
+    s = open_store(store_root, tmp_path / "run", driver_setup)
     yield s
     # Leave no mounts behind, whatever the test did.
     for record in s.layers():
@@ -73,7 +132,9 @@ def run_cli(*args: str, root: Path, run_root: Path | None = None, driver: str | 
     cmd = [sys.executable, "-m", "graphdriver", "--root", str(root),
            "--run-root", str(run_root or root.parent / "run")]
     if driver:
-        cmd += ["--driver", driver]
+        cmd += ["--driver", str(driver)]
+        for key, value in sorted(getattr(driver, "options", {}).items()):
+            cmd += ["--opt", f"{key}={value}"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run([*cmd, *args], input=input, capture_output=True, env=env, check=False)
     if check and proc.returncode != 0:

@@ -764,3 +764,51 @@ def test_conformance_suite_rootless_with_fuse_overlayfs(request):
     assert r.returncode == 0, out[-3000:] + r.stderr.decode(errors="replace")[-2000:]
     assert " passed" in out
     assert "cannot run here" not in out  # the overlay driver itself was not skipped
+
+
+# ----- the mount API option ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("api", "used"), [("mount", "_mount_legacy"), ("fsopen", "_mount_new_api")])
+def test_mount_api_option_chooses_the_kernel_interface(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: str, used: str
+) -> None:
+    if api == "fsopen" and not _kernel_has_lowerdir_plus(tmp_path / "probe"):
+        pytest.skip("this kernel has no fsopen overlay with lowerdir+ (Linux 6.8 and later)")
+    calls: list[str] = []
+    for name in ("_mount_legacy", "_mount_new_api"):
+        real = getattr(mounts, name)
+        monkeypatch.setattr(
+            mounts, name, lambda spec, target, _n=name, _r=real: (calls.append(_n), _r(spec, target))[1]
+        )
+    drv = make_driver(tmp_path, options={"mount_api": api})
+    try:
+        drv.create("base", None)
+        content.apply(drv, "base", io.BytesIO(make_tar({"a": F(b"a")})))
+        drv.create_rw("ctr", "base")
+        assert Path(drv.get("ctr"), "a").read_bytes() == b"a"
+        drv.put("ctr")
+    finally:
+        _release_all(tmp_path)
+    assert calls == [used]
+    assert ("Mount API", {"mount": "mount(2) (mount_api=mount)",
+                          "fsopen": "fsopen/fsconfig lowerdir+ (mount_api=fsopen)"}[api]) in drv.status()
+
+
+def _kernel_has_lowerdir_plus(work: Path) -> bool:
+    lowers, target = (work / "l1", work / "l2"), work / "mnt"
+    for p in (*lowers, target):
+        p.mkdir(parents=True)
+    try:
+        spec = mounts.OverlayMount(tuple(map(str, lowers)), readonly=True)
+        used = mounts.mount_overlay(spec, str(target))
+    except mounts.MountError:
+        return False
+    mounts.unmount(str(target))
+    return used == "fsopen"
+
+
+def test_unknown_mount_api_is_refused_in_one_line(tmp_path: Path) -> None:
+    r = run_cli("--opt", "mount_api=magic", "layers", root=tmp_path / "s", driver="overlay")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.decode().count("\n") == 1 and "expected auto, fsopen or mount" in r.stderr.decode()

@@ -49,13 +49,19 @@ directory (nothing to stack, and no bind mounts without privilege).
 Driver options (``--opt KEY=VALUE``):
 
 ``mount_program``
-    A FUSE overlay program (``/usr/bin/fuse-overlayfs``) to mount with
-    instead of the kernel; found automatically when not running as root.
+    A FUSE overlay program (``/usr/bin/fuse-overlayfs``, or a name looked up
+    in ``PATH``) to mount with instead of the kernel; found automatically
+    when not running as root.
     ``none`` forces the kernel's overlay.
 ``mountopt``
     More overlay mount options, comma-separated (``xino=on``).  Turning
     ``redirect_dir`` or ``metacopy`` on makes changes and diffs use the
     generic walk.
+``mount_api``
+    ``auto`` (the default: the new mount API, ``fsopen``/``fsconfig`` with
+    ``lowerdir+``, where the kernel has it, else ``mount(2)``), ``fsopen``
+    or ``mount`` to force one (``mount(2)`` takes at most one page of
+    options, so shorter chains).
 
 ``--size`` (writable layers only) is enforced by :mod:`graphdriver.fs.sizelimit`.
 """
@@ -135,7 +141,13 @@ def _overlay_in_kernel() -> bool:
 
 def _find_mount_program(option: str | None) -> str | None:
     if option is not None:
-        return None if option in ("", "none") else option
+        if option in ("", "none"):
+            return None
+        if "/" not in option:  # a bare name is looked up in PATH, as a shell would
+            import shutil
+
+            return shutil.which(option) or option
+        return option
     if os.geteuid() == 0:
         return None
     if os.access(DEFAULT_MOUNT_PROGRAM, os.X_OK):
@@ -253,10 +265,14 @@ class OverlayDriver(Driver):
     """Layers as overlayfs upper directories stacked by the kernel (or fuse-overlayfs)."""
 
     name: ClassVar[str] = "overlay"
-    OPTIONS: ClassVar[frozenset[str]] = frozenset({"mount_program", "mountopt"})
+    OPTIONS: ClassVar[frozenset[str]] = frozenset({"mount_program", "mountopt", "mount_api"})
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
+        self.mount_api = config.options.get("mount_api", "auto")
+        if self.mount_api not in ("auto", "fsopen", "mount"):
+            raise InvalidArgument(f"option mount_api={self.mount_api!r} for driver overlay",
+                                  "expected auto, fsopen or mount")
         self.mount_program = _find_mount_program(config.options.get("mount_program"))
         self.extra_options: tuple[str, ...] = ()
         if config.options.get("mountopt"):
@@ -319,6 +335,10 @@ class OverlayDriver(Driver):
                 return False, f"mounted with {option}"
         return True, ""
 
+    def _api_status(self, found: str) -> str:
+        return {"fsopen": "fsopen/fsconfig lowerdir+ (mount_api=fsopen)",
+                "mount": "mount(2) (mount_api=mount)"}.get(self.mount_api, found)
+
     def status(self) -> list[tuple[str, str]]:
         from graphdriver.fs import mounts
 
@@ -328,7 +348,7 @@ class OverlayDriver(Driver):
         pairs = list(probe_home(self.home, self.mount_program).items())
         pairs += [
             ("Mount Program", self.mount_program or "none (kernel overlay)"),
-            ("Mount API", "FUSE" if self.mount_program else api[mounts.new_api_state()]),
+            ("Mount API", "FUSE" if self.mount_program else self._api_status(api[mounts.new_api_state()])),
             ("Mount Options", ",".join(self.mount_options) or "none"),
             ("Native Overlay Diff", native),
             ("Size Limits", self.size_method.value if self.size_method else "unavailable (needs root)"),
@@ -576,7 +596,7 @@ class OverlayDriver(Driver):
         if self.mount_program is not None:
             mounts.mount_fuse_overlay(self.mount_program, spec, target)
         else:
-            mounts.mount_overlay(spec, target)
+            mounts.mount_overlay(spec, target, api=self.mount_api)
 
     def _unmount(self, layer_id: str) -> None:
         from graphdriver.fs import mounts
