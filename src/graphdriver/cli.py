@@ -1,4 +1,4 @@
-"""The ``graphdriver`` command line: a thin shell over :mod:`graphdriver.store.layers`.
+"""The ``graphdriver`` command line: a thin shell over the API of :mod:`graphdriver`.
 
 The contract (names, outputs, exit codes) is ``shared/spec/cli.md``.  Each
 command calls one store function; errors print as one line
@@ -25,20 +25,16 @@ if TYPE_CHECKING:
 def _open_store(args: Args) -> Store:
     """The store the global options name (``cleanup`` opens it without recovering first,
     so that what it repairs is its own work, printed line by line)."""
-    from graphdriver.store.layers import open_store
+    import graphdriver
 
-    idmaps = None
-    if args.uidmap or args.gidmap:
-        from graphdriver.idmap import IDMap, IDMappings
-
-        idmaps = IDMappings(IDMap.parse(args.uidmap or ""), IDMap.parse(args.gidmap or ""))
-    return open_store(
-        root=args.root,
+    return graphdriver.open_store(
+        args.root,
         run_root=args.run_root,
         driver=args.driver,
-        driver_options=args.opt,
-        idmaps=idmaps,
-        additional_stores=tuple(args.additional_store),
+        options=args.opt,
+        uidmap=args.uidmap or "",
+        gidmap=args.gidmap or "",
+        additional_stores=args.additional_store,
         recover=args.command != "cleanup",
     )
 

@@ -910,28 +910,3 @@ def _store_key(root: str) -> str:
         except ImportError:
             from hashlib import sha256
     return str(sha256(os.fsencode(root)).hexdigest()[:16])
-
-
-def open_store(
-    root: str | None = None,
-    run_root: str | None = None,
-    driver: str | None = None,
-    driver_options: Sequence[str] = (),
-    **kwargs: object,
-) -> Store:
-    """Open (or create) a store with CLI-style arguments (``KEY=VALUE`` options)."""
-    root = root or default_root()
-    options: dict[str, str] = {}
-    for item in driver_options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"--opt {item!r}", "expected KEY=VALUE")
-        options[key.strip().lower()] = value.strip()
-    opts = StoreOptions(
-        root=root,
-        run_root=run_root or default_run_root(root),
-        driver=driver or os.environ.get("GRAPHDRIVER_DRIVER") or None,
-        driver_options=options,
-        **kwargs,  # type: ignore[arg-type]
-    )
-    return Store(opts)

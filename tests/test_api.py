@@ -1,0 +1,54 @@
+"""The public API at the top of the package, as its docstring shows it."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import graphdriver
+from tests.conftest import ROOT
+
+
+def test_the_documented_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = graphdriver.open_store(str(tmp_path / "store"), run_root=str(tmp_path / "run"), driver="vfs")
+    with open(ROOT / "samples" / "base.tar.gz", "rb") as f:
+        record = store.import_layer("base", None, f)
+    assert record.diff_digest and record.diff_digest.startswith("sha256:")
+    store.create("ctr", "base", writable=True)
+    root = store.mount("ctr")
+    with open(root + "/hello", "w") as f:
+        f.write("hi")
+    store.unmount("ctr")
+    assert [str(c) for c in store.changes("ctr")] == ["A /hello"]
+    out = io.BytesIO()
+    store.diff("ctr", out)
+    assert b"hello" in out.getvalue()
+    store.remove("ctr")
+    assert [r.id for r in store.layers()] == ["base"]
+
+
+def test_options_as_mapping_or_strings_and_errors_by_exit_code(tmp_path: Path) -> None:
+    store = graphdriver.open_store(str(tmp_path / "s"), run_root=str(tmp_path / "r"), driver="vfs",
+                                   options={"copy": "copy"})
+    assert store.driver.copy_mode == "copy"
+    with pytest.raises(graphdriver.InvalidArgument) as e:
+        graphdriver.open_store(str(tmp_path / "s"), run_root=str(tmp_path / "r"), options=["copy"])
+    assert e.value.exit_code == 2
+    with pytest.raises(graphdriver.NotFound) as nf:
+        store.layer("nothing")
+    assert nf.value.exit_code == 3 and isinstance(nf.value, graphdriver.GraphDriverError)
+    with pytest.raises(AttributeError):
+        graphdriver.no_such_name  # noqa: B018
+
+
+def test_importing_the_package_loads_nothing_else() -> None:
+    code = "import sys, graphdriver; print(sorted(m for m in sys.modules if m.startswith('graphdriver')))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "['graphdriver']"
