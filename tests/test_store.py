@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.errors import IntegrityError, NotFound, Precondition
+from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Precondition
 from graphdriver.store.layers import Store, StoreOptions
 from tests.conftest import corpus_files, needs_root, run_cli
 from tests.treeutil import D, F, H, L, make_tar
@@ -199,3 +199,32 @@ def test_self_overwriting_archive_is_kept_but_not_claimed_exact(store):
     assert layer_id == "dup" and why.startswith("skipped: cannot be re-exported exactly")
     with pytest.raises(NotFound):
         store.tarsplit("dup", io.BytesIO())
+
+
+def test_a_refused_duplicate_never_undoes_the_other_writers_work(store):
+    """Another writer's import of the same id is pending: a second create is refused and
+    leaves that work alone (only what a transaction itself marked is ever undone)."""
+    from graphdriver.errors import AlreadyExists
+    from graphdriver.store.records import LayerRecord
+
+    store.records.mark_pending("x", "import")
+    store.records.put(LayerRecord(id="x", parent=None, created="now", driver=store.driver_name))
+    store.driver.create("x", None)
+    with pytest.raises(AlreadyExists):
+        store.create("x")
+    with pytest.raises(AlreadyExists):
+        store.import_layer("x", None, io.BytesIO(b""))
+    assert store.driver.exists("x") and store.records.exists("x") and store.records.is_pending("x")
+
+
+def test_a_failed_import_leaves_nothing_and_a_failed_create_too(store, monkeypatch):
+    before = sorted(os.listdir(store.driver.home))
+    with pytest.raises(GraphDriverError):
+        store.import_layer("bad", None, io.BytesIO(b"not a tarball at all" * 100))
+    monkeypatch.setattr(store.driver, "create_rw", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "boom")))
+    with pytest.raises(OSError):
+        store.create("ctr", None, writable=True)
+    assert not store.records.exists("bad") and not store.records.exists("ctr")
+    assert store.records.pending_ids() == []
+    assert sorted(os.listdir(store.driver.home)) == before
+    assert not os.path.exists(store.tarsplit_path("bad"))

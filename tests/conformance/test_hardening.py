@@ -62,7 +62,7 @@ def test_diff_without_tarsplit_data_fails_instead_of_other_bytes(store):
     """The recorded digest is a promise: those bytes, or exit 6 naming what is missing."""
     data = make_tar({"etc/hosts": F(b"127.0.0.1 localhost\n")})
     record = store.import_layer("base", None, io.BytesIO(data))
-    os.unlink(store._tarsplit_path("base"))
+    os.unlink(store.tarsplit_path("base"))
     with pytest.raises(IntegrityError, match="tar-split data is missing") as failure:
         store.diff("base", io.BytesIO())
     assert failure.value.exit_code == 6

@@ -1,5 +1,7 @@
 """The store above the drivers: one record per layer, and tarballs turned into layers and back.
 
-- :mod:`.records`: layer records (stored fields) and their atomic files.
+- :mod:`.records`: layer records (stored fields) and their atomic files, pending markers.
+- :mod:`.transaction`: the store lock, a layer's pending marker and commit or undo, as one block.
+- :mod:`.content`: where :mod:`graphdriver.layerio` meets the directories a driver hands back.
 - :mod:`.layers`: the layer store.
 """

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from graphdriver.diff.changes import Change
     from graphdriver.drivers.base import Driver
     from graphdriver.idmap import IDMappings
+    from graphdriver.store.transaction import Transaction
 
 STORE_FILE = "store.json"
 TARSPLIT_DIR = "tarsplit"
@@ -305,22 +306,24 @@ class Store:
             storage_opt["size"] = str(parse_size(size))
         from graphdriver.drivers.base import CreateOpts
 
-        with self.locked():
-            record = self._begin_create(layer_id, parent, writable)
-            try:
-                opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt)
-                if writable:
-                    self.driver.create_rw(layer_id, parent, opts)
-                else:
-                    self.driver.create(layer_id, parent, opts)
-            except BaseException:
-                self._undo_create(layer_id)
-                raise
-            self.records.clear_pending(layer_id)
+        with self._transaction(layer_id, "create") as tx:
+            record = self._new_record(tx, parent, writable)
+            opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt)
+            if writable:
+                self.driver.create_rw(layer_id, parent, opts)
+            else:
+                self.driver.create(layer_id, parent, opts)
+            tx.commit(record)
         return record
 
-    def _begin_create(self, layer_id: str, parent: str | None, writable: bool) -> LayerRecord:
-        """Under the lock: refuse duplicates and missing parents, then write a pending record."""
+    def _transaction(self, layer_id: str, operation: str, *, undo: str = "remove") -> Transaction:
+        from graphdriver.store.transaction import Transaction
+
+        return Transaction(self, layer_id, operation, undo=undo)
+
+    def _new_record(self, tx: Transaction, parent: str | None, writable: bool) -> LayerRecord:
+        """In *tx*: refuse a duplicate or a missing parent, then write the layer's pending record."""
+        layer_id = tx.layer_id
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
         if parent is not None:
@@ -332,18 +335,8 @@ class Store:
             writable=writable,
             driver=self.driver_name,
         )
-        self.records.mark_pending(layer_id, "create")
-        self.records.put(record)
+        tx.mark(record)
         return record
-
-    def _undo_create(self, layer_id: str) -> None:
-        try:
-            if self.driver.exists(layer_id) and not self.driver.is_readonly_store(layer_id):
-                self.driver.remove(layer_id)
-        except NotFound:
-            pass
-        self.records.delete(layer_id)
-        self.records.clear_pending(layer_id)
 
     def import_layer(self, layer_id: str, parent: str | None, stream: BinaryIO) -> LayerRecord:
         """Create a read-only layer on *parent* and apply a (compressed) tarball to it.
@@ -354,27 +347,17 @@ class Store:
         check_id(layer_id)
         if parent is not None:
             check_id(parent, "parent id")
-        with self.locked():
-            record = self._begin_create(layer_id, parent, False)
-            try:
-                self.driver.create(layer_id, parent)
-            except BaseException:
-                self._undo_create(layer_id)
-                raise
-        try:
-            self._ingest_into(record, stream)
-            with self.locked():
-                self.records.put(record)
-                self.records.clear_pending(layer_id)
-        except BaseException:
-            with self.locked():
-                self._undo_create(layer_id)
-            raise
+        with self._transaction(layer_id, "import") as tx:
+            record = self._new_record(tx, parent, False)
+            self.driver.create(layer_id, parent)
+            with tx.unlocked():  # other writers go on while the layer is extracted
+                self._ingest_into(record, stream)
+            tx.commit(record)
         return record
 
     def _ingest_into(self, record: LayerRecord, stream: BinaryIO) -> None:
         """Extract, hash and record tar-split in one pass; fill *record* with what was learnt."""
-        final = self._tarsplit_path(record.id)
+        final = self.tarsplit_path(record.id)
         staging = f"{final}.partial-{os.getpid()}"
         with open(staging, "wb") as out:
             try:
@@ -411,7 +394,7 @@ class Store:
         text = f"{parent_chain} {diff_digest}".encode()
         return "sha256:" + hashlib.sha256(text).hexdigest()
 
-    def _tarsplit_path(self, layer_id: str) -> str:
+    def tarsplit_path(self, layer_id: str) -> str:
         return os.path.join(self.root, TARSPLIT_DIR, layer_id + TARSPLIT_SUFFIX)
 
     def apply(self, layer_id: str, stream: BinaryIO, parent: str | None = None) -> int:
@@ -441,7 +424,7 @@ class Store:
             record.damaged = f"an apply started at {now_rfc3339()} did not finish"
             self.records.put(record)
             try:
-                os.unlink(self._tarsplit_path(layer_id))
+                os.unlink(self.tarsplit_path(layer_id))
             except FileNotFoundError:
                 pass
         try:
@@ -608,7 +591,7 @@ class Store:
             for ro in self.readonly:
                 if ro.exists(record.id):
                     return os.path.join(ro.root, TARSPLIT_DIR, record.id + TARSPLIT_SUFFIX)
-        return self._tarsplit_path(record.id)
+        return self.tarsplit_path(record.id)
 
     def _reassemble(self, record: LayerRecord, write: Callable[[Any], object]) -> int:
         """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
@@ -774,21 +757,21 @@ class Store:
         record = self._find(layer_id)
         if record.read_only_store:
             raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
-        with self.locked():
+        # A removal that fails half way is finished by the next cleanup, never undone.
+        with self._transaction(layer_id, "remove", undo="finish-later") as tx:
             children = self.children(layer_id)
             if children:
                 raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
-            self.records.mark_pending(layer_id, "remove")
+            tx.mark()
             if self.driver.exists(layer_id):
                 self.driver.remove(layer_id)
             try:
-                os.unlink(self._tarsplit_path(layer_id))
+                os.unlink(self.tarsplit_path(layer_id))
             except FileNotFoundError:
                 pass
-            self.records.delete(layer_id)
-            self.records.clear_pending(layer_id)
+            tx.commit(None)
 
     def cleanup(self) -> list[str]:
         """Finish or undo whatever a crash interrupted; one line per thing done."""
@@ -803,7 +786,7 @@ class Store:
                 except NotFound:
                     pass
                 try:
-                    os.unlink(self._tarsplit_path(layer_id))
+                    os.unlink(self.tarsplit_path(layer_id))
                 except FileNotFoundError:
                     pass
                 self.records.delete(layer_id)
