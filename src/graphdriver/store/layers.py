@@ -781,16 +781,7 @@ class Store:
                 if self.records.is_live(layer_id):
                     continue
                 op = marker.get("op", "work")
-                try:
-                    self.driver.remove(layer_id)
-                except NotFound:
-                    pass
-                try:
-                    os.unlink(self.tarsplit_path(layer_id))
-                except FileNotFoundError:
-                    pass
-                self.records.delete(layer_id)
-                self.records.clear_pending(layer_id)
+                self.drop_layer(layer_id)
                 done.append(f"removed layer {layer_id} left by an interrupted {op}")
             done.extend(self._remove_stray_locks())
             done.extend(self._remove_stale_temporaries())
@@ -802,6 +793,21 @@ class Store:
             done.extend(self._remove_orphans())
             done.extend(self._remove_stray_tarsplit())
         return done
+
+    def drop_layer(self, layer_id: str) -> None:
+        """Under the lock: delete whatever exists of a pending layer (folder, tar-split, record, marker)."""
+        driver = self.driver
+        try:
+            if driver.exists(layer_id) and not driver.is_readonly_store(layer_id):
+                driver.remove(layer_id)
+        except NotFound:
+            pass
+        try:
+            os.unlink(self.tarsplit_path(layer_id))
+        except FileNotFoundError:
+            pass
+        self.records.delete(layer_id)
+        self.records.clear_pending(layer_id)
 
     def _remove_orphans(self) -> list[str]:
         """Driver folders that no record names are garbage (records are the truth)."""

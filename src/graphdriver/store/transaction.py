@@ -19,8 +19,6 @@ go), or, for a removal, leaves the marker so that ``cleanup`` finishes it
 
 from __future__ import annotations
 
-import os
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from graphdriver.fs.locking import locked
@@ -74,28 +72,11 @@ class Transaction:
                 if self._lock is None:  # an error while unlocked: take the lock back to undo
                     self._lock = self.store.locked()
                     self._lock.__enter__()
-                self._remove_what_was_made()
+                self.store.drop_layer(self.layer_id)
         finally:
             if self._lock is not None:
                 lock, self._lock = self._lock, None
                 lock.__exit__(kind, value, tb)
-
-    def _remove_what_was_made(self) -> None:
-        store, layer_id = self.store, self.layer_id
-        from graphdriver.errors import NotFound
-
-        driver = store.driver
-        try:
-            if driver.exists(layer_id) and not driver.is_readonly_store(layer_id):
-                driver.remove(layer_id)
-        except NotFound:
-            pass
-        try:
-            os.unlink(store.tarsplit_path(layer_id))
-        except FileNotFoundError:
-            pass
-        store.records.delete(layer_id)
-        store.records.clear_pending(layer_id)
 
 
 class _Unlocked:
