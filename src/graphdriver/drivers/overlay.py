@@ -85,7 +85,7 @@ from graphdriver.drivers.base import (
     probed_once,
 )
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
-from graphdriver.fs import atomic
+from graphdriver.fs import atomic, privileged
 from graphdriver.fs.sizerecord import has_image, limit_of
 
 # mounts (ctypes), sizelimit, shutil and typing are imported where used: `layer`
@@ -148,7 +148,7 @@ def _find_mount_program(option: str | None) -> str | None:
 
             return shutil.which(option) or option
         return option
-    if os.geteuid() == 0:
+    if privileged():
         return None
     if os.access(DEFAULT_MOUNT_PROGRAM, os.X_OK):
         return DEFAULT_MOUNT_PROGRAM
@@ -181,7 +181,7 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
     what = f"overlay at {home}"
     found: dict[str, str] = {}
     if mount_program is None:
-        if os.geteuid() != 0:
+        if not privileged():
             raise Unsupported(
                 "overlay as an unprivileged user",
                 "the kernel's overlay needs root here and fuse-overlayfs is not installed "
@@ -208,7 +208,7 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
             "the home is itself on overlayfs (inside a container?), which cannot hold upper "
             "directories: put the store on a volume or bind mount of ext4, xfs or btrfs, or use --driver vfs",
         )
-    user_xattrs = mount_program is not None or os.geteuid() != 0 or _in_user_namespace()
+    user_xattrs = mount_program is not None or not privileged() or _in_user_namespace()
     found.update(_probe_directory(existing, what, user_xattrs=user_xattrs))
     for param in ("redirect_dir", "metacopy", "index"):
         try:
@@ -455,7 +455,7 @@ class OverlayDriver(Driver):
             os.chown(path, uid, gid)
         except OSError as e:
             # Without privilege the directory stays the user's, as everything it writes.
-            if os.geteuid() == 0 or e.errno not in (errno.EPERM, errno.EINVAL):
+            if privileged() or e.errno not in (errno.EPERM, errno.EINVAL):
                 raise
         os.chmod(path, mode)  # mkdir's mode is masked by the umask
 

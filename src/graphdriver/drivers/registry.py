@@ -9,6 +9,7 @@ first whose probe passes.
 from __future__ import annotations
 
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported, shorten
+from graphdriver.fs import privileged
 
 TYPE_CHECKING = False
 
@@ -74,7 +75,7 @@ def _probe_key(config: DriverConfig) -> str:
     """What a probe's result depends on: the home, the driver options and the user."""
     import os
 
-    return repr((os.path.abspath(config.home), sorted(config.options.items()), os.geteuid()))
+    return repr((os.path.abspath(config.home), sorted(config.options.items()), privileged()))
 
 
 def init_driver(name: str, config: DriverConfig) -> Driver:

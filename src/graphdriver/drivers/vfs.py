@@ -28,6 +28,7 @@ import os
 
 from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
+from graphdriver.fs import privileged
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class VfsDriver(Driver):
             os.chown(fs, uid, gid)
         except OSError as e:
             # Without privilege the directory stays the user's, as everything it writes.
-            if os.geteuid() == 0 or e.errno not in (errno.EPERM, errno.EINVAL):
+            if privileged() or e.errno not in (errno.EPERM, errno.EINVAL):
                 raise
         os.chmod(fs, 0o755)  # mkdir's mode is masked by the umask
 

@@ -97,7 +97,7 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
 )
-from graphdriver.fs import atomic, mounts
+from graphdriver.fs import atomic, mounts, privileged
 from graphdriver.fs.confine import open_no_symlinks
 from graphdriver.fs.tree import remove_tree
 from graphdriver.layerio.windows.layout import ENTRIES_FILE, FILES, META_DIR, has_path_prefix
@@ -138,7 +138,7 @@ def _probe(home: str) -> dict[str, str]:
     what = f"windowsfilter at {home}"
     info = mounts.filesystem_of(existing)
     found = {"Backing Filesystem": info.fstype if info else "unknown"}
-    if os.geteuid() == 0 and found["Backing Filesystem"] == "overlay":
+    if privileged() and found["Backing Filesystem"] == "overlay":
         raise Unsupported(what, "the home is on overlayfs, which cannot hold the upper directories of "
                                 "writable layers: put the store on ext4, xfs or btrfs")
     scratch = os.path.join(existing, f".windowsfilter-probe-{os.getpid()}-{os.urandom(4).hex()}")
@@ -164,7 +164,7 @@ def _probe(home: str) -> dict[str, str]:
         except OSError:
             pass
     found["Stream Files"] = "<file>:<stream> under .winmeta/streams"
-    found["Union"] = "overlay" if os.geteuid() == 0 else "materialised copies (read-only layers only)"
+    found["Union"] = "overlay" if privileged() else "materialised copies (read-only layers only)"
     return found
 
 
@@ -275,7 +275,7 @@ class WindowsFilterDriver(Driver, BaseImages):
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
-        self.privileged = os.geteuid() == 0
+        self.privileged = privileged()
         base = config.options.get(BASE_IMAGES_OPTION)
         self.base_images_dir = os.path.abspath(base) if base else None
         self.size_method = _sizelimit.choose_method(self.home) if _sizelimit is not None else None

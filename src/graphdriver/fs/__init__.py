@@ -8,3 +8,14 @@
 - :mod:`.confine`: opens confined to a directory, and the confined child process.
 - :mod:`.sizelimit` / :mod:`.sizerecord`: size limits (project quota or a loop image) and their record.
 """
+
+import os as _os
+
+
+def privileged() -> bool:
+    """Whether this process may chown, make devices, mount and write trusted xattrs (euid 0).
+
+    The one place the project asks: code paths that differ for rootless use
+    (fuse-overlayfs, no device nodes, user.* xattrs) all decide by it.
+    """
+    return _os.geteuid() == 0

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, NamedTuple, NoReturn, TypeVar
 
 from graphdriver.errors import GraphDriverError
-from graphdriver.fs import syscalls
+from graphdriver.fs import privileged, syscalls
 
 T = TypeVar("T")
 
@@ -279,7 +279,7 @@ def _child_payload(fn: Callable[[ConfinedDirs], T], dirs: ConfinedDirs, result_f
     try:
         _close_inherited({dirs.root_fd, *dirs.extra_fds, result_fd})
         chrooted = False
-        if os.geteuid() == 0:
+        if privileged():
             # fchdir + chroot(".") pins the directory already opened, whatever
             # happened to its path since.
             os.fchdir(dirs.root_fd)

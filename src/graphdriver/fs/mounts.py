@@ -34,6 +34,7 @@ import ctypes
 import errno
 import os
 
+from graphdriver.fs import privileged
 from graphdriver.fs.syscalls import _UNIFIED_ARCHES, MACHINE
 
 # Plain classes below and typing for the checker only: `mount` loads this module.
@@ -417,7 +418,7 @@ def unmount(target: str) -> str:
         err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOENT):
         return "not mounted"
-    if err == errno.EPERM and os.geteuid() != 0:
+    if err == errno.EPERM and not privileged():
         return _fuse_unmount(target)
     raise MountError(err, os.strerror(err), target)
 

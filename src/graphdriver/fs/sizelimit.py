@@ -39,7 +39,7 @@ import stat
 from collections.abc import Mapping
 
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
-from graphdriver.fs import atomic, mounts
+from graphdriver.fs import atomic, mounts, privileged
 from graphdriver.fs.locking import locked
 from graphdriver.fs.sizerecord import IMAGE_FILE, RECORD_FILE, limit_of
 
@@ -156,7 +156,7 @@ def _qcmd(cmd: int, kind: int) -> int:
 
 def choose_method(home: str) -> Method | None:
     """How ``--size`` can be enforced for layers under *home*; None when it cannot (no privilege)."""
-    if os.geteuid() != 0:
+    if not privileged():
         return None
     if _quota_device(home) is not None:
         return Method.QUOTA

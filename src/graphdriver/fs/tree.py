@@ -24,6 +24,8 @@ import fcntl
 import os
 import stat
 
+from graphdriver.fs import privileged
+
 #: ``_IOW(0x94, 9, int)``: make the destination file share the source's extents.
 FICLONE = 0x40049409
 
@@ -255,7 +257,7 @@ class _TreeCopier:
         # copy that must not share any goes through sendfile instead.
         self.try_kernel_copy = reflink is not False
         self.try_sendfile = True
-        self.privileged = os.geteuid() == 0
+        self.privileged = privileged()
         self.proc_fds = os.path.isdir("/proc/self/fd")
         self.stats = CopyStats()
         # (st_dev, st_ino) of a hardlinked source inode -> its first copy, relative to dst.

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
-from graphdriver.fs import confine
+from graphdriver.fs import confine, privileged
 from graphdriver.fs import syscalls as sc
 from graphdriver.fs.tree import remove_tree_at
 from graphdriver.idmap import IDMappings
@@ -230,7 +230,7 @@ class _Extractor:
         self.stats = stats
         self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
         self.same_ids = opts.idmaps.identity  # archive owners are host owners
-        self.privileged = os.geteuid() == 0
+        self.privileged = privileged()
         tolerant = opts.ignore_chown_errors
         self.tolerant = (not self.privileged) if tolerant is None else tolerant
         self.umask = _current_umask()

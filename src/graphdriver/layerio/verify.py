@@ -23,6 +23,7 @@ import os
 import posixpath
 import stat
 
+from graphdriver.fs import privileged
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 
@@ -87,7 +88,7 @@ def tree_problems(
     """
     from graphdriver.layerio.tarstream import TarReader
 
-    privileged = os.geteuid() == 0
+    as_root = privileged()
     problems: list[str] = []
     expected: set[str] = set()
     last: dict[str, te.TarEntry] = {}  # a name given twice: its last header is what unpacking left
@@ -109,7 +110,7 @@ def tree_problems(
                 continue
             expected.add(rel)
             expected.update(_parents(parent))
-            problem = _compare(e, rel, root_fd, idmaps, privileged, inodes)
+            problem = _compare(e, rel, root_fd, idmaps, as_root, inodes)
             if problem:
                 problems.append(f"{rel!r}: {problem}")
         extra = _walk(root) - expected

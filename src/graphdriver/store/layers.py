@@ -28,7 +28,7 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
 )
-from graphdriver.fs import atomic
+from graphdriver.fs import atomic, privileged
 from graphdriver.fs.locking import locked, pid_alive
 from graphdriver.ids import check_id
 from graphdriver.store.records import LayerRecord, RecordStore, now_rfc3339
@@ -80,7 +80,7 @@ def default_root() -> str:
     env = os.environ.get("GRAPHDRIVER_ROOT")
     if env:
         return env
-    if os.geteuid() == 0:
+    if privileged():
         return "/var/lib/graphdriver"
     data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return os.path.join(data, "graphdriver")
@@ -90,7 +90,7 @@ def default_run_root(root: str) -> str:
     env = os.environ.get("GRAPHDRIVER_RUNROOT")
     if env:
         return env
-    if os.geteuid() == 0:
+    if privileged():
         return "/run/graphdriver"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
