@@ -3,5 +3,6 @@
 - :mod:`.records`: layer records (stored fields) and their atomic files, pending markers.
 - :mod:`.transaction`: the store lock, a layer's pending marker and commit or undo, as one block.
 - :mod:`.content`: where :mod:`graphdriver.layerio` meets the directories a driver hands back.
+- :mod:`.recovery`: what `cleanup` finishes or undoes after a crash.
 - :mod:`.layers`: the layer store.
 """

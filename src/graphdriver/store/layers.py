@@ -29,7 +29,7 @@ from graphdriver.errors import (
     Unsupported,
 )
 from graphdriver.fs import atomic, privileged
-from graphdriver.fs.locking import locked, pid_alive
+from graphdriver.fs.locking import locked
 from graphdriver.ids import check_id
 from graphdriver.store.records import LayerRecord, RecordStore, now_rfc3339
 
@@ -774,25 +774,10 @@ class Store:
             tx.commit(None)
 
     def cleanup(self) -> list[str]:
-        """Finish or undo whatever a crash interrupted; one line per thing done."""
-        done: list[str] = []
-        with self.locked():
-            for layer_id, marker in sorted(self.records.pending().items()):
-                if self.records.is_live(layer_id):
-                    continue
-                op = marker.get("op", "work")
-                self.drop_layer(layer_id)
-                done.append(f"removed layer {layer_id} left by an interrupted {op}")
-            done.extend(self._remove_stray_locks())
-            done.extend(self._remove_stale_temporaries())
-            done.extend(
-                f"layer {r.id} is damaged ({r.damaged}): remove it, nothing was removed for it"
-                for r in self.records.all() if r.damaged
-            )
-            done.extend(self.driver.cleanup(frozenset(self.records.ids())))
-            done.extend(self._remove_orphans())
-            done.extend(self._remove_stray_tarsplit())
-        return done
+        """Finish or undo whatever a crash interrupted; one line per thing done (see :mod:`.recovery`)."""
+        from graphdriver.store import recovery
+
+        return recovery.cleanup(self)
 
     def drop_layer(self, layer_id: str) -> None:
         """Under the lock: delete whatever exists of a pending layer (folder, tar-split, record, marker)."""
@@ -808,83 +793,6 @@ class Store:
             pass
         self.records.delete(layer_id)
         self.records.clear_pending(layer_id)
-
-    def _remove_orphans(self) -> list[str]:
-        """Driver folders that no record names are garbage (records are the truth)."""
-        known = set(self.records.ids())
-        done = []
-        for name in sorted(os.listdir(self.driver.home)):
-            if name.startswith(".") or name in known or name.endswith("-removing"):
-                continue
-            path = os.path.join(self.driver.home, name)
-            if not os.path.isdir(path) or self.records.is_pending(name):
-                continue
-            if self._is_alternate_target(name):
-                continue
-            try:
-                self.driver.remove(name)
-            except (OSError, Precondition, NotFound):
-                from graphdriver.fs.tree import remove_tree
-
-                try:
-                    remove_tree(path)
-                except OSError:
-                    pass
-            done.append(f"removed orphaned layer folder {name}")
-        return done
-
-    def _remove_stray_locks(self) -> list[str]:
-        """Lock files of pending work that crashed before writing its marker."""
-        pending = self.records.pending()
-        folder = self.records.pending_dir
-        done = []
-        for name in sorted(os.listdir(folder)):
-            layer_id = name[1:-5] if name.startswith(".") and name.endswith(".lock") else None
-            if layer_id is None or layer_id in pending or self.records.is_live(layer_id):
-                continue
-            if atomic.remove_file(os.path.join(folder, name)):
-                done.append(f"removed stray lock of {layer_id}")
-        return done
-
-    def _remove_stale_temporaries(self) -> list[str]:
-        """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose process is dead."""
-        done = []
-        for folder in (self.root, self.records.dir, self.records.pending_dir):
-            for name in sorted(os.listdir(folder)):
-                pid = name.rpartition("-")[2]
-                if not name.startswith(atomic.TEMP_PREFIX) or not pid.isdigit():
-                    continue
-                if int(pid) == os.getpid() or pid_alive(int(pid)):
-                    continue
-                if atomic.remove_file(os.path.join(folder, name)):
-                    done.append(f"removed half-written file {name}")
-        return done
-
-    def _remove_stray_tarsplit(self) -> list[str]:
-        """tar-split files of no layer, and half-written ones of dead processes."""
-        known = set(self.records.ids())
-        done = []
-        folder = os.path.join(self.root, TARSPLIT_DIR)
-        for name in sorted(os.listdir(folder)):
-            layer_id, sep, rest = name.partition(TARSPLIT_SUFFIX)
-            if sep and not rest and layer_id in known:
-                continue
-            pid = rest.rpartition("-")[2]
-            if rest.startswith(".partial-") and pid.isdigit() and pid_alive(int(pid)):
-                continue
-            if atomic.remove_file(os.path.join(folder, name)):
-                done.append(f"removed stray tar-split file {name}")
-        return done
-
-    def _is_alternate_target(self, folder: str) -> bool:
-        """Whether some layer's alternate-id file points at *folder*."""
-        for layer_id in self.records.ids():
-            try:
-                if os.path.basename(self.driver.resolve(layer_id)) == folder:
-                    return True
-            except (NotFound, OSError):
-                pass
-        return False
 
 
 def _store_key(root: str) -> str:

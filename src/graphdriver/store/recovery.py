@@ -1,0 +1,126 @@
+"""Recovery: what ``cleanup`` finishes or undoes after a crash, and what it never touches.
+
+Run by ``graphdriver cleanup`` and when a store is opened with pending work.
+Layers whose transaction died (a pending marker whose lock nobody holds) are
+removed whole; interrupted removals are finished; half-written files of dead
+processes, stray locks and tar-split files of no layer are deleted; driver
+folders no record names are orphans.  Nothing a record names is ever deleted:
+a damaged layer is reported and left for its owner to remove.
+"""
+
+from __future__ import annotations
+
+import os
+
+from graphdriver.errors import NotFound, Precondition
+from graphdriver.fs import atomic
+from graphdriver.fs.locking import pid_alive
+from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+
+
+def cleanup(store: Store) -> list[str]:
+    """Finish or undo whatever a crash interrupted; one line per thing done."""
+    done: list[str] = []
+    with store.locked():
+        for layer_id, marker in sorted(store.records.pending().items()):
+            if store.records.is_live(layer_id):
+                continue
+            op = marker.get("op", "work")
+            store.drop_layer(layer_id)
+            done.append(f"removed layer {layer_id} left by an interrupted {op}")
+        done.extend(_remove_stray_locks(store))
+        done.extend(_remove_stale_temporaries(store))
+        done.extend(
+            f"layer {r.id} is damaged ({r.damaged}): remove it, nothing was removed for it"
+            for r in store.records.all() if r.damaged
+        )
+        done.extend(store.driver.cleanup(frozenset(store.records.ids())))
+        done.extend(_remove_orphans(store))
+        done.extend(_remove_stray_tarsplit(store))
+    return done
+
+
+def _remove_orphans(store: Store) -> list[str]:
+    """Driver folders that no record names are garbage (records are the truth)."""
+    known = set(store.records.ids())
+    done = []
+    for name in sorted(os.listdir(store.driver.home)):
+        if name.startswith(".") or name in known or name.endswith("-removing"):
+            continue
+        path = os.path.join(store.driver.home, name)
+        if not os.path.isdir(path) or store.records.is_pending(name):
+            continue
+        if _is_alternate_target(store, name):
+            continue
+        try:
+            store.driver.remove(name)
+        except (OSError, Precondition, NotFound):
+            from graphdriver.fs.tree import remove_tree
+
+            try:
+                remove_tree(path)
+            except OSError:
+                pass
+        done.append(f"removed orphaned layer folder {name}")
+    return done
+
+
+def _remove_stray_locks(store: Store) -> list[str]:
+    """Lock files of pending work that crashed before writing its marker."""
+    pending = store.records.pending()
+    folder = store.records.pending_dir
+    done = []
+    for name in sorted(os.listdir(folder)):
+        layer_id = name[1:-5] if name.startswith(".") and name.endswith(".lock") else None
+        if layer_id is None or layer_id in pending or store.records.is_live(layer_id):
+            continue
+        if atomic.remove_file(os.path.join(folder, name)):
+            done.append(f"removed stray lock of {layer_id}")
+    return done
+
+
+def _remove_stale_temporaries(store: Store) -> list[str]:
+    """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose process is dead."""
+    done = []
+    for folder in (store.root, store.records.dir, store.records.pending_dir):
+        for name in sorted(os.listdir(folder)):
+            pid = name.rpartition("-")[2]
+            if not name.startswith(atomic.TEMP_PREFIX) or not pid.isdigit():
+                continue
+            if int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            if atomic.remove_file(os.path.join(folder, name)):
+                done.append(f"removed half-written file {name}")
+    return done
+
+
+def _remove_stray_tarsplit(store: Store) -> list[str]:
+    """tar-split files of no layer, and half-written ones of dead processes."""
+    known = set(store.records.ids())
+    done = []
+    folder = os.path.join(store.root, TARSPLIT_DIR)
+    for name in sorted(os.listdir(folder)):
+        layer_id, sep, rest = name.partition(TARSPLIT_SUFFIX)
+        if sep and not rest and layer_id in known:
+            continue
+        pid = rest.rpartition("-")[2]
+        if rest.startswith(".partial-") and pid.isdigit() and pid_alive(int(pid)):
+            continue
+        if atomic.remove_file(os.path.join(folder, name)):
+            done.append(f"removed stray tar-split file {name}")
+    return done
+
+
+def _is_alternate_target(store: Store, folder: str) -> bool:
+    """Whether some layer's alternate-id file points at *folder*."""
+    for layer_id in store.records.ids():
+        try:
+            if os.path.basename(store.driver.resolve(layer_id)) == folder:
+                return True
+        except (NotFound, OSError):
+            pass
+    return False
