@@ -228,3 +228,18 @@ def test_a_failed_import_leaves_nothing_and_a_failed_create_too(store, monkeypat
     assert store.records.pending_ids() == []
     assert sorted(os.listdir(store.driver.home)) == before
     assert not os.path.exists(store.tarsplit_path("bad"))
+
+
+def test_records_hold_stored_fields_only(store):
+    """What the store shows (driver facts, which store a layer is in) is never stored."""
+    import json
+
+    from graphdriver.store.records import LayerRecord
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"a": F(b"a")})))
+    shown = store.layer("base")
+    assert shown.metadata["dir"] and shown.display()["metadata"] == shown.metadata
+    stored = store.records.get("base")
+    assert type(stored) is LayerRecord and not hasattr(stored, "metadata")
+    on_disk = json.loads(Path(store.records.dir, "base.json").read_text())
+    assert set(on_disk) == set(stored.to_json()) and "metadata" not in on_disk

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         Unsupported,
     )
     from graphdriver.store.layers import Store
-    from graphdriver.store.records import LayerRecord
+    from graphdriver.store.records import Layer, LayerRecord
 
 __all__ = [
     "AlreadyExists",
@@ -53,6 +53,7 @@ __all__ = [
     "GraphDriverError",
     "IntegrityError",
     "InvalidArgument",
+    "Layer",
     "LayerRecord",
     "NotFound",
     "Precondition",
@@ -65,6 +66,7 @@ __all__ = [
 # `import graphdriver` costs a command nothing it does not use.
 _LAZY = {
     "Store": "graphdriver.store.layers",
+    "Layer": "graphdriver.store.records",
     "LayerRecord": "graphdriver.store.records",
     "Change": "graphdriver.diff.changes",
     "ChangeKind": "graphdriver.diff.changes",

@@ -31,7 +31,7 @@ from graphdriver.errors import (
 from graphdriver.fs import atomic, privileged
 from graphdriver.fs.locking import locked
 from graphdriver.ids import check_id
-from graphdriver.store.records import LayerRecord, RecordStore, now_rfc3339
+from graphdriver.store.records import Layer, LayerRecord, RecordStore, now_rfc3339
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -228,15 +228,13 @@ class Store:
             pairs.append(("Additional Stores", ",".join(r.root for r in self.readonly)))
         return pairs
 
-    def _find(self, layer_id: str) -> LayerRecord:
+    def _find(self, layer_id: str) -> Layer:
         check_id(layer_id)
         if self.records.exists(layer_id) and not self.records.is_pending(layer_id):
-            return self.records.get(layer_id)
+            return Layer(self.records.get(layer_id))
         for ro in self.readonly:
             if ro.exists(layer_id) and not ro.is_pending(layer_id):
-                record = ro.get(layer_id)
-                record.read_only_store = True
-                return record
+                return Layer(ro.get(layer_id), read_only_store=True)
         raise NotFound(f"layer {layer_id}", "no such layer")
 
     def exists(self, layer_id: str) -> bool:
@@ -246,23 +244,23 @@ class Store:
             r.exists(layer_id) and not r.is_pending(layer_id) for r in (self.records, *self.readonly)
         )
 
-    def layer(self, layer_id: str) -> LayerRecord:
-        """The record of *layer_id* with the driver's metadata filled in."""
-        record = self._find(layer_id)
+    def layer(self, layer_id: str) -> Layer:
+        """*layer_id* with the driver's metadata filled in."""
+        layer = self._find(layer_id)
         try:
-            record.metadata = self.driver.metadata(layer_id)
+            layer.metadata = self.driver.metadata(layer_id)
         except NotFound:
             pass
-        return record
+        return layer
 
-    def layers(self) -> list[LayerRecord]:
+    def layers(self) -> list[Layer]:
         """Every complete layer with a sound record, this store's first, then the additional stores'."""
         return self.scan_layers()[0]
 
-    def scan_layers(self) -> tuple[list[LayerRecord], list[tuple[str, IntegrityError]]]:
+    def scan_layers(self) -> tuple[list[Layer], list[tuple[str, IntegrityError]]]:
         """:meth:`layers`, and the ids whose records are corrupt with what is wrong with each."""
         seen: set[str] = set()
-        out: list[LayerRecord] = []
+        out: list[Layer] = []
         bad: list[tuple[str, IntegrityError]] = []
         for records, read_only in ((self.records, False), *((ro, True) for ro in self.readonly)):
             # Records first, markers after: a layer's marker is made before its
@@ -272,9 +270,8 @@ class Store:
             pending = set(records.pending_ids())
             for record in good:
                 if record.id not in seen and record.id not in pending:
-                    record.read_only_store = read_only
                     seen.add(record.id)
-                    out.append(record)
+                    out.append(Layer(record, read_only_store=read_only))
             bad += [(i, e) for i, e in broken if i not in seen and i not in pending]
             seen.update(i for i, _ in broken)
         return out, bad
@@ -433,19 +430,19 @@ class Store:
             size = content.apply(self.driver, layer_id, stream).size
         except GraphDriverError as e:
             with self.locked():
-                record = self.records.get(layer_id)
-                record.damaged = f"an apply failed half way: {e}"
-                self.records.put(record)
+                stored = self.records.get(layer_id)
+                stored.damaged = f"an apply failed half way: {e}"
+                self.records.put(stored)
             raise
         self._sync()
         with self.locked():
-            record = self.records.get(layer_id)
-            record.size = (record.size or 0) + size
-            record.damaged = None
-            self.records.put(record)
+            stored = self.records.get(layer_id)
+            stored.size = (stored.size or 0) + size
+            stored.damaged = None
+            self.records.put(stored)
         return size
 
-    def _refuse_damaged(self, record: LayerRecord) -> None:
+    def _refuse_damaged(self, record: Layer) -> None:
         if record.damaged:
             raise IntegrityError(
                 f"layer {record.id}",
@@ -473,7 +470,7 @@ class Store:
             self._raise_explained(e, layer_id)
 
     def _explain(
-        self, error: Exception, *layer_ids: str | None, seen: LayerRecord | None = None
+        self, error: Exception, *layer_ids: str | None, seen: Layer | None = None
     ) -> Exception:
         """What a failure reading a layer's data means, told by the records.
 
@@ -499,7 +496,7 @@ class Store:
         return error
 
     def _raise_explained(
-        self, error: Exception, *layer_ids: str | None, seen: LayerRecord | None = None
+        self, error: Exception, *layer_ids: str | None, seen: Layer | None = None
     ) -> NoReturn:
         """Raise what *error* means (see :meth:`_explain`), chained to it when it differs."""
         explained = self._explain(error, *layer_ids, seen=seen)
@@ -507,7 +504,7 @@ class Store:
             raise error
         raise explained from error
 
-    def _remade(self, seen: LayerRecord) -> bool:
+    def _remade(self, seen: Layer) -> bool:
         """Whether the layer of record *seen* is gone, its id now another layer's."""
         if seen.read_only_store:
             return False  # nobody removes a read-only store's layers through us
@@ -560,7 +557,7 @@ class Store:
             # Files may vanish under a reader when another process removes the layer.
             self._raise_explained(e, layer_id, base, seen=record)
 
-    def _diff(self, record: LayerRecord, base: str | None, out: BinaryIO, regenerate: bool) -> None:
+    def _diff(self, record: Layer, base: str | None, out: BinaryIO, regenerate: bool) -> None:
         layer_id = record.id
         if base == record.parent and record.diff_digest is not None and not regenerate:
             if record.unreproducible:
@@ -582,10 +579,10 @@ class Store:
 
         content.export(self.driver, layer_id, base, out)
 
-    def _has_tarsplit(self, record: LayerRecord) -> bool:
+    def _has_tarsplit(self, record: Layer) -> bool:
         return record.diff_digest is not None and os.path.exists(self._tarsplit_of(record))
 
-    def _tarsplit_of(self, record: LayerRecord) -> str:
+    def _tarsplit_of(self, record: Layer) -> str:
         """Where *record*'s tar-split data lives (its own store's folder)."""
         if record.read_only_store:
             for ro in self.readonly:
@@ -593,7 +590,7 @@ class Store:
                     return os.path.join(ro.root, TARSPLIT_DIR, record.id + TARSPLIT_SUFFIX)
         return self.tarsplit_path(record.id)
 
-    def _reassemble(self, record: LayerRecord, write: Callable[[Any], object]) -> int:
+    def _reassemble(self, record: Layer, write: Callable[[Any], object]) -> int:
         """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
         import hashlib
 
@@ -621,7 +618,7 @@ class Store:
             )
         return size
 
-    def _verify_files(self, record: LayerRecord) -> None:
+    def _verify_files(self, record: Layer) -> None:
         """IntegrityError unless the stored files' metadata and set match the tar headers.
 
         The digest proves the content; a chmod, chown, xattr, touched mtime or
@@ -680,7 +677,7 @@ class Store:
         results += self._check_records(records)
         return results if layer_ids else sorted(results, key=lambda r: r[0])
 
-    def _check_records(self, records: list[LayerRecord]) -> list[tuple[str, str | None]]:
+    def _check_records(self, records: list[Layer]) -> list[tuple[str, str | None]]:
         results: list[tuple[str, str | None]] = []
         for record in records:
             if record.damaged:

@@ -56,7 +56,7 @@ class LayerRecord:
     and building dataclasses at import costs more than a read-only command may.
     """
 
-    __slots__ = (*(name for name, _ in _STORED), "metadata", "read_only_store")
+    __slots__ = tuple(name for name, _ in _STORED)
 
     id: str
     parent: str | None
@@ -71,23 +71,20 @@ class LayerRecord:
     chain_id: str | None
     unreproducible: str | None
     damaged: str | None
-    #: Driver facts shown by ``layer ID`` (filled in when printed, not stored).
-    metadata: dict[str, str]
-    #: True for layers of an additional read-only store.
-    read_only_store: bool
 
     def __init__(self, **values: Any) -> None:
         for name, default in _STORED:
             setattr(self, name, values.pop(name, default))
-        self.metadata = values.pop("metadata", None) or {}
-        self.read_only_store = bool(values.pop("read_only_store", False))
         if values:
             raise TypeError(f"unknown record fields: {', '.join(sorted(values))}")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LayerRecord):
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        return type(self) is type(other) and self._compared() == other._compared()
+
+    def _compared(self) -> tuple[Any, ...]:
+        return tuple(self.to_json().values())
 
     def __repr__(self) -> str:
         return f"LayerRecord({self.to_json()!r})"
@@ -113,11 +110,36 @@ class LayerRecord:
         return cls(**{k: v for k, v in value.items() if k in _FIELD_NAMES})
 
     def display(self) -> dict[str, Any]:
-        """The form ``graphdriver layer ID`` prints: unset store facts left out."""
+        """The stored fields as ``graphdriver layer ID`` prints them: unset store facts left out."""
         value = self.to_json()
         for key in _OPTIONAL:
             if value[key] is None:
                 del value[key]
+        return value
+
+
+class Layer(LayerRecord):
+    """A layer as the store hands it out: its stored record, which store it lives in, and
+    the driver's facts about it (filled in for ``layer ID``).  Only the record is stored."""
+
+    __slots__ = ("metadata", "read_only_store")
+
+    #: Driver facts (``dir``, ``UpperDir``...), filled in when asked for.
+    metadata: dict[str, str]
+    #: True for layers of an additional read-only store.
+    read_only_store: bool
+
+    def __init__(self, record: LayerRecord, *, read_only_store: bool = False,
+                 metadata: dict[str, str] | None = None) -> None:
+        super().__init__(**record.to_json())
+        self.read_only_store = read_only_store
+        self.metadata = metadata or {}
+
+    def _compared(self) -> tuple[Any, ...]:
+        return (*super()._compared(), self.metadata, self.read_only_store)
+
+    def display(self) -> dict[str, Any]:
+        value = super().display()
         value["metadata"] = self.metadata
         if self.read_only_store:
             value["read_only_store"] = True
