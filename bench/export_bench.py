@@ -21,7 +21,21 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from common import ENV, debian_layer, gd, gd_cmd, have, mib, place, places, report, take_turns, timed, warm
+from common import (
+    ENV,
+    debian_layer,
+    gd,
+    gd_cmd,
+    graphdriver_command,
+    have,
+    mib,
+    place,
+    places,
+    report,
+    take_turns,
+    timed,
+    warm,
+)
 
 DRIVERS = ("vfs", "overlay")
 
@@ -94,6 +108,7 @@ def main() -> int:
     if not have("tar-split"):
         print("tar-split is not installed (Debian package tar-split)")
         return 2
+    graphdriver_command()  # installed now: no round may time pip
     layer = warm(args.layer or debian_layer())
     for where in places(args.where):
         with place(where) as base:

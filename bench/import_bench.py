@@ -27,6 +27,7 @@ from common import (
     cs_cmd,
     debian_layer,
     gd,
+    graphdriver_command,
     have,
     mib,
     place,
@@ -87,6 +88,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--where", choices=["tmpfs", "disk", "both"], default="both")
     args = p.parse_args()
+    graphdriver_command()  # installed now: no round may time pip
     layer = warm(args.layer or debian_layer())
     for where in places(args.where):
         with place(where) as base:
