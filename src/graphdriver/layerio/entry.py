@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 # Type flags (one character each, as in the header's typeflag byte).
 REG = "0"
 AREG = "\0"  # old-style regular file
@@ -28,7 +26,6 @@ GNU_DUMPDIR = "D"
 REGULAR_TYPES = frozenset({REG, AREG, CONT})
 
 
-@dataclass(slots=True)
 class TarEntry:
     """One archive member, after PAX / GNU long-name records have been folded in.
 
@@ -36,31 +33,90 @@ class TarEntry:
     are not UTF-8 survive unchanged: ``name.encode("utf-8", "surrogateescape")``
     gives the archive's bytes back, and ``os`` functions accept them as they are.
     Times are integer nanoseconds since the epoch.
+
+    (A plain class, not a dataclass: every import, apply and diff loads this
+    module, and the dataclasses machinery costs them more than their parsing.)
     """
 
-    name: str
-    type: str = REG
-    size: int = 0
-    mode: int = 0o644  # permission bits and setuid/setgid/sticky only (no S_IFMT)
-    uid: int = 0
-    gid: int = 0
-    uname: str = ""
-    gname: str = ""
-    mtime_ns: int = 0
-    atime_ns: int | None = None
-    ctime_ns: int | None = None
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    # Extended attributes from SCHILY.xattr.* records (values are raw bytes).
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    # Every PAX record that applied to this entry (global ones included), raw values.
-    pax: dict[str, bytes] = field(default_factory=dict)
-    # The exact bytes of every header block of this entry (PAX and GNU long-name
-    # headers and their data blocks included); empty for entries built in memory.
-    raw: bytes = b""
-    # Stream offset of the entry's first header block (-1 for entries built in memory).
-    offset: int = -1
+    __slots__ = (
+        "atime_ns",
+        "ctime_ns",
+        "devmajor",
+        "devminor",
+        "gid",
+        "gname",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "name",
+        "offset",
+        "pax",
+        "raw",
+        "size",
+        "type",
+        "uid",
+        "uname",
+        "xattrs",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        type: str = REG,
+        size: int = 0,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        uname: str = "",
+        gname: str = "",
+        mtime_ns: int = 0,
+        atime_ns: int | None = None,
+        ctime_ns: int | None = None,
+        linkname: str = "",
+        devmajor: int = 0,
+        devminor: int = 0,
+        xattrs: dict[str, bytes] | None = None,
+        pax: dict[str, bytes] | None = None,
+        raw: bytes = b"",
+        offset: int = -1,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.size = size
+        #: Permission bits and setuid/setgid/sticky only (no S_IFMT).
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.uname = uname
+        self.gname = gname
+        self.mtime_ns = mtime_ns
+        self.atime_ns = atime_ns
+        self.ctime_ns = ctime_ns
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        #: Extended attributes from SCHILY.xattr.* records (values are raw bytes).
+        self.xattrs: dict[str, bytes] = {} if xattrs is None else xattrs
+        #: Every PAX record that applied to this entry (global ones included), raw values.
+        self.pax: dict[str, bytes] = {} if pax is None else pax
+        #: The exact bytes of every header block of this entry (PAX and GNU long-name
+        #: headers and their data blocks included); empty for entries built in memory.
+        self.raw = raw
+        #: Stream offset of the entry's first header block (-1 for entries built in memory).
+        self.offset = offset
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TarEntry):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return "TarEntry(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
     @property
     def is_regular(self) -> bool:

@@ -40,7 +40,6 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
@@ -87,33 +86,57 @@ _OVERLAY_PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.")
 _TOLERATED_XATTRS = ("trusted.", "security.")  # need privileges a rootless run lacks
 
 
-@dataclass(frozen=True)
 class ApplyOptions:
     """How :func:`apply_layer` writes a layer."""
 
-    #: Archive owners are container ids, mapped to host ids on the way in.
-    idmaps: IDMappings = field(default_factory=IDMappings)
-    #: Delete whiteouts out (full tree) or write overlay whiteouts (upper dir).
-    whiteouts: WhiteoutMode = WhiteoutMode.DELETE
-    #: Where hardlink targets missing from the layer are copied up from, nearest first.
-    lower_dirs: tuple[str, ...] = ()
-    #: The xattr that marks an opaque directory in overlay mode.
-    opaque_xattr: str = OVERLAY_OPAQUE_XATTR
-    #: Tolerate (and count) EPERM from chown, device mknod and trusted/security
-    #: xattrs.  None: tolerate when not running as root.
-    ignore_chown_errors: bool | None = None
-    #: Run in this process instead of a confined child.  None: the
-    #: ``GRAPHDRIVER_APPLY_INLINE`` environment switch decides.
-    inline: bool | None = None
+    __slots__ = ("idmaps", "ignore_chown_errors", "inline", "lower_dirs", "opaque_xattr", "whiteouts")
+
+    def __init__(
+        self,
+        idmaps: IDMappings | None = None,
+        whiteouts: WhiteoutMode = WhiteoutMode.DELETE,
+        lower_dirs: tuple[str, ...] = (),
+        opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
+        ignore_chown_errors: bool | None = None,
+        inline: bool | None = None,
+    ) -> None:
+        #: Archive owners are container ids, mapped to host ids on the way in.
+        self.idmaps = IDMappings() if idmaps is None else idmaps
+        #: Delete whiteouts out (full tree) or write overlay whiteouts (upper dir).
+        self.whiteouts = whiteouts
+        #: Where hardlink targets missing from the layer are copied up from, nearest first.
+        self.lower_dirs = tuple(lower_dirs)
+        #: The xattr that marks an opaque directory in overlay mode.
+        self.opaque_xattr = opaque_xattr
+        #: Tolerate (and count) EPERM from chown, device mknod and trusted/security
+        #: xattrs.  None: tolerate when not running as root.
+        self.ignore_chown_errors = ignore_chown_errors
+        #: Run in this process instead of a confined child.  None: the
+        #: ``GRAPHDRIVER_APPLY_INLINE`` environment switch decides.
+        self.inline = inline
 
 
-@dataclass
 class ExtractStats:
     """What an unprivileged extraction had to leave out."""
 
-    skipped_chowns: int = 0
-    skipped_devices: int = 0
-    skipped_xattrs: int = 0
+    __slots__ = ("skipped_chowns", "skipped_devices", "skipped_xattrs")
+
+    def __init__(self, skipped_chowns: int = 0, skipped_devices: int = 0, skipped_xattrs: int = 0) -> None:
+        self.skipped_chowns = skipped_chowns
+        self.skipped_devices = skipped_devices
+        self.skipped_xattrs = skipped_xattrs
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExtractStats):
+            return NotImplemented
+        return (self.skipped_chowns, self.skipped_devices, self.skipped_xattrs) == (
+            other.skipped_chowns, other.skipped_devices, other.skipped_xattrs)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"ExtractStats(skipped_chowns={self.skipped_chowns}, "
+                f"skipped_devices={self.skipped_devices}, skipped_xattrs={self.skipped_xattrs})")
 
     def __bool__(self) -> bool:
         return bool(self.skipped_chowns or self.skipped_devices or self.skipped_xattrs)

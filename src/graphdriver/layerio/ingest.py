@@ -23,7 +23,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from graphdriver.fs import confine
@@ -43,18 +42,25 @@ _DEPTH = 4
 _STOP_WAIT = 1.0
 
 
-@dataclass(frozen=True)
 class IngestResult:
     """What one pass learnt about a layer tarball."""
 
-    size: int
-    diff_digest: str
-    uncompressed_size: int
-    compressed_digest: str
-    compressed_size: int
-    compression: str
-    #: Why the tarball cannot be rebuilt from its files (tar-split is then useless).
-    unreproducible: str | None = None
+    __slots__ = ("compressed_digest", "compressed_size", "compression", "diff_digest", "size",
+                 "uncompressed_size", "unreproducible")
+
+    def __init__(self, size: int, diff_digest: str, uncompressed_size: int, compressed_digest: str,
+                 compressed_size: int, compression: str, unreproducible: str | None = None) -> None:
+        self.size = size
+        self.diff_digest = diff_digest
+        self.uncompressed_size = uncompressed_size
+        self.compressed_digest = compressed_digest
+        self.compressed_size = compressed_size
+        self.compression = compression
+        #: Why the tarball cannot be rebuilt from its files (tar-split is then useless).
+        self.unreproducible = unreproducible
+
+    def __repr__(self) -> str:
+        return "IngestResult(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 class _HashingReader:

@@ -28,7 +28,6 @@ import json
 import re
 from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import IO, BinaryIO, Protocol
 
 from graphdriver.errors import IntegrityError
@@ -72,15 +71,30 @@ def _file_line(name: bytes, size: int, payload: bytes | None, position: int) -> 
     )
 
 
-@dataclass(slots=True)
 class SplitEntry:
     """One tar-split entry."""
 
-    type: int
-    payload: bytes | None = None
-    name: bytes = b""
-    size: int = 0
-    position: int = 0
+    __slots__ = ("name", "payload", "position", "size", "type")
+
+    def __init__(self, type: int, payload: bytes | None = None, name: bytes = b"",
+                 size: int = 0, position: int = 0) -> None:
+        self.type = type
+        self.payload = payload
+        self.name = name
+        self.size = size
+        self.position = position
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SplitEntry):
+            return NotImplemented
+        return (self.type, self.payload, self.name, self.size, self.position) == (
+            other.type, other.payload, other.name, other.size, other.position)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"SplitEntry(type={self.type!r}, payload={self.payload!r}, name={self.name!r}, "
+                f"size={self.size!r}, position={self.position!r})")
 
     def to_json(self) -> bytes:
         """One JSON line (without its newline), fields in the order Go's encoder writes them."""
