@@ -36,6 +36,7 @@ import os
 
 from graphdriver.fs import privileged
 from graphdriver.fs.syscalls import _UNIFIED_ARCHES, MACHINE
+from graphdriver.plain import Plain
 
 # Plain classes below and typing for the checker only: `mount` loads this module.
 TYPE_CHECKING = False
@@ -89,7 +90,7 @@ class MountError(OSError):
     step: str = ""
 
 
-class OverlayMount:
+class OverlayMount(Plain):
     """What to mount: an overlay of *lowers* (nearest first) under an optional upper."""
 
     __slots__ = ("base", "lowers", "options", "readonly", "upper", "work")
@@ -112,10 +113,6 @@ class OverlayMount:
         self.readonly = readonly
         #: Directory most layer paths live in: ``mount(2)`` names them relative to it.
         self.base = base
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"OverlayMount({fields})"
 
 
 # ----- the new mount API -------------------------------------------------------------------
@@ -502,7 +499,7 @@ def fs_magic(path: str) -> int | None:
     return int(buf.f_type) & 0xFFFFFFFF
 
 
-class MountInfo:
+class MountInfo(Plain):
     """One line of ``/proc/self/mountinfo``."""
 
     __slots__ = ("fstype", "mount_id", "mount_point", "options", "parent_id", "root", "source",
@@ -518,15 +515,6 @@ class MountInfo:
         self.fstype = fstype
         self.source = source
         self.super_options = super_options
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, MountInfo) and all(
-            getattr(self, n) == getattr(other, n) for n in self.__slots__
-        )
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"MountInfo({fields})"
 
 
 def unescape(field: str) -> str:

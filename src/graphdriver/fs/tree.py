@@ -25,6 +25,7 @@ import os
 import stat
 
 from graphdriver.fs import privileged
+from graphdriver.plain import Plain
 
 #: ``_IOW(0x94, 9, int)``: make the destination file share the source's extents.
 FICLONE = 0x40049409
@@ -44,7 +45,7 @@ MAX_OPEN_DEPTH = 128
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class CopyStats:
+class CopyStats(Plain):
     """What :func:`copy_tree` did."""
 
     __slots__ = ("bytes", "dirs", "dropped_xattrs", "files", "hardlinks", "reflinked", "skipped",
@@ -67,9 +68,6 @@ class CopyStats:
         self.skipped: list[str] = []
         #: ``path: attribute`` for extended attributes the destination refused.
         self.dropped_xattrs: list[str] = []
-
-    def __repr__(self) -> str:
-        return "CopyStats(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 def copy_tree(src: str, dst: str, *, reflink: bool | None = None) -> CopyStats:

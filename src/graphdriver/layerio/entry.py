@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from graphdriver.plain import Plain
+
 # Type flags (one character each, as in the header's typeflag byte).
 REG = "0"
 AREG = "\0"  # old-style regular file
@@ -26,7 +28,7 @@ GNU_DUMPDIR = "D"
 REGULAR_TYPES = frozenset({REG, AREG, CONT})
 
 
-class TarEntry:
+class TarEntry(Plain):
     """One archive member, after PAX / GNU long-name records have been folded in.
 
     Names are ``str`` decoded from UTF-8 with ``surrogateescape``, so names that
@@ -105,18 +107,6 @@ class TarEntry:
         #: Stream offset of the entry's first header block (-1 for entries built in memory).
         self.offset = offset
 
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, TarEntry):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        return "TarEntry(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
     @property
     def is_regular(self) -> bool:

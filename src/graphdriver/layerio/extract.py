@@ -58,6 +58,7 @@ from graphdriver.layerio.whiteout import (
     WHITEOUT_PREFIX,
     WhiteoutMode,
 )
+from graphdriver.plain import Plain
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -116,7 +117,7 @@ class ApplyOptions:
         self.inline = inline
 
 
-class ExtractStats:
+class ExtractStats(Plain):
     """What an unprivileged extraction had to leave out."""
 
     __slots__ = ("skipped_chowns", "skipped_devices", "skipped_xattrs")
@@ -126,17 +127,6 @@ class ExtractStats:
         self.skipped_devices = skipped_devices
         self.skipped_xattrs = skipped_xattrs
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ExtractStats):
-            return NotImplemented
-        return (self.skipped_chowns, self.skipped_devices, self.skipped_xattrs) == (
-            other.skipped_chowns, other.skipped_devices, other.skipped_xattrs)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (f"ExtractStats(skipped_chowns={self.skipped_chowns}, "
-                f"skipped_devices={self.skipped_devices}, skipped_xattrs={self.skipped_xattrs})")
 
     def __bool__(self) -> bool:
         return bool(self.skipped_chowns or self.skipped_devices or self.skipped_xattrs)

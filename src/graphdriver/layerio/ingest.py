@@ -31,6 +31,7 @@ from graphdriver.layerio.entry import TarEntry
 from graphdriver.layerio.reproducible import ReproducibilityCheck
 from graphdriver.layerio.tarsplit import Packer, Recorder
 from graphdriver.layerio.tarstream import TarReader
+from graphdriver.plain import Plain
 
 #: What applies the entries inside the child: (entries, confined dirs) -> size.
 ApplyFn = Callable[["RecordingReader", confine.ConfinedDirs], int]
@@ -42,7 +43,7 @@ _DEPTH = 4
 _STOP_WAIT = 1.0
 
 
-class IngestResult:
+class IngestResult(Plain):
     """What one pass learnt about a layer tarball."""
 
     __slots__ = ("compressed_digest", "compressed_size", "compression", "diff_digest", "size",
@@ -58,9 +59,6 @@ class IngestResult:
         self.compression = compression
         #: Why the tarball cannot be rebuilt from its files (tar-split is then useless).
         self.unreproducible = unreproducible
-
-    def __repr__(self) -> str:
-        return "IngestResult(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 class _HashingReader:

@@ -34,6 +34,7 @@ from graphdriver.errors import IntegrityError
 from graphdriver.layerio.batched import BatchedWriter
 from graphdriver.layerio.crc64 import crc64_iso, digest
 from graphdriver.layerio.entry import TarEntry
+from graphdriver.plain import Plain
 
 SEGMENT = 2
 FILE = 1
@@ -71,7 +72,7 @@ def _file_line(name: bytes, size: int, payload: bytes | None, position: int) -> 
     )
 
 
-class SplitEntry:
+class SplitEntry(Plain):
     """One tar-split entry."""
 
     __slots__ = ("name", "payload", "position", "size", "type")
@@ -84,17 +85,6 @@ class SplitEntry:
         self.size = size
         self.position = position
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SplitEntry):
-            return NotImplemented
-        return (self.type, self.payload, self.name, self.size, self.position) == (
-            other.type, other.payload, other.name, other.size, other.position)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (f"SplitEntry(type={self.type!r}, payload={self.payload!r}, name={self.name!r}, "
-                f"size={self.size!r}, position={self.position!r})")
 
     def to_json(self) -> bytes:
         """One JSON line (without its newline), fields in the order Go's encoder writes them."""
