@@ -30,12 +30,18 @@ not available and when a mount's details are wanted.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 
-from graphdriver.fs import privileged
-from graphdriver.fs.syscalls import _UNIFIED_ARCHES, MACHINE
+from graphdriver.fs import privileged, syscalls
+from graphdriver.fs.syscalls import (
+    _UNIFIED_ARCHES,
+    FSCONFIG_CMD_CREATE,
+    FSCONFIG_SET_FLAG,
+    FSCONFIG_SET_STRING,
+    MACHINE,
+    MOUNT_ATTR_RDONLY,
+)
 from graphdriver.plain import Plain
 
 # Plain classes below and typing for the checker only: `mount` loads this module.
@@ -45,22 +51,6 @@ if TYPE_CHECKING:
 
 MOUNTINFO = "/proc/self/mountinfo"
 
-# Syscall numbers of the new mount API (one table on every architecture but alpha).
-_NR_MOVE_MOUNT = 429
-_NR_FSOPEN = 430
-_NR_FSCONFIG = 431
-_NR_FSMOUNT = 432
-
-FSOPEN_CLOEXEC = 0x1
-FSCONFIG_SET_FLAG = 0
-FSCONFIG_SET_STRING = 1
-FSCONFIG_CMD_CREATE = 6
-FSMOUNT_CLOEXEC = 0x1
-MOUNT_ATTR_RDONLY = 0x1
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW = 0x100
-
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
@@ -69,15 +59,9 @@ MNT_DETACH = 0x2
 #: ``fsconfig`` copies at most this many bytes of a string, the NUL included.
 FSCONFIG_VALUE_MAX = 256
 
-STATX_ATTR_MOUNT_ROOT = 0x2000
-
 #: ``statfs`` magic numbers of the filesystems a layer mount can be.
 OVERLAYFS_MAGIC = 0x794C7630
 FUSE_MAGIC = 0x65735546
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 # None until a mount tried the new API; then whether it works here.
 _new_api: bool | None = None if MACHINE in _UNIFIED_ARCHES else False
@@ -116,57 +100,6 @@ class OverlayMount(Plain):
 
 
 # ----- the new mount API -------------------------------------------------------------------
-
-
-def _check(res: int, what: str) -> int:
-    if res < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), what)
-    return res
-
-
-def _fsopen(fstype: str) -> int:
-    return _check(
-        _syscall(ctypes.c_long(_NR_FSOPEN), ctypes.c_char_p(fstype.encode()), ctypes.c_uint(FSOPEN_CLOEXEC)),
-        f"fsopen {fstype}",
-    )
-
-
-def _fsconfig(fd: int, cmd: int, key: str | None = None, value: bytes | None = None) -> None:
-    _check(
-        _syscall(
-            ctypes.c_long(_NR_FSCONFIG),
-            ctypes.c_int(fd),
-            ctypes.c_uint(cmd),
-            ctypes.c_char_p(key.encode() if key is not None else None),
-            ctypes.c_char_p(value),
-            ctypes.c_int(0),
-        ),
-        f"fsconfig {key}" if key else "fsconfig",
-    )
-
-
-def _fsmount(fd: int, attrs: int) -> int:
-    return _check(
-        _syscall(
-            ctypes.c_long(_NR_FSMOUNT), ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs)
-        ),
-        "fsmount",
-    )
-
-
-def _move_mount(fd: int, target: str) -> None:
-    _check(
-        _syscall(
-            ctypes.c_long(_NR_MOVE_MOUNT),
-            ctypes.c_int(fd),
-            ctypes.c_char_p(b""),
-            ctypes.c_int(AT_FDCWD),
-            ctypes.c_char_p(os.fsencode(target)),
-            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
-        ),
-        target,
-    )
 
 
 def _kernel_messages(fd: int) -> str:
@@ -212,33 +145,33 @@ class _PathArgs:
 
 def _mount_new_api(spec: OverlayMount, target: str) -> None:
     """Mount *spec* with fsopen & co; OSError(EINVAL) with ``lowerdir+`` means too old a kernel."""
-    fsfd = _fsopen("overlay")
+    fsfd = syscalls.fsopen("overlay")
     paths = _PathArgs()
     step = "source"
     try:
-        _fsconfig(fsfd, FSCONFIG_SET_STRING, "source", b"overlay")
+        syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "source", b"overlay")
         for i, lower in enumerate(spec.lowers):
             step = f"lowerdir+#{i}"
-            _fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", paths(lower))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", paths(lower))
         if spec.upper is not None and spec.work is not None:
             step = "upperdir"
-            _fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", paths(spec.upper))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", paths(spec.upper))
             step = "workdir"
-            _fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", paths(spec.work))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", paths(spec.work))
         for option in spec.options:
             key, sep, value = option.partition("=")
             step = key
             if sep:
-                _fsconfig(fsfd, FSCONFIG_SET_STRING, key, os.fsencode(value))
+                syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, key, os.fsencode(value))
             else:
-                _fsconfig(fsfd, FSCONFIG_SET_FLAG, key)
+                syscalls.fsconfig(fsfd, FSCONFIG_SET_FLAG, key)
         step = "create"
-        _fsconfig(fsfd, FSCONFIG_CMD_CREATE)
+        syscalls.fsconfig(fsfd, FSCONFIG_CMD_CREATE)
         step = "fsmount"
-        mfd = _fsmount(fsfd, MOUNT_ATTR_RDONLY if spec.readonly else 0)
+        mfd = syscalls.fsmount(fsfd, MOUNT_ATTR_RDONLY if spec.readonly else 0)
         try:
             step = "move_mount"
-            _move_mount(mfd, target)
+            syscalls.move_mount(mfd, target)
         finally:
             os.close(mfd)
     except OSError as e:
@@ -256,15 +189,8 @@ def _mount_new_api(spec: OverlayMount, target: str) -> None:
 
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str = "") -> None:
     """``mount(2)``; raises :class:`MountError`."""
-    res = _libc.mount(
-        os.fsencode(source),
-        os.fsencode(target),
-        fstype.encode() if fstype else None,
-        ctypes.c_ulong(flags),
-        os.fsencode(data) if data else None,
-    )
-    if res != 0:
-        err = ctypes.get_errno()
+    err = syscalls.mount(source, target, fstype, flags, data)
+    if err:
         raise MountError(err, os.strerror(err), target)
 
 
@@ -362,7 +288,7 @@ def request_filesystem(fstype: str) -> None:
     if _new_api is False:
         return
     with contextlib.suppress(OSError):
-        os.close(_fsopen(fstype))
+        os.close(syscalls.fsopen(fstype))
 
 
 def new_api_state() -> bool | None:
@@ -405,14 +331,13 @@ def unmount(target: str) -> str:
     alive by its users) or ``"not mounted"``.  An unprivileged FUSE mount is
     released with ``fusermount3``.  Raises :class:`MountError` otherwise.
     """
-    path = os.fsencode(target)
-    if _libc.umount2(path, 0) == 0:
+    err = syscalls.umount2(target, 0)
+    if not err:
         return "unmounted"
-    err = ctypes.get_errno()
     if err == errno.EBUSY:
-        if _libc.umount2(path, MNT_DETACH) == 0:
+        err = syscalls.umount2(target, MNT_DETACH)
+        if not err:
             return "detached"
-        err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOENT):
         return "not mounted"
     if err == errno.EPERM and not privileged():
@@ -439,64 +364,23 @@ def _fuse_unmount(target: str) -> str:
 # ----- asking ---------------------------------------------------------------------------------
 
 
-class _StatxTimestamp(ctypes.Structure):
-    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
-
-
-class _Statx(ctypes.Structure):
-    _fields_ = [
-        ("mask", ctypes.c_uint32),
-        ("blksize", ctypes.c_uint32),
-        ("attributes", ctypes.c_uint64),
-        ("nlink", ctypes.c_uint32),
-        ("uid", ctypes.c_uint32),
-        ("gid", ctypes.c_uint32),
-        ("mode", ctypes.c_uint16),
-        ("spare0", ctypes.c_uint16),
-        ("ino", ctypes.c_uint64),
-        ("size", ctypes.c_uint64),
-        ("blocks", ctypes.c_uint64),
-        ("attributes_mask", ctypes.c_uint64),
-        ("times", _StatxTimestamp * 4),
-        ("rdev_major", ctypes.c_uint32),
-        ("rdev_minor", ctypes.c_uint32),
-        ("dev_major", ctypes.c_uint32),
-        ("dev_minor", ctypes.c_uint32),
-        ("rest", ctypes.c_uint64 * 14),
-    ]
-
-
-_statx = getattr(_libc, "statx", None)
-
-
 def is_mount_point(path: str) -> bool:
     """Whether *path* is the root of a mount (a symlink never is)."""
-    if _statx is not None:
-        buf = _Statx()
-        res = _statx(AT_FDCWD, os.fsencode(path), AT_SYMLINK_NOFOLLOW, 0, ctypes.byref(buf))
-        if res == 0 and buf.attributes_mask & STATX_ATTR_MOUNT_ROOT:
-            return bool(buf.attributes & STATX_ATTR_MOUNT_ROOT)
-        if res != 0:
-            err = ctypes.get_errno()
-            if err in (errno.ENOENT, errno.ENOTDIR):
-                return False
-            if err in (errno.EACCES, errno.ENOTCONN):
-                # Another user's FUSE mount (or a dead one) answers nobody else:
-                # something is mounted there.
-                return True
+    err, root = syscalls.statx_mount_root(path)
+    if root is not None:
+        return root
+    if err in (errno.ENOENT, errno.ENOTDIR):
+        return False
+    if err in (errno.EACCES, errno.ENOTCONN):
+        # Another user's FUSE mount (or a dead one) answers nobody else:
+        # something is mounted there.
+        return True
     return mount_at(path) is not None
-
-
-class _Statfs(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
 
 
 def fs_magic(path: str) -> int | None:
     """The ``statfs`` type of the filesystem holding *path*, or None when it cannot be asked."""
-    buf = _Statfs()
-    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        return None
-    return int(buf.f_type) & 0xFFFFFFFF
+    return syscalls.statfs_type(path)
 
 
 class MountInfo(Plain):

@@ -15,6 +15,10 @@ no binding for, made through :mod:`ctypes`:
 * :func:`lsetxattr_at`: set an extended attribute on a directory entry named
   relative to a directory fd without following a symlink, which needs
   ``setxattrat`` (Linux 6.13).  Older kernels get a ``fchdir`` fallback.
+* The mount API: :func:`fsopen`, :func:`fsconfig`, :func:`fsmount`,
+  :func:`move_mount` (Linux 5.2), :func:`mount` and :func:`umount2`, and the
+  questions :func:`statx_mount_root` and :func:`statfs_type`
+  (:mod:`graphdriver.fs.mounts` decides what to do with them).
 
 Every function raises :class:`OSError` with the usual ``errno``, except that a
 kernel without ``openat2`` raises :class:`~graphdriver.errors.Unsupported`.
@@ -193,3 +197,148 @@ link_at = os.link
 symlink_at = os.symlink
 mkdir_at = os.mkdir
 chroot = os.chroot
+
+
+# ----- the mount API --------------------------------------------------------------------------
+
+_NR_MOVE_MOUNT = 429
+_NR_FSOPEN = 430
+_NR_FSCONFIG = 431
+_NR_FSMOUNT = 432
+
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+STATX_ATTR_MOUNT_ROOT = 0x2000
+
+
+def _checked(res: int, what: str) -> int:
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), what)
+    return res
+
+
+def fsopen(fstype: str) -> int:
+    """A filesystem context for *fstype* (close-on-exec); OSError as the kernel says."""
+    return _checked(
+        _syscall(ctypes.c_long(_NR_FSOPEN), ctypes.c_char_p(fstype.encode()), ctypes.c_uint(FSOPEN_CLOEXEC)),
+        f"fsopen {fstype}",
+    )
+
+
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: bytes | None = None) -> None:
+    """Set one parameter of a filesystem context (or create it: ``FSCONFIG_CMD_CREATE``)."""
+    _checked(
+        _syscall(
+            ctypes.c_long(_NR_FSCONFIG),
+            ctypes.c_int(fd),
+            ctypes.c_uint(cmd),
+            ctypes.c_char_p(key.encode() if key is not None else None),
+            ctypes.c_char_p(value),
+            ctypes.c_int(0),
+        ),
+        f"fsconfig {key}" if key else "fsconfig",
+    )
+
+
+def fsmount(fd: int, attrs: int) -> int:
+    """A detached mount of a created context; returns its fd."""
+    return _checked(
+        _syscall(
+            ctypes.c_long(_NR_FSMOUNT), ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs)
+        ),
+        "fsmount",
+    )
+
+
+def move_mount(fd: int, target: str) -> None:
+    """Attach the detached mount *fd* at *target*."""
+    _checked(
+        _syscall(
+            ctypes.c_long(_NR_MOVE_MOUNT),
+            ctypes.c_int(fd),
+            ctypes.c_char_p(b""),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(os.fsencode(target)),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        target,
+    )
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str = "") -> int:
+    """``mount(2)``; returns 0 or the errno."""
+    res = _libc.mount(
+        os.fsencode(source),
+        os.fsencode(target),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        os.fsencode(data) if data else None,
+    )
+    return 0 if res == 0 else ctypes.get_errno()
+
+
+def umount2(target: str, flags: int = 0) -> int:
+    """``umount2(2)``; returns 0 or the errno."""
+    return 0 if _libc.umount2(os.fsencode(target), flags) == 0 else ctypes.get_errno()
+
+
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [
+        ("mask", ctypes.c_uint32),
+        ("blksize", ctypes.c_uint32),
+        ("attributes", ctypes.c_uint64),
+        ("nlink", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("mode", ctypes.c_uint16),
+        ("spare0", ctypes.c_uint16),
+        ("ino", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("attributes_mask", ctypes.c_uint64),
+        ("times", _StatxTimestamp * 4),
+        ("rdev_major", ctypes.c_uint32),
+        ("rdev_minor", ctypes.c_uint32),
+        ("dev_major", ctypes.c_uint32),
+        ("dev_minor", ctypes.c_uint32),
+        ("rest", ctypes.c_uint64 * 14),
+    ]
+
+
+_statx = getattr(_libc, "statx", None)
+
+
+def statx_mount_root(path: str) -> tuple[int, bool | None]:
+    """``(errno, whether path is the root of a mount)`` by ``statx`` (Linux 5.8), the symlink
+    itself for a symlink; the answer is None when ``statx`` cannot tell (errno then says why, or 0)."""
+    if _statx is None:
+        return 0, None
+    buf = _Statx()
+    if _statx(AT_FDCWD, os.fsencode(path), AT_SYMLINK_NOFOLLOW, 0, ctypes.byref(buf)) != 0:
+        return ctypes.get_errno(), None
+    if buf.attributes_mask & STATX_ATTR_MOUNT_ROOT:
+        return 0, bool(buf.attributes & STATX_ATTR_MOUNT_ROOT)
+    return 0, None
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+def statfs_type(path: str) -> int | None:
+    """The ``statfs`` magic of the filesystem holding *path*, or None when it cannot be asked."""
+    buf = _Statfs()
+    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        return None
+    return int(buf.f_type) & 0xFFFFFFFF
