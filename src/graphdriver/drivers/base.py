@@ -439,8 +439,9 @@ class Driver(abc.ABC):
         self.resolve(layer_id)
         key = self._count_key(layer_id)
         with self.counts.lock(key):
-            count = self.counts.count(key)
-            path = self.counts.path(key) if count else None
+            count, path = self.counts.state(key)
+            if not count:
+                path = None
             if path is None or not self._still_mounted(layer_id, path):
                 # Unmounted behind our back (or never): the old count owes nothing
                 # any more, so this mount starts afresh and one unmount undoes it.
@@ -458,12 +459,12 @@ class Driver(abc.ABC):
         """Release one ``get``; the last release unmounts (the seeds' ``Put``)."""
         key = self._count_key(layer_id)
         with self.counts.lock(key):
-            count = self.counts.count(key)
+            count, path = self.counts.state(key)
             if count <= 0:
                 raise Precondition(f"layer {layer_id}", "is not mounted")
             if count == 1:
                 self._unmount(layer_id)
-            self.counts.set(key, count - 1, self.counts.path(key) or "")
+            self.counts.set(key, count - 1, path or "")
 
     def mounted(self, layer_id: str) -> _Mounted:
         """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``."""

@@ -335,20 +335,20 @@ class OverlayDriver(Driver):
                 return False, f"mounted with {option}"
         return True, ""
 
-    def _api_status(self, found: str) -> str:
-        return {"fsopen": "fsopen/fsconfig lowerdir+ (mount_api=fsopen)",
-                "mount": "mount(2) (mount_api=mount)"}.get(self.mount_api, found)
-
     def status(self) -> list[tuple[str, str]]:
         from graphdriver.fs import mounts
 
         new_api = "fsopen/fsconfig lowerdir+"
         api = {True: new_api, False: "mount(2)", None: f"{new_api} if present, else mount(2)"}
+        if self.mount_api == "auto":
+            used = api[mounts.new_api_state()]
+        else:  # forced by the option
+            used = f"{api[self.mount_api == 'fsopen']} (mount_api={self.mount_api})"
         native = "true" if self.native_diff else f"false ({self.native_why})"
         pairs = list(probe_home(self.home, self.mount_program).items())
         pairs += [
             ("Mount Program", self.mount_program or "none (kernel overlay)"),
-            ("Mount API", "FUSE" if self.mount_program else self._api_status(api[mounts.new_api_state()])),
+            ("Mount API", "FUSE" if self.mount_program else used),
             ("Mount Options", ",".join(self.mount_options) or "none"),
             ("Native Overlay Diff", native),
             ("Size Limits", self.size_method.value if self.size_method else "unavailable (needs root)"),
@@ -631,8 +631,7 @@ class OverlayDriver(Driver):
         done: list[str] = []
         for layer_id in self.counts.counted():
             with self.counts.lock(layer_id):
-                count = self.counts.count(layer_id)
-                path = self.counts.path(layer_id)
+                count, path = self.counts.state(layer_id)
                 if not self.exists(layer_id) or count <= 0:
                     if path and os.path.isdir(path) and mounts.is_mount_point(path):
                         mounts.unmount(path)

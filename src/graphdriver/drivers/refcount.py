@@ -47,15 +47,20 @@ class MountCounts:
             return {}
         return value if isinstance(value, dict) else {}
 
+    def state(self, key: str) -> tuple[int, str | None]:
+        """How many ``get`` calls (in all processes) await their ``put``, and where the
+        counted mount is, as recorded (one read of the record)."""
+        record = self._read(key)
+        count, path = record.get("count", 0), record.get("path")
+        return (count if isinstance(count, int) else 0), (str(path) if path else None)
+
     def count(self, key: str) -> int:
         """How many ``get`` calls (in all processes) await their ``put``."""
-        value = self._read(key).get("count", 0)
-        return value if isinstance(value, int) else 0
+        return self.state(key)[0]
 
     def path(self, key: str) -> str | None:
         """Where the counted mount is, as recorded."""
-        path = self._read(key).get("path")
-        return str(path) if path else None
+        return self.state(key)[1]
 
     def set(self, key: str, count: int, path: str) -> None:
         """Record *count* mounts at *path*; zero forgets the layer's record."""

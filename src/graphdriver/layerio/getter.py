@@ -13,7 +13,6 @@ from graphdriver.errors import NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from typing import BinaryIO
 
 _READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -70,7 +69,7 @@ class _FdFile:
 
 
 class DirFileGetter(FileGetter):
-    """Files served from one directory tree, with mutated files served from backups.
+    """Files served from one directory tree.
 
     Directories are resolved confined to the tree (``openat2`` with
     ``RESOLVE_IN_ROOT``: a symlink in the layer cannot lead out of it) and
@@ -79,11 +78,10 @@ class DirFileGetter(FileGetter):
     costs one ``open`` until :meth:`close`.
     """
 
-    def __init__(self, root: str, backups: Mapping[str, str] | None = None) -> None:
+    def __init__(self, root: str) -> None:
         from graphdriver.fs import confine  # not at module level: most commands need none of it
 
         self.root = root
-        self.backups = dict(backups or {})
         self._confine = confine
         self._root_fd: int | None = None
         self._dirs: dict[str, int] = {}
@@ -96,10 +94,6 @@ class DirFileGetter(FileGetter):
             import posixpath
 
             clean = posixpath.normpath("/" + clean).lstrip("/")
-        if self.backups:
-            backup = self.backups.get(clean)
-            if backup is not None:
-                return open(backup, "rb")
         root_fd = self._root_fd
         if root_fd is None:
             root_fd = self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

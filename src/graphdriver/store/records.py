@@ -131,7 +131,8 @@ class Layer(LayerRecord):
 
     def __init__(self, record: LayerRecord, *, read_only_store: bool = False,
                  metadata: dict[str, str] | None = None) -> None:
-        super().__init__(**record.to_json())
+        for name in _FIELD_ORDER:  # field by field: `layers` makes one per record
+            setattr(self, name, getattr(record, name))
         self.read_only_store = read_only_store
         self.metadata = metadata or {}
 
@@ -146,7 +147,8 @@ class Layer(LayerRecord):
         return value
 
 
-_FIELD_NAMES = frozenset(name for name, _ in _STORED)
+_FIELD_ORDER = tuple(name for name, _ in _STORED)
+_FIELD_NAMES = frozenset(_FIELD_ORDER)
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
 #: What each stored field may hold (ints never bools, sizes never negative).
