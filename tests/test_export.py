@@ -286,7 +286,7 @@ def test_entry_from_stat_describes_one_file(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir(mode=0o750)
     os.chmod(tmp_path / "d", 0o2750)
     st = os.lstat(tmp_path / "d")
-    entry = entry_from_stat(str(tmp_path), "d", st, IDMappings(), {})
+    entry = entry_from_stat(str(tmp_path), "d", st, IDMappings())
     assert entry is not None
     assert (entry.name, entry.type, entry.mode, entry.size) == ("d/", "5", 0o2750, 0)
     assert entry.mtime_ns == st.st_mtime_ns and entry.atime_ns is None

@@ -18,7 +18,7 @@ Linux form of the seeds' ``sandbox.vhdx``).
 
 Applying.  A layer tarball is applied in one pass, confined to the layer
 folder, no path ever followed through a symlink
-(:class:`.winmeta.WindowsApplier`).  Deletions under ``Files/`` of a layer
+(:class:`graphdriver.layerio.windows.apply.WindowsApplier`).  Deletions under ``Files/`` of a layer
 with ancestors become overlay whiteouts (root only) and are recorded in the
 sidecar in any case; a directory made again after its tombstone becomes
 opaque.  Hard links to files no layer holds (trimmed images have them) live

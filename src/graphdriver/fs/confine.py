@@ -132,19 +132,25 @@ def is_symlink_error(e: OSError) -> bool:
     return e.errno in (errno.ELOOP, errno.EXDEV)
 
 
-def find_in_lowers(lower_fds: Sequence[int], rel: str) -> tuple[int, os.stat_result] | None:
+def find_in_lowers(
+    lower_fds: Sequence[int], rel: str, resolve: Callable[[int, str], int] = resolve_dir
+) -> tuple[int, os.stat_result] | None:
     """Where *rel* is in the nearest of *lower_fds* (layers, nearest first), final symlink unfollowed.
 
     Returns an fd of its parent directory (the caller closes it) and its
     ``lstat``; None when no layer has it or a nearer one whited it out (an
-    overlay 0/0 character device).
+    overlay 0/0 character device).  *resolve* opens the parent directory
+    (:func:`resolve_dir`, or :func:`open_dir_no_symlinks` for a tree that must
+    be walked through no symlink).
     """
     parent, _, name = rel.rpartition("/")
     for lower in lower_fds:
         try:
-            pfd = resolve_dir(lower, parent)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+            pfd = resolve(lower, parent)
+        except OSError as x:
+            if x.errno in (errno.ENOENT, errno.ENOTDIR) or is_symlink_error(x):
+                continue  # not there (or only through a symlink, for a resolver that follows none)
+            raise
         try:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:

@@ -92,20 +92,11 @@ def read_xattrs(path: str) -> dict[str, bytes]:
     return xattrs
 
 
-def entry_from_stat(
-    root: str,
-    relpath: str,
-    st: os.stat_result,
-    idmaps: IDMappings,
-    hardlinks: dict[tuple[int, int], str],
-) -> TarEntry | None:
+def entry_from_stat(root: str, relpath: str, st: os.stat_result, idmaps: IDMappings) -> TarEntry | None:
     """The tar entry for the file *relpath* under *root*, described by its lstat *st*.
 
     *relpath* has no leading ``/``.  The entry carries no data: for a regular
-    file the caller writes ``entry.size`` bytes of it.  A non-directory with
-    more than one link whose inode is already in *hardlinks* (``(st_dev,
-    st_ino)`` to the archive name written first) becomes a hard link entry to
-    that name, of size 0; otherwise it is recorded there.  Returns None for a
+    file the caller writes ``entry.size`` bytes of it.  Returns None for a
     socket, which tar cannot hold.  Raises ``FileNotFoundError`` if the file
     vanished and :class:`InvalidArgument` if its owner is outside the id maps.
     """
@@ -113,25 +104,21 @@ def entry_from_stat(
     if stat.S_ISSOCK(mode):
         return None
     path = os.path.join(root, relpath)
-    is_dir = stat.S_ISDIR(mode)
-    entry = TarEntry(
-        name=relpath + "/" if is_dir else relpath,
-        mode=stat.S_IMODE(mode),
+    entry = _owned_entry(relpath + "/" if stat.S_ISDIR(mode) else relpath, relpath, st, idmaps)
+    _set_type(entry, path, st)
+    entry.xattrs = read_xattrs(path)
+    return entry
+
+
+def _owned_entry(name: str, relpath: str, st: os.stat_result, idmaps: IDMappings) -> TarEntry:
+    """An entry named *name* with the mode, owners (to container ids) and mtime of *st*."""
+    return TarEntry(
+        name=name,
+        mode=stat.S_IMODE(st.st_mode),
         uid=_to_container(idmaps, relpath, st.st_uid, uid=True),
         gid=_to_container(idmaps, relpath, st.st_gid, uid=False),
         mtime_ns=st.st_mtime_ns,
     )
-    if not is_dir and st.st_nlink > 1:
-        key = (st.st_dev, st.st_ino)
-        first = hardlinks.get(key)
-        if first is not None:
-            # The inode's data and xattrs went out with its first name.
-            entry.type, entry.linkname = LNK, first
-            return entry
-        hardlinks[key] = relpath
-    _set_type(entry, path, st)
-    entry.xattrs = read_xattrs(path)
-    return entry
 
 
 def _set_type(entry: TarEntry, path: str, st: os.stat_result) -> None:
@@ -163,6 +150,98 @@ def _to_container(idmaps: IDMappings, relpath: str, host_id: int, *, uid: bool) 
         ) from e
 
 
+class LayerWriter:
+    """The one exporter: entries in the order given, file data streamed, hard links found.
+
+    A layer format plugs in by subclassing: :meth:`describe` gives the entry of
+    a file, :meth:`link` the entry of a second name of an inode already
+    written, :meth:`after` may write more entries after a file's (Windows'
+    alternate data streams).  What the base does for every format: a regular
+    file is opened without following a symlink and described by what was
+    opened, so header and data agree; a file that shrinks while it is read is
+    padded with zeros to the size the header promised; a file that vanishes
+    between the listing and the export is skipped quietly (a running
+    container may delete files while its diff is taken).
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.writer = TarWriter(out)
+        #: ``(st_dev, st_ino)`` -> the archive name written first.
+        self.hardlinks: dict[tuple[int, int], str] = {}
+
+    def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
+        """The entry of *name*, the file at *path* described by *st*; None leaves it out."""
+        raise NotImplementedError
+
+    def link(self, name: str, first: str, st: os.stat_result) -> TarEntry:
+        """The entry of *name*, a second name of the inode first written as *first*."""
+        raise NotImplementedError
+
+    def after(self, name: str, path: str, st: os.stat_result) -> None:
+        """Called once the entry (and data) of *name* is written."""
+
+    def deleted(self, name: str) -> None:
+        """Write the whiteout deleting *name*."""
+        self.writer.add(whiteout_entry(name))
+
+    def add(self, name: str, path: str) -> None:
+        """Write *name*, the file at *path* as it is now; nothing if it is gone."""
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or (st.st_nlink > 1 and (st.st_dev, st.st_ino) in self.hardlinks):
+                self._write(name, path, st, None)
+                return
+            try:
+                fd = os.open(path, _OPEN_FLAGS)
+            except OSError as e:
+                if e.errno == errno.ELOOP:  # replaced by a symlink since the lstat
+                    return
+                raise
+            try:
+                st = os.fstat(fd)  # describe what was opened, so that the header and the data agree
+                if stat.S_ISREG(st.st_mode):
+                    self._write(name, path, st, fd)
+            finally:
+                os.close(fd)
+        except _VANISHED:
+            return
+
+    def _write(self, name: str, path: str, st: os.stat_result, fd: int | None) -> None:
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            first = self.hardlinks.setdefault((st.st_dev, st.st_ino), name)
+            if first != name:
+                # The inode's data and metadata went out with its first name.
+                self.writer.add(self.link(name, first, st))
+                return
+        entry = self.describe(name, path, st)
+        if entry is None:
+            return
+        # The writer reads exactly entry.size bytes; a file that grew is cut there.
+        data = cast(BinaryIO, _ZeroPadded(fd)) if fd is not None and entry.size else None
+        self.writer.add(entry, data)
+        self.after(name, path, st)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _OCIWriter(LayerWriter):
+    """Docker's layer format: numeric owners mapped back to container ids, xattrs, devices."""
+
+    def __init__(self, out: BinaryIO, root: str, idmaps: IDMappings) -> None:
+        super().__init__(out)
+        self.root = root
+        self.idmaps = idmaps
+
+    def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
+        return entry_from_stat(self.root, name, st, self.idmaps)
+
+    def link(self, name: str, first: str, st: os.stat_result) -> TarEntry:
+        entry = _owned_entry(name, name, st, self.idmaps)
+        entry.type, entry.linkname = LNK, first
+        return entry
+
+
 def export_changes(
     root: str, changes: Iterable[Change], out: BinaryIO, idmaps: IDMappings = NO_ID_MAPS
 ) -> None:
@@ -174,51 +253,14 @@ def export_changes(
     written in :func:`change_sort_key` order whatever the order of *changes*.
     File data is streamed, never held whole in memory.  *out* is not closed.
     """
-    writer = TarWriter(out)
-    hardlinks: dict[tuple[int, int], str] = {}
+    writer = _OCIWriter(out, root, idmaps)
     for change in sorted(changes, key=change_sort_key):
+        relpath = change.path.lstrip("/")
         if change.kind is ChangeKind.DELETE:
-            writer.add(whiteout_entry(change.path))
-            continue
-        try:
-            _add_file(writer, root, change.path.lstrip("/"), idmaps, hardlinks)
-        except _VANISHED:
-            continue
+            writer.deleted(change.path)
+        else:
+            writer.add(relpath, os.path.join(root, relpath))
     writer.close()
-
-
-def _add_file(
-    writer: TarWriter,
-    root: str,
-    relpath: str,
-    idmaps: IDMappings,
-    hardlinks: dict[tuple[int, int], str],
-) -> None:
-    """Write the entry (and data) of one file; raises a ``_VANISHED`` error if it is gone."""
-    path = os.path.join(root, relpath)
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in hardlinks:
-        entry = entry_from_stat(root, relpath, st, idmaps, hardlinks)
-        if entry is not None:
-            writer.add(entry)
-        return
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # replaced by a symlink since the lstat
-            raise FileNotFoundError(errno.ENOENT, "replaced", path) from e
-        raise
-    try:
-        # Describe what was opened, so that the header and the data agree.
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileNotFoundError(errno.ENOENT, "replaced", path)
-        entry = entry_from_stat(root, relpath, st, idmaps, hardlinks)
-        assert entry is not None
-        # The writer reads exactly entry.size bytes; a file that grew is cut there.
-        writer.add(entry, cast(BinaryIO, _ZeroPadded(fd)) if entry.size else None)
-    finally:
-        os.close(fd)
 
 
 class _ZeroPadded:

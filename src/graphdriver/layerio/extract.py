@@ -62,6 +62,7 @@ from graphdriver.plain import Plain
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_STAT_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LOWER_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 IMPLIED_DIR_MODE = 0o755
 # Parent directory fds kept open.  Entries come grouped by directory, so a
@@ -225,28 +226,25 @@ def _depth(rel: str) -> int:
     return rel.count("/") + 1 if rel else 0
 
 
-class _Extractor:
-    """The state of one extraction: cached parent fds and what this layer made."""
+class Extraction:
+    """What every layer format's extraction shares: the loop, the directory fds, the times.
 
-    def __init__(
-        self,
-        reader: EntrySource,
-        root_fd: int,
-        opts: ApplyOptions,
-        lower_fds: tuple[int, ...],
-        stats: ExtractStats,
-    ) -> None:
+    A format plugs in by subclassing: :meth:`_entry` writes one entry, and
+    :meth:`_resolve_dir`, :meth:`_open_dir_nofollow` and
+    :meth:`_implied_metadata` say how paths resolve and what a directory
+    made only because a path needed it looks like.  The base keeps a cache of
+    parent directory fds (entries come grouped by directory, so a small one
+    hits nearly always; it is trimmed between entries only, so every fd an
+    entry is working with stays open until the entry is done), creates
+    missing parents without recursion (a hostile path thousands of levels
+    deep pins one fd), removes what is in the way, and sets directory times
+    (and late modes) once every entry is in, deepest first.
+    """
+
+    def __init__(self, reader: EntrySource, root_fd: int, lower_fds: tuple[int, ...]) -> None:
         self.reader = reader
         self.root_fd = root_fd
-        self.opts = opts
         self.lower_fds = lower_fds
-        self.stats = stats
-        self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
-        self.same_ids = opts.idmaps.identity  # archive owners are host owners
-        self.privileged = privileged()
-        tolerant = opts.ignore_chown_errors
-        self.tolerant = (not self.privileged) if tolerant is None else tolerant
-        self.umask = _current_umask()
         # Relative path -> fd of that directory (resolved in the root).
         self.dirs: dict[str, int] = {}
         # Fds dropped from the cache while an entry may still use them.
@@ -257,11 +255,33 @@ class _Extractor:
         # Directory path -> (atime, mtime, mode to set late or None), applied
         # after all entries since creating children changes a directory's mtime.
         self.pending: dict[str, tuple[int, int, int | None]] = {}
-        self._keep_times(root_fd, "")
+
+    # ----- what a format provides ------------------------------------------------------
+
+    def _entry(self, e: TarEntry) -> int:
+        """Write entry *e*; returns the bytes it counts towards the layer's size."""
+        raise NotImplementedError
+
+    def _resolve_dir(self, rel: str) -> int:
+        """Open the existing directory *rel* of the layer (OSError as ``openat`` gives)."""
+        return confine.resolve_dir(self.root_fd, rel)
+
+    def _open_dir_nofollow(self, dir_fd: int, rel: str, flags: int = _OPEN_DIR) -> int:
+        """Open directory *rel* below *dir_fd* with *flags*, its last component not followed."""
+        return confine.open_at_root(dir_fd, rel, flags)
+
+    def _implied_metadata(self, fd: int, rel: str) -> None:
+        """Owner and mode of directory *rel*, made only because a path needed it."""
+        raise NotImplementedError
+
+    def _error_text(self, x: OSError) -> str:
+        """How an error writing an entry is told."""
+        return x.strerror or str(x)
 
     # ----- the loop -------------------------------------------------------------
 
     def run(self) -> int:
+        """Write every entry of the reader; returns the layer's size."""
         size = 0
         read_next = self.reader.next
         while True:
@@ -276,7 +296,7 @@ class _Extractor:
             try:
                 size += self._entry(e)
             except OSError as x:
-                raise ArchiveError(e.name, x.strerror or str(x)) from x
+                raise ArchiveError(e.name, self._error_text(x)) from x
             except ValueError as x:  # a NUL byte in a name
                 raise ArchiveError(e.name, str(x)) from x
         try:
@@ -284,6 +304,182 @@ class _Extractor:
         except OSError as x:
             raise ArchiveError("", f"finishing directories: {x.strerror or x}") from x
         return size
+
+    # ----- directories and the fd cache -------------------------------------
+
+    def _dir_fd(self, rel: str, *, create: bool = True) -> int:
+        """An fd of directory *rel*, created (with missing parents) if *create*."""
+        if not rel:
+            return self.root_fd
+        fd = self.dirs.get(rel)
+        if fd is not None:
+            return fd
+        try:
+            fd = self._resolve_dir(rel)
+        except FileNotFoundError:
+            if not create:
+                raise
+            return self._make_dirs(rel)
+        self.dirs[rel] = fd
+        if rel not in self.pending and rel not in self.created:
+            self._keep_times(fd, rel)
+        return fd
+
+    def _keep_times(self, fd: int, rel: str) -> None:
+        """Restore a directory's times at the end: the layer changes it but does not list it.
+
+        Then a full copy (where a new or deleted child bumps the parent) and an
+        overlay upper (whose implied parents copy the lower's) give one tree.
+        """
+        st = os.fstat(fd)
+        self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
+
+    def _existing_dir(self, rel: str) -> int | None:
+        """An fd of directory *rel*; None if it does not exist or is no directory."""
+        try:
+            return self._dir_fd(rel, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _make_dirs(self, rel: str) -> int:
+        """Create the missing directories of *rel* (Docker's implied directories)."""
+        comps = rel.split("/")
+        # The deepest existing ancestor: nearly always the parent.
+        n = len(comps) - 1
+        fd = self.root_fd
+        while n > 0:
+            try:
+                fd = self._dir_fd("/".join(comps[:n]), create=False)
+                break
+            except FileNotFoundError:
+                n -= 1
+        owned = False
+        try:
+            for i in range(n, len(comps)):
+                try:
+                    sc.mkdir_at(comps[i], 0o700, dir_fd=fd)
+                except FileExistsError:
+                    # Resolution said ENOENT, so this is a dangling symlink.
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
+                # Only the deepest is cached: a hostile path thousands of
+                # levels deep must not pin thousands of fds.
+                sub = os.open(comps[i], _OPEN_DIR, dir_fd=fd)
+                if owned:
+                    os.close(fd)
+                fd, owned = sub, True
+                prefix = "/".join(comps[: i + 1])
+                self._implied_metadata(fd, prefix)
+                self.created.add(prefix)
+            self.dirs[rel] = fd
+            owned = False
+            return fd
+        finally:
+            if owned:
+                os.close(fd)
+
+    def _lower_dir_stat(self, rel: str) -> os.stat_result | None:
+        """The ``stat`` of directory *rel* in the nearest lower layer that has it."""
+        for lower in self.lower_fds:
+            try:
+                lfd = self._open_dir_nofollow(lower, rel, _STAT_DIR)
+            except OSError:
+                continue
+            try:
+                return os.fstat(lfd)
+            finally:
+                os.close(lfd)
+        return None
+
+    def _trim_cache(self) -> None:
+        for fd in self.stale:
+            os.close(fd)
+        self.stale.clear()
+        while len(self.dirs) > _DIR_CACHE_SIZE:
+            os.close(self.dirs.pop(next(iter(self.dirs))))
+
+    def _invalidate(self) -> None:
+        """Forget every cached directory: a directory or symlink went away.
+
+        Cached paths may have resolved through it (even via other symlinks),
+        so nothing cached can be trusted.  The fds are closed after the entry.
+        """
+        self.stale.extend(self.dirs.values())
+        self.dirs.clear()
+
+    def close(self) -> None:
+        """Close every cached fd."""
+        self._invalidate()
+        self._trim_cache()
+
+    # ----- removing what is in the way ---------------------------------------------
+
+    def _remove(self, pfd: int, name: str, rel: str) -> bool:
+        """Remove *name* of *pfd* (recursively); False if there was nothing."""
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            self._invalidate()
+            remove_tree_at(pfd, name)
+            inside = rel + "/"
+            for p in [p for p in self.pending if p == rel or p.startswith(inside)]:
+                del self.pending[p]
+        else:
+            os.unlink(name, dir_fd=pfd)
+            if stat.S_ISLNK(st.st_mode):
+                self._invalidate()
+        self._removed(rel)
+        return True
+
+    def _removed(self, rel: str) -> None:
+        """*rel* (and what was below it) was removed: a format may drop what it kept about it."""
+
+    # ----- the end --------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Set directory times and late modes, deepest first (creating children moved them)."""
+        self._trim_cache()
+        # Deepest first, so a late mode never locks us out of a child.
+        for rel in sorted(self.pending, key=_depth, reverse=True):
+            atime, mtime, late = self.pending[rel]
+            try:
+                # No following: a later entry may have put a symlink there.
+                fd = self._open_dir_nofollow(self.root_fd, rel) if rel else self.root_fd
+            except OSError as x:
+                if x.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+                    continue
+                raise
+            try:
+                if late is not None:
+                    sc.fchmod(fd, late)
+                os.utime(fd, ns=(atime, mtime))
+            finally:
+                if fd != self.root_fd:
+                    os.close(fd)
+
+
+class _Extractor(Extraction):
+    """An OCI (Docker) layer tarball into a directory: the entry kinds and whiteouts."""
+
+    def __init__(
+        self,
+        reader: EntrySource,
+        root_fd: int,
+        opts: ApplyOptions,
+        lower_fds: tuple[int, ...],
+        stats: ExtractStats,
+    ) -> None:
+        super().__init__(reader, root_fd, lower_fds)
+        self.opts = opts
+        self.stats = stats
+        self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
+        self.same_ids = opts.idmaps.identity  # archive owners are host owners
+        self.privileged = privileged()
+        tolerant = opts.ignore_chown_errors
+        self.tolerant = (not self.privileged) if tolerant is None else tolerant
+        self.umask = _current_umask()
+        self._keep_times(root_fd, "")
 
     def _entry(self, e: TarEntry) -> int:
         t = e.type
@@ -339,138 +535,18 @@ class _Extractor:
             return not (parent == AUFS_LINK_DIR and e.type in REGULAR_TYPES)
         return False
 
-    # ----- directories and the fd cache -------------------------------------
-
-    def _dir_fd(self, rel: str, *, create: bool = True) -> int:
-        """An fd of directory *rel*, created (with missing parents) if *create*."""
-        if not rel:
-            return self.root_fd
-        fd = self.dirs.get(rel)
-        if fd is not None:
-            return fd
-        try:
-            fd = confine.resolve_dir(self.root_fd, rel)
-        except FileNotFoundError:
-            if not create:
-                raise
-            return self._make_dirs(rel)
-        self.dirs[rel] = fd
-        if rel not in self.pending and rel not in self.created:
-            self._keep_times(fd, rel)
-        return fd
-
-    def _keep_times(self, fd: int, rel: str) -> None:
-        """Restore a directory's times at the end: the layer changes it but does not list it.
-
-        Then a full copy (where a new or deleted child bumps the parent) and an
-        overlay upper (whose implied parents copy the lower's) give one tree.
-        """
-        st = os.fstat(fd)
-        self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
-
-    def _existing_dir(self, rel: str) -> int | None:
-        try:
-            return self._dir_fd(rel, create=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def _make_dirs(self, rel: str) -> int:
-        """Create the missing directories of *rel* (Docker's implied directories)."""
-        comps = rel.split("/")
-        # The deepest existing ancestor: nearly always the parent.
-        n = len(comps) - 1
-        fd = self.root_fd
-        while n > 0:
-            try:
-                fd = self._dir_fd("/".join(comps[:n]), create=False)
-                break
-            except FileNotFoundError:
-                n -= 1
-        owned = False
-        try:
-            for i in range(n, len(comps)):
-                try:
-                    sc.mkdir_at(comps[i], 0o700, dir_fd=fd)
-                except FileExistsError:
-                    # Resolution said ENOENT, so this is a dangling symlink.
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
-                # Only the deepest is cached: a hostile path thousands of
-                # levels deep must not pin thousands of fds.
-                sub = os.open(comps[i], _OPEN_DIR, dir_fd=fd)
-                if owned:
-                    os.close(fd)
-                fd, owned = sub, True
-                prefix = "/".join(comps[: i + 1])
-                self._implied_metadata(fd, prefix)
-                self.created.add(prefix)
-            self.dirs[rel] = fd
-            owned = False
-            return fd
-        finally:
-            if owned:
-                os.close(fd)
-
     def _implied_metadata(self, fd: int, rel: str) -> None:
-        """Owner and mode of a directory created only because a path needed it."""
-        uid, gid = self._map_ids(rel, 0, 0)
-        mode = IMPLIED_DIR_MODE
-        for lower in self.lower_fds:
-            # Over lower layers, inherit the lower directory's identity so the
-            # union view does not change it.
-            try:
-                lfd = confine.open_at_root(lower, rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                st = os.fstat(lfd)
-            finally:
-                os.close(lfd)
+        # Over lower layers, inherit the lower directory's identity so the
+        # union view does not change it.
+        st = self._lower_dir_stat(rel)
+        if st is None:
+            uid, gid = self._map_ids(rel, 0, 0)
+            mode = IMPLIED_DIR_MODE
+        else:
             uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
             self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
-            break
         self._chown_fd(fd, uid, gid)
         sc.fchmod(fd, mode)
-
-    def _trim_cache(self) -> None:
-        for fd in self.stale:
-            os.close(fd)
-        self.stale.clear()
-        while len(self.dirs) > _DIR_CACHE_SIZE:
-            os.close(self.dirs.pop(next(iter(self.dirs))))
-
-    def _invalidate(self) -> None:
-        """Forget every cached directory: a directory or symlink went away.
-
-        Cached paths may have resolved through it (even via other symlinks),
-        so nothing cached can be trusted.  The fds are closed after the entry.
-        """
-        self.stale.extend(self.dirs.values())
-        self.dirs.clear()
-
-    def close(self) -> None:
-        """Close every cached fd."""
-        self._invalidate()
-        self._trim_cache()
-
-    # ----- removing what is in the way ---------------------------------------------
-
-    def _remove(self, pfd: int, name: str, rel: str) -> bool:
-        """Remove *name* of *pfd* (recursively); False if there was nothing."""
-        try:
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        if stat.S_ISDIR(st.st_mode):
-            self._invalidate()
-            remove_tree_at(pfd, name)
-            inside = rel + "/"
-            for p in [p for p in self.pending if p == rel or p.startswith(inside)]:
-                del self.pending[p]
-        else:
-            os.unlink(name, dir_fd=pfd)
-            if stat.S_ISLNK(st.st_mode):
-                self._invalidate()
-        return True
 
     def _empty_opaque(self, fd: int, rel: str) -> None:
         """Remove what directory *rel* held before this layer (DELETE-mode opaque)."""
@@ -800,25 +876,7 @@ class _Extractor:
         """Drop the AUFS link scratch directory, then fix directory times and late modes."""
         if AUFS_LINK_DIR in self.created:
             self._remove(self.root_fd, AUFS_LINK_DIR, AUFS_LINK_DIR)
-        self._trim_cache()
-        # Deepest first, so a late mode never locks us out of a child.
-        for rel in sorted(self.pending, key=_depth, reverse=True):
-            atime, mtime, late = self.pending[rel]
-            try:
-                # O_NOFOLLOW: a later entry may have put a symlink there.
-                fd = confine.open_at_root(self.root_fd, rel, _OPEN_DIR) if rel else self.root_fd
-            except OSError as x:
-                if x.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    continue
-                raise
-            try:
-                if late is not None:
-                    sc.fchmod(fd, late)
-                os.utime(fd, ns=(atime, mtime))
-            finally:
-                if fd != self.root_fd:
-                    os.close(fd)
-
+        super()._finish()
 
 def _times(e: TarEntry) -> tuple[int, int]:
     return (e.mtime_ns if e.atime_ns is None else e.atime_ns), e.mtime_ns

@@ -63,15 +63,15 @@ def _oci_writer(driver: Driver, whiteouts: str, lowers: tuple[str, ...], opaque_
 
 
 def _windows_writer(driver: Driver, whiteout_devices: bool) -> Writer:
-    from graphdriver.layerio.windows import winmeta
+    from graphdriver.layerio.windows import apply as winapply
     from graphdriver.layerio.windows.layer import MUTATED_FILES
 
     idmaps = driver.config.idmaps
     owner = None if idmaps.identity else (idmaps.uids.to_host(0), idmaps.gids.to_host(0))
-    plan = winmeta.ApplyPlan(whiteout_devices=whiteout_devices, mutated=dict(MUTATED_FILES), owner=owner)
+    plan = winapply.ApplyPlan(whiteout_devices=whiteout_devices, mutated=dict(MUTATED_FILES), owner=owner)
 
     def write(entries: EntrySource, dirs: ConfinedDirs) -> int:
-        return winmeta.apply_windows_layer(entries, dirs.root_fd, dirs.extra_fds, plan)  # type: ignore[arg-type]
+        return winapply.apply_windows_layer(entries, dirs.root_fd, dirs.extra_fds, plan)  # type: ignore[arg-type]
 
     return write
 

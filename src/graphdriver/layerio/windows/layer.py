@@ -1,6 +1,6 @@
 """A Windows layer's content in and out of the directories a driver hands back.
 
-Applying is :func:`.winmeta.apply_windows_layer`; this module adds what the store
+Applying is :func:`.apply.apply_windows_layer`; this module adds what the store
 needs around it: the files Windows rewrites after import (kept as they were
 imported, so the layer still re-exports byte for byte), the reassembly getter,
 what a layer changed (as ``/Files/...`` paths, tombstones included) and the
@@ -21,10 +21,9 @@ from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import NotFound
 from graphdriver.fs.confine import open_file_in_root
-from graphdriver.layerio.entry import DIR, LNK, REG, SYM
-from graphdriver.layerio.export import change_sort_key, whiteout_entry
+from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
+from graphdriver.layerio.export import LayerWriter, change_sort_key
 from graphdriver.layerio.getter import FileGetter
-from graphdriver.layerio.tarstream import TarWriter
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, winmeta, wintar
 from graphdriver.layerio.windows.wintar import Times, WinMeta
@@ -79,7 +78,7 @@ def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: Bi
     items.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
     exporter = _Exporter(winmeta.ChainMeta(list(data_dirs)), out)
     for name, path in items:
-        exporter.add(name, path)
+        exporter.add_item(name, path)
     exporter.close()
 
 
@@ -124,54 +123,59 @@ def _own_extras(data_dir: str) -> list[tuple[str, str | None]]:
     return items
 
 
-class _Exporter:
-    """Writes entries as ``backuptar`` does, metadata from the chain's sidecars."""
+class _Exporter(LayerWriter):
+    """The Windows format's plug-in of the one exporter: ``backuptar``'s entries, sidecar metadata."""
 
     def __init__(self, chain: winmeta.ChainMeta, out: BinaryIO) -> None:
+        super().__init__(out)
         self.chain = chain
-        self.writer = TarWriter(out)
-        self.hardlinks: dict[tuple[int, int], str] = {}
         self.sds: dict[str, bytes | None] = {}
+        # The layer the last described entry's metadata came from (-1: none), and its times.
+        self.index = -1
+        self.times = Times(0, 0, 0, 0)
 
-    def add(self, name: str, path: str | None) -> None:
+    def add_item(self, name: str, path: str | None) -> None:
         """Write *name*: a tombstone when *path* is None, a metadata-only link when it is ""."""
         if path is None:
-            self.writer.add(whiteout_entry(name))
-            return
+            self.deleted(name)
+        elif path == "":
+            self._dangling_link(name)
+        else:
+            self.add(name, path)
+
+    def _dangling_link(self, name: str) -> None:
         found = self.chain.find(name)
-        if path == "":
-            if found is not None:
-                rec = found[0]
-                mtime = rec.mtime_ns or 0
-                times = Times(mtime, rec.atime_ns or mtime, rec.ctime_ns or mtime, mtime)
-                meta = rec.meta or WinMeta()
-                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=rec.target))
-            return
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return  # gone while we looked, as a running container may do
+        if found is not None:
+            rec = found[0]
+            mtime = rec.mtime_ns or 0
+            times = Times(mtime, rec.atime_ns or mtime, rec.ctime_ns or mtime, mtime)
+            self.writer.add(wintar.export_entry(name, LNK, rec.meta or WinMeta(), times, linkname=rec.target))
+
+    def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
         kind = _KINDS.get(stat.S_IFMT(st.st_mode))
         if kind is None:
             log.warning("%s: a Windows layer holds only files, directories and symlinks; left out", name)
-            return
-        meta, times, index = self._meta(name, kind, st, found)
-        if kind == REG and st.st_nlink > 1:
-            first = self.hardlinks.setdefault((st.st_dev, st.st_ino), name)
-            if first != name:
-                self.writer.add(wintar.export_entry(name, LNK, meta, times, linkname=first))
-                return
+            return None
+        meta, times, self.index = self._meta(name, kind, st, self.chain.find(name))
+        self.times = times
         if kind == REG:
-            with open(path, "rb", opener=_nofollow) as f:
-                self.writer.add(wintar.export_entry(name, REG, meta, times, size=st.st_size), f)
-        else:
-            linkname = os.readlink(path) if kind == SYM else ""
-            self.writer.add(wintar.export_entry(name, kind, meta, times, linkname=linkname))
-        if index >= 0 and kind in (REG, DIR):
-            for stream, data in self.chain.streams(index, name):
-                with contextlib.suppress(FileNotFoundError), open(data, "rb", opener=_nofollow) as f:
-                    size = os.fstat(f.fileno()).st_size
-                    self.writer.add(wintar.stream_entry(name, stream, size, times), f)
+            return wintar.export_entry(name, REG, meta, times, size=st.st_size)
+        linkname = os.readlink(path) if kind == SYM else ""
+        return wintar.export_entry(name, kind, meta, times, linkname=linkname)
+
+    def link(self, name: str, first: str, st: os.stat_result) -> TarEntry:
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), REG)
+        meta, times, _ = self._meta(name, kind, st, self.chain.find(name))
+        return wintar.export_entry(name, LNK, meta, times, linkname=first)
+
+    def after(self, name: str, path: str, st: os.stat_result) -> None:
+        """The file's alternate data streams follow it."""
+        if self.index < 0 or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return
+        for stream, data in self.chain.streams(self.index, name):
+            with contextlib.suppress(FileNotFoundError), open(data, "rb", opener=_nofollow) as f:
+                size = os.fstat(f.fileno()).st_size
+                self.writer.add(wintar.stream_entry(name, stream, size, self.times), f)
 
     def _meta(self, name: str, kind: str, st: os.stat_result,
               found: tuple[winmeta.Record, int] | None) -> tuple[WinMeta, Times, int]:
@@ -212,9 +216,6 @@ class _Exporter:
         for child in reversed(pending):
             sd = self.sds[child] = wintar.inherit_security_descriptor(sd, is_dir=True)
         return sd
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 _KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
