@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from graphdriver.testing.setups import DriverSetup, driver_setups, open_store, unusable
+
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, mounts)")
@@ -26,66 +28,10 @@ def corpus_files(folder: str) -> list[Path]:
     return sorted(p for p in (CORPUS / folder).iterdir() if p.name != "LICENSE")
 
 
-def conformance_drivers() -> list[str]:
-    """Every registered driver that can run here, for the parametrised suite."""
-    from graphdriver.drivers import registry
-
-    out = []
-    for name in registry.registered():
-        if name == "windowsfilter":
-            continue  # Windows layers have their own layout; their suite selects scenarios
-        out.append(name)
-    return out
-
-
-class DriverSetup(str):
-    """A driver name that also carries driver options (``--opt``): one set of the suite.
-
-    It is the driver's name wherever a name is expected; :func:`run_cli` adds its
-    options to the command line and :func:`open_store` to the store it opens.
-    """
-
-    options: dict[str, str]
-
-    def __new__(cls, name: str, **options: str) -> DriverSetup:
-        setup = super().__new__(cls, name)
-        setup.options = dict(options)
-        return setup
-
-    @property
-    def id(self) -> str:
-        return "-".join([str(self), *(f"{k}={v}" for k, v in sorted(self.options.items()))])
-
-
-#: The option sets the conformance suite runs each driver with, beyond its defaults:
-#: overlay through the old mount(2) API and through fuse-overlayfs, vfs copying
-#: without trying reflinks.
-OPTION_SETS: dict[str, list[dict[str, str]]] = {
-    "overlay": [{}, {"mount_api": "mount"}, {"mount_program": "fuse-overlayfs"}],
-    "vfs": [{}, {"copy": "copy"}],
-}
-
-
-def driver_setups(*, all_options: bool) -> list[DriverSetup]:
-    """Each driver that runs here with its default options, and with every option set too."""
-    out = []
-    for name in conformance_drivers():
-        for options in OPTION_SETS.get(name, [{}]) if all_options else [{}]:
-            out.append(DriverSetup(name, **options))
-    return out
-
-
 def _usable(request: pytest.FixtureRequest, setup: DriverSetup) -> DriverSetup:
-    from graphdriver.drivers import registry
-    from graphdriver.errors import GraphDriverError
-
-    try:
-        registry.driver_class(setup).probe(str(request.getfixturevalue("tmp_path")))
-    except GraphDriverError as e:
-        pytest.skip(f"driver {setup} cannot run here: {e}")
-    program = setup.options.get("mount_program")
-    if program and shutil.which(program) is None:
-        pytest.skip(f"{program} is not installed (apt-get install {program})")
+    why = unusable(setup, str(request.getfixturevalue("tmp_path")))
+    if why:
+        pytest.skip(why)
     return setup
 
 
@@ -97,17 +43,12 @@ def driver_name(request: pytest.FixtureRequest) -> DriverSetup:
 
 @pytest.fixture(params=driver_setups(all_options=True), ids=lambda s: s.id)
 def driver_setup(request: pytest.FixtureRequest) -> DriverSetup:
-    """Each driver with each of its option sets: what the conformance suite runs over."""
+    """Each OCI-format driver with each of its option sets (stores for the OCI-layer tests).
+
+    The conformance suite itself (:mod:`graphdriver.testing.conformance`) runs
+    over every driver, Windows-format ones included.
+    """
     return _usable(request, request.param)
-
-
-def open_store(root: Path, run_root: Path, driver: str) -> Any:
-    """A store on *driver* (a :class:`DriverSetup` brings its options)."""
-    from graphdriver.store.layers import Store, StoreOptions
-
-    options = getattr(driver, "options", {})
-    return Store(StoreOptions(root=str(root), run_root=str(run_root), driver=str(driver),
-                              driver_options=dict(options)))
 
 
 @pytest.fixture

@@ -52,3 +52,15 @@ def test_importing_the_package_loads_nothing_else() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "['graphdriver']"
+
+
+def test_a_third_party_driver_runs_the_shipped_conformance_suite(tmp_path: Path) -> None:
+    """``GRAPHDRIVER_CONFORMANCE_DRIVERS=NAME=module:Class`` registers a driver and runs the suite on it."""
+    env = {**os.environ, "GRAPHDRIVER_CONFORMANCE_DRIVERS": "theirs=graphdriver.drivers.vfs:VfsDriver"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "--pyargs", "graphdriver.testing.conformance", "-k", "empty_layer or deep_chain or round_trip"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 passed" in proc.stdout, proc.stdout

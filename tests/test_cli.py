@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from graphdriver.testing.treeutil import D, F, make_tar
 from tests.conftest import run_cli
-from tests.treeutil import D, F, make_tar
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from graphdriver.layerio.compression import Compression, open_compressor
 from graphdriver.layerio.extract import ApplyOptions, extract_entries
 from graphdriver.layerio.getter import DirFileGetter
 from graphdriver.layerio.tarsplit import assemble, read_entries
-from tests.treeutil import D, F, H, L, make_tar
+from graphdriver.testing.treeutil import D, F, H, L, make_tar
 
 LAYER = make_tar({"etc": D(), "etc/hosts": F(b"127.0.0.1 localhost\n" * 300), "bin": D(),
                   "bin/big": F(os.urandom(3 << 20), mode=0o755), "bin/l": L("big"), "bin/h": H("bin/big"),

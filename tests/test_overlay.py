@@ -28,8 +28,8 @@ from graphdriver.fs import mounts
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.store import content
 from graphdriver.store.layers import Store, StoreOptions
+from graphdriver.testing.treeutil import D, F, H, L, Opaque, W, make_tar, snapshot
 from tests.conftest import ROOT, run_cli
-from tests.treeutil import D, F, H, L, Opaque, W, make_tar, snapshot
 
 A, C, X = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 

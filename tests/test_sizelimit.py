@@ -15,7 +15,7 @@ import pytest
 from graphdriver.errors import InvalidArgument
 from graphdriver.fs import mounts, sizelimit
 from graphdriver.store.layers import Store, StoreOptions
-from tests.treeutil import F, make_tar
+from graphdriver.testing.treeutil import F, make_tar
 
 MiB = 1 << 20
 

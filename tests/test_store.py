@@ -14,8 +14,8 @@ import pytest
 
 from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Precondition
 from graphdriver.store.layers import Store, StoreOptions
+from graphdriver.testing.treeutil import D, F, H, L, make_tar
 from tests.conftest import corpus_files, needs_root, run_cli
-from tests.treeutil import D, F, H, L, make_tar
 
 
 def sha(data: bytes) -> str:

@@ -28,8 +28,8 @@ from graphdriver.layerio.tarsplit import (
     read_entries,
 )
 from graphdriver.layerio.tarstream import TarReader
+from graphdriver.testing.treeutil import D, F, H, L, make_tar
 from tests.conftest import CORPUS, corpus_files
-from tests.treeutil import D, F, H, L, make_tar
 
 
 def record(data: bytes) -> tuple[bytes, dict[str, list[bytes]]]:

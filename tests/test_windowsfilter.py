@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.diff.changes import ChangeKind
+from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.drivers import windowsfilter
 from graphdriver.errors import ArchiveError, IntegrityError, InvalidArgument, Precondition, Unsupported
 from graphdriver.layerio.entry import TarEntry
@@ -22,7 +22,7 @@ from graphdriver.layerio.windows import layer as winlayer
 from graphdriver.layerio.windows import winmeta, wintar
 from graphdriver.store import content
 from graphdriver.store.layers import Store, StoreOptions
-from tests import wingen
+from graphdriver.testing import wingen
 from tests.conftest import CORPUS, needs_root
 
 A, C, X = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
@@ -662,3 +662,42 @@ def test_base_images_cli(tmp_path):
     assert run_cli("--opt", f"base_images={images}", "exists", nano_id, root=root).returncode == 0
     wrong = run_cli("base-images", root=tmp_path / "vfs-root", driver="vfs")
     assert wrong.returncode == 7
+
+
+# ----- the shared extractor and exporter's guarantees, in the Windows format -------------------------
+
+
+def test_a_path_thousands_of_levels_deep_is_made_without_recursion(wstore):
+    # 1,500 missing parents below Files/: made one after the other, never one call per level.
+    deep = "Files/" + "/".join(["d"] * 1500) + "/f"
+    import_entries(wstore, "deep", [wingen.WinDir("Files"), wingen.WinFile(deep, b"bottom")])
+    home = wstore.driver.resolve("deep")
+    assert Path(home, deep).read_bytes() == b"bottom"
+
+
+def test_a_file_that_shrinks_while_exported_is_padded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    files = tmp_path / "layer" / "Files"
+    files.mkdir(parents=True)
+    (files / "f").write_bytes(b"short")
+    (files / "g").write_bytes(b"next")
+    real_fstat = os.fstat
+
+    def stale_fstat(fd: int) -> os.stat_result:
+        # As if the file were truncated between the fstat and the read.
+        st = real_fstat(fd)
+        fields = list(st)
+        fields[6] += 3 if st.st_size == 5 else 0  # st_size
+        extra = ("st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_rdev", "st_blocks")
+        return os.stat_result(fields, {k: getattr(st, k) for k in extra})
+
+    out = io.BytesIO()
+    changes = [Change("/f", ChangeKind.ADD), Change("/g", ChangeKind.ADD)]
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    winlayer.export(str(files), changes, (str(tmp_path / "layer"),), out, own_extras=False)
+    monkeypatch.undo()
+    reader = TarReader(io.BytesIO(out.getvalue()))
+    contents = {}
+    while (e := reader.next()) is not None:
+        contents[e.name] = reader.read(e.size) if e.size else b""
+    assert contents["Files/f"] == b"short\0\0\0"
+    assert contents["Files/g"] == b"next"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from graphdriver.testing.treeutil import assert_same_tree, snapshot
 from tests.conftest import needs_root, run_cli
-from tests.treeutil import assert_same_tree, snapshot
 
 pytestmark = [pytest.mark.slow, needs_root]
 

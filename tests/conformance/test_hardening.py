@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from graphdriver.errors import IntegrityError
-from tests.treeutil import F, make_tar
+from graphdriver.testing.treeutil import F, make_tar
 
 
 def _write(store, layer_id: str, name: str, data: bytes) -> None:
@@ -312,7 +312,7 @@ def test_symlink_targets_above_the_root_are_stored_as_content(store, tmp_path):
     """GNU tar and bsdtar store ``up -> ../x``; so do we, and nothing is written through them."""
     import subprocess
 
-    from tests.treeutil import D, L
+    from graphdriver.testing.treeutil import D, L
 
     data = make_tar({"up": L("../x"), "d": D(), "d/s": L("../../y"), "abs": L("/../../etc"),
                      "f": F(b"plain")})
@@ -444,7 +444,7 @@ TAMPERINGS = {
 
 @pytest.mark.parametrize("how", sorted(TAMPERINGS))
 def test_check_finds_metadata_tampering_in_an_image_layer(store, how):
-    from tests.treeutil import D, L
+    from graphdriver.testing.treeutil import D, L
 
     if how == "chown" and os.geteuid() != 0:
         pytest.skip("needs root to chown (and an unprivileged store records no owners)")

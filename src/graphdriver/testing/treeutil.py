@@ -119,7 +119,8 @@ def make_tar(spec: Spec, *, fmt: int = tarfile.PAX_FORMAT) -> bytes:
 
 def _xattrs(info: tarfile.TarInfo, xattrs: Mapping[str, bytes]) -> None:
     for key, value in xattrs.items():
-        info.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+        text = value.decode("utf-8", "surrogateescape")
+        info.pax_headers = {**info.pax_headers, "SCHILY.xattr." + key: text}
 
 
 def build(root: str, spec: Spec) -> None:

@@ -1,0 +1,564 @@
+"""The conformance suite: every scenario against every driver and option set.
+
+Each scenario takes the ``store`` fixture (an empty store on one driver with
+one option set) and ``fmt`` (its :class:`~.formats.LayerFormat`): layers are
+described once and written in the driver's own format, so a Windows-format
+driver runs the same scenarios through the Windows-layer builder.  Scenarios
+about Unix metadata (owners, modes, devices, opaque directories) run on the
+OCI-format drivers only: a Windows layer has none of it.
+
+A third party's driver runs the suite too::
+
+    GRAPHDRIVER_CONFORMANCE_DRIVERS="mine=mypackage.driver:MyDriver" \\
+        python -m pytest --pyargs graphdriver.testing.conformance
+
+(``NAME=module:Class`` registers the class first; a bare ``NAME`` picks a
+registered driver.)  Needs ``pytest``; GNU tar for the fidelity scenario.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.errors import AlreadyExists, ArchiveError, InvalidArgument, NotFound, Precondition
+from graphdriver.testing import setups
+from graphdriver.testing.formats import LayerFormat, for_layer_format
+from graphdriver.testing.treeutil import (
+    D,
+    Dev,
+    F,
+    H,
+    L,
+    Opaque,
+    Spec,
+    W,
+    assert_same_tree,
+    make_tar,
+    snapshot,
+)
+
+A, C, X = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, mounts)")
+
+_EVERY = setups.driver_setups(all_options=True, windows=True)
+_OCI = [s for s in _EVERY if setups.layer_format(s) == "oci"]
+#: Run a scenario on every driver and option set, or on the OCI-format ones.
+every_driver = pytest.mark.parametrize("driver_setup", _EVERY, indirect=True, ids=lambda s: s.id)
+oci_drivers = pytest.mark.parametrize("driver_setup", _OCI, indirect=True, ids=lambda s: s.id)
+
+
+# ----- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def driver_setup(request: pytest.FixtureRequest, tmp_path: Path) -> setups.DriverSetup:
+    """The driver and options of this run (skipped with the reason when it cannot run here)."""
+    setup: setups.DriverSetup = request.param
+    why = setups.unusable(setup, str(tmp_path))
+    if why:
+        pytest.skip(why)
+    return setup
+
+
+@pytest.fixture
+def store(tmp_path: Path, driver_setup: setups.DriverSetup) -> Iterator[Any]:
+    """An empty store on the driver and option set of this run."""
+    s = setups.open_store(tmp_path / "store", tmp_path / "run", driver_setup)
+    yield s
+    # Leave no mounts behind, whatever the test did.
+    for record in s.layers():
+        while s.driver.mount_count(record.id) > 0:
+            s.driver.put(record.id)
+
+
+@pytest.fixture
+def fmt(driver_setup: setups.DriverSetup) -> LayerFormat:
+    """The layer format of the driver of this run."""
+    return for_layer_format(setups.layer_format(driver_setup))
+
+
+# ----- helpers -------------------------------------------------------------------------------------
+
+
+def changes_of(store: Any, layer_id: str, parent: str | None = None) -> list[tuple[ChangeKind, str]]:
+    return [(c.kind, c.path) for c in store.changes(layer_id, parent)]
+
+
+def import_tar(store: Any, fmt: LayerFormat, layer_id: str, spec: Spec, parent: str | None = None) -> Any:
+    return store.import_layer(layer_id, parent, io.BytesIO(fmt.tar(spec)))
+
+
+def diff_bytes(store: Any, layer_id: str, parent: str | None = None) -> bytes:
+    out = io.BytesIO()
+    store.diff(layer_id, out, parent)
+    return out.getvalue()
+
+
+def tar_names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [m.name for m in tf.getmembers()]
+
+
+def view(store: Any, layer_id: str, **kw: Any) -> dict[str, Any]:
+    """The mounted tree of a layer, without the root directory's own metadata.
+
+    Layer tarballs never carry the root (``docker diff`` never lists it), so its
+    times and mode belong to the store, not to the layer's content.
+    """
+    kw.setdefault("skip", ["."])
+    path = store.mount(layer_id)
+    try:
+        return snapshot(path, **kw)
+    finally:
+        store.unmount(layer_id)
+
+
+def _one_file_tar(name: str, data: bytes) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+# ----- creation -------------------------------------------------------------------------
+
+
+@every_driver
+def test_empty_layer(store: Any) -> None:
+    store.create("empty")
+    assert store.exists("empty")
+    assert [r.id for r in store.layers()] == ["empty"]
+    path = store.mount("empty")
+    try:
+        assert os.path.isdir(path)
+        assert os.listdir(path) == []
+    finally:
+        store.unmount("empty")
+    assert store.changes("empty") == []
+    assert tar_names(diff_bytes(store, "empty")) == []
+    assert store.diff_size("empty") == 0
+
+
+@every_driver
+def test_create_duplicate_refused(store: Any, fmt: LayerFormat) -> None:
+    store.create("a")
+    with pytest.raises(AlreadyExists):
+        store.create("a")
+    with pytest.raises(AlreadyExists):
+        import_tar(store, fmt, "a", {"f": F(b"x")})
+
+
+@every_driver
+def test_missing_parent_leaves_nothing(store: Any, fmt: LayerFormat) -> None:
+    with pytest.raises(NotFound):
+        store.create("child", "nope")
+    assert not store.exists("child")
+    with pytest.raises(NotFound):
+        import_tar(store, fmt, "child2", {"f": F(b"x")}, parent="nope")
+    assert not store.exists("child2")
+    assert store.layers() == []
+    assert store.cleanup() == []
+
+
+@every_driver
+@pytest.mark.parametrize("bad", ["", "-a", ".a", "a/b", "../x", "a" * 129, "a b", "é"])
+def test_bad_ids_refused(store: Any, bad: str) -> None:
+    with pytest.raises(InvalidArgument):
+        store.create(bad)
+    with pytest.raises(InvalidArgument):
+        store.create("ok", bad)
+    assert store.layers() == []
+
+
+@every_driver
+def test_snapshot_of_layer_is_same_view(store: Any, fmt: LayerFormat) -> None:
+    import_tar(store, fmt, "base", {"etc": D(), "etc/hosts": F(b"127.0.0.1 localhost\n")})
+    store.create("snap", "base")
+    assert store.changes("snap") == []
+    assert view(store, "snap") == view(store, "base")
+    assert store.diff_size("snap") == 0
+    assert tar_names(diff_bytes(store, "snap")) == []
+
+
+@every_driver
+def test_deep_chain(store: Any, fmt: LayerFormat) -> None:
+    depth = 128  # Docker's overlay2 limit; the overlay driver's own tests go to 500
+    parent = None
+    for i in range(depth):
+        import_tar(store, fmt, f"l{i}", {f"f{i}": F(f"layer {i}".encode())}, parent=parent)
+        parent = f"l{i}"
+    tree = view(store, f"l{depth - 1}")
+    assert sorted(k for k in tree if k != ".") == sorted(f"f{i}" for i in range(depth))
+    for i in (0, 7, depth - 1):
+        assert changes_of(store, f"l{i}") == [(A, fmt.path(f"/f{i}"))]
+    chain = store.driver.layer_chain(f"l{depth - 1}")
+    assert len(chain) == depth - 1
+    assert os.path.basename(chain[0]) == f"l{depth - 2}"
+
+
+# ----- changes, diff, apply -----------------------------------------------------------
+
+
+def _modify_container(root: str) -> None:
+    with open(os.path.join(root, "etc/hosts"), "ab") as f:
+        f.write(b"10.0.0.1 db\n")
+    os.unlink(os.path.join(root, "etc/motd"))
+    os.makedirs(os.path.join(root, "srv/www"))
+    with open(os.path.join(root, "srv/www/index.html"), "wb") as f:
+        f.write(b"<h1>hi</h1>\n")
+    import shutil
+
+    shutil.rmtree(os.path.join(root, "var/cache"))
+
+
+BASE = {
+    "etc": D(),
+    "etc/hosts": F(b"127.0.0.1 localhost\n"),
+    "etc/motd": F(b"hello\n"),
+    "var": D(),
+    "var/cache": D(),
+    "var/cache/a": F(b"a" * 1000),
+    "usr": D(),
+    "usr/bin": D(),
+    "usr/bin/tool": F(b"\x7fELF" + b"\0" * 100, mode=0o755),
+}
+
+
+def _container(store: Any, fmt: LayerFormat) -> None:
+    """``base`` from :data:`BASE`, and a writable ``ctr`` on it that a process changed."""
+    if not IS_ROOT and not fmt.rootless_changes:
+        pytest.skip(f"unprivileged {fmt.name} views are copies: what a process changes is not recorded")
+    import_tar(store, fmt, "base", BASE)
+    store.create("ctr", "base", writable=True)
+    root = store.mount("ctr")
+    try:
+        _modify_container(root)
+    finally:
+        store.unmount("ctr")
+
+
+@every_driver
+def test_changes_adds_modifies_deletes(store: Any, fmt: LayerFormat) -> None:
+    _container(store, fmt)
+    assert changes_of(store, "ctr") == [(kind, fmt.path(p)) for kind, p in [
+        (C, "/etc"),
+        (C, "/etc/hosts"),
+        (X, "/etc/motd"),
+        (A, "/srv"),
+        (A, "/srv/www"),
+        (A, "/srv/www/index.html"),
+        (C, "/var"),
+        (X, "/var/cache"),
+    ]]
+    names = sorted(tar_names(diff_bytes(store, "ctr")))
+    assert [n.rstrip("/") for n in names] == [fmt.name_of(n) for n in [
+        "etc", "etc/.wh.motd", "etc/hosts", "srv", "srv/www", "srv/www/index.html",
+        "var", "var/.wh.cache",
+    ]]
+    expected_size = len(b"127.0.0.1 localhost\n10.0.0.1 db\n") + len(b"<h1>hi</h1>\n")
+    assert store.diff_size("ctr") == expected_size
+
+
+@every_driver
+def test_diff_apply_round_trip(store: Any, fmt: LayerFormat) -> None:
+    _container(store, fmt)
+    data = diff_bytes(store, "ctr")
+    size = store.diff_size("ctr")
+    store.create("copy", "base")
+    assert store.apply("copy", io.BytesIO(data)) == size
+    # Windows keeps times to 100 ns: then compare everything else.
+    exact = fmt.exact_times
+    assert view(store, "copy", times=exact) == view(store, "ctr", times=exact)
+    assert store.changes("copy") == store.changes("ctr")
+    # And import does the same in one step.
+    assert store.import_layer("copy2", "base", io.BytesIO(data)).size == size
+    assert view(store, "copy2", times=exact) == view(store, "ctr", times=exact)
+
+
+@every_driver
+def test_whiteouts(store: Any, fmt: LayerFormat) -> None:
+    import_tar(store, fmt, "base", {"a": D(), "a/keep": F(b"k"), "a/gone": F(b"g"), "d": D(), "d/x": F(b"x")})
+    import_tar(store, fmt, "top", {"a/gone": W(), "d": W(), "a/nothing-there": W(), "new": F(b"n")},
+               parent="base")
+    tree = view(store, "top")
+    assert "a/keep" in tree and "a/gone" not in tree and "d" not in tree and "new" in tree
+    assert not any(".wh." in p for p in tree)
+    changes = changes_of(store, "top")
+    for expected in [(X, "/a/gone"), (X, "/d"), (A, "/new")]:
+        assert (expected[0], fmt.path(expected[1])) in changes
+    assert (X, fmt.path("/a/nothing-there")) not in changes
+    # The diff re-expresses the deletions; applied on base it gives the same view.
+    data = diff_bytes(store, "top")
+    assert any(n.endswith(".wh.gone") for n in tar_names(data))
+    store.create("again", "base")
+    store.apply("again", io.BytesIO(data))
+    assert view(store, "again", times=fmt.exact_times) == view(store, "top", times=fmt.exact_times)
+
+
+@every_driver
+def test_same_path_twice_last_wins(store: Any, fmt: LayerFormat) -> None:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for content in (b"first", b"second!"):
+            info = tarfile.TarInfo(fmt.name_of("f"))
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    store.import_layer("l", None, io.BytesIO(data.getvalue()))
+    path = store.mount("l")
+    try:
+        assert Path(path, "f").read_bytes() == b"second!"
+    finally:
+        store.unmount("l")
+
+
+@every_driver
+def test_hardlinks_counted_once(store: Any, fmt: LayerFormat) -> None:
+    if not IS_ROOT and not fmt.rootless_hardlinks:
+        pytest.skip(f"unprivileged {fmt.name} views are copies: hard links are not kept")
+    import_tar(store, fmt, "l", {"d": D(), "d/a": F(b"x" * 100), "d/b": H("d/a")})
+    tree = view(store, "l")
+    assert tree["d/a"]["link_group"] == tree["d/b"]["link_group"]
+    assert store.diff_size("l") == 100
+    data = diff_bytes(store, "l")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        kinds = {m.name.rstrip("/"): m.type for m in tf.getmembers()}
+    assert sorted(kinds.values()).count(tarfile.LNKTYPE) == 1, tar_names(data)
+
+
+# ----- removal rules -------------------------------------------------------------------------
+
+
+@every_driver
+def test_remove_rules(store: Any, fmt: LayerFormat) -> None:
+    import_tar(store, fmt, "base", {"f": F(b"x")})
+    store.create("child", "base")
+    with pytest.raises(Precondition):
+        store.remove("base")
+    store.mount("child")
+    with pytest.raises(Precondition):
+        store.remove("child")
+    store.unmount("child")
+    store.remove("child")
+    store.remove("base")
+    assert store.layers() == []
+    with pytest.raises(NotFound):
+        store.remove("base")
+    assert store.cleanup() == []
+    home = store.driver.home
+    assert [n for n in os.listdir(home) if not n.startswith(".")] == []
+
+
+@every_driver
+def test_mount_is_counted(store: Any) -> None:
+    store.create("l")
+    p1 = store.mount("l")
+    p2 = store.mount("l")
+    assert p1 == p2
+    store.unmount("l")
+    with pytest.raises(Precondition):
+        store.remove("l")
+    store.unmount("l")
+    with pytest.raises(Precondition):
+        store.unmount("l")
+    store.remove("l")
+
+
+# ----- hostile and malformed input ------------------------------------------------------------
+
+
+@every_driver
+@pytest.mark.parametrize("name", ["../escape", "a/../../escape", "/../escape"])
+def test_breakout_names_refused(store: Any, fmt: LayerFormat, tmp_path: Path, name: str) -> None:
+    raw = _one_file_tar(name if name.startswith("/") else fmt.name_of(name), b"bad")
+    before = set(os.listdir(tmp_path))
+    try:
+        store.import_layer("evil", None, io.BytesIO(raw))
+    except ArchiveError:
+        assert not store.exists("evil")
+    else:  # an absolute name is confined, like GNU tar and Docker do
+        path = store.mount("evil")
+        store.unmount("evil")
+        assert os.path.exists(os.path.join(path, "escape"))
+    assert set(os.listdir(tmp_path)) == before
+    assert not (tmp_path.parent / "escape").exists()
+
+
+@every_driver
+def test_symlink_breakout_refused(store: Any, fmt: LayerFormat, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        link = tarfile.TarInfo(fmt.name_of("link"))
+        link.type, link.linkname = tarfile.SYMTYPE, str(victim)
+        tf.addfile(link)
+        info = tarfile.TarInfo(fmt.name_of("link/owned"))
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"bad"))
+    try:
+        store.import_layer("evil", None, io.BytesIO(raw.getvalue()))
+    except ArchiveError:
+        assert not store.exists("evil")
+    assert list(victim.iterdir()) == []
+
+
+def _cut_in_data(tar: bytes, data: bytes) -> bytes:
+    """*tar* cut in the middle of the file data *data*."""
+    return tar[: tar.index(data) + len(data) // 2]
+
+
+_MALFORMED: dict[str, Callable[[LayerFormat], bytes]] = {
+    "garbage": lambda fmt: b"garbage" * 100,
+    "truncated-header": lambda fmt: fmt.tar({"f": F(b"x")})[:300],
+    "truncated-data": lambda fmt: _cut_in_data(fmt.tar({"f": F(b"x" * 5000)}), b"x" * 5000),
+}
+
+
+@every_driver
+@pytest.mark.parametrize("kind", list(_MALFORMED))
+def test_malformed_input_leaves_nothing(store: Any, fmt: LayerFormat, kind: str) -> None:
+    with pytest.raises(ArchiveError):
+        store.import_layer("bad", None, io.BytesIO(_MALFORMED[kind](fmt)))
+    assert not store.exists("bad")
+    assert store.layers() == []
+    assert [n for n in os.listdir(store.driver.home) if not n.startswith(".")] == []
+
+
+@every_driver
+def test_bad_checksum_refused(store: Any, fmt: LayerFormat) -> None:
+    data = bytearray(fmt.tar({"f": F(b"x")}))
+    data[148:156] = b"0000000\0"
+    with pytest.raises(ArchiveError):
+        store.import_layer("bad", None, io.BytesIO(bytes(data)))
+    assert not store.exists("bad")
+
+
+# ----- compression ------------------------------------------------------------------------
+
+
+@every_driver
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz", "zstd"])
+def test_compressed_imports(store: Any, fmt: LayerFormat, kind: str) -> None:
+    data = fmt.tar({"f": F(b"hello " * 1000)})
+    if kind == "zstd":
+        import zstandard
+
+        packed: bytes = zstandard.ZstdCompressor().compress(data)
+    else:
+        compress: dict[str, Callable[[bytes], bytes]] = {
+            "gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+        }
+        packed = compress[kind](data)
+    assert store.import_layer("z", None, io.BytesIO(packed)).size == 6000
+    assert diff_bytes(store, "z") == data
+
+
+# ----- Unix metadata (OCI-format drivers) ----------------------------------------------------------
+
+
+@oci_drivers
+@needs_root
+def test_base_layer_metadata(store: Any) -> None:
+    spec = {
+        "sticky": D(mode=0o1705, uid=1, gid=2),
+        "sticky/setuid": F(b"#!/bin/true\n", mode=0o4222, uid=1, gid=2),
+    }
+    size = store.import_layer("base", None, io.BytesIO(make_tar(spec))).size
+    assert size == len(b"#!/bin/true\n")
+    tree = view(store, "base")
+    assert tree["sticky"]["mode"] == oct(0o1705)
+    assert (tree["sticky"]["uid"], tree["sticky"]["gid"]) == (1, 2)
+    assert tree["sticky/setuid"]["mode"] == oct(0o4222)
+    assert (tree["sticky/setuid"]["uid"], tree["sticky/setuid"]["gid"]) == (1, 2)
+
+
+@oci_drivers
+def test_opaque_dirs(store: Any) -> None:
+    store.import_layer("base", None, io.BytesIO(make_tar({
+        "o": D(), "o/old1": F(b"1"), "o/old2": D(), "o/old2/x": F(b"x"),
+    })))
+    store.import_layer("top", "base", io.BytesIO(make_tar({
+        "o": Opaque(), "o/new": F(b"n"),
+    })))
+    tree = view(store, "top")
+    assert "o/new" in tree
+    assert not any(p.startswith("o/old") for p in tree)
+    assert not any(".wh." in p for p in tree)
+    changes = changes_of(store, "top")
+    assert (A, "/o/new") in changes
+    assert (X, "/o/old1") in changes or (C, "/o") in changes
+    data = diff_bytes(store, "top")
+    store.create("again", "base")
+    store.apply("again", io.BytesIO(data))
+    assert view(store, "again") == tree
+
+
+def _rich_spec() -> dict[str, Any]:
+    return {
+        "bin": D(mode=0o755, mtime=1_500_000_000.25),
+        "bin/sh": F(b"shell", mode=0o755, mtime=1_500_000_001.5),
+        "bin/sh-link": H("bin/sh"),
+        "bin/rsh": L("sh"),
+        "etc": D(mode=0o750, uid=0, gid=42),
+        "etc/shadow": F(b"secret", mode=0o640, uid=0, gid=42),
+        "tmp": D(mode=0o1777),
+        "usr": D(),
+        "usr/bin": D(),
+        "usr/bin/passwd": F(b"p", mode=0o4755),
+        "usr/bin/wall": F(b"w", mode=0o2755, gid=5),
+        "home": D(),
+        "home/user": D(mode=0o700, uid=1000, gid=1000),
+        "home/user/notes": F(b"n", uid=1000, gid=1000, xattrs={"user.note": b"v\x00\xff"}),
+        "dev": D(),
+        "dev/null": Dev("c", 1, 3, mode=0o666),
+        "dev/loop0": Dev("b", 7, 0, mode=0o660),
+        "run": D(),
+        "run/fifo": Dev("p", mode=0o600),
+        "cap": F(b"ping", mode=0o755, xattrs={
+            "security.capability": bytes.fromhex("0100000200200000000000000000000000000000"),
+        }),
+        "nonascii-é": F(b"utf8 name"),
+        "long/" + "d" * 120: D(),
+        "long/" + "d" * 120 + "/" + "f" * 150: F(b"long name"),
+    }
+
+
+@oci_drivers
+@needs_root
+def test_metadata_fidelity_against_gnu_tar(store: Any, tmp_path: Path) -> None:
+    spec = _rich_spec()
+    spec["long"] = D()
+    spec = dict(sorted(spec.items(), key=lambda kv: kv[0].split("/")))  # GNU tar wants dirs contiguous
+    data = make_tar(spec)
+    ref = tmp_path / "gnutar"
+    ref.mkdir()
+    (tmp_path / "in.tar").write_bytes(data)
+    subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
+                    str(tmp_path / "in.tar"), "-C", str(ref)], check=True)
+    store.import_layer("rich", None, io.BytesIO(data))
+    mine = view(store, "rich")
+    theirs = snapshot(str(ref))
+    # The root directory's own metadata comes from the store, not from the tarball.
+    theirs.pop(".")
+    assert_same_tree(mine, theirs)
+
+
+def test_changes_type_is_docker_diff_format() -> None:
+    assert str(Change("/etc", ChangeKind.MODIFY)) == "C /etc"
+    assert str(Change("/x", ChangeKind.ADD)) == "A /x"
+    assert str(Change("/y", ChangeKind.DELETE)) == "D /y"
