@@ -191,6 +191,13 @@ def cmd_base_images(store: Store, args: Args) -> int:
     return 0
 
 
+def cmd_group(store: Store, args: Args) -> int:
+    """``image ...`` and ``container ...``: their module is loaded only for them."""
+    from graphdriver import climages
+
+    return climages.HANDLERS[args.command](store, args)
+
+
 HANDLERS: dict[str, Callable[[Store, Args], int]] = {
     "status": cmd_status,
     "create": cmd_create,
@@ -209,6 +216,7 @@ HANDLERS: dict[str, Callable[[Store, Args], int]] = {
     "tarsplit": cmd_tarsplit,
     "check": cmd_check,
     "base-images": cmd_base_images,
+    **{name: cmd_group for name in COMMANDS if " " in name},
 }
 
 
@@ -220,6 +228,8 @@ def _validate_ids(args: Args) -> None:
         check_id(args.parent, "parent id")
     for layer_id in args.ids:
         check_id(layer_id)
+    if args.command.startswith("container ") and args.name:
+        check_id(args.name, "container name")
 
 
 def _report(err: BaseException, args: Args | None) -> None:

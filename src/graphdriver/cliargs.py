@@ -112,7 +112,31 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             Option("-o|--output", "write to FILE instead of standard output", metavar="FILE")),
     Command("check", "[ID...]", "re-export layers and compare with their recorded digests"),
     Command("base-images", "", "(windowsfilter) register and list the configured base images"),
+    Command("image load", "SOURCE", "load the images of a docker-archive, an oci-archive or an OCI "
+            "layout folder; prints the names (or ids) loaded",
+            Option("--platform", "the os/arch to take from a multi-platform index (default: this "
+                                 "machine's)", metavar="OS/ARCH")),
+    Command("image save", "NAME", "write an image as a docker-archive (default), an oci-archive or "
+            "an OCI layout folder",
+            Option("-o|--output", "the file (or folder, for oci) to write", metavar="PATH"),
+            Option("--format", "docker-archive, oci-archive or oci", metavar="FORMAT")),
+    Command("image ls", "", "list the images: repository, tag, id, created, layers"),
+    Command("image inspect", "NAME", "the image as JSON: id, names, digests, layers with DiffIDs "
+            "and chain ids, the config"),
+    Command("image tag", "NAME NEW", "give an image another name (taken from any image that had it)"),
+    Command("image rm", "NAME", "remove a name, or the image with its last name; frees the layers "
+            "no other image or container uses"),
+    Command("container create", "IMAGE NAME", "a container: an init layer and a writable layer "
+            "named NAME on the image (NAME works with mount, changes, diff)",
+            Option("--size", "limit the writable layer's size (20G, 512M, ...)", metavar="SIZE")),
+    Command("container commit", "NAME IMAGE", "make what the container changed a new image layer; "
+            "prints the new image's id"),
+    Command("container rm", "NAME", "remove a container and its layers"),
+    Command("container ls", "", "list the containers: name, image, created"),
 )}
+
+#: Commands of two words: the group, then the command (``image load``).
+GROUPS = frozenset(name.partition(" ")[0] for name in COMMANDS if " " in name)
 
 
 class Args:
@@ -123,6 +147,12 @@ class Args:
 
     command: str
     id: str
+    name: str
+    new: str
+    image: str
+    source: str
+    format: str | None
+    platform: str | None
     parent: str | None
     file: str
     ids: list[str]
@@ -144,7 +174,8 @@ class Args:
     help: bool
 
     def __init__(self) -> None:
-        self.command = self.id = self.mount_label = ""
+        self.command = self.id = self.mount_label = self.name = self.new = self.image = self.source = ""
+        self.format = self.platform = None
         self.file = "-"
         self.parent = self.output = self.size = None
         self.root = self.run_root = self.driver = self.uidmap = self.gidmap = None
@@ -175,6 +206,12 @@ def parse(argv: Sequence[str]) -> Args:
             break
         if not word.startswith("-") or word == "-":
             if command is None:
+                if word in GROUPS:
+                    if i >= len(items) or items[i].startswith("-"):
+                        args.command = word  # the group alone: its help, or a usage error
+                        continue
+                    word = f"{word} {items[i]}"
+                    i += 1
                 command = COMMANDS.get(word)
                 if command is None:
                     raise UsageError(f"unknown command {_quote(word)}")
@@ -204,6 +241,8 @@ def parse(argv: Sequence[str]) -> Args:
     if args.help:
         return args
     if command is None:
+        if args.command in GROUPS:
+            raise UsageError(f"'{args.command}' needs a command", args.command)
         raise UsageError("no command given")
     _positionals(command, words, args)
     return args
@@ -240,10 +279,12 @@ def _option_lines(options: Sequence[Option]) -> list[str]:
 
 def help_text(command: str | None) -> str:
     """``graphdriver --help`` or ``graphdriver COMMAND --help``."""
-    if command is None:
-        lines = [f"usage: {PROG} [OPTIONS] COMMAND [ARGS]", "", "A container layer store.", "",
-                 "Commands:"]
-        lines += [f"  {c.name:<12} {c.help}" for c in COMMANDS.values()]
+    if command is None or command in GROUPS:
+        group = command
+        lines = [f"usage: {PROG} [OPTIONS] {group + ' ' if group else ''}COMMAND [ARGS]", "",
+                 "A container layer store.", "", "Commands:"]
+        lines += [f"  {c.name:<18} {c.help}" for c in COMMANDS.values()
+                  if group is None or c.name.startswith(group + " ")]
         lines += ["", "Options (before or after the command):", *_option_lines(GLOBAL_OPTIONS), "",
                   "Exit codes: 0 success, 1 failure, 2 usage, 3 not found, 4 exists, "
                   "5 precondition, 6 integrity, 7 unsupported.",

@@ -52,6 +52,21 @@ class locked:  # lower case: used like a function, `with locked(path) as fd:`
             self.fd = -1
 
 
+def is_held(path: str) -> bool:
+    """Whether some process holds a lock on the lock file *path* (False if there is none)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process *pid* exists (one of another user's counts as alive)."""
     try:

@@ -15,6 +15,7 @@ import time
 
 from graphdriver.errors import IntegrityError, NotFound
 from graphdriver.fs import atomic
+from graphdriver.fs.locking import is_held
 from graphdriver.ids import is_valid_id
 
 TYPE_CHECKING = False
@@ -323,19 +324,7 @@ class RecordStore:
 
     def is_live(self, layer_id: str) -> bool:
         """Whether some process (this one included) is still doing the marked work."""
-        if layer_id in self._held:
-            return True
-        try:
-            fd = os.open(self._lock_path(layer_id), os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return layer_id in self._held or is_held(self._lock_path(layer_id))
 
 
 _BOOT_ID: str | None = None

@@ -41,6 +41,12 @@ def cleanup(store: Store) -> list[str]:
         done.extend(store.driver.cleanup(frozenset(store.records.ids())))
         done.extend(_remove_orphans(store))
         done.extend(_remove_stray_tarsplit(store))
+    if os.path.isdir(os.path.join(store.root, "images")):
+        # Images sit on the layers: their leftovers are removed through the
+        # store's own removal, so without its lock held here.
+        from graphdriver.images.recovery import cleanup as images_cleanup
+
+        done.extend(images_cleanup(store))
     return done
 
 

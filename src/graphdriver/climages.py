@@ -1,0 +1,128 @@
+"""The ``image`` and ``container`` commands (imported only when one runs)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from graphdriver import jsonio
+from graphdriver.cliargs import Args, UsageError
+from graphdriver.images import container_layers as ctrs
+from graphdriver.images import manage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from graphdriver.store.layers import Store
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def image_load(store: Store, args: Args) -> int:
+    def report(line: str) -> None:
+        if not args.quiet:
+            sys.stderr.write(line + "\n")
+
+    for record in manage.load(store, args.source, platform=args.platform, quiet=args.quiet, report=report):
+        if args.json:
+            _out(jsonio.dumps(record.to_json()))
+        else:
+            for name in record.names or [record.id]:
+                _out(name)
+    return 0
+
+
+def image_save(store: Store, args: Args) -> int:
+    if not args.output:
+        raise UsageError("image save needs -o PATH", args.command)
+    manage.save(store, args.name, args.output, args.format or "docker-archive")
+    return 0
+
+
+def image_ls(store: Store, args: Args) -> int:
+    records = manage.images(store)
+    if args.json:
+        _out(jsonio.dumps([r.to_json() for r in records]))
+        return 0
+    rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "LAYERS"]]
+    for r in records:
+        short = r.id[7:19]
+        for name in r.names or ["<none>:<none>"]:
+            repo, _, tag = name.rpartition(":") if "@" not in name else (name, "", "<none>")
+            rows.append([repo, tag, short, r.created[:19].replace("T", " "), str(len(r.layers))])
+    _table(rows)
+    return 0
+
+
+def image_inspect(store: Store, args: Args) -> int:
+    _out(jsonio.dumps(manage.inspect(store, args.name), indent=None if args.json else 2))
+    return 0
+
+
+def image_tag(store: Store, args: Args) -> int:
+    manage.tag(store, args.name, args.new)
+    return 0
+
+
+def image_rm(store: Store, args: Args) -> int:
+    record = manage.image(store, args.name)
+    freed = manage.remove(store, args.name)
+    if record.id in {r.id for r in manage.images(store)}:
+        _out(f"Untagged: {args.name}")
+        return 0
+    for name in record.names:
+        _out(f"Untagged: {name}")
+    _out(f"Deleted: {record.id}")
+    for layer_id in freed:
+        _out(f"Deleted layer: {layer_id}")
+    return 0
+
+
+def container_create(store: Store, args: Args) -> int:
+    ctrs.create(store, args.image, args.name, size=args.size)
+    _out(args.name)
+    return 0
+
+
+def container_commit(store: Store, args: Args) -> int:
+    _out(ctrs.commit(store, args.name, args.image).id)
+    return 0
+
+
+def container_rm(store: Store, args: Args) -> int:
+    ctrs.remove(store, args.name)
+    return 0
+
+
+def container_ls(store: Store, args: Args) -> int:
+    found = ctrs.containers(store)
+    if args.json:
+        _out(jsonio.dumps([c.to_json() for c in found]))
+        return 0
+    names = {r.id: (r.names[0] if r.names else r.id[7:19]) for r in manage.images(store)}
+    rows = [["NAME", "IMAGE", "CREATED"]]
+    rows += [[c.name, names.get(c.image, c.image[7:19]), c.created[:19].replace("T", " ")] for c in found]
+    _table(rows)
+    return 0
+
+
+HANDLERS: dict[str, Callable[[Store, Args], int]] = {
+    "image load": image_load,
+    "image save": image_save,
+    "image ls": image_ls,
+    "image inspect": image_inspect,
+    "image tag": image_tag,
+    "image rm": image_rm,
+    "container create": container_create,
+    "container commit": container_commit,
+    "container rm": container_rm,
+    "container ls": container_ls,
+}

@@ -1,0 +1,218 @@
+"""Containers: an init layer and a writable layer on an image's top layer, and commits.
+
+As Docker's layer store does it: ``<name>-init`` holds what a runtime needs
+to exist (``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf``, the mount
+points ``/proc``, ``/sys``, ``/dev``, ``/dev/pts``, ``/dev/shm``, and
+``/etc/mtab`` linked to ``/proc/mounts``; each made only where the image
+lacks it), and the writable layer ``<name>`` sits on it.  The container's
+name is its writable layer's id, so ``mount``, ``changes``, ``diff`` and
+``diffsize`` take it, and they compare with the init layer: the init files
+never reach a commit.  Windows-format stores get an empty init layer.
+
+Records are ``<root>/containers/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+from graphdriver.errors import AlreadyExists, IntegrityError, NotFound, shorten
+from graphdriver.fs import atomic
+from graphdriver.ids import check_id
+from graphdriver.images import oci, reference
+from graphdriver.images.records import ImageRecord, ImageStore
+from graphdriver.plain import Plain
+
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+
+CONTAINERS_DIR = "containers"
+INIT_SUFFIX = "-init"
+_INIT_DIRS = ("proc", "sys", "dev", "dev/pts", "dev/shm", "etc")
+_INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
+
+
+class Container(Plain):
+    """A container: its name (= its writable layer), its init layer, the image it came from."""
+
+    __slots__ = ("created", "image", "init", "layer", "name")
+
+    def __init__(self, name: str, image: str, layer: str, init: str, created: str = "") -> None:
+        self.name = name
+        self.image = image
+        self.layer = layer
+        self.init = init
+        self.created = created
+
+    def to_json(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self.__slots__}
+
+
+def _dir(store: Store) -> str:
+    return os.path.join(store.root, CONTAINERS_DIR)
+
+
+def _path(store: Store, name: str) -> str:
+    return os.path.join(_dir(store), f"{check_id(name, 'container name')}.json")
+
+
+def containers(store: Store) -> list[Container]:
+    try:
+        names = sorted(n for n in os.listdir(_dir(store)) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        try:
+            v = atomic.read_json(os.path.join(_dir(store), n))
+            out.append(Container(v["name"], v["image"], v["layer"], v["init"], v.get("created", "")))
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError) as e:
+            raise IntegrityError(f"container record {n}", f"malformed: {e}") from e
+    return out
+
+
+def container(store: Store, name: str) -> Container:
+    for c in containers(store):
+        if c.name == name:
+            return c
+    raise NotFound(f"container {shorten(name)!r}", "no such container")
+
+
+def create(store: Store, image_name: str, name: str, *, size: str | None = None) -> Container:
+    """A container *name* from image *image_name*: init layer, then the writable layer."""
+    from graphdriver.images.loading import Pending
+    from graphdriver.store.records import now_rfc3339
+
+    check_id(name, "container name")
+    init = name + INIT_SUFFIX
+    check_id(init, "container name")
+    images = ImageStore(store.root)
+    record = images.resolve(image_name)
+    if os.path.exists(_path(store, name)):
+        raise AlreadyExists(f"container {name}", "already exists")
+    for layer_id in (name, init):
+        if store.exists(layer_id):
+            raise AlreadyExists(f"container {name}", f"a layer {layer_id} exists")
+    with Pending(images, f"container {name}") as pending:
+        try:
+            pending.add(init)
+            _make_init(store, init, record.top_layer)
+            pending.add(name)
+            store.create(name, init, writable=True, size=size)
+            made = Container(name, record.id, name, init, now_rfc3339())
+            os.makedirs(_dir(store), 0o700, exist_ok=True)
+            atomic.write_json(_path(store, name), made.to_json())
+        except BaseException:
+            for layer_id in (name, init):
+                if store.exists(layer_id):
+                    store.remove(layer_id)
+            raise
+    return made
+
+
+def _make_init(store: Store, init: str, parent: str | None) -> None:
+    """The init layer: what a runtime needs, where the image lacks it."""
+    if store.driver.LAYER_FORMAT != "oci":
+        store.create(init, parent)
+        return
+    missing: list[str] = []
+    if parent is None:
+        missing = [*_INIT_DIRS, *_INIT_FILES, "etc/mtab"]
+    else:
+        root = store.mount(parent)
+        try:
+            missing = [p for p in (*_INIT_DIRS, *_INIT_FILES, "etc/mtab")
+                       if not os.path.lexists(os.path.join(root, p))]
+        finally:
+            store.unmount(parent)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for path in missing:
+            info = tarfile.TarInfo(path)
+            info.mtime = 0
+            if path in _INIT_DIRS:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            elif path == "etc/mtab":
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, "/proc/mounts", 0o777
+            else:
+                info.mode = 0o644
+            tf.addfile(info)
+    raw.seek(0)
+    store.import_layer(init, parent, raw)
+
+
+def remove(store: Store, name: str) -> None:
+    """Remove container *name*: its writable layer, its init layer and its record."""
+    c = container(store, name)
+    if store.exists(c.layer):
+        store.remove(c.layer)
+    if store.exists(c.init):
+        store.remove(c.init)
+    atomic.remove_file(_path(store, name))
+
+
+def commit(store: Store, name: str, image_name: str) -> ImageRecord:
+    """Make what container *name* changed a new layer on its image; a new image named *image_name*.
+
+    The layer is the container's diff against its init layer (a new DiffID);
+    the config is the image's with that DiffID appended to ``rootfs.diff_ids``,
+    a history entry and a new ``created``.
+    """
+    from graphdriver.images.loading import Pending
+    from graphdriver.store.records import now_rfc3339
+
+    c = container(store, name)
+    images = ImageStore(store.root)
+    base = images.resolve(c.image)
+    full = str(reference.parse(image_name))
+    config = oci.load_json(images.read_blob(base.id), f"image {base.id}: config")
+    with tempfile.TemporaryFile(dir=store.root) as tmp:
+        import hashlib
+
+        sha = hashlib.sha256()
+
+        class _Hashing:
+            def write(self, data: Any) -> int:
+                sha.update(data)
+                return tmp.write(data)
+
+            def flush(self) -> None:
+                tmp.flush()
+
+        store.diff(name, _Hashing())  # type: ignore[arg-type]
+        diff_id = "sha256:" + sha.hexdigest()
+        diff_ids = [*base.diff_ids, diff_id]
+        layer_id = oci.hex_of(oci.chain_ids(diff_ids)[-1])
+        now = now_rfc3339()
+        with Pending(images, f"commit {name}") as pending:
+            if not store.exists(layer_id):
+                pending.add(layer_id)
+                tmp.seek(0)
+                record = store.import_layer(layer_id, base.top_layer, tmp)  # type: ignore[arg-type]
+                if record.diff_digest != diff_id:
+                    store.remove(layer_id)
+                    raise IntegrityError(f"commit of {name}", "the layer did not import as it was exported")
+            new_config = dict(config)
+            new_config["created"] = now
+            rootfs = dict(new_config.get("rootfs") or {})
+            rootfs["type"], rootfs["diff_ids"] = "layers", diff_ids
+            new_config["rootfs"] = rootfs
+            history = list(new_config.get("history") or [])
+            history.append({"created": now, "created_by": f"graphdriver container commit {name}"})
+            new_config["history"] = history
+            import json
+
+            data = json.dumps(new_config, separators=(",", ":")).encode()
+            images.put_blob(data)
+            new = ImageRecord(oci.sha256_digest(data), [full], [*base.layers, layer_id], diff_ids,
+                              created=now, platform=base.platform)
+            with store.locked():
+                images.untag(full)
+                images.put(new)
+    return new

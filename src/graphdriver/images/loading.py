@@ -1,0 +1,209 @@
+"""Putting images into the store: layers by chain id, checked against the config, then the record.
+
+Each layer's id in the layer store is the hex of its chain id, so a layer
+already stored (by any image) is reused, never imported twice.  Every layer
+imported must give the DiffID the config's ``rootfs.diff_ids`` names; one
+that does not refuses the image (exit 6) and what the load made is removed.
+While a load runs, ``images/pending/<token>.json`` (locked by the loading
+process) lists the layers it made, so that ``cleanup`` removes them if the
+process dies; the image record is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from graphdriver.errors import IntegrityError
+from graphdriver.fs import atomic
+from graphdriver.fs.locking import locked
+from graphdriver.images import oci
+from graphdriver.images.records import ImageRecord, ImageStore
+from graphdriver.images.sources import SourceImage, SourceLayer
+
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+
+#: Layer media types whose blob is the uncompressed tarball (its digest is the DiffID).
+_UNCOMPRESSED = frozenset({oci.OCI_LAYER, oci.DOCKER_LAYER})
+
+
+class Pending:
+    """A load, pull or commit under way: the layers it made, for ``cleanup`` if it dies."""
+
+    def __init__(self, images: ImageStore, what: str) -> None:
+        self.images = images
+        self.path = os.path.join(images.pending_dir, f"{secrets.token_hex(8)}.json")
+        self.what = what
+        self.made: list[str] = []
+        self._lock: locked | None = None
+
+    def __enter__(self) -> Pending:
+        os.makedirs(self.images.pending_dir, 0o700, exist_ok=True)
+        self._write()
+        self._lock = locked(self.path + ".lock")
+        self._lock.__enter__()
+        return self
+
+    def _write(self) -> None:
+        atomic.write_json(self.path, {"what": self.what, "layers": self.made, "pid": os.getpid()})
+
+    def add(self, layer_id: str) -> None:
+        """Say *layer_id* is about to be made by this work (before it is)."""
+        self.made.append(layer_id)
+        self._write()
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        atomic.remove_file(self.path)
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+        atomic.remove_file(self.path + ".lock")
+
+
+def load_images(store: Store, sources: list[SourceImage], *, quiet: bool = True,
+                report: Callable[[str], None] | None = None) -> list[ImageRecord]:
+    """Store every image of *sources*; returns their records (names moved to them)."""
+    images = ImageStore(store.root)
+    return [load_image(store, images, src, quiet=quiet, report=report) for src in sources]
+
+
+def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: bool = True,
+               report: Callable[[str], None] | None = None) -> ImageRecord:
+    image_id = oci.sha256_digest(src.config)
+    what = f"image {image_id[:19]}"
+    config = oci.load_json(src.config, f"{what}: config")
+    diff_ids = oci.diff_ids_of(config, what)
+    if len(src.layers) != len(diff_ids):
+        raise IntegrityError(what, f"{len(src.layers)} layers but {len(diff_ids)} diff_ids in the config")
+    layer_ids = [oci.hex_of(c) for c in oci.chain_ids(diff_ids)]
+    kept: list[str] = []
+    fresh: list[str] = []  # blobs this load wrote, removed again if it fails
+    with Pending(images, f"load {image_id}") as pending:
+        try:
+            for i, (layer, diff_id) in enumerate(zip(src.layers, diff_ids, strict=True)):
+                parent = layer_ids[i - 1] if i else None
+                label = f"layer {i + 1}/{len(diff_ids)} {diff_id[7:19]}"
+                if store.exists(layer_ids[i]):
+                    _check_reused(store, layer_ids[i], diff_id)
+                    _keep_blob(images, layer, diff_id, fresh)
+                    if report is not None:
+                        report(f"{label}: already present")
+                else:
+                    pending.add(layer_ids[i])
+                    _import(store, images, layer, layer_ids[i], parent, diff_id, label, quiet, fresh)
+                if layer.descriptor is not None and layer.descriptor.media_type not in _UNCOMPRESSED \
+                        and images.has_blob(layer.descriptor.digest):
+                    kept.append(layer.descriptor.digest)
+            record = _record(images, src, image_id, config, layer_ids, diff_ids, kept)
+            with store.locked():
+                for name in record.names:
+                    images.untag(name)
+                previous = _existing(images, image_id)
+                if previous is not None:
+                    record.names = sorted(set(previous.names) | set(record.names))
+                    record.created = previous.created or record.created
+                    if record.manifest is None:  # a docker-archive brings none: keep the one kept
+                        record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs
+                images.put(record)
+        except BaseException:
+            _undo(store, pending.made)
+            keep = images.referenced_blobs()
+            for digest in fresh:
+                if oci.hex_of(digest) not in keep:
+                    atomic.remove_file(images.blob_path(digest))
+            raise
+    return record
+
+
+def _record(images: ImageStore, src: SourceImage, image_id: str, config: dict[str, Any],
+            layer_ids: list[str], diff_ids: list[str], kept: list[str]) -> ImageRecord:
+    images.put_blob(src.config)
+    manifest = None
+    blobs = None
+    compressed = [s.descriptor for s in src.layers
+                  if s.descriptor is not None and s.descriptor.media_type not in _UNCOMPRESSED]
+    if src.manifest is not None and len(kept) == len(compressed):
+        manifest = images.put_blob(src.manifest)
+        blobs = [s.descriptor.to_json() for s in src.layers if s.descriptor is not None]
+    from graphdriver.store.records import now_rfc3339
+
+    return ImageRecord(image_id, list(src.names), layer_ids, diff_ids, created=now_rfc3339(),
+                       manifest=manifest, layer_blobs=blobs, platform=oci.platform_of(config))
+
+
+def _existing(images: ImageStore, image_id: str) -> ImageRecord | None:
+    for r in images.all():
+        if r.id == image_id:
+            return r
+    return None
+
+
+def _check_reused(store: Store, layer_id: str, diff_id: str) -> None:
+    layer = store.layer(layer_id)
+    if layer.diff_digest is not None and layer.diff_digest != diff_id:
+        raise IntegrityError(f"layer {layer_id}", f"is stored with DiffID {layer.diff_digest}, not {diff_id}")
+
+
+def _keep_blob(images: ImageStore, layer: SourceLayer, diff_id: str, fresh: list[str]) -> None:
+    """Keep the compressed blob of a layer already stored, so that its manifest can be kept too."""
+    desc = layer.descriptor
+    if desc is None or desc.media_type in _UNCOMPRESSED or desc.digest == diff_id:
+        return
+    if images.has_blob(desc.digest):
+        return
+    os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
+    staging = images.blob_path(desc.digest) + f".partial-{os.getpid()}"
+    sha = hashlib.sha256()
+    size = 0
+    try:
+        with layer.open() as blob, open(staging, "wb") as out:
+            while chunk := blob.read(1 << 20):
+                sha.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if "sha256:" + sha.hexdigest() != desc.digest or size != desc.size:
+            raise IntegrityError(f"blob {desc.digest}", "its bytes do not match its digest and size")
+        os.rename(staging, images.blob_path(desc.digest))
+        fresh.append(desc.digest)
+    finally:
+        atomic.remove_file(staging)
+
+
+def _import(store: Store, images: ImageStore, layer: SourceLayer, layer_id: str, parent: str | None,
+            diff_id: str, label: str, quiet: bool, fresh: list[str]) -> None:
+    """Import one layer blob; a compressed one is kept (checked against its digest) first, then
+    imported from the kept copy.  The import itself runs in a confined child, so the blob is read
+    twice rather than shared with it."""
+    from graphdriver import progress
+
+    desc = layer.descriptor
+    keep = desc is not None and desc.media_type not in _UNCOMPRESSED and desc.digest != diff_id
+    if keep:
+        assert desc is not None
+        _keep_blob(images, layer, diff_id, fresh)
+        opened: BinaryIO = open(images.blob_path(desc.digest), "rb")
+    else:
+        opened = layer.open()
+    with opened as blob:
+        total = desc.size if desc is not None else progress.file_size(blob)
+        with progress.reading(blob, label, total, quiet) as stream:
+            record = store.import_layer(layer_id, parent, stream)
+    if record.diff_digest != diff_id:
+        raise IntegrityError(f"layer {diff_id}", f"its tarball's digest is {record.diff_digest}")
+    if desc is not None and not keep and desc.digest not in (record.diff_digest, record.compressed_digest):
+        raise IntegrityError(f"blob {desc.digest}", "its bytes do not match its digest")
+
+
+def _undo(store: Store, made: list[str]) -> None:
+    """Remove the layers a failed load made, top first (quietly: the first error is the one to tell)."""
+    for layer_id in reversed(made):
+        try:
+            if store.exists(layer_id) and not store.children(layer_id):
+                store.remove(layer_id)
+        except Exception:  # never hide the load's own error behind a cleanup one
+            pass

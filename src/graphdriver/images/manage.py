@@ -1,0 +1,147 @@
+"""Images as users handle them: load, save, list, inspect, tag, remove.
+
+The functions of the public API (``graphdriver.images``); the command line's
+``image`` commands call them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from graphdriver.errors import NotFound, Precondition
+from graphdriver.fs import atomic
+from graphdriver.images import oci, reference
+from graphdriver.images.records import ImageRecord, ImageStore
+
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+
+
+def load(store: Store, path: str, *, platform: str | None = None, quiet: bool = True,
+         report: Callable[[str], None] | None = None) -> list[ImageRecord]:
+    """Load every image of the docker-archive, oci-archive or OCI layout at *path*."""
+    from graphdriver.images.loading import load_images
+    from graphdriver.images.sources import Archive
+
+    with Archive(path, platform) as archive:
+        return load_images(store, archive.images(), quiet=quiet, report=report)
+
+
+def save(store: Store, name: str, path: str, fmt: str = "docker-archive") -> ImageRecord:
+    """Write image *name* to *path* as a docker-archive, an oci-archive or an OCI layout (``oci``)."""
+    from graphdriver.images import saving
+
+    record = ImageStore(store.root).resolve(name)
+    names = record.names
+    if not _is_id(name):
+        ref = str(reference.parse(name))
+        names = [ref] if ref in record.names else record.names
+    saving.save(store, record, path, fmt, names)
+    return record
+
+
+def _is_id(name: str) -> bool:
+    text = name.removeprefix("sha256:")
+    return len(text) >= 4 and all(c in "0123456789abcdef" for c in text)
+
+
+def images(store: Store) -> list[ImageRecord]:
+    """Every image of the store."""
+    return ImageStore(store.root).all()
+
+
+def image(store: Store, name: str) -> ImageRecord:
+    """The image *name* names (a reference, ``name@digest``, an id or a unique id prefix)."""
+    return ImageStore(store.root).resolve(name)
+
+
+def inspect(store: Store, name: str) -> dict[str, Any]:
+    """What ``image inspect`` shows: ids, names, digests, each layer's DiffID and chain id, the config."""
+    store_images = ImageStore(store.root)
+    record = store_images.resolve(name)
+    config = oci.load_json(store_images.read_blob(record.id), f"image {record.id}: config")
+    chains = oci.chain_ids(record.diff_ids)
+    size = 0
+    for layer_id in record.layers:
+        size += store.layer(layer_id).uncompressed_size or 0
+    return {
+        "Id": record.id,
+        "Names": record.names,
+        "ConfigDigest": record.id,
+        "ManifestDigest": record.manifest,
+        "Created": config.get("created"),
+        "Platform": record.platform,
+        "Size": size,
+        "Layers": [{"Layer": layer_id, "DiffID": diff_id, "ChainID": chain}
+                   for layer_id, diff_id, chain in zip(record.layers, record.diff_ids, chains, strict=True)],
+        "Config": config,
+    }
+
+
+def tag(store: Store, name: str, new: str) -> ImageRecord:
+    """Give image *name* the name *new* too (taken from the image that had it)."""
+    store_images = ImageStore(store.root)
+    full = str(reference.parse(new))
+    with store.locked():
+        record = store_images.resolve(name)
+        store_images.untag(full)
+        record = store_images.resolve(record.id)
+        record.names.append(full)
+        store_images.put(record)
+    return record
+
+
+def remove(store: Store, name: str) -> list[str]:
+    """Remove image *name* (only that name when it has others); returns the layers freed.
+
+    A layer is freed when no other image and no container uses it.  An image
+    a container was created from is refused until the container is removed.
+    """
+    from graphdriver.images import container_layers as containers
+
+    store_images = ImageStore(store.root)
+    with store.locked():
+        record = store_images.resolve(name)
+        if not _is_id(name):
+            full = str(reference.parse(name))
+            if full in record.names and len(record.names) > 1:
+                record.names.remove(full)
+                store_images.put(record)
+                return []
+        users = [c.name for c in containers.containers(store) if c.image == record.id]
+        if users:
+            raise Precondition(f"image {name}", f"is used by containers: {', '.join(users)}")
+        store_images.delete(record.id)
+        keep = store_images.referenced_blobs()
+        for digest in (record.id, record.manifest, *(str(d.get("digest")) for d in record.layer_blobs or ())):
+            if digest and oci.hex_of(digest) not in keep:
+                atomic.remove_file(store_images.blob_path(digest))
+    return free_layers(store, record.layers)
+
+
+def used_layers(store: Store) -> set[str]:
+    """Layers some image or container needs (with every ancestor of those)."""
+    from graphdriver.images import container_layers as containers
+
+    used: set[str] = set()
+    for r in ImageStore(store.root).all():
+        used.update(r.layers)
+    for c in containers.containers(store):
+        used.update((c.layer, c.init))
+    return used
+
+
+def free_layers(store: Store, chain: list[str]) -> list[str]:
+    """Remove the layers of *chain* (base first) that nothing uses any more, top first."""
+    used = used_layers(store)
+    freed = []
+    for layer_id in reversed(chain):
+        if layer_id in used or not store.exists(layer_id) or store.children(layer_id):
+            break
+        try:
+            store.remove(layer_id)
+        except (NotFound, Precondition):
+            break
+        freed.append(layer_id)
+    return freed

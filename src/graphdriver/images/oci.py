@@ -1,0 +1,141 @@
+"""The OCI image format's facts: media types, descriptors, chain ids, configs and manifests.
+
+Docker's schema 2 and the OCI image spec describe the same things with other
+media types; both are read, OCI is written where we make a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from graphdriver.errors import IntegrityError, InvalidArgument
+from graphdriver.images.reference import check_digest
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
+OCI_LAYER_ZSTD = OCI_LAYER + "+zstd"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP = DOCKER_LAYER + ".gzip"
+DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+OCI_NONDIST_LAYER_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+
+MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEXES = frozenset({OCI_INDEX, DOCKER_LIST})
+#: Where an OCI layout or index names an image's name.
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The chain id of each layer: its own DiffID for the first, then sha256 of ``parent + " " + diffid``."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
+    return out
+
+
+def hex_of(digest: str) -> str:
+    return digest.partition(":")[2]
+
+
+def load_json(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object, or :class:`IntegrityError` naming *what*."""
+    from graphdriver import jsonio
+
+    try:
+        value = jsonio.loads(data)
+    except ValueError as e:
+        raise IntegrityError(what, f"not JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise IntegrityError(what, "not a JSON object")
+    return value
+
+
+class Descriptor:
+    """A content descriptor: media type, digest, size (and a platform, annotations, urls)."""
+
+    __slots__ = ("annotations", "digest", "media_type", "platform", "size", "urls")
+
+    def __init__(self, media_type: str, digest: str, size: int, *, platform: dict[str, Any] | None = None,
+                 annotations: dict[str, str] | None = None, urls: list[str] | None = None) -> None:
+        self.media_type = media_type
+        self.digest = digest
+        self.size = size
+        self.platform = platform
+        self.annotations = annotations or {}
+        self.urls = urls or []
+
+    @classmethod
+    def parse(cls, value: Any, what: str) -> Descriptor:
+        if not isinstance(value, dict):
+            raise IntegrityError(what, "a descriptor is not a JSON object")
+        digest, size, media_type = value.get("digest"), value.get("size"), value.get("mediaType", "")
+        if not isinstance(digest, str) or not isinstance(media_type, str) or not isinstance(size, int) \
+                or size < 0:
+            raise IntegrityError(what, "a descriptor needs a digest, a size and a media type")
+        try:
+            check_digest(digest)
+        except InvalidArgument as e:
+            raise IntegrityError(what, str(e)) from e
+        platform = value.get("platform")
+        annotations = value.get("annotations")
+        urls = value.get("urls")
+        return cls(media_type, digest, size,
+                   platform=platform if isinstance(platform, dict) else None,
+                   annotations={k: v for k, v in annotations.items() if isinstance(v, str)}
+                   if isinstance(annotations, dict) else None,
+                   urls=[u for u in urls if isinstance(u, str)] if isinstance(urls, list) else None)
+
+    def to_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.urls:
+            value["urls"] = self.urls
+        if self.platform:
+            value["platform"] = self.platform
+        if self.annotations:
+            value["annotations"] = self.annotations
+        return value
+
+
+def diff_ids_of(config: dict[str, Any], what: str) -> list[str]:
+    """``rootfs.diff_ids`` of an image config, checked."""
+    rootfs = config.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise IntegrityError(what, "the image config has no rootfs.diff_ids")
+    for i in ids:
+        try:
+            check_digest(i)
+        except InvalidArgument as e:
+            raise IntegrityError(what, str(e)) from e
+    return list(ids)
+
+
+def manifest_parts(manifest: dict[str, Any], what: str) -> tuple[Descriptor, list[Descriptor]]:
+    """The config descriptor and layer descriptors of an image manifest."""
+    if manifest.get("schemaVersion") != 2:
+        raise IntegrityError(what, "not a schema 2 image manifest")
+    config = Descriptor.parse(manifest.get("config"), what)
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise IntegrityError(what, "the manifest has no layers list")
+    return config, [Descriptor.parse(x, what) for x in layers]
+
+
+def platform_of(config: dict[str, Any]) -> str:
+    """``os/arch`` (``/variant``) of an image config."""
+    text = f"{config.get('os', '')}/{config.get('architecture', '')}"
+    if config.get("variant"):
+        text += f"/{config['variant']}"
+    return text

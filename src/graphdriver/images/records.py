@@ -1,0 +1,188 @@
+"""Image records and the blobs they keep, beside the layer store.
+
+``<root>/images/`` holds:
+
+* ``records/<config hex>.json``: one image (its id is its config's digest, as
+  Docker's): names, the layer ids of its chain (each layer's id in the layer
+  store is the hex of its chain id, so images sharing layers share them), the
+  DiffIDs, and the digest of the manifest kept for it, if any;
+* ``blobs/sha256/<hex>``: content-addressed bytes kept exactly: every config,
+  every manifest an image was loaded or pulled with, and the compressed layer
+  blobs that manifest names (so a save or a push of an unchanged image gives
+  the same digests);
+* ``pending/<token>.json``: a load, pull or commit under way and the layers it
+  made; held locked by its process, so ``cleanup`` knows a dead one's layers.
+
+A record is written atomically after everything it names exists, so a crash
+leaves the whole image or no record; the leftovers are what ``cleanup``
+removes (layers of a dead pending load that nothing uses, blobs no record
+names).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
+from graphdriver.fs import atomic
+from graphdriver.images import reference
+from graphdriver.images.oci import hex_of, sha256_digest
+from graphdriver.plain import Plain
+
+IMAGES_DIR = "images"
+_HEX = frozenset("0123456789abcdef")
+
+
+class ImageRecord(Plain):
+    """What the store knows of one image."""
+
+    __slots__ = ("created", "diff_ids", "id", "layer_blobs", "layers", "manifest", "names", "platform")
+
+    def __init__(self, id: str, names: list[str], layers: list[str], diff_ids: list[str], *,
+                 created: str = "", manifest: str | None = None,
+                 layer_blobs: list[dict[str, Any]] | None = None, platform: str = "") -> None:
+        #: The config's digest (``sha256:...``).
+        self.id = id
+        #: Normalised references (``docker.io/library/deb:2``), sorted.
+        self.names = names
+        #: Layer ids in the layer store, base first (each the hex of the layer's chain id).
+        self.layers = layers
+        self.diff_ids = diff_ids
+        self.created = created
+        #: Digest of the manifest kept for the image (its layer blobs kept too); None: none kept.
+        self.manifest = manifest
+        #: The kept manifest's layer descriptors, when it has one.
+        self.layer_blobs = layer_blobs
+        #: ``os/arch`` from the config.
+        self.platform = platform
+
+    @property
+    def top_layer(self) -> str | None:
+        return self.layers[-1] if self.layers else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> ImageRecord:
+        try:
+            if not isinstance(value, dict):
+                raise TypeError("not an object")
+            record = cls(value["id"], list(value["names"]), list(value["layers"]), list(value["diff_ids"]),
+                         created=str(value.get("created", "")), manifest=value.get("manifest"),
+                         layer_blobs=value.get("layer_blobs"), platform=str(value.get("platform", "")))
+            if not all(isinstance(x, str) for x in (*record.names, *record.layers, *record.diff_ids)):
+                raise TypeError("names, layers and diff_ids hold strings")
+            return record
+        except (KeyError, TypeError) as e:
+            raise IntegrityError(f"image record {where}", f"malformed: {e}") from e
+
+
+class ImageStore:
+    """The image records and blobs of the layer store at *root*."""
+
+    def __init__(self, root: str) -> None:
+        self.dir = os.path.join(root, IMAGES_DIR)
+        self.records_dir = os.path.join(self.dir, "records")
+        self.blobs_dir = os.path.join(self.dir, "blobs", "sha256")
+        self.pending_dir = os.path.join(self.dir, "pending")
+
+    # ----- records ---------------------------------------------------------------------
+
+    def _path(self, image_id: str) -> str:
+        return os.path.join(self.records_dir, hex_of(image_id) + ".json")
+
+    def all(self) -> list[ImageRecord]:
+        """Every image, by name then id."""
+        try:
+            names = sorted(n for n in os.listdir(self.records_dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            path = os.path.join(self.records_dir, name)
+            try:
+                out.append(ImageRecord.from_json(atomic.read_json(path), name))
+            except FileNotFoundError:
+                continue  # removed while listed
+            except ValueError as e:
+                raise IntegrityError(f"image record {name}", f"unreadable: {e}") from e
+        out.sort(key=lambda r: (r.names[0] if r.names else "\uffff", r.id))
+        return out
+
+    def put(self, record: ImageRecord) -> None:
+        os.makedirs(self.records_dir, 0o700, exist_ok=True)
+        record.names = sorted(set(record.names))
+        atomic.write_json(self._path(record.id), record.to_json())
+
+    def delete(self, image_id: str) -> None:
+        atomic.remove_file(self._path(image_id))
+
+    def resolve(self, name: str) -> ImageRecord:
+        """The image *name* names: a reference, a digest reference, or an id (or a unique prefix of one)."""
+        images = self.all()
+        text = name.removeprefix("sha256:")
+        if len(text) >= 4 and set(text) <= _HEX:
+            found = [r for r in images if hex_of(r.id).startswith(text)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise InvalidArgument(f"image {shorten(name)!r}", "ambiguous: several image ids start so")
+        ref = reference.parse(name)
+        if ref.digest is not None:
+            for r in images:
+                if r.manifest == ref.digest:
+                    return r
+        else:
+            for r in images:
+                if str(ref) in r.names:
+                    return r
+        raise NotFound(f"image {shorten(name)!r}", "no such image")
+
+    def untag(self, name: str) -> ImageRecord | None:
+        """Take the reference *name* off the image holding it; that image, or None."""
+        full = str(reference.parse(name))
+        for r in self.all():
+            if full in r.names:
+                r.names.remove(full)
+                self.put(r)
+                return r
+        return None
+
+    # ----- blobs -----------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.blobs_dir, hex_of(digest))
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest))
+
+    def put_blob(self, data: bytes) -> str:
+        """Keep *data*; returns its digest."""
+        digest = sha256_digest(data)
+        if not self.has_blob(digest):
+            os.makedirs(self.blobs_dir, 0o700, exist_ok=True)
+            atomic.write_bytes(self.blob_path(digest), data)
+        return digest
+
+    def read_blob(self, digest: str) -> bytes:
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                data = f.read()
+        except FileNotFoundError as e:
+            raise IntegrityError(f"blob {digest}", "missing from the image store") from e
+        if sha256_digest(data) != digest:
+            raise IntegrityError(f"blob {digest}", "its bytes do not match its digest")
+        return data
+
+    def referenced_blobs(self) -> set[str]:
+        """Hex digests of every blob some record names."""
+        keep: set[str] = set()
+        for r in self.all():
+            keep.add(hex_of(r.id))
+            if r.manifest:
+                keep.add(hex_of(r.manifest))
+            for d in r.layer_blobs or ():
+                keep.add(hex_of(str(d.get("digest", ""))))
+        return keep

@@ -1,0 +1,96 @@
+"""What ``cleanup`` does for images: the leftovers of a load, pull, commit or container create that died.
+
+A pending marker whose lock nobody holds belongs to a dead process: the
+layers it lists that no image or container uses (and that have no children)
+are removed, top first, then the marker.  Half-written blobs of dead
+processes go, and, when no such work is alive, blobs no record names.
+Nothing an image or container record names is ever removed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from graphdriver.errors import GraphDriverError
+from graphdriver.fs import atomic
+from graphdriver.fs.locking import is_held, pid_alive
+from graphdriver.images.records import ImageStore
+
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+
+
+def cleanup(store: Store) -> list[str]:
+    """One line per thing done (run without the store lock held: it removes layers)."""
+    images = ImageStore(store.root)
+    done: list[str] = []
+    alive = False
+    try:
+        markers = sorted(n for n in os.listdir(images.pending_dir) if n.endswith(".json"))
+    except FileNotFoundError:
+        markers = []
+    for name in markers:
+        path = os.path.join(images.pending_dir, name)
+        if is_held(path + ".lock"):
+            alive = True
+            continue
+        done += _undo(store, path)
+    done += _remove_partials(images)
+    if not alive:
+        done += _remove_unreferenced(images)
+    return done
+
+
+def _undo(store: Store, path: str) -> list[str]:
+    from graphdriver.images.manage import used_layers
+
+    try:
+        marker = atomic.read_json(path)
+        made = [str(x) for x in marker.get("layers", [])]
+        what = str(marker.get("what", "image work"))
+    except (OSError, ValueError, AttributeError):
+        made, what = [], "image work"
+    done = []
+    used = used_layers(store)
+    for layer_id in reversed(made):
+        if layer_id in used or not store.exists(layer_id) or store.children(layer_id):
+            continue
+        try:
+            store.remove(layer_id)
+        except GraphDriverError as e:
+            done.append(f"layer {layer_id} left by an interrupted {what}: not removed ({e})")
+            continue
+        done.append(f"removed layer {layer_id} left by an interrupted {what}")
+    atomic.remove_file(path)
+    atomic.remove_file(path + ".lock")
+    return done
+
+
+def _remove_partials(images: ImageStore) -> list[str]:
+    done = []
+    for folder in (images.blobs_dir, images.records_dir):
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            _, sep, pid = name.rpartition(".partial-")
+            if sep and pid.isdigit() and not pid_alive(int(pid)):
+                atomic.remove_file(os.path.join(folder, name))
+                done.append(f"removed the half-written image file {name}")
+    return done
+
+
+def _remove_unreferenced(images: ImageStore) -> list[str]:
+    try:
+        names = os.listdir(images.blobs_dir)
+    except FileNotFoundError:
+        return []
+    keep = images.referenced_blobs()
+    done = []
+    for name in names:
+        if len(name) == 64 and name not in keep:
+            atomic.remove_file(os.path.join(images.blobs_dir, name))
+            done.append(f"removed blob sha256:{name}, which no image names")
+    return done

@@ -1,0 +1,96 @@
+"""Image names as Docker resolves them.
+
+``deb:2`` is ``docker.io/library/deb:2``; a bare name means ``:latest``; the
+first component is a registry when it has a ``.`` or a ``:`` or is
+``localhost`` (``localhost/deb:2``, ``registry.example:5000/team/app``); a
+digest (``name@sha256:...``) names one manifest.  Names are lower case, as the
+distribution spec's grammar wants them.
+"""
+
+from __future__ import annotations
+
+from graphdriver.errors import InvalidArgument, shorten
+from graphdriver.plain import Plain
+
+DEFAULT_DOMAIN = "docker.io"
+OFFICIAL_PREFIX = "library/"
+DEFAULT_TAG = "latest"
+
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-/")
+_TAG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_HEX = frozenset("0123456789abcdef")
+
+
+class Reference(Plain):
+    """A parsed, normalised image name: registry, repository path, tag and/or digest."""
+
+    __slots__ = ("digest", "domain", "path", "tag")
+
+    def __init__(self, domain: str, path: str, tag: str | None, digest: str | None) -> None:
+        self.domain = domain
+        self.path = path
+        self.tag = tag
+        self.digest = digest
+
+    @property
+    def repository(self) -> str:
+        """``docker.io/library/deb``: the name without tag or digest."""
+        return f"{self.domain}/{self.path}"
+
+    def __str__(self) -> str:
+        text = self.repository
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+
+def parse(name: str, *, default_tag: bool = True) -> Reference:
+    """The normalised reference of *name*; :class:`InvalidArgument` if it is not one.
+
+    *default_tag*: a name with neither tag nor digest gets ``:latest``.
+    """
+    rest, digest = name, None
+    if "@" in rest:
+        rest, _, digest = rest.partition("@")
+        check_digest(digest, name)
+    first, slash, remainder = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        domain, path = first, remainder
+    else:
+        domain, path = DEFAULT_DOMAIN, rest
+    tag = None
+    last = path.rpartition("/")[2]
+    if ":" in last:
+        path, _, tag = path.rpartition(":")
+        if not tag or len(tag) > 128 or not set(tag) <= _TAG_CHARS or tag[0] in ".-":
+            raise InvalidArgument(f"image name {shorten(name)!r}", f"invalid tag {shorten(tag)!r}")
+    if domain == "docker.io" and "/" not in path:
+        path = OFFICIAL_PREFIX + path
+    _check_path(path, name)
+    if domain != domain.lower() or not domain or " " in domain:
+        raise InvalidArgument(f"image name {shorten(name)!r}", "invalid registry name")
+    if tag is None and digest is None and default_tag:
+        tag = DEFAULT_TAG
+    return Reference(domain, path, tag, digest)
+
+
+def _check_path(path: str, name: str) -> None:
+    if not path or not set(path) <= _PATH_CHARS:
+        raise InvalidArgument(
+            f"image name {shorten(name)!r}",
+            "a repository is lower-case letters, digits and . _ - / (and a registry, a tag or a digest)",
+        )
+    for comp in path.split("/"):
+        if not comp or comp[0] in "._-" or comp[-1] in "._-":
+            raise InvalidArgument(f"image name {shorten(name)!r}", f"invalid path component {comp!r}")
+
+
+def check_digest(digest: str, what: str = "") -> str:
+    """*digest* if it is ``sha256:`` and 64 lower-case hex digits; InvalidArgument otherwise."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or not set(hexpart) <= _HEX:
+        raise InvalidArgument(f"digest {shorten(digest)!r}" + (f" in {shorten(what)!r}" if what else ""),
+                              "must be sha256: and 64 lower-case hex digits")
+    return digest

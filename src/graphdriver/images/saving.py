@@ -1,0 +1,184 @@
+"""Writing images out: docker-archive, oci-archive, or an OCI layout folder.
+
+Layer tarballs come from the layer store's ``diff``: byte for byte the ones
+imported (tar-split), so a saved docker-archive has the DiffIDs of the
+loaded one.  An OCI output of an image whose manifest and compressed layer
+blobs were kept writes them exactly (same manifest digest); otherwise it
+describes the uncompressed layers in a new OCI manifest.  Files in archives
+are written with mode 0644, owner 0 and time 0, so two saves of one image
+are the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from graphdriver.errors import IntegrityError, InvalidArgument
+from graphdriver.images import oci, reference
+from graphdriver.images.records import ImageRecord, ImageStore
+
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+
+FORMATS = ("docker-archive", "oci-archive", "oci")
+_BLOCK = 512
+
+
+class _Counting:
+    """A writer counting what goes through it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.count = 0
+
+    def write(self, data: Any) -> int:
+        n = self.out.write(data)
+        self.count += len(data)
+        return n if n is not None else len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class _Output:
+    """Where the files of an archive go: a tarball, or a folder."""
+
+    def __init__(self, path: str, folder: bool) -> None:
+        self.folder = path if folder else None
+        self.tar: BinaryIO | None = None
+        self.written: set[str] = set()
+        if folder:
+            os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
+        else:
+            self.tar = open(path, "wb")  # closed by close()
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self.add_stream(name, len(data), lambda out: out.write(data))
+
+    def add_stream(self, name: str, size: int, fill: Any) -> None:
+        """Add *name* of *size* bytes, written by ``fill(writer)``; once per name."""
+        if name in self.written:
+            return
+        self.written.add(name)
+        if self.folder is not None:
+            path = os.path.join(self.folder, name)
+            with open(path + ".partial", "wb") as f:
+                counter = _Counting(f)  # type: ignore[arg-type]
+                fill(counter)
+            _check_size(name, counter.count, size)
+            os.rename(path + ".partial", path)
+            return
+        assert self.tar is not None
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        self.tar.write(info.tobuf(format=tarfile.PAX_FORMAT))
+        counter = _Counting(self.tar)  # type: ignore[arg-type]
+        fill(counter)
+        _check_size(name, counter.count, size)
+        self.tar.write(bytes(-size % _BLOCK))
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.write(bytes(2 * _BLOCK))
+            self.tar.close()
+
+
+def _check_size(name: str, got: int, want: int) -> None:
+    if got != want:
+        raise IntegrityError(f"saving {name}", f"wrote {got} bytes where {want} were announced")
+
+
+def familiar(name: str) -> str:
+    """``docker.io/library/deb:2`` as Docker shows it: ``deb:2``."""
+    return name.removeprefix("docker.io/library/").removeprefix("docker.io/")
+
+
+def save(store: Store, record: ImageRecord, path: str, fmt: str = "docker-archive",
+         names: list[str] | None = None) -> None:
+    """Write *record* to *path* in *fmt* (one of :data:`FORMATS`), named *names* (default its names)."""
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"format {fmt!r}", f"must be one of {', '.join(FORMATS)}")
+    images = ImageStore(store.root)
+    names = record.names if names is None else names
+    out = _Output(path, folder=fmt == "oci")
+    try:
+        if fmt == "docker-archive":
+            _docker_archive(store, images, record, out, names)
+        else:
+            _oci_layout(store, images, record, out, names)
+    finally:
+        out.close()
+
+
+def _layer_size(store: Store, layer_id: str) -> int:
+    size = store.layer(layer_id).uncompressed_size
+    if size is None:
+        counter = _Counting(io.BytesIO())  # type: ignore[arg-type]
+        store.diff(layer_id, counter)  # type: ignore[arg-type]
+        size = counter.count
+    return size
+
+
+def _docker_archive(store: Store, images: ImageStore, record: ImageRecord, out: _Output,
+                    names: list[str]) -> None:
+    config_name = f"{oci.hex_of(record.id)}.json"
+    out.add_bytes(config_name, images.read_blob(record.id))
+    layers = []
+    for layer_id, diff_id in zip(record.layers, record.diff_ids, strict=True):
+        name = f"{oci.hex_of(diff_id)}.tar"
+        out.add_stream(name, _layer_size(store, layer_id), lambda w, i=layer_id: store.diff(i, w))
+        layers.append(name)
+    manifest = [{"Config": config_name, "RepoTags": [familiar(n) for n in names], "Layers": layers}]
+    out.add_bytes("manifest.json", json.dumps(manifest, separators=(",", ":")).encode())
+
+
+def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Output,
+                names: list[str]) -> None:
+    def blob(digest: str) -> str:
+        return f"blobs/sha256/{oci.hex_of(digest)}"
+
+    config = images.read_blob(record.id)
+    out.add_bytes(blob(record.id), config)
+    if record.manifest is not None and record.layer_blobs is not None:
+        manifest = images.read_blob(record.manifest)
+        descs = [oci.Descriptor.parse(d, "kept manifest") for d in record.layer_blobs]
+        for layer_id, desc in zip(record.layers, descs, strict=True):
+            if desc.digest in record.diff_ids:
+                out.add_stream(blob(desc.digest), desc.size, lambda w, i=layer_id: store.diff(i, w))
+            else:
+                path = images.blob_path(desc.digest)
+                out.add_stream(blob(desc.digest), desc.size, lambda w, p=path: _copy_file(p, w))
+        media_type = str(oci.load_json(manifest, "kept manifest").get("mediaType") or oci.OCI_MANIFEST)
+    else:
+        layers = []
+        for layer_id, diff_id in zip(record.layers, record.diff_ids, strict=True):
+            size = _layer_size(store, layer_id)
+            out.add_stream(blob(diff_id), size, lambda w, i=layer_id: store.diff(i, w))
+            layers.append({"mediaType": oci.OCI_LAYER, "digest": diff_id, "size": size})
+        value = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                 "config": {"mediaType": oci.OCI_CONFIG, "digest": record.id, "size": len(config)},
+                 "layers": layers}
+        manifest = json.dumps(value, separators=(",", ":")).encode()
+        media_type = oci.OCI_MANIFEST
+    digest = oci.sha256_digest(manifest)
+    out.add_bytes(blob(digest), manifest)
+    entries = []
+    for name in names or [""]:
+        entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": len(manifest)}
+        if name:
+            ref = reference.parse(name)
+            entry["annotations"] = {oci.CONTAINERD_NAME: name, oci.REF_NAME: ref.tag or "latest"}
+        entries.append(entry)
+    out.add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": entries}
+    out.add_bytes("index.json", json.dumps(index, separators=(",", ":")).encode())
+
+
+def _copy_file(path: str, out: Any) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            out.write(chunk)

@@ -1,0 +1,248 @@
+"""Images to load, read from a docker-archive, an OCI layout or an oci-archive.
+
+* **docker-archive** (``docker save``, ``skopeo copy ... docker-archive:``): a
+  tarball (or a folder) with ``manifest.json``, a list of ``{"Config",
+  "RepoTags", "Layers"}``; the paths name the config and each layer's tarball
+  (plain or compressed) inside the archive.
+* **OCI image layout** (a folder with ``oci-layout`` and ``index.json``, blobs
+  under ``blobs/sha256/``) and **oci-archive** (the same in a tarball): the
+  index names manifests (or nested indexes, of which the platform asked for is
+  taken); a manifest's name is its ``io.containerd.image.name`` or
+  ``org.opencontainers.image.ref.name`` annotation.
+
+Every blob read is checked against its digest where one is named; nothing
+is trusted to be what the archive says it is.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
+from graphdriver.images import oci, reference
+from graphdriver.images.oci import Descriptor
+from graphdriver.plain import Plain
+
+
+class SourceLayer(Plain):
+    """One layer blob of an image to load: how to open it, and what it should be."""
+
+    __slots__ = ("descriptor", "open")
+
+    def __init__(self, open: Callable[[], BinaryIO], descriptor: Descriptor | None) -> None:
+        self.open = open
+        #: The manifest's descriptor (digest, size, media type); None in a docker-archive.
+        self.descriptor = descriptor
+
+
+class SourceImage(Plain):
+    """One image of an archive or layout: config bytes, names, layers, and the manifest if any."""
+
+    __slots__ = ("config", "layers", "manifest", "names")
+
+    def __init__(self, config: bytes, names: list[str], layers: list[SourceLayer],
+                 manifest: bytes | None = None) -> None:
+        self.config = config
+        self.names = names
+        self.layers = layers
+        #: The manifest's exact bytes (OCI layouts, registries); None in a docker-archive.
+        self.manifest = manifest
+
+
+# ----- where the files are: a folder or a tarball ---------------------------------------------
+
+
+class _Files:
+    """Read access to the files of a folder or of a (seekable, uncompressed) tarball."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.dir = path if os.path.isdir(path) else None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        self.tar: tarfile.TarFile | None = None
+        if self.dir is None:
+            try:
+                self.tar = tarfile.open(path, "r:")  # closed by close()
+            except (tarfile.TarError, OSError) as e:
+                raise InvalidArgument(f"image archive {shorten(path)!r}", f"not a tar archive: {e}") from e
+            for m in self.tar.getmembers():
+                self.members[_clean(m.name)] = m
+
+    def exists(self, name: str) -> bool:
+        name = _clean(name)
+        if self.dir is not None:
+            return os.path.isfile(self._local(name))
+        return name in self.members
+
+    def _local(self, name: str) -> str:
+        assert self.dir is not None
+        if name.startswith("../") or name == ".." or os.path.isabs(name):
+            raise IntegrityError(f"image archive {shorten(self.path)!r}", f"{name!r} points outside it")
+        return os.path.join(self.dir, name)
+
+    def open(self, name: str) -> BinaryIO:
+        name = _clean(name)
+        if self.dir is not None:
+            try:
+                return open(self._local(name), "rb")
+            except FileNotFoundError as e:
+                raise IntegrityError(f"image archive {shorten(self.path)!r}", f"{name!r} is missing") from e
+        assert self.tar is not None
+        member = self.members.get(name)
+        for _ in range(8):  # docker save links duplicate layers to their first copy
+            if member is None or not (member.issym() or member.islnk()):
+                break
+            link = member.linkname
+            name = _clean(link if member.islnk() else os.path.join(os.path.dirname(name), link))
+            member = self.members.get(name)
+        if member is None or not member.isfile():
+            raise IntegrityError(f"image archive {shorten(self.path)!r}", f"{name!r} is missing")
+        stream = self.tar.extractfile(member)
+        assert stream is not None
+        return stream  # type: ignore[return-value]
+
+    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+        with self.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise IntegrityError(f"image archive {shorten(self.path)!r}", f"{name!r} is too large")
+        return data
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+
+def _clean(name: str) -> str:
+    return os.path.normpath(name.lstrip("/")).removeprefix("./")
+
+
+# ----- reading -----------------------------------------------------------------------------------
+
+
+class Archive:
+    """The images of the archive or layout at *path*; ``with Archive(path) as a: a.images()``."""
+
+    def __init__(self, path: str, platform: str | None = None) -> None:
+        if not os.path.exists(path):
+            raise NotFound(f"image archive {shorten(path)!r}", "no such file or directory")
+        self.files = _Files(path)
+        self.platform = platform
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.files.close()
+
+    @property
+    def format(self) -> str:
+        if self.files.exists("oci-layout"):
+            return "oci" if self.files.dir is not None else "oci-archive"
+        if self.files.exists("manifest.json"):
+            return "docker-archive"
+        raise InvalidArgument(f"image archive {shorten(self.files.path)!r}",
+                              "neither a docker-archive (manifest.json) nor an OCI layout (oci-layout)")
+
+    def images(self) -> list[SourceImage]:
+        if self.format == "docker-archive":
+            return self._docker_images()
+        return self._oci_images()
+
+    def _docker_images(self) -> list[SourceImage]:
+        what = f"image archive {shorten(self.files.path)!r}"
+        from graphdriver import jsonio
+
+        try:
+            entries = jsonio.loads(self.files.read("manifest.json"))
+        except ValueError as e:
+            raise IntegrityError(what, f"manifest.json is not JSON: {e}") from e
+        if not isinstance(entries, list) or not entries:
+            raise IntegrityError(what, "manifest.json lists no image")
+        out = []
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) \
+                    or not isinstance(entry.get("Layers"), list):
+                raise IntegrityError(what, "a manifest.json entry needs Config and Layers")
+            config = self.files.read(entry["Config"])
+            base = os.path.basename(entry["Config"]).removesuffix(".json")
+            if len(base) == 64 and oci.sha256_digest(config) != "sha256:" + base:
+                raise IntegrityError(what, f"config {entry['Config']!r} does not match its name")
+            names = [str(reference.parse(t)) for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+            layers = [SourceLayer(self._opener(p), None) for p in entry["Layers"] if isinstance(p, str)]
+            out.append(SourceImage(config, names, layers))
+        return out
+
+    def _opener(self, name: str) -> Callable[[], BinaryIO]:
+        return lambda: self.files.open(name)
+
+    def _blob(self, desc: Descriptor, limit: int = 64 << 20) -> bytes:
+        data = self.files.read(f"blobs/sha256/{oci.hex_of(desc.digest)}", limit)
+        if oci.sha256_digest(data) != desc.digest:
+            raise IntegrityError(f"blob {desc.digest}", "its bytes do not match its digest")
+        return data
+
+    def _oci_images(self) -> list[SourceImage]:
+        what = f"image layout {shorten(self.files.path)!r}"
+        index = oci.load_json(self.files.read("index.json"), f"{what}: index.json")
+        out: list[SourceImage] = []
+        for desc in _descriptors(index, f"{what}: index.json"):
+            name = desc.annotations.get(oci.CONTAINERD_NAME) or desc.annotations.get(oci.REF_NAME)
+            for manifest_desc in self._select(desc, what):
+                out.append(self._oci_image(manifest_desc, name, what))
+        if not out:
+            raise IntegrityError(what, "the index names no image")
+        return out
+
+    def _select(self, desc: Descriptor, what: str) -> list[Descriptor]:
+        """The image manifests *desc* stands for: itself, or from its index the platform wanted."""
+        if desc.media_type in oci.MANIFESTS:
+            return [desc]
+        if desc.media_type not in oci.INDEXES:
+            raise IntegrityError(what, f"unknown media type {desc.media_type!r}")
+        nested = oci.load_json(self._blob(desc), f"{what}: index {desc.digest}")
+        return [select_platform(_descriptors(nested, what), self.platform, what)]
+
+    def _oci_image(self, desc: Descriptor, name: str | None, what: str) -> SourceImage:
+        manifest = self._blob(desc)
+        config_desc, layer_descs = oci.manifest_parts(oci.load_json(manifest, f"{what}: manifest"), what)
+        config = self._blob(config_desc)
+        names = []
+        if name:
+            try:
+                names.append(str(reference.parse(name)))
+            except InvalidArgument:
+                pass  # a bare tag ("latest") names no repository
+        layers = [SourceLayer(self._opener(f"blobs/sha256/{oci.hex_of(d.digest)}"), d) for d in layer_descs]
+        return SourceImage(config, names, layers, manifest)
+
+
+def _descriptors(index: dict[str, Any], what: str) -> list[Descriptor]:
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise IntegrityError(what, "no manifests list")
+    return [Descriptor.parse(m, what) for m in manifests]
+
+
+def host_platform() -> str:
+    """``linux/amd64`` and so on, as Go names this machine."""
+    machine = os.uname().machine
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
+            "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
+    return f"linux/{arch}"
+
+
+def select_platform(candidates: list[Descriptor], wanted: str | None, what: str) -> Descriptor:
+    """The manifest of an index for *wanted* (``os/arch[/variant]``; default this machine's)."""
+    want = (wanted or host_platform()).split("/")
+    for d in candidates:
+        p = d.platform or {}
+        have = [str(p.get("os", "")), str(p.get("architecture", ""))]
+        if have == want[:2] and (len(want) < 3 or p.get("variant") == want[2]):
+            return d
+    found = ", ".join(f"{(d.platform or {}).get('os')}/{(d.platform or {}).get('architecture')}"
+                      for d in candidates)
+    raise NotFound(what, f"no image for platform {'/'.join(want)} (it has {found or 'none'})")

@@ -1,0 +1,321 @@
+"""Images and containers: load, save, tag, remove, containers and commits, against buildah and skopeo."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphdriver.errors import InvalidArgument
+from graphdriver.images import reference
+from graphdriver.testing import wingen
+from graphdriver.testing.treeutil import D, F, make_tar
+from tests.conftest import CACHE, IS_ROOT, ROOT, run_cli
+
+needs_buildah = pytest.mark.skipif(
+    shutil.which("buildah") is None or shutil.which("skopeo") is None or not IS_ROOT,
+    reason="needs root, buildah and skopeo (apt-get install buildah skopeo)",
+)
+TOP = "localhost/gd-test/top:1"
+BASE = "localhost/gd-test/base:1"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def skopeo(*args: str) -> Any:
+    out = subprocess.run(["skopeo", *args], check=True, capture_output=True).stdout
+    return json.loads(out)
+
+
+def gd(tmp_path: Path, driver: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return run_cli(*args, root=tmp_path / "store", driver=driver, check=check)
+
+
+# ----- images built by buildah (once, cached) ---------------------------------------------------------
+
+
+def _buildah(store: Path, *args: str) -> str:
+    env = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
+    cmd = ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"), *args]
+    return subprocess.run(cmd, check=True, capture_output=True, env=env, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def built(minbase_tar: Path) -> Path:
+    """docker-archive and oci-archive of two buildah images: a Debian minbase, and one that
+    deletes directories and adds a file on it."""
+    if shutil.which("buildah") is None or shutil.which("skopeo") is None or not IS_ROOT:
+        pytest.skip("needs root, buildah and skopeo (apt-get install buildah skopeo)")
+    out = CACHE / "images-v1"
+    done = out / "done"
+    if done.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return out
+        work = out / "buildah"
+        shutil.rmtree(work, ignore_errors=True)
+        c = _buildah(work, "from", "scratch")
+        _buildah(work, "add", c, str(minbase_tar), "/")
+        _buildah(work, "commit", "-q", c, BASE)
+        c2 = _buildah(work, "from", BASE)
+        mnt = Path(_buildah(work, "mount", c2))
+        shutil.rmtree(mnt / "usr/share/doc")
+        shutil.rmtree(mnt / "var/cache/apt")
+        (mnt / "srv/hello.txt").write_text("hello from the top layer\n")
+        _buildah(work, "umount", c2)
+        _buildah(work, "commit", "-q", c2, TOP)
+        for name, stem in ((BASE, "base"), (TOP, "top")):
+            _buildah(work, "push", "-q", name, f"docker-archive:{out / stem}-docker.tar:{name}")
+            _buildah(work, "push", "-q", name, f"oci-archive:{out / stem}-oci.tar:{name}")
+        _buildah(work, "rmi", "-a", "-f")
+        shutil.rmtree(work, ignore_errors=True)
+        done.touch()
+    return out
+
+
+@needs_buildah
+@pytest.mark.slow
+def test_archives_load_and_save_with_the_same_layers_and_diff_ids(tmp_path, driver_name, built):
+    for kind in ("docker", "oci"):
+        out = gd(tmp_path, driver_name, "image", "load", str(built / f"top-{kind}.tar"))
+        assert out.stdout.decode().split() == [TOP]
+    ours = json.loads(gd(tmp_path, driver_name, "image", "inspect", TOP).stdout)
+    config = skopeo("inspect", "--config", f"docker-archive:{built / 'top-docker.tar'}")
+    assert [x["DiffID"] for x in ours["Layers"]] == config["rootfs"]["diff_ids"]
+    assert ours["Id"] == sha256(subprocess.run(
+        ["skopeo", "inspect", "--raw", "--config", f"docker-archive:{built / 'top-docker.tar'}"],
+        check=True, capture_output=True).stdout)
+    for fmt in ("docker-archive", "oci-archive", "oci"):
+        transport = fmt
+        target = tmp_path / f"saved-{fmt}"
+        gd(tmp_path, driver_name, "image", "save", TOP, "-o", str(target), "--format", fmt)
+        source = built / ("top-docker.tar" if fmt == "docker-archive" else "top-oci.tar")
+        source_transport = "docker-archive" if fmt == "docker-archive" else "oci-archive"
+        theirs = skopeo("inspect", f"{source_transport}:{source}")
+        mine = skopeo("inspect", f"{transport}:{target}")
+        # The loaded compressed blobs were kept: the same layers and the same manifest digest.
+        assert mine["Layers"] == theirs["Layers"], fmt
+        assert mine["Digest"] == theirs["Digest"], fmt
+        assert skopeo("inspect", "--config", f"{transport}:{target}")["rootfs"] == config["rootfs"]
+
+
+@needs_buildah
+@pytest.mark.slow
+def test_layers_are_shared_by_chain_id_and_freed_when_unused(tmp_path, driver_name, built):
+    gd(tmp_path, driver_name, "image", "load", str(built / "base-oci.tar"))
+    assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 1
+    out = gd(tmp_path, driver_name, "image", "load", str(built / "top-docker.tar"))
+    assert b"already present" in out.stderr
+    assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 2
+    listing = gd(tmp_path, driver_name, "image", "ls").stdout.decode()
+    assert "localhost/gd-test/base" in listing and "localhost/gd-test/top" in listing
+    removed = gd(tmp_path, driver_name, "image", "rm", TOP).stdout.decode()
+    assert "Deleted layer:" in removed
+    assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 1  # the base image keeps its layer
+    gd(tmp_path, driver_name, "image", "rm", BASE)
+    assert gd(tmp_path, driver_name, "layers").stdout == b""
+
+
+@needs_buildah
+@pytest.mark.slow
+def test_a_container_sees_the_image_commits_and_the_commit_is_a_real_image(tmp_path, driver_name, built):
+    gd(tmp_path, driver_name, "image", "load", str(built / "top-oci.tar"))
+    assert gd(tmp_path, driver_name, "container", "create", TOP, "web").stdout == b"web\n"
+    root = Path(gd(tmp_path, driver_name, "mount", "web").stdout.decode().strip())
+    try:
+        assert (root / "srv/hello.txt").read_text() == "hello from the top layer\n"
+        assert not (root / "usr/share/doc").exists()  # the top layer's whiteouts are honoured
+        assert (root / "etc/debian_version").exists()
+        assert (root / "etc/hosts").exists() and (root / "proc").is_dir()
+        (root / "srv/added.txt").write_bytes(b"written in the container\n")
+    finally:
+        gd(tmp_path, driver_name, "unmount", "web")
+    changes = gd(tmp_path, driver_name, "changes", "web").stdout.decode().split("\n")
+    assert changes[:2] == ["C /srv", "A /srv/added.txt"]
+    new_id = gd(tmp_path, driver_name, "container", "commit", "web", "localhost/web:1").stdout.decode()
+    new_id = new_id.strip()
+    assert new_id.startswith("sha256:")
+    saved = tmp_path / "web.tar"
+    gd(tmp_path, driver_name, "image", "save", "localhost/web:1", "-o", str(saved))
+    info = skopeo("inspect", f"docker-archive:{saved}")
+    assert len(info["Layers"]) == 3
+    config = skopeo("inspect", "--config", f"docker-archive:{saved}")
+    assert len(config["rootfs"]["diff_ids"]) == 3 and config["history"][-1]["created_by"].endswith("web")
+    with tarfile.open(saved) as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+        top = archive.extractfile(manifest[0]["Layers"][-1])
+        assert top is not None
+        with tarfile.open(fileobj=io.BytesIO(top.read())) as layer:
+            names = sorted(m.name.rstrip("/") for m in layer.getmembers())
+    assert names == ["srv", "srv/added.txt"]  # no init-layer file reaches the image
+    # Another tool takes the commit as it is.
+    subprocess.run(["skopeo", "copy", "-q", f"docker-archive:{saved}", f"oci:{tmp_path / 'copied'}:web"],
+                   check=True)
+    assert gd(tmp_path, driver_name, "container", "ls").stdout.decode().split("\n")[1].startswith("web ")
+    gd(tmp_path, driver_name, "image", "rm", TOP, check=False)  # refused: a container uses it
+    gd(tmp_path, driver_name, "container", "rm", "web")
+    assert b"web" not in gd(tmp_path, driver_name, "layers").stdout
+
+
+# ----- hand-made layouts: no tool needed ------------------------------------------------------------------
+
+
+def oci_layout(path: Path, layers: list[bytes], *, name: str = "localhost/made:1", gzipped: bool = True,
+               diff_ids: list[str] | None = None, os_name: str = "linux") -> str:
+    """An OCI layout at *path* of one image; returns its manifest digest."""
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = sha256(data)
+        (blobs / digest[7:]).write_bytes(data)
+        return digest
+
+    descs = []
+    for layer in layers:
+        blob = gzip.compress(layer, mtime=0) if gzipped else layer
+        media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gzipped else "")
+        descs.append({"mediaType": media, "digest": put(blob), "size": len(blob)})
+    config = json.dumps({"architecture": "amd64", "os": os_name, "rootfs": {
+        "type": "layers", "diff_ids": diff_ids or [sha256(x) for x in layers]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": put(config), "size": len(config)},
+                           "layers": descs}).encode()
+    digest = put(manifest)
+    (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": len(manifest),
+        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"}}]}))
+    return digest
+
+
+LAYER1 = make_tar({"etc": D(), "etc/os-release": F(b"ID=made\n"), "bin": D(), "bin/sh": F(b"#!", mode=0o755)})
+LAYER2 = make_tar({"srv": D(), "srv/app": F(b"app\n"), "etc/.wh.os-release": F(b"")})
+
+
+def test_a_wrong_diff_id_refuses_the_image_and_leaves_nothing(tmp_path, driver_name):
+    oci_layout(tmp_path / "bad", [LAYER1, LAYER2], diff_ids=[sha256(LAYER1), sha256(b"not the layer")])
+    proc = gd(tmp_path, driver_name, "image", "load", str(tmp_path / "bad"), check=False)
+    assert proc.returncode == 6, proc.stderr
+    assert proc.stderr.decode().count("\n") == 1 and b"Traceback" not in proc.stderr
+    assert gd(tmp_path, driver_name, "layers").stdout == b""
+    assert gd(tmp_path, driver_name, "image", "ls", "--json").stdout.strip() == b"[]"
+    assert gd(tmp_path, driver_name, "cleanup").stdout == b""
+
+
+def test_a_tampered_blob_is_refused(tmp_path, driver_name):
+    oci_layout(tmp_path / "t", [LAYER1])
+    blob = next(p for p in (tmp_path / "t/blobs/sha256").iterdir() if p.read_bytes()[:2] == b"\x1f\x8b")
+    data = gzip.decompress(blob.read_bytes()).replace(b"ID=made", b"ID=evil")
+    blob.write_bytes(gzip.compress(data, mtime=0))
+    proc = gd(tmp_path, driver_name, "image", "load", str(tmp_path / "t"), check=False)
+    assert proc.returncode == 6 and gd(tmp_path, driver_name, "layers").stdout == b""
+
+
+def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_name):
+    digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2])
+    assert gd(tmp_path, driver_name, "image", "load", str(tmp_path / "in")).stdout == b"localhost/made:1\n"
+    out = str(tmp_path / "out")
+    gd(tmp_path, driver_name, "image", "save", "localhost/made:1", "-o", out, "--format", "oci")
+    gd(tmp_path, driver_name, "image", "save", "localhost/made:1", "-o", str(tmp_path / "out.tar"))
+    index = json.loads((tmp_path / "out/index.json").read_text())
+    assert index["manifests"][0]["digest"] == digest
+    for blob in (tmp_path / "in/blobs/sha256").iterdir():
+        assert (tmp_path / "out/blobs/sha256" / blob.name).read_bytes() == blob.read_bytes()
+    with tarfile.open(tmp_path / "out.tar") as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest[0]["RepoTags"] == ["localhost/made:1"]
+        layers = [archive.extractfile(p).read() for p in manifest[0]["Layers"]]  # type: ignore[union-attr]
+    assert layers == [LAYER1, LAYER2]  # byte for byte the loaded tarballs
+    # Loading the saved docker-archive again changes nothing.
+    gd(tmp_path, driver_name, "image", "load", str(tmp_path / "out.tar"))
+    assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 2
+
+
+def test_names_resolve_as_docker_resolves_them(tmp_path):
+    cases = {
+        "deb:2": "docker.io/library/deb:2",
+        "deb": "docker.io/library/deb:latest",
+        "localhost/deb:2": "localhost/deb:2",
+        "team/app": "docker.io/team/app:latest",
+        "registry.example:5000/team/app:v1": "registry.example:5000/team/app:v1",
+        "quay.io/a/b@sha256:" + "a" * 64: "quay.io/a/b@sha256:" + "a" * 64,
+    }
+    for name, full in cases.items():
+        assert str(reference.parse(name)) == full
+    for bad in ("Deb", "deb:", "a//b", "deb@sha256:xyz", "-x", "deb:-1"):
+        with pytest.raises(InvalidArgument):
+            reference.parse(bad)
+    oci_layout(tmp_path / "in", [LAYER1], name="docker.io/library/deb:2")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    inspected = json.loads(gd(tmp_path, "vfs", "image", "inspect", "deb:2").stdout)
+    assert inspected["Names"] == ["docker.io/library/deb:2"]
+    by_id = json.loads(gd(tmp_path, "vfs", "image", "inspect", inspected["Id"][7:19]).stdout)
+    assert by_id["Id"] == inspected["Id"]
+    gd(tmp_path, "vfs", "image", "tag", "deb:2", "localhost/deb:latest")
+    retagged = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/deb").stdout)
+    assert retagged["Id"] == inspected["Id"]
+    assert gd(tmp_path, "vfs", "image", "rm", "deb:2").stdout == b"Untagged: deb:2\n"
+    assert gd(tmp_path, "vfs", "image", "inspect", "deb:2", check=False).returncode == 3
+    assert gd(tmp_path, "vfs", "image", "ls").stdout.decode().count("localhost/deb") == 1
+
+
+def test_a_load_killed_half_way_is_undone_by_cleanup(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2])
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT / 'src')!r})
+import graphdriver
+from graphdriver.store.layers import Store
+real = Store.import_layer
+def dying(self, *args, **kw):
+    record = real(self, *args, **kw)
+    os._exit(9)  # killed after the first layer is stored, before the image is
+Store.import_layer = dying
+from graphdriver import images
+store = graphdriver.open_store({str(tmp_path / 'store')!r}, run_root={str(tmp_path / 'run')!r}, driver="vfs")
+images.load(store, {str(tmp_path / 'in')!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == 9
+    assert len(gd(tmp_path, "vfs", "layers").stdout.split()) == 1  # the first layer is there
+    done = gd(tmp_path, "vfs", "cleanup").stdout.decode()
+    assert "left by an interrupted load" in done
+    assert gd(tmp_path, "vfs", "layers").stdout == b""
+    assert gd(tmp_path, "vfs", "image", "ls", "--json").stdout.strip() == b"[]"
+    assert not any((tmp_path / "store/images/blobs/sha256").iterdir())
+
+
+def test_a_windows_image_loads_into_windowsfilter_and_saves_with_the_same_digests(tmp_path):
+    base = wingen.layer_tar(wingen.base_layer())
+    child = wingen.layer_tar(wingen.child_layer())
+    digest = oci_layout(tmp_path / "in", [base, child], name="localhost/win:1", os_name="windows")
+    assert gd(tmp_path, "windowsfilter", "image", "load", str(tmp_path / "in")).stdout == b"localhost/win:1\n"
+    gd(tmp_path, "windowsfilter", "image", "save", "localhost/win:1", "-o", str(tmp_path / "out"),
+       "--format", "oci")
+    assert json.loads((tmp_path / "out/index.json").read_text())["manifests"][0]["digest"] == digest
+    gd(tmp_path, "windowsfilter", "image", "save", "localhost/win:1", "-o", str(tmp_path / "out.tar"))
+    with tarfile.open(tmp_path / "out.tar") as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+        layers = [archive.extractfile(p).read() for p in manifest[0]["Layers"]]  # type: ignore[union-attr]
+    assert layers == [base, child]
+    inspected = json.loads(gd(tmp_path, "windowsfilter", "image", "inspect", "localhost/win:1").stdout)
+    assert inspected["Platform"] == "windows/amd64"
