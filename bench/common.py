@@ -171,6 +171,19 @@ def places(choice: str) -> tuple[str, ...]:
     return WHERE if choice == "both" else (choice,)
 
 
+def fresh(base: Path, data: Path, tool: Tool) -> Callable[[], float]:
+    """One timed run of *tool* on *data* into a fresh work directory under *base*, removed afterwards."""
+
+    def run() -> float:
+        work = Path(tempfile.mkdtemp(dir=base))
+        try:
+            return timed(lambda: tool(data, work), sync=work)
+        finally:
+            remove_work(work)
+
+    return run
+
+
 def take_turns(tools: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     """Run each tool once per round, in turns; each returns its own time."""
     times: dict[str, list[float]] = {name: [] for name in tools}

@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from common import (
     Tool,
     cs_cmd,
     debian_layer,
+    fresh,
     gd,
     graphdriver_command,
     have,
     mib,
     place,
     places,
-    remove_work,
     report,
     take_turns,
-    timed,
     warm,
 )
 
@@ -61,19 +58,6 @@ TOOLS: dict[str, Tool] = {
     "containers-storage": run_containers_storage,
     "gnu-tar": run_gnu_tar,
 }
-
-
-def fresh(base: Path, layer: Path, tool: Tool) -> Callable[[], float]:
-    """One timed run of *tool* into a fresh work directory, removed afterwards."""
-
-    def run() -> float:
-        work = Path(tempfile.mkdtemp(dir=base))
-        try:
-            return timed(lambda: tool(layer, work), sync=work)
-        finally:
-            remove_work(work)
-
-    return run
 
 
 def bench(layer: Path, base: Path, rounds: int) -> dict[str, list[float]]:

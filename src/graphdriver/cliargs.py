@@ -120,6 +120,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "an OCI layout folder",
             Option("-o|--output", "the file (or folder, for oci) to write", metavar="PATH"),
             Option("--format", "docker-archive, oci-archive or oci", metavar="FORMAT")),
+    Command("image pull", "REF", "pull an image from a registry (OCI distribution API); prints its name",
+            Option("--insecure", "plain http (a local registry)"),
+            Option("--platform", "the os/arch to take from a multi-platform index (default: this "
+                                 "machine's)", metavar="OS/ARCH")),
+    Command("image push", "NAME REF", "push an image to a registry; prints the manifest digest",
+            Option("--insecure", "plain http (a local registry)")),
     Command("image ls", "", "list the images: repository, tag, id, created, layers"),
     Command("image inspect", "NAME", "the image as JSON: id, names, digests, layers with DiffIDs "
             "and chain ids, the config"),
@@ -148,6 +154,8 @@ class Args:
     command: str
     id: str
     name: str
+    ref: str
+    insecure: bool
     new: str
     image: str
     source: str
@@ -175,6 +183,8 @@ class Args:
 
     def __init__(self) -> None:
         self.command = self.id = self.mount_label = self.name = self.new = self.image = self.source = ""
+        self.ref = ""
+        self.insecure = False
         self.format = self.platform = None
         self.file = "-"
         self.parent = self.output = self.size = None

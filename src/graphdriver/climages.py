@@ -27,16 +27,37 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def image_load(store: Store, args: Args) -> int:
-    def report(line: str) -> None:
-        if not args.quiet:
-            sys.stderr.write(line + "\n")
-
+    report = _reporter(args)
     for record in manage.load(store, args.source, platform=args.platform, quiet=args.quiet, report=report):
         if args.json:
             _out(jsonio.dumps(record.to_json()))
         else:
             for name in record.names or [record.id]:
                 _out(name)
+    return 0
+
+
+def _reporter(args: Args) -> Callable[[str], None]:
+    def report(line: str) -> None:
+        if not args.quiet:
+            sys.stderr.write(line + "\n")
+
+    return report
+
+
+def image_pull(store: Store, args: Args) -> int:
+    from graphdriver.images import distribution
+
+    record = distribution.pull(store, args.ref, insecure=args.insecure, platform=args.platform,
+                               quiet=args.quiet, report=_reporter(args))
+    _out(jsonio.dumps(record.to_json()) if args.json else (record.names[0] if record.names else record.id))
+    return 0
+
+
+def image_push(store: Store, args: Args) -> int:
+    from graphdriver.images import distribution
+
+    _out(distribution.push(store, args.name, args.ref, insecure=args.insecure, report=_reporter(args)))
     return 0
 
 
@@ -117,6 +138,8 @@ def container_ls(store: Store, args: Args) -> int:
 HANDLERS: dict[str, Callable[[Store, Args], int]] = {
     "image load": image_load,
     "image save": image_save,
+    "image pull": image_pull,
+    "image push": image_push,
     "image ls": image_ls,
     "image inspect": image_inspect,
     "image tag": image_tag,

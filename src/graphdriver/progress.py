@@ -104,6 +104,13 @@ def writing(stream: BinaryIO, label: str, total: int | None, quiet: bool = False
         yield stream if advance is None else _CountingWriter(stream, advance)  # type: ignore[misc]
 
 
+@contextlib.contextmanager
+def counter(label: str, total: int | None, quiet: bool = False) -> Iterator[Callable[[int], None] | None]:
+    """Yield a function to call with each count of bytes done (None when no bar is wanted)."""
+    with _bar(label, total, quiet) as advance:
+        yield advance
+
+
 def file_size(stream: BinaryIO) -> int | None:
     """Size of a regular file behind *stream*, None for pipes."""
     try:

@@ -152,7 +152,7 @@ def _keep_blob(images: ImageStore, layer: SourceLayer, diff_id: str, fresh: list
     desc = layer.descriptor
     if desc is None or desc.media_type in _UNCOMPRESSED or desc.digest == diff_id:
         return
-    if images.has_blob(desc.digest):
+    if images.has_blob(desc.digest) or layer.open is None:
         return
     os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
     staging = images.blob_path(desc.digest) + f".partial-{os.getpid()}"
@@ -187,6 +187,8 @@ def _import(store: Store, images: ImageStore, layer: SourceLayer, layer_id: str,
         assert desc is not None
         _keep_blob(images, layer, diff_id, fresh)
         opened: BinaryIO = open(images.blob_path(desc.digest), "rb")
+    elif layer.open is None:
+        raise IntegrityError(f"layer {diff_id}", "its blob is not at hand")
     else:
         opened = layer.open()
     with opened as blob:

@@ -32,7 +32,8 @@ class SourceLayer(Plain):
 
     __slots__ = ("descriptor", "open")
 
-    def __init__(self, open: Callable[[], BinaryIO], descriptor: Descriptor | None) -> None:
+    def __init__(self, open: Callable[[], BinaryIO] | None, descriptor: Descriptor | None) -> None:
+        #: None: the blob is not at hand (a layer the store already has, not downloaded).
         self.open = open
         #: The manifest's descriptor (digest, size, media type); None in a docker-archive.
         self.descriptor = descriptor

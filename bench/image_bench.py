@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Loading an image, side by side: ``graphdriver image load`` and ``skopeo copy ... containers-storage:``.
+
+The image is the Debian bookworm minbase root filesystem as one layer (made
+with debootstrap and cached, as for the import benchmark), written once as a
+docker-archive (the uncompressed layer) and as an oci-archive (the layer
+gzip-compressed).  Each tool loads it into a fresh empty store with the vfs
+driver, in turns, the data made durable (syncfs) counted for both.  Prints
+medians and ratios.  Run as root:
+
+    python bench/image_bench.py [--rounds 5] [--where tmpfs|disk|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+from common import (
+    CACHE,
+    debian_layer,
+    fresh,
+    gd,
+    graphdriver_command,
+    have,
+    mib,
+    place,
+    places,
+    report,
+    take_turns,
+    warm,
+)
+
+NAME = "localhost/bench/deb:1"
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def archives() -> tuple[Path, Path]:
+    """The docker-archive and the oci-archive of the Debian image (made once, cached)."""
+    docker, oci = CACHE / "bench-deb-docker.tar", CACHE / "bench-deb-oci.tar"
+    if docker.exists() and oci.exists():
+        return docker, oci
+    layer = debian_layer().read_bytes()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    with tarfile.open(docker.with_suffix(".partial"), "w") as tf:
+        _add(tf, f"{config_digest[7:]}.json", config)
+        _add(tf, f"{diff_id[7:]}.tar", layer)
+        manifest = [{"Config": f"{config_digest[7:]}.json", "RepoTags": [NAME],
+                     "Layers": [f"{diff_id[7:]}.tar"]}]
+        _add(tf, "manifest.json", json.dumps(manifest).encode())
+    docker.with_suffix(".partial").rename(docker)
+    blob = gzip.compress(layer, compresslevel=6, mtime=0)
+    blob_digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    image_manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob_digest,
+                    "size": len(blob)}]}).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(image_manifest).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+        "size": len(image_manifest), "annotations": {"org.opencontainers.image.ref.name": NAME}}]}).encode()
+    with tarfile.open(oci.with_suffix(".partial"), "w") as tf:
+        _add(tf, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add(tf, "index.json", index)
+        for digest, data in ((config_digest, config), (blob_digest, blob), (manifest_digest, image_manifest)):
+            _add(tf, f"blobs/sha256/{digest[7:]}", data)
+    oci.with_suffix(".partial").rename(oci)
+    return docker, oci
+
+
+def run_graphdriver(archive: Path, work: Path) -> None:
+    gd(work, "vfs", "image", "load", str(archive))
+
+
+def run_skopeo(archive: Path, work: Path) -> None:
+    transport = "oci-archive" if "oci" in archive.name else "docker-archive"
+    dest = f"containers-storage:[vfs@{work / 'cs'}+{work / 'cs-run'}]{NAME}"
+    subprocess.run(["skopeo", "copy", "-q", f"{transport}:{archive}", dest], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--where", choices=["tmpfs", "disk", "both"], default="both")
+    args = p.parse_args()
+    graphdriver_command()  # installed now: no round may time pip
+    docker, oci = archives()
+    for archive in (docker, oci):
+        warm(archive)
+        for where in places(args.where):
+            with place(where) as base:
+                tools = {"graphdriver": fresh(base, archive, run_graphdriver)}
+                if have("skopeo"):
+                    tools["skopeo-copy"] = fresh(base, archive, run_skopeo)
+                report(f"image load of {archive.name} ({mib(archive)}) on {where}",
+                       take_turns(tools, args.rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

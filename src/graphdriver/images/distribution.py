@@ -1,0 +1,221 @@
+"""Pull and push: images between the store and a registry (see :mod:`.registry`).
+
+A pull fetches the manifest (from an index, the platform asked for), the
+config and the layer blobs the store lacks (several at once, each checked
+against its digest, kept, and resumed if a download breaks), then stores the
+image as a load does (chain ids, DiffIDs checked).  The manifest and the
+compressed blobs are kept, so pushing the image unchanged sends the same
+bytes and keeps its manifest digest.  An image with no kept manifest (loaded
+from a docker-archive, or a commit) gets one on its first push: its layers
+gzip-compressed once (isal), kept, and described in an OCI manifest, so later
+pushes are the same again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, BinaryIO
+
+from graphdriver.errors import IntegrityError
+from graphdriver.fs import atomic
+from graphdriver.images import oci, reference
+from graphdriver.images.loading import Pending, load_image
+from graphdriver.images.records import ImageRecord, ImageStore
+from graphdriver.images.sources import SourceImage, SourceLayer, select_platform
+
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+
+#: Blobs downloaded at once.
+PARALLEL = 4
+
+
+def pull(store: Store, name: str, *, insecure: bool = False, platform: str | None = None,
+         quiet: bool = True, report: Callable[[str], None] | None = None) -> ImageRecord:
+    """Pull image *name* (``deb:2``, ``host:5000/team/app@sha256:...``) into the store."""
+    from graphdriver.images.registry import Registry
+
+    ref = reference.parse(name)
+    images = ImageStore(store.root)
+    say = report or (lambda _line: None)
+    with Registry(ref, insecure=insecure) as reg, Pending(images, f"pull {ref}"):
+        data, media = reg.manifest(ref.digest or ref.tag or "latest")
+        if media in oci.INDEXES:
+            index = oci.load_json(data, f"index of {ref}")
+            manifests = index.get("manifests")
+            descs = [oci.Descriptor.parse(m, f"index of {ref}") for m in manifests or []]
+            chosen = select_platform(descs, platform, f"image {ref}")
+            data, media = reg.manifest(chosen.digest)
+        config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"), str(ref))
+        config = reg.blob_bytes(config_desc.digest)
+        diff_ids = oci.diff_ids_of(oci.load_json(config, f"config of {ref}"), str(ref))
+        layer_ids = [oci.hex_of(c) for c in oci.chain_ids(diff_ids)]
+        wanted = [d for d, lid in zip(layer_descs, layer_ids, strict=False)
+                  if not store.exists(lid) and not images.has_blob(d.digest)]
+        for d, lid in zip(layer_descs, layer_ids, strict=False):
+            if store.exists(lid):
+                say(f"layer {d.digest[7:19]}: already present")
+        _download_all(reg, images, wanted, quiet, say)
+        layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
+        names = [str(ref)] if ref.tag is not None else []
+        return load_image(store, images, SourceImage(config, names, layers, data), quiet=quiet, report=None)
+
+
+def _blob_opener(images: ImageStore, digest: str) -> Callable[[], BinaryIO] | None:
+    path = images.blob_path(digest)
+    if not os.path.exists(path):
+        return None
+    return lambda: open(path, "rb")
+
+
+def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], quiet: bool,
+                  say: Callable[[str], None]) -> None:
+    from graphdriver import progress
+    from graphdriver.images.registry import Registry
+
+    assert isinstance(reg, Registry)
+    os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
+    total = sum(d.size for d in descs)
+
+    def one(desc: oci.Descriptor, advance: Callable[[int], None] | None) -> None:
+        final = images.blob_path(desc.digest)
+        partial = final + ".download"  # kept across runs: a new pull resumes it
+        reg.download(desc, partial, advance)
+        os.rename(partial, final)
+
+    with progress.counter(f"pull {len(descs)} layers", total, quiet) as advance, \
+            ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for future in [pool.submit(one, d, advance) for d in descs]:
+            future.result()
+    for d in descs:
+        say(f"layer {d.digest[7:19]}: downloaded ({d.size} bytes)")
+
+
+def push(store: Store, name: str, destination: str, *, insecure: bool = False,
+         report: Callable[[str], None] | None = None) -> str:
+    """Push image *name* to *destination* (``host:5000/team/app:1``); returns the manifest digest."""
+    from graphdriver.images.registry import Registry
+
+    images = ImageStore(store.root)
+    record = images.resolve(name)
+    if record.manifest is None or record.layer_blobs is None:
+        record = _compress_for_push(store, images, record)
+    assert record.manifest is not None and record.layer_blobs is not None
+    dest = reference.parse(destination)
+    say = report or (lambda _line: None)
+    manifest = images.read_blob(record.manifest)
+    media = str(oci.load_json(manifest, "kept manifest").get("mediaType") or oci.OCI_MANIFEST)
+    holders = _holders(images, dest)
+    config = images.read_blob(record.id)
+    with Registry(dest, insecure=insecure, push=True) as reg:
+        descs = [oci.Descriptor.parse(d, "kept manifest") for d in record.layer_blobs]
+        blobs: list[tuple[str, int, str | None]] = [(d.digest, d.size, record.layers[i])
+                                                     for i, d in enumerate(descs)]
+        blobs.append((record.id, len(config), None))
+        for digest, size, layer_id in blobs:
+            if reg.has_blob(digest):
+                say(f"blob {digest[7:19]}: already in the registry")
+                continue
+            if any(reg.mount_blob(digest, repo) for repo in holders.get(digest, ())):
+                say(f"blob {digest[7:19]}: mounted from another repository")
+                continue
+            reg.upload(digest, size, _pusher(store, images, digest, layer_id))
+            say(f"blob {digest[7:19]}: uploaded ({size} bytes)")
+        digest = reg.put_manifest(dest.digest or dest.tag or "latest", manifest, media)
+    if digest != record.manifest:
+        raise IntegrityError(f"push of {name}", f"the registry names the manifest {digest}")
+    return digest
+
+
+def _holders(images: ImageStore, dest: reference.Reference) -> dict[str, list[str]]:
+    """For each kept blob, the other repositories of *dest*'s registry an image named there holds it in."""
+    out: dict[str, list[str]] = {}
+    for record in images.all():
+        repos = []
+        for name in record.names:
+            ref = reference.parse(name)
+            if ref.domain == dest.domain and ref.path != dest.path and ref.path not in repos:
+                repos.append(ref.path)
+        for digest in [record.id, *(str(d.get("digest")) for d in record.layer_blobs or ())]:
+            out.setdefault(digest, []).extend(r for r in repos if r not in out[digest])
+    return out
+
+
+def _pusher(store: Store, images: ImageStore, digest: str, layer_id: str | None) -> Callable[[], BinaryIO]:
+    """How to read the blob *digest*: a kept file, or the layer's tarball rebuilt (uncompressed)."""
+    path = images.blob_path(digest)
+    if os.path.exists(path) or layer_id is None:
+        return lambda: open(path, "rb")
+
+    def rebuilt() -> BinaryIO:
+        import tempfile
+
+        tmp = tempfile.TemporaryFile(dir=images.dir)
+        store.diff(layer_id, tmp)  # type: ignore[arg-type]
+        tmp.seek(0)
+        return tmp  # type: ignore[return-value]
+
+    return rebuilt
+
+
+class _HashingWriter:
+    """Writes to *out*, hashing and counting what goes through."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        import hashlib
+
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) -> ImageRecord:
+    """Give *record* gzip layer blobs and an OCI manifest, kept, so every push sends the same bytes."""
+    from graphdriver.layerio.compression import Compression, open_compressor
+
+    os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
+    # A layer another image keeps a compressed blob of goes up as that blob (the
+    # registry may have it already: a commit on a pulled image sends its layer only).
+    known: dict[str, dict[str, object]] = {}
+    for other in images.all():
+        for layer_id, desc in zip(other.layers, other.layer_blobs or (), strict=False):
+            if images.has_blob(str(desc.get("digest"))) or desc.get("digest") in other.diff_ids:
+                known.setdefault(layer_id, desc)
+    layers: list[dict[str, object]] = []
+    for layer_id in record.layers:
+        if layer_id in known:
+            layers.append(known[layer_id])
+            continue
+        staging = os.path.join(images.blobs_dir, f"push.partial-{os.getpid()}")
+        with open(staging, "wb") as out:
+            hashing = _HashingWriter(out)
+            with contextlib.closing(open_compressor(hashing, Compression.GZIP)) as z:  # type: ignore[arg-type]
+                store.diff(layer_id, z)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = "sha256:" + hashing.sha.hexdigest()
+        os.rename(staging, images.blob_path(digest))
+        layers.append({"mediaType": oci.OCI_LAYER_GZIP, "digest": digest, "size": hashing.size})
+    config = images.read_blob(record.id)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                           "config": {"mediaType": oci.OCI_CONFIG, "digest": record.id, "size": len(config)},
+                           "layers": layers}, separators=(",", ":")).encode()
+    with store.locked():
+        current = images.resolve(record.id)
+        current.manifest = images.put_blob(manifest)
+        current.layer_blobs = layers
+        images.put(current)
+    atomic.fsync_dir(images.blobs_dir)
+    return current

@@ -1,0 +1,337 @@
+"""A client of the OCI distribution API: manifests and blobs in and out of a registry.
+
+Over ``requests`` (a well-kept HTTP library that streams at disk speed with
+hashing; see the README's dependency list), imported only by ``image pull``
+and ``image push``.  What it does:
+
+* **Names**: ``docker.io`` is served by ``registry-1.docker.io``; https unless
+  ``insecure`` (plain http, for a local registry).
+* **Auth**: anonymous first; on a 401 the ``WWW-Authenticate`` challenge says
+  how: ``Basic`` with the credentials of ``$REGISTRY_AUTH_FILE`` or
+  ``~/.docker/config.json`` (``auths.<host>.auth``, base64 ``user:password``),
+  or ``Bearer`` (a token from the challenge's realm for the repository's scope,
+  asked with those credentials if any, kept per scope).
+* **Retries**: 429 and 5xx answers and dropped connections are retried with
+  exponential backoff (``Retry-After`` honoured), at most :data:`ATTEMPTS`
+  times; a blob download that breaks resumes where it stopped with a
+  ``Range`` request, and every blob is checked against its digest.
+* **Push**: a blob the registry has (``HEAD``) is not sent; one a sibling
+  repository of the same registry has is mounted (``?mount=&from=``) when the
+  registry offers it; others go up in one ``PUT`` or, when large, in chunks
+  (``PATCH`` with ``Content-Range``), then the manifest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Unsupported, shorten
+from graphdriver.images import oci
+from graphdriver.images.reference import Reference
+
+ATTEMPTS = 5
+_BACKOFF = 0.5  # seconds, doubled each retry
+_CHUNK = 1 << 20
+#: Blobs up to this size go up in one request; larger ones in chunks of it.
+UPLOAD_CHUNK = 32 << 20
+ACCEPT = ", ".join([oci.OCI_INDEX, oci.DOCKER_LIST, oci.OCI_MANIFEST, oci.DOCKER_MANIFEST])
+
+
+class RegistryError(GraphDriverError):
+    """The registry refused or failed (exit code 1)."""
+
+    exit_code = 1
+
+
+def registry_host(ref: Reference) -> str:
+    return "registry-1.docker.io" if ref.domain == "docker.io" else ref.domain
+
+
+def _auth_files() -> list[str]:
+    files = []
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        files.append(os.environ["REGISTRY_AUTH_FILE"])
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        files.append(os.path.join(xdg, "containers", "auth.json"))
+    files.append(os.path.join(os.path.expanduser("~"), ".docker", "config.json"))
+    return files
+
+
+def credentials(domain: str) -> tuple[str, str] | None:
+    """``(user, password)`` for *domain* from the first auth file that names it."""
+    keys = {domain, f"https://{domain}", f"http://{domain}"}
+    if domain == "docker.io":
+        keys |= {"https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"}
+    for path in _auth_files():
+        try:
+            with open(path, "rb") as f:
+                auths = json.loads(f.read()).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, entry in auths.items() if isinstance(auths, dict) else ():
+            if key.rstrip("/") in keys and isinstance(entry, dict) and entry.get("auth"):
+                try:
+                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                return user, password
+    return None
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="...",service="..."`` as ``("bearer", {...})``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    while rest:
+        key, _, rest = rest.strip().partition("=")
+        if rest.startswith('"'):
+            value, _, rest = rest[1:].partition('"')
+        else:
+            value, _, rest = rest.partition(",")
+        params[key.strip().lower()] = value
+        rest = rest.lstrip(" ,")
+    return scheme.lower(), params
+
+
+class Registry:
+    """One registry and one repository on it; ``with Registry(ref) as r: ...``."""
+
+    def __init__(self, ref: Reference, *, insecure: bool = False, push: bool = False) -> None:
+        import requests
+
+        self.requests = requests
+        self.ref = ref
+        self.host = registry_host(ref)
+        self.base = f"{'http' if insecure else 'https'}://{self.host}/v2/"
+        self.repo = ref.path
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "graphdriver"
+        self.creds = credentials(ref.domain)
+        self.actions = "pull,push" if push else "pull"
+        self.tokens: dict[str, str] = {}
+        self.auth_header: str | None = None
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.close()
+
+    # ----- requests, auth and retries ----------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base + path
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), scope_repo: str | None = None,
+                **kw: Any) -> Any:
+        """*method* on *path* (relative to ``/v2/``) with auth and retries; the response."""
+        headers = dict(kw.pop("headers", {}) or {})
+        data = kw.pop("data", None)
+        rewind = data.seek if hasattr(data, "seek") else None
+        start = data.tell() if rewind is not None else 0
+        authed_once = False
+        for attempt in range(ATTEMPTS):
+            if self.auth_header:
+                headers["Authorization"] = self.auth_header
+            if rewind is not None:
+                rewind(start)
+            try:
+                resp = self.session.request(method, self._url(path), headers=headers, data=data,
+                                            timeout=(30, 300), allow_redirects=True, **kw)
+            except (self.requests.ConnectionError, self.requests.Timeout) as e:
+                self._wait(attempt, None, f"{method} {path}: {e}")
+                continue
+            if resp.status_code == 401 and not authed_once:
+                authed_once = True
+                self._authenticate(resp, scope_repo or self.repo)
+                resp.close()
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                resp.close()
+                why = f"{method} {path}: HTTP {resp.status_code}"
+                self._wait(attempt, resp.headers.get("Retry-After"), why)
+                continue
+            if resp.status_code not in ok:
+                self._fail(method, path, resp)
+            return resp
+        raise RegistryError(f"{method} {self.host}/{shorten(path)}", f"gave up after {ATTEMPTS} attempts")
+
+    def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
+        if attempt + 1 >= ATTEMPTS:
+            raise RegistryError(f"registry {self.host}", f"gave up after {ATTEMPTS} attempts: {why}")
+        delay = _BACKOFF * (2**attempt)
+        if retry_after and retry_after.isdigit():
+            delay = min(max(delay, float(retry_after)), 60.0)
+        time.sleep(delay)
+
+    def _fail(self, method: str, path: str, resp: Any) -> None:
+        detail = ""
+        try:
+            errors = resp.json().get("errors") or []
+            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
+        except ValueError:
+            pass
+        what = f"{method} {self.host}/v2/{shorten(path.split('?')[0], 120)}"
+        why = f"HTTP {resp.status_code}" + (f" ({detail})" if detail else "")
+        resp.close()
+        if resp.status_code == 404:
+            raise NotFound(what, why)
+        if resp.status_code in (401, 403):
+            raise RegistryError(what, why + ": not authorised (credentials from $REGISTRY_AUTH_FILE or "
+                                "~/.docker/config.json)")
+        raise RegistryError(what, why)
+
+    def _authenticate(self, resp: Any, repo: str) -> None:
+        header = resp.headers.get("WWW-Authenticate", "")
+        scheme, params = _challenge(header)
+        if scheme == "basic":
+            if self.creds is None:
+                raise RegistryError(f"registry {self.host}", "asks for credentials and none are configured")
+            user, password = self.creds
+            self.auth_header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            return
+        if scheme != "bearer" or "realm" not in params:
+            raise Unsupported(f"registry {self.host}", f"unknown authentication {shorten(header)!r}")
+        scope = params.get("scope") or f"repository:{repo}:{self.actions}"
+        if scope not in self.tokens:
+            query = {"service": params.get("service", self.host), "scope": scope}
+            auth = self.creds
+            got = self.session.get(params["realm"], params=query, auth=auth, timeout=(30, 60))
+            if got.status_code != 200:
+                raise RegistryError(f"token service {shorten(params['realm'])}", f"HTTP {got.status_code}")
+            body = got.json()
+            token = body.get("token") or body.get("access_token")
+            if not isinstance(token, str):
+                raise RegistryError(f"token service {shorten(params['realm'])}", "answered no token")
+            self.tokens[scope] = token
+        self.auth_header = f"Bearer {self.tokens[scope]}"
+
+    # ----- pulling --------------------------------------------------------------------------------
+
+    def manifest(self, reference: str) -> tuple[bytes, str]:
+        """The manifest (or index) *reference* (a tag or a digest) names, and its media type."""
+        resp = self.request("GET", f"{self.repo}/manifests/{reference}", headers={"Accept": ACCEPT})
+        data = resp.content
+        if reference.startswith("sha256:") and oci.sha256_digest(data) != reference:
+            raise IntegrityError(f"manifest {reference}", "its bytes do not match its digest")
+        media = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if not media or media == "application/json":
+            media = str(oci.load_json(data, "manifest").get("mediaType", oci.OCI_MANIFEST))
+        return data, media
+
+    def blob_bytes(self, digest: str, limit: int = 64 << 20) -> bytes:
+        resp = self.request("GET", f"{self.repo}/blobs/{digest}", stream=True)
+        data: bytes = resp.raw.read(limit + 1, decode_content=False)
+        resp.close()
+        if len(data) > limit:
+            raise IntegrityError(f"blob {digest}", "larger than a config may be")
+        if oci.sha256_digest(data) != digest:
+            raise IntegrityError(f"blob {digest}", "its bytes do not match its digest")
+        return data
+
+    def download(self, desc: oci.Descriptor, path: str,
+                 progress: Callable[[int], None] | None = None) -> None:
+        """Download blob *desc* to *path* (resuming a partial file there), checked against its digest."""
+        have = os.path.getsize(path) if os.path.exists(path) else 0
+        for attempt in range(ATTEMPTS):
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                resp = self.request("GET", f"{self.repo}/blobs/{desc.digest}", ok=(200, 206), stream=True,
+                                    headers=headers)
+                if resp.status_code == 200 and have:
+                    have = 0  # the registry ignored the range: start over
+                with open(path, "ab" if have else "wb") as out:
+                    for chunk in resp.iter_content(_CHUNK):
+                        out.write(chunk)
+                        have += len(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                resp.close()
+                if have >= desc.size:
+                    break
+            except (self.requests.ConnectionError, self.requests.Timeout,
+                    self.requests.exceptions.ChunkedEncodingError) as e:
+                have = os.path.getsize(path) if os.path.exists(path) else 0
+                self._wait(attempt, None, f"blob {desc.digest}: {e}")
+        if have != desc.size or _file_digest(path) != desc.digest:
+            os.unlink(path)
+            raise IntegrityError(f"blob {desc.digest}", "the downloaded bytes do not match its digest")
+
+    # ----- pushing --------------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        resp = self.request("HEAD", f"{self.repo}/blobs/{digest}", ok=(200, 404))
+        resp.close()
+        return bool(resp.status_code == 200)
+
+    def mount_blob(self, digest: str, source_repo: str) -> bool:
+        """Ask the registry to link *digest* from *source_repo*; whether it did."""
+        resp = self.request("POST", f"{self.repo}/blobs/uploads/?mount={digest}&from={source_repo}",
+                            ok=(201, 202))
+        resp.close()
+        if resp.status_code == 201:
+            return True
+        self._cancel(resp.headers.get("Location"))
+        return False
+
+    def _cancel(self, location: str | None) -> None:
+        if location:
+            try:
+                self.request("DELETE", location, ok=(204, 404, 405)).close()
+            except GraphDriverError:
+                pass
+
+    def upload(self, digest: str, size: int, opener: Callable[[], BinaryIO]) -> None:
+        """Upload a blob: one PUT when small, PATCH chunks then a PUT when large."""
+        resp = self.request("POST", f"{self.repo}/blobs/uploads/", ok=(202,))
+        location = resp.headers["Location"]
+        resp.close()
+        with opener() as f:
+            if size <= UPLOAD_CHUNK:
+                resp = self.request("PUT", _with_digest(location, digest), ok=(201,), data=f,
+                                    headers={"Content-Type": "application/octet-stream",
+                                             "Content-Length": str(size)})
+                resp.close()
+                return
+            sent = 0
+            while sent < size:
+                chunk = f.read(UPLOAD_CHUNK)
+                end = sent + len(chunk) - 1
+                resp = self.request("PATCH", location, ok=(202,), data=chunk, headers={
+                    "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{end}",
+                    "Content-Length": str(len(chunk))})
+                location = resp.headers.get("Location", location)
+                resp.close()
+                sent += len(chunk)
+        done = self.request("PUT", _with_digest(location, digest), ok=(201,), headers={"Content-Length": "0"})
+        done.close()
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        resp = self.request("PUT", f"{self.repo}/manifests/{reference}", ok=(201,), data=data,
+                            headers={"Content-Type": media_type})
+        resp.close()
+        return str(resp.headers.get("Docker-Content-Digest") or oci.sha256_digest(data))
+
+
+def _with_digest(location: str, digest: str) -> str:
+    return location + ("&" if "?" in location else "?") + f"digest={digest}"
+
+
+def _file_digest(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            sha.update(chunk)
+    return "sha256:" + sha.hexdigest()
+
+
+def chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(_CHUNK):
+        yield chunk

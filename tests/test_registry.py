@@ -1,0 +1,345 @@
+"""Pull and push against a real registry (Debian's docker-registry on 127.0.0.1), with skopeo beside us."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IS_ROOT, run_cli
+from tests.test_images import LAYER1, LAYER2, built, oci_layout  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker-registry") is None or shutil.which("skopeo") is None,
+    reason="needs docker-registry and skopeo (apt-get install docker-registry skopeo)",
+)
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash for the registry's htpasswd file (the C library's, through crypt)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+        except ImportError:
+            pytest.skip("this Python has no crypt module to make a bcrypt htpasswd entry")
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    """A docker-registry serving from its own folder on 127.0.0.1."""
+
+    def __init__(self, folder: Path, auth: str = "") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        config = folder / "config.yml"
+        config.write_text(f"""version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: {folder / 'data'}
+http:
+  addr: {self.host}
+{auth}""")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # up, asking for credentials
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the registry did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(tmp_path / "registry-folder")
+    yield reg
+    reg.stop()
+
+
+def gd(tmp_path: Path, *args: str, check: bool = True, env: dict[str, str] | None = None):
+    if env:
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+    try:
+        return run_cli(*args, root=tmp_path / "store", driver="vfs", check=check)
+    finally:
+        if env:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def skopeo_json(*args: str) -> dict:
+    return json.loads(subprocess.run(["skopeo", *args], check=True, capture_output=True).stdout)
+
+
+def test_pull_run_commit_push_and_skopeo_finds_the_commit(tmp_path, registry, built):  # noqa: F811
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    src = f"{registry.host}/gd/top:1"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci-archive:{built / 'top-oci.tar'}",
+                    f"docker://{src}"], check=True)
+    pulled = gd(tmp_path, "image", "pull", src, "--insecure")
+    assert pulled.stdout.decode().strip() == src
+    assert pulled.stderr.count(b"downloaded") == 2
+    gd(tmp_path, "container", "create", src, "c1")
+    root = Path(gd(tmp_path, "mount", "c1").stdout.decode().strip())
+    try:
+        assert (root / "srv/hello.txt").exists() and not (root / "usr/share/doc").exists()
+        (root / "srv/committed.txt").write_bytes(b"from the container\n")
+    finally:
+        gd(tmp_path, "unmount", "c1")
+    dest = f"{registry.host}/gd/committed:1"
+    gd(tmp_path, "container", "commit", "c1", dest)
+    pushed = gd(tmp_path, "image", "push", dest, dest, "--insecure")
+    digest = pushed.stdout.decode().strip()
+    assert b"mounted from another repository" in pushed.stderr  # the image's own layers, not sent again
+    info = skopeo_json("inspect", "--tls-verify=false", f"docker://{dest}")
+    assert info["Digest"] == digest and len(info["Layers"]) == 3
+    out = tmp_path / "pulled-by-skopeo"
+    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{dest}", f"dir:{out}"],
+                   check=True)
+    top = out / info["Layers"][-1].removeprefix("sha256:")
+    listing = subprocess.run(["tar", "-tzf", str(top)], check=True, capture_output=True).stdout.decode()
+    assert listing.split() == ["srv/", "srv/committed.txt"]
+    # Pushing again sends nothing and keeps the digest; pulling the pushed image into a new store works.
+    again = gd(tmp_path, "image", "push", dest, dest, "--insecure")
+    assert again.stdout.decode().strip() == digest and b"uploaded" not in again.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    assert gd(other, "image", "pull", dest, "--insecure").stdout.decode().strip() == dest
+
+
+def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    dest = f"{registry.host}/made:1"
+    digest = gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure").stdout.decode().strip()
+    # The kept manifest went up as it was: its digest is the layout's.
+    index = json.loads((tmp_path / "in/index.json").read_text())
+    assert digest == index["manifests"][0]["digest"]
+    other = tmp_path / "other"
+    other.mkdir()
+    by_digest = f"{registry.host}/made@{digest}"
+    assert gd(other, "image", "pull", by_digest, "--insecure").returncode == 0
+    inspected = json.loads(gd(other, "image", "inspect", by_digest).stdout)
+    assert inspected["ManifestDigest"] == digest
+    missing = gd(other, "image", "pull", f"{registry.host}/nothing:1", "--insecure", check=False)
+    assert missing.returncode == 3 and missing.stderr.count(b"\n") == 1
+
+
+def test_basic_auth_with_credentials_from_the_auth_file(tmp_path):
+    folder = tmp_path / "registry-folder"
+    folder.mkdir()
+    (folder / "htpasswd").write_text(f"alice:{bcrypt_hash('s3cret')}\n")
+    reg = Registry(folder, auth=f"auth:\n  htpasswd:\n    realm: test\n    path: {folder / 'htpasswd'}\n")
+    try:
+        oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        dest = f"{reg.host}/team/made:1"
+        refused = gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure", check=False,
+                     env={"REGISTRY_AUTH_FILE": str(tmp_path / "none.json")})
+        assert refused.returncode == 1 and b"credentials" in refused.stderr
+        auth = tmp_path / "auth.json"
+        secret = base64.b64encode(b"alice:s3cret").decode()
+        auth.write_text(json.dumps({"auths": {reg.host: {"auth": secret}}}))
+        env = {"REGISTRY_AUTH_FILE": str(auth)}
+        gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure", env=env)
+        other = tmp_path / "other"
+        other.mkdir()
+        assert gd(other, "image", "pull", dest, "--insecure", env=env).returncode == 0
+    finally:
+        reg.stop()
+
+
+class DroppingProxy:
+    """A TCP proxy to *target* that cuts the first connection carrying more than *cut* bytes back."""
+
+    def __init__(self, target: str, cut: int) -> None:
+        self.target = target
+        self.cut = cut
+        self.dropped = 0
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.host = f"127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            host, port = self.target.split(":")
+            upstream = socket.create_connection((host, int(port)))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, back: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                sent += len(data)
+                if back and self.dropped == 0 and sent > self.cut:
+                    self.dropped += 1
+                    break
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_pull_resumes_a_blob_whose_connection_dropped(tmp_path, registry):
+    big = os.urandom(3 << 20)  # incompressible: the blob stays big
+    from graphdriver.testing.treeutil import F, make_tar
+
+    layer = make_tar({"big": F(big)})
+    oci_layout(tmp_path / "in", [layer], name="localhost/big:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/big:1"], check=True)
+    proxy = DroppingProxy(registry.host, cut=1 << 20)
+    try:
+        pulled = gd(tmp_path, "image", "pull", f"{proxy.host}/big:1", "--insecure")
+    finally:
+        proxy.close()
+    assert proxy.dropped == 1
+    assert pulled.returncode == 0
+    inspected = json.loads(gd(tmp_path, "image", "inspect", f"{proxy.host}/big:1").stdout)
+    layer_id = inspected["Layers"][0]["Layer"]
+    root = Path(gd(tmp_path, "mount", layer_id).stdout.decode().strip())
+    try:
+        assert (root / "big").read_bytes() == big
+    finally:
+        gd(tmp_path, "unmount", layer_id)
+
+
+# ----- bearer tokens: a small token service signing JWTs with a throw-away key ---------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenService:
+    """Hands out RS256 tokens for the scope asked, as a registry's token realm does; counts requests."""
+
+    def __init__(self, folder: Path, service: str) -> None:
+        import http.server
+
+        self.key, self.cert = folder / "key.pem", folder / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
+                        "-out", str(self.cert), "-days", "1", "-subj", "/CN=token-issuer"],
+                       check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True,
+                             capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.service = service
+        self.scopes: list[str] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlparse
+
+                query = parse_qs(urlparse(self.path).query)
+                scope = query.get("scope", [""])[0]
+                owner.scopes.append(scope)
+                body = json.dumps({"token": owner.token(scope)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, scope: str) -> str:
+        now = int(time.time())
+        access = []
+        if scope:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        header = {"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]}
+        claims = {"iss": "test-issuer", "sub": "tester", "aud": self.service, "exp": now + 600,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing_input.encode(), check=True, capture_output=True).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_bearer_tokens_per_repository_scope(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make the token service's key")
+    folder = tmp_path / "registry-folder"
+    folder.mkdir()
+    tokens = TokenService(folder, "test-registry")
+    auth = (f"auth:\n  token:\n    realm: {tokens.realm}\n    service: test-registry\n"
+            f"    issuer: test-issuer\n    rootcertbundle: {tokens.cert}\n")
+    reg = Registry(folder, auth=auth)
+    try:
+        oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/one:1", "--insecure")
+        gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/two:1", "--insecure")
+        other = tmp_path / "other"
+        other.mkdir()
+        assert gd(other, "image", "pull", f"{reg.host}/team/two:1", "--insecure").returncode == 0
+        # Each repository got a token of its own scope; none was re-sent to another repository.
+        asked = {(scope.split(":")[1], frozenset(scope.split(":")[2].split(","))) for scope in tokens.scopes}
+        assert ("team/one", frozenset({"pull", "push"})) in asked
+        assert ("team/two", frozenset({"pull", "push"})) in asked
+        assert ("team/two", frozenset({"pull"})) in asked
+        assert {repo for repo, _ in asked} == {"team/one", "team/two"}
+    finally:
+        reg.stop()
+        tokens.close()
