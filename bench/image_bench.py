@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Loading an image, side by side: ``graphdriver image load`` and ``skopeo copy ... containers-storage:``.
+"""Loading and pulling an image, side by side with ``skopeo copy ... containers-storage:``.
 
 The image is the Debian bookworm minbase root filesystem as one layer (made
 with debootstrap and cached, as for the import benchmark), written once as a
 docker-archive (the uncompressed layer) and as an oci-archive (the layer
 gzip-compressed).  Each tool loads it into a fresh empty store with the vfs
-driver, in turns, the data made durable (syncfs) counted for both.  Prints
-medians and ratios.  Run as root:
+driver, in turns, the data made durable (syncfs) counted for both.  Then the
+oci-archive is copied into a local registry (Debian's ``docker-registry`` on
+127.0.0.1, plain http) and pulled: ``graphdriver image pull --insecure``
+against ``skopeo copy docker://... containers-storage:``.  Prints medians and
+ratios.  Run as root:
 
     python bench/image_bench.py [--rounds 5] [--where tmpfs|disk|both]
 """
@@ -14,12 +17,19 @@ medians and ratios.  Run as root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import io
 import json
+import shutil
+import socket
 import subprocess
 import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import (
@@ -95,6 +105,45 @@ def run_skopeo(archive: Path, work: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+def run_graphdriver_pull(ref: Path, work: Path) -> None:
+    gd(work, "vfs", "image", "pull", "--insecure", str(ref))
+
+
+def run_skopeo_pull(ref: Path, work: Path) -> None:
+    dest = f"containers-storage:[vfs@{work / 'cs'}+{work / 'cs-run'}]{NAME}"
+    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", dest], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def local_registry(oci: Path) -> Iterator[str]:
+    """A docker-registry on 127.0.0.1 holding the image; yields its reference."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{s.getsockname()[1]}"
+    folder = Path(tempfile.mkdtemp())
+    config = folder / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {folder / 'data'}\nhttp:\n  addr: {host}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://{host}/v2/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        ref = f"{host}/bench/deb:1"
+        subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci-archive:{oci}",
+                        f"docker://{ref}"], check=True)
+        yield ref
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -111,6 +160,14 @@ def main() -> int:
                     tools["skopeo-copy"] = fresh(base, archive, run_skopeo)
                 report(f"image load of {archive.name} ({mib(archive)}) on {where}",
                        take_turns(tools, args.rounds))
+    if have("docker-registry") and have("skopeo"):
+        with local_registry(oci) as ref:
+            for where in places(args.where):
+                with place(where) as base:
+                    tools = {"graphdriver": fresh(base, Path(ref), run_graphdriver_pull),
+                             "skopeo-copy": fresh(base, Path(ref), run_skopeo_pull)}
+                    report(f"image pull of {ref} ({mib(oci)} gzip) from a local registry on {where}",
+                           take_turns(tools, args.rounds))
     return 0
 
 

@@ -319,3 +319,30 @@ def test_a_windows_image_loads_into_windowsfilter_and_saves_with_the_same_digest
     assert layers == [base, child]
     inspected = json.loads(gd(tmp_path, "windowsfilter", "image", "inspect", "localhost/win:1").stdout)
     assert inspected["Platform"] == "windows/amd64"
+
+
+def test_tree_df_and_prune(tmp_path, driver_name):
+    oci_layout(tmp_path / "a", [LAYER1, LAYER2], name="localhost/a:1")
+    oci_layout(tmp_path / "b", [LAYER1], name="localhost/b:1")
+    gd(tmp_path, driver_name, "image", "load", str(tmp_path / "a"))
+    gd(tmp_path, driver_name, "image", "load", str(tmp_path / "b"))
+    gd(tmp_path, driver_name, "create", "mine")
+    lines = gd(tmp_path, driver_name, "tree").stdout.decode().splitlines()
+    base = hashlib.sha256(LAYER1).hexdigest()[:12]
+    assert lines[0].startswith(base) and "shared" in lines[0] and "image localhost/b:1" in lines[0]
+    assert lines[1].startswith("└── ") and "image localhost/a:1" in lines[1]
+    assert any(line.startswith("mine") for line in lines)
+    usage = json.loads(gd(tmp_path, driver_name, "df", "--json").stdout)
+    assert usage["images"]["total"] == 2 and usage["layers"]["total"] == 1  # "mine"
+    assert usage["prune"] == {"images": [], "layers": []}
+    # The name a:1 moves to b: image a has no name left, nothing uses it: prune frees it and its own layer.
+    gd(tmp_path, driver_name, "image", "tag", "localhost/b:1", "localhost/a:1")
+    plan = json.loads(gd(tmp_path, driver_name, "df", "--json").stdout)["prune"]
+    assert len(plan["images"]) == 1 and len(plan["layers"]) == 1
+    done = gd(tmp_path, driver_name, "prune").stdout.decode()
+    assert "deleted image" in done and "deleted layer" in done
+    remaining = gd(tmp_path, driver_name, "layers").stdout.decode().split()
+    assert sorted(remaining) == sorted([hashlib.sha256(LAYER1).hexdigest(), "mine"])
+    # Layers of the layer commands go only when asked.
+    assert "deleted layer mine" in gd(tmp_path, driver_name, "prune", "--layers").stdout.decode()
+    assert gd(tmp_path, driver_name, "layers").stdout.decode().split() == [hashlib.sha256(LAYER1).hexdigest()]

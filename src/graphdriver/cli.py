@@ -216,7 +216,7 @@ HANDLERS: dict[str, Callable[[Store, Args], int]] = {
     "tarsplit": cmd_tarsplit,
     "check": cmd_check,
     "base-images": cmd_base_images,
-    **{name: cmd_group for name in COMMANDS if " " in name},
+    **{name: cmd_group for name in COMMANDS if " " in name or name in ("tree", "df", "prune")},
 }
 
 

@@ -139,6 +139,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "prints the new image's id"),
     Command("container rm", "NAME", "remove a container and its layers"),
     Command("container ls", "", "list the containers: name, image, created"),
+    Command("tree", "", "draw the layer graph: each layer's own size, images and containers on it, "
+            "shared layers"),
+    Command("df", "", "disk used by images, containers and layers no image or container uses, and "
+            "what prune would free"),
+    Command("prune", "", "remove unnamed unused images, image layers nothing uses and unreferenced "
+            "blobs; prints what it removed",
+            Option("--layers", "also remove layers made with the layer commands that no image or "
+                               "container uses")),
 )}
 
 #: Commands of two words: the group, then the command (``image load``).
@@ -156,6 +164,7 @@ class Args:
     name: str
     ref: str
     insecure: bool
+    layers: bool
     new: str
     image: str
     source: str
@@ -184,7 +193,7 @@ class Args:
     def __init__(self) -> None:
         self.command = self.id = self.mount_label = self.name = self.new = self.image = self.source = ""
         self.ref = ""
-        self.insecure = False
+        self.insecure = self.layers = False
         self.format = self.platform = None
         self.file = "-"
         self.parent = self.output = self.size = None

@@ -135,7 +135,49 @@ def container_ls(store: Store, args: Args) -> int:
     return 0
 
 
+def tree(store: Store, args: Args) -> int:
+    from graphdriver.images import overview
+
+    for line in overview.tree(store):
+        _out(line)
+    return 0
+
+
+def df(store: Store, args: Args) -> int:
+    from graphdriver.images import overview
+
+    usage = overview.df(store)
+    if args.json:
+        _out(jsonio.dumps(usage))
+        return 0
+    h = overview.human
+    i, c, ly = usage["images"], usage["containers"], usage["layers"]
+    _table([
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+        ["Images", str(i["total"]), str(i["active"]), h(i["size"]), h(i["reclaimable"])],
+        ["Containers", str(c["total"]), str(c["total"]), h(c["size"]), h(0)],
+        ["Layers (no image or container)", str(ly["total"]), "0", h(ly["size"]),
+         f"{h(ly['reclaimable'])} ({h(ly['reclaimable_with_layers'])} with prune --layers)"],
+    ])
+    return 0
+
+
+def prune(store: Store, args: Args) -> int:
+    from graphdriver.images import overview
+
+    done = overview.prune(store, layers=args.layers)
+    if args.json:
+        _out(jsonio.dumps(done))
+    else:
+        for line in done:
+            _out(line)
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Store, Args], int]] = {
+    "tree": tree,
+    "df": df,
+    "prune": prune,
     "image load": image_load,
     "image save": image_save,
     "image pull": image_pull,

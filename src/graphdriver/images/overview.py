@@ -1,0 +1,198 @@
+"""What the store holds and uses: ``tree``, ``df`` and ``prune``.
+
+* ``tree`` draws the layer graph from the base layers up, each layer with
+  its own size, the images whose top it is, the containers it belongs to,
+  and ``shared`` when more than one image uses it (``podman image tree``).
+* ``df`` sums what images, containers and layers no image or container uses
+  take on disk, and what ``prune`` would free (``docker system df``).
+* ``prune`` removes images with no name that no container uses (left behind
+  when a name moved to another image), then the image layers (ids that are
+  chain ids) nothing uses, and blobs no image names; layers made with the
+  layer commands are yours, and go only with ``--layers``.  Mounted layers
+  and layers with children are never removed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from graphdriver.images import container_layers as ctrs
+from graphdriver.images.records import ImageRecord, ImageStore
+
+if TYPE_CHECKING:
+    from graphdriver.store.layers import Store
+    from graphdriver.store.records import Layer
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def is_image_layer_id(layer_id: str) -> bool:
+    """Whether *layer_id* is a chain id's hex (a layer an image load, pull or commit made)."""
+    return len(layer_id) == 64 and set(layer_id) <= _HEX
+
+
+def _own_size(layer: Layer) -> int:
+    return int(layer.uncompressed_size or layer.size or 0)
+
+
+class Usage:
+    """Who uses which layer."""
+
+    def __init__(self, store: Store) -> None:
+        self.layers = {layer.id: layer for layer in store.layers()}
+        self.images = ImageStore(store.root).all()
+        self.containers = ctrs.containers(store)
+        self.image_users: dict[str, list[ImageRecord]] = {}
+        for image in self.images:
+            for layer_id in image.layers:
+                self.image_users.setdefault(layer_id, []).append(image)
+        self.container_of: dict[str, str] = {}
+        for c in self.containers:
+            self.container_of[c.layer] = f"container {c.name}"
+            self.container_of[c.init] = f"container {c.name} (init)"
+        self.children: dict[str | None, list[str]] = {}
+        for layer in self.layers.values():
+            parent = layer.parent if layer.parent in self.layers else None
+            self.children.setdefault(parent, []).append(layer.id)
+        for kids in self.children.values():
+            kids.sort()
+
+    def used(self) -> set[str]:
+        """Layers an image or a container needs, with their ancestors."""
+        out: set[str] = set()
+        for layer_id in [*self.image_users, *self.container_of]:
+            while layer_id in self.layers and layer_id not in out:
+                out.add(layer_id)
+                layer_id = self.layers[layer_id].parent or ""
+        return out
+
+
+def tree(store: Store) -> list[str]:
+    """The lines of the layer graph."""
+    usage = Usage(store)
+    lines: list[str] = []
+
+    def label(layer_id: str) -> str:
+        layer = usage.layers[layer_id]
+        shown = layer_id[:12] if is_image_layer_id(layer_id) else layer_id
+        parts = [shown, human(_own_size(layer))]
+        users = usage.image_users.get(layer_id, [])
+        if len(users) > 1:
+            parts.append("shared")
+        tops = [n for image in users if image.top_layer == layer_id for n in (image.names or [image.id[:19]])]
+        if tops:
+            parts.append("image " + ", ".join(tops))
+        if layer_id in usage.container_of:
+            parts.append(usage.container_of[layer_id])
+        if layer.writable:
+            parts.append("rw")
+        return "  ".join(parts)
+
+    def walk(layer_id: str, prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└── " if last else "├── ")
+        lines.append(prefix + branch + label(layer_id))
+        kids = usage.children.get(layer_id, [])
+        deeper = prefix + ("" if top else ("    " if last else "│   "))
+        for i, kid in enumerate(kids):
+            walk(kid, deeper, i == len(kids) - 1, False)
+
+    for root in usage.children.get(None, []):
+        walk(root, "", True, True)
+    return lines
+
+
+def df(store: Store) -> dict[str, Any]:
+    """Totals per kind, and what ``prune`` (and ``prune --layers``) would free."""
+    usage = Usage(store)
+    used = usage.used()
+    in_images: set[str] = set(usage.image_users)
+    image_bytes = sum(_own_size(usage.layers[i]) for i in in_images if i in usage.layers)
+    container_layers = [i for i in usage.container_of if i in usage.layers]
+    container_bytes = sum(_own_size(usage.layers[i]) for i in container_layers)
+    loose = [i for i in usage.layers if i not in used]
+    loose_bytes = sum(_own_size(usage.layers[i]) for i in loose)
+    active = {c.image for c in usage.containers}
+    plan = prune_plan(store, usage)
+    return {
+        "images": {"total": len(usage.images), "active": len(active), "size": image_bytes,
+                   "reclaimable": sum(_own_size(usage.layers[i]) for i in plan["layers"]
+                                      if i in in_images)},
+        "containers": {"total": len(usage.containers), "size": container_bytes},
+        "layers": {"total": len(loose), "size": loose_bytes,
+                   "reclaimable": sum(_own_size(usage.layers[i]) for i in plan["layers"] if i in loose),
+                   "reclaimable_with_layers": loose_bytes},
+        "prune": plan,
+    }
+
+
+def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False) -> dict[str, list[str]]:
+    """What :func:`prune` would remove: image ids, then layer ids (top first)."""
+    usage = usage or Usage(store)
+    busy = {c.image for c in usage.containers}
+    images = [i for i in usage.images if not i.names and i.id not in busy]
+    gone = {i.id for i in images}
+    keep: set[str] = set()
+    for image in usage.images:
+        if image.id not in gone:
+            keep.update(image.layers)
+    for layer_id in usage.container_of:
+        keep.add(layer_id)
+    # Ancestors of what is kept stay too.
+    kept_all: set[str] = set()
+    for layer_id in keep:
+        while layer_id in usage.layers and layer_id not in kept_all:
+            kept_all.add(layer_id)
+            layer_id = usage.layers[layer_id].parent or ""
+    candidates = [i for i in usage.layers if i not in kept_all and (layers or is_image_layer_id(i))]
+    # Top first: a layer goes only once every child of it is going.
+    order: list[str] = []
+    going = set(candidates)
+
+    def visit(layer_id: str) -> bool:
+        kids = usage.children.get(layer_id, [])
+        ok = all(visit(k) for k in kids)
+        if ok and layer_id in going and layer_id not in order:
+            order.append(layer_id)
+            return True
+        return False
+
+    for root in usage.children.get(None, []):
+        visit(root)
+    return {"images": [i.id for i in images], "layers": order}
+
+
+def prune(store: Store, *, layers: bool = False) -> list[str]:
+    """Remove what :func:`prune_plan` names (skipping mounted layers); one line per thing removed."""
+    from graphdriver.errors import GraphDriverError
+    from graphdriver.fs import atomic
+    from graphdriver.images.recovery import cleanup as images_cleanup
+
+    plan = prune_plan(store, layers=layers)
+    images = ImageStore(store.root)
+    done = []
+    with store.locked():
+        for image_id in plan["images"]:
+            images.delete(image_id)
+            done.append(f"deleted image {image_id}")
+    for layer_id in plan["layers"]:
+        try:
+            if store.driver.mount_count(layer_id) > 0:
+                done.append(f"kept layer {layer_id}: it is mounted")
+                continue
+            store.remove(layer_id)
+        except GraphDriverError as e:
+            done.append(f"kept layer {layer_id}: {e}")
+            continue
+        done.append(f"deleted layer {layer_id}")
+    done += images_cleanup(store)
+    atomic.fsync_dir(store.root)
+    return done
