@@ -106,7 +106,7 @@ def run_skopeo(archive: Path, work: Path) -> None:
 
 
 def run_graphdriver_pull(ref: Path, work: Path) -> None:
-    gd(work, "vfs", "image", "pull", "--insecure", str(ref))
+    gd(work, "vfs", "-q", "image", "pull", "--insecure", str(ref))
 
 
 def run_skopeo_pull(ref: Path, work: Path) -> None:

@@ -346,3 +346,31 @@ def test_tree_df_and_prune(tmp_path, driver_name):
     # Layers of the layer commands go only when asked.
     assert "deleted layer mine" in gd(tmp_path, driver_name, "prune", "--layers").stdout.decode()
     assert gd(tmp_path, driver_name, "layers").stdout.decode().split() == [hashlib.sha256(LAYER1).hexdigest()]
+
+
+def test_a_multi_platform_index_gives_the_platform_asked_for(tmp_path):
+    """An OCI layout whose index names an index of two platforms: --platform picks one."""
+    amd = oci_layout(tmp_path / "amd", [LAYER1], name="x")
+    arm = oci_layout(tmp_path / "arm", [LAYER2], name="x")
+    layout = tmp_path / "multi"
+    shutil.copytree(tmp_path / "amd", layout)
+    for blob in (tmp_path / "arm/blobs/sha256").iterdir():
+        shutil.copy(blob, layout / "blobs/sha256" / blob.name)
+    sizes = {d: (layout / "blobs/sha256" / d[7:]).stat().st_size for d in (amd, arm)}
+    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                         "manifests": [
+                             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd,
+                              "size": sizes[amd], "platform": {"os": "linux", "architecture": "amd64"}},
+                             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm,
+                              "size": sizes[arm], "platform": {"os": "linux", "architecture": "arm64"}},
+                         ]}).encode()
+    digest = sha256(nested)
+    (layout / "blobs/sha256" / digest[7:]).write_bytes(nested)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": len(nested),
+        "annotations": {"io.containerd.image.name": "localhost/multi:1"}}]}))
+    gd(tmp_path, "vfs", "image", "load", str(layout), "--platform", "linux/arm64")
+    inspected = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/multi:1").stdout)
+    assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]
+    missing = gd(tmp_path, "vfs", "image", "load", str(layout), "--platform", "windows/amd64", check=False)
+    assert missing.returncode == 3 and b"linux/amd64, linux/arm64" in missing.stderr

@@ -343,3 +343,45 @@ def test_bearer_tokens_per_repository_scope(tmp_path):
     finally:
         reg.stop()
         tokens.close()
+
+
+def test_busy_and_failing_answers_are_retried_then_given_up(tmp_path, monkeypatch):
+    """429 (with Retry-After) and 503 are retried with backoff; a registry that keeps failing is given up."""
+    import http.server
+
+    from graphdriver.images import registry as client
+    from graphdriver.images.reference import parse
+
+    answers = [429, 503, 200]
+    seen: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code = answers.pop(0) if answers else 503
+            seen.append(code)
+            body = b'{"schemaVersion":2}' if code == 200 else b"{}"
+            self.send_response(code)
+            if code == 429:
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Type", client.oci.OCI_MANIFEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(client, "_BACKOFF", 0.01)
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with client.Registry(parse(f"{host}/a:1"), insecure=True) as reg:
+            data, _ = reg.manifest("1")
+            assert data == b'{"schemaVersion":2}' and seen == [429, 503, 200]
+            seen.clear()
+            with pytest.raises(client.RegistryError, match="gave up after 5 attempts"):
+                reg.manifest("1")
+            assert seen == [503] * client.ATTEMPTS
+    finally:
+        server.shutdown()

@@ -88,7 +88,16 @@ def cmd_mount(store: Store, args: Args) -> int:
 
 
 def cmd_unmount(store: Store, args: Args) -> int:
+    if args.force:
+        dropped = store.unmount_all(args.id)
+        _out(f"unmounted {args.id} (dropped {dropped} mount{'s' if dropped != 1 else ''})")
+        return 0
     store.unmount(args.id)
+    return 0
+
+
+def cmd_mounted(store: Store, args: Args) -> int:
+    _out(str(store.mount_state(args.id)[0]))
     return 0
 
 
@@ -115,7 +124,12 @@ def cmd_layers(store: Store, args: Args) -> int:
 
 
 def cmd_layer(store: Store, args: Args) -> int:
-    _out(jsonio.dumps(store.layer(args.id).display(), indent=None if args.json else 2))
+    value = store.layer(args.id).display()
+    count, path = store.mount_state(args.id)
+    value["mount_count"] = count
+    if path:
+        value["mount_point"] = path
+    _out(jsonio.dumps(value, indent=None if args.json else 2))
     return 0
 
 
@@ -132,10 +146,31 @@ def cmd_diff(store: Store, args: Args) -> int:
     from graphdriver import progress
     from graphdriver.cliio import output_stream
 
+    kind = args.compress or "none"
+    if kind == "original":
+        from graphdriver.images.kept import original_blob
+
+        path = original_blob(store, args.id)
+        with output_stream(args.output) as out, open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+        return 0
+    from graphdriver.layerio.compression import Compression, open_compressor
+
+    try:
+        codec = Compression(kind)
+    except ValueError:
+        from graphdriver.cliargs import UsageError
+
+        raise UsageError(f"--compress {kind!r}: none, gzip, zstd or original", "diff") from None
     total = store.layer(args.id).uncompressed_size if args.parent is None else None
     label = f"diff {args.id}"
-    with output_stream(args.output) as raw, progress.writing(raw, label, total, args.quiet) as out:
-        store.diff(args.id, out, args.parent, regenerate=args.regenerate)
+    with output_stream(args.output) as raw:
+        # The bar counts the tarball's bytes, before any compression.
+        packer = open_compressor(raw, codec, threads=-1)
+        with progress.writing(packer, label, total, args.quiet) as out:
+            store.diff(args.id, out, args.parent, regenerate=args.regenerate)
+        packer.close()
     return 0
 
 
@@ -205,6 +240,7 @@ HANDLERS: dict[str, Callable[[Store, Args], int]] = {
     "apply": cmd_apply,
     "mount": cmd_mount,
     "unmount": cmd_unmount,
+    "mounted": cmd_mounted,
     "exists": cmd_exists,
     "layers": cmd_layers,
     "layer": cmd_layer,

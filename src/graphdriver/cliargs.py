@@ -94,7 +94,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("mount", "ID", "make the layer's root filesystem available; prints its path "
             "(counted: each mount needs an unmount)",
             Option("--mount-label", "SELinux label for the mount", metavar="LABEL")),
-    Command("unmount", "ID", "release one mount; the last one really unmounts"),
+    Command("unmount", "ID", "release one mount; the last one really unmounts",
+            Option("--force", "drop every mount count and unmount (after a dead runtime); says what "
+                              "it did")),
+    Command("mounted", "ID", "the layer's mount count (0 when not mounted)"),
     Command("exists", "ID", "exit 0 if the layer exists, 3 if not"),
     Command("layers", "", "list the layers, one id a line"),
     Command("layer", "ID", "the layer's record, as JSON"),
@@ -104,7 +107,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             _PARENT, Option("-o|--output", "write to FILE instead of standard output",
                             metavar="FILE"),
             Option("--regenerate", "build the tarball from the layer's files even where the "
-                                   "imported bytes cannot be given back (another digest)")),
+                                   "imported bytes cannot be given back (another digest)"),
+            Option("--compress", "none (default: bit-exact), gzip, zstd, or original (the "
+                                 "compressed bytes imported, where an image kept them)", metavar="KIND")),
     Command("diffsize", "ID", "bytes the layer adds (hard-linked files once)", _PARENT),
     Command("remove", "ID", "delete a layer (refused while mounted or with children)"),
     Command("cleanup", "", "finish or undo what a crash interrupted; prints what it did"),
@@ -165,6 +170,8 @@ class Args:
     ref: str
     insecure: bool
     layers: bool
+    force: bool
+    compress: str | None
     new: str
     image: str
     source: str
@@ -193,7 +200,8 @@ class Args:
     def __init__(self) -> None:
         self.command = self.id = self.mount_label = self.name = self.new = self.image = self.source = ""
         self.ref = ""
-        self.insecure = self.layers = False
+        self.insecure = self.layers = self.force = False
+        self.compress = None
         self.format = self.platform = None
         self.file = "-"
         self.parent = self.output = self.size = None

@@ -57,14 +57,15 @@ def image_pull(store: Store, args: Args) -> int:
 def image_push(store: Store, args: Args) -> int:
     from graphdriver.images import distribution
 
-    _out(distribution.push(store, args.name, args.ref, insecure=args.insecure, report=_reporter(args)))
+    _out(distribution.push(store, args.name, args.ref, insecure=args.insecure, quiet=args.quiet,
+                           report=_reporter(args)))
     return 0
 
 
 def image_save(store: Store, args: Args) -> int:
     if not args.output:
         raise UsageError("image save needs -o PATH", args.command)
-    manage.save(store, args.name, args.output, args.format or "docker-archive")
+    manage.save(store, args.name, args.output, args.format or "docker-archive", quiet=args.quiet)
     return 0
 
 

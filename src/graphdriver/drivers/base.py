@@ -466,6 +466,21 @@ class Driver(abc.ABC):
                 self._unmount(layer_id)
             self.counts.set(key, count - 1, path or "")
 
+    def mount_state(self, layer_id: str) -> tuple[int, str | None]:
+        """The layer's mount count and mount path (None when not mounted)."""
+        count, path = self.counts.state(self._count_key(layer_id))
+        return count, (path or None) if count > 0 else None
+
+    def put_all(self, layer_id: str) -> int:
+        """Drop every count and unmount, whoever mounted it; returns the counts dropped."""
+        key = self._count_key(layer_id)
+        with self.counts.lock(key):
+            count, path = self.counts.state(key)
+            if count > 0 or (path and self._still_mounted(layer_id, path)):
+                self._unmount(layer_id)
+            self.counts.set(key, 0, "")
+        return count
+
     def mounted(self, layer_id: str) -> _Mounted:
         """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``."""
         return _Mounted(self, layer_id)

@@ -95,7 +95,7 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
         say(f"layer {d.digest[7:19]}: downloaded ({d.size} bytes)")
 
 
-def push(store: Store, name: str, destination: str, *, insecure: bool = False,
+def push(store: Store, name: str, destination: str, *, insecure: bool = False, quiet: bool = True,
          report: Callable[[str], None] | None = None) -> str:
     """Push image *name* to *destination* (``host:5000/team/app:1``); returns the manifest digest."""
     from graphdriver.images.registry import Registry
@@ -123,7 +123,7 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False,
             if any(reg.mount_blob(digest, repo) for repo in holders.get(digest, ())):
                 say(f"blob {digest[7:19]}: mounted from another repository")
                 continue
-            reg.upload(digest, size, _pusher(store, images, digest, layer_id))
+            reg.upload(digest, size, _pusher(store, images, digest, layer_id), quiet)
             say(f"blob {digest[7:19]}: uploaded ({size} bytes)")
         digest = reg.put_manifest(dest.digest or dest.tag or "latest", manifest, media)
     if digest != record.manifest:

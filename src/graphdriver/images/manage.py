@@ -28,7 +28,8 @@ def load(store: Store, path: str, *, platform: str | None = None, quiet: bool = 
         return load_images(store, archive.images(), quiet=quiet, report=report)
 
 
-def save(store: Store, name: str, path: str, fmt: str = "docker-archive") -> ImageRecord:
+def save(store: Store, name: str, path: str, fmt: str = "docker-archive", *,
+         quiet: bool = True) -> ImageRecord:
     """Write image *name* to *path* as a docker-archive, an oci-archive or an OCI layout (``oci``)."""
     from graphdriver.images import saving
 
@@ -37,7 +38,7 @@ def save(store: Store, name: str, path: str, fmt: str = "docker-archive") -> Ima
     if not _is_id(name):
         ref = str(reference.parse(name))
         names = [ref] if ref in record.names else record.names
-    saving.save(store, record, path, fmt, names)
+    saving.save(store, record, path, fmt, names, quiet=quiet)
     return record
 
 

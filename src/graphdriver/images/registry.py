@@ -288,12 +288,15 @@ class Registry:
             except GraphDriverError:
                 pass
 
-    def upload(self, digest: str, size: int, opener: Callable[[], BinaryIO]) -> None:
-        """Upload a blob: one PUT when small, PATCH chunks then a PUT when large."""
+    def upload(self, digest: str, size: int, opener: Callable[[], BinaryIO], quiet: bool = True) -> None:
+        """Upload a blob: one PUT when small, PATCH chunks then a PUT when large (a bar on a terminal)."""
+        from graphdriver import progress
+
         resp = self.request("POST", f"{self.repo}/blobs/uploads/", ok=(202,))
         location = resp.headers["Location"]
         resp.close()
-        with opener() as f:
+        bar_off = quiet or size < 1 << 20
+        with opener() as raw, progress.reading(raw, f"push {digest[7:19]}", size, bar_off) as f:
             if size <= UPLOAD_CHUNK:
                 resp = self.request("PUT", _with_digest(location, digest), ok=(201,), data=f,
                                     headers={"Content-Type": "application/octet-stream",

@@ -47,7 +47,8 @@ class _Counting:
 class _Output:
     """Where the files of an archive go: a tarball, or a folder."""
 
-    def __init__(self, path: str, folder: bool) -> None:
+    def __init__(self, path: str, folder: bool, quiet: bool = True) -> None:
+        self.quiet = quiet
         self.folder = path if folder else None
         self.tar: BinaryIO | None = None
         self.written: set[str] = set()
@@ -60,10 +61,21 @@ class _Output:
         self.add_stream(name, len(data), lambda out: out.write(data))
 
     def add_stream(self, name: str, size: int, fill: Any) -> None:
-        """Add *name* of *size* bytes, written by ``fill(writer)``; once per name."""
+        """Add *name* of *size* bytes, written by ``fill(writer)``; once per name.
+
+        Files over a megabyte (the layers) show a progress bar on a terminal.
+        """
         if name in self.written:
             return
         self.written.add(name)
+        if size > 1 << 20 and not self.quiet:
+            from graphdriver import progress
+
+            inner = fill
+
+            def fill(out: Any) -> None:
+                with progress.writing(out, f"save {name[-64:][:12]}", size, self.quiet) as bar:
+                    inner(bar)
         if self.folder is not None:
             path = os.path.join(self.folder, name)
             with open(path + ".partial", "wb") as f:
@@ -98,13 +110,13 @@ def familiar(name: str) -> str:
 
 
 def save(store: Store, record: ImageRecord, path: str, fmt: str = "docker-archive",
-         names: list[str] | None = None) -> None:
+         names: list[str] | None = None, quiet: bool = True) -> None:
     """Write *record* to *path* in *fmt* (one of :data:`FORMATS`), named *names* (default its names)."""
     if fmt not in FORMATS:
         raise InvalidArgument(f"format {fmt!r}", f"must be one of {', '.join(FORMATS)}")
     images = ImageStore(store.root)
     names = record.names if names is None else names
-    out = _Output(path, folder=fmt == "oci")
+    out = _Output(path, folder=fmt == "oci", quiet=quiet)
     try:
         if fmt == "docker-archive":
             _docker_archive(store, images, record, out, names)

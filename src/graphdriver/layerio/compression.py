@@ -313,13 +313,15 @@ class _Uncompressed(io.RawIOBase):
             self._target.flush()
 
 
-def open_compressor(fileobj: BinaryIO, kind: Compression, level: int | None = None) -> BinaryIO:
+def open_compressor(fileobj: BinaryIO, kind: Compression, level: int | None = None,
+                    threads: int = 0) -> BinaryIO:
     """A writer compressing into ``fileobj``; closing it ends the stream, not ``fileobj``.
 
     ``level`` follows each codec's own scale (gzip 0-9, zstd 1-22, xz 0-9,
     bzip2 1-9); None is the codec's default.  With ``isal``, gzip levels map
     onto its 0-3 scale (0 to 0, 1-3 to 1, 4-6 to 2, 7-9 to 3).  Output is
-    deterministic: gzip headers carry no name and a zero timestamp.
+    deterministic: gzip headers carry no name and a zero timestamp.  *threads*
+    is zstd's worker count (-1: one per CPU; 0: compress in this thread).
     """
     if kind is Compression.NONE:
         return cast(BinaryIO, _Uncompressed(fileobj))
@@ -340,7 +342,7 @@ def open_compressor(fileobj: BinaryIO, kind: Compression, level: int | None = No
         return cast(BinaryIO, writer)
     if kind is Compression.ZSTD:
         zstandard = _zstandard()
-        compressor = zstandard.ZstdCompressor(level=3 if level is None else level)
+        compressor = zstandard.ZstdCompressor(level=3 if level is None else level, threads=threads)
         return cast(BinaryIO, compressor.stream_writer(fileobj, closefd=False))
     if kind is Compression.XZ:
         import lzma

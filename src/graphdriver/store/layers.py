@@ -377,6 +377,7 @@ class Store:
         record.uncompressed_size = result.uncompressed_size
         record.compressed_digest = result.compressed_digest
         record.compressed_size = result.compressed_size
+        record.compression = result.compression
         record.chain_id = self._chain_id(record.parent, result.diff_digest)
 
     def _chain_id(self, parent: str | None, diff_digest: str) -> str | None:
@@ -418,6 +419,7 @@ class Store:
             # layer: forget what the import recorded before touching the files.
             record.diff_digest = record.compressed_digest = record.chain_id = None
             record.compressed_size = record.uncompressed_size = record.unreproducible = None
+            record.compression = None
             record.damaged = f"an apply started at {now_rfc3339()} did not finish"
             self.records.put(record)
             try:
@@ -461,6 +463,16 @@ class Store:
             return self.driver.get(layer_id, mount_label)
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id)
+
+    def mount_state(self, layer_id: str) -> tuple[int, str | None]:
+        """How many mounts of the layer await their unmount, and where it is mounted (None: nowhere)."""
+        self._find(layer_id)
+        return self.driver.mount_state(layer_id)
+
+    def unmount_all(self, layer_id: str) -> int:
+        """Drop every mount count of the layer and unmount it (after a dead runtime); the counts dropped."""
+        self._find(layer_id)
+        return self.driver.put_all(layer_id)
 
     def unmount(self, layer_id: str) -> None:
         self._find(layer_id)

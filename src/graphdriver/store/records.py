@@ -39,6 +39,8 @@ _STORED: tuple[tuple[str, Any], ...] = (
     ("diff_digest", None),
     ("compressed_digest", None),
     ("compressed_size", None),
+    # How the imported tarball came: none, gzip, zstd, xz or bzip2.
+    ("compression", None),
     ("uncompressed_size", None),
     ("chain_id", None),
     # Why ``diff`` cannot give back the imported bytes (an archive that overwrites itself).
@@ -46,7 +48,7 @@ _STORED: tuple[tuple[str, Any], ...] = (
     # Why the layer's files cannot be trusted (an apply that did not finish); None when whole.
     ("damaged", None),
 )
-_OPTIONAL = ("diff_digest", "compressed_digest", "compressed_size", "uncompressed_size",
+_OPTIONAL = ("diff_digest", "compressed_digest", "compressed_size", "compression", "uncompressed_size",
              "chain_id", "unreproducible", "damaged")
 
 
@@ -68,6 +70,7 @@ class LayerRecord:
     diff_digest: str | None
     compressed_digest: str | None
     compressed_size: int | None
+    compression: str | None
     uncompressed_size: int | None
     chain_id: str | None
     unreproducible: str | None
@@ -156,7 +159,7 @@ _OPT_INT = (int, type(None))
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "parent": _OPT_STR, "created": (str,), "writable": (bool,), "driver": (str,),
     "size": _OPT_INT, "diff_digest": _OPT_STR, "compressed_digest": _OPT_STR,
-    "compressed_size": _OPT_INT, "uncompressed_size": _OPT_INT, "chain_id": _OPT_STR,
+    "compressed_size": _OPT_INT, "compression": _OPT_STR, "uncompressed_size": _OPT_INT, "chain_id": _OPT_STR,
     "unreproducible": _OPT_STR, "damaged": _OPT_STR,
 }
 
