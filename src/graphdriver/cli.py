@@ -268,6 +268,31 @@ def _validate_ids(args: Args) -> None:
         check_id(args.name, "container name")
 
 
+def _self_help(args: Args) -> int:
+    """``help``, ``completion`` and ``man``: about the command line itself, no store."""
+    from graphdriver import clihelp
+    from graphdriver.cliargs import GROUPS, UsageError
+
+    if args.command == "help":
+        topic = " ".join(args.topic) or None
+        if topic is not None and topic not in COMMANDS and topic not in GROUPS:
+            raise UsageError(f"no command {topic!r}", "help")
+        sys.stdout.write(clihelp.help_text(topic))
+    elif args.command == "completion":
+        if args.shell not in ("bash", "zsh", "fish"):
+            raise UsageError(f"no completion for {args.shell!r}: bash, zsh or fish", "completion")
+        sys.stdout.write(clihelp.completion(args.shell))
+    else:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            release = version("graphdriver")
+        except PackageNotFoundError:
+            release = ""
+        sys.stdout.write(clihelp.man_page(release))
+    return 0
+
+
 def _report(err: BaseException, args: Args | None) -> None:
     sys.stderr.write(f"{PROG}: {err}\n")
     if args is not None and args.verbose:
@@ -284,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.help:
             sys.stdout.write(help_text(args.command or None))
             return 0
+        if args.command in ("help", "completion", "man"):
+            return _self_help(args)
         _validate_ids(args)
         store = _open_store(args)
         return HANDLERS[args.command](store, args)

@@ -148,6 +148,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "shared layers"),
     Command("df", "", "disk used by images, containers and layers no image or container uses, and "
             "what prune would free"),
+    Command("help", "[TOPIC...]", "what a command does, its options, exit codes and examples"),
+    Command("completion", "SHELL", "a completion script for bash, zsh or fish"),
+    Command("man", "", "the manual page, graphdriver(1), in roff (pipe it to man -l -)"),
     Command("prune", "", "remove unnamed unused images, image layers nothing uses and unreferenced "
             "blobs; prints what it removed",
             Option("--layers", "also remove layers made with the layer commands that no image or "
@@ -172,6 +175,8 @@ class Args:
     layers: bool
     force: bool
     compress: str | None
+    topic: list[str]
+    shell: str
     new: str
     image: str
     source: str
@@ -202,6 +207,8 @@ class Args:
         self.ref = ""
         self.insecure = self.layers = self.force = False
         self.compress = None
+        self.topic = []
+        self.shell = ""
         self.format = self.platform = None
         self.file = "-"
         self.parent = self.output = self.size = None
@@ -277,8 +284,9 @@ def parse(argv: Sequence[str]) -> Args:
 
 def _positionals(command: Command, words: list[str], args: Args) -> None:
     for spec in command.args:
-        if spec == "[ID...]":
-            args.ids, words = words, []
+        if spec.endswith("...]"):
+            setattr(args, "ids" if spec == "[ID...]" else spec.strip("[].").lower(), words)
+            words = []
         elif spec.startswith("["):
             if words:
                 setattr(args, spec.strip("[]").lower(), words.pop(0))
@@ -296,31 +304,8 @@ def _quote(word: str) -> str:
     return repr(shown) if not shown.isprintable() else f"'{shown}'"
 
 
-def _option_lines(options: Sequence[Option]) -> list[str]:
-    lines = []
-    for o in options:
-        spelled = ", ".join(o.flags) + (f" {o.metavar}" if o.metavar else "")
-        lines.append(f"  {spelled:<28} {o.help}")
-    return lines
-
-
 def help_text(command: str | None) -> str:
-    """``graphdriver --help`` or ``graphdriver COMMAND --help``."""
-    if command is None or command in GROUPS:
-        group = command
-        lines = [f"usage: {PROG} [OPTIONS] {group + ' ' if group else ''}COMMAND [ARGS]", "",
-                 "A container layer store.", "", "Commands:"]
-        lines += [f"  {c.name:<18} {c.help}" for c in COMMANDS.values()
-                  if group is None or c.name.startswith(group + " ")]
-        lines += ["", "Options (before or after the command):", *_option_lines(GLOBAL_OPTIONS), "",
-                  "Exit codes: 0 success, 1 failure, 2 usage, 3 not found, 4 exists, "
-                  "5 precondition, 6 integrity, 7 unsupported.",
-                  f"Run '{PROG} COMMAND --help' for one command."]
-        return "\n".join(lines) + "\n"
-    c = COMMANDS[command]
-    lines = [f"usage: {PROG} [OPTIONS] {' '.join((c.name, *c.args))}"
-             + (" [COMMAND OPTIONS]" if c.options else ""), "", c.help[0].upper() + c.help[1:] + "."]
-    if c.options:
-        lines += ["", "Command options:", *_option_lines(c.options)]
-    lines += ["", f"Global options: see '{PROG} --help'."]
-    return "\n".join(lines) + "\n"
+    """``graphdriver --help`` or ``graphdriver COMMAND --help`` (see :mod:`graphdriver.clihelp`)."""
+    from graphdriver.clihelp import help_text as render
+
+    return render(command)

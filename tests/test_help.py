@@ -1,0 +1,95 @@
+"""Help that teaches, the manual page and shell completion: all from the one command table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphdriver import clihelp
+from graphdriver.cliargs import COMMANDS, GROUPS
+from tests.conftest import ROOT, run_cli
+
+
+def gd(*args: str, root: Path, check: bool = True):
+    return run_cli(*args, root=root, driver="vfs", check=check)
+
+
+def test_every_command_has_a_description_exit_codes_and_an_example(tmp_path):
+    assert set(clihelp.DOCS) == set(COMMANDS)
+    for name, command in COMMANDS.items():
+        doc = clihelp.DOCS[name]
+        assert doc.group in clihelp.GROUPS and len(doc.description) > 40 and doc.examples, name
+        assert all(cmd.startswith(("graphdriver ", "mnt=$(graphdriver", "source <(graphdriver", "zstd "))
+                   for cmd, _ in doc.examples), name
+        text = gd(*name.split(), "--help", root=tmp_path).stdout.decode()
+        assert text == gd("help", *name.split(), root=tmp_path).stdout.decode(), name
+        assert text.startswith(f"usage: graphdriver [OPTIONS] {name}") and "Examples:" in text
+        assert "Exit codes:" in text
+        for option in command.options:
+            assert option.flags[-1] in text, (name, option.flags)
+
+
+def test_the_overview_lists_every_command_by_group(tmp_path):
+    text = gd("--help", root=tmp_path).stdout.decode()
+    for title in clihelp.GROUPS.values():
+        assert f"\n{title}:\n" in text
+    for name in COMMANDS:
+        assert f"\n  {name} " in text, name
+    for group in GROUPS:
+        sub = gd(group, "--help", root=tmp_path).stdout.decode()
+        assert all(f"  {n} " in sub for n in COMMANDS if n.startswith(group + " "))
+    bad = gd("help", "nothing", root=tmp_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1
+
+
+def test_the_manual_page_is_made_from_the_same_table(tmp_path):
+    page = gd("man", root=tmp_path).stdout.decode()
+    assert page.startswith(".TH GRAPHDRIVER 1")
+    for name in COMMANDS:
+        assert f".SS {name.replace('-', chr(92) + '-')}" in page, name
+    if shutil.which("groff"):
+        proc = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=page.encode(),
+                              capture_output=True, check=True)
+        assert proc.stderr == b""
+
+
+@pytest.fixture
+def on_path(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH has a ``graphdriver`` running this checkout."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "graphdriver"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT / "src"} exec {sys.executable} -m graphdriver "$@"\n')
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def _complete(script: str, words: list[str], env: dict[str, str]) -> list[str]:
+    quoted = " ".join(f"'{w}'" for w in words)
+    program = (f"{script}\ncomplete -p graphdriver >/dev/null || exit 9\n"
+               f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _graphdriver; "
+               'printf "%s\\n" "${COMPREPLY[@]}"\n')
+    out = subprocess.run(["bash", "-c", program], capture_output=True, text=True, env=env, check=True)
+    return out.stdout.split()
+
+
+def test_bash_completion_loads_and_completes_commands_options_and_layer_ids(tmp_path, on_path):
+    store = tmp_path / "store"
+    gd("create", "alpha-layer", root=store)
+    gd("create", "beta-layer", root=store)
+    script = gd("completion", "bash", root=tmp_path).stdout.decode()
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+    assert _complete(script, ["graphdriver", "mou"], on_path) == ["mount", "mounted"]
+    assert sorted(_complete(script, ["graphdriver", "image", "p"], on_path)) == ["pull", "push"]
+    assert "--compress" in _complete(script, ["graphdriver", "diff", "--c"], on_path)
+    run = ["graphdriver", "--root", str(store), "--run-root", str(tmp_path / "run"), "--driver", "vfs"]
+    assert _complete(script, [*run, "mount", "al"], on_path) == ["alpha-layer"]
+    assert sorted(_complete(script, [*run, "diff", ""], on_path)) == ["alpha-layer", "beta-layer"]
+    fish = gd("completion", "fish", root=tmp_path).stdout.decode()
+    assert "__fish_use_subcommand" in fish and "graphdriver layers" in fish
+    assert gd("completion", "tcsh", root=tmp_path, check=False).returncode == 2
