@@ -348,27 +348,37 @@ def test_tree_df_and_prune(tmp_path, driver_name):
     assert gd(tmp_path, driver_name, "layers").stdout.decode().split() == [hashlib.sha256(LAYER1).hexdigest()]
 
 
+def multi_platform_layout(path: Path, images: dict[str, tuple[list[bytes], str]], name: str) -> None:
+    """An OCI layout at *path* whose index names an index of one image per ``os/arch``."""
+    parts = {}
+    for platform, (layers, os_name) in images.items():
+        parts[platform] = oci_layout(path.parent / f"part-{platform.replace('/', '-')}", layers, name="x",
+                                     os_name=os_name)
+    first = path.parent / f"part-{next(iter(images)).replace('/', '-')}"
+    shutil.copytree(first, path)
+    for platform in images:
+        for blob in (path.parent / f"part-{platform.replace('/', '-')}" / "blobs/sha256").iterdir():
+            shutil.copy(blob, path / "blobs/sha256" / blob.name)
+    manifests = []
+    for platform, digest in parts.items():
+        os_name, arch = platform.split("/")
+        manifests.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                          "size": (path / "blobs/sha256" / digest[7:]).stat().st_size,
+                          "platform": {"os": os_name, "architecture": arch}})
+    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                         "manifests": manifests}).encode()
+    digest = sha256(nested)
+    (path / "blobs/sha256" / digest[7:]).write_bytes(nested)
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": len(nested),
+        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"}}]}))
+
+
 def test_a_multi_platform_index_gives_the_platform_asked_for(tmp_path):
     """An OCI layout whose index names an index of two platforms: --platform picks one."""
-    amd = oci_layout(tmp_path / "amd", [LAYER1], name="x")
-    arm = oci_layout(tmp_path / "arm", [LAYER2], name="x")
     layout = tmp_path / "multi"
-    shutil.copytree(tmp_path / "amd", layout)
-    for blob in (tmp_path / "arm/blobs/sha256").iterdir():
-        shutil.copy(blob, layout / "blobs/sha256" / blob.name)
-    sizes = {d: (layout / "blobs/sha256" / d[7:]).stat().st_size for d in (amd, arm)}
-    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                         "manifests": [
-                             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd,
-                              "size": sizes[amd], "platform": {"os": "linux", "architecture": "amd64"}},
-                             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm,
-                              "size": sizes[arm], "platform": {"os": "linux", "architecture": "arm64"}},
-                         ]}).encode()
-    digest = sha256(nested)
-    (layout / "blobs/sha256" / digest[7:]).write_bytes(nested)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": len(nested),
-        "annotations": {"io.containerd.image.name": "localhost/multi:1"}}]}))
+    multi_platform_layout(layout, {"linux/amd64": ([LAYER1], "linux"), "linux/arm64": ([LAYER2], "linux")},
+                          "localhost/multi:1")
     gd(tmp_path, "vfs", "image", "load", str(layout), "--platform", "linux/arm64")
     inspected = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/multi:1").stdout)
     assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]

@@ -385,3 +385,33 @@ def test_busy_and_failing_answers_are_retried_then_given_up(tmp_path, monkeypatc
             assert seen == [503] * client.ATTEMPTS
     finally:
         server.shutdown()
+
+
+def test_a_windows_image_is_picked_from_an_index_with_platform(tmp_path, registry):
+    from graphdriver.testing import wingen
+    from tests.test_images import multi_platform_layout, sha256
+
+    base = wingen.layer_tar(wingen.base_layer())
+    child = wingen.layer_tar(wingen.child_layer())
+    layout = tmp_path / "multi"
+    multi_platform_layout(layout, {"linux/amd64": ([LAYER1], "linux"),
+                                   "windows/amd64": ([base, child], "windows")}, "localhost/multi:1")
+    ref = f"{registry.host}/multi:1"
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{layout}:1",
+                    f"docker://{ref}"], check=True)
+    win = run_cli("image", "pull", ref, "--insecure", "--platform", "windows/amd64", root=tmp_path / "win",
+                  driver="windowsfilter", check=True)
+    assert win.stdout.decode().strip() == ref
+    inspected = json.loads(run_cli("image", "inspect", ref, root=tmp_path / "win", driver="windowsfilter",
+                                   check=True).stdout)
+    assert inspected["Platform"] == "windows/amd64"
+    assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(base), sha256(child)]
+    # Saved back, the Windows layers are the pulled ones byte for byte.
+    saved = tmp_path / "win.tar"
+    run_cli("image", "save", ref, "-o", str(saved), root=tmp_path / "win", driver="windowsfilter", check=True)
+    import tarfile
+
+    with tarfile.open(saved) as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+        layers = [archive.extractfile(p).read() for p in manifest[0]["Layers"]]  # type: ignore[union-attr]
+    assert layers == [base, child]

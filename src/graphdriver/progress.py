@@ -91,6 +91,29 @@ def _bar(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int],
 
 
 @contextlib.contextmanager
+def bars(quiet: bool = False) -> Iterator[Callable[[str, int | None], Callable[[int], None]] | None]:
+    """Several bars at once (one per layer of a pull): yields ``add(label, total) -> advance``,
+    or None when no bar is wanted.  The advance functions may be called from any thread."""
+    if not wanted(quiet):
+        yield None
+        return
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    except ImportError:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+
+        def add(label: str, total: int | None) -> Callable[[int], None]:
+            task = bar.add_task(label, total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield add
+
+
+@contextlib.contextmanager
 def reading(stream: BinaryIO, label: str, total: int | None, quiet: bool = False) -> Iterator[BinaryIO]:
     """Yield *stream*, wrapped to drive a bar of bytes read when one is wanted."""
     with _bar(label, total, quiet) as advance:
@@ -102,13 +125,6 @@ def writing(stream: BinaryIO, label: str, total: int | None, quiet: bool = False
     """Yield *stream*, wrapped to drive a bar of bytes written when one is wanted."""
     with _bar(label, total, quiet) as advance:
         yield stream if advance is None else _CountingWriter(stream, advance)  # type: ignore[misc]
-
-
-@contextlib.contextmanager
-def counter(label: str, total: int | None, quiet: bool = False) -> Iterator[Callable[[int], None] | None]:
-    """Yield a function to call with each count of bytes done (None when no bar is wanted)."""
-    with _bar(label, total, quiet) as advance:
-        yield advance
 
 
 def file_size(stream: BinaryIO) -> int | None:

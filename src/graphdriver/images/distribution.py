@@ -79,18 +79,16 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
 
     assert isinstance(reg, Registry)
     os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
-    total = sum(d.size for d in descs)
-
     def one(desc: oci.Descriptor, advance: Callable[[int], None] | None) -> None:
         final = images.blob_path(desc.digest)
         partial = final + ".download"  # kept across runs: a new pull resumes it
         reg.download(desc, partial, advance)
         os.rename(partial, final)
 
-    with progress.counter(f"pull {len(descs)} layers", total, quiet) as advance, \
-            ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        for future in [pool.submit(one, d, advance) for d in descs]:
-            future.result()
+    with progress.bars(quiet) as add, ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        jobs = [pool.submit(one, d, add(f"layer {d.digest[7:19]}", d.size) if add else None) for d in descs]
+        for job in jobs:
+            job.result()
     for d in descs:
         say(f"layer {d.digest[7:19]}: downloaded ({d.size} bytes)")
 
