@@ -384,3 +384,21 @@ def test_a_multi_platform_index_gives_the_platform_asked_for(tmp_path):
     assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]
     missing = gd(tmp_path, "vfs", "image", "load", str(layout), "--platform", "windows/amd64", check=False)
     assert missing.returncode == 3 and b"linux/amd64, linux/arm64" in missing.stderr
+
+
+def test_a_compressed_archive_loads_and_a_blob_linked_outside_is_refused(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/z:1")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "image", "save", "localhost/z:1", "-o", str(tmp_path / "z.tar"))
+    (tmp_path / "z.tar.gz").write_bytes(gzip.compress((tmp_path / "z.tar").read_bytes()))
+    other = tmp_path / "other"
+    other.mkdir()
+    assert gd(other, "vfs", "image", "load", str(tmp_path / "z.tar.gz")).stdout == b"localhost/z:1\n"
+    # A layout whose blob is a symlink to a file outside: read, found not to match its digest, refused.
+    blob = next(p for p in (tmp_path / "in/blobs/sha256").iterdir() if p.read_bytes()[:2] == b"\x1f\x8b")
+    blob.unlink()
+    blob.symlink_to("/etc/hostname")
+    third = tmp_path / "third"
+    third.mkdir()
+    refused = gd(third, "vfs", "image", "load", str(tmp_path / "in"), check=False)
+    assert refused.returncode == 6 and gd(third, "vfs", "layers").stdout == b""

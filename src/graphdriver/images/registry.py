@@ -36,6 +36,8 @@ from graphdriver.images import oci
 from graphdriver.images.reference import Reference
 
 ATTEMPTS = 5
+#: No manifest or index is larger (the distribution spec's registries cap them at 4 MiB).
+MANIFEST_LIMIT = 4 << 20
 _BACKOFF = 0.5  # seconds, doubled each retry
 _CHUNK = 1 << 20
 #: Blobs up to this size go up in one request; larger ones in chunks of it.
@@ -217,8 +219,12 @@ class Registry:
 
     def manifest(self, reference: str) -> tuple[bytes, str]:
         """The manifest (or index) *reference* (a tag or a digest) names, and its media type."""
-        resp = self.request("GET", f"{self.repo}/manifests/{reference}", headers={"Accept": ACCEPT})
-        data = resp.content
+        resp = self.request("GET", f"{self.repo}/manifests/{reference}", headers={"Accept": ACCEPT},
+                            stream=True)
+        data: bytes = resp.raw.read(MANIFEST_LIMIT + 1, decode_content=True)
+        resp.close()
+        if len(data) > MANIFEST_LIMIT:
+            raise IntegrityError(f"manifest {reference}", f"larger than {MANIFEST_LIMIT} bytes")
         if reference.startswith("sha256:") and oci.sha256_digest(data) != reference:
             raise IntegrityError(f"manifest {reference}", "its bytes do not match its digest")
         media = resp.headers.get("Content-Type", "").split(";")[0].strip()
@@ -249,6 +255,10 @@ class Registry:
                     have = 0  # the registry ignored the range: start over
                 with open(path, "ab" if have else "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
+                        if have + len(chunk) > desc.size:  # a registry sending more than it said
+                            resp.close()
+                            os.unlink(path)
+                            raise IntegrityError(f"blob {desc.digest}", f"larger than its {desc.size} bytes")
                         out.write(chunk)
                         have += len(chunk)
                         if progress is not None:

@@ -64,13 +64,32 @@ class _Files:
         self.dir = path if os.path.isdir(path) else None
         self.members: dict[str, tarfile.TarInfo] = {}
         self.tar: tarfile.TarFile | None = None
+        self.temporary: str | None = None
         if self.dir is None:
+            path = self._decompressed(path)
             try:
                 self.tar = tarfile.open(path, "r:")  # closed by close()
             except (tarfile.TarError, OSError) as e:
+                self.close()
                 raise InvalidArgument(f"image archive {shorten(path)!r}", f"not a tar archive: {e}") from e
             for m in self.tar.getmembers():
                 self.members[_clean(m.name)] = m
+
+    def _decompressed(self, path: str) -> str:
+        """*path*, or a decompressed copy of it when it is compressed (``docker save | gzip``)."""
+        from graphdriver.layerio.compression import Compression, open_decompressed
+
+        with open(path, "rb") as f:
+            stream, kind = open_decompressed(f)
+            if kind is Compression.NONE:
+                return path
+            import tempfile
+
+            fd, self.temporary = tempfile.mkstemp(prefix="graphdriver-load-")
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(1 << 20):
+                    out.write(chunk)
+        return self.temporary
 
     def exists(self, name: str) -> bool:
         name = _clean(name)
@@ -115,6 +134,9 @@ class _Files:
     def close(self) -> None:
         if self.tar is not None:
             self.tar.close()
+        if self.temporary is not None:
+            os.unlink(self.temporary)
+            self.temporary = None
 
 
 def _clean(name: str) -> str:
