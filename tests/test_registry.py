@@ -415,3 +415,50 @@ def test_a_windows_image_is_picked_from_an_index_with_platform(tmp_path, registr
         manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
         layers = [archive.extractfile(p).read() for p in manifest[0]["Layers"]]  # type: ignore[union-attr]
     assert layers == [base, child]
+
+
+def test_a_docker_schema_2_image_pulls_and_large_blobs_go_up_in_chunks(tmp_path, registry, monkeypatch):
+    """skopeo pushes a docker-archive as Docker schema 2; we pull it, then push a big layer in chunks."""
+    import graphdriver
+    from graphdriver.images import distribution
+    from graphdriver.images import registry as client
+    from graphdriver.testing.treeutil import F, make_tar
+
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "image", "save", "localhost/made:1", "-o", str(tmp_path / "made.tar"))
+    ref = f"{registry.host}/docker/made:1"
+    archive = f"docker-archive:{tmp_path / 'made.tar'}"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", archive, f"docker://{ref}"],
+                   check=True)
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                    check=True, capture_output=True).stdout)
+    assert raw["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    other = tmp_path / "other"
+    other.mkdir()
+    gd(other, "image", "pull", ref, "--insecure")
+    inspected = json.loads(gd(other, "image", "inspect", ref).stdout)
+    from tests.test_images import sha256
+
+    assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER1), sha256(LAYER2)]
+    # A layer larger than the upload chunk goes up in PATCH chunks.
+    big = make_tar({"big": F(os.urandom(600_000))})
+    oci_layout(tmp_path / "big", [big], name="localhost/big:1", gzipped=False)
+    monkeypatch.setattr(client, "UPLOAD_CHUNK", 128 << 10)
+    store = graphdriver.open_store(str(tmp_path / "api"), run_root=str(tmp_path / "api-run"), driver="vfs")
+    from graphdriver import images
+
+    images.load(store, str(tmp_path / "big"))
+    patches: list[str] = []
+    real = client.Registry.request
+
+    def counting(self, method, path, **kw):  # type: ignore[no-untyped-def]
+        if method == "PATCH":
+            patches.append(kw["headers"]["Content-Range"])
+        return real(self, method, path, **kw)
+
+    monkeypatch.setattr(client.Registry, "request", counting)
+    digest = distribution.push(store, "localhost/big:1", f"{registry.host}/big:1", insecure=True)
+    assert len(patches) >= 4 and patches[0].startswith("0-")
+    info = skopeo_json("inspect", "--tls-verify=false", f"docker://{registry.host}/big:1")
+    assert info["Digest"] == digest
