@@ -166,11 +166,13 @@ def cmd_diff(store: Store, args: Args) -> int:
     total = store.layer(args.id).uncompressed_size if args.parent is None else None
     label = f"diff {args.id}"
     with output_stream(args.output) as raw:
-        # The bar counts the tarball's bytes, before any compression.
-        packer = open_compressor(raw, codec, threads=-1)
+        # The bar counts the tarball's bytes, before any compression; a plain diff
+        # writes straight to the output.
+        packer = raw if codec is Compression.NONE else open_compressor(raw, codec, threads=-1)
         with progress.writing(packer, label, total, args.quiet) as out:
             store.diff(args.id, out, args.parent, regenerate=args.regenerate)
-        packer.close()
+        if packer is not raw:
+            packer.close()
     return 0
 
 
