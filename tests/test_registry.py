@@ -462,3 +462,36 @@ def test_a_docker_schema_2_image_pulls_and_large_blobs_go_up_in_chunks(tmp_path,
     assert len(patches) >= 4 and patches[0].startswith("0-")
     info = skopeo_json("inspect", "--tls-verify=false", f"docker://{registry.host}/big:1")
     assert info["Digest"] == digest
+
+
+def test_a_pull_killed_half_way_is_undone_by_cleanup(tmp_path, registry):
+    import sys
+
+    from tests.conftest import ROOT
+
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/made:1"], check=True)
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT / 'src')!r})
+import graphdriver
+from graphdriver.store.layers import Store
+real = Store.import_layer
+def dying(self, *args, **kw):
+    real(self, *args, **kw)
+    os._exit(9)  # killed after the first layer is stored, before the image is
+Store.import_layer = dying
+from graphdriver.images import distribution
+store = graphdriver.open_store({str(tmp_path / 'store')!r}, run_root={str(tmp_path / 'run')!r}, driver="vfs")
+distribution.pull(store, "{registry.host}/made:1", insecure=True)
+"""
+    assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 9
+    assert len(gd(tmp_path, "layers").stdout.split()) == 1
+    done = gd(tmp_path, "cleanup").stdout.decode()
+    assert "left by an interrupted pull" in done and "removed blob" in done
+    assert gd(tmp_path, "layers").stdout == b""
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+    # Pulled again, the image is whole.
+    gd(tmp_path, "image", "pull", f"{registry.host}/made:1", "--insecure")
+    assert len(gd(tmp_path, "layers").stdout.split()) == 2

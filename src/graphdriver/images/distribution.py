@@ -62,7 +62,8 @@ def pull(store: Store, name: str, *, insecure: bool = False, platform: str | Non
         _download_all(reg, images, wanted, quiet, say)
         layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
         names = [str(ref)] if ref.tag is not None else []
-        return load_image(store, images, SourceImage(config, names, layers, data), quiet=quiet, report=None)
+        return load_image(store, images, SourceImage(config, names, layers, data), quiet=quiet, report=None,
+                          work="pull")
 
 
 def _blob_opener(images: ImageStore, digest: str) -> Callable[[], BinaryIO] | None:

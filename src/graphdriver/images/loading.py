@@ -71,7 +71,8 @@ def load_images(store: Store, sources: list[SourceImage], *, quiet: bool = True,
 
 
 def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: bool = True,
-               report: Callable[[str], None] | None = None) -> ImageRecord:
+               report: Callable[[str], None] | None = None, work: str = "load") -> ImageRecord:
+    """Store one image (*work* names it in a pending marker: ``load``, ``pull``)."""
     image_id = oci.sha256_digest(src.config)
     what = f"image {image_id[:19]}"
     config = oci.load_json(src.config, f"{what}: config")
@@ -81,7 +82,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
     layer_ids = [oci.hex_of(c) for c in oci.chain_ids(diff_ids)]
     kept: list[str] = []
     fresh: list[str] = []  # blobs this load wrote, removed again if it fails
-    with Pending(images, f"load {image_id}") as pending:
+    with Pending(images, f"{work} {image_id}") as pending:
         try:
             for i, (layer, diff_id) in enumerate(zip(src.layers, diff_ids, strict=True)):
                 parent = layer_ids[i - 1] if i else None
