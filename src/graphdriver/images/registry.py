@@ -208,8 +208,11 @@ class Registry:
             got = self.session.get(params["realm"], params=query, auth=auth, timeout=(30, 60))
             if got.status_code != 200:
                 raise RegistryError(f"token service {shorten(params['realm'])}", f"HTTP {got.status_code}")
-            body = got.json()
-            token = body.get("token") or body.get("access_token")
+            try:
+                body = got.json()
+            except ValueError:
+                body = None
+            token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
             if not isinstance(token, str):
                 raise RegistryError(f"token service {shorten(params['realm'])}", "answered no token")
             self.tokens[scope] = token

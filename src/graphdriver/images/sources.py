@@ -106,9 +106,13 @@ class _Files:
     def open(self, name: str) -> BinaryIO:
         name = _clean(name)
         if self.dir is not None:
+            from graphdriver.fs.confine import open_file_in_root
+
+            self._local(name)  # refuses names that climb out
             try:
-                return open(self._local(name), "rb")
-            except FileNotFoundError as e:
+                # Symlinks in the folder resolve inside it, never to the rest of the machine.
+                return open_file_in_root(self.dir, name)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
                 raise IntegrityError(f"image archive {shorten(self.path)!r}", f"{name!r} is missing") from e
         assert self.tar is not None
         member = self.members.get(name)
@@ -194,7 +198,10 @@ class Archive:
             base = os.path.basename(entry["Config"]).removesuffix(".json")
             if len(base) == 64 and oci.sha256_digest(config) != "sha256:" + base:
                 raise IntegrityError(what, f"config {entry['Config']!r} does not match its name")
-            names = [str(reference.parse(t)) for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+            try:
+                names = [str(reference.parse(t)) for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+            except InvalidArgument as e:
+                raise IntegrityError(what, f"manifest.json names an image badly: {e}") from e
             layers = [SourceLayer(self._opener(p), None) for p in entry["Layers"] if isinstance(p, str)]
             out.append(SourceImage(config, names, layers))
         return out
