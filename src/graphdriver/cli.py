@@ -19,6 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from graphdriver.idmap import IDMappings
     from graphdriver.store.layers import Store
 
 
@@ -54,9 +55,20 @@ def cmd_status(store: Store, args: Args) -> int:
     return 0
 
 
+def _layer_maps(args: Args) -> IDMappings | None:
+    """The id maps given to create, import or apply (None: none given)."""
+    if not args.layer_uidmap and not args.layer_gidmap:
+        return None
+    from graphdriver.idmap import IDMappings
+
+    uids = ",".join(args.layer_uidmap)
+    gids = ",".join(args.layer_gidmap) if args.layer_gidmap else uids
+    return IDMappings.parse(uids, gids)
+
+
 def cmd_create(store: Store, args: Args) -> int:
     store.create(args.id, args.parent, writable=args.rw, size=args.size,
-                 mount_label=args.mount_label)
+                 mount_label=args.mount_label, idmaps=_layer_maps(args))
     _out(args.id)
     return 0
 
@@ -65,7 +77,7 @@ def cmd_import(store: Store, args: Args) -> int:
     from graphdriver.cliio import input_stream
 
     with input_stream(args.file, f"import {args.id}", args.quiet) as stream:
-        record = store.import_layer(args.id, args.parent, stream)
+        record = store.import_layer(args.id, args.parent, stream, idmaps=_layer_maps(args))
     if args.json:
         _out(jsonio.dumps(record.display()))
     else:
@@ -76,6 +88,11 @@ def cmd_import(store: Store, args: Args) -> int:
 def cmd_apply(store: Store, args: Args) -> int:
     from graphdriver.cliio import input_stream
 
+    maps = _layer_maps(args)
+    if maps is not None and maps != store.layer_maps(store.layer(args.id)):
+        from graphdriver.errors import InvalidArgument
+
+        raise InvalidArgument(f"--uidmap/--gidmap for layer {args.id}", "it was created with other id maps")
     with input_stream(args.file, f"apply {args.id}", args.quiet) as stream:
         size = store.apply(args.id, stream, args.parent)
     _out(str(size))

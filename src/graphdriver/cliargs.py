@@ -38,9 +38,10 @@ class Option:
 
     __slots__ = ("dest", "flags", "help", "metavar", "repeat", "value")
 
-    def __init__(self, flags: str, help: str, *, metavar: str = "", repeat: bool = False) -> None:
+    def __init__(self, flags: str, help: str, *, metavar: str = "", repeat: bool = False,
+                 dest: str = "") -> None:
         self.flags = tuple(flags.split("|"))
-        self.dest = self.flags[-1].lstrip("-").replace("-", "_")
+        self.dest = dest or self.flags[-1].lstrip("-").replace("-", "_")
         self.metavar = metavar  # empty: a switch that takes no value
         self.value = bool(metavar)
         self.repeat = repeat
@@ -60,6 +61,14 @@ class Command:
 
 
 _PARENT = Option("--parent", "the parent layer (default: the layer's own)", metavar="P")
+#: A layer's own id maps (after the command; before it, --uidmap/--gidmap are the store's).
+_LAYER_MAPS = (
+    Option("--uidmap", "the layer's uid map, container:host:size (repeatable or comma-separated; "
+                       "default: its parent's, else the store's)", metavar="MAP", repeat=True,
+           dest="layer_uidmap"),
+    Option("--gidmap", "the layer's gid map (default: the --uidmap given, else its parent's or the "
+                       "store's)", metavar="MAP", repeat=True, dest="layer_gidmap"),
+)
 
 GLOBAL_OPTIONS = (
     Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root)",
@@ -86,11 +95,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             _PARENT,
             Option("--rw", "a writable container layer"),
             Option("--size", "limit a --rw layer's size (20G, 512M, ...)", metavar="SIZE"),
-            Option("--mount-label", "SELinux label for its mounts", metavar="LABEL")),
+            Option("--mount-label", "SELinux label for its mounts", metavar="LABEL"), *_LAYER_MAPS),
     Command("import", "ID [FILE]", "create an image layer from a layer tarball (plain, gzip, zstd, "
-            "xz, bzip2; FILE or - for standard input); prints the bytes applied", _PARENT),
+            "xz, bzip2; FILE or - for standard input); prints the bytes applied", _PARENT, *_LAYER_MAPS),
     Command("apply", "ID [FILE]", "apply a layer tarball to an existing layer; prints the bytes "
-            "applied", _PARENT),
+            "applied", _PARENT, *_LAYER_MAPS),
     Command("mount", "ID", "make the layer's root filesystem available; prints its path "
             "(counted: each mount needs an unmount)",
             Option("--mount-label", "SELinux label for the mount", metavar="LABEL")),
@@ -177,6 +186,8 @@ class Args:
     compress: str | None
     topic: list[str]
     shell: str
+    layer_uidmap: list[str]
+    layer_gidmap: list[str]
     new: str
     image: str
     source: str
@@ -208,6 +219,7 @@ class Args:
         self.insecure = self.layers = self.force = False
         self.compress = None
         self.topic = []
+        self.layer_uidmap, self.layer_gidmap = [], []
         self.shell = ""
         self.format = self.platform = None
         self.file = "-"

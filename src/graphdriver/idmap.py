@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from graphdriver.errors import InvalidArgument
 
+#: The largest uid/gid (2^32 - 2: 2^32 - 1 is the kernel's "no id").
+MAX_ID = 2**32 - 2
+
 
 class IDRange:
     """``size`` ids from ``container_id`` on, stored from ``host_id`` on."""
@@ -53,7 +56,7 @@ class IDMap:
     @classmethod
     def parse(cls, text: str) -> IDMap:
         """Parse ``"0:100000:65536[,...]"`` (container:host:size triples)."""
-        ranges = []
+        ranges: list[IDRange] = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             try:
                 c, h, s = (int(x) for x in part.split(":"))
@@ -61,6 +64,12 @@ class IDMap:
                 raise InvalidArgument(f"invalid id map {part!r}", "expected container:host:size") from e
             if c < 0 or h < 0 or s <= 0:
                 raise InvalidArgument(f"invalid id map {part!r}", "ids must be >= 0 and size > 0")
+            if c + s > MAX_ID + 1 or h + s > MAX_ID + 1:
+                raise InvalidArgument(f"invalid id map {part!r}", f"reaches past the last id, {MAX_ID}")
+            for r in ranges:
+                for mine, theirs, side in ((c, r.container_id, "container"), (h, r.host_id, "host")):
+                    if mine < theirs + r.size and theirs < mine + s:
+                        raise InvalidArgument(f"invalid id map {text!r}", f"{side} ids overlap")
             ranges.append(IDRange(c, h, s))
         return cls(tuple(ranges))
 
@@ -111,3 +120,12 @@ class IDMappings:
     @property
     def identity(self) -> bool:
         return self.uids.identity and self.gids.identity
+
+    @classmethod
+    def parse(cls, uidmap: str, gidmap: str) -> IDMappings:
+        return cls(IDMap.parse(uidmap), IDMap.parse(gidmap))
+
+    def translate(self, other: IDMappings, uid: int, gid: int) -> tuple[int, int]:
+        """Host ids stored under these maps, as *other* stores the same container ids."""
+        return (other.uids.to_host(self.uids.to_container(uid)),
+                other.gids.to_host(self.gids.to_container(gid)))

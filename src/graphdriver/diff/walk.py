@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from graphdriver.diff.changes import Change, ChangeKind
@@ -47,6 +48,8 @@ class _Walk:
 
     new_root: str
     old_root: str | None
+    #: The old tree's (uid, gid) as the new tree would store them (layers with other id maps).
+    owner: Callable[[int, int], tuple[int, int]] | None = None
     changes: list[Change] = field(default_factory=list)
     # Per side: set once a getxattr says the filesystem has no xattrs at all,
     # so that a tree on such a filesystem costs one failed call, not one per file.
@@ -56,7 +59,8 @@ class _Walk:
         self.changes.append(Change(path, kind))
 
 
-def changes_between(new_root: str, old_root: str | None) -> list[Change]:
+def changes_between(new_root: str, old_root: str | None,
+                    owner: Callable[[int, int], tuple[int, int]] | None = None) -> list[Change]:
     """What the tree at *new_root* changed relative to the tree at *old_root*.
 
     ``old_root=None`` stands for an empty tree: everything is added.  Paths are
@@ -65,8 +69,10 @@ def changes_between(new_root: str, old_root: str | None) -> list[Change]:
     sort use; it differs from ``str`` order only for names that are not UTF-8).
     Names that are not UTF-8 appear decoded with ``surrogateescape``, as
     :mod:`os` returns them.  Entries that vanish during the walk count as absent.
+    *owner* translates the old tree's owners before they are compared, when the
+    two trees store ids under different maps.
     """
-    walk = _Walk(new_root, old_root)
+    walk = _Walk(new_root, old_root, owner)
     # Missing roots are errors (FileNotFoundError), not empty trees.
     new_st = os.lstat(new_root)
     if old_root is not None and _same_object(new_st, os.lstat(old_root)):
@@ -139,10 +145,10 @@ def _compare_dir(walk: _Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
 
 def _differs(walk: _Walk, path: str, new: os.stat_result, old: os.stat_result) -> bool:
     """Whether an entry present in both trees changed (see the module docstring)."""
+    old_owner = (old.st_uid, old.st_gid) if walk.owner is None else walk.owner(old.st_uid, old.st_gid)
     if (
         new.st_mode != old.st_mode
-        or new.st_uid != old.st_uid
-        or new.st_gid != old.st_gid
+        or (new.st_uid, new.st_gid) != old_owner
         or new.st_rdev != old.st_rdev
     ):
         return True

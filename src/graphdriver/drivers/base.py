@@ -131,11 +131,16 @@ class DriverConfig:
 class CreateOpts:
     """Options for create and create_rw (the seeds' ``CreateOpts``)."""
 
-    __slots__ = ("mount_label", "storage_opt")
+    __slots__ = ("idmaps", "mount_label", "parent_idmaps", "storage_opt")
 
-    def __init__(self, mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
+    def __init__(self, mount_label: str = "", storage_opt: Mapping[str, str] | None = None,
+                 idmaps: IDMappings | None = None, parent_idmaps: IDMappings | None = None) -> None:
         self.mount_label = mount_label
         self.storage_opt: Mapping[str, str] = dict(storage_opt or {})
+        #: The layer's own id maps (None: the store's), and its parent's where they differ
+        #: (a driver with :attr:`Driver.SHIFTS_IDS` stores the parent's files shifted).
+        self.idmaps = idmaps
+        self.parent_idmaps = parent_idmaps
 
 
 #: How deletions are expressed where a tarball is applied: the target holds a whole
@@ -218,6 +223,9 @@ class Driver(abc.ABC):
     STATUS_IS_STATIC: ClassVar[bool] = True
     #: The format of the layer tarballs this driver's layers come from and go to.
     LAYER_FORMAT: ClassVar[str] = OCI_FORMAT
+    #: Whether a child layer may have other id maps than its parent (the parent's
+    #: files are then stored shifted into the child's range).
+    SHIFTS_IDS: ClassVar[bool] = False
 
     def __init__(self, config: DriverConfig) -> None:
         unknown = sorted(set(config.options) - self.OPTIONS)

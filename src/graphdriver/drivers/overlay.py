@@ -97,6 +97,7 @@ if TYPE_CHECKING:
     from typing import ClassVar
 
     from graphdriver.fs import sizelimit
+    from graphdriver.idmap import IDMappings
 
 #: The most lower directories the kernel stacks (``OVL_MAX_STACK``), so the longest chain.
 MAX_DEPTH = 500
@@ -422,7 +423,7 @@ class OverlayDriver(Driver):
         where = folder
         if size is not None and self.size_method is not None:
             where = sizelimit.prepare(folder, int(size), self.size_method, self.home)
-        self._make_upper(os.path.join(where, DIFF_DIR), parent_folder)
+        self._make_upper(os.path.join(where, DIFF_DIR), parent_folder, opts.idmaps or self.config.idmaps)
         os.mkdir(os.path.join(where, WORK_DIR), 0o700)
         if where != folder:
             for name in (DIFF_DIR, WORK_DIR):
@@ -441,15 +442,15 @@ class OverlayDriver(Driver):
             data = ":".join(entries).encode()
             atomic.write_bytes(os.path.join(folder, LOWER_FILE), data, 0o644, durable=False)
 
-    def _make_upper(self, path: str, parent_folder: str | None) -> None:
+    def _make_upper(self, path: str, parent_folder: str | None, maps: IDMappings) -> None:
         """The layer's root directory: owned and moded like the parent's (the root of a union)."""
         os.mkdir(path)
         if parent_folder is not None:
             st = os.stat(self._upper(parent_folder))
             uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
         else:
-            uid = self.config.idmaps.uids.to_host(0)
-            gid = self.config.idmaps.gids.to_host(0)
+            uid = maps.uids.to_host(0)
+            gid = maps.gids.to_host(0)
             mode = 0o755
         try:
             os.chown(path, uid, gid)

@@ -34,6 +34,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import ClassVar
 
+    from graphdriver.idmap import IDMappings
+
 #: The layer's root filesystem, inside its folder.
 FS_DIR = "fs"
 
@@ -46,6 +48,8 @@ class VfsDriver(Driver):
 
     name: ClassVar[str] = "vfs"
     OPTIONS: ClassVar[frozenset[str]] = frozenset({"copy"})
+    #: A child is a copy of its parent: with other id maps, a copy with its owners shifted.
+    SHIFTS_IDS: ClassVar[bool] = True
 
     def __init__(self, config: DriverConfig) -> None:
         mode = config.options.get("copy", "auto")
@@ -101,8 +105,9 @@ class VfsDriver(Driver):
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
         fs = os.path.join(folder, FS_DIR)
+        maps = opts.idmaps or self.config.idmaps
         if parent is None:
-            self._make_root(fs)
+            self._make_root(fs, maps)
             return
         source = self._fs(parent)
         try:
@@ -115,12 +120,16 @@ class VfsDriver(Driver):
                 # A parent in another store may sit on a filesystem that cannot share.
                 raise Unsupported(what, f"cannot clone the files of parent {parent}: {e}") from e
             raise GraphDriverError(what, f"cannot copy the tree of parent {parent}: {e}") from e
+        if opts.parent_idmaps is not None and opts.parent_idmaps != maps:
+            from graphdriver.fs.tree import shift_owners
 
-    def _make_root(self, fs: str) -> None:
+            shift_owners(fs, lambda uid, gid: opts.parent_idmaps.translate(maps, uid, gid))  # type: ignore[union-attr]
+
+    def _make_root(self, fs: str, maps: IDMappings) -> None:
         """An empty root directory: 0755, owned by the id maps' root."""
         os.mkdir(fs)
-        uid = self.config.idmaps.uids.to_host(0)
-        gid = self.config.idmaps.gids.to_host(0)
+        uid = maps.uids.to_host(0)
+        gid = maps.gids.to_host(0)
         try:
             os.chown(fs, uid, gid)
         except OSError as e:

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 
 from graphdriver.fs import privileged
 from graphdriver.plain import Plain
@@ -42,6 +43,7 @@ _RW_CHUNK = 1 << 20  # buffer of the read/write fallback
 #: Directories deeper than this release their ancestors' descriptors (reopened via "..").
 MAX_OPEN_DEPTH = 128
 
+_CAPABILITY = "security.capability"  # cleared by chown, put back by shift_owners
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -102,6 +104,67 @@ def reflink_supported(directory: str) -> bool:
         for fd in fds:
             os.close(fd)
     return True
+
+
+def shift_owners(root: str, translate: Callable[[int, int], tuple[int, int]]) -> int:
+    """Give every entry under *root* (itself included) the owner ``translate(uid, gid)``; returns how many.
+
+    What a chown clears is put back: setuid/setgid bits and file capabilities.
+    Symlinks are changed themselves, never followed; the walk keeps one
+    descriptor per level and no recursion.
+    """
+    changed = 0
+    stack: list[tuple[int, list[str]]] = []
+    done: set[tuple[int, int]] = set()  # hard-linked inodes already shifted through another name
+
+    def shift(dir_fd: int | None, name: str) -> bool:
+        nonlocal changed
+        st = os.lstat(name, dir_fd=dir_fd)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in done:
+                return False
+            done.add((st.st_dev, st.st_ino))
+        owner = translate(st.st_uid, st.st_gid)
+        if owner == (st.st_uid, st.st_gid):
+            return stat.S_ISDIR(st.st_mode)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                try:
+                    caps: bytes | None = os.getxattr(fd, _CAPABILITY)
+                except OSError:
+                    caps = None
+                os.fchown(fd, *owner)
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+                if caps is not None:
+                    os.setxattr(fd, _CAPABILITY, caps)
+            finally:
+                os.close(fd)
+        else:
+            os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)
+        changed += 1
+        return stat.S_ISDIR(st.st_mode)
+
+    shift(None, root)
+    fd = os.open(root, _DIR_FLAGS)
+    stack.append((fd, os.listdir(fd)))
+    try:
+        while stack:
+            fd, names = stack[-1]
+            if not names:
+                os.close(fd)
+                stack.pop()
+                continue
+            name = names.pop()
+            if shift(fd, name):
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                stack.append((sub, os.listdir(sub)))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return changed
 
 
 def remove_tree(path: str) -> None:

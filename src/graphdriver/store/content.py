@@ -18,39 +18,44 @@ if TYPE_CHECKING:
     from graphdriver.diff.changes import Change
     from graphdriver.drivers.base import Comparison, Driver
     from graphdriver.fs.confine import ConfinedDirs
+    from graphdriver.idmap import IDMappings
     from graphdriver.layerio.extract import EntrySource
     from graphdriver.layerio.getter import FileGetter
     from graphdriver.layerio.ingest import IngestResult
 
+    #: The old tree's (uid, gid) as the compared layer stores them.
+    Owner = Callable[[int, int], tuple[int, int]]
     Writer = Callable[[EntrySource, ConfinedDirs], int]
 
 
-def apply(driver: Driver, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None
-          ) -> IngestResult:
+def apply(driver: Driver, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None,
+          idmaps: IDMappings | None = None) -> IngestResult:
     """Apply a (possibly compressed) tarball to the layer in one pass, learning its digests.
 
     *tarsplit_out* receives the gzip-compressed tar-split metadata.  Extraction
     runs confined to the driver's apply target (see :mod:`graphdriver.fs.confine`).
+    *idmaps* are the layer's (default: the store's).
     """
     from graphdriver.layerio.ingest import ingest
 
     driver.check_apply(layer_id)
     target = driver.apply_target(layer_id)
+    maps = driver.config.idmaps if idmaps is None else idmaps
     if driver.LAYER_FORMAT == WINDOWS_FORMAT:
-        write = _windows_writer(driver, target.whiteouts == OVERLAY_WHITEOUTS)
+        write = _windows_writer(maps, target.whiteouts == OVERLAY_WHITEOUTS)
     else:
-        write = _oci_writer(driver, target.whiteouts, target.lower_dirs, target.opaque_xattr)
+        write = _oci_writer(maps, target.whiteouts, target.lower_dirs, target.opaque_xattr)
     result = ingest(stream, target.path, write, extra_dirs=target.lower_dirs, tarsplit_out=tarsplit_out)
     driver.after_apply(layer_id)
     return result
 
 
-def _oci_writer(driver: Driver, whiteouts: str, lowers: tuple[str, ...], opaque_xattr: str) -> Writer:
+def _oci_writer(idmaps: IDMappings, whiteouts: str, lowers: tuple[str, ...], opaque_xattr: str) -> Writer:
     from graphdriver.layerio.extract import ApplyOptions, extract_entries
     from graphdriver.layerio.whiteout import WhiteoutMode
 
     opts = ApplyOptions(
-        idmaps=driver.config.idmaps,
+        idmaps=idmaps,
         whiteouts=WhiteoutMode(whiteouts),
         lower_dirs=lowers,
         opaque_xattr=opaque_xattr,
@@ -62,11 +67,10 @@ def _oci_writer(driver: Driver, whiteouts: str, lowers: tuple[str, ...], opaque_
     return write
 
 
-def _windows_writer(driver: Driver, whiteout_devices: bool) -> Writer:
+def _windows_writer(idmaps: IDMappings, whiteout_devices: bool) -> Writer:
     from graphdriver.layerio.windows import apply as winapply
     from graphdriver.layerio.windows.layer import MUTATED_FILES
 
-    idmaps = driver.config.idmaps
     owner = None if idmaps.identity else (idmaps.uids.to_host(0), idmaps.gids.to_host(0))
     plan = winapply.ApplyPlan(whiteout_devices=whiteout_devices, mutated=dict(MUTATED_FILES), owner=owner)
 
@@ -76,7 +80,7 @@ def _windows_writer(driver: Driver, whiteout_devices: bool) -> Writer:
     return write
 
 
-def _changes_of(c: Comparison, windows: bool) -> list[Change]:
+def _changes_of(c: Comparison, windows: bool, owner: Owner | None = None) -> list[Change]:
     """What the compared layer changed, paths relative to ``c.root``."""
     if windows and c.native:
         from graphdriver.layerio.windows.layer import own_changes
@@ -88,19 +92,21 @@ def _changes_of(c: Comparison, windows: bool) -> list[Change]:
         return upper.changes(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
     from graphdriver.diff.walk import changes_between
 
-    return changes_between(c.root, c.parent_root)
+    return changes_between(c.root, c.parent_root, owner)
 
 
-def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True) -> list[Change]:
+def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True,
+            owner: Owner | None = None) -> list[Change]:
     """What *layer_id* changed relative to *parent*, sorted by path.
 
     *native* False walks the two trees even where the driver could say it
     itself (to cross-check the two).  Windows layers name their changes as
-    ``/Files/...`` paths, as the seeds do.
+    ``/Files/...`` paths, as the seeds do.  *owner* translates the parent
+    tree's owners where the two layers store ids under other maps.
     """
     windows = driver.LAYER_FORMAT == WINDOWS_FORMAT
     with driver.compare(layer_id, parent, native=native) as c:
-        found = _changes_of(c, windows)
+        found = _changes_of(c, windows, owner)
     if windows:
         from graphdriver.diff.changes import Change
         from graphdriver.layerio.windows.layout import FILES
@@ -109,8 +115,13 @@ def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool =
     return found
 
 
-def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO) -> None:
-    """Write the layer tarball of what *layer_id* changed relative to *parent* to *out*."""
+def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO, *,
+           idmaps: IDMappings | None = None, owner: Owner | None = None) -> None:
+    """Write the layer tarball of what *layer_id* changed relative to *parent* to *out*.
+
+    Owners go out as container ids through *idmaps* (the layer's; default the store's).
+    """
+    maps = driver.config.idmaps if idmaps is None else idmaps
     with driver.compare(layer_id, parent) as c:
         if driver.LAYER_FORMAT == WINDOWS_FORMAT:
             from graphdriver.layerio.windows import layer
@@ -120,15 +131,16 @@ def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO) -> 
         elif c.lowers is not None:
             from graphdriver.diff import upper
 
-            upper.export(c.root, c.lowers, out, driver.config.idmaps, opaque_xattr=c.opaque_xattr)
+            upper.export(c.root, c.lowers, out, maps, opaque_xattr=c.opaque_xattr)
         else:
             from graphdriver.diff.walk import changes_between
             from graphdriver.layerio.export import export_changes
 
-            export_changes(c.root, changes_between(c.root, c.parent_root), out, driver.config.idmaps)
+            export_changes(c.root, changes_between(c.root, c.parent_root, owner), out, maps)
 
 
-def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True) -> int:
+def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True,
+         owner: Owner | None = None) -> int:
     """Bytes of regular files *layer_id* added or changed (hardlinked inodes counted once)."""
     from graphdriver.layerio.export import changes_size
 
@@ -137,7 +149,7 @@ def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = Tr
             from graphdriver.diff import upper
 
             return upper.size(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
-        return changes_size(c.root, _changes_of(c, driver.LAYER_FORMAT == WINDOWS_FORMAT))
+        return changes_size(c.root, _changes_of(c, driver.LAYER_FORMAT == WINDOWS_FORMAT, owner))
 
 
 def file_getter(driver: Driver, layer_id: str) -> FileGetter:

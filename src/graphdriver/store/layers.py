@@ -289,8 +289,12 @@ class Store:
         writable: bool = False,
         size: str | None = None,
         mount_label: str = "",
+        idmaps: IDMappings | None = None,
     ) -> LayerRecord:
-        """Create an empty layer on top of *parent* (the seeds' Create/CreateReadWrite)."""
+        """Create an empty layer on top of *parent* (the seeds' Create/CreateReadWrite).
+
+        *idmaps* gives the layer id maps of its own (default: the store's).
+        """
         check_id(layer_id)
         if parent is not None:
             check_id(parent, "parent id")
@@ -304,8 +308,10 @@ class Store:
         from graphdriver.drivers.base import CreateOpts
 
         with self._transaction(layer_id, "create") as tx:
-            record = self._new_record(tx, parent, writable)
-            opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt)
+            record = self._new_record(tx, parent, writable, idmaps)
+            own, parent_maps = self._create_maps(record)
+            opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt, idmaps=own,
+                              parent_idmaps=parent_maps)
             if writable:
                 self.driver.create_rw(layer_id, parent, opts)
             else:
@@ -318,13 +324,49 @@ class Store:
 
         return Transaction(self, layer_id, operation, undo=undo)
 
-    def _new_record(self, tx: Transaction, parent: str | None, writable: bool) -> LayerRecord:
+    def layer_maps(self, record: LayerRecord) -> IDMappings:
+        """The id maps *record*'s files are stored under: its own, else the store's."""
+        if record.uidmap is None and record.gidmap is None:
+            return self.driver.config.idmaps
+        from graphdriver.idmap import IDMappings
+
+        return IDMappings.parse(record.uidmap or "", record.gidmap or "")
+
+    def _create_maps(self, record: LayerRecord) -> tuple[IDMappings, IDMappings | None]:
+        """The id-map arguments of the driver's create: the layer's, and its parent's where they differ."""
+        own = self.layer_maps(record)
+        parent = self.layer_maps(self._find(record.parent)) if record.parent is not None else None
+        if parent is None or parent == own:
+            return own, None
+        if not self.driver.SHIFTS_IDS:
+            raise Unsupported(f"layer {record.id}", f"the {self.driver_name} driver cannot give a child "
+                              "other id maps than its parent's yet (vfs can: it shifts its copy)")
+        return own, parent
+
+    def _owner_translation(self, layer_id: str,
+                           base: str | None) -> Callable[[int, int], tuple[int, int]] | None:
+        """How *base*'s owners read in *layer_id*'s maps, when the two differ (None when not)."""
+        if base is None:
+            return None
+        own, theirs = self.layer_maps(self._find(layer_id)), self.layer_maps(self._find(base))
+        if own == theirs:
+            return None
+
+        def translate(uid: int, gid: int) -> tuple[int, int]:
+            try:
+                return theirs.translate(own, uid, gid)
+            except InvalidArgument:
+                return (-1, -1)  # outside the maps: never equal to a file's owner
+
+        return translate
+
+    def _new_record(self, tx: Transaction, parent: str | None, writable: bool,
+                    idmaps: IDMappings | None = None) -> LayerRecord:
         """In *tx*: refuse a duplicate or a missing parent, then write the layer's pending record."""
         layer_id = tx.layer_id
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
-        if parent is not None:
-            self._find(parent)
+        parent_record = self._find(parent) if parent is not None else None
         record = LayerRecord(
             id=layer_id,
             parent=parent,
@@ -332,10 +374,15 @@ class Store:
             writable=writable,
             driver=self.driver_name,
         )
+        if idmaps is not None:
+            record.uidmap, record.gidmap = str(idmaps.uids), str(idmaps.gids)
+        elif parent_record is not None:  # a child without maps of its own takes its parent's
+            record.uidmap, record.gidmap = parent_record.uidmap, parent_record.gidmap
         tx.mark(record)
         return record
 
-    def import_layer(self, layer_id: str, parent: str | None, stream: BinaryIO) -> LayerRecord:
+    def import_layer(self, layer_id: str, parent: str | None, stream: BinaryIO,
+                     idmaps: IDMappings | None = None) -> LayerRecord:
         """Create a read-only layer on *parent* and apply a (compressed) tarball to it.
 
         The layer stays pending (invisible to other commands, removed by
@@ -345,8 +392,11 @@ class Store:
         if parent is not None:
             check_id(parent, "parent id")
         with self._transaction(layer_id, "import") as tx:
-            record = self._new_record(tx, parent, False)
-            self.driver.create(layer_id, parent)
+            record = self._new_record(tx, parent, False, idmaps)
+            from graphdriver.drivers.base import CreateOpts
+
+            own, parent_maps = self._create_maps(record)
+            self.driver.create(layer_id, parent, CreateOpts(idmaps=own, parent_idmaps=parent_maps))
             with tx.unlocked():  # other writers go on while the layer is extracted
                 self._ingest_into(record, stream)
             tx.commit(record)
@@ -360,7 +410,8 @@ class Store:
             try:
                 from graphdriver.store import content
 
-                result = content.apply(self.driver, record.id, stream, tarsplit_out=out)
+                result = content.apply(self.driver, record.id, stream, tarsplit_out=out,
+                                       idmaps=self.layer_maps(record))
             except BaseException:
                 os.unlink(staging)
                 raise
@@ -429,7 +480,7 @@ class Store:
         try:
             from graphdriver.store import content
 
-            size = content.apply(self.driver, layer_id, stream).size
+            size = content.apply(self.driver, layer_id, stream, idmaps=self.layer_maps(record)).size
         except GraphDriverError as e:
             with self.locked():
                 stored = self.records.get(layer_id)
@@ -545,7 +596,7 @@ class Store:
         try:
             from graphdriver.store import content
 
-            return content.changes(self.driver, layer_id, base)
+            return content.changes(self.driver, layer_id, base, owner=self._owner_translation(layer_id, base))
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id, base)
 
@@ -589,7 +640,8 @@ class Store:
             return
         from graphdriver.store import content
 
-        content.export(self.driver, layer_id, base, out)
+        content.export(self.driver, layer_id, base, out, idmaps=self.layer_maps(record),
+                       owner=self._owner_translation(layer_id, base))
 
     def _has_tarsplit(self, record: Layer) -> bool:
         return record.diff_digest is not None and os.path.exists(self._tarsplit_of(record))
@@ -651,7 +703,7 @@ class Store:
                 inherited = self.driver.apply_target(record.parent).path
         with open(self._tarsplit_of(record), "rb") as f:
             meta, _kind = open_decompressed(f)
-            problems = tree_problems(read_entries(meta), root, self.driver.config.idmaps,
+            problems = tree_problems(read_entries(meta), root, self.layer_maps(record),
                                      inherited=inherited)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -732,7 +784,7 @@ class Store:
         try:
             from graphdriver.store import content
 
-            return content.size(self.driver, layer_id, base)
+            return content.size(self.driver, layer_id, base, owner=self._owner_translation(layer_id, base))
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id, base)
 

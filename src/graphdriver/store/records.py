@@ -43,13 +43,16 @@ _STORED: tuple[tuple[str, Any], ...] = (
     ("compression", None),
     ("uncompressed_size", None),
     ("chain_id", None),
+    # The layer's own id maps (container:host:size,...); None: the store's.
+    ("uidmap", None),
+    ("gidmap", None),
     # Why ``diff`` cannot give back the imported bytes (an archive that overwrites itself).
     ("unreproducible", None),
     # Why the layer's files cannot be trusted (an apply that did not finish); None when whole.
     ("damaged", None),
 )
 _OPTIONAL = ("diff_digest", "compressed_digest", "compressed_size", "compression", "uncompressed_size",
-             "chain_id", "unreproducible", "damaged")
+             "chain_id", "uidmap", "gidmap", "unreproducible", "damaged")
 
 
 class LayerRecord:
@@ -73,6 +76,8 @@ class LayerRecord:
     compression: str | None
     uncompressed_size: int | None
     chain_id: str | None
+    uidmap: str | None
+    gidmap: str | None
     unreproducible: str | None
     damaged: str | None
 
@@ -160,7 +165,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "parent": _OPT_STR, "created": (str,), "writable": (bool,), "driver": (str,),
     "size": _OPT_INT, "diff_digest": _OPT_STR, "compressed_digest": _OPT_STR,
     "compressed_size": _OPT_INT, "compression": _OPT_STR, "uncompressed_size": _OPT_INT, "chain_id": _OPT_STR,
-    "unreproducible": _OPT_STR, "damaged": _OPT_STR,
+    "unreproducible": _OPT_STR, "damaged": _OPT_STR, "uidmap": _OPT_STR, "gidmap": _OPT_STR,
 }
 
 
