@@ -141,7 +141,7 @@ def test_help_for_the_tool_and_each_command(root):
     from graphdriver.cliargs import COMMANDS
 
     r = cli(root, "--help")
-    assert r.returncode == 0 and b"Commands:" in r.stdout
+    assert r.returncode == 0 and b"Layers:" in r.stdout and b"Images:" in r.stdout
     for name in COMMANDS:
         assert f"  {name} ".encode() in r.stdout
         one = cli(root, name, "--help")

@@ -54,14 +54,20 @@ DOCS: dict[str, Doc] = {
                    ("graphdriver --json status", "the same as JSON")]),
     "create": Doc("layers", "Creates an empty layer on top of the parent (none: a base layer). Without --rw it is "
                   "an image layer, mounted read-only; with --rw a container layer whose mount is writable, and "
-                  "--size limits how much it may hold.",
+                  "--size limits how much it may hold. --uidmap/--gidmap after the command give the layer id "
+                  "maps of its own (a child takes its parent's by default): its files are stored with host ids "
+                  "shifted into the range, and diff and changes shift them back.",
                   [("graphdriver create ctr --parent base --rw", "a writable layer on base"),
-                   ("graphdriver create ctr --parent base --rw --size 2G", "limited to 2 GB")],
-                  {3: "the parent does not exist", 4: "the id is taken"}),
+                   ("graphdriver create ctr --parent base --rw --size 2G", "limited to 2 GB"),
+                   ("graphdriver create userns --uidmap 0:100000:65536", "files stored as uid 100000 and up")],
+                  {2: "overlapping or out-of-range id maps", 3: "the parent does not exist", 4: "the id is taken",
+                   7: "the driver cannot give a child other id maps than its parent's (windowsfilter)"}),
     "import": Doc("layers", "Creates a read-only layer and applies a layer tarball to it in one pass: the input is "
                   "hashed (compressed and uncompressed: the DiffID), recorded as tar-split metadata so that diff "
                   "gives the same bytes back, and extracted confined to the layer. Prints the bytes applied.",
                   [("graphdriver import base rootfs.tar.gz", "a base layer from a gzip tarball"),
+                   ("graphdriver import base --uidmap 0:100000:65536 rootfs.tar", "owners shifted into a "
+                    "user namespace's range"),
                    ("zstd -dc l.tar.zst | graphdriver import app --parent base -", "from standard input")],
                   {3: "the parent does not exist", 4: "the id is taken", 6: "the tarball is corrupt"}),
     "apply": Doc("layers", "Applies a layer tarball to an existing layer (the seeds' ApplyDiff): whiteouts delete, "

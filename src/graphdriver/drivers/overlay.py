@@ -266,6 +266,8 @@ class OverlayDriver(Driver):
     """Layers as overlayfs upper directories stacked by the kernel (or fuse-overlayfs)."""
 
     name: ClassVar[str] = "overlay"
+    #: A child with other id maps than its parent starts from a shifted copy of the parent's tree.
+    SHIFTS_IDS: ClassVar[bool] = True
     OPTIONS: ClassVar[frozenset[str]] = frozenset({"mount_program", "mountopt", "mount_api"})
 
     def __init__(self, config: DriverConfig) -> None:
@@ -423,7 +425,10 @@ class OverlayDriver(Driver):
         where = folder
         if size is not None and self.size_method is not None:
             where = sizelimit.prepare(folder, int(size), self.size_method, self.home)
-        self._make_upper(os.path.join(where, DIFF_DIR), parent_folder, opts.idmaps or self.config.idmaps)
+        maps = opts.idmaps or self.config.idmaps
+        self._make_upper(os.path.join(where, DIFF_DIR), parent_folder, maps)
+        if parent is not None and opts.parent_idmaps is not None and opts.parent_idmaps != maps:
+            self._shifted_copy_up(parent, os.path.join(where, DIFF_DIR), opts.parent_idmaps, maps)
         os.mkdir(os.path.join(where, WORK_DIR), 0o700)
         if where != folder:
             for name in (DIFF_DIR, WORK_DIR):
@@ -441,6 +446,24 @@ class OverlayDriver(Driver):
                 entries.append(e if own else f"{parent_home}/{e}")
             data = ":".join(entries).encode()
             atomic.write_bytes(os.path.join(folder, LOWER_FILE), data, 0o644, durable=False)
+
+    def _shifted_copy_up(self, parent: str, upper: str, theirs: IDMappings, mine: IDMappings) -> None:
+        """A child with other id maps than its parent: its upper directory starts as a copy of the
+        parent's whole tree with every owner shifted into its maps, opaque at the root so the lower
+        layers (stored under the parent's maps) are hidden.  (Idmapped lower layers would share
+        them instead; this copy works on every kernel.)"""
+        from graphdriver.fs import syscalls
+        from graphdriver.fs.tree import copy_tree, shift_owners
+
+        os.rmdir(upper)
+        with self.mounted(parent) as merged:
+            copy_tree(merged, upper)
+        shift_owners(upper, lambda uid, gid: theirs.translate(mine, uid, gid))
+        fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            syscalls.fsetxattr(fd, self.opaque_xattr, b"y")
+        finally:
+            os.close(fd)
 
     def _make_upper(self, path: str, parent_folder: str | None, maps: IDMappings) -> None:
         """The layer's root directory: owned and moded like the parent's (the root of a union)."""

@@ -116,13 +116,13 @@ def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool =
 
 
 def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO, *,
-           idmaps: IDMappings | None = None, owner: Owner | None = None) -> None:
+           idmaps: IDMappings | None = None, owner: Owner | None = None, native: bool = True) -> None:
     """Write the layer tarball of what *layer_id* changed relative to *parent* to *out*.
 
     Owners go out as container ids through *idmaps* (the layer's; default the store's).
     """
     maps = driver.config.idmaps if idmaps is None else idmaps
-    with driver.compare(layer_id, parent) as c:
+    with driver.compare(layer_id, parent, native=native) as c:
         if driver.LAYER_FORMAT == WINDOWS_FORMAT:
             from graphdriver.layerio.windows import layer
 

@@ -340,7 +340,7 @@ class Store:
             return own, None
         if not self.driver.SHIFTS_IDS:
             raise Unsupported(f"layer {record.id}", f"the {self.driver_name} driver cannot give a child "
-                              "other id maps than its parent's yet (vfs can: it shifts its copy)")
+                              "other id maps than its parent's")
         return own, parent
 
     def _owner_translation(self, layer_id: str,
@@ -596,7 +596,9 @@ class Store:
         try:
             from graphdriver.store import content
 
-            return content.changes(self.driver, layer_id, base, owner=self._owner_translation(layer_id, base))
+            owner = self._owner_translation(layer_id, base)
+            # Trees stored under other maps are compared file by file, in container ids.
+            return content.changes(self.driver, layer_id, base, owner=owner, native=owner is None)
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id, base)
 
@@ -640,8 +642,9 @@ class Store:
             return
         from graphdriver.store import content
 
-        content.export(self.driver, layer_id, base, out, idmaps=self.layer_maps(record),
-                       owner=self._owner_translation(layer_id, base))
+        owner = self._owner_translation(layer_id, base)
+        content.export(self.driver, layer_id, base, out, idmaps=self.layer_maps(record), owner=owner,
+                       native=owner is None)
 
     def _has_tarsplit(self, record: Layer) -> bool:
         return record.diff_digest is not None and os.path.exists(self._tarsplit_of(record))
@@ -690,6 +693,8 @@ class Store:
         """
         if not self.driver.FILES_AS_IN_TARBALL:
             return
+        import contextlib
+
         from graphdriver.layerio.compression import open_decompressed
         from graphdriver.layerio.tarsplit import read_entries
         from graphdriver.layerio.verify import tree_problems
@@ -697,14 +702,19 @@ class Store:
         # The layer's own files (an overlay upper directory, never a live union
         # mount), or its full tree, whose parent's paths are then no extra files.
         root, inherited = self.driver.own_files(record.id), None
+        shifted = self._owner_translation(record.id, record.parent) is not None
         if root is None:
             root = self.driver.apply_target(record.id).path
             if record.parent is not None:
                 inherited = self.driver.apply_target(record.parent).path
-        with open(self._tarsplit_of(record), "rb") as f:
-            meta, _kind = open_decompressed(f)
-            problems = tree_problems(read_entries(meta), root, self.layer_maps(record),
-                                     inherited=inherited)
+        with contextlib.ExitStack() as stack:
+            if shifted and inherited is None and record.parent is not None:
+                # Its own files start as a shifted copy of its parent's whole tree.
+                inherited = stack.enter_context(self.driver.mounted(record.parent))
+            with open(self._tarsplit_of(record), "rb") as f:
+                meta, _kind = open_decompressed(f)
+                problems = tree_problems(read_entries(meta), root, self.layer_maps(record),
+                                         inherited=inherited)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise IntegrityError(
@@ -784,7 +794,8 @@ class Store:
         try:
             from graphdriver.store import content
 
-            return content.size(self.driver, layer_id, base, owner=self._owner_translation(layer_id, base))
+            owner = self._owner_translation(layer_id, base)
+            return content.size(self.driver, layer_id, base, owner=owner, native=owner is None)
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id, base)
 
