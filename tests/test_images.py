@@ -402,3 +402,58 @@ def test_a_compressed_archive_loads_and_a_blob_linked_outside_is_refused(tmp_pat
     third.mkdir()
     refused = gd(third, "vfs", "image", "load", str(tmp_path / "in"), check=False)
     assert refused.returncode == 6 and gd(third, "vfs", "layers").stdout == b""
+
+
+def test_names_come_before_ids_and_a_bare_tag_names_nothing(tmp_path):
+    oci_layout(tmp_path / "a", [LAYER1], name="docker.io/library/cafe:latest")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a"))
+    gd(tmp_path, "vfs", "image", "tag", "cafe", "localhost/other:1")
+    # "cafe" is the name cafe:latest, not an id prefix: only that name goes.
+    assert gd(tmp_path, "vfs", "image", "rm", "cafe").stdout == b"Untagged: cafe\n"
+    assert json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/other:1").stdout)["Names"] == [
+        "localhost/other:1"]
+    # A layout whose only name is a bare tag ("latest", as skopeo oci:dir:latest writes) loads unnamed.
+    layout = tmp_path / "bare"
+    oci_layout(layout, [LAYER2], name="x")
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "latest"}
+    (layout / "index.json").write_text(json.dumps(index))
+    out = gd(tmp_path, "vfs", "image", "load", str(layout)).stdout.decode().strip()
+    assert out.startswith("sha256:")
+    assert "docker.io/library/latest" not in gd(tmp_path, "vfs", "image", "ls").stdout.decode()
+
+
+def test_a_truncated_archive_is_refused_in_one_line_and_leaves_no_temporary_file(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/t:1")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "image", "save", "localhost/t:1", "-o", str(tmp_path / "t.tar"))
+    whole = (tmp_path / "t.tar").read_bytes()
+    before = set(os.listdir("/tmp"))
+    cuts = (("cut.tar", whole[: len(whole) // 2 + 100]), ("cut.tar.gz", gzip.compress(whole)[:-40]))
+    for name, data in cuts:
+        (tmp_path / name).write_bytes(data)
+        proc = gd(tmp_path / "other", "vfs", "image", "load", str(tmp_path / name), check=False)
+        assert proc.returncode in (3, 6) and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert b"internal error" not in proc.stderr
+    assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith("graphdriver-load-")]
+
+
+def test_two_loads_sharing_a_base_layer_at_once_both_succeed(tmp_path):
+    big = make_tar({"big": F(os.urandom(8 << 20))})
+    oci_layout(tmp_path / "a", [big, LAYER1], name="localhost/a:1", gzipped=False)
+    oci_layout(tmp_path / "b", [big, LAYER2], name="localhost/b:1", gzipped=False)
+    (tmp_path / "store").mkdir()
+    gd(tmp_path, "vfs", "layers")  # the store exists before the race
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    procs = [subprocess.Popen([sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"),
+                               "--run-root", str(tmp_path / "run"), "--driver", "vfs", "image", "load",
+                               str(tmp_path / x)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for x in ("a", "b")]
+    results = [(p.wait(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    assert all(code == 0 for code, _ in results), results
+    assert len(gd(tmp_path, "vfs", "layers").stdout.split()) == 3  # the base once
+    assert gd(tmp_path, "vfs", "check").returncode == 0

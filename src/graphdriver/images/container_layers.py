@@ -101,6 +101,8 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
             raise AlreadyExists(f"container {name}", f"a layer {layer_id} exists")
     with Pending(images, f"container {name}") as pending:
         try:
+            if record.top_layer is not None:
+                pending.use(record.top_layer)
             pending.add(init)
             _make_init(store, init, record.top_layer)
             pending.add(name)
@@ -191,9 +193,10 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
         layer_id = oci.hex_of(oci.chain_ids(diff_ids)[-1])
         now = now_rfc3339()
         with Pending(images, f"commit {name}") as pending:
+            pending.use(layer_id)
             if not store.exists(layer_id):
-                pending.add(layer_id)
                 tmp.seek(0)
+                pending.add(layer_id)
                 record = store.import_layer(layer_id, base.top_layer, tmp)  # type: ignore[arg-type]
                 if record.diff_digest != diff_id:
                     store.remove(layer_id)

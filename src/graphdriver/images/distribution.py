@@ -81,10 +81,15 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
     assert isinstance(reg, Registry)
     os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
     def one(desc: oci.Descriptor, advance: Callable[[int], None] | None) -> None:
+        from graphdriver.fs.locking import locked
+
         final = images.blob_path(desc.digest)
         partial = final + ".download"  # kept across runs: a new pull resumes it
-        reg.download(desc, partial, advance)
-        os.rename(partial, final)
+        with locked(partial + ".lock"):  # one download of a blob at a time, across processes
+            if not os.path.exists(final):
+                reg.download(desc, partial, advance)
+                os.rename(partial, final)
+        atomic.remove_file(partial + ".lock")
 
     with progress.bars(quiet) as add, ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         jobs = [pool.submit(one, d, add(f"layer {d.digest[7:19]}", d.size) if add else None) for d in descs]
@@ -102,7 +107,8 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
     images = ImageStore(store.root)
     record = images.resolve(name)
     if record.manifest is None or record.layer_blobs is None:
-        record = _compress_for_push(store, images, record)
+        with Pending(images, f"push {record.id}"):  # its new blobs are not cleaned up meanwhile
+            record = _compress_for_push(store, images, record)
     assert record.manifest is not None and record.layer_blobs is not None
     dest = reference.parse(destination)
     say = report or (lambda _line: None)

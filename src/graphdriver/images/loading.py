@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from graphdriver.errors import IntegrityError
+from graphdriver.errors import AlreadyExists, IntegrityError
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import locked
 from graphdriver.images import oci
@@ -38,7 +38,9 @@ class Pending:
         self.images = images
         self.path = os.path.join(images.pending_dir, f"{secrets.token_hex(8)}.json")
         self.what = what
+        #: Layers this work made (removed again if it fails), and layers it reuses.
         self.made: list[str] = []
+        self.uses: list[str] = []
         self._lock: locked | None = None
 
     def __enter__(self) -> Pending:
@@ -49,11 +51,22 @@ class Pending:
         return self
 
     def _write(self) -> None:
-        atomic.write_json(self.path, {"what": self.what, "layers": self.made, "pid": os.getpid()})
+        atomic.write_json(self.path, {"what": self.what, "layers": self.made, "uses": self.uses,
+                                      "pid": os.getpid()})
 
     def add(self, layer_id: str) -> None:
-        """Say *layer_id* is about to be made by this work (before it is)."""
+        """Say this work makes *layer_id* (before it does: a crash during it is then undone)."""
         self.made.append(layer_id)
+        self._write()
+
+    def forget(self, layer_id: str) -> None:
+        """*layer_id* turned out to be another process's to make."""
+        self.made.remove(layer_id)
+        self._write()
+
+    def use(self, layer_id: str) -> None:
+        """Say this work relies on *layer_id* (so no removal takes it meanwhile)."""
+        self.uses.append(layer_id)
         self._write()
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
@@ -61,6 +74,27 @@ class Pending:
         if self._lock is not None:
             self._lock.__exit__(None, None, None)
         atomic.remove_file(self.path + ".lock")
+
+
+def busy_layers(images: ImageStore) -> set[str]:
+    """Layers that load, pull, commit or container work still running has made or relies on."""
+    from graphdriver.fs.locking import is_held
+
+    out: set[str] = set()
+    try:
+        names = [n for n in os.listdir(images.pending_dir) if n.endswith(".json")]
+    except FileNotFoundError:
+        return out
+    for name in names:
+        path = os.path.join(images.pending_dir, name)
+        if not is_held(path + ".lock"):
+            continue
+        try:
+            marker = atomic.read_json(path)
+            out.update(str(x) for x in (*marker.get("layers", []), *marker.get("uses", [])))
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return out
 
 
 def load_images(store: Store, sources: list[SourceImage], *, quiet: bool = True,
@@ -87,14 +121,22 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
             for i, (layer, diff_id) in enumerate(zip(src.layers, diff_ids, strict=True)):
                 parent = layer_ids[i - 1] if i else None
                 label = f"layer {i + 1}/{len(diff_ids)} {diff_id[7:19]}"
-                if store.exists(layer_ids[i]):
+                pending.use(layer_ids[i])
+                if _present(store, layer_ids[i]):
                     _check_reused(store, layer_ids[i], diff_id)
                     _keep_blob(images, layer, diff_id, fresh)
                     if report is not None:
                         report(f"{label}: already present")
                 else:
-                    pending.add(layer_ids[i])
-                    _import(store, images, layer, layer_ids[i], parent, diff_id, label, quiet, fresh)
+                    pending.add(layer_ids[i])  # before the import: a crash during it is ours to undo
+                    try:
+                        _import(store, images, layer, layer_ids[i], parent, diff_id, label, quiet, fresh)
+                    except AlreadyExists:
+                        # Another process imports it: not ours to undo; wait for it, then share it.
+                        pending.forget(layer_ids[i])
+                        if not _present(store, layer_ids[i], wait=True):
+                            raise
+                        _check_reused(store, layer_ids[i], diff_id)
                 if layer.descriptor is not None and layer.descriptor.media_type not in _UNCOMPRESSED \
                         and images.has_blob(layer.descriptor.digest):
                     kept.append(layer.descriptor.digest)
@@ -140,6 +182,17 @@ def _existing(images: ImageStore, image_id: str) -> ImageRecord | None:
         if r.id == image_id:
             return r
     return None
+
+
+def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
+    """Whether *layer_id* is stored; with *wait*, first waits (up to an hour) while
+    another process's import of it is pending."""
+    import time
+
+    deadline = time.monotonic() + 3600
+    while wait and store.records.is_pending(layer_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return store.exists(layer_id)
 
 
 def _check_reused(store: Store, layer_id: str, diff_id: str) -> None:

@@ -33,18 +33,13 @@ def save(store: Store, name: str, path: str, fmt: str = "docker-archive", *,
     """Write image *name* to *path* as a docker-archive, an oci-archive or an OCI layout (``oci``)."""
     from graphdriver.images import saving
 
-    record = ImageStore(store.root).resolve(name)
+    record, by_name = ImageStore(store.root).lookup(name)
     names = record.names
-    if not _is_id(name):
+    if by_name:
         ref = str(reference.parse(name))
         names = [ref] if ref in record.names else record.names
     saving.save(store, record, path, fmt, names, quiet=quiet)
     return record
-
-
-def _is_id(name: str) -> bool:
-    text = name.removeprefix("sha256:")
-    return len(text) >= 4 and all(c in "0123456789abcdef" for c in text)
 
 
 def images(store: Store) -> list[ImageRecord]:
@@ -103,8 +98,8 @@ def remove(store: Store, name: str) -> list[str]:
 
     store_images = ImageStore(store.root)
     with store.locked():
-        record = store_images.resolve(name)
-        if not _is_id(name):
+        record, by_name = store_images.lookup(name)
+        if by_name:
             full = str(reference.parse(name))
             if full in record.names and len(record.names) > 1:
                 record.names.remove(full)
@@ -122,10 +117,11 @@ def remove(store: Store, name: str) -> list[str]:
 
 
 def used_layers(store: Store) -> set[str]:
-    """Layers some image or container needs (with every ancestor of those)."""
+    """Layers some image, container or running load, pull or commit needs."""
     from graphdriver.images import container_layers as containers
+    from graphdriver.images.loading import busy_layers
 
-    used: set[str] = set()
+    used: set[str] = busy_layers(ImageStore(store.root))
     for r in ImageStore(store.root).all():
         used.update(r.layers)
     for c in containers.containers(store):

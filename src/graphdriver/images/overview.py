@@ -146,6 +146,9 @@ def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False
             keep.update(image.layers)
     for layer_id in usage.container_of:
         keep.add(layer_id)
+    from graphdriver.images.loading import busy_layers
+
+    keep |= busy_layers(ImageStore(store.root))  # what running loads and pulls make or reuse
     # Ancestors of what is kept stay too.
     kept_all: set[str] = set()
     for layer_id in keep:
@@ -180,10 +183,18 @@ def prune(store: Store, *, layers: bool = False) -> list[str]:
     images = ImageStore(store.root)
     done = []
     with store.locked():
+        current = {r.id: r for r in images.all()}
         for image_id in plan["images"]:
-            images.delete(image_id)
-            done.append(f"deleted image {image_id}")
+            if image_id in current and not current[image_id].names:  # still unnamed, under the lock
+                images.delete(image_id)
+                done.append(f"deleted image {image_id}")
+    from graphdriver.images.manage import used_layers
+
+    used = used_layers(store)  # again, now: a name may have come back, a load begun
     for layer_id in plan["layers"]:
+        if layer_id in used:
+            done.append(f"kept layer {layer_id}: it is in use again")
+            continue
         try:
             if store.driver.mount_count(layer_id) > 0:
                 done.append(f"kept layer {layer_id}: it is mounted")

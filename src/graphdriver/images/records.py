@@ -121,23 +121,34 @@ class ImageStore:
 
     def resolve(self, name: str) -> ImageRecord:
         """The image *name* names: a reference, a digest reference, or an id (or a unique prefix of one)."""
+        return self.lookup(name)[0]
+
+    def lookup(self, name: str) -> tuple[ImageRecord, bool]:
+        """:meth:`resolve`, and whether *name* matched as a name (else as an id).
+
+        Names are tried first, as Docker does: ``cafe`` is the image named
+        ``cafe:latest`` before it is an id starting with ``cafe``.
+        """
         images = self.all()
+        ref = None
+        try:
+            ref = reference.parse(name)
+        except InvalidArgument:
+            pass
+        if ref is not None:
+            for r in images:
+                if (ref.digest is not None and r.manifest == ref.digest) or (
+                        ref.digest is None and str(ref) in r.names):
+                    return r, True
         text = name.removeprefix("sha256:")
         if len(text) >= 4 and set(text) <= _HEX:
             found = [r for r in images if hex_of(r.id).startswith(text)]
             if len(found) == 1:
-                return found[0]
+                return found[0], False
             if len(found) > 1:
                 raise InvalidArgument(f"image {shorten(name)!r}", "ambiguous: several image ids start so")
-        ref = reference.parse(name)
-        if ref.digest is not None:
-            for r in images:
-                if r.manifest == ref.digest:
-                    return r
-        else:
-            for r in images:
-                if str(ref) in r.names:
-                    return r
+        if ref is None:
+            reference.parse(name)  # raises: neither a name nor an id
         raise NotFound(f"image {shorten(name)!r}", "no such image")
 
     def untag(self, name: str) -> ImageRecord | None:

@@ -76,7 +76,10 @@ def _remove_partials(images: ImageStore) -> list[str]:
             continue
         for name in names:
             _, sep, pid = name.rpartition(".partial-")
-            if sep and pid.isdigit() and not pid_alive(int(pid)):
+            dead = sep and pid.isdigit() and not pid_alive(int(pid))
+            # A pull's partial download nobody is writing (kept for a pull to resume until now).
+            stale_download = name.endswith(".download") and not is_held(os.path.join(folder, name) + ".lock")
+            if dead or stale_download:
                 atomic.remove_file(os.path.join(folder, name))
                 done.append(f"removed the half-written image file {name}")
     return done

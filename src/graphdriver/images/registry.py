@@ -129,7 +129,20 @@ class Registry:
     # ----- requests, auth and retries ----------------------------------------------------------
 
     def _url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else self.base + path
+        if path.startswith(("http://", "https://")):
+            return path
+        if path.startswith("/"):  # a Location relative to the registry (the spec allows it)
+            from urllib.parse import urljoin
+
+            return urljoin(self.base, path)
+        return self.base + path
+
+    def _location(self, resp: Any) -> str:
+        location = resp.headers.get("Location")
+        if not location:
+            raise RegistryError(f"registry {self.host}",
+                                f"an upload answer ({resp.status_code}) without Location")
+        return str(location)
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), scope_repo: str | None = None,
                 **kw: Any) -> Any:
@@ -202,6 +215,7 @@ class Registry:
         if scheme != "bearer" or "realm" not in params:
             raise Unsupported(f"registry {self.host}", f"unknown authentication {shorten(header)!r}")
         scope = params.get("scope") or f"repository:{repo}:{self.actions}"
+        self.tokens.pop(scope, None)  # asked again: the one we had expired (or never was)
         if scope not in self.tokens:
             query = {"service": params.get("service", self.host), "scope": scope}
             auth = self.creds
@@ -249,13 +263,24 @@ class Registry:
                  progress: Callable[[int], None] | None = None) -> None:
         """Download blob *desc* to *path* (resuming a partial file there), checked against its digest."""
         have = os.path.getsize(path) if os.path.exists(path) else 0
+        if have > desc.size:
+            os.unlink(path)
+            have = 0
         for attempt in range(ATTEMPTS):
+            if have == desc.size:
+                break  # a partial file already whole (its process died while checking it)
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 resp = self.request("GET", f"{self.repo}/blobs/{desc.digest}", ok=(200, 206), stream=True,
                                     headers=headers)
                 if resp.status_code == 200 and have:
                     have = 0  # the registry ignored the range: start over
+                elif resp.status_code == 206 and not str(resp.headers.get("Content-Range", "")).startswith(
+                        f"bytes {have}-"):
+                    resp.close()
+                    os.unlink(path)
+                    have = 0  # not the range asked for: start over
+                    continue
                 with open(path, "ab" if have else "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
                         if have + len(chunk) > desc.size:  # a registry sending more than it said
@@ -306,7 +331,7 @@ class Registry:
         from graphdriver import progress
 
         resp = self.request("POST", f"{self.repo}/blobs/uploads/", ok=(202,))
-        location = resp.headers["Location"]
+        location = self._location(resp)
         resp.close()
         bar_off = quiet or size < 1 << 20
         with opener() as raw, progress.reading(raw, f"push {digest[7:19]}", size, bar_off) as f:
@@ -323,7 +348,7 @@ class Registry:
                 resp = self.request("PATCH", location, ok=(202,), data=chunk, headers={
                     "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{end}",
                     "Content-Length": str(len(chunk))})
-                location = resp.headers.get("Location", location)
+                location = resp.headers.get("Location") or location
                 resp.close()
                 sent += len(chunk)
         done = self.request("PUT", _with_digest(location, digest), ok=(201,), headers={"Content-Length": "0"})

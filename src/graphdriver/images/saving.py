@@ -11,6 +11,7 @@ are the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -52,10 +53,16 @@ class _Output:
         self.folder = path if folder else None
         self.tar: BinaryIO | None = None
         self.written: set[str] = set()
+        self.path = path
+        # A device, a fifo or /dev/stdout is written into, never replaced.
+        special = os.path.exists(path) and not os.path.isfile(path) and not folder
+        self.staging = path if special else f"{path}.partial-{os.getpid()}"
         if folder:
             os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
         else:
-            self.tar = open(path, "wb")  # closed by close()
+            # Written beside the target and renamed over it once whole: a failed save
+            # leaves what was there before.
+            self.tar = open(self.staging, "wb")  # closed by close() or abort()
 
     def add_bytes(self, name: str, data: bytes) -> None:
         self.add_stream(name, len(data), lambda out: out.write(data))
@@ -96,7 +103,24 @@ class _Output:
     def close(self) -> None:
         if self.tar is not None:
             self.tar.write(bytes(2 * _BLOCK))
+            self.tar.flush()
+            with contextlib.suppress(OSError):  # a pipe cannot be synced
+                os.fsync(self.tar.fileno())
             self.tar.close()
+            if self.staging != self.path:
+                os.replace(self.staging, self.path)
+
+    def abort(self) -> None:
+        """Drop what a failed save wrote (the target keeps what it held)."""
+        if self.tar is not None:
+            self.tar.close()
+            if self.staging != self.path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.staging)
+        elif self.folder is not None:
+            for name in self.written:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.folder, name) + ".partial")
 
 
 def _check_size(name: str, got: int, want: int) -> None:
@@ -122,8 +146,10 @@ def save(store: Store, record: ImageRecord, path: str, fmt: str = "docker-archiv
             _docker_archive(store, images, record, out, names)
         else:
             _oci_layout(store, images, record, out, names)
-    finally:
-        out.close()
+    except BaseException:
+        out.abort()
+        raise
+    out.close()
 
 
 def _layer_size(store: Store, layer_id: str) -> int:

@@ -21,7 +21,7 @@ import tarfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
+from graphdriver.errors import GraphDriverError, IntegrityError, InvalidArgument, NotFound, shorten
 from graphdriver.images import oci, reference
 from graphdriver.images.oci import Descriptor
 from graphdriver.plain import Plain
@@ -66,14 +66,18 @@ class _Files:
         self.tar: tarfile.TarFile | None = None
         self.temporary: str | None = None
         if self.dir is None:
-            path = self._decompressed(path)
             try:
-                self.tar = tarfile.open(path, "r:")  # closed by close()
-            except (tarfile.TarError, OSError) as e:
+                opened = self._decompressed(path)
+                self.tar = tarfile.open(opened, "r:")  # closed by close()
+                for m in self.tar.getmembers():
+                    self.members[_clean(m.name)] = m
+            except (tarfile.TarError, OSError, EOFError, GraphDriverError) as e:
                 self.close()
-                raise InvalidArgument(f"image archive {shorten(path)!r}", f"not a tar archive: {e}") from e
-            for m in self.tar.getmembers():
-                self.members[_clean(m.name)] = m
+                why = f"not a readable tar archive: {e}"
+                raise IntegrityError(f"image archive {shorten(path)!r}", why) from e
+            except BaseException:
+                self.close()
+                raise
 
     def _decompressed(self, path: str) -> str:
         """*path*, or a decompressed copy of it when it is compressed (``docker save | gzip``)."""
@@ -220,6 +224,8 @@ class Archive:
         index = oci.load_json(self.files.read("index.json"), f"{what}: index.json")
         out: list[SourceImage] = []
         for desc in _descriptors(index, f"{what}: index.json"):
+            if desc.media_type not in oci.MANIFESTS | oci.INDEXES:
+                continue  # an artifact or other kind: the image-index spec says to pass over it
             name = desc.annotations.get(oci.CONTAINERD_NAME) or desc.annotations.get(oci.REF_NAME)
             for manifest_desc in self._select(desc, what):
                 out.append(self._oci_image(manifest_desc, name, what))
@@ -241,11 +247,11 @@ class Archive:
         config_desc, layer_descs = oci.manifest_parts(oci.load_json(manifest, f"{what}: manifest"), what)
         config = self._blob(config_desc)
         names = []
-        if name:
+        if name and "/" in name.split("@")[0]:  # a bare tag ("latest", "1") names no repository
             try:
                 names.append(str(reference.parse(name)))
             except InvalidArgument:
-                pass  # a bare tag ("latest") names no repository
+                pass
         layers = [SourceLayer(self._opener(f"blobs/sha256/{oci.hex_of(d.digest)}"), d) for d in layer_descs]
         return SourceImage(config, names, layers, manifest)
 
