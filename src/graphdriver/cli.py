@@ -203,13 +203,17 @@ def cmd_remove(store: Store, args: Args) -> int:
     return 0
 
 
-def cmd_cleanup(store: Store, args: Args) -> int:
-    done = store.cleanup()
+def print_lines(args: Args, lines: list[str]) -> None:
+    """What a repair did: one line each, or a JSON list with --json."""
     if args.json:
-        _out(jsonio.dumps(done))
+        _out(jsonio.dumps(lines))
     else:
-        for line in done:
+        for line in lines:
             _out(line)
+
+
+def cmd_cleanup(store: Store, args: Args) -> int:
+    print_lines(args, store.cleanup())
     return 0
 
 

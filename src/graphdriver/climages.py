@@ -151,7 +151,8 @@ def df(store: Store, args: Args) -> int:
     if args.json:
         _out(jsonio.dumps(usage))
         return 0
-    h = overview.human
+    from graphdriver.units import format_size as h
+
     i, c, ly = usage["images"], usage["containers"], usage["layers"]
     _table([
         ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
@@ -164,14 +165,10 @@ def df(store: Store, args: Args) -> int:
 
 
 def prune(store: Store, args: Args) -> int:
+    from graphdriver.cli import print_lines
     from graphdriver.images import overview
 
-    done = overview.prune(store, layers=args.layers)
-    if args.json:
-        _out(jsonio.dumps(done))
-    else:
-        for line in done:
-            _out(line)
+    print_lines(args, overview.prune(store, layers=args.layers))
     return 0
 
 

@@ -18,21 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from graphdriver.images import container_layers as ctrs
 from graphdriver.images.records import ImageRecord, ImageStore
+from graphdriver.units import format_size
 
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
     from graphdriver.store.records import Layer
 
 _HEX = frozenset("0123456789abcdef")
-
-
-def human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 def is_image_layer_id(layer_id: str) -> bool:
@@ -84,7 +76,7 @@ def tree(store: Store) -> list[str]:
     def label(layer_id: str) -> str:
         layer = usage.layers[layer_id]
         shown = layer_id[:12] if is_image_layer_id(layer_id) else layer_id
-        parts = [shown, human(_own_size(layer))]
+        parts = [shown, format_size(_own_size(layer))]
         users = usage.image_users.get(layer_id, [])
         if len(users) > 1:
             parts.append("shared")
