@@ -145,12 +145,12 @@ def _compare_dir(walk: _Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
 
 def _differs(walk: _Walk, path: str, new: os.stat_result, old: os.stat_result) -> bool:
     """Whether an entry present in both trees changed (see the module docstring)."""
-    old_owner = (old.st_uid, old.st_gid) if walk.owner is None else walk.owner(old.st_uid, old.st_gid)
-    if (
-        new.st_mode != old.st_mode
-        or (new.st_uid, new.st_gid) != old_owner
-        or new.st_rdev != old.st_rdev
-    ):
+    if new.st_mode != old.st_mode or new.st_rdev != old.st_rdev:
+        return True
+    if walk.owner is None:  # the common case, per entry of every walk: no tuples
+        if new.st_uid != old.st_uid or new.st_gid != old.st_gid:
+            return True
+    elif (new.st_uid, new.st_gid) != walk.owner(old.st_uid, old.st_gid):
         return True
     mode = new.st_mode
     if stat.S_ISDIR(mode):

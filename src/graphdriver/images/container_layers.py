@@ -175,20 +175,9 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
     full = str(reference.parse(image_name))
     config = oci.load_json(images.read_blob(base.id), f"image {base.id}: config")
     with tempfile.TemporaryFile(dir=store.root) as tmp:
-        import hashlib
-
-        sha = hashlib.sha256()
-
-        class _Hashing:
-            def write(self, data: Any) -> int:
-                sha.update(data)
-                return tmp.write(data)
-
-            def flush(self) -> None:
-                tmp.flush()
-
-        store.diff(name, _Hashing())  # type: ignore[arg-type]
-        diff_id = "sha256:" + sha.hexdigest()
+        hashing = oci.HashingWriter(tmp)
+        store.diff(name, hashing)  # type: ignore[arg-type]
+        diff_id = hashing.digest
         diff_ids = [*base.diff_ids, diff_id]
         layer_id = oci.hex_of(oci.chain_ids(diff_ids)[-1])
         now = now_rfc3339()

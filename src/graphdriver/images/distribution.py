@@ -167,25 +167,6 @@ def _pusher(store: Store, images: ImageStore, digest: str, layer_id: str | None)
     return rebuilt
 
 
-class _HashingWriter:
-    """Writes to *out*, hashing and counting what goes through."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        import hashlib
-
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.out.write(data)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-
 def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) -> ImageRecord:
     """Give *record* gzip layer blobs and an OCI manifest, kept, so every push sends the same bytes."""
     from graphdriver.layerio.compression import Compression, open_compressor
@@ -205,12 +186,12 @@ def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) ->
             continue
         staging = os.path.join(images.blobs_dir, f"push.partial-{os.getpid()}")
         with open(staging, "wb") as out:
-            hashing = _HashingWriter(out)
+            hashing = oci.HashingWriter(out)
             with contextlib.closing(open_compressor(hashing, Compression.GZIP)) as z:  # type: ignore[arg-type]
                 store.diff(layer_id, z)
             out.flush()
             os.fsync(out.fileno())
-        digest = "sha256:" + hashing.sha.hexdigest()
+        digest = hashing.digest
         os.rename(staging, images.blob_path(digest))
         layers.append({"mediaType": oci.OCI_LAYER_GZIP, "digest": digest, "size": hashing.size})
     config = images.read_blob(record.id)

@@ -37,6 +37,27 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+class HashingWriter:
+    """Writes to *out*, hashing (sha256) and counting what goes through."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return int(self.out.write(data))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
 def chain_ids(diff_ids: list[str]) -> list[str]:
     """The chain id of each layer: its own DiffID for the first, then sha256 of ``parent + " " + diffid``."""
     out: list[str] = []

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Unsupported, shorten
@@ -371,8 +371,3 @@ def _file_digest(path: str) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             sha.update(chunk)
     return "sha256:" + sha.hexdigest()
-
-
-def chunks(f: BinaryIO) -> Iterator[bytes]:
-    while chunk := f.read(_CHUNK):
-        yield chunk
