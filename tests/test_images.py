@@ -457,3 +457,36 @@ def test_two_loads_sharing_a_base_layer_at_once_both_succeed(tmp_path):
     assert all(code == 0 for code, _ in results), results
     assert len(gd(tmp_path, "vfs", "layers").stdout.split()) == 3  # the base once
     assert gd(tmp_path, "vfs", "check").returncode == 0
+
+
+def test_a_zstd_layer_loads_and_container_size_reaches_the_writable_layer(tmp_path):
+    import zstandard
+
+    layout = tmp_path / "z"
+    oci_layout(layout, [LAYER1, LAYER2], name="localhost/z:1", gzipped=False)
+    # Re-pack the second layer as zstd, as buildah --compression-format zstd writes it.
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs/sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
+    packed = zstandard.ZstdCompressor().compress(LAYER2)
+    (blobs / sha256(packed)[7:]).write_bytes(packed)
+    manifest["layers"][1] = {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+                             "digest": sha256(packed), "size": len(packed)}
+    data = json.dumps(manifest).encode()
+    (blobs / sha256(data)[7:]).write_bytes(data)
+    index["manifests"][0].update(digest=sha256(data), size=len(data))
+    (layout / "index.json").write_text(json.dumps(index))
+    gd(tmp_path, "overlay", "image", "load", str(layout))
+    layers = json.loads(gd(tmp_path, "overlay", "image", "inspect", "localhost/z:1").stdout)["Layers"]
+    assert json.loads(gd(tmp_path, "overlay", "layer", layers[1]["Layer"]).stdout)["compression"] == "zstd"
+    # --size goes to the container's writable layer: the overlay driver limits it...
+    gd(tmp_path, "overlay", "container", "create", "localhost/z:1", "c", "--size", "64M")
+    assert json.loads(gd(tmp_path, "overlay", "layer", "c").stdout)["writable"] is True
+    # ...and a driver that cannot is refused in one line, leaving no container behind.
+    other = tmp_path / "vfs"
+    other.mkdir()
+    gd(other, "vfs", "image", "load", str(layout))
+    refused = gd(other, "vfs", "container", "create", "localhost/z:1", "c", "--size", "64M", check=False)
+    assert refused.returncode == 2 and refused.stderr.count(b"\n") == 1
+    assert b"c" not in gd(other, "vfs", "container", "ls").stdout.split()
+    assert b"c-init" not in gd(other, "vfs", "layers").stdout.split()
