@@ -482,6 +482,9 @@ def test_a_zstd_layer_loads_and_container_size_reaches_the_writable_layer(tmp_pa
     # --size goes to the container's writable layer: the overlay driver limits it...
     gd(tmp_path, "overlay", "container", "create", "localhost/z:1", "c", "--size", "64M")
     assert json.loads(gd(tmp_path, "overlay", "layer", "c").stdout)["writable"] is True
+    gd(tmp_path, "overlay", "container", "rm", "c")  # its size-limited filesystem goes with it
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    assert not [line for line in mounts if str(tmp_path) in line]
     # ...and a driver that cannot is refused in one line, leaving no container behind.
     other = tmp_path / "vfs"
     other.mkdir()
