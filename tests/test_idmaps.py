@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,26 @@ LAYER = make_tar({"etc": D(), "etc/passwd": F(b"root:x:0:0::/root:/bin/sh\n"),
 
 
 def gd(tmp_path: Path, driver: str, *args: str, check: bool = True, input: bytes | None = None):
-    return run_cli(*args, root=tmp_path / "store", driver=driver, check=check, input=input)
+    # Overlay children with other maps start as shifted copies here: the idmapped
+    # mounts the driver prefers where it can are tested on a tmpfs below.
+    copy = ("--opt", "idmapped_lowers=false") if driver == "overlay" else ()
+    return run_cli(*copy, *args, root=tmp_path / "store", driver=driver, check=check, input=input)
+
+
+def gd_auto(base: Path, *args: str, check: bool = True, input: bytes | None = None):
+    return run_cli(*args, root=base / "store", driver="overlay", check=check, input=input)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs (which allows idmapped mounts since Linux 6.3), unmounted with all below it."""
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-R", str(where)], check=True)
 
 
 def owners(root: str, *paths: str) -> list[tuple[int, int]]:
@@ -131,3 +151,89 @@ def test_an_imported_child_with_other_maps_checks_clean_and_exports_its_own_file
         assert owners(root, "srv/x", "etc/passwd") == [(300007, 300007), (300000, 300000)]
     finally:
         gd(tmp_path, driver_name, "unmount", "child")
+
+
+def _idmapped_overlay(base: Path) -> bool:
+    """Whether the kernel makes idmapped mounts of *base* (a child with other maps is then made so)."""
+    gd_auto(base, "import", "probe-base", "--uidmap", MAP, "-", input=LAYER)
+    gd_auto(base, "create", "probe-child", "--parent", "probe-base", "--uidmap", "0:200000:65536")
+    used = (base / "store" / "overlay" / "probe-child" / "lowermaps").exists()
+    gd_auto(base, "remove", "probe-child")
+    gd_auto(base, "remove", "probe-base")
+    return used
+
+
+def test_an_overlay_child_with_other_maps_sees_its_lowers_idmapped_without_a_copy(tmpfs):
+    if not _idmapped_overlay(tmpfs):
+        pytest.skip("this kernel makes no idmapped mounts of a tmpfs (mount_setattr, Linux 6.3)")
+    gd_auto(tmpfs, "import", "base", "--uidmap", MAP, "-", input=LAYER)
+    gd_auto(tmpfs, "create", "other", "--parent", "base", "--uidmap", "0:200000:65536")
+    folder = tmpfs / "store" / "overlay" / "other"
+    assert os.listdir(folder / "diff") == []  # nothing copied
+    assert owners(str(folder / "diff"), ".") == [(200000, 200000)]
+    assert json.loads(gd_auto(tmpfs, "layer", "other").stdout)["metadata"]["IdmappedLowers"] == "true"
+    root = gd_auto(tmpfs, "mount", "other").stdout.decode().strip()
+    try:
+        assert owners(root, "etc/passwd", "home", "home/u") == [(200000, 200000), (201000, 201000),
+                                                               (201000, 201000)]
+        assert os.lstat(os.path.join(root, "home/u")).st_mode & 0o7777 == 0o4755
+    finally:
+        gd_auto(tmpfs, "unmount", "other")
+    assert gd_auto(tmpfs, "changes", "other").stdout == b""
+    assert gd_auto(tmpfs, "diffsize", "other").stdout == b"0\n"
+    # Applied into it: a file under a directory only a lower has, and a hardlink to a lower file;
+    # both are copied into its own maps.
+    added = make_tar({"home/new": F(b"n", uid=1000, gid=1000)})
+    gd_auto(tmpfs, "apply", "other", "-", input=added)
+    with_link = io.BytesIO()
+    with tarfile.open(fileobj=with_link, mode="w") as tf:
+        info = tarfile.TarInfo("etc/hl")
+        info.type, info.linkname = tarfile.LNKTYPE, "etc/passwd"
+        tf.addfile(info)
+    gd_auto(tmpfs, "apply", "other", "-", input=with_link.getvalue())
+    assert owners(str(folder / "diff"), "home", "home/new", "etc/hl") == [
+        (201000, 201000), (201000, 201000), (200000, 200000)]
+    # A grandchild takes the child's maps and sees every layer below it in them.
+    gd_auto(tmpfs, "create", "top", "--parent", "other", "--rw")
+    root = gd_auto(tmpfs, "mount", "top").stdout.decode().strip()
+    try:
+        assert owners(root, "etc/passwd", "home/u", "home/new") == [(200000, 200000), (201000, 201000),
+                                                                   (201000, 201000)]
+        Path(root, "etc/added").write_bytes(b"a")
+        os.chown(os.path.join(root, "etc/added"), 200007, 200007)
+    finally:
+        gd_auto(tmpfs, "unmount", "top")
+    assert gd_auto(tmpfs, "changes", "top").stdout.decode().split() == ["C", "/etc", "A", "/etc/added"]
+    with tarfile.open(fileobj=io.BytesIO(gd_auto(tmpfs, "diff", "top").stdout)) as tf:
+        assert {m.name.rstrip("/"): m.uid for m in tf.getmembers()}["etc/added"] == 7
+    # The base's files were never touched.
+    assert owners(str(tmpfs / "store" / "overlay" / "base" / "diff"), "etc/passwd", "home/u") == [
+        (100000, 100000), (101000, 101000)]
+
+
+def test_an_imported_overlay_child_on_idmapped_lowers_checks_clean(tmpfs):
+    if not _idmapped_overlay(tmpfs):
+        pytest.skip("this kernel makes no idmapped mounts of a tmpfs (mount_setattr, Linux 6.3)")
+    gd_auto(tmpfs, "import", "base", "--uidmap", MAP, "-", input=LAYER)
+    child = make_tar({"srv": D(), "srv/x": F(b"hi", uid=7, gid=7)})
+    gd_auto(tmpfs, "import", "child", "--parent", "base", "--uidmap", "0:300000:65536", "-", input=child)
+    assert (tmpfs / "store" / "overlay" / "child" / "lowermaps").exists()
+    assert gd_auto(tmpfs, "check").stdout.decode().split() == ["base:", "ok", "child:", "ok"]
+    assert gd_auto(tmpfs, "diff", "child").stdout == child
+    assert gd_auto(tmpfs, "changes", "child").stdout.decode().split() == ["A", "/srv", "A", "/srv/x"]
+    root = gd_auto(tmpfs, "mount", "child").stdout.decode().strip()
+    try:
+        assert owners(root, "srv/x", "etc/passwd") == [(300007, 300007), (300000, 300000)]
+    finally:
+        gd_auto(tmpfs, "unmount", "child")
+
+
+def test_idmapped_lowers_false_copies(tmpfs):
+    gd_auto(tmpfs, "import", "base", "--uidmap", MAP, "-", input=LAYER)
+    run_cli("--opt", "idmapped_lowers=false", "create", "other", "--parent", "base", "--uidmap",
+            "0:200000:65536", root=tmpfs / "store", driver="overlay", check=True)
+    folder = tmpfs / "store" / "overlay" / "other"
+    assert not (folder / "lowermaps").exists()
+    assert owners(str(folder / "diff"), "etc/passwd", "home/u") == [(200000, 200000), (201000, 201000)]
+    bad = run_cli("--opt", "idmapped_lowers=maybe", "layers", root=tmpfs / "store", driver="overlay")
+    assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1, bad.stderr

@@ -62,6 +62,13 @@ Driver options (``--opt KEY=VALUE``):
     ``lowerdir+``, where the kernel has it, else ``mount(2)``), ``fsopen``
     or ``mount`` to force one (``mount(2)`` takes at most one page of
     options, so shorter chains).
+``idmapped_lowers``
+    ``auto`` (the default) or ``false``.  A child created with other id maps
+    than its parent sees the layers below through idmapped mounts
+    (``mount_setattr`` with ``MOUNT_ATTR_IDMAP``: root, and a filesystem that
+    allows them); ``false``, or where the kernel or filesystem refuses, its
+    upper directory starts as a copy of its parent's tree with the owners
+    shifted, opaque at the root.
 
 ``--size`` (writable layers only) is enforced by :mod:`graphdriver.fs.sizelimit`.
 """
@@ -92,9 +99,9 @@ from graphdriver.fs.sizerecord import has_image, limit_of
 # and `mount` load this module, and scripts call them thousands of times.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Collection, Mapping, Sequence
     from contextlib import AbstractContextManager
-    from typing import ClassVar
+    from typing import Any, ClassVar
 
     from graphdriver.fs import sizelimit
     from graphdriver.idmap import IDMappings
@@ -110,6 +117,9 @@ WORK_DIR = "work"
 MERGED_DIR = "merged"
 LINK_FILE = "link"
 LOWER_FILE = "lower"
+#: Present when some lower directory is stored under other id maps than the layer: the maps of
+#: the layer and of each ``lower`` entry, in order; those lowers are mounted idmapped.
+LOWERMAPS_FILE = "lowermaps"
 #: Present in the folder of a writable (container) layer: it mounts read-write.
 WRITABLE_FILE = "writable"
 SHORT_LEN = 6
@@ -266,9 +276,11 @@ class OverlayDriver(Driver):
     """Layers as overlayfs upper directories stacked by the kernel (or fuse-overlayfs)."""
 
     name: ClassVar[str] = "overlay"
-    #: A child with other id maps than its parent starts from a shifted copy of the parent's tree.
+    #: A child with other id maps than its parent sees its lowers idmapped, or starts from a
+    #: shifted copy of the parent's tree.
     SHIFTS_IDS: ClassVar[bool] = True
-    OPTIONS: ClassVar[frozenset[str]] = frozenset({"mount_program", "mountopt", "mount_api"})
+    OPTIONS: ClassVar[frozenset[str]] = frozenset({"mount_program", "mountopt", "mount_api",
+                                                   "idmapped_lowers"})
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
@@ -277,6 +289,10 @@ class OverlayDriver(Driver):
             raise InvalidArgument(f"option mount_api={self.mount_api!r} for driver overlay",
                                   "expected auto, fsopen or mount")
         self.mount_program = _find_mount_program(config.options.get("mount_program"))
+        self.idmapped_lowers = config.options.get("idmapped_lowers", "auto")
+        if self.idmapped_lowers not in ("auto", "false"):
+            raise InvalidArgument(f"option idmapped_lowers={self.idmapped_lowers!r} for driver overlay",
+                                  "expected auto or false")
         self.extra_options: tuple[str, ...] = ()
         if config.options.get("mountopt"):
             from graphdriver.fs import mounts
@@ -426,9 +442,20 @@ class OverlayDriver(Driver):
         if size is not None and self.size_method is not None:
             where = sizelimit.prepare(folder, int(size), self.size_method, self.home)
         maps = opts.idmaps or self.config.idmaps
-        self._make_upper(os.path.join(where, DIFF_DIR), parent_folder, maps)
-        if parent is not None and opts.parent_idmaps is not None and opts.parent_idmaps != maps:
-            self._shifted_copy_up(parent, os.path.join(where, DIFF_DIR), opts.parent_idmaps, maps)
+        upper = os.path.join(where, DIFF_DIR)
+        self._make_upper(upper, parent_folder, maps)
+        lower_maps = None
+        if parent is not None and parent_folder is not None:
+            theirs = opts.parent_idmaps if opts.parent_idmaps is not None else maps
+            below = self._lower_maps(parent_folder)
+            if theirs != maps and not self._idmapped_possible(parent_folder, theirs, below, maps):
+                self._shifted_copy_up(parent, upper, theirs, maps)
+            elif theirs != maps or below is not None:
+                # The parent's files and every lower below it stay where they are,
+                # mounted idmapped into this layer's maps when they differ.
+                lower_maps = [theirs, *(below or [theirs] * len(self._lower_entries(parent_folder)))]
+                if theirs != maps:
+                    self._shift_root(upper, theirs, maps)
         os.mkdir(os.path.join(where, WORK_DIR), 0o700)
         if where != folder:
             for name in (DIFF_DIR, WORK_DIR):
@@ -446,6 +473,74 @@ class OverlayDriver(Driver):
                 entries.append(e if own else f"{parent_home}/{e}")
             data = ":".join(entries).encode()
             atomic.write_bytes(os.path.join(folder, LOWER_FILE), data, 0o644, durable=False)
+            if lower_maps is not None:
+                from graphdriver import jsonio
+
+                doc = {"maps": _maps_doc(maps), "lowers": [_maps_doc(m) for m in lower_maps]}
+                atomic.write_bytes(os.path.join(folder, LOWERMAPS_FILE), jsonio.dumps(doc).encode(), 0o644,
+                                   durable=False)
+
+    # ----- lower layers under other id maps -------------------------------------------------
+
+    def _idmapped_possible(
+        self, parent_folder: str, theirs: IDMappings, below: list[IDMappings] | None, mine: IDMappings
+    ) -> bool:
+        """Whether the kernel can show the parent's files and those below it in *mine* without a copy."""
+        from graphdriver.fs import idmapped
+
+        if self.mount_program is not None or self.idmapped_lowers == "false":
+            return False  # fuse-overlayfs takes paths only, and runs without the privilege anyway
+        lowers = self._lowers(parent_folder)
+        stored = below or [theirs] * len(lowers)
+        dirs = [(self._upper(parent_folder), theirs), *zip(lowers, stored, strict=False)]
+        return all(m == mine or idmapped.available(path, m, mine) for path, m in dirs)
+
+    def _shift_root(self, upper: str, theirs: IDMappings, mine: IDMappings) -> None:
+        """The upper root copied the parent's owner, stored under *theirs*: store it under *mine*."""
+        st = os.lstat(upper)
+        try:
+            uid, gid = theirs.translate(mine, st.st_uid, st.st_gid)
+        except InvalidArgument:
+            return  # outside the maps: left as the parent has it
+        os.chown(upper, uid, gid)
+
+    def _lower_maps(self, folder: str) -> list[IDMappings] | None:
+        """The id maps each ``lower`` entry of *folder* is stored under, if any differs from its own."""
+        doc = self._lowermaps_doc(folder)
+        return None if doc is None else [_maps_of(m) for m in doc["lowers"]]
+
+    def _lowermaps_doc(self, folder: str) -> dict[str, Any] | None:
+        try:
+            doc = atomic.read_json(os.path.join(folder, LOWERMAPS_FILE))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise GraphDriverError(f"layer folder {folder}", f"unreadable {LOWERMAPS_FILE}: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("lowers"), list):
+            raise GraphDriverError(f"layer folder {folder}", f"malformed {LOWERMAPS_FILE}")
+        return doc
+
+    def _views(self, folder: str, lowers: Sequence[str]) -> list[str]:
+        """*lowers* (one per ``lower`` entry of *folder*, nearest first) as *folder*'s layer sees
+        them: idmapped where stored under other maps."""
+        doc = self._lowermaps_doc(folder)
+        if doc is None:
+            return list(lowers)
+        mine, theirs = _maps_of(doc["maps"]), [_maps_of(m) for m in doc["lowers"]]
+        if len(theirs) != len(lowers):
+            raise GraphDriverError(f"layer folder {folder}",
+                                   f"{LOWERMAPS_FILE} does not match its lower layers")
+        from graphdriver.fs import idmapped
+
+        try:
+            return [p if m == mine else idmapped.view(p, m, mine)
+                    for p, m in zip(lowers, theirs, strict=True)]
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise
+            raise GraphDriverError(
+                f"layer folder {folder}", f"cannot mount its lower layers idmapped: {e.strerror or e}"
+            ) from e
 
     def _shifted_copy_up(self, parent: str, upper: str, theirs: IDMappings, mine: IDMappings) -> None:
         """A child with other id maps than its parent: its upper directory starts as a copy of the
@@ -601,6 +696,7 @@ class OverlayDriver(Driver):
     def _mount_overlay(self, folder: str, lowers: list[str], target: str, mount_label: str) -> None:
         from graphdriver.fs import mounts
 
+        lowers = self._views(folder, lowers)
         options = self.mount_options
         if mount_label:
             options = (*options, f"context={mount_label}")
@@ -702,7 +798,7 @@ class OverlayDriver(Driver):
             return ApplyTarget(path=live, whiteouts=DELETE_WHITEOUTS)
         if self._own(folder):
             sizelimit.ensure_mounted(folder)
-        lowers = tuple(os.path.join(p, DIFF_DIR) for p in self.layer_chain(layer_id))
+        lowers = tuple(self._views(folder, [os.path.join(p, DIFF_DIR) for p in self.layer_chain(layer_id)]))
         # A base layer has nothing below to hide: its whiteouts just delete.
         mode = OVERLAY_WHITEOUTS if lowers else DELETE_WHITEOUTS
         # Rootless overlays read opaque directories from user.* xattrs.
@@ -748,7 +844,7 @@ class OverlayDriver(Driver):
             missing = [p for p in lowers if not os.path.isdir(p)]
             if missing:
                 raise GraphDriverError(f"layer {layer_id}", f"lower directory {missing[0]} is missing")
-        return self._upper(folder), lowers
+        return self._upper(folder), self._views(folder, lowers)
 
     def compare(
         self, layer_id: str, parent: str | None, *, native: bool = True
@@ -772,7 +868,21 @@ class OverlayDriver(Driver):
         lowers = self._lowers(folder)
         if lowers:
             meta["LowerDir"] = ":".join(lowers)
+        if os.path.exists(os.path.join(folder, LOWERMAPS_FILE)):
+            meta["IdmappedLowers"] = "true"
         limit = limit_of(folder)
         if limit:
             meta["SizeLimit"] = str(limit.get("size"))
         return meta
+
+
+def _maps_doc(maps: IDMappings) -> list[str]:
+    return [str(maps.uids), str(maps.gids)]
+
+
+def _maps_of(doc: Any) -> IDMappings:
+    from graphdriver.idmap import IDMappings
+
+    if not (isinstance(doc, list) and len(doc) == 2 and all(isinstance(x, str) for x in doc)):
+        raise GraphDriverError(LOWERMAPS_FILE, f"malformed id maps {doc!r}")
+    return IDMappings.parse(doc[0], doc[1])

@@ -205,6 +205,8 @@ _NR_MOVE_MOUNT = 429
 _NR_FSOPEN = 430
 _NR_FSCONFIG = 431
 _NR_FSMOUNT = 432
+_NR_OPEN_TREE = 428
+_NR_MOUNT_SETATTR = 442
 
 FSOPEN_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG = 0
@@ -215,6 +217,10 @@ MOUNT_ATTR_RDONLY = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 STATX_ATTR_MOUNT_ROOT = 0x2000
+OPEN_TREE_CLONE = 0x1
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_IDMAP = 0x00100000
+CLONE_NEWUSER = 0x10000000
 
 
 def _checked(res: int, what: str) -> int:
@@ -270,6 +276,49 @@ def move_mount(fd: int, target: str) -> None:
         ),
         target,
     )
+
+
+def open_tree_clone(path: str) -> int:
+    """A detached copy of the mount at *path* (``open_tree(OPEN_TREE_CLONE)``), close-on-exec."""
+    return _checked(
+        _syscall(
+            ctypes.c_long(_NR_OPEN_TREE),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(os.fsencode(path)),
+            ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC),
+        ),
+        f"open_tree {path}",
+    )
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def set_idmap(mount_fd: int, userns_fd: int) -> None:
+    """Make the detached mount *mount_fd* show owners through the user namespace *userns_fd*."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    _checked(
+        _syscall(
+            ctypes.c_long(_NR_MOUNT_SETATTR),
+            ctypes.c_int(mount_fd),
+            ctypes.c_char_p(b""),
+            ctypes.c_uint(AT_EMPTY_PATH),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        "mount_setattr MOUNT_ATTR_IDMAP",
+    )
+
+
+def unshare_user() -> bool:
+    """``unshare(CLONE_NEWUSER)`` in this process (for a forked child); whether it worked."""
+    return int(_libc.unshare(ctypes.c_int(CLONE_NEWUSER))) == 0
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str = "") -> int:
