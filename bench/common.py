@@ -47,12 +47,12 @@ def install() -> Path:
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
                     str(HERE.parent)], check=True, env=ENV)
     command = VENV / "bin" / "graphdriver"
-    probe = subprocess.run([str(VENV / "bin" / "python"), "-c",
-                            "from graphdriver import codecs; "
-                            "print(', '.join(f'{k[6:]}={v}' for k, v in codecs.implementations()))"],
+    show = ("from graphdriver import codecs\n"
+            "for k, v in codecs.implementations(): print(k.removeprefix('Codec ').lower(), v, sep='=')")
+    probe = subprocess.run([str(VENV / "bin" / "python"), "-c", show],
                            check=True, capture_output=True, text=True, env=ENV)
     print(f"graphdriver: `pip install .` (no extras) into a new venv, {command}")
-    print(f"  Python {sys.version.split()[0]}; codecs: {probe.stdout.strip()}")
+    print(f"  Python {sys.version.split()[0]}; codecs: {', '.join(probe.stdout.split())}")
     return command
 
 

@@ -20,11 +20,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graphdriver.errors import ArchiveError
+from graphdriver.layerio import tarstream
 from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import BLOCK, TarReader, TarWriter
 from tests.conftest import CORPUS
+from tests.strategies import tar_entries, write_tar
 
 # -- helpers --------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, params=["c", "python"], scope="module")
+def decoder(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs with the C header decoder and with the Python one."""
+    saved = tarstream._scan
+    if request.param == "python":
+        tarstream._scan = None
+    elif saved is None:
+        pytest.skip("the C decoder is not in use here (not built at install, or GRAPHDRIVER_PURE)")
+    try:
+        yield request.param
+    finally:
+        tarstream._scan = saved
 
 
 
@@ -72,12 +88,7 @@ def entries(data: bytes) -> list[TarEntry]:
 
 
 def write(*items: tuple[TarEntry, bytes | None]) -> bytes:
-    out = io.BytesIO()
-    w = TarWriter(out)
-    for entry, content in items:
-        w.add(entry, io.BytesIO(content) if content is not None else None)
-    w.close()
-    return out.getvalue()
+    return write_tar(items)
 
 
 FIELDS = (
@@ -642,47 +653,10 @@ def test_round_trip_gnu_tar(tmp_path: Path) -> None:
 
 # -- property test --------------------------------------------------------------------
 
-_component = st.one_of(
-    st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=40),
-    st.binary(min_size=1, max_size=20)
-    .filter(lambda b: b"/" not in b and b"\x00" not in b)
-    .map(lambda b: b.decode("utf-8", "surrogateescape")),
-)
-_names = st.lists(_component, min_size=1, max_size=8).map("/".join)
-_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
-_ns = st.integers(min_value=-(2**40) * 10**9, max_value=2**40 * 10**9)
-
-
-@st.composite
-def _entry(draw: st.DrawFn) -> tuple[TarEntry, bytes | None]:
-    typ = draw(st.sampled_from([REG, REG, DIR, SYM, LNK, FIFO, CHR, BLK]))
-    content = draw(st.binary(max_size=1500)) if typ == REG else None
-    entry = TarEntry(
-        draw(_names),
-        type=typ,
-        size=len(content) if content is not None else 0,
-        mode=draw(st.integers(0, 0o7777)),
-        uid=draw(st.integers(0, 2**32)),
-        gid=draw(st.integers(0, 2**32)),
-        uname=draw(_text),
-        gname=draw(_text),
-        mtime_ns=draw(_ns),
-        atime_ns=draw(st.none() | _ns),
-        ctime_ns=draw(st.none() | _ns),
-        linkname=draw(_names) if typ in (SYM, LNK) else "",
-        devmajor=draw(st.integers(0, 4095)) if typ in (CHR, BLK) else 0,
-        devminor=draw(st.integers(0, 1 << 20)) if typ in (CHR, BLK) else 0,
-        xattrs=draw(
-            st.dictionaries(
-                _text.filter(lambda s: s and "=" not in s), st.binary(max_size=60), max_size=3
-            )
-        ),
-    )
-    return entry, content
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_entry(), min_size=1, max_size=6))
+@given(st.lists(tar_entries(), min_size=1, max_size=6))
 def test_property_round_trip(items: list[tuple[TarEntry, bytes | None]]) -> None:
     data = write(*items)
     got, _, tape = read_all(data, bufsize=BLOCK, consume=True)

@@ -10,9 +10,12 @@ codec     fast            twin (used when the wheel cannot be imported)
 gzip      ``isal``        the standard library's ``gzip``/``zlib``
 crc64     ``fastcrc``     a table-driven pure-Python CRC-64/ISO
 zstd      ``zstandard``   none before Python 3.14; zstd layers are refused
+tar       ``_tarscan``    the reader's Python decoder (``_tarscan`` is this
+                          project's own C extension, built at install where a
+                          C compiler is at hand)
 ========  ==============  =====================================================
 
-``GRAPHDRIVER_PURE=1`` selects the twins (gzip and CRC-64) even where the
+``GRAPHDRIVER_PURE=1`` selects the twins (gzip, CRC-64, tar) even where the
 wheels load, so the tests can hold both to the same results.  Nothing here
 imports a codec: ``status`` reports what *would* be used by looking the modules
 up, which costs microseconds, while the import itself (tens of milliseconds for
@@ -66,10 +69,22 @@ def zstd_implementation() -> str:
     return "zstandard" if _installed("zstandard") else "unavailable"
 
 
+def tar_decoder_implementation() -> str:
+    """``C`` (the reader's ``_tarscan`` extension, built at install) or ``python``."""
+    if pure_forced():
+        return "python"
+    try:
+        import graphdriver.layerio._tarscan  # noqa: F401 (a small extension: microseconds)
+    except ImportError:
+        return "python"
+    return "C"
+
+
 def implementations() -> list[tuple[str, str]]:
     """``(codec, implementation)`` pairs for ``status``."""
     return [
         ("Codec gzip", gzip_implementation()),
         ("Codec zstd", zstd_implementation()),
         ("Codec crc64", crc64_implementation()),
+        ("Tar header decoder", tar_decoder_implementation()),
     ]

@@ -3,7 +3,8 @@
 Knows nothing of drivers or stores: it works on directories and streams it is given.
 
 - :mod:`.entry`, :mod:`.tarstream`, :mod:`.pax`: the tar entry model, the streaming reader
-  (raw header bytes kept) and writer, PAX records.
+  (raw header bytes kept) and writer, PAX records; ``_tarscan`` (C, built at install where a
+  compiler is at hand) decodes the usual entry's headers for the reader.
 - :mod:`.compression`, :mod:`.crc64`: decompression (gzip, zstd, xz, bzip2) and tar-split's CRC-64.
 - :mod:`.whiteout`: deletion conventions of layer tarballs and overlayfs.
 - :mod:`.extract`, :mod:`.batched`: applying a layer tarball to a directory, confined to it.

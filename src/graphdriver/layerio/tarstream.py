@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from zlib import adler32 as _adler32
 
+from graphdriver import codecs
 from graphdriver.errors import ArchiveError
 from graphdriver.layerio import pax
 from graphdriver.layerio.compression import sniff
 from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
+
+if TYPE_CHECKING:
+    from graphdriver.layerio._tarscan import Fields
 
 __all__ = ["BLOCK", "DataSink", "EntrySink", "RawSink", "TarReader", "TarWriter"]
 
@@ -45,6 +49,20 @@ _Meta = list[bytes | dict[str, bytes] | None]
 _NO_META: _Meta = [None, None, None]
 # The type flag of each header byte value, as the one-character string entries carry.
 _TYPE_CHARS = tuple(chr(i) for i in range(256))
+
+
+def _load_scan() -> Callable[[bytes, int], Fields | None] | None:
+    """The C decoder of the usual entry (``_tarscan.scan``), unless missing or the twin is asked for."""
+    if codecs.pure_forced():
+        return None
+    try:
+        from graphdriver.layerio._tarscan import scan
+    except ImportError:
+        return None
+    return scan
+
+
+_scan = _load_scan()
 
 
 def _err(name: bytes | str, why: str) -> ArchiveError:
@@ -195,6 +213,7 @@ class TarReader:
         # spelling once keeps per-entry work small.
         self._ids: dict[bytes, tuple[int, int, int]] = {}
         self._owners: dict[bytes, tuple[str, str]] = {}
+        self._scan = _scan
 
     # -- public interface -------------------------------------------------
 
@@ -396,6 +415,38 @@ class TarReader:
 
     def _read_entry(self) -> TarEntry | None:
         """Read header blocks (meta ones included) up to the next real entry."""
+        entry = self._read_usual() if self._scan is not None and not self._globals else None
+        if entry is None:
+            entry = self._read_headers()
+            if entry is None:
+                return None
+        if self._raw_sink is not None:
+            self._raw_sink(entry.raw)
+        if self._entry_sink is not None:
+            self._entry_sink(entry)
+        return entry
+
+    def _read_usual(self) -> TarEntry | None:
+        """The usual entry, decoded in C; None leaves the rest (and every error) to
+        :meth:`_read_headers`."""
+        assert self._scan is not None
+        pos = self._pos
+        if pos == len(self._buf):
+            # Nothing buffered (the first header, or one right at a chunk's end):
+            # read a chunk, which copies nothing.  Headers across a chunk's end
+            # are left to the Python decoder rather than joined into one buffer.
+            self._fill(BLOCK)
+            pos = self._pos
+        fields = self._scan(self._buf, pos)
+        if fields is None:
+            return None
+        end = pos + fields[16]
+        entry = TarEntry(*fields[:16], self._buf[pos:end], self._base + pos)
+        self._pos = end
+        return entry
+
+    def _read_headers(self) -> TarEntry | None:
+        """Any entry, decoded in Python (None at the end of the archive)."""
         start = self._base + self._pos
         raw: list[bytes] = []
         meta: _Meta | None = None
@@ -424,10 +475,6 @@ class TarReader:
         entry = self._decode(blk, raw, meta)
         entry.raw = blk if len(raw) == 1 else b"".join(raw)
         entry.offset = start
-        if self._raw_sink is not None:
-            self._raw_sink(entry.raw)
-        if self._entry_sink is not None:
-            self._entry_sink(entry)
         return entry
 
     def _end_of_archive(self, pending: list[bytes], blk: bytes) -> None:
