@@ -48,11 +48,11 @@ def install() -> Path:
                     str(HERE.parent)], check=True, env=ENV)
     command = VENV / "bin" / "graphdriver"
     show = ("from graphdriver import codecs\n"
-            "for k, v in codecs.implementations(): print(k.removeprefix('Codec ').lower(), v, sep='=')")
+            "for k, v in codecs.implementations(): print(k.removeprefix('Codec ').lower(), v, sep=': ')")
     probe = subprocess.run([str(VENV / "bin" / "python"), "-c", show],
                            check=True, capture_output=True, text=True, env=ENV)
     print(f"graphdriver: `pip install .` (no extras) into a new venv, {command}")
-    print(f"  Python {sys.version.split()[0]}; codecs: {', '.join(probe.stdout.split())}")
+    print(f"  Python {sys.version.split()[0]}; {'; '.join(probe.stdout.splitlines())}")
     return command
 
 
