@@ -1,8 +1,8 @@
-"""The C speed-up of the tar reader, built where a compiler is at hand.
+"""The C speed-ups of the tar reader and the tar-split recorder, built where a compiler is at hand.
 
 ``optional=True``: where it cannot be built (no compiler, no Python headers)
-the install goes on and the reader uses its Python decoder, which passes the
-same tests.  Everything else is in pyproject.toml.
+the install goes on and the Python twins (the reader's decoder, the recorder)
+are used, which pass the same tests.  Everything else is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +14,12 @@ setup(
             ["src/graphdriver/layerio/_tarscan.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "graphdriver.layerio._tarsplit",
+            ["src/graphdriver/layerio/_tarsplit.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

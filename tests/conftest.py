@@ -23,6 +23,23 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices
 CORPUS = ROOT / "tests" / "data"
 
 
+def with_twin(request: pytest.FixtureRequest, module: object, attr: str, what: str) -> Iterator[str]:
+    """For a fixture parametrised ``["c", "python"]``: *module.attr* (a C speed-up) as is, or None.
+
+    Setting it to None selects the Python twin; the C parameter is skipped
+    where the extension was not built (or ``GRAPHDRIVER_PURE`` is set).
+    """
+    saved = getattr(module, attr)
+    if request.param == "python":
+        setattr(module, attr, None)
+    elif saved is None:
+        pytest.skip(f"the C {what} is not in use here (not built at install, or GRAPHDRIVER_PURE)")
+    try:
+        yield request.param
+    finally:
+        setattr(module, attr, saved)
+
+
 def corpus_files(folder: str) -> list[Path]:
     """The archives of one corpus folder, sorted (its LICENSE left out)."""
     return sorted(p for p in (CORPUS / folder).iterdir() if p.name != "LICENSE")

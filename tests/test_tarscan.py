@@ -263,7 +263,7 @@ def test_pax_records_read_the_same_both_ways(records: bytes) -> None:
     same_both_ways(meta + data)
 
 
-def test_status_names_the_tar_decoder(tmp_path: Path) -> None:
+def test_status_names_the_c_speed_ups(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     for pure, want in (("", "C"), ("1", "python")):
         env["GRAPHDRIVER_PURE"] = pure
@@ -271,3 +271,4 @@ def test_status_names_the_tar_decoder(tmp_path: Path) -> None:
                               "--driver", "vfs", "status"], env=env, capture_output=True, text=True,
                              check=True).stdout
         assert f"Tar header decoder: {want}" in out.splitlines(), out
+        assert f"Tar-split recorder: {want}" in out.splitlines(), out

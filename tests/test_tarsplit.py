@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,20 +23,25 @@ from graphdriver.layerio.tarsplit import (
     FILE,
     SEGMENT,
     Packer,
-    Recorder,
     SplitEntry,
     assemble,
     read_entries,
 )
 from graphdriver.layerio.tarstream import TarReader
 from graphdriver.testing.treeutil import D, F, H, L, make_tar
-from tests.conftest import CORPUS, corpus_files
+from tests.conftest import CORPUS, corpus_files, with_twin
+
+
+@pytest.fixture(autouse=True, params=["c", "python"], scope="module")
+def recorder_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here records with the C recorder and with the Python one."""
+    yield from with_twin(request, tarsplit, "_CRecorder", "recorder")
 
 
 def record(data: bytes) -> tuple[bytes, dict[str, list[bytes]]]:
     """(tar-split metadata, uncompressed) and the contents seen, per name in order."""
     meta = io.BytesIO()
-    rec = Recorder(Packer(meta))
+    rec = tarsplit.recorder(meta)
     contents: dict[str, list[bytes]] = defaultdict(list)
     reader = TarReader(io.BytesIO(data), raw_sink=rec.raw, data_sink=rec.data)
     while (entry := reader.next()) is not None:

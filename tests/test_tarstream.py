@@ -23,7 +23,7 @@ from graphdriver.errors import ArchiveError
 from graphdriver.layerio import tarstream
 from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import BLOCK, TarReader, TarWriter
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, with_twin
 from tests.strategies import tar_entries, write_tar
 
 # -- helpers --------------------------------------------------------------------
@@ -32,17 +32,7 @@ from tests.strategies import tar_entries, write_tar
 @pytest.fixture(autouse=True, params=["c", "python"], scope="module")
 def decoder(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test here runs with the C header decoder and with the Python one."""
-    saved = tarstream._scan
-    if request.param == "python":
-        tarstream._scan = None
-    elif saved is None:
-        pytest.skip("the C decoder is not in use here (not built at install, or GRAPHDRIVER_PURE)")
-    try:
-        yield request.param
-    finally:
-        tarstream._scan = saved
-
-
+    yield from with_twin(request, tarstream, "_scan", "decoder")
 
 
 def go_file(name: str) -> bytes:

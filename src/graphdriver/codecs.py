@@ -13,9 +13,11 @@ zstd      ``zstandard``   none before Python 3.14; zstd layers are refused
 tar       ``_tarscan``    the reader's Python decoder (``_tarscan`` is this
                           project's own C extension, built at install where a
                           C compiler is at hand)
+tar-split ``_tarsplit``   the Python recorder (``_tarsplit``: this project's
+                          own C extension too)
 ========  ==============  =====================================================
 
-``GRAPHDRIVER_PURE=1`` selects the twins (gzip, CRC-64, tar) even where the
+``GRAPHDRIVER_PURE=1`` selects the twins (gzip, CRC-64, tar, tar-split) even where the
 wheels load, so the tests can hold both to the same results.  Nothing here
 imports a codec: ``status`` reports what *would* be used by looking the modules
 up, which costs microseconds, while the import itself (tens of milliseconds for
@@ -69,15 +71,25 @@ def zstd_implementation() -> str:
     return "zstandard" if _installed("zstandard") else "unavailable"
 
 
-def tar_decoder_implementation() -> str:
-    """``C`` (the reader's ``_tarscan`` extension, built at install) or ``python``."""
+def _extension(module: str) -> str:
+    """``C`` if this project's extension *module* (built at install) loads, else ``python``."""
     if pure_forced():
         return "python"
     try:
-        import graphdriver.layerio._tarscan  # noqa: F401 (a small extension: microseconds)
+        __import__(module)  # a small extension: microseconds
     except ImportError:
         return "python"
     return "C"
+
+
+def tar_decoder_implementation() -> str:
+    """``C`` (the reader's ``_tarscan`` extension, built at install) or ``python``."""
+    return _extension("graphdriver.layerio._tarscan")
+
+
+def tarsplit_recorder_implementation() -> str:
+    """``C`` (the ``_tarsplit`` extension, built at install) or ``python``."""
+    return _extension("graphdriver.layerio._tarsplit")
 
 
 def implementations() -> list[tuple[str, str]]:
@@ -87,4 +99,5 @@ def implementations() -> list[tuple[str, str]]:
         ("Codec zstd", zstd_implementation()),
         ("Codec crc64", crc64_implementation()),
         ("Tar header decoder", tar_decoder_implementation()),
+        ("Tar-split recorder", tarsplit_recorder_implementation()),
     ]

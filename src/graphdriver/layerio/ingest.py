@@ -29,7 +29,7 @@ from graphdriver.fs import confine
 from graphdriver.layerio.compression import Compression, open_compressor, open_decompressed
 from graphdriver.layerio.entry import TarEntry
 from graphdriver.layerio.reproducible import ReproducibilityCheck
-from graphdriver.layerio.tarsplit import Packer, Recorder
+from graphdriver.layerio.tarsplit import Sinks, recorder
 from graphdriver.layerio.tarstream import TarReader
 from graphdriver.plain import Plain
 
@@ -243,14 +243,14 @@ class _Pipeline:
         # Threads do not survive fork: the read-ahead starts here, in the child.
         ahead = _ReadAhead(self.plain, self.compressed)
         packer_out: BinaryIO | None = None
-        recorder: Recorder | None = None
+        rec: Sinks | None = None
         if self.tarsplit_out is not None:
             packer_out = open_compressor(self.tarsplit_out, Compression.GZIP, 1)
-            recorder = Recorder(Packer(packer_out))
+            rec = recorder(packer_out)
         check = ReproducibilityCheck()
         entry_sink = None
-        if recorder is not None:
-            header, see = recorder.header, check.see
+        if rec is not None:
+            header, see = rec.header, check.see
 
             def entry_sink(entry: TarEntry) -> None:
                 header(entry)
@@ -258,8 +258,8 @@ class _Pipeline:
 
         reader = TarReader(
             ahead,  # type: ignore[arg-type]
-            raw_sink=None if recorder is None else recorder.raw,
-            data_sink=None if recorder is None else recorder.data,
+            raw_sink=None if rec is None else rec.raw,
+            data_sink=None if rec is None else rec.data,
             entry_sink=entry_sink,
             bufsize=_CHUNK,
         )
@@ -271,8 +271,8 @@ class _Pipeline:
             reader.trailing  # noqa: B018
         finally:
             ahead.close()
-        if recorder is not None and packer_out is not None:
-            recorder.finish()
+        if rec is not None and packer_out is not None:
+            rec.finish()
             packer_out.close()
         if self.tarsplit_out is not None:
             self.tarsplit_out.flush()

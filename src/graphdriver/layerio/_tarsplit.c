@@ -1,0 +1,388 @@
+/*
+ * The tar-split recorder, in C: the same lines as tarsplit.Recorder over a
+ * tarsplit.Packer, without a Python frame per entry.
+ *
+ *   Recorder(write, crc, json_name)
+ *
+ * write(bytes) receives the gathered lines (batches of about 256 KiB, as the
+ * Packer writes them); crc(chunk, crc) -> int is the CRC-64/ISO function the
+ * store uses (fastcrc's, or the pure twin); json_name(name: bytes) -> bytes
+ * gives the name member of names that are not plain printable ASCII, so the
+ * rare escaping rules live in one place, Python.  Methods raw, data, header
+ * and finish are the TarReader sinks and the end, exactly as the Python
+ * recorder's; the tests hold the two to the same bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 512
+#define BATCH (1 << 18)
+
+typedef struct {
+    char *p;
+    Py_ssize_t n, cap;
+} buffer;
+
+static int grow(buffer *b, Py_ssize_t more)
+{
+    if (more > PY_SSIZE_T_MAX - b->n) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (b->n + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + more)
+        cap = cap > PY_SSIZE_T_MAX / 2 ? b->n + more : cap * 2;
+    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int put(buffer *b, const void *data, Py_ssize_t n)
+{
+    if (grow(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->n, data, (size_t)n);
+    b->n += n;
+    return 0;
+}
+
+static int puts_(buffer *b, const char *s) { return put(b, s, (Py_ssize_t)strlen(s)); }
+
+static int put_int(buffer *b, long long v)
+{
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%lld", v);
+    return put(b, tmp, n);
+}
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Standard base64 with padding, no newline (binascii.b2a_base64(newline=False)). */
+static int put_base64(buffer *b, const unsigned char *s, Py_ssize_t n)
+{
+    if (n > (PY_SSIZE_T_MAX - 3) / 4 * 3 || grow(b, (n + 2) / 3 * 4) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return -1;
+    }
+    char *o = b->p + b->n;
+    Py_ssize_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+        *o++ = B64[v >> 18];
+        *o++ = B64[(v >> 12) & 63];
+        *o++ = B64[(v >> 6) & 63];
+        *o++ = B64[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)s[i] << 16;
+        *o++ = B64[v >> 18];
+        *o++ = B64[(v >> 12) & 63];
+        *o++ = '=';
+        *o++ = '=';
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
+        *o++ = B64[v >> 18];
+        *o++ = B64[(v >> 12) & 63];
+        *o++ = B64[(v >> 6) & 63];
+        *o++ = '=';
+    }
+    b->n = o - b->p;
+    return 0;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *write;
+    PyObject *crc_fn;
+    PyObject *json_name;
+    buffer pending; /* padding and headers since the last entry */
+    buffer lines;   /* gathered lines not yet written */
+    long long position;
+    PyObject *name; /* bytes: the current entry's name */
+    long long size, remaining;
+    PyObject *crc;  /* int: the current entry's CRC so far */
+} Recorder;
+
+static int flush(Recorder *self)
+{
+    if (!self->lines.n)
+        return 0;
+    PyObject *r = PyObject_CallFunction(self->write, "y#", self->lines.p, self->lines.n);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    self->lines.n = 0;
+    return 0;
+}
+
+/* A line is complete in self->lines: count it, and write the batch once large. */
+static int line_done(Recorder *self)
+{
+    self->position++;
+    return self->lines.n >= BATCH ? flush(self) : 0;
+}
+
+static int segment(Recorder *self, const unsigned char *data, Py_ssize_t n, int even_empty)
+{
+    if (!n && !even_empty)
+        return 0;
+    buffer *b = &self->lines;
+    if (puts_(b, "{\"type\":2,\"payload\":\"") < 0 || put_base64(b, data, n) < 0
+        || puts_(b, "\",\"position\":") < 0 || put_int(b, self->position) < 0 || puts_(b, "}\n") < 0)
+        return -1;
+    return line_done(self);
+}
+
+static int is_plain(const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\')
+            return 0;
+    }
+    return 1;
+}
+
+/* The file line of the current entry; crc NULL: an empty file ("payload":null). */
+static int file_line(Recorder *self, PyObject *crc)
+{
+    buffer *b = &self->lines;
+    const char *name = PyBytes_AS_STRING(self->name);
+    Py_ssize_t len = PyBytes_GET_SIZE(self->name);
+    if (puts_(b, "{\"type\":1,") < 0)
+        return -1;
+    if (is_plain(name, len)) {
+        if (puts_(b, "\"name\":\"") < 0 || put(b, name, len) < 0 || puts_(b, "\"") < 0)
+            return -1;
+    } else {
+        PyObject *member = PyObject_CallOneArg(self->json_name, self->name);
+        if (!member)
+            return -1;
+        if (!PyBytes_Check(member)) {
+            Py_DECREF(member);
+            PyErr_SetString(PyExc_TypeError, "json_name must return bytes");
+            return -1;
+        }
+        int r = put(b, PyBytes_AS_STRING(member), PyBytes_GET_SIZE(member));
+        Py_DECREF(member);
+        if (r < 0)
+            return -1;
+    }
+    if (puts_(b, ",") < 0)
+        return -1;
+    if (self->size && (puts_(b, "\"size\":") < 0 || put_int(b, self->size) < 0 || puts_(b, ",") < 0))
+        return -1;
+    if (crc != NULL && self->size) {
+        unsigned long long v = PyLong_AsUnsignedLongLong(crc);
+        if (v == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        unsigned char be[8];
+        for (int i = 0; i < 8; i++)
+            be[i] = (unsigned char)(v >> (56 - 8 * i));
+        if (puts_(b, "\"payload\":\"") < 0 || put_base64(b, be, 8) < 0 || puts_(b, "\"") < 0)
+            return -1;
+    } else if (puts_(b, "\"payload\":null") < 0) {
+        return -1;
+    }
+    if (puts_(b, ",\"position\":") < 0 || put_int(b, self->position) < 0 || puts_(b, "}\n") < 0)
+        return -1;
+    return line_done(self);
+}
+
+static PyObject *Recorder_raw(Recorder *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int r = put(&self->pending, view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Recorder_data(Recorder *self, PyObject *arg)
+{
+    Py_ssize_t n = PyObject_Length(arg);
+    if (n < 0)
+        return NULL;
+    PyObject *crc = PyObject_CallFunctionObjArgs(self->crc_fn, arg, self->crc, NULL);
+    if (!crc)
+        return NULL;
+    Py_SETREF(self->crc, crc);
+    self->remaining -= n;
+    if (self->remaining <= 0 && file_line(self, self->crc) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Recorder_header(Recorder *self, PyObject *entry)
+{
+    /* The previous entry's padding and this header are one segment, as the Go
+     * disassembler frames them. */
+    if (self->pending.n) {
+        if (segment(self, (unsigned char *)self->pending.p, self->pending.n, 0) < 0)
+            return NULL;
+        self->pending.n = 0;
+    }
+    PyObject *name = PyObject_GetAttrString(entry, "name");
+    if (!name)
+        return NULL;
+    PyObject *raw = PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape");
+    Py_DECREF(name);
+    if (!raw)
+        return NULL;
+    Py_SETREF(self->name, raw);
+    PyObject *size_o = PyObject_GetAttrString(entry, "size");
+    if (!size_o)
+        return NULL;
+    long long size = PyLong_AsLongLong(size_o);
+    Py_DECREF(size_o);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    self->size = self->remaining = size;
+    PyObject *zero = PyLong_FromLong(0);
+    if (!zero)
+        return NULL;
+    Py_SETREF(self->crc, zero);
+    if (size == 0 && file_line(self, NULL) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int all_zero(const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+static PyObject *Recorder_finish(Recorder *self, PyObject *Py_UNUSED(ignored))
+{
+    /* The last padding and up to two end blocks, then the bytes after them,
+     * then an empty segment: the Go disassembler's framing. */
+    const unsigned char *p = (const unsigned char *)self->pending.p;
+    Py_ssize_t n = self->pending.n;
+    Py_ssize_t end = (Py_ssize_t)((BLOCK - self->size % BLOCK) % BLOCK);
+    int zero_blocks = 0;
+    while (end < n && zero_blocks < 2) {
+        Py_ssize_t len = n - end < BLOCK ? n - end : BLOCK;
+        zero_blocks += all_zero(p + end, len);
+        end += len;
+    }
+    if (end > n)
+        end = n;
+    if (segment(self, p, end, 0) < 0 || segment(self, p + end, n - end, 0) < 0
+        || segment(self, p, 0, 1) < 0)
+        return NULL;
+    self->pending.n = 0;
+    if (flush(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *write, *crc_fn, *json_name;
+    static char *kwlist[] = {"write", "crc", "json_name", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Recorder", kwlist, &write, &crc_fn, &json_name))
+        return -1;
+    PyObject *zero = PyLong_FromLong(0);
+    if (!zero)
+        return -1;
+    Py_INCREF(write);
+    Py_INCREF(crc_fn);
+    Py_INCREF(json_name);
+    Py_XSETREF(self->write, write);
+    Py_XSETREF(self->crc_fn, crc_fn);
+    Py_XSETREF(self->json_name, json_name);
+    Py_XSETREF(self->crc, zero);
+    Py_XSETREF(self->name, PyBytes_FromStringAndSize("", 0));
+    if (!self->name)
+        return -1;
+    self->pending.n = self->lines.n = 0;
+    self->position = self->size = self->remaining = 0;
+    return 0;
+}
+
+static int Recorder_traverse(Recorder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->write);
+    Py_VISIT(self->crc_fn);
+    Py_VISIT(self->json_name);
+    return 0;
+}
+
+static int Recorder_clear(Recorder *self)
+{
+    Py_CLEAR(self->write);
+    Py_CLEAR(self->crc_fn);
+    Py_CLEAR(self->json_name);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->crc);
+    return 0;
+}
+
+static void Recorder_dealloc(Recorder *self)
+{
+    PyObject_GC_UnTrack(self);
+    Recorder_clear(self);
+    PyMem_Free(self->pending.p);
+    PyMem_Free(self->lines.p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Recorder_methods[] = {
+    {"raw", (PyCFunction)Recorder_raw, METH_O, "raw(bytes): header blocks and padding, in stream order."},
+    {"data", (PyCFunction)Recorder_data, METH_O, "data(chunk): file content of the current entry."},
+    {"header", (PyCFunction)Recorder_header, METH_O, "header(entry): a new entry begins."},
+    {"finish", (PyCFunction)Recorder_finish, METH_NOARGS,
+     "finish(): the end of the archive's lines, and write what is gathered."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RecorderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "graphdriver.layerio._tarsplit.Recorder",
+    .tp_basicsize = sizeof(Recorder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Recorder(write, crc, json_name): tar-split lines of a tar stream, as the reader's sinks.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Recorder_init,
+    .tp_dealloc = (destructor)Recorder_dealloc,
+    .tp_traverse = (traverseproc)Recorder_traverse,
+    .tp_clear = (inquiry)Recorder_clear,
+    .tp_methods = Recorder_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_tarsplit", "The tar-split recorder, in C.", -1, NULL,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__tarsplit(void)
+{
+    if (PyType_Ready(&RecorderType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&RecorderType);
+    if (PyModule_AddObject(m, "Recorder", (PyObject *)&RecorderType) < 0) {
+        Py_DECREF(&RecorderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,183 @@
+"""The C tar-split recorder writes exactly what the Python one writes.
+
+Both are fed by the same reader pass (every corpus archive, Hypothesis-made
+archives, names of every kind, trailing bytes, archives cut short) and must
+produce the same bytes, batch by batch, and the same errors.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from graphdriver.errors import ArchiveError
+from graphdriver.layerio import tarsplit
+from graphdriver.layerio.crc64 import crc64_iso
+from graphdriver.layerio.entry import REG, TarEntry
+from graphdriver.layerio.tarstream import TarReader
+from tests.conftest import CORPUS, ROOT
+from tests.strategies import names, tar_entries
+from tests.strategies import write_tar as write
+
+CRecorder = tarsplit._CRecorder
+pytestmark = pytest.mark.skipif(
+    CRecorder is None, reason="the C recorder is not in use here (not built at install, or GRAPHDRIVER_PURE)"
+)
+
+
+class Batches:
+    """A write target that keeps every batch apart (the Packer's batching must match too)."""
+
+    def __init__(self) -> None:
+        self.batches: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.batches.append(bytes(data))
+        return len(data)
+
+
+def _record(data: bytes, c: bool, bufsize: int = 1 << 16) -> tuple[list[bytes], str | None]:
+    out = Batches()
+    rec: Any = (CRecorder(out.write, crc64_iso, tarsplit._json_name) if c  # type: ignore[misc]
+                else tarsplit.Recorder(tarsplit.Packer(out)))  # type: ignore[arg-type]
+    reader = TarReader(io.BytesIO(data), raw_sink=rec.raw, data_sink=rec.data, entry_sink=rec.header,
+                       bufsize=bufsize)
+    try:
+        while (entry := reader.next()) is not None:
+            if entry.size and entry.offset % 3 == 0:
+                reader.read(min(entry.size, 7))  # part read, the rest skipped: both paths feed the sink
+        reader.trailing  # noqa: B018
+        rec.finish()
+    except ArchiveError as e:
+        return out.batches, str(e)
+    return out.batches, None
+
+
+def same(data: bytes, bufsize: int = 1 << 16) -> None:
+    assert _record(data, True, bufsize) == _record(data, False, bufsize)
+
+
+def _corpus() -> list[Path]:
+    skip = ("LICENSE", "README")
+    return sorted(p for p in CORPUS.rglob("*") if p.is_file() and not p.name.startswith(skip))
+
+
+@pytest.mark.parametrize("path", _corpus(), ids=lambda p: str(p.relative_to(CORPUS)))
+def test_the_corpus_records_the_same_both_ways(path: Path) -> None:
+    import bz2
+    import gzip
+
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    elif path.suffix == ".bz2":
+        data = bz2.decompress(data)
+    same(data)
+    same(data, bufsize=700)
+
+
+@given(st.lists(tar_entries(), max_size=6), st.binary(max_size=1500))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_written_archives_record_the_same_both_ways(items: list[tuple[TarEntry, bytes | None]],
+                                                   trailing: bytes) -> None:
+    data = write(items) + trailing
+    same(data)
+    same(data[: len(data) // 2])  # cut short: the same lines, then the same error
+
+
+@given(st.lists(names, min_size=1, max_size=5))
+@settings(max_examples=100, deadline=None)
+def test_names_of_every_kind_record_the_same_both_ways(ns: list[str]) -> None:
+    extra = ['a"b', "back\\slash", "tab\there", "new\nline", "\x7f", "é", "😀", "\udcff"]
+    items = [(TarEntry(n, type=REG, size=1), b"x") for n in [*ns, *extra]]
+    same(write(items))
+
+
+def test_lines_crossing_batches_record_the_same_both_ways() -> None:
+    items = [(TarEntry(f"dir/{i:05d}-" + "n" * 90, type=REG, size=i % 3), b"ab"[: i % 3])
+             for i in range(4000)]
+    batches, error = _record(write(items), True)
+    assert error is None and len(batches) > 2
+    same(write(items))
+
+
+def test_empty_and_zero_archives_record_the_same_both_ways() -> None:
+    for data in (b"", b"\0" * 512, b"\0" * 1024, b"\0" * 10240, b"\0" * 1024 + b"after the end"):
+        same(data)
+
+
+def test_errors_of_the_write_and_crc_functions_reach_the_caller() -> None:
+    def failing_write(_data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    def failing_crc(_data: object, _crc: int) -> int:
+        raise ValueError("crc")
+
+    data = write([(TarEntry("f", type=REG, size=3), b"abc")])
+    rec = CRecorder(failing_write, crc64_iso, tarsplit._json_name)  # type: ignore[misc]
+    reader = TarReader(io.BytesIO(data), raw_sink=rec.raw, data_sink=rec.data, entry_sink=rec.header)
+    while reader.next() is not None:
+        pass
+    with pytest.raises(OSError, match="No space"):
+        rec.finish()
+    rec = CRecorder(Batches().write, failing_crc, tarsplit._json_name)  # type: ignore[misc]
+    reader = TarReader(io.BytesIO(data), raw_sink=rec.raw, data_sink=rec.data, entry_sink=rec.header)
+    with pytest.raises(ValueError, match="crc"):
+        while reader.next() is not None:
+            pass
+
+
+def test_bad_arguments_are_type_errors() -> None:
+    with pytest.raises(TypeError):
+        CRecorder()  # type: ignore[misc]
+    rec = CRecorder(Batches().write, crc64_iso, lambda _n: "not bytes")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        rec.raw(12)
+    with pytest.raises(TypeError, match="bytes"):
+        rec.header(TarEntry("é", type=REG))  # json_name is asked for a name that is not plain
+
+
+def test_no_memory_is_leaked() -> None:
+    import tracemalloc
+
+    data = write([(TarEntry(f"d/é{i}", type=REG, size=5), b"12345") for i in range(50)])
+
+    def rounds(n: int) -> int:
+        for _ in range(n):
+            _record(data, True)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        rounds(20)
+        before = rounds(1)
+        after = rounds(300)
+    finally:
+        tracemalloc.stop()
+    assert after - before < 64 * 1024  # a leak of one name per entry would be over 600 KB
+
+
+def test_imports_record_with_the_c_recorder(tmp_path: Path) -> None:
+    """What ``import`` writes is what the Python recorder writes, read back as lines."""
+    import gzip
+    import subprocess
+
+    layer = write([(TarEntry("etc/hello", type=REG, size=6), b"hello\n"),
+                   (TarEntry("etc/é", type=REG, size=0), b"")])
+    (tmp_path / "l.tar").write_bytes(layer)
+    run = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "s"), "--run-root",
+           str(tmp_path / "r"), "--driver", "vfs"]
+    subprocess.run([*run, "import", "l", str(tmp_path / "l.tar")], check=True, capture_output=True,
+                   cwd=ROOT)
+    stored = subprocess.run([*run, "tarsplit", "l"], check=True, capture_output=True, cwd=ROOT).stdout
+    expected = b"".join(_record(layer, False)[0])
+    assert gzip.decompress(stored) == expected
+
