@@ -225,6 +225,25 @@ def test_unsupported_and_skipped_types(dest: Path) -> None:
     assert stat.S_IMODE(os.stat(dest / "dumped").st_mode) == 0o750
 
 
+@pytest.mark.parametrize("uid,gid", [(0xFFFFFFFF, 0), (0, 0xFFFFFFFF), (-1, 0), (0, -5), (1 << 32, 0)])
+def test_owners_chown_cannot_set_are_refused(dest: Path, uid: int, gid: int) -> None:
+    # 2**32 - 1 (or -1 in base-256) would be chown's "leave it": silently root's file.
+    for typ in ("0", "5", "2", "3"):
+        e = TarEntry(f"x{typ}", type=typ, uid=uid, gid=gid, linkname="t" if typ == "2" else "",
+                     devmajor=1, devminor=3)
+        with pytest.raises(ArchiveError, match=f"owner {uid}:{gid} is not a valid user and group id"):
+            extract_fake(dest, [(e, b"")])
+    assert listing(dest) == []
+
+
+@pytest.mark.parametrize("major,minor", [(1 << 12, 0), (0, 1 << 20), (1 << 40, 1), (-1, 0)])
+def test_device_numbers_the_kernel_cannot_keep_are_refused(dest: Path, major: int, minor: int) -> None:
+    e = TarEntry("dev", type="3", devmajor=major, devminor=minor)
+    with pytest.raises(ArchiveError, match=f"device number {major}:{minor} is out of range"):
+        extract_fake(dest, [(e, b"")])
+    assert listing(dest) == []
+
+
 def test_empty_name_and_empty_targets_are_refused(dest: Path) -> None:
     with pytest.raises(ArchiveError, match="empty name"):
         extract_fake(dest, [(TarEntry("", type="0"), b"")])

@@ -69,6 +69,10 @@ IMPLIED_DIR_MODE = 0o755
 # small cache hits nearly always; it is trimmed between entries only, so every
 # fd an entry is working with stays open until the entry is done.
 _DIR_CACHE_SIZE = 128
+# Owners chown(2) can set (2**32 - 1 means "unchanged"), device numbers mknod(2) keeps.
+_NO_ID = 0xFFFFFFFF
+_MAJORS = 1 << 12
+_MINORS = 1 << 20
 AUFS_LINK_DIR = ".wh..wh.plnk"
 
 _DIR_TYPES = frozenset({te.DIR, te.GNU_DUMPDIR})  # a dumpdir is a directory plus a listing
@@ -299,6 +303,8 @@ class Extraction:
                 raise ArchiveError(e.name, self._error_text(x)) from x
             except ValueError as x:  # a NUL byte in a name
                 raise ArchiveError(e.name, str(x)) from x
+            except OverflowError as x:  # a number no system call takes
+                raise ArchiveError(e.name, "a number in the entry is out of range") from x
         try:
             self._finish()
         except OSError as x:
@@ -504,6 +510,9 @@ class _Extractor(Extraction):
         if e.pax and t in REGULAR_TYPES and pax.sparse(e.pax):
             # Its data is the packed extents (and map), not the file.
             raise ArchiveError(e.name, f"unsupported entry type {t!r} (PAX sparse file)")
+        if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
+            # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be set.
+            raise ArchiveError(e.name, f"owner {e.uid}:{e.gid} is not a valid user and group id")
         pfd = self._dir_fd(parent)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
@@ -663,6 +672,9 @@ class _Extractor(Extraction):
     def _special(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
         kind = _SPECIAL_TYPES[e.type]
         perm = e.mode & 0o7777
+        if kind != stat.S_IFIFO and not (0 <= e.devmajor < _MAJORS and 0 <= e.devminor < _MINORS):
+            # The kernel keeps 12 bits of major and 20 of minor: more would silently wrap.
+            raise ArchiveError(e.name, f"device number {e.devmajor}:{e.devminor} is out of range")
         dev = 0 if kind == stat.S_IFIFO else os.makedev(e.devmajor, e.devminor)
         try:
             self._mknod(pfd, base, rel, kind | (perm & 0o777), dev)
