@@ -238,3 +238,59 @@ def test_output_to_dev_null_writes_into_it_and_never_replaces_it(root):
     after = os.lstat("/dev/null")
     assert r.returncode == 0, r.stderr
     assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_ino == before.st_ino
+
+
+def _write_through_mount(root: Path, driver, layer_id: str, change) -> bool:
+    """Do *change* in the mounted layer; False when its view is read-only (overlay image layers)."""
+    mnt = Path(run_cli("mount", layer_id, root=root, driver=driver, check=True).stdout.decode().strip())
+    try:
+        change(mnt)
+    except OSError as e:
+        import errno
+
+        if e.errno != errno.EROFS:
+            raise
+        return False
+    finally:
+        run_cli("unmount", layer_id, root=root, driver=driver, check=True)
+    return True
+
+
+def test_diff_of_an_imported_layer_changed_through_its_mount_is_the_layer_now(tmp_path, driver_name):
+    """`mount base; echo x > $m/x; chmod 700 $m/etc/hello; unmount base; diff base` never
+    gives back the imported tarball (vfs hands out the layer's tree itself)."""
+    root = tmp_path / "store"
+    imported = make_tar({"etc": D(), "etc/hello": F(b"hello\n", mode=0o644)})
+    (tmp_path / "base.tar").write_bytes(imported)
+
+    def gd(*args: str, check: bool = True):
+        return run_cli(*args, root=root, driver=driver_name, check=check)
+
+    gd("import", "base", str(tmp_path / "base.tar"))
+
+    def change(mnt: Path) -> None:
+        (mnt / "x").write_bytes(b"x\n")
+        (mnt / "etc/hello").chmod(0o700)
+
+    written = _write_through_mount(root, driver_name, "base", change)
+    r = gd("diff", "base", "-o", str(tmp_path / "o.tar"), check=False)
+    assert r.returncode == 0, r.stderr
+    out = (tmp_path / "o.tar").read_bytes()
+    record = json.loads(gd("layer", "base").stdout)
+    if not written:  # a read-only view: the layer is as imported
+        assert out == imported and "mounted_writable" not in record
+        return
+    assert out != imported
+    with tarfile.open(fileobj=io.BytesIO(out)) as tf:
+        members = {m.name.rstrip("/"): m for m in tf}
+    assert sorted(members) == ["etc", "etc/hello", "x"]
+    assert members["etc/hello"].mode == 0o700
+    assert "mounted_writable" in record
+    assert gd("changes", "base").stdout.decode() == "A /etc\nA /etc/hello\nA /x\n"
+    assert gd("check", "base", check=False).returncode == 6  # check compares with the import, as before
+    # An unchanged mount costs nothing afterwards: diff checks once, then forgets the mark.
+    gd("import", "other", str(tmp_path / "base.tar"))
+    _write_through_mount(root, driver_name, "other", lambda mnt: None)
+    assert "mounted_writable" in json.loads(gd("layer", "other").stdout)
+    assert gd("diff", "other").stdout == imported
+    assert "mounted_writable" not in json.loads(gd("layer", "other").stdout)

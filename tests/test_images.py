@@ -493,3 +493,37 @@ def test_a_zstd_layer_loads_and_container_size_reaches_the_writable_layer(tmp_pa
     assert refused.returncode == 2 and refused.stderr.count(b"\n") == 1
     assert b"c" not in gd(other, "vfs", "container", "ls").stdout.split()
     assert b"c-init" not in gd(other, "vfs", "layers").stdout.split()
+
+
+def test_an_image_layer_changed_through_its_mount_keeps_no_stale_digest(tmp_path, driver_name):
+    """A layer changed since it was loaded no longer has its DiffID: saving the image (which
+    would name the changed tarball by the old digest), diff --compress original and sharing the
+    layer with a new load are refused; diff gives the layer as it is now."""
+    import errno
+
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2])
+    gd(tmp_path, driver_name, "image", "load", str(tmp_path / "in"))
+    chain1 = sha256(LAYER1)
+    top = sha256(f"{chain1} {sha256(LAYER2)}".encode())[7:]
+    mnt = Path(gd(tmp_path, driver_name, "mount", top).stdout.decode().strip())
+    try:
+        (mnt / "srv/planted").write_bytes(b"planted\n")
+        written = True
+    except OSError as e:
+        assert e.errno == errno.EROFS
+        written = False
+    finally:
+        gd(tmp_path, driver_name, "unmount", top)
+    saved = gd(tmp_path, driver_name, "image", "save", "localhost/made:1", "-o", str(tmp_path / "out.tar"),
+               check=False)
+    original = gd(tmp_path, driver_name, "diff", top, "--compress", "original", check=False)
+    again = gd(tmp_path, driver_name, "image", "load", str(tmp_path / "in"), check=False)
+    if not written:  # overlay mounts image layers read-only
+        assert (saved.returncode, original.returncode, again.returncode) == (0, 0, 0)
+        return
+    for proc in (saved, original, again):
+        assert proc.returncode == 6, proc.stderr
+        assert b"changed since it was imported" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.tar").exists()
+    with tarfile.open(fileobj=io.BytesIO(gd(tmp_path, driver_name, "diff", top).stdout)) as tf:
+        assert "srv/planted" in tf.getnames()

@@ -93,8 +93,9 @@ DOCS: dict[str, Doc] = {
                   "stores. A corrupt record is named on stderr, not fatal.",
                   [("graphdriver layers", "one id a line"), ("graphdriver layers --json", "the records")]),
     "layer": Doc("layers", "Prints the layer's record as JSON: id, parent, created, size, the digests recorded on "
-                 "import (diff_digest is the DiffID), the compression it came in, its mount count and mount "
-                 "point, and the driver's facts.",
+                 "import (diff_digest is the DiffID), the compression it came in, mounted_writable when the "
+                 "store last mounted the imported layer writable, its mount count and mount point, and the "
+                 "driver's facts.",
                  [("graphdriver layer base", "the record"),
                   ("graphdriver layer base --json | jq -r .diff_digest", "its DiffID")], {3: "no such layer"}),
     "changes": Doc("layers", "Lists what the layer changed relative to its parent (or --parent), sorted by path, "
@@ -103,7 +104,8 @@ DOCS: dict[str, Doc] = {
                     ("graphdriver changes ctr --json", "the same as JSON")], {3: "no such layer"}),
     "diff": Doc("layers", "Writes the layer tarball: whiteouts for deletions, the files as they are for the rest. "
                 "For an imported layer that nothing changed, byte for byte the tarball imported (exit 6 if that "
-                "cannot be, unless --regenerate). --compress gzip or zstd compresses it; original gives back the "
+                "cannot be, unless --regenerate); one mounted writable since (vfs) is first checked against the "
+                "tarball's headers and, if it changed, written as it is now. --compress gzip or zstd compresses it; original gives back the "
                 "compressed bytes an image kept.",
                 [("graphdriver diff ctr -o ctr.tar", "to a file"),
                  ("graphdriver diff base --compress zstd > base.tar.zst", "compressed")],

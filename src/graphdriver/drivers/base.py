@@ -489,6 +489,17 @@ class Driver(abc.ABC):
             self.counts.set(key, 0, "")
         return count
 
+    def writable_view(self, layer_id: str) -> bool:
+        """Whether :meth:`get` hands out a view through which the layer's own files can change.
+
+        The store records it when it mounts an imported layer so (its files may
+        then no longer be its tarball's).  True unless a driver knows better: a
+        full tree handed out as it is (``vfs``) is writable; a read-only union
+        mount of an image layer, or a throwaway copy, is not.
+        """
+        self.resolve(layer_id)
+        return True
+
     def mounted(self, layer_id: str) -> _Mounted:
         """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``."""
         return _Mounted(self, layer_id)

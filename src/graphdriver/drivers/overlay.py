@@ -662,6 +662,12 @@ class OverlayDriver(Driver):
         """Whether a layer mounts read-write: only this store's container layers do."""
         return self._own(folder) and os.path.exists(os.path.join(folder, WRITABLE_FILE))
 
+    def writable_view(self, layer_id: str) -> bool:
+        folder = self.resolve(layer_id)
+        # Image layers mount read-only, but a layer with nothing below it is handed out
+        # as its own directory when a mount program (no bind mounts) is in use.
+        return self._writable(folder) or (self.mount_program is not None and not self._lowers(folder))
+
     def _mount(self, layer_id: str, mount_label: str) -> str:
         from graphdriver.fs import mounts
 

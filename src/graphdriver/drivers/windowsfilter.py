@@ -434,6 +434,11 @@ class WindowsFilterDriver(Driver, BaseImages):
         else:
             mounts.mount_overlay(mounts.OverlayMount((own, *lowers), options=options, readonly=True), target)
 
+    def writable_view(self, layer_id: str) -> bool:
+        # Image layers are viewed through read-only mounts, or (without root) through a
+        # copy that is thrown away on unmount; only sandboxes are written.
+        return self._is_sandbox(self.resolve(layer_id))
+
     def _materialise(self, layer_id: str, folder: str, target: str) -> None:
         """Without root: copy the chain's ``Files/`` into *target*, bottom up, tombstones applied."""
         if self._is_sandbox(folder):

@@ -127,7 +127,7 @@ def _make_init(store: Store, init: str, parent: str | None) -> None:
     if parent is None:
         missing = [*_INIT_DIRS, *_INIT_FILES, "etc/mtab"]
     else:
-        root = store.mount(parent)
+        root = store.mount(parent, readonly=True)  # only looked at
         try:
             missing = [p for p in (*_INIT_DIRS, *_INIT_FILES, "etc/mtab")
                        if not os.path.lexists(os.path.join(root, p))]

@@ -160,7 +160,7 @@ def _pusher(store: Store, images: ImageStore, digest: str, layer_id: str | None)
         import tempfile
 
         tmp = tempfile.TemporaryFile(dir=images.dir)
-        store.diff(layer_id, tmp)  # type: ignore[arg-type]
+        store.diff(layer_id, tmp, exact=True)  # type: ignore[arg-type]
         tmp.seek(0)
         return tmp  # type: ignore[return-value]
 
@@ -188,7 +188,7 @@ def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) ->
         with open(staging, "wb") as out:
             hashing = oci.HashingWriter(out)
             with contextlib.closing(open_compressor(hashing, Compression.GZIP)) as z:  # type: ignore[arg-type]
-                store.diff(layer_id, z)
+                store.diff(layer_id, z, exact=True)
             out.flush()
             os.fsync(out.fileno())
         digest = hashing.digest

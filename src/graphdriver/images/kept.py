@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from graphdriver.errors import Precondition
+from graphdriver.errors import IntegrityError, Precondition
 from graphdriver.images.records import ImageStore
 
 if TYPE_CHECKING:
@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 def original_blob(store: Store, layer_id: str) -> str:
     """The path of the kept compressed blob of *layer_id*; Precondition (exit 5) when none was kept."""
     layer = store.layer(layer_id)
+    changed = store.changed_since_import(layer_id)
+    if changed is not None:
+        raise IntegrityError(f"layer {layer_id}", f"{changed}, nor do the compressed bytes it came in")
     images = ImageStore(store.root)
     for image in images.all():
         for lid, desc in zip(image.layers, image.layer_blobs or (), strict=False):

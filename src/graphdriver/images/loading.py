@@ -199,6 +199,9 @@ def _check_reused(store: Store, layer_id: str, diff_id: str) -> None:
     layer = store.layer(layer_id)
     if layer.diff_digest is not None and layer.diff_digest != diff_id:
         raise IntegrityError(f"layer {layer_id}", f"is stored with DiffID {layer.diff_digest}, not {diff_id}")
+    changed = store.changed_since_import(layer_id)  # mounted writable: is it still that tarball?
+    if changed is not None:
+        raise IntegrityError(f"layer {layer_id}", f"cannot be shared: it {changed}")
 
 
 def _keep_blob(images: ImageStore, layer: SourceLayer, diff_id: str, fresh: list[str]) -> None:

@@ -2,9 +2,11 @@
 
 Layer tarballs come from the layer store's ``diff``: byte for byte the ones
 imported (tar-split), so a saved docker-archive has the DiffIDs of the
-loaded one.  An OCI output of an image whose manifest and compressed layer
-blobs were kept writes them exactly (same manifest digest); otherwise it
-describes the uncompressed layers in a new OCI manifest.  Files in archives
+loaded one; a layer whose files changed since (mounted writable through
+``vfs``) no longer has its DiffID, and the save is refused (exit 6).  An OCI
+output of an image whose manifest and compressed layer blobs were kept
+writes them exactly (same manifest digest); otherwise it describes the
+uncompressed layers in a new OCI manifest.  Files in archives
 are written with mode 0644, owner 0 and time 0, so two saves of one image
 are the same bytes.
 """
@@ -152,11 +154,16 @@ def save(store: Store, record: ImageRecord, path: str, fmt: str = "docker-archiv
     out.close()
 
 
+def _layer(store: Store, layer_id: str, out: Any) -> None:
+    """The layer's tarball, the one its DiffID names (IntegrityError if its files changed since)."""
+    store.diff(layer_id, out, exact=True)
+
+
 def _layer_size(store: Store, layer_id: str) -> int:
     size = store.layer(layer_id).uncompressed_size
     if size is None:
         counter = _Counting(io.BytesIO())  # type: ignore[arg-type]
-        store.diff(layer_id, counter)  # type: ignore[arg-type]
+        store.diff(layer_id, counter, exact=True)  # type: ignore[arg-type]
         size = counter.count
     return size
 
@@ -168,7 +175,7 @@ def _docker_archive(store: Store, images: ImageStore, record: ImageRecord, out: 
     layers = []
     for layer_id, diff_id in zip(record.layers, record.diff_ids, strict=True):
         name = f"{oci.hex_of(diff_id)}.tar"
-        out.add_stream(name, _layer_size(store, layer_id), lambda w, i=layer_id: store.diff(i, w))
+        out.add_stream(name, _layer_size(store, layer_id), lambda w, i=layer_id: _layer(store, i, w))
         layers.append(name)
     manifest = [{"Config": config_name, "RepoTags": [familiar(n) for n in names], "Layers": layers}]
     out.add_bytes("manifest.json", json.dumps(manifest, separators=(",", ":")).encode())
@@ -186,7 +193,7 @@ def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Out
         descs = [oci.Descriptor.parse(d, "kept manifest") for d in record.layer_blobs]
         for layer_id, desc in zip(record.layers, descs, strict=True):
             if desc.digest in record.diff_ids:
-                out.add_stream(blob(desc.digest), desc.size, lambda w, i=layer_id: store.diff(i, w))
+                out.add_stream(blob(desc.digest), desc.size, lambda w, i=layer_id: _layer(store, i, w))
             else:
                 path = images.blob_path(desc.digest)
                 out.add_stream(blob(desc.digest), desc.size, lambda w, p=path: _copy_file(p, w))
@@ -195,7 +202,7 @@ def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Out
         layers = []
         for layer_id, diff_id in zip(record.layers, record.diff_ids, strict=True):
             size = _layer_size(store, layer_id)
-            out.add_stream(blob(diff_id), size, lambda w, i=layer_id: store.diff(i, w))
+            out.add_stream(blob(diff_id), size, lambda w, i=layer_id: _layer(store, i, w))
             layers.append({"mediaType": oci.OCI_LAYER, "digest": diff_id, "size": size})
         value = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
                  "config": {"mediaType": oci.OCI_CONFIG, "digest": record.id, "size": len(config)},

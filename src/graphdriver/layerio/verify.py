@@ -7,6 +7,9 @@ owner, modification time, size, link target, device numbers and extended
 attributes its header gives, and the layer holds no file that no entry
 names.  A ``chmod``, ``chown``, new xattr, touched mtime or planted file in
 an image layer's folder is found, where a digest alone would miss it.
+For a layer kept as a whole tree on top of a copy of its parent's (vfs),
+:func:`changes_problems` also finds what changed among the files its
+tarball left alone: a file of the parent's deleted, chmod-ed or chown-ed.
 
 The headers come from the tar-split metadata alone: its segments hold every
 header block, and file data is skipped as zeros of the recorded size, so no
@@ -25,12 +28,13 @@ import stat
 
 from graphdriver.fs import privileged
 from graphdriver.layerio import entry as te
-from graphdriver.layerio.whiteout import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
+from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
+    from graphdriver.diff.changes import Change
     from graphdriver.idmap import IDMappings
     from graphdriver.layerio.tarsplit import SplitEntry
 
@@ -86,15 +90,10 @@ def tree_problems(
     A file no entry names is reported too, unless *root* is a full tree on top
     of its parent's (vfs) and the parent's tree at *inherited* has that path.
     """
-    from graphdriver.layerio.tarstream import TarReader
-
     as_root = privileged()
     problems: list[str] = []
     expected: set[str] = set()
-    last: dict[str, te.TarEntry] = {}  # a name given twice: its last header is what unpacking left
-    for e in TarReader(_HeadersOnly(entries)):  # type: ignore[arg-type]
-        e.raw, e.pax = b"", {}  # only the fields are compared: keep memory flat
-        last[posixpath.normpath("/" + e.name).lstrip("/")] = e
+    last = _last_headers(entries)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         inodes: dict[str, tuple[int, int]] = {}
@@ -120,6 +119,94 @@ def tree_problems(
     finally:
         os.close(root_fd)
     return problems
+
+
+def _last_headers(entries: Iterable[SplitEntry]) -> dict[str, te.TarEntry]:
+    """Each name's header (without its raw bytes), the last one where a name is given twice:
+    that is what unpacking left."""
+    from graphdriver.layerio.tarstream import TarReader
+
+    last: dict[str, te.TarEntry] = {}
+    for e in TarReader(_HeadersOnly(entries)):  # type: ignore[arg-type]
+        e.raw, e.pax = b"", {}  # only the fields are compared: keep memory flat
+        last[posixpath.normpath("/" + e.name).lstrip("/")] = e
+    return last
+
+
+def changes_problems(
+    entries: Iterable[SplitEntry], changes: Iterable[Change], root: str, old_root: str | None,
+    owner: Callable[[int, int], tuple[int, int]] | None = None,
+) -> list[str]:
+    """What the full tree at *root* changed over its parent's tree at *old_root* that the
+    headers of *entries* do not account for (empty: nothing).
+
+    *changes* are the walked changes between the two trees
+    (:func:`graphdriver.diff.walk.changes_between`, *owner* translating the
+    parent's owners as there).  A path an entry names is left to
+    :func:`tree_problems`, which compares it with its header; a deletion must
+    come from a whiteout or an opaque directory; a directory above the
+    entries (listed because something below it changed, or made where the
+    parent had none) must keep its parent's mode and owner.  And what the
+    tarball deletes must be gone: a whited-out path no entry makes again, and
+    whatever an opaque directory holds that no entry names.
+    """
+    named: set[str] = set()
+    implied: set[str] = set()
+    deleted: set[str] = set()
+    opaque: set[str] = set()
+    for rel in _last_headers(entries):
+        parent, _, base = rel.rpartition("/")
+        if WHITEOUT_META_PREFIX in parent:
+            continue
+        implied.update(_parents(parent))
+        if base == OPAQUE_WHITEOUT:
+            opaque.add(parent)
+        elif base.startswith(WHITEOUT_META_PREFIX):
+            continue
+        elif base.startswith(WHITEOUT_PREFIX):
+            deleted.add(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]))
+        elif rel:
+            named.add(rel)
+    problems: list[str] = []
+    for change in changes:
+        rel = change.path.lstrip("/")
+        kind = change.kind.value
+        if rel in named:
+            continue  # compared with its header
+        if kind == "D":
+            above = set(_parents(rel.rpartition("/")[0]))
+            if rel not in deleted and not above & (deleted | opaque):
+                problems.append(f"{rel!r}: is deleted from the layer, and no entry of its tarball deletes it")
+            continue
+        if rel in implied and (kind == "A" or (
+                old_root is not None and _same_dir_owner_mode(root, old_root, rel, owner))):
+            continue  # a directory above the entries, made by unpacking or as the parent had it
+        what = "added to" if kind == "A" else "changed in"
+        problems.append(f"{rel!r}: was {what} the layer, and no entry of its tarball says so")
+    for rel in sorted(deleted - named - implied):
+        if os.path.lexists(os.path.join(root, rel)):
+            problems.append(f"{rel!r}: is in the layer, though its tarball deletes it")
+    for rel in sorted(opaque):
+        try:
+            names = os.listdir(os.path.join(root, rel)) if rel else os.listdir(root)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in sorted(names):
+            path = posixpath.join(rel, name)
+            if path not in named and path not in implied:
+                problems.append(f"{path!r}: is in the layer, though its tarball makes {rel or '/'!r} opaque")
+    return problems
+
+
+def _same_dir_owner_mode(root: str, old_root: str, rel: str,
+                         owner: Callable[[int, int], tuple[int, int]] | None) -> bool:
+    """Whether directory *rel* has the same type, mode and owner in both trees."""
+    try:
+        new, old = os.lstat(os.path.join(root, rel)), os.lstat(os.path.join(old_root, rel))
+    except FileNotFoundError:
+        return False
+    theirs = (old.st_uid, old.st_gid) if owner is None else owner(old.st_uid, old.st_gid)
+    return new.st_mode == old.st_mode and (new.st_uid, new.st_gid) == theirs and stat.S_ISDIR(new.st_mode)
 
 
 def _parents(parent: str) -> Iterator[str]:

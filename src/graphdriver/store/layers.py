@@ -470,7 +470,7 @@ class Store:
             # layer: forget what the import recorded before touching the files.
             record.diff_digest = record.compressed_digest = record.chain_id = None
             record.compressed_size = record.uncompressed_size = record.unreproducible = None
-            record.compression = None
+            record.compression = record.mounted_writable = None
             record.damaged = f"an apply started at {now_rfc3339()} did not finish"
             self.records.put(record)
             try:
@@ -508,10 +508,28 @@ class Store:
 
     # ----- mount -------------------------------------------------------------------------
 
-    def mount(self, layer_id: str, mount_label: str = "") -> str:
-        self._refuse_damaged(self._find(layer_id))
+    def mount(self, layer_id: str, mount_label: str = "", *, readonly: bool = False) -> str:
+        """Make the layer's root filesystem available (counted: every mount needs an unmount).
+
+        An imported layer that the driver hands out writable (a ``vfs`` tree)
+        is recorded as ``mounted_writable`` first: its files may change behind
+        its tarball's back, so ``diff`` checks them before giving back the
+        imported bytes.  *readonly*: the caller only reads, nothing is recorded.
+        """
+        record = self._find(layer_id)
+        self._refuse_damaged(record)
         try:
-            return self.driver.get(layer_id, mount_label)
+            if readonly or record.diff_digest is None or record.read_only_store \
+                    or not self.driver.writable_view(layer_id):
+                return self.driver.get(layer_id, mount_label)
+            # Recorded and mounted under the lock: a diff that finds the layer unchanged
+            # forgets the mark only when no mount came in between (see :meth:`_changed`).
+            with self.locked():
+                stored = self.records.get(layer_id)
+                if stored.diff_digest is not None:
+                    stored.mounted_writable = now_rfc3339()
+                    self.records.put(stored)
+                return self.driver.get(layer_id, mount_label)
         except (NotFound, IntegrityError) as e:
             self._raise_explained(e, layer_id)
 
@@ -603,26 +621,36 @@ class Store:
             self._raise_explained(e, layer_id, base)
 
     def diff(
-        self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False
+        self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False,
+        exact: bool = False,
     ) -> None:
         """The layer tarball: exactly the imported bytes while the layer is unchanged.
 
         An imported layer's recorded ``diff_digest`` is a promise: its tarball
         is rebuilt from tar-split data, or :class:`IntegrityError` says why it
         cannot be (the data is missing, or the archive overwrote its own
-        files).  *regenerate* asks for a tarball built from the files instead,
-        whose digest differs from the recorded one; a diff against another
-        parent than the layer's own is always built from the files.
+        files, or a file's content differs from its checksum).  *regenerate*
+        asks for a tarball built from the files instead, whose digest differs
+        from the recorded one; a diff against another parent than the layer's
+        own is always built from the files.
+
+        A layer the store mounted writable since its import (``mounted_writable``)
+        is first checked against its tarball (see :meth:`changed_since_import`):
+        unchanged, it gives the imported bytes; changed, its tarball no longer
+        describes it, so the tarball is built from its files as they are now,
+        as for a layer never imported -- or, with *exact* (what an image's
+        DiffID needs), :class:`IntegrityError` says what changed.
         """
         record = self._find(layer_id)
         base = self._parent_for(layer_id, parent)
         try:
-            self._diff(record, base, out, regenerate)
+            self._diff(record, base, out, regenerate, exact)
         except (GraphDriverError, OSError) as e:
             # Files may vanish under a reader when another process removes the layer.
             self._raise_explained(e, layer_id, base, seen=record)
 
-    def _diff(self, record: Layer, base: str | None, out: BinaryIO, regenerate: bool) -> None:
+    def _diff(self, record: Layer, base: str | None, out: BinaryIO, regenerate: bool,
+              exact: bool = False) -> None:
         layer_id = record.id
         if base == record.parent and record.diff_digest is not None and not regenerate:
             if record.unreproducible:
@@ -638,13 +666,100 @@ class Store:
                     f"tarball {record.diff_digest} cannot be rebuilt; diff --regenerate builds one "
                     "from its files, with another digest",
                 )
-            self._reassemble(record, out.write)
-            return
+            changed = self._changed(record) if self._may_have_changed(record) else None
+            if changed is None:
+                self._reassemble(record, out.write)
+                return
+            if exact:
+                raise IntegrityError(f"layer {layer_id}", self._changed_why(record, changed))
         from graphdriver.store import content
 
         owner = self._owner_translation(layer_id, base)
         content.export(self.driver, layer_id, base, out, idmaps=self.layer_maps(record), owner=owner,
                        native=owner is None)
+
+    def changed_since_import(self, layer_id: str) -> str | None:
+        """Why imported layer *layer_id* no longer gives back its imported tarball (None: it does).
+
+        Only a layer the store handed out writable since its import is looked
+        at (see :meth:`diff`); the files of any other are taken as imported
+        (``check`` compares them with the tarball whatever their history).
+        """
+        record = self._find(layer_id)
+        if record.diff_digest is None or not self._may_have_changed(record):
+            return None
+        why: str | None
+        try:
+            if record.unreproducible or not self._has_tarsplit(record):
+                why = "its files cannot be checked against its tarball (no tar-split data)"
+            else:
+                why = self._changed(record)
+        except (GraphDriverError, OSError) as e:
+            self._raise_explained(e, layer_id, seen=record)
+        return None if why is None else self._changed_why(record, why)
+
+    def _may_have_changed(self, record: Layer) -> bool:
+        """Whether *record*'s files may differ from its tarball through the store's own mounts.
+
+        An additional store's layer cannot be marked by our mounts, so where
+        the driver's views are writable it is always checked.
+        """
+        if record.mounted_writable is not None:
+            return True
+        return record.read_only_store and self.driver.writable_view(record.id)
+
+    @staticmethod
+    def _changed_why(record: Layer, why: str) -> str:
+        when = f" (mounted writable at {record.mounted_writable})" if record.mounted_writable else ""
+        return (f"changed since it was imported{when}: {why}; its tarball {record.diff_digest} "
+                "no longer describes it")
+
+    def _changed(self, record: Layer) -> str | None:
+        """What differs between *record*'s files and its imported tarball (None: nothing).
+
+        The files are compared with the tarball's headers (names, types, modes,
+        owners, sizes, times, link targets, xattrs, and no other files), a full
+        tree's other changes over its parent's with what the tarball deletes,
+        and the content with the recorded checksums and digest.  Found
+        unchanged while nothing had it mounted, the layer forgets its mark,
+        so that later diffs give back its bytes at once.
+        """
+        mark = record.mounted_writable
+        idle = mark is not None and self._unmounted_since(record, mark)
+        if not self.driver.FILES_AS_IN_TARBALL:
+            return f"the {self.driver_name} driver cannot compare its files with its tarball"
+        problems = self._file_problems(record, inherited_changes=True)
+        if problems:
+            return _first_of(problems)
+        try:
+            self._reassemble(record, _discard)
+        except IntegrityError as e:
+            return e.why or str(e)
+        if idle:
+            self._unmounted_since(record, mark, forget=True)
+        return None
+
+    def _unmounted_since(self, record: Layer, mark: str | None, *, forget: bool = False) -> bool:
+        """Whether the layer is unmounted and its last writable mount is still the one marked *mark*.
+
+        Read under the lock that :meth:`mount` marks and mounts under, so true
+        before and after a check means no mount came in between; *forget*
+        then drops the mark in the same breath.
+        """
+        if record.read_only_store:
+            return False
+        try:
+            with self.locked():
+                stored = self.records.get(record.id)
+                if stored.created != record.created or stored.mounted_writable != mark \
+                        or self.driver.mount_count(record.id) != 0:
+                    return False
+                if forget:
+                    stored.mounted_writable = None
+                    self.records.put(stored)
+                return True
+        except OSError:
+            return False  # a store we may not write: the mark stays
 
     def _has_tarsplit(self, record: Layer) -> bool:
         return record.diff_digest is not None and os.path.exists(self._tarsplit_of(record))
@@ -693,33 +808,49 @@ class Store:
         """
         if not self.driver.FILES_AS_IN_TARBALL:
             return
+        problems = self._file_problems(record)
+        if problems:
+            why = f"its files differ from its tarball: {_first_of(problems)}"
+            raise IntegrityError(f"layer {record.id}", why)
+
+    def _file_problems(self, record: Layer, *, inherited_changes: bool = False) -> list[str]:
+        """What differs between the stored files' metadata and set and the tar headers.
+
+        *inherited_changes*: for a layer kept as a full tree, also what it
+        changed over its parent's tree that its tarball does not say (a file
+        of the parent's deleted, chmod-ed or chown-ed).
+        """
         import contextlib
 
         from graphdriver.layerio.compression import open_decompressed
         from graphdriver.layerio.tarsplit import read_entries
-        from graphdriver.layerio.verify import tree_problems
+        from graphdriver.layerio.verify import changes_problems, tree_problems
 
         # The layer's own files (an overlay upper directory, never a live union
         # mount), or its full tree, whose parent's paths are then no extra files.
         root, inherited = self.driver.own_files(record.id), None
-        shifted = self._owner_translation(record.id, record.parent) is not None
+        full_tree = root is None
+        owner = self._owner_translation(record.id, record.parent)
         if root is None:
             root = self.driver.apply_target(record.id).path
             if record.parent is not None:
                 inherited = self.driver.apply_target(record.parent).path
         with contextlib.ExitStack() as stack:
-            if shifted and inherited is None and record.parent is not None:
+            if owner is not None and inherited is None and record.parent is not None:
                 # Its own files start as a shifted copy of its parent's whole tree.
                 inherited = stack.enter_context(self.driver.mounted(record.parent))
             with open(self._tarsplit_of(record), "rb") as f:
                 meta, _kind = open_decompressed(f)
                 problems = tree_problems(read_entries(meta), root, self.layer_maps(record),
                                          inherited=inherited)
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise IntegrityError(
-                f"layer {record.id}", f"its files differ from its tarball: {problems[0]}{more}"
-            )
+            if problems or not (full_tree and inherited_changes):
+                return problems
+            from graphdriver.diff.walk import changes_between
+
+            changes = changes_between(root, inherited, owner) if inherited is not None else []
+            with open(self._tarsplit_of(record), "rb") as f:
+                meta, _kind = open_decompressed(f)
+                return changes_problems(read_entries(meta), changes, root, inherited, owner)
 
     def tarsplit(self, layer_id: str, out: BinaryIO) -> None:
         """Write the layer's tar-split metadata (gzip-compressed NDJSON)."""
@@ -865,6 +996,15 @@ class Store:
             pass
         self.records.delete(layer_id)
         self.records.clear_pending(layer_id)
+
+
+def _first_of(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def _discard(_data: object) -> None:
+    """A sink for a re-export whose bytes are only checked."""
 
 
 def _store_key(root: str) -> str:

@@ -50,9 +50,12 @@ _STORED: tuple[tuple[str, Any], ...] = (
     ("unreproducible", None),
     # Why the layer's files cannot be trusted (an apply that did not finish); None when whole.
     ("damaged", None),
+    # When the store last handed out a writable view of this imported layer (its files may
+    # then differ from its tarball); None: never since the import, or found unchanged since.
+    ("mounted_writable", None),
 )
 _OPTIONAL = ("diff_digest", "compressed_digest", "compressed_size", "compression", "uncompressed_size",
-             "chain_id", "uidmap", "gidmap", "unreproducible", "damaged")
+             "chain_id", "uidmap", "gidmap", "unreproducible", "damaged", "mounted_writable")
 
 
 class LayerRecord:
@@ -80,6 +83,7 @@ class LayerRecord:
     gidmap: str | None
     unreproducible: str | None
     damaged: str | None
+    mounted_writable: str | None
 
     def __init__(self, **values: Any) -> None:
         for name, default in _STORED:
@@ -166,6 +170,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "size": _OPT_INT, "diff_digest": _OPT_STR, "compressed_digest": _OPT_STR,
     "compressed_size": _OPT_INT, "compression": _OPT_STR, "uncompressed_size": _OPT_INT, "chain_id": _OPT_STR,
     "unreproducible": _OPT_STR, "damaged": _OPT_STR, "uidmap": _OPT_STR, "gidmap": _OPT_STR,
+    "mounted_writable": _OPT_STR,
 }
 
 

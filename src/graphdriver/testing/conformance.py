@@ -19,6 +19,7 @@ registered driver.)  Needs ``pytest``; GNU tar for the fidelity scenario.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import io
 import lzma
@@ -32,7 +33,14 @@ from typing import Any
 import pytest
 
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.errors import AlreadyExists, ArchiveError, InvalidArgument, NotFound, Precondition
+from graphdriver.errors import (
+    AlreadyExists,
+    ArchiveError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Precondition,
+)
 from graphdriver.testing import setups
 from graphdriver.testing.formats import LayerFormat, for_layer_format
 from graphdriver.testing.treeutil import (
@@ -288,6 +296,124 @@ def test_diff_apply_round_trip(store: Any, fmt: LayerFormat) -> None:
     # And import does the same in one step.
     assert store.import_layer("copy2", "base", io.BytesIO(data)).size == size
     assert view(store, "copy2", times=exact) == view(store, "ctr", times=exact)
+
+
+# ----- an imported layer changed through the store's own mount -------------------------------------
+
+
+def _content_kept_time(path: Path) -> None:
+    """New content of the same size, the modification time put back: only the data tells."""
+    st = path.stat()
+    path.write_bytes(path.read_bytes().upper())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+#: What a user may do to an imported layer through ``mount`` (vfs hands out the tree itself).
+CHANGES_THROUGH_A_MOUNT: dict[str, Callable[[Path], object]] = {
+    "unchanged": lambda p: None,
+    "file-added": lambda p: (p / "etc/new").write_bytes(b"new\n"),
+    "mode-changed": lambda p: os.chmod(p / "etc/hello", 0o700),
+    "file-deleted": lambda p: os.unlink(p / "etc/keep"),
+    "owner-changed": lambda p: os.chown(p / "etc/hello", 4242, 4242),
+    "content-changed-time-kept": lambda p: _content_kept_time(p / "etc/hello"),
+}
+
+#: And to files a child layer has from its parent (a vfs child is a copy of its parent's tree).
+CHANGES_OF_INHERITED_FILES: dict[str, Callable[[Path], object]] = {
+    "parent-file-deleted": lambda p: os.unlink(p / "etc/a"),
+    "parent-file-mode-changed": lambda p: os.chmod(p / "etc/a", 0o600),
+    "parent-file-owner-changed": lambda p: os.chown(p / "etc/a", 4242, 4242),
+    "parent-dir-mode-changed": lambda p: os.chmod(p / "etc", 0o700),
+    "whited-out-file-made-again": lambda p: (p / "gone").write_bytes(b"g"),
+}
+
+
+def _looked_at(store: Any, layer_id: str) -> dict[str, Any]:
+    """The layer's view, mounted only to be read (a read marks nothing)."""
+    path = store.mount(layer_id, readonly=True)
+    try:
+        return snapshot(path, skip=["."])
+    finally:
+        store.unmount(layer_id)
+
+
+def _change_through_mount(store: Any, layer_id: str, change: Callable[[Path], object]) -> None:
+    """Do *change* in the layer's mounted view; a read-only view refuses it, which is fine."""
+    path = store.mount(layer_id)
+    try:
+        change(Path(path))
+    except OSError as e:
+        if e.errno != errno.EROFS:
+            raise
+    finally:
+        store.unmount(layer_id)
+
+
+def _assert_diff_is_the_layer_now(store: Any, layer_id: str, parent: str | None, imported: bytes,
+                                  before: dict[str, Any]) -> None:
+    """``diff`` gives the imported bytes while the layer's view is as imported, and never once it
+    is not: then a tarball that makes the layer as it is now."""
+    now = _looked_at(store, layer_id)
+    out = diff_bytes(store, layer_id)
+    if now == before:  # nothing changed: a read-only view, a throwaway copy, or nothing done
+        assert out == imported
+        assert diff_bytes(store, layer_id) == imported
+        assert store.layer(layer_id).mounted_writable is None  # found unchanged: forgotten
+        return
+    assert out != imported, "diff gave back the imported tarball of a layer that changed since"
+    assert store.layer(layer_id).mounted_writable is not None
+    store.import_layer("again", parent, io.BytesIO(out))
+    assert _looked_at(store, "again") == now
+    with pytest.raises(IntegrityError, match="changed since it was imported"):
+        store.diff(layer_id, io.BytesIO(), exact=True)
+
+
+@every_driver
+@pytest.mark.parametrize("how", sorted(CHANGES_THROUGH_A_MOUNT))
+def test_diff_of_a_layer_changed_through_its_mount_is_never_stale(store: Any, fmt: LayerFormat,
+                                                                    how: str) -> None:
+    if how == "owner-changed" and not IS_ROOT:
+        pytest.skip("needs root to chown")
+    imported = fmt.tar({"etc": D(), "etc/hello": F(b"hello\n"), "etc/keep": F(b"keep\n")})
+    store.import_layer("base", None, io.BytesIO(imported))
+    before = _looked_at(store, "base")
+    _change_through_mount(store, "base", CHANGES_THROUGH_A_MOUNT[how])
+    _assert_diff_is_the_layer_now(store, "base", None, imported, before)
+
+
+@every_driver
+@pytest.mark.parametrize("how", sorted(CHANGES_OF_INHERITED_FILES))
+def test_diff_of_a_child_layer_changed_through_its_mount_is_never_stale(store: Any, fmt: LayerFormat,
+                                                                          how: str) -> None:
+    if how == "parent-file-owner-changed" and not IS_ROOT:
+        pytest.skip("needs root to chown")
+    import_tar(store, fmt, "base", {"etc": D(), "etc/a": F(b"a"), "etc/b": F(b"b"), "gone": F(b"g")})
+    imported = fmt.tar({"etc/c": F(b"c"), "gone": W()})
+    store.import_layer("child", "base", io.BytesIO(imported))
+    before = _looked_at(store, "child")
+    _change_through_mount(store, "child", CHANGES_OF_INHERITED_FILES[how])
+    _assert_diff_is_the_layer_now(store, "child", "base", imported, before)
+
+
+@oci_drivers
+def test_content_changed_behind_the_store_still_fails_diff(store: Any) -> None:
+    """A layer no mount of the store could have changed re-exports exactly or not at all."""
+    imported = make_tar({"etc": D(), "etc/hello": F(b"hello\n")})
+    store.import_layer("base", None, io.BytesIO(imported))
+    root = store.driver.own_files("base") or store.driver.apply_target("base").path
+    _content_kept_time(Path(root, "etc/hello"))
+    assert store.layer("base").mounted_writable is None
+    with pytest.raises(IntegrityError, match="checksum"):
+        diff_bytes(store, "base")
+
+
+@oci_drivers
+def test_an_apply_after_import_forgets_the_imported_tarball(store: Any) -> None:
+    store.import_layer("base", None, io.BytesIO(make_tar({"etc/hello": F(b"hello\n")})))
+    store.apply("base", io.BytesIO(make_tar({"etc/more": F(b"more\n")})))
+    record = store.layer("base")
+    assert record.diff_digest is None and record.mounted_writable is None
+    assert sorted(tar_names(diff_bytes(store, "base"))) == ["etc", "etc/hello", "etc/more"]
 
 
 @every_driver
