@@ -230,6 +230,20 @@ def test_a_tampered_blob_is_refused(tmp_path, driver_name):
     assert proc.returncode == 6 and gd(tmp_path, driver_name, "layers").stdout == b""
 
 
+def test_save_through_a_symlink_writes_what_it_names_and_keeps_the_link(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "plain.tar"))
+    expected = (tmp_path / "plain.tar").read_bytes()
+    (tmp_path / "so").symlink_to("/proc/self/fd/1")  # what /dev/stdout is
+    proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "so"))
+    assert proc.stdout == expected and os.readlink(tmp_path / "so") == "/proc/self/fd/1"
+    (tmp_path / "link").symlink_to("plain.tar")
+    (tmp_path / "plain.tar").write_bytes(b"old")
+    gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "link"))
+    assert (tmp_path / "plain.tar").read_bytes() == expected and (tmp_path / "link").is_symlink()
+
+
 def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_name):
     digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2])
     assert gd(tmp_path, driver_name, "image", "load", str(tmp_path / "in")).stdout == b"localhost/made:1\n"
