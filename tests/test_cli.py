@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.testing.treeutil import D, F, make_tar
+from graphdriver.testing.treeutil import D, F, H, make_tar
 from tests.conftest import run_cli
 
 
@@ -105,7 +105,7 @@ def test_wrong_driver_is_exit_5(root):
 
 def test_malformed_import_one_line(root):
     r = cli(root, "import", "bad", "-", input=b"this is not a tarball" * 50)
-    assert r.returncode == 1
+    assert r.returncode == 6  # not a well-formed tarball: corrupt
     err = r.stderr.decode()
     assert err.startswith("graphdriver: ") and err.count("\n") == 1 and "Traceback" not in err
     assert cli(root, "exists", "bad").returncode == 3
@@ -410,3 +410,46 @@ def test_check_json_says_skipped_for_a_layer_it_could_not_verify(root):
         {"id": "l", "ok": True, "skipped": False, "error": None, "reason": None},
     ]
     assert cli(root, "check").stdout.decode() == "e: skipped: no recorded digest (not imported)\nl: ok\n"
+
+
+def _corrupt_archives() -> dict[str, bytes]:
+    import gzip
+
+    from tests.conftest import CORPUS
+
+    # Three 25,600-byte files in ustar: headers at 0, 26112 and 52224.
+    whole = make_tar({f"f{i}": F(bytes(range(256)) * 100) for i in range(3)}, fmt=tarfile.USTAR_FORMAT)
+    packed = gzip.compress(whole)
+    bad_sum = bytearray(whole)
+    bad_sum[26112 + 148:26112 + 156] = b"0000000\0"  # the second header's checksum
+    return {
+        "truncated-data": whole[:40000],
+        "truncated-header": whole[:26112 + 100],
+        "truncated-gzip": packed[: len(packed) // 2],
+        "bad-checksum": bytes(bad_sum),
+        "go-issue10968": (CORPUS / "go-archive-tar" / "issue10968.tar").read_bytes(),
+        "not-a-tarball": b"this is not a tarball" * 50,
+    }
+
+
+@pytest.mark.parametrize("name", list(_corrupt_archives()))
+@pytest.mark.parametrize("command", ["import", "apply"])
+def test_a_corrupt_tarball_is_an_integrity_failure(root, command, name):
+    if command == "apply":
+        assert cli(root, "create", "l").returncode == 0
+    r = cli(root, command, "l", "-", input=_corrupt_archives()[name])
+    assert r.returncode == 6, r.stderr
+    err = r.stderr.decode()
+    assert err.startswith("graphdriver: ") and err.count("\n") == 1, err
+    if command == "import":
+        assert cli(root, "exists", "l").returncode == 3
+
+
+@pytest.mark.parametrize("members", [
+    {"../escape": F(b"x")},
+    {"h": H("/etc/passwd")},
+])
+def test_a_well_formed_hostile_tarball_is_refused_with_exit_1(root, members):
+    r = cli(root, "import", "l", "-", input=make_tar(members))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode().count("\n") == 1 and cli(root, "exists", "l").returncode == 3
