@@ -453,3 +453,76 @@ def test_a_well_formed_hostile_tarball_is_refused_with_exit_1(root, members):
     r = cli(root, "import", "l", "-", input=make_tar(members))
     assert r.returncode == 1, r.stderr
     assert r.stderr.decode().count("\n") == 1 and cli(root, "exists", "l").returncode == 3
+
+
+def _run_with_terminal_stderr(cmd: list[str], feed: list[bytes], pause: float) -> tuple[int, bytes, bytes]:
+    """Run *cmd* with stderr on a pseudo-terminal, writing *feed* to its stdin a chunk per *pause*."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import threading
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "GRAPHDRIVER_NO_PROGRESS"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def writer() -> None:
+        assert proc.stdin is not None
+        for chunk in feed:
+            proc.stdin.write(chunk)
+            proc.stdin.flush()
+            time.sleep(pause)
+        proc.stdin.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    screen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # the child closed its end
+                break
+            if not data:
+                break
+            screen += data
+        elif proc.poll() is not None:
+            break
+    thread.join()
+    out = proc.stdout.read()
+    os.close(master)
+    return proc.wait(), out, screen
+
+
+def test_import_progress_bar_advances_on_a_terminal(root):
+    # The input is read in the confined child process: the bar drawn by the parent must
+    # still move (it stayed at 0 while the child counted in its own copy of the bar).
+    import re
+    import sys
+
+    assert cli(root, "layers").returncode == 0  # the store exists (its driver chosen)
+    data = make_tar({f"f{i:02}": F(bytes([i]) * 100_000) for i in range(30)})  # 3 MB
+    feed = [data[i:i + 100_000] for i in range(0, len(data), 100_000)]  # slowly, so that frames are drawn
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root", str(root.parent / "run"),
+           "import", "l", "-"]
+    code, out, screen = _run_with_terminal_stderr(cmd, feed, 0.05)
+    assert (code, out) == (0, b"3000000\n"), screen[-500:]
+    counts = [float(n) for n, _unit in re.findall(rb"import l\S*\s.*?(\d+(?:\.\d+)?) (bytes|kB|MB)", screen)]
+    assert counts and max(counts) > 0, screen[-2000:]
+
+
+def test_no_progress_output_when_stderr_is_not_a_terminal(root):
+    r = cli(root, "import", "l", "-", input=make_tar({f"f{i}": F(b"x" * 100_000) for i in range(20)}))
+    assert (r.returncode, r.stderr) == (0, b"")
