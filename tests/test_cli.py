@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.testing.treeutil import D, F, make_tar
+from graphdriver.testing.treeutil import D, F, H, make_tar
 from tests.conftest import run_cli
 
 
@@ -105,7 +105,7 @@ def test_wrong_driver_is_exit_5(root):
 
 def test_malformed_import_one_line(root):
     r = cli(root, "import", "bad", "-", input=b"this is not a tarball" * 50)
-    assert r.returncode == 1
+    assert r.returncode == 6  # not a well-formed tarball: corrupt
     err = r.stderr.decode()
     assert err.startswith("graphdriver: ") and err.count("\n") == 1 and "Traceback" not in err
     assert cli(root, "exists", "bad").returncode == 3
@@ -294,3 +294,291 @@ def test_diff_of_an_imported_layer_changed_through_its_mount_is_the_layer_now(tm
     assert "mounted_writable" in json.loads(gd("layer", "other").stdout)
     assert gd("diff", "other").stdout == imported
     assert "mounted_writable" not in json.loads(gd("layer", "other").stdout)
+
+
+def _shell_run(root: Path, script: str, *args: str):
+    """Run graphdriver as ``"$@"`` inside a bash *script* (closed descriptors, pipes)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root", str(root.parent / "run"),
+           *args]
+    return subprocess.run(["bash", "-c", script, "bash", *cmd], capture_output=True, env=env, check=False)
+
+
+def _closed_fd_run(root: Path, redirect: str, *args: str):
+    """Run graphdriver with one of its descriptors closed (``>&-``)."""
+    return _shell_run(root, f'"$@" {redirect}', *args)
+
+
+@pytest.mark.parametrize("args", [
+    ["diff", "l"], ["diff", "l", "--compress", "gzip"], ["tarsplit", "l"],
+])
+def test_output_through_a_symlink_to_standard_output_is_written_not_replaced(root, tmp_path, args):
+    # `-o /dev/stdout` is a symlink to /proc/self/fd/1; the same chain under tmp_path, so
+    # that a regression cannot replace the host's /dev/stdout.
+    import os
+
+    data = make_tar({"f": F(b"abc")})
+    assert cli(root, "import", "l", "-", input=data).returncode == 0
+    expected = cli(root, *args).stdout
+    (tmp_path / "so").symlink_to("/proc/self/fd/1")
+    (tmp_path / "chain").symlink_to(tmp_path / "so")
+    for name in ("so", "chain"):
+        r = cli(root, *args, "-o", str(tmp_path / name))  # standard output: a pipe
+        assert (r.returncode, r.stdout) == (0, expected), r.stderr
+        out = tmp_path / f"out-{name}"
+        # standard output: a regular file, as `> out.tar` makes it
+        r = _shell_run(root, f'"$@" > {out}', *args, "-o", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == expected
+        assert os.readlink(tmp_path / "so") == "/proc/self/fd/1"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["chain", "out-chain", "out-so", "run", "so", "store"]
+
+
+def test_output_through_a_symlink_to_a_file_replaces_the_file_and_keeps_the_link(root, tmp_path):
+    import os
+
+    data = make_tar({"f": F(b"abc")})
+    assert cli(root, "import", "l", "-", input=data).returncode == 0
+    target = tmp_path / "target.tar"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    (tmp_path / "link").symlink_to("target.tar")
+    r = cli(root, "diff", "l", "-o", str(tmp_path / "link"))
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(tmp_path / "link") == "target.tar" and target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == 0o600  # the file written keeps the permissions it had
+    (tmp_path / "dangling").symlink_to("new.tar")
+    assert cli(root, "diff", "l", "-o", str(tmp_path / "dangling")).returncode == 0
+    assert (tmp_path / "new.tar").read_bytes() == data and (tmp_path / "dangling").is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("args", [["diff", "l"], ["layers"], ["--json", "layers"], ["create", "m"],
+                                  ["diff", "l", "-o", "-"], ["--help"]])
+def test_closed_standard_output_is_one_line_and_nothing_done(root, args):
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    r = _closed_fd_run(root, ">&-", *args)
+    assert r.returncode == 2
+    assert r.stderr.decode() == ("graphdriver: standard output: is closed; redirect it (to /dev/null "
+                                 "to drop the output)\n")
+    assert cli(root, "exists", "m").returncode == 3
+
+
+def test_commands_that_print_nothing_run_with_standard_output_closed(root, tmp_path):
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    for args in (["exists", "l"], ["diff", "l", "-o", str(tmp_path / "l.tar")], ["remove", "l"]):
+        r = _closed_fd_run(root, ">&-", *args)
+        assert (r.returncode, r.stderr) == (0, b""), args
+    assert (tmp_path / "l.tar").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args", [["diff", "big"], ["layers"], ["changes", "big", "--parent", "base"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(root, args):
+    # More than a pipe holds, for diff and changes; `layers` has a line or two.
+    names = {f"d{i:04}-{'x' * 100}": F(b"x" * 200) for i in range(800)}
+    assert cli(root, "import", "base", "-", input=make_tar({"f": F(b"1")})).returncode == 0
+    assert cli(root, "import", "big", "--parent", "base", "-", input=make_tar(names)).returncode == 0
+    assert args == ["layers"] or len(cli(root, *args).stdout) > 1 << 16
+    for reader in ("head -c 1 >/dev/null", "true"):
+        r = _shell_run(root, f'"$@" | {reader}; exit ${{PIPESTATUS[0]}}', *args)
+        assert r.stderr == b"" and r.returncode in (0, 1), (reader, r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["import", "x", "/tmp/no\nsuch\x1b[2J"], "cannot read /tmp/no\\nsuch\\x1b[2J"),
+    (["diff", "l", "-o", "/nonexistent-dir/a\nb"], "cannot write /nonexistent-dir/a\\nb"),
+    (["tarsplit", "l", "-o", "/nonexistent-dir/c\rd"], "cannot write /nonexistent-dir/c\\rd"),
+])
+def test_errors_naming_a_path_with_control_characters_stay_one_line(root, args, shown):
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    r = cli(root, *args)
+    assert r.returncode == 2
+    assert r.stderr.decode() == f"graphdriver: {shown}: No such file or directory\n"
+
+
+def test_error_printer_escapes_control_characters():
+    from graphdriver.cli import one_line
+
+    assert one_line("plain: text é") == "plain: text é"
+    assert one_line("a\nb\tc\x1b[1m\x7f\u2028\u202e") == "a\\nb\\tc\\x1b[1m\\x7f\\u2028\\u202e"
+
+
+@pytest.mark.parametrize("args", [["diff", "l", "-o", ""], ["tarsplit", "l", "--output="],
+                                  ["import", "m", ""], ["image", "save", "x", "-o", ""]])
+def test_an_empty_file_name_is_a_usage_error(root, args):
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    r = cli(root, *args)
+    assert r.returncode == 2 and r.stdout == b""
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and "empty name" in err and ".partial" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["xz", "bzip2", "lz4", ""])
+def test_diff_compress_takes_only_the_kinds_it_documents(root, tmp_path, kind):
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    r = cli(root, "diff", "l", "--compress", kind, "-o", str(tmp_path / "out"))
+    assert (r.returncode, r.stdout) == (2, b"")
+    assert r.stderr.decode() == (f"graphdriver: option --compress '{kind}': choose none, gzip, zstd or "
+                                 "original: see 'graphdriver diff --help'\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_json_output_of_every_layer_command_is_json(root):
+    data = make_tar({"f": F(b"abc")})
+    assert cli(root, "import", "l", "-", input=data).returncode == 0
+
+    def js(*args: str):
+        r = cli(root, "--json", *args)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    created = js("create", "c", "--parent", "l", "--rw")
+    assert created["id"] == "c" and created["parent"] == "l" and created["writable"] is True
+    mounted = js("mount", "c")
+    assert mounted == {"id": "c", "path": mounted["path"]} and Path(mounted["path"], "f").exists()
+    assert js("mounted", "c") == {"id": "c", "mount_count": 1}
+    js("mount", "c")
+    assert js("unmount", "--force", "c") == {"id": "c", "dropped": 2}
+    assert js("diffsize", "l") == {"id": "l", "size": 3}
+    r = cli(root, "--json", "apply", "c", "-", input=make_tar({"g": F(b"12345")}))
+    assert (r.returncode, json.loads(r.stdout)) == (0, {"id": "c", "size": 5}), r.stderr
+    # plain output is unchanged
+    assert cli(root, "create", "d").stdout == b"d\n"
+    assert cli(root, "mounted", "d").stdout == b"0\n"
+    assert cli(root, "diffsize", "l").stdout == b"3\n"
+
+
+def test_check_json_says_skipped_for_a_layer_it_could_not_verify(root):
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    assert cli(root, "create", "e", "--parent", "l").returncode == 0  # made empty, no digest recorded
+    r = cli(root, "--json", "check")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [
+        {"id": "e", "ok": None, "skipped": True, "error": None,
+         "reason": "no recorded digest (not imported)"},
+        {"id": "l", "ok": True, "skipped": False, "error": None, "reason": None},
+    ]
+    assert cli(root, "check").stdout.decode() == "e: skipped: no recorded digest (not imported)\nl: ok\n"
+
+
+def _corrupt_archives() -> dict[str, bytes]:
+    import gzip
+
+    from tests.conftest import CORPUS
+
+    # Three 25,600-byte files in ustar: headers at 0, 26112 and 52224.
+    whole = make_tar({f"f{i}": F(bytes(range(256)) * 100) for i in range(3)}, fmt=tarfile.USTAR_FORMAT)
+    packed = gzip.compress(whole)
+    bad_sum = bytearray(whole)
+    bad_sum[26112 + 148:26112 + 156] = b"0000000\0"  # the second header's checksum
+    return {
+        "truncated-data": whole[:40000],
+        "truncated-header": whole[:26112 + 100],
+        "truncated-gzip": packed[: len(packed) // 2],
+        "bad-checksum": bytes(bad_sum),
+        "go-issue10968": (CORPUS / "go-archive-tar" / "issue10968.tar").read_bytes(),
+        "not-a-tarball": b"this is not a tarball" * 50,
+    }
+
+
+@pytest.mark.parametrize("name", list(_corrupt_archives()))
+@pytest.mark.parametrize("command", ["import", "apply"])
+def test_a_corrupt_tarball_is_an_integrity_failure(root, command, name):
+    if command == "apply":
+        assert cli(root, "create", "l").returncode == 0
+    r = cli(root, command, "l", "-", input=_corrupt_archives()[name])
+    assert r.returncode == 6, r.stderr
+    err = r.stderr.decode()
+    assert err.startswith("graphdriver: ") and err.count("\n") == 1, err
+    if command == "import":
+        assert cli(root, "exists", "l").returncode == 3
+
+
+@pytest.mark.parametrize("members", [
+    {"../escape": F(b"x")},
+    {"h": H("/etc/passwd")},
+])
+def test_a_well_formed_hostile_tarball_is_refused_with_exit_1(root, members):
+    r = cli(root, "import", "l", "-", input=make_tar(members))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode().count("\n") == 1 and cli(root, "exists", "l").returncode == 3
+
+
+def _run_with_terminal_stderr(cmd: list[str], feed: list[bytes], pause: float) -> tuple[int, bytes, bytes]:
+    """Run *cmd* with stderr on a pseudo-terminal, writing *feed* to its stdin a chunk per *pause*."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import threading
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "GRAPHDRIVER_NO_PROGRESS"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def writer() -> None:
+        assert proc.stdin is not None
+        for chunk in feed:
+            proc.stdin.write(chunk)
+            proc.stdin.flush()
+            time.sleep(pause)
+        proc.stdin.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    screen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # the child closed its end
+                break
+            if not data:
+                break
+            screen += data
+        elif proc.poll() is not None:
+            break
+    thread.join()
+    out = proc.stdout.read()
+    os.close(master)
+    return proc.wait(), out, screen
+
+
+def test_import_progress_bar_advances_on_a_terminal(root):
+    # The input is read in the confined child process: the bar drawn by the parent must
+    # still move (it stayed at 0 while the child counted in its own copy of the bar).
+    import re
+    import sys
+
+    assert cli(root, "layers").returncode == 0  # the store exists (its driver chosen)
+    data = make_tar({f"f{i:02}": F(bytes([i]) * 100_000) for i in range(30)})  # 3 MB
+    feed = [data[i:i + 100_000] for i in range(0, len(data), 100_000)]  # slowly, so that frames are drawn
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root", str(root.parent / "run"),
+           "import", "l", "-"]
+    code, out, screen = _run_with_terminal_stderr(cmd, feed, 0.05)
+    assert (code, out) == (0, b"3000000\n"), screen[-500:]
+    counts = [float(n) for n, _unit in re.findall(rb"import l\S*\s.*?(\d+(?:\.\d+)?) (bytes|kB|MB)", screen)]
+    assert counts and max(counts) > 0, screen[-2000:]
+
+
+def test_no_progress_output_when_stderr_is_not_a_terminal(root):
+    r = cli(root, "import", "l", "-", input=make_tar({f"f{i}": F(b"x" * 100_000) for i in range(20)}))
+    assert (r.returncode, r.stderr) == (0, b"")

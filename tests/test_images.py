@@ -230,6 +230,20 @@ def test_a_tampered_blob_is_refused(tmp_path, driver_name):
     assert proc.returncode == 6 and gd(tmp_path, driver_name, "layers").stdout == b""
 
 
+def test_save_through_a_symlink_writes_what_it_names_and_keeps_the_link(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "plain.tar"))
+    expected = (tmp_path / "plain.tar").read_bytes()
+    (tmp_path / "so").symlink_to("/proc/self/fd/1")  # what /dev/stdout is
+    proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "so"))
+    assert proc.stdout == expected and os.readlink(tmp_path / "so") == "/proc/self/fd/1"
+    (tmp_path / "link").symlink_to("plain.tar")
+    (tmp_path / "plain.tar").write_bytes(b"old")
+    gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "link"))
+    assert (tmp_path / "plain.tar").read_bytes() == expected and (tmp_path / "link").is_symlink()
+
+
 def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_name):
     digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2])
     assert gd(tmp_path, driver_name, "image", "load", str(tmp_path / "in")).stdout == b"localhost/made:1\n"
@@ -346,6 +360,33 @@ def test_tree_df_and_prune(tmp_path, driver_name):
     # Layers of the layer commands go only when asked.
     assert "deleted layer mine" in gd(tmp_path, driver_name, "prune", "--layers").stdout.decode()
     assert gd(tmp_path, driver_name, "layers").stdout.decode().split() == [hashlib.sha256(LAYER1).hexdigest()]
+
+
+def test_image_and_container_commands_print_json_with_json(tmp_path):
+    oci_layout(tmp_path / "a", [LAYER1, LAYER2], name="localhost/a:1")
+
+    def js(*args: str) -> Any:
+        return json.loads(gd(tmp_path, "vfs", "--json", *args).stdout)
+
+    [loaded] = js("image", "load", str(tmp_path / "a"))  # a list, however many images
+    assert loaded["names"] == ["localhost/a:1"]
+    created = js("container", "create", "localhost/a:1", "web")
+    assert created["name"] == "web" and created["image"] == loaded["id"]
+    committed = js("container", "commit", "web", "localhost/web:1")
+    assert committed["names"] == ["localhost/web:1"] and len(committed["layers"]) == 3
+    [base] = js("tree")
+    assert base["id"] == hashlib.sha256(LAYER1).hexdigest() and base["shared"] is True
+    assert base["children"][0]["images"] == ["localhost/a:1"] and base["size"] > 0
+    gd(tmp_path, "vfs", "image", "tag", "localhost/web:1", "localhost/web:2")
+    assert js("image", "rm", "localhost/web:2") == {"untagged": ["localhost/web:2"], "deleted": None,
+                                                    "deleted_layers": []}
+    gd(tmp_path, "vfs", "container", "rm", "web")
+    removed = js("image", "rm", "localhost/web:1")
+    assert removed["untagged"] == ["localhost/web:1"] and removed["deleted"] == committed["id"]
+    assert len(removed["deleted_layers"]) == 1
+    # plain output is unchanged
+    assert gd(tmp_path, "vfs", "container", "create", "localhost/a:1", "c").stdout == b"c\n"
+    assert gd(tmp_path, "vfs", "tree").stdout.decode().splitlines()[0].startswith(base["id"][:12])
 
 
 def multi_platform_layout(path: Path, images: dict[str, tuple[list[bytes], str]], name: str) -> None:

@@ -12,7 +12,7 @@ import sys
 
 from graphdriver import jsonio
 from graphdriver.cliargs import COMMANDS, PROG, Args, help_text, parse
-from graphdriver.errors import GraphDriverError
+from graphdriver.errors import GraphDriverError, InvalidArgument
 from graphdriver.ids import check_id
 
 TYPE_CHECKING = False
@@ -40,8 +40,28 @@ def _open_store(args: Args) -> Store:
     )
 
 
+#: How ``Store.check`` words a layer it could not verify (not a failure).
+SKIPPED = "skipped: "
+#: Why a command that prints cannot run with standard output closed.
+CLOSED_STDOUT = "is closed; redirect it (to /dev/null to drop the output)"
+
+
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
+
+
+def one_line(text: str) -> str:
+    """*text* with control characters escaped (``\\n``, ``\\x1b``, ...), so that a message
+    quoting a name stays one line on stderr and cannot move a terminal's cursor."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _warn(text: str) -> None:
+    """One line on stderr: ``graphdriver: <text>`` (nothing when stderr is closed)."""
+    if sys.stderr is not None:
+        sys.stderr.write(f"{PROG}: {one_line(text)}\n")
 
 
 def cmd_status(store: Store, args: Args) -> int:
@@ -66,10 +86,15 @@ def _layer_maps(args: Args) -> IDMappings | None:
     return IDMappings.parse(uids, gids)
 
 
+def _result(args: Args, text: str, value: dict[str, object]) -> None:
+    """A command's one result: *text* as it is, or *value* as JSON with ``--json``."""
+    _out(jsonio.dumps(value) if args.json else text)
+
+
 def cmd_create(store: Store, args: Args) -> int:
-    store.create(args.id, args.parent, writable=args.rw, size=args.size,
-                 mount_label=args.mount_label, idmaps=_layer_maps(args))
-    _out(args.id)
+    record = store.create(args.id, args.parent, writable=args.rw, size=args.size,
+                          mount_label=args.mount_label, idmaps=_layer_maps(args))
+    _result(args, args.id, record.display())
     return 0
 
 
@@ -90,31 +115,32 @@ def cmd_apply(store: Store, args: Args) -> int:
 
     maps = _layer_maps(args)
     if maps is not None and maps != store.layer_maps(store.layer(args.id)):
-        from graphdriver.errors import InvalidArgument
-
         raise InvalidArgument(f"--uidmap/--gidmap for layer {args.id}", "it was created with other id maps")
     with input_stream(args.file, f"apply {args.id}", args.quiet) as stream:
         size = store.apply(args.id, stream, args.parent)
-    _out(str(size))
+    _result(args, str(size), {"id": args.id, "size": size})
     return 0
 
 
 def cmd_mount(store: Store, args: Args) -> int:
-    _out(store.mount(args.id, args.mount_label))
+    path = store.mount(args.id, args.mount_label)
+    _result(args, path, {"id": args.id, "path": path})
     return 0
 
 
 def cmd_unmount(store: Store, args: Args) -> int:
     if args.force:
         dropped = store.unmount_all(args.id)
-        _out(f"unmounted {args.id} (dropped {dropped} mount{'s' if dropped != 1 else ''})")
+        text = f"unmounted {args.id} (dropped {dropped} mount{'s' if dropped != 1 else ''})"
+        _result(args, text, {"id": args.id, "dropped": dropped})
         return 0
     store.unmount(args.id)
     return 0
 
 
 def cmd_mounted(store: Store, args: Args) -> int:
-    _out(str(store.mount_state(args.id)[0]))
+    count = store.mount_state(args.id)[0]
+    _result(args, str(count), {"id": args.id, "mount_count": count})
     return 0
 
 
@@ -133,10 +159,10 @@ def cmd_layers(store: Store, args: Args) -> int:
     # A corrupt record or a damaged layer is named, not fatal: the layers are listed
     # (`check` exits 6 for them).
     for _layer_id, error in bad:
-        sys.stderr.write(f"{PROG}: {error}\n")
+        _warn(str(error))
     for r in records:
         if r.damaged:
-            sys.stderr.write(f"{PROG}: layer {r.id}: is damaged ({r.damaged})\n")
+            _warn(f"layer {r.id}: is damaged ({r.damaged})")
     return 0
 
 
@@ -174,12 +200,7 @@ def cmd_diff(store: Store, args: Args) -> int:
         return 0
     from graphdriver.layerio.compression import Compression, open_compressor
 
-    try:
-        codec = Compression(kind)
-    except ValueError:
-        from graphdriver.cliargs import UsageError
-
-        raise UsageError(f"--compress {kind!r}: none, gzip, zstd or original", "diff") from None
+    codec = Compression(kind)  # one of the option's choices, checked when parsed
     total = store.layer(args.id).uncompressed_size if args.parent is None else None
     label = f"diff {args.id}"
     with output_stream(args.output) as raw:
@@ -194,7 +215,8 @@ def cmd_diff(store: Store, args: Args) -> int:
 
 
 def cmd_diffsize(store: Store, args: Args) -> int:
-    _out(str(store.diff_size(args.id, args.parent)))
+    size = store.diff_size(args.id, args.parent)
+    _result(args, str(size), {"id": args.id, "size": size})
     return 0
 
 
@@ -225,16 +247,23 @@ def cmd_tarsplit(store: Store, args: Args) -> int:
     return 0
 
 
+def _check_entry(layer_id: str, why: str | None) -> dict[str, object]:
+    """One layer of ``check --json``: ok true (verified), false (bad) or null (skipped, with why)."""
+    skipped = why is not None and why.startswith(SKIPPED)
+    return {"id": layer_id, "ok": None if skipped else why is None, "skipped": skipped,
+            "error": None if skipped else why, "reason": why[len(SKIPPED):] if skipped and why else None}
+
+
 def cmd_check(store: Store, args: Args) -> int:
     results = store.check(args.ids)
-    bad = [(layer_id, why) for layer_id, why in results if why and not why.startswith("skipped")]
+    bad = [(layer_id, why) for layer_id, why in results if why and not why.startswith(SKIPPED)]
     if args.json:
-        _out(jsonio.dumps([{"id": i, "ok": why is None, "error": why} for i, why in results]))
+        _out(jsonio.dumps([_check_entry(i, why) for i, why in results]))
     else:
         for layer_id, why in results:
             _out(f"{layer_id}: {why or 'ok'}")
     for layer_id, why in bad:
-        sys.stderr.write(f"{PROG}: layer {layer_id}: {why}\n")
+        _warn(f"layer {layer_id}: {why}")
     return 6 if bad else 0
 
 
@@ -316,12 +345,65 @@ def _self_help(args: Args) -> int:
     return 0
 
 
+#: Commands that print nothing when they succeed: they run with standard output closed.
+_SILENT = frozenset({"exists", "remove", "image tag", "image save", "container rm"})
+
+
+def _needs_stdout(args: Args) -> bool:
+    """Whether the command prints on standard output (``diff -o FILE`` does not)."""
+    if args.help or args.command in ("help", "completion", "man"):
+        return True
+    if args.command in ("diff", "tarsplit"):
+        return args.output in (None, "-")
+    if args.command == "unmount":
+        return args.force
+    return args.command not in _SILENT
+
+
+def _run(args: Args) -> int:
+    if sys.stdout is None and _needs_stdout(args):
+        # Refused before any work: a layer made whose id could not be printed helps no one.
+        raise InvalidArgument("standard output", CLOSED_STDOUT)
+    if args.help:
+        sys.stdout.write(help_text(args.command or None))
+        return 0
+    if args.command in ("help", "completion", "man"):
+        return _self_help(args)
+    _validate_ids(args)
+    store = _open_store(args)
+    return HANDLERS[args.command](store, args)
+
+
+def _flush_stdout() -> None:
+    """Write out what is buffered while errors can still be reported (not at exit)."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise GraphDriverError("standard output", e.strerror or str(e)) from e
+
+
 def _report(err: BaseException, args: Args | None) -> None:
-    sys.stderr.write(f"{PROG}: {err}\n")
-    if args is not None and args.verbose:
+    _warn(str(err))
+    if args is not None and args.verbose and sys.stderr is not None:
         import traceback
 
         traceback.print_exception(err, file=sys.stderr)
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``| head``): not a failure to report, as for other tools.
+
+    Standard output is pointed at /dev/null so that the flush at exit cannot fail again.
+    """
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,38 +411,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: Args | None = None
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
-        if args.help:
-            sys.stdout.write(help_text(args.command or None))
-            return 0
-        if args.command in ("help", "completion", "man"):
-            return _self_help(args)
-        _validate_ids(args)
-        store = _open_store(args)
-        return HANDLERS[args.command](store, args)
+        code = _run(args)
+        _flush_stdout()
+        return code
     except GraphDriverError as e:
         _report(e, args)
         return e.exit_code
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): not our failure to report.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except OSError:
-            pass
-        return 1
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         return 130
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         what = args.command if args is not None and args.command else "error"
         _report(OSError(f"{what}{where}: {e.strerror or e}"), None)
-        if args is not None and args.verbose:
+        if args is not None and args.verbose and sys.stderr is not None:
             import traceback
 
             traceback.print_exc()
         return 1
     except Exception as e:  # a bug: still one line, the traceback with -v
-        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {e}\n")
-        if args is not None and args.verbose:
+        _report(RuntimeError(f"internal error: {type(e).__name__}: {e}"), None)
+        if args is not None and args.verbose and sys.stderr is not None:
             import traceback
 
             traceback.print_exc()

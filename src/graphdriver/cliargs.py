@@ -36,16 +36,21 @@ class UsageError(GraphDriverError):
 class Option:
     """One option: its spellings, where its value goes, and what it means."""
 
-    __slots__ = ("dest", "flags", "help", "metavar", "repeat", "value")
+    __slots__ = ("choices", "dest", "flags", "help", "metavar", "repeat", "value")
 
     def __init__(self, flags: str, help: str, *, metavar: str = "", repeat: bool = False,
-                 dest: str = "") -> None:
+                 dest: str = "", choices: tuple[str, ...] = ()) -> None:
         self.flags = tuple(flags.split("|"))
         self.dest = dest or self.flags[-1].lstrip("-").replace("-", "_")
         self.metavar = metavar  # empty: a switch that takes no value
         self.value = bool(metavar)
         self.repeat = repeat
         self.help = help
+        self.choices = choices  # empty: any value
+
+
+#: Values that name a file: an empty one is a usage error, not a file named "".
+_PATH_VALUES = frozenset({"FILE", "PATH", "SOURCE"})
 
 
 class Command:
@@ -118,7 +123,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             Option("--regenerate", "build the tarball from the layer's files even where the "
                                    "imported bytes cannot be given back (another digest)"),
             Option("--compress", "none (default: bit-exact), gzip, zstd, or original (the "
-                                 "compressed bytes imported, where an image kept them)", metavar="KIND")),
+                                 "compressed bytes imported, where an image kept them)", metavar="KIND",
+                   choices=("none", "gzip", "zstd", "original"))),
     Command("diffsize", "ID", "bytes the layer adds (hard-linked files once)", _PARENT),
     Command("remove", "ID", "delete a layer (refused while mounted or with children)"),
     Command("cleanup", "", "finish or undo what a crash interrupted; prints what it did"),
@@ -280,6 +286,7 @@ def parse(argv: Sequence[str]) -> Args:
                 raise UsageError(f"option {flag} needs a value ({option.metavar})", args.command or None)
             inline = items[i]
             i += 1
+        _check_value(option, flag, inline, args.command)
         if option.repeat:
             getattr(args, option.dest).append(inline)
         else:
@@ -294,8 +301,20 @@ def parse(argv: Sequence[str]) -> Args:
     return args
 
 
+def _check_value(option: Option, flag: str, value: str, command: str) -> None:
+    """An option's value: one of its choices, a file name that is not empty."""
+    where = command or None
+    if option.choices and value not in option.choices:
+        *most, last = option.choices
+        raise UsageError(f"option {flag} {_quote(value)}: choose {', '.join(most)} or {last}", where)
+    if not value and option.metavar in _PATH_VALUES:
+        raise UsageError(f"option {flag} needs a value ({option.metavar}), not an empty name", where)
+
+
 def _positionals(command: Command, words: list[str], args: Args) -> None:
     for spec in command.args:
+        if words and not words[0] and spec.strip("[]") in _PATH_VALUES:
+            raise UsageError(f"argument {spec.strip('[]')} is an empty name", command.name)
         if spec.endswith("...]"):
             setattr(args, "ids" if spec == "[ID...]" else spec.strip("[].").lower(), words)
             words = []

@@ -33,6 +33,11 @@ EXIT_CODES = {
 }
 
 
+#: The two ways a tarball fails import and apply (errors.CorruptArchive and errors.ArchiveError).
+_CORRUPT = "the tarball is corrupt (truncated, a bad header checksum or compressed data)"
+_REFUSED = "an entry is refused (reaching outside the layer, a hardlink to nothing, ...)"
+
+
 class Doc:
     """The long help of one command."""
 
@@ -69,12 +74,12 @@ DOCS: dict[str, Doc] = {
                    ("graphdriver import base --uidmap 0:100000:65536 rootfs.tar", "owners shifted into a "
                     "user namespace's range"),
                    ("zstd -dc l.tar.zst | graphdriver import app --parent base -", "from standard input")],
-                  {3: "the parent does not exist", 4: "the id is taken", 6: "the tarball is corrupt"}),
+                  {1: _REFUSED, 3: "the parent does not exist", 4: "the id is taken", 6: _CORRUPT}),
     "apply": Doc("layers", "Applies a layer tarball to an existing layer (the seeds' ApplyDiff): whiteouts delete, "
                  "files are added or replaced. The layer no longer matches an imported tarball afterwards. Prints "
                  "the bytes applied.",
                  [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr")],
-                 {3: "no such layer", 5: "the layer is a mounted image layer", 6: "the tarball is corrupt"}),
+                 {1: _REFUSED, 3: "no such layer", 5: "the layer is a mounted image layer", 6: _CORRUPT}),
     "mount": Doc("layers", "Makes the union of the layer's chain available and prints its path. Mounts are "
                  "counted across processes: every mount needs an unmount.",
                  [('mnt=$(graphdriver mount ctr)', "mount, keep the path"),

@@ -3,17 +3,16 @@
 ``import``/``apply`` read FILE or standard input (``-``); ``diff``/``tarsplit``
 write standard output or ``-o FILE``.  A regular FILE is written whole or not
 at all (a temporary file beside it, renamed over it at the end), so a failed
-export never leaves a truncated tarball under the name a script expects; a FILE
-that exists and is not a regular file (a device, a fifo, ``/dev/stdout``) is
-written into as it is, never replaced.  Progress bars wrap the stream when
-stderr is a terminal.
+export never leaves a truncated tarball under the name a script expects; a
+symlink is followed to the file it names (the link stays); a device, a fifo or
+``/dev/stdout`` is written into as it is, never replaced
+(:mod:`graphdriver.fs.outfile`).  Progress bars wrap the stream when stderr is
+a terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
 import sys
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -39,27 +38,23 @@ def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
         yield s
 
 
+def stdout() -> BinaryIO:
+    """Standard output's bytes; a one-line error when the caller closed it."""
+    if sys.stdout is None:  # the command line refuses this first; a guard for other callers
+        from graphdriver.cli import CLOSED_STDOUT
+
+        raise InvalidArgument("standard output", CLOSED_STDOUT)
+    return sys.stdout.buffer
+
+
 @contextlib.contextmanager
 def output_stream(path: str | None) -> Iterator[BinaryIO]:
-    """Standard output, or FILE: a regular file written whole, anything else written into."""
+    """Standard output, or FILE (see :mod:`graphdriver.fs.outfile`)."""
     if path is None or path == "-":
-        yield sys.stdout.buffer
+        yield stdout()
         sys.stdout.buffer.flush()
         return
-    try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        special = False
-    if special:
-        with open(path, "wb") as f:
-            yield f
-        return
-    tmp = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from graphdriver.fs.outfile import OutputFile
+
+    with OutputFile(path) as f:
+        yield f

@@ -28,12 +28,13 @@ def _table(rows: list[list[str]]) -> None:
 
 def image_load(store: Store, args: Args) -> int:
     report = _reporter(args)
-    for record in manage.load(store, args.source, platform=args.platform, quiet=args.quiet, report=report):
-        if args.json:
-            _out(jsonio.dumps(record.to_json()))
-        else:
-            for name in record.names or [record.id]:
-                _out(name)
+    records = manage.load(store, args.source, platform=args.platform, quiet=args.quiet, report=report)
+    if args.json:  # one JSON document: a list, however many images the archive held
+        _out(jsonio.dumps([record.to_json() for record in records]))
+        return 0
+    for record in records:
+        for name in record.names or [record.id]:
+            _out(name)
     return 0
 
 
@@ -57,8 +58,9 @@ def image_pull(store: Store, args: Args) -> int:
 def image_push(store: Store, args: Args) -> int:
     from graphdriver.images import distribution
 
-    _out(distribution.push(store, args.name, args.ref, insecure=args.insecure, quiet=args.quiet,
-                           report=_reporter(args)))
+    digest = distribution.push(store, args.name, args.ref, insecure=args.insecure, quiet=args.quiet,
+                               report=_reporter(args))
+    _out(jsonio.dumps({"name": args.name, "ref": args.ref, "digest": digest}) if args.json else digest)
     return 0
 
 
@@ -98,24 +100,31 @@ def image_rm(store: Store, args: Args) -> int:
     record = manage.image(store, args.name)
     freed = manage.remove(store, args.name)
     if record.id in {r.id for r in manage.images(store)}:
-        _out(f"Untagged: {args.name}")
+        untagged, deleted = [args.name], None
+    else:
+        untagged, deleted = list(record.names), record.id
+    if args.json:
+        layers = freed if deleted else []
+        _out(jsonio.dumps({"untagged": untagged, "deleted": deleted, "deleted_layers": layers}))
         return 0
-    for name in record.names:
+    for name in untagged:
         _out(f"Untagged: {name}")
-    _out(f"Deleted: {record.id}")
-    for layer_id in freed:
-        _out(f"Deleted layer: {layer_id}")
+    if deleted is not None:
+        _out(f"Deleted: {deleted}")
+        for layer_id in freed:
+            _out(f"Deleted layer: {layer_id}")
     return 0
 
 
 def container_create(store: Store, args: Args) -> int:
-    ctrs.create(store, args.image, args.name, size=args.size)
-    _out(args.name)
+    container = ctrs.create(store, args.image, args.name, size=args.size)
+    _out(jsonio.dumps(container.to_json()) if args.json else args.name)
     return 0
 
 
 def container_commit(store: Store, args: Args) -> int:
-    _out(ctrs.commit(store, args.name, args.image).id)
+    record = ctrs.commit(store, args.name, args.image)
+    _out(jsonio.dumps(record.to_json()) if args.json else record.id)
     return 0
 
 
@@ -139,6 +148,9 @@ def container_ls(store: Store, args: Args) -> int:
 def tree(store: Store, args: Args) -> int:
     from graphdriver.images import overview
 
+    if args.json:
+        _out(jsonio.dumps(overview.tree_nodes(store)))
+        return 0
     for line in overview.tree(store):
         _out(line)
     return 0

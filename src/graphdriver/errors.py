@@ -65,7 +65,8 @@ class Unsupported(GraphDriverError):
 
 
 class ArchiveError(GraphDriverError):
-    """A malformed or hostile layer tarball (exit 1).
+    """A layer tarball that is refused (exit 1): well formed, but an entry the layer cannot
+    take (one reaching outside it, a hardlink to nothing, a type it cannot hold...).
 
     ``entry`` names the archive entry at fault (empty when the archive is
     unreadable before any entry).
@@ -75,6 +76,14 @@ class ArchiveError(GraphDriverError):
         self.entry = entry
         what = f"entry {shorten(entry)!r}" if entry else "archive"
         super().__init__(what, why)
+
+
+class CorruptArchive(ArchiveError):
+    """A tarball that is not well formed: truncated, a header whose checksum does not
+    match, malformed header fields or PAX records, corrupt compressed data (exit 6, an
+    integrity failure, as for any other checksum mismatch)."""
+
+    exit_code = 6
 
 
 class BreakoutError(ArchiveError):

@@ -60,6 +60,56 @@ class _CountingWriter:
         return getattr(self._raw, name)
 
 
+class _SharedCount:
+    """A byte count in memory shared with forked children.
+
+    ``import`` and ``apply`` read their input in the confined child process
+    (:func:`graphdriver.fs.confine.run_confined`), where a bar's own counter
+    would move only in the child's copy of it; the child adds here instead, and
+    the parent's bar follows.  One thread adds at a time (the one reading or
+    writing the stream).
+    """
+
+    def __init__(self) -> None:
+        import mmap
+
+        self._map = mmap.mmap(-1, 8)  # anonymous and MAP_SHARED: a fork shares it
+        self._count = memoryview(self._map).cast("Q")
+
+    def add(self, n: int) -> None:
+        self._count[0] += n
+
+    @property
+    def value(self) -> int:
+        return int(self._count[0])
+
+
+#: How often a bar takes the count (seconds); rich redraws at 10 per second.
+_FOLLOW_EVERY = 0.1
+
+
+@contextlib.contextmanager
+def _following(bar: Any, task: Any) -> Iterator[Callable[[int], None]]:
+    """Yield an ``advance(n)`` that works from any thread or forked child; the bar follows it."""
+    import threading
+
+    count = _SharedCount()
+    stop = threading.Event()
+
+    def follow() -> None:
+        while not stop.wait(_FOLLOW_EVERY):
+            bar.update(task, completed=count.value)
+
+    follower = threading.Thread(target=follow, name="graphdriver-progress", daemon=True)
+    follower.start()
+    try:
+        yield count.add
+    finally:
+        stop.set()
+        follower.join()
+        bar.update(task, completed=count.value)
+
+
 @contextlib.contextmanager
 def _bar(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None] | None]:
     """A byte-counting bar on stderr, or None when no bar is wanted (or rich is missing)."""
@@ -85,9 +135,8 @@ def _bar(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int],
         TransferSpeedColumn(),
         console=Console(stderr=True),
         transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+    ) as bar, _following(bar, bar.add_task(label, total=total)) as advance:
+        yield advance
 
 
 @contextlib.contextmanager

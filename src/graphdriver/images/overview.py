@@ -68,36 +68,50 @@ class Usage:
         return out
 
 
+def tree_nodes(store: Store) -> list[dict[str, Any]]:
+    """The layer graph from the base layers up (``tree --json``): per layer its id, own size,
+    whether several images share it, the images whose top it is, its container, whether
+    it is writable, and its children."""
+    usage = Usage(store)
+
+    def node(layer_id: str) -> dict[str, Any]:
+        layer = usage.layers[layer_id]
+        users = usage.image_users.get(layer_id, [])
+        tops = [n for image in users if image.top_layer == layer_id for n in (image.names or [image.id[:19]])]
+        return {"id": layer_id, "size": _own_size(layer), "shared": len(users) > 1, "images": tops,
+                "container": usage.container_of.get(layer_id), "writable": bool(layer.writable),
+                "children": [node(kid) for kid in usage.children.get(layer_id, [])]}
+
+    return [node(root) for root in usage.children.get(None, [])]
+
+
+def _label(node: dict[str, Any]) -> str:
+    layer_id = node["id"]
+    parts = [layer_id[:12] if is_image_layer_id(layer_id) else layer_id, format_size(node["size"])]
+    if node["shared"]:
+        parts.append("shared")
+    if node["images"]:
+        parts.append("image " + ", ".join(node["images"]))
+    if node["container"]:
+        parts.append(node["container"])
+    if node["writable"]:
+        parts.append("rw")
+    return "  ".join(parts)
+
+
 def tree(store: Store) -> list[str]:
     """The lines of the layer graph."""
-    usage = Usage(store)
     lines: list[str] = []
 
-    def label(layer_id: str) -> str:
-        layer = usage.layers[layer_id]
-        shown = layer_id[:12] if is_image_layer_id(layer_id) else layer_id
-        parts = [shown, format_size(_own_size(layer))]
-        users = usage.image_users.get(layer_id, [])
-        if len(users) > 1:
-            parts.append("shared")
-        tops = [n for image in users if image.top_layer == layer_id for n in (image.names or [image.id[:19]])]
-        if tops:
-            parts.append("image " + ", ".join(tops))
-        if layer_id in usage.container_of:
-            parts.append(usage.container_of[layer_id])
-        if layer.writable:
-            parts.append("rw")
-        return "  ".join(parts)
-
-    def walk(layer_id: str, prefix: str, last: bool, top: bool) -> None:
+    def walk(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
         branch = "" if top else ("└── " if last else "├── ")
-        lines.append(prefix + branch + label(layer_id))
-        kids = usage.children.get(layer_id, [])
+        lines.append(prefix + branch + _label(node))
+        kids = node["children"]
         deeper = prefix + ("" if top else ("    " if last else "│   "))
         for i, kid in enumerate(kids):
             walk(kid, deeper, i == len(kids) - 1, False)
 
-    for root in usage.children.get(None, []):
+    for root in tree_nodes(store):
         walk(root, "", True, True)
     return lines
 

@@ -25,6 +25,7 @@ from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
 
 if TYPE_CHECKING:
+    from graphdriver.fs.outfile import OutputFile
     from graphdriver.store.layers import Store
 
 FORMATS = ("docker-archive", "oci-archive", "oci")
@@ -56,15 +57,17 @@ class _Output:
         self.tar: BinaryIO | None = None
         self.written: set[str] = set()
         self.path = path
-        # A device, a fifo or /dev/stdout is written into, never replaced.
-        special = os.path.exists(path) and not os.path.isfile(path) and not folder
-        self.staging = path if special else f"{path}.partial-{os.getpid()}"
+        self.file: OutputFile | None = None
         if folder:
             os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
         else:
-            # Written beside the target and renamed over it once whole: a failed save
-            # leaves what was there before.
-            self.tar = open(self.staging, "wb")  # closed by close() or abort()
+            # A regular file is written beside the target and renamed over it once
+            # whole (a failed save leaves what was there before); a device, a fifo
+            # or /dev/stdout is written into, never replaced.
+            from graphdriver.fs.outfile import OutputFile
+
+            self.file = OutputFile(path, durable=True)  # committed by close(), dropped by abort()
+            self.tar = self.file.file
 
     def add_bytes(self, name: str, data: bytes) -> None:
         self.add_stream(name, len(data), lambda out: out.write(data))
@@ -103,22 +106,14 @@ class _Output:
         self.tar.write(bytes(-size % _BLOCK))
 
     def close(self) -> None:
-        if self.tar is not None:
+        if self.file is not None and self.tar is not None:
             self.tar.write(bytes(2 * _BLOCK))
-            self.tar.flush()
-            with contextlib.suppress(OSError):  # a pipe cannot be synced
-                os.fsync(self.tar.fileno())
-            self.tar.close()
-            if self.staging != self.path:
-                os.replace(self.staging, self.path)
+            self.file.commit()
 
     def abort(self) -> None:
         """Drop what a failed save wrote (the target keeps what it held)."""
-        if self.tar is not None:
-            self.tar.close()
-            if self.staging != self.path:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.staging)
+        if self.file is not None:
+            self.file.abort()
         elif self.folder is not None:
             for name in self.written:
                 with contextlib.suppress(FileNotFoundError):

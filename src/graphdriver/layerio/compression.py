@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import BinaryIO, cast
 
 from graphdriver.codecs import pure_forced
-from graphdriver.errors import ArchiveError, Unsupported
+from graphdriver.errors import CorruptArchive, Unsupported
 
 __all__ = ["Compression", "open_compressor", "open_decompressed", "sniff"]
 
@@ -73,7 +73,7 @@ class _Prefixed(io.RawIOBase):
 
 
 class _Checked(io.RawIOBase):
-    """A decompressing reader whose codec errors become :class:`ArchiveError`."""
+    """A decompressing reader whose codec errors become :class:`CorruptArchive`."""
 
     def __init__(
         self, inner: BinaryIO, kind: Compression, errors: tuple[type[BaseException], ...]
@@ -97,8 +97,8 @@ class _Checked(io.RawIOBase):
         buf[: len(data)] = data
         return len(data)
 
-    def _corrupt(self, e: BaseException) -> ArchiveError:
-        return ArchiveError("", f"corrupt {self._kind.value} data: {e}")
+    def _corrupt(self, e: BaseException) -> CorruptArchive:
+        return CorruptArchive("", f"corrupt {self._kind.value} data: {e}")
 
     def close(self) -> None:
         if not self.closed:
@@ -133,7 +133,7 @@ def open_decompressed(fileobj: BinaryIO) -> tuple[BinaryIO, Compression]:
     """Sniff ``fileobj`` and return a reader of its decompressed content, and the format.
 
     Works on pipes (nothing read is lost).  Concatenated gzip members and
-    zstd frames are all read.  Corrupt data raises :class:`ArchiveError` when
+    zstd frames are all read.  Corrupt data raises :class:`CorruptArchive` when
     read.  Closing a decompressing reader leaves ``fileobj`` open; for an
     uncompressed stream the reader may be ``fileobj`` itself.
     """

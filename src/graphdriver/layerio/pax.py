@@ -9,7 +9,7 @@ a key or a time is decoded once per process.
 
 from __future__ import annotations
 
-from graphdriver.errors import ArchiveError
+from graphdriver.errors import CorruptArchive
 from graphdriver.layerio.entry import TarEntry
 
 __all__ = ["NOT_GLOBAL", "SCHILY", "apply_records", "decimal", "parse_records", "sparse", "time_ns"]
@@ -39,8 +39,8 @@ _KEYS: dict[bytes, str] = {}
 _TIMES: dict[bytes, int] = {}
 
 
-def _err(name: bytes, why: str) -> ArchiveError:
-    return ArchiveError(_text(name), why)
+def _err(name: bytes, why: str) -> CorruptArchive:
+    return CorruptArchive(_text(name), why)
 
 
 def _text(raw: bytes) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from zlib import adler32 as _adler32
 
 from graphdriver import codecs
-from graphdriver.errors import ArchiveError
+from graphdriver.errors import ArchiveError, CorruptArchive
 from graphdriver.layerio import pax
 from graphdriver.layerio.compression import sniff
 from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
@@ -65,7 +65,13 @@ def _load_scan() -> Callable[[bytes, int], Fields | None] | None:
 _scan = _load_scan()
 
 
-def _err(name: bytes | str, why: str) -> ArchiveError:
+def _err(name: bytes | str, why: str) -> CorruptArchive:
+    """What the reader raises: the bytes are not a well-formed tarball."""
+    return CorruptArchive(_text(name) if isinstance(name, bytes) else name, why)
+
+
+def _refuse(name: bytes | str, why: str) -> ArchiveError:
+    """What the writer raises: an entry that cannot be written as a tar header."""
     return ArchiveError(_text(name) if isinstance(name, bytes) else name, why)
 
 
@@ -686,7 +692,7 @@ def _pax_time_text(ns: int) -> bytes:
 
 def _check_text(value: bytes, what: str, name: bytes) -> bytes:
     if 0 in value:
-        raise _err(name, f"{what} contains NUL")
+        raise _refuse(name, f"{what} contains NUL")
     return value
 
 
@@ -718,7 +724,7 @@ def _header(entry: TarEntry) -> bytes:
     limits = ((b"uid", entry.uid, _MAX_OCTAL7), (b"gid", entry.gid, _MAX_OCTAL7))
     for key, value, limit in (*limits, (b"size", size, _MAX_OCTAL11)):
         if value < 0:
-            raise _err(name, f"negative {key.decode()}")
+            raise _refuse(name, f"negative {key.decode()}")
         if value >= limit:
             records[key] = b"%d" % value
         nums.append(value if value < limit else 0)
@@ -732,7 +738,7 @@ def _header(entry: TarEntry) -> bytes:
     _extra_records(entry, name, records)
     typ = entry.type.encode("utf-8", "surrogateescape")
     if len(typ) != 1:
-        raise _err(name, f"invalid entry type {entry.type!r}")
+        raise _refuse(name, f"invalid entry type {entry.type!r}")
     devs = _dev_field(entry.devmajor) + _dev_field(entry.devminor)
     tail = texts[0] + b"ustar\x0000" + texts[1] + texts[2] + devs
     header = _block(field, prefix, typ, tuple(nums), tail)
@@ -751,14 +757,14 @@ def _extra_records(entry: TarEntry, name: bytes, records: dict[bytes, bytes]) ->
     for xname, xvalue in entry.xattrs.items():
         key = (pax.SCHILY + xname).encode("utf-8", "surrogateescape")
         if 0 in key or b"=" in key:
-            raise _err(name, f"xattr name {xname!r} cannot be stored")
+            raise _refuse(name, f"xattr name {xname!r} cannot be stored")
         records[key] = bytes(xvalue)
     for pkey, pvalue in entry.pax.items():
         if pkey in _DERIVED or pkey.startswith(pax.SCHILY):
             continue
         key = pkey.encode("utf-8", "surrogateescape")
         if not key or 0 in key or b"=" in key:
-            raise _err(name, f"PAX key {pkey!r} cannot be stored")
+            raise _refuse(name, f"PAX key {pkey!r} cannot be stored")
         records[key] = bytes(pvalue)
 
 
@@ -788,7 +794,7 @@ class TarWriter:
         """
         size = 0 if entry.type in _HEADER_ONLY else entry.size
         if size and data is None:
-            raise _err(entry.name, f"no data given for {size} bytes")
+            raise _refuse(entry.name, f"no data given for {size} bytes")
         self._f.write(_header(entry))
         if not size or data is None:
             return
@@ -798,7 +804,7 @@ class TarWriter:
             chunk = os.read(data, n) if isinstance(data, int) else data.read(n)
             if not chunk:
                 got = size - remaining
-                raise _err(entry.name, f"data shorter than size (expected {size} bytes, got {got})")
+                raise _refuse(entry.name, f"data shorter than size (expected {size} bytes, got {got})")
             self._f.write(chunk[:remaining])
             remaining -= min(len(chunk), remaining)
         if size % BLOCK:
