@@ -62,7 +62,17 @@ class _Output:
         else:
             # Written beside the target and renamed over it once whole: a failed save
             # leaves what was there before.
-            self.tar = open(self.staging, "wb")  # closed by close() or abort()
+            try:
+                self.tar = open(self.staging, "wb")  # closed by close() or abort()
+            except OSError as e:
+                raise self.as_target(e) from e
+
+    def as_target(self, error: OSError) -> OSError:
+        """*error*, naming the path asked for where it names the staging file beside it
+        (the user never heard of ``x.tar.partial-123``)."""
+        if error.filename != self.staging or self.staging == self.path:
+            return error
+        return type(error)(error.errno, error.strerror, self.path)
 
     def add_bytes(self, name: str, data: bytes) -> None:
         self.add_stream(name, len(data), lambda out: out.write(data))
@@ -146,10 +156,13 @@ def save(store: Store, record: ImageRecord, path: str, fmt: str = "docker-archiv
             _docker_archive(store, images, record, out, names)
         else:
             _oci_layout(store, images, record, out, names)
+        out.close()
+    except OSError as e:
+        out.abort()
+        raise out.as_target(e) from e
     except BaseException:
         out.abort()
         raise
-    out.close()
 
 
 def _layer_size(store: Store, layer_id: str) -> int:
