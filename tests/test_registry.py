@@ -523,6 +523,8 @@ def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
     assert gd(tmp_path, "image", "pull", index_ref, "--insecure", "--platform", "linux/arm64").returncode == 0
     inspected = json.loads(gd(tmp_path, "image", "inspect", index_ref).stdout)
     assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]
+    removed = gd(tmp_path, "image", "rm", by_digest).stdout.decode()
+    assert f"Untagged: {by_digest}\n" in removed and "Deleted: sha256:" in removed
 
 
 def test_a_pull_onto_layers_already_stored_keeps_its_manifest_and_pushes_unchanged(tmp_path, registry):

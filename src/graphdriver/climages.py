@@ -92,18 +92,20 @@ def image_ls(store: Store, args: Args) -> int:
 def _repo_tags(record: ImageRecord) -> list[tuple[str, str]]:
     """The (REPOSITORY, TAG) rows of an image: each name, then each repository it was pulled
     from by digest alone (tag ``<none>``, as podman shows it); ``<none>`` twice for neither."""
+    from graphdriver.errors import InvalidArgument
     from graphdriver.images import reference
 
     rows = []
-    for name in record.names:
-        ref = reference.parse(name)
-        rows.append((ref.repository, ref.tag or "<none>"))
-    named = {repo for repo, _ in rows}
-    for digested in record.digests:
-        repo = reference.parse(digested).repository
-        if repo not in named:
-            named.add(repo)
-            rows.append((repo, "<none>"))
+    for name in (*record.names, *record.digests):
+        try:
+            ref = reference.parse(name)
+        except InvalidArgument:  # a name no longer valid: shown as it is
+            rows.append((name, "<none>"))
+            continue
+        if ref.digest is None:
+            rows.append((ref.repository, ref.tag or "<none>"))
+        elif ref.repository not in {repo for repo, _ in rows}:
+            rows.append((ref.repository, "<none>"))
     return rows or [("<none>", "<none>")]
 
 
@@ -125,7 +127,7 @@ def image_rm(store: Store, args: Args) -> int:
     if record.id in {r.id for r in manage.images(store)}:
         _out(f"Untagged: {reference.parse(args.name)}")  # in full, as the lines below
         return 0
-    for name in record.names:
+    for name in (*record.names, *record.digests):
         _out(f"Untagged: {name}")
     _out(f"Deleted: {record.id}")
     for layer_id in freed:

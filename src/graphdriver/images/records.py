@@ -70,7 +70,13 @@ class ImageRecord(Plain):
 
     def repositories(self) -> set[str]:
         """The repositories the image is named or pulled in (``docker.io/library/deb``)."""
-        return {reference.parse(n).repository for n in (*self.names, *self.digests)}
+        out = set()
+        for name in (*self.names, *self.digests):
+            try:
+                out.add(reference.parse(name).repository)
+            except InvalidArgument:
+                continue  # a name no longer valid (written by hand, or by an older version) names none
+        return out
 
     def matches(self, ref: reference.Reference) -> bool:
         """Whether *ref* names this image: a name it has, or a digest it has in that repository."""
@@ -145,8 +151,6 @@ class ImageStore:
     def _read(path: str, name: str) -> ImageRecord:
         try:
             value = atomic.read_json(path)
-        except FileNotFoundError:
-            raise
         except ValueError as e:
             raise IntegrityError(f"image record {name}", f"unreadable: {e}") from e
         return ImageRecord.from_json(value, name)
