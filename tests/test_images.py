@@ -178,7 +178,7 @@ def test_a_container_sees_the_image_commits_and_the_commit_is_a_real_image(tmp_p
 
 
 def oci_layout(path: Path, layers: list[bytes], *, name: str = "localhost/made:1", gzipped: bool = True,
-               diff_ids: list[str] | None = None, os_name: str = "linux") -> str:
+               diff_ids: list[str] | None = None, os_name: str = "linux", created: str | None = None) -> str:
     """An OCI layout at *path* of one image; returns its manifest digest."""
     blobs = path / "blobs" / "sha256"
     blobs.mkdir(parents=True)
@@ -193,8 +193,11 @@ def oci_layout(path: Path, layers: list[bytes], *, name: str = "localhost/made:1
         blob = gzip.compress(layer, mtime=0) if gzipped else layer
         media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gzipped else "")
         descs.append({"mediaType": media, "digest": put(blob), "size": len(blob)})
-    config = json.dumps({"architecture": "amd64", "os": os_name, "rootfs": {
-        "type": "layers", "diff_ids": diff_ids or [sha256(x) for x in layers]}}).encode()
+    value: dict[str, Any] = {"architecture": "amd64", "os": os_name, "rootfs": {
+        "type": "layers", "diff_ids": diff_ids or [sha256(x) for x in layers]}}
+    if created is not None:
+        value["created"] = created
+    config = json.dumps(value).encode()
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                                       "digest": put(config), "size": len(config)},
@@ -287,7 +290,7 @@ def test_names_resolve_as_docker_resolves_them(tmp_path):
     gd(tmp_path, "vfs", "image", "tag", "deb:2", "localhost/deb:latest")
     retagged = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/deb").stdout)
     assert retagged["Id"] == inspected["Id"]
-    assert gd(tmp_path, "vfs", "image", "rm", "deb:2").stdout == b"Untagged: deb:2\n"
+    assert gd(tmp_path, "vfs", "image", "rm", "deb:2").stdout == b"Untagged: docker.io/library/deb:2\n"
     assert gd(tmp_path, "vfs", "image", "inspect", "deb:2", check=False).returncode == 3
     assert gd(tmp_path, "vfs", "image", "ls").stdout.decode().count("localhost/deb") == 1
 
@@ -450,7 +453,7 @@ def test_names_come_before_ids_and_a_bare_tag_names_nothing(tmp_path):
     gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a"))
     gd(tmp_path, "vfs", "image", "tag", "cafe", "localhost/other:1")
     # "cafe" is the name cafe:latest, not an id prefix: only that name goes.
-    assert gd(tmp_path, "vfs", "image", "rm", "cafe").stdout == b"Untagged: cafe\n"
+    assert gd(tmp_path, "vfs", "image", "rm", "cafe").stdout == b"Untagged: docker.io/library/cafe:latest\n"
     assert json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/other:1").stdout)["Names"] == [
         "localhost/other:1"]
     # A layout whose only name is a bare tag ("latest", as skopeo oci:dir:latest writes) loads unnamed.

@@ -495,3 +495,87 @@ distribution.pull(store, "{registry.host}/made:1", insecure=True)
     # Pulled again, the image is whole.
     gd(tmp_path, "image", "pull", f"{registry.host}/made:1", "--insecure")
     assert len(gd(tmp_path, "layers").stdout.split()) == 2
+
+
+def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
+    from tests.test_images import multi_platform_layout, sha256
+
+    digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/made:1"], check=True)
+    by_digest = f"{registry.host}/made@{digest}"
+    assert gd(tmp_path, "image", "pull", by_digest, "--insecure").stdout.decode().strip() == by_digest
+    rows = [line.split() for line in gd(tmp_path, "image", "ls").stdout.decode().splitlines()[1:]]
+    assert [row[:2] for row in rows] == [[f"{registry.host}/made", "<none>"]]
+    assert json.loads(gd(tmp_path, "image", "inspect", by_digest).stdout)["ManifestDigest"] == digest
+    assert gd(tmp_path, "image", "inspect", f"{registry.host}/other@{digest}", check=False).returncode == 3
+    assert "deleted image" not in gd(tmp_path, "prune").stdout.decode()  # not dangling
+    assert gd(tmp_path, "image", "inspect", by_digest).returncode == 0
+    # An index pulled by its digest is found by that digest.
+    layout = tmp_path / "multi"
+    multi_platform_layout(layout, {"linux/amd64": ([LAYER1], "linux"), "linux/arm64": ([LAYER2], "linux")},
+                          "localhost/multi:1")
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{layout}:1",
+                    f"docker://{registry.host}/multi:1"], check=True)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/multi:1"],
+                         check=True, capture_output=True).stdout
+    index_ref = f"{registry.host}/multi@{sha256(raw)}"
+    assert gd(tmp_path, "image", "pull", index_ref, "--insecure", "--platform", "linux/arm64").returncode == 0
+    inspected = json.loads(gd(tmp_path, "image", "inspect", index_ref).stdout)
+    assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]
+    removed = gd(tmp_path, "image", "rm", by_digest).stdout.decode()
+    assert f"Untagged: {by_digest}\n" in removed and "Deleted: sha256:" in removed
+
+
+def test_a_pull_onto_layers_already_stored_keeps_its_manifest_and_pushes_unchanged(tmp_path, registry):
+    # The base layer arrives first from a docker-archive (no compressed blob kept for it)...
+    oci_layout(tmp_path / "base", [LAYER1], name="localhost/base:1")
+    maker = tmp_path / "maker"
+    maker.mkdir()
+    gd(maker, "image", "load", str(tmp_path / "base"))
+    gd(maker, "image", "save", "localhost/base:1", "-o", str(tmp_path / "base.tar"))
+    gd(tmp_path, "image", "load", str(tmp_path / "base.tar"))
+    # ...then the image on it is pulled.
+    digest = oci_layout(tmp_path / "top", [LAYER1, LAYER2], name="localhost/top:1")
+    src = f"{registry.host}/top:1"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'top'}:1",
+                    f"docker://{src}"], check=True)
+    pulled = gd(tmp_path, "image", "pull", src, "--insecure")
+    assert b"already present" in pulled.stderr
+    assert json.loads(gd(tmp_path, "image", "inspect", src).stdout)["ManifestDigest"] == digest
+    pushed = gd(tmp_path, "image", "push", src, f"{registry.host}/copy:1", "--insecure")
+    assert pushed.stdout.decode().strip() == digest
+    assert b"uploaded" not in pushed.stderr, pushed.stderr
+
+
+def test_a_pull_checks_the_platform_of_an_image_without_an_index(tmp_path, registry):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")  # linux/amd64
+    ref = f"{registry.host}/made:1"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{ref}"], check=True)
+    other = gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", "linux/arm64", check=False)
+    assert other.returncode == 3 and b"no image for platform linux/arm64" in other.stderr
+    assert gd(tmp_path, "layers").stdout == b""
+    bogus = gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", "bogus", check=False)
+    assert bogus.returncode == 2 and bogus.stderr.count(b"\n") == 1
+    assert gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", "linux/amd64").returncode == 0
+
+
+def test_tls_to_a_plain_http_registry_fails_at_once_and_says_why(tmp_path, registry):
+    start = time.monotonic()
+    proc = gd(tmp_path, "image", "pull", f"{registry.host}/made:1", check=False)
+    assert time.monotonic() - start < 5  # not retried with backoff
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"plain HTTP" in proc.stderr and b"--insecure" in proc.stderr
+
+
+def test_an_auth_file_that_cannot_be_used_is_an_error_naming_it(tmp_path, registry):
+    auth = tmp_path / "auth.json"
+    secret = base64.b64encode(b"alice:s3cret").decode()
+    for content in ("{bad", json.dumps({"auths": {registry.host: {"auth": "!!" + secret}}}),
+                    json.dumps({"auths": {registry.host: {"auth": base64.b64encode(b"no colon").decode()}}})):
+        auth.write_text(content)
+        proc = gd(tmp_path, "image", "pull", f"{registry.host}/made:1", "--insecure", check=False,
+                  env={"REGISTRY_AUTH_FILE": str(auth)})
+        assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert str(auth).encode() in proc.stderr

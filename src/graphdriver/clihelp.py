@@ -118,8 +118,10 @@ DOCS: dict[str, Doc] = {
                  6: "the imported bytes cannot be given back"}),
     "diffsize": Doc("layers", "Prints the bytes the layer adds: regular files added or changed, hard-linked "
                     "files once.", [("graphdriver diffsize ctr", "a number")], {3: "no such layer"}),
-    "remove": Doc("layers", "Deletes a layer; refused while it is mounted or has children.",
-                  [("graphdriver remove ctr", "delete ctr")], {3: "no such layer", 5: "mounted or has children"}),
+    "remove": Doc("layers", "Deletes a layer; refused while it is mounted, has children, or an image or a "
+                  "container uses it.",
+                  [("graphdriver remove ctr", "delete ctr")],
+                  {3: "no such layer", 5: "mounted, has children, or an image or container uses it"}),
     "cleanup": Doc("maintenance", "Finishes or undoes what a crash interrupted: half-made layers, interrupted "
                    "removals, half-written files, stale mounts, what a dead image load or pull left. Prints one "
                    "line per thing done; never deletes what a record names.",
@@ -138,10 +140,12 @@ DOCS: dict[str, Doc] = {
                          "list them")]),
     "image load": Doc("images", "Loads every image of a docker-archive, an oci-archive or an OCI layout folder. "
                       "Layers already stored (by chain id) are reused; each layer's DiffID is checked against the "
-                      "config. Prints the names loaded.",
+                      "config. With --platform, an image that is not of that platform is refused (from an index, "
+                      "that platform's is taken). Prints the names loaded.",
                       [("graphdriver image load deb.tar", "a docker save output"),
                        ("graphdriver image load ./layout --platform linux/arm64", "one platform of an index")],
-                      {3: "no such file, or no image for the platform", 6: "a digest or DiffID does not match"}),
+                      {2: "not a platform OS/ARCH[/VARIANT]", 3: "no such file, or no image for the platform",
+                       6: "a digest or DiffID does not match"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
                       "folder; layer tarballs are the loaded ones byte for byte.",
                       [("graphdriver image save deb:2 -o deb.tar", "a docker-archive"),
@@ -150,23 +154,29 @@ DOCS: dict[str, Doc] = {
     "image pull": Doc("images", "Pulls an image from a registry over the OCI distribution API: layers the store "
                       "has are skipped, the others downloaded several at once, resumed when a connection drops, "
                       "each checked against its digest. Credentials come from $REGISTRY_AUTH_FILE or "
-                      "~/.docker/config.json.",
+                      "~/.docker/config.json. An image pulled by digest keeps that digested reference "
+                      "(REPO@sha256:...): it is listed with its repository and found by it. Prints the "
+                      "reference pulled.",
                       [("graphdriver image pull debian:bookworm", "from Docker Hub"),
                        ("graphdriver image pull localhost:5000/app:1 --insecure", "from a local plain-http "
                         "registry")],
-                      {1: "the registry refused or failed", 3: "no such image", 6: "a digest does not match"}),
+                      {1: "the registry refused or failed", 2: "not a platform OS/ARCH[/VARIANT]",
+                       3: "no such image, or none for the platform", 6: "a digest does not match"}),
     "image push": Doc("images", "Pushes an image to a registry: blobs it has are skipped, blobs another "
                       "repository there holds are mounted, the others uploaded; then the manifest. Prints the "
                       "manifest digest.",
                       [("graphdriver image push localhost/web:1 localhost:5000/web:1 --insecure", "to a local "
                         "registry")], {1: "the registry refused or failed", 3: "no such image"}),
-    "image ls": Doc("images", "Lists the images: repository, tag, image id, created, number of layers.",
+    "image ls": Doc("images", "Lists the images: repository, tag, image id, created (when the image was made, "
+                    "from its config), number of layers. A corrupt image record is named on stderr.",
                     [("graphdriver image ls", "a table"), ("graphdriver image ls --json", "the records")]),
     "image inspect": Doc("images", "Prints the image as JSON: its id (the config digest), names, manifest "
                          "digest, each layer with its DiffID and chain id, and the config.",
                          [("graphdriver image inspect deb:2", "the image")], {3: "no such image"}),
-    "image tag": Doc("images", "Gives an image another name; an image that had the name loses it.",
-                     [("graphdriver image tag deb:2 localhost/deb:stable", "a second name")], {3: "no such image"}),
+    "image tag": Doc("images", "Gives an image another name; an image that had the name loses it. A name "
+                     "with a digest, or sha256:... (which reads as an image id), is refused.",
+                     [("graphdriver image tag deb:2 localhost/deb:stable", "a second name")],
+                     {2: "not a name to give", 3: "no such image"}),
     "image rm": Doc("images", "Removes a name, or the image with its last name; layers no other image or "
                     "container uses are removed too.",
                     [("graphdriver image rm deb:2", "remove it")],

@@ -6,13 +6,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from graphdriver import jsonio
-from graphdriver.cliargs import Args, UsageError
+from graphdriver.cliargs import PROG, Args, UsageError
 from graphdriver.images import container_layers as ctrs
 from graphdriver.images import manage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from graphdriver.images.records import ImageRecord
     from graphdriver.store.layers import Store
 
 
@@ -47,11 +48,12 @@ def _reporter(args: Args) -> Callable[[str], None]:
 
 
 def image_pull(store: Store, args: Args) -> int:
-    from graphdriver.images import distribution
+    from graphdriver.images import distribution, reference
 
     record = distribution.pull(store, args.ref, insecure=args.insecure, platform=args.platform,
                                quiet=args.quiet, report=_reporter(args))
-    _out(jsonio.dumps(record.to_json()) if args.json else (record.names[0] if record.names else record.id))
+    # The reference pulled, in full: its tag, or for a pull by digest the digested reference.
+    _out(jsonio.dumps(record.to_json()) if args.json else str(reference.parse(args.ref)))
     return 0
 
 
@@ -72,18 +74,41 @@ def image_save(store: Store, args: Args) -> int:
 
 
 def image_ls(store: Store, args: Args) -> int:
-    records = manage.images(store)
+    from graphdriver.images.records import ImageStore
+
+    records, bad = ImageStore(store.root).scan()
     if args.json:
         _out(jsonio.dumps([r.to_json() for r in records]))
-        return 0
-    rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "LAYERS"]]
-    for r in records:
-        short = r.id[7:19]
-        for name in r.names or ["<none>:<none>"]:
-            repo, _, tag = name.rpartition(":") if "@" not in name else (name, "", "<none>")
-            rows.append([repo, tag, short, r.created[:19].replace("T", " "), str(len(r.layers))])
-    _table(rows)
+    else:
+        rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "LAYERS"]]
+        for r in records:
+            created = manage.created(store, r)[:19].replace("T", " ") or "-"
+            rows += [[repo, tag, r.id[7:19], created, str(len(r.layers))] for repo, tag in _repo_tags(r)]
+        _table(rows)
+    # A corrupt record is named, not fatal: the other images are listed.
+    for error in bad:
+        sys.stderr.write(f"{PROG}: {error}\n")
     return 0
+
+
+def _repo_tags(record: ImageRecord) -> list[tuple[str, str]]:
+    """The (REPOSITORY, TAG) rows of an image: each name, then each repository it was pulled
+    from by digest alone (tag ``<none>``, as podman shows it); ``<none>`` twice for neither."""
+    from graphdriver.errors import InvalidArgument
+    from graphdriver.images import reference
+
+    rows = []
+    for name in (*record.names, *record.digests):
+        try:
+            ref = reference.parse(name)
+        except InvalidArgument:  # a name no longer valid: shown as it is
+            rows.append((name, "<none>"))
+            continue
+        if ref.digest is None:
+            rows.append((ref.repository, ref.tag or "<none>"))
+        elif ref.repository not in {repo for repo, _ in rows}:
+            rows.append((ref.repository, "<none>"))
+    return rows or [("<none>", "<none>")]
 
 
 def image_inspect(store: Store, args: Args) -> int:
@@ -97,12 +122,14 @@ def image_tag(store: Store, args: Args) -> int:
 
 
 def image_rm(store: Store, args: Args) -> int:
+    from graphdriver.images import reference
+
     record = manage.image(store, args.name)
     freed = manage.remove(store, args.name)
     if record.id in {r.id for r in manage.images(store)}:
-        untagged, deleted = [args.name], None
+        untagged, deleted = [str(reference.parse(args.name))], None  # in full, as below
     else:
-        untagged, deleted = list(record.names), record.id
+        untagged, deleted = [*record.names, *record.digests], record.id
     if args.json:
         layers = freed if deleted else []
         _out(jsonio.dumps({"untagged": untagged, "deleted": deleted, "deleted_layers": layers}))
@@ -134,14 +161,16 @@ def container_rm(store: Store, args: Args) -> int:
 
 
 def container_ls(store: Store, args: Args) -> int:
-    found = ctrs.containers(store)
+    found, bad = ctrs.scan(store)
     if args.json:
         _out(jsonio.dumps([c.to_json() for c in found]))
-        return 0
-    names = {r.id: (r.names[0] if r.names else r.id[7:19]) for r in manage.images(store)}
-    rows = [["NAME", "IMAGE", "CREATED"]]
-    rows += [[c.name, names.get(c.image, c.image[7:19]), c.created[:19].replace("T", " ")] for c in found]
-    _table(rows)
+    else:
+        names = {r.id: (r.names[0] if r.names else r.id[7:19]) for r in manage.images(store)}
+        rows = [["NAME", "IMAGE", "CREATED"]]
+        rows += [[c.name, names.get(c.image, c.image[7:19]), c.created[:19].replace("T", " ")] for c in found]
+        _table(rows)
+    for error in bad:  # named, not fatal, as a corrupt image or layer record
+        sys.stderr.write(f"{PROG}: {error}\n")
     return 0
 
 

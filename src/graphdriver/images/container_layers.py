@@ -61,11 +61,18 @@ def _path(store: Store, name: str) -> str:
 
 
 def containers(store: Store) -> list[Container]:
+    """Every container with a sound record (``container ls`` names the others)."""
+    return scan(store)[0]
+
+
+def scan(store: Store) -> tuple[list[Container], list[IntegrityError]]:
+    """:func:`containers`, and what is wrong with each record that cannot be read."""
     try:
         names = sorted(n for n in os.listdir(_dir(store)) if n.endswith(".json"))
     except FileNotFoundError:
-        return []
+        return [], []
     out = []
+    bad = []
     for n in names:
         try:
             v = atomic.read_json(os.path.join(_dir(store), n))
@@ -73,8 +80,8 @@ def containers(store: Store) -> list[Container]:
         except FileNotFoundError:
             continue
         except (ValueError, KeyError, TypeError) as e:
-            raise IntegrityError(f"container record {n}", f"malformed: {e}") from e
-    return out
+            bad.append(IntegrityError(f"container record {n}", f"malformed: {e}"))
+    return out, bad
 
 
 def container(store: Store, name: str) -> Container:
@@ -151,11 +158,12 @@ def _make_init(store: Store, init: str, parent: str | None) -> None:
 
 def remove(store: Store, name: str) -> None:
     """Remove container *name*: its writable layer, its init layer and its record."""
+    from graphdriver.images.holders import container_holder
+
     c = container(store, name)
-    if store.exists(c.layer):
-        store.remove(c.layer)
-    if store.exists(c.init):
-        store.remove(c.init)
+    for layer_id in (c.layer, c.init):  # removed on the container's behalf: its record still holds them
+        if store.exists(layer_id):
+            store.remove(layer_id, holder=container_holder(name))
     atomic.remove_file(_path(store, name))
 
 
@@ -171,8 +179,8 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
 
     c = container(store, name)
     images = ImageStore(store.root)
-    base = images.resolve(c.image)
-    full = str(reference.parse(image_name))
+    base = images.get(c.image)
+    full = str(reference.parse_new(image_name))
     config = oci.load_json(images.read_blob(base.id), f"image {base.id}: config")
     with tempfile.TemporaryFile(dir=store.root) as tmp:
         hashing = oci.HashingWriter(tmp)

@@ -5,10 +5,12 @@ config and the layer blobs the store lacks (several at once, each checked
 against its digest, kept, and resumed if a download breaks), then stores the
 image as a load does (chain ids, DiffIDs checked).  The manifest and the
 compressed blobs are kept, so pushing the image unchanged sends the same
-bytes and keeps its manifest digest.  An image with no kept manifest (loaded
-from a docker-archive, or a commit) gets one on its first push: its layers
-gzip-compressed once (isal), kept, and described in an OCI manifest, so later
-pushes are the same again.
+bytes and keeps its manifest digest: a layer the store has but keeps no
+compressed blob of (it came from a docker-archive or a commit) has its blob
+downloaded too, since a manifest is kept only with every blob it names.  An
+image with no kept manifest (loaded from a docker-archive, or a commit) gets
+one on its first push: its layers gzip-compressed once (isal), kept, and
+described in an OCI manifest, so later pushes are the same again.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
-from graphdriver.errors import IntegrityError
+from graphdriver.errors import IntegrityError, InvalidArgument, shorten
 from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
-from graphdriver.images.loading import Pending, load_image
+from graphdriver.images.loading import Pending, keeps_blob, load_image
 from graphdriver.images.records import ImageRecord, ImageStore
-from graphdriver.images.sources import SourceImage, SourceLayer, select_platform
+from graphdriver.images.sources import (
+    SourceImage,
+    SourceLayer,
+    check_platform,
+    parse_platform,
+    select_platform,
+)
 
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
@@ -36,15 +44,24 @@ PARALLEL = 4
 
 def pull(store: Store, name: str, *, insecure: bool = False, platform: str | None = None,
          quiet: bool = True, report: Callable[[str], None] | None = None) -> ImageRecord:
-    """Pull image *name* (``deb:2``, ``host:5000/team/app@sha256:...``) into the store."""
+    """Pull image *name* (``deb:2``, ``host:5000/team/app@sha256:...``) into the store.
+
+    A tag pulled becomes the image's name; a digest pulled is kept as the
+    digested reference (``host:5000/team/app@sha256:...``, podman's
+    RepoDigests), so the image is listed with its repository and found by it.
+    """
     from graphdriver.images.registry import Registry
 
     ref = reference.parse(name)
+    if reference.is_ambiguous(ref):
+        raise InvalidArgument(f"image name {shorten(name)!r}", "sha256:... is an image id, not a name")
+    parse_platform(platform)  # a usage error before the registry is asked
     images = ImageStore(store.root)
     say = report or (lambda _line: None)
     with Registry(ref, insecure=insecure) as reg, Pending(images, f"pull {ref}"):
         data, media = reg.manifest(ref.digest or ref.tag or "latest")
-        if media in oci.INDEXES:
+        chosen_by_index = media in oci.INDEXES
+        if chosen_by_index:
             index = oci.load_json(data, f"index of {ref}")
             manifests = index.get("manifests")
             descs = [oci.Descriptor.parse(m, f"index of {ref}") for m in manifests or []]
@@ -52,18 +69,31 @@ def pull(store: Store, name: str, *, insecure: bool = False, platform: str | Non
             data, media = reg.manifest(chosen.digest)
         config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"), str(ref))
         config = reg.blob_bytes(config_desc.digest)
+        if not chosen_by_index:
+            check_platform(config, platform, f"image {ref}")
         diff_ids = oci.diff_ids_of(oci.load_json(config, f"config of {ref}"), str(ref))
-        layer_ids = [oci.hex_of(c) for c in oci.chain_ids(diff_ids)]
-        wanted = [d for d, lid in zip(layer_descs, layer_ids, strict=False)
-                  if not store.exists(lid) and not images.has_blob(d.digest)]
-        for d, lid in zip(layer_descs, layer_ids, strict=False):
-            if store.exists(lid):
-                say(f"layer {d.digest[7:19]}: already present")
-        _download_all(reg, images, wanted, quiet, say)
+        _download_all(reg, images, _wanted(store, images, layer_descs, diff_ids, say), quiet, say)
         layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
-        names = [str(ref)] if ref.tag is not None else []
-        return load_image(store, images, SourceImage(config, names, layers, data), quiet=quiet, report=None,
-                          work="pull")
+        names = [str(ref)] if ref.digest is None else []
+        digests = [f"{ref.repository}@{ref.digest}"] if ref.digest is not None else []
+        return load_image(store, images, SourceImage(config, names, layers, data, digests), quiet=quiet,
+                          report=None, work="pull")
+
+
+def _wanted(store: Store, images: ImageStore, descs: list[oci.Descriptor], diff_ids: list[str],
+            say: Callable[[str], None]) -> list[oci.Descriptor]:
+    """The blobs a pull downloads: those of layers the store lacks, and the compressed blobs of layers
+    it has but keeps no blob of (an image loaded from a docker-archive, or a commit): the manifest is
+    kept only with every blob it names, so that a push of the image sends the same digests."""
+    layer_ids = [oci.hex_of(c) for c in oci.chain_ids(diff_ids)]
+    wanted = []
+    for d, diff_id, lid in zip(descs, diff_ids, layer_ids, strict=False):
+        present = store.exists(lid)
+        if present:
+            say(f"layer {d.digest[7:19]}: already present")
+        if not images.has_blob(d.digest) and (not present or keeps_blob(d, diff_id)):
+            wanted.append(d)
+    return wanted
 
 
 def _blob_opener(images: ImageStore, digest: str) -> Callable[[], BinaryIO] | None:
@@ -141,7 +171,7 @@ def _holders(images: ImageStore, dest: reference.Reference) -> dict[str, list[st
     out: dict[str, list[str]] = {}
     for record in images.all():
         repos = []
-        for name in record.names:
+        for name in (*record.names, *record.digests):
             ref = reference.parse(name)
             if ref.domain == dest.domain and ref.path != dest.path and ref.path not in repos:
                 repos.append(ref.path)
@@ -199,7 +229,7 @@ def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) ->
                            "config": {"mediaType": oci.OCI_CONFIG, "digest": record.id, "size": len(config)},
                            "layers": layers}, separators=(",", ":")).encode()
     with store.locked():
-        current = images.resolve(record.id)
+        current = images.get(record.id)
         current.manifest = images.put_blob(manifest)
         current.layer_blobs = layers
         images.put(current)

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from graphdriver.errors import AlreadyExists, IntegrityError
+from graphdriver.errors import AlreadyExists, IntegrityError, NotFound
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import locked
 from graphdriver.images import oci
@@ -147,6 +147,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                 previous = _existing(images, image_id)
                 if previous is not None:
                     record.names = sorted(set(previous.names) | set(record.names))
+                    record.digests = sorted(set(previous.digests) | set(record.digests))
                     record.created = previous.created or record.created
                     if record.manifest is None:  # a docker-archive brings none: keep the one kept
                         record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs
@@ -155,7 +156,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
             _undo(store, pending.made)
             keep = images.referenced_blobs()
             for digest in fresh:
-                if oci.hex_of(digest) not in keep:
+                if keep is not None and oci.hex_of(digest) not in keep:
                     atomic.remove_file(images.blob_path(digest))
             raise
     return record
@@ -174,14 +175,16 @@ def _record(images: ImageStore, src: SourceImage, image_id: str, config: dict[st
     from graphdriver.store.records import now_rfc3339
 
     return ImageRecord(image_id, list(src.names), layer_ids, diff_ids, created=now_rfc3339(),
-                       manifest=manifest, layer_blobs=blobs, platform=oci.platform_of(config))
+                       manifest=manifest, layer_blobs=blobs, platform=oci.platform_of(config),
+                       digests=list(src.digests))
 
 
 def _existing(images: ImageStore, image_id: str) -> ImageRecord | None:
-    for r in images.all():
-        if r.id == image_id:
-            return r
-    return None
+    """The record of *image_id* if there is a sound one (an unreadable one is replaced)."""
+    try:
+        return images.get(image_id)
+    except (NotFound, IntegrityError):
+        return None
 
 
 def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
@@ -204,10 +207,16 @@ def _check_reused(store: Store, layer_id: str, diff_id: str) -> None:
         raise IntegrityError(f"layer {layer_id}", f"cannot be shared: it {changed}")
 
 
+def keeps_blob(desc: oci.Descriptor | None, diff_id: str) -> bool:
+    """Whether the blob *desc* is kept to keep its manifest: a compressed one (an uncompressed
+    tarball is the layer's own ``diff``, rebuilt at will)."""
+    return desc is not None and desc.media_type not in _UNCOMPRESSED and desc.digest != diff_id
+
+
 def _keep_blob(images: ImageStore, layer: SourceLayer, diff_id: str, fresh: list[str]) -> None:
     """Keep the compressed blob of a layer already stored, so that its manifest can be kept too."""
     desc = layer.descriptor
-    if desc is None or desc.media_type in _UNCOMPRESSED or desc.digest == diff_id:
+    if desc is None or not keeps_blob(desc, diff_id):
         return
     if images.has_blob(desc.digest) or layer.open is None:
         return
@@ -239,7 +248,7 @@ def _import(store: Store, images: ImageStore, layer: SourceLayer, layer_id: str,
     from graphdriver import progress
 
     desc = layer.descriptor
-    keep = desc is not None and desc.media_type not in _UNCOMPRESSED and desc.digest != diff_id
+    keep = keeps_blob(desc, diff_id)
     if keep:
         assert desc is not None
         _keep_blob(images, layer, diff_id, fresh)

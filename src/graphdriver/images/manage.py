@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from graphdriver.errors import NotFound, Precondition
+from graphdriver.errors import IntegrityError, NotFound, Precondition
 from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
@@ -52,6 +52,16 @@ def image(store: Store, name: str) -> ImageRecord:
     return ImageStore(store.root).resolve(name)
 
 
+def created(store: Store, record: ImageRecord) -> str:
+    """When the image was made (its config's ``created``, as podman shows it); ``""`` when unknown."""
+    try:
+        config = oci.load_json(ImageStore(store.root).read_blob(record.id), f"image {record.id}: config")
+    except IntegrityError:
+        return ""
+    value = config.get("created")
+    return value if isinstance(value, str) else ""
+
+
 def inspect(store: Store, name: str) -> dict[str, Any]:
     """What ``image inspect`` shows: ids, names, digests, each layer's DiffID and chain id, the config."""
     store_images = ImageStore(store.root)
@@ -78,11 +88,11 @@ def inspect(store: Store, name: str) -> dict[str, Any]:
 def tag(store: Store, name: str, new: str) -> ImageRecord:
     """Give image *name* the name *new* too (taken from the image that had it)."""
     store_images = ImageStore(store.root)
-    full = str(reference.parse(new))
+    full = str(reference.parse_new(new))
     with store.locked():
         record = store_images.resolve(name)
         store_images.untag(full)
-        record = store_images.resolve(record.id)
+        record = store_images.get(record.id)  # again: the untag may have been its own name
         record.names.append(full)
         store_images.put(record)
     return record
@@ -111,7 +121,7 @@ def remove(store: Store, name: str) -> list[str]:
         store_images.delete(record.id)
         keep = store_images.referenced_blobs()
         for digest in (record.id, record.manifest, *(str(d.get("digest")) for d in record.layer_blobs or ())):
-            if digest and oci.hex_of(digest) not in keep:
+            if digest and keep is not None and oci.hex_of(digest) not in keep:
                 atomic.remove_file(store_images.blob_path(digest))
     return free_layers(store, record.layers)
 
@@ -121,9 +131,15 @@ def used_layers(store: Store) -> set[str]:
     from graphdriver.images import container_layers as containers
     from graphdriver.images.loading import busy_layers
 
-    used: set[str] = busy_layers(ImageStore(store.root))
-    for r in ImageStore(store.root).all():
+    images = ImageStore(store.root)
+    used: set[str] = busy_layers(images)
+    records, bad = images.scan()
+    for r in records:
         used.update(r.layers)
+    if bad:  # what an unreadable record names is unknown: every image layer may be its
+        from graphdriver.images.overview import is_image_layer_id
+
+        used.update(layer.id for layer in store.layers() if is_image_layer_id(layer.id))
     for c in containers.containers(store):
         used.update((c.layer, c.init))
     return used

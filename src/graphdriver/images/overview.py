@@ -22,7 +22,6 @@ from graphdriver.units import format_size
 
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
-    from graphdriver.store.records import Layer
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -32,15 +31,13 @@ def is_image_layer_id(layer_id: str) -> bool:
     return len(layer_id) == 64 and set(layer_id) <= _HEX
 
 
-def _own_size(layer: Layer) -> int:
-    return int(layer.uncompressed_size or layer.size or 0)
-
-
 class Usage:
     """Who uses which layer."""
 
     def __init__(self, store: Store) -> None:
+        self.store = store
         self.layers = {layer.id: layer for layer in store.layers()}
+        self._sizes: dict[str, int] = {}
         self.images = ImageStore(store.root).all()
         self.containers = ctrs.containers(store)
         self.image_users: dict[str, list[ImageRecord]] = {}
@@ -57,6 +54,22 @@ class Usage:
             self.children.setdefault(parent, []).append(layer.id)
         for kids in self.children.values():
             kids.sort()
+
+    def own_size(self, layer_id: str) -> int:
+        """What *layer_id* adds: its recorded size, or for a layer whose record has none (a
+        writable layer, which changes while used) what ``diffsize`` counts now."""
+        layer = self.layers[layer_id]
+        recorded = layer.uncompressed_size if layer.uncompressed_size is not None else layer.size
+        if recorded is not None and not layer.writable:
+            return int(recorded)
+        if layer_id not in self._sizes:
+            from graphdriver.errors import GraphDriverError
+
+            try:
+                self._sizes[layer_id] = self.store.diff_size(layer_id)
+            except (GraphDriverError, OSError):
+                self._sizes[layer_id] = int(recorded or 0)  # damaged or gone meanwhile: what was recorded
+        return self._sizes[layer_id]
 
     def used(self) -> set[str]:
         """Layers an image or a container needs, with their ancestors."""
@@ -78,7 +91,7 @@ def tree_nodes(store: Store) -> list[dict[str, Any]]:
         layer = usage.layers[layer_id]
         users = usage.image_users.get(layer_id, [])
         tops = [n for image in users if image.top_layer == layer_id for n in (image.names or [image.id[:19]])]
-        return {"id": layer_id, "size": _own_size(layer), "shared": len(users) > 1, "images": tops,
+        return {"id": layer_id, "size": usage.own_size(layer_id), "shared": len(users) > 1, "images": tops,
                 "container": usage.container_of.get(layer_id), "writable": bool(layer.writable),
                 "children": [node(kid) for kid in usage.children.get(layer_id, [])]}
 
@@ -121,20 +134,20 @@ def df(store: Store) -> dict[str, Any]:
     usage = Usage(store)
     used = usage.used()
     in_images: set[str] = set(usage.image_users)
-    image_bytes = sum(_own_size(usage.layers[i]) for i in in_images if i in usage.layers)
+    image_bytes = sum(usage.own_size(i) for i in in_images if i in usage.layers)
     container_layers = [i for i in usage.container_of if i in usage.layers]
-    container_bytes = sum(_own_size(usage.layers[i]) for i in container_layers)
+    container_bytes = sum(usage.own_size(i) for i in container_layers)
     loose = [i for i in usage.layers if i not in used]
-    loose_bytes = sum(_own_size(usage.layers[i]) for i in loose)
+    loose_bytes = sum(usage.own_size(i) for i in loose)
     active = {c.image for c in usage.containers}
     plan = prune_plan(store, usage)
     return {
         "images": {"total": len(usage.images), "active": len(active), "size": image_bytes,
-                   "reclaimable": sum(_own_size(usage.layers[i]) for i in plan["layers"]
+                   "reclaimable": sum(usage.own_size(i) for i in plan["layers"]
                                       if i in in_images)},
         "containers": {"total": len(usage.containers), "size": container_bytes},
         "layers": {"total": len(loose), "size": loose_bytes,
-                   "reclaimable": sum(_own_size(usage.layers[i]) for i in plan["layers"] if i in loose),
+                   "reclaimable": sum(usage.own_size(i) for i in plan["layers"] if i in loose),
                    "reclaimable_with_layers": loose_bytes},
         "prune": plan,
     }
@@ -144,7 +157,7 @@ def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False
     """What :func:`prune` would remove: image ids, then layer ids (top first)."""
     usage = usage or Usage(store)
     busy = {c.image for c in usage.containers}
-    images = [i for i in usage.images if not i.names and i.id not in busy]
+    images = [i for i in usage.images if not i.names and not i.digests and i.id not in busy]
     gone = {i.id for i in images}
     keep: set[str] = set()
     for image in usage.images:
@@ -191,7 +204,8 @@ def prune(store: Store, *, layers: bool = False) -> list[str]:
     with store.locked():
         current = {r.id: r for r in images.all()}
         for image_id in plan["images"]:
-            if image_id in current and not current[image_id].names:  # still unnamed, under the lock
+            still = current.get(image_id)
+            if still is not None and not still.names and not still.digests:  # still unnamed, under the lock
                 images.delete(image_id)
                 done.append(f"deleted image {image_id}")
     from graphdriver.images.manage import used_layers

@@ -3,9 +3,11 @@
 ``<root>/images/`` holds:
 
 * ``records/<config hex>.json``: one image (its id is its config's digest, as
-  Docker's): names, the layer ids of its chain (each layer's id in the layer
-  store is the hex of its chain id, so images sharing layers share them), the
-  DiffIDs, and the digest of the manifest kept for it, if any;
+  Docker's): names, the digested references it was pulled by, the layer ids
+  of its chain (each layer's id in the layer store is the hex of its chain id,
+  so images sharing layers share them), the DiffIDs, and the digest of the
+  manifest kept for it, if any.  A record that cannot be read is named by
+  :meth:`ImageStore.scan` and passed over: the other images work as before;
 * ``blobs/sha256/<hex>``: content-addressed bytes kept exactly: every config,
   every manifest an image was loaded or pulled with, and the compressed layer
   blobs that manifest names (so a save or a push of an unchanged image gives
@@ -37,15 +39,20 @@ _HEX = frozenset("0123456789abcdef")
 class ImageRecord(Plain):
     """What the store knows of one image."""
 
-    __slots__ = ("created", "diff_ids", "id", "layer_blobs", "layers", "manifest", "names", "platform")
+    __slots__ = ("created", "diff_ids", "digests", "id", "layer_blobs", "layers", "manifest", "names",
+                 "platform")
 
     def __init__(self, id: str, names: list[str], layers: list[str], diff_ids: list[str], *,
                  created: str = "", manifest: str | None = None,
-                 layer_blobs: list[dict[str, Any]] | None = None, platform: str = "") -> None:
+                 layer_blobs: list[dict[str, Any]] | None = None, platform: str = "",
+                 digests: list[str] | None = None) -> None:
         #: The config's digest (``sha256:...``).
         self.id = id
         #: Normalised references (``docker.io/library/deb:2``), sorted.
         self.names = names
+        #: Digested references (``host/team/app@sha256:...``) the image was pulled as, sorted
+        #: (podman's RepoDigests): the repository and the manifest or index digest asked for.
+        self.digests = digests or []
         #: Layer ids in the layer store, base first (each the hex of the layer's chain id).
         self.layers = layers
         self.diff_ids = diff_ids
@@ -61,6 +68,24 @@ class ImageRecord(Plain):
     def top_layer(self) -> str | None:
         return self.layers[-1] if self.layers else None
 
+    def repositories(self) -> set[str]:
+        """The repositories the image is named or pulled in (``docker.io/library/deb``)."""
+        out = set()
+        for name in (*self.names, *self.digests):
+            try:
+                out.add(reference.parse(name).repository)
+            except InvalidArgument:
+                continue  # a name no longer valid (written by hand, or by an older version) names none
+        return out
+
+    def matches(self, ref: reference.Reference) -> bool:
+        """Whether *ref* names this image: a name it has, or a digest it has in that repository."""
+        if ref.digest is None:
+            return str(ref) in self.names
+        if f"{ref.repository}@{ref.digest}" in self.digests:
+            return True
+        return ref.digest == self.manifest and ref.repository in self.repositories()
+
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -71,11 +96,14 @@ class ImageRecord(Plain):
                 raise TypeError("not an object")
             record = cls(value["id"], list(value["names"]), list(value["layers"]), list(value["diff_ids"]),
                          created=str(value.get("created", "")), manifest=value.get("manifest"),
-                         layer_blobs=value.get("layer_blobs"), platform=str(value.get("platform", "")))
-            if not all(isinstance(x, str) for x in (*record.names, *record.layers, *record.diff_ids)):
-                raise TypeError("names, layers and diff_ids hold strings")
+                         layer_blobs=value.get("layer_blobs"), platform=str(value.get("platform", "")),
+                         digests=list(value.get("digests") or []))
+            strings = (record.id, *record.names, *record.layers, *record.diff_ids, *record.digests)
+            if not all(isinstance(x, str) for x in strings):
+                raise TypeError("id, names, digests, layers and diff_ids hold strings")
+            reference.check_digest(record.id)
             return record
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, InvalidArgument) as e:
             raise IntegrityError(f"image record {where}", f"malformed: {e}") from e
 
 
@@ -94,26 +122,51 @@ class ImageStore:
         return os.path.join(self.records_dir, hex_of(image_id) + ".json")
 
     def all(self) -> list[ImageRecord]:
-        """Every image, by name then id."""
+        """Every image with a sound record, by name then id."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[ImageRecord], list[IntegrityError]]:
+        """:meth:`all`, and what is wrong with each record that cannot be read.
+
+        One corrupt record never takes the others down: it is reported, and
+        the images of the sound records work as before.
+        """
         try:
             names = sorted(n for n in os.listdir(self.records_dir) if n.endswith(".json"))
         except FileNotFoundError:
-            return []
+            return [], []
         out = []
+        bad = []
         for name in names:
-            path = os.path.join(self.records_dir, name)
             try:
-                out.append(ImageRecord.from_json(atomic.read_json(path), name))
+                out.append(self._read(os.path.join(self.records_dir, name), name))
             except FileNotFoundError:
                 continue  # removed while listed
-            except ValueError as e:
-                raise IntegrityError(f"image record {name}", f"unreadable: {e}") from e
-        out.sort(key=lambda r: (r.names[0] if r.names else "\uffff", r.id))
-        return out
+            except IntegrityError as e:
+                bad.append(e)
+        out.sort(key=lambda r: (r.names[0] if r.names else r.digests[0] if r.digests else "\uffff", r.id))
+        return out, bad
+
+    @staticmethod
+    def _read(path: str, name: str) -> ImageRecord:
+        try:
+            value = atomic.read_json(path)
+        except ValueError as e:
+            raise IntegrityError(f"image record {name}", f"unreadable: {e}") from e
+        return ImageRecord.from_json(value, name)
+
+    def get(self, image_id: str) -> ImageRecord:
+        """The image whose id is *image_id* (``sha256:`` and 64 hex digits): by its record, never by name."""
+        reference.check_digest(image_id)
+        try:
+            return self._read(self._path(image_id), hex_of(image_id) + ".json")
+        except FileNotFoundError as e:
+            raise NotFound(f"image {image_id}", "no such image") from e
 
     def put(self, record: ImageRecord) -> None:
         os.makedirs(self.records_dir, 0o700, exist_ok=True)
         record.names = sorted(set(record.names))
+        record.digests = sorted(set(record.digests))
         atomic.write_json(self._path(record.id), record.to_json())
 
     def delete(self, image_id: str) -> None:
@@ -127,8 +180,13 @@ class ImageStore:
         """:meth:`resolve`, and whether *name* matched as a name (else as an id).
 
         Names are tried first, as Docker does: ``cafe`` is the image named
-        ``cafe:latest`` before it is an id starting with ``cafe``.
+        ``cafe:latest`` before it is an id starting with ``cafe``.  A name
+        with a digest (``repo@sha256:...``) names the image of that manifest
+        in that repository only.  ``sha256:<hex>`` is always an id (or a
+        prefix of one), never a name.
         """
+        if name.startswith("sha256:"):
+            return self._by_id_prefix(name), False
         images = self.all()
         ref = None
         try:
@@ -137,19 +195,28 @@ class ImageStore:
             pass
         if ref is not None:
             for r in images:
-                if (ref.digest is not None and r.manifest == ref.digest) or (
-                        ref.digest is None and str(ref) in r.names):
+                if r.matches(ref):
                     return r, True
-        text = name.removeprefix("sha256:")
-        if len(text) >= 4 and set(text) <= _HEX:
-            found = [r for r in images if hex_of(r.id).startswith(text)]
-            if len(found) == 1:
-                return found[0], False
-            if len(found) > 1:
-                raise InvalidArgument(f"image {shorten(name)!r}", "ambiguous: several image ids start so")
+        if len(name) >= 4 and set(name) <= _HEX:
+            return self._by_id_prefix(name, images), False
         if ref is None:
             reference.parse(name)  # raises: neither a name nor an id
         raise NotFound(f"image {shorten(name)!r}", "no such image")
+
+    def _by_id_prefix(self, name: str, images: list[ImageRecord] | None = None) -> ImageRecord:
+        """The image whose id *name* is, or starts with (at least 4 hex digits, ``sha256:`` optional)."""
+        text = name.removeprefix("sha256:")
+        if len(text) < 4 or not set(text) <= _HEX or len(text) > 64:
+            raise InvalidArgument(f"image {shorten(name)!r}",
+                                  "an image id is sha256: and hex digits (at least 4 of them)")
+        if len(text) == 64:
+            return self.get("sha256:" + text)
+        found = [r for r in (self.all() if images is None else images) if hex_of(r.id).startswith(text)]
+        if len(found) > 1:
+            raise InvalidArgument(f"image {shorten(name)!r}", "ambiguous: several image ids start so")
+        if not found:
+            raise NotFound(f"image {shorten(name)!r}", "no such image")
+        return found[0]
 
     def untag(self, name: str) -> ImageRecord | None:
         """Take the reference *name* off the image holding it; that image, or None."""
@@ -187,10 +254,14 @@ class ImageStore:
             raise IntegrityError(f"blob {digest}", "its bytes do not match its digest")
         return data
 
-    def referenced_blobs(self) -> set[str]:
-        """Hex digests of every blob some record names."""
+    def referenced_blobs(self) -> set[str] | None:
+        """Hex digests of every blob some record names; None while a record is unreadable
+        (the blobs it names are unknown, so none may be judged unreferenced)."""
+        records, bad = self.scan()
+        if bad:
+            return None
         keep: set[str] = set()
-        for r in self.all():
+        for r in records:
             keep.add(hex_of(r.id))
             if r.manifest:
                 keep.add(hex_of(r.manifest))

@@ -91,6 +91,8 @@ def _remove_unreferenced(images: ImageStore) -> list[str]:
     except FileNotFoundError:
         return []
     keep = images.referenced_blobs()
+    if keep is None:
+        return [f"{e}: remove it; no blob was removed meanwhile" for e in images.scan()[1]]
     done = []
     for name in names:
         if len(name) == 64 and name not in keep:

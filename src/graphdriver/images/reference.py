@@ -76,6 +76,27 @@ def parse(name: str, *, default_tag: bool = True) -> Reference:
     return Reference(domain, path, tag, digest)
 
 
+def parse_new(name: str) -> Reference:
+    """The reference *name* to give an image (``image tag``, ``container commit``): a repository and a tag.
+
+    A digest is what a manifest is, never a name given (a usage error, as
+    Docker's); nor is a repository called ``sha256`` (``sha256:<hex>`` would be
+    a tag that reads as an image id: Docker refuses it as ambiguous).
+    """
+    ref = parse(name)
+    if ref.digest is not None:
+        raise InvalidArgument(f"image name {shorten(name)!r}", "a digest names a manifest: give a tag")
+    if is_ambiguous(ref):
+        raise InvalidArgument(f"image name {shorten(name)!r}",
+                              "refusing to create an ambiguous tag using digest algorithm as name")
+    return ref
+
+
+def is_ambiguous(ref: Reference) -> bool:
+    """Whether *ref* is ``sha256:<hex>`` read as a name (``docker.io/library/sha256:<hex>``)."""
+    return ref.domain == DEFAULT_DOMAIN and ref.path == OFFICIAL_PREFIX + "sha256"
+
+
 def _check_path(path: str, name: str) -> None:
     if not path or not set(path) <= _PATH_CHARS:
         raise InvalidArgument(

@@ -67,24 +67,54 @@ def _auth_files() -> list[str]:
 
 
 def credentials(domain: str) -> tuple[str, str] | None:
-    """``(user, password)`` for *domain* from the first auth file that names it."""
+    """``(user, password)`` for *domain* from the first auth file that names it.
+
+    A file that is missing is passed over; one that cannot be read, is not
+    JSON, or holds an ``auth`` for *domain* that is not base64 ``user:password``
+    is an error naming the file (credentials silently skipped would show up
+    later as a puzzling refusal by the registry).
+    """
     keys = {domain, f"https://{domain}", f"http://{domain}"}
     if domain == "docker.io":
         keys |= {"https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"}
     for path in _auth_files():
-        try:
-            with open(path, "rb") as f:
-                auths = json.loads(f.read()).get("auths", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        for key, entry in auths.items() if isinstance(auths, dict) else ():
+        auths = _read_auths(path)
+        for key, entry in auths.items():
             if key.rstrip("/") in keys and isinstance(entry, dict) and entry.get("auth"):
-                try:
-                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-                except (ValueError, UnicodeDecodeError):
-                    continue
-                return user, password
+                return _decode_auth(entry["auth"], path, key)
     return None
+
+
+def _read_auths(path: str) -> dict[str, Any]:
+    """The ``auths`` object of the auth file at *path* (empty when there is no such file)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise GraphDriverError(f"auth file {path}", f"unreadable: {e.strerror or e}") from e
+    try:
+        value = json.loads(data)
+    except ValueError as e:
+        raise GraphDriverError(f"auth file {path}", f"not JSON: {e}") from e
+    auths = value.get("auths", {}) if isinstance(value, dict) else None
+    if not isinstance(auths, dict):
+        raise GraphDriverError(f"auth file {path}", "not an object with an \"auths\" object")
+    return auths
+
+
+def _decode_auth(value: object, path: str, key: str) -> tuple[str, str]:
+    try:
+        if not isinstance(value, str):
+            raise ValueError("not a string")
+        user, colon, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GraphDriverError(f"auth file {path}", f"auths.{shorten(key)}.auth is not base64 "
+                               f"user:password ({e})") from e
+    if not colon:
+        raise GraphDriverError(f"auth file {path}", f"auths.{shorten(key)}.auth is not base64 user:password")
+    return user, password
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -160,6 +190,8 @@ class Registry:
             try:
                 resp = self.session.request(method, self._url(path), headers=headers, data=data,
                                             timeout=(30, 300), allow_redirects=True, **kw)
+            except self.requests.exceptions.SSLError as e:
+                raise self._tls_error(e) from e  # a handshake fails the same way every time
             except (self.requests.ConnectionError, self.requests.Timeout) as e:
                 self._wait(attempt, None, f"{method} {path}: {e}")
                 continue
@@ -177,6 +209,18 @@ class Registry:
                 self._fail(method, path, resp)
             return resp
         raise RegistryError(f"{method} {self.host}/{shorten(path)}", f"gave up after {ATTEMPTS} attempts")
+
+    def _tls_error(self, error: Exception) -> RegistryError:
+        """One line for a failed TLS handshake: what the TLS library said, and the likely cause."""
+        import re
+
+        found = re.search(r"\[SSL: ([A-Z_]+)\]|certificate verify failed|wrong version number", str(error))
+        detail = (found.group(1) or found.group(0) if found else "handshake failed").lower().replace("_", " ")
+        if "certificate" in detail:
+            why = "its certificate is not trusted"
+        else:  # most often an http-only registry answering the TLS handshake in plain text
+            why = "the registry may speak plain HTTP (use --insecure for http)"
+        return RegistryError(f"registry {self.host}", f"TLS failed ({detail}): {why}")
 
     def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
         if attempt + 1 >= ATTEMPTS:

@@ -143,10 +143,10 @@ def save(store: Store, record: ImageRecord, path: str, fmt: str = "docker-archiv
             _docker_archive(store, images, record, out, names)
         else:
             _oci_layout(store, images, record, out, names)
+        out.close()
     except BaseException:
         out.abort()
         raise
-    out.close()
 
 
 def _layer(store: Store, layer_id: str, out: Any) -> None:

@@ -42,15 +42,17 @@ class SourceLayer(Plain):
 class SourceImage(Plain):
     """One image of an archive or layout: config bytes, names, layers, and the manifest if any."""
 
-    __slots__ = ("config", "layers", "manifest", "names")
+    __slots__ = ("config", "digests", "layers", "manifest", "names")
 
     def __init__(self, config: bytes, names: list[str], layers: list[SourceLayer],
-                 manifest: bytes | None = None) -> None:
+                 manifest: bytes | None = None, digests: list[str] | None = None) -> None:
         self.config = config
         self.names = names
         self.layers = layers
         #: The manifest's exact bytes (OCI layouts, registries); None in a docker-archive.
         self.manifest = manifest
+        #: Digested references (``host/repo@sha256:...``) the image was asked for by (a pull by digest).
+        self.digests = digests or []
 
 
 # ----- where the files are: a folder or a tarball ---------------------------------------------
@@ -158,6 +160,7 @@ class Archive:
     """The images of the archive or layout at *path*; ``with Archive(path) as a: a.images()``."""
 
     def __init__(self, path: str, platform: str | None = None) -> None:
+        parse_platform(platform)  # a usage error before anything is read
         if not os.path.exists(path):
             raise NotFound(f"image archive {shorten(path)!r}", "no such file or directory")
         self.files = _Files(path)
@@ -203,9 +206,11 @@ class Archive:
             if len(base) == 64 and oci.sha256_digest(config) != "sha256:" + base:
                 raise IntegrityError(what, f"config {entry['Config']!r} does not match its name")
             try:
-                names = [str(reference.parse(t)) for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+                tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+                names = [str(reference.parse_new(t)) for t in tags]
             except InvalidArgument as e:
                 raise IntegrityError(what, f"manifest.json names an image badly: {e}") from e
+            check_platform(config, self.platform, what)
             layers = [SourceLayer(self._opener(p), None) for p in entry["Layers"] if isinstance(p, str)]
             out.append(SourceImage(config, names, layers))
         return out
@@ -228,7 +233,10 @@ class Archive:
                 continue  # an artifact or other kind: the image-index spec says to pass over it
             name = desc.annotations.get(oci.CONTAINERD_NAME) or desc.annotations.get(oci.REF_NAME)
             for manifest_desc in self._select(desc, what):
-                out.append(self._oci_image(manifest_desc, name, what))
+                image = self._oci_image(manifest_desc, name, what)
+                if manifest_desc is desc:  # no index chose it for the platform: its config says
+                    check_platform(image.config, self.platform, what)
+                out.append(image)
         if not out:
             raise IntegrityError(what, "the index names no image")
         return out
@@ -249,7 +257,7 @@ class Archive:
         names = []
         if name and "/" in name.split("@")[0]:  # a bare tag ("latest", "1") names no repository
             try:
-                names.append(str(reference.parse(name)))
+                names.append(str(reference.parse_new(name)))
             except InvalidArgument:
                 pass
         layers = [SourceLayer(self._opener(f"blobs/sha256/{oci.hex_of(d.digest)}"), d) for d in layer_descs]
@@ -271,14 +279,53 @@ def host_platform() -> str:
     return f"linux/{arch}"
 
 
+#: The variant an architecture means when none is named (as containerd's platform matcher).
+_DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
+_PLATFORM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def parse_platform(text: str | None) -> tuple[str, str, str] | None:
+    """``os/arch[/variant]`` as ``(os, arch, variant)`` (variant ``""`` when not named); None for None.
+
+    Anything else is :class:`InvalidArgument` (a usage error, exit 2).
+    """
+    if text is None:
+        return None
+    parts = text.lower().split("/")
+    if not 2 <= len(parts) <= 3 or not all(p and set(p) <= _PLATFORM_CHARS for p in parts):
+        raise InvalidArgument(f"platform {shorten(text)!r}", "must be OS/ARCH[/VARIANT] (linux/arm64)")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+
+
+def _matches(have: dict[str, Any], want: tuple[str, str, str]) -> bool:
+    os_name, arch, variant = want
+    if str(have.get("os", "")) != os_name or str(have.get("architecture", "")) != arch:
+        return False
+    return not variant or str(have.get("variant") or _DEFAULT_VARIANT.get(arch, "")) == variant
+
+
+def _describe(have: dict[str, Any]) -> str:
+    text = f"{have.get('os')}/{have.get('architecture')}"
+    return text + (f"/{have['variant']}" if have.get("variant") else "")
+
+
 def select_platform(candidates: list[Descriptor], wanted: str | None, what: str) -> Descriptor:
     """The manifest of an index for *wanted* (``os/arch[/variant]``; default this machine's)."""
-    want = (wanted or host_platform()).split("/")
+    want = parse_platform(wanted or host_platform())
+    assert want is not None
     for d in candidates:
-        p = d.platform or {}
-        have = [str(p.get("os", "")), str(p.get("architecture", ""))]
-        if have == want[:2] and (len(want) < 3 or p.get("variant") == want[2]):
+        if _matches(d.platform or {}, want):
             return d
-    found = ", ".join(f"{(d.platform or {}).get('os')}/{(d.platform or {}).get('architecture')}"
-                      for d in candidates)
-    raise NotFound(what, f"no image for platform {'/'.join(want)} (it has {found or 'none'})")
+    found = ", ".join(_describe(d.platform or {}) for d in candidates)
+    raise NotFound(what, f"no image for platform {'/'.join(p for p in want if p)} (it has {found or 'none'})")
+
+
+def check_platform(config: bytes, wanted: str | None, what: str) -> None:
+    """NotFound (exit 3) when the platform *wanted* was asked for and the image *config* is another."""
+    want = parse_platform(wanted)
+    if want is None:
+        return
+    value = oci.load_json(config, f"{what}: config")
+    if not _matches(value, want):
+        raise NotFound(what, f"no image for platform {'/'.join(p for p in want if p)} "
+                             f"(it has {_describe(value)})")

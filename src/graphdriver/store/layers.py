@@ -955,8 +955,9 @@ class Store:
 
     # ----- remove and cleanup ----------------------------------------------------------
 
-    def remove(self, layer_id: str) -> None:
-        """Delete a layer; refused while mounted or while it has children."""
+    def remove(self, layer_id: str, *, holder: str | None = None) -> None:
+        """Delete a layer; refused while mounted, while it has children, or while an image or a
+        container holds it (*holder*: the one removing it, ``container NAME``, does not count)."""
         record = self._find(layer_id)
         if record.read_only_store:
             raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
@@ -967,6 +968,7 @@ class Store:
                 raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
+            self._refuse_held(layer_id, holder)
             tx.mark()
             if self.driver.exists(layer_id):
                 self.driver.remove(layer_id)
@@ -975,6 +977,20 @@ class Store:
             except FileNotFoundError:
                 pass
             tx.commit(None)
+
+    def _refuse_held(self, layer_id: str, holder: str | None) -> None:
+        """Precondition while an image or a container other than *holder* holds *layer_id*.
+
+        Their records live beside the layers (see :mod:`graphdriver.images.holders`);
+        a store that has none pays nothing for asking.
+        """
+        if not any(os.path.isdir(os.path.join(self.root, d)) for d in ("images", "containers")):
+            return
+        from graphdriver.images.holders import holders
+
+        users = [h for h in holders(self, layer_id) if h != holder]
+        if users:
+            raise Precondition(f"layer {layer_id}", f"is used by {', '.join(users)}")
 
     def cleanup(self) -> list[str]:
         """Finish or undo whatever a crash interrupted; one line per thing done (see :mod:`.recovery`)."""

@@ -1,0 +1,229 @@
+"""Image records as users name and rely on them: digests, ids, corrupt records, layers held, sizes,
+creation times and platforms (hand-made layouts: no tool needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphdriver.errors import NotFound
+from graphdriver.images import oci
+from graphdriver.images.sources import select_platform
+from graphdriver.testing.treeutil import F, make_tar
+from tests.conftest import ROOT
+from tests.test_images import LAYER1, LAYER2, multi_platform_layout, oci_layout
+
+
+def gd(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    from tests.conftest import run_cli
+
+    return run_cli(*args, root=tmp_path / "store", driver="vfs", check=check)
+
+
+def inspect(tmp_path: Path, name: str) -> dict:
+    return json.loads(gd(tmp_path, "image", "inspect", name).stdout)
+
+
+def two_images(tmp_path: Path) -> tuple[dict, dict]:
+    """Images localhost/a:1 (LAYER1, LAYER2) and localhost/b:1 (LAYER1), inspected."""
+    oci_layout(tmp_path / "a", [LAYER1, LAYER2], name="localhost/a:1")
+    oci_layout(tmp_path / "b", [LAYER1], name="localhost/b:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "a"))
+    gd(tmp_path, "image", "load", str(tmp_path / "b"))
+    return inspect(tmp_path, "localhost/a:1"), inspect(tmp_path, "localhost/b:1")
+
+
+def one_line_error(proc: subprocess.CompletedProcess[bytes], code: int) -> str:
+    assert proc.returncode == code, proc.stderr
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "internal error" not in err, err
+    return err
+
+
+# ----- names and digests --------------------------------------------------------------------------------
+
+
+def test_a_digest_is_never_a_name_given_and_sha256_ids_are_ids(tmp_path):
+    _, b = two_images(tmp_path)
+    # As Docker refuses it: a tag reading as the id of another image.
+    err = one_line_error(gd(tmp_path, "image", "tag", "localhost/a:1", b["Id"], check=False), 2)
+    assert "ambiguous" in err
+    # A digest names a manifest, never a name given.
+    one_line_error(gd(tmp_path, "image", "tag", "localhost/a:1", f"localhost/x@{b['Id']}", check=False), 2)
+    gd(tmp_path, "container", "create", "localhost/a:1", "c1")
+    one_line_error(gd(tmp_path, "container", "commit", "c1", f"localhost/x@{b['Id']}", check=False), 2)
+    one_line_error(gd(tmp_path, "container", "commit", "c1", "sha256:" + "1" * 64, check=False), 2)
+    assert inspect(tmp_path, b["Id"])["Id"] == b["Id"]
+    assert inspect(tmp_path, "localhost/a:1")["Names"] == ["localhost/a:1"]
+
+
+def test_a_name_reading_as_an_id_left_by_an_older_version_never_hides_the_id(tmp_path):
+    a, b = two_images(tmp_path)
+    record = tmp_path / "store/images/records" / (a["Id"][7:] + ".json")
+    value = json.loads(record.read_text())
+    value["names"].append("docker.io/library/sha256:" + b["Id"][7:])  # as `image tag` once wrote it
+    record.write_text(json.dumps(value))
+    # sha256:<hex> is an id: b's, not a's name.
+    assert inspect(tmp_path, b["Id"])["Id"] == b["Id"]
+    # Work that finds an image again by its id finds that image: the tag goes to b, not to a.
+    gd(tmp_path, "image", "tag", "localhost/b:1", "localhost/new:1")
+    assert inspect(tmp_path, "localhost/new:1")["Id"] == b["Id"]
+    assert "localhost/new:1" not in inspect(tmp_path, "localhost/a:1")["Names"]
+
+
+def test_a_digest_reference_names_the_image_in_its_repository_only(tmp_path):
+    digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    assert inspect(tmp_path, f"localhost/made@{digest}")["ManifestDigest"] == digest
+    one_line_error(gd(tmp_path, "image", "inspect", f"other/repo@{digest}", check=False), 3)
+    one_line_error(gd(tmp_path, "image", "rm", f"localhost/unrelated@{digest}", check=False), 3)
+    assert inspect(tmp_path, "localhost/made:1")["ManifestDigest"] == digest  # still there
+
+
+def test_image_rm_prints_the_full_name_it_untagged(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/x:latest")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "image", "tag", "localhost/x", "localhost/y:2")
+    assert gd(tmp_path, "image", "rm", "localhost/x").stdout == b"Untagged: localhost/x:latest\n"
+
+
+# ----- one corrupt record -------------------------------------------------------------------------------
+
+
+def test_a_corrupt_image_record_is_named_and_everything_else_works(tmp_path):
+    a, b = two_images(tmp_path)
+    bad = tmp_path / "store/images/records" / ("0" * 64 + ".json")
+    bad.write_text("{bad")
+    listed = gd(tmp_path, "image", "ls")
+    assert listed.returncode == 0
+    assert "localhost/a" in listed.stdout.decode() and "localhost/b" in listed.stdout.decode()
+    assert listed.stderr.decode().count("\n") == 1 and "0" * 64 in listed.stderr.decode()
+    assert len(json.loads(gd(tmp_path, "image", "ls", "--json").stdout)) == 2
+    assert inspect(tmp_path, "localhost/a:1")["Id"] == a["Id"]
+    assert inspect(tmp_path, a["Id"][7:19])["Id"] == a["Id"]
+    gd(tmp_path, "container", "create", "localhost/a:1", "c1")
+    gd(tmp_path, "container", "rm", "c1")
+    gd(tmp_path, "image", "save", "localhost/b:1", "-o", str(tmp_path / "b.tar"))
+    assert "0" * 64 in gd(tmp_path, "cleanup").stdout.decode()  # named; nothing it may name removed
+    gd(tmp_path, "prune")
+    gd(tmp_path, "image", "rm", "localhost/a:1")
+    assert inspect(tmp_path, "localhost/b:1")["Id"] == b["Id"]
+    assert gd(tmp_path, "check").returncode == 0
+    # Blobs are judged unreferenced again once the bad record is gone.
+    bad.unlink()
+    gd(tmp_path, "cleanup")
+    blobs = {p.name for p in (tmp_path / "store/images/blobs/sha256").iterdir()}
+    assert a["Id"][7:] not in blobs and b["Id"][7:] in blobs
+
+
+# ----- layers held by images and containers -------------------------------------------------------------
+
+
+def test_remove_refuses_layers_an_image_or_a_container_holds(tmp_path):
+    a, _ = two_images(tmp_path)
+    top = a["Layers"][-1]["Layer"]
+    gd(tmp_path, "container", "create", "localhost/b:1", "c1")
+    err = one_line_error(gd(tmp_path, "remove", "c1", check=False), 5)
+    assert "container c1" in err
+    err = one_line_error(gd(tmp_path, "remove", top, check=False), 5)
+    assert "image localhost/a:1" in err
+    gd(tmp_path, "image", "save", "localhost/a:1", "-o", str(tmp_path / "a.tar"))  # still whole
+    gd(tmp_path, "container", "rm", "c1")  # a container removes its own layers
+    assert b"c1" not in gd(tmp_path, "layers").stdout.split()
+    gd(tmp_path, "image", "rm", "localhost/a:1")
+    assert top.encode() not in gd(tmp_path, "layers").stdout.split()
+    # A layer of the layer commands is removed as before.
+    gd(tmp_path, "create", "mine", "--rw")
+    gd(tmp_path, "remove", "mine")
+
+
+def test_layer_commands_of_a_store_without_images_never_import_them(tmp_path):
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT / 'src')!r})
+import graphdriver
+store = graphdriver.open_store({str(tmp_path / 'store')!r}, run_root={str(tmp_path / 'run')!r}, driver="vfs")
+store.create("l1")
+store.remove("l1")
+assert not [m for m in sys.modules if m.startswith("graphdriver.images")], sorted(sys.modules)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+# ----- what tree, df and image ls show ------------------------------------------------------------------
+
+
+def test_tree_and_df_count_what_a_container_wrote(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/a:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "container", "create", "localhost/a:1", "c1")
+    root = Path(gd(tmp_path, "mount", "c1").stdout.decode().strip())
+    try:
+        (root / "written").write_bytes(b"x" * 300_000)
+    finally:
+        gd(tmp_path, "unmount", "c1")
+    assert int(gd(tmp_path, "diffsize", "c1").stdout) == 300_000
+    line = next(x for x in gd(tmp_path, "tree").stdout.decode().splitlines() if "container c1  rw" in x)
+    assert "293.0KiB" in line, line
+    usage = json.loads(gd(tmp_path, "df", "--json").stdout)
+    assert usage["containers"]["size"] >= 300_000
+
+
+def test_image_ls_shows_when_the_image_was_made(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/old:1", created="2001-02-03T04:05:06.789Z")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    row = gd(tmp_path, "image", "ls").stdout.decode().splitlines()[1]
+    assert "2001-02-03 04:05:06" in row, row
+    assert inspect(tmp_path, "localhost/old:1")["Created"] == "2001-02-03T04:05:06.789Z"
+
+
+# ----- platforms ----------------------------------------------------------------------------------------
+
+
+def test_platform_is_checked_for_an_image_without_an_index(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/amd:1")  # linux/amd64
+    err = one_line_error(gd(tmp_path, "image", "load", str(tmp_path / "in"), "--platform", "linux/arm64",
+                            check=False), 3)
+    assert "no image for platform linux/arm64" in err and "linux/amd64" in err
+    assert gd(tmp_path, "layers").stdout == b""
+    for bogus in ("bogus", "linux/", "a/b/c/d"):
+        load = gd(tmp_path, "image", "load", str(tmp_path / "in"), "--platform", bogus, check=False)
+        one_line_error(load, 2)
+    gd(tmp_path, "image", "load", str(tmp_path / "in"), "--platform", "linux/amd64")
+    gd(tmp_path, "image", "save", "localhost/amd:1", "-o", str(tmp_path / "amd.tar"))
+    other = tmp_path / "other"
+    other.mkdir()
+    one_line_error(gd(other, "image", "load", str(tmp_path / "amd.tar"), "--platform", "linux/arm64",
+                      check=False), 3)
+    # Against an index too, a platform that is no platform is a usage error.
+    multi_platform_layout(tmp_path / "multi", {"linux/amd64": ([LAYER1], "linux"),
+                                               "linux/arm64": ([LAYER2], "linux")}, "localhost/multi:1")
+    load = gd(tmp_path, "image", "load", str(tmp_path / "multi"), "--platform", "bogus", check=False)
+    one_line_error(load, 2)
+
+
+def test_no_image_for_a_platform_names_the_variants():
+    arm = oci.Descriptor(oci.OCI_MANIFEST, "sha256:" + "1" * 64, 1,
+                         platform={"os": "linux", "architecture": "arm", "variant": "v7"})
+    arm64 = oci.Descriptor(oci.OCI_MANIFEST, "sha256:" + "2" * 64, 1,
+                           platform={"os": "linux", "architecture": "arm64"})
+    with pytest.raises(NotFound) as caught:
+        select_platform([arm, arm64], "linux/arm/v6", "image x")
+    assert "no image for platform linux/arm/v6 (it has linux/arm/v7, linux/arm64)" in str(caught.value)
+    assert select_platform([arm, arm64], "linux/arm", "image x") is arm
+    assert select_platform([arm, arm64], "linux/arm64/v8", "image x") is arm64  # arm64 means v8
+
+
+# ----- save ---------------------------------------------------------------------------------------------
+
+
+def test_a_save_that_cannot_write_names_the_path_given(tmp_path):
+    oci_layout(tmp_path / "in", [make_tar({"f": F(b"x")})], name="localhost/s:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    target = tmp_path / "no/such/dir/x.tar"
+    err = one_line_error(gd(tmp_path, "image", "save", "localhost/s:1", "-o", str(target), check=False), 1)
+    assert f"{target}:" in err and "partial" not in err
