@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 def _open_store(args: Args) -> Store:
     """The store the global options name (``cleanup`` opens it without recovering first,
-    so that what it repairs is its own work, printed line by line)."""
+    so that what it repairs is its own work, printed line by line).  A new store is
+    made by the first command that stores a layer, never by a read-only one."""
     import graphdriver
 
     return graphdriver.open_store(
@@ -37,6 +38,7 @@ def _open_store(args: Args) -> Store:
         gidmap=args.gidmap or "",
         additional_stores=args.additional_store,
         recover=args.command != "cleanup",
+        create=False,
     )
 
 

@@ -229,6 +229,10 @@ class Args:
         self.rw = self.regenerate = self.json = self.quiet = self.verbose = self.help = False
 
 
+#: Options whose value names a file or folder (an empty one is a usage error).
+_PATH_METAVARS = frozenset({"DIR", "FILE", "PATH"})
+
+
 def _index(options: Sequence[Option]) -> dict[str, Option]:
     return {flag: o for o in options for flag in o.flags}
 
@@ -280,6 +284,9 @@ def parse(argv: Sequence[str]) -> Args:
                 raise UsageError(f"option {flag} needs a value ({option.metavar})", args.command or None)
             inline = items[i]
             i += 1
+        if not inline and option.metavar in _PATH_METAVARS:
+            # An empty path is never meant: --root "" must not fall back to the default store.
+            raise UsageError(f"option {flag} needs a non-empty {option.metavar}", args.command or None)
         if option.repeat:
             getattr(args, option.dest).append(inline)
         else:

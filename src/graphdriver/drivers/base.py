@@ -106,7 +106,7 @@ STAGING_DIR = ".staging"
 class DriverConfig:
     """What a driver is initialised with (the seeds' ``InitFilter(home, options, uidMaps, gidMaps)``)."""
 
-    __slots__ = ("home", "idmaps", "options", "probed", "readonly_homes", "run_root")
+    __slots__ = ("home", "idmaps", "options", "prepare", "probed", "readonly_homes", "run_root")
 
     def __init__(
         self,
@@ -116,6 +116,7 @@ class DriverConfig:
         idmaps: IDMappings | None = None,
         readonly_homes: tuple[str, ...] = (),
         probed: bool = False,
+        prepare: bool = True,
     ) -> None:
         self.home = home
         self.run_root = run_root
@@ -126,6 +127,10 @@ class DriverConfig:
         #: The home passed this driver's probe since the run root was made (since boot):
         #: the driver need not probe it again.
         self.probed = probed
+        #: Make the folders the driver works in at init; False for a store that does not
+        #: exist yet (read-only commands leave no trace), whose owner calls
+        #: :meth:`Driver.prepare` before storing the first layer.
+        self.prepare = prepare
 
 
 class CreateOpts:
@@ -237,10 +242,15 @@ class Driver(abc.ABC):
         self.config = config
         self.home = config.home
         self.run_root = config.run_root
-        os.makedirs(self.home, 0o700, exist_ok=True)
-        os.makedirs(os.path.join(self.home, STAGING_DIR), 0o700, exist_ok=True)
         #: Mount counts across processes, in the run root.
         self.counts = MountCounts(os.path.join(self.run_root, "mounts"))
+        if config.prepare:
+            Driver.prepare(self)  # a subclass prepares its own part at the end of its __init__
+
+    def prepare(self) -> None:
+        """Make the folders the driver works in (its home, its run root's); idempotent."""
+        os.makedirs(os.path.join(self.home, STAGING_DIR), 0o700, exist_ok=True)
+        os.makedirs(self.counts.directory, 0o700, exist_ok=True)
 
     # ----- probing and status --------------------------------------------------
 

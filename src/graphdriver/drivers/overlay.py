@@ -311,6 +311,14 @@ class OverlayDriver(Driver):
         self._size_method: sizelimit.Method | bool | None = False  # False: not chosen yet
         self._home_abs = os.path.abspath(self.home)
         self.links = os.path.join(self._home_abs, LINK_DIR)
+        if config.prepare:
+            self._prepare_links()
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._prepare_links()
+
+    def _prepare_links(self) -> None:
         if not os.path.isdir(self.links):
             os.makedirs(self.links, 0o700, exist_ok=True)
             self.repair_links()

@@ -280,6 +280,11 @@ class WindowsFilterDriver(Driver, BaseImages):
         self.base_images_dir = os.path.abspath(base) if base else None
         self.size_method = _sizelimit.choose_method(self.home) if _sizelimit is not None else None
         self.probed = probe_home(self.home, cached=True)
+        if config.prepare:
+            os.makedirs(self._views_root, 0o700, exist_ok=True)
+
+    def prepare(self) -> None:
+        super().prepare()
         os.makedirs(self._views_root, 0o700, exist_ok=True)
 
     @classmethod

@@ -53,7 +53,7 @@ FORMAT_VERSION = 1
 class StoreOptions:
     """How to open a store (resolved from the CLI's global options)."""
 
-    __slots__ = ("additional_stores", "driver", "driver_options", "idmaps", "recover", "root",
+    __slots__ = ("additional_stores", "create", "driver", "driver_options", "idmaps", "recover", "root",
                  "run_root")
 
     def __init__(
@@ -65,6 +65,7 @@ class StoreOptions:
         idmaps: IDMappings | None = None,
         additional_stores: tuple[str, ...] = (),
         recover: bool = True,
+        create: bool = True,
     ) -> None:
         self.root = root
         self.run_root = run_root
@@ -74,6 +75,9 @@ class StoreOptions:
         self.additional_stores = tuple(additional_stores)
         #: Run ``cleanup`` when opening (finishes what a crash interrupted).
         self.recover = recover
+        #: Create a new store when opening it; False: when its first layer is stored
+        #: (so that read-only commands on a new root leave nothing behind).
+        self.create = create
 
 
 def default_root() -> str:
@@ -106,18 +110,23 @@ class Store:
             registry.check_name(opts.driver)  # before anything is created
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
-        os.makedirs(self.root, 0o700, exist_ok=True)
-        os.makedirs(self.run_root, 0o700, exist_ok=True)
+        # Without opts.create nothing is created here: a store comes to be (its
+        # folders, and store.json fixing its driver) when the first layer is
+        # stored in it (see _settle), so read-only commands leave no trace.
         self.records = RecordStore(self.root)
-        os.makedirs(os.path.join(self.root, TARSPLIT_DIR), 0o700, exist_ok=True)
         self._opts = opts
         self._settings: dict[str, str] | None = None
+        #: Whether store.json is on disk (the store exists); False until read or written.
+        self._settled = False
         # An existing store's settings are read when first needed (a read-only
         # command such as `layers` never needs them), unless the caller named a
         # driver or id maps that must be checked against them now.
-        if opts.driver or opts.idmaps is not None or not os.path.exists(self._settings_path()):
-            self.settings()
         self._driver: Driver | None = None
+        if opts.driver or opts.idmaps is not None:
+            self.settings()
+        if opts.create and not self.settled:
+            with self.locked():
+                self._settle()
         self.readonly = [
             RecordStore(os.path.abspath(p), writable=False) for p in opts.additional_stores
         ]
@@ -133,14 +142,45 @@ class Store:
         return os.path.join(self.root, STORE_FILE)
 
     def settings(self) -> dict[str, str]:
-        """``store.json``: the store's driver and id maps (written when the store is new)."""
+        """``store.json``: the store's driver and id maps.
+
+        For a store that holds nothing yet, the settings it would be created
+        with (the driver asked for, else the first whose probe passes), not
+        written: the first layer stored writes them (:meth:`_settle`).
+        """
         if self._settings is None:
             settings = self._read_settings(self._opts)
-            if settings is None:  # a new store: settle its driver under the lock
-                with self.locked():
-                    settings = self._read_settings(self._opts) or self._new_settings(self._opts)
-            self._settings = settings
+            self._settled = settings is not None
+            self._settings = settings if settings is not None else self._new_settings(self._opts)
         return self._settings
+
+    @property
+    def settled(self) -> bool:
+        """Whether the store exists on disk (``store.json`` written: a layer was stored in it)."""
+        if self._settings is None:
+            return os.path.exists(self._settings_path())
+        return self._settled
+
+    def _settle(self) -> None:
+        """Under the lock, before the first layer is stored: create the store on disk.
+
+        Its folders are made and ``store.json`` written, fixing its driver and
+        id maps; another process may have done so meanwhile, and then its
+        settings are the store's.
+        """
+        if self._settled:
+            return
+        settings = self._read_settings(self._opts)
+        if settings is None:
+            settings = self.settings()
+            self.records.make_dirs()
+            os.makedirs(os.path.join(self.root, TARSPLIT_DIR), 0o700, exist_ok=True)
+            atomic.write_json(self._settings_path(), settings)
+        elif self._settings is not None and settings["driver"] != self._settings["driver"]:
+            self._driver = None  # chosen by another process first: use its driver
+        self._settings, self._settled = settings, True
+        if self._driver is not None:
+            self._driver.prepare()
 
     @property
     def driver_name(self) -> str:
@@ -166,15 +206,21 @@ class Store:
                 options=dict(self._opts.driver_options),
                 idmaps=idmaps,
                 readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
+                # A store not made yet gets its driver's folders when it is (_settle).
+                prepare=self.settled,
             )
-            os.makedirs(config.home, 0o700, exist_ok=True)
             self._driver = registry.init_driver(self.driver_name, config)
         return self._driver
 
     # ----- settings -------------------------------------------------------------------
 
     def _read_settings(self, opts: StoreOptions) -> dict[str, str] | None:
-        """``store.json`` checked against *opts*; None for a new store."""
+        """``store.json`` checked against *opts*; None for a new store.
+
+        A store that holds nothing (its ``store.json`` written by an earlier
+        version's read-only command, say) does not bind a caller who asks for
+        another driver or other id maps: it is new.
+        """
         path = self._settings_path()
         try:
             settings = atomic.read_json(path)
@@ -185,6 +231,8 @@ class Store:
         if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
             raise IntegrityError(f"store {self.root}", f"malformed {STORE_FILE}")
         if opts.driver and opts.driver != settings["driver"]:
+            if self._holds_nothing():
+                return None
             raise Precondition(
                 f"store {self.root}",
                 f"was created with driver {settings['driver']}, not {opts.driver}",
@@ -193,12 +241,23 @@ class Store:
             str(opts.idmaps.uids) != settings.get("uidmap", "")
             or str(opts.idmaps.gids) != settings.get("gidmap", "")
         ):
+            if self._holds_nothing():
+                return None
             raise Precondition(f"store {self.root}", "was created with other id maps")
         return settings
 
+    def _holds_nothing(self) -> bool:
+        """Whether the store has no file but ``store.json`` and its lock: no layer, record,
+        marker, image or driver state (empty folders only)."""
+        if self.records.ids() or self.records.pending_entries():
+            return False
+        for top, _dirs, files in os.walk(self.root):
+            if any(top != self.root or name not in (STORE_FILE, LOCK_FILE) for name in files):
+                return False
+        return True
+
     def _new_settings(self, opts: StoreOptions) -> dict[str, str]:
-        """Choose the driver of a new store and write ``store.json``."""
-        path = self._settings_path()
+        """The settings of a new store: its driver chosen, its id maps (written by :meth:`_settle`)."""
         name = opts.driver or registry.select_driver(probe_home=self.root)
         registry.driver_class(name)  # unknown names are refused before anything is written
         from graphdriver.idmap import IDMappings
@@ -210,11 +269,11 @@ class Store:
             "uidmap": str(idmaps.uids),
             "gidmap": str(idmaps.gids),
         }
-        atomic.write_json(path, settings)
         return settings
 
     def locked(self) -> locked:
         """The store-wide writer lock: ``with store.locked(): ...``."""
+        os.makedirs(self.root, 0o700, exist_ok=True)
         return locked(os.path.join(self.root, LOCK_FILE))
 
     # ----- queries ------------------------------------------------------------------
@@ -367,6 +426,7 @@ class Store:
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
         parent_record = self._find(parent) if parent is not None else None
+        self._settle()  # the store's first layer makes the store
         record = LayerRecord(
             id=layer_id,
             parent=parent,
@@ -813,6 +873,7 @@ class Store:
         if not isinstance(driver, BaseImages):
             raise Unsupported("base-images", f"the {self.driver_name} driver has no base images")
         with self.locked():
+            self._settle()  # registering writes layers
             infos = driver.base_images()
             for info in infos:
                 if not self.records.exists(info.id):

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 def cleanup(store: Store) -> list[str]:
     """Finish or undo whatever a crash interrupted; one line per thing done."""
     done: list[str] = []
+    if not store.settled:
+        return done  # no layer was ever stored: nothing to finish, and nothing is created
     with store.locked():
         for layer_id, marker in sorted(store.records.pending().items()):
             if store.records.is_live(layer_id):
