@@ -78,6 +78,7 @@ def test_import_from_stdin(root):
         (["--opt", "nosuch=1", "status"], 2),
         (["create", "x", "--size", "1G"], 2),  # --size needs --rw
         (["create", "x", "--rw", "--size", "lots"], 2),
+        (["--driver", "vfs", "create", "x", "--rw", "--size", "20M"], 7),  # vfs cannot limit sizes
     ],
 )
 def test_exit_codes(root, args, code):
@@ -225,6 +226,25 @@ def test_open_store_refuses_an_empty_root(tmp_path):
         with pytest.raises(graphdriver.InvalidArgument):
             graphdriver.open_store(**kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "s").exists()
+
+
+def test_size_driver_option_is_the_default_limit_of_writable_layers(root):
+    """--opt size=20G is taken by every driver and parsed as --size; where sizes cannot be
+    limited (vfs), a writable layer that would get it is refused (7) and status says so."""
+
+    def gd(*args: str):
+        return run_cli("--driver", "vfs", "--opt", "size=20G", *args, root=root)
+
+    assert gd("create", "image").returncode == 0  # image layers are never limited
+    r = gd("create", "ctr", "--parent", "image", "--rw")
+    assert r.returncode == 7 and r.stderr.decode().startswith("graphdriver: option size=20G: "), r.stderr
+    assert gd("exists", "ctr").returncode == 3
+    status = gd("status").stdout.decode()
+    assert "Default Size Limit: 20G (21474836480 bytes)" in status and "cannot be enforced" in status
+    assert run_cli("status", root=root, driver="vfs").stdout.decode().count("Default Size Limit") == 0
+    for bad in ("size=lots", "size=0", "size="):
+        r = run_cli("--driver", "vfs", "--opt", bad, "layers", root=root)
+        assert r.returncode == 2 and r.stderr.count(b"\n") == 1, (bad, r.stderr)
 
 
 def test_output_into_a_fifo_is_written_not_replaced(root, tmp_path):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from graphdriver.idmap import IDMappings
     from graphdriver.store.layers import Store
+    from graphdriver.store.records import Layer
 
 
 def _open_store(args: Args) -> Store:
@@ -125,10 +126,10 @@ def cmd_exists(store: Store, args: Args) -> int:
 
 
 def cmd_layers(store: Store, args: Args) -> int:
-    records, bad = store.scan_layers()
+    records, corrupt = store.scan_layers()
+    bad: list[tuple[str, GraphDriverError]] = [*corrupt]
     if args.json:
-        for r in records:
-            r.metadata = store.driver.metadata(r.id)
+        records = _with_metadata(store, records, bad)
         _out(jsonio.dumps([r.display() for r in records]))
     else:
         sys.stdout.writelines(f"{r.id}\n" for r in records)
@@ -140,6 +141,25 @@ def cmd_layers(store: Store, args: Args) -> int:
         if r.damaged:
             sys.stderr.write(f"{PROG}: layer {r.id}: is damaged ({r.damaged})\n")
     return 0
+
+
+def _with_metadata(
+    store: Store, records: list[Layer], bad: list[tuple[str, GraphDriverError]]
+) -> list[Layer]:
+    """*records* with the driver's facts filled in: one whose files are missing keeps empty
+    metadata and is added to *bad*; one removed meanwhile is left out."""
+    from graphdriver.errors import NotFound
+
+    listed = []
+    for r in records:
+        try:
+            store.fill_metadata(r)
+        except NotFound:
+            continue
+        except GraphDriverError as e:
+            bad.append((r.id, e))
+        listed.append(r)
+    return listed
 
 
 def cmd_layer(store: Store, args: Args) -> int:

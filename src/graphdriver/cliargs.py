@@ -77,7 +77,8 @@ GLOBAL_OPTIONS = (
            metavar="DIR"),
     Option("--driver", "overlay, vfs or windowsfilter (default: the store's, else probed)",
            metavar="NAME"),
-    Option("--opt", "a driver option, repeatable (size=20G, mount_program=PATH, ...)",
+    Option("--opt", "a driver option, repeatable (size=20G: the limit of --rw layers created "
+                    "without --size; mount_program=PATH, ...)",
            metavar="KEY=VALUE", repeat=True),
     Option("--additional-store", "a read-only store whose layers are listed and used as parents",
            metavar="DIR", repeat=True),

@@ -173,6 +173,7 @@ class Store:
         settings = self._read_settings(self._opts)
         if settings is None:
             settings = self.settings()
+            os.makedirs(self.run_root, 0o700, exist_ok=True)
             self.records.make_dirs()
             os.makedirs(os.path.join(self.root, TARSPLIT_DIR), 0o700, exist_ok=True)
             atomic.write_json(self._settings_path(), settings)
@@ -281,6 +282,9 @@ class Store:
     def status(self) -> list[tuple[str, str]]:
         pairs = [("Root", self.root), ("Run Root", self.run_root)]
         pairs += registry.driver_status(self.driver)
+        size_limit = self.driver.size_limit_status()
+        if size_limit is not None:
+            pairs.append(("Default Size Limit", size_limit))
         pairs.append(("Layers", str(len(self.records.ids()))))
         pairs += codecs.implementations()
         if self.readonly:
@@ -312,6 +316,17 @@ class Store:
             pass
         return layer
 
+    def fill_metadata(self, layer: Layer) -> None:
+        """Fill in the driver's facts about *layer* (as ``layers --json`` lists them).
+
+        :class:`NotFound` when the layer was removed meanwhile;
+        :class:`IntegrityError` when its record stands but its files are gone.
+        """
+        try:
+            layer.metadata = self.driver.metadata(layer.id)
+        except GraphDriverError as e:
+            self._raise_explained(e, layer.id, seen=layer)
+
     def layers(self) -> list[Layer]:
         """Every complete layer with a sound record, this store's first, then the additional stores'."""
         return self.scan_layers()[0]
@@ -337,6 +352,22 @@ class Store:
 
     def children(self, layer_id: str) -> list[str]:
         return [r.id for r in self.records.all() if r.parent == layer_id]
+
+    def _dependents(self, layer_id: str) -> list[str]:
+        """The children of *layer_id*, and layers with a corrupt record whose files the driver
+        says sit on it (their parent cannot be read, but their files may need this layer's)."""
+        good, corrupt = self.records.scan()
+        found = [r.id for r in good if r.parent == layer_id]
+        if corrupt and self.driver.exists(layer_id):
+            folder = os.path.basename(self.driver.resolve(layer_id))
+            for other, _error in corrupt:
+                try:
+                    chain = self.driver.layer_chain(other) if self.driver.exists(other) else []
+                except GraphDriverError:
+                    continue
+                if chain and os.path.basename(chain[0]) == folder:
+                    found.append(other)
+        return found
 
     # ----- create, import, apply ---------------------------------------------------
 
@@ -524,6 +555,11 @@ class Store:
                     f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
                 )
             self._refuse_damaged(record)
+            # A child was made from (vfs: copied from; overlay: stacks on) the layer
+            # as it is: changing it under the child would change what the child holds.
+            children = self._dependents(layer_id)
+            if children:
+                raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0 and not record.writable:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             # Once more is applied, the imported tarball no longer describes the
@@ -569,11 +605,25 @@ class Store:
     # ----- mount -------------------------------------------------------------------------
 
     def mount(self, layer_id: str, mount_label: str = "") -> str:
-        self._refuse_damaged(self._find(layer_id))
+        record = self._find(layer_id)
+        self._refuse_damaged(record)
         try:
             return self.driver.get(layer_id, mount_label)
         except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id)
+            # The union needs every ancestor's files too: a missing one is damage (6).
+            self._raise_explained(e, layer_id, *self._ancestors(record), seen=record)
+
+    def _ancestors(self, record: Layer) -> list[str]:
+        """The ids below *record*, nearest first, as far as their records can be read."""
+        out: list[str] = []
+        parent = record.parent
+        while parent is not None and parent not in out:
+            out.append(parent)
+            try:
+                parent = self._find(parent).parent
+            except GraphDriverError:
+                break
+        return out
 
     def mount_state(self, layer_id: str) -> tuple[int, str | None]:
         """How many mounts of the layer await their unmount, and where it is mounted (None: nowhere)."""
@@ -660,7 +710,7 @@ class Store:
             # Trees stored under other maps are compared file by file, in container ids.
             return content.changes(self.driver, layer_id, base, owner=owner, native=owner is None)
         except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id, base)
+            self._raise_explained(e, layer_id, base, *self._ancestors(self._find(layer_id)))
 
     def diff(
         self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False
@@ -680,7 +730,7 @@ class Store:
             self._diff(record, base, out, regenerate)
         except (GraphDriverError, OSError) as e:
             # Files may vanish under a reader when another process removes the layer.
-            self._raise_explained(e, layer_id, base, seen=record)
+            self._raise_explained(e, layer_id, base, *self._ancestors(record), seen=record)
 
     def _diff(self, record: Layer, base: str | None, out: BinaryIO, regenerate: bool) -> None:
         layer_id = record.id
@@ -782,14 +832,47 @@ class Store:
             )
 
     def tarsplit(self, layer_id: str, out: BinaryIO) -> None:
-        """Write the layer's tar-split metadata (gzip-compressed NDJSON)."""
-        record = self._find(layer_id)
-        if not self._has_tarsplit(record):
-            raise NotFound(f"tar-split data of layer {layer_id}", "the layer was not imported")
-        import shutil
+        """Write the layer's tar-split metadata (gzip-compressed NDJSON).
 
-        with open(self._tarsplit_of(record), "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
+        :class:`NotFound` for a layer that has none (not imported, changed by
+        ``apply`` since, or an archive that cannot be re-exported exactly);
+        :class:`IntegrityError`, before anything is written, when the record
+        says it was kept but it is missing or is not sound tar-split metadata
+        of the imported tarball.
+        """
+        record = self._find(layer_id)
+        what = f"tar-split data of layer {layer_id}"
+        if record.diff_digest is None:
+            raise NotFound(what, "the layer was not imported (or was changed by apply since)")
+        if record.unreproducible:
+            raise NotFound(what, f"none was kept: the archive cannot be re-exported exactly "
+                                 f"({record.unreproducible})")
+        path = self._tarsplit_of(record)
+        try:
+            with open(path, "rb") as f:
+                self._check_tarsplit(record, f)
+                f.seek(0)
+                import shutil
+
+                shutil.copyfileobj(f, out, 1 << 20)
+        except FileNotFoundError:
+            # Missing while the record says it was kept: corrupt metadata (or a removal under way).
+            missing = IntegrityError(what, f"it is missing ({path}), though the layer was imported")
+            self._raise_explained(missing, layer_id, seen=record)
+
+    def _check_tarsplit(self, record: Layer, f: BinaryIO) -> None:
+        """IntegrityError unless *f* is tar-split metadata rebuilding *record*'s tarball's size."""
+        from graphdriver.layerio.tarsplit import checked_size
+
+        try:
+            size = checked_size(f)
+        except IntegrityError as e:
+            raise IntegrityError(f"tar-split data of layer {record.id}", e.why or str(e)) from e
+        if record.uncompressed_size is not None and size != record.uncompressed_size:
+            raise IntegrityError(
+                f"tar-split data of layer {record.id}",
+                f"it rebuilds {size} bytes, not the {record.uncompressed_size} imported",
+            )
 
     def check(self, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | None]]:
         """Re-export layers and compare with their DiffIDs: (id, None if good else why).
@@ -857,7 +940,7 @@ class Store:
             owner = self._owner_translation(layer_id, base)
             return content.size(self.driver, layer_id, base, owner=owner, native=owner is None)
         except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id, base)
+            self._raise_explained(e, layer_id, base, *self._ancestors(self._find(layer_id)))
 
     # ----- base images -----------------------------------------------------------------
 
@@ -886,25 +969,44 @@ class Store:
     # ----- remove and cleanup ----------------------------------------------------------
 
     def remove(self, layer_id: str) -> None:
-        """Delete a layer; refused while mounted or while it has children."""
-        record = self._find(layer_id)
-        if record.read_only_store:
-            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
+        """Delete a layer; refused while mounted or while it has children.
+
+        A layer whose record is corrupt can be removed too (its record, and its
+        folder if it has one): naming it is the owner's word, which ``cleanup``
+        never takes for granted.
+        """
+        if not self._record_is_corrupt(layer_id):
+            record = self._find(layer_id)
+            if record.read_only_store:
+                raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
         # A removal that fails half way is finished by the next cleanup, never undone.
         with self._transaction(layer_id, "remove", undo="finish-later") as tx:
-            children = self.children(layer_id)
+            children = self._dependents(layer_id)
             if children:
                 raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             tx.mark()
-            if self.driver.exists(layer_id):
+            if self.driver.exists(layer_id) and not self.driver.is_readonly_store(layer_id):
                 self.driver.remove(layer_id)
             try:
                 os.unlink(self.tarsplit_path(layer_id))
             except FileNotFoundError:
                 pass
             tx.commit(None)
+
+    def _record_is_corrupt(self, layer_id: str) -> bool:
+        """Whether this store holds a complete record of *layer_id* that cannot be read."""
+        check_id(layer_id)
+        if not self.records.exists(layer_id) or self.records.is_pending(layer_id):
+            return False
+        try:
+            self.records.get(layer_id)
+        except IntegrityError:
+            return True
+        except NotFound:
+            pass
+        return False
 
     def cleanup(self) -> list[str]:
         """Finish or undo whatever a crash interrupted; one line per thing done (see :mod:`.recovery`)."""
