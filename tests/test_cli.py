@@ -78,6 +78,7 @@ def test_import_from_stdin(root):
         (["--opt", "nosuch=1", "status"], 2),
         (["create", "x", "--size", "1G"], 2),  # --size needs --rw
         (["create", "x", "--rw", "--size", "lots"], 2),
+        (["--driver", "vfs", "create", "x", "--rw", "--size", "20M"], 7),  # vfs cannot limit sizes
     ],
 )
 def test_exit_codes(root, args, code):
@@ -163,6 +164,87 @@ def test_unknown_driver_on_a_new_root_creates_nothing(root):
     r = cli(root, "--driver", "bogus", "layers")
     assert r.returncode == 2 and "unknown driver 'bogus'" in r.stderr.decode()
     assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["layers"], ["--json", "layers"], ["exists", "a"], ["layer", "a"], ["status"], ["cleanup"],
+     ["mounted", "a"], ["--opt", "mountopt=xino=off", "layers"]],
+    ids=lambda a: " ".join(a),
+)
+def test_read_only_commands_on_a_new_root_create_nothing_and_fix_no_driver(root, tmp_path, args):
+    r = cli(root, *args)
+    if args[:2] == ["--opt", "mountopt=xino=off"] and r.returncode == 2:
+        r = cli(root, "layers")  # the store's driver has no such option: still nothing made
+    assert r.returncode in (0, 3), r.stderr
+    assert not root.exists() and not (tmp_path / "run").exists()
+    # The first command that stores something chooses the driver, whichever it is asked for.
+    (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
+    r = run_cli("import", "base", str(tmp_path / "base.tar"), root=root, driver="vfs")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((root / "store.json").read_text())["driver"] == "vfs"
+
+
+def test_a_store_that_holds_nothing_takes_the_driver_asked_for(root, tmp_path):
+    # store.json as an earlier version's read-only command left it, and nothing else.
+    for sub in ("layers", "pending", "tarsplit", "overlay/.l"):
+        (root / sub).mkdir(parents=True)
+    (root / "store.json").write_text('{"format":1,"driver":"overlay","uidmap":"","gidmap":""}')
+    r = run_cli("create", "a", root=root, driver="vfs")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((root / "store.json").read_text())["driver"] == "vfs"
+    r = run_cli("layers", root=root, driver="overlay")  # now it holds a layer: bound
+    assert r.returncode in (5, 7), r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--root", "", "layers"], ["--root=", "status"], ["--run-root", "", "layers"],
+     ["--additional-store", "", "layers"], ["diff", "a", "-o", ""], ["tarsplit", "a", "--output="]],
+    ids=lambda a: " ".join(a),
+)
+def test_an_empty_path_is_a_usage_error(root, args):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    # Not run_cli: it names a root itself, and an empty --root must not mean the default store.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+           "GRAPHDRIVER_ROOT": str(root), "GRAPHDRIVER_RUNROOT": str(root.parent / "run")}
+    r = subprocess.run([sys.executable, "-m", "graphdriver", *args], capture_output=True, env=env,
+                       check=False)
+    assert r.returncode == 2, r.stderr
+    assert b"needs a non-empty" in r.stderr and r.stderr.count(b"\n") == 1
+    assert not root.exists()
+
+
+def test_open_store_refuses_an_empty_root(tmp_path):
+    import graphdriver
+
+    for kwargs in ({"root": ""}, {"root": str(tmp_path / "s"), "run_root": ""}):
+        with pytest.raises(graphdriver.InvalidArgument):
+            graphdriver.open_store(**kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "s").exists()
+
+
+def test_size_driver_option_is_the_default_limit_of_writable_layers(root):
+    """--opt size=20G is taken by every driver and parsed as --size; where sizes cannot be
+    limited (vfs), a writable layer that would get it is refused (7) and status says so."""
+
+    def gd(*args: str):
+        return run_cli("--driver", "vfs", "--opt", "size=20G", *args, root=root)
+
+    assert gd("create", "image").returncode == 0  # image layers are never limited
+    r = gd("create", "ctr", "--parent", "image", "--rw")
+    assert r.returncode == 7 and r.stderr.decode().startswith("graphdriver: option size=20G: "), r.stderr
+    assert gd("exists", "ctr").returncode == 3
+    status = gd("status").stdout.decode()
+    assert "Default Size Limit: 20G (21474836480 bytes)" in status and "cannot be enforced" in status
+    assert run_cli("status", root=root, driver="vfs").stdout.decode().count("Default Size Limit") == 0
+    for bad in ("size=lots", "size=0", "size="):
+        r = run_cli("--driver", "vfs", "--opt", bad, "layers", root=root)
+        assert r.returncode == 2 and r.stderr.count(b"\n") == 1, (bad, r.stderr)
 
 
 def test_output_into_a_fifo_is_written_not_replaced(root, tmp_path):

@@ -557,6 +557,54 @@ def test_cleanup_drops_the_count_of_a_vanished_mount_and_unmounts_uncounted_ones
     assert d.cleanup() == []
 
 
+def test_a_count_whose_mount_was_unmounted_by_hand_counts_nothing(store, tmp_path):
+    """mounted, layer, remove and unmount check a count against the kernel: a mount point that
+    is not mounted any more counts 0 (and the count is dropped); the next mount starts at one."""
+    store.create("base")
+    store.create("ctr", "base", writable=True)
+    root, run_root = Path(store.root), tmp_path / "run"
+
+    def gd(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return run_cli(*args, root=root, run_root=run_root)
+
+    path = gd("mount", "ctr").stdout.decode().strip()
+    gd("mount", "ctr")
+    assert gd("mounted", "ctr").stdout == b"2\n"
+    subprocess.run(["umount", path], check=True)  # behind the store's back
+    assert gd("mounted", "ctr").stdout == b"0\n"
+    assert "mount_point" not in gd("layer", "ctr").stdout.decode()
+    assert store.driver.counts.count("ctr") == 0  # dropped, not only shown as 0
+    path = gd("mount", "ctr").stdout.decode().strip()
+    subprocess.run(["umount", path], check=True)
+    r = gd("unmount", "ctr")
+    assert r.returncode == 5 and b"is not mounted" in r.stderr and r.stderr.count(b"\n") == 1
+    assert gd("mounted", "ctr").stdout == b"0\n"
+    path = gd("mount", "ctr").stdout.decode().strip()
+    subprocess.run(["umount", path], check=True)
+    r = gd("remove", "ctr")
+    assert r.returncode == 0, r.stderr
+    assert gd("exists", "ctr").returncode == 3
+
+
+def test_mounting_a_child_whose_parent_files_were_deleted_is_damage(store, tmp_path):
+    """A lower layer's folder deleted: mount, changes, diff and diffsize of the layers above say
+    which layer is damaged (6), as they do for the layer itself."""
+    from graphdriver.fs.tree import remove_tree
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"a": F(b"a")})))
+    store.import_layer("k", "base", io.BytesIO(make_tar({"b": F(b"b")})))
+    store.create("top", "k", writable=True)
+    remove_tree(store.driver.resolve("base"))
+    root, run_root = Path(store.root), tmp_path / "run"
+    for args in (["mount", "k"], ["mount", "top"], ["changes", "top"], ["diffsize", "top"],
+                 ["diff", "top"]):
+        r = run_cli(*args, root=root, run_root=run_root)
+        err = r.stderr.decode()
+        assert r.returncode == 6, (args, err)
+        assert err.startswith("graphdriver: layer base: its files are missing") and err.count("\n") == 1, err
+    assert run_cli("mounted", "top", root=root, run_root=run_root).stdout == b"0\n"
+
+
 def test_put_detaches_a_busy_mount(d):
     d.create("base", None)
     (diff_dir(d, "base") / "f").write_bytes(b"still here")

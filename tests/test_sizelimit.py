@@ -103,6 +103,35 @@ def test_size_is_enforced(home_fs):
     store.remove("base")
 
 
+@pytest.mark.parametrize("home_fs", ["ext4"], indirect=True)
+def test_size_driver_option_limits_writable_layers_created_without_size(home_fs):
+    """--opt size=... as containers-storage's overlay.size: the limit of writable layers that
+    name none; --size wins; image layers are not limited."""
+    store = Store(StoreOptions(root=str(home_fs / "store"), run_root=str(home_fs / "run"),
+                               driver="overlay", driver_options={"size": "32M"}))
+    store.create("base")
+    store.create("ctr", "base", writable=True)
+    store.create("own", "base", writable=True, size="48M")
+    assert store.driver.metadata("ctr")["SizeLimit"] == str(32 * MiB)
+    assert store.driver.metadata("own")["SizeLimit"] == str(48 * MiB)
+    assert "SizeLimit" not in store.driver.metadata("base")
+    limit = f"32M ({32 * MiB} bytes) for writable layers without --size"
+    assert ("Default Size Limit", limit) in store.status()
+    root = store.mount("ctr")
+    try:
+        with pytest.raises(OSError) as e:
+            _fill(os.path.join(root, "too-much"), 40 * MiB)
+        assert e.value.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        store.unmount("ctr")
+    for layer_id in ("ctr", "own", "base"):
+        store.remove(layer_id)
+    with pytest.raises(InvalidArgument):  # parsed as --size is, and as small a limit refused
+        store2 = Store(StoreOptions(root=str(home_fs / "store"), run_root=str(home_fs / "run"),
+                                    driver="overlay", driver_options={"size": "1k"}))
+        store2.create("tiny", None, writable=True)
+
+
 def test_apply_past_the_limit_fails(home_fs):
     store = _store(home_fs)
     store.create("ctr", None, writable=True, size="16M")

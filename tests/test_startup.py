@@ -91,6 +91,7 @@ def test_probe_is_remembered_per_boot_for_the_same_home_and_options(tmp_path, mo
 
 def test_status_is_remembered_and_names_the_codecs(tmp_path):
     store = tmp_path / "store"
+    run_cli("create", "a", root=store, driver="vfs", check=True)  # a store: its driver fixed
     first = run_cli("status", root=store, driver="vfs", check=True).stdout.decode().splitlines()
     again = run_cli("status", root=store, check=True).stdout.decode().splitlines()
     assert first == again

@@ -216,9 +216,12 @@ def test_failed_copy_leaves_nothing(d: VfsDriver, tmp_path: Path, monkeypatch: p
 
 
 def test_storage_options_refused(d: VfsDriver) -> None:
-    with pytest.raises(InvalidArgument) as e:
+    # A size limit is something vfs cannot do here (7); an unknown option is a bad argument (2).
+    with pytest.raises(Unsupported) as e:
         d.create_rw("ctr", None, CreateOpts(storage_opt={"size": "1G"}))
-    assert "size" in str(e.value)
+    assert "size" in str(e.value) and e.value.exit_code == 7
+    with pytest.raises(InvalidArgument):
+        d.create_rw("ctr", None, CreateOpts(storage_opt={"quota": "1"}))
     assert not d.exists("ctr")
 
 

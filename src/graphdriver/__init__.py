@@ -98,8 +98,10 @@ def open_store(
     gidmap: str = "",
     additional_stores: Iterable[str] = (),
     recover: bool = True,
+    create: bool = True,
 ) -> Store:
-    """Open the layer store at *root*, creating it when new.
+    """Open the layer store at *root*, creating it when new (with *create* False, when
+    its first layer is stored: the command line's read-only commands create nothing).
 
     *root* defaults to ``$GRAPHDRIVER_ROOT``, else ``/var/lib/graphdriver`` as
     root and ``$XDG_DATA_HOME/graphdriver`` otherwise; *run_root* (mount
@@ -119,6 +121,8 @@ def open_store(
     from graphdriver.errors import InvalidArgument
     from graphdriver.store.layers import Store, StoreOptions, default_root, default_run_root
 
+    if root == "" or run_root == "":
+        raise InvalidArgument("an empty path for the store's root or run root", "name a folder")
     root = root or default_root()
     parsed: dict[str, str] = {}
     items = options.items() if hasattr(options, "items") else None
@@ -143,4 +147,5 @@ def open_store(
         idmaps=idmaps,
         additional_stores=tuple(additional_stores),
         recover=recover,
+        create=create,
     ))

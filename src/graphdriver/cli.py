@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 
     from graphdriver.idmap import IDMappings
     from graphdriver.store.layers import Store
+    from graphdriver.store.records import Layer
 
 
 def _open_store(args: Args) -> Store:
     """The store the global options name (``cleanup`` opens it without recovering first,
-    so that what it repairs is its own work, printed line by line)."""
+    so that what it repairs is its own work, printed line by line).  A new store is
+    made by the first command that stores a layer, never by a read-only one."""
     import graphdriver
 
     return graphdriver.open_store(
@@ -37,6 +39,7 @@ def _open_store(args: Args) -> Store:
         gidmap=args.gidmap or "",
         additional_stores=args.additional_store,
         recover=args.command != "cleanup",
+        create=False,
     )
 
 
@@ -149,10 +152,10 @@ def cmd_exists(store: Store, args: Args) -> int:
 
 
 def cmd_layers(store: Store, args: Args) -> int:
-    records, bad = store.scan_layers()
+    records, corrupt = store.scan_layers()
+    bad: list[tuple[str, GraphDriverError]] = [*corrupt]
     if args.json:
-        for r in records:
-            r.metadata = store.driver.metadata(r.id)
+        records = _with_metadata(store, records, bad)
         _out(jsonio.dumps([r.display() for r in records]))
     else:
         sys.stdout.writelines(f"{r.id}\n" for r in records)
@@ -164,6 +167,25 @@ def cmd_layers(store: Store, args: Args) -> int:
         if r.damaged:
             _warn(f"layer {r.id}: is damaged ({r.damaged})")
     return 0
+
+
+def _with_metadata(
+    store: Store, records: list[Layer], bad: list[tuple[str, GraphDriverError]]
+) -> list[Layer]:
+    """*records* with the driver's facts filled in: one whose files are missing keeps empty
+    metadata and is added to *bad*; one removed meanwhile is left out."""
+    from graphdriver.errors import NotFound
+
+    listed = []
+    for r in records:
+        try:
+            store.fill_metadata(r)
+        except NotFound:
+            continue
+        except GraphDriverError as e:
+            bad.append((r.id, e))
+        listed.append(r)
+    return listed
 
 
 def cmd_layer(store: Store, args: Args) -> int:

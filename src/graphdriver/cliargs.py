@@ -50,7 +50,9 @@ class Option:
 
 
 #: Values that name a file: an empty one is a usage error, not a file named "".
-_PATH_VALUES = frozenset({"FILE", "PATH", "SOURCE"})
+# Values naming a file or folder: an empty one is never meant (``--root ""`` must
+# not fall back to the default store).
+_PATH_VALUES = frozenset({"DIR", "FILE", "PATH", "SOURCE"})
 
 
 class Command:
@@ -82,7 +84,8 @@ GLOBAL_OPTIONS = (
            metavar="DIR"),
     Option("--driver", "overlay, vfs or windowsfilter (default: the store's, else probed)",
            metavar="NAME"),
-    Option("--opt", "a driver option, repeatable (size=20G, mount_program=PATH, ...)",
+    Option("--opt", "a driver option, repeatable (size=20G: the limit of --rw layers created "
+                    "without --size; mount_program=PATH, ...)",
            metavar="KEY=VALUE", repeat=True),
     Option("--additional-store", "a read-only store whose layers are listed and used as parents",
            metavar="DIR", repeat=True),
@@ -235,6 +238,7 @@ class Args:
         self.rw = self.regenerate = self.json = self.quiet = self.verbose = self.help = False
 
 
+#: Options whose value names a file or folder (an empty one is a usage error).
 def _index(options: Sequence[Option]) -> dict[str, Option]:
     return {flag: o for o in options for flag in o.flags}
 

@@ -59,14 +59,16 @@ DOCS: dict[str, Doc] = {
                    ("graphdriver --json status", "the same as JSON")]),
     "create": Doc("layers", "Creates an empty layer on top of the parent (none: a base layer). Without --rw it is "
                   "an image layer, mounted read-only; with --rw a container layer whose mount is writable, and "
-                  "--size limits how much it may hold. --uidmap/--gidmap after the command give the layer id "
-                  "maps of its own (a child takes its parent's by default): its files are stored with host ids "
-                  "shifted into the range, and diff and changes shift them back.",
+                  "--size (default: the driver option size, as --opt size=20G) limits how much it may hold. "
+                  "--uidmap/--gidmap after the command give the layer id maps of its own (a child takes its "
+                  "parent's by default): its files are stored with host ids shifted into the range, and diff and "
+                  "changes shift them back.",
                   [("graphdriver create ctr --parent base --rw", "a writable layer on base"),
                    ("graphdriver create ctr --parent base --rw --size 2G", "limited to 2 GB"),
                    ("graphdriver create userns --uidmap 0:100000:65536", "files stored as uid 100000 and up")],
                   {2: "overlapping or out-of-range id maps", 3: "the parent does not exist", 4: "the id is taken",
-                   7: "the driver cannot give a child other id maps than its parent's (windowsfilter)"}),
+                   7: "a size limit where the driver cannot enforce one (vfs; overlay without root), or a "
+                      "child with other id maps than its parent's (windowsfilter)"}),
     "import": Doc("layers", "Creates a read-only layer and applies a layer tarball to it in one pass: the input is "
                   "hashed (compressed and uncompressed: the DiffID), recorded as tar-split metadata so that diff "
                   "gives the same bytes back, and extracted confined to the layer. Prints the bytes applied.",
@@ -79,7 +81,8 @@ DOCS: dict[str, Doc] = {
                  "files are added or replaced. The layer no longer matches an imported tarball afterwards. Prints "
                  "the bytes applied.",
                  [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr")],
-                 {1: _REFUSED, 3: "no such layer", 5: "the layer is a mounted image layer", 6: _CORRUPT}),
+                 {1: _REFUSED, 3: "no such layer", 5: "the layer has children, or is a mounted image layer",
+                  6: _CORRUPT}),
     "mount": Doc("layers", "Makes the union of the layer's chain available and prints its path. Mounts are "
                  "counted across processes: every mount needs an unmount.",
                  [('mnt=$(graphdriver mount ctr)', "mount, keep the path"),
@@ -89,7 +92,7 @@ DOCS: dict[str, Doc] = {
                    "unmounts, for an administrator cleaning up after a dead runtime.",
                    [("graphdriver unmount ctr", "release one mount"),
                     ("graphdriver unmount --force ctr", "release them all")],
-                   {5: "the layer is not mounted"}),
+                   {5: "the layer is not mounted (or its mount was unmounted behind the store's back)"}),
     "mounted": Doc("layers", "Prints how many mounts of the layer await their unmount (0 when it is not mounted).",
                    [("graphdriver mounted ctr", "0, 1, 2...")], {3: "no such layer"}),
     "exists": Doc("layers", "Exits 0 if the layer exists and 3 if not; prints nothing.",
@@ -119,7 +122,8 @@ DOCS: dict[str, Doc] = {
     "diffsize": Doc("layers", "Prints the bytes the layer adds: regular files added or changed, hard-linked "
                     "files once.", [("graphdriver diffsize ctr", "a number")], {3: "no such layer"}),
     "remove": Doc("layers", "Deletes a layer; refused while it is mounted, has children, or an image or a "
-                  "container uses it.",
+                  "container uses it. A layer whose record is corrupt is removed too (its record and "
+                  "folder), when named.",
                   [("graphdriver remove ctr", "delete ctr")],
                   {3: "no such layer", 5: "mounted, has children, or an image or container uses it"}),
     "cleanup": Doc("maintenance", "Finishes or undoes what a crash interrupted: half-made layers, interrupted "
@@ -129,7 +133,9 @@ DOCS: dict[str, Doc] = {
     "tarsplit": Doc("layers", "Writes the layer's tar-split metadata (gzip-compressed NDJSON, as "
                     "github.com/vbatts/tar-split writes it), for other tools to rebuild the layer from its files.",
                     [("graphdriver tarsplit base -o base.tsp", "then: tar-split asm --input base.tsp --path "
-                      "$(graphdriver mount base) --output base.tar")], {3: "no such layer"}),
+                      "$(graphdriver mount base) --output base.tar")],
+                    {3: "no such layer, or it has no tar-split data (not imported)",
+                     6: "its tar-split data is missing or corrupt (nothing is written)"}),
     "check": Doc("maintenance", "Re-exports every layer (or those named) and compares with its recorded digests "
                  "and tar headers; one line per layer, exit 6 naming each bad one.",
                  [("graphdriver check", "every layer"), ("graphdriver check base app", "two layers")],

@@ -194,6 +194,119 @@ def test_a_layer_whose_folder_was_deleted_is_damaged_everywhere(store):
     assert run_cli("exists", "b", root=root, run_root=run_root).returncode == 3
 
 
+def test_layers_json_lists_a_layer_whose_folder_was_deleted(store):
+    """--json lists what plain layers lists (exit 0), the layer without files named on stderr."""
+    import json
+
+    from graphdriver.fs.tree import remove_tree
+    from tests.conftest import run_cli
+
+    store.create("a")
+    store.create("b", "a")
+    store.create("c", "a")
+    remove_tree(store.driver.resolve("b"))
+    root, run_root = Path(store.root), Path(store.run_root)
+    r = run_cli("layers", root=root, run_root=run_root)
+    assert (r.returncode, r.stdout) == (0, b"a\nb\nc\n"), r.stderr
+    r = run_cli("--json", "layers", root=root, run_root=run_root)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    assert [x["id"] for x in listed] == ["a", "b", "c"]
+    assert listed[1]["metadata"] == {} and listed[0]["metadata"] and listed[2]["metadata"]
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("graphdriver: layer b: its files are missing"), err
+
+
+def test_apply_to_a_layer_with_children_is_refused(store):
+    """A child was made from its parent as it was: apply to the parent is a failed precondition (5),
+    with the child mounted or not, and nothing changes."""
+    from graphdriver.errors import Precondition
+    from tests.conftest import run_cli
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    store.create("ctr", "base", writable=True)
+    _write(store, "ctr", "mine", b"ctr")
+    before = store.layer("base")
+    changes = [str(c) for c in store.changes("ctr")]
+    more = make_tar({"new": F(b"new")})
+    with pytest.raises(Precondition, match="has children: ctr"):
+        store.apply("base", io.BytesIO(more))
+    store.mount("ctr")
+    try:
+        root, run_root = Path(store.root), Path(store.run_root)
+        r = run_cli("apply", "base", "-", root=root, run_root=run_root, input=more)
+        assert r.returncode == 5 and b"has children" in r.stderr, r.stderr
+    finally:
+        store.unmount("ctr")
+    after = store.layer("base")
+    assert after.damaged is None and after.diff_digest == before.diff_digest
+    assert [str(c) for c in store.changes("ctr")] == changes == ["A /mine"]
+    assert store.check(["base"]) == [("base", None)]
+
+
+def test_a_corrupt_record_is_removed_when_named_and_never_by_cleanup(store):
+    from tests.conftest import run_cli
+
+    store.import_layer("a", None, io.BytesIO(make_tar({"a": F(b"a")})))
+    store.import_layer("b", "a", io.BytesIO(make_tar({"b": F(b"b")})))
+    Path(store.records.dir, "b.json").write_text("{garbage")
+    root, run_root = Path(store.root), Path(store.run_root)
+    r = run_cli("cleanup", root=root, run_root=run_root)
+    assert r.returncode == 0, r.stderr
+    assert "graphdriver remove b removes it, nothing was removed for it" in r.stdout.decode()
+    assert store.records.exists("b") and store.driver.exists("b")  # cleanup never takes it
+    r = run_cli("remove", "a", root=root, run_root=run_root)  # b's files sit on a's
+    assert r.returncode == 5 and b"has children: b" in r.stderr, r.stderr
+    r = run_cli("remove", "b", root=root, run_root=run_root)
+    assert r.returncode == 0, r.stderr
+    assert not store.records.exists("b") and not store.driver.exists("b")
+    assert not os.path.exists(store.tarsplit_path("b"))
+    r = run_cli("layers", root=root, run_root=run_root)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"a\n", b"")
+    assert run_cli("cleanup", root=root, run_root=run_root).stdout == b""
+    assert run_cli("remove", "b", root=root, run_root=run_root).returncode == 3
+
+
+def test_tarsplit_data_missing_or_corrupt_is_exit_6_and_writes_nothing(store, tmp_path):
+    """The record says the layer was imported: its tar-split data missing or unsound is corrupt
+    metadata (6), found before any byte is written; a layer never imported has none (3)."""
+    import gzip
+
+    from tests.conftest import run_cli
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    store.import_layer("other", None, io.BytesIO(make_tar({"g": F(b"other" * 5000)})))  # another size
+    store.create("made")
+    path = Path(store.tarsplit_path("base"))
+    good = path.read_bytes()
+    root, run_root = Path(store.root), Path(store.run_root)
+    out = tmp_path / "meta.gz"
+    broken = {
+        "missing": None,
+        "not gzip": b"garbage\n",
+        "gzip, not tar-split": gzip.compress(b"{garbage\n"),
+        "truncated": good[: len(good) // 2],
+        "another layer's": Path(store.tarsplit_path("other")).read_bytes(),
+    }
+    for how, data in broken.items():
+        if data is None:
+            path.unlink()
+        else:
+            path.write_bytes(data)
+        with pytest.raises(IntegrityError):
+            store.tarsplit("base", io.BytesIO())
+        r = run_cli("tarsplit", "base", root=root, run_root=run_root)
+        assert (r.returncode, r.stdout) == (6, b""), (how, r.stderr)
+        assert r.stderr.count(b"\n") == 1, (how, r.stderr)
+        r = run_cli("tarsplit", "base", "-o", str(out), root=root, run_root=run_root)
+        assert r.returncode == 6 and not out.exists(), how
+    path.write_bytes(good)
+    sink = io.BytesIO()
+    store.tarsplit("base", sink)
+    assert sink.getvalue() == good
+    assert run_cli("tarsplit", "made", root=root, run_root=run_root).returncode == 3
+
+
 def test_a_reader_racing_a_removal_finds_the_layer_gone_never_corrupt(store, tmp_path):
     """diff and check of a layer another process is removing: 0 or 3, never 6."""
     import subprocess

@@ -78,6 +78,7 @@ from graphdriver.errors import (
     InvalidArgument,
     NotFound,
     Precondition,
+    Unsupported,
 )
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import pid_alive
@@ -101,12 +102,15 @@ REMOVING_PREFIX = ".removing-"
 #: What older stores appended instead; such folders may be real layers (``work-removing``).
 LEGACY_REMOVING_SUFFIX = "-removing"
 STAGING_DIR = ".staging"
+#: Driver options every driver takes: ``size``, the default size limit of writable layers
+#: (containers-storage's ``overlay.size``), enforced where the driver limits sizes.
+COMMON_OPTIONS: frozenset[str] = frozenset({"size"})
 
 
 class DriverConfig:
     """What a driver is initialised with (the seeds' ``InitFilter(home, options, uidMaps, gidMaps)``)."""
 
-    __slots__ = ("home", "idmaps", "options", "probed", "readonly_homes", "run_root")
+    __slots__ = ("home", "idmaps", "options", "prepare", "probed", "readonly_homes", "run_root")
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class DriverConfig:
         idmaps: IDMappings | None = None,
         readonly_homes: tuple[str, ...] = (),
         probed: bool = False,
+        prepare: bool = True,
     ) -> None:
         self.home = home
         self.run_root = run_root
@@ -126,6 +131,10 @@ class DriverConfig:
         #: The home passed this driver's probe since the run root was made (since boot):
         #: the driver need not probe it again.
         self.probed = probed
+        #: Make the folders the driver works in at init; False for a store that does not
+        #: exist yet (read-only commands leave no trace), whose owner calls
+        #: :meth:`Driver.prepare` before storing the first layer.
+        self.prepare = prepare
 
 
 class CreateOpts:
@@ -228,19 +237,26 @@ class Driver(abc.ABC):
     SHIFTS_IDS: ClassVar[bool] = False
 
     def __init__(self, config: DriverConfig) -> None:
-        unknown = sorted(set(config.options) - self.OPTIONS)
+        unknown = sorted(set(config.options) - self.OPTIONS - COMMON_OPTIONS)
         if unknown:
-            known = ", ".join(sorted(self.OPTIONS)) or "none"
+            known = ", ".join(sorted(self.OPTIONS | COMMON_OPTIONS))
             raise InvalidArgument(
                 f"unknown option {unknown[0]!r} for driver {self.name}", f"known options: {known}"
             )
+        #: The ``size`` option: the size limit of writable layers created without one.
+        self.default_size = _default_size(config.options.get("size"))
         self.config = config
         self.home = config.home
         self.run_root = config.run_root
-        os.makedirs(self.home, 0o700, exist_ok=True)
-        os.makedirs(os.path.join(self.home, STAGING_DIR), 0o700, exist_ok=True)
         #: Mount counts across processes, in the run root.
         self.counts = MountCounts(os.path.join(self.run_root, "mounts"))
+        if config.prepare:
+            Driver.prepare(self)  # a subclass prepares its own part at the end of its __init__
+
+    def prepare(self) -> None:
+        """Make the folders the driver works in (its home, its run root's); idempotent."""
+        os.makedirs(os.path.join(self.home, STAGING_DIR), 0o700, exist_ok=True)
+        os.makedirs(self.counts.directory, 0o700, exist_ok=True)
 
     # ----- probing and status --------------------------------------------------
 
@@ -328,8 +344,23 @@ class Driver(abc.ABC):
         self._create_checked(layer_id, parent, opts or CreateOpts(), rw=False)
 
     def create_rw(self, layer_id: str, parent: str | None, opts: CreateOpts | None = None) -> None:
-        """Create an empty writable (container) layer on top of *parent*."""
-        self._create_checked(layer_id, parent, opts or CreateOpts(), rw=True)
+        """Create an empty writable (container) layer on top of *parent*.
+
+        Without a ``size`` of its own it gets the driver option ``size`` (the
+        default limit of writable layers, as containers-storage's
+        ``overlay.size``); where that limit cannot be enforced the layer is
+        refused (:class:`Unsupported`) rather than made without it.
+        """
+        opts = opts or CreateOpts()
+        if self.default_size is not None and "size" not in opts.storage_opt:
+            opts = CreateOpts(opts.mount_label, {**opts.storage_opt, "size": str(self.default_size)},
+                              opts.idmaps, opts.parent_idmaps)
+            try:
+                self.check_storage_opt(opts.storage_opt, rw=True)
+            except (InvalidArgument, Unsupported) as e:
+                raise type(e)(f"option size={self.config.options['size']}",
+                              f"the default size limit of writable layers: {e.why or e}") from e
+        self._create_checked(layer_id, parent, opts, rw=True)
 
     def _create_checked(
         self, layer_id: str, parent: str | None, opts: CreateOpts, *, rw: bool
@@ -356,12 +387,31 @@ class Driver(abc.ABC):
             raise
 
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
-        """Refuse storage options this driver does not support (the seeds refuse all)."""
+        """Refuse storage options this driver does not support (the seeds refuse all).
+
+        A size limit is a thing this driver cannot do here (:class:`Unsupported`,
+        exit 7); any other option is a bad argument.
+        """
+        if "size" in storage_opt:
+            raise Unsupported("--size", f"the {self.name} driver cannot limit a layer's size "
+                                        "(the overlay driver can)")
         if storage_opt:
             key = sorted(storage_opt)[0]
             raise InvalidArgument(
                 f"storage option {key!r}", f"not supported by the {self.name} driver"
             )
+
+    def size_limit_status(self) -> str | None:
+        """What the ``size`` driver option does here, for ``status`` (None: not given)."""
+        if self.default_size is None:
+            return None
+        given = (f"{self.config.options['size']} ({self.default_size} bytes) "
+                 "for writable layers without --size")
+        try:
+            self.check_storage_opt({"size": str(self.default_size)}, rw=True)
+        except GraphDriverError as e:
+            return f"{given}; cannot be enforced here, so creating one is refused: {e.why or e}"
+        return given
 
     @abc.abstractmethod
     def _create(
@@ -381,7 +431,7 @@ class Driver(abc.ABC):
             self._destroy(removing)
         key = self._count_key(layer_id)
         with self.counts.lock(key):
-            if self.counts.count(key) > 0:
+            if self._live_state(layer_id, key)[0] > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             os.rename(folder, removing)
             # The layer is gone: its count lock goes with it (held here, so nobody counts).
@@ -439,8 +489,8 @@ class Driver(abc.ABC):
             return os.path.basename(layer_id)
 
     def mount_count(self, layer_id: str) -> int:
-        """How many ``get`` calls (in all processes) await their ``put``."""
-        return self.counts.count(self._count_key(layer_id))
+        """How many ``get`` calls (in all processes) await their ``put`` (see :meth:`mount_state`)."""
+        return self.mount_state(layer_id)[0]
 
     def get(self, layer_id: str, mount_label: str = "") -> str:
         """Make the layer's root filesystem available; returns its path (counted)."""
@@ -468,6 +518,10 @@ class Driver(abc.ABC):
         key = self._count_key(layer_id)
         with self.counts.lock(key):
             count, path = self.counts.state(key)
+            if count > 0 and self._mount_gone(layer_id, path):
+                self.counts.set(key, 0, "")
+                raise Precondition(f"layer {layer_id}", f"is not mounted (its mount at {path} had gone; "
+                                                        f"its count of {count} was dropped)")
             if count <= 0:
                 raise Precondition(f"layer {layer_id}", "is not mounted")
             if count == 1:
@@ -475,9 +529,42 @@ class Driver(abc.ABC):
             self.counts.set(key, count - 1, path or "")
 
     def mount_state(self, layer_id: str) -> tuple[int, str | None]:
-        """The layer's mount count and mount path (None when not mounted)."""
-        count, path = self.counts.state(self._count_key(layer_id))
+        """The layer's mount count and mount path (None when not mounted).
+
+        Where mounts are kernel mounts (:meth:`_kernel_mounts`), a count whose
+        mount point is not mounted any more (unmounted behind the store's back)
+        is 0, and is dropped under the count lock, as containers-storage's and
+        Docker's reference counters check the kernel.
+        """
+        key = self._count_key(layer_id)
+        count, path = self.counts.state(key)
+        if count > 0 and self._mount_gone(layer_id, path):
+            with self.counts.lock(key):
+                count, path = self._live_state(layer_id, key)
         return count, (path or None) if count > 0 else None
+
+    def _kernel_mounts(self) -> bool:
+        """Whether ``get`` makes a kernel mount, whose count the kernel's mount table checks
+        (a driver handing out a directory keeps its own counting)."""
+        return False
+
+    def _mount_gone(self, layer_id: str, path: str | None) -> bool:
+        """Whether a counted kernel mount at *path* is not mounted any more."""
+        if not self._kernel_mounts():
+            return False
+        try:
+            return not path or not self._still_mounted(layer_id, path)
+        except NotFound:
+            return True  # the layer's folder is gone, and with it anything mounted in it
+
+    def _live_state(self, layer_id: str, key: str) -> tuple[int, str | None]:
+        """With the count lock of *key* held: the count and path, a count whose kernel
+        mount is gone dropped."""
+        count, path = self.counts.state(key)
+        if count > 0 and self._mount_gone(layer_id, path):
+            self.counts.set(key, 0, "")
+            return 0, None
+        return count, path
 
     def put_all(self, layer_id: str) -> int:
         """Drop every count and unmount, whoever mounted it; returns the counts dropped."""
@@ -556,6 +643,21 @@ class Driver(abc.ABC):
         """The directory holding this layer's own files only, or None when its tree
         includes its parents' files (a full copy, as vfs keeps).  Read, never written."""
         return None
+
+
+def _default_size(text: str | None) -> int | None:
+    """The ``size`` driver option in bytes, parsed as ``--size`` is (InvalidArgument if bad)."""
+    if text is None:
+        return None
+    from graphdriver.units import parse_size
+
+    try:
+        size = parse_size(text)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"option size={text!r}", "expected a size such as 20G or 512M") from e
+    if size <= 0:
+        raise InvalidArgument(f"option size={text!r}", "a size limit must be more than 0 bytes")
+    return size
 
 
 class BaseImages(abc.ABC):

@@ -23,9 +23,11 @@ Mounts use ``index=off`` (mounting a layer's upper over other lowers later
 must work), ``redirect_dir=off`` and ``metacopy=off`` (so that the upper
 directory alone says what the layer changed), with the new mount API where
 the kernel has it (:mod:`graphdriver.fs.mounts`).  Mount counts are the
-base class's, checked against the kernel with ``statx``: a mount that
-vanished behind the store's back is made again by the next ``get`` and by
-``cleanup``, which also unmounts mounts no count accounts for.
+base class's, checked against the kernel with ``statx``: a count whose
+mount vanished behind the store's back (``umount`` by hand) counts nothing,
+so ``mounted``, ``remove`` and ``put`` see 0 and drop it, the next ``get``
+mounts afresh with a count of one, and ``cleanup`` reports it; ``cleanup``
+also unmounts mounts no count accounts for.
 
 Depth.  The kernel stacks at most :data:`MAX_DEPTH` lower directories;
 creating a layer deeper than that chain allows is refused up front.
@@ -70,6 +72,13 @@ Driver options (``--opt KEY=VALUE``):
     upper directory starts as a copy of its parent's tree with the owners
     shifted, opaque at the root.
 
+``size``
+    The size limit of writable layers created without ``--size`` (as
+    containers-storage's ``overlay.size``), parsed as ``--size`` is; image
+    layers are never limited.  Where sizes cannot be limited (no root, no
+    mkfs) creating a writable layer that would get it is refused
+    (:class:`Unsupported`) and ``status`` says so.
+
 ``--size`` (writable layers only) is enforced by :mod:`graphdriver.fs.sizelimit`.
 """
 
@@ -91,7 +100,7 @@ from graphdriver.drivers.base import (
     layer_name_of,
     probed_once,
 )
-from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
+from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Precondition, Unsupported
 from graphdriver.fs import atomic, privileged
 from graphdriver.fs.sizerecord import has_image, limit_of
 
@@ -311,6 +320,14 @@ class OverlayDriver(Driver):
         self._size_method: sizelimit.Method | bool | None = False  # False: not chosen yet
         self._home_abs = os.path.abspath(self.home)
         self.links = os.path.join(self._home_abs, LINK_DIR)
+        if config.prepare:
+            self._prepare_links()
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._prepare_links()
+
+    def _prepare_links(self) -> None:
         if not os.path.isdir(self.links):
             os.makedirs(self.links, 0o700, exist_ok=True)
             self.repair_links()
@@ -694,10 +711,20 @@ class OverlayDriver(Driver):
                     raise
                 # A lower directory is missing: its link or image may be lost; restore and retry.
                 self._repair_chain(folder)
+                self._refuse_missing_lowers(layer_id, lowers)
                 self._mount_overlay(folder, lowers, target, mount_label)
         except OSError as e:
             raise GraphDriverError(f"mounting layer {layer_id}", e.strerror or str(e)) from e
         return target
+
+    def _refuse_missing_lowers(self, layer_id: str, lowers: list[str]) -> None:
+        """NotFound naming the nearest ancestor whose files are gone (its folder deleted),
+        which the store tells apart from a layer removed meanwhile."""
+        chain = self.layer_chain(layer_id)
+        for lower, ancestor in zip(lowers, chain, strict=False):
+            if not os.path.isdir(lower):
+                name = layer_name_of(ancestor)
+                raise NotFound(f"layer {name}", f"its files are missing ({lower}), below layer {layer_id}")
 
     def _mount_overlay(self, folder: str, lowers: list[str], target: str, mount_label: str) -> None:
         from graphdriver.fs import mounts
@@ -734,6 +761,9 @@ class OverlayDriver(Driver):
                 mounts.unmount(target)
             except OSError as e:
                 raise GraphDriverError(f"unmounting layer {layer_id}", e.strerror or str(e)) from e
+
+    def _kernel_mounts(self) -> bool:
+        return True
 
     def _still_mounted(self, layer_id: str, path: str) -> bool:
         from graphdriver.fs import mounts
@@ -780,8 +810,9 @@ class OverlayDriver(Driver):
             point = os.path.join(self.home, name, MERGED_DIR)
             if name.startswith(".") or not os.path.isdir(point):
                 continue
-            with self.counts.lock(self._count_key(name)):
-                if self.mount_count(name) == 0 and mounts.is_mount_point(point):
+            key = self._count_key(name)
+            with self.counts.lock(key):
+                if self.counts.count(key) == 0 and mounts.is_mount_point(point):
                     outcome = mounts.unmount(point)
                     done.append(f"{outcome} uncounted mount of {name}")
         return done
@@ -847,6 +878,7 @@ class OverlayDriver(Driver):
             sizelimit.ensure_mounted(folder)
         if not all(os.path.isdir(p) for p in lowers):
             self._repair_chain(folder)
+            self._refuse_missing_lowers(layer_id, lowers)
             missing = [p for p in lowers if not os.path.isdir(p)]
             if missing:
                 raise GraphDriverError(f"layer {layer_id}", f"lower directory {missing[0]} is missing")

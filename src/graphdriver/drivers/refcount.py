@@ -29,8 +29,7 @@ class MountCounts:
     __slots__ = ("directory",)
 
     def __init__(self, directory: str) -> None:
-        self.directory = directory
-        os.makedirs(directory, 0o700, exist_ok=True)
+        self.directory = directory  # made by the driver's prepare()
 
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key)
@@ -75,7 +74,11 @@ class MountCounts:
 
     def counted(self) -> list[str]:
         """The keys that have a count record, sorted."""
-        return sorted(e[: -len(_RECORD)] for e in os.listdir(self.directory) if e.endswith(_RECORD))
+        try:
+            entries = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(e[: -len(_RECORD)] for e in entries if e.endswith(_RECORD))
 
     def forget_lock(self, key: str) -> None:
         """Remove the lock file of a layer that is gone (call with the lock held)."""
@@ -88,8 +91,12 @@ class MountCounts:
         """Remove the lock files of layers that are gone and that nobody holds now."""
         import fcntl
 
-        done = []
-        for entry in sorted(os.listdir(self.directory)):
+        done: list[str] = []
+        try:
+            entries = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return done
+        for entry in entries:
             key = entry[: -len(_LOCK)]
             if not entry.endswith(_LOCK) or exists(key):
                 continue

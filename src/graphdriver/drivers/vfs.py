@@ -19,6 +19,11 @@ Driver options (``--opt KEY=VALUE``):
     ``auto`` (default) clones file data where the filesystem can and copies it
     otherwise; ``reflink`` requires cloning and refuses a home that cannot;
     ``copy`` always copies the bytes, so layers never share extents.
+``size``
+    Taken as every driver takes it (the size limit of writable layers created
+    without ``--size``), but vfs cannot limit sizes: a writable layer that
+    would get it is refused (:class:`Unsupported`, exit 7), as ``--size`` is,
+    rather than made unlimited; ``status`` says so.
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ Driver options (``--opt KEY=VALUE``):
     "ServerCore", "version": "10.0.17763.1"}``), or listed in one
     ``images.json`` in the seeds' ``{"Images": [{"Name", "Version",
     "Path"}]}`` form.  :meth:`WindowsFilterDriver.base_images` registers them.
+``size``
+    The size limit of sandboxes (writable layers) created without ``--size``
+    (the seeds' ``--storage-opt size`` default), enforced as ``--size`` is;
+    where it cannot be, creating a sandbox that would get it is refused.
 
 ``--size`` on writable layers uses the overlay driver's size limits
 (:mod:`graphdriver.fs.sizelimit`) when they are available.
@@ -280,6 +284,11 @@ class WindowsFilterDriver(Driver, BaseImages):
         self.base_images_dir = os.path.abspath(base) if base else None
         self.size_method = _sizelimit.choose_method(self.home) if _sizelimit is not None else None
         self.probed = probe_home(self.home, cached=True)
+        if config.prepare:
+            os.makedirs(self._views_root, 0o700, exist_ok=True)
+
+    def prepare(self) -> None:
+        super().prepare()
         os.makedirs(self._views_root, 0o700, exist_ok=True)
 
     @classmethod
@@ -468,6 +477,9 @@ class WindowsFilterDriver(Driver, BaseImages):
         with contextlib.suppress(OSError):
             os.rmdir(target)
 
+    def _kernel_mounts(self) -> bool:
+        return self.privileged  # unprivileged views are copies
+
     def _still_mounted(self, layer_id: str, path: str) -> bool:
         if not os.path.isdir(path):
             return False
@@ -477,8 +489,9 @@ class WindowsFilterDriver(Driver, BaseImages):
         done = super()._cleanup_mounts()
         for name in sorted(os.listdir(self._views_root)):
             path = os.path.join(self._views_root, name)
-            with self.counts.lock(self._count_key(name)):
-                if self.mount_count(name) > 0:
+            key = self._count_key(name)
+            with self.counts.lock(key):
+                if self.counts.count(key) > 0:
                     continue
                 if mounts.is_mount_point(path):
                     done.append(f"{mounts.unmount(path)} uncounted view of {name}")

@@ -303,6 +303,28 @@ def read_entries(stream: Iterable[bytes]) -> Iterator[SplitEntry]:
         yield entry
 
 
+def checked_size(stored: BinaryIO) -> int:
+    """The size of the tarball that stored tar-split metadata rebuilds, read through.
+
+    Raises IntegrityError unless *stored* is gzip-compressed tar-split lines
+    (what this module writes and other tools read), whole.
+    """
+    from graphdriver.errors import ArchiveError
+    from graphdriver.layerio.compression import Compression, open_decompressed
+
+    what = "tar-split metadata"
+    try:
+        meta, kind = open_decompressed(stored)
+        if kind is not Compression.GZIP:
+            raise IntegrityError(what, f"not gzip-compressed (it reads as {kind.value})")
+        size = 0
+        for entry in read_entries(meta):
+            size += len(entry.payload or b"") if entry.type == SEGMENT else entry.size
+    except (ArchiveError, OSError, EOFError) as e:
+        raise IntegrityError(what, f"cannot be decompressed: {e}") from e
+    return size
+
+
 class FileSource(Protocol):
     """Where reassembly gets file contents (a driver's diff getter)."""
 

@@ -53,7 +53,7 @@ FORMAT_VERSION = 1
 class StoreOptions:
     """How to open a store (resolved from the CLI's global options)."""
 
-    __slots__ = ("additional_stores", "driver", "driver_options", "idmaps", "recover", "root",
+    __slots__ = ("additional_stores", "create", "driver", "driver_options", "idmaps", "recover", "root",
                  "run_root")
 
     def __init__(
@@ -65,6 +65,7 @@ class StoreOptions:
         idmaps: IDMappings | None = None,
         additional_stores: tuple[str, ...] = (),
         recover: bool = True,
+        create: bool = True,
     ) -> None:
         self.root = root
         self.run_root = run_root
@@ -74,6 +75,9 @@ class StoreOptions:
         self.additional_stores = tuple(additional_stores)
         #: Run ``cleanup`` when opening (finishes what a crash interrupted).
         self.recover = recover
+        #: Create a new store when opening it; False: when its first layer is stored
+        #: (so that read-only commands on a new root leave nothing behind).
+        self.create = create
 
 
 def default_root() -> str:
@@ -106,18 +110,23 @@ class Store:
             registry.check_name(opts.driver)  # before anything is created
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
-        os.makedirs(self.root, 0o700, exist_ok=True)
-        os.makedirs(self.run_root, 0o700, exist_ok=True)
+        # Without opts.create nothing is created here: a store comes to be (its
+        # folders, and store.json fixing its driver) when the first layer is
+        # stored in it (see _settle), so read-only commands leave no trace.
         self.records = RecordStore(self.root)
-        os.makedirs(os.path.join(self.root, TARSPLIT_DIR), 0o700, exist_ok=True)
         self._opts = opts
         self._settings: dict[str, str] | None = None
+        #: Whether store.json is on disk (the store exists); False until read or written.
+        self._settled = False
         # An existing store's settings are read when first needed (a read-only
         # command such as `layers` never needs them), unless the caller named a
         # driver or id maps that must be checked against them now.
-        if opts.driver or opts.idmaps is not None or not os.path.exists(self._settings_path()):
-            self.settings()
         self._driver: Driver | None = None
+        if opts.driver or opts.idmaps is not None:
+            self.settings()
+        if opts.create and not self.settled:
+            with self.locked():
+                self._settle()
         self.readonly = [
             RecordStore(os.path.abspath(p), writable=False) for p in opts.additional_stores
         ]
@@ -133,14 +142,46 @@ class Store:
         return os.path.join(self.root, STORE_FILE)
 
     def settings(self) -> dict[str, str]:
-        """``store.json``: the store's driver and id maps (written when the store is new)."""
+        """``store.json``: the store's driver and id maps.
+
+        For a store that holds nothing yet, the settings it would be created
+        with (the driver asked for, else the first whose probe passes), not
+        written: the first layer stored writes them (:meth:`_settle`).
+        """
         if self._settings is None:
             settings = self._read_settings(self._opts)
-            if settings is None:  # a new store: settle its driver under the lock
-                with self.locked():
-                    settings = self._read_settings(self._opts) or self._new_settings(self._opts)
-            self._settings = settings
+            self._settled = settings is not None
+            self._settings = settings if settings is not None else self._new_settings(self._opts)
         return self._settings
+
+    @property
+    def settled(self) -> bool:
+        """Whether the store exists on disk (``store.json`` written: a layer was stored in it)."""
+        if self._settings is None:
+            return os.path.exists(self._settings_path())
+        return self._settled
+
+    def _settle(self) -> None:
+        """Under the lock, before the first layer is stored: create the store on disk.
+
+        Its folders are made and ``store.json`` written, fixing its driver and
+        id maps; another process may have done so meanwhile, and then its
+        settings are the store's.
+        """
+        if self._settled:
+            return
+        settings = self._read_settings(self._opts)
+        if settings is None:
+            settings = self.settings()
+            os.makedirs(self.run_root, 0o700, exist_ok=True)
+            self.records.make_dirs()
+            os.makedirs(os.path.join(self.root, TARSPLIT_DIR), 0o700, exist_ok=True)
+            atomic.write_json(self._settings_path(), settings)
+        elif self._settings is not None and settings["driver"] != self._settings["driver"]:
+            self._driver = None  # chosen by another process first: use its driver
+        self._settings, self._settled = settings, True
+        if self._driver is not None:
+            self._driver.prepare()
 
     @property
     def driver_name(self) -> str:
@@ -166,15 +207,21 @@ class Store:
                 options=dict(self._opts.driver_options),
                 idmaps=idmaps,
                 readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
+                # A store not made yet gets its driver's folders when it is (_settle).
+                prepare=self.settled,
             )
-            os.makedirs(config.home, 0o700, exist_ok=True)
             self._driver = registry.init_driver(self.driver_name, config)
         return self._driver
 
     # ----- settings -------------------------------------------------------------------
 
     def _read_settings(self, opts: StoreOptions) -> dict[str, str] | None:
-        """``store.json`` checked against *opts*; None for a new store."""
+        """``store.json`` checked against *opts*; None for a new store.
+
+        A store that holds nothing (its ``store.json`` written by an earlier
+        version's read-only command, say) does not bind a caller who asks for
+        another driver or other id maps: it is new.
+        """
         path = self._settings_path()
         try:
             settings = atomic.read_json(path)
@@ -185,6 +232,8 @@ class Store:
         if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
             raise IntegrityError(f"store {self.root}", f"malformed {STORE_FILE}")
         if opts.driver and opts.driver != settings["driver"]:
+            if self._holds_nothing():
+                return None
             raise Precondition(
                 f"store {self.root}",
                 f"was created with driver {settings['driver']}, not {opts.driver}",
@@ -193,12 +242,23 @@ class Store:
             str(opts.idmaps.uids) != settings.get("uidmap", "")
             or str(opts.idmaps.gids) != settings.get("gidmap", "")
         ):
+            if self._holds_nothing():
+                return None
             raise Precondition(f"store {self.root}", "was created with other id maps")
         return settings
 
+    def _holds_nothing(self) -> bool:
+        """Whether the store has no file but ``store.json`` and its lock: no layer, record,
+        marker, image or driver state (empty folders only)."""
+        if self.records.ids() or self.records.pending_entries():
+            return False
+        for top, _dirs, files in os.walk(self.root):
+            if any(top != self.root or name not in (STORE_FILE, LOCK_FILE) for name in files):
+                return False
+        return True
+
     def _new_settings(self, opts: StoreOptions) -> dict[str, str]:
-        """Choose the driver of a new store and write ``store.json``."""
-        path = self._settings_path()
+        """The settings of a new store: its driver chosen, its id maps (written by :meth:`_settle`)."""
         name = opts.driver or registry.select_driver(probe_home=self.root)
         registry.driver_class(name)  # unknown names are refused before anything is written
         from graphdriver.idmap import IDMappings
@@ -210,11 +270,11 @@ class Store:
             "uidmap": str(idmaps.uids),
             "gidmap": str(idmaps.gids),
         }
-        atomic.write_json(path, settings)
         return settings
 
     def locked(self) -> locked:
         """The store-wide writer lock: ``with store.locked(): ...``."""
+        os.makedirs(self.root, 0o700, exist_ok=True)
         return locked(os.path.join(self.root, LOCK_FILE))
 
     # ----- queries ------------------------------------------------------------------
@@ -222,6 +282,9 @@ class Store:
     def status(self) -> list[tuple[str, str]]:
         pairs = [("Root", self.root), ("Run Root", self.run_root)]
         pairs += registry.driver_status(self.driver)
+        size_limit = self.driver.size_limit_status()
+        if size_limit is not None:
+            pairs.append(("Default Size Limit", size_limit))
         pairs.append(("Layers", str(len(self.records.ids()))))
         pairs += codecs.implementations()
         if self.readonly:
@@ -253,6 +316,17 @@ class Store:
             pass
         return layer
 
+    def fill_metadata(self, layer: Layer) -> None:
+        """Fill in the driver's facts about *layer* (as ``layers --json`` lists them).
+
+        :class:`NotFound` when the layer was removed meanwhile;
+        :class:`IntegrityError` when its record stands but its files are gone.
+        """
+        try:
+            layer.metadata = self.driver.metadata(layer.id)
+        except GraphDriverError as e:
+            self._raise_explained(e, layer.id, seen=layer)
+
     def layers(self) -> list[Layer]:
         """Every complete layer with a sound record, this store's first, then the additional stores'."""
         return self.scan_layers()[0]
@@ -278,6 +352,22 @@ class Store:
 
     def children(self, layer_id: str) -> list[str]:
         return [r.id for r in self.records.all() if r.parent == layer_id]
+
+    def _dependents(self, layer_id: str) -> list[str]:
+        """The children of *layer_id*, and layers with a corrupt record whose files the driver
+        says sit on it (their parent cannot be read, but their files may need this layer's)."""
+        good, corrupt = self.records.scan()
+        found = [r.id for r in good if r.parent == layer_id]
+        if corrupt and self.driver.exists(layer_id):
+            folder = os.path.basename(self.driver.resolve(layer_id))
+            for other, _error in corrupt:
+                try:
+                    chain = self.driver.layer_chain(other) if self.driver.exists(other) else []
+                except GraphDriverError:
+                    continue
+                if chain and os.path.basename(chain[0]) == folder:
+                    found.append(other)
+        return found
 
     # ----- create, import, apply ---------------------------------------------------
 
@@ -367,6 +457,7 @@ class Store:
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
         parent_record = self._find(parent) if parent is not None else None
+        self._settle()  # the store's first layer makes the store
         record = LayerRecord(
             id=layer_id,
             parent=parent,
@@ -464,6 +555,11 @@ class Store:
                     f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
                 )
             self._refuse_damaged(record)
+            # A child was made from (vfs: copied from; overlay: stacks on) the layer
+            # as it is: changing it under the child would change what the child holds.
+            children = self._dependents(layer_id)
+            if children:
+                raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0 and not record.writable:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             # Once more is applied, the imported tarball no longer describes the
@@ -531,7 +627,20 @@ class Store:
                     self.records.put(stored)
                 return self.driver.get(layer_id, mount_label)
         except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id)
+            # The union needs every ancestor's files too: a missing one is damage (6).
+            self._raise_explained(e, layer_id, *self._ancestors(record), seen=record)
+
+    def _ancestors(self, record: Layer) -> list[str]:
+        """The ids below *record*, nearest first, as far as their records can be read."""
+        out: list[str] = []
+        parent = record.parent
+        while parent is not None and parent not in out:
+            out.append(parent)
+            try:
+                parent = self._find(parent).parent
+            except GraphDriverError:
+                break
+        return out
 
     def mount_state(self, layer_id: str) -> tuple[int, str | None]:
         """How many mounts of the layer await their unmount, and where it is mounted (None: nowhere)."""
@@ -618,7 +727,7 @@ class Store:
             # Trees stored under other maps are compared file by file, in container ids.
             return content.changes(self.driver, layer_id, base, owner=owner, native=owner is None)
         except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id, base)
+            self._raise_explained(e, layer_id, base, *self._ancestors(self._find(layer_id)))
 
     def diff(
         self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False,
@@ -647,7 +756,7 @@ class Store:
             self._diff(record, base, out, regenerate, exact)
         except (GraphDriverError, OSError) as e:
             # Files may vanish under a reader when another process removes the layer.
-            self._raise_explained(e, layer_id, base, seen=record)
+            self._raise_explained(e, layer_id, base, *self._ancestors(record), seen=record)
 
     def _diff(self, record: Layer, base: str | None, out: BinaryIO, regenerate: bool,
               exact: bool = False) -> None:
@@ -853,14 +962,47 @@ class Store:
                 return changes_problems(read_entries(meta), changes, root, inherited, owner)
 
     def tarsplit(self, layer_id: str, out: BinaryIO) -> None:
-        """Write the layer's tar-split metadata (gzip-compressed NDJSON)."""
-        record = self._find(layer_id)
-        if not self._has_tarsplit(record):
-            raise NotFound(f"tar-split data of layer {layer_id}", "the layer was not imported")
-        import shutil
+        """Write the layer's tar-split metadata (gzip-compressed NDJSON).
 
-        with open(self._tarsplit_of(record), "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
+        :class:`NotFound` for a layer that has none (not imported, changed by
+        ``apply`` since, or an archive that cannot be re-exported exactly);
+        :class:`IntegrityError`, before anything is written, when the record
+        says it was kept but it is missing or is not sound tar-split metadata
+        of the imported tarball.
+        """
+        record = self._find(layer_id)
+        what = f"tar-split data of layer {layer_id}"
+        if record.diff_digest is None:
+            raise NotFound(what, "the layer was not imported (or was changed by apply since)")
+        if record.unreproducible:
+            raise NotFound(what, f"none was kept: the archive cannot be re-exported exactly "
+                                 f"({record.unreproducible})")
+        path = self._tarsplit_of(record)
+        try:
+            with open(path, "rb") as f:
+                self._check_tarsplit(record, f)
+                f.seek(0)
+                import shutil
+
+                shutil.copyfileobj(f, out, 1 << 20)
+        except FileNotFoundError:
+            # Missing while the record says it was kept: corrupt metadata (or a removal under way).
+            missing = IntegrityError(what, f"it is missing ({path}), though the layer was imported")
+            self._raise_explained(missing, layer_id, seen=record)
+
+    def _check_tarsplit(self, record: Layer, f: BinaryIO) -> None:
+        """IntegrityError unless *f* is tar-split metadata rebuilding *record*'s tarball's size."""
+        from graphdriver.layerio.tarsplit import checked_size
+
+        try:
+            size = checked_size(f)
+        except IntegrityError as e:
+            raise IntegrityError(f"tar-split data of layer {record.id}", e.why or str(e)) from e
+        if record.uncompressed_size is not None and size != record.uncompressed_size:
+            raise IntegrityError(
+                f"tar-split data of layer {record.id}",
+                f"it rebuilds {size} bytes, not the {record.uncompressed_size} imported",
+            )
 
     def check(self, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | None]]:
         """Re-export layers and compare with their DiffIDs: (id, None if good else why).
@@ -928,7 +1070,7 @@ class Store:
             owner = self._owner_translation(layer_id, base)
             return content.size(self.driver, layer_id, base, owner=owner, native=owner is None)
         except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id, base)
+            self._raise_explained(e, layer_id, base, *self._ancestors(self._find(layer_id)))
 
     # ----- base images -----------------------------------------------------------------
 
@@ -944,6 +1086,7 @@ class Store:
         if not isinstance(driver, BaseImages):
             raise Unsupported("base-images", f"the {self.driver_name} driver has no base images")
         with self.locked():
+            self._settle()  # registering writes layers
             infos = driver.base_images()
             for info in infos:
                 if not self.records.exists(info.id):
@@ -957,20 +1100,26 @@ class Store:
 
     def remove(self, layer_id: str, *, holder: str | None = None) -> None:
         """Delete a layer; refused while mounted, while it has children, or while an image or a
-        container holds it (*holder*: the one removing it, ``container NAME``, does not count)."""
-        record = self._find(layer_id)
-        if record.read_only_store:
-            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
+        container holds it (*holder*: the one removing it, ``container NAME``, does not count).
+
+        A layer whose record is corrupt can be removed too (its record, and its
+        folder if it has one): naming it is the owner's word, which ``cleanup``
+        never takes for granted.
+        """
+        if not self._record_is_corrupt(layer_id):
+            record = self._find(layer_id)
+            if record.read_only_store:
+                raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
         # A removal that fails half way is finished by the next cleanup, never undone.
         with self._transaction(layer_id, "remove", undo="finish-later") as tx:
-            children = self.children(layer_id)
+            children = self._dependents(layer_id)
             if children:
                 raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             self._refuse_held(layer_id, holder)
             tx.mark()
-            if self.driver.exists(layer_id):
+            if self.driver.exists(layer_id) and not self.driver.is_readonly_store(layer_id):
                 self.driver.remove(layer_id)
             try:
                 os.unlink(self.tarsplit_path(layer_id))
@@ -991,6 +1140,19 @@ class Store:
         users = [h for h in holders(self, layer_id) if h != holder]
         if users:
             raise Precondition(f"layer {layer_id}", f"is used by {', '.join(users)}")
+
+    def _record_is_corrupt(self, layer_id: str) -> bool:
+        """Whether this store holds a complete record of *layer_id* that cannot be read."""
+        check_id(layer_id)
+        if not self.records.exists(layer_id) or self.records.is_pending(layer_id):
+            return False
+        try:
+            self.records.get(layer_id)
+        except IntegrityError:
+            return True
+        except NotFound:
+            pass
+        return False
 
     def cleanup(self) -> list[str]:
         """Finish or undo whatever a crash interrupted; one line per thing done (see :mod:`.recovery`)."""

@@ -203,9 +203,12 @@ class RecordStore:
         self.dir = os.path.join(root, RECORDS_DIR)
         self.pending_dir = os.path.join(root, PENDING_DIR)
         self._held: dict[str, int] = {}
-        if writable:
-            os.makedirs(self.dir, 0o700, exist_ok=True)
-            os.makedirs(self.pending_dir, 0o700, exist_ok=True)
+        self.writable = writable
+
+    def make_dirs(self) -> None:
+        """Create the folders of a new store's records (made when its first layer is)."""
+        os.makedirs(self.dir, 0o700, exist_ok=True)
+        os.makedirs(self.pending_dir, 0o700, exist_ok=True)
 
     def _path(self, layer_id: str) -> str:
         return os.path.join(self.dir, layer_id + ".json")

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 def cleanup(store: Store) -> list[str]:
     """Finish or undo whatever a crash interrupted; one line per thing done."""
     done: list[str] = []
+    if not store.settled:
+        return done  # no layer was ever stored: nothing to finish, and nothing is created
     with store.locked():
         for layer_id, marker in sorted(store.records.pending().items()):
             if store.records.is_live(layer_id):
@@ -34,9 +36,14 @@ def cleanup(store: Store) -> list[str]:
             done.append(f"removed layer {layer_id} left by an interrupted {op}")
         done.extend(_remove_stray_locks(store))
         done.extend(_remove_stale_temporaries(store))
+        good, corrupt = store.records.scan()
         done.extend(
             f"layer {r.id} is damaged ({r.damaged}): remove it, nothing was removed for it"
-            for r in store.records.all() if r.damaged
+            for r in good if r.damaged
+        )
+        done.extend(
+            f"{error}: graphdriver remove {layer_id} removes it, nothing was removed for it"
+            for layer_id, error in corrupt
         )
         done.extend(store.driver.cleanup(frozenset(store.records.ids())))
         done.extend(_remove_orphans(store))
