@@ -215,7 +215,7 @@ def test_an_empty_path_is_a_usage_error(root, args):
     r = subprocess.run([sys.executable, "-m", "graphdriver", *args], capture_output=True, env=env,
                        check=False)
     assert r.returncode == 2, r.stderr
-    assert b"needs a non-empty" in r.stderr and r.stderr.count(b"\n") == 1
+    assert b"empty name" in r.stderr and r.stderr.count(b"\n") == 1
     assert not root.exists()
 
 
