@@ -473,3 +473,69 @@ def test_check_finds_a_file_planted_in_a_child_image_layer(store):
     results = dict(store.check())
     assert results["base"] is None
     assert "'etc/planted': is in the layer but in no entry" in (results["child"] or "")
+
+
+# ----- depth ----------------------------------------------------------------------------------------
+
+
+def _deep_tar(levels: int, name: str = "a") -> bytes:
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for n in range(1, levels + 1):
+            info = tarfile.TarInfo("/".join([name] * n))
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
+        info = tarfile.TarInfo("/".join([name] * levels) + "/f")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"deep"))
+    return raw.getvalue()
+
+
+def test_check_diff_and_changes_walk_trees_deeper_than_the_recursion_limit(store):
+    """1200 nested directories: no RecursionError in check, diff, changes or diffsize."""
+    import sys
+
+    levels = 1200
+    assert levels > sys.getrecursionlimit()
+    try:
+        _deep_scenario(store, levels)
+    finally:
+        for layer_id in ("ctr", "deep"):  # pytest's own clean-up recurses
+            if store.exists(layer_id):
+                store.remove(layer_id)
+
+
+def _deep_scenario(store, levels: int) -> None:
+    store.import_layer("base", None, io.BytesIO(make_tar({"b": F(b"b")})))
+    data = _deep_tar(levels)
+    store.import_layer("deep", "base", io.BytesIO(data))
+    assert store.check() == [("base", None), ("deep", None)]
+    out = io.BytesIO()
+    store.diff("deep", out)
+    assert out.getvalue() == data
+    regenerated = io.BytesIO()
+    store.diff("deep", regenerated, regenerate=True)
+    assert len(regenerated.getvalue()) > levels * 512
+    paths = [c.path for c in store.changes("deep")]
+    assert len(paths) == levels + 1 and paths[-1] == "/" + "/".join(["a"] * levels) + "/f"
+    assert store.diff_size("deep") == 4
+    # A container deleting the deep tree and making another one.
+    store.create("ctr", "deep", writable=True)
+    path = store.mount("ctr")
+    try:
+        import subprocess
+
+        # As a process would (os.makedirs and shutil.rmtree recurse).
+        subprocess.run(["rm", "-rf", os.path.join(path, "a")], check=True)
+        deep = os.path.join(path, *(["q"] * 1100))
+        subprocess.run(["mkdir", "-p", deep], check=True)
+        Path(deep, "g").write_bytes(b"g")
+    finally:
+        store.unmount("ctr")
+    changes = [(c.kind.value, c.path) for c in store.changes("ctr")]
+    assert changes[0] == ("D", "/a") and changes[-1] == ("A", "/" + "/".join(["q"] * 1100) + "/g")
+    out = io.BytesIO()
+    store.diff("ctr", out)
+    assert b".wh.a" in out.getvalue()
