@@ -539,3 +539,97 @@ def _deep_scenario(store, levels: int) -> None:
     out = io.BytesIO()
     store.diff("ctr", out)
     assert b".wh.a" in out.getvalue()
+
+
+# ----- names and types a layer tarball reserves -------------------------------------------------------
+
+
+def _base_with_etc_and_bin(store) -> None:
+    from graphdriver.testing.treeutil import D
+
+    store.import_layer("base", None, io.BytesIO(make_tar(
+        {"etc": D(), "etc/passwd": F(b"root\n"), "bin": D(), "bin/sh": F(b"sh")})))
+
+
+RESERVED_NAMES = {  # what the container makes, whether a directory, the path diff names
+    "whiteout-file": ("etc/.wh.passwd", False, "etc/.wh.passwd"),
+    "opaque-marker-dir": ("bin/.wh..wh..opq", True, "bin/.wh..wh..opq"),
+    "aufs-meta-dir": (".wh..wh.plnk", True, ".wh..wh.plnk"),
+    "below-a-whiteout-dir": ("etc/.wh.d/x", False, "etc/.wh.d"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESERVED_NAMES))
+def test_diff_refuses_a_container_file_named_like_a_whiteout(store, tmp_path, case):
+    """A container's own ``.wh.*`` file would delete where it was added: diff names it, exit 1."""
+    from graphdriver.errors import GraphDriverError
+    from tests.conftest import run_cli
+
+    name, is_dir, refused = RESERVED_NAMES[case]
+    _base_with_etc_and_bin(store)
+    store.create("ctr", "base", writable=True)
+    path = store.mount("ctr")
+    try:
+        Path(path, name).parent.mkdir(parents=True, exist_ok=True)
+        Path(path, name).mkdir() if is_dir else Path(path, name).write_bytes(b"")
+    except OSError:
+        pytest.skip("this union mount refuses the name itself")
+    finally:
+        store.unmount("ctr")
+    if ("A", "/" + name) not in [(c.kind.value, c.path) for c in store.changes("ctr")]:
+        # fuse-overlayfs takes .wh. names as its own whiteouts: the view itself deleted.
+        pytest.skip("this union mount reads the name as a whiteout: view, changes and tarball agree")
+    with pytest.raises(GraphDriverError) as failure:
+        store.diff("ctr", io.BytesIO())
+    assert failure.value.exit_code == 1
+    assert f"'/{refused}'" in str(failure.value) and "reserve" in str(failure.value)
+    r = run_cli("diff", "ctr", "-o", str(tmp_path / "ctr.tar"), root=Path(store.root),
+                run_root=Path(store.run_root), driver=store.driver_name)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "ctr.tar").exists()
+
+
+def test_a_0_0_character_device_in_a_tarball_is_refused(store):
+    """Overlay's whiteout has no meaning in a layer tarball: one line, exit 1, no layer, on every driver."""
+    import tarfile
+
+    from graphdriver.errors import ArchiveError
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
+    for parent, layer_id in ((None, "top"), ("base", "child")):
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tf:
+            info = tarfile.TarInfo("f")
+            info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 0, 0
+            tf.addfile(info)
+        with pytest.raises(ArchiveError, match="0/0 character device") as failure:
+            store.import_layer(layer_id, parent, io.BytesIO(raw.getvalue()))
+        assert failure.value.exit_code == 1 and failure.value.entry == "f"
+        assert not store.exists(layer_id)
+    assert _read(store, "base", "f") == b"x"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a device node")
+def test_diff_never_writes_a_0_0_character_device(store):
+    """What import refuses, diff does not write: the device is refused (vfs) or is overlay's whiteout."""
+    import tarfile
+
+    from graphdriver.errors import GraphDriverError
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
+    store.create("ctr", "base", writable=True)
+    path = store.mount("ctr")
+    try:
+        os.mknod(os.path.join(path, "dev0"), 0o600 | 0o020000, os.makedev(0, 0))
+    except OSError:
+        pytest.skip("this mount takes no 0/0 device")
+    finally:
+        store.unmount("ctr")
+    out = io.BytesIO()
+    try:
+        store.diff("ctr", out)
+    except GraphDriverError as e:
+        assert e.exit_code == 1 and "0/0 character device" in str(e)
+        return
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        assert not [m for m in tf.getmembers() if m.ischr() and m.devmajor == m.devminor == 0]

@@ -74,6 +74,10 @@ _NO_ID = 0xFFFFFFFF
 _MAJORS = 1 << 12
 _MINORS = 1 << 20
 AUFS_LINK_DIR = ".wh..wh.plnk"
+_WHITEOUT_DEVICE = (
+    "a 0/0 character device is overlayfs's whiteout, which no layer can hold "
+    "(a layer tarball deletes with a .wh. name)"
+)
 
 _DIR_TYPES = frozenset({te.DIR, te.GNU_DUMPDIR})  # a dumpdir is a directory plus a listing
 _SPECIAL_TYPES = {te.CHR: stat.S_IFCHR, te.BLK: stat.S_IFBLK, te.FIFO: stat.S_IFIFO}
@@ -672,6 +676,10 @@ class _Extractor(Extraction):
     def _special(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
         kind = _SPECIAL_TYPES[e.type]
         perm = e.mode & 0o7777
+        if kind == stat.S_IFCHR and e.devmajor == 0 and e.devminor == 0:
+            # Overlay's whiteout: stored, it would delete in an overlay upper directory and
+            # be a device elsewhere.  A layer tarball deletes with a .wh. name.
+            raise ArchiveError(e.name, _WHITEOUT_DEVICE)
         if kind != stat.S_IFIFO and not (0 <= e.devmajor < _MAJORS and 0 <= e.devminor < _MINORS):
             # The kernel keeps 12 bits of major and 20 of minor: more would silently wrap.
             raise ArchiveError(e.name, f"device number {e.devmajor}:{e.devminor} is out of range")
