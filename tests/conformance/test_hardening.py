@@ -633,3 +633,27 @@ def test_diff_never_writes_a_0_0_character_device(store):
         return
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
         assert not [m for m in tf.getmembers() if m.ischr() and m.devmajor == m.devminor == 0]
+
+
+def test_a_whiteout_through_a_symlink_of_the_same_archive_is_marked_unreproducible(store):
+    """``lnk -> /tmp`` then ``lnk/.wh.y`` deletes tmp/y, which the archive added: a fresh
+    import never fails check; it is marked, as a file written through ``lnk`` is."""
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for name, kind, link, data in [("tmp", tarfile.DIRTYPE, "", b""),
+                                       ("tmp/y", tarfile.REGTYPE, "", b"y"),
+                                       ("lnk", tarfile.SYMTYPE, "/tmp", b""),
+                                       ("lnk/.wh.y", tarfile.REGTYPE, "", b"")]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data)
+            tf.addfile(info, io.BytesIO(data))
+    record = store.import_layer("L", None, io.BytesIO(raw.getvalue()))
+    assert record.unreproducible and "deletes through the symlink 'lnk'" in record.unreproducible
+    ((_, why),) = store.check()
+    assert why is not None and why.startswith("skipped")
+    regenerated = io.BytesIO()
+    store.diff("L", regenerated, regenerate=True)  # the files as they are: no tmp/y
+    with tarfile.open(fileobj=io.BytesIO(regenerated.getvalue())) as tf:
+        assert "tmp/y" not in tf.getnames()
