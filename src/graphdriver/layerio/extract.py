@@ -18,9 +18,12 @@ Conventions, and where this differs from a plain ``tar -x``:
   dropped at the end so links into it work); every other ``.wh.X`` deletes
   ``X``, so ``.wh..foo`` deletes ``.foo``.  Nothing below a whiteout name is
   ever created.
-* Relative symlinks that escape the layer when joined lexically to their
-  directory are refused (Docker's rule); absolute ones are kept as they are,
-  since they resolve inside the root when the layer is used.
+* Symlink targets are content, stored as they are.  A path never goes
+  through a symlink the archive did not make (a lower layer's, or one the
+  layer held before): such an entry is refused, so that a full copy (which
+  would follow it) and an overlay upper directory (which would make a
+  directory over it) agree.  The archive's own symlinks resolve inside the
+  root (the layer is then marked unreproducible).
 * A hardlink entry only makes the link: the inode keeps the metadata of the
   entry that created it.  A target missing from the layer is copied up from
   ``lower_dirs`` first (an overlay upper directory holds only the layer).
@@ -548,9 +551,31 @@ class _Extractor(Extraction):
             return not (parent == AUFS_LINK_DIR and e.type in REGULAR_TYPES)
         return False
 
+    def _resolve_dir(self, rel: str) -> int:
+        """Open directory *rel*, through no symlink but the archive's own.
+
+        A symlink the layer held before (an earlier layer's in a full copy, or
+        an earlier apply's) is never followed: the union shows the lower
+        layers' symlinks as they are, and an overlay upper directory would make
+        a new directory over one, so the drivers could never agree; the entry
+        is refused.  This archive's own symlinks resolve inside the root, and
+        the layer is marked unreproducible (:mod:`.reproducible`).
+        """
+        try:
+            return confine.resolve_dir_through_no_symlink(self.root_fd, rel)
+        except OSError as x:
+            if not confine.is_symlink_error(x):
+                raise
+        link = confine.first_symlink(self.root_fd, rel)
+        if link is not None and link not in self.created:
+            raise OSError(errno.ELOOP, _through_symlink(link))
+        return confine.resolve_dir(self.root_fd, rel)
+
     def _implied_metadata(self, fd: int, rel: str) -> None:
         # Over lower layers, inherit the lower directory's identity so the
         # union view does not change it.
+        if self.lower_fds:
+            self._refuse_lower_symlink(rel)
         st = self._lower_dir_stat(rel)
         if st is None:
             uid, gid = self._map_ids(rel, 0, 0)
@@ -560,6 +585,16 @@ class _Extractor(Extraction):
             self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
         self._chown_fd(fd, uid, gid)
         sc.fchmod(fd, mode)
+
+    def _refuse_lower_symlink(self, rel: str) -> None:
+        """Refuse to make directory *rel* over a symlink the union shows there (see :meth:`_resolve_dir`)."""
+        found = confine.find_in_lowers(self.lower_fds, rel)
+        if found is None:
+            return
+        pfd, st = found
+        os.close(pfd)
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, _through_symlink(rel))
 
     def _empty_opaque(self, fd: int, rel: str) -> None:
         """Remove what directory *rel* held before this layer (DELETE-mode opaque)."""
@@ -897,6 +932,11 @@ class _Extractor(Extraction):
         if AUFS_LINK_DIR in self.created:
             self._remove(self.root_fd, AUFS_LINK_DIR, AUFS_LINK_DIR)
         super()._finish()
+
+def _through_symlink(link: str) -> str:
+    return (f"the path goes through {link!r}, a symlink of a lower layer (or one the layer "
+            "already held), which extraction never follows")
+
 
 def _times(e: TarEntry) -> tuple[int, int]:
     return (e.mtime_ns if e.atime_ns is None else e.atime_ns), e.mtime_ns
