@@ -505,6 +505,10 @@ class _Extractor(Extraction):
         if not e.name:
             raise ArchiveError(e.name, "empty name")
         rel = clean_name(e.name, e.name)
+        if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
+            # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be
+            # set (the root entry's and an overlay whiteout's are set too).
+            raise ArchiveError(e.name, f"owner {e.uid}:{e.gid} is not a valid user and group id")
         parent, _, base = rel.rpartition("/")
         if WHITEOUT_PREFIX in parent and self._below_reserved(e, parent):
             return 0
@@ -517,9 +521,6 @@ class _Extractor(Extraction):
         if e.pax and t in REGULAR_TYPES and pax.sparse(e.pax):
             # Its data is the packed extents (and map), not the file.
             raise ArchiveError(e.name, f"unsupported entry type {t!r} (PAX sparse file)")
-        if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
-            # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be set.
-            raise ArchiveError(e.name, f"owner {e.uid}:{e.gid} is not a valid user and group id")
         pfd = self._dir_fd(parent)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
