@@ -664,3 +664,26 @@ def test_import_progress_bar_advances_on_a_terminal(root):
 def test_no_progress_output_when_stderr_is_not_a_terminal(root):
     r = cli(root, "import", "l", "-", input=make_tar({f"f{i}": F(b"x" * 100_000) for i in range(20)}))
     assert (r.returncode, r.stderr) == (0, b"")
+
+
+def test_changes_json_keeps_a_name_that_is_not_utf8_losslessly(root):
+    """No lone surrogates (jq turns them into U+FFFD): a lossy ``path`` and the bytes in ``path_raw``."""
+    import base64
+    import os
+
+    assert cli(root, "import", "base", "-", input=make_tar({"etc": D()})).returncode == 0
+    assert cli(root, "create", "ctr", "--parent", "base", "--rw").returncode == 0
+    mnt = cli(root, "mount", "ctr").stdout.strip()
+    with open(os.path.join(mnt, b"caf\xe9"), "wb") as f:
+        f.write(b"x")
+    with open(os.path.join(mnt, "café".encode()), "wb") as f:
+        f.write(b"y")
+    assert cli(root, "unmount", "ctr").returncode == 0
+    out = cli(root, "changes", "ctr", "--json").stdout
+    text = out.decode("utf-8")  # strict: valid UTF-8 JSON text
+    assert "\\ud" not in text
+    assert json.loads(text) == [  # in the order of the bytes: \xc3 before \xe9
+        {"path": "/café", "kind": "A"},
+        {"path": "/caf\ufffd", "path_raw": base64.b64encode(b"/caf\xe9").decode(), "kind": "A"},
+    ]
+    assert cli(root, "changes", "ctr").stdout == b'A /caf\xc3\xa9\nA "/caf\\351"\n'

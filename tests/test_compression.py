@@ -235,3 +235,53 @@ def test_zstd_truncation_is_detected_at_any_point() -> None:
         else:
             with pytest.raises(ArchiveError, match="corrupt zstd data"):
                 reader.read()
+
+
+@pytest.fixture(params=["isal", "pure"])
+def gzip_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """gzip through isal (skipped where it does not load) or the standard library's zlib."""
+    if request.param == "pure":
+        monkeypatch.setenv("GRAPHDRIVER_PURE", "1")
+    else:
+        monkeypatch.delenv("GRAPHDRIVER_PURE", raising=False)
+        pytest.importorskip("isal")
+    value: str = request.param
+    return value
+
+
+@pytest.mark.parametrize("tail", [b"g", b"garbage!!", b"garbage!" * 20, b"\0\0garbage", b"PK\x03\x04"])
+def test_gzip_trailing_garbage_is_named_the_same_by_both_twins(gzip_twin: str, tail: bytes) -> None:
+    blob = compress(Compression.GZIP, PAYLOAD) + tail
+    reader, _ = open_decompressed(io.BytesIO(blob))
+    with pytest.raises(ArchiveError) as failure:
+        reader.read()
+    assert str(failure.value) == (
+        "archive: corrupt gzip data: trailing bytes after the gzip stream are not gzip"
+    )
+
+
+@pytest.mark.parametrize("cut", [5, 1, 0])
+def test_gzip_truncation_is_named_the_same_by_both_twins(gzip_twin: str, cut: int) -> None:
+    blob = compress(Compression.GZIP, PAYLOAD)
+    bad = blob[:-cut] if cut else blob + b"\x1f\x8b"  # 0: a second member cut in its header
+    reader, _ = open_decompressed(io.BytesIO(bad))
+    with pytest.raises(ArchiveError, match=r"corrupt gzip data: the data ends inside a gzip member"):
+        reader.read()
+
+
+def test_gzip_zero_padding_and_members_after_it_are_read(gzip_twin: str) -> None:
+    blob = compress(Compression.GZIP, PAYLOAD)
+    assert decompress(blob + bytes(700) + blob + bytes(3)) == (PAYLOAD * 2, Compression.GZIP)
+    assert decompress(through_pipe(blob + bytes(5)).read()) == (PAYLOAD, Compression.GZIP)
+
+
+@pytest.mark.parametrize("magic", [0x184D2A50, 0x184D2A5F])
+def test_zstd_opening_with_a_skippable_frame_is_sniffed(magic: int) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    skippable = magic.to_bytes(4, "little") + (6).to_bytes(4, "little") + b"meta!!"
+    blob = skippable + zstandard.ZstdCompressor().compress(PAYLOAD)
+    assert sniff(blob[:6]) is Compression.ZSTD
+    assert decompress(blob) == (PAYLOAD, Compression.ZSTD)
+    reader, kind = open_decompressed(through_pipe(blob))
+    assert (reader.read(), kind) == (PAYLOAD, Compression.ZSTD)
+    assert sniff(b"P*M\x17ab") is Compression.NONE  # one byte off the magic

@@ -28,6 +28,8 @@ def test_ordinary_archive_is_reproducible():
     ([("d/sub/f", REG, 3), (".wh.d", REG, 0)], "deleted"),
     ([("a", SYM, 0), ("a/a", REG, 0)], "through the symlink"),
     ([("l", SYM, 0), ("l/x/y", REG, 3)], "through the symlink"),
+    ([("tmp/y", REG, 1), ("lnk", SYM, 0), ("lnk/.wh.y", REG, 0)], "deletes through the symlink 'lnk'"),
+    ([("lnk", SYM, 0), ("lnk/.wh..wh..opq", REG, 0)], "deletes through the symlink"),
 ])
 def test_self_overwriting_archives_are_noticed(entries, why):
     reason = check(*entries)

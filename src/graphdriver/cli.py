@@ -201,7 +201,7 @@ def cmd_layer(store: Store, args: Args) -> int:
 def cmd_changes(store: Store, args: Args) -> int:
     changes = store.changes(args.id, args.parent)
     if args.json:
-        _out(jsonio.dumps([{"path": c.path, "kind": c.kind.value} for c in changes]))
+        _out(jsonio.dumps([c.to_json() for c in changes]))
     else:
         sys.stdout.writelines(f"{c}\n" for c in changes)
     return 0

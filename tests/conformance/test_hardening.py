@@ -586,3 +586,187 @@ def test_check_finds_a_file_planted_in_a_child_image_layer(store):
     results = dict(store.check())
     assert results["base"] is None
     assert "'etc/planted': is in the layer but in no entry" in (results["child"] or "")
+
+
+# ----- depth ----------------------------------------------------------------------------------------
+
+
+def _deep_tar(levels: int, name: str = "a") -> bytes:
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for n in range(1, levels + 1):
+            info = tarfile.TarInfo("/".join([name] * n))
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
+        info = tarfile.TarInfo("/".join([name] * levels) + "/f")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"deep"))
+    return raw.getvalue()
+
+
+def test_check_diff_and_changes_walk_trees_deeper_than_the_recursion_limit(store):
+    """1200 nested directories: no RecursionError in check, diff, changes or diffsize."""
+    import sys
+
+    levels = 1200
+    assert levels > sys.getrecursionlimit()
+    try:
+        _deep_scenario(store, levels)
+    finally:
+        for layer_id in ("ctr", "deep"):  # pytest's own clean-up recurses
+            if store.exists(layer_id):
+                store.remove(layer_id)
+
+
+def _deep_scenario(store, levels: int) -> None:
+    store.import_layer("base", None, io.BytesIO(make_tar({"b": F(b"b")})))
+    data = _deep_tar(levels)
+    store.import_layer("deep", "base", io.BytesIO(data))
+    assert store.check() == [("base", None), ("deep", None)]
+    out = io.BytesIO()
+    store.diff("deep", out)
+    assert out.getvalue() == data
+    regenerated = io.BytesIO()
+    store.diff("deep", regenerated, regenerate=True)
+    assert len(regenerated.getvalue()) > levels * 512
+    paths = [c.path for c in store.changes("deep")]
+    assert len(paths) == levels + 1 and paths[-1] == "/" + "/".join(["a"] * levels) + "/f"
+    assert store.diff_size("deep") == 4
+    # A container deleting the deep tree and making another one.
+    store.create("ctr", "deep", writable=True)
+    path = store.mount("ctr")
+    try:
+        import subprocess
+
+        # As a process would (os.makedirs and shutil.rmtree recurse).
+        subprocess.run(["rm", "-rf", os.path.join(path, "a")], check=True)
+        deep = os.path.join(path, *(["q"] * 1100))
+        subprocess.run(["mkdir", "-p", deep], check=True)
+        Path(deep, "g").write_bytes(b"g")
+    finally:
+        store.unmount("ctr")
+    changes = [(c.kind.value, c.path) for c in store.changes("ctr")]
+    assert changes[0] == ("D", "/a") and changes[-1] == ("A", "/" + "/".join(["q"] * 1100) + "/g")
+    out = io.BytesIO()
+    store.diff("ctr", out)
+    assert b".wh.a" in out.getvalue()
+
+
+# ----- names and types a layer tarball reserves -------------------------------------------------------
+
+
+def _base_with_etc_and_bin(store) -> None:
+    from graphdriver.testing.treeutil import D
+
+    store.import_layer("base", None, io.BytesIO(make_tar(
+        {"etc": D(), "etc/passwd": F(b"root\n"), "bin": D(), "bin/sh": F(b"sh")})))
+
+
+RESERVED_NAMES = {  # what the container makes, whether a directory, the path diff names
+    "whiteout-file": ("etc/.wh.passwd", False, "etc/.wh.passwd"),
+    "opaque-marker-dir": ("bin/.wh..wh..opq", True, "bin/.wh..wh..opq"),
+    "aufs-meta-dir": (".wh..wh.plnk", True, ".wh..wh.plnk"),
+    "below-a-whiteout-dir": ("etc/.wh.d/x", False, "etc/.wh.d"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESERVED_NAMES))
+def test_diff_refuses_a_container_file_named_like_a_whiteout(store, tmp_path, case):
+    """A container's own ``.wh.*`` file would delete where it was added: diff names it, exit 1."""
+    from graphdriver.errors import GraphDriverError
+    from tests.conftest import run_cli
+
+    name, is_dir, refused = RESERVED_NAMES[case]
+    _base_with_etc_and_bin(store)
+    store.create("ctr", "base", writable=True)
+    path = store.mount("ctr")
+    try:
+        Path(path, name).parent.mkdir(parents=True, exist_ok=True)
+        Path(path, name).mkdir() if is_dir else Path(path, name).write_bytes(b"")
+    except OSError:
+        pytest.skip("this union mount refuses the name itself")
+    finally:
+        store.unmount("ctr")
+    if ("A", "/" + name) not in [(c.kind.value, c.path) for c in store.changes("ctr")]:
+        # fuse-overlayfs takes .wh. names as its own whiteouts: the view itself deleted.
+        pytest.skip("this union mount reads the name as a whiteout: view, changes and tarball agree")
+    with pytest.raises(GraphDriverError) as failure:
+        store.diff("ctr", io.BytesIO())
+    assert failure.value.exit_code == 1
+    assert f"'/{refused}'" in str(failure.value) and "reserve" in str(failure.value)
+    r = run_cli("diff", "ctr", "-o", str(tmp_path / "ctr.tar"), root=Path(store.root),
+                run_root=Path(store.run_root), driver=store.driver_name)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "ctr.tar").exists()
+
+
+def test_a_0_0_character_device_in_a_tarball_is_refused(store):
+    """Overlay's whiteout has no meaning in a layer tarball: one line, exit 1, no layer, on every driver."""
+    import tarfile
+
+    from graphdriver.errors import ArchiveError
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
+    for parent, layer_id in ((None, "top"), ("base", "child")):
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tf:
+            info = tarfile.TarInfo("f")
+            info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 0, 0
+            tf.addfile(info)
+        with pytest.raises(ArchiveError, match="0/0 character device") as failure:
+            store.import_layer(layer_id, parent, io.BytesIO(raw.getvalue()))
+        assert failure.value.exit_code == 1 and failure.value.entry == "f"
+        assert not store.exists(layer_id)
+    assert _read(store, "base", "f") == b"x"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a device node")
+def test_diff_never_writes_a_0_0_character_device(store):
+    """What import refuses, diff does not write: the device is refused (vfs) or is overlay's whiteout."""
+    import tarfile
+
+    from graphdriver.errors import GraphDriverError
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
+    store.create("ctr", "base", writable=True)
+    path = store.mount("ctr")
+    try:
+        os.mknod(os.path.join(path, "dev0"), 0o600 | 0o020000, os.makedev(0, 0))
+    except OSError:
+        pytest.skip("this mount takes no 0/0 device")
+    finally:
+        store.unmount("ctr")
+    out = io.BytesIO()
+    try:
+        store.diff("ctr", out)
+    except GraphDriverError as e:
+        assert e.exit_code == 1 and "0/0 character device" in str(e)
+        return
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        assert not [m for m in tf.getmembers() if m.ischr() and m.devmajor == m.devminor == 0]
+
+
+def test_a_whiteout_through_a_symlink_of_the_same_archive_is_marked_unreproducible(store):
+    """``lnk -> /tmp`` then ``lnk/.wh.y`` deletes tmp/y, which the archive added: a fresh
+    import never fails check; it is marked, as a file written through ``lnk`` is."""
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for name, kind, link, data in [("tmp", tarfile.DIRTYPE, "", b""),
+                                       ("tmp/y", tarfile.REGTYPE, "", b"y"),
+                                       ("lnk", tarfile.SYMTYPE, "/tmp", b""),
+                                       ("lnk/.wh.y", tarfile.REGTYPE, "", b"")]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data)
+            tf.addfile(info, io.BytesIO(data))
+    record = store.import_layer("L", None, io.BytesIO(raw.getvalue()))
+    assert record.unreproducible and "deletes through the symlink 'lnk'" in record.unreproducible
+    ((_, why),) = store.check()
+    assert why is not None and why.startswith("skipped")
+    regenerated = io.BytesIO()
+    store.diff("L", regenerated, regenerate=True)  # the files as they are: no tmp/y
+    with tarfile.open(fileobj=io.BytesIO(regenerated.getvalue())) as tf:
+        assert "tmp/y" not in tf.getnames()

@@ -63,6 +63,24 @@ class Change:
         """The ``docker diff`` line: ``A /path``, the path quoted when it must be (see :func:`quote_path`)."""
         return f"{self.kind.value} {quote_path(self.path)}"
 
+    def to_json(self) -> dict[str, str]:
+        """The change as ``changes --json`` gives it: ``{"path", "kind"}``, lossless.
+
+        A path whose bytes are not UTF-8 (held as lone surrogates, the
+        ``surrogateescape`` way) cannot be JSON text as it is: ``path`` then has
+        U+FFFD for each such byte, and ``path_raw`` the path's bytes in base64,
+        as tar-split's ``name_raw`` does for archive names.
+        """
+        try:
+            self.path.encode("utf-8")
+        except UnicodeEncodeError:
+            import base64
+
+            raw = self.path.encode("utf-8", "surrogateescape")
+            lossy = raw.decode("utf-8", "replace")
+            return {"path": lossy, "path_raw": base64.b64encode(raw).decode("ascii"), "kind": self.kind.value}
+        return {"path": self.path, "kind": self.kind.value}
+
 
 _PLAIN_BYTES = frozenset(range(0x20, 0x7F)) - {ord("\\")}
 _ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"', 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
@@ -77,7 +95,7 @@ def quote_path(path: str) -> str:
     starting with ``"`` is printed between double quotes with C escapes, as
     git quotes paths: ``\\\\``, ``\\"``, ``\\n``, ``\\t``, ``\\r``,
     and three octal digits for any other such byte; other paths (UTF-8 names
-    included) print as they are.  ``--json`` output keeps the raw path.
+    included) print as they are.  ``--json`` output keeps the raw path (see :meth:`Change.to_json`).
     """
     raw = path.encode("utf-8", "surrogateescape")
     try:

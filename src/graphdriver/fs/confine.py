@@ -58,6 +58,35 @@ def resolve_dir(root_fd: int, relpath: str) -> int:
     return syscalls.openat2(root_fd, relpath or ".", _DIR_FLAGS, 0, _RESOLVE)
 
 
+def resolve_dir_through_no_symlink(root_fd: int, relpath: str) -> int:
+    """As :func:`resolve_dir`, but a symlink anywhere on the way fails with ``ELOOP``."""
+    return syscalls.openat2(root_fd, relpath or ".", _DIR_FLAGS, 0, _RESOLVE | syscalls.RESOLVE_NO_SYMLINKS)
+
+
+def first_symlink(root_fd: int, relpath: str) -> str | None:
+    """The first component of *relpath* below *root_fd* that is a symlink, as a path; None if none.
+
+    Walks one component at a time without following anything; a missing
+    component raises ``FileNotFoundError``, one that is no directory
+    ``NotADirectoryError``.
+    """
+    comps = relpath.split("/")
+    fd = os.dup(root_fd)
+    try:
+        for i, comp in enumerate(comps):
+            sub = os.open(comp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                return "/".join(comps[: i + 1])
+            if not stat.S_ISDIR(mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        return None
+    finally:
+        os.close(fd)
+
+
 def open_at_root(root_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
     """``openat2`` of *relpath* confined to *root_fd* with arbitrary *flags*; returns an fd."""
     if not flags & (os.O_CREAT | os.O_TMPFILE):

@@ -23,7 +23,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from graphdriver.fs import privileged
 from graphdriver.plain import Plain
@@ -165,6 +165,32 @@ def shift_owners(root: str, translate: Callable[[int, int], tuple[int, int]]) ->
         for fd, _ in stack:
             os.close(fd)
     return changed
+
+
+def walk_tree(root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry below *root* as ``(path relative to root, entry)``, a directory before its children.
+
+    Symlinks are listed, never followed.  A stack instead of recursion:
+    ``os.walk`` recurses on Python 3.11, so a tree a thousand levels deep (a
+    tarball can make one) would exceed the recursion limit.  Children come in
+    name order.
+    """
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as it:
+            entries = sorted(it, key=_entry_name)
+        subdirs = []
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            yield path, entry
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(path)
+        todo.extend(reversed(subdirs))
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def remove_tree(path: str) -> None:

@@ -3,8 +3,10 @@
 Codec modules are imported when a stream needs them, so that commands which
 never touch a compressed stream start fast.  gzip goes through ``isal`` (about
 three times the standard library's speed) and falls back to the standard
-library where that wheel cannot load or ``GRAPHDRIVER_PURE`` is set; zstd needs
-``zstandard`` (see :mod:`graphdriver.codecs`).
+library where that wheel cannot load or ``GRAPHDRIVER_PURE`` is set; both twins
+decompress through one member loop, so they take and refuse the same streams
+with the same words.  zstd needs ``zstandard`` (see :mod:`graphdriver.codecs`);
+a zstd stream may open with a skippable frame.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import enum
 import io
 from collections.abc import Callable
 from types import ModuleType
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from graphdriver.codecs import pure_forced
 from graphdriver.errors import CorruptArchive, Unsupported
@@ -43,11 +45,17 @@ _MAGIC = (
 )
 
 
+# A zstd stream may open with a skippable frame: magic 0x184D2A50 to 0x184D2A5F.
+_ZSTD_SKIPPABLE = b"\x2a\x4d\x18"
+
+
 def sniff(head: bytes) -> Compression:
     """The compression format of a stream, from its first bytes (six are enough)."""
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
+    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == _ZSTD_SKIPPABLE:
+        return Compression.ZSTD
     return Compression.NONE
 
 
@@ -152,13 +160,72 @@ def _gunzip(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]
     try:
         if pure_forced():
             raise ImportError("pure twins selected")
-        from isal import igzip, isal_zlib
+        from isal import isal_zlib
     except ImportError:
-        import gzip
+        return cast(BinaryIO, _GzipMembers(stream, zlib.decompressobj)), (zlib.error, _NotGzip)
+    isal_error = cast(type[BaseException], isal_zlib.error)
+    return cast(BinaryIO, _GzipMembers(stream, isal_zlib.decompressobj)), (isal_error, _NotGzip)
 
-        return cast(BinaryIO, gzip.GzipFile(fileobj=stream, mode="rb")), (zlib.error,)
-    reader = igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[no-untyped-call]
-    return cast(BinaryIO, reader), (zlib.error, cast(type[BaseException], isal_zlib.error))
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class _NotGzip(Exception):
+    """Bytes where a gzip member should start."""
+
+
+class _GzipMembers:
+    """Concatenated gzip members through a zlib-style decompressor (zlib's or isal's).
+
+    One loop for both twins (their own gzip readers disagree on what ends a
+    stream and how to say so): members back to back, then optionally zero
+    bytes, which ``gzip`` and the Go readers accept as padding.  Anything else
+    after a member is refused as trailing garbage, and input that stops inside
+    a member is refused as truncated.  ``wbits=31``: the decompressor reads the
+    gzip header and checks the CRC-32 and length trailer itself.
+    """
+
+    def __init__(self, source: BinaryIO, decompressobj: Callable[[int], Any]) -> None:
+        self._source = source
+        self._new = decompressobj
+        self._d = decompressobj(31)
+        self._input = b""
+        self._ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._ended:
+            if not self._input:
+                self._input = self._source.read(_CHUNK)
+                if not self._input:
+                    raise EOFError("the data ends inside a gzip member (truncated)")
+            out = self._d.decompress(self._input, max(n, 0))
+            self._input = self._d.unconsumed_tail
+            if self._d.eof:
+                self._next_member(self._d.unused_data)
+            if out:
+                return bytes(out)
+        return b""
+
+    def _next_member(self, rest: bytes) -> None:
+        """After a member: end at the end of input (zero padding allowed) or start the next."""
+        while True:
+            rest = rest.lstrip(b"\0")
+            if not _GZIP_MAGIC.startswith(rest[:2]):
+                raise _NotGzip("trailing bytes after the gzip stream are not gzip")
+            if len(rest) >= 2:
+                break
+            more = self._source.read(_CHUNK)
+            if not more:
+                if rest:  # the first byte of a member's magic
+                    raise EOFError("the data ends inside a gzip member header (truncated)")
+                self._ended = True
+                return
+            rest += more
+        self._input = rest
+        self._d = self._new(31)
+
+    def close(self) -> None:
+        """The source stays open: the caller owns it."""
 
 
 def _unzstd(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:

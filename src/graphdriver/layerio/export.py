@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import BinaryIO, cast
 
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.errors import InvalidArgument
+from graphdriver.errors import GraphDriverError, InvalidArgument
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import TarWriter
@@ -70,6 +70,23 @@ def whiteout_entry(path: str) -> TarEntry:
     parent, _, base = path.strip("/").rpartition("/")
     name = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base
     return TarEntry(name=name, type=REG, size=0, mode=0, mtime_ns=0)
+
+
+def refuse_reserved_name(name: str) -> None:
+    """Raise if a component of the archive name *name* starts with ``.wh.``.
+
+    Docker and podman reserve the prefix: in a layer tarball such a name is a
+    whiteout (``.wh..wh..opq`` an opaque marker), so a file a container made
+    with that name cannot be exported as itself.  Exit code 1: the content is
+    what the format cannot carry (as an import entry a layer cannot hold).
+    """
+    for comp in name.split("/"):
+        if comp.startswith(WHITEOUT_PREFIX):
+            raise GraphDriverError(
+                f"file {'/' + name!r}",
+                f"{comp!r} starts with {WHITEOUT_PREFIX}, which layer tarballs reserve for "
+                "whiteouts (it would delete, not add): rename or remove it",
+            )
 
 
 def read_xattrs(path: str) -> dict[str, bytes]:
@@ -185,7 +202,13 @@ class LayerWriter:
         self.writer.add(whiteout_entry(name))
 
     def add(self, name: str, path: str) -> None:
-        """Write *name*, the file at *path* as it is now; nothing if it is gone."""
+        """Write *name*, the file at *path* as it is now; nothing if it is gone.
+
+        Refuses a name with a ``.wh.`` component: written, it would be a
+        whiteout, deleting where the file was added.
+        """
+        if WHITEOUT_PREFIX in name:
+            refuse_reserved_name(name)
         try:
             st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode) or (st.st_nlink > 1 and (st.st_dev, st.st_ino) in self.hardlinks):
@@ -234,6 +257,13 @@ class _OCIWriter(LayerWriter):
         self.idmaps = idmaps
 
     def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            # Overlay's whiteout: import refuses it, so no tarball of ours carries one.
+            raise GraphDriverError(
+                f"file {'/' + name!r}",
+                "is a 0/0 character device, overlayfs's whiteout, which no layer tarball "
+                "carries: remove it",
+            )
         return entry_from_stat(self.root, name, st, self.idmaps)
 
     def link(self, name: str, first: str, st: os.stat_result) -> TarEntry:

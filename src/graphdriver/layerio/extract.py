@@ -18,9 +18,12 @@ Conventions, and where this differs from a plain ``tar -x``:
   dropped at the end so links into it work); every other ``.wh.X`` deletes
   ``X``, so ``.wh..foo`` deletes ``.foo``.  Nothing below a whiteout name is
   ever created.
-* Relative symlinks that escape the layer when joined lexically to their
-  directory are refused (Docker's rule); absolute ones are kept as they are,
-  since they resolve inside the root when the layer is used.
+* Symlink targets are content, stored as they are.  A path never goes
+  through a symlink the archive did not make (a lower layer's, or one the
+  layer held before): such an entry is refused, so that a full copy (which
+  would follow it) and an overlay upper directory (which would make a
+  directory over it) agree.  The archive's own symlinks resolve inside the
+  root (the layer is then marked unreproducible).
 * A hardlink entry only makes the link: the inode keeps the metadata of the
   entry that created it.  A target missing from the layer is copied up from
   ``lower_dirs`` first (an overlay upper directory holds only the layer).
@@ -74,6 +77,10 @@ _NO_ID = 0xFFFFFFFF
 _MAJORS = 1 << 12
 _MINORS = 1 << 20
 AUFS_LINK_DIR = ".wh..wh.plnk"
+_WHITEOUT_DEVICE = (
+    "a 0/0 character device is overlayfs's whiteout, which no layer can hold "
+    "(a layer tarball deletes with a .wh. name)"
+)
 
 _DIR_TYPES = frozenset({te.DIR, te.GNU_DUMPDIR})  # a dumpdir is a directory plus a listing
 _SPECIAL_TYPES = {te.CHR: stat.S_IFCHR, te.BLK: stat.S_IFBLK, te.FIFO: stat.S_IFIFO}
@@ -498,6 +505,10 @@ class _Extractor(Extraction):
         if not e.name:
             raise ArchiveError(e.name, "empty name")
         rel = clean_name(e.name, e.name)
+        if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
+            # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be
+            # set (the root entry's and an overlay whiteout's are set too).
+            raise ArchiveError(e.name, f"owner {e.uid}:{e.gid} is not a valid user and group id")
         parent, _, base = rel.rpartition("/")
         if WHITEOUT_PREFIX in parent and self._below_reserved(e, parent):
             return 0
@@ -510,9 +521,6 @@ class _Extractor(Extraction):
         if e.pax and t in REGULAR_TYPES and pax.sparse(e.pax):
             # Its data is the packed extents (and map), not the file.
             raise ArchiveError(e.name, f"unsupported entry type {t!r} (PAX sparse file)")
-        if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
-            # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be set.
-            raise ArchiveError(e.name, f"owner {e.uid}:{e.gid} is not a valid user and group id")
         pfd = self._dir_fd(parent)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
@@ -544,9 +552,31 @@ class _Extractor(Extraction):
             return not (parent == AUFS_LINK_DIR and e.type in REGULAR_TYPES)
         return False
 
+    def _resolve_dir(self, rel: str) -> int:
+        """Open directory *rel*, through no symlink but the archive's own.
+
+        A symlink the layer held before (an earlier layer's in a full copy, or
+        an earlier apply's) is never followed: the union shows the lower
+        layers' symlinks as they are, and an overlay upper directory would make
+        a new directory over one, so the drivers could never agree; the entry
+        is refused.  This archive's own symlinks resolve inside the root, and
+        the layer is marked unreproducible (:mod:`.reproducible`).
+        """
+        try:
+            return confine.resolve_dir_through_no_symlink(self.root_fd, rel)
+        except OSError as x:
+            if not confine.is_symlink_error(x):
+                raise
+        link = confine.first_symlink(self.root_fd, rel)
+        if link is not None and link not in self.created:
+            raise OSError(errno.ELOOP, _through_symlink(link))
+        return confine.resolve_dir(self.root_fd, rel)
+
     def _implied_metadata(self, fd: int, rel: str) -> None:
         # Over lower layers, inherit the lower directory's identity so the
         # union view does not change it.
+        if self.lower_fds:
+            self._refuse_lower_symlink(rel)
         st = self._lower_dir_stat(rel)
         if st is None:
             uid, gid = self._map_ids(rel, 0, 0)
@@ -556,6 +586,16 @@ class _Extractor(Extraction):
             self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
         self._chown_fd(fd, uid, gid)
         sc.fchmod(fd, mode)
+
+    def _refuse_lower_symlink(self, rel: str) -> None:
+        """Refuse to make directory *rel* over a symlink the union shows there (see :meth:`_resolve_dir`)."""
+        found = confine.find_in_lowers(self.lower_fds, rel)
+        if found is None:
+            return
+        pfd, st = found
+        os.close(pfd)
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, _through_symlink(rel))
 
     def _empty_opaque(self, fd: int, rel: str) -> None:
         """Remove what directory *rel* held before this layer (DELETE-mode opaque)."""
@@ -672,6 +712,10 @@ class _Extractor(Extraction):
     def _special(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
         kind = _SPECIAL_TYPES[e.type]
         perm = e.mode & 0o7777
+        if kind == stat.S_IFCHR and e.devmajor == 0 and e.devminor == 0:
+            # Overlay's whiteout: stored, it would delete in an overlay upper directory and
+            # be a device elsewhere.  A layer tarball deletes with a .wh. name.
+            raise ArchiveError(e.name, _WHITEOUT_DEVICE)
         if kind != stat.S_IFIFO and not (0 <= e.devmajor < _MAJORS and 0 <= e.devminor < _MINORS):
             # The kernel keeps 12 bits of major and 20 of minor: more would silently wrap.
             raise ArchiveError(e.name, f"device number {e.devmajor}:{e.devminor} is out of range")
@@ -889,6 +933,11 @@ class _Extractor(Extraction):
         if AUFS_LINK_DIR in self.created:
             self._remove(self.root_fd, AUFS_LINK_DIR, AUFS_LINK_DIR)
         super()._finish()
+
+def _through_symlink(link: str) -> str:
+    return (f"the path goes through {link!r}, a symlink of a lower layer (or one the layer "
+            "already held), which extraction never follows")
+
 
 def _times(e: TarEntry) -> tuple[int, int]:
     return (e.mtime_ns if e.atime_ns is None else e.atime_ns), e.mtime_ns

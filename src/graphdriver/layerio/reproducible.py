@@ -52,6 +52,14 @@ class ReproducibilityCheck:
             # Unpacking keeps no file for it, so its bytes cannot be read back.
             self.reason = f"{name!r} carries {entry.size} bytes of content that unpacking drops"
             return
+        if self._links and parent not in self._through_no_link:
+            link = self._link_above(parent)
+            if link is not None:
+                # A whiteout there deletes (or hides) through the link too: a file
+                # an earlier entry wrote is gone from where its header says.
+                does = "deletes" if base.startswith(WHITEOUT_PREFIX) else "is written"
+                self.reason = f"{name!r} {does} through the symlink {link!r} of the same archive"
+                return
         if base.startswith(WHITEOUT_PREFIX):
             if base.startswith(WHITEOUT_META_PREFIX):
                 return  # opaque markers hide lower layers only, never this archive's own files
@@ -59,11 +67,6 @@ class ReproducibilityCheck:
             if target in self._names or target in self._dirs:
                 self.reason = f"{target!r} is deleted by the same archive that adds it"
             return
-        if self._links and parent not in self._through_no_link:
-            link = self._link_above(parent)
-            if link is not None:
-                self.reason = f"{name!r} is written through the symlink {link!r} of the same archive"
-                return
         if name in self._files:
             self.reason = f"{name!r} appears twice"
         elif entry.type != DIR and name in self._dirs:

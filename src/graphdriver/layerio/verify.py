@@ -216,12 +216,9 @@ def _parents(parent: str) -> Iterator[str]:
 
 
 def _walk(root: str) -> set[str]:
-    found: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in (*dirnames, *filenames):
-            found.add(name if rel_dir == "." else f"{rel_dir}/{name}")
-    return found
+    from graphdriver.fs.tree import walk_tree  # iterative: any depth a tarball makes
+
+    return {rel for rel, _ in walk_tree(root)}
 
 
 def _compare(

@@ -543,6 +543,35 @@ def test_symlink_breakout_refused(store: Any, fmt: LayerFormat, tmp_path: Path) 
     assert list(victim.iterdir()) == []
 
 
+_THROUGH_A_LOWER_SYMLINK: dict[str, Spec] = {
+    "file": {"lnk/new": F(b"n")},
+    "directory": {"lnk/sub": D()},
+    "whiteout": {"lnk/x": W()},
+    "hardlink": {"h": H("lnk/x")},
+}
+
+
+@every_driver
+@pytest.mark.parametrize("child", sorted(_THROUGH_A_LOWER_SYMLINK))
+def test_a_symlink_of_a_lower_layer_is_never_followed(store: Any, fmt: LayerFormat, child: str) -> None:
+    """A child's ``lnk/new`` over a parent's ``lnk -> /tmp`` is refused on every driver.
+
+    Followed (a full copy), it would land in ``/tmp``; made a directory (an
+    overlay upper), it would hide the symlink: the drivers would disagree.
+    """
+    import_tar(store, fmt, "p", {"tmp": D(), "tmp/x": F(b"x"), "lnk": L("/tmp")})
+    before = view(store, "p")
+    with pytest.raises(ArchiveError) as failure:
+        import_tar(store, fmt, "c", _THROUGH_A_LOWER_SYMLINK[child], parent="p")
+    assert failure.value.exit_code == 1
+    assert "symlink" in failure.value.why
+    assert not store.exists("c")
+    assert view(store, "p") == before
+    # The symlink itself may be replaced by an entry of its own name, as any file.
+    import_tar(store, fmt, "d", {"lnk": D(), "lnk/new": F(b"n")}, parent="p")
+    assert changes_of(store, "d") == [(C, fmt.path("/lnk")), (A, fmt.path("/lnk/new"))]
+
+
 def _cut_in_data(tar: bytes, data: bytes) -> bytes:
     """*tar* cut in the middle of the file data *data*."""
     return tar[: tar.index(data) + len(data) // 2]

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphdriver.fs.tree import walk_tree
+
 
 @dataclass
 class F:
@@ -184,38 +186,33 @@ def snapshot(
     skipped = set(skip)
     out: dict[str, dict[str, Any]] = {}
     inodes: dict[tuple[int, int], str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in ["", *sorted(dirnames + filenames)]:
-            full = os.path.join(dirpath, name) if name else dirpath
-            rel = os.path.relpath(full, root)
-            if name == "" and dirpath != root:
-                continue  # directories are reported by their parent
-            if rel in skipped:
-                continue
-            st = os.lstat(full)
-            item: dict[str, Any] = {
-                "type": stat.S_IFMT(st.st_mode),
-                "mode": oct(stat.S_IMODE(st.st_mode)),
-                "uid": st.st_uid,
-                "gid": st.st_gid,
-                "xattrs": _xattr_map(full),
-            }
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if times and (dir_times or not is_dir) and not stat.S_ISLNK(st.st_mode):
-                item["mtime_ns"] = st.st_mtime_ns
-            if stat.S_ISREG(st.st_mode):
-                item["size"] = st.st_size
-                with open(full, "rb") as f:
-                    item["sha256"] = hashlib.sha256(f.read()).hexdigest()
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    item["link_group"] = inodes.setdefault(key, rel)
-            elif stat.S_ISLNK(st.st_mode):
-                item["target"] = os.readlink(full)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                item["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            out[rel] = item
+    # Iteratively: hostile trees can be deeper than the recursion limit.
+    for rel, full in [(".", root), *((r, e.path) for r, e in walk_tree(root))]:
+        if rel in skipped:
+            continue
+        st = os.lstat(full)
+        item: dict[str, Any] = {
+            "type": stat.S_IFMT(st.st_mode),
+            "mode": oct(stat.S_IMODE(st.st_mode)),
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "xattrs": _xattr_map(full),
+        }
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if times and (dir_times or not is_dir) and not stat.S_ISLNK(st.st_mode):
+            item["mtime_ns"] = st.st_mtime_ns
+        if stat.S_ISREG(st.st_mode):
+            item["size"] = st.st_size
+            with open(full, "rb") as f:
+                item["sha256"] = hashlib.sha256(f.read()).hexdigest()
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                item["link_group"] = inodes.setdefault(key, rel)
+        elif stat.S_ISLNK(st.st_mode):
+            item["target"] = os.readlink(full)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            item["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        out[rel] = item
     return out
 
 

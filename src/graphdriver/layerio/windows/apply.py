@@ -15,6 +15,7 @@ sidecar or the BCD backups through a link.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -99,6 +100,7 @@ class WindowsApplier(Extraction):
 
     def _implied_metadata(self, fd: int, rel: str) -> None:
         """As the directory is below, if it is; 0755 otherwise."""
+        self._refuse_lower_symlink(rel)
         st = self._lower_dir_stat(rel)
         os.fchmod(fd, 0o755 if st is None else st.st_mode & 0o7777)
         self._chown(fd)
@@ -107,6 +109,25 @@ class WindowsApplier(Extraction):
 
     def _removed(self, rel: str) -> None:
         self.meta.drop_streams(rel)
+
+    def _refuse_lower_symlink(self, rel: str) -> None:
+        """Refuse a path through a symlink of a lower layer, as every driver does.
+
+        A directory made here would hide the symlink in the view; following
+        it is what extraction never does (see :mod:`graphdriver.layerio.extract`).
+        """
+        found = find_in_lowers(self.lower_fds, rel, open_dir_no_symlinks)
+        if found is None:
+            return
+        os.close(found[0])
+        if stat.S_ISLNK(found[1].st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+
+    def _refuse_lower_symlinks_on_the_way(self, path: str) -> None:
+        """:meth:`_refuse_lower_symlink` for every directory of *path*, shallowest first."""
+        comps = path.split("/")[:-1]
+        for i in range(1, len(comps) + 1):
+            self._refuse_lower_symlink("/".join(comps[:i]))
 
     def _entry(self, e: Any) -> int:
         rel = clean_name(e.name, e.name)
@@ -237,6 +258,7 @@ class WindowsApplier(Extraction):
             except FileNotFoundError:
                 pass
         if not self._copy_from_lower(target, pfd, base):
+            self._refuse_lower_symlinks_on_the_way(target)
             # Trimmed images link to files they no longer hold: keep the link in the metadata.
             record.dangling, record.mtime_ns = True, e.mtime_ns
             self.dangling += 1
@@ -295,6 +317,8 @@ class WindowsApplier(Extraction):
             found = self._existing_dir(parent)
             if found is not None:
                 self._remove(found, name, rel)
+            else:
+                self._refuse_lower_symlinks_on_the_way(rel)
         self.meta.add(Record(rel, DELETED))
 
     def _chown(self, fd: int) -> None:

@@ -21,6 +21,7 @@ from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import NotFound
 from graphdriver.fs.confine import open_file_in_root
+from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.export import LayerWriter, change_sort_key
 from graphdriver.layerio.getter import FileGetter
@@ -110,9 +111,7 @@ def _own_extras(data_dir: str) -> list[tuple[str, str | None]]:
         if not os.path.isdir(start):
             continue
         items.append((top, start))
-        for dirpath, dirnames, filenames in os.walk(start):
-            rel = os.path.relpath(dirpath, data_dir)
-            items += [(f"{rel}/{n}", os.path.join(dirpath, n)) for n in (*dirnames, *filenames)]
+        items += [(f"{top}/{rel}", entry.path) for rel, entry in walk_tree(start)]
     layer = winmeta.LayerMeta.load(data_dir)
     if layout.FILES in layer.records:
         items.append((layout.FILES, os.path.join(data_dir, layout.FILES)))
