@@ -94,7 +94,8 @@ DOCS: dict[str, Doc] = {
                    "unmounts, for an administrator cleaning up after a dead runtime.",
                    [("graphdriver unmount ctr", "release one mount"),
                     ("graphdriver unmount --force ctr", "release them all")],
-                   {5: "the layer is not mounted (or its mount was unmounted behind the store's back)"}),
+                   {5: "the layer is not mounted (a mount unmounted behind the store's back is released "
+                       "quietly, its count dropped)"}),
     "mounted": Doc("layers", "Prints how many mounts of the layer await their unmount (0 when it is not mounted).",
                    [("graphdriver mounted ctr", "0, 1, 2...")], {3: "no such layer"}),
     "exists": Doc("layers", "Exits 0 if the layer exists and 3 if not; prints nothing.",

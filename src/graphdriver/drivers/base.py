@@ -514,14 +514,20 @@ class Driver(abc.ABC):
             return path
 
     def put(self, layer_id: str) -> None:
-        """Release one ``get``; the last release unmounts (the seeds' ``Put``)."""
+        """Release one ``get``; the last release unmounts (the seeds' ``Put``).
+
+        A counted mount that the kernel says is gone (unmounted behind the
+        store's back) is released quietly and its stale count dropped, as
+        containers-storage's ``Unmount`` succeeds when its driver finds the
+        mount point unmounted already; a layer not mounted at all is a
+        :class:`Precondition`.
+        """
         key = self._count_key(layer_id)
         with self.counts.lock(key):
             count, path = self.counts.state(key)
             if count > 0 and self._mount_gone(layer_id, path):
                 self.counts.set(key, 0, "")
-                raise Precondition(f"layer {layer_id}", f"is not mounted (its mount at {path} had gone; "
-                                                        f"its count of {count} was dropped)")
+                return
             if count <= 0:
                 raise Precondition(f"layer {layer_id}", "is not mounted")
             if count == 1:
