@@ -497,25 +497,33 @@ class Store:
 
     def _ingest_into(self, record: LayerRecord, stream: BinaryIO) -> None:
         """Extract, hash and record tar-split in one pass; fill *record* with what was learnt."""
+        from graphdriver.fs.locking import claim
+
         final = self.tarsplit_path(record.id)
         staging = f"{final}.partial-{os.getpid()}"
-        with open(staging, "wb") as out:
+        # Locked until it is in place or gone: cleanup tells a live import's file
+        # from a dead one's by that lock (a zombie's or a reused pid would fool a pid).
+        out = os.fdopen(claim(staging), "wb")
+        try:
             try:
                 from graphdriver.store import content
 
                 result = content.apply(self.driver, record.id, stream, tarsplit_out=out,
                                        idmaps=self.layer_maps(record))
+                out.flush()
             except BaseException:
                 os.unlink(staging)
                 raise
-        self._sync()
-        if result.unreproducible:
-            # tar-split would rebuild the wrong bytes: keep the digests, not the metadata.
-            os.unlink(staging)
-            record.unreproducible = result.unreproducible
-        else:
-            os.replace(staging, final)
-            atomic.fsync_dir(os.path.dirname(final))
+            self._sync()
+            if result.unreproducible:
+                # tar-split would rebuild the wrong bytes: keep the digests, not the metadata.
+                os.unlink(staging)
+                record.unreproducible = result.unreproducible
+            else:
+                os.replace(staging, final)
+                atomic.fsync_dir(os.path.dirname(final))
+        finally:
+            out.close()
         record.size = result.size
         record.diff_digest = result.diff_digest
         record.uncompressed_size = result.uncompressed_size
