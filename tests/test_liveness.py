@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.fs import locking
+from graphdriver.fs import locking, outfile
 from graphdriver.testing.treeutil import F, make_tar
 from tests.conftest import ROOT, run_cli
 
@@ -219,6 +219,66 @@ def test_cleanup_of_a_store_not_made_yet_removes_a_first_probes_folder(tmp_path:
     r = run_cli("cleanup", root=root, run_root=tmp_path / "run")
     assert (r.returncode, r.stdout.decode()) == (0, f"removed probe leftover {scratch}\n"), r.stderr
     assert not scratch.exists() and unrelated.exists() and not root.exists()
+
+
+# ----- diff -o FILE -----------------------------------------------------------------------------------
+
+
+_EXPORT = """
+    from graphdriver.fs import outfile
+    outfile._TMPFILE = {tmpfile}
+    out = outfile.OutputFile({path!r})
+    out.file.write(b"half")
+    out.file.flush()
+"""
+
+
+@pytest.mark.parametrize("tmpfile", ["unnamed", "named"])
+def test_a_killed_export_leaves_nothing_a_later_one_keeps(tmp_path: Path, children, tmpfile: str) -> None:
+    """``diff -o FILE`` killed half way: with O_TMPFILE there is nothing beside FILE; without,
+    its ``.tmp-FILE-PID`` is removed by the next writer of FILE, and a live writer's is kept."""
+    if tmpfile == "unnamed" and not outfile._TMPFILE:
+        pytest.skip("no O_TMPFILE here")
+    flag = "outfile._TMPFILE" if tmpfile == "unnamed" else "0"
+    target = tmp_path / "out.tar"
+    dead = _writer(_EXPORT.format(tmpfile=flag, path=str(target)))
+    children.append(dead)
+    live = _writer(_EXPORT.format(tmpfile=flag, path=str(target)))
+    children.append(live)
+    _kill_unreaped(dead)
+    left = sorted(os.listdir(tmp_path))
+    if tmpfile == "unnamed":
+        assert left == []
+    else:
+        assert left == sorted([f".tmp-out.tar-{dead.pid}", f".tmp-out.tar-{live.pid}"])
+    root = tmp_path / "store"
+    store_tar = make_tar({"f": F(b"layer")})
+    assert run_cli("import", "l", "-", root=root, input=store_tar).returncode == 0
+    r = run_cli("diff", "l", "-o", str(target), root=root)
+    assert r.returncode == 0, r.stderr
+    assert target.read_bytes() == store_tar
+    expected = [] if tmpfile == "unnamed" else [f".tmp-out.tar-{live.pid}"]
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".tmp-")) == expected
+
+
+@pytest.mark.parametrize("tmpfile", ["unnamed", "named"])
+def test_output_file_writes_whole_or_nothing_both_ways(tmp_path: Path, monkeypatch, tmpfile: str) -> None:
+    if tmpfile == "named":
+        monkeypatch.setattr(outfile, "_TMPFILE", 0)
+    elif not outfile._TMPFILE:
+        pytest.skip("no O_TMPFILE here")
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    with outfile.OutputFile(str(target)) as f:
+        f.write(b"new")
+        assert target.read_bytes() == b"old"
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(RuntimeError), outfile.OutputFile(str(target)) as f:
+        f.write(b"never")
+        raise RuntimeError
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["out"]
 
 
 def test_store_api_cleanup_keeps_a_live_staging_folder(tmp_path: Path) -> None:
