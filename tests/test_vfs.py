@@ -26,6 +26,7 @@ from graphdriver.errors import (
     Unsupported,
 )
 from graphdriver.fs import tree as treecopy_module
+from graphdriver.fs.locking import claim
 from graphdriver.fs.tree import reflink_supported
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.layerio.whiteout import WhiteoutMode
@@ -346,8 +347,8 @@ def test_cleanup_finishes_interrupted_work(d: VfsDriver, tmp_path: Path) -> None
     os.chmod(leftover, 0o500)
     dead = home / ".staging" / f"half-{dead_pid()}"
     (dead / "fs").mkdir(parents=True)
-    alive = home / ".staging" / f"busy-{os.getppid()}"
-    alive.mkdir()
+    alive = home / ".staging" / f"busy-{os.getpid()}"
+    held = claim(str(alive), folder=True)  # a live maker holds its staging folder
     live = home / "live-removing"  # a layer named like an older store's leftover
     live.mkdir()
     first = d.cleanup()
@@ -360,6 +361,7 @@ def test_cleanup_finishes_interrupted_work(d: VfsDriver, tmp_path: Path) -> None
     assert d.exists("keep")
     assert any("gone-removing" in line for line in done)
     assert any(dead.name in line for line in done)
+    os.close(held)
 
 
 # ----- get and put ------------------------------------------------------------------------

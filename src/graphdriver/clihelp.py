@@ -67,6 +67,7 @@ DOCS: dict[str, Doc] = {
                    ("graphdriver create ctr --parent base --rw --size 2G", "limited to 2 GB"),
                    ("graphdriver create userns --uidmap 0:100000:65536", "files stored as uid 100000 and up")],
                   {2: "overlapping or out-of-range id maps", 3: "the parent does not exist", 4: "the id is taken",
+                   6: "the parent, or a layer below it, is damaged",
                    7: "a size limit where the driver cannot enforce one (vfs; overlay without root), or a "
                       "child with other id maps than its parent's (windowsfilter)"}),
     "import": Doc("layers", "Creates a read-only layer and applies a layer tarball to it in one pass: the input is "
@@ -76,7 +77,8 @@ DOCS: dict[str, Doc] = {
                    ("graphdriver import base --uidmap 0:100000:65536 rootfs.tar", "owners shifted into a "
                     "user namespace's range"),
                    ("zstd -dc l.tar.zst | graphdriver import app --parent base -", "from standard input")],
-                  {1: _REFUSED, 3: "the parent does not exist", 4: "the id is taken", 6: _CORRUPT}),
+                  {1: _REFUSED, 3: "the parent does not exist", 4: "the id is taken",
+                   6: _CORRUPT + "; or the parent, or a layer below it, is damaged"}),
     "apply": Doc("layers", "Applies a layer tarball to an existing layer (the seeds' ApplyDiff): whiteouts delete, "
                  "files are added or replaced. The layer no longer matches an imported tarball afterwards. Prints "
                  "the bytes applied.",
@@ -87,12 +89,13 @@ DOCS: dict[str, Doc] = {
                  "counted across processes: every mount needs an unmount.",
                  [('mnt=$(graphdriver mount ctr)', "mount, keep the path"),
                   ("graphdriver mount ctr --mount-label system_u:object_r:container_file_t:s0", "with a label")],
-                 {3: "no such layer", 6: "the layer is damaged", 7: "overlay cannot be mounted here"}),
+                 {3: "no such layer", 6: "the layer, or a layer below it, is damaged", 7: "overlay cannot be mounted here"}),
     "unmount": Doc("layers", "Releases one mount; the last one really unmounts. --force drops every count and "
                    "unmounts, for an administrator cleaning up after a dead runtime.",
                    [("graphdriver unmount ctr", "release one mount"),
                     ("graphdriver unmount --force ctr", "release them all")],
-                   {5: "the layer is not mounted (or its mount was unmounted behind the store's back)"}),
+                   {5: "the layer is not mounted (a mount unmounted behind the store's back is released "
+                       "quietly, its count dropped)"}),
     "mounted": Doc("layers", "Prints how many mounts of the layer await their unmount (0 when it is not mounted).",
                    [("graphdriver mounted ctr", "0, 1, 2...")], {3: "no such layer"}),
     "exists": Doc("layers", "Exits 0 if the layer exists and 3 if not; prints nothing.",
@@ -109,7 +112,8 @@ DOCS: dict[str, Doc] = {
     "changes": Doc("layers", "Lists what the layer changed relative to its parent (or --parent), sorted by path, "
                    "in the docker diff format: A added, C changed, D deleted.",
                    [("graphdriver changes ctr", "A /srv/app, C /etc, ..."),
-                    ("graphdriver changes ctr --json", "the same as JSON")], {3: "no such layer"}),
+                    ("graphdriver changes ctr --json", "the same as JSON")],
+                   {3: "no such layer", 6: "the layer, or a layer below it, is damaged"}),
     "diff": Doc("layers", "Writes the layer tarball: whiteouts for deletions, the files as they are for the rest. "
                 "For an imported layer that nothing changed, byte for byte the tarball imported (exit 6 if that "
                 "cannot be, unless --regenerate); one mounted writable since (vfs) is first checked against the "
@@ -118,9 +122,10 @@ DOCS: dict[str, Doc] = {
                 [("graphdriver diff ctr -o ctr.tar", "to a file"),
                  ("graphdriver diff base --compress zstd > base.tar.zst", "compressed")],
                 {3: "no such layer", 5: "--compress original and no bytes were kept",
-                 6: "the imported bytes cannot be given back"}),
+                 6: "the imported bytes cannot be given back, or the layer or one below it is damaged"}),
     "diffsize": Doc("layers", "Prints the bytes the layer adds: regular files added or changed, hard-linked "
-                    "files once.", [("graphdriver diffsize ctr", "a number")], {3: "no such layer"}),
+                    "files once.", [("graphdriver diffsize ctr", "a number")],
+                    {3: "no such layer", 6: "the layer, or a layer below it, is damaged"}),
     "remove": Doc("layers", "Deletes a layer; refused while it is mounted, has children, or an image or a "
                   "container uses it. A layer whose record is corrupt is removed too (its record and "
                   "folder), when named.",

@@ -365,6 +365,27 @@ def test_an_apply_that_fails_half_way_leaves_a_layer_reported_damaged(store):
     assert not store.exists("base")
 
 
+def test_a_damaged_layer_is_refused_as_a_parent_on_the_command_line(store, tmp_path):
+    """create/import on a layer whose apply failed, and mount of a layer on it: exit 6 in one
+    line naming the damaged layer; no half-applied file is ever shown through a child."""
+    from tests.conftest import run_cli
+
+    root, run_root = Path(store.root), Path(store.run_root)
+    store.create("p")
+    header = make_tar({"hello": F(b"hello\n")})
+    truncated = header[: header.index(b"hello\n") + 3]
+    assert run_cli("apply", "p", "-", root=root, run_root=run_root, input=truncated).returncode == 6
+    for args, data in ((["create", "c", "--parent", "p", "--rw"], None),
+                       (["import", "x", "--parent", "p", "-"], make_tar({"g": F(b"g")}))):
+        r = run_cli(*args, root=root, run_root=run_root, input=data)
+        err = r.stderr.decode()
+        assert r.returncode == 6 and err.startswith("graphdriver: layer p: is damaged"), (args, err)
+        assert err.count("\n") == 1, err
+    assert run_cli("layers", root=root, run_root=run_root).stdout == b"p\n"
+    r = run_cli("mount", "c", root=root, run_root=run_root)
+    assert r.returncode == 3, r.stderr
+
+
 def test_a_crash_during_apply_leaves_the_layer_whole_or_reported_damaged(store, tmp_path):
     """kill -9 at several points of `apply` onto an existing layer: as before, whole, or damaged."""
     import signal

@@ -81,7 +81,7 @@ from graphdriver.errors import (
     Unsupported,
 )
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import pid_alive
+from graphdriver.fs.locking import claim, remove_abandoned
 from graphdriver.fs.overlayfs import OPAQUE_XATTR
 from graphdriver.idmap import IDMappings
 
@@ -102,6 +102,8 @@ REMOVING_PREFIX = ".removing-"
 #: What older stores appended instead; such folders may be real layers (``work-removing``).
 LEGACY_REMOVING_SUFFIX = "-removing"
 STAGING_DIR = ".staging"
+#: In the name of a probe's scratch folder: ``.<driver>-probe-<pid>-<random>``.
+PROBE_MARK = "-probe-"
 #: Driver options every driver takes: ``size``, the default size limit of writable layers
 #: (containers-storage's ``overlay.size``), enforced where the driver limits sizes.
 COMMON_OPTIONS: frozenset[str] = frozenset({"size"})
@@ -372,12 +374,8 @@ class Driver(abc.ABC):
         parent_folder = self.resolve(parent) if parent else None
         chain = [parent_folder, *self.layer_chain(parent)] if parent and parent_folder else []
         staging = os.path.join(self.home, STAGING_DIR, f"{layer_id}-{os.getpid()}")
-        if os.path.lexists(staging):
-            try:
-                self._destroy(staging)
-            except OSError:
-                pass
-        os.mkdir(staging, 0o700)
+        # Locked while it is made: cleanup drops a staging folder only once its maker is dead.
+        fd = claim(staging, folder=True, mode=0o700, remove=self._destroy)
         try:
             self._create(layer_id, staging, parent, opts, rw=rw)
             self.write_layer_chain(staging, chain)
@@ -385,6 +383,8 @@ class Driver(abc.ABC):
         except BaseException:
             self._destroy(staging)
             raise
+        finally:
+            os.close(fd)
 
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
         """Refuse storage options this driver does not support (the seeds refuse all).
@@ -447,8 +447,10 @@ class Driver(abc.ABC):
     def cleanup(self, layers: Collection[str] | None = None) -> list[str]:
         """Finish or undo interrupted work; returns one line per thing done.
 
-        Leftover ``.removing-`` folders are destroyed and staging folders of dead
-        processes dropped; what cannot be removed yet is reported, not raised.
+        Leftover ``.removing-`` folders are destroyed, and staging folders and
+        probe scratch folders whose maker is dead dropped (never a live one's:
+        see :func:`graphdriver.fs.locking.claim`); what cannot be removed yet
+        is reported, not raised.
         An older store's ``<id>-removing`` folders are finished only when
         *layers* (the ids the caller's records name) is given and does not name
         them: ``work-removing`` may be a real layer.
@@ -467,14 +469,13 @@ class Driver(abc.ABC):
                     done.append(f"could not remove {entry} yet: {e.strerror}")
         staging_root = os.path.join(self.home, STAGING_DIR)
         for entry in sorted(os.listdir(staging_root)):
-            pid = entry.rsplit("-", 1)[-1]
-            if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid))):
-                continue
             try:
-                self._destroy(os.path.join(staging_root, entry))
-                done.append(f"dropped staging leftover {entry}")
+                if remove_abandoned(os.path.join(staging_root, entry), self._destroy):
+                    done.append(f"dropped staging leftover {entry}")
             except OSError:
                 pass
+        # A probe on first use scratches in the home, or in the store's root before the home exists.
+        done.extend(remove_probe_leftovers(self.home, os.path.dirname(self.home)))
         done.extend(self._cleanup_mounts())
         done.extend(self.counts.remove_unused_locks(self.exists))
         return done
@@ -514,14 +515,20 @@ class Driver(abc.ABC):
             return path
 
     def put(self, layer_id: str) -> None:
-        """Release one ``get``; the last release unmounts (the seeds' ``Put``)."""
+        """Release one ``get``; the last release unmounts (the seeds' ``Put``).
+
+        A counted mount that the kernel says is gone (unmounted behind the
+        store's back) is released quietly and its stale count dropped, as
+        containers-storage's ``Unmount`` succeeds when its driver finds the
+        mount point unmounted already; a layer not mounted at all is a
+        :class:`Precondition`.
+        """
         key = self._count_key(layer_id)
         with self.counts.lock(key):
             count, path = self.counts.state(key)
             if count > 0 and self._mount_gone(layer_id, path):
                 self.counts.set(key, 0, "")
-                raise Precondition(f"layer {layer_id}", f"is not mounted (its mount at {path} had gone; "
-                                                        f"its count of {count} was dropped)")
+                return
             if count <= 0:
                 raise Precondition(f"layer {layer_id}", "is not mounted")
             if count == 1:
@@ -682,6 +689,44 @@ def probed_once(
         return _PROBED[key]
     found = _PROBED[key] = probe()
     return found
+
+
+def probe_scratch(existing: str, driver: str) -> tuple[str, int]:
+    """A new scratch folder for *driver*'s probe in the folder *existing*, and its fd.
+
+    Locked by this process until the fd is closed (the prober removes the
+    folder, then closes it): a probe killed half way leaves a folder that
+    ``cleanup`` removes once the prober is dead, and never a live probe's.
+    """
+    path = os.path.join(existing, f".{driver}{PROBE_MARK}{os.getpid()}-{os.urandom(4).hex()}")
+    return path, claim(path, folder=True, mode=0o700)
+
+
+def remove_probe_leftovers(*folders: str) -> list[str]:
+    """Remove the probe scratch folders (see :func:`probe_scratch`) in *folders* whose prober
+    is dead; one line per folder removed (or not removable yet)."""
+    done = []
+    for folder in dict.fromkeys(folders):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in filter(_is_probe_name, names):
+            path = os.path.join(folder, name)
+            try:
+                if remove_abandoned(path):
+                    done.append(f"removed probe leftover {path}")
+            except OSError as e:
+                done.append(f"could not remove probe leftover {path} yet: {e.strerror}")
+    return done
+
+
+def _is_probe_name(name: str) -> bool:
+    """Whether *name* is ``.<driver>-probe-<pid>-<8 hex digits>``."""
+    driver, mark, rest = name[1:].partition(PROBE_MARK)
+    pid, _, tag = rest.partition("-")
+    return (name.startswith(".") and bool(mark) and driver.replace("_", "").isalnum()
+            and pid.isdigit() and len(tag) == 8 and all(c in "0123456789abcdef" for c in tag))
 
 
 def layer_name_of(folder: str, *, destroying: bool = False) -> str:

@@ -98,6 +98,7 @@ from graphdriver.drivers.base import (
     DriverConfig,
     Prepared,
     layer_name_of,
+    probe_scratch,
     probed_once,
 )
 from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Precondition, Unsupported
@@ -243,9 +244,8 @@ def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str
     """d_type and xattr support, tried in a scratch directory under *existing*."""
     from graphdriver.fs.tree import remove_tree
 
-    scratch = os.path.join(existing, f".overlay-probe-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        os.mkdir(scratch, 0o700)
+        scratch, held = probe_scratch(existing, "overlay")
     except OSError as e:
         raise Unsupported(what, f"cannot create directories in {existing} ({e.strerror})") from e
     try:
@@ -276,6 +276,7 @@ def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str
             remove_tree(scratch)
         except OSError:
             pass
+        os.close(held)
 
 
 # ----- the driver ------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from __future__ import annotations
 import errno
 import os
 
-from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig
+from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig, probe_scratch
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
 from graphdriver.fs import privileged
 
@@ -80,9 +80,11 @@ class VfsDriver(Driver):
         if not os.path.isdir(existing):
             raise Unsupported(f"vfs home {home}", f"{existing} is not a directory; choose another home")
         try:
-            probe = os.path.join(existing, f".vfs-probe-{os.getpid()}-{os.urandom(4).hex()}")
-            os.mkdir(probe, 0o700)
-            os.rmdir(probe)
+            probe, held = probe_scratch(existing, "vfs")
+            try:
+                os.rmdir(probe)
+            finally:
+                os.close(held)
         except OSError as e:
             raise Unsupported(
                 f"vfs home {home}",

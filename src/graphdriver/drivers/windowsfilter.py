@@ -92,6 +92,7 @@ from graphdriver.drivers.base import (
     DriverConfig,
     Prepared,
     layer_name_of,
+    probe_scratch,
     probed_once,
 )
 from graphdriver.errors import (
@@ -103,6 +104,7 @@ from graphdriver.errors import (
 )
 from graphdriver.fs import atomic, mounts, privileged
 from graphdriver.fs.confine import open_no_symlinks
+from graphdriver.fs.locking import claim
 from graphdriver.fs.tree import remove_tree
 from graphdriver.layerio.windows.layout import ENTRIES_FILE, FILES, META_DIR, has_path_prefix
 
@@ -145,9 +147,8 @@ def _probe(home: str) -> dict[str, str]:
     if privileged() and found["Backing Filesystem"] == "overlay":
         raise Unsupported(what, "the home is on overlayfs, which cannot hold the upper directories of "
                                 "writable layers: put the store on ext4, xfs or btrfs")
-    scratch = os.path.join(existing, f".windowsfilter-probe-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        os.mkdir(scratch, 0o700)
+        scratch, held = probe_scratch(existing, "windowsfilter")
     except OSError as e:
         raise Unsupported(what, f"cannot create directories in {existing} ({e.strerror})") from e
     try:
@@ -167,6 +168,7 @@ def _probe(home: str) -> dict[str, str]:
             remove_tree(scratch)
         except OSError:
             pass
+        os.close(held)
     found["Stream Files"] = "<file>:<stream> under .winmeta/streams"
     found["Union"] = "overlay" if privileged() else "materialised copies (read-only layers only)"
     return found
@@ -597,7 +599,7 @@ class WindowsFilterDriver(Driver, BaseImages):
                     return
             raise AlreadyExists(f"layer {info.id}", f"exists and is not base image {folder_name}")
         staging = os.path.join(self.home, STAGING_DIR, f"{info.id}-{os.getpid()}")
-        os.mkdir(staging, 0o700)
+        held = claim(staging, folder=True, mode=0o700)  # see Driver._create_checked
         try:
             layer_id_file = os.path.join(staging, LAYERID_FILE)
             atomic.write_bytes(layer_id_file, folder_name.encode(), 0o600, durable=False)
@@ -609,5 +611,7 @@ class WindowsFilterDriver(Driver, BaseImages):
             except OSError:
                 pass
             raise
+        finally:
+            os.close(held)
 
 

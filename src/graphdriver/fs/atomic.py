@@ -31,8 +31,7 @@ def fsync_dir(path: str) -> None:
 def write_bytes(path: str, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
     """Replace *path* with *data* atomically (and durably unless told otherwise)."""
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(path)}-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    tmp, fd = temporary(path, mode)
     try:
         view = memoryview(data)
         while view:
@@ -40,18 +39,28 @@ def write_bytes(path: str, data: bytes, mode: int = 0o600, *, durable: bool = Tr
             view = view[written:]
         if durable:
             os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _discard(tmp)
-        raise
-    os.close(fd)
-    try:
         os.replace(tmp, path)
     except BaseException:
         _discard(tmp)
         raise
+    finally:
+        os.close(fd)  # after the rename: until then the lock says its writer lives
     if durable:
         fsync_dir(directory)
+
+
+def temporary(path: str, mode: int = 0o600) -> tuple[str, int]:
+    """A new temporary file beside *path* (``.tmp-<name>-<pid>``) and its fd, locked by this
+    process (see :func:`graphdriver.fs.locking.claim`): ``cleanup`` leaves it alone while the fd
+    is open, and removes it once the process died, reaped or not."""
+    from graphdriver.fs.locking import claim
+
+    tmp = os.path.join(os.path.dirname(path) or ".", f"{TEMP_PREFIX}{os.path.basename(path)}-{os.getpid()}")
+    try:
+        return tmp, claim(tmp, mode=mode)
+    except FileExistsError:  # another thread of this process writes the same file
+        tmp = f"{tmp}-{os.urandom(4).hex()}"
+        return tmp, claim(tmp, mode=mode)
 
 
 def _discard(path: str) -> None:

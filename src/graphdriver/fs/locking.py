@@ -5,12 +5,21 @@ writers.  They belong to the open file description, so they work between
 processes and between threads of one process alike, and they vanish with the
 process that held them (a crash never leaves a store locked).  Use the context
 manager: a lock cannot be forgotten.
+
+The same locks tell whether the writer of a leftover is alive: whatever a
+process makes under a temporary name (a half-written file, a staging or
+probe folder) it makes with :func:`claim`, which holds a lock on it, and
+``cleanup`` removes only what :func:`remove_abandoned` finds unlocked.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class locked:  # lower case: used like a function, `with locked(path) as fd:`
@@ -53,26 +62,108 @@ class locked:  # lower case: used like a function, `with locked(path) as fd:`
 
 
 def is_held(path: str) -> bool:
-    """Whether some process holds a lock on the lock file *path* (False if there is none)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    """Whether some live process holds a lock on *path* (a lock file, or a file or folder
+    made with :func:`claim`); False when there is nothing there.
+
+    This is the one way to ask whether the writer of something is alive: a
+    lock is released by the kernel when its process dies (killed and not yet
+    reaped included), and a new process that happens to get a dead one's pid
+    does not get its locks, so neither a zombie nor a reused pid looks alive.
+    """
+    fd = _try_lock(path)
+    if fd is None:
+        return os.path.lexists(path)
+    os.close(fd)
     return False
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process *pid* exists (one of another user's counts as alive)."""
+def _try_lock(path: str) -> int | None:
+    """An fd holding the lock of *path*, or None when a live process holds it or it is gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_abandoned(path: str, remove: Callable[[str], object] | None = None) -> bool:
+    """Remove *path*, a leftover of some writer, if no live process holds it; True if removed.
+
+    A writer holds what it makes through :func:`claim` for as long as it
+    works on it; this takes the lock itself while *remove* (default: unlink a
+    file, remove a folder's tree) runs, so a writer cannot take it up meanwhile.
+    """
+    fd = _try_lock(path)
+    if fd is None:
         return False
-    except PermissionError:
-        return True
+    try:
+        (remove or _remove)(path)
+    except FileNotFoundError:
+        return False  # another sweeper was first
+    finally:
+        os.close(fd)
     return True
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        from graphdriver.fs.tree import remove_tree
+
+        remove_tree(path)
+    else:
+        os.unlink(path)
+
+
+def claim(path: str, *, folder: bool = False, mode: int = 0o600,
+          remove: Callable[[str], object] | None = None) -> int:
+    """Make *path* (a new file, or with *folder* a new folder) locked by this process; its fd.
+
+    Until the fd is closed, :func:`is_held` says True and :func:`remove_abandoned`
+    leaves *path* alone; after this process dies, they say it is abandoned.
+    *path* is locked before this returns: one swept away between its making
+    and its locking is made again.  An abandoned leftover already at *path*
+    (of an earlier process that had this pid) is removed first with *remove*;
+    a live one is :class:`FileExistsError`.
+    """
+    while True:
+        try:
+            fd = _make(path, folder, mode)
+        except FileExistsError:
+            if not remove_abandoned(path, remove) and os.path.lexists(path):
+                raise
+            continue
+        except FileNotFoundError:
+            if folder and os.path.isdir(os.path.dirname(path) or "."):
+                continue  # the new folder was swept before it was opened
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _still_named(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _make(path: str, folder: bool, mode: int) -> int:
+    if not folder:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(path, flags, mode)
+    os.mkdir(path, mode)
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _still_named(fd: int, path: str) -> bool:
+    """Whether the file open at *fd* is still the one named *path*."""
+    st = os.fstat(fd)
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_nlink > 0 and (st.st_dev, st.st_ino) == (named.st_dev, named.st_ino)

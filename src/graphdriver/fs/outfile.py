@@ -4,7 +4,12 @@ What the name points to decides how it is written, as GNU tools decide:
 
 - a regular file, or a name not there yet: written whole or not at all, into a
   temporary file beside it that is renamed over it at the end, so a failed
-  export never leaves a truncated file under the name a script expects;
+  export never leaves a truncated file under the name a script expects.  The
+  temporary file has no name until the end where the filesystem allows it
+  (``O_TMPFILE``; linked as ``.tmp-<name>-<pid>`` just before the rename), so
+  a killed writer leaves nothing; elsewhere it is ``.tmp-<name>-<pid>`` from
+  the start, locked by its writer, and the next writer of FILE removes those
+  whose writer is dead (:func:`graphdriver.fs.locking.remove_abandoned`);
 - a symlink: followed to what it points to, which is then written as above
   (the regular file at the end of the chain is replaced, never the link);
 - a device, a fifo, a socket, or one of this process's open files named as
@@ -17,10 +22,12 @@ Errors name the path the user gave, never the temporary file.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 
 from graphdriver.errors import GraphDriverError, InvalidArgument
+from graphdriver.fs.locking import claim, remove_abandoned
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,6 +35,8 @@ if TYPE_CHECKING:
 
 #: Symlinks followed before giving up (the kernel's limit).
 _MAX_LINKS = 40
+#: ``open(2)``'s flag for a file with no name yet (0 where Python or the system has none).
+_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 
 
 def _fd_dir(directory: str) -> bool:
@@ -78,6 +87,8 @@ class OutputFile:
         self.path = path
         self.durable = durable
         self.staging: str | None = None
+        #: The staged file has no name yet (O_TMPFILE): :meth:`commit` links it.
+        self.unnamed = False
         self.final = ""
         try:
             self.file = self._open()
@@ -98,10 +109,36 @@ class OutputFile:
         directory, name = os.path.split(real)
         self.final = real
         self.staging = os.path.join(directory, f".tmp-{name}-{os.getpid()}")
-        f = open(self.staging, "xb")
+        _remove_abandoned_siblings(directory, name)
+        fd = self._unnamed(directory)
+        if fd is None:
+            fd = claim(self.staging, mode=0o666)  # the umask applies, as for open()
+        f = os.fdopen(fd, "wb")
         if st is not None:  # the new file keeps the permissions of the one it replaces
             os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode) & 0o777)
         return f
+
+    def _unnamed(self, directory: str) -> int | None:
+        """A locked file without a name in *directory*, or None where the filesystem cannot."""
+        if not _TMPFILE or not os.path.isdir("/proc/self/fd"):
+            return None
+        try:
+            fd = os.open(directory, _TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
+        except OSError:
+            return None  # EOPNOTSUPP, EISDIR (an old kernel), ...: a named file will do
+        fcntl.flock(fd, fcntl.LOCK_EX)  # its name, once linked, is held from the start
+        self.unnamed = True
+        return fd
+
+    def _link(self) -> None:
+        """Give the unnamed file its temporary name (an abandoned one there is removed first)."""
+        assert self.staging is not None
+        try:
+            _link_fd(self.file.fileno(), self.staging)
+        except FileExistsError:
+            remove_abandoned(self.staging, os.unlink)
+            _link_fd(self.file.fileno(), self.staging)
+        self.unnamed = False
 
     def commit(self) -> None:
         """Flush, and rename a staged file over the target."""
@@ -112,24 +149,26 @@ class OutputFile:
                     os.fsync(self.file.fileno())
                 except OSError:
                     pass  # a pipe or a terminal cannot be synced
-            self.file.close()
             if self.staging is not None:
+                if self.unnamed:
+                    self._link()
                 os.replace(self.staging, self.final)
+            self.file.close()  # after the rename: until then the lock says its writer lives
         except OSError as e:
             self.abort()
             raise GraphDriverError(f"cannot write {self.path}", e.strerror or str(e)) from e
 
     def abort(self) -> None:
-        """Close; drop the staged file."""
-        try:
-            self.file.close()
-        except OSError:
-            pass  # what it could not flush is dropped anyway
-        if self.staging is not None:
+        """Drop the staged file (while its lock is held); close."""
+        if self.staging is not None and not self.unnamed:
             try:
                 os.unlink(self.staging)
             except FileNotFoundError:
                 pass
+        try:
+            self.file.close()
+        except OSError:
+            pass  # what it could not flush is dropped anyway
 
     def __enter__(self) -> BinaryIO:
         return self.file
@@ -139,3 +178,31 @@ class OutputFile:
             self.commit()
         else:
             self.abort()
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """Name the open file *fd* *path*: ``linkat`` of its ``/proc/self/fd`` link, followed.
+
+    (A directory fd is passed only to make Python call ``linkat`` with
+    ``AT_SYMLINK_FOLLOW`` rather than ``link``, which would link the magic link itself.)
+    """
+    anchor = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=anchor, follow_symlinks=True)
+    finally:
+        os.close(anchor)
+
+
+def _remove_abandoned_siblings(directory: str, name: str) -> None:
+    """Remove ``.tmp-<name>-<pid>`` files beside *name* whose writer is dead (a killed export)."""
+    prefix = f".tmp-{name}-"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for other in names:
+        if other.startswith(prefix) and other[len(prefix):].split("-")[0].isdigit():
+            try:
+                remove_abandoned(os.path.join(directory, other), os.unlink)
+            except OSError:
+                pass  # not ours to remove (another user's, a folder): left alone

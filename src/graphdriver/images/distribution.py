@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from graphdriver.errors import IntegrityError, InvalidArgument, shorten
 from graphdriver.fs import atomic
+from graphdriver.fs.locking import claim
 from graphdriver.images import oci, reference
 from graphdriver.images.loading import Pending, keeps_blob, load_image
 from graphdriver.images.records import ImageRecord, ImageStore
@@ -215,14 +216,18 @@ def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) ->
             layers.append(known[layer_id])
             continue
         staging = os.path.join(images.blobs_dir, f"push.partial-{os.getpid()}")
-        with open(staging, "wb") as out:
-            hashing = oci.HashingWriter(out)
-            with contextlib.closing(open_compressor(hashing, Compression.GZIP)) as z:  # type: ignore[arg-type]
-                store.diff(layer_id, z, exact=True)
-            out.flush()
-            os.fsync(out.fileno())
-        digest = hashing.digest
-        os.rename(staging, images.blob_path(digest))
+        with os.fdopen(claim(staging), "wb") as out:  # held until renamed: see cleanup
+            try:
+                hashing = oci.HashingWriter(out)
+                with contextlib.closing(open_compressor(hashing, Compression.GZIP)) as z:  # type: ignore[arg-type]
+                    store.diff(layer_id, z, exact=True)
+                out.flush()
+                os.fsync(out.fileno())
+                digest = hashing.digest
+                os.rename(staging, images.blob_path(digest))
+            except BaseException:
+                atomic.remove_file(staging)
+                raise
         layers.append({"mediaType": oci.OCI_LAYER_GZIP, "digest": digest, "size": hashing.size})
     config = images.read_blob(record.id)
     manifest = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,

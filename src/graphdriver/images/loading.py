@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from graphdriver.errors import AlreadyExists, IntegrityError, NotFound
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import locked
+from graphdriver.fs.locking import claim, locked
 from graphdriver.images import oci
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.images.sources import SourceImage, SourceLayer
@@ -224,20 +224,22 @@ def _keep_blob(images: ImageStore, layer: SourceLayer, diff_id: str, fresh: list
     staging = images.blob_path(desc.digest) + f".partial-{os.getpid()}"
     sha = hashlib.sha256()
     size = 0
+    out = os.fdopen(claim(staging), "wb")  # held until renamed or removed: see cleanup
     try:
-        with layer.open() as blob, open(staging, "wb") as out:
+        with layer.open() as blob:
             while chunk := blob.read(1 << 20):
                 sha.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        out.flush()
+        os.fsync(out.fileno())
         if "sha256:" + sha.hexdigest() != desc.digest or size != desc.size:
             raise IntegrityError(f"blob {desc.digest}", "its bytes do not match its digest and size")
         os.rename(staging, images.blob_path(desc.digest))
         fresh.append(desc.digest)
     finally:
         atomic.remove_file(staging)
+        out.close()
 
 
 def _import(store: Store, images: ImageStore, layer: SourceLayer, layer_id: str, parent: str | None,

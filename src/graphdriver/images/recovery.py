@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from graphdriver.errors import GraphDriverError
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import is_held, pid_alive
+from graphdriver.fs.locking import is_held, remove_abandoned
 from graphdriver.images.records import ImageStore
 
 if TYPE_CHECKING:
@@ -75,12 +75,14 @@ def _remove_partials(images: ImageStore) -> list[str]:
         except FileNotFoundError:
             continue
         for name in names:
-            _, sep, pid = name.rpartition(".partial-")
-            dead = sep and pid.isdigit() and not pid_alive(int(pid))
-            # A pull's partial download nobody is writing (kept for a pull to resume until now).
-            stale_download = name.endswith(".download") and not is_held(os.path.join(folder, name) + ".lock")
-            if dead or stale_download:
-                atomic.remove_file(os.path.join(folder, name))
+            path = os.path.join(folder, name)
+            if ".partial-" in name:  # its writer holds it (claim) while it lives
+                removed = remove_abandoned(path)
+            else:
+                # A pull's partial download nobody is writing (kept for a pull to resume until now).
+                stale = name.endswith(".download") and not is_held(path + ".lock")
+                removed = stale and atomic.remove_file(path)
+            if removed:
                 done.append(f"removed the half-written image file {name}")
     return done
 

@@ -457,6 +457,8 @@ class Store:
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
         parent_record = self._find(parent) if parent is not None else None
+        if parent_record is not None:
+            self._refuse_damaged(parent_record, new_child=layer_id)
         self._settle()  # the store's first layer makes the store
         record = LayerRecord(
             id=layer_id,
@@ -495,25 +497,33 @@ class Store:
 
     def _ingest_into(self, record: LayerRecord, stream: BinaryIO) -> None:
         """Extract, hash and record tar-split in one pass; fill *record* with what was learnt."""
+        from graphdriver.fs.locking import claim
+
         final = self.tarsplit_path(record.id)
         staging = f"{final}.partial-{os.getpid()}"
-        with open(staging, "wb") as out:
+        # Locked until it is in place or gone: cleanup tells a live import's file
+        # from a dead one's by that lock (a zombie's or a reused pid would fool a pid).
+        out = os.fdopen(claim(staging), "wb")
+        try:
             try:
                 from graphdriver.store import content
 
                 result = content.apply(self.driver, record.id, stream, tarsplit_out=out,
                                        idmaps=self.layer_maps(record))
+                out.flush()
             except BaseException:
                 os.unlink(staging)
                 raise
-        self._sync()
-        if result.unreproducible:
-            # tar-split would rebuild the wrong bytes: keep the digests, not the metadata.
-            os.unlink(staging)
-            record.unreproducible = result.unreproducible
-        else:
-            os.replace(staging, final)
-            atomic.fsync_dir(os.path.dirname(final))
+            self._sync()
+            if result.unreproducible:
+                # tar-split would rebuild the wrong bytes: keep the digests, not the metadata.
+                os.unlink(staging)
+                record.unreproducible = result.unreproducible
+            else:
+                os.replace(staging, final)
+                atomic.fsync_dir(os.path.dirname(final))
+        finally:
+            out.close()
         record.size = result.size
         record.diff_digest = result.diff_digest
         record.uncompressed_size = result.uncompressed_size
@@ -591,12 +601,41 @@ class Store:
             self.records.put(stored)
         return size
 
-    def _refuse_damaged(self, record: Layer) -> None:
-        if record.damaged:
-            raise IntegrityError(
-                f"layer {record.id}",
-                f"is damaged ({record.damaged}); graphdriver remove {record.id} removes it",
-            )
+    def _refuse_damaged(self, record: Layer, *, new_child: str | None = None) -> None:
+        """IntegrityError naming the damaged layer when *record* or a layer below it is damaged.
+
+        A damaged layer's files are half applied, and every union of a chain
+        through it would show them: it is refused as a parent (*new_child*:
+        the id of the layer about to be made on *record*) as it is for mount.
+        """
+        current: Layer | None = record
+        seen: set[str] = set()
+        while current is not None and current.id not in seen:
+            if current.damaged:
+                raise IntegrityError(f"layer {current.id}", self._damaged_why(current, record, new_child))
+            seen.add(current.id)
+            try:
+                current = self._find(current.parent) if current.parent is not None else None
+            except GraphDriverError:
+                return  # an unreadable ancestor is explained where its files are needed
+
+    @staticmethod
+    def _damaged_why(damaged: Layer, record: Layer, new_child: str | None) -> str:
+        remove = f"graphdriver remove {damaged.id} removes it"
+        if new_child is not None:
+            below = "" if damaged is record else f", below layer {record.id}"
+            return (f"is damaged ({damaged.damaged}){below}, so layer {new_child} cannot be made on it; "
+                    f"{remove}")
+        if damaged is record:
+            return f"is damaged ({damaged.damaged}); {remove}"
+        return f"is damaged ({damaged.damaged}), and layer {record.id} sits on it"
+
+    def _refuse_damaged_chains(self, layer_id: str, base: str | None) -> None:
+        """:meth:`_refuse_damaged` for a layer and the parent it is compared with."""
+        record = self._find(layer_id)
+        self._refuse_damaged(record)
+        if base is not None and base != record.parent:
+            self._refuse_damaged(self._find(base))
 
     def _sync(self) -> None:
         """Make the layer data durable before its record says it is complete."""
@@ -720,6 +759,7 @@ class Store:
 
     def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
         base = self._parent_for(layer_id, parent)
+        self._refuse_damaged_chains(layer_id, base)
         try:
             from graphdriver.store import content
 
@@ -752,6 +792,7 @@ class Store:
         """
         record = self._find(layer_id)
         base = self._parent_for(layer_id, parent)
+        self._refuse_damaged_chains(layer_id, base)
         try:
             self._diff(record, base, out, regenerate, exact)
         except (GraphDriverError, OSError) as e:
@@ -1064,6 +1105,7 @@ class Store:
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         base = self._parent_for(layer_id, parent)
+        self._refuse_damaged_chains(layer_id, base)
         try:
             from graphdriver.store import content
 

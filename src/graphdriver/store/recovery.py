@@ -14,7 +14,7 @@ import os
 
 from graphdriver.errors import NotFound, Precondition
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import pid_alive
+from graphdriver.fs.locking import remove_abandoned
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX
 
 TYPE_CHECKING = False
@@ -26,7 +26,11 @@ def cleanup(store: Store) -> list[str]:
     """Finish or undo whatever a crash interrupted; one line per thing done."""
     done: list[str] = []
     if not store.settled:
-        return done  # no layer was ever stored: nothing to finish, and nothing is created
+        # No layer was ever stored: nothing to finish, and nothing is created; but a
+        # driver's probe killed half way left its scratch folder where the home would be.
+        from graphdriver.drivers.base import remove_probe_leftovers
+
+        return remove_probe_leftovers(_nearest_existing(store.root))
     with store.locked():
         for layer_id, marker in sorted(store.records.pending().items()):
             if store.records.is_live(layer_id):
@@ -97,22 +101,17 @@ def _remove_stray_locks(store: Store) -> list[str]:
 
 
 def _remove_stale_temporaries(store: Store) -> list[str]:
-    """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose process is dead."""
+    """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose writer is dead."""
     done = []
     for folder in (store.root, store.records.dir, store.records.pending_dir):
         for name in sorted(os.listdir(folder)):
-            pid = name.rpartition("-")[2]
-            if not name.startswith(atomic.TEMP_PREFIX) or not pid.isdigit():
-                continue
-            if int(pid) == os.getpid() or pid_alive(int(pid)):
-                continue
-            if atomic.remove_file(os.path.join(folder, name)):
+            if name.startswith(atomic.TEMP_PREFIX) and remove_abandoned(os.path.join(folder, name)):
                 done.append(f"removed half-written file {name}")
     return done
 
 
 def _remove_stray_tarsplit(store: Store) -> list[str]:
-    """tar-split files of no layer, and half-written ones of dead processes."""
+    """tar-split files of no layer, and half-written ones whose writer is dead."""
     known = set(store.records.ids())
     done = []
     folder = os.path.join(store.root, TARSPLIT_DIR)
@@ -120,12 +119,18 @@ def _remove_stray_tarsplit(store: Store) -> list[str]:
         layer_id, sep, rest = name.partition(TARSPLIT_SUFFIX)
         if sep and not rest and layer_id in known:
             continue
-        pid = rest.rpartition("-")[2]
-        if rest.startswith(".partial-") and pid.isdigit() and pid_alive(int(pid)):
-            continue
-        if atomic.remove_file(os.path.join(folder, name)):
+        path = os.path.join(folder, name)
+        half_written = rest.startswith(".partial-")
+        if remove_abandoned(path) if half_written else atomic.remove_file(path):
             done.append(f"removed stray tar-split file {name}")
     return done
+
+
+def _nearest_existing(path: str) -> str:
+    """*path*, or the nearest folder above it that exists (where a first probe scratches)."""
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def _is_alternate_target(store: Store, folder: str) -> bool:

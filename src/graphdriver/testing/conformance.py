@@ -595,6 +595,47 @@ def test_malformed_input_leaves_nothing(store: Any, fmt: LayerFormat, kind: str)
 
 
 @every_driver
+def test_a_damaged_layer_is_no_parent(store: Any, fmt: LayerFormat) -> None:
+    """An apply that failed half way leaves its layer damaged: no layer is made on it
+    (create, create --rw, import), and nothing is left of the refused ones."""
+    store.create("p")
+    with pytest.raises(ArchiveError):
+        store.apply("p", io.BytesIO(_MALFORMED["truncated-data"](fmt)))
+    assert store.layer("p").damaged
+    makes: list[Callable[[], object]] = [
+        lambda: store.create("c", "p"), lambda: store.create("c", "p", writable=True),
+        lambda: import_tar(store, fmt, "c", {"g": F(b"g")}, parent="p")]
+    for make in makes:
+        with pytest.raises(IntegrityError, match=r"^layer p: is damaged .*layer c cannot be made on it"):
+            make()
+        assert not store.exists("c")
+    assert [r.id for r in store.layers()] == ["p"]
+    assert sorted(n for n in os.listdir(store.driver.home) if not n.startswith(".")) == ["p"]
+
+
+@every_driver
+def test_a_layer_on_a_damaged_layer_is_refused(store: Any, fmt: LayerFormat) -> None:
+    """mount, changes, diff and diffsize of a layer whose chain holds a damaged layer (one
+    made before the damage was refused as a parent) name the damaged layer (IntegrityError)."""
+    import_tar(store, fmt, "base", {"f": F(b"base")})
+    store.create("mid", "base")
+    store.create("top", "mid", writable=True)
+    record = store.records.get("base")
+    record.damaged = "an apply failed half way: a test says so"
+    store.records.put(record)
+    for layer_id in ("mid", "top"):
+        uses: list[Callable[[str], object]] = [
+            store.mount, store.changes, lambda i: diff_bytes(store, i), store.diff_size]
+        for use in uses:
+            sits = rf"^layer base: is damaged .*layer {layer_id} sits on it"
+            with pytest.raises(IntegrityError, match=sits):
+                use(layer_id)
+    with pytest.raises(IntegrityError, match=r"^layer base: is damaged"):
+        store.changes("top", "base")
+    assert store.driver.mount_count("top") == 0
+
+
+@every_driver
 def test_bad_checksum_refused(store: Any, fmt: LayerFormat) -> None:
     data = bytearray(fmt.tar({"f": F(b"x")}))
     data[148:156] = b"0000000\0"
