@@ -280,16 +280,10 @@ def test_500_layer_chain_mounts_and_501st_is_refused(tmp_path):
             s.create(f"l{i}", parent)
             (diff_dir(s.driver, f"l{i}") / f"f{i}").write_bytes(b"%d" % i)  # type: ignore[arg-type]
             parent = f"l{i}"
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
+        for _ in range(2):  # how fast is bench/overlay_bench.py's to say, not a test's
             path = s.mount("l499")
-            times.append(time.perf_counter() - start)
             assert len(os.listdir(path)) == MAX_DEPTH
             s.unmount("l499")
-        times.sort()
-        print(f"500-layer chain: get in {times[2] * 1000:.1f} ms (median of 5)")
-        assert times[2] < 0.1  # the target is well under 50 ms; leave room for a loaded machine
         with pytest.raises(Precondition) as e:
             s.create("l500", "l499")
         assert "500" in str(e.value)
@@ -454,13 +448,26 @@ def test_redirect_dir_on_disables_native_diff(tmp_path):
         _release_all(tmp_path)
 
 
-def _timed(fn: Callable[[], object], rounds: int = 5) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
+def _looks(fn: Callable[[], object], monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many directory listings and lstat calls *fn* makes (what its cost grows with)."""
+    count = 0
+    real_scandir, real_lstat = os.scandir, os.lstat
+
+    def scandir(*args: Any, **kwargs: Any) -> Any:
+        nonlocal count
+        count += 1
+        return real_scandir(*args, **kwargs)
+
+    def lstat(*args: Any, **kwargs: Any) -> Any:
+        nonlocal count
+        count += 1
+        return real_lstat(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "scandir", scandir)
+        m.setattr(os, "lstat", lstat)
         fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return count
 
 
 def _ten_changes(root: str) -> None:
@@ -473,8 +480,11 @@ def _ten_changes(root: str) -> None:
 
 
 @pytest.mark.slow
-def test_changes_cost_grows_with_the_layer_not_the_image(d):
-    costs = {}
+def test_changes_cost_grows_with_the_layer_not_the_image(d, monkeypatch):
+    # Counted in file-system calls, not timed: the same ten changes over an image of
+    # 10 files and of 20,000 cost the native differ the same; the generic walk
+    # looks at every file.
+    looks, walks = {}, {}
     for n_files in (10, 20_000):
         base, ctr = f"base{n_files}", f"ctr{n_files}"
         d.create(base, None)
@@ -489,14 +499,12 @@ def test_changes_cost_grows_with_the_layer_not_the_image(d):
             _ten_changes(merged)
         listed = content.changes(d, ctr, base)
         assert len([c for c in listed if c.path.count("/") == 3]) == 10
-        costs[n_files] = _timed(lambda: content.changes(d, ctr, base))  # noqa: B023
-        if n_files == 20_000:
-            walk = _timed(lambda: content.changes(d, ctr, base, native=False), rounds=1)  # noqa: B023
-            assert [str(c) for c in listed] == [str(c) for c in content.changes(d, ctr, base, native=False)]
-            print(f"native {costs[10] * 1000:.2f} ms over 10 files, {costs[20_000] * 1000:.2f} ms over "
-                  f"20,000 files; generic walk {walk * 1000:.1f} ms")
-            assert walk > 10 * costs[20_000]
-    assert costs[20_000] < 3 * costs[10] + 0.002
+        looks[n_files] = _looks(lambda: content.changes(d, ctr, base), monkeypatch)  # noqa: B023
+        walks[n_files] = _looks(lambda: content.changes(d, ctr, base, native=False), monkeypatch)  # noqa: B023
+        assert [str(c) for c in listed] == [str(c) for c in content.changes(d, ctr, base, native=False)]
+    print(f"native: {looks[10]} and {looks[20_000]} calls; generic walk: {walks[10]} and {walks[20_000]}")
+    assert walks[20_000] > walks[10] + 100  # the walk lists every directory of the image
+    assert 0 < looks[20_000] == looks[10]
 
 
 # ----- counted mounts across processes and recovery ---------------------------------------------------

@@ -562,10 +562,9 @@ def test_a_pull_checks_the_platform_of_an_image_without_an_index(tmp_path, regis
 
 
 def test_tls_to_a_plain_http_registry_fails_at_once_and_says_why(tmp_path, registry):
-    start = time.monotonic()
     proc = gd(tmp_path, "image", "pull", f"{registry.host}/made:1", check=False)
-    assert time.monotonic() - start < 5  # not retried with backoff
     assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"attempts" not in proc.stderr  # not retried (a retried failure says how often it tried)
     assert b"plain HTTP" in proc.stderr and b"--insecure" in proc.stderr
 
 
