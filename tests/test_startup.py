@@ -8,10 +8,12 @@ never by timing; ``bench/startup_bench.py`` measures the time.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -32,11 +34,12 @@ raise SystemExit(code)
 """
 
 
-def loaded(store: Path, *args: str) -> set[str]:
+def loaded(store: Path, *args: str, site: bool = False) -> set[str]:
+    """The modules a command leaves loaded (*site*: with site-packages, where the codecs are)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
-        [sys.executable, "-S", "-c", PROBE, "--root", str(store), "--run-root", str(store.parent / "run"),
-         *args], capture_output=True, env=env, check=False,
+        [sys.executable, *(() if site else ("-S",)), "-c", PROBE, "--root", str(store),
+         "--run-root", str(store.parent / "run"), *args], capture_output=True, env=env, check=False,
     )
     assert proc.returncode in (0, 3), proc.stderr
     line = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("MODULES ")][-1]
@@ -66,6 +69,30 @@ def test_mount_loads_no_heavy_module_but_the_mount_calls(made):
     finally:
         run_cli("unmount", "ctr", root=made, check=True)
     assert heavy <= {"ctypes", "contextlib"}, sorted(heavy)  # the mount API goes through ctypes
+
+
+# What a command that reads or writes layer contents needs none of: each costs a
+# small import or diff a tenth or more of its whole time.
+CONTENT_HEAVY = ("argparse", "re", "json", "dataclasses", "typing", "inspect", "pickle", "base64",
+                 "gzip", "shutil", "tempfile", "importlib.util", "zstandard", "rich")
+
+
+@pytest.mark.parametrize("command", ["import", "apply", "diff", "changes", "diffsize"])
+def test_content_commands_load_no_heavy_module(made, tmp_path, command):
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"host\n"))
+    args = {
+        "import": ("import", "new", "--parent", "base", str(layer)),
+        "apply": ("apply", "ctr", str(layer)),
+        "diff": ("diff", "ctr", "-o", str(tmp_path / "out.tar")),
+        "changes": ("changes", "ctr"),
+        "diffsize": ("diffsize", "ctr"),
+    }[command]
+    heavy = loaded(made, *args, site=True) & set(CONTENT_HEAVY)
+    assert not heavy, f"{command} imported {sorted(heavy)}"
 
 
 def test_probe_is_remembered_per_boot_for_the_same_home_and_options(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,6 +255,41 @@ def test_lines_read_back_the_same_by_both_parsers(kind, name, size, payload, pos
     parsed = tarsplit.parse_line(line, 1)
     assert parsed == SplitEntry.from_json(line.strip(), 1)
     assert (parsed.type, parsed.payload, parsed.name, parsed.size) == (kind, payload, name, size)
+
+
+# The usual file line, as a regular expression: what the hand-written reader must accept.
+_USUAL_FILE = re.compile(
+    rb'\{"type":1,"name":"([ !#-\[\]-~]*)",(?:"size":([0-9]{1,19}),)?'
+    rb'"payload":(?:null|"([A-Za-z0-9+/=]*)"),"position":([0-9]{1,19})\}\n?'
+)
+
+
+@st.composite
+def _file_lines(draw):
+    """A file line as this module writes it, then perhaps damaged a few bytes at a time."""
+    line = SplitEntry(FILE, draw(st.one_of(st.none(), st.binary(min_size=8, max_size=8))),
+                      draw(_names), draw(st.integers(min_value=0, max_value=2**64)),
+                      draw(st.integers(min_value=0, max_value=10**20))).to_json()
+    line += draw(st.sampled_from([b"", b"\n", b"\n\n", b" "]))
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        at = draw(st.integers(min_value=0, max_value=len(line)))
+        how = draw(st.sampled_from(["drop", "put", "swap"]))
+        byte = draw(st.sampled_from([b'"', b",", b":", b"}", b"\\", b"0", b"-", b" ", b"A", b"=", b"\n"]))
+        if how == "drop":
+            line = line[:at] + line[at + 1 :]
+        elif how == "put":
+            line = line[:at] + byte + line[at:]
+        else:
+            line = line[:at] + byte + line[at + 1 :]
+    return line
+
+
+@given(_file_lines())
+@settings(max_examples=500)
+def test_the_usual_file_line_is_read_as_its_pattern_says(line):
+    m = _USUAL_FILE.fullmatch(line)
+    expected = None if m is None else (m[1], m[2] or b"", m[3], m[4])
+    assert tarsplit._file_fields(line) == expected
 
 
 @pytest.mark.parametrize("line", [

@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO
 
 from graphdriver import progress
 from graphdriver.errors import InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 
 @contextlib.contextmanager

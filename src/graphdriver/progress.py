@@ -10,7 +10,10 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 
 def wanted(quiet: bool = False) -> bool:

@@ -35,14 +35,17 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.diff.walk import _differs, _Walk
+from graphdriver.diff.walk import Comparison, differs
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.export import NO_ID_MAPS, change_sort_key, changes_size, export_changes
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
+from graphdriver.plain import Plain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 #: The change that :func:`~graphdriver.layerio.export.whiteout_entry` turns into
 #: ``<dir>/.wh..wh..opq``: the whiteout of the reserved name ``.wh..opq``.
@@ -51,19 +54,21 @@ _OPAQUE_MARKER = OPAQUE_WHITEOUT[len(WHITEOUT_PREFIX) :]
 _GONE = (FileNotFoundError, NotADirectoryError)
 
 
-@dataclass
-class Scan:
+class Scan(Plain):
     """What one reading of an upper directory found."""
 
-    #: The changes, sorted by path, exactly as the generic walk lists them.
-    changes: list[Change] = field(default_factory=list)
-    #: Opaque directories of the layer that exist below (they get a marker in a tarball).
-    opaque: list[str] = field(default_factory=list)
-    #: Directories whose deletions below are implied by an opaque marker at or above them.
-    implied: set[str] = field(default_factory=set)
-    #: Everything of the layer below (and including) an opaque directory with a marker:
-    #: the marker hides what was below, so these must travel with it, changed or not.
-    carried: list[str] = field(default_factory=list)
+    __slots__ = ("carried", "changes", "implied", "opaque")
+
+    def __init__(self) -> None:
+        #: The changes, sorted by path, exactly as the generic walk lists them.
+        self.changes: list[Change] = []
+        #: Opaque directories of the layer that exist below (they get a marker in a tarball).
+        self.opaque: list[str] = []
+        #: Directories whose deletions below are implied by an opaque marker at or above them.
+        self.implied: set[str] = set()
+        #: Everything of the layer below (and including) an opaque directory with a marker:
+        #: the marker hides what was below, so these must travel with it, changed or not.
+        self.carried: list[str] = []
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -78,7 +83,7 @@ class _Reader:
         self.lowers = tuple(lowers)
         self.opaque_xattr = opaque_xattr
         self.scan = Scan()
-        self._walks: dict[str, _Walk] = {}
+        self._walks: dict[str, Comparison] = {}
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.scan.changes.append(Change(path, kind))
@@ -95,8 +100,8 @@ class _Reader:
         # The generic walk's own comparison, so that both list the same changes.
         walk = self._walks.get(root)
         if walk is None:
-            walk = self._walks[root] = _Walk(self.upper, root)
-        return _differs(walk, path, new, old)
+            walk = self._walks[root] = Comparison(self.upper, root)
+        return differs(walk, path, new, old)
 
     # ----- the layers below ---------------------------------------------------------------
 

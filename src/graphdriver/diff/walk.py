@@ -31,7 +31,6 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.layerio.export import change_sort_key
@@ -42,18 +41,21 @@ CAPABILITY_XATTR = "security.capability"
 _NO_XATTR_SUPPORT = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-@dataclass(slots=True)
-class _Walk:
+class Comparison:
     """State of one comparison: the two roots and what was found so far."""
 
-    new_root: str
-    old_root: str | None
-    #: The old tree's (uid, gid) as the new tree would store them (layers with other id maps).
-    owner: Callable[[int, int], tuple[int, int]] | None = None
-    changes: list[Change] = field(default_factory=list)
-    # Per side: set once a getxattr says the filesystem has no xattrs at all,
-    # so that a tree on such a filesystem costs one failed call, not one per file.
-    no_xattrs: list[bool] = field(default_factory=lambda: [False, False])
+    __slots__ = ("changes", "new_root", "no_xattrs", "old_root", "owner")
+
+    def __init__(self, new_root: str, old_root: str | None,
+                 owner: Callable[[int, int], tuple[int, int]] | None = None) -> None:
+        self.new_root = new_root
+        self.old_root = old_root
+        #: The old tree's (uid, gid) as the new tree would store them (layers with other id maps).
+        self.owner = owner
+        self.changes: list[Change] = []
+        # Per side: set once a getxattr says the filesystem has no xattrs at all,
+        # so that a tree on such a filesystem costs one failed call, not one per file.
+        self.no_xattrs = [False, False]
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.changes.append(Change(path, kind))
@@ -72,7 +74,7 @@ def changes_between(new_root: str, old_root: str | None,
     *owner* translates the old tree's owners before they are compared, when the
     two trees store ids under different maps.
     """
-    walk = _Walk(new_root, old_root, owner)
+    walk = Comparison(new_root, old_root, owner)
     # Missing roots are errors (FileNotFoundError), not empty trees.
     new_st = os.lstat(new_root)
     if old_root is not None and _same_object(new_st, os.lstat(old_root)):
@@ -108,7 +110,7 @@ def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
         return None
 
 
-def _compare_dir(walk: _Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
+def _compare_dir(walk: Comparison, rel: str, in_old: bool) -> list[tuple[str, bool]]:
     """Compare the directory *rel* ("" for the root) of both trees.
 
     Records the changes of its direct entries and returns the subdirectories
@@ -136,14 +138,14 @@ def _compare_dir(walk: _Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
             continue
         if _same_object(new_st, old_st):
             continue
-        if _differs(walk, path, new_st, old_st):
+        if differs(walk, path, new_st, old_st):
             walk.add(path, ChangeKind.MODIFY)
         if new_is_dir:
             subdirs.append((path, stat.S_ISDIR(old_st.st_mode)))
     return subdirs
 
 
-def _differs(walk: _Walk, path: str, new: os.stat_result, old: os.stat_result) -> bool:
+def differs(walk: Comparison, path: str, new: os.stat_result, old: os.stat_result) -> bool:
     """Whether an entry present in both trees changed (see the module docstring)."""
     if new.st_mode != old.st_mode or new.st_rdev != old.st_rdev:
         return True
@@ -185,7 +187,7 @@ def _same_mtime(a_ns: int, b_ns: int) -> bool:
     return a_sec == b_sec and (a_frac == 0 or b_frac == 0)
 
 
-def _capability(walk: _Walk, side: int, path: str) -> bytes | None:
+def _capability(walk: Comparison, side: int, path: str) -> bytes | None:
     """The file's ``security.capability`` xattr, or None when it has none."""
     if walk.no_xattrs[side]:
         return None
@@ -202,7 +204,7 @@ def _capability(walk: _Walk, side: int, path: str) -> bytes | None:
         raise
 
 
-def _add_parents(walk: _Walk) -> None:
+def _add_parents(walk: Comparison) -> None:
     """Mark every directory above a change as changed (``docker diff`` does).
 
     Any ancestor of a change that is not itself listed exists in both trees as

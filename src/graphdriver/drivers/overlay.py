@@ -160,6 +160,15 @@ def _overlay_in_kernel() -> bool:
     return listed()
 
 
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648's alphabet, lower case
+
+
+def _short_name() -> str:
+    """*SHORT_LEN* random base32 characters (5 bits each): a name for the links directory."""
+    bits = int.from_bytes(os.urandom(4), "big")
+    return "".join(_BASE32[(bits >> (5 * i)) & 31] for i in range(SHORT_LEN))
+
+
 def _find_mount_program(option: str | None) -> str | None:
     if option is not None:
         if option in ("", "none"):
@@ -449,7 +458,7 @@ class OverlayDriver(Driver):
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
         from graphdriver.fs import sizelimit
 
-        sizelimit.check_storage_opt(storage_opt, rw=rw, method=self.size_method, driver=self.name)
+        sizelimit.check_storage_opt(storage_opt, rw=rw, method=lambda: self.size_method, driver=self.name)
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
         from graphdriver.fs import sizelimit
@@ -598,11 +607,9 @@ class OverlayDriver(Driver):
 
     def _new_link(self, layer_id: str) -> str:
         """A fresh short name, linked to the layer's (future) ``diff``."""
-        import base64
-
         os.makedirs(self.links, 0o700, exist_ok=True)
         for _ in range(64):
-            short = base64.b32encode(os.urandom(5)).decode().lower()[:SHORT_LEN]
+            short = _short_name()
             try:
                 os.symlink(f"../{layer_id}/{DIFF_DIR}", os.path.join(self.links, short))
             except FileExistsError:

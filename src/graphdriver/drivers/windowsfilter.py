@@ -362,7 +362,7 @@ class WindowsFilterDriver(Driver, BaseImages):
             if storage_opt:
                 raise Unsupported("--size", "size limits are not available in this installation")
             return
-        _sizelimit.check_storage_opt(storage_opt, rw=rw, method=self.size_method, driver=self.name)
+        _sizelimit.check_storage_opt(storage_opt, rw=rw, method=lambda: self.size_method, driver=self.name)
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
         where = folder

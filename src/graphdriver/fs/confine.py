@@ -25,16 +25,24 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pickle
 import signal
 import stat
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO, NamedTuple, NoReturn, TypeVar
 
 from graphdriver.errors import GraphDriverError
 from graphdriver.fs import privileged, syscalls
+from graphdriver.plain import Plain
 
-T = TypeVar("T")
+try:
+    import _pickle as pickle  # the C pickler alone: pickle.py loads re
+except ImportError:  # pragma: no cover - an interpreter without it
+    import pickle  # type: ignore[no-redef]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, NoReturn, TypeVar
+
+    T = TypeVar("T")
 
 #: Environment switch: run :func:`run_confined` work in-process (debugging).
 INLINE_ENV = "GRAPHDRIVER_APPLY_INLINE"
@@ -195,15 +203,18 @@ def find_in_lowers(
     return None
 
 
-class ConfinedDirs(NamedTuple):
+class ConfinedDirs(Plain):
     """What the confined function gets: fds opened before any chroot."""
 
-    #: The target directory (``/`` of the child when it is chrooted).
-    root_fd: int
-    #: The extra directories, in the order they were asked for.
-    extra_fds: tuple[int, ...]
-    #: Whether the child chrooted into the target (privileged runs only).
-    chrooted: bool
+    __slots__ = ("chrooted", "extra_fds", "root_fd")
+
+    def __init__(self, root_fd: int, extra_fds: tuple[int, ...], chrooted: bool) -> None:
+        #: The target directory (``/`` of the child when it is chrooted).
+        self.root_fd = root_fd
+        #: The extra directories, in the order they were asked for.
+        self.extra_fds = extra_fds
+        #: Whether the child chrooted into the target (privileged runs only).
+        self.chrooted = chrooted
 
 
 def inline_requested(inline: bool | None) -> bool:
@@ -326,8 +337,8 @@ def _child_payload(fn: Callable[[ConfinedDirs], T], dirs: ConfinedDirs, result_f
             os.chdir("/" if chrooted else ".")
         # Modes come from the archive: let the kernel apply them unmasked.
         os.umask(0)
-        result = fn(dirs._replace(chrooted=chrooted))
-        return pickle.dumps((True, result), pickle.HIGHEST_PROTOCOL)
+        result = fn(ConfinedDirs(dirs.root_fd, dirs.extra_fds, chrooted))
+        return pickle.dumps((True, result), -1)  # -1: the highest protocol
     except GraphDriverError as e:
         try:
             return pickle.dumps((False, (type(e), dict(e.__dict__), str(e))))

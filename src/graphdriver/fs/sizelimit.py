@@ -34,9 +34,8 @@ import enum
 import errno
 import fcntl
 import os
-import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
 from graphdriver.fs import atomic, mounts, privileged
@@ -167,6 +166,8 @@ def choose_method(home: str) -> Method | None:
 
 def image_fstype(size: int) -> str | None:
     """The filesystem an image of *size* bytes gets (None: no mkfs for it is installed)."""
+    import shutil  # here: every mount and apply loads this module, few make an image
+
     if shutil.which("mkfs.ext4"):
         return "ext4"
     if size >= XFS_MIN_SIZE and shutil.which("mkfs.xfs"):
@@ -181,9 +182,13 @@ def check_size(size: int) -> None:
 
 
 def check_storage_opt(
-    storage_opt: Mapping[str, str], *, rw: bool, method: Method | None, driver: str
+    storage_opt: Mapping[str, str], *, rw: bool, method: Callable[[], Method | None], driver: str
 ) -> None:
-    """Refuse storage options a size-limiting driver cannot honour (only ``size`` is known)."""
+    """Refuse storage options a size-limiting driver cannot honour (only ``size`` is known).
+
+    *method* says how a size would be enforced; it is asked only when a size is given
+    (choosing looks for a quota and for mkfs, which every other create can skip).
+    """
     for key in sorted(storage_opt):
         if key != "size":
             raise InvalidArgument(f"storage option {key!r}", f"the {driver} driver knows only size")
@@ -196,7 +201,7 @@ def check_storage_opt(
     except ValueError as e:
         raise InvalidArgument(f"size {storage_opt['size']!r}", "expected a number of bytes") from e
     check_size(size)
-    if method is None:
+    if method() is None:
         raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
 
 

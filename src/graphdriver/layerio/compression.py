@@ -15,10 +15,14 @@ import enum
 import io
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, BinaryIO, cast
 
 from graphdriver.codecs import pure_forced
 from graphdriver.errors import CorruptArchive, Unsupported
+from graphdriver.typed import cast
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 __all__ = ["Compression", "open_compressor", "open_decompressed", "sniff"]
 
@@ -134,7 +138,7 @@ def _peek(fileobj: BinaryIO) -> tuple[bytes, BinaryIO]:
     if seekable:
         fileobj.seek(-len(head), io.SEEK_CUR)
         return head, fileobj
-    return head, cast(BinaryIO, io.BufferedReader(_Prefixed(head, fileobj), _CHUNK))
+    return head, cast("BinaryIO", io.BufferedReader(_Prefixed(head, fileobj), _CHUNK))
 
 
 def open_decompressed(fileobj: BinaryIO) -> tuple[BinaryIO, Compression]:
@@ -151,7 +155,7 @@ def open_decompressed(fileobj: BinaryIO) -> tuple[BinaryIO, Compression]:
         return stream, kind
     inner, errors = _DECOMPRESSORS[kind](stream)
     checked = _Checked(inner, kind, (EOFError, *errors))
-    return cast(BinaryIO, io.BufferedReader(checked, _CHUNK)), kind
+    return cast("BinaryIO", io.BufferedReader(checked, _CHUNK)), kind
 
 
 def _gunzip(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
@@ -162,9 +166,9 @@ def _gunzip(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]
             raise ImportError("pure twins selected")
         from isal import isal_zlib
     except ImportError:
-        return cast(BinaryIO, _GzipMembers(stream, zlib.decompressobj)), (zlib.error, _NotGzip)
+        return cast("BinaryIO", _GzipMembers(stream, zlib.decompressobj)), (zlib.error, _NotGzip)
     isal_error = cast(type[BaseException], isal_zlib.error)
-    return cast(BinaryIO, _GzipMembers(stream, isal_zlib.decompressobj)), (isal_error, _NotGzip)
+    return cast("BinaryIO", _GzipMembers(stream, isal_zlib.decompressobj)), (isal_error, _NotGzip)
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -234,7 +238,7 @@ def _unzstd(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]
     reader = zstandard.ZstdDecompressor().stream_reader(
         frames, read_across_frames=True, closefd=False
     )
-    return cast(BinaryIO, _ZstdEnd(reader, frames)), (zstandard.ZstdError,)
+    return cast("BinaryIO", _ZstdEnd(reader, frames)), (zstandard.ZstdError,)
 
 
 class _ZstdFrames:
@@ -335,17 +339,18 @@ class _ZstdEnd:
 def _unxz(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
     import lzma
 
-    return cast(BinaryIO, lzma.LZMAFile(stream, "rb")), (lzma.LZMAError,)
+    return cast("BinaryIO", lzma.LZMAFile(stream, "rb")), (lzma.LZMAError,)
 
 
 def _bunzip2(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
     import bz2
 
     # bz2 reports bad data as an OSError without errno, which _Checked maps.
-    return cast(BinaryIO, bz2.BZ2File(stream, "rb")), ()
+    return cast("BinaryIO", bz2.BZ2File(stream, "rb")), ()
 
 
-_Opener = Callable[[BinaryIO], tuple[BinaryIO, tuple[type[BaseException], ...]]]
+if TYPE_CHECKING:
+    _Opener = Callable[[BinaryIO], tuple[BinaryIO, tuple[type[BaseException], ...]]]
 _DECOMPRESSORS: dict[Compression, _Opener] = {
     Compression.GZIP: _gunzip,
     Compression.ZSTD: _unzstd,
@@ -380,6 +385,44 @@ class _Uncompressed(io.RawIOBase):
             self._target.flush()
 
 
+class _IsalGzipWriter(io.RawIOBase):
+    """gzip around isal's raw deflate: the bytes ``isal.igzip.IGzipFile`` writes unbuffered.
+
+    Its own class because :mod:`isal.igzip` loads :mod:`gzip` and :mod:`typing`,
+    a tenth of what importing a small layer costs from start to end.  The
+    header is ``GzipFile``'s with no name and a zero time (flags 0, ``xfl`` 4
+    for isal's fastest level, else 0, OS 255); the trailer the CRC-32 and the
+    size modulo 2**32, little-endian.  Closing it ends the stream, not the target.
+    """
+
+    def __init__(self, target: BinaryIO, level: int, isal_zlib: Any) -> None:
+        self._target = target
+        self._crc32 = isal_zlib.crc32
+        self._deflate = isal_zlib.compressobj(
+            level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS, isal_zlib.DEF_MEM_LEVEL, 0
+        )
+        self._crc = 0
+        self._size = 0
+        target.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + (b"\x04" if level == 0 else b"\x00") + b"\xff")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        n = memoryview(data).nbytes
+        if n:
+            self._target.write(self._deflate.compress(data))
+            self._crc = self._crc32(data, self._crc)
+            self._size += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            tail = self._crc.to_bytes(4, "little") + (self._size & 0xFFFFFFFF).to_bytes(4, "little")
+            self._target.write(self._deflate.flush() + tail)
+        super().close()
+
+
 def open_compressor(fileobj: BinaryIO, kind: Compression, level: int | None = None,
                     threads: int = 0) -> BinaryIO:
     """A writer compressing into ``fileobj``; closing it ends the stream, not ``fileobj``.
@@ -391,30 +434,28 @@ def open_compressor(fileobj: BinaryIO, kind: Compression, level: int | None = No
     is zstd's worker count (-1: one per CPU; 0: compress in this thread).
     """
     if kind is Compression.NONE:
-        return cast(BinaryIO, _Uncompressed(fileobj))
+        return cast("BinaryIO", _Uncompressed(fileobj))
     if kind is Compression.GZIP:
         try:
             if pure_forced():
                 raise ImportError("pure twins selected")
-            from isal import igzip
+            from isal import isal_zlib
         except ImportError:
             import gzip
 
             gz_level = 6 if level is None else level
             gz = gzip.GzipFile("", "wb", gz_level, fileobj, mtime=0)
-            return cast(BinaryIO, gz)
+            return cast("BinaryIO", gz)
         isal_level = 2 if level is None else (0 if level <= 0 else min(3, (level + 2) // 3))
-        make = igzip.IGzipFile
-        writer = make("", "wb", isal_level, fileobj, mtime=0)  # type: ignore[no-untyped-call]
-        return cast(BinaryIO, writer)
+        return cast("BinaryIO", _IsalGzipWriter(fileobj, isal_level, isal_zlib))
     if kind is Compression.ZSTD:
         zstandard = _zstandard()
         compressor = zstandard.ZstdCompressor(level=3 if level is None else level, threads=threads)
-        return cast(BinaryIO, compressor.stream_writer(fileobj, closefd=False))
+        return cast("BinaryIO", compressor.stream_writer(fileobj, closefd=False))
     if kind is Compression.XZ:
         import lzma
 
-        return cast(BinaryIO, lzma.LZMAFile(fileobj, "wb", preset=6 if level is None else level))
+        return cast("BinaryIO", lzma.LZMAFile(fileobj, "wb", preset=6 if level is None else level))
     import bz2
 
-    return cast(BinaryIO, bz2.BZ2File(fileobj, "wb", compresslevel=9 if level is None else level))
+    return cast("BinaryIO", bz2.BZ2File(fileobj, "wb", compresslevel=9 if level is None else level))

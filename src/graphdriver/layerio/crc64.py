@@ -9,9 +9,9 @@ previous value as *crc* to checksum a stream chunk by chunk.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
 
 from graphdriver.codecs import pure_forced
+from graphdriver.typed import cast
 
 _POLY_REFLECTED = 0xD800000000000000
 _MASK = 0xFFFFFFFFFFFFFFFF

@@ -29,7 +29,6 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from typing import BinaryIO, cast
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import GraphDriverError, InvalidArgument
@@ -37,6 +36,11 @@ from graphdriver.idmap import IDMappings
 from graphdriver.layerio.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import TarWriter
 from graphdriver.layerio.whiteout import WHITEOUT_PREFIX
+from graphdriver.typed import cast
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 #: Extended attributes never exported (see the module docstring).
 EXCLUDED_XATTRS = frozenset({"security.selinux"})
@@ -240,7 +244,7 @@ class LayerWriter:
         if entry is None:
             return
         # The writer reads exactly entry.size bytes; a file that grew is cut there.
-        data = cast(BinaryIO, _ZeroPadded(fd)) if fd is not None and entry.size else None
+        data = cast("BinaryIO", _ZeroPadded(fd)) if fd is not None and entry.size else None
         self.writer.add(entry, data)
         self.after(name, path, st)
 

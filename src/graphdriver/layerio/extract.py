@@ -43,7 +43,6 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, Protocol
 
 from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
 from graphdriver.fs import confine, privileged
@@ -62,6 +61,10 @@ from graphdriver.layerio.whiteout import (
     WhiteoutMode,
 )
 from graphdriver.plain import Plain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO, Protocol
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -144,12 +147,14 @@ class ExtractStats(Plain):
         return bool(self.skipped_chowns or self.skipped_devices or self.skipped_xattrs)
 
 
-class EntrySource(Protocol):
-    """What :func:`extract_entries` reads: a :class:`TarReader` or a wrapper of one."""
+if TYPE_CHECKING:
 
-    def next(self) -> TarEntry | None: ...
+    class EntrySource(Protocol):
+        """What :func:`extract_entries` reads: a :class:`TarReader` or a wrapper of one."""
 
-    def copy_to_fd(self, fd: int) -> int: ...
+        def next(self) -> TarEntry | None: ...
+
+        def copy_to_fd(self, fd: int) -> int: ...
 
 
 _DEFAULT_OPTIONS = ApplyOptions()

@@ -34,49 +34,72 @@ class ReproducibilityCheck:
         self._through_no_link: set[str] = set()  # parents known to cross none of them
 
     def see(self, entry: TarEntry) -> None:
-        """Account for one entry (cheap: two set lookups for most entries)."""
+        """Account for one entry (cheap: a few set lookups for most entries)."""
         if self.reason is not None:
             return
         name = _normal(entry.name)
-        if name.startswith(_AUFS_LINKS) and entry.type != DIR:
-            self.reason = (
-                f"{name!r} is an AUFS hardlink file, which unpacking leaves out of the layer "
-                "(as Docker does)"
-            )
-            return
         parent, _, base = name.rpartition("/")
-        skipped = WHITEOUT_META_PREFIX in parent  # AUFS metadata: unpacking leaves it out
-        if entry.size > 0 and (
-            skipped or entry.type not in REGULAR_TYPES or base.startswith(WHITEOUT_PREFIX)
-        ):
-            # Unpacking keeps no file for it, so its bytes cannot be read back.
-            self.reason = f"{name!r} carries {entry.size} bytes of content that unpacking drops"
+        if WHITEOUT_PREFIX in name:
+            # Rare: whiteouts, AUFS metadata, or a name that merely contains ".wh.".
+            self._see_marked(entry, name, parent, base)
             return
-        if self._links and parent not in self._through_no_link:
-            link = self._link_above(parent)
-            if link is not None:
-                # A whiteout there deletes (or hides) through the link too: a file
-                # an earlier entry wrote is gone from where its header says.
-                does = "deletes" if base.startswith(WHITEOUT_PREFIX) else "is written"
-                self.reason = f"{name!r} {does} through the symlink {link!r} of the same archive"
-                return
-        if base.startswith(WHITEOUT_PREFIX):
-            if base.startswith(WHITEOUT_META_PREFIX):
-                return  # opaque markers hide lower layers only, never this archive's own files
-            target = posixpath.join(parent, base[len(WHITEOUT_PREFIX) :])
-            if target in self._names or target in self._dirs:
-                self.reason = f"{target!r} is deleted by the same archive that adds it"
+        size, kind = entry.size, entry.type
+        if size > 0 and kind not in REGULAR_TYPES:
+            # Unpacking keeps no file for it, so its bytes cannot be read back.
+            self.reason = f"{name!r} carries {size} bytes of content that unpacking drops"
+            return
+        if self._links and parent not in self._through_no_link and self._through(name, parent, base):
             return
         if name in self._files:
             self.reason = f"{name!r} appears twice"
-        elif entry.type != DIR and name in self._dirs:
+        elif kind != DIR and name in self._dirs:
             self.reason = f"directory {name!r} is replaced by a later entry"
         else:
             # Parents count for every entry, empty ones too: ``check`` holds each
             # stored file to its header, so one a later entry removes (by
             # replacing its directory) could not be checked.  A name given twice
             # matters only with content (the last header wins, as in unpacking).
-            self._add(name, entry.type == DIR, entry.size > 0, entry.type == SYM)
+            self._add(name, kind == DIR, size > 0, kind == SYM)
+
+    def _see_marked(self, entry: TarEntry, name: str, parent: str, base: str) -> None:
+        """:meth:`see` for a name with ``.wh.`` somewhere in it."""
+        if name.startswith(_AUFS_LINKS) and entry.type != DIR:
+            self.reason = (
+                f"{name!r} is an AUFS hardlink file, which unpacking leaves out of the layer "
+                "(as Docker does)"
+            )
+            return
+        skipped = WHITEOUT_META_PREFIX in parent  # AUFS metadata: unpacking leaves it out
+        whiteout = base.startswith(WHITEOUT_PREFIX)
+        if entry.size > 0 and (skipped or entry.type not in REGULAR_TYPES or whiteout):
+            self.reason = f"{name!r} carries {entry.size} bytes of content that unpacking drops"
+            return
+        if self._links and parent not in self._through_no_link and self._through(name, parent, base):
+            return
+        if not whiteout:
+            if name in self._files:
+                self.reason = f"{name!r} appears twice"
+            elif entry.type != DIR and name in self._dirs:
+                self.reason = f"directory {name!r} is replaced by a later entry"
+            else:
+                self._add(name, entry.type == DIR, entry.size > 0, entry.type == SYM)
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            return  # opaque markers hide lower layers only, never this archive's own files
+        target = posixpath.join(parent, base[len(WHITEOUT_PREFIX) :])
+        if target in self._names or target in self._dirs:
+            self.reason = f"{target!r} is deleted by the same archive that adds it"
+
+    def _through(self, name: str, parent: str, base: str) -> bool:
+        """Whether *name* goes through one of this archive's symlinks (the reason is then set)."""
+        link = self._link_above(parent)
+        if link is None:
+            return False
+        # A whiteout there deletes (or hides) through the link too: a file
+        # an earlier entry wrote is gone from where its header says.
+        does = "deletes" if base.startswith(WHITEOUT_PREFIX) else "is written"
+        self.reason = f"{name!r} {does} through the symlink {link!r} of the same archive"
+        return True
 
     def _link_above(self, parent: str) -> str | None:
         """The first of this archive's symlinks on the way to *parent*, if any.

@@ -22,20 +22,19 @@ is interchangeable.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
-import re
-from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, BinaryIO, Protocol
 
-from graphdriver import codecs
+from graphdriver import codecs, jsonio
 from graphdriver.errors import IntegrityError
 from graphdriver.layerio.batched import BatchedWriter
 from graphdriver.layerio.crc64 import crc64_iso, digest
 from graphdriver.layerio.entry import TarEntry
 from graphdriver.plain import Plain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, BinaryIO, Protocol
 
 SEGMENT = 2
 FILE = 1
@@ -47,6 +46,13 @@ _B64 = binascii.b2a_base64
 _a2b = binascii.a2b_base64
 
 
+def _decode64(text: object) -> bytes:
+    """Strict base64 (the alphabet, then padding): :mod:`base64` would load ``re``."""
+    if not isinstance(text, str):
+        raise TypeError(f"base64 must be a string, not {type(text).__name__}")
+    return _a2b(text.encode("ascii"), strict_mode=True)
+
+
 def _is_plain(raw: bytes) -> bool:
     return not raw.translate(None, _PLAIN_BYTES)
 
@@ -56,9 +62,9 @@ def _json_name(name: bytes) -> bytes:
     if _is_plain(name):
         return b'"name":"' + name + b'"'
     try:
-        return b'"name":' + json.dumps(name.decode("utf-8")).encode("ascii")
+        return b'"name":' + jsonio.dumps(name.decode("utf-8")).encode("ascii")
     except UnicodeDecodeError:
-        return b'"name_raw":"' + b64encode(name) + b'"'
+        return b'"name_raw":"' + _B64(name, newline=False) + b'"'
 
 
 def _segment_line(data: bytes | bytearray | memoryview, position: int) -> bytes:
@@ -98,12 +104,12 @@ class SplitEntry(Plain):
     @classmethod
     def from_json(cls, line: bytes, where: int) -> SplitEntry:
         try:
-            value = json.loads(line)
+            value = jsonio.loads(line)
             kind = int(value["type"])
             payload = value.get("payload")
-            raw = base64.b64decode(payload, validate=True) if payload is not None else None
+            raw = _decode64(payload) if payload is not None else None
             if "name_raw" in value and value["name_raw"] is not None:
-                name = base64.b64decode(value["name_raw"], validate=True)
+                name = _decode64(value["name_raw"])
             else:
                 name = str(value.get("name", "")).encode("utf-8", "surrogateescape")
             size = int(value.get("size", 0) or 0)
@@ -119,10 +125,56 @@ class SplitEntry(Plain):
 # anything else (escapes, null payloads, other member orders) goes to json.
 _SEGMENT_HEAD = b'{"type":2,"payload":"'
 _POSITION = b'","position":'
-_FILE_LINE = re.compile(
-    rb'\{"type":1,"name":"([ !#-\[\]-~]*)",(?:"size":([0-9]{1,19}),)?'
-    rb'"payload":(?:null|"([A-Za-z0-9+/=]*)"),"position":([0-9]{1,19})\}\n?'
-)
+_FILE_HEAD = b'{"type":1,"name":"'
+_SIZE = b',"size":'
+_PAYLOAD = b',"payload":'
+_FILE_POSITION = b',"position":'
+_BASE64_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def _number(digits: bytes) -> bool:
+    """Whether *digits* are 1 to 19 ASCII digits (no sign, no space)."""
+    return 0 < len(digits) < 20 and digits.isdigit()
+
+
+def _file_fields(line: bytes) -> tuple[bytes, bytes, bytes | None, bytes] | None:
+    """Name, size digits (maybe empty), base64 CRC (None for null) and position of a usual file line.
+
+    The usual form is ``{"type":1,"name":"N",["size":S,]"payload":null|"B","position":P}``
+    with a name of printable ASCII but ``"`` and ``\\``; anything else is None.
+    """
+    stop = len(line) - 1 if line.endswith(b"\n") else len(line)
+    if not line.startswith(_FILE_HEAD) or line[stop - 1 : stop] != b"}":
+        return None
+    quote = line.find(b'"', len(_FILE_HEAD), stop)
+    name = line[len(_FILE_HEAD) : quote]
+    if quote < 0 or not _is_plain(name):
+        return None
+    at, size = quote + 1, b""
+    if line.startswith(_SIZE, at):
+        comma = line.find(b",", at + len(_SIZE), stop)
+        size = line[at + len(_SIZE) : comma]
+        if comma < 0 or not _number(size):
+            return None
+        at = comma
+    if not line.startswith(_PAYLOAD, at):
+        return None
+    at += len(_PAYLOAD)
+    payload: bytes | None = None
+    if line.startswith(b"null", at):
+        at += 4
+    elif line.startswith(b'"', at):
+        close = line.find(b'"', at + 1, stop)
+        payload = line[at + 1 : close]
+        if close < 0 or payload.translate(None, _BASE64_BYTES):
+            return None
+        at = close + 1
+    else:
+        return None
+    position = line[at + len(_FILE_POSITION) : stop - 1]
+    if not line.startswith(_FILE_POSITION, at) or not _number(position):
+        return None
+    return name, size, payload, position
 
 
 def _usual(line: bytes) -> SplitEntry | None:
@@ -134,8 +186,8 @@ def _usual(line: bytes) -> SplitEntry | None:
             digits = line[end + 13 : stop]
             if stop and line.startswith(_POSITION, end) and digits.isdigit() and len(digits) < 20:
                 return SplitEntry(SEGMENT, _a2b(line[21:end], strict_mode=True), b"", 0, int(digits))
-        elif (m := _FILE_LINE.fullmatch(line)) is not None:
-            name, size, pay, position = m.groups()
+        elif (fields := _file_fields(line)) is not None:
+            name, size, pay, position = fields
             crc = None if pay is None else _a2b(pay, strict_mode=True)
             return SplitEntry(FILE, crc, bytes(name), int(size or 0), int(position))
     except binascii.Error:
@@ -252,16 +304,18 @@ class Recorder:
         self._packer.flush()
 
 
-class Sinks(Protocol):
-    """What records an archive: :class:`Recorder`, or its C twin ``_tarsplit.Recorder``."""
+if TYPE_CHECKING:
 
-    def raw(self, data: bytes | memoryview) -> None: ...
+    class Sinks(Protocol):
+        """What records an archive: :class:`Recorder`, or its C twin ``_tarsplit.Recorder``."""
 
-    def data(self, chunk: bytes | memoryview) -> None: ...
+        def raw(self, data: bytes | memoryview) -> None: ...
 
-    def header(self, entry: TarEntry) -> None: ...
+        def data(self, chunk: bytes | memoryview) -> None: ...
 
-    def finish(self) -> None: ...
+        def header(self, entry: TarEntry) -> None: ...
+
+        def finish(self) -> None: ...
 
 
 def _load_c() -> type | None:
@@ -325,10 +379,12 @@ def checked_size(stored: BinaryIO) -> int:
     return size
 
 
-class FileSource(Protocol):
-    """Where reassembly gets file contents (a driver's diff getter)."""
+if TYPE_CHECKING:
 
-    def open(self, name: str) -> BinaryIO: ...
+    class FileSource(Protocol):
+        """Where reassembly gets file contents (a driver's diff getter)."""
+
+        def open(self, name: str) -> BinaryIO: ...
 
 
 def assemble(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, BinaryIO
 from zlib import adler32 as _adler32
 
 from graphdriver import codecs
@@ -20,7 +19,10 @@ from graphdriver.layerio import pax
 from graphdriver.layerio.compression import sniff
 from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
     from graphdriver.layerio._tarscan import Fields
 
 __all__ = ["BLOCK", "DataSink", "EntrySink", "RawSink", "TarReader", "TarWriter"]
