@@ -146,7 +146,7 @@ class FakeReader:
 def extract_fake(dest: Path, entries: list[tuple[TarEntry, bytes]], **opts: Any) -> int:
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return extract_entries(FakeReader(entries), fd, ApplyOptions(**opts))
+        return extract_entries(FakeReader(entries), fd, opts=ApplyOptions(**opts))
     finally:
         os.close(fd)
 
@@ -625,7 +625,7 @@ def test_trusted_xattr_eperm_tolerated_only_when_asked(dest: Path,
         data = io.BytesIO(tar_of(member))
         from graphdriver.layerio.tarstream import TarReader
 
-        extract_entries(TarReader(data), fd, ApplyOptions(ignore_chown_errors=True), stats=stats)
+        extract_entries(TarReader(data), fd, opts=ApplyOptions(ignore_chown_errors=True), stats=stats)
     finally:
         os.close(fd)
     assert stats.skipped_xattrs == 1 and os.getxattr(dest / "f", "user.u") == b"2"

@@ -171,9 +171,7 @@ def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIO
 
     def work(dirs: confine.ConfinedDirs) -> tuple[int, ExtractStats]:
         stats = ExtractStats()
-        size = extract_entries(
-            TarReader(stream), dirs.root_fd, opts, lower_fds=dirs.extra_fds, stats=stats
-        )
+        size = extract_entries(TarReader(stream), dirs.root_fd, dirs.extra_fds, opts=opts, stats=stats)
         return size, stats
 
     size, stats = confine.run_confined(dest, work, extra_dirs=opts.lower_dirs, inline=opts.inline)
@@ -191,9 +189,9 @@ def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIO
 def extract_entries(
     reader: EntrySource,
     root_fd: int,
-    opts: ApplyOptions,
-    *,
     lower_fds: Sequence[int] | None = None,
+    *,
+    opts: ApplyOptions = _DEFAULT_OPTIONS,
     stats: ExtractStats | None = None,
 ) -> int:
     """Apply every entry of *reader* to the directory open as *root_fd*; returns the size.

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
     from graphdriver.layerio.tarsplit import Sinks
 
-#: What applies the entries inside the child: (entries, confined dirs) -> size.
-ApplyFn = Callable[["RecordingReader", confine.ConfinedDirs], int]
+#: What applies the entries inside the child: (entries, root fd, lower fds) -> size.
+ApplyFn = Callable[["RecordingReader", int, tuple[int, ...]], int]
 
 _CHUNK = 1 << 20
 # Chunks read ahead of the parser: enough to ride out a slow entry, little memory.
@@ -213,12 +213,8 @@ def ingest(
     fsynced before this returns).  The pipeline is built here, before the
     child starts: a chrooted child can import nothing more.
     """
-    pipeline = _Pipeline(stream, tarsplit_out)
-
-    def work(dirs: confine.ConfinedDirs) -> IngestResult:
-        return pipeline.run(apply, dirs)
-
-    return confine.run_confined(dest, work, extra_dirs=extra_dirs, inline=inline)
+    pipeline = _Pipeline(stream, tarsplit_out, apply)
+    return confine.run_confined(dest, pipeline.run, extra_dirs=extra_dirs, inline=inline)
 
 
 def _read_sequentially(stream: BinaryIO) -> None:
@@ -232,8 +228,9 @@ def _read_sequentially(stream: BinaryIO) -> None:
 class _Pipeline:
     """Compressed hash, decompressor, DiffID (read-ahead thread) -> tar reader, tar-split -> extractor."""
 
-    def __init__(self, stream: BinaryIO, tarsplit_out: BinaryIO | None) -> None:
+    def __init__(self, stream: BinaryIO, tarsplit_out: BinaryIO | None, apply: ApplyFn) -> None:
         _read_sequentially(stream)
+        self.apply = apply
         self.compressed = _HashingReader(stream)
         self.plain, self.kind = open_decompressed(self.compressed)  # type: ignore[arg-type]
         if self.kind is Compression.NONE:
@@ -245,7 +242,8 @@ class _Pipeline:
             # one here only so that its modules are imported before any chroot.
             open_compressor(io.BytesIO(), Compression.GZIP, 1).close()
 
-    def run(self, apply: ApplyFn, dirs: confine.ConfinedDirs) -> IngestResult:
+    def run(self, dirs: confine.ConfinedDirs) -> IngestResult:
+        """The pass itself, in the confined child: *dirs* are the target and the lower layers."""
         # Threads do not survive fork: the read-ahead starts here, in the child.
         ahead = _ReadAhead(self.plain, self.compressed)
         packer_out: BinaryIO | None = None
@@ -276,7 +274,7 @@ class _Pipeline:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            size = apply(reader, dirs)
+            size = self.apply(reader, dirs.root_fd, dirs.extra_fds)
             # Raises unless the reader saw the end of the stream: only then is
             # the digest of what the thread read that of the tarball.
             reader.trailing  # noqa: B018

@@ -8,6 +8,8 @@ reassembly, in the layer format the driver stores (Docker/OCI, or Windows).
 
 from __future__ import annotations
 
+import functools
+
 from graphdriver.drivers.base import OVERLAY_WHITEOUTS, WINDOWS_FORMAT
 
 TYPE_CHECKING = False
@@ -17,7 +19,6 @@ if TYPE_CHECKING:
 
     from graphdriver.diff.changes import Change
     from graphdriver.drivers.base import Comparison, Driver
-    from graphdriver.fs.confine import ConfinedDirs
     from graphdriver.idmap import IDMappings
     from graphdriver.layerio.extract import EntrySource
     from graphdriver.layerio.getter import FileGetter
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
     #: The old tree's (uid, gid) as the compared layer stores them.
     Owner = Callable[[int, int], tuple[int, int]]
-    Writer = Callable[[EntrySource, ConfinedDirs], int]
+    #: Applies entries to the layer (root fd, lower layers' fds) and returns its size.
+    Writer = Callable[[EntrySource, int, tuple[int, ...]], int]
 
 
 def apply(driver: Driver, layer_id: str, stream: BinaryIO, *, tarsplit_out: BinaryIO | None = None,
@@ -60,11 +62,7 @@ def _oci_writer(idmaps: IDMappings, whiteouts: str, lowers: tuple[str, ...], opa
         lower_dirs=lowers,
         opaque_xattr=opaque_xattr,
     )
-
-    def write(entries: EntrySource, dirs: ConfinedDirs) -> int:
-        return extract_entries(entries, dirs.root_fd, opts, lower_fds=dirs.extra_fds)
-
-    return write
+    return functools.partial(extract_entries, opts=opts)
 
 
 def _windows_writer(idmaps: IDMappings, whiteout_devices: bool) -> Writer:
@@ -73,11 +71,7 @@ def _windows_writer(idmaps: IDMappings, whiteout_devices: bool) -> Writer:
 
     owner = None if idmaps.identity else (idmaps.uids.to_host(0), idmaps.gids.to_host(0))
     plan = winapply.ApplyPlan(whiteout_devices=whiteout_devices, mutated=dict(MUTATED_FILES), owner=owner)
-
-    def write(entries: EntrySource, dirs: ConfinedDirs) -> int:
-        return winapply.apply_windows_layer(entries, dirs.root_fd, dirs.extra_fds, plan)  # type: ignore[arg-type]
-
-    return write
+    return functools.partial(winapply.apply_windows_layer, plan=plan)
 
 
 def _changes_of(c: Comparison, windows: bool, owner: Owner | None = None) -> list[Change]:
