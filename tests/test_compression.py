@@ -128,6 +128,33 @@ def test_gzip_output_is_deterministic() -> None:
     assert not a[3] & 0x08  # no file name
 
 
+@pytest.mark.skipif(hasattr(gzip.GzipFile, "_write_raw"), reason="this Python's GzipFile buffers writes")
+@pytest.mark.parametrize("level", [None, 0, 1, 3, 5, 9])
+def test_gzip_writer_writes_igzipfiles_bytes(level: int | None) -> None:
+    # Our framing around isal's deflate (isal.igzip would load gzip and typing)
+    # must write what IGzipFile writes, write for write.
+    from isal import igzip, isal_zlib
+
+    from graphdriver.layerio.compression import _IsalGzipWriter
+
+    pieces = [b"", b"a", os.urandom(1000), b"x" * 300_000, PAYLOAD[:70_000], PAYLOAD]
+    isal_level = 2 if level is None else (0 if level <= 0 else min(3, (level + 2) // 3))
+    ours = io.BytesIO()
+    w = _IsalGzipWriter(ours, isal_level, isal_zlib)  # what open_compressor makes with isal
+    theirs = io.BytesIO()
+    g = igzip.IGzipFile("", "wb", isal_level, theirs, mtime=0)  # type: ignore[no-untyped-call]
+    for piece in pieces:
+        w.write(piece)
+        g.write(piece)
+    w.close()
+    g.close()
+    assert ours.getvalue() == theirs.getvalue()
+    assert gzip.decompress(ours.getvalue()) == b"".join(pieces)
+    assert not ours.closed  # closing ends the stream, not the target
+    with pytest.raises(ValueError):
+        w.write(b"more")
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k is not Compression.NONE])
 def test_corrupt_data(kind: Compression) -> None:
     blob = compress(kind, PAYLOAD)

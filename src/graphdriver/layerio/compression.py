@@ -409,12 +409,19 @@ class _IsalGzipWriter(io.RawIOBase):
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to a closed gzip stream")
         n = memoryview(data).nbytes
         if n:
             self._target.write(self._deflate.compress(data))
             self._crc = self._crc32(data, self._crc)
             self._size += n
         return n
+
+    def flush(self) -> None:
+        """Pass on what was compressed so far (the stream itself is not cut)."""
+        if not self.closed:
+            self._target.flush()
 
     def close(self) -> None:
         if not self.closed:
