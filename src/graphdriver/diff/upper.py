@@ -37,7 +37,7 @@ import stat
 from collections.abc import Sequence
 
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.diff.walk import Comparison, differs
+from graphdriver.diff.walk import Walk, differs
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.export import NO_ID_MAPS, change_sort_key, changes_size, export_changes
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
@@ -83,7 +83,7 @@ class _Reader:
         self.lowers = tuple(lowers)
         self.opaque_xattr = opaque_xattr
         self.scan = Scan()
-        self._walks: dict[str, Comparison] = {}
+        self._walks: dict[str, Walk] = {}
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.scan.changes.append(Change(path, kind))
@@ -100,7 +100,7 @@ class _Reader:
         # The generic walk's own comparison, so that both list the same changes.
         walk = self._walks.get(root)
         if walk is None:
-            walk = self._walks[root] = Comparison(self.upper, root)
+            walk = self._walks[root] = Walk(self.upper, root)
         return differs(walk, path, new, old)
 
     # ----- the layers below ---------------------------------------------------------------

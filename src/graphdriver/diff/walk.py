@@ -41,7 +41,7 @@ CAPABILITY_XATTR = "security.capability"
 _NO_XATTR_SUPPORT = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-class Comparison:
+class Walk:
     """State of one comparison: the two roots and what was found so far."""
 
     __slots__ = ("changes", "new_root", "no_xattrs", "old_root", "owner")
@@ -74,7 +74,7 @@ def changes_between(new_root: str, old_root: str | None,
     *owner* translates the old tree's owners before they are compared, when the
     two trees store ids under different maps.
     """
-    walk = Comparison(new_root, old_root, owner)
+    walk = Walk(new_root, old_root, owner)
     # Missing roots are errors (FileNotFoundError), not empty trees.
     new_st = os.lstat(new_root)
     if old_root is not None and _same_object(new_st, os.lstat(old_root)):
@@ -110,7 +110,7 @@ def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
         return None
 
 
-def _compare_dir(walk: Comparison, rel: str, in_old: bool) -> list[tuple[str, bool]]:
+def _compare_dir(walk: Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
     """Compare the directory *rel* ("" for the root) of both trees.
 
     Records the changes of its direct entries and returns the subdirectories
@@ -145,7 +145,7 @@ def _compare_dir(walk: Comparison, rel: str, in_old: bool) -> list[tuple[str, bo
     return subdirs
 
 
-def differs(walk: Comparison, path: str, new: os.stat_result, old: os.stat_result) -> bool:
+def differs(walk: Walk, path: str, new: os.stat_result, old: os.stat_result) -> bool:
     """Whether an entry present in both trees changed (see the module docstring)."""
     if new.st_mode != old.st_mode or new.st_rdev != old.st_rdev:
         return True
@@ -187,7 +187,7 @@ def _same_mtime(a_ns: int, b_ns: int) -> bool:
     return a_sec == b_sec and (a_frac == 0 or b_frac == 0)
 
 
-def _capability(walk: Comparison, side: int, path: str) -> bytes | None:
+def _capability(walk: Walk, side: int, path: str) -> bytes | None:
     """The file's ``security.capability`` xattr, or None when it has none."""
     if walk.no_xattrs[side]:
         return None
@@ -204,7 +204,7 @@ def _capability(walk: Comparison, side: int, path: str) -> bytes | None:
         raise
 
 
-def _add_parents(walk: Comparison) -> None:
+def _add_parents(walk: Walk) -> None:
     """Mark every directory above a change as changed (``docker diff`` does).
 
     Any ancestor of a change that is not itself listed exists in both trees as

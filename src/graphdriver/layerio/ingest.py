@@ -269,8 +269,8 @@ class _Pipeline:
         )
         ahead.start()
         # The loop makes no reference cycles (its objects go with their
-        # refcounts), so the cycle collector would only walk the heap again
-        # and again for nothing: a tenth of the loop's time on a large layer.
+        # refcounts; a test holds it to that), so the cycle collector would
+        # only walk the heap again and again for nothing.
         collecting = gc.isenabled()
         gc.disable()
         try:
