@@ -29,7 +29,6 @@ not available and when a mount's details are wanted.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 
@@ -47,7 +46,7 @@ from graphdriver.plain import Plain
 # Plain classes below and typing for the checker only: `mount` loads this module.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -229,20 +228,6 @@ def overlay_options(spec: OverlayMount, base: str | None = None) -> str:
     return ",".join(parts)
 
 
-@contextlib.contextmanager
-def _working_dir(path: str | None) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.chdir(path)
-        yield
-    finally:
-        os.fchdir(here)
-        os.close(here)
-
-
 def _mount_legacy(spec: OverlayMount, target: str) -> None:
     target = os.path.abspath(target)
     data = overlay_options(spec, spec.base)
@@ -254,8 +239,18 @@ def _mount_legacy(spec: OverlayMount, target: str) -> None:
             "accepts; Linux 6.8 or later (lowerdir+) mounts deeper chains",
             target,
         )
-    with _working_dir(spec.base):
-        mount("overlay", target, "overlay", MS_RDONLY if spec.readonly else 0, data)
+    flags = MS_RDONLY if spec.readonly else 0
+    if spec.base is None:
+        mount("overlay", target, "overlay", flags, data)
+        return
+    # The options name the layers relative to the base: mount from inside it.
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(spec.base)
+        mount("overlay", target, "overlay", flags, data)
+    finally:
+        os.fchdir(here)
+        os.close(here)
 
 
 def mount_overlay(spec: OverlayMount, target: str, *, api: str = "auto") -> str:
@@ -287,8 +282,10 @@ def request_filesystem(fstype: str) -> None:
     """Ask the kernel for a filesystem type, which loads its module if it is one."""
     if _new_api is False:
         return
-    with contextlib.suppress(OSError):
+    try:
         os.close(syscalls.fsopen(fstype))
+    except OSError:
+        pass
 
 
 def new_api_state() -> bool | None:
