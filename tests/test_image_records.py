@@ -120,6 +120,47 @@ def test_a_corrupt_image_record_is_named_and_everything_else_works(tmp_path):
     assert a["Id"][7:] not in blobs and b["Id"][7:] in blobs
 
 
+def test_an_unreadable_image_record_still_holds_its_layers(tmp_path):
+    a, _ = two_images(tmp_path)
+    record = tmp_path / "store/images/records" / (a["Id"][7:] + ".json")
+    good = record.read_bytes()
+    record.write_text("{")
+    top = a["Layers"][-1]["Layer"]  # held by localhost/a:1 only
+    err = one_line_error(gd(tmp_path, "remove", top, check=False), 5)
+    assert f"unreadable image record {a['Id'][7:]}.json" in err
+    gd(tmp_path, "prune", "--layers")
+    gd(tmp_path, "cleanup")
+    df = json.loads(gd(tmp_path, "--json", "df").stdout)
+    assert top not in df["prune"]["layers"]
+    record.write_bytes(good)
+    assert top.encode() in gd(tmp_path, "layers").stdout.split()
+    gd(tmp_path, "container", "create", "localhost/a:1", "c1")  # the image is whole
+    # A layer no image could name is not held back by it.
+    gd(tmp_path, "create", "mine", "--rw")
+    record.write_text("{")
+    gd(tmp_path, "remove", "mine")
+
+
+def test_an_unreadable_container_record_still_holds_its_layers_and_its_image(tmp_path):
+    two_images(tmp_path)
+    gd(tmp_path, "container", "create", "localhost/b:1", "c1")
+    record = tmp_path / "store/containers/c1.json"
+    good = record.read_bytes()
+    record.write_text("{")
+    assert "container record c1.json" in gd(tmp_path, "cleanup").stdout.decode()
+    err = one_line_error(gd(tmp_path, "remove", "c1", check=False), 5)
+    assert "unreadable container record c1.json" in err
+    one_line_error(gd(tmp_path, "remove", "c1-init", check=False), 5)  # it has a child: c1
+    err = one_line_error(gd(tmp_path, "image", "rm", "localhost/b:1", check=False), 5)
+    assert "unreadable container record c1.json" in err
+    gd(tmp_path, "prune", "--layers")
+    assert "container c1 (unreadable record)" in gd(tmp_path, "tree").stdout.decode()
+    gd(tmp_path, "image", "rm", "localhost/a:1")  # another image goes as before
+    record.write_bytes(good)
+    assert {b"c1", b"c1-init"} <= set(gd(tmp_path, "layers").stdout.split())
+    gd(tmp_path, "container", "rm", "c1")
+
+
 # ----- layers held by images and containers -------------------------------------------------------------
 
 

@@ -5,8 +5,10 @@ The image and container records sit above the layer store (``images/`` and
 when such records exist: the layer commands of a store without images never
 import this.  An image holds every layer of its chain, a container its init
 and writable layers (containers-storage refuses the same removals: layer
-used by an image, by a container).  A record that cannot be read holds
-nothing here; listing names it.
+used by an image, by a container).  A record that cannot be read may hold
+the layer all the same, so it is named too: an unreadable container record
+holds the layers its file name gives, an unreadable image record any layer
+an image could hold.  Nothing a record names is removed while it is unreadable.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from graphdriver.images import container_layers as ctrs
+from graphdriver.images.overview import is_image_layer_id
 from graphdriver.images.records import ImageStore
 
 if TYPE_CHECKING:
@@ -21,10 +24,15 @@ if TYPE_CHECKING:
 
 
 def holders(store: Store, layer_id: str) -> list[str]:
-    """``image NAME`` and ``container NAME`` for each record that holds *layer_id*."""
+    """``image NAME`` and ``container NAME`` for each record that holds (or may hold) *layer_id*."""
+    images, bad_images = ImageStore(store.root).scan()
     out = [f"image {image.names[0] if image.names else image.id}"
-           for image in ImageStore(store.root).scan()[0] if layer_id in image.layers]
-    out += [container_holder(c.name) for c in ctrs.scan(store)[0] if layer_id in (c.layer, c.init)]
+           for image in images if layer_id in image.layers]
+    if is_image_layer_id(layer_id):  # what an unreadable image record names is unknown
+        out += [f"the unreadable {e.what}" for e in bad_images]
+    out += [container_holder(c.name) for c in ctrs.containers(store) if layer_id in (c.layer, c.init)]
+    out += [f"the unreadable {e.what}" for name, e in ctrs.unreadable(store).items()
+            if layer_id in (name, name + ctrs.INIT_SUFFIX)]
     return out
 
 

@@ -116,6 +116,10 @@ def remove(store: Store, name: str) -> list[str]:
                 store_images.put(record)
                 return []
         users = [c.name for c in containers.containers(store) if c.image == record.id]
+        # An unreadable container record was made from this image if its layers sit on the image's top.
+        on_top = set(store.children(record.layers[-1])) if record.layers else set()
+        users += [f"the unreadable {e.what}" for name, e in containers.unreadable(store).items()
+                  if {name, name + containers.INIT_SUFFIX} & on_top]
         if users:
             raise Precondition(f"image {name}", f"is used by containers: {', '.join(users)}")
         store_images.delete(record.id)
@@ -142,6 +146,8 @@ def used_layers(store: Store) -> set[str]:
         used.update(layer.id for layer in store.layers() if is_image_layer_id(layer.id))
     for c in containers.containers(store):
         used.update((c.layer, c.init))
+    for name in containers.unreadable(store):  # its file name still says which layers are its
+        used.update((name, name + containers.INIT_SUFFIX))
     return used
 
 

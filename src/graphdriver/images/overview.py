@@ -38,8 +38,11 @@ class Usage:
         self.store = store
         self.layers = {layer.id: layer for layer in store.layers()}
         self._sizes: dict[str, int] = {}
-        self.images = ImageStore(store.root).all()
+        self.images, bad_images = ImageStore(store.root).scan()
         self.containers = ctrs.containers(store)
+        # An unreadable record may hold what it held before: a container's layers
+        # are known by its file name, an image's are unknown (any an image could hold).
+        self.held_unread = {i for i in self.layers if is_image_layer_id(i)} if bad_images else set()
         self.image_users: dict[str, list[ImageRecord]] = {}
         for image in self.images:
             for layer_id in image.layers:
@@ -48,6 +51,9 @@ class Usage:
         for c in self.containers:
             self.container_of[c.layer] = f"container {c.name}"
             self.container_of[c.init] = f"container {c.name} (init)"
+        for name in ctrs.unreadable(store):
+            self.container_of[name] = f"container {name} (unreadable record)"
+            self.container_of[name + ctrs.INIT_SUFFIX] = f"container {name} (init, unreadable record)"
         self.children: dict[str | None, list[str]] = {}
         for layer in self.layers.values():
             parent = layer.parent if layer.parent in self.layers else None
@@ -74,7 +80,7 @@ class Usage:
     def used(self) -> set[str]:
         """Layers an image or a container needs, with their ancestors."""
         out: set[str] = set()
-        for layer_id in [*self.image_users, *self.container_of]:
+        for layer_id in [*self.image_users, *self.container_of, *self.held_unread]:
             while layer_id in self.layers and layer_id not in out:
                 out.add(layer_id)
                 layer_id = self.layers[layer_id].parent or ""
@@ -163,8 +169,8 @@ def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False
     for image in usage.images:
         if image.id not in gone:
             keep.update(image.layers)
-    for layer_id in usage.container_of:
-        keep.add(layer_id)
+    keep.update(usage.container_of)
+    keep |= usage.held_unread
     from graphdriver.images.loading import busy_layers
 
     keep |= busy_layers(ImageStore(store.root))  # what running loads and pulls make or reuse

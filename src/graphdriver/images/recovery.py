@@ -39,6 +39,10 @@ def cleanup(store: Store) -> list[str]:
     done += _remove_partials(images)
     if not alive:
         done += _remove_unreferenced(images)
+    from graphdriver.images import container_layers as ctrs
+
+    done += [f"{e}: fix or remove it; its layers {name} and {name}{ctrs.INIT_SUFFIX} were kept"
+             for name, e in ctrs.unreadable(store).items()]
     return done
 
 
