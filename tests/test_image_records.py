@@ -84,6 +84,22 @@ def test_a_digest_reference_names_the_image_in_its_repository_only(tmp_path):
     assert inspect(tmp_path, "localhost/made:1")["ManifestDigest"] == digest  # still there
 
 
+def test_image_rm_of_a_digested_reference_untags_it_alone_while_the_image_has_a_tag(tmp_path):
+    digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    image_id = inspect(tmp_path, "localhost/made:1")["Id"]
+    record = tmp_path / "store/images/records" / (image_id[7:] + ".json")
+    value = json.loads(record.read_text())
+    value["digests"] = [f"localhost/made@{digest}"]  # as a pull by digest keeps it
+    record.write_text(json.dumps(value))
+    out = gd(tmp_path, "image", "rm", f"localhost/made@{digest}").stdout.decode()
+    assert out == f"Untagged: localhost/made@{digest}\n"
+    assert inspect(tmp_path, "localhost/made:1")["Id"] == image_id
+    assert json.loads(record.read_text())["digests"] == []
+    out = gd(tmp_path, "image", "rm", "localhost/made:1").stdout.decode()
+    assert out.splitlines()[:2] == ["Untagged: localhost/made:1", f"Deleted: {image_id}"]
+
+
 def test_image_rm_prints_the_full_name_it_untagged(tmp_path):
     oci_layout(tmp_path / "in", [LAYER1], name="localhost/x:latest")
     gd(tmp_path, "image", "load", str(tmp_path / "in"))
@@ -220,6 +236,17 @@ def test_image_ls_shows_when_the_image_was_made(tmp_path):
     row = gd(tmp_path, "image", "ls").stdout.decode().splitlines()[1]
     assert "2001-02-03 04:05:06" in row, row
     assert inspect(tmp_path, "localhost/old:1")["Created"] == "2001-02-03T04:05:06.789Z"
+    listed = json.loads(gd(tmp_path, "image", "ls", "--json").stdout)[0]
+    assert listed["created"] == "2001-02-03T04:05:06.789Z"  # the table's time, not the load's
+    assert listed["stored"].startswith("20") and listed["stored"] != listed["created"]
+
+
+def test_inspect_gives_the_repository_digests(tmp_path):
+    digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "image", "tag", "localhost/made:1", "example.com/other/made:2")
+    assert inspect(tmp_path, "localhost/made:1")["RepoDigests"] == [
+        f"example.com/other/made@{digest}", f"localhost/made@{digest}"]
 
 
 # ----- platforms ----------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def image_ls(store: Store, args: Args) -> int:
 
     records, bad = ImageStore(store.root).scan()
     if args.json:
-        _out(jsonio.dumps([r.to_json() for r in records]))
+        _out(jsonio.dumps([_ls_json(store, r) for r in records]))
     else:
         rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "LAYERS"]]
         for r in records:
@@ -89,6 +89,14 @@ def image_ls(store: Store, args: Args) -> int:
     for error in bad:
         sys.stderr.write(f"{PROG}: {error}\n")
     return 0
+
+
+def _ls_json(store: Store, record: ImageRecord) -> dict[str, object]:
+    """The record, its ``created`` the image's (as the table shows it), ``stored`` when it came here."""
+    value = record.to_json()
+    value["stored"] = record.created
+    value["created"] = manage.created(store, record)
+    return value
 
 
 def _repo_tags(record: ImageRecord) -> list[tuple[str, str]]:

@@ -62,6 +62,14 @@ def created(store: Store, record: ImageRecord) -> str:
     return value if isinstance(value, str) else ""
 
 
+def repo_digests(record: ImageRecord) -> list[str]:
+    """``repository@digest`` for the references pulled by digest and each repository named."""
+    out = set(record.digests)
+    if record.manifest:
+        out.update(f"{repo}@{record.manifest}" for repo in record.repositories())
+    return sorted(out)
+
+
 def inspect(store: Store, name: str) -> dict[str, Any]:
     """What ``image inspect`` shows: ids, names, digests, each layer's DiffID and chain id, the config."""
     store_images = ImageStore(store.root)
@@ -76,6 +84,8 @@ def inspect(store: Store, name: str) -> dict[str, Any]:
         "Names": record.names,
         "ConfigDigest": record.id,
         "ManifestDigest": record.manifest,
+        # As podman's: repository@manifest digest for every repository the image is in.
+        "RepoDigests": repo_digests(record),
         "Created": config.get("created"),
         "Platform": record.platform,
         "Size": size,
@@ -111,10 +121,13 @@ def remove(store: Store, name: str) -> list[str]:
         record, by_name = store_images.lookup(name)
         if by_name:
             full = str(reference.parse(name))
-            if full in record.names and len(record.names) > 1:
-                record.names.remove(full)
-                store_images.put(record)
-                return []
+            # As Docker does: a name (a tag, or a digested reference kept from a pull by
+            # digest) goes alone while the image has another.
+            for refs in (record.names, record.digests):
+                if full in refs and len(record.names) + len(record.digests) > 1:
+                    refs.remove(full)
+                    store_images.put(record)
+                    return []
         users = [c.name for c in containers.containers(store) if c.image == record.id]
         # An unreadable container record was made from this image if its layers sit on the image's top.
         on_top = set(store.children(record.layers[-1])) if record.layers else set()
