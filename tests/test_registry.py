@@ -149,6 +149,13 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     # The kept manifest went up as it was: its digest is the layout's.
     index = json.loads((tmp_path / "in/index.json").read_text())
     assert digest == index["manifests"][0]["digest"]
+    # The push is remembered (as Docker's RepoDigests): a push to another repository of the
+    # registry mounts every blob from the first instead of sending it again.
+    inspected = json.loads(gd(tmp_path, "image", "inspect", "localhost/made:1").stdout)
+    assert f"{registry.host}/made@{digest}" in inspected["RepoDigests"]
+    second = gd(tmp_path, "image", "push", "localhost/made:1", f"{registry.host}/team/copy:1", "--insecure")
+    assert second.stdout.decode().strip() == digest
+    assert b"uploaded" not in second.stderr and second.stderr.count(b"mounted from another repository") == 3
     other = tmp_path / "other"
     other.mkdir()
     by_digest = f"{registry.host}/made@{digest}"
@@ -283,9 +290,9 @@ class TokenService:
                 from urllib.parse import parse_qs, urlparse
 
                 query = parse_qs(urlparse(self.path).query)
-                scope = query.get("scope", [""])[0]
-                owner.scopes.append(scope)
-                body = json.dumps({"token": owner.token(scope)}).encode()
+                scopes = query.get("scope", [])  # one parameter per scope, as the protocol has it
+                owner.scopes.extend(scopes)
+                body = json.dumps({"token": owner.token(scopes)}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -299,10 +306,10 @@ class TokenService:
         self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def token(self, scope: str) -> str:
+    def token(self, scopes: list[str]) -> str:
         now = int(time.time())
         access = []
-        if scope:
+        for scope in scopes:
             kind, name, actions = scope.split(":")
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         header = {"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]}
@@ -330,7 +337,9 @@ def test_bearer_tokens_per_repository_scope(tmp_path):
         oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
         gd(tmp_path, "image", "load", str(tmp_path / "in"))
         gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/one:1", "--insecure")
-        gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/two:1", "--insecure")
+        second = gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/two:1", "--insecure")
+        # Mounted from team/one: a token asked for both repositories, one scope parameter each.
+        assert b"uploaded" not in second.stderr and b"mounted from another repository" in second.stderr
         other = tmp_path / "other"
         other.mkdir()
         assert gd(other, "image", "pull", f"{reg.host}/team/two:1", "--insecure").returncode == 0
@@ -339,6 +348,7 @@ def test_bearer_tokens_per_repository_scope(tmp_path):
         assert ("team/one", frozenset({"pull", "push"})) in asked
         assert ("team/two", frozenset({"pull", "push"})) in asked
         assert ("team/two", frozenset({"pull"})) in asked
+        assert ("team/one", frozenset({"pull"})) in asked  # the mount's source, read only
         assert {repo for repo, _ in asked} == {"team/one", "team/two"}
     finally:
         reg.stop()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
-from graphdriver.errors import IntegrityError, InvalidArgument, shorten
+from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim
 from graphdriver.images import oci, reference
@@ -164,7 +164,20 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
         digest = reg.put_manifest(dest.digest or dest.tag or "latest", manifest, media)
     if digest != record.manifest:
         raise IntegrityError(f"push of {name}", f"the registry names the manifest {digest}")
+    _remember_push(store, images, record.id, f"{dest.repository}@{digest}")
     return digest
+
+
+def _remember_push(store: Store, images: ImageStore, image_id: str, where: str) -> None:
+    """Keep where image *image_id* went, as Docker keeps a push's RepoDigest."""
+    with store.locked():
+        try:
+            record = images.get(image_id)
+        except NotFound:
+            return  # removed meanwhile
+        if where not in record.pushed:
+            record.pushed.append(where)
+            images.put(record)
 
 
 def _holders(images: ImageStore, dest: reference.Reference) -> dict[str, list[str]]:
@@ -172,8 +185,11 @@ def _holders(images: ImageStore, dest: reference.Reference) -> dict[str, list[st
     out: dict[str, list[str]] = {}
     for record in images.all():
         repos = []
-        for name in (*record.names, *record.digests):
-            ref = reference.parse(name)
+        for name in (*record.names, *record.digests, *record.pushed):
+            try:
+                ref = reference.parse(name)
+            except InvalidArgument:
+                continue  # written by hand or by an older version: names no repository
             if ref.domain == dest.domain and ref.path != dest.path and ref.path not in repos:
                 repos.append(ref.path)
         for digest in [record.id, *(str(d.get("digest")) for d in record.layer_blobs or ())]:

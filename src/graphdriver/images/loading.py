@@ -148,6 +148,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                 if previous is not None:
                     record.names = sorted(set(previous.names) | set(record.names))
                     record.digests = sorted(set(previous.digests) | set(record.digests))
+                    record.pushed = previous.pushed
                     record.created = previous.created or record.created
                     if record.manifest is None:  # a docker-archive brings none: keep the one kept
                         record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs

@@ -63,8 +63,8 @@ def created(store: Store, record: ImageRecord) -> str:
 
 
 def repo_digests(record: ImageRecord) -> list[str]:
-    """``repository@digest`` for the references pulled by digest and each repository named."""
-    out = set(record.digests)
+    """``repository@digest`` for the references pulled by digest, each repository named and each push."""
+    out = {*record.digests, *record.pushed}
     if record.manifest:
         out.update(f"{repo}@{record.manifest}" for repo in record.repositories())
     return sorted(out)
@@ -121,13 +121,18 @@ def remove(store: Store, name: str) -> list[str]:
         record, by_name = store_images.lookup(name)
         if by_name:
             full = str(reference.parse(name))
-            # As Docker does: a name (a tag, or a digested reference kept from a pull by
-            # digest) goes alone while the image has another.
-            for refs in (record.names, record.digests):
-                if full in refs and len(record.names) + len(record.digests) > 1:
-                    refs.remove(full)
-                    store_images.put(record)
-                    return []
+            # As Docker does: a tag goes alone while the image has another (the last
+            # takes the digested references with it), a digested reference kept from
+            # a pull by digest while the image has any other name.
+            refs, others = [], 0
+            if full in record.names:
+                refs, others = record.names, len(record.names) - 1
+            elif full in record.digests:
+                refs, others = record.digests, len(record.names) + len(record.digests) - 1
+            if others > 0:
+                refs.remove(full)
+                store_images.put(record)
+                return []
         users = [c.name for c in containers.containers(store) if c.image == record.id]
         # An unreadable container record was made from this image if its layers sit on the image's top.
         on_top = set(store.children(record.layers[-1])) if record.layers else set()

@@ -40,12 +40,12 @@ class ImageRecord(Plain):
     """What the store knows of one image."""
 
     __slots__ = ("created", "diff_ids", "digests", "id", "layer_blobs", "layers", "manifest", "names",
-                 "platform")
+                 "platform", "pushed")
 
     def __init__(self, id: str, names: list[str], layers: list[str], diff_ids: list[str], *,
                  created: str = "", manifest: str | None = None,
                  layer_blobs: list[dict[str, Any]] | None = None, platform: str = "",
-                 digests: list[str] | None = None) -> None:
+                 digests: list[str] | None = None, pushed: list[str] | None = None) -> None:
         #: The config's digest (``sha256:...``).
         self.id = id
         #: Normalised references (``docker.io/library/deb:2``), sorted.
@@ -63,6 +63,9 @@ class ImageRecord(Plain):
         self.layer_blobs = layer_blobs
         #: ``os/arch`` from the config.
         self.platform = platform
+        #: Where the image was pushed (``host/team/app@sha256:...``), sorted: a later push to
+        #: another repository of that registry mounts the blobs from there.
+        self.pushed = pushed or []
 
     @property
     def top_layer(self) -> str | None:
@@ -97,10 +100,11 @@ class ImageRecord(Plain):
             record = cls(value["id"], list(value["names"]), list(value["layers"]), list(value["diff_ids"]),
                          created=str(value.get("created", "")), manifest=value.get("manifest"),
                          layer_blobs=value.get("layer_blobs"), platform=str(value.get("platform", "")),
-                         digests=list(value.get("digests") or []))
-            strings = (record.id, *record.names, *record.layers, *record.diff_ids, *record.digests)
+                         digests=list(value.get("digests") or []), pushed=list(value.get("pushed") or []))
+            strings = (record.id, *record.names, *record.layers, *record.diff_ids, *record.digests,
+                       *record.pushed)
             if not all(isinstance(x, str) for x in strings):
-                raise TypeError("id, names, digests, layers and diff_ids hold strings")
+                raise TypeError("id, names, digests, pushed, layers and diff_ids hold strings")
             reference.check_digest(record.id)
             return record
         except (KeyError, TypeError, InvalidArgument) as e:
@@ -167,6 +171,7 @@ class ImageStore:
         os.makedirs(self.records_dir, 0o700, exist_ok=True)
         record.names = sorted(set(record.names))
         record.digests = sorted(set(record.digests))
+        record.pushed = sorted(set(record.pushed))
         atomic.write_json(self._path(record.id), record.to_json())
 
     def delete(self, image_id: str) -> None:

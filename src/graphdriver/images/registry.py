@@ -261,7 +261,9 @@ class Registry:
         scope = params.get("scope") or f"repository:{repo}:{self.actions}"
         self.tokens.pop(scope, None)  # asked again: the one we had expired (or never was)
         if scope not in self.tokens:
-            query = {"service": params.get("service", self.host), "scope": scope}
+            # One scope parameter per space-separated entry of the challenge's (a mount asks
+            # for two repositories), as the token protocol has it.
+            query = {"service": params.get("service", self.host), "scope": scope.split()}
             auth = self.creds
             got = self.session.get(params["realm"], params=query, auth=auth, timeout=(30, 60))
             if got.status_code != 200:
