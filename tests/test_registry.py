@@ -578,6 +578,23 @@ def test_tls_to_a_plain_http_registry_fails_at_once_and_says_why(tmp_path, regis
     assert b"plain HTTP" in proc.stderr and b"--insecure" in proc.stderr
 
 
+def test_plain_http_to_a_tls_registry_says_to_leave_out_insecure(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make the registry's certificate")
+    folder = tmp_path / "registry-folder"
+    folder.mkdir()
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    reg = Registry(folder, auth=f"  tls:\n    certificate: {cert}\n    key: {key}\n")  # under http:
+    try:
+        proc = gd(tmp_path, "image", "pull", f"{reg.host}/made:1", "--insecure", check=False)
+    finally:
+        reg.stop()
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"speaks HTTPS (leave out --insecure)" in proc.stderr
+
+
 def test_an_auth_file_that_cannot_be_used_is_an_error_naming_it(tmp_path, registry):
     auth = tmp_path / "auth.json"
     secret = base64.b64encode(b"alice:s3cret").decode()

@@ -239,6 +239,8 @@ class Registry:
             pass
         what = f"{method} {self.host}/v2/{shorten(path.split('?')[0], 120)}"
         why = f"HTTP {resp.status_code}" + (f" ({detail})" if detail else "")
+        if resp.status_code == 400 and self.base.startswith("http:") and "HTTPS" in _text(resp):
+            why += ": the registry speaks HTTPS (leave out --insecure)"  # Go's answer to plain http
         resp.close()
         if resp.status_code == 404:
             raise NotFound(what, why)
@@ -417,3 +419,11 @@ def _file_digest(path: str) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             sha.update(chunk)
     return "sha256:" + sha.hexdigest()
+
+
+def _text(resp: Any) -> str:
+    """The start of an error answer's body ("" if it cannot be read)."""
+    try:
+        return str(resp.text[:200])
+    except (ValueError, OSError, RuntimeError):
+        return ""
