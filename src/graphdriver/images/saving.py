@@ -181,6 +181,7 @@ def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Out
     def blob(digest: str) -> str:
         return f"blobs/sha256/{oci.hex_of(digest)}"
 
+    earlier = _earlier_entries(out.folder)
     config = images.read_blob(record.id)
     out.add_bytes(blob(record.id), config)
     if record.manifest is not None and record.layer_blobs is not None:
@@ -214,7 +215,8 @@ def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Out
             entry["annotations"] = {oci.CONTAINERD_NAME: name, oci.REF_NAME: ref.tag or "latest"}
         entries.append(entry)
     out.add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": entries}
+    manifests = [*_kept(earlier, entries), *entries]
+    index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": manifests}
     out.add_bytes("index.json", json.dumps(index, separators=(",", ":")).encode())
 
 
@@ -222,3 +224,41 @@ def _copy_file(path: str, out: Any) -> None:
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             out.write(chunk)
+
+
+def _earlier_entries(folder: str | None) -> list[dict[str, Any]]:
+    """The index entries of the OCI layout *folder* already holds (a save adds to it, as skopeo's does)."""
+    if folder is None:
+        return []
+    path = os.path.join(folder, "index.json")
+    try:
+        with open(path, "rb") as f:
+            value = oci.load_json(f.read(), f"{path}")
+    except FileNotFoundError:
+        return []
+    manifests = value.get("manifests")
+    if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
+        raise IntegrityError(path, "not an OCI index: its images would be lost")
+    return manifests
+
+
+def _kept(earlier: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The earlier entries the new ones do not replace: an entry of the same name goes (an
+    unnamed one of the same manifest too), the others stay before the new ones."""
+
+    def names(entry: dict[str, Any]) -> tuple[Any, Any]:
+        notes = entry.get("annotations")
+        notes = notes if isinstance(notes, dict) else {}
+        return notes.get(oci.CONTAINERD_NAME), notes.get(oci.REF_NAME)
+
+    full = {names(e)[0] for e in entries} - {None}
+    tags = {names(e)[1] for e in entries} - {None}
+    digests = {e["digest"] for e in entries}
+    kept = []
+    for entry in earlier:
+        name, tag = names(entry)
+        if name in full or (name is None and tag in tags) or (
+                name is None and tag is None and entry.get("digest") in digests):
+            continue
+        kept.append(entry)
+    return kept
