@@ -315,3 +315,24 @@ def test_an_oci_save_adds_to_the_layout_it_finds(tmp_path):
     err = one_line_error(gd(tmp_path, "image", "save", "localhost/a:1", "-o", str(out), "--format", "oci",
                             check=False), 6)
     assert "index.json" in err
+
+
+def test_a_variant_runs_the_older_variants_of_its_architecture_best_first():
+    def desc(n: int, arch: str, variant: str = "") -> oci.Descriptor:
+        platform = {"os": "linux", "architecture": arch, **({"variant": variant} if variant else {})}
+        return oci.Descriptor(oci.OCI_MANIFEST, "sha256:" + str(n) * 64, 1, platform=platform)
+
+    amd64, amd64_v2, amd64_v3 = desc(1, "amd64"), desc(2, "amd64", "v2"), desc(3, "amd64", "v3")
+    assert select_platform([amd64], "linux/amd64/v2", "x") is amd64  # v2 runs v1 (no variant)
+    assert select_platform([amd64, amd64_v2, amd64_v3], "linux/amd64/v2", "x") is amd64_v2  # the best
+    assert select_platform([amd64_v3, amd64], "linux/amd64/v3", "x") is amd64_v3
+    assert select_platform([amd64], "linux/amd64/v1", "x") is amd64
+    with pytest.raises(NotFound):
+        select_platform([amd64_v3], "linux/amd64/v2", "x")  # an older machine cannot run v3
+    arm_v5, arm_v6 = desc(4, "arm", "v5"), desc(5, "arm", "v6")
+    assert select_platform([arm_v5, arm_v6], "linux/arm/v7", "x") is arm_v6
+    arm64, arm64_v82 = desc(6, "arm64"), desc(7, "arm64", "v8.2")
+    assert select_platform([arm64, arm64_v82], "linux/arm64/v8.4", "x") is arm64_v82
+    assert select_platform([arm64], "linux/arm64/v9.1", "x") is arm64  # v9.x runs v8
+    with pytest.raises(NotFound):
+        select_platform([arm64_v82], "linux/arm64/v8", "x")

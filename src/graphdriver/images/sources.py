@@ -297,11 +297,48 @@ def parse_platform(text: str | None) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
 
 
-def _matches(have: dict[str, Any], want: tuple[str, str, str]) -> bool:
+def _variant(arch: str, variant: str) -> str:
+    """*variant* as the matcher compares it: the default named, amd64's ``v1`` as none."""
+    variant = variant or _DEFAULT_VARIANT.get(arch, "")
+    return "" if arch == "amd64" and variant == "v1" else variant
+
+
+def _accepted(arch: str, variant: str) -> list[str]:
+    """The variants of *arch* a machine of *variant* runs, best first (as containerd's matcher):
+    amd64/v3 also v2 and v1, arm/v7 also v6 and v5, arm64/v8.2 also v8.1 and v8, arm64/v9.1
+    also v9 and v8.6 down to v8."""
+    variant = _variant(arch, variant)
+    major, _, minor = variant.removeprefix("v").partition(".")
+    if not major.isdigit() or (minor and not minor.isdigit()):
+        return [variant]
+    n = int(major)
+    if arch == "amd64":
+        return [f"v{k}" for k in range(n, 1, -1)] + [""]
+    if arch == "arm":
+        return [f"v{k}" for k in range(n, 4, -1)] or [variant]
+    if arch != "arm64" or n not in (8, 9):
+        return [variant]
+    m = int(minor or 0)
+    out = [f"v{n}.{k}" if k else f"v{n}" for k in range(m, -1, -1)]
+    if n == 9:  # v9.x runs what v8.(x+5) does
+        out += [f"v8.{k}" if k else "v8" for k in range(m + 5, -1, -1)]
+    return out
+
+
+def _rank(have: dict[str, Any], want: tuple[str, str, str]) -> int | None:
+    """How well an image of platform *have* suits *want* (0 best); None if it cannot run there."""
     os_name, arch, variant = want
     if str(have.get("os", "")) != os_name or str(have.get("architecture", "")) != arch:
-        return False
-    return not variant or str(have.get("variant") or _DEFAULT_VARIANT.get(arch, "")) == variant
+        return None
+    if not variant:
+        return 0
+    accepted = _accepted(arch, variant)
+    got = _variant(arch, str(have.get("variant") or ""))
+    return accepted.index(got) if got in accepted else None
+
+
+def _matches(have: dict[str, Any], want: tuple[str, str, str]) -> bool:
+    return _rank(have, want) is not None
 
 
 def _describe(have: dict[str, Any]) -> str:
@@ -313,9 +350,10 @@ def select_platform(candidates: list[Descriptor], wanted: str | None, what: str)
     """The manifest of an index for *wanted* (``os/arch[/variant]``; default this machine's)."""
     want = parse_platform(wanted or host_platform())
     assert want is not None
-    for d in candidates:
-        if _matches(d.platform or {}, want):
-            return d
+    ranks = [_rank(d.platform or {}, want) for d in candidates]
+    ranked = [(rank, i) for i, rank in enumerate(ranks) if rank is not None]
+    if ranked:
+        return candidates[min(ranked)[1]]
     found = ", ".join(_describe(d.platform or {}) for d in candidates)
     raise NotFound(what, f"no image for platform {'/'.join(p for p in want if p)} (it has {found or 'none'})")
 
