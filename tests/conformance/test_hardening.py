@@ -46,6 +46,18 @@ def test_cleanup_keeps_a_layer_whose_id_ends_in_removing(store):
     assert not [n for n in os.listdir(home) if "removing" in n]
 
 
+@pytest.mark.parametrize("layer_id", ["a.tar-split.gz", "a.tar-split.gz.partial-1", "a.json",
+                                      "a.json.partial-2", "a.lock", "a.partial-3", "a.removing-1"])
+def test_cleanup_keeps_every_file_of_a_layer_whose_id_reads_like_a_temporary(store, layer_id):
+    """Ids may end like the store's own temporaries: cleanup keeps every file of such a layer."""
+    tar = make_tar({"f": F(b"kept")})
+    store.import_layer(layer_id, None, io.BytesIO(tar))
+    assert store.cleanup() == []
+    out = io.BytesIO()
+    store.diff(layer_id, out, exact=True)  # the tar-split data is still there
+    assert out.getvalue() == tar
+
+
 def test_removal_leftovers_are_finished_and_reported(store):
     """A crash between rename and delete leaves a dot-named folder; an older store's
     ``<id>-removing`` folder is finished only when no record names it."""

@@ -116,11 +116,13 @@ def _remove_stray_tarsplit(store: Store) -> list[str]:
     done = []
     folder = os.path.join(store.root, TARSPLIT_DIR)
     for name in sorted(os.listdir(folder)):
-        layer_id, sep, rest = name.partition(TARSPLIT_SUFFIX)
-        if sep and not rest and layer_id in known:
+        # Layer ids may hold the suffix themselves (a.tar-split.gz.partial-1): only the
+        # whole name says whose file it is, ID + suffix, or ID + suffix + .partial-N.
+        if name.endswith(TARSPLIT_SUFFIX) and name[: -len(TARSPLIT_SUFFIX)] in known:
             continue
         path = os.path.join(folder, name)
-        half_written = rest.startswith(".partial-")
+        head, sep, tail = name.rpartition(".partial-")
+        half_written = bool(sep) and head.endswith(TARSPLIT_SUFFIX) and tail.isdigit()
         if remove_abandoned(path) if half_written else atomic.remove_file(path):
             done.append(f"removed stray tar-split file {name}")
     return done
