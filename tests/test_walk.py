@@ -219,12 +219,38 @@ def test_capability_change_alone_is_a_change(trees: tuple[Path, Path]) -> None:
     assert diff(new, old) == ["C /usr", "C /usr/bin", "C /usr/bin/sh"]
 
 
-def test_other_xattrs_are_no_change(trees: tuple[Path, Path]) -> None:
+def test_an_xattr_change_alone_is_a_change(trees: tuple[Path, Path]) -> None:
     new, old = trees
     try:
         os.setxattr(new / "top", "user.note", b"hi")
     except OSError as e:
         pytest.skip(f"no user xattrs here: {e}")
+    assert diff(new, old) == ["C /top"]  # a tarball carries it: the layer changed
+    os.setxattr(old / "top", "user.note", b"hi")
+    assert diff(new, old) == []
+    os.setxattr(new / "etc", "user.note", b"on a directory")
+    assert diff(new, old) == ["C /etc"]
+
+
+@needs_root
+def test_xattrs_a_tarball_never_carries_are_no_change(trees: tuple[Path, Path]) -> None:
+    new, old = trees
+    try:
+        os.setxattr(new / "top", "trusted.overlay.origin", b"x")  # overlayfs's own bookkeeping
+    except OSError as e:
+        pytest.skip(f"no trusted xattrs here: {e}")
+    assert diff(new, old) == []
+
+
+def test_a_write_in_the_second_of_a_whole_second_time_is_a_change(trees: tuple[Path, Path]) -> None:
+    new, old = trees
+    whole = T0 - T0 % 1_000_000_000  # as a plain tar header gives it
+    for root in (old, new):
+        os.utime(root / "top", ns=(whole, whole))
+    assert diff(new, old) == []
+    write(new / "top", "u", mtime_ns=whole + 300_000_000)  # same size, same second, new bytes
+    assert diff(new, old) == ["C /top"]
+    write(new / "top", "t", mtime_ns=whole + 300_000_000)  # the same bytes: Docker's time rule holds
     assert diff(new, old) == []
 
 

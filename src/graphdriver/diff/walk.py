@@ -9,8 +9,12 @@ side by side.  The rules are ``docker diff``'s:
 * a path only in the old tree is deleted (``D``); its descendants are not
   listed, the deletion of a directory implies them;
 * a path in both is changed (``C``) when its type or mode bits, owner, group,
-  device number or ``security.capability`` differ, or, for non-directories,
-  its size, modification time or symlink target.  A directory whose only
+  device number or extended attributes (those a layer tarball carries; Docker
+  compares ``security.capability`` alone) differ, or, for non-directories,
+  its size, modification time or symlink target.  Times are Docker's: equal
+  to the second, one side without a fraction, is equal (a file from a plain
+  tar header and its copy); in that case alone a regular file's bytes are
+  compared, so a write in the same second is not lost.  A directory whose only
   difference is its mtime or size is *not* changed: those move whenever an
   entry inside is touched, and the entry itself is reported;
 * a directory in both trees with any change below it is changed too, up to
@@ -27,24 +31,18 @@ side by side.  The rules are ``docker diff``'s:
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Callable
 
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.layerio.export import change_sort_key
-
-CAPABILITY_XATTR = "security.capability"
-
-# getxattr errors meaning the filesystem keeps no xattrs of that namespace at all.
-_NO_XATTR_SUPPORT = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+from graphdriver.layerio.export import change_sort_key, read_xattrs
 
 
 class Walk:
     """State of one comparison: the two roots and what was found so far."""
 
-    __slots__ = ("changes", "new_root", "no_xattrs", "old_root", "owner")
+    __slots__ = ("changes", "new_root", "old_root", "owner")
 
     def __init__(self, new_root: str, old_root: str | None,
                  owner: Callable[[int, int], tuple[int, int]] | None = None) -> None:
@@ -53,9 +51,6 @@ class Walk:
         #: The old tree's (uid, gid) as the new tree would store them (layers with other id maps).
         self.owner = owner
         self.changes: list[Change] = []
-        # Per side: set once a getxattr says the filesystem has no xattrs at all,
-        # so that a tree on such a filesystem costs one failed call, not one per file.
-        self.no_xattrs = [False, False]
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.changes.append(Change(path, kind))
@@ -155,22 +150,23 @@ def differs(walk: Walk, path: str, new: os.stat_result, old: os.stat_result) -> 
     elif (new.st_uid, new.st_gid) != walk.owner(old.st_uid, old.st_gid):
         return True
     mode = new.st_mode
-    if stat.S_ISDIR(mode):
-        return False
-    if new.st_size != old.st_size or not _same_mtime(new.st_mtime_ns, old.st_mtime_ns):
-        return True
-    # The costlier checks last, only for entries whose stat looks unchanged.
     assert walk.old_root is not None
-    if stat.S_ISLNK(mode):
-        try:
-            return os.readlink(walk.new_root + path) != os.readlink(walk.old_root + path)
-        except FileNotFoundError:
-            return True  # replaced while we looked: report it, export skips what is gone
-    if stat.S_ISREG(mode):
-        return _capability(walk, 0, walk.new_root + path) != _capability(
-            walk, 1, walk.old_root + path
-        )
-    return False
+    if not stat.S_ISDIR(mode):
+        if new.st_size != old.st_size or not _same_mtime(new.st_mtime_ns, old.st_mtime_ns):
+            return True
+        # The costlier checks last, only for entries whose stat looks unchanged.
+        if stat.S_ISLNK(mode):
+            try:
+                if os.readlink(walk.new_root + path) != os.readlink(walk.old_root + path):
+                    return True
+            except FileNotFoundError:
+                return True  # replaced while we looked: report it, export skips what is gone
+        # Times equal only to the second, one side with no fraction (a file from a plain
+        # tar header): a write in that same second looks the same, so look inside.
+        elif (stat.S_ISREG(mode) and new.st_mtime_ns != old.st_mtime_ns and new.st_size
+              and _contents_differ(walk.new_root + path, walk.old_root + path)):
+            return True
+    return _xattrs(walk.new_root + path) != _xattrs(walk.old_root + path)
 
 
 def _same_mtime(a_ns: int, b_ns: int) -> bool:
@@ -187,21 +183,40 @@ def _same_mtime(a_ns: int, b_ns: int) -> bool:
     return a_sec == b_sec and (a_frac == 0 or b_frac == 0)
 
 
-def _capability(walk: Walk, side: int, path: str) -> bytes | None:
-    """The file's ``security.capability`` xattr, or None when it has none."""
-    if walk.no_xattrs[side]:
-        return None
+_CHUNK = 1 << 20
+_READ_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _contents_differ(a: str, b: str) -> bool:
+    """Whether two regular files of one size hold other bytes (True if either went away)."""
     try:
-        return os.getxattr(path, CAPABILITY_XATTR, follow_symlinks=False)
+        fa = os.open(a, _READ_NOFOLLOW)
+    except OSError:
+        return True
+    try:
+        try:
+            fb = os.open(b, _READ_NOFOLLOW)
+        except OSError:
+            return True
+        try:
+            while True:
+                x = os.read(fa, _CHUNK)
+                if x != os.read(fb, _CHUNK):
+                    return True
+                if not x:
+                    return False
+        finally:
+            os.close(fb)
+    finally:
+        os.close(fa)
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    """The entry's extended attributes a layer tarball carries (none once it is gone)."""
+    try:
+        return read_xattrs(path)
     except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno in _NO_XATTR_SUPPORT:
-            walk.no_xattrs[side] = True
-            return None
-        if e.errno == errno.ENODATA:
-            return None
-        raise
+        return {}
 
 
 def _add_parents(walk: Walk) -> None:

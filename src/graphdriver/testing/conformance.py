@@ -325,7 +325,16 @@ CHANGES_OF_INHERITED_FILES: dict[str, Callable[[Path], object]] = {
     "parent-file-owner-changed": lambda p: os.chown(p / "etc/a", 4242, 4242),
     "parent-dir-mode-changed": lambda p: os.chmod(p / "etc", 0o700),
     "whited-out-file-made-again": lambda p: (p / "gone").write_bytes(b"g"),
+    "parent-file-rewritten-in-its-second": lambda p: _rewritten_in_its_second(p / "etc/a"),
+    "parent-file-xattr-set": lambda p: os.setxattr(p / "etc/a", "user.note", b"set"),
 }
+
+
+def _rewritten_in_its_second(path: Path) -> None:
+    """New bytes of the same size within the whole second a tar header gave: only the data tells."""
+    whole = path.stat().st_mtime_ns
+    path.write_bytes(path.read_bytes().upper())
+    os.utime(path, ns=(whole + 300_000_000, whole + 300_000_000))
 
 
 def _looked_at(store: Any, layer_id: str) -> dict[str, Any]:
