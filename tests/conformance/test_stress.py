@@ -94,3 +94,17 @@ def test_four_processes_for_a_minute_never_see_corruption(tmp_path: Path, driver
     assert (cleanup.returncode, cleanup.stdout) == (0, b""), cleanup.stderr
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         assert str(root) not in f.read()
+
+
+def test_one_of_four_processes_removing_a_layer_at_once_removes_it(tmp_path: Path, driver_name: str) -> None:
+    """The others are told it is not there (exit 3), as a second removal after it would be."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    base_cmd = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"), "--run-root",
+                str(tmp_path / "run"), "--driver", driver_name]
+    for round_ in range(3):
+        subprocess.run([*base_cmd, "import", "same", "-"], input=_layer(round_), env=env, check=True,
+                       capture_output=True)
+        procs = [subprocess.Popen([*base_cmd, "remove", "same"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE) for _ in range(WORKERS)]
+        codes = sorted(p.wait() for p in procs)
+        assert codes == [0] + [3] * (WORKERS - 1), [p.stderr.read() for p in procs if p.stderr]

@@ -1154,6 +1154,8 @@ class Store:
                 raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
         # A removal that fails half way is finished by the next cleanup, never undone.
         with self._transaction(layer_id, "remove", undo="finish-later") as tx:
+            if not self.records.exists(layer_id):  # removed by another process meanwhile
+                raise NotFound(f"layer {layer_id}", "no such layer")
             children = self._dependents(layer_id)
             if children:
                 raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
