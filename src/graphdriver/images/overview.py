@@ -141,8 +141,8 @@ def df(store: Store) -> dict[str, Any]:
     used = usage.used()
     in_images: set[str] = set(usage.image_users)
     image_bytes = sum(usage.own_size(i) for i in in_images if i in usage.layers)
-    container_layers = [i for i in usage.container_of if i in usage.layers]
-    container_bytes = sum(usage.own_size(i) for i in container_layers)
+    # What containers wrote (Docker's SizeRw): their writable layers, not the init layers.
+    container_bytes = sum(usage.own_size(c.layer) for c in usage.containers if c.layer in usage.layers)
     loose = [i for i in usage.layers if i not in used]
     loose_bytes = sum(usage.own_size(i) for i in loose)
     active = {c.image for c in usage.containers}
