@@ -336,3 +336,19 @@ def test_a_variant_runs_the_older_variants_of_its_architecture_best_first():
     assert select_platform([arm64], "linux/arm64/v9.1", "x") is arm64  # v9.x runs v8
     with pytest.raises(NotFound):
         select_platform([arm64_v82], "linux/arm64/v8", "x")
+
+
+def test_an_archive_member_that_links_to_itself_is_named_as_such(tmp_path):
+    import io
+    import tarfile
+
+    archive = tmp_path / "looped.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"[]"))
+        link = tarfile.TarInfo("manifest.json")  # stored again, as a hard link to its own name
+        link.type, link.linkname = tarfile.LNKTYPE, "manifest.json"
+        tar.addfile(link)
+    err = one_line_error(gd(tmp_path, "image", "load", str(archive), check=False), 6)
+    assert "'manifest.json' is a link that leads to no file" in err

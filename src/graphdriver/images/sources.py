@@ -128,8 +128,11 @@ class _Files:
             link = member.linkname
             name = _clean(link if member.islnk() else os.path.join(os.path.dirname(name), link))
             member = self.members.get(name)
-        if member is None or not member.isfile():
+        if member is None:
             raise IntegrityError(f"image archive {shorten(self.path)!r}", f"{name!r} is missing")
+        if not member.isfile():  # a link still (in a loop, or too long a chain), a directory, ...
+            what = "a link that leads to no file" if member.issym() or member.islnk() else "not a file"
+            raise IntegrityError(f"image archive {shorten(self.path)!r}", f"{name!r} is {what}")
         stream = self.tar.extractfile(member)
         assert stream is not None
         return stream  # type: ignore[return-value]
