@@ -122,7 +122,7 @@ def _remove_stray_tarsplit(store: Store) -> list[str]:
             continue
         path = os.path.join(folder, name)
         head, sep, tail = name.rpartition(".partial-")
-        half_written = bool(sep) and head.endswith(TARSPLIT_SUFFIX) and tail.isdigit()
+        half_written = bool(sep) and head.endswith(TARSPLIT_SUFFIX) and bool(tail)
         if remove_abandoned(path) if half_written else atomic.remove_file(path):
             done.append(f"removed stray tar-split file {name}")
     return done
