@@ -664,6 +664,34 @@ def test_base_images_cli(tmp_path):
     assert wrong.returncode == 7
 
 
+def test_a_layer_named_as_a_base_images_folder_is_refused_and_leaves_the_image_whole(tmp_path):
+    from tests.conftest import run_cli
+
+    images, taken = tmp_path / "images", "nanoserver"  # a folder name that is a valid layer id
+    (images / taken / "Files/Windows").mkdir(parents=True)
+    (images / taken / "Files/Windows/win.ini").write_bytes(b"NanoServer")
+    (images / taken / "UtilityVM/Files").mkdir(parents=True)
+    (images / taken / "image.json").write_text(json.dumps({"name": "NanoServer", "version": "10.0.19042.1"}))
+    root = tmp_path / "cli-root"
+    opt = ("--opt", f"base_images={images}")
+    listed = json.loads(run_cli(*opt, "base-images", "--json", root=root, driver="windowsfilter").stdout)
+    nano = next(i for i in listed if i["Name"] == "NanoServer")
+    assert run_cli(*opt, "exists", taken, root=root).returncode == 3  # no layer of that id
+    for mounted in (False, True):
+        if mounted:
+            run_cli(*opt, "mount", nano["ID"], root=root, check=True)
+        made = run_cli(*opt, "create", taken, root=root)
+        assert made.returncode == 4 and made.stderr.count(b"\n") == 1, made.stderr
+        assert run_cli(*opt, "layers", root=root).returncode == 0  # the store still opens
+        if mounted:
+            run_cli(*opt, "unmount", nano["ID"], root=root, check=True)
+        path = run_cli(*opt, "mount", nano["ID"], root=root, check=True).stdout.decode().strip()
+        try:
+            assert (Path(path) / "Windows/win.ini").read_bytes() == b"NanoServer"
+        finally:
+            run_cli(*opt, "unmount", nano["ID"], root=root, check=True)
+
+
 # ----- the shared extractor and exporter's guarantees, in the Windows format -------------------------
 
 

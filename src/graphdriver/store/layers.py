@@ -456,6 +456,11 @@ class Store:
         layer_id = tx.layer_id
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
+        if os.path.lexists(os.path.join(self.driver.home, layer_id)):
+            # Files no record names: another layer's under its alternate id (a base image's
+            # folder), or a leftover; neither is this layer's to take, nor to remove on failure.
+            raise AlreadyExists(f"layer {layer_id}", f"{self.driver_name}/{layer_id} holds files of no layer "
+                                "of that id (another layer's folder, or a leftover cleanup removes)")
         parent_record = self._find(parent) if parent is not None else None
         if parent_record is not None:
             self._refuse_damaged(parent_record, new_child=layer_id)
