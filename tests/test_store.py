@@ -243,3 +243,21 @@ def test_records_hold_stored_fields_only(store):
     assert type(stored) is LayerRecord and not hasattr(stored, "metadata")
     on_disk = json.loads(Path(store.records.dir, "base.json").read_text())
     assert set(on_disk) == set(stored.to_json()) and "metadata" not in on_disk
+
+
+def test_default_locations_follow_xdg_and_ignore_a_relative_value(monkeypatch, tmp_path):
+    from graphdriver.store import layers
+
+    monkeypatch.delenv("GRAPHDRIVER_ROOT", raising=False)
+    monkeypatch.delenv("GRAPHDRIVER_RUNROOT", raising=False)
+    monkeypatch.setattr(layers, "privileged", lambda: False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    assert layers.default_root() == str(tmp_path / "data/graphdriver")
+    assert layers.default_run_root("/r") == str(tmp_path / "run/graphdriver")
+    # The XDG spec: a relative path in these variables is invalid and ignored.
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/run")
+    assert layers.default_root() == str(tmp_path / ".local/share/graphdriver")
+    assert layers.default_run_root("/r") == "/r/run"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import os
+import stat
 
 from graphdriver.errors import NotFound
 
@@ -105,7 +106,10 @@ class DirFileGetter(FileGetter):
                 pfd = self._dirs.get(parent) if parent else root_fd
                 if pfd is None:
                     pfd = self._dir_fd(root_fd, parent)
-                fd = os.open(base, _READ_FILE, dir_fd=pfd)
+                try:
+                    fd = os.open(base, _READ_FILE, dir_fd=pfd)
+                except PermissionError:
+                    fd = _open_own_unreadable(pfd, base)
         except (FileNotFoundError, NotADirectoryError) as e:
             raise NotFound(f"file {name!r}", "not in the layer") from e
         return _FdFile(fd)  # type: ignore[return-value]
@@ -126,3 +130,23 @@ class DirFileGetter(FileGetter):
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None
+
+
+def _open_own_unreadable(pfd: int, base: str) -> int:
+    """Open for reading a regular file of ours that its mode keeps us out of (``/etc/shadow``
+    is 0000 in many images): an unprivileged store stores modes as they are, and only the
+    owner's read bit is added for the moment of the open (its times are untouched).
+    PermissionError as before for anything else."""
+    path_fd = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    try:
+        st = os.fstat(path_fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o400:
+            raise PermissionError(13, os.strerror(13), base)
+        inode = f"/proc/self/fd/{path_fd}"  # the very file opened above, whatever its name now
+        os.chmod(inode, (st.st_mode & 0o7777) | 0o400)
+        try:
+            return os.open(inode, os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.chmod(inode, st.st_mode & 0o7777)
+    finally:
+        os.close(path_fd)

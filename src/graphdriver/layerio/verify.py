@@ -236,6 +236,8 @@ def _compare(
         try:
             st = os.lstat(base, dir_fd=pfd)
         except FileNotFoundError:
+            if e.type in (te.CHR, te.BLK) and not privileged:
+                return ""  # an unprivileged store cannot make device nodes: the import skipped it
             return "is missing from the layer"
         if e.type == te.LNK:
             target = posixpath.normpath("/" + e.linkname).lstrip("/")
@@ -280,29 +282,26 @@ def _compare_metadata(
 def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> str:
     if e.type == te.SYM:
         return ""  # set on symlinks only where the filesystem allows: not compared
-    fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd) \
-        if e.type in te.REGULAR_TYPES or e.type == te.DIR else -1
-    if fd < 0:
+    if e.type not in te.REGULAR_TYPES and e.type != te.DIR:
         return ""
-    try:
-        names = set(os.listxattr(fd))
-        private = sorted(n for n in names if n.startswith(_OVERLAY_PRIVATE)
-                         and not n.endswith(".overlay.opaque"))
-        if private:
-            return f"carries overlay's own xattr {private[0]} (kept by an older import)"
-        stored = {n for n in names if not n.startswith(_OVERLAY_PRIVATE) and n not in _HOST_XATTRS}
-        wanted = {k for k in e.xattrs if not k.startswith(_OVERLAY_PRIVATE) and k not in _HOST_XATTRS}
-        if not privileged:  # trusted.* and security.* need privilege: an unprivileged import skips them
-            wanted = {k for k in wanted if not k.startswith(("trusted.", "security."))}
-        if stored != wanted:
-            extra, missing = sorted(stored - wanted), sorted(wanted - stored)
-            return f"has xattr {extra[0]} its entry lacks" if extra else f"lacks xattr {missing[0]}"
-        for name in wanted:
-            if os.getxattr(fd, name) != e.xattrs[name]:
-                return f"has another value of xattr {name}"
-        return ""
-    finally:
-        os.close(fd)
+    # By path through the directory's fd (one component, not followed): xattrs need no read
+    # permission, and a file of mode 0000 is one an unprivileged store may hold.
+    path = f"/proc/self/fd/{pfd}/{base}"
+    names = set(os.listxattr(path, follow_symlinks=False))
+    private = sorted(n for n in names if n.startswith(_OVERLAY_PRIVATE) and not n.endswith(".overlay.opaque"))
+    if private:
+        return f"carries overlay's own xattr {private[0]} (kept by an older import)"
+    stored = {n for n in names if not n.startswith(_OVERLAY_PRIVATE) and n not in _HOST_XATTRS}
+    wanted = {k for k in e.xattrs if not k.startswith(_OVERLAY_PRIVATE) and k not in _HOST_XATTRS}
+    if not privileged:  # trusted.* and security.* need privilege: an unprivileged import skips them
+        wanted = {k for k in wanted if not k.startswith(("trusted.", "security."))}
+    if stored != wanted:
+        extra, missing = sorted(stored - wanted), sorted(wanted - stored)
+        return f"has xattr {extra[0]} its entry lacks" if extra else f"lacks xattr {missing[0]}"
+    for name in wanted:
+        if os.getxattr(path, name, follow_symlinks=False) != e.xattrs[name]:
+            return f"has another value of xattr {name}"
+    return ""
 
 
 def _kind_name(mode: int) -> str:

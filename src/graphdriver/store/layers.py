@@ -86,8 +86,14 @@ def default_root() -> str:
         return env
     if privileged():
         return "/var/lib/graphdriver"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    data = _xdg("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return os.path.join(data, "graphdriver")
+
+
+def _xdg(name: str) -> str | None:
+    """An XDG base directory variable; a relative path is invalid there and ignored (the spec)."""
+    value = os.environ.get(name)
+    return value if value and os.path.isabs(value) else None
 
 
 def default_run_root(root: str) -> str:
@@ -96,7 +102,7 @@ def default_run_root(root: str) -> str:
         return env
     if privileged():
         return "/run/graphdriver"
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = _xdg("XDG_RUNTIME_DIR")
     if runtime:
         return os.path.join(runtime, "graphdriver")
     return os.path.join(root, "run")

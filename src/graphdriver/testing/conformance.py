@@ -417,6 +417,19 @@ def test_content_changed_behind_the_store_still_fails_diff(store: Any) -> None:
 
 
 @oci_drivers
+def test_modes_that_lock_the_owner_out_and_device_nodes_still_export_and_check(store: Any) -> None:
+    """``/etc/shadow`` is 0000 in many images, and base images hold device nodes: with or
+    without privileges, ``diff`` gives back the imported bytes and ``check`` finds the layer
+    sound (an unprivileged store cannot make device nodes; the import skips them)."""
+    imported = make_tar({"etc": D(), "etc/shadow": F(b"root:*:19000::::::\n", mode=0o000),
+                         "etc/empty": F(b"", mode=0o000), "dev": D(), "dev/null": Dev("c", 1, 3),
+                         "dev/sda": Dev("b", 8, 0), "dev/fifo": Dev("p")})
+    store.import_layer("base", None, io.BytesIO(imported))
+    assert diff_bytes(store, "base") == imported
+    assert store.check(["base"]) == [("base", None)]
+
+
+@oci_drivers
 def test_an_apply_after_import_forgets_the_imported_tarball(store: Any) -> None:
     store.import_layer("base", None, io.BytesIO(make_tar({"etc/hello": F(b"hello\n")})))
     store.apply("base", io.BytesIO(make_tar({"etc/more": F(b"more\n")})))
