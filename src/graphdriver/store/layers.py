@@ -1020,7 +1020,9 @@ class Store:
         ``apply`` since, or an archive that cannot be re-exported exactly);
         :class:`IntegrityError`, before anything is written, when the record
         says it was kept but it is missing or is not sound tar-split metadata
-        of the imported tarball.
+        of the imported tarball, or when the layer's files changed through a
+        writable mount since (as ``diff`` finds it): the metadata would
+        rebuild other files than the layer's.
         """
         record = self._find(layer_id)
         what = f"tar-split data of layer {layer_id}"
@@ -1029,6 +1031,14 @@ class Store:
         if record.unreproducible:
             raise NotFound(what, f"none was kept: the archive cannot be re-exported exactly "
                                  f"({record.unreproducible})")
+        if self._may_have_changed(record) and self._has_tarsplit(record):
+            # Mounted writable since: the metadata describes the files only if they are unchanged.
+            try:
+                changed = self._changed(record)
+            except (GraphDriverError, OSError) as e:
+                self._raise_explained(e, layer_id, seen=record)
+            if changed is not None:
+                raise IntegrityError(what, f"the layer {self._changed_why(record, changed)}")
         path = self._tarsplit_of(record)
         try:
             with open(path, "rb") as f:
