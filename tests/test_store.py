@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Precondition
+from graphdriver.drivers.vfs import VfsDriver
+from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Precondition, Unsupported
 from graphdriver.store.layers import Store, StoreOptions
 from graphdriver.testing.treeutil import D, F, H, L, make_tar
 from tests.conftest import corpus_files, needs_root, run_cli
@@ -261,3 +262,23 @@ def test_default_locations_follow_xdg_and_ignore_a_relative_value(monkeypatch, t
     monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/run")
     assert layers.default_root() == str(tmp_path / ".local/share/graphdriver")
     assert layers.default_run_root("/r") == "/r/run"
+
+
+class _NeverDriver(VfsDriver):
+    """A driver whose probe always fails (to see ``status`` say why it was passed over)."""
+
+    @classmethod
+    def probe(cls, home: str) -> None:
+        raise Unsupported("driver never", "this machine lacks what it needs")
+
+
+def test_status_says_which_probes_passed_and_why_drivers_ahead_were_passed_over(tmp_path, monkeypatch):
+    from graphdriver.drivers import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "never", f"{__name__}:_NeverDriver")
+    monkeypatch.setattr(registry, "PRIORITY", ("never", "vfs"))
+    monkeypatch.setattr(registry, "passed_over", [])
+    store = Store(StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "r")))
+    status = dict(store.status())
+    assert status["Probes Passed"] == "vfs"
+    assert status["Probes Failed"] == "never: driver never: this machine lacks what it needs"

@@ -140,6 +140,11 @@ def driver_status(driver: Driver) -> list[tuple[str, str]]:
     return pairs
 
 
+#: Why :func:`select_driver` passed over drivers ahead of the one it chose, in this process
+#: (``status`` of a store it chose for says so).
+passed_over: list[str] = []
+
+
 def select_driver(home_for: dict[str, str] | None = None, probe_home: str = "") -> str:
     """The first driver of :data:`PRIORITY` whose probe passes at *probe_home*."""
     reasons = []
@@ -152,6 +157,7 @@ def select_driver(home_for: dict[str, str] | None = None, probe_home: str = "") 
         except GraphDriverError as e:
             reasons.append(f"{name}: {e}")
             continue
+        passed_over[:] = reasons
         return name
     raise Unsupported("no usable driver", "; ".join(reasons) or "none registered")
 

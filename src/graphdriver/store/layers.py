@@ -288,6 +288,9 @@ class Store:
     def status(self) -> list[tuple[str, str]]:
         pairs = [("Root", self.root), ("Run Root", self.run_root)]
         pairs += registry.driver_status(self.driver)
+        pairs.append(("Probes Passed", self.driver_name))
+        if registry.passed_over:  # chosen by this command: why the drivers ahead were not
+            pairs.append(("Probes Failed", "; ".join(registry.passed_over)))
         size_limit = self.driver.size_limit_status()
         if size_limit is not None:
             pairs.append(("Default Size Limit", size_limit))
