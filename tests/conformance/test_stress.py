@@ -108,3 +108,33 @@ def test_one_of_four_processes_removing_a_layer_at_once_removes_it(tmp_path: Pat
                                   stderr=subprocess.PIPE) for _ in range(WORKERS)]
         codes = sorted(p.wait() for p in procs)
         assert codes == [0] + [3] * (WORKERS - 1), [p.stderr.read() for p in procs if p.stderr]
+
+
+def test_a_removal_and_a_mount_at_once_one_wins_and_the_store_stays_whole(tmp_path: Path,
+                                                                          driver_name: str) -> None:
+    """Either the layer is removed and the mount is told it is not there (3), or it is mounted and
+    the removal refused (5): never a removal left half done for a later cleanup to finish."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    root = tmp_path / "store"
+    base_cmd = [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+                str(tmp_path / "run"), "--driver", driver_name]
+    for round_ in range(8):
+        layer = f"l{round_}"
+        subprocess.run([*base_cmd, "import", layer, "-"], input=_layer(round_), env=env, check=True,
+                       capture_output=True)
+        remove = subprocess.Popen([*base_cmd, "remove", layer], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        mount = subprocess.Popen([*base_cmd, "mount", layer], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        outcome = (remove.wait(), mount.wait())
+        try:
+            assert outcome in ((0, 3), (5, 0)), outcome
+            assert not [n for n in os.listdir(root / "pending") if not n.startswith(".")]
+        finally:
+            if outcome[1] == 0:  # mounted: never left mounted, whatever was found
+                subprocess.run([*base_cmd, "unmount", layer], env=env, capture_output=True)
+                subprocess.run(["umount", "-l", str(root / driver_name / layer / "merged")],
+                               capture_output=True)
+        if outcome == (5, 0):
+            subprocess.run([*base_cmd, "remove", layer], env=env, check=True, capture_output=True)
+    assert subprocess.run([*base_cmd, "cleanup"], env=env, check=True, capture_output=True).stdout == b""

@@ -665,23 +665,23 @@ class Store:
         its tarball's back, so ``diff`` checks them before giving back the
         imported bytes.  *readonly*: the caller only reads, nothing is recorded.
         """
-        record = self._find(layer_id)
-        self._refuse_damaged(record)
-        try:
-            if readonly or record.diff_digest is None or record.read_only_store \
-                    or not self.driver.writable_view(layer_id):
-                return self.driver.get(layer_id, mount_label)
-            # Recorded and mounted under the lock: a diff that finds the layer unchanged
-            # forgets the mark only when no mount came in between (see :meth:`_changed`).
-            with self.locked():
-                stored = self.records.get(layer_id)
-                if stored.diff_digest is not None:
+        # Found and mounted under the store lock: a removal checks the mount count and
+        # removes under it, so it either sees this mount or is done before it (then: 3).
+        with self.locked():
+            record = self._find(layer_id)
+            self._refuse_damaged(record)
+            try:
+                if not (readonly or record.diff_digest is None or record.read_only_store
+                        or not self.driver.writable_view(layer_id)):
+                    # A diff that finds the layer unchanged forgets the mark only when no
+                    # mount came in between (see :meth:`_changed`).
+                    stored = self.records.get(layer_id)
                     stored.mounted_writable = now_rfc3339()
                     self.records.put(stored)
                 return self.driver.get(layer_id, mount_label)
-        except (NotFound, IntegrityError) as e:
-            # The union needs every ancestor's files too: a missing one is damage (6).
-            self._raise_explained(e, layer_id, *self._ancestors(record), seen=record)
+            except (NotFound, IntegrityError) as e:
+                # The union needs every ancestor's files too: a missing one is damage (6).
+                self._raise_explained(e, layer_id, *self._ancestors(record), seen=record)
 
     def _ancestors(self, record: Layer) -> list[str]:
         """The ids below *record*, nearest first, as far as their records can be read."""
@@ -1188,7 +1188,13 @@ class Store:
             self._refuse_held(layer_id, holder)
             tx.mark()
             if self.driver.exists(layer_id) and not self.driver.is_readonly_store(layer_id):
-                self.driver.remove(layer_id)
+                try:
+                    self.driver.remove(layer_id)
+                except Precondition:
+                    # Refused before anything was removed: the layer stays, so no
+                    # later cleanup may finish a removal the caller was told failed.
+                    self.records.clear_pending(layer_id)
+                    raise
             try:
                 os.unlink(self.tarsplit_path(layer_id))
             except FileNotFoundError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from graphdriver.errors import NotFound, Precondition
+from graphdriver.errors import GraphDriverError, NotFound, Precondition
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import remove_abandoned
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX
@@ -36,7 +36,11 @@ def cleanup(store: Store) -> list[str]:
             if store.records.is_live(layer_id):
                 continue
             op = marker.get("op", "work")
-            store.drop_layer(layer_id)
+            try:
+                store.drop_layer(layer_id)
+            except GraphDriverError as e:  # mounted since, say: reported, the rest goes on
+                done.append(f"layer {layer_id} left by an interrupted {op}: not removed yet ({e})")
+                continue
             done.append(f"removed layer {layer_id} left by an interrupted {op}")
         done.extend(_remove_stray_locks(store))
         done.extend(_remove_stale_temporaries(store))
