@@ -503,6 +503,34 @@ def test_two_loads_sharing_a_base_layer_at_once_both_succeed(tmp_path):
     assert gd(tmp_path, "vfs", "check").returncode == 0
 
 
+def test_an_image_removed_while_a_container_is_made_from_it_leaves_no_container_without_image(tmp_path):
+    import sys
+
+    from tests.conftest import ROOT
+
+    oci_layout(tmp_path / "a", [LAYER1], name="localhost/a:1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    base = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"), "--run-root",
+            str(tmp_path / "run"), "--driver", "vfs"]
+    for round_ in range(6):
+        gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a"))
+        name = f"c{round_}"
+        commands = (("image", "rm", "localhost/a:1"), ("container", "create", "localhost/a:1", name))
+        procs = [subprocess.Popen([*base, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for args in commands]
+        rm_code, create_code = (p.wait() for p in procs)
+        # One wins: the image goes and the container is not made (3), or the container is made
+        # and the image is refused its removal (5) -- never both made and gone.
+        assert (rm_code, create_code) in ((0, 3), (5, 0)), [p.stderr.read() for p in procs]  # type: ignore[union-attr]
+        if create_code == 0:
+            gd(tmp_path, "vfs", "container", "rm", name)
+            gd(tmp_path, "vfs", "image", "rm", "localhost/a:1")
+        gd(tmp_path, "vfs", "prune")  # the image's layers, should the removal have left them
+        assert gd(tmp_path, "vfs", "layers").stdout == b""
+        assert json.loads(gd(tmp_path, "vfs", "image", "ls", "--json").stdout) == []
+    assert gd(tmp_path, "vfs", "cleanup").stdout == b""
+
+
 def test_a_zstd_layer_loads_and_container_size_reaches_the_writable_layer(tmp_path):
     import zstandard
 

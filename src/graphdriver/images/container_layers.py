@@ -120,19 +120,28 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
     for layer_id in (name, init):
         if store.exists(layer_id):
             raise AlreadyExists(f"container {name}", f"a layer {layer_id} exists")
+    ours: list[str] = []  # the layers this call made: only those go if it fails
     with Pending(images, f"container {name}") as pending:
         try:
             if record.top_layer is not None:
                 pending.use(record.top_layer)
             pending.add(init)
             _make_init(store, init, record.top_layer)
+            ours.append(init)
             pending.add(name)
             store.create(name, init, writable=True, size=size)
+            ours.append(name)
             made = Container(name, record.id, name, init, now_rfc3339())
-            os.makedirs(_dir(store), 0o700, exist_ok=True)
-            atomic.write_json(_path(store, name), made.to_json())
+            with store.locked():
+                # Under the lock that image rm and prune check containers under: the image
+                # is still there (else NotFound, the layers go), and stays while we are.
+                images.get(record.id)
+                if os.path.exists(_path(store, name)):
+                    raise AlreadyExists(f"container {name}", "already exists")
+                os.makedirs(_dir(store), 0o700, exist_ok=True)
+                atomic.write_json(_path(store, name), made.to_json())
         except BaseException:
-            for layer_id in (name, init):
+            for layer_id in reversed(ours):
                 if store.exists(layer_id):
                     store.remove(layer_id)
             raise

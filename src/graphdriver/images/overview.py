@@ -209,9 +209,11 @@ def prune(store: Store, *, layers: bool = False) -> list[str]:
     done = []
     with store.locked():
         current = {r.id: r for r in images.all()}
+        busy = {c.image for c in ctrs.containers(store)}  # a container made meanwhile keeps its image
         for image_id in plan["images"]:
             still = current.get(image_id)
-            if still is not None and not still.names and not still.digests:  # still unnamed, under the lock
+            # Still unnamed and unused, under the lock (a container records itself under it).
+            if still is not None and not still.names and not still.digests and image_id not in busy:
                 images.delete(image_id)
                 done.append(f"deleted image {image_id}")
     from graphdriver.images.manage import used_layers
