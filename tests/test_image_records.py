@@ -352,3 +352,26 @@ def test_an_archive_member_that_links_to_itself_is_named_as_such(tmp_path):
         tar.addfile(link)
     err = one_line_error(gd(tmp_path, "image", "load", str(archive), check=False), 6)
     assert "'manifest.json' is a link that leads to no file" in err
+
+
+def test_a_container_removal_killed_half_way_is_finished_by_cleanup(tmp_path):
+    two_images(tmp_path)
+    for name, gone_already in (("c1", ()), ("c2", ("c2",))):
+        gd(tmp_path, "container", "create", "localhost/b:1", name)
+        record = tmp_path / "store/containers" / f"{name}.json"
+        value = json.loads(record.read_text())
+        record.write_text(json.dumps({**value, "removing": True}))  # as container rm says first
+        for layer in gone_already:  # killed after its writable layer went
+            from graphdriver.store.layers import Store, StoreOptions
+
+            store = Store(StoreOptions(root=str(tmp_path / "store"), run_root=str(tmp_path / "run")))
+            store.remove(layer, holder=f"container {name}")
+            assert not store.exists(layer)
+    err = gd(tmp_path, "remove", "c2-init", check=False)  # held still: the record names it
+    assert err.returncode == 5
+    done = gd(tmp_path, "cleanup").stdout.decode()
+    assert "removed container c1 left by an interrupted removal" in done
+    assert "removed container c2 left by an interrupted removal" in done
+    assert gd(tmp_path, "container", "ls", "--json").stdout.strip() in (b"[]", b"")
+    assert not set(gd(tmp_path, "layers").stdout.split()) & {b"c1", b"c1-init", b"c2", b"c2-init"}
+    assert gd(tmp_path, "cleanup").stdout == b""

@@ -39,17 +39,23 @@ _INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 class Container(Plain):
     """A container: its name (= its writable layer), its init layer, the image it came from."""
 
-    __slots__ = ("created", "image", "init", "layer", "name")
+    __slots__ = ("created", "image", "init", "layer", "name", "removing")
 
-    def __init__(self, name: str, image: str, layer: str, init: str, created: str = "") -> None:
+    def __init__(self, name: str, image: str, layer: str, init: str, created: str = "",
+                 removing: bool = False) -> None:
         self.name = name
         self.image = image
         self.layer = layer
         self.init = init
         self.created = created
+        #: A removal began (and ``cleanup`` finishes it if it died half way).
+        self.removing = removing
 
     def to_json(self) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in self.__slots__}
+        out = {n: getattr(self, n) for n in self.__slots__}
+        if not self.removing:
+            del out["removing"]
+        return out
 
 
 def _dir(store: Store) -> str:
@@ -90,7 +96,8 @@ def _scan(store: Store) -> tuple[list[Container], dict[str, IntegrityError]]:
     for n in names:
         try:
             v = atomic.read_json(os.path.join(_dir(store), n))
-            out.append(Container(v["name"], v["image"], v["layer"], v["init"], v.get("created", "")))
+            out.append(Container(v["name"], v["image"], v["layer"], v["init"], v.get("created", ""),
+                                 v.get("removing") is True))
         except FileNotFoundError:
             continue
         except (ValueError, KeyError, TypeError) as e:
@@ -184,6 +191,9 @@ def remove(store: Store, name: str) -> None:
     from graphdriver.images.holders import container_holder
 
     c = container(store, name)
+    if not c.removing:  # said first: a removal killed half way is finished by cleanup
+        c.removing = True
+        atomic.write_json(_path(store, name), c.to_json())
     for layer_id in (c.layer, c.init):  # removed on the container's behalf: its record still holds them
         if store.exists(layer_id):
             store.remove(layer_id, holder=container_holder(name))

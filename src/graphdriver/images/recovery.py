@@ -41,6 +41,14 @@ def cleanup(store: Store) -> list[str]:
         done += _remove_unreferenced(images)
     from graphdriver.images import container_layers as ctrs
 
+    for c in ctrs.containers(store):
+        if c.removing:  # its removal died half way: the user's word stands, it is finished
+            try:
+                ctrs.remove(store, c.name)
+            except GraphDriverError as e:
+                done.append(f"container {c.name} left by an interrupted removal: not removed yet ({e})")
+                continue
+            done.append(f"removed container {c.name} left by an interrupted removal")
     done += [f"{e}: fix or remove it; its layers {name} and {name}{ctrs.INIT_SUFFIX} were kept"
              for name, e in ctrs.unreadable(store).items()]
     return done
