@@ -375,3 +375,21 @@ def test_a_container_removal_killed_half_way_is_finished_by_cleanup(tmp_path):
     assert gd(tmp_path, "container", "ls", "--json").stdout.strip() in (b"[]", b"")
     assert not set(gd(tmp_path, "layers").stdout.split()) & {b"c1", b"c1-init", b"c2", b"c2-init"}
     assert gd(tmp_path, "cleanup").stdout == b""
+
+
+def test_an_image_removal_killed_half_way_is_finished_by_cleanup(tmp_path):
+    a, b = two_images(tmp_path)
+    layers = [entry["Layer"] for entry in a["Layers"]]  # base first; the base is b's too
+    images = tmp_path / "store/images"
+    # What `image rm localhost/a:1` leaves when killed once its record is gone: its marker,
+    # written first, naming the layers it frees (its lock died with it).
+    (images / "pending").mkdir(exist_ok=True)
+    (images / "pending/0123456789abcdef.json").write_text(json.dumps(
+        {"what": "image rm localhost/a:1", "layers": [], "uses": [], "frees": layers, "pid": 1}))
+    (images / "records" / (a["Id"][7:] + ".json")).unlink()
+    done = gd(tmp_path, "cleanup").stdout.decode()
+    assert f"removed layer {layers[1]} left by an interrupted image rm localhost/a:1" in done
+    remaining = set(gd(tmp_path, "layers").stdout.decode().split())
+    assert layers[1] not in remaining and layers[0] in remaining  # b keeps its layer
+    assert inspect(tmp_path, "localhost/b:1")["Id"] == b["Id"]
+    assert gd(tmp_path, "cleanup").stdout == b""

@@ -32,15 +32,19 @@ _UNCOMPRESSED = frozenset({oci.OCI_LAYER, oci.DOCKER_LAYER})
 
 
 class Pending:
-    """A load, pull or commit under way: the layers it made, for ``cleanup`` if it dies."""
+    """A load, pull, commit or removal under way: the layers it made or frees, for ``cleanup``
+    if it dies."""
 
-    def __init__(self, images: ImageStore, what: str) -> None:
+    def __init__(self, images: ImageStore, what: str, *, frees: list[str] | None = None) -> None:
         self.images = images
         self.path = os.path.join(images.pending_dir, f"{secrets.token_hex(8)}.json")
         self.what = what
         #: Layers this work made (removed again if it fails), and layers it reuses.
         self.made: list[str] = []
         self.uses: list[str] = []
+        #: Layers this work removes where nothing else uses them (an image's, base first):
+        #: ``cleanup`` finishes that if it dies; they are not busy meanwhile.
+        self.frees = list(frees or [])
         self._lock: locked | None = None
 
     def __enter__(self) -> Pending:
@@ -52,7 +56,7 @@ class Pending:
 
     def _write(self) -> None:
         atomic.write_json(self.path, {"what": self.what, "layers": self.made, "uses": self.uses,
-                                      "pid": os.getpid()})
+                                      "frees": self.frees, "pid": os.getpid()})
 
     def add(self, layer_id: str) -> None:
         """Say this work makes *layer_id* (before it does: a crash during it is then undone)."""

@@ -136,16 +136,29 @@ def remove(store: Store, name: str) -> list[str]:
         users = [c.name for c in containers.containers(store) if c.image == record.id]
         # An unreadable container record was made from this image if its layers sit on the image's top.
         on_top = set(store.children(record.layers[-1])) if record.layers else set()
-        users += [f"the unreadable {e.what}" for name, e in containers.unreadable(store).items()
-                  if {name, name + containers.INIT_SUFFIX} & on_top]
+        users += [f"the unreadable {e.what}" for ctr, e in containers.unreadable(store).items()
+                  if {ctr, ctr + containers.INIT_SUFFIX} & on_top]
         if users:
             raise Precondition(f"image {name}", f"is used by containers: {', '.join(users)}")
-        store_images.delete(record.id)
-        keep = store_images.referenced_blobs()
-        for digest in (record.id, record.manifest, *(str(d.get("digest")) for d in record.layer_blobs or ())):
-            if digest and keep is not None and oci.hex_of(digest) not in keep:
-                atomic.remove_file(store_images.blob_path(digest))
-    return free_layers(store, record.layers)
+        # Its layers are listed for cleanup first: killed once the record is gone, the
+        # removal is finished (the layers nothing else uses go) rather than left half done.
+        from graphdriver.images.loading import Pending
+
+        pending = Pending(store_images, f"image rm {name}", frees=record.layers).__enter__()
+        try:
+            store_images.delete(record.id)
+            keep = store_images.referenced_blobs()
+            for digest in (record.id, record.manifest,
+                           *(str(d.get("digest")) for d in record.layer_blobs or ())):
+                if digest and keep is not None and oci.hex_of(digest) not in keep:
+                    atomic.remove_file(store_images.blob_path(digest))
+        except BaseException:
+            pending.__exit__(None, None, None)
+            raise
+    try:
+        return free_layers(store, record.layers)
+    finally:
+        pending.__exit__(None, None, None)
 
 
 def used_layers(store: Store) -> set[str]:

@@ -200,13 +200,25 @@ def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False
 
 def prune(store: Store, *, layers: bool = False) -> list[str]:
     """Remove what :func:`prune_plan` names (skipping mounted layers); one line per thing removed."""
-    from graphdriver.errors import GraphDriverError
     from graphdriver.fs import atomic
+    from graphdriver.images.loading import Pending
     from graphdriver.images.recovery import cleanup as images_cleanup
 
     plan = prune_plan(store, layers=layers)
     images = ImageStore(store.root)
-    done = []
+    done: list[str] = []
+    # Listed for cleanup first (base first, as an image lists them): a prune killed half
+    # way is finished, the layers nothing uses then going, rather than left half done.
+    with Pending(images, "prune", frees=plan["layers"][::-1]):
+        _prune(store, images, plan, done)
+    done += images_cleanup(store)
+    atomic.fsync_dir(store.root)
+    return done
+
+
+def _prune(store: Store, images: ImageStore, plan: dict[str, list[str]], done: list[str]) -> None:
+    from graphdriver.errors import GraphDriverError
+
     with store.locked():
         current = {r.id: r for r in images.all()}
         busy = {c.image for c in ctrs.containers(store)}  # a container made meanwhile keeps its image
@@ -232,6 +244,3 @@ def prune(store: Store, *, layers: bool = False) -> list[str]:
             done.append(f"kept layer {layer_id}: {e}")
             continue
         done.append(f"deleted layer {layer_id}")
-    done += images_cleanup(store)
-    atomic.fsync_dir(store.root)
-    return done

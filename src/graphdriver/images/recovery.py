@@ -37,6 +37,11 @@ def cleanup(store: Store) -> list[str]:
             continue
         done += _undo(store, path)
     done += _remove_partials(images)
+    from graphdriver.images.container_layers import CONTAINERS_DIR
+    from graphdriver.store.recovery import remove_stale_temporaries
+
+    done += remove_stale_temporaries((images.pending_dir, images.records_dir,
+                                      os.path.join(store.root, CONTAINERS_DIR)))
     if not alive:
         done += _remove_unreferenced(images)
     from graphdriver.images import container_layers as ctrs
@@ -59,7 +64,7 @@ def _undo(store: Store, path: str) -> list[str]:
 
     try:
         marker = atomic.read_json(path)
-        made = [str(x) for x in marker.get("layers", [])]
+        made = [str(x) for x in (*marker.get("layers", []), *marker.get("frees", []))]
         what = str(marker.get("what", "image work"))
     except (OSError, ValueError, AttributeError):
         made, what = [], "image work"

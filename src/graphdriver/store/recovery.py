@@ -105,10 +105,18 @@ def _remove_stray_locks(store: Store) -> list[str]:
 
 
 def _remove_stale_temporaries(store: Store) -> list[str]:
+    return remove_stale_temporaries((store.root, store.records.dir, store.records.pending_dir))
+
+
+def remove_stale_temporaries(folders: tuple[str, ...]) -> list[str]:
     """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose writer is dead."""
     done = []
-    for folder in (store.root, store.records.dir, store.records.pending_dir):
-        for name in sorted(os.listdir(folder)):
+    for folder in folders:
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            continue
+        for name in names:
             if name.startswith(atomic.TEMP_PREFIX) and remove_abandoned(os.path.join(folder, name)):
                 done.append(f"removed half-written file {name}")
     return done
