@@ -393,3 +393,18 @@ def test_an_image_removal_killed_half_way_is_finished_by_cleanup(tmp_path):
     assert layers[1] not in remaining and layers[0] in remaining  # b keeps its layer
     assert inspect(tmp_path, "localhost/b:1")["Id"] == b["Id"]
     assert gd(tmp_path, "cleanup").stdout == b""
+
+
+def test_cleanup_removes_half_written_image_and_container_records(tmp_path):
+    two_images(tmp_path)
+    gd(tmp_path, "container", "create", "localhost/b:1", "c1")
+    store = tmp_path / "store"
+    left = [store / "images/pending/.tmp-0123.json-4242", store / "images/records/.tmp-abcd.json-4242",
+            store / "containers/.tmp-c2.json-4242"]  # what writers killed mid-write leave
+    for path in left:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("{")
+    done = gd(tmp_path, "cleanup").stdout.decode()
+    assert all(f"removed half-written file {path.name}" in done for path in left), done
+    assert not any(path.exists() for path in left)
+    assert json.loads(gd(tmp_path, "container", "ls", "--json").stdout)[0]["name"] == "c1"
