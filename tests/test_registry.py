@@ -605,3 +605,25 @@ def test_an_auth_file_that_cannot_be_used_is_an_error_naming_it(tmp_path, regist
                   env={"REGISTRY_AUTH_FILE": str(auth)})
         assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
         assert str(auth).encode() in proc.stderr
+
+
+def test_a_download_that_fills_the_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    from graphdriver.images import distribution, oci
+    from graphdriver.images.records import ImageStore
+    from graphdriver.images.registry import Registry
+
+    reg = object.__new__(Registry)  # no connection: its download is the one below
+
+    def download(desc: object, partial: str, advance: object) -> None:
+        with open(partial, "wb") as f:
+            f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(reg, "download", download, raising=False)
+    images = ImageStore(str(tmp_path / "store"))
+    desc = oci.Descriptor(oci.OCI_LAYER, "sha256:" + "a" * 64, 5000)
+    with pytest.raises(OSError, match="No space left"):
+        distribution._download_all(reg, images, [desc], True, lambda _line: None)
+    assert not [n for n in os.listdir(images.blobs_dir) if n.endswith(".download")]

@@ -16,6 +16,7 @@ described in an OCI manifest, so later pushes are the same again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -118,7 +119,12 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
         partial = final + ".download"  # kept across runs: a new pull resumes it
         with locked(partial + ".lock"):  # one download of a blob at a time, across processes
             if not os.path.exists(final):
-                reg.download(desc, partial, advance)
+                try:
+                    reg.download(desc, partial, advance)
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:  # a partial file that filled the disk helps no resume
+                        atomic.remove_file(partial)
+                    raise
                 os.rename(partial, final)
         atomic.remove_file(partial + ".lock")
 
