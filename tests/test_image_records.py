@@ -408,3 +408,14 @@ def test_cleanup_removes_half_written_image_and_container_records(tmp_path):
     assert all(f"removed half-written file {path.name}" in done for path in left), done
     assert not any(path.exists() for path in left)
     assert json.loads(gd(tmp_path, "container", "ls", "--json").stdout)[0]["name"] == "c1"
+
+
+def test_a_failed_oci_save_into_a_new_folder_leaves_no_folder(tmp_path):
+    a, _ = two_images(tmp_path)
+    blobs = tmp_path / "store/images/blobs/sha256"
+    manifest = json.loads((blobs / a["ManifestDigest"][7:]).read_bytes())
+    (blobs / manifest["layers"][-1]["digest"][7:]).unlink()  # its top layer's blob lost: the save fails
+    out = tmp_path / "new-layout"
+    proc = gd(tmp_path, "image", "save", "localhost/a:1", "-o", str(out), "--format", "oci", check=False)
+    assert proc.returncode != 0 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert not out.exists()

@@ -58,6 +58,8 @@ class _Output:
         self.written: set[str] = set()
         self.path = path
         self.file: OutputFile | None = None
+        #: A folder this save makes goes again with a failed save (one it adds to keeps its images).
+        self.made_folder = folder and not os.path.lexists(path)
         if folder:
             os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
         else:
@@ -114,6 +116,10 @@ class _Output:
         """Drop what a failed save wrote (the target keeps what it held)."""
         if self.file is not None:
             self.file.abort()
+        elif self.folder is not None and self.made_folder:
+            from graphdriver.fs.tree import remove_tree
+
+            remove_tree(self.folder)
         elif self.folder is not None:
             for name in self.written:
                 with contextlib.suppress(FileNotFoundError):
