@@ -73,20 +73,16 @@ def containers(store: Store) -> list[Container]:
 
 def scan(store: Store) -> tuple[list[Container], list[IntegrityError]]:
     """:func:`containers`, and what is wrong with each record that cannot be read."""
-    found, bad = _scan(store)
+    found, bad = scan_by_name(store)
     return found, list(bad.values())
 
 
-def unreadable(store: Store) -> dict[str, IntegrityError]:
-    """Container name -> what is wrong with its record, for each record that cannot be read.
+def scan_by_name(store: Store) -> tuple[list[Container], dict[str, IntegrityError]]:
+    """:func:`containers`, and container name -> what is wrong with each record that cannot be read.
 
     The name is the record file's (``NAME.json``): such a container still holds
     its layers ``NAME`` and ``NAME-init``, though nothing else of it can be read.
     """
-    return _scan(store)[1]
-
-
-def _scan(store: Store) -> tuple[list[Container], dict[str, IntegrityError]]:
     try:
         names = sorted(n for n in os.listdir(_dir(store)) if n.endswith(".json"))
     except FileNotFoundError:

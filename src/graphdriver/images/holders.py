@@ -30,8 +30,9 @@ def holders(store: Store, layer_id: str) -> list[str]:
            for image in images if layer_id in image.layers]
     if is_image_layer_id(layer_id):  # what an unreadable image record names is unknown
         out += [f"the unreadable {e.what}" for e in bad_images]
-    out += [container_holder(c.name) for c in ctrs.containers(store) if layer_id in (c.layer, c.init)]
-    out += [f"the unreadable {e.what}" for name, e in ctrs.unreadable(store).items()
+    found, unreadable = ctrs.scan_by_name(store)
+    out += [container_holder(c.name) for c in found if layer_id in (c.layer, c.init)]
+    out += [f"the unreadable {e.what}" for name, e in unreadable.items()
             if layer_id in (name, name + ctrs.INIT_SUFFIX)]
     return out
 

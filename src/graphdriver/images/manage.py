@@ -133,10 +133,11 @@ def remove(store: Store, name: str) -> list[str]:
                 refs.remove(full)
                 store_images.put(record)
                 return []
-        users = [c.name for c in containers.containers(store) if c.image == record.id]
+        found, unreadable = containers.scan_by_name(store)
+        users = [c.name for c in found if c.image == record.id]
         # An unreadable container record was made from this image if its layers sit on the image's top.
         on_top = set(store.children(record.layers[-1])) if record.layers else set()
-        users += [f"the unreadable {e.what}" for ctr, e in containers.unreadable(store).items()
+        users += [f"the unreadable {e.what}" for ctr, e in unreadable.items()
                   if {ctr, ctr + containers.INIT_SUFFIX} & on_top]
         if users:
             raise Precondition(f"image {name}", f"is used by containers: {', '.join(users)}")
@@ -175,9 +176,10 @@ def used_layers(store: Store) -> set[str]:
         from graphdriver.images.overview import is_image_layer_id
 
         used.update(layer.id for layer in store.layers() if is_image_layer_id(layer.id))
-    for c in containers.containers(store):
+    found, unreadable = containers.scan_by_name(store)
+    for c in found:
         used.update((c.layer, c.init))
-    for name in containers.unreadable(store):  # its file name still says which layers are its
+    for name in unreadable:  # its file name still says which layers are its
         used.update((name, name + containers.INIT_SUFFIX))
     return used
 

@@ -39,7 +39,7 @@ class Usage:
         self.layers = {layer.id: layer for layer in store.layers()}
         self._sizes: dict[str, int] = {}
         self.images, bad_images = ImageStore(store.root).scan()
-        self.containers = ctrs.containers(store)
+        self.containers, unreadable = ctrs.scan_by_name(store)
         # An unreadable record may hold what it held before: a container's layers
         # are known by its file name, an image's are unknown (any an image could hold).
         self.held_unread = {i for i in self.layers if is_image_layer_id(i)} if bad_images else set()
@@ -51,7 +51,7 @@ class Usage:
         for c in self.containers:
             self.container_of[c.layer] = f"container {c.name}"
             self.container_of[c.init] = f"container {c.name} (init)"
-        for name in ctrs.unreadable(store):
+        for name in unreadable:
             self.container_of[name] = f"container {name} (unreadable record)"
             self.container_of[name + ctrs.INIT_SUFFIX] = f"container {name} (init, unreadable record)"
         self.children: dict[str | None, list[str]] = {}

@@ -46,7 +46,8 @@ def cleanup(store: Store) -> list[str]:
         done += _remove_unreferenced(images)
     from graphdriver.images import container_layers as ctrs
 
-    for c in ctrs.containers(store):
+    found, unreadable = ctrs.scan_by_name(store)
+    for c in found:
         if c.removing:  # its removal died half way: the user's word stands, it is finished
             try:
                 ctrs.remove(store, c.name)
@@ -55,7 +56,7 @@ def cleanup(store: Store) -> list[str]:
                 continue
             done.append(f"removed container {c.name} left by an interrupted removal")
     done += [f"{e}: fix or remove it; its layers {name} and {name}{ctrs.INIT_SUFFIX} were kept"
-             for name, e in ctrs.unreadable(store).items()]
+             for name, e in unreadable.items()]
     return done
 
 
