@@ -107,6 +107,26 @@ def test_image_rm_prints_the_full_name_it_untagged(tmp_path):
     assert gd(tmp_path, "image", "rm", "localhost/x").stdout == b"Untagged: localhost/x:latest\n"
 
 
+def test_image_rm_by_id_of_an_image_named_in_several_repositories_needs_force(tmp_path):
+    # As in Docker: by id, names in one repository go together, names in several need --force.
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/x:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    image_id = inspect(tmp_path, "localhost/x:1")["Id"]
+    gd(tmp_path, "image", "tag", "localhost/x:1", "localhost/y:1")
+    err = one_line_error(gd(tmp_path, "image", "rm", image_id[7:19], check=False), 5)
+    assert "several repositories (localhost/x, localhost/y)" in err and "--force" in err
+    assert inspect(tmp_path, "localhost/y:1")["Id"] == image_id  # nothing was removed
+    gd(tmp_path, "image", "rm", "localhost/y:1")
+    gd(tmp_path, "image", "tag", "localhost/x:1", "localhost/x:2")  # one repository: by id is enough
+    out = gd(tmp_path, "image", "rm", image_id).stdout.decode().splitlines()
+    assert out[:3] == ["Untagged: localhost/x:1", "Untagged: localhost/x:2", f"Deleted: {image_id}"]
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "image", "tag", "localhost/x:1", "localhost/y:1")
+    out = gd(tmp_path, "image", "rm", "--force", image_id).stdout.decode().splitlines()
+    assert out[:3] == ["Untagged: localhost/x:1", "Untagged: localhost/y:1", f"Deleted: {image_id}"]
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+
+
 # ----- one corrupt record -------------------------------------------------------------------------------
 
 

@@ -154,7 +154,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "and chain ids, the config"),
     Command("image tag", "NAME NEW", "give an image another name (taken from any image that had it)"),
     Command("image rm", "NAME", "remove a name, or the image with its last name; frees the layers "
-            "no other image or container uses"),
+            "no other image or container uses",
+            Option("-f|--force", "by id: remove the image with all its names, even in several "
+                                 "repositories")),
     Command("container create", "IMAGE NAME", "a container: an init layer and a writable layer "
             "named NAME on the image (NAME works with mount, changes, diff)",
             Option("--size", "limit the writable layer's size (20G, 512M, ...)", metavar="SIZE")),

@@ -189,9 +189,12 @@ DOCS: dict[str, Doc] = {
                      [("graphdriver image tag deb:2 localhost/deb:stable", "a second name")],
                      {2: "not a name to give", 3: "no such image"}),
     "image rm": Doc("images", "Removes a name, or the image with its last name; layers no other image or "
-                    "container uses are removed too.",
-                    [("graphdriver image rm deb:2", "remove it")],
-                    {3: "no such image", 5: "a container uses the image"}),
+                    "container uses are removed too. An image named by its id goes with all its names, "
+                    "unless they are in several repositories: then --force is needed, as in Docker.",
+                    [("graphdriver image rm deb:2", "remove it"),
+                     ("graphdriver image rm --force 3f2a", "the image 3f2a..., whatever its names")],
+                    {3: "no such image", 5: "a container uses the image, or (by id, without --force) "
+                                            "its names are in several repositories"}),
     "container create": Doc("containers", "Creates a container: an init layer NAME-init with what a runtime "
                             "needs (/etc/hosts, /etc/hostname, /etc/resolv.conf, mount points) and the writable "
                             "layer NAME on it. NAME works with mount, changes, diff and diffsize.",

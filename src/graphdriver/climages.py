@@ -133,7 +133,7 @@ def image_rm(store: Store, args: Args) -> int:
     from graphdriver.images import reference
 
     record = manage.image(store, args.name)
-    freed = manage.remove(store, args.name)
+    freed = manage.remove(store, args.name, force=args.force)
     if record.id in {r.id for r in manage.images(store)}:
         untagged, deleted = [str(reference.parse(args.name))], None  # in full, as below
     else:

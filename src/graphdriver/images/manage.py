@@ -108,11 +108,14 @@ def tag(store: Store, name: str, new: str) -> ImageRecord:
     return record
 
 
-def remove(store: Store, name: str) -> list[str]:
+def remove(store: Store, name: str, *, force: bool = False) -> list[str]:
     """Remove image *name* (only that name when it has others); returns the layers freed.
 
     A layer is freed when no other image and no container uses it.  An image
     a container was created from is refused until the container is removed.
+    An image named by its id goes with all its names, but, as in Docker, only
+    with *force* when they are in more than one repository (one id standing
+    for ``deb:2`` and ``web:1`` is more likely a slip than a wish).
     """
     from graphdriver.images import container_layers as containers
 
@@ -133,6 +136,12 @@ def remove(store: Store, name: str) -> list[str]:
                 refs.remove(full)
                 store_images.put(record)
                 return []
+        elif not force:
+            repositories = sorted({reference.parse(n).repository for n in (*record.names, *record.digests)})
+            if len(repositories) > 1:
+                listed = ", ".join(repositories)
+                raise Precondition(f"image {name}", f"is named in several repositories ({listed}): "
+                                   "remove it by name, or with --force")
         found, unreadable = containers.scan_by_name(store)
         users = [c.name for c in found if c.image == record.id]
         # An unreadable container record was made from this image if its layers sit on the image's top.
