@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -687,3 +688,58 @@ def test_changes_json_keeps_a_name_that_is_not_utf8_losslessly(root):
         {"path": "/caf\ufffd", "path_raw": base64.b64encode(b"/caf\xe9").decode(), "kind": "A"},
     ]
     assert cli(root, "changes", "ctr").stdout == b'A /caf\xc3\xa9\nA "/caf\\351"\n'
+
+
+def test_a_permission_refused_is_a_missing_privilege():
+    from graphdriver.errors import InvalidArgument, Unsupported, os_error
+
+    denied = os_error("store /s", PermissionError(13, "Permission denied"))
+    assert (type(denied), str(denied), denied.exit_code) == (Unsupported, "store /s: Permission denied", 7)
+    assert os_error("x", PermissionError(1, "Operation not permitted")).exit_code == 7
+    missing = os_error("cannot read f", FileNotFoundError(2, "No such file or directory"), InvalidArgument)
+    assert (type(missing), missing.exit_code) == (InvalidArgument, 2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make what nobody may not use")
+def test_what_this_user_may_not_use_exits_7(tmp_path):
+    """A store, an input file or an output folder the user has no permission for: exit 7
+    (a missing privilege, per the contract), not 1 or 2, and never 6 (nothing is corrupt)."""
+    import encodings.ascii  # noqa: F401  (loaded before the fork: the tree may be closed to nobody)
+    import tempfile
+
+    from graphdriver import cli as gd
+    from graphdriver.store import layers, recovery  # noqa: F401
+    from tests.conftest import as_nobody
+
+    work = Path(tempfile.mkdtemp(prefix="gd-denied-"))
+    try:
+        os.chmod(work, 0o755)
+        theirs = work / "theirs"
+        run_cli("create", "base", root=theirs, run_root=work / "run-theirs", driver="vfs", check=True)
+        os.chmod(theirs, 0o700)
+        (work / "secret.tar").write_bytes(make_tar({"f": F(b"x")}))
+        os.chmod(work / "secret.tar", 0o600)
+        (work / "locked-out").mkdir(mode=0o755)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+
+        def codes() -> list[int]:
+            own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+            other = ["--root", str(theirs), "--run-root", str(work / "run-theirs")]
+            assert gd.main([*own, "create", "a"]) == 0
+            return [
+                gd.main([*other, "layers"]),
+                gd.main([*other, "status"]),
+                gd.main([*other, "create", "x"]),
+                gd.main([*other, "cleanup"]),
+                gd.main([*own, "import", "b", str(work / "secret.tar")]),
+                gd.main([*own, "diff", "a", "-o", str(work / "locked-out" / "a.tar")]),
+            ]
+
+        assert as_nobody(codes) == [7] * 6
+        assert not (work / "locked-out" / "a.tar").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(work)

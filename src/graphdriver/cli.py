@@ -12,7 +12,7 @@ import sys
 
 from graphdriver import jsonio
 from graphdriver.cliargs import COMMANDS, PROG, Args, help_text, parse
-from graphdriver.errors import GraphDriverError, InvalidArgument
+from graphdriver.errors import GraphDriverError, InvalidArgument, os_error
 from graphdriver.ids import check_id
 
 TYPE_CHECKING = False
@@ -451,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        return 1
+        return os_error(what, e).exit_code  # a permission refused is a missing privilege (7)
     except Exception as e:  # a bug: still one line, the traceback with -v
         _report(RuntimeError(f"internal error: {type(e).__name__}: {e}"), None)
         if args is not None and args.verbose and sys.stderr is not None:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 
 from graphdriver import progress
-from graphdriver.errors import InvalidArgument
+from graphdriver.errors import InvalidArgument, os_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
     try:
         f = open(path, "rb")
     except OSError as e:
-        raise InvalidArgument(f"cannot read {path}", e.strerror or str(e)) from e
+        raise os_error(f"cannot read {path}", e, InvalidArgument) from e
     with f, progress.reading(f, label, progress.file_size(f), quiet) as s:
         yield s
 

@@ -64,6 +64,12 @@ class Unsupported(GraphDriverError):
     exit_code = 7
 
 
+def os_error(what: str, e: OSError, otherwise: type[GraphDriverError] = GraphDriverError) -> GraphDriverError:
+    """*e* as one of these: a permission refused is a missing privilege (exit 7), the rest *otherwise*."""
+    denied = e.errno in (1, 13)  # EPERM, EACCES (errno is not imported for two constants)
+    return (Unsupported if denied else otherwise)(what, e.strerror or str(e))
+
+
 class ArchiveError(GraphDriverError):
     """A layer tarball that is refused (exit 1): well formed, but an entry the layer cannot
     take (one reaching outside it, a hardlink to nothing, a type it cannot hold...).

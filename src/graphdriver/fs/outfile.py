@@ -26,7 +26,7 @@ import fcntl
 import os
 import stat
 
-from graphdriver.errors import GraphDriverError, InvalidArgument
+from graphdriver.errors import InvalidArgument, os_error
 from graphdriver.fs.locking import claim, remove_abandoned
 
 TYPE_CHECKING = False
@@ -93,7 +93,7 @@ class OutputFile:
         try:
             self.file = self._open()
         except OSError as e:
-            raise InvalidArgument(f"cannot write {path}", e.strerror or str(e)) from e
+            raise os_error(f"cannot write {path}", e, InvalidArgument) from e
 
     def _open(self) -> BinaryIO:
         real, as_is = resolve(self.path)
@@ -156,7 +156,7 @@ class OutputFile:
             self.file.close()  # after the rename: until then the lock says its writer lives
         except OSError as e:
             self.abort()
-            raise GraphDriverError(f"cannot write {self.path}", e.strerror or str(e)) from e
+            raise os_error(f"cannot write {self.path}", e) from e
 
     def abort(self) -> None:
         """Drop the staged file (while its lock is held); close."""

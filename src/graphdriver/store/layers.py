@@ -27,6 +27,7 @@ from graphdriver.errors import (
     NotFound,
     Precondition,
     Unsupported,
+    os_error,
 )
 from graphdriver.fs import atomic, privileged
 from graphdriver.fs.locking import locked
@@ -164,7 +165,13 @@ class Store:
     def settled(self) -> bool:
         """Whether the store exists on disk (``store.json`` written: a layer was stored in it)."""
         if self._settings is None:
-            return os.path.exists(self._settings_path())
+            try:
+                os.stat(self._settings_path())
+            except FileNotFoundError:
+                return False
+            except OSError as e:  # a store this user may not enter is not an empty one
+                raise os_error(f"store {self.root}", e) from e
+            return True
         return self._settled
 
     def _settle(self) -> None:
@@ -233,6 +240,8 @@ class Store:
             settings = atomic.read_json(path)
         except FileNotFoundError:
             return None
+        except PermissionError as e:
+            raise os_error(f"store {self.root}", e) from e
         except (OSError, ValueError) as e:
             raise IntegrityError(f"store {self.root}", f"unreadable {STORE_FILE}: {e}") from e
         if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
