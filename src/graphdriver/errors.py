@@ -21,6 +21,9 @@ class GraphDriverError(Exception):
     """Base class: any failure (exit code 1)."""
 
     exit_code = 1
+    #: Set by extraction that failed before it touched the layer (a stream that is
+    #: no tarball at all, say): the layer is as it was, not half applied.
+    wrote_nothing = False
 
     def __init__(self, what: str, why: str = "") -> None:
         self.what = what

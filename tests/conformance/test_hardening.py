@@ -377,6 +377,29 @@ def test_an_apply_that_fails_half_way_leaves_a_layer_reported_damaged(store):
     assert not store.exists("base")
 
 
+def test_an_apply_of_what_is_no_tarball_leaves_the_layer_as_it_was(store):
+    """Refused before a single entry: nothing was written, so the layer is not damaged, and
+    what its import recorded (its digest, the bytes ``diff`` gives back) is kept."""
+    import gzip
+
+    from graphdriver.errors import GraphDriverError
+
+    imported = make_tar({"f": F(b"base")})
+    store.import_layer("base", None, io.BytesIO(imported))
+    digest = store.layer("base").diff_digest
+    for junk in (b"this is no tarball\n" * 40, gzip.compress(b"x" * 600), b"\0" * 100 + b"x" * 500):
+        with pytest.raises(GraphDriverError) as failed:
+            store.apply("base", io.BytesIO(junk))
+        assert failed.value.exit_code == 6
+        record = store.layer("base")
+        assert (record.damaged, record.diff_digest) == (None, digest)
+    out = io.BytesIO()
+    store.diff("base", out)
+    assert hashlib.sha256(out.getvalue()).hexdigest() == digest.removeprefix("sha256:")
+    store.mount("base")
+    store.unmount("base")
+
+
 def test_a_damaged_layer_is_refused_as_a_parent_on_the_command_line(store, tmp_path):
     """create/import on a layer whose apply failed, and mount of a layer on it: exit 6 in one
     line naming the damaged layer; no half-applied file is ever shown through a child."""

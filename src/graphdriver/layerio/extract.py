@@ -44,7 +44,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Sequence
 
-from graphdriver.errors import ArchiveError, BreakoutError, InvalidArgument
+from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError, InvalidArgument
 from graphdriver.fs import confine, privileged
 from graphdriver.fs import syscalls as sc
 from graphdriver.fs.tree import remove_tree_at
@@ -298,13 +298,20 @@ class Extraction:
         """Write every entry of the reader; returns the layer's size."""
         size = 0
         read_next = self.reader.next
+        began = False  # whether any entry reached the disk: a failure before leaves the layer as it was
         while True:
             try:
                 e = read_next()
             except (OSError, EOFError) as x:  # the stream, not the archive, failed
-                raise ArchiveError("", f"reading the layer: {x}") from x
+                failed = ArchiveError("", f"reading the layer: {x}")
+                failed.wrote_nothing = not began
+                raise failed from x
+            except GraphDriverError as x:
+                x.wrote_nothing = not began
+                raise
             if e is None:
                 break
+            began = True
             if self.stale or len(self.dirs) > _DIR_CACHE_SIZE:
                 self._trim_cache()
             try:

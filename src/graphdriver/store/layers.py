@@ -588,6 +588,7 @@ class Store:
                     f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
                 )
             self._refuse_damaged(record)
+            before = self.records.get(layer_id)  # put back if the apply writes nothing
             # A child was made from (vfs: copied from; overlay: stacks on) the layer
             # as it is: changing it under the child would change what the child holds.
             children = self._dependents(layer_id)
@@ -602,18 +603,18 @@ class Store:
             record.compression = record.mounted_writable = None
             record.damaged = f"an apply started at {now_rfc3339()} did not finish"
             self.records.put(record)
-            try:
-                os.unlink(self.tarsplit_path(layer_id))
-            except FileNotFoundError:
-                pass
         try:
             from graphdriver.store import content
 
             size = content.apply(self.driver, layer_id, stream, idmaps=self.layer_maps(record)).size
         except GraphDriverError as e:
             with self.locked():
-                stored = self.records.get(layer_id)
-                stored.damaged = f"an apply failed half way: {e}"
+                # A stream that is no tarball at all touched nothing: the layer,
+                # and what its import recorded, stay as they were.
+                stored = before if e.wrote_nothing else self.records.get(layer_id)
+                if not e.wrote_nothing:
+                    stored.damaged = f"an apply failed half way: {e}"
+                    self._forget_tarsplit(layer_id)
                 self.records.put(stored)
             raise
         self._sync()
@@ -621,8 +622,16 @@ class Store:
             stored = self.records.get(layer_id)
             stored.size = (stored.size or 0) + size
             stored.damaged = None
+            self._forget_tarsplit(layer_id)
             self.records.put(stored)
         return size
+
+    def _forget_tarsplit(self, layer_id: str) -> None:
+        """Drop the layer's tar-split data, if it has any (it no longer holds the imported tarball alone)."""
+        try:
+            os.unlink(self.tarsplit_path(layer_id))
+        except FileNotFoundError:
+            pass
 
     def _refuse_damaged(self, record: Layer, *, new_child: str | None = None) -> None:
         """IntegrityError naming the damaged layer when *record* or a layer below it is damaged.
@@ -1204,10 +1213,7 @@ class Store:
                     # later cleanup may finish a removal the caller was told failed.
                     self.records.clear_pending(layer_id)
                     raise
-            try:
-                os.unlink(self.tarsplit_path(layer_id))
-            except FileNotFoundError:
-                pass
+            self._forget_tarsplit(layer_id)
             tx.commit(None)
 
     def _refuse_held(self, layer_id: str, holder: str | None) -> None:
@@ -1251,10 +1257,7 @@ class Store:
                 driver.remove(layer_id)
         except NotFound:
             pass
-        try:
-            os.unlink(self.tarsplit_path(layer_id))
-        except FileNotFoundError:
-            pass
+        self._forget_tarsplit(layer_id)
         self.records.delete(layer_id)
         self.records.clear_pending(layer_id)
 
