@@ -36,6 +36,7 @@ import stat
 from collections.abc import Callable
 
 from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.fs.ownfiles import open_readable
 from graphdriver.layerio.export import change_sort_key, read_xattrs
 
 
@@ -184,18 +185,17 @@ def _same_mtime(a_ns: int, b_ns: int) -> bool:
 
 
 _CHUNK = 1 << 20
-_READ_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _contents_differ(a: str, b: str) -> bool:
     """Whether two regular files of one size hold other bytes (True if either went away)."""
     try:
-        fa = os.open(a, _READ_NOFOLLOW)
+        fa = open_readable(a)
     except OSError:
         return True
     try:
         try:
-            fb = os.open(b, _READ_NOFOLLOW)
+            fb = open_readable(b)
         except OSError:
             return True
         try:

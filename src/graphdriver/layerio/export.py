@@ -32,6 +32,7 @@ from collections.abc import Iterable
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import GraphDriverError, InvalidArgument
+from graphdriver.fs.ownfiles import open_readable
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import TarWriter
@@ -219,7 +220,7 @@ class LayerWriter:
                 self._write(name, path, st, None)
                 return
             try:
-                fd = os.open(path, _OPEN_FLAGS)
+                fd = open_readable(path, None, _OPEN_FLAGS)
             except OSError as e:
                 if e.errno == errno.ELOOP:  # replaced by a symlink since the lstat
                     return

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import abc
 import os
-import stat
 
 from graphdriver.errors import NotFound
+from graphdriver.fs.ownfiles import open_readable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
 
-_READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOT_PLAIN = frozenset({"", ".", ".."})  # last components that are no file name
 # Directories a getter keeps open (files come grouped by directory).
 _GETTER_DIRS = 64
@@ -106,10 +105,7 @@ class DirFileGetter(FileGetter):
                 pfd = self._dirs.get(parent) if parent else root_fd
                 if pfd is None:
                     pfd = self._dir_fd(root_fd, parent)
-                try:
-                    fd = os.open(base, _READ_FILE, dir_fd=pfd)
-                except PermissionError:
-                    fd = _open_own_unreadable(pfd, base)
+                fd = open_readable(base, pfd)
         except (FileNotFoundError, NotADirectoryError) as e:
             raise NotFound(f"file {name!r}", "not in the layer") from e
         return _FdFile(fd)  # type: ignore[return-value]
@@ -130,23 +126,3 @@ class DirFileGetter(FileGetter):
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None
-
-
-def _open_own_unreadable(pfd: int, base: str) -> int:
-    """Open for reading a regular file of ours that its mode keeps us out of (``/etc/shadow``
-    is 0000 in many images): an unprivileged store stores modes as they are, and only the
-    owner's read bit is added for the moment of the open (its times are untouched).
-    PermissionError as before for anything else."""
-    path_fd = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    try:
-        st = os.fstat(path_fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o400:
-            raise PermissionError(13, os.strerror(13), base)
-        inode = f"/proc/self/fd/{path_fd}"  # the very file opened above, whatever its name now
-        os.chmod(inode, (st.st_mode & 0o7777) | 0o400)
-        try:
-            return os.open(inode, os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            os.chmod(inode, st.st_mode & 0o7777)
-    finally:
-        os.close(path_fd)
