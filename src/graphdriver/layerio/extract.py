@@ -97,6 +97,8 @@ _UNSUPPORTED_TYPES = {
 }
 _KNOWN_TYPES = REGULAR_TYPES | _DIR_TYPES | {SYM, LNK} | set(_SPECIAL_TYPES)
 
+#: A directory's default ACL: what the files made in it inherit.
+DEFAULT_ACL = "system.posix_acl_default"
 _IGNORED_XATTRS = frozenset({"security.selinux"})  # the labeler's business, not the layer's
 _OVERLAY_PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.")
 _TOLERATED_XATTRS = ("trusted.", "security.")  # need privileges a rootless run lacks
@@ -269,6 +271,10 @@ class Extraction:
         # Directory path -> (atime, mtime, mode to set late or None), applied
         # after all entries since creating children changes a directory's mtime.
         self.pending: dict[str, tuple[int, int, int | None]] = {}
+        # Directory path -> its default ACL, set with the late modes: set at once, the
+        # files the layer puts in the directory would inherit it, and hold ACLs their
+        # entries lack (GNU tar waits the same way).
+        self.default_acls: dict[str, bytes] = {}
 
     # ----- what a format provides ------------------------------------------------------
 
@@ -448,6 +454,7 @@ class Extraction:
             inside = rel + "/"
             for p in [p for p in self.pending if p == rel or p.startswith(inside)]:
                 del self.pending[p]
+                self.default_acls.pop(p, None)
         else:
             os.unlink(name, dir_fd=pfd)
             if stat.S_ISLNK(st.st_mode):
@@ -476,6 +483,12 @@ class Extraction:
             try:
                 if late is not None:
                     sc.fchmod(fd, late)
+                acl = self.default_acls.get(rel)
+                if acl is not None:
+                    try:
+                        sc.fsetxattr(fd, DEFAULT_ACL, acl)
+                    except OSError as x:
+                        raise ArchiveError(rel, f"setting xattr {DEFAULT_ACL!r}: {x.strerror}") from x
                 os.utime(fd, ns=(atime, mtime))
             finally:
                 if fd != self.root_fd:
@@ -696,8 +709,13 @@ class _Extractor(Extraction):
             late = perm
             perm |= 0o700
         sc.fchmod(fd, perm)
+        self.default_acls.pop(rel, None)
         if e.xattrs:
-            self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v))
+            xattrs = e.xattrs
+            if DEFAULT_ACL in xattrs:
+                self.default_acls[rel] = xattrs[DEFAULT_ACL]
+                xattrs = {k: v for k, v in xattrs.items() if k != DEFAULT_ACL}
+            self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v), xattrs)
         atime, mtime = _times(e)
         self.pending[rel] = (atime, mtime, late)
 

@@ -467,6 +467,33 @@ def test_files_that_lock_the_owner_out_are_copied_compared_and_exported(store: A
     store.unmount("ctr")
 
 
+#: A default ACL (``setfacl -d -m u:1:rwx``) as the kernel stores it: version 2, then
+#: (tag, permissions, id) for the owner, user 1, the group, the mask and others.
+_DEFAULT_ACL = (2).to_bytes(4, "little") + b"".join(
+    tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
+    for tag, perm, ident in ((1, 7, 2**32 - 1), (2, 7, 1), (4, 5, 2**32 - 1), (0x10, 7, 2**32 - 1),
+                             (0x20, 5, 2**32 - 1)))
+
+
+@oci_drivers
+def test_a_default_acl_is_not_inherited_by_the_files_of_its_own_layer(store: Any) -> None:
+    """The files a tarball puts in a directory with a default ACL hold only the ACLs their
+    own entries give (as GNU tar extracts them): ``check`` finds the layer sound, and ``diff``
+    after a mount gives back the imported bytes."""
+    imported = make_tar({"d": D(xattrs={"system.posix_acl_default": _DEFAULT_ACL}), "d/f": F(b"f"),
+                         "d/s": D()})
+    store.import_layer("base", None, io.BytesIO(imported))
+    root = store.mount("base")
+    try:
+        assert os.getxattr(os.path.join(root, "d"), "system.posix_acl_default") == _DEFAULT_ACL
+        for name in ("d/f", "d/s"):
+            assert not [k for k in os.listxattr(os.path.join(root, name)) if k.startswith("system.posix_acl")]
+    finally:
+        store.unmount("base")
+    assert store.check(["base"]) == [("base", None)]
+    assert diff_bytes(store, "base") == imported
+
+
 @oci_drivers
 def test_an_apply_after_import_forgets_the_imported_tarball(store: Any) -> None:
     store.import_layer("base", None, io.BytesIO(make_tar({"etc/hello": F(b"hello\n")})))
