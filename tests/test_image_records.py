@@ -107,6 +107,29 @@ def test_image_rm_prints_the_full_name_it_untagged(tmp_path):
     assert gd(tmp_path, "image", "rm", "localhost/x").stdout == b"Untagged: localhost/x:latest\n"
 
 
+def test_image_rm_of_a_repository_at_its_manifest_digest_removes_the_names_there_only(tmp_path):
+    # The digest was never kept as a name: it is what the image is in that repository.
+    digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    image_id = inspect(tmp_path, "localhost/made:1")["Id"]
+    gd(tmp_path, "image", "tag", "localhost/made:1", "localhost/made:2")
+    gd(tmp_path, "image", "tag", "localhost/made:1", "localhost/other:1")
+    out = gd(tmp_path, "image", "rm", f"localhost/made@{digest}").stdout.decode().splitlines()
+    assert out == ["Untagged: localhost/made:1", "Untagged: localhost/made:2"]
+    assert inspect(tmp_path, "localhost/other:1")["Names"] == ["localhost/other:1"]
+    out = gd(tmp_path, "image", "rm", f"localhost/other@{digest}").stdout.decode().splitlines()
+    assert out[:2] == ["Untagged: localhost/other:1", f"Deleted: {image_id}"]
+
+
+def test_sixty_four_hex_digits_are_an_id_never_a_name(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    image_id = inspect(tmp_path, "localhost/made:1")["Id"]
+    err = one_line_error(gd(tmp_path, "image", "tag", "localhost/made:1", "b" * 64, check=False), 2)
+    assert "image id" in err
+    assert inspect(tmp_path, image_id[7:])["Id"] == image_id
+
+
 def test_image_rm_by_id_of_an_image_named_in_several_repositories_needs_force(tmp_path):
     # As in Docker: by id, names in one repository go together, names in several need --force.
     oci_layout(tmp_path / "in", [LAYER1], name="localhost/x:1")

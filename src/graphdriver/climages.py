@@ -130,14 +130,14 @@ def image_tag(store: Store, args: Args) -> int:
 
 
 def image_rm(store: Store, args: Args) -> int:
-    from graphdriver.images import reference
-
     record = manage.image(store, args.name)
     freed = manage.remove(store, args.name, force=args.force)
-    if record.id in {r.id for r in manage.images(store)}:
-        untagged, deleted = [str(reference.parse(args.name))], None  # in full, as below
+    names = [*record.names, *record.digests]  # in full, as stored
+    left = next((r for r in manage.images(store) if r.id == record.id), None)
+    if left is not None:
+        untagged, deleted = [n for n in names if n not in (*left.names, *left.digests)], None
     else:
-        untagged, deleted = [*record.names, *record.digests], record.id
+        untagged, deleted = names, record.id
     if args.json:
         layers = freed if deleted else []
         _out(jsonio.dumps({"untagged": untagged, "deleted": deleted, "deleted_layers": layers}))

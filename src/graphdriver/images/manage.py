@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from graphdriver.errors import IntegrityError, NotFound, Precondition
+from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Precondition
 from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
@@ -60,6 +60,13 @@ def created(store: Store, record: ImageRecord) -> str:
         return ""
     value = config.get("created")
     return value if isinstance(value, str) else ""
+
+
+def _in_repository(name: str, repository: str) -> bool:
+    try:
+        return reference.parse(name).repository == repository
+    except InvalidArgument:  # a name no longer valid (written by an older version) is in none
+        return False
 
 
 def repo_digests(record: ImageRecord) -> list[str]:
@@ -132,12 +139,22 @@ def remove(store: Store, name: str, *, force: bool = False) -> list[str]:
                 refs, others = record.names, len(record.names) - 1
             elif full in record.digests:
                 refs, others = record.digests, len(record.names) + len(record.digests) - 1
+            else:
+                # repo@<its manifest>: the image as that repository has it; its names there
+                # go, and the image with them unless it is named in another repository too.
+                repository = reference.parse(name).repository
+                here = {n for n in (*record.names, *record.digests) if _in_repository(n, repository)}
+                record.names = [n for n in record.names if n not in here]
+                record.digests = [n for n in record.digests if n not in here]
+                refs, others = [], len(record.names) + len(record.digests)
+                full = ""
             if others > 0:
-                refs.remove(full)
+                if full:
+                    refs.remove(full)
                 store_images.put(record)
                 return []
         elif not force:
-            repositories = sorted({reference.parse(n).repository for n in (*record.names, *record.digests)})
+            repositories = sorted(record.repositories())
             if len(repositories) > 1:
                 listed = ", ".join(repositories)
                 raise Precondition(f"image {name}", f"is named in several repositories ({listed}): "

@@ -50,7 +50,10 @@ def parse(name: str, *, default_tag: bool = True) -> Reference:
     """The normalised reference of *name*; :class:`InvalidArgument` if it is not one.
 
     *default_tag*: a name with neither tag nor digest gets ``:latest``.
+    Sixty-four hex digits are an image id, never a name (as in Docker).
     """
+    if len(name) == 64 and set(name) <= _HEX:
+        raise InvalidArgument(f"image name {shorten(name)!r}", "64 hex digits are an image id, not a name")
     rest, digest = name, None
     if "@" in rest:
         rest, _, digest = rest.partition("@")
