@@ -109,6 +109,12 @@ def tree_problems(
                 continue
             expected.add(rel)
             expected.update(_parents(parent))
+            if e.type == te.LNK:
+                # A hard link to a lower layer's file copies that file (and its folders)
+                # up into an overlay upper directory: they are the layer's too.
+                target = posixpath.normpath("/" + e.linkname).lstrip("/")
+                expected.add(target)
+                expected.update(_parents(target.rpartition("/")[0]))
             problem = _compare(e, rel, root_fd, idmaps, as_root, inodes)
             if problem:
                 problems.append(f"{rel!r}: {problem}")

@@ -495,6 +495,18 @@ def test_a_default_acl_is_not_inherited_by_the_files_of_its_own_layer(store: Any
 
 
 @oci_drivers
+def test_a_hard_link_to_a_file_of_the_parent_layer_checks_sound(store: Any) -> None:
+    """overlay copies the target (and its folders) up to link it: ``check`` takes them as the
+    layer's, as ``changes`` and ``diff`` do."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"keep": D(), "keep/k": F(b"kept\n")})))
+    imported = make_tar({"hlk": H("keep/k")})
+    store.import_layer("child", "base", io.BytesIO(imported))
+    assert store.check(["child"]) == [("child", None)]
+    assert changes_of(store, "child") == [(A, "/hlk")]
+    assert diff_bytes(store, "child") == imported
+
+
+@oci_drivers
 def test_an_apply_after_import_forgets_the_imported_tarball(store: Any) -> None:
     store.import_layer("base", None, io.BytesIO(make_tar({"etc/hello": F(b"hello\n")})))
     store.apply("base", io.BytesIO(make_tar({"etc/more": F(b"more\n")})))
