@@ -627,3 +627,55 @@ def test_a_download_that_fills_the_disk_leaves_no_partial_file(tmp_path, monkeyp
     with pytest.raises(OSError, match="No space left"):
         distribution._download_all(reg, images, [desc], True, lambda _line: None)
     assert not [n for n in os.listdir(images.blobs_dir) if n.endswith(".download")]
+
+
+def _registry_blob(registry: Registry, digest: str) -> Path:
+    hexpart = digest.removeprefix("sha256:")
+    blobs = Path(registry.proc.args[2]).parent / "data/docker/registry/v2/blobs/sha256"
+    return blobs / hexpart[:2] / hexpart / "data"
+
+
+def test_a_blob_the_registry_holds_shorter_than_its_descriptor_is_an_integrity_failure(tmp_path, registry):
+    from graphdriver.testing.treeutil import F, make_tar
+
+    layer = make_tar({"big": F(os.urandom(300_000))})
+    oci_layout(tmp_path / "in", [layer], name="localhost/short:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/short:1"], check=True)
+    manifest = skopeo_json("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/short:1")
+    blob = _registry_blob(registry, manifest["layers"][0]["digest"])
+    os.truncate(blob, 200_000)
+    started = time.monotonic()
+    pulled = gd(tmp_path, "image", "pull", f"{registry.host}/short:1", "--insecure", check=False)
+    assert pulled.returncode == 6, pulled.stderr
+    assert "the registry has" in pulled.stderr.decode() and len(pulled.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 30  # not retried as if the connection had dropped
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+    gd(tmp_path, "cleanup")
+    blobs = tmp_path / "store/images/blobs/sha256"
+    assert not [p.name for p in blobs.iterdir() if ".download" in p.name] if blobs.exists() else True
+
+
+def test_a_kept_blob_damaged_on_disk_is_never_handed_on(tmp_path, registry):
+    """save, push and diff --compress original check a kept compressed blob first: exit 6,
+    and a layout that was there keeps no half-written file."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/kept:1")  # gzipped, as pulled
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    inspected = json.loads(gd(tmp_path, "image", "inspect", "localhost/kept:1").stdout)
+    manifest = json.loads((tmp_path / "in/blobs/sha256" / inspected["ManifestDigest"][7:]).read_bytes())
+    kept = tmp_path / "store/images/blobs/sha256" / manifest["layers"][0]["digest"][7:]
+    damaged = bytearray(kept.read_bytes())
+    damaged[len(damaged) // 2] ^= 1
+    kept.write_bytes(bytes(damaged))
+    (tmp_path / "out").mkdir()
+    layer = inspected["Layers"][0]["Layer"]
+    name = "localhost/kept:1"
+    for args in (("image", "save", name, "-o", str(tmp_path / "out"), "--format", "oci"),
+                 ("image", "save", name, "-o", str(tmp_path / "o.tar"), "--format", "oci-archive"),
+                 ("diff", layer, "--compress", "original", "-o", str(tmp_path / "l.gz")),
+                 ("image", "push", "localhost/kept:1", f"{registry.host}/kept:1", "--insecure")):
+        r = gd(tmp_path, *args, check=False)
+        assert (r.returncode, len(r.stderr.splitlines())) == (6, 1), (args, r.stderr)
+        assert "do not match its digest" in r.stderr.decode()
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+    assert not (tmp_path / "o.tar").exists() and not (tmp_path / "l.gz").exists()

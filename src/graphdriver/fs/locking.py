@@ -38,22 +38,27 @@ class locked:  # lower case: used like a function, `with locked(path) as fd:`
         self.fd = -1
 
     def __enter__(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            if self.exclusive:
-                raise
+        while True:
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError:
-                return -1
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
-        except BaseException:
+                if self.exclusive:
+                    raise
+                try:
+                    fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return -1
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
+                # A lock file its last holder removed (a download's) locks nothing any
+                # more: whoever waited on it takes the one now at the path instead.
+                if _still_named(fd, self.path):
+                    self.fd = fd
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
-            raise
-        self.fd = fd
-        return fd
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         if self.fd >= 0:

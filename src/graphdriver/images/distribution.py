@@ -117,16 +117,18 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
 
         final = images.blob_path(desc.digest)
         partial = final + ".download"  # kept across runs: a new pull resumes it
-        with locked(partial + ".lock"):  # one download of a blob at a time, across processes
-            if not os.path.exists(final):
-                try:
-                    reg.download(desc, partial, advance)
-                except OSError as e:
-                    if e.errno == errno.ENOSPC:  # a partial file that filled the disk helps no resume
-                        atomic.remove_file(partial)
-                    raise
-                os.rename(partial, final)
-        atomic.remove_file(partial + ".lock")
+        try:
+            with locked(partial + ".lock"):  # one download of a blob at a time, across processes
+                if not os.path.exists(final):
+                    try:
+                        reg.download(desc, partial, advance)
+                    except OSError as e:
+                        if e.errno == errno.ENOSPC:  # a partial file that filled the disk helps no resume
+                            atomic.remove_file(partial)
+                        raise
+                    os.rename(partial, final)
+        finally:
+            atomic.remove_file(partial + ".lock")  # (a waiter finds it unnamed, and takes the new one)
 
     with progress.bars(quiet) as add, ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         jobs = [pool.submit(one, d, add(f"layer {d.digest[7:19]}", d.size) if add else None) for d in descs]
@@ -207,7 +209,7 @@ def _pusher(store: Store, images: ImageStore, digest: str, layer_id: str | None)
     """How to read the blob *digest*: a kept file, or the layer's tarball rebuilt (uncompressed)."""
     path = images.blob_path(digest)
     if os.path.exists(path) or layer_id is None:
-        return lambda: open(path, "rb")
+        return lambda: open(images.checked_blob(digest), "rb")
 
     def rebuilt() -> BinaryIO:
         import tempfile

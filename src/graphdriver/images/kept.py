@@ -22,6 +22,6 @@ def original_blob(store: Store, layer_id: str) -> str:
         for lid, desc in zip(image.layers, image.layer_blobs or (), strict=False):
             digest = str(desc.get("digest", ""))
             if lid == layer_id and digest != layer.diff_digest and images.has_blob(digest):
-                return images.blob_path(digest)
+                return images.checked_blob(digest)
     raise Precondition(f"layer {layer_id}", "its imported compressed bytes were not kept (only images "
                        "loaded from OCI layouts or pulled keep them): use --compress gzip or zstd")

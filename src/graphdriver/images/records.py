@@ -249,6 +249,21 @@ class ImageStore:
             atomic.write_bytes(self.blob_path(digest), data)
         return digest
 
+    def checked_blob(self, digest: str) -> str:
+        """The path of kept blob *digest*, once its bytes are found to hash to it: a blob
+        damaged on disk is never handed on (saved, pushed, given back) as if it were sound."""
+        import hashlib
+
+        path = self.blob_path(digest)
+        try:
+            with open(path, "rb") as f:
+                found = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        except FileNotFoundError as e:
+            raise IntegrityError(f"blob {digest}", "missing from the image store") from e
+        if found != digest:
+            raise IntegrityError(f"blob {digest}", f"its bytes do not match its digest (they are {found})")
+        return path
+
     def read_blob(self, digest: str) -> bytes:
         try:
             with open(self.blob_path(digest), "rb") as f:

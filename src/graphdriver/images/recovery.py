@@ -94,7 +94,7 @@ def _remove_partials(images: ImageStore) -> list[str]:
             continue
         for name in names:
             path = os.path.join(folder, name)
-            if ".partial-" in name:  # its writer holds it (claim) while it lives
+            if ".partial-" in name or name.endswith(".download.lock"):  # held by its writer while it lives
                 removed = remove_abandoned(path)
             else:
                 # A pull's partial download nobody is writing (kept for a pull to resume until now).

@@ -29,7 +29,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Unsupported, shorten
 from graphdriver.images import oci
@@ -208,7 +208,14 @@ class Registry:
             if resp.status_code not in ok:
                 self._fail(method, path, resp)
             return resp
-        raise RegistryError(f"{method} {self.host}/{shorten(path)}", f"gave up after {ATTEMPTS} attempts")
+        raise RegistryError(f"{method} {self._where(path)}", f"gave up after {ATTEMPTS} attempts")
+
+    def _where(self, path: str) -> str:
+        """*path* (relative to ``/v2/``, or a whole URL a registry sent) as messages show it:
+        host and path, without the query."""
+        if "://" in path:
+            return shorten(path.partition("://")[2].split("?")[0], 160)
+        return f"{self.host}/v2/{shorten(path.split('?')[0], 120)}"
 
     def _tls_error(self, error: Exception) -> RegistryError:
         """One line for a failed TLS handshake: what the TLS library said, and the likely cause."""
@@ -237,7 +244,7 @@ class Registry:
             detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
         except ValueError:
             pass
-        what = f"{method} {self.host}/v2/{shorten(path.split('?')[0], 120)}"
+        what = f"{method} {self._where(path)}"
         why = f"HTTP {resp.status_code}" + (f" ({detail})" if detail else "")
         if resp.status_code == 400 and self.base.startswith("http:") and "HTTPS" in _text(resp):
             why += ": the registry speaks HTTPS (leave out --insecure)"  # Go's answer to plain http
@@ -319,8 +326,11 @@ class Registry:
                 break  # a partial file already whole (its process died while checking it)
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                resp = self.request("GET", f"{self.repo}/blobs/{desc.digest}", ok=(200, 206), stream=True,
-                                    headers=headers)
+                resp = self.request("GET", f"{self.repo}/blobs/{desc.digest}", ok=(200, 206, 416),
+                                    stream=True, headers=headers)
+                if resp.status_code == 416:  # nothing from there on: the registry's blob ends sooner
+                    resp.close()
+                    _short(path, desc, have)
                 if resp.status_code == 200 and have:
                     have = 0  # the registry ignored the range: start over
                 elif resp.status_code == 206 and not str(resp.headers.get("Content-Range", "")).startswith(
@@ -329,6 +339,7 @@ class Registry:
                     os.unlink(path)
                     have = 0  # not the range asked for: start over
                     continue
+                start = have
                 with open(path, "ab" if have else "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
                         if have + len(chunk) > desc.size:  # a registry sending more than it said
@@ -342,6 +353,8 @@ class Registry:
                 resp.close()
                 if have >= desc.size:
                     break
+                if str(resp.headers.get("Content-Length")) == str(have - start):
+                    _short(path, desc, have)  # all it said it had came, and that is less than the blob
             except (self.requests.ConnectionError, self.requests.Timeout,
                     self.requests.exceptions.ChunkedEncodingError) as e:
                 have = os.path.getsize(path) if os.path.exists(path) else 0
@@ -407,6 +420,14 @@ class Registry:
                             headers={"Content-Type": media_type})
         resp.close()
         return str(resp.headers.get("Docker-Content-Digest") or oci.sha256_digest(data))
+
+
+def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
+    """A registry whose blob ends before its descriptor's size: not a connection to retry."""
+    if os.path.exists(path):
+        os.unlink(path)
+    raise IntegrityError(f"blob {desc.digest}", f"the registry has {have} bytes of it, its descriptor "
+                         f"says {desc.size}")
 
 
 def _with_digest(location: str, digest: str) -> str:

@@ -21,6 +21,7 @@ import tarfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from graphdriver.errors import IntegrityError, InvalidArgument
+from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
 
@@ -92,10 +93,14 @@ class _Output:
                     inner(bar)
         if self.folder is not None:
             path = os.path.join(self.folder, name)
-            with open(path + ".partial", "wb") as f:
-                counter = _Counting(f)  # type: ignore[arg-type]
-                fill(counter)
-            _check_size(name, counter.count, size)
+            try:
+                with open(path + ".partial", "wb") as f:
+                    counter = _Counting(f)  # type: ignore[arg-type]
+                    fill(counter)
+                _check_size(name, counter.count, size)
+            except BaseException:
+                atomic.remove_file(path + ".partial")  # a layout that existed keeps no half blob
+                raise
             os.rename(path + ".partial", path)
             return
         assert self.tar is not None
@@ -189,18 +194,21 @@ def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Out
 
     earlier = _earlier_entries(out.folder)
     config = images.read_blob(record.id)
-    out.add_bytes(blob(record.id), config)
     if record.manifest is not None and record.layer_blobs is not None:
         manifest = images.read_blob(record.manifest)
         descs = [oci.Descriptor.parse(d, "kept manifest") for d in record.layer_blobs]
+        # Every kept blob is checked before anything is written: a damaged one leaves no half layout.
+        kept = {d.digest: images.checked_blob(d.digest) for d in descs if d.digest not in record.diff_ids}
+        out.add_bytes(blob(record.id), config)
         for layer_id, desc in zip(record.layers, descs, strict=True):
             if desc.digest in record.diff_ids:
                 out.add_stream(blob(desc.digest), desc.size, lambda w, i=layer_id: _layer(store, i, w))
             else:
-                path = images.blob_path(desc.digest)
+                path = kept[desc.digest]
                 out.add_stream(blob(desc.digest), desc.size, lambda w, p=path: _copy_file(p, w))
         media_type = str(oci.load_json(manifest, "kept manifest").get("mediaType") or oci.OCI_MANIFEST)
     else:
+        out.add_bytes(blob(record.id), config)
         layers = []
         for layer_id, diff_id in zip(record.layers, record.diff_ids, strict=True):
             size = _layer_size(store, layer_id)
