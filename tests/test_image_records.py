@@ -130,6 +130,16 @@ def test_sixty_four_hex_digits_are_an_id_never_a_name(tmp_path):
     assert inspect(tmp_path, image_id[7:])["Id"] == image_id
 
 
+def test_image_load_prints_the_names_it_loaded_and_its_json_is_image_ls_json(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/a:1", created="2020-01-02T03:04:05Z")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "image", "tag", "localhost/a:1", "localhost/other:9")
+    assert gd(tmp_path, "image", "load", str(tmp_path / "in")).stdout == b"localhost/a:1\n"  # as Docker's
+    loaded = json.loads(gd(tmp_path, "--json", "image", "load", str(tmp_path / "in")).stdout)
+    listed = json.loads(gd(tmp_path, "--json", "image", "ls").stdout)
+    assert loaded == listed and loaded[0]["created"] == "2020-01-02T03:04:05Z" and loaded[0]["stored"]
+
+
 def test_image_rm_by_id_of_an_image_named_in_several_repositories_needs_force(tmp_path):
     # As in Docker: by id, names in one repository go together, names in several need --force.
     oci_layout(tmp_path / "in", [LAYER1], name="localhost/x:1")

@@ -29,12 +29,12 @@ def _table(rows: list[list[str]]) -> None:
 
 def image_load(store: Store, args: Args) -> int:
     report = _reporter(args)
-    records = manage.load(store, args.source, platform=args.platform, quiet=args.quiet, report=report)
+    loaded = manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet, report=report)
     if args.json:  # one JSON document: a list, however many images the archive held
-        _out(jsonio.dumps([record.to_json() for record in records]))
+        _out(jsonio.dumps([_ls_json(store, record) for record, _ in loaded]))
         return 0
-    for record in records:
-        for name in record.names or [record.id]:
+    for record, names in loaded:  # the names the archive gave, as Docker prints them
+        for name in names or [record.id]:
             _out(name)
     return 0
 
@@ -53,7 +53,7 @@ def image_pull(store: Store, args: Args) -> int:
     record = distribution.pull(store, args.ref, insecure=args.insecure, platform=args.platform,
                                quiet=args.quiet, report=_reporter(args))
     # The reference pulled, in full: its tag, or for a pull by digest the digested reference.
-    _out(jsonio.dumps(record.to_json()) if args.json else str(reference.parse(args.ref)))
+    _out(jsonio.dumps(_ls_json(store, record)) if args.json else str(reference.parse(args.ref)))
     return 0
 
 

@@ -21,11 +21,20 @@ if TYPE_CHECKING:
 def load(store: Store, path: str, *, platform: str | None = None, quiet: bool = True,
          report: Callable[[str], None] | None = None) -> list[ImageRecord]:
     """Load every image of the docker-archive, oci-archive or OCI layout at *path*."""
+    return [record for record, _ in load_named(store, path, platform=platform, quiet=quiet, report=report)]
+
+
+def load_named(store: Store, path: str, *, platform: str | None = None, quiet: bool = True,
+               report: Callable[[str], None] | None = None) -> list[tuple[ImageRecord, list[str]]]:
+    """:func:`load`, each record with the names the archive gave it (the record holds
+    every name the image has, those it had before included)."""
     from graphdriver.images.loading import load_images
     from graphdriver.images.sources import Archive
 
     with Archive(path, platform) as archive:
-        return load_images(store, archive.images(), quiet=quiet, report=report)
+        sources = archive.images()
+        loaded = [list(src.names) for src in sources]
+        return list(zip(load_images(store, sources, quiet=quiet, report=report), loaded, strict=True))
 
 
 def save(store: Store, name: str, path: str, fmt: str = "docker-archive", *,
