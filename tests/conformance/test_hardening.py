@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from graphdriver.errors import IntegrityError
-from graphdriver.testing.treeutil import F, make_tar
+from graphdriver.testing.treeutil import D, F, make_tar
 
 
 def _write(store, layer_id: str, name: str, data: bytes) -> None:
@@ -826,3 +826,31 @@ def test_a_whiteout_through_a_symlink_of_the_same_archive_is_marked_unreproducib
     store.diff("L", regenerated, regenerate=True)  # the files as they are: no tmp/y
     with tarfile.open(fileobj=io.BytesIO(regenerated.getvalue())) as tf:
         assert "tmp/y" not in tf.getnames()
+
+
+def test_a_layer_whose_parent_record_is_lost_keeps_its_parent_and_is_reported(store):
+    """A record names its parent: cleanup keeps the folder (and tar-split) of a parent whose own
+    record is gone while a layer sits on it, even mounted; check names the child (exit 6)."""
+    from tests.conftest import run_cli
+
+    base = make_tar({"etc": D(), "etc/os-release": F(b"ID=x\n")})
+    store.import_layer("p", None, io.BytesIO(base))
+    store.import_layer("ch", "p", io.BytesIO(make_tar({"srv": D()})))
+    store.create("ctr", "ch", writable=True)
+    root = store.mount("ctr")
+    try:
+        record = Path(store.root, "layers", "p.json")
+        saved = record.read_bytes()
+        record.unlink()
+        r = run_cli("cleanup", root=Path(store.root), run_root=Path(store.run_root))
+        assert r.returncode == 0
+        assert "layer folder p has no record, but a layer sits on it: kept" in r.stdout.decode()
+        assert Path(root, "etc/os-release").read_bytes() == b"ID=x\n"
+        results = dict(store.check([]))
+        assert "has no record" in (results["ch"] or "") and "has no record" in (results["ctr"] or "")
+        r = run_cli("check", "ch", root=Path(store.root), run_root=Path(store.run_root))
+        assert r.returncode == 6 and "layer p has no record" in r.stdout.decode()
+    finally:
+        store.unmount("ctr")
+    record.write_bytes(saved)
+    assert store.check(["p", "ch"]) == [("p", None), ("ch", None)]

@@ -1113,6 +1113,10 @@ class Store:
             if record.damaged:
                 results.append((record.id, f"damaged: {record.damaged}"))
                 continue
+            missing = self._missing_parent(record)
+            if missing is not None:
+                results.append((record.id, missing))
+                continue
             if not self.driver.exists(record.id):
                 error = self._explain(
                     NotFound(f"layer {record.id}", "no such layer"), record.id, seen=record
@@ -1144,6 +1148,18 @@ class Store:
                 continue
             results.append((record.id, None))
         return results
+
+    def _missing_parent(self, record: Layer) -> str | None:
+        """What is wrong when a layer of *record*'s chain has no record (its files are unknown)."""
+        current: Layer | None = record
+        while current is not None and current.parent:
+            try:
+                current = self._find(current.parent)
+            except NotFound:
+                return f"its chain's layer {current.parent} has no record (corrupt metadata)"
+            except IntegrityError as e:
+                return f"its chain's layer {current.parent}: {e.why or e}"
+        return None
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         base = self._parent_for(layer_id, parent)

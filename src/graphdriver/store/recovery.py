@@ -65,9 +65,21 @@ def cleanup(store: Store) -> list[str]:
     return done
 
 
+def _named_parents(store: Store) -> set[str] | None:
+    """The layers some record sits on; None while a record is unreadable (which it names is unknown)."""
+    good, corrupt = store.records.scan()
+    return None if corrupt else {r.parent for r in good if r.parent}
+
+
 def _remove_orphans(store: Store) -> list[str]:
-    """Driver folders that no record names are garbage (records are the truth)."""
+    """Driver folders that no record names are garbage (records are the truth).
+
+    A record names its parent too: a folder whose own record is gone but on which
+    another layer sits is that layer's data (an overlay lower directory, say), and
+    is kept and reported, as is every folder while some record cannot be read.
+    """
     known = set(store.records.ids())
+    parents = _named_parents(store)
     done = []
     for name in sorted(os.listdir(store.driver.home)):
         if name.startswith(".") or name in known or name.endswith("-removing"):
@@ -76,6 +88,11 @@ def _remove_orphans(store: Store) -> list[str]:
         if not os.path.isdir(path) or store.records.is_pending(name):
             continue
         if _is_alternate_target(store, name):
+            continue
+        if parents is None or name in parents:
+            done.append(f"layer folder {name} has no record, but "
+                        + ("a record that cannot be read may name it" if parents is None
+                           else "a layer sits on it") + ": kept")
             continue
         try:
             store.driver.remove(name)
@@ -124,14 +141,15 @@ def remove_stale_temporaries(folders: tuple[str, ...]) -> list[str]:
 
 def _remove_stray_tarsplit(store: Store) -> list[str]:
     """tar-split files of no layer, and half-written ones whose writer is dead."""
-    known = set(store.records.ids())
+    parents = _named_parents(store)
+    known = set(store.records.ids()) | (parents or set())
     done = []
     folder = os.path.join(store.root, TARSPLIT_DIR)
     for name in sorted(os.listdir(folder)):
         # Layer ids may hold the suffix themselves (a.tar-split.gz.partial-1): only the
         # whole name says whose file it is, ID + suffix, or ID + suffix + .partial-N.
-        if name.endswith(TARSPLIT_SUFFIX) and name[: -len(TARSPLIT_SUFFIX)] in known:
-            continue
+        if name.endswith(TARSPLIT_SUFFIX) and (name[: -len(TARSPLIT_SUFFIX)] in known or parents is None):
+            continue  # (while a record cannot be read, whose file it is stays unknown: kept)
         path = os.path.join(folder, name)
         head, sep, tail = name.rpartition(".partial-")
         half_written = bool(sep) and head.endswith(TARSPLIT_SUFFIX) and bool(tail)
