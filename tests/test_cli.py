@@ -743,3 +743,11 @@ def test_what_this_user_may_not_use_exits_7(tmp_path):
         import shutil
 
         shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("size", ["99999999999999999999999999999999G", " 20M", "\uff150M", "20M ", "1M", "0"])
+def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(tmp_path, size):
+    r = run_cli("create", "x", "--rw", "--size", size, root=tmp_path / "s", run_root=tmp_path / "r",
+                driver="overlay")
+    assert (r.returncode, r.stderr.count(b"\n")) == (2, 1), r.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()

@@ -206,6 +206,25 @@ def test_a_layer_whose_folder_was_deleted_is_damaged_everywhere(store):
     assert run_cli("exists", "b", root=root, run_root=run_root).returncode == 3
 
 
+def test_a_layer_whose_files_directory_was_deleted_is_damaged_everywhere(store):
+    """Only the folder holding its files gone (vfs ``fs``, overlay ``diff``): damaged (6) too,
+    for itself and, through it, for what sits on it."""
+    from graphdriver.fs.tree import remove_tree
+    from tests.conftest import run_cli
+
+    store.import_layer("a", None, io.BytesIO(make_tar({"etc": D(), "etc/f": F(b"f")})))
+    store.create("b", "a", writable=True)
+    files = {"vfs": "fs", "overlay": "diff"}[store.driver.name]
+    remove_tree(os.path.join(store.driver.resolve("a"), files))
+    root, run_root = Path(store.root), Path(store.run_root)
+    for args in (["mount", "a"], ["diff", "a"], ["changes", "a"], ["diffsize", "a"], ["check", "a"],
+                 ["diff", "b"], ["changes", "b"], ["diffsize", "b"], ["create", "c", "--parent", "a"]):
+        r = run_cli(*args, root=root, run_root=run_root)
+        err = r.stderr.decode()
+        assert (r.returncode, err.count("\n")) == (6, 1), (args, err)
+        assert "layer a: its files are missing" in err, (args, err)
+
+
 def test_layers_json_lists_a_layer_whose_folder_was_deleted(store):
     """--json lists what plain layers lists (exit 0), the layer without files named on stderr."""
     import json

@@ -664,6 +664,9 @@ def _default_size(text: str | None) -> int | None:
         raise InvalidArgument(f"option size={text!r}", "expected a size such as 20G or 512M") from e
     if size <= 0:
         raise InvalidArgument(f"option size={text!r}", "a size limit must be more than 0 bytes")
+    from graphdriver.units import check_limit
+
+    check_limit(size, text)
     return size
 
 

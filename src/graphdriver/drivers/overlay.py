@@ -412,6 +412,13 @@ class OverlayDriver(Driver):
         path = os.path.join(folder, DIFF_DIR)
         return os.path.realpath(path) if os.path.islink(path) else path
 
+    def _existing_upper(self, layer_id: str, folder: str) -> str:
+        """:meth:`_upper`, which must be there (the store tells a removed layer from a damaged one)."""
+        path = self._upper(folder)
+        if not os.path.isdir(path):
+            raise NotFound(f"layer {layer_id}", f"its files are missing (its {DIFF_DIR} directory)")
+        return path
+
     def _merged(self, folder: str, *, create: bool = False) -> str:
         if self._own(folder):
             return os.path.join(folder, MERGED_DIR)
@@ -464,6 +471,8 @@ class OverlayDriver(Driver):
         from graphdriver.fs import sizelimit
 
         parent_folder = self.resolve(parent) if parent else None
+        if parent and parent_folder:
+            self._existing_upper(parent, parent_folder)  # its files gone: nothing to stack on
         size = opts.storage_opt.get("size")
         where = folder
         if size is not None and self.size_method is not None:
@@ -706,11 +715,12 @@ class OverlayDriver(Driver):
 
             sizelimit.ensure_mounted(folder)
         lowers = self._lowers(folder)
+        upper = self._existing_upper(layer_id, folder)
         try:
             if not lowers:
                 if self.mount_program is not None:
-                    return self._upper(folder)  # nothing to stack and no bind mounts without root
-                mounts.bind_mount(self._upper(folder), target, readonly=not self._writable(folder))
+                    return upper  # nothing to stack and no bind mounts without root
+                mounts.bind_mount(upper, target, readonly=not self._writable(folder))
                 return target
             try:
                 self._mount_overlay(folder, lowers, target, mount_label)
@@ -864,7 +874,7 @@ class OverlayDriver(Driver):
 
     def own_files(self, layer_id: str) -> str | None:
         # The upper directory, even while the layer is mounted: only read here.
-        return self._upper(self.resolve(layer_id))
+        return self._existing_upper(layer_id, self.resolve(layer_id))
 
     def _native(self, layer_id: str, parent: str | None) -> tuple[str, list[str]] | None:
         """The upper directory and lower roots for a native diff, or None to walk instead."""
@@ -890,7 +900,7 @@ class OverlayDriver(Driver):
             missing = [p for p in lowers if not os.path.isdir(p)]
             if missing:
                 raise GraphDriverError(f"layer {layer_id}", f"lower directory {missing[0]} is missing")
-        return self._upper(folder), self._views(folder, lowers)
+        return self._existing_upper(layer_id, folder), self._views(folder, lowers)
 
     def compare(
         self, layer_id: str, parent: str | None, *, native: bool = True

@@ -32,7 +32,7 @@ import errno
 import os
 
 from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig, probe_scratch
-from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
+from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Unsupported
 from graphdriver.fs import privileged
 
 TYPE_CHECKING = False
@@ -163,8 +163,8 @@ class VfsDriver(Driver):
     def _fs(self, layer_id: str) -> str:
         """The root filesystem directory of a layer (of any home)."""
         fs = os.path.join(self.resolve(layer_id), FS_DIR)
-        if not os.path.isdir(fs):
-            raise GraphDriverError(f"layer {layer_id}", f"its {FS_DIR} directory is missing")
+        if not os.path.isdir(fs):  # (the store tells a layer removed meanwhile from a damaged one)
+            raise NotFound(f"layer {layer_id}", f"its files are missing (its {FS_DIR} directory)")
         return fs
 
 

@@ -41,11 +41,10 @@ from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
 from graphdriver.fs import atomic, mounts, privileged
 from graphdriver.fs.locking import locked
 from graphdriver.fs.sizerecord import IMAGE_FILE, RECORD_FILE, limit_of
+from graphdriver.units import MIN_SIZE, check_limit
 
 IMAGE_MOUNT = "img"
 
-#: The smallest limit accepted: below it a filesystem image has no room left for files.
-MIN_SIZE = 16 * 1024 * 1024
 #: mkfs.xfs refuses filesystems smaller than this.
 XFS_MIN_SIZE = 300 * 1024 * 1024
 
@@ -177,8 +176,7 @@ def image_fstype(size: int) -> str | None:
 
 def check_size(size: int) -> None:
     """Refuse a limit too small to hold anything."""
-    if size < MIN_SIZE:
-        raise InvalidArgument(f"size {size}", f"the smallest size limit is {MIN_SIZE // 2**20}MiB")
+    check_limit(size, str(size))
 
 
 def check_storage_opt(

@@ -410,9 +410,11 @@ class Store:
         if size is not None:
             if not writable:
                 raise InvalidArgument("--size", "only applies to writable (--rw) layers")
-            from graphdriver.units import parse_size
+            from graphdriver.units import check_limit, parse_size
 
-            storage_opt["size"] = str(parse_size(size))
+            limit = parse_size(size)
+            check_limit(limit, size)  # before the store is touched
+            storage_opt["size"] = str(limit)
         from graphdriver.drivers.base import CreateOpts
 
         with self._transaction(layer_id, "create") as tx:
@@ -420,10 +422,13 @@ class Store:
             own, parent_maps = self._create_maps(record)
             opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt, idmaps=own,
                               parent_idmaps=parent_maps)
-            if writable:
-                self.driver.create_rw(layer_id, parent, opts)
-            else:
-                self.driver.create(layer_id, parent, opts)
+            try:
+                if writable:
+                    self.driver.create_rw(layer_id, parent, opts)
+                else:
+                    self.driver.create(layer_id, parent, opts)
+            except NotFound as e:  # the parent's files gone (its record stands: the lock is held)
+                self._raise_explained(e, parent)
             tx.commit(record)
         return record
 
@@ -1115,8 +1120,9 @@ class Store:
                 continue
             missing = self._missing_parent(record)
             if missing is not None:
-                results.append((record.id, missing))
-                continue
+                if not (self._being_removed(record.id) or self._remade(record)):
+                    results.append((record.id, missing))
+                continue  # (else removed meanwhile, its chain after it: no longer a layer to report)
             if not self.driver.exists(record.id):
                 error = self._explain(
                     NotFound(f"layer {record.id}", "no such layer"), record.id, seen=record
