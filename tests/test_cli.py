@@ -751,3 +751,35 @@ def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(t
                 driver="overlay")
     assert (r.returncode, r.stderr.count(b"\n")) == (2, 1), r.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
+
+
+def test_an_output_file_name_of_any_legal_length_is_written(tmp_path):
+    (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
+    root = tmp_path / "store"
+    run_cli("import", "b", str(tmp_path / "base.tar"), root=root, driver="vfs", check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    for length in (245, 255):
+        name = out / ("z" * (length - 2) + "é")  # a two-byte character last: *length* bytes
+        r = run_cli("diff", "b", "-o", str(name), root=root, driver="vfs")
+        assert r.returncode == 0, r.stderr
+        assert name.read_bytes() == (tmp_path / "base.tar").read_bytes()
+    assert sorted(len(os.fsencode(p.name)) for p in out.iterdir()) == [245, 255]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a read-only folder")
+def test_an_output_on_a_read_only_file_system_exits_7(tmp_path):
+    import subprocess
+
+    (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
+    root = tmp_path / "store"
+    run_cli("import", "b", str(tmp_path / "base.tar"), root=root, driver="vfs", check=True)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], check=True)
+    try:
+        r = run_cli("diff", "b", "-o", str(ro / "x.tar"), root=root, driver="vfs")
+        said = f"graphdriver: cannot write {ro / 'x.tar'}: Read-only file system\n"
+        assert (r.returncode, r.stderr.decode()) == (7, said)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)

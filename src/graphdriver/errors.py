@@ -68,8 +68,9 @@ class Unsupported(GraphDriverError):
 
 
 def os_error(what: str, e: OSError, otherwise: type[GraphDriverError] = GraphDriverError) -> GraphDriverError:
-    """*e* as one of these: a permission refused is a missing privilege (exit 7), the rest *otherwise*."""
-    denied = e.errno in (1, 13)  # EPERM, EACCES (errno is not imported for two constants)
+    """*e* as one of these: a permission refused or a read-only file system is a missing
+    privilege (exit 7), the rest *otherwise*."""
+    denied = e.errno in (1, 13, 30)  # EPERM, EACCES, EROFS (errno is not imported for three constants)
     return (Unsupported if denied else otherwise)(what, e.strerror or str(e))
 
 

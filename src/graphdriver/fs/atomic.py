@@ -49,13 +49,21 @@ def write_bytes(path: str, data: bytes, mode: int = 0o600, *, durable: bool = Tr
         fsync_dir(directory)
 
 
+def temp_stem(name: str) -> str:
+    """``.tmp-<name>``, *name* cut so that a pid and a random tail after it still make a
+    legal file name (255 bytes): a file may be called anything short of that itself."""
+    room = 255 - len(TEMP_PREFIX) - len("-4194304-01234567")
+    raw = os.fsencode(name)
+    return TEMP_PREFIX + (name if len(raw) <= room else os.fsdecode(raw[:room]))
+
+
 def temporary(path: str, mode: int = 0o600) -> tuple[str, int]:
     """A new temporary file beside *path* (``.tmp-<name>-<pid>``) and its fd, locked by this
     process (see :func:`graphdriver.fs.locking.claim`): ``cleanup`` leaves it alone while the fd
     is open, and removes it once the process died, reaped or not."""
     from graphdriver.fs.locking import claim
 
-    tmp = os.path.join(os.path.dirname(path) or ".", f"{TEMP_PREFIX}{os.path.basename(path)}-{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(path) or ".", f"{temp_stem(os.path.basename(path))}-{os.getpid()}")
     try:
         return tmp, claim(tmp, mode=mode)
     except FileExistsError:  # another thread of this process writes the same file

@@ -27,6 +27,7 @@ import os
 import stat
 
 from graphdriver.errors import InvalidArgument, os_error
+from graphdriver.fs.atomic import temp_stem
 from graphdriver.fs.locking import claim, remove_abandoned
 
 TYPE_CHECKING = False
@@ -108,7 +109,7 @@ class OutputFile:
             return open(real, "wb")  # a device, a fifo: written into
         directory, name = os.path.split(real)
         self.final = real
-        self.staging = os.path.join(directory, f".tmp-{name}-{os.getpid()}")
+        self.staging = os.path.join(directory, f"{temp_stem(name)}-{os.getpid()}")
         _remove_abandoned_siblings(directory, name)
         fd = self._unnamed(directory)
         if fd is None:
@@ -195,7 +196,7 @@ def _link_fd(fd: int, path: str) -> None:
 
 def _remove_abandoned_siblings(directory: str, name: str) -> None:
     """Remove ``.tmp-<name>-<pid>`` files beside *name* whose writer is dead (a killed export)."""
-    prefix = f".tmp-{name}-"
+    prefix = f"{temp_stem(name)}-"
     try:
         names = os.listdir(directory)
     except OSError:
