@@ -753,10 +753,16 @@ def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(t
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
 
 
-def test_an_output_file_name_of_any_legal_length_is_written(tmp_path):
+def _one_layer_store(tmp_path: Path) -> Path:
+    """A vfs store holding layer ``b``, imported from ``base.tar`` beside it."""
     (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
     root = tmp_path / "store"
     run_cli("import", "b", str(tmp_path / "base.tar"), root=root, driver="vfs", check=True)
+    return root
+
+
+def test_an_output_file_name_of_any_legal_length_is_written(tmp_path):
+    root = _one_layer_store(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     for length in (245, 255):
@@ -771,9 +777,7 @@ def test_an_output_file_name_of_any_legal_length_is_written(tmp_path):
 def test_an_output_on_a_read_only_file_system_exits_7(tmp_path):
     import subprocess
 
-    (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
-    root = tmp_path / "store"
-    run_cli("import", "b", str(tmp_path / "base.tar"), root=root, driver="vfs", check=True)
+    root = _one_layer_store(tmp_path)
     ro = tmp_path / "ro"
     ro.mkdir()
     subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], check=True)
