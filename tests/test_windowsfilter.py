@@ -234,6 +234,24 @@ def test_corpus_image_imports_and_reexports(wstore, tmp_path):
     assert layer.records["Files/Windows/System32/perfd009.dat"].dangling
 
 
+def test_the_command_line_says_a_warning_as_its_other_lines_and_q_silences_it(tmp_path):
+    """The trimmed image's dangling links are worth a line: ``graphdriver: ...`` on stderr,
+    nothing with ``-q``."""
+    from tests.conftest import run_cli
+
+    image = CORPUS / "windows" / "windows-mini-image.tar.gz"
+    with tarfile.open(image) as tf:
+        tf.extractall(tmp_path / "image", filter="data")
+    first = json.loads((tmp_path / "image/manifest.json").read_text())[0]["Layers"][0]
+    layer = str(tmp_path / "image" / first)
+    r = run_cli("import", "w1", layer, root=tmp_path / "s", driver="windowsfilter", check=True)
+    lines = r.stderr.decode().splitlines()
+    assert lines and all(line.startswith("graphdriver: ") for line in lines), lines
+    assert any("a trimmed image?" in line for line in lines)
+    r = run_cli("-q", "import", "w2", layer, root=tmp_path / "s", driver="windowsfilter", check=True)
+    assert r.stderr == b""
+
+
 # ----- refusals -------------------------------------------------------------------------------------------
 
 

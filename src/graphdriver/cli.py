@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from graphdriver import jsonio
+from graphdriver import jsonio, notices
 from graphdriver.cliargs import COMMANDS, PROG, Args, help_text, parse
 from graphdriver.errors import GraphDriverError, InvalidArgument, os_error
 from graphdriver.ids import check_id
@@ -392,8 +392,13 @@ def _run(args: Args) -> int:
     if args.command in ("help", "completion", "man"):
         return _self_help(args)
     _validate_ids(args)
+    notices.set_handler(_ignore if args.quiet else _warn)  # one line as the others; none with -q
     store = _open_store(args)
     return HANDLERS[args.command](store, args)
+
+
+def _ignore(_text: str) -> None:
+    """Where warnings go with ``-q``."""
 
 
 def _flush_stdout() -> None:

@@ -69,7 +69,6 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import logging
 import os
 import shutil
 from collections.abc import Collection, Mapping
@@ -107,6 +106,7 @@ from graphdriver.fs.confine import open_no_symlinks
 from graphdriver.fs.locking import claim
 from graphdriver.fs.tree import remove_tree
 from graphdriver.layerio.windows.layout import ENTRIES_FILE, FILES, META_DIR, has_path_prefix
+from graphdriver.notices import warn
 
 _sizelimit: ModuleType | None
 try:
@@ -114,7 +114,6 @@ try:
 except ImportError:  # pragma: no cover - an installation without size limits
     _sizelimit = None
 
-log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 VIEWS_DIR = "views"
@@ -245,7 +244,7 @@ def _base_image(desc: Mapping[str, object], folder: str) -> BaseImageInfo:
     parts = version.split(".")
     os_version = ".".join(parts[:3]) if len(parts) == 4 else ""
     if not os_version:
-        log.warning("could not parse the Windows version %r of base image %s", version, folder)
+        warn(f"could not parse the Windows version {version!r} of base image {folder}")
     created = _field(desc, "createdtime")
     if not isinstance(created, str):
         mtime = os.stat(folder).st_mtime
@@ -511,7 +510,7 @@ class WindowsFilterDriver(Driver, BaseImages):
         done = super().cleanup(layers)
         for line in done:
             if line.startswith("could not remove"):
-                log.warning("%s (cleanup will try again)", line)
+                warn(f"{line} (cleanup will try again)")
         return done
 
     # ----- apply and compare: directories for the store -----------------------------------------------

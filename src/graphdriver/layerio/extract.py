@@ -178,13 +178,10 @@ def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIO
 
     size, stats = confine.run_confined(dest, work, extra_dirs=opts.lower_dirs, inline=opts.inline)
     if stats:
-        import logging  # only here: the import path of every CLI call need not load it
+        from graphdriver.notices import warn
 
-        logging.getLogger(__name__).warning(
-            "applied to %s without privileges: skipped %d ownership changes, "
-            "%d device nodes, %d xattrs",
-            dest, stats.skipped_chowns, stats.skipped_devices, stats.skipped_xattrs,
-        )  # fmt: skip
+        warn(f"applied to {dest} without privileges: skipped {stats.skipped_chowns} ownership changes, "
+             f"{stats.skipped_devices} device nodes, {stats.skipped_xattrs} xattrs")
     return size
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 from typing import Any
@@ -29,9 +28,8 @@ from graphdriver.layerio.extract import Extraction, clean_name
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, wintar
 from graphdriver.layerio.windows.winmeta import DELETED, DIR, FILE, LINK, STREAM, SYMLINK, MetaWriter, Record
+from graphdriver.notices import warn
 from graphdriver.plain import Plain
-
-log = logging.getLogger(__name__)
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -347,8 +345,6 @@ def apply_windows_layer(entries: Any, root_fd: int, lower_fds: tuple[int, ...], 
     applier = WindowsApplier(entries, root_fd, lower_fds, plan)
     size = applier.run()
     if applier.dangling:
-        log.warning(
-            "%d hard links name files in no layer (a trimmed image?); kept in the metadata only",
-            applier.dangling,
-        )
+        warn(f"{applier.dangling} hard links name files in no layer (a trimmed image?); kept in the "
+             "metadata only")
     return size

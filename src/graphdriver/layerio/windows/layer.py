@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import stat
 from typing import BinaryIO
@@ -28,8 +27,7 @@ from graphdriver.layerio.getter import FileGetter
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, winmeta, wintar
 from graphdriver.layerio.windows.wintar import Times, WinMeta
-
-log = logging.getLogger(__name__)
+from graphdriver.notices import warn
 
 #: Files Windows rewrites in place after import, and where their imported bytes are kept.
 MUTATED_FILES: dict[str, str] = {
@@ -153,7 +151,7 @@ class _Exporter(LayerWriter):
     def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
         kind = _KINDS.get(stat.S_IFMT(st.st_mode))
         if kind is None:
-            log.warning("%s: a Windows layer holds only files, directories and symlinks; left out", name)
+            warn(f"{name}: a Windows layer holds only files, directories and symlinks; left out")
             return None
         meta, times, self.index = self._meta(name, kind, st, self.chain.find(name))
         self.times = times
