@@ -787,3 +787,12 @@ def test_an_output_on_a_read_only_file_system_exits_7(tmp_path):
         assert (r.returncode, r.stderr.decode()) == (7, said)
     finally:
         subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_a_root_that_is_a_file_or_an_empty_driver_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    for args, root in ((["layers"], tmp_path / "file"), (["create", "a"], tmp_path / "file"),
+                       (["--driver", "", "layers"], tmp_path / "s")):
+        r = run_cli(*args, root=root, run_root=tmp_path / "run")
+        assert (r.returncode, r.stderr.count(b"\n")) == (2, 1), (args, r.stderr)
+    assert not (tmp_path / "s").exists()

@@ -53,6 +53,8 @@ class Option:
 # Values naming a file or folder: an empty one is never meant (``--root ""`` must
 # not fall back to the default store).
 _PATH_VALUES = frozenset({"DIR", "FILE", "PATH", "SOURCE"})
+#: Values never empty: those and a driver's name (``--driver ""`` is no request to probe).
+_NOT_EMPTY = _PATH_VALUES | {"NAME"}
 
 
 class Command:
@@ -313,7 +315,7 @@ def _check_value(option: Option, flag: str, value: str, command: str) -> None:
     if option.choices and value not in option.choices:
         *most, last = option.choices
         raise UsageError(f"option {flag} {_quote(value)}: choose {', '.join(most)} or {last}", where)
-    if not value and option.metavar in _PATH_VALUES:
+    if not value and option.metavar in _NOT_EMPTY:
         raise UsageError(f"option {flag} needs a value ({option.metavar}), not an empty name", where)
 
 

@@ -117,6 +117,9 @@ class Store:
             registry.check_name(opts.driver)  # before anything is created
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
+        for what, path in (("--root", self.root), ("--run-root", self.run_root)):
+            if os.path.exists(path) and not os.path.isdir(path):  # a bad argument, not a corrupt store
+                raise InvalidArgument(f"{what} {path}", "is not a folder")
         # Without opts.create nothing is created here: a store comes to be (its
         # folders, and store.json fixing its driver) when the first layer is
         # stored in it (see _settle), so read-only commands leave no trace.
