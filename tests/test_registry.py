@@ -451,6 +451,12 @@ def test_a_docker_schema_2_image_pulls_and_large_blobs_go_up_in_chunks(tmp_path,
     from tests.test_images import sha256
 
     assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER1), sha256(LAYER2)]
+    # Saved as an OCI layout, it has OCI media types (the same blobs): skopeo finds it by its tag.
+    gd(other, "image", "save", ref, "-o", str(tmp_path / "layout"), "--format", "oci")
+    found = skopeo_json("inspect", "--raw", f"oci:{tmp_path / 'layout'}:1")
+    assert found["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert [x["digest"] for x in found["layers"]] == [x["digest"] for x in raw["layers"]]
+    assert found["config"]["digest"] == raw["config"]["digest"]
     # A layer larger than the upload chunk goes up in PATCH chunks.
     big = make_tar({"big": F(os.urandom(600_000))})
     oci_layout(tmp_path / "big", [big], name="localhost/big:1", gzipped=False)

@@ -70,6 +70,27 @@ def hex_of(digest: str) -> str:
     return digest.partition(":")[2]
 
 
+#: Docker's media types and the OCI ones for the same things (what ``skopeo copy`` to an OCI layout writes).
+_TO_OCI = {DOCKER_MANIFEST: OCI_MANIFEST, DOCKER_CONFIG: OCI_CONFIG, DOCKER_LAYER: OCI_LAYER,
+           DOCKER_LAYER_GZIP: OCI_LAYER_GZIP, DOCKER_FOREIGN_LAYER: OCI_NONDIST_LAYER_GZIP}
+
+
+def as_oci_manifest(manifest: bytes) -> bytes:
+    """*manifest*, a Docker image manifest given OCI media types (the blobs stay the same); an
+    OCI manifest as it is.  An OCI layout holds OCI manifests: tools that read one by a
+    tag's name (skopeo, buildah) find no other."""
+    value = load_json(manifest, "manifest")
+    if value.get("mediaType") != DOCKER_MANIFEST:
+        return manifest
+    import json
+
+    value["mediaType"] = OCI_MANIFEST
+    for desc in [value.get("config"), *(value.get("layers") or [])]:
+        if isinstance(desc, dict) and desc.get("mediaType") in _TO_OCI:
+            desc["mediaType"] = _TO_OCI[desc["mediaType"]]
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def load_json(data: bytes, what: str) -> dict[str, Any]:
     """A JSON object, or :class:`IntegrityError` naming *what*."""
     from graphdriver import jsonio

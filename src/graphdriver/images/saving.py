@@ -195,7 +195,7 @@ def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Out
     earlier = _earlier_entries(out.folder)
     config = images.read_blob(record.id)
     if record.manifest is not None and record.layer_blobs is not None:
-        manifest = images.read_blob(record.manifest)
+        manifest = oci.as_oci_manifest(images.read_blob(record.manifest))
         descs = [oci.Descriptor.parse(d, "kept manifest") for d in record.layer_blobs]
         # Every kept blob is checked before anything is written: a damaged one leaves no half layout.
         kept = {d.digest: images.checked_blob(d.digest) for d in descs if d.digest not in record.diff_ids}
