@@ -685,3 +685,29 @@ def test_a_kept_blob_damaged_on_disk_is_never_handed_on(tmp_path, registry):
         assert "do not match its digest" in r.stderr.decode()
     assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
     assert not (tmp_path / "o.tar").exists() and not (tmp_path / "l.gz").exists()
+
+
+def test_an_artifact_is_no_image_to_pull(tmp_path, registry):
+    """A Helm chart (or a signature) pushed as an OCI artifact: unsupported here (7), nothing kept."""
+    import hashlib
+    import io
+
+    from graphdriver.images import oci, reference
+    from graphdriver.images.registry import Registry as Client
+
+    def desc(media_type: str, data: bytes) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    config, chart = b"{}", b"not a layer"
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                           "config": desc("application/vnd.cncf.helm.config.v1+json", config),
+                           "layers": [desc("application/vnd.cncf.helm.chart.content.v1.tar+gzip", chart)]})
+    with Client(reference.parse(f"{registry.host}/chart:1"), insecure=True) as reg:
+        for data in (config, chart):
+            reg.upload(desc("", data)["digest"], len(data), lambda d=data: io.BytesIO(d))
+        reg.put_manifest("1", manifest.encode(), oci.OCI_MANIFEST)
+    r = gd(tmp_path, "image", "pull", f"{registry.host}/chart:1", "--insecure", check=False)
+    assert (r.returncode, r.stderr.count(b"\n")) == (7, 1), r.stderr
+    assert b"is not a container image" in r.stderr
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
-from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
+from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Unsupported, shorten
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim
 from graphdriver.images import oci, reference
@@ -70,6 +70,10 @@ def pull(store: Store, name: str, *, insecure: bool = False, platform: str | Non
             chosen = select_platform(descs, platform, f"image {ref}")
             data, media = reg.manifest(chosen.digest)
         config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"), str(ref))
+        if config_desc.media_type not in (oci.OCI_CONFIG, oci.DOCKER_CONFIG, ""):
+            # An artifact (a Helm chart, a signature...) stored as an image is no image to run.
+            raise Unsupported(f"image {ref}", f"is not a container image (its config is a "
+                              f"{shorten(config_desc.media_type, 80)})")
         config = reg.blob_bytes(config_desc.digest)
         if not chosen_by_index:
             check_platform(config, platform, f"image {ref}")
