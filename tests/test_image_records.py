@@ -210,6 +210,18 @@ def test_an_unreadable_image_record_still_holds_its_layers(tmp_path):
     gd(tmp_path, "remove", "mine")
 
 
+def test_an_unreadable_image_record_is_removed_by_its_full_id(tmp_path):
+    a, b = two_images(tmp_path)
+    (tmp_path / "store/images/records" / (a["Id"][7:] + ".json")).write_text("{")
+    said = gd(tmp_path, "cleanup").stdout.decode()
+    assert f"graphdriver image rm {a['Id']} removes it" in said
+    one_line_error(gd(tmp_path, "image", "rm", a["Id"][7:19], check=False), 3)  # a prefix names no record
+    assert gd(tmp_path, "image", "rm", a["Id"]).stdout.decode() == f"Deleted: {a['Id']}\n"
+    gd(tmp_path, "prune", "--layers")  # what it held is freed now that nothing may name it
+    assert a["Layers"][-1]["Layer"].encode() not in gd(tmp_path, "layers").stdout.split()
+    assert inspect(tmp_path, "localhost/b:1")["Id"] == b["Id"]
+
+
 def test_an_unreadable_container_record_still_holds_its_layers_and_its_image(tmp_path):
     two_images(tmp_path)
     gd(tmp_path, "container", "create", "localhost/b:1", "c1")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from graphdriver import jsonio
 from graphdriver.cliargs import PROG, Args, UsageError
+from graphdriver.errors import IntegrityError
 from graphdriver.images import container_layers as ctrs
 from graphdriver.images import manage
 
@@ -130,7 +131,15 @@ def image_tag(store: Store, args: Args) -> int:
 
 
 def image_rm(store: Store, args: Args) -> int:
-    record = manage.image(store, args.name)
+    try:
+        record = manage.image(store, args.name)
+    except IntegrityError:
+        gone = manage.remove_unreadable(store, args.name)  # by its full id, an unreadable record goes
+        if gone is None:
+            raise
+        _out(jsonio.dumps({"untagged": [], "deleted": gone, "deleted_layers": []}) if args.json
+             else f"Deleted: {gone}")
+        return 0
     freed = manage.remove(store, args.name, force=args.force)
     names = [*record.names, *record.digests]  # in full, as stored
     left = next((r for r in manage.images(store) if r.id == record.id), None)

@@ -71,6 +71,23 @@ def created(store: Store, record: ImageRecord) -> str:
     return value if isinstance(value, str) else ""
 
 
+def remove_unreadable(store: Store, name: str) -> str | None:
+    """Remove the record of image *name*, a full id (``sha256:`` optional), when that record
+    cannot be read; its id, or None when *name* is no such id.  The layers the record held
+    stay until ``prune`` finds them unused (what it held is unknown)."""
+    hexpart = name.removeprefix("sha256:")
+    if len(hexpart) != 64 or not set(hexpart) <= set("0123456789abcdef"):
+        return None
+    images = ImageStore(store.root)
+    with store.locked():
+        try:
+            images.get("sha256:" + hexpart)
+        except IntegrityError:
+            images.delete("sha256:" + hexpart)
+            return "sha256:" + hexpart
+    return None
+
+
 def _in_repository(name: str, repository: str) -> bool:
     try:
         return reference.parse(name).repository == repository

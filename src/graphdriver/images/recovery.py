@@ -112,7 +112,8 @@ def _remove_unreferenced(images: ImageStore) -> list[str]:
         return []
     keep = images.referenced_blobs()
     if keep is None:
-        return [f"{e}: remove it; no blob was removed meanwhile" for e in images.scan()[1]]
+        return [f"{e}: graphdriver image rm sha256:{e.what.rpartition(' ')[2].removesuffix('.json')} "
+                "removes it; no blob was removed meanwhile" for e in images.scan()[1]]
     done = []
     for name in names:
         if len(name) == 64 and name not in keep:
