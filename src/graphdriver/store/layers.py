@@ -16,6 +16,7 @@ crash's leftovers from work in progress in another process.
 from __future__ import annotations
 
 import os
+import stat
 
 from graphdriver import codecs
 from graphdriver.drivers import registry
@@ -118,7 +119,11 @@ class Store:
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
         for what, path in (("--root", self.root), ("--run-root", self.run_root)):
-            if os.path.exists(path) and not os.path.isdir(path):  # a bad argument, not a corrupt store
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue  # not there yet (made when needed), or told when used
+            if not stat.S_ISDIR(mode):  # a bad argument, not a corrupt store
                 raise InvalidArgument(f"{what} {path}", "is not a folder")
         # Without opts.create nothing is created here: a store comes to be (its
         # folders, and store.json fixing its driver) when the first layer is
