@@ -295,3 +295,45 @@ def test_store_api_cleanup_keeps_a_live_staging_folder(tmp_path: Path) -> None:
         assert os.listdir(staging) == ["mine-1"]
     finally:
         os.close(held)
+
+
+def test_a_lock_file_removed_while_held_is_never_held_twice(tmp_path: Path) -> None:
+    """A holder that removes its lock file (a download's) before letting go: whoever waited on
+    that file takes the one now at the path, so no two hold "the" lock at once."""
+    import threading
+    import time
+
+    path = str(tmp_path / "blob.download.lock")
+    inside: list[str] = []
+    held = threading.Event()
+
+    def holder() -> None:
+        with locking.locked(path):
+            held.set()
+            time.sleep(0.3)  # the waiter is blocked on this very file by now
+            os.unlink(path)
+
+    def waiter(name: str) -> None:
+        with locking.locked(path):
+            inside.append(f"{name} in")
+            time.sleep(0.2)
+            inside.append(f"{name} out")
+
+    first = threading.Thread(target=holder)
+    first.start()
+    held.wait()
+    b = threading.Thread(target=waiter, args=("b",))
+    b.start()
+    first.join()
+    c = threading.Thread(target=waiter, args=("c",))  # comes when the path names a new file
+    c.start()
+    b.join()
+    c.join()
+    assert inside in (["b in", "b out", "c in", "c out"], ["c in", "c out", "b in", "b out"])
+
+
+def test_a_lock_file_that_is_a_symlink_is_taken_through_it(tmp_path: Path) -> None:
+    (tmp_path / "real.lock").write_bytes(b"")
+    (tmp_path / "store.lock").symlink_to(tmp_path / "real.lock")
+    with locking.locked(str(tmp_path / "store.lock")) as fd:
+        assert os.fstat(fd).st_ino == os.stat(tmp_path / "real.lock").st_ino

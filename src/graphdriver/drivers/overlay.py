@@ -722,6 +722,11 @@ class OverlayDriver(Driver):
                     return upper  # nothing to stack and no bind mounts without root
                 mounts.bind_mount(upper, target, readonly=not self._writable(folder))
                 return target
+            if self.mount_program is not None and not all(os.path.isdir(p) for p in lowers):
+                # A mount program says so only in its own words: a lower directory is
+                # missing, its link or image may be lost; restore, or say whose files are gone.
+                self._repair_chain(folder)
+                self._refuse_missing_lowers(layer_id, lowers)
             try:
                 self._mount_overlay(folder, lowers, target, mount_label)
             except OSError as e:

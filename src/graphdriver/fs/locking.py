@@ -52,7 +52,7 @@ class locked:  # lower case: used like a function, `with locked(path) as fd:`
                 fcntl.flock(fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
                 # A lock file its last holder removed (a download's) locks nothing any
                 # more: whoever waited on it takes the one now at the path instead.
-                if _still_named(fd, self.path):
+                if _still_named(fd, self.path, follow=True):  # (opened through a symlink, if one)
                     self.fd = fd
                     return fd
             except BaseException:
@@ -164,11 +164,12 @@ def _make(path: str, folder: bool, mode: int) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def _still_named(fd: int, path: str) -> bool:
-    """Whether the file open at *fd* is still the one named *path*."""
+def _still_named(fd: int, path: str, *, follow: bool = False) -> bool:
+    """Whether the file open at *fd* is still the one named *path* (with *follow*, the one
+    a symlink there names)."""
     st = os.fstat(fd)
     try:
-        named = os.lstat(path)
+        named = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return False
     return st.st_nlink > 0 and (st.st_dev, st.st_ino) == (named.st_dev, named.st_ino)

@@ -26,17 +26,26 @@ def open_readable(name: str, dir_fd: int | None = None, flags: int = READ_FLAGS)
         pass
     path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        st = os.fstat(path_fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            raise PermissionError(13, os.strerror(13), name)
         inode = f"/proc/self/fd/{path_fd}"  # the very file opened above, whatever its name now
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o400:  # another process of ours has just opened it so: its grant serves
-            return os.open(inode, flags & ~os.O_NOFOLLOW)
-        os.chmod(inode, mode | 0o400)
-        try:
-            return os.open(inode, flags & ~os.O_NOFOLLOW)
-        finally:
-            os.chmod(inode, mode)
+        for _ in range(_TRIES):
+            st = os.fstat(path_fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                break
+            mode = stat.S_IMODE(st.st_mode)
+            try:
+                if mode & 0o400:  # another reader's grant: it serves, unless taken back meanwhile
+                    return os.open(inode, flags & ~os.O_NOFOLLOW)
+                os.chmod(inode, mode | 0o400)
+                try:
+                    return os.open(inode, flags & ~os.O_NOFOLLOW)
+                finally:
+                    os.chmod(inode, mode)
+            except PermissionError:
+                continue  # another reader took its grant back between our chmod and open: again
+        raise PermissionError(13, os.strerror(13), name)
     finally:
         os.close(path_fd)
+
+
+#: Rounds of grant and open before giving up (readers of one file race only briefly).
+_TRIES = 100

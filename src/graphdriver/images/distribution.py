@@ -121,8 +121,8 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
 
         final = images.blob_path(desc.digest)
         partial = final + ".download"  # kept across runs: a new pull resumes it
-        try:
-            with locked(partial + ".lock"):  # one download of a blob at a time, across processes
+        with locked(partial + ".lock"):  # one download of a blob at a time, across processes
+            try:
                 if not os.path.exists(final):
                     try:
                         reg.download(desc, partial, advance)
@@ -131,8 +131,10 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
                             atomic.remove_file(partial)
                         raise
                     os.rename(partial, final)
-        finally:
-            atomic.remove_file(partial + ".lock")  # (a waiter finds it unnamed, and takes the new one)
+            finally:
+                # Removed while held: a waiter then finds the file it locked unnamed, and
+                # takes the one now at the path (see locked), never the same lock as another.
+                atomic.remove_file(partial + ".lock")
 
     with progress.bars(quiet) as add, ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         jobs = [pool.submit(one, d, add(f"layer {d.digest[7:19]}", d.size) if add else None) for d in descs]

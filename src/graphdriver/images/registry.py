@@ -339,7 +339,6 @@ class Registry:
                     os.unlink(path)
                     have = 0  # not the range asked for: start over
                     continue
-                start = have
                 with open(path, "ab" if have else "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
                         if have + len(chunk) > desc.size:  # a registry sending more than it said
@@ -353,8 +352,8 @@ class Registry:
                 resp.close()
                 if have >= desc.size:
                     break
-                if str(resp.headers.get("Content-Length")) == str(have - start):
-                    _short(path, desc, have)  # all it said it had came, and that is less than the blob
+                if _whole_blob(resp) == have:
+                    _short(path, desc, have)  # the blob, as the registry holds it, came whole: it is shorter
             except (self.requests.ConnectionError, self.requests.Timeout,
                     self.requests.exceptions.ChunkedEncodingError) as e:
                 have = os.path.getsize(path) if os.path.exists(path) else 0
@@ -420,6 +419,16 @@ class Registry:
                             headers={"Content-Type": media_type})
         resp.close()
         return str(resp.headers.get("Docker-Content-Digest") or oci.sha256_digest(data))
+
+
+def _whole_blob(resp: Any) -> int | None:
+    """The size of the whole blob as the registry's answer gives it (a 200's length, the total
+    of a 206's range); None when it does not say."""
+    if resp.status_code == 206:
+        total = str(resp.headers.get("Content-Range", "")).rpartition("/")[2]
+    else:
+        total = str(resp.headers.get("Content-Length", ""))
+    return int(total) if total.isdigit() else None
 
 
 def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:

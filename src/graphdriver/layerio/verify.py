@@ -94,6 +94,7 @@ def tree_problems(
     problems: list[str] = []
     expected: set[str] = set()
     last = _last_headers(entries)
+    links: list[tuple[str, str]] = []  # (hard link, its target)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         inodes: dict[str, tuple[int, int]] = {}
@@ -110,14 +111,16 @@ def tree_problems(
             expected.add(rel)
             expected.update(_parents(parent))
             if e.type == te.LNK:
-                # A hard link to a lower layer's file copies that file (and its folders)
-                # up into an overlay upper directory: they are the layer's too.
-                target = posixpath.normpath("/" + e.linkname).lstrip("/")
-                expected.add(target)
-                expected.update(_parents(target.rpartition("/")[0]))
+                links.append((rel, posixpath.normpath("/" + e.linkname).lstrip("/")))
             problem = _compare(e, rel, root_fd, idmaps, as_root, inodes)
             if problem:
                 problems.append(f"{rel!r}: {problem}")
+        for rel, target in links:
+            # A hard link to a lower layer's file copies that file (and its folders) up
+            # into an overlay upper directory: the very file linked is the layer's too.
+            if target not in expected and _inode(root_fd, rel) == _inode(root_fd, target) is not None:
+                expected.add(target)
+                expected.update(_parents(target.rpartition("/")[0]))
         extra = _walk(root) - expected
         if inherited is not None:
             extra -= _walk(inherited)
@@ -213,6 +216,25 @@ def _same_dir_owner_mode(root: str, old_root: str, rel: str,
         return False
     theirs = (old.st_uid, old.st_gid) if owner is None else owner(old.st_uid, old.st_gid)
     return new.st_mode == old.st_mode and (new.st_uid, new.st_gid) == theirs and stat.S_ISDIR(new.st_mode)
+
+
+def _inode(root_fd: int, rel: str) -> tuple[int, int] | None:
+    """(device, inode) of *rel* under *root_fd*, never through a symlink; None if it is not there."""
+    from graphdriver.fs.confine import open_at_root
+
+    parent, _, base = rel.rpartition("/")
+    try:
+        pfd = open_at_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY) if parent else root_fd
+    except OSError:
+        return None
+    try:
+        st = os.lstat(base, dir_fd=pfd)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
+    finally:
+        if pfd != root_fd:
+            os.close(pfd)
 
 
 def _parents(parent: str) -> Iterator[str]:

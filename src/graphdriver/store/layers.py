@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO, NoReturn
 
     from graphdriver.diff.changes import Change
-    from graphdriver.drivers.base import Driver
+    from graphdriver.drivers.base import CreateOpts, Driver
     from graphdriver.idmap import IDMappings
     from graphdriver.store.transaction import Transaction
 
@@ -430,15 +430,19 @@ class Store:
             own, parent_maps = self._create_maps(record)
             opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt, idmaps=own,
                               parent_idmaps=parent_maps)
-            try:
-                if writable:
-                    self.driver.create_rw(layer_id, parent, opts)
-                else:
-                    self.driver.create(layer_id, parent, opts)
-            except NotFound as e:  # the parent's files gone (its record stands: the lock is held)
-                self._raise_explained(e, parent)
+            self._driver_create(layer_id, parent, opts, writable=writable)
             tx.commit(record)
         return record
+
+    def _driver_create(self, layer_id: str, parent: str | None, opts: CreateOpts, *, writable: bool) -> None:
+        """Under the lock: the driver's folder of a new layer on *parent*."""
+        try:
+            if writable:
+                self.driver.create_rw(layer_id, parent, opts)
+            else:
+                self.driver.create(layer_id, parent, opts)
+        except NotFound as e:  # the parent's files gone (its record stands: the lock is held)
+            self._raise_explained(e, parent)
 
     def _transaction(self, layer_id: str, operation: str, *, undo: str = "remove") -> Transaction:
         from graphdriver.store.transaction import Transaction
@@ -525,7 +529,8 @@ class Store:
             from graphdriver.drivers.base import CreateOpts
 
             own, parent_maps = self._create_maps(record)
-            self.driver.create(layer_id, parent, CreateOpts(idmaps=own, parent_idmaps=parent_maps))
+            opts = CreateOpts(idmaps=own, parent_idmaps=parent_maps)
+            self._driver_create(layer_id, parent, opts, writable=False)
             with tx.unlocked():  # other writers go on while the layer is extracted
                 self._ingest_into(record, stream)
             tx.commit(record)
@@ -622,14 +627,21 @@ class Store:
             size = content.apply(self.driver, layer_id, stream, idmaps=self.layer_maps(record)).size
         except GraphDriverError as e:
             with self.locked():
-                # A stream that is no tarball at all touched nothing: the layer,
-                # and what its import recorded, stay as they were.
-                stored = before if e.wrote_nothing else self.records.get(layer_id)
-                if not e.wrote_nothing:
-                    stored.damaged = f"an apply failed half way: {e}"
-                    self._forget_tarsplit(layer_id)
-                self.records.put(stored)
-            raise
+                try:
+                    stored: LayerRecord | None = self.records.get(layer_id)
+                except NotFound:
+                    stored = None  # removed meanwhile (a damaged layer may be): nothing to mark
+                # Only the layer this apply marked: not one removed and made again meanwhile.
+                if stored is not None and stored.damaged == record.damaged:
+                    if e.wrote_nothing:
+                        # A stream that is no tarball at all touched nothing: the layer,
+                        # and what its import recorded, stay as they were.
+                        stored = before
+                    else:
+                        stored.damaged = f"an apply failed half way: {e}"
+                        self._forget_tarsplit(layer_id)
+                    self.records.put(stored)
+            self._raise_explained(e, layer_id)  # its files gone: damaged (6), not "not found"
         self._sync()
         with self.locked():
             stored = self.records.get(layer_id)
@@ -1166,7 +1178,11 @@ class Store:
     def _missing_parent(self, record: Layer) -> str | None:
         """What is wrong when a layer of *record*'s chain has no record (its files are unknown)."""
         current: Layer | None = record
+        seen = {record.id}
         while current is not None and current.parent:
+            if current.parent in seen:
+                return f"its chain loops back to layer {current.parent} (corrupt metadata)"
+            seen.add(current.parent)
             try:
                 current = self._find(current.parent)
             except NotFound:
