@@ -708,8 +708,13 @@ def test_what_this_user_may_not_use_exits_7(tmp_path):
     import tempfile
 
     from graphdriver import cli as gd
+    from graphdriver import climages  # noqa: F401
+    from graphdriver.images import loading, sources  # noqa: F401
     from graphdriver.store import layers, recovery  # noqa: F401
     from tests.conftest import as_nobody
+
+    for module in ("secrets", "tarfile", "tempfile", "concurrent.futures"):
+        __import__(module)  # what the image commands load, loaded before the fork
 
     work = Path(tempfile.mkdtemp(prefix="gd-denied-"))
     try:
@@ -735,9 +740,14 @@ def test_what_this_user_may_not_use_exits_7(tmp_path):
                 gd.main([*other, "cleanup"]),
                 gd.main([*own, "import", "b", str(work / "secret.tar")]),
                 gd.main([*own, "diff", "a", "-o", str(work / "locked-out" / "a.tar")]),
+                # Id maps store files owned by the mapped ids: root's privilege.
+                gd.main([*own, "create", "m", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]),
+                gd.main([*own, "--uidmap", "0:100000:65536", "create", "n"]),
+                gd.main([*own, "image", "load", str(work / "secret.tar")]),
+                gd.main([*own, "image", "load", str(theirs / "layers" / "x.tar")]),  # a folder closed to us
             ]
 
-        assert as_nobody(codes) == [7] * 6
+        assert as_nobody(codes) == [7] * 10
         assert not (work / "locked-out" / "a.tar").exists()
     finally:
         import shutil

@@ -99,6 +99,27 @@ class IDMap:
         return ",".join(f"{r.container_id}:{r.host_id}:{r.size}" for r in self.ranges)
 
 
+class OwnIDAsRoot(IDMap):
+    """How an unprivileged store's files read in the tarballs built from them: the user's own id
+    is root's, as in a rootless container's user namespace (the owners an archive gave could
+    not be set: the files are the user's); any other id is itself."""
+
+    __slots__ = ("own",)
+
+    def __init__(self, own: int) -> None:
+        super().__init__()
+        self.own = own
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OwnIDAsRoot) and other.own == self.own
+
+    def __hash__(self) -> int:
+        return hash(("own", self.own))
+
+    def to_container(self, host_id: int) -> int:
+        return 0 if host_id == self.own else host_id
+
+
 class IDMappings:
     """The uid map and gid map of a store."""
 

@@ -21,7 +21,7 @@ import tarfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from graphdriver.errors import GraphDriverError, IntegrityError, InvalidArgument, NotFound, shorten
+from graphdriver.errors import GraphDriverError, IntegrityError, InvalidArgument, NotFound, os_error, shorten
 from graphdriver.images import oci, reference
 from graphdriver.images.oci import Descriptor
 from graphdriver.plain import Plain
@@ -73,6 +73,9 @@ class _Files:
                 self.tar = tarfile.open(opened, "r:")  # closed by close()
                 for m in self.tar.getmembers():
                     self.members[_clean(m.name)] = m
+            except PermissionError as e:  # nothing wrong with it: this user may not read it
+                self.close()
+                raise os_error(f"image archive {shorten(path)!r}", e) from e
             except (tarfile.TarError, OSError, EOFError, GraphDriverError) as e:
                 self.close()
                 why = f"not a readable tar archive: {e}"
@@ -164,8 +167,12 @@ class Archive:
 
     def __init__(self, path: str, platform: str | None = None) -> None:
         parse_platform(platform)  # a usage error before anything is read
-        if not os.path.exists(path):
-            raise NotFound(f"image archive {shorten(path)!r}", "no such file or directory")
+        try:
+            os.stat(path)
+        except FileNotFoundError as e:
+            raise NotFound(f"image archive {shorten(path)!r}", "no such file or directory") from e
+        except OSError as e:  # a folder this user may not search, say
+            raise os_error(f"image archive {shorten(path)!r}", e) from e
         self.files = _Files(path)
         self.platform = platform
 

@@ -272,6 +272,8 @@ class Extraction:
         # files the layer puts in the directory would inherit it, and hold ACLs their
         # entries lack (GNU tar waits the same way).
         self.default_acls: dict[str, bytes] = {}
+        # Device nodes left out without the privilege to make them (see _special).
+        self.skipped: set[str] = set()
 
     # ----- what a format provides ------------------------------------------------------
 
@@ -751,6 +753,7 @@ class _Extractor(Extraction):
             if not self.tolerant or kind == stat.S_IFIFO:
                 raise
             self.stats.skipped_devices += 1
+            self.skipped.add(rel)  # and so are the hard links to it
             return
         uid, gid = self._owner(e)
         self._chown_at(pfd, base, uid, gid)
@@ -797,6 +800,9 @@ class _Extractor(Extraction):
                     if stat.S_ISDIR(st.st_mode):
                         raise ArchiveError(e.name, "hardlink to a directory") from None
                     raise
+            if target in self.skipped:  # a device node this user cannot make: its links go with it
+                self.stats.skipped_devices += 1
+                return
             if copied or not self._copy_up(e, target):
                 raise ArchiveError(e.name, f"hardlink target {e.linkname!r} is missing")
             copied = True

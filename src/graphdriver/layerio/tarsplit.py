@@ -419,6 +419,8 @@ def _open(entry: SplitEntry, files: FileSource) -> tuple[str, BinaryIO]:
     name = entry.name.decode("utf-8", "surrogateescape")
     try:
         return name, files.open(name)
+    except PermissionError:
+        raise  # there, but not for this user (a folder of mode 0000 without root): not damage
     except (OSError, LookupError) as e:
         raise IntegrityError(f"file {name!r}", f"missing from the layer: {e}") from e
     except Exception as e:

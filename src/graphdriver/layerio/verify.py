@@ -258,14 +258,20 @@ def _compare(
     parent, _, base = rel.rpartition("/")
     try:
         pfd = open_at_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY) if parent else root_fd
+    except PermissionError:
+        raise  # there, but not for this user (a folder of mode 0000 without root): not damage
     except OSError:
         return "is missing from the layer"
     try:
         try:
             st = os.lstat(base, dir_fd=pfd)
         except FileNotFoundError:
-            if e.type in (te.CHR, te.BLK) and not privileged:
-                return ""  # an unprivileged store cannot make device nodes: the import skipped it
+            # An unprivileged store cannot make device nodes, nor links to them: the import skipped them.
+            device = e.type in (te.CHR, te.BLK)
+            if e.type == te.LNK:
+                device = _inode(root_fd, posixpath.normpath("/" + e.linkname).lstrip("/")) is None
+            if device and not privileged:
+                return ""
             return "is missing from the layer"
         if e.type == te.LNK:
             target = posixpath.normpath("/" + e.linkname).lstrip("/")

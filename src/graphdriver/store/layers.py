@@ -137,6 +137,7 @@ class Store:
         # command such as `layers` never needs them), unless the caller named a
         # driver or id maps that must be checked against them now.
         self._driver: Driver | None = None
+        _refuse_maps_unprivileged(opts.idmaps)
         if opts.driver or opts.idmaps is not None:
             self.settings()
         if opts.create and not self.settled:
@@ -489,6 +490,7 @@ class Store:
                     idmaps: IDMappings | None = None) -> LayerRecord:
         """In *tx*: refuse a duplicate or a missing parent, then write the layer's pending record."""
         layer_id = tx.layer_id
+        _refuse_maps_unprivileged(idmaps)
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
         if os.path.lexists(os.path.join(self.driver.home, layer_id)):
@@ -882,8 +884,8 @@ class Store:
         from graphdriver.store import content
 
         owner = self._owner_translation(layer_id, base)
-        content.export(self.driver, layer_id, base, out, idmaps=self.layer_maps(record), owner=owner,
-                       native=owner is None)
+        content.export(self.driver, layer_id, base, out, idmaps=_export_maps(self.layer_maps(record)),
+                       owner=owner, native=owner is None)
 
     def changed_since_import(self, layer_id: str) -> str | None:
         """Why imported layer *layer_id* no longer gives back its imported tarball (None: it does).
@@ -1015,7 +1017,9 @@ class Store:
         """
         if not self.driver.FILES_AS_IN_TARBALL:
             return
-        problems = self._file_problems(record)
+        # Mounted writable since, a full tree may also have changed what it holds of its
+        # parent's: diff finds that, and so must check.
+        problems = self._file_problems(record, inherited_changes=self._may_have_changed(record))
         if problems:
             why = f"its files differ from its tarball: {_first_of(problems)}"
             raise IntegrityError(f"layer {record.id}", why)
@@ -1163,6 +1167,11 @@ class Store:
                     self._verify_files(record)
                 else:
                     raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
+            except PermissionError as e:  # a folder of mode 0000 in a store without root, say
+                where = f" {e.filename}" if e.filename else ""
+                results.append((record.id, f"skipped: its files cannot be read by this user"
+                                           f" ({e.strerror}{where})"))
+                continue
             except (GraphDriverError, OSError) as e:
                 error = self._explain(e, record.id, seen=record)
                 if isinstance(error, NotFound):
@@ -1306,6 +1315,23 @@ class Store:
         self._forget_tarsplit(layer_id)
         self.records.delete(layer_id)
         self.records.clear_pending(layer_id)
+
+
+def _export_maps(maps: IDMappings) -> IDMappings:
+    """The maps a tarball of a layer's files is written with: without root, the user's own
+    ids are root's (see :class:`graphdriver.idmap.OwnIDAsRoot`)."""
+    if not maps.identity or privileged():
+        return maps
+    from graphdriver.idmap import IDMappings, OwnIDAsRoot
+
+    return IDMappings(OwnIDAsRoot(os.geteuid()), OwnIDAsRoot(os.getegid()))
+
+
+def _refuse_maps_unprivileged(idmaps: IDMappings | None) -> None:
+    """Id maps store files owned by the mapped ids: without root they cannot be given (exit 7)."""
+    if idmaps is not None and not idmaps.identity and not privileged():
+        raise Unsupported("--uidmap/--gidmap", "id maps need root (files are stored owned by the mapped "
+                          "ids); without root a store keeps the user's own")
 
 
 def _first_of(problems: list[str]) -> str:

@@ -378,6 +378,8 @@ def _assert_diff_is_the_layer_now(store: Any, layer_id: str, parent: str | None,
     assert _looked_at(store, "again") == now
     with pytest.raises(IntegrityError, match="changed since it was imported"):
         store.diff(layer_id, io.BytesIO(), exact=True)
+    [(_, why)] = store.check([layer_id])  # what diff finds changed, check finds changed too
+    assert why is not None and not why.startswith("skipped"), why
 
 
 @every_driver
@@ -504,6 +506,56 @@ def test_a_hard_link_to_a_file_of_the_parent_layer_checks_sound(store: Any) -> N
     assert store.check(["child"]) == [("child", None)]
     assert changes_of(store, "child") == [(A, "/hlk")]
     assert diff_bytes(store, "child") == imported
+
+
+@oci_drivers
+def test_what_the_user_writes_in_a_container_is_roots_in_its_tarball(store: Any) -> None:
+    """With or without privileges: files a container's user writes are root's in the layer's
+    tarball (without root, the user's own ids are root's, as in a rootless container), and a
+    regenerated tarball of the image keeps its files root's."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"etc": D(), "etc/passwd": F(b"root:x:0:0\n")})))
+    store.create("ctr", "base", writable=True)
+    root = store.mount("ctr")
+    try:
+        with open(os.path.join(root, "etc/passwd"), "ab") as f:
+            f.write(b"u:x:1000:1000\n")
+        with open(os.path.join(root, "etc/new"), "wb") as f:
+            f.write(b"new\n")
+    finally:
+        store.unmount("ctr")
+    for layer_id, regenerate in (("ctr", False), ("base", True)):
+        out = io.BytesIO()
+        store.diff(layer_id, out, regenerate=regenerate)
+        with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+            owners = {m.name: (m.uid, m.gid) for m in tf.getmembers()}
+        assert owners and set(owners.values()) == {(0, 0)}, (layer_id, owners)
+
+
+@oci_drivers
+def test_a_hard_link_to_a_device_node_goes_as_the_node_does(store: Any) -> None:
+    """Made with privileges, skipped with the node without them: the import succeeds either
+    way, and check and diff agree with it."""
+    imported = make_tar({"dev": D(), "dev/null": Dev("c", 1, 3, mode=0o666), "dev/null2": H("dev/null")})
+    store.import_layer("d", None, io.BytesIO(imported))
+    assert store.check(["d"]) == [("d", None)]
+    assert diff_bytes(store, "d") == imported
+
+
+@oci_drivers
+def test_a_folder_closed_to_its_owner_is_never_called_damaged(store: Any) -> None:
+    """A folder of mode 0000: root reads it; a store without root cannot, and check says it
+    skipped the layer for that (the other layers are checked), never that it is damaged."""
+    imported = make_tar({"zero": D(mode=0o000), "zero/inside": F(b"x"), "open": F(b"o")})
+    store.import_layer("z", None, io.BytesIO(imported))
+    store.import_layer("other", None, io.BytesIO(make_tar({"f": F(b"f")})))
+    results = dict(store.check([]))
+    assert results["other"] is None
+    if IS_ROOT:
+        assert results["z"] is None and diff_bytes(store, "z") == imported
+    else:
+        assert (results["z"] or "").startswith("skipped: its files cannot be read by this user")
+        with pytest.raises(PermissionError):
+            diff_bytes(store, "z")
 
 
 @oci_drivers
