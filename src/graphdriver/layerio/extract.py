@@ -180,8 +180,7 @@ def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIO
     if stats:
         from graphdriver.notices import warn
 
-        warn(f"applied to {dest} without privileges: skipped {stats.skipped_chowns} ownership changes, "
-             f"{stats.skipped_devices} device nodes, {stats.skipped_xattrs} xattrs")
+        warn(f"applied to {dest} {_left_out(stats)}")
     return size
 
 
@@ -207,12 +206,18 @@ def extract_entries(
             for d in opts.lower_dirs:
                 opened.append(os.open(d, _LOWER_DIR))
             lower_fds = opened
+        said = stats is not None  # the caller tells what was left out; else it is said here
         stats = ExtractStats() if stats is None else stats
         ex = _Extractor(reader, root_fd, opts, tuple(lower_fds), stats)
         try:
-            return ex.run()
+            size = ex.run()
         finally:
             ex.close()
+        if stats and not said and not ex.privileged:
+            from graphdriver.notices import warn
+
+            warn(_left_out(stats))
+        return size
     finally:
         for fd in opened:
             os.close(fd)
@@ -964,6 +969,11 @@ class _Extractor(Extraction):
         if AUFS_LINK_DIR in self.created:
             self._remove(self.root_fd, AUFS_LINK_DIR, AUFS_LINK_DIR)
         super()._finish()
+
+def _left_out(stats: ExtractStats) -> str:
+    return (f"without privileges: skipped {stats.skipped_chowns} ownership changes, "
+            f"{stats.skipped_devices} device nodes, {stats.skipped_xattrs} xattrs")
+
 
 def _through_symlink(link: str) -> str:
     return (f"the path goes through {link!r}, a symlink of a lower layer (or one the layer "
