@@ -75,16 +75,18 @@ def remove_unreadable(store: Store, name: str) -> str | None:
     """Remove the record of image *name*, a full id (``sha256:`` optional), when that record
     cannot be read; its id, or None when *name* is no such id.  The layers the record held
     stay until ``prune`` finds them unused (what it held is unknown)."""
-    hexpart = name.removeprefix("sha256:")
-    if len(hexpart) != 64 or not set(hexpart) <= set("0123456789abcdef"):
+    image_id = "sha256:" + name.removeprefix("sha256:")
+    try:
+        reference.check_digest(image_id)
+    except InvalidArgument:
         return None
     images = ImageStore(store.root)
     with store.locked():
         try:
-            images.get("sha256:" + hexpart)
+            images.get(image_id)
         except IntegrityError:
-            images.delete("sha256:" + hexpart)
-            return "sha256:" + hexpart
+            images.delete(image_id)
+            return image_id
     return None
 
 

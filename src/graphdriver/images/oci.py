@@ -37,6 +37,12 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def file_digest(path: str) -> str:
+    """``sha256:<hex>`` of the file at *path*, read in chunks."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
 class HashingWriter:
     """Writes to *out*, hashing (sha256) and counting what goes through."""
 

@@ -29,7 +29,7 @@ from typing import Any
 from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
 from graphdriver.fs import atomic
 from graphdriver.images import reference
-from graphdriver.images.oci import hex_of, sha256_digest
+from graphdriver.images.oci import file_digest, hex_of, sha256_digest
 from graphdriver.plain import Plain
 
 IMAGES_DIR = "images"
@@ -252,12 +252,9 @@ class ImageStore:
     def checked_blob(self, digest: str) -> str:
         """The path of kept blob *digest*, once its bytes are found to hash to it: a blob
         damaged on disk is never handed on (saved, pushed, given back) as if it were sound."""
-        import hashlib
-
         path = self.blob_path(digest)
         try:
-            with open(path, "rb") as f:
-                found = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            found = file_digest(path)
         except FileNotFoundError as e:
             raise IntegrityError(f"blob {digest}", "missing from the image store") from e
         if found != digest:

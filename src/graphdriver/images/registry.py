@@ -24,7 +24,6 @@ and ``image push``.  What it does:
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import time
@@ -358,7 +357,7 @@ class Registry:
                     self.requests.exceptions.ChunkedEncodingError) as e:
                 have = os.path.getsize(path) if os.path.exists(path) else 0
                 self._wait(attempt, None, f"blob {desc.digest}: {e}")
-        if have != desc.size or _file_digest(path) != desc.digest:
+        if have != desc.size or oci.file_digest(path) != desc.digest:
             os.unlink(path)
             raise IntegrityError(f"blob {desc.digest}", "the downloaded bytes do not match its digest")
 
@@ -441,14 +440,6 @@ def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
 
 def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + f"digest={digest}"
-
-
-def _file_digest(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            sha.update(chunk)
-    return "sha256:" + sha.hexdigest()
 
 
 def _text(resp: Any) -> str:

@@ -415,6 +415,7 @@ class Store:
         check_id(layer_id)
         if parent is not None:
             check_id(parent, "parent id")
+        _refuse_maps_unprivileged(idmaps)  # before the store is touched
         storage_opt: dict[str, str] = {}
         if size is not None:
             if not writable:
@@ -490,7 +491,6 @@ class Store:
                     idmaps: IDMappings | None = None) -> LayerRecord:
         """In *tx*: refuse a duplicate or a missing parent, then write the layer's pending record."""
         layer_id = tx.layer_id
-        _refuse_maps_unprivileged(idmaps)
         if self.records.exists(layer_id) or any(r.exists(layer_id) for r in self.readonly):
             raise AlreadyExists(f"layer {layer_id}", "already exists")
         if os.path.lexists(os.path.join(self.driver.home, layer_id)):
@@ -526,6 +526,7 @@ class Store:
         check_id(layer_id)
         if parent is not None:
             check_id(parent, "parent id")
+        _refuse_maps_unprivileged(idmaps)  # before the store is touched
         with self._transaction(layer_id, "import") as tx:
             record = self._new_record(tx, parent, False, idmaps)
             from graphdriver.drivers.base import CreateOpts
