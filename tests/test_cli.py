@@ -704,17 +704,22 @@ def test_a_permission_refused_is_a_missing_privilege():
 def test_what_this_user_may_not_use_exits_7(tmp_path):
     """A store, an input file or an output folder the user has no permission for: exit 7
     (a missing privilege, per the contract), not 1 or 2, and never 6 (nothing is corrupt)."""
-    import encodings.ascii  # noqa: F401  (loaded before the fork: the tree may be closed to nobody)
+    import encodings.ascii  # noqa: F401
+    import importlib
+    import pkgutil
     import tempfile
 
+    import graphdriver
     from graphdriver import cli as gd
-    from graphdriver import climages  # noqa: F401
-    from graphdriver.images import loading, sources  # noqa: F401
-    from graphdriver.store import layers, recovery  # noqa: F401
     from tests.conftest import as_nobody
 
-    for module in ("secrets", "tarfile", "tempfile", "concurrent.futures"):
-        __import__(module)  # what the image commands load, loaded before the fork
+    # Everything the commands may load, loaded before the fork: the checkout (and the
+    # interpreter's own files) may be closed to nobody, wherever the clone was made.
+    for info in pkgutil.walk_packages(graphdriver.__path__, "graphdriver."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    for module in ("secrets", "tarfile", "concurrent.futures", "gzip", "hashlib", "json", "shutil"):
+        importlib.import_module(module)
 
     work = Path(tempfile.mkdtemp(prefix="gd-denied-"))
     try:
