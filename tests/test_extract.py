@@ -209,8 +209,9 @@ def test_implied_parents_are_0755(dest: Path, inline: bool) -> None:
 def test_unsupported_and_skipped_types(dest: Path) -> None:
     with pytest.raises(ArchiveError, match=r"unsupported entry type 'S' \(sparse file\)"):
         extract_fake(dest, [(TarEntry("sparse", type="S", size=3), b"abc")])
-    sparse = TarEntry("packed", size=3, pax={"GNU.sparse.major": b"1", "GNU.sparse.minor": b"0"})
-    with pytest.raises(ArchiveError, match=r"'0' \(PAX sparse file\)"):
+    # A PAX sparse layout of a version no reader knows: its data cannot be placed.
+    sparse = TarEntry("packed", size=3, pax={"GNU.sparse.major": b"2", "GNU.sparse.minor": b"0"})
+    with pytest.raises(ArchiveError, match=r"unsupported PAX sparse file format 2\.0"):
         extract_fake(dest, [(sparse, b"abc")])
     with pytest.raises(ArchiveError, match="unsupported entry type 'Z'"):
         extract_fake(dest, [(TarEntry("weird", type="Z"), b"")])

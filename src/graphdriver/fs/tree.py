@@ -8,7 +8,9 @@ directories too), every extended attribute (ACLs and file capabilities included)
 and hardlink groups.  Device nodes, fifos and sockets are recreated (a socket
 is only a name: nothing listens on the copy).  File data is cloned
 (``FICLONE``) where the filesystem can share extents, and otherwise copied in
-the kernel with ``copy_file_range``.
+the kernel with ``copy_file_range``.  A file with holes (a sparse file from an
+archive, a disk image) keeps them: only its data is copied, as
+``cp --sparse=auto`` does, where a plain copy would write out every hole.
 
 The walk works on directory file descriptors and ``*at`` calls, one path
 component at a time: no long path is resolved again for every file, and depth
@@ -475,7 +477,7 @@ class _TreeCopier:
             dst_fd = os.open(name, flags, 0o600, dir_fd=frame.dst_fd)
             try:
                 if st.st_size:
-                    self._copy_data(src_fd, dst_fd, st.st_size)
+                    self._copy_data(src_fd, dst_fd, st.st_size, holes=st.st_blocks * 512 < st.st_size)
                 # chown clears setuid/setgid and drops file capabilities: it goes first.
                 self._chown(dst_fd, st)
                 os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
@@ -565,11 +567,17 @@ class _TreeCopier:
 
     # ----- data --------------------------------------------------------------------
 
-    def _copy_data(self, src_fd: int, dst_fd: int, size: int) -> None:
-        """Clone or copy a file's data, from the cheapest way that works down."""
+    def _copy_data(self, src_fd: int, dst_fd: int, size: int, *, holes: bool = False) -> None:
+        """Clone or copy a file's data, from the cheapest way that works down.
+
+        *holes*: the file may have holes (fewer blocks than its size needs).
+        """
         if self.try_clone and self._clone(src_fd, dst_fd):
             self.stats.bytes += size
             self.stats.reflinked = True
+            return
+        if holes:
+            self.stats.bytes += _copy_extents(src_fd, dst_fd, size)
             return
         done, copied = False, 0
         if self.try_kernel_copy:
@@ -621,6 +629,45 @@ class _TreeCopier:
             self.try_sendfile = False
             return False, copied
         return True, copied
+
+
+def data_extents(fd: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
+    """Where file *fd* holds data from *start* to *stop* (default: its end), as (start, end)
+    pairs; the rest is holes.  (A filesystem that cannot tell calls it all data.)"""
+    at = start
+    stop = os.fstat(fd).st_size if stop is None else stop
+    while at < stop:
+        try:
+            at = os.lseek(fd, at, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            return  # nothing but a hole up to the end
+        if at >= stop:
+            return
+        end = min(os.lseek(fd, at, os.SEEK_HOLE), stop)
+        yield at, end
+        at = end
+
+
+def _copy_extents(src_fd: int, dst_fd: int, size: int) -> int:
+    """Copy the data of a file with holes and leave the holes holes; returns the bytes copied."""
+    copied = 0
+    for start, end in data_extents(src_fd, 0, size):
+        at = start
+        while at < end:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(end - at, _CHUNK), at, at)
+            except OSError as e:
+                if e.errno not in _NO_KERNEL_COPY:
+                    raise
+                n = os.pwrite(dst_fd, os.pread(src_fd, min(end - at, _RW_CHUNK), at), at)
+            if n == 0:
+                break  # the file shrank meanwhile
+            at += n
+            copied += n
+    os.ftruncate(dst_fd, size)
+    return copied
 
 
 def _read_write(src_fd: int, dst_fd: int, copied: int) -> int:

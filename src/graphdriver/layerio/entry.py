@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from graphdriver.plain import Plain
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from graphdriver.layerio.sparse import SparseMap
+
 # Type flags (one character each, as in the header's typeflag byte).
 REG = "0"
 AREG = "\0"  # old-style regular file
@@ -55,6 +59,7 @@ class TarEntry(Plain):
         "pax",
         "raw",
         "size",
+        "sparse",
         "type",
         "uid",
         "uname",
@@ -106,6 +111,9 @@ class TarEntry(Plain):
         self.raw = raw
         #: Stream offset of the entry's first header block (-1 for entries built in memory).
         self.offset = offset
+        #: Where a sparse file's data goes (:class:`~graphdriver.layerio.sparse.SparseMap`);
+        #: None for any other entry.  ``size`` is then the length of the data stored.
+        self.sparse: SparseMap | None = None
 
 
     @property

@@ -50,7 +50,7 @@ from graphdriver.fs import syscalls as sc
 from graphdriver.fs.tree import remove_tree_at
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio import entry as te
-from graphdriver.layerio import pax
+from graphdriver.layerio import pax, sparse
 from graphdriver.layerio.entry import LNK, REGULAR_TYPES, SYM, TarEntry
 from graphdriver.layerio.tarstream import TarReader
 from graphdriver.layerio.whiteout import (
@@ -157,6 +157,8 @@ if TYPE_CHECKING:
         def next(self) -> TarEntry | None: ...
 
         def copy_to_fd(self, fd: int) -> int: ...
+
+        def read(self, n: int = -1) -> bytes: ...
 
 
 _DEFAULT_OPTIONS = ApplyOptions()
@@ -525,7 +527,9 @@ class _Extractor(Extraction):
         t = e.type
         if t in _NO_FILE_TYPES:
             return 0
-        if t not in _KNOWN_TYPES:
+        if e.sparse is not None:
+            t = te.REG  # its data is unpacked into a regular file
+        elif t not in _KNOWN_TYPES:
             kind = _UNSUPPORTED_TYPES.get(t)
             why = f"unsupported entry type {t!r}" + (f" ({kind})" if kind else "")
             raise ArchiveError(e.name, why)
@@ -545,14 +549,16 @@ class _Extractor(Extraction):
         if rel == ".":
             self._root(e)
             return 0
-        if e.pax and t in REGULAR_TYPES and pax.sparse(e.pax):
-            # Its data is the packed extents (and map), not the file.
-            raise ArchiveError(e.name, f"unsupported entry type {t!r} (PAX sparse file)")
+        if e.pax and t in REGULAR_TYPES and e.sparse is None and pax.sparse(e.pax):
+            # Its data is the packed extents (and map), in a layout this reader does not know.
+            version = b".".join(e.pax.get(k, b"?") for k in ("GNU.sparse.major", "GNU.sparse.minor"))
+            why = f"unsupported PAX sparse file format {version.decode(errors='replace')}"
+            raise ArchiveError(e.name, why)
         pfd = self._dir_fd(parent)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
             self.created.add(rel)
-            return e.size
+            return e.size if e.sparse is None else e.sparse.size
         if t in _DIR_TYPES:
             self._directory(e, rel, pfd, base)
         elif t == SYM:
@@ -658,7 +664,9 @@ class _Extractor(Extraction):
             self._remove(pfd, base, rel)
             fd = os.open(base, _CREATE, perm & 0o777, dir_fd=pfd)
         try:
-            if e.size:
+            if e.sparse is not None:
+                sparse.unpack(e.sparse, self.reader.read, e.size, fd, e.name)
+            elif e.size:
                 self.reader.copy_to_fd(fd)
             # The common case spelled out: this runs for every file of every layer.
             uid, gid = (e.uid, e.gid) if self.same_ids else self._owner(e)

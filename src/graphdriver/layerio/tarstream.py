@@ -15,9 +15,9 @@ from zlib import adler32 as _adler32
 
 from graphdriver import codecs
 from graphdriver.errors import ArchiveError, CorruptArchive
-from graphdriver.layerio import pax
+from graphdriver.layerio import pax, sparse
 from graphdriver.layerio.compression import sniff
-from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, SYM, TarEntry
+from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REGULAR_TYPES, SYM, TarEntry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -163,6 +163,8 @@ class TarReader:
     (safe to keep).  Both concatenated in call order give the input back.
     ``entry_sink`` is called with each entry as it is read, right after its
     header bytes went to ``raw_sink`` (a tar-split recorder takes all three).
+    A sparse file's stored bytes are no file's content: they go to
+    ``raw_sink``, and ``entry_sink`` is given an empty file of its name.
 
     Choices where archives or readers disagree:
 
@@ -179,11 +181,11 @@ class TarReader:
       An empty local value leaves the header's field as it is.
     - Meta header data over 1 MiB is refused (as Go refuses
       ``pax-bad-hdr-large.tar.bz2``).
-    - GNU dump directories (``D``) and old GNU sparse files (``S``, with
-      their extension blocks in ``raw``) are yielded with their data as
-      stored.  PAX sparse files keep their type and take ``GNU.sparse.name``
-      as name; sparse maps are not expanded (format 1.0 keeps its map in the
-      data) and ``size`` is always the stored length.
+    - GNU dump directories (``D``) are yielded with their data as stored.
+      Sparse files, GNU's (``S``, with their extension blocks in ``raw``) and
+      PAX ones (which keep their type and take ``GNU.sparse.name`` as name),
+      carry their map in ``sparse`` (format 1.0 keeps it in the data); their
+      data is yielded as stored, and ``size`` is its length.
     - A ``\\0``-type entry, or a ``0``-type one in a v7 header, whose name
       ends with ``/`` is a directory.
     - The archive ends at EOF on a header boundary, at a zero block (the
@@ -205,7 +207,7 @@ class TarReader:
         self._f = fileobj
         self._raw_sink = raw_sink
         self._entry_sink = entry_sink
-        self._data_sink = data_sink
+        self._data_sink = self._file_sink = data_sink
         self._bufsize = max(bufsize, BLOCK)
         self._buf = b""
         self._pos = 0  # read position in _buf
@@ -423,6 +425,7 @@ class TarReader:
 
     def _read_entry(self) -> TarEntry | None:
         """Read header blocks (meta ones included) up to the next real entry."""
+        self._data_sink = self._file_sink  # (after a sparse entry's data went to raw_sink)
         entry = self._read_usual() if self._scan is not None and not self._globals else None
         if entry is None:
             entry = self._read_headers()
@@ -430,9 +433,19 @@ class TarReader:
                 return None
         if self._raw_sink is not None:
             self._raw_sink(entry.raw)
-        if self._entry_sink is not None:
+        if entry.sparse is not None:
+            self._sparse_entry(entry)
+        elif self._entry_sink is not None:
             self._entry_sink(entry)
         return entry
+
+    def _sparse_entry(self, entry: TarEntry) -> None:
+        """A sparse file's stored bytes are not the file's content (that is unpacked from
+        them): they go to ``raw_sink``, and ``entry_sink`` is told of an empty file."""
+        raw = self._raw_sink
+        self._data_sink = None if raw is None else lambda chunk: raw(bytes(chunk))
+        if self._entry_sink is not None:
+            self._entry_sink(TarEntry(entry.name, entry.type, 0, entry.mode, entry.uid, entry.gid))
 
     def _read_usual(self) -> TarEntry | None:
         """The usual entry, decoded in C; None leaves the rest (and every error) to
@@ -605,14 +618,27 @@ class TarReader:
                 if prefix.isascii():
                     name = prefix + b"/" + name
         if entry.type == "S":
+            extensions: list[bytes] = []
             extended = blk[482]
             while extended:
+                if len(extensions) * BLOCK >= sparse.MAX_MAP:
+                    raise _err(name, "sparse map too large")
                 ext = self._take(BLOCK)
                 if len(ext) < BLOCK:
                     raise _err(name, "truncated header")
-                raw.append(ext)
+                extensions.append(ext)
                 extended = ext[504]
+            raw += extensions
+            entry.sparse = sparse.from_gnu(blk, extensions, lambda f: self._sparse_number(f, name),
+                                           _text(name))
         return name
+
+    @staticmethod
+    def _sparse_number(field: bytes, name: bytes) -> int:
+        value = _number(field, "sparse map", name)
+        if value < 0:
+            raise _bad_number("sparse map", name)
+        return value
 
     def _finish_entry(self, entry: TarEntry, name: bytes, link: bytes, meta: _Meta | None) -> TarEntry:
         """Apply PAX records, then GNU long names; settle the type and size."""
@@ -626,6 +652,8 @@ class TarReader:
             name, pax_link = pax.apply_records(entry, local, name)  # type: ignore[arg-type]
             if pax_link is not None:
                 link = pax_link
+            if pax.sparse(local) and entry.type in REGULAR_TYPES:  # type: ignore[arg-type]
+                entry.sparse = sparse.from_pax(local, entry.size, _text(name))  # type: ignore[arg-type]
         if isinstance(long_name, bytes):
             name = long_name
         if isinstance(long_link, bytes):

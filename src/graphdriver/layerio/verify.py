@@ -28,6 +28,7 @@ import stat
 
 from graphdriver.fs import privileged
 from graphdriver.layerio import entry as te
+from graphdriver.layerio import sparse
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 
 TYPE_CHECKING = False
@@ -136,8 +137,14 @@ def _last_headers(entries: Iterable[SplitEntry]) -> dict[str, te.TarEntry]:
     from graphdriver.layerio.tarstream import TarReader
 
     last: dict[str, te.TarEntry] = {}
-    for e in TarReader(_HeadersOnly(entries)):  # type: ignore[arg-type]
+    reader = TarReader(_HeadersOnly(entries))  # type: ignore[arg-type]
+    for e in reader:
         e.raw, e.pax = b"", {}  # only the fields are compared: keep memory flat
+        if e.sparse is not None:
+            # Its data is in the segments (no file entry gives it): what the file must hold.
+            fragments = sparse.fragments_of(e.sparse, reader.read, e.size, e.name)
+            e.sparse.fragments = fragments
+            e.sparse.digest = sparse.fragment_digest(fragments, reader.read)
         last[posixpath.normpath("/" + e.name).lstrip("/")] = e
     return last
 
@@ -280,7 +287,7 @@ def _compare(
                 return f"is not a hard link to {target!r}"
             return ""
         inodes[rel] = (st.st_dev, st.st_ino)
-        kind = _KINDS.get(e.type)
+        kind = stat.S_IFREG if e.sparse is not None else _KINDS.get(e.type)
         if kind is None or stat.S_IFMT(st.st_mode) != kind:
             if kind in (stat.S_IFCHR, stat.S_IFBLK) and not privileged:
                 return ""  # an unprivileged store cannot make device nodes
@@ -300,7 +307,12 @@ def _compare_metadata(
             return f"links to {target!r}, its entry to {e.linkname!r}"
     elif stat.S_IMODE(st.st_mode) != e.mode & 0o7777:
         return f"has mode {stat.S_IMODE(st.st_mode):04o}, its entry {e.mode & 0o7777:04o}"
-    if e.type in te.REGULAR_TYPES and st.st_size != e.size:
+    if e.sparse is not None:
+        if st.st_size != e.sparse.size:
+            return f"has {st.st_size} bytes, its entry {e.sparse.size}"
+        if not _holds_fragments(base, pfd, e.sparse):
+            return "does not hold the data of its (sparse) entry"
+    elif e.type in te.REGULAR_TYPES and st.st_size != e.size:
         return f"has {st.st_size} bytes, its entry {e.size}"
     if privileged:
         owner = (idmaps.uids.to_host(e.uid), idmaps.gids.to_host(e.gid))
@@ -316,7 +328,7 @@ def _compare_metadata(
 def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> str:
     if e.type == te.SYM:
         return ""  # set on symlinks only where the filesystem allows: not compared
-    if e.type not in te.REGULAR_TYPES and e.type != te.DIR:
+    if e.type not in te.REGULAR_TYPES and e.type != te.DIR and e.sparse is None:
         return ""
     # By path through the directory's fd (one component, not followed): xattrs need no read
     # permission, and a file of mode 0000 is one an unprivileged store may hold.
@@ -336,6 +348,18 @@ def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> st
         if os.getxattr(path, name, follow_symlinks=False) != e.xattrs[name]:
             return f"has another value of xattr {name}"
     return ""
+
+
+def _holds_fragments(base: str, pfd: int, sparse_map: sparse.SparseMap) -> bool:
+    """Whether the file holds its sparse entry's data (the tarball's digest does not cover it)."""
+    from graphdriver.fs.ownfiles import open_readable
+
+    assert sparse_map.fragments is not None and sparse_map.digest is not None
+    fd = open_readable(base, pfd)
+    try:
+        return sparse.file_matches(fd, sparse_map.fragments, sparse_map.digest)
+    finally:
+        os.close(fd)
 
 
 def _kind_name(mode: int) -> str:

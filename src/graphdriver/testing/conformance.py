@@ -905,6 +905,77 @@ def test_metadata_fidelity_against_gnu_tar(store: Any, tmp_path: Path) -> None:
     assert_same_tree(mine, theirs)
 
 
+#: GNU tar's sparse formats: its own (``S`` entries) and PAX's three versions.
+SPARSE_FORMATS = {
+    "gnu": ["--format=gnu"],
+    "pax-0.0": ["--format=pax", "--sparse-version=0.0"],
+    "pax-0.1": ["--format=pax", "--sparse-version=0.1"],
+    "pax-1.0": ["--format=pax", "--sparse-version=1.0"],
+}
+
+
+def data_extents(path: str | Path) -> list[tuple[int, int]]:
+    """Where a file holds data, as (start, end) pairs; the rest is holes."""
+    from graphdriver.fs.tree import data_extents as extents
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return list(extents(fd))
+    finally:
+        os.close(fd)
+
+
+@oci_drivers
+@pytest.mark.parametrize("tar_format", sorted(SPARSE_FORMATS))
+def test_sparse_files_keep_their_holes_and_give_back_their_bytes(
+        store: Any, tmp_path: Path, tar_format: str) -> None:
+    """``tar --sparse`` archives (a 4 GiB disk image with two bytes of data): the file is
+    unpacked with its holes, a container copies it without filling them, ``diff`` gives back
+    the archive byte for byte, and ``check`` holds the file to the archive's data."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "disk.img", "wb") as f:
+        f.truncate(4 << 30)
+        f.seek(1 << 30)
+        f.write(b"middle")
+        f.seek((4 << 30) - 3)
+        f.write(b"end")
+    (src / "holes-only").write_bytes(b"")
+    os.truncate(src / "holes-only", 1 << 20)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", *SPARSE_FORMATS[tar_format], "--numeric-owner", "-cf",
+                    str(archive), "-C", str(src), "disk.img", "holes-only"], check=True)
+    imported = archive.read_bytes()
+    store.import_layer("sparse", None, io.BytesIO(imported))
+    root = Path(store.driver.own_files("sparse") or store.driver.apply_target("sparse").path)
+    image = root / "disk.img"
+    assert image.stat().st_size == 4 << 30 and image.stat().st_blocks * 512 <= 1 << 20
+    with open(image, "rb") as f:
+        assert os.pread(f.fileno(), 8, 1 << 30) == b"middle\0\0"
+        assert os.pread(f.fileno(), 8, (4 << 30) - 5) == b"\0\0end"
+    assert (root / "holes-only").stat().st_size == 1 << 20
+    assert data_extents(root / "holes-only") == []
+    assert diff_bytes(store, "sparse") == imported
+    assert store.check(["sparse"]) == [("sparse", None)]
+    store.create("box", "sparse", writable=True)
+    mounted = Path(store.mount("box"))
+    try:
+        seen = mounted / "disk.img"
+        assert seen.stat().st_blocks * 512 <= 1 << 20
+        with open(seen, "rb") as f:
+            assert os.pread(f.fileno(), 6, 1 << 30) == b"middle"
+    finally:
+        store.unmount("box")
+    assert changes_of(store, "box") == []
+    # A byte written into a hole (the modification time put back) is found.
+    st = image.stat()
+    with open(image, "r+b") as f:
+        os.pwrite(f.fileno(), b"x", 2 << 30)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ((_, why),) = store.check(["sparse"])
+    assert why is not None and "disk.img" in why and "sparse" in why
+
+
 def test_changes_type_is_docker_diff_format() -> None:
     assert str(Change("/etc", ChangeKind.MODIFY)) == "C /etc"
     assert str(Change("/x", ChangeKind.ADD)) == "A /x"

@@ -147,7 +147,7 @@ class WindowsApplier(Extraction):
         if top and e.type != te.DIR:
             raise ArchiveError(e.name, "the layer's top-level folders must be directories")
         self.last = rel
-        if any(k.startswith("GNU.sparse.") for k in e.pax):
+        if e.sparse is not None or any(k.startswith("GNU.sparse.") for k in e.pax):
             raise ArchiveError(e.name, "sparse entries have no place in a Windows layer")
         if e.type in te.REGULAR_TYPES:
             self._regular(e, rel, parent, base)
