@@ -267,6 +267,49 @@ def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_nam
     assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 2
 
 
+def test_an_image_saved_by_its_id_is_saved_untagged(tmp_path):
+    """As ``docker save <id>``: no name goes with it (the image's names may be many, and
+    each would name it again wherever it is loaded); by a name, that name alone."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "image", "tag", "localhost/made:1", "localhost/other:2")
+    image_id = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/made:1").stdout)["Id"]
+    for name, tags in ((image_id[7:19], None), ("localhost/other:2", ["localhost/other:2"])):
+        gd(tmp_path, "vfs", "image", "save", name, "-o", str(tmp_path / "out.tar"))
+        with tarfile.open(tmp_path / "out.tar") as archive:
+            manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest[0]["RepoTags"] == tags
+        gd(tmp_path, "vfs", "image", "save", name, "-o", str(tmp_path / "oci"), "--format", "oci")
+        (entry,) = json.loads((tmp_path / "oci/index.json").read_text())["manifests"]
+        assert ("annotations" in entry) == (tags is not None)
+        shutil.rmtree(tmp_path / "oci")
+    gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "by-id.tar"))
+    loaded = run_cli("image", "load", str(tmp_path / "by-id.tar"), root=tmp_path / "elsewhere",
+                     driver="vfs", check=True).stdout.decode().split()
+    assert loaded == [image_id]
+
+
+def test_image_rm_takes_several_names_and_goes_on_past_one_that_fails(tmp_path):
+    """As ``docker rmi a b c``: each in turn; a failure is one line, the others still go."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    for tag in ("localhost/made:2", "localhost/made:3"):
+        gd(tmp_path, "vfs", "image", "tag", "localhost/made:1", tag)
+    proc = gd(tmp_path, "vfs", "image", "rm", "localhost/made:2", "localhost/nothing:1", "localhost/made:3",
+              check=False)
+    assert proc.returncode == 3
+    assert proc.stdout == b"Untagged: localhost/made:2\nUntagged: localhost/made:3\n"
+    assert proc.stderr.count(b"\n") == 1 and b"localhost/nothing:1" in proc.stderr
+    image = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/made:1").stdout)
+    assert image["Names"] == ["localhost/made:1"]
+    gd(tmp_path, "vfs", "image", "tag", "localhost/made:1", "localhost/made:4")
+    both = json.loads(gd(tmp_path, "vfs", "--json", "image", "rm", "localhost/made:4", "localhost/made:1").stdout)
+    assert [r["untagged"] for r in both] == [["localhost/made:4"], ["localhost/made:1"]]
+    assert both[0]["deleted"] is None and both[1]["deleted"] == image["Id"]
+    assert gd(tmp_path, "vfs", "layers").stdout == b""
+    assert gd(tmp_path, "vfs", "image", "rm", check=False).returncode == 2
+
+
 def test_names_resolve_as_docker_resolves_them(tmp_path):
     cases = {
         "deb:2": "docker.io/library/deb:2",

@@ -61,7 +61,7 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
     """One line on stderr: ``graphdriver: <text>`` (nothing when stderr is closed)."""
     if sys.stderr is not None:
         sys.stderr.write(f"{PROG}: {one_line(text)}\n")
@@ -162,10 +162,10 @@ def cmd_layers(store: Store, args: Args) -> int:
     # A corrupt record or a damaged layer is named, not fatal: the layers are listed
     # (`check` exits 6 for them).
     for _layer_id, error in bad:
-        _warn(str(error))
+        warn(str(error))
     for r in records:
         if r.damaged:
-            _warn(f"layer {r.id}: is damaged ({r.damaged})")
+            warn(f"layer {r.id}: is damaged ({r.damaged})")
     return 0
 
 
@@ -285,7 +285,7 @@ def cmd_check(store: Store, args: Args) -> int:
         for layer_id, why in results:
             _out(f"{layer_id}: {why or 'ok'}")
     for layer_id, why in bad:
-        _warn(f"layer {layer_id}: {why}")
+        warn(f"layer {layer_id}: {why}")
     return 6 if bad else 0
 
 
@@ -392,7 +392,7 @@ def _run(args: Args) -> int:
     if args.command in ("help", "completion", "man"):
         return _self_help(args)
     _validate_ids(args)
-    notices.set_handler(_ignore if args.quiet else _warn)  # one line as the others; none with -q
+    notices.set_handler(_ignore if args.quiet else warn)  # one line as the others; none with -q
     store = _open_store(args)
     return HANDLERS[args.command](store, args)
 
@@ -414,7 +414,7 @@ def _flush_stdout() -> None:
 
 
 def _report(err: BaseException, args: Args | None) -> None:
-    _warn(str(err))
+    warn(str(err))
     if args is not None and args.verbose and sys.stderr is not None:
         import traceback
 

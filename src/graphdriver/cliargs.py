@@ -155,8 +155,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("image inspect", "NAME", "the image as JSON: id, names, digests, layers with DiffIDs "
             "and chain ids, the config"),
     Command("image tag", "NAME NEW", "give an image another name (taken from any image that had it)"),
-    Command("image rm", "NAME", "remove a name, or the image with its last name; frees the layers "
-            "no other image or container uses",
+    Command("image rm", "NAME...", "remove each name, or the image with its last name; frees the "
+            "layers no other image or container uses",
             Option("-f|--force", "by id: remove the image with all its names, even in several "
                                  "repositories")),
     Command("container create", "IMAGE NAME", "a container: an init layer and a writable layer "
@@ -192,6 +192,7 @@ class Args:
     command: str
     id: str
     name: str
+    names: list[str]
     ref: str
     insecure: bool
     layers: bool
@@ -238,7 +239,7 @@ class Args:
         self.file = "-"
         self.parent = self.output = self.size = None
         self.root = self.run_root = self.driver = self.uidmap = self.gidmap = None
-        self.ids, self.opt, self.additional_store = [], [], []
+        self.ids, self.names, self.opt, self.additional_store = [], [], [], []
         self.rw = self.regenerate = self.json = self.quiet = self.verbose = self.help = False
 
 
@@ -325,6 +326,12 @@ def _positionals(command: Command, words: list[str], args: Args) -> None:
             raise UsageError(f"argument {spec.strip('[]')} is an empty name", command.name)
         if spec.endswith("...]"):
             setattr(args, "ids" if spec == "[ID...]" else spec.strip("[].").lower(), words)
+            words = []
+        elif spec.endswith("..."):  # one or more: the first in ``name``, all in ``names``
+            if not words:
+                raise UsageError(f"missing argument {spec[:-3]}", command.name)
+            setattr(args, spec[:-3].lower(), words[0])
+            setattr(args, spec[:-3].lower() + "s", words)
             words = []
         elif spec.startswith("["):
             if words:

@@ -190,8 +190,11 @@ DOCS: dict[str, Doc] = {
                      {2: "not a name to give", 3: "no such image"}),
     "image rm": Doc("images", "Removes a name, or the image with its last name; layers no other image or "
                     "container uses are removed too. An image named by its id goes with all its names, "
-                    "unless they are in several repositories: then --force is needed, as in Docker.",
+                    "unless they are in several repositories: then --force is needed, as in Docker. "
+                    "Several names are removed in turn; one that fails is reported and the others go on "
+                    "(the exit code is the first failure's).",
                     [("graphdriver image rm deb:2", "remove it"),
+                     ("graphdriver image rm deb:1 deb:2", "remove both"),
                      ("graphdriver image rm --force 3f2a", "the image 3f2a..., whatever its names")],
                     {3: "no such image", 5: "a container uses the image, or (by id, without --force) "
                                             "its names are in several repositories"}),

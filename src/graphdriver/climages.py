@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from graphdriver import jsonio
 from graphdriver.cliargs import PROG, Args, UsageError
@@ -131,33 +131,53 @@ def image_tag(store: Store, args: Args) -> int:
 
 
 def image_rm(store: Store, args: Args) -> int:
+    """Each name in turn, as ``docker rmi``: one that fails is reported and the others go on
+    (the exit code is the first failure's); with ``--json``, one object (a list of them for
+    several names)."""
+    from graphdriver.cli import warn
+    from graphdriver.errors import GraphDriverError
+
+    code, done = 0, []
+    for name in args.names:
+        try:
+            result = _remove_image(store, name, args.force)
+        except GraphDriverError as e:
+            if len(args.names) == 1:
+                raise
+            warn(str(e))
+            code = code or e.exit_code
+            continue
+        done.append(result)
+        if not args.json:
+            untagged, deleted, freed = result["untagged"], result["deleted"], result["deleted_layers"]
+            for gone in untagged:
+                _out(f"Untagged: {gone}")
+            if deleted is not None:
+                _out(f"Deleted: {deleted}")
+                for layer_id in freed:
+                    _out(f"Deleted layer: {layer_id}")
+    if args.json:
+        _out(jsonio.dumps(done[0] if len(args.names) == 1 else done))
+    return code
+
+
+def _remove_image(store: Store, name: str, force: bool) -> dict[str, Any]:
+    """Remove one name (or image): what was untagged, the image deleted, the layers freed."""
     try:
-        record = manage.image(store, args.name)
+        record = manage.image(store, name)
     except IntegrityError:
-        gone = manage.remove_unreadable(store, args.name)  # by its full id, an unreadable record goes
+        gone = manage.remove_unreadable(store, name)  # by its full id, an unreadable record goes
         if gone is None:
             raise
-        _out(jsonio.dumps({"untagged": [], "deleted": gone, "deleted_layers": []}) if args.json
-             else f"Deleted: {gone}")
-        return 0
-    freed = manage.remove(store, args.name, force=args.force)
+        return {"untagged": [], "deleted": gone, "deleted_layers": []}
+    freed = manage.remove(store, name, force=force)
     names = [*record.names, *record.digests]  # in full, as stored
     left = next((r for r in manage.images(store) if r.id == record.id), None)
     if left is not None:
         untagged, deleted = [n for n in names if n not in (*left.names, *left.digests)], None
     else:
         untagged, deleted = names, record.id
-    if args.json:
-        layers = freed if deleted else []
-        _out(jsonio.dumps({"untagged": untagged, "deleted": deleted, "deleted_layers": layers}))
-        return 0
-    for name in untagged:
-        _out(f"Untagged: {name}")
-    if deleted is not None:
-        _out(f"Deleted: {deleted}")
-        for layer_id in freed:
-            _out(f"Deleted layer: {layer_id}")
-    return 0
+    return {"untagged": untagged, "deleted": deleted, "deleted_layers": freed if deleted else []}
 
 
 def container_create(store: Store, args: Args) -> int:

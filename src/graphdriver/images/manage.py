@@ -43,10 +43,11 @@ def save(store: Store, name: str, path: str, fmt: str = "docker-archive", *,
     from graphdriver.images import saving
 
     record, by_name = ImageStore(store.root).lookup(name)
-    names = record.names
+    # Saved by the name given; by an image id (or a manifest digest) untagged, as Docker saves it.
+    names: list[str] = []
     if by_name:
         ref = str(reference.parse(name))
-        names = [ref] if ref in record.names else record.names
+        names = [ref] if ref in record.names else []
     saving.save(store, record, path, fmt, names, quiet=quiet)
     return record
 

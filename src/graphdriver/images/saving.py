@@ -183,7 +183,8 @@ def _docker_archive(store: Store, images: ImageStore, record: ImageRecord, out: 
         name = f"{oci.hex_of(diff_id)}.tar"
         out.add_stream(name, _layer_size(store, layer_id), lambda w, i=layer_id: _layer(store, i, w))
         layers.append(name)
-    manifest = [{"Config": config_name, "RepoTags": [familiar(n) for n in names], "Layers": layers}]
+    tags = [familiar(n) for n in names] or None  # untagged: null, as Docker writes it
+    manifest = [{"Config": config_name, "RepoTags": tags, "Layers": layers}]
     out.add_bytes("manifest.json", json.dumps(manifest, separators=(",", ":")).encode())
 
 
