@@ -310,6 +310,23 @@ def test_image_rm_takes_several_names_and_goes_on_past_one_that_fails(tmp_path):
     assert gd(tmp_path, "vfs", "image", "rm", check=False).returncode == 2
 
 
+def test_container_rm_takes_several_names(tmp_path):
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    for name in ("c1", "c2", "c3"):
+        gd(tmp_path, "vfs", "container", "create", "localhost/made:1", name)
+    gd(tmp_path, "vfs", "mount", "c2")
+    proc = gd(tmp_path, "vfs", "container", "rm", "c1", "c2", "nothing", "c3", check=False)
+    assert proc.returncode == 5  # c2 is mounted: the first failure
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 2 and "c2" in lines[0] and "nothing" in lines[1]
+    listed = gd(tmp_path, "vfs", "--json", "container", "ls").stdout
+    assert [c["name"] for c in json.loads(listed)] == ["c2"]
+    gd(tmp_path, "vfs", "unmount", "c2")
+    gd(tmp_path, "vfs", "container", "rm", "c2")
+    assert gd(tmp_path, "vfs", "container", "rm", check=False).returncode == 2
+
+
 def test_names_resolve_as_docker_resolves_them(tmp_path):
     cases = {
         "deb:2": "docker.io/library/deb:2",

@@ -164,7 +164,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             Option("--size", "limit the writable layer's size (20G, 512M, ...)", metavar="SIZE")),
     Command("container commit", "NAME IMAGE", "make what the container changed a new image layer; "
             "prints the new image's id"),
-    Command("container rm", "NAME", "remove a container and its layers"),
+    Command("container rm", "NAME...", "remove each container with its layers"),
     Command("container ls", "", "list the containers: name, image, created"),
     Command("tree", "", "draw the layer graph: each layer's own size, images and containers on it, "
             "shared layers"),

@@ -207,8 +207,11 @@ DOCS: dict[str, Doc] = {
                             "new layer on its image, and a new image with it. Prints the new image's id.",
                             [("graphdriver container commit web localhost/web:1", "a new image")],
                             {3: "no such container"}),
-    "container rm": Doc("containers", "Removes a container with its writable and init layers.",
-                        [("graphdriver container rm web", "remove it")], {3: "no such container",
+    "container rm": Doc("containers", "Removes a container with its writable and init layers. Several "
+                        "are removed in turn; one that fails is reported and the others go on (the exit "
+                        "code is the first failure's).",
+                        [("graphdriver container rm web", "remove it"),
+                         ("graphdriver container rm web db", "remove both")], {3: "no such container",
                                                                           5: "its layer is mounted"}),
     "container ls": Doc("containers", "Lists the containers: name, image, created.",
                         [("graphdriver container ls", "a table")]),

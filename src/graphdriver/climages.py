@@ -130,32 +130,42 @@ def image_tag(store: Store, args: Args) -> int:
     return 0
 
 
-def image_rm(store: Store, args: Args) -> int:
-    """Each name in turn, as ``docker rmi``: one that fails is reported and the others go on
-    (the exit code is the first failure's); with ``--json``, one object (a list of them for
-    several names)."""
+def _each(names: list[str], act: Callable[[str], None]) -> int:
+    """*act* on each name in turn, as ``docker rmi`` and ``docker rm`` go: one that fails is
+    one line on stderr and the others go on; returns the first failure's exit code (0: none).
+    A single name's failure is raised as it is."""
     from graphdriver.cli import warn
     from graphdriver.errors import GraphDriverError
 
-    code, done = 0, []
-    for name in args.names:
+    code = 0
+    for name in names:
         try:
-            result = _remove_image(store, name, args.force)
+            act(name)
         except GraphDriverError as e:
-            if len(args.names) == 1:
+            if len(names) == 1:
                 raise
             warn(str(e))
             code = code or e.exit_code
-            continue
+    return code
+
+
+def image_rm(store: Store, args: Args) -> int:
+    """With ``--json``, one object (a list of them for several names)."""
+    done: list[dict[str, Any]] = []
+
+    def remove(name: str) -> None:
+        result = _remove_image(store, name, args.force)
         done.append(result)
-        if not args.json:
-            untagged, deleted, freed = result["untagged"], result["deleted"], result["deleted_layers"]
-            for gone in untagged:
-                _out(f"Untagged: {gone}")
-            if deleted is not None:
-                _out(f"Deleted: {deleted}")
-                for layer_id in freed:
-                    _out(f"Deleted layer: {layer_id}")
+        if args.json:
+            return
+        for gone in result["untagged"]:
+            _out(f"Untagged: {gone}")
+        if result["deleted"] is not None:
+            _out(f"Deleted: {result['deleted']}")
+            for layer_id in result["deleted_layers"]:
+                _out(f"Deleted layer: {layer_id}")
+
+    code = _each(args.names, remove)
     if args.json:
         _out(jsonio.dumps(done[0] if len(args.names) == 1 else done))
     return code
@@ -193,8 +203,7 @@ def container_commit(store: Store, args: Args) -> int:
 
 
 def container_rm(store: Store, args: Args) -> int:
-    ctrs.remove(store, args.name)
-    return 0
+    return _each(args.names, lambda name: ctrs.remove(store, name))
 
 
 def container_ls(store: Store, args: Args) -> int:
