@@ -303,7 +303,8 @@ def test_image_rm_takes_several_names_and_goes_on_past_one_that_fails(tmp_path):
     image = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/made:1").stdout)
     assert image["Names"] == ["localhost/made:1"]
     gd(tmp_path, "vfs", "image", "tag", "localhost/made:1", "localhost/made:4")
-    both = json.loads(gd(tmp_path, "vfs", "--json", "image", "rm", "localhost/made:4", "localhost/made:1").stdout)
+    both = json.loads(gd(tmp_path, "vfs", "--json", "image", "rm", "localhost/made:4",
+                         "localhost/made:1").stdout)
     assert [r["untagged"] for r in both] == [["localhost/made:4"], ["localhost/made:1"]]
     assert both[0]["deleted"] is None and both[1]["deleted"] == image["Id"]
     assert gd(tmp_path, "vfs", "layers").stdout == b""
