@@ -267,6 +267,28 @@ def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_nam
     assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 2
 
 
+def test_an_archive_from_a_pipe_a_fifo_or_standard_input_loads(tmp_path):
+    """A FIFO was opened a second time after its writer had gone, and waited forever."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    archive = tmp_path / "in.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(tmp_path / "in"), "."], check=True)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat {archive} > {fifo}"])
+    try:
+        got = subprocess.run([sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"),
+                              "--run-root", str(tmp_path / "run"), "--driver", "vfs", "image", "load",
+                              str(fifo)], capture_output=True, timeout=60, check=False,
+                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src")))
+    finally:
+        writer.wait(timeout=60)
+    assert got.returncode == 0 and got.stdout == b"localhost/made:1\n", got.stderr
+    gd(tmp_path, "vfs", "image", "rm", "localhost/made:1")
+    got2 = run_cli("image", "load", "-", root=tmp_path / "store", driver="vfs",
+                   input=gzip.compress(archive.read_bytes()))
+    assert got2.returncode == 0 and got2.stdout == b"localhost/made:1\n", got2.stderr
+
+
 def test_an_image_saved_by_its_id_is_saved_untagged(tmp_path):
     """As ``docker save <id>``: no name goes with it (the image's names may be many, and
     each would name it again wherever it is loaded); by a name, that name alone."""

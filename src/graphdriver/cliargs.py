@@ -138,7 +138,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("check", "[ID...]", "re-export layers and compare with their recorded digests"),
     Command("base-images", "", "(windowsfilter) register and list the configured base images"),
     Command("image load", "SOURCE", "load the images of a docker-archive, an oci-archive or an OCI "
-            "layout folder; prints the names (or ids) loaded",
+            "layout folder (- for an archive on standard input); prints the names (or ids) loaded",
             Option("--platform", "the os/arch to take from a multi-platform index (default: this "
                                  "machine's)", metavar="OS/ARCH")),
     Command("image save", "NAME", "write an image as a docker-archive (default), an oci-archive or "

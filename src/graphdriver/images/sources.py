@@ -57,13 +57,16 @@ class SourceImage(Plain):
 
 # ----- where the files are: a folder or a tarball ---------------------------------------------
 
+#: The SOURCE that means standard input.
+STDIN = "-"
+
 
 class _Files:
     """Read access to the files of a folder or of a (seekable, uncompressed) tarball."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.dir = path if os.path.isdir(path) else None
+        self.dir = path if path != STDIN and os.path.isdir(path) else None
         self.members: dict[str, tarfile.TarInfo] = {}
         self.tar: tarfile.TarFile | None = None
         self.temporary: str | None = None
@@ -85,12 +88,19 @@ class _Files:
                 raise
 
     def _decompressed(self, path: str) -> str:
-        """*path*, or a decompressed copy of it when it is compressed (``docker save | gzip``)."""
+        """*path*, or a copy of it, decompressed where it is compressed (``docker save | gzip``)
+        or read once where it is a stream (``-``, a pipe, a FIFO: a tarball is read out of
+        order, and a FIFO opened again would wait for a writer that is gone)."""
+        import contextlib
+        import stat
+        import sys
+
         from graphdriver.layerio.compression import Compression, open_decompressed
 
-        with open(path, "rb") as f:
+        with contextlib.ExitStack() as stack:
+            f = sys.stdin.buffer if path == STDIN else stack.enter_context(open(path, "rb"))
             stream, kind = open_decompressed(f)
-            if kind is Compression.NONE:
+            if kind is Compression.NONE and stat.S_ISREG(os.fstat(f.fileno()).st_mode) and path != STDIN:
                 return path
             import tempfile
 
@@ -168,7 +178,8 @@ class Archive:
     def __init__(self, path: str, platform: str | None = None) -> None:
         parse_platform(platform)  # a usage error before anything is read
         try:
-            os.stat(path)
+            if path != STDIN:
+                os.stat(path)
         except FileNotFoundError as e:
             raise NotFound(f"image archive {shorten(path)!r}", "no such file or directory") from e
         except OSError as e:  # a folder this user may not search, say
