@@ -333,6 +333,24 @@ def test_image_rm_takes_several_names_and_goes_on_past_one_that_fails(tmp_path):
     assert gd(tmp_path, "vfs", "image", "rm", check=False).returncode == 2
 
 
+def test_image_rm_at_the_same_time_reports_only_what_each_removed(tmp_path):
+    """Two removals of two names of one image at once: each says what it removed itself
+    (the report was made from reads before and after, outside the lock)."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"), "--run-root",
+           str(tmp_path / "run"), "--driver", "vfs", "image", "rm"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    for _ in range(20):
+        gd(tmp_path, "vfs", "image", "tag", "localhost/made:1", "localhost/made:a")
+        gd(tmp_path, "vfs", "image", "tag", "localhost/made:1", "localhost/made:b")
+        procs = {tag: subprocess.Popen([*cmd, f"localhost/made:{tag}"], stdout=subprocess.PIPE, env=env)
+                 for tag in "ab"}
+        for tag, proc in procs.items():
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0 and out == f"Untagged: localhost/made:{tag}\n".encode()
+
+
 def test_container_rm_takes_several_names(tmp_path):
     oci_layout(tmp_path / "in", [LAYER1])
     gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))

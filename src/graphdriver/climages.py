@@ -174,20 +174,13 @@ def image_rm(store: Store, args: Args) -> int:
 def _remove_image(store: Store, name: str, force: bool) -> dict[str, Any]:
     """Remove one name (or image): what was untagged, the image deleted, the layers freed."""
     try:
-        record = manage.image(store, name)
+        done = manage.remove(store, name, force=force)
     except IntegrityError:
         gone = manage.remove_unreadable(store, name)  # by its full id, an unreadable record goes
         if gone is None:
             raise
         return {"untagged": [], "deleted": gone, "deleted_layers": []}
-    freed = manage.remove(store, name, force=force)
-    names = [*record.names, *record.digests]  # in full, as stored
-    left = next((r for r in manage.images(store) if r.id == record.id), None)
-    if left is not None:
-        untagged, deleted = [n for n in names if n not in (*left.names, *left.digests)], None
-    else:
-        untagged, deleted = names, record.id
-    return {"untagged": untagged, "deleted": deleted, "deleted_layers": freed if deleted else []}
+    return {"untagged": done.untagged, "deleted": done.deleted, "deleted_layers": done.freed}
 
 
 def container_create(store: Store, args: Args) -> int:

@@ -13,6 +13,7 @@ from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Precon
 from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
+from graphdriver.plain import Plain
 
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
@@ -144,8 +145,22 @@ def tag(store: Store, name: str, new: str) -> ImageRecord:
     return record
 
 
-def remove(store: Store, name: str, *, force: bool = False) -> list[str]:
-    """Remove image *name* (only that name when it has others); returns the layers freed.
+class Removal(Plain):
+    """What one :func:`remove` did: the names it ``untagged`` (in full), the image id it
+    ``deleted`` (None: the image stays under other names), and the layers it ``freed``."""
+
+    __slots__ = ("deleted", "freed", "untagged")
+
+    def __init__(self, untagged: list[str], deleted: str | None = None,
+                 freed: list[str] | None = None) -> None:
+        self.untagged = untagged
+        self.deleted = deleted
+        self.freed = freed or []
+
+
+def remove(store: Store, name: str, *, force: bool = False) -> Removal:
+    """Remove image *name* (only that name when it has others); says what it removed, as read
+    under the store lock (another removal at the same time never shows in it).
 
     A layer is freed when no other image and no container uses it.  An image
     a container was created from is refused until the container is removed.
@@ -158,6 +173,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> list[str]:
     store_images = ImageStore(store.root)
     with store.locked():
         record, by_name = store_images.lookup(name)
+        every_name = [*record.names, *record.digests]  # in full, as stored
         if by_name:
             full = str(reference.parse(name))
             # As Docker does: a tag goes alone while the image has another (the last
@@ -181,7 +197,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> list[str]:
                 if full:
                     refs.remove(full)
                 store_images.put(record)
-                return []
+                return Removal([n for n in every_name if n not in (*record.names, *record.digests)])
         elif not force:
             repositories = sorted(record.repositories())
             if len(repositories) > 1:
@@ -212,7 +228,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> list[str]:
             pending.__exit__(None, None, None)
             raise
     try:
-        return free_layers(store, record.layers)
+        return Removal(every_name, record.id, free_layers(store, record.layers))
     finally:
         pending.__exit__(None, None, None)
 
