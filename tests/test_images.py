@@ -377,9 +377,17 @@ def test_names_resolve_as_docker_resolves_them(tmp_path):
         "registry.example:5000/team/app:v1": "registry.example:5000/team/app:v1",
         "quay.io/a/b@sha256:" + "a" * 64: "quay.io/a/b@sha256:" + "a" * 64,
     }
+    cases.update({  # Docker's grammar, as docker tag and buildah tag take it
+        "index.docker.io/zz:1": "docker.io/library/zz:1",
+        "MyReg.Example.com:5000/app:1": "MyReg.Example.com:5000/app:1",
+        "a__b/c--d/e.f_g": "docker.io/a__b/c--d/e.f_g:latest",
+        "[::1]:5000/x": "[::1]:5000/x:latest",
+    })
     for name, full in cases.items():
         assert str(reference.parse(name)) == full
-    for bad in ("Deb", "deb:", "a//b", "deb@sha256:xyz", "-x", "deb:-1"):
+    for bad in ("Deb", "deb:", "a//b", "deb@sha256:xyz", "-x", "deb:-1", "localhost/a..b:1",
+                "localhost/a___b:1", "localhost/a_-b:1", "localhost:abc/x:1", "my_host.com/x:1",
+                "localhost:5000:1/x", "-reg.example/x", "localhost/" + "a" * 250):
         with pytest.raises(InvalidArgument):
             reference.parse(bad)
     oci_layout(tmp_path / "in", [LAYER1], name="docker.io/library/deb:2")

@@ -13,6 +13,9 @@ from graphdriver.errors import InvalidArgument, shorten
 from graphdriver.plain import Plain
 
 DEFAULT_DOMAIN = "docker.io"
+LEGACY_DEFAULT_DOMAIN = "index.docker.io"  # what Docker reads as docker.io
+#: The longest repository name (registry and path), as Docker's grammar allows.
+MAX_NAME = 255
 OFFICIAL_PREFIX = "library/"
 DEFAULT_TAG = "latest"
 
@@ -59,10 +62,14 @@ def parse(name: str, *, default_tag: bool = True) -> Reference:
         rest, _, digest = rest.partition("@")
         check_digest(digest, name)
     first, slash, remainder = rest.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
+    # As Docker splits a name: the first component is a registry if it has a "." or a ":",
+    # is "localhost", or has an upper-case letter (a repository never does).
+    if slash and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
         domain, path = first, remainder
     else:
         domain, path = DEFAULT_DOMAIN, rest
+    if domain == LEGACY_DEFAULT_DOMAIN:
+        domain = DEFAULT_DOMAIN
     tag = None
     last = path.rpartition("/")[2]
     if ":" in last:
@@ -72,8 +79,10 @@ def parse(name: str, *, default_tag: bool = True) -> Reference:
     if domain == "docker.io" and "/" not in path:
         path = OFFICIAL_PREFIX + path
     _check_path(path, name)
-    if domain != domain.lower() or not domain or " " in domain:
-        raise InvalidArgument(f"image name {shorten(name)!r}", "invalid registry name")
+    _check_domain(domain, name)
+    if len(domain) + 1 + len(path) > MAX_NAME:
+        raise InvalidArgument(f"image name {shorten(name)!r}",
+                              f"a repository name is at most {MAX_NAME} characters")
     if tag is None and digest is None and default_tag:
         tag = DEFAULT_TAG
     return Reference(domain, path, tag, digest)
@@ -106,9 +115,23 @@ def _check_path(path: str, name: str) -> None:
             f"image name {shorten(name)!r}",
             "a repository is lower-case letters, digits and . _ - / (and a registry, a tag or a digest)",
         )
+    import re
+
     for comp in path.split("/"):
-        if not comp or comp[0] in "._-" or comp[-1] in "._-":
+        # Docker's grammar: alphanumerics joined by one ".", one "_", "__", or dashes.
+        if not re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", comp):
             raise InvalidArgument(f"image name {shorten(name)!r}", f"invalid path component {comp!r}")
+
+
+def _check_domain(domain: str, name: str) -> None:
+    """A host name (letters, digits, inner dashes, dot-separated), an IPv4 or a bracketed
+    IPv6 address, and maybe a port, as Docker's grammar has it."""
+    import re
+
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    host = rf"(?:{label}(?:\.{label})*|\[[0-9A-Fa-f:.]+\])"
+    if not re.fullmatch(rf"{host}(?::[0-9]+)?", domain):
+        raise InvalidArgument(f"image name {shorten(name)!r}", f"invalid registry name {shorten(domain)!r}")
 
 
 def check_digest(digest: str, what: str = "") -> str:
