@@ -156,6 +156,12 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     second = gd(tmp_path, "image", "push", "localhost/made:1", f"{registry.host}/team/copy:1", "--insecure")
     assert second.stdout.decode().strip() == digest
     assert b"uploaded" not in second.stderr and second.stderr.count(b"mounted from another repository") == 3
+    # Every RepoDigest inspect lists names the image; removing one forgets it, and the image stays.
+    pushed = f"{registry.host}/team/copy@{digest}"
+    assert json.loads(gd(tmp_path, "image", "inspect", pushed).stdout)["Id"] == inspected["Id"]
+    assert gd(tmp_path, "image", "rm", pushed).stdout == f"Untagged: {pushed}\n".encode()
+    after = json.loads(gd(tmp_path, "image", "inspect", "localhost/made:1").stdout)
+    assert pushed not in after["RepoDigests"]
     other = tmp_path / "other"
     other.mkdir()
     by_digest = f"{registry.host}/made@{digest}"

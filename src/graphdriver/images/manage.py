@@ -173,7 +173,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
     store_images = ImageStore(store.root)
     with store.locked():
         record, by_name = store_images.lookup(name)
-        every_name = [*record.names, *record.digests]  # in full, as stored
+        every_name = [*record.names, *record.digests, *record.pushed]  # in full, as stored
         if by_name:
             full = str(reference.parse(name))
             # As Docker does: a tag goes alone while the image has another (the last
@@ -184,6 +184,8 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
                 refs, others = record.names, len(record.names) - 1
             elif full in record.digests:
                 refs, others = record.digests, len(record.names) + len(record.digests) - 1
+            elif full in record.pushed:  # where it was pushed: forgotten; no name goes with it
+                refs, others = record.pushed, len(record.names) + len(record.digests)
             else:
                 # repo@<its manifest>: the image as that repository has it; its names there
                 # go, and the image with them unless it is named in another repository too.
@@ -197,7 +199,8 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
                 if full:
                     refs.remove(full)
                 store_images.put(record)
-                return Removal([n for n in every_name if n not in (*record.names, *record.digests)])
+                return Removal([n for n in every_name
+                                if n not in (*record.names, *record.digests, *record.pushed)])
         elif not force:
             repositories = sorted(record.repositories())
             if len(repositories) > 1:

@@ -82,11 +82,12 @@ class ImageRecord(Plain):
         return out
 
     def matches(self, ref: reference.Reference) -> bool:
-        """Whether *ref* names this image: a name it has, or a digest it has in that repository."""
+        """Whether *ref* names this image: a name it has, or a digest it has in that repository
+        (pulled or pushed by it, or the manifest of a name it has there)."""
         if ref.digest is None:
             return str(ref) in self.names
-        if f"{ref.repository}@{ref.digest}" in self.digests:
-            return True
+        if f"{ref.repository}@{ref.digest}" in (*self.digests, *self.pushed):
+            return True  # pulled by that digest, or pushed there as that manifest
         return ref.digest == self.manifest and ref.repository in self.repositories()
 
     def to_json(self) -> dict[str, Any]:
