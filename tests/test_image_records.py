@@ -419,6 +419,29 @@ def test_an_archive_member_that_links_to_itself_is_named_as_such(tmp_path):
     assert "'manifest.json' is a link that leads to no file" in err
 
 
+@pytest.mark.parametrize("field, value", [("RepoTags", "str"), ("RepoTags", {"a": 1}), ("RepoTags", [1]),
+                                          ("Layers", ["x.tar", 2]), ("Layers", "x.tar")])
+def test_a_manifest_json_of_the_wrong_shape_is_corrupt(tmp_path, field, value):
+    """skopeo refuses them too; ``"RepoTags": "str"`` named the image s, t and r."""
+    import io
+    import json
+    import tarfile
+
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    entry = {"Config": "config.json", "RepoTags": ["localhost/x:1"], "Layers": []}
+    entry[field] = value
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (("config.json", config), ("manifest.json", json.dumps([entry]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    err = one_line_error(gd(tmp_path, "image", "load", str(archive), check=False), 6)
+    assert field in err
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+
+
 def test_a_container_removal_killed_half_way_is_finished_by_cleanup(tmp_path):
     two_images(tmp_path)
     for name, gone_already in (("c1", ()), ("c2", ("c2",))):

@@ -165,6 +165,11 @@ class _Files:
             self.temporary = None
 
 
+def _strings(value: object) -> bool:
+    """Whether *value* is a JSON list of strings."""
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
 def _clean(name: str) -> str:
     return os.path.normpath(name.lstrip("/")).removeprefix("./")
 
@@ -220,19 +225,20 @@ class Archive:
         out = []
         for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) \
-                    or not isinstance(entry.get("Layers"), list):
-                raise IntegrityError(what, "a manifest.json entry needs Config and Layers")
+                    or not _strings(entry.get("Layers")):
+                raise IntegrityError(what, "a manifest.json entry needs Config and Layers (a list of paths)")
+            if entry.get("RepoTags") is not None and not _strings(entry["RepoTags"]):
+                raise IntegrityError(what, "a manifest.json entry's RepoTags is not a list of names")
             config = self.files.read(entry["Config"])
             base = os.path.basename(entry["Config"]).removesuffix(".json")
             if len(base) == 64 and oci.sha256_digest(config) != "sha256:" + base:
                 raise IntegrityError(what, f"config {entry['Config']!r} does not match its name")
             try:
-                tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
-                names = [str(reference.parse_new(t)) for t in tags]
+                names = [str(reference.parse_new(t)) for t in entry.get("RepoTags") or []]
             except InvalidArgument as e:
                 raise IntegrityError(what, f"manifest.json names an image badly: {e}") from e
             check_platform(config, self.platform, what)
-            layers = [SourceLayer(self._opener(p), None) for p in entry["Layers"] if isinstance(p, str)]
+            layers = [SourceLayer(self._opener(p), None) for p in entry["Layers"]]
             out.append(SourceImage(config, names, layers))
         return out
 
