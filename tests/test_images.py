@@ -465,6 +465,11 @@ def test_tree_df_and_prune(tmp_path, driver_name):
     gd(tmp_path, driver_name, "image", "tag", "localhost/b:1", "localhost/a:1")
     plan = json.loads(gd(tmp_path, driver_name, "df", "--json").stdout)["prune"]
     assert len(plan["images"]) == 1 and len(plan["layers"]) == 1
+    # Mounted, the layer is not what prune would free (prune keeps a mounted layer).
+    gd(tmp_path, driver_name, "mount", plan["layers"][0])
+    mounted = json.loads(gd(tmp_path, driver_name, "df", "--json").stdout)
+    assert mounted["prune"]["layers"] == [] and mounted["layers"]["reclaimable"] == 0
+    gd(tmp_path, driver_name, "unmount", plan["layers"][0])
     done = gd(tmp_path, driver_name, "prune").stdout.decode()
     assert "deleted image" in done and "deleted layer" in done
     remaining = gd(tmp_path, driver_name, "layers").stdout.decode().split()

@@ -147,6 +147,7 @@ def df(store: Store) -> dict[str, Any]:
     loose_bytes = sum(usage.own_size(i) for i in loose)
     active = {c.image for c in usage.containers}
     plan = prune_plan(store, usage)
+    with_layers = prune_plan(store, usage, layers=True)["layers"]
     return {
         "images": {"total": len(usage.images), "active": len(active), "size": image_bytes,
                    "reclaimable": sum(usage.own_size(i) for i in plan["layers"]
@@ -154,7 +155,7 @@ def df(store: Store) -> dict[str, Any]:
         "containers": {"total": len(usage.containers), "size": container_bytes},
         "layers": {"total": len(loose), "size": loose_bytes,
                    "reclaimable": sum(usage.own_size(i) for i in plan["layers"] if i in loose),
-                   "reclaimable_with_layers": loose_bytes},
+                   "reclaimable_with_layers": sum(usage.own_size(i) for i in with_layers if i in loose)},
         "prune": plan,
     }
 
@@ -171,6 +172,8 @@ def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False
             keep.update(image.layers)
     keep.update(usage.container_of)
     keep |= usage.held_unread
+    # A mounted layer is never removed (prune keeps it): not counted as what prune frees.
+    keep.update(i for i in usage.layers if usage.store.driver.mount_count(i) > 0)
     from graphdriver.images.loading import busy_layers
 
     keep |= busy_layers(ImageStore(store.root))  # what running loads and pulls make or reuse
