@@ -507,3 +507,27 @@ def test_a_failed_oci_save_into_a_new_folder_leaves_no_folder(tmp_path):
     proc = gd(tmp_path, "image", "save", "localhost/a:1", "-o", str(out), "--format", "oci", check=False)
     assert proc.returncode != 0 and proc.stderr.count(b"\n") == 1, proc.stderr
     assert not out.exists()
+
+
+def test_an_image_removed_while_a_container_is_made_of_it_leaves_no_layer(tmp_path, monkeypatch):
+    """image rm in the middle of container create: rm keeps the image's layers (the new init
+    layer sits on them), create fails as the image is gone; its layers go then, not left to
+    prune."""
+    import graphdriver
+    from graphdriver.images import container_layers, manage
+
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    store = graphdriver.open_store(str(tmp_path / "store"), run_root=str(tmp_path / "run"), driver="vfs")
+    manage.load(store, str(tmp_path / "in"))
+    make_init = container_layers._make_init
+    removals = []
+
+    def init_then_image_rm(*args, **kwargs):  # type: ignore[no-untyped-def]
+        make_init(*args, **kwargs)
+        removals.append(manage.remove(store, "localhost/made:1"))
+
+    monkeypatch.setattr(container_layers, "_make_init", init_then_image_rm)
+    with pytest.raises(NotFound):
+        container_layers.create(store, "localhost/made:1", "c1")
+    assert removals[0].deleted is not None and removals[0].freed == []  # kept: the init sat on them
+    assert [layer.id for layer in store.layers()] == []

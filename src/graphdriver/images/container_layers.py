@@ -110,9 +110,6 @@ def container(store: Store, name: str) -> Container:
 
 def create(store: Store, image_name: str, name: str, *, size: str | None = None) -> Container:
     """A container *name* from image *image_name*: init layer, then the writable layer."""
-    from graphdriver.images.loading import Pending
-    from graphdriver.store.records import now_rfc3339
-
     check_id(name, "container name")
     init = name + INIT_SUFFIX
     check_id(init, "container name")
@@ -123,6 +120,36 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
     for layer_id in (name, init):
         if store.exists(layer_id):
             raise AlreadyExists(f"container {name}", f"a layer {layer_id} exists")
+    try:
+        made = _make(store, images, record, name, size)
+    except NotFound:
+        if _gone(images, record.id):
+            # The image went meanwhile (image rm, prune): its layers, which this call kept
+            # from being freed, go now unless something else uses them, as they would have.
+            from graphdriver.images.manage import free_layers
+
+            free_layers(store, record.layers)
+        raise
+    return made
+
+
+def _gone(images: ImageStore, image_id: str) -> bool:
+    """Whether image *image_id* is no longer in the store (an unreadable record is there)."""
+    try:
+        images.get(image_id)
+    except NotFound:
+        return True
+    except IntegrityError:
+        pass
+    return False
+
+
+def _make(store: Store, images: ImageStore, record: ImageRecord, name: str, size: str | None) -> Container:
+    """:func:`create`'s layers and record; the layers it made go if it fails."""
+    from graphdriver.images.loading import Pending
+    from graphdriver.store.records import now_rfc3339
+
+    init = name + INIT_SUFFIX
     ours: list[str] = []  # the layers this call made: only those go if it fails
     with Pending(images, f"container {name}") as pending:
         try:
