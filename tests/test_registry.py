@@ -463,6 +463,9 @@ def test_a_docker_schema_2_image_pulls_and_large_blobs_go_up_in_chunks(tmp_path,
     assert found["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert [x["digest"] for x in found["layers"]] == [x["digest"] for x in raw["layers"]]
     assert found["config"]["digest"] == raw["config"]["digest"]
+    # Keys in the OCI types' order, as skopeo's conversion writes them.
+    assert list(found) == ["schemaVersion", "mediaType", "config", "layers"]
+    assert all(list(d)[:3] == ["mediaType", "digest", "size"] for d in [found["config"], *found["layers"]])
     # A layer larger than the upload chunk goes up in PATCH chunks.
     big = make_tar({"big": F(os.urandom(600_000))})
     oci_layout(tmp_path / "big", [big], name="localhost/big:1", gzipped=False)

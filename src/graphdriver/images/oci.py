@@ -94,7 +94,24 @@ def as_oci_manifest(manifest: bytes) -> bytes:
     for desc in [value.get("config"), *(value.get("layers") or [])]:
         if isinstance(desc, dict) and desc.get("mediaType") in _TO_OCI:
             desc["mediaType"] = _TO_OCI[desc["mediaType"]]
+    # In the order of the OCI spec's Go types, as skopeo writes the same conversion, so
+    # that both give the same bytes (and manifest digest).
+    value = _ordered(value, _MANIFEST_ORDER)
+    value["config"] = _ordered(value.get("config"), _DESCRIPTOR_ORDER)
+    value["layers"] = [_ordered(d, _DESCRIPTOR_ORDER) for d in value.get("layers") or []]
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+_MANIFEST_ORDER = ("schemaVersion", "mediaType", "config", "layers", "annotations")
+_DESCRIPTOR_ORDER = ("mediaType", "digest", "size", "urls", "annotations", "platform")
+
+
+def _ordered(value: Any, order: tuple[str, ...]) -> Any:
+    """*value* (a JSON object) with the keys of *order* first, in that order, then the rest."""
+    if not isinstance(value, dict):
+        return value
+    first = {k: value[k] for k in order if k in value}
+    return {**first, **{k: v for k, v in value.items() if k not in first}}
 
 
 def load_json(data: bytes, what: str) -> dict[str, Any]:
