@@ -305,6 +305,15 @@ def test_an_image_saved_by_its_id_is_saved_untagged(tmp_path):
         (entry,) = json.loads((tmp_path / "oci/index.json").read_text())["manifests"]
         assert ("annotations" in entry) == (tags is not None)
         shutil.rmtree(tmp_path / "oci")
+    # Into a layout that holds it by a name already, saved by id it adds no unnamed duplicate.
+    gd(tmp_path, "vfs", "image", "save", "localhost/other:2", "-o", str(tmp_path / "oci"), "--format", "oci")
+    gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "oci"), "--format", "oci")
+    (entry,) = json.loads((tmp_path / "oci/index.json").read_text())["manifests"]
+    assert "annotations" in entry
+    # An OCI layout is a folder: a file there is a usage error (2), as a folder is for a tarball.
+    proc = gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "out.tar"), "--format", "oci",
+              check=False)
+    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1
     gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "by-id.tar"))
     loaded = run_cli("image", "load", str(tmp_path / "by-id.tar"), root=tmp_path / "elsewhere",
                      driver="vfs", check=True).stdout.decode().split()
@@ -325,10 +334,12 @@ def test_image_rm_takes_several_names_and_goes_on_past_one_that_fails(tmp_path):
     image = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/made:1").stdout)
     assert image["Names"] == ["localhost/made:1"]
     gd(tmp_path, "vfs", "image", "tag", "localhost/made:1", "localhost/made:4")
-    both = json.loads(gd(tmp_path, "vfs", "--json", "image", "rm", "localhost/made:4",
-                         "localhost/made:1").stdout)
-    assert [r["untagged"] for r in both] == [["localhost/made:4"], ["localhost/made:1"]]
-    assert both[0]["deleted"] is None and both[1]["deleted"] == image["Id"]
+    both = json.loads(gd(tmp_path, "vfs", "--json", "image", "rm", "localhost/made:4", "localhost/none:1",
+                         "localhost/made:1", check=False).stdout)
+    assert [r["name"] for r in both] == ["localhost/made:4", "localhost/none:1", "localhost/made:1"]
+    assert [r.get("untagged") for r in both] == [["localhost/made:4"], None, ["localhost/made:1"]]
+    assert both[0]["deleted"] is None and both[2]["deleted"] == image["Id"]
+    assert both[1]["exit_code"] == 3 and "localhost/none:1" in both[1]["error"]
     assert gd(tmp_path, "vfs", "layers").stdout == b""
     assert gd(tmp_path, "vfs", "image", "rm", check=False).returncode == 2
 

@@ -161,7 +161,7 @@ DOCS: dict[str, Doc] = {
                       "folder; layer tarballs are the loaded ones byte for byte.",
                       [("graphdriver image save deb:2 -o deb.tar", "a docker-archive"),
                        ("graphdriver image save deb:2 -o deb-oci --format oci", "an OCI layout")],
-                      {3: "no such image"}),
+                      {2: "not an image name, or an id prefix several images start with", 3: "no such image"}),
     "image pull": Doc("images", "Pulls an image from a registry over the OCI distribution API: layers the store "
                       "has are skipped, the others downloaded several at once, resumed when a connection drops, "
                       "each checked against its digest. Credentials come from $REGISTRY_AUTH_FILE or "
@@ -177,17 +177,20 @@ DOCS: dict[str, Doc] = {
                       "repository there holds are mounted, the others uploaded; then the manifest. Prints the "
                       "manifest digest.",
                       [("graphdriver image push localhost/web:1 localhost:5000/web:1 --insecure", "to a local "
-                        "registry")], {1: "the registry refused or failed", 3: "no such image"}),
+                        "registry")], {1: "the registry refused or failed", 2: "not an image name, or an id prefix several images start with",
+                                       3: "no such image"}),
     "image ls": Doc("images", "Lists the images: repository, tag, image id, created (when the image was made, "
                     "from its config), number of layers. A corrupt image record is named on stderr.",
                     [("graphdriver image ls", "a table"), ("graphdriver image ls --json", "the records")]),
     "image inspect": Doc("images", "Prints the image as JSON: its id (the config digest), names, manifest "
                          "digest, each layer with its DiffID and chain id, and the config.",
-                         [("graphdriver image inspect deb:2", "the image")], {3: "no such image"}),
+                         [("graphdriver image inspect deb:2", "the image")], {2: "not an image name, or an id prefix several images start with",
+                                                                              3: "no such image"}),
     "image tag": Doc("images", "Gives an image another name; an image that had the name loses it. A name "
                      "with a digest, or sha256:... (which reads as an image id), is refused.",
                      [("graphdriver image tag deb:2 localhost/deb:stable", "a second name")],
-                     {2: "not a name to give", 3: "no such image"}),
+                     {2: "not a name to give, or an id prefix several images start with",
+                      3: "no such image"}),
     "image rm": Doc("images", "Removes a name, or the image with its last name; layers no other image or "
                     "container uses are removed too. An image named by its id goes with all its names, "
                     "unless they are in several repositories: then --force is needed, as in Docker. "
@@ -196,13 +199,15 @@ DOCS: dict[str, Doc] = {
                     [("graphdriver image rm deb:2", "remove it"),
                      ("graphdriver image rm deb:1 deb:2", "remove both"),
                      ("graphdriver image rm --force 3f2a", "the image 3f2a..., whatever its names")],
-                    {3: "no such image", 5: "a container uses the image, or (by id, without --force) "
+                    {2: "not an image name, or an id prefix several images start with", 3: "no such image",
+                     5: "a container uses the image, or (by id, without --force) "
                                             "its names are in several repositories"}),
     "container create": Doc("containers", "Creates a container: an init layer NAME-init with what a runtime "
                             "needs (/etc/hosts, /etc/hostname, /etc/resolv.conf, mount points) and the writable "
                             "layer NAME on it. NAME works with mount, changes, diff and diffsize.",
                             [("graphdriver container create deb:2 web", "then: graphdriver mount web")],
-                            {3: "no such image", 4: "the name is taken"}),
+                            {2: "not an image name, or an id prefix several images start with", 3: "no such image",
+                             4: "the name is taken"}),
     "container commit": Doc("containers", "Makes what the container changed (its diff against the init layer) a "
                             "new layer on its image, and a new image with it. Prints the new image's id.",
                             [("graphdriver container commit web localhost/web:1", "a new image")],

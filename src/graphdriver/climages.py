@@ -14,6 +14,7 @@ from graphdriver.images import manage
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from graphdriver.errors import GraphDriverError
     from graphdriver.images.records import ImageRecord
     from graphdriver.store.layers import Store
 
@@ -130,10 +131,11 @@ def image_tag(store: Store, args: Args) -> int:
     return 0
 
 
-def _each(names: list[str], act: Callable[[str], None]) -> int:
+def _each(names: list[str], act: Callable[[str], None],
+          failed: Callable[[str, GraphDriverError], None] | None = None) -> int:
     """*act* on each name in turn, as ``docker rmi`` and ``docker rm`` go: one that fails is
-    one line on stderr and the others go on; returns the first failure's exit code (0: none).
-    A single name's failure is raised as it is."""
+    one line on stderr (and told to *failed*) and the others go on; returns the first
+    failure's exit code (0: none).  A single name's failure is raised as it is."""
     from graphdriver.cli import warn
     from graphdriver.errors import GraphDriverError
 
@@ -146,16 +148,19 @@ def _each(names: list[str], act: Callable[[str], None]) -> int:
                 raise
             warn(str(e))
             code = code or e.exit_code
+            if failed is not None:
+                failed(name, e)
     return code
 
 
 def image_rm(store: Store, args: Args) -> int:
-    """With ``--json``, one object (a list of them for several names)."""
+    """With ``--json``, one object; for several names a list, an object for each in order,
+    with its ``name`` (and for one that failed, its ``error`` and ``exit_code``)."""
     done: list[dict[str, Any]] = []
 
     def remove(name: str) -> None:
         result = _remove_image(store, name, args.force)
-        done.append(result)
+        done.append({"name": name, **result})
         if args.json:
             return
         for gone in result["untagged"]:
@@ -165,8 +170,13 @@ def image_rm(store: Store, args: Args) -> int:
             for layer_id in result["deleted_layers"]:
                 _out(f"Deleted layer: {layer_id}")
 
-    code = _each(args.names, remove)
+    def failed(name: str, e: GraphDriverError) -> None:
+        done.append({"name": name, "error": str(e), "exit_code": e.exit_code})
+
+    code = _each(args.names, remove, failed)
     if args.json:
+        if len(args.names) == 1:
+            del done[0]["name"]
         _out(jsonio.dumps(done[0] if len(args.names) == 1 else done))
     return code
 

@@ -62,7 +62,14 @@ class _Output:
         #: A folder this save makes goes again with a failed save (one it adds to keeps its images).
         self.made_folder = folder and not os.path.lexists(path)
         if folder:
-            os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise InvalidArgument(f"cannot write {path}", "an OCI layout is a folder; this is not one")
+            try:
+                os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
+            except OSError as e:  # as a tarball that cannot be written (a missing folder above)
+                from graphdriver.errors import os_error
+
+                raise os_error(f"cannot write {path}", e, InvalidArgument) from e
         else:
             # A regular file is written beside the target and renamed over it once
             # whole (a failed save leaves what was there before); a device, a fifo
@@ -230,7 +237,10 @@ def _oci_layout(store: Store, images: ImageStore, record: ImageRecord, out: _Out
             entry["annotations"] = {oci.CONTAINERD_NAME: name, oci.REF_NAME: ref.tag or "latest"}
         entries.append(entry)
     out.add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    manifests = [*_kept(earlier, entries), *entries]
+    staying = _kept(earlier, entries)
+    if not names and any(e.get("digest") == digest for e in staying):
+        entries = []  # saved untagged, and the layout holds that manifest already (by a name)
+    manifests = [*staying, *entries]
     index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": manifests}
     out.add_bytes("index.json", json.dumps(index, separators=(",", ":")).encode())
 
