@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphdriver.errors import CorruptArchive
+from graphdriver.errors import ArchiveError, CorruptArchive
 from graphdriver.fs.tree import copy_tree
 from graphdriver.layerio import sparse
 from graphdriver.layerio.tarstream import TarReader
@@ -135,7 +135,7 @@ def test_a_map_in_the_data_is_read_to_its_padded_end() -> None:
     text = b"2\n0\n5\n10\n5\n"
     data = io.BytesIO(text + bytes(512 - len(text)) + b"abcdeABCDE")
     assert sparse.read_map(data.read, 522, "f") == (((0, 5), (10, 5)), 512)
-    with pytest.raises(CorruptArchive, match="too many"):
+    with pytest.raises(CorruptArchive, match="more fragments"):
         sparse.read_map(io.BytesIO(b"999999999999\n" + bytes(600)).read, 1024, "f")
     with pytest.raises(CorruptArchive, match="does not end"):
         sparse.read_map(io.BytesIO(b"3\n0\n5\n" + bytes(506)).read, 512, "f")
@@ -296,3 +296,53 @@ def test_an_unknown_sparse_version_is_refused(tmp_path: Path) -> None:
     data = _pax_sparse({"GNU.sparse.major": "2", "GNU.sparse.minor": "0"}, b"abc")
     proc = run_cli("import", "l", "-", root=tmp_path / "store", driver="vfs", input=data)
     assert proc.returncode == 1 and b"unsupported PAX sparse file format 2.0" in proc.stderr
+
+
+def test_a_gnu_sparse_file_of_many_fragments_is_taken(vfs_store, tmp_path: Path) -> None:
+    """44,000 fragments: over 2,000 GNU extension blocks (1 MiB of map), which GNU tar and Go read."""
+    src = tmp_path / "src"
+    src.mkdir()
+    fd = os.open(src / "db", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for i in range(44_000):
+            os.pwrite(fd, b"D" * 512, i * 8192)
+        os.ftruncate(fd, 44_000 * 8192)
+    finally:
+        os.close(fd)
+    archive = tmp_path / "frag.tar"
+    subprocess.run(["tar", "--format=gnu", "--sparse", "-cf", str(archive), "-C", str(src), "db"], check=True)
+    data = archive.read_bytes()
+    vfs_store.import_layer("l", None, io.BytesIO(data))
+    assert (_layer_dir(vfs_store, "l") / "db").read_bytes() == (src / "db").read_bytes()
+    out = io.BytesIO()
+    vfs_store.diff("l", out)
+    assert out.getvalue() == data
+
+
+def test_a_sparse_file_given_again_makes_the_layer_unreproducible(vfs_store, tmp_path: Path) -> None:
+    """As a regular file given twice: its later entry replaces it (and breaks a hard link to
+    it), so the layer's files no longer give back the first."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"")
+    os.truncate(src / "f", 1 << 20)
+    with open(src / "f", "ab") as f:
+        f.write(b"data")
+    os.link(src / "f", src / "h")
+    archive = tmp_path / "dup.tar"
+    subprocess.run(["tar", "--format=gnu", "--sparse", "-cf", str(archive), "-C", str(src), "f", "h"],
+                   check=True)
+    os.unlink(src / "f")
+    (src / "f").write_bytes(b"small\n")
+    subprocess.run(["tar", "--format=gnu", "-rf", str(archive), "-C", str(src), "f"], check=True)
+    record = vfs_store.import_layer("l", None, io.BytesIO(archive.read_bytes()))
+    assert record.unreproducible == "'f' appears twice"
+
+
+def test_a_map_over_the_limit_is_refused_not_called_corrupt() -> None:
+    big = sparse.MAX_MAP // 4
+    text = b"%d\n" % big + b"0\n0\n" * big
+    reader = io.BytesIO(text + bytes(-len(text) % 512))
+    with pytest.raises(ArchiveError, match="more fragments than this reader takes") as caught:
+        sparse.read_map(reader.read, 1 << 40, "f")
+    assert not isinstance(caught.value, CorruptArchive)

@@ -108,6 +108,25 @@ def test_lines_crossing_batches_record_the_same_both_ways() -> None:
     same(write(items))
 
 
+def test_a_sparse_file_with_much_data_records_the_same_both_ways_in_bounded_lines(tmp_path: Path) -> None:
+    """A sparse entry's stored bytes are raw bytes: 4 MiB segments, not one line as large as them."""
+    import os
+    import subprocess
+
+    with open(tmp_path / "f", "wb") as f:
+        for at in (0, 64 << 20, 200 << 20):
+            f.seek(at)
+            f.write(os.urandom(5 << 20))
+    archive = tmp_path / "a.tar"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(archive), "-C", str(tmp_path), "f"],
+                   check=True)
+    data = archive.read_bytes()
+    c, python = _record(data, True), _record(data, False)
+    assert c == python and c[1] is None
+    lines = b"".join(c[0]).splitlines()
+    assert len(lines) > 4 and max(len(line) for line in lines) < 6 << 20
+
+
 def test_empty_and_zero_archives_record_the_same_both_ways() -> None:
     for data in (b"", b"\0" * 512, b"\0" * 1024, b"\0" * 10240, b"\0" * 1024 + b"after the end"):
         same(data)

@@ -199,6 +199,11 @@ static int file_line(Recorder *self, PyObject *crc)
     return line_done(self);
 }
 
+/* Raw bytes gathered past this many go out as a segment at once: only a sparse file's
+ * data (a few MiB at most of headers come between two entries) gets there, and one
+ * segment of it all would be one line as large as the data. */
+#define SEGMENT_MAX (4 << 20)
+
 static PyObject *Recorder_raw(Recorder *self, PyObject *arg)
 {
     Py_buffer view;
@@ -208,6 +213,11 @@ static PyObject *Recorder_raw(Recorder *self, PyObject *arg)
     PyBuffer_Release(&view);
     if (r < 0)
         return NULL;
+    if (self->pending.n >= SEGMENT_MAX) {
+        if (segment(self, (unsigned char *)self->pending.p, self->pending.n, 0) < 0)
+            return NULL;
+        self->pending.n = 0;
+    }
     Py_RETURN_NONE;
 }
 

@@ -59,7 +59,7 @@ class ReproducibilityCheck:
             # stored file to its header, so one a later entry removes (by
             # replacing its directory) could not be checked.  A name given twice
             # matters only with content (the last header wins, as in unpacking).
-            self._add(name, kind == DIR, size > 0, kind == SYM)
+            self._add(name, kind == DIR, size > 0 or entry.sparse is not None, kind == SYM)
 
     def _see_marked(self, entry: TarEntry, name: str, parent: str, base: str) -> None:
         """:meth:`see` for a name with ``.wh.`` somewhere in it."""

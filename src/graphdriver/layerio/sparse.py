@@ -31,20 +31,22 @@ from __future__ import annotations
 
 import os
 
-from graphdriver.errors import CorruptArchive
+from graphdriver.errors import ArchiveError, CorruptArchive
 from graphdriver.plain import Plain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator
+
+    from graphdriver.layerio.tarsplit import SplitEntry
 
     #: Reads exactly n bytes of the entry's data (raises at its end).
     Read = Callable[[int], bytes]
 
 BLOCK = 512
 #: The most bytes of map a sparse entry may have (format 1.0's text, or GNU extension
-#: blocks): as much as a PAX header may hold; far beyond any real file's fragments.
-MAX_MAP = 1 << 20
+#: blocks): some 700,000 fragments; a map past it is refused (exit 1), not called corrupt.
+MAX_MAP = 16 << 20
 _MAX_INT64 = (1 << 63) - 1
 _CHUNK = 1 << 20
 
@@ -66,6 +68,11 @@ class SparseMap(Plain):
 
 def _err(name: str, why: str) -> CorruptArchive:
     return CorruptArchive(name, why)
+
+
+def too_large(name: str) -> ArchiveError:
+    """A sparse map past :data:`MAX_MAP`: refused (exit 1), not corrupt."""
+    return ArchiveError(name, f"sparse map over {MAX_MAP >> 20} MiB: more fragments than this reader takes")
 
 
 def _decimal(text: bytes, name: str, what: str) -> int:
@@ -121,16 +128,18 @@ def read_map(read: Read, stored_size: int, name: str) -> tuple[tuple[tuple[int, 
     lines: list[bytes] = []
     wanted = 1
     while len(lines) < wanted:
-        if used + BLOCK > min(stored_size, MAX_MAP):
+        if used + BLOCK > stored_size:
             raise _err(name, "invalid sparse map (it does not end in the data)")
+        if used + BLOCK > MAX_MAP:
+            raise too_large(name)
         text += read(BLOCK)
         used += BLOCK
         *done, text = text.split(b"\n")
         lines += done
         if len(lines) >= 1 and wanted == 1:
             count = _decimal(lines[0], name, "count")
-            if count > MAX_MAP // 4:  # "0\n0\n" per pair at least
-                raise _err(name, "invalid sparse map (too many fragments)")
+            if count * 4 > stored_size:  # "0\n0\n" per pair at least
+                raise _err(name, "invalid sparse map (more fragments than its data could list)")
             wanted = 1 + 2 * count
     numbers = [_decimal(t, name, "map") for t in lines[1:wanted]]
     return tuple(zip(numbers[::2], numbers[1::2], strict=True)), used
@@ -218,3 +227,34 @@ def _zeros(fd: int, start: int, stop: int) -> bool:
                 return False
             at += len(chunk)
     return True
+
+
+_GNU_MAGIC = b"ustar  \x00"
+
+
+def may_hold_sparse(raw: bytes) -> bool:
+    """Whether header bytes *raw* may hold a sparse entry's header: PAX ``GNU.sparse.*``
+    records, or a GNU header of type ``S`` (a quick look; a rare false yes costs a check)."""
+    if b"GNU.sparse." in raw:
+        return True
+    at = raw.find(_GNU_MAGIC)
+    while at >= 0:
+        if at >= 257 and raw[at - 101] == 0x53:  # the typeflag, 156 bytes into its block
+            return True
+        at = raw.find(_GNU_MAGIC, at + 1)
+    return False
+
+
+class Watch:
+    """Passes tar-split entries through; ``found`` tells whether a segment may have held a
+    sparse entry's header (whose data, kept as raw bytes, no file checksum covers)."""
+
+    def __init__(self, entries: Iterable[SplitEntry]) -> None:
+        self._entries = entries
+        self.found = False
+
+    def __iter__(self) -> Iterator[SplitEntry]:
+        for e in self._entries:
+            if not self.found and e.type == 2 and e.payload and may_hold_sparse(e.payload):
+                self.found = True
+            yield e

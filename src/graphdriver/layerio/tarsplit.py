@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 SEGMENT = 2
 FILE = 1
+#: Raw bytes a recorder gathers before it writes them as a segment (see Recorder.raw).
+SEGMENT_MAX = 4 << 20
 
 # Bytes a JSON string may hold as they are: printable ASCII but the quote and
 # the backslash.  A name made of these alone needs no escaping either way.
@@ -255,6 +257,7 @@ class Recorder:
     def __init__(self, packer: Packer) -> None:
         self._packer = packer
         self._pending: list[bytes] = []
+        self._gathered = 0  # bytes in _pending
         self._name = b""
         self._size = 0
         self._remaining = 0
@@ -262,6 +265,14 @@ class Recorder:
 
     def raw(self, data: bytes | memoryview) -> None:
         self._pending.append(bytes(data))
+        self._gathered += len(data)
+        if self._gathered >= SEGMENT_MAX:
+            # Only a sparse file's data gets here (a few MiB at most of headers come
+            # between two entries): it goes out in segments of this size, not as one
+            # line as large as the data.
+            self._packer.segment(b"".join(self._pending))
+            self._pending.clear()
+            self._gathered = 0
 
     def data(self, chunk: bytes | memoryview) -> None:
         self._crc = crc64_iso(chunk, self._crc)
@@ -276,6 +287,7 @@ class Recorder:
         if pending:
             self._packer.segment(pending[0] if len(pending) == 1 else b"".join(pending))
             pending.clear()
+            self._gathered = 0
         self._name = entry.name_bytes
         self._size = self._remaining = entry.size
         self._crc = 0

@@ -164,7 +164,8 @@ class TarReader:
     ``entry_sink`` is called with each entry as it is read, right after its
     header bytes went to ``raw_sink`` (a tar-split recorder takes all three).
     A sparse file's stored bytes are no file's content: they go to
-    ``raw_sink``, and ``entry_sink`` is given an empty file of its name.
+    ``raw_sink``, and ``entry_sink`` is given an entry of its name, size 0
+    and its ``sparse`` map.
 
     Choices where archives or readers disagree:
 
@@ -445,7 +446,9 @@ class TarReader:
         raw = self._raw_sink
         self._data_sink = None if raw is None else lambda chunk: raw(bytes(chunk))
         if self._entry_sink is not None:
-            self._entry_sink(TarEntry(entry.name, entry.type, 0, entry.mode, entry.uid, entry.gid))
+            told = TarEntry(entry.name, entry.type, 0, entry.mode, entry.uid, entry.gid)
+            told.sparse = entry.sparse  # a file with content all the same
+            self._entry_sink(told)
 
     def _read_usual(self) -> TarEntry | None:
         """The usual entry, decoded in C; None leaves the rest (and every error) to
@@ -622,7 +625,7 @@ class TarReader:
             extended = blk[482]
             while extended:
                 if len(extensions) * BLOCK >= sparse.MAX_MAP:
-                    raise _err(name, "sparse map too large")
+                    raise sparse.too_large(_text(name))
                 ext = self._take(BLOCK)
                 if len(ext) < BLOCK:
                     raise _err(name, "truncated header")

@@ -131,6 +131,35 @@ def tree_problems(
     return problems
 
 
+def sparse_problems(entries: Iterable[SplitEntry], root: str) -> list[str]:
+    """What differs between the sparse files at *root* and the data their entries stored
+    (empty: nothing); other entries are not looked at."""
+    from graphdriver.fs.confine import open_at_root
+
+    problems = []
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for rel, e in _last_headers(entries).items():
+            if e.sparse is None:
+                continue
+            parent, _, base = rel.rpartition("/")
+            try:
+                pfd = open_at_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY) if parent else root_fd
+                try:
+                    if not _holds_fragments(base, pfd, e.sparse):
+                        problems.append(f"{rel!r}: does not hold the data of its (sparse) entry")
+                finally:
+                    if pfd != root_fd:
+                        os.close(pfd)
+            except PermissionError:
+                raise  # there, but not for this user: not damage
+            except OSError:
+                problems.append(f"{rel!r}: is missing from the layer")
+    finally:
+        os.close(root_fd)
+    return problems
+
+
 def _last_headers(entries: Iterable[SplitEntry]) -> dict[str, te.TarEntry]:
     """Each name's header (without its raw bytes), the last one where a name is given twice:
     that is what unpacking left."""

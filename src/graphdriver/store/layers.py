@@ -995,20 +995,39 @@ class Store:
             digest.update(data)
             write(data)
 
+        from graphdriver.layerio import sparse
         from graphdriver.store import content
 
         getter = content.file_getter(self.driver, record.id)
         try:
             with open(self._tarsplit_of(record), "rb") as f:
                 meta, _kind = open_decompressed(f)
-                size = assemble(read_entries(meta), getter, sink)
+                watch = sparse.Watch(read_entries(meta))
+                size = assemble(watch, getter, sink)
         finally:
             getter.close()
         if "sha256:" + digest.hexdigest() != record.diff_digest:
             raise IntegrityError(
                 f"layer {record.id}", f"re-exported tarball does not match {record.diff_digest}"
             )
+        if watch.found:
+            self._check_sparse_files(record)
         return size
+
+    def _check_sparse_files(self, record: Layer) -> None:
+        """IntegrityError unless the layer's sparse files hold the data their entries stored:
+        no file checksum covers those bytes (the tar-split metadata holds them)."""
+        from graphdriver.layerio.compression import open_decompressed
+        from graphdriver.layerio.tarsplit import read_entries
+        from graphdriver.layerio.verify import sparse_problems
+
+        root = self.driver.own_files(record.id) or self.driver.apply_target(record.id).path
+        with open(self._tarsplit_of(record), "rb") as f:
+            meta, _kind = open_decompressed(f)
+            problems = sparse_problems(read_entries(meta), root)
+        if problems:
+            why = f"its files differ from its tarball: {_first_of(problems)}"
+            raise IntegrityError(f"layer {record.id}", why)
 
     def _verify_files(self, record: Layer) -> None:
         """IntegrityError unless the stored files' metadata and set match the tar headers.
