@@ -346,3 +346,29 @@ def test_a_map_over_the_limit_is_refused_not_called_corrupt() -> None:
     with pytest.raises(ArchiveError, match="more fragments than this reader takes") as caught:
         sparse.read_map(reader.read, 1 << 40, "f")
     assert not isinstance(caught.value, CorruptArchive)
+
+
+def test_a_bad_map_is_found_with_the_header_and_an_apply_leaves_the_layer_whole(tmp_path: Path) -> None:
+    """Found by the reader, before anything is written: the layer is not marked damaged,
+    and still gives back what it was imported from."""
+    root = tmp_path / "store"
+    base = (GO / "pax-nil-sparse-data.tar").read_bytes()
+    run_cli("import", "l", "-", root=root, driver="vfs", input=base, check=True)
+    for bad, code in ((HOSTILE["overlapping"], 6), (HOSTILE["past-the-end"], 6),
+                      (_pax_sparse({"GNU.sparse.major": "2", "GNU.sparse.minor": "0"}, b"abc"), 1)):
+        proc = run_cli("apply", "l", "-", root=root, driver="vfs", input=bad)
+        assert proc.returncode == code, proc.stderr
+        assert run_cli("check", "l", root=root, check=True).stdout == b"l: ok\n"
+    assert run_cli("diff", "l", root=root, check=True).stdout == base
+
+
+def test_sparse_records_on_a_directory_are_corrupt() -> None:
+    """As Go and GNU tar have it: only a file has a sparse map."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("d")
+        info.type = tarfile.DIRTYPE
+        info.pax_headers = {"GNU.sparse.map": "0,0", "GNU.sparse.size": "0"}
+        tf.addfile(info)
+    with pytest.raises(CorruptArchive, match="no file"):
+        list(TarReader(io.BytesIO(out.getvalue())))

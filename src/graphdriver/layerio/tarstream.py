@@ -73,7 +73,7 @@ def _err(name: bytes | str, why: str) -> CorruptArchive:
 
 
 def _refuse(name: bytes | str, why: str) -> ArchiveError:
-    """What the writer raises: an entry that cannot be written as a tar header."""
+    """An entry that cannot be written as a tar header, or a well-formed one the reader does not take."""
     return ArchiveError(_text(name) if isinstance(name, bytes) else name, why)
 
 
@@ -643,6 +643,17 @@ class TarReader:
             raise _bad_number("sparse map", name)
         return value
 
+    @staticmethod
+    def _pax_sparse(entry: TarEntry, records: dict[str, bytes], name: bytes) -> None:
+        """The sparse map of PAX *records*: refused for a version no reader knows, corrupt
+        on an entry that is no file (as Go and GNU tar have it)."""
+        if entry.type not in REGULAR_TYPES:
+            raise _err(name, "sparse file records on an entry that is no file")
+        entry.sparse = sparse.from_pax(records, entry.size, _text(name))
+        if entry.sparse is None:
+            version = b".".join(records.get(k, b"?") for k in ("GNU.sparse.major", "GNU.sparse.minor"))
+            raise _refuse(name, f"unsupported PAX sparse file format {_text(version)}")
+
     def _finish_entry(self, entry: TarEntry, name: bytes, link: bytes, meta: _Meta | None) -> TarEntry:
         """Apply PAX records, then GNU long names; settle the type and size."""
         local, long_name, long_link = _NO_META if meta is None else meta
@@ -655,8 +666,11 @@ class TarReader:
             name, pax_link = pax.apply_records(entry, local, name)  # type: ignore[arg-type]
             if pax_link is not None:
                 link = pax_link
-            if pax.sparse(local) and entry.type in REGULAR_TYPES:  # type: ignore[arg-type]
-                entry.sparse = sparse.from_pax(local, entry.size, _text(name))  # type: ignore[arg-type]
+            if pax.sparse(local):  # type: ignore[arg-type]
+                self._pax_sparse(entry, local, name)  # type: ignore[arg-type]
+        if entry.sparse is not None and entry.sparse.fragments is not None:
+            # Checked with the header, before a consumer writes anything for the entry.
+            sparse.check(entry.sparse.fragments, entry.sparse.size, entry.size, _text(name))
         if isinstance(long_name, bytes):
             name = long_name
         if isinstance(long_link, bytes):
