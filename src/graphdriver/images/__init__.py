@@ -20,12 +20,13 @@ Layers are shared by chain id; every DiffID is checked against the config.
 from graphdriver.images.container_layers import Container, commit, container, containers
 from graphdriver.images.container_layers import create as create_container
 from graphdriver.images.container_layers import remove as remove_container
-from graphdriver.images.manage import image, images, inspect, load, remove, save, tag
+from graphdriver.images.manage import Removal, image, images, inspect, load, remove, save, tag
 from graphdriver.images.records import ImageRecord
 
 __all__ = [
     "Container",
     "ImageRecord",
+    "Removal",
     "commit",
     "container",
     "containers",
