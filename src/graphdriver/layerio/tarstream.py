@@ -442,7 +442,7 @@ class TarReader:
 
     def _sparse_entry(self, entry: TarEntry) -> None:
         """A sparse file's stored bytes are not the file's content (that is unpacked from
-        them): they go to ``raw_sink``, and ``entry_sink`` is told of an empty file."""
+        them): they go to ``raw_sink``, and ``entry_sink`` is told of an entry of size 0."""
         raw = self._raw_sink
         self._data_sink = None if raw is None else lambda chunk: raw(bytes(chunk))
         if self._entry_sink is not None:
