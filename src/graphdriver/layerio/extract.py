@@ -551,9 +551,7 @@ class _Extractor(Extraction):
             return 0
         if e.pax and t in REGULAR_TYPES and e.sparse is None and pax.sparse(e.pax):
             # Its data is the packed extents (and map), in a layout this reader does not know.
-            version = b".".join(e.pax.get(k, b"?") for k in ("GNU.sparse.major", "GNU.sparse.minor"))
-            why = f"unsupported PAX sparse file format {version.decode(errors='replace')}"
-            raise ArchiveError(e.name, why)
+            raise ArchiveError(e.name, sparse.unknown_version(e.pax))
         pfd = self._dir_fd(parent)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)

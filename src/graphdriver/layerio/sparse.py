@@ -70,6 +70,12 @@ def _err(name: str, why: str) -> CorruptArchive:
     return CorruptArchive(name, why)
 
 
+def unknown_version(records: dict[str, bytes]) -> str:
+    """Why PAX *records* of a sparse file in a version no reader knows are refused."""
+    version = b".".join(records.get(k, b"?") for k in ("GNU.sparse.major", "GNU.sparse.minor"))
+    return f"unsupported PAX sparse file format {version.decode(errors='replace')}"
+
+
 def too_large(name: str) -> ArchiveError:
     """A sparse map past :data:`MAX_MAP`: refused (exit 1), not corrupt."""
     return ArchiveError(name, f"sparse map over {MAX_MAP >> 20} MiB: more fragments than this reader takes")
@@ -254,7 +260,9 @@ class Watch:
         self.found = False
 
     def __iter__(self) -> Iterator[SplitEntry]:
+        from graphdriver.layerio.tarsplit import SEGMENT
+
         for e in self._entries:
-            if not self.found and e.type == 2 and e.payload and may_hold_sparse(e.payload):
+            if not self.found and e.type == SEGMENT and e.payload and may_hold_sparse(e.payload):
                 self.found = True
             yield e

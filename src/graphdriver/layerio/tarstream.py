@@ -651,8 +651,7 @@ class TarReader:
             raise _err(name, "sparse file records on an entry that is no file")
         entry.sparse = sparse.from_pax(records, entry.size, _text(name))
         if entry.sparse is None:
-            version = b".".join(records.get(k, b"?") for k in ("GNU.sparse.major", "GNU.sparse.minor"))
-            raise _refuse(name, f"unsupported PAX sparse file format {_text(version)}")
+            raise _refuse(name, sparse.unknown_version(records))
 
     def _finish_entry(self, entry: TarEntry, name: bytes, link: bytes, meta: _Meta | None) -> TarEntry:
         """Apply PAX records, then GNU long names; settle the type and size."""
