@@ -301,6 +301,19 @@ def test_hostile_entries_refused(wstore, members):
     assert [n for n in os.listdir(wstore.driver.home) if not n.startswith(".")] == []
 
 
+@pytest.mark.parametrize("refused", [("etc/passwd", b"x", ""), ("../escape", b"x", "")])
+def test_an_apply_whose_first_entry_is_refused_leaves_the_layer_as_it_was(wstore, refused):
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("sb", "base", writable=True)
+    wstore.apply("sb", io.BytesIO(_plain_tar(("Files/kept.txt", b"kept", ""))))
+    with pytest.raises(ArchiveError):
+        wstore.apply("sb", io.BytesIO(_plain_tar(refused, ("Files/new.txt", b"new", ""))))
+    assert wstore.layer("sb").damaged is None
+    with pytest.raises(ArchiveError):
+        wstore.apply("sb", io.BytesIO(_plain_tar(("Files/new.txt", b"new", ""), refused)))
+    assert wstore.layer("sb").damaged
+
+
 def test_hardlinks_outside_the_volumes_refused(wstore):
     import_entries(wstore, "base", wingen.base_layer())
     with pytest.raises(ArchiveError, match="invalid hard link"):

@@ -421,6 +421,42 @@ def test_an_apply_of_what_is_no_tarball_leaves_the_layer_as_it_was(store):
     store.unmount("base")
 
 
+def _tar_of(*entries: tuple[str, bytes, int]) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, uid in entries:
+            info = tarfile.TarInfo(name)
+            info.size, info.uid = len(data), uid
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("refused", [("../escape", b"x", 0), ("/../../escape", b"x", 0),
+                                     ("f", b"x", 2**32 - 1), (".wh.gone/child", b"x", 0)])
+def test_an_apply_whose_first_entry_is_refused_leaves_the_layer_as_it_was(store, refused):
+    """An entry refused before any of it is written, first in the archive: the layer is
+    untouched, so it stays whole and keeps what its import recorded; after a written
+    entry, the same refusal leaves it damaged."""
+    from graphdriver.errors import GraphDriverError
+
+    imported = make_tar({"f": F(b"base")})
+    store.import_layer("base", None, io.BytesIO(imported))
+    digest = store.layer("base").diff_digest
+    with pytest.raises(GraphDriverError):
+        store.apply("base", io.BytesIO(_tar_of(refused, ("g", b"y", 0))))
+    record = store.layer("base")
+    assert (record.damaged, record.diff_digest) == (None, digest)
+    assert _read(store, "base", "f") == b"base"
+    out = io.BytesIO()
+    store.diff("base", out)
+    assert out.getvalue() == imported
+    with pytest.raises(GraphDriverError):
+        store.apply("base", io.BytesIO(_tar_of(("g", b"y", 0), refused)))
+    assert store.layer("base").damaged
+
+
 def test_a_damaged_layer_is_refused_as_a_parent_on_the_command_line(store, tmp_path):
     """create/import on a layer whose apply failed, and mount of a layer on it: exit 6 in one
     line naming the damaged layer; no half-applied file is ever shown through a child."""

@@ -323,17 +323,22 @@ class Extraction:
                 raise
             if e is None:
                 break
-            began = True
             if self.stale or len(self.dirs) > _DIR_CACHE_SIZE:
                 self._trim_cache()
             try:
                 size += self._entry(e)
+            except GraphDriverError as x:
+                # A format marks an entry it refused before writing any of it; the
+                # layer is untouched only if no entry before it was written either.
+                x.wrote_nothing = x.wrote_nothing and not began
+                raise
             except OSError as x:
                 raise ArchiveError(e.name, self._error_text(x)) from x
             except ValueError as x:  # a NUL byte in a name
                 raise ArchiveError(e.name, str(x)) from x
             except OverflowError as x:  # a number no system call takes
                 raise ArchiveError(e.name, "a number in the entry is out of range") from x
+            began = True
         try:
             self._finish()
         except OSError as x:
@@ -524,34 +529,22 @@ class _Extractor(Extraction):
         self._keep_times(root_fd, "")
 
     def _entry(self, e: TarEntry) -> int:
-        t = e.type
-        if t in _NO_FILE_TYPES:
+        if e.type in _NO_FILE_TYPES:
             return 0
-        if e.sparse is not None:
-            t = te.REG  # its data is unpacked into a regular file
-        elif t not in _KNOWN_TYPES:
-            kind = _UNSUPPORTED_TYPES.get(t)
-            why = f"unsupported entry type {t!r}" + (f" ({kind})" if kind else "")
-            raise ArchiveError(e.name, why)
-        if not e.name:
-            raise ArchiveError(e.name, "empty name")
-        rel = clean_name(e.name, e.name)
-        if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
-            # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be
-            # set (the root entry's and an overlay whiteout's are set too).
-            raise ArchiveError(e.name, f"owner {e.uid}:{e.gid} is not a valid user and group id")
-        parent, _, base = rel.rpartition("/")
-        if WHITEOUT_PREFIX in parent and self._below_reserved(e, parent):
-            return 0
+        try:
+            t, rel = self._admit(e)
+            parent, _, base = rel.rpartition("/")
+            if WHITEOUT_PREFIX in parent and self._below_reserved(e, parent):
+                return 0
+        except GraphDriverError as x:
+            x.wrote_nothing = True  # of this entry (see Extraction.run)
+            raise
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(e, parent, base)
             return 0
         if rel == ".":
             self._root(e)
             return 0
-        if e.pax and t in REGULAR_TYPES and e.sparse is None and pax.sparse(e.pax):
-            # Its data is the packed extents (and map), in a layout this reader does not know.
-            raise ArchiveError(e.name, sparse.unknown_version(e.pax))
         pfd = self._dir_fd(parent)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
@@ -567,6 +560,30 @@ class _Extractor(Extraction):
             self._special(e, rel, pfd, base)
         self.created.add(rel)
         return 0
+
+    def _admit(self, e: TarEntry) -> tuple[str, str]:
+        """The type *e* is written as and its clean path; raises for an entry refused outright.
+
+        Nothing is written before these checks, so an archive whose first entry
+        fails them leaves the layer as it was.
+        """
+        t = e.type
+        if e.sparse is not None:
+            t = te.REG  # its data is unpacked into a regular file
+        elif t not in _KNOWN_TYPES:
+            kind = _UNSUPPORTED_TYPES.get(t)
+            raise ArchiveError(e.name, f"unsupported entry type {t!r}" + (f" ({kind})" if kind else ""))
+        if not e.name:
+            raise ArchiveError(e.name, "empty name")
+        rel = clean_name(e.name, e.name)
+        if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
+            # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be
+            # set (the root entry's and an overlay whiteout's are set too).
+            raise ArchiveError(e.name, f"owner {e.uid}:{e.gid} is not a valid user and group id")
+        if e.pax and t in REGULAR_TYPES and e.sparse is None and pax.sparse(e.pax):
+            # Its data is the packed extents (and map), in a layout this reader does not know.
+            raise ArchiveError(e.name, sparse.unknown_version(e.pax))
+        return t, rel
 
     def _below_reserved(self, e: TarEntry, parent: str) -> bool:
         """Whether to skip an entry below a ``.wh.`` directory name (AUFS metadata).

@@ -20,7 +20,7 @@ import os
 import stat
 from typing import Any
 
-from graphdriver.errors import ArchiveError
+from graphdriver.errors import ArchiveError, GraphDriverError
 from graphdriver.fs import syscalls
 from graphdriver.fs.confine import find_in_lowers, is_symlink_error, open_dir_no_symlinks, open_no_symlinks
 from graphdriver.layerio import entry as te
@@ -128,15 +128,21 @@ class WindowsApplier(Extraction):
             self._refuse_lower_symlink("/".join(comps[:i]))
 
     def _entry(self, e: Any) -> int:
-        rel = clean_name(e.name, e.name)
+        try:
+            rel = clean_name(e.name, e.name)
+            parent, _, base = rel.rpartition("/")
+            tombstone = base.startswith(wintar.WHITEOUT_PREFIX)
+            if rel != "." and not tombstone and wintar.layer_root(rel) is None:
+                why = "not a Windows layer path: only Files/, Hives/ and UtilityVM/ exist"
+                raise ArchiveError(e.name, why)
+        except GraphDriverError as x:
+            x.wrote_nothing = True  # of this entry (see Extraction.run)
+            raise
         if rel == ".":
             return 0  # the archive's root: the layer folder is ours, not the layer's
-        parent, _, base = rel.rpartition("/")
-        if base.startswith(wintar.WHITEOUT_PREFIX):
+        if tombstone:
             self._tombstone(e, parent, base)
             return 0
-        if wintar.layer_root(rel) is None:
-            raise ArchiveError(e.name, "not a Windows layer path: only Files/, Hives/ and UtilityVM/ exist")
         path, stream = wintar.split_stream(rel)
         if ":" in parent:
             raise ArchiveError(e.name, "':' in a directory name")
