@@ -306,6 +306,14 @@ def test_image_ls_shows_when_the_image_was_made(tmp_path):
     assert listed["stored"].startswith("20") and listed["stored"] != listed["created"]
 
 
+def test_image_ls_shows_times_in_utc(tmp_path):
+    """A config time with an offset is shown in UTC, as every other time in the table."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/tz:1", created="2020-01-01T01:30:00+02:00")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    row = gd(tmp_path, "image", "ls").stdout.decode().splitlines()[1]
+    assert "2019-12-31 23:30:00" in row, row
+
+
 def test_inspect_gives_the_repository_digests(tmp_path):
     digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
     gd(tmp_path, "image", "load", str(tmp_path / "in"))
@@ -349,6 +357,9 @@ def test_no_image_for_a_platform_names_the_variants():
     assert "no image for platform linux/arm/v6 (it has linux/arm/v7, linux/arm64)" in str(caught.value)
     assert select_platform([arm, arm64], "linux/arm", "image x") is arm
     assert select_platform([arm, arm64], "linux/arm64/v8", "image x") is arm64  # arm64 means v8
+    nested = oci.Descriptor(oci.OCI_INDEX, "sha256:" + "3" * 64, 1)  # an index in the index: no platform
+    with pytest.raises(NotFound, match=r"\(it has an entry without a platform, linux/arm64\)$"):
+        select_platform([nested, arm64], "linux/amd64", "image x")
 
 
 # ----- save ---------------------------------------------------------------------------------------------

@@ -247,6 +247,33 @@ def test_save_through_a_symlink_writes_what_it_names_and_keeps_the_link(tmp_path
     assert (tmp_path / "plain.tar").read_bytes() == expected and (tmp_path / "link").is_symlink()
 
 
+def test_save_without_a_file_writes_the_archive_to_standard_output(tmp_path):
+    """As ``docker save``: no -o (or -o -) is standard output, never a terminal (exit 2)."""
+    import pty
+
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    save = ("image", "save", "localhost/made:1")
+    for fmt in ("docker-archive", "oci-archive"):
+        gd(tmp_path, "vfs", *save, "-o", str(tmp_path / "f.tar"), "--format", fmt)
+        expected = (tmp_path / "f.tar").read_bytes()
+        assert gd(tmp_path, "vfs", *save, "--format", fmt).stdout == expected
+        assert gd(tmp_path, "vfs", *save, "-o", "-", "--format", fmt).stdout == expected
+    assert not Path("-").exists()
+    proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "--format", "oci", check=False)
+    assert proc.returncode == 2 and proc.stdout == b""
+    leader, follower = pty.openpty()
+    try:
+        cmd = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"), "--driver", "vfs",
+               "image", "save", "localhost/made:1"]
+        proc = subprocess.run(cmd, stdout=follower, stderr=subprocess.PIPE, check=False,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 2 and b"terminal" in proc.stderr
+
+
 def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_name):
     digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2])
     assert gd(tmp_path, driver_name, "image", "load", str(tmp_path / "in")).stdout == b"localhost/made:1\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,47 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     assert inspected["ManifestDigest"] == digest
     missing = gd(other, "image", "pull", f"{registry.host}/nothing:1", "--insecure", check=False)
     assert missing.returncode == 3 and missing.stderr.count(b"\n") == 1
+
+
+@contextlib.contextmanager
+def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) -> Iterator[str]:
+    """A registry on localhost answering each GET with ``answer(path)``: (status, body, headers);
+    yields its host."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code, body, headers = answer(self.path)
+            self.send_response(code)
+            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_registry_refusals_are_told_in_words(tmp_path):
+    """A 401 without a challenge is a refusal (exit 1), not an unsupported scheme (7); an
+    error body without a message and a refused connection read as words, not as Python."""
+    unknown = b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'
+    with fake_registry(lambda path: (401, b"", {}) if "/bare/" in path else (404, unknown, {})) as host:
+        bare = gd(tmp_path, "image", "pull", f"{host}/bare/x:1", "--insecure", check=False)
+        assert bare.returncode == 1 and b"WWW-Authenticate" in bare.stderr, bare.stderr
+        missing = gd(tmp_path, "image", "pull", f"{host}/gone:1", "--insecure", check=False)
+        assert missing.returncode == 3, missing.stderr
+        assert missing.stderr.endswith(b"HTTP 404 (MANIFEST_UNKNOWN)\n"), missing.stderr
+    refused = gd(tmp_path, "image", "pull", f"{host}/gone:1", "--insecure", check=False)  # ~8 s of retries
+    assert refused.returncode == 1 and refused.stderr.endswith(b"connection refused\n"), refused.stderr
 
 
 def test_basic_auth_with_credentials_from_the_auth_file(tmp_path):
@@ -363,7 +405,6 @@ def test_bearer_tokens_per_repository_scope(tmp_path):
 
 def test_busy_and_failing_answers_are_retried_then_given_up(tmp_path, monkeypatch):
     """429 (with Retry-After) and 503 are retried with backoff; a registry that keeps failing is given up."""
-    import http.server
 
     from graphdriver.images import registry as client
     from graphdriver.images.reference import parse
@@ -371,36 +412,23 @@ def test_busy_and_failing_answers_are_retried_then_given_up(tmp_path, monkeypatc
     answers = [429, 503, 200]
     seen: list[int] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            code = answers.pop(0) if answers else 503
-            seen.append(code)
-            body = b'{"schemaVersion":2}' if code == 200 else b"{}"
-            self.send_response(code)
-            if code == 429:
-                self.send_header("Retry-After", "0")
-            self.send_header("Content-Type", client.oci.OCI_MANIFEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(_path: str) -> tuple[int, bytes, dict[str, str]]:
+        code = answers.pop(0) if answers else 503
+        seen.append(code)
+        body = b'{"schemaVersion":2}' if code == 200 else b"{}"
+        headers = {"Content-Type": client.oci.OCI_MANIFEST}
+        if code == 429:
+            headers["Retry-After"] = "0"
+        return code, body, headers
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(client, "_BACKOFF", 0.01)
-    host = f"127.0.0.1:{server.server_address[1]}"
-    try:
-        with client.Registry(parse(f"{host}/a:1"), insecure=True) as reg:
-            data, _ = reg.manifest("1")
-            assert data == b'{"schemaVersion":2}' and seen == [429, 503, 200]
-            seen.clear()
-            with pytest.raises(client.RegistryError, match="gave up after 5 attempts"):
-                reg.manifest("1")
-            assert seen == [503] * client.ATTEMPTS
-    finally:
-        server.shutdown()
+    with fake_registry(answer) as host, client.Registry(parse(f"{host}/a:1"), insecure=True) as reg:
+        data, _ = reg.manifest("1")
+        assert data == b'{"schemaVersion":2}' and seen == [429, 503, 200]
+        seen.clear()
+        with pytest.raises(client.RegistryError, match="gave up after 5 attempts"):
+            reg.manifest("1")
+        assert seen == [503] * client.ATTEMPTS
 
 
 def test_a_windows_image_is_picked_from_an_index_with_platform(tmp_path, registry):
@@ -536,6 +564,15 @@ def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
     assert gd(tmp_path, "image", "inspect", f"{registry.host}/other@{digest}", check=False).returncode == 3
     assert "deleted image" not in gd(tmp_path, "prune").stdout.decode()  # not dangling
     assert gd(tmp_path, "image", "inspect", by_digest).returncode == 0
+    # As in Docker: the last tag of another repository goes alone (the digested reference
+    # keeps the image); the last tag of the same repository takes that reference with it.
+    gd(tmp_path, "image", "tag", by_digest, "localhost/t:1")
+    assert gd(tmp_path, "image", "rm", "localhost/t:1").stdout == b"Untagged: localhost/t:1\n"
+    assert gd(tmp_path, "image", "inspect", by_digest).returncode == 0
+    gd(tmp_path, "image", "tag", by_digest, f"{registry.host}/made:2")
+    gone = gd(tmp_path, "image", "rm", f"{registry.host}/made:2").stdout.decode()
+    assert gone.startswith(f"Untagged: {registry.host}/made:2\nUntagged: {by_digest}\nDeleted: ")
+    gd(tmp_path, "image", "pull", by_digest, "--insecure")
     # An index pulled by its digest is found by that digest.
     layout = tmp_path / "multi"
     multi_platform_layout(layout, {"linux/amd64": ([LAYER1], "linux"), "linux/arm64": ([LAYER2], "linux")},
@@ -640,7 +677,7 @@ def test_a_download_that_fills_the_disk_leaves_no_partial_file(tmp_path, monkeyp
     images = ImageStore(str(tmp_path / "store"))
     desc = oci.Descriptor(oci.OCI_LAYER, "sha256:" + "a" * 64, 5000)
     with pytest.raises(OSError, match="No space left"):
-        distribution._download_all(reg, images, [desc], True, lambda _line: None)
+        distribution._download_all(reg, images, [desc], True, lambda _line: None, [])
     assert not [n for n in os.listdir(images.blobs_dir) if n.endswith(".download")]
 
 
@@ -669,6 +706,29 @@ def test_a_blob_the_registry_holds_shorter_than_its_descriptor_is_an_integrity_f
     gd(tmp_path, "cleanup")
     blobs = tmp_path / "store/images/blobs/sha256"
     assert not [p.name for p in blobs.iterdir() if ".download" in p.name] if blobs.exists() else True
+
+
+def test_a_pull_that_fails_leaves_no_blob_behind(tmp_path, registry):
+    """Issue: the first layer downloaded, the second not what its digest says: exit 6, and
+    neither blob is left (on a store that had nothing yet, cleanup used to skip images)."""
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/bad:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/bad:1"], check=True)
+    manifest = skopeo_json("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/bad:1")
+    blob = _registry_blob(registry, manifest["layers"][1]["digest"])
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 1
+    blob.write_bytes(bytes(damaged))
+    pulled = gd(tmp_path, "image", "pull", f"{registry.host}/bad:1", "--insecure", check=False)
+    assert pulled.returncode == 6, pulled.stderr
+    blobs = tmp_path / "store/images/blobs/sha256"
+    assert [p.name for p in blobs.iterdir()] == []
+    assert gd(tmp_path, "layers").stdout == b""
+    # What a pull killed before it could tidy up leaves, cleanup removes on such a store too.
+    (blobs / ("0" * 64)).write_bytes(b"left")
+    done = gd(tmp_path, "cleanup").stdout.decode()
+    assert done == f"removed blob sha256:{'0' * 64}, which no image names\n"
+    assert [p.name for p in blobs.iterdir()] == []
 
 
 def test_a_kept_blob_damaged_on_disk_is_never_handed_on(tmp_path, registry):

@@ -143,7 +143,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                                  "machine's)", metavar="OS/ARCH")),
     Command("image save", "NAME", "write an image as a docker-archive (default), an oci-archive or "
             "an OCI layout folder",
-            Option("-o|--output", "the file (or folder, for oci) to write", metavar="PATH"),
+            Option("-o|--output", "the file (or folder, for oci) to write; - or none: standard output",
+                   metavar="PATH"),
             Option("--format", "docker-archive, oci-archive or oci", metavar="FORMAT")),
     Command("image pull", "REF", "pull an image from a registry (OCI distribution API); prints its name",
             Option("--insecure", "plain http (a local registry)"),

@@ -158,8 +158,10 @@ DOCS: dict[str, Doc] = {
                       {2: "not a platform OS/ARCH[/VARIANT]", 3: "no such file, or no image for the platform",
                        6: "a digest or DiffID does not match"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
-                      "folder; layer tarballs are the loaded ones byte for byte.",
+                      "folder; layer tarballs are the loaded ones byte for byte. Without -o (or with -o -), "
+                      "an archive goes to standard output, never to a terminal.",
                       [("graphdriver image save deb:2 -o deb.tar", "a docker-archive"),
+                       ("graphdriver image save deb:2 | gzip > deb.tar.gz", "to standard output"),
                        ("graphdriver image save deb:2 -o deb-oci --format oci", "an OCI layout")],
                       {2: "not an image name, or an id prefix several images start with", 3: "no such image"}),
     "image pull": Doc("images", "Pulls an image from a registry over the OCI distribution API: layers the store "

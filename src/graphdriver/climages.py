@@ -69,9 +69,19 @@ def image_push(store: Store, args: Args) -> int:
 
 
 def image_save(store: Store, args: Args) -> int:
-    if not args.output:
-        raise UsageError("image save needs -o PATH", args.command)
-    manage.save(store, args.name, args.output, args.format or "docker-archive", quiet=args.quiet)
+    fmt = args.format or "docker-archive"
+    if args.output and args.output != "-":
+        manage.save(store, args.name, args.output, fmt, quiet=args.quiet)
+        return 0
+    # An archive goes to standard output, as ``docker save`` writes it, but never to a terminal.
+    if fmt == "oci":
+        raise UsageError("image save --format oci needs -o DIR (an OCI layout is a folder)", args.command)
+    if sys.stdout is not None and sys.stdout.isatty():
+        raise UsageError("image save will not write an archive to a terminal: give -o FILE or redirect "
+                         "standard output", args.command)
+    from graphdriver.cliio import stdout
+
+    manage.save(store, args.name, stdout(), fmt, quiet=args.quiet)
     return 0
 
 
@@ -84,13 +94,28 @@ def image_ls(store: Store, args: Args) -> int:
     else:
         rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "LAYERS"]]
         for r in records:
-            created = manage.created(store, r)[:19].replace("T", " ") or "-"
+            created = _utc(manage.created(store, r)) or "-"
             rows += [[repo, tag, r.id[7:19], created, str(len(r.layers))] for repo, tag in _repo_tags(r)]
         _table(rows)
     # A corrupt record is named, not fatal: the other images are listed.
     for error in bad:
         sys.stderr.write(f"{PROG}: {error}\n")
     return 0
+
+
+def _utc(text: str) -> str:
+    """An RFC 3339 time as ``YYYY-MM-DD HH:MM:SS`` in UTC, as the tables show times (what
+    is no such time, shown as it is)."""
+    import re
+
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.\d+)?([Zz]|[+-]\d\d:\d\d)", text)
+    if m is None:
+        return text[:19].replace("T", " ")
+    import datetime
+
+    offset = "+00:00" if m[3] in "Zz" else m[3]
+    when = datetime.datetime.fromisoformat(f"{m[1]}T{m[2]}{offset}").astimezone(datetime.UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ls_json(store: Store, record: ImageRecord) -> dict[str, object]:
@@ -216,7 +241,7 @@ def container_ls(store: Store, args: Args) -> int:
     else:
         names = {r.id: (r.names[0] if r.names else r.id[7:19]) for r in manage.images(store)}
         rows = [["NAME", "IMAGE", "CREATED"]]
-        rows += [[c.name, names.get(c.image, c.image[7:19]), c.created[:19].replace("T", " ")] for c in found]
+        rows += [[c.name, names.get(c.image, c.image[7:19]), _utc(c.created)] for c in found]
         _table(rows)
     for error in bad:  # named, not fatal, as a corrupt image or layer record
         sys.stderr.write(f"{PROG}: {error}\n")

@@ -52,14 +52,25 @@ def pull(store: Store, name: str, *, insecure: bool = False, platform: str | Non
     digested reference (``host:5000/team/app@sha256:...``, podman's
     RepoDigests), so the image is listed with its repository and found by it.
     """
-    from graphdriver.images.registry import Registry
-
     ref = reference.parse(name)
     if reference.is_ambiguous(ref):
         raise InvalidArgument(f"image name {shorten(name)!r}", "sha256:... is an image id, not a name")
     parse_platform(platform)  # a usage error before the registry is asked
     images = ImageStore(store.root)
-    say = report or (lambda _line: None)
+    fetched: list[str] = []  # the blobs this pull downloaded: gone again if it fails
+    try:
+        return _pull(store, images, ref, insecure, platform, quiet, report or (lambda _line: None), fetched)
+    except BaseException:
+        from graphdriver.images.recovery import forget_blobs
+
+        forget_blobs(images, fetched)
+        raise
+
+
+def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: bool, platform: str | None,
+          quiet: bool, say: Callable[[str], None], fetched: list[str]) -> ImageRecord:
+    from graphdriver.images.registry import Registry
+
     with Registry(ref, insecure=insecure) as reg, Pending(images, f"pull {ref}"):
         data, media = reg.manifest(ref.digest or ref.tag or "latest")
         chosen_by_index = media in oci.INDEXES
@@ -78,7 +89,7 @@ def pull(store: Store, name: str, *, insecure: bool = False, platform: str | Non
         if not chosen_by_index:
             check_platform(config, platform, f"image {ref}")
         diff_ids = oci.diff_ids_of(oci.load_json(config, f"config of {ref}"), str(ref))
-        _download_all(reg, images, _wanted(store, images, layer_descs, diff_ids, say), quiet, say)
+        _download_all(reg, images, _wanted(store, images, layer_descs, diff_ids, say), quiet, say, fetched)
         layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
         names = [str(ref)] if ref.digest is None else []
         digests = [f"{ref.repository}@{ref.digest}"] if ref.digest is not None else []
@@ -110,7 +121,9 @@ def _blob_opener(images: ImageStore, digest: str) -> Callable[[], BinaryIO] | No
 
 
 def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], quiet: bool,
-                  say: Callable[[str], None]) -> None:
+                  say: Callable[[str], None], fetched: list[str]) -> None:
+    """Download *descs* into the blob folder (each blob once across processes); the digests
+    of those this process downloaded are added to *fetched*."""
     from graphdriver import progress
     from graphdriver.images.registry import Registry
 
@@ -131,6 +144,7 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
                             atomic.remove_file(partial)
                         raise
                     os.rename(partial, final)
+                    fetched.append(desc.digest)
             finally:
                 # Removed while held: a waiter then finds the file it locked unnamed, and
                 # takes the one now at the path (see locked), never the same lock as another.

@@ -7,7 +7,7 @@ The functions of the public API (``graphdriver.images``); the command line's
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Precondition
 from graphdriver.fs import atomic
@@ -38,9 +38,10 @@ def load_named(store: Store, path: str, *, platform: str | None = None, quiet: b
         return list(zip(load_images(store, sources, quiet=quiet, report=report), loaded, strict=True))
 
 
-def save(store: Store, name: str, path: str, fmt: str = "docker-archive", *,
+def save(store: Store, name: str, path: str | BinaryIO, fmt: str = "docker-archive", *,
          quiet: bool = True) -> ImageRecord:
-    """Write image *name* to *path* as a docker-archive, an oci-archive or an OCI layout (``oci``)."""
+    """Write image *name* to *path* as a docker-archive, an oci-archive or an OCI layout (``oci``);
+    an archive may go into a binary stream instead (standard output, say)."""
     from graphdriver.images import saving
 
     record, by_name = ImageStore(store.root).lookup(name)
@@ -176,12 +177,16 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
         every_name = [*record.names, *record.digests, *record.pushed]  # in full, as stored
         if by_name:
             full = str(reference.parse(name))
-            # As Docker does: a tag goes alone while the image has another (the last
-            # takes the digested references with it), a digested reference kept from
-            # a pull by digest while the image has any other name.
+            # As Docker does: a tag goes alone; the last tag of a repository takes that
+            # repository's digested references with it, and the image goes only when
+            # no name at all is left (a digested reference of another repository keeps it).
             refs, others = [], 0
             if full in record.names:
-                refs, others = record.names, len(record.names) - 1
+                repository = reference.parse(name).repository
+                refs = record.names
+                if not any(_in_repository(n, repository) for n in record.names if n != full):
+                    record.digests = [n for n in record.digests if not _in_repository(n, repository)]
+                others = len(record.names) - 1 + len(record.digests)
             elif full in record.digests:
                 refs, others = record.digests, len(record.names) + len(record.digests) - 1
             elif full in record.pushed:  # where it was pushed: forgotten; no name goes with it

@@ -9,12 +9,14 @@ Nothing an image or container record names is ever removed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
 from graphdriver.errors import GraphDriverError
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import is_held, remove_abandoned
+from graphdriver.images.oci import hex_of
 from graphdriver.images.records import ImageStore
 
 if TYPE_CHECKING:
@@ -26,12 +28,7 @@ def cleanup(store: Store) -> list[str]:
     images = ImageStore(store.root)
     done: list[str] = []
     alive = False
-    try:
-        markers = sorted(n for n in os.listdir(images.pending_dir) if n.endswith(".json"))
-    except FileNotFoundError:
-        markers = []
-    for name in markers:
-        path = os.path.join(images.pending_dir, name)
+    for path in _markers(images):
         if is_held(path + ".lock"):
             alive = True
             continue
@@ -105,9 +102,27 @@ def _remove_partials(images: ImageStore) -> list[str]:
     return done
 
 
-def _remove_unreferenced(images: ImageStore) -> list[str]:
+def _markers(images: ImageStore) -> list[str]:
+    """The pending markers' paths, sorted."""
     try:
-        names = os.listdir(images.blobs_dir)
+        names = sorted(n for n in os.listdir(images.pending_dir) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(images.pending_dir, n) for n in names]
+
+
+def forget_blobs(images: ImageStore, digests: list[str]) -> None:
+    """Remove the blobs *digests* (what a failed pull downloaded) that no record names, unless
+    a load, pull or commit is running: it may be about to name them (``cleanup`` does it later)."""
+    if digests and not any(is_held(path + ".lock") for path in _markers(images)):
+        with contextlib.suppress(OSError, GraphDriverError):  # never hiding why the pull failed
+            _remove_unreferenced(images, {hex_of(d) for d in digests})
+
+
+def _remove_unreferenced(images: ImageStore, only: set[str] | None = None) -> list[str]:
+    """Remove the blobs no record names (of those *only* names, when given)."""
+    try:
+        names = os.listdir(images.blobs_dir) if only is None else sorted(only)
     except FileNotFoundError:
         return []
     keep = images.referenced_blobs()

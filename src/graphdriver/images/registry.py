@@ -192,7 +192,7 @@ class Registry:
             except self.requests.exceptions.SSLError as e:
                 raise self._tls_error(e) from e  # a handshake fails the same way every time
             except (self.requests.ConnectionError, self.requests.Timeout) as e:
-                self._wait(attempt, None, f"{method} {path}: {e}")
+                self._wait(attempt, None, f"{method} {self._where(path)}: {_connection_failure(e)}")
                 continue
             if resp.status_code == 401 and not authed_once:
                 authed_once = True
@@ -240,7 +240,8 @@ class Registry:
         detail = ""
         try:
             errors = resp.json().get("errors") or []
-            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
+            detail = "; ".join(": ".join(shorten(str(e[k]), 200) for k in ("code", "message") if e.get(k))
+                               for e in errors if isinstance(e, dict))
         except ValueError:
             pass
         what = f"{method} {self._where(path)}"
@@ -264,6 +265,9 @@ class Registry:
             user, password = self.creds
             self.auth_header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             return
+        if not header.strip():
+            raise RegistryError(f"registry {self.host}", "refused the request (HTTP 401) without saying "
+                                "how to authenticate (no WWW-Authenticate header)")
         if scheme != "bearer" or "realm" not in params:
             raise Unsupported(f"registry {self.host}", f"unknown authentication {shorten(header)!r}")
         scope = params.get("scope") or f"repository:{repo}:{self.actions}"
@@ -440,6 +444,21 @@ def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
 
 def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + f"digest={digest}"
+
+
+def _connection_failure(error: Exception) -> str:
+    """What a failed connection comes down to, in words (not the HTTP library's nested reprs)."""
+    import re
+
+    text = str(error)
+    found = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
+    if found:
+        return found.group(1).strip().rstrip(":").lower()
+    if "timed out" in text.lower():
+        return "timed out"
+    if "RemoteDisconnected" in text or "Connection aborted" in text or "ProtocolError" in text:
+        return "the connection was closed"
+    return type(error).__name__
 
 
 def _text(resp: Any) -> str:

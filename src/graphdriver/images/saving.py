@@ -52,13 +52,19 @@ class _Counting:
 class _Output:
     """Where the files of an archive go: a tarball, or a folder."""
 
-    def __init__(self, path: str, folder: bool, quiet: bool = True) -> None:
+    def __init__(self, path: str | BinaryIO, folder: bool, quiet: bool = True) -> None:
         self.quiet = quiet
-        self.folder = path if folder else None
         self.tar: BinaryIO | None = None
         self.written: set[str] = set()
-        self.path = path
         self.file: OutputFile | None = None
+        self.folder: str | None = None
+        self.made_folder = False
+        if not isinstance(path, str):  # a stream (standard output): written into as it goes
+            if folder:
+                raise InvalidArgument("an OCI layout", "is a folder: give one to write it to (-o DIR)")
+            self.tar = path
+            return
+        self.folder = path if folder else None
         #: A folder this save makes goes again with a failed save (one it adds to keeps its images).
         self.made_folder = folder and not os.path.lexists(path)
         if folder:
@@ -120,9 +126,12 @@ class _Output:
         self.tar.write(bytes(-size % _BLOCK))
 
     def close(self) -> None:
-        if self.file is not None and self.tar is not None:
+        if self.tar is not None:
             self.tar.write(bytes(2 * _BLOCK))
-            self.file.commit()
+            if self.file is not None:
+                self.file.commit()
+            else:
+                self.tar.flush()
 
     def abort(self) -> None:
         """Drop what a failed save wrote (the target keeps what it held)."""
@@ -148,9 +157,10 @@ def familiar(name: str) -> str:
     return name.removeprefix("docker.io/library/").removeprefix("docker.io/")
 
 
-def save(store: Store, record: ImageRecord, path: str, fmt: str = "docker-archive",
+def save(store: Store, record: ImageRecord, path: str | BinaryIO, fmt: str = "docker-archive",
          names: list[str] | None = None, quiet: bool = True) -> None:
-    """Write *record* to *path* in *fmt* (one of :data:`FORMATS`), named *names* (default its names)."""
+    """Write *record* to *path* (or, as an archive, into a binary stream) in *fmt* (one of
+    :data:`FORMATS`), named *names* (default its names)."""
     if fmt not in FORMATS:
         raise InvalidArgument(f"format {fmt!r}", f"must be one of {', '.join(FORMATS)}")
     images = ImageStore(store.root)

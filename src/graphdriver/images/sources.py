@@ -369,8 +369,11 @@ def _matches(have: dict[str, Any], want: tuple[str, str, str]) -> bool:
 
 
 def _describe(have: dict[str, Any]) -> str:
-    text = f"{have.get('os')}/{have.get('architecture')}"
-    return text + (f"/{have['variant']}" if have.get("variant") else "")
+    system, arch = have.get("os"), have.get("architecture")
+    if not system and not arch:
+        return "an entry without a platform"
+    text = f"{shorten(str(system or '?'), 40)}/{shorten(str(arch or '?'), 40)}"
+    return text + (f"/{shorten(str(have['variant']), 40)}" if have.get("variant") else "")
 
 
 def select_platform(candidates: list[Descriptor], wanted: str | None, what: str) -> Descriptor:

@@ -24,13 +24,26 @@ if TYPE_CHECKING:
 
 def cleanup(store: Store) -> list[str]:
     """Finish or undo whatever a crash interrupted; one line per thing done."""
-    done: list[str] = []
     if not store.settled:
         # No layer was ever stored: nothing to finish, and nothing is created; but a
-        # driver's probe killed half way left its scratch folder where the home would be.
+        # driver's probe killed half way left its scratch folder where the home would be,
+        # and a first pull that failed may have left blobs.
         from graphdriver.drivers.base import remove_probe_leftovers
 
-        return remove_probe_leftovers(_nearest_existing(store.root))
+        done = remove_probe_leftovers(_nearest_existing(store.root))
+    else:
+        done = _cleanup_layers(store)
+    if os.path.isdir(os.path.join(store.root, "images")):
+        # Images sit on the layers: their leftovers are removed through the
+        # store's own removal, so without its lock held here.
+        from graphdriver.images.recovery import cleanup as images_cleanup
+
+        done.extend(images_cleanup(store))
+    return done
+
+
+def _cleanup_layers(store: Store) -> list[str]:
+    done: list[str] = []
     with store.locked():
         for layer_id, marker in sorted(store.records.pending().items()):
             if store.records.is_live(layer_id):
@@ -56,12 +69,6 @@ def cleanup(store: Store) -> list[str]:
         done.extend(store.driver.cleanup(frozenset(store.records.ids())))
         done.extend(_remove_orphans(store))
         done.extend(_remove_stray_tarsplit(store))
-    if os.path.isdir(os.path.join(store.root, "images")):
-        # Images sit on the layers: their leftovers are removed through the
-        # store's own removal, so without its lock held here.
-        from graphdriver.images.recovery import cleanup as images_cleanup
-
-        done.extend(images_cleanup(store))
     return done
 
 
