@@ -551,6 +551,16 @@ def test_check_json_says_skipped_for_a_layer_it_could_not_verify(root):
     assert cli(root, "check").stdout.decode() == "e: skipped: no recorded digest (not imported)\nl: ok\n"
 
 
+def test_apply_with_a_parent_that_does_not_exist_is_not_found(root):
+    """As create, import, changes and diff: a --parent that is no layer is exit 3; one that
+    is a layer but not this one's parent is a usage error (2)."""
+    assert cli(root, "create", "z", "--rw").returncode == 0
+    assert cli(root, "create", "other").returncode == 0
+    tar = make_tar({"f": F(b"x")})
+    assert cli(root, "apply", "z", "--parent", "nope", "-", input=tar).returncode == 3
+    assert cli(root, "apply", "z", "--parent", "other", "-", input=tar).returncode == 2
+
+
 def _corrupt_archives() -> dict[str, bytes]:
     import gzip
 

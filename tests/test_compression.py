@@ -93,6 +93,23 @@ def test_tiny_uncompressed_inputs(data: bytes) -> None:
         assert reader.read() == data
 
 
+@pytest.mark.parametrize("first", ["BZhello", "\x1f\x8bname", "(\xb5/\xfdname", "\xfd7zXZ\x00", "BZh91AY"])
+def test_a_plain_tarball_whose_first_name_starts_like_a_magic_is_plain(first: str) -> None:
+    """Its first block is a tar header (its checksum says so): no compressed stream starts so."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        info = tarfile.TarInfo(first.rstrip("\x00"))
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    data = buf.getvalue()
+    assert sniff(data) is not Compression.NONE  # what the first bytes alone would say
+    for stream in (io.BytesIO(data), through_pipe(data, 7)):
+        reader, kind = open_decompressed(stream)
+        assert kind is Compression.NONE and reader.read() == data
+
+
 @pytest.mark.parametrize(
     ("kind", "levels"),
     [
@@ -206,8 +223,8 @@ def test_io_errors_are_not_reported_as_corruption() -> None:
             raise OSError(5, "Input/output error")
 
     stream: Any = Failing()
-    reader, _ = open_decompressed(stream)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError) as info:  # while sniffing the first block, or reading on
+        reader, _ = open_decompressed(stream)
         reader.read()
     assert not isinstance(info.value, ArchiveError) and info.value.errno == 5
 

@@ -18,6 +18,7 @@ from types import ModuleType
 
 from graphdriver.codecs import pure_forced
 from graphdriver.errors import CorruptArchive, Unsupported
+from graphdriver.layerio.entry import BLOCK, checksum_ok
 from graphdriver.typed import cast
 
 TYPE_CHECKING = False
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Compression", "open_compressor", "open_decompressed", "sniff"]
 
-# Enough to recognise every format below (xz's magic is the longest).
-_SNIFF_SIZE = 6
+# A tar header: enough to recognise every format below (xz's magic is the longest),
+# and to tell a plain tarball whose first name starts like a magic (``BZh...``).
+_SNIFF_SIZE = BLOCK
 _CHUNK = 1 << 16
 
 
@@ -151,8 +153,8 @@ def open_decompressed(fileobj: BinaryIO) -> tuple[BinaryIO, Compression]:
     """
     head, stream = _peek(fileobj)
     kind = sniff(head)
-    if kind is Compression.NONE:
-        return stream, kind
+    if kind is Compression.NONE or (len(head) == BLOCK and checksum_ok(head)):
+        return stream, Compression.NONE
     inner, errors = _DECOMPRESSORS[kind](stream)
     checked = _Checked(inner, kind, (EOFError, *errors))
     return cast("BinaryIO", io.BufferedReader(checked, _CHUNK)), kind

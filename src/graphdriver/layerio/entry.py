@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zlib import adler32
+
 from graphdriver.plain import Plain
 
 TYPE_CHECKING = False
@@ -30,6 +32,31 @@ GNU_MULTIVOL = "M"
 GNU_DUMPDIR = "D"
 
 REGULAR_TYPES = frozenset({REG, AREG, CONT})
+
+#: The size of a tar block, and of a header.
+BLOCK = 512
+_HIGH_BYTES = bytes(range(128, 256))
+
+
+def checksum_ok(blk: bytes) -> bool:
+    """Whether the 512-byte header *blk* holds the checksum of its bytes (unsigned or signed sum)."""
+    field = blk[148:156]
+    if field[0] & 0x80:
+        return False  # octal text only here, never base-256
+    # Octal text, padded with spaces or NULs on either side, ending at the first NUL after it.
+    text = field.strip(b" \x00").partition(b"\x00")[0]
+    if not text.isdigit() or b"8" in text or b"9" in text:
+        return False
+    stored = int(text, 8)
+    # Adler-32's low half is 1 + the byte sum mod 65521; the sum of 256 bytes
+    # cannot reach that, so two halves give the exact sum, fast.
+    total = (adler32(blk[:256]) & 0xFFFF) + (adler32(blk[256:]) & 0xFFFF) - 2
+    unsigned = total - sum(field) + 256  # the field counts as eight spaces
+    if stored == unsigned:
+        return True
+    # Historic tars summed signed chars: every byte >= 0x80 counts 256 less.
+    rest = blk[:148] + blk[156:]
+    return stored == unsigned - 256 * (len(rest) - len(rest.translate(None, _HIGH_BYTES)))
 
 
 class TarEntry(Plain):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from zlib import adler32 as _adler32
 
 from graphdriver import codecs
 from graphdriver.errors import ArchiveError, CorruptArchive
+from graphdriver.layerio import entry as te
 from graphdriver.layerio import pax, sparse
 from graphdriver.layerio.compression import sniff
 from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REGULAR_TYPES, SYM, TarEntry
+from graphdriver.layerio.entry import BLOCK as BLOCK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BLOCK", "DataSink", "EntrySink", "RawSink", "TarReader", "TarWriter"]
 
-BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 # Types whose header size field never announces data (Go and Python's tarfile
 # agree; see hdr-only.tar): any size there is ignored and reported as 0.
@@ -39,7 +39,6 @@ _MAX_META = 1 << 20
 # Bytes kept after the end-of-archive marker; real layers have a few KiB.
 _MAX_TRAILING = 1 << 26
 _CACHE_MAX = 4096
-_HIGH_BYTES = bytes(range(128, 256))
 _NS = 1_000_000_000
 _MAX_INT64 = (1 << 63) - 1
 # Callbacks of the reader: entry content arrives as memoryview slices, the rest as bytes.
@@ -118,36 +117,10 @@ def _number(field: bytes, what: str, name: bytes) -> int:
         raise _bad_number(what, name) from None
 
 
-def _checksum_ok(blk: bytes) -> bool:
-    """True if the stored checksum matches the unsigned or the signed byte sum."""
-    field = blk[148:156]
-    if field[6] == 0 and field[:6].isdigit():  # the usual "dddddd\0 "
-        try:
-            stored = int(field[:6], 8)
-        except ValueError:
-            return False
-    elif field[0] & 0x80:
-        return False  # octal text only here, never base-256
-    else:
-        try:
-            stored = _number(field, "chksum", b"")
-        except ArchiveError:
-            return False
-    # Adler-32's low half is 1 + the byte sum mod 65521; the sum of 256 bytes
-    # cannot reach that, so two halves give the exact sum, fast.
-    total = (_adler32(blk[:256]) & 0xFFFF) + (_adler32(blk[256:]) & 0xFFFF) - 2
-    unsigned = total - sum(field) + 256  # the field counts as eight spaces
-    if stored == unsigned:
-        return True
-    # Historic tars summed signed chars: every byte >= 0x80 counts 256 less.
-    rest = blk[:148] + blk[156:]
-    return stored == unsigned - 256 * (len(rest) - len(rest.translate(None, _HIGH_BYTES)))
-
-
 def _compressed(blk: bytes) -> str | None:
     """What a first block that is no tar header holds, if it is compressed data."""
     kind = sniff(blk).value
-    if kind == "none" or (len(blk) == BLOCK and _checksum_ok(blk)):
+    if kind == "none" or (len(blk) == BLOCK and te.checksum_ok(blk)):
         return None
     return f"{kind}-compressed data"
 
@@ -486,7 +459,7 @@ class TarReader:
             if len(blk) < BLOCK or blk == _ZERO_BLOCK:
                 self._end_of_archive(raw, blk)
                 return None
-            if not _checksum_ok(blk):
+            if not te.checksum_ok(blk):
                 if start == 0 and not raw:
                     raise _err("", "not a tar archive (bad header checksum)")
                 raise _err(_cstr(blk[:100]), "bad header checksum")

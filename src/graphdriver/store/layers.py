@@ -605,6 +605,7 @@ class Store:
             if record.read_only_store:
                 raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
             if parent is not None and parent != record.parent:
+                self._find(parent)  # a parent that does not exist is not found (3), as everywhere
                 raise InvalidArgument(
                     f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
                 )
