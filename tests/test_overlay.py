@@ -191,15 +191,40 @@ def test_additional_store_layers_mount_read_only(tmp_path):
         _release_all(tmp_path)
 
 
-def test_remove_unmounts_a_leaked_mount_first(d):
+def test_remove_refuses_a_mount_no_count_knows_and_unmount_force_releases_it(d, tmp_path):
+    """A union mounted though this run root counts nothing (a process with another run root
+    mounted it, or one died before counting): remove refuses (5), never deleting from
+    under it; ``unmount --force`` (put_all) unmounts it, and then remove goes on."""
     d.create("base", None)
     (diff_dir(d, "base") / "keep").write_bytes(b"k")
     d.create_rw("ctr", "base")
-    path = d._mount("ctr", "")  # mounted, but no count says so (a crash, say)
+    path = d._mount("ctr", "")
+    (Path(path) / "data").write_bytes(b"precious")
+    with pytest.raises(Precondition, match="not counted in this run root"):
+        d.remove("ctr")
+    assert (Path(path) / "data").read_bytes() == b"precious"
+    assert d.put_all("ctr") == 0 and not mounts.is_mount_point(path)
     d.remove("ctr")
     assert not os.path.exists(path)
     assert (diff_dir(d, "base") / "keep").read_bytes() == b"k"
     assert len(os.listdir(Path(d.home) / ".l")) == 1  # the base's
+
+
+def test_remove_with_another_run_root_refuses_a_mounted_layer(tmp_path):
+    from tests.conftest import run_cli
+
+    root = tmp_path / "store"
+    tar = make_tar({"f": F(b"base")})
+    run_cli("import", "b", "-", root=root, run_root=tmp_path / "A", driver="overlay", input=tar, check=True)
+    run_cli("create", "c", "--parent", "b", "--rw", root=root, run_root=tmp_path / "A", check=True)
+    path = run_cli("mount", "c", root=root, run_root=tmp_path / "A", check=True).stdout.decode().strip()
+    try:
+        refused = run_cli("remove", "c", root=root, run_root=tmp_path / "B")
+        assert refused.returncode == 5 and refused.stderr.count(b"\n") == 1, refused.stderr
+        assert mounts.is_mount_point(path) and run_cli("exists", "c", root=root).returncode == 0
+    finally:
+        run_cli("unmount", "c", root=root, run_root=tmp_path / "A", check=True)
+    assert run_cli("remove", "c", root=root, run_root=tmp_path / "B").returncode == 0
 
 
 def test_remove_drops_the_link(d):

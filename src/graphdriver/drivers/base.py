@@ -433,6 +433,10 @@ class Driver(abc.ABC):
         with self.counts.lock(key):
             if self._live_state(layer_id, key)[0] > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
+            if self._uncounted_mount(layer_id):
+                raise Precondition(f"layer {layer_id}", "is mounted, though not counted in this run root "
+                                   f"(mounted with another --run-root?); unmount --force {layer_id} "
+                                   "unmounts it")
             os.rename(folder, removing)
             # The layer is gone: its count lock goes with it (held here, so nobody counts).
             self.counts.forget_lock(key)
@@ -555,6 +559,11 @@ class Driver(abc.ABC):
         (a driver handing out a directory keeps its own counting)."""
         return False
 
+    def _uncounted_mount(self, layer_id: str) -> bool:
+        """Whether the layer's union is mounted though no count says so (a process with
+        another run root mounted it, or one died before counting it)."""
+        return False
+
     def _mount_gone(self, layer_id: str, path: str | None) -> bool:
         """Whether a counted kernel mount at *path* is not mounted any more."""
         if not self._kernel_mounts():
@@ -578,7 +587,7 @@ class Driver(abc.ABC):
         key = self._count_key(layer_id)
         with self.counts.lock(key):
             count, path = self.counts.state(key)
-            if count > 0 or (path and self._still_mounted(layer_id, path)):
+            if count > 0 or (path and self._still_mounted(layer_id, path)) or self._uncounted_mount(layer_id):
                 self._unmount(layer_id)
             self.counts.set(key, 0, "")
         return count

@@ -788,6 +788,12 @@ class OverlayDriver(Driver):
     def _kernel_mounts(self) -> bool:
         return True
 
+    def _uncounted_mount(self, layer_id: str) -> bool:
+        from graphdriver.fs import mounts
+
+        target = self._merged(self.resolve(layer_id))
+        return os.path.isdir(target) and mounts.is_mount_point(target)
+
     def _still_mounted(self, layer_id: str, path: str) -> bool:
         from graphdriver.fs import mounts
 
