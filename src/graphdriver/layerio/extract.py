@@ -236,6 +236,22 @@ def clean_name(name: str, entry: str, what: str = "path") -> str:
     return rel
 
 
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _is_whiteout_st(st: os.stat_result) -> bool:
+    """Whether *st* is overlay's whiteout: a character device 0/0."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_whiteout_at(dir_fd: int, name: str) -> bool:
+    try:
+        return _is_whiteout_st(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+    except OSError:
+        return False
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -545,7 +561,13 @@ class _Extractor(Extraction):
         if rel == ".":
             self._root(e)
             return 0
-        pfd = self._dir_fd(parent)
+        try:
+            pfd = self._dir_fd(parent)
+        except NotADirectoryError:
+            replaced = self._whiteout_on_the_way(parent) if self.overlay else None
+            if replaced is None:
+                raise
+            pfd = self._dir_replacing_whiteout(parent, *replaced)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
             self.created.add(rel)
@@ -711,9 +733,12 @@ class _Extractor(Extraction):
             if x.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
             # Something else than a directory is there (ELOOP: a symlink).
+            whiteout = self.overlay and _is_whiteout_at(pfd, base)
             self._remove(pfd, base, rel)
             sc.mkdir_at(base, 0o700, dir_fd=pfd)
             fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
+            if whiteout:
+                self._set_opaque(e.name, fd)
         old = self.dirs.get(rel)
         if old is not None:
             self.stale.append(old)
@@ -870,13 +895,40 @@ class _Extractor(Extraction):
             if fd is not None:
                 self._empty_opaque(fd, parent)
             return
-        fd = self._dir_fd(parent)
+        self._set_opaque(e.name, self._dir_fd(parent))
+
+    def _set_opaque(self, name: str, fd: int) -> None:
         try:
             sc.fsetxattr(fd, self.opts.opaque_xattr, b"y")
         except OSError as x:
             raise ArchiveError(
-                e.name, f"marking the directory opaque ({self.opts.opaque_xattr}): {x.strerror}"
+                name, f"marking the directory opaque ({self.opts.opaque_xattr}): {x.strerror}"
             ) from x
+
+    def _dir_replacing_whiteout(self, rel: str, parent: str, name: str) -> int:
+        """Overlay: directory *rel*, made through the whiteout device *name* of *parent* (a
+        path the layer deleted, then puts something below); the directory made in its place
+        is opaque, as an entry for it would have made it."""
+        self._remove(self._dir_fd(parent, create=False), name, _join(parent, name))
+        fd = self._dir_fd(rel)
+        self._set_opaque(rel, self._dir_fd(_join(parent, name), create=False))
+        return fd
+
+    def _whiteout_on_the_way(self, rel: str) -> tuple[str, str] | None:
+        """The (parent, name) of the whiteout device that directory *rel* runs into, if any."""
+        comps = rel.split("/")
+        for i in range(len(comps)):
+            parent = "/".join(comps[:i])
+            try:
+                pfd = self._dir_fd(parent, create=False)
+                st = os.stat(comps[i], dir_fd=pfd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if _is_whiteout_st(st):
+                return parent, comps[i]
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+        return None
 
     # ----- hardlink targets from lower layers ---------------------------------------
 

@@ -587,6 +587,32 @@ def test_whiteouts(store: Any, fmt: LayerFormat) -> None:
     assert view(store, "again", times=fmt.exact_times) == view(store, "top", times=fmt.exact_times)
 
 
+@oci_drivers
+@pytest.mark.parametrize("with_entry", [True, False], ids=["directory-entry", "implied-directory"])
+def test_a_directory_deleted_and_made_again_by_one_archive_holds_only_the_new(store: Any,
+                                                                               with_entry: bool) -> None:
+    """``.wh.d`` then ``d/`` (or only ``d/x``) in one layer: the lower ``d`` is gone and the
+    new one holds only what the layer puts there, on every driver (overlay marks it opaque)."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"d": D(), "d/in": F(b"secret")})))
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(tarfile.TarInfo(".wh.d"))
+        if with_entry:
+            info = tarfile.TarInfo("d")
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
+        info = tarfile.TarInfo("d/x")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    store.import_layer("top", "base", io.BytesIO(data.getvalue()))
+    tree = view(store, "top")
+    assert "d/x" in tree and "d/in" not in tree
+    assert [c for c in changes_of(store, "top") if c[1] != "/d"] == [(X, "/d/in"), (A, "/d/x")]
+    store.create("again", "base")
+    store.apply("again", io.BytesIO(diff_bytes(store, "top")))
+    assert "d/in" not in view(store, "again")
+
+
 @every_driver
 def test_same_path_twice_last_wins(store: Any, fmt: LayerFormat) -> None:
     data = io.BytesIO()
