@@ -186,6 +186,18 @@ def test_read_only_commands_on_a_new_root_create_nothing_and_fix_no_driver(root,
     assert json.loads((root / "store.json").read_text())["driver"] == "vfs"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["mount", "a"], ["unmount", "a"], ["remove", "a"], ["diff", "a"], ["changes", "a"],
+     ["apply", "a", "-"], ["create", "a", "--parent", "nope"], ["import", "a", "--parent", "nope", "-"]],
+    ids=lambda a: " ".join(a),
+)
+def test_a_command_that_fails_on_a_new_root_leaves_nothing(root, tmp_path, args):
+    r = run_cli(*args, root=root / "deeper", driver="vfs", input=make_tar({"f": F(b"x")}))
+    assert r.returncode == 3 and r.stderr.count(b"\n") == 1, r.stderr
+    assert not root.exists()
+
+
 def test_a_store_that_holds_nothing_takes_the_driver_asked_for(root, tmp_path):
     # store.json as an earlier version's read-only command left it, and nothing else.
     for sub in ("layers", "pending", "tarsplit", "overlay/.l"):

@@ -536,6 +536,38 @@ def test_works_without_privilege(tmp_path: Path) -> None:
 
 
 @needs_root
+def test_a_parent_this_user_cannot_read_is_unsupported_without_privilege(tmp_path: Path) -> None:
+    """A directory of mode 0000 in the parent stops the copy without root: exit 7, told in words."""
+    os.chmod(tmp_path, 0o755)
+    for parent in tmp_path.parents:
+        if parent == Path("/tmp"):
+            break
+        os.chmod(parent, os.lstat(parent).st_mode | 0o005)
+    work = tmp_path / "nobody"
+    work.mkdir()
+    os.chown(work, 65534, 65534)
+
+    def scenario() -> str:
+        driver = VfsDriver(DriverConfig(home=str(work / "home"), run_root=str(work / "run")))
+        driver.create("base", None)
+        closed = fs_of(driver, "base") / "d0"
+        closed.mkdir()
+        (closed / "f").write_bytes(b"x")
+        closed.chmod(0)
+        try:
+            driver.create_rw("ctr", "base")
+        except Unsupported as e:
+            return str(e)
+        finally:
+            closed.chmod(0o700)
+        return ""
+
+    said = as_nobody(scenario)
+    assert said.startswith("layer ctr: cannot copy the tree of parent base: Permission denied"), said
+    assert "Errno" not in said
+
+
+@needs_root
 def test_probe_refuses_an_unwritable_home_without_privilege(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     for parent in tmp_path.parents:

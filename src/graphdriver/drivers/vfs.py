@@ -126,7 +126,9 @@ class VfsDriver(Driver):
             if self.copy_mode == "reflink" and e.errno in (errno.EOPNOTSUPP, errno.EXDEV):
                 # A parent in another store may sit on a filesystem that cannot share.
                 raise Unsupported(what, f"cannot clone the files of parent {parent}: {e}") from e
-            raise GraphDriverError(what, f"cannot copy the tree of parent {parent}: {e}") from e
+            # A permission this user lacks (a directory of mode 0000 without root) is exit 7.
+            kind = Unsupported if e.errno in (errno.EPERM, errno.EACCES, errno.EROFS) else GraphDriverError
+            raise kind(what, f"cannot copy the tree of parent {parent}: {e.strerror or e}") from e
         if opts.parent_idmaps is not None and opts.parent_idmaps != maps:
             from graphdriver.fs.tree import shift_owners
 

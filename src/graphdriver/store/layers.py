@@ -297,9 +297,20 @@ class Store:
         return settings
 
     def locked(self) -> locked:
-        """The store-wide writer lock: ``with store.locked(): ...``."""
+        """The store-wide writer lock: ``with store.locked(): ...``.
+
+        On a root that is not there yet, the folders the lock needs are made,
+        and taken away again with the lock file if the block stored nothing
+        (a command that failed, or found nothing, leaves no trace).
+        """
+        made = []
+        folder = os.path.abspath(self.root)
+        while not os.path.lexists(folder):
+            made.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(self.root, 0o700, exist_ok=True)
-        return locked(os.path.join(self.root, LOCK_FILE))
+        path = os.path.join(self.root, LOCK_FILE)
+        return _FirstLock(path, self._settings_path(), made) if made else locked(path)
 
     # ----- queries ------------------------------------------------------------------
 
@@ -1376,3 +1387,26 @@ def _store_key(root: str) -> str:
         except ImportError:
             from hashlib import sha256
     return str(sha256(os.fsencode(root)).hexdigest()[:16])
+
+
+class _FirstLock(locked):
+    """The store lock taken on a root this block made: what the block did not make a store
+    of (no ``store.json``) goes again, the lock file first (removed while held, which
+    sends any waiter to take the lock anew, see :mod:`graphdriver.fs.locking`)."""
+
+    def __init__(self, path: str, settings: str, made: list[str]) -> None:
+        super().__init__(path)
+        self.settings = settings
+        self.made = made
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        try:
+            if not os.path.exists(self.settings):
+                atomic.remove_file(self.path)
+        finally:
+            super().__exit__(kind, value, tb)
+        for folder in self.made:  # deepest first; one something else now holds stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
