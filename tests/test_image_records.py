@@ -314,6 +314,28 @@ def test_image_ls_shows_times_in_utc(tmp_path):
     assert "2019-12-31 23:30:00" in row, row
 
 
+def test_one_image_with_two_manifests_keeps_each_repositorys(tmp_path):
+    """The same image (one config) loaded twice with other layer blobs: each repository keeps
+    the manifest its names came with, for save, inspect and lookup by digest; removing the
+    last name of one forgets its manifest, and cleanup then drops its blobs."""
+    gz = oci_layout(tmp_path / "gz", [LAYER1], name="localhost/gz:1")
+    plain = oci_layout(tmp_path / "plain", [LAYER1], name="localhost/plain:1", gzipped=False)
+    assert gz != plain
+    gd(tmp_path, "image", "load", str(tmp_path / "gz"))
+    gd(tmp_path, "image", "load", str(tmp_path / "plain"))
+    expected = [f"localhost/gz@{gz}", f"localhost/plain@{plain}"]
+    assert inspect(tmp_path, "localhost/gz:1")["RepoDigests"] == expected
+    for name, digest in (("localhost/gz:1", gz), ("localhost/plain:1", plain)):
+        out = tmp_path / f"out-{digest[7:15]}"
+        gd(tmp_path, "image", "save", name, "-o", str(out), "--format", "oci")
+        assert json.loads((out / "index.json").read_text())["manifests"][0]["digest"] == digest
+    assert gd(tmp_path, "image", "inspect", f"localhost/plain@{plain}").returncode == 0
+    assert gd(tmp_path, "image", "inspect", f"localhost/plain@{gz}", check=False).returncode == 3
+    gd(tmp_path, "image", "rm", "localhost/plain:1")
+    assert inspect(tmp_path, "localhost/gz:1")["RepoDigests"] == [f"localhost/gz@{gz}"]
+    assert f"removed blob {plain}" in gd(tmp_path, "cleanup").stdout.decode()
+
+
 def test_inspect_gives_the_repository_digests(tmp_path):
     digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
     gd(tmp_path, "image", "load", str(tmp_path / "in"))

@@ -164,7 +164,9 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
     from graphdriver.images.registry import Registry
 
     images = ImageStore(store.root)
-    record = images.resolve(name)
+    record, by_name = images.lookup(name)
+    if by_name:
+        record = record.as_in(reference.parse(name).repository)  # the manifest that repository has
     if record.manifest is None or record.layer_blobs is None:
         with Pending(images, f"push {record.id}"):  # its new blobs are not cleaned up meanwhile
             record = _compress_for_push(store, images, record)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from graphdriver.errors import AlreadyExists, IntegrityError, NotFound
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim, locked
-from graphdriver.images import oci
+from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.images.sources import SourceImage, SourceLayer
 
@@ -150,12 +150,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                     images.untag(name)
                 previous = _existing(images, image_id)
                 if previous is not None:
-                    record.names = sorted(set(previous.names) | set(record.names))
-                    record.digests = sorted(set(previous.digests) | set(record.digests))
-                    record.pushed = previous.pushed
-                    record.created = previous.created or record.created
-                    if record.manifest is None:  # a docker-archive brings none: keep the one kept
-                        record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs
+                    _merge(record, previous, src.names)
                 images.put(record)
         except BaseException:
             _undo(store, pending.made)
@@ -182,6 +177,32 @@ def _record(images: ImageStore, src: SourceImage, image_id: str, config: dict[st
     return ImageRecord(image_id, list(src.names), layer_ids, diff_ids, created=now_rfc3339(),
                        manifest=manifest, layer_blobs=blobs, platform=oci.platform_of(config),
                        digests=list(src.digests))
+
+
+def _merge(record: ImageRecord, previous: ImageRecord, names: list[str]) -> None:
+    """*record*, made from an image the store has (*previous*), with what *previous* had.
+
+    The image may come with another manifest than the one kept (other layer
+    compression, Docker's media types or OCI's): the repositories of *names*
+    then have that one, and the others keep theirs (as Docker keeps a digest
+    per repository), so a save or push by any name gives the digest it came with.
+    """
+    record.names = sorted(set(previous.names) | set(record.names))
+    record.digests = sorted(set(previous.digests) | set(record.digests))
+    record.pushed = previous.pushed
+    record.created = previous.created or record.created
+    record.repo_manifests = dict(previous.repo_manifests)
+    if record.manifest is None:  # a docker-archive brings none: keep the one kept
+        record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs
+        return
+    repositories = {reference.parse(n).repository for n in names}
+    if previous.manifest is not None and previous.manifest != record.manifest:
+        came = {"manifest": record.manifest, "layer_blobs": record.layer_blobs}
+        record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs
+        record.repo_manifests.update(dict.fromkeys(repositories, came))
+    else:
+        for repo in repositories:
+            record.repo_manifests.pop(repo, None)
 
 
 def _existing(images: ImageStore, image_id: str) -> ImageRecord | None:

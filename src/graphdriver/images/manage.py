@@ -48,8 +48,9 @@ def save(store: Store, name: str, path: str | BinaryIO, fmt: str = "docker-archi
     # Saved by the name given; by an image id (or a manifest digest) untagged, as Docker saves it.
     names: list[str] = []
     if by_name:
-        ref = str(reference.parse(name))
-        names = [ref] if ref in record.names else []
+        parsed = reference.parse(name)
+        names = [str(parsed)] if str(parsed) in record.names else []
+        record = record.as_in(parsed.repository)  # the manifest that repository has
     saving.save(store, record, path, fmt, names, quiet=quiet)
     return record
 
@@ -103,8 +104,10 @@ def _in_repository(name: str, repository: str) -> bool:
 def repo_digests(record: ImageRecord) -> list[str]:
     """``repository@digest`` for the references pulled by digest, each repository named and each push."""
     out = {*record.digests, *record.pushed}
-    if record.manifest:
-        out.update(f"{repo}@{record.manifest}" for repo in record.repositories())
+    for repo in record.repositories():
+        manifest = record.manifest_in(repo)
+        if manifest:
+            out.add(f"{repo}@{manifest}")
     return sorted(out)
 
 
@@ -228,8 +231,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
         try:
             store_images.delete(record.id)
             keep = store_images.referenced_blobs()
-            for digest in (record.id, record.manifest,
-                           *(str(d.get("digest")) for d in record.layer_blobs or ())):
+            for digest in record.blobs():
                 if digest and keep is not None and oci.hex_of(digest) not in keep:
                     atomic.remove_file(store_images.blob_path(digest))
         except BaseException:

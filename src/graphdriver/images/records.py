@@ -6,7 +6,8 @@
   Docker's): names, the digested references it was pulled by, the layer ids
   of its chain (each layer's id in the layer store is the hex of its chain id,
   so images sharing layers share them), the DiffIDs, and the digest of the
-  manifest kept for it, if any.  A record that cannot be read is named by
+  manifest kept for it, if any (and of another one for each repository whose
+  names came with another manifest of the same image).  A record that cannot be read is named by
   :meth:`ImageStore.scan` and passed over: the other images work as before;
 * ``blobs/sha256/<hex>``: content-addressed bytes kept exactly: every config,
   every manifest an image was loaded or pulled with, and the compressed layer
@@ -40,12 +41,13 @@ class ImageRecord(Plain):
     """What the store knows of one image."""
 
     __slots__ = ("created", "diff_ids", "digests", "id", "layer_blobs", "layers", "manifest", "names",
-                 "platform", "pushed")
+                 "platform", "pushed", "repo_manifests")
 
     def __init__(self, id: str, names: list[str], layers: list[str], diff_ids: list[str], *,
                  created: str = "", manifest: str | None = None,
                  layer_blobs: list[dict[str, Any]] | None = None, platform: str = "",
-                 digests: list[str] | None = None, pushed: list[str] | None = None) -> None:
+                 digests: list[str] | None = None, pushed: list[str] | None = None,
+                 repo_manifests: dict[str, dict[str, Any]] | None = None) -> None:
         #: The config's digest (``sha256:...``).
         self.id = id
         #: Normalised references (``docker.io/library/deb:2``), sorted.
@@ -66,6 +68,11 @@ class ImageRecord(Plain):
         #: Where the image was pushed (``host/team/app@sha256:...``), sorted: a later push to
         #: another repository of that registry mounts the blobs from there.
         self.pushed = pushed or []
+        #: Repositories whose names came with another manifest of the same image (other
+        #: layer compression, Docker's media types or OCI's) than ``manifest``: for each,
+        #: ``{"manifest": digest, "layer_blobs": [...]}``, kept as ``manifest`` is, so a save
+        #: or push by such a name gives that manifest's digest.
+        self.repo_manifests = repo_manifests or {}
 
     @property
     def top_layer(self) -> str | None:
@@ -81,6 +88,30 @@ class ImageRecord(Plain):
                 continue  # a name no longer valid (written by hand, or by an older version) names none
         return out
 
+    def manifest_in(self, repository: str) -> str | None:
+        """The digest of the manifest kept for the image's names in *repository*."""
+        kept = self.repo_manifests.get(repository)
+        return str(kept["manifest"]) if kept else self.manifest
+
+    def as_in(self, repository: str) -> ImageRecord:
+        """The record with the manifest (and its layer blobs) of the names in *repository*."""
+        kept = self.repo_manifests.get(repository)
+        if not kept:
+            return self
+        view = ImageRecord.from_json(self.to_json(), self.id)
+        view.manifest, view.layer_blobs = str(kept["manifest"]), list(kept["layer_blobs"])
+        return view
+
+    def blobs(self) -> list[str]:
+        """The digests of every blob the record keeps: config, manifests, layer blobs."""
+        out = [self.id]
+        kept = [(m.get("manifest"), m.get("layer_blobs")) for m in self.repo_manifests.values()]
+        for manifest, layers in ((self.manifest, self.layer_blobs), *kept):
+            if manifest:
+                out.append(str(manifest))
+            out += [str(d.get("digest", "")) for d in layers or ()]
+        return out
+
     def matches(self, ref: reference.Reference) -> bool:
         """Whether *ref* names this image: a name it has, or a digest it has in that repository
         (pulled or pushed by it, or the manifest of a name it has there)."""
@@ -88,7 +119,7 @@ class ImageRecord(Plain):
             return str(ref) in self.names
         if f"{ref.repository}@{ref.digest}" in (*self.digests, *self.pushed):
             return True  # pulled by that digest, or pushed there as that manifest
-        return ref.digest == self.manifest and ref.repository in self.repositories()
+        return ref.digest == self.manifest_in(ref.repository) and ref.repository in self.repositories()
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -101,7 +132,12 @@ class ImageRecord(Plain):
             record = cls(value["id"], list(value["names"]), list(value["layers"]), list(value["diff_ids"]),
                          created=str(value.get("created", "")), manifest=value.get("manifest"),
                          layer_blobs=value.get("layer_blobs"), platform=str(value.get("platform", "")),
-                         digests=list(value.get("digests") or []), pushed=list(value.get("pushed") or []))
+                         digests=list(value.get("digests") or []), pushed=list(value.get("pushed") or []),
+                         repo_manifests=dict(value.get("repo_manifests") or {}))
+            for kept in record.repo_manifests.values():
+                if not isinstance(kept, dict) or not isinstance(kept.get("manifest"), str) \
+                        or not isinstance(kept.get("layer_blobs"), list):
+                    raise TypeError("repo_manifests holds a manifest digest and layer blobs per repository")
             strings = (record.id, *record.names, *record.layers, *record.diff_ids, *record.digests,
                        *record.pushed)
             if not all(isinstance(x, str) for x in strings):
@@ -173,6 +209,10 @@ class ImageStore:
         record.names = sorted(set(record.names))
         record.digests = sorted(set(record.digests))
         record.pushed = sorted(set(record.pushed))
+        # A repository the image has no name in any more keeps no manifest of its own.
+        repositories = record.repositories()
+        record.repo_manifests = {r: m for r, m in sorted(record.repo_manifests.items())
+                                 if r in repositories and m.get("manifest") != record.manifest}
         atomic.write_json(self._path(record.id), record.to_json())
 
     def delete(self, image_id: str) -> None:
@@ -280,9 +320,5 @@ class ImageStore:
             return None
         keep: set[str] = set()
         for r in records:
-            keep.add(hex_of(r.id))
-            if r.manifest:
-                keep.add(hex_of(r.manifest))
-            for d in r.layer_blobs or ():
-                keep.add(hex_of(str(d.get("digest", ""))))
+            keep.update(hex_of(d) for d in r.blobs())
         return keep
