@@ -587,6 +587,13 @@ def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
     assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]
     removed = gd(tmp_path, "image", "rm", by_digest).stdout.decode()
     assert f"Untagged: {by_digest}\n" in removed and "Deleted: sha256:" in removed
+    # Pulled by a tag that names the index: the index digest names the image too (Docker's
+    # RepoDigests), beside the platform's manifest.
+    other = tmp_path / "by-tag"
+    other.mkdir()
+    gd(other, "image", "pull", f"{registry.host}/multi:1", "--insecure", "--platform", "linux/arm64")
+    inspected = json.loads(gd(other, "image", "inspect", index_ref).stdout)
+    assert index_ref in inspected["RepoDigests"] and len(inspected["RepoDigests"]) == 2
 
 
 def test_a_pull_onto_layers_already_stored_keeps_its_manifest_and_pushes_unchanged(tmp_path, registry):

@@ -74,6 +74,7 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
     with Registry(ref, insecure=insecure) as reg, Pending(images, f"pull {ref}"):
         data, media = reg.manifest(ref.digest or ref.tag or "latest")
         chosen_by_index = media in oci.INDEXES
+        index_digest = oci.sha256_digest(data) if chosen_by_index else None
         if chosen_by_index:
             index = oci.load_json(data, f"index of {ref}")
             manifests = index.get("manifests")
@@ -93,8 +94,14 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
         layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
         names = [str(ref)] if ref.digest is None else []
         digests = [f"{ref.repository}@{ref.digest}"] if ref.digest is not None else []
-        return load_image(store, images, SourceImage(config, names, layers, data, digests), quiet=quiet,
-                          report=None, work="pull")
+        record = load_image(store, images, SourceImage(config, names, layers, data, digests), quiet=quiet,
+                            report=None, work="pull")
+    if index_digest is not None and ref.digest is None:
+        # As Docker's RepoDigests: the tag named the index, so repo@<index digest> names the image too.
+        _remember_push(store, images, record.id, f"{ref.repository}@{index_digest}")
+        with contextlib.suppress(NotFound):  # (removed meanwhile: what was pulled is still told)
+            record = images.get(record.id)
+    return record
 
 
 def _wanted(store: Store, images: ImageStore, descs: list[oci.Descriptor], diff_ids: list[str],

@@ -65,8 +65,9 @@ class ImageRecord(Plain):
         self.layer_blobs = layer_blobs
         #: ``os/arch`` from the config.
         self.platform = platform
-        #: Where the image was pushed (``host/team/app@sha256:...``), sorted: a later push to
-        #: another repository of that registry mounts the blobs from there.
+        #: Where a registry holds the image by digest (``host/team/app@sha256:...``), sorted:
+        #: where it was pushed, and the index a tag named when it was pulled through one.  A
+        #: later push to another repository of that registry mounts the blobs from there.
         self.pushed = pushed or []
         #: Repositories whose names came with another manifest of the same image (other
         #: layer compression, Docker's media types or OCI's) than ``manifest``: for each,
