@@ -114,6 +114,20 @@ def test_malformed_import_one_line(root):
     assert cli(root, "layers").stdout == b""
 
 
+def test_verbose_errors_tell_their_causes_not_a_traceback(root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    r = run_cli("-v", "create", "a", root=blocker / "store", driver="vfs")
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err, err
+    assert all(line.startswith("graphdriver: ") for line in err.splitlines()), err
+    truncated = make_tar({"f": F(b"x" * 5000)})[:3000]
+    r = run_cli("-v", "import", "l", "-", root=root, driver="vfs", input=truncated)
+    err = r.stderr.decode()
+    assert r.returncode == 6 and "Traceback" not in err, err
+    assert all(line.startswith("graphdriver: ") for line in err.splitlines()), err
+
+
 def test_cleanup_prints_nothing_when_clean(root):
     assert cli(root, "create", "a").returncode == 0
     r = cli(root, "cleanup")

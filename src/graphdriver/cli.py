@@ -414,11 +414,17 @@ def _flush_stdout() -> None:
 
 
 def _report(err: BaseException, args: Args | None) -> None:
+    """The one line; with ``-v``, a line more for each cause behind it (not a traceback:
+    those are for internal errors only)."""
     warn(str(err))
-    if args is not None and args.verbose and sys.stderr is not None:
-        import traceback
-
-        traceback.print_exception(err, file=sys.stderr)
+    if args is None or not args.verbose or sys.stderr is None:
+        return
+    seen = {id(err)}
+    cause = err.__cause__ or err.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        sys.stderr.write(f"{PROG}:   caused by {type(cause).__name__}: {cause}\n")
+        cause = cause.__cause__ or cause.__context__
 
 
 def _quiet_broken_pipe() -> int:
@@ -452,10 +458,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {e.filename}" if e.filename else ""
         what = args.command if args is not None and args.command else "error"
         _report(OSError(f"{what}{where}: {e.strerror or e}"), None)
-        if args is not None and args.verbose and sys.stderr is not None:
-            import traceback
-
-            traceback.print_exc()
         return os_error(what, e).exit_code  # a permission refused is a missing privilege (7)
     except Exception as e:  # a bug: still one line, the traceback with -v
         _report(RuntimeError(f"internal error: {type(e).__name__}: {e}"), None)

@@ -95,7 +95,7 @@ GLOBAL_OPTIONS = (
     Option("--gidmap", "gid map of a new store (container:host:size[,...])", metavar="MAP"),
     Option("--json", "machine-readable output on stdout"),
     Option("-q|--quiet", "less on stderr (no progress bars)"),
-    Option("-v|--verbose", "more on stderr (a traceback with errors)"),
+    Option("-v|--verbose", "more on stderr (the causes behind an error)"),
     Option("-h|--help", "this help"),
 )
 
