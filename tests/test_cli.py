@@ -847,3 +847,22 @@ def test_a_root_that_is_a_file_or_an_empty_driver_is_a_usage_error(tmp_path):
         r = run_cli(*args, root=root, run_root=tmp_path / "run")
         assert (r.returncode, r.stderr.count(b"\n")) == (2, 1), (args, r.stderr)
     assert not (tmp_path / "s").exists()
+
+
+def test_verbose_causes_leave_out_what_raise_from_none_hid():
+    from graphdriver.cli import _cause_of
+
+    try:
+        try:
+            raise PermissionError("hidden")
+        except PermissionError:
+            raise ValueError("told") from None
+    except ValueError as e:
+        assert _cause_of(e) is None
+    try:
+        try:
+            raise PermissionError("shown")
+        except PermissionError as inner:
+            raise ValueError("told") from inner
+    except ValueError as e:
+        assert isinstance(_cause_of(e), PermissionError)

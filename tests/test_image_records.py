@@ -564,3 +564,11 @@ def test_an_image_removed_while_a_container_is_made_of_it_leaves_no_layer(tmp_pa
         container_layers.create(store, "localhost/made:1", "c1")
     assert removals[0].deleted is not None and removals[0].freed == []  # kept: the init sat on them
     assert [layer.id for layer in store.layers()] == []
+
+
+@pytest.mark.parametrize("text", ["2019-02-30T00:00:00Z", "2020-01-01T24:00:00Z", "2020-01-01T00:00:00+99:00",
+                                  "0000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00"])
+def test_a_time_no_calendar_has_is_shown_as_it_is(text):
+    from graphdriver.climages import _utc
+
+    assert _utc(text) == text[:19].replace("T", " ")

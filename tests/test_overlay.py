@@ -227,6 +227,12 @@ def test_remove_with_another_run_root_refuses_a_mounted_layer(tmp_path):
     assert run_cli("remove", "c", root=root, run_root=tmp_path / "B").returncode == 0
 
 
+def test_unmount_force_of_a_layer_whose_folder_is_gone_drops_nothing_and_fails_not(d):
+    d.create("a", None)
+    shutil.rmtree(d.resolve("a"))
+    assert d.put_all("a") == 0
+
+
 def test_remove_drops_the_link(d):
     d.create("a", None)
     d.remove("a")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -282,3 +283,33 @@ def test_status_says_which_probes_passed_and_why_drivers_ahead_were_passed_over(
     status = dict(store.status())
     assert status["Probes Passed"] == "vfs"
     assert status["Probes Failed"] == "never: driver never: this machine lacks what it needs"
+
+
+
+def test_a_first_command_that_stores_nothing_never_fails_one_waiting_on_its_lock(tmp_path, monkeypatch):
+    """A first command that stored nothing takes the lock file and the new folders away; one
+    that waited on its lock then finds them gone when it takes the lock anew: it makes them
+    again and goes on, never failing on a missing file."""
+    from graphdriver.fs import locking
+
+    root = tmp_path / "new" / "store"
+    store = Store(StoreOptions(root=str(root), run_root=str(tmp_path / "run"), driver="vfs", create=False))
+    real = locking.locked.__enter__
+    vanished = []
+
+    def racing(self: locking.locked) -> int:
+        if not vanished and self.path.endswith("store.lock"):
+            # The other command's exit (the lock file, then the empty folders), and then
+            # this one opens the lock file.
+            vanished.append(True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            os.rmdir(root)
+            os.rmdir(root.parent)
+            raise FileNotFoundError(2, "No such file or directory", self.path)
+        return real(self)
+
+    monkeypatch.setattr(locking.locked, "__enter__", racing)
+    with store.locked():  # its take of the store lock meets the race, and goes on
+        assert vanished and (root / "store.lock").exists()
+    assert not (tmp_path / "new").exists()  # and this one, storing nothing, leaves nothing either

@@ -420,11 +420,16 @@ def _report(err: BaseException, args: Args | None) -> None:
     if args is None or not args.verbose or sys.stderr is None:
         return
     seen = {id(err)}
-    cause = err.__cause__ or err.__context__
+    cause = _cause_of(err)
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         sys.stderr.write(f"{PROG}:   caused by {type(cause).__name__}: {cause}\n")
-        cause = cause.__cause__ or cause.__context__
+        cause = _cause_of(cause)
+
+
+def _cause_of(err: BaseException) -> BaseException | None:
+    """What *err* was raised from, or during (unless ``raise ... from None`` hid that)."""
+    return err.__cause__ or (None if err.__suppress_context__ else err.__context__)
 
 
 def _quiet_broken_pipe() -> int:

@@ -114,7 +114,10 @@ def _utc(text: str) -> str:
     import datetime
 
     offset = "+00:00" if m[3] in "Zz" else m[3]
-    when = datetime.datetime.fromisoformat(f"{m[1]}T{m[2]}{offset}").astimezone(datetime.UTC)
+    try:
+        when = datetime.datetime.fromisoformat(f"{m[1]}T{m[2]}{offset}").astimezone(datetime.UTC)
+    except (ValueError, OverflowError):  # a day or hour no calendar has: an image's config says anything
+        return text[:19].replace("T", " ")
     return when.strftime("%Y-%m-%d %H:%M:%S")
 
 

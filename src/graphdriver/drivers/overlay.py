@@ -791,7 +791,10 @@ class OverlayDriver(Driver):
     def _uncounted_mount(self, layer_id: str) -> bool:
         from graphdriver.fs import mounts
 
-        target = self._merged(self.resolve(layer_id))
+        try:
+            target = self._merged(self.resolve(layer_id))
+        except NotFound:
+            return False  # its folder is gone, and with it anything mounted in it
         return os.path.isdir(target) and mounts.is_mount_point(target)
 
     def _still_mounted(self, layer_id: str, path: str) -> bool:

@@ -296,7 +296,7 @@ class Store:
         }
         return settings
 
-    def locked(self) -> locked:
+    def locked(self) -> _StoreLock:
         """The store-wide writer lock: ``with store.locked(): ...``.
 
         On a root that is not there yet, the folders the lock needs are made,
@@ -308,9 +308,7 @@ class Store:
         while not os.path.lexists(folder):
             made.append(folder)
             folder = os.path.dirname(folder)
-        os.makedirs(self.root, 0o700, exist_ok=True)
-        path = os.path.join(self.root, LOCK_FILE)
-        return _FirstLock(path, self._settings_path(), made) if made else locked(path)
+        return _StoreLock(self.root, self._settings_path(), made)
 
     # ----- queries ------------------------------------------------------------------
 
@@ -1389,17 +1387,32 @@ def _store_key(root: str) -> str:
     return str(sha256(os.fsencode(root)).hexdigest()[:16])
 
 
-class _FirstLock(locked):
-    """The store lock taken on a root this block made: what the block did not make a store
-    of (no ``store.json``) goes again, the lock file first (removed while held, which
-    sends any waiter to take the lock anew, see :mod:`graphdriver.fs.locking`)."""
+class _StoreLock(locked):
+    """The store lock, its folder made first.  On a root this block made (*made*: the
+    folders it found missing, deepest first), what the block did not make a store of (no
+    ``store.json``) goes again: the lock file first (removed while held, which sends any
+    waiter to take the lock anew, see :mod:`graphdriver.fs.locking`), then the folders."""
 
-    def __init__(self, path: str, settings: str, made: list[str]) -> None:
-        super().__init__(path)
+    def __init__(self, root: str, settings: str, made: list[str]) -> None:
+        super().__init__(os.path.join(root, LOCK_FILE))
+        self.root = root
         self.settings = settings
         self.made = made
 
+    def __enter__(self) -> int:
+        for _ in range(99):
+            try:
+                os.makedirs(self.root, 0o700, exist_ok=True)
+                return super().__enter__()
+            except FileNotFoundError:
+                continue  # a first command that stored nothing took the new folders away meanwhile
+        os.makedirs(self.root, 0o700, exist_ok=True)
+        return super().__enter__()
+
     def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if not self.made:
+            super().__exit__(kind, value, tb)
+            return
         try:
             if not os.path.exists(self.settings):
                 atomic.remove_file(self.path)
