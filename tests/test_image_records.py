@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from graphdriver.errors import NotFound
-from graphdriver.images import oci
+from graphdriver.images import oci, reference
 from graphdriver.images.sources import select_platform
 from graphdriver.testing.treeutil import F, make_tar
 from tests.conftest import ROOT
@@ -334,6 +334,14 @@ def test_one_image_with_two_manifests_keeps_each_repositorys(tmp_path):
     gd(tmp_path, "image", "rm", "localhost/plain:1")
     assert inspect(tmp_path, "localhost/gz:1")["RepoDigests"] == [f"localhost/gz@{gz}"]
     assert f"removed blob {plain}" in gd(tmp_path, "cleanup").stdout.decode()
+    # Two tags of one repository, each with its manifest: each keeps its own.
+    again = oci_layout(tmp_path / "gz2", [LAYER1], name="localhost/gz:2", gzipped=False)
+    gd(tmp_path, "image", "load", str(tmp_path / "gz2"))
+    for name, digest in (("localhost/gz:1", gz), ("localhost/gz:2", again)):
+        out = tmp_path / f"again-{name[-1]}"
+        gd(tmp_path, "image", "save", name, "-o", str(out), "--format", "oci")
+        assert json.loads((out / "index.json").read_text())["manifests"][0]["digest"] == digest
+        assert gd(tmp_path, "image", "inspect", f"localhost/gz@{digest}").returncode == 0
 
 
 def test_inspect_gives_the_repository_digests(tmp_path):
@@ -572,3 +580,20 @@ def test_a_time_no_calendar_has_is_shown_as_it_is(text):
     from graphdriver.climages import _utc
 
     assert _utc(text) == text[:19].replace("T", " ")
+
+
+def test_a_second_manifest_pulled_by_digest_is_kept_for_that_reference():
+    from graphdriver.images.loading import _merge
+    from graphdriver.images.records import ImageRecord
+    from graphdriver.images.sources import SourceImage
+
+    m1, m2, b1, b2 = ("sha256:" + c * 64 for c in "1234")
+    previous = ImageRecord("sha256:" + "c" * 64, ["example.com/app:1"], ["l"], ["d"], manifest=m1,
+                           layer_blobs=[{"digest": b1}])
+    record = ImageRecord(previous.id, [], ["l"], ["d"], manifest=m2, layer_blobs=[{"digest": b2}],
+                         digests=[f"example.com/app@{m2}"])
+    _merge(record, previous, SourceImage(b"{}", [], [], b"{}", [f"example.com/app@{m2}"]))
+    assert record.manifest == m1 and {m1, m2, b1, b2} <= set(record.blobs())
+    assert record.as_named(reference.parse(f"example.com/app@{m2}")).manifest == m2
+    assert record.as_named(reference.parse("example.com/app:1")).manifest == m1
+    assert record.manifests_in("example.com/app") == {m1, m2}

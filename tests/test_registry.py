@@ -594,6 +594,12 @@ def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
     gd(other, "image", "pull", f"{registry.host}/multi:1", "--insecure", "--platform", "linux/arm64")
     inspected = json.loads(gd(other, "image", "inspect", index_ref).stdout)
     assert index_ref in inspected["RepoDigests"] and len(inspected["RepoDigests"]) == 2
+    # The last tag of the repository takes it with it; another repository's name keeps the image.
+    gd(other, "image", "tag", f"{registry.host}/multi:1", "localhost/kept:1")
+    gd(other, "image", "rm", f"{registry.host}/multi:1")
+    assert json.loads(gd(other, "image", "inspect", "localhost/kept:1").stdout)["RepoDigests"] == [
+        f"localhost/kept@{inspected['ManifestDigest']}"]
+    assert gd(other, "image", "inspect", index_ref, check=False).returncode == 3
 
 
 def test_a_pull_onto_layers_already_stored_keeps_its_manifest_and_pushes_unchanged(tmp_path, registry):

@@ -173,7 +173,7 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
     images = ImageStore(store.root)
     record, by_name = images.lookup(name)
     if by_name:
-        record = record.as_in(reference.parse(name).repository)  # the manifest that repository has
+        record = record.as_named(reference.parse(name))  # the manifest that name came with
     if record.manifest is None or record.layer_blobs is None:
         with Pending(images, f"push {record.id}"):  # its new blobs are not cleaned up meanwhile
             record = _compress_for_push(store, images, record)

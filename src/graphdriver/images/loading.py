@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from graphdriver.errors import AlreadyExists, IntegrityError, NotFound
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim, locked
-from graphdriver.images import oci, reference
+from graphdriver.images import oci
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.images.sources import SourceImage, SourceLayer
 
@@ -150,7 +150,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                     images.untag(name)
                 previous = _existing(images, image_id)
                 if previous is not None:
-                    _merge(record, previous, src.names)
+                    _merge(record, previous, src)
                 images.put(record)
         except BaseException:
             _undo(store, pending.made)
@@ -179,30 +179,28 @@ def _record(images: ImageStore, src: SourceImage, image_id: str, config: dict[st
                        digests=list(src.digests))
 
 
-def _merge(record: ImageRecord, previous: ImageRecord, names: list[str]) -> None:
+def _merge(record: ImageRecord, previous: ImageRecord, src: SourceImage) -> None:
     """*record*, made from an image the store has (*previous*), with what *previous* had.
 
     The image may come with another manifest than the one kept (other layer
-    compression, Docker's media types or OCI's): the repositories of *names*
-    then have that one, and the others keep theirs (as Docker keeps a digest
-    per repository), so a save or push by any name gives the digest it came with.
+    compression, Docker's media types or OCI's): the names and digested
+    references it came by then have that one, and the others keep theirs (as
+    Docker keeps a digest per reference), so a save or push by any name gives
+    the digest it came with.
     """
     record.names = sorted(set(previous.names) | set(record.names))
     record.digests = sorted(set(previous.digests) | set(record.digests))
     record.pushed = previous.pushed
     record.created = previous.created or record.created
-    record.repo_manifests = dict(previous.repo_manifests)
+    record.name_manifests = dict(previous.name_manifests)
     if record.manifest is None:  # a docker-archive brings none: keep the one kept
         record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs
         return
-    repositories = {reference.parse(n).repository for n in names}
-    if previous.manifest is not None and previous.manifest != record.manifest:
-        came = {"manifest": record.manifest, "layer_blobs": record.layer_blobs}
+    came = {"manifest": record.manifest, "layer_blobs": record.layer_blobs}
+    if previous.manifest is not None:
         record.manifest, record.layer_blobs = previous.manifest, previous.layer_blobs
-        record.repo_manifests.update(dict.fromkeys(repositories, came))
-    else:
-        for repo in repositories:
-            record.repo_manifests.pop(repo, None)
+    for name in (*src.names, *src.digests):
+        record.name_manifests[name] = came  # (put drops those that are the image's own manifest)
 
 
 def _existing(images: ImageStore, image_id: str) -> ImageRecord | None:

@@ -50,7 +50,7 @@ def save(store: Store, name: str, path: str | BinaryIO, fmt: str = "docker-archi
     if by_name:
         parsed = reference.parse(name)
         names = [str(parsed)] if str(parsed) in record.names else []
-        record = record.as_in(parsed.repository)  # the manifest that repository has
+        record = record.as_named(parsed)  # the manifest that name came with
     saving.save(store, record, path, fmt, names, quiet=quiet)
     return record
 
@@ -105,9 +105,7 @@ def repo_digests(record: ImageRecord) -> list[str]:
     """``repository@digest`` for the references pulled by digest, each repository named and each push."""
     out = {*record.digests, *record.pushed}
     for repo in record.repositories():
-        manifest = record.manifest_in(repo)
-        if manifest:
-            out.add(f"{repo}@{manifest}")
+        out.update(f"{repo}@{manifest}" for manifest in record.manifests_in(repo))
     return sorted(out)
 
 
@@ -189,6 +187,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
                 refs = record.names
                 if not any(_in_repository(n, repository) for n in record.names if n != full):
                     record.digests = [n for n in record.digests if not _in_repository(n, repository)]
+                    record.pushed = [n for n in record.pushed if not _in_repository(n, repository)]
                 others = len(record.names) - 1 + len(record.digests)
             elif full in record.digests:
                 refs, others = record.digests, len(record.names) + len(record.digests) - 1

@@ -40,14 +40,14 @@ _HEX = frozenset("0123456789abcdef")
 class ImageRecord(Plain):
     """What the store knows of one image."""
 
-    __slots__ = ("created", "diff_ids", "digests", "id", "layer_blobs", "layers", "manifest", "names",
-                 "platform", "pushed", "repo_manifests")
+    __slots__ = ("created", "diff_ids", "digests", "id", "layer_blobs", "layers", "manifest",
+                 "name_manifests", "names", "platform", "pushed")
 
     def __init__(self, id: str, names: list[str], layers: list[str], diff_ids: list[str], *,
                  created: str = "", manifest: str | None = None,
                  layer_blobs: list[dict[str, Any]] | None = None, platform: str = "",
                  digests: list[str] | None = None, pushed: list[str] | None = None,
-                 repo_manifests: dict[str, dict[str, Any]] | None = None) -> None:
+                 name_manifests: dict[str, dict[str, Any]] | None = None) -> None:
         #: The config's digest (``sha256:...``).
         self.id = id
         #: Normalised references (``docker.io/library/deb:2``), sorted.
@@ -69,11 +69,11 @@ class ImageRecord(Plain):
         #: where it was pushed, and the index a tag named when it was pulled through one.  A
         #: later push to another repository of that registry mounts the blobs from there.
         self.pushed = pushed or []
-        #: Repositories whose names came with another manifest of the same image (other
-        #: layer compression, Docker's media types or OCI's) than ``manifest``: for each,
-        #: ``{"manifest": digest, "layer_blobs": [...]}``, kept as ``manifest`` is, so a save
-        #: or push by such a name gives that manifest's digest.
-        self.repo_manifests = repo_manifests or {}
+        #: Names and digested references that came with another manifest of the same image
+        #: (other layer compression, Docker's media types or OCI's) than ``manifest``: for
+        #: each, ``{"manifest": digest, "layer_blobs": [...]}``, kept as ``manifest`` is, so
+        #: a save or push by that name gives the digest it came with.
+        self.name_manifests = name_manifests or {}
 
     @property
     def top_layer(self) -> str | None:
@@ -81,22 +81,24 @@ class ImageRecord(Plain):
 
     def repositories(self) -> set[str]:
         """The repositories the image is named or pulled in (``docker.io/library/deb``)."""
-        out = set()
-        for name in (*self.names, *self.digests):
-            try:
-                out.add(reference.parse(name).repository)
-            except InvalidArgument:
-                continue  # a name no longer valid (written by hand, or by an older version) names none
-        return out
+        return {r for r in map(_repository_of, (*self.names, *self.digests)) if r}
 
-    def manifest_in(self, repository: str) -> str | None:
-        """The digest of the manifest kept for the image's names in *repository*."""
-        kept = self.repo_manifests.get(repository)
+    def manifest_of(self, name: str) -> str | None:
+        """The digest of the manifest kept for *name* (one of its names or digested references)."""
+        kept = self.name_manifests.get(name)
         return str(kept["manifest"]) if kept else self.manifest
 
-    def as_in(self, repository: str) -> ImageRecord:
-        """The record with the manifest (and its layer blobs) of the names in *repository*."""
-        kept = self.repo_manifests.get(repository)
+    def manifests_in(self, repository: str) -> set[str]:
+        """The digests of the manifests kept for the image's names in *repository*."""
+        found = {self.manifest_of(n) for n in (*self.names, *self.digests) if _repository_of(n) == repository}
+        return {m for m in found if m}
+
+    def as_named(self, ref: reference.Reference) -> ImageRecord:
+        """The record with the manifest (and its layer blobs) that *ref* came with: the one
+        kept for that name, or for ``repo@digest`` the kept manifest of that digest."""
+        kept = self.name_manifests.get(str(ref))
+        if ref.digest is not None:
+            kept = next((m for m in self.name_manifests.values() if m.get("manifest") == ref.digest), None)
         if not kept:
             return self
         view = ImageRecord.from_json(self.to_json(), self.id)
@@ -106,7 +108,7 @@ class ImageRecord(Plain):
     def blobs(self) -> list[str]:
         """The digests of every blob the record keeps: config, manifests, layer blobs."""
         out = [self.id]
-        kept = [(m.get("manifest"), m.get("layer_blobs")) for m in self.repo_manifests.values()]
+        kept = [(m.get("manifest"), m.get("layer_blobs")) for m in self.name_manifests.values()]
         for manifest, layers in ((self.manifest, self.layer_blobs), *kept):
             if manifest:
                 out.append(str(manifest))
@@ -120,7 +122,7 @@ class ImageRecord(Plain):
             return str(ref) in self.names
         if f"{ref.repository}@{ref.digest}" in (*self.digests, *self.pushed):
             return True  # pulled by that digest, or pushed there as that manifest
-        return ref.digest == self.manifest_in(ref.repository) and ref.repository in self.repositories()
+        return ref.digest in self.manifests_in(ref.repository)
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -134,11 +136,11 @@ class ImageRecord(Plain):
                          created=str(value.get("created", "")), manifest=value.get("manifest"),
                          layer_blobs=value.get("layer_blobs"), platform=str(value.get("platform", "")),
                          digests=list(value.get("digests") or []), pushed=list(value.get("pushed") or []),
-                         repo_manifests=dict(value.get("repo_manifests") or {}))
-            for kept in record.repo_manifests.values():
+                         name_manifests=dict(value.get("name_manifests") or {}))
+            for kept in record.name_manifests.values():
                 if not isinstance(kept, dict) or not isinstance(kept.get("manifest"), str) \
                         or not isinstance(kept.get("layer_blobs"), list):
-                    raise TypeError("repo_manifests holds a manifest digest and layer blobs per repository")
+                    raise TypeError("name_manifests holds a manifest digest and layer blobs per name")
             strings = (record.id, *record.names, *record.layers, *record.diff_ids, *record.digests,
                        *record.pushed)
             if not all(isinstance(x, str) for x in strings):
@@ -147,6 +149,15 @@ class ImageRecord(Plain):
             return record
         except (KeyError, TypeError, InvalidArgument) as e:
             raise IntegrityError(f"image record {where}", f"malformed: {e}") from e
+
+
+def _repository_of(name: str) -> str:
+    """The repository of *name*; ``""`` for a name no longer valid (written by hand, or by an
+    older version), which names none."""
+    try:
+        return reference.parse(name).repository
+    except InvalidArgument:
+        return ""
 
 
 class ImageStore:
@@ -210,10 +221,10 @@ class ImageStore:
         record.names = sorted(set(record.names))
         record.digests = sorted(set(record.digests))
         record.pushed = sorted(set(record.pushed))
-        # A repository the image has no name in any more keeps no manifest of its own.
-        repositories = record.repositories()
-        record.repo_manifests = {r: m for r, m in sorted(record.repo_manifests.items())
-                                 if r in repositories and m.get("manifest") != record.manifest}
+        # A name the image does not have any more keeps no manifest of its own.
+        named = {*record.names, *record.digests}
+        record.name_manifests = {n: m for n, m in sorted(record.name_manifests.items())
+                                 if n in named and m.get("manifest") != record.manifest}
         atomic.write_json(self._path(record.id), record.to_json())
 
     def delete(self, image_id: str) -> None:
