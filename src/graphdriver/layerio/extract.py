@@ -59,6 +59,7 @@ from graphdriver.layerio.whiteout import (
     WHITEOUT_META_PREFIX,
     WHITEOUT_PREFIX,
     WhiteoutMode,
+    hidden_by,
 )
 from graphdriver.plain import Plain
 
@@ -542,6 +543,8 @@ class _Extractor(Extraction):
         tolerant = opts.ignore_chown_errors
         self.tolerant = (not self.privileged) if tolerant is None else tolerant
         self.umask = _current_umask()
+        # Overlay: directories this layer made opaque; what the lowers hold below them is hidden.
+        self.hidden: set[str] = set()
         self._keep_times(root_fd, "")
 
     def _entry(self, e: TarEntry) -> int:
@@ -644,10 +647,11 @@ class _Extractor(Extraction):
 
     def _implied_metadata(self, fd: int, rel: str) -> None:
         # Over lower layers, inherit the lower directory's identity so the
-        # union view does not change it.
-        if self.lower_fds:
+        # union view does not change it (unless this layer hid it: a new directory).
+        st = None
+        if self.lower_fds and not hidden_by(rel, self.hidden):
             self._refuse_lower_symlink(rel)
-        st = self._lower_dir_stat(rel)
+            st = self._lower_dir_stat(rel)
         if st is None:
             uid, gid = self._map_ids(rel, 0, 0)
             mode = IMPLIED_DIR_MODE
@@ -739,6 +743,7 @@ class _Extractor(Extraction):
             fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
             if whiteout:
                 self._set_opaque(e.name, fd)
+                self.hidden.add(rel)
         old = self.dirs.get(rel)
         if old is not None:
             self.stale.append(old)
@@ -895,7 +900,14 @@ class _Extractor(Extraction):
             if fd is not None:
                 self._empty_opaque(fd, parent)
             return
-        self._set_opaque(e.name, self._dir_fd(parent))
+        try:
+            fd = self._dir_fd(parent)
+        except NotADirectoryError:
+            if self._whiteout_on_the_way(parent) is None:
+                raise
+            return  # a directory this layer deleted: nothing of it is left to hide, as in a copy
+        self._set_opaque(e.name, fd)
+        self.hidden.add(parent)
 
     def _set_opaque(self, name: str, fd: int) -> None:
         try:
@@ -910,6 +922,7 @@ class _Extractor(Extraction):
         path the layer deleted, then puts something below); the directory made in its place
         is opaque, as an entry for it would have made it."""
         self._remove(self._dir_fd(parent, create=False), name, _join(parent, name))
+        self.hidden.add(_join(parent, name))  # made as a new directory, nothing of the lowers' below
         fd = self._dir_fd(rel)
         self._set_opaque(rel, self._dir_fd(_join(parent, name), create=False))
         return fd

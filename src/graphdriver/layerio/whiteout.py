@@ -11,6 +11,7 @@ mounted with ``userxattr``, as rootless mounts are).
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 
 from graphdriver.fs.overlayfs import OPAQUE_XATTR, OPAQUE_XATTR_USER
 
@@ -21,6 +22,18 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 
 OVERLAY_OPAQUE_XATTR = OPAQUE_XATTR
 OVERLAY_OPAQUE_XATTR_USER = OPAQUE_XATTR_USER
+
+
+def hidden_by(path: str, folders: Collection[str]) -> bool:
+    """Whether *path* is one of *folders* (deleted or opaque ones: ``""`` is the root) or
+    below one, so what lower layers hold there is hidden."""
+    if not folders:
+        return False
+    while path:
+        if path in folders:
+            return True
+        path = path.rpartition("/")[0]
+    return "" in folders
 
 
 class WhiteoutMode(enum.Enum):

@@ -613,6 +613,44 @@ def test_a_directory_deleted_and_made_again_by_one_archive_holds_only_the_new(st
     assert "d/in" not in view(store, "again")
 
 
+def _raw_tar(*entries: tarfile.TarInfo) -> bytes:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for info in entries:
+            tf.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return data.getvalue()
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, **fields: Any) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, 1 if kind == tarfile.REGTYPE else 0
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+@oci_drivers
+def test_what_a_deleted_directory_held_below_stays_hidden(store: Any) -> None:
+    """After ``.wh.d`` the layer's new ``d`` is new: a lower symlink ``d`` does not stop it,
+    folders implied below it are new ones (not the hidden lower ones' owner and mode), and
+    an opaque marker in the deleted ``d`` hides nothing more; as in a full copy."""
+    from graphdriver.layerio.extract import IMPLIED_DIR_MODE
+
+    store.import_layer("base", None, io.BytesIO(_raw_tar(
+        _info("d", tarfile.DIRTYPE, mode=0o700, uid=1234, gid=1234),
+        _info("d/sub", tarfile.DIRTYPE, mode=0o711, uid=1234, gid=1234), _info("d/sub/in"),
+        _info("s", tarfile.SYMTYPE, linkname="/etc"))))
+    store.import_layer("implied", "base", io.BytesIO(_raw_tar(_info(".wh.d"), _info("d/sub/x"))))
+    tree = view(store, "implied")
+    assert "d/sub/in" not in tree and "d/sub/x" in tree
+    for folder in ("d", "d/sub"):
+        assert (tree[folder]["mode"], tree[folder]["uid"]) == (oct(IMPLIED_DIR_MODE), 0), tree[folder]
+    store.import_layer("symlink", "base", io.BytesIO(_raw_tar(_info(".wh.s"), _info("s/x"))))
+    assert "s/x" in view(store, "symlink")
+    store.import_layer("marker", "base", io.BytesIO(_raw_tar(_info(".wh.d"), _info("d/.wh..wh..opq"))))
+    assert not any(p == "d" or p.startswith("d/") for p in view(store, "marker"))
+
+
 @every_driver
 def test_same_path_twice_last_wins(store: Any, fmt: LayerFormat) -> None:
     data = io.BytesIO()

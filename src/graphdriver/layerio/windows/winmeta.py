@@ -53,6 +53,7 @@ from graphdriver.fs.confine import (
     open_dir_no_symlinks,
 )
 from graphdriver.fs.tree import remove_tree_at
+from graphdriver.layerio.whiteout import hidden_by
 from graphdriver.layerio.windows import wintar
 from graphdriver.layerio.windows.layout import ENTRIES_FILE, META_DIR
 from graphdriver.layerio.windows.wintar import WinMeta
@@ -216,13 +217,7 @@ class LayerMeta:
 
     def hides(self, path: str) -> bool:
         """Whether this layer deleted *path* or a directory above it."""
-        if not self.tombstones:
-            return False
-        while path:
-            if path in self.tombstones:
-                return True
-            path = path.rpartition("/")[0]
-        return False
+        return hidden_by(path, self.tombstones)
 
 
 class ChainMeta:
