@@ -507,16 +507,26 @@ def test_backing_filesystem_reads_escaped_mount_points(tmp_path: Path) -> None:
 # ----- without privilege ---------------------------------------------------------------------
 
 
-@needs_root
-def test_works_without_privilege(tmp_path: Path) -> None:
+def _open_to_nobody(tmp_path: Path) -> None:
+    """Let nobody reach into *tmp_path* (and the folders above it, up to /tmp)."""
     os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:  # nobody must reach tmp_path
+    for parent in tmp_path.parents:
         if parent == Path("/tmp"):
             break
         os.chmod(parent, os.lstat(parent).st_mode | 0o005)
-    work = tmp_path / "nobody"
-    work.mkdir()
-    os.chown(work, 65534, 65534)
+
+
+def _nobodys(folder: Path) -> Path:
+    """*folder*, made and owned by nobody."""
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    return folder
+
+
+@needs_root
+def test_works_without_privilege(tmp_path: Path) -> None:
+    _open_to_nobody(tmp_path)
+    work = _nobodys(tmp_path / "nobody")
 
     def scenario() -> dict[str, Any]:
         VfsDriver.probe(str(work / "home"))
@@ -538,14 +548,8 @@ def test_works_without_privilege(tmp_path: Path) -> None:
 @needs_root
 def test_a_parent_this_user_cannot_read_is_unsupported_without_privilege(tmp_path: Path) -> None:
     """A directory of mode 0000 in the parent stops the copy without root: exit 7, told in words."""
-    os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:
-        if parent == Path("/tmp"):
-            break
-        os.chmod(parent, os.lstat(parent).st_mode | 0o005)
-    work = tmp_path / "nobody"
-    work.mkdir()
-    os.chown(work, 65534, 65534)
+    _open_to_nobody(tmp_path)
+    work = _nobodys(tmp_path / "nobody")
 
     def scenario() -> str:
         driver = VfsDriver(DriverConfig(home=str(work / "home"), run_root=str(work / "run")))
@@ -569,11 +573,7 @@ def test_a_parent_this_user_cannot_read_is_unsupported_without_privilege(tmp_pat
 
 @needs_root
 def test_probe_refuses_an_unwritable_home_without_privilege(tmp_path: Path) -> None:
-    os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:
-        if parent == Path("/tmp"):
-            break
-        os.chmod(parent, os.lstat(parent).st_mode | 0o005)
+    _open_to_nobody(tmp_path)
     locked_dir = tmp_path / "locked"
     locked_dir.mkdir(mode=0o755)
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.diff.walk import Walk, differs
+from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.export import NO_ID_MAPS, change_sort_key, changes_size, export_changes
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
@@ -69,10 +70,6 @@ class Scan(Plain):
         #: Everything of the layer below (and including) an opaque directory with a marker:
         #: the marker hides what was below, so these must travel with it, changed or not.
         self.carried: list[str] = []
-
-
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
 class _Reader:
@@ -112,7 +109,7 @@ class _Reader:
                 st = os.lstat(root + path)
             except _GONE:
                 continue
-            return None if _is_whiteout(st) else (root, st)
+            return None if is_whiteout(st) else (root, st)
         return None
 
     def dir_roots(self, roots: tuple[str, ...], path: str) -> tuple[str, ...]:
@@ -144,7 +141,7 @@ class _Reader:
                 name = e.name
                 if name in seen or name in hidden:
                     continue
-                if _entry_is_whiteout(e):
+                if _entryis_whiteout(e):
                     hidden.add(name)
                 else:
                     seen.add(name)
@@ -180,7 +177,7 @@ class _Reader:
             self.scan.implied.add(rel)
             for name in self.listing(roots, rel):
                 e = entries.get(name)
-                if e is None or _entry_is_whiteout(e):
+                if e is None or _entryis_whiteout(e):
                     self.add(f"{rel}/{name}", ChangeKind.DELETE)
         subdirs: list[tuple[str, tuple[str, ...], bool]] = []
         for name, e in entries.items():
@@ -189,7 +186,7 @@ class _Reader:
                 st = e.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if _is_whiteout(st):
+            if is_whiteout(st):
                 if not opaque and roots and self.below(roots, path) is not None:
                     self.add(path, ChangeKind.DELETE)
                 continue
@@ -211,12 +208,12 @@ class _Reader:
         return subdirs
 
 
-def _entry_is_whiteout(e: os.DirEntry[str]) -> bool:
+def _entryis_whiteout(e: os.DirEntry[str]) -> bool:
     # d_type answers for nearly every entry without a stat.
     if e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False) or e.is_symlink():
         return False
     try:
-        return _is_whiteout(e.stat(follow_symlinks=False))
+        return is_whiteout(e.stat(follow_symlinks=False))
     except FileNotFoundError:
         return False
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 from graphdriver.errors import GraphDriverError
 from graphdriver.fs import privileged, syscalls
+from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.plain import Plain
 
 try:
@@ -196,7 +197,7 @@ def find_in_lowers(
         except BaseException:
             os.close(pfd)
             raise
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        if is_whiteout(st):
             os.close(pfd)
             return None
         return pfd, st

@@ -7,5 +7,15 @@ rootless mounts are).  Layer tarballs say the same with ``.wh.`` names
 (:mod:`graphdriver.layerio.whiteout`).
 """
 
+from __future__ import annotations
+
+import os
+import stat
+
 OPAQUE_XATTR = "trusted.overlay.opaque"
 OPAQUE_XATTR_USER = "user.overlay.opaque"
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether *st* is overlay's whiteout: a 0/0 character device."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0

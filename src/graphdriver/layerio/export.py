@@ -32,6 +32,7 @@ from collections.abc import Iterable
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import GraphDriverError, InvalidArgument
+from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.fs.ownfiles import open_readable
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
@@ -262,7 +263,7 @@ class _OCIWriter(LayerWriter):
         self.idmaps = idmaps
 
     def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        if is_whiteout(st):
             # Overlay's whiteout: import refuses it, so no tarball of ours carries one.
             raise GraphDriverError(
                 f"file {'/' + name!r}",

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError, InvalidArgument
 from graphdriver.fs import confine, privileged
 from graphdriver.fs import syscalls as sc
+from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.fs.tree import remove_tree_at
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio import entry as te
@@ -241,14 +242,9 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def _is_whiteout_st(st: os.stat_result) -> bool:
-    """Whether *st* is overlay's whiteout: a character device 0/0."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
 def _is_whiteout_at(dir_fd: int, name: str) -> bool:
     try:
-        return _is_whiteout_st(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+        return is_whiteout(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
     except OSError:
         return False
 
@@ -937,7 +933,7 @@ class _Extractor(Extraction):
                 st = os.stat(comps[i], dir_fd=pfd, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return None
-            if _is_whiteout_st(st):
+            if is_whiteout(st):
                 return parent, comps[i]
             if not stat.S_ISDIR(st.st_mode):
                 return None

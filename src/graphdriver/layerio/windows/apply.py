@@ -23,6 +23,7 @@ from typing import Any
 from graphdriver.errors import ArchiveError, GraphDriverError
 from graphdriver.fs import syscalls
 from graphdriver.fs.confine import find_in_lowers, is_symlink_error, open_dir_no_symlinks, open_no_symlinks
+from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.extract import Extraction, clean_name
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
@@ -212,7 +213,7 @@ class WindowsApplier(Extraction):
             if not stat.S_ISDIR(st.st_mode):
                 # A directory made again after its tombstone is a new, empty one:
                 # overlay must not show what the tombstone hid below it.
-                opaque = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+                opaque = is_whiteout(st)
                 self._remove(pfd, base, rel)
                 os.mkdir(base, 0o755, dir_fd=pfd)
         fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
