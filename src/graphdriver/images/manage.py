@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Precondition
 from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
-from graphdriver.images.records import ImageRecord, ImageStore
+from graphdriver.images.records import ImageRecord, ImageStore, repository_of
 from graphdriver.plain import Plain
 
 if TYPE_CHECKING:
@@ -92,13 +92,6 @@ def remove_unreadable(store: Store, name: str) -> str | None:
             images.delete(image_id)
             return image_id
     return None
-
-
-def _in_repository(name: str, repository: str) -> bool:
-    try:
-        return reference.parse(name).repository == repository
-    except InvalidArgument:  # a name no longer valid (written by an older version) is in none
-        return False
 
 
 def repo_digests(record: ImageRecord) -> list[str]:
@@ -185,9 +178,9 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
             if full in record.names:
                 repository = reference.parse(name).repository
                 refs = record.names
-                if not any(_in_repository(n, repository) for n in record.names if n != full):
-                    record.digests = [n for n in record.digests if not _in_repository(n, repository)]
-                    record.pushed = [n for n in record.pushed if not _in_repository(n, repository)]
+                if not any(repository_of(n) == repository for n in record.names if n != full):
+                    record.digests = [n for n in record.digests if repository_of(n) != repository]
+                    record.pushed = [n for n in record.pushed if repository_of(n) != repository]
                 others = len(record.names) - 1 + len(record.digests)
             elif full in record.digests:
                 refs, others = record.digests, len(record.names) + len(record.digests) - 1
@@ -197,7 +190,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
                 # repo@<its manifest>: the image as that repository has it; its names there
                 # go, and the image with them unless it is named in another repository too.
                 repository = reference.parse(name).repository
-                here = {n for n in (*record.names, *record.digests) if _in_repository(n, repository)}
+                here = {n for n in (*record.names, *record.digests) if repository_of(n) == repository}
                 record.names = [n for n in record.names if n not in here]
                 record.digests = [n for n in record.digests if n not in here]
                 refs, others = [], len(record.names) + len(record.digests)

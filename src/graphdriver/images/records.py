@@ -81,7 +81,7 @@ class ImageRecord(Plain):
 
     def repositories(self) -> set[str]:
         """The repositories the image is named or pulled in (``docker.io/library/deb``)."""
-        return {r for r in map(_repository_of, (*self.names, *self.digests)) if r}
+        return {r for r in map(repository_of, (*self.names, *self.digests)) if r}
 
     def manifest_of(self, name: str) -> str | None:
         """The digest of the manifest kept for *name* (one of its names or digested references)."""
@@ -90,7 +90,7 @@ class ImageRecord(Plain):
 
     def manifests_in(self, repository: str) -> set[str]:
         """The digests of the manifests kept for the image's names in *repository*."""
-        found = {self.manifest_of(n) for n in (*self.names, *self.digests) if _repository_of(n) == repository}
+        found = {self.manifest_of(n) for n in (*self.names, *self.digests) if repository_of(n) == repository}
         return {m for m in found if m}
 
     def as_named(self, ref: reference.Reference) -> ImageRecord:
@@ -151,7 +151,7 @@ class ImageRecord(Plain):
             raise IntegrityError(f"image record {where}", f"malformed: {e}") from e
 
 
-def _repository_of(name: str) -> str:
+def repository_of(name: str) -> str:
     """The repository of *name*; ``""`` for a name no longer valid (written by hand, or by an
     older version), which names none."""
     try:
