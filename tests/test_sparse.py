@@ -124,15 +124,22 @@ def test_pax_maps() -> None:
                          "GNU.sparse.realsize": b"20"}, 512, "f")
     assert m == sparse.SparseMap(None, 20)
     assert sparse.from_pax({"GNU.sparse.major": b"2", "GNU.sparse.minor": b"0"}, 0, "f") is None
+    # Go parses these numbers with strconv.ParseInt, which takes one leading plus sign
+    m = sparse.from_pax({"GNU.sparse.map": b"+0,5,10,+5", "GNU.sparse.size": b"+20"}, 10, "f")
+    assert m == sparse.SparseMap(((0, 5), (10, 5)), 20)
     for records in ({"GNU.sparse.map": b"0,5,10"}, {"GNU.sparse.map": b"0,x"},
                     {"GNU.sparse.map": b"0,5", "GNU.sparse.numblocks": b"2"},
-                    {"GNU.sparse.map": b"0,5", "GNU.sparse.size": b"-1"}):
+                    {"GNU.sparse.map": b"0,5", "GNU.sparse.size": b"-1"},
+                    {"GNU.sparse.map": b"0,++5"}, {"GNU.sparse.map": b"0,+"}):
         with pytest.raises(CorruptArchive, match="sparse map"):
             sparse.from_pax(records, 5, "f")
 
 
 def test_a_map_in_the_data_is_read_to_its_padded_end() -> None:
     text = b"2\n0\n5\n10\n5\n"
+    data = io.BytesIO(text + bytes(512 - len(text)) + b"abcdeABCDE")
+    assert sparse.read_map(data.read, 522, "f") == (((0, 5), (10, 5)), 512)
+    text = b"+2\n0\n+5\n10\n5\n"
     data = io.BytesIO(text + bytes(512 - len(text)) + b"abcdeABCDE")
     assert sparse.read_map(data.read, 522, "f") == (((0, 5), (10, 5)), 512)
     with pytest.raises(CorruptArchive, match="more fragments"):

@@ -82,6 +82,8 @@ def too_large(name: str) -> ArchiveError:
 
 
 def _decimal(text: bytes, name: str, what: str) -> int:
+    if text[:1] == b"+":  # Go's strconv.ParseInt, which writers and readers of this map use, takes a sign
+        text = text[1:]
     digits = text.lstrip(b"0")
     if not text.isdigit() or len(digits) > 19 or int(digits or b"0") > _MAX_INT64:
         raise _err(name, f"invalid sparse map ({what})")
