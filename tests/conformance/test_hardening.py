@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from graphdriver.errors import IntegrityError
-from graphdriver.testing.treeutil import D, F, make_tar
+from graphdriver.testing.treeutil import D, F, H, L, make_tar
 
 
 def _write(store, layer_id: str, name: str, data: bytes) -> None:
@@ -455,6 +455,35 @@ def test_an_apply_whose_first_entry_is_refused_leaves_the_layer_as_it_was(store,
     with pytest.raises(GraphDriverError):
         store.apply("base", io.BytesIO(_tar_of(("g", b"y", 0), refused)))
     assert store.layer("base").damaged
+
+
+@pytest.mark.parametrize("refused", [
+    {".": F(b"x")},  # the root as a file
+    {"l": H("nowhere")},  # a hard link to a target in no layer
+    {"d/x": F(b"x")},  # through a lower layer's symlink
+    {"d/sub/x": F(b"x")},
+    {"e/d/x": F(b"x")},
+])
+def test_an_apply_whose_first_entry_is_refused_later_leaves_the_layer_as_it_was(store, refused):
+    """Refusals found once the entry is placed (its parents resolved, its link target looked
+    for), still before anything is written: the layer above a parent is untouched and whole;
+    after a written entry, the same refusal leaves it damaged."""
+    from graphdriver.errors import GraphDriverError
+
+    store.import_layer("p", None, io.BytesIO(make_tar({"d": L("elsewhere"), "e": D(), "e/d": L("/")})))
+    imported = make_tar({"f": F(b"base")})
+    store.import_layer("c", "p", io.BytesIO(imported))
+    digest = store.layer("c").diff_digest
+    with pytest.raises(GraphDriverError):
+        store.apply("c", io.BytesIO(make_tar({**refused, "g": F(b"y")})))
+    record = store.layer("c")
+    assert (record.damaged, record.diff_digest) == (None, digest)
+    out = io.BytesIO()
+    store.diff("c", out)
+    assert out.getvalue() == imported
+    with pytest.raises(GraphDriverError):
+        store.apply("c", io.BytesIO(make_tar({"g": F(b"y"), **refused})))
+    assert store.layer("c").damaged
 
 
 def test_a_damaged_layer_is_refused_as_a_parent_on_the_command_line(store, tmp_path):

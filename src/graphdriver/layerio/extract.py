@@ -294,6 +294,9 @@ class Extraction:
         self.default_acls: dict[str, bytes] = {}
         # Device nodes left out without the privilege to make them (see _special).
         self.skipped: set[str] = set()
+        # Directories a path needed and this run made: an entry that failed while
+        # this stayed put wrote nothing (see _Extractor._entry).
+        self.dirs_made = 0
 
     # ----- what a format provides ------------------------------------------------------
 
@@ -311,6 +314,11 @@ class Extraction:
 
     def _implied_metadata(self, fd: int, rel: str) -> None:
         """Owner and mode of directory *rel*, made only because a path needed it."""
+        raise NotImplementedError
+
+    def _refuse_lower_symlink(self, rel: str) -> None:
+        """Raise OSError (ELOOP) if directory *rel* may not be made: the union shows a
+        lower layer's symlink there.  Called before the directory is made."""
         raise NotImplementedError
 
     def _error_text(self, x: OSError) -> str:
@@ -408,19 +416,22 @@ class Extraction:
                 n -= 1
         owned = False
         try:
+            for i in range(n, len(comps)):  # every check before the first directory is made
+                self._refuse_lower_symlink("/".join(comps[: i + 1]))
             for i in range(n, len(comps)):
+                prefix = "/".join(comps[: i + 1])
                 try:
                     sc.mkdir_at(comps[i], 0o700, dir_fd=fd)
                 except FileExistsError:
                     # Resolution said ENOENT, so this is a dangling symlink.
                     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
+                self.dirs_made += 1
                 # Only the deepest is cached: a hostile path thousands of
                 # levels deep must not pin thousands of fds.
                 sub = os.open(comps[i], _OPEN_DIR, dir_fd=fd)
                 if owned:
                     os.close(fd)
                 fd, owned = sub, True
-                prefix = "/".join(comps[: i + 1])
                 self._implied_metadata(fd, prefix)
                 self.created.add(prefix)
             self.dirs[rel] = fd
@@ -558,15 +569,11 @@ class _Extractor(Extraction):
             self._whiteout(e, parent, base)
             return 0
         if rel == ".":
-            self._root(e)
+            self._dir_metadata(self.root_fd, e, "")
             return 0
-        try:
-            pfd = self._dir_fd(parent)
-        except NotADirectoryError:
-            replaced = self._whiteout_on_the_way(parent) if self.overlay else None
-            if replaced is None:
-                raise
-            pfd = self._dir_replacing_whiteout(parent, *replaced)
+        pfd = self._parent_fd(e, parent)
+        if t == LNK:
+            self._refuse_missing_target(e, rel)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
             self.created.add(rel)
@@ -581,6 +588,51 @@ class _Extractor(Extraction):
             self._special(e, rel, pfd, base)
         self.created.add(rel)
         return 0
+
+    def _parent_fd(self, e: TarEntry, parent: str) -> int:
+        """The directory entry *e* goes in, made if missing.
+
+        Refused with nothing written when no directory had to be made: only
+        opening the existing ones failed (a path through a lower symlink).
+        """
+        made = self.dirs_made
+        try:
+            return self._dir_fd(parent)
+        except NotADirectoryError:
+            replaced = self._whiteout_on_the_way(parent) if self.overlay else None
+            if replaced is None:
+                raise
+            return self._dir_replacing_whiteout(parent, *replaced)
+        except OSError as x:
+            if self.dirs_made != made:
+                raise
+            refused = ArchiveError(e.name, self._error_text(x))
+            refused.wrote_nothing = True
+            raise refused from x
+
+    def _refuse_missing_target(self, e: TarEntry, rel: str) -> None:
+        """Refuse hard link *e* before writing when its target is nowhere: not in the
+        layer, not a device node left out, not in a lower layer."""
+        target = clean_name(e.linkname, e.name, "hardlink target")
+        if target == rel or target in self.skipped:
+            return
+        tparent, _, tbase = target.rpartition("/")
+        try:
+            tfd = self._existing_dir(tparent)
+            if tfd is not None:
+                os.stat(tbase, dir_fd=tfd, follow_symlinks=False)
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # not to be told here: the link itself says what is wrong
+        found = confine.find_in_lowers(self.lower_fds, target) if self.lower_fds else None
+        if found is not None:
+            os.close(found[0])
+            return
+        refused = ArchiveError(e.name, f"hardlink target {e.linkname!r} is missing")
+        refused.wrote_nothing = True
+        raise refused
 
     def _admit(self, e: TarEntry) -> tuple[str, str]:
         """The type *e* is written as and its clean path; raises for an entry refused outright.
@@ -604,6 +656,13 @@ class _Extractor(Extraction):
         if e.pax and t in REGULAR_TYPES and e.sparse is None and pax.sparse(e.pax):
             # Its data is the packed extents (and map), in a layout this reader does not know.
             raise ArchiveError(e.name, sparse.unknown_version(e.pax))
+        if rel == "." and t not in _DIR_TYPES:
+            raise ArchiveError(e.name, "the layer root can only be a directory")
+        if t == LNK and not rel.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
+            if not e.linkname:
+                raise ArchiveError(e.name, "hardlink with an empty target")
+            if clean_name(e.linkname, e.name, "hardlink target") == ".":
+                raise ArchiveError(e.name, "hardlink to a directory")
         return t, rel
 
     def _below_reserved(self, e: TarEntry, parent: str) -> bool:
@@ -646,7 +705,6 @@ class _Extractor(Extraction):
         # union view does not change it (unless this layer hid it: a new directory).
         st = None
         if self.lower_fds and not hidden_by(rel, self.hidden):
-            self._refuse_lower_symlink(rel)
             st = self._lower_dir_stat(rel)
         if st is None:
             uid, gid = self._map_ids(rel, 0, 0)
@@ -659,6 +717,8 @@ class _Extractor(Extraction):
 
     def _refuse_lower_symlink(self, rel: str) -> None:
         """Refuse to make directory *rel* over a symlink the union shows there (see :meth:`_resolve_dir`)."""
+        if not self.lower_fds or hidden_by(rel, self.hidden):
+            return
         found = confine.find_in_lowers(self.lower_fds, rel)
         if found is None:
             return
@@ -746,11 +806,6 @@ class _Extractor(Extraction):
         self.dirs[rel] = fd
         self._dir_metadata(fd, e, rel)
 
-    def _root(self, e: TarEntry) -> None:
-        if e.type not in _DIR_TYPES:
-            raise ArchiveError(e.name, "the layer root can only be a directory")
-        self._dir_metadata(self.root_fd, e, "")
-
     def _dir_metadata(self, fd: int, e: TarEntry, rel: str) -> None:
         uid, gid = self._owner(e)
         self._chown_fd(fd, uid, gid)
@@ -826,11 +881,7 @@ class _Extractor(Extraction):
             sc.mknod_at(name, mode, dev, dir_fd=pfd)
 
     def _hardlink(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
-        if not e.linkname:
-            raise ArchiveError(e.name, "hardlink with an empty target")
-        target = clean_name(e.linkname, e.name, "hardlink target")
-        if target == ".":
-            raise ArchiveError(e.name, "hardlink to a directory")
+        target = clean_name(e.linkname, e.name, "hardlink target")  # checked in _admit
         tparent, _, tbase = target.rpartition("/")
         if target == rel:
             # A link to itself: there is nothing to do if it exists.

@@ -99,7 +99,6 @@ class WindowsApplier(Extraction):
 
     def _implied_metadata(self, fd: int, rel: str) -> None:
         """As the directory is below, if it is; 0755 otherwise."""
-        self._refuse_lower_symlink(rel)
         st = self._lower_dir_stat(rel)
         os.fchmod(fd, 0o755 if st is None else st.st_mode & 0o7777)
         self._chown(fd)
