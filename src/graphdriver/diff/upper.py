@@ -37,10 +37,10 @@ import stat
 from collections.abc import Sequence
 
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.diff.walk import Walk, differs
+from graphdriver.diff.walk import Links, Walk, differs, finish
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.idmap import IDMappings
-from graphdriver.layerio.export import NO_ID_MAPS, change_sort_key, changes_size, export_changes
+from graphdriver.layerio.export import NO_ID_MAPS, changes_size, export_changes
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
 from graphdriver.plain import Plain
 
@@ -81,6 +81,7 @@ class _Reader:
         self.opaque_xattr = opaque_xattr
         self.scan = Scan()
         self._walks: dict[str, Walk] = {}
+        self.links = Links()
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.scan.changes.append(Change(path, kind))
@@ -155,8 +156,7 @@ class _Reader:
         while pending:
             rel, roots, opaque_above = pending.pop()
             pending.extend(self.directory(rel, roots, opaque_above))
-        _add_parents(self.scan.changes)
-        self.scan.changes.sort(key=change_sort_key)
+        finish(self.scan.changes, self.links)
         return self.scan
 
     def directory(
@@ -196,12 +196,15 @@ class _Reader:
             is_dir = stat.S_ISDIR(st.st_mode)
             if old is None:
                 self.add(path, ChangeKind.ADD)
+                self.links.note(path, st, True)
                 if is_dir:
                     subdirs.append((path, (), opaque))
                 continue
             root, old_st = old
-            if self.differs(root, path, st, old_st):
+            changed = self.differs(root, path, st, old_st)
+            if changed:
                 self.add(path, ChangeKind.MODIFY)
+            self.links.note(path, st, changed)
             if is_dir:
                 below = self.dir_roots(roots, path) if stat.S_ISDIR(old_st.st_mode) else ()
                 subdirs.append((path, below, opaque))
@@ -216,19 +219,6 @@ def _entryis_whiteout(e: os.DirEntry[str]) -> bool:
         return is_whiteout(e.stat(follow_symlinks=False))
     except FileNotFoundError:
         return False
-
-
-def _add_parents(changes: list[Change]) -> None:
-    """Every directory above a change is changed too (the generic walk's rule)."""
-    listed = {c.path for c in changes}
-    done: set[str] = set()
-    for change in list(changes):
-        parent = change.path.rpartition("/")[0]
-        while parent and parent not in done:
-            done.add(parent)
-            if parent not in listed:
-                changes.append(Change(parent, ChangeKind.MODIFY))
-            parent = parent.rpartition("/")[0]
 
 
 # ----- the public face ---------------------------------------------------------------------------

@@ -26,7 +26,11 @@ side by side.  The rules are ``docker diff``'s:
   added;
 * an entry that is the very same object on both sides (equal ``st_dev`` and
   ``st_ino``, as with hardlinked copies or a shared lower layer) is skipped
-  with its whole subtree.
+  with its whole subtree;
+* a file in both trees that nothing above calls changed, but that shares its
+  inode with an added or changed file (``ln a b`` in a container: ``b`` is
+  added, ``a`` is as it was), is changed too, so that the tarball carries the
+  link rather than a second copy (containers-storage lists it the same way).
 """
 
 from __future__ import annotations
@@ -40,10 +44,38 @@ from graphdriver.fs.ownfiles import open_readable
 from graphdriver.layerio.export import change_sort_key, read_xattrs
 
 
+class Links:
+    """Hard-linked files met in one comparison, to list the unchanged names of a changed inode."""
+
+    __slots__ = ("changed", "unchanged")
+
+    def __init__(self) -> None:
+        self.changed: set[tuple[int, int]] = set()
+        self.unchanged: dict[tuple[int, int], list[str]] = {}
+
+    def note(self, path: str, st: os.stat_result, listed: bool) -> None:
+        """Remember file *path* of the new tree; *listed*: added or changed.
+
+        An unchanged file matters only with other names; a changed one always, as
+        fuse-overlayfs may count one name of a linked file only.
+        """
+        if stat.S_ISDIR(st.st_mode):
+            return
+        if listed:
+            self.changed.add((st.st_dev, st.st_ino))
+        elif st.st_nlink > 1:
+            self.unchanged.setdefault((st.st_dev, st.st_ino), []).append(path)
+
+    def partners(self) -> list[Change]:
+        """The unchanged names of every inode that also has an added or changed name."""
+        return [Change(path, ChangeKind.MODIFY)
+                for key in self.changed.intersection(self.unchanged) for path in self.unchanged[key]]
+
+
 class Walk:
     """State of one comparison: the two roots and what was found so far."""
 
-    __slots__ = ("changes", "new_root", "old_root", "owner")
+    __slots__ = ("changes", "links", "new_root", "old_root", "owner")
 
     def __init__(self, new_root: str, old_root: str | None,
                  owner: Callable[[int, int], tuple[int, int]] | None = None) -> None:
@@ -52,6 +84,7 @@ class Walk:
         #: The old tree's (uid, gid) as the new tree would store them (layers with other id maps).
         self.owner = owner
         self.changes: list[Change] = []
+        self.links = Links()
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.changes.append(Change(path, kind))
@@ -80,9 +113,16 @@ def changes_between(new_root: str, old_root: str | None,
     while pending:
         rel, in_old = pending.pop()
         pending.extend(_compare_dir(walk, rel, in_old))
-    _add_parents(walk)
-    walk.changes.sort(key=change_sort_key)
-    return walk.changes
+    return finish(walk.changes, walk.links)
+
+
+def finish(changes: list[Change], links: Links) -> list[Change]:
+    """*changes* with the unchanged names of changed hard links and every directory above
+    a change added (see the module docstring), sorted."""
+    changes += links.partners()
+    _add_parents(changes)
+    changes.sort(key=change_sort_key)
+    return changes
 
 
 def _same_object(a: os.stat_result, b: os.stat_result) -> bool:
@@ -129,13 +169,16 @@ def _compare_dir(walk: Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
         new_is_dir = stat.S_ISDIR(new_st.st_mode)
         if old_st is None:
             walk.add(path, ChangeKind.ADD)
+            walk.links.note(path, new_st, True)
             if new_is_dir:
                 subdirs.append((path, False))
             continue
         if _same_object(new_st, old_st):
             continue
-        if differs(walk, path, new_st, old_st):
+        changed = differs(walk, path, new_st, old_st)
+        if changed:
             walk.add(path, ChangeKind.MODIFY)
+        walk.links.note(path, new_st, changed)
         if new_is_dir:
             subdirs.append((path, stat.S_ISDIR(old_st.st_mode)))
     return subdirs
@@ -219,19 +262,19 @@ def _xattrs(path: str) -> dict[str, bytes]:
         return {}
 
 
-def _add_parents(walk: Walk) -> None:
+def _add_parents(changes: list[Change]) -> None:
     """Mark every directory above a change as changed (``docker diff`` does).
 
     Any ancestor of a change that is not itself listed exists in both trees as
     a directory: were it only in the new tree it would be added, were its type
     changed it would be listed already.
     """
-    listed = {c.path for c in walk.changes}
+    listed = {c.path for c in changes}
     done: set[str] = set()
-    for change in list(walk.changes):
+    for change in list(changes):
         parent = change.path.rpartition("/")[0]
         while parent and parent not in done:
             done.add(parent)
             if parent not in listed:
-                walk.add(parent, ChangeKind.MODIFY)
+                changes.append(Change(parent, ChangeKind.MODIFY))
             parent = parent.rpartition("/")[0]
