@@ -314,6 +314,21 @@ def test_an_apply_whose_first_entry_is_refused_leaves_the_layer_as_it_was(wstore
     assert wstore.layer("sb").damaged
 
 
+def test_an_apply_to_a_mounted_layer_is_refused_and_changes_nothing(wstore):
+    """Refused before the record says an apply began: once unmounted, the layer is whole."""
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("sb", "base", writable=True)
+    view = wstore.mount("sb")
+    try:
+        Path(view, "data.txt").write_bytes(b"keep")
+        with pytest.raises(Precondition, match="is mounted"):
+            wstore.apply("sb", io.BytesIO(_plain_tar(("Files/new.txt", b"new", ""))))
+    finally:
+        wstore.unmount("sb")
+    assert wstore.layer("sb").damaged is None
+    assert [str(c) for c in wstore.changes("sb")] == ["A /Files/data.txt"]
+
+
 def test_hardlinks_outside_the_volumes_refused(wstore):
     import_entries(wstore, "base", wingen.base_layer())
     with pytest.raises(ArchiveError, match="invalid hard link"):
@@ -526,8 +541,8 @@ def test_base_images_registered(tmp_path):
         assert (view / "Windows/win.ini").read_bytes() == b"NanoServer"
     finally:
         driver.put(nano.id)
-    with pytest.raises(Precondition):
-        content.apply(driver, nano.id, io.BytesIO(wingen.layer_tar(wingen.base_layer())))
+    with pytest.raises(Precondition, match="base image"):
+        driver.check_apply(nano.id)
     if os.geteuid() == 0:
         driver.create_rw("ctr", nano.id)
         assert driver.layer_chain("ctr") == [os.path.join(driver.home, folder_name)]

@@ -36,11 +36,11 @@ def apply(driver: Driver, layer_id: str, stream: BinaryIO, *, tarsplit_out: Bina
 
     *tarsplit_out* receives the gzip-compressed tar-split metadata.  Extraction
     runs confined to the driver's apply target (see :mod:`graphdriver.fs.confine`).
-    *idmaps* are the layer's (default: the store's).
+    *idmaps* are the layer's (default: the store's).  The caller has asked
+    :meth:`~graphdriver.drivers.base.Driver.check_apply` first, under the store's lock.
     """
     from graphdriver.layerio.ingest import ingest
 
-    driver.check_apply(layer_id)
     target = driver.apply_target(layer_id)
     maps = driver.config.idmaps if idmaps is None else idmaps
     if driver.LAYER_FORMAT == WINDOWS_FORMAT:

@@ -627,6 +627,7 @@ class Store:
                 raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0 and not record.writable:
                 raise Precondition(f"layer {layer_id}", "is mounted")
+            self.driver.check_apply(layer_id)  # before the record says anything: a refusal changes nothing
             # Once more is applied, the imported tarball no longer describes the
             # layer: forget what the import recorded before touching the files.
             record.diff_digest = record.compressed_digest = record.chain_id = None
