@@ -111,6 +111,30 @@ def test_a_child_with_other_maps(tmp_path, driver_name):
         assert {m.name.rstrip("/"): m.uid for m in tf.getmembers()}["etc/added"] == 7
 
 
+def test_a_gid_map_alone_keeps_the_uid_map_a_layer_would_have_had(tmp_path, driver_name):
+    """``--gidmap`` alone: the uid map stays its parent's (else the store's), as
+    containers-storage's create-layer has it; a store's ``--uidmap`` alone maps groups alike."""
+    gd(tmp_path, driver_name, "import", "base", "--uidmap", MAP, "-", input=LAYER)
+    gd(tmp_path, driver_name, "create", "c", "--parent", "base", "--gidmap", "0:400000:65536")
+    record = json.loads(gd(tmp_path, driver_name, "layer", "c").stdout)
+    assert (record["uidmap"], record["gidmap"]) == (MAP, "0:400000:65536")
+    root = gd(tmp_path, driver_name, "mount", "c").stdout.decode().strip()
+    try:
+        assert owners(root, "etc/passwd", "home/u") == [(100000, 400000), (101000, 401000)]
+    finally:
+        gd(tmp_path, driver_name, "unmount", "c")
+    gd(tmp_path, driver_name, "import", "nomap", "--gidmap", "0:400000:65536", "-", input=LAYER)
+    record = json.loads(gd(tmp_path, driver_name, "layer", "nomap").stdout)
+    assert (record["uidmap"], record["gidmap"]) == ("", "0:400000:65536")
+    mapped = tmp_path / "mapped"
+    run_cli("--uidmap", MAP, "import", "sb", "-", root=mapped, driver=driver_name, input=LAYER)
+    root = run_cli("mount", "sb", root=mapped, driver=driver_name).stdout.decode().strip()
+    try:
+        assert owners(root, "etc/passwd", "home/u") == [(100000, 100000), (101000, 101000)]
+    finally:
+        run_cli("unmount", "sb", root=mapped, driver=driver_name)
+
+
 @pytest.mark.parametrize("bad", ["0:1000:10,5:2000:10", "0:1000:10,20:1005:10", "0:4294967290:100",
                                  "1:2", "0:-1:5"])
 def test_bad_maps_are_refused_in_one_line(tmp_path, bad):

@@ -36,7 +36,7 @@ def _open_store(args: Args) -> Store:
         driver=args.driver,
         options=args.opt,
         uidmap=args.uidmap or "",
-        gidmap=args.gidmap or "",
+        gidmap=args.gidmap or args.uidmap or "",  # --uidmap alone maps groups alike, as podman's does
         additional_stores=args.additional_store,
         recover=args.command != "cleanup",
         create=False,
@@ -78,15 +78,25 @@ def cmd_status(store: Store, args: Args) -> int:
     return 0
 
 
-def _layer_maps(args: Args) -> IDMappings | None:
-    """The id maps given to create, import or apply (None: none given)."""
+def _layer_maps(args: Args, default: Callable[[], IDMappings]) -> IDMappings | None:
+    """The id maps given to create, import or apply (None: none given).
+
+    ``--gidmap`` defaults to the ``--uidmap`` given; ``--gidmap`` alone keeps the
+    uid map the layer would have had (*default*: its parent's, else the store's),
+    as containers-storage's ``create-layer`` does.
+    """
     if not args.layer_uidmap and not args.layer_gidmap:
         return None
     from graphdriver.idmap import IDMappings
 
-    uids = ",".join(args.layer_uidmap)
+    uids = ",".join(args.layer_uidmap) if args.layer_uidmap else str(default().uids)
     gids = ",".join(args.layer_gidmap) if args.layer_gidmap else uids
     return IDMappings.parse(uids, gids)
+
+
+def _parent_maps(store: Store, parent: str | None) -> Callable[[], IDMappings]:
+    """The maps a new layer on *parent* takes when it is given none."""
+    return lambda: store.layer_maps(store.layer(parent)) if parent is not None else store.idmaps
 
 
 def _result(args: Args, text: str, value: dict[str, object]) -> None:
@@ -95,8 +105,9 @@ def _result(args: Args, text: str, value: dict[str, object]) -> None:
 
 
 def cmd_create(store: Store, args: Args) -> int:
+    maps = _layer_maps(args, _parent_maps(store, args.parent))
     record = store.create(args.id, args.parent, writable=args.rw, size=args.size,
-                          mount_label=args.mount_label, idmaps=_layer_maps(args))
+                          mount_label=args.mount_label, idmaps=maps)
     _result(args, args.id, record.display())
     return 0
 
@@ -105,7 +116,8 @@ def cmd_import(store: Store, args: Args) -> int:
     from graphdriver.cliio import input_stream
 
     with input_stream(args.file, f"import {args.id}", args.quiet) as stream:
-        record = store.import_layer(args.id, args.parent, stream, idmaps=_layer_maps(args))
+        maps = _layer_maps(args, _parent_maps(store, args.parent))
+        record = store.import_layer(args.id, args.parent, stream, idmaps=maps)
     if args.json:
         _out(jsonio.dumps(record.display()))
     else:
@@ -116,7 +128,7 @@ def cmd_import(store: Store, args: Args) -> int:
 def cmd_apply(store: Store, args: Args) -> int:
     from graphdriver.cliio import input_stream
 
-    maps = _layer_maps(args)
+    maps = _layer_maps(args, lambda: store.layer_maps(store.layer(args.id)))
     if maps is not None and maps != store.layer_maps(store.layer(args.id)):
         raise InvalidArgument(f"--uidmap/--gidmap for layer {args.id}", "it was created with other id maps")
     with input_stream(args.file, f"apply {args.id}", args.quiet) as stream:

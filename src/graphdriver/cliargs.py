@@ -92,7 +92,7 @@ GLOBAL_OPTIONS = (
     Option("--additional-store", "a read-only store whose layers are listed and used as parents",
            metavar="DIR", repeat=True),
     Option("--uidmap", "uid map of a new store (container:host:size[,...])", metavar="MAP"),
-    Option("--gidmap", "gid map of a new store (container:host:size[,...])", metavar="MAP"),
+    Option("--gidmap", "gid map of a new store (default: the --uidmap given)", metavar="MAP"),
     Option("--json", "machine-readable output on stdout"),
     Option("-q|--quiet", "less on stderr (no progress bars)"),
     Option("-v|--verbose", "more on stderr (the causes behind an error)"),

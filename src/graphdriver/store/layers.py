@@ -460,10 +460,15 @@ class Store:
 
         return Transaction(self, layer_id, operation, undo=undo)
 
+    @property
+    def idmaps(self) -> IDMappings:
+        """The store's id maps: a layer's files are stored under them unless it has its own."""
+        return self.driver.config.idmaps
+
     def layer_maps(self, record: LayerRecord) -> IDMappings:
         """The id maps *record*'s files are stored under: its own, else the store's."""
         if record.uidmap is None and record.gidmap is None:
-            return self.driver.config.idmaps
+            return self.idmaps
         from graphdriver.idmap import IDMappings
 
         return IDMappings.parse(record.uidmap or "", record.gidmap or "")
