@@ -45,6 +45,14 @@ def test_diff_compress_original_gives_the_kept_blob(tmp_path):
     layer_id = inspected["Layers"][0]["Layer"]
     blob = gd(tmp_path, "vfs", "diff", layer_id, "--compress", "original").stdout
     assert blob == gzip.compress(LAYER, mtime=0)  # the layout's blob, byte for byte
+    # Those bytes are the layer over its own parent, as imported: nothing else is asked of them.
+    gd(tmp_path, "vfs", "import", "other", "-", input=LAYER)
+    for extra in (["--parent", "other"], ["--regenerate"]):
+        out = tmp_path / "out.gz"
+        refused = gd(tmp_path, "vfs", "diff", layer_id, "--compress", "original", *extra, "-o", str(out),
+                     check=False)
+        assert (refused.returncode, refused.stdout, out.exists()) == (2, b"", False), extra
+        assert refused.stderr.decode().startswith("graphdriver: --compress original: "), refused.stderr
 
 
 def test_mounted_counts_across_processes_and_unmount_force_drops_them(tmp_path, driver_name):

@@ -227,6 +227,9 @@ def cmd_diff(store: Store, args: Args) -> int:
     if kind == "original":
         from graphdriver.images.kept import original_blob
 
+        if args.regenerate or (args.parent is not None and args.parent != store.layer(args.id).parent):
+            raise InvalidArgument("--compress original", "gives back the bytes the layer came in, over "
+                                  "its own parent: it takes no other --parent and no --regenerate")
         path = original_blob(store, args.id)
         with output_stream(args.output) as out, open(path, "rb") as f:
             while chunk := f.read(1 << 20):
