@@ -14,7 +14,7 @@ import pytest
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.diff.walk import changes_between
-from graphdriver.errors import InvalidArgument
+from graphdriver.errors import GraphDriverError
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.layerio.export import (
     NO_ID_MAPS,
@@ -184,8 +184,9 @@ def test_owners_are_mapped_back_to_container_ids(tmp_path: Path) -> None:
     m = members(export(tmp_path, [Change("/f", A)], maps))
     assert (m["f"].uid, m["f"].gid) == (5, 7)
     os.chown(f, 5, 5)
-    with pytest.raises(InvalidArgument, match="not covered"):
+    with pytest.raises(GraphDriverError, match="not covered") as refused:
         export(tmp_path, [Change("/f", A)], maps)
+    assert refused.value.exit_code == 1  # the layer's data, not a usage error
 
 
 @needs_root

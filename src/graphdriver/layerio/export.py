@@ -121,7 +121,7 @@ def entry_from_stat(root: str, relpath: str, st: os.stat_result, idmaps: IDMappi
     *relpath* has no leading ``/``.  The entry carries no data: for a regular
     file the caller writes ``entry.size`` bytes of it.  Returns None for a
     socket, which tar cannot hold.  Raises ``FileNotFoundError`` if the file
-    vanished and :class:`InvalidArgument` if its owner is outside the id maps.
+    vanished and :class:`GraphDriverError` if its owner is outside the id maps.
     """
     mode = st.st_mode
     if stat.S_ISSOCK(mode):
@@ -167,9 +167,11 @@ def _to_container(idmaps: IDMappings, relpath: str, host_id: int, *, uid: bool) 
     try:
         return idmap.to_container(host_id)
     except InvalidArgument as e:
+        # The layer's data, not the command, is at fault: no usage error (2).
         which = "owner" if uid else "group"
-        raise InvalidArgument(
-            f"file {relpath!r}", f"{which} {host_id} is not covered by the id map"
+        raise GraphDriverError(
+            f"file {relpath!r}", f"{which} {host_id} is not covered by the layer's id map, so a tarball "
+            "cannot give it a container id"
         ) from e
 
 
