@@ -15,7 +15,14 @@ import pytest
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.drivers import windowsfilter
-from graphdriver.errors import ArchiveError, IntegrityError, InvalidArgument, Precondition, Unsupported
+from graphdriver.errors import (
+    ArchiveError,
+    GraphDriverError,
+    IntegrityError,
+    InvalidArgument,
+    Precondition,
+    Unsupported,
+)
 from graphdriver.layerio.entry import TarEntry
 from graphdriver.layerio.tarstream import TarReader
 from graphdriver.layerio.windows import layer as winlayer
@@ -366,6 +373,24 @@ def test_views_read_only_for_images_writable_for_sandboxes(wstore):
         wstore.unmount("ctr")
     assert wstore.driver.mount_count("ctr") == 0
     assert not os.path.ismount(root)
+
+
+@pytest.mark.parametrize("name", ["x:y", "d:/f"])
+def test_a_name_with_a_colon_is_refused_by_diff_before_any_byte(wstore, name):
+    """A Windows layer reads ``name:stream`` as an alternate data stream: a file so named
+    could only come back as something else, so its tarball is refused whole."""
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("ctr", "base", writable=True)
+    root = wstore.mount("ctr")
+    try:
+        Path(root, name).parent.mkdir(exist_ok=True)
+        Path(root, name).write_bytes(b"x")
+    finally:
+        wstore.unmount("ctr")
+    out = io.BytesIO()
+    with pytest.raises(GraphDriverError, match="alternate data stream") as refused:
+        wstore.diff("ctr", out)
+    assert (refused.value.exit_code, out.getvalue()) == (1, b"")
 
 
 @needs_root

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.errors import NotFound
+from graphdriver.errors import GraphDriverError, NotFound
 from graphdriver.fs.confine import open_file_in_root
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
@@ -68,6 +68,10 @@ def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: Bi
     *own_extras*: the layer's own ``Hives/`` and ``UtilityVM/`` travel with it
     (the diff is against its own parent).
     """
+    for c in changes:  # all before the first byte: a refused tarball is no half one
+        if ":" in c.path:
+            raise GraphDriverError(f"file {c.path!r}", "a ':' cannot be in the name of a file of a Windows "
+                                   "layer (it would read back as an alternate data stream): rename it")
     items: list[tuple[str, str | None]] = []
     for c in changes:
         name = layout.FILES + c.path
