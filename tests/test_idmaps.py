@@ -252,6 +252,32 @@ def test_an_imported_overlay_child_on_idmapped_lowers_checks_clean(tmpfs):
         gd_auto(tmpfs, "unmount", "child")
 
 
+_CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")  # v2: cap_net_raw, effective
+_ACL = (2).to_bytes(4, "little") + b"".join(
+    tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
+    for tag, perm, ident in ((1, 6, 2**32 - 1), (2, 7, 1000), (4, 4, 2**32 - 1), (0x10, 7, 2**32 - 1),
+                             (0x20, 4, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("base_maps", [("--uidmap", MAP), ()])
+def test_a_child_over_capabilities_and_acls_is_a_shifted_copy(tmpfs, base_maps):
+    """A file capability or a POSIX ACL holds ids an idmapped view would show translated (or not
+    at all): the child is made as a shifted copy, so the container keeps its capability and an
+    empty child has no changes."""
+    layer = make_tar({"cap": F(b"ping", mode=0o755, xattrs={"security.capability": _CAPABILITY}),
+                      "f": F(b"f", xattrs={"system.posix_acl_access": _ACL})})
+    gd_auto(tmpfs, "import", "base", *base_maps, "-", input=layer)
+    gd_auto(tmpfs, "create", "k", "--parent", "base", "--uidmap", "0:200000:65536")
+    assert gd_auto(tmpfs, "changes", "k", check=False).stdout == b""
+    assert gd_auto(tmpfs, "diffsize", "k", check=False).stdout == b"0\n"
+    root = gd_auto(tmpfs, "mount", "k").stdout.decode().strip()
+    try:
+        assert os.getxattr(os.path.join(root, "cap"), "security.capability")
+    finally:
+        gd_auto(tmpfs, "unmount", "k")
+    assert not (tmpfs / "store" / "overlay" / "k" / "lowermaps").exists()
+
+
 def test_idmapped_lowers_false_copies(tmpfs):
     gd_auto(tmpfs, "import", "base", "--uidmap", MAP, "-", input=LAYER)
     run_cli("--opt", "idmapped_lowers=false", "create", "other", "--parent", "base", "--uidmap",

@@ -68,7 +68,9 @@ Driver options (``--opt KEY=VALUE``):
     ``auto`` (the default) or ``false``.  A child created with other id maps
     than its parent sees the layers below through idmapped mounts
     (``mount_setattr`` with ``MOUNT_ATTR_IDMAP``: root, and a filesystem that
-    allows them); ``false``, or where the kernel or filesystem refuses, its
+    allows them); ``false``, or where the kernel or filesystem refuses, or
+    where a layer below holds a file capability or a POSIX ACL (ids of their
+    own, which an idmapped view would show translated or not at all), its
     upper directory starts as a copy of its parent's tree with the owners
     shifted, opaque at the root.
 
@@ -529,7 +531,8 @@ class OverlayDriver(Driver):
         lowers = self._lowers(parent_folder)
         stored = below or [theirs] * len(lowers)
         dirs = [(self._upper(parent_folder), theirs), *zip(lowers, stored, strict=False)]
-        return all(m == mine or idmapped.available(path, m, mine) for path, m in dirs)
+        return all(m == mine or (idmapped.available(path, m, mine) and not idmapped.holds_id_xattrs(path))
+                   for path, m in dirs)
 
     def _shift_root(self, upper: str, theirs: IDMappings, mine: IDMappings) -> None:
         """The upper root copied the parent's owner, stored under *theirs*: store it under *mine*."""

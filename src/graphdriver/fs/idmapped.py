@@ -28,6 +28,10 @@ _ALL = ((0, 0, MAX_ID + 1),)
 #: The kernel's limit on lines in a ``uid_map``.
 _MAX_LINES = 340
 
+#: Extended attributes holding ids (see :func:`holds_id_xattrs`).
+_CAPABILITY = "security.capability"
+_POSIX_ACL = "system.posix_acl_"
+
 _userns: dict[tuple[str, str], int] = {}
 _views: dict[tuple[str, str, str], int] = {}
 
@@ -115,6 +119,26 @@ def available(path: str, theirs: IDMappings, mine: IDMappings) -> bool:
     except OSError:
         return False
     return True
+
+
+def holds_id_xattrs(path: str) -> bool:
+    """Whether a file below *path* has a file capability or a POSIX ACL.
+
+    Both hold ids of their own (a capability's root id, an ACL's users and
+    groups) that an idmapped view shows translated, or not at all where the
+    translation has no answer: such a tree is copied with its ids shifted
+    instead of viewed.
+    """
+    from graphdriver.fs.tree import walk_tree
+
+    for _, entry in walk_tree(path):
+        try:
+            names = os.listxattr(entry.path, follow_symlinks=False)
+        except OSError:
+            continue  # gone, or a filesystem without xattrs: nothing to translate
+        if any(n == _CAPABILITY or n.startswith(_POSIX_ACL) for n in names):
+            return True
+    return False
 
 
 def release() -> None:
