@@ -90,6 +90,14 @@ def test_bash_completion_loads_and_completes_commands_options_and_layer_ids(tmp_
     run = ["graphdriver", "--root", str(store), "--run-root", str(tmp_path / "run"), "--driver", "vfs"]
     assert _complete(script, [*run, "mount", "al"], on_path) == ["alpha-layer"]
     assert sorted(_complete(script, [*run, "diff", ""], on_path)) == ["alpha-layer", "beta-layer"]
+    # --root=DIR: three words where COMP_WORDBREAKS holds '=' (bash's default), one where it does not
+    split = ["graphdriver", "--root", "=", str(store), "--run-root", "=", str(tmp_path / "run"),
+             "--driver", "=", "vfs"]
+    assert _complete(script, [*split, "mount", "al"], on_path) == ["alpha-layer"]
+    whole = ["graphdriver", f"--root={store}", f"--run-root={tmp_path / 'run'}", "--driver=vfs"]
+    assert _complete(script, [*whole, "mount", "al"], on_path) == ["alpha-layer"]
+    top = _complete(script, ["graphdriver", ""], on_path)
+    assert len(top) == len(set(top))
     fish = gd("completion", "fish", root=tmp_path).stdout.decode()
     assert "__fish_use_subcommand" in fish and "graphdriver layers" in fish
     assert gd("completion", "tcsh", root=tmp_path, check=False).returncode == 2

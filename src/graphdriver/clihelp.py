@@ -364,7 +364,7 @@ def _words() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
             groups.setdefault(first, []).append(rest)
         if first not in top:
             top.append(first)
-    top += ["help", "completion", "man"]
+    top += [n for n in ("help", "completion", "man") if n not in top]
     options = {name: [f for o in c.options for f in o.flags] for name, c in COMMANDS.items()}
     return top, groups, options
 
@@ -397,11 +397,16 @@ _graphdriver() {{
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${{COMP_WORDS[i]}}"
         case "$word" in
-            --root|--run-root|--driver|--opt|--additional-store|--uidmap|--gidmap) ((i++)); continue ;;
+            --root|--run-root|--driver|--opt|--additional-store|--uidmap|--gidmap)
+                # --root=DIR comes as three words where COMP_WORDBREAKS holds '='
+                [[ "${{COMP_WORDS[i+1]}}" == "=" ]] && ((i++))
+                ((i++)); continue ;;
             -*) continue ;;
         esac
         if [[ -z "$cmd" ]]; then cmd="$word"; elif [[ -z "$sub" && "{' '.join(groups)}" == *"$cmd"* ]]; then sub="$word"; fi
     done
+    [[ "$prev" == "=" ]] && prev="${{COMP_WORDS[COMP_CWORD-2]}}"
+    [[ "$cur" == "=" ]] && cur=""
     case "$prev" in
         --root|--run-root|--additional-store|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --driver) COMPREPLY=($(compgen -W "overlay vfs windowsfilter" -- "$cur")); return ;;
@@ -430,7 +435,13 @@ _graphdriver() {{
             local store_args=() j
             for ((j = 1; j < COMP_CWORD; j++)); do
                 case "${{COMP_WORDS[j]}}" in
-                    --root|--run-root|--driver) store_args+=("${{COMP_WORDS[j]}}" "${{COMP_WORDS[j+1]}}") ;;
+                    --root|--run-root|--driver)
+                        if [[ "${{COMP_WORDS[j+1]}}" == "=" ]]; then
+                            store_args+=("${{COMP_WORDS[j]}}" "${{COMP_WORDS[j+2]}}")
+                        else
+                            store_args+=("${{COMP_WORDS[j]}}" "${{COMP_WORDS[j+1]}}")
+                        fi ;;
+                    --root=*|--run-root=*|--driver=*) store_args+=("${{COMP_WORDS[j]}}") ;;
                 esac
             done
             if [[ "$full" == help ]]; then
