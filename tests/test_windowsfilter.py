@@ -375,6 +375,20 @@ def test_views_read_only_for_images_writable_for_sandboxes(wstore):
     assert not os.path.ismount(root)
 
 
+def test_a_layer_whose_files_folder_is_gone_is_damaged_and_removable(wstore):
+    """Its record stands, its files do not: exit 6 naming it (as a layer whose whole folder went),
+    not a raw "No such file or directory"; remove takes what is left."""
+    import_entries(wstore, "base", wingen.base_layer())
+    folder = Path(wstore.driver.resolve("base"))
+    (folder / "Files").rename(folder / "Files.gone")
+    for what in (lambda: wstore.mount("base"), lambda: wstore.changes("base"),
+                 lambda: wstore.diff_size("base")):
+        with pytest.raises(IntegrityError, match="files are missing"):
+            what()
+    wstore.remove("base")
+    assert not wstore.exists("base") and not folder.exists()
+
+
 @pytest.mark.parametrize("name", ["x:y", "d:/f"])
 def test_a_name_with_a_colon_is_refused_by_diff_before_any_byte(wstore, name):
     """A Windows layer reads ``name:stream`` as an alternate data stream: a file so named

@@ -98,6 +98,7 @@ from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
     InvalidArgument,
+    NotFound,
     Precondition,
     Unsupported,
 )
@@ -334,6 +335,13 @@ class WindowsFilterDriver(Driver, BaseImages):
     def _files(self, folder: str) -> str:
         return os.path.join(self._data_dir(folder), FILES)
 
+    def _existing_files(self, layer_id: str, folder: str) -> str:
+        """:meth:`_files`, which must be there (the store tells a removed layer from a damaged one)."""
+        path = self._files(folder)
+        if not os.path.isdir(path):
+            raise NotFound(f"layer {layer_id}", f"its files are missing (its {FILES} folder)")
+        return path
+
     def _is_sandbox(self, folder: str) -> bool:
         return os.path.isdir(os.path.join(self._data_dir(folder), WORK_DIR))
 
@@ -407,6 +415,7 @@ class WindowsFilterDriver(Driver, BaseImages):
 
     def _mount(self, layer_id: str, mount_label: str) -> str:
         folder = self.resolve(layer_id)
+        self._existing_files(layer_id, folder)
         target = self._view_path(folder)
         if self.privileged and os.path.isdir(target) and mounts.is_mount_point(target):
             return target  # left by a process that died before counting it
@@ -544,6 +553,7 @@ class WindowsFilterDriver(Driver, BaseImages):
         """The layer's own ``Files/`` over its ancestors' when it is compared with its own
         parent (or a base layer with nothing); otherwise the two views, mounted."""
         folder = self.resolve(layer_id)
+        self._existing_files(layer_id, folder)
         chain = self.layer_chain(layer_id)
         datas = (self._data_dir(folder), *(self._data_dir(c) for c in chain))
         if native and self._native(chain, parent):
