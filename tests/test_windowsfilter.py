@@ -749,6 +749,27 @@ def test_base_images_cli(tmp_path):
     assert wrong.returncode == 7
 
 
+def test_a_base_image_whose_folder_went_is_removed_without_leftovers(tmp_path):
+    """Its registration (the link into the home and the id folder) goes with its record, though
+    the link dangles; cleanup then finds nothing."""
+    import shutil
+
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    root = tmp_path / "cli-root"
+    listed = json.loads(run_cli("--opt", f"base_images={images}", "base-images", "--json", root=root,
+                                driver="windowsfilter").stdout)
+    nano = next(i for i in listed if i["Name"] == "NanoServer")
+    shutil.rmtree(images / "CN=Microsoft_NanoServer_10.0.17763.1")
+    run_cli("remove", nano["ID"], root=root, check=True)
+    home = root / "windowsfilter"
+    kept = [i["ID"] for i in listed if i["Name"] != "NanoServer"]
+    assert sorted(p.name for p in home.iterdir() if not p.name.startswith(".")) == sorted(
+        [*kept, "CN=Microsoft_WindowsServerCore_10.0.17763.1"])
+    assert run_cli("cleanup", root=root).stdout == b""
+
+
 def test_a_layer_named_as_a_base_images_folder_is_refused_and_leaves_the_image_whole(tmp_path):
     from tests.conftest import run_cli
 

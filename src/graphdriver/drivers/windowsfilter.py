@@ -79,6 +79,7 @@ from typing import ClassVar
 from graphdriver.drivers.base import (
     DELETE_WHITEOUTS,
     LAYERID_FILE,
+    LAYERID_FILE_ALT,
     OVERLAY_WHITEOUTS,
     STAGING_DIR,
     WINDOWS_FORMAT,
@@ -394,11 +395,18 @@ class WindowsFilterDriver(Driver, BaseImages):
         own = self._folder(self.home, layer_id)
         if os.path.islink(own) or not os.path.isdir(own):
             return None
-        try:
-            folder = self.resolve(layer_id)
-        except GraphDriverError:
+        # Read, not resolved: the images' folder may be gone, leaving the link dangling.
+        for fname in (LAYERID_FILE, LAYERID_FILE_ALT):
+            try:
+                with open(os.path.join(own, fname), encoding="utf-8") as f:
+                    name = f.read().strip()
+            except (FileNotFoundError, UnicodeDecodeError):
+                continue
+            link = os.path.join(self.home, name)
+            if name and name == os.path.basename(name) and name not in (".", "..") and os.path.islink(link):
+                return link
             return None
-        return folder if folder != own and self._is_base_image(folder) else None
+        return None
 
     def _destroy(self, folder: str) -> None:
         if os.path.islink(folder):

@@ -1296,14 +1296,17 @@ class Store:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             self._refuse_held(layer_id, holder)
             tx.mark()
-            if self.driver.exists(layer_id) and not self.driver.is_readonly_store(layer_id):
-                try:
-                    self.driver.remove(layer_id)
-                except Precondition:
-                    # Refused before anything was removed: the layer stays, so no
-                    # later cleanup may finish a removal the caller was told failed.
-                    self.records.clear_pending(layer_id)
-                    raise
+            try:
+                # Asked even when the layer's files cannot be resolved (a base image's
+                # folder gone): what of it is the driver's goes with the record.
+                self.driver.remove(layer_id)
+            except NotFound:
+                pass  # no folder of its own left
+            except Precondition:
+                # Refused before anything was removed: the layer stays, so no
+                # later cleanup may finish a removal the caller was told failed.
+                self.records.clear_pending(layer_id)
+                raise
             self._forget_tarsplit(layer_id)
             tx.commit(None)
 
