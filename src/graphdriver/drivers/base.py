@@ -284,19 +284,16 @@ class Driver(abc.ABC):
         for home in (self.home, *self.config.readonly_homes):
             folder = self._folder(home, layer_id)
             if os.path.isdir(folder):
-                for fname in (LAYERID_FILE, LAYERID_FILE_ALT):
-                    try:
-                        with open(os.path.join(folder, fname), encoding="utf-8") as f:
-                            alt = f.read().strip()
-                    except FileNotFoundError:
-                        continue
-                    if alt and alt == os.path.basename(alt) and alt not in (".", ".."):
-                        target = self._folder(home, alt)
-                        if not os.path.isdir(target):
-                            raise NotFound(f"layer {layer_id}", f"{fname} names missing {alt}")
-                        return target
+                found = alternate_name(folder)
+                if found is None:
+                    return folder
+                fname, alt = found
+                if alt is None:
                     raise GraphDriverError(f"layer {layer_id}", f"invalid {fname} file")
-                return folder
+                target = self._folder(home, alt)
+                if not os.path.isdir(target):
+                    raise NotFound(f"layer {layer_id}", f"{fname} names missing {alt}")
+                return target
         raise NotFound(f"layer {layer_id}", "no such layer")
 
     def is_readonly_store(self, layer_id: str) -> bool:
@@ -659,6 +656,21 @@ class Driver(abc.ABC):
         """The directory holding this layer's own files only, or None when its tree
         includes its parents' files (a full copy, as vfs keeps).  Read, never written."""
         return None
+
+
+def alternate_name(folder: str) -> tuple[str, str | None] | None:
+    """The alternate-id file in layer *folder* (either spelling) and the folder name it
+    gives, None for a name that cannot be one; None when the folder has no such file."""
+    for fname in (LAYERID_FILE, LAYERID_FILE_ALT):
+        try:
+            with open(os.path.join(folder, fname), encoding="utf-8") as f:
+                alt = f.read().strip()
+        except FileNotFoundError:
+            continue
+        except UnicodeDecodeError:
+            return fname, None
+        return fname, alt if alt and alt == os.path.basename(alt) and alt not in (".", "..") else None
+    return None
 
 
 def _default_size(text: str | None) -> int | None:

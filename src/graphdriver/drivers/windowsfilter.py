@@ -79,7 +79,6 @@ from typing import ClassVar
 from graphdriver.drivers.base import (
     DELETE_WHITEOUTS,
     LAYERID_FILE,
-    LAYERID_FILE_ALT,
     OVERLAY_WHITEOUTS,
     STAGING_DIR,
     WINDOWS_FORMAT,
@@ -91,6 +90,7 @@ from graphdriver.drivers.base import (
     Driver,
     DriverConfig,
     Prepared,
+    alternate_name,
     layer_name_of,
     probe_scratch,
     probed_once,
@@ -396,17 +396,11 @@ class WindowsFilterDriver(Driver, BaseImages):
         if os.path.islink(own) or not os.path.isdir(own):
             return None
         # Read, not resolved: the images' folder may be gone, leaving the link dangling.
-        for fname in (LAYERID_FILE, LAYERID_FILE_ALT):
-            try:
-                with open(os.path.join(own, fname), encoding="utf-8") as f:
-                    name = f.read().strip()
-            except (FileNotFoundError, UnicodeDecodeError):
-                continue
-            link = os.path.join(self.home, name)
-            if name and name == os.path.basename(name) and name not in (".", "..") and os.path.islink(link):
-                return link
+        found = alternate_name(own)
+        if found is None or found[1] is None:
             return None
-        return None
+        link = os.path.join(self.home, found[1])
+        return link if os.path.islink(link) else None
 
     def _destroy(self, folder: str) -> None:
         if os.path.islink(folder):
