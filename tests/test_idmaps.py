@@ -111,6 +111,25 @@ def test_a_child_with_other_maps(tmp_path, driver_name):
         assert {m.name.rstrip("/"): m.uid for m in tf.getmembers()}["etc/added"] == 7
 
 
+def _refuses_a_child_whose_maps_miss_an_owner(run) -> None:
+    """The base holds a file of container id 1000; a child mapping only ids 0-999 cannot store it
+    (a view would show the overflow id, a copy has no id to give): refused in one line, naming the
+    owner, and nothing of the child is left."""
+    run("import", "base", "--uidmap", MAP, "-", input=LAYER)
+    refused = run("create", "c", "--parent", "base", "--uidmap", "0:200000:1000", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count(b"\n") == 1 and b"owner 101000:101000" in refused.stderr, refused.stderr
+    assert run("layers").stdout.decode().split() == ["base"]
+    assert run("layer", "c", check=False).returncode == 3
+    assert run("check").returncode == 0
+    assert b"c" not in run("cleanup").stdout.split()
+
+
+def test_a_child_whose_maps_miss_an_owner_of_its_parent_is_refused(tmp_path, driver_name):
+    _refuses_a_child_whose_maps_miss_an_owner(
+        lambda *a, check=True, input=None: gd(tmp_path, driver_name, *a, check=check, input=input))
+
+
 def test_a_gid_map_alone_keeps_the_uid_map_a_layer_would_have_had(tmp_path, driver_name):
     """``--gidmap`` alone: the uid map stays its parent's (else the store's), as
     containers-storage's create-layer has it; a store's ``--uidmap`` alone maps groups alike."""
@@ -276,6 +295,13 @@ def test_a_child_over_capabilities_and_acls_is_a_shifted_copy(tmpfs, base_maps):
     finally:
         gd_auto(tmpfs, "unmount", "k")
     assert not (tmpfs / "store" / "overlay" / "k" / "lowermaps").exists()
+
+
+def test_an_idmapped_overlay_child_whose_maps_miss_an_owner_is_refused_too(tmpfs):
+    if not _idmapped_overlay(tmpfs):
+        pytest.skip("this kernel makes no idmapped mounts of a tmpfs (mount_setattr, Linux 6.3)")
+    _refuses_a_child_whose_maps_miss_an_owner(
+        lambda *a, check=True, input=None: gd_auto(tmpfs, *a, check=check, input=input))
 
 
 def test_idmapped_lowers_false_copies(tmpfs):

@@ -148,5 +148,9 @@ class IDMappings:
 
     def translate(self, other: IDMappings, uid: int, gid: int) -> tuple[int, int]:
         """Host ids stored under these maps, as *other* stores the same container ids."""
-        return (other.uids.to_host(self.uids.to_container(uid)),
-                other.gids.to_host(self.gids.to_container(gid)))
+        try:
+            return (other.uids.to_host(self.uids.to_container(uid)),
+                    other.gids.to_host(self.gids.to_container(gid)))
+        except InvalidArgument as e:
+            raise InvalidArgument(f"owner {uid}:{gid}",
+                                  f"not expressible in the layer's id maps ({e})") from None

@@ -531,8 +531,12 @@ class OverlayDriver(Driver):
         lowers = self._lowers(parent_folder)
         stored = below or [theirs] * len(lowers)
         dirs = [(self._upper(parent_folder), theirs), *zip(lowers, stored, strict=False)]
-        return all(m == mine or (idmapped.available(path, m, mine) and not idmapped.holds_id_xattrs(path))
-                   for path, m in dirs)
+        possible = True
+        for path, m in dirs:
+            if m != mine:  # every such tree is walked: an owner *mine* cannot express is refused here
+                copy = idmapped.needs_copy(path, m, mine)
+                possible = possible and not copy and idmapped.available(path, m, mine)
+        return possible
 
     def _shift_root(self, upper: str, theirs: IDMappings, mine: IDMappings) -> None:
         """The upper root copied the parent's owner, stored under *theirs*: store it under *mine*."""

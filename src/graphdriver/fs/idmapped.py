@@ -28,7 +28,7 @@ _ALL = ((0, 0, MAX_ID + 1),)
 #: The kernel's limit on lines in a ``uid_map``.
 _MAX_LINES = 340
 
-#: Extended attributes holding ids (see :func:`holds_id_xattrs`).
+#: Extended attributes holding ids (see :func:`needs_copy`).
 _CAPABILITY = "security.capability"
 _POSIX_ACL = "system.posix_acl_"
 
@@ -121,24 +121,30 @@ def available(path: str, theirs: IDMappings, mine: IDMappings) -> bool:
     return True
 
 
-def holds_id_xattrs(path: str) -> bool:
-    """Whether a file below *path* has a file capability or a POSIX ACL.
+def needs_copy(path: str, theirs: IDMappings, mine: IDMappings) -> bool:
+    """Whether the tree at *path* (stored under *theirs*) must be copied rather than viewed in *mine*.
 
-    Both hold ids of their own (a capability's root id, an ACL's users and
-    groups) that an idmapped view shows translated, or not at all where the
-    translation has no answer: such a tree is copied with its ids shifted
-    instead of viewed.
+    A file capability or a POSIX ACL holds ids of its own (a capability's root
+    id, an ACL's users and groups) that an idmapped view shows translated, or
+    not at all where the translation has no answer: such a tree is copied with
+    its ids shifted instead.  An owner *mine* cannot express raises
+    :class:`~graphdriver.errors.InvalidArgument` (a view would show it as the
+    overflow id, a copy could not store it).
     """
     from graphdriver.fs.tree import walk_tree
 
+    st = os.lstat(path)
+    theirs.translate(mine, st.st_uid, st.st_gid)
+    copy = False
     for _, entry in walk_tree(path):
         try:
-            names = os.listxattr(entry.path, follow_symlinks=False)
+            st = entry.stat(follow_symlinks=False)
+            names = [] if copy else os.listxattr(entry.path, follow_symlinks=False)
         except OSError:
             continue  # gone, or a filesystem without xattrs: nothing to translate
-        if any(n == _CAPABILITY or n.startswith(_POSIX_ACL) for n in names):
-            return True
-    return False
+        theirs.translate(mine, st.st_uid, st.st_gid)
+        copy = copy or any(n == _CAPABILITY or n.startswith(_POSIX_ACL) for n in names)
+    return copy
 
 
 def release() -> None:
