@@ -162,6 +162,24 @@ def test_metadata_is_kept(wstore):
     assert layer.records["UtilityVM/Files/License.txt"].target == "Files/License.txt"
 
 
+def test_check_finds_a_metadata_sidecar_cut_or_gone(wstore):
+    """What the files cannot hold (attributes, descriptors, streams) is in the sidecar: export
+    needs every line, so check reads it against the tarball's entries."""
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "child", wingen.child_layer(), "base")
+    entries = Path(wstore.driver.resolve("child")) / ".winmeta" / "entries.ndjson"
+    kept = entries.read_bytes()
+    lines = kept.splitlines(keepends=True)
+    entries.write_bytes(b"".join(lines[:-1]))
+    (found,) = [why for lid, why in wstore.check() if lid == "child"]
+    assert found is not None and "has no line for it" in found, found
+    entries.unlink()
+    (found,) = [why for lid, why in wstore.check() if lid == "child"]
+    assert found is not None and "entries.ndjson) is missing" in found, found
+    entries.write_bytes(kept)
+    assert wstore.check() == [("base", None), ("child", None)]
+
+
 def test_child_layer(wstore):
     import_entries(wstore, "base", wingen.base_layer())
     data = wingen.layer_tar(wingen.child_layer())

@@ -20,6 +20,7 @@ import stat
 
 from graphdriver import codecs
 from graphdriver.drivers import registry
+from graphdriver.drivers.base import WINDOWS_FORMAT
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -1052,10 +1053,27 @@ class Store:
         planted file would go unseen without this (see :mod:`graphdriver.layerio.verify`).
         """
         if not self.driver.FILES_AS_IN_TARBALL:
+            if self.driver.LAYER_FORMAT == WINDOWS_FORMAT:
+                self._check_windows_metadata(record)
             return
         # Mounted writable since, a full tree may also have changed what it holds of its
         # parent's: diff finds that, and so must check.
         problems = self._file_problems(record, inherited_changes=self._may_have_changed(record))
+        if problems:
+            why = f"its files differ from its tarball: {_first_of(problems)}"
+            raise IntegrityError(f"layer {record.id}", why)
+
+    def _check_windows_metadata(self, record: Layer) -> None:
+        """IntegrityError unless the layer's Windows metadata sidecar has a line for every entry
+        of its tarball (what its files cannot hold, export needs)."""
+        from graphdriver.layerio.compression import open_decompressed
+        from graphdriver.layerio.tarsplit import FILE, read_entries
+        from graphdriver.layerio.windows.winmeta import unrecorded
+
+        with open(self._tarsplit_of(record), "rb") as f:
+            meta, _kind = open_decompressed(f)
+            names = (e.name for e in read_entries(meta) if e.type == FILE)
+            problems = unrecorded(self.driver.apply_target(record.id).path, names)
         if problems:
             why = f"its files differ from its tarball: {_first_of(problems)}"
             raise IntegrityError(f"layer {record.id}", why)

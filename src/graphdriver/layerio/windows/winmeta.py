@@ -44,6 +44,7 @@ import base64
 import contextlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +163,47 @@ def streams_root(data_dir: str) -> str:
 # ----- reading ---------------------------------------------------------------------------------------
 
 
+def read_records(data_dir: str) -> Iterator[Record]:
+    """The lines of the sidecar of the layer at *data_dir*, in order (none for a layer written
+    from Linux only)."""
+    path = entries_path(data_dir)
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return
+    with f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                yield Record.from_json(line, f"{path}:{number}")
+
+
+def unrecorded(data_dir: str, names: Iterable[bytes]) -> list[str]:
+    """What is wrong with the sidecar of the layer at *data_dir*, whose tarball's entries are
+    named *names*: every entry applied leaves a line, so a path with none means the file was
+    cut or removed (empty: nothing is wrong)."""
+    recorded = {rec.path for rec in read_records(data_dir)}
+    where = f"{META_DIR}/{ENTRIES_FILE}"
+    why = "has no line for it" if os.path.exists(entries_path(data_dir)) else "is missing"
+    problems = []
+    for name in names:
+        path = _record_path(name)
+        if path is not None and path not in recorded:
+            problems.append(f"{path!r}: its Windows metadata ({where}) {why}")
+    return problems
+
+
+def _record_path(name: bytes) -> str | None:
+    """The path the sidecar's line about archive entry *name* holds (None for the root)."""
+    rel = wintar.normalise(name.decode("utf-8", "surrogateescape"))
+    if rel == ".":
+        return None
+    parent, _, base = rel.rpartition("/")
+    if base.startswith(wintar.WHITEOUT_PREFIX):  # a tombstone's line names what it deleted
+        base = base[len(wintar.WHITEOUT_PREFIX):]
+        return f"{parent}/{base}" if parent else base
+    return rel
+
+
 @dataclass
 class LayerMeta:
     """One layer's sidecar, replayed: the last word on each path."""
@@ -177,18 +219,11 @@ class LayerMeta:
     def load(cls, data_dir: str) -> LayerMeta:
         """Read ``entries.ndjson`` of the layer whose Windows layout is at *data_dir*."""
         layer = cls(data_dir)
-        path = entries_path(data_dir)
-        try:
-            f = open(path, encoding="utf-8", errors="surrogateescape")
-        except FileNotFoundError:
-            return layer  # a layer written from Linux only
         # Directories some record lies below: a tombstone of one of them
         # must drop those records (a later apply deleting an earlier one's tree).
         parents: set[str] = set()
-        with f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    layer._replay(Record.from_json(line, f"{path}:{number}"), parents)
+        for rec in read_records(data_dir):
+            layer._replay(rec, parents)
         return layer
 
     def _replay(self, rec: Record, parents: set[str]) -> None:
