@@ -26,7 +26,7 @@ from graphdriver.errors import (
 from graphdriver.layerio.entry import TarEntry
 from graphdriver.layerio.tarstream import TarReader
 from graphdriver.layerio.windows import layer as winlayer
-from graphdriver.layerio.windows import winmeta, wintar
+from graphdriver.layerio.windows import sddl, winmeta, wintar
 from graphdriver.store import content
 from graphdriver.store.layers import Store, StoreOptions
 from graphdriver.testing import wingen
@@ -467,6 +467,48 @@ def test_sandbox_exports_windows_format(wstore):
         wstore.unmount("copy")
     layer = winmeta.LayerMeta.load(wstore.driver.resolve("copy"))
     assert layer.streams["Files/Windows/System32/notepad.exe"] == ["Zone.Identifier"]
+
+
+@needs_root
+def test_a_new_file_inherits_from_a_directory_known_only_by_its_sddl(wstore):
+    """Older archives give descriptors as SDDL text (MSWINDOWS.sd): a file a container creates
+    below such a directory inherits its inheritable ACEs, as below a binary descriptor."""
+    given = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;CI;0x1301bf;;;BA)(A;OICIIO;GA;;;CO)(A;OI;0x1200a9;;;WD)"
+    layer = [wingen.WinDir("Files"), wingen.WinDir("Files/Data", sddl=given)]
+    data = wingen.layer_tar(layer)
+    wstore.import_layer("base", None, io.BytesIO(data))
+    assert diff_bytes(wstore, "base") == data  # the SDDL text is kept as given
+    wstore.create("ctr", "base", writable=True)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "Data/new.txt").write_bytes(b"n")
+        (root / "Data/sub").mkdir()
+    finally:
+        wstore.unmount("ctr")
+    meta = {e.name: wintar.meta_from_entry(e) for e in entries_of(diff_bytes(wstore, "ctr"))}
+    binary = sddl.to_binary(given)
+    for name, is_dir in (("Files/Data/new.txt", False), ("Files/Data/sub", True)):
+        assert meta[name].security_descriptor == wintar.inherit_security_descriptor(binary, is_dir=is_dir)
+    new_file = wintar.parse_security_descriptor(meta["Files/Data/new.txt"].security_descriptor)
+    assert wintar.sid_string(new_file.owner) == "S-1-5-32-544"
+    assert [(a[1], wintar.sid_string(a[8:])) for a in new_file.dacl] == [
+        (wintar.INHERITED_ACE, "S-1-5-18"), (wintar.INHERITED_ACE, "S-1-3-0"),
+        (wintar.INHERITED_ACE, "S-1-1-0")]
+
+
+def test_sddl_reads_what_windows_writes_and_refuses_what_needs_windows():
+    text = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a9;;;BU)"
+    default = wintar.SecurityDescriptor(wintar.SE_DACL_PROTECTED | wintar.SE_DACL_AUTO_INHERITED,
+                                        wintar.SID_ADMINISTRATORS, wintar.SID_SYSTEM,
+                                        wintar.DEFAULT_ROOT_SD.dacl)
+    assert sddl.to_binary(text) == default.to_bytes()
+    assert sddl.to_binary(" O:S-1-5-32-544 G:SY D:PAI (A;OICI;FA;;;SY) (A;OICI;FA;;;BA) "
+                          "(A;OICI;FRFX;;;BU) S:(AU;SAFA;FA;;;WD)") == default.to_bytes()
+    assert wintar.parse_security_descriptor(sddl.to_binary("D:NO_ACCESS_CONTROL")).dacl is None
+    for bad in ("O:DAG:DA", "D:(OA;;CR;00000000-0000-0000-0000-000000000000;;WD)", "D:(A;;FA;;;SY",
+                "X:1", "D:(A;;ZZ;;;SY)", "O:S-1-x", "D:(A;XX;FA;;;SY)", "O:BAO:BA", "D:(A;;FA;;SY)"):
+        with pytest.raises(ValueError):
+            sddl.to_binary(bad)
 
 
 @needs_root

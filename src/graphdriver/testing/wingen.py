@@ -105,6 +105,8 @@ class WinDir:
     sd: bytes | None = DIR_SD
     times: Times = field(default_factory=Times)
     eas: dict[str, bytes] = field(default_factory=dict)
+    #: The descriptor as SDDL text (``MSWINDOWS.sd``, as older archives have it) instead of *sd*.
+    sddl: str | None = None
 
 
 @dataclass
@@ -255,7 +257,10 @@ def entry_bytes(e: Entry) -> bytes:
         directory, _, base = e.path.rpartition("/")
         return _header(f"{directory}/.wh.{base}" if directory else f".wh.{base}", 0, 0, 0, b"0")
     if isinstance(e, WinDir):
-        return _entry(e.path, C_ISDIR, b"5", e.times, _win_records(e.attrs, e.times, e.sd, e.eas))
+        records = _win_records(e.attrs, e.times, None if e.sddl else e.sd, e.eas)
+        if e.sddl:
+            records["MSWINDOWS.sd"] = e.sddl.encode()
+        return _entry(e.path, C_ISDIR, b"5", e.times, records)
     if isinstance(e, WinSymlink):
         records = _win_records(e.attrs, e.times, e.sd, {})
         if e.mountpoint:

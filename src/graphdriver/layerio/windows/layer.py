@@ -207,8 +207,9 @@ class _Exporter(LayerWriter):
                 sd = self.sds[name]
                 break
             found = self.chain.find(name)
-            if found is not None and found[0].meta is not None and found[0].meta.security_descriptor:
-                sd = self.sds[name] = found[0].meta.security_descriptor
+            recorded = _binary_sd(found[0].meta) if found is not None and found[0].meta is not None else None
+            if recorded:
+                sd = self.sds[name] = recorded
                 break
             pending.append(name)
             if name == layout.FILES:
@@ -220,6 +221,19 @@ class _Exporter(LayerWriter):
 
 
 _KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
+
+
+def _binary_sd(meta: WinMeta) -> bytes | None:
+    """The binary descriptor *meta* holds, or reads from its SDDL text (None: neither, or an
+    SDDL text only a Windows machine can read)."""
+    if meta.security_descriptor or meta.sddl is None:
+        return meta.security_descriptor
+    from graphdriver.layerio.windows import sddl
+
+    try:
+        return sddl.to_binary(meta.sddl)
+    except ValueError:
+        return None
 
 
 def _nofollow(path: str, flags: int) -> int:
