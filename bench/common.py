@@ -31,6 +31,9 @@ from graphdriver.fs.atomic import syncfs  # noqa: E402
 
 CACHE = Path(os.environ.get("GRAPHDRIVER_TEST_CACHE", Path.home() / ".cache" / "graphdriver"))
 VENV = CACHE / "bench-venv"
+#: What is installed and measured: this checkout, or another one named by ``BENCH_SOURCE``
+#: (``git worktree add /tmp/old REV``), to compare two versions' ratios to the same peers.
+SOURCE = Path(os.environ.get("BENCH_SOURCE") or HERE.parent).resolve()
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
 ENV.update(GRAPHDRIVER_NO_PROGRESS="1")
 
@@ -45,15 +48,27 @@ def install() -> Path:
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    str(HERE.parent)], check=True, env=ENV)
+                    str(SOURCE)], check=True, env=ENV)
     command = VENV / "bin" / "graphdriver"
     show = ("from graphdriver import codecs\n"
             "for k, v in codecs.implementations(): print(k.removeprefix('Codec ').lower(), v, sep=': ')")
     probe = subprocess.run([str(VENV / "bin" / "python"), "-c", show],
                            check=True, capture_output=True, text=True, env=ENV)
     print(f"graphdriver: `pip install .` (no extras) into a new venv, {command}")
+    print(f"  from {SOURCE}{_revision(SOURCE)}")
     print(f"  Python {sys.version.split()[0]}; {'; '.join(probe.stdout.splitlines())}")
     return command
+
+
+def _revision(source: Path) -> str:
+    """`` at <commit>`` of a git checkout (with ``+changes`` when its files differ), else nothing."""
+    git = ["git", "-C", str(source)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return ""
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return f" at {head.stdout.strip()}{'+changes' if dirty else ''}"
 
 
 _COMMAND: list[Path] = []
