@@ -11,7 +11,7 @@ import os
 import sys
 
 from graphdriver import jsonio, notices
-from graphdriver.cliargs import COMMANDS, PROG, Args, help_text, parse
+from graphdriver.cliargs import CLOSED_STDOUT, COMMANDS, PROG, Args, help_text, parse
 from graphdriver.errors import GraphDriverError, InvalidArgument, os_error
 from graphdriver.ids import check_id
 
@@ -45,8 +45,6 @@ def _open_store(args: Args) -> Store:
 
 #: How ``Store.check`` words a layer it could not verify (not a failure).
 SKIPPED = "skipped: "
-#: Why a command that prints cannot run with standard output closed.
-CLOSED_STDOUT = "is closed; redirect it (to /dev/null to drop the output)"
 
 
 def _out(text: str) -> None:

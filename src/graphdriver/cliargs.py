@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 PROG = "graphdriver"
+#: Why a command that prints cannot run with standard output closed.
+CLOSED_STDOUT = "is closed; redirect it (to /dev/null to drop the output)"
 
 
 class UsageError(GraphDriverError):

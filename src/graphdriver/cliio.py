@@ -44,7 +44,7 @@ def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
 def stdout() -> BinaryIO:
     """Standard output's bytes; a one-line error when the caller closed it."""
     if sys.stdout is None:  # the command line refuses this first; a guard for other callers
-        from graphdriver.cli import CLOSED_STDOUT
+        from graphdriver.cliargs import CLOSED_STDOUT
 
         raise InvalidArgument("standard output", CLOSED_STDOUT)
     return sys.stdout.buffer
