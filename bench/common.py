@@ -38,25 +38,26 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDON
 ENV.update(GRAPHDRIVER_NO_PROGRESS="1")
 
 
-def install() -> Path:
-    """The checkout installed as users install it: ``pip install .`` in a new venv.
+def install(source: Path = SOURCE, venv: Path = VENV, label: str = "graphdriver") -> Path:
+    """*source* installed as users install it: ``pip install .`` in a new venv.
 
     Made afresh on every benchmark run (the checkout may have changed), with
     the interpreter running the benchmark; returns the venv's ``graphdriver``
     command and prints how it was installed.
     """
-    shutil.rmtree(VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    str(SOURCE)], check=True, env=ENV)
-    command = VENV / "bin" / "graphdriver"
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                    str(source)], check=True, env=ENV)
+    command = venv / "bin" / "graphdriver"
     show = ("from graphdriver import codecs\n"
             "for k, v in codecs.implementations(): print(k.removeprefix('Codec ').lower(), v, sep=': ')")
-    probe = subprocess.run([str(VENV / "bin" / "python"), "-c", show],
-                           check=True, capture_output=True, text=True, env=ENV)
-    print(f"graphdriver: `pip install .` (no extras) into a new venv, {command}")
-    print(f"  from {SOURCE}{_revision(SOURCE)}")
-    print(f"  Python {sys.version.split()[0]}; {'; '.join(probe.stdout.splitlines())}")
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", show],
+                           capture_output=True, text=True, env=ENV)
+    print(f"{label}: `pip install .` (no extras) into a new venv, {command}")
+    print(f"  from {source}{_revision(source)}")
+    codecs = "; ".join(probe.stdout.splitlines()) if probe.returncode == 0 else "codecs not reported"
+    print(f"  Python {sys.version.split()[0]}; {codecs}")
     return command
 
 
@@ -79,6 +80,23 @@ def graphdriver_command() -> Path:
     if not _COMMAND:
         _COMMAND.append(install())
     return _COMMAND[0]
+
+
+def commands() -> dict[str, Path]:
+    """``{"graphdriver": command}``, and with ``BENCH_BASELINE`` naming another checkout
+    (``git worktree add /tmp/old REV``) also ``{"graphdriver@REV": its command}``, installed the
+    same way: the benchmarks that take it run both in turns, for a side-by-side comparison."""
+    if not _COMMANDS:
+        _COMMANDS["graphdriver"] = graphdriver_command()
+        other = os.environ.get("BENCH_BASELINE")
+        if other:
+            source = Path(other).resolve()
+            label = f"graphdriver@{_revision(source).removeprefix(' at ') or source.name}"
+            _COMMANDS[label] = install(source, CACHE / "bench-venv-baseline", label)
+    return dict(_COMMANDS)
+
+
+_COMMANDS: dict[str, Path] = {}
 
 #: A tool's run: (layer tarball, fresh work directory) -> None; raises on failure.
 Tool = Callable[[Path, Path], None]
@@ -108,14 +126,15 @@ def warm(path: Path) -> Path:
     return path
 
 
-def gd_cmd(work: Path, driver: str, *args: str) -> list[str]:
-    """A graphdriver CLI command on the store in *work* (the installed command)."""
-    return [str(graphdriver_command()), "--root", str(work / "gd"), "--run-root",
+def gd_cmd(work: Path, driver: str, *args: str, command: Path | None = None) -> list[str]:
+    """A graphdriver CLI command on the store in *work* (the installed command, or *command*)."""
+    return [str(command or graphdriver_command()), "--root", str(work / "gd"), "--run-root",
             str(work / "gd-run"), "--driver", driver, *args]
 
 
-def gd(work: Path, driver: str, *args: str, stdout: int | None = subprocess.DEVNULL) -> None:
-    subprocess.run(gd_cmd(work, driver, *args), env=ENV, check=True, stdout=stdout)
+def gd(work: Path, driver: str, *args: str, stdout: int | None = subprocess.DEVNULL,
+       command: Path | None = None) -> None:
+    subprocess.run(gd_cmd(work, driver, *args, command=command), env=ENV, check=True, stdout=stdout)
 
 
 def cs_cmd(work: Path, driver: str, *args: str) -> list[str]:
@@ -218,6 +237,10 @@ def report(title: str, times: dict[str, list[float]], mine: str = "graphdriver")
         line = f"  {name:28s} {m:7.3f} s  {spread:>15s}"
         if name != mine and not name.startswith(mine):
             line += "   " + "  ".join(f"{g}/{name} = {med[g] / m:.2f}" for g in med if g.startswith(mine))
+        elif "@" in name:  # a baseline's command, against the checkout's doing the same
+            ours = name.replace(name[name.index("@"):].split(" ", 1)[0], "", 1)
+            if ours in med:
+                line += f"   {ours}/{name} = {med[ours] / m:.2f}"
         print(line)
     return med
 

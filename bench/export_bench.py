@@ -23,10 +23,10 @@ from pathlib import Path
 
 from common import (
     ENV,
+    commands,
     debian_layer,
     gd,
     gd_cmd,
-    graphdriver_command,
     have,
     mib,
     place,
@@ -41,9 +41,11 @@ DRIVERS = ("vfs", "overlay")
 
 
 def prepare(layer: Path, base: Path) -> Path:
-    """Import the layer into one store per driver; extract it and disassemble it for tar-split."""
-    for driver in DRIVERS:
-        gd(base / driver, driver, "import", "layer", str(layer))
+    """Import the layer into one store per driver (and per command compared); extract it and
+    disassemble it for tar-split."""
+    for name, command in commands().items():
+        for driver in DRIVERS:
+            gd(base / name / driver, driver, "import", "layer", str(layer), command=command)
     files = base / "files"
     files.mkdir()
     subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(layer),
@@ -55,9 +57,10 @@ def prepare(layer: Path, base: Path) -> Path:
     return meta
 
 
-def graphdriver_diff(base: Path, driver: str, out: Path) -> Callable[[], None]:
+def graphdriver_diff(base: Path, driver: str, out: Path, command: Path) -> Callable[[], None]:
     def run() -> None:
-        subprocess.run(gd_cmd(base / driver, driver, "diff", "layer", "-o", str(out)), env=ENV, check=True)
+        subprocess.run(gd_cmd(base, driver, "diff", "layer", "-o", str(out), command=command), env=ENV,
+                       check=True)
 
     return run
 
@@ -74,10 +77,11 @@ def bench(layer: Path, base: Path, rounds: int, devnull: bool) -> dict[str, list
     meta = prepare(layer, base)
     runs: dict[str, Callable[[], None]] = {}
     outs: dict[str, Path] = {}
-    for driver in DRIVERS:
-        name = f"graphdriver diff ({driver})"
-        outs[name] = Path(os.devnull) if devnull else base / f"out-{driver}.tar"
-        runs[name] = graphdriver_diff(base, driver, outs[name])
+    for label, command in commands().items():
+        for driver in DRIVERS:
+            name = f"{label} diff ({driver})"
+            outs[name] = Path(os.devnull) if devnull else base / f"out-{label}-{driver}.tar"
+            runs[name] = graphdriver_diff(base / label / driver, driver, outs[name], command)
     outs["tar-split asm"] = Path(os.devnull) if devnull else base / "out-asm.tar"
     runs["tar-split asm"] = tar_split_asm(base, meta, outs["tar-split asm"])
     checked: set[str] = set()
@@ -108,7 +112,7 @@ def main() -> int:
     if not have("tar-split"):
         print("tar-split is not installed (Debian package tar-split)")
         return 2
-    graphdriver_command()  # installed now: no round may time pip
+    commands()  # installed now: no round may time pip
     layer = warm(args.layer or debian_layer())
     for where in places(args.where):
         with place(where) as base:

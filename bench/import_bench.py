@@ -22,11 +22,11 @@ from pathlib import Path
 
 from common import (
     Tool,
+    commands,
     cs_cmd,
     debian_layer,
     fresh,
     gd,
-    graphdriver_command,
     have,
     mib,
     place,
@@ -37,8 +37,11 @@ from common import (
 )
 
 
-def run_graphdriver(layer: Path, work: Path) -> None:
-    gd(work, "vfs", "import", "layer", str(layer))
+def graphdriver_import(command: Path) -> Tool:
+    def run(layer: Path, work: Path) -> None:
+        gd(work, "vfs", "import", "layer", str(layer), command=command)
+
+    return run
 
 
 def run_containers_storage(layer: Path, work: Path) -> None:
@@ -53,17 +56,12 @@ def run_gnu_tar(layer: Path, work: Path) -> None:
                     str(layer), "-C", str(dest)], check=True)
 
 
-TOOLS: dict[str, Tool] = {
-    "graphdriver": run_graphdriver,
-    "containers-storage": run_containers_storage,
-    "gnu-tar": run_gnu_tar,
-}
-
-
 def bench(layer: Path, base: Path, rounds: int) -> dict[str, list[float]]:
-    tools = {name: fresh(base, layer, fn) for name, fn in TOOLS.items()
-             if name != "containers-storage" or have("containers-storage")}
-    return take_turns(tools, rounds)
+    tools: dict[str, Tool] = {name: graphdriver_import(cmd) for name, cmd in commands().items()}
+    if have("containers-storage"):
+        tools["containers-storage"] = run_containers_storage
+    tools["gnu-tar"] = run_gnu_tar
+    return take_turns({name: fresh(base, layer, fn) for name, fn in tools.items()}, rounds)
 
 
 def main() -> int:
@@ -72,7 +70,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--where", choices=["tmpfs", "disk", "both"], default="both")
     args = p.parse_args()
-    graphdriver_command()  # installed now: no round may time pip
+    commands()  # installed now: no round may time pip
     layer = warm(args.layer or debian_layer())
     for where in places(args.where):
         with place(where) as base:
