@@ -22,7 +22,8 @@ from tests.conftest import ROOT, needs_root, run_cli
 
 # Each costs a read-only command a large share of an interpreter's start-up.
 HEAVY = ("argparse", "re", "json", "dataclasses", "typing", "contextlib", "enum", "inspect",
-         "hashlib", "shutil", "tempfile", "ctypes", "importlib.util", "isal", "zstandard", "rich")
+         "hashlib", "shutil", "tempfile", "ctypes", "importlib.util", "isal", "zstandard", "rich",
+         "collections")
 
 PROBE = """
 import sys
@@ -60,6 +61,13 @@ def made(tmp_path: Path, driver_name: str) -> Path:
 def test_read_only_commands_load_no_heavy_module(made, command):
     heavy = loaded(made, *command) & set(HEAVY)
     assert not heavy, f"{' '.join(command)} imported {sorted(heavy)}"
+
+
+@pytest.mark.parametrize("command", [("layers",), ("exists", "ctr"), ("exists", "nope")])
+def test_listing_commands_load_no_driver(made, command):
+    """The records answer these: no driver is opened, so none of its modules is loaded."""
+    drivers = {m for m in loaded(made, *command) if m.startswith("graphdriver.drivers.")}
+    assert drivers <= {"graphdriver.drivers.registry"}, f"{' '.join(command)} imported {sorted(drivers)}"
 
 
 @needs_root

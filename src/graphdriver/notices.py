@@ -8,7 +8,9 @@ when a warning goes there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _handler: Callable[[str], None] | None = None
 

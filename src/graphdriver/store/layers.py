@@ -19,8 +19,6 @@ import os
 import stat
 
 from graphdriver import codecs
-from graphdriver.drivers import registry
-from graphdriver.drivers.base import WINDOWS_FORMAT
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -116,6 +114,8 @@ class Store:
 
     def __init__(self, opts: StoreOptions) -> None:
         if opts.driver is not None:
+            from graphdriver.drivers import registry
+
             registry.check_name(opts.driver)  # before anything is created
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
@@ -233,6 +233,8 @@ class Store:
                 # A store not made yet gets its driver's folders when it is (_settle).
                 prepare=self.settled,
             )
+            from graphdriver.drivers import registry
+
             self._driver = registry.init_driver(self.driver_name, config)
         return self._driver
 
@@ -284,6 +286,8 @@ class Store:
 
     def _new_settings(self, opts: StoreOptions) -> dict[str, str]:
         """The settings of a new store: its driver chosen, its id maps (written by :meth:`_settle`)."""
+        from graphdriver.drivers import registry
+
         name = opts.driver or registry.select_driver(probe_home=self.root)
         registry.driver_class(name)  # unknown names are refused before anything is written
         from graphdriver.idmap import IDMappings
@@ -314,6 +318,8 @@ class Store:
     # ----- queries ------------------------------------------------------------------
 
     def status(self) -> list[tuple[str, str]]:
+        from graphdriver.drivers import registry
+
         pairs = [("Root", self.root), ("Run Root", self.run_root)]
         pairs += registry.driver_status(self.driver)
         pairs.append(("Probes Passed", self.driver_name))
@@ -1053,6 +1059,8 @@ class Store:
         planted file would go unseen without this (see :mod:`graphdriver.layerio.verify`).
         """
         if not self.driver.FILES_AS_IN_TARBALL:
+            from graphdriver.drivers.base import WINDOWS_FORMAT
+
             if self.driver.LAYER_FORMAT == WINDOWS_FORMAT:
                 self._check_windows_metadata(record)
             return
