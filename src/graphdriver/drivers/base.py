@@ -252,6 +252,8 @@ class Driver(abc.ABC):
         self.run_root = config.run_root
         #: Mount counts across processes, in the run root.
         self.counts = MountCounts(os.path.join(self.run_root, "mounts"))
+        #: This process's holds (see :meth:`mounted`), per count key, latest last.
+        self._holds: dict[str, list[tuple[int, str]]] = {}
         if config.prepare:
             Driver.prepare(self)  # a subclass prepares its own part at the end of its __init__
 
@@ -477,6 +479,7 @@ class Driver(abc.ABC):
                 pass
         # A probe on first use scratches in the home, or in the store's root before the home exists.
         done.extend(remove_probe_leftovers(self.home, os.path.dirname(self.home)))
+        done.extend(self._reap_holds())
         done.extend(self._cleanup_mounts())
         done.extend(self.counts.remove_unused_locks(self.exists))
         return done
@@ -494,28 +497,36 @@ class Driver(abc.ABC):
         """How many ``get`` calls (in all processes) await their ``put`` (see :meth:`mount_state`)."""
         return self.mount_state(layer_id)[0]
 
-    def get(self, layer_id: str, mount_label: str = "") -> str:
-        """Make the layer's root filesystem available; returns its path (counted)."""
+    def get(self, layer_id: str, mount_label: str = "", *, hold: bool = False) -> str:
+        """Make the layer's root filesystem available; returns its path (counted).
+
+        *hold*: the count is this process's only while it lives (see :meth:`mounted`).
+        """
         self.resolve(layer_id)
         key = self._count_key(layer_id)
         with self.counts.lock(key):
-            count, path = self.counts.state(key)
-            if not count:
-                path = None
+            count, path = self._live_state(layer_id, key)
             if path is None or not self._still_mounted(layer_id, path):
                 # Unmounted behind our back (or never): the old count owes nothing
                 # any more, so this mount starts afresh and one unmount undoes it.
                 count = 0
                 path = self._mount(layer_id, mount_label)
+            token = None
             try:
+                if hold:
+                    token = self.counts.hold(key)
                 self.counts.set(key, count + 1, path)
             except BaseException:
+                if token is not None:
+                    self.counts.release(*token)
                 if count == 0:
                     self._unmount(layer_id)
                 raise
+            if token is not None:
+                self._holds.setdefault(key, []).append(token)
             return path
 
-    def put(self, layer_id: str) -> None:
+    def put(self, layer_id: str, *, hold: bool = False) -> None:
         """Release one ``get``; the last release unmounts (the seeds' ``Put``).
 
         A counted mount that the kernel says is gone (unmounted behind the
@@ -525,16 +536,23 @@ class Driver(abc.ABC):
         :class:`Precondition`.
         """
         key = self._count_key(layer_id)
+        held = self._holds.get(key)
+        token = held.pop() if hold and held else None
         with self.counts.lock(key):
-            count, path = self.counts.state(key)
-            if count > 0 and self._mount_gone(layer_id, path):
-                self.counts.set(key, 0, "")
-                return
-            if count <= 0:
-                raise Precondition(f"layer {layer_id}", "is not mounted")
-            if count == 1:
-                self._unmount(layer_id)
-            self.counts.set(key, count - 1, path or "")
+            try:
+                count, path = self.counts.state(key)
+                if count > 0 and self._mount_gone(layer_id, path):
+                    self.counts.set(key, 0, "")
+                    return
+                count, path = self._live_state(layer_id, key)
+                if count <= 0:
+                    raise Precondition(f"layer {layer_id}", "is not mounted")
+                if count == 1:
+                    self._unmount(layer_id)
+                self.counts.set(key, count - 1, path or "")
+            finally:
+                if token is not None:
+                    self.counts.release(*token)
 
     def mount_state(self, layer_id: str) -> tuple[int, str | None]:
         """The layer's mount count and mount path (None when not mounted).
@@ -546,7 +564,7 @@ class Driver(abc.ABC):
         """
         key = self._count_key(layer_id)
         count, path = self.counts.state(key)
-        if count > 0 and self._mount_gone(layer_id, path):
+        if count > 0 and (self._mount_gone(layer_id, path) or self.counts.has_holds(key)):
             with self.counts.lock(key):
                 count, path = self._live_state(layer_id, key)
         return count, (path or None) if count > 0 else None
@@ -571,13 +589,37 @@ class Driver(abc.ABC):
             return True  # the layer's folder is gone, and with it anything mounted in it
 
     def _live_state(self, layer_id: str, key: str) -> tuple[int, str | None]:
-        """With the count lock of *key* held: the count and path, a count whose kernel
-        mount is gone dropped."""
-        count, path = self.counts.state(key)
+        """With the count lock of *key* held: the count and path (None: not mounted), a count
+        whose kernel mount is gone dropped, and so are those of holders that died."""
+        count, path = self._reaped_state(layer_id, key)[:2]
         if count > 0 and self._mount_gone(layer_id, path):
             self.counts.set(key, 0, "")
             return 0, None
-        return count, path
+        return count, (path or None) if count > 0 else None
+
+    def _reaped_state(self, layer_id: str, key: str) -> tuple[int, str | None, int]:
+        """With the count lock of *key* held: the count and path once the holds of commands
+        that died are taken away (the last one's mount undone), and how many there were."""
+        count, path = self.counts.state(key)
+        dead = self.counts.reap(key)
+        if dead and count > 0:
+            left = max(count - dead, 0)
+            if left == 0 and path and self._still_mounted(layer_id, path):
+                self._unmount(layer_id)
+            self.counts.set(key, left, path or "")
+            count = left
+        return count, path, dead
+
+    def _reap_holds(self) -> list[str]:
+        """Take away the counts of commands that died holding a layer (for cleanup)."""
+        done = []
+        for key in self.counts.counted():
+            if self.counts.has_holds(key):
+                with self.counts.lock(key):
+                    dead = self._reaped_state(key, key)[2] if self.exists(key) else 0
+                if dead:
+                    done.append(f"dropped {dead} mount count(s) of {key} that commands which died held")
+        return done
 
     def put_all(self, layer_id: str) -> int:
         """Drop every count and unmount, whoever mounted it; returns the counts dropped."""
@@ -601,7 +643,11 @@ class Driver(abc.ABC):
         return True
 
     def mounted(self, layer_id: str) -> _Mounted:
-        """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``."""
+        """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``.
+
+        The count is a hold: should the process die in the block, the next
+        ``cleanup``, ``get``, ``put`` or look at the count takes it away.
+        """
         return _Mounted(self, layer_id)
 
     def _still_mounted(self, layer_id: str, path: str) -> bool:
@@ -782,10 +828,10 @@ class _Mounted:
         self.layer_id = layer_id
 
     def __enter__(self) -> str:
-        return self.driver.get(self.layer_id)
+        return self.driver.get(self.layer_id, hold=True)
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self.driver.put(self.layer_id)
+        self.driver.put(self.layer_id, hold=True)
 
 
 class Compared:
@@ -800,20 +846,20 @@ class Compared:
         self.data_dirs = data_dirs
 
     def __enter__(self) -> Comparison:
-        new = self.driver.get(self.layer_id)
+        new = self.driver.get(self.layer_id, hold=True)
         try:
-            old = None if self.parent is None else self.driver.get(self.parent)
+            old = None if self.parent is None else self.driver.get(self.parent, hold=True)
         except BaseException:
-            self.driver.put(self.layer_id)
+            self.driver.put(self.layer_id, hold=True)
             raise
         return Comparison(new, parent_root=old, data_dirs=self.data_dirs)
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         try:
             if self.parent is not None:
-                self.driver.put(self.parent)
+                self.driver.put(self.parent, hold=True)
         finally:
-            self.driver.put(self.layer_id)
+            self.driver.put(self.layer_id, hold=True)
 
 
 class Prepared:

@@ -5,6 +5,12 @@ the mounts they count): ``<key>.json`` holds the count and the mounted path,
 ``<key>.lock`` is the ``flock`` taken around every change of them.  Only the
 first ``get`` mounts and only the last ``put`` unmounts; the driver does the
 mounting, this module only counts.
+
+A count a command takes for itself, only while it reads (``changes``, ``diff``),
+is also a *hold*: a file in ``<key>.holds/`` that the command keeps locked.
+The kernel releases the lock when the command dies, however it dies, so a
+hold whose file nobody locks is a count its taker can no longer give back:
+:meth:`MountCounts.reap` removes it, and the driver takes its count away.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ if TYPE_CHECKING:
 
 _RECORD = ".json"
 _LOCK = ".lock"
+_HOLDS = ".holds"
 
 
 class MountCounts:
@@ -79,6 +86,74 @@ class MountCounts:
         except FileNotFoundError:
             return []
         return sorted(e[: -len(_RECORD)] for e in entries if e.endswith(_RECORD))
+
+    def hold(self, key: str) -> tuple[int, str]:
+        """A new hold of *key* by this process (call with the count lock held): the descriptor
+        keeping its file locked, and the file; give both to :meth:`release`."""
+        import fcntl
+
+        directory = self._path(key) + _HOLDS
+        os.makedirs(directory, 0o700, exist_ok=True)
+        path = os.path.join(directory, f"{os.getpid()}-{os.urandom(6).hex()}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return fd, path
+
+    def release(self, fd: int, path: str) -> None:
+        """End a hold made by :meth:`hold` (call with the count lock held)."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+        try:
+            os.rmdir(os.path.dirname(path))
+        except OSError:
+            pass  # other holds are in it
+
+    def has_holds(self, key: str) -> bool:
+        """Whether any hold of *key* has a file, live or not (no lock needed: a quick look)."""
+        try:
+            return bool(os.listdir(self._path(key) + _HOLDS))
+        except FileNotFoundError:
+            return False
+
+    def reap(self, key: str) -> int:
+        """Remove the holds of *key* whose taker died (call with the count lock held);
+        returns how many, each a count nobody will give back."""
+        import fcntl
+
+        directory = self._path(key) + _HOLDS
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return 0
+        dead = 0
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its taker is alive and holds it
+            finally:
+                os.close(fd)
+            os.unlink(path)
+            dead += 1
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+        return dead
 
     def forget_lock(self, key: str) -> None:
         """Remove the lock file of a layer that is gone (call with the lock held)."""

@@ -22,9 +22,12 @@ import bz2
 import errno
 import gzip
 import io
+import json
 import lzma
 import os
+import signal
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -759,6 +762,50 @@ def test_mount_is_counted(store: Any) -> None:
     with pytest.raises(Precondition):
         store.unmount("l")
     store.remove("l")
+
+
+_DIE_HOLDING = """
+import json, os, signal, sys
+from graphdriver.testing import setups
+root, run_root, name, options, layer = sys.argv[1:]
+store = setups.open_store(root, run_root, setups.DriverSetup(name, **json.loads(options)))
+store.driver.mounted(layer).__enter__()  # what changes and diff do while they read
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _die_holding(store: Any, layer_id: str) -> None:
+    """A process that mounts *layer_id* for itself, as a reading command does, and is killed."""
+    setup = store.driver_name
+    options = dict(store.driver.config.options)
+    proc = subprocess.run([sys.executable, "-c", _DIE_HOLDING, store.root, store.run_root, setup,
+                           json.dumps(options), layer_id], capture_output=True, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+@every_driver
+def test_a_mount_a_killed_command_held_for_itself_is_given_back(store: Any) -> None:
+    """A command killed while it reads a layer (changes, diff) cannot give its count back:
+    the next look at the count, or cleanup, takes it away and undoes its mount, so the layer
+    can be removed; a live reader's count is kept."""
+    store.create("base")
+    store.create("ctr", "base", writable=True)
+    _die_holding(store, "ctr")
+    _die_holding(store, "ctr")
+    assert store.driver.mount_state("ctr") == (0, None)
+    store.remove("ctr")
+    _die_holding(store, "base")
+    done = store.cleanup()
+    assert [line for line in done if "died" in line] == [
+        "dropped 1 mount count(s) of base that commands which died held"], done
+    with store.driver.mounted("base"):
+        store.cleanup()
+        assert store.driver.mount_count("base") == 1  # this process's, alive
+        with pytest.raises(Precondition):
+            store.remove("base")
+    assert store.driver.mount_state("base") == (0, None)
+    assert not [line for line in store.cleanup() if "mount" in line]
+    store.remove("base")
 
 
 # ----- hostile and malformed input ------------------------------------------------------------
