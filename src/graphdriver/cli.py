@@ -174,7 +174,7 @@ def cmd_layers(store: Store, args: Args) -> int:
     for _layer_id, error in bad:
         warn(str(error))
     for r in records:
-        if r.damaged:
+        if r.damaged and not store.applying(r):  # a live apply's mark is no damage
             warn(f"layer {r.id}: is damaged ({r.damaged})")
     return 0
 

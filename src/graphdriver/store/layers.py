@@ -647,6 +647,16 @@ class Store:
             record.compression = record.mounted_writable = None
             record.damaged = f"an apply started at {now_rfc3339()} did not finish"
             self.records.put(record)
+            # Until the apply ends, its lock tells its mark from a dead apply's.
+            applying = self.records.hold_applying(layer_id)
+        try:
+            return self._apply_files(record, before, stream)
+        finally:
+            self.records.release_applying(layer_id, applying)
+
+    def _apply_files(self, record: Layer, before: LayerRecord, stream: BinaryIO) -> int:
+        """The files part of :meth:`apply`, the layer marked damaged until it is done."""
+        layer_id = record.id
         try:
             from graphdriver.store import content
 
@@ -694,6 +704,8 @@ class Store:
         current: Layer | None = record
         seen: set[str] = set()
         while current is not None and current.id not in seen:
+            if current.damaged and self.applying(current):
+                raise Precondition(f"layer {current.id}", f"is being applied to ({_under_way(current)})")
             if current.damaged:
                 raise IntegrityError(f"layer {current.id}", self._damaged_why(current, record, new_child))
             seen.add(current.id)
@@ -712,6 +724,11 @@ class Store:
         if damaged is record:
             return f"is damaged ({damaged.damaged}); {remove}"
         return f"is damaged ({damaged.damaged}), and layer {record.id} sits on it"
+
+    def applying(self, record: Layer) -> bool:
+        """Whether *record* is marked damaged only because a live apply to it is not done yet."""
+        return (record.damaged is not None and not record.read_only_store
+                and self.records.is_applying(record.id))
 
     def _refuse_damaged_chains(self, layer_id: str, base: str | None) -> None:
         """:meth:`_refuse_damaged` for a layer and the parent it is compared with."""
@@ -1201,6 +1218,9 @@ class Store:
     def _check_records(self, records: list[Layer]) -> list[tuple[str, str | None]]:
         results: list[tuple[str, str | None]] = []
         for record in records:
+            if self.applying(record):
+                results.append((record.id, f"skipped: {_under_way(record)}"))
+                continue
             if record.damaged:
                 results.append((record.id, f"damaged: {record.damaged}"))
                 continue
@@ -1320,6 +1340,8 @@ class Store:
                 raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
             if self.driver.mount_count(layer_id) > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
+            if self.records.is_applying(layer_id):
+                raise Precondition(f"layer {layer_id}", "is being applied to: an apply is under way")
             self._refuse_held(layer_id, holder)
             tx.mark()
             try:
@@ -1397,6 +1419,12 @@ def _refuse_maps_unprivileged(idmaps: IDMappings | None) -> None:
     if idmaps is not None and not idmaps.identity and not privileged():
         raise Unsupported("--uidmap/--gidmap", "id maps need root (files are stored owned by the mapped "
                           "ids); without root a store keeps the user's own")
+
+
+def _under_way(record: Layer) -> str:
+    """What a live apply's mark says: "an apply started at T is under way"."""
+    started = (record.damaged or "").removesuffix(" did not finish")
+    return f"{started} is under way"
 
 
 def _first_of(problems: list[str]) -> str:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 RECORDS_DIR = "layers"
 PENDING_DIR = "pending"
+#: The lock file (``.<id>.apply`` in the pending folder) an apply holds while it runs.
+APPLY_LOCK_SUFFIX = ".apply"
 
 
 #: Stored fields and their defaults, in the order records are written.
@@ -337,6 +339,33 @@ class RecordStore:
 
     def is_pending(self, layer_id: str) -> bool:
         return os.path.exists(os.path.join(self.pending_dir, layer_id))
+
+    def _apply_lock_path(self, layer_id: str) -> str:
+        return os.path.join(self.pending_dir, f".{layer_id}{APPLY_LOCK_SUFFIX}")
+
+    def hold_applying(self, layer_id: str) -> int:
+        """Say that this process applies a tarball to *layer_id*, for as long as the returned
+        descriptor is open (give it to :meth:`release_applying`)."""
+        fd = os.open(self._apply_lock_path(layer_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def release_applying(self, layer_id: str, fd: int) -> None:
+        try:
+            os.unlink(self._apply_lock_path(layer_id))
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+
+    def is_applying(self, layer_id: str) -> bool:
+        """Whether a live process is applying a tarball to *layer_id* now (a dead one's apply
+        left the layer damaged)."""
+        return is_held(self._apply_lock_path(layer_id))
 
     def is_live(self, layer_id: str) -> bool:
         """Whether some process (this one included) is still doing the marked work."""

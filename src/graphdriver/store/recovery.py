@@ -16,6 +16,7 @@ from graphdriver.errors import GraphDriverError, NotFound, Precondition
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import remove_abandoned
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX
+from graphdriver.store.records import APPLY_LOCK_SUFFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _cleanup_layers(store: Store) -> list[str]:
         good, corrupt = store.records.scan()
         done.extend(
             f"layer {r.id} is damaged ({r.damaged}): remove it, nothing was removed for it"
-            for r in good if r.damaged
+            for r in good if r.damaged and not store.records.is_applying(r.id)
         )
         done.extend(
             f"{error}: graphdriver remove {layer_id} removes it, nothing was removed for it"
@@ -120,6 +121,12 @@ def _remove_stray_locks(store: Store) -> list[str]:
     folder = store.records.pending_dir
     done = []
     for name in sorted(os.listdir(folder)):
+        if name.startswith(".") and name.endswith(APPLY_LOCK_SUFFIX):
+            # An apply's lock, left by one that died (its layer is damaged and says so).
+            applied = name[1 : -len(APPLY_LOCK_SUFFIX)]
+            if not store.records.is_applying(applied) and atomic.remove_file(os.path.join(folder, name)):
+                done.append(f"removed stray apply lock of {applied}")
+            continue
         layer_id = name[1:-5] if name.startswith(".") and name.endswith(".lock") else None
         if layer_id is None or layer_id in pending or store.records.is_live(layer_id):
             continue
