@@ -206,3 +206,14 @@ def test_cleanup_takes_the_lock_file_a_dead_apply_left(tmp_path: Path, driver_na
     cleaned = run_cli("cleanup", root=root, driver=driver_name, check=True).stdout
     assert cleaned == b"removed stray apply lock of da\n"
     assert os.listdir(root / "pending") == []
+
+
+def test_cleanup_of_a_new_root_takes_half_a_settings_file(tmp_path: Path, driver_name: str):
+    """A first command killed while it wrote the store's settings leaves half a file: cleanup
+    of that root (which stores nothing yet) removes it, and makes nothing."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / ".tmp-store.json-999999").write_text('{"driver": "vf')  # no process 999999 holds it
+    cleaned = run_cli("cleanup", root=root, driver=driver_name, check=True).stdout
+    assert b".tmp-store.json-999999" in cleaned, cleaned
+    assert os.listdir(root) == []

@@ -32,6 +32,8 @@ def cleanup(store: Store) -> list[str]:
         from graphdriver.drivers.base import remove_probe_leftovers
 
         done = remove_probe_leftovers(_nearest_existing(store.root))
+        # A first command killed while it wrote the store's settings left half a file.
+        done.extend(remove_stale_temporaries((store.root,)))
     else:
         done = _cleanup_layers(store)
     if os.path.isdir(os.path.join(store.root, "images")):
