@@ -297,6 +297,23 @@ def test_a_child_over_capabilities_and_acls_is_a_shifted_copy(tmpfs, base_maps):
     assert not (tmpfs / "store" / "overlay" / "k" / "lowermaps").exists()
 
 
+def test_an_overlay_child_with_other_maps_over_a_chain_sees_every_lower_idmapped(tmpfs):
+    """The lowers of a chain are named through symlinks the store owns (root's): only the
+    trees they name are asked whether the child's maps can express their owners."""
+    if not _idmapped_overlay(tmpfs):
+        pytest.skip("this kernel makes no idmapped mounts of a tmpfs (mount_setattr, Linux 6.3)")
+    gd_auto(tmpfs, "import", "base", "--uidmap", MAP, "-", input=LAYER)
+    gd_auto(tmpfs, "create", "mid", "--parent", "base", "--rw")
+    made = gd_auto(tmpfs, "create", "c", "--parent", "mid", "--uidmap", "0:200000:65536", check=False)
+    assert made.returncode == 0, made.stderr
+    assert (tmpfs / "store" / "overlay" / "c" / "lowermaps").exists()
+    root = gd_auto(tmpfs, "mount", "c").stdout.decode().strip()
+    try:
+        assert owners(root, "etc/passwd", "home/u") == [(200000, 200000), (201000, 201000)]
+    finally:
+        gd_auto(tmpfs, "unmount", "c")
+
+
 def test_an_idmapped_overlay_child_whose_maps_miss_an_owner_is_refused_too(tmpfs):
     if not _idmapped_overlay(tmpfs):
         pytest.skip("this kernel makes no idmapped mounts of a tmpfs (mount_setattr, Linux 6.3)")

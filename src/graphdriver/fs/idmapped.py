@@ -133,7 +133,7 @@ def needs_copy(path: str, theirs: IDMappings, mine: IDMappings) -> bool:
     """
     from graphdriver.fs.tree import walk_tree
 
-    st = os.lstat(path)
+    st = os.stat(path)  # an overlay lower is named through a symlink (``l/<short>``): its target's owner
     theirs.translate(mine, st.st_uid, st.st_gid)
     copy = False
     for _, entry in walk_tree(path):
