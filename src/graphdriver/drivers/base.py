@@ -513,12 +513,14 @@ class Driver(abc.ABC):
                 path = self._mount(layer_id, mount_label)
             token = None
             try:
+                holds = self.counts.holds(key) if count else []
                 if hold:
-                    token = self.counts.hold(key)
-                self.counts.set(key, count + 1, path)
+                    token = self.counts.new_hold(key)
+                    holds.append(token[1])
+                self.counts.set(key, count + 1, path, holds)  # the count and its hold, in one write
             except BaseException:
                 if token is not None:
-                    self.counts.release(*token)
+                    self.counts.end_hold(key, *token)
                 if count == 0:
                     self._unmount(layer_id)
                 raise
@@ -545,14 +547,19 @@ class Driver(abc.ABC):
                     self.counts.set(key, 0, "")
                     return
                 count, path = self._live_state(layer_id, key)
+                holds = self.counts.holds(key)
+                if token is not None and token[1] not in holds:
+                    return  # its count was dropped meanwhile (unmount --force): nothing to give back
                 if count <= 0:
                     raise Precondition(f"layer {layer_id}", "is not mounted")
                 if count == 1:
                     self._unmount(layer_id)
-                self.counts.set(key, count - 1, path or "")
+                if token is not None:
+                    holds.remove(token[1])
+                self.counts.set(key, count - 1, path or "", holds)
             finally:
                 if token is not None:
-                    self.counts.release(*token)
+                    self.counts.end_hold(key, *token)
 
     def mount_state(self, layer_id: str) -> tuple[int, str | None]:
         """The layer's mount count and mount path (None when not mounted).
@@ -601,22 +608,30 @@ class Driver(abc.ABC):
         """With the count lock of *key* held: the count and path once the holds of commands
         that died are taken away (the last one's mount undone), and how many there were."""
         count, path = self.counts.state(key)
-        dead = self.counts.reap(key)
+        listed = self.counts.holds(key)
+        dead = self.counts.dead_holds(key, listed)
+        kept = [h for h in listed if h not in dead]
         if dead and count > 0:
-            left = max(count - dead, 0)
+            left = max(count - len(dead), 0)
             if left == 0 and path and self._still_mounted(layer_id, path):
                 self._unmount(layer_id)
-            self.counts.set(key, left, path or "")
+            self.counts.set(key, left, path or "", kept)
             count = left
-        return count, path, dead
+        if dead or self.counts.has_holds(key):
+            self.counts.tidy_holds(key, kept)  # only once the count no longer lists them
+        return count, path, len(dead)
 
     def _reap_holds(self) -> list[str]:
         """Take away the counts of commands that died holding a layer (for cleanup)."""
         done = []
-        for key in self.counts.counted():
+        for key in sorted(set(self.counts.counted()) | set(self.counts.held_keys())):
             if self.counts.has_holds(key):
                 with self.counts.lock(key):
-                    dead = self._reaped_state(key, key)[2] if self.exists(key) else 0
+                    if self.exists(key):
+                        dead = self._reaped_state(key, key)[2]
+                    else:  # the layer is gone: nothing is counted for it any more
+                        dead = 0
+                        self.counts.tidy_holds(key, [])
                 if dead:
                     done.append(f"dropped {dead} mount count(s) of {key} that commands which died held")
         return done

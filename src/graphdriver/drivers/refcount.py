@@ -7,10 +7,13 @@ first ``get`` mounts and only the last ``put`` unmounts; the driver does the
 mounting, this module only counts.
 
 A count a command takes for itself, only while it reads (``changes``, ``diff``),
-is also a *hold*: a file in ``<key>.holds/`` that the command keeps locked.
+is also a *hold*: a file in ``<key>.holds/`` that the command keeps locked,
+named in the count record (``holds``) in the same write as the count it adds.
 The kernel releases the lock when the command dies, however it dies, so a
-hold whose file nobody locks is a count its taker can no longer give back:
-:meth:`MountCounts.reap` removes it, and the driver takes its count away.
+listed hold whose file nobody locks is a count its taker can no longer give
+back (:meth:`MountCounts.dead_holds`): the driver takes it away.  A hold file
+the record does not list counts nothing (its command died before counting it,
+or after giving it back) and is only removed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 
 from graphdriver import jsonio
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import locked
+from graphdriver.fs.locking import is_held, locked
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,8 +71,9 @@ class MountCounts:
         """Where the counted mount is, as recorded."""
         return self.state(key)[1]
 
-    def set(self, key: str, count: int, path: str) -> None:
-        """Record *count* mounts at *path*; zero forgets the layer's record."""
+    def set(self, key: str, count: int, path: str, holds: list[str] | None = None) -> None:
+        """Record *count* mounts at *path*, the holds named *holds* among them (None: those
+        recorded now), in one write; zero forgets the layer's record, holds included."""
         target = self._path(key) + _RECORD
         if count <= 0:
             try:
@@ -77,7 +81,12 @@ class MountCounts:
             except FileNotFoundError:
                 pass
             return
-        atomic.write_json(target, {"count": count, "path": path}, durable=False)
+        if holds is None:
+            holds = self.holds(key)
+        value: dict[str, object] = {"count": count, "path": path}
+        if holds:
+            value["holds"] = holds
+        atomic.write_json(target, value, durable=False)
 
     def counted(self) -> list[str]:
         """The keys that have a count record, sorted."""
@@ -87,14 +96,20 @@ class MountCounts:
             return []
         return sorted(e[: -len(_RECORD)] for e in entries if e.endswith(_RECORD))
 
-    def hold(self, key: str) -> tuple[int, str]:
-        """A new hold of *key* by this process (call with the count lock held): the descriptor
-        keeping its file locked, and the file; give both to :meth:`release`."""
+    def holds(self, key: str) -> list[str]:
+        """The holds the count of *key* includes, by name (see the module)."""
+        value = self._read(key).get("holds")
+        return [h for h in value if isinstance(h, str)] if isinstance(value, list) else []
+
+    def new_hold(self, key: str) -> tuple[int, str]:
+        """A hold of *key* by this process, not counted yet (call with the count lock held, and
+        record its name with :meth:`set`): the descriptor keeping its file locked, and its name."""
         import fcntl
 
         directory = self._path(key) + _HOLDS
         os.makedirs(directory, 0o700, exist_ok=True)
-        path = os.path.join(directory, f"{os.getpid()}-{os.urandom(6).hex()}")
+        name = f"{os.getpid()}-{os.urandom(6).hex()}"
+        path = os.path.join(directory, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -102,58 +117,64 @@ class MountCounts:
             os.close(fd)
             os.unlink(path)
             raise
-        return fd, path
+        return fd, name
 
-    def release(self, fd: int, path: str) -> None:
-        """End a hold made by :meth:`hold` (call with the count lock held)."""
+    def end_hold(self, key: str, fd: int, name: str) -> None:
+        """Remove this process's hold file (call with the count lock held, its count given back
+        or dropped already)."""
+        directory = self._path(key) + _HOLDS
         try:
-            os.unlink(path)
+            os.unlink(os.path.join(directory, name))
         except FileNotFoundError:
             pass
         finally:
             os.close(fd)
         try:
-            os.rmdir(os.path.dirname(path))
+            os.rmdir(directory)
         except OSError:
             pass  # other holds are in it
 
     def has_holds(self, key: str) -> bool:
-        """Whether any hold of *key* has a file, live or not (no lock needed: a quick look)."""
+        """Whether any hold of *key* has a file, live or not (a quick look, no lock needed)."""
         try:
             return bool(os.listdir(self._path(key) + _HOLDS))
         except FileNotFoundError:
             return False
 
-    def reap(self, key: str) -> int:
-        """Remove the holds of *key* whose taker died (call with the count lock held);
-        returns how many, each a count nobody will give back."""
-        import fcntl
+    def held_keys(self) -> list[str]:
+        """The keys that have hold files, sorted."""
+        try:
+            entries = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(e[: -len(_HOLDS)] for e in entries if e.endswith(_HOLDS))
 
+    def dead_holds(self, key: str, listed: list[str]) -> list[str]:
+        """Those of the holds *listed* in the count whose taker died (its file gone or locked
+        by nobody): counts nobody will give back (call with the count lock held)."""
+        directory = self._path(key) + _HOLDS
+        return [name for name in listed if not is_held(os.path.join(directory, name))]
+
+    def tidy_holds(self, key: str, keep: list[str]) -> None:
+        """Remove the hold files of *key* that are not in *keep* and that nobody holds: given
+        back, dropped, or made by a command killed before it counted it (call with the count
+        lock held, once the count no longer lists them)."""
         directory = self._path(key) + _HOLDS
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
-            return 0
-        dead = 0
+            return
         for name in names:
             path = os.path.join(directory, name)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its taker is alive and holds it
-            finally:
-                os.close(fd)
-            os.unlink(path)
-            dead += 1
+            if name not in keep and not is_held(path):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
         try:
             os.rmdir(directory)
         except OSError:
             pass
-        return dead
 
     def forget_lock(self, key: str) -> None:
         """Remove the lock file of a layer that is gone (call with the lock held)."""
@@ -192,3 +213,4 @@ class MountCounts:
                 continue
             done.append(f"removed mount lock of gone layer {key}")
         return done
+

@@ -770,16 +770,26 @@ from graphdriver.testing import setups
 root, run_root, name, options, layer = sys.argv[1:]
 store = setups.open_store(root, run_root, setups.DriverSetup(name, **json.loads(options)))
 store.driver.mounted(layer).__enter__()  # what changes and diff do while they read
+print("holding", flush=True)
+sys.stdin.readline()  # killed, or told to die, while it holds
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def _die_holding(store: Any, layer_id: str) -> None:
-    """A process that mounts *layer_id* for itself, as a reading command does, and is killed."""
-    setup = store.driver_name
+def _holding(store: Any, layer_id: str) -> subprocess.Popen[bytes]:
+    """A process that mounts *layer_id* for itself, as a reading command does, and dies (killed)
+    when a line reaches its standard input."""
     options = dict(store.driver.config.options)
-    proc = subprocess.run([sys.executable, "-c", _DIE_HOLDING, store.root, store.run_root, setup,
-                           json.dumps(options), layer_id], capture_output=True, check=False)
+    proc = subprocess.Popen([sys.executable, "-c", _DIE_HOLDING, store.root, store.run_root,
+                             store.driver_name, json.dumps(options), layer_id],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"holding\n", proc.stderr
+    return proc
+
+
+def _die_holding(store: Any, layer_id: str) -> None:
+    proc = _holding(store, layer_id)
+    proc.communicate(b"die\n")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
@@ -805,6 +815,18 @@ def test_a_mount_a_killed_command_held_for_itself_is_given_back(store: Any) -> N
             store.remove("base")
     assert store.driver.mount_state("base") == (0, None)
     assert not [line for line in store.cleanup() if "mount" in line]
+    # A reader whose count was dropped (unmount --force) and who dies later takes nothing
+    # from the count of a mount made since.
+    reader = _holding(store, "base")
+    assert store.driver.put_all("base") == 1
+    path = store.mount("base")
+    reader.communicate(b"die\n")
+    assert store.driver.mount_state("base") == (1, path)
+    assert not [line for line in store.cleanup() if "died" in line]
+    store.unmount("base")
+    assert store.driver.mount_state("base") == (0, None)
+    assert not os.listdir(os.path.join(store.driver.run_root, "mounts")) or all(
+        not name.endswith(".holds") for name in os.listdir(os.path.join(store.driver.run_root, "mounts")))
     store.remove("base")
 
 
