@@ -174,8 +174,9 @@ def cmd_layers(store: Store, args: Args) -> int:
     for _layer_id, error in bad:
         warn(str(error))
     for r in records:
-        if r.damaged and not store.applying(r):  # a live apply's mark is no damage
-            warn(f"layer {r.id}: is damaged ({r.damaged})")
+        damage = store.damage(r)
+        if damage is not None and not damage[0]:  # a live apply's mark is no damage
+            warn(f"layer {r.id}: is damaged ({damage[1]})")
     return 0
 
 

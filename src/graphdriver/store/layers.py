@@ -32,7 +32,7 @@ from graphdriver.errors import (
 from graphdriver.fs import atomic, privileged
 from graphdriver.fs.locking import locked
 from graphdriver.ids import check_id
-from graphdriver.store.records import Layer, LayerRecord, RecordStore, now_rfc3339
+from graphdriver.store.records import ApplyLock, Layer, LayerRecord, RecordStore, now_rfc3339
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -621,40 +621,49 @@ class Store:
         that fails half way, the layer is reported damaged (exit 6) and refused
         by ``mount`` until it is removed, never taken for whole.
         """
-        with self.locked():
-            record = self._find(layer_id)
-            if record.read_only_store:
-                raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
-            if parent is not None and parent != record.parent:
-                self._find(parent)  # a parent that does not exist is not found (3), as everywhere
-                raise InvalidArgument(
-                    f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
-                )
-            self._refuse_damaged(record)
-            before = self.records.get(layer_id)  # put back if the apply writes nothing
-            # A child was made from (vfs: copied from; overlay: stacks on) the layer
-            # as it is: changing it under the child would change what the child holds.
-            children = self._dependents(layer_id)
-            if children:
-                raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
-            if self.driver.mount_count(layer_id) > 0 and not record.writable:
-                raise Precondition(f"layer {layer_id}", "is mounted")
-            self.driver.check_apply(layer_id)  # before the record says anything: a refusal changes nothing
-            # Once more is applied, the imported tarball no longer describes the
-            # layer: forget what the import recorded before touching the files.
-            record.diff_digest = record.compressed_digest = record.chain_id = None
-            record.compressed_size = record.uncompressed_size = record.unreproducible = None
-            record.compression = record.mounted_writable = None
-            record.damaged = f"an apply started at {now_rfc3339()} did not finish"
-            self.records.put(record)
-            # Until the apply ends, its lock tells its mark from a dead apply's.
-            applying = self.records.hold_applying(layer_id)
+        lock: ApplyLock | None = None
         try:
-            return self._apply_files(record, before, stream)
+            with self.locked():
+                record, before = self._begin_apply(layer_id, parent)
+                # Until the apply ends, its lock tells its mark from a dead apply's: taken
+                # before the mark, given back in the block that writes its last record.
+                lock = self.records.hold_applying(layer_id)
+                record.damaged = f"an apply started at {now_rfc3339()} did not finish"
+                self.records.put(record)
+            return self._apply_files(record, before, stream, lock)
         finally:
-            self.records.release_applying(layer_id, applying)
+            if lock is not None:
+                lock.release()  # an exit no record was written for (interrupted): damaged
 
-    def _apply_files(self, record: Layer, before: LayerRecord, stream: BinaryIO) -> int:
+    def _begin_apply(self, layer_id: str, parent: str | None) -> tuple[Layer, LayerRecord]:
+        """Under the store lock: the refusals of :meth:`apply`, then its record with what the
+        import recorded forgotten, and the record as it was."""
+        record = self._find(layer_id)
+        if record.read_only_store:
+            raise Precondition(f"layer {layer_id}", "belongs to a read-only store")
+        if parent is not None and parent != record.parent:
+            self._find(parent)  # a parent that does not exist is not found (3), as everywhere
+            raise InvalidArgument(
+                f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
+            )
+        self._refuse_damaged(record)
+        before = self.records.get(layer_id)  # put back if the apply writes nothing
+        # A child was made from (vfs: copied from; overlay: stacks on) the layer
+        # as it is: changing it under the child would change what the child holds.
+        children = self._dependents(layer_id)
+        if children:
+            raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
+        if self.driver.mount_count(layer_id) > 0 and not record.writable:
+            raise Precondition(f"layer {layer_id}", "is mounted")
+        self.driver.check_apply(layer_id)  # before the record says anything: a refusal changes nothing
+        # Once more is applied, the imported tarball no longer describes the
+        # layer: forget what the import recorded before touching the files.
+        record.diff_digest = record.compressed_digest = record.chain_id = None
+        record.compressed_size = record.uncompressed_size = record.unreproducible = None
+        record.compression = record.mounted_writable = None
+        return record, before
+
+    def _apply_files(self, record: Layer, before: LayerRecord, stream: BinaryIO, lock: ApplyLock) -> int:
         """The files part of :meth:`apply`, the layer marked damaged until it is done."""
         layer_id = record.id
         try:
@@ -677,6 +686,7 @@ class Store:
                         stored.damaged = f"an apply failed half way: {e}"
                         self._forget_tarsplit(layer_id)
                     self.records.put(stored)
+                lock.release()
             self._raise_explained(e, layer_id)  # its files gone: damaged (6), not "not found"
         self._sync()
         with self.locked():
@@ -685,6 +695,7 @@ class Store:
             stored.damaged = None
             self._forget_tarsplit(layer_id)
             self.records.put(stored)
+            lock.release()
         return size
 
     def _forget_tarsplit(self, layer_id: str) -> None:
@@ -704,10 +715,12 @@ class Store:
         current: Layer | None = record
         seen: set[str] = set()
         while current is not None and current.id not in seen:
-            if current.damaged and self.applying(current):
-                raise Precondition(f"layer {current.id}", f"is being applied to ({_under_way(current)})")
-            if current.damaged:
-                raise IntegrityError(f"layer {current.id}", self._damaged_why(current, record, new_child))
+            damage = self.damage(current)
+            if damage is not None and damage[0]:
+                raise Precondition(f"layer {current.id}", f"is being applied to ({_under_way(damage[1])})")
+            if damage is not None:
+                raise IntegrityError(f"layer {current.id}",
+                                     self._damaged_why(current, damage[1], record, new_child))
             seen.add(current.id)
             try:
                 current = self._find(current.parent) if current.parent is not None else None
@@ -715,20 +728,32 @@ class Store:
                 return  # an unreadable ancestor is explained where its files are needed
 
     @staticmethod
-    def _damaged_why(damaged: Layer, record: Layer, new_child: str | None) -> str:
+    def _damaged_why(damaged: Layer, mark: str, record: Layer, new_child: str | None) -> str:
         remove = f"graphdriver remove {damaged.id} removes it"
         if new_child is not None:
             below = "" if damaged is record else f", below layer {record.id}"
-            return (f"is damaged ({damaged.damaged}){below}, so layer {new_child} cannot be made on it; "
-                    f"{remove}")
+            return f"is damaged ({mark}){below}, so layer {new_child} cannot be made on it; {remove}"
         if damaged is record:
-            return f"is damaged ({damaged.damaged}); {remove}"
-        return f"is damaged ({damaged.damaged}), and layer {record.id} sits on it"
+            return f"is damaged ({mark}); {remove}"
+        return f"is damaged ({mark}), and layer {record.id} sits on it"
 
-    def applying(self, record: Layer) -> bool:
-        """Whether *record* is marked damaged only because a live apply to it is not done yet."""
-        return (record.damaged is not None and not record.read_only_store
-                and self.records.is_applying(record.id))
+    def damage(self, record: Layer) -> tuple[bool, str] | None:
+        """What *record*'s damage mark means now: None for none (or an apply that has finished
+        since the record was read), ``(True, mark)`` while the apply that wrote it still runs,
+        ``(False, mark)`` for damage (an apply that failed, or died)."""
+        if record.damaged is None:
+            return None
+        if record.read_only_store:
+            return False, record.damaged
+        if self.records.is_applying(record.id):
+            return True, record.damaged
+        try:
+            fresh = self.records.get(record.id)  # read before an apply ended its mark and its lock?
+        except GraphDriverError:
+            return False, record.damaged
+        if fresh.damaged is None:
+            return None
+        return self.records.is_applying(record.id), fresh.damaged
 
     def _refuse_damaged_chains(self, layer_id: str, base: str | None) -> None:
         """:meth:`_refuse_damaged` for a layer and the parent it is compared with."""
@@ -1218,11 +1243,10 @@ class Store:
     def _check_records(self, records: list[Layer]) -> list[tuple[str, str | None]]:
         results: list[tuple[str, str | None]] = []
         for record in records:
-            if self.applying(record):
-                results.append((record.id, f"skipped: {_under_way(record)}"))
-                continue
-            if record.damaged:
-                results.append((record.id, f"damaged: {record.damaged}"))
+            damage = self.damage(record)
+            if damage is not None:
+                shown = f"skipped: {_under_way(damage[1])}" if damage[0] else f"damaged: {damage[1]}"
+                results.append((record.id, shown))
                 continue
             missing = self._missing_parent(record)
             if missing is not None:
@@ -1421,10 +1445,9 @@ def _refuse_maps_unprivileged(idmaps: IDMappings | None) -> None:
                           "ids); without root a store keeps the user's own")
 
 
-def _under_way(record: Layer) -> str:
+def _under_way(mark: str) -> str:
     """What a live apply's mark says: "an apply started at T is under way"."""
-    started = (record.damaged or "").removesuffix(" did not finish")
-    return f"{started} is under way"
+    return f"{mark.removesuffix(' did not finish')} is under way"
 
 
 def _first_of(problems: list[str]) -> str:

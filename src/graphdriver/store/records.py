@@ -13,7 +13,7 @@ import fcntl
 import os
 import time
 
-from graphdriver.errors import IntegrityError, NotFound
+from graphdriver.errors import IntegrityError, NotFound, Precondition
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import is_held
 from graphdriver.ids import is_valid_id
@@ -343,24 +343,20 @@ class RecordStore:
     def _apply_lock_path(self, layer_id: str) -> str:
         return os.path.join(self.pending_dir, f".{layer_id}{APPLY_LOCK_SUFFIX}")
 
-    def hold_applying(self, layer_id: str) -> int:
-        """Say that this process applies a tarball to *layer_id*, for as long as the returned
-        descriptor is open (give it to :meth:`release_applying`)."""
-        fd = os.open(self._apply_lock_path(layer_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def hold_applying(self, layer_id: str) -> ApplyLock:
+        """Say that this process applies a tarball to *layer_id* until the lock is released
+        (call with the store lock held; :class:`Precondition` when another apply holds it)."""
+        path = self._apply_lock_path(layer_id)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Precondition(f"layer {layer_id}", "is being applied to: an apply is under way") from None
         except BaseException:
             os.close(fd)
             raise
-        return fd
-
-    def release_applying(self, layer_id: str, fd: int) -> None:
-        try:
-            os.unlink(self._apply_lock_path(layer_id))
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
+        return ApplyLock(fd, path)
 
     def is_applying(self, layer_id: str) -> bool:
         """Whether a live process is applying a tarball to *layer_id* now (a dead one's apply
@@ -370,6 +366,29 @@ class RecordStore:
     def is_live(self, layer_id: str) -> bool:
         """Whether some process (this one included) is still doing the marked work."""
         return layer_id in self._held or is_held(self._lock_path(layer_id))
+
+
+class ApplyLock:
+    """What an apply holds while it runs (see :meth:`RecordStore.hold_applying`)."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd: int | None = fd
+        self.path = path
+
+    def release(self) -> None:
+        """The apply is over (call with the store lock held, in the block that writes its
+        record, so nobody sees its record and its lock disagree); again does nothing."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
 
 
 _BOOT_ID: str | None = None
