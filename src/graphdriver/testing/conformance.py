@@ -783,7 +783,10 @@ def _holding(store: Any, layer_id: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-c", _DIE_HOLDING, store.root, store.run_root,
                              store.driver_name, json.dumps(options), layer_id],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdout.readline() == b"holding\n", proc.stderr
+    assert proc.stdout is not None
+    if proc.stdout.readline() != b"holding\n":
+        proc.kill()
+        raise AssertionError(f"the holding process failed: {proc.communicate()[1].decode()}")
     return proc
 
 
@@ -799,7 +802,7 @@ def test_a_mount_a_killed_command_held_for_itself_is_given_back(store: Any) -> N
     the next look at the count, or cleanup, takes it away and undoes its mount, so the layer
     can be removed; a live reader's count is kept."""
     store.create("base")
-    store.create("ctr", "base", writable=True)
+    store.create("ctr", "base")
     _die_holding(store, "ctr")
     _die_holding(store, "ctr")
     assert store.driver.mount_state("ctr") == (0, None)
