@@ -22,7 +22,7 @@ import os
 
 from graphdriver import jsonio
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import is_held, locked
+from graphdriver.fs.locking import is_held, locked, remove_abandoned
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -165,12 +165,8 @@ class MountCounts:
         except FileNotFoundError:
             return
         for name in names:
-            path = os.path.join(directory, name)
-            if name not in keep and not is_held(path):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            if name not in keep:
+                remove_abandoned(os.path.join(directory, name))
         try:
             os.rmdir(directory)
         except OSError:
@@ -184,9 +180,8 @@ class MountCounts:
             pass
 
     def remove_unused_locks(self, exists: Callable[[str], bool]) -> list[str]:
-        """Remove the lock files of layers that are gone and that nobody holds now."""
-        import fcntl
-
+        """Remove the lock files of layers that are gone and that nobody holds now (someone
+        holding one is counting a mount of it right now)."""
         done: list[str] = []
         try:
             entries = sorted(os.listdir(self.directory))
@@ -194,23 +189,8 @@ class MountCounts:
             return done
         for entry in entries:
             key = entry[: -len(_LOCK)]
-            if not entry.endswith(_LOCK) or exists(key):
-                continue
-            path = os.path.join(self.directory, entry)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # someone is counting a mount of it right now
-            finally:
-                os.close(fd)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            done.append(f"removed mount lock of gone layer {key}")
+            if entry.endswith(_LOCK) and not exists(key) and remove_abandoned(
+                    os.path.join(self.directory, entry)):
+                done.append(f"removed mount lock of gone layer {key}")
         return done
 
