@@ -607,8 +607,7 @@ class Driver(abc.ABC):
     def _reaped_state(self, layer_id: str, key: str) -> tuple[int, str | None, int]:
         """With the count lock of *key* held: the count and path once the holds of commands
         that died are taken away (the last one's mount undone), and how many there were."""
-        count, path = self.counts.state(key)
-        listed = self.counts.holds(key)
+        count, path, listed = self.counts.entry(key)
         dead = self.counts.dead_holds(key, listed)
         kept = [h for h in listed if h not in dead]
         if dead and count > 0:

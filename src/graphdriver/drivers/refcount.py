@@ -22,7 +22,7 @@ import os
 
 from graphdriver import jsonio
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import is_held, locked, remove_abandoned
+from graphdriver.fs.locking import claim, is_held, locked, remove_abandoned
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,12 +56,18 @@ class MountCounts:
             return {}
         return value if isinstance(value, dict) else {}
 
-    def state(self, key: str) -> tuple[int, str | None]:
-        """How many ``get`` calls (in all processes) await their ``put``, and where the
-        counted mount is, as recorded (one read of the record)."""
+    def entry(self, key: str) -> tuple[int, str | None, list[str]]:
+        """How many ``get`` calls (in all processes) await their ``put``, where the counted
+        mount is, and the holds among them by name (see the module), in one read of the record."""
         record = self._read(key)
-        count, path = record.get("count", 0), record.get("path")
-        return (count if isinstance(count, int) else 0), (str(path) if path else None)
+        count, path, holds = record.get("count", 0), record.get("path"), record.get("holds")
+        return ((count if isinstance(count, int) else 0), (str(path) if path else None),
+                [h for h in holds if isinstance(h, str)] if isinstance(holds, list) else [])
+
+    def state(self, key: str) -> tuple[int, str | None]:
+        """The count and the mount's path of :meth:`entry`."""
+        count, path, _ = self.entry(key)
+        return count, path
 
     def count(self, key: str) -> int:
         """How many ``get`` calls (in all processes) await their ``put``."""
@@ -97,27 +103,16 @@ class MountCounts:
         return sorted(e[: -len(_RECORD)] for e in entries if e.endswith(_RECORD))
 
     def holds(self, key: str) -> list[str]:
-        """The holds the count of *key* includes, by name (see the module)."""
-        value = self._read(key).get("holds")
-        return [h for h in value if isinstance(h, str)] if isinstance(value, list) else []
+        """The holds of :meth:`entry`."""
+        return self.entry(key)[2]
 
     def new_hold(self, key: str) -> tuple[int, str]:
         """A hold of *key* by this process, not counted yet (call with the count lock held, and
         record its name with :meth:`set`): the descriptor keeping its file locked, and its name."""
-        import fcntl
-
         directory = self._path(key) + _HOLDS
         os.makedirs(directory, 0o700, exist_ok=True)
         name = f"{os.getpid()}-{os.urandom(6).hex()}"
-        path = os.path.join(directory, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        return fd, name
+        return claim(os.path.join(directory, name)), name
 
     def end_hold(self, key: str, fd: int, name: str) -> None:
         """Remove this process's hold file (call with the count lock held, its count given back
@@ -193,4 +188,3 @@ class MountCounts:
                     os.path.join(self.directory, entry)):
                 done.append(f"removed mount lock of gone layer {key}")
         return done
-

@@ -15,7 +15,7 @@ import time
 
 from graphdriver.errors import IntegrityError, NotFound, Precondition
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import is_held
+from graphdriver.fs.locking import claim, is_held
 from graphdriver.ids import is_valid_id
 
 TYPE_CHECKING = False
@@ -347,15 +347,10 @@ class RecordStore:
         """Say that this process applies a tarball to *layer_id* until the lock is released
         (call with the store lock held; :class:`Precondition` when another apply holds it)."""
         path = self._apply_lock_path(layer_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            fd = claim(path)  # a dead apply's lock file is taken over
+        except FileExistsError:
             raise Precondition(f"layer {layer_id}", "is being applied to: an apply is under way") from None
-        except BaseException:
-            os.close(fd)
-            raise
         return ApplyLock(fd, path)
 
     def is_applying(self, layer_id: str) -> bool:
