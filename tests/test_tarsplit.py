@@ -35,8 +35,14 @@ from tests.conftest import CORPUS, corpus_files, with_twin
 
 @pytest.fixture(autouse=True, params=["c", "python"], scope="module")
 def recorder_kind(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test here records with the C recorder and with the Python one."""
-    yield from with_twin(request, tarsplit, "_CRecorder", "recorder")
+    """Every test here records and reads back with the C recorder and reader and with their Python twins."""
+    saved = tarsplit._c_usual
+    if request.param == "python":
+        tarsplit._c_usual = None
+    try:
+        yield from with_twin(request, tarsplit, "_CRecorder", "recorder")
+    finally:
+        tarsplit._c_usual = saved
 
 
 def record(data: bytes) -> tuple[bytes, dict[str, list[bytes]]]:

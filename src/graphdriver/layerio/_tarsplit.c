@@ -376,14 +376,230 @@ static PyTypeObject RecorderType = {
     .tp_methods = Recorder_methods,
 };
 
+
+/* ---- reading lines back: usual(line, entry_type) ---- */
+
+static signed char B64_VALUE[256];
+static PyObject *EMPTY_BYTES;
+
+static void b64_table(void)
+{
+    memset(B64_VALUE, -1, sizeof B64_VALUE);
+    for (int i = 0; i < 64; i++)
+        B64_VALUE[(unsigned char)B64[i]] = (signed char)i;
+}
+
+static PyObject *A2B, *BINASCII_ERROR, *STRICT_KW;
+
+/* What binascii.a2b_base64(strict_mode=True) makes of s, or NULL without an
+   error set where it raises binascii.Error. */
+static PyObject *a2b_strict(const unsigned char *s, Py_ssize_t n)
+{
+    PyObject *data = PyBytes_FromStringAndSize((const char *)s, n);
+    if (!data)
+        return NULL;
+    PyObject *args[2] = {data, Py_True};
+    PyObject *out = PyObject_Vectorcall(A2B, args, 1, STRICT_KW);
+    Py_DECREF(data);
+    if (!out && PyErr_ExceptionMatches(BINASCII_ERROR))
+        PyErr_Clear();
+    return out;
+}
+
+/* Base64 as binascii.a2b_base64(strict_mode=True) reads it, into bytes; NULL
+   without an error set where it would raise.  The canonical form (whole
+   quads, zero to two '=' at the very end) is read here; anything else is
+   left to binascii, whose strict mode has rules of its own ('=' after a
+   whole quad, say). */
+static PyObject *decode64(const unsigned char *s, Py_ssize_t n)
+{
+    if (n % 4)
+        return a2b_strict(s, n);
+    Py_ssize_t pad = n && s[n - 1] == '=' ? (s[n - 2] == '=' ? 2 : 1) : 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n / 4 * 3 - pad);
+    if (!out)
+        return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    Py_ssize_t full = n - (pad ? 4 : 0), i = 0;
+    for (; i < full; i += 4) {
+        int a = B64_VALUE[s[i]], b = B64_VALUE[s[i + 1]], c = B64_VALUE[s[i + 2]], d = B64_VALUE[s[i + 3]];
+        if ((a | b | c | d) < 0)
+            goto bad;
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+        *o++ = (unsigned char)(v >> 16);
+        *o++ = (unsigned char)(v >> 8);
+        *o++ = (unsigned char)v;
+    }
+    if (pad) {
+        int a = B64_VALUE[s[i]], b = B64_VALUE[s[i + 1]], c = pad == 1 ? B64_VALUE[s[i + 2]] : 0;
+        if ((a | b | c) < 0)
+            goto bad;
+        *o++ = (unsigned char)(a << 2 | b >> 4);
+        if (pad == 1)
+            *o++ = (unsigned char)((b & 15) << 4 | c >> 2);
+    }
+    return out;
+bad:
+    Py_DECREF(out);
+    return a2b_strict(s, n);
+}
+
+/* Whether s[from:to] is 1 to 19 ASCII digits (bytes.isdigit); the value in *v. */
+static int digits(const char *s, Py_ssize_t from, Py_ssize_t to, unsigned long long *v)
+{
+    if (to - from < 1 || to - from > 19)
+        return 0;
+    unsigned long long x = 0;
+    for (Py_ssize_t i = from; i < to; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        x = x * 10 + (unsigned)(s[i] - '0');
+    }
+    *v = x;
+    return 1;
+}
+
+static int starts(const char *s, Py_ssize_t n, Py_ssize_t at, const char *lit)
+{
+    Py_ssize_t k = (Py_ssize_t)strlen(lit);
+    return at >= 0 && at <= n - k && memcmp(s + at, lit, (size_t)k) == 0;
+}
+
+static Py_ssize_t find(const char *s, char c, Py_ssize_t from, Py_ssize_t to)
+{
+    const char *q = from < to ? memchr(s + from, c, (size_t)(to - from)) : NULL;
+    return q ? q - s : -1;
+}
+
+/* entry_type(type, payload, name, size, position); steals payload and name (NULL: an error is set). */
+static PyObject *make(PyObject *cls, long type, PyObject *payload, PyObject *name,
+                      unsigned long long size, unsigned long long position)
+{
+    PyObject *args[5] = {PyLong_FromLong(type), payload, name, PyLong_FromUnsignedLongLong(size),
+                         PyLong_FromUnsignedLongLong(position)};
+    PyObject *entry = NULL;
+    if (args[0] && args[1] && args[2] && args[3] && args[4])
+        entry = PyObject_Vectorcall(cls, args, 5, NULL);
+    for (int i = 0; i < 5; i++)
+        Py_XDECREF(args[i]);
+    return entry;
+}
+
+/* The decoded payload, or NULL: None returned to the caller when no error is set. */
+#define DECODED_OR_NONE(var, s, n)                                                                  \
+    PyObject *var = decode64((const unsigned char *)(s), (n));                                      \
+    if (!var)                                                                                       \
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+
+#define SEGMENT_HEAD "{\"type\":2,\"payload\":\""
+#define FILE_HEAD "{\"type\":1,\"name\":\""
+#define SEGMENT_HEAD_LEN 21
+#define FILE_HEAD_LEN 18
+
+/* {"type":2,"payload":"B","position":P} */
+static PyObject *segment_entry(const char *s, Py_ssize_t n, PyObject *cls)
+{
+    Py_ssize_t stop = n >= 2 && s[n - 2] == '}' && s[n - 1] == '\n' ? n - 2
+                      : s[n - 1] == '}'                              ? n - 1
+                                                                     : -1;
+    Py_ssize_t end = find(s, '"', SEGMENT_HEAD_LEN, n);
+    unsigned long long position;
+    if (stop < 0 || end < 0 || !starts(s, n, end, "\",\"position\":") || !digits(s, end + 13, stop, &position))
+        Py_RETURN_NONE;
+    DECODED_OR_NONE(payload, s + SEGMENT_HEAD_LEN, end - SEGMENT_HEAD_LEN)
+    return make(cls, 2, payload, Py_NewRef(EMPTY_BYTES), 0, position);
+}
+
+/* {"type":1,"name":"N",["size":S,]"payload":null|"B","position":P} with N plain */
+static PyObject *file_entry(const char *s, Py_ssize_t n, PyObject *cls)
+{
+    Py_ssize_t stop = s[n - 1] == '\n' ? n - 1 : n;
+    if (stop < 1 || s[stop - 1] != '}')
+        Py_RETURN_NONE;
+    Py_ssize_t quote = find(s, '"', FILE_HEAD_LEN, stop);
+    if (quote < 0 || !is_plain(s + FILE_HEAD_LEN, quote - FILE_HEAD_LEN))
+        Py_RETURN_NONE;
+    Py_ssize_t at = quote + 1, pay = -1, pay_end = -1;
+    unsigned long long size = 0, position;
+    if (starts(s, n, at, ",\"size\":")) {
+        Py_ssize_t comma = find(s, ',', at + 8, stop);
+        if (comma < 0 || !digits(s, at + 8, comma, &size))
+            Py_RETURN_NONE;
+        at = comma;
+    }
+    if (!starts(s, n, at, ",\"payload\":"))
+        Py_RETURN_NONE;
+    at += 11;
+    if (starts(s, n, at, "null")) {
+        at += 4;
+    } else if (at < stop && s[at] == '"') {
+        pay = at + 1;
+        pay_end = find(s, '"', pay, stop);
+        if (pay_end < 0)
+            Py_RETURN_NONE;
+        at = pay_end + 1;
+    } else {
+        Py_RETURN_NONE;
+    }
+    if (!starts(s, n, at, ",\"position\":") || !digits(s, at + 12, stop - 1, &position))
+        Py_RETURN_NONE;
+    PyObject *crc = Py_NewRef(Py_None);
+    if (pay >= 0) {
+        Py_DECREF(crc);
+        DECODED_OR_NONE(decoded, s + pay, pay_end - pay)
+        crc = decoded;
+    }
+    PyObject *name = PyBytes_FromStringAndSize(s + FILE_HEAD_LEN, quote - FILE_HEAD_LEN);
+    if (!name) {
+        Py_DECREF(crc);
+        return NULL;
+    }
+    return make(cls, 1, crc, name, size, position);
+}
+
+static PyObject *usual(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "usual(line: bytes, entry_type)");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (n >= SEGMENT_HEAD_LEN && memcmp(s, SEGMENT_HEAD, SEGMENT_HEAD_LEN) == 0)
+        return segment_entry(s, n, args[1]);
+    if (n >= FILE_HEAD_LEN && memcmp(s, FILE_HEAD, FILE_HEAD_LEN) == 0)
+        return file_entry(s, n, args[1]);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"usual", (PyCFunction)(void (*)(void))usual, METH_FASTCALL,
+     "usual(line, entry_type): the entry of a line in the usual form, else None (tarsplit._usual)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_tarsplit", "The tar-split recorder, in C.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_tarsplit", "The tar-split recorder and line reader, in C.", -1, module_methods,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__tarsplit(void)
 {
     if (PyType_Ready(&RecorderType) < 0)
+        return NULL;
+    b64_table();
+    if (!A2B) {
+        PyObject *binascii = PyImport_ImportModule("binascii");
+        if (!binascii)
+            return NULL;
+        A2B = PyObject_GetAttrString(binascii, "a2b_base64");
+        BINASCII_ERROR = PyObject_GetAttrString(binascii, "Error");
+        STRICT_KW = Py_BuildValue("(s)", "strict_mode");
+        Py_DECREF(binascii);
+        if (!A2B || !BINASCII_ERROR || !STRICT_KW)
+            return NULL;
+    }
+    if (!EMPTY_BYTES && !(EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0)))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

@@ -1,6 +1,7 @@
 # The C recorder's interface (see _tarsplit.c): tarsplit.Recorder's sinks over a
 # tarsplit.Packer, writing its batches of lines through *write*.
 from collections.abc import Callable
+from typing import TypeVar
 
 from graphdriver.layerio.entry import TarEntry
 
@@ -15,3 +16,8 @@ class Recorder:
     def data(self, chunk: bytes | bytearray | memoryview, /) -> None: ...
     def header(self, entry: TarEntry, /) -> None: ...
     def finish(self) -> None: ...
+
+# The C line reader: tarsplit._usual, making the entry as entry_type(type, payload, name, size, position).
+_T = TypeVar("_T")
+
+def usual(line: bytes, entry_type: Callable[[int, bytes | None, bytes, int, int], _T], /) -> _T | None: ...
