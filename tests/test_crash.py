@@ -8,6 +8,7 @@ exactly, and removing everything must leave it empty.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import signal
@@ -150,7 +151,7 @@ def test_six_processes_share_one_store(tmp_path: Path, driver_name: str):
 def _wait_marked(root: Path, driver: str, layer_id: str) -> None:
     """Until an apply to *layer_id* has marked its record (it then reads its input)."""
     deadline = time.monotonic() + 20
-    while b'"damaged"' not in run_cli("layer", layer_id, "--json", root=root, driver=driver).stdout:
+    while b'"applying"' not in run_cli("layer", layer_id, "--json", root=root, driver=driver).stdout:
         assert time.monotonic() < deadline, "the apply never started"
         time.sleep(0.05)
 
@@ -192,6 +193,8 @@ def test_a_live_apply_is_under_way_not_damaged_and_a_killed_one_is_damaged(tmp_p
         # left in the pending folder, is taken by the recovery the next command runs).
         listed = run_cli("layers", root=root, driver=driver_name)
         assert listed.returncode == 0 and b"is damaged" in listed.stderr, listed.stderr
+        shown = json.loads(run_cli("layer", "da", root=root, driver=driver_name, check=True).stdout)
+        assert "applying" not in shown and shown["damaged"].endswith("did not finish"), shown
         assert run_cli("check", "da", root=root, driver=driver_name).returncode == 6
         cleaned = run_cli("cleanup", root=root, driver=driver_name, check=True).stdout
         assert b"layer da is damaged" in cleaned, cleaned

@@ -947,8 +947,10 @@ def test_a_layer_whose_parent_record_is_lost_keeps_its_parent_and_is_reported(st
 
 
 def test_a_layer_is_not_removed_under_a_live_apply(store):
-    """A layer whose apply has begun is busy while the apply runs: remove is refused (5), and
-    the apply failing after that (its stream no tarball) leaves the layer as it was."""
+    """A layer whose apply has begun is busy while the apply runs: remove is refused (5), `layer`
+    and `layers --json` show it as applying (not damaged), and the apply failing after that (its
+    stream no tarball) leaves the layer as it was."""
+    import json
     import subprocess
     import sys
     import time
@@ -969,9 +971,15 @@ def test_a_layer_is_not_removed_under_a_live_apply(store):
         time.sleep(0.05)
     refused = run_cli("remove", "l", root=root, run_root=run_root)
     assert refused.returncode == 5 and b"under way" in refused.stderr, refused.stderr
+    # Shown as busy, not damaged: `layer` and `layers --json` say the apply is under way.
+    shown = json.loads(run_cli("layer", "l", root=root, run_root=run_root).stdout)
+    listed = json.loads(run_cli("--json", "layers", root=root, run_root=run_root).stdout)
+    for value in (shown, *listed):
+        assert "damaged" not in value and value["applying"].endswith("is under way"), value
     apply.stdin.close()
     assert apply.wait(30) != 0  # no tarball: nothing was written
     assert store.layer("l").damaged is None
+    assert "applying" not in json.loads(run_cli("layer", "l", root=root, run_root=run_root).stdout)
     out = io.BytesIO()
     store.diff("l", out)
     assert out.getvalue() == make_tar({"f": F(b"f")})

@@ -351,16 +351,18 @@ class Store:
         )
 
     def layer(self, layer_id: str) -> Layer:
-        """*layer_id* with the driver's metadata filled in."""
+        """*layer_id* with the driver's metadata filled in, and whether an apply to it runs."""
         layer = self._find(layer_id)
         try:
             layer.metadata = self.driver.metadata(layer_id)
         except NotFound:
             pass
+        self._note_applying(layer)
         return layer
 
     def fill_metadata(self, layer: Layer) -> None:
-        """Fill in the driver's facts about *layer* (as ``layers --json`` lists them).
+        """Fill in the driver's facts about *layer* (as ``layers --json`` lists them), and
+        whether an apply to it runs.
 
         :class:`NotFound` when the layer was removed meanwhile;
         :class:`IntegrityError` when its record stands but its files are gone.
@@ -369,6 +371,12 @@ class Store:
             layer.metadata = self.driver.metadata(layer.id)
         except GraphDriverError as e:
             self._raise_explained(e, layer.id, seen=layer)
+        self._note_applying(layer)
+
+    def _note_applying(self, layer: Layer) -> None:
+        """Set :attr:`Layer.applying` while the apply that marked *layer* still runs."""
+        damage = self.damage(layer)
+        layer.applying = _under_way(damage[1]) if damage is not None and damage[0] else None
 
     def layers(self) -> list[Layer]:
         """Every complete layer with a sound record, this store's first, then the additional stores'."""

@@ -137,12 +137,15 @@ class Layer(LayerRecord):
     """A layer as the store hands it out: its stored record, which store it lives in, and
     the driver's facts about it (filled in for ``layer ID``).  Only the record is stored."""
 
-    __slots__ = ("metadata", "read_only_store")
+    __slots__ = ("applying", "metadata", "read_only_store")
 
     #: Driver facts (``dir``, ``UpperDir``...), filled in when asked for.
     metadata: dict[str, str]
     #: True for layers of an additional read-only store.
     read_only_store: bool
+    #: While an apply to the layer still runs: "an apply started at T is under way"
+    #: (its ``damaged`` mark is then no damage, and is not shown); filled in when asked for.
+    applying: str | None
 
     def __init__(self, record: LayerRecord, *, read_only_store: bool = False,
                  metadata: dict[str, str] | None = None) -> None:
@@ -150,12 +153,16 @@ class Layer(LayerRecord):
             setattr(self, name, getattr(record, name))
         self.read_only_store = read_only_store
         self.metadata = metadata or {}
+        self.applying = None
 
     def _compared(self) -> tuple[Any, ...]:
-        return (*super()._compared(), self.metadata, self.read_only_store)
+        return (*super()._compared(), self.metadata, self.read_only_store, self.applying)
 
     def display(self) -> dict[str, Any]:
         value = super().display()
+        if self.applying is not None:
+            value.pop("damaged", None)
+            value["applying"] = self.applying
         value["metadata"] = self.metadata
         if self.read_only_store:
             value["read_only_store"] = True
