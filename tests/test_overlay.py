@@ -227,6 +227,41 @@ def test_remove_with_another_run_root_refuses_a_mounted_layer(tmp_path):
     assert run_cli("remove", "c", root=root, run_root=tmp_path / "B").returncode == 0
 
 
+def test_cleanup_with_another_run_root_leaves_a_mount_counted_in_the_first(tmp_path):
+    """cleanup cannot count a mount another run root counts, and it is no stale mount: it is
+    left mounted and named; remove names the run root; a run root that is gone is forgotten."""
+    from tests.conftest import run_cli
+
+    root, a, b = tmp_path / "store", tmp_path / "A", tmp_path / "B"
+    run_cli("import", "b", "-", root=root, run_root=a, driver="overlay", input=make_tar({"f": F(b"f")}),
+            check=True)
+    run_cli("create", "c", "--parent", "b", "--rw", root=root, run_root=a, check=True)
+    path = run_cli("mount", "c", root=root, run_root=a, check=True).stdout.decode().strip()
+    try:
+        (Path(path) / "data").write_bytes(b"precious")
+        cleaned = run_cli("cleanup", root=root, run_root=b, check=True).stdout.decode()
+        assert "left the mount of c: it is counted in run root" in cleaned and str(a) in cleaned, cleaned
+        assert mounts.is_mount_point(path) and (Path(path) / "data").read_bytes() == b"precious"
+        refused = run_cli("remove", "c", root=root, run_root=b)
+        assert refused.returncode == 5 and f"counted in run root {a}".encode() in refused.stderr
+    finally:
+        run_cli("unmount", "c", root=root, run_root=a, check=True)
+    shutil.rmtree(a)
+    cleaned = run_cli("cleanup", root=root, run_root=b, check=True).stdout.decode()
+    assert f"forgot run root {a}" in cleaned, cleaned
+    assert os.listdir(root / "overlay" / ".run-roots") == []
+    assert run_cli("remove", "c", root=root, run_root=b).returncode == 0
+
+
+def test_cleanup_still_unmounts_a_mount_no_run_root_counts(d):
+    """A mount whose process died before counting it is stale: cleanup unmounts it."""
+    d.create("base", None)
+    d.create_rw("ctr", "base")
+    path = d._mount("ctr", "")
+    assert "unmounted uncounted mount of ctr" in "\n".join(d.cleanup())
+    assert not mounts.is_mount_point(path)
+
+
 def test_unmount_force_of_a_layer_whose_folder_is_gone_drops_nothing_and_fails_not(d):
     d.create("a", None)
     shutil.rmtree(d.resolve("a"))

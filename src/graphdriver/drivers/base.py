@@ -71,7 +71,7 @@ import abc
 import os
 
 from graphdriver import jsonio
-from graphdriver.drivers.refcount import MountCounts
+from graphdriver.drivers.refcount import MountCounts, RunRoots
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -433,6 +433,10 @@ class Driver(abc.ABC):
             if self._live_state(layer_id, key)[0] > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
             if self._uncounted_mount(layer_id):
+                elsewhere = RunRoots(self.home, self.run_root).counted_elsewhere(key)
+                if elsewhere:
+                    raise Precondition(f"layer {layer_id}", f"is mounted, counted in run root {elsewhere[0]} "
+                                       "(another --run-root): unmount it there")
                 raise Precondition(f"layer {layer_id}", "is mounted, though not counted in this run root "
                                    f"(mounted with another --run-root?); unmount --force {layer_id} "
                                    "unmounts it")

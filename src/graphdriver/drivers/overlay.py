@@ -103,6 +103,7 @@ from graphdriver.drivers.base import (
     probe_scratch,
     probed_once,
 )
+from graphdriver.drivers.refcount import RunRoots
 from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Precondition, Unsupported
 from graphdriver.fs import atomic, privileged
 from graphdriver.fs.sizerecord import has_image, limit_of
@@ -715,6 +716,7 @@ class OverlayDriver(Driver):
         folder = self.resolve(layer_id)
         own = self._own(folder)
         target = self._merged(folder, create=True)
+        RunRoots(self.home, self.run_root).note()  # cleanup with another run root asks this one
         if mounts.is_mount_point(target):
             return target  # left by a process that died before counting it
         if own and has_image(folder):
@@ -842,8 +844,10 @@ class OverlayDriver(Driver):
         return done
 
     def _unmount_uncounted(self) -> list[str]:
+        """Unmount the mounts no run root counts (their process died before counting them)."""
         from graphdriver.fs import mounts
 
+        run_roots = RunRoots(self.home, self.run_root)
         done = []
         for name in sorted(os.listdir(self.home)):
             point = os.path.join(self.home, name, MERGED_DIR)
@@ -852,8 +856,13 @@ class OverlayDriver(Driver):
             key = self._count_key(name)
             with self.counts.lock(key):
                 if self.counts.count(key) == 0 and mounts.is_mount_point(point):
+                    elsewhere = run_roots.counted_elsewhere(key)
+                    if elsewhere:
+                        done.append(f"left the mount of {name}: it is counted in run root {elsewhere[0]}")
+                        continue
                     outcome = mounts.unmount(point)
                     done.append(f"{outcome} uncounted mount of {name}")
+        done.extend(run_roots.forget_gone())
         return done
 
     def cleanup(self, layers: Collection[str] | None = None) -> list[str]:

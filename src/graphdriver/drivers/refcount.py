@@ -188,3 +188,75 @@ class MountCounts:
                     os.path.join(self.directory, entry)):
                 done.append(f"removed mount lock of gone layer {key}")
         return done
+
+
+class RunRoots:
+    """The run roots a driver's kernel mounts were counted in, noted in its home.
+
+    Counts live in a run root, and one store may be used with several
+    (``--run-root``): a mount counted in another run root is live there though
+    this one has no count of it.  A run directory is noted once, at its first
+    mount (``<home>/.run-roots/<key>`` holds its path), so that cleanup asks the
+    others before it calls a mount stale and unmounts it.
+    """
+
+    __slots__ = ("directory", "run_dir")
+
+    def __init__(self, home: str, run_dir: str) -> None:
+        self.directory = os.path.join(home, RUN_ROOTS_DIR)
+        self.run_dir = os.path.abspath(run_dir)
+
+    def note(self) -> None:
+        """Note this run directory (once; a home that cannot take the note is left as it is)."""
+        from graphdriver.fs import path_key
+
+        note = os.path.join(self.directory, path_key(self.run_dir))
+        if os.path.exists(note):
+            return
+        try:
+            os.makedirs(self.directory, 0o700, exist_ok=True)
+            atomic.write_bytes(note, os.fsencode(self.run_dir), 0o600)
+        except OSError:
+            pass  # a read-only home: cleanup then knows no other run root, as before
+
+    def _others(self) -> list[tuple[str, str]]:
+        """(note, run directory) of every other run directory noted."""
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            note = os.path.join(self.directory, name)
+            if name.startswith("."):
+                remove_abandoned(note)  # a note's temporary file, left by a writer that died
+                continue
+            try:
+                with open(note, "rb") as f:
+                    run_dir = os.fsdecode(f.read())
+            except OSError:
+                continue  # a note being written (its temporary name), or gone meanwhile
+            if run_dir != self.run_dir:
+                out.append((note, run_dir))
+        return out
+
+    def counted_elsewhere(self, key: str) -> list[str]:
+        """The other run directories that count a mount of *key* now."""
+        return [run_dir for _, run_dir in self._others()
+                if MountCounts(os.path.join(run_dir, "mounts")).count(key) > 0]
+
+    def forget_gone(self) -> list[str]:
+        """Drop the notes of run directories that are gone (a reboot empties a tmpfs run root)."""
+        done = []
+        for note, run_dir in self._others():
+            if not os.path.isdir(run_dir):
+                try:
+                    os.unlink(note)
+                except FileNotFoundError:
+                    continue
+                done.append(f"forgot run root {run_dir} (gone)")
+        return done
+
+
+#: The folder of a driver's home where :class:`RunRoots` notes run directories.
+RUN_ROOTS_DIR = ".run-roots"

@@ -20,3 +20,18 @@ def privileged() -> bool:
     (fuse-overlayfs, no device nodes, user.* xattrs) all decide by it.
     """
     return _os.geteuid() == 0
+
+
+def path_key(path: str) -> str:
+    """A short, stable name for *path* (16 hex digits of its SHA-256): a store's folder inside
+    a shared run root, a run root inside a store."""
+    # The built-in SHA-256 module, not hashlib: opening a store for a mount
+    # should not pay for loading OpenSSL (the digest is the same).
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # Python 3.12 and later
+        except ImportError:
+            from hashlib import sha256
+    return str(sha256(_os.fsencode(path)).hexdigest()[:16])

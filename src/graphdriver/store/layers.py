@@ -29,7 +29,7 @@ from graphdriver.errors import (
     Unsupported,
     os_error,
 )
-from graphdriver.fs import atomic, privileged
+from graphdriver.fs import atomic, path_key, privileged
 from graphdriver.fs.locking import locked
 from graphdriver.ids import check_id
 from graphdriver.store.records import ApplyLock, Layer, LayerRecord, RecordStore, now_rfc3339
@@ -226,7 +226,7 @@ class Store:
                 home=os.path.join(self.root, self.driver_name),
                 # Stores sharing one run root (the default /run/graphdriver) keep apart:
                 # mount counts are per layer id, and two stores may both have a "base".
-                run_root=os.path.join(self.run_root, _store_key(self.root), self.driver_name),
+                run_root=os.path.join(self.run_root, path_key(self.root), self.driver_name),
                 options=dict(self._opts.driver_options),
                 idmaps=idmaps,
                 readonly_homes=tuple(os.path.join(r.root, self.driver_name) for r in self.readonly),
@@ -1465,20 +1465,6 @@ def _first_of(problems: list[str]) -> str:
 
 def _discard(_data: object) -> None:
     """A sink for a re-export whose bytes are only checked."""
-
-
-def _store_key(root: str) -> str:
-    """A short, stable name for the store at *root* inside a shared run root."""
-    # The built-in SHA-256 module, not hashlib: opening a store for a mount
-    # should not pay for loading OpenSSL (the digest is the same).
-    try:
-        from _sha256 import sha256  # type: ignore[import-not-found]  # Python 3.11
-    except ImportError:
-        try:
-            from _sha2 import sha256  # type: ignore[import-not-found]  # Python 3.12 and later
-        except ImportError:
-            from hashlib import sha256
-    return str(sha256(os.fsencode(root)).hexdigest()[:16])
 
 
 class _StoreLock(locked):
