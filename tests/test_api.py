@@ -33,6 +33,18 @@ def test_the_documented_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [r.id for r in store.layers()] == ["base"]
 
 
+def test_record_gives_the_stored_fields_without_asking_the_driver(tmp_path: Path) -> None:
+    store = graphdriver.open_store(str(tmp_path / "s"), run_root=str(tmp_path / "r"), driver="vfs")
+    with open(ROOT / "samples" / "base.tar.gz", "rb") as f:
+        imported = store.import_layer("base", None, f)
+    record, layer = store.record("base"), store.layer("base")
+    assert record.diff_digest == layer.diff_digest == imported.diff_digest
+    assert record.uncompressed_size == layer.uncompressed_size and record.uncompressed_size
+    assert record.metadata == {} and layer.metadata  # the driver's facts: layer() only
+    with pytest.raises(graphdriver.NotFound):
+        store.record("missing")
+
+
 def test_options_as_mapping_or_strings_and_errors_by_exit_code(tmp_path: Path) -> None:
     store = graphdriver.open_store(str(tmp_path / "s"), run_root=str(tmp_path / "r"), driver="vfs",
                                    options={"copy": "copy"})

@@ -94,7 +94,7 @@ def _layer_maps(args: Args, default: Callable[[], IDMappings]) -> IDMappings | N
 
 def _parent_maps(store: Store, parent: str | None) -> Callable[[], IDMappings]:
     """The maps a new layer on *parent* takes when it is given none."""
-    return lambda: store.layer_maps(store.layer(parent)) if parent is not None else store.idmaps
+    return lambda: store.layer_maps(store.record(parent)) if parent is not None else store.idmaps
 
 
 def _result(args: Args, text: str, value: dict[str, object]) -> None:
@@ -126,8 +126,8 @@ def cmd_import(store: Store, args: Args) -> int:
 def cmd_apply(store: Store, args: Args) -> int:
     from graphdriver.cliio import input_stream
 
-    maps = _layer_maps(args, lambda: store.layer_maps(store.layer(args.id)))
-    if maps is not None and maps != store.layer_maps(store.layer(args.id)):
+    maps = _layer_maps(args, lambda: store.layer_maps(store.record(args.id)))
+    if maps is not None and maps != store.layer_maps(store.record(args.id)):
         raise InvalidArgument(f"--uidmap/--gidmap for layer {args.id}", "it was created with other id maps")
     with input_stream(args.file, f"apply {args.id}", args.quiet) as stream:
         size = store.apply(args.id, stream, args.parent)
@@ -226,7 +226,7 @@ def cmd_diff(store: Store, args: Args) -> int:
     if kind == "original":
         from graphdriver.images.kept import original_blob
 
-        if args.regenerate or (args.parent is not None and args.parent != store.layer(args.id).parent):
+        if args.regenerate or (args.parent is not None and args.parent != store.record(args.id).parent):
             raise InvalidArgument("--compress original", "gives back the bytes the layer came in, over "
                                   "its own parent: it takes no other --parent and no --regenerate")
         path = original_blob(store, args.id)
@@ -237,7 +237,7 @@ def cmd_diff(store: Store, args: Args) -> int:
     from graphdriver.layerio.compression import Compression, open_compressor
 
     codec = Compression(kind)  # one of the option's choices, checked when parsed
-    total = store.layer(args.id).uncompressed_size if args.parent is None else None
+    total = store.record(args.id).uncompressed_size if args.parent is None else None
     label = f"diff {args.id}"
     with output_stream(args.output) as raw:
         # The bar counts the tarball's bytes, before any compression; a plain diff

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def original_blob(store: Store, layer_id: str) -> str:
     """The path of the kept compressed blob of *layer_id*; Precondition (exit 5) when none was kept."""
-    layer = store.layer(layer_id)
+    layer = store.record(layer_id)
     changed = store.changed_since_import(layer_id)
     if changed is not None:
         raise IntegrityError(f"layer {layer_id}", f"{changed}, nor do the compressed bytes it came in")

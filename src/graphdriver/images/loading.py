@@ -223,7 +223,7 @@ def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
 
 
 def _check_reused(store: Store, layer_id: str, diff_id: str) -> None:
-    layer = store.layer(layer_id)
+    layer = store.record(layer_id)
     if layer.diff_digest is not None and layer.diff_digest != diff_id:
         raise IntegrityError(f"layer {layer_id}", f"is stored with DiffID {layer.diff_digest}, not {diff_id}")
     changed = store.changed_since_import(layer_id)  # mounted writable: is it still that tarball?

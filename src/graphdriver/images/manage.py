@@ -110,7 +110,7 @@ def inspect(store: Store, name: str) -> dict[str, Any]:
     chains = oci.chain_ids(record.diff_ids)
     size = 0
     for layer_id in record.layers:
-        size += store.layer(layer_id).uncompressed_size or 0
+        size += store.record(layer_id).uncompressed_size or 0
     return {
         "Id": record.id,
         "Names": record.names,

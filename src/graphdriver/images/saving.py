@@ -183,7 +183,7 @@ def _layer(store: Store, layer_id: str, out: Any) -> None:
 
 
 def _layer_size(store: Store, layer_id: str) -> int:
-    size = store.layer(layer_id).uncompressed_size
+    size = store.record(layer_id).uncompressed_size
     if size is None:
         counter = _Counting(io.BytesIO())  # type: ignore[arg-type]
         store.diff(layer_id, counter, exact=True)  # type: ignore[arg-type]

@@ -27,11 +27,15 @@ def _make_table() -> list[int]:
     return table
 
 
-_TABLE = _make_table()
+# Made on the first use of the twin: building it costs about 0.3 ms, which every
+# command that reads or writes layers would pay at import while fastcrc serves.
+_TABLE: list[int] = []
 
 
 def crc64_iso_pure(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """The pure-Python CRC-64/ISO of *data*, continuing from *crc*."""
+    if not _TABLE:
+        _TABLE[:] = _make_table()
     table = _TABLE
     crc ^= _MASK
     for byte in bytes(data):

@@ -350,6 +350,11 @@ class Store:
             r.exists(layer_id) and not r.is_pending(layer_id) for r in (self.records, *self.readonly)
         )
 
+    def record(self, layer_id: str) -> Layer:
+        """*layer_id*'s record alone (no driver facts: ``metadata`` empty, ``applying`` None), for
+        its stored fields; :class:`NotFound` if there is no such layer."""
+        return self._find(layer_id)
+
     def layer(self, layer_id: str) -> Layer:
         """*layer_id* with the driver's metadata filled in, and whether an apply to it runs."""
         layer = self._find(layer_id)
