@@ -505,8 +505,13 @@ def test_sddl_reads_what_windows_writes_and_refuses_what_needs_windows():
     assert sddl.to_binary(" O:S-1-5-32-544 G:SY D:PAI (A;OICI;FA;;;SY) (A;OICI;FA;;;BA) "
                           "(A;OICI;FRFX;;;BU) S:(AU;SAFA;FA;;;WD)") == default.to_bytes()
     assert wintar.parse_security_descriptor(sddl.to_binary("D:NO_ACCESS_CONTROL")).dacl is None
+    # A SACL is not read, so what only it may hold (resource attributes nest parentheses)
+    # leaves the owner, group and DACL readable.
+    attributes = 'S:(RA;CI;;;;S-1-1-0;("Project",TS,0,"Windows","SQL"))'
+    assert sddl.to_binary(text + attributes) == default.to_bytes()
     for bad in ("O:DAG:DA", "D:(OA;;CR;00000000-0000-0000-0000-000000000000;;WD)", "D:(A;;FA;;;SY",
-                "X:1", "D:(A;;ZZ;;;SY)", "O:S-1-x", "D:(A;XX;FA;;;SY)", "O:BAO:BA", "D:(A;;FA;;SY)"):
+                "X:1", "D:(A;;ZZ;;;SY)", "O:S-1-x", "D:(A;XX;FA;;;SY)", "O:BAO:BA", "D:(A;;FA;;SY)",
+                "D:(XA;;FR;;;WD;(Member_of {SID(BA)}))", "S:((RA;;;;;WD;(\"a\",TS,0,\"b\")))"):
         with pytest.raises(ValueError):
             sddl.to_binary(bad)
 

@@ -76,10 +76,13 @@ def _sections(text: str) -> dict[str, str]:
         key = text[i]
         if key not in _SECTIONS or text[i + 1 : i + 2] != ":" or key in out:
             raise ValueError(f"unexpected {text[i:i + 8]!r} in an SDDL string")
+        # ACEs nest parentheses only in a SACL (resource attributes), which is not read here:
+        # elsewhere an ACE is one level deep.
+        deepest = 2 if key == "S" else 1
         j, depth = i + 2, 0
         while j < len(text) and (depth or not (text[j] in _SECTIONS and text[j + 1 : j + 2] == ":")):
             depth += {"(": 1, ")": -1}.get(text[j], 0)
-            if depth not in (0, 1):
+            if not 0 <= depth <= deepest:
                 raise ValueError("unbalanced parentheses in an SDDL string")
             j += 1
         if depth:
