@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import stat
 
-from graphdriver import codecs
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -329,7 +328,9 @@ class Store:
         if size_limit is not None:
             pairs.append(("Default Size Limit", size_limit))
         pairs.append(("Layers", str(len(self.records.ids()))))
-        pairs += codecs.implementations()
+        from graphdriver.codecs import implementations
+
+        pairs += implementations()
         if self.readonly:
             pairs.append(("Additional Stores", ",".join(r.root for r in self.readonly)))
         return pairs
