@@ -41,6 +41,12 @@ def test_record_gives_the_stored_fields_without_asking_the_driver(tmp_path: Path
     assert record.diff_digest == layer.diff_digest == imported.diff_digest
     assert record.uncompressed_size == layer.uncompressed_size and record.uncompressed_size
     assert record.metadata == {} and layer.metadata  # the driver's facts: layer() only
+    assert (record.mount_count, layer.mount_count, layer.mount_point) == (None, 0, None)
+    path = store.mount("base")
+    try:
+        assert (store.layer("base").mount_count, store.layer("base").mount_point) == (1, path)
+    finally:
+        store.unmount("base")
     with pytest.raises(graphdriver.NotFound):
         store.record("missing")
 

@@ -201,10 +201,6 @@ def _with_metadata(
 
 def cmd_layer(store: Store, args: Args) -> int:
     value = store.layer(args.id).display()
-    count, path = store.mount_state(args.id)
-    value["mount_count"] = count
-    if path:
-        value["mount_point"] = path
     _out(jsonio.dumps(value, indent=None if args.json else 2))
     return 0
 

@@ -357,13 +357,15 @@ class Store:
         return self._find(layer_id)
 
     def layer(self, layer_id: str) -> Layer:
-        """*layer_id* with the driver's metadata filled in, and whether an apply to it runs."""
+        """*layer_id* with the driver's facts filled in (metadata, mount count and mount
+        point), and whether an apply to it runs."""
         layer = self._find(layer_id)
         try:
             layer.metadata = self.driver.metadata(layer_id)
         except NotFound:
             pass
         self._note_applying(layer)
+        layer.mount_count, layer.mount_point = self.driver.mount_state(layer_id)
         return layer
 
     def fill_metadata(self, layer: Layer) -> None:

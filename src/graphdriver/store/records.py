@@ -137,7 +137,7 @@ class Layer(LayerRecord):
     """A layer as the store hands it out: its stored record, which store it lives in, and
     the driver's facts about it (filled in for ``layer ID``).  Only the record is stored."""
 
-    __slots__ = ("applying", "metadata", "read_only_store")
+    __slots__ = ("applying", "metadata", "mount_count", "mount_point", "read_only_store")
 
     #: Driver facts (``dir``, ``UpperDir``...), filled in when asked for.
     metadata: dict[str, str]
@@ -146,6 +146,10 @@ class Layer(LayerRecord):
     #: While an apply to the layer still runs: "an apply started at T is under way"
     #: (its ``damaged`` mark is then no damage, and is not shown); filled in when asked for.
     applying: str | None
+    #: How many mounts of the layer await their unmount (None: not asked), and where it is
+    #: mounted (None: nowhere); filled in with the driver's facts by ``Store.layer``.
+    mount_count: int | None
+    mount_point: str | None
 
     def __init__(self, record: LayerRecord, *, read_only_store: bool = False,
                  metadata: dict[str, str] | None = None) -> None:
@@ -154,9 +158,12 @@ class Layer(LayerRecord):
         self.read_only_store = read_only_store
         self.metadata = metadata or {}
         self.applying = None
+        self.mount_count = None
+        self.mount_point = None
 
     def _compared(self) -> tuple[Any, ...]:
-        return (*super()._compared(), self.metadata, self.read_only_store, self.applying)
+        return (*super()._compared(), self.metadata, self.read_only_store, self.applying,
+                self.mount_count, self.mount_point)
 
     def display(self) -> dict[str, Any]:
         value = super().display()
@@ -166,6 +173,10 @@ class Layer(LayerRecord):
         value["metadata"] = self.metadata
         if self.read_only_store:
             value["read_only_store"] = True
+        if self.mount_count is not None:
+            value["mount_count"] = self.mount_count
+            if self.mount_point:
+                value["mount_point"] = self.mount_point
         return value
 
 
