@@ -73,6 +73,13 @@ def test_listing_commands_load_no_driver(made, command):
     assert "graphdriver.codecs" not in modules
 
 
+def test_layer_loads_the_driver_without_what_contents_need(made):
+    """``layer ID`` opens the driver for its facts; overlayfs's names (whiteouts, the opaque
+    xattr) and the codecs are for reading and writing contents."""
+    modules = loaded(made, "layer", "ctr")
+    assert not {"graphdriver.fs.overlayfs", "graphdriver.codecs"} & modules
+
+
 @needs_root
 def test_mount_and_unmount_load_no_heavy_module_but_the_mount_calls(made):
     try:

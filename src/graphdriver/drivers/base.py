@@ -82,7 +82,6 @@ from graphdriver.errors import (
 )
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim, remove_abandoned
-from graphdriver.fs.overlayfs import OPAQUE_XATTR
 from graphdriver.idmap import IDMappings
 
 # The option classes below are plain classes, and typing is imported for the
@@ -164,6 +163,14 @@ OCI_FORMAT = "oci"
 WINDOWS_FORMAT = "windows"
 
 
+def _overlay_opaque_xattr() -> str:
+    """``trusted.overlay.opaque``, from the module that knows overlayfs's names (loaded when a
+    layer's contents are read or written, not when a driver is opened)."""
+    from graphdriver.fs.overlayfs import OPAQUE_XATTR
+
+    return OPAQUE_XATTR
+
+
 class ApplyTarget:
     """Where and how a tarball is applied to a layer."""
 
@@ -174,7 +181,7 @@ class ApplyTarget:
         path: str,
         whiteouts: str = DELETE_WHITEOUTS,
         lower_dirs: tuple[str, ...] = (),
-        opaque_xattr: str = OPAQUE_XATTR,
+        opaque_xattr: str | None = None,
     ) -> None:
         self.path = path
         #: :data:`DELETE_WHITEOUTS` or :data:`OVERLAY_WHITEOUTS`.
@@ -182,8 +189,8 @@ class ApplyTarget:
         #: The ancestors' directories, nearest first: hardlink targets the layer itself
         #: lacks are searched there, and deletions only matter where they hide something.
         self.lower_dirs = tuple(lower_dirs)
-        #: The xattr that marks an opaque directory with overlay whiteouts.
-        self.opaque_xattr = opaque_xattr
+        #: The xattr that marks an opaque directory with overlay whiteouts (None: overlay's own).
+        self.opaque_xattr = opaque_xattr or _overlay_opaque_xattr()
 
 
 class Comparison:
@@ -202,14 +209,14 @@ class Comparison:
         *,
         parent_root: str | None = None,
         lowers: tuple[str, ...] | None = None,
-        opaque_xattr: str = OPAQUE_XATTR,
+        opaque_xattr: str | None = None,
         data_dirs: tuple[str, ...] = (),
     ) -> None:
         #: The tree holding the layer's files as changes name them.
         self.root = root
         self.parent_root = parent_root
         self.lowers = lowers
-        self.opaque_xattr = opaque_xattr
+        self.opaque_xattr = opaque_xattr or _overlay_opaque_xattr()
         #: The layer's folder and its ancestors', nearest first, for what a layer
         #: format keeps beside the files (the Windows metadata sidecar).
         self.data_dirs = data_dirs
