@@ -986,6 +986,26 @@ def test_a_layer_is_not_removed_under_a_live_apply(store):
     assert run_cli("remove", "l", root=root, run_root=run_root).returncode == 0
 
 
+def test_a_layer_mounted_through_another_run_root_is_not_removed(store):
+    """A store used with two run roots: remove with the one that did not count a mount asks the
+    other (noted in the store at its first mount), refuses (5) naming it, and cleanup there takes
+    nothing away; once unmounted, remove goes on."""
+    from tests.conftest import run_cli
+
+    store.import_layer("l", None, io.BytesIO(make_tar({"f": F(b"f")})))
+    root, other = Path(store.root), Path(store.run_root).parent / "another-run-root"
+    path = store.mount("l")
+    try:
+        refused = run_cli("remove", "l", root=root, run_root=other)
+        assert refused.returncode == 5 and b"counted in run root" in refused.stderr, refused.stderr
+        run_cli("cleanup", root=root, run_root=other, check=True)
+        assert store.exists("l") and (Path(path) / "f").read_bytes() == b"f"
+    finally:
+        store.unmount("l")
+    assert run_cli("remove", "l", root=root, run_root=other).returncode == 0
+    assert not store.exists("l")
+
+
 def test_check_names_a_chain_that_loops_and_ends(store):
     """Records edited by hand so that a sits on b and b on a: check says so (6), and ends."""
     import json

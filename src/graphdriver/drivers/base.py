@@ -439,11 +439,11 @@ class Driver(abc.ABC):
         with self.counts.lock(key):
             if self._live_state(layer_id, key)[0] > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
+            elsewhere = RunRoots(self.home, self.run_root).counted_elsewhere(key)
+            if elsewhere:
+                raise Precondition(f"layer {layer_id}", f"is mounted, counted in run root {elsewhere[0]} "
+                                   "(another --run-root): unmount it there")
             if self._uncounted_mount(layer_id):
-                elsewhere = RunRoots(self.home, self.run_root).counted_elsewhere(key)
-                if elsewhere:
-                    raise Precondition(f"layer {layer_id}", f"is mounted, counted in run root {elsewhere[0]} "
-                                       "(another --run-root): unmount it there")
                 raise Precondition(f"layer {layer_id}", "is mounted, though not counted in this run root "
                                    f"(mounted with another --run-root?); unmount --force {layer_id} "
                                    "unmounts it")
@@ -521,6 +521,7 @@ class Driver(abc.ABC):
                 # Unmounted behind our back (or never): the old count owes nothing
                 # any more, so this mount starts afresh and one unmount undoes it.
                 count = 0
+                RunRoots(self.home, self.run_root).note()  # others ask it before calling this stale
                 path = self._mount(layer_id, mount_label)
             token = None
             try:

@@ -716,7 +716,6 @@ class OverlayDriver(Driver):
         folder = self.resolve(layer_id)
         own = self._own(folder)
         target = self._merged(folder, create=True)
-        RunRoots(self.home, self.run_root).note()  # cleanup with another run root asks this one
         if mounts.is_mount_point(target):
             return target  # left by a process that died before counting it
         if own and has_image(folder):

@@ -191,13 +191,13 @@ class MountCounts:
 
 
 class RunRoots:
-    """The run roots a driver's kernel mounts were counted in, noted in its home.
+    """The run roots a driver's mounts were counted in, noted in its home.
 
     Counts live in a run root, and one store may be used with several
     (``--run-root``): a mount counted in another run root is live there though
     this one has no count of it.  A run directory is noted once, at its first
-    mount (``<home>/.run-roots/<key>`` holds its path), so that cleanup asks the
-    others before it calls a mount stale and unmounts it.
+    mount (``<home>/.run-roots/<key>`` holds its path), so that ``remove`` and
+    cleanup ask the others before they take a layer away or call a mount stale.
     """
 
     __slots__ = ("directory", "run_dir")
