@@ -240,17 +240,65 @@ def test_cleanup_with_another_run_root_leaves_a_mount_counted_in_the_first(tmp_p
     try:
         (Path(path) / "data").write_bytes(b"precious")
         cleaned = run_cli("cleanup", root=root, run_root=b, check=True).stdout.decode()
-        assert "left the mount of c: it is counted in run root" in cleaned and str(a) in cleaned, cleaned
+        assert f"left the mount of c: it is counted in run root {a}\n" in cleaned, cleaned
         assert mounts.is_mount_point(path) and (Path(path) / "data").read_bytes() == b"precious"
         refused = run_cli("remove", "c", root=root, run_root=b)
-        assert refused.returncode == 5 and f"counted in run root {a}".encode() in refused.stderr
+        assert refused.returncode == 5 and f"counted in run root {a} ".encode() in refused.stderr
     finally:
         run_cli("unmount", "c", root=root, run_root=a, check=True)
     shutil.rmtree(a)
     cleaned = run_cli("cleanup", root=root, run_root=b, check=True).stdout.decode()
-    assert f"forgot run root {a}" in cleaned, cleaned
+    assert f"forgot run root {a} (gone)" in cleaned, cleaned
     assert os.listdir(root / "overlay" / ".run-roots") == []
     assert run_cli("remove", "c", root=root, run_root=b).returncode == 0
+
+
+def _driver_with_run_root(tmp_path: Path, name: str) -> OverlayDriver:
+    """A driver on the home "home" whose run directory is laid out as a store lays it out."""
+    run_dir = tmp_path / name / "0123456789abcdef" / "overlay"
+    return OverlayDriver(DriverConfig(home=str(tmp_path / "home"), run_root=str(run_dir)))
+
+
+def test_another_run_roots_dead_holds_and_gone_mounts_count_nothing(tmp_path):
+    """What another run root counts is read as its own commands would read it: a hold of a
+    command that died counts nothing, nor does a count whose mount is gone, so neither keeps
+    a mount from cleanup or a layer from remove in this run root for good."""
+    a, b = _driver_with_run_root(tmp_path, "A"), _driver_with_run_root(tmp_path, "B")
+    try:
+        a.create("base", None)
+        a.create_rw("ctr", "base")
+        path = b.get("ctr")
+        # A hold whose command died: its file is gone, its count still in B's record.
+        b.counts.set("ctr", 1, path, ["4242-dead"])
+        assert "unmounted uncounted mount of ctr" in "\n".join(a.cleanup())
+        assert not mounts.is_mount_point(path)
+        # A count whose mount was taken away behind B's back (umount, say).
+        path = b.get("ctr")
+        mounts.unmount(path)
+        assert b.counts.count("ctr") == 1
+        a.remove("ctr")
+        assert not os.path.exists(Path(a.home) / "ctr")
+    finally:
+        _release_all(tmp_path)
+
+
+def test_a_count_changing_in_another_run_root_keeps_its_mount(tmp_path):
+    """A command of the other run root holding its count lock (between its mount and its
+    count, say) is counting: cleanup here leaves the mount, and waits for nobody."""
+    from graphdriver.drivers.refcount import RunRoots
+
+    a, b = _driver_with_run_root(tmp_path, "A"), _driver_with_run_root(tmp_path, "B")
+    try:
+        a.create("base", None)
+        a.create_rw("ctr", "base")
+        path = b._mount("ctr", "")
+        RunRoots(b.home, b.run_root).note()
+        with b.counts.lock("ctr"):  # B has mounted and not counted yet
+            done = "\n".join(a.cleanup())
+        assert f"left the mount of ctr: it is counted in run root {tmp_path / 'B'}" in done, done
+        assert mounts.is_mount_point(path)
+    finally:
+        _release_all(tmp_path)
 
 
 def test_cleanup_still_unmounts_a_mount_no_run_root_counts(d):

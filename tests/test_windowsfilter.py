@@ -507,11 +507,15 @@ def test_sddl_reads_what_windows_writes_and_refuses_what_needs_windows():
     assert wintar.parse_security_descriptor(sddl.to_binary("D:NO_ACCESS_CONTROL")).dacl is None
     # A SACL is not read, so what only it may hold (resource attributes nest parentheses)
     # leaves the owner, group and DACL readable.
-    attributes = 'S:(RA;CI;;;;S-1-1-0;("Project",TS,0,"Windows","SQL"))'
-    assert sddl.to_binary(text + attributes) == default.to_bytes()
+    for sacl in ('S:(RA;CI;;;;S-1-1-0;("Project",TS,0,"Windows","SQL"))',
+                 'S:(RA;CI;;;;S-1-1-0;("Project",TS,0x0,"a)b"))',
+                 'S:(XU;SA;FA;;;WD;(@User.Title=="PM" && (@User.Division=="Finance" || '
+                 '@User.Division=="Sales")))'):
+        assert sddl.to_binary(text + sacl) == default.to_bytes(), sacl
     for bad in ("O:DAG:DA", "D:(OA;;CR;00000000-0000-0000-0000-000000000000;;WD)", "D:(A;;FA;;;SY",
                 "X:1", "D:(A;;ZZ;;;SY)", "O:S-1-x", "D:(A;XX;FA;;;SY)", "O:BAO:BA", "D:(A;;FA;;SY)",
-                "D:(XA;;FR;;;WD;(Member_of {SID(BA)}))", "S:((RA;;;;;WD;(\"a\",TS,0,\"b\")))"):
+                "D:(XA;;FR;;;WD;(Member_of {SID(BA)}))", "S:(RA;;;;;WD;(\"a)\",TS,0,\"b\")",
+                'S:(RA;CI;;;;S-1-1-0;("open quote))'):
         with pytest.raises(ValueError):
             sddl.to_binary(bad)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -1004,6 +1005,13 @@ def test_a_layer_mounted_through_another_run_root_is_not_removed(store):
         store.unmount("l")
     assert run_cli("remove", "l", root=root, run_root=other).returncode == 0
     assert not store.exists("l")
+    # The other run root, once it has mounted, is noted; gone, it is forgotten by cleanup.
+    store.import_layer("m", None, io.BytesIO(make_tar({"f": F(b"f")})))
+    run_cli("mount", "m", root=root, run_root=other, check=True)
+    run_cli("unmount", "m", root=root, run_root=other, check=True)
+    shutil.rmtree(other)
+    cleaned = run_cli("cleanup", root=root, run_root=Path(store.run_root), check=True).stdout.decode()
+    assert f"forgot run root {other} (gone)" in cleaned, cleaned
 
 
 def test_check_names_a_chain_that_loops_and_ends(store):

@@ -439,7 +439,7 @@ class Driver(abc.ABC):
         with self.counts.lock(key):
             if self._live_state(layer_id, key)[0] > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
-            elsewhere = RunRoots(self.home, self.run_root).counted_elsewhere(key)
+            elsewhere = RunRoots(self.home, self.run_root).counted_elsewhere(key, self._gone_check(layer_id))
             if elsewhere:
                 raise Precondition(f"layer {layer_id}", f"is mounted, counted in run root {elsewhere[0]} "
                                    "(another --run-root): unmount it there")
@@ -493,6 +493,7 @@ class Driver(abc.ABC):
         done.extend(self._reap_holds())
         done.extend(self._cleanup_mounts())
         done.extend(self.counts.remove_unused_locks(self.exists))
+        done.extend(RunRoots(self.home, self.run_root).forget_gone())
         return done
 
     # ----- get and put ------------------------------------------------------------
@@ -606,6 +607,10 @@ class Driver(abc.ABC):
             return not path or not self._still_mounted(layer_id, path)
         except NotFound:
             return True  # the layer's folder is gone, and with it anything mounted in it
+
+    def _gone_check(self, layer_id: str) -> Callable[[str | None], bool]:
+        """:meth:`_mount_gone` for *layer_id*, as a test of a path another run root recorded."""
+        return lambda path: self._mount_gone(layer_id, path)
 
     def _live_state(self, layer_id: str, key: str) -> tuple[int, str | None]:
         """With the count lock of *key* held: the count and path (None: not mounted), a count

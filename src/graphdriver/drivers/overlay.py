@@ -855,13 +855,12 @@ class OverlayDriver(Driver):
             key = self._count_key(name)
             with self.counts.lock(key):
                 if self.counts.count(key) == 0 and mounts.is_mount_point(point):
-                    elsewhere = run_roots.counted_elsewhere(key)
+                    elsewhere = run_roots.counted_elsewhere(key, self._gone_check(name))
                     if elsewhere:
                         done.append(f"left the mount of {name}: it is counted in run root {elsewhere[0]}")
                         continue
                     outcome = mounts.unmount(point)
                     done.append(f"{outcome} uncounted mount of {name}")
-        done.extend(run_roots.forget_gone())
         return done
 
     def cleanup(self, layers: Collection[str] | None = None) -> list[str]:

@@ -22,7 +22,7 @@ import os
 
 from graphdriver import jsonio
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import claim, is_held, locked, remove_abandoned
+from graphdriver.fs.locking import claim, is_held, lock_if_free, locked, remove_abandoned
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,6 +136,25 @@ class MountCounts:
         except FileNotFoundError:
             return False
 
+    def live_count(self, key: str, mount_gone: Callable[[str | None], bool]) -> int:
+        """The count of *key* as this directory's own commands would take it, read from
+        another run root: under its lock, taken without waiting (a command changing the count
+        there now: 1), less the holds of commands that died, and 0 when *mount_gone* says the
+        recorded mount is gone.  Makes nothing, and waits for no one."""
+        try:
+            fd = lock_if_free(self._path(key) + _LOCK)
+        except BlockingIOError:
+            return 1
+        except OSError:
+            return 0  # not ours to read: nothing we could be told to keep
+        try:
+            count, path, holds = self.entry(key)
+            count -= len(self.dead_holds(key, holds))
+            return 0 if count <= 0 or mount_gone(path) else count
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     def held_keys(self) -> list[str]:
         """The keys that have hold files, sorted."""
         try:
@@ -240,10 +259,11 @@ class RunRoots:
                 out.append((note, run_dir))
         return out
 
-    def counted_elsewhere(self, key: str) -> list[str]:
-        """The other run directories that count a mount of *key* now."""
-        return [run_dir for _, run_dir in self._others()
-                if MountCounts(os.path.join(run_dir, "mounts")).count(key) > 0]
+    def counted_elsewhere(self, key: str, mount_gone: Callable[[str | None], bool]) -> list[str]:
+        """The run roots (as ``--run-root`` names them) of the other run directories that count
+        a live mount of *key* now (see :meth:`MountCounts.live_count`)."""
+        return [shown_run_root(run_dir) for _, run_dir in self._others()
+                if MountCounts(os.path.join(run_dir, "mounts")).live_count(key, mount_gone) > 0]
 
     def forget_gone(self) -> list[str]:
         """Drop the notes of run directories that are gone (a reboot empties a tmpfs run root)."""
@@ -254,8 +274,17 @@ class RunRoots:
                     os.unlink(note)
                 except FileNotFoundError:
                     continue
-                done.append(f"forgot run root {run_dir} (gone)")
+                if os.path.isdir(run_dir):  # made again meanwhile: its next mount would not note it
+                    atomic.write_bytes(note, os.fsencode(run_dir), 0o600)
+                    continue
+                done.append(f"forgot run root {shown_run_root(run_dir)} (gone)")
         return done
+
+
+def shown_run_root(run_dir: str) -> str:
+    """The ``--run-root`` of a driver's run directory: the store puts each driver's state at
+    ``<run-root>/<store key>/<driver>``, one run root serving several stores."""
+    return os.path.dirname(os.path.dirname(run_dir))
 
 
 #: The folder of a driver's home where :class:`RunRoots` notes run directories.

@@ -82,6 +82,21 @@ def is_held(path: str) -> bool:
     return False
 
 
+def lock_if_free(path: str) -> int | None:
+    """An fd holding the lock of *path*, taken without waiting and without making the file;
+    None when there is no such file.  Raises BlockingIOError while a live process holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _try_lock(path: str) -> int | None:
     """An fd holding the lock of *path*, or None when a live process holds it or it is gone."""
     try:

@@ -76,16 +76,19 @@ def _sections(text: str) -> dict[str, str]:
         key = text[i]
         if key not in _SECTIONS or text[i + 1 : i + 2] != ":" or key in out:
             raise ValueError(f"unexpected {text[i:i + 8]!r} in an SDDL string")
-        # ACEs nest parentheses only in a SACL (resource attributes), which is not read here:
-        # elsewhere an ACE is one level deep.
-        deepest = 2 if key == "S" else 1
-        j, depth = i + 2, 0
+        # A SACL (not read here) may nest parentheses (conditional audit ACEs, resource
+        # attributes) and quote strings that hold them; elsewhere an ACE is one level deep.
+        deepest = len(text) if key == "S" else 1
+        j, depth, quoted = i + 2, 0, False
         while j < len(text) and (depth or not (text[j] in _SECTIONS and text[j + 1 : j + 2] == ":")):
-            depth += {"(": 1, ")": -1}.get(text[j], 0)
-            if not 0 <= depth <= deepest:
-                raise ValueError("unbalanced parentheses in an SDDL string")
+            if text[j] == '"' and depth:
+                quoted = not quoted
+            elif not quoted:
+                depth += {"(": 1, ")": -1}.get(text[j], 0)
+                if not 0 <= depth <= deepest:
+                    raise ValueError("unbalanced parentheses in an SDDL string")
             j += 1
-        if depth:
+        if depth or quoted:
             raise ValueError("unbalanced parentheses in an SDDL string")
         out[key] = text[i + 2 : j]
         i = j
