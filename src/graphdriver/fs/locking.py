@@ -86,7 +86,7 @@ def lock_if_free(path: str) -> int | None:
     """An fd holding the lock of *path*, taken without waiting and without making the file;
     None when there is no such file.  Raises BlockingIOError while a live process holds it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
@@ -100,15 +100,9 @@ def lock_if_free(path: str) -> int | None:
 def _try_lock(path: str) -> int | None:
     """An fd holding the lock of *path*, or None when a live process holds it or it is gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return lock_if_free(path)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def remove_abandoned(path: str, remove: Callable[[str], object] | None = None) -> bool:
