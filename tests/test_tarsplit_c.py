@@ -273,6 +273,7 @@ def _answer(line: bytes, c: bool) -> object:
 
 def _same_answer(line: bytes) -> None:
     assert _answer(line, True) == _answer(line, False), line
+    assert _answer(bytearray(line), True) == _answer(bytearray(line), False), line
 
 
 @pytest.mark.parametrize("line", _EDGE_LINES)
@@ -331,7 +332,8 @@ def test_the_c_reader_leaks_no_memory() -> None:
 
 
 def test_the_c_reader_refuses_what_is_not_bytes() -> None:
-    with pytest.raises(TypeError):
-        c_usual("text", tarsplit.SplitEntry)  # type: ignore[misc]
+    for line in ("text", memoryview(b"{}"), 12):
+        with pytest.raises(TypeError):
+            c_usual(line, tarsplit.SplitEntry)  # type: ignore[misc]
     with pytest.raises(TypeError):
         c_usual(b"x")  # type: ignore[misc]

@@ -559,12 +559,13 @@ static PyObject *file_entry(const char *s, Py_ssize_t n, PyObject *cls)
 
 static PyObject *usual(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "usual(line: bytes, entry_type)");
+    if (nargs != 2 || !(PyBytes_Check(args[0]) || PyByteArray_Check(args[0]))) {
+        PyErr_SetString(PyExc_TypeError, "usual(line: bytes | bytearray, entry_type)");
         return NULL;
     }
-    const char *s = PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    /* Read whole before entry_type runs: nothing here can change a bytearray meanwhile. */
+    const char *s = PyBytes_Check(args[0]) ? PyBytes_AS_STRING(args[0]) : PyByteArray_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_Check(args[0]) ? PyBytes_GET_SIZE(args[0]) : PyByteArray_GET_SIZE(args[0]);
     if (n >= SEGMENT_HEAD_LEN && memcmp(s, SEGMENT_HEAD, SEGMENT_HEAD_LEN) == 0)
         return segment_entry(s, n, args[1]);
     if (n >= FILE_HEAD_LEN && memcmp(s, FILE_HEAD, FILE_HEAD_LEN) == 0)

@@ -20,4 +20,6 @@ class Recorder:
 # The C line reader: tarsplit._usual, making the entry as entry_type(type, payload, name, size, position).
 _T = TypeVar("_T")
 
-def usual(line: bytes, entry_type: Callable[[int, bytes | None, bytes, int, int], _T], /) -> _T | None: ...
+def usual(
+    line: bytes | bytearray, entry_type: Callable[[int, bytes | None, bytes, int, int], _T], /
+) -> _T | None: ...
