@@ -259,6 +259,8 @@ class Driver(abc.ABC):
         self.run_root = config.run_root
         #: Mount counts across processes, in the run root.
         self.counts = MountCounts(os.path.join(self.run_root, "mounts"))
+        #: The other run roots this store is used with, asked before a layer is taken away.
+        self.run_roots = RunRoots(self.home, self.run_root)
         #: This process's holds (see :meth:`mounted`), per count key, latest last.
         self._holds: dict[str, list[tuple[int, str]]] = {}
         if config.prepare:
@@ -439,7 +441,7 @@ class Driver(abc.ABC):
         with self.counts.lock(key):
             if self._live_state(layer_id, key)[0] > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
-            elsewhere = RunRoots(self.home, self.run_root).counted_elsewhere(key, self._gone_check(layer_id))
+            elsewhere = self.run_roots.counted_elsewhere(key, self._gone_check(layer_id))
             if elsewhere:
                 raise Precondition(f"layer {layer_id}", f"is mounted, counted in run root {elsewhere[0]} "
                                    "(another --run-root): unmount it there")
@@ -493,7 +495,7 @@ class Driver(abc.ABC):
         done.extend(self._reap_holds())
         done.extend(self._cleanup_mounts())
         done.extend(self.counts.remove_unused_locks(self.exists))
-        done.extend(RunRoots(self.home, self.run_root).forget_gone())
+        done.extend(self.run_roots.forget_gone())
         return done
 
     # ----- get and put ------------------------------------------------------------
@@ -522,7 +524,7 @@ class Driver(abc.ABC):
                 # Unmounted behind our back (or never): the old count owes nothing
                 # any more, so this mount starts afresh and one unmount undoes it.
                 count = 0
-                RunRoots(self.home, self.run_root).note()  # others ask it before calling this stale
+                self.run_roots.note()  # others ask it before calling this stale
                 path = self._mount(layer_id, mount_label)
             token = None
             try:

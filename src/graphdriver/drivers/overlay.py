@@ -103,7 +103,6 @@ from graphdriver.drivers.base import (
     probe_scratch,
     probed_once,
 )
-from graphdriver.drivers.refcount import RunRoots
 from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Precondition, Unsupported
 from graphdriver.fs import atomic, privileged
 from graphdriver.fs.sizerecord import has_image, limit_of
@@ -846,7 +845,6 @@ class OverlayDriver(Driver):
         """Unmount the mounts no run root counts (their process died before counting them)."""
         from graphdriver.fs import mounts
 
-        run_roots = RunRoots(self.home, self.run_root)
         done = []
         for name in sorted(os.listdir(self.home)):
             point = os.path.join(self.home, name, MERGED_DIR)
@@ -855,7 +853,7 @@ class OverlayDriver(Driver):
             key = self._count_key(name)
             with self.counts.lock(key):
                 if self.counts.count(key) == 0 and mounts.is_mount_point(point):
-                    elsewhere = run_roots.counted_elsewhere(key, self._gone_check(name))
+                    elsewhere = self.run_roots.counted_elsewhere(key, self._gone_check(name))
                     if elsewhere:
                         done.append(f"left the mount of {name}: it is counted in run root {elsewhere[0]}")
                         continue

@@ -355,8 +355,8 @@ def recorder(out: IO[bytes]) -> Sinks:
 
 
 # Loaded with this module: extraction runs where imports may no longer work (chroot).
-# The C reader (``usual(line, SplitEntry)``) answers as :func:`_usual` does, and
-# spares reading a layer's lines back about two thirds of their cost.
+# The C reader (``usual(line, SplitEntry)``) answers as :func:`_usual` does; with it a
+# bit-exact export of the Debian layer takes about 15 % less time (bench/export_bench.py).
 _CRecorder, _c_usual = _load_c()
 
 
