@@ -69,7 +69,7 @@ def test_listing_commands_load_no_driver(made, command):
     what only status or a stream needs (which codec serves)."""
     modules = loaded(made, *command)
     drivers = {m for m in modules if m.startswith("graphdriver.drivers.")}
-    assert drivers <= {"graphdriver.drivers.registry"}, f"{' '.join(command)} imported {sorted(drivers)}"
+    assert not drivers, f"{' '.join(command)} imported {sorted(drivers)}"
     assert "graphdriver.codecs" not in modules
 
 
@@ -115,7 +115,7 @@ def test_content_commands_load_no_heavy_module(made, tmp_path, command):
 
 
 def test_probe_is_remembered_per_boot_for_the_same_home_and_options(tmp_path, monkeypatch):
-    from graphdriver.drivers import registry
+    from graphdriver import drivers
     from graphdriver.drivers.base import DriverConfig
     from graphdriver.drivers.vfs import VfsDriver
 
@@ -125,13 +125,13 @@ def test_probe_is_remembered_per_boot_for_the_same_home_and_options(tmp_path, mo
     def config(**opts: str) -> DriverConfig:
         return DriverConfig(home=str(tmp_path / "home"), run_root=str(tmp_path / "run"), options=opts)
 
-    registry.init_driver("vfs", config())
-    registry.init_driver("vfs", config())
+    drivers.init_driver("vfs", config())
+    drivers.init_driver("vfs", config())
     assert len(calls) == 1
-    registry.init_driver("vfs", config(copy="copy"))  # other options: probed again
+    drivers.init_driver("vfs", config(copy="copy"))  # other options: probed again
     assert len(calls) == 2
-    (tmp_path / "run" / registry.PROBED_MARKER).write_text("something else")
-    registry.init_driver("vfs", config(copy="copy"))
+    (tmp_path / "run" / drivers.PROBED_MARKER).write_text("something else")
+    drivers.init_driver("vfs", config(copy="copy"))
     assert len(calls) == 3
 
 

@@ -274,11 +274,11 @@ class _NeverDriver(VfsDriver):
 
 
 def test_status_says_which_probes_passed_and_why_drivers_ahead_were_passed_over(tmp_path, monkeypatch):
-    from graphdriver.drivers import registry
+    from graphdriver import drivers
 
-    monkeypatch.setitem(registry._REGISTRY, "never", f"{__name__}:_NeverDriver")
-    monkeypatch.setattr(registry, "PRIORITY", ("never", "vfs"))
-    monkeypatch.setattr(registry, "passed_over", [])
+    monkeypatch.setitem(drivers._REGISTRY, "never", f"{__name__}:_NeverDriver")
+    monkeypatch.setattr(drivers, "PRIORITY", ("never", "vfs"))
+    monkeypatch.setattr(drivers, "passed_over", [])
     store = Store(StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "r")))
     status = dict(store.status())
     assert status["Probes Passed"] == "vfs"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
-from graphdriver import jsonio, notices
+from graphdriver import jsonio
 from graphdriver.cliargs import CLOSED_STDOUT, COMMANDS, PROG, Args, help_text, parse
-from graphdriver.errors import GraphDriverError, InvalidArgument, os_error
+from graphdriver.errors import GraphDriverError, InvalidArgument, os_error, set_warning_handler
 from graphdriver.ids import check_id
 
 TYPE_CHECKING = False
@@ -402,7 +402,7 @@ def _run(args: Args) -> int:
     if args.command in ("help", "completion", "man"):
         return _self_help(args)
     _validate_ids(args)
-    notices.set_handler(_ignore if args.quiet else warn)  # one line as the others; none with -q
+    set_warning_handler(_ignore if args.quiet else warn)  # one line as the others; none with -q
     store = _open_store(args)
     return HANDLERS[args.command](store, args)
 

@@ -72,14 +72,20 @@ def zstd_implementation() -> str:
 
 
 def _extension(module: str) -> str:
-    """``C`` if this project's extension *module* (built at install) loads, else ``python``."""
+    """``C`` if this project's extension *module* was built at install, else ``python``.
+
+    Looks for the built file beside this package, as the import system would,
+    without loading it: loading a shared object costs a command more than the
+    rest of ``status``, and the reader loads it when it decodes.
+    """
     if pure_forced():
         return "python"
-    try:
-        __import__(module)  # a small extension: microseconds
-    except ImportError:
-        return "python"
-    return "C"
+    if module in sys.modules:
+        return "C"
+    import _imp  # built in
+
+    base = os.path.join(os.path.dirname(__file__), *module.split(".")[1:])
+    return "C" if any(os.path.isfile(base + suffix) for suffix in _imp.extension_suffixes()) else "python"
 
 
 def tar_decoder_implementation() -> str:

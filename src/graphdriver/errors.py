@@ -1,12 +1,23 @@
-"""The error tree.
+"""The error tree, and warnings.
 
 Every failure the store reports is one of these classes.  Each carries the
 command-line exit code of ``shared/spec/cli.md`` and renders as one line,
 ``<what failed>: <why>``; the CLI prefixes ``graphdriver: ``.  Causes are
 chained with ``raise ... from`` so ``-v`` can show them.
+
+A warning (:func:`warn`) says that something was left out or could not be
+done and the work went on.  The library hands warnings to :mod:`logging`
+(logger ``graphdriver``); the command line sets :func:`set_warning_handler`
+so that they read as its other lines on stderr (``graphdriver: ...``) and
+``-q`` silences them.  :mod:`logging` is loaded only when a warning goes
+there.
 """
 
 from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: The most characters of a name (an archive entry, an id) an error message quotes.
 NAME_LIMIT = 200
@@ -98,3 +109,22 @@ class CorruptArchive(ArchiveError):
 
 class BreakoutError(ArchiveError):
     """An archive entry that would reach outside the directory it is applied to."""
+
+
+_warning_handler: Callable[[str], None] | None = None
+
+
+def set_warning_handler(handler: Callable[[str], None] | None) -> None:
+    """Where warnings go from now on (None: to :mod:`logging`); forked children inherit it."""
+    global _warning_handler
+    _warning_handler = handler
+
+
+def warn(message: str) -> None:
+    """Say *message* (one line) where warnings go."""
+    if _warning_handler is not None:
+        _warning_handler(message)
+        return
+    import logging
+
+    logging.getLogger("graphdriver").warning("%s", message)

@@ -102,13 +102,13 @@ from graphdriver.errors import (
     NotFound,
     Precondition,
     Unsupported,
+    warn,
 )
 from graphdriver.fs import atomic, mounts, privileged
 from graphdriver.fs.confine import open_no_symlinks
 from graphdriver.fs.locking import claim
 from graphdriver.fs.tree import remove_tree
 from graphdriver.layerio.windows.layout import ENTRIES_FILE, FILES, META_DIR, has_path_prefix
-from graphdriver.notices import warn
 
 _sizelimit: ModuleType | None
 try:

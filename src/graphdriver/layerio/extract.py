@@ -182,7 +182,7 @@ def apply_layer(stream: BinaryIO, dest: str, opts: ApplyOptions = _DEFAULT_OPTIO
 
     size, stats = confine.run_confined(dest, work, extra_dirs=opts.lower_dirs, inline=opts.inline)
     if stats:
-        from graphdriver.notices import warn
+        from graphdriver.errors import warn
 
         warn(f"applied to {dest} {_left_out(stats)}")
     return size
@@ -218,7 +218,7 @@ def extract_entries(
         finally:
             ex.close()
         if stats and not said and not ex.privileged:
-            from graphdriver.notices import warn
+            from graphdriver.errors import warn
 
             warn(_left_out(stats))
         return size

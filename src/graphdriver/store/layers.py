@@ -113,9 +113,9 @@ class Store:
 
     def __init__(self, opts: StoreOptions) -> None:
         if opts.driver is not None:
-            from graphdriver.drivers import registry
+            from graphdriver import drivers
 
-            registry.check_name(opts.driver)  # before anything is created
+            drivers.check_name(opts.driver)  # before anything is created
         self.root = os.path.abspath(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
         for what, path in (("--root", self.root), ("--run-root", self.run_root)):
@@ -232,9 +232,9 @@ class Store:
                 # A store not made yet gets its driver's folders when it is (_settle).
                 prepare=self.settled,
             )
-            from graphdriver.drivers import registry
+            from graphdriver import drivers
 
-            self._driver = registry.init_driver(self.driver_name, config)
+            self._driver = drivers.init_driver(self.driver_name, config)
         return self._driver
 
     # ----- settings -------------------------------------------------------------------
@@ -285,10 +285,10 @@ class Store:
 
     def _new_settings(self, opts: StoreOptions) -> dict[str, str]:
         """The settings of a new store: its driver chosen, its id maps (written by :meth:`_settle`)."""
-        from graphdriver.drivers import registry
+        from graphdriver import drivers
 
-        name = opts.driver or registry.select_driver(probe_home=self.root)
-        registry.driver_class(name)  # unknown names are refused before anything is written
+        name = opts.driver or drivers.select_driver(probe_home=self.root)
+        drivers.driver_class(name)  # unknown names are refused before anything is written
         from graphdriver.idmap import IDMappings
 
         idmaps = opts.idmaps or IDMappings()
@@ -317,13 +317,13 @@ class Store:
     # ----- queries ------------------------------------------------------------------
 
     def status(self) -> list[tuple[str, str]]:
-        from graphdriver.drivers import registry
+        from graphdriver import drivers
 
         pairs = [("Root", self.root), ("Run Root", self.run_root)]
-        pairs += registry.driver_status(self.driver)
+        pairs += drivers.driver_status(self.driver)
         pairs.append(("Probes Passed", self.driver_name))
-        if registry.passed_over:  # chosen by this command: why the drivers ahead were not
-            pairs.append(("Probes Failed", "; ".join(registry.passed_over)))
+        if drivers.passed_over:  # chosen by this command: why the drivers ahead were not
+            pairs.append(("Probes Failed", "; ".join(drivers.passed_over)))
         size_limit = self.driver.size_limit_status()
         if size_limit is not None:
             pairs.append(("Default Size Limit", size_limit))

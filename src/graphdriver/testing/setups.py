@@ -44,22 +44,22 @@ def driver_names(*, windows: bool) -> list[str]:
 
     *windows*: include drivers of the Windows layer format.
     """
-    from graphdriver.drivers import registry
+    from graphdriver import drivers
 
     chosen = os.environ.get(DRIVERS_ENV, "").split()
     for item in chosen:
         name, _, target = item.partition("=")
         if target:
-            registry.register(name, target)
-    names = [item.partition("=")[0] for item in chosen] or registry.registered()
+            drivers.register(name, target)
+    names = [item.partition("=")[0] for item in chosen] or drivers.registered()
     return [n for n in names if windows or layer_format(n) != "windows"]
 
 
 def layer_format(name: str) -> str:
     """The layer format driver *name* declares (``oci`` or ``windows``)."""
-    from graphdriver.drivers import registry
+    from graphdriver import drivers
 
-    return str(registry.driver_class(name).LAYER_FORMAT)
+    return str(drivers.driver_class(name).LAYER_FORMAT)
 
 
 def driver_setups(*, all_options: bool, windows: bool = False) -> list[DriverSetup]:
@@ -73,11 +73,11 @@ def driver_setups(*, all_options: bool, windows: bool = False) -> list[DriverSet
 
 def unusable(setup: DriverSetup, probe_dir: str) -> str | None:
     """Why *setup* cannot run on this machine (None: it can)."""
-    from graphdriver.drivers import registry
+    from graphdriver import drivers
     from graphdriver.errors import GraphDriverError
 
     try:
-        registry.driver_class(setup).probe(probe_dir)
+        drivers.driver_class(setup).probe(probe_dir)
     except GraphDriverError as e:
         return f"driver {setup} cannot run here: {e}"
     program = setup.options.get("mount_program")

@@ -20,7 +20,7 @@ import os
 import stat
 from typing import Any
 
-from graphdriver.errors import ArchiveError, GraphDriverError
+from graphdriver.errors import ArchiveError, GraphDriverError, warn
 from graphdriver.fs import syscalls
 from graphdriver.fs.confine import find_in_lowers, is_symlink_error, open_dir_no_symlinks, open_no_symlinks
 from graphdriver.fs.overlayfs import is_whiteout
@@ -29,7 +29,6 @@ from graphdriver.layerio.extract import Extraction, clean_name
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, wintar
 from graphdriver.layerio.windows.winmeta import DELETED, DIR, FILE, LINK, STREAM, SYMLINK, MetaWriter, Record
-from graphdriver.notices import warn
 from graphdriver.plain import Plain
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.errors import GraphDriverError, NotFound
+from graphdriver.errors import GraphDriverError, NotFound, warn
 from graphdriver.fs.confine import open_file_in_root
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
@@ -27,7 +27,6 @@ from graphdriver.layerio.getter import FileGetter
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, winmeta, wintar
 from graphdriver.layerio.windows.wintar import Times, WinMeta
-from graphdriver.notices import warn
 
 #: Files Windows rewrites in place after import, and where their imported bytes are kept.
 MUTATED_FILES: dict[str, str] = {
