@@ -71,6 +71,8 @@ def test_listing_commands_load_no_driver(made, command):
     drivers = {m for m in modules if m.startswith("graphdriver.drivers.")}
     assert not drivers, f"{' '.join(command)} imported {sorted(drivers)}"
     assert "graphdriver.codecs" not in modules
+    # Reading records takes no lock: the lock module is loaded by the first lock.
+    assert not {"fcntl", "graphdriver.fs.locking"} & modules, f"{' '.join(command)} loaded a lock module"
 
 
 def test_layer_loads_the_driver_without_what_contents_need(made):

@@ -29,7 +29,6 @@ from graphdriver.errors import (
     os_error,
 )
 from graphdriver.fs import atomic, path_key, privileged
-from graphdriver.fs.locking import locked
 from graphdriver.ids import check_id
 from graphdriver.store.records import ApplyLock, Layer, LayerRecord, RecordStore, now_rfc3339
 
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 
     from graphdriver.diff.changes import Change
     from graphdriver.drivers.base import CreateOpts, Driver
+    from graphdriver.fs.locking import locked
     from graphdriver.idmap import IDMappings
     from graphdriver.store.transaction import Transaction
 
@@ -300,7 +300,7 @@ class Store:
         }
         return settings
 
-    def locked(self) -> _StoreLock:
+    def locked(self) -> StoreLock:
         """The store-wide writer lock: ``with store.locked(): ...``.
 
         On a root that is not there yet, the folders the lock needs are made,
@@ -312,7 +312,7 @@ class Store:
         while not os.path.lexists(folder):
             made.append(folder)
             folder = os.path.dirname(folder)
-        return _StoreLock(self.root, self._settings_path(), made)
+        return StoreLock(self.root, self._settings_path(), made)
 
     # ----- queries ------------------------------------------------------------------
 
@@ -1475,37 +1475,45 @@ def _discard(_data: object) -> None:
     """A sink for a re-export whose bytes are only checked."""
 
 
-class _StoreLock(locked):
-    """The store lock, its folder made first.  On a root this block made (*made*: the
-    folders it found missing, deepest first), what the block did not make a store of (no
-    ``store.json``) goes again: the lock file first (removed while held, which sends any
-    waiter to take the lock anew, see :mod:`graphdriver.fs.locking`), then the folders."""
+class StoreLock:
+    """The store lock (:class:`graphdriver.fs.locking.locked` on ``store.lock``), its folder
+    made first.  On a root this block made (*made*: the folders it found missing, deepest
+    first), what the block did not make a store of (no ``store.json``) goes again: the lock
+    file first (removed while held, which sends any waiter to take the lock anew, see
+    :mod:`graphdriver.fs.locking`), then the folders.  The lock module is loaded at the
+    first lock: listing and reading records take none."""
 
     def __init__(self, root: str, settings: str, made: list[str]) -> None:
-        super().__init__(os.path.join(root, LOCK_FILE))
+        self.path = os.path.join(root, LOCK_FILE)
         self.root = root
         self.settings = settings
         self.made = made
+        self._held: locked | None = None
 
     def __enter__(self) -> int:
+        from graphdriver.fs.locking import locked
+
+        self._held = locked(self.path)
         for _ in range(99):
             try:
                 os.makedirs(self.root, 0o700, exist_ok=True)
-                return super().__enter__()
+                return self._held.__enter__()
             except FileNotFoundError:
                 continue  # a first command that stored nothing took the new folders away meanwhile
         os.makedirs(self.root, 0o700, exist_ok=True)
-        return super().__enter__()
+        return self._held.__enter__()
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
+        assert self._held is not None
+        held, self._held = self._held, None
         if not self.made:
-            super().__exit__(kind, value, tb)
+            held.__exit__(kind, value, tb)
             return
         try:
             if not os.path.exists(self.settings):
                 atomic.remove_file(self.path)
         finally:
-            super().__exit__(kind, value, tb)
+            held.__exit__(kind, value, tb)
         for folder in self.made:  # deepest first; one something else now holds stays
             try:
                 os.rmdir(folder)

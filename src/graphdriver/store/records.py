@@ -9,13 +9,11 @@ before any disk work and removed last, so a crash leaves a marker that
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 
 from graphdriver.errors import IntegrityError, NotFound, Precondition
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import claim, is_held
 from graphdriver.ids import is_valid_id
 
 TYPE_CHECKING = False
@@ -297,6 +295,8 @@ class RecordStore:
 
     def mark_pending(self, layer_id: str, operation: str) -> None:
         """Say that *operation* on *layer_id* is under way (before any disk work)."""
+        import fcntl  # here: listing and reading records takes no lock
+
         fd = os.open(self._lock_path(layer_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -364,6 +364,8 @@ class RecordStore:
     def hold_applying(self, layer_id: str) -> ApplyLock:
         """Say that this process applies a tarball to *layer_id* until the lock is released
         (call with the store lock held; :class:`Precondition` when another apply holds it)."""
+        from graphdriver.fs.locking import claim
+
         path = self._apply_lock_path(layer_id)
         try:
             fd = claim(path)  # a dead apply's lock file is taken over
@@ -374,11 +376,17 @@ class RecordStore:
     def is_applying(self, layer_id: str) -> bool:
         """Whether a live process is applying a tarball to *layer_id* now (a dead one's apply
         left the layer damaged)."""
+        from graphdriver.fs.locking import is_held
+
         return is_held(self._apply_lock_path(layer_id))
 
     def is_live(self, layer_id: str) -> bool:
         """Whether some process (this one included) is still doing the marked work."""
-        return layer_id in self._held or is_held(self._lock_path(layer_id))
+        if layer_id in self._held:
+            return True
+        from graphdriver.fs.locking import is_held
+
+        return is_held(self._lock_path(layer_id))
 
 
 class ApplyLock:

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from graphdriver.fs.locking import locked
-    from graphdriver.store.layers import Store
+    from graphdriver.store.layers import Store, StoreLock
     from graphdriver.store.records import LayerRecord
 
 
@@ -38,7 +37,7 @@ class Transaction:
         self.undo = undo
         self.committed = False
         self.marked = False  # only what this transaction marked is ever undone
-        self._lock: locked | None = None
+        self._lock: StoreLock | None = None
 
     def __enter__(self) -> Transaction:
         self._lock = self.store.locked()
