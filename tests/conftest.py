@@ -100,6 +100,13 @@ def run_cli(*args: str, root: Path, run_root: Path | None = None, driver: str | 
     return proc
 
 
+def _dumpable() -> None:
+    import ctypes
+
+    pr_set_dumpable = 4
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 1, 0, 0, 0)
+
+
 def as_nobody(work: Callable[[], object]) -> object:
     """Run *work()* in a forked child with the ids of nobody; returns what it returned."""
     import pickle
@@ -113,6 +120,7 @@ def as_nobody(work: Callable[[], object]) -> object:
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
+            _dumpable()  # as a process nobody started, not one that changed its ids
             try:
                 result: object = ("ok", work())
             except BaseException as e:  # reported to the parent

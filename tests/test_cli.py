@@ -866,3 +866,84 @@ def test_verbose_causes_leave_out_what_raise_from_none_hid():
             raise ValueError("told") from inner
     except ValueError as e:
         assert isinstance(_cause_of(e), PermissionError)
+
+
+def _load_every_module() -> None:
+    """Load every module a command may need before a fork to nobody: the checkout (and the
+    interpreter's own files) may be closed to nobody, wherever the clone was made."""
+    import encodings.ascii  # noqa: F401
+    import importlib
+    import pkgutil
+
+    import graphdriver
+
+    for info in pkgutil.walk_packages(graphdriver.__path__, "graphdriver."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    for module in ("secrets", "tarfile", "concurrent.futures", "gzip", "hashlib", "json", "shutil"):
+        importlib.import_module(module)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_trees(tmp_path):
+    """Without root, a layer holding a folder its owner may not search (mode 0000) is read
+    whole by the commands that read layer trees, as root reads it: they run as root of a
+    user namespace that maps only the user.  The bytes diff gives back are the imported
+    ones, the copy a child starts from keeps the folder's mode and owner."""
+    import contextlib
+    import tempfile
+
+    from graphdriver import cli as gd
+    from graphdriver.fs.ownfiles import enter_owner_namespace
+    from tests.conftest import as_nobody
+
+    _load_every_module()
+    if not as_nobody(enter_owner_namespace):
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-"))
+    try:
+        os.chmod(work, 0o755)
+        layer = make_tar({"secret": D(mode=0o000), "secret/f": F(b"inside"), "open": F(b"o")})
+        (work / "layer.tar").write_bytes(layer)
+        os.chmod(work / "layer.tar", 0o644)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+
+        def command(*argv: str) -> tuple[int, str]:
+            def run() -> tuple[int, str]:
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    code = gd.main([*own, *argv])
+                return code, out.getvalue()
+
+            result = as_nobody(run)  # a process of its own, as every command is
+            assert isinstance(result, tuple)
+            return result
+
+        assert command("import", "base", str(work / "layer.tar"))[0] == 0
+        assert command("create", "ctr", "--parent", "base", "--rw") == (0, "ctr\n")
+        assert command("diff", "base", "-o", str(mine / "base.tar"))[0] == 0
+        assert (mine / "base.tar").read_bytes() == layer
+        assert command("diff", "base", "--regenerate", "-o", str(mine / "again.tar"))[0] == 0
+        with tarfile.open(mine / "again.tar") as t:
+            assert {m.name: (m.mode, m.uid) for m in t.getmembers()} == {
+                "open": (0o644, 0), "secret": (0o000, 0), "secret/f": (0o644, 0)}
+            member = t.extractfile("secret/f")
+            assert member is not None and member.read() == b"inside"
+        assert command("changes", "base") == (0, "A /open\nA /secret\nA /secret/f\n")
+        assert command("diffsize", "base") == (0, "7\n")
+        assert command("check", "base") == (0, "base: ok\n")
+        assert command("changes", "ctr") == (0, "")
+        copy = mine / "store" / "vfs" / "ctr" / "fs" / "secret"
+        st = copy.stat()
+        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o000, 65534, 65534)
+        assert [command("remove", name)[0] for name in ("ctr", "base")] == [0, 0]
+        assert command("layers") == (0, "")
+    finally:
+        import shutil
+
+        for folder, _dirs, _files in os.walk(work):
+            os.chmod(folder, 0o700)
+        shutil.rmtree(work)

@@ -404,7 +404,14 @@ def _run(args: Args) -> int:
     _validate_ids(args)
     set_warning_handler(_ignore if args.quiet else warn)  # one line as the others; none with -q
     store = _open_store(args)
+    if args.command in _READS_TREES and (args.command != "create" or args.parent):
+        store.read_as_owner()  # without root: a folder of mode 0000 in a layer is read too
     return HANDLERS[args.command](store, args)
+
+
+#: Commands that read whole layer trees (``create`` with a parent: a child's copy of its parent's).
+_READS_TREES = frozenset({"changes", "diff", "diffsize", "check", "tarsplit", "create",
+                          "container create", "container commit", "image save", "image push"})
 
 
 def _ignore(_text: str) -> None:

@@ -12,7 +12,7 @@ layer
     A directory of files named by a caller-chosen id (validated by
     :func:`graphdriver.ids.check_id` before any driver sees it).
 read-only layer
-    An image layer (the seeds' ``Create``): filled once by :meth:`Driver.apply_diff`
+    An image layer (the seeds' ``Create``): filled once through :meth:`Driver.apply_target`
     and then only read.
 read-write layer
     A container layer (the seeds' ``CreateReadWrite``, a "sandbox"): written
@@ -244,6 +244,10 @@ class Driver(abc.ABC):
     #: Whether a child layer may have other id maps than its parent (the parent's
     #: files are then stored shifted into the child's range).
     SHIFTS_IDS: ClassVar[bool] = False
+    #: Whether the driver never mounts anything (its views are its directories), so that
+    #: it works as well in a user namespace of the user's own (see :meth:`Store.read_as_owner
+    #: <graphdriver.store.layers.Store.read_as_owner>`).
+    MOUNTS_NOTHING: ClassVar[bool] = False
 
     def __init__(self, config: DriverConfig) -> None:
         unknown = sorted(set(config.options) - self.OPTIONS - COMMON_OPTIONS)

@@ -55,6 +55,7 @@ class VfsDriver(Driver):
     OPTIONS: ClassVar[frozenset[str]] = frozenset({"copy"})
     #: A child is a copy of its parent: with other id maps, a copy with its owners shifted.
     SHIFTS_IDS: ClassVar[bool] = True
+    MOUNTS_NOTHING: ClassVar[bool] = True
 
     def __init__(self, config: DriverConfig) -> None:
         mode = config.options.get("copy", "auto")

@@ -17,9 +17,15 @@ def privileged() -> bool:
     """Whether this process may chown, make devices, mount and write trusted xattrs (euid 0).
 
     The one place the project asks: code paths that differ for rootless use
-    (fuse-overlayfs, no device nodes, user.* xattrs) all decide by it.
+    (fuse-overlayfs, no device nodes, user.* xattrs) all decide by it.  A
+    process that made itself root of a namespace mapping only its own user
+    (:func:`graphdriver.fs.ownfiles.enter_owner_namespace`) is not.
     """
-    return _os.geteuid() == 0
+    return _os.geteuid() == 0 and not _in_owner_namespace
+
+
+#: Set once this process is root of a user namespace that maps only its own user.
+_in_owner_namespace = False
 
 
 def path_key(path: str) -> str:

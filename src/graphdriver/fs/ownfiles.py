@@ -6,6 +6,12 @@ images, ``sudo`` is ``4111``.  To copy, export or compare such a file, its
 owner's read bit is added for the moment of the ``open`` and the mode put
 back at once (the open file stays readable; the file's times are untouched).
 Root never gets here: its opens do not fail for a mode.
+
+A directory of mode ``0000`` cannot be served that way: a walk stays inside
+it.  For the commands that read whole trees, :func:`enter_owner_namespace`
+makes the process root of a user namespace that maps only its own user and
+group, as rootless podman's storage runs, where the owner reads and
+searches its own files and directories whatever their modes.
 """
 
 from __future__ import annotations
@@ -49,3 +55,50 @@ def open_readable(name: str, dir_fd: int | None = None, flags: int = READ_FLAGS)
 
 #: Rounds of grant and open before giving up (readers of one file race only briefly).
 _TRIES = 100
+
+
+def enter_owner_namespace() -> bool:
+    """Make this process (single-threaded, not root) root of a new user namespace mapping
+    only its own user and group, for the rest of its life; whether it did.
+
+    There, the capabilities that pass over modes hold for every file the user
+    owns (and for no other), so a tree the user owns is read whole whatever
+    its modes; files made there are the user's as before.  Owners the map
+    lacks read as the overflow id (65534), so a process reading files of
+    other users stays outside.  Mounts cannot be made there (the mount
+    namespace stays the machine's, and set-user-ID helpers lose their
+    power): a driver is probed before.  :func:`graphdriver.fs.privileged`
+    stays false.  False, and nothing changed, where unprivileged user
+    namespaces are disabled.
+    """
+    import graphdriver.fs
+
+    if os.geteuid() == 0 or graphdriver.fs._in_owner_namespace:
+        return False
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        # A process that changed its ids is not dumpable: its /proc files are root's, and
+        # the maps of a namespace it made could not be written (its files then could not be).
+        if os.stat("/proc/self/uid_map").st_uid != uid:
+            return False
+    except OSError:
+        return False
+    unshare = getattr(os, "unshare", None)  # Python 3.12 and later
+    try:
+        if unshare is not None:
+            unshare(os.CLONE_NEWUSER)  # type: ignore[attr-defined]
+        else:
+            from graphdriver.fs import syscalls
+
+            if not syscalls.unshare_user():
+                return False
+    except OSError:
+        return False
+    graphdriver.fs._in_owner_namespace = True
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    except OSError:
+        pass  # refused by a security module, say: still this user, with no more rights
+    return True

@@ -300,6 +300,29 @@ class Store:
         }
         return settings
 
+    def read_as_owner(self) -> bool:
+        """Without root, let this process read the store's layers whole whatever their modes
+        (a directory of mode 0000 in an image, say), for the rest of its life: it becomes
+        root of a user namespace mapping only its own user
+        (:func:`graphdriver.fs.ownfiles.enter_owner_namespace`).  Only where every file
+        read is this user's (the store is, and no additional stores are given) and the
+        driver mounts nothing (vfs), with the driver opened first; whether it did.  For a
+        process that reads and writes this store alone, before it starts threads: the
+        command line calls it for the commands that read layer trees.
+        """
+        if privileged() or self.readonly or not self.settled:
+            return False
+        try:
+            if os.stat(self.root).st_uid != os.geteuid():
+                return False  # another user's store: its files would read as 65534
+        except OSError:
+            return False
+        if not self.driver.MOUNTS_NOTHING:
+            return False
+        from graphdriver.fs.ownfiles import enter_owner_namespace
+
+        return enter_owner_namespace()
+
     def locked(self) -> StoreLock:
         """The store-wide writer lock: ``with store.locked(): ...``.
 
