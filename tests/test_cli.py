@@ -884,63 +884,142 @@ def _load_every_module() -> None:
         importlib.import_module(module)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
-def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_trees(tmp_path):
-    """Without root, a layer holding a folder its owner may not search (mode 0000) is read
-    whole by the commands that read layer trees, as root reads it: they run as root of a
-    user namespace that maps only the user.  The bytes diff gives back are the imported
-    ones, the copy a child starts from keeps the folder's mode and owner."""
-    import contextlib
-    import tempfile
-
-    from graphdriver import cli as gd
+def _in_owner_namespace() -> tuple[bool, bool, int]:
+    import graphdriver.fs
     from graphdriver.fs.ownfiles import enter_owner_namespace
+
+    entered = enter_owner_namespace()
+    return entered, graphdriver.fs.privileged(), os.geteuid()
+
+
+def _userns_for_nobody() -> bool:
+    from graphdriver.fs import syscalls
+
+    return syscalls.unshare_user()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_the_owner_namespace_is_root_without_privilege_and_never_with_other_groups():
+    """The namespace a command without root reads a closed folder in: uid 0 there, yet
+    privileged() stays false (no chown, no device nodes, user.* xattrs); a user with
+    supplementary groups stays outside (their files' groups would read as 65534)."""
     from tests.conftest import as_nobody
 
     _load_every_module()
-    if not as_nobody(enter_owner_namespace):
+    if not as_nobody(_userns_for_nobody):
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    assert as_nobody(_in_owner_namespace) == (True, False, 0)
+
+    def grouped() -> object:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgroups([100])
+                os.setgid(65534)
+                os.setuid(65534)
+                from tests.conftest import _dumpable
+
+                _dumpable()
+                code = 0 if _in_owner_namespace() == (False, False, 65534) else 2
+            finally:
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    assert grouped() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_trees(tmp_path):
+    """Without root, a layer holding a folder its owner may not search (mode 0000) stops a
+    command that reads layer trees; the command, undone, runs again as root of a user
+    namespace that maps only the user, and reads it as root does.  The bytes diff gives
+    back are the imported ones, the copy a child starts from keeps the folder's mode and
+    owner; a store without such a folder never enters the namespace."""
+    import contextlib
+    import tempfile
+
+    import graphdriver.fs
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+
+    _load_every_module()
+    if not as_nobody(_userns_for_nobody):
         pytest.skip("unprivileged user namespaces are disabled on this machine")
     work = Path(tempfile.mkdtemp(prefix="gd-closed-"))
     try:
         os.chmod(work, 0o755)
         layer = make_tar({"secret": D(mode=0o000), "secret/f": F(b"inside"), "open": F(b"o")})
         (work / "layer.tar").write_bytes(layer)
-        os.chmod(work / "layer.tar", 0o644)
+        (work / "plain.tar").write_bytes(make_tar({"open": F(b"o")}))
+        for name in ("layer.tar", "plain.tar"):
+            os.chmod(work / name, 0o644)
         mine = work / "mine"
         mine.mkdir()
         os.chown(mine, 65534, 65534)
         own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
 
-        def command(*argv: str) -> tuple[int, str]:
-            def run() -> tuple[int, str]:
+        def command(*argv: str) -> tuple[int, str, bool]:
+            def run() -> tuple[int, str, bool]:
                 out = io.StringIO()
                 with contextlib.redirect_stdout(out):
                     code = gd.main([*own, *argv])
-                return code, out.getvalue()
+                return code, out.getvalue(), graphdriver.fs._in_owner_namespace
 
             result = as_nobody(run)  # a process of its own, as every command is
             assert isinstance(result, tuple)
             return result
 
+        assert command("import", "plain", str(work / "plain.tar"))[0] == 0
+        assert command("create", "p2", "--parent", "plain") == (0, "p2\n", False)
+        assert command("changes", "plain") == (0, "A /open\n", False)
+        assert command("check", "plain") == (0, "plain: ok\n", False)
+
         assert command("import", "base", str(work / "layer.tar"))[0] == 0
-        assert command("create", "ctr", "--parent", "base", "--rw") == (0, "ctr\n")
-        assert command("diff", "base", "-o", str(mine / "base.tar"))[0] == 0
+        assert command("create", "ctr", "--parent", "base", "--rw") == (0, "ctr\n", True)
+        assert command("diff", "base", "-o", str(mine / "base.tar"))[:1] == (0,)
         assert (mine / "base.tar").read_bytes() == layer
-        assert command("diff", "base", "--regenerate", "-o", str(mine / "again.tar"))[0] == 0
+        assert command("diff", "base", "--regenerate", "-o", str(mine / "again.tar")) == (0, "", True)
+
+        # To standard output: a regular file (here opened to append) is cut back to where
+        # the failed run began; a pipe cannot be, and the denial stands (exit 7).
+        (mine / "out").write_bytes(b"before\n")
+        os.chown(mine / "out", 65534, 65534)
+
+        def diff_to(kind: str) -> tuple[int, bytes]:
+            def run() -> tuple[int, bytes]:
+                if kind == "file":  # as a shell's >> opens it: appending, its offset still 0
+                    fd = os.open(mine / "out", os.O_WRONLY | os.O_APPEND)
+                    with open(fd, "w") as f, contextlib.redirect_stdout(f):
+                        code = gd.main([*own, "diff", "base"])
+                    return code, (mine / "out").read_bytes()
+                r, w = os.pipe()
+                with open(w, "w") as f, contextlib.redirect_stdout(f):
+                    code = gd.main([*own, "diff", "base"])
+                with open(r, "rb") as pipe:
+                    return code, pipe.read()
+
+            result = as_nobody(run)
+            assert isinstance(result, tuple)
+            return result
+
+        assert diff_to("file") == (0, b"before\n" + layer)
+        code, partial = diff_to("pipe")
+        assert code == 7 and len(partial) < len(layer)
         with tarfile.open(mine / "again.tar") as t:
             assert {m.name: (m.mode, m.uid) for m in t.getmembers()} == {
                 "open": (0o644, 0), "secret": (0o000, 0), "secret/f": (0o644, 0)}
             member = t.extractfile("secret/f")
             assert member is not None and member.read() == b"inside"
-        assert command("changes", "base") == (0, "A /open\nA /secret\nA /secret/f\n")
-        assert command("diffsize", "base") == (0, "7\n")
-        assert command("check", "base") == (0, "base: ok\n")
-        assert command("changes", "ctr") == (0, "")
+        assert command("changes", "base") == (0, "A /open\nA /secret\nA /secret/f\n", True)
+        assert command("diffsize", "base") == (0, "7\n", True)
+        assert command("check", "base") == (0, "base: ok\n", True)
+        assert command("changes", "ctr") == (0, "", True)
         copy = mine / "store" / "vfs" / "ctr" / "fs" / "secret"
         st = copy.stat()
         assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o000, 65534, 65534)
-        assert [command("remove", name)[0] for name in ("ctr", "base")] == [0, 0]
-        assert command("layers") == (0, "")
+        assert [command("remove", name)[0] for name in ("ctr", "base", "p2", "plain")] == [0] * 4
+        assert command("layers")[:2] == (0, "")
     finally:
         import shutil
 

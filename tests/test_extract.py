@@ -768,3 +768,45 @@ def test_minbase_matches_gnu_tar(tmp_path: Path, minbase_tar: Path) -> None:
     assert ours_links == gnu_links
     shutil.rmtree(ours)
     shutil.rmtree(gnu)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as nobody")
+def test_privileged_xattrs_are_left_out_without_privilege_even_in_an_owner_namespace() -> None:
+    """In a user namespace of the user's own, the kernel takes security.capability (as a
+    namespaced capability): an unprivileged extraction still leaves trusted.* and
+    security.* out, as it does outside, so a layer reads the same either way."""
+    import struct
+    import tempfile
+
+    from graphdriver.fs.ownfiles import enter_owner_namespace
+    from graphdriver.layerio.tarstream import TarReader
+    from tests.conftest import as_nobody
+
+    cap = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)  # v2: cap_net_bind_service permitted
+    member = reg("f", b"x", xattrs={"security.capability": cap.decode("latin-1"),
+                                    "trusted.t": "1", "user.u": "2"})
+    data = tar_of(member)
+    work = Path(tempfile.mkdtemp(prefix="gd-xattrs-"))
+    try:
+        os.chmod(work, 0o755)
+        dest = work / "dest"
+        dest.mkdir()
+        os.chown(dest, 65534, 65534)
+
+        def run() -> tuple[int, list[str]] | None:
+            if not enter_owner_namespace():
+                return None
+            stats = ExtractStats()
+            fd = os.open(dest, os.O_RDONLY)
+            try:
+                extract_entries(TarReader(io.BytesIO(data)), fd, opts=ApplyOptions(), stats=stats)
+            finally:
+                os.close(fd)
+            return stats.skipped_xattrs, sorted(os.listxattr(dest / "f"))
+
+        result = as_nobody(run)
+        if result is None:
+            pytest.skip("unprivileged user namespaces are disabled on this machine")
+        assert result == (2, ["user.u"])
+    finally:
+        shutil.rmtree(work)

@@ -313,3 +313,47 @@ def test_a_first_command_that_stores_nothing_never_fails_one_waiting_on_its_lock
     with store.locked():  # its take of the store lock meets the race, and goes on
         assert vanished and (root / "store.lock").exists()
     assert not (tmp_path / "new").exists()  # and this one, storing nothing, leaves nothing either
+
+
+def test_a_transaction_interrupted_while_taking_the_lock_back_undoes_under_the_lock():
+    """Ctrl-C while an import waits to take the store lock back after extraction: the undo
+    (dropping the half-made layer) still happens with the lock held, never without it."""
+    from graphdriver.store.transaction import Transaction
+
+    events: list[str] = []
+
+    class Lock:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        def __enter__(self) -> int:
+            if self.fail:
+                events.append("interrupted")
+                raise KeyboardInterrupt
+            events.append("locked")
+            return 3
+
+        def __exit__(self, *exc: object) -> None:
+            events.append("unlocked")
+
+    class Records:
+        def mark_pending(self, layer_id: str, operation: str) -> None:
+            events.append("marked")
+
+    class FakeStore:
+        records = Records()
+        takes = 0
+
+        def locked(self) -> Lock:
+            self.takes += 1
+            return Lock(fail=self.takes == 2)  # the second take: after the unlocked block
+
+        def drop_layer(self, layer_id: str) -> None:
+            held = events.count("locked") > events.count("unlocked")
+            events.append("dropped" if held else "dropped without the lock")
+
+    with pytest.raises(KeyboardInterrupt), Transaction(FakeStore(), "l", "import") as tx:  # type: ignore[arg-type]
+        tx.mark()
+        with tx.unlocked():
+            pass  # the extraction
+    assert events == ["locked", "marked", "unlocked", "interrupted", "locked", "dropped", "unlocked"]

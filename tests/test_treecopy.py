@@ -600,3 +600,38 @@ def test_debian_rootfs_copy_matches_source(tmp_path: Path) -> None:
     assert after == before
     assert contents(ROOTFS) == contents(tmp_path / "rootfs")
     assert isinstance(stats, CopyStats) and stats.files > 1000
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as nobody")
+def test_a_copy_without_privilege_leaves_security_xattrs_out_even_in_an_owner_namespace() -> None:
+    """A file of the user's may carry a capability set in a user namespace of its own; an
+    unprivileged copy leaves security.* out there too, as it must outside."""
+    import struct
+    import tempfile
+
+    from graphdriver.fs.ownfiles import enter_owner_namespace
+    from tests.conftest import as_nobody
+
+    cap = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)  # v2: cap_net_bind_service permitted
+    work = Path(tempfile.mkdtemp(prefix="gd-copy-"))
+    try:
+        os.chmod(work, 0o755)
+        os.chown(work, 65534, 65534)
+
+        def run() -> tuple[bool, list[str], list[str]] | None:
+            if not enter_owner_namespace():
+                return None
+            (work / "src").mkdir()
+            (work / "src" / "f").write_bytes(b"x")
+            os.setxattr(work / "src" / "f", "security.capability", cap)
+            os.setxattr(work / "src" / "f", "user.u", b"2")
+            stats = copy_tree(str(work / "src"), str(work / "dst"))
+            had = "security.capability" in os.listxattr(work / "src" / "f")
+            return had, sorted(os.listxattr(work / "dst" / "f")), stats.dropped_xattrs
+
+        result = as_nobody(run)
+        if result is None:
+            pytest.skip("unprivileged user namespaces are disabled on this machine")
+        assert result == (True, ["user.u"], ["f: security.capability"])
+    finally:
+        shutil.rmtree(work)

@@ -45,6 +45,8 @@ def _open_store(args: Args) -> Store:
 
 #: How ``Store.check`` words a layer it could not verify (not a failure).
 SKIPPED = "skipped: "
+#: ... because a mode keeps this user out of its files.
+UNREADABLE = SKIPPED + "its files cannot be read by this user"
 
 
 def _out(text: str) -> None:
@@ -288,6 +290,8 @@ def _check_entry(layer_id: str, why: str | None) -> dict[str, object]:
 
 def cmd_check(store: Store, args: Args) -> int:
     results = store.check(args.ids)
+    if any(why and why.startswith(UNREADABLE) for _, why in results) and store.read_as_owner():
+        results = store.check(args.ids)  # as root of a namespace of the user's own: read whole
     bad = [(layer_id, why) for layer_id, why in results if why and not why.startswith(SKIPPED)]
     if args.json:
         _out(jsonio.dumps([_check_entry(i, why) for i, why in results]))
@@ -404,14 +408,39 @@ def _run(args: Args) -> int:
     _validate_ids(args)
     set_warning_handler(_ignore if args.quiet else warn)  # one line as the others; none with -q
     store = _open_store(args)
-    if args.command in _READS_TREES and (args.command != "create" or args.parent):
-        store.read_as_owner()  # without root: a folder of mode 0000 in a layer is read too
-    return HANDLERS[args.command](store, args)
+    handler = HANDLERS[args.command]
+    if args.command not in _READS_TREES:
+        return handler(store, args)
+    try:
+        return handler(store, args)
+    except (GraphDriverError, OSError) as e:
+        # Without root, a folder of mode 0000 in a layer stops a walk: the command, undone
+        # by its failure, runs once more as root of a namespace of the user's own (see
+        # Store.read_as_owner), unless what it wrote to standard output cannot be taken back.
+        from graphdriver import cliio
+
+        if not _denied(e) or not cliio.may_begin_again() or not store.read_as_owner():
+            raise
+        cliio.begin_again()
+    return handler(store, args)
 
 
-#: Commands that read whole layer trees (``create`` with a parent: a child's copy of its parent's).
-_READS_TREES = frozenset({"changes", "diff", "diffsize", "check", "tarsplit", "create",
+#: Commands that read whole layer trees (``create`` with a parent: a child's copy of its
+#: parent's), and undo what they did when that fails.
+_READS_TREES = frozenset({"changes", "diff", "diffsize", "tarsplit", "create",
                           "container create", "container commit", "image save", "image push"})
+
+
+def _denied(err: BaseException) -> bool:
+    """Whether *err* comes of a permission the kernel refused for a mode (EACCES)."""
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, PermissionError) and seen.errno == 13:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _ignore(_text: str) -> None:

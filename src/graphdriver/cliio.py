@@ -41,13 +41,59 @@ def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
         yield s
 
 
+#: Whether this process handed out standard output's bytes, and where they began when
+#: standard output is a regular file (None: a pipe or a terminal, which cannot be cut back).
+_stdout_taken = False
+_stdout_start: int | None = None
+
+
 def stdout() -> BinaryIO:
     """Standard output's bytes; a one-line error when the caller closed it."""
+    global _stdout_taken, _stdout_start
     if sys.stdout is None:  # the command line refuses this first; a guard for other callers
         from graphdriver.cliargs import CLOSED_STDOUT
 
         raise InvalidArgument("standard output", CLOSED_STDOUT)
+    if not _stdout_taken:
+        _stdout_taken = True
+        try:
+            import fcntl
+            import os
+            import stat
+
+            sys.stdout.flush()  # what was printed before is not this stream's
+            fd = sys.stdout.fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                _stdout_start = None
+            elif fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:  # >>: each write goes at the end
+                _stdout_start = st.st_size
+            else:
+                _stdout_start = os.lseek(fd, 0, os.SEEK_CUR)
+        except (OSError, ValueError, AttributeError):
+            _stdout_start = None
     return sys.stdout.buffer
+
+
+def may_begin_again() -> bool:
+    """Whether a failed command may run again from the start: it wrote nothing to standard
+    output, or standard output is a regular file that :func:`begin_again` cuts back."""
+    return not _stdout_taken or _stdout_start is not None
+
+
+def begin_again() -> None:
+    """Cut standard output back to where this command began writing it (see
+    :func:`may_begin_again`): what the failed run wrote there is dropped."""
+    global _stdout_taken
+    if not _stdout_taken or _stdout_start is None or sys.stdout is None:
+        return
+    import os
+
+    out = sys.stdout.buffer
+    out.flush()
+    os.ftruncate(out.fileno(), _stdout_start)
+    os.lseek(out.fileno(), _stdout_start, os.SEEK_SET)
+    _stdout_taken = False
 
 
 @contextlib.contextmanager

@@ -63,42 +63,81 @@ def enter_owner_namespace() -> bool:
 
     There, the capabilities that pass over modes hold for every file the user
     owns (and for no other), so a tree the user owns is read whole whatever
-    its modes; files made there are the user's as before.  Owners the map
-    lacks read as the overflow id (65534), so a process reading files of
-    other users stays outside.  Mounts cannot be made there (the mount
-    namespace stays the machine's, and set-user-ID helpers lose their
-    power): a driver is probed before.  :func:`graphdriver.fs.privileged`
-    stays false.  False, and nothing changed, where unprivileged user
-    namespaces are disabled.
+    its modes; files made there are the user's as before.  Owners and groups
+    the map lacks read as the overflow id (65534): a user with supplementary
+    groups (whose files may carry them) is left outside, and so should be a
+    process reading other users' files.  Mounts cannot be made there (the
+    mount namespace stays the machine's, and set-user-ID helpers lose their
+    power).  :func:`graphdriver.fs.privileged` stays false.  False, and
+    nothing changed, where unprivileged user namespaces are disabled;
+    :class:`~graphdriver.errors.Unsupported` if the namespace was made but its
+    maps could not be written (it cannot be left again).
     """
     import graphdriver.fs
 
     if os.geteuid() == 0 or graphdriver.fs._in_owner_namespace:
         return False
     uid, gid = os.geteuid(), os.getegid()
+    if set(os.getgroups()) - {gid}:
+        return False
     try:
         # A process that changed its ids is not dumpable: its /proc files are root's, and
-        # the maps of a namespace it made could not be written (its files then could not be).
+        # the maps of a namespace it made could not be written.
         if os.stat("/proc/self/uid_map").st_uid != uid:
             return False
     except OSError:
         return False
-    unshare = getattr(os, "unshare", None)  # Python 3.12 and later
-    try:
-        if unshare is not None:
-            unshare(os.CLONE_NEWUSER)  # type: ignore[attr-defined]
-        else:
-            from graphdriver.fs import syscalls
+    if "HOME" not in os.environ:  # found by name: in the namespace, the user is uid 0
+        import pwd
 
-            if not syscalls.unshare_user():
-                return False
-    except OSError:
+        try:
+            os.environ["HOME"] = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            pass
+    if not _unshare_user() and not (_last_thread_gone() and _unshare_user()):
         return False
     graphdriver.fs._in_owner_namespace = True
     try:
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
-    except OSError:
-        pass  # refused by a security module, say: still this user, with no more rights
+    except OSError as e:
+        from graphdriver.errors import Unsupported
+
+        raise Unsupported("reading files as their owner",
+                          f"the user namespace's {name} could not be written ({e.strerror})") from e
     return True
+
+
+def _unshare_user() -> bool:
+    """``unshare(CLONE_NEWUSER)``; whether it worked (a process of several threads cannot)."""
+    unshare = getattr(os, "unshare", None)  # Python 3.12 and later
+    if unshare is None:
+        from graphdriver.fs import syscalls
+
+        return syscalls.unshare_user()
+    try:
+        unshare(os.CLONE_NEWUSER)  # type: ignore[attr-defined]
+    except OSError:
+        return False
+    return True
+
+
+def _last_thread_gone() -> bool:
+    """Wait (a second at most) until this process is one thread, where no thread of Python's
+    runs any more but one just joined may still be ending in the kernel."""
+    import sys
+
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return False
+    import time
+
+    for _ in range(1000):
+        try:
+            if len(os.listdir("/proc/self/task")) == 1:
+                return True
+        except OSError:
+            return False
+        time.sleep(0.001)
+    return False

@@ -552,6 +552,11 @@ class _TreeCopier:
                 return
             raise
         for attr in names:
+            if not self.privileged and attr.startswith(("trusted.", "security.")):
+                # Closed without privilege, and left out as well where a user namespace of
+                # the user's own would take them (a namespaced capability).
+                self.stats.dropped_xattrs.append(f"{self.where() or '.'}: {attr}")
+                continue
             try:
                 value = os.getxattr(src, attr, follow_symlinks=follow)
             except OSError as e:

@@ -1085,6 +1085,11 @@ class _Extractor(Extraction):
                 # would obey it (hide files, redirect them), so no archive sets it.
                 self.stats.skipped_xattrs += 1
                 continue
+            if not self.privileged and key.startswith(_TOLERATED_XATTRS):
+                # Left out without privilege, even where a user namespace of the user's
+                # own would take them (a namespaced capability): a layer reads the same.
+                self.stats.skipped_xattrs += 1
+                continue
             try:
                 setter(key, value)
             except OSError as x:

@@ -308,7 +308,7 @@ class Store:
         read is this user's (the store is, and no additional stores are given) and the
         driver mounts nothing (vfs), with the driver opened first; whether it did.  For a
         process that reads and writes this store alone, before it starts threads: the
-        command line calls it for the commands that read layer trees.
+        command line calls it when such a folder stopped a command, then runs it again.
         """
         if privileged() or self.readonly or not self.settled:
             return False
@@ -1527,8 +1527,9 @@ class StoreLock:
         return self._held.__enter__()
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        assert self._held is not None
         held, self._held = self._held, None
+        if held is None:
+            return  # never entered, or left already
         if not self.made:
             held.__exit__(kind, value, tb)
             return

@@ -40,9 +40,14 @@ class Transaction:
         self._lock: StoreLock | None = None
 
     def __enter__(self) -> Transaction:
-        self._lock = self.store.locked()
-        self._lock.__enter__()
+        self._take_lock()
         return self
+
+    def _take_lock(self) -> None:
+        """Take the store lock; held once this returns (not when taking it failed)."""
+        lock = self.store.locked()
+        lock.__enter__()
+        self._lock = lock
 
     def mark(self, record: LayerRecord | None = None) -> None:
         """Mark the layer pending (from here on a crash is cleaned up), writing *record* if given."""
@@ -69,8 +74,7 @@ class Transaction:
         try:
             if self.marked and not self.committed and kind is not None and self.undo == "remove":
                 if self._lock is None:  # an error while unlocked: take the lock back to undo
-                    self._lock = self.store.locked()
-                    self._lock.__enter__()
+                    self._take_lock()
                 self.store.drop_layer(self.layer_id)
         finally:
             if self._lock is not None:
@@ -89,5 +93,4 @@ class _Unlocked:
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         if kind is None:  # on an error the transaction's exit retakes the lock to undo
-            self.tx._lock = self.tx.store.locked()
-            self.tx._lock.__enter__()
+            self.tx._take_lock()  # interrupted while waiting: not held, and the exit knows
