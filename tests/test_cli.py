@@ -1006,6 +1006,47 @@ def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_tr
         assert diff_to("file") == (0, b"before\n" + layer)
         code, partial = diff_to("pipe")
         assert code == 7 and len(partial) < len(layer)
+
+        def diff_with(*argv: str, stdout_fd: str = "") -> int:
+            def run() -> int:
+                if stdout_fd == "null":
+                    with open(os.devnull, "w") as f, contextlib.redirect_stdout(f):
+                        return gd.main([*own, "diff", "base", *argv])
+                if stdout_fd == "inside":  # 1<> at an offset: bytes past it are the file's
+                    fd = os.open(mine / "out", os.O_RDWR)
+                    os.lseek(fd, 3, os.SEEK_SET)
+                    with open(fd, "w") as f, contextlib.redirect_stdout(f):
+                        return gd.main([*own, "diff", "base", *argv])
+                r, w = os.pipe()  # -o /dev/stdout: written into in place, never taken back
+                saved = os.dup(1)
+                os.dup2(w, 1)
+                os.close(w)
+                try:
+                    return gd.main([*own, "diff", "base", *argv])
+                finally:
+                    os.dup2(saved, 1)
+                    os.close(r)
+
+            result = as_nobody(run)
+            assert isinstance(result, int)
+            return result
+
+        assert diff_with(stdout_fd="null") == 0
+        (mine / "out").write_bytes(b"x" * (3 * len(layer)))
+        assert diff_with(stdout_fd="inside") == 7
+        assert diff_with("-o", "/dev/stdout") == 7
+        # A folder of the user's own that it closed to writing stays closed to the output.
+        closed_out = mine / "ro"
+        closed_out.mkdir(mode=0o555)
+        os.chown(closed_out, 65534, 65534)
+        assert diff_with("-o", str(closed_out / "x.tar")) == 7
+        assert not (closed_out / "x.tar").exists()
+        # zstd's worker threads end with the failed run, so that it can run again.
+        assert diff_with("--compress", "zstd", "-o", str(mine / "z.tar.zst")) == 0
+        import zstandard
+
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(
+            (mine / "z.tar.zst").read_bytes()) == layer
         with tarfile.open(mine / "again.tar") as t:
             assert {m.name: (m.mode, m.uid) for m in t.getmembers()} == {
                 "open": (0o644, 0), "secret": (0o000, 0), "secret/f": (0o644, 0)}

@@ -241,8 +241,16 @@ def cmd_diff(store: Store, args: Args) -> int:
         # The bar counts the tarball's bytes, before any compression; a plain diff
         # writes straight to the output.
         packer = raw if codec is Compression.NONE else open_compressor(raw, codec, threads=-1)
-        with progress.writing(packer, label, total, args.quiet) as out:
-            store.diff(args.id, out, args.parent, regenerate=args.regenerate)
+        try:
+            with progress.writing(packer, label, total, args.quiet) as out:
+                store.diff(args.id, out, args.parent, regenerate=args.regenerate)
+        except BaseException:
+            if packer is not raw:
+                try:
+                    packer.close()  # its threads end now, not when the error is dropped
+                except Exception:
+                    pass  # the failure that brought us here is the one to report
+            raise
         if packer is not raw:
             packer.close()
     return 0
@@ -419,7 +427,10 @@ def _run(args: Args) -> int:
         # Store.read_as_owner), unless what it wrote to standard output cannot be taken back.
         from graphdriver import cliio
 
-        if not _denied(e) or not cliio.may_begin_again() or not store.read_as_owner():
+        if not _denied(e) or not cliio.may_begin_again():
+            raise
+        _let_go(e)  # what the failed run holds (a compressor's threads) goes before unshare
+        if not store.read_as_owner():
             raise
         cliio.begin_again()
     return handler(store, args)
@@ -431,16 +442,32 @@ _READS_TREES = frozenset({"changes", "diff", "diffsize", "tarsplit", "create",
                           "container create", "container commit", "image save", "image push"})
 
 
-def _denied(err: BaseException) -> bool:
-    """Whether *err* comes of a permission the kernel refused for a mode (EACCES)."""
+def _chain(err: BaseException) -> list[BaseException]:
+    """*err* and what it was raised from or during, nearest first."""
+    chain: list[BaseException] = []
     seen: BaseException | None = err
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, PermissionError) and seen.errno == 13:
-            return True
+    while seen is not None and seen not in chain and len(chain) < 16:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    return chain
+
+
+def _denied(err: BaseException) -> bool:
+    """Whether *err* comes of a permission the kernel refused for a mode (EACCES) while
+    reading, not while writing the output the user named."""
+    chain = _chain(err)
+    if any(getattr(e, "writing_output", False) for e in chain):
+        return False
+    return any(isinstance(e, PermissionError) and e.errno == 13 for e in chain)
+
+
+def _let_go(err: BaseException) -> None:
+    """Drop the locals of the frames *err*'s chain holds (streams, threads of a failed run)."""
+    import traceback
+
+    for e in _chain(err):
+        if e.__traceback__ is not None:
+            traceback.clear_frames(e.__traceback__)
 
 
 def _ignore(_text: str) -> None:

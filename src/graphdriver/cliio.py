@@ -41,59 +41,73 @@ def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
         yield s
 
 
-#: Whether this process handed out standard output's bytes, and where they began when
-#: standard output is a regular file (None: a pipe or a terminal, which cannot be cut back).
+#: Whether this process handed out standard output's bytes; whether what it writes there
+#: can be taken back (a regular file it appends to, cut back to *start*; ``/dev/null``).
 _stdout_taken = False
+_stdout_restartable = False
 _stdout_start: int | None = None
 
 
 def stdout() -> BinaryIO:
     """Standard output's bytes; a one-line error when the caller closed it."""
-    global _stdout_taken, _stdout_start
+    global _stdout_taken
     if sys.stdout is None:  # the command line refuses this first; a guard for other callers
         from graphdriver.cliargs import CLOSED_STDOUT
 
         raise InvalidArgument("standard output", CLOSED_STDOUT)
     if not _stdout_taken:
         _stdout_taken = True
-        try:
-            import fcntl
-            import os
-            import stat
-
-            sys.stdout.flush()  # what was printed before is not this stream's
-            fd = sys.stdout.fileno()
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                _stdout_start = None
-            elif fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:  # >>: each write goes at the end
-                _stdout_start = st.st_size
-            else:
-                _stdout_start = os.lseek(fd, 0, os.SEEK_CUR)
-        except (OSError, ValueError, AttributeError):
-            _stdout_start = None
+        _note_stdout()
     return sys.stdout.buffer
 
 
+def _note_stdout() -> None:
+    """Where standard output's bytes begin, if they can be taken back (see :func:`begin_again`)."""
+    global _stdout_restartable, _stdout_start
+    try:
+        import fcntl
+        import os
+        import stat
+
+        sys.stdout.flush()  # what was printed before is not this stream's
+        fd = sys.stdout.fileno()
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode):
+            _stdout_restartable = st.st_rdev == os.makedev(1, 3)  # /dev/null
+        elif stat.S_ISREG(st.st_mode):
+            # At its end (>> or a new file): cut back there; at an offset inside it (1<>),
+            # the failed run overwrote bytes that cannot be had back.
+            at = st.st_size if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else os.lseek(fd, 0, os.SEEK_CUR)
+            _stdout_restartable, _stdout_start = at == st.st_size, at
+    except (OSError, ValueError, AttributeError):
+        _stdout_restartable = False
+
+
 def may_begin_again() -> bool:
-    """Whether a failed command may run again from the start: it wrote nothing to standard
-    output, or standard output is a regular file that :func:`begin_again` cuts back."""
-    return not _stdout_taken or _stdout_start is not None
+    """Whether a failed command may run again from the start: nothing it wrote stays where
+    it went (standard output untouched, ``/dev/null``, or a regular file it appended to,
+    which :func:`begin_again` cuts back; no output written into in place)."""
+    outfile = sys.modules.get("graphdriver.fs.outfile")
+    if outfile is not None and outfile.written_in_place:
+        return False
+    return not _stdout_taken or _stdout_restartable
 
 
 def begin_again() -> None:
     """Cut standard output back to where this command began writing it (see
     :func:`may_begin_again`): what the failed run wrote there is dropped."""
     global _stdout_taken
-    if not _stdout_taken or _stdout_start is None or sys.stdout is None:
+    if not _stdout_taken or sys.stdout is None:
         return
+    _stdout_taken = False
+    if _stdout_start is None:
+        return  # /dev/null
     import os
 
     out = sys.stdout.buffer
     out.flush()
     os.ftruncate(out.fileno(), _stdout_start)
     os.lseek(out.fileno(), _stdout_start, os.SEEK_SET)
-    _stdout_taken = False
 
 
 @contextlib.contextmanager

@@ -35,6 +35,9 @@ class GraphDriverError(Exception):
     #: Set by extraction that failed before it touched the layer (a stream that is
     #: no tarball at all, say): the layer is as it was, not half applied.
     wrote_nothing = False
+    #: Set on a failure to write the output a user named (``-o FILE``): a refusal there
+    #: is the user's own, never a folder of a layer to read as its owner.
+    writing_output = False
 
     def __init__(self, what: str, why: str = "") -> None:
         self.what = what

@@ -26,7 +26,7 @@ import fcntl
 import os
 import stat
 
-from graphdriver.errors import InvalidArgument, os_error
+from graphdriver.errors import GraphDriverError, InvalidArgument, os_error
 from graphdriver.fs.atomic import temp_stem
 from graphdriver.fs.locking import claim, remove_abandoned
 
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 _MAX_LINKS = 40
 #: ``open(2)``'s flag for a file with no name yet (0 where Python or the system has none).
 _TMPFILE: int = getattr(os, "O_TMPFILE", 0)
+#: Whether this process wrote into an output in place (a pipe, a device, an open file):
+#: bytes that cannot be taken back (``/dev/null`` aside).
+written_in_place = False
 
 
 def _fd_dir(directory: str) -> bool:
@@ -94,11 +97,13 @@ class OutputFile:
         try:
             self.file = self._open()
         except OSError as e:
-            raise os_error(f"cannot write {path}", e, InvalidArgument) from e
+            raise _writing(os_error(f"cannot write {path}", e, InvalidArgument)) from e
 
     def _open(self) -> BinaryIO:
+        global written_in_place
         real, as_is = resolve(self.path)
         if as_is:
+            written_in_place = True
             fd = _own_fd(real)
             return os.fdopen(os.dup(fd), "wb") if fd is not None else open(real, "wb")
         try:
@@ -106,6 +111,8 @@ class OutputFile:
         except FileNotFoundError:
             st = None
         if st is not None and not stat.S_ISREG(st.st_mode):
+            if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_NULL):
+                written_in_place = True
             return open(real, "wb")  # a device, a fifo: written into
         directory, name = os.path.split(real)
         self.final = real
@@ -157,7 +164,7 @@ class OutputFile:
             self.file.close()  # after the rename: until then the lock says its writer lives
         except OSError as e:
             self.abort()
-            raise os_error(f"cannot write {self.path}", e) from e
+            raise _writing(os_error(f"cannot write {self.path}", e)) from e
 
     def abort(self) -> None:
         """Drop the staged file (while its lock is held); close."""
@@ -179,6 +186,15 @@ class OutputFile:
             self.commit()
         else:
             self.abort()
+
+
+#: ``/dev/null``'s device number (1, 3 on Linux).
+_DEV_NULL = os.makedev(1, 3)
+
+
+def _writing(err: GraphDriverError) -> GraphDriverError:
+    err.writing_output = True
+    return err
 
 
 def _link_fd(fd: int, path: str) -> None:
