@@ -740,22 +740,12 @@ def test_a_permission_refused_is_a_missing_privilege():
 def test_what_this_user_may_not_use_exits_7(tmp_path):
     """A store, an input file or an output folder the user has no permission for: exit 7
     (a missing privilege, per the contract), not 1 or 2, and never 6 (nothing is corrupt)."""
-    import encodings.ascii  # noqa: F401
-    import importlib
-    import pkgutil
     import tempfile
 
-    import graphdriver
     from graphdriver import cli as gd
     from tests.conftest import as_nobody
 
-    # Everything the commands may load, loaded before the fork: the checkout (and the
-    # interpreter's own files) may be closed to nobody, wherever the clone was made.
-    for info in pkgutil.walk_packages(graphdriver.__path__, "graphdriver."):
-        if not info.name.endswith("__main__"):
-            importlib.import_module(info.name)
-    for module in ("secrets", "tarfile", "concurrent.futures", "gzip", "hashlib", "json", "shutil"):
-        importlib.import_module(module)
+    _load_every_module()
 
     work = Path(tempfile.mkdtemp(prefix="gd-denied-"))
     try:
@@ -869,8 +859,8 @@ def test_verbose_causes_leave_out_what_raise_from_none_hid():
 
 
 def _load_every_module() -> None:
-    """Load every module a command may need before a fork to nobody: the checkout (and the
-    interpreter's own files) may be closed to nobody, wherever the clone was made."""
+    """Load every module a command may need before a fork to nobody: the checkout, its venv
+    and the interpreter's own files may be closed to nobody, wherever the clone was made."""
     import encodings.ascii  # noqa: F401
     import importlib
     import pkgutil
@@ -880,7 +870,8 @@ def _load_every_module() -> None:
     for info in pkgutil.walk_packages(graphdriver.__path__, "graphdriver."):
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)
-    for module in ("secrets", "tarfile", "concurrent.futures", "gzip", "hashlib", "json", "shutil"):
+    for module in ("secrets", "tarfile", "concurrent.futures", "gzip", "hashlib", "json", "shutil",
+                   "traceback", "pwd", "zstandard", "isal.igzip", "fastcrc"):
         importlib.import_module(module)
 
 

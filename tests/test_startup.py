@@ -193,3 +193,24 @@ def test_pure_twins_import_and_export_the_same_bytes(tmp_path):
         assert (b"Codec crc64: pure" in status) == bool(pure)
     assert results[0] == results[1]
     assert results[0][2] == buf.getvalue()
+
+
+@pytest.mark.parametrize(("command", "collects"), [(("layers",), False), (("layer", "ctr"), False),
+                                                     (("mount", "ctr"), False), (("diffsize", "ctr"), True),
+                                                     (("changes", "ctr"), True)])
+def test_the_launcher_collects_garbage_cycles_only_for_long_work(made, command, collects):
+    """The installed command starts with the cyclic garbage collector off (start-up makes
+    thousands of objects and no cycles); a command that works at length turns it on."""
+    argv = ["graphdriver", "--root", str(made), "--run-root", str(made.parent / "run"), *command]
+    probe = (
+        "import atexit, gc, runpy, sys\n"
+        "atexit.register(lambda: print('COLLECTS', gc.isenabled(), file=sys.stderr))\n"
+        f"sys.argv = {argv!r}\n"
+        f"runpy.run_path({str(ROOT / 'bin' / 'graphdriver')!r}, run_name='__main__')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"COLLECTS {collects}" in proc.stderr.decode().splitlines(), proc.stderr
+    if command[0] == "mount":
+        run_cli("unmount", "ctr", root=made, check=True)

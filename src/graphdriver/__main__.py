@@ -1,5 +1,9 @@
 """``python -m graphdriver`` runs the command line."""
 
-from graphdriver.cli import main
+import gc
+
+gc.disable()  # as bin/graphdriver does: graphdriver.cli turns it on again for long work
+
+from graphdriver.cli import main  # noqa: E402
 
 raise SystemExit(main())
