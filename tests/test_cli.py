@@ -965,6 +965,14 @@ def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_tr
         assert command("create", "p2", "--parent", "plain") == (0, "p2\n", False)
         assert command("changes", "plain") == (0, "A /open\n", False)
         assert command("check", "plain") == (0, "plain: ok\n", False)
+        # A folder of the store the user made read-only is no closed folder of a layer: the
+        # refusal stands, and no second run gets past it.
+        records = mine / "store" / "layers"
+        records.chmod(0o555)
+        try:
+            assert command("create", "p3", "--parent", "plain")[0::2] == (7, False)
+        finally:
+            records.chmod(0o700)
 
         assert command("import", "base", str(work / "layer.tar"))[0] == 0
         assert command("create", "ctr", "--parent", "base", "--rw") == (0, "ctr\n", True)

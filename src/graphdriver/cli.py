@@ -449,22 +449,36 @@ _READS_TREES = frozenset({"changes", "diff", "diffsize", "tarsplit", "create",
 
 
 def _chain(err: BaseException) -> list[BaseException]:
-    """*err* and what it was raised from or during, nearest first."""
+    """*err* and the causes behind it (as ``-v`` shows them), nearest first."""
     chain: list[BaseException] = []
     seen: BaseException | None = err
     while seen is not None and seen not in chain and len(chain) < 16:
         chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
+        seen = _cause_of(seen)
     return chain
 
 
 def _denied(err: BaseException) -> bool:
-    """Whether *err* comes of a permission the kernel refused for a mode (EACCES) while
-    reading, not while writing the output the user named."""
+    """Whether *err* comes of a folder of the user's that its mode closes to the user
+    (EACCES reading it, named relative to a walk's folder or by a path to such a folder),
+    not of the output the user named or of a folder the user made read-only."""
     chain = _chain(err)
     if any(getattr(e, "writing_output", False) for e in chain):
         return False
-    return any(isinstance(e, PermissionError) and e.errno == 13 for e in chain)
+    for e in chain:
+        if isinstance(e, PermissionError) and e.errno == 13 and e.filename:
+            name = os.fsdecode(e.filename)
+            if not name.startswith("/"):
+                return True  # opened relative to a folder of a walk
+            try:
+                st = os.lstat(name)
+            except OSError:
+                return False
+            import stat
+
+            closed = st.st_mode & 0o500 != 0o500
+            return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and closed
+    return False
 
 
 def _let_go(err: BaseException) -> None:
