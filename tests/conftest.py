@@ -100,7 +100,7 @@ def run_cli(*args: str, root: Path, run_root: Path | None = None, driver: str | 
     return proc
 
 
-def _dumpable() -> None:
+def make_dumpable() -> None:
     import ctypes
 
     pr_set_dumpable = 4
@@ -120,7 +120,7 @@ def as_nobody(work: Callable[[], object]) -> object:
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            _dumpable()  # as a process nobody started, not one that changed its ids
+            make_dumpable()  # as a process nobody started, not one that changed its ids
             try:
                 result: object = ("ok", work())
             except BaseException as e:  # reported to the parent

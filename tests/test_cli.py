@@ -909,9 +909,9 @@ def test_the_owner_namespace_is_root_without_privilege_and_never_with_other_grou
                 os.setgroups([100])
                 os.setgid(65534)
                 os.setuid(65534)
-                from tests.conftest import _dumpable
+                from tests.conftest import make_dumpable
 
-                _dumpable()
+                make_dumpable()
                 code = 0 if _in_owner_namespace() == (False, False, 65534) else 2
             finally:
                 os._exit(code)

@@ -27,6 +27,9 @@ def privileged() -> bool:
 #: Set once this process is root of a user namespace that maps only its own user.
 _in_owner_namespace = False
 
+#: Extended attribute namespaces only a privileged process sets: left out without it.
+PRIVILEGED_XATTRS = ("trusted.", "security.")
+
 
 def path_key(path: str) -> str:
     """A short, stable name for *path* (16 hex digits of its SHA-256): a store's folder inside

@@ -27,7 +27,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
-from graphdriver.fs import privileged
+from graphdriver.fs import PRIVILEGED_XATTRS, privileged
 from graphdriver.fs.ownfiles import open_readable
 from graphdriver.plain import Plain
 
@@ -552,7 +552,7 @@ class _TreeCopier:
                 return
             raise
         for attr in names:
-            if not self.privileged and attr.startswith(("trusted.", "security.")):
+            if not self.privileged and attr.startswith(PRIVILEGED_XATTRS):
                 # Closed without privilege, and left out as well where a user namespace of
                 # the user's own would take them (a namespaced capability).
                 self.stats.dropped_xattrs.append(f"{self.where() or '.'}: {attr}")

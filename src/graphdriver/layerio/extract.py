@@ -45,7 +45,7 @@ import stat
 from collections.abc import Callable, Sequence
 
 from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError, InvalidArgument
-from graphdriver.fs import confine, privileged
+from graphdriver.fs import PRIVILEGED_XATTRS, confine, privileged
 from graphdriver.fs import syscalls as sc
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.fs.tree import remove_tree_at
@@ -103,7 +103,6 @@ _KNOWN_TYPES = REGULAR_TYPES | _DIR_TYPES | {SYM, LNK} | set(_SPECIAL_TYPES)
 DEFAULT_ACL = "system.posix_acl_default"
 _IGNORED_XATTRS = frozenset({"security.selinux"})  # the labeler's business, not the layer's
 _OVERLAY_PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.")
-_TOLERATED_XATTRS = ("trusted.", "security.")  # need privileges a rootless run lacks
 
 
 class ApplyOptions:
@@ -1085,7 +1084,7 @@ class _Extractor(Extraction):
                 # would obey it (hide files, redirect them), so no archive sets it.
                 self.stats.skipped_xattrs += 1
                 continue
-            if not self.privileged and key.startswith(_TOLERATED_XATTRS):
+            if not self.privileged and key.startswith(PRIVILEGED_XATTRS):
                 # Left out without privilege, even where a user namespace of the user's
                 # own would take them (a namespaced capability): a layer reads the same.
                 self.stats.skipped_xattrs += 1
@@ -1096,7 +1095,7 @@ class _Extractor(Extraction):
                 if (
                     self.tolerant
                     and x.errno in (errno.EPERM, errno.ENOTSUP)
-                    and key.startswith(_TOLERATED_XATTRS)
+                    and key.startswith(PRIVILEGED_XATTRS)
                 ):
                     self.stats.skipped_xattrs += 1
                     continue

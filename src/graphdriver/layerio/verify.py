@@ -26,7 +26,7 @@ import os
 import posixpath
 import stat
 
-from graphdriver.fs import privileged
+from graphdriver.fs import PRIVILEGED_XATTRS, privileged
 from graphdriver.layerio import entry as te
 from graphdriver.layerio import sparse
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
@@ -369,7 +369,7 @@ def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> st
     stored = {n for n in names if not n.startswith(_OVERLAY_PRIVATE) and n not in _HOST_XATTRS}
     wanted = {k for k in e.xattrs if not k.startswith(_OVERLAY_PRIVATE) and k not in _HOST_XATTRS}
     if not privileged:  # trusted.* and security.* need privilege: an unprivileged import skips them
-        wanted = {k for k in wanted if not k.startswith(("trusted.", "security."))}
+        wanted = {k for k in wanted if not k.startswith(PRIVILEGED_XATTRS)}
     if stored != wanted:
         extra, missing = sorted(stored - wanted), sorted(wanted - stored)
         return f"has xattr {extra[0]} its entry lacks" if extra else f"lacks xattr {missing[0]}"
