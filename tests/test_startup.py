@@ -23,7 +23,7 @@ from tests.conftest import ROOT, needs_root, run_cli
 # Each costs a read-only command a large share of an interpreter's start-up.
 HEAVY = ("argparse", "re", "json", "dataclasses", "typing", "contextlib", "enum", "inspect",
          "hashlib", "shutil", "tempfile", "ctypes", "importlib.util", "isal", "zstandard", "rich",
-         "collections")
+         "collections", "functools")
 
 PROBE = """
 import sys
@@ -77,9 +77,30 @@ def test_listing_commands_load_no_driver(made, command):
 
 def test_layer_loads_the_driver_without_what_contents_need(made):
     """``layer ID`` opens the driver for its facts; overlayfs's names (whiteouts, the opaque
-    xattr) and the codecs are for reading and writing contents."""
+    xattr) and the codecs are for reading and writing contents.  It reads the mount count
+    without a lock, and a store without id maps needs no id-map module."""
     modules = loaded(made, "layer", "ctr")
     assert not {"graphdriver.fs.overlayfs", "graphdriver.codecs"} & modules
+    assert not {"fcntl", "graphdriver.fs.locking", "graphdriver.idmap"} & modules
+
+
+def test_status_loads_no_mount_counts(made):
+    modules = loaded(made, "status")
+    assert not {"graphdriver.drivers.refcount", "graphdriver.idmap"} & modules
+
+
+@needs_root
+def test_a_store_with_id_maps_still_reads_them(tmp_path, driver_name):
+    """The identity maps are made only when asked for; a store made with maps keeps them."""
+    store = tmp_path / "store"
+    run_cli("--uidmap", "0:100000:65536", "create", "base", root=store, driver=driver_name, check=True)
+    import graphdriver
+
+    opened = graphdriver.open_store(str(store), run_root=str(tmp_path / "run"))
+    assert str(opened.idmaps.uids) == "0:100000:65536"
+    fresh = graphdriver.open_store(str(tmp_path / "plain"), run_root=str(tmp_path / "run"),
+                                   driver=str(driver_name), options=getattr(driver_name, "options", {}))
+    assert fresh.idmaps.identity
 
 
 @needs_root
@@ -89,6 +110,7 @@ def test_mount_and_unmount_load_no_heavy_module_but_the_mount_calls(made):
     finally:
         heavy_unmount = loaded(made, "unmount", "ctr") & set(HEAVY)
     assert heavy <= {"ctypes"}, sorted(heavy)  # the mount API goes through ctypes
+    assert "graphdriver.idmap" not in loaded(made, "mounted", "ctr")
     assert heavy_unmount <= {"ctypes"}, sorted(heavy_unmount)
 
 

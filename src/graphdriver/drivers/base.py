@@ -71,7 +71,6 @@ import abc
 import os
 
 from graphdriver import jsonio
-from graphdriver.drivers.refcount import MountCounts, RunRoots
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,
@@ -81,8 +80,6 @@ from graphdriver.errors import (
     Unsupported,
 )
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import claim, remove_abandoned
-from graphdriver.idmap import IDMappings
 
 # The option classes below are plain classes, and typing is imported for the
 # checker only: ``mount`` and ``status`` load this module, and dataclasses or
@@ -93,6 +90,9 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from typing import Any, ClassVar
 
+    from graphdriver.drivers.refcount import MountCounts, RunRoots
+    from graphdriver.idmap import IDMappings
+
 LAYERCHAIN_FILE = "layerchain.json"
 LAYERID_FILE = "layerID"
 LAYERID_FILE_ALT = "layerId"
@@ -101,6 +101,8 @@ REMOVING_PREFIX = ".removing-"
 #: What older stores appended instead; such folders may be real layers (``work-removing``).
 LEGACY_REMOVING_SUFFIX = "-removing"
 STAGING_DIR = ".staging"
+#: The run root's folder of mount counts (see :mod:`graphdriver.drivers.refcount`).
+MOUNTS_DIR = "mounts"
 #: In the name of a probe's scratch folder: ``.<driver>-probe-<pid>-<random>``.
 PROBE_MARK = "-probe-"
 #: Driver options every driver takes: ``size``, the default size limit of writable layers
@@ -111,7 +113,7 @@ COMMON_OPTIONS: frozenset[str] = frozenset({"size"})
 class DriverConfig:
     """What a driver is initialised with (the seeds' ``InitFilter(home, options, uidMaps, gidMaps)``)."""
 
-    __slots__ = ("home", "idmaps", "options", "prepare", "probed", "readonly_homes", "run_root")
+    __slots__ = ("_idmaps", "home", "options", "prepare", "probed", "readonly_homes", "run_root")
 
     def __init__(
         self,
@@ -126,7 +128,7 @@ class DriverConfig:
         self.home = home
         self.run_root = run_root
         self.options: Mapping[str, str] = dict(options or {})
-        self.idmaps = idmaps if idmaps is not None else IDMappings()
+        self._idmaps = idmaps
         #: Homes of this driver in additional read-only stores, searched after ``home``.
         self.readonly_homes = tuple(readonly_homes)
         #: The home passed this driver's probe since the run root was made (since boot):
@@ -136,6 +138,16 @@ class DriverConfig:
         #: exist yet (read-only commands leave no trace), whose owner calls
         #: :meth:`Driver.prepare` before storing the first layer.
         self.prepare = prepare
+
+    @property
+    def idmaps(self) -> IDMappings:
+        """The store's id maps; the identity unless it was created with maps (made on first
+        use: most commands never ask, and need not load the id-map module)."""
+        if self._idmaps is None:
+            from graphdriver.idmap import IDMappings
+
+            self._idmaps = IDMappings()
+        return self._idmaps
 
 
 class CreateOpts:
@@ -261,10 +273,8 @@ class Driver(abc.ABC):
         self.config = config
         self.home = config.home
         self.run_root = config.run_root
-        #: Mount counts across processes, in the run root.
-        self.counts = MountCounts(os.path.join(self.run_root, "mounts"))
-        #: The other run roots this store is used with, asked before a layer is taken away.
-        self.run_roots = RunRoots(self.home, self.run_root)
+        self._counts: MountCounts | None = None
+        self._run_roots: RunRoots | None = None
         #: This process's holds (see :meth:`mounted`), per count key, latest last.
         self._holds: dict[str, list[tuple[int, str]]] = {}
         if config.prepare:
@@ -273,7 +283,27 @@ class Driver(abc.ABC):
     def prepare(self) -> None:
         """Make the folders the driver works in (its home, its run root's); idempotent."""
         os.makedirs(os.path.join(self.home, STAGING_DIR), 0o700, exist_ok=True)
-        os.makedirs(self.counts.directory, 0o700, exist_ok=True)
+        os.makedirs(os.path.join(self.run_root, MOUNTS_DIR), 0o700, exist_ok=True)
+
+    # functools.cached_property would cost ``mount`` the import of functools.
+    @property
+    def counts(self) -> MountCounts:
+        """Mount counts across processes, in the run root (loaded on first use: ``status``
+        never asks)."""
+        if self._counts is None:
+            from graphdriver.drivers.refcount import MountCounts
+
+            self._counts = MountCounts(os.path.join(self.run_root, MOUNTS_DIR))
+        return self._counts
+
+    @property
+    def run_roots(self) -> RunRoots:
+        """The other run roots this store is used with, asked before a layer is taken away."""
+        if self._run_roots is None:
+            from graphdriver.drivers.refcount import RunRoots
+
+            self._run_roots = RunRoots(self.home, self.run_root)
+        return self._run_roots
 
     # ----- probing and status --------------------------------------------------
 
@@ -387,6 +417,8 @@ class Driver(abc.ABC):
         chain = [parent_folder, *self.layer_chain(parent)] if parent and parent_folder else []
         staging = os.path.join(self.home, STAGING_DIR, f"{layer_id}-{os.getpid()}")
         # Locked while it is made: cleanup drops a staging folder only once its maker is dead.
+        from graphdriver.fs.locking import claim
+
         fd = claim(staging, folder=True, mode=0o700, remove=self._destroy)
         try:
             self._create(layer_id, staging, parent, opts, rw=rw)
@@ -487,6 +519,8 @@ class Driver(abc.ABC):
                     done.append(f"removed interrupted removal {entry}")
                 except OSError as e:
                     done.append(f"could not remove {entry} yet: {e.strerror}")
+        from graphdriver.fs.locking import remove_abandoned
+
         staging_root = os.path.join(self.home, STAGING_DIR)
         for entry in sorted(os.listdir(staging_root)):
             try:
@@ -805,6 +839,8 @@ def probe_scratch(existing: str, driver: str) -> tuple[str, int]:
     folder, then closes it): a probe killed half way leaves a folder that
     ``cleanup`` removes once the prober is dead, and never a live probe's.
     """
+    from graphdriver.fs.locking import claim
+
     path = os.path.join(existing, f".{driver}{PROBE_MARK}{os.getpid()}-{os.urandom(4).hex()}")
     return path, claim(path, folder=True, mode=0o700)
 
@@ -812,6 +848,8 @@ def probe_scratch(existing: str, driver: str) -> tuple[str, int]:
 def remove_probe_leftovers(*folders: str) -> list[str]:
     """Remove the probe scratch folders (see :func:`probe_scratch`) in *folders* whose prober
     is dead; one line per folder removed (or not removable yet)."""
+    from graphdriver.fs.locking import remove_abandoned
+
     done = []
     for folder in dict.fromkeys(folders):
         try:

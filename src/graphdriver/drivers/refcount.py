@@ -22,11 +22,15 @@ import os
 
 from graphdriver import jsonio
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import claim, is_held, lock_if_free, locked, remove_abandoned
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from graphdriver.fs.locking import locked
+
+# graphdriver.fs.locking (and fcntl) is imported where a lock is taken: `layer` reads counts
+# without one, and need not load it.
 
 _RECORD = ".json"
 _LOCK = ".lock"
@@ -46,6 +50,8 @@ class MountCounts:
 
     def lock(self, key: str) -> locked:
         """The lock to hold while reading a count and acting on it: ``with counts.lock(key):``."""
+        from graphdriver.fs.locking import locked
+
         return locked(self._path(key) + _LOCK)
 
     def _read(self, key: str) -> dict[str, object]:
@@ -112,6 +118,8 @@ class MountCounts:
         directory = self._path(key) + _HOLDS
         os.makedirs(directory, 0o700, exist_ok=True)
         name = f"{os.getpid()}-{os.urandom(6).hex()}"
+        from graphdriver.fs.locking import claim
+
         return claim(os.path.join(directory, name)), name
 
     def end_hold(self, key: str, fd: int, name: str) -> None:
@@ -141,6 +149,8 @@ class MountCounts:
         another run root: under its lock, taken without waiting (a command changing the count
         there now: 1), less the holds of commands that died, and 0 when *mount_gone* says the
         recorded mount is gone.  Makes nothing, and waits for no one."""
+        from graphdriver.fs.locking import lock_if_free
+
         try:
             fd = lock_if_free(self._path(key) + _LOCK)
         except BlockingIOError:
@@ -166,6 +176,8 @@ class MountCounts:
     def dead_holds(self, key: str, listed: list[str]) -> list[str]:
         """Those of the holds *listed* in the count whose taker died (its file gone or locked
         by nobody): counts nobody will give back (call with the count lock held)."""
+        from graphdriver.fs.locking import is_held
+
         directory = self._path(key) + _HOLDS
         return [name for name in listed if not is_held(os.path.join(directory, name))]
 
@@ -173,6 +185,8 @@ class MountCounts:
         """Remove the hold files of *key* that are not in *keep* and that nobody holds: given
         back, dropped, or made by a command killed before it counted it (call with the count
         lock held, once the count no longer lists them)."""
+        from graphdriver.fs.locking import remove_abandoned
+
         directory = self._path(key) + _HOLDS
         try:
             names = os.listdir(directory)
@@ -196,6 +210,8 @@ class MountCounts:
     def remove_unused_locks(self, exists: Callable[[str], bool]) -> list[str]:
         """Remove the lock files of layers that are gone and that nobody holds now (someone
         holding one is counting a mount of it right now)."""
+        from graphdriver.fs.locking import remove_abandoned
+
         done: list[str] = []
         try:
             entries = sorted(os.listdir(self.directory))
@@ -240,6 +256,8 @@ class RunRoots:
 
     def _others(self) -> list[tuple[str, str]]:
         """(note, run directory) of every other run directory noted."""
+        from graphdriver.fs.locking import remove_abandoned
+
         try:
             names = sorted(os.listdir(self.directory))
         except OSError:

@@ -215,12 +215,12 @@ class Store:
         """The driver, initialised (and its home probed) on first use."""
         if self._driver is None:
             from graphdriver.drivers.base import DriverConfig
-            from graphdriver.idmap import IDMap, IDMappings
-
             settings = self.settings()
-            idmaps = IDMappings(
-                IDMap.parse(settings.get("uidmap", "")), IDMap.parse(settings.get("gidmap", ""))
-            )
+            idmaps = None  # the identity, made when asked for
+            if settings.get("uidmap") or settings.get("gidmap"):
+                from graphdriver.idmap import IDMappings
+
+                idmaps = IDMappings.parse(settings.get("uidmap", ""), settings.get("gidmap", ""))
             config = DriverConfig(
                 home=os.path.join(self.root, self.driver_name),
                 # Stores sharing one run root (the default /run/graphdriver) keep apart:
