@@ -51,3 +51,30 @@ def test_readers_of_one_locked_out_file_at_once_all_read_it_and_its_mode_stays()
         import shutil
 
         shutil.rmtree(work)
+
+
+def test_a_closed_folder_of_ours_is_found_before_a_walk_and_no_other(tmp_path: Path) -> None:
+    """What makes a command that streams its output read as the owner from the start: the
+    first folder of ours whose mode lacks the owner's r or x; not one of another user's, not
+    one a symlink leads to, and nothing in an open tree."""
+    from graphdriver.fs.ownfiles import closed_folder
+
+    tree = tmp_path / "tree"
+    (tree / "usr" / "share").mkdir(parents=True)
+    (tree / "usr" / "share" / "f").write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o000)
+    (tree / "link").symlink_to(outside)
+    theirs = tree / "theirs"
+    theirs.mkdir(mode=0o000)
+    os.chown(theirs, 65534, 65534)
+    try:
+        assert closed_folder(str(tree)) is None
+        for mode in (0o000, 0o100, 0o400, 0o600):
+            (tree / "usr" / "share").chmod(mode)
+            assert closed_folder(str(tree)) == str(tree / "usr" / "share"), oct(mode)
+        (tree / "usr" / "share").chmod(0o500)
+        assert closed_folder(str(tree)) is None
+        assert closed_folder(str(tmp_path / "gone")) is None
+    finally:
+        outside.chmod(0o700)

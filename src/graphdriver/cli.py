@@ -12,7 +12,7 @@ import sys
 
 from graphdriver import jsonio
 from graphdriver.cliargs import CLOSED_STDOUT, COMMANDS, PROG, Args, help_text, parse
-from graphdriver.errors import GraphDriverError, InvalidArgument, os_error, set_warning_handler
+from graphdriver.errors import GraphDriverError, InvalidArgument, cause_of, os_error, set_warning_handler
 from graphdriver.ids import check_id
 
 TYPE_CHECKING = False
@@ -417,22 +417,10 @@ def _run(args: Args) -> int:
     set_warning_handler(_ignore if args.quiet else warn)  # one line as the others; none with -q
     store = _open_store(args)
     handler = HANDLERS[args.command]
-    if args.command not in _READS_TREES:
-        return handler(store, args)
-    try:
-        return handler(store, args)
-    except (GraphDriverError, OSError) as e:
-        # Without root, a folder of mode 0000 in a layer stops a walk: the command, undone
-        # by its failure, runs once more as root of a namespace of the user's own (see
-        # Store.read_as_owner), unless what it wrote to standard output cannot be taken back.
-        from graphdriver import cliio
+    if args.command in _READS_TREES:
+        from graphdriver import cliowner
 
-        if not _denied(e) or not cliio.may_begin_again():
-            raise
-        _let_go(e)  # what the failed run holds (a compressor's threads) goes before unshare
-        if not store.read_as_owner():
-            raise
-        cliio.begin_again()
+        return cliowner.run(handler, store, args)
     return handler(store, args)
 
 
@@ -443,51 +431,9 @@ QUICK = frozenset({"status", "layers", "exists", "layer", "mounted", "mount", "u
 
 
 #: Commands that read whole layer trees (``create`` with a parent: a child's copy of its
-#: parent's), and undo what they did when that fails.
+#: parent's), and undo what they did when that fails (see :mod:`graphdriver.cliowner`).
 _READS_TREES = frozenset({"changes", "diff", "diffsize", "tarsplit", "create",
                           "container create", "container commit", "image save", "image push"})
-
-
-def _chain(err: BaseException) -> list[BaseException]:
-    """*err* and the causes behind it (as ``-v`` shows them), nearest first."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = err
-    while seen is not None and seen not in chain and len(chain) < 16:
-        chain.append(seen)
-        seen = _cause_of(seen)
-    return chain
-
-
-def _denied(err: BaseException) -> bool:
-    """Whether *err* comes of a folder of the user's that its mode closes to the user
-    (EACCES reading it, named relative to a walk's folder or by a path to such a folder),
-    not of the output the user named or of a folder the user made read-only."""
-    chain = _chain(err)
-    if any(getattr(e, "writing_output", False) for e in chain):
-        return False
-    for e in chain:
-        if isinstance(e, PermissionError) and e.errno == 13 and e.filename:
-            name = os.fsdecode(e.filename)
-            if not name.startswith("/"):
-                return True  # opened relative to a folder of a walk
-            try:
-                st = os.lstat(name)
-            except OSError:
-                return False
-            import stat
-
-            closed = st.st_mode & 0o500 != 0o500
-            return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and closed
-    return False
-
-
-def _let_go(err: BaseException) -> None:
-    """Drop the locals of the frames *err*'s chain holds (streams, threads of a failed run)."""
-    import traceback
-
-    for e in _chain(err):
-        if e.__traceback__ is not None:
-            traceback.clear_frames(e.__traceback__)
 
 
 def _ignore(_text: str) -> None:
@@ -513,16 +459,11 @@ def _report(err: BaseException, args: Args | None) -> None:
     if args is None or not args.verbose or sys.stderr is None:
         return
     seen = {id(err)}
-    cause = _cause_of(err)
+    cause = cause_of(err)
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         sys.stderr.write(f"{PROG}:   caused by {type(cause).__name__}: {cause}\n")
-        cause = _cause_of(cause)
-
-
-def _cause_of(err: BaseException) -> BaseException | None:
-    """What *err* was raised from, or during (unless ``raise ... from None`` hid that)."""
-    return err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        cause = cause_of(cause)
 
 
 def _quiet_broken_pipe() -> int:

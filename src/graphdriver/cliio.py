@@ -65,22 +65,53 @@ def _note_stdout() -> None:
     """Where standard output's bytes begin, if they can be taken back (see :func:`begin_again`)."""
     global _stdout_restartable, _stdout_start
     try:
-        import fcntl
+        sys.stdout.flush()  # what was printed before is not this stream's
+        _stdout_restartable, _stdout_start = _restartable(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        _stdout_restartable = False
+
+
+def _restartable(fd: int) -> tuple[bool, int | None]:
+    """Whether bytes written to *fd* from now on can be taken back, and from where: ``/dev/null``
+    (nothing to take back), or a regular file written at its end (``>``, ``>>``); not a file
+    written at an offset inside it (``1<>``), whose bytes there the writing overwrites."""
+    import fcntl
+    import os
+    import stat
+
+    st = os.fstat(fd)
+    if stat.S_ISCHR(st.st_mode):
+        return st.st_rdev == os.makedev(1, 3), None
+    if stat.S_ISREG(st.st_mode):
+        at = st.st_size if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else os.lseek(fd, 0, os.SEEK_CUR)
+        return at == st.st_size, at
+    return False, None
+
+
+def output_restartable(path: str | None) -> bool:
+    """Whether what a command will write to *path* (standard output for None or ``-``) could be
+    taken back if it failed, known before it writes (see :func:`may_begin_again`): a regular
+    FILE is staged, a folder written into afresh; a device, a fifo or ``/dev/stdout`` is not."""
+    try:
+        if path is None or path == "-":
+            return sys.stdout is None or _restartable(sys.stdout.fileno())[0]
         import os
         import stat
 
-        sys.stdout.flush()  # what was printed before is not this stream's
-        fd = sys.stdout.fileno()
-        st = os.fstat(fd)
+        from graphdriver.fs.outfile import resolve
+
+        real, as_is = resolve(path)
+        if as_is:
+            return False  # an open file's magic link: written in place
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            return True
         if stat.S_ISCHR(st.st_mode):
-            _stdout_restartable = st.st_rdev == os.makedev(1, 3)  # /dev/null
-        elif stat.S_ISREG(st.st_mode):
-            # At its end (>> or a new file): cut back there; at an offset inside it (1<>),
-            # the failed run overwrote bytes that cannot be had back.
-            at = st.st_size if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else os.lseek(fd, 0, os.SEEK_CUR)
-            _stdout_restartable, _stdout_start = at == st.st_size, at
+            return st.st_rdev == os.makedev(1, 3)
+        return stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
     except (OSError, ValueError, AttributeError):
-        _stdout_restartable = False
+        return False
 
 
 def may_begin_again() -> bool:

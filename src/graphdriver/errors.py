@@ -114,6 +114,11 @@ class BreakoutError(ArchiveError):
     """An archive entry that would reach outside the directory it is applied to."""
 
 
+def cause_of(err: BaseException) -> BaseException | None:
+    """What *err* was raised from, or during (unless ``raise ... from None`` hid that)."""
+    return err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+
+
 _warning_handler: Callable[[str], None] | None = None
 
 

@@ -146,13 +146,19 @@ def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = Tr
         return changes_size(c.root, _changes_of(c, driver.LAYER_FORMAT == WINDOWS_FORMAT, owner))
 
 
+def files_root(driver: Driver, layer_id: str) -> str:
+    """The folder of the layer's own files: overlay's upper directory (even while mounted),
+    or the tree its tarball was applied to."""
+    return driver.own_files(layer_id) or driver.apply_target(layer_id).path
+
+
 def file_getter(driver: Driver, layer_id: str) -> FileGetter:
     """The layer's files by the names its tarball gave them, for tar-split reassembly.
 
     Served from the layer's own files (overlay's upper directory, even while
     mounted: only read) or the tree its tarball was applied to.
     """
-    root = driver.own_files(layer_id) or driver.apply_target(layer_id).path
+    root = files_root(driver, layer_id)
     if driver.LAYER_FORMAT == WINDOWS_FORMAT:
         from graphdriver.layerio.windows.layer import WindowsFileGetter
 

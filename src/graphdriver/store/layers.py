@@ -34,7 +34,7 @@ from graphdriver.store.records import ApplyLock, Layer, LayerRecord, RecordStore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from typing import Any, BinaryIO, NoReturn
 
     from graphdriver.diff.changes import Change
@@ -310,6 +310,14 @@ class Store:
         process that reads and writes this store alone, before it starts threads: the
         command line calls it when such a folder stopped a command, then runs it again.
         """
+        if not self.may_read_as_owner():
+            return False
+        from graphdriver.fs.ownfiles import enter_owner_namespace
+
+        return enter_owner_namespace()
+
+    def may_read_as_owner(self) -> bool:
+        """Whether :meth:`read_as_owner` is tried here (it may still find namespaces disabled)."""
         if privileged() or self.readonly or not self.settled:
             return False
         try:
@@ -317,11 +325,19 @@ class Store:
                 return False  # another user's store: its files would read as 65534
         except OSError:
             return False
-        if not self.driver.MOUNTS_NOTHING:
-            return False
-        from graphdriver.fs.ownfiles import enter_owner_namespace
+        return self.driver.MOUNTS_NOTHING
 
-        return enter_owner_namespace()
+    def closed_folder(self, layer_ids: Iterable[str]) -> str | None:
+        """A folder of these layers' files that their owner, this user, may not list or search
+        (mode 0000, say: what stops a walk without root), or None."""
+        from graphdriver.fs.ownfiles import closed_folder
+        from graphdriver.store import content
+
+        for layer_id in dict.fromkeys(layer_ids):
+            found = closed_folder(content.files_root(self.driver, layer_id))
+            if found is not None:
+                return found
+        return None
 
     def locked(self) -> StoreLock:
         """The store-wide writer lock: ``with store.locked(): ...``.
@@ -1124,8 +1140,9 @@ class Store:
         from graphdriver.layerio.compression import open_decompressed
         from graphdriver.layerio.tarsplit import read_entries
         from graphdriver.layerio.verify import sparse_problems
+        from graphdriver.store import content
 
-        root = self.driver.own_files(record.id) or self.driver.apply_target(record.id).path
+        root = content.files_root(self.driver, record.id)
         with open(self._tarsplit_of(record), "rb") as f:
             meta, _kind = open_decompressed(f)
             problems = sparse_problems(read_entries(meta), root)
