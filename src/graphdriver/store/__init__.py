@@ -4,5 +4,6 @@
 - :mod:`.transaction`: the store lock, a layer's pending marker and commit or undo, as one block.
 - :mod:`.content`: where :mod:`graphdriver.layerio` meets the directories a driver hands back.
 - :mod:`.recovery`: what `cleanup` finishes or undoes after a crash.
+- :mod:`.integrity`: whether a layer still is its tarball (``check``, ``tarsplit``, exact ``diff``).
 - :mod:`.layers`: the layer store.
 """

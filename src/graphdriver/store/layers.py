@@ -423,7 +423,7 @@ class Store:
     def _note_applying(self, layer: Layer) -> None:
         """Set :attr:`Layer.applying` while the apply that marked *layer* still runs."""
         damage = self.damage(layer)
-        layer.applying = _under_way(damage[1]) if damage is not None and damage[0] else None
+        layer.applying = under_way(damage[1]) if damage is not None and damage[0] else None
 
     def layers(self) -> list[Layer]:
         """Every complete layer with a sound record, this store's first, then the additional stores'."""
@@ -772,7 +772,7 @@ class Store:
         while current is not None and current.id not in seen:
             damage = self.damage(current)
             if damage is not None and damage[0]:
-                raise Precondition(f"layer {current.id}", f"is being applied to ({_under_way(damage[1])})")
+                raise Precondition(f"layer {current.id}", f"is being applied to ({under_way(damage[1])})")
             if damage is not None:
                 raise IntegrityError(f"layer {current.id}",
                                      self._damaged_why(current, damage[1], record, new_child))
@@ -989,19 +989,21 @@ class Store:
                     f"cannot be re-exported exactly ({record.unreproducible}); "
                     "diff --regenerate builds a tarball from its files, with another digest",
                 )
-            if not self._has_tarsplit(record):
+            from graphdriver.store import integrity
+
+            if not integrity.has_tarsplit(self, record):
                 raise IntegrityError(
                     f"layer {layer_id}",
-                    f"its tar-split data is missing ({self._tarsplit_of(record)}), so the imported "
-                    f"tarball {record.diff_digest} cannot be rebuilt; diff --regenerate builds one "
-                    "from its files, with another digest",
+                    f"its tar-split data is missing ({integrity.tarsplit_of(self, record)}), so the "
+                    f"imported tarball {record.diff_digest} cannot be rebuilt; diff --regenerate builds "
+                    "one from its files, with another digest",
                 )
-            changed = self._changed(record) if self._may_have_changed(record) else None
+            changed = integrity.changed(self, record) if integrity.may_have_changed(self, record) else None
             if changed is None:
-                self._reassemble(record, out.write)
+                integrity.reassemble(self, record, out.write)
                 return
             if exact:
-                raise IntegrityError(f"layer {layer_id}", self._changed_why(record, changed))
+                raise IntegrityError(f"layer {layer_id}", integrity.changed_why(record, changed))
         from graphdriver.store import content
 
         owner = self._owner_translation(layer_id, base)
@@ -1015,213 +1017,9 @@ class Store:
         at (see :meth:`diff`); the files of any other are taken as imported
         (``check`` compares them with the tarball whatever their history).
         """
-        record = self._find(layer_id)
-        if record.diff_digest is None or not self._may_have_changed(record):
-            return None
-        why: str | None
-        try:
-            if record.unreproducible or not self._has_tarsplit(record):
-                why = "its files cannot be checked against its tarball (no tar-split data)"
-            else:
-                why = self._changed(record)
-        except (GraphDriverError, OSError) as e:
-            self._raise_explained(e, layer_id, seen=record)
-        return None if why is None else self._changed_why(record, why)
+        from graphdriver.store import integrity
 
-    def _may_have_changed(self, record: Layer) -> bool:
-        """Whether *record*'s files may differ from its tarball through the store's own mounts.
-
-        An additional store's layer cannot be marked by our mounts, so where
-        the driver's views are writable it is always checked.
-        """
-        if record.mounted_writable is not None:
-            return True
-        return record.read_only_store and self.driver.writable_view(record.id)
-
-    @staticmethod
-    def _changed_why(record: Layer, why: str) -> str:
-        when = f" (mounted writable at {record.mounted_writable})" if record.mounted_writable else ""
-        return (f"changed since it was imported{when}: {why}; its tarball {record.diff_digest} "
-                "no longer describes it")
-
-    def _changed(self, record: Layer) -> str | None:
-        """What differs between *record*'s files and its imported tarball (None: nothing).
-
-        The files are compared with the tarball's headers (names, types, modes,
-        owners, sizes, times, link targets, xattrs, and no other files), a full
-        tree's other changes over its parent's with what the tarball deletes,
-        and the content with the recorded checksums and digest.  Found
-        unchanged while nothing had it mounted, the layer forgets its mark,
-        so that later diffs give back its bytes at once.
-        """
-        mark = record.mounted_writable
-        idle = mark is not None and self._unmounted_since(record, mark)
-        if not self.driver.FILES_AS_IN_TARBALL:
-            return f"the {self.driver_name} driver cannot compare its files with its tarball"
-        problems = self._file_problems(record, inherited_changes=True)
-        if problems:
-            return _first_of(problems)
-        try:
-            self._reassemble(record, _discard)
-        except IntegrityError as e:
-            return e.why or str(e)
-        if idle:
-            self._unmounted_since(record, mark, forget=True)
-        return None
-
-    def _unmounted_since(self, record: Layer, mark: str | None, *, forget: bool = False) -> bool:
-        """Whether the layer is unmounted and its last writable mount is still the one marked *mark*.
-
-        Read under the lock that :meth:`mount` marks and mounts under, so true
-        before and after a check means no mount came in between; *forget*
-        then drops the mark in the same breath.
-        """
-        if record.read_only_store:
-            return False
-        try:
-            with self.locked():
-                stored = self.records.get(record.id)
-                if stored.created != record.created or stored.mounted_writable != mark \
-                        or self.driver.mount_count(record.id) != 0:
-                    return False
-                if forget:
-                    stored.mounted_writable = None
-                    self.records.put(stored)
-                return True
-        except OSError:
-            return False  # a store we may not write: the mark stays
-
-    def _has_tarsplit(self, record: Layer) -> bool:
-        return record.diff_digest is not None and os.path.exists(self._tarsplit_of(record))
-
-    def _tarsplit_of(self, record: Layer) -> str:
-        """Where *record*'s tar-split data lives (its own store's folder)."""
-        if record.read_only_store:
-            for ro in self.readonly:
-                if ro.exists(record.id):
-                    return os.path.join(ro.root, TARSPLIT_DIR, record.id + TARSPLIT_SUFFIX)
-        return self.tarsplit_path(record.id)
-
-    def _reassemble(self, record: Layer, write: Callable[[Any], object]) -> int:
-        """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
-        import hashlib
-
-        from graphdriver.layerio.compression import open_decompressed
-        from graphdriver.layerio.tarsplit import assemble, read_entries
-
-        digest = hashlib.sha256()
-
-        def sink(data: Any) -> None:
-            digest.update(data)
-            write(data)
-
-        from graphdriver.layerio import sparse
-        from graphdriver.store import content
-
-        getter = content.file_getter(self.driver, record.id)
-        try:
-            with open(self._tarsplit_of(record), "rb") as f:
-                meta, _kind = open_decompressed(f)
-                watch = sparse.Watch(read_entries(meta))
-                size = assemble(watch, getter, sink)
-        finally:
-            getter.close()
-        if "sha256:" + digest.hexdigest() != record.diff_digest:
-            raise IntegrityError(
-                f"layer {record.id}", f"re-exported tarball does not match {record.diff_digest}"
-            )
-        if watch.found:
-            self._check_sparse_files(record)
-        return size
-
-    def _check_sparse_files(self, record: Layer) -> None:
-        """IntegrityError unless the layer's sparse files hold the data their entries stored:
-        no file checksum covers those bytes (the tar-split metadata holds them)."""
-        from graphdriver.layerio.compression import open_decompressed
-        from graphdriver.layerio.tarsplit import read_entries
-        from graphdriver.layerio.verify import sparse_problems
-        from graphdriver.store import content
-
-        root = content.files_root(self.driver, record.id)
-        with open(self._tarsplit_of(record), "rb") as f:
-            meta, _kind = open_decompressed(f)
-            problems = sparse_problems(read_entries(meta), root)
-        if problems:
-            why = f"its files differ from its tarball: {_first_of(problems)}"
-            raise IntegrityError(f"layer {record.id}", why)
-
-    def _verify_files(self, record: Layer) -> None:
-        """IntegrityError unless the stored files' metadata and set match the tar headers.
-
-        The digest proves the content; a chmod, chown, xattr, touched mtime or
-        planted file would go unseen without this (see :mod:`graphdriver.layerio.verify`).
-        """
-        if not self.driver.FILES_AS_IN_TARBALL:
-            from graphdriver.drivers.base import WINDOWS_FORMAT
-
-            if self.driver.LAYER_FORMAT == WINDOWS_FORMAT:
-                self._check_windows_metadata(record)
-            return
-        # Mounted writable since, a full tree may also have changed what it holds of its
-        # parent's: diff finds that, and so must check.
-        problems = self._file_problems(record, inherited_changes=self._may_have_changed(record))
-        if problems:
-            why = f"its files differ from its tarball: {_first_of(problems)}"
-            raise IntegrityError(f"layer {record.id}", why)
-
-    def _check_windows_metadata(self, record: Layer) -> None:
-        """IntegrityError unless the layer's Windows metadata sidecar has a line for every entry
-        of its tarball (what its files cannot hold, export needs)."""
-        from graphdriver.layerio.compression import open_decompressed
-        from graphdriver.layerio.tarsplit import FILE, read_entries
-        from graphdriver.layerio.windows.winmeta import unrecorded
-
-        with open(self._tarsplit_of(record), "rb") as f:
-            meta, _kind = open_decompressed(f)
-            names = (e.name for e in read_entries(meta) if e.type == FILE)
-            problems = unrecorded(self.driver.apply_target(record.id).path, names)
-        if problems:
-            why = f"its files differ from its tarball: {_first_of(problems)}"
-            raise IntegrityError(f"layer {record.id}", why)
-
-    def _file_problems(self, record: Layer, *, inherited_changes: bool = False) -> list[str]:
-        """What differs between the stored files' metadata and set and the tar headers.
-
-        *inherited_changes*: for a layer kept as a full tree, also what it
-        changed over its parent's tree that its tarball does not say (a file
-        of the parent's deleted, chmod-ed or chown-ed).
-        """
-        import contextlib
-
-        from graphdriver.layerio.compression import open_decompressed
-        from graphdriver.layerio.tarsplit import read_entries
-        from graphdriver.layerio.verify import changes_problems, tree_problems
-
-        # The layer's own files (an overlay upper directory, never a live union
-        # mount), or its full tree, whose parent's paths are then no extra files.
-        root, inherited = self.driver.own_files(record.id), None
-        full_tree = root is None
-        owner = self._owner_translation(record.id, record.parent)
-        if root is None:
-            root = self.driver.apply_target(record.id).path
-            if record.parent is not None:
-                inherited = self.driver.apply_target(record.parent).path
-        with contextlib.ExitStack() as stack:
-            if owner is not None and inherited is None and record.parent is not None:
-                # Its own files start as a shifted copy of its parent's whole tree.
-                inherited = stack.enter_context(self.driver.mounted(record.parent))
-            with open(self._tarsplit_of(record), "rb") as f:
-                meta, _kind = open_decompressed(f)
-                problems = tree_problems(read_entries(meta), root, self.layer_maps(record),
-                                         inherited=inherited)
-            if problems or not (full_tree and inherited_changes):
-                return problems
-            from graphdriver.diff.walk import changes_between
-
-            changes = changes_between(root, inherited, owner) if inherited is not None else []
-            with open(self._tarsplit_of(record), "rb") as f:
-                meta, _kind = open_decompressed(f)
-                return changes_problems(read_entries(meta), changes, root, inherited, owner)
+        return integrity.changed_since_import(self, layer_id)
 
     def tarsplit(self, layer_id: str, out: BinaryIO) -> None:
         """Write the layer's tar-split metadata (gzip-compressed NDJSON).
@@ -1234,47 +1032,9 @@ class Store:
         writable mount since (as ``diff`` finds it): the metadata would
         rebuild other files than the layer's.
         """
-        record = self._find(layer_id)
-        what = f"tar-split data of layer {layer_id}"
-        if record.diff_digest is None:
-            raise NotFound(what, "the layer was not imported (or was changed by apply since)")
-        if record.unreproducible:
-            raise NotFound(what, f"none was kept: the archive cannot be re-exported exactly "
-                                 f"({record.unreproducible})")
-        if self._may_have_changed(record) and self._has_tarsplit(record):
-            # Mounted writable since: the metadata describes the files only if they are unchanged.
-            try:
-                changed = self._changed(record)
-            except (GraphDriverError, OSError) as e:
-                self._raise_explained(e, layer_id, seen=record)
-            if changed is not None:
-                raise IntegrityError(what, f"the layer {self._changed_why(record, changed)}")
-        path = self._tarsplit_of(record)
-        try:
-            with open(path, "rb") as f:
-                self._check_tarsplit(record, f)
-                f.seek(0)
-                import shutil
+        from graphdriver.store import integrity
 
-                shutil.copyfileobj(f, out, 1 << 20)
-        except FileNotFoundError:
-            # Missing while the record says it was kept: corrupt metadata (or a removal under way).
-            missing = IntegrityError(what, f"it is missing ({path}), though the layer was imported")
-            self._raise_explained(missing, layer_id, seen=record)
-
-    def _check_tarsplit(self, record: Layer, f: BinaryIO) -> None:
-        """IntegrityError unless *f* is tar-split metadata rebuilding *record*'s tarball's size."""
-        from graphdriver.layerio.tarsplit import checked_size
-
-        try:
-            size = checked_size(f)
-        except IntegrityError as e:
-            raise IntegrityError(f"tar-split data of layer {record.id}", e.why or str(e)) from e
-        if record.uncompressed_size is not None and size != record.uncompressed_size:
-            raise IntegrityError(
-                f"tar-split data of layer {record.id}",
-                f"it rebuilds {size} bytes, not the {record.uncompressed_size} imported",
-            )
+        integrity.tarsplit(self, layer_id, out)
 
     def check(self, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | None]]:
         """Re-export layers and compare with their DiffIDs: (id, None if good else why).
@@ -1282,85 +1042,9 @@ class Store:
         Every layer is reported, a corrupt record as what is wrong with it; one
         bad layer never stops the others from being checked.
         """
-        results: list[tuple[str, str | None]] = []
-        if layer_ids:
-            records = []
-            for layer_id in layer_ids:
-                try:
-                    records.append(self._find(layer_id))
-                except IntegrityError as e:
-                    results.append((layer_id, e.why or str(e)))
-        else:
-            records, bad = self.scan_layers()
-            results += [(layer_id, e.why or str(e)) for layer_id, e in bad]
-        results += self._check_records(records)
-        return results if layer_ids else sorted(results, key=lambda r: r[0])
+        from graphdriver.store import integrity
 
-    def _check_records(self, records: list[Layer]) -> list[tuple[str, str | None]]:
-        results: list[tuple[str, str | None]] = []
-        for record in records:
-            damage = self.damage(record)
-            if damage is not None:
-                shown = f"skipped: {_under_way(damage[1])}" if damage[0] else f"damaged: {damage[1]}"
-                results.append((record.id, shown))
-                continue
-            missing = self._missing_parent(record)
-            if missing is not None:
-                if not (self._being_removed(record.id) or self._remade(record)):
-                    results.append((record.id, missing))
-                continue  # (else removed meanwhile, its chain after it: no longer a layer to report)
-            if not self.driver.exists(record.id):
-                error = self._explain(
-                    NotFound(f"layer {record.id}", "no such layer"), record.id, seen=record
-                )
-                if isinstance(error, IntegrityError):
-                    results.append((record.id, error.why))
-                continue
-            if record.diff_digest is None:
-                results.append((record.id, "skipped: no recorded digest (not imported)"))
-                continue
-            if record.unreproducible:
-                why = f"skipped: cannot be re-exported exactly: {record.unreproducible}"
-                results.append((record.id, why))
-                continue
-            try:
-                if self._has_tarsplit(record):
-                    self._reassemble(record, lambda _data: None)
-                    self._verify_files(record)
-                else:
-                    raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
-            except PermissionError as e:  # a folder of mode 0000 in a store without root, say
-                where = f" {e.filename}" if e.filename else ""
-                results.append((record.id, f"skipped: its files cannot be read by this user"
-                                           f" ({e.strerror}{where})"))
-                continue
-            except (GraphDriverError, OSError) as e:
-                error = self._explain(e, record.id, seen=record)
-                if isinstance(error, NotFound):
-                    continue  # removed while we checked it: no longer a layer to report
-                if not isinstance(error, GraphDriverError):
-                    raise
-                same = error.what == f"layer {record.id}"  # never "layer a: layer a: ..."
-                results.append((record.id, error.why if same and error.why else str(error)))
-                continue
-            results.append((record.id, None))
-        return results
-
-    def _missing_parent(self, record: Layer) -> str | None:
-        """What is wrong when a layer of *record*'s chain has no record (its files are unknown)."""
-        current: Layer | None = record
-        seen = {record.id}
-        while current is not None and current.parent:
-            if current.parent in seen:
-                return f"its chain loops back to layer {current.parent} (corrupt metadata)"
-            seen.add(current.parent)
-            try:
-                current = self._find(current.parent)
-            except NotFound:
-                return f"its chain's layer {current.parent} has no record (corrupt metadata)"
-            except IntegrityError as e:
-                return f"its chain's layer {current.parent}: {e.why or e}"
-        return None
+        return integrity.check(self, layer_ids)
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         base = self._parent_for(layer_id, parent)
@@ -1501,18 +1185,9 @@ def _refuse_maps_unprivileged(idmaps: IDMappings | None) -> None:
                           "ids); without root a store keeps the user's own")
 
 
-def _under_way(mark: str) -> str:
+def under_way(mark: str) -> str:
     """What a live apply's mark says: "an apply started at T is under way"."""
     return f"{mark.removesuffix(' did not finish')} is under way"
-
-
-def _first_of(problems: list[str]) -> str:
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return problems[0] + more
-
-
-def _discard(_data: object) -> None:
-    """A sink for a re-export whose bytes are only checked."""
 
 
 class StoreLock:

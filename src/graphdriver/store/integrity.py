@@ -1,0 +1,386 @@
+"""Whether a layer still is its tarball: ``check``, ``tarsplit`` and the byte-exact ``diff``.
+
+An imported layer's recorded digest is a promise that ``diff`` gives back
+the imported bytes.  They are rebuilt from the layer's tar-split data and its
+files (:func:`reassemble`); the files' metadata and set are compared with the
+tar headers (:func:`file_problems`); a layer the store handed out writable
+since its import is looked at before its bytes are given back
+(:func:`changed`).  Functions of an open :class:`~graphdriver.store.layers.Store`,
+loaded only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from graphdriver.errors import GraphDriverError, IntegrityError, NotFound
+from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX, under_way
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, BinaryIO
+
+    from graphdriver.store.layers import Store
+    from graphdriver.store.records import Layer
+
+
+def changed_since_import(store: Store, layer_id: str) -> str | None:
+    """See :meth:`Store.changed_since_import <graphdriver.store.layers.Store.changed_since_import>`."""
+    record = store._find(layer_id)
+    if record.diff_digest is None or not may_have_changed(store, record):
+        return None
+    why: str | None
+    try:
+        if record.unreproducible or not has_tarsplit(store, record):
+            why = "its files cannot be checked against its tarball (no tar-split data)"
+        else:
+            why = changed(store, record)
+    except (GraphDriverError, OSError) as e:
+        store._raise_explained(e, layer_id, seen=record)
+    return None if why is None else changed_why(record, why)
+
+
+def may_have_changed(store: Store, record: Layer) -> bool:
+    """Whether *record*'s files may differ from its tarball through the store's own mounts.
+
+    An additional store's layer cannot be marked by our mounts, so where
+    the driver's views are writable it is always checked.
+    """
+    if record.mounted_writable is not None:
+        return True
+    return record.read_only_store and store.driver.writable_view(record.id)
+
+
+def changed_why(record: Layer, why: str) -> str:
+    when = f" (mounted writable at {record.mounted_writable})" if record.mounted_writable else ""
+    return (f"changed since it was imported{when}: {why}; its tarball {record.diff_digest} "
+            "no longer describes it")
+
+
+def changed(store: Store, record: Layer) -> str | None:
+    """What differs between *record*'s files and its imported tarball (None: nothing).
+
+    The files are compared with the tarball's headers (names, types, modes,
+    owners, sizes, times, link targets, xattrs, and no other files), a full
+    tree's other changes over its parent's with what the tarball deletes,
+    and the content with the recorded checksums and digest.  Found
+    unchanged while nothing had it mounted, the layer forgets its mark,
+    so that later diffs give back its bytes at once.
+    """
+    mark = record.mounted_writable
+    idle = mark is not None and unmounted_since(store, record, mark)
+    if not store.driver.FILES_AS_IN_TARBALL:
+        return f"the {store.driver_name} driver cannot compare its files with its tarball"
+    problems = file_problems(store, record, inherited_changes=True)
+    if problems:
+        return _first_of(problems)
+    try:
+        reassemble(store, record, _discard)
+    except IntegrityError as e:
+        return e.why or str(e)
+    if idle:
+        unmounted_since(store, record, mark, forget=True)
+    return None
+
+
+def unmounted_since(store: Store, record: Layer, mark: str | None, *, forget: bool = False) -> bool:
+    """Whether the layer is unmounted and its last writable mount is still the one marked *mark*.
+
+    Read under the lock that :meth:`mount` marks and mounts under, so true
+    before and after a check means no mount came in between; *forget*
+    then drops the mark in the same breath.
+    """
+    if record.read_only_store:
+        return False
+    try:
+        with store.locked():
+            stored = store.records.get(record.id)
+            if stored.created != record.created or stored.mounted_writable != mark \
+                    or store.driver.mount_count(record.id) != 0:
+                return False
+            if forget:
+                stored.mounted_writable = None
+                store.records.put(stored)
+            return True
+    except OSError:
+        return False  # a store we may not write: the mark stays
+
+
+def has_tarsplit(store: Store, record: Layer) -> bool:
+    return record.diff_digest is not None and os.path.exists(tarsplit_of(store, record))
+
+
+def tarsplit_of(store: Store, record: Layer) -> str:
+    """Where *record*'s tar-split data lives (its own store's folder)."""
+    if record.read_only_store:
+        for ro in store.readonly:
+            if ro.exists(record.id):
+                return os.path.join(ro.root, TARSPLIT_DIR, record.id + TARSPLIT_SUFFIX)
+    return store.tarsplit_path(record.id)
+
+
+def reassemble(store: Store, record: Layer, write: Callable[[Any], object]) -> int:
+    """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
+    import hashlib
+
+    from graphdriver.layerio.compression import open_decompressed
+    from graphdriver.layerio.tarsplit import assemble, read_entries
+
+    digest = hashlib.sha256()
+
+    def sink(data: Any) -> None:
+        digest.update(data)
+        write(data)
+
+    from graphdriver.layerio import sparse
+    from graphdriver.store import content
+
+    getter = content.file_getter(store.driver, record.id)
+    try:
+        with open(tarsplit_of(store, record), "rb") as f:
+            meta, _kind = open_decompressed(f)
+            watch = sparse.Watch(read_entries(meta))
+            size = assemble(watch, getter, sink)
+    finally:
+        getter.close()
+    if "sha256:" + digest.hexdigest() != record.diff_digest:
+        raise IntegrityError(
+            f"layer {record.id}", f"re-exported tarball does not match {record.diff_digest}"
+        )
+    if watch.found:
+        check_sparse_files(store, record)
+    return size
+
+
+def check_sparse_files(store: Store, record: Layer) -> None:
+    """IntegrityError unless the layer's sparse files hold the data their entries stored:
+    no file checksum covers those bytes (the tar-split metadata holds them)."""
+    from graphdriver.layerio.compression import open_decompressed
+    from graphdriver.layerio.tarsplit import read_entries
+    from graphdriver.layerio.verify import sparse_problems
+    from graphdriver.store import content
+
+    root = content.files_root(store.driver, record.id)
+    with open(tarsplit_of(store, record), "rb") as f:
+        meta, _kind = open_decompressed(f)
+        problems = sparse_problems(read_entries(meta), root)
+    if problems:
+        why = f"its files differ from its tarball: {_first_of(problems)}"
+        raise IntegrityError(f"layer {record.id}", why)
+
+
+def verify_files(store: Store, record: Layer) -> None:
+    """IntegrityError unless the stored files' metadata and set match the tar headers.
+
+    The digest proves the content; a chmod, chown, xattr, touched mtime or
+    planted file would go unseen without this (see :mod:`graphdriver.layerio.verify`).
+    """
+    if not store.driver.FILES_AS_IN_TARBALL:
+        from graphdriver.drivers.base import WINDOWS_FORMAT
+
+        if store.driver.LAYER_FORMAT == WINDOWS_FORMAT:
+            check_windows_metadata(store, record)
+        return
+    # Mounted writable since, a full tree may also have changed what it holds of its
+    # parent's: diff finds that, and so must check.
+    problems = file_problems(store, record, inherited_changes=may_have_changed(store, record))
+    if problems:
+        why = f"its files differ from its tarball: {_first_of(problems)}"
+        raise IntegrityError(f"layer {record.id}", why)
+
+
+def check_windows_metadata(store: Store, record: Layer) -> None:
+    """IntegrityError unless the layer's Windows metadata sidecar has a line for every entry
+    of its tarball (what its files cannot hold, export needs)."""
+    from graphdriver.layerio.compression import open_decompressed
+    from graphdriver.layerio.tarsplit import FILE, read_entries
+    from graphdriver.layerio.windows.winmeta import unrecorded
+
+    with open(tarsplit_of(store, record), "rb") as f:
+        meta, _kind = open_decompressed(f)
+        names = (e.name for e in read_entries(meta) if e.type == FILE)
+        problems = unrecorded(store.driver.apply_target(record.id).path, names)
+    if problems:
+        why = f"its files differ from its tarball: {_first_of(problems)}"
+        raise IntegrityError(f"layer {record.id}", why)
+
+
+def file_problems(store: Store, record: Layer, *, inherited_changes: bool = False) -> list[str]:
+    """What differs between the stored files' metadata and set and the tar headers.
+
+    *inherited_changes*: for a layer kept as a full tree, also what it
+    changed over its parent's tree that its tarball does not say (a file
+    of the parent's deleted, chmod-ed or chown-ed).
+    """
+    import contextlib
+
+    from graphdriver.layerio.compression import open_decompressed
+    from graphdriver.layerio.tarsplit import read_entries
+    from graphdriver.layerio.verify import changes_problems, tree_problems
+
+    # The layer's own files (an overlay upper directory, never a live union
+    # mount), or its full tree, whose parent's paths are then no extra files.
+    root, inherited = store.driver.own_files(record.id), None
+    full_tree = root is None
+    owner = store._owner_translation(record.id, record.parent)
+    if root is None:
+        root = store.driver.apply_target(record.id).path
+        if record.parent is not None:
+            inherited = store.driver.apply_target(record.parent).path
+    with contextlib.ExitStack() as stack:
+        if owner is not None and inherited is None and record.parent is not None:
+            # Its own files start as a shifted copy of its parent's whole tree.
+            inherited = stack.enter_context(store.driver.mounted(record.parent))
+        with open(tarsplit_of(store, record), "rb") as f:
+            meta, _kind = open_decompressed(f)
+            problems = tree_problems(read_entries(meta), root, store.layer_maps(record),
+                                     inherited=inherited)
+        if problems or not (full_tree and inherited_changes):
+            return problems
+        from graphdriver.diff.walk import changes_between
+
+        changes = changes_between(root, inherited, owner) if inherited is not None else []
+        with open(tarsplit_of(store, record), "rb") as f:
+            meta, _kind = open_decompressed(f)
+            return changes_problems(read_entries(meta), changes, root, inherited, owner)
+
+
+def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
+    """See :meth:`Store.tarsplit <graphdriver.store.layers.Store.tarsplit>`."""
+    record = store._find(layer_id)
+    what = f"tar-split data of layer {layer_id}"
+    if record.diff_digest is None:
+        raise NotFound(what, "the layer was not imported (or was changed by apply since)")
+    if record.unreproducible:
+        raise NotFound(what, f"none was kept: the archive cannot be re-exported exactly "
+                             f"({record.unreproducible})")
+    if may_have_changed(store, record) and has_tarsplit(store, record):
+        # Mounted writable since: the metadata describes the files only if they are unchanged.
+        try:
+            why = changed(store, record)
+        except (GraphDriverError, OSError) as e:
+            store._raise_explained(e, layer_id, seen=record)
+        if why is not None:
+            raise IntegrityError(what, f"the layer {changed_why(record, why)}")
+    path = tarsplit_of(store, record)
+    try:
+        with open(path, "rb") as f:
+            check_tarsplit(record, f)
+            f.seek(0)
+            import shutil
+
+            shutil.copyfileobj(f, out, 1 << 20)
+    except FileNotFoundError:
+        # Missing while the record says it was kept: corrupt metadata (or a removal under way).
+        missing = IntegrityError(what, f"it is missing ({path}), though the layer was imported")
+        store._raise_explained(missing, layer_id, seen=record)
+
+
+def check_tarsplit(record: Layer, f: BinaryIO) -> None:
+    """IntegrityError unless *f* is tar-split metadata rebuilding *record*'s tarball's size."""
+    from graphdriver.layerio.tarsplit import checked_size
+
+    try:
+        size = checked_size(f)
+    except IntegrityError as e:
+        raise IntegrityError(f"tar-split data of layer {record.id}", e.why or str(e)) from e
+    if record.uncompressed_size is not None and size != record.uncompressed_size:
+        raise IntegrityError(
+            f"tar-split data of layer {record.id}",
+            f"it rebuilds {size} bytes, not the {record.uncompressed_size} imported",
+        )
+
+
+def check(store: Store, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | None]]:
+    """See :meth:`Store.check <graphdriver.store.layers.Store.check>`."""
+    results: list[tuple[str, str | None]] = []
+    if layer_ids:
+        records = []
+        for layer_id in layer_ids:
+            try:
+                records.append(store._find(layer_id))
+            except IntegrityError as e:
+                results.append((layer_id, e.why or str(e)))
+    else:
+        records, bad = store.scan_layers()
+        results += [(layer_id, e.why or str(e)) for layer_id, e in bad]
+    results += check_records(store, records)
+    return results if layer_ids else sorted(results, key=lambda r: r[0])
+
+
+def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | None]]:
+    results: list[tuple[str, str | None]] = []
+    for record in records:
+        damage = store.damage(record)
+        if damage is not None:
+            shown = f"skipped: {under_way(damage[1])}" if damage[0] else f"damaged: {damage[1]}"
+            results.append((record.id, shown))
+            continue
+        missing = missing_parent(store, record)
+        if missing is not None:
+            if not (store._being_removed(record.id) or store._remade(record)):
+                results.append((record.id, missing))
+            continue  # (else removed meanwhile, its chain after it: no longer a layer to report)
+        if not store.driver.exists(record.id):
+            error = store._explain(
+                NotFound(f"layer {record.id}", "no such layer"), record.id, seen=record
+            )
+            if isinstance(error, IntegrityError):
+                results.append((record.id, error.why))
+            continue
+        if record.diff_digest is None:
+            results.append((record.id, "skipped: no recorded digest (not imported)"))
+            continue
+        if record.unreproducible:
+            why = f"skipped: cannot be re-exported exactly: {record.unreproducible}"
+            results.append((record.id, why))
+            continue
+        try:
+            if has_tarsplit(store, record):
+                reassemble(store, record, lambda _data: None)
+                verify_files(store, record)
+            else:
+                raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
+        except PermissionError as e:  # a folder of mode 0000 in a store without root, say
+            where = f" {e.filename}" if e.filename else ""
+            results.append((record.id, f"skipped: its files cannot be read by this user"
+                                       f" ({e.strerror}{where})"))
+            continue
+        except (GraphDriverError, OSError) as e:
+            error = store._explain(e, record.id, seen=record)
+            if isinstance(error, NotFound):
+                continue  # removed while we checked it: no longer a layer to report
+            if not isinstance(error, GraphDriverError):
+                raise
+            same = error.what == f"layer {record.id}"  # never "layer a: layer a: ..."
+            results.append((record.id, error.why if same and error.why else str(error)))
+            continue
+        results.append((record.id, None))
+    return results
+
+
+def missing_parent(store: Store, record: Layer) -> str | None:
+    """What is wrong when a layer of *record*'s chain has no record (its files are unknown)."""
+    current: Layer | None = record
+    seen = {record.id}
+    while current is not None and current.parent:
+        if current.parent in seen:
+            return f"its chain loops back to layer {current.parent} (corrupt metadata)"
+        seen.add(current.parent)
+        try:
+            current = store._find(current.parent)
+        except NotFound:
+            return f"its chain's layer {current.parent} has no record (corrupt metadata)"
+        except IntegrityError as e:
+            return f"its chain's layer {current.parent}: {e.why or e}"
+    return None
+
+
+def _first_of(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def _discard(_data: object) -> None:
+    """A sink for a re-export whose bytes are only checked."""
