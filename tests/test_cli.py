@@ -1100,11 +1100,18 @@ def test_whether_an_output_can_be_taken_back_is_known_before_writing(tmp_path):
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
+    (tmp_path / "to-fifo").symlink_to("fifo")
+    (tmp_path / "so").symlink_to("/proc/self/fd/1")
     (tmp_path / "there.tar").write_bytes(b"old")
+    (tmp_path / "closed").mkdir(mode=0o000)
     probe = ("import sys\nfrom graphdriver.cliio import output_restartable as r\n"
              "print(' '.join(str(r(p or None)) for p in sys.argv[1:]), file=sys.stderr)\n")
+    # Only what is written into in place cannot be taken back; a name that cannot be opened
+    # (a closed folder's file, a file's "child") fails the command by itself.
     paths = ["", "-", str(tmp_path / "new.tar"), str(tmp_path / "there.tar"), str(tmp_path),
-             os.devnull, str(fifo), "/dev/stdout"]
+             os.devnull, str(fifo), "/dev/stdout", str(tmp_path / "to-fifo"), str(tmp_path / "so"),
+             str(tmp_path) + "/", ".", str(tmp_path / "closed" / "x.tar"),
+             str(tmp_path / "there.tar" / "x"), str(tmp_path / "gone" / "x.tar")]
 
     def probe_with(stdout: object) -> list[str]:
         proc = subprocess.run([sys.executable, "-c", probe, *paths], stdout=stdout,
@@ -1113,7 +1120,8 @@ def test_whether_an_output_can_be_taken_back_is_known_before_writing(tmp_path):
         return proc.stderr.decode().split()
 
     assert probe_with(subprocess.PIPE) == ["False", "False", "True", "True", "True", "True", "False",
-                                           "False"]
+                                           "False", "False", "False", "True", "True", "True", "True",
+                                           "True"]
     with open(tmp_path / "out", "ab") as f:
         assert probe_with(f)[:2] == ["True", "True"]
     (tmp_path / "inside").write_bytes(b"12345")
@@ -1125,3 +1133,42 @@ def test_whether_an_output_can_be_taken_back_is_known_before_writing(tmp_path):
         os.close(fd)
     with open(os.devnull, "wb") as f:
         assert probe_with(f)[:2] == ["True", "True"]
+    (tmp_path / "closed").chmod(0o700)
+
+
+def test_the_look_for_closed_folders_is_only_for_outputs_that_cannot_be_taken_back(tmp_path):
+    """Without root, diff and image save look through the trees they will read only when their
+    bytes go where they cannot be taken back; otherwise a denial is retried as before."""
+    from types import SimpleNamespace
+
+    from graphdriver import cliowner
+
+    os.mkfifo(tmp_path / "fifo")
+    calls: list[str] = []
+
+    class Store:
+        def may_read_as_owner(self) -> bool:
+            return True
+
+        def record(self, layer_id: str) -> object:
+            return SimpleNamespace(parent="base")
+
+        def closed_folder(self, layers: object) -> str:
+            calls.append("look " + ",".join(layers))  # type: ignore[call-overload]
+            return "/closed"
+
+        def read_as_owner(self) -> bool:
+            calls.append("enter")
+            return True
+
+    def run(output: str, **kw: object) -> list[str]:
+        calls.clear()
+        args = SimpleNamespace(command="diff", id="ctr", parent=None, output=output, compress=None)
+        vars(args).update(kw)
+        assert cliowner.run(lambda store, args: 0, Store(), args) == 0  # type: ignore[arg-type]
+        return list(calls)
+
+    assert run(str(tmp_path / "out.tar")) == []
+    assert run(str(tmp_path / "fifo")) == ["look ctr,base", "enter"]
+    assert run(str(tmp_path / "fifo"), compress="original") == []  # the stored bytes: no tree read
+    assert run(str(tmp_path / "fifo"), command="changes") == []

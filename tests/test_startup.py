@@ -63,6 +63,18 @@ def test_read_only_commands_load_no_heavy_module(made, command):
     assert not heavy, f"{' '.join(command)} imported {sorted(heavy)}"
 
 
+def test_create_on_vfs_loads_no_heavy_module(tmp_path):
+    """``create`` is called as often as the read-only commands: without a parent it loads none
+    of them, with one only what the tree copy needs (it reads trees, so it goes through the
+    command line's retry without root, which must not cost it the stream modules)."""
+    store = tmp_path / "store"
+    run_cli("create", "base", root=store, driver="vfs", check=True)
+    assert not loaded(store, "create", "new") & set(HEAVY)
+    child = loaded(store, "create", "kid", "--parent", "base")
+    assert child & set(HEAVY) <= {"collections"}, sorted(child & set(HEAVY))
+    assert "graphdriver.cliio" not in child
+
+
 @pytest.mark.parametrize("command", [("layers",), ("exists", "ctr"), ("exists", "nope")])
 def test_listing_commands_load_no_driver(made, command):
     """The records answer these: no driver is opened, so none of its modules is loaded, nor

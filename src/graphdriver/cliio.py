@@ -90,28 +90,27 @@ def _restartable(fd: int) -> tuple[bool, int | None]:
 
 def output_restartable(path: str | None) -> bool:
     """Whether what a command will write to *path* (standard output for None or ``-``) could be
-    taken back if it failed, known before it writes (see :func:`may_begin_again`): a regular
-    FILE is staged, a folder written into afresh; a device, a fifo or ``/dev/stdout`` is not."""
+    taken back if it failed, known before it writes (see :func:`may_begin_again`).  Only what
+    is written into in place cannot: a fifo, a socket, a device (``/dev/null`` aside), an open
+    file's ``/proc/PID/fd/N`` (``/dev/stdout``); a FILE is staged, a folder written afresh, and
+    a name that cannot be opened fails the command by itself."""
+    import os
+    import stat
+
     try:
         if path is None or path == "-":
             return sys.stdout is None or _restartable(sys.stdout.fileno())[0]
-        import os
-        import stat
+        from graphdriver.fs.outfile import fd_link, resolve
 
-        from graphdriver.fs.outfile import resolve
-
-        real, as_is = resolve(path)
-        if as_is:
-            return False  # an open file's magic link: written in place
-        try:
-            st = os.stat(real)
-        except FileNotFoundError:
-            return True
-        if stat.S_ISCHR(st.st_mode):
-            return st.st_rdev == os.makedev(1, 3)
-        return stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+        real, _as_is = resolve(path)
+        if fd_link(real):
+            return False
+        st = os.stat(real)
     except (OSError, ValueError, AttributeError):
-        return False
+        return path not in (None, "-")
+    if stat.S_ISCHR(st.st_mode):
+        return st.st_rdev == os.makedev(1, 3)
+    return not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) or stat.S_ISBLK(st.st_mode))
 
 
 def may_begin_again() -> bool:

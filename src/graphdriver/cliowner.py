@@ -19,8 +19,8 @@ Any other refusal stands as before.
 from __future__ import annotations
 
 import os
+import sys
 
-from graphdriver import cliio
 from graphdriver.errors import GraphDriverError, cause_of
 
 TYPE_CHECKING = False
@@ -30,18 +30,21 @@ if TYPE_CHECKING:
     from graphdriver.cliargs import Args
     from graphdriver.store.layers import Store
 
-#: Commands whose output goes out as it is made, and what names it.
-_STREAMS = frozenset({"diff", "image save"})
-
-
 def run(handler: Callable[[Store, Args], int], store: Store, args: Args) -> int:
-    """``handler(store, args)``, as root of the owner namespace where a closed folder needs it."""
-    if args.command in _STREAMS and store.may_read_as_owner() \
-            and not cliio.output_restartable(args.output) and _closed_folder(store, args):
-        store.read_as_owner()
+    """``handler(store, args)``, as root of the owner namespace where a closed folder needs it.
+
+    (:mod:`graphdriver.cliio` is loaded only where it is asked: ``create`` comes here too.)
+    """
+    if _streams_trees(args) and store.may_read_as_owner():
+        from graphdriver import cliio
+
+        if not cliio.output_restartable(args.output) and _closed_folder(store, args):
+            store.read_as_owner()
     try:
         return handler(store, args)
     except (GraphDriverError, OSError) as e:
+        from graphdriver import cliio
+
         if not denied(e) or not cliio.may_begin_again():
             raise
         _let_go(e)  # what the failed run holds (a compressor's threads) goes before unshare
@@ -49,6 +52,18 @@ def run(handler: Callable[[Store, Args], int], store: Store, args: Args) -> int:
             raise
         cliio.begin_again()
     return handler(store, args)
+
+
+def _streams_trees(args: Args) -> bool:
+    """Whether the command writes what it reads from layer trees as it goes: ``diff`` (not of
+    the stored compressed bytes), ``image save`` of an archive (refused to a terminal)."""
+    if args.command == "diff":
+        return args.compress != "original"
+    if args.command == "image save":
+        if args.output in (None, "-"):
+            return args.format != "oci" and sys.stdout is not None and not sys.stdout.isatty()
+        return True
+    return False
 
 
 def _closed_folder(store: Store, args: Args) -> bool:

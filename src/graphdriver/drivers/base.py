@@ -275,6 +275,7 @@ class Driver(abc.ABC):
         self.run_root = config.run_root
         self._counts: MountCounts | None = None
         self._run_roots: RunRoots | None = None
+        self._run_dir = os.path.abspath(self.run_root)  # as the working folder is now
         #: This process's holds (see :meth:`mounted`), per count key, latest last.
         self._holds: dict[str, list[tuple[int, str]]] = {}
         if config.prepare:
@@ -302,7 +303,7 @@ class Driver(abc.ABC):
         if self._run_roots is None:
             from graphdriver.drivers.refcount import RunRoots
 
-            self._run_roots = RunRoots(self.home, self.run_root)
+            self._run_roots = RunRoots(self.home, self._run_dir)
         return self._run_roots
 
     # ----- probing and status --------------------------------------------------

@@ -60,7 +60,7 @@ def resolve(path: str) -> tuple[str, bool]:
         current = os.path.join(head, name)
         if name in ("", ".", ".."):
             return current, True  # a directory: opening it says so
-        if _fd_dir(head) and name.isdigit():
+        if fd_link(current):
             return current, True
         try:
             target = os.readlink(current)
@@ -68,6 +68,12 @@ def resolve(path: str) -> tuple[str, bool]:
             return current, False
         current = os.path.join(head, target)
     return current, False  # a loop: opening it says so
+
+
+def fd_link(real: str) -> bool:
+    """Whether *real* (as :func:`resolve` gives it) is an open file's ``/proc/PID/fd/N``."""
+    head, name = os.path.split(real)
+    return _fd_dir(head) and name.isdigit()
 
 
 def _own_fd(real: str) -> int | None:

@@ -87,9 +87,9 @@ def changed(store: Store, record: Layer) -> str | None:
 def unmounted_since(store: Store, record: Layer, mark: str | None, *, forget: bool = False) -> bool:
     """Whether the layer is unmounted and its last writable mount is still the one marked *mark*.
 
-    Read under the lock that :meth:`mount` marks and mounts under, so true
-    before and after a check means no mount came in between; *forget*
-    then drops the mark in the same breath.
+    Read under the lock that :meth:`Store.mount <graphdriver.store.layers.Store.mount>` marks
+    and mounts under, so true before and after a check means no mount came in between;
+    *forget* then drops the mark in the same breath.
     """
     if record.read_only_store:
         return False

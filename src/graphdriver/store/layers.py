@@ -308,7 +308,9 @@ class Store:
         read is this user's (the store is, and no additional stores are given) and the
         driver mounts nothing (vfs), with the driver opened first; whether it did.  For a
         process that reads and writes this store alone, before it starts threads: the
-        command line calls it when such a folder stopped a command, then runs it again.
+        command line calls it when such a folder stopped a command, then runs it again, or
+        before a command whose output cannot be taken back reads such a folder
+        (see :mod:`graphdriver.cliowner`).
         """
         if not self.may_read_as_owner():
             return False
@@ -840,7 +842,7 @@ class Store:
                 if not (readonly or record.diff_digest is None or record.read_only_store
                         or not self.driver.writable_view(layer_id)):
                     # A diff that finds the layer unchanged forgets the mark only when no
-                    # mount came in between (see :meth:`_changed`).
+                    # mount came in between (see :func:`graphdriver.store.integrity.changed`).
                     stored = self.records.get(layer_id)
                     stored.mounted_writable = now_rfc3339()
                     self.records.put(stored)
