@@ -21,8 +21,9 @@ import pytest
 
 from graphdriver.diff.changes import ChangeKind
 from graphdriver.drivers import overlay
-from graphdriver.drivers.base import CreateOpts, Driver, DriverConfig
+from graphdriver.drivers.base import Driver, DriverConfig
 from graphdriver.drivers.overlay import MAX_DEPTH, OverlayDriver
+from graphdriver.drivers.values import CreateOpts
 from graphdriver.errors import GraphDriverError, InvalidArgument, Precondition, Unsupported
 from graphdriver.fs import mounts
 from graphdriver.idmap import IDMap, IDMappings

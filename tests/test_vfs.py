@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from graphdriver.drivers.base import CreateOpts, DriverConfig
+from graphdriver.drivers.base import DriverConfig
+from graphdriver.drivers.values import CreateOpts
 from graphdriver.drivers.vfs import VfsDriver, backing_filesystem
 from graphdriver.errors import (
     AlreadyExists,

@@ -88,9 +88,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
     from contextlib import AbstractContextManager
-    from typing import Any, ClassVar
+    from typing import ClassVar
 
     from graphdriver.drivers.refcount import MountCounts, RunRoots
+    from graphdriver.drivers.values import ApplyTarget, Comparison, CreateOpts, Mounted
     from graphdriver.idmap import IDMappings
 
 LAYERCHAIN_FILE = "layerchain.json"
@@ -150,21 +151,6 @@ class DriverConfig:
         return self._idmaps
 
 
-class CreateOpts:
-    """Options for create and create_rw (the seeds' ``CreateOpts``)."""
-
-    __slots__ = ("idmaps", "mount_label", "parent_idmaps", "storage_opt")
-
-    def __init__(self, mount_label: str = "", storage_opt: Mapping[str, str] | None = None,
-                 idmaps: IDMappings | None = None, parent_idmaps: IDMappings | None = None) -> None:
-        self.mount_label = mount_label
-        self.storage_opt: Mapping[str, str] = dict(storage_opt or {})
-        #: The layer's own id maps (None: the store's), and its parent's where they differ
-        #: (a driver with :attr:`Driver.SHIFTS_IDS` stores the parent's files shifted).
-        self.idmaps = idmaps
-        self.parent_idmaps = parent_idmaps
-
-
 #: How deletions are expressed where a tarball is applied: the target holds a whole
 #: tree, so a deletion deletes (vfs, a base layer)...
 DELETE_WHITEOUTS = "delete"
@@ -173,69 +159,6 @@ OVERLAY_WHITEOUTS = "overlay"
 #: Layer formats: Docker/OCI layer tarballs, or the seeds' Windows layers.
 OCI_FORMAT = "oci"
 WINDOWS_FORMAT = "windows"
-
-
-def _overlay_opaque_xattr() -> str:
-    """``trusted.overlay.opaque``, from the module that knows overlayfs's names (loaded when a
-    layer's contents are read or written, not when a driver is opened)."""
-    from graphdriver.fs.overlayfs import OPAQUE_XATTR
-
-    return OPAQUE_XATTR
-
-
-class ApplyTarget:
-    """Where and how a tarball is applied to a layer."""
-
-    __slots__ = ("lower_dirs", "opaque_xattr", "path", "whiteouts")
-
-    def __init__(
-        self,
-        path: str,
-        whiteouts: str = DELETE_WHITEOUTS,
-        lower_dirs: tuple[str, ...] = (),
-        opaque_xattr: str | None = None,
-    ) -> None:
-        self.path = path
-        #: :data:`DELETE_WHITEOUTS` or :data:`OVERLAY_WHITEOUTS`.
-        self.whiteouts = whiteouts
-        #: The ancestors' directories, nearest first: hardlink targets the layer itself
-        #: lacks are searched there, and deletions only matter where they hide something.
-        self.lower_dirs = tuple(lower_dirs)
-        #: The xattr that marks an opaque directory with overlay whiteouts (None: overlay's own).
-        self.opaque_xattr = opaque_xattr or _overlay_opaque_xattr()
-
-
-class Comparison:
-    """The directories that say what a layer changed relative to a parent.
-
-    Either two trees to walk (*root* against *parent_root*, None for no parent),
-    or an upper directory *root* over *lowers* that itself records the changes
-    (overlay's whiteouts and opaque directories): :attr:`native`.
-    """
-
-    __slots__ = ("data_dirs", "lowers", "opaque_xattr", "parent_root", "root")
-
-    def __init__(
-        self,
-        root: str,
-        *,
-        parent_root: str | None = None,
-        lowers: tuple[str, ...] | None = None,
-        opaque_xattr: str | None = None,
-        data_dirs: tuple[str, ...] = (),
-    ) -> None:
-        #: The tree holding the layer's files as changes name them.
-        self.root = root
-        self.parent_root = parent_root
-        self.lowers = lowers
-        self.opaque_xattr = opaque_xattr or _overlay_opaque_xattr()
-        #: The layer's folder and its ancestors', nearest first, for what a layer
-        #: format keeps beside the files (the Windows metadata sidecar).
-        self.data_dirs = data_dirs
-
-    @property
-    def native(self) -> bool:
-        return self.lowers is not None
 
 
 class Driver(abc.ABC):
@@ -386,6 +309,8 @@ class Driver(abc.ABC):
 
     def create(self, layer_id: str, parent: str | None, opts: CreateOpts | None = None) -> None:
         """Create an empty read-only layer on top of *parent*."""
+        from graphdriver.drivers.values import CreateOpts
+
         self._create_checked(layer_id, parent, opts or CreateOpts(), rw=False)
 
     def create_rw(self, layer_id: str, parent: str | None, opts: CreateOpts | None = None) -> None:
@@ -396,6 +321,8 @@ class Driver(abc.ABC):
         ``overlay.size``); where that limit cannot be enforced the layer is
         refused (:class:`Unsupported`) rather than made without it.
         """
+        from graphdriver.drivers.values import CreateOpts
+
         opts = opts or CreateOpts()
         if self.default_size is not None and "size" not in opts.storage_opt:
             opts = CreateOpts(opts.mount_label, {**opts.storage_opt, "size": str(self.default_size)},
@@ -714,13 +641,15 @@ class Driver(abc.ABC):
         self.resolve(layer_id)
         return True
 
-    def mounted(self, layer_id: str) -> _Mounted:
+    def mounted(self, layer_id: str) -> Mounted:
         """``get`` for the duration of a block: ``with driver.mounted(id) as path: ...``.
 
         The count is a hold: should the process die in the block, the next
         ``cleanup``, ``get``, ``put`` or look at the count takes it away.
         """
-        return _Mounted(self, layer_id)
+        from graphdriver.drivers.values import Mounted
+
+        return Mounted(self, layer_id)
 
     def _still_mounted(self, layer_id: str, path: str) -> bool:
         """Whether a recorded mount is really there (drivers that mount check the table)."""
@@ -756,6 +685,8 @@ class Driver(abc.ABC):
         directory itself records its changes over *parent* (overlay's upper
         directory) hands that back instead, unless *native* is False.
         """
+        from graphdriver.drivers.values import Compared
+
         return Compared(self, layer_id, parent)
 
     @abc.abstractmethod
@@ -807,15 +738,6 @@ def _default_size(text: str | None) -> int | None:
 
     check_limit(size, text)
     return size
-
-
-class BaseImages(abc.ABC):
-    """An optional ability: a driver that registers ready-made base layers it finds
-    (the seeds' ``GetCustomImageInfos``).  Each info has ``id``, ``created`` and ``size``."""
-
-    @abc.abstractmethod
-    def base_images(self) -> list[Any]:
-        """Register the base images as read-only layers (idempotent); returns them."""
 
 
 # What each driver's probe found per home (and options) in this process: opening a
@@ -890,62 +812,3 @@ def layer_name_of(folder: str, *, destroying: bool = False) -> str:
     if destroying and name.endswith(LEGACY_REMOVING_SUFFIX):
         return name[: -len(LEGACY_REMOVING_SUFFIX)]
     return name
-
-
-class _Mounted:
-    """A layer held mounted for a ``with`` block, which gets its path.
-
-    (Classes rather than ``contextlib`` generators: this module is loaded by
-    ``mount``, and importing :mod:`contextlib` would cost it more than its work.)
-    """
-
-    def __init__(self, driver: Driver, layer_id: str) -> None:
-        self.driver = driver
-        self.layer_id = layer_id
-
-    def __enter__(self) -> str:
-        return self.driver.get(self.layer_id, hold=True)
-
-    def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self.driver.put(self.layer_id, hold=True)
-
-
-class Compared:
-    """A layer and its parent held mounted for a ``with`` block, which gets their :class:`Comparison`."""
-
-    def __init__(
-        self, driver: Driver, layer_id: str, parent: str | None, data_dirs: tuple[str, ...] = ()
-    ) -> None:
-        self.driver = driver
-        self.layer_id = layer_id
-        self.parent = parent
-        self.data_dirs = data_dirs
-
-    def __enter__(self) -> Comparison:
-        new = self.driver.get(self.layer_id, hold=True)
-        try:
-            old = None if self.parent is None else self.driver.get(self.parent, hold=True)
-        except BaseException:
-            self.driver.put(self.layer_id, hold=True)
-            raise
-        return Comparison(new, parent_root=old, data_dirs=self.data_dirs)
-
-    def __exit__(self, kind: object, value: object, tb: object) -> None:
-        try:
-            if self.parent is not None:
-                self.driver.put(self.parent, hold=True)
-        finally:
-            self.driver.put(self.layer_id, hold=True)
-
-
-class Prepared:
-    """A :class:`Comparison` known before the block: nothing to mount or release."""
-
-    def __init__(self, comparison: Comparison) -> None:
-        self.comparison = comparison
-
-    def __enter__(self) -> Comparison:
-        return self.comparison
-
-    def __exit__(self, kind: object, value: object, tb: object) -> None:
-        return None

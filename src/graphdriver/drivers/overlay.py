@@ -93,12 +93,8 @@ import stat
 from graphdriver.drivers.base import (
     DELETE_WHITEOUTS,
     OVERLAY_WHITEOUTS,
-    ApplyTarget,
-    Comparison,
-    CreateOpts,
     Driver,
     DriverConfig,
-    Prepared,
     layer_name_of,
     probe_scratch,
     probed_once,
@@ -115,6 +111,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from typing import Any, ClassVar
 
+    from graphdriver.drivers.values import ApplyTarget, Comparison, CreateOpts
     from graphdriver.fs import sizelimit
     from graphdriver.idmap import IDMappings
 
@@ -869,6 +866,7 @@ class OverlayDriver(Driver):
     # ----- apply and compare: directories for the store ------------------------------------
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
+        from graphdriver.drivers.values import ApplyTarget
         from graphdriver.fs import sizelimit
 
         folder = self.resolve(layer_id)
@@ -937,6 +935,8 @@ class OverlayDriver(Driver):
         if plan is None:
             return super().compare(layer_id, parent)
         upper, lowers = plan
+        from graphdriver.drivers.values import Comparison, Prepared
+
         return Prepared(Comparison(upper, lowers=tuple(lowers), opaque_xattr=self.opaque_xattr))
 
     def metadata(self, layer_id: str) -> dict[str, str]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import errno
 import os
 
-from graphdriver.drivers.base import ApplyTarget, CreateOpts, Driver, DriverConfig, probe_scratch
+from graphdriver.drivers.base import Driver, DriverConfig, probe_scratch
 from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Unsupported
 from graphdriver.fs import privileged
 
@@ -39,6 +39,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import ClassVar
 
+    from graphdriver.drivers.values import ApplyTarget, CreateOpts
     from graphdriver.idmap import IDMappings
 
 #: The layer's root filesystem, inside its folder.
@@ -161,6 +162,8 @@ class VfsDriver(Driver):
         remove_tree(folder)
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
+        from graphdriver.drivers.values import ApplyTarget
+
         return ApplyTarget(path=self._fs(layer_id))  # whiteouts delete: a full tree
 
     def _fs(self, layer_id: str) -> str:

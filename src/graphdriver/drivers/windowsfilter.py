@@ -82,19 +82,14 @@ from graphdriver.drivers.base import (
     OVERLAY_WHITEOUTS,
     STAGING_DIR,
     WINDOWS_FORMAT,
-    ApplyTarget,
-    BaseImages,
-    Compared,
-    Comparison,
-    CreateOpts,
     Driver,
     DriverConfig,
-    Prepared,
     alternate_name,
     layer_name_of,
     probe_scratch,
     probed_once,
 )
+from graphdriver.drivers.values import ApplyTarget, BaseImages, Compared, Comparison, CreateOpts, Prepared
 from graphdriver.errors import (
     AlreadyExists,
     GraphDriverError,

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
     from graphdriver.diff.changes import Change
-    from graphdriver.drivers.base import Comparison, Driver
+    from graphdriver.drivers.base import Driver
+    from graphdriver.drivers.values import Comparison
     from graphdriver.idmap import IDMappings
     from graphdriver.layerio.extract import EntrySource
     from graphdriver.layerio.getter import FileGetter

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO, NoReturn
 
     from graphdriver.diff.changes import Change
-    from graphdriver.drivers.base import CreateOpts, Driver
+    from graphdriver.drivers.base import Driver
+    from graphdriver.drivers.values import CreateOpts
     from graphdriver.fs.locking import locked
     from graphdriver.idmap import IDMappings
     from graphdriver.store.transaction import Transaction
@@ -498,7 +499,7 @@ class Store:
             limit = parse_size(size)
             check_limit(limit, size)  # before the store is touched
             storage_opt["size"] = str(limit)
-        from graphdriver.drivers.base import CreateOpts
+        from graphdriver.drivers.values import CreateOpts
 
         with self._transaction(layer_id, "create") as tx:
             record = self._new_record(tx, parent, writable, idmaps)
@@ -607,7 +608,7 @@ class Store:
         _refuse_maps_unprivileged(idmaps)  # before the store is touched
         with self._transaction(layer_id, "import") as tx:
             record = self._new_record(tx, parent, False, idmaps)
-            from graphdriver.drivers.base import CreateOpts
+            from graphdriver.drivers.values import CreateOpts
 
             own, parent_maps = self._create_maps(record)
             opts = CreateOpts(idmaps=own, parent_idmaps=parent_maps)
@@ -1067,7 +1068,7 @@ class Store:
         The seeds' ``GetCustomImageInfos``: ids are derived from the images'
         folder names, so registering again changes nothing.
         """
-        from graphdriver.drivers.base import BaseImages
+        from graphdriver.drivers.values import BaseImages
 
         driver = self.driver
         if not isinstance(driver, BaseImages):
