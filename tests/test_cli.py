@@ -114,6 +114,19 @@ def test_malformed_import_one_line(root):
     assert cli(root, "layers").stdout == b""
 
 
+def test_a_name_that_is_not_utf8_shows_its_bytes_in_an_error(root):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tf:
+        info = tarfile.TarInfo("bad\udc83")
+        info.type, info.linkname = tarfile.LNKTYPE, "missing"
+        tf.addfile(info)
+    r = cli(root, "import", "l", "-", input=raw.getvalue())
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert "bad\\x83" in err and "udc" not in err, err
+
+
 def test_verbose_errors_tell_their_causes_not_a_traceback(root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
@@ -222,6 +235,25 @@ def test_a_store_that_holds_nothing_takes_the_driver_asked_for(root, tmp_path):
     assert json.loads((root / "store.json").read_text())["driver"] == "vfs"
     r = run_cli("layers", root=root, driver="overlay")  # now it holds a layer: bound
     assert r.returncode in (5, 7), r.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "code", "says"),
+    [('"format":99', 7, "format 99, written by a newer graphdriver"), ('"format":"x"', 6, "format 'x'"),
+     ('"format":true', 6, "format True"), ('"uidmap":"garbage"', 6, "malformed store.json"),
+     ('"uidmap":5', 6, "id maps are not strings")],
+)
+def test_a_store_json_this_version_cannot_read_is_refused(root, field, code, says):
+    assert run_cli("create", "a", root=root, driver="vfs").returncode == 0
+    text = (root / "store.json").read_text()
+    key = field.split(":")[0]
+    start = text.index(key)
+    end = text.index(",", start) if "," in text[start:] else text.index("}", start)
+    (root / "store.json").write_text(text[:start] + field + text[end:])
+    for args in (["create", "b"], ["status"], ["diff", "a", "-o", "/dev/null"]):
+        r = cli(root, *args)
+        assert r.returncode == code and r.stderr.count(b"\n") == 1, r.stderr
+        assert says in r.stderr.decode()
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.drivers import windowsfilter
 from graphdriver.errors import (
     ArchiveError,
+    CorruptArchive,
     GraphDriverError,
     IntegrityError,
     InvalidArgument,
@@ -90,7 +91,7 @@ def test_metadata_defaults_and_errors():
     assert (meta.attributes, meta.sddl) == (34, "O:BAG:SY")
     for key, value in (("MSWINDOWS.fileattr", b"x1"), ("MSWINDOWS.rawsd", b"!!"),
                        ("LIBARCHIVE.creationtime", b"1.2.3")):
-        with pytest.raises(ArchiveError):
+        with pytest.raises(CorruptArchive):  # malformed PAX records: exit 6, as any corrupt header
             wintar.meta_from_entry(TarEntry("Files/f", pax={key: value}))
 
 

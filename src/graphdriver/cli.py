@@ -55,10 +55,22 @@ def _out(text: str) -> None:
 
 def one_line(text: str) -> str:
     """*text* with control characters escaped (``\\n``, ``\\x1b``, ...), so that a message
-    quoting a name stays one line on stderr and cannot move a terminal's cursor."""
+    quoting a name stays one line on stderr and cannot move a terminal's cursor.  A byte of a
+    name that is not UTF-8 shows as the byte (``\\x83``), whether it reached the message as
+    a character or as the ``\\udc83`` ``repr`` made of it."""
+    if "\\udc" in text:
+        import re
+
+        text = re.sub(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])", r"\1\\x\2", text)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    if "\udc80" <= c <= "\udcff":  # a byte os.fsdecode could not decode
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1]
 
 
 def warn(text: str) -> None:

@@ -364,7 +364,7 @@ def test_a_reader_racing_a_removal_finds_the_layer_gone_never_corrupt(store, tmp
             r = subprocess.run([*base, command, "l"], env=env, capture_output=True, check=False)
             codes.append((command, r.returncode, r.stderr.decode()[-200:]))
 
-    readers = [threading.Thread(target=read, args=(c,)) for c in ("diff", "check")]
+    readers = [threading.Thread(target=read, args=(c,)) for c in ("diff", "check", "changes", "diffsize")]
     for t in readers:
         t.start()
     while time.monotonic() < stop:
@@ -374,6 +374,24 @@ def test_a_reader_racing_a_removal_finds_the_layer_gone_never_corrupt(store, tmp
         t.join()
     assert codes, "the readers never ran"
     assert [c for c in codes if c[1] not in (0, 3)] == []
+
+
+@pytest.mark.parametrize("how", ["changes", "size"])
+def test_changes_and_diffsize_of_a_layer_removed_under_them_say_not_found(store, monkeypatch, how):
+    """The walk meets a folder gone (the layer's removal ran meanwhile): not found (3), not
+    the missing path (1)."""
+    from graphdriver.errors import NotFound
+    from graphdriver.store import content
+
+    store.import_layer("l", None, io.BytesIO(make_tar({"f": F(b"f")})))
+
+    def removed_meanwhile(*_args: object, **_kwargs: object) -> None:
+        store.remove("l")
+        raise FileNotFoundError(2, "No such file or directory", os.path.join(store.root, "l"))
+
+    monkeypatch.setattr(content, how, removed_meanwhile)
+    with pytest.raises(NotFound, match="removed meanwhile"):
+        store.changes("l") if how == "changes" else store.diff_size("l")
 
 
 def test_an_apply_that_fails_half_way_leaves_a_layer_reported_damaged(store):
@@ -464,6 +482,9 @@ def test_an_apply_whose_first_entry_is_refused_leaves_the_layer_as_it_was(store,
     {"d/x": F(b"x")},  # through a lower layer's symlink
     {"d/sub/x": F(b"x")},
     {"e/d/x": F(b"x")},
+    {"d/.wh.x": F(b"")},  # a whiteout through a lower layer's symlink
+    {"d/sub/.wh..wh..opq": F(b"")},
+    {"h": H("d/passwd")},  # a hard link whose target's way goes through one
 ])
 def test_an_apply_whose_first_entry_is_refused_later_leaves_the_layer_as_it_was(store, refused):
     """Refusals found once the entry is placed (its parents resolved, its link target looked
@@ -733,6 +754,23 @@ def test_check_finds_a_file_planted_in_a_child_image_layer(store):
     results = dict(store.check())
     assert results["base"] is None
     assert "'etc/planted': is in the layer but in no entry" in (results["child"] or "")
+
+
+def test_a_write_to_a_parent_file_linked_from_a_child_is_caught_after_a_writable_mount(store):
+    """A child whose entry links to a file of its parent checks sound after a mount with no
+    write (the target is listed as the link's other name); a write to that target is caught."""
+    if store.driver.name != "vfs":
+        pytest.skip("only vfs mounts an image layer writable")
+    store.import_layer("base", None, io.BytesIO(make_tar({"keep": D(), "keep/k": F(b"kept\n")})))
+    store.import_layer("child", "base", io.BytesIO(make_tar({"hlk": H("keep/k")})))
+    store.mount("child")
+    store.unmount("child")
+    assert store.check(["child"]) == [("child", None)]
+    root = store.mount("child")
+    Path(root, "keep/k").write_bytes(b"other content\n")
+    store.unmount("child")
+    ((_, why),) = store.check(["child"])
+    assert why is not None and "'keep/k': was changed in the layer" in why
 
 
 # ----- depth ----------------------------------------------------------------------------------------

@@ -565,7 +565,13 @@ class _Extractor(Extraction):
             x.wrote_nothing = True  # of this entry (see Extraction.run)
             raise
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(e, parent, base)
+            made = self.dirs_made
+            try:
+                self._whiteout(e, parent, base)
+            except OSError as x:
+                if x.errno != errno.ELOOP or self.dirs_made != made:
+                    raise
+                raise self._refused(e, x) from x  # on the way to what it deletes: a lower symlink
             return 0
         if rel == ".":
             self._dir_metadata(self.root_fd, e, "")
@@ -605,9 +611,13 @@ class _Extractor(Extraction):
         except OSError as x:
             if self.dirs_made != made:
                 raise
-            refused = ArchiveError(e.name, self._error_text(x))
-            refused.wrote_nothing = True
-            raise refused from x
+            raise self._refused(e, x) from x
+
+    def _refused(self, e: TarEntry, x: OSError) -> ArchiveError:
+        """*e* refused for *x* before any of it was written."""
+        refused = ArchiveError(e.name, self._error_text(x))
+        refused.wrote_nothing = True
+        return refused
 
     def _refuse_missing_target(self, e: TarEntry, rel: str) -> None:
         """Refuse hard link *e* before writing when its target is nowhere: not in the
@@ -623,7 +633,9 @@ class _Extractor(Extraction):
                 return
         except FileNotFoundError:
             pass
-        except OSError:
+        except OSError as x:
+            if x.errno == errno.ELOOP:  # the way to the target goes through a lower symlink
+                raise self._refused(e, x) from x
             return  # not to be told here: the link itself says what is wrong
         found = confine.find_in_lowers(self.lower_fds, target) if self.lower_fds else None
         if found is not None:

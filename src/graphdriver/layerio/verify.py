@@ -199,7 +199,12 @@ def changes_problems(
     implied: set[str] = set()
     deleted: set[str] = set()
     opaque: set[str] = set()
-    for rel in _last_headers(entries):
+    linked: set[str] = set()  # the targets of hard-link entries
+    for rel, e in _last_headers(entries).items():
+        if e.type == te.LNK:
+            target = posixpath.normpath("/" + e.linkname).lstrip("/")
+            linked.add(target)
+            implied.update(_parents(target.rpartition("/")[0]))  # listed above the target
         parent, _, base = rel.rpartition("/")
         if WHITEOUT_META_PREFIX in parent:
             continue
@@ -224,8 +229,11 @@ def changes_problems(
                 problems.append(f"{rel!r}: is deleted from the layer, and no entry of its tarball deletes it")
             continue
         if rel in implied and (kind == "A" or (
-                old_root is not None and _same_dir_owner_mode(root, old_root, rel, owner))):
+                old_root is not None and _as_parent_had_it(root, old_root, rel, owner, True))):
             continue  # a directory above the entries, made by unpacking or as the parent had it
+        if rel in linked and kind == "C" and old_root is not None and _as_parent_had_it(
+                root, old_root, rel, owner, False):
+            continue  # a parent's file an entry links to: listed as the link's other name
         what = "added to" if kind == "A" else "changed in"
         problems.append(f"{rel!r}: was {what} the layer, and no entry of its tarball says so")
     for rel in sorted(deleted - named - implied):
@@ -243,15 +251,20 @@ def changes_problems(
     return problems
 
 
-def _same_dir_owner_mode(root: str, old_root: str, rel: str,
-                         owner: Callable[[int, int], tuple[int, int]] | None) -> bool:
-    """Whether directory *rel* has the same type, mode and owner in both trees."""
+def _as_parent_had_it(root: str, old_root: str, rel: str,
+                      owner: Callable[[int, int], tuple[int, int]] | None, directory: bool) -> bool:
+    """Whether *rel* has the same type, mode and owner in both trees, and is a directory
+    (*directory*) or a regular file of the same size and modification time."""
     try:
         new, old = os.lstat(os.path.join(root, rel)), os.lstat(os.path.join(old_root, rel))
     except FileNotFoundError:
         return False
     theirs = (old.st_uid, old.st_gid) if owner is None else owner(old.st_uid, old.st_gid)
-    return new.st_mode == old.st_mode and (new.st_uid, new.st_gid) == theirs and stat.S_ISDIR(new.st_mode)
+    if new.st_mode != old.st_mode or (new.st_uid, new.st_gid) != theirs:
+        return False
+    if directory:
+        return stat.S_ISDIR(new.st_mode)
+    return stat.S_ISREG(new.st_mode) and (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
 
 
 def _inode(root_fd: int, rel: str) -> tuple[int, int] | None:

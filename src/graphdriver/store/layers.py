@@ -27,6 +27,7 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
     os_error,
+    shorten,
 )
 from graphdriver.fs import atomic, path_key, privileged
 from graphdriver.ids import check_id
@@ -35,7 +36,7 @@ from graphdriver.store.records import ApplyLock, Layer, LayerRecord, RecordStore
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
-    from typing import Any, BinaryIO, NoReturn
+    from typing import Any, BinaryIO, NoReturn, TypeVar
 
     from graphdriver.diff.changes import Change
     from graphdriver.drivers.base import Driver
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from graphdriver.fs.locking import locked
     from graphdriver.idmap import IDMappings
     from graphdriver.store.transaction import Transaction
+
+    _T = TypeVar("_T")
 
 STORE_FILE = "store.json"
 TARSPLIT_DIR = "tarsplit"
@@ -256,8 +259,7 @@ class Store:
             raise os_error(f"store {self.root}", e) from e
         except (OSError, ValueError) as e:
             raise IntegrityError(f"store {self.root}", f"unreadable {STORE_FILE}: {e}") from e
-        if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
-            raise IntegrityError(f"store {self.root}", f"malformed {STORE_FILE}")
+        settings = self._check_settings(settings)
         if opts.driver and opts.driver != settings["driver"]:
             if self._holds_nothing():
                 return None
@@ -272,6 +274,31 @@ class Store:
             if self._holds_nothing():
                 return None
             raise Precondition(f"store {self.root}", "was created with other id maps")
+        return settings
+
+    def _check_settings(self, settings: object) -> dict[str, str]:
+        """*settings*, or IntegrityError (exit 6) unless it is a ``store.json`` this version reads:
+        a driver name, id maps that parse, a format number not above its own (Unsupported,
+        exit 7, when a newer version wrote it)."""
+        what = f"store {self.root}"
+        if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
+            raise IntegrityError(what, f"malformed {STORE_FILE}")
+        version = settings.get("format", FORMAT_VERSION)
+        if type(version) is not int or version < 1:
+            raise IntegrityError(what, f"malformed {STORE_FILE}: format {shorten(repr(version))}")
+        if version > FORMAT_VERSION:
+            raise Unsupported(what, f"{STORE_FILE} has format {version}, written by a newer graphdriver "
+                                    f"(this one reads format {FORMAT_VERSION})")
+        maps = (settings.get("uidmap", ""), settings.get("gidmap", ""))
+        if not all(isinstance(m, str) for m in maps):
+            raise IntegrityError(what, f"malformed {STORE_FILE}: id maps are not strings")
+        if any(maps):
+            from graphdriver.idmap import IDMappings
+
+            try:
+                IDMappings.parse(*maps)
+            except InvalidArgument as e:
+                raise IntegrityError(what, f"malformed {STORE_FILE}: {e.why}") from e
         return settings
 
     def _holds_nothing(self) -> bool:
@@ -941,16 +968,22 @@ class Store:
         return parent
 
     def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
+        from graphdriver.store import content
+
+        return self._compare(layer_id, parent, content.changes)
+
+    def _compare(self, layer_id: str, parent: str | None, how: Callable[..., _T]) -> _T:
+        """*how* (``content.changes`` or ``content.size``) of the layer over *parent*."""
+        record = self._find(layer_id)
         base = self._parent_for(layer_id, parent)
         self._refuse_damaged_chains(layer_id, base)
         try:
-            from graphdriver.store import content
-
             owner = self._owner_translation(layer_id, base)
             # Trees stored under other maps are compared file by file, in container ids.
-            return content.changes(self.driver, layer_id, base, owner=owner, native=owner is None)
-        except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id, base, *self._ancestors(self._find(layer_id)))
+            return how(self.driver, layer_id, base, owner=owner, native=owner is None)
+        except (GraphDriverError, OSError) as e:
+            # Files may vanish under a reader when another process removes the layer.
+            self._raise_explained(e, layer_id, base, *self._ancestors(record), seen=record)
 
     def diff(
         self, layer_id: str, out: BinaryIO, parent: str | None = None, *, regenerate: bool = False,
@@ -1050,15 +1083,9 @@ class Store:
         return integrity.check(self, layer_ids)
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
-        base = self._parent_for(layer_id, parent)
-        self._refuse_damaged_chains(layer_id, base)
-        try:
-            from graphdriver.store import content
+        from graphdriver.store import content
 
-            owner = self._owner_translation(layer_id, base)
-            return content.size(self.driver, layer_id, base, owner=owner, native=owner is None)
-        except (NotFound, IntegrityError) as e:
-            self._raise_explained(e, layer_id, base, *self._ancestors(self._find(layer_id)))
+        return self._compare(layer_id, parent, content.size)
 
     # ----- base images -----------------------------------------------------------------
 

@@ -44,7 +44,7 @@ import posixpath
 import struct
 from dataclasses import dataclass, field
 
-from graphdriver.errors import ArchiveError
+from graphdriver.errors import ArchiveError, CorruptArchive
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.windows.layout import LAYER_ROOTS, TOMBSTONE_ROOTS
 
@@ -185,16 +185,16 @@ def _b64(entry: TarEntry, key: str, value: bytes) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ArchiveError(entry.name, f"invalid base64 in PAX record {key}") from e
+        raise CorruptArchive(entry.name, f"invalid base64 in PAX record {key}") from e
 
 
 def meta_from_entry(entry: TarEntry) -> WinMeta:
-    """The Windows metadata of *entry*, defaults filled in; ArchiveError for malformed records."""
+    """The Windows metadata of *entry*, defaults filled in; CorruptArchive (exit 6) for malformed records."""
     meta = WinMeta(attributes=FILE_ATTRIBUTE_DIRECTORY if entry.type == DIR else 0)
     raw = _record(entry, FILEATTR)
     if raw is not None:
         if not raw.isdigit() or int(raw) > 0xFFFFFFFF:
-            raise ArchiveError(entry.name, f"invalid {FILEATTR} {raw!r}")
+            raise CorruptArchive(entry.name, f"invalid {FILEATTR} {raw!r}")
         meta.attributes, meta.explicit_attributes = int(raw), True
     raw = _record(entry, RAWSD)
     if raw is not None:
@@ -208,7 +208,7 @@ def meta_from_entry(entry: TarEntry) -> WinMeta:
         elif (raw := _record(entry, _LEGACY_CREATETIME)) is not None:
             meta.creation_ns = filetime_to_ns(int(raw))
     except (ValueError, UnicodeDecodeError) as e:
-        raise ArchiveError(entry.name, f"invalid creation time {raw!r}") from e
+        raise CorruptArchive(entry.name, f"invalid creation time {raw!r}") from e
     meta.mountpoint = _record(entry, MOUNTPOINT) is not None
     for key, value in entry.pax.items():
         if key.startswith(EA_PREFIX) and len(key) > len(EA_PREFIX):
