@@ -215,11 +215,73 @@ def test_an_unreadable_image_record_is_removed_by_its_full_id(tmp_path):
     (tmp_path / "store/images/records" / (a["Id"][7:] + ".json")).write_text("{")
     said = gd(tmp_path, "cleanup").stdout.decode()
     assert f"graphdriver image rm {a['Id']} removes it" in said
-    one_line_error(gd(tmp_path, "image", "rm", a["Id"][7:19], check=False), 3)  # a prefix names no record
+    # A prefix is no full id: the record it starts is named, and stays.
+    assert f"{a['Id'][7:]}.json" in one_line_error(gd(tmp_path, "image", "rm", a["Id"][7:19], check=False), 6)
     assert gd(tmp_path, "image", "rm", a["Id"]).stdout.decode() == f"Deleted: {a['Id']}\n"
     gd(tmp_path, "prune", "--layers")  # what it held is freed now that nothing may name it
     assert a["Layers"][-1]["Layer"].encode() not in gd(tmp_path, "layers").stdout.split()
     assert inspect(tmp_path, "localhost/b:1")["Id"] == b["Id"]
+
+
+def test_a_name_an_unreadable_record_may_hold_is_an_integrity_failure_naming_it(tmp_path):
+    """Issue: with the record of localhost/a:1 corrupt, inspect and rm of that name said "no such
+    image" (exit 3); the name cannot be answered for, an integrity failure (exit 6)."""
+    a, b = two_images(tmp_path)
+    (tmp_path / "store/images/records" / (a["Id"][7:] + ".json")).write_text('{"id": 5\n')
+    for args in (("image", "inspect", "localhost/a:1"), ("image", "rm", "localhost/a:1"),
+                 ("image", "save", "localhost/a:1", "-o", str(tmp_path / "a.tar")),
+                 ("container", "create", "localhost/a:1", "c1"), ("image", "inspect", "localhost/nothing:1"),
+                 ("image", "inspect", "cafe" if not b["Id"][7:].startswith("cafe") else "beef")):
+        err = one_line_error(gd(tmp_path, *args, check=False), 6)
+        assert f"image record {a['Id'][7:]}.json" in err, (args, err)
+    assert not (tmp_path / "a.tar").exists()
+    # A name a readable record holds is answered; image ls names the bad record and lists the rest.
+    assert inspect(tmp_path, "localhost/b:1")["Id"] == b["Id"]
+    listed = gd(tmp_path, "image", "ls")
+    assert "localhost/b" in listed.stdout.decode() and a["Id"][7:] in listed.stderr.decode()
+    # Once the record is gone, the name is simply not found.
+    gd(tmp_path, "image", "rm", a["Id"])
+    one_line_error(gd(tmp_path, "image", "inspect", "localhost/a:1", check=False), 3)
+
+
+def test_one_index_digest_names_the_image_pulled_by_it_then_this_machines(tmp_path):
+    """Records as pulls through one index leave them: repo@<index digest> names the image pulled
+    by that reference before one a tag pull reached through the index; among equals, the image
+    of this machine's platform, else none (exit 5, naming each)."""
+    from graphdriver.images.sources import host_platform
+
+    a, b = two_images(tmp_path)
+    index = "sha256:" + "1" * 64
+    by_index = f"localhost/multi@{index}"
+    records = tmp_path / "store/images/records"
+
+    def edit(image: dict, platform: str, **lists: list[str]) -> None:
+        path = records / (image["Id"][7:] + ".json")
+        value = json.loads(path.read_text())
+        value.update(lists, platform=platform)
+        path.write_text(json.dumps(value))
+
+    here = host_platform()
+    elsewhere = "linux/s390x" if here != "linux/s390x" else "linux/arm64"
+    # a pulled through the index by a tag (another platform), b pulled by the index digest.
+    edit(a, elsewhere, pushed=[by_index])
+    edit(b, here, digests=[by_index])
+    assert inspect(tmp_path, by_index)["Id"] == b["Id"]
+    edit(a, here, digests=[], pushed=[by_index])
+    edit(b, elsewhere, digests=[by_index], pushed=[])
+    assert inspect(tmp_path, by_index)["Id"] == b["Id"]  # pulled by it: whatever its platform
+    # Both reached by tag pulls through it: this machine's platform wins, whichever sorts first.
+    edit(b, elsewhere, digests=[], pushed=[by_index])
+    assert inspect(tmp_path, by_index)["Id"] == a["Id"]
+    edit(a, elsewhere, pushed=[by_index])
+    edit(b, here, pushed=[by_index])
+    assert inspect(tmp_path, by_index)["Id"] == b["Id"]
+    # Neither for this machine: refused, both named.
+    edit(b, "linux/mips64le", pushed=[by_index])
+    err = one_line_error(gd(tmp_path, "image", "inspect", by_index, check=False), 5)
+    assert "ambiguous" in err and a["Id"] in err and b["Id"] in err and here in err
+    one_line_error(gd(tmp_path, "image", "rm", by_index, check=False), 5)
+    assert all(by_index in inspect(tmp_path, image["Id"])["RepoDigests"] for image in (a, b))  # rm: nothing
 
 
 def test_an_unreadable_container_record_still_holds_its_layers_and_its_image(tmp_path):

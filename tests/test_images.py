@@ -247,6 +247,27 @@ def test_save_through_a_symlink_writes_what_it_names_and_keeps_the_link(tmp_path
     assert (tmp_path / "plain.tar").read_bytes() == expected and (tmp_path / "link").is_symlink()
 
 
+def test_load_from_a_closed_standard_input_is_a_usage_error(tmp_path):
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"), "--driver", "vfs",
+           "image", "load", "-"]
+    proc = subprocess.run(["sh", "-c", '"$@" <&-', "sh", *cmd], capture_output=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"standard input: is closed" in proc.stderr
+
+
+def test_save_into_a_missing_folder_is_refused_in_every_format(tmp_path):
+    """As a tarball's, an OCI layout's parent folder must be there: nothing is made above it."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    for fmt in ("docker-archive", "oci-archive", "oci"):
+        target = tmp_path / "missing" / "deeper" / "out"
+        proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(target), "--format", fmt,
+                  check=False)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, (fmt, proc.stderr)
+        assert not (tmp_path / "missing").exists(), fmt
+
+
 def test_save_without_a_file_writes_the_archive_to_standard_output(tmp_path):
     """As ``docker save``: no -o (or -o -) is standard output, never a terminal (exit 2)."""
     import pty
@@ -466,6 +487,39 @@ images.load(store, {str(tmp_path / 'in')!r})
     assert gd(tmp_path, "vfs", "layers").stdout == b""
     assert gd(tmp_path, "vfs", "image", "ls", "--json").stdout.strip() == b"[]"
     assert not any((tmp_path / "store/images/blobs/sha256").iterdir())
+
+
+def test_an_image_of_the_other_system_is_refused_and_leaves_nothing(tmp_path):
+    """As Docker refuses an image whose os is not its own: Windows layers go to windowsfilter
+    alone, Linux ones never to it (exit 7, one line, no layer made)."""
+    oci_layout(tmp_path / "win", [wingen.layer_tar(wingen.base_layer())], name="localhost/win:1",
+               os_name="windows")
+    oci_layout(tmp_path / "lin", [LAYER1])
+    cases = (("vfs", "win", b"is a windows image"), ("windowsfilter", "lin", b"is a linux image"))
+    for driver, layout, says in cases:
+        proc = gd(tmp_path, driver, "image", "load", str(tmp_path / layout), check=False)
+        assert proc.returncode == 7 and proc.stderr.count(b"\n") == 1 and says in proc.stderr, proc.stderr
+        assert gd(tmp_path, driver, "layers").stdout == b""
+        shutil.rmtree(tmp_path / "store", ignore_errors=True)  # a refused load may make none
+
+
+def test_an_index_gives_a_windowsfilter_store_its_windows_image_unasked(tmp_path):
+    """Without --platform an index gives the store's system: windows for windowsfilter."""
+    import platform as host
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(host.machine(), host.machine())
+    base = wingen.layer_tar(wingen.base_layer())
+    multi_platform_layout(tmp_path / "multi", {f"linux/{arch}": ([LAYER1], "linux"),
+                                               f"windows/{arch}": ([base], "windows")}, "localhost/multi:1")
+    gd(tmp_path, "windowsfilter", "image", "load", str(tmp_path / "multi"))
+    inspected = json.loads(gd(tmp_path, "windowsfilter", "image", "inspect", "localhost/multi:1").stdout)
+    assert inspected["Platform"] == f"windows/{arch}"
+    linux = tmp_path / "linux"
+    other = run_cli("image", "load", str(tmp_path / "multi"), root=linux, driver="vfs", check=True)
+    assert other.stdout == b"localhost/multi:1\n"
+    inspected = json.loads(run_cli("image", "inspect", "localhost/multi:1", root=linux, driver="vfs",
+                                   check=True).stdout)
+    assert inspected["Platform"] == f"linux/{arch}"
 
 
 def test_a_windows_image_loads_into_windowsfilter_and_saves_with_the_same_digests(tmp_path):

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -113,7 +114,7 @@ def test_pull_run_commit_push_and_skopeo_finds_the_commit(tmp_path, registry, bu
                     f"docker://{src}"], check=True)
     pulled = gd(tmp_path, "image", "pull", src, "--insecure")
     assert pulled.stdout.decode().strip() == src
-    assert pulled.stderr.count(b"downloaded") == 2
+    assert pulled.stderr == b""  # off a terminal, nothing but what was skipped
     gd(tmp_path, "container", "create", src, "c1")
     root = Path(gd(tmp_path, "mount", "c1").stdout.decode().strip())
     try:
@@ -146,7 +147,9 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
     gd(tmp_path, "image", "load", str(tmp_path / "in"))
     dest = f"{registry.host}/made:1"
-    digest = gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure").stdout.decode().strip()
+    first = gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure")
+    assert first.stderr == b""  # off a terminal, only what was skipped is told
+    digest = first.stdout.decode().strip()
     # The kept manifest went up as it was: its digest is the layout's.
     index = json.loads((tmp_path / "in/index.json").read_text())
     assert digest == index["manifests"][0]["digest"]
@@ -166,7 +169,8 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     other = tmp_path / "other"
     other.mkdir()
     by_digest = f"{registry.host}/made@{digest}"
-    assert gd(other, "image", "pull", by_digest, "--insecure").returncode == 0
+    pulled = gd(other, "image", "pull", by_digest, "--tls-verify=false")  # podman's spelling
+    assert pulled.returncode == 0 and pulled.stderr == b"", pulled.stderr
     inspected = json.loads(gd(other, "image", "inspect", by_digest).stdout)
     assert inspected["ManifestDigest"] == digest
     missing = gd(other, "image", "pull", f"{registry.host}/nothing:1", "--insecure", check=False)
@@ -633,6 +637,8 @@ def test_a_pull_checks_the_platform_of_an_image_without_an_index(tmp_path, regis
     assert gd(tmp_path, "layers").stdout == b""
     bogus = gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", "bogus", check=False)
     assert bogus.returncode == 2 and bogus.stderr.count(b"\n") == 1
+    # As uname -m names it, as containerd's normalizer takes it.
+    assert gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", "linux/x86_64").returncode == 0
     assert gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", "linux/amd64").returncode == 0
 
 
@@ -643,27 +649,86 @@ def test_tls_to_a_plain_http_registry_fails_at_once_and_says_why(tmp_path, regis
     assert b"plain HTTP" in proc.stderr and b"--insecure" in proc.stderr
 
 
-def test_plain_http_to_a_tls_registry_says_to_leave_out_insecure(tmp_path):
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1 (its IP address a subjectAltName, as TLS
+    clients check it) in *folder*."""
     if shutil.which("openssl") is None:
         pytest.skip("needs openssl to make the registry's certificate")
-    folder = tmp_path / "registry-folder"
-    folder.mkdir()
     key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return key, cert
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[tuple[Registry, Path]]:
+    """A docker-registry on https with a self-signed certificate; yields it and the certificate."""
+    folder = tmp_path / "tls-registry-folder"
+    folder.mkdir()
+    key, cert = self_signed(folder)
     reg = Registry(folder, auth=f"  tls:\n    certificate: {cert}\n    key: {key}\n")  # under http:
-    try:
-        proc = gd(tmp_path, "image", "pull", f"{reg.host}/made:1", "--insecure", check=False)
-    finally:
-        reg.stop()
-    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
-    assert b"speaks HTTPS (leave out --insecure)" in proc.stderr
+    yield reg, cert
+    reg.stop()
+
+
+def test_insecure_skips_the_certificate_check_of_an_https_registry(tmp_path, tls_registry):
+    """--insecure is Docker's insecure-registries (podman's --tls-verify=false): https without
+    checking the certificate, and plain http only for a registry that speaks no TLS."""
+    reg, _ = tls_registry
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    dest = f"{reg.host}/team/made:1"
+    pushed = gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure")
+    assert pushed.stderr == b"", pushed.stderr  # no line per blob off a terminal, no TLS warning
+    other = tmp_path / "other"
+    other.mkdir()
+    pulled = gd(other, "image", "pull", dest, "--insecure")
+    assert pulled.stdout.decode().strip() == dest and pulled.stderr == b"", pulled.stderr
+    # Without it, the certificate is checked: refused at once, saying where a CA goes.
+    refused = gd(other, "image", "pull", dest, check=False)
+    assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
+    assert b"not trusted" in refused.stderr and b"certs.d" in refused.stderr
+
+
+def test_a_registry_ca_in_certs_d_is_trusted(tmp_path, tls_registry, monkeypatch):
+    """The CA certificates of a registry's folder in podman's certs.d (the user's, as rootless
+    podman reads it) and Docker's (HOST:PORT/ca.crt) are trusted besides the default ones."""
+    import graphdriver
+    from graphdriver.images import distribution
+    from graphdriver.images import registry as client
+
+    reg, cert = tls_registry
+    home = tmp_path / "home"
+    (home / ".config/containers/certs.d" / reg.host).mkdir(parents=True)
+    shutil.copy(cert, home / ".config/containers/certs.d" / reg.host / "registry.crt")
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    dest = f"{reg.host}/made:1"
+    digest = gd(tmp_path, "image", "push", "localhost/made:1", dest, env={"HOME": str(home)}).stdout.strip()
+    assert skopeo_json("inspect", "--tls-verify=false", f"docker://{dest}")["Digest"] == digest.decode()
+    # Docker's folder, as /etc/docker/certs.d/HOST:PORT/ca.crt: a pull through the API.
+    docker_dir = tmp_path / "docker-certs.d"
+    (docker_dir / reg.host).mkdir(parents=True)
+    shutil.copy(cert, docker_dir / reg.host / "ca.crt")
+    monkeypatch.setattr(client, "CERTS_DIRS", (str(docker_dir),))
+    assert client.ca_files(reg.host) == [str(docker_dir / reg.host / "ca.crt")]
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    store = graphdriver.open_store(str(tmp_path / "api"), run_root=str(tmp_path / "api-run"), driver="vfs")
+    record = distribution.pull(store, dest)
+    assert record.names == [dest] and record.manifest == digest.decode()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the bundle of CAs made for the pull is gone with it
+    monkeypatch.setattr(client, "CERTS_DIRS", (str(tmp_path / "none"),))
+    with pytest.raises(client.RegistryError, match="not trusted"):
+        distribution.pull(store, dest)
 
 
 def test_an_auth_file_that_cannot_be_used_is_an_error_naming_it(tmp_path, registry):
     auth = tmp_path / "auth.json"
     secret = base64.b64encode(b"alice:s3cret").decode()
     for content in ("{bad", json.dumps({"auths": {registry.host: {"auth": "!!" + secret}}}),
+                    json.dumps({"auths": {registry.host: 5}}),
                     json.dumps({"auths": {registry.host: {"auth": base64.b64encode(b"no colon").decode()}}})):
         auth.write_text(content)
         proc = gd(tmp_path, "image", "pull", f"{registry.host}/made:1", "--insecure", check=False,
@@ -793,3 +858,158 @@ def test_an_artifact_is_no_image_to_pull(tmp_path, registry):
     assert (r.returncode, r.stderr.count(b"\n")) == (7, 1), r.stderr
     assert b"is not a container image" in r.stderr
     assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+
+
+# ----- one index digest, several platforms -----------------------------------------------------------
+
+
+def platforms_layout(path: Path, platforms: list[str], name: str) -> dict[str, str]:
+    """An OCI layout at *path* whose index names an index of one image per ``os/arch``, each
+    config of its platform and its one layer saying which; returns each platform's image id."""
+    import gzip
+    import hashlib
+
+    from graphdriver.testing.treeutil import F, make_tar
+
+    blobs = path / "blobs/sha256"
+    blobs.mkdir(parents=True)
+
+    def put(media_type: str, data: bytes, **extra: object) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        (blobs / digest[7:]).write_bytes(data)
+        return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
+
+    ids, manifests = {}, []
+    for platform in platforms:
+        os_name, arch = platform.split("/")
+        layer = make_tar({"platform": F(platform.encode())})
+        diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+        value = {"architecture": arch, "os": os_name, "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+        config = put("application/vnd.oci.image.config.v1+json", json.dumps(value).encode())
+        ids[platform] = config["digest"]
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": config, "layers": [put("application/vnd.oci.image.layer.v1.tar+gzip",
+                                                                gzip.compress(layer, mtime=0))]})
+        manifests.append(put("application/vnd.oci.image.manifest.v1+json", manifest.encode(),
+                             platform={"os": os_name, "architecture": arch}))
+    index = put("application/vnd.oci.image.index.v1+json", json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests}).encode(),
+        annotations={"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"})
+    (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [index]}))
+    return ids
+
+
+def test_an_index_digest_names_the_image_pulled_by_it_then_this_machines(tmp_path, registry):
+    """Issue: a tag pull through an index remembers repo@<index digest> for its platform's image,
+    and a pull by that digest (this machine's platform) then found the other image first."""
+    from graphdriver.images.sources import host_platform
+    from tests.test_images import sha256
+
+    here = host_platform()
+    other, third = [p for p in ("linux/arm64", "linux/s390x", "linux/amd64") if p != here][:2]
+    ids = platforms_layout(tmp_path / "multi", [here, other, third], "localhost/multi:1")
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{tmp_path / 'multi'}:1",
+                    f"docker://{registry.host}/multi:1"], check=True)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{registry.host}/multi:1"], check=True, capture_output=True).stdout
+    tag, index_ref = f"{registry.host}/multi:1", f"{registry.host}/multi@{sha256(raw)}"
+    gd(tmp_path, "image", "pull", tag, "--insecure", "--platform", other)
+    assert gd(tmp_path, "image", "pull", index_ref, "--insecure").stdout.decode().strip() == index_ref
+    # The reference pulled by names what it pulled: inspect, save and rm act on this machine's image.
+    assert json.loads(gd(tmp_path, "image", "inspect", index_ref).stdout)["Id"] == ids[here]
+    gd(tmp_path, "image", "save", index_ref, "-o", str(tmp_path / "saved.tar"))
+    import tarfile
+
+    with tarfile.open(tmp_path / "saved.tar") as archive:
+        saved = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert saved[0]["Config"] == ids[here][7:] + ".json"
+    removed = gd(tmp_path, "image", "rm", index_ref).stdout.decode()
+    assert removed.startswith(f"Untagged: {index_ref}\nDeleted: {ids[here]}\nDeleted layer: "), removed
+    # What is left is the tag pull's image, still found by the index digest it came through.
+    assert json.loads(gd(tmp_path, "image", "inspect", index_ref).stdout)["Id"] == ids[other]
+    # Two tag pulls for two other platforms: the index digest names neither of them silently.
+    two = tmp_path / "two"
+    two.mkdir()
+    gd(two, "image", "pull", tag, "--insecure", "--platform", other)
+    gd(two, "image", "pull", tag, "--insecure", "--platform", third)
+    for args in (("image", "inspect", index_ref), ("image", "rm", index_ref)):
+        refused = gd(two, *args, check=False)
+        assert refused.returncode == 5 and refused.stderr.count(b"\n") == 1, refused.stderr
+        assert b"ambiguous" in refused.stderr
+        assert ids[other].encode() in refused.stderr and ids[third].encode() in refused.stderr
+    # A third, of this machine's platform: the one a pull of that digest would choose.
+    gd(two, "image", "pull", tag, "--insecure")
+    assert json.loads(gd(two, "image", "inspect", index_ref).stdout)["Id"] == ids[here]
+
+
+# ----- a push names the media types of its manifest's kind ---------------------------------------------
+
+
+def test_a_push_on_a_docker_manifest_base_names_oci_media_types_only(tmp_path, registry):
+    """Issue: an image on the layers of one pulled with a Docker manifest went up in an OCI manifest
+    naming those layers by Docker's media types (and was saved as OCI so)."""
+    from graphdriver.testing.treeutil import F, make_tar
+
+    maker = tmp_path / "maker"
+    maker.mkdir()
+    oci_layout(tmp_path / "base", [LAYER1, LAYER2], name="localhost/base:1")
+    gd(maker, "image", "load", str(tmp_path / "base"))
+    gd(maker, "image", "save", "localhost/base:1", "-o", str(tmp_path / "base.tar"))
+    base = f"{registry.host}/docker/base:1"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false",
+                    f"docker-archive:{tmp_path / 'base.tar'}", f"docker://{base}"], check=True)
+    docker = skopeo_json("inspect", "--raw", "--tls-verify=false", f"docker://{base}")
+    assert {x["mediaType"] for x in docker["layers"]} == {"application/vnd.docker.image.rootfs.diff.tar.gzip"}
+    gd(tmp_path, "image", "pull", base, "--insecure")
+    # An image on those layers with no manifest of its own (a docker-archive's, as a commit's).
+    more = make_tar({"srv/more": F(b"more\n")})
+    oci_layout(tmp_path / "top", [LAYER1, LAYER2, more], name="localhost/top:1")
+    gd(maker, "image", "load", str(tmp_path / "top"))
+    gd(maker, "image", "save", "localhost/top:1", "-o", str(tmp_path / "top.tar"))
+    gd(tmp_path, "image", "load", str(tmp_path / "top.tar"))
+    dest = f"{registry.host}/top:1"
+    digest = gd(tmp_path, "image", "push", "localhost/top:1", dest, "--insecure").stdout.decode().strip()
+    pushed = skopeo_json("inspect", "--raw", "--tls-verify=false", f"docker://{dest}")
+    assert pushed["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert [x["mediaType"] for x in pushed["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 3
+    # The base's blobs, the same bytes under OCI's name for them.
+    assert [x["digest"] for x in pushed["layers"][:2]] == [x["digest"] for x in docker["layers"]]
+    gd(tmp_path, "image", "save", "localhost/top:1", "-o", str(tmp_path / "layout"), "--format", "oci")
+    saved = skopeo_json("inspect", "--raw", f"oci:{tmp_path / 'layout'}:1")
+    assert saved == pushed
+    assert skopeo_json("inspect", "--tls-verify=false", f"docker://{dest}")["Digest"] == digest
+
+
+# ----- error lines name what failed ---------------------------------------------------------------------
+
+
+def test_registry_errors_name_the_image_the_registry_and_the_malformed_challenge(tmp_path, monkeypatch):
+    """A manifest too large names the image; retries given up name the registry's host; a Bearer
+    challenge without a realm URL is called malformed, not left to the HTTP library's words."""
+    from graphdriver.images import registry as client
+    from graphdriver.images.reference import parse
+
+    def answer(path: str) -> tuple[int, bytes, dict[str, str]]:
+        if "/big/" in path:
+            return 200, b" " * (client.MANIFEST_LIMIT + 1), {"Content-Type": client.oci.OCI_MANIFEST}
+        if "/challenge/" in path:
+            return 401, b"", {"WWW-Authenticate": 'Bearer realm="'}
+        return 500, b"{}", {"Content-Type": "application/json"}
+
+    monkeypatch.setattr(client, "_BACKOFF", 0.01)
+    with fake_registry(answer) as host:
+        big = gd(tmp_path, "image", "pull", f"{host}/big/x:1", "--insecure", check=False)
+        assert big.returncode == 6, big.stderr
+        assert big.stderr.decode() == (f"graphdriver: image {host}/big/x:1: manifest larger than "
+                                       f"{client.MANIFEST_LIMIT} bytes\n")
+        bad = gd(tmp_path, "image", "pull", f"{host}/challenge/x:1", "--insecure", check=False)
+        assert bad.returncode == 1 and bad.stderr.count(b"\n") == 1, bad.stderr
+        assert f"registry {host}: its authentication challenge is malformed".encode() in bad.stderr
+        assert b"Invalid URL" not in bad.stderr
+        with client.Registry(parse(f"{host}/err500json:1"), insecure=True) as reg, \
+                pytest.raises(client.RegistryError) as failed:
+            reg.manifest("1")
+        assert str(failed.value) == (f"GET {host}/v2/err500json/manifests/1: gave up after "
+                                     f"{client.ATTEMPTS} attempts: HTTP 500")

@@ -81,6 +81,9 @@ _LAYER_MAPS = (
                        "store's)", metavar="MAP", repeat=True, dest="layer_gidmap"),
 )
 
+_INSECURE = "https without checking the certificate, or plain http (a local registry)"
+_TLS_VERIFY = "false: as --insecure (podman's spelling); true: check the certificate (the default)"
+
 GLOBAL_OPTIONS = (
     Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root)",
            metavar="DIR"),
@@ -149,11 +152,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                    metavar="PATH"),
             Option("--format", "docker-archive, oci-archive or oci", metavar="FORMAT")),
     Command("image pull", "REF", "pull an image from a registry (OCI distribution API); prints its name",
-            Option("--insecure", "plain http (a local registry)"),
+            Option("--insecure", _INSECURE),
+            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false")),
             Option("--platform", "the os/arch to take from a multi-platform index (default: this "
                                  "machine's)", metavar="OS/ARCH")),
     Command("image push", "NAME REF", "push an image to a registry; prints the manifest digest",
-            Option("--insecure", "plain http (a local registry)")),
+            Option("--insecure", _INSECURE),
+            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"))),
     Command("image ls", "", "list the images: repository, tag, id, created, layers"),
     Command("image inspect", "NAME", "the image as JSON: id, names, digests, layers with DiffIDs "
             "and chain ids, the config"),
@@ -198,6 +203,7 @@ class Args:
     names: list[str]
     ref: str
     insecure: bool
+    tls_verify: str | None
     layers: bool
     force: bool
     compress: str | None
@@ -238,7 +244,7 @@ class Args:
         self.topic = []
         self.layer_uidmap, self.layer_gidmap = [], []
         self.shell = ""
-        self.format = self.platform = None
+        self.format = self.platform = self.tls_verify = None
         self.file = "-"
         self.parent = self.output = self.size = None
         self.root = self.run_root = self.driver = self.uidmap = self.gidmap = None

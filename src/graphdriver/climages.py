@@ -49,10 +49,17 @@ def _reporter(args: Args) -> Callable[[str], None]:
     return report
 
 
+def _insecure(args: Args) -> bool:
+    """``--insecure``, or podman's ``--tls-verify=false``; both at once contradict (exit 2)."""
+    if args.insecure and args.tls_verify == "true":
+        raise UsageError("--insecure and --tls-verify=true contradict each other", args.command)
+    return args.insecure or args.tls_verify == "false"
+
+
 def image_pull(store: Store, args: Args) -> int:
     from graphdriver.images import distribution, reference
 
-    record = distribution.pull(store, args.ref, insecure=args.insecure, platform=args.platform,
+    record = distribution.pull(store, args.ref, insecure=_insecure(args), platform=args.platform,
                                quiet=args.quiet, report=_reporter(args))
     # The reference pulled, in full: its tag, or for a pull by digest the digested reference.
     _out(jsonio.dumps(_ls_json(store, record)) if args.json else str(reference.parse(args.ref)))
@@ -62,7 +69,7 @@ def image_pull(store: Store, args: Args) -> int:
 def image_push(store: Store, args: Args) -> int:
     from graphdriver.images import distribution
 
-    digest = distribution.push(store, args.name, args.ref, insecure=args.insecure, quiet=args.quiet,
+    digest = distribution.push(store, args.name, args.ref, insecure=_insecure(args), quiet=args.quiet,
                                report=_reporter(args))
     _out(jsonio.dumps({"name": args.name, "ref": args.ref, "digest": digest}) if args.json else digest)
     return 0

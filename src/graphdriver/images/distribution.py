@@ -27,7 +27,7 @@ from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Unsupp
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim
 from graphdriver.images import oci, reference
-from graphdriver.images.loading import Pending, keeps_blob, load_image
+from graphdriver.images.loading import Pending, check_os, keeps_blob, load_image
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.images.sources import (
     SourceImage,
@@ -35,6 +35,7 @@ from graphdriver.images.sources import (
     check_platform,
     parse_platform,
     select_platform,
+    store_platform,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
             index = oci.load_json(data, f"index of {ref}")
             manifests = index.get("manifests")
             descs = [oci.Descriptor.parse(m, f"index of {ref}") for m in manifests or []]
-            chosen = select_platform(descs, platform, f"image {ref}")
+            chosen = select_platform(descs, platform or store_platform(store.driver_name), f"image {ref}")
             data, media = reg.manifest(chosen.digest)
         config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"), str(ref))
         if config_desc.media_type not in (oci.OCI_CONFIG, oci.DOCKER_CONFIG, ""):
@@ -89,6 +90,7 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
         config = reg.blob_bytes(config_desc.digest)
         if not chosen_by_index:
             check_platform(config, platform, f"image {ref}")
+        check_os(store, oci.load_json(config, f"config of {ref}"), f"image {ref}")  # before any layer
         diff_ids = oci.diff_ids_of(oci.load_json(config, f"config of {ref}"), str(ref))
         _download_all(reg, images, _wanted(store, images, layer_descs, diff_ids, say), quiet, say, fetched)
         layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
@@ -161,13 +163,15 @@ def _download_all(reg: object, images: ImageStore, descs: list[oci.Descriptor], 
         jobs = [pool.submit(one, d, add(f"layer {d.digest[7:19]}", d.size) if add else None) for d in descs]
         for job in jobs:
             job.result()
-    for d in descs:
-        say(f"layer {d.digest[7:19]}: downloaded ({d.size} bytes)")
+    if progress.wanted(quiet):  # on a terminal, what the bars showed stays as one line each
+        for d in descs:
+            say(f"layer {d.digest[7:19]}: downloaded ({d.size} bytes)")
 
 
 def push(store: Store, name: str, destination: str, *, insecure: bool = False, quiet: bool = True,
          report: Callable[[str], None] | None = None) -> str:
     """Push image *name* to *destination* (``host:5000/team/app:1``); returns the manifest digest."""
+    from graphdriver import progress
     from graphdriver.images.registry import Registry
 
     images = ImageStore(store.root)
@@ -197,7 +201,8 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
                 say(f"blob {digest[7:19]}: mounted from another repository")
                 continue
             reg.upload(digest, size, _pusher(store, images, digest, layer_id), quiet)
-            say(f"blob {digest[7:19]}: uploaded ({size} bytes)")
+            if progress.wanted(quiet):  # elsewhere only what was skipped is told, as for a pull
+                say(f"blob {digest[7:19]}: uploaded ({size} bytes)")
         digest = reg.put_manifest(dest.digest or dest.tag or "latest", manifest, media)
     if digest != record.manifest:
         raise IntegrityError(f"push of {name}", f"the registry names the manifest {digest}")
@@ -251,22 +256,32 @@ def _pusher(store: Store, images: ImageStore, digest: str, layer_id: str | None)
     return rebuilt
 
 
-def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) -> ImageRecord:
-    """Give *record* gzip layer blobs and an OCI manifest, kept, so every push sends the same bytes."""
-    from graphdriver.layerio.compression import Compression, open_compressor
-
-    os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
-    # A layer another image keeps a compressed blob of goes up as that blob (the
-    # registry may have it already: a commit on a pulled image sends its layer only).
+def _known_blobs(images: ImageStore) -> dict[str, dict[str, object]]:
+    """For each layer another image keeps a blob of, that blob's descriptor (as that image's
+    manifest has it: a Docker one names a Docker media type).  The layer goes up as that blob:
+    the registry may have it already (a commit on a pulled image sends its own layer only)."""
     known: dict[str, dict[str, object]] = {}
     for other in images.all():
         for layer_id, desc in zip(other.layers, other.layer_blobs or (), strict=False):
             if images.has_blob(str(desc.get("digest"))) or desc.get("digest") in other.diff_ids:
                 known.setdefault(layer_id, desc)
+    return known
+
+
+def _compress_for_push(store: Store, images: ImageStore, record: ImageRecord) -> ImageRecord:
+    """Give *record* gzip layer blobs and an OCI manifest, kept, so every push sends the same bytes.
+
+    A layer another image keeps a blob of is described by that blob, with its OCI media type
+    where that image's is Docker's (the bytes and digest are the same): an OCI manifest names
+    no Docker media type."""
+    from graphdriver.layerio.compression import Compression, open_compressor
+
+    os.makedirs(images.blobs_dir, 0o700, exist_ok=True)
+    known = _known_blobs(images)
     layers: list[dict[str, object]] = []
     for layer_id in record.layers:
         if layer_id in known:
-            layers.append(known[layer_id])
+            layers.append(oci.as_oci_descriptor(known[layer_id]))  # same blob, in an OCI manifest
             continue
         staging = os.path.join(images.blobs_dir, f"push.partial-{os.getpid()}")
         with os.fdopen(claim(staging), "wb") as out:  # held until renamed: see cleanup

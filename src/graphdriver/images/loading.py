@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from graphdriver.errors import AlreadyExists, IntegrityError, NotFound
+from graphdriver.errors import AlreadyExists, IntegrityError, NotFound, Unsupported, shorten
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim, locked
 from graphdriver.images import oci
@@ -117,6 +117,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
     diff_ids = oci.diff_ids_of(config, what)
     if len(src.layers) != len(diff_ids):
         raise IntegrityError(what, f"{len(src.layers)} layers but {len(diff_ids)} diff_ids in the config")
+    check_os(store, config, what)
     layer_ids = [oci.hex_of(c) for c in oci.chain_ids(diff_ids)]
     kept: list[str] = []
     fresh: list[str] = []  # blobs this load wrote, removed again if it fails
@@ -160,6 +161,19 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                     atomic.remove_file(images.blob_path(digest))
             raise
     return record
+
+
+def check_os(store: Store, config: dict[str, Any], what: str) -> None:
+    """Unsupported (exit 7) for an image of the other system than the store's driver holds:
+    Windows layers for ``windowsfilter``, Linux ones for the others (as Docker refuses an image
+    whose ``os`` is not the daemon's).  An image that names no system is taken."""
+    system = config.get("os")
+    windows = store.driver_name == "windowsfilter"
+    if not isinstance(system, str) or not system or (system == "windows") == windows:
+        return
+    holds = "Windows" if windows else "Linux"
+    raise Unsupported(what, f"is a {shorten(system, 40)} image, and driver {store.driver_name} holds {holds} "
+                            "layers (a store for the other system needs another --root and --driver)")
 
 
 def _record(images: ImageStore, src: SourceImage, image_id: str, config: dict[str, Any],

@@ -30,9 +30,9 @@ def load_named(store: Store, path: str, *, platform: str | None = None, quiet: b
     """:func:`load`, each record with the names the archive gave it (the record holds
     every name the image has, those it had before included)."""
     from graphdriver.images.loading import load_images
-    from graphdriver.images.sources import Archive
+    from graphdriver.images.sources import Archive, store_platform
 
-    with Archive(path, platform) as archive:
+    with Archive(path, platform, default=store_platform(store.driver_name)) as archive:
         sources = archive.images()
         loaded = [list(src.names) for src in sources]
         return list(zip(load_images(store, sources, quiet=quiet, report=report), loaded, strict=True))

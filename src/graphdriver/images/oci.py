@@ -91,15 +91,23 @@ def as_oci_manifest(manifest: bytes) -> bytes:
     import json
 
     value["mediaType"] = OCI_MANIFEST
-    for desc in [value.get("config"), *(value.get("layers") or [])]:
-        if isinstance(desc, dict) and desc.get("mediaType") in _TO_OCI:
-            desc["mediaType"] = _TO_OCI[desc["mediaType"]]
+    value["config"] = as_oci_descriptor(value.get("config"))
+    value["layers"] = [as_oci_descriptor(d) for d in value.get("layers") or []]
     # In the order of the OCI spec's Go types, as skopeo writes the same conversion, so
     # that both give the same bytes (and manifest digest).
     value = _ordered(value, _MANIFEST_ORDER)
     value["config"] = _ordered(value.get("config"), _DESCRIPTOR_ORDER)
     value["layers"] = [_ordered(d, _DESCRIPTOR_ORDER) for d in value.get("layers") or []]
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def as_oci_descriptor(desc: Any) -> Any:
+    """A descriptor (a JSON object) of a Docker media type with the OCI one for the same bytes
+    (a copy; its digest, size and the rest stay); any other as it is.  An OCI manifest names
+    OCI media types only, as ``skopeo copy --format oci`` writes it."""
+    if not isinstance(desc, dict) or desc.get("mediaType") not in _TO_OCI:
+        return desc
+    return {**desc, "mediaType": _TO_OCI[desc["mediaType"]]}
 
 
 _MANIFEST_ORDER = ("schemaVersion", "mediaType", "config", "layers", "annotations")

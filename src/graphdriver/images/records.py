@@ -27,7 +27,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
+from graphdriver.errors import (
+    GraphDriverError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Precondition,
+    shorten,
+)
 from graphdriver.fs import atomic
 from graphdriver.images import reference
 from graphdriver.images.oci import file_digest, hex_of, sha256_digest
@@ -118,11 +125,24 @@ class ImageRecord(Plain):
     def matches(self, ref: reference.Reference) -> bool:
         """Whether *ref* names this image: a name it has, or a digest it has in that repository
         (pulled or pushed by it, or the manifest of a name it has there)."""
+        return self.match_rank(ref) is not None
+
+    def match_rank(self, ref: reference.Reference) -> int | None:
+        """How closely *ref* names this image, 0 closest; None when it does not.
+
+        0: a name it has, or the digested reference it was pulled by (what the
+        user asked for); 1: where it was pushed as that manifest, or the index a
+        tag named when it was pulled (one index digest stands for an image per
+        platform); 2: the manifest kept for one of its names in that repository.
+        """
         if ref.digest is None:
-            return str(ref) in self.names
-        if f"{ref.repository}@{ref.digest}" in (*self.digests, *self.pushed):
-            return True  # pulled by that digest, or pushed there as that manifest
-        return ref.digest in self.manifests_in(ref.repository)
+            return 0 if str(ref) in self.names else None
+        digested = f"{ref.repository}@{ref.digest}"
+        if digested in self.digests:
+            return 0
+        if digested in self.pushed:
+            return 1
+        return 2 if ref.digest in self.manifests_in(ref.repository) else None
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -149,6 +169,50 @@ class ImageRecord(Plain):
             return record
         except (KeyError, TypeError, InvalidArgument) as e:
             raise IntegrityError(f"image record {where}", f"malformed: {e}") from e
+
+
+def _closest(images: list[ImageRecord], ref: reference.Reference, name: str) -> ImageRecord | None:
+    """The image *ref* (given as *name*) names most closely (see :meth:`ImageStore.lookup`); None if none."""
+    ranked = [(rank, r) for r in images if (rank := r.match_rank(ref)) is not None]
+    if not ranked:
+        return None
+    best = min(rank for rank, _ in ranked)
+    candidates = [r for rank, r in ranked if rank == best]
+    return candidates[0] if len(candidates) == 1 else _of_this_machine(candidates, name)
+
+
+def _of_this_machine(candidates: list[ImageRecord], name: str) -> ImageRecord:
+    """The one of *candidates* (images one name reaches equally) whose platform suits this
+    machine best, as a pull chooses from an index; :class:`Precondition` when none or several do."""
+    from graphdriver.images.oci import Descriptor
+    from graphdriver.images.sources import host_platform, select_platform
+
+    def platform(record: ImageRecord) -> dict[str, str]:
+        parts = record.platform.split("/")
+        return dict(zip(("os", "architecture", "variant"), parts, strict=False))
+
+    descs = [Descriptor("", r.id, 0, platform=platform(r)) for r in candidates]
+    by_id = {r.id: r for r in candidates}
+    try:
+        chosen: ImageRecord | None = by_id[select_platform(descs, None, f"image {shorten(name)!r}").digest]
+    except NotFound:
+        chosen = None
+    if chosen is not None and [r.platform for r in candidates].count(chosen.platform) == 1:
+        return chosen
+    listed = ", ".join(f"{r.id} ({r.platform or 'no platform'})" for r in candidates)
+    raise Precondition(f"image {shorten(name)!r}", f"ambiguous: it names {len(candidates)} images, "
+                       f"{'none' if chosen is None else 'more than one'} for this machine's platform "
+                       f"({host_platform()}): {listed}; name one by its id")
+
+
+def _unknown(name: str, bad: dict[str, IntegrityError]) -> GraphDriverError:
+    """No image *name* among the readable records: not found, unless a record is unreadable
+    (:class:`IntegrityError`, naming it, since it may hold *name*)."""
+    if not bad:
+        return NotFound(f"image {shorten(name)!r}", "no such image")
+    first = next(iter(bad.values()))
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return IntegrityError(f"image {shorten(name)!r}", f"unknown while a record is unreadable: {first}{more}")
 
 
 def repository_of(name: str) -> str:
@@ -184,19 +248,24 @@ class ImageStore:
         One corrupt record never takes the others down: it is reported, and
         the images of the sound records work as before.
         """
+        out, bad = self._scan()
+        return out, list(bad.values())
+
+    def _scan(self) -> tuple[list[ImageRecord], dict[str, IntegrityError]]:
+        """:meth:`scan`, each unreadable record's error under the hex of the id its file is named by."""
         try:
             names = sorted(n for n in os.listdir(self.records_dir) if n.endswith(".json"))
         except FileNotFoundError:
-            return [], []
+            return [], {}
         out = []
-        bad = []
+        bad = {}
         for name in names:
             try:
                 out.append(self._read(os.path.join(self.records_dir, name), name))
             except FileNotFoundError:
                 continue  # removed while listed
             except IntegrityError as e:
-                bad.append(e)
+                bad[name.removesuffix(".json")] = e
         out.sort(key=lambda r: (r.names[0] if r.names else r.digests[0] if r.digests else "\uffff", r.id))
         return out, bad
 
@@ -242,38 +311,65 @@ class ImageStore:
         with a digest (``repo@sha256:...``) names the image of that manifest
         in that repository only.  ``sha256:<hex>`` is always an id (or a
         prefix of one), never a name.
+
+        A digest reference may reach several images: one index digest stands
+        for an image per platform.  The closest match wins (see
+        :meth:`ImageRecord.match_rank`): the image pulled by that very
+        reference before one whose tag pull went through that index.  Among
+        equally close ones, the image of this machine's platform wins, as a
+        pull of that reference would choose it; when none is, the name is
+        refused as ambiguous (:class:`Precondition`, exit 5) naming each.
+
+        A name no readable record holds while a record cannot be read is an
+        :class:`IntegrityError` (exit 6) naming that record: the name may be
+        the unreadable record's, so "no such image" would be a guess.  A name
+        a readable record holds is answered (so is a unique id prefix of a
+        readable record's id that is no unreadable record's too).
         """
         if name.startswith("sha256:"):
             return self._by_id_prefix(name), False
-        images = self.all()
+        images, bad = self._scan()
         ref = None
         try:
             ref = reference.parse(name)
         except InvalidArgument:
             pass
         if ref is not None:
-            for r in images:
-                if r.matches(ref):
-                    return r, True
+            found = _closest(images, ref, name)
+            if found is not None:
+                return found, True
         if len(name) >= 4 and set(name) <= _HEX:
-            return self._by_id_prefix(name, images), False
+            return self._by_id_prefix(name, images, bad), False
         if ref is None:
             reference.parse(name)  # raises: neither a name nor an id
-        raise NotFound(f"image {shorten(name)!r}", "no such image")
+        raise _unknown(name, bad)
 
-    def _by_id_prefix(self, name: str, images: list[ImageRecord] | None = None) -> ImageRecord:
-        """The image whose id *name* is, or starts with (at least 4 hex digits, ``sha256:`` optional)."""
+    def _by_id_prefix(self, name: str, images: list[ImageRecord] | None = None,
+                      bad: dict[str, IntegrityError] | None = None) -> ImageRecord:
+        """The image whose id *name* is, or starts with (at least 4 hex digits, ``sha256:`` optional).
+
+        *images* and *bad* are :meth:`_scan`'s, when the caller has them.  An
+        unreadable record whose id (its file's name) starts so is a match too: alone,
+        it is named (:class:`IntegrityError`).  No match at all for a bare prefix
+        (no ``sha256:``, so possibly a name an unreadable record holds) is
+        :class:`IntegrityError` too while a record is unreadable.
+        """
         text = name.removeprefix("sha256:")
         if len(text) < 4 or not set(text) <= _HEX or len(text) > 64:
             raise InvalidArgument(f"image {shorten(name)!r}",
                                   "an image id is sha256: and hex digits (at least 4 of them)")
         if len(text) == 64:
             return self.get("sha256:" + text)
-        found = [r for r in (self.all() if images is None else images) if hex_of(r.id).startswith(text)]
-        if len(found) > 1:
+        if images is None or bad is None:
+            images, bad = self._scan()
+        found = [r for r in images if hex_of(r.id).startswith(text)]
+        unreadable = {k: e for k, e in bad.items() if k.startswith(text)}
+        if len(found) + len(unreadable) > 1:
             raise InvalidArgument(f"image {shorten(name)!r}", "ambiguous: several image ids start so")
+        if unreadable:
+            raise _unknown(name, unreadable)
         if not found:
-            raise NotFound(f"image {shorten(name)!r}", "no such image")
+            raise _unknown(name, {} if name.startswith("sha256:") else bad)
         return found[0]
 
     def untag(self, name: str) -> ImageRecord | None:

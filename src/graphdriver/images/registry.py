@@ -4,8 +4,12 @@ Over ``requests`` (a well-kept HTTP library that streams at disk speed with
 hashing; see the README's dependency list), imported only by ``image pull``
 and ``image push``.  What it does:
 
-* **Names**: ``docker.io`` is served by ``registry-1.docker.io``; https unless
-  ``insecure`` (plain http, for a local registry).
+* **Names**: ``docker.io`` is served by ``registry-1.docker.io``; always https,
+  its certificate checked against the default CAs and those configured for the
+  registry as podman and Docker keep them (:func:`ca_files`).  ``insecure`` is
+  Docker's insecure-registries and podman's ``--tls-verify=false``: https without
+  checking the certificate (a self-signed one), and plain http when the registry
+  does not speak TLS (a local registry).
 * **Auth**: anonymous first; on a 401 the ``WWW-Authenticate`` challenge says
   how: ``Basic`` with the credentials of ``$REGISTRY_AUTH_FILE`` or
   ``~/.docker/config.json`` (``auths.<host>.auth``, base64 ``user:password``),
@@ -26,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
@@ -48,6 +53,50 @@ class RegistryError(GraphDriverError):
     """The registry refused or failed (exit code 1)."""
 
     exit_code = 1
+
+
+#: Where podman (containers/image: the user's folder, then ``/etc/containers``) and Docker
+#: keep the CA certificates of a registry: a folder per ``host[:port]`` whose ``*.crt``
+#: files are CAs (Docker's ``ca.crt`` among them).
+CERTS_DIRS = ("~/.config/containers/certs.d", "/etc/containers/certs.d", "/etc/docker/certs.d")
+
+
+def ca_files(host: str) -> list[str]:
+    """The CA certificates configured for registry *host* (``host[:port]``): the ``*.crt``
+    files of its folder in each of :data:`CERTS_DIRS` there is one in, each folder's sorted.
+
+    Client certificates (``*.cert`` and ``*.key``) are not used.
+    """
+    out = []
+    for top in CERTS_DIRS:
+        folder = os.path.join(os.path.expanduser(top), host)
+        try:
+            names = sorted(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise RegistryError(f"certificates folder {folder}", f"unreadable: {e.strerror or e}") from e
+        out += [os.path.join(folder, n) for n in names if n.endswith(".crt")]
+    return out
+
+
+def _ca_bundle(files: list[str], default: str) -> str:
+    """A temporary file of the CAs of *default* (a bundle, when it is a file) and *files*, for
+    ``requests`` to verify against (it takes one bundle); the caller removes it."""
+    parts = [default] if os.path.isfile(default) else []
+    fd, path = tempfile.mkstemp(prefix="graphdriver-ca-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in [*parts, *files]:
+                try:
+                    with open(part, "rb") as f:
+                        out.write(f.read().rstrip(b"\n") + b"\n")
+                except OSError as e:
+                    raise RegistryError(f"CA certificate {part}", f"unreadable: {e.strerror or e}") from e
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
 
 
 def registry_host(ref: Reference) -> str:
@@ -79,7 +128,11 @@ def credentials(domain: str) -> tuple[str, str] | None:
     for path in _auth_files():
         auths = _read_auths(path)
         for key, entry in auths.items():
-            if key.rstrip("/") in keys and isinstance(entry, dict) and entry.get("auth"):
+            if key.rstrip("/") not in keys:
+                continue
+            if not isinstance(entry, dict):
+                raise GraphDriverError(f"auth file {path}", f"auths.{shorten(key)} is not an object")
+            if entry.get("auth"):  # an entry without one is a credential helper's: passed over
                 return _decode_auth(entry["auth"], path, key)
     return None
 
@@ -140,20 +193,48 @@ class Registry:
         self.requests = requests
         self.ref = ref
         self.host = registry_host(ref)
-        self.base = f"{'http' if insecure else 'https'}://{self.host}/v2/"
+        self.base = f"https://{self.host}/v2/"
+        self.insecure = insecure
+        #: Whether the scheme is settled: https once the registry answered over it (or always,
+        #: when not insecure), http once an insecure registry could not be reached over https.
+        self.settled = not insecure
+        #: Why TLS with an insecure registry failed, when that sent it to plain http.
+        self.tls_failure: str | None = None
         self.repo = ref.path
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "graphdriver"
         self.creds = credentials(ref.domain)
         self.actions = "pull,push" if push else "pull"
         self.tokens: dict[str, str] = {}
         self.auth_header: str | None = None
+        self.bundle: str | None = None
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "graphdriver"
+        #: Given with every request: the session's own would yield to $REQUESTS_CA_BUNDLE.
+        self.verify = self._trust()
 
     def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.session.close()
+        if self.bundle is not None:
+            try:
+                os.unlink(self.bundle)
+            except FileNotFoundError:
+                pass
+            self.bundle = None
+
+    def _trust(self) -> bool | str:
+        """What the registry's certificate is checked against (``requests``' ``verify``): not at
+        all when insecure; else the default CAs, with those of :func:`ca_files` when there are any."""
+        if self.insecure:
+            _quiet_unverified(self.host)
+            return False
+        files = ca_files(self.host)
+        if not files:
+            return True
+        default = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ""
+        self.bundle = _ca_bundle(files, default or self.requests.utils.DEFAULT_CA_BUNDLE_PATH)
+        return self.bundle
 
     # ----- requests, auth and retries ----------------------------------------------------------
 
@@ -181,19 +262,24 @@ class Registry:
         rewind = data.seek if hasattr(data, "seek") else None
         start = data.tell() if rewind is not None else 0
         authed_once = False
-        for attempt in range(ATTEMPTS):
+        attempt = 0  # retries so far (an answer asking for credentials, or a change to http, is none)
+        while True:
             if self.auth_header:
                 headers["Authorization"] = self.auth_header
             if rewind is not None:
                 rewind(start)
             try:
                 resp = self.session.request(method, self._url(path), headers=headers, data=data,
-                                            timeout=(30, 300), allow_redirects=True, **kw)
-            except self.requests.exceptions.SSLError as e:
-                raise self._tls_error(e) from e  # a handshake fails the same way every time
+                                            timeout=(30, 300), allow_redirects=True, verify=self.verify, **kw)
             except (self.requests.ConnectionError, self.requests.Timeout) as e:
-                self._wait(attempt, None, f"{method} {self._where(path)}: {_connection_failure(e)}")
+                if self._use_http(e):
+                    continue
+                if isinstance(e, self.requests.exceptions.SSLError):
+                    raise self._tls_error(e) from e  # a handshake fails the same way every time
+                self._wait(attempt, None, f"{method} {self._where(path)}", _connection_failure(e))
+                attempt += 1
                 continue
+            self.settled = True
             if resp.status_code == 401 and not authed_once:
                 authed_once = True
                 self._authenticate(resp, scope_repo or self.repo)
@@ -201,13 +287,24 @@ class Registry:
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
                 resp.close()
-                why = f"{method} {path}: HTTP {resp.status_code}"
-                self._wait(attempt, resp.headers.get("Retry-After"), why)
+                self._wait(attempt, resp.headers.get("Retry-After"), f"{method} {self._where(path)}",
+                           f"HTTP {resp.status_code}")
+                attempt += 1
                 continue
             if resp.status_code not in ok:
                 self._fail(method, path, resp)
             return resp
-        raise RegistryError(f"{method} {self._where(path)}", f"gave up after {ATTEMPTS} attempts")
+
+    def _use_http(self, error: Exception) -> bool:
+        """Whether the request that failed with *error* goes again over plain http: an insecure
+        registry not reached over https yet (it speaks no TLS, or listens for http only)."""
+        if self.settled or not isinstance(error, self.requests.ConnectionError):
+            return False  # (a read timing out had a connection: https works)
+        self.settled = True
+        if isinstance(error, self.requests.exceptions.SSLError):
+            self.tls_failure = _tls_detail(error)
+        self.base = f"http://{self.host}/v2/"
+        return True
 
     def _where(self, path: str) -> str:
         """*path* (relative to ``/v2/``, or a whole URL a registry sent) as messages show it:
@@ -218,19 +315,19 @@ class Registry:
 
     def _tls_error(self, error: Exception) -> RegistryError:
         """One line for a failed TLS handshake: what the TLS library said, and the likely cause."""
-        import re
-
-        found = re.search(r"\[SSL: ([A-Z_]+)\]|certificate verify failed|wrong version number", str(error))
-        detail = (found.group(1) or found.group(0) if found else "handshake failed").lower().replace("_", " ")
+        detail = _tls_detail(error)
         if "certificate" in detail:
-            why = "its certificate is not trusted"
+            why = (f"its certificate is not trusted (its CA goes in /etc/containers/certs.d/{self.host}/; "
+                   "--insecure skips the check)")
         else:  # most often an http-only registry answering the TLS handshake in plain text
             why = "the registry may speak plain HTTP (use --insecure for http)"
         return RegistryError(f"registry {self.host}", f"TLS failed ({detail}): {why}")
 
-    def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
+    def _wait(self, attempt: int, retry_after: str | None, what: str, why: str) -> None:
+        """Sleep before retry *attempt* + 1 of *what* (a request, with the registry's host) that
+        failed for *why*; give up when that would be one attempt too many."""
         if attempt + 1 >= ATTEMPTS:
-            raise RegistryError(f"registry {self.host}", f"gave up after {ATTEMPTS} attempts: {why}")
+            raise RegistryError(what, f"gave up after {ATTEMPTS} attempts: {why}")
         delay = _BACKOFF * (2**attempt)
         if retry_after and retry_after.isdigit():
             delay = min(max(delay, float(retry_after)), 60.0)
@@ -247,7 +344,9 @@ class Registry:
         what = f"{method} {self._where(path)}"
         why = f"HTTP {resp.status_code}" + (f" ({detail})" if detail else "")
         if resp.status_code == 400 and self.base.startswith("http:") and "HTTPS" in _text(resp):
-            why += ": the registry speaks HTTPS (leave out --insecure)"  # Go's answer to plain http
+            why += ": the registry speaks HTTPS"  # Go's answer to plain http
+            if self.tls_failure:
+                why += f", and TLS with it failed ({self.tls_failure})"
         resp.close()
         if resp.status_code == 404:
             raise NotFound(what, why)
@@ -270,25 +369,44 @@ class Registry:
                                 "how to authenticate (no WWW-Authenticate header)")
         if scheme != "bearer" or "realm" not in params:
             raise Unsupported(f"registry {self.host}", f"unknown authentication {shorten(header)!r}")
+        realm = params["realm"]
+        if not _is_http_url(realm):
+            raise RegistryError(f"registry {self.host}", f"its authentication challenge is malformed "
+                                f"(WWW-Authenticate: {shorten(header, 120)!r}): no token service URL")
         scope = params.get("scope") or f"repository:{repo}:{self.actions}"
         self.tokens.pop(scope, None)  # asked again: the one we had expired (or never was)
-        if scope not in self.tokens:
-            # One scope parameter per space-separated entry of the challenge's (a mount asks
-            # for two repositories), as the token protocol has it.
-            query = {"service": params.get("service", self.host), "scope": scope.split()}
-            auth = self.creds
-            got = self.session.get(params["realm"], params=query, auth=auth, timeout=(30, 60))
-            if got.status_code != 200:
-                raise RegistryError(f"token service {shorten(params['realm'])}", f"HTTP {got.status_code}")
-            try:
-                body = got.json()
-            except ValueError:
-                body = None
-            token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
-            if not isinstance(token, str):
-                raise RegistryError(f"token service {shorten(params['realm'])}", "answered no token")
-            self.tokens[scope] = token
+        # One scope parameter per space-separated entry of the challenge's (a mount asks
+        # for two repositories), as the token protocol has it.
+        query = {"service": params.get("service", self.host), "scope": scope.split()}
+        self.tokens[scope] = self._token(realm, query)
         self.auth_header = f"Bearer {self.tokens[scope]}"
+
+    def _token(self, realm: str, query: dict[str, Any]) -> str:
+        """A token from the token service at *realm* for *query* (service and scopes)."""
+        what = f"token service {shorten(realm, 160)}"
+        if self.insecure:  # its certificate goes unchecked as the registry's does, as Docker's
+            from urllib.parse import urlsplit
+
+            _quiet_unverified(urlsplit(realm).netloc)
+        try:
+            got = self.session.get(realm, params=query, auth=self.creds, timeout=(30, 60), verify=self.verify)
+        except self.requests.exceptions.SSLError as e:
+            raise RegistryError(what, f"TLS failed ({_tls_detail(e)})") from e
+        except (self.requests.ConnectionError, self.requests.Timeout) as e:
+            raise RegistryError(what, _connection_failure(e)) from e
+        except self.requests.RequestException as e:  # a URL requests will not ask
+            raise RegistryError(f"registry {self.host}", f"its authentication challenge is malformed "
+                                f"(realm {shorten(realm, 120)!r}: {type(e).__name__})") from e
+        if got.status_code != 200:
+            raise RegistryError(what, f"HTTP {got.status_code}")
+        try:
+            body = got.json()
+        except ValueError:
+            body = None
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+        if not isinstance(token, str):
+            raise RegistryError(what, "answered no token")
+        return token
 
     # ----- pulling --------------------------------------------------------------------------------
 
@@ -298,10 +416,14 @@ class Registry:
                             stream=True)
         data: bytes = resp.raw.read(MANIFEST_LIMIT + 1, decode_content=True)
         resp.close()
+        # Named by the image asked for; a manifest an index chose for it by its digest too.
+        own = reference in (self.ref.tag or "latest", self.ref.digest)
+        which = "manifest" if own else f"manifest {reference}"
         if len(data) > MANIFEST_LIMIT:
-            raise IntegrityError(f"manifest {reference}", f"larger than {MANIFEST_LIMIT} bytes")
+            raise IntegrityError(f"image {self.ref}", f"{which} larger than {MANIFEST_LIMIT} bytes")
         if reference.startswith("sha256:") and oci.sha256_digest(data) != reference:
-            raise IntegrityError(f"manifest {reference}", "its bytes do not match its digest")
+            raise IntegrityError(f"image {self.ref}",
+                                 f"{which} does not match its digest (the registry sent other bytes)")
         media = resp.headers.get("Content-Type", "").split(";")[0].strip()
         if not media or media == "application/json":
             media = str(oci.load_json(data, "manifest").get("mediaType", oci.OCI_MANIFEST))
@@ -360,7 +482,8 @@ class Registry:
             except (self.requests.ConnectionError, self.requests.Timeout,
                     self.requests.exceptions.ChunkedEncodingError) as e:
                 have = os.path.getsize(path) if os.path.exists(path) else 0
-                self._wait(attempt, None, f"blob {desc.digest}: {e}")
+                self._wait(attempt, None, f"GET {self._where(f'{self.repo}/blobs/{desc.digest}')}",
+                           _connection_failure(e))
         if have != desc.size or oci.file_digest(path) != desc.digest:
             os.unlink(path)
             raise IntegrityError(f"blob {desc.digest}", "the downloaded bytes do not match its digest")
@@ -424,6 +547,17 @@ class Registry:
         return str(resp.headers.get("Docker-Content-Digest") or oci.sha256_digest(data))
 
 
+def _is_http_url(text: str) -> bool:
+    """Whether *text* is an http or https URL with a host (a token service's realm must be)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def _whole_blob(resp: Any) -> int | None:
     """The size of the whole blob as the registry's answer gives it (a 200's length, the total
     of a 206's range); None when it does not say."""
@@ -444,6 +578,27 @@ def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
 
 def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + f"digest={digest}"
+
+
+def _tls_detail(error: Exception) -> str:
+    """What the TLS library said of a failed handshake, in words (``certificate verify failed``)."""
+    import re
+
+    found = re.search(r"\[SSL: ([A-Z_]+)\]|certificate verify failed|wrong version number", str(error))
+    return (found.group(1) or found.group(0) if found else "handshake failed").lower().replace("_", " ")
+
+
+def _quiet_unverified(host: str) -> None:
+    """No warning for each request made to *host* (``host[:port]``) without checking its
+    certificate: asked for (``--insecure``), it is no news.  Other hosts still warn."""
+    import re
+    import warnings
+
+    from urllib3.exceptions import InsecureRequestWarning
+
+    name = (host if host.endswith("]") or ":" not in host else host.rpartition(":")[0]).strip("[]")
+    message = rf"Unverified HTTPS request is being made to host '\[?{re.escape(name)}\]?'"
+    warnings.filterwarnings("ignore", message, InsecureRequestWarning)
 
 
 def _connection_failure(error: Exception) -> str:

@@ -71,6 +71,8 @@ class _Output:
             if os.path.lexists(path) and not os.path.isdir(path):
                 raise InvalidArgument(f"cannot write {path}", "an OCI layout is a folder; this is not one")
             try:
+                if self.made_folder:  # its parent must be there, as for a tarball's
+                    os.mkdir(path)
                 os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
             except OSError as e:  # as a tarball that cannot be written (a missing folder above)
                 from graphdriver.errors import os_error

@@ -79,6 +79,9 @@ class _Files:
             except PermissionError as e:  # nothing wrong with it: this user may not read it
                 self.close()
                 raise os_error(f"image archive {shorten(path)!r}", e) from e
+            except InvalidArgument:  # no archive to read at all (standard input closed)
+                self.close()
+                raise
             except (tarfile.TarError, OSError, EOFError, GraphDriverError) as e:
                 self.close()
                 why = f"not a readable tar archive: {e}"
@@ -97,6 +100,8 @@ class _Files:
 
         from graphdriver.layerio.compression import Compression, open_decompressed
 
+        if path == STDIN and sys.stdin is None:  # closed by the caller: nothing to read
+            raise InvalidArgument("standard input", "is closed; name an archive or pipe one in")
         with contextlib.ExitStack() as stack:
             f = sys.stdin.buffer if path == STDIN else stack.enter_context(open(path, "rb"))
             stream, kind = open_decompressed(f)
@@ -180,7 +185,9 @@ def _clean(name: str) -> str:
 class Archive:
     """The images of the archive or layout at *path*; ``with Archive(path) as a: a.images()``."""
 
-    def __init__(self, path: str, platform: str | None = None) -> None:
+    def __init__(self, path: str, platform: str | None = None, *, default: str | None = None) -> None:
+        """*platform* is the one asked for (an image of another is refused); *default* the one
+        taken from an index when none is asked for (this machine's when None)."""
         parse_platform(platform)  # a usage error before anything is read
         try:
             if path != STDIN:
@@ -191,6 +198,7 @@ class Archive:
             raise os_error(f"image archive {shorten(path)!r}", e) from e
         self.files = _Files(path)
         self.platform = platform
+        self.default = default
 
     def __enter__(self) -> Archive:
         return self
@@ -275,7 +283,7 @@ class Archive:
         if desc.media_type not in oci.INDEXES:
             raise IntegrityError(what, f"unknown media type {desc.media_type!r}")
         nested = oci.load_json(self._blob(desc), f"{what}: index {desc.digest}")
-        return [select_platform(_descriptors(nested, what), self.platform, what)]
+        return [select_platform(_descriptors(nested, what), self.platform or self.default, what)]
 
     def _oci_image(self, desc: Descriptor, name: str | None, what: str) -> SourceImage:
         manifest = self._blob(desc)
@@ -298,12 +306,17 @@ def _descriptors(index: dict[str, Any], what: str) -> list[Descriptor]:
     return [Descriptor.parse(m, what) for m in manifests]
 
 
+def store_platform(driver_name: str) -> str:
+    """The platform an index gives a store when none is asked for: this machine's, with
+    ``windows`` for the system of a ``windowsfilter`` store."""
+    host = host_platform()
+    return "windows/" + host.partition("/")[2] if driver_name == "windowsfilter" else host
+
+
 def host_platform() -> str:
     """``linux/amd64`` and so on, as Go names this machine."""
     machine = os.uname().machine
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-            "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
-    return f"linux/{arch}"
+    return f"linux/{_ARCH_ALIASES.get(machine, (machine, ''))[0]}"
 
 
 #: The variant an architecture means when none is named (as containerd's platform matcher).
@@ -321,7 +334,20 @@ def parse_platform(text: str | None) -> tuple[str, str, str] | None:
     parts = text.lower().split("/")
     if not 2 <= len(parts) <= 3 or not all(p and set(p) <= _PLATFORM_CHARS for p in parts):
         raise InvalidArgument(f"platform {shorten(text)!r}", "must be OS/ARCH[/VARIANT] (linux/arm64)")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+    arch, variant = parts[1], parts[2] if len(parts) == 3 else ""
+    arch, implied = _ARCH_ALIASES.get(arch, (arch, ""))
+    variant = variant or implied
+    if variant.isdigit():  # "arm/7" as "arm/v7", as containerd normalizes it
+        variant = "v" + variant
+    return parts[0], arch, variant
+
+
+#: The names ``uname -m`` and Debian use for an architecture, as OCI names it (and the variant
+#: the name implies), as containerd's platform normalizer maps them.
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", ""), "x86-64": ("amd64", ""), "i386": ("386", ""), "i686": ("386", ""),
+    "aarch64": ("arm64", ""), "armv7l": ("arm", "v7"), "armhf": ("arm", "v7"), "armel": ("arm", "v6"),
+}
 
 
 def _variant(arch: str, variant: str) -> str:
