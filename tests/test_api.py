@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import graphdriver
+from graphdriver.testing.treeutil import F, make_tar
 from tests.conftest import ROOT
 
 
@@ -63,6 +64,29 @@ def test_options_as_mapping_or_strings_and_errors_by_exit_code(tmp_path: Path) -
     assert nf.value.exit_code == 3 and isinstance(nf.value, graphdriver.GraphDriverError)
     with pytest.raises(AttributeError):
         graphdriver.no_such_name  # noqa: B018
+
+
+def test_a_uid_map_alone_maps_groups_alike_as_on_the_command_line(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("id maps need root (files are stored owned by the mapped ids)")
+    store = graphdriver.open_store(str(tmp_path / "s"), run_root=str(tmp_path / "r"), driver="vfs",
+                                   uidmap="0:100000:65536")
+    store.import_layer("a", None, io.BytesIO(make_tar({"f": F(b"x")})))
+    st = os.lstat(os.path.join(store.driver.apply_target("a").path, "f"))
+    assert (st.st_uid, st.st_gid) == (100000, 100000)
+    # The command line's --uidmap alone opens the same store.
+    from tests.conftest import run_cli
+
+    r = run_cli("--uidmap", "0:100000:65536", "create", "b", root=tmp_path / "s", run_root=tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    # A store an earlier version made with a uid map alone kept groups unmapped: the same
+    # call opens it, and it stays as it was made.
+    settings = tmp_path / "s" / "store.json"
+    settings.write_text(settings.read_text().replace('"gidmap":"0:100000:65536"', '"gidmap":""'))
+    old = graphdriver.open_store(str(tmp_path / "s"), run_root=str(tmp_path / "r"), uidmap="0:100000:65536")
+    old.import_layer("c", None, io.BytesIO(make_tar({"f": F(b"x")})))
+    st = os.lstat(os.path.join(old.driver.apply_target("c").path, "f"))
+    assert (st.st_uid, st.st_gid) == (100000, 0)
 
 
 def test_importing_the_package_loads_nothing_else() -> None:

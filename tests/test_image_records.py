@@ -659,3 +659,29 @@ def test_a_second_manifest_pulled_by_digest_is_kept_for_that_reference():
     assert record.as_named(reference.parse(f"example.com/app@{m2}")).manifest == m2
     assert record.as_named(reference.parse("example.com/app:1")).manifest == m1
     assert record.manifests_in("example.com/app") == {m1, m2}
+
+
+@pytest.mark.parametrize(("machine", "host", "windows"), [
+    ("x86_64", "linux/amd64", "windows/amd64"), ("aarch64", "linux/arm64", "windows/arm64"),
+    ("armv7l", "linux/arm/v7", "windows/arm/v7"), ("riscv64", "linux/riscv64", "windows/riscv64"),
+])
+def test_this_machines_platform_as_go_names_it(monkeypatch, machine, host, windows):
+    import os
+
+    from graphdriver.images import sources
+
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", "r", "v", machine)))
+    assert sources.host_platform() == host
+    assert sources.store_platform("windowsfilter") == windows and sources.store_platform("vfs") == host
+
+
+@pytest.mark.parametrize(("given", "parsed"), [
+    ("linux/x86_64", ("linux", "amd64", "")), ("linux/aarch64", ("linux", "arm64", "")),
+    ("linux/arm/7", ("linux", "arm", "v7")), ("linux/armhf", ("linux", "arm", "v7")),
+    ("linux/armel", ("linux", "arm", "v6")), ("LINUX/AMD64", ("linux", "amd64", "")),
+    ("linux/arm64/v8", ("linux", "arm64", "v8")),
+])
+def test_platform_names_are_normalized_as_containerd_does(given, parsed):
+    from graphdriver.images.sources import parse_platform
+
+    assert parse_platform(given) == parsed

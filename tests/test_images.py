@@ -571,6 +571,19 @@ def test_tree_df_and_prune(tmp_path, driver_name):
     assert gd(tmp_path, driver_name, "layers").stdout.decode().split() == [hashlib.sha256(LAYER1).hexdigest()]
 
 
+def test_prune_and_df_leave_a_read_only_stores_layers_out(tmp_path):
+    """An additional store's layers are listed, never what prune frees (it could not)."""
+    shared = tmp_path / "shared"
+    run_cli("create", "theirs", root=shared, driver="vfs", check=True)
+    ro = ("--additional-store", str(shared))
+    run_cli(*ro, "create", "mine", "--parent", "theirs", root=tmp_path / "store", driver="vfs", check=True)
+    plan = json.loads(run_cli(*ro, "df", "--json", root=tmp_path / "store", check=True).stdout)["prune"]
+    assert plan == {"images": [], "layers": []}
+    done = run_cli(*ro, "prune", "--layers", root=tmp_path / "store", check=True).stdout.decode()
+    assert done == "deleted layer mine\n"
+    assert run_cli(*ro, "layers", root=tmp_path / "store", check=True).stdout == b"theirs\n"
+
+
 def test_image_and_container_commands_print_json_with_json(tmp_path):
     oci_layout(tmp_path / "a", [LAYER1, LAYER2], name="localhost/a:1")
 
@@ -671,6 +684,12 @@ def test_names_come_before_ids_and_a_bare_tag_names_nothing(tmp_path):
     out = gd(tmp_path, "vfs", "image", "load", str(layout)).stdout.decode().strip()
     assert out.startswith("sha256:")
     assert "docker.io/library/latest" not in gd(tmp_path, "vfs", "image", "ls").stdout.decode()
+    # One named "deb:2" (buildah commit ... oci-archive:deb.tar:deb:2) is that name, as Docker reads it.
+    index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "deb:2"}
+    (layout / "index.json").write_text(json.dumps(index))
+    out = gd(tmp_path, "vfs", "image", "load", str(layout)).stdout.decode().strip()
+    assert out == "docker.io/library/deb:2"
+    assert json.loads(gd(tmp_path, "vfs", "image", "inspect", "deb:2").stdout)["Names"] == [out]
 
 
 def test_a_truncated_archive_is_refused_in_one_line_and_leaves_no_temporary_file(tmp_path):

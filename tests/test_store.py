@@ -177,6 +177,18 @@ def test_additional_read_only_store(tmp_path, driver_name):
         local.apply("base", io.BytesIO(TOP))
 
 
+def test_an_additional_store_of_another_driver_is_refused_as_such(tmp_path):
+    """Its layers' files are where its own driver keeps them: a precondition (5) naming the
+    driver, never "files missing" (6) for a layer nothing damaged."""
+    shared = Store(StoreOptions(root=str(tmp_path / "shared"), run_root=str(tmp_path / "r1"), driver="vfs"))
+    shared.import_layer("base", None, io.BytesIO(BASE))
+    local = Store(StoreOptions(root=str(tmp_path / "local"), run_root=str(tmp_path / "r2"),
+                               driver="windowsfilter", additional_stores=(str(tmp_path / "shared"),)))
+    assert [r.id for r in local.layers()] == ["base"]  # listing needs no driver
+    with pytest.raises(Precondition, match="was created with driver vfs, not windowsfilter"):
+        local.create("top", "base")
+
+
 def test_self_overwriting_archive_is_kept_but_not_claimed_exact(store):
     raw = io.BytesIO()
     import tarfile

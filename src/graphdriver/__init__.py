@@ -111,7 +111,7 @@ def open_store(
     overlay and vfs that works here); an existing store refuses another.
     *options* are driver options, a mapping or ``KEY=VALUE`` strings.
     *uidmap*/*gidmap* (``container:host:size``, comma-separated) are fixed
-    when the store is created.  *additional_stores* are read-only stores
+    when the store is created; *gidmap* defaults to *uidmap*.  *additional_stores* are read-only stores
     whose layers are listed, mounted and used as parents.  *recover* first
     finishes or undoes work a crash left (pass False to call ``cleanup``
     yourself and see what it did).
@@ -138,7 +138,8 @@ def open_store(
     if uidmap or gidmap:
         from graphdriver.idmap import IDMap, IDMappings
 
-        idmaps = IDMappings(IDMap.parse(uidmap), IDMap.parse(gidmap))
+        # A uid map alone maps groups alike, as podman's --uidmap does.
+        idmaps = IDMappings(IDMap.parse(uidmap), IDMap.parse(gidmap or uidmap))
     return Store(StoreOptions(
         root=root,
         run_root=run_root or default_run_root(root),

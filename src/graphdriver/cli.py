@@ -36,7 +36,7 @@ def _open_store(args: Args) -> Store:
         driver=args.driver,
         options=args.opt,
         uidmap=args.uidmap or "",
-        gidmap=args.gidmap or args.uidmap or "",  # --uidmap alone maps groups alike, as podman's does
+        gidmap=args.gidmap or "",  # --uidmap alone maps groups alike (open_store)
         additional_stores=args.additional_store,
         recover=args.command != "cleanup",
         create=False,

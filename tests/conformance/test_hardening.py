@@ -95,6 +95,25 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def test_a_repair_made_on_opening_the_store_is_said_on_stderr(store):
+    """Any command repairs what a crash left before it runs; what it did is said then (one
+    line each on stderr, as cleanup would print it), since cleanup will find nothing left."""
+    from graphdriver.store.records import LayerRecord
+    from tests.conftest import run_cli
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    store.records.mark_pending("half", "import")
+    store.records.put(LayerRecord(id="half", parent="base", driver=store.driver_name))
+    store.driver.create("half", "base")
+    os.close(store.records._held.pop("half"))  # the crash: the marker's lock is released
+    where = {"root": Path(store.root), "run_root": Path(store.run_root)}
+    r = run_cli("layers", **where)
+    assert r.returncode == 0 and r.stdout == b"base\n", r.stderr
+    assert r.stderr == b"graphdriver: cleanup: removed layer half left by an interrupted import\n"
+    assert run_cli("cleanup", **where).stdout == b""
+    assert run_cli("-q", "layers", **where).stderr == b""
+
+
 def test_cleanup_after_crashes_reports_each_repair_and_leaves_only_live_layers(store, tmp_path):
     """Leftovers of kill -9: a half-imported layer, half-written files, mount locks of gone layers."""
     from graphdriver.store.records import LayerRecord
@@ -485,6 +504,7 @@ def test_an_apply_whose_first_entry_is_refused_leaves_the_layer_as_it_was(store,
     {"d/.wh.x": F(b"")},  # a whiteout through a lower layer's symlink
     {"d/sub/.wh..wh..opq": F(b"")},
     {"h": H("d/passwd")},  # a hard link whose target's way goes through one
+    {"nd/sub/h": H("d/passwd")},  # ... refused before its own folders are made
 ])
 def test_an_apply_whose_first_entry_is_refused_later_leaves_the_layer_as_it_was(store, refused):
     """Refusals found once the entry is placed (its parents resolved, its link target looked
@@ -500,6 +520,7 @@ def test_an_apply_whose_first_entry_is_refused_later_leaves_the_layer_as_it_was(
         store.apply("c", io.BytesIO(make_tar({**refused, "g": F(b"y")})))
     record = store.layer("c")
     assert (record.damaged, record.diff_digest) == (None, digest)
+    assert store.check(["c"]) == [("c", None)]  # not a folder more
     out = io.BytesIO()
     store.diff("c", out)
     assert out.getvalue() == imported
@@ -767,6 +788,12 @@ def test_a_write_to_a_parent_file_linked_from_a_child_is_caught_after_a_writable
     store.unmount("child")
     assert store.check(["child"]) == [("child", None)]
     root = store.mount("child")
+    os.setxattr(Path(root, "keep/k"), "user.planted", b"x")  # same size and times: an xattr more
+    store.unmount("child")
+    ((_, why),) = store.check(["child"])
+    assert why is not None and "'keep/k': was changed in the layer" in why
+    root = store.mount("child")
+    os.removexattr(Path(root, "keep/k"), "user.planted")
     Path(root, "keep/k").write_bytes(b"other content\n")
     store.unmount("child")
     ((_, why),) = store.check(["child"])

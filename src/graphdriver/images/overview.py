@@ -183,7 +183,9 @@ def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False
         while layer_id in usage.layers and layer_id not in kept_all:
             kept_all.add(layer_id)
             layer_id = usage.layers[layer_id].parent or ""
-    candidates = [i for i in usage.layers if i not in kept_all and (layers or is_image_layer_id(i))]
+    # A read-only store's layers are never this store's to remove.
+    candidates = [i for i, layer in usage.layers.items() if i not in kept_all and not layer.read_only_store
+                  and (layers or is_image_layer_id(i))]
     # Top first: a layer goes only once every child of it is going.
     order: list[str] = []
     going = set(candidates)
@@ -244,6 +246,7 @@ def _prune(store: Store, images: ImageStore, plan: dict[str, list[str]], done: l
                 continue
             store.remove(layer_id)
         except GraphDriverError as e:
-            done.append(f"kept layer {layer_id}: {e}")
+            why = e.why if e.what == f"layer {layer_id}" and e.why else str(e)  # no prefix twice
+            done.append(f"kept layer {layer_id}: {why}")
             continue
         done.append(f"deleted layer {layer_id}")

@@ -72,10 +72,8 @@ def ca_files(host: str) -> list[str]:
         folder = os.path.join(os.path.expanduser(top), host)
         try:
             names = sorted(os.listdir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as e:
-            raise RegistryError(f"certificates folder {folder}", f"unreadable: {e.strerror or e}") from e
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # as containers/image passes over a folder this user may not read
         out += [os.path.join(folder, n) for n in names if n.endswith(".crt")]
     return out
 
@@ -229,7 +227,7 @@ class Registry:
         if self.insecure:
             _quiet_unverified(self.host)
             return False
-        files = ca_files(self.host)
+        files = ca_files(self.ref.domain)  # docker.io, as podman names its folder
         if not files:
             return True
         default = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ""
@@ -300,6 +298,9 @@ class Registry:
         registry not reached over https yet (it speaks no TLS, or listens for http only)."""
         if self.settled or not isinstance(error, self.requests.ConnectionError):
             return False  # (a read timing out had a connection: https works)
+        tls = isinstance(error, self.requests.exceptions.SSLError)
+        if not tls and not isinstance(_root_cause(error), ConnectionRefusedError):
+            return False  # a reset or a timeout says nothing of the scheme: retried as it is
         self.settled = True
         if isinstance(error, self.requests.exceptions.SSLError):
             self.tls_failure = _tls_detail(error)
@@ -578,6 +579,23 @@ def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
 
 def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + f"digest={digest}"
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception *error* was raised from (``requests`` wraps urllib3's, which
+    wraps the socket's)."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or error.__context__
+        if inner is None and error.args and isinstance(error.args[0], BaseException):
+            inner = error.args[0]
+        reason = getattr(error, "reason", None)
+        if inner is None and isinstance(reason, BaseException):
+            inner = reason
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
 
 
 def _tls_detail(error: Exception) -> str:

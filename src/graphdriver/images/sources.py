@@ -290,7 +290,9 @@ class Archive:
         config_desc, layer_descs = oci.manifest_parts(oci.load_json(manifest, f"{what}: manifest"), what)
         config = self._blob(config_desc)
         names = []
-        if name and "/" in name.split("@")[0]:  # a bare tag ("latest", "1") names no repository
+        # A bare tag ("latest", "1", as containerd writes ref.name) names no repository;
+        # "deb:2" (buildah's oci-archive:deb.tar:deb:2) and "localhost/web:1" do.
+        if name and any(c in name.split("@")[0] for c in "/:"):
             try:
                 names.append(str(reference.parse_new(name)))
             except InvalidArgument:
@@ -316,7 +318,8 @@ def store_platform(driver_name: str) -> str:
 def host_platform() -> str:
     """``linux/amd64`` and so on, as Go names this machine."""
     machine = os.uname().machine
-    return f"linux/{_ARCH_ALIASES.get(machine, (machine, ''))[0]}"
+    arch, variant = _ARCH_ALIASES.get(machine, (machine, ""))
+    return f"linux/{arch}/{variant}" if variant else f"linux/{arch}"
 
 
 #: The variant an architecture means when none is named (as containerd's platform matcher).

@@ -576,9 +576,9 @@ class _Extractor(Extraction):
         if rel == ".":
             self._dir_metadata(self.root_fd, e, "")
             return 0
-        pfd = self._parent_fd(e, parent)
-        if t == LNK:
+        if t == LNK:  # before its folders are made: a refusal here has written nothing
             self._refuse_missing_target(e, rel)
+        pfd = self._parent_fd(e, parent)
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
             self.created.add(rel)

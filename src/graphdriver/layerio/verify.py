@@ -254,7 +254,7 @@ def changes_problems(
 def _as_parent_had_it(root: str, old_root: str, rel: str,
                       owner: Callable[[int, int], tuple[int, int]] | None, directory: bool) -> bool:
     """Whether *rel* has the same type, mode and owner in both trees, and is a directory
-    (*directory*) or a regular file of the same size and modification time."""
+    (*directory*) or a regular file of the same size, modification time and xattrs."""
     try:
         new, old = os.lstat(os.path.join(root, rel)), os.lstat(os.path.join(old_root, rel))
     except FileNotFoundError:
@@ -264,7 +264,11 @@ def _as_parent_had_it(root: str, old_root: str, rel: str,
         return False
     if directory:
         return stat.S_ISDIR(new.st_mode)
-    return stat.S_ISREG(new.st_mode) and (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    if not stat.S_ISREG(new.st_mode) or (new.st_size, new.st_mtime_ns) != (old.st_size, old.st_mtime_ns):
+        return False
+    from graphdriver.layerio.export import read_xattrs
+
+    return read_xattrs(os.path.join(root, rel)) == read_xattrs(os.path.join(old_root, rel))
 
 
 def _inode(root_fd: int, rel: str) -> tuple[int, int] | None:

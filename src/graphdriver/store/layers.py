@@ -154,7 +154,11 @@ class Store:
         # half-written temporary files): a read-only command on a healthy store
         # lists one empty folder and goes on.
         if opts.recover and self.records.pending_entries():
-            self.cleanup()
+            from graphdriver.errors import warn
+
+            for line in self.cleanup():  # each repair said, as cleanup says it: it will find none
+                if line.startswith(("removed ", "dropped ")):  # not what stays to be told again
+                    warn(f"cleanup: {line}")
         if opts.driver_options:
             self.driver  # noqa: B018 - unknown driver options are refused at once
 
@@ -220,6 +224,7 @@ class Store:
         if self._driver is None:
             from graphdriver.drivers.base import DriverConfig
             settings = self.settings()
+            self._refuse_other_drivers_stores(settings["driver"])
             idmaps = None  # the identity, made when asked for
             if settings.get("uidmap") or settings.get("gidmap"):
                 from graphdriver.idmap import IDMappings
@@ -267,14 +272,31 @@ class Store:
                 f"store {self.root}",
                 f"was created with driver {settings['driver']}, not {opts.driver}",
             )
-        if opts.idmaps is not None and (
-            str(opts.idmaps.uids) != settings.get("uidmap", "")
-            or str(opts.idmaps.gids) != settings.get("gidmap", "")
-        ):
+        if opts.idmaps is not None and not _same_maps(opts.idmaps, settings):
             if self._holds_nothing():
                 return None
             raise Precondition(f"store {self.root}", "was created with other id maps")
         return settings
+
+    def _refuse_other_drivers_stores(self, name: str) -> None:
+        """Precondition (exit 5) for an additional store made with another driver than *name*:
+        its layers' files are where that driver keeps them, which this one never looks."""
+        for ro in self.readonly:
+            path = os.path.join(ro.root, STORE_FILE)
+            try:
+                theirs = atomic.read_json(path)
+            except FileNotFoundError:
+                continue  # no layer stored there yet
+            except PermissionError as e:
+                raise os_error(f"additional store {ro.root}", e) from e
+            except (OSError, ValueError) as e:
+                raise IntegrityError(f"additional store {ro.root}", f"unreadable {STORE_FILE}: {e}") from e
+            driver = theirs.get("driver") if isinstance(theirs, dict) else None
+            if not isinstance(driver, str):
+                raise IntegrityError(f"additional store {ro.root}", f"malformed {STORE_FILE}")
+            if driver != name:
+                raise Precondition(f"additional store {ro.root}",
+                                   f"was created with driver {shorten(str(driver), 40)}, not {name}")
 
     def _check_settings(self, settings: object) -> dict[str, str]:
         """*settings*, or IntegrityError (exit 6) unless it is a ``store.json`` this version reads:
@@ -1196,6 +1218,16 @@ class Store:
         self._forget_tarsplit(layer_id)
         self.records.delete(layer_id)
         self.records.clear_pending(layer_id)
+
+
+def _same_maps(idmaps: IDMappings, settings: dict[str, str]) -> bool:
+    """Whether *idmaps* are the maps ``store.json`` (*settings*) fixed.  A uid map alone
+    given to an earlier version's API left groups unmapped (``gidmap`` empty): the same uid
+    map, its groups now defaulting to it, opens that store as it was made."""
+    uids, gids = settings.get("uidmap", ""), settings.get("gidmap", "")
+    if str(idmaps.uids) != uids:
+        return False
+    return str(idmaps.gids) == gids or (not gids and str(idmaps.gids) == uids)
 
 
 def _export_maps(maps: IDMappings) -> IDMappings:
