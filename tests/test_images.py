@@ -707,6 +707,15 @@ def test_a_truncated_archive_is_refused_in_one_line_and_leaves_no_temporary_file
     assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith("graphdriver-load-")]
 
 
+def test_a_truncated_layer_is_told_with_its_image_and_its_place(tmp_path):
+    cut = LAYER2[:3074]  # in the middle of the data of srv/app: a truncated tarball
+    oci_layout(tmp_path / "t", [LAYER1, cut], name="localhost/t:1", gzipped=False)
+    proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / "t"), check=False)
+    assert proc.returncode == 6 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert proc.stderr.startswith(b"graphdriver: image localhost/t:1, layer 2/2 "), proc.stderr
+    assert gd(tmp_path, "vfs", "layers").stdout == b""
+
+
 def test_two_loads_sharing_a_base_layer_at_once_both_succeed(tmp_path):
     big = make_tar({"big": F(os.urandom(8 << 20))})
     oci_layout(tmp_path / "a", [big, LAYER1], name="localhost/a:1", gzipped=False)

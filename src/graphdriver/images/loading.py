@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from graphdriver.errors import AlreadyExists, IntegrityError, NotFound, Unsupported, shorten
+from graphdriver.errors import AlreadyExists, ArchiveError, IntegrityError, NotFound, Unsupported, shorten
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim, locked
 from graphdriver.images import oci
@@ -136,6 +136,10 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                     pending.add(layer_ids[i])  # before the import: a crash during it is ours to undo
                     try:
                         _import(store, images, layer, layer_ids[i], parent, diff_id, label, quiet, fresh)
+                    except ArchiveError as e:  # "archive: truncated header" names no image, no layer
+                        named = shorten(src.names[0]) if src.names else image_id[:19]
+                        e.args = (f"image {named}, {label}: {e}",)
+                        raise
                     except AlreadyExists:
                         # Another process imports it: not ours to undo; wait for it, then share it.
                         pending.forget(layer_ids[i])
