@@ -175,6 +175,9 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     assert inspected["ManifestDigest"] == digest
     missing = gd(other, "image", "pull", f"{registry.host}/nothing:1", "--insecure", check=False)
     assert missing.returncode == 3 and missing.stderr.count(b"\n") == 1
+    # On a new root such a pull makes nothing, as a failed layer command.
+    missing = gd(tmp_path / "new", "image", "pull", f"{registry.host}/nothing:1", "--insecure", check=False)
+    assert missing.returncode == 3 and not (tmp_path / "new").exists()
 
 
 @contextlib.contextmanager

@@ -72,7 +72,7 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
           quiet: bool, say: Callable[[str], None], fetched: list[str]) -> ImageRecord:
     from graphdriver.images.registry import Registry
 
-    with Registry(ref, insecure=insecure) as reg, Pending(images, f"pull {ref}"):
+    with Registry(ref, insecure=insecure) as reg:
         data, media = reg.manifest(ref.digest or ref.tag or "latest")
         chosen_by_index = media in oci.INDEXES
         index_digest = oci.sha256_digest(data) if chosen_by_index else None
@@ -90,14 +90,19 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
         config = reg.blob_bytes(config_desc.digest)
         if not chosen_by_index:
             check_platform(config, platform, f"image {ref}")
-        check_os(store, oci.load_json(config, f"config of {ref}"), f"image {ref}")  # before any layer
-        diff_ids = oci.diff_ids_of(oci.load_json(config, f"config of {ref}"), str(ref))
-        _download_all(reg, images, _wanted(store, images, layer_descs, diff_ids, say), quiet, say, fetched)
-        layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
-        names = [str(ref)] if ref.digest is None else []
-        digests = [f"{ref.repository}@{ref.digest}"] if ref.digest is not None else []
-        record = load_image(store, images, SourceImage(config, names, layers, data, digests), quiet=quiet,
-                            report=None, work="pull")
+        parsed = oci.load_json(config, f"config of {ref}")
+        check_os(store, parsed, f"image {ref}")  # before any layer
+        diff_ids = oci.diff_ids_of(parsed, str(ref))
+        # Marked from the first blob on (not before: a pull that fails to reach the registry
+        # leaves nothing in a new store).
+        with Pending(images, f"pull {ref}"):
+            _download_all(reg, images, _wanted(store, images, layer_descs, diff_ids, say), quiet, say,
+                          fetched)
+            layers = [SourceLayer(_blob_opener(images, d.digest), d) for d in layer_descs]
+            names = [str(ref)] if ref.digest is None else []
+            digests = [f"{ref.repository}@{ref.digest}"] if ref.digest is not None else []
+            record = load_image(store, images, SourceImage(config, names, layers, data, digests),
+                                quiet=quiet, report=None, work="pull")
     if index_digest is not None and ref.digest is None:
         # As Docker's RepoDigests: the tag named the index, so repo@<index digest> names the image too.
         _remember_push(store, images, record.id, f"{ref.repository}@{index_digest}")
