@@ -299,7 +299,7 @@ class Registry:
         if self.settled or not isinstance(error, self.requests.ConnectionError):
             return False  # (a read timing out had a connection: https works)
         tls = isinstance(error, self.requests.exceptions.SSLError)
-        if not tls and not isinstance(_root_cause(error), ConnectionRefusedError):
+        if not tls and _connection_failure(error) != "connection refused":
             return False  # a reset or a timeout says nothing of the scheme: retried as it is
         self.settled = True
         if isinstance(error, self.requests.exceptions.SSLError):
@@ -579,23 +579,6 @@ def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
 
 def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + f"digest={digest}"
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """The innermost exception *error* was raised from (``requests`` wraps urllib3's, which
-    wraps the socket's)."""
-    seen = {id(error)}
-    while True:
-        inner = error.__cause__ or error.__context__
-        if inner is None and error.args and isinstance(error.args[0], BaseException):
-            inner = error.args[0]
-        reason = getattr(error, "reason", None)
-        if inner is None and isinstance(reason, BaseException):
-            inner = reason
-        if inner is None or id(inner) in seen:
-            return error
-        seen.add(id(inner))
-        error = inner
 
 
 def _tls_detail(error: Exception) -> str:
