@@ -255,16 +255,9 @@ class Store:
         version's read-only command, say) does not bind a caller who asks for
         another driver or other id maps: it is new.
         """
-        path = self._settings_path()
-        try:
-            settings = atomic.read_json(path)
-        except FileNotFoundError:
+        settings = read_settings(self.root, f"store {self.root}")
+        if settings is None:
             return None
-        except PermissionError as e:
-            raise os_error(f"store {self.root}", e) from e
-        except (OSError, ValueError) as e:
-            raise IntegrityError(f"store {self.root}", f"unreadable {STORE_FILE}: {e}") from e
-        settings = self._check_settings(settings)
         if opts.driver and opts.driver != settings["driver"]:
             if self._holds_nothing():
                 return None
@@ -282,46 +275,11 @@ class Store:
         """Precondition (exit 5) for an additional store made with another driver than *name*:
         its layers' files are where that driver keeps them, which this one never looks."""
         for ro in self.readonly:
-            path = os.path.join(ro.root, STORE_FILE)
-            try:
-                theirs = atomic.read_json(path)
-            except FileNotFoundError:
-                continue  # no layer stored there yet
-            except PermissionError as e:
-                raise os_error(f"additional store {ro.root}", e) from e
-            except (OSError, ValueError) as e:
-                raise IntegrityError(f"additional store {ro.root}", f"unreadable {STORE_FILE}: {e}") from e
-            driver = theirs.get("driver") if isinstance(theirs, dict) else None
-            if not isinstance(driver, str):
-                raise IntegrityError(f"additional store {ro.root}", f"malformed {STORE_FILE}")
-            if driver != name:
-                raise Precondition(f"additional store {ro.root}",
-                                   f"was created with driver {shorten(str(driver), 40)}, not {name}")
-
-    def _check_settings(self, settings: object) -> dict[str, str]:
-        """*settings*, or IntegrityError (exit 6) unless it is a ``store.json`` this version reads:
-        a driver name, id maps that parse, a format number not above its own (Unsupported,
-        exit 7, when a newer version wrote it)."""
-        what = f"store {self.root}"
-        if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
-            raise IntegrityError(what, f"malformed {STORE_FILE}")
-        version = settings.get("format", FORMAT_VERSION)
-        if type(version) is not int or version < 1:
-            raise IntegrityError(what, f"malformed {STORE_FILE}: format {shorten(repr(version))}")
-        if version > FORMAT_VERSION:
-            raise Unsupported(what, f"{STORE_FILE} has format {version}, written by a newer graphdriver "
-                                    f"(this one reads format {FORMAT_VERSION})")
-        maps = (settings.get("uidmap", ""), settings.get("gidmap", ""))
-        if not all(isinstance(m, str) for m in maps):
-            raise IntegrityError(what, f"malformed {STORE_FILE}: id maps are not strings")
-        if any(maps):
-            from graphdriver.idmap import IDMappings
-
-            try:
-                IDMappings.parse(*maps)
-            except InvalidArgument as e:
-                raise IntegrityError(what, f"malformed {STORE_FILE}: {e.why}") from e
-        return settings
+            what = f"additional store {ro.root}"
+            theirs = read_settings(ro.root, what)  # None: no layer stored there yet
+            if theirs is not None and theirs["driver"] != name:
+                theirs_name = shorten(theirs["driver"], 40)
+                raise Precondition(what, f"was created with driver {theirs_name}, not {name}")
 
     def _holds_nothing(self) -> bool:
         """Whether the store has no file but ``store.json`` and its lock: no layer, record,
@@ -982,8 +940,8 @@ class Store:
 
     # ----- changes and diffs ---------------------------------------------------------
 
-    def _parent_for(self, layer_id: str, parent: str | None) -> str | None:
-        record = self._find(layer_id)
+    def _parent_for(self, record: Layer, parent: str | None) -> str | None:
+        """What *record*'s layer is compared with: *parent* (which must exist), else its own."""
         if parent is None:
             return record.parent
         self._find(parent)
@@ -997,7 +955,7 @@ class Store:
     def _compare(self, layer_id: str, parent: str | None, how: Callable[..., _T]) -> _T:
         """*how* (``content.changes`` or ``content.size``) of the layer over *parent*."""
         record = self._find(layer_id)
-        base = self._parent_for(layer_id, parent)
+        base = self._parent_for(record, parent)
         self._refuse_damaged_chains(layer_id, base)
         try:
             owner = self._owner_translation(layer_id, base)
@@ -1029,7 +987,7 @@ class Store:
         DiffID needs), :class:`IntegrityError` says what changed.
         """
         record = self._find(layer_id)
-        base = self._parent_for(layer_id, parent)
+        base = self._parent_for(record, parent)
         self._refuse_damaged_chains(layer_id, base)
         try:
             self._diff(record, base, out, regenerate, exact)
@@ -1218,6 +1176,40 @@ class Store:
         self._forget_tarsplit(layer_id)
         self.records.delete(layer_id)
         self.records.clear_pending(layer_id)
+
+
+def read_settings(root: str, what: str) -> dict[str, str] | None:
+    """The ``store.json`` of the store at *root* (*what* names it in errors); None when there is
+    none.  IntegrityError (exit 6) unless it is one this version reads: a driver name, id maps
+    that parse, a format number not above its own (Unsupported, exit 7, when a newer version
+    wrote it); a file this user may not read is told as such (:func:`os_error`)."""
+    try:
+        settings = atomic.read_json(os.path.join(root, STORE_FILE))
+    except FileNotFoundError:
+        return None
+    except PermissionError as e:
+        raise os_error(what, e) from e
+    except (OSError, ValueError) as e:
+        raise IntegrityError(what, f"unreadable {STORE_FILE}: {e}") from e
+    if not isinstance(settings, dict) or not isinstance(settings.get("driver"), str):
+        raise IntegrityError(what, f"malformed {STORE_FILE}")
+    version = settings.get("format", FORMAT_VERSION)
+    if type(version) is not int or version < 1:
+        raise IntegrityError(what, f"malformed {STORE_FILE}: format {shorten(repr(version))}")
+    if version > FORMAT_VERSION:
+        raise Unsupported(what, f"{STORE_FILE} has format {version}, written by a newer graphdriver "
+                                f"(this one reads format {FORMAT_VERSION})")
+    maps = (settings.get("uidmap", ""), settings.get("gidmap", ""))
+    if not all(isinstance(m, str) for m in maps):
+        raise IntegrityError(what, f"malformed {STORE_FILE}: id maps are not strings")
+    if any(maps):
+        from graphdriver.idmap import IDMappings
+
+        try:
+            IDMappings.parse(*maps)
+        except InvalidArgument as e:
+            raise IntegrityError(what, f"malformed {STORE_FILE}: {e.why}") from e
+    return settings
 
 
 def _same_maps(idmaps: IDMappings, settings: dict[str, str]) -> bool:
