@@ -1204,3 +1204,28 @@ def test_the_look_for_closed_folders_is_only_for_outputs_that_cannot_be_taken_ba
     assert run(str(tmp_path / "fifo")) == ["look ctr,base", "enter"]
     assert run(str(tmp_path / "fifo"), compress="original") == []  # the stored bytes: no tree read
     assert run(str(tmp_path / "fifo"), command="changes") == []
+
+
+@pytest.mark.parametrize(
+    "argv, verify, ref",
+    [
+        (["--tls-verify", "r/x:1"], "true", "r/x:1"),  # podman's bare flag: check the certificate
+        (["r/x:1", "--tls-verify"], "true", "r/x:1"),
+        (["--tls-verify=false", "r/x:1"], "false", "r/x:1"),
+        (["--tls-verify", "false", "r/x:1"], "false", "r/x:1"),
+        (["--tls-verify", "true", "r/x:1"], "true", "r/x:1"),
+        (["r/x:1"], None, "r/x:1"),
+    ],
+)
+def test_tls_verify_stands_alone_or_takes_a_value(argv, verify, ref):
+    from graphdriver.cliargs import parse
+
+    args = parse(["image", "pull", *argv])
+    assert (args.tls_verify, args.ref) == (verify, ref)
+
+
+def test_tls_verify_takes_only_true_or_false(root):
+    r = cli(root, "image", "pull", "--tls-verify=maybe", "r/x:1")
+    assert r.returncode == 2
+    assert r.stderr.decode().startswith("graphdriver: option --tls-verify 'maybe': choose true or false")
+    assert not root.exists()

@@ -284,6 +284,25 @@ def test_one_index_digest_names_the_image_pulled_by_it_then_this_machines(tmp_pa
     assert all(by_index in inspect(tmp_path, image["Id"])["RepoDigests"] for image in (a, b))  # rm: nothing
 
 
+@pytest.mark.parametrize("driver, wins",
+                         [("windowsfilter", "windows"), ("vfs", "linux"), ("overlay", "linux")])
+def test_among_equal_matches_the_image_of_the_stores_platform_wins(tmp_path, driver, wins):
+    """On windowsfilter the Windows image of an index is the store's, as a pull there takes it."""
+    from graphdriver.images.records import ImageRecord, ImageStore
+    from graphdriver.images.sources import host_platform
+
+    arch = host_platform().partition("/")[2]
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "store.json").write_text(json.dumps({"driver": driver}))
+    images = ImageStore(str(root))
+    by_index = "localhost/multi@sha256:" + "1" * 64
+    for n, system in enumerate(("linux", "windows")):
+        images.put(ImageRecord("sha256:" + str(n + 2) * 64, [], [], [], platform=f"{system}/{arch}",
+                               pushed=[by_index]))
+    assert images.resolve(by_index).platform == f"{wins}/{arch}"
+
+
 def test_an_unreadable_container_record_still_holds_its_layers_and_its_image(tmp_path):
     two_images(tmp_path)
     gd(tmp_path, "container", "create", "localhost/b:1", "c1")

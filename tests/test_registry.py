@@ -727,6 +727,53 @@ def test_a_registry_ca_in_certs_d_is_trusted(tmp_path, tls_registry, monkeypatch
         distribution.pull(store, dest)
 
 
+def test_a_client_certificate_in_certs_d_is_presented(tmp_path):
+    """A registry that asks for a client certificate gets the NAME.cert/NAME.key pair of its
+    certs.d folder, as Docker and podman present it; a certificate without its key is an error."""
+    folder = tmp_path / "mtls"
+    folder.mkdir()
+    key, cert = self_signed(folder)
+    ca_key, ca = folder / "ca.key", folder / "ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+                    "-out", str(ca), "-days", "1", "-subj", "/CN=client CA"], check=True, capture_output=True)
+    home = tmp_path / "home"
+    certs = home / ".config/containers/certs.d"
+    env = {"HOME": str(home)}
+    tls = f"  tls:\n    certificate: {cert}\n    key: {key}\n    clientcas:\n      - {ca}\n"
+    reg = Registry(folder, auth=tls)
+    try:
+        mine = certs / reg.host
+        mine.mkdir(parents=True)
+        shutil.copy(cert, mine / "ca.crt")  # the registry's own certificate, trusted
+        oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        dest = f"{reg.host}/made:1"
+        # No client certificate: the registry ends the handshake.
+        refused = gd(tmp_path, "image", "push", "localhost/made:1", dest, check=False, env=env)
+        assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
+        assert b"asks for a client certificate" in refused.stderr
+        # A certificate without its key: named, before any connection.
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(mine / "me.key"),
+                        "-out", str(folder / "me.csr"), "-subj", "/CN=me"], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(folder / "me.csr"), "-CA", str(ca), "-CAkey",
+                        str(ca_key), "-CAcreateserial", "-days", "1", "-out", str(folder / "me.cert")],
+                       check=True, capture_output=True)
+        (mine / "me.key").rename(folder / "me.key")
+        shutil.copy(folder / "me.cert", mine / "me.cert")
+        alone = gd(tmp_path, "image", "push", "localhost/made:1", dest, check=False, env=env)
+        assert alone.returncode == 1 and alone.stderr.count(b"\n") == 1, alone.stderr
+        assert b"me.cert" in alone.stderr and b"me.key is missing" in alone.stderr
+        shutil.copy(folder / "me.key", mine / "me.key")
+        digest = gd(tmp_path, "image", "push", "localhost/made:1", dest, env=env).stdout.strip()
+        other = tmp_path / "other"
+        other.mkdir()
+        pulled = gd(other, "image", "pull", dest, env=env)
+        assert pulled.stdout.decode().strip() == dest
+        assert gd(other, "image", "inspect", dest).stdout.count(digest) >= 1
+    finally:
+        reg.stop()
+
+
 def test_an_auth_file_that_cannot_be_used_is_an_error_naming_it(tmp_path, registry):
     auth = tmp_path / "auth.json"
     secret = base64.b64encode(b"alice:s3cret").decode()

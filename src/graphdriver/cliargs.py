@@ -38,10 +38,10 @@ class UsageError(GraphDriverError):
 class Option:
     """One option: its spellings, where its value goes, and what it means."""
 
-    __slots__ = ("choices", "dest", "flags", "help", "metavar", "repeat", "value")
+    __slots__ = ("bare", "choices", "dest", "flags", "help", "metavar", "repeat", "value")
 
     def __init__(self, flags: str, help: str, *, metavar: str = "", repeat: bool = False,
-                 dest: str = "", choices: tuple[str, ...] = ()) -> None:
+                 dest: str = "", choices: tuple[str, ...] = (), bare: str = "") -> None:
         self.flags = tuple(flags.split("|"))
         self.dest = dest or self.flags[-1].lstrip("-").replace("-", "_")
         self.metavar = metavar  # empty: a switch that takes no value
@@ -49,6 +49,9 @@ class Option:
         self.repeat = repeat
         self.help = help
         self.choices = choices  # empty: any value
+        # The value of the flag standing alone (podman's ``--tls-verify``); then a value is
+        # given with ``=`` or as the next word only when that word is one of the choices.
+        self.bare = bare
 
 
 #: Values that name a file: an empty one is a usage error, not a file named "".
@@ -82,7 +85,8 @@ _LAYER_MAPS = (
 )
 
 _INSECURE = "https without checking the certificate, or plain http (a local registry)"
-_TLS_VERIFY = "false: as --insecure (podman's spelling); true: check the certificate (the default)"
+_TLS_VERIFY = ("false: as --insecure (podman's spelling); true, or the flag alone: check the "
+               "certificate (the default)")
 
 GLOBAL_OPTIONS = (
     Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root)",
@@ -153,12 +157,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             Option("--format", "docker-archive, oci-archive or oci", metavar="FORMAT")),
     Command("image pull", "REF", "pull an image from a registry (OCI distribution API); prints its name",
             Option("--insecure", _INSECURE),
-            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false")),
+            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"), bare="true"),
             Option("--platform", "the os/arch to take from a multi-platform index (default: this "
                                  "machine's)", metavar="OS/ARCH")),
     Command("image push", "NAME REF", "push an image to a registry; prints the manifest digest",
             Option("--insecure", _INSECURE),
-            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"))),
+            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"), bare="true")),
     Command("image ls", "", "list the images: repository, tag, id, created, layers"),
     Command("image inspect", "NAME", "the image as JSON: id, names, digests, layers with DiffIDs "
             "and chain ids, the config"),
@@ -299,7 +303,9 @@ def parse(argv: Sequence[str]) -> Args:
                 raise UsageError(f"option {flag} takes no value", args.command or None)
             setattr(args, option.dest, True)
             continue
-        if not eq:
+        if not eq and option.bare and (i >= len(items) or items[i] not in option.choices):
+            inline = option.bare
+        elif not eq:
             if i >= len(items):
                 raise UsageError(f"option {flag} needs a value ({option.metavar})", args.command or None)
             inline = items[i]

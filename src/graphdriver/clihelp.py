@@ -258,10 +258,24 @@ def _wrap(text: str, indent: str = "", width: int = 79) -> list[str]:
     return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent) or [indent]
 
 
+def _value(o: Option) -> str:
+    """How an option's value is written after its flag: `` DIR``, ``[=BOOL]`` when it may stand alone."""
+    if not o.metavar:
+        return ""
+    return f"[={o.metavar}]" if o.bare else f" {o.metavar}"
+
+
+def _roff_option(o: Option) -> str:
+    if not o.metavar:
+        return "\\fB" + _roff(", ".join(o.flags)) + "\\fR"
+    value = f"[=\\fI{_roff(o.metavar)}\\fR]" if o.bare else f" \\fI{_roff(o.metavar)}\\fR"
+    return "\\fB" + _roff(", ".join(o.flags)) + "\\fR" + value
+
+
 def _option_lines(options: tuple[Option, ...]) -> list[str]:
     lines = []
     for o in options:
-        spelled = ", ".join(o.flags) + (f" {o.metavar}" if o.metavar else "")
+        spelled = ", ".join(o.flags) + _value(o)
         lines.append(f"  {spelled:<28} {o.help}")
     return lines
 
@@ -328,8 +342,7 @@ def man_page(version: str = "") -> str:
                    "pulls and pushes images."),
              ".SH OPTIONS"]
     for o in GLOBAL_OPTIONS:
-        lines += [".TP", "\\fB" + _roff(", ".join(o.flags)) + "\\fR" + (f" \\fI{_roff(o.metavar)}\\fR" if o.metavar
-                                                                         else ""), _roff(o.help)]
+        lines += [".TP", _roff_option(o), _roff(o.help)]
     for key, title in GROUPS.items():
         lines.append(f".SH {title.upper()}")
         for name, d in DOCS.items():
@@ -338,8 +351,7 @@ def man_page(version: str = "") -> str:
             c = COMMANDS[name]
             lines += [".SS " + _roff(" ".join((name, *c.args))), _roff(d.description)]
             for o in c.options:
-                lines += [".TP", "\\fB" + _roff(", ".join(o.flags)) + "\\fR"
-                          + (f" \\fI{_roff(o.metavar)}\\fR" if o.metavar else ""), _roff(o.help)]
+                lines += [".TP", _roff_option(o), _roff(o.help)]
             for cmd, what in d.examples:
                 lines += [".PP", ".nf", "$ " + _roff(cmd), ".fi", _roff(what)]
     lines.append(".SH EXIT STATUS")

@@ -25,7 +25,7 @@ names).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphdriver.errors import (
     GraphDriverError,
@@ -39,6 +39,9 @@ from graphdriver.fs import atomic
 from graphdriver.images import reference
 from graphdriver.images.oci import file_digest, hex_of, sha256_digest
 from graphdriver.plain import Plain
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 IMAGES_DIR = "images"
 _HEX = frozenset("0123456789abcdef")
@@ -171,21 +174,24 @@ class ImageRecord(Plain):
             raise IntegrityError(f"image record {where}", f"malformed: {e}") from e
 
 
-def _closest(images: list[ImageRecord], ref: reference.Reference, name: str) -> ImageRecord | None:
-    """The image *ref* (given as *name*) names most closely (see :meth:`ImageStore.lookup`); None if none."""
+def _closest(images: list[ImageRecord], ref: reference.Reference, name: str,
+             platform: Callable[[], str]) -> ImageRecord | None:
+    """The image *ref* (given as *name*) names most closely (see :meth:`ImageStore.lookup`), ties
+    going to the image of the store's *platform* (asked only then); None if none."""
     ranked = [(rank, r) for r in images if (rank := r.match_rank(ref)) is not None]
     if not ranked:
         return None
     best = min(rank for rank, _ in ranked)
     candidates = [r for rank, r in ranked if rank == best]
-    return candidates[0] if len(candidates) == 1 else _of_this_machine(candidates, name)
+    return candidates[0] if len(candidates) == 1 else _of_platform(candidates, name, platform())
 
 
-def _of_this_machine(candidates: list[ImageRecord], name: str) -> ImageRecord:
-    """The one of *candidates* (images one name reaches equally) whose platform suits this
-    machine best, as a pull chooses from an index; :class:`Precondition` when none or several do."""
+def _of_platform(candidates: list[ImageRecord], name: str, wanted: str) -> ImageRecord:
+    """The one of *candidates* (images one name reaches equally) whose platform suits *wanted*
+    (the store's) best, as a pull chooses from an index; :class:`Precondition` when none or
+    several do."""
     from graphdriver.images.oci import Descriptor
-    from graphdriver.images.sources import host_platform, select_platform
+    from graphdriver.images.sources import select_platform
 
     def platform(record: ImageRecord) -> dict[str, str]:
         parts = record.platform.split("/")
@@ -194,15 +200,15 @@ def _of_this_machine(candidates: list[ImageRecord], name: str) -> ImageRecord:
     descs = [Descriptor("", r.id, 0, platform=platform(r)) for r in candidates]
     by_id = {r.id: r for r in candidates}
     try:
-        chosen: ImageRecord | None = by_id[select_platform(descs, None, f"image {shorten(name)!r}").digest]
+        chosen: ImageRecord | None = by_id[select_platform(descs, wanted, f"image {shorten(name)!r}").digest]
     except NotFound:
         chosen = None
     if chosen is not None and [r.platform for r in candidates].count(chosen.platform) == 1:
         return chosen
     listed = ", ".join(f"{r.id} ({r.platform or 'no platform'})" for r in candidates)
     raise Precondition(f"image {shorten(name)!r}", f"ambiguous: it names {len(candidates)} images, "
-                       f"{'none' if chosen is None else 'more than one'} for this machine's platform "
-                       f"({host_platform()}): {listed}; name one by its id")
+                       f"{'none' if chosen is None else 'more than one'} for this store's platform "
+                       f"({wanted}): {listed}; name one by its id")
 
 
 def _unknown(name: str, bad: dict[str, IntegrityError]) -> GraphDriverError:
@@ -228,6 +234,7 @@ class ImageStore:
     """The image records and blobs of the layer store at *root*."""
 
     def __init__(self, root: str) -> None:
+        self.root = root
         self.dir = os.path.join(root, IMAGES_DIR)
         self.records_dir = os.path.join(self.dir, "records")
         self.blobs_dir = os.path.join(self.dir, "blobs", "sha256")
@@ -299,6 +306,14 @@ class ImageStore:
     def delete(self, image_id: str) -> None:
         atomic.remove_file(self._path(image_id))
 
+    def _platform(self) -> str:
+        """The platform of the store's images: this machine's, ``windows/ARCH`` on ``windowsfilter``."""
+        from graphdriver.images.sources import store_platform
+        from graphdriver.store.layers import read_settings
+
+        settings = read_settings(self.root, f"store {self.root}") or {}
+        return store_platform(settings.get("driver", ""))
+
     def resolve(self, name: str) -> ImageRecord:
         """The image *name* names: a reference, a digest reference, or an id (or a unique prefix of one)."""
         return self.lookup(name)[0]
@@ -316,8 +331,9 @@ class ImageStore:
         for an image per platform.  The closest match wins (see
         :meth:`ImageRecord.match_rank`): the image pulled by that very
         reference before one whose tag pull went through that index.  Among
-        equally close ones, the image of this machine's platform wins, as a
-        pull of that reference would choose it; when none is, the name is
+        equally close ones, the image of the store's platform wins (this
+        machine's; ``windows/ARCH`` on ``windowsfilter``), as a pull of that
+        reference would choose it; when none is, the name is
         refused as ambiguous (:class:`Precondition`, exit 5) naming each.
 
         A name no readable record holds while a record cannot be read is an
@@ -335,7 +351,7 @@ class ImageStore:
         except InvalidArgument:
             pass
         if ref is not None:
-            found = _closest(images, ref, name)
+            found = _closest(images, ref, name, self._platform)
             if found is not None:
                 return found, True
         if len(name) >= 4 and set(name) <= _HEX:

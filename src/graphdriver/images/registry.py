@@ -6,7 +6,9 @@ and ``image push``.  What it does:
 
 * **Names**: ``docker.io`` is served by ``registry-1.docker.io``; always https,
   its certificate checked against the default CAs and those configured for the
-  registry as podman and Docker keep them (:func:`ca_files`).  ``insecure`` is
+  registry as podman and Docker keep them (:func:`ca_files`), and the client
+  certificate kept there presented when the registry asks for one
+  (:func:`client_certificate`).  ``insecure`` is
   Docker's insecure-registries and podman's ``--tls-verify=false``: https without
   checking the certificate (a self-signed one), and plain http when the registry
   does not speak TLS (a local registry).
@@ -61,12 +63,9 @@ class RegistryError(GraphDriverError):
 CERTS_DIRS = ("~/.config/containers/certs.d", "/etc/containers/certs.d", "/etc/docker/certs.d")
 
 
-def ca_files(host: str) -> list[str]:
-    """The CA certificates configured for registry *host* (``host[:port]``): the ``*.crt``
-    files of its folder in each of :data:`CERTS_DIRS` there is one in, each folder's sorted.
-
-    Client certificates (``*.cert`` and ``*.key``) are not used.
-    """
+def _certs_d(host: str) -> list[str]:
+    """The files of registry *host*'s (``host[:port]``) folder in each of :data:`CERTS_DIRS`
+    there is one in, each folder's sorted."""
     out = []
     for top in CERTS_DIRS:
         folder = os.path.join(os.path.expanduser(top), host)
@@ -74,8 +73,33 @@ def ca_files(host: str) -> list[str]:
             names = sorted(os.listdir(folder))
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue  # as containers/image passes over a folder this user may not read
-        out += [os.path.join(folder, n) for n in names if n.endswith(".crt")]
+        out += [os.path.join(folder, n) for n in names]
     return out
+
+
+def ca_files(host: str) -> list[str]:
+    """The CA certificates configured for registry *host*: the ``*.crt`` files of its folders."""
+    return [f for f in _certs_d(host) if f.endswith(".crt")]
+
+
+def client_certificate(host: str) -> tuple[str, str] | None:
+    """The client certificate configured for registry *host*, and its key: the first ``NAME.cert``
+    of its folders (with ``NAME.key`` beside it), as Docker and containers/image read them.
+
+    A certificate without its key, or a key without its certificate, is an error, as there.
+    """
+    files = _certs_d(host)
+    present = set(files)
+    for path in files:
+        stem, ext = os.path.splitext(path)
+        if ext == ".key" and stem + ".cert" not in present:
+            raise RegistryError(f"client key {path}",
+                                f"its certificate {os.path.basename(stem)}.cert is missing")
+        if ext == ".cert" and stem + ".key" not in present:
+            raise RegistryError(f"client certificate {path}",
+                                f"its key {os.path.basename(stem)}.key is missing")
+    pairs = [(f, f[: -len(".cert")] + ".key") for f in files if f.endswith(".cert")]
+    return pairs[0] if pairs else None
 
 
 def _ca_bundle(files: list[str], default: str) -> str:
@@ -204,10 +228,13 @@ class Registry:
         self.tokens: dict[str, str] = {}
         self.auth_header: str | None = None
         self.bundle: str | None = None
+        cert = client_certificate(ref.domain)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "graphdriver"
         #: Given with every request: the session's own would yield to $REQUESTS_CA_BUNDLE.
         self.verify = self._trust()
+        #: Also given when insecure: the registry may ask for it all the same.
+        self.session.cert = cert
 
     def __enter__(self) -> Registry:
         return self
@@ -317,7 +344,10 @@ class Registry:
     def _tls_error(self, error: Exception) -> RegistryError:
         """One line for a failed TLS handshake: what the TLS library said, and the likely cause."""
         detail = _tls_detail(error)
-        if "certificate" in detail:
+        if "alert" in detail and "certificate" in detail:  # the registry's word on ours
+            why = (f"the registry asks for a client certificate, and refused the one given or found none "
+                   f"(NAME.cert and NAME.key go in /etc/containers/certs.d/{self.host}/)")
+        elif "certificate" in detail:
             why = (f"its certificate is not trusted (its CA goes in /etc/containers/certs.d/{self.host}/; "
                    "--insecure skips the check)")
         else:  # most often an http-only registry answering the TLS handshake in plain text
@@ -585,7 +615,7 @@ def _tls_detail(error: Exception) -> str:
     """What the TLS library said of a failed handshake, in words (``certificate verify failed``)."""
     import re
 
-    found = re.search(r"\[SSL: ([A-Z_]+)\]|certificate verify failed|wrong version number", str(error))
+    found = re.search(r"\[SSL: ([A-Z0-9_]+)\]|certificate verify failed|wrong version number", str(error))
     return (found.group(1) or found.group(0) if found else "handshake failed").lower().replace("_", " ")
 
 
