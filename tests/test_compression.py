@@ -319,6 +319,29 @@ def test_gzip_zero_padding_and_members_after_it_are_read(gzip_twin: str) -> None
     assert decompress(through_pipe(blob + bytes(5)).read()) == (PAYLOAD, Compression.GZIP)
 
 
+@pytest.mark.parametrize("kind", [Compression.XZ, Compression.BZIP2])
+@pytest.mark.parametrize("tail", [b"g", b"GARBAGE", b"\0\0garbage", b"\x1f\x8b\x08"])
+def test_xz_and_bzip2_trailing_garbage_is_corrupt_as_gzips(kind: Compression, tail: bytes) -> None:
+    """Python's own readers of these formats stop quietly at bytes that do not decompress."""
+    reader, _ = open_decompressed(io.BytesIO(compress(kind, PAYLOAD) + tail))
+    with pytest.raises(ArchiveError) as failure:
+        reader.read()
+    name = kind.value
+    said = f"corrupt {name} data: trailing bytes after the {name} stream are not {name}"
+    assert str(failure.value) == f"archive: {said}"
+
+
+@pytest.mark.parametrize("kind", [Compression.XZ, Compression.BZIP2])
+def test_xz_and_bzip2_zero_padding_streams_after_it_and_truncation(kind: Compression) -> None:
+    blob = compress(kind, PAYLOAD)
+    assert decompress(blob + bytes(8) + blob + bytes(4)) == (PAYLOAD * 2, kind)
+    assert decompress(through_pipe(blob + bytes(5) + blob, chunk=7).read()) == (PAYLOAD * 2, kind)
+    for bad in (blob[:-3], blob + blob[:2], blob + blob[:40]):
+        reader, _ = open_decompressed(io.BytesIO(bad))
+        with pytest.raises(ArchiveError, match=f"corrupt {kind.value} data: "):
+            reader.read()
+
+
 @pytest.mark.parametrize("magic", [0x184D2A50, 0x184D2A5F])
 def test_zstd_opening_with_a_skippable_frame_is_sniffed(magic: int) -> None:
     zstandard = pytest.importorskip("zstandard")

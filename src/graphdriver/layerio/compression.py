@@ -146,8 +146,9 @@ def _peek(fileobj: BinaryIO) -> tuple[bytes, BinaryIO]:
 def open_decompressed(fileobj: BinaryIO) -> tuple[BinaryIO, Compression]:
     """Sniff ``fileobj`` and return a reader of its decompressed content, and the format.
 
-    Works on pipes (nothing read is lost).  Concatenated gzip members and
-    zstd frames are all read.  Corrupt data raises :class:`CorruptArchive` when
+    Works on pipes (nothing read is lost).  Concatenated gzip members, zstd
+    frames and xz and bzip2 streams are all read; bytes after the last that
+    are neither another nor zero padding are corrupt data.  Corrupt data raises :class:`CorruptArchive` when
     read.  Closing a decompressing reader leaves ``fileobj`` open; for an
     uncompressed stream the reader may be ``fileobj`` itself.
     """
@@ -168,16 +169,37 @@ def _gunzip(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]
             raise ImportError("pure twins selected")
         from isal import isal_zlib
     except ImportError:
-        return cast("BinaryIO", _GzipMembers(stream, zlib.decompressobj)), (zlib.error, _NotGzip)
+        return cast("BinaryIO", _GzipMembers(stream, zlib.decompressobj)), (zlib.error, _Trailing)
     isal_error = cast(type[BaseException], isal_zlib.error)
-    return cast("BinaryIO", _GzipMembers(stream, isal_zlib.decompressobj)), (isal_error, _NotGzip)
+    return cast("BinaryIO", _GzipMembers(stream, isal_zlib.decompressobj)), (isal_error, _Trailing)
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_BZIP2_MAGIC = b"BZh"
 
 
-class _NotGzip(Exception):
-    """Bytes where a gzip member should start."""
+class _Trailing(Exception):
+    """Bytes after a compressed stream that start no other stream of its kind."""
+
+
+def _after_stream(rest: bytes, source: BinaryIO, magic: bytes, what: str, unit: str) -> bytes | None:
+    """What follows a compressed stream (a *unit* of format *what*) that ended with *rest* unread:
+    None at the end of the input (zero bytes allowed, as ``gzip``, ``xz`` and the Go readers take
+    padding), else the input the next one starts with (:class:`_Trailing` if it does not start
+    with *magic*)."""
+    while True:
+        rest = rest.lstrip(b"\0")
+        if not magic.startswith(rest[: len(magic)]):
+            raise _Trailing(f"trailing bytes after the {what} stream are not {what}")
+        if len(rest) >= len(magic):
+            return rest
+        more = source.read(_CHUNK)
+        if not more:
+            if rest:  # the first bytes of a stream's magic
+                raise EOFError(f"the data ends inside a {what} {unit} header (truncated)")
+            return None
+        rest += more
 
 
 class _GzipMembers:
@@ -185,10 +207,10 @@ class _GzipMembers:
 
     One loop for both twins (their own gzip readers disagree on what ends a
     stream and how to say so): members back to back, then optionally zero
-    bytes, which ``gzip`` and the Go readers accept as padding.  Anything else
-    after a member is refused as trailing garbage, and input that stops inside
-    a member is refused as truncated.  ``wbits=31``: the decompressor reads the
-    gzip header and checks the CRC-32 and length trailer itself.
+    bytes (:func:`_after_stream`).  Anything else after a member is refused as
+    trailing garbage, and input that stops inside a member is refused as
+    truncated.  ``wbits=31``: the decompressor reads the gzip header and
+    checks the CRC-32 and length trailer itself.
     """
 
     def __init__(self, source: BinaryIO, decompressobj: Callable[[int], Any]) -> None:
@@ -213,22 +235,51 @@ class _GzipMembers:
         return b""
 
     def _next_member(self, rest: bytes) -> None:
-        """After a member: end at the end of input (zero padding allowed) or start the next."""
-        while True:
-            rest = rest.lstrip(b"\0")
-            if not _GZIP_MAGIC.startswith(rest[:2]):
-                raise _NotGzip("trailing bytes after the gzip stream are not gzip")
-            if len(rest) >= 2:
-                break
-            more = self._source.read(_CHUNK)
-            if not more:
-                if rest:  # the first byte of a member's magic
-                    raise EOFError("the data ends inside a gzip member header (truncated)")
-                self._ended = True
-                return
-            rest += more
-        self._input = rest
+        following = _after_stream(rest, self._source, _GZIP_MAGIC, "gzip", "member")
+        if following is None:
+            self._ended = True
+            return
+        self._input = following
         self._d = self._new(31)
+
+    def close(self) -> None:
+        """The source stays open: the caller owns it."""
+
+
+class _Streams:
+    """Concatenated xz or bzip2 streams (as ``xz`` and ``pbzip2`` write them) through a
+    decompressor of the ``lzma``/``bz2`` kind, with the ends :class:`_GzipMembers` has.
+
+    Python's own readers of these formats take anything after a stream that does not
+    decompress for the end of the input; here it is refused, as gzip's and zstd's is.
+    """
+
+    def __init__(self, source: BinaryIO, new: Callable[[], Any], magic: bytes, what: str) -> None:
+        self._source = source
+        self._new = new
+        self._d = new()
+        self._magic = magic
+        self._what = what
+        self._ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._ended:
+            data = b""
+            if self._d.needs_input:
+                data = self._source.read(_CHUNK)
+                if not data:
+                    raise EOFError(f"the data ends inside a {self._what} stream (truncated)")
+            out = self._d.decompress(data, n if n > 0 else -1)
+            if self._d.eof:
+                rest = self._d.unused_data
+                following = _after_stream(rest, self._source, self._magic, self._what, "stream")
+                self._ended = following is None
+                if following is not None:
+                    self._d = self._new()
+                    out += self._d.decompress(following, 0)  # buffered: the output comes on later reads
+            if out:
+                return bytes(out)
+        return b""
 
     def close(self) -> None:
         """The source stays open: the caller owns it."""
@@ -341,14 +392,15 @@ class _ZstdEnd:
 def _unxz(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
     import lzma
 
-    return cast("BinaryIO", lzma.LZMAFile(stream, "rb")), (lzma.LZMAError,)
+    reader = _Streams(stream, lzma.LZMADecompressor, _XZ_MAGIC, "xz")
+    return cast("BinaryIO", reader), (lzma.LZMAError, _Trailing)
 
 
 def _bunzip2(stream: BinaryIO) -> tuple[BinaryIO, tuple[type[BaseException], ...]]:
     import bz2
 
     # bz2 reports bad data as an OSError without errno, which _Checked maps.
-    return cast("BinaryIO", bz2.BZ2File(stream, "rb")), ()
+    return cast("BinaryIO", _Streams(stream, bz2.BZ2Decompressor, _BZIP2_MAGIC, "bzip2")), (_Trailing,)
 
 
 if TYPE_CHECKING:
