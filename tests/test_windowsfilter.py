@@ -369,6 +369,22 @@ def test_cross_layer_hardlink_copies_the_target(wstore):
     assert (top / "Files/copy.txt").read_bytes() == (base / "Files/License.txt").read_bytes()
 
 
+@pytest.mark.parametrize("deleted_in", ["the same layer", "a layer between"])
+def test_a_hardlink_to_a_deleted_file_is_dangling_never_a_tombstone_or_the_lower_file(wstore, deleted_in):
+    """A link to a file its own layer (or one between) deleted links to nothing: kept as a
+    dangling link as a trimmed image's, never as the tombstone nor the file copied from below."""
+    import_entries(wstore, "base", wingen.base_layer())
+    link = wingen.WinLink("Files/copy.txt", "Files/License.txt")
+    if deleted_in == "the same layer":
+        import_entries(wstore, "top", [wingen.Tombstone("Files/License.txt"), link], parent="base")
+    else:
+        import_entries(wstore, "mid", [wingen.Tombstone("Files/License.txt")], parent="base")
+        import_entries(wstore, "top", [link], parent="mid")
+    top = Path(wstore.driver.resolve("top"))
+    assert not os.path.lexists(top / "Files/copy.txt")
+    assert winmeta.LayerMeta.load(str(top)).records["Files/copy.txt"].dangling
+
+
 # ----- views, sandboxes and their diffs -------------------------------------------------------------
 
 

@@ -1093,3 +1093,50 @@ def test_check_names_a_chain_that_loops_and_ends(store):
     record.write_text(json.dumps(value))
     r = run_cli("check", root=Path(store.root), run_root=Path(store.run_root))
     assert r.returncode == 6 and "loops back" in r.stdout.decode()
+
+
+_WHITED_BASE = {"d": D(), "d/f": F(b"secret"), "e": F(b"e")}
+#: A hard link to what a layer between (or the linking archive itself, before it) deleted or
+#: hid: (the middle layer's entries, or None; the linking archive's entries).
+HIDDEN_TARGETS = {
+    "opaque below": ({"d/.wh..wh..opq": F(b"")}, {"h": H("d/f")}),
+    "folder deleted below": ({".wh.d": F(b"")}, {"h": H("d/f")}),
+    "file deleted below": ({"d/.wh.f": F(b"")}, {"h": H("d/f")}),
+    "opaque before it": (None, {"d/.wh..wh..opq": F(b""), "h": H("d/f")}),
+    "file deleted before it": (None, {".wh.e": F(b""), "h": H("e")}),
+    "nested file deleted before it": (None, {"d/.wh.f": F(b""), "h": H("d/f")}),
+    "folder deleted and made again": (None, {".wh.d": F(b""), "d": D(), "h": H("d/f")}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HIDDEN_TARGETS))
+def test_a_hard_link_never_brings_back_what_a_layer_deleted(store, case):
+    """A target a nearer layer (or the archive itself) deleted or hid behind an opaque folder
+    is missing on every driver: a copy (vfs) has lost it, and a union must not copy it up
+    from the layer below, nor link to the whiteout that deletes it."""
+    from graphdriver.errors import ArchiveError
+
+    middle, top = HIDDEN_TARGETS[case]
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    parent = "base"
+    if middle is not None:
+        store.import_layer("mid", "base", io.BytesIO(make_tar(middle)))
+        parent = "mid"
+    with pytest.raises(ArchiveError, match=r"hardlink target .* is missing"):
+        store.import_layer("top", parent, io.BytesIO(make_tar(top)))
+    assert not store.exists("top")
+    # What the union shows, linked from a layer that hid nothing, is still a target.
+    store.import_layer("ok", "base", io.BytesIO(make_tar({"h": H("d/f")})))
+    assert _read(store, "ok", "h") == b"secret"
+
+
+@pytest.mark.parametrize("marker", ["e/.wh.x", "e/.wh..wh..opq", "zz/.wh..wh..opq", "zz/y/.wh.x",
+                                    "d/f/.wh.x"])
+def test_a_whiteout_with_nothing_to_hide_changes_nothing(store, marker):
+    """A whiteout or opaque marker below a file, or in a folder that is nowhere, hides
+    nothing: no driver makes a folder for it (a union used to turn the file into one)."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    store.import_layer("top", "base", io.BytesIO(make_tar({marker: F(b"")})))
+    assert [str(c) for c in store.changes("top")] == []
+    assert _read(store, "top", "e") == b"e" and _read(store, "top", "d/f") == b"secret"
+    assert store.check(["top"]) == [("top", None)]

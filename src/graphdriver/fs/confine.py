@@ -170,38 +170,63 @@ def is_symlink_error(e: OSError) -> bool:
     return e.errno in (errno.ELOOP, errno.EXDEV)
 
 
-def find_in_lowers(
-    lower_fds: Sequence[int], rel: str, resolve: Callable[[int, str], int] = resolve_dir
-) -> tuple[int, os.stat_result] | None:
-    """Where *rel* is in the nearest of *lower_fds* (layers, nearest first), final symlink unfollowed.
+def find_in_union(
+    layer_fds: Sequence[int], rel: str, opaque_xattr: str
+) -> tuple[int, int, os.stat_result] | None:
+    """Where the union of *layer_fds* (layers, the nearest first) has *rel*, as overlayfs looks
+    a path up, its final symlink unfollowed.
 
-    Returns an fd of its parent directory (the caller closes it) and its
-    ``lstat``; None when no layer has it or a nearer one whited it out (an
-    overlay 0/0 character device).  *resolve* opens the parent directory
-    (:func:`resolve_dir`, or :func:`open_dir_no_symlinks` for a tree that must
-    be walked through no symlink).
+    Returns the index of the layer that holds it, an fd of its parent directory there (the
+    caller closes it) and its ``lstat``.  None when no layer has it, or a nearer layer hides
+    it: a whiteout (an overlay 0/0 character device) at it, a whiteout or anything but a
+    directory at a directory above it, or an opaque directory above it (marked with
+    *opaque_xattr*) in a layer nearer than the one holding it.  A symlink on the way raises
+    :class:`OSError` ``ELOOP``: extraction never follows one of a lower layer.
     """
-    parent, _, name = rel.rpartition("/")
-    for lower in lower_fds:
-        try:
-            pfd = resolve(lower, parent)
-        except OSError as x:
-            if x.errno in (errno.ENOENT, errno.ENOTDIR) or is_symlink_error(x):
-                continue  # not there (or only through a symlink, for a resolver that follows none)
-            raise
-        try:
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            os.close(pfd)
-            continue
-        except BaseException:
-            os.close(pfd)
-            raise
-        if is_whiteout(st):
-            os.close(pfd)
-            return None
-        return pfd, st
-    return None
+    *dirs, name = rel.split("/")
+    stack = list(enumerate(layer_fds))  # the layers whose directory makes up the union's, nearest first
+    owned: list[int] = []
+    try:
+        for depth, comp in enumerate(dirs):
+            below: list[tuple[int, int]] = []
+            for index, dfd in stack:
+                try:
+                    st = os.stat(comp, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    if below:
+                        break  # a lower layer's file or whiteout ends the merge: nothing further down
+                    if stat.S_ISLNK(st.st_mode):
+                        raise OSError(errno.ELOOP, f"{'/'.join(dirs[: depth + 1])!r} is a symlink")
+                    return None  # deleted, or not a directory: nothing below it
+                fd = os.open(comp, _NOFOLLOW_DIR, dir_fd=dfd)
+                owned.append(fd)
+                below.append((index, fd))
+                if _is_opaque(fd, opaque_xattr):
+                    break  # what the layers further down hold here is hidden
+            if not below:
+                return None
+            stack = below
+        for index, dfd in stack:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            return None if is_whiteout(st) else (index, os.dup(dfd), st)
+        return None
+    finally:
+        for fd in owned:
+            os.close(fd)
+
+
+def _is_opaque(fd: int, opaque_xattr: str) -> bool:
+    try:
+        return os.getxattr(fd, opaque_xattr) == b"y"
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
 
 
 class ConfinedDirs(Plain):

@@ -19,3 +19,11 @@ OPAQUE_XATTR_USER = "user.overlay.opaque"
 def is_whiteout(st: os.stat_result) -> bool:
     """Whether *st* is overlay's whiteout: a 0/0 character device."""
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_whiteout_at(dir_fd: int, name: str) -> bool:
+    """Whether *name* in directory *dir_fd* is a whiteout (False when it cannot be looked at)."""
+    try:
+        return is_whiteout(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+    except OSError:
+        return False

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError, InvalidArgument
 from graphdriver.fs import PRIVILEGED_XATTRS, confine, privileged
 from graphdriver.fs import syscalls as sc
-from graphdriver.fs.overlayfs import is_whiteout
+from graphdriver.fs.overlayfs import is_whiteout, is_whiteout_at
 from graphdriver.fs.tree import remove_tree_at
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio import entry as te
@@ -241,13 +241,6 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def _is_whiteout_at(dir_fd: int, name: str) -> bool:
-    try:
-        return is_whiteout(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
-    except OSError:
-        return False
-
-
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -273,10 +266,13 @@ class Extraction:
     (and late modes) once every entry is in, deepest first.
     """
 
-    def __init__(self, reader: EntrySource, root_fd: int, lower_fds: tuple[int, ...]) -> None:
+    def __init__(self, reader: EntrySource, root_fd: int, lower_fds: tuple[int, ...],
+                 opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> None:
         self.reader = reader
         self.root_fd = root_fd
         self.lower_fds = lower_fds
+        #: What marks a lower layer's directory opaque (:meth:`_in_union`).
+        self.opaque_xattr = opaque_xattr
         # Relative path -> fd of that directory (resolved in the root).
         self.dirs: dict[str, int] = {}
         # Fds dropped from the cache while an entry may still use them.
@@ -440,18 +436,23 @@ class Extraction:
             if owned:
                 os.close(fd)
 
+    def _in_union(self, rel: str, with_layer: bool = False) -> tuple[int, int, os.stat_result] | None:
+        """Where the lower layers' union has *rel* (with the layer itself first, when
+        *with_layer*: index 0), as :func:`confine.find_in_union` tells it: what a nearer
+        layer deleted or made opaque is not there."""
+        layers = (self.root_fd, *self.lower_fds) if with_layer else self.lower_fds
+        return confine.find_in_union(layers, rel, self.opaque_xattr)
+
     def _lower_dir_stat(self, rel: str) -> os.stat_result | None:
-        """The ``stat`` of directory *rel* in the nearest lower layer that has it."""
-        for lower in self.lower_fds:
-            try:
-                lfd = self._open_dir_nofollow(lower, rel, _STAT_DIR)
-            except OSError:
-                continue
-            try:
-                return os.fstat(lfd)
-            finally:
-                os.close(lfd)
-        return None
+        """The ``stat`` of directory *rel* in the union of the lower layers, if it is one there."""
+        try:
+            found = self._in_union(rel)
+        except OSError:
+            return None  # through a symlink: not a directory the union shows there
+        if found is None:
+            return None
+        os.close(found[1])
+        return found[2] if stat.S_ISDIR(found[2].st_mode) else None
 
     def _trim_cache(self) -> None:
         for fd in self.stale:
@@ -540,7 +541,7 @@ class _Extractor(Extraction):
         lower_fds: tuple[int, ...],
         stats: ExtractStats,
     ) -> None:
-        super().__init__(reader, root_fd, lower_fds)
+        super().__init__(reader, root_fd, lower_fds, opts.opaque_xattr)
         self.opts = opts
         self.stats = stats
         self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
@@ -621,7 +622,8 @@ class _Extractor(Extraction):
 
     def _refuse_missing_target(self, e: TarEntry, rel: str) -> None:
         """Refuse hard link *e* before writing when its target is nowhere: not in the
-        layer, not a device node left out, not in a lower layer."""
+        layer, not a device node left out, not in the union of the lower layers (where
+        what a nearer layer, or this one, deleted or made opaque is not)."""
         target = clean_name(e.linkname, e.name, "hardlink target")
         if target == rel or target in self.skipped:
             return
@@ -629,21 +631,30 @@ class _Extractor(Extraction):
         try:
             tfd = self._existing_dir(tparent)
             if tfd is not None:
-                os.stat(tbase, dir_fd=tfd, follow_symlinks=False)
-                return
+                st = os.stat(tbase, dir_fd=tfd, follow_symlinks=False)
+                if not (self.overlay and is_whiteout(st)):
+                    return
+                raise self._missing_target(e)  # this layer deleted it
         except FileNotFoundError:
             pass
         except OSError as x:
             if x.errno == errno.ELOOP:  # the way to the target goes through a lower symlink
                 raise self._refused(e, x) from x
             return  # not to be told here: the link itself says what is wrong
-        found = confine.find_in_lowers(self.lower_fds, target) if self.lower_fds else None
-        if found is not None:
-            os.close(found[0])
-            return
+        try:
+            found = self._in_union(target, with_layer=True) if self.lower_fds else None
+        except OSError as x:
+            if x.errno == errno.ELOOP:
+                raise self._refused(e, x) from x
+            raise
+        if found is None:
+            raise self._missing_target(e)
+        os.close(found[1])
+
+    def _missing_target(self, e: TarEntry) -> ArchiveError:
         refused = ArchiveError(e.name, f"hardlink target {e.linkname!r} is missing")
         refused.wrote_nothing = True
-        raise refused
+        return refused
 
     def _admit(self, e: TarEntry) -> tuple[str, str]:
         """The type *e* is written as and its clean path; raises for an entry refused outright.
@@ -730,10 +741,10 @@ class _Extractor(Extraction):
         """Refuse to make directory *rel* over a symlink the union shows there (see :meth:`_resolve_dir`)."""
         if not self.lower_fds or hidden_by(rel, self.hidden):
             return
-        found = confine.find_in_lowers(self.lower_fds, rel)
+        found = self._in_union(rel)
         if found is None:
             return
-        pfd, st = found
+        _, pfd, st = found
         os.close(pfd)
         if stat.S_ISLNK(st.st_mode):
             raise OSError(errno.ELOOP, _through_symlink(rel))
@@ -804,7 +815,7 @@ class _Extractor(Extraction):
             if x.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
             # Something else than a directory is there (ELOOP: a symlink).
-            whiteout = self.overlay and _is_whiteout_at(pfd, base)
+            whiteout = self.overlay and is_whiteout_at(pfd, base)
             self._remove(pfd, base, rel)
             sc.mkdir_at(base, 0o700, dir_fd=pfd)
             fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
@@ -943,6 +954,8 @@ class _Extractor(Extraction):
             if pfd is not None:
                 self._remove(pfd, name, rel)
             return
+        if not self._union_dir(parent):
+            return  # nothing below it to hide: no folder made for it, as in a copy
         try:
             pfd = self._dir_fd(parent)
         except NotADirectoryError:
@@ -958,6 +971,8 @@ class _Extractor(Extraction):
             if fd is not None:
                 self._empty_opaque(fd, parent)
             return
+        if not self._union_dir(parent):
+            return  # no such folder, or a file: nothing to hide, no folder made, as in a copy
         try:
             fd = self._dir_fd(parent)
         except NotADirectoryError:
@@ -966,6 +981,23 @@ class _Extractor(Extraction):
             return  # a directory this layer deleted: nothing of it is left to hide, as in a copy
         self._set_opaque(e.name, fd)
         self.hidden.add(parent)
+
+    def _union_dir(self, rel: str) -> bool:
+        """Overlay: whether *rel* is a directory in the view this layer makes so far (itself
+        over the lower layers' union); a whiteout's folder must be one to hide anything."""
+        if not rel:
+            return True
+        try:
+            found = self._in_union(rel, with_layer=True)
+        except OSError as x:
+            if x.errno == errno.ELOOP:
+                return True  # through a symlink: making the folder says what happens there
+            raise
+        if found is None:
+            return False
+        os.close(found[1])
+        mode = found[2].st_mode
+        return stat.S_ISDIR(mode) or stat.S_ISLNK(mode)  # a symlink: refused on the way to it
 
     def _set_opaque(self, name: str, fd: int) -> None:
         try:
@@ -1004,11 +1036,15 @@ class _Extractor(Extraction):
     # ----- hardlink targets from lower layers ---------------------------------------
 
     def _copy_up(self, e: TarEntry, target: str) -> bool:
-        """Copy *target* from the nearest lower directory holding it; False if none does."""
-        found = confine.find_in_lowers(self.lower_fds, target)
+        """Copy *target* from the lower layers' union; False if it is not there (or is hidden
+        by this layer)."""
+        found = self._in_union(target, with_layer=True)
         if found is None:
             return False
-        lpfd, st = found
+        index, lpfd, st = found
+        if index == 0:  # this layer's, where the link could not reach it
+            os.close(lpfd)
+            return False
         try:
             if stat.S_ISDIR(st.st_mode):
                 raise ArchiveError(e.name, "hardlink to a directory")

@@ -22,8 +22,8 @@ from typing import Any
 
 from graphdriver.errors import ArchiveError, GraphDriverError, warn
 from graphdriver.fs import syscalls
-from graphdriver.fs.confine import find_in_lowers, is_symlink_error, open_dir_no_symlinks, open_no_symlinks
-from graphdriver.fs.overlayfs import is_whiteout
+from graphdriver.fs.confine import is_symlink_error, open_dir_no_symlinks, open_no_symlinks
+from graphdriver.fs.overlayfs import is_whiteout, is_whiteout_at
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.extract import Extraction, clean_name
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
@@ -113,11 +113,11 @@ class WindowsApplier(Extraction):
         A directory made here would hide the symlink in the view; following
         it is what extraction never does (see :mod:`graphdriver.layerio.extract`).
         """
-        found = find_in_lowers(self.lower_fds, rel, open_dir_no_symlinks)
+        found = self._in_union(rel)
         if found is None:
             return
-        os.close(found[0])
-        if stat.S_ISLNK(found[1].st_mode):
+        os.close(found[1])
+        if stat.S_ISLNK(found[2].st_mode):
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
 
     def _refuse_lower_symlinks_on_the_way(self, path: str) -> None:
@@ -253,7 +253,7 @@ class WindowsApplier(Extraction):
         record = Record(rel, LINK, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns, target=target)
         tparent, _, tbase = target.rpartition("/")
         tfd = self._existing_dir(tparent)
-        if tfd is not None:
+        if tfd is not None and not is_whiteout_at(tfd, tbase):  # a file this layer deleted is no target
             try:
                 os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
                 self.meta.add(record)
@@ -268,13 +268,14 @@ class WindowsApplier(Extraction):
         self.meta.add(record)
 
     def _copy_from_lower(self, target: str, pfd: int, base: str) -> bool:
-        """Copy the regular file *target* of the nearest lower layer holding it; False if none does."""
-        found = find_in_lowers(self.lower_fds, target, open_dir_no_symlinks)
+        """Copy the regular file *target* of the lower layers' union; False if it is not there
+        (or this layer deleted it)."""
+        found = self._in_union(target, with_layer=True)
         if found is None:
             return False
-        lpfd, st = found
+        index, lpfd, st = found
         try:
-            if not stat.S_ISREG(st.st_mode):
+            if index == 0 or not stat.S_ISREG(st.st_mode):
                 return False
             src = os.open(target.rpartition("/")[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
         finally:
