@@ -224,6 +224,37 @@ def test_a_wrong_diff_id_refuses_the_image_and_leaves_nothing(tmp_path, driver_n
     assert gd(tmp_path, driver_name, "cleanup").stdout == b""
 
 
+@pytest.mark.parametrize("impostor", ["created", "writable", "other parent", "other tarball"])
+def test_a_layer_that_only_bears_an_images_chain_id_is_never_taken_for_its_layer(tmp_path, impostor):
+    """Layer ids are the user's to choose: one named like an image layer's chain id but made
+    otherwise (create, --rw, imported on another parent or from another tarball) is refused
+    as that layer (exit 6, naming it), and neither it nor anything of the image is changed."""
+    from graphdriver.images.oci import chain_ids
+
+    c1, c2 = (c[7:] for c in chain_ids([sha256(LAYER1), sha256(LAYER2)]))
+    (tmp_path / "l1.tar").write_bytes(LAYER1)
+    (tmp_path / "l2.tar").write_bytes(LAYER2)
+    gd(tmp_path, "vfs", "import", c1, str(tmp_path / "l1.tar"))
+    make = {"created": ["create", c2, "--parent", c1], "writable": ["create", c2, "--parent", c1, "--rw"],
+            "other parent": ["import", c2, str(tmp_path / "l2.tar")],
+            "other tarball": ["import", c2, "--parent", c1, str(tmp_path / "l1.tar")]}[impostor]
+    gd(tmp_path, "vfs", *make)
+    before = gd(tmp_path, "vfs", "layer", c2).stdout
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2])
+    proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"), check=False)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 6 and "Traceback" not in proc.stderr.decode(), proc.stderr
+    assert lines[-1].startswith(f"graphdriver: layer {c2}: bears this image's chain id but ")
+    assert all(line.endswith("already present") for line in lines[:-1])
+    assert gd(tmp_path, "vfs", "image", "ls", "--json").stdout.strip() == b"[]"
+    assert gd(tmp_path, "vfs", "layer", c2).stdout == before
+    assert sorted(gd(tmp_path, "vfs", "layers").stdout.split()) == sorted([c1.encode(), c2.encode()])
+    # Once the impostor is gone, the image loads, sharing the true first layer.
+    gd(tmp_path, "vfs", "remove", c2)
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    assert gd(tmp_path, "vfs", "check").returncode == 0
+
+
 def test_a_tampered_blob_is_refused(tmp_path, driver_name):
     oci_layout(tmp_path / "t", [LAYER1])
     blob = next(p for p in (tmp_path / "t/blobs/sha256").iterdir() if p.read_bytes()[:2] == b"\x1f\x8b")
@@ -569,6 +600,48 @@ def test_tree_df_and_prune(tmp_path, driver_name):
     # Layers of the layer commands go only when asked.
     assert "deleted layer mine" in gd(tmp_path, driver_name, "prune", "--layers").stdout.decode()
     assert gd(tmp_path, driver_name, "layers").stdout.decode().split() == [hashlib.sha256(LAYER1).hexdigest()]
+
+
+def test_tree_df_and_prune_take_a_chain_deeper_than_recursion_goes(tmp_path):
+    """No walk of the layer graph recurses: a chain deeper than the recursion limit (here
+    lowered, as a chain of thousands would meet the default) is drawn, counted and pruned."""
+    import graphdriver
+    from graphdriver import jsonio
+    from graphdriver.images import overview
+
+    depth = 300
+    store = graphdriver.open_store(str(tmp_path / "store"), run_root=str(tmp_path / "run"), driver="vfs")
+    parent = None
+    for i in range(depth):
+        store.create(f"l{i}", parent)
+        parent = f"l{i}"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(__import__("inspect").stack()) + 120)
+    try:
+        lines = overview.tree(store)
+        text = jsonio.dumps(overview.tree_nodes(store))
+        usage = overview.df(store)
+        plan = overview.prune_plan(store, layers=True)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert len(lines) == depth and lines[-1].strip().startswith(f"└── l{depth - 1} ")
+    assert text.startswith('[{"id": "l0", ') and text.count('"id": ') == depth
+    assert usage["layers"]["total"] == depth
+    assert plan["layers"] == [f"l{i}" for i in reversed(range(depth))]  # children first
+    assert store.driver.mount_count(f"l{depth - 1}") == 0
+
+
+def test_prune_layers_removes_every_unused_child_beside_a_kept_one(tmp_path):
+    gd(tmp_path, "vfs", "create", "r")
+    for kid in ("a", "b", "c"):
+        gd(tmp_path, "vfs", "create", kid, "--parent", "r")
+    gd(tmp_path, "vfs", "mount", "a")  # kept: mounted, and so is its parent
+    try:
+        removed = gd(tmp_path, "vfs", "prune", "--layers").stdout.decode().splitlines()
+        assert sorted(removed) == ["deleted layer b", "deleted layer c"]
+        assert gd(tmp_path, "vfs", "layers").stdout.split() == [b"a", b"r"]
+    finally:
+        gd(tmp_path, "vfs", "unmount", "a")
 
 
 def test_prune_and_df_leave_a_read_only_stores_layers_out(tmp_path):

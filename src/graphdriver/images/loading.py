@@ -128,7 +128,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                 label = f"layer {i + 1}/{len(diff_ids)} {diff_id[7:19]}"
                 pending.use(layer_ids[i])
                 if _present(store, layer_ids[i]):
-                    _check_reused(store, layer_ids[i], diff_id)
+                    _check_reused(store, layer_ids[i], diff_id, parent)
                     _keep_blob(images, layer, diff_id, fresh)
                     if report is not None:
                         report(f"{label}: already present")
@@ -145,7 +145,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                         pending.forget(layer_ids[i])
                         if not _present(store, layer_ids[i], wait=True):
                             raise
-                        _check_reused(store, layer_ids[i], diff_id)
+                        _check_reused(store, layer_ids[i], diff_id, parent)
                 if layer.descriptor is not None and layer.descriptor.media_type not in _UNCOMPRESSED \
                         and images.has_blob(layer.descriptor.digest):
                     kept.append(layer.descriptor.digest)
@@ -240,10 +240,24 @@ def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
     return store.exists(layer_id)
 
 
-def _check_reused(store: Store, layer_id: str, diff_id: str) -> None:
+def _check_reused(store: Store, layer_id: str, diff_id: str, parent: str | None) -> None:
+    """IntegrityError unless the stored layer named by this chain id is the image layer the
+    image needs: read-only, made from a tarball of DiffID *diff_id*, on *parent*.  Layer ids
+    are the caller's to choose, so a layer made otherwise (``create``, a container's, one
+    imported on another parent) may bear the name; it is never taken for the image's."""
     layer = store.record(layer_id)
-    if layer.diff_digest is not None and layer.diff_digest != diff_id:
-        raise IntegrityError(f"layer {layer_id}", f"is stored with DiffID {layer.diff_digest}, not {diff_id}")
+    why = None
+    if layer.writable:
+        why = "is a writable (container) layer"
+    elif layer.diff_digest is None:
+        why = "holds no imported tarball (made by create, or its import never finished)"
+    elif layer.diff_digest != diff_id:
+        why = f"is stored with DiffID {layer.diff_digest}, not {diff_id}"
+    elif layer.parent != parent:
+        why = f"has parent {layer.parent or 'none'}, not {parent or 'none'} (its chain differs)"
+    if why is not None:
+        raise IntegrityError(f"layer {layer_id}", f"bears this image's chain id but {why}; remove it or "
+                                                  "give it another id, then load again")
     changed = store.changed_since_import(layer_id)  # mounted writable: is it still that tarball?
     if changed is not None:
         raise IntegrityError(f"layer {layer_id}", f"cannot be shared: it {changed}")
