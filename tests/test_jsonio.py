@@ -71,3 +71,23 @@ def test_malformed_input_is_a_value_error_in_a_fresh_interpreter():
         "    else:\n        raise SystemExit('accepted ' + text)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(ROOT / "src")], check=True)
+
+
+def test_dumps_writes_what_is_nested_deeper_than_recursion_goes():
+    import sys
+
+    deep: dict = {"children": []}
+    inner = deep
+    for i in range(sys.getrecursionlimit() + 100):
+        kid: dict = {"id": i, "children": []}
+        inner["children"].append(kid)
+        inner = kid
+    value = [deep, {"k": (1, None)}, {2: "x"}]
+    for compact in (False, True):
+        text = jsonio.dumps(value, compact=compact)
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit * 4)
+        try:
+            assert text == json.dumps(value, separators=(",", ":") if compact else None)
+        finally:
+            sys.setrecursionlimit(limit)

@@ -76,7 +76,38 @@ def dumps(value: Any, *, indent: int | None = None, compact: bool = False) -> st
         return "".join(_pretty(value, " " * indent, "\n"))
     item, key = (",", ":") if compact else (", ", ": ")
     encode = _json.make_encoder({}, _unencodable, _quote, None, key, item, False, False, True)
-    return "".join(encode(value, 0))
+    try:
+        return "".join(encode(value, 0))
+    except RecursionError:  # nested deeper than the C encoder goes (``tree --json`` of a long chain)
+        return _deep(value, item, key)
+
+
+class _Text(str):
+    """Text :func:`_deep` copies as it is (a value to encode is anything else)."""
+
+
+def _deep(value: Any, item: str, key: str) -> str:
+    """:func:`dumps` of *value* without recursion: the same text, at any depth."""
+    out: list[str] = []
+    work: list[Any] = [value]  # what is still to write, last first
+    while work:
+        v = work.pop()
+        if isinstance(v, _Text):
+            out.append(v)
+        elif isinstance(v, dict):
+            parts: list[Any] = [_Text("{")]
+            for i, (k, x) in enumerate(v.items()):
+                name = k if isinstance(k, str) else _scalar(k)  # as json names a number or a constant
+                parts += [_Text((item if i else "") + _quote(name) + key), x]
+            work.extend(reversed([*parts, _Text("}")]))
+        elif isinstance(v, list | tuple):
+            parts = [_Text("[")]
+            for i, x in enumerate(v):
+                parts += [_Text(item), x] if i else [x]
+            work.extend(reversed([*parts, _Text("]")]))
+        else:
+            out.append(_scalar(v))
+    return "".join(out)
 
 
 def _scalar(value: Any) -> str:

@@ -90,7 +90,8 @@ class Usage:
 def tree_nodes(store: Store) -> list[dict[str, Any]]:
     """The layer graph from the base layers up (``tree --json``): per layer its id, own size,
     whether several images share it, the images whose top it is, its container, whether
-    it is writable, and its children."""
+    it is writable, and its children.  Built without recursion: a chain may be deeper than
+    Python's recursion limit."""
     usage = Usage(store)
 
     def node(layer_id: str) -> dict[str, Any]:
@@ -99,9 +100,16 @@ def tree_nodes(store: Store) -> list[dict[str, Any]]:
         tops = [n for image in users if image.top_layer == layer_id for n in (image.names or [image.id[:19]])]
         return {"id": layer_id, "size": usage.own_size(layer_id), "shared": len(users) > 1, "images": tops,
                 "container": usage.container_of.get(layer_id), "writable": bool(layer.writable),
-                "children": [node(kid) for kid in usage.children.get(layer_id, [])]}
+                "children": []}
 
-    return [node(root) for root in usage.children.get(None, [])]
+    roots = [node(root) for root in usage.children.get(None, [])]
+    work = list(roots)
+    while work:
+        parent = work.pop()
+        kids = [node(kid) for kid in usage.children.get(parent["id"], [])]
+        parent["children"] = kids
+        work.extend(kids)
+    return roots
 
 
 def _label(node: dict[str, Any]) -> str:
@@ -121,17 +129,15 @@ def _label(node: dict[str, Any]) -> str:
 def tree(store: Store) -> list[str]:
     """The lines of the layer graph."""
     lines: list[str] = []
-
-    def walk(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
+    # (node, the prefix of its line, whether it is its parent's last child, whether it is a root)
+    work = [(root, "", True, True) for root in reversed(tree_nodes(store))]
+    while work:
+        node, prefix, last, top = work.pop()
         branch = "" if top else ("└── " if last else "├── ")
         lines.append(prefix + branch + _label(node))
         kids = node["children"]
         deeper = prefix + ("" if top else ("    " if last else "│   "))
-        for i, kid in enumerate(kids):
-            walk(kid, deeper, i == len(kids) - 1, False)
-
-    for root in tree_nodes(store):
-        walk(root, "", True, True)
+        work.extend((kid, deeper, i == len(kids) - 1, False) for i, kid in reversed(list(enumerate(kids))))
     return lines
 
 
@@ -190,16 +196,19 @@ def prune_plan(store: Store, usage: Usage | None = None, *, layers: bool = False
     order: list[str] = []
     going = set(candidates)
 
-    def visit(layer_id: str) -> bool:
+    # Children before parents (an explicit stack: chains may be deeper than recursion goes).
+    goes: dict[str, bool] = {}
+    work: list[tuple[str, bool]] = [(root, False) for root in reversed(usage.children.get(None, []))]
+    while work:
+        layer_id, kids_done = work.pop()
         kids = usage.children.get(layer_id, [])
-        ok = all(visit(k) for k in kids)
-        if ok and layer_id in going and layer_id not in order:
+        if not kids_done:
+            work.append((layer_id, True))
+            work.extend((k, False) for k in reversed(kids))
+            continue
+        goes[layer_id] = all(goes[k] for k in kids) and layer_id in going
+        if goes[layer_id]:
             order.append(layer_id)
-            return True
-        return False
-
-    for root in usage.children.get(None, []):
-        visit(root)
     return {"images": [i.id for i in images], "layers": order}
 
 
