@@ -551,19 +551,23 @@ def test_whiteout_names_are_checked(dest: Path) -> None:
 
 
 @needs_root("0/0 character devices and trusted.overlay.opaque")
-def test_whiteouts_overlay_mode(dest: Path, inline: bool) -> None:
+def test_whiteouts_overlay_mode(tmp_path: Path, dest: Path, inline: bool) -> None:
+    lower = tmp_path / "lower"
+    (lower / "foo").mkdir(parents=True)
+    (lower / "foo/bar").write_bytes(b"")
     apply(
         dest,
         reg(".wh.foo"),
         reg("foo/.wh.bar"),  # below a whiteout: nothing to hide, foo stays a whiteout
         dir_("d/"), reg("d/.wh..wh..opq"), reg("d/kept"),
         reg("implied/.wh.x"),  # in a folder that is nowhere: nothing to hide, no folder made
+        reg(".wh.ghost"),  # nothing below of that name: no device (the view would show it)
         reg("f", xattrs={"trusted.overlay.redirect": "/etc"}),
-        whiteouts=WhiteoutMode.OVERLAY, inline=inline,
+        whiteouts=WhiteoutMode.OVERLAY, lower_dirs=(str(lower),), inline=inline,
     )
     st = os.lstat(dest / "foo")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-    assert not os.path.lexists(dest / "implied")
+    assert not os.path.lexists(dest / "implied") and not os.path.lexists(dest / "ghost")
     assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
     assert (dest / "d/kept").exists()
     assert "trusted.overlay.redirect" not in os.listxattr(dest / "f")

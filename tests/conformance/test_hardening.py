@@ -1140,3 +1140,17 @@ def test_a_whiteout_with_nothing_to_hide_changes_nothing(store, marker):
     assert [str(c) for c in store.changes("top")] == []
     assert _read(store, "top", "e") == b"e" and _read(store, "top", "d/f") == b"secret"
     assert store.check(["top"]) == [("top", None)]
+
+
+def test_a_whiteout_of_a_name_nothing_below_has_leaves_no_entry_in_the_view(store):
+    """Nothing below to hide: no whiteout device, which a union would show as an entry no one
+    can read; what the layer itself put there before the whiteout is deleted, as in a copy."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    tar = make_tar({"new": D(), "new/.wh.ghost": F(b""), "made": F(b"m"), ".wh.made": F(b"")})
+    store.import_layer("top", "base", io.BytesIO(tar))
+    root = Path(store.mount("top"))
+    try:
+        assert sorted(os.listdir(root)) == ["d", "e", "new"] and os.listdir(root / "new") == []
+    finally:
+        store.unmount("top")
+    assert [str(c) for c in store.changes("top")] == ["A /new"]

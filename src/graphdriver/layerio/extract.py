@@ -956,6 +956,13 @@ class _Extractor(Extraction):
             return
         if not self._union_dir(parent):
             return  # nothing below it to hide: no folder made for it, as in a copy
+        if not self._below(rel):
+            # Nothing of the lower layers to hide: a whiteout device there would show in the
+            # view as an entry no one can read.  What this layer put there goes, as in a copy.
+            pfd = self._existing_dir(parent)
+            if pfd is not None:
+                self._remove(pfd, name, rel)
+            return
         try:
             pfd = self._dir_fd(parent)
         except NotADirectoryError:
@@ -981,6 +988,22 @@ class _Extractor(Extraction):
             return  # a directory this layer deleted: nothing of it is left to hide, as in a copy
         self._set_opaque(e.name, fd)
         self.hidden.add(parent)
+
+    def _below(self, rel: str) -> bool:
+        """Overlay: whether the lower layers' union shows something at *rel* that this layer
+        has not hidden behind an opaque folder (what a whiteout there would hide)."""
+        if not self.lower_fds or hidden_by(rel, self.hidden):
+            return False
+        try:
+            found = self._in_union(rel)
+        except OSError as x:
+            if x.errno == errno.ELOOP:
+                return True  # through a symlink: making the folder says what happens there
+            raise
+        if found is None:
+            return False
+        os.close(found[1])
+        return True
 
     def _union_dir(self, rel: str) -> bool:
         """Overlay: whether *rel* is a directory in the view this layer makes so far (itself
