@@ -1154,3 +1154,32 @@ def test_a_whiteout_of_a_name_nothing_below_has_leaves_no_entry_in_the_view(stor
     finally:
         store.unmount("top")
     assert [str(c) for c in store.changes("top")] == ["A /new"]
+
+
+def test_times_a_filesystem_cannot_hold_and_a_volume_label_pass_check(store):
+    """An untouched layer never fails check: a time before 1901 or after 2446 is stored as
+    the nearest one ext4 or XFS hold, and a GNU volume label makes no file."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        label = tarfile.TarInfo("LABEL")
+        label.type = b"V"
+        tf.addfile(label)
+    volume = buf.getvalue()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, mtime in (("old", -11_644_473_600), ("far", 2**40), ("now", 1_700_000_000)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = 1, mtime
+            tf.addfile(info, io.BytesIO(b"x"))
+    times = buf.getvalue()
+    for layer_id, tar in (("times", times), ("volume", volume)):
+        store.import_layer(layer_id, None, io.BytesIO(tar))
+        assert store.check([layer_id]) == [(layer_id, None)]
+        store.mount(layer_id)
+        store.unmount(layer_id)
+        out = io.BytesIO()
+        store.diff(layer_id, out, exact=True)
+        assert out.getvalue() == tar
+        assert store.check([layer_id]) == [(layer_id, None)]

@@ -32,6 +32,9 @@ GNU_MULTIVOL = "M"
 GNU_DUMPDIR = "D"
 
 REGULAR_TYPES = frozenset({REG, AREG, CONT})
+#: Entries that put no file in a layer: extraction passes over them, and so does what
+#: compares a layer with its entries.
+NO_FILE_TYPES = frozenset({PAX_GLOBAL, PAX_LOCAL, GNU_VOLHDR})
 
 #: The size of a tar block, and of a header.
 BLOCK = 512

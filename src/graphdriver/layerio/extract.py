@@ -90,7 +90,6 @@ _WHITEOUT_DEVICE = (
 _DIR_TYPES = frozenset({te.DIR, te.GNU_DUMPDIR})  # a dumpdir is a directory plus a listing
 _SPECIAL_TYPES = {te.CHR: stat.S_IFCHR, te.BLK: stat.S_IFBLK, te.FIFO: stat.S_IFIFO}
 # Metadata records that describe no file (the reader normally folds them in).
-_NO_FILE_TYPES = frozenset({te.PAX_GLOBAL, te.PAX_LOCAL, te.GNU_VOLHDR})
 _UNSUPPORTED_TYPES = {
     te.GNU_SPARSE: "sparse file",
     te.GNU_MULTIVOL: "multi-volume continuation",
@@ -555,7 +554,7 @@ class _Extractor(Extraction):
         self._keep_times(root_fd, "")
 
     def _entry(self, e: TarEntry) -> int:
-        if e.type in _NO_FILE_TYPES:
+        if e.type in te.NO_FILE_TYPES:
             return 0
         try:
             t, rel = self._admit(e)

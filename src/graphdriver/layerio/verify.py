@@ -168,6 +168,8 @@ def _last_headers(entries: Iterable[SplitEntry]) -> dict[str, te.TarEntry]:
     last: dict[str, te.TarEntry] = {}
     reader = TarReader(_HeadersOnly(entries))  # type: ignore[arg-type]
     for e in reader:
+        if e.type in te.NO_FILE_TYPES:
+            continue  # a volume label: no file of its name was made
         e.raw, e.pax = b"", {}  # only the fields are compared: keep memory flat
         if e.sparse is not None:
             # Its data is in the segments (no file entry gives it): what the file must hold.
@@ -366,9 +368,23 @@ def _compare_metadata(
             return f"is owned by {st.st_uid}:{st.st_gid}, its entry by {owner[0]}:{owner[1]}"
         if e.type in (te.CHR, te.BLK) and st.st_rdev != os.makedev(e.devmajor, e.devminor):
             return "has other device numbers than its entry"
-    if st.st_mtime_ns != e.mtime_ns:
+    if st.st_mtime_ns != e.mtime_ns and not _clamped(e.mtime_ns, st.st_mtime_ns):
         return f"was modified at {st.st_mtime_ns} ns, its entry at {e.mtime_ns} ns"
     return _compare_xattrs(e, base, pfd, privileged)
+
+
+#: Where every filesystem's timestamps reach: 32-bit seconds either side of 1970.
+_TIME_LIMIT_NS = 2**31 * 10**9
+
+
+def _clamped(entry_ns: int, file_ns: int) -> bool:
+    """Whether *file_ns* is *entry_ns* as a filesystem with a narrower range of times stores
+    it (ext4 and XFS keep 1901 to 2446 or 2486, and set the nearest time they can hold)."""
+    if entry_ns < -_TIME_LIMIT_NS:
+        return entry_ns <= file_ns <= -_TIME_LIMIT_NS
+    if entry_ns >= _TIME_LIMIT_NS:
+        return _TIME_LIMIT_NS - 10**9 <= file_ns <= entry_ns
+    return False
 
 
 def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> str:
