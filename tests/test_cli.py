@@ -1229,3 +1229,26 @@ def test_tls_verify_takes_only_true_or_false(root):
     assert r.returncode == 2
     assert r.stderr.decode().startswith("graphdriver: option --tls-verify 'maybe': choose true or false")
     assert not root.exists()
+
+
+@pytest.mark.parametrize("names", [["./a", "a/b", "a"], ["a", "./a"], ["a/", "a"]])
+def test_tarsplit_of_an_archive_naming_a_path_twice_is_refused_and_diff_stays_exact(root, tmp_path, names):
+    """tar-split's reader refuses metadata that names a path twice (as Go cleans names), so
+    `tarsplit` says so (exit 3, as for an archive it cannot rebuild) instead of handing out
+    metadata no tool can use; the layer still exports byte for byte."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            if name.endswith("b"):
+                info.size = 2
+                tf.addfile(info, io.BytesIO(b"b\n"))
+            else:
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+    tar = buf.getvalue()
+    assert run_cli("import", "l", "-", root=root, input=tar).returncode == 0
+    r = cli(root, "tarsplit", "l", "-o", str(tmp_path / "ts.gz"))
+    assert r.returncode == 3 and r.stderr.count(b"\n") == 1, r.stderr
+    assert b"names 'a' twice" in r.stderr and not (tmp_path / "ts.gz").exists()
+    assert cli(root, "diff", "l").stdout == tar

@@ -23,6 +23,7 @@ is interchangeable.
 from __future__ import annotations
 
 import binascii
+import posixpath
 from collections.abc import Callable, Iterable, Iterator
 
 from graphdriver import codecs, jsonio
@@ -373,26 +374,44 @@ def read_entries(stream: Iterable[bytes]) -> Iterator[SplitEntry]:
         yield entry
 
 
-def checked_size(stored: BinaryIO) -> int:
-    """The size of the tarball that stored tar-split metadata rebuilds, read through.
+def checked_size(stored: BinaryIO) -> tuple[int, str | None]:
+    """The size of the tarball that stored tar-split metadata rebuilds, read through, and the
+    first name it gives twice (None if none does).
 
-    Raises IntegrityError unless *stored* is gzip-compressed tar-split lines
-    (what this module writes and other tools read), whole.
+    tar-split's own reader refuses metadata that names a path twice (compared as Go's
+    ``filepath.Clean`` reads names: ``./a`` is ``a``), though the tarball is legal and this
+    module rebuilds it.  Raises IntegrityError unless *stored* is gzip-compressed tar-split
+    lines (what this module writes and other tools read), whole.
     """
     from graphdriver.errors import ArchiveError
     from graphdriver.layerio.compression import Compression, open_decompressed
 
     what = "tar-split metadata"
+    seen: set[bytes] = set()
+    repeated: bytes | None = None
     try:
         meta, kind = open_decompressed(stored)
         if kind is not Compression.GZIP:
             raise IntegrityError(what, f"not gzip-compressed (it reads as {kind.value})")
         size = 0
         for entry in read_entries(meta):
-            size += len(entry.payload or b"") if entry.type == SEGMENT else entry.size
+            if entry.type == SEGMENT:
+                size += len(entry.payload or b"")
+                continue
+            size += entry.size
+            name = _go_clean(entry.name)
+            if repeated is None and name in seen:
+                repeated = name
+            seen.add(name)
     except (ArchiveError, OSError, EOFError) as e:
         raise IntegrityError(what, f"cannot be decompressed: {e}") from e
-    return size
+    return size, None if repeated is None else repeated.decode("utf-8", "surrogateescape")
+
+
+def _go_clean(name: bytes) -> bytes:
+    """*name* as Go's ``filepath.Clean`` gives it (``./a/`` is ``a``, ``//a`` is ``/a``)."""
+    clean = posixpath.normpath(name) if name else b"."
+    return clean[1:] if clean.startswith(b"//") else clean
 
 
 if TYPE_CHECKING:

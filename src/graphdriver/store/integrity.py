@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from graphdriver.errors import GraphDriverError, IntegrityError, NotFound
+from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, shorten
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX, under_way
 
 TYPE_CHECKING = False
@@ -266,7 +266,10 @@ def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
     path = tarsplit_of(store, record)
     try:
         with open(path, "rb") as f:
-            check_tarsplit(record, f)
+            repeated = check_tarsplit(record, f)
+            if repeated is not None:
+                raise NotFound(what, f"its tarball names {shorten(repeated)!r} twice, which tar-split's "
+                                     "reader refuses (diff still gives the exact bytes)")
             f.seek(0)
             import shutil
 
@@ -277,12 +280,13 @@ def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
         store._raise_explained(missing, layer_id, seen=record)
 
 
-def check_tarsplit(record: Layer, f: BinaryIO) -> None:
-    """IntegrityError unless *f* is tar-split metadata rebuilding *record*'s tarball's size."""
+def check_tarsplit(record: Layer, f: BinaryIO) -> str | None:
+    """IntegrityError unless *f* is tar-split metadata rebuilding *record*'s tarball's size;
+    the first name it gives twice, if one is (see :func:`~graphdriver.layerio.tarsplit.checked_size`)."""
     from graphdriver.layerio.tarsplit import checked_size
 
     try:
-        size = checked_size(f)
+        size, repeated = checked_size(f)
     except IntegrityError as e:
         raise IntegrityError(f"tar-split data of layer {record.id}", e.why or str(e)) from e
     if record.uncompressed_size is not None and size != record.uncompressed_size:
@@ -290,6 +294,7 @@ def check_tarsplit(record: Layer, f: BinaryIO) -> None:
             f"tar-split data of layer {record.id}",
             f"it rebuilds {size} bytes, not the {record.uncompressed_size} imported",
         )
+    return repeated
 
 
 def check(store: Store, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | None]]:
