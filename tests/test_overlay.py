@@ -1008,3 +1008,22 @@ def test_unknown_mount_api_is_refused_in_one_line(tmp_path: Path) -> None:
     r = run_cli("--opt", "mount_api=magic", "layers", root=tmp_path / "s", driver="overlay")
     assert r.returncode == 2, r.stderr
     assert r.stderr.decode().count("\n") == 1 and "expected auto, fsopen or mount" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("api", ["auto", "mount"])
+def test_mount_flags_in_mountopt_are_the_mounts(tmp_path, api):
+    """nodev, nosuid, noexec and the atime options are flags of the mount (as mount(8) and
+    containers-storage's overlay.mountopt take them), which the overlay filesystem refuses
+    as parameters."""
+    drv = make_driver(tmp_path, options={"mountopt": "nodev,nosuid,noexec,noatime", "mount_api": api})
+    try:
+        drv.create("base", None)
+        apply(drv, "base", {"f": F(b"f")})
+        drv.create_rw("ctr", "base")
+        with drv.mounted("ctr") as root:
+            options = os.statvfs(root).f_flag
+            assert options & os.ST_NODEV and options & os.ST_NOSUID and options & os.ST_NOEXEC
+            assert options & os.ST_NOATIME
+            assert open(os.path.join(root, "f"), "rb").read() == b"f"
+    finally:
+        _release_all(tmp_path)

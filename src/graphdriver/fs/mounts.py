@@ -53,6 +53,17 @@ MOUNTINFO = "/proc/self/mountinfo"
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
+#: Options that are the mount's, not the filesystem's (``mount(8)`` turns them into flags; the
+#: overlay filesystem refuses them as parameters): ``mount(2)`` flag, new-API mount attribute.
+MOUNT_FLAGS = {
+    "nosuid": (0x2, 0x2),
+    "nodev": (0x4, 0x4),
+    "noexec": (0x8, 0x8),
+    "noatime": (0x400, 0x10),
+    "nodiratime": (0x800, 0x80),
+    "relatime": (0x200000, 0x0),
+    "strictatime": (0x1000000, 0x20),
+}
 MNT_DETACH = 0x2
 
 #: ``fsconfig`` copies at most this many bytes of a string, the NUL included.
@@ -158,6 +169,8 @@ def _mount_new_api(spec: OverlayMount, target: str) -> None:
             step = "workdir"
             syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", paths(spec.work))
         for option in spec.options:
+            if option in MOUNT_FLAGS:
+                continue  # the mount's (fsmount below), not the filesystem's
             key, sep, value = option.partition("=")
             step = key
             if sep:
@@ -167,7 +180,7 @@ def _mount_new_api(spec: OverlayMount, target: str) -> None:
         step = "create"
         syscalls.fsconfig(fsfd, FSCONFIG_CMD_CREATE)
         step = "fsmount"
-        mfd = syscalls.fsmount(fsfd, MOUNT_ATTR_RDONLY if spec.readonly else 0)
+        mfd = syscalls.fsmount(fsfd, (MOUNT_ATTR_RDONLY if spec.readonly else 0) | _mount_flags(spec, 1))
         try:
             step = "move_mount"
             syscalls.move_mount(mfd, target)
@@ -224,8 +237,17 @@ def overlay_options(spec: OverlayMount, base: str | None = None) -> str:
     parts = ["lowerdir=" + ":".join(name(p) for p in spec.lowers)]
     if spec.upper is not None and spec.work is not None:
         parts += [f"upperdir={name(spec.upper)}", f"workdir={name(spec.work)}"]
-    parts += spec.options
+    parts += [o for o in spec.options if o not in MOUNT_FLAGS]
     return ",".join(parts)
+
+
+def _mount_flags(spec: OverlayMount, index: int) -> int:
+    """The flags (*index* 0: ``mount(2)``'s, 1: ``fsmount``'s attributes) of *spec*'s options."""
+    flags = 0
+    for option in spec.options:
+        if option in MOUNT_FLAGS:
+            flags |= MOUNT_FLAGS[option][index]
+    return flags
 
 
 def _mount_legacy(spec: OverlayMount, target: str) -> None:
@@ -239,7 +261,7 @@ def _mount_legacy(spec: OverlayMount, target: str) -> None:
             "accepts; Linux 6.8 or later (lowerdir+) mounts deeper chains",
             target,
         )
-    flags = MS_RDONLY if spec.readonly else 0
+    flags = (MS_RDONLY if spec.readonly else 0) | _mount_flags(spec, 0)
     if spec.base is None:
         mount("overlay", target, "overlay", flags, data)
         return
@@ -303,7 +325,8 @@ def mount_fuse_overlay(program: str, spec: OverlayMount, target: str) -> None:
     for path in (*spec.lowers, spec.upper or "", spec.work or ""):
         if ":" in path or "," in path:
             raise MountError(errno.EINVAL, f"{program} cannot take a path with ':' or ','", path)
-    data = overlay_options(spec)
+    flags = [o for o in spec.options if o in MOUNT_FLAGS]  # FUSE takes them as options
+    data = ",".join([overlay_options(spec), *flags])
     proc = subprocess.run(
         [program, "-o", data, target], capture_output=True, check=False, close_fds=True
     )
