@@ -241,7 +241,8 @@ def test_a_store_that_holds_nothing_takes_the_driver_asked_for(root, tmp_path):
     ("field", "code", "says"),
     [('"format":99', 7, "format 99, written by a newer graphdriver"), ('"format":"x"', 6, "format 'x'"),
      ('"format":true', 6, "format True"), ('"uidmap":"garbage"', 6, "malformed store.json"),
-     ('"uidmap":5', 6, "id maps are not strings")],
+     ('"uidmap":5', 6, "id maps are not strings"),
+     ('"driver":"zfs2"', 7, "names driver 'zfs2', which this graphdriver does not have")],
 )
 def test_a_store_json_this_version_cannot_read_is_refused(root, field, code, says):
     assert run_cli("create", "a", root=root, driver="vfs").returncode == 0

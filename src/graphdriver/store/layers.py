@@ -1209,6 +1209,13 @@ def read_settings(root: str, what: str) -> dict[str, str] | None:
             IDMappings.parse(*maps)
         except InvalidArgument as e:
             raise IntegrityError(what, f"malformed {STORE_FILE}: {e.why}") from e
+    from graphdriver.drivers import check_name
+
+    try:
+        check_name(settings["driver"])
+    except InvalidArgument as e:  # nothing the user typed: a driver another graphdriver has
+        raise Unsupported(what, f"{STORE_FILE} names driver {shorten(settings['driver'])!r}, which this "
+                                f"graphdriver does not have ({e.why})") from e
     return settings
 
 
