@@ -1183,3 +1183,24 @@ def test_times_a_filesystem_cannot_hold_and_a_volume_label_pass_check(store):
         store.diff(layer_id, out, exact=True)
         assert out.getvalue() == tar
         assert store.check([layer_id]) == [(layer_id, None)]
+
+
+@pytest.mark.parametrize("order", ["marker first", "marker last"])
+def test_an_opaque_root_hides_everything_below_on_every_driver(store, order):
+    """``.wh..wh..opq`` at the top of a layer hides all its parent had (vfs empties the copy;
+    overlay, whose kernel ignores an opaque upper root, whites out each name instead)."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    own = {"d": D(), "d/new": F(b"n"), "n": F(b"n")}
+    spec = {".wh..wh..opq": F(b""), **own} if order == "marker first" else {**own, ".wh..wh..opq": F(b"")}
+    tar = make_tar(spec)
+    store.import_layer("top", "base", io.BytesIO(tar))
+    root = Path(store.mount("top"))
+    try:
+        assert sorted(os.listdir(root)) == ["d", "n"] and os.listdir(root / "d") == ["new"]
+    finally:
+        store.unmount("top")
+    assert [str(c) for c in store.changes("top")] == ["C /d", "D /d/f", "A /d/new", "D /e", "A /n"]
+    assert store.check(["top"]) == [("top", None)]
+    out = io.BytesIO()
+    store.diff("top", out, exact=True)
+    assert out.getvalue() == tar

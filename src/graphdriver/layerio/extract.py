@@ -985,8 +985,40 @@ class _Extractor(Extraction):
             if self._whiteout_on_the_way(parent) is None:
                 raise
             return  # a directory this layer deleted: nothing of it is left to hide, as in a copy
+        if not parent and not hidden_by("", self.hidden):
+            self._hide_lower_root(e)
         self._set_opaque(e.name, fd)
         self.hidden.add(parent)
+
+    def _hide_lower_root(self, e: TarEntry) -> None:
+        """Overlay: an opaque root, which the kernel ignores on an upper directory's root.
+        What the lower layers show there is whited out name by name (a folder this layer
+        already made there is made opaque instead): the view a copy gives (vfs)."""
+        uid, gid = self._owner(e)
+        for name in sorted(self._lower_root_names()):
+            try:
+                st = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                sc.mknod_at(name, stat.S_IFCHR, 0, dir_fd=self.root_fd)
+                self._chown_at(self.root_fd, name, uid, gid)
+                self.created.add(name)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self._set_opaque(e.name, self._dir_fd(name, create=False))
+                self.hidden.add(name)
+
+    def _lower_root_names(self) -> set[str]:
+        """The names the lower layers' union shows at the root."""
+        seen: set[str] = set()
+        gone: set[str] = set()
+        for lower in self.lower_fds:
+            with os.scandir(lower) as it:
+                for entry in it:
+                    if entry.name in seen or entry.name in gone:
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    (gone if is_whiteout(st) else seen).add(entry.name)
+        return seen
 
     def _below(self, rel: str) -> bool:
         """Overlay: whether the lower layers' union shows something at *rel* that this layer

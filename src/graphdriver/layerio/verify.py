@@ -27,6 +27,7 @@ import posixpath
 import stat
 
 from graphdriver.fs import PRIVILEGED_XATTRS, privileged
+from graphdriver.fs.overlayfs import is_whiteout_at
 from graphdriver.layerio import entry as te
 from graphdriver.layerio import sparse
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
@@ -125,6 +126,10 @@ def tree_problems(
         extra = _walk(root) - expected
         if inherited is not None:
             extra -= _walk(inherited)
+        if OPAQUE_WHITEOUT in last and inherited is None:
+            # An opaque root in an overlay upper directory: the lower layers' names there are
+            # whited out one by one (the kernel ignores an opaque root).
+            extra = {rel for rel in extra if "/" in rel or not is_whiteout_at(root_fd, rel)}
         problems += [f"{rel!r}: is in the layer but in no entry of its tarball" for rel in sorted(extra)]
     finally:
         os.close(root_fd)
@@ -226,7 +231,7 @@ def changes_problems(
         if rel in named:
             continue  # compared with its header
         if kind == "D":
-            above = set(_parents(rel.rpartition("/")[0]))
+            above = {"", *_parents(rel.rpartition("/")[0])}  # the root too: an opaque root hides all
             if rel not in deleted and not above & (deleted | opaque):
                 problems.append(f"{rel!r}: is deleted from the layer, and no entry of its tarball deletes it")
             continue
