@@ -835,6 +835,18 @@ def test_base_images_cli(tmp_path):
     assert wrong.returncode == 7
 
 
+def test_status_with_base_images_of_a_store_not_made_yet(tmp_path):
+    """A new store has no home yet: none registered, as status says without the option."""
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    root = tmp_path / "new-root"
+    r = run_cli("--opt", f"base_images={images}", "status", root=root, driver="windowsfilter")
+    assert r.returncode == 0, r.stderr
+    assert f"{images} (0 registered)" in r.stdout.decode()
+    assert not (root / "windowsfilter").exists()
+
+
 def test_a_base_image_whose_folder_went_is_removed_without_leftovers(tmp_path):
     """Its registration (the link into the home and the id folder) goes with its record, though
     the link dangles; cleanup then finds nothing."""

@@ -311,8 +311,11 @@ class WindowsFilterDriver(Driver, BaseImages):
     def _base_images_status(self) -> str:
         if self.base_images_dir is None:
             return "none configured (--opt base_images=DIR)"
-        with os.scandir(self.home) as it:
-            registered = sum(1 for e in it if e.is_symlink())
+        try:
+            with os.scandir(self.home) as it:
+                registered = sum(1 for e in it if e.is_symlink())
+        except FileNotFoundError:
+            registered = 0  # a store that does not exist yet has registered none
         return f"{self.base_images_dir} ({registered} registered)"
 
     # ----- folders ------------------------------------------------------------------------------
