@@ -847,6 +847,33 @@ def test_status_with_base_images_of_a_store_not_made_yet(tmp_path):
     assert not (root / "windowsfilter").exists()
 
 
+def test_cleanup_keeps_a_base_image_whose_folder_name_ends_in_removing(tmp_path):
+    """Its link in the home is named as an older store's leftover, but a record names it
+    (through the base image's layerID file): never garbage, whatever its name."""
+    from tests.conftest import run_cli
+
+    images = tmp_path / "images"
+    (images / "core-removing/Files/Windows").mkdir(parents=True)
+    (images / "core-removing/Files/Windows/win.ini").write_bytes(b"core")
+    (images / "core-removing/image.json").write_text(json.dumps({"name": "Core", "version": "10.0.17763.1"}))
+    root = tmp_path / "cli-root"
+    opt = ("--opt", f"base_images={images}")
+    [core] = json.loads(run_cli(*opt, "base-images", "--json", root=root, driver="windowsfilter",
+                                check=True).stdout)
+    layer = wingen.layer_tar([wingen.WinDir("Files"), wingen.WinFile("Files/app.txt", b"app")])
+    run_cli(*opt, "import", "app", "--parent", core["ID"], "-", root=root, input=layer, check=True)
+    done = run_cli(*opt, "cleanup", root=root, check=True).stdout.decode()
+    assert "core-removing" not in done, done
+    assert os.path.islink(root / "windowsfilter/core-removing")
+    checked = run_cli(*opt, "check", root=root)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    path = run_cli(*opt, "mount", "app", root=root, check=True).stdout.decode().strip()
+    try:
+        assert (Path(path) / "Windows/win.ini").read_bytes() == b"core"
+    finally:
+        run_cli(*opt, "unmount", "app", root=root, check=True)
+
+
 def test_a_base_image_whose_folder_went_is_removed_without_leftovers(tmp_path):
     """Its registration (the link into the home and the id folder) goes with its record, though
     the link dangles; cleanup then finds nothing."""
