@@ -696,6 +696,48 @@ def test_base_images_index_form(tmp_path):
     assert info.os_features == ("win32k",)
 
 
+@pytest.mark.parametrize(("index", "why"), [
+    ("[]", "images.json is not a JSON object"),
+    ('"Images"', "images.json is not a JSON object"),
+    ("{", "images.json is not JSON"),
+    ('{"Images": {}}', "images.json has no Images list"),
+    ('{"Images": [5]}', "image 1 of images.json is not a JSON object"),
+    ('{"Images": [{"Name": "x"}]}', "image 1 of images.json has no Path"),
+    ('{"Images": [{"Path": ""}]}', "image 1 of images.json has no Path"),
+    ('{"Images": [{"Path": 7}]}', "its Path is not a string"),
+    ('{"Images": [{"Path": "a\\u0000b"}]}', "its Path holds a NUL character"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Name": ["n"]}]}',
+     "its Name is not a string"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Version": 10}]}',
+     "its Version is not a string"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Size": "1"}]}',
+     "its Size is not a number of bytes"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Size": true}]}',
+     "its Size is not a number of bytes"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "CreatedTime": 1}]}',
+     "its CreatedTime is not a string"),
+])
+def test_a_malformed_images_json_is_one_usage_error(tmp_path, index, why):
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    (images / "images.json").write_text(index)
+    r = run_cli("--opt", f"base_images={images}", "base-images", root=tmp_path / "root",
+                driver="windowsfilter")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count(b"\n") == 1 and why in r.stderr.decode(), r.stderr
+
+
+def test_a_malformed_image_json_is_one_usage_error(tmp_path):
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    (images / "CN=Microsoft_NanoServer_10.0.17763.1/image.json").write_text('{"name": "n", "path": 1}')
+    r = run_cli("--opt", f"base_images={images}", "base-images", root=tmp_path / "root",
+                driver="windowsfilter")
+    assert r.returncode == 2 and b"its Path is not a string" in r.stderr and r.stderr.count(b"\n") == 1
+
+
 # ----- options, probes, status ----------------------------------------------------------------------------
 
 

@@ -53,7 +53,9 @@ Driver options (``--opt KEY=VALUE``):
     ``UtilityVM/``) described by an ``image.json`` (``{"name":
     "ServerCore", "version": "10.0.17763.1"}``), or listed in one
     ``images.json`` in the seeds' ``{"Images": [{"Name", "Version",
-    "Path"}]}`` form.  :meth:`WindowsFilterDriver.base_images` registers them.
+    "Path"}]}`` form.  :meth:`WindowsFilterDriver.base_images` registers them;
+    a description that is not of that shape, or a field not of its JSON type
+    (``Size`` a number, the others strings), is a usage error (exit 2).
 ``size``
     The size limit of sandboxes (writable layers) created without ``--size``
     (the seeds' ``--storage-opt size`` default), enforced as ``--size`` is;
@@ -206,28 +208,68 @@ def _field(desc: Mapping[str, object], key: str) -> object:
     return None
 
 
+#: The fields of a base image's description this driver reads (the seeds' spelling), and
+#: the JSON type each must have where it is given.
+_FIELD_TYPES: dict[str, type] = {"Name": str, "Version": str, "Path": str, "CreatedTime": str, "Size": int}
+
+
+def _object(value: object, source: str, what: str) -> dict[str, object]:
+    """*value* (from *source*) if it is a JSON object; InvalidArgument (exit 2) otherwise."""
+    if not isinstance(value, dict):
+        raise InvalidArgument(what, f"{source} is not a JSON object")
+    return value
+
+
+def _read(path: str, source: str, what: str) -> object:
+    """The JSON value in *path* (named *source*); InvalidArgument (exit 2) if it is no JSON."""
+    try:
+        return atomic.read_json(path)
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise InvalidArgument(what, f"{source} is not JSON ({e})") from e
+
+
+def _checked(value: object, source: str, what: str) -> dict[str, object]:
+    """*value* (from *source*) if it is a JSON object whose fields have their types;
+    InvalidArgument (exit 2) naming the first that does not."""
+    desc = _object(value, source, what)
+    for key, kind in _FIELD_TYPES.items():
+        value = _field(desc, key.lower())
+        if value is None:
+            continue
+        if kind is int:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(what, f"{source}: its {key} is not a number of bytes")
+        elif not isinstance(value, kind):
+            raise InvalidArgument(what, f"{source}: its {key} is not a string")
+    path = _field(desc, "path")
+    if isinstance(path, str) and "\0" in path:
+        raise InvalidArgument(what, f"{source}: its Path holds a NUL character")
+    return desc
+
+
 def _descriptions(directory: str) -> list[tuple[dict[str, object], str]]:
-    """``(description, folder)`` of every base image in *directory*."""
+    """``(description, folder)`` of every base image in *directory*; InvalidArgument (exit 2)
+    for a description that is no JSON, or not of the expected shape and types."""
     index = os.path.join(directory, "images.json")
     what = f"base images in {directory}"
     out: list[tuple[dict[str, object], str]] = []
     try:
         if os.path.exists(index):
-            listed = _field(atomic.read_json(index), "images")
+            top = _object(_read(index, "images.json", what), "images.json", what)
+            listed = _field(top, "images")
             if not isinstance(listed, list):
                 raise InvalidArgument(what, "images.json has no Images list")
-            for desc in listed:
-                path = _field(desc, "path") if isinstance(desc, dict) else None
-                if not isinstance(path, str):
-                    raise InvalidArgument(what, "an image in images.json has no Path")
+            for number, item in enumerate(listed, 1):
+                desc = _checked(item, f"image {number} of images.json", what)
+                path = _field(desc, "path")
+                if not isinstance(path, str) or not path:
+                    raise InvalidArgument(what, f"image {number} of images.json has no Path")
                 out.append((desc, os.path.join(directory, path)))
             return out
         for name in sorted(os.listdir(directory)):
             desc_file = os.path.join(directory, name, "image.json")
             if os.path.isfile(desc_file):
-                desc = atomic.read_json(desc_file)
-                if not isinstance(desc, dict):
-                    raise InvalidArgument(what, f"{desc_file} is not a JSON object")
+                desc = _checked(_read(desc_file, desc_file, what), desc_file, what)
                 path = _field(desc, "path")
                 out.append((desc, os.path.join(directory, name, path if isinstance(path, str) else ".")))
     except (OSError, ValueError) as e:
