@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import io
@@ -93,6 +94,53 @@ def test_metadata_defaults_and_errors():
                        ("LIBARCHIVE.creationtime", b"1.2.3")):
         with pytest.raises(CorruptArchive):  # malformed PAX records: exit 6, as any corrupt header
             wintar.meta_from_entry(TarEntry("Files/f", pax={key: value}))
+
+
+def _sd_with(**fields: int) -> bytes:
+    """wingen's directory descriptor with header fields replaced (offsets, revision)."""
+    import struct
+
+    names = ("revision", "sbz1", "control", "owner", "group", "sacl", "dacl")
+    header = dict(zip(names, struct.unpack_from("<BBHIIII", wingen.DIR_SD), strict=True))
+    header.update(fields)
+    return struct.pack("<BBHIIII", *(header[n] for n in names)) + wingen.DIR_SD[20:]
+
+
+_SIZE = len(wingen.DIR_SD)
+_BAD_SDS = {
+    "6 bytes": (b"\x01\x00\x04\x80\x14\x00", "shorter than its 20-byte header"),
+    "header only": (wingen.DIR_SD[:20], "its owner at offset"),
+    "owner past the end": (_sd_with(owner=_SIZE), "its owner at offset"),
+    "group's SID cut": (wingen.DIR_SD[:-4], "its group at offset"),
+    "SACL past the end": (_sd_with(sacl=_SIZE - 4), "its SACL at offset"),
+    "DACL larger than the rest": (_sd_with(dacl=_SIZE - 12), "its DACL at offset"),
+    "offset into the header": (_sd_with(owner=4), "points into its header"),
+    "revision 2": (_sd_with(revision=2), "revision 2"),
+    "not self-relative": (_sd_with(control=0x0404), "not self-relative"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_SDS))
+def test_a_truncated_or_malformed_security_descriptor_is_refused(wstore, case):
+    """``MSWINDOWS.rawsd`` must be a whole self-relative descriptor, or the layer would
+    re-export (and Windows read) a descriptor that points past its end: corrupt data (exit 6)."""
+    sd, why = _BAD_SDS[case]
+    with pytest.raises(CorruptArchive, match="invalid security descriptor") as refused:
+        import_entries(wstore, "bad", [wingen.WinDir("Files"), wingen.WinFile("Files/f.txt", b"x", sd=sd)])
+    assert why in str(refused.value) and refused.value.exit_code == 6
+    assert not wstore.exists("bad")
+    for good in (wingen.DIR_SD, wingen.FILE_SD, wintar.DEFAULT_ROOT_SD.to_bytes()):
+        wintar.check_security_descriptor(good)
+
+
+def test_a_truncated_security_descriptor_is_one_line_exit_6(tmp_path):
+    from tests.conftest import run_cli
+
+    layer = wingen.layer_tar([wingen.WinDir("Files"),
+                              wingen.WinFile("Files/f.txt", b"x", sd=base64.b64decode("AQAEgBQA"))])
+    r = run_cli("import", "bad", "-", root=tmp_path / "s", driver="windowsfilter", input=layer)
+    assert r.returncode == 6 and r.stderr.count(b"\n") == 1, r.stderr
+    assert b"MSWINDOWS.rawsd" in r.stderr
 
 
 def test_security_descriptor_inheritance():
