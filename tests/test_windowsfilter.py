@@ -367,6 +367,8 @@ def _plain_tar(*members: tuple[str, bytes, str]) -> bytes:
     [("Files/link", b"", "/"), ("Files/link/.winmeta/x", b"evil", "")],
     [("Files/a:b/c", b"x", "")],  # ':' only ends a name (a stream)
     [("Files/orphan.txt:stream", b"x", "")],  # a stream without its file
+    [("Files/Windows\\System32\\evil.dll", b"x", "")],  # Windows' separator: another place
+    [("Files/.wh.a\\b", b"", "")],
 ])
 def test_hostile_entries_refused(wstore, members):
     with pytest.raises(ArchiveError):
@@ -488,6 +490,35 @@ def test_a_name_with_a_colon_is_refused_by_diff_before_any_byte(wstore, name):
     with pytest.raises(GraphDriverError, match="alternate data stream") as refused:
         wstore.diff("ctr", out)
     assert (refused.value.exit_code, out.getvalue()) == (1, b"")
+
+
+def test_a_name_with_a_backslash_is_refused_by_diff_before_any_byte(wstore, tmp_path):
+    """Windows reads ``\\`` as a path separator: a file so named would be written elsewhere
+    (``Windows\\System32\\evil.dll`` into System32), so its tarball is refused whole."""
+    from tests.conftest import run_cli
+
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("ctr", "base", writable=True)
+    root = wstore.mount("ctr")
+    try:
+        Path(root, "Windows\\System32\\evil.dll").write_bytes(b"MZ")
+    finally:
+        wstore.unmount("ctr")
+    out = io.BytesIO()
+    with pytest.raises(GraphDriverError, match="path separator") as refused:
+        wstore.diff("ctr", out)
+    assert (refused.value.exit_code, out.getvalue()) == (1, b"")
+    r = run_cli("diff", "ctr", "-o", str(tmp_path / "out.tar"), root=Path(wstore.root))
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_a_hard_link_to_a_name_with_a_backslash_is_refused(wstore):
+    entries = [wingen.WinDir("Files"), wingen.WinFile("Files/a.txt", b"x"),
+               wingen.WinLink("Files/b.txt", "Files/x\\..\\a.txt")]
+    with pytest.raises(ArchiveError, match="path separator"):
+        import_entries(wstore, "bad", entries)
+    assert not wstore.exists("bad")
 
 
 @needs_root

@@ -129,6 +129,7 @@ class WindowsApplier(Extraction):
     def _entry(self, e: Any) -> int:
         try:
             rel = clean_name(e.name, e.name)
+            wintar.check_name(rel, e.name)
             parent, _, base = rel.rpartition("/")
             tombstone = base.startswith(wintar.WHITEOUT_PREFIX)
             if rel != "." and not tombstone and wintar.layer_root(rel) is None:
@@ -244,6 +245,7 @@ class WindowsApplier(Extraction):
 
     def _hardlink(self, e: Any, rel: str, parent: str, base: str) -> None:
         target = clean_name(e.linkname, e.name, "hardlink target") if e.linkname else ""
+        wintar.check_name(target, e.name)
         inside = all(any(layout.has_path_prefix(p, r) for r in layout.TOMBSTONE_ROOTS) for p in (rel, target))
         if not target or not inside:
             why = "invalid hard link: both names must be under Files/ or UtilityVM/Files/"

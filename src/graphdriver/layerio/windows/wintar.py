@@ -102,6 +102,20 @@ def check_tombstone(rel: str, entry: str = "") -> None:
     raise ArchiveError(entry or rel, why)
 
 
+#: Windows' path separator: in a name of a Windows layer it would name another place.
+BACKSLASH = "\\"
+
+
+def check_name(rel: str, entry: str = "") -> None:
+    """Refuse a layer path holding a backslash: ``backuptar`` writes ``/`` between the
+    components, and Windows reads ``\\`` as one too, so ``Files/Windows\\System32\\x.dll``
+    would land in ``System32``, not in a file of that name (*entry* names the archive entry
+    in the error; default *rel*)."""
+    if BACKSLASH in rel:
+        raise ArchiveError(entry or rel, "a '\\' in a name of a Windows layer: Windows reads it as a "
+                                         "path separator, so the file would land elsewhere")
+
+
 def split_stream(rel: str) -> tuple[str, str | None]:
     """``("Files/a.txt", "s")`` for the alternate data stream ``Files/a.txt:s``.
 
