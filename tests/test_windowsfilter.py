@@ -927,6 +927,39 @@ def test_directory_made_again_after_its_tombstone_is_empty(wstore):
     assert (A, "/Files/Windows/System32/only.dll") in changes
 
 
+@needs_root
+def test_a_tombstone_makes_a_whiteout_only_where_something_below_shows(wstore):
+    """A deletion of a name no lower layer shows (never there, or hidden already by a layer
+    between) leaves no 0/0 device: the view would list it as an unreadable ``c?????????``."""
+    import stat
+
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "mid", [wingen.WinDir("Files"), wingen.Tombstone("Files/ProgramData")],
+                   parent="base")
+    data = wingen.layer_tar([
+        wingen.WinDir("Files"),
+        wingen.Tombstone("Files/ghost"),  # in no layer
+        wingen.Tombstone("Files/Nowhere/ghost"),  # under a folder no layer has
+        wingen.Tombstone("Files/ProgramData"),  # deleted by mid already
+        wingen.Tombstone("Files/License.txt"),  # there below: hidden by a whiteout
+    ])
+    wstore.import_layer("top", "mid", io.BytesIO(data))
+    files = Path(wstore.driver.resolve("top")) / "Files"
+    assert sorted(os.listdir(files)) == ["License.txt"]
+    assert stat.S_ISCHR(os.lstat(files / "License.txt").st_mode)
+    root = Path(wstore.mount("top"))
+    try:
+        assert "ghost" not in os.listdir(root) and "License.txt" not in os.listdir(root)
+        assert not os.path.lexists(root / "ghost")
+    finally:
+        wstore.unmount("top")
+    changes = changes_of(wstore, "top")
+    assert (X, "/Files/License.txt") in changes
+    assert not {"/Files/ghost", "/Files/Nowhere", "/Files/Nowhere/ghost"} & {path for _, path in changes}
+    assert diff_bytes(wstore, "top") == data
+    assert winmeta.LayerMeta.load(str(files.parent)).tombstones >= {"Files/ghost", "Files/ProgramData"}
+
+
 def test_base_images_cli(tmp_path):
     from tests.conftest import run_cli
 

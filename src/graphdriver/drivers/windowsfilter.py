@@ -19,14 +19,16 @@ Linux form of the seeds' ``sandbox.vhdx``).
 Applying.  A layer tarball is applied in one pass, confined to the layer
 folder, no path ever followed through a symlink
 (:class:`graphdriver.layerio.windows.apply.WindowsApplier`).  Deletions under ``Files/`` of a layer
-with ancestors become overlay whiteouts (root only) and are recorded in the
-sidecar in any case; a directory made again after its tombstone becomes
-opaque.  Hard links to files no layer holds (trimmed images have them) live
-on in the sidecar only.  The four BCD files of the utility VM are also copied
-to ``bcd.bak``, ``bcd.log.bak``, ``bcd.log1.bak`` and ``bcd.log2.bak`` as
-they are written: Windows rewrites them in place when it prepares the
-utility VM, and the file getter serves the copies so that an imported layer
-still re-exports byte for byte.
+with ancestors become overlay whiteouts (root only) where a lower layer
+shows something at that path (a tombstone of a name no layer below has
+leaves no device in the view), and are recorded in the sidecar in any case;
+a directory made again after its tombstone becomes opaque.  Hard links to
+files no layer holds (trimmed images have them) live on in the sidecar only.
+The four BCD files of the utility VM are also copied to ``bcd.bak``,
+``bcd.log.bak``, ``bcd.log1.bak`` and ``bcd.log2.bak`` as they are written:
+Windows rewrites them in place when it prepares the utility VM, and the file
+getter serves the copies so that an imported layer still re-exports byte for
+byte.
 
 Viewing.  ``get`` gives the union of the chain's ``Files/`` trees: an
 overlay mount (read-only for image layers; upper directory ``Files/`` for
@@ -569,8 +571,9 @@ class WindowsFilterDriver(Driver, BaseImages):
     def apply_target(self, layer_id: str) -> ApplyTarget:
         folder = self.resolve(layer_id)
         chain = self.layer_chain(layer_id)
-        # Deletions become overlay whiteouts where there is something below to hide and
-        # root to make them; the metadata sidecar records them in any case.
+        # With root and ancestors, deletions may become overlay whiteouts: the applier
+        # makes one only where the chain's union shows something at that path to hide.
+        # The metadata sidecar records them in any case.
         devices = self.privileged and bool(chain)
         return ApplyTarget(
             path=self._data_dir(folder),
