@@ -229,6 +229,76 @@ def test_check_finds_a_metadata_sidecar_cut_or_gone(wstore):
     assert wstore.check() == [("base", None), ("child", None)]
 
 
+def _plant(folder: Path, what: str) -> str:
+    """Change the layer in *folder* behind the store's back; returns the path check must name."""
+    if what == "a file in Files/":
+        (folder / "Files/Windows/System32/evil.dll").write_bytes(b"MZ evil")
+        return "Files/Windows/System32/evil.dll"
+    if what == "a file in Hives/":
+        (folder / "Hives/Evil_Delta").write_bytes(b"regf")
+        return "Hives/Evil_Delta"
+    if what == "a folder in Files/":
+        (folder / "Files/Evil").mkdir()
+        return "Files/Evil"
+    if what == "a file's mode":
+        os.chmod(folder / "Files/Windows/System32/app.dll", 0o4755)
+        return "has mode 4755"
+    if what == "a file's time":
+        os.utime(folder / "Files/Windows/System32/drivers/etc/hosts", ns=(0, 0))
+        return "Files/Windows/System32/drivers/etc/hosts"
+    if what == "a symlink's target":
+        link = folder / "Files/Documents and Settings"
+        link.unlink()
+        link.symlink_to("C:\\Evil")
+        return "links to 'C:\\\\Evil'"
+    entries = folder / ".winmeta/entries.ndjson"
+    lines = entries.read_text().splitlines()
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if record["path"] == "Files/Windows/System32/drivers/etc/hosts":
+            if what == "a line's attributes":
+                record["attrs"] = wintar.FILE_ATTRIBUTE_HIDDEN | wintar.FILE_ATTRIBUTE_SYSTEM
+            elif what == "a line's descriptor":
+                record["sd"] = base64.b64encode(wingen.DIR_SD).decode()
+            lines[i] = json.dumps(record)
+    if what == "a line added":
+        lines.append(json.dumps({"path": "Files/evil.txt", "kind": "deleted"}))
+    entries.write_text("\n".join(lines) + "\n")
+    return {"a line's attributes": "has attributes 0x6, its entry 0x20",
+            "a line's descriptor": "has another security descriptor than its entry",
+            "a line added": "'Files/evil.txt': line"}[what]
+
+
+@pytest.mark.parametrize("what", ["a file in Files/", "a file in Hives/", "a folder in Files/",
+                                  "a file's mode", "a file's time", "a symlink's target",
+                                  "a line's attributes", "a line's descriptor", "a line added"])
+def test_check_compares_the_files_and_their_metadata_with_the_tarball(wstore, what):
+    """What ``changes``, the view and a regenerated diff would show differs from the imported
+    tarball: check says so (exit 6, naming the layer and the first difference), as it does on
+    vfs and overlay, though the rebuilt tarball still matches."""
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "child", wingen.child_layer(), "base")
+    assert wstore.check() == [("base", None), ("child", None)]
+    layer = "base" if what == "a symlink's target" else "child"
+    named = _plant(Path(wstore.driver.resolve(layer)), what)
+    (found,) = [why for lid, why in wstore.check() if lid == layer]
+    assert found is not None and found.startswith("its files differ from its tarball"), found
+    assert named in found, found
+
+
+def test_check_of_a_planted_file_is_exit_6_naming_the_layer(tmp_path):
+    from tests.conftest import run_cli
+
+    root = tmp_path / "s"
+    run_cli("import", "base", "-", root=root, driver="windowsfilter", check=True,
+            input=wingen.layer_tar(wingen.base_layer()))
+    assert run_cli("check", root=root).returncode == 0
+    (root / "windowsfilter/base/Files/planted.txt").write_bytes(b"x")
+    r = run_cli("check", root=root)
+    assert r.returncode == 6, r.stdout + r.stderr
+    assert b"base" in r.stdout + r.stderr and b"'Files/planted.txt'" in r.stdout + r.stderr
+
+
 def test_child_layer(wstore):
     import_entries(wstore, "base", wingen.base_layer())
     data = wingen.layer_tar(wingen.child_layer())
@@ -925,6 +995,10 @@ def test_directory_made_again_after_its_tombstone_is_empty(wstore):
     changes = changes_of(wstore, "top")
     assert (X, "/Files/Windows/System32/notepad.exe") in changes
     assert (A, "/Files/Windows/System32/only.dll") in changes
+    assert wstore.check() == [("base", None), ("top", None)]  # its opaque folder is the tarball's
+    os.setxattr(Path(wstore.driver.resolve("top"), "Files/Windows"), "trusted.overlay.opaque", b"y")
+    (found,) = [why for lid, why in wstore.check() if lid == "top"]
+    assert found is not None and "'Files/Windows': is marked opaque" in found, found
 
 
 @needs_root
@@ -958,6 +1032,7 @@ def test_a_tombstone_makes_a_whiteout_only_where_something_below_shows(wstore):
     assert not {"/Files/ghost", "/Files/Nowhere", "/Files/Nowhere/ghost"} & {path for _, path in changes}
     assert diff_bytes(wstore, "top") == data
     assert winmeta.LayerMeta.load(str(files.parent)).tombstones >= {"Files/ghost", "Files/ProgramData"}
+    assert wstore.check() == [("base", None), ("mid", None), ("top", None)]
 
 
 def test_base_images_cli(tmp_path):

@@ -182,7 +182,7 @@ class WindowsApplier(Extraction):
             elif e.size:
                 self.reader.copy_to_fd(fd)
             self._chown(fd)
-            os.fchmod(fd, _perm(e.mode, 0o644))
+            os.fchmod(fd, permission_bits(e.mode, 0o644))
             os.utime(fd, ns=_times(e))
         finally:
             os.close(fd)
@@ -223,7 +223,7 @@ class WindowsApplier(Extraction):
         if old is not None:
             self.stale.append(old)
         self.dirs[rel] = fd
-        os.fchmod(fd, _perm(e.mode, 0o755))
+        os.fchmod(fd, permission_bits(e.mode, 0o755))
         self._chown(fd)
         self.pending[rel] = (*_times(e), None)
         self.meta.add(Record(rel, DIR, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns))
@@ -350,7 +350,7 @@ class WindowsApplier(Extraction):
             pass  # unprivileged: everything stays the user's
 
 
-def _perm(mode: int, default: int) -> int:
+def permission_bits(mode: int, default: int) -> int:
     """The archive's permission bits, or *default* where it has none (``backuptar`` keeps none)."""
     perm = mode & 0o7777
     return perm if perm & 0o777 else default
