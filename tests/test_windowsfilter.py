@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import io
@@ -95,6 +96,53 @@ def test_metadata_defaults_and_errors():
             wintar.meta_from_entry(TarEntry("Files/f", pax={key: value}))
 
 
+def _sd_with(**fields: int) -> bytes:
+    """wingen's directory descriptor with header fields replaced (offsets, revision)."""
+    import struct
+
+    names = ("revision", "sbz1", "control", "owner", "group", "sacl", "dacl")
+    header = dict(zip(names, struct.unpack_from("<BBHIIII", wingen.DIR_SD), strict=True))
+    header.update(fields)
+    return struct.pack("<BBHIIII", *(header[n] for n in names)) + wingen.DIR_SD[20:]
+
+
+_SIZE = len(wingen.DIR_SD)
+_BAD_SDS = {
+    "6 bytes": (b"\x01\x00\x04\x80\x14\x00", "shorter than its 20-byte header"),
+    "header only": (wingen.DIR_SD[:20], "its owner at offset"),
+    "owner past the end": (_sd_with(owner=_SIZE), "its owner at offset"),
+    "group's SID cut": (wingen.DIR_SD[:-4], "its group at offset"),
+    "SACL past the end": (_sd_with(sacl=_SIZE - 4), "its SACL at offset"),
+    "DACL larger than the rest": (_sd_with(dacl=_SIZE - 12), "its DACL at offset"),
+    "offset into the header": (_sd_with(owner=4), "points into its header"),
+    "revision 2": (_sd_with(revision=2), "revision 2"),
+    "not self-relative": (_sd_with(control=0x0404), "not self-relative"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_SDS))
+def test_a_truncated_or_malformed_security_descriptor_is_refused(wstore, case):
+    """``MSWINDOWS.rawsd`` must be a whole self-relative descriptor, or the layer would
+    re-export (and Windows read) a descriptor that points past its end: corrupt data (exit 6)."""
+    sd, why = _BAD_SDS[case]
+    with pytest.raises(CorruptArchive, match="invalid security descriptor") as refused:
+        import_entries(wstore, "bad", [wingen.WinDir("Files"), wingen.WinFile("Files/f.txt", b"x", sd=sd)])
+    assert why in str(refused.value) and refused.value.exit_code == 6
+    assert not wstore.exists("bad")
+    for good in (wingen.DIR_SD, wingen.FILE_SD, wintar.DEFAULT_ROOT_SD.to_bytes()):
+        wintar.check_security_descriptor(good)
+
+
+def test_a_truncated_security_descriptor_is_one_line_exit_6(tmp_path):
+    from tests.conftest import run_cli
+
+    layer = wingen.layer_tar([wingen.WinDir("Files"),
+                              wingen.WinFile("Files/f.txt", b"x", sd=base64.b64decode("AQAEgBQA"))])
+    r = run_cli("import", "bad", "-", root=tmp_path / "s", driver="windowsfilter", input=layer)
+    assert r.returncode == 6 and r.stderr.count(b"\n") == 1, r.stderr
+    assert b"MSWINDOWS.rawsd" in r.stderr
+
+
 def test_security_descriptor_inheritance():
     def inherit(parent_sd: bytes, is_dir: bool) -> wintar.SecurityDescriptor:
         return wintar.parse_security_descriptor(wintar.inherit_security_descriptor(parent_sd, is_dir=is_dir))
@@ -179,6 +227,76 @@ def test_check_finds_a_metadata_sidecar_cut_or_gone(wstore):
     assert found is not None and "entries.ndjson) is missing" in found, found
     entries.write_bytes(kept)
     assert wstore.check() == [("base", None), ("child", None)]
+
+
+def _plant(folder: Path, what: str) -> str:
+    """Change the layer in *folder* behind the store's back; returns the path check must name."""
+    if what == "a file in Files/":
+        (folder / "Files/Windows/System32/evil.dll").write_bytes(b"MZ evil")
+        return "Files/Windows/System32/evil.dll"
+    if what == "a file in Hives/":
+        (folder / "Hives/Evil_Delta").write_bytes(b"regf")
+        return "Hives/Evil_Delta"
+    if what == "a folder in Files/":
+        (folder / "Files/Evil").mkdir()
+        return "Files/Evil"
+    if what == "a file's mode":
+        os.chmod(folder / "Files/Windows/System32/app.dll", 0o4755)
+        return "has mode 4755"
+    if what == "a file's time":
+        os.utime(folder / "Files/Windows/System32/drivers/etc/hosts", ns=(0, 0))
+        return "Files/Windows/System32/drivers/etc/hosts"
+    if what == "a symlink's target":
+        link = folder / "Files/Documents and Settings"
+        link.unlink()
+        link.symlink_to("C:\\Evil")
+        return "links to 'C:\\\\Evil'"
+    entries = folder / ".winmeta/entries.ndjson"
+    lines = entries.read_text().splitlines()
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if record["path"] == "Files/Windows/System32/drivers/etc/hosts":
+            if what == "a line's attributes":
+                record["attrs"] = wintar.FILE_ATTRIBUTE_HIDDEN | wintar.FILE_ATTRIBUTE_SYSTEM
+            elif what == "a line's descriptor":
+                record["sd"] = base64.b64encode(wingen.DIR_SD).decode()
+            lines[i] = json.dumps(record)
+    if what == "a line added":
+        lines.append(json.dumps({"path": "Files/evil.txt", "kind": "deleted"}))
+    entries.write_text("\n".join(lines) + "\n")
+    return {"a line's attributes": "has attributes 0x6, its entry 0x20",
+            "a line's descriptor": "has another security descriptor than its entry",
+            "a line added": "'Files/evil.txt': line"}[what]
+
+
+@pytest.mark.parametrize("what", ["a file in Files/", "a file in Hives/", "a folder in Files/",
+                                  "a file's mode", "a file's time", "a symlink's target",
+                                  "a line's attributes", "a line's descriptor", "a line added"])
+def test_check_compares_the_files_and_their_metadata_with_the_tarball(wstore, what):
+    """What ``changes``, the view and a regenerated diff would show differs from the imported
+    tarball: check says so (exit 6, naming the layer and the first difference), as it does on
+    vfs and overlay, though the rebuilt tarball still matches."""
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "child", wingen.child_layer(), "base")
+    assert wstore.check() == [("base", None), ("child", None)]
+    layer = "base" if what == "a symlink's target" else "child"
+    named = _plant(Path(wstore.driver.resolve(layer)), what)
+    (found,) = [why for lid, why in wstore.check() if lid == layer]
+    assert found is not None and found.startswith("its files differ from its tarball"), found
+    assert named in found, found
+
+
+def test_check_of_a_planted_file_is_exit_6_naming_the_layer(tmp_path):
+    from tests.conftest import run_cli
+
+    root = tmp_path / "s"
+    run_cli("import", "base", "-", root=root, driver="windowsfilter", check=True,
+            input=wingen.layer_tar(wingen.base_layer()))
+    assert run_cli("check", root=root).returncode == 0
+    (root / "windowsfilter/base/Files/planted.txt").write_bytes(b"x")
+    r = run_cli("check", root=root)
+    assert r.returncode == 6, r.stdout + r.stderr
+    assert b"base" in r.stdout + r.stderr and b"'Files/planted.txt'" in r.stdout + r.stderr
 
 
 def test_child_layer(wstore):
@@ -319,6 +437,8 @@ def _plain_tar(*members: tuple[str, bytes, str]) -> bytes:
     [("Files/link", b"", "/"), ("Files/link/.winmeta/x", b"evil", "")],
     [("Files/a:b/c", b"x", "")],  # ':' only ends a name (a stream)
     [("Files/orphan.txt:stream", b"x", "")],  # a stream without its file
+    [("Files/Windows\\System32\\evil.dll", b"x", "")],  # Windows' separator: another place
+    [("Files/.wh.a\\b", b"", "")],
 ])
 def test_hostile_entries_refused(wstore, members):
     with pytest.raises(ArchiveError):
@@ -440,6 +560,35 @@ def test_a_name_with_a_colon_is_refused_by_diff_before_any_byte(wstore, name):
     with pytest.raises(GraphDriverError, match="alternate data stream") as refused:
         wstore.diff("ctr", out)
     assert (refused.value.exit_code, out.getvalue()) == (1, b"")
+
+
+def test_a_name_with_a_backslash_is_refused_by_diff_before_any_byte(wstore, tmp_path):
+    """Windows reads ``\\`` as a path separator: a file so named would be written elsewhere
+    (``Windows\\System32\\evil.dll`` into System32), so its tarball is refused whole."""
+    from tests.conftest import run_cli
+
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("ctr", "base", writable=True)
+    root = wstore.mount("ctr")
+    try:
+        Path(root, "Windows\\System32\\evil.dll").write_bytes(b"MZ")
+    finally:
+        wstore.unmount("ctr")
+    out = io.BytesIO()
+    with pytest.raises(GraphDriverError, match="path separator") as refused:
+        wstore.diff("ctr", out)
+    assert (refused.value.exit_code, out.getvalue()) == (1, b"")
+    r = run_cli("diff", "ctr", "-o", str(tmp_path / "out.tar"), root=Path(wstore.root))
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_a_hard_link_to_a_name_with_a_backslash_is_refused(wstore):
+    entries = [wingen.WinDir("Files"), wingen.WinFile("Files/a.txt", b"x"),
+               wingen.WinLink("Files/b.txt", "Files/x\\..\\a.txt")]
+    with pytest.raises(ArchiveError, match="path separator"):
+        import_entries(wstore, "bad", entries)
+    assert not wstore.exists("bad")
 
 
 @needs_root
@@ -696,6 +845,48 @@ def test_base_images_index_form(tmp_path):
     assert info.os_features == ("win32k",)
 
 
+@pytest.mark.parametrize(("index", "why"), [
+    ("[]", "images.json is not a JSON object"),
+    ('"Images"', "images.json is not a JSON object"),
+    ("{", "images.json is not JSON"),
+    ('{"Images": {}}', "images.json has no Images list"),
+    ('{"Images": [5]}', "image 1 of images.json is not a JSON object"),
+    ('{"Images": [{"Name": "x"}]}', "image 1 of images.json has no Path"),
+    ('{"Images": [{"Path": ""}]}', "image 1 of images.json has no Path"),
+    ('{"Images": [{"Path": 7}]}', "its Path is not a string"),
+    ('{"Images": [{"Path": "a\\u0000b"}]}', "its Path holds a NUL character"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Name": ["n"]}]}',
+     "its Name is not a string"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Version": 10}]}',
+     "its Version is not a string"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Size": "1"}]}',
+     "its Size is not a number of bytes"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "Size": true}]}',
+     "its Size is not a number of bytes"),
+    ('{"Images": [{"Path": "CN=Microsoft_NanoServer_10.0.17763.1", "CreatedTime": 1}]}',
+     "its CreatedTime is not a string"),
+])
+def test_a_malformed_images_json_is_one_usage_error(tmp_path, index, why):
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    (images / "images.json").write_text(index)
+    r = run_cli("--opt", f"base_images={images}", "base-images", root=tmp_path / "root",
+                driver="windowsfilter")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count(b"\n") == 1 and why in r.stderr.decode(), r.stderr
+
+
+def test_a_malformed_image_json_is_one_usage_error(tmp_path):
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    (images / "CN=Microsoft_NanoServer_10.0.17763.1/image.json").write_text('{"name": "n", "path": 1}')
+    r = run_cli("--opt", f"base_images={images}", "base-images", root=tmp_path / "root",
+                driver="windowsfilter")
+    assert r.returncode == 2 and b"its Path is not a string" in r.stderr and r.stderr.count(b"\n") == 1
+
+
 # ----- options, probes, status ----------------------------------------------------------------------------
 
 
@@ -804,6 +995,44 @@ def test_directory_made_again_after_its_tombstone_is_empty(wstore):
     changes = changes_of(wstore, "top")
     assert (X, "/Files/Windows/System32/notepad.exe") in changes
     assert (A, "/Files/Windows/System32/only.dll") in changes
+    assert wstore.check() == [("base", None), ("top", None)]  # its opaque folder is the tarball's
+    os.setxattr(Path(wstore.driver.resolve("top"), "Files/Windows"), "trusted.overlay.opaque", b"y")
+    (found,) = [why for lid, why in wstore.check() if lid == "top"]
+    assert found is not None and "'Files/Windows': is marked opaque" in found, found
+
+
+@needs_root
+def test_a_tombstone_makes_a_whiteout_only_where_something_below_shows(wstore):
+    """A deletion of a name no lower layer shows (never there, or hidden already by a layer
+    between) leaves no 0/0 device: the view would list it as an unreadable ``c?????????``."""
+    import stat
+
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "mid", [wingen.WinDir("Files"), wingen.Tombstone("Files/ProgramData")],
+                   parent="base")
+    data = wingen.layer_tar([
+        wingen.WinDir("Files"),
+        wingen.Tombstone("Files/ghost"),  # in no layer
+        wingen.Tombstone("Files/Nowhere/ghost"),  # under a folder no layer has
+        wingen.Tombstone("Files/ProgramData"),  # deleted by mid already
+        wingen.Tombstone("Files/License.txt"),  # there below: hidden by a whiteout
+    ])
+    wstore.import_layer("top", "mid", io.BytesIO(data))
+    files = Path(wstore.driver.resolve("top")) / "Files"
+    assert sorted(os.listdir(files)) == ["License.txt"]
+    assert stat.S_ISCHR(os.lstat(files / "License.txt").st_mode)
+    root = Path(wstore.mount("top"))
+    try:
+        assert "ghost" not in os.listdir(root) and "License.txt" not in os.listdir(root)
+        assert not os.path.lexists(root / "ghost")
+    finally:
+        wstore.unmount("top")
+    changes = changes_of(wstore, "top")
+    assert (X, "/Files/License.txt") in changes
+    assert not {"/Files/ghost", "/Files/Nowhere", "/Files/Nowhere/ghost"} & {path for _, path in changes}
+    assert diff_bytes(wstore, "top") == data
+    assert winmeta.LayerMeta.load(str(files.parent)).tombstones >= {"Files/ghost", "Files/ProgramData"}
+    assert wstore.check() == [("base", None), ("mid", None), ("top", None)]
 
 
 def test_base_images_cli(tmp_path):
@@ -833,6 +1062,45 @@ def test_base_images_cli(tmp_path):
     assert run_cli("--opt", f"base_images={images}", "exists", nano_id, root=root).returncode == 0
     wrong = run_cli("base-images", root=tmp_path / "vfs-root", driver="vfs")
     assert wrong.returncode == 7
+
+
+def test_status_with_base_images_of_a_store_not_made_yet(tmp_path):
+    """A new store has no home yet: none registered, as status says without the option."""
+    from tests.conftest import run_cli
+
+    images = _base_images(tmp_path)
+    root = tmp_path / "new-root"
+    r = run_cli("--opt", f"base_images={images}", "status", root=root, driver="windowsfilter")
+    assert r.returncode == 0, r.stderr
+    assert f"{images} (0 registered)" in r.stdout.decode()
+    assert not (root / "windowsfilter").exists()
+
+
+def test_cleanup_keeps_a_base_image_whose_folder_name_ends_in_removing(tmp_path):
+    """Its link in the home is named as an older store's leftover, but a record names it
+    (through the base image's layerID file): never garbage, whatever its name."""
+    from tests.conftest import run_cli
+
+    images = tmp_path / "images"
+    (images / "core-removing/Files/Windows").mkdir(parents=True)
+    (images / "core-removing/Files/Windows/win.ini").write_bytes(b"core")
+    (images / "core-removing/image.json").write_text(json.dumps({"name": "Core", "version": "10.0.17763.1"}))
+    root = tmp_path / "cli-root"
+    opt = ("--opt", f"base_images={images}")
+    [core] = json.loads(run_cli(*opt, "base-images", "--json", root=root, driver="windowsfilter",
+                                check=True).stdout)
+    layer = wingen.layer_tar([wingen.WinDir("Files"), wingen.WinFile("Files/app.txt", b"app")])
+    run_cli(*opt, "import", "app", "--parent", core["ID"], "-", root=root, input=layer, check=True)
+    done = run_cli(*opt, "cleanup", root=root, check=True).stdout.decode()
+    assert "core-removing" not in done, done
+    assert os.path.islink(root / "windowsfilter/core-removing")
+    checked = run_cli(*opt, "check", root=root)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    path = run_cli(*opt, "mount", "app", root=root, check=True).stdout.decode().strip()
+    try:
+        assert (Path(path) / "Windows/win.ini").read_bytes() == b"core"
+    finally:
+        run_cli(*opt, "unmount", "app", root=root, check=True)
 
 
 def test_a_base_image_whose_folder_went_is_removed_without_leftovers(tmp_path):

@@ -433,13 +433,16 @@ class Driver(abc.ABC):
         is reported, not raised.
         An older store's ``<id>-removing`` folders are finished only when
         *layers* (the ids the caller's records name) is given and does not name
-        them: ``work-removing`` may be a real layer.
+        them: ``work-removing`` may be a real layer.  A folder one of *layers*
+        lives in (its own, or the one its alternate-id file names: a registered
+        base image, say) is never a leftover, whatever its name.
         """
         done: list[str] = []
+        named = self.named_folders(layers) if layers is not None else set()
         for entry in sorted(os.listdir(self.home)):
-            legacy = (
-                layers is not None and entry.endswith(LEGACY_REMOVING_SUFFIX) and entry not in layers
-            )
+            if entry in named:
+                continue
+            legacy = layers is not None and entry.endswith(LEGACY_REMOVING_SUFFIX)
             if entry.startswith(REMOVING_PREFIX) or legacy:
                 path = os.path.join(self.home, entry)
                 try:
@@ -457,12 +460,23 @@ class Driver(abc.ABC):
             except OSError:
                 pass
         # A probe on first use scratches in the home, or in the store's root before the home exists.
-        done.extend(remove_probe_leftovers(self.home, os.path.dirname(self.home)))
+        done.extend(remove_probe_leftovers(self.home, os.path.dirname(self.home), keep=named))
         done.extend(self._reap_holds())
         done.extend(self._cleanup_mounts())
         done.extend(self.counts.remove_unused_locks(self.exists))
         done.extend(self.run_roots.forget_gone())
         return done
+
+    def named_folders(self, layers: Collection[str]) -> set[str]:
+        """The names of the home's folders that the layers *layers* live in: their own, and
+        those their alternate-id files name (read, not resolved: the folder may be gone)."""
+        named = set(layers)
+        for layer_id in layers:
+            own = self._folder(self.home, layer_id)
+            found = alternate_name(own) if os.path.isdir(own) else None
+            if found is not None and found[1] is not None:
+                named.add(found[1])
+        return named
 
     # ----- get and put ------------------------------------------------------------
 
@@ -768,9 +782,10 @@ def probe_scratch(existing: str, driver: str) -> tuple[str, int]:
     return path, claim(path, folder=True, mode=0o700)
 
 
-def remove_probe_leftovers(*folders: str) -> list[str]:
+def remove_probe_leftovers(*folders: str, keep: Collection[str] = ()) -> list[str]:
     """Remove the probe scratch folders (see :func:`probe_scratch`) in *folders* whose prober
-    is dead; one line per folder removed (or not removable yet)."""
+    is dead, but none named in *keep* (a layer's folder); one line per folder removed (or not
+    removable yet)."""
     from graphdriver.fs.locking import remove_abandoned
 
     done = []
@@ -780,6 +795,8 @@ def remove_probe_leftovers(*folders: str) -> list[str]:
         except OSError:
             continue
         for name in filter(_is_probe_name, names):
+            if name in keep:
+                continue
             path = os.path.join(folder, name)
             try:
                 if remove_abandoned(path):

@@ -19,14 +19,16 @@ Linux form of the seeds' ``sandbox.vhdx``).
 Applying.  A layer tarball is applied in one pass, confined to the layer
 folder, no path ever followed through a symlink
 (:class:`graphdriver.layerio.windows.apply.WindowsApplier`).  Deletions under ``Files/`` of a layer
-with ancestors become overlay whiteouts (root only) and are recorded in the
-sidecar in any case; a directory made again after its tombstone becomes
-opaque.  Hard links to files no layer holds (trimmed images have them) live
-on in the sidecar only.  The four BCD files of the utility VM are also copied
-to ``bcd.bak``, ``bcd.log.bak``, ``bcd.log1.bak`` and ``bcd.log2.bak`` as
-they are written: Windows rewrites them in place when it prepares the
-utility VM, and the file getter serves the copies so that an imported layer
-still re-exports byte for byte.
+with ancestors become overlay whiteouts (root only) where a lower layer
+shows something at that path (a tombstone of a name no layer below has
+leaves no device in the view), and are recorded in the sidecar in any case;
+a directory made again after its tombstone becomes opaque.  Hard links to
+files no layer holds (trimmed images have them) live on in the sidecar only.
+The four BCD files of the utility VM are also copied to ``bcd.bak``,
+``bcd.log.bak``, ``bcd.log1.bak`` and ``bcd.log2.bak`` as they are written:
+Windows rewrites them in place when it prepares the utility VM, and the file
+getter serves the copies so that an imported layer still re-exports byte for
+byte.
 
 Viewing.  ``get`` gives the union of the chain's ``Files/`` trees: an
 overlay mount (read-only for image layers; upper directory ``Files/`` for
@@ -53,7 +55,9 @@ Driver options (``--opt KEY=VALUE``):
     ``UtilityVM/``) described by an ``image.json`` (``{"name":
     "ServerCore", "version": "10.0.17763.1"}``), or listed in one
     ``images.json`` in the seeds' ``{"Images": [{"Name", "Version",
-    "Path"}]}`` form.  :meth:`WindowsFilterDriver.base_images` registers them.
+    "Path"}]}`` form.  :meth:`WindowsFilterDriver.base_images` registers them;
+    a description that is not of that shape, or a field not of its JSON type
+    (``Size`` a number, the others strings), is a usage error (exit 2).
 ``size``
     The size limit of sandboxes (writable layers) created without ``--size``
     (the seeds' ``--storage-opt size`` default), enforced as ``--size`` is;
@@ -206,28 +210,68 @@ def _field(desc: Mapping[str, object], key: str) -> object:
     return None
 
 
+#: The fields of a base image's description this driver reads (the seeds' spelling), and
+#: the JSON type each must have where it is given.
+_FIELD_TYPES: dict[str, type] = {"Name": str, "Version": str, "Path": str, "CreatedTime": str, "Size": int}
+
+
+def _object(value: object, source: str, what: str) -> dict[str, object]:
+    """*value* (from *source*) if it is a JSON object; InvalidArgument (exit 2) otherwise."""
+    if not isinstance(value, dict):
+        raise InvalidArgument(what, f"{source} is not a JSON object")
+    return value
+
+
+def _read(path: str, source: str, what: str) -> object:
+    """The JSON value in *path* (named *source*); InvalidArgument (exit 2) if it is no JSON."""
+    try:
+        return atomic.read_json(path)
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise InvalidArgument(what, f"{source} is not JSON ({e})") from e
+
+
+def _checked(value: object, source: str, what: str) -> dict[str, object]:
+    """*value* (from *source*) if it is a JSON object whose fields have their types;
+    InvalidArgument (exit 2) naming the first that does not."""
+    desc = _object(value, source, what)
+    for key, kind in _FIELD_TYPES.items():
+        value = _field(desc, key.lower())
+        if value is None:
+            continue
+        if kind is int:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(what, f"{source}: its {key} is not a number of bytes")
+        elif not isinstance(value, kind):
+            raise InvalidArgument(what, f"{source}: its {key} is not a string")
+    path = _field(desc, "path")
+    if isinstance(path, str) and "\0" in path:
+        raise InvalidArgument(what, f"{source}: its Path holds a NUL character")
+    return desc
+
+
 def _descriptions(directory: str) -> list[tuple[dict[str, object], str]]:
-    """``(description, folder)`` of every base image in *directory*."""
+    """``(description, folder)`` of every base image in *directory*; InvalidArgument (exit 2)
+    for a description that is no JSON, or not of the expected shape and types."""
     index = os.path.join(directory, "images.json")
     what = f"base images in {directory}"
     out: list[tuple[dict[str, object], str]] = []
     try:
         if os.path.exists(index):
-            listed = _field(atomic.read_json(index), "images")
+            top = _object(_read(index, "images.json", what), "images.json", what)
+            listed = _field(top, "images")
             if not isinstance(listed, list):
                 raise InvalidArgument(what, "images.json has no Images list")
-            for desc in listed:
-                path = _field(desc, "path") if isinstance(desc, dict) else None
-                if not isinstance(path, str):
-                    raise InvalidArgument(what, "an image in images.json has no Path")
+            for number, item in enumerate(listed, 1):
+                desc = _checked(item, f"image {number} of images.json", what)
+                path = _field(desc, "path")
+                if not isinstance(path, str) or not path:
+                    raise InvalidArgument(what, f"image {number} of images.json has no Path")
                 out.append((desc, os.path.join(directory, path)))
             return out
         for name in sorted(os.listdir(directory)):
             desc_file = os.path.join(directory, name, "image.json")
             if os.path.isfile(desc_file):
-                desc = atomic.read_json(desc_file)
-                if not isinstance(desc, dict):
-                    raise InvalidArgument(what, f"{desc_file} is not a JSON object")
+                desc = _checked(_read(desc_file, desc_file, what), desc_file, what)
                 path = _field(desc, "path")
                 out.append((desc, os.path.join(directory, name, path if isinstance(path, str) else ".")))
     except (OSError, ValueError) as e:
@@ -311,8 +355,11 @@ class WindowsFilterDriver(Driver, BaseImages):
     def _base_images_status(self) -> str:
         if self.base_images_dir is None:
             return "none configured (--opt base_images=DIR)"
-        with os.scandir(self.home) as it:
-            registered = sum(1 for e in it if e.is_symlink())
+        try:
+            with os.scandir(self.home) as it:
+                registered = sum(1 for e in it if e.is_symlink())
+        except FileNotFoundError:
+            registered = 0  # a store that does not exist yet has registered none
         return f"{self.base_images_dir} ({registered} registered)"
 
     # ----- folders ------------------------------------------------------------------------------
@@ -524,8 +571,9 @@ class WindowsFilterDriver(Driver, BaseImages):
     def apply_target(self, layer_id: str) -> ApplyTarget:
         folder = self.resolve(layer_id)
         chain = self.layer_chain(layer_id)
-        # Deletions become overlay whiteouts where there is something below to hide and
-        # root to make them; the metadata sidecar records them in any case.
+        # With root and ancestors, deletions may become overlay whiteouts: the applier
+        # makes one only where the chain's union shows something at that path to hide.
+        # The metadata sidecar records them in any case.
         devices = self.privileged and bool(chain)
         return ApplyTarget(
             path=self._data_dir(folder),

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from graphdriver.diff.changes import Change
     from graphdriver.idmap import IDMappings
     from graphdriver.layerio.tarsplit import SplitEntry
+    from graphdriver.layerio.tarstream import TarReader
 
 _OVERLAY_PRIVATE = ("trusted.overlay.", "user.overlay.")
 _HOST_XATTRS = frozenset({"security.selinux"})
@@ -165,13 +166,19 @@ def sparse_problems(entries: Iterable[SplitEntry], root: str) -> list[str]:
     return problems
 
 
+def read_headers(entries: Iterable[SplitEntry]) -> TarReader:
+    """A reader of the tarball that tar-split *entries* describe, file data read as zeros:
+    every header, in archive order, without reading a file."""
+    from graphdriver.layerio.tarstream import TarReader
+
+    return TarReader(_HeadersOnly(entries))  # type: ignore[arg-type]
+
+
 def _last_headers(entries: Iterable[SplitEntry]) -> dict[str, te.TarEntry]:
     """Each name's header (without its raw bytes), the last one where a name is given twice:
     that is what unpacking left."""
-    from graphdriver.layerio.tarstream import TarReader
-
     last: dict[str, te.TarEntry] = {}
-    reader = TarReader(_HeadersOnly(entries))  # type: ignore[arg-type]
+    reader = read_headers(entries)
     for e in reader:
         if e.type in te.NO_FILE_TYPES:
             continue  # a volume label: no file of its name was made

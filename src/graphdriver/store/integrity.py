@@ -180,7 +180,7 @@ def verify_files(store: Store, record: Layer) -> None:
         from graphdriver.drivers.base import WINDOWS_FORMAT
 
         if store.driver.LAYER_FORMAT == WINDOWS_FORMAT:
-            check_windows_metadata(store, record)
+            check_windows_files(store, record)
         return
     # Mounted writable since, a full tree may also have changed what it holds of its
     # parent's: diff finds that, and so must check.
@@ -190,17 +190,24 @@ def verify_files(store: Store, record: Layer) -> None:
         raise IntegrityError(f"layer {record.id}", why)
 
 
-def check_windows_metadata(store: Store, record: Layer) -> None:
-    """IntegrityError unless the layer's Windows metadata sidecar has a line for every entry
-    of its tarball (what its files cannot hold, export needs)."""
+def check_windows_files(store: Store, record: Layer) -> None:
+    """IntegrityError unless the Windows layer's files and its metadata sidecar (what its
+    files cannot hold, export needs) are what its tarball's headers left
+    (see :mod:`graphdriver.layerio.windows.verify`)."""
+    from graphdriver.fs import privileged
     from graphdriver.layerio.compression import open_decompressed
-    from graphdriver.layerio.tarsplit import FILE, read_entries
-    from graphdriver.layerio.windows.winmeta import unrecorded
+    from graphdriver.layerio.tarsplit import read_entries
+    from graphdriver.layerio.windows.verify import layer_problems
+    from graphdriver.store import content
 
+    owner = None
+    if privileged():  # files applied without root keep the user's owner
+        maps = store.layer_maps(record)
+        owner = (maps.uids.to_host(0), maps.gids.to_host(0))
     with open(tarsplit_of(store, record), "rb") as f:
         meta, _kind = open_decompressed(f)
-        names = (e.name for e in read_entries(meta) if e.type == FILE)
-        problems = unrecorded(store.driver.apply_target(record.id).path, names)
+        problems = layer_problems(read_entries(meta), content.files_root(store.driver, record.id),
+                                  owner=owner, opaque_marks=privileged())
     if problems:
         why = f"its files differ from its tarball: {_first_of(problems)}"
         raise IntegrityError(f"layer {record.id}", why)

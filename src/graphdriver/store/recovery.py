@@ -69,7 +69,7 @@ def _cleanup_layers(store: Store) -> list[str]:
             f"{error}: graphdriver remove {layer_id} removes it, nothing was removed for it"
             for layer_id, error in corrupt
         )
-        done.extend(store.driver.cleanup(frozenset(store.records.ids())))
+        done.extend(store.driver.cleanup(_named_layers(store)))
         done.extend(_remove_orphans(store))
         done.extend(_remove_stray_tarsplit(store))
     return done
@@ -79,6 +79,13 @@ def _named_parents(store: Store) -> set[str] | None:
     """The layers some record sits on; None while a record is unreadable (which it names is unknown)."""
     good, corrupt = store.records.scan()
     return None if corrupt else {r.parent for r in good if r.parent}
+
+
+def _named_layers(store: Store) -> frozenset[str] | None:
+    """The layers some record names (its own or as its parent); None while a record is
+    unreadable (which it names is unknown, so no folder may be taken for a leftover)."""
+    parents = _named_parents(store)
+    return None if parents is None else frozenset(store.records.ids()) | parents
 
 
 def _remove_orphans(store: Store) -> list[str]:

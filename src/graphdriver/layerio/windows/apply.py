@@ -44,7 +44,7 @@ class ApplyPlan(Plain):
     def __init__(self, whiteout_devices: bool = False, mutated: dict[str, str] | None = None,
                  owner: tuple[int, int] | None = None) -> None:
         #: Write overlay whiteouts (0/0 character devices) for deletions under
-        #: ``Files/``: the layer has ancestors to hide and may make devices.
+        #: ``Files/`` of what a lower layer shows: the layer has ancestors and may make devices.
         self.whiteout_devices = whiteout_devices
         #: Archive paths whose data is also copied to a backup file in the layer
         #: folder (files Windows rewrites in place after import).
@@ -61,10 +61,11 @@ class WindowsApplier(Extraction):
     directories and symlinks (their targets kept as Windows wrote them) go to
     their places; their metadata to the sidecar; stream entries to stream
     files; tombstones delete (and, with ``whiteout_devices``, leave an overlay
-    whiteout under ``Files/``).  Permission bits come from the archive where
-    it has any (``backuptar`` writes none: directories then get 0755, files
-    0644).  Hard links are made within the layer; a target only a lower
-    layer has is copied; a target no layer has is kept in the sidecar only.
+    whiteout under ``Files/`` where a lower layer has something there to
+    hide).  Permission bits come from the archive where it has any
+    (``backuptar`` writes none: directories then get 0755, files 0644).
+    Hard links are made within the layer; a target only a lower layer has is
+    copied; a target no layer has is kept in the sidecar only.
     :meth:`run` returns the size the seeds count: the regular files' sizes,
     streams and links excluded.
     """
@@ -129,6 +130,7 @@ class WindowsApplier(Extraction):
     def _entry(self, e: Any) -> int:
         try:
             rel = clean_name(e.name, e.name)
+            wintar.check_name(rel, e.name)
             parent, _, base = rel.rpartition("/")
             tombstone = base.startswith(wintar.WHITEOUT_PREFIX)
             if rel != "." and not tombstone and wintar.layer_root(rel) is None:
@@ -180,7 +182,7 @@ class WindowsApplier(Extraction):
             elif e.size:
                 self.reader.copy_to_fd(fd)
             self._chown(fd)
-            os.fchmod(fd, _perm(e.mode, 0o644))
+            os.fchmod(fd, permission_bits(e.mode, 0o644))
             os.utime(fd, ns=_times(e))
         finally:
             os.close(fd)
@@ -221,7 +223,7 @@ class WindowsApplier(Extraction):
         if old is not None:
             self.stale.append(old)
         self.dirs[rel] = fd
-        os.fchmod(fd, _perm(e.mode, 0o755))
+        os.fchmod(fd, permission_bits(e.mode, 0o755))
         self._chown(fd)
         self.pending[rel] = (*_times(e), None)
         self.meta.add(Record(rel, DIR, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns))
@@ -244,6 +246,7 @@ class WindowsApplier(Extraction):
 
     def _hardlink(self, e: Any, rel: str, parent: str, base: str) -> None:
         target = clean_name(e.linkname, e.name, "hardlink target") if e.linkname else ""
+        wintar.check_name(target, e.name)
         inside = all(any(layout.has_path_prefix(p, r) for r in layout.TOMBSTONE_ROOTS) for p in (rel, target))
         if not target or not inside:
             why = "invalid hard link: both names must be under Files/ or UtilityVM/Files/"
@@ -313,17 +316,29 @@ class WindowsApplier(Extraction):
         rel = f"{parent}/{name}" if parent else name
         wintar.check_tombstone(rel, e.name)
         self.last = ""
-        if self.plan.whiteout_devices and rel.startswith(layout.FILES + "/"):
-            pfd = self._dir_fd(parent)
-            self._remove(pfd, name, rel)
-            syscalls.mknod_at(name, 0o600 | stat.S_IFCHR, 0, dir_fd=pfd)  # 0/0: overlay's whiteout
+        found = self._existing_dir(parent)
+        if found is not None:
+            self._remove(found, name, rel)
         else:
-            found = self._existing_dir(parent)
-            if found is not None:
-                self._remove(found, name, rel)
-            else:
-                self._refuse_lower_symlinks_on_the_way(rel)
+            self._refuse_lower_symlinks_on_the_way(rel)
+        if self.plan.whiteout_devices and rel.startswith(layout.FILES + "/") and self._shown_below(rel):
+            pfd = self._dir_fd(parent)
+            syscalls.mknod_at(name, 0o600 | stat.S_IFCHR, 0, dir_fd=pfd)  # 0/0: overlay's whiteout
         self.meta.add(Record(rel, DELETED))
+
+    def _shown_below(self, rel: str) -> bool:
+        """Whether the union of the layer (its own *rel* already removed) and the lower
+        layers shows something of a lower layer at *rel*: what a whiteout must hide.
+
+        Nothing there, or hidden already (by a nearer whiteout, a file in the way,
+        or an opaque directory above it, this layer's own included), needs none:
+        a whiteout over nothing would show in the view as a 0/0 device.
+        """
+        found = self._in_union(rel, with_layer=True)
+        if found is None:
+            return False
+        os.close(found[1])
+        return True
 
     def _chown(self, fd: int) -> None:
         owner = self.plan.owner
@@ -335,7 +350,7 @@ class WindowsApplier(Extraction):
             pass  # unprivileged: everything stays the user's
 
 
-def _perm(mode: int, default: int) -> int:
+def permission_bits(mode: int, default: int) -> int:
     """The archive's permission bits, or *default* where it has none (``backuptar`` keeps none)."""
     perm = mode & 0o7777
     return perm if perm & 0o777 else default

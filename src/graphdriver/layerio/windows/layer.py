@@ -71,6 +71,10 @@ def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: Bi
         if ":" in c.path:
             raise GraphDriverError(f"file {c.path!r}", "a ':' cannot be in the name of a file of a Windows "
                                    "layer (it would read back as an alternate data stream): rename it")
+        if wintar.BACKSLASH in c.path:
+            raise GraphDriverError(f"file {c.path!r}", "a '\\' cannot be in the name of a file of a Windows "
+                                   "layer (Windows reads it as a path separator, so the file would land "
+                                   "elsewhere): rename it")
     items: list[tuple[str, str | None]] = []
     for c in changes:
         name = layout.FILES + c.path

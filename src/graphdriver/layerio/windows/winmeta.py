@@ -44,7 +44,7 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,33 +175,6 @@ def read_records(data_dir: str) -> Iterator[Record]:
         for number, line in enumerate(f, 1):
             if line.strip():
                 yield Record.from_json(line, f"{path}:{number}")
-
-
-def unrecorded(data_dir: str, names: Iterable[bytes]) -> list[str]:
-    """What is wrong with the sidecar of the layer at *data_dir*, whose tarball's entries are
-    named *names*: every entry applied leaves a line, so a path with none means the file was
-    cut or removed (empty: nothing is wrong)."""
-    recorded = {rec.path for rec in read_records(data_dir)}
-    where = f"{META_DIR}/{ENTRIES_FILE}"
-    why = "has no line for it" if os.path.exists(entries_path(data_dir)) else "is missing"
-    problems = []
-    for name in names:
-        path = _record_path(name)
-        if path is not None and path not in recorded:
-            problems.append(f"{path!r}: its Windows metadata ({where}) {why}")
-    return problems
-
-
-def _record_path(name: bytes) -> str | None:
-    """The path the sidecar's line about archive entry *name* holds (None for the root)."""
-    rel = wintar.normalise(name.decode("utf-8", "surrogateescape"))
-    if rel == ".":
-        return None
-    parent, _, base = rel.rpartition("/")
-    if base.startswith(wintar.WHITEOUT_PREFIX):  # a tombstone's line names what it deleted
-        base = base[len(wintar.WHITEOUT_PREFIX):]
-        return f"{parent}/{base}" if parent else base
-    return rel
 
 
 @dataclass

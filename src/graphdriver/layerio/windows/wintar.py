@@ -102,6 +102,20 @@ def check_tombstone(rel: str, entry: str = "") -> None:
     raise ArchiveError(entry or rel, why)
 
 
+#: Windows' path separator: in a name of a Windows layer it would name another place.
+BACKSLASH = "\\"
+
+
+def check_name(rel: str, entry: str = "") -> None:
+    """Refuse a layer path holding a backslash: ``backuptar`` writes ``/`` between the
+    components, and Windows reads ``\\`` as one too, so ``Files/Windows\\System32\\x.dll``
+    would land in ``System32``, not in a file of that name (*entry* names the archive entry
+    in the error; default *rel*)."""
+    if BACKSLASH in rel:
+        raise ArchiveError(entry or rel, "a '\\' in a name of a Windows layer: Windows reads it as a "
+                                         "path separator, so the file would land elsewhere")
+
+
 def split_stream(rel: str) -> tuple[str, str | None]:
     """``("Files/a.txt", "s")`` for the alternate data stream ``Files/a.txt:s``.
 
@@ -199,6 +213,10 @@ def meta_from_entry(entry: TarEntry) -> WinMeta:
     raw = _record(entry, RAWSD)
     if raw is not None:
         meta.security_descriptor = _b64(entry, RAWSD, raw)
+        try:
+            check_security_descriptor(meta.security_descriptor)
+        except ValueError as e:
+            raise CorruptArchive(entry.name, f"invalid security descriptor in PAX record {RAWSD}: {e}") from e
     elif (raw := _record(entry, SDDL)) is not None:
         meta.sddl = raw.decode("utf-8", "surrogateescape")
     raw = _record(entry, CREATIONTIME)
@@ -395,8 +413,10 @@ def _sid_at(data: bytes, offset: int) -> bytes | None:
     if offset + 8 > len(data):
         raise ValueError("SID outside the descriptor")
     end = offset + 8 + 4 * data[offset + 1]
-    if data[offset] != 1 or end > len(data):
+    if data[offset] != 1:
         raise ValueError("malformed SID")
+    if end > len(data):
+        raise ValueError("SID's sub-authorities outside the descriptor")
     return data[offset:end]
 
 
@@ -405,8 +425,10 @@ def _acl_at(data: bytes, offset: int) -> tuple[int, list[bytes]]:
         raise ValueError("ACL outside the descriptor")
     revision, _, size, count, _ = _ACL_HEADER.unpack_from(data, offset)
     end = offset + size
-    if end > len(data) or size < _ACL_HEADER.size:
+    if size < _ACL_HEADER.size:
         raise ValueError("malformed ACL")
+    if end > len(data):
+        raise ValueError(f"ACL of {size} bytes outside the descriptor")
     aces, pos = [], offset + _ACL_HEADER.size
     for _ in range(count):
         if pos + 4 > end:
@@ -417,6 +439,34 @@ def _acl_at(data: bytes, offset: int) -> tuple[int, list[bytes]]:
         aces.append(data[pos : pos + ace_size])
         pos += ace_size
     return revision, aces
+
+
+def check_security_descriptor(data: bytes) -> None:
+    """ValueError unless *data* is a whole self-relative security descriptor.
+
+    Revision 1, the self-relative flag, the 20-byte header, and every part a
+    non-zero offset points to inside the descriptor, past its header: the
+    owner's and the group's SIDs (header and sub-authorities), the SACL and
+    the DACL (header, the size it gives, and the ACEs it counts).
+    """
+    if len(data) < _SD_HEADER.size:
+        raise ValueError(f"{len(data)} bytes, shorter than its {_SD_HEADER.size}-byte header")
+    revision, _, control, o_owner, o_group, o_sacl, o_dacl = _SD_HEADER.unpack_from(data)
+    if revision != 1:
+        raise ValueError(f"revision {revision}, not 1")
+    if not control & SE_SELF_RELATIVE:
+        raise ValueError("not self-relative")
+    parts = (("owner", o_owner, _sid_at), ("group", o_group, _sid_at),
+             ("SACL", o_sacl, _acl_at), ("DACL", o_dacl, _acl_at))
+    for name, offset, read in parts:
+        if not offset:
+            continue
+        if offset < _SD_HEADER.size:
+            raise ValueError(f"its {name} offset {offset} points into its header")
+        try:
+            read(data, offset)
+        except ValueError as e:
+            raise ValueError(f"its {name} at offset {offset} of {len(data)} bytes: {e}") from e
 
 
 def parse_security_descriptor(data: bytes) -> SecurityDescriptor:
