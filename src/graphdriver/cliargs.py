@@ -8,7 +8,8 @@ usage errors and ``--help`` all read it.
 
 Global options may stand before or after the command (``graphdriver layers
 --json`` and ``graphdriver --json layers`` are the same); ``--opt=VALUE`` and
-``--opt VALUE`` are the same; ``--`` ends the options; ``-`` is an argument
+``--opt VALUE`` are the same; single-letter switches bundle (``-qv``); ``--``
+ends the options (the command may still follow it); ``-`` is an argument
 (standard input).  A usage error is one line and exit code 2.
 """
 
@@ -271,17 +272,18 @@ def parse(argv: Sequence[str]) -> Args:
     index = _GLOBAL_INDEX
     command: Command | None = None
     items = list(argv)
+    options_end = False  # after ``--``: every word is the command or a positional
     i = 0
     while i < len(items):
         word = items[i]
         i += 1
-        if word == "--":
-            words.extend(items[i:])
-            break
-        if not word.startswith("-") or word == "-":
+        if word == "--" and not options_end:
+            options_end = True
+            continue
+        if options_end or not word.startswith("-") or word == "-":
             if command is None:
                 if word in GROUPS:
-                    if i >= len(items) or items[i].startswith("-"):
+                    if i >= len(items) or (items[i].startswith("-") and not options_end):
                         args.command = word  # the group alone: its help, or a usage error
                         continue
                     word = f"{word} {items[i]}"
@@ -297,7 +299,8 @@ def parse(argv: Sequence[str]) -> Args:
         flag, eq, inline = word.partition("=")
         option = index.get(flag)
         if option is None:
-            raise UsageError(f"unknown option {_quote(flag)}", args.command or None)
+            _switches(flag, eq, index, args)
+            continue
         if not option.value:
             if eq:
                 raise UsageError(f"option {flag} takes no value", args.command or None)
@@ -323,6 +326,28 @@ def parse(argv: Sequence[str]) -> Args:
         raise UsageError("no command given")
     _positionals(command, words, args)
     return args
+
+
+def _switches(flag: str, eq: str, index: dict[str, Option], args: Args) -> None:
+    """Single-letter switches bundled in one word (``-qv``), as getopt takes them.
+
+    Only switches that take no value bundle; a letter that is no switch (unknown, or an
+    option that takes a value) is a usage error naming it.
+    """
+    where = args.command or None
+    if flag.startswith("--") or len(flag) < 3:
+        raise UsageError(f"unknown option {_quote(flag)}", where)
+    for letter in flag[1:]:
+        option = index.get("-" + letter)
+        if option is None:
+            raise UsageError(f"unknown option {_quote('-' + letter)} in {_quote(flag)}", where)
+        if option.value:
+            raise UsageError(f"option -{letter} takes a value ({option.metavar}): it cannot be "
+                             f"bundled in {_quote(flag)}", where)
+    if eq:
+        raise UsageError(f"options {flag} take no value", where)
+    for letter in flag[1:]:
+        setattr(args, index["-" + letter].dest, True)
 
 
 def _check_value(option: Option, flag: str, value: str, command: str) -> None:
