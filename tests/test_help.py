@@ -101,3 +101,40 @@ def test_bash_completion_loads_and_completes_commands_options_and_layer_ids(tmp_
     fish = gd("completion", "fish", root=tmp_path).stdout.decode()
     assert "__fish_use_subcommand" in fish and "graphdriver layers" in fish
     assert gd("completion", "tcsh", root=tmp_path, check=False).returncode == 2
+
+
+def test_the_default_root_and_run_root_are_told_whole_in_help_and_manual(tmp_path):
+    text = gd("--help", root=tmp_path).stdout.decode()
+    root = next(line for line in text.splitlines() if line.startswith("  --root "))
+    run_root = next(line for line in text.splitlines() if line.startswith("  --run-root "))
+    for says in ("$GRAPHDRIVER_ROOT", "/var/lib/graphdriver", "$XDG_DATA_HOME/graphdriver",
+                 "~/.local/share/graphdriver"):
+        assert says in root, says
+    for says in ("$GRAPHDRIVER_RUNROOT", "/run/graphdriver", "$XDG_RUNTIME_DIR/graphdriver", "--root"):
+        assert says in run_root, says
+    page = gd("man", root=tmp_path).stdout.decode()
+    environment = page.partition(".SH ENVIRONMENT")[2]
+    assert "\\fBXDG_DATA_HOME\\fR" in environment and "\\fBXDG_RUNTIME_DIR\\fR" in environment
+    assert "$XDG_DATA_HOME/graphdriver" in page.partition(".SH OPTIONS")[2]
+
+
+@pytest.mark.parametrize("name, default", [("create", False), ("import", False), ("changes", True),
+                                           ("diff", True), ("diffsize", True), ("apply", True)])
+def test_parent_help_says_a_default_only_where_there_is_one(tmp_path, name, default):
+    text = gd(name, "--help", root=tmp_path).stdout.decode()
+    line = next(line for line in text.splitlines() if line.startswith("  --parent P "))
+    assert ("(default: the layer's own" in line) == default, line
+    if not default:
+        assert "base layer" in line
+
+
+def test_every_layer_command_taking_an_id_lists_exit_3(tmp_path):
+    takes_id = [n for n, c in COMMANDS.items() if any(a.strip("[]").startswith("ID") for a in c.args)]
+    assert {"unmount", "check", "mount", "remove"} <= set(takes_id)
+    for name in takes_id:
+        assert 3 in clihelp.DOCS[name].exits, name
+    for name in ("unmount", "check"):
+        text = gd(name, "--help", root=tmp_path).stdout.decode()
+        assert "\n  3  " in text, name
+        r = gd(name, "nothing-here", root=tmp_path / "store", check=False)
+        assert r.returncode == 3, (name, r.stderr)

@@ -75,7 +75,13 @@ class Command:
         self.options = options
 
 
+#: --parent of the commands that compare a layer with a parent: its recorded one unless told.
 _PARENT = Option("--parent", "the parent layer (default: the layer's own)", metavar="P")
+#: --parent of a new layer: none given, the layer is a base layer.
+_NEW_PARENT = Option("--parent", "the parent layer (default: none, a base layer)", metavar="P")
+#: --parent of apply: a check of the parent the layer sits on, never another one.
+_APPLY_PARENT = Option("--parent", "the parent the layer must sit on (default: the layer's own; "
+                                   "another is refused)", metavar="P")
 #: A layer's own id maps (after the command; before it, --uidmap/--gidmap are the store's).
 _LAYER_MAPS = (
     Option("--uidmap", "the layer's uid map, container:host:size (repeatable or comma-separated; "
@@ -90,10 +96,11 @@ _TLS_VERIFY = ("false: as --insecure (podman's spelling); true, or the flag alon
                "certificate (the default)")
 
 GLOBAL_OPTIONS = (
-    Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root)",
-           metavar="DIR"),
-    Option("--run-root", "runtime state: mounts, mount counts (default $GRAPHDRIVER_RUNROOT)",
-           metavar="DIR"),
+    Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root, else "
+                     "$XDG_DATA_HOME/graphdriver, ~/.local/share/graphdriver)", metavar="DIR"),
+    Option("--run-root", "runtime state: mounts, mount counts (default $GRAPHDRIVER_RUNROOT, else "
+                         "/run/graphdriver for root, else $XDG_RUNTIME_DIR/graphdriver, else "
+                         "the folder run under --root)", metavar="DIR"),
     Option("--driver", "overlay, vfs or windowsfilter (default: the store's, else probed)",
            metavar="NAME"),
     Option("--opt", "a driver option, repeatable (size=20G: the limit of --rw layers created "
@@ -112,14 +119,14 @@ GLOBAL_OPTIONS = (
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("status", "", "the driver's name, then what it found (key: value lines)"),
     Command("create", "ID", "create an empty layer (an image layer; --rw for a container layer)",
-            _PARENT,
+            _NEW_PARENT,
             Option("--rw", "a writable container layer"),
             Option("--size", "limit a --rw layer's size (20G, 512M, ...)", metavar="SIZE"),
             Option("--mount-label", "SELinux label for its mounts", metavar="LABEL"), *_LAYER_MAPS),
     Command("import", "ID [FILE]", "create an image layer from a layer tarball (plain, gzip, zstd, "
-            "xz, bzip2; FILE or - for standard input); prints the bytes applied", _PARENT, *_LAYER_MAPS),
+            "xz, bzip2; FILE or - for standard input); prints the bytes applied", _NEW_PARENT, *_LAYER_MAPS),
     Command("apply", "ID [FILE]", "apply a layer tarball to an existing layer; prints the bytes "
-            "applied", _PARENT, *_LAYER_MAPS),
+            "applied", _APPLY_PARENT, *_LAYER_MAPS),
     Command("mount", "ID", "make the layer's root filesystem available; prints its path "
             "(counted: each mount needs an unmount)",
             Option("--mount-label", "SELinux label for the mount", metavar="LABEL")),

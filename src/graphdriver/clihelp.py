@@ -83,7 +83,8 @@ DOCS: dict[str, Doc] = {
                  "files are added or replaced. The layer no longer matches an imported tarball afterwards. Prints "
                  "the bytes applied.",
                  [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr")],
-                 {1: _REFUSED, 3: "no such layer", 5: "the layer has children, or is a mounted image layer",
+                 {1: _REFUSED, 2: "--parent names another layer than the one it sits on", 3: "no such layer",
+                  5: "the layer has children, or is a mounted image layer",
                   6: _CORRUPT}),
     "mount": Doc("layers", "Makes the union of the layer's chain available and prints its path. Mounts are "
                  "counted across processes: every mount needs an unmount.",
@@ -94,8 +95,8 @@ DOCS: dict[str, Doc] = {
                    "unmounts, for an administrator cleaning up after a dead runtime.",
                    [("graphdriver unmount ctr", "release one mount"),
                     ("graphdriver unmount --force ctr", "release them all")],
-                   {5: "the layer is not mounted (a mount unmounted behind the store's back is released "
-                       "quietly, its count dropped)"}),
+                   {3: "no such layer", 5: "the layer is not mounted (a mount unmounted behind the store's "
+                                             "back is released quietly, its count dropped)"}),
     "mounted": Doc("layers", "Prints how many mounts of the layer await their unmount (0 when it is not mounted).",
                    [("graphdriver mounted ctr", "0, 1, 2...")], {3: "no such layer"}),
     "exists": Doc("layers", "Exits 0 if the layer exists and 3 if not; prints nothing.",
@@ -144,7 +145,7 @@ DOCS: dict[str, Doc] = {
     "check": Doc("maintenance", "Re-exports every layer (or those named) and compares with its recorded digests "
                  "and tar headers; one line per layer, exit 6 naming each bad one.",
                  [("graphdriver check", "every layer"), ("graphdriver check base app", "two layers")],
-                 {6: "a layer does not match its record"}),
+                 {3: "a layer named does not exist", 6: "a layer does not match its record"}),
     "base-images": Doc("maintenance", "(windowsfilter) Registers and lists the base images found in the "
                        "locations of the base_images option, with deterministic ids.",
                        [("graphdriver --driver windowsfilter --opt base_images=/srv/bases base-images",
@@ -359,6 +360,12 @@ def man_page(version: str = "") -> str:
         lines += [".TP", f"\\fB{code}\\fR", _roff(meaning)]
     lines += [".SH ENVIRONMENT", ".TP", "\\fBGRAPHDRIVER_ROOT\\fR, \\fBGRAPHDRIVER_RUNROOT\\fR, "
               "\\fBGRAPHDRIVER_DRIVER\\fR", "defaults of \\-\\-root, \\-\\-run\\-root and \\-\\-driver",
+              ".TP", "\\fBXDG_DATA_HOME\\fR",
+              _roff("not root and no $GRAPHDRIVER_ROOT: the store is $XDG_DATA_HOME/graphdriver "
+                    "(~/.local/share/graphdriver when unset)"),
+              ".TP", "\\fBXDG_RUNTIME_DIR\\fR",
+              _roff("not root and no $GRAPHDRIVER_RUNROOT: the run root is $XDG_RUNTIME_DIR/graphdriver "
+                    "(the folder run under --root when unset)"),
               ".TP", "\\fBREGISTRY_AUTH_FILE\\fR", "registry credentials (else ~/.docker/config.json)"]
     return "\n".join(lines) + "\n"
 
