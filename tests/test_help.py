@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from graphdriver import clihelp
-from graphdriver.cliargs import COMMANDS, GROUPS
+from graphdriver.cliargs import COMMANDS, GLOBAL_OPTIONS, GROUPS
 from tests.conftest import ROOT, run_cli
 
 
@@ -69,12 +70,32 @@ def on_path(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
-def _complete(script: str, words: list[str], env: dict[str, str]) -> list[str]:
-    quoted = " ".join(f"'{w}'" for w in words)
+def _comp_words(line: str, breaks: str) -> list[str]:
+    """The words bash hands a completion function for *line* (the cursor at its end): split at
+    blanks, and each run of COMP_WORDBREAKS characters (*breaks*) a word of its own."""
+    words: list[str] = []
+    for token in line.split():
+        piece = ""
+        for c in token:
+            if (c in breaks) != (bool(piece) and piece[-1] in breaks):
+                if piece:
+                    words.append(piece)
+                piece = ""
+            piece += c
+        words.append(piece)
+    return [*words, ""] if line.endswith(" ") else words
+
+
+def _complete(script: str, line: str, env: dict[str, str], breaks: str = "=:", cwd: Path | None = None,
+              shell: str = "bash") -> list[str]:
+    """What the completion function of *script* offers for *line*, as bash would call it."""
+    words = _comp_words(line, breaks)
+    quoted = " ".join(shlex.quote(w) for w in words)
     program = (f"{script}\ncomplete -p graphdriver >/dev/null || exit 9\n"
-               f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _graphdriver; "
+               f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; COMP_LINE={shlex.quote(line)}; "
+               f"COMP_POINT={len(line)}; _graphdriver; "
                'printf "%s\\n" "${COMPREPLY[@]}"\n')
-    out = subprocess.run(["bash", "-c", program], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([shell, "-c", program], capture_output=True, text=True, env=env, check=True, cwd=cwd)
     return out.stdout.split()
 
 
@@ -84,19 +105,17 @@ def test_bash_completion_loads_and_completes_commands_options_and_layer_ids(tmp_
     gd("create", "beta-layer", root=store)
     script = gd("completion", "bash", root=tmp_path).stdout.decode()
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)
-    assert _complete(script, ["graphdriver", "mou"], on_path) == ["mount", "mounted"]
-    assert sorted(_complete(script, ["graphdriver", "image", "p"], on_path)) == ["pull", "push"]
-    assert "--compress" in _complete(script, ["graphdriver", "diff", "--c"], on_path)
-    run = ["graphdriver", "--root", str(store), "--run-root", str(tmp_path / "run"), "--driver", "vfs"]
-    assert _complete(script, [*run, "mount", "al"], on_path) == ["alpha-layer"]
-    assert sorted(_complete(script, [*run, "diff", ""], on_path)) == ["alpha-layer", "beta-layer"]
+    assert _complete(script, "graphdriver mou", on_path) == ["mount", "mounted"]
+    assert sorted(_complete(script, "graphdriver image p", on_path)) == ["pull", "push"]
+    assert "--compress" in _complete(script, "graphdriver diff --c", on_path)
+    run = f"graphdriver --root {store} --run-root {tmp_path / 'run'} --driver vfs"
+    assert _complete(script, f"{run} mount al", on_path) == ["alpha-layer"]
+    assert sorted(_complete(script, f"{run} diff ", on_path)) == ["alpha-layer", "beta-layer"]
     # --root=DIR: three words where COMP_WORDBREAKS holds '=' (bash's default), one where it does not
-    split = ["graphdriver", "--root", "=", str(store), "--run-root", "=", str(tmp_path / "run"),
-             "--driver", "=", "vfs"]
-    assert _complete(script, [*split, "mount", "al"], on_path) == ["alpha-layer"]
-    whole = ["graphdriver", f"--root={store}", f"--run-root={tmp_path / 'run'}", "--driver=vfs"]
-    assert _complete(script, [*whole, "mount", "al"], on_path) == ["alpha-layer"]
-    top = _complete(script, ["graphdriver", ""], on_path)
+    whole = f"graphdriver --root={store} --run-root={tmp_path / 'run'} --driver=vfs mount al"
+    assert _complete(script, whole, on_path) == ["alpha-layer"]
+    assert _complete(script, whole, on_path, breaks="") == ["alpha-layer"]
+    top = _complete(script, "graphdriver ", on_path)
     assert len(top) == len(set(top))
     fish = gd("completion", "fish", root=tmp_path).stdout.decode()
     assert "__fish_use_subcommand" in fish and "graphdriver layers" in fish
@@ -138,3 +157,26 @@ def test_every_layer_command_taking_an_id_lists_exit_3(tmp_path):
         assert "\n  3  " in text, name
         r = gd(name, "nothing-here", root=tmp_path / "store", check=False)
         assert r.returncode == 3, (name, r.stderr)
+
+
+def _store_with_layers(tmp_path: Path, name: str, *ids: str) -> Path:
+    store = tmp_path / name
+    for layer_id in ids:
+        gd("create", layer_id, root=store)
+    return store
+
+
+@pytest.mark.parametrize("form", ["FLAG VALUE", "FLAG=VALUE"])
+@pytest.mark.parametrize("flag", [f for o in GLOBAL_OPTIONS if o.value for f in o.flags])
+def test_bash_completion_skips_the_value_of_every_option_before_the_command(tmp_path, on_path, flag, form):
+    """Values with '=' and ':' (COMP_WORDBREAKS splits them into several words) included."""
+    store = _store_with_layers(tmp_path, "st=o:re", "alpha-layer")
+    values = {"--root": str(store), "--run-root": str(tmp_path / "r=u:n"), "--driver": "vfs",
+              "--opt": "mountopt=a=b:c", "--additional-store": str(store), "--uidmap": "0:100000:65536",
+              "--gidmap": "0:100000:65536"}
+    given = f"{flag} {values[flag]}" if form == "FLAG VALUE" else f"{flag}={values[flag]}"
+    run = f"--root {store} --run-root {tmp_path / 'r=u:n'} --driver vfs"
+    script = gd("completion", "bash", root=tmp_path).stdout.decode()
+    for line in (f"graphdriver {given} {run} mount al", f"graphdriver {run} {given} mount al"):
+        assert _complete(script, line, on_path) == ["alpha-layer"], line
+    assert set(values) == {o.flags[0] for o in GLOBAL_OPTIONS if o.value}  # every one tried

@@ -373,6 +373,19 @@ def man_page(version: str = "") -> str:
 # ----- completion -------------------------------------------------------------------------------------
 
 
+def _value_flags() -> list[str]:
+    """Every flag that takes a value (``--root``, ``-o``...), global or a command's, from the table.
+
+    A flag that may stand alone (``--tls-verify``) is left out: its value is never the next word
+    unless it is one of its choices.
+    """
+    flags: list[str] = []
+    for o in (*GLOBAL_OPTIONS, *(o for c in COMMANDS.values() for o in c.options)):
+        if o.value and not o.bare:
+            flags += [f for f in o.flags if f not in flags]
+    return flags
+
+
 def _words() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
     """Top-level words, each group's commands, and each command's options."""
     top: list[str] = []
@@ -408,18 +421,33 @@ def _bash(top: list[str], groups: dict[str, list[str]], options: dict[str, list[
     cases = "\n".join(f'        "{n}") opts="{" ".join(o)}" ;;' for n, o in options.items() if o)
     group_cases = "\n".join(f'        {g}) words_now="{" ".join(c)}" ;;' for g, c in groups.items())
     ids = "|".join(f'"{n}"' for n in takes_id)
+    value_flags = "|".join(_value_flags())
     return f"""# bash completion for graphdriver (graphdriver completion bash)
 _graphdriver() {{
-    local cur prev cmd="" sub="" i word words_now opts=""
+    local cur prev cmd="" sub="" i word words_now opts="" line rest glue=1
+    local -a gd_words=()
+    # Bash splits a word at the characters of COMP_WORDBREAKS ('=' and ':' among them):
+    # --opt size=1G comes as --opt, size, =, 1G. Join back the words the line has no blank
+    # between, so that each option and value is one word again.
+    line="${{COMP_LINE-}}"
+    [[ -z "$line" ]] && glue=0
+    for ((i = 0; i <= COMP_CWORD; i++)); do
+        word="${{COMP_WORDS[i]}}"
+        rest="${{line#"${{line%%[![:blank:]]*}}"}}"
+        if ((glue && i > 0)) && [[ ${{#rest}} -eq ${{#line}} ]]; then
+            gd_words[${{#gd_words[@]}}-1]+="$word"
+        else
+            gd_words+=("$word")
+        fi
+        if [[ "$rest" == "$word"* ]]; then line="${{rest:${{#word}}}}"; else glue=0; fi
+    done
+    local gd_cword=$((${{#gd_words[@]}} - 1))
     cur="${{COMP_WORDS[COMP_CWORD]}}"
     prev="${{COMP_WORDS[COMP_CWORD-1]}}"
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        word="${{COMP_WORDS[i]}}"
+    for ((i = 1; i < gd_cword; i++)); do
+        word="${{gd_words[i]}}"
         case "$word" in
-            --root|--run-root|--driver|--opt|--additional-store|--uidmap|--gidmap)
-                # --root=DIR comes as three words where COMP_WORDBREAKS holds '='
-                [[ "${{COMP_WORDS[i+1]}}" == "=" ]] && ((i++))
-                ((i++)); continue ;;
+            {value_flags}) ((i++)); continue ;;
             -*) continue ;;
         esac
         if [[ -z "$cmd" ]]; then cmd="$word"; elif [[ -z "$sub" && "{' '.join(groups)}" == *"$cmd"* ]]; then sub="$word"; fi
@@ -452,15 +480,11 @@ _graphdriver() {{
     case "$full" in
         {ids}|help)
             local store_args=() j
-            for ((j = 1; j < COMP_CWORD; j++)); do
-                case "${{COMP_WORDS[j]}}" in
-                    --root|--run-root|--driver)
-                        if [[ "${{COMP_WORDS[j+1]}}" == "=" ]]; then
-                            store_args+=("${{COMP_WORDS[j]}}" "${{COMP_WORDS[j+2]}}")
-                        else
-                            store_args+=("${{COMP_WORDS[j]}}" "${{COMP_WORDS[j+1]}}")
-                        fi ;;
-                    --root=*|--run-root=*|--driver=*) store_args+=("${{COMP_WORDS[j]}}") ;;
+            for ((j = 1; j < gd_cword; j++)); do
+                case "${{gd_words[j]}}" in
+                    --root|--run-root|--driver) store_args+=("${{gd_words[j]}}" "${{gd_words[j+1]}}"); ((j++)) ;;
+                    --root=*|--run-root=*|--driver=*) store_args+=("${{gd_words[j]}}") ;;
+                    {value_flags}) ((j++)) ;;
                 esac
             done
             if [[ "$full" == help ]]; then
