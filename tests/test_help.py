@@ -96,7 +96,7 @@ def _complete(script: str, line: str, env: dict[str, str], breaks: str = "=:", c
                f"COMP_POINT={len(line)}; _graphdriver; "
                'printf "%s\\n" "${COMPREPLY[@]}"\n')
     out = subprocess.run([shell, "-c", program], capture_output=True, text=True, env=env, check=True, cwd=cwd)
-    return out.stdout.split()
+    return [w for w in out.stdout.split("\n") if w]  # one a line: names may hold blanks
 
 
 def test_bash_completion_loads_and_completes_commands_options_and_layer_ids(tmp_path, on_path):
@@ -180,3 +180,44 @@ def test_bash_completion_skips_the_value_of_every_option_before_the_command(tmp_
     for line in (f"graphdriver {given} {run} mount al", f"graphdriver {run} {given} mount al"):
         assert _complete(script, line, on_path) == ["alpha-layer"], line
     assert set(values) == {o.flags[0] for o in GLOBAL_OPTIONS if o.value}  # every one tried
+
+
+def test_bash_completion_offers_what_each_argument_and_option_value_is(tmp_path, on_path):
+    store = _store_with_layers(tmp_path, "store", "alpha-layer")
+    extra = _store_with_layers(tmp_path, "extra", "gamma-layer")
+    work = tmp_path / "work"
+    (work / "sub dir").mkdir(parents=True)
+    (work / "sample.tar").write_bytes(b"")
+    script = gd("completion", "bash", root=tmp_path).stdout.decode()
+    run = f"graphdriver --root {store} --run-root {tmp_path / 'run'} --driver vfs"
+
+    def offers(line: str) -> list[str]:
+        return sorted(_complete(script, line, on_path, cwd=work))
+
+    # files where the command takes a FILE or SOURCE, and for -o
+    assert offers(f"{run} import new sa") == ["sample.tar"]
+    assert offers(f"{run} import new --parent alpha-layer sa") == ["sample.tar"]
+    assert offers(f"{run} apply alpha-layer sa") == ["sample.tar"]
+    assert offers(f"{run} image load sa") == ["sample.tar"]
+    assert offers(f"{run} diff alpha-layer -o sa") == ["sample.tar"]
+    assert offers(f"{run} diff alpha-layer --output=sa") == ["sample.tar"]
+    assert offers(f"{run} --root su") == ["sub dir"]  # a folder, whatever blanks it holds
+    # ids where a layer is named, from the line's stores, additional ones included
+    assert offers(f"{run} create x --parent al") == ["alpha-layer"]
+    assert offers(f"{run} --additional-store {extra} mount ") == ["alpha-layer", "gamma-layer"]
+    assert offers(f"{run} --additional-store={extra} check alpha-layer ") == ["alpha-layer", "gamma-layer"]
+    assert offers(f"{run} import new ") == ["sample.tar", "sub dir"]  # FILE, not an id
+    # a value that is no file and has no choices: nothing; choices: the choices
+    assert offers(f"{run} create x --size ") == []
+    assert offers(f"{run} create x --size=") == []
+    assert offers(f"{run} diff alpha-layer --compress ") == ["gzip", "none", "original", "zstd"]
+    assert offers(f"{run} diff alpha-layer --compress=z") == ["zstd"]
+    assert offers("graphdriver --driver ") == ["overlay", "vfs", "windowsfilter"]
+    assert offers("graphdriver completion ") == ["bash", "fish", "zsh"]
+    # help topics: the commands, then a group's commands
+    image_commands = sorted(n.split()[1] for n in COMMANDS if n.startswith("image "))
+    assert offers("graphdriver help image ") == image_commands
+    assert offers("graphdriver help di") == ["diff", "diffsize"]
+    assert offers("graphdriver help diff ") == []
+    # after --, no more options: the words are the command and its arguments
+    assert offers(f"{run} -- mount al") == ["alpha-layer"]

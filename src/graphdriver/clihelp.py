@@ -373,6 +373,49 @@ def man_page(version: str = "") -> str:
 # ----- completion -------------------------------------------------------------------------------------
 
 
+#: What completes a value, by what it names (an option's metavar, a positional argument):
+#: layer ids, files, folders, help topics, shells. Any other value completes to nothing.
+_KINDS = {"ID": "id", "P": "id", "FILE": "file", "PATH": "file", "SOURCE": "file", "DIR": "dir",
+          "TOPIC": "topic", "SHELL": "shell"}
+#: The global options naming the store whose layer ids are offered (passed on to ``layers``).
+_STORE_OPTIONS = ("--root", "--run-root", "--driver", "--additional-store")
+SHELLS = ("bash", "zsh", "fish")
+
+
+def _known_words(o: Option) -> tuple[str, ...]:
+    """The values *o* takes, where they are a short list: its choices, the drivers, the formats."""
+    if o.choices:
+        return o.choices
+    if o.flags[-1] == "--driver":
+        from graphdriver import drivers
+
+        return tuple(drivers.names())
+    if o.flags[-1] == "--format":
+        return ("docker-archive", "oci-archive", "oci")
+    return ()
+
+
+def _option_kind(o: Option) -> str:
+    """What completes the value of *o*: ``words`` (:func:`_known_words`), a kind of
+    :data:`_KINDS`, or ``""`` (a size, a label, a map...: nothing to offer)."""
+    if _known_words(o):
+        return "words"
+    return _KINDS.get(o.metavar, "")
+
+
+def _arg_kinds(c: Command) -> list[str]:
+    """The kind of each positional argument of *c* (``-``: nothing), ``+`` after one that repeats."""
+    kinds = []
+    for spec in c.args:
+        kind = _KINDS.get(spec.strip("[].").upper(), "-")
+        kinds.append(kind + "+" if spec.rstrip("]").endswith("...") else kind)
+    return kinds
+
+
+def _all_options() -> list[Option]:
+    return [*GLOBAL_OPTIONS, *(o for c in COMMANDS.values() for o in c.options)]
+
+
 def _value_flags() -> list[str]:
     """Every flag that takes a value (``--root``, ``-o``...), global or a command's, from the table.
 
@@ -380,10 +423,23 @@ def _value_flags() -> list[str]:
     unless it is one of its choices.
     """
     flags: list[str] = []
-    for o in (*GLOBAL_OPTIONS, *(o for c in COMMANDS.values() for o in c.options)):
+    for o in _all_options():
         if o.value and not o.bare:
             flags += [f for f in o.flags if f not in flags]
     return flags
+
+
+def _values_by_flag() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each flag that takes a value: the kind of value, and its words (the same wherever it is)."""
+    values: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for o in _all_options():
+        if not o.value:
+            continue
+        for flag in o.flags:
+            value = (_option_kind(o), _known_words(o))
+            if values.setdefault(flag, value) != value:
+                raise ValueError(f"{flag} completes to other values in another command")
+    return values
 
 
 def _words() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
@@ -402,101 +458,163 @@ def _words() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
 
 
 def completion(shell: str) -> str:
-    """A completion script for *shell* (bash, zsh or fish): commands, options, layer ids."""
-    top, groups, options = _words()
-    globals_ = [f for o in GLOBAL_OPTIONS for f in o.flags]
-    takes_id = sorted(n for n, c in COMMANDS.items() if any("ID" in a for a in c.args))
+    """A completion script for *shell* (bash, zsh or fish): commands, options, layer ids, files."""
     if shell == "bash":
-        return _bash(top, groups, options, globals_, takes_id)
+        return _bash("_graphdriver") + "complete -F _graphdriver graphdriver\n"
     if shell == "zsh":
         return "#compdef graphdriver\nautoload -U bashcompinit && bashcompinit\n" + _bash(
-            top, groups, options, globals_, takes_id)
+            "_graphdriver") + "complete -F _graphdriver graphdriver\n"
     if shell == "fish":
+        top, groups, options = _words()
+        globals_ = [f for o in GLOBAL_OPTIONS for f in o.flags]
+        takes_id = sorted(n for n, c in COMMANDS.items() if any("ID" in a for a in c.args))
         return _fish(top, groups, options, globals_, takes_id)
     raise ValueError(shell)
 
 
-def _bash(top: list[str], groups: dict[str, list[str]], options: dict[str, list[str]], globals_: list[str],
-          takes_id: list[str]) -> str:
-    cases = "\n".join(f'        "{n}") opts="{" ".join(o)}" ;;' for n, o in options.items() if o)
-    group_cases = "\n".join(f'        {g}) words_now="{" ".join(c)}" ;;' for g, c in groups.items())
-    ids = "|".join(f'"{n}"' for n in takes_id)
-    value_flags = "|".join(_value_flags())
-    return f"""# bash completion for graphdriver (graphdriver completion bash)
-_graphdriver() {{
-    local cur prev cmd="" sub="" i word words_now opts="" line rest glue=1
-    local -a gd_words=()
+_BASH_JOIN = """\
     # Bash splits a word at the characters of COMP_WORDBREAKS ('=' and ':' among them):
     # --opt size=1G comes as --opt, size, =, 1G. Join back the words the line has no blank
     # between, so that each option and value is one word again.
-    line="${{COMP_LINE-}}"
+    line="${COMP_LINE-}"
     [[ -z "$line" ]] && glue=0
     for ((i = 0; i <= COMP_CWORD; i++)); do
-        word="${{COMP_WORDS[i]}}"
-        rest="${{line#"${{line%%[![:blank:]]*}}"}}"
-        if ((glue && i > 0)) && [[ ${{#rest}} -eq ${{#line}} ]]; then
-            gd_words[${{#gd_words[@]}}-1]+="$word"
+        word="${COMP_WORDS[i]}"
+        rest="${line#"${line%%[![:blank:]]*}"}"
+        if ((glue && i > 0)) && [[ ${#rest} -eq ${#line} ]]; then
+            gd_words[${#gd_words[@]}-1]+="$word"
         else
             gd_words+=("$word")
         fi
-        if [[ "$rest" == "$word"* ]]; then line="${{rest:${{#word}}}}"; else glue=0; fi
+        if [[ "$rest" == "$word"* ]]; then line="${rest:${#word}}"; else glue=0; fi
     done
-    local gd_cword=$((${{#gd_words[@]}} - 1))
-    cur="${{COMP_WORDS[COMP_CWORD]}}"
-    prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+    gd_cword=$((${#gd_words[@]} - 1))
+    # What bash replaces: the part after the last '=' or ':' (nothing typed yet right after one)
+    cur="${COMP_WORDS[COMP_CWORD]}"
+    [[ "$cur" == *[!=:]* ]] || cur=""
+"""
+
+_BASH_COMPLETE = """\
+    case "$kind" in
+        id)
+            for ((i = 1; i < ${#gd_store[@]}; i += 2)); do  # the shell would expand ~ and quotes
+                word="${gd_store[i]}"
+                [[ "$word" == [\\"\\']*[\\"\\'] ]] && word="${word:1:${#word}-2}"
+                [[ "$word" == "~" || "$word" == "~/"* ]] && word="$HOME${word:1}"
+                gd_store[i]="$word"
+            done
+            COMPREPLY=($(compgen -P "$pre" -W "$(graphdriver "${gd_store[@]}" layers 2>/dev/null)" -- "$cur")) ;;
+        file|dir)
+            local IFS=$'\\n' what=-f  # one name a line, whatever blanks it holds
+            [[ "$kind" == dir ]] && what=-d
+            COMPREPLY=($(compgen -P "$pre" "$what" -- "$cur"))
+            type compopt &>/dev/null && compopt -o filenames ;;
+        words) COMPREPLY=($(compgen -P "$pre" -W "$words_now" -- "$cur")) ;;
+        *) COMPREPLY=() ;;
+    esac
+"""
+
+
+def _bash_cases(cases: dict[str, str], indent: str = "        ") -> str:
+    return "\n".join(f'{indent}"{key}") {body} ;;' for key, body in cases.items())
+
+
+def _bash(function: str) -> str:
+    """The bash completion function (zsh runs it too, through bashcompinit), named *function*."""
+    top, groups, options = _words()
+    globals_ = " ".join(f for o in GLOBAL_OPTIONS for f in o.flags)
+    store = "|".join(_STORE_OPTIONS)
+    bare = "\n".join(dict.fromkeys(
+        f'                {"|".join(o.flags)})  # alone, or with one of its values as the next word\n'
+        f'                    case "${{gd_words[i+1]}}" in {"|".join(o.choices)}) ((i + 1 < gd_cword)) && ((i++)) ;; esac\n'
+        "                    continue ;;" for o in _all_options() if o.bare))
+    kinds: dict[str, list[str]] = {}
+    for flag, (kind, words) in _values_by_flag().items():
+        kinds.setdefault(f'kind={kind}; words_now="{" ".join(words)}"' if words else f"kind={kind}", []).append(flag)
+    values = "\n".join(f'            {"|".join(flags)}) {body} ;;' for body, flags in kinds.items())
+    group_words = {g: f'words_now="{" ".join(c)}"' for g, c in groups.items()}
+    opts = _bash_cases({n: f'opts="{" ".join(o)}"' for n, o in options.items() if o}, "            ")
+    args = _bash_cases({n: f"gd_kinds=({' '.join(_arg_kinds(c))})" for n, c in COMMANDS.items() if c.args},
+                       "            ")
+    return f"""# bash completion for graphdriver (graphdriver completion bash)
+{function}() {{
+    local cur line rest word i glue=1 gd_cword kind="" pre="" opt="" opts="" words_now=""
+    local cmd="" sub="" first="" expect="" npos=0 dashdash=0
+    local -a gd_words=() gd_store=() gd_kinds=()
+{_BASH_JOIN}
+    # The words before the cursor: the command, its arguments so far, the store's options
     for ((i = 1; i < gd_cword; i++)); do
         word="${{gd_words[i]}}"
-        case "$word" in
-            {value_flags}) ((i++)); continue ;;
-            -*) continue ;;
-        esac
-        if [[ -z "$cmd" ]]; then cmd="$word"; elif [[ -z "$sub" && "{' '.join(groups)}" == *"$cmd"* ]]; then sub="$word"; fi
+        if [[ -n "$expect" ]]; then  # the value of the option before
+            case "$expect" in {store}) gd_store+=("$expect" "$word") ;; esac
+            expect=""; continue
+        fi
+        if ((!dashdash)); then
+            case "$word" in
+                --) dashdash=1; continue ;;
+                {"=*|".join(_STORE_OPTIONS)}=*) gd_store+=("${{word%%=*}}" "${{word#*=}}"); continue ;;
+                {"|".join(_value_flags())}) expect="$word"; continue ;;
+{bare}
+                -?*) continue ;;
+            esac
+        fi
+        if [[ -z "$cmd" ]]; then
+            cmd="$word"
+        elif [[ -z "$sub" && " {" ".join(groups)} " == *" $cmd "* ]]; then
+            sub="$word"
+        else
+            ((npos++)) || first="$word"
+        fi
     done
-    [[ "$prev" == "=" ]] && prev="${{COMP_WORDS[COMP_CWORD-2]}}"
-    [[ "$cur" == "=" ]] && cur=""
-    case "$prev" in
-        --root|--run-root|--additional-store|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --driver) COMPREPLY=($(compgen -W "overlay vfs windowsfilter" -- "$cur")); return ;;
-        --format) COMPREPLY=($(compgen -W "docker-archive oci-archive oci" -- "$cur")); return ;;
-        --compress) COMPREPLY=($(compgen -W "none gzip zstd original" -- "$cur")); return ;;
-    esac
-    if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "{' '.join(top)} {' '.join(globals_)}" -- "$cur")); return
+    local full="$cmd${{sub:+ $sub}}"
+    # An option's value: the word after it, or after its '=' (as one word, the way zsh passes it)
+    if [[ -n "$expect" ]]; then
+        opt="$expect"
+    elif ((!dashdash)) && [[ "${{gd_words[gd_cword]}}" == --?*=* ]]; then
+        opt="${{gd_words[gd_cword]%%=*}}"
+        [[ "$cur" == "$opt="* ]] && pre="$opt=" && cur="${{cur#*=}}"
     fi
-    case "$cmd" in
-{group_cases}
-        *) words_now="" ;;
-    esac
-    if [[ -n "$words_now" && -z "$sub" ]]; then
-        COMPREPLY=($(compgen -W "$words_now" -- "$cur")); return
-    fi
-    local full="$cmd"; [[ -n "$sub" ]] && full="$cmd $sub"
-    case "$full" in
-{cases}
-    esac
-    if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "$opts {' '.join(globals_)}" -- "$cur")); return
-    fi
-    case "$full" in
-        {ids}|help)
-            local store_args=() j
-            for ((j = 1; j < gd_cword; j++)); do
-                case "${{gd_words[j]}}" in
-                    --root|--run-root|--driver) store_args+=("${{gd_words[j]}}" "${{gd_words[j+1]}}"); ((j++)) ;;
-                    --root=*|--run-root=*|--driver=*) store_args+=("${{gd_words[j]}}") ;;
-                    {value_flags}) ((j++)) ;;
+    if [[ -n "$opt" ]]; then
+        case "$opt" in
+{values}
+        esac
+    elif ((!dashdash)) && [[ "${{gd_words[gd_cword]}}" == -* ]]; then
+        case "$full" in
+{opts}
+        esac
+        kind=words; words_now="$opts {globals_}"
+    elif [[ -z "$cmd" ]]; then
+        kind=words; words_now="{" ".join(top)}"
+    elif [[ -z "$sub" && " {" ".join(groups)} " == *" $cmd "* ]]; then
+        kind=words
+        case "$cmd" in
+{_bash_cases(group_words, "            ")}
+        esac
+    else
+        case "$full" in
+{args}
+        esac
+        if ((npos < ${{#gd_kinds[@]}})); then
+            kind="${{gd_kinds[npos]}}"
+        elif ((${{#gd_kinds[@]}})); then  # a repeated argument (ID...) goes on
+            kind="${{gd_kinds[${{#gd_kinds[@]}}-1]}}"
+            [[ "$kind" == *+ ]] || kind=""
+        fi
+        kind="${{kind%+}}"
+        if [[ "$kind" == shell ]]; then
+            kind=words; words_now="{" ".join(SHELLS)}"
+        elif [[ "$kind" == topic ]]; then  # help COMMAND, help GROUP COMMAND
+            kind=words
+            if ((npos == 0)); then
+                words_now="{" ".join(top)}"
+            elif ((npos == 1)); then
+                case "$first" in
+{_bash_cases(group_words, "                    ")}
                 esac
-            done
-            if [[ "$full" == help ]]; then
-                COMPREPLY=($(compgen -W "{' '.join(n for n in top if n not in ('help', 'completion', 'man'))}" -- "$cur"))
-            else
-                COMPREPLY=($(compgen -W "$(graphdriver "${{store_args[@]}}" layers 2>/dev/null)" -- "$cur"))
-            fi ;;
-        completion) COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;
-        *) COMPREPLY=($(compgen -f -- "$cur")) ;;
-    esac
-}}
-complete -F _graphdriver graphdriver
+            fi
+        fi
+    fi
+{_BASH_COMPLETE}}}
 """
 
 
