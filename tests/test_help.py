@@ -118,7 +118,7 @@ def test_bash_completion_loads_and_completes_commands_options_and_layer_ids(tmp_
     top = _complete(script, "graphdriver ", on_path)
     assert len(top) == len(set(top))
     fish = gd("completion", "fish", root=tmp_path).stdout.decode()
-    assert "__fish_use_subcommand" in fish and "graphdriver layers" in fish
+    assert "__graphdriver_needs_command" in fish and "graphdriver $line[5..-1] layers" in fish
     assert gd("completion", "tcsh", root=tmp_path, check=False).returncode == 2
 
 
@@ -221,3 +221,52 @@ def test_bash_completion_offers_what_each_argument_and_option_value_is(tmp_path,
     assert offers("graphdriver help diff ") == []
     # after --, no more options: the words are the command and its arguments
     assert offers(f"{run} -- mount al") == ["alpha-layer"]
+
+
+def test_the_fish_script_completes_from_the_table_and_lets_files_through(tmp_path):
+    fish = gd("completion", "fish", root=tmp_path).stdout.decode()
+    lines = fish.splitlines()
+    assert "complete -c graphdriver -f" not in lines  # no files anywhere: -o and FILE lost theirs
+    assert "complete -c graphdriver -n 'not __graphdriver_arg file' -f" in lines
+    assert "__fish_use_subcommand" not in fish and "__fish_seen_subcommand_from" not in fish
+    assert any(" -l driver -x -a 'overlay vfs windowsfilter' " in line for line in lines)
+    assert any(" -l compress -x -a 'none gzip zstd original' " in line for line in lines)
+    assert any("__graphdriver_using 'diff'" in line and " -s o -l output -r -F " in line for line in lines)
+    assert "graphdriver $line[5..-1] layers" in fish  # ids of the line's store, not $GRAPHDRIVER_ROOT's
+    value_case = next(line for line in lines if line.strip().startswith("case --root "))
+    assert set(value_case.split()[1:]) >= {f for o in GLOBAL_OPTIONS if o.value for f in o.flags}
+    for flag in ("--root", "--run-root", "--driver", "--additional-store"):
+        assert f"'{flag}=*'" in fish, flag
+
+
+@pytest.mark.skipif(not shutil.which("fish"), reason="fish is not installed (apt-get install fish)")
+def test_fish_completion_reads_the_line_as_the_parser_does(tmp_path, on_path):
+    store = _store_with_layers(tmp_path, "s1", "alpha-layer")
+    extra = _store_with_layers(tmp_path, "extra", "gamma-layer")
+    work = tmp_path / "work"
+    (work / "sub dir").mkdir(parents=True)
+    (work / "sample.tar").write_bytes(b"")
+    script = tmp_path / "graphdriver.fish"
+    script.write_bytes(gd("completion", "fish", root=tmp_path).stdout)
+    env = {**on_path, "GRAPHDRIVER_ROOT": str(tmp_path / "elsewhere")}  # the line's --root wins
+
+    def offers(line: str) -> list[str]:
+        program = f"source {script}; complete -C \"$GD_LINE\""
+        out = subprocess.run(["fish", "--no-config", "-c", program], capture_output=True, text=True,
+                             env={**env, "GD_LINE": line}, cwd=work, check=True)
+        return sorted(line.split("\t")[0] for line in out.stdout.splitlines())
+
+    run = f"graphdriver --root {store} --run-root {tmp_path / 'run'}"
+    assert offers(f"graphdriver --root {store} la") == ["layer", "layers"]
+    assert offers(f"graphdriver --opt size=1G --root={store} la") == ["layer", "layers"]
+    assert offers(f"{run} mount ") == ["alpha-layer"]
+    assert offers(f"{run} --additional-store {extra} mount ") == ["alpha-layer", "gamma-layer"]
+    assert offers(f"{run} create x --parent ") == ["alpha-layer"]
+    assert offers("graphdriver --driver ") == ["overlay", "vfs", "windowsfilter"]
+    assert offers("graphdriver diff x --compress ") == ["gzip", "none", "original", "zstd"]
+    assert offers(f"{run} import new ") == ["sample.tar", "sub dir/"]
+    assert offers(f"{run} diff alpha-layer -o sa") == ["sample.tar"]
+    assert offers(f"{run} image load sa") == ["sample.tar"]
+    assert offers(f"{run} create x --size ") == []
+    assert offers("graphdriver help image p") == ["pull", "push"]
+    assert offers("graphdriver completion ") == ["bash", "fish", "zsh"]

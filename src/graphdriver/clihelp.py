@@ -465,10 +465,7 @@ def completion(shell: str) -> str:
         return "#compdef graphdriver\nautoload -U bashcompinit && bashcompinit\n" + _bash(
             "_graphdriver") + "complete -F _graphdriver graphdriver\n"
     if shell == "fish":
-        top, groups, options = _words()
-        globals_ = [f for o in GLOBAL_OPTIONS for f in o.flags]
-        takes_id = sorted(n for n, c in COMMANDS.items() if any("ID" in a for a in c.args))
-        return _fish(top, groups, options, globals_, takes_id)
+        return _fish()
     raise ValueError(shell)
 
 
@@ -618,22 +615,153 @@ def _bash(function: str) -> str:
 """
 
 
-def _fish(top: list[str], groups: dict[str, list[str]], options: dict[str, list[str]], globals_: list[str],
-          takes_id: list[str]) -> str:
-    lines = ["# fish completion for graphdriver (graphdriver completion fish)",
-             "complete -c graphdriver -f",
-             f"complete -c graphdriver -n __fish_use_subcommand -a '{' '.join(top)}'"]
+_FISH_LINE = """\
+function __graphdriver_line --description 'graphdriver completion: the words before the cursor'
+    # Prints the command, its subcommand, how many arguments it has so far, the first one,
+    # then the options naming the store (to list its layer ids), each on a line of its own.
+    set -l cmd ''
+    set -l sub ''
+    set -l first ''
+    set -l npos 0
+    set -l store
+    set -l expect ''
+    set -l choices
+    set -l dashdash 0
+    for word in (commandline -opc)[2..-1]
+        if test -n "$expect"  # the value of the option before
+            contains -- $expect STORE_OPTIONS; and set -a store $expect $word
+            set expect ''
+            continue
+        end
+        if set -q choices[1]  # after an option that may stand alone: one of its values, or not
+            set -l was $choices
+            set choices
+            contains -- $word $was; and continue
+        end
+        if test $dashdash = 0
+            switch $word
+                case --
+                    set dashdash 1
+                    continue
+                case STORE_INLINE
+                    set -a store (string split -m 1 = -- $word)
+                    continue
+                case VALUE_FLAGS
+                    set expect $word
+                    continue
+BARE_FLAGS
+                case '-?*'
+                    continue
+            end
+        end
+        if test -z "$cmd"
+            set cmd $word
+        else if test -z "$sub"; and contains -- $cmd GROUPS
+            set sub $word
+        else
+            test $npos = 0; and set first $word
+            set npos (math $npos + 1)
+        end
+    end
+    printf '%s\\n' $cmd $sub $npos $first
+    set -q store[1]; and string replace -r '^~(?=/|$)' $HOME -- $store
+end
+
+function __graphdriver_needs_command --description 'graphdriver completion: no command yet'
+    set -l line (__graphdriver_line)
+    test -z "$line[1]"
+end
+
+function __graphdriver_needs_subcommand --description 'graphdriver completion: GROUP given, not its command'
+    set -l line (__graphdriver_line)
+    test "$line[1]" = "$argv[1]"; and test -z "$line[2]"
+end
+
+function __graphdriver_using --description 'graphdriver completion: the command is one of these'
+    set -l line (__graphdriver_line)
+    contains -- (string trim -- "$line[1] $line[2]") $argv
+end
+
+function __graphdriver_arg --description 'graphdriver completion: the word at the cursor is an argument of KIND'
+    set -l line (__graphdriver_line)
+    set -l kinds
+    switch (string trim -- "$line[1] $line[2]")
+ARG_KINDS
+    end
+    set -l n (math $line[3] + 1)
+    set -l kind ''
+    if test $n -le (count $kinds)
+        set kind $kinds[$n]
+    else if set -q kinds[1]; and string match -q -- '*+' $kinds[-1]  # a repeated one (ID...) goes on
+        set kind $kinds[-1]
+    end
+    test (string trim -r -c + -- $kind) = "$argv[1]"
+end
+
+function __graphdriver_ids --description 'graphdriver completion: the layer ids of the store on the line'
+    set -l line (__graphdriver_line)
+    graphdriver $line[5..-1] layers 2>/dev/null
+end
+
+function __graphdriver_topics --description 'graphdriver completion: the commands help tells about'
+    set -l line (__graphdriver_line)
+    switch $line[3]
+        case 0
+            printf '%s\\n' TOP
+        case 1
+            switch $line[4]
+GROUP_WORDS
+            end
+    end
+end
+"""
+
+
+def _fish_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _fish_option(o: Option, condition: str) -> str:
+    """``complete`` for one option: its spellings, what its value completes to, its help."""
+    line = "complete -c graphdriver" + (f' -n "{condition}"' if condition else "")
+    for flag in o.flags:
+        line += f" -l {flag[2:]}" if flag.startswith("--") else f" -s {flag[1:]}"
+    kind, words = _values_by_flag().get(o.flags[-1], ("", ())) if o.value else ("switch", ())
+    line += {"switch": "", "file": " -r -F", "dir": " -x -a '(__fish_complete_directories)'",
+             "id": " -x -a '(__graphdriver_ids)'", "words": f" -x -a {_fish_quote(' '.join(words))}",
+             }.get(kind, " -x")
+    return line + f" -d {_fish_quote(o.help)}"
+
+
+def _fish() -> str:
+    """The fish completion: functions that read the line as the parser does, then one ``complete``
+    for each command, option and kind of argument of the table."""
+    top, groups, _ = _words()
+    bare = "\n".join(dict.fromkeys(
+        f"                case {' '.join(o.flags)}\n                    set choices {' '.join(o.choices)}\n"
+        "                    continue" for o in _all_options() if o.bare))
+    arg_kinds = "\n".join(f"        case {_fish_quote(n)}\n            set kinds {' '.join(_arg_kinds(c))}"
+                          for n, c in COMMANDS.items() if c.args)
+    group_words = "\n".join(f"                case {g}\n                    printf '%s\\n' {' '.join(c)}"
+                            for g, c in groups.items())
+    functions = (_FISH_LINE.replace("STORE_OPTIONS", " ".join(_STORE_OPTIONS))
+                 .replace("STORE_INLINE", " ".join(f"'{f}=*'" for f in _STORE_OPTIONS))
+                 .replace("VALUE_FLAGS", " ".join(_value_flags())).replace("BARE_FLAGS\n", bare + "\n")
+                 .replace("GROUPS", " ".join(groups)).replace("ARG_KINDS", arg_kinds)
+                 .replace("TOP", " ".join(top)).replace("GROUP_WORDS", group_words))
+    lines = ["# fish completion for graphdriver (graphdriver completion fish)", functions,
+             "# files only where a file is named (FILE, SOURCE; -o comes with its own)",
+             "complete -c graphdriver -n 'not __graphdriver_arg file' -f"]
+    for name in top:
+        what = COMMANDS[name].help if name in COMMANDS else f"the {name} commands: {', '.join(groups[name])}"
+        lines.append(f"complete -c graphdriver -n __graphdriver_needs_command -a {name} -d {_fish_quote(what)}")
     for g, cmds in groups.items():
-        lines.append(f"complete -c graphdriver -n '__fish_seen_subcommand_from {g}' -a '{' '.join(cmds)}'")
-    for flag in globals_:
-        if flag.startswith("--"):
-            lines.append(f"complete -c graphdriver -l {flag[2:]}")
-    for name, opts in options.items():
-        last = name.split(" ")[-1]
-        for flag in opts:
-            if flag.startswith("--"):
-                lines.append(f"complete -c graphdriver -n '__fish_seen_subcommand_from {last}' -l {flag[2:]}")
-    single = " ".join(n for n in takes_id if " " not in n)
-    lines.append(f"complete -c graphdriver -n '__fish_seen_subcommand_from {single}' "
-                 "-a '(graphdriver layers 2>/dev/null)'")
+        lines += [f"complete -c graphdriver -n '__graphdriver_needs_subcommand {g}' -a {c} "
+                  f"-d {_fish_quote(COMMANDS[g + ' ' + c].help)}" for c in cmds]
+    lines += ["complete -c graphdriver -n '__graphdriver_arg id' -a '(__graphdriver_ids)'",
+              "complete -c graphdriver -n '__graphdriver_arg topic' -a '(__graphdriver_topics)'",
+              f"complete -c graphdriver -n '__graphdriver_arg shell' -a '{' '.join(SHELLS)}'"]
+    lines += [_fish_option(o, "") for o in GLOBAL_OPTIONS]
+    for name, c in COMMANDS.items():
+        lines += [_fish_option(o, f"__graphdriver_using '{name}'") for o in c.options]
     return "\n".join(lines) + "\n"
