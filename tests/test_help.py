@@ -270,3 +270,54 @@ def test_fish_completion_reads_the_line_as_the_parser_does(tmp_path, on_path):
     assert offers(f"{run} create x --size ") == []
     assert offers("graphdriver help image p") == ["pull", "push"]
     assert offers("graphdriver completion ") == ["bash", "fish", "zsh"]
+
+
+def _first_tab(zdotdir: Path, line: str, expect: str, env: dict[str, str], timeout: float = 20.0) -> str:
+    """What an interactive zsh (its .zshrc in *zdotdir*) shows once *line* and one TAB are typed:
+    read until *expect* shows, or *timeout* seconds."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["zsh", "-d", "-i"], stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, env={**env, "ZDOTDIR": str(zdotdir), "TERM": "dumb"})
+    os.close(slave)
+
+    def read_until(text: bytes) -> bytes:
+        out = b""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and text not in out:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:  # the shell is gone
+                    break
+        return out
+
+    try:
+        read_until(b"ready% ")
+        os.write(master, line.encode() + b"\t")
+        return read_until(expect.encode()).decode(errors="replace")
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+
+
+@pytest.mark.skipif(not shutil.which("zsh"), reason="zsh is not installed (apt-get install zsh)")
+@pytest.mark.parametrize("how", ["autoloaded from fpath", "sourced"])
+def test_zsh_completion_completes_the_first_tab(tmp_path, on_path, how):
+    store = _store_with_layers(tmp_path, "store", "alpha-layer")
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    script = functions / "_graphdriver"
+    script.write_bytes(gd("completion", "zsh", root=tmp_path).stdout)
+    rc = ("autoload -U compinit && compinit -u -D\nsource <(graphdriver completion zsh)\n" if how == "sourced"
+          else f"fpath=({functions} $fpath)\nautoload -U compinit && compinit -u -D\n")
+    zdotdir = tmp_path / "zdotdir"
+    zdotdir.mkdir()
+    (zdotdir / ".zshrc").write_text(rc + "PS1='ready%% '\n")
+    assert "graphdriver status " in _first_tab(zdotdir, "graphdriver stat", "status ", on_path)
+    line = f"graphdriver --opt size=1G --root {store} --run-root {tmp_path / 'run'} mount al"
+    assert "mount alpha-layer " in _first_tab(zdotdir, line, "alpha-layer ", on_path)

@@ -231,9 +231,14 @@ DOCS: dict[str, Doc] = {
                  "matter and examples; the same text as COMMAND --help. Without a command, the list of commands.",
                  [("graphdriver help diff", "about diff"), ("graphdriver help image pull", "about image pull")],
                  {2: "no such command"}),
-    "completion": Doc("maintenance", "Prints a completion script for bash, zsh or fish: commands, options, and "
-                      "layer ids (from graphdriver layers) where a command takes one.",
+    "completion": Doc("maintenance", "Prints a completion script for bash, zsh or fish: commands, options, "
+                      "the values an option takes, files where a file is named, and layer ids where a layer "
+                      "is (listed by graphdriver layers with the --root, --run-root, --driver and "
+                      "--additional-store of the line). For zsh, save it as _graphdriver in a folder of $fpath, "
+                      "or source it after compinit.",
                       [('source <(graphdriver completion bash)', "in ~/.bashrc"),
+                       ("graphdriver completion zsh > ~/.zfunc/_graphdriver", "zsh, ~/.zfunc being in $fpath "
+                        "(or: source <(graphdriver completion zsh) in ~/.zshrc, after compinit)"),
                        ("graphdriver completion fish > ~/.config/fish/completions/graphdriver.fish", "fish")],
                       {2: "an unknown shell"}),
     "man": Doc("maintenance", "Prints the manual page graphdriver(1) in roff, made from the same table as the "
@@ -460,14 +465,31 @@ def _words() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
 def completion(shell: str) -> str:
     """A completion script for *shell* (bash, zsh or fish): commands, options, layer ids, files."""
     if shell == "bash":
-        return _bash("_graphdriver") + "complete -F _graphdriver graphdriver\n"
+        return ("# bash completion for graphdriver (graphdriver completion bash)\n" + _bash("_graphdriver")
+                + "complete -F _graphdriver graphdriver\n")
     if shell == "zsh":
-        return "#compdef graphdriver\nautoload -U bashcompinit && bashcompinit\n" + _bash(
-            "_graphdriver") + "complete -F _graphdriver graphdriver\n"
+        return _ZSH.replace("BASH_FUNCTION\n", _bash("_graphdriver_bash"))
     if shell == "fish":
         return _fish()
     raise ValueError(shell)
 
+
+#: The zsh completion: the bash one, through bashcompinit. Sourced (``source <(graphdriver
+#: completion zsh)``, after compinit) it registers the function; autoloaded from a folder of
+#: $fpath as ``_graphdriver``, the file is that function's body, first run at the first TAB,
+#: and so it also completes the TAB that loaded it.
+_ZSH = """\
+#compdef graphdriver
+# zsh completion for graphdriver (graphdriver completion zsh): save it as _graphdriver in a
+# folder of $fpath, or: source <(graphdriver completion zsh) after compinit
+autoload -U bashcompinit && bashcompinit
+BASH_FUNCTION
+complete -F _graphdriver_bash graphdriver
+if [[ ${zsh_eval_context[-1]} == loadautofunc ]]; then
+    # autoloaded at the first TAB: complete it now (the next ones go to _graphdriver_bash)
+    _bash_complete -F _graphdriver_bash
+fi
+"""
 
 _BASH_JOIN = """\
     # Bash splits a word at the characters of COMP_WORDBREAKS ('=' and ':' among them):
@@ -533,8 +555,7 @@ def _bash(function: str) -> str:
     opts = _bash_cases({n: f'opts="{" ".join(o)}"' for n, o in options.items() if o}, "            ")
     args = _bash_cases({n: f"gd_kinds=({' '.join(_arg_kinds(c))})" for n, c in COMMANDS.items() if c.args},
                        "            ")
-    return f"""# bash completion for graphdriver (graphdriver completion bash)
-{function}() {{
+    return f"""{function}() {{
     local cur line rest word i glue=1 gd_cword kind="" pre="" opt="" opts="" words_now=""
     local cmd="" sub="" first="" expect="" npos=0 dashdash=0
     local -a gd_words=() gd_store=() gd_kinds=()
