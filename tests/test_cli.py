@@ -1253,3 +1253,48 @@ def test_tarsplit_of_an_archive_naming_a_path_twice_is_refused_and_diff_stays_ex
     assert r.returncode == 3 and r.stderr.count(b"\n") == 1, r.stderr
     assert b"names 'a' twice" in r.stderr and not (tmp_path / "ts.gz").exists()
     assert cli(root, "diff", "l").stdout == tar
+
+
+@pytest.mark.parametrize(
+    "argv, quiet, verbose",
+    [(["-qv", "layers"], True, True), (["layers", "-vq"], True, True), (["-q", "-v", "layers"], True, True),
+     (["-vv", "layers"], False, True)],
+)
+def test_single_letter_switches_bundle(argv, quiet, verbose):
+    from graphdriver.cliargs import parse
+
+    args = parse(argv)
+    assert (args.command, args.quiet, args.verbose) == ("layers", quiet, verbose)
+    assert parse(["image", "rm", "-qf", "web"]).force
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["-qx", "layers"], "unknown option '-x' in '-qx': see 'graphdriver --help'"),
+        (["diff", "a", "-qo", "f"], "option -o takes a value (FILE): it cannot be bundled in '-qo': "
+                                    "see 'graphdriver diff --help'"),
+        (["-qf", "layers"], "unknown option '-f' in '-qf': see 'graphdriver --help'"),  # image rm's only
+        (["--qv", "layers"], "unknown option '--qv': see 'graphdriver --help'"),
+    ],
+)
+def test_a_bundle_with_a_letter_that_is_no_switch_names_it(root, argv, says):
+    r = cli(root, *argv)
+    assert (r.returncode, r.stderr.decode()) == (2, f"graphdriver: {says}\n")
+    assert not root.exists()
+
+
+def test_double_dash_ends_the_options_and_the_command_may_follow_it(root):
+    from graphdriver.cliargs import parse
+
+    assert cli(root, "create", "a").returncode == 0
+    r = cli(root, "--", "layers")
+    assert (r.returncode, r.stdout) == (0, b"a\n"), r.stderr
+    r = cli(root, "-q", "--", "exists", "a")
+    assert r.returncode == 0, r.stderr
+    args = parse(["--", "image", "load", "x.tar"])
+    assert (args.command, args.source) == ("image load", "x.tar")
+    args = parse(["exists", "--", "--json"])  # after the command: the rest are positionals
+    assert (args.id, args.json) == ("--json", False)
+    r = cli(root, "--", "exists", "--", "a")  # a second -- is a positional
+    assert r.returncode == 2 and "unexpected argument 'a'" in r.stderr.decode()

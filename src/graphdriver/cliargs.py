@@ -8,7 +8,8 @@ usage errors and ``--help`` all read it.
 
 Global options may stand before or after the command (``graphdriver layers
 --json`` and ``graphdriver --json layers`` are the same); ``--opt=VALUE`` and
-``--opt VALUE`` are the same; ``--`` ends the options; ``-`` is an argument
+``--opt VALUE`` are the same; single-letter switches bundle (``-qv``); ``--``
+ends the options (the command may still follow it); ``-`` is an argument
 (standard input).  A usage error is one line and exit code 2.
 """
 
@@ -74,7 +75,13 @@ class Command:
         self.options = options
 
 
+#: --parent of the commands that compare a layer with a parent: its recorded one unless told.
 _PARENT = Option("--parent", "the parent layer (default: the layer's own)", metavar="P")
+#: --parent of a new layer: none given, the layer is a base layer.
+_NEW_PARENT = Option("--parent", "the parent layer (default: none, a base layer)", metavar="P")
+#: --parent of apply: a check of the parent the layer sits on, never another one.
+_APPLY_PARENT = Option("--parent", "the parent the layer must sit on (default: the layer's own; "
+                                   "another is refused)", metavar="P")
 #: A layer's own id maps (after the command; before it, --uidmap/--gidmap are the store's).
 _LAYER_MAPS = (
     Option("--uidmap", "the layer's uid map, container:host:size (repeatable or comma-separated; "
@@ -89,10 +96,11 @@ _TLS_VERIFY = ("false: as --insecure (podman's spelling); true, or the flag alon
                "certificate (the default)")
 
 GLOBAL_OPTIONS = (
-    Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root)",
-           metavar="DIR"),
-    Option("--run-root", "runtime state: mounts, mount counts (default $GRAPHDRIVER_RUNROOT)",
-           metavar="DIR"),
+    Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root, else "
+                     "$XDG_DATA_HOME/graphdriver, ~/.local/share/graphdriver)", metavar="DIR"),
+    Option("--run-root", "runtime state: mounts, mount counts (default $GRAPHDRIVER_RUNROOT, else "
+                         "/run/graphdriver for root, else $XDG_RUNTIME_DIR/graphdriver, else "
+                         "the folder run under --root)", metavar="DIR"),
     Option("--driver", "overlay, vfs or windowsfilter (default: the store's, else probed)",
            metavar="NAME"),
     Option("--opt", "a driver option, repeatable (size=20G: the limit of --rw layers created "
@@ -111,14 +119,14 @@ GLOBAL_OPTIONS = (
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("status", "", "the driver's name, then what it found (key: value lines)"),
     Command("create", "ID", "create an empty layer (an image layer; --rw for a container layer)",
-            _PARENT,
+            _NEW_PARENT,
             Option("--rw", "a writable container layer"),
             Option("--size", "limit a --rw layer's size (20G, 512M, ...)", metavar="SIZE"),
             Option("--mount-label", "SELinux label for its mounts", metavar="LABEL"), *_LAYER_MAPS),
     Command("import", "ID [FILE]", "create an image layer from a layer tarball (plain, gzip, zstd, "
-            "xz, bzip2; FILE or - for standard input); prints the bytes applied", _PARENT, *_LAYER_MAPS),
+            "xz, bzip2; FILE or - for standard input); prints the bytes applied", _NEW_PARENT, *_LAYER_MAPS),
     Command("apply", "ID [FILE]", "apply a layer tarball to an existing layer; prints the bytes "
-            "applied", _PARENT, *_LAYER_MAPS),
+            "applied", _APPLY_PARENT, *_LAYER_MAPS),
     Command("mount", "ID", "make the layer's root filesystem available; prints its path "
             "(counted: each mount needs an unmount)",
             Option("--mount-label", "SELinux label for the mount", metavar="LABEL")),
@@ -271,17 +279,18 @@ def parse(argv: Sequence[str]) -> Args:
     index = _GLOBAL_INDEX
     command: Command | None = None
     items = list(argv)
+    options_end = False  # after ``--``: every word is the command or a positional
     i = 0
     while i < len(items):
         word = items[i]
         i += 1
-        if word == "--":
-            words.extend(items[i:])
-            break
-        if not word.startswith("-") or word == "-":
+        if word == "--" and not options_end:
+            options_end = True
+            continue
+        if options_end or not word.startswith("-") or word == "-":
             if command is None:
                 if word in GROUPS:
-                    if i >= len(items) or items[i].startswith("-"):
+                    if i >= len(items) or (items[i].startswith("-") and not options_end):
                         args.command = word  # the group alone: its help, or a usage error
                         continue
                     word = f"{word} {items[i]}"
@@ -297,7 +306,8 @@ def parse(argv: Sequence[str]) -> Args:
         flag, eq, inline = word.partition("=")
         option = index.get(flag)
         if option is None:
-            raise UsageError(f"unknown option {_quote(flag)}", args.command or None)
+            _switches(flag, eq, index, args)
+            continue
         if not option.value:
             if eq:
                 raise UsageError(f"option {flag} takes no value", args.command or None)
@@ -323,6 +333,28 @@ def parse(argv: Sequence[str]) -> Args:
         raise UsageError("no command given")
     _positionals(command, words, args)
     return args
+
+
+def _switches(flag: str, eq: str, index: dict[str, Option], args: Args) -> None:
+    """Single-letter switches bundled in one word (``-qv``), as getopt takes them.
+
+    Only switches that take no value bundle; a letter that is no switch (unknown, or an
+    option that takes a value) is a usage error naming it.
+    """
+    where = args.command or None
+    if flag.startswith("--") or len(flag) < 3:
+        raise UsageError(f"unknown option {_quote(flag)}", where)
+    for letter in flag[1:]:
+        option = index.get("-" + letter)
+        if option is None:
+            raise UsageError(f"unknown option {_quote('-' + letter)} in {_quote(flag)}", where)
+        if option.value:
+            raise UsageError(f"option -{letter} takes a value ({option.metavar}): it cannot be "
+                             f"bundled in {_quote(flag)}", where)
+    if eq:
+        raise UsageError(f"options {flag} take no value", where)
+    for letter in flag[1:]:
+        setattr(args, index["-" + letter].dest, True)
 
 
 def _check_value(option: Option, flag: str, value: str, command: str) -> None:

@@ -83,7 +83,8 @@ DOCS: dict[str, Doc] = {
                  "files are added or replaced. The layer no longer matches an imported tarball afterwards. Prints "
                  "the bytes applied.",
                  [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr")],
-                 {1: _REFUSED, 3: "no such layer", 5: "the layer has children, or is a mounted image layer",
+                 {1: _REFUSED, 2: "--parent names another layer than the one it sits on", 3: "no such layer",
+                  5: "the layer has children, or is a mounted image layer",
                   6: _CORRUPT}),
     "mount": Doc("layers", "Makes the union of the layer's chain available and prints its path. Mounts are "
                  "counted across processes: every mount needs an unmount.",
@@ -94,8 +95,8 @@ DOCS: dict[str, Doc] = {
                    "unmounts, for an administrator cleaning up after a dead runtime.",
                    [("graphdriver unmount ctr", "release one mount"),
                     ("graphdriver unmount --force ctr", "release them all")],
-                   {5: "the layer is not mounted (a mount unmounted behind the store's back is released "
-                       "quietly, its count dropped)"}),
+                   {3: "no such layer", 5: "the layer is not mounted (a mount unmounted behind the store's "
+                                             "back is released quietly, its count dropped)"}),
     "mounted": Doc("layers", "Prints how many mounts of the layer await their unmount (0 when it is not mounted).",
                    [("graphdriver mounted ctr", "0, 1, 2...")], {3: "no such layer"}),
     "exists": Doc("layers", "Exits 0 if the layer exists and 3 if not; prints nothing.",
@@ -144,7 +145,7 @@ DOCS: dict[str, Doc] = {
     "check": Doc("maintenance", "Re-exports every layer (or those named) and compares with its recorded digests "
                  "and tar headers; one line per layer, exit 6 naming each bad one.",
                  [("graphdriver check", "every layer"), ("graphdriver check base app", "two layers")],
-                 {6: "a layer does not match its record"}),
+                 {3: "a layer named does not exist", 6: "a layer does not match its record"}),
     "base-images": Doc("maintenance", "(windowsfilter) Registers and lists the base images found in the "
                        "locations of the base_images option, with deterministic ids.",
                        [("graphdriver --driver windowsfilter --opt base_images=/srv/bases base-images",
@@ -230,9 +231,14 @@ DOCS: dict[str, Doc] = {
                  "matter and examples; the same text as COMMAND --help. Without a command, the list of commands.",
                  [("graphdriver help diff", "about diff"), ("graphdriver help image pull", "about image pull")],
                  {2: "no such command"}),
-    "completion": Doc("maintenance", "Prints a completion script for bash, zsh or fish: commands, options, and "
-                      "layer ids (from graphdriver layers) where a command takes one.",
+    "completion": Doc("maintenance", "Prints a completion script for bash, zsh or fish: commands, options, "
+                      "the values an option takes, files where a file is named, and layer ids where a layer "
+                      "is (listed by graphdriver layers with the --root, --run-root, --driver and "
+                      "--additional-store of the line). For zsh, save it as _graphdriver in a folder of $fpath, "
+                      "or source it after compinit.",
                       [('source <(graphdriver completion bash)', "in ~/.bashrc"),
+                       ("graphdriver completion zsh > ~/.zfunc/_graphdriver", "zsh, ~/.zfunc being in $fpath "
+                        "(or: source <(graphdriver completion zsh) in ~/.zshrc, after compinit)"),
                        ("graphdriver completion fish > ~/.config/fish/completions/graphdriver.fish", "fish")],
                       {2: "an unknown shell"}),
     "man": Doc("maintenance", "Prints the manual page graphdriver(1) in roff, made from the same table as the "
@@ -359,11 +365,86 @@ def man_page(version: str = "") -> str:
         lines += [".TP", f"\\fB{code}\\fR", _roff(meaning)]
     lines += [".SH ENVIRONMENT", ".TP", "\\fBGRAPHDRIVER_ROOT\\fR, \\fBGRAPHDRIVER_RUNROOT\\fR, "
               "\\fBGRAPHDRIVER_DRIVER\\fR", "defaults of \\-\\-root, \\-\\-run\\-root and \\-\\-driver",
+              ".TP", "\\fBXDG_DATA_HOME\\fR",
+              _roff("not root and no $GRAPHDRIVER_ROOT: the store is $XDG_DATA_HOME/graphdriver "
+                    "(~/.local/share/graphdriver when unset)"),
+              ".TP", "\\fBXDG_RUNTIME_DIR\\fR",
+              _roff("not root and no $GRAPHDRIVER_RUNROOT: the run root is $XDG_RUNTIME_DIR/graphdriver "
+                    "(the folder run under --root when unset)"),
               ".TP", "\\fBREGISTRY_AUTH_FILE\\fR", "registry credentials (else ~/.docker/config.json)"]
     return "\n".join(lines) + "\n"
 
 
 # ----- completion -------------------------------------------------------------------------------------
+
+
+#: What completes a value, by what it names (an option's metavar, a positional argument):
+#: layer ids, files, folders, help topics, shells. Any other value completes to nothing.
+_KINDS = {"ID": "id", "P": "id", "FILE": "file", "PATH": "file", "SOURCE": "file", "DIR": "dir",
+          "TOPIC": "topic", "SHELL": "shell"}
+#: The global options naming the store whose layer ids are offered (passed on to ``layers``).
+_STORE_OPTIONS = ("--root", "--run-root", "--driver", "--additional-store")
+SHELLS = ("bash", "zsh", "fish")
+
+
+def _known_words(o: Option) -> tuple[str, ...]:
+    """The values *o* takes, where they are a short list: its choices, the drivers, the formats."""
+    if o.choices:
+        return o.choices
+    if o.flags[-1] == "--driver":
+        from graphdriver import drivers
+
+        return tuple(drivers.names())
+    if o.flags[-1] == "--format":
+        return ("docker-archive", "oci-archive", "oci")
+    return ()
+
+
+def _option_kind(o: Option) -> str:
+    """What completes the value of *o*: ``words`` (:func:`_known_words`), a kind of
+    :data:`_KINDS`, or ``""`` (a size, a label, a map...: nothing to offer)."""
+    if _known_words(o):
+        return "words"
+    return _KINDS.get(o.metavar, "")
+
+
+def _arg_kinds(c: Command) -> list[str]:
+    """The kind of each positional argument of *c* (``-``: nothing), ``+`` after one that repeats."""
+    kinds = []
+    for spec in c.args:
+        kind = _KINDS.get(spec.strip("[].").upper(), "-")
+        kinds.append(kind + "+" if spec.rstrip("]").endswith("...") else kind)
+    return kinds
+
+
+def _all_options() -> list[Option]:
+    return [*GLOBAL_OPTIONS, *(o for c in COMMANDS.values() for o in c.options)]
+
+
+def _value_flags() -> list[str]:
+    """Every flag that takes a value (``--root``, ``-o``...), global or a command's, from the table.
+
+    A flag that may stand alone (``--tls-verify``) is left out: its value is never the next word
+    unless it is one of its choices.
+    """
+    flags: list[str] = []
+    for o in _all_options():
+        if o.value and not o.bare:
+            flags += [f for f in o.flags if f not in flags]
+    return flags
+
+
+def _values_by_flag() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each flag that takes a value: the kind of value, and its words (the same wherever it is)."""
+    values: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for o in _all_options():
+        if not o.value:
+            continue
+        for flag in o.flags:
+            value = (_option_kind(o), _known_words(o))
+            if values.setdefault(flag, value) != value:
+                raise ValueError(f"{flag} completes to other values in another command")
+    return values
 
 
 def _words() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
@@ -382,109 +463,326 @@ def _words() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
 
 
 def completion(shell: str) -> str:
-    """A completion script for *shell* (bash, zsh or fish): commands, options, layer ids."""
-    top, groups, options = _words()
-    globals_ = [f for o in GLOBAL_OPTIONS for f in o.flags]
-    takes_id = sorted(n for n, c in COMMANDS.items() if any("ID" in a for a in c.args))
+    """A completion script for *shell* (bash, zsh or fish): commands, options, layer ids, files."""
     if shell == "bash":
-        return _bash(top, groups, options, globals_, takes_id)
+        return ("# bash completion for graphdriver (graphdriver completion bash)\n" + _bash("_graphdriver")
+                + "complete -F _graphdriver graphdriver\n")
     if shell == "zsh":
-        return "#compdef graphdriver\nautoload -U bashcompinit && bashcompinit\n" + _bash(
-            top, groups, options, globals_, takes_id)
+        return _ZSH.replace("BASH_FUNCTION\n", _bash("_graphdriver_bash"))
     if shell == "fish":
-        return _fish(top, groups, options, globals_, takes_id)
+        return _fish()
     raise ValueError(shell)
 
 
-def _bash(top: list[str], groups: dict[str, list[str]], options: dict[str, list[str]], globals_: list[str],
-          takes_id: list[str]) -> str:
-    cases = "\n".join(f'        "{n}") opts="{" ".join(o)}" ;;' for n, o in options.items() if o)
-    group_cases = "\n".join(f'        {g}) words_now="{" ".join(c)}" ;;' for g, c in groups.items())
-    ids = "|".join(f'"{n}"' for n in takes_id)
-    return f"""# bash completion for graphdriver (graphdriver completion bash)
-_graphdriver() {{
-    local cur prev cmd="" sub="" i word words_now opts=""
-    cur="${{COMP_WORDS[COMP_CWORD]}}"
-    prev="${{COMP_WORDS[COMP_CWORD-1]}}"
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        word="${{COMP_WORDS[i]}}"
-        case "$word" in
-            --root|--run-root|--driver|--opt|--additional-store|--uidmap|--gidmap)
-                # --root=DIR comes as three words where COMP_WORDBREAKS holds '='
-                [[ "${{COMP_WORDS[i+1]}}" == "=" ]] && ((i++))
-                ((i++)); continue ;;
-            -*) continue ;;
-        esac
-        if [[ -z "$cmd" ]]; then cmd="$word"; elif [[ -z "$sub" && "{' '.join(groups)}" == *"$cmd"* ]]; then sub="$word"; fi
+#: The zsh completion: the bash one, through bashcompinit. Sourced (``source <(graphdriver
+#: completion zsh)``, after compinit) it registers the function; autoloaded from a folder of
+#: $fpath as ``_graphdriver``, the file is that function's body, first run at the first TAB,
+#: and so it also completes the TAB that loaded it.
+_ZSH = """\
+#compdef graphdriver
+# zsh completion for graphdriver (graphdriver completion zsh): save it as _graphdriver in a
+# folder of $fpath, or: source <(graphdriver completion zsh) after compinit
+autoload -U bashcompinit && bashcompinit
+BASH_FUNCTION
+complete -F _graphdriver_bash graphdriver
+if [[ ${zsh_eval_context[-1]} == loadautofunc ]]; then
+    # autoloaded at the first TAB: complete it now (the next ones go to _graphdriver_bash)
+    _bash_complete -F _graphdriver_bash
+fi
+"""
+
+_BASH_JOIN = """\
+    # Bash splits a word at the characters of COMP_WORDBREAKS ('=' and ':' among them):
+    # --opt size=1G comes as --opt, size, =, 1G. Join back the words the line has no blank
+    # between, so that each option and value is one word again.
+    line="${COMP_LINE-}"
+    [[ -z "$line" ]] && glue=0
+    for ((i = 0; i <= COMP_CWORD; i++)); do
+        word="${COMP_WORDS[i]}"
+        rest="${line#"${line%%[![:blank:]]*}"}"
+        if ((glue && i > 0)) && [[ ${#rest} -eq ${#line} ]]; then
+            gd_words[${#gd_words[@]}-1]+="$word"
+        else
+            gd_words+=("$word")
+        fi
+        if [[ "$rest" == "$word"* ]]; then line="${rest:${#word}}"; else glue=0; fi
     done
-    [[ "$prev" == "=" ]] && prev="${{COMP_WORDS[COMP_CWORD-2]}}"
-    [[ "$cur" == "=" ]] && cur=""
-    case "$prev" in
-        --root|--run-root|--additional-store|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --driver) COMPREPLY=($(compgen -W "overlay vfs windowsfilter" -- "$cur")); return ;;
-        --format) COMPREPLY=($(compgen -W "docker-archive oci-archive oci" -- "$cur")); return ;;
-        --compress) COMPREPLY=($(compgen -W "none gzip zstd original" -- "$cur")); return ;;
-    esac
-    if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "{' '.join(top)} {' '.join(globals_)}" -- "$cur")); return
-    fi
-    case "$cmd" in
-{group_cases}
-        *) words_now="" ;;
-    esac
-    if [[ -n "$words_now" && -z "$sub" ]]; then
-        COMPREPLY=($(compgen -W "$words_now" -- "$cur")); return
-    fi
-    local full="$cmd"; [[ -n "$sub" ]] && full="$cmd $sub"
-    case "$full" in
-{cases}
-    esac
-    if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "$opts {' '.join(globals_)}" -- "$cur")); return
-    fi
-    case "$full" in
-        {ids}|help)
-            local store_args=() j
-            for ((j = 1; j < COMP_CWORD; j++)); do
-                case "${{COMP_WORDS[j]}}" in
-                    --root|--run-root|--driver)
-                        if [[ "${{COMP_WORDS[j+1]}}" == "=" ]]; then
-                            store_args+=("${{COMP_WORDS[j]}}" "${{COMP_WORDS[j+2]}}")
-                        else
-                            store_args+=("${{COMP_WORDS[j]}}" "${{COMP_WORDS[j+1]}}")
-                        fi ;;
-                    --root=*|--run-root=*|--driver=*) store_args+=("${{COMP_WORDS[j]}}") ;;
-                esac
+    gd_cword=$((${#gd_words[@]} - 1))
+    # What bash replaces: the part after the last '=' or ':' (nothing typed yet right after one)
+    cur="${COMP_WORDS[COMP_CWORD]}"
+    [[ "$cur" == *[!=:]* ]] || cur=""
+"""
+
+_BASH_COMPLETE = """\
+    case "$kind" in
+        id)
+            for ((i = 1; i < ${#gd_store[@]}; i += 2)); do  # the shell would expand ~ and quotes
+                word="${gd_store[i]}"
+                [[ "$word" == [\\"\\']*[\\"\\'] ]] && word="${word:1:${#word}-2}"
+                [[ "$word" == "~" || "$word" == "~/"* ]] && word="$HOME${word:1}"
+                gd_store[i]="$word"
             done
-            if [[ "$full" == help ]]; then
-                COMPREPLY=($(compgen -W "{' '.join(n for n in top if n not in ('help', 'completion', 'man'))}" -- "$cur"))
-            else
-                COMPREPLY=($(compgen -W "$(graphdriver "${{store_args[@]}}" layers 2>/dev/null)" -- "$cur"))
-            fi ;;
-        completion) COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;
-        *) COMPREPLY=($(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -P "$pre" -W "$(graphdriver "${gd_store[@]}" layers 2>/dev/null)" -- "$cur")) ;;
+        file|dir)
+            local IFS=$'\\n' what=-f  # one name a line, whatever blanks it holds
+            [[ "$kind" == dir ]] && what=-d
+            COMPREPLY=($(compgen -P "$pre" "$what" -- "$cur"))
+            type compopt &>/dev/null && compopt -o filenames ;;
+        words) COMPREPLY=($(compgen -P "$pre" -W "$words_now" -- "$cur")) ;;
+        *) COMPREPLY=() ;;
     esac
-}}
-complete -F _graphdriver graphdriver
 """
 
 
-def _fish(top: list[str], groups: dict[str, list[str]], options: dict[str, list[str]], globals_: list[str],
-          takes_id: list[str]) -> str:
-    lines = ["# fish completion for graphdriver (graphdriver completion fish)",
-             "complete -c graphdriver -f",
-             f"complete -c graphdriver -n __fish_use_subcommand -a '{' '.join(top)}'"]
+def _bash_cases(cases: dict[str, str], indent: str = "        ") -> str:
+    return "\n".join(f'{indent}"{key}") {body} ;;' for key, body in cases.items())
+
+
+def _bash(function: str) -> str:
+    """The bash completion function (zsh runs it too, through bashcompinit), named *function*."""
+    top, groups, options = _words()
+    globals_ = " ".join(f for o in GLOBAL_OPTIONS for f in o.flags)
+    store = "|".join(_STORE_OPTIONS)
+    bare = "\n".join(dict.fromkeys(
+        f'                {"|".join(o.flags)})  # alone, or with one of its values as the next word\n'
+        f'                    case "${{gd_words[i+1]}}" in {"|".join(o.choices)}) ((i + 1 < gd_cword)) && ((i++)) ;; esac\n'
+        "                    continue ;;" for o in _all_options() if o.bare))
+    kinds: dict[str, list[str]] = {}
+    for flag, (kind, words) in _values_by_flag().items():
+        kinds.setdefault(f'kind={kind}; words_now="{" ".join(words)}"' if words else f"kind={kind}", []).append(flag)
+    values = "\n".join(f'            {"|".join(flags)}) {body} ;;' for body, flags in kinds.items())
+    group_words = {g: f'words_now="{" ".join(c)}"' for g, c in groups.items()}
+    opts = _bash_cases({n: f'opts="{" ".join(o)}"' for n, o in options.items() if o}, "            ")
+    args = _bash_cases({n: f"gd_kinds=({' '.join(_arg_kinds(c))})" for n, c in COMMANDS.items() if c.args},
+                       "            ")
+    return f"""{function}() {{
+    local cur line rest word i glue=1 gd_cword kind="" pre="" opt="" opts="" words_now=""
+    local cmd="" sub="" first="" expect="" npos=0 dashdash=0
+    local -a gd_words=() gd_store=() gd_kinds=()
+{_BASH_JOIN}
+    # The words before the cursor: the command, its arguments so far, the store's options
+    for ((i = 1; i < gd_cword; i++)); do
+        word="${{gd_words[i]}}"
+        if [[ -n "$expect" ]]; then  # the value of the option before
+            case "$expect" in {store}) gd_store+=("$expect" "$word") ;; esac
+            expect=""; continue
+        fi
+        if ((!dashdash)); then
+            case "$word" in
+                --) dashdash=1; continue ;;
+                {"=*|".join(_STORE_OPTIONS)}=*) gd_store+=("${{word%%=*}}" "${{word#*=}}"); continue ;;
+                {"|".join(_value_flags())}) expect="$word"; continue ;;
+{bare}
+                -?*) continue ;;
+            esac
+        fi
+        if [[ -z "$cmd" ]]; then
+            cmd="$word"
+        elif [[ -z "$sub" && " {" ".join(groups)} " == *" $cmd "* ]]; then
+            sub="$word"
+        else
+            ((npos++)) || first="$word"
+        fi
+    done
+    local full="$cmd${{sub:+ $sub}}"
+    # An option's value: the word after it, or after its '=' (as one word, the way zsh passes it)
+    if [[ -n "$expect" ]]; then
+        opt="$expect"
+    elif ((!dashdash)) && [[ "${{gd_words[gd_cword]}}" == --?*=* ]]; then
+        opt="${{gd_words[gd_cword]%%=*}}"
+        [[ "$cur" == "$opt="* ]] && pre="$opt=" && cur="${{cur#*=}}"
+    fi
+    if [[ -n "$opt" ]]; then
+        case "$opt" in
+{values}
+        esac
+    elif ((!dashdash)) && [[ "${{gd_words[gd_cword]}}" == -* ]]; then
+        case "$full" in
+{opts}
+        esac
+        kind=words; words_now="$opts {globals_}"
+    elif [[ -z "$cmd" ]]; then
+        kind=words; words_now="{" ".join(top)}"
+    elif [[ -z "$sub" && " {" ".join(groups)} " == *" $cmd "* ]]; then
+        kind=words
+        case "$cmd" in
+{_bash_cases(group_words, "            ")}
+        esac
+    else
+        case "$full" in
+{args}
+        esac
+        if ((npos < ${{#gd_kinds[@]}})); then
+            kind="${{gd_kinds[npos]}}"
+        elif ((${{#gd_kinds[@]}})); then  # a repeated argument (ID...) goes on
+            kind="${{gd_kinds[${{#gd_kinds[@]}}-1]}}"
+            [[ "$kind" == *+ ]] || kind=""
+        fi
+        kind="${{kind%+}}"
+        if [[ "$kind" == shell ]]; then
+            kind=words; words_now="{" ".join(SHELLS)}"
+        elif [[ "$kind" == topic ]]; then  # help COMMAND, help GROUP COMMAND
+            kind=words
+            if ((npos == 0)); then
+                words_now="{" ".join(top)}"
+            elif ((npos == 1)); then
+                case "$first" in
+{_bash_cases(group_words, "                    ")}
+                esac
+            fi
+        fi
+    fi
+{_BASH_COMPLETE}}}
+"""
+
+
+_FISH_LINE = """\
+function __graphdriver_line --description 'graphdriver completion: the words before the cursor'
+    # Prints the command, its subcommand, how many arguments it has so far, the first one,
+    # then the options naming the store (to list its layer ids), each on a line of its own.
+    set -l cmd ''
+    set -l sub ''
+    set -l first ''
+    set -l npos 0
+    set -l store
+    set -l expect ''
+    set -l choices
+    set -l dashdash 0
+    for word in (commandline -opc)[2..-1]
+        if test -n "$expect"  # the value of the option before
+            contains -- $expect STORE_OPTIONS; and set -a store $expect $word
+            set expect ''
+            continue
+        end
+        if set -q choices[1]  # after an option that may stand alone: one of its values, or not
+            set -l was $choices
+            set choices
+            contains -- $word $was; and continue
+        end
+        if test $dashdash = 0
+            switch $word
+                case --
+                    set dashdash 1
+                    continue
+                case STORE_INLINE
+                    set -a store (string split -m 1 = -- $word)
+                    continue
+                case VALUE_FLAGS
+                    set expect $word
+                    continue
+BARE_FLAGS
+                case '-?*'
+                    continue
+            end
+        end
+        if test -z "$cmd"
+            set cmd $word
+        else if test -z "$sub"; and contains -- $cmd GROUPS
+            set sub $word
+        else
+            test $npos = 0; and set first $word
+            set npos (math $npos + 1)
+        end
+    end
+    printf '%s\\n' $cmd $sub $npos $first
+    set -q store[1]; and string replace -r '^~(?=/|$)' $HOME -- $store
+end
+
+function __graphdriver_needs_command --description 'graphdriver completion: no command yet'
+    set -l line (__graphdriver_line)
+    test -z "$line[1]"
+end
+
+function __graphdriver_needs_subcommand --description 'graphdriver completion: GROUP given, not its command'
+    set -l line (__graphdriver_line)
+    test "$line[1]" = "$argv[1]"; and test -z "$line[2]"
+end
+
+function __graphdriver_using --description 'graphdriver completion: the command is one of these'
+    set -l line (__graphdriver_line)
+    contains -- (string trim -- "$line[1] $line[2]") $argv
+end
+
+function __graphdriver_arg --description 'graphdriver completion: the word at the cursor is an argument of KIND'
+    set -l line (__graphdriver_line)
+    set -l kinds
+    switch (string trim -- "$line[1] $line[2]")
+ARG_KINDS
+    end
+    set -l n (math $line[3] + 1)
+    set -l kind ''
+    if test $n -le (count $kinds)
+        set kind $kinds[$n]
+    else if set -q kinds[1]; and string match -q -- '*+' $kinds[-1]  # a repeated one (ID...) goes on
+        set kind $kinds[-1]
+    end
+    test (string trim -r -c + -- $kind) = "$argv[1]"
+end
+
+function __graphdriver_ids --description 'graphdriver completion: the layer ids of the store on the line'
+    set -l line (__graphdriver_line)
+    graphdriver $line[5..-1] layers 2>/dev/null
+end
+
+function __graphdriver_topics --description 'graphdriver completion: the commands help tells about'
+    set -l line (__graphdriver_line)
+    switch $line[3]
+        case 0
+            printf '%s\\n' TOP
+        case 1
+            switch $line[4]
+GROUP_WORDS
+            end
+    end
+end
+"""
+
+
+def _fish_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _fish_option(o: Option, condition: str) -> str:
+    """``complete`` for one option: its spellings, what its value completes to, its help."""
+    line = "complete -c graphdriver" + (f' -n "{condition}"' if condition else "")
+    for flag in o.flags:
+        line += f" -l {flag[2:]}" if flag.startswith("--") else f" -s {flag[1:]}"
+    kind, words = _values_by_flag().get(o.flags[-1], ("", ())) if o.value else ("switch", ())
+    line += {"switch": "", "file": " -r -F", "dir": " -x -a '(__fish_complete_directories)'",
+             "id": " -x -a '(__graphdriver_ids)'", "words": f" -x -a {_fish_quote(' '.join(words))}",
+             }.get(kind, " -x")
+    return line + f" -d {_fish_quote(o.help)}"
+
+
+def _fish() -> str:
+    """The fish completion: functions that read the line as the parser does, then one ``complete``
+    for each command, option and kind of argument of the table."""
+    top, groups, _ = _words()
+    bare = "\n".join(dict.fromkeys(
+        f"                case {' '.join(o.flags)}\n                    set choices {' '.join(o.choices)}\n"
+        "                    continue" for o in _all_options() if o.bare))
+    arg_kinds = "\n".join(f"        case {_fish_quote(n)}\n            set kinds {' '.join(_arg_kinds(c))}"
+                          for n, c in COMMANDS.items() if c.args)
+    group_words = "\n".join(f"                case {g}\n                    printf '%s\\n' {' '.join(c)}"
+                            for g, c in groups.items())
+    functions = (_FISH_LINE.replace("STORE_OPTIONS", " ".join(_STORE_OPTIONS))
+                 .replace("STORE_INLINE", " ".join(f"'{f}=*'" for f in _STORE_OPTIONS))
+                 .replace("VALUE_FLAGS", " ".join(_value_flags())).replace("BARE_FLAGS\n", bare + "\n")
+                 .replace("GROUPS", " ".join(groups)).replace("ARG_KINDS", arg_kinds)
+                 .replace("TOP", " ".join(top)).replace("GROUP_WORDS", group_words))
+    lines = ["# fish completion for graphdriver (graphdriver completion fish)", functions,
+             "# files only where a file is named (FILE, SOURCE; -o comes with its own)",
+             "complete -c graphdriver -n 'not __graphdriver_arg file' -f"]
+    for name in top:
+        what = COMMANDS[name].help if name in COMMANDS else f"the {name} commands: {', '.join(groups[name])}"
+        lines.append(f"complete -c graphdriver -n __graphdriver_needs_command -a {name} -d {_fish_quote(what)}")
     for g, cmds in groups.items():
-        lines.append(f"complete -c graphdriver -n '__fish_seen_subcommand_from {g}' -a '{' '.join(cmds)}'")
-    for flag in globals_:
-        if flag.startswith("--"):
-            lines.append(f"complete -c graphdriver -l {flag[2:]}")
-    for name, opts in options.items():
-        last = name.split(" ")[-1]
-        for flag in opts:
-            if flag.startswith("--"):
-                lines.append(f"complete -c graphdriver -n '__fish_seen_subcommand_from {last}' -l {flag[2:]}")
-    single = " ".join(n for n in takes_id if " " not in n)
-    lines.append(f"complete -c graphdriver -n '__fish_seen_subcommand_from {single}' "
-                 "-a '(graphdriver layers 2>/dev/null)'")
+        lines += [f"complete -c graphdriver -n '__graphdriver_needs_subcommand {g}' -a {c} "
+                  f"-d {_fish_quote(COMMANDS[g + ' ' + c].help)}" for c in cmds]
+    lines += ["complete -c graphdriver -n '__graphdriver_arg id' -a '(__graphdriver_ids)'",
+              "complete -c graphdriver -n '__graphdriver_arg topic' -a '(__graphdriver_topics)'",
+              f"complete -c graphdriver -n '__graphdriver_arg shell' -a '{' '.join(SHELLS)}'"]
+    lines += [_fish_option(o, "") for o in GLOBAL_OPTIONS]
+    for name, c in COMMANDS.items():
+        lines += [_fish_option(o, f"__graphdriver_using '{name}'") for o in c.options]
     return "\n".join(lines) + "\n"

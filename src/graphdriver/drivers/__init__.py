@@ -45,6 +45,11 @@ def registered() -> list[str]:
     return out
 
 
+def names() -> list[str]:
+    """Every registered driver's name, in registration order (no driver module imported)."""
+    return list(_REGISTRY)
+
+
 def check_name(name: str) -> str:
     """The registry entry of *name*, without importing it (InvalidArgument if unknown)."""
     target = _REGISTRY.get(name)
