@@ -19,7 +19,7 @@ import pytest
 from graphdriver.errors import InvalidArgument
 from graphdriver.images import reference
 from graphdriver.testing import wingen
-from graphdriver.testing.treeutil import D, F, make_tar
+from graphdriver.testing.treeutil import D, F, L, make_tar
 from tests.conftest import CACHE, IS_ROOT, ROOT, run_cli
 
 needs_buildah = pytest.mark.skipif(
@@ -253,6 +253,24 @@ def test_a_layer_that_only_bears_an_images_chain_id_is_never_taken_for_its_layer
     gd(tmp_path, "vfs", "remove", c2)
     gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
     assert gd(tmp_path, "vfs", "check").returncode == 0
+
+
+@pytest.mark.parametrize("link", ["usr/etc", "/usr/etc", "./usr/../usr/etc"])
+def test_a_container_of_an_image_whose_etc_is_a_symlink_gets_its_init_files_there(tmp_path, link):
+    """As Docker makes them: the init files go where the image's own symlinks put them,
+    followed inside the image's tree (an absolute one from its top, never the host's)."""
+    layer = make_tar({"usr": D(), "usr/etc": D(), "usr/etc/os-release": F(b"ID=x\n"), "etc": L(link)})
+    oci_layout(tmp_path / "in", [layer])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "container", "create", "localhost/made:1", "c")
+    root = Path(gd(tmp_path, "vfs", "mount", "c").stdout.decode().strip())
+    try:
+        assert os.readlink(root / "etc") == link
+        made = ["hostname", "hosts", "mtab", "os-release", "resolv.conf"]
+        assert sorted(os.listdir(root / "usr/etc")) == made
+    finally:
+        gd(tmp_path, "vfs", "unmount", "c")
+    assert gd(tmp_path, "vfs", "changes", "c").stdout == b""
 
 
 def test_a_tampered_blob_is_refused(tmp_path, driver_name):

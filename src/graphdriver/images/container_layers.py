@@ -183,20 +183,22 @@ def _make_init(store: Store, init: str, parent: str | None) -> None:
     if store.driver.LAYER_FORMAT != "oci":
         store.create(init, parent)
         return
-    missing: list[str] = []
+    missing: list[tuple[str, str]] = []  # (the init path, where the image's symlinks put it)
     if parent is None:
-        missing = [*_INIT_DIRS, *_INIT_FILES, "etc/mtab"]
+        missing = [(p, p) for p in (*_INIT_DIRS, *_INIT_FILES, "etc/mtab")]
     else:
         root = store.mount(parent, readonly=True)  # only looked at
         try:
-            missing = [p for p in (*_INIT_DIRS, *_INIT_FILES, "etc/mtab")
-                       if not os.path.lexists(os.path.join(root, p))]
+            for path in (*_INIT_DIRS, *_INIT_FILES, "etc/mtab"):
+                where = _in_scope(root, path)
+                if where is not None and not os.path.lexists(os.path.join(root, where)):
+                    missing.append((path, where))
         finally:
             store.unmount(parent)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for path in missing:
-            info = tarfile.TarInfo(path)
+        for path, where in missing:
+            info = tarfile.TarInfo(where)
             info.mtime = 0
             if path in _INIT_DIRS:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
@@ -207,6 +209,38 @@ def _make_init(store: Store, init: str, parent: str | None) -> None:
             tf.addfile(info)
     raw.seek(0)
     store.import_layer(init, parent, raw)
+
+
+def _in_scope(root: str, path: str) -> str | None:
+    """Where *path* is in the image's tree at *root* once the symlinks of its folders are
+    followed inside that tree (an ``etc`` linked to ``usr/etc`` puts ``etc/hosts`` at
+    ``usr/etc/hosts``; an absolute link is taken from the tree's top, never the host's), as
+    Docker makes its init files; None when a folder on the way is not one, or links loop."""
+    done: list[str] = []
+    todo = path.split("/")
+    hops = 0
+    while len(todo) > 1:
+        comp = todo.pop(0)
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, comp)
+        if os.path.islink(here):
+            hops += 1
+            if hops > 40:
+                return None
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            todo = [*target.split("/"), *todo]
+            continue
+        if os.path.lexists(here) and not os.path.isdir(here):
+            return None
+        done.append(comp)
+    return "/".join([*done, todo[0]])
 
 
 def remove(store: Store, name: str) -> None:
