@@ -1204,3 +1204,22 @@ def test_an_opaque_root_hides_everything_below_on_every_driver(store, order):
     out = io.BytesIO()
     store.diff("top", out, exact=True)
     assert out.getvalue() == tar
+
+
+@pytest.mark.parametrize("link", ["d", "/d", "../d"])
+def test_a_path_through_a_symlink_of_the_same_archive_lands_alike_on_every_driver(store, link):
+    """An entry (or a link target) below a symlink the archive itself made goes where the
+    symlink points in the layer's view, on a copy and on a union alike (the layer is marked
+    unreproducible: its bytes cannot come back from its files)."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    tar = make_tar({"s": L(link), "s/new": F(b"n"), "h": H("s/f"), "s/.wh.gone": F(b"")})
+    store.import_layer("top", "base", io.BytesIO(make_tar({"d/gone": F(b"g")})))
+    store.import_layer("next", "top", io.BytesIO(tar))
+    root = Path(store.mount("next"))
+    try:
+        assert sorted(os.listdir(root / "d")) == ["f", "new"]
+        assert (root / "h").read_bytes() == b"secret" and os.readlink(root / "s") == link
+    finally:
+        store.unmount("next")
+    changed = ["C /d", "C /d/f", "D /d/gone", "A /d/new", "A /h", "A /s"]  # d/f: linked from h
+    assert [str(c) for c in store.changes("next")] == changed

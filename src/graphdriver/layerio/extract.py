@@ -551,6 +551,8 @@ class _Extractor(Extraction):
         self.umask = _current_umask()
         # Overlay: directories this layer made opaque; what the lowers hold below them is hidden.
         self.hidden: set[str] = set()
+        # Overlay: symlinks this archive made (a later entry's path may go through one).
+        self.own_links: set[str] = set()
         self._keep_times(root_fd, "")
 
     def _entry(self, e: TarEntry) -> int:
@@ -559,6 +561,9 @@ class _Extractor(Extraction):
         try:
             t, rel = self._admit(e)
             parent, _, base = rel.rpartition("/")
+            if self.own_links and parent:
+                parent = self._through_own_links(parent)
+                rel = _join(parent, base)
             if WHITEOUT_PREFIX in parent and self._below_reserved(e, parent):
                 return 0
         except GraphDriverError as x:
@@ -623,7 +628,7 @@ class _Extractor(Extraction):
         """Refuse hard link *e* before writing when its target is nowhere: not in the
         layer, not a device node left out, not in the union of the lower layers (where
         what a nearer layer, or this one, deleted or made opaque is not)."""
-        target = clean_name(e.linkname, e.name, "hardlink target")
+        target = self._link_target(e)
         if target == rel or target in self.skipped:
             return
         tparent, _, tbase = target.rpartition("/")
@@ -865,6 +870,31 @@ class _Extractor(Extraction):
         if e.xattrs:
             self._xattrs(e, lambda k, v: sc.lsetxattr_at(pfd, base, k, v))
         os.utime(base, ns=_times(e), dir_fd=pfd, follow_symlinks=False)
+        if self.overlay:
+            self.own_links.add(rel)
+
+    def _through_own_links(self, rel: str) -> str:
+        """Overlay: where path *rel* lands once the symlinks this archive made on the way are
+        followed in the view (inside the root), as a copy's kernel follows them (vfs).  An
+        upper directory holds a symlink but not what it points to (a lower layer's folder),
+        so the target is named instead and made there as any implied folder."""
+        for _ in range(40):
+            comps = rel.split("/")
+            for i in range(len(comps)):
+                prefix = "/".join(comps[: i + 1])
+                if prefix not in self.own_links:
+                    continue
+                try:
+                    target = os.readlink(comps[i], dir_fd=self._dir_fd("/".join(comps[:i]), create=False))
+                except OSError:
+                    continue  # replaced since by a folder or a file: no link any more
+                base = "" if target.startswith("/") else "/".join(comps[:i])
+                rel = posixpath.normpath("/" + _join(base, target) + "/" + "/".join(comps[i + 1:]))
+                rel = rel.lstrip("/")
+                break
+            else:
+                return rel
+        raise OSError(errno.ELOOP, f"{rel!r}: too many levels of symbolic links")
 
     def _special(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
         kind = _SPECIAL_TYPES[e.type]
@@ -901,8 +931,16 @@ class _Extractor(Extraction):
             self._remove(pfd, name, rel)
             sc.mknod_at(name, mode, dev, dir_fd=pfd)
 
+    def _link_target(self, e: TarEntry) -> str:
+        """Hard link *e*'s target (checked in :meth:`_admit`), through this archive's symlinks."""
+        target = clean_name(e.linkname, e.name, "hardlink target")
+        if self.own_links and "/" in target:
+            tparent, _, tbase = target.rpartition("/")
+            target = _join(self._through_own_links(tparent), tbase)
+        return target
+
     def _hardlink(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
-        target = clean_name(e.linkname, e.name, "hardlink target")  # checked in _admit
+        target = self._link_target(e)
         tparent, _, tbase = target.rpartition("/")
         if target == rel:
             # A link to itself: there is nothing to do if it exists.
