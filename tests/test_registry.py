@@ -1063,3 +1063,102 @@ def test_registry_errors_name_the_image_the_registry_and_the_malformed_challenge
             reg.manifest("1")
         assert str(failed.value) == (f"GET {host}/v2/err500json/manifests/1: gave up after "
                                      f"{client.ATTEMPTS} attempts: HTTP 500")
+
+
+# ----- images put together blob by blob ------------------------------------------------------------------
+
+
+def put_blob(host: str, repo: str, data: bytes) -> str:
+    """Upload *data* to repository *repo* of the registry at *host* (plain http) in one PUT, as
+    the distribution API has it; returns its digest."""
+    from urllib.parse import urljoin
+
+    from tests.test_images import sha256
+
+    digest = sha256(data)
+    start = f"http://{host}/v2/{repo}/blobs/uploads/"
+    with urllib.request.urlopen(urllib.request.Request(start, method="POST", data=b"")) as resp:
+        location = urljoin(start, resp.headers["Location"])
+    put = location + ("&" if "?" in location else "?") + f"digest={digest}"
+    urllib.request.urlopen(urllib.request.Request(put, method="PUT", data=data, headers={
+        "Content-Type": "application/octet-stream", "Content-Length": str(len(data))})).close()
+    return digest
+
+
+def put_manifest(host: str, name: str, manifest: bytes, media_type: str) -> str:
+    """Put *manifest* as *name* (``repo:tag`` or ``repo@digest``) on the registry at *host*;
+    returns its digest."""
+    from tests.test_images import sha256
+
+    repo, by_digest, tag = name.partition("@")
+    if not by_digest:
+        repo, _, tag = name.partition(":")
+    url = f"http://{host}/v2/{repo}/manifests/{tag}"
+    urllib.request.urlopen(urllib.request.Request(url, method="PUT", data=manifest,
+                                                  headers={"Content-Type": media_type})).close()
+    return sha256(manifest)
+
+
+def put_image(host: str, name: str, layers: list[tuple[str, bytes, int | None]],
+              config_size: int | None = None) -> str:
+    """Push to the registry at *host* (plain http) an OCI image *name* (``repo:tag``) made of
+    *layers* (media type, blob, and the size its descriptor claims, None for the true one) and a
+    linux/amd64 config (its descriptor's size *config_size*, None for the true one); returns the
+    manifest digest."""
+    import gzip
+
+    from graphdriver.images import oci
+    from tests.test_images import sha256
+
+    diff_ids = [sha256(gzip.decompress(b) if m.endswith("+gzip") else b) for m, b, _ in layers]
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    config_bytes = json.dumps(config).encode()
+    repo = name.partition(":")[0]
+    for data in {config_bytes, *(b for _, b, _ in layers)}:
+        put_blob(host, repo, data)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": oci.OCI_CONFIG, "digest": sha256(config_bytes),
+                   "size": len(config_bytes) if config_size is None else config_size},
+        "layers": [{"mediaType": m, "digest": sha256(b), "size": len(b) if s is None else s}
+                   for m, b, s in layers]}).encode()
+    return put_manifest(host, name, manifest, oci.OCI_MANIFEST)
+
+
+def test_an_empty_layer_blob_pulls_and_a_size_0_that_lies_is_an_integrity_failure(tmp_path, registry):
+    """A zero-size layer descriptor (the empty blob, sha256 of nothing) is downloaded as an empty
+    file and checked; one that says 0 bytes of a blob that has more is exit 6, no temporary file named."""
+    import gzip
+    import hashlib
+
+    from graphdriver.images import oci
+
+    empty = (oci.OCI_LAYER, b"", None)
+    put_image(registry.host, "empty:1", [(oci.OCI_LAYER_GZIP, gzip.compress(LAYER1, mtime=0), None), empty])
+    ref = f"{registry.host}/empty:1"
+    pulled = gd(tmp_path, "image", "pull", ref, "--insecure", check=False)
+    assert pulled.returncode == 0 and pulled.stderr == b"", pulled.stderr
+    inspected = json.loads(gd(tmp_path, "image", "inspect", ref).stdout)
+    assert inspected["Layers"][1]["DiffID"] == "sha256:" + hashlib.sha256(b"").hexdigest()
+    assert gd(tmp_path, "image", "pull", ref, "--insecure").returncode == 0  # again: nothing to download
+    # Pushed to another registry, the empty blob goes up as an empty body, the manifest unchanged.
+    second = Registry(tmp_path / "second-registry")
+    try:
+        copy = f"{second.host}/empty:1"
+        pushed = gd(tmp_path, "image", "push", ref, copy, "--insecure").stdout.decode().strip()
+        assert pushed == inspected["ManifestDigest"]
+        raw = skopeo_json("inspect", "--raw", "--tls-verify=false", f"docker://{copy}")
+        assert raw["layers"][1]["size"] == 0
+    finally:
+        second.stop()
+    # Size 0 claimed for a blob that is not empty.
+    put_image(registry.host, "liar:1", [(oci.OCI_LAYER, LAYER2, 0)])
+    other = tmp_path / "other"
+    other.mkdir()
+    lied = gd(other, "image", "pull", f"{registry.host}/liar:1", "--insecure", check=False)
+    assert lied.returncode == 6 and lied.stderr.count(b"\n") == 1, lied.stderr
+    assert b".download" not in lied.stderr
+    assert gd(other, "image", "ls", "--json").stdout.strip() == b"[]"
+    assert gd(other, "layers").stdout == b""
+    blobs = other / "store/images/blobs/sha256"
+    assert not blobs.exists() or list(blobs.iterdir()) == []

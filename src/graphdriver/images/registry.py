@@ -478,7 +478,7 @@ class Registry:
             os.unlink(path)
             have = 0
         for attempt in range(ATTEMPTS):
-            if have == desc.size:
+            if have == desc.size and os.path.exists(path):
                 break  # a partial file already whole (its process died while checking it)
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
@@ -515,8 +515,9 @@ class Registry:
                 have = os.path.getsize(path) if os.path.exists(path) else 0
                 self._wait(attempt, None, f"GET {self._where(f'{self.repo}/blobs/{desc.digest}')}",
                            _connection_failure(e))
-        if have != desc.size or oci.file_digest(path) != desc.digest:
-            os.unlink(path)
+        if have != desc.size or not os.path.exists(path) or oci.file_digest(path) != desc.digest:
+            if os.path.exists(path):
+                os.unlink(path)
             raise IntegrityError(f"blob {desc.digest}", "the downloaded bytes do not match its digest")
 
     # ----- pushing --------------------------------------------------------------------------------
@@ -553,7 +554,9 @@ class Registry:
         bar_off = quiet or size < 1 << 20
         with opener() as raw, progress.reading(raw, f"push {digest[7:19]}", size, bar_off) as f:
             if size <= UPLOAD_CHUNK:
-                resp = self.request("PUT", _with_digest(location, digest), ok=(201,), data=f,
+                # An empty blob goes as an empty body: a file of no length would go chunked,
+                # beside its Content-Length of 0, and the registry would wait for the chunks.
+                resp = self.request("PUT", _with_digest(location, digest), ok=(201,), data=f if size else b"",
                                     headers={"Content-Type": "application/octet-stream",
                                              "Content-Length": str(size)})
                 resp.close()
