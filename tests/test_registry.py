@@ -1162,3 +1162,99 @@ def test_an_empty_layer_blob_pulls_and_a_size_0_that_lies_is_an_integrity_failur
     assert gd(other, "layers").stdout == b""
     blobs = other / "store/images/blobs/sha256"
     assert not blobs.exists() or list(blobs.iterdir()) == []
+
+
+class RewritingProxy:
+    """An HTTP proxy to the registry at *target* that hands each answer to
+    ``rewrite(method, path, request_headers, status, headers, body)`` and sends back what that
+    returns (status, headers, body); it counts the requests it saw, by method."""
+
+    def __init__(self, target: str, rewrite: Callable[..., tuple[int, dict[str, str], bytes]]) -> None:
+        import http.client
+        import http.server
+
+        self.seen: list[tuple[str, str]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.seen.append((self.command, self.path))
+                upstream = http.client.HTTPConnection(target, timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                answer = upstream.getresponse()
+                data = answer.read()
+                headers = {k: v for k, v in answer.getheaders() if k.lower() not in ("connection",
+                                                                                      "transfer-encoding")}
+                upstream.close()
+                status, headers, data = rewrite(self.command, self.path, self.headers, answer.status,
+                                                headers, data)
+                self.send_response(status)
+                for key, value in headers.items():
+                    if key.lower() != "content-length" or self.command == "HEAD":
+                        self.send_header(key, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_blobs_are_asked_for_as_they_are_and_an_encoded_answer_is_decoded_or_refused(tmp_path, registry):
+    """A CDN that gzips a blob for a client accepting gzip would change its bytes, and its digest:
+    blobs are asked for with Accept-Encoding: identity; one encoded all the same is decoded
+    (gzip) or refused in words (an encoding nothing here decodes)."""
+    import gzip
+
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/made:1"], check=True)
+    mode = {"encode": "when accepted"}
+    asked: list[str] = []
+
+    def encode(method: str, path: str, request: dict[str, str], status: int, headers: dict[str, str],
+               body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if method != "GET" or "/blobs/" not in path or status != 200:
+            return status, headers, body
+        accepts = request.get("Accept-Encoding", "")
+        asked.append(accepts)
+        if mode["encode"] == "when accepted" and "gzip" not in accepts:
+            return status, headers, body
+        if mode["encode"] == "unknown":
+            return status, {**headers, "Content-Encoding": "x-squash"}, body
+        return status, {**headers, "Content-Encoding": "gzip"}, gzip.compress(body)
+
+    proxy = RewritingProxy(registry.host, encode)
+    try:
+        ref = f"{proxy.host}/made:1"
+        pulled = gd(tmp_path, "image", "pull", ref, "--insecure", check=False)
+        assert pulled.returncode == 0, pulled.stderr
+        assert len(asked) == 3 and set(asked) == {"identity"}
+        mode["encode"] = "always"  # asked for as it is, sent gzipped all the same: decoded
+        for store in ("always", "unknown"):
+            (tmp_path / store).mkdir()
+        assert gd(tmp_path / "always", "image", "pull", ref, "--insecure", check=False).returncode == 0
+        inspected = json.loads(gd(tmp_path / "always", "image", "inspect", ref).stdout)
+        from tests.test_images import sha256
+
+        assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER1), sha256(LAYER2)]
+        mode["encode"] = "unknown"
+        refused = gd(tmp_path / "unknown", "image", "pull", ref, "--insecure", check=False)
+        assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
+        assert b"Content-Encoding x-squash" in refused.stderr
+        assert gd(tmp_path / "unknown", "image", "ls", "--json").stdout.strip() == b"[]"
+    finally:
+        proxy.close()

@@ -20,7 +20,9 @@ and ``image push``.  What it does:
 * **Retries**: 429 and 5xx answers and dropped connections are retried with
   exponential backoff (``Retry-After`` honoured), at most :data:`ATTEMPTS`
   times; a blob download that breaks resumes where it stopped with a
-  ``Range`` request, and every blob is checked against its digest.
+  ``Range`` request, and every blob is checked against its digest.  Blobs are asked for
+  as they are stored (``Accept-Encoding: identity``); one gzipped on the way all the same is
+  decoded, one in an encoding nothing here decodes is refused.
 * **Push**: a blob the registry has (``HEAD``) is not sent; one a sibling
   repository of the same registry has is mounted (``?mount=&from=``) when the
   registry offers it; others go up in one ``PUT`` or, when large, in chunks
@@ -49,6 +51,9 @@ _CHUNK = 1 << 20
 #: Blobs up to this size go up in one request; larger ones in chunks of it.
 UPLOAD_CHUNK = 32 << 20
 ACCEPT = ", ".join([oci.OCI_INDEX, oci.DOCKER_LIST, oci.OCI_MANIFEST, oci.DOCKER_MANIFEST])
+#: Blobs are asked for as they are stored (their digest is of those bytes, and a ``Range`` counts
+#: them), never gzipped on the way by a registry or a CDN in front of it.
+AS_STORED = {"Accept-Encoding": "identity"}
 
 
 class RegistryError(GraphDriverError):
@@ -461,8 +466,9 @@ class Registry:
         return data, media
 
     def blob_bytes(self, digest: str, limit: int = 64 << 20) -> bytes:
-        resp = self.request("GET", f"{self.repo}/blobs/{digest}", stream=True)
-        data: bytes = resp.raw.read(limit + 1, decode_content=False)
+        resp = self.request("GET", f"{self.repo}/blobs/{digest}", stream=True, headers=AS_STORED)
+        _encoding(resp, digest)  # (one sent all the same is decoded, or refused)
+        data: bytes = resp.raw.read(limit + 1, decode_content=True)
         resp.close()
         if len(data) > limit:
             raise IntegrityError(f"blob {digest}", "larger than a config may be")
@@ -480,20 +486,21 @@ class Registry:
         for attempt in range(ATTEMPTS):
             if have == desc.size and os.path.exists(path):
                 break  # a partial file already whole (its process died while checking it)
-            headers = {"Range": f"bytes={have}-"} if have else {}
+            headers = {**AS_STORED, "Range": f"bytes={have}-"} if have else AS_STORED
             try:
                 resp = self.request("GET", f"{self.repo}/blobs/{desc.digest}", ok=(200, 206, 416),
                                     stream=True, headers=headers)
                 if resp.status_code == 416:  # nothing from there on: the registry's blob ends sooner
                     resp.close()
                     _short(path, desc, have)
+                encoded = _encoding(resp, desc.digest)  # read decoded (iter_content decodes)
                 if resp.status_code == 200 and have:
                     have = 0  # the registry ignored the range: start over
-                elif resp.status_code == 206 and not str(resp.headers.get("Content-Range", "")).startswith(
-                        f"bytes {have}-"):
+                elif resp.status_code == 206 and (encoded or not str(resp.headers.get("Content-Range", "")
+                                                                    ).startswith(f"bytes {have}-")):
                     resp.close()
                     os.unlink(path)
-                    have = 0  # not the range asked for: start over
+                    have = 0  # not the range asked for (or one of encoded bytes): start over
                     continue
                 with open(path, "ab" if have else "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
@@ -508,7 +515,7 @@ class Registry:
                 resp.close()
                 if have >= desc.size:
                     break
-                if _whole_blob(resp) == have:
+                if not encoded and _whole_blob(resp) == have:
                     _short(path, desc, have)  # the blob, as the registry holds it, came whole: it is shorter
             except (self.requests.ConnectionError, self.requests.Timeout,
                     self.requests.exceptions.ChunkedEncodingError) as e:
@@ -590,6 +597,21 @@ def _is_http_url(text: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _encoding(resp: Any, digest: str) -> str:
+    """The ``Content-Encoding`` of the answer *resp* for blob *digest* (``""`` for none), though
+    it was asked for as it is: one the HTTP library decodes (gzip, deflate) is read decoded;
+    another would leave bytes that are not the blob, and is refused in words."""
+    value = str(resp.headers.get("Content-Encoding", "")).strip().lower()
+    if value in ("", "identity"):
+        return ""
+    decoders = getattr(resp.raw, "CONTENT_DECODERS", ("gzip", "x-gzip", "deflate"))
+    if all(part.strip() in (*decoders, "identity") for part in value.split(",")):
+        return value
+    resp.close()
+    raise RegistryError(f"blob {digest}", f"the registry sent it with Content-Encoding {shorten(value, 40)}, "
+                        "which cannot be decoded here (it was asked for as it is stored)")
 
 
 def _whole_blob(resp: Any) -> int | None:
