@@ -1258,3 +1258,46 @@ def test_blobs_are_asked_for_as_they_are_and_an_encoded_answer_is_decoded_or_ref
         assert gd(tmp_path / "unknown", "image", "ls", "--json").stdout.strip() == b"[]"
     finally:
         proxy.close()
+
+
+def test_auth_file_keys_with_a_scheme_and_a_path_or_a_namespace_are_matched(tmp_path):
+    """As Docker's CLI and containers/image read an auth file: ``https://HOST/v1/``,
+    ``https://HOST/v2/`` and ``http://HOST/`` name the registry; ``HOST/ns`` and ``HOST/ns/repo``
+    name a namespace or a repository, the most specific one that holds the repository first,
+    then the registry's own key."""
+    folder = tmp_path / "registry-folder"
+    folder.mkdir()
+    (folder / "htpasswd").write_text(f"alice:{bcrypt_hash('s3cret')}\n")
+    reg = Registry(folder, auth=f"auth:\n  htpasswd:\n    realm: test\n    path: {folder / 'htpasswd'}\n")
+    good = {"auth": base64.b64encode(b"alice:s3cret").decode()}
+    bad = {"auth": base64.b64encode(b"alice:wrong").decode()}
+    auth = tmp_path / "auth.json"
+
+    def pull(auths: dict[str, dict[str, str]]) -> subprocess.CompletedProcess[bytes]:
+        auth.write_text(json.dumps({"auths": auths}))
+        return gd(tmp_path / "other", "image", "pull", f"{reg.host}/team/made:1", "--insecure", check=False,
+                  env={"REGISTRY_AUTH_FILE": str(auth)})
+
+    try:
+        oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        auth.write_text(json.dumps({"auths": {reg.host: good}}))
+        gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/made:1", "--insecure",
+           env={"REGISTRY_AUTH_FILE": str(auth)})
+        (tmp_path / "other").mkdir()
+        host = reg.host
+        for auths in ({f"https://{host}/v1/": good}, {f"https://{host}/v2/": good}, {f"http://{host}/": good},
+                      {f"{host}/team": good, host: bad},
+                      {f"{host}/team/made": good, f"{host}/team": bad, host: bad, f"https://{host}/v1/": bad},
+                      {host: bad, f"{host}/team/made/": good}):
+            pulled = pull(auths)
+            assert pulled.returncode == 0, (auths, pulled.stderr)
+        # A key of another namespace (or only a prefix of a name) is not this repository's.
+        for auths in ({f"{host}/tea": good}, {f"{host}/other": good}, {f"{host}/team/made/x": good}):
+            refused = pull(auths)
+            assert refused.returncode == 1, (auths, refused.stderr)
+            assert b"none are configured" in refused.stderr, (auths, refused.stderr)
+        refused = pull({f"{host}/other": good, f"https://{host}/v1/": bad})
+        assert refused.returncode == 1 and b"not authorised" in refused.stderr, refused.stderr
+    finally:
+        reg.stop()

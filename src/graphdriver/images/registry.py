@@ -14,7 +14,8 @@ and ``image push``.  What it does:
   does not speak TLS (a local registry).
 * **Auth**: anonymous first; on a 401 the ``WWW-Authenticate`` challenge says
   how: ``Basic`` with the credentials of ``$REGISTRY_AUTH_FILE`` or
-  ``~/.docker/config.json`` (``auths.<host>.auth``, base64 ``user:password``),
+  ``~/.docker/config.json`` (``auths.<key>.auth``, base64 ``user:password``; the key
+  the repository's namespace, its registry, or a URL of it: :func:`_auth_rank`),
   or ``Bearer`` (a token from the challenge's realm for the repository's scope,
   asked with those credentials if any, kept per scope).
 * **Retries**: 429 and 5xx answers and dropped connections are retried with
@@ -141,27 +142,49 @@ def _auth_files() -> list[str]:
     return files
 
 
-def credentials(domain: str) -> tuple[str, str] | None:
-    """``(user, password)`` for *domain* from the first auth file that names it.
+def credentials(domain: str, path: str = "") -> tuple[str, str] | None:
+    """``(user, password)`` for repository *path* of registry *domain* from the first auth file
+    that has a key for it (the best key of that file: see :func:`_auth_rank`).
 
     A file that is missing is passed over; one that cannot be read, is not
     JSON, or holds an ``auth`` for *domain* that is not base64 ``user:password``
     is an error naming the file (credentials silently skipped would show up
     later as a puzzling refusal by the registry).
     """
-    keys = {domain, f"https://{domain}", f"http://{domain}"}
-    if domain == "docker.io":
-        keys |= {"https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"}
-    for path in _auth_files():
-        auths = _read_auths(path)
-        for key, entry in auths.items():
-            if key.rstrip("/") not in keys:
-                continue
+    for file in _auth_files():
+        auths = _read_auths(file)
+        ranked = sorted((rank, i, key) for i, key in enumerate(auths)
+                        if (rank := _auth_rank(key, domain, path)) is not None)
+        for _, _, key in ranked:
+            entry = auths[key]
             if not isinstance(entry, dict):
-                raise GraphDriverError(f"auth file {path}", f"auths.{shorten(key)} is not an object")
+                raise GraphDriverError(f"auth file {file}", f"auths.{shorten(key)} is not an object")
             if entry.get("auth"):  # an entry without one is a credential helper's: passed over
-                return _decode_auth(entry["auth"], path, key)
+                return _decode_auth(entry["auth"], file, key)
     return None
+
+
+def _auth_rank(key: str, domain: str, path: str) -> int | None:
+    """How closely the auth file key *key* names repository *path* of registry *domain* (0 is
+    best), as podman (containers/image) and Docker's CLI read the keys: ``HOST/ns/repo`` and
+    ``HOST/ns`` name a namespace and rank by how much of *path* they hold, the whole first;
+    then ``HOST``; then a URL, ``https://HOST/v1/``, ``https://HOST/v2/`` or ``http://HOST/``
+    (``docker login`` wrote those), which names its host whatever its path.  None: a key of
+    another registry, or of a namespace that does not hold *path*."""
+    hosts = {domain}
+    if domain == "docker.io":
+        hosts |= {"index.docker.io", "registry-1.docker.io"}
+    parts = path.split("/") if path else []
+    scheme, sep, rest = key.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        return len(parts) + 1 if rest.partition("/")[0] in hosts else None
+    host, _, namespace = key.rstrip("/").partition("/")
+    if host not in hosts:
+        return None
+    held = namespace.split("/") if namespace else []
+    if held != parts[: len(held)]:
+        return None
+    return len(parts) - len(held)
 
 
 def _read_auths(path: str) -> dict[str, Any]:
@@ -228,7 +251,7 @@ class Registry:
         #: Why TLS with an insecure registry failed, when that sent it to plain http.
         self.tls_failure: str | None = None
         self.repo = ref.path
-        self.creds = credentials(ref.domain)
+        self.creds = credentials(ref.domain, ref.path)
         self.actions = "pull,push" if push else "pull"
         self.tokens: dict[str, str] = {}
         self.auth_header: str | None = None
