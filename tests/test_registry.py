@@ -1301,3 +1301,24 @@ def test_auth_file_keys_with_a_scheme_and_a_path_or_a_namespace_are_matched(tmp_
         assert refused.returncode == 1 and b"not authorised" in refused.stderr, refused.stderr
     finally:
         reg.stop()
+
+
+def test_a_schema_1_image_is_unsupported_not_corrupt(tmp_path):
+    """Docker's schema 1 manifests (signed or not) are a format this client does not read:
+    exit 7 saying so, not an integrity failure; nothing is stored."""
+    schema1 = json.dumps({"schemaVersion": 1, "name": "old", "tag": "1", "architecture": "amd64",
+                          "fsLayers": [{"blobSum": "sha256:" + "a" * 64}],
+                          "history": [{"v1Compatibility": "{}"}]}).encode()
+    types = {"signed": "application/vnd.docker.distribution.manifest.v1+prettyjws",
+             "plain": "application/vnd.docker.distribution.manifest.v1+json", "untyped": "application/json"}
+
+    def answer(path: str) -> tuple[int, bytes, dict[str, str]]:
+        kind = path.split("/")[2]
+        return 200, schema1, {"Content-Type": types[kind]}
+
+    with fake_registry(answer) as host:
+        for kind in types:
+            r = gd(tmp_path, "image", "pull", f"{host}/{kind}:1", "--insecure", check=False)
+            assert (r.returncode, r.stderr.count(b"\n")) == (7, 1), (kind, r.stderr)
+            assert b"schema 1 images are not supported" in r.stderr, r.stderr
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"

@@ -82,7 +82,10 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
             descs = [oci.Descriptor.parse(m, f"index of {ref}") for m in manifests or []]
             chosen = select_platform(descs, platform or store_platform(store.driver_name), f"image {ref}")
             data, media = reg.manifest(chosen.digest)
-        config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"), str(ref))
+        if media in oci.DOCKER_SCHEMA1:
+            raise oci.schema1_refused(f"image {ref}")
+        config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"),
+                                                      f"image {ref}")
         if config_desc.media_type not in (oci.OCI_CONFIG, oci.DOCKER_CONFIG, ""):
             # An artifact (a Helm chart, a signature...) stored as an image is no image to run.
             raise Unsupported(f"image {ref}", f"is not a container image (its config is a "
