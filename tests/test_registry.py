@@ -1322,3 +1322,22 @@ def test_a_schema_1_image_is_unsupported_not_corrupt(tmp_path):
             assert (r.returncode, r.stderr.count(b"\n")) == (7, 1), (kind, r.stderr)
             assert b"schema 1 images are not supported" in r.stderr, r.stderr
     assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+
+
+def test_a_config_blob_of_another_size_than_its_descriptor_is_an_integrity_failure(tmp_path, registry):
+    """The config blob is checked against its descriptor's size, as the layer blobs are: exit 6,
+    nothing stored."""
+    import gzip
+
+    from graphdriver.images import oci
+
+    layer = (oci.OCI_LAYER_GZIP, gzip.compress(LAYER1, mtime=0), None)
+    for name, size in (("more:1", 10_000), ("less:1", 10)):
+        put_image(registry.host, name, [layer], config_size=size)
+        r = gd(tmp_path, "image", "pull", f"{registry.host}/{name}", "--insecure", check=False)
+        assert (r.returncode, r.stderr.count(b"\n")) == (6, 1), (name, r.stderr)
+        assert b"its descriptor says" in r.stderr and str(size).encode() in r.stderr, r.stderr
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+    assert gd(tmp_path, "layers").stdout == b""
+    blobs = tmp_path / "store/images/blobs/sha256"
+    assert not blobs.exists() or list(blobs.iterdir()) == []

@@ -90,7 +90,7 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
             # An artifact (a Helm chart, a signature...) stored as an image is no image to run.
             raise Unsupported(f"image {ref}", f"is not a container image (its config is a "
                               f"{shorten(config_desc.media_type, 80)})")
-        config = reg.blob_bytes(config_desc.digest)
+        config = reg.blob_bytes(config_desc)
         if not chosen_by_index:
             check_platform(config, platform, f"image {ref}")
         parsed = oci.load_json(config, f"config of {ref}")

@@ -488,13 +488,21 @@ class Registry:
             media = str(oci.load_json(data, "manifest").get("mediaType", oci.OCI_MANIFEST))
         return data, media
 
-    def blob_bytes(self, digest: str, limit: int = 64 << 20) -> bytes:
+    def blob_bytes(self, desc: oci.Descriptor, limit: int = 64 << 20) -> bytes:
+        """The blob *desc* (a config), checked against its descriptor's size and digest."""
+        digest = desc.digest
+        if desc.size > limit:
+            raise IntegrityError(f"blob {digest}", "larger than a config may be")
         resp = self.request("GET", f"{self.repo}/blobs/{digest}", stream=True, headers=AS_STORED)
         _encoding(resp, digest)  # (one sent all the same is decoded, or refused)
-        data: bytes = resp.raw.read(limit + 1, decode_content=True)
+        data: bytes = resp.raw.read(desc.size + 1, decode_content=True)
         resp.close()
-        if len(data) > limit:
-            raise IntegrityError(f"blob {digest}", "larger than a config may be")
+        if len(data) > desc.size:
+            raise IntegrityError(f"blob {digest}", f"the registry has more than the {desc.size} bytes "
+                                 "its descriptor says")
+        if len(data) < desc.size:
+            raise IntegrityError(f"blob {digest}", f"the registry has {len(data)} bytes of it, its "
+                                 f"descriptor says {desc.size}")
         if oci.sha256_digest(data) != digest:
             raise IntegrityError(f"blob {digest}", "its bytes do not match its digest")
         return data
