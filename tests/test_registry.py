@@ -1341,3 +1341,58 @@ def test_a_config_blob_of_another_size_than_its_descriptor_is_an_integrity_failu
     assert gd(tmp_path, "layers").stdout == b""
     blobs = tmp_path / "store/images/blobs/sha256"
     assert not blobs.exists() or list(blobs.iterdir()) == []
+
+
+def test_a_location_relative_to_the_request_is_resolved_against_its_url(tmp_path, registry, monkeypatch):
+    """An upload's Location may be relative to the URL of the request that got it (RFC 3986):
+    ``5f2c...?_state=...`` answering ``POST /v2/R/blobs/uploads/`` is ``/v2/R/blobs/uploads/5f2c...``,
+    for one PUT, and for PATCH chunks too; a Location relative to the host still works."""
+    from urllib.parse import urlsplit
+
+    import graphdriver
+    from graphdriver import images
+    from graphdriver.images import distribution
+    from graphdriver.images import registry as client
+    from graphdriver.testing.treeutil import F, make_tar
+
+    made_relative: list[str] = []
+
+    def relative(method: str, path: str, request: dict[str, str], status: int, headers: dict[str, str],
+                 body: bytes) -> tuple[int, dict[str, str], bytes]:
+        key = next((k for k in headers if k.lower() == "location"), None)
+        if key is not None:
+            target = urlsplit(headers[key])
+            folder = urlsplit(path).path.rpartition("/")[0] + "/"
+            query = f"?{target.query}" if target.query else ""
+            if method == "PATCH":  # relative to the host
+                headers[key] = target.path + query
+                made_relative.append(method)
+            elif target.path.startswith(folder) and target.path != folder:
+                headers[key] = target.path[len(folder):] + query
+                made_relative.append(method)
+        return status, headers, body
+
+    proxy = RewritingProxy(registry.host, relative)
+    try:
+        oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        dest = f"{proxy.host}/team/rel:1"
+        pushed = gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure", check=False)
+        assert pushed.returncode == 0, pushed.stderr
+        assert made_relative.count("POST") == 3  # two layers and the config, each its own upload
+        info = skopeo_json("inspect", "--tls-verify=false", f"docker://{registry.host}/team/rel:1")
+        assert info["Digest"] == pushed.stdout.decode().strip()
+        # In chunks: the POST answers with a relative Location, each PATCH with one from the host.
+        big = make_tar({"big": F(os.urandom(300_000))})
+        oci_layout(tmp_path / "big", [big], name="localhost/big:1", gzipped=False)
+        monkeypatch.setattr(client, "UPLOAD_CHUNK", 128 << 10)
+        store = graphdriver.open_store(str(tmp_path / "api"), run_root=str(tmp_path / "api-run"),
+                                       driver="vfs")
+        images.load(store, str(tmp_path / "big"))
+        made_relative.clear()
+        digest = distribution.push(store, "localhost/big:1", f"{proxy.host}/team/big:1", insecure=True)
+        assert made_relative.count("PATCH") >= 2
+        info = skopeo_json("inspect", "--tls-verify=false", f"docker://{registry.host}/team/big:1")
+        assert info["Digest"] == digest
+    finally:
+        proxy.close()

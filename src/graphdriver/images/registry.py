@@ -292,20 +292,17 @@ class Registry:
     # ----- requests, auth and retries ----------------------------------------------------------
 
     def _url(self, path: str) -> str:
+        """*path* relative to ``/v2/``, or a whole URL (a Location, resolved by :func:`_location_of`)."""
         if path.startswith(("http://", "https://")):
             return path
-        if path.startswith("/"):  # a Location relative to the registry (the spec allows it)
-            from urllib.parse import urljoin
-
-            return urljoin(self.base, path)
         return self.base + path
 
     def _location(self, resp: Any) -> str:
-        location = resp.headers.get("Location")
-        if not location:
+        location = _location_of(resp)
+        if location is None:
             raise RegistryError(f"registry {self.host}",
                                 f"an upload answer ({resp.status_code}) without Location")
-        return str(location)
+        return location
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), scope_repo: str | None = None,
                 **kw: Any) -> Any:
@@ -572,7 +569,7 @@ class Registry:
         resp.close()
         if resp.status_code == 201:
             return True
-        self._cancel(resp.headers.get("Location"))
+        self._cancel(_location_of(resp))
         return False
 
     def _cancel(self, location: str | None) -> None:
@@ -606,7 +603,7 @@ class Registry:
                 resp = self.request("PATCH", location, ok=(202,), data=chunk, headers={
                     "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{end}",
                     "Content-Length": str(len(chunk))})
-                location = resp.headers.get("Location") or location
+                location = _location_of(resp) or location
                 resp.close()
                 sent += len(chunk)
         done = self.request("PUT", _with_digest(location, digest), ok=(201,), headers={"Content-Length": "0"})
@@ -661,6 +658,17 @@ def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
         os.unlink(path)
     raise IntegrityError(f"blob {desc.digest}", f"the registry has {have} bytes of it, its descriptor "
                          f"says {desc.size}")
+
+
+def _location_of(resp: Any) -> str | None:
+    """The ``Location`` of the answer *resp* as a whole URL (None when there is none): resolved
+    against the URL of the request that got it (RFC 3986), so that a path-relative one
+    (``5f2c...?_state=...`` answering ``POST /v2/R/blobs/uploads/``) stays in that folder, and
+    a host-relative or whole one is what it says."""
+    from urllib.parse import urljoin
+
+    location = resp.headers.get("Location")
+    return urljoin(str(resp.url), str(location)) if location else None
 
 
 def _with_digest(location: str, digest: str) -> str:
