@@ -1396,3 +1396,116 @@ def test_a_location_relative_to_the_request_is_resolved_against_its_url(tmp_path
         assert info["Digest"] == digest
     finally:
         proxy.close()
+
+
+# ----- index entries without a platform -----------------------------------------------------------------
+
+
+class Blobs:
+    """The blobs of images made for a test, by digest in the order made: pushed to a registry, or
+    written as an OCI layout.  Each image has one layer, a file saying which image it is."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[str, bytes]] = {}
+        self.diff_ids: dict[str, str] = {}
+
+    def put(self, media_type: str, data: bytes, **extra: object) -> dict:
+        from tests.test_images import sha256
+
+        self.data.setdefault(sha256(data), (media_type, data))
+        return {"mediaType": media_type, "digest": sha256(data), "size": len(data), **extra}
+
+    def image(self, label: str, platform: str) -> dict:
+        """An image's manifest descriptor (no platform in it); *platform* is its config's."""
+        from graphdriver.images import oci
+        from graphdriver.testing.treeutil import F, make_tar
+        from tests.test_images import sha256
+
+        layer = make_tar({"which": F(label.encode())})
+        self.diff_ids[label] = sha256(layer)
+        os_name, arch = platform.split("/")[:2]
+        config = {"os": os_name, "architecture": arch,
+                  "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}
+        manifest = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                    "config": self.put(oci.OCI_CONFIG, json.dumps(config).encode()),
+                    "layers": [self.put(oci.OCI_LAYER, layer)]}
+        return self.put(oci.OCI_MANIFEST, json.dumps(manifest).encode())
+
+    def index(self, entries: list[tuple[dict, str | None]]) -> dict:
+        """An index of *entries* (a descriptor, and the platform it is listed with or None)."""
+        from graphdriver.images import oci
+
+        manifests = []
+        for desc, platform in entries:
+            if platform is not None:
+                os_name, arch = platform.split("/")[:2]
+                desc = {**desc, "platform": {"os": os_name, "architecture": arch}}
+            manifests.append(desc)
+        value = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": manifests}
+        return self.put(oci.OCI_INDEX, json.dumps(value).encode())
+
+    def push(self, host: str, name: str, top: dict) -> None:
+        """Every blob to repository/tag *name* of the registry at *host*, *top* under the tag."""
+        from graphdriver.images import oci
+
+        repo = name.partition(":")[0]
+        for digest, (media_type, data) in self.data.items():
+            if media_type in oci.MANIFESTS | oci.INDEXES:
+                put_manifest(host, f"{repo}@{digest}", data, media_type)
+            else:
+                put_blob(host, repo, data)
+        put_manifest(host, name, self.data[top["digest"]][1], top["mediaType"])
+
+    def layout(self, path: Path, name: str, top: dict) -> Path:
+        """An OCI layout at *path* whose index.json names *top* as *name*."""
+        (path / "blobs/sha256").mkdir(parents=True)
+        for digest, (_, data) in self.data.items():
+            (path / "blobs/sha256" / digest[7:]).write_bytes(data)
+        (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        entry = {**top, "annotations": {"io.containerd.image.name": name}}
+        (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+        return path
+
+
+def test_an_index_entry_without_a_platform_is_the_last_match_on_pull_and_load(tmp_path, registry):
+    """As containerd and skopeo: an index entry that names no platform is taken when no entry of
+    the platform is there (its config then says whether it is of the platform asked for); an entry
+    of the platform wins over it; one that is an index is looked into the same way."""
+    from graphdriver.images.sources import host_platform
+
+    here = host_platform()
+    other, third = [p for p in ("linux/s390x", "linux/ppc64le", "linux/amd64") if p != here][:2]
+    blobs = Blobs()
+    bare, theirs = blobs.image("bare", here), blobs.image("other", other)
+    cases = {  # name: (its top index, the image a pull or load without --platform takes)
+        "fallback": (blobs.index([(theirs, other), (bare, None)]), "bare"),
+        "outranked": (blobs.index([(bare, None), (blobs.image("here", here), here)]), "here"),
+        "nested": (blobs.index([(theirs, other), (blobs.index([(blobs.image("deep-other", other), other),
+                                                              (blobs.image("deep", here), here)]), None)]),
+                   "deep"),
+    }
+    for case, (top, _) in cases.items():
+        blobs.push(registry.host, f"{case}:1", top)
+    for case, (top, label) in cases.items():
+        ref = f"{registry.host}/{case}:1"
+        pulled = gd(tmp_path, "image", "pull", ref, "--insecure", check=False)
+        assert pulled.returncode == 0, (case, pulled.stderr)
+        inspected = json.loads(gd(tmp_path, "image", "inspect", ref).stdout)
+        assert [x["DiffID"] for x in inspected["Layers"]] == [blobs.diff_ids[label]], case
+        loader = tmp_path / f"load-{case}"
+        loader.mkdir()
+        layout = blobs.layout(tmp_path / f"layout-{case}", f"localhost/{case}:1", top)
+        loaded = gd(loader, "image", "load", str(layout), check=False)
+        assert loaded.returncode == 0, (case, loaded.stderr)
+        inspected = json.loads(gd(loader, "image", "inspect", f"localhost/{case}:1").stdout)
+        assert [x["DiffID"] for x in inspected["Layers"]] == [blobs.diff_ids[label]], case
+    # The platform asked for: an entry of it, else the entry without one if its config is of it.
+    ref = f"{registry.host}/fallback:1"
+    gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", other)
+    assert json.loads(gd(tmp_path, "image", "inspect", ref).stdout)["Layers"][0]["DiffID"] == \
+        blobs.diff_ids["other"]
+    layout = tmp_path / "layout-fallback"
+    for command in (("image", "pull", ref, "--insecure"), ("image", "load", str(layout))):
+        refused = gd(tmp_path, *command, "--platform", third, check=False)
+        assert refused.returncode == 3 and refused.stderr.count(b"\n") == 1, (command, refused.stderr)
+        assert f"no image for platform {third} (it has {here})".encode() in refused.stderr, refused.stderr
