@@ -155,8 +155,8 @@ DOCS: dict[str, Doc] = {
                       "that platform's is taken). Prints the names loaded.",
                       [("graphdriver image load deb.tar", "a docker save output"),
                        ("graphdriver image load ./layout --platform linux/arm64", "one platform of an index")],
-                      {2: "not a platform OS/ARCH[/VARIANT]", 3: "no such file, or no image for the platform",
-                       6: "a digest or DiffID does not match"}),
+                      {2: "not a platform OS/ARCH[/VARIANT], or - with a terminal on standard input",
+                       3: "no such file, or no image for the platform", 6: "a digest or DiffID does not match"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
                       "folder; layer tarballs are the loaded ones byte for byte. Without -o (or with -o -), "
                       "an archive goes to standard output, never to a terminal.",
