@@ -174,7 +174,8 @@ DOCS: dict[str, Doc] = {
                        ("graphdriver image pull localhost:5000/app:1 --insecure", "from a local plain-http "
                         "registry")],
                       {1: "the registry refused or failed", 2: "not a platform OS/ARCH[/VARIANT]",
-                       3: "no such image, or none for the platform", 6: "a digest does not match"}),
+                       3: "no such image, or none for the platform", 6: "a digest does not match",
+                       7: "a Docker schema 1 image, an artifact, or an image of the other system"}),
     "image push": Doc("images", "Pushes an image to a registry: blobs it has are skipped, blobs another "
                       "repository there holds are mounted, the others uploaded; then the manifest. Prints the "
                       "manifest digest.",
