@@ -468,9 +468,13 @@ def test_no_image_for_a_platform_names_the_variants():
     assert "no image for platform linux/arm/v6 (it has linux/arm/v7, linux/arm64)" in str(caught.value)
     assert select_platform([arm, arm64], "linux/arm", "image x") is arm
     assert select_platform([arm, arm64], "linux/arm64/v8", "image x") is arm64  # arm64 means v8
-    nested = oci.Descriptor(oci.OCI_INDEX, "sha256:" + "3" * 64, 1)  # an index in the index: no platform
+    # An image or index without a platform: taken when no entry is of the platform, as containerd does.
+    nested = oci.Descriptor(oci.OCI_INDEX, "sha256:" + "3" * 64, 1)
+    assert select_platform([nested, arm64], "linux/amd64", "image x") is nested
+    assert select_platform([nested, arm64], "linux/arm64", "image x") is arm64
+    artifact = oci.Descriptor("application/vnd.example.thing", "sha256:" + "4" * 64, 1)  # no image at all
     with pytest.raises(NotFound, match=r"\(it has an entry without a platform, linux/arm64\)$"):
-        select_platform([nested, arm64], "linux/amd64", "image x")
+        select_platform([artifact, arm64], "linux/amd64", "image x")
 
 
 # ----- save ---------------------------------------------------------------------------------------------

@@ -344,6 +344,34 @@ def test_save_without_a_file_writes_the_archive_to_standard_output(tmp_path):
     assert proc.returncode == 2 and b"terminal" in proc.stderr
 
 
+def test_load_from_standard_input_refuses_a_terminal(tmp_path):
+    """``image load -`` with a terminal on standard input would wait for an archive no one types:
+    refused at once (exit 2), as ``image save`` refuses a terminal on standard output."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        cmd = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"), "--run-root",
+               str(tmp_path / "run"), "--driver", "vfs", "image", "load", "-"]
+        proc = subprocess.run(cmd, stdin=follower, capture_output=True, check=False, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"standard input is a terminal; give an archive file or pipe one" in proc.stderr
+    assert proc.stdout == b""
+    # Piped in, it loads.
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/piped:1")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "image", "save", "localhost/piped:1", "-o", str(tmp_path / "piped.tar"))
+    other = tmp_path / "other"
+    other.mkdir()
+    piped = run_cli("image", "load", "-", root=other / "store", driver="vfs",
+                    input=(tmp_path / "piped.tar").read_bytes(), check=True)
+    assert piped.stdout == b"localhost/piped:1\n"
+
+
 def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_name):
     digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2])
     assert gd(tmp_path, driver_name, "image", "load", str(tmp_path / "in")).stdout == b"localhost/made:1\n"

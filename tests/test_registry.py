@@ -1063,3 +1063,449 @@ def test_registry_errors_name_the_image_the_registry_and_the_malformed_challenge
             reg.manifest("1")
         assert str(failed.value) == (f"GET {host}/v2/err500json/manifests/1: gave up after "
                                      f"{client.ATTEMPTS} attempts: HTTP 500")
+
+
+# ----- images put together blob by blob ------------------------------------------------------------------
+
+
+def put_blob(host: str, repo: str, data: bytes) -> str:
+    """Upload *data* to repository *repo* of the registry at *host* (plain http) in one PUT, as
+    the distribution API has it; returns its digest."""
+    from urllib.parse import urljoin
+
+    from tests.test_images import sha256
+
+    digest = sha256(data)
+    start = f"http://{host}/v2/{repo}/blobs/uploads/"
+    with urllib.request.urlopen(urllib.request.Request(start, method="POST", data=b"")) as resp:
+        location = urljoin(start, resp.headers["Location"])
+    put = location + ("&" if "?" in location else "?") + f"digest={digest}"
+    urllib.request.urlopen(urllib.request.Request(put, method="PUT", data=data, headers={
+        "Content-Type": "application/octet-stream", "Content-Length": str(len(data))})).close()
+    return digest
+
+
+def put_manifest(host: str, name: str, manifest: bytes, media_type: str) -> str:
+    """Put *manifest* as *name* (``repo:tag`` or ``repo@digest``) on the registry at *host*;
+    returns its digest."""
+    from tests.test_images import sha256
+
+    repo, by_digest, tag = name.partition("@")
+    if not by_digest:
+        repo, _, tag = name.partition(":")
+    url = f"http://{host}/v2/{repo}/manifests/{tag}"
+    urllib.request.urlopen(urllib.request.Request(url, method="PUT", data=manifest,
+                                                  headers={"Content-Type": media_type})).close()
+    return sha256(manifest)
+
+
+def put_image(host: str, name: str, layers: list[tuple[str, bytes, int | None]],
+              config_size: int | None = None) -> str:
+    """Push to the registry at *host* (plain http) an OCI image *name* (``repo:tag``) made of
+    *layers* (media type, blob, and the size its descriptor claims, None for the true one) and a
+    linux/amd64 config (its descriptor's size *config_size*, None for the true one); returns the
+    manifest digest."""
+    import gzip
+
+    from graphdriver.images import oci
+    from tests.test_images import sha256
+
+    diff_ids = [sha256(gzip.decompress(b) if m.endswith("+gzip") else b) for m, b, _ in layers]
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    config_bytes = json.dumps(config).encode()
+    repo = name.partition(":")[0]
+    for data in {config_bytes, *(b for _, b, _ in layers)}:
+        put_blob(host, repo, data)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": oci.OCI_CONFIG, "digest": sha256(config_bytes),
+                   "size": len(config_bytes) if config_size is None else config_size},
+        "layers": [{"mediaType": m, "digest": sha256(b), "size": len(b) if s is None else s}
+                   for m, b, s in layers]}).encode()
+    return put_manifest(host, name, manifest, oci.OCI_MANIFEST)
+
+
+def test_an_empty_layer_blob_pulls_and_a_size_0_that_lies_is_an_integrity_failure(tmp_path, registry):
+    """A zero-size layer descriptor (the empty blob, sha256 of nothing) is downloaded as an empty
+    file and checked; one that says 0 bytes of a blob that has more is exit 6, no temporary file named."""
+    import gzip
+    import hashlib
+
+    from graphdriver.images import oci
+
+    empty = (oci.OCI_LAYER, b"", None)
+    put_image(registry.host, "empty:1", [(oci.OCI_LAYER_GZIP, gzip.compress(LAYER1, mtime=0), None), empty])
+    ref = f"{registry.host}/empty:1"
+    pulled = gd(tmp_path, "image", "pull", ref, "--insecure", check=False)
+    assert pulled.returncode == 0 and pulled.stderr == b"", pulled.stderr
+    inspected = json.loads(gd(tmp_path, "image", "inspect", ref).stdout)
+    assert inspected["Layers"][1]["DiffID"] == "sha256:" + hashlib.sha256(b"").hexdigest()
+    assert gd(tmp_path, "image", "pull", ref, "--insecure").returncode == 0  # again: nothing to download
+    # Pushed to another registry, the empty blob goes up as an empty body, the manifest unchanged.
+    second = Registry(tmp_path / "second-registry")
+    try:
+        copy = f"{second.host}/empty:1"
+        pushed = gd(tmp_path, "image", "push", ref, copy, "--insecure").stdout.decode().strip()
+        assert pushed == inspected["ManifestDigest"]
+        raw = skopeo_json("inspect", "--raw", "--tls-verify=false", f"docker://{copy}")
+        assert raw["layers"][1]["size"] == 0
+    finally:
+        second.stop()
+    # Size 0 claimed for a blob that is not empty.
+    put_image(registry.host, "liar:1", [(oci.OCI_LAYER, LAYER2, 0)])
+    other = tmp_path / "other"
+    other.mkdir()
+    lied = gd(other, "image", "pull", f"{registry.host}/liar:1", "--insecure", check=False)
+    assert lied.returncode == 6 and lied.stderr.count(b"\n") == 1, lied.stderr
+    assert b".download" not in lied.stderr
+    assert gd(other, "image", "ls", "--json").stdout.strip() == b"[]"
+    assert gd(other, "layers").stdout == b""
+    blobs = other / "store/images/blobs/sha256"
+    assert not blobs.exists() or list(blobs.iterdir()) == []
+
+
+class RewritingProxy:
+    """An HTTP proxy to the registry at *target* that hands each answer to
+    ``rewrite(method, path, request_headers, status, headers, body)`` and sends back what that
+    returns (status, headers, body); it counts the requests it saw, by method."""
+
+    def __init__(self, target: str, rewrite: Callable[..., tuple[int, dict[str, str], bytes]]) -> None:
+        import http.client
+        import http.server
+
+        self.seen: list[tuple[str, str]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.seen.append((self.command, self.path))
+                upstream = http.client.HTTPConnection(target, timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                answer = upstream.getresponse()
+                data = answer.read()
+                headers = {k: v for k, v in answer.getheaders() if k.lower() not in ("connection",
+                                                                                      "transfer-encoding")}
+                upstream.close()
+                status, headers, data = rewrite(self.command, self.path, self.headers, answer.status,
+                                                headers, data)
+                self.send_response(status)
+                for key, value in headers.items():
+                    if key.lower() != "content-length" or self.command == "HEAD":
+                        self.send_header(key, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_blobs_are_asked_for_as_they_are_and_an_encoded_answer_is_decoded_or_refused(tmp_path, registry):
+    """A CDN that gzips a blob for a client accepting gzip would change its bytes, and its digest:
+    blobs are asked for with Accept-Encoding: identity; one encoded all the same is decoded
+    (gzip) or refused in words (an encoding nothing here decodes)."""
+    import gzip
+
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/made:1"], check=True)
+    mode = {"encode": "when accepted"}
+    asked: list[str] = []
+
+    def encode(method: str, path: str, request: dict[str, str], status: int, headers: dict[str, str],
+               body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if method != "GET" or "/blobs/" not in path or status != 200:
+            return status, headers, body
+        accepts = request.get("Accept-Encoding", "")
+        asked.append(accepts)
+        if mode["encode"] == "when accepted" and "gzip" not in accepts:
+            return status, headers, body
+        if mode["encode"] == "unknown":
+            return status, {**headers, "Content-Encoding": "x-squash"}, body
+        return status, {**headers, "Content-Encoding": "gzip"}, gzip.compress(body)
+
+    proxy = RewritingProxy(registry.host, encode)
+    try:
+        ref = f"{proxy.host}/made:1"
+        pulled = gd(tmp_path, "image", "pull", ref, "--insecure", check=False)
+        assert pulled.returncode == 0, pulled.stderr
+        assert len(asked) == 3 and set(asked) == {"identity"}
+        mode["encode"] = "always"  # asked for as it is, sent gzipped all the same: decoded
+        for store in ("always", "unknown"):
+            (tmp_path / store).mkdir()
+        assert gd(tmp_path / "always", "image", "pull", ref, "--insecure", check=False).returncode == 0
+        inspected = json.loads(gd(tmp_path / "always", "image", "inspect", ref).stdout)
+        from tests.test_images import sha256
+
+        assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER1), sha256(LAYER2)]
+        mode["encode"] = "unknown"
+        refused = gd(tmp_path / "unknown", "image", "pull", ref, "--insecure", check=False)
+        assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
+        assert b"Content-Encoding x-squash" in refused.stderr
+        assert gd(tmp_path / "unknown", "image", "ls", "--json").stdout.strip() == b"[]"
+    finally:
+        proxy.close()
+
+
+def test_auth_file_keys_with_a_scheme_and_a_path_or_a_namespace_are_matched(tmp_path):
+    """As Docker's CLI and containers/image read an auth file: ``https://HOST/v1/``,
+    ``https://HOST/v2/`` and ``http://HOST/`` name the registry; ``HOST/ns`` and ``HOST/ns/repo``
+    name a namespace or a repository, the most specific one that holds the repository first,
+    then the registry's own key."""
+    folder = tmp_path / "registry-folder"
+    folder.mkdir()
+    (folder / "htpasswd").write_text(f"alice:{bcrypt_hash('s3cret')}\n")
+    reg = Registry(folder, auth=f"auth:\n  htpasswd:\n    realm: test\n    path: {folder / 'htpasswd'}\n")
+    good = {"auth": base64.b64encode(b"alice:s3cret").decode()}
+    bad = {"auth": base64.b64encode(b"alice:wrong").decode()}
+    auth = tmp_path / "auth.json"
+
+    def pull(auths: dict[str, dict[str, str]]) -> subprocess.CompletedProcess[bytes]:
+        auth.write_text(json.dumps({"auths": auths}))
+        return gd(tmp_path / "other", "image", "pull", f"{reg.host}/team/made:1", "--insecure", check=False,
+                  env={"REGISTRY_AUTH_FILE": str(auth)})
+
+    try:
+        oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        auth.write_text(json.dumps({"auths": {reg.host: good}}))
+        gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/made:1", "--insecure",
+           env={"REGISTRY_AUTH_FILE": str(auth)})
+        (tmp_path / "other").mkdir()
+        host = reg.host
+        for auths in ({f"https://{host}/v1/": good}, {f"https://{host}/v2/": good}, {f"http://{host}/": good},
+                      {f"{host}/team": good, host: bad},
+                      {f"{host}/team/made": good, f"{host}/team": bad, host: bad, f"https://{host}/v1/": bad},
+                      {host: bad, f"{host}/team/made/": good}):
+            pulled = pull(auths)
+            assert pulled.returncode == 0, (auths, pulled.stderr)
+        # A key of another namespace (or only a prefix of a name) is not this repository's.
+        for auths in ({f"{host}/tea": good}, {f"{host}/other": good}, {f"{host}/team/made/x": good}):
+            refused = pull(auths)
+            assert refused.returncode == 1, (auths, refused.stderr)
+            assert b"none are configured" in refused.stderr, (auths, refused.stderr)
+        refused = pull({f"{host}/other": good, f"https://{host}/v1/": bad})
+        assert refused.returncode == 1 and b"not authorised" in refused.stderr, refused.stderr
+    finally:
+        reg.stop()
+
+
+def test_a_schema_1_image_is_unsupported_not_corrupt(tmp_path):
+    """Docker's schema 1 manifests (signed or not) are a format this client does not read:
+    exit 7 saying so, not an integrity failure; nothing is stored."""
+    schema1 = json.dumps({"schemaVersion": 1, "name": "old", "tag": "1", "architecture": "amd64",
+                          "fsLayers": [{"blobSum": "sha256:" + "a" * 64}],
+                          "history": [{"v1Compatibility": "{}"}]}).encode()
+    types = {"signed": "application/vnd.docker.distribution.manifest.v1+prettyjws",
+             "plain": "application/vnd.docker.distribution.manifest.v1+json", "untyped": "application/json"}
+
+    def answer(path: str) -> tuple[int, bytes, dict[str, str]]:
+        kind = path.split("/")[2]
+        return 200, schema1, {"Content-Type": types[kind]}
+
+    with fake_registry(answer) as host:
+        for kind in types:
+            r = gd(tmp_path, "image", "pull", f"{host}/{kind}:1", "--insecure", check=False)
+            assert (r.returncode, r.stderr.count(b"\n")) == (7, 1), (kind, r.stderr)
+            assert b"schema 1 images are not supported" in r.stderr, r.stderr
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+
+
+def test_a_config_blob_of_another_size_than_its_descriptor_is_an_integrity_failure(tmp_path, registry):
+    """The config blob is checked against its descriptor's size, as the layer blobs are: exit 6,
+    nothing stored."""
+    import gzip
+
+    from graphdriver.images import oci
+
+    layer = (oci.OCI_LAYER_GZIP, gzip.compress(LAYER1, mtime=0), None)
+    for name, size in (("more:1", 10_000), ("less:1", 10)):
+        put_image(registry.host, name, [layer], config_size=size)
+        r = gd(tmp_path, "image", "pull", f"{registry.host}/{name}", "--insecure", check=False)
+        assert (r.returncode, r.stderr.count(b"\n")) == (6, 1), (name, r.stderr)
+        assert b"its descriptor says" in r.stderr and str(size).encode() in r.stderr, r.stderr
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+    assert gd(tmp_path, "layers").stdout == b""
+    blobs = tmp_path / "store/images/blobs/sha256"
+    assert not blobs.exists() or list(blobs.iterdir()) == []
+
+
+def test_a_location_relative_to_the_request_is_resolved_against_its_url(tmp_path, registry, monkeypatch):
+    """An upload's Location may be relative to the URL of the request that got it (RFC 3986):
+    ``5f2c...?_state=...`` answering ``POST /v2/R/blobs/uploads/`` is ``/v2/R/blobs/uploads/5f2c...``,
+    for one PUT, and for PATCH chunks too; a Location relative to the host still works."""
+    from urllib.parse import urlsplit
+
+    import graphdriver
+    from graphdriver import images
+    from graphdriver.images import distribution
+    from graphdriver.images import registry as client
+    from graphdriver.testing.treeutil import F, make_tar
+
+    made_relative: list[str] = []
+
+    def relative(method: str, path: str, request: dict[str, str], status: int, headers: dict[str, str],
+                 body: bytes) -> tuple[int, dict[str, str], bytes]:
+        key = next((k for k in headers if k.lower() == "location"), None)
+        if key is not None:
+            target = urlsplit(headers[key])
+            folder = urlsplit(path).path.rpartition("/")[0] + "/"
+            query = f"?{target.query}" if target.query else ""
+            if method == "PATCH":  # relative to the host
+                headers[key] = target.path + query
+                made_relative.append(method)
+            elif target.path.startswith(folder) and target.path != folder:
+                headers[key] = target.path[len(folder):] + query
+                made_relative.append(method)
+        return status, headers, body
+
+    proxy = RewritingProxy(registry.host, relative)
+    try:
+        oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        dest = f"{proxy.host}/team/rel:1"
+        pushed = gd(tmp_path, "image", "push", "localhost/made:1", dest, "--insecure", check=False)
+        assert pushed.returncode == 0, pushed.stderr
+        assert made_relative.count("POST") == 3  # two layers and the config, each its own upload
+        info = skopeo_json("inspect", "--tls-verify=false", f"docker://{registry.host}/team/rel:1")
+        assert info["Digest"] == pushed.stdout.decode().strip()
+        # In chunks: the POST answers with a relative Location, each PATCH with one from the host.
+        big = make_tar({"big": F(os.urandom(300_000))})
+        oci_layout(tmp_path / "big", [big], name="localhost/big:1", gzipped=False)
+        monkeypatch.setattr(client, "UPLOAD_CHUNK", 128 << 10)
+        store = graphdriver.open_store(str(tmp_path / "api"), run_root=str(tmp_path / "api-run"),
+                                       driver="vfs")
+        images.load(store, str(tmp_path / "big"))
+        made_relative.clear()
+        digest = distribution.push(store, "localhost/big:1", f"{proxy.host}/team/big:1", insecure=True)
+        assert made_relative.count("PATCH") >= 2
+        info = skopeo_json("inspect", "--tls-verify=false", f"docker://{registry.host}/team/big:1")
+        assert info["Digest"] == digest
+    finally:
+        proxy.close()
+
+
+# ----- index entries without a platform -----------------------------------------------------------------
+
+
+class Blobs:
+    """The blobs of images made for a test, by digest in the order made: pushed to a registry, or
+    written as an OCI layout.  Each image has one layer, a file saying which image it is."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[str, bytes]] = {}
+        self.diff_ids: dict[str, str] = {}
+
+    def put(self, media_type: str, data: bytes, **extra: object) -> dict:
+        from tests.test_images import sha256
+
+        self.data.setdefault(sha256(data), (media_type, data))
+        return {"mediaType": media_type, "digest": sha256(data), "size": len(data), **extra}
+
+    def image(self, label: str, platform: str) -> dict:
+        """An image's manifest descriptor (no platform in it); *platform* is its config's."""
+        from graphdriver.images import oci
+        from graphdriver.testing.treeutil import F, make_tar
+        from tests.test_images import sha256
+
+        layer = make_tar({"which": F(label.encode())})
+        self.diff_ids[label] = sha256(layer)
+        os_name, arch = platform.split("/")[:2]
+        config = {"os": os_name, "architecture": arch,
+                  "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}
+        manifest = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                    "config": self.put(oci.OCI_CONFIG, json.dumps(config).encode()),
+                    "layers": [self.put(oci.OCI_LAYER, layer)]}
+        return self.put(oci.OCI_MANIFEST, json.dumps(manifest).encode())
+
+    def index(self, entries: list[tuple[dict, str | None]]) -> dict:
+        """An index of *entries* (a descriptor, and the platform it is listed with or None)."""
+        from graphdriver.images import oci
+
+        manifests = []
+        for desc, platform in entries:
+            if platform is not None:
+                os_name, arch = platform.split("/")[:2]
+                desc = {**desc, "platform": {"os": os_name, "architecture": arch}}
+            manifests.append(desc)
+        value = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": manifests}
+        return self.put(oci.OCI_INDEX, json.dumps(value).encode())
+
+    def push(self, host: str, name: str, top: dict) -> None:
+        """Every blob to repository/tag *name* of the registry at *host*, *top* under the tag."""
+        from graphdriver.images import oci
+
+        repo = name.partition(":")[0]
+        for digest, (media_type, data) in self.data.items():
+            if media_type in oci.MANIFESTS | oci.INDEXES:
+                put_manifest(host, f"{repo}@{digest}", data, media_type)
+            else:
+                put_blob(host, repo, data)
+        put_manifest(host, name, self.data[top["digest"]][1], top["mediaType"])
+
+    def layout(self, path: Path, name: str, top: dict) -> Path:
+        """An OCI layout at *path* whose index.json names *top* as *name*."""
+        (path / "blobs/sha256").mkdir(parents=True)
+        for digest, (_, data) in self.data.items():
+            (path / "blobs/sha256" / digest[7:]).write_bytes(data)
+        (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        entry = {**top, "annotations": {"io.containerd.image.name": name}}
+        (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+        return path
+
+
+def test_an_index_entry_without_a_platform_is_the_last_match_on_pull_and_load(tmp_path, registry):
+    """As containerd and skopeo: an index entry that names no platform is taken when no entry of
+    the platform is there (its config then says whether it is of the platform asked for); an entry
+    of the platform wins over it; one that is an index is looked into the same way."""
+    from graphdriver.images.sources import host_platform
+
+    here = host_platform()
+    other, third = [p for p in ("linux/s390x", "linux/ppc64le", "linux/amd64") if p != here][:2]
+    blobs = Blobs()
+    bare, theirs = blobs.image("bare", here), blobs.image("other", other)
+    cases = {  # name: (its top index, the image a pull or load without --platform takes)
+        "fallback": (blobs.index([(theirs, other), (bare, None)]), "bare"),
+        "outranked": (blobs.index([(bare, None), (blobs.image("here", here), here)]), "here"),
+        "nested": (blobs.index([(theirs, other), (blobs.index([(blobs.image("deep-other", other), other),
+                                                              (blobs.image("deep", here), here)]), None)]),
+                   "deep"),
+    }
+    for case, (top, _) in cases.items():
+        blobs.push(registry.host, f"{case}:1", top)
+    for case, (top, label) in cases.items():
+        ref = f"{registry.host}/{case}:1"
+        pulled = gd(tmp_path, "image", "pull", ref, "--insecure", check=False)
+        assert pulled.returncode == 0, (case, pulled.stderr)
+        inspected = json.loads(gd(tmp_path, "image", "inspect", ref).stdout)
+        assert [x["DiffID"] for x in inspected["Layers"]] == [blobs.diff_ids[label]], case
+        loader = tmp_path / f"load-{case}"
+        loader.mkdir()
+        layout = blobs.layout(tmp_path / f"layout-{case}", f"localhost/{case}:1", top)
+        loaded = gd(loader, "image", "load", str(layout), check=False)
+        assert loaded.returncode == 0, (case, loaded.stderr)
+        inspected = json.loads(gd(loader, "image", "inspect", f"localhost/{case}:1").stdout)
+        assert [x["DiffID"] for x in inspected["Layers"]] == [blobs.diff_ids[label]], case
+    # The platform asked for: an entry of it, else the entry without one if its config is of it.
+    ref = f"{registry.host}/fallback:1"
+    gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", other)
+    assert json.loads(gd(tmp_path, "image", "inspect", ref).stdout)["Layers"][0]["DiffID"] == \
+        blobs.diff_ids["other"]
+    layout = tmp_path / "layout-fallback"
+    for command in (("image", "pull", ref, "--insecure"), ("image", "load", str(layout))):
+        refused = gd(tmp_path, *command, "--platform", third, check=False)
+        assert refused.returncode == 3 and refused.stderr.count(b"\n") == 1, (command, refused.stderr)
+        assert f"no image for platform {third} (it has {here})".encode() in refused.stderr, refused.stderr

@@ -156,8 +156,8 @@ DOCS: dict[str, Doc] = {
                       "that platform's is taken). Prints the names loaded.",
                       [("graphdriver image load deb.tar", "a docker save output"),
                        ("graphdriver image load ./layout --platform linux/arm64", "one platform of an index")],
-                      {2: "not a platform OS/ARCH[/VARIANT]", 3: "no such file, or no image for the platform",
-                       6: "a digest or DiffID does not match"}),
+                      {2: "not a platform OS/ARCH[/VARIANT], or - with a terminal on standard input",
+                       3: "no such file, or no image for the platform", 6: "a digest or DiffID does not match"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
                       "folder; layer tarballs are the loaded ones byte for byte. Without -o (or with -o -), "
                       "an archive goes to standard output, never to a terminal.",
@@ -175,7 +175,8 @@ DOCS: dict[str, Doc] = {
                        ("graphdriver image pull localhost:5000/app:1 --insecure", "from a local plain-http "
                         "registry")],
                       {1: "the registry refused or failed", 2: "not a platform OS/ARCH[/VARIANT]",
-                       3: "no such image, or none for the platform", 6: "a digest does not match"}),
+                       3: "no such image, or none for the platform", 6: "a digest does not match",
+                       7: "a Docker schema 1 image, an artifact, or an image of the other system"}),
     "image push": Doc("images", "Pushes an image to a registry: blobs it has are skipped, blobs another "
                       "repository there holds are mounted, the others uploaded; then the manifest. Prints the "
                       "manifest digest.",

@@ -30,6 +30,10 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def image_load(store: Store, args: Args) -> int:
+    # An archive comes from standard input when piped in, never from a terminal (it would wait
+    # for bytes no one types), as ``image save`` writes none to one.
+    if args.source == "-" and sys.stdin is not None and sys.stdin.isatty():
+        raise UsageError("standard input is a terminal; give an archive file or pipe one", args.command)
     report = _reporter(args)
     loaded = manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet, report=report)
     if args.json:  # one JSON document: a list, however many images the archive held

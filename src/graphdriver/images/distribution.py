@@ -30,6 +30,7 @@ from graphdriver.images import oci, reference
 from graphdriver.images.loading import Pending, check_os, keeps_blob, load_image
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.images.sources import (
+    INDEX_DEPTH,
     SourceImage,
     SourceLayer,
     check_platform,
@@ -74,21 +75,18 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
 
     with Registry(ref, insecure=insecure) as reg:
         data, media = reg.manifest(ref.digest or ref.tag or "latest")
-        chosen_by_index = media in oci.INDEXES
-        index_digest = oci.sha256_digest(data) if chosen_by_index else None
-        if chosen_by_index:
-            index = oci.load_json(data, f"index of {ref}")
-            manifests = index.get("manifests")
-            descs = [oci.Descriptor.parse(m, f"index of {ref}") for m in manifests or []]
-            chosen = select_platform(descs, platform or store_platform(store.driver_name), f"image {ref}")
-            data, media = reg.manifest(chosen.digest)
-        config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"), str(ref))
+        index_digest = oci.sha256_digest(data) if media in oci.INDEXES else None
+        data, media, chosen = _choose(reg, ref, data, media, platform or store_platform(store.driver_name))
+        if media in oci.DOCKER_SCHEMA1:
+            raise oci.schema1_refused(f"image {ref}")
+        config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"),
+                                                      f"image {ref}")
         if config_desc.media_type not in (oci.OCI_CONFIG, oci.DOCKER_CONFIG, ""):
             # An artifact (a Helm chart, a signature...) stored as an image is no image to run.
             raise Unsupported(f"image {ref}", f"is not a container image (its config is a "
                               f"{shorten(config_desc.media_type, 80)})")
-        config = reg.blob_bytes(config_desc.digest)
-        if not chosen_by_index:
+        config = reg.blob_bytes(config_desc)
+        if chosen is None or not chosen.platform:  # no index chose it by its platform: its config says
             check_platform(config, platform, f"image {ref}")
         parsed = oci.load_json(config, f"config of {ref}")
         check_os(store, parsed, f"image {ref}")  # before any layer
@@ -109,6 +107,25 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
         with contextlib.suppress(NotFound):  # (removed meanwhile: what was pulled is still told)
             record = images.get(record.id)
     return record
+
+
+def _choose(reg: object, ref: reference.Reference, data: bytes, media: str,
+            wanted: str) -> tuple[bytes, str, oci.Descriptor | None]:
+    """The image manifest (and its media type) that *data*, of type *media*, stands for: itself,
+    or from an index (and from an index that one names) the entry for platform *wanted*, as
+    :func:`select_platform` chooses; with the index entry chosen last (None: no index)."""
+    from graphdriver.images.registry import Registry
+
+    assert isinstance(reg, Registry)
+    chosen = None
+    for _ in range(INDEX_DEPTH + 1):
+        if media not in oci.INDEXES:
+            return data, media, chosen
+        index = oci.load_json(data, f"index of {ref}")
+        descs = [oci.Descriptor.parse(m, f"index of {ref}") for m in index.get("manifests") or []]
+        chosen = select_platform(descs, wanted, f"image {ref}")
+        data, media = reg.manifest(chosen.digest)
+    raise IntegrityError(f"image {ref}", f"indexes nested more than {INDEX_DEPTH} deep")
 
 
 def _wanted(store: Store, images: ImageStore, descs: list[oci.Descriptor], diff_ids: list[str],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from graphdriver.errors import IntegrityError, InvalidArgument
+from graphdriver.errors import IntegrityError, InvalidArgument, Unsupported
 from graphdriver.images.reference import check_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -27,6 +27,9 @@ DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzi
 OCI_NONDIST_LAYER_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
 
 MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+#: Docker's schema 1 manifests (signed, and not): a format of their own, not read here.
+DOCKER_SCHEMA1 = frozenset({"application/vnd.docker.distribution.manifest.v1+prettyjws",
+                            "application/vnd.docker.distribution.manifest.v1+json"})
 INDEXES = frozenset({OCI_INDEX, DOCKER_LIST})
 #: Where an OCI layout or index names an image's name.
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -195,8 +198,17 @@ def diff_ids_of(config: dict[str, Any], what: str) -> list[str]:
     return list(ids)
 
 
+def schema1_refused(what: str) -> Unsupported:
+    """The error for a Docker schema 1 image *what*: a format this project does not read (exit 7),
+    not a corrupt one."""
+    return Unsupported(what, "is a Docker schema 1 image, and schema 1 images are not supported "
+                             "(skopeo copy --format v2s2 gives it a schema 2 manifest)")
+
+
 def manifest_parts(manifest: dict[str, Any], what: str) -> tuple[Descriptor, list[Descriptor]]:
     """The config descriptor and layer descriptors of an image manifest."""
+    if manifest.get("schemaVersion") == 1 or manifest.get("mediaType") in DOCKER_SCHEMA1:
+        raise schema1_refused(what)
     if manifest.get("schemaVersion") != 2:
         raise IntegrityError(what, "not a schema 2 image manifest")
     config = Descriptor.parse(manifest.get("config"), what)

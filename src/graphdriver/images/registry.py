@@ -14,13 +14,16 @@ and ``image push``.  What it does:
   does not speak TLS (a local registry).
 * **Auth**: anonymous first; on a 401 the ``WWW-Authenticate`` challenge says
   how: ``Basic`` with the credentials of ``$REGISTRY_AUTH_FILE`` or
-  ``~/.docker/config.json`` (``auths.<host>.auth``, base64 ``user:password``),
+  ``~/.docker/config.json`` (``auths.<key>.auth``, base64 ``user:password``; the key
+  the repository's namespace, its registry, or a URL of it: :func:`_auth_rank`),
   or ``Bearer`` (a token from the challenge's realm for the repository's scope,
   asked with those credentials if any, kept per scope).
 * **Retries**: 429 and 5xx answers and dropped connections are retried with
   exponential backoff (``Retry-After`` honoured), at most :data:`ATTEMPTS`
   times; a blob download that breaks resumes where it stopped with a
-  ``Range`` request, and every blob is checked against its digest.
+  ``Range`` request, and every blob is checked against its digest.  Blobs are asked for
+  as they are stored (``Accept-Encoding: identity``); one gzipped on the way all the same is
+  decoded, one in an encoding nothing here decodes is refused.
 * **Push**: a blob the registry has (``HEAD``) is not sent; one a sibling
   repository of the same registry has is mounted (``?mount=&from=``) when the
   registry offers it; others go up in one ``PUT`` or, when large, in chunks
@@ -49,6 +52,9 @@ _CHUNK = 1 << 20
 #: Blobs up to this size go up in one request; larger ones in chunks of it.
 UPLOAD_CHUNK = 32 << 20
 ACCEPT = ", ".join([oci.OCI_INDEX, oci.DOCKER_LIST, oci.OCI_MANIFEST, oci.DOCKER_MANIFEST])
+#: Blobs are asked for as they are stored (their digest is of those bytes, and a ``Range`` counts
+#: them), never gzipped on the way by a registry or a CDN in front of it.
+AS_STORED = {"Accept-Encoding": "identity"}
 
 
 class RegistryError(GraphDriverError):
@@ -136,27 +142,49 @@ def _auth_files() -> list[str]:
     return files
 
 
-def credentials(domain: str) -> tuple[str, str] | None:
-    """``(user, password)`` for *domain* from the first auth file that names it.
+def credentials(domain: str, path: str = "") -> tuple[str, str] | None:
+    """``(user, password)`` for repository *path* of registry *domain* from the first auth file
+    that has a key for it (the best key of that file: see :func:`_auth_rank`).
 
     A file that is missing is passed over; one that cannot be read, is not
     JSON, or holds an ``auth`` for *domain* that is not base64 ``user:password``
     is an error naming the file (credentials silently skipped would show up
     later as a puzzling refusal by the registry).
     """
-    keys = {domain, f"https://{domain}", f"http://{domain}"}
-    if domain == "docker.io":
-        keys |= {"https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"}
-    for path in _auth_files():
-        auths = _read_auths(path)
-        for key, entry in auths.items():
-            if key.rstrip("/") not in keys:
-                continue
+    for file in _auth_files():
+        auths = _read_auths(file)
+        ranked = sorted((rank, i, key) for i, key in enumerate(auths)
+                        if (rank := _auth_rank(key, domain, path)) is not None)
+        for _, _, key in ranked:
+            entry = auths[key]
             if not isinstance(entry, dict):
-                raise GraphDriverError(f"auth file {path}", f"auths.{shorten(key)} is not an object")
+                raise GraphDriverError(f"auth file {file}", f"auths.{shorten(key)} is not an object")
             if entry.get("auth"):  # an entry without one is a credential helper's: passed over
-                return _decode_auth(entry["auth"], path, key)
+                return _decode_auth(entry["auth"], file, key)
     return None
+
+
+def _auth_rank(key: str, domain: str, path: str) -> int | None:
+    """How closely the auth file key *key* names repository *path* of registry *domain* (0 is
+    best), as podman (containers/image) and Docker's CLI read the keys: ``HOST/ns/repo`` and
+    ``HOST/ns`` name a namespace and rank by how much of *path* they hold, the whole first;
+    then ``HOST``; then a URL, ``https://HOST/v1/``, ``https://HOST/v2/`` or ``http://HOST/``
+    (``docker login`` wrote those), which names its host whatever its path.  None: a key of
+    another registry, or of a namespace that does not hold *path*."""
+    hosts = {domain}
+    if domain == "docker.io":
+        hosts |= {"index.docker.io", "registry-1.docker.io"}
+    parts = path.split("/") if path else []
+    scheme, sep, rest = key.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        return len(parts) + 1 if rest.partition("/")[0] in hosts else None
+    host, _, namespace = key.rstrip("/").partition("/")
+    if host not in hosts:
+        return None
+    held = namespace.split("/") if namespace else []
+    if held != parts[: len(held)]:
+        return None
+    return len(parts) - len(held)
 
 
 def _read_auths(path: str) -> dict[str, Any]:
@@ -223,7 +251,7 @@ class Registry:
         #: Why TLS with an insecure registry failed, when that sent it to plain http.
         self.tls_failure: str | None = None
         self.repo = ref.path
-        self.creds = credentials(ref.domain)
+        self.creds = credentials(ref.domain, ref.path)
         self.actions = "pull,push" if push else "pull"
         self.tokens: dict[str, str] = {}
         self.auth_header: str | None = None
@@ -264,20 +292,17 @@ class Registry:
     # ----- requests, auth and retries ----------------------------------------------------------
 
     def _url(self, path: str) -> str:
+        """*path* relative to ``/v2/``, or a whole URL (a Location, resolved by :func:`_location_of`)."""
         if path.startswith(("http://", "https://")):
             return path
-        if path.startswith("/"):  # a Location relative to the registry (the spec allows it)
-            from urllib.parse import urljoin
-
-            return urljoin(self.base, path)
         return self.base + path
 
     def _location(self, resp: Any) -> str:
-        location = resp.headers.get("Location")
-        if not location:
+        location = _location_of(resp)
+        if location is None:
             raise RegistryError(f"registry {self.host}",
                                 f"an upload answer ({resp.status_code}) without Location")
-        return str(location)
+        return location
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), scope_repo: str | None = None,
                 **kw: Any) -> Any:
@@ -460,12 +485,21 @@ class Registry:
             media = str(oci.load_json(data, "manifest").get("mediaType", oci.OCI_MANIFEST))
         return data, media
 
-    def blob_bytes(self, digest: str, limit: int = 64 << 20) -> bytes:
-        resp = self.request("GET", f"{self.repo}/blobs/{digest}", stream=True)
-        data: bytes = resp.raw.read(limit + 1, decode_content=False)
-        resp.close()
-        if len(data) > limit:
+    def blob_bytes(self, desc: oci.Descriptor, limit: int = 64 << 20) -> bytes:
+        """The blob *desc* (a config), checked against its descriptor's size and digest."""
+        digest = desc.digest
+        if desc.size > limit:
             raise IntegrityError(f"blob {digest}", "larger than a config may be")
+        resp = self.request("GET", f"{self.repo}/blobs/{digest}", stream=True, headers=AS_STORED)
+        _encoding(resp, digest)  # (one sent all the same is decoded, or refused)
+        data: bytes = resp.raw.read(desc.size + 1, decode_content=True)
+        resp.close()
+        if len(data) > desc.size:
+            raise IntegrityError(f"blob {digest}", f"the registry has more than the {desc.size} bytes "
+                                 "its descriptor says")
+        if len(data) < desc.size:
+            raise IntegrityError(f"blob {digest}", f"the registry has {len(data)} bytes of it, its "
+                                 f"descriptor says {desc.size}")
         if oci.sha256_digest(data) != digest:
             raise IntegrityError(f"blob {digest}", "its bytes do not match its digest")
         return data
@@ -478,22 +512,23 @@ class Registry:
             os.unlink(path)
             have = 0
         for attempt in range(ATTEMPTS):
-            if have == desc.size:
+            if have == desc.size and os.path.exists(path):
                 break  # a partial file already whole (its process died while checking it)
-            headers = {"Range": f"bytes={have}-"} if have else {}
+            headers = {**AS_STORED, "Range": f"bytes={have}-"} if have else AS_STORED
             try:
                 resp = self.request("GET", f"{self.repo}/blobs/{desc.digest}", ok=(200, 206, 416),
                                     stream=True, headers=headers)
                 if resp.status_code == 416:  # nothing from there on: the registry's blob ends sooner
                     resp.close()
                     _short(path, desc, have)
+                encoded = _encoding(resp, desc.digest)  # read decoded (iter_content decodes)
                 if resp.status_code == 200 and have:
                     have = 0  # the registry ignored the range: start over
-                elif resp.status_code == 206 and not str(resp.headers.get("Content-Range", "")).startswith(
-                        f"bytes {have}-"):
+                elif resp.status_code == 206 and (encoded or not str(resp.headers.get("Content-Range", "")
+                                                                    ).startswith(f"bytes {have}-")):
                     resp.close()
                     os.unlink(path)
-                    have = 0  # not the range asked for: start over
+                    have = 0  # not the range asked for (or one of encoded bytes): start over
                     continue
                 with open(path, "ab" if have else "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
@@ -508,15 +543,16 @@ class Registry:
                 resp.close()
                 if have >= desc.size:
                     break
-                if _whole_blob(resp) == have:
+                if not encoded and _whole_blob(resp) == have:
                     _short(path, desc, have)  # the blob, as the registry holds it, came whole: it is shorter
             except (self.requests.ConnectionError, self.requests.Timeout,
                     self.requests.exceptions.ChunkedEncodingError) as e:
                 have = os.path.getsize(path) if os.path.exists(path) else 0
                 self._wait(attempt, None, f"GET {self._where(f'{self.repo}/blobs/{desc.digest}')}",
                            _connection_failure(e))
-        if have != desc.size or oci.file_digest(path) != desc.digest:
-            os.unlink(path)
+        if have != desc.size or not os.path.exists(path) or oci.file_digest(path) != desc.digest:
+            if os.path.exists(path):
+                os.unlink(path)
             raise IntegrityError(f"blob {desc.digest}", "the downloaded bytes do not match its digest")
 
     # ----- pushing --------------------------------------------------------------------------------
@@ -533,7 +569,7 @@ class Registry:
         resp.close()
         if resp.status_code == 201:
             return True
-        self._cancel(resp.headers.get("Location"))
+        self._cancel(_location_of(resp))
         return False
 
     def _cancel(self, location: str | None) -> None:
@@ -553,7 +589,9 @@ class Registry:
         bar_off = quiet or size < 1 << 20
         with opener() as raw, progress.reading(raw, f"push {digest[7:19]}", size, bar_off) as f:
             if size <= UPLOAD_CHUNK:
-                resp = self.request("PUT", _with_digest(location, digest), ok=(201,), data=f,
+                # An empty blob goes as an empty body: a file of no length would go chunked,
+                # beside its Content-Length of 0, and the registry would wait for the chunks.
+                resp = self.request("PUT", _with_digest(location, digest), ok=(201,), data=f if size else b"",
                                     headers={"Content-Type": "application/octet-stream",
                                              "Content-Length": str(size)})
                 resp.close()
@@ -565,7 +603,7 @@ class Registry:
                 resp = self.request("PATCH", location, ok=(202,), data=chunk, headers={
                     "Content-Type": "application/octet-stream", "Content-Range": f"{sent}-{end}",
                     "Content-Length": str(len(chunk))})
-                location = resp.headers.get("Location") or location
+                location = _location_of(resp) or location
                 resp.close()
                 sent += len(chunk)
         done = self.request("PUT", _with_digest(location, digest), ok=(201,), headers={"Content-Length": "0"})
@@ -589,6 +627,21 @@ def _is_http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+def _encoding(resp: Any, digest: str) -> str:
+    """The ``Content-Encoding`` of the answer *resp* for blob *digest* (``""`` for none), though
+    it was asked for as it is: one the HTTP library decodes (gzip, deflate) is read decoded;
+    another would leave bytes that are not the blob, and is refused in words."""
+    value = str(resp.headers.get("Content-Encoding", "")).strip().lower()
+    if value in ("", "identity"):
+        return ""
+    decoders = getattr(resp.raw, "CONTENT_DECODERS", ("gzip", "x-gzip", "deflate"))
+    if all(part.strip() in (*decoders, "identity") for part in value.split(",")):
+        return value
+    resp.close()
+    raise RegistryError(f"blob {digest}", f"the registry sent it with Content-Encoding {shorten(value, 40)}, "
+                        "which cannot be decoded here (it was asked for as it is stored)")
+
+
 def _whole_blob(resp: Any) -> int | None:
     """The size of the whole blob as the registry's answer gives it (a 200's length, the total
     of a 206's range); None when it does not say."""
@@ -605,6 +658,17 @@ def _short(path: str, desc: oci.Descriptor, have: int) -> NoReturn:
         os.unlink(path)
     raise IntegrityError(f"blob {desc.digest}", f"the registry has {have} bytes of it, its descriptor "
                          f"says {desc.size}")
+
+
+def _location_of(resp: Any) -> str | None:
+    """The ``Location`` of the answer *resp* as a whole URL (None when there is none): resolved
+    against the URL of the request that got it (RFC 3986), so that a path-relative one
+    (``5f2c...?_state=...`` answering ``POST /v2/R/blobs/uploads/``) stays in that folder, and
+    a host-relative or whole one is what it says."""
+    from urllib.parse import urljoin
+
+    location = resp.headers.get("Location")
+    return urljoin(str(resp.url), str(location)) if location else None
 
 
 def _with_digest(location: str, digest: str) -> str:

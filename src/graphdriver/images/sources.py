@@ -7,8 +7,8 @@
 * **OCI image layout** (a folder with ``oci-layout`` and ``index.json``, blobs
   under ``blobs/sha256/``) and **oci-archive** (the same in a tarball): the
   index names manifests (or nested indexes, of which the platform asked for is
-  taken); a manifest's name is its ``io.containerd.image.name`` or
-  ``org.opencontainers.image.ref.name`` annotation.
+  taken: an entry of it, else an entry without a platform); a manifest's name is
+  its ``io.containerd.image.name`` or ``org.opencontainers.image.ref.name`` annotation.
 
 Every blob read is checked against its digest where one is named; nothing
 is trusted to be what the archive says it is.
@@ -267,23 +267,26 @@ class Archive:
             if desc.media_type not in oci.MANIFESTS | oci.INDEXES:
                 continue  # an artifact or other kind: the image-index spec says to pass over it
             name = desc.annotations.get(oci.CONTAINERD_NAME) or desc.annotations.get(oci.REF_NAME)
-            for manifest_desc in self._select(desc, what):
-                image = self._oci_image(manifest_desc, name, what)
-                if manifest_desc is desc:  # no index chose it for the platform: its config says
-                    check_platform(image.config, self.platform, what)
-                out.append(image)
+            manifest_desc = self._select(desc, what)
+            image = self._oci_image(manifest_desc, name, what)
+            if manifest_desc is desc or not manifest_desc.platform:
+                check_platform(image.config, self.platform, what)  # no index chose it by platform
+            out.append(image)
         if not out:
             raise IntegrityError(what, "the index names no image")
         return out
 
-    def _select(self, desc: Descriptor, what: str) -> list[Descriptor]:
-        """The image manifests *desc* stands for: itself, or from its index the platform wanted."""
-        if desc.media_type in oci.MANIFESTS:
-            return [desc]
-        if desc.media_type not in oci.INDEXES:
-            raise IntegrityError(what, f"unknown media type {desc.media_type!r}")
-        nested = oci.load_json(self._blob(desc), f"{what}: index {desc.digest}")
-        return [select_platform(_descriptors(nested, what), self.platform or self.default, what)]
+    def _select(self, desc: Descriptor, what: str) -> Descriptor:
+        """The image manifest *desc* stands for: itself, or from its index (and from an index
+        that one names) the platform wanted's (see :func:`select_platform`)."""
+        for _ in range(INDEX_DEPTH + 1):
+            if desc.media_type in oci.MANIFESTS:
+                return desc
+            if desc.media_type not in oci.INDEXES:
+                raise IntegrityError(what, f"unknown media type {desc.media_type!r}")
+            nested = oci.load_json(self._blob(desc), f"{what}: index {desc.digest}")
+            desc = select_platform(_descriptors(nested, what), self.platform or self.default, what)
+        raise IntegrityError(what, f"indexes nested more than {INDEX_DEPTH} deep")
 
     def _oci_image(self, desc: Descriptor, name: str | None, what: str) -> SourceImage:
         manifest = self._blob(desc)
@@ -299,6 +302,10 @@ class Archive:
                 pass
         layers = [SourceLayer(self._opener(f"blobs/sha256/{oci.hex_of(d.digest)}"), d) for d in layer_descs]
         return SourceImage(config, names, layers, manifest)
+
+
+#: How many indexes deep an index may name an image (an index naming an index is one).
+INDEX_DEPTH = 4
 
 
 def _descriptors(index: dict[str, Any], what: str) -> list[Descriptor]:
@@ -405,11 +412,23 @@ def _describe(have: dict[str, Any]) -> str:
     return text + (f"/{shorten(str(have['variant']), 40)}" if have.get("variant") else "")
 
 
+def _entry_rank(desc: Descriptor, want: tuple[str, str, str]) -> tuple[int, int] | None:
+    """How well the index entry *desc* suits *want* (lowest best): an entry of the platform by
+    :func:`_rank`, then an image or index that names no platform (containerd and skopeo take
+    one when nothing better is there); None for an entry of another platform."""
+    if not desc.platform:
+        return (1, 0) if desc.media_type in oci.MANIFESTS | oci.INDEXES else None
+    rank = _rank(desc.platform, want)
+    return None if rank is None else (0, rank)
+
+
 def select_platform(candidates: list[Descriptor], wanted: str | None, what: str) -> Descriptor:
-    """The manifest of an index for *wanted* (``os/arch[/variant]``; default this machine's)."""
+    """The manifest of an index for *wanted* (``os/arch[/variant]``; default this machine's):
+    the entry that suits it best, else the first that names no platform (whose config then
+    says whether it is of *wanted*), the first of equals."""
     want = parse_platform(wanted or host_platform())
     assert want is not None
-    ranks = [_rank(d.platform or {}, want) for d in candidates]
+    ranks = [_entry_rank(d, want) for d in candidates]
     ranked = [(rank, i) for i, rank in enumerate(ranks) if rank is not None]
     if ranked:
         return candidates[min(ranked)[1]]
