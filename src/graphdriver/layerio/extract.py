@@ -1063,33 +1063,30 @@ class _Extractor(Extraction):
         has not hidden behind an opaque folder (what a whiteout there would hide)."""
         if not self.lower_fds or hidden_by(rel, self.hidden):
             return False
-        try:
-            found = self._in_union(rel)
-        except OSError as x:
-            if x.errno == errno.ELOOP:
-                return True  # through a symlink: making the folder says what happens there
-            raise
-        if found is None:
-            return False
-        os.close(found[1])
-        return True
+        return self._union_mode(rel, with_layer=False) is not None
 
     def _union_dir(self, rel: str) -> bool:
         """Overlay: whether *rel* is a directory in the view this layer makes so far (itself
         over the lower layers' union); a whiteout's folder must be one to hide anything."""
         if not rel:
             return True
+        mode = self._union_mode(rel, with_layer=True)
+        return mode is not None and (stat.S_ISDIR(mode) or stat.S_ISLNK(mode))  # a symlink: refused there
+
+    def _union_mode(self, rel: str, *, with_layer: bool) -> int | None:
+        """The file type and mode the union has at *rel* (see :meth:`_in_union`); None when
+        it has nothing there; a symlink's when the way there goes through one (making the
+        folder then says what happens)."""
         try:
-            found = self._in_union(rel, with_layer=True)
+            found = self._in_union(rel, with_layer=with_layer)
         except OSError as x:
             if x.errno == errno.ELOOP:
-                return True  # through a symlink: making the folder says what happens there
+                return stat.S_IFLNK
             raise
         if found is None:
-            return False
+            return None
         os.close(found[1])
-        mode = found[2].st_mode
-        return stat.S_ISDIR(mode) or stat.S_ISLNK(mode)  # a symlink: refused on the way to it
+        return found[2].st_mode
 
     def _set_opaque(self, name: str, fd: int) -> None:
         try:

@@ -316,19 +316,30 @@ def _walk(root: str) -> set[str]:
     return {rel for rel, _ in walk_tree(root)}
 
 
-def _compare(
-    e: te.TarEntry, rel: str, root_fd: int, idmaps: IDMappings, privileged: bool,
-    inodes: dict[str, tuple[int, int]],
-) -> str:
+def open_parent(root_fd: int, rel: str) -> tuple[int, str] | None:
+    """An fd of the folder *rel* is in below *root_fd* (*root_fd* itself at the top; the caller
+    closes any other), and *rel*'s last name; None when that folder is missing.  A folder this
+    user may not read raises PermissionError: there (mode 0000 without root), not damage."""
     from graphdriver.fs.confine import open_at_root
 
     parent, _, base = rel.rpartition("/")
     try:
         pfd = open_at_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY) if parent else root_fd
     except PermissionError:
-        raise  # there, but not for this user (a folder of mode 0000 without root): not damage
+        raise
     except OSError:
+        return None
+    return pfd, base
+
+
+def _compare(
+    e: te.TarEntry, rel: str, root_fd: int, idmaps: IDMappings, privileged: bool,
+    inodes: dict[str, tuple[int, int]],
+) -> str:
+    opened = open_parent(root_fd, rel)
+    if opened is None:
         return "is missing from the layer"
+    pfd, base = opened
     try:
         try:
             st = os.lstat(base, dir_fd=pfd)
@@ -380,7 +391,7 @@ def _compare_metadata(
             return f"is owned by {st.st_uid}:{st.st_gid}, its entry by {owner[0]}:{owner[1]}"
         if e.type in (te.CHR, te.BLK) and st.st_rdev != os.makedev(e.devmajor, e.devminor):
             return "has other device numbers than its entry"
-    if st.st_mtime_ns != e.mtime_ns and not _clamped(e.mtime_ns, st.st_mtime_ns):
+    if st.st_mtime_ns != e.mtime_ns and not clamped(e.mtime_ns, st.st_mtime_ns):
         return f"was modified at {st.st_mtime_ns} ns, its entry at {e.mtime_ns} ns"
     return _compare_xattrs(e, base, pfd, privileged)
 
@@ -389,7 +400,7 @@ def _compare_metadata(
 _TIME_LIMIT_NS = 2**31 * 10**9
 
 
-def _clamped(entry_ns: int, file_ns: int) -> bool:
+def clamped(entry_ns: int, file_ns: int) -> bool:
     """Whether *file_ns* is *entry_ns* as a filesystem with a narrower range of times stores
     it (ext4 and XFS keep 1901 to 2446 or 2486, and set the nearest time they can hold)."""
     if entry_ns < -_TIME_LIMIT_NS:

@@ -34,11 +34,11 @@ import errno
 import os
 import stat
 
-from graphdriver.fs.confine import open_at_root
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.extract import clean_name
+from graphdriver.layerio.verify import clamped, open_parent
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, winmeta, wintar
 from graphdriver.layerio.windows.apply import permission_bits
@@ -222,13 +222,10 @@ def _walk_problems(data_dir: str, named: set[str], tombstones: set[str],
 
 def _compare(path: str, rec: Record, e: te.TarEntry, root_fd: int, owner: tuple[int, int] | None) -> str:
     """How the file at *path* differs from what its entry *e* left there ("" if not)."""
-    parent, _, base = path.rpartition("/")
-    try:
-        pfd = open_at_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY) if parent else root_fd
-    except PermissionError:
-        raise  # there, but not for this user: not damage
-    except OSError:
+    opened = open_parent(root_fd, path)
+    if opened is None:
         return "is missing from the layer"
+    pfd, base = opened
     try:
         try:
             st = os.lstat(base, dir_fd=pfd)
@@ -261,7 +258,7 @@ def _compare_metadata(rec: Record, e: te.TarEntry, base: str, pfd: int, st: os.s
         return f"has {st.st_size} bytes, its entry {e.size}"
     if owner is not None and (st.st_uid, st.st_gid) != owner:
         return f"is owned by {st.st_uid}:{st.st_gid}, its entry by {owner[0]}:{owner[1]}"
-    if st.st_mtime_ns != e.mtime_ns:
+    if st.st_mtime_ns != e.mtime_ns and not clamped(e.mtime_ns, st.st_mtime_ns):
         return f"was modified at {st.st_mtime_ns} ns, its entry at {e.mtime_ns} ns"
     return ""
 
