@@ -329,6 +329,31 @@ def test_child_layer(wstore):
     assert wstore.diff_size("child") == len(b"MZ app" * 300) + len(b"127.0.0.1 localhost\r\n10.0.0.1 db\r\n")
 
 
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_store_mounts_its_own_layers(tmp_path, how):
+    """layerchain.json names the ancestors' folders by absolute path: a store moved since still
+    mounts, and a copy mounts its own layers, never the original store's."""
+    import shutil
+
+    old = Store(StoreOptions(root=str(tmp_path / "root"), run_root=str(tmp_path / "run"),
+                             driver="windowsfilter"))
+    import_entries(old, "base", wingen.base_layer())
+    old.import_layer("child", "base", io.BytesIO(wingen.layer_tar(wingen.child_layer())))
+    if how == "moved":
+        shutil.move(tmp_path / "root", tmp_path / "elsewhere")
+    else:
+        subprocess.run(["cp", "-a", str(tmp_path / "root"), str(tmp_path / "elsewhere")], check=True)
+        notepad = tmp_path / "root/windowsfilter/base/Files/Windows/System32/notepad.exe"
+        notepad.write_bytes(b"the original store's")
+    new = Store(StoreOptions(root=str(tmp_path / "elsewhere"), run_root=str(tmp_path / "run2")))
+    root = Path(new.mount("child"))
+    try:
+        assert (root / "Windows/System32/notepad.exe").read_bytes().startswith(b"MZ")
+    finally:
+        new.unmount("child")
+    assert new.check() == [("base", None), ("child", None)]
+
+
 def test_bcd_rewritten_after_import_still_reexports(wstore):
     data = wingen.layer_tar(wingen.base_layer())
     wstore.import_layer("base", None, io.BytesIO(data))

@@ -1223,3 +1223,28 @@ def test_a_path_through_a_symlink_of_the_same_archive_lands_alike_on_every_drive
         store.unmount("next")
     changed = ["C /d", "C /d/f", "D /d/gone", "A /d/new", "A /h", "A /s"]  # d/f: linked from h
     assert [str(c) for c in store.changes("next")] == changed
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_store_mounts_its_own_layers(store, store_root, tmp_path, driver_setup, how):
+    """Layers record their ancestors' folders by path: a store moved since still mounts, and a
+    copy mounts its own layers, never the original store's."""
+    import subprocess
+
+    from graphdriver.testing.setups import open_store
+
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    store.import_layer("child", "base", io.BytesIO(make_tar({"n": F(b"n")})))
+    elsewhere = tmp_path / "elsewhere"
+    if how == "moved":
+        store_root.rename(elsewhere)
+    else:
+        subprocess.run(["cp", "-a", str(store_root), str(elsewhere)], check=True)
+    moved = open_store(elsewhere, tmp_path / "run2", driver_setup)
+    if how == "copied":  # the original changes behind its back: the copy must not see it
+        Path(store.driver.apply_target("base").path, "e").write_bytes(b"the original store's")
+    root = Path(moved.mount("child"))
+    try:
+        assert (root / "e").read_bytes() == b"e" and (root / "n").read_bytes() == b"n"
+    finally:
+        moved.unmount("child")

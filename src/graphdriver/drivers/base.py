@@ -297,7 +297,17 @@ class Driver(abc.ABC):
             return []
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
             raise GraphDriverError(f"layer {layer_id}", f"malformed {LAYERCHAIN_FILE}")
-        return value
+        return [self._here(p) for p in value]
+
+    def _here(self, recorded: str) -> str:
+        """An ancestor's folder as recorded, or the folder of that name in this home when the
+        record names another home (the store was moved or copied since): never another
+        store's layer.  A folder outside any home (a registered base image) stays as it is."""
+        home = os.path.abspath(self.home)
+        if os.path.dirname(recorded) == home:
+            return recorded
+        mine = os.path.join(home, os.path.basename(recorded))
+        return mine if os.path.isdir(mine) else recorded
 
     @staticmethod
     def write_layer_chain(folder: str, chain: list[str]) -> None:
