@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -772,6 +773,57 @@ def test_a_client_certificate_in_certs_d_is_presented(tmp_path):
         assert gd(other, "image", "inspect", dest).stdout.count(digest) >= 1
     finally:
         reg.stop()
+
+
+def test_a_foreign_layer_comes_from_its_urls(tmp_path):
+    """A layer the registry does not hold (a Windows base layer, non-distributable) is fetched
+    from its descriptor's urls, the first that answers, and checked against its digest."""
+    import gzip
+    import http.server
+    import threading
+
+    from graphdriver.images import oci
+    from tests.test_images import sha256
+
+    served = tmp_path / "www"
+    served.mkdir()
+    blob = gzip.compress(LAYER1, mtime=0)
+    (served / "layer.tgz").write_bytes(blob)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    www = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=www.serve_forever, daemon=True).start()
+    reg = Registry(tmp_path / "reg", auth="validation:\n  manifests:\n    urls:\n      allow:\n        - '^http://'\n")
+    try:
+        base = f"http://127.0.0.1:{www.server_address[1]}"
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": [sha256(LAYER1)]}}).encode()
+        put_blob(reg.host, "r/foreign", config)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+            "config": {"mediaType": oci.OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                        "digest": sha256(blob), "size": len(blob),
+                        "urls": [f"{base}/missing.tgz", f"{base}/layer.tgz"]}]}).encode()
+        put_manifest(reg.host, "r/foreign:1", manifest, oci.OCI_MANIFEST)
+        ref = f"{reg.host}/r/foreign:1"
+        assert gd(tmp_path, "image", "pull", ref, "--insecure").stdout.decode().strip() == ref
+        gd(tmp_path, "container", "create", ref, "c")
+        root = Path(gd(tmp_path, "mount", "c").stdout.decode().strip())
+        try:
+            assert (root / "etc/os-release").read_bytes() == b"ID=made\n"
+        finally:
+            gd(tmp_path, "unmount", "c")
+        # Bytes at the url that are not the blob: refused, nothing kept.
+        (served / "layer.tgz").write_bytes(gzip.compress(LAYER2, mtime=0))
+        other = tmp_path / "other"
+        other.mkdir()
+        bad = gd(other, "image", "pull", ref, "--insecure", check=False)
+        assert bad.returncode == 6 and bad.stderr.count(b"\n") == 1, bad.stderr
+        assert gd(other, "layers").stdout == b""
+    finally:
+        reg.stop()
+        www.shutdown()
 
 
 def test_an_auth_file_that_cannot_be_used_is_an_error_naming_it(tmp_path, registry):

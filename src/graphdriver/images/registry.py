@@ -506,7 +506,45 @@ class Registry:
 
     def download(self, desc: oci.Descriptor, path: str,
                  progress: Callable[[int], None] | None = None) -> None:
-        """Download blob *desc* to *path* (resuming a partial file there), checked against its digest."""
+        """Download blob *desc* to *path* (resuming a partial file there), checked against its digest.
+
+        A blob the registry does not hold comes from the descriptor's ``urls`` when it has
+        some (a foreign layer: Windows base layers, which registries may not distribute), each
+        tried in turn as Docker and containerd do, without the registry's credentials.
+        """
+        source = f"{self.repo}/blobs/{desc.digest}"
+        try:
+            self._download(desc, path, progress, source, self._registry_get(source))
+            return
+        except NotFound:
+            foreign = [u for u in desc.urls if u.startswith(("https://", "http://"))]
+            if not foreign:
+                raise
+        failures = []
+        for url in foreign:
+            try:
+                self._download(desc, path, progress, url, self._foreign_get(url))
+                return
+            except (NotFound, RegistryError) as e:
+                failures.append(str(e))
+        raise NotFound(f"blob {desc.digest}", "not in the registry, nor at its urls: " + "; ".join(failures))
+
+    def _registry_get(self, source: str) -> Callable[[dict[str, str]], Any]:
+        return lambda headers: self.request("GET", source, ok=(200, 206, 416), stream=True, headers=headers)
+
+    def _foreign_get(self, url: str) -> Callable[[dict[str, str]], Any]:
+        """A GET of a foreign layer's *url*: the registry's credentials are not the host's."""
+
+        def get(headers: dict[str, str]) -> Any:
+            resp = self.session.get(url, headers=headers, stream=True, timeout=(30, 300), verify=self.verify)
+            if resp.status_code not in (200, 206, 416):
+                self._fail("GET", url, resp)
+            return resp
+
+        return get
+
+    def _download(self, desc: oci.Descriptor, path: str, progress: Callable[[int], None] | None,
+                  source: str, get: Callable[[dict[str, str]], Any]) -> None:
         have = os.path.getsize(path) if os.path.exists(path) else 0
         if have > desc.size:
             os.unlink(path)
@@ -516,8 +554,7 @@ class Registry:
                 break  # a partial file already whole (its process died while checking it)
             headers = {**AS_STORED, "Range": f"bytes={have}-"} if have else AS_STORED
             try:
-                resp = self.request("GET", f"{self.repo}/blobs/{desc.digest}", ok=(200, 206, 416),
-                                    stream=True, headers=headers)
+                resp = get(headers)
                 if resp.status_code == 416:  # nothing from there on: the registry's blob ends sooner
                     resp.close()
                     _short(path, desc, have)
@@ -548,8 +585,7 @@ class Registry:
             except (self.requests.ConnectionError, self.requests.Timeout,
                     self.requests.exceptions.ChunkedEncodingError) as e:
                 have = os.path.getsize(path) if os.path.exists(path) else 0
-                self._wait(attempt, None, f"GET {self._where(f'{self.repo}/blobs/{desc.digest}')}",
-                           _connection_failure(e))
+                self._wait(attempt, None, f"GET {self._where(source)}", _connection_failure(e))
         if have != desc.size or not os.path.exists(path) or oci.file_digest(path) != desc.digest:
             if os.path.exists(path):
                 os.unlink(path)
