@@ -952,3 +952,12 @@ def test_an_image_layer_changed_through_its_mount_keeps_no_stale_digest(tmp_path
     assert not (tmp_path / "out.tar").exists()
     with tarfile.open(fileobj=io.BytesIO(gd(tmp_path, driver_name, "diff", top).stdout)) as tf:
         assert "srv/planted" in tf.getnames()
+
+
+def test_config_keys_are_matched_as_dockers_decoder_matches_them():
+    """Go's encoding/json, which Docker reads configs with, matches a key regardless of case."""
+    from graphdriver.images import oci
+
+    digest = "sha256:" + "a" * 64
+    assert oci.diff_ids_of({"rootfS": {"type": "layers", "Diff_IDs": [digest]}}, "image") == [digest]
+    assert oci.diff_ids_of({"rootfs": {"diff_ids": [digest]}, "ROOTFS": {}}, "image") == [digest]

@@ -185,9 +185,10 @@ class Descriptor:
 
 
 def diff_ids_of(config: dict[str, Any], what: str) -> list[str]:
-    """``rootfs.diff_ids`` of an image config, checked."""
-    rootfs = config.get("rootfs")
-    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    """``rootfs.diff_ids`` of an image config, checked.  Keys are matched as Docker's Go
+    decoder matches them: exactly, else regardless of case (``rootfS``)."""
+    rootfs = _key(config, "rootfs")
+    ids = _key(rootfs, "diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise IntegrityError(what, "the image config has no rootfs.diff_ids")
     for i in ids:
@@ -196,6 +197,13 @@ def diff_ids_of(config: dict[str, Any], what: str) -> list[str]:
         except InvalidArgument as e:
             raise IntegrityError(what, str(e)) from e
     return list(ids)
+
+
+def _key(value: dict[str, Any], name: str) -> Any:
+    """*value*'s field *name*: exactly, else the first whose name differs only in case."""
+    if name in value:
+        return value[name]
+    return next((v for k, v in value.items() if isinstance(k, str) and k.lower() == name), None)
 
 
 def schema1_refused(what: str) -> Unsupported:
