@@ -70,7 +70,6 @@ if TYPE_CHECKING:
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_STAT_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LOWER_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 IMPLIED_DIR_MODE = 0o755
 # Parent directory fds kept open.  Entries come grouped by directory, so a
