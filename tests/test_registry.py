@@ -814,6 +814,18 @@ def test_a_foreign_layer_comes_from_its_urls(tmp_path):
             assert (root / "etc/os-release").read_bytes() == b"ID=made\n"
         finally:
             gd(tmp_path, "unmount", "c")
+        # Pushed elsewhere, the foreign layer stays at its urls, as Docker and skopeo leave it:
+        # the registry gets the manifest and the config, and a pull of the copy fetches the layer
+        # from the urls again.
+        copy = f"{reg.host}/r/copy:1"
+        gd(tmp_path, "image", "push", ref, copy, "--insecure")
+        with pytest.raises(urllib.error.HTTPError) as held:
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://{reg.host}/v2/r/copy/blobs/{sha256(blob)}", method="HEAD"), timeout=10)
+        assert held.value.code == 404
+        again = tmp_path / "again"
+        again.mkdir()
+        assert gd(again, "image", "pull", copy, "--insecure").stdout.decode().strip() == copy
         # Bytes at the url that are not the blob: refused, nothing kept.
         (served / "layer.tgz").write_bytes(gzip.compress(LAYER2, mtime=0))
         other = tmp_path / "other"

@@ -212,8 +212,12 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
     config = images.read_blob(record.id)
     with Registry(dest, insecure=insecure, push=True) as reg:
         descs = [oci.Descriptor.parse(d, "kept manifest") for d in record.layer_blobs]
-        blobs: list[tuple[str, int, str | None]] = [(d.digest, d.size, record.layers[i])
-                                                     for i, d in enumerate(descs)]
+        blobs: list[tuple[str, int, str | None]] = []
+        for desc, layer_id in zip(descs, record.layers, strict=False):
+            if desc.media_type in oci.FOREIGN_LAYERS and desc.urls:
+                say(f"blob {desc.digest[7:19]}: foreign, left at its urls")  # as Docker and skopeo do
+            else:
+                blobs.append((desc.digest, desc.size, layer_id))
         blobs.append((record.id, len(config), None))
         for digest, size, layer_id in blobs:
             if reg.has_blob(digest):

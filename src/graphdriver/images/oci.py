@@ -25,6 +25,10 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = DOCKER_LAYER + ".gzip"
 DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 OCI_NONDIST_LAYER_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+#: Layers a registry need not hold: clients fetch them from their descriptor's ``urls``.
+FOREIGN_LAYERS = frozenset({DOCKER_FOREIGN_LAYER, OCI_NONDIST_LAYER_GZIP,
+                            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                            "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"})
 
 MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 #: Docker's schema 1 manifests (signed, and not): a format of their own, not read here.
