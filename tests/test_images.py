@@ -282,6 +282,29 @@ def test_a_tampered_blob_is_refused(tmp_path, driver_name):
     assert proc.returncode == 6 and gd(tmp_path, driver_name, "layers").stdout == b""
 
 
+@pytest.mark.parametrize("part", ["config", "layer", "manifest"])
+def test_a_descriptor_whose_size_is_not_its_blobs_is_refused(tmp_path, part):
+    """The image spec: a blob must have its descriptor's size, as well as its digest."""
+    layout = tmp_path / "t"
+    oci_layout(layout, [LAYER1])
+    index = json.loads((layout / "index.json").read_text())
+    if part == "manifest":
+        index["manifests"][0]["size"] += 1
+    else:
+        old = layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]
+        manifest = json.loads(old.read_bytes())
+        desc = manifest["config"] if part == "config" else manifest["layers"][0]
+        desc["size"] -= 1
+        data = json.dumps(manifest).encode()
+        (layout / "blobs/sha256" / sha256(data)[7:]).write_bytes(data)
+        index["manifests"][0].update(digest=sha256(data), size=len(data))
+    (layout / "index.json").write_text(json.dumps(index))
+    proc = gd(tmp_path, "vfs", "image", "load", str(layout), check=False)
+    assert proc.returncode == 6 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"size" in proc.stderr
+    assert gd(tmp_path, "vfs", "layers").stdout == b""
+
+
 def test_save_through_a_symlink_writes_what_it_names_and_keeps_the_link(tmp_path):
     oci_layout(tmp_path / "in", [LAYER1])
     gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))

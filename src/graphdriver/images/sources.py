@@ -257,6 +257,8 @@ class Archive:
         data = self.files.read(f"blobs/sha256/{oci.hex_of(desc.digest)}", limit)
         if oci.sha256_digest(data) != desc.digest:
             raise IntegrityError(f"blob {desc.digest}", "its bytes do not match its digest")
+        if len(data) != desc.size:
+            raise IntegrityError(f"blob {desc.digest}", f"size {len(data)}, its descriptor says {desc.size}")
         return data
 
     def _oci_images(self) -> list[SourceImage]:
