@@ -213,11 +213,11 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
     with Registry(dest, insecure=insecure, push=True) as reg:
         descs = [oci.Descriptor.parse(d, "kept manifest") for d in record.layer_blobs]
         blobs: list[tuple[str, int, str | None]] = []
-        for desc, layer_id in zip(descs, record.layers, strict=False):
+        for desc, layer in zip(descs, record.layers, strict=False):
             if desc.media_type in oci.FOREIGN_LAYERS and desc.urls:
                 say(f"blob {desc.digest[7:19]}: foreign, left at its urls")  # as Docker and skopeo do
             else:
-                blobs.append((desc.digest, desc.size, layer_id))
+                blobs.append((desc.digest, desc.size, layer))
         blobs.append((record.id, len(config), None))
         for digest, size, layer_id in blobs:
             if reg.has_blob(digest):
