@@ -687,6 +687,33 @@ def test_a_new_file_inherits_from_a_directory_known_only_by_its_sddl(wstore):
         (wintar.INHERITED_ACE, "S-1-1-0")]
 
 
+@needs_root
+def test_a_sandbox_exports_descriptors_known_by_their_sddl_as_rawsd(wstore):
+    """backuptar writes a file's descriptor as binary (MSWINDOWS.rawsd); MSWINDOWS.sd, the
+    SDDL text of older archives, is read only.  A folder a sandbox changed below, known by
+    its SDDL, goes out as Docker would export it: rawsd, the same descriptor in binary.  An
+    SDDL whose SACL cannot be carried over here stays the text, never a descriptor cut short."""
+    given = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a9;;;BU)"
+    audited = given + "S:AI(AU;SAFA;FA;;;WD)"
+    layer = [wingen.WinDir("Files"), wingen.WinDir("Files/Data", sddl=given),
+             wingen.WinDir("Files/Audited", sddl=audited)]
+    wstore.import_layer("base", None, io.BytesIO(wingen.layer_tar(layer)))
+    wstore.create("ctr", "base", writable=True)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "Data/new.txt").write_bytes(b"n")
+        (root / "Audited/new.txt").write_bytes(b"n")
+    finally:
+        wstore.unmount("ctr")
+    entries = {e.name: e for e in entries_of(diff_bytes(wstore, "ctr"))}
+    data = entries["Files/Data"]
+    assert wintar.SDDL not in data.pax
+    assert base64.b64decode(data.pax[wintar.RAWSD]) == sddl.to_binary(given)
+    assert entries["Files/Audited"].pax[wintar.SDDL] == audited.encode()
+    assert wintar.RAWSD not in entries["Files/Audited"].pax
+    assert all(wintar.SDDL not in e.pax for n, e in entries.items() if n != "Files/Audited")
+
+
 def test_sddl_reads_what_windows_writes_and_refuses_what_needs_windows():
     text = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a9;;;BU)"
     default = wintar.SecurityDescriptor(wintar.SE_DACL_PROTECTED | wintar.SE_DACL_AUTO_INHERITED,

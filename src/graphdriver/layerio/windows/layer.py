@@ -5,7 +5,7 @@ needs around it: the files Windows rewrites after import (kept as they were
 imported, so the layer still re-exports byte for byte), the reassembly getter,
 what a layer changed (as ``/Files/...`` paths, tombstones included) and the
 export of those changes in the Windows format (``backuptar``'s entries,
-metadata from the chain's sidecars).
+metadata from the chain's sidecars, descriptors in binary).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class _Exporter(LayerWriter):
         disk = Times(st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_mtime_ns)
         if found is not None and found[0].meta is not None:
             rec, index = found
-            meta = dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas))
+            meta = _as_backuptar_writes(dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas)))
             creation = meta.creation_ns if meta.creation_ns is not None else st.st_mtime_ns
             if index == 0:
                 # The layer's own entry: the times it was applied with.
@@ -224,6 +224,28 @@ class _Exporter(LayerWriter):
 
 
 _KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
+
+
+def _as_backuptar_writes(meta: WinMeta) -> WinMeta:
+    """*meta* with its descriptor in the form ``backuptar`` writes: binary (``MSWINDOWS.rawsd``).
+
+    ``backuptar`` has written the descriptor a backup stream gives as
+    ``MSWINDOWS.rawsd`` since 2016, and reads ``MSWINDOWS.sd`` only from older
+    archives; Windows keeps the binary form an imported SDDL text stood for, so
+    Docker exports it as ``MSWINDOWS.rawsd``.  An SDDL text that cannot be read
+    whole here (a SACL, or what only a Windows machine can resolve) stays
+    ``MSWINDOWS.sd``, which every reader still takes, rather than lose a part.
+    """
+    if meta.security_descriptor is not None or meta.sddl is None:
+        return meta
+    from graphdriver.layerio.windows import sddl
+
+    try:
+        binary = sddl.to_binary(meta.sddl, whole=True)
+    except ValueError:
+        return meta
+    meta.security_descriptor, meta.sddl = binary, None
+    return meta
 
 
 def _binary_sd(meta: WinMeta) -> bytes | None:
