@@ -440,6 +440,28 @@ def test_utility_vm_tombstone_accepted(wstore):
     assert "UtilityVM/Files/License.txt" in layer.tombstones
 
 
+@pytest.mark.parametrize("privileged", [pytest.param(True, marks=needs_root), False])
+def test_a_tombstone_of_what_a_layer_below_deleted_already_is_no_change(wstore, privileged):
+    """A deletion of a path a layer between deleted already hides nothing: the view is the
+    same with it or without it, so the layer's changes do not list it (as they do not list a
+    deletion of a name no layer ever had), whether a whiteout device or only the metadata
+    records the lower deletion."""
+    wstore.driver.privileged = privileged
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "mid", [wingen.WinDir("Files"), wingen.Tombstone("Files/ProgramData"),
+                                   wingen.Tombstone("Files/Windows/System32/drivers")], parent="base")
+    data = wingen.layer_tar([
+        wingen.WinDir("Files"),
+        wingen.Tombstone("Files/ProgramData"),  # deleted by mid already
+        wingen.Tombstone("Files/Windows/System32/drivers/etc/hosts"),  # below a folder mid deleted
+        wingen.Tombstone("Files/License.txt"),  # there below: deleted here
+    ])
+    wstore.import_layer("top", "mid", io.BytesIO(data))
+    assert [c for c in changes_of(wstore, "top") if c[0] is X] == [(X, "/Files/License.txt")]
+    assert diff_bytes(wstore, "top") == data  # the tarball keeps its tombstones
+    assert wstore.diff_size("top") == 0
+
+
 def _plain_tar(*members: tuple[str, bytes, str]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:

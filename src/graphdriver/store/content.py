@@ -80,7 +80,7 @@ def _changes_of(c: Comparison, windows: bool, owner: Owner | None = None) -> lis
     if windows and c.native:
         from graphdriver.layerio.windows.layer import own_changes
 
-        return own_changes(c.root, c.lowers or (), c.data_dirs[0])
+        return own_changes(c.data_dirs)
     if c.lowers is not None:
         from graphdriver.diff import upper
 

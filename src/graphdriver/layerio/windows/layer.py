@@ -3,9 +3,10 @@
 Applying is :func:`.apply.apply_windows_layer`; this module adds what the store
 needs around it: the files Windows rewrites after import (kept as they were
 imported, so the layer still re-exports byte for byte), the reassembly getter,
-what a layer changed (as ``/Files/...`` paths, tombstones included) and the
-export of those changes in the Windows format (``backuptar``'s entries,
-metadata from the chain's sidecars, descriptors in binary).
+what a layer changed (as ``/Files/...`` paths, tombstones of what the layers
+below show included) and the export of those changes in the Windows format
+(``backuptar``'s entries, metadata from the chain's sidecars, descriptors in
+binary).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import contextlib
 import dataclasses
 import os
 import stat
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import GraphDriverError, NotFound, warn
-from graphdriver.fs.confine import open_file_in_root
+from graphdriver.fs.confine import find_in_union, open_file_in_root
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.export import LayerWriter, change_sort_key
@@ -37,26 +39,69 @@ MUTATED_FILES: dict[str, str] = {
 }
 
 
-def own_changes(own: str, lowers: list[str] | tuple[str, ...], data_dir: str) -> list[Change]:
-    """What the layer's own ``Files/`` (*own*) changed over its ancestors' (*lowers*).
+def own_changes(data_dirs: Sequence[str]) -> list[Change]:
+    """What the layer at ``data_dirs[0]`` changed in its ``Files/`` over its ancestors
+    (the rest of *data_dirs*, nearest first).
 
     Paths are relative to ``Files/``.  Without root no whiteout devices were
-    made: the sidecar's tombstones in *data_dir* say what was deleted.
+    made: the sidecar's tombstones say what was deleted.  A tombstone is a
+    deletion only where the ancestors' union shows something at its path: one
+    of a name no layer below has, or one a layer between deleted already, hides
+    nothing, so it changes nothing (as it makes no whiteout in the view).
     """
+    own = os.path.join(data_dirs[0], layout.FILES)
+    lowers = [os.path.join(d, layout.FILES) for d in data_dirs[1:]]
     changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
     listed = {c.path for c in changes}
     extra = []
-    for path in winmeta.LayerMeta.load(data_dir).tombstones:
-        if not path.startswith(layout.FILES + "/"):
-            continue
-        rel = path[len(layout.FILES) :]
-        if rel not in listed and not os.path.lexists(own + rel) and any(
-            os.path.lexists(low + rel) for low in lowers
-        ):
-            extra.append(Change(rel, ChangeKind.DELETE))
+    with _Union(data_dirs[1:]) as below:
+        for path in winmeta.LayerMeta.load(data_dirs[0]).tombstones:
+            if not path.startswith(layout.FILES + "/"):
+                continue
+            rel = path[len(layout.FILES) :]
+            if rel not in listed and not os.path.lexists(own + rel) and below.shows(path):
+                extra.append(Change(rel, ChangeKind.DELETE))
     if extra:
         changes = sorted([*changes, *extra], key=change_sort_key)
     return changes
+
+
+class _Union:
+    """What the union of layer folders (nearest first) shows at a path, their sidecars'
+    tombstones included (the only record of a deletion where no whiteout device was made)."""
+
+    def __init__(self, data_dirs: Sequence[str]) -> None:
+        self.chain = winmeta.ChainMeta(list(data_dirs))
+        self.fds: list[int] = []
+
+    def __enter__(self) -> _Union:
+        try:
+            for d in self.chain.data_dirs:
+                self.fds.append(os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+    def shows(self, path: str) -> bool:
+        """Whether the union shows something at *path* (``Files/...`` or another tree)."""
+        if not self.fds:
+            return False
+        try:
+            found = find_in_union(self.fds, path, OVERLAY_OPAQUE_XATTR)
+        except OSError:
+            return False  # through a symlink of a layer below: nothing the union shows there
+        if found is None:
+            return False
+        index, parent_fd, _ = found
+        os.close(parent_fd)
+        # A nearer layer that deleted it (or a folder above it) hides it, device or not.
+        return not any(self.chain.layer(i).hides(path) for i in range(index))
 
 
 def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: BinaryIO, *,
