@@ -194,7 +194,14 @@ def test_base_layer_layout_and_exact_reexport(wstore):
     assert os.readlink(folder / "Files/Documents and Settings") == "C:\\Users"
     assert diff_bytes(wstore, "base") == data
     assert wstore.check() == [("base", None)]
-    assert all(kind is A and path.startswith("/Files/") for kind, path in changes_of(wstore, "base"))
+    changes = changes_of(wstore, "base")
+    assert all(kind is A for kind, _ in changes)
+    # Every entry of the layer, each under its own name: the volume, the hives, the utility VM.
+    named = {"/" + e.path for e in entries if not isinstance(e, wingen.Tombstone) and e.path != "Files"}
+    implied = "/" + wingen.LONG_NAME.rpartition("/")[0]  # a folder only the path of a file names
+    paths = [path for _, path in changes]
+    assert set(paths) == named | {implied} and len(paths) == len(named) + 1
+    assert paths == sorted(paths, key=lambda p: p.encode())
 
 
 def test_metadata_is_kept(wstore):
@@ -316,6 +323,12 @@ def test_child_layer(wstore):
         (C, "/Files/Windows/System32/drivers/etc"),
         (C, "/Files/Windows/System32/drivers/etc/hosts"),
         (X, "/Files/Windows/System32/empty.log"),
+        (C, "/Hives"),
+        (C, "/Hives/DefaultUser_Delta"),
+        (C, "/Hives/Sam_Delta"),
+        (C, "/Hives/Security_Delta"),
+        (C, "/Hives/Software_Delta"),
+        (C, "/Hives/System_Delta"),
     ]
     assert diff_bytes(wstore, "child") == data
     root = Path(wstore.mount("child"))
@@ -326,7 +339,9 @@ def test_child_layer(wstore):
         assert sorted(os.listdir(root)) == ["Documents and Settings", "ProgramData", "Users", "Windows"]
     finally:
         wstore.unmount("child")
-    assert wstore.diff_size("child") == len(b"MZ app" * 300) + len(b"127.0.0.1 localhost\r\n10.0.0.1 db\r\n")
+    # The new and the changed file, and the registry deltas (as the seeds' DiffSize counts them).
+    assert wstore.diff_size("child") == (len(b"MZ app" * 300) + len(b"127.0.0.1 localhost\r\n10.0.0.1 db\r\n")
+                                         + 4 * 1024 + 5004)
 
 
 @pytest.mark.parametrize("how", ["moved", "copied"])
@@ -438,6 +453,47 @@ def test_utility_vm_tombstone_accepted(wstore):
                                    wingen.Tombstone("UtilityVM/Files/License.txt")], parent="base")
     layer = winmeta.LayerMeta.load(wstore.driver.resolve("top"))
     assert "UtilityVM/Files/License.txt" in layer.tombstones
+
+
+def test_changes_and_diffsize_name_the_hives_and_the_utility_vm(wstore):
+    """The seeds' Changes is every entry of the layer's export, each under its own name
+    (``Hives/...``, ``UtilityVM/...`` besides ``Files/...``), and their DiffSize is the size of
+    the files that list names: a layer's registry deltas and utility VM count."""
+    base = wingen.base_layer()
+    import_entries(wstore, "base", base)
+    # Every file of the base layer, hard links between Files/ and UtilityVM/Files/ once:
+    # what importing it returned.
+    assert wstore.diff_size("base") == wingen.regular_size(base) == wstore.record("base").size
+    delta = b"regf" + b"\x21" * 3000
+    child = [
+        wingen.WinDir("Files"),
+        wingen.WinFile("Files/new.txt", b"n" * 10),
+        wingen.WinDir("Hives"),
+        wingen.WinFile("Hives/Software_Delta", delta),
+        wingen.WinDir("UtilityVM"),
+        wingen.WinDir("UtilityVM/Files"),
+        wingen.Tombstone("UtilityVM/Files/License.txt"),  # there below: a deletion
+        wingen.Tombstone("UtilityVM/Files/ghost.sys"),  # in no layer: nothing deleted
+        wingen.WinLink("UtilityVM/Files/new.txt", "Files/new.txt"),
+        wingen.WinFile("UtilityVM/Files/uvm.sys", b"u" * 300),
+    ]
+    data = wingen.layer_tar(child)
+    wstore.import_layer("child", "base", io.BytesIO(data))
+    assert changes_of(wstore, "child") == [
+        (A, "/Files/new.txt"),
+        (C, "/Hives"),
+        (C, "/Hives/Software_Delta"),
+        (C, "/UtilityVM"),
+        (C, "/UtilityVM/Files"),
+        (X, "/UtilityVM/Files/License.txt"),
+        (A, "/UtilityVM/Files/new.txt"),
+        (A, "/UtilityVM/Files/uvm.sys"),
+    ]
+    assert wstore.diff_size("child") == 10 + len(delta) + 300 == wstore.record("child").size
+    assert diff_bytes(wstore, "child") == data
+    # Against another tree than its parent's (here the empty one) only the views compare: Files/ alone.
+    kinds = {c.path: c.kind for c in content.changes(wstore.driver, "child", None)}
+    assert "/Files/new.txt" in kinds and not any(p.startswith(("/Hives", "/UtilityVM")) for p in kinds)
 
 
 @pytest.mark.parametrize("privileged", [pytest.param(True, marks=needs_root), False])

@@ -3,10 +3,10 @@
 Applying is :func:`.apply.apply_windows_layer`; this module adds what the store
 needs around it: the files Windows rewrites after import (kept as they were
 imported, so the layer still re-exports byte for byte), the reassembly getter,
-what a layer changed (as ``/Files/...`` paths, tombstones of what the layers
-below show included) and the export of those changes in the Windows format
-(``backuptar``'s entries, metadata from the chain's sidecars, descriptors in
-binary).
+what a layer changed (``Files/...`` paths, tombstones of what the layers below
+show included, and the layer's own ``Hives/`` and ``UtilityVM/`` entries) and
+the export of those changes in the Windows format (``backuptar``'s entries,
+metadata from the chain's sidecars, descriptors in binary).
 """
 
 from __future__ import annotations
@@ -64,6 +64,34 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
     if extra:
         changes = sorted([*changes, *extra], key=change_sort_key)
     return changes
+
+
+def extra_changes(data_dirs: Sequence[str]) -> list[Change]:
+    """What the layer at ``data_dirs[0]`` holds beside ``Files/``, as paths from its folder.
+
+    Its ``Hives/`` and ``UtilityVM/`` trees are part of the layer as the seeds
+    list it (their change list is every entry of the layer's export, each under
+    its own name: ``Hives``, ``Hives/System_Delta``, ``UtilityVM``,
+    ``UtilityVM/Files/...``), and part of what the seeds' DiffSize counts.  An
+    entry is added where no ancestor (the rest of *data_dirs*) shows that path,
+    changed where one does; a tombstone under ``UtilityVM/Files/`` is a deletion
+    where an ancestor shows what it deletes.  Sorted by path.
+    """
+    own = data_dirs[0]
+    out: list[Change] = []
+    with _Union(data_dirs[1:]) as below:
+        for top in (layout.HIVES, layout.UTILITY_VM):
+            start = os.path.join(own, top)
+            if not os.path.isdir(start) or os.path.islink(start):
+                continue
+            for path in (top, *(f"{top}/{rel}" for rel, _ in walk_tree(start))):
+                out.append(Change("/" + path, ChangeKind.MODIFY if below.shows(path) else ChangeKind.ADD))
+        for path in winmeta.LayerMeta.load(own).tombstones:
+            if not path.startswith(layout.UTILITY_VM_FILES + "/") or os.path.lexists(os.path.join(own, path)):
+                continue
+            if below.shows(path):
+                out.append(Change("/" + path, ChangeKind.DELETE))
+    return sorted(out, key=change_sort_key)
 
 
 class _Union:
