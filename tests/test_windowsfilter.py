@@ -792,6 +792,27 @@ def test_a_sandbox_exports_descriptors_known_by_their_sddl_as_rawsd(wstore):
     assert all(wintar.SDDL not in e.pax for n, e in entries.items() if n != "Files/Audited")
 
 
+@needs_root
+def test_a_sandbox_exports_a_descriptor_for_a_folder_imported_without_one(wstore):
+    """Windows gives a file imported without a descriptor the one it inherits, and backuptar
+    writes what a backup of it reads: a folder a sandbox changed below goes out with that
+    descriptor (as MSWINDOWS.rawsd), as a new one would."""
+    wstore.import_layer("base", None, io.BytesIO(wingen.layer_tar(
+        [wingen.WinDir("Files", sd=None), wingen.WinDir("Files/Plain", sd=None)])))
+    wstore.create("ctr", "base", writable=True)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "Plain/new.txt").write_bytes(b"n")
+    finally:
+        wstore.unmount("ctr")
+    entries = {e.name: e for e in entries_of(diff_bytes(wstore, "ctr"))}
+    top = wintar.inherit_security_descriptor(None, is_dir=True)  # Files/, under the default root
+    folder = wintar.inherit_security_descriptor(top, is_dir=True)
+    assert base64.b64decode(entries["Files/Plain"].pax[wintar.RAWSD]) == folder
+    assert base64.b64decode(entries["Files/Plain/new.txt"].pax[wintar.RAWSD]) == \
+        wintar.inherit_security_descriptor(folder, is_dir=False)
+
+
 def test_sddl_reads_what_windows_writes_and_refuses_what_needs_windows():
     text = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a9;;;BU)"
     default = wintar.SecurityDescriptor(wintar.SE_DACL_PROTECTED | wintar.SE_DACL_AUTO_INHERITED,

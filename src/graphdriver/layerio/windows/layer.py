@@ -261,6 +261,11 @@ class _Exporter(LayerWriter):
         if found is not None and found[0].meta is not None:
             rec, index = found
             meta = _as_backuptar_writes(dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas)))
+            if meta.security_descriptor is None and meta.sddl is None and name.startswith(layout.FILES + "/"):
+                # Imported without one, the file got the descriptor Windows gives a new file
+                # there, and a backup of it (what Docker exports) carries that one.
+                meta.security_descriptor = wintar.inherit_security_descriptor(
+                    self._sd(name.rpartition("/")[0]), is_dir=kind == DIR)
             creation = meta.creation_ns if meta.creation_ns is not None else st.st_mtime_ns
             if index == 0:
                 # The layer's own entry: the times it was applied with.
