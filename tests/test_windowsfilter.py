@@ -518,6 +518,28 @@ def test_a_tombstone_of_what_a_layer_below_deleted_already_is_no_change(wstore, 
     assert wstore.diff_size("top") == 0
 
 
+@pytest.mark.parametrize("privileged", [pytest.param(True, marks=needs_root), False])
+def test_a_file_made_again_over_what_a_layer_below_deleted_is_added(wstore, privileged):
+    """Without root a deletion lives in the metadata alone (no whiteout device): a file a
+    layer makes again where a layer between deleted it is added, as with root, not changed."""
+    wstore.driver.privileged = privileged
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "mid", [wingen.WinDir("Files"), wingen.Tombstone("Files/License.txt"),
+                                   wingen.Tombstone("Files/Windows/System32/drivers")], parent="base")
+    import_entries(wstore, "top", [
+        wingen.WinDir("Files"), wingen.WinFile("Files/License.txt", b"again"),
+        wingen.WinDir("Files/Windows"), wingen.WinDir("Files/Windows/System32"),
+        wingen.WinDir("Files/Windows/System32/drivers"),
+        wingen.WinFile("Files/Windows/System32/drivers/new.sys", b"n")], parent="mid")
+    assert changes_of(wstore, "top") == [
+        (A, "/Files/License.txt"),
+        (C, "/Files/Windows"),
+        (C, "/Files/Windows/System32"),
+        (A, "/Files/Windows/System32/drivers"),
+        (A, "/Files/Windows/System32/drivers/new.sys"),
+    ]
+
+
 def _plain_tar(*members: tuple[str, bytes, str]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:

@@ -47,7 +47,8 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
     made: the sidecar's tombstones say what was deleted.  A tombstone is a
     deletion only where the ancestors' union shows something at its path: one
     of a name no layer below has, or one a layer between deleted already, hides
-    nothing, so it changes nothing (as it makes no whiteout in the view).
+    nothing, so it changes nothing (as it makes no whiteout in the view); and
+    what such a layer deleted is added, not changed, where this layer makes it again.
     """
     own = os.path.join(data_dirs[0], layout.FILES)
     lowers = [os.path.join(d, layout.FILES) for d in data_dirs[1:]]
@@ -55,6 +56,11 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
     listed = {c.path for c in changes}
     extra = []
     with _Union(data_dirs[1:]) as below:
+        # What a layer between deleted by a tombstone alone (no device: no root) is not
+        # there below: made again here, it is added, not changed.
+        changes = [Change(c.path, ChangeKind.ADD)
+                   if c.kind is ChangeKind.MODIFY and not below.shows(layout.FILES + c.path) else c
+                   for c in changes]
         for path in winmeta.LayerMeta.load(data_dirs[0]).tombstones:
             if not path.startswith(layout.FILES + "/"):
                 continue
