@@ -194,7 +194,14 @@ def test_base_layer_layout_and_exact_reexport(wstore):
     assert os.readlink(folder / "Files/Documents and Settings") == "C:\\Users"
     assert diff_bytes(wstore, "base") == data
     assert wstore.check() == [("base", None)]
-    assert all(kind is A and path.startswith("/Files/") for kind, path in changes_of(wstore, "base"))
+    changes = changes_of(wstore, "base")
+    assert all(kind is A for kind, _ in changes)
+    # Every entry of the layer, each under its own name: the volume, the hives, the utility VM.
+    named = {"/" + e.path for e in entries if not isinstance(e, wingen.Tombstone) and e.path != "Files"}
+    implied = "/" + wingen.LONG_NAME.rpartition("/")[0]  # a folder only the path of a file names
+    paths = [path for _, path in changes]
+    assert set(paths) == named | {implied} and len(paths) == len(named) + 1
+    assert paths == sorted(paths, key=lambda p: p.encode())
 
 
 def test_metadata_is_kept(wstore):
@@ -316,6 +323,12 @@ def test_child_layer(wstore):
         (C, "/Files/Windows/System32/drivers/etc"),
         (C, "/Files/Windows/System32/drivers/etc/hosts"),
         (X, "/Files/Windows/System32/empty.log"),
+        (C, "/Hives"),
+        (C, "/Hives/DefaultUser_Delta"),
+        (C, "/Hives/Sam_Delta"),
+        (C, "/Hives/Security_Delta"),
+        (C, "/Hives/Software_Delta"),
+        (C, "/Hives/System_Delta"),
     ]
     assert diff_bytes(wstore, "child") == data
     root = Path(wstore.mount("child"))
@@ -326,7 +339,9 @@ def test_child_layer(wstore):
         assert sorted(os.listdir(root)) == ["Documents and Settings", "ProgramData", "Users", "Windows"]
     finally:
         wstore.unmount("child")
-    assert wstore.diff_size("child") == len(b"MZ app" * 300) + len(b"127.0.0.1 localhost\r\n10.0.0.1 db\r\n")
+    # The new and the changed file, and the registry deltas (as the seeds' DiffSize counts them).
+    assert wstore.diff_size("child") == (len(b"MZ app" * 300) + len(b"127.0.0.1 localhost\r\n10.0.0.1 db\r\n")
+                                         + 4 * 1024 + 5004)
 
 
 @pytest.mark.parametrize("how", ["moved", "copied"])
@@ -438,6 +453,91 @@ def test_utility_vm_tombstone_accepted(wstore):
                                    wingen.Tombstone("UtilityVM/Files/License.txt")], parent="base")
     layer = winmeta.LayerMeta.load(wstore.driver.resolve("top"))
     assert "UtilityVM/Files/License.txt" in layer.tombstones
+
+
+def test_changes_and_diffsize_name_the_hives_and_the_utility_vm(wstore):
+    """The seeds' Changes is every entry of the layer's export, each under its own name
+    (``Hives/...``, ``UtilityVM/...`` besides ``Files/...``), and their DiffSize is the size of
+    the files that list names: a layer's registry deltas and utility VM count."""
+    base = wingen.base_layer()
+    import_entries(wstore, "base", base)
+    # Every file of the base layer, hard links between Files/ and UtilityVM/Files/ once:
+    # what importing it returned.
+    assert wstore.diff_size("base") == wingen.regular_size(base) == wstore.record("base").size
+    delta = b"regf" + b"\x21" * 3000
+    child = [
+        wingen.WinDir("Files"),
+        wingen.WinFile("Files/new.txt", b"n" * 10),
+        wingen.WinDir("Hives"),
+        wingen.WinFile("Hives/Software_Delta", delta),
+        wingen.WinDir("UtilityVM"),
+        wingen.WinDir("UtilityVM/Files"),
+        wingen.Tombstone("UtilityVM/Files/License.txt"),  # there below: a deletion
+        wingen.Tombstone("UtilityVM/Files/ghost.sys"),  # in no layer: nothing deleted
+        wingen.WinLink("UtilityVM/Files/new.txt", "Files/new.txt"),
+        wingen.WinFile("UtilityVM/Files/uvm.sys", b"u" * 300),
+    ]
+    data = wingen.layer_tar(child)
+    wstore.import_layer("child", "base", io.BytesIO(data))
+    assert changes_of(wstore, "child") == [
+        (A, "/Files/new.txt"),
+        (C, "/Hives"),
+        (C, "/Hives/Software_Delta"),
+        (C, "/UtilityVM"),
+        (C, "/UtilityVM/Files"),
+        (X, "/UtilityVM/Files/License.txt"),
+        (A, "/UtilityVM/Files/new.txt"),
+        (A, "/UtilityVM/Files/uvm.sys"),
+    ]
+    assert wstore.diff_size("child") == 10 + len(delta) + 300 == wstore.record("child").size
+    assert diff_bytes(wstore, "child") == data
+    # Against another tree than its parent's (here the empty one) only the views compare: Files/ alone.
+    kinds = {c.path: c.kind for c in content.changes(wstore.driver, "child", None)}
+    assert "/Files/new.txt" in kinds and not any(p.startswith(("/Hives", "/UtilityVM")) for p in kinds)
+
+
+@pytest.mark.parametrize("privileged", [pytest.param(True, marks=needs_root), False])
+def test_a_tombstone_of_what_a_layer_below_deleted_already_is_no_change(wstore, privileged):
+    """A deletion of a path a layer between deleted already hides nothing: the view is the
+    same with it or without it, so the layer's changes do not list it (as they do not list a
+    deletion of a name no layer ever had), whether a whiteout device or only the metadata
+    records the lower deletion."""
+    wstore.driver.privileged = privileged
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "mid", [wingen.WinDir("Files"), wingen.Tombstone("Files/ProgramData"),
+                                   wingen.Tombstone("Files/Windows/System32/drivers")], parent="base")
+    data = wingen.layer_tar([
+        wingen.WinDir("Files"),
+        wingen.Tombstone("Files/ProgramData"),  # deleted by mid already
+        wingen.Tombstone("Files/Windows/System32/drivers/etc/hosts"),  # below a folder mid deleted
+        wingen.Tombstone("Files/License.txt"),  # there below: deleted here
+    ])
+    wstore.import_layer("top", "mid", io.BytesIO(data))
+    assert [c for c in changes_of(wstore, "top") if c[0] is X] == [(X, "/Files/License.txt")]
+    assert diff_bytes(wstore, "top") == data  # the tarball keeps its tombstones
+    assert wstore.diff_size("top") == 0
+
+
+@pytest.mark.parametrize("privileged", [pytest.param(True, marks=needs_root), False])
+def test_a_file_made_again_over_what_a_layer_below_deleted_is_added(wstore, privileged):
+    """Without root a deletion lives in the metadata alone (no whiteout device): a file a
+    layer makes again where a layer between deleted it is added, as with root, not changed."""
+    wstore.driver.privileged = privileged
+    import_entries(wstore, "base", wingen.base_layer())
+    import_entries(wstore, "mid", [wingen.WinDir("Files"), wingen.Tombstone("Files/License.txt"),
+                                   wingen.Tombstone("Files/Windows/System32/drivers")], parent="base")
+    import_entries(wstore, "top", [
+        wingen.WinDir("Files"), wingen.WinFile("Files/License.txt", b"again"),
+        wingen.WinDir("Files/Windows"), wingen.WinDir("Files/Windows/System32"),
+        wingen.WinDir("Files/Windows/System32/drivers"),
+        wingen.WinFile("Files/Windows/System32/drivers/new.sys", b"n")], parent="mid")
+    assert changes_of(wstore, "top") == [
+        (A, "/Files/License.txt"),
+        (C, "/Files/Windows"),
+        (C, "/Files/Windows/System32"),
+        (A, "/Files/Windows/System32/drivers"),
+        (A, "/Files/Windows/System32/drivers/new.sys"),
+    ]
 
 
 def _plain_tar(*members: tuple[str, bytes, str]) -> bytes:
@@ -685,6 +785,54 @@ def test_a_new_file_inherits_from_a_directory_known_only_by_its_sddl(wstore):
     assert [(a[1], wintar.sid_string(a[8:])) for a in new_file.dacl] == [
         (wintar.INHERITED_ACE, "S-1-5-18"), (wintar.INHERITED_ACE, "S-1-3-0"),
         (wintar.INHERITED_ACE, "S-1-1-0")]
+
+
+@needs_root
+def test_a_sandbox_exports_descriptors_known_by_their_sddl_as_rawsd(wstore):
+    """backuptar writes a file's descriptor as binary (MSWINDOWS.rawsd); MSWINDOWS.sd, the
+    SDDL text of older archives, is read only.  A folder a sandbox changed below, known by
+    its SDDL, goes out as Docker would export it: rawsd, the same descriptor in binary.  An
+    SDDL whose SACL cannot be carried over here stays the text, never a descriptor cut short."""
+    given = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a9;;;BU)"
+    audited = given + "S:AI(AU;SAFA;FA;;;WD)"
+    layer = [wingen.WinDir("Files"), wingen.WinDir("Files/Data", sddl=given),
+             wingen.WinDir("Files/Audited", sddl=audited)]
+    wstore.import_layer("base", None, io.BytesIO(wingen.layer_tar(layer)))
+    wstore.create("ctr", "base", writable=True)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "Data/new.txt").write_bytes(b"n")
+        (root / "Audited/new.txt").write_bytes(b"n")
+    finally:
+        wstore.unmount("ctr")
+    entries = {e.name: e for e in entries_of(diff_bytes(wstore, "ctr"))}
+    data = entries["Files/Data"]
+    assert wintar.SDDL not in data.pax
+    assert base64.b64decode(data.pax[wintar.RAWSD]) == sddl.to_binary(given)
+    assert entries["Files/Audited"].pax[wintar.SDDL] == audited.encode()
+    assert wintar.RAWSD not in entries["Files/Audited"].pax
+    assert all(wintar.SDDL not in e.pax for n, e in entries.items() if n != "Files/Audited")
+
+
+@needs_root
+def test_a_sandbox_exports_a_descriptor_for_a_folder_imported_without_one(wstore):
+    """Windows gives a file imported without a descriptor the one it inherits, and backuptar
+    writes what a backup of it reads: a folder a sandbox changed below goes out with that
+    descriptor (as MSWINDOWS.rawsd), as a new one would."""
+    wstore.import_layer("base", None, io.BytesIO(wingen.layer_tar(
+        [wingen.WinDir("Files", sd=None), wingen.WinDir("Files/Plain", sd=None)])))
+    wstore.create("ctr", "base", writable=True)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "Plain/new.txt").write_bytes(b"n")
+    finally:
+        wstore.unmount("ctr")
+    entries = {e.name: e for e in entries_of(diff_bytes(wstore, "ctr"))}
+    top = wintar.inherit_security_descriptor(None, is_dir=True)  # Files/, under the default root
+    folder = wintar.inherit_security_descriptor(top, is_dir=True)
+    assert base64.b64decode(entries["Files/Plain"].pax[wintar.RAWSD]) == folder
+    assert base64.b64decode(entries["Files/Plain/new.txt"].pax[wintar.RAWSD]) == \
+        wintar.inherit_security_descriptor(folder, is_dir=False)
 
 
 def test_sddl_reads_what_windows_writes_and_refuses_what_needs_windows():

@@ -36,7 +36,12 @@ writable ones), a bind mount for a layer without ancestors.  Without root
 an image layer's view is a materialised copy under the run root (writable
 layers need root).  Views live under ``<run root>/views/``.
 
-Changes list what the layer's ``Files/`` changed, as ``/Files/...`` paths.
+Changes list what the layer's ``Files/`` changed, as ``/Files/...`` paths
+(``Files`` itself, the volume's root, never), and compared with its own parent
+every entry of its own ``Hives/`` and ``UtilityVM/`` too (``/Hives``,
+``/Hives/System_Delta``, ``/UtilityVM/Files/...``), as the seeds' list names
+the entries of the layer's export; the diff size counts the files of all of
+them.  A tombstone is listed only where the layers below show what it deletes.
 A diff that no tar-split data covers is written in the Windows format:
 ``Files/...`` entries with ``MSWINDOWS.fileattr``, a security descriptor,
 creation, access and change times (to 100 ns) in PAX records, streams after

@@ -80,7 +80,7 @@ def _changes_of(c: Comparison, windows: bool, owner: Owner | None = None) -> lis
     if windows and c.native:
         from graphdriver.layerio.windows.layer import own_changes
 
-        return own_changes(c.root, c.lowers or (), c.data_dirs[0])
+        return own_changes(c.data_dirs)
     if c.lowers is not None:
         from graphdriver.diff import upper
 
@@ -95,19 +95,33 @@ def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool =
     """What *layer_id* changed relative to *parent*, sorted by path.
 
     *native* False walks the two trees even where the driver could say it
-    itself (to cross-check the two).  Windows layers name their changes as
-    ``/Files/...`` paths, as the seeds do.  *owner* translates the parent
-    tree's owners where the two layers store ids under other maps.
+    itself (to cross-check the two).  Windows layers name their changes by
+    their paths in the layer, as the seeds do: ``/Files/...`` and, compared
+    with their own parent, ``/Hives/...`` and ``/UtilityVM/...``.  *owner*
+    translates the parent tree's owners where the two layers store ids under
+    other maps.
     """
     windows = driver.LAYER_FORMAT == WINDOWS_FORMAT
     with driver.compare(layer_id, parent, native=native) as c:
         found = _changes_of(c, windows, owner)
-    if windows:
-        from graphdriver.diff.changes import Change
-        from graphdriver.layerio.windows.layout import FILES
-
-        return [Change("/" + FILES + ch.path, ch.kind) for ch in found]
+        if windows:
+            return _windows_changes(c, found)
     return found
+
+
+def _windows_changes(c: Comparison, found: list[Change]) -> list[Change]:
+    """*found* (paths under ``Files/``) as paths of the layer, with what the layer holds
+    beside ``Files/`` when it is compared with its own parent (the seeds' change list)."""
+    from graphdriver.diff.changes import Change
+    from graphdriver.layerio.windows.layout import FILES
+
+    out = [Change("/" + FILES + ch.path, ch.kind) for ch in found]
+    if c.native:
+        from graphdriver.layerio.export import change_sort_key
+        from graphdriver.layerio.windows.layer import extra_changes
+
+        out = sorted([*out, *extra_changes(c.data_dirs)], key=change_sort_key)
+    return out
 
 
 def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO, *,
@@ -136,15 +150,24 @@ def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO, *,
 
 def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True,
          owner: Owner | None = None) -> int:
-    """Bytes of regular files *layer_id* added or changed (hardlinked inodes counted once)."""
+    """Bytes of regular files *layer_id* added or changed (hardlinked inodes counted once).
+
+    A Windows layer compared with its own parent counts its ``Hives/`` and
+    ``UtilityVM/`` files too, as the seeds' DiffSize (the sizes of the files its
+    change list names) does.
+    """
     from graphdriver.layerio.export import changes_size
 
+    windows = driver.LAYER_FORMAT == WINDOWS_FORMAT
     with driver.compare(layer_id, parent, native=native) as c:
-        if c.lowers is not None and driver.LAYER_FORMAT != WINDOWS_FORMAT:
+        if c.lowers is not None and not windows:
             from graphdriver.diff import upper
 
             return upper.size(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
-        return changes_size(c.root, _changes_of(c, driver.LAYER_FORMAT == WINDOWS_FORMAT, owner))
+        found = _changes_of(c, windows, owner)
+        if windows and c.native:
+            return changes_size(c.data_dirs[0], _windows_changes(c, found))
+        return changes_size(c.root, found)
 
 
 def files_root(driver: Driver, layer_id: str) -> str:

@@ -3,9 +3,10 @@
 Applying is :func:`.apply.apply_windows_layer`; this module adds what the store
 needs around it: the files Windows rewrites after import (kept as they were
 imported, so the layer still re-exports byte for byte), the reassembly getter,
-what a layer changed (as ``/Files/...`` paths, tombstones included) and the
-export of those changes in the Windows format (``backuptar``'s entries,
-metadata from the chain's sidecars).
+what a layer changed (``Files/...`` paths, tombstones of what the layers below
+show included, and the layer's own ``Hives/`` and ``UtilityVM/`` entries) and
+the export of those changes in the Windows format (``backuptar``'s entries,
+metadata from the chain's sidecars, descriptors in binary).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import contextlib
 import dataclasses
 import os
 import stat
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import GraphDriverError, NotFound, warn
-from graphdriver.fs.confine import open_file_in_root
+from graphdriver.fs.confine import find_in_union, open_file_in_root
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.export import LayerWriter, change_sort_key
@@ -37,26 +39,103 @@ MUTATED_FILES: dict[str, str] = {
 }
 
 
-def own_changes(own: str, lowers: list[str] | tuple[str, ...], data_dir: str) -> list[Change]:
-    """What the layer's own ``Files/`` (*own*) changed over its ancestors' (*lowers*).
+def own_changes(data_dirs: Sequence[str]) -> list[Change]:
+    """What the layer at ``data_dirs[0]`` changed in its ``Files/`` over its ancestors
+    (the rest of *data_dirs*, nearest first).
 
     Paths are relative to ``Files/``.  Without root no whiteout devices were
-    made: the sidecar's tombstones in *data_dir* say what was deleted.
+    made: the sidecar's tombstones say what was deleted.  A tombstone is a
+    deletion only where the ancestors' union shows something at its path: one
+    of a name no layer below has, or one a layer between deleted already, hides
+    nothing, so it changes nothing (as it makes no whiteout in the view); and
+    what such a layer deleted is added, not changed, where this layer makes it again.
     """
+    own = os.path.join(data_dirs[0], layout.FILES)
+    lowers = [os.path.join(d, layout.FILES) for d in data_dirs[1:]]
     changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
     listed = {c.path for c in changes}
     extra = []
-    for path in winmeta.LayerMeta.load(data_dir).tombstones:
-        if not path.startswith(layout.FILES + "/"):
-            continue
-        rel = path[len(layout.FILES) :]
-        if rel not in listed and not os.path.lexists(own + rel) and any(
-            os.path.lexists(low + rel) for low in lowers
-        ):
-            extra.append(Change(rel, ChangeKind.DELETE))
+    with _Union(data_dirs[1:]) as below:
+        # What a layer between deleted by a tombstone alone (no device: no root) is not
+        # there below: made again here, it is added, not changed.
+        changes = [Change(c.path, ChangeKind.ADD)
+                   if c.kind is ChangeKind.MODIFY and not below.shows(layout.FILES + c.path) else c
+                   for c in changes]
+        for path in winmeta.LayerMeta.load(data_dirs[0]).tombstones:
+            if not path.startswith(layout.FILES + "/"):
+                continue
+            rel = path[len(layout.FILES) :]
+            if rel not in listed and not os.path.lexists(own + rel) and below.shows(path):
+                extra.append(Change(rel, ChangeKind.DELETE))
     if extra:
         changes = sorted([*changes, *extra], key=change_sort_key)
     return changes
+
+
+def extra_changes(data_dirs: Sequence[str]) -> list[Change]:
+    """What the layer at ``data_dirs[0]`` holds beside ``Files/``, as paths from its folder.
+
+    Its ``Hives/`` and ``UtilityVM/`` trees are part of the layer as the seeds
+    list it (their change list is every entry of the layer's export, each under
+    its own name: ``Hives``, ``Hives/System_Delta``, ``UtilityVM``,
+    ``UtilityVM/Files/...``), and part of what the seeds' DiffSize counts.  An
+    entry is added where no ancestor (the rest of *data_dirs*) shows that path,
+    changed where one does; a tombstone under ``UtilityVM/Files/`` is a deletion
+    where an ancestor shows what it deletes.  Sorted by path.
+    """
+    own = data_dirs[0]
+    out: list[Change] = []
+    with _Union(data_dirs[1:]) as below:
+        for top in (layout.HIVES, layout.UTILITY_VM):
+            start = os.path.join(own, top)
+            if not os.path.isdir(start) or os.path.islink(start):
+                continue
+            for path in (top, *(f"{top}/{rel}" for rel, _ in walk_tree(start))):
+                out.append(Change("/" + path, ChangeKind.MODIFY if below.shows(path) else ChangeKind.ADD))
+        for path in winmeta.LayerMeta.load(own).tombstones:
+            if not path.startswith(layout.UTILITY_VM_FILES + "/") or os.path.lexists(os.path.join(own, path)):
+                continue
+            if below.shows(path):
+                out.append(Change("/" + path, ChangeKind.DELETE))
+    return sorted(out, key=change_sort_key)
+
+
+class _Union:
+    """What the union of layer folders (nearest first) shows at a path, their sidecars'
+    tombstones included (the only record of a deletion where no whiteout device was made)."""
+
+    def __init__(self, data_dirs: Sequence[str]) -> None:
+        self.chain = winmeta.ChainMeta(list(data_dirs))
+        self.fds: list[int] = []
+
+    def __enter__(self) -> _Union:
+        try:
+            for d in self.chain.data_dirs:
+                self.fds.append(os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+    def shows(self, path: str) -> bool:
+        """Whether the union shows something at *path* (``Files/...`` or another tree)."""
+        if not self.fds:
+            return False
+        try:
+            found = find_in_union(self.fds, path, OVERLAY_OPAQUE_XATTR)
+        except OSError:
+            return False  # through a symlink of a layer below: nothing the union shows there
+        if found is None:
+            return False
+        index, parent_fd, _ = found
+        os.close(parent_fd)
+        # A nearer layer that deleted it (or a folder above it) hides it, device or not.
+        return not any(self.chain.layer(i).hides(path) for i in range(index))
 
 
 def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: BinaryIO, *,
@@ -187,7 +266,12 @@ class _Exporter(LayerWriter):
         disk = Times(st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_mtime_ns)
         if found is not None and found[0].meta is not None:
             rec, index = found
-            meta = dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas))
+            meta = _as_backuptar_writes(dataclasses.replace(found[0].meta, eas=dict(found[0].meta.eas)))
+            if meta.security_descriptor is None and meta.sddl is None and name.startswith(layout.FILES + "/"):
+                # Imported without one, the file got the descriptor Windows gives a new file
+                # there, and a backup of it (what Docker exports) carries that one.
+                meta.security_descriptor = wintar.inherit_security_descriptor(
+                    self._sd(name.rpartition("/")[0]), is_dir=kind == DIR)
             creation = meta.creation_ns if meta.creation_ns is not None else st.st_mtime_ns
             if index == 0:
                 # The layer's own entry: the times it was applied with.
@@ -224,6 +308,28 @@ class _Exporter(LayerWriter):
 
 
 _KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
+
+
+def _as_backuptar_writes(meta: WinMeta) -> WinMeta:
+    """*meta* with its descriptor in the form ``backuptar`` writes: binary (``MSWINDOWS.rawsd``).
+
+    ``backuptar`` has written the descriptor a backup stream gives as
+    ``MSWINDOWS.rawsd`` since 2016, and reads ``MSWINDOWS.sd`` only from older
+    archives; Windows keeps the binary form an imported SDDL text stood for, so
+    Docker exports it as ``MSWINDOWS.rawsd``.  An SDDL text that cannot be read
+    whole here (a SACL, or what only a Windows machine can resolve) stays
+    ``MSWINDOWS.sd``, which every reader still takes, rather than lose a part.
+    """
+    if meta.security_descriptor is not None or meta.sddl is None:
+        return meta
+    from graphdriver.layerio.windows import sddl
+
+    try:
+        binary = sddl.to_binary(meta.sddl, whole=True)
+    except ValueError:
+        return meta
+    meta.security_descriptor, meta.sddl = binary, None
+    return meta
 
 
 def _binary_sd(meta: WinMeta) -> bytes | None:

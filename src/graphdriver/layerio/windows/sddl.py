@@ -58,9 +58,15 @@ _ALIASES = {
 _SECTIONS = "OGDS"
 
 
-def to_binary(text: str) -> bytes:
-    """The self-relative binary descriptor SDDL *text* describes; ValueError if it cannot be read."""
+def to_binary(text: str, *, whole: bool = False) -> bytes:
+    """The self-relative binary descriptor SDDL *text* describes; ValueError if it cannot be read.
+
+    A SACL is skipped (inheritance reads the DACL alone); with *whole*, a text
+    with a SACL is refused too, since the binary form would lose it.
+    """
     sections = _sections(text)
+    if whole and "S" in sections:
+        raise ValueError("a SACL (S:) is not read here")
     control, aces = _dacl(sections["D"]) if "D" in sections else (0, None)
     owner = _sid(sections["O"]) if "O" in sections else None
     group = _sid(sections["G"]) if "G" in sections else None

@@ -12,8 +12,9 @@ metadata of each entry travels in PAX records:
     directory, 0 for anything else.
 ``MSWINDOWS.rawsd``
     The self-relative security descriptor, base64.  Older archives carry
-    ``MSWINDOWS.sd`` (SDDL text) instead; it is read and kept, never written
-    for a descriptor known in binary.
+    ``MSWINDOWS.sd`` (SDDL text) instead; it is read and kept for the exact
+    re-export of such an archive, and a regenerated export writes the binary
+    form as ``backuptar`` does (the text only where it cannot be read whole).
 ``MSWINDOWS.mountpoint``
     ``1`` on a symlink entry that is a junction (a mount point reparse point).
 ``MSWINDOWS.xattr.<name>``
