@@ -849,6 +849,35 @@ def test_a_truncated_archive_is_refused_in_one_line_and_leaves_no_temporary_file
     assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith("graphdriver-load-")]
 
 
+def test_an_archive_cut_before_its_manifest_is_corrupt_not_of_another_kind(tmp_path):
+    """skopeo and buildah write manifest.json last: an archive cut anywhere before it (in a
+    layer's data, in a header) is a truncated archive (6), not an archive of no known kind (2)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [sha256(LAYER1)]}}).encode()
+    manifest = json.dumps([{"Config": sha256(config)[7:] + ".json", "RepoTags": ["localhost/t:1"],
+                            "Layers": ["layer.tar"]}]).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("layer.tar", LAYER1), (sha256(config)[7:] + ".json", config),
+                           ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    whole = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        last = tar.getmember("manifest.json").offset
+    (tmp_path / "whole.tar").write_bytes(whole)
+    loaded = gd(tmp_path / "ok", "vfs", "image", "load", str(tmp_path / "whole.tar"))
+    assert loaded.stdout == b"localhost/t:1\n"
+    for cut in (last + 100, last, last - 1, 700):
+        (tmp_path / "cut.tar").write_bytes(whole[:cut])
+        proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / "cut.tar"), check=False)
+        assert proc.returncode == 6 and proc.stderr.count(b"\n") == 1, (cut, proc.stderr)
+        assert b"truncated" in proc.stderr or b"end of data" in proc.stderr, (cut, proc.stderr)
+        assert gd(tmp_path, "vfs", "layers").stdout == b""
+        assert gd(tmp_path, "vfs", "image", "ls", "--json").stdout.strip() == b"[]"
+
+
 def test_a_truncated_layer_is_told_with_its_image_and_its_place(tmp_path):
     cut = LAYER2[:3074]  # in the middle of the data of srv/app: a truncated tarball
     oci_layout(tmp_path / "t", [LAYER1, cut], name="localhost/t:1", gzipped=False)

@@ -70,12 +70,15 @@ class _Files:
         self.members: dict[str, tarfile.TarInfo] = {}
         self.tar: tarfile.TarFile | None = None
         self.temporary: str | None = None
+        #: Whether the tarball ends with its end-of-archive block (a folder: True).
+        self.ended = True
         if self.dir is None:
             try:
                 opened = self._decompressed(path)
                 self.tar = tarfile.open(opened, "r:")  # closed by close()
                 for m in self.tar.getmembers():
                     self.members[_clean(m.name)] = m
+                self.ended = _check_ended(self.tar)
             except PermissionError as e:  # nothing wrong with it: this user may not read it
                 self.close()
                 raise os_error(f"image archive {shorten(path)!r}", e) from e
@@ -170,6 +173,21 @@ class _Files:
             self.temporary = None
 
 
+def _check_ended(tar: tarfile.TarFile) -> bool:
+    """Whether the archive *tar* has read to its end ends at a zero block (True) or at the very
+    end of the file after an entry (False; Go's ``archive/tar`` takes that for the end too);
+    ReadError if it ends otherwise. Python's reader takes a header cut short, or one that is
+    not a header, for the end, and would quietly drop the entries after it (``manifest.json``
+    comes last in skopeo's and buildah's archives)."""
+    f = tar.fileobj
+    assert f is not None
+    f.seek(tar.offset)
+    block = f.read(tarfile.BLOCKSIZE)
+    if block and block != bytes(tarfile.BLOCKSIZE):
+        raise tarfile.ReadError("truncated" if len(block) < tarfile.BLOCKSIZE else "a corrupt header")
+    return bool(block)
+
+
 def _strings(value: object) -> bool:
     """Whether *value* is a JSON list of strings."""
     return isinstance(value, list) and all(isinstance(x, str) for x in value)
@@ -212,6 +230,9 @@ class Archive:
             return "oci" if self.files.dir is not None else "oci-archive"
         if self.files.exists("manifest.json"):
             return "docker-archive"
+        if not self.files.ended:  # cut at an entry's end: more was to come
+            raise IntegrityError(f"image archive {shorten(self.files.path)!r}",
+                                 "not a readable tar archive: truncated (no end-of-archive block)")
         raise InvalidArgument(f"image archive {shorten(self.files.path)!r}",
                               "neither a docker-archive (manifest.json) nor an OCI layout (oci-layout)")
 
