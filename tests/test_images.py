@@ -273,6 +273,25 @@ def test_a_container_of_an_image_whose_etc_is_a_symlink_gets_its_init_files_ther
     assert gd(tmp_path, "vfs", "changes", "c").stdout == b""
 
 
+def test_an_artifact_in_a_layout_is_refused_as_a_pull_refuses_it(tmp_path):
+    """A manifest whose config is no image config (a Helm chart, a signature) is no container
+    image: refused (7) with nothing stored, as ``image pull`` refuses it."""
+    digest = oci_layout(tmp_path / "a", [LAYER1], name="localhost/chart:1")
+    blobs = tmp_path / "a/blobs/sha256"
+    manifest = json.loads((blobs / digest[7:]).read_bytes())
+    manifest["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json"
+    data = json.dumps(manifest).encode()
+    (blobs / sha256(data)[7:]).write_bytes(data)
+    index = json.loads((tmp_path / "a/index.json").read_text())
+    index["manifests"][0].update(digest=sha256(data), size=len(data))
+    (tmp_path / "a/index.json").write_text(json.dumps(index))
+    proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a"), check=False)
+    assert (proc.returncode, proc.stderr.count(b"\n")) == (7, 1), proc.stderr
+    assert b"is not a container image" in proc.stderr
+    assert gd(tmp_path, "vfs", "layers").stdout == b""
+    assert gd(tmp_path, "vfs", "image", "ls", "--json").stdout.strip() == b"[]"
+
+
 def test_a_tampered_blob_is_refused(tmp_path, driver_name):
     oci_layout(tmp_path / "t", [LAYER1])
     blob = next(p for p in (tmp_path / "t/blobs/sha256").iterdir() if p.read_bytes()[:2] == b"\x1f\x8b")
