@@ -456,6 +456,40 @@ def test_an_archive_from_a_pipe_a_fifo_or_standard_input_loads(tmp_path):
     assert got2.returncode == 0 and got2.stdout == b"localhost/made:1\n", got2.stderr
 
 
+def test_a_load_from_a_pipe_killed_while_it_reads_leaves_no_copy_behind(tmp_path):
+    """The copy of a piped archive was a named file in $TMPDIR, left there (however large) by a
+    load ended with SIGTERM."""
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TMPDIR=str(tmp))
+    proc = subprocess.Popen([sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"),
+                             "--run-root", str(tmp_path / "run"), "--driver", "vfs", "image", "load", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(LAYER1 * 64)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until it holds its copy open
+            links = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")]
+            if any(link.startswith(str(tmp)) for link in links):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the load never made its copy")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+    assert proc.returncode == -signal.SIGTERM
+    assert os.listdir(tmp) == []
+
+
 def test_an_image_saved_by_its_id_is_saved_untagged(tmp_path):
     """As ``docker save <id>``: no name goes with it (the image's names may be many, and
     each would name it again wherever it is loaded); by a name, that name alone."""

@@ -69,13 +69,18 @@ class _Files:
         self.dir = path if path != STDIN and os.path.isdir(path) else None
         self.members: dict[str, tarfile.TarInfo] = {}
         self.tar: tarfile.TarFile | None = None
-        self.temporary: str | None = None
+        #: The copy of a stream or of a compressed archive: a file with no name (``O_TMPFILE``, or
+        #: unlinked at once), so that nothing is left behind whatever ends this process.
+        self.temporary: BinaryIO | None = None
         #: Whether the tarball ends with its end-of-archive block (a folder: True).
         self.ended = True
         if self.dir is None:
             try:
                 opened = self._decompressed(path)
-                self.tar = tarfile.open(opened, "r:")  # closed by close()
+                if opened is None:
+                    self.tar = tarfile.open(path, "r:")  # closed by close()
+                else:
+                    self.tar = tarfile.open(fileobj=opened, mode="r:")
                 for m in self.tar.getmembers():
                     self.members[_clean(m.name)] = m
                 self.ended = _check_ended(self.tar)
@@ -93,10 +98,11 @@ class _Files:
                 self.close()
                 raise
 
-    def _decompressed(self, path: str) -> str:
-        """*path*, or a copy of it, decompressed where it is compressed (``docker save | gzip``)
-        or read once where it is a stream (``-``, a pipe, a FIFO: a tarball is read out of
-        order, and a FIFO opened again would wait for a writer that is gone)."""
+    def _decompressed(self, path: str) -> BinaryIO | None:
+        """None where *path* is a plain tarball file, else a copy of it, decompressed where it is
+        compressed (``docker save | gzip``) or read once where it is a stream (``-``, a pipe, a
+        FIFO: a tarball is read out of order, and a FIFO opened again would wait for a writer
+        that is gone)."""
         import contextlib
         import stat
         import sys
@@ -109,14 +115,14 @@ class _Files:
             f = sys.stdin.buffer if path == STDIN else stack.enter_context(open(path, "rb"))
             stream, kind = open_decompressed(f)
             if kind is Compression.NONE and stat.S_ISREG(os.fstat(f.fileno()).st_mode) and path != STDIN:
-                return path
+                return None
             import tempfile
 
-            fd, self.temporary = tempfile.mkstemp(prefix="graphdriver-load-")
-            with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(1 << 20):
-                    out.write(chunk)
-        return self.temporary
+            self.temporary = out = tempfile.TemporaryFile(prefix="graphdriver-load-")
+            while chunk := stream.read(1 << 20):
+                out.write(chunk)
+            out.seek(0)
+        return out
 
     def exists(self, name: str) -> bool:
         name = _clean(name)
@@ -169,7 +175,7 @@ class _Files:
         if self.tar is not None:
             self.tar.close()
         if self.temporary is not None:
-            os.unlink(self.temporary)
+            self.temporary.close()
             self.temporary = None
 
 
