@@ -931,6 +931,33 @@ def test_an_archive_cut_before_its_manifest_is_corrupt_not_of_another_kind(tmp_p
         assert gd(tmp_path, "vfs", "image", "ls", "--json").stdout.strip() == b"[]"
 
 
+def test_an_archive_whose_second_image_fails_tells_the_first_it_stored(tmp_path):
+    """As ``docker load``: each image is named on standard output once stored, so an image that
+    fails later (exit 6, itself leaving nothing) does not hide the one stored before it."""
+    files: dict[str, bytes] = {"one.tar": LAYER1, "two.tar": LAYER2}
+    entries = []
+    for name, layers, diff_ids in (("localhost/first:1", ["one.tar"], [sha256(LAYER1)]),
+                                   ("localhost/second:1", ["one.tar", "two.tar"],
+                                    [sha256(LAYER1), sha256(b"not the layer")])):
+        config = json.dumps({"architecture": "amd64", "os": "linux", "created": name,
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+        files[sha256(config)[7:] + ".json"] = config
+        entries.append({"Config": sha256(config)[7:] + ".json", "RepoTags": [name], "Layers": layers})
+    files["manifest.json"] = json.dumps(entries).encode()
+    with tarfile.open(tmp_path / "two.tar", "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    proc = gd(tmp_path, "vfs", "-q", "image", "load", str(tmp_path / "two.tar"), check=False)
+    assert proc.returncode == 6 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert proc.stdout == b"localhost/first:1\n"
+    listed = json.loads(gd(tmp_path, "vfs", "image", "ls", "--json").stdout)
+    assert [r["names"] for r in listed] == [["localhost/first:1"]], listed
+    assert gd(tmp_path, "vfs", "layers").stdout.decode().split() == [sha256(LAYER1)[7:]]
+    assert gd(tmp_path, "vfs", "cleanup").stdout == b""
+
+
 def test_a_truncated_layer_is_told_with_its_image_and_its_place(tmp_path):
     cut = LAYER2[:3074]  # in the middle of the data of srv/app: a truncated tarball
     oci_layout(tmp_path / "t", [LAYER1, cut], name="localhost/t:1", gzipped=False)

@@ -35,13 +35,19 @@ def image_load(store: Store, args: Args) -> int:
     if args.source == "-" and sys.stdin is not None and sys.stdin.isatty():
         raise UsageError("standard input is a terminal; give an archive file or pipe one", args.command)
     report = _reporter(args)
-    loaded = manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet, report=report)
     if args.json:  # one JSON document: a list, however many images the archive held
+        loaded = manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet,
+                                   report=report)
         _out(jsonio.dumps([_ls_json(store, record) for record, _ in loaded]))
         return 0
-    for record, names in loaded:  # the names the archive gave, as Docker prints them
+
+    def told(record: ImageRecord, names: list[str]) -> None:
+        # The names the archive gave, as Docker prints them: each image as it is stored, so
+        # that one failing later leaves those before it told.
         for name in names or [record.id]:
             _out(name)
+
+    manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet, report=report, each=told)
     return 0
 
 
