@@ -222,6 +222,18 @@ def test_registry_refusals_are_told_in_words(tmp_path):
     assert refused.returncode == 1 and refused.stderr.endswith(b"connection refused\n"), refused.stderr
 
 
+def test_a_registry_port_out_of_range_is_a_usage_error(tmp_path):
+    """``localhost:99999/x`` is a name Docker's grammar allows, but no registry can be there: a
+    usage error (2) before anything is asked, not the HTTP library's words about a URL (1)."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/p:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    for ref in ("localhost:99999/x:1", "localhost:0/x:1", "[::1]:70000/x:1"):
+        for args in (("image", "pull", ref), ("image", "push", "localhost/p:1", ref)):
+            r = gd(tmp_path, *args, "--insecure", check=False)
+            assert (r.returncode, r.stderr.count(b"\n")) == (2, 1), (args, r.stderr)
+            assert b"a port is 1 to 65535" in r.stderr, r.stderr
+
+
 def test_basic_auth_with_credentials_from_the_auth_file(tmp_path):
     folder = tmp_path / "registry-folder"
     folder.mkdir()
