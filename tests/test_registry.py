@@ -181,6 +181,24 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     assert missing.returncode == 3 and not (tmp_path / "new").exists()
 
 
+def test_push_without_a_ref_goes_where_the_name_says(tmp_path, registry):
+    """As ``docker push NAME``: the image goes to its name; an image id names no repository."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/solo:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    name = f"{registry.host}/team/solo:1"
+    gd(tmp_path, "image", "tag", "localhost/solo:1", name)
+    pushed = gd(tmp_path, "--json", "image", "push", name, "--insecure")
+    out = json.loads(pushed.stdout)
+    assert out["ref"] == name
+    theirs = skopeo_json("inspect", "--tls-verify=false", f"docker://{name}")
+    assert theirs["Digest"] == out["digest"]
+    image_id = json.loads(gd(tmp_path, "image", "inspect", name).stdout)["Id"]
+    by_id = gd(tmp_path, "image", "push", image_id, "--insecure", check=False)
+    assert (by_id.returncode, by_id.stderr.count(b"\n")) == (2, 1), by_id.stderr
+    missing = gd(tmp_path, "image", "push", f"{registry.host}/team/none:1", "--insecure", check=False)
+    assert missing.returncode == 3, missing.stderr
+
+
 @contextlib.contextmanager
 def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) -> Iterator[str]:
     """A registry on localhost answering each GET with ``answer(path)``: (status, body, headers);

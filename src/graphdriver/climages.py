@@ -79,10 +79,23 @@ def image_pull(store: Store, args: Args) -> int:
 def image_push(store: Store, args: Args) -> int:
     from graphdriver.images import distribution
 
-    digest = distribution.push(store, args.name, args.ref, insecure=_insecure(args), quiet=args.quiet,
+    ref = args.ref or _push_target(store, args)
+    digest = distribution.push(store, args.name, ref, insecure=_insecure(args), quiet=args.quiet,
                                report=_reporter(args))
-    _out(jsonio.dumps({"name": args.name, "ref": args.ref, "digest": digest}) if args.json else digest)
+    _out(jsonio.dumps({"name": args.name, "ref": ref, "digest": digest}) if args.json else digest)
     return 0
+
+
+def _push_target(store: Store, args: Args) -> str:
+    """Where ``image push NAME`` (no REF) sends the image, as ``docker push NAME`` does: to NAME
+    itself, which must then name it (an image id or id prefix names no repository)."""
+    from graphdriver.images.records import ImageStore
+
+    _, by_name = ImageStore(store.root).lookup(args.name)  # not found: exit 3
+    if not by_name:
+        raise UsageError(f"{args.name!r} is an image id, which names no repository to push to: give REF",
+                         args.command)
+    return str(args.name)
 
 
 def image_save(store: Store, args: Args) -> int:
