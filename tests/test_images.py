@@ -580,6 +580,25 @@ def test_container_rm_takes_several_names(tmp_path):
     assert gd(tmp_path, "vfs", "container", "rm", check=False).returncode == 2
 
 
+def test_container_ls_shows_the_image_by_the_name_it_was_made_from(tmp_path):
+    """As ``docker ps``: the name given to ``container create`` (while the image has it), not
+    whichever of the image's names sorts first."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/web:2")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "image", "tag", "localhost/web:2", "localhost/web:1")
+    gd(tmp_path, "vfs", "container", "create", "localhost/web:2", "by-name")
+    image_id = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/web:2").stdout)["Id"]
+    gd(tmp_path, "vfs", "container", "create", image_id, "by-id")
+
+    def shown() -> dict[str, str]:
+        lines = gd(tmp_path, "vfs", "container", "ls").stdout.decode().splitlines()[1:]
+        return {line.split()[0]: line.split()[1] for line in lines}
+
+    assert shown() == {"by-name": "localhost/web:2", "by-id": "localhost/web:1"}
+    gd(tmp_path, "vfs", "image", "rm", "localhost/web:2")  # the name goes; the image stays
+    assert shown() == {"by-name": "localhost/web:1", "by-id": "localhost/web:1"}
+
+
 def test_names_resolve_as_docker_resolves_them(tmp_path):
     cases = {
         "deb:2": "docker.io/library/deb:2",

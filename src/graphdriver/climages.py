@@ -272,9 +272,16 @@ def container_ls(store: Store, args: Args) -> int:
     if args.json:
         _out(jsonio.dumps([c.to_json() for c in found]))
     else:
-        names = {r.id: (r.names[0] if r.names else r.id[7:19]) for r in manage.images(store)}
+        names = {r.id: r.names for r in manage.images(store)}
+
+        def image(c: ctrs.Container) -> str:
+            # The name it was made from while the image still has it (as docker ps), else
+            # the image's first name, else its short id.
+            held = names.get(c.image, [])
+            return c.image_name if c.image_name in held else (held[0] if held else c.image[7:19])
+
         rows = [["NAME", "IMAGE", "CREATED"]]
-        rows += [[c.name, names.get(c.image, c.image[7:19]), _utc(c.created)] for c in found]
+        rows += [[c.name, image(c), _utc(c.created)] for c in found]
         _table(rows)
     for error in bad:  # named, not fatal, as a corrupt image or layer record
         sys.stderr.write(f"{PROG}: {error}\n")
