@@ -125,7 +125,7 @@ def test_pull_run_commit_push_and_skopeo_finds_the_commit(tmp_path, registry, bu
         gd(tmp_path, "unmount", "c1")
     dest = f"{registry.host}/gd/committed:1"
     gd(tmp_path, "container", "commit", "c1", dest)
-    pushed = gd(tmp_path, "image", "push", dest, dest, "--insecure")
+    pushed = gd(tmp_path, "-v", "image", "push", dest, dest, "--insecure")
     digest = pushed.stdout.decode().strip()
     assert b"mounted from another repository" in pushed.stderr  # the image's own layers, not sent again
     info = skopeo_json("inspect", "--tls-verify=false", f"docker://{dest}")
@@ -137,7 +137,7 @@ def test_pull_run_commit_push_and_skopeo_finds_the_commit(tmp_path, registry, bu
     listing = subprocess.run(["tar", "-tzf", str(top)], check=True, capture_output=True).stdout.decode()
     assert listing.split() == ["srv/", "srv/committed.txt"]
     # Pushing again sends nothing and keeps the digest; pulling the pushed image into a new store works.
-    again = gd(tmp_path, "image", "push", dest, dest, "--insecure")
+    again = gd(tmp_path, "-v", "image", "push", dest, dest, "--insecure")
     assert again.stdout.decode().strip() == digest and b"uploaded" not in again.stderr
     other = tmp_path / "other"
     other.mkdir()
@@ -158,7 +158,8 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     # registry mounts every blob from the first instead of sending it again.
     inspected = json.loads(gd(tmp_path, "image", "inspect", "localhost/made:1").stdout)
     assert f"{registry.host}/made@{digest}" in inspected["RepoDigests"]
-    second = gd(tmp_path, "image", "push", "localhost/made:1", f"{registry.host}/team/copy:1", "--insecure")
+    second = gd(tmp_path, "-v", "image", "push", "localhost/made:1", f"{registry.host}/team/copy:1",
+                "--insecure")
     assert second.stdout.decode().strip() == digest
     assert b"uploaded" not in second.stderr and second.stderr.count(b"mounted from another repository") == 3
     # Every RepoDigest inspect lists names the image; removing one forgets it, and the image stays.
@@ -423,7 +424,8 @@ def test_bearer_tokens_per_repository_scope(tmp_path):
         oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
         gd(tmp_path, "image", "load", str(tmp_path / "in"))
         gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/one:1", "--insecure")
-        second = gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/two:1", "--insecure")
+        second = gd(tmp_path, "-v", "image", "push", "localhost/made:1", f"{reg.host}/team/two:1",
+                    "--insecure")
         # Mounted from team/one: a token asked for both repositories, one scope parameter each.
         assert b"uploaded" not in second.stderr and b"mounted from another repository" in second.stderr
         other = tmp_path / "other"
@@ -653,10 +655,10 @@ def test_a_pull_onto_layers_already_stored_keeps_its_manifest_and_pushes_unchang
     src = f"{registry.host}/top:1"
     subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'top'}:1",
                     f"docker://{src}"], check=True)
-    pulled = gd(tmp_path, "image", "pull", src, "--insecure")
+    pulled = gd(tmp_path, "-v", "image", "pull", src, "--insecure")
     assert b"already present" in pulled.stderr
     assert json.loads(gd(tmp_path, "image", "inspect", src).stdout)["ManifestDigest"] == digest
-    pushed = gd(tmp_path, "image", "push", src, f"{registry.host}/copy:1", "--insecure")
+    pushed = gd(tmp_path, "-v", "image", "push", src, f"{registry.host}/copy:1", "--insecure")
     assert pushed.stdout.decode().strip() == digest
     assert b"uploaded" not in pushed.stderr, pushed.stderr
 

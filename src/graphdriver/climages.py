@@ -52,8 +52,14 @@ def image_load(store: Store, args: Args) -> int:
 
 
 def _reporter(args: Args) -> Callable[[str], None]:
+    """Where load, pull and push tell which layers they skipped: part of the progress shown on
+    a terminal, quiet otherwise (the one line of an error stays one line), unless -v asks."""
+    from graphdriver import progress
+
+    shown = not args.quiet and (args.verbose or progress.wanted())
+
     def report(line: str) -> None:
-        if not args.quiet:
+        if shown:
             sys.stderr.write(line + "\n")
 
     return report
