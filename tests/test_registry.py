@@ -590,6 +590,19 @@ distribution.pull(store, "{registry.host}/made:1", insecure=True)
     assert len(gd(tmp_path, "layers").stdout.split()) == 2
 
 
+def test_container_ls_shows_the_digested_reference_a_container_was_made_from(tmp_path, registry):
+    """An image pulled by digest alone has no tag; a container made from ``repo@sha256:...``
+    is listed by that reference, as docker ps lists it, not by a short image id."""
+    digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/made:1"], check=True)
+    by_digest = f"{registry.host}/made@{digest}"
+    gd(tmp_path, "image", "pull", by_digest, "--insecure")
+    gd(tmp_path, "container", "create", by_digest, "c")
+    rows = [line.split() for line in gd(tmp_path, "container", "ls").stdout.decode().splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["c", by_digest]]
+
+
 def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
     from tests.test_images import multi_platform_layout, sha256
 

@@ -278,11 +278,11 @@ def container_ls(store: Store, args: Args) -> int:
     if args.json:
         _out(jsonio.dumps([c.to_json() for c in found]))
     else:
-        names = {r.id: r.names for r in manage.images(store)}
+        names = {r.id: [*r.names, *r.digests] for r in manage.images(store)}
 
         def image(c: ctrs.Container) -> str:
-            # The name it was made from while the image still has it (as docker ps), else
-            # the image's first name, else its short id.
+            # The name it was made from while the image still has it (as docker ps; a
+            # ``repo@sha256:...`` it was pulled by too), else its first name, else its short id.
             held = names.get(c.image, [])
             return c.image_name if c.image_name in held else (held[0] if held else c.image[7:19])
 
