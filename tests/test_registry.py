@@ -125,7 +125,7 @@ def test_pull_run_commit_push_and_skopeo_finds_the_commit(tmp_path, registry, bu
         gd(tmp_path, "unmount", "c1")
     dest = f"{registry.host}/gd/committed:1"
     gd(tmp_path, "container", "commit", "c1", dest)
-    pushed = gd(tmp_path, "image", "push", dest, dest, "--insecure")
+    pushed = gd(tmp_path, "-v", "image", "push", dest, dest, "--insecure")
     digest = pushed.stdout.decode().strip()
     assert b"mounted from another repository" in pushed.stderr  # the image's own layers, not sent again
     info = skopeo_json("inspect", "--tls-verify=false", f"docker://{dest}")
@@ -137,7 +137,7 @@ def test_pull_run_commit_push_and_skopeo_finds_the_commit(tmp_path, registry, bu
     listing = subprocess.run(["tar", "-tzf", str(top)], check=True, capture_output=True).stdout.decode()
     assert listing.split() == ["srv/", "srv/committed.txt"]
     # Pushing again sends nothing and keeps the digest; pulling the pushed image into a new store works.
-    again = gd(tmp_path, "image", "push", dest, dest, "--insecure")
+    again = gd(tmp_path, "-v", "image", "push", dest, dest, "--insecure")
     assert again.stdout.decode().strip() == digest and b"uploaded" not in again.stderr
     other = tmp_path / "other"
     other.mkdir()
@@ -158,7 +158,8 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     # registry mounts every blob from the first instead of sending it again.
     inspected = json.loads(gd(tmp_path, "image", "inspect", "localhost/made:1").stdout)
     assert f"{registry.host}/made@{digest}" in inspected["RepoDigests"]
-    second = gd(tmp_path, "image", "push", "localhost/made:1", f"{registry.host}/team/copy:1", "--insecure")
+    second = gd(tmp_path, "-v", "image", "push", "localhost/made:1", f"{registry.host}/team/copy:1",
+                "--insecure")
     assert second.stdout.decode().strip() == digest
     assert b"uploaded" not in second.stderr and second.stderr.count(b"mounted from another repository") == 3
     # Every RepoDigest inspect lists names the image; removing one forgets it, and the image stays.
@@ -179,6 +180,24 @@ def test_push_of_a_loaded_image_then_pull_by_digest(tmp_path, registry):
     # On a new root such a pull makes nothing, as a failed layer command.
     missing = gd(tmp_path / "new", "image", "pull", f"{registry.host}/nothing:1", "--insecure", check=False)
     assert missing.returncode == 3 and not (tmp_path / "new").exists()
+
+
+def test_push_without_a_ref_goes_where_the_name_says(tmp_path, registry):
+    """As ``docker push NAME``: the image goes to its name; an image id names no repository."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/solo:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    name = f"{registry.host}/team/solo:1"
+    gd(tmp_path, "image", "tag", "localhost/solo:1", name)
+    pushed = gd(tmp_path, "--json", "image", "push", name, "--insecure")
+    out = json.loads(pushed.stdout)
+    assert out["ref"] == name
+    theirs = skopeo_json("inspect", "--tls-verify=false", f"docker://{name}")
+    assert theirs["Digest"] == out["digest"]
+    image_id = json.loads(gd(tmp_path, "image", "inspect", name).stdout)["Id"]
+    by_id = gd(tmp_path, "image", "push", image_id, "--insecure", check=False)
+    assert (by_id.returncode, by_id.stderr.count(b"\n")) == (2, 1), by_id.stderr
+    missing = gd(tmp_path, "image", "push", f"{registry.host}/team/none:1", "--insecure", check=False)
+    assert missing.returncode == 3, missing.stderr
 
 
 @contextlib.contextmanager
@@ -220,6 +239,18 @@ def test_registry_refusals_are_told_in_words(tmp_path):
         assert missing.stderr.endswith(b"HTTP 404 (MANIFEST_UNKNOWN)\n"), missing.stderr
     refused = gd(tmp_path, "image", "pull", f"{host}/gone:1", "--insecure", check=False)  # ~8 s of retries
     assert refused.returncode == 1 and refused.stderr.endswith(b"connection refused\n"), refused.stderr
+
+
+def test_a_registry_port_out_of_range_is_a_usage_error(tmp_path):
+    """``localhost:99999/x`` is a name Docker's grammar allows, but no registry can be there: a
+    usage error (2) before anything is asked, not the HTTP library's words about a URL (1)."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/p:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    for ref in ("localhost:99999/x:1", "localhost:0/x:1", "[::1]:70000/x:1"):
+        for args in (("image", "pull", ref), ("image", "push", "localhost/p:1", ref)):
+            r = gd(tmp_path, *args, "--insecure", check=False)
+            assert (r.returncode, r.stderr.count(b"\n")) == (2, 1), (args, r.stderr)
+            assert b"a port is 1 to 65535" in r.stderr, r.stderr
 
 
 def test_basic_auth_with_credentials_from_the_auth_file(tmp_path):
@@ -393,7 +424,8 @@ def test_bearer_tokens_per_repository_scope(tmp_path):
         oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
         gd(tmp_path, "image", "load", str(tmp_path / "in"))
         gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/one:1", "--insecure")
-        second = gd(tmp_path, "image", "push", "localhost/made:1", f"{reg.host}/team/two:1", "--insecure")
+        second = gd(tmp_path, "-v", "image", "push", "localhost/made:1", f"{reg.host}/team/two:1",
+                    "--insecure")
         # Mounted from team/one: a token asked for both repositories, one scope parameter each.
         assert b"uploaded" not in second.stderr and b"mounted from another repository" in second.stderr
         other = tmp_path / "other"
@@ -558,6 +590,19 @@ distribution.pull(store, "{registry.host}/made:1", insecure=True)
     assert len(gd(tmp_path, "layers").stdout.split()) == 2
 
 
+def test_container_ls_shows_the_digested_reference_a_container_was_made_from(tmp_path, registry):
+    """An image pulled by digest alone has no tag; a container made from ``repo@sha256:...``
+    is listed by that reference, as docker ps lists it, not by a short image id."""
+    digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/made:1"], check=True)
+    by_digest = f"{registry.host}/made@{digest}"
+    gd(tmp_path, "image", "pull", by_digest, "--insecure")
+    gd(tmp_path, "container", "create", by_digest, "c")
+    rows = [line.split() for line in gd(tmp_path, "container", "ls").stdout.decode().splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["c", by_digest]]
+
+
 def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
     from tests.test_images import multi_platform_layout, sha256
 
@@ -623,10 +668,10 @@ def test_a_pull_onto_layers_already_stored_keeps_its_manifest_and_pushes_unchang
     src = f"{registry.host}/top:1"
     subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'top'}:1",
                     f"docker://{src}"], check=True)
-    pulled = gd(tmp_path, "image", "pull", src, "--insecure")
+    pulled = gd(tmp_path, "-v", "image", "pull", src, "--insecure")
     assert b"already present" in pulled.stderr
     assert json.loads(gd(tmp_path, "image", "inspect", src).stdout)["ManifestDigest"] == digest
-    pushed = gd(tmp_path, "image", "push", src, f"{registry.host}/copy:1", "--insecure")
+    pushed = gd(tmp_path, "-v", "image", "push", src, f"{registry.host}/copy:1", "--insecure")
     assert pushed.stdout.decode().strip() == digest
     assert b"uploaded" not in pushed.stderr, pushed.stderr
 

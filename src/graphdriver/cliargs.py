@@ -168,7 +168,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"), bare="true"),
             Option("--platform", "the os/arch to take from a multi-platform index (default: this "
                                  "machine's)", metavar="OS/ARCH")),
-    Command("image push", "NAME REF", "push an image to a registry; prints the manifest digest",
+    Command("image push", "NAME [REF]", "push an image to a registry (to REF, default NAME); prints the "
+            "manifest digest",
             Option("--insecure", _INSECURE),
             Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"), bare="true")),
     Command("image ls", "", "list the images: repository, tag, id, created, layers"),

@@ -177,11 +177,13 @@ DOCS: dict[str, Doc] = {
                       {1: "the registry refused or failed", 2: "not a platform OS/ARCH[/VARIANT]",
                        3: "no such image, or none for the platform", 6: "a digest does not match",
                        7: "a Docker schema 1 image, an artifact, or an image of the other system"}),
-    "image push": Doc("images", "Pushes an image to a registry: blobs it has are skipped, blobs another "
-                      "repository there holds are mounted, the others uploaded; then the manifest. Prints the "
-                      "manifest digest.",
+    "image push": Doc("images", "Pushes an image to a registry, to REF (without it, to NAME, which must "
+                      "then be a name of the image, as docker push NAME): blobs it has are skipped, blobs "
+                      "another repository there holds are mounted, the others uploaded; then the manifest. "
+                      "Prints the manifest digest.",
                       [("graphdriver image push localhost/web:1 localhost:5000/web:1 --insecure", "to a local "
-                        "registry")], {1: "the registry refused or failed", 2: "not an image name, or an id prefix several images start with",
+                        "registry"),
+                       ("graphdriver image push localhost:5000/web:1 --insecure", "to where its name says")], {1: "the registry refused or failed", 2: "not an image name, or an id prefix several images start with",
                                        3: "no such image"}),
     "image ls": Doc("images", "Lists the images: repository, tag, image id, created (when the image was made, "
                     "from its config), number of layers. A corrupt image record is named on stderr.",

@@ -35,19 +35,31 @@ def image_load(store: Store, args: Args) -> int:
     if args.source == "-" and sys.stdin is not None and sys.stdin.isatty():
         raise UsageError("standard input is a terminal; give an archive file or pipe one", args.command)
     report = _reporter(args)
-    loaded = manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet, report=report)
     if args.json:  # one JSON document: a list, however many images the archive held
+        loaded = manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet,
+                                   report=report)
         _out(jsonio.dumps([_ls_json(store, record) for record, _ in loaded]))
         return 0
-    for record, names in loaded:  # the names the archive gave, as Docker prints them
+
+    def told(record: ImageRecord, names: list[str]) -> None:
+        # The names the archive gave, as Docker prints them: each image as it is stored, so
+        # that one failing later leaves those before it told.
         for name in names or [record.id]:
             _out(name)
+
+    manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet, report=report, each=told)
     return 0
 
 
 def _reporter(args: Args) -> Callable[[str], None]:
+    """Where load, pull and push tell which layers they skipped: part of the progress shown on
+    a terminal, quiet otherwise (the one line of an error stays one line), unless -v asks."""
+    from graphdriver import progress
+
+    shown = not args.quiet and (args.verbose or progress.wanted())
+
     def report(line: str) -> None:
-        if not args.quiet:
+        if shown:
             sys.stderr.write(line + "\n")
 
     return report
@@ -73,10 +85,23 @@ def image_pull(store: Store, args: Args) -> int:
 def image_push(store: Store, args: Args) -> int:
     from graphdriver.images import distribution
 
-    digest = distribution.push(store, args.name, args.ref, insecure=_insecure(args), quiet=args.quiet,
+    ref = args.ref or _push_target(store, args)
+    digest = distribution.push(store, args.name, ref, insecure=_insecure(args), quiet=args.quiet,
                                report=_reporter(args))
-    _out(jsonio.dumps({"name": args.name, "ref": args.ref, "digest": digest}) if args.json else digest)
+    _out(jsonio.dumps({"name": args.name, "ref": ref, "digest": digest}) if args.json else digest)
     return 0
+
+
+def _push_target(store: Store, args: Args) -> str:
+    """Where ``image push NAME`` (no REF) sends the image, as ``docker push NAME`` does: to NAME
+    itself, which must then name it (an image id or id prefix names no repository)."""
+    from graphdriver.images.records import ImageStore
+
+    _, by_name = ImageStore(store.root).lookup(args.name)  # not found: exit 3
+    if not by_name:
+        raise UsageError(f"{args.name!r} is an image id, which names no repository to push to: give REF",
+                         args.command)
+    return str(args.name)
 
 
 def image_save(store: Store, args: Args) -> int:
@@ -253,9 +278,16 @@ def container_ls(store: Store, args: Args) -> int:
     if args.json:
         _out(jsonio.dumps([c.to_json() for c in found]))
     else:
-        names = {r.id: (r.names[0] if r.names else r.id[7:19]) for r in manage.images(store)}
+        names = {r.id: [*r.names, *r.digests] for r in manage.images(store)}
+
+        def image(c: ctrs.Container) -> str:
+            # The name it was made from while the image still has it (as docker ps; a
+            # ``repo@sha256:...`` it was pulled by too), else its first name, else its short id.
+            held = names.get(c.image, [])
+            return c.image_name if c.image_name in held else (held[0] if held else c.image[7:19])
+
         rows = [["NAME", "IMAGE", "CREATED"]]
-        rows += [[c.name, names.get(c.image, c.image[7:19]), _utc(c.created)] for c in found]
+        rows += [[c.name, image(c), _utc(c.created)] for c in found]
         _table(rows)
     for error in bad:  # named, not fatal, as a corrupt image or layer record
         sys.stderr.write(f"{PROG}: {error}\n")

@@ -39,10 +39,10 @@ _INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 class Container(Plain):
     """A container: its name (= its writable layer), its init layer, the image it came from."""
 
-    __slots__ = ("created", "image", "init", "layer", "name", "removing")
+    __slots__ = ("created", "image", "image_name", "init", "layer", "name", "removing")
 
     def __init__(self, name: str, image: str, layer: str, init: str, created: str = "",
-                 removing: bool = False) -> None:
+                 removing: bool = False, image_name: str = "") -> None:
         self.name = name
         self.image = image
         self.layer = layer
@@ -50,11 +50,15 @@ class Container(Plain):
         self.created = created
         #: A removal began (and ``cleanup`` finishes it if it died half way).
         self.removing = removing
+        #: The name the image was given by at creation, in full ("" when given by its id).
+        self.image_name = image_name
 
     def to_json(self) -> dict[str, Any]:
         out = {n: getattr(self, n) for n in self.__slots__}
         if not self.removing:
             del out["removing"]
+        if not self.image_name:
+            del out["image_name"]
         return out
 
 
@@ -93,7 +97,7 @@ def scan_by_name(store: Store) -> tuple[list[Container], dict[str, IntegrityErro
         try:
             v = atomic.read_json(os.path.join(_dir(store), n))
             out.append(Container(v["name"], v["image"], v["layer"], v["init"], v.get("created", ""),
-                                 v.get("removing") is True))
+                                 v.get("removing") is True, str(v.get("image_name") or "")))
         except FileNotFoundError:
             continue
         except (ValueError, KeyError, TypeError) as e:
@@ -114,14 +118,15 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
     init = name + INIT_SUFFIX
     check_id(init, "container name")
     images = ImageStore(store.root)
-    record = images.resolve(image_name)
+    record, by_name = images.lookup(image_name)
+    given = str(reference.parse(image_name)) if by_name else ""  # shown by ``container ls``
     if os.path.exists(_path(store, name)):
         raise AlreadyExists(f"container {name}", "already exists")
     for layer_id in (name, init):
         if store.exists(layer_id):
             raise AlreadyExists(f"container {name}", f"a layer {layer_id} exists")
     try:
-        made = _make(store, images, record, name, size)
+        made = _make(store, images, record, name, size, given)
     except NotFound:
         if _gone(images, record.id):
             # The image went meanwhile (image rm, prune): its layers, which this call kept
@@ -144,7 +149,8 @@ def _gone(images: ImageStore, image_id: str) -> bool:
     return False
 
 
-def _make(store: Store, images: ImageStore, record: ImageRecord, name: str, size: str | None) -> Container:
+def _make(store: Store, images: ImageStore, record: ImageRecord, name: str, size: str | None,
+          given: str) -> Container:
     """:func:`create`'s layers and record; the layers it made go if it fails."""
     from graphdriver.images.loading import Pending
     from graphdriver.store.records import now_rfc3339
@@ -161,7 +167,7 @@ def _make(store: Store, images: ImageStore, record: ImageRecord, name: str, size
             pending.add(name)
             store.create(name, init, writable=True, size=size)
             ours.append(name)
-            made = Container(name, record.id, name, init, now_rfc3339())
+            made = Container(name, record.id, name, init, now_rfc3339(), image_name=given)
             with store.locked():
                 # Under the lock that image rm and prune check containers under: the image
                 # is still there (else NotFound, the layers go), and stays while we are.

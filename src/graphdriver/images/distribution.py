@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
-from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Unsupported, shorten
+from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, shorten
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim
 from graphdriver.images import oci, reference
@@ -81,10 +81,6 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
             raise oci.schema1_refused(f"image {ref}")
         config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"),
                                                       f"image {ref}")
-        if config_desc.media_type not in (oci.OCI_CONFIG, oci.DOCKER_CONFIG, ""):
-            # An artifact (a Helm chart, a signature...) stored as an image is no image to run.
-            raise Unsupported(f"image {ref}", f"is not a container image (its config is a "
-                              f"{shorten(config_desc.media_type, 80)})")
         config = reg.blob_bytes(config_desc)
         if chosen is None or not chosen.platform:  # no index chose it by its platform: its config says
             check_platform(config, platform, f"image {ref}")

@@ -102,10 +102,18 @@ def busy_layers(images: ImageStore) -> set[str]:
 
 
 def load_images(store: Store, sources: list[SourceImage], *, quiet: bool = True,
-                report: Callable[[str], None] | None = None) -> list[ImageRecord]:
-    """Store every image of *sources*; returns their records (names moved to them)."""
+                report: Callable[[str], None] | None = None,
+                each: Callable[[int, ImageRecord], None] | None = None) -> list[ImageRecord]:
+    """Store every image of *sources*; returns their records (names moved to them). *each* is
+    told of every image (its index in *sources*) once it is stored: an image that fails leaves
+    those before it stored, as ``docker load`` leaves them."""
     images = ImageStore(store.root)
-    return [load_image(store, images, src, quiet=quiet, report=report) for src in sources]
+    records = []
+    for src in sources:
+        records.append(load_image(store, images, src, quiet=quiet, report=report))
+        if each is not None:
+            each(len(records) - 1, records[-1])
+    return records
 
 
 def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: bool = True,

@@ -26,16 +26,21 @@ def load(store: Store, path: str, *, platform: str | None = None, quiet: bool = 
 
 
 def load_named(store: Store, path: str, *, platform: str | None = None, quiet: bool = True,
-               report: Callable[[str], None] | None = None) -> list[tuple[ImageRecord, list[str]]]:
+               report: Callable[[str], None] | None = None,
+               each: Callable[[ImageRecord, list[str]], None] | None = None,
+               ) -> list[tuple[ImageRecord, list[str]]]:
     """:func:`load`, each record with the names the archive gave it (the record holds
-    every name the image has, those it had before included)."""
+    every name the image has, those it had before included); *each* is told of every image
+    as soon as it is stored (an image that fails leaves those before it stored)."""
     from graphdriver.images.loading import load_images
     from graphdriver.images.sources import Archive, store_platform
 
     with Archive(path, platform, default=store_platform(store.driver_name)) as archive:
         sources = archive.images()
         loaded = [list(src.names) for src in sources]
-        return list(zip(load_images(store, sources, quiet=quiet, report=report), loaded, strict=True))
+        told = None if each is None else (lambda i, record: each(record, loaded[i]))
+        records = load_images(store, sources, quiet=quiet, report=report, each=told)
+        return list(zip(records, loaded, strict=True))
 
 
 def save(store: Store, name: str, path: str | BinaryIO, fmt: str = "docker-archive", *,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from graphdriver.errors import IntegrityError, InvalidArgument, Unsupported
+from graphdriver.errors import IntegrityError, InvalidArgument, Unsupported, shorten
 from graphdriver.images.reference import check_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -218,12 +218,17 @@ def schema1_refused(what: str) -> Unsupported:
 
 
 def manifest_parts(manifest: dict[str, Any], what: str) -> tuple[Descriptor, list[Descriptor]]:
-    """The config descriptor and layer descriptors of an image manifest."""
+    """The config descriptor and layer descriptors of an image manifest (Unsupported for an
+    artifact's: a config of another media type than an image config's)."""
     if manifest.get("schemaVersion") == 1 or manifest.get("mediaType") in DOCKER_SCHEMA1:
         raise schema1_refused(what)
     if manifest.get("schemaVersion") != 2:
         raise IntegrityError(what, "not a schema 2 image manifest")
     config = Descriptor.parse(manifest.get("config"), what)
+    if config.media_type not in (OCI_CONFIG, DOCKER_CONFIG, ""):
+        # An artifact (a Helm chart, a signature...) stored as an image is no image to run.
+        why = f"is not a container image (its config is a {shorten(config.media_type, 80)})"
+        raise Unsupported(what, why)
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise IntegrityError(what, "the manifest has no layers list")

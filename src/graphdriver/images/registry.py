@@ -40,7 +40,14 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
 
-from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Unsupported, shorten
+from graphdriver.errors import (
+    GraphDriverError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Unsupported,
+    shorten,
+)
 from graphdriver.images import oci
 from graphdriver.images.reference import Reference
 
@@ -128,6 +135,12 @@ def _ca_bundle(files: list[str], default: str) -> str:
 
 
 def registry_host(ref: Reference) -> str:
+    """The host[:port] that serves *ref*'s registry; InvalidArgument (exit 2) for a port no TCP
+    connection can have (``localhost:0``, ``localhost:99999``: names a reference may hold, as
+    Docker's grammar allows any digits, but no registry to reach)."""
+    _, sep, port = ref.domain.rpartition(":")
+    if sep and port.isdigit() and not 0 < int(port) < 65536:
+        raise InvalidArgument(f"registry {shorten(ref.domain)!r}", "a port is 1 to 65535")
     return "registry-1.docker.io" if ref.domain == "docker.io" else ref.domain
 
 

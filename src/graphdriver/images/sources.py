@@ -69,13 +69,21 @@ class _Files:
         self.dir = path if path != STDIN and os.path.isdir(path) else None
         self.members: dict[str, tarfile.TarInfo] = {}
         self.tar: tarfile.TarFile | None = None
-        self.temporary: str | None = None
+        #: The copy of a stream or of a compressed archive: a file with no name (``O_TMPFILE``, or
+        #: unlinked at once), so that nothing is left behind whatever ends this process.
+        self.temporary: BinaryIO | None = None
+        #: Whether the tarball ends with its end-of-archive block (a folder: True).
+        self.ended = True
         if self.dir is None:
             try:
                 opened = self._decompressed(path)
-                self.tar = tarfile.open(opened, "r:")  # closed by close()
+                if opened is None:
+                    self.tar = tarfile.open(path, "r:")  # closed by close()
+                else:
+                    self.tar = tarfile.open(fileobj=opened, mode="r:")
                 for m in self.tar.getmembers():
                     self.members[_clean(m.name)] = m
+                self.ended = _check_ended(self.tar)
             except PermissionError as e:  # nothing wrong with it: this user may not read it
                 self.close()
                 raise os_error(f"image archive {shorten(path)!r}", e) from e
@@ -90,10 +98,11 @@ class _Files:
                 self.close()
                 raise
 
-    def _decompressed(self, path: str) -> str:
-        """*path*, or a copy of it, decompressed where it is compressed (``docker save | gzip``)
-        or read once where it is a stream (``-``, a pipe, a FIFO: a tarball is read out of
-        order, and a FIFO opened again would wait for a writer that is gone)."""
+    def _decompressed(self, path: str) -> BinaryIO | None:
+        """None where *path* is a plain tarball file, else a copy of it, decompressed where it is
+        compressed (``docker save | gzip``) or read once where it is a stream (``-``, a pipe, a
+        FIFO: a tarball is read out of order, and a FIFO opened again would wait for a writer
+        that is gone)."""
         import contextlib
         import stat
         import sys
@@ -106,14 +115,14 @@ class _Files:
             f = sys.stdin.buffer if path == STDIN else stack.enter_context(open(path, "rb"))
             stream, kind = open_decompressed(f)
             if kind is Compression.NONE and stat.S_ISREG(os.fstat(f.fileno()).st_mode) and path != STDIN:
-                return path
+                return None
             import tempfile
 
-            fd, self.temporary = tempfile.mkstemp(prefix="graphdriver-load-")
-            with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(1 << 20):
-                    out.write(chunk)
-        return self.temporary
+            self.temporary = out = tempfile.TemporaryFile(prefix="graphdriver-load-")
+            while chunk := stream.read(1 << 20):
+                out.write(chunk)
+            out.seek(0)
+        return out
 
     def exists(self, name: str) -> bool:
         name = _clean(name)
@@ -166,8 +175,23 @@ class _Files:
         if self.tar is not None:
             self.tar.close()
         if self.temporary is not None:
-            os.unlink(self.temporary)
+            self.temporary.close()
             self.temporary = None
+
+
+def _check_ended(tar: tarfile.TarFile) -> bool:
+    """Whether the archive *tar* has read to its end ends at a zero block (True) or at the very
+    end of the file after an entry (False; Go's ``archive/tar`` takes that for the end too);
+    ReadError if it ends otherwise. Python's reader takes a header cut short, or one that is
+    not a header, for the end, and would quietly drop the entries after it (``manifest.json``
+    comes last in skopeo's and buildah's archives)."""
+    f = tar.fileobj
+    assert f is not None
+    f.seek(tar.offset)
+    block = f.read(tarfile.BLOCKSIZE)
+    if block and block != bytes(tarfile.BLOCKSIZE):
+        raise tarfile.ReadError("truncated" if len(block) < tarfile.BLOCKSIZE else "a corrupt header")
+    return bool(block)
 
 
 def _strings(value: object) -> bool:
@@ -212,6 +236,9 @@ class Archive:
             return "oci" if self.files.dir is not None else "oci-archive"
         if self.files.exists("manifest.json"):
             return "docker-archive"
+        if not self.files.ended:  # cut at an entry's end: more was to come
+            raise IntegrityError(f"image archive {shorten(self.files.path)!r}",
+                                 "not a readable tar archive: truncated (no end-of-archive block)")
         raise InvalidArgument(f"image archive {shorten(self.files.path)!r}",
                               "neither a docker-archive (manifest.json) nor an OCI layout (oci-layout)")
 
