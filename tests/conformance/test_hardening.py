@@ -1206,6 +1206,44 @@ def test_an_opaque_root_hides_everything_below_on_every_driver(store, order):
     assert out.getvalue() == tar
 
 
+_OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}
+#: An opaque marker after entries of the same archive in its folder: (entries, what the
+#: folder then shows, its changes).  Whiteouts apply to lower layers only (OCI image spec).
+OPAQUE_AFTER = {
+    "a whiteout": ({"d/.wh.gone": F(b"")}, {}, ["C /d", "D /d/f", "D /d/gone", "D /d/sub"]),
+    "a file below a folder of the parent": (
+        {"d/sub/new": F(b"n")}, {"sub": {"new"}},
+        ["C /d", "D /d/f", "D /d/gone", "C /d/sub", "A /d/sub/new", "D /d/sub/old"]),
+    "a hard link to a file of the parent": (
+        {"keep": H("d/f")}, {}, ["C /d", "D /d/f", "D /d/gone", "D /d/sub", "A /keep"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPAQUE_AFTER))
+def test_an_opaque_marker_after_the_archives_own_entries_shows_alike_on_every_driver(store, case):
+    """The marker hides what the parent held in the folder, and nothing the same archive wrote
+    there before it: no whiteout device is left to show as an entry no one can read, no copy
+    of a parent's file or folder shows through, and the archive's own files stay (so the
+    layer still re-exports byte for byte)."""
+    entries, shown, changes = OPAQUE_AFTER[case]
+    store.import_layer("base", None, io.BytesIO(make_tar(_OPAQUE_BASE)))
+    tar = make_tar({**entries, "d/.wh..wh..opq": F(b"")})
+    store.import_layer("top", "base", io.BytesIO(tar))
+    root = Path(store.mount("top"))
+    try:
+        view = {name: set(os.listdir(root / "d" / name)) for name in os.listdir(root / "d")}
+        if "keep" in entries:
+            assert (root / "keep").read_bytes() == b"f"
+    finally:
+        store.unmount("top")
+    assert view == shown
+    assert [str(c) for c in store.changes("top")] == changes
+    assert store.check(["top"]) == [("top", None)]
+    out = io.BytesIO()
+    store.diff("top", out, exact=True)
+    assert out.getvalue() == tar
+
+
 @pytest.mark.parametrize("link", ["d", "/d", "../d"])
 def test_a_path_through_a_symlink_of_the_same_archive_lands_alike_on_every_driver(store, link):
     """An entry (or a link target) below a symlink the archive itself made goes where the
