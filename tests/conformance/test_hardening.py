@@ -1244,6 +1244,21 @@ def test_an_opaque_marker_after_the_archives_own_entries_shows_alike_on_every_dr
     assert out.getvalue() == tar
 
 
+@pytest.mark.parametrize("marker", ["d/.wh..wh..opq", ".wh..wh..opq"])
+def test_a_folder_made_opaque_then_deleted_by_the_same_archive_is_gone(store, marker):
+    """``.wh.d`` after an opaque marker for ``d`` (or for the root) deletes the parent's ``d``
+    on every driver: an opaque folder hides what is inside it, not itself."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    store.import_layer("top", "base", io.BytesIO(make_tar({marker: F(b""), ".wh.d": F(b"")})))
+    root = Path(store.mount("top"))
+    try:
+        assert "d" not in os.listdir(root)
+    finally:
+        store.unmount("top")
+    assert "D /d" in [str(c) for c in store.changes("top")]
+    assert store.check(["top"]) == [("top", None)]
+
+
 @pytest.mark.parametrize("link", ["d", "/d", "../d"])
 def test_a_path_through_a_symlink_of_the_same_archive_lands_alike_on_every_driver(store, link):
     """An entry (or a link target) below a symlink the archive itself made goes where the

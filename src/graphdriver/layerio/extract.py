@@ -1118,8 +1118,15 @@ class _Extractor(Extraction):
 
     def _below(self, rel: str) -> bool:
         """Overlay: whether the lower layers' union shows something at *rel* that this layer
-        has not hidden behind an opaque folder (what a whiteout there would hide)."""
-        if not self.lower_fds or hidden_by(rel, self.hidden):
+        has not hidden behind an opaque folder above it (what a whiteout there would hide).
+
+        An opaque folder hides what is inside it, not itself; and a name at the root stays
+        the lowers' whatever the root's marker (the kernel ignores it on an upper root).
+        """
+        if not self.lower_fds:
+            return False
+        parent = rel.rpartition("/")[0]
+        if parent and hidden_by(parent, self.hidden):
             return False
         return self._union_mode(rel, with_layer=False) is not None
 
