@@ -800,6 +800,26 @@ def test_a_write_to_a_parent_file_linked_from_a_child_is_caught_after_a_writable
     assert why is not None and "'keep/k': was changed in the layer" in why
 
 
+@pytest.mark.parametrize("then", [{}, {"keep/.wh.k": F(b"")}], ids=["target kept", "target deleted"])
+def test_a_child_linking_to_a_parent_file_of_several_names_checks_sound_after_a_writable_mount(
+        store, then):
+    """The file's other names in the parent are listed too (a name was added to it), even once
+    the archive deleted the name it linked to; a mount with no write changes none of them, so
+    the child still checks sound and gives back its bytes."""
+    if store.driver.name != "vfs":
+        pytest.skip("only vfs mounts an image layer writable")
+    base = {"keep": D(), "keep/k": F(b"kept\n"), "keep/sub": D(), "keep/sub/other": H("keep/k")}
+    store.import_layer("base", None, io.BytesIO(make_tar(base)))
+    tar = make_tar({"hlk": H("keep/k"), **then})
+    store.import_layer("child", "base", io.BytesIO(tar))
+    store.mount("child")
+    store.unmount("child")
+    assert store.check(["child"]) == [("child", None)]
+    out = io.BytesIO()
+    store.diff("child", out)
+    assert out.getvalue() == tar
+
+
 # ----- depth ----------------------------------------------------------------------------------------
 
 
