@@ -800,6 +800,26 @@ def test_a_write_to_a_parent_file_linked_from_a_child_is_caught_after_a_writable
     assert why is not None and "'keep/k': was changed in the layer" in why
 
 
+@pytest.mark.parametrize("then", [{}, {"keep/.wh.k": F(b"")}], ids=["target kept", "target deleted"])
+def test_a_child_linking_to_a_parent_file_of_several_names_checks_sound_after_a_writable_mount(
+        store, then):
+    """The file's other names in the parent are listed too (a name was added to it), even once
+    the archive deleted the name it linked to; a mount with no write changes none of them, so
+    the child still checks sound and gives back its bytes."""
+    if store.driver.name != "vfs":
+        pytest.skip("only vfs mounts an image layer writable")
+    base = {"keep": D(), "keep/k": F(b"kept\n"), "keep/sub": D(), "keep/sub/other": H("keep/k")}
+    store.import_layer("base", None, io.BytesIO(make_tar(base)))
+    tar = make_tar({"hlk": H("keep/k"), **then})
+    store.import_layer("child", "base", io.BytesIO(tar))
+    store.mount("child")
+    store.unmount("child")
+    assert store.check(["child"]) == [("child", None)]
+    out = io.BytesIO()
+    store.diff("child", out)
+    assert out.getvalue() == tar
+
+
 # ----- depth ----------------------------------------------------------------------------------------
 
 
@@ -1204,6 +1224,59 @@ def test_an_opaque_root_hides_everything_below_on_every_driver(store, order):
     out = io.BytesIO()
     store.diff("top", out, exact=True)
     assert out.getvalue() == tar
+
+
+_OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}
+#: An opaque marker after entries of the same archive in its folder: (entries, what the
+#: folder then shows, its changes).  Whiteouts apply to lower layers only (OCI image spec).
+OPAQUE_AFTER = {
+    "a whiteout": ({"d/.wh.gone": F(b"")}, {}, ["C /d", "D /d/f", "D /d/gone", "D /d/sub"]),
+    "a file below a folder of the parent": (
+        {"d/sub/new": F(b"n")}, {"sub": {"new"}},
+        ["C /d", "D /d/f", "D /d/gone", "C /d/sub", "A /d/sub/new", "D /d/sub/old"]),
+    "a hard link to a file of the parent": (
+        {"keep": H("d/f")}, {}, ["C /d", "D /d/f", "D /d/gone", "D /d/sub", "A /keep"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPAQUE_AFTER))
+def test_an_opaque_marker_after_the_archives_own_entries_shows_alike_on_every_driver(store, case):
+    """The marker hides what the parent held in the folder, and nothing the same archive wrote
+    there before it: no whiteout device is left to show as an entry no one can read, no copy
+    of a parent's file or folder shows through, and the archive's own files stay (so the
+    layer still re-exports byte for byte)."""
+    entries, shown, changes = OPAQUE_AFTER[case]
+    store.import_layer("base", None, io.BytesIO(make_tar(_OPAQUE_BASE)))
+    tar = make_tar({**entries, "d/.wh..wh..opq": F(b"")})
+    store.import_layer("top", "base", io.BytesIO(tar))
+    root = Path(store.mount("top"))
+    try:
+        view = {name: set(os.listdir(root / "d" / name)) for name in os.listdir(root / "d")}
+        if "keep" in entries:
+            assert (root / "keep").read_bytes() == b"f"
+    finally:
+        store.unmount("top")
+    assert view == shown
+    assert [str(c) for c in store.changes("top")] == changes
+    assert store.check(["top"]) == [("top", None)]
+    out = io.BytesIO()
+    store.diff("top", out, exact=True)
+    assert out.getvalue() == tar
+
+
+@pytest.mark.parametrize("marker", ["d/.wh..wh..opq", ".wh..wh..opq"])
+def test_a_folder_made_opaque_then_deleted_by_the_same_archive_is_gone(store, marker):
+    """``.wh.d`` after an opaque marker for ``d`` (or for the root) deletes the parent's ``d``
+    on every driver: an opaque folder hides what is inside it, not itself."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    store.import_layer("top", "base", io.BytesIO(make_tar({marker: F(b""), ".wh.d": F(b"")})))
+    root = Path(store.mount("top"))
+    try:
+        assert "d" not in os.listdir(root)
+    finally:
+        store.unmount("top")
+    assert "D /d" in [str(c) for c in store.changes("top")]
+    assert store.check(["top"]) == [("top", None)]
 
 
 @pytest.mark.parametrize("link", ["d", "/d", "../d"])

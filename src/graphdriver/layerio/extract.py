@@ -249,6 +249,20 @@ def _depth(rel: str) -> int:
     return rel.count("/") + 1 if rel else 0
 
 
+def _folders_above(paths: set[str], rel: str) -> set[str]:
+    """The folders inside directory *rel* on the way to one of *paths*."""
+    inside = rel + "/" if rel else ""
+    above: set[str] = set()
+    for p in paths:
+        if not p.startswith(inside):
+            continue
+        p = p.rpartition("/")[0]
+        while len(p) >= len(inside) and p not in above:
+            above.add(p)
+            p = p.rpartition("/")[0]
+    return above
+
+
 class Extraction:
     """What every layer format's extraction shares: the loop, the directory fds, the times.
 
@@ -552,6 +566,11 @@ class _Extractor(Extraction):
         self.hidden: set[str] = set()
         # Overlay: symlinks this archive made (a later entry's path may go through one).
         self.own_links: set[str] = set()
+        # Overlay: what the upper directory holds only as a copy of the lowers' (a folder a
+        # path implied, a hard link's target): an opaque folder above it hides it, as in a copy.
+        self.copies: set[str] = set()
+        # Overlay: the whiteout devices this archive made (an opaque folder above drops them).
+        self.devices: set[str] = set()
         self._keep_times(root_fd, "")
 
     def _entry(self, e: TarEntry) -> int:
@@ -583,6 +602,8 @@ class _Extractor(Extraction):
         if t == LNK:  # before its folders are made: a refusal here has written nothing
             self._refuse_missing_target(e, rel)
         pfd = self._parent_fd(e, parent)
+        if self.copies:
+            self.copies.discard(rel)  # the entry's own now
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
             self.created.add(rel)
@@ -737,6 +758,7 @@ class _Extractor(Extraction):
         else:
             uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
             self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
+            self.copies.add(rel)
         self._chown_fd(fd, uid, gid)
         sc.fchmod(fd, mode)
 
@@ -753,7 +775,12 @@ class _Extractor(Extraction):
             raise OSError(errno.ELOOP, _through_symlink(rel))
 
     def _empty_opaque(self, fd: int, rel: str) -> None:
-        """Remove what directory *rel* held before this layer (DELETE-mode opaque)."""
+        """Remove what directory *rel* held before this layer (an opaque marker).
+
+        Whiteouts apply to lower layers only (OCI image spec): what this archive wrote
+        there before the marker stays, with the folders on its way, emptied of the rest.
+        """
+        above = _folders_above(self.created, rel)
         work: list[tuple[int, str]] = [(fd, rel)]
         owned: list[int] = []
         try:
@@ -763,6 +790,11 @@ class _Extractor(Extraction):
                     children = [(c.name, c.is_dir(follow_symlinks=False)) for c in it]
                 for name, is_dir in children:
                     crel = f"{drel}/{name}" if drel else name
+                    if crel in above:
+                        cfd = os.open(name, _OPEN_DIR, dir_fd=dfd)
+                        owned.append(cfd)
+                        work.append((cfd, crel))
+                        continue
                     if crel not in self.created:
                         self._remove(dfd, name, crel)
                     elif is_dir:
@@ -1007,6 +1039,7 @@ class _Extractor(Extraction):
         uid, gid = self._owner(e)
         self._chown_at(pfd, name, uid, gid)
         self.created.add(rel)
+        self.devices.add(rel)
 
     def _opaque(self, e: TarEntry, parent: str) -> None:
         if not self.overlay:
@@ -1022,10 +1055,36 @@ class _Extractor(Extraction):
             if self._whiteout_on_the_way(parent) is None:
                 raise
             return  # a directory this layer deleted: nothing of it is left to hide, as in a copy
+        if not hidden_by(parent, self.hidden):  # else nothing of the lowers' was put there since
+            self._drop_copies(parent)
         if not parent and not hidden_by("", self.hidden):
             self._hide_lower_root(e)
         self._set_opaque(e.name, fd)
         self.hidden.add(parent)
+
+    def _drop_copies(self, rel: str) -> None:
+        """Overlay: remove what this archive put below directory *rel* for the lowers' sake
+        (copies of their folders and files, whiteout devices), now that *rel* is made opaque:
+        the folder shows what a copy shows (see :meth:`_empty_opaque`)."""
+        inside = rel + "/" if rel else ""
+        below = {p for p in self.copies | self.devices if p.startswith(inside)}
+        if not below:
+            return
+        # The folders on the way to its own entries stay.
+        above = _folders_above(self.created - self.copies - self.devices, rel)
+        for path in sorted(below - above):  # a folder before what is inside it
+            parent, _, name = path.rpartition("/")
+            pfd = self._existing_dir(parent)  # None: gone with a folder above
+            if pfd is not None:
+                self._remove(pfd, name, path)
+        self.copies -= below - above
+        self.devices -= below
+
+    def _removed(self, rel: str) -> None:
+        if self.copies or self.devices:
+            inside = rel + "/"
+            for kept in (self.copies, self.devices):
+                kept.difference_update([p for p in kept if p == rel or p.startswith(inside)])
 
     def _hide_lower_root(self, e: TarEntry) -> None:
         """Overlay: an opaque root, which the kernel ignores on an upper directory's root.
@@ -1059,8 +1118,15 @@ class _Extractor(Extraction):
 
     def _below(self, rel: str) -> bool:
         """Overlay: whether the lower layers' union shows something at *rel* that this layer
-        has not hidden behind an opaque folder (what a whiteout there would hide)."""
-        if not self.lower_fds or hidden_by(rel, self.hidden):
+        has not hidden behind an opaque folder above it (what a whiteout there would hide).
+
+        An opaque folder hides what is inside it, not itself; and a name at the root stays
+        the lowers' whatever the root's marker (the kernel ignores it on an upper root).
+        """
+        if not self.lower_fds:
+            return False
+        parent = rel.rpartition("/")[0]
+        if parent and hidden_by(parent, self.hidden):
             return False
         return self._union_mode(rel, with_layer=False) is not None
 
@@ -1141,6 +1207,7 @@ class _Extractor(Extraction):
         finally:
             os.close(lpfd)
         self.created.add(target)
+        self.copies.add(target)
         return True
 
     def _copy_node(

@@ -214,10 +214,12 @@ def changes_problems(
     deleted: set[str] = set()
     opaque: set[str] = set()
     linked: set[str] = set()  # the targets of hard-link entries
+    links: set[str] = set()  # those entries, and their targets
     for rel, e in _last_headers(entries).items():
         if e.type == te.LNK:
             target = posixpath.normpath("/" + e.linkname).lstrip("/")
             linked.add(target)
+            links.update((rel, target))
             implied.update(_parents(target.rpartition("/")[0]))  # listed above the target
         parent, _, base = rel.rpartition("/")
         if WHITEOUT_META_PREFIX in parent:
@@ -231,6 +233,10 @@ def changes_problems(
             deleted.add(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]))
         elif rel:
             named.add(rel)
+    changes = list(changes)
+    partners = _link_partners(changes, links, named, root, old_root, owner)
+    for rel in partners:
+        implied.update(_parents(rel.rpartition("/")[0]))  # listed above them
     problems: list[str] = []
     for change in changes:
         rel = change.path.lstrip("/")
@@ -245,9 +251,8 @@ def changes_problems(
         if rel in implied and (kind == "A" or (
                 old_root is not None and _as_parent_had_it(root, old_root, rel, owner, True))):
             continue  # a directory above the entries, made by unpacking or as the parent had it
-        if rel in linked and kind == "C" and old_root is not None and _as_parent_had_it(
-                root, old_root, rel, owner, False):
-            continue  # a parent's file an entry links to: listed as the link's other name
+        if rel in partners:
+            continue  # a name of a parent's file an entry links to: listed with the link
         what = "added to" if kind == "A" else "changed in"
         problems.append(f"{rel!r}: was {what} the layer, and no entry of its tarball says so")
     for rel in sorted(deleted - named - implied):
@@ -283,6 +288,28 @@ def _as_parent_had_it(root: str, old_root: str, rel: str,
     from graphdriver.layerio.export import read_xattrs
 
     return read_xattrs(os.path.join(root, rel)) == read_xattrs(os.path.join(old_root, rel))
+
+
+def _link_partners(changes: list[Change], links: set[str], named: set[str], root: str,
+                   old_root: str | None, owner: Callable[[int, int], tuple[int, int]] | None) -> set[str]:
+    """The changed paths that are names of a parent's file a hard-link entry links to, as
+    the parent had it: the walk lists every name of a file that gained one (*links*: the
+    hard-link entries and their targets, one of which the archive may have deleted since)."""
+    if not links or old_root is None:
+        return set()
+    files = {_file_id(root, name) for name in links} - {None}
+    return {rel for rel in (c.path.lstrip("/") for c in changes if c.kind.value == "C")
+            if rel not in named and _file_id(root, rel) in files
+            and _as_parent_had_it(root, old_root, rel, owner, False)}
+
+
+def _file_id(root: str, rel: str) -> tuple[int, int] | None:
+    """(device, inode) of *rel* under *root*; None if it is not there."""
+    try:
+        st = os.lstat(os.path.join(root, rel))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _inode(root_fd: int, rel: str) -> tuple[int, int] | None:
