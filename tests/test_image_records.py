@@ -4,6 +4,7 @@ creation times and platforms (hand-made layouts: no tool needed)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -588,6 +589,32 @@ def test_a_container_removal_killed_half_way_is_finished_by_cleanup(tmp_path):
     assert "removed container c2 left by an interrupted removal" in done
     assert gd(tmp_path, "container", "ls", "--json").stdout.strip() in (b"[]", b"")
     assert not set(gd(tmp_path, "layers").stdout.split()) & {b"c1", b"c1-init", b"c2", b"c2-init"}
+    assert gd(tmp_path, "cleanup").stdout == b""
+
+
+def test_cleanup_leaves_a_live_container_removal_alone(tmp_path):
+    """A ``container rm`` under way has said "removing" in the record, as one killed half way
+    has: cleanup finished it under the live command (which then failed, exit 3, its layer gone
+    under it) and called it interrupted.  The removal's lock tells the two apart."""
+    from graphdriver.fs.locking import locked
+    from graphdriver.images import container_layers as ctrs
+    from graphdriver.store.layers import Store, StoreOptions
+
+    two_images(tmp_path)
+    gd(tmp_path, "container", "create", "localhost/b:1", "c1")
+    record = tmp_path / "store/containers/c1.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "removing": True}))
+    store = Store(StoreOptions(root=str(tmp_path / "store"), run_root=str(tmp_path / "run")))
+    with locked(ctrs.removal_lock(store, "c1")):  # as the live `container rm c1` holds it
+        assert gd(tmp_path, "cleanup").stdout == b""
+        assert record.exists()
+        assert {b"c1", b"c1-init"} <= set(gd(tmp_path, "layers").stdout.split())
+    # Once that command is dead (its lock file left behind), cleanup finishes its work.
+    done = gd(tmp_path, "cleanup").stdout.decode()
+    assert done == "removed container c1 left by an interrupted removal\n", done
+    assert not record.exists()
+    assert not {b"c1", b"c1-init"} & set(gd(tmp_path, "layers").stdout.split())
+    assert os.listdir(tmp_path / "store/containers") == []
     assert gd(tmp_path, "cleanup").stdout == b""
 
 

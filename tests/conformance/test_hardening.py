@@ -1321,3 +1321,18 @@ def test_a_moved_or_copied_store_mounts_its_own_layers(store, store_root, tmp_pa
         assert (root / "e").read_bytes() == b"e" and (root / "n").read_bytes() == b"n"
     finally:
         moved.unmount("child")
+
+
+def test_cleanup_says_nothing_of_a_mount_record_its_last_unmount_removed_meanwhile(store, monkeypatch):
+    """cleanup lists the mount records, then takes each one's lock: an ``unmount`` holding that
+    lock may give back the last count first.  The record is then gone, and there is nothing stale
+    to drop or report (cleanup printed "dropped stale mount record" for it)."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"base")})))
+    store.create("ctr", "base", writable=True)
+    store.mount("ctr")
+    listed = store.driver.counts.counted()
+    assert listed  # the record cleanup lists before it takes the lock ...
+    store.unmount("ctr")  # ... and the unmount that got the lock first
+    monkeypatch.setattr(type(store.driver.counts), "counted", lambda self: listed)
+    assert store.cleanup() == []
+    assert store.driver.mount_count("ctr") == 0

@@ -684,6 +684,8 @@ class Driver(abc.ABC):
         done = []
         for key in self.counts.counted():
             with self.counts.lock(key):
+                if not self.counts.recorded(key):
+                    continue  # its last unmount finished while we waited for the lock
                 path = self.counts.path(key)
                 if not self.exists(key) or path is None or not self._still_mounted(key, path):
                     self.counts.set(key, 0, "")

@@ -823,6 +823,8 @@ class OverlayDriver(Driver):
         done: list[str] = []
         for layer_id in self.counts.counted():
             with self.counts.lock(layer_id):
+                if not self.counts.recorded(layer_id):
+                    continue  # its last unmount finished while we waited for the lock
                 count, path = self.counts.state(layer_id)
                 if not self.exists(layer_id) or count <= 0:
                     if path and os.path.isdir(path) and mounts.is_mount_point(path):

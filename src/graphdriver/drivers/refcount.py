@@ -100,6 +100,10 @@ class MountCounts:
             value["holds"] = holds
         atomic.write_json(target, value, durable=False)
 
+    def recorded(self, key: str) -> bool:
+        """Whether *key* has a count record now (read it with its lock held to act on it)."""
+        return os.path.exists(self._path(key) + _RECORD)
+
     def counted(self) -> list[str]:
         """The keys that have a count record, sorted."""
         try:

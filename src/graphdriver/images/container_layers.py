@@ -249,18 +249,61 @@ def _in_scope(root: str, path: str) -> str | None:
     return "/".join([*done, todo[0]])
 
 
+def removal_lock(store: Store, name: str) -> str:
+    """The lock a removal of container *name* holds while it runs: ``cleanup`` tells a live
+    removal from one killed half way by it (no valid name starts with a dot)."""
+    return os.path.join(_dir(store), f".rm-{check_id(name, 'container name')}.lock")
+
+
 def remove(store: Store, name: str) -> None:
     """Remove container *name*: its writable layer, its init layer and its record."""
+    from graphdriver.fs.locking import locked
     from graphdriver.images.holders import container_holder
 
-    c = container(store, name)
-    if not c.removing:  # said first: a removal killed half way is finished by cleanup
-        c.removing = True
-        atomic.write_json(_path(store, name), c.to_json())
-    for layer_id in (c.layer, c.init):  # removed on the container's behalf: its record still holds them
-        if store.exists(layer_id):
-            store.remove(layer_id, holder=container_holder(name))
-    atomic.remove_file(_path(store, name))
+    container(store, name)  # not found: said before anything is made
+    lock = removal_lock(store, name)
+    with locked(lock):
+        try:
+            c = container(store, name)  # again: another removal may have finished it meanwhile
+            if not c.removing:  # said first: a removal killed half way is finished by cleanup
+                c.removing = True
+                atomic.write_json(_path(store, name), c.to_json())
+            for layer_id in (c.layer, c.init):  # removed on the container's behalf: its record holds them
+                if store.exists(layer_id):
+                    store.remove(layer_id, holder=container_holder(name))
+            atomic.remove_file(_path(store, name))
+        finally:
+            atomic.remove_file(lock)  # (while held: a waiter takes the one made after it)
+
+
+def finish_removal(store: Store, name: str) -> bool:
+    """For ``cleanup``: finish the removal of container *name* that was killed half way;
+    False when a live removal is doing it (or finished it meanwhile)."""
+    from graphdriver.fs.locking import is_held
+
+    if is_held(removal_lock(store, name)):
+        return False
+    try:
+        remove(store, name)
+    except NotFound:
+        return False
+    return True
+
+
+def remove_stray_removal_locks(store: Store) -> list[str]:
+    """For ``cleanup``: the removal locks that removals killed at their very end left."""
+    from graphdriver.fs.locking import remove_abandoned
+
+    try:
+        names = sorted(os.listdir(_dir(store)))
+    except FileNotFoundError:
+        return []
+    done = []
+    for entry in names:
+        path = os.path.join(_dir(store), entry)
+        if entry.startswith(".rm-") and entry.endswith(".lock") and remove_abandoned(path):
+            done.append(f"removed the stray removal lock of container {entry[4:-5]}")
+    return done
 
 
 def commit(store: Store, name: str, image_name: str) -> ImageRecord:

@@ -47,11 +47,13 @@ def cleanup(store: Store) -> list[str]:
     for c in found:
         if c.removing:  # its removal died half way: the user's word stands, it is finished
             try:
-                ctrs.remove(store, c.name)
+                if not ctrs.finish_removal(store, c.name):
+                    continue  # a live removal's (or done by it meanwhile)
             except GraphDriverError as e:
                 done.append(f"container {c.name} left by an interrupted removal: not removed yet ({e})")
                 continue
             done.append(f"removed container {c.name} left by an interrupted removal")
+    done += ctrs.remove_stray_removal_locks(store)
     done += [f"{e}: fix or remove it; its layers {name} and {name}{ctrs.INIT_SUFFIX} were kept"
              for name, e in unreadable.items()]
     return done
