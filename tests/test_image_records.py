@@ -735,3 +735,47 @@ def test_platform_names_are_normalized_as_containerd_does(given, parsed):
     from graphdriver.images.sources import parse_platform
 
     assert parse_platform(given) == parsed
+
+
+def test_a_cleanup_the_moment_a_load_says_what_it_does_leaves_the_load_alone(tmp_path, monkeypatch, capsys):
+    """A load's marker appeared before its lock was taken: a cleanup in between took the
+    live load for a dead one, removed its marker (and could remove the lock file the load
+    then held, so that the next cleanup removed the live load's new layers)."""
+    from graphdriver import cli
+    from graphdriver.images import loading
+
+    oci_layout(tmp_path / "in", [LAYER1, LAYER2])
+    marker_seen: list[tuple[bytes, bool]] = []
+    write = loading.Pending._write
+
+    def write_then_cleanup(self: loading.Pending) -> None:
+        write(self)
+        if not marker_seen:  # the marker's first appearance: a cleanup runs right then
+            done = gd(tmp_path, "cleanup").stdout
+            marker_seen.append((done, os.path.exists(self.path)))
+
+    monkeypatch.setattr(loading.Pending, "_write", write_then_cleanup)
+    code = cli.main(["--root", str(tmp_path / "store"), "--run-root", str(tmp_path / "run"),
+                     "--driver", "vfs", "image", "load", str(tmp_path / "in")])
+    assert code == 0, capsys.readouterr().err
+    assert marker_seen == [(b"", True)]
+    assert gd(tmp_path, "cleanup").stdout == b""
+    assert len(gd(tmp_path, "layers").stdout.split()) == 2
+    assert os.listdir(tmp_path / "store/images/pending") == []
+
+
+def test_the_lock_file_of_a_load_killed_before_or_after_its_marker_is_removed_by_cleanup(tmp_path):
+    from graphdriver.fs.locking import locked
+
+    pending = tmp_path / "store/images/pending"
+    pending.mkdir(parents=True)
+    dead, live = pending / "0123456789abcdef.json.lock", pending / "fedcba9876543210.json.lock"
+    dead.touch()
+    with locked(str(live)):  # a load that has its lock and is about to write its marker
+        done = gd(tmp_path, "cleanup").stdout.decode()
+        assert done == ("removed the lock file 0123456789abcdef.json.lock of an interrupted load,"
+                        " pull or removal\n"), done
+        assert live.exists() and not dead.exists()
+    assert gd(tmp_path, "cleanup").stdout == b"removed the lock file fedcba9876543210.json.lock of" \
+        b" an interrupted load, pull or removal\n"
+    assert gd(tmp_path, "cleanup").stdout == b""

@@ -49,9 +49,15 @@ class Pending:
 
     def __enter__(self) -> Pending:
         os.makedirs(self.images.pending_dir, 0o700, exist_ok=True)
-        self._write()
+        # The lock before the marker: a cleanup finds no marker of a live work unlocked (it
+        # would take that work for a dead one's, and undo it).
         self._lock = locked(self.path + ".lock")
         self._lock.__enter__()
+        try:
+            self._write()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def _write(self) -> None:
@@ -75,9 +81,9 @@ class Pending:
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         atomic.remove_file(self.path)
+        atomic.remove_file(self.path + ".lock")  # while held: a cleanup never finds it free
         if self._lock is not None:
             self._lock.__exit__(None, None, None)
-        atomic.remove_file(self.path + ".lock")
 
 
 def busy_layers(images: ImageStore) -> set[str]:

@@ -33,6 +33,7 @@ def cleanup(store: Store) -> list[str]:
             alive = True
             continue
         done += _undo(store, path)
+    done += _remove_stray_locks(images)
     done += _remove_partials(images)
     from graphdriver.images.container_layers import CONTAINERS_DIR
     from graphdriver.store.recovery import remove_stale_temporaries
@@ -101,6 +102,22 @@ def _remove_partials(images: ImageStore) -> list[str]:
                 removed = stale and atomic.remove_file(path)
             if removed:
                 done.append(f"removed the half-written image file {name}")
+    return done
+
+
+def _remove_stray_locks(images: ImageStore) -> list[str]:
+    """Lock files of pending markers that are gone: their work died before it wrote the
+    marker, or after it removed it."""
+    try:
+        names = sorted(os.listdir(images.pending_dir))
+    except FileNotFoundError:
+        return []
+    done = []
+    for name in names:
+        path = os.path.join(images.pending_dir, name)
+        if name.endswith(".json.lock") and not os.path.lexists(path[: -len(".lock")]) \
+                and remove_abandoned(path):
+            done.append(f"removed the lock file {name} of an interrupted load, pull or removal")
     return done
 
 
