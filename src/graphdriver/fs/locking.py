@@ -124,6 +124,16 @@ def remove_abandoned(path: str, remove: Callable[[str], object] | None = None) -
     return True
 
 
+def remove_abandoned_in(folder: str, wanted: Callable[[str], bool]) -> list[str]:
+    """The names in *folder* that *wanted* takes and that :func:`remove_abandoned` removed,
+    sorted (none when *folder* is missing)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    return [name for name in names if wanted(name) and remove_abandoned(os.path.join(folder, name))]
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         from graphdriver.fs.tree import remove_tree

@@ -292,18 +292,10 @@ def finish_removal(store: Store, name: str) -> bool:
 
 def remove_stray_removal_locks(store: Store) -> list[str]:
     """For ``cleanup``: the removal locks that removals killed at their very end left."""
-    from graphdriver.fs.locking import remove_abandoned
+    from graphdriver.fs.locking import remove_abandoned_in
 
-    try:
-        names = sorted(os.listdir(_dir(store)))
-    except FileNotFoundError:
-        return []
-    done = []
-    for entry in names:
-        path = os.path.join(_dir(store), entry)
-        if entry.startswith(".rm-") and entry.endswith(".lock") and remove_abandoned(path):
-            done.append(f"removed the stray removal lock of container {entry[4:-5]}")
-    return done
+    stray = remove_abandoned_in(_dir(store), lambda name: name.startswith(".rm-") and name.endswith(".lock"))
+    return [f"removed the stray removal lock of container {name[4:-5]}" for name in stray]
 
 
 def commit(store: Store, name: str, image_name: str) -> ImageRecord:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from graphdriver.errors import GraphDriverError
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import is_held, remove_abandoned
+from graphdriver.fs.locking import is_held, remove_abandoned, remove_abandoned_in
 from graphdriver.images.oci import hex_of
 from graphdriver.images.records import ImageStore
 
@@ -108,17 +108,12 @@ def _remove_partials(images: ImageStore) -> list[str]:
 def _remove_stray_locks(images: ImageStore) -> list[str]:
     """Lock files of pending markers that are gone: their work died before it wrote the
     marker, or after it removed it."""
-    try:
-        names = sorted(os.listdir(images.pending_dir))
-    except FileNotFoundError:
-        return []
-    done = []
-    for name in names:
-        path = os.path.join(images.pending_dir, name)
-        if name.endswith(".json.lock") and not os.path.lexists(path[: -len(".lock")]) \
-                and remove_abandoned(path):
-            done.append(f"removed the lock file {name} of an interrupted load, pull or removal")
-    return done
+    def stray(name: str) -> bool:
+        marker = os.path.join(images.pending_dir, name.removesuffix(".lock"))
+        return name.endswith(".json.lock") and not os.path.lexists(marker)
+
+    return [f"removed the lock file {name} of an interrupted load, pull or removal"
+            for name in remove_abandoned_in(images.pending_dir, stray)]
 
 
 def _markers(images: ImageStore) -> list[str]:

@@ -14,7 +14,7 @@ import os
 
 from graphdriver.errors import GraphDriverError, NotFound, Precondition
 from graphdriver.fs import atomic
-from graphdriver.fs.locking import remove_abandoned
+from graphdriver.fs.locking import remove_abandoned, remove_abandoned_in
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX
 from graphdriver.store.records import APPLY_LOCK_SUFFIX
 
@@ -150,16 +150,8 @@ def _remove_stale_temporaries(store: Store) -> list[str]:
 
 def remove_stale_temporaries(folders: tuple[str, ...]) -> list[str]:
     """Half-written files of atomic writes (``.tmp-<name>-<pid>``) whose writer is dead."""
-    done = []
-    for folder in folders:
-        try:
-            names = sorted(os.listdir(folder))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            if name.startswith(atomic.TEMP_PREFIX) and remove_abandoned(os.path.join(folder, name)):
-                done.append(f"removed half-written file {name}")
-    return done
+    return [f"removed half-written file {name}" for folder in folders
+            for name in remove_abandoned_in(folder, lambda name: name.startswith(atomic.TEMP_PREFIX))]
 
 
 def _remove_stray_tarsplit(store: Store) -> list[str]:
