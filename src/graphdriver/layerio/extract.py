@@ -290,8 +290,9 @@ class Extraction:
         # Fds dropped from the cache while an entry may still use them.
         self.stale: list[int] = []
         # Paths this layer created, for opaque directories (which hide only
-        # what was there before the layer).
+        # what was there before the layer), and the folders on their way.
         self.created: set[str] = set()
+        self.ancestors: set[str] = set()
         # Directory path -> (atime, mtime, mode to set late or None), applied
         # after all entries since creating children changes a directory's mtime.
         self.pending: dict[str, tuple[int, int, int | None]] = {}
@@ -375,6 +376,14 @@ class Extraction:
 
     # ----- directories and the fd cache -------------------------------------
 
+    def _made(self, rel: str) -> None:
+        """Note *rel* as this layer's, and the folders on its way as leading to it."""
+        self.created.add(rel)
+        up = rel.rpartition("/")[0]
+        while up and up not in self.ancestors:
+            self.ancestors.add(up)
+            up = up.rpartition("/")[0]
+
     def _dir_fd(self, rel: str, *, create: bool = True) -> int:
         """An fd of directory *rel*, created (with missing parents) if *create*."""
         if not rel:
@@ -440,7 +449,7 @@ class Extraction:
                     os.close(fd)
                 fd, owned = sub, True
                 self._implied_metadata(fd, prefix)
-                self.created.add(prefix)
+                self._made(prefix)
             self.dirs[rel] = fd
             owned = False
             return fd
@@ -606,7 +615,7 @@ class _Extractor(Extraction):
             self.copies.discard(rel)  # the entry's own now
         if t in REGULAR_TYPES:
             self._regular(e, rel, pfd, base)
-            self.created.add(rel)
+            self._made(rel)
             return e.size if e.sparse is None else e.sparse.size
         if t in _DIR_TYPES:
             self._directory(e, rel, pfd, base)
@@ -616,7 +625,7 @@ class _Extractor(Extraction):
             self._hardlink(e, rel, pfd, base)
         else:
             self._special(e, rel, pfd, base)
-        self.created.add(rel)
+        self._made(rel)
         return 0
 
     def _parent_fd(self, e: TarEntry, parent: str) -> int:
@@ -780,7 +789,6 @@ class _Extractor(Extraction):
         Whiteouts apply to lower layers only (OCI image spec): what this archive wrote
         there before the marker stays, with the folders on its way, emptied of the rest.
         """
-        above = _folders_above(self.created, rel)
         work: list[tuple[int, str]] = [(fd, rel)]
         owned: list[int] = []
         try:
@@ -790,7 +798,7 @@ class _Extractor(Extraction):
                     children = [(c.name, c.is_dir(follow_symlinks=False)) for c in it]
                 for name, is_dir in children:
                     crel = f"{drel}/{name}" if drel else name
-                    if crel in above:
+                    if crel in self.ancestors:  # on the way to what this layer wrote
                         cfd = os.open(name, _OPEN_DIR, dir_fd=dfd)
                         owned.append(cfd)
                         work.append((cfd, crel))
@@ -1038,7 +1046,7 @@ class _Extractor(Extraction):
         self._mknod(pfd, name, rel, stat.S_IFCHR, 0)
         uid, gid = self._owner(e)
         self._chown_at(pfd, name, uid, gid)
-        self.created.add(rel)
+        self._made(rel)
         self.devices.add(rel)
 
     def _opaque(self, e: TarEntry, parent: str) -> None:
@@ -1097,7 +1105,7 @@ class _Extractor(Extraction):
             except FileNotFoundError:
                 sc.mknod_at(name, stat.S_IFCHR, 0, dir_fd=self.root_fd)
                 self._chown_at(self.root_fd, name, uid, gid)
-                self.created.add(name)
+                self._made(name)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 self._set_opaque(e.name, self._dir_fd(name, create=False))
@@ -1206,7 +1214,7 @@ class _Extractor(Extraction):
             self._copy_node(lpfd, tbase, st, self._dir_fd(tparent), e)
         finally:
             os.close(lpfd)
-        self.created.add(target)
+        self._made(target)
         self.copies.add(target)
         return True
 
