@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -470,7 +471,9 @@ def test_a_load_from_a_pipe_killed_while_it_reads_leaves_no_copy_behind(tmp_path
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdin is not None
     try:
-        proc.stdin.write(LAYER1 * 64)
+        big = tarfile.TarInfo("blobs/sha256/" + "0" * 64)
+        big.size = 1 << 30  # more than is ever written: the load reads on until it is killed
+        proc.stdin.write(big.tobuf(tarfile.GNU_FORMAT) + bytes(4 << 20))
         proc.stdin.flush()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # until it holds its copy open
@@ -488,6 +491,32 @@ def test_a_load_from_a_pipe_killed_while_it_reads_leaves_no_copy_behind(tmp_path
         proc.stdin.close()
     assert proc.returncode == -signal.SIGTERM
     assert os.listdir(tmp) == []
+
+
+def test_a_load_from_a_stream_stops_at_its_end_of_archive_blocks(tmp_path):
+    """``image load - < /dev/zero`` copied the stream until the disk was full: the archive ends
+    at its first zero blocks (an empty archive here), as ``docker load`` reads it, and a pipe
+    that stays open after them is not read on."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"),
+                             "--run-root", str(tmp_path / "run"), "--driver", "vfs", "image", "load", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(bytes(4 << 20))  # and the pipe stays open, as /dev/zero never ends
+            proc.stdin.flush()
+        proc.wait(timeout=60)  # the old reader waited for more until killed here
+        err = proc.stderr.read() if proc.stderr else b""
+    finally:
+        proc.kill()
+        proc.wait()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    assert proc.returncode == 2, err
+    assert b"neither a docker-archive" in err
+    result = gd(tmp_path, "vfs", "image", "load", "/dev/zero", check=False)
+    assert result.returncode == 2, result.stderr
 
 
 def test_an_image_saved_by_its_id_is_saved_untagged(tmp_path):

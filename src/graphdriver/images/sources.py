@@ -119,8 +119,7 @@ class _Files:
             import tempfile
 
             self.temporary = out = tempfile.TemporaryFile(prefix="graphdriver-load-")
-            while chunk := stream.read(1 << 20):
-                out.write(chunk)
+            _copy_archive(stream, out)
             out.seek(0)
         return out
 
@@ -177,6 +176,32 @@ class _Files:
         if self.temporary is not None:
             self.temporary.close()
             self.temporary = None
+
+
+class _Tee:
+    """A reader of *source* that writes what it reads to *copy*."""
+
+    def __init__(self, source: BinaryIO, copy: BinaryIO) -> None:
+        self.source, self.copy = source, copy
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.copy.write(data)
+        return data
+
+
+def _copy_archive(stream: BinaryIO, out: BinaryIO) -> None:
+    """Copy the tar archive *stream* into *out* up to its end-of-archive block, as ``docker load``
+    reads it: what follows is never read (``/dev/zero`` is an empty archive, not a copy that
+    fills the disk). Where the archive is cut short or a header is corrupt, the copy stops
+    there and the reading of the copy says which."""
+    walk = _Tee(stream, out)
+    try:
+        with tarfile.open(fileobj=walk, mode="r|", bufsize=1 << 20) as tar:  # type: ignore[call-overload]
+            for _ in tar:  # each step reads past the entry before it
+                pass
+    except (tarfile.TarError, EOFError):
+        pass
 
 
 def _check_ended(tar: tarfile.TarFile) -> bool:
