@@ -324,6 +324,19 @@ def test_output_into_a_fifo_is_written_not_replaced(root, tmp_path):
     assert got == [data] and fifo.is_fifo()
 
 
+@pytest.mark.parametrize("size", [100, 17 << 20])  # read whole, and streamed through the output
+def test_diff_to_a_full_device_is_a_failure_of_the_output_never_of_the_layer(root, size):
+    """A write error (a full disk, a closed pipe) while a big file went out was reported as
+    that file's damage, exit 6, though ``check`` found the layer whole."""
+    data = make_tar({"f": F(os.urandom(size))})
+    assert cli(root, "import", "l", "-", input=data).returncode == 0
+    r = cli(root, "diff", "l", "-o", "/dev/full")
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and "No space left on device" in err and "'f'" not in err, err
+    assert cli(root, "check", "l").returncode == 0
+
+
 def test_diff_of_a_layer_missing_its_tarsplit_data_exits_6(root):
     data = make_tar({"f": F(b"abc")})
     assert cli(root, "import", "l", "-", input=data).returncode == 0

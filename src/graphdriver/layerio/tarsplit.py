@@ -505,15 +505,18 @@ def _stream_file(entry: SplitEntry, f: BinaryIO, out: BatchedWriter, name: str) 
     size = entry.size
     crc = 0
     remaining = size
-    try:
-        while remaining > 0:
-            view = out.reserve(1)
+    while remaining > 0:
+        view = out.reserve(1)  # may write out what it holds: an error there is the output's
+        try:
             n = f.readinto(view[: min(len(view), remaining)])  # type: ignore[attr-defined]
-            if not n:
-                _check_length(name, size, size - remaining)
-            crc = crc64_iso(view[:n], crc)
-            out.commit(n)
-            remaining -= n
+        except OSError as e:
+            raise _unreadable(name, e) from e
+        if not n:
+            _check_length(name, size, size - remaining)
+        crc = crc64_iso(view[:n], crc)
+        out.commit(n)
+        remaining -= n
+    try:
         extra = len(f.read(1))
     except OSError as e:
         raise _unreadable(name, e) from e
