@@ -40,8 +40,9 @@ def skopeo(*args: str) -> Any:
     return json.loads(out)
 
 
-def gd(tmp_path: Path, driver: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return run_cli(*args, root=tmp_path / "store", driver=driver, check=check)
+def gd(tmp_path: Path, driver: str, *args: str, check: bool = True,
+       input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return run_cli(*args, root=tmp_path / "store", driver=driver, check=check, input=input)
 
 
 # ----- images built by buildah (once, cached) ---------------------------------------------------------
@@ -590,6 +591,26 @@ def test_image_rm_at_the_same_time_reports_only_what_each_removed(tmp_path):
         for tag, proc in procs.items():
             out, _ = proc.communicate(timeout=60)
             assert proc.returncode == 0 and out == f"Untagged: localhost/made:{tag}\n".encode()
+
+
+def test_apply_refuses_an_image_layer_and_takes_a_container_layer(tmp_path):
+    """More applied to a layer of an image made the image another one: its DiffIDs no longer
+    matched, ``image save`` wrote an archive skopeo refuses, and ``check`` no longer had a
+    digest to see it by. A container's writable layer takes it, as through its mount."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    info = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/made:1").stdout)
+    top = info["Layers"][-1]["Layer"]
+    extra = make_tar({"evil": F(b"x")})
+    proc = gd(tmp_path, "vfs", "apply", top, "-", check=False, input=extra)
+    assert proc.returncode == 5, proc.stderr
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "is used by image localhost/made:1" in err
+    assert json.loads(gd(tmp_path, "vfs", "layer", top).stdout).get("diff_digest")
+    assert gd(tmp_path, "vfs", "check", top).stdout.decode().strip().endswith("ok")
+    gd(tmp_path, "vfs", "container", "create", "localhost/made:1", "ctr")
+    gd(tmp_path, "vfs", "apply", "ctr", "-", input=extra)
+    assert "A /evil" in gd(tmp_path, "vfs", "changes", "ctr").stdout.decode()
 
 
 def test_container_rm_takes_several_names(tmp_path):

@@ -84,7 +84,7 @@ DOCS: dict[str, Doc] = {
                  "the bytes applied.",
                  [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr")],
                  {1: _REFUSED, 2: "--parent names another layer than the one it sits on", 3: "no such layer",
-                  5: "the layer has children, or is a mounted image layer",
+                  5: "the layer has children, is a mounted image layer, or is a layer of an image",
                   6: _CORRUPT}),
     "mount": Doc("layers", "Makes the union of the layer's chain available and prints its path. Mounts are "
                  "counted across processes: every mount needs an unmount.",

@@ -23,13 +23,16 @@ if TYPE_CHECKING:
     from graphdriver.store.layers import Store
 
 
-def holders(store: Store, layer_id: str) -> list[str]:
-    """``image NAME`` and ``container NAME`` for each record that holds (or may hold) *layer_id*."""
+def holders(store: Store, layer_id: str, *, containers: bool = True) -> list[str]:
+    """``image NAME`` and (unless not *containers*) ``container NAME`` for each record that
+    holds (or may hold) *layer_id*."""
     images, bad_images = ImageStore(store.root).scan()
     out = [f"image {image.names[0] if image.names else image.id}"
            for image in images if layer_id in image.layers]
     if is_image_layer_id(layer_id):  # what an unreadable image record names is unknown
         out += [f"the unreadable {e.what}" for e in bad_images]
+    if not containers:
+        return out
     found, unreadable = ctrs.scan_by_name(store)
     out += [container_holder(c.name) for c in found if layer_id in (c.layer, c.init)]
     out += [f"the unreadable {e.what}" for name, e in unreadable.items()

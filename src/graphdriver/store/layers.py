@@ -712,6 +712,9 @@ class Store:
                 f"--parent {parent}", f"layer {layer_id} sits on {record.parent or 'nothing'}"
             )
         self._refuse_damaged(record)
+        # An image's layers are its DiffIDs: more applied would make the image another one.
+        # A container's own writable layer takes more, as its mount does.
+        self._refuse_held(layer_id, None, containers=False)
         before = self.records.get(layer_id)  # put back if the apply writes nothing
         # A child was made from (vfs: copied from; overlay: stacks on) the layer
         # as it is: changing it under the child would change what the child holds.
@@ -1132,8 +1135,9 @@ class Store:
             self._forget_tarsplit(layer_id)
             tx.commit(None)
 
-    def _refuse_held(self, layer_id: str, holder: str | None) -> None:
-        """Precondition while an image or a container other than *holder* holds *layer_id*.
+    def _refuse_held(self, layer_id: str, holder: str | None, *, containers: bool = True) -> None:
+        """Precondition while an image or (unless not *containers*) a container other than
+        *holder* holds *layer_id*.
 
         Their records live beside the layers (see :mod:`graphdriver.images.holders`);
         a store that has none pays nothing for asking.
@@ -1142,7 +1146,7 @@ class Store:
             return
         from graphdriver.images.holders import holders
 
-        users = [h for h in holders(self, layer_id) if h != holder]
+        users = [h for h in holders(self, layer_id, containers=containers) if h != holder]
         if users:
             raise Precondition(f"layer {layer_id}", f"is used by {', '.join(users)}")
 
