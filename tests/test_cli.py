@@ -599,6 +599,10 @@ def test_json_output_of_every_layer_command_is_json(root):
     mounted = js("mount", "c")
     assert mounted == {"id": "c", "path": mounted["path"]} and Path(mounted["path"], "f").exists()
     assert js("mounted", "c") == {"id": "c", "mount_count": 1}
+    # layers --json lists the objects layer ID shows, mount count and point included
+    listed = {entry["id"]: entry for entry in js("layers")}
+    assert listed == {"l": js("layer", "l"), "c": js("layer", "c")}
+    assert (listed["c"]["mount_count"], listed["c"]["mount_point"]) == (1, mounted["path"])
     js("mount", "c")
     assert js("unmount", "--force", "c") == {"id": "c", "dropped": 2}
     assert js("diffsize", "l") == {"id": "l", "size": 3}

@@ -418,8 +418,8 @@ class Store:
         return layer
 
     def fill_metadata(self, layer: Layer) -> None:
-        """Fill in the driver's facts about *layer* (as ``layers --json`` lists them), and
-        whether an apply to it runs.
+        """Fill in the driver's facts about *layer* (as ``layers --json`` lists them: what
+        ``layer ID`` shows), and whether an apply to it runs.
 
         :class:`NotFound` when the layer was removed meanwhile;
         :class:`IntegrityError` when its record stands but its files are gone.
@@ -429,6 +429,7 @@ class Store:
         except GraphDriverError as e:
             self._raise_explained(e, layer.id, seen=layer)
         self._note_applying(layer)
+        layer.mount_count, layer.mount_point = self.driver.mount_state(layer.id)
 
     def _note_applying(self, layer: Layer) -> None:
         """Set :attr:`Layer.applying` while the apply that marked *layer* still runs."""
