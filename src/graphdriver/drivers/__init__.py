@@ -112,7 +112,9 @@ def init_driver(name: str, config: DriverConfig) -> Driver:
     if not config.probed:
         cls.probe(config.home)
     driver = cls(config)
-    if not config.probed:
+    from graphdriver.drivers.base import UNFINISHED
+
+    if not config.probed and not UNFINISHED:
         from graphdriver.fs import atomic
 
         try:

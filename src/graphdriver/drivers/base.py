@@ -68,6 +68,7 @@ Invariants
 from __future__ import annotations
 
 import abc
+import errno
 import os
 
 from graphdriver import jsonio
@@ -779,6 +780,28 @@ def probed_once(
         return _PROBED[key]
     found = _PROBED[key] = probe()
     return found
+
+
+#: Why a probe could not write its scratch folder that say "not now" (the filesystem is full,
+#: over quota, or mounted read-only), not "never": such a probe passes unfinished, so that the
+#: layers already stored stay readable (and removable, to free space); what writes fails on
+#: its own, and the next probe tries again.
+NOT_NOW = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+#: The homes whose probe passed unfinished in this process: never remembered as probed.
+UNFINISHED: set[str] = set()
+
+
+def unfinished_probe(home: str, existing: str, e: OSError) -> bool:
+    """Whether *e*, met making a probe's scratch folder in *existing*, lets the probe of
+    *home* pass unfinished (see :data:`NOT_NOW`): only where *existing* is the home itself,
+    whose layers are there to read (a new home on such a filesystem could hold nothing).
+    It then notes *home* in :data:`UNFINISHED`."""
+    home = os.path.abspath(home)
+    if e.errno not in NOT_NOW or os.path.abspath(existing) != home:
+        return False
+    UNFINISHED.add(home)
+    return True
 
 
 def probe_scratch(existing: str, driver: str) -> tuple[str, int]:

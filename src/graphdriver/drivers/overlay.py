@@ -98,6 +98,7 @@ from graphdriver.drivers.base import (
     layer_name_of,
     probe_scratch,
     probed_once,
+    unfinished_probe,
 )
 from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Precondition, Unsupported
 from graphdriver.fs import atomic, privileged
@@ -238,7 +239,7 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
             "directories: put the store on a volume or bind mount of ext4, xfs or btrfs, or use --driver vfs",
         )
     user_xattrs = mount_program is not None or not privileged() or _in_user_namespace()
-    found.update(_probe_directory(existing, what, user_xattrs=user_xattrs))
+    found.update(_probe_directory(home, existing, what, user_xattrs=user_xattrs))
     for param in ("redirect_dir", "metacopy", "index"):
         try:
             with open(os.path.join(_MODULE_PARAMS, param), encoding="ascii") as f:
@@ -248,13 +249,16 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
     return found
 
 
-def _probe_directory(existing: str, what: str, *, user_xattrs: bool) -> dict[str, str]:
-    """d_type and xattr support, tried in a scratch directory under *existing*."""
+def _probe_directory(home: str, existing: str, what: str, *, user_xattrs: bool) -> dict[str, str]:
+    """d_type and xattr support, tried in a scratch directory under *existing* (*home*, or the
+    nearest folder above it that exists)."""
     from graphdriver.fs.tree import remove_tree
 
     try:
         scratch, held = probe_scratch(existing, "overlay")
     except OSError as e:
+        if unfinished_probe(home, existing, e):
+            return {"Supports d_type": f"not checked ({e.strerror})"}
         raise Unsupported(what, f"cannot create directories in {existing} ({e.strerror})") from e
     try:
         probe_file = os.path.join(scratch, "f")

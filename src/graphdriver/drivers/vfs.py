@@ -31,7 +31,7 @@ from __future__ import annotations
 import errno
 import os
 
-from graphdriver.drivers.base import Driver, DriverConfig, probe_scratch
+from graphdriver.drivers.base import Driver, DriverConfig, probe_scratch, unfinished_probe
 from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Unsupported
 from graphdriver.fs import privileged
 
@@ -88,6 +88,8 @@ class VfsDriver(Driver):
             finally:
                 os.close(held)
         except OSError as e:
+            if unfinished_probe(home, existing, e):
+                return
             raise Unsupported(
                 f"vfs home {home}",
                 f"cannot create directories in {existing} ({e.strerror}); "

@@ -297,13 +297,22 @@ class RecordStore:
         """Say that *operation* on *layer_id* is under way (before any disk work)."""
         import fcntl  # here: listing and reading records takes no lock
 
-        fd = os.open(self._lock_path(layer_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self._lock_path(layer_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if self._mark_without_space(layer_id, operation, e):
+                return
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            atomic.write_json(
-                os.path.join(self.pending_dir, layer_id),
-                {"op": operation, "pid": os.getpid(), "boot": boot_id()},
-            )
+            try:
+                atomic.write_json(
+                    os.path.join(self.pending_dir, layer_id),
+                    {"op": operation, "pid": os.getpid(), "boot": boot_id()},
+                )
+            except OSError as e:
+                if not self._mark_without_space(layer_id, operation, e):
+                    raise
         except BaseException:
             os.close(fd)
             raise
@@ -311,6 +320,23 @@ class RecordStore:
         if old is not None:
             os.close(old)
         self._held[layer_id] = fd
+
+    def _mark_without_space(self, layer_id: str, operation: str, e: OSError) -> bool:
+        """Mark a removal on a full filesystem (no block or inode left for a marker, and a
+        removal is how space is freed) with a second name of the layer's record in the pending
+        folder, which takes neither; whether it did. The marker's content is not read back:
+        ``cleanup`` finishes a dead removal from its name alone, and while this process
+        removes the layer it holds the store lock that ``cleanup`` waits for."""
+        import errno
+
+        if operation != "remove" or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        try:
+            os.link(self._path(layer_id), os.path.join(self.pending_dir, layer_id))
+        except OSError:
+            return False
+        atomic.fsync_dir(self.pending_dir)
+        return True
 
     def clear_pending(self, layer_id: str) -> None:
         """The work on *layer_id* is complete and durable (or undone)."""
