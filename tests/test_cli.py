@@ -1315,3 +1315,22 @@ def test_double_dash_ends_the_options_and_the_command_may_follow_it(root):
     assert (args.id, args.json) == ("--json", False)
     r = cli(root, "--", "exists", "--", "a")  # a second -- is a positional
     assert r.returncode == 2 and "unexpected argument 'a'" in r.stderr.decode()
+
+
+def test_an_os_error_names_what_the_user_named_never_a_working_file(tmp_path, monkeypatch, capsys):
+    """A full disk met while a record was written said ``import .../layers/.tmp-l.json-123:
+    No space left on device``: a file the user never named, and gone by then."""
+    import errno
+
+    from graphdriver import cli as gd
+    from graphdriver.store.layers import Store
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        working = tmp_path / "s" / "layers" / ".tmp-l.json-123"
+        raise OSError(errno.ENOSPC, "No space left on device", str(working))
+
+    monkeypatch.setattr(Store, "import_layer", full)
+    (tmp_path / "in.tar").write_bytes(make_tar({"f": F(b"x")}))
+    code = gd.main(["--root", str(tmp_path / "s"), "--run-root", str(tmp_path / "run"), "--driver", "vfs",
+                    "import", "l", str(tmp_path / "in.tar")])
+    assert (code, capsys.readouterr().err) == (1, "graphdriver: import l: No space left on device\n")

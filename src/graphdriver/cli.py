@@ -478,6 +478,12 @@ def _report(err: BaseException, args: Args | None) -> None:
         cause = cause_of(cause)
 
 
+def _internal(path: str) -> bool:
+    """Whether *path* is one of the store's own working files (a half-written file, a staging
+    folder, a lock): an error line names what the user named instead."""
+    return any(part.startswith((".tmp-", ".staging")) or part.endswith(".lock") for part in path.split("/"))
+
+
 def _quiet_broken_pipe() -> int:
     """The reader went away (``| head``): not a failure to report, as for other tools.
 
@@ -510,7 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
+        where = f" {e.filename}" if e.filename and not _internal(str(e.filename)) else ""
+        if not where and args is not None and getattr(args, "id", None):
+            where = f" {args.id}"
         what = args.command if args is not None and args.command else "error"
         _report(OSError(f"{what}{where}: {e.strerror or e}"), None)
         return os_error(what, e).exit_code  # a permission refused is a missing privilege (7)

@@ -29,7 +29,7 @@ import signal
 import stat
 from collections.abc import Callable, Sequence
 
-from graphdriver.errors import GraphDriverError
+from graphdriver.errors import GraphDriverError, os_error
 from graphdriver.fs import privileged, syscalls
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.plain import Plain
@@ -365,12 +365,18 @@ def _child_payload(fn: Callable[[ConfinedDirs], T], dirs: ConfinedDirs, result_f
         os.umask(0)
         result = fn(ConfinedDirs(dirs.root_fd, dirs.extra_fds, chrooted))
         return pickle.dumps((True, result), -1)  # -1: the highest protocol
+    except OSError as e:  # a full disk, say: the layer's work failed, not the program
+        return _error(os_error("applying the layer", e))
     except GraphDriverError as e:
-        try:
-            return pickle.dumps((False, (type(e), dict(e.__dict__), str(e))))
-        except Exception:
-            return _generic_error(e)
+        return _error(e)
     except BaseException as e:
+        return _generic_error(e)
+
+
+def _error(e: GraphDriverError) -> bytes:
+    try:
+        return pickle.dumps((False, (type(e), dict(e.__dict__), str(e))))
+    except Exception:
         return _generic_error(e)
 
 
