@@ -321,3 +321,12 @@ def test_zsh_completion_completes_the_first_tab(tmp_path, on_path, how):
     assert "graphdriver status " in _first_tab(zdotdir, "graphdriver stat", "status ", on_path)
     line = f"graphdriver --opt size=1G --root {store} --run-root {tmp_path / 'run'} mount al"
     assert "mount alpha-layer " in _first_tab(zdotdir, line, "alpha-layer ", on_path)
+
+
+def test_version_prints_the_name_and_the_version_as_installed(tmp_path):
+    """``graphdriver --version``, as ``podman --version`` answers: one line, exit 0, no store."""
+    from importlib.metadata import version
+
+    r = run_cli("--version", root=tmp_path / "never-made")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"graphdriver {version('graphdriver')}\n".encode(), b"")
+    assert not (tmp_path / "never-made").exists()

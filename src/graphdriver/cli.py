@@ -407,7 +407,7 @@ _SILENT = frozenset({"exists", "remove", "image tag", "image save", "container r
 
 def _needs_stdout(args: Args) -> bool:
     """Whether the command prints on standard output (``diff -o FILE`` does not)."""
-    if args.help or args.command in ("help", "completion", "man"):
+    if args.help or args.version or args.command in ("help", "completion", "man"):
         return True
     if args.command in ("diff", "tarsplit"):
         return args.output in (None, "-")
@@ -422,6 +422,11 @@ def _run(args: Args) -> int:
         raise InvalidArgument("standard output", CLOSED_STDOUT)
     if args.help:
         sys.stdout.write(help_text(args.command or None))
+        return 0
+    if args.version:
+        from graphdriver import __version__
+
+        sys.stdout.write(f"graphdriver {__version__}\n")
         return 0
     if args.command in ("help", "completion", "man"):
         return _self_help(args)

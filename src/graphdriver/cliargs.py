@@ -114,6 +114,7 @@ GLOBAL_OPTIONS = (
     Option("-q|--quiet", "less on stderr (no progress bars)"),
     Option("-v|--verbose", "more on stderr (the causes behind an error)"),
     Option("-h|--help", "this help"),
+    Option("--version", "the program's name and version"),
 )
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
@@ -248,6 +249,7 @@ class Args:
     quiet: bool
     verbose: bool
     help: bool
+    version: bool
 
     def __init__(self) -> None:
         self.command = self.id = self.mount_label = self.name = self.new = self.image = self.source = ""
@@ -263,6 +265,7 @@ class Args:
         self.root = self.run_root = self.driver = self.uidmap = self.gidmap = None
         self.ids, self.names, self.opt, self.additional_store = [], [], [], []
         self.rw = self.regenerate = self.json = self.quiet = self.verbose = self.help = False
+        self.version = False
 
 
 #: Options whose value names a file or folder (an empty one is a usage error).
@@ -326,7 +329,7 @@ def parse(argv: Sequence[str]) -> Args:
             getattr(args, option.dest).append(inline)
         else:
             setattr(args, option.dest, inline)
-    if args.help:
+    if args.help or args.version:
         return args
     if command is None:
         if args.command in GROUPS:
