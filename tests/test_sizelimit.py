@@ -178,3 +178,24 @@ def test_quota_is_detected_only_where_enforced(tmp_path):
         pytest.skip("the test directory itself is on XFS with project quotas")
     assert sizelimit._quota_device(str(tmp_path)) is None
     assert sizelimit.choose_method(str(tmp_path)) is sizelimit.Method.IMAGE
+
+
+@pytest.mark.parametrize("home_fs", ["ext4"], indirect=True)
+def test_a_limit_over_the_free_space_is_made_and_said(home_fs):
+    """The image is sparse: a limit over what the home's filesystem has free was made without
+    a word, and the container met I/O errors of the full host disk before its limit."""
+    from graphdriver.errors import set_warning_handler
+
+    said: list[str] = []
+    set_warning_handler(said.append)
+    try:
+        store = _store(home_fs)
+        store.create("base")
+        store.create("fits", "base", writable=True, size="32M")
+        assert said == []
+        store.create("big", "base", writable=True, size="2G")  # the home holds 512 MiB
+        assert len(said) == 1 and "size limit of 2147483648 bytes" in said[0] and "bytes are free" in said[0]
+    finally:
+        set_warning_handler(None)
+    for layer_id in ("big", "fits", "base"):
+        store.remove(layer_id)

@@ -226,6 +226,7 @@ def prepare(folder: str, size: int, method: Method, home: str) -> str:
         raise Unsupported(f"size limit of {size} bytes", "needs mkfs.ext4 (apt-get install e2fsprogs)")
     image = os.path.join(folder, IMAGE_FILE)
     _make_image(image, size, fstype)
+    _warn_overcommitted(folder, size)
     target = os.path.join(folder, IMAGE_MOUNT)
     os.mkdir(target, 0o700)
     loop_mount(image, target, fstype)
@@ -259,6 +260,21 @@ def release(folder: str) -> None:
 
 
 # ----- the image -------------------------------------------------------------------------------
+
+
+def _warn_overcommitted(folder: str, size: int) -> None:
+    """Say so where the filesystem holding the (sparse) image has less room than the limit:
+    the layer would then meet a full host disk (I/O errors in the container) before its limit."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        from graphdriver.errors import warn
+
+        warn(f"size limit of {size} bytes: only {free} bytes are free on the filesystem that holds it, "
+             "so writes will fail before the limit")
 
 
 def _make_image(path: str, size: int, fstype: str) -> None:
