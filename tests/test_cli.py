@@ -12,6 +12,7 @@ import pytest
 
 from graphdriver.testing.treeutil import D, F, H, make_tar
 from tests.conftest import run_cli
+from tests.strategies import meta_header
 
 
 @pytest.fixture
@@ -654,6 +655,8 @@ def _corrupt_archives() -> dict[str, bytes]:
         "bad-checksum": bytes(bad_sum),
         "go-issue10968": (CORPUS / "go-archive-tar" / "issue10968.tar").read_bytes(),
         "not-a-tarball": b"this is not a tarball" * 50,
+        # 5 MB of PAX headers of 1 KiB each before one file: past what one entry may have.
+        "meta-chain": meta_header(b"x", b"10 path=a\n") * 5000 + whole,
     }
 
 

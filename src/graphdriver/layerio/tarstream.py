@@ -36,6 +36,12 @@ _META_TYPES = frozenset(b"xgLK")  # PAX local/global, GNU long name/link
 # Meta entries carry names and records, never file data: a bigger one is an
 # attack on memory, not a real archive (Go refuses them the same way).
 _MAX_META = 1 << 20
+# All the meta headers before one entry, their blocks and padded data: room for
+# one of each kind (PAX global and local, GNU long name and long link) at that
+# cap.  Real archives put a few KiB there; without a bound a chain of small
+# headers (each under the cap) is held whole until its entry, so memory would
+# grow with the archive instead of staying flat.
+_MAX_META_CHAIN = 4 * (_MAX_META + BLOCK)
 # Bytes kept after the end-of-archive marker; real layers have a few KiB.
 _MAX_TRAILING = 1 << 26
 _CACHE_MAX = 4096
@@ -117,6 +123,23 @@ def _number(field: bytes, what: str, name: bytes) -> int:
         raise _bad_number(what, name) from None
 
 
+def _meta_size(blk: bytes) -> int:
+    """The data size of a meta header, refused over ``_MAX_META`` (an attack on memory)."""
+    size_f = blk[124:135]
+    try:
+        if blk[135] != 0 or not size_f.isdigit():
+            raise ValueError
+        size = int(size_f, 8)
+    except ValueError:  # not the usual octal spelling: the careful parser decides
+        size = _number(blk[124:136], "size", _cstr(blk[:100]))
+        if size < 0:
+            raise _err(_cstr(blk[:100]), "negative size") from None
+    if size > _MAX_META:
+        kind = "PAX" if blk[156] in b"xg" else "GNU long name"
+        raise _err("", f"{kind} header too large ({size} bytes, limit {_MAX_META})")
+    return size
+
+
 def _compressed(blk: bytes) -> str | None:
     """What a first block that is no tar header holds, if it is compressed data."""
     kind = sniff(blk).value
@@ -154,7 +177,8 @@ class TarReader:
       Global headers go into the next entry's ``raw``; they are not yielded.
       An empty local value leaves the header's field as it is.
     - Meta header data over 1 MiB is refused (as Go refuses
-      ``pax-bad-hdr-large.tar.bz2``).
+      ``pax-bad-hdr-large.tar.bz2``), and so are meta headers before one entry
+      taking more than four such headers would (``_MAX_META_CHAIN``).
     - GNU dump directories (``D``) are yielded with their data as stored.
       Sparse files, GNU's (``S``, with their extension blocks in ``raw``) and
       PAX ones (which keep their type and take ``GNU.sparse.name`` as name),
@@ -447,6 +471,7 @@ class TarReader:
         start = self._base + self._pos
         raw: list[bytes] = []
         meta: _Meta | None = None
+        held = 0  # bytes of meta headers gathered for this entry
         while True:
             pos = self._pos
             if pos + BLOCK <= len(self._buf):
@@ -468,7 +493,7 @@ class TarReader:
                 break
             if meta is None:
                 meta = [None, None, None]
-            self._read_meta(blk, raw, meta)
+            held = self._read_meta(blk, raw, meta, held)
         entry = self._decode(blk, raw, meta)
         entry.raw = blk if len(raw) == 1 else b"".join(raw)
         entry.offset = start
@@ -483,20 +508,16 @@ class TarReader:
             raise _err("", "data after a single end-of-archive zero block")
         self._finish(b"".join(pending) + blk + nxt)
 
-    def _read_meta(self, blk: bytes, raw: list[bytes], meta: _Meta) -> None:
-        """Read a PAX or GNU long-name header's data (and padding) into ``raw`` and ``meta``."""
-        size_f = blk[124:135]
-        try:
-            if blk[135] != 0 or not size_f.isdigit():
-                raise ValueError
-            size = int(size_f, 8)
-        except ValueError:  # not the usual octal spelling: the careful parser decides
-            size = _number(blk[124:136], "size", _cstr(blk[:100]))
-            if size < 0:
-                raise _err(_cstr(blk[:100]), "negative size") from None
-        if size > _MAX_META:
-            kind = "PAX" if blk[156] in b"xg" else "GNU long name"
-            raise _err("", f"{kind} header too large ({size} bytes, limit {_MAX_META})")
+    def _read_meta(self, blk: bytes, raw: list[bytes], meta: _Meta, held: int) -> int:
+        """Read a PAX or GNU long-name header's data (and padding) into ``raw`` and ``meta``.
+
+        ``held`` is what the meta headers before this one took; the new total is
+        returned, and a total over ``_MAX_META_CHAIN`` is refused before its data is read.
+        """
+        size = _meta_size(blk)
+        held += BLOCK + size + (-size % BLOCK)
+        if held > _MAX_META_CHAIN:
+            raise _err("", f"extended headers too large (over {_MAX_META_CHAIN} bytes before one entry)")
         data = self._take(size + (-size % BLOCK))
         if len(data) < size:
             raise _err(_cstr(blk[:100]), f"truncated data (expected {size} bytes, got {len(data)})")
@@ -514,6 +535,7 @@ class TarReader:
                     self._globals.pop(key, None)
         else:  # GNU long names are C strings (gnu-long-nul.tar)
             meta[1 if typ == 0x4C else 2] = _cstr(data[:size])
+        return held
 
     def _numbers(self, blk: bytes, name: bytes) -> tuple[int, int, int, int, int]:
         """Mode, uid, gid, size and mtime of a header block."""
