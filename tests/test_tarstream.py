@@ -368,8 +368,8 @@ def test_truncation_like_go() -> None:
         (gnu[:2048], 2, True),
         (gnu[:2048] + reg[:1536], 3, True),
         (reg[:1195], 1, False),
-        (reg[:1196], 1, True),  # end of data, no padding
-        (reg[:1535], 1, True),
+        (reg[:1196], 1, False),  # end of data, no padding: Go takes it as the end, GNU tar as a cut
+        (reg[:1535], 1, False),
         (reg[:1536] + trash[:1], 1, False),
         (reg[:1536] + trash, 1, False),
         (reg[:2048], 1, True),  # one zero block
@@ -380,13 +380,30 @@ def test_truncation_like_go() -> None:
         (pax + trash[:1], 0, False),
         (sparse[:512], 0, False),
         (sparse[:3584], 1, True),
-        (sparse[:9200], 1, True),
+        (sparse[:9200], 1, False),  # (as the two above)
+        (sparse[:9216], 1, True),
         (sparse[:9728], 2, False),
         (sparse[:10240], 2, True),
         (sparse + trash, 5, True),
     ]
     for i, (data, want_n, want_ok) in enumerate(cases):
         assert count_until_end(data) == (want_n, want_ok), i
+
+
+@pytest.mark.parametrize("bufsize", [BLOCK, 1 << 20])
+def test_a_cut_inside_padding_is_truncated(bufsize: int) -> None:
+    """All the data is there but not the zeros after it: the stream was cut, as GNU tar says."""
+    file = write((TarEntry("f", size=3), b"hi\n"))[: 2 * BLOCK]  # no end-of-archive blocks
+    meta = meta_header(b"x", b"10 path=a\n") + file
+    long = "././@LongLink"  # the PAX header's name
+    for data, cut, who, want, kept in [(file, 600, "f", 509, 85), (file, 515, "f", 509, 0),
+                                       (meta, 600, long, 502, 78), (meta, 522, long, 502, 0)]:
+        with pytest.raises(CorruptArchive) as caught:
+            read_all(data[:cut], bufsize=bufsize, consume=True)
+        assert str(caught.value) == f"entry {who!r}: truncated padding (expected {want} bytes, got {kept})"
+        got, reader, tape = read_all(data, bufsize=bufsize)  # whole, even without the end blocks
+        assert [e.name for e, _ in got] == ["a" if data is meta else "f"]
+        assert (reader.trailing, tape.joined()) == (b"", data)
 
 
 def test_short_zero_tails_are_trailing() -> None:

@@ -140,6 +140,12 @@ def _meta_size(blk: bytes) -> int:
     return size
 
 
+def _short_padding(name: bytes | str, want: int, got: int) -> ArchiveError:
+    """EOF inside the zeros that pad data to a block: only a header boundary ends an
+    archive, so this one was cut short (GNU tar's "Unexpected EOF in archive")."""
+    return _err(name, f"truncated padding (expected {want} bytes, got {got})")
+
+
 def _compressed(blk: bytes) -> str | None:
     """What a first block that is no tar header holds, if it is compressed data."""
     kind = sniff(blk).value
@@ -186,9 +192,11 @@ class TarReader:
       data is yielded as stored, and ``size`` is its length.
     - A ``\\0``-type entry, or a ``0``-type one in a v7 header, whose name
       ends with ``/`` is a directory.
-    - The archive ends at EOF on a header boundary, at a zero block (the
-      second may be missing or short), or at EOF inside the last padding.  A
-      zero block followed by one holding data is refused, as Go does.
+    - The archive ends at EOF on a header boundary or at a zero block (the
+      second may be missing or short).  A zero block followed by one holding
+      data is refused, as Go does.  EOF inside the padding after an entry's
+      data or a meta header's is a truncated archive, as GNU tar has it (Go's
+      reader takes it as the end, so what was cut off would go unnoticed).
     - Unparsable GNU atime/ctime fields are ignored, and read as a ustar
       prefix when ASCII (archives of pre-1.8 Go writers).
     """
@@ -264,11 +272,10 @@ class TarReader:
                 self._skip_data()
                 want, self._pad = self._pad, 0
                 pad = self._take(want)
-                if pad and self._raw_sink is not None:
+                if len(pad) < want:
+                    raise _short_padding(self._entry.name if self._entry else "", want, len(pad))
+                if self._raw_sink is not None:
                     self._raw_sink(pad)
-                if len(pad) < want:  # the stream ended inside the padding
-                    self._finish(b"")
-                    return None
             self._entry = entry = self._read_entry()
         except ArchiveError as e:
             self._error = e
@@ -515,18 +522,26 @@ class TarReader:
         returned, and a total over ``_MAX_META_CHAIN`` is refused before its data is read.
         """
         size = _meta_size(blk)
-        held += BLOCK + size + (-size % BLOCK)
+        padded = size + (-size % BLOCK)
+        held += BLOCK + padded
         if held > _MAX_META_CHAIN:
             raise _err("", f"extended headers too large (over {_MAX_META_CHAIN} bytes before one entry)")
-        data = self._take(size + (-size % BLOCK))
+        data = self._take(padded)
         if len(data) < size:
             raise _err(_cstr(blk[:100]), f"truncated data (expected {size} bytes, got {len(data)})")
-        raw.append(data)  # a stream ending inside the padding ends at the next read
+        raw.append(data)
+        self._apply_meta(blk, data[:size], meta)
+        if len(data) < padded:  # after the records, whose errors Go reports first (issue11169.tar)
+            raise _short_padding(_cstr(blk[:100]), padded - size, len(data) - size)
+        return held
+
+    def _apply_meta(self, blk: bytes, data: bytes, meta: _Meta) -> None:
+        """Keep what a meta header says: for the next entry in ``meta``, or for all later ones."""
         typ = blk[156]
         if typ == 0x78:  # 'x'
-            meta[0] = pax.parse_records(data[:size], blk)
+            meta[0] = pax.parse_records(data, blk)
         elif typ == 0x67:  # 'g'
-            for key, value in pax.parse_records(data[:size], blk).items():
+            for key, value in pax.parse_records(data, blk).items():
                 if key in pax.NOT_GLOBAL or key.startswith("GNU.sparse."):
                     continue
                 if value:
@@ -534,8 +549,7 @@ class TarReader:
                 else:
                     self._globals.pop(key, None)
         else:  # GNU long names are C strings (gnu-long-nul.tar)
-            meta[1 if typ == 0x4C else 2] = _cstr(data[:size])
-        return held
+            meta[1 if typ == 0x4C else 2] = _cstr(data)
 
     def _numbers(self, blk: bytes, name: bytes) -> tuple[int, int, int, int, int]:
         """Mode, uid, gid, size and mtime of a header block."""
