@@ -1,4 +1,5 @@
-"""What the tar tests share: Hypothesis strategies (names of every kind, whole entries), a writer."""
+"""What the tar tests share: Hypothesis strategies (names of every kind, whole entries), a writer,
+hand-made meta headers."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ def write_tar(items: Iterable[tuple[TarEntry, bytes | None]]) -> bytes:
         w.add(entry, io.BytesIO(content) if content is not None else None)
     w.close()
     return out.getvalue()
+
+
+def meta_header(typ: bytes, data: bytes) -> bytes:
+    """A PAX (``x``, ``g``) or GNU long-name (``L``, ``K``) header and its padded data, as
+    a hostile archive may chain them: the writer makes at most one before an entry."""
+    blk = bytearray(512)
+    blk[:13] = b"././@LongLink"
+    blk[100:124] = b"0000644\0" + b"0000000\0" * 2
+    blk[124:136] = b"%011o\0" % len(data)
+    blk[136:148] = b"00000000000\0"
+    blk[156:157] = typ
+    blk[257:265] = b"ustar\x0000"
+    blk[148:156] = b"%06o\0 " % (sum(blk) + 8 * 32)  # the checksum field counts as spaces
+    return bytes(blk) + data + bytes(-len(data) % 512)
+
+
+def pax_record(key: bytes, size: int) -> bytes:
+    """A PAX record of ``size`` bytes in all (``size`` under 1 GB, over 20)."""
+    digits = len(str(size))
+    return b"%d %s=%s\n" % (size, key, b"v" * (size - digits - len(key) - 3))
 
 _component = st.one_of(
     st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=40),

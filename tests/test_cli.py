@@ -12,6 +12,7 @@ import pytest
 
 from graphdriver.testing.treeutil import D, F, H, make_tar
 from tests.conftest import run_cli
+from tests.strategies import meta_header
 
 
 @pytest.fixture
@@ -654,6 +655,10 @@ def _corrupt_archives() -> dict[str, bytes]:
         "bad-checksum": bytes(bad_sum),
         "go-issue10968": (CORPUS / "go-archive-tar" / "issue10968.tar").read_bytes(),
         "not-a-tarball": b"this is not a tarball" * 50,
+        # 5 MB of PAX headers of 1 KiB each before one file: past what one entry may have.
+        "meta-chain": meta_header(b"x", b"10 path=a\n") * 5000 + whole,
+        # All 3 bytes of data, then 88 of the 509 zeros padding them to a block.
+        "truncated-padding": make_tar({"f": F(b"hi\n")}, fmt=tarfile.GNU_FORMAT)[:600],
     }
 
 
@@ -668,6 +673,14 @@ def test_a_corrupt_tarball_is_an_integrity_failure(root, command, name):
     assert err.startswith("graphdriver: ") and err.count("\n") == 1, err
     if command == "import":
         assert cli(root, "exists", "l").returncode == 3
+
+
+def test_a_tarball_ending_right_after_an_entry_is_whole(root):
+    """No end-of-archive blocks, but nothing cut: taken as Go's reader takes it, and given back."""
+    data = make_tar({"f": F(b"hi\n")}, fmt=tarfile.GNU_FORMAT)[: 2 * 512]
+    r = cli(root, "import", "l", "-", input=data)
+    assert (r.returncode, r.stdout.strip()) == (0, b"3"), r.stderr
+    assert cli(root, "diff", "l").stdout == data
 
 
 @pytest.mark.parametrize("members", [

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 from graphdriver.errors import ArchiveError
 from graphdriver.layerio import tarstream
-from graphdriver.layerio.entry import REG, TarEntry
+from graphdriver.layerio.entry import REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import TarReader
 from tests.conftest import CORPUS, ROOT
-from tests.strategies import names, tar_entries
+from tests.strategies import meta_header, names, pax_record, tar_entries
 from tests.strategies import write_tar as write
 
 pytestmark = pytest.mark.skipif(
@@ -91,6 +91,22 @@ def test_the_c_decoder_is_used_for_usual_entries() -> None:
 
 
 
+
+
+@pytest.mark.parametrize("more", [b"", meta_header(b"x", b"10 path=a\n")])
+def test_meta_headers_up_to_their_bound_and_past_it_read_the_same_both_ways(more: bytes) -> None:
+    """Four PAX and GNU meta headers of 1 MiB each take all the room one entry has for them:
+    held in one buffer, the C decoder takes them, and leaves one header more to the refusal."""
+    mib = 1 << 20
+    chain = (meta_header(b"x", pax_record(b"comment", mib)) * 2 + meta_header(b"L", b"n" * mib)
+             + meta_header(b"K", b"k" * mib) + more)
+    got, end = same_both_ways(chain + write([(TarEntry("s", SYM, linkname="t"), None)]), 1 << 24)
+    assert end is not None
+    if more:
+        assert (got, end) == ([], "error: archive: extended headers too large (over 4196352 bytes"
+                                  " before one entry)")
+    else:
+        assert end.startswith("trailing") and len(got) == 1
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphdriver.errors import ArchiveError
+from graphdriver.errors import ArchiveError, CorruptArchive
 from graphdriver.layerio import tarstream
 from graphdriver.layerio.entry import AREG, BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import BLOCK, TarReader, TarWriter
 from tests.conftest import CORPUS, with_twin
-from tests.strategies import tar_entries, write_tar
+from tests.strategies import meta_header, pax_record, tar_entries, write_tar
 
 # -- helpers --------------------------------------------------------------------
 
@@ -207,6 +207,39 @@ def test_repeated_meta_headers_last_wins() -> None:
     assert p.pax == {"linkpath": b"PAX4/PAX4/long-linkpath-name"}
 
 
+def meta_headers_at_their_cap(first: bytes = b"g") -> bytes:
+    """Four meta headers before a symlink, each with 1 MiB of data (the most one takes): PAX
+    global (or a second PAX local, which the C decoder reads too) and local, GNU long name and link."""
+    mib = 1 << 20
+    return (meta_header(first, pax_record(b"comment", mib)) + meta_header(b"x", pax_record(b"comment", mib))
+            + meta_header(b"L", b"n" * (mib - 1) + b"\0") + meta_header(b"K", b"k" * mib))
+
+
+@pytest.mark.parametrize("first", [b"g", b"x"])
+@pytest.mark.parametrize("bufsize", [BLOCK, 1 << 24])  # the big buffer holds all for the C decoder
+def test_meta_headers_of_each_kind_at_their_cap_are_read_byte_exact(first: bytes, bufsize: int) -> None:
+    data = meta_headers_at_their_cap(first) + write((TarEntry("s", SYM, linkname="t"), None))
+    got, _, tape = read_all(data, bufsize=bufsize)
+    ((e, _),) = got
+    assert (e.name, e.linkname, list(e.pax)) == ("n" * ((1 << 20) - 1), "k" * (1 << 20), ["comment"])
+    assert tape.joined() == data
+
+
+@pytest.mark.parametrize("bufsize", [BLOCK, 1 << 24])
+@pytest.mark.parametrize("chain", [
+    meta_headers_at_their_cap(b"g") + meta_header(b"x", b"10 path=a\n"),  # one small header more
+    meta_headers_at_their_cap(b"x") + meta_header(b"x", b"10 path=a\n"),
+    meta_header(b"x", b"10 path=a\n") * 5000,  # 5 MB of PAX headers, each of 1 KiB
+    meta_header(b"L", b"a\0") * 5000,
+    meta_header(b"g", b"10 path=a\n") * 5000,
+], ids=["each-kind-and-one-more", "pax-at-cap-and-one-more", "pax", "gnu-long-name", "pax-global"])
+def test_a_chain_of_meta_headers_past_the_bound_is_corrupt(bufsize: int, chain: bytes) -> None:
+    """Each is under the size cap; held until their entry, a chain without end would fill memory."""
+    data = chain + write((TarEntry("f", size=3), b"abc"))
+    with pytest.raises(CorruptArchive, match=r"^archive: extended headers too large \(over 4196352 bytes"):
+        read_all(data, bufsize=bufsize)
+
+
 def test_header_only_types_have_no_data() -> None:
     got = entries(go_file("hdr-only.tar"))
     assert len(got) == 16
@@ -335,8 +368,8 @@ def test_truncation_like_go() -> None:
         (gnu[:2048], 2, True),
         (gnu[:2048] + reg[:1536], 3, True),
         (reg[:1195], 1, False),
-        (reg[:1196], 1, True),  # end of data, no padding
-        (reg[:1535], 1, True),
+        (reg[:1196], 1, False),  # end of data, no padding: Go takes it as the end, GNU tar as a cut
+        (reg[:1535], 1, False),
         (reg[:1536] + trash[:1], 1, False),
         (reg[:1536] + trash, 1, False),
         (reg[:2048], 1, True),  # one zero block
@@ -347,13 +380,30 @@ def test_truncation_like_go() -> None:
         (pax + trash[:1], 0, False),
         (sparse[:512], 0, False),
         (sparse[:3584], 1, True),
-        (sparse[:9200], 1, True),
+        (sparse[:9200], 1, False),  # (as the two above)
+        (sparse[:9216], 1, True),
         (sparse[:9728], 2, False),
         (sparse[:10240], 2, True),
         (sparse + trash, 5, True),
     ]
     for i, (data, want_n, want_ok) in enumerate(cases):
         assert count_until_end(data) == (want_n, want_ok), i
+
+
+@pytest.mark.parametrize("bufsize", [BLOCK, 1 << 20])
+def test_a_cut_inside_padding_is_truncated(bufsize: int) -> None:
+    """All the data is there but not the zeros after it: the stream was cut, as GNU tar says."""
+    file = write((TarEntry("f", size=3), b"hi\n"))[: 2 * BLOCK]  # no end-of-archive blocks
+    meta = meta_header(b"x", b"10 path=a\n") + file
+    long = "././@LongLink"  # the PAX header's name
+    for data, cut, who, want, kept in [(file, 600, "f", 509, 85), (file, 515, "f", 509, 0),
+                                       (meta, 600, long, 502, 78), (meta, 522, long, 502, 0)]:
+        with pytest.raises(CorruptArchive) as caught:
+            read_all(data[:cut], bufsize=bufsize, consume=True)
+        assert str(caught.value) == f"entry {who!r}: truncated padding (expected {want} bytes, got {kept})"
+        got, reader, tape = read_all(data, bufsize=bufsize)  # whole, even without the end blocks
+        assert [e.name for e, _ in got] == ["a" if data is meta else "f"]
+        assert (reader.trailing, tape.joined()) == (b"", data)
 
 
 def test_short_zero_tails_are_trailing() -> None:

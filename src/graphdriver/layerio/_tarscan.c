@@ -11,11 +11,11 @@
  *
  * or None for anything else: headers reaching past the buffer, a bad checksum,
  * the end of the archive, v7 and star headers, base-256 numbers, PAX global
- * headers, sparse files, a PAX record or time in an unusual spelling, and
- * every malformed input.  The reader then decodes the same bytes with its
- * Python code, which words the errors; so this file only ever accepts what the
- * Python decoder accepts and gives the same fields (the tests hold the two to
- * that, entry by entry).
+ * headers, meta headers over MAX_META_CHAIN, sparse files, a PAX record or
+ * time in an unusual spelling, and every malformed input.  The reader then
+ * decodes the same bytes with its Python code, which words the errors; so this
+ * file only ever accepts what the Python decoder accepts and gives the same
+ * fields (the tests hold the two to that, entry by entry).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,6 +24,10 @@
 
 #define BLOCK 512
 #define MAX_META (1 << 20)
+/* The reader's _MAX_META_CHAIN: what all the meta headers before one entry may
+ * take, blocks and padded data (one of each kind at MAX_META).  Past it the
+ * Python decoder refuses the archive; here the entry is left to it. */
+#define MAX_META_CHAIN (4 * (MAX_META + BLOCK))
 #define NS 1000000000LL
 
 typedef struct {
@@ -293,7 +297,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (size > MAX_META)
             goto none;
         Py_ssize_t padded = (Py_ssize_t)(size + ((BLOCK - size % BLOCK) % BLOCK));
-        if (p + padded > len)
+        if (p + padded > len || p + padded - pos > MAX_META_CHAIN)
             goto none;
         const unsigned char *data = buf + p;
         p += padded;

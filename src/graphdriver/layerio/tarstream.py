@@ -36,6 +36,12 @@ _META_TYPES = frozenset(b"xgLK")  # PAX local/global, GNU long name/link
 # Meta entries carry names and records, never file data: a bigger one is an
 # attack on memory, not a real archive (Go refuses them the same way).
 _MAX_META = 1 << 20
+# All the meta headers before one entry, their blocks and padded data: room for
+# one of each kind (PAX global and local, GNU long name and long link) at that
+# cap.  Real archives put a few KiB there; without a bound a chain of small
+# headers (each under the cap) is held whole until its entry, so memory would
+# grow with the archive instead of staying flat.
+_MAX_META_CHAIN = 4 * (_MAX_META + BLOCK)
 # Bytes kept after the end-of-archive marker; real layers have a few KiB.
 _MAX_TRAILING = 1 << 26
 _CACHE_MAX = 4096
@@ -117,6 +123,29 @@ def _number(field: bytes, what: str, name: bytes) -> int:
         raise _bad_number(what, name) from None
 
 
+def _meta_size(blk: bytes) -> int:
+    """The data size of a meta header, refused over ``_MAX_META`` (an attack on memory)."""
+    size_f = blk[124:135]
+    try:
+        if blk[135] != 0 or not size_f.isdigit():
+            raise ValueError
+        size = int(size_f, 8)
+    except ValueError:  # not the usual octal spelling: the careful parser decides
+        size = _number(blk[124:136], "size", _cstr(blk[:100]))
+        if size < 0:
+            raise _err(_cstr(blk[:100]), "negative size") from None
+    if size > _MAX_META:
+        kind = "PAX" if blk[156] in b"xg" else "GNU long name"
+        raise _err("", f"{kind} header too large ({size} bytes, limit {_MAX_META})")
+    return size
+
+
+def _short_padding(name: bytes | str, want: int, got: int) -> ArchiveError:
+    """EOF inside the zeros that pad data to a block: only a header boundary ends an
+    archive, so this one was cut short (GNU tar's "Unexpected EOF in archive")."""
+    return _err(name, f"truncated padding (expected {want} bytes, got {got})")
+
+
 def _compressed(blk: bytes) -> str | None:
     """What a first block that is no tar header holds, if it is compressed data."""
     kind = sniff(blk).value
@@ -154,7 +183,8 @@ class TarReader:
       Global headers go into the next entry's ``raw``; they are not yielded.
       An empty local value leaves the header's field as it is.
     - Meta header data over 1 MiB is refused (as Go refuses
-      ``pax-bad-hdr-large.tar.bz2``).
+      ``pax-bad-hdr-large.tar.bz2``), and so are meta headers before one entry
+      taking more than four such headers would (``_MAX_META_CHAIN``).
     - GNU dump directories (``D``) are yielded with their data as stored.
       Sparse files, GNU's (``S``, with their extension blocks in ``raw``) and
       PAX ones (which keep their type and take ``GNU.sparse.name`` as name),
@@ -162,9 +192,11 @@ class TarReader:
       data is yielded as stored, and ``size`` is its length.
     - A ``\\0``-type entry, or a ``0``-type one in a v7 header, whose name
       ends with ``/`` is a directory.
-    - The archive ends at EOF on a header boundary, at a zero block (the
-      second may be missing or short), or at EOF inside the last padding.  A
-      zero block followed by one holding data is refused, as Go does.
+    - The archive ends at EOF on a header boundary or at a zero block (the
+      second may be missing or short).  A zero block followed by one holding
+      data is refused, as Go does.  EOF inside the padding after an entry's
+      data or a meta header's is a truncated archive, as GNU tar has it (Go's
+      reader takes it as the end, so what was cut off would go unnoticed).
     - Unparsable GNU atime/ctime fields are ignored, and read as a ustar
       prefix when ASCII (archives of pre-1.8 Go writers).
     """
@@ -240,11 +272,10 @@ class TarReader:
                 self._skip_data()
                 want, self._pad = self._pad, 0
                 pad = self._take(want)
-                if pad and self._raw_sink is not None:
+                if len(pad) < want:
+                    raise _short_padding(self._entry.name if self._entry else "", want, len(pad))
+                if self._raw_sink is not None:
                     self._raw_sink(pad)
-                if len(pad) < want:  # the stream ended inside the padding
-                    self._finish(b"")
-                    return None
             self._entry = entry = self._read_entry()
         except ArchiveError as e:
             self._error = e
@@ -447,6 +478,7 @@ class TarReader:
         start = self._base + self._pos
         raw: list[bytes] = []
         meta: _Meta | None = None
+        held = 0  # bytes of meta headers gathered for this entry
         while True:
             pos = self._pos
             if pos + BLOCK <= len(self._buf):
@@ -468,7 +500,7 @@ class TarReader:
                 break
             if meta is None:
                 meta = [None, None, None]
-            self._read_meta(blk, raw, meta)
+            held = self._read_meta(blk, raw, meta, held)
         entry = self._decode(blk, raw, meta)
         entry.raw = blk if len(raw) == 1 else b"".join(raw)
         entry.offset = start
@@ -483,29 +515,33 @@ class TarReader:
             raise _err("", "data after a single end-of-archive zero block")
         self._finish(b"".join(pending) + blk + nxt)
 
-    def _read_meta(self, blk: bytes, raw: list[bytes], meta: _Meta) -> None:
-        """Read a PAX or GNU long-name header's data (and padding) into ``raw`` and ``meta``."""
-        size_f = blk[124:135]
-        try:
-            if blk[135] != 0 or not size_f.isdigit():
-                raise ValueError
-            size = int(size_f, 8)
-        except ValueError:  # not the usual octal spelling: the careful parser decides
-            size = _number(blk[124:136], "size", _cstr(blk[:100]))
-            if size < 0:
-                raise _err(_cstr(blk[:100]), "negative size") from None
-        if size > _MAX_META:
-            kind = "PAX" if blk[156] in b"xg" else "GNU long name"
-            raise _err("", f"{kind} header too large ({size} bytes, limit {_MAX_META})")
-        data = self._take(size + (-size % BLOCK))
+    def _read_meta(self, blk: bytes, raw: list[bytes], meta: _Meta, held: int) -> int:
+        """Read a PAX or GNU long-name header's data (and padding) into ``raw`` and ``meta``.
+
+        ``held`` is what the meta headers before this one took; the new total is
+        returned, and a total over ``_MAX_META_CHAIN`` is refused before its data is read.
+        """
+        size = _meta_size(blk)
+        padded = size + (-size % BLOCK)
+        held += BLOCK + padded
+        if held > _MAX_META_CHAIN:
+            raise _err("", f"extended headers too large (over {_MAX_META_CHAIN} bytes before one entry)")
+        data = self._take(padded)
         if len(data) < size:
             raise _err(_cstr(blk[:100]), f"truncated data (expected {size} bytes, got {len(data)})")
-        raw.append(data)  # a stream ending inside the padding ends at the next read
+        raw.append(data)
+        self._apply_meta(blk, data[:size], meta)
+        if len(data) < padded:  # after the records, whose errors Go reports first (issue11169.tar)
+            raise _short_padding(_cstr(blk[:100]), padded - size, len(data) - size)
+        return held
+
+    def _apply_meta(self, blk: bytes, data: bytes, meta: _Meta) -> None:
+        """Keep what a meta header says: for the next entry in ``meta``, or for all later ones."""
         typ = blk[156]
         if typ == 0x78:  # 'x'
-            meta[0] = pax.parse_records(data[:size], blk)
+            meta[0] = pax.parse_records(data, blk)
         elif typ == 0x67:  # 'g'
-            for key, value in pax.parse_records(data[:size], blk).items():
+            for key, value in pax.parse_records(data, blk).items():
                 if key in pax.NOT_GLOBAL or key.startswith("GNU.sparse."):
                     continue
                 if value:
@@ -513,7 +549,7 @@ class TarReader:
                 else:
                     self._globals.pop(key, None)
         else:  # GNU long names are C strings (gnu-long-nul.tar)
-            meta[1 if typ == 0x4C else 2] = _cstr(data[:size])
+            meta[1 if typ == 0x4C else 2] = _cstr(data)
 
     def _numbers(self, blk: bytes, name: bytes) -> tuple[int, int, int, int, int]:
         """Mode, uid, gid, size and mtime of a header block."""
