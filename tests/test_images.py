@@ -855,7 +855,7 @@ def test_image_and_container_commands_print_json_with_json(tmp_path):
 
 
 def multi_platform_layout(path: Path, images: dict[str, tuple[list[bytes], str]], name: str) -> None:
-    """An OCI layout at *path* whose index names an index of one image per ``os/arch``."""
+    """An OCI layout at *path* whose index names an index of one image per ``os/arch[/variant]``."""
     parts = {}
     for platform, (layers, os_name) in images.items():
         parts[platform] = oci_layout(path.parent / f"part-{platform.replace('/', '-')}", layers, name="x",
@@ -867,10 +867,11 @@ def multi_platform_layout(path: Path, images: dict[str, tuple[list[bytes], str]]
             shutil.copy(blob, path / "blobs/sha256" / blob.name)
     manifests = []
     for platform, digest in parts.items():
-        os_name, arch = platform.split("/")
+        os_name, arch, *variant = platform.split("/")
         manifests.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
                           "size": (path / "blobs/sha256" / digest[7:]).stat().st_size,
-                          "platform": {"os": os_name, "architecture": arch}})
+                          "platform": {"os": os_name, "architecture": arch,
+                                       **({"variant": variant[0]} if variant else {})}})
     nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                          "manifests": manifests}).encode()
     digest = sha256(nested)
@@ -890,6 +891,42 @@ def test_a_multi_platform_index_gives_the_platform_asked_for(tmp_path):
     assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]
     missing = gd(tmp_path, "vfs", "image", "load", str(layout), "--platform", "windows/amd64", check=False)
     assert missing.returncode == 3 and b"linux/amd64, linux/arm64" in missing.stderr
+
+
+def platform_layers(platforms: list[str]) -> dict[str, tuple[list[bytes], str]]:
+    """For :func:`multi_platform_layout`: one image per platform, its one layer a file naming it."""
+    return {p: ([make_tar({"platform": F(p.encode())})], p.split("/")[0]) for p in platforms}
+
+
+def test_an_architecture_asked_for_without_a_variant_prefers_its_default_variant(tmp_path):
+    """As containerd and skopeo: linux/arm is arm/v7 (an entry without a variant counts as
+    v7), not the first arm entry of the index; arm64 is v8; a variant named is as before."""
+    from graphdriver.images.sources import host_platform
+
+    here = host_platform()
+    platforms = ["linux/arm/v6", "linux/arm/v7", "linux/arm64/v8", here]
+    multi_platform_layout(tmp_path / "a/multi", platform_layers(platforms), "localhost/multi:1")
+    layers = platform_layers(["linux/arm/v6", "linux/arm"])  # arm/v6 first, then arm with no variant
+    multi_platform_layout(tmp_path / "b/bare", layers, "localhost/multi:1")
+
+    def loaded(layout: str, *platform: str) -> str:
+        root = tmp_path / f"{layout.replace('/', '-')}-{'-'.join(platform).replace('/', '-')}"
+        root.mkdir()
+        gd(root, "vfs", "image", "load", str(tmp_path / layout), *platform)
+        inspected = json.loads(gd(root, "vfs", "image", "inspect", "localhost/multi:1").stdout)
+        return inspected["Layers"][0]["DiffID"]
+
+    def layer_of(platform: str) -> str:
+        return sha256(make_tar({"platform": F(platform.encode())}))
+
+    for asked, taken in [("linux/arm", "linux/arm/v7"), ("linux/arm/v7", "linux/arm/v7"),
+                         ("linux/arm64", "linux/arm64/v8"), ("linux/arm64/v8", "linux/arm64/v8")]:
+        assert loaded("a/multi", "--platform", asked) == layer_of(taken), asked
+    assert loaded("a/multi") == layer_of(here)
+    assert loaded("b/bare", "--platform", "linux/arm") == layer_of("linux/arm")
+    missing = gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a/multi"), "--platform", "linux/arm/v5",
+                 check=False)
+    assert missing.returncode == 3 and missing.stderr.count(b"\n") == 1, missing.stderr
 
 
 def test_a_compressed_archive_loads_and_a_blob_linked_outside_is_refused(tmp_path):

@@ -501,6 +501,23 @@ def test_a_windows_image_is_picked_from_an_index_with_platform(tmp_path, registr
     assert layers == [base, child]
 
 
+def test_a_pull_of_an_architecture_without_a_variant_takes_its_default_variant(tmp_path, registry):
+    """As skopeo and containerd: --platform linux/arm pulls arm/v7, not the arm/v6 entry listed first."""
+    from tests.test_images import multi_platform_layout, platform_layers, sha256
+
+    layers = platform_layers(["linux/arm/v6", "linux/arm/v7", "linux/arm64/v8"])
+    multi_platform_layout(tmp_path / "multi", layers, "localhost/multi:1")
+    ref = f"{registry.host}/multi:1"
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{tmp_path / 'multi'}:1",
+                    f"docker://{ref}"], check=True)
+    for asked, taken in [("linux/arm", "linux/arm/v7"), ("linux/arm64", "linux/arm64/v8")]:
+        root = tmp_path / asked.replace("/", "-")
+        root.mkdir()
+        gd(root, "image", "pull", ref, "--insecure", "--platform", asked)
+        inspected = json.loads(gd(root, "image", "inspect", ref).stdout)
+        assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(layers[taken][0][0])], asked
+
+
 def test_a_docker_schema_2_image_pulls_and_large_blobs_go_up_in_chunks(tmp_path, registry, monkeypatch):
     """skopeo pushes a docker-archive as Docker schema 2; we pull it, then push a big layer in chunks."""
     import graphdriver
