@@ -435,6 +435,25 @@ def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_nam
     assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 2
 
 
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_a_save_into_a_layout_replaces_the_entry_of_the_same_tag(tmp_path):
+    """index.json names an image by its tag alone (ref.name): after app:1 then base:1, oci:DIR:1
+    is base, as skopeo copy leaves it, and the layout's other tags stay."""
+    app = oci_layout(tmp_path / "app", [LAYER1, LAYER2], name="localhost/app:1")
+    base = oci_layout(tmp_path / "base", [LAYER1], name="localhost/base:1")
+    for name in ("app", "base"):
+        gd(tmp_path, "vfs", "image", "load", str(tmp_path / name))
+    gd(tmp_path, "vfs", "image", "tag", "localhost/app:1", "localhost/app:2")
+    out = tmp_path / "out"
+    for name in ("localhost/app:2", "localhost/app:1", "localhost/base:1"):
+        gd(tmp_path, "vfs", "image", "save", name, "-o", str(out), "--format", "oci")
+    entries = json.loads((out / "index.json").read_text())["manifests"]
+    assert [(e["annotations"]["org.opencontainers.image.ref.name"], e["digest"]) for e in entries] == [
+        ("2", app), ("1", base)]
+    assert skopeo("inspect", f"oci:{out}:1")["Digest"] == base
+    assert skopeo("inspect", f"oci:{out}:2")["Digest"] == app
+
+
 def test_an_archive_from_a_pipe_a_fifo_or_standard_input_loads(tmp_path):
     """A FIFO was opened a second time after its writer had gone, and waited forever."""
     oci_layout(tmp_path / "in", [LAYER1])

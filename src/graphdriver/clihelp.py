@@ -160,7 +160,10 @@ DOCS: dict[str, Doc] = {
                        3: "no such file, or no image for the platform", 6: "a digest or DiffID does not match"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
                       "folder; layer tarballs are the loaded ones byte for byte. Without -o (or with -o -), "
-                      "an archive goes to standard output, never to a terminal.",
+                      "an archive goes to standard output, never to a terminal. Saved into an OCI layout "
+                      "folder that exists, the image is added to the images there; one there of the same "
+                      "name or tag (index.json names an image by its tag, as oci:DIR:TAG finds it) is "
+                      "replaced, as skopeo copy replaces it.",
                       [("graphdriver image save deb:2 -o deb.tar", "a docker-archive"),
                        ("graphdriver image save deb:2 | gzip > deb.tar.gz", "to standard output"),
                        ("graphdriver image save deb:2 -o deb-oci --format oci", "an OCI layout")],

@@ -280,8 +280,13 @@ def _earlier_entries(folder: str | None) -> list[dict[str, Any]]:
 
 
 def _kept(earlier: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The earlier entries the new ones do not replace: an entry of the same name goes (an
-    unnamed one of the same manifest too), the others stay before the new ones."""
+    """The earlier entries the new ones do not replace: an entry of the same name or of the same
+    tag goes (an unnamed one of the same manifest too), the others stay before the new ones.
+
+    The tag is the ``org.opencontainers.image.ref.name`` that ``oci:DIR:TAG`` finds an image by
+    (skopeo, buildah): two entries of one tag would leave the one saved last unreachable there,
+    so a save replaces it, as ``skopeo copy ... oci:DIR:TAG`` does, whatever repository it was of.
+    """
 
     def names(entry: dict[str, Any]) -> tuple[Any, Any]:
         notes = entry.get("annotations")
@@ -294,8 +299,7 @@ def _kept(earlier: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[
     kept = []
     for entry in earlier:
         name, tag = names(entry)
-        if name in full or (name is None and tag in tags) or (
-                name is None and tag is None and entry.get("digest") in digests):
+        if name in full or tag in tags or (name is None and tag is None and entry.get("digest") in digests):
             continue
         kept.append(entry)
     return kept
