@@ -183,10 +183,14 @@ DOCS: dict[str, Doc] = {
     "image push": Doc("images", "Pushes an image to a registry, to REF (without it, to NAME, which must "
                       "then be a name of the image, as docker push NAME): blobs it has are skipped, blobs "
                       "another repository there holds are mounted, the others uploaded; then the manifest. "
+                      "A REF with a digest (REPO@sha256:...) must name the image's manifest, which then goes "
+                      "up without a tag; another digest is refused before anything is sent. "
                       "Prints the manifest digest.",
                       [("graphdriver image push localhost/web:1 localhost:5000/web:1 --insecure", "to a local "
                         "registry"),
-                       ("graphdriver image push localhost:5000/web:1 --insecure", "to where its name says")], {1: "the registry refused or failed", 2: "not an image name, or an id prefix several images start with",
+                       ("graphdriver image push localhost:5000/web:1 --insecure", "to where its name says")], {1: "the registry refused or failed",
+                                       2: "not an image name, an id prefix several images start with, or a "
+                                          "REF whose digest is not the image's manifest",
                                        3: "no such image"}),
     "image ls": Doc("images", "Lists the images: repository, tag, image id, created (when the image was made, "
                     "from its config), number of layers. A corrupt image record is named on stderr.",
