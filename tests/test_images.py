@@ -349,15 +349,23 @@ def test_load_from_a_closed_standard_input_is_a_usage_error(tmp_path):
 
 
 def test_save_into_a_missing_folder_is_refused_in_every_format(tmp_path):
-    """As a tarball's, an OCI layout's parent folder must be there: nothing is made above it."""
+    """As a tarball's, an OCI layout's parent folder must be there: nothing is made above it.
+    A path that cannot be written is a failure of the environment, exit 1 as docker save and
+    skopeo copy give (the arguments are sound: not 2), and so is a folder where a tarball goes
+    or a file where a layout goes."""
     oci_layout(tmp_path / "in", [LAYER1])
     gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    (tmp_path / "file").write_bytes(b"kept")
+    (tmp_path / "folder").mkdir()
     for fmt in ("docker-archive", "oci-archive", "oci"):
-        target = tmp_path / "missing" / "deeper" / "out"
-        proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(target), "--format", fmt,
-                  check=False)
-        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, (fmt, proc.stderr)
+        other = tmp_path / ("file" if fmt == "oci" else "folder")
+        for target in (tmp_path / "missing" / "deeper" / "out", other):
+            proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(target), "--format",
+                      fmt, check=False)
+            assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, (fmt, target, proc.stderr)
+            assert proc.stderr.startswith(f"graphdriver: cannot write {target}: ".encode()), proc.stderr
         assert not (tmp_path / "missing").exists(), fmt
+    assert (tmp_path / "file").read_bytes() == b"kept" and not any((tmp_path / "folder").iterdir())
 
 
 def test_save_without_a_file_writes_the_archive_to_standard_output(tmp_path):
@@ -559,10 +567,10 @@ def test_an_image_saved_by_its_id_is_saved_untagged(tmp_path):
     gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "oci"), "--format", "oci")
     (entry,) = json.loads((tmp_path / "oci/index.json").read_text())["manifests"]
     assert "annotations" in entry
-    # An OCI layout is a folder: a file there is a usage error (2), as a folder is for a tarball.
+    # An OCI layout is a folder: a file there cannot be written (1), as a folder for a tarball.
     proc = gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "out.tar"), "--format", "oci",
               check=False)
-    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1
     gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "by-id.tar"))
     loaded = run_cli("image", "load", str(tmp_path / "by-id.tar"), root=tmp_path / "elsewhere",
                      driver="vfs", check=True).stdout.decode().split()

@@ -167,7 +167,11 @@ DOCS: dict[str, Doc] = {
                       [("graphdriver image save deb:2 -o deb.tar", "a docker-archive"),
                        ("graphdriver image save deb:2 | gzip > deb.tar.gz", "to standard output"),
                        ("graphdriver image save deb:2 -o deb-oci --format oci", "an OCI layout")],
-                      {2: "not an image name, or an id prefix several images start with", 3: "no such image"}),
+                      {1: "PATH cannot be written (a folder on its way is missing, a folder where an archive "
+                          "goes, a file where a layout goes)",
+                       2: "not an image name, or an id prefix several images start with", 3: "no such image",
+                       6: "a layer's files changed since it was stored, or a kept blob is damaged",
+                       7: "this user may not write PATH, or its file system is read-only"}),
     "image pull": Doc("images", "Pulls an image from a registry over the OCI distribution API: layers the store "
                       "has are skipped, the others downloaded several at once, resumed when a connection drops, "
                       "each checked against its digest. Credentials come from $REGISTRY_AUTH_FILE or "
