@@ -731,6 +731,25 @@ def test_an_image_of_the_other_system_is_refused_and_leaves_nothing(tmp_path):
         shutil.rmtree(tmp_path / "store", ignore_errors=True)  # a refused load may make none
 
 
+def test_image_load_help_lists_the_exit_codes_a_load_gives(tmp_path):
+    """The help's exit codes are those a load gives: 7 for an image of the other system too."""
+    oci_layout(tmp_path / "win", [wingen.layer_tar(wingen.base_layer())], name="localhost/win:1",
+               os_name="windows")
+    escaping = io.BytesIO()
+    with tarfile.open(fileobj=escaping, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("../outside"))
+    oci_layout(tmp_path / "escaping", [escaping.getvalue()])
+    (tmp_path / "no-tar").write_bytes(b"not a tarball")
+    cases = {1: ["escaping"], 2: ["escaping", "--platform", "bogus"], 3: ["missing"], 6: ["no-tar"],
+             7: ["win"]}
+    for code, (source, *rest) in cases.items():
+        proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / source), *rest, check=False)
+        assert proc.returncode == code and proc.stderr.count(b"\n") == 1, (code, proc.stderr)
+    text = gd(tmp_path, "vfs", "image", "load", "--help").stdout.decode()
+    listed = text.split("\nExit codes:\n")[1].split("\n\n")[0].splitlines()
+    assert [int(line.split()[0]) for line in listed] == [0, *cases], text
+
+
 def test_an_index_gives_a_windowsfilter_store_its_windows_image_unasked(tmp_path):
     """Without --platform an index gives the store's system: windows for windowsfilter."""
     import platform as host

@@ -156,8 +156,13 @@ DOCS: dict[str, Doc] = {
                       "that platform's is taken). Prints the names loaded.",
                       [("graphdriver image load deb.tar", "a docker save output"),
                        ("graphdriver image load ./layout --platform linux/arm64", "one platform of an index")],
-                      {2: "not a platform OS/ARCH[/VARIANT], or - with a terminal on standard input",
-                       3: "no such file, or no image for the platform", 6: "a digest or DiffID does not match"}),
+                      {1: "a layer's entry is refused (reaching outside the layer, a hardlink to nothing, ...)",
+                       2: "not a platform OS/ARCH[/VARIANT], - with a terminal on (or closed) standard input, "
+                          "or neither a docker-archive nor an OCI layout",
+                       3: "no such file, or no image for the platform",
+                       6: "a digest or DiffID does not match, or the archive is corrupt or truncated",
+                       7: "a Docker schema 1 image, an artifact, an image of the other system (Windows "
+                          "layers go to windowsfilter alone), or an archive this user may not read"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
                       "folder; layer tarballs are the loaded ones byte for byte. Without -o (or with -o -), "
                       "an archive goes to standard output, never to a terminal. Saved into an OCI layout "
