@@ -636,6 +636,25 @@ def test_container_rm_takes_several_names(tmp_path):
     assert gd(tmp_path, "vfs", "container", "rm", check=False).returncode == 2
 
 
+def test_a_container_name_is_at_most_123_characters_and_a_longer_one_is_told_so(tmp_path):
+    """Its init layer NAME-init is a layer id (at most 128): a longer name is refused as itself,
+    not as an invalid NAME-init, and the help says the limit."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    longest = "c" * 123
+    made = gd(tmp_path, "vfs", "container", "create", "localhost/made:1", longest)
+    assert made.stdout == f"{longest}\n".encode()
+    layers = gd(tmp_path, "vfs", "layers").stdout
+    for name in ("d" * 124, "d" * 128):
+        proc = gd(tmp_path, "vfs", "container", "create", "localhost/made:1", name, check=False)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+        err = proc.stderr.decode()
+        assert err.startswith(f"graphdriver: invalid container name '{name}': ") and "at most 123" in err, err
+        assert f"'{name}-init'" not in err
+    assert gd(tmp_path, "vfs", "layers").stdout == layers  # nothing made
+    assert "at most 123 characters" in gd(tmp_path, "vfs", "container", "create", "--help").stdout.decode()
+
+
 def test_container_ls_shows_the_image_by_the_name_it_was_made_from(tmp_path):
     """As ``docker ps``: the name given to ``container create`` (while the image has it), not
     whichever of the image's names sorts first."""

@@ -226,9 +226,11 @@ DOCS: dict[str, Doc] = {
                                             "its names are in several repositories"}),
     "container create": Doc("containers", "Creates a container: an init layer NAME-init with what a runtime "
                             "needs (/etc/hosts, /etc/hostname, /etc/resolv.conf, mount points) and the writable "
-                            "layer NAME on it. NAME works with mount, changes, diff and diffsize.",
+                            "layer NAME on it. NAME works with mount, changes, diff and diffsize. NAME is a "
+                            "layer id of at most 123 characters, so that NAME-init is one too (at most 128).",
                             [("graphdriver container create deb:2 web", "then: graphdriver mount web")],
-                            {2: "not an image name, or an id prefix several images start with", 3: "no such image",
+                            {2: "not an image name, an id prefix several images start with, or NAME is no "
+                                "container name (over 123 characters, or not a layer id)", 3: "no such image",
                              4: "the name is taken"}),
     "container commit": Doc("containers", "Makes what the container changed (its diff against the init layer) a "
                             "new layer on its image, and a new image with it. Prints the new image's id.",
