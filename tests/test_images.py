@@ -350,15 +350,23 @@ def test_load_from_a_closed_standard_input_is_a_usage_error(tmp_path):
 
 
 def test_save_into_a_missing_folder_is_refused_in_every_format(tmp_path):
-    """As a tarball's, an OCI layout's parent folder must be there: nothing is made above it."""
+    """As a tarball's, an OCI layout's parent folder must be there: nothing is made above it.
+    A path that cannot be written is a failure of the environment, exit 1 as docker save and
+    skopeo copy give (the arguments are sound: not 2), and so is a folder where a tarball goes
+    or a file where a layout goes."""
     oci_layout(tmp_path / "in", [LAYER1])
     gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    (tmp_path / "file").write_bytes(b"kept")
+    (tmp_path / "folder").mkdir()
     for fmt in ("docker-archive", "oci-archive", "oci"):
-        target = tmp_path / "missing" / "deeper" / "out"
-        proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(target), "--format", fmt,
-                  check=False)
-        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, (fmt, proc.stderr)
+        other = tmp_path / ("file" if fmt == "oci" else "folder")
+        for target in (tmp_path / "missing" / "deeper" / "out", other):
+            proc = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(target), "--format",
+                      fmt, check=False)
+            assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, (fmt, target, proc.stderr)
+            assert proc.stderr.startswith(f"graphdriver: cannot write {target}: ".encode()), proc.stderr
         assert not (tmp_path / "missing").exists(), fmt
+    assert (tmp_path / "file").read_bytes() == b"kept" and not any((tmp_path / "folder").iterdir())
 
 
 def test_save_without_a_file_writes_the_archive_to_standard_output(tmp_path):
@@ -434,6 +442,25 @@ def test_an_oci_layout_round_trips_with_its_manifest_digest(tmp_path, driver_nam
     # Loading the saved docker-archive again changes nothing.
     gd(tmp_path, driver_name, "image", "load", str(tmp_path / "out.tar"))
     assert len(gd(tmp_path, driver_name, "layers").stdout.split()) == 2
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_a_save_into_a_layout_replaces_the_entry_of_the_same_tag(tmp_path):
+    """index.json names an image by its tag alone (ref.name): after app:1 then base:1, oci:DIR:1
+    is base, as skopeo copy leaves it, and the layout's other tags stay."""
+    app = oci_layout(tmp_path / "app", [LAYER1, LAYER2], name="localhost/app:1")
+    base = oci_layout(tmp_path / "base", [LAYER1], name="localhost/base:1")
+    for name in ("app", "base"):
+        gd(tmp_path, "vfs", "image", "load", str(tmp_path / name))
+    gd(tmp_path, "vfs", "image", "tag", "localhost/app:1", "localhost/app:2")
+    out = tmp_path / "out"
+    for name in ("localhost/app:2", "localhost/app:1", "localhost/base:1"):
+        gd(tmp_path, "vfs", "image", "save", name, "-o", str(out), "--format", "oci")
+    entries = json.loads((out / "index.json").read_text())["manifests"]
+    assert [(e["annotations"]["org.opencontainers.image.ref.name"], e["digest"]) for e in entries] == [
+        ("2", app), ("1", base)]
+    assert skopeo("inspect", f"oci:{out}:1")["Digest"] == base
+    assert skopeo("inspect", f"oci:{out}:2")["Digest"] == app
 
 
 def test_an_archive_from_a_pipe_a_fifo_or_standard_input_loads(tmp_path):
@@ -541,10 +568,10 @@ def test_an_image_saved_by_its_id_is_saved_untagged(tmp_path):
     gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "oci"), "--format", "oci")
     (entry,) = json.loads((tmp_path / "oci/index.json").read_text())["manifests"]
     assert "annotations" in entry
-    # An OCI layout is a folder: a file there is a usage error (2), as a folder is for a tarball.
+    # An OCI layout is a folder: a file there cannot be written (1), as a folder for a tarball.
     proc = gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "out.tar"), "--format", "oci",
               check=False)
-    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1
     gd(tmp_path, "vfs", "image", "save", image_id, "-o", str(tmp_path / "by-id.tar"))
     loaded = run_cli("image", "load", str(tmp_path / "by-id.tar"), root=tmp_path / "elsewhere",
                      driver="vfs", check=True).stdout.decode().split()
@@ -628,6 +655,25 @@ def test_container_rm_takes_several_names(tmp_path):
     gd(tmp_path, "vfs", "unmount", "c2")
     gd(tmp_path, "vfs", "container", "rm", "c2")
     assert gd(tmp_path, "vfs", "container", "rm", check=False).returncode == 2
+
+
+def test_a_container_name_is_at_most_123_characters_and_a_longer_one_is_told_so(tmp_path):
+    """Its init layer NAME-init is a layer id (at most 128): a longer name is refused as itself,
+    not as an invalid NAME-init, and the help says the limit."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    longest = "c" * 123
+    made = gd(tmp_path, "vfs", "container", "create", "localhost/made:1", longest)
+    assert made.stdout == f"{longest}\n".encode()
+    layers = gd(tmp_path, "vfs", "layers").stdout
+    for name in ("d" * 124, "d" * 128):
+        proc = gd(tmp_path, "vfs", "container", "create", "localhost/made:1", name, check=False)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+        err = proc.stderr.decode()
+        assert err.startswith(f"graphdriver: invalid container name '{name}': ") and "at most 123" in err, err
+        assert f"'{name}-init'" not in err
+    assert gd(tmp_path, "vfs", "layers").stdout == layers  # nothing made
+    assert "at most 123 characters" in gd(tmp_path, "vfs", "container", "create", "--help").stdout.decode()
 
 
 def test_container_ls_shows_the_image_by_the_name_it_was_made_from(tmp_path):
@@ -723,6 +769,25 @@ def test_an_image_of_the_other_system_is_refused_and_leaves_nothing(tmp_path):
         assert proc.returncode == 7 and proc.stderr.count(b"\n") == 1 and says in proc.stderr, proc.stderr
         assert gd(tmp_path, driver, "layers").stdout == b""
         shutil.rmtree(tmp_path / "store", ignore_errors=True)  # a refused load may make none
+
+
+def test_image_load_help_lists_the_exit_codes_a_load_gives(tmp_path):
+    """The help's exit codes are those a load gives: 7 for an image of the other system too."""
+    oci_layout(tmp_path / "win", [wingen.layer_tar(wingen.base_layer())], name="localhost/win:1",
+               os_name="windows")
+    escaping = io.BytesIO()
+    with tarfile.open(fileobj=escaping, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("../outside"))
+    oci_layout(tmp_path / "escaping", [escaping.getvalue()])
+    (tmp_path / "no-tar").write_bytes(b"not a tarball")
+    cases = {1: ["escaping"], 2: ["escaping", "--platform", "bogus"], 3: ["missing"], 6: ["no-tar"],
+             7: ["win"]}
+    for code, (source, *rest) in cases.items():
+        proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / source), *rest, check=False)
+        assert proc.returncode == code and proc.stderr.count(b"\n") == 1, (code, proc.stderr)
+    text = gd(tmp_path, "vfs", "image", "load", "--help").stdout.decode()
+    listed = text.split("\nExit codes:\n")[1].split("\n\n")[0].splitlines()
+    assert [int(line.split()[0]) for line in listed] == [0, *cases], text
 
 
 def test_an_index_gives_a_windowsfilter_store_its_windows_image_unasked(tmp_path):
@@ -876,7 +941,7 @@ def test_image_and_container_commands_print_json_with_json(tmp_path):
 
 
 def multi_platform_layout(path: Path, images: dict[str, tuple[list[bytes], str]], name: str) -> None:
-    """An OCI layout at *path* whose index names an index of one image per ``os/arch``."""
+    """An OCI layout at *path* whose index names an index of one image per ``os/arch[/variant]``."""
     parts = {}
     for platform, (layers, os_name) in images.items():
         parts[platform] = oci_layout(path.parent / f"part-{platform.replace('/', '-')}", layers, name="x",
@@ -888,10 +953,11 @@ def multi_platform_layout(path: Path, images: dict[str, tuple[list[bytes], str]]
             shutil.copy(blob, path / "blobs/sha256" / blob.name)
     manifests = []
     for platform, digest in parts.items():
-        os_name, arch = platform.split("/")
+        os_name, arch, *variant = platform.split("/")
         manifests.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
                           "size": (path / "blobs/sha256" / digest[7:]).stat().st_size,
-                          "platform": {"os": os_name, "architecture": arch}})
+                          "platform": {"os": os_name, "architecture": arch,
+                                       **({"variant": variant[0]} if variant else {})}})
     nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                          "manifests": manifests}).encode()
     digest = sha256(nested)
@@ -911,6 +977,42 @@ def test_a_multi_platform_index_gives_the_platform_asked_for(tmp_path):
     assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(LAYER2)]
     missing = gd(tmp_path, "vfs", "image", "load", str(layout), "--platform", "windows/amd64", check=False)
     assert missing.returncode == 3 and b"linux/amd64, linux/arm64" in missing.stderr
+
+
+def platform_layers(platforms: list[str]) -> dict[str, tuple[list[bytes], str]]:
+    """For :func:`multi_platform_layout`: one image per platform, its one layer a file naming it."""
+    return {p: ([make_tar({"platform": F(p.encode())})], p.split("/")[0]) for p in platforms}
+
+
+def test_an_architecture_asked_for_without_a_variant_prefers_its_default_variant(tmp_path):
+    """As containerd and skopeo: linux/arm is arm/v7 (an entry without a variant counts as
+    v7), not the first arm entry of the index; arm64 is v8; a variant named is as before."""
+    from graphdriver.images.sources import host_platform
+
+    here = host_platform()
+    platforms = ["linux/arm/v6", "linux/arm/v7", "linux/arm64/v8", here]
+    multi_platform_layout(tmp_path / "a/multi", platform_layers(platforms), "localhost/multi:1")
+    layers = platform_layers(["linux/arm/v6", "linux/arm"])  # arm/v6 first, then arm with no variant
+    multi_platform_layout(tmp_path / "b/bare", layers, "localhost/multi:1")
+
+    def loaded(layout: str, *platform: str) -> str:
+        root = tmp_path / f"{layout.replace('/', '-')}-{'-'.join(platform).replace('/', '-')}"
+        root.mkdir()
+        gd(root, "vfs", "image", "load", str(tmp_path / layout), *platform)
+        inspected = json.loads(gd(root, "vfs", "image", "inspect", "localhost/multi:1").stdout)
+        return inspected["Layers"][0]["DiffID"]
+
+    def layer_of(platform: str) -> str:
+        return sha256(make_tar({"platform": F(platform.encode())}))
+
+    for asked, taken in [("linux/arm", "linux/arm/v7"), ("linux/arm/v7", "linux/arm/v7"),
+                         ("linux/arm64", "linux/arm64/v8"), ("linux/arm64/v8", "linux/arm64/v8")]:
+        assert loaded("a/multi", "--platform", asked) == layer_of(taken), asked
+    assert loaded("a/multi") == layer_of(here)
+    assert loaded("b/bare", "--platform", "linux/arm") == layer_of("linux/arm")
+    missing = gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a/multi"), "--platform", "linux/arm/v5",
+                 check=False)
+    assert missing.returncode == 3 and missing.stderr.count(b"\n") == 1, missing.stderr
 
 
 def test_a_compressed_archive_loads_and_a_blob_linked_outside_is_refused(tmp_path):

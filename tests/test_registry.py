@@ -200,6 +200,30 @@ def test_push_without_a_ref_goes_where_the_name_says(tmp_path, registry):
     assert missing.returncode == 3, missing.stderr
 
 
+def test_a_push_to_a_digest_checks_it_names_the_manifest_before_any_upload(tmp_path, registry):
+    """REPO@sha256:... names one manifest: another image's is a usage error (exit 2) told before
+    any blob goes up (the registry refused it only once every blob was sent); its own goes up
+    untagged, and skopeo finds it by that digest."""
+    digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    other = "sha256:" + "0" * 64
+    wrong = gd(tmp_path, "image", "push", "localhost/made:1", f"{registry.host}/made@{other}", "--insecure",
+               check=False)
+    assert (wrong.returncode, wrong.stderr.count(b"\n"), wrong.stdout) == (2, 1, b""), wrong.stderr
+    assert digest.encode() in wrong.stderr and other.encode() in wrong.stderr
+    blobs = _registry_blob(registry, digest).parents[2]
+    assert not blobs.exists() or not any(blobs.iterdir())  # nothing went up
+    right = gd(tmp_path, "image", "push", "localhost/made:1", f"{registry.host}/made@{digest}", "--insecure")
+    assert right.stdout.decode().strip() == digest
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{registry.host}/made@{digest}"], check=True, capture_output=True).stdout
+    assert raw == (tmp_path / "in/blobs/sha256" / digest[7:]).read_bytes()
+    tagged = gd(tmp_path, "image", "push", "localhost/made:1", f"{registry.host}/made:1", "--insecure")
+    assert tagged.stdout.decode().strip() == digest
+    theirs = skopeo_json("inspect", "--tls-verify=false", f"docker://{registry.host}/made:1")
+    assert theirs["RepoTags"] == ["1"]  # the push by digest made no tag (no "latest")
+
+
 @contextlib.contextmanager
 def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) -> Iterator[str]:
     """A registry on localhost answering each GET with ``answer(path)``: (status, body, headers);
@@ -499,6 +523,23 @@ def test_a_windows_image_is_picked_from_an_index_with_platform(tmp_path, registr
         manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
         layers = [archive.extractfile(p).read() for p in manifest[0]["Layers"]]  # type: ignore[union-attr]
     assert layers == [base, child]
+
+
+def test_a_pull_of_an_architecture_without_a_variant_takes_its_default_variant(tmp_path, registry):
+    """As skopeo and containerd: --platform linux/arm pulls arm/v7, not the arm/v6 entry listed first."""
+    from tests.test_images import multi_platform_layout, platform_layers, sha256
+
+    layers = platform_layers(["linux/arm/v6", "linux/arm/v7", "linux/arm64/v8"])
+    multi_platform_layout(tmp_path / "multi", layers, "localhost/multi:1")
+    ref = f"{registry.host}/multi:1"
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{tmp_path / 'multi'}:1",
+                    f"docker://{ref}"], check=True)
+    for asked, taken in [("linux/arm", "linux/arm/v7"), ("linux/arm64", "linux/arm64/v8")]:
+        root = tmp_path / asked.replace("/", "-")
+        root.mkdir()
+        gd(root, "image", "pull", ref, "--insecure", "--platform", asked)
+        inspected = json.loads(gd(root, "image", "inspect", ref).stdout)
+        assert [x["DiffID"] for x in inspected["Layers"]] == [sha256(layers[taken][0][0])], asked
 
 
 def test_a_docker_schema_2_image_pulls_and_large_blobs_go_up_in_chunks(tmp_path, registry, monkeypatch):

@@ -156,15 +156,27 @@ DOCS: dict[str, Doc] = {
                       "that platform's is taken). Prints the names loaded.",
                       [("graphdriver image load deb.tar", "a docker save output"),
                        ("graphdriver image load ./layout --platform linux/arm64", "one platform of an index")],
-                      {2: "not a platform OS/ARCH[/VARIANT], or - with a terminal on standard input",
-                       3: "no such file, or no image for the platform", 6: "a digest or DiffID does not match"}),
+                      {1: "a layer's entry is refused (reaching outside the layer, a hardlink to nothing, ...)",
+                       2: "not a platform OS/ARCH[/VARIANT], - with a terminal on (or closed) standard input, "
+                          "or neither a docker-archive nor an OCI layout",
+                       3: "no such file, or no image for the platform",
+                       6: "a digest or DiffID does not match, or the archive is corrupt or truncated",
+                       7: "a Docker schema 1 image, an artifact, an image of the other system (Windows "
+                          "layers go to windowsfilter alone), or an archive this user may not read"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
                       "folder; layer tarballs are the loaded ones byte for byte. Without -o (or with -o -), "
-                      "an archive goes to standard output, never to a terminal.",
+                      "an archive goes to standard output, never to a terminal. Saved into an OCI layout "
+                      "folder that exists, the image is added to the images there; one there of the same "
+                      "name or tag (index.json names an image by its tag, as oci:DIR:TAG finds it) is "
+                      "replaced, as skopeo copy replaces it.",
                       [("graphdriver image save deb:2 -o deb.tar", "a docker-archive"),
                        ("graphdriver image save deb:2 | gzip > deb.tar.gz", "to standard output"),
                        ("graphdriver image save deb:2 -o deb-oci --format oci", "an OCI layout")],
-                      {2: "not an image name, or an id prefix several images start with", 3: "no such image"}),
+                      {1: "PATH cannot be written (a folder on its way is missing, a folder where an archive "
+                          "goes, a file where a layout goes)",
+                       2: "not an image name, or an id prefix several images start with", 3: "no such image",
+                       6: "a layer's files changed since it was stored, or a kept blob is damaged",
+                       7: "this user may not write PATH, or its file system is read-only"}),
     "image pull": Doc("images", "Pulls an image from a registry over the OCI distribution API: layers the store "
                       "has are skipped, the others downloaded several at once, resumed when a connection drops, "
                       "each checked against its digest. Credentials come from $REGISTRY_AUTH_FILE or "
@@ -180,10 +192,14 @@ DOCS: dict[str, Doc] = {
     "image push": Doc("images", "Pushes an image to a registry, to REF (without it, to NAME, which must "
                       "then be a name of the image, as docker push NAME): blobs it has are skipped, blobs "
                       "another repository there holds are mounted, the others uploaded; then the manifest. "
+                      "A REF with a digest (REPO@sha256:...) must name the image's manifest, which then goes "
+                      "up without a tag; another digest is refused before anything is sent. "
                       "Prints the manifest digest.",
                       [("graphdriver image push localhost/web:1 localhost:5000/web:1 --insecure", "to a local "
                         "registry"),
-                       ("graphdriver image push localhost:5000/web:1 --insecure", "to where its name says")], {1: "the registry refused or failed", 2: "not an image name, or an id prefix several images start with",
+                       ("graphdriver image push localhost:5000/web:1 --insecure", "to where its name says")], {1: "the registry refused or failed",
+                                       2: "not an image name, an id prefix several images start with, or a "
+                                          "REF whose digest is not the image's manifest",
                                        3: "no such image"}),
     "image ls": Doc("images", "Lists the images: repository, tag, image id, created (when the image was made, "
                     "from its config), number of layers. A corrupt image record is named on stderr.",
@@ -210,9 +226,11 @@ DOCS: dict[str, Doc] = {
                                             "its names are in several repositories"}),
     "container create": Doc("containers", "Creates a container: an init layer NAME-init with what a runtime "
                             "needs (/etc/hosts, /etc/hostname, /etc/resolv.conf, mount points) and the writable "
-                            "layer NAME on it. NAME works with mount, changes, diff and diffsize.",
+                            "layer NAME on it. NAME works with mount, changes, diff and diffsize. NAME is a "
+                            "layer id of at most 123 characters, so that NAME-init is one too (at most 128).",
                             [("graphdriver container create deb:2 web", "then: graphdriver mount web")],
-                            {2: "not an image name, or an id prefix several images start with", 3: "no such image",
+                            {2: "not an image name, an id prefix several images start with, or NAME is no "
+                                "container name (over 123 characters, or not a layer id)", 3: "no such image",
                              4: "the name is taken"}),
     "container commit": Doc("containers", "Makes what the container changed (its diff against the init layer) a "
                             "new layer on its image, and a new image with it. Prints the new image's id.",

@@ -6,6 +6,8 @@ from graphdriver.errors import InvalidArgument, shorten
 
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _REST = _ALNUM | frozenset("_.-")
+#: The longest id: an id names a directory, and other tools' ids fit (Docker's are 64 hex digits).
+MAX_ID = 128
 
 
 def is_valid_id(layer_id: str) -> bool:
@@ -13,7 +15,7 @@ def is_valid_id(layer_id: str) -> bool:
     # Checked by sets rather than a regex: the command line checks ids before
     # anything else and must not pay for importing ``re``.
     return (
-        0 < len(layer_id) <= 128
+        0 < len(layer_id) <= MAX_ID
         and layer_id[0] in _ALNUM
         and all(c in _REST for c in layer_id)
     )

@@ -91,7 +91,11 @@ class OutputFile:
     :meth:`abort` drops it (the target keeps what it held).
     """
 
-    def __init__(self, path: str, *, durable: bool = False) -> None:
+    def __init__(self, path: str, *, durable: bool = False,
+                 unwritable: type[GraphDriverError] = InvalidArgument) -> None:
+        """*unwritable*: what a FILE that cannot be opened for writing (a missing folder on its
+        way, a folder) is, unless a privilege lacks (exit 7): the layer commands' usage error,
+        or the image commands' failure of the environment (exit 1, as docker and skopeo)."""
         if not path:
             raise InvalidArgument("output file", "the name is empty")
         self.path = path
@@ -103,7 +107,7 @@ class OutputFile:
         try:
             self.file = self._open()
         except OSError as e:
-            raise _writing(os_error(f"cannot write {path}", e, InvalidArgument)) from e
+            raise _writing(os_error(f"cannot write {path}", e, unwritable)) from e
 
     def _open(self) -> BinaryIO:
         global written_in_place

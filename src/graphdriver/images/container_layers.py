@@ -20,9 +20,9 @@ import tarfile
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from graphdriver.errors import AlreadyExists, IntegrityError, NotFound, shorten
+from graphdriver.errors import AlreadyExists, IntegrityError, InvalidArgument, NotFound, shorten
 from graphdriver.fs import atomic
-from graphdriver.ids import check_id
+from graphdriver.ids import MAX_ID, check_id
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.plain import Plain
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 CONTAINERS_DIR = "containers"
 INIT_SUFFIX = "-init"
+#: The longest container name: its init layer ``NAME-init`` is a layer id too.
+MAX_NAME = MAX_ID - len(INIT_SUFFIX)
 _INIT_DIRS = ("proc", "sys", "dev", "dev/pts", "dev/shm", "etc")
 _INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 
@@ -114,9 +116,8 @@ def container(store: Store, name: str) -> Container:
 
 def create(store: Store, image_name: str, name: str, *, size: str | None = None) -> Container:
     """A container *name* from image *image_name*: init layer, then the writable layer."""
-    check_id(name, "container name")
+    _check_new_name(name)
     init = name + INIT_SUFFIX
-    check_id(init, "container name")
     images = ImageStore(store.root)
     record, by_name = images.lookup(image_name)
     given = str(reference.parse(image_name)) if by_name else ""  # shown by ``container ls``
@@ -136,6 +137,16 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
             free_layers(store, record.layers)
         raise
     return made
+
+
+def _check_new_name(name: str) -> None:
+    """A usage error for a name no container can have: a layer id short enough that its init
+    layer's id (``NAME-init``) is one too, told about the name given, not about that id."""
+    check_id(name, "container name")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"invalid container name {shorten(name)!r}",
+                              f"must be at most {MAX_NAME} characters ({len(name)} given): its init layer "
+                              f"NAME{INIT_SUFFIX} is a layer id, at most {MAX_ID}")
 
 
 def _gone(images: ImageStore, image_id: str) -> bool:

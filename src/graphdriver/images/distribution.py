@@ -201,6 +201,7 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
             record = _compress_for_push(store, images, record)
     assert record.manifest is not None and record.layer_blobs is not None
     dest = reference.parse(destination)
+    _check_named_manifest(dest, record.manifest, name)
     say = report or (lambda _line: None)
     manifest = images.read_blob(record.manifest)
     media = str(oci.load_json(manifest, "kept manifest").get("mediaType") or oci.OCI_MANIFEST)
@@ -230,6 +231,16 @@ def push(store: Store, name: str, destination: str, *, insecure: bool = False, q
         raise IntegrityError(f"push of {name}", f"the registry names the manifest {digest}")
     _remember_push(store, images, record.id, f"{dest.repository}@{digest}")
     return digest
+
+
+def _check_named_manifest(dest: reference.Reference, digest: str, name: str) -> None:
+    """A usage error (exit 2) when *dest* names a digest (``REPO@sha256:...``) other than *digest*,
+    the manifest this push would send: such a reference names one manifest, and this is not it.
+    Told before anything goes up, where the registry would refuse the manifest only after every
+    blob was uploaded."""
+    if dest.digest is not None and dest.digest != digest:
+        raise InvalidArgument(f"push of {shorten(name)} to {dest}",
+                              f"the image's manifest is {digest}, not the one the reference names")
 
 
 def _remember_push(store: Store, images: ImageStore, image_id: str, where: str) -> None:

@@ -20,7 +20,7 @@ import os
 import tarfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from graphdriver.errors import IntegrityError, InvalidArgument
+from graphdriver.errors import GraphDriverError, IntegrityError, InvalidArgument
 from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
@@ -67,24 +67,28 @@ class _Output:
         self.folder = path if folder else None
         #: A folder this save makes goes again with a failed save (one it adds to keeps its images).
         self.made_folder = folder and not os.path.lexists(path)
+        # A path that cannot be written (a missing folder above it, a file where a folder is
+        # wanted) is a failure of the environment, exit 1 as docker save and skopeo copy give,
+        # not a usage error: the arguments are sound. A privilege lacking is exit 7.
         if folder:
             if os.path.lexists(path) and not os.path.isdir(path):
-                raise InvalidArgument(f"cannot write {path}", "an OCI layout is a folder; this is not one")
+                raise GraphDriverError(f"cannot write {path}", "an OCI layout is a folder; this is not one")
             try:
                 if self.made_folder:  # its parent must be there, as for a tarball's
                     os.mkdir(path)
                 os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
-            except OSError as e:  # as a tarball that cannot be written (a missing folder above)
+            except OSError as e:
                 from graphdriver.errors import os_error
 
-                raise os_error(f"cannot write {path}", e, InvalidArgument) from e
+                raise os_error(f"cannot write {path}", e) from e
         else:
             # A regular file is written beside the target and renamed over it once
             # whole (a failed save leaves what was there before); a device, a fifo
             # or /dev/stdout is written into, never replaced.
             from graphdriver.fs.outfile import OutputFile
 
-            self.file = OutputFile(path, durable=True)  # committed by close(), dropped by abort()
+            # committed by close(), dropped by abort()
+            self.file = OutputFile(path, durable=True, unwritable=GraphDriverError)
             self.tar = self.file.file
 
     def add_bytes(self, name: str, data: bytes) -> None:
@@ -280,8 +284,13 @@ def _earlier_entries(folder: str | None) -> list[dict[str, Any]]:
 
 
 def _kept(earlier: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The earlier entries the new ones do not replace: an entry of the same name goes (an
-    unnamed one of the same manifest too), the others stay before the new ones."""
+    """The earlier entries the new ones do not replace: an entry of the same name or of the same
+    tag goes (an unnamed one of the same manifest too), the others stay before the new ones.
+
+    The tag is the ``org.opencontainers.image.ref.name`` that ``oci:DIR:TAG`` finds an image by
+    (skopeo, buildah): two entries of one tag would leave the one saved last unreachable there,
+    so a save replaces it, as ``skopeo copy ... oci:DIR:TAG`` does, whatever repository it was of.
+    """
 
     def names(entry: dict[str, Any]) -> tuple[Any, Any]:
         notes = entry.get("annotations")
@@ -294,8 +303,7 @@ def _kept(earlier: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[
     kept = []
     for entry in earlier:
         name, tag = names(entry)
-        if name in full or (name is None and tag in tags) or (
-                name is None and tag is None and entry.get("digest") in digests):
+        if name in full or tag in tags or (name is None and tag is None and entry.get("digest") in digests):
             continue
         kept.append(entry)
     return kept

@@ -443,15 +443,23 @@ def _accepted(arch: str, variant: str) -> list[str]:
 
 
 def _rank(have: dict[str, Any], want: tuple[str, str, str]) -> int | None:
-    """How well an image of platform *have* suits *want* (0 best); None if it cannot run there."""
+    """How well an image of platform *have* suits *want* (0 best); None if it cannot run there.
+
+    *want* without a variant takes any variant of its architecture, but where the architecture
+    has a default (arm: v7, arm64: v8) the variants that default runs come first, best first,
+    as containerd and skopeo read ``linux/arm``: an index's arm/v6 entry listed before its
+    arm/v7 one is not taken for it.
+    """
     os_name, arch, variant = want
     if str(have.get("os", "")) != os_name or str(have.get("architecture", "")) != arch:
         return None
-    if not variant:
+    if not variant and arch not in _DEFAULT_VARIANT:
         return 0
     accepted = _accepted(arch, variant)
     got = _variant(arch, str(have.get("variant") or ""))
-    return accepted.index(got) if got in accepted else None
+    if got in accepted:
+        return accepted.index(got)
+    return None if variant else len(accepted)  # asked for no variant: still an image of the arch
 
 
 def _matches(have: dict[str, Any], want: tuple[str, str, str]) -> bool:
