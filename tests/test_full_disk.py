@@ -80,6 +80,10 @@ def test_a_full_store_reads_its_layers_and_removes_them(tmp_path, driver, what):
         layer = gd("layer", "mid")
         assert layer.returncode == 0, layer.stderr
         assert gd("diff", "mid").stdout == MIDDLE
+        # An output on the full filesystem is its failure (1), not a usage error (2).
+        out = gd("diff", "mid", "-o", str(fs / "out.tar"))
+        assert out.returncode == 1 and b"No space left on device" in out.stderr, out.stderr
+        assert not (fs / "out.tar").exists()
         assert gd("check").returncode == 0
         assert gd("changes", "ctr").returncode == 0
         assert gd("status").returncode == 0

@@ -22,6 +22,7 @@ Errors name the path the user gave, never the temporary file.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -29,6 +30,9 @@ import stat
 from graphdriver.errors import GraphDriverError, InvalidArgument, os_error
 from graphdriver.fs.atomic import temp_stem
 from graphdriver.fs.locking import claim, remove_abandoned
+
+#: Why a FILE cannot be opened that lie in its name (not in the filesystem's state).
+_NAMED_WRONG = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP})
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -95,7 +99,8 @@ class OutputFile:
                  unwritable: type[GraphDriverError] = InvalidArgument) -> None:
         """*unwritable*: what a FILE that cannot be opened for writing (a missing folder on its
         way, a folder) is, unless a privilege lacks (exit 7): the layer commands' usage error,
-        or the image commands' failure of the environment (exit 1, as docker and skopeo)."""
+        or the image commands' failure of the environment (exit 1, as docker and skopeo).
+        A filesystem that is full (or fails) is never the name's fault: exit 1 for all."""
         if not path:
             raise InvalidArgument("output file", "the name is empty")
         self.path = path
@@ -107,7 +112,8 @@ class OutputFile:
         try:
             self.file = self._open()
         except OSError as e:
-            raise _writing(os_error(f"cannot write {path}", e, unwritable)) from e
+            kind = unwritable if e.errno in _NAMED_WRONG else GraphDriverError
+            raise _writing(os_error(f"cannot write {path}", e, kind)) from e
 
     def _open(self) -> BinaryIO:
         global written_in_place
