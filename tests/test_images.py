@@ -485,6 +485,15 @@ def test_an_archive_from_a_pipe_a_fifo_or_standard_input_loads(tmp_path):
     assert got2.returncode == 0 and got2.stdout == b"localhost/made:1\n", got2.stderr
 
 
+def _piped_load(tmp_path: Path, tmpdir: Path) -> subprocess.Popen[bytes]:
+    """``graphdriver image load -`` on a vfs store in *tmp_path*, fed through a pipe, with
+    its temporary files in *tmpdir*."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TMPDIR=str(tmpdir))
+    return subprocess.Popen([sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"),
+                             "--run-root", str(tmp_path / "run"), "--driver", "vfs", "image", "load", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
 def test_a_load_from_a_pipe_killed_while_it_reads_leaves_no_copy_behind(tmp_path):
     """The copy of a piped archive was a named file in $TMPDIR, left there (however large) by a
     load ended with SIGTERM."""
@@ -493,10 +502,7 @@ def test_a_load_from_a_pipe_killed_while_it_reads_leaves_no_copy_behind(tmp_path
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TMPDIR=str(tmp))
-    proc = subprocess.Popen([sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"),
-                             "--run-root", str(tmp_path / "run"), "--driver", "vfs", "image", "load", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = _piped_load(tmp_path, tmp)
     assert proc.stdin is not None
     try:
         big = tarfile.TarInfo("blobs/sha256/" + "0" * 64)
@@ -525,10 +531,7 @@ def test_a_load_from_a_stream_stops_at_its_end_of_archive_blocks(tmp_path):
     """``image load - < /dev/zero`` copied the stream until the disk was full: the archive ends
     at its first zero blocks (an empty archive here), as ``docker load`` reads it, and a pipe
     that stays open after them is not read on."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TMPDIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"),
-                             "--run-root", str(tmp_path / "run"), "--driver", "vfs", "image", "load", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = _piped_load(tmp_path, tmp_path)
     assert proc.stdin is not None
     try:
         with contextlib.suppress(BrokenPipeError):
