@@ -146,6 +146,10 @@ def driver_status(driver: Driver) -> list[tuple[str, str]]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     pairs = driver.status()
+    from graphdriver.drivers.base import UNFINISHED
+
+    if UNFINISHED:  # what a probe could not check is asked again next time
+        return pairs
     try:
         atomic.write_json(path, {"key": key, "status": pairs}, durable=False)
     except OSError:
