@@ -1298,6 +1298,71 @@ def test_a_path_through_a_symlink_of_the_same_archive_lands_alike_on_every_drive
     assert [str(c) for c in store.changes("next")] == changed
 
 
+_LOGS = {"var": D(), "var/log": D(), "var/log/.keep": F(b"")}
+_OPAQUE_LOGS = {"var/log/.wh..wh..opq": F(b""), "var/log/new.log": F(b"new\n")}
+
+
+def _diff_of(store, layer_id: str) -> tuple[list[str], bytes]:
+    """The names of the layer's regenerated tarball, in order, with the bytes; each folder
+    above an entry comes before it, as Docker's and containers-storage's exporters write it."""
+    import tarfile
+
+    out = io.BytesIO()
+    store.diff(layer_id, out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        names = [m.name.rstrip("/") for m in tf.getmembers()]
+    for i, name in enumerate(names):
+        above = name.rpartition("/")[0]
+        assert not above or above in names[:i], (name, names)
+    return names, out.getvalue()
+
+
+@pytest.mark.parametrize("again", ["same", "fewer"])
+def test_an_opaque_folder_applied_again_puts_in_diff_only_what_changes_lists(store, again):
+    """A folder an apply makes opaque again with what the layers below show already is no
+    change: ``changes``, ``diffsize`` and ``diff`` agree, on every driver (overlay's upper
+    directory holds the folder again, marked opaque, and its diff wrote it, its marker and its
+    file where vfs's walk writes nothing).  Where the folder hides something, the diff takes
+    it away, with every folder above each entry before it."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_LOGS)))
+    store.import_layer("l2", "base", io.BytesIO(make_tar(_OPAQUE_LOGS)))
+    store.create("c", "l2")
+    second = _OPAQUE_LOGS if again == "same" else {"var/log/.wh..wh..opq": F(b"")}
+    store.apply("c", io.BytesIO(make_tar(second)))
+    changes = [str(c) for c in store.changes("c")]
+    names, tar = _diff_of(store, "c")
+    if again == "same":
+        assert (changes, store.diff_size("c"), names) == ([], 0, [])
+        return
+    assert changes == ["C /var", "C /var/log", "D /var/log/new.log"]
+    assert names[:2] == ["var", "var/log"] and "var/log/new.log" not in names
+    store.import_layer("copy", "l2", io.BytesIO(tar))
+    assert [str(c) for c in store.changes("copy")] == changes
+
+
+def test_a_folder_a_container_made_again_as_it_was_is_no_change_in_its_diff(store):
+    """``rm -rf var/log; mkdir var/log`` and its file put back as it was, in a container: no
+    change, and nothing in ``diff`` (overlay's upper directory holds an opaque folder)."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_LOGS)))
+    store.import_layer("l2", "base", io.BytesIO(make_tar(_OPAQUE_LOGS)))
+    store.create("ctr", "l2", writable=True)
+    root = Path(store.mount("ctr"))
+    try:
+        logs = root / "var" / "log"
+        folder, file = os.stat(logs), os.stat(logs / "new.log")
+        shutil.rmtree(logs)
+        logs.mkdir()
+        (logs / "new.log").write_bytes(b"new\n")
+        for path, st in ((logs / "new.log", file), (logs, folder)):
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, st.st_mode & 0o7777)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        store.unmount("ctr")
+    assert ([str(c) for c in store.changes("ctr")], store.diff_size("ctr")) == ([], 0)
+    assert _diff_of(store, "ctr")[0] == []
+
+
 @pytest.mark.parametrize("links", [
     {"l1": L("l2"), "l2": L("d")},  # a chain of two
     {"d/sub": D(), "l2": L("/d/sub"), "l1": L("l2/..")},  # ".." after a symlink: the folder it led to
