@@ -1298,6 +1298,163 @@ def test_a_path_through_a_symlink_of_the_same_archive_lands_alike_on_every_drive
     assert [str(c) for c in store.changes("next")] == changed
 
 
+_LOGS = {"var": D(), "var/log": D(), "var/log/.keep": F(b"")}
+_OPAQUE_LOGS = {"var/log/.wh..wh..opq": F(b""), "var/log/new.log": F(b"new\n")}
+
+
+def _diff_of(store, layer_id: str) -> tuple[list[str], bytes]:
+    """The names of the layer's regenerated tarball, in order, with the bytes; each folder
+    above an entry comes before it, as Docker's and containers-storage's exporters write it."""
+    import tarfile
+
+    out = io.BytesIO()
+    store.diff(layer_id, out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        names = [m.name.rstrip("/") for m in tf.getmembers()]
+    for i, name in enumerate(names):
+        above = name.rpartition("/")[0]
+        assert not above or above in names[:i], (name, names)
+    return names, out.getvalue()
+
+
+@pytest.mark.parametrize("again", ["same", "fewer"])
+def test_an_opaque_folder_applied_again_puts_in_diff_only_what_changes_lists(store, again):
+    """A folder an apply makes opaque again with what the layers below show already is no
+    change: ``changes``, ``diffsize`` and ``diff`` agree, on every driver (overlay's upper
+    directory holds the folder again, marked opaque, and its diff wrote it, its marker and its
+    file where vfs's walk writes nothing).  Where the folder hides something, the diff takes
+    it away, with every folder above each entry before it."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_LOGS)))
+    store.import_layer("l2", "base", io.BytesIO(make_tar(_OPAQUE_LOGS)))
+    store.create("c", "l2")
+    second = _OPAQUE_LOGS if again == "same" else {"var/log/.wh..wh..opq": F(b"")}
+    store.apply("c", io.BytesIO(make_tar(second)))
+    changes = [str(c) for c in store.changes("c")]
+    names, tar = _diff_of(store, "c")
+    if again == "same":
+        assert (changes, store.diff_size("c"), names) == ([], 0, [])
+        return
+    assert changes == ["C /var", "C /var/log", "D /var/log/new.log"]
+    assert names[:2] == ["var", "var/log"] and "var/log/new.log" not in names
+    store.import_layer("copy", "l2", io.BytesIO(tar))
+    assert [str(c) for c in store.changes("copy")] == changes
+
+
+def test_a_folder_a_container_made_again_as_it_was_is_no_change_in_its_diff(store):
+    """``rm -rf var/log; mkdir var/log`` and its file put back as it was, in a container: no
+    change, and nothing in ``diff`` (overlay's upper directory holds an opaque folder)."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_LOGS)))
+    store.import_layer("l2", "base", io.BytesIO(make_tar(_OPAQUE_LOGS)))
+    store.create("ctr", "l2", writable=True)
+    root = Path(store.mount("ctr"))
+    try:
+        logs = root / "var" / "log"
+        folder, file = os.stat(logs), os.stat(logs / "new.log")
+        shutil.rmtree(logs)
+        logs.mkdir()
+        (logs / "new.log").write_bytes(b"new\n")
+        for path, st in ((logs / "new.log", file), (logs, folder)):
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, st.st_mode & 0o7777)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        store.unmount("ctr")
+    assert ([str(c) for c in store.changes("ctr")], store.diff_size("ctr")) == ([], 0)
+    assert _diff_of(store, "ctr")[0] == []
+
+
+@pytest.mark.parametrize("links", [
+    {"l1": L("l2"), "l2": L("d")},  # a chain of two
+    {"d/sub": D(), "l2": L("/d/sub"), "l1": L("l2/..")},  # ".." after a symlink: the folder it led to
+])
+def test_a_path_through_a_chain_of_symlinks_of_the_same_archive_lands_where_the_kernel_takes_it(
+        store, links):
+    """Symlinks of the archive are followed one component at a time, as a copy's kernel follows
+    them: ``l2/..`` is the folder above what ``l2`` names, never the root."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    store.import_layer("next", "base", io.BytesIO(make_tar({**links, "l1/new": F(b"n")})))
+    root = Path(store.mount("next"))
+    try:
+        assert (root / "d" / "new").read_bytes() == b"n" and not (root / "new").exists()
+    finally:
+        store.unmount("next")
+    assert "A /d/new" in [str(c) for c in store.changes("next")]
+
+
+_TO_NO_FOLDER = "its folder 'lnk' is a symlink to '/tmp', which does not exist in the layer"
+#: Entries through a symlink of the same archive that leads to no folder of the layer (the
+#: parent below has /etc/passwd, a folder d and bin -> usr/bin, and no /tmp), and the error
+#: with that parent (and without any, where it differs).
+NO_FOLDER = {
+    "absolute": ({"lnk": L("/tmp"), "lnk/f": F(b"x")}, _TO_NO_FOLDER, None),
+    "relative": ({"lnk": L("tmp"), "lnk/f": F(b"x")},
+                 "its folder 'lnk' is a symlink to 'tmp', which does not exist", None),
+    "relative up": ({"a": D(), "a/lnk": L("../tmp"), "a/lnk/f": F(b"x")},
+                    "its folder 'a/lnk' is a symlink to '../tmp', which does not exist", None),
+    "below it": ({"lnk": L("/tmp"), "lnk/sub/f": F(b"x")},
+                 "its folder 'lnk/sub' goes through the symlink 'lnk' to '/tmp', which does not exist",
+                 None),
+    "chain": ({"l1": L("l2"), "l2": L("/tmp"), "l1/f": F(b"x")},
+              "its folder 'l1' goes through the symlink 'l2' to '/tmp', which does not exist", None),
+    "to a file": ({"lnk": L("/etc/passwd"), "lnk/f": F(b"x")},
+                  "its folder 'lnk' is a symlink to '/etc/passwd', which is not a folder",
+                  "its folder 'lnk' is a symlink to '/etc/passwd', which does not exist"),
+    "hard link in it": ({"lnk": L("/tmp"), "lnk/h": H("etc/passwd")}, _TO_NO_FOLDER, None),
+    "hard link to it": ({"lnk": L("/tmp"), "h": H("lnk/passwd")},
+                        "its hardlink target's folder 'lnk' is a symlink to '/tmp', which does not exist",
+                        None),
+    "to a lower symlink": ({"lnk": L("/bin"), "lnk/f": F(b"x")},
+                           "the path goes through 'bin', a symlink of a lower layer",
+                           "its folder 'lnk' is a symlink to '/bin', which does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_FOLDER))
+@pytest.mark.parametrize("parent", [True, False], ids=["parent", "no parent"])
+@pytest.mark.parametrize("how", ["import", "apply"])
+def test_a_path_through_a_symlink_of_the_same_archive_to_no_folder_is_refused(store, case, parent, how):
+    """Nothing makes the folder a symlink names (Docker's and containerd's unpackers refuse such
+    an entry too): on a copy and on a union alike, the entry is refused saying why."""
+    from graphdriver.errors import ArchiveError
+
+    entries, why, alone = NO_FOLDER[case]
+    below = None
+    if parent:
+        base = {"etc": D(), "etc/passwd": F(b"root"), "d": D(), "usr": D(), "usr/bin": D(),
+                "bin": L("usr/bin")}
+        store.import_layer("base", None, io.BytesIO(make_tar(base)))
+        below = "base"
+    tar = io.BytesIO(make_tar(entries))
+    with pytest.raises(ArchiveError) as refused:
+        if how == "import":
+            store.import_layer("top", below, tar)
+        else:
+            store.create("top", below, writable=True)
+            store.apply("top", tar)
+    assert refused.value.exit_code == 1
+    assert (why if parent or alone is None else alone) in str(refused.value)
+    if how == "import":
+        assert not store.exists("top")
+    else:
+        assert store.layer("top").damaged  # the symlink was written
+    if parent:
+        assert sorted(os.listdir(store.mount("base"))) == ["bin", "d", "etc", "usr"]
+        store.unmount("base")
+
+
+def test_the_command_line_refuses_a_file_through_a_symlink_to_no_folder_in_one_line(store, driver_setup):
+    """``lnk -> /tmp``, ``lnk/f`` over a parent without /tmp: exit 1 on every driver, one line
+    saying why, and no layer left."""
+    from tests.conftest import run_cli
+
+    where = {"root": Path(store.root), "run_root": Path(store.run_root), "driver": driver_setup}
+    store.import_layer("base", None, io.BytesIO(make_tar({"etc": D(), "etc/passwd": F(b"root")})))
+    tar = make_tar({"lnk": L("/tmp"), "lnk/f": F(b"x")})
+    r = run_cli("import", "l2", "--parent", "base", "-", input=tar, **where)
+    assert (r.returncode, r.stderr.decode()) == (1, f"graphdriver: entry 'lnk/f': {_TO_NO_FOLDER}\n")
+    assert run_cli("layers", **where).stdout == b"base\n"
+
+
 @pytest.mark.parametrize("how", ["moved", "copied"])
 def test_a_moved_or_copied_store_mounts_its_own_layers(store, store_root, tmp_path, driver_setup, how):
     """Layers record their ancestors' folders by path: a store moved since still mounts, and a

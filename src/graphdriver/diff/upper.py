@@ -23,8 +23,12 @@ subtree.  The result is the generic walk's change list entry for entry,
 including the rule that every directory above a change is changed too.
 
 Export writes the tarball conventions: ``.wh.<name>`` for each deletion and
-``<dir>/.wh..wh..opq`` for an opaque directory that exists below (the
-deletions it implies are not listed one by one).  Redirected directories and
+``<dir>/.wh..wh..opq`` for an opaque directory that hides something the view
+below shows (the deletions it implies are not listed one by one; what the
+layer holds below it travels with the marker).  An opaque directory that hides
+nothing (made again with what was there, by an apply of the same opaque folder
+or ``rm -rf d; cp -a``) is no change: it gets no marker, and the tarball holds
+what the change list holds, as the generic walk's does.  Redirected directories and
 metacopy files (``redirect_dir``, ``metacopy``) are not understood here; the
 overlay driver turns both off and uses the generic walk where they may be on.
 """
@@ -63,7 +67,8 @@ class Scan(Plain):
     def __init__(self) -> None:
         #: The changes, sorted by path, exactly as the generic walk lists them.
         self.changes: list[Change] = []
-        #: Opaque directories of the layer that exist below (they get a marker in a tarball).
+        #: Opaque directories of the layer that hide something below (they get a marker in a
+        #: tarball).
         self.opaque: list[str] = []
         #: Directories whose deletions below are implied by an opaque marker at or above them.
         self.implied: set[str] = set()
@@ -157,7 +162,33 @@ class _Reader:
             rel, roots, opaque_above = pending.pop()
             pending.extend(self.directory(rel, roots, opaque_above))
         finish(self.scan.changes, self.links)
+        self.drop_idle_markers()
         return self.scan
+
+    def drop_idle_markers(self) -> None:
+        """Forget the opaque directories that hide nothing: no deletion at or below them.
+
+        Every name the view below shows there is then in the layer too, unchanged or listed
+        as changed, so the tarball without the marker and the unchanged copies makes the same
+        view.  With them it would hold what ``changes`` and ``diffsize`` do not list (and
+        lack the folders above, which only a change brings), where a full copy's walk writes
+        nothing.
+        """
+        scan = self.scan
+        if not scan.opaque:
+            return
+        hiding: set[str] = set()  # the folders above a deletion
+        for change in scan.changes:
+            if change.kind is ChangeKind.DELETE:
+                above = change.path.rpartition("/")[0]
+                while above and above not in hiding:
+                    hiding.add(above)
+                    above = above.rpartition("/")[0]
+        kept = [d for d in scan.opaque if d in hiding]
+        if len(kept) < len(scan.opaque):
+            scan.opaque = kept
+            marked = set(kept)
+            scan.carried = [p for p in scan.carried if _at_or_below(p, marked)]
 
     def directory(
         self, rel: str, roots: tuple[str, ...], opaque_above: bool
@@ -209,6 +240,15 @@ class _Reader:
                 below = self.dir_roots(roots, path) if stat.S_ISDIR(old_st.st_mode) else ()
                 subdirs.append((path, below, opaque))
         return subdirs
+
+
+def _at_or_below(path: str, folders: set[str]) -> bool:
+    """Whether *path* is one of *folders* or inside one."""
+    while path:
+        if path in folders:
+            return True
+        path = path.rpartition("/")[0]
+    return False
 
 
 def _entryis_whiteout(e: os.DirEntry[str]) -> bool:

@@ -23,7 +23,9 @@ Conventions, and where this differs from a plain ``tar -x``:
   layer held before): such an entry is refused, so that a full copy (which
   would follow it) and an overlay upper directory (which would make a
   directory over it) agree.  The archive's own symlinks resolve inside the
-  root (the layer is then marked unreproducible).
+  root (the layer is then marked unreproducible), to a folder the layer (or a
+  layer below) has: none is made for a symlink's target, as in Docker's and
+  containerd's unpackers, so an entry through a symlink to nothing is refused.
 * A hardlink entry only makes the link: the inode keeps the metadata of the
   entry that created it.  A target missing from the layer is copied up from
   ``lower_dirs`` first (an overlay upper directory holds only the layer).
@@ -42,7 +44,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError, InvalidArgument
 from graphdriver.fs import PRIVILEGED_XATTRS, confine, privileged
@@ -76,6 +78,8 @@ IMPLIED_DIR_MODE = 0o755
 # small cache hits nearly always; it is trimmed between entries only, so every
 # fd an entry is working with stays open until the entry is done.
 _DIR_CACHE_SIZE = 128
+# Symlinks followed on one path at most, as the kernel's MAXSYMLINKS.
+_MAX_HOPS = 40
 # Owners chown(2) can set (2**32 - 1 means "unchanged"), device numbers mknod(2) keeps.
 _NO_ID = 0xFFFFFFFF
 _MAJORS = 1 << 12
@@ -573,7 +577,7 @@ class _Extractor(Extraction):
         self.umask = _current_umask()
         # Overlay: directories this layer made opaque; what the lowers hold below them is hidden.
         self.hidden: set[str] = set()
-        # Overlay: symlinks this archive made (a later entry's path may go through one).
+        # Symlinks this archive made (a later entry's path may go through one), by where they are.
         self.own_links: set[str] = set()
         # Overlay: what the upper directory holds only as a copy of the lowers' (a folder a
         # path implied, a hard link's target): an opaque folder above it hides it, as in a copy.
@@ -596,6 +600,12 @@ class _Extractor(Extraction):
         except GraphDriverError as x:
             x.wrote_nothing = True  # of this entry (see Extraction.run)
             raise
+        except _NoFolder as x:
+            if base.startswith(WHITEOUT_PREFIX):
+                return 0  # nothing there to delete, as Docker's unpacker finds nothing
+            raise self._refused(e, x) from x
+        except OSError as x:  # the way goes through a lower layer's symlink
+            raise self._refused(e, x) from x
         if base.startswith(WHITEOUT_PREFIX):
             made = self.dirs_made
             try:
@@ -657,7 +667,10 @@ class _Extractor(Extraction):
         """Refuse hard link *e* before writing when its target is nowhere: not in the
         layer, not a device node left out, not in the union of the lower layers (where
         what a nearer layer, or this one, deleted or made opaque is not)."""
-        target = self._link_target(e)
+        try:
+            target = self._link_target(e)
+        except OSError as x:
+            raise self._refused(e, x) from x
         if target == rel or target in self.skipped:
             return
         tparent, _, tbase = target.rpartition("/")
@@ -736,14 +749,15 @@ class _Extractor(Extraction):
         return False
 
     def _resolve_dir(self, rel: str) -> int:
-        """Open directory *rel*, through no symlink but the archive's own.
+        """Open directory *rel*, through no symlink.
 
-        A symlink the layer held before (an earlier layer's in a full copy, or
-        an earlier apply's) is never followed: the union shows the lower
-        layers' symlinks as they are, and an overlay upper directory would make
-        a new directory over one, so the drivers could never agree; the entry
-        is refused.  This archive's own symlinks resolve inside the root, and
-        the layer is marked unreproducible (:mod:`.reproducible`).
+        This archive's own symlinks were followed already, the same way on every
+        driver (:meth:`_through_own_links`; the layer is marked unreproducible,
+        :mod:`.reproducible`).  Any other (an earlier layer's in a full copy, an
+        earlier apply's, a lower one a hard link copied up) is never followed: the
+        union shows the lower layers' symlinks as they are, and an overlay upper
+        directory would make a new directory over one, so the drivers could never
+        agree; the entry is refused.
         """
         try:
             return confine.resolve_dir_through_no_symlink(self.root_fd, rel)
@@ -751,7 +765,7 @@ class _Extractor(Extraction):
             if not confine.is_symlink_error(x):
                 raise
         link = confine.first_symlink(self.root_fd, rel)
-        if link is not None and link not in self.created:
+        if link is not None:
             raise OSError(errno.ELOOP, _through_symlink(link))
         return confine.resolve_dir(self.root_fd, rel)
 
@@ -909,31 +923,109 @@ class _Extractor(Extraction):
         if e.xattrs:
             self._xattrs(e, lambda k, v: sc.lsetxattr_at(pfd, base, k, v))
         os.utime(base, ns=_times(e), dir_fd=pfd, follow_symlinks=False)
-        if self.overlay:
-            self.own_links.add(rel)
+        self._note_link(rel, True)
 
-    def _through_own_links(self, rel: str) -> str:
-        """Overlay: where path *rel* lands once the symlinks this archive made on the way are
-        followed in the view (inside the root), as a copy's kernel follows them (vfs).  An
-        upper directory holds a symlink but not what it points to (a lower layer's folder),
-        so the target is named instead and made there as any implied folder."""
-        for _ in range(40):
-            comps = rel.split("/")
-            for i in range(len(comps)):
-                prefix = "/".join(comps[: i + 1])
-                if prefix not in self.own_links:
+    def _note_link(self, rel: str, own: bool) -> None:
+        """Note whether what was just made at *rel*, if a symlink, is this archive's own.
+
+        Every place that makes a symlink says so (an entry, a hard link, a copy up), so a
+        symlink at a path noted is one the archive made, whatever stood there before.
+        """
+        if own:
+            self.own_links.add(rel)
+        else:
+            self.own_links.discard(rel)
+
+    def _through_own_links(self, rel: str, what: str = "its folder") -> str:
+        """Where folder *rel* lands once the symlinks this archive made on the way are followed
+        in the layer's view, a component at a time as the kernel follows them inside the root
+        (``..`` included), the same way on every driver: an overlay upper directory holds a
+        symlink but not what it points to (a lower layer's folder), so the target is named.
+
+        Each symlink followed must lead to a folder the view has: nothing makes one for it
+        (Docker's and containerd's unpackers do not), else :class:`_NoFolder` says why (*what*
+        names *rel* there).  A lower layer's symlink on the way raises ``ELOOP``.
+        """
+        if not any(p in self.own_links for p in _prefixes(rel)):
+            return rel
+        todo: list[str | _Followed] = []  # a stack: the next step last
+        todo.extend(reversed(rel.split("/")))
+        done: list[str] = []
+        following: list[_Followed] = []  # the links whose target is being resolved, innermost last
+        hops = 0
+        while todo:
+            step = todo.pop()
+            if isinstance(step, _Followed):  # its target is resolved: a folder must be there
+                following.pop()
+                self._need_folder(done, step, rel, what)
+            elif step == "..":
+                if done:  # the kernel looks "x/.." up in x: a folder too
+                    self._need_folder(done, following[-1] if following else None, rel, what)
+                    done.pop()
+            elif step not in ("", "."):
+                done.append(step)
+                followed = self._own_link_at("/".join(done))
+                if followed is None:
                     continue
-                try:
-                    target = os.readlink(comps[i], dir_fd=self._dir_fd("/".join(comps[:i]), create=False))
-                except OSError:
-                    continue  # replaced since by a folder or a file: no link any more
-                base = "" if target.startswith("/") else "/".join(comps[:i])
-                rel = posixpath.normpath("/" + _join(base, target) + "/" + "/".join(comps[i + 1:]))
-                rel = rel.lstrip("/")
-                break
-            else:
-                return rel
-        raise OSError(errno.ELOOP, f"{rel!r}: too many levels of symbolic links")
+                hops += 1
+                if hops > _MAX_HOPS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))  # as the kernel says it
+                done = [] if followed.target.startswith("/") else done[:-1]
+                following.append(followed)
+                todo.append(followed)
+                todo.extend(followed.target.split("/")[::-1])
+        return "/".join(done)
+
+    def _own_link_at(self, path: str) -> _Followed | None:
+        """The symlink this archive made at *path*, if it is still one."""
+        if path not in self.own_links:
+            return None
+        parent, _, name = path.rpartition("/")
+        try:
+            return _Followed(path, os.readlink(name, dir_fd=self._dir_fd(parent, create=False)))
+        except OSError:
+            return None  # replaced since by a folder or a file: no link any more
+
+    def _need_folder(self, done: list[str], followed: _Followed | None, rel: str, what: str) -> None:
+        """Raise :class:`_NoFolder` unless the view has a folder at *done* (the place *followed*,
+        a symlink on the way to folder *rel*, leads to so far)."""
+        problem = self._folder_problem("/".join(done))
+        if problem is None:
+            return
+        if followed is None:
+            raise _NoFolder(f"{what} {rel!r} {problem}")
+        if followed.link == rel:
+            raise _NoFolder(f"{what} {rel!r} is a symlink to {followed.target!r}, which {problem}")
+        raise _NoFolder(f"{what} {rel!r} goes through the symlink {followed.link!r} to "
+                        f"{followed.target!r}, which {problem}")
+
+    def _folder_problem(self, path: str) -> str | None:
+        """Why the view this layer makes so far (itself over the lower layers) has no folder at
+        *path*; None when it has one.  A symlink there or on the way is none of this archive's
+        (those were followed): ``ELOOP``, as for any path through it."""
+        if not path:
+            return None
+        try:
+            found = self._in_union(path, with_layer=True)
+        except OSError as x:
+            if x.errno != errno.ELOOP:
+                raise
+            raise OSError(errno.ELOOP, _through_symlink(self._first_link_in_view(path))) from None
+        if found is None:
+            return "does not exist in the layer"
+        os.close(found[1])
+        mode = found[2].st_mode
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, _through_symlink(path))
+        return None if stat.S_ISDIR(mode) else "is not a folder"
+
+    def _first_link_in_view(self, path: str) -> str:
+        """The first component of *path* the view shows as a symlink (for the error)."""
+        for prefix in _prefixes(path):
+            mode = self._union_mode(prefix, with_layer=True)
+            if mode is not None and stat.S_ISLNK(mode):
+                return prefix
+        return path
 
     def _special(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
         kind = _SPECIAL_TYPES[e.type]
@@ -975,7 +1067,7 @@ class _Extractor(Extraction):
         target = clean_name(e.linkname, e.name, "hardlink target")
         if self.own_links and "/" in target:
             tparent, _, tbase = target.rpartition("/")
-            target = _join(self._through_own_links(tparent), tbase)
+            target = _join(self._through_own_links(tparent, "its hardlink target's folder"), tbase)
         return target
 
     def _hardlink(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
@@ -992,6 +1084,7 @@ class _Extractor(Extraction):
                 try:
                     # follow_symlinks=False: a link to a symlink is a symlink.
                     sc.link_at(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+                    self._note_link(rel, target in self.own_links)  # a hard link to a symlink is one
                     return
                 except FileExistsError:
                     self._remove(pfd, base, rel)
@@ -1214,6 +1307,7 @@ class _Extractor(Extraction):
             self._copy_node(lpfd, tbase, st, self._dir_fd(tparent), e)
         finally:
             os.close(lpfd)
+        self._note_link(target, False)  # a lower layer's symlink, if it is one
         self._made(target)
         self.copies.add(target)
         return True
@@ -1323,6 +1417,33 @@ class _Extractor(Extraction):
 def _left_out(stats: ExtractStats) -> str:
     return (f"without privileges: skipped {stats.skipped_chowns} ownership changes, "
             f"{stats.skipped_devices} device nodes, {stats.skipped_xattrs} xattrs")
+
+
+class _NoFolder(OSError):
+    """A symlink of the archive on an entry's way leads to no folder of the layer."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(errno.ENOENT, why)
+
+
+class _Followed:
+    """A symlink of the archive followed on the way: once its target is resolved, the view
+    must have a folder there (see :meth:`_Extractor._through_own_links`)."""
+
+    __slots__ = ("link", "target")
+
+    def __init__(self, link: str, target: str) -> None:
+        self.link = link
+        self.target = target
+
+
+def _prefixes(rel: str) -> Iterator[str]:
+    """``a``, ``a/b``, ``a/b/c`` for ``a/b/c``."""
+    i = rel.find("/")
+    while i != -1:
+        yield rel[:i]
+        i = rel.find("/", i + 1)
+    yield rel
 
 
 def _through_symlink(link: str) -> str:
