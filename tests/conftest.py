@@ -19,6 +19,17 @@ IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, mounts)")
 
 
+@pytest.fixture(autouse=True)
+def _warnings_to_logging() -> Iterator[None]:
+    """Each test starts with warnings going to :mod:`logging` (``caplog`` sees them), whatever
+    an in-process ``cli.main`` of an earlier test pointed them at."""
+    from graphdriver.errors import set_warning_handler
+
+    set_warning_handler(None)
+    yield
+    set_warning_handler(None)
+
+
 #: Archives from other projects (tar-split's, Go's, a small Windows image), with their licenses.
 CORPUS = ROOT / "tests" / "data"
 
