@@ -946,7 +946,8 @@ class _Extractor(Extraction):
         (Docker's and containerd's unpackers do not), else :class:`_NoFolder` says why (*what*
         names *rel* there).  A lower layer's symlink on the way raises ``ELOOP``.
         """
-        if not any(p in self.own_links for p in _prefixes(rel)):
+        links = self.own_links
+        if not links or not any(p in links for p in _prefixes(rel)):
             return rel
         todo: list[str | _Followed] = []  # a stack: the next step last
         todo.extend(reversed(rel.split("/")))
