@@ -579,6 +579,10 @@ class _Extractor(Extraction):
         self.hidden: set[str] = set()
         # Symlinks this archive made (a later entry's path may go through one), by where they are.
         self.own_links: set[str] = set()
+        # The last folder found to lie through none of them, and how many had been made then
+        # (entries come folder by folder: most ask again about the folder just asked about).
+        self._clear: tuple[str, int] = ("", -1)
+        self._links_made = 0
         # Overlay: what the upper directory holds only as a copy of the lowers' (a folder a
         # path implied, a hard link's target): an opaque folder above it hides it, as in a copy.
         self.copies: set[str] = set()
@@ -933,6 +937,7 @@ class _Extractor(Extraction):
         """
         if own:
             self.own_links.add(rel)
+            self._links_made += 1
         else:
             self.own_links.discard(rel)
 
@@ -947,7 +952,10 @@ class _Extractor(Extraction):
         names *rel* there).  A lower layer's symlink on the way raises ``ELOOP``.
         """
         links = self.own_links
+        if self._clear == (rel, self._links_made):  # a symlink taken away leaves it clear
+            return rel
         if not links or not any(p in links for p in _prefixes(rel)):
+            self._clear = (rel, self._links_made)
             return rel
         todo: list[str | _Followed] = []  # a stack: the next step last
         todo.extend(reversed(rel.split("/")))
