@@ -142,6 +142,16 @@ def test_verbose_errors_tell_their_causes_not_a_traceback(root, tmp_path):
     assert all(line.startswith("graphdriver: ") for line in err.splitlines()), err
 
 
+def test_verbose_cause_of_malformed_json_is_the_json_error(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "store.json").write_text("{bad")
+    r = run_cli("-v", "create", "x", root=root, driver="vfs")
+    err = r.stderr.decode()
+    assert r.returncode == 6 and "store.json" in err, err
+    assert "SystemError" not in err and "NULL" not in err, err
+    assert "caused by JSONDecodeError" in err, err
+
+
 def test_cleanup_prints_nothing_when_clean(root):
     assert cli(root, "create", "a").returncode == 0
     r = cli(root, "cleanup")

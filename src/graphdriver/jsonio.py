@@ -56,7 +56,10 @@ def loads(data: str | bytes) -> Any:
         value, end = _scan(text, start)
     except (StopIteration, ValueError, SystemError):
         # Malformed.  _json reports errors through json.decoder, which it finds
-        # only if already imported (else a SystemError): let json say what is wrong.
+        # only if already imported (else a SystemError): let json say what is
+        # wrong, outside this handler so that its error is not chained to ours.
+        value = end = None
+    if end is None:
         import json
 
         return json.loads(text)
