@@ -1312,8 +1312,8 @@ def test_single_letter_switches_bundle(argv, quiet, verbose):
     "argv, says",
     [
         (["-qx", "layers"], "unknown option '-x' in '-qx': see 'graphdriver --help'"),
-        (["diff", "a", "-qo", "f"], "option -o takes a value (FILE): it cannot be bundled in '-qo': "
-                                    "see 'graphdriver diff --help'"),
+        (["diff", "a", "-qo"], "option -o needs a value (FILE): see 'graphdriver diff --help'"),
+        (["diff", "a", "-xoFILE"], "unknown option '-x' in '-xoFILE': see 'graphdriver diff --help'"),
         (["-qf", "layers"], "unknown option '-f' in '-qf': see 'graphdriver --help'"),  # image rm's only
         (["--qv", "layers"], "unknown option '--qv': see 'graphdriver --help'"),
     ],
@@ -1357,3 +1357,124 @@ def test_an_os_error_names_what_the_user_named_never_a_working_file(tmp_path, mo
     code = gd.main(["--root", str(tmp_path / "s"), "--run-root", str(tmp_path / "run"), "--driver", "vfs",
                     "import", "l", str(tmp_path / "in.tar")])
     assert (code, capsys.readouterr().err) == (1, "graphdriver: import l: No space left on device\n")
+
+
+@pytest.mark.parametrize(
+    "argv, output, quiet",
+    [(["-oFILE"], "FILE", False), (["-qoFILE"], "FILE", True), (["-qo", "FILE"], "FILE", True),
+     (["-o=FILE"], "FILE", False), (["-qo=FILE"], "FILE", True), (["-oa=b"], "a=b", False),
+     (["-o-"], "-", False)],
+)
+def test_a_short_option_takes_its_value_attached_as_getopt_does(argv, output, quiet):
+    """``-oFILE`` (and ``-qoFILE``: switches, then the option taking the rest of the word) as GNU
+    getopt, tar and podman read it; it was refused as a bundle."""
+    from graphdriver.cliargs import parse
+
+    args = parse(["diff", "a", *argv])
+    assert (args.command, args.id, args.output, args.quiet) == ("diff", "a", output, quiet)
+
+
+def test_diff_writes_to_an_attached_short_option_value(root, tmp_path):
+    assert cli(root, "create", "a").returncode == 0
+    r = cli(root, "diff", "a", f"-o{tmp_path / 'a.tar'}")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a.tar").read_bytes() == cli(root, "diff", "a").stdout
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["lyers"], "unknown command 'lyers' (did you mean 'layers'?): see 'graphdriver --help'"),
+        (["mout", "x"], "unknown command 'mout' (did you mean 'mount'?): see 'graphdriver --help'"),
+        (["imag", "ls"], "unknown command 'imag' (did you mean 'image'?): see 'graphdriver --help'"),
+        (["image", "lss"], "unknown command 'image lss' (did you mean 'image ls'?): "
+                           "see 'graphdriver image --help'"),
+        (["container", "lss"], "unknown command 'container lss' (did you mean 'container ls'?): "
+                               "see 'graphdriver container --help'"),
+        (["image", "frobnicate"], "unknown command 'image frobnicate': see 'graphdriver image --help'"),
+        (["help", "nosuch"], "unknown command 'nosuch': see 'graphdriver --help'"),
+        (["help", "lyers"], "unknown command 'lyers' (did you mean 'layers'?): see 'graphdriver --help'"),
+        (["help", "image", "lss"], "unknown command 'image lss' (did you mean 'image ls'?): "
+                                   "see 'graphdriver image --help'"),
+    ],
+)
+def test_an_unknown_command_is_told_with_what_it_is_close_to_and_where_to_look(root, args, says):
+    """As git: a misspelt command gets the commands nearest to it; a group's command points at
+    the group's help, which lists its commands; ``help`` of no command says so."""
+    r = cli(root, *args)
+    assert (r.returncode, r.stderr.decode(), r.stdout) == (2, f"graphdriver: {says}\n", b"")
+    assert not root.exists()
+
+
+def test_a_container_name_is_told_its_own_limit_of_123(root):
+    """NAME-init is a layer id too, so a container name has 123 characters at most: the
+    refusal of a malformed one says 123, not a layer id's 128."""
+    r = cli(root, "container", "create", "img", "--", "-x")
+    assert r.returncode == 2
+    assert r.stderr.decode() == ("graphdriver: invalid container name '-x': must be 1 to 123 characters "
+                                 "of [A-Za-z0-9][A-Za-z0-9_.-]*\n")
+    for name in ("x" * 200, "a/" * 70):  # longer than any layer id; not one at all
+        r = cli(root, "container", "create", "img", name)
+        assert r.returncode == 2 and "': must be 1 to 123 characters of" in r.stderr.decode(), name
+    assert not root.exists()
+
+
+def test_diff_of_a_tampered_layer_names_the_layer_as_check_does(root, tmp_path):
+    """A file that no longer matches the tarball imported: ``diff`` said ``graphdriver: file
+    './etc/hosts': longer than ...`` without naming the layer; it prints the line ``check``
+    prints, ``layer base: file ...``."""
+    from graphdriver.store.layers import Store, StoreOptions
+
+    tar = make_tar({"etc": D(), "etc/hosts": F(b"127.0.0.1 localhost\n")})
+    assert cli(root, "import", "base", "-", input=tar).returncode == 0
+    store = Store(StoreOptions(root=str(root), run_root=str(root.parent / "run")))
+    with open(Path(store.driver.apply_target("base").path, "etc/hosts"), "ab") as f:
+        f.write(b"127.0.0.1 evil\n")
+    checked = cli(root, "check", "base")
+    line = checked.stderr.decode()
+    assert checked.returncode == 6 and line.startswith("graphdriver: layer base: file "), line
+    assert "longer than" in line and line.count("\n") == 1
+    for how in ([], ["--compress", "gzip"], ["-o", str(tmp_path / "out.tar")]):
+        r = cli(root, "diff", "base", *how)
+        assert (r.returncode, r.stderr.decode()) == (6, line), how
+    assert not (tmp_path / "out.tar").exists()
+
+
+def _with_terminal_stdin(root: Path, *args: str) -> tuple[int, bytes, bytes]:
+    """Run the command line with a pseudo-terminal on standard input (a user at a prompt)."""
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    leader, follower = pty.openpty()
+    try:
+        cmd = [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+               str(root.parent / "run"), *args]
+        proc = subprocess.run(cmd, stdin=follower, capture_output=True, check=False, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    finally:
+        os.close(follower)
+        os.close(leader)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_import_and_apply_refuse_a_terminal_on_standard_input(root):
+    """``import ID -`` (or no FILE) and ``apply ID -`` with a terminal on standard input waited
+    behind a progress bar for a tarball no one types: refused at once (exit 2), as ``image load
+    -`` refuses it, and their help says so."""
+    for args in (["import", "t1", "-"], ["import", "t1"]):
+        said = ("graphdriver: standard input is a terminal; give a tarball file or pipe one: "
+                "see 'graphdriver import --help'\n")
+        assert _with_terminal_stdin(root, *args) == (2, b"", said.encode()), args
+    assert not root.exists()  # nothing made
+    assert cli(root, "create", "t1").returncode == 0
+    said = ("graphdriver: standard input is a terminal; give a tarball file or pipe one: "
+            "see 'graphdriver apply --help'\n")
+    assert _with_terminal_stdin(root, "apply", "t1", "-") == (2, b"", said.encode())
+    assert cli(root, "diff", "t1").stdout == cli(root, "diff", "t1").stdout  # still empty
+    assert cli(root, "diffsize", "t1").stdout == b"0\n"
+    for name in ("import", "apply"):
+        text = " ".join(cli(root, name, "--help").stdout.decode().split())
+        assert "2 " in text and "- (or no FILE) with a terminal on (or closed) standard input" in text, name

@@ -48,6 +48,85 @@ def test_the_overview_lists_every_command_by_group(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1
 
 
+#: What help is asked for in the wrapping tests: the overview, a group's, commands' own.
+_HELPS = [("--help",), ("image", "--help"), ("diff", "--help"), ("import", "--help"),
+          ("image", "load", "--help"), ("completion", "--help")]
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 132])
+def test_help_is_filled_to_the_terminal_width_with_a_hanging_indent(tmp_path, monkeypatch, width):
+    """Help lines ran to 198 columns whatever the terminal: they are filled to $COLUMNS (less
+    one), each description's further lines under its first, as argparse and git lay them out.
+    Only the usage line, an example's command and a word longer than the room reach past it;
+    a terminal narrower than the description column still gets a few words a line."""
+    monkeypatch.setenv("COLUMNS", str(width))
+    limit = max(width - 1, 31 + 24)  # the options' description column, and 24 columns of words
+    for args in _HELPS:
+        lines = gd(*args, root=tmp_path).stdout.decode().splitlines()
+        for line in lines:
+            if line.startswith(("usage: ", "  $ ")) or len(line.split()) == 1:
+                continue
+            assert len(line) <= limit, (args, line)
+            assert len(line) <= width - 1 or line.startswith("  "), (args, line)
+        if args == ("--help",) and width <= 80:  # (wider, these fit on one line)
+            at = next(i for i, line in enumerate(lines) if line.startswith("  import "))
+            assert lines[at].index("create an image layer") == 21
+            assert lines[at + 1].startswith(" " * 21) and lines[at + 1][21] != " ", lines[at:at + 3]
+            at = next(i for i, line in enumerate(lines) if line.startswith("  --run-root DIR "))
+            assert lines[at].index("runtime state") == 31
+            assert lines[at + 1].startswith(" " * 31) and lines[at + 1][31] != " ", lines[at:at + 3]
+        if args == ("diff", "--help") and width <= 80:
+            at = next(i for i, line in enumerate(lines) if line.startswith("  6  "))
+            assert lines[at + 1].startswith(" " * 5) and lines[at + 1][5] != " ", lines[at:at + 3]
+
+
+def test_help_says_the_same_whatever_the_width_and_the_manual_and_completion_ignore_it(tmp_path,
+                                                                                     monkeypatch):
+    """Filling changes where lines break, never a word; the manual and the completion scripts
+    (made from the same table) do not depend on the terminal at all."""
+    said: dict[str, list[str]] = {}
+    as_is = [("man",), ("completion", "bash"), ("completion", "fish")]
+    for width in ("40", "80", "500"):
+        monkeypatch.setenv("COLUMNS", width)
+        for args in [*_HELPS, *as_is]:
+            out = gd(*args, root=tmp_path).stdout.decode()
+            said.setdefault(" ".join(args), []).append(out if args in as_is else " ".join(out.split()))
+    for args, texts in said.items():
+        assert texts[0] == texts[1] == texts[2], args
+    monkeypatch.setenv("COLUMNS", "500")
+    wide = gd("--help", root=tmp_path).stdout.decode()
+    assert any(line.startswith("  --run-root DIR ") and line.endswith("the folder run under --root)")
+               for line in wide.splitlines())  # room enough: one line each
+
+
+def test_help_loads_no_module_to_fill_its_lines(tmp_path):
+    """Filling costs no import: neither shutil (for the width) nor textwrap and re; and the
+    likeness of words is loaded only to tell an unknown command what it is close to."""
+    probe = ("import sys\nfrom graphdriver.cli import main\nmain(sys.argv[1:])\n"
+             "print(' '.join(sorted(sys.modules)), file=sys.stderr)")
+    for args, banned in ((["--help"], {"shutil", "textwrap", "re", "difflib"}),
+                         (["diff", "--help"], {"shutil", "textwrap", "re", "difflib"}),
+                         (["--root", str(tmp_path / "s"), "layers"], {"difflib"}),
+                         (["lyers"], set())):
+        proc = subprocess.run([sys.executable, "-S", "-c", probe, *args], capture_output=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        modules = set(proc.stderr.decode().splitlines()[-1].split())
+        assert not modules & banned, (args, sorted(modules & banned))
+        if args == ["lyers"]:
+            assert "difflib" in modules
+
+
+@pytest.mark.parametrize("columns", [None, "100", "0", "x", "-3"])
+def test_the_width_is_the_one_shutil_would_tell(monkeypatch, columns):
+    """$COLUMNS when a positive number, else the terminal's, else 80: as
+    shutil.get_terminal_size(), whose module help does not load."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert clihelp.columns() == shutil.get_terminal_size().columns
+
+
 def test_the_manual_page_is_made_from_the_same_table(tmp_path):
     page = gd("man", root=tmp_path).stdout.decode()
     assert page.startswith(".TH GRAPHDRIVER 1")
@@ -122,10 +201,22 @@ def test_bash_completion_loads_and_completes_commands_options_and_layer_ids(tmp_
     assert gd("completion", "tcsh", root=tmp_path, check=False).returncode == 2
 
 
+def _option_text(text: str, start: str) -> str:
+    """The help of the option whose line starts with *start*, its wrapped lines joined."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(start))
+    kept = [lines[at]]
+    for line in lines[at + 1:]:
+        if not line.startswith(" " * 31):  # the hanging indent of an option's description
+            break
+        kept.append(line)
+    return " ".join(" ".join(kept).split())
+
+
 def test_the_default_root_and_run_root_are_told_whole_in_help_and_manual(tmp_path):
     text = gd("--help", root=tmp_path).stdout.decode()
-    root = next(line for line in text.splitlines() if line.startswith("  --root "))
-    run_root = next(line for line in text.splitlines() if line.startswith("  --run-root "))
+    root = _option_text(text, "  --root ")
+    run_root = _option_text(text, "  --run-root ")
     for says in ("$GRAPHDRIVER_ROOT", "/var/lib/graphdriver", "$XDG_DATA_HOME/graphdriver",
                  "~/.local/share/graphdriver"):
         assert says in root, says
@@ -141,7 +232,7 @@ def test_the_default_root_and_run_root_are_told_whole_in_help_and_manual(tmp_pat
                                            ("diff", True), ("diffsize", True), ("apply", True)])
 def test_parent_help_says_a_default_only_where_there_is_one(tmp_path, name, default):
     text = gd(name, "--help", root=tmp_path).stdout.decode()
-    line = next(line for line in text.splitlines() if line.startswith("  --parent P "))
+    line = _option_text(text, "  --parent P ")
     assert ("(default: the layer's own" in line) == default, line
     if not default:
         assert "base layer" in line

@@ -86,6 +86,19 @@ def test_changed_file_is_caught_by_check_and_diff(store):
         export(store, "base")
 
 
+def test_diff_names_the_layer_whose_file_differs_from_its_tarball(store):
+    """The file's own error (``file './etc/hosts': longer than ...``) is told as the layer's
+    (``layer base: file ...``), as check tells it: the command line's line names the layer."""
+    store.import_layer("base", None, io.BytesIO(BASE))
+    with open(Path(store.driver.apply_target("base").path, "etc/hosts"), "ab") as f:
+        f.write(b"127.0.0.1 evil\n")
+    with pytest.raises(IntegrityError) as failure:
+        export(store, "base")
+    assert failure.value.what == "layer base" and failure.value.why.startswith("file "), failure.value
+    assert "longer than" in failure.value.why
+    assert str(failure.value) == "layer base: " + str(dict(store.check())["base"])
+
+
 def test_same_length_change_is_caught(store):
     store.import_layer("base", None, io.BytesIO(BASE))
     Path(store.driver.apply_target("base").path, "etc/hosts").write_bytes(b"127.0.0.2 localhost\n")

@@ -127,7 +127,7 @@ def cmd_create(store: Store, args: Args) -> int:
 def cmd_import(store: Store, args: Args) -> int:
     from graphdriver.cliio import input_stream
 
-    with input_stream(args.file, f"import {args.id}", args.quiet) as stream:
+    with input_stream(args.file, "import", args.id, args.quiet) as stream:
         maps = _layer_maps(args, _parent_maps(store, args.parent))
         record = store.import_layer(args.id, args.parent, stream, idmaps=maps)
     if args.json:
@@ -143,7 +143,7 @@ def cmd_apply(store: Store, args: Args) -> int:
     maps = _layer_maps(args, lambda: store.layer_maps(store.record(args.id)))
     if maps is not None and maps != store.layer_maps(store.record(args.id)):
         raise InvalidArgument(f"--uidmap/--gidmap for layer {args.id}", "it was created with other id maps")
-    with input_stream(args.file, f"apply {args.id}", args.quiet) as stream:
+    with input_stream(args.file, "apply", args.id, args.quiet) as stream:
         size = store.apply(args.id, stream, args.parent)
     _result(args, str(size), {"id": args.id, "size": size})
     return 0
@@ -372,19 +372,24 @@ def _validate_ids(args: Args) -> None:
         check_id(args.parent, "parent id")
     for layer_id in args.ids:
         check_id(layer_id)
-    if args.command.startswith("container ") and args.name:
+    if args.command == "container create":
+        # A new container's name is shorter than a layer id: NAME-init is one too.
+        from graphdriver.images.container_layers import check_new_name
+
+        check_new_name(args.name)
+    elif args.command.startswith("container ") and args.name:
         check_id(args.name, "container name")
 
 
 def _self_help(args: Args) -> int:
     """``help``, ``completion`` and ``man``: about the command line itself, no store."""
     from graphdriver import clihelp
-    from graphdriver.cliargs import GROUPS, UsageError
+    from graphdriver.cliargs import GROUPS, UsageError, unknown_command
 
     if args.command == "help":
         topic = " ".join(args.topic) or None
         if topic is not None and topic not in COMMANDS and topic not in GROUPS:
-            raise UsageError(f"no command {topic!r}", "help")
+            raise unknown_command(topic)
         sys.stdout.write(clihelp.help_text(topic))
     elif args.command == "completion":
         if args.shell not in ("bash", "zsh", "fish"):

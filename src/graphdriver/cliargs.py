@@ -8,9 +8,11 @@ usage errors and ``--help`` all read it.
 
 Global options may stand before or after the command (``graphdriver layers
 --json`` and ``graphdriver --json layers`` are the same); ``--opt=VALUE`` and
-``--opt VALUE`` are the same; single-letter switches bundle (``-qv``); ``--``
-ends the options (the command may still follow it); ``-`` is an argument
-(standard input).  A usage error is one line and exit code 2.
+``--opt VALUE`` are the same; single-letter switches bundle (``-qv``) and a
+single-letter option takes its value attached (``-oFILE``, ``-qoFILE``), as getopt
+reads them; ``--`` ends the options (the command may still follow it); ``-`` is an
+argument (standard input).  A usage error is one line and exit code 2; an
+unknown command is told the commands nearest to it.
 """
 
 from __future__ import annotations
@@ -301,7 +303,7 @@ def parse(argv: Sequence[str]) -> Args:
                     i += 1
                 command = COMMANDS.get(word)
                 if command is None:
-                    raise UsageError(f"unknown command {_quote(word)}")
+                    raise unknown_command(word)
                 args.command = word
                 index = {**_GLOBAL_INDEX, **_index(command.options)}
             else:
@@ -310,8 +312,10 @@ def parse(argv: Sequence[str]) -> Args:
         flag, eq, inline = word.partition("=")
         option = index.get(flag)
         if option is None:
-            _switches(flag, eq, index, args)
-            continue
+            attached = _switches(word, index, args)
+            if attached is None:
+                continue
+            option, flag, eq, inline = attached  # -oFILE; -qo alone: the value is the next word
         if not option.value:
             if eq:
                 raise UsageError(f"option {flag} takes no value", args.command or None)
@@ -339,26 +343,37 @@ def parse(argv: Sequence[str]) -> Args:
     return args
 
 
-def _switches(flag: str, eq: str, index: dict[str, Option], args: Args) -> None:
-    """Single-letter switches bundled in one word (``-qv``), as getopt takes them.
+def _switches(word: str, index: dict[str, Option], args: Args) -> tuple[Option, str, str, str] | None:
+    """Single-letter options bundled in one word, as getopt takes them: switches (``-qv``), and
+    at most one option that takes a value, last, the rest of the word being its value
+    (``-oFILE``, ``-qoFILE``, or ``-qo=FILE`` as ``-o=FILE``; ``-qo`` takes the next word).
 
-    Only switches that take no value bundle; a letter that is no switch (unknown, or an
-    option that takes a value) is a usage error naming it.
+    Switches are set on *args*; the option taking a value is handed back with its flag,
+    ``"="`` or ``""`` (no value in the word: it is the next word) and its value, for the caller
+    to read as any other.  A letter that is no option is a usage error naming it.
     """
     where = args.command or None
+    flag, eq, _inline = word.partition("=")
     if flag.startswith("--") or len(flag) < 3:
         raise UsageError(f"unknown option {_quote(flag)}", where)
-    for letter in flag[1:]:
+    switches: list[Option] = []
+    for at, letter in enumerate(word[1:], 1):
         option = index.get("-" + letter)
         if option is None:
             raise UsageError(f"unknown option {_quote('-' + letter)} in {_quote(flag)}", where)
         if option.value:
-            raise UsageError(f"option -{letter} takes a value ({option.metavar}): it cannot be "
-                             f"bundled in {_quote(flag)}", where)
+            for switch in switches:
+                setattr(args, switch.dest, True)
+            value = word[at + 1:]
+            return option, "-" + letter, "=" if value else "", value.removeprefix("=")
+        switches.append(option)
+        if word[at + 1:at + 2] == "=":
+            break
     if eq:
         raise UsageError(f"options {flag} take no value", where)
-    for letter in flag[1:]:
-        setattr(args, index["-" + letter].dest, True)
+    for switch in switches:
+        setattr(args, switch.dest, True)
+    return None
 
 
 def _check_value(option: Option, flag: str, value: str, command: str) -> None:
@@ -393,6 +408,32 @@ def _positionals(command: Command, words: list[str], args: Args) -> None:
             setattr(args, spec.lower(), words.pop(0))
     if words:
         raise UsageError(f"unexpected argument {_quote(words[0])}", command.name)
+
+
+def unknown_command(word: str) -> UsageError:
+    """The usage error for *word* (``lyers``, ``image lss``), which names no command: with the
+    commands it is closest to, as git suggests them, and a pointer to the help that lists them
+    (a group's own for a command of a group)."""
+    group, _, rest = word.partition(" ")
+    if rest and group in GROUPS:  # alike by the command's own word: the group's is no likeness
+        known = [name.partition(" ")[2] for name in COMMANDS if name.startswith(group + " ")]
+        close = [f"{group} {name}" for name in _closest(rest, known)]
+    else:
+        known = list(dict.fromkeys(name.partition(" ")[0] for name in COMMANDS))
+        close, group = _closest(word, known), ""
+    hint = f" (did you mean {' or '.join(map(_quote, close))}?)" if close else ""
+    return UsageError(f"unknown command {_quote(word)}{hint}", group or None)
+
+
+def _closest(word: str, known: list[str]) -> list[str]:
+    """The words of *known* most like *word*: those sharing the best likeness (difflib's ratio,
+    at least 0.6), as git lists the commands of the best score.  An error's path alone pays
+    for difflib."""
+    import difflib
+
+    scored = [(difflib.SequenceMatcher(None, word, k).ratio(), k) for k in known]
+    best = max((score for score, _ in scored), default=0.0)
+    return [k for score, k in scored if score >= 0.6 and score == best]
 
 
 def _quote(word: str) -> str:

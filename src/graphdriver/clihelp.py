@@ -36,6 +36,8 @@ EXIT_CODES = {
 #: The two ways a tarball fails import and apply (errors.CorruptArchive and errors.ArchiveError).
 _CORRUPT = "the tarball is corrupt (truncated, a bad header checksum or compressed data)"
 _REFUSED = "an entry is refused (reaching outside the layer, a hardlink to nothing, ...)"
+#: Where import and apply read no tarball: standard input that no tarball is piped into.
+_TERMINAL = "- (or no FILE) with a terminal on (or closed) standard input"
 
 
 class Doc:
@@ -77,13 +79,14 @@ DOCS: dict[str, Doc] = {
                    ("graphdriver import base --uidmap 0:100000:65536 rootfs.tar", "owners shifted into a "
                     "user namespace's range"),
                    ("zstd -dc l.tar.zst | graphdriver import app --parent base -", "from standard input")],
-                  {1: _REFUSED, 3: "the parent does not exist", 4: "the id is taken",
+                  {1: _REFUSED, 2: _TERMINAL, 3: "the parent does not exist", 4: "the id is taken",
                    6: _CORRUPT + "; or the parent, or a layer below it, is damaged"}),
     "apply": Doc("layers", "Applies a layer tarball to an existing layer (the seeds' ApplyDiff): whiteouts delete, "
                  "files are added or replaced. The layer no longer matches an imported tarball afterwards. Prints "
                  "the bytes applied.",
                  [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr")],
-                 {1: _REFUSED, 2: "--parent names another layer than the one it sits on", 3: "no such layer",
+                 {1: _REFUSED, 2: "--parent names another layer than the one it sits on, or " + _TERMINAL,
+                  3: "no such layer",
                   5: "the layer has children, is a mounted image layer, or is a layer of an image",
                   6: _CORRUPT}),
     "mount": Doc("layers", "Makes the union of the layer's chain available and prints its path. Mounts are "
@@ -279,10 +282,52 @@ def _usage(c: Command) -> str:
     return f"{PROG} [OPTIONS] {' '.join((c.name, *c.args))}" + (" [COMMAND OPTIONS]" if c.options else "")
 
 
-def _wrap(text: str, indent: str = "", width: int = 79) -> list[str]:
-    import textwrap
+#: The narrowest a wrapped column gets, however narrow the terminal: a few words a line.
+_MIN_ROOM = 24
+#: Where option and command descriptions start (``  --run-root DIR`` and its padding).
+_OPTION_COLUMN = 31
+_COMMAND_COLUMN = 21
 
-    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent) or [indent]
+
+def columns() -> int:
+    """The terminal's width as :func:`shutil.get_terminal_size` tells it: ``$COLUMNS`` when it is
+    a positive number, else standard output's terminal, else 80.  The same three steps, without
+    importing :mod:`shutil` (it loads zlib, bz2 and lzma): help is asked for on the command line."""
+    import os
+    import sys
+
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        width = 0
+    if width <= 0:
+        try:
+            width = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            width = 0
+    return width if width > 0 else 80
+
+
+def _fill(lead: str, text: str, indent: int, width: int) -> list[str]:
+    """*text* filled to *width* columns after *lead*, each further line indented by *indent*
+    spaces (a hanging indent, as argparse and git lay out options).  Words are never split, so a
+    path or a command stays whole; a *lead* reaching past *indent* has the text start below it."""
+    lines = []
+    if len(lead) > indent:
+        lines.append(lead.rstrip())
+        lead = ""
+    room = max(width - indent, _MIN_ROOM)
+    line = lead.ljust(indent)
+    used = 0  # characters of *text* on this line
+    for word in text.split():
+        if used and used + 1 + len(word) > room:
+            lines.append(line)
+            line, used = " " * indent, 0
+        line += (" " if used else "") + word
+        used += (1 if used else 0) + len(word)
+    if used or not lines:
+        lines.append(line.rstrip())
+    return lines
 
 
 def _value(o: Option) -> str:
@@ -299,57 +344,65 @@ def _roff_option(o: Option) -> str:
     return "\\fB" + _roff(", ".join(o.flags)) + "\\fR" + value
 
 
-def _option_lines(options: tuple[Option, ...]) -> list[str]:
+def _option_lines(options: tuple[Option, ...], width: int) -> list[str]:
     lines = []
     for o in options:
         spelled = ", ".join(o.flags) + _value(o)
-        lines.append(f"  {spelled:<28} {o.help}")
+        lines += _fill(f"  {spelled} ", o.help, _OPTION_COLUMN, width)
     return lines
 
 
-def overview(group: str | None = None) -> str:
-    """``graphdriver --help`` (or ``graphdriver image --help``): the commands by group."""
+def overview(group: str | None = None, width: int | None = None) -> str:
+    """``graphdriver --help`` (or ``graphdriver image --help``): the commands by group, filled to
+    *width* columns (default: the terminal's, less one)."""
+    width = width or columns() - 1
+    about = ("A container layer store: layers on disk, union mounts, layer tarballs in and out byte "
+             "for byte, and images, containers and registries on top." if group is None
+             else f"The {group} commands.")
     lines = [f"usage: {PROG} [OPTIONS] {group + ' ' if group else ''}COMMAND [ARGS]", "",
-             "A container layer store: layers on disk, union mounts, layer tarballs in and out byte for "
-             "byte," if group is None else f"The {group} commands.", ""]
-    if group is None:
-        lines[2] += ""
-        lines.insert(3, "and images, containers and registries on top.")
+             *_fill("", about, 0, width), ""]
     for key, title in GROUPS.items():
         names = [n for n, d in DOCS.items() if d.group == key and (group is None or n.startswith(group + " "))]
         if not names:
             continue
         lines.append(f"{title}:")
-        lines += [f"  {n:<18} {COMMANDS[n].help}" for n in names]
+        for n in names:
+            lines += _fill(f"  {n} ", COMMANDS[n].help, _COMMAND_COLUMN, width)
         lines.append("")
     if group is None:
-        lines += ["Options (before or after the command):", *_option_lines(GLOBAL_OPTIONS), "",
-                  "Exit codes: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()) + ".",
-                  f"Run '{PROG} help COMMAND' (or '{PROG} COMMAND --help') for one command; "
-                  f"'{PROG} man' prints the manual."]
+        codes = "Exit codes: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()) + "."
+        more = (f"Run '{PROG} help COMMAND' (or '{PROG} COMMAND --help') for one command; "
+                f"'{PROG} man' prints the manual.")
+        lines += ["Options (before or after the command):", *_option_lines(GLOBAL_OPTIONS, width), "",
+                  *_fill("", codes, 0, width), *_fill("", more, 0, width)]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def command_help(name: str) -> str:
-    """``graphdriver COMMAND --help``: what it does, its arguments and options, exit codes, examples."""
+def command_help(name: str, width: int | None = None) -> str:
+    """``graphdriver COMMAND --help``: what it does, its arguments and options, exit codes, examples;
+    filled to *width* columns (default: the terminal's, less one).  Example commands stay whole."""
+    width = width or columns() - 1
     c, d = COMMANDS[name], DOCS[name]
     lines = [f"usage: {_usage(c)}", ""]
-    lines += _wrap(d.description)
+    lines += _fill("", d.description, 0, width)
     if c.options:
-        lines += ["", "Command options:", *_option_lines(c.options)]
+        lines += ["", "Command options:", *_option_lines(c.options, width)]
     codes = {0: EXIT_CODES[0], **d.exits}
-    lines += ["", "Exit codes:"] + [f"  {k}  {v}" for k, v in sorted(codes.items())]
+    lines += ["", "Exit codes:"]
+    for k, v in sorted(codes.items()):
+        lines += _fill(f"  {k}  ", v, 5, width)
     lines += ["", "Examples:"]
     for cmd, what in d.examples:
-        lines += [f"  $ {cmd}", *_wrap(what, "      ")]
-    lines += ["", f"Global options: see '{PROG} --help'."]
+        lines += [f"  $ {cmd}", *_fill("", what, 6, width)]
+    lines += ["", *_fill("", f"Global options: see '{PROG} --help'.", 0, width)]
     return "\n".join(lines) + "\n"
 
 
-def help_text(command: str | None) -> str:
+def help_text(command: str | None, width: int | None = None) -> str:
+    """The help of *command* (a group, or None: the overview), filled to *width* columns."""
     if command is None or command not in COMMANDS:
-        return overview(command)
-    return command_help(command)
+        return overview(command, width)
+    return command_help(command, width)
 
 
 def _roff(text: str) -> str:

@@ -25,11 +25,18 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def input_stream(path: str, label: str, quiet: bool) -> Iterator[BinaryIO]:
-    """FILE (or standard input for ``-``), wrapped in a progress bar when one is wanted."""
+def input_stream(path: str, command: str, layer_id: str, quiet: bool) -> Iterator[BinaryIO]:
+    """FILE (or standard input for ``-``) for *command* (``import``, ``apply``) of *layer_id*,
+    wrapped in a progress bar when one is wanted."""
+    label = f"{command} {layer_id}"
     if path == "-":
         if sys.stdin is None:  # the caller closed it: there is nothing to read, not an empty layer
             raise InvalidArgument("standard input", "is closed; name a FILE or pipe a tarball in")
+        if sys.stdin.isatty():
+            # It would wait behind a progress bar for bytes no one types (as image load refuses).
+            from graphdriver.cliargs import UsageError
+
+            raise UsageError("standard input is a terminal; give a tarball file or pipe one", command)
         with progress.reading(sys.stdin.buffer, label, None, quiet) as s:
             yield s
         return

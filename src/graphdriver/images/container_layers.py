@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from graphdriver.errors import AlreadyExists, IntegrityError, InvalidArgument, NotFound, shorten
 from graphdriver.fs import atomic
-from graphdriver.ids import MAX_ID, check_id
+from graphdriver.ids import MAX_ID, check_id, is_valid_id
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.plain import Plain
@@ -116,7 +116,7 @@ def container(store: Store, name: str) -> Container:
 
 def create(store: Store, image_name: str, name: str, *, size: str | None = None) -> Container:
     """A container *name* from image *image_name*: init layer, then the writable layer."""
-    _check_new_name(name)
+    check_new_name(name)
     init = name + INIT_SUFFIX
     images = ImageStore(store.root)
     record, by_name = images.lookup(image_name)
@@ -139,14 +139,14 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
     return made
 
 
-def _check_new_name(name: str) -> None:
+def check_new_name(name: str) -> None:
     """A usage error for a name no container can have: a layer id short enough that its init
     layer's id (``NAME-init``) is one too, told about the name given, not about that id."""
-    check_id(name, "container name")
-    if len(name) > MAX_NAME:
+    if len(name) > MAX_NAME and is_valid_id(name):
         raise InvalidArgument(f"invalid container name {shorten(name)!r}",
                               f"must be at most {MAX_NAME} characters ({len(name)} given): its init layer "
                               f"NAME{INIT_SUFFIX} is a layer id, at most {MAX_ID}")
+    check_id(name, "container name", most=MAX_NAME)
 
 
 def _gone(images: ImageStore, image_id: str) -> bool:

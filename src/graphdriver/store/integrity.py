@@ -287,6 +287,18 @@ def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
         store._raise_explained(missing, layer_id, seen=record)
 
 
+def of_layer(error: Exception, layer_id: str) -> Exception:
+    """*error* told as a failure of layer *layer_id*, as ``check`` tells it: an integrity failure
+    that names a file of the layer or its tar-split data but not the layer (``file './etc/passwd':
+    longer than ...``) becomes ``layer ID: file './etc/passwd': ...``; any other is *error*."""
+    if not isinstance(error, IntegrityError):
+        return error
+    what = error.what
+    if what.startswith("layer ") or what.endswith(f" layer {layer_id}"):
+        return error  # never "layer a: layer a: ..."; a layer below is named as itself
+    return IntegrityError(f"layer {layer_id}", str(error))
+
+
 def check_tarsplit(record: Layer, f: BinaryIO) -> str | None:
     """IntegrityError unless *f* is tar-split metadata rebuilding *record*'s tarball's size;
     the first name it gives twice, if one is (see :func:`~graphdriver.layerio.tarsplit.checked_size`)."""

@@ -997,7 +997,14 @@ class Store:
             self._diff(record, base, out, regenerate, exact)
         except (GraphDriverError, OSError) as e:
             # Files may vanish under a reader when another process removes the layer.
-            self._raise_explained(e, layer_id, base, *self._ancestors(record), seen=record)
+            explained = self._explain(e, layer_id, base, *self._ancestors(record), seen=record)
+            if explained is e:
+                from graphdriver.store.integrity import of_layer
+
+                explained = of_layer(e, layer_id)
+            if explained is e:
+                raise
+            raise explained from e
 
     def _diff(self, record: Layer, base: str | None, out: BinaryIO, regenerate: bool,
               exact: bool = False) -> None:
