@@ -1220,11 +1220,16 @@ def test_the_look_for_closed_folders_is_only_for_outputs_that_cannot_be_taken_ba
     calls: list[str] = []
 
     class Store:
+        root = str(tmp_path / "store")  # no image there keeps bytes of the layer
+
         def may_read_as_owner(self) -> bool:
             return True
 
         def record(self, layer_id: str) -> object:
-            return SimpleNamespace(parent="base")
+            return SimpleNamespace(parent="base", diff_digest=None)
+
+        def changed_since_import(self, layer_id: str) -> None:
+            return None
 
         def closed_folder(self, layers: object) -> str:
             calls.append("look " + ",".join(layers))  # type: ignore[call-overload]
@@ -1243,7 +1248,7 @@ def test_the_look_for_closed_folders_is_only_for_outputs_that_cannot_be_taken_ba
 
     assert run(str(tmp_path / "out.tar")) == []
     assert run(str(tmp_path / "fifo")) == ["look ctr,base", "enter"]
-    assert run(str(tmp_path / "fifo"), compress="original") == []  # the stored bytes: no tree read
+    assert run(str(tmp_path / "fifo"), compress="original") == []  # none kept: refused, no tree read
     assert run(str(tmp_path / "fifo"), command="changes") == []
 
 

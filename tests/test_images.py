@@ -230,7 +230,8 @@ def test_a_wrong_diff_id_refuses_the_image_and_leaves_nothing(tmp_path, driver_n
 def test_a_layer_that_only_bears_an_images_chain_id_is_never_taken_for_its_layer(tmp_path, impostor):
     """Layer ids are the user's to choose: one named like an image layer's chain id but made
     otherwise (create, --rw, imported on another parent or from another tarball) is refused
-    as that layer (exit 6, naming it), and neither it nor anything of the image is changed."""
+    as that layer (exit 5, a name taken, not a corrupt layer; naming it), and neither it nor
+    anything of the image is changed."""
     from graphdriver.images.oci import chain_ids
 
     c1, c2 = (c[7:] for c in chain_ids([sha256(LAYER1), sha256(LAYER2)]))
@@ -245,9 +246,10 @@ def test_a_layer_that_only_bears_an_images_chain_id_is_never_taken_for_its_layer
     oci_layout(tmp_path / "in", [LAYER1, LAYER2])
     proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"), check=False)
     lines = proc.stderr.decode().splitlines()
-    assert proc.returncode == 6 and "Traceback" not in proc.stderr.decode(), proc.stderr
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr.decode(), proc.stderr
     assert len(lines) == 1, lines  # off a terminal, the layers it skipped are not told
     assert lines[0].startswith(f"graphdriver: layer {c2}: bears this image's chain id but ")
+    assert lines[0].endswith("; remove it or give it another id, then load again")
     assert gd(tmp_path, "vfs", "image", "ls", "--json").stdout.strip() == b"[]"
     assert gd(tmp_path, "vfs", "layer", c2).stdout == before
     assert sorted(gd(tmp_path, "vfs", "layers").stdout.split()) == sorted([c1.encode(), c2.encode()])
@@ -461,6 +463,26 @@ def test_a_save_into_a_layout_replaces_the_entry_of_the_same_tag(tmp_path):
         ("2", app), ("1", base)]
     assert skopeo("inspect", f"oci:{out}:1")["Digest"] == base
     assert skopeo("inspect", f"oci:{out}:2")["Digest"] == app
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_a_save_into_a_layout_replaces_an_entry_whose_ref_name_is_the_full_name(tmp_path):
+    """skopeo and buildah write ``oci:DIR:localhost/app:1`` as ref.name ``localhost/app:1`` and no
+    containerd name: that entry is of the same image name, and a save of localhost/app:1 replaces it."""
+    old = oci_layout(tmp_path / "old", [LAYER1], name="localhost/old:1")
+    new = oci_layout(tmp_path / "new", [LAYER1, LAYER2], name="localhost/app:1")
+    out = tmp_path / "out"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{tmp_path / 'old'}:1", f"oci:{out}:localhost/app:1"],
+                   check=True)
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{tmp_path / 'old'}:1", f"oci:{out}:2"], check=True)
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "new"))
+    gd(tmp_path, "vfs", "image", "save", "localhost/app:1", "-o", str(out), "--format", "oci")
+    entries = json.loads((out / "index.json").read_text())["manifests"]
+    assert [(e["annotations"]["org.opencontainers.image.ref.name"], e["digest"]) for e in entries] == [
+        ("2", old), ("1", new)]  # the bare tag 2 stays: a tag, not a name
+    assert subprocess.run(["skopeo", "inspect", f"oci:{out}:localhost/app:1"], capture_output=True).returncode
+    loaded = run_cli("image", "load", str(out), root=tmp_path / "again", driver="vfs")
+    assert loaded.stdout.decode().splitlines().count("localhost/app:1") == 1, loaded.stdout
 
 
 def test_an_archive_from_a_pipe_a_fifo_or_standard_input_loads(tmp_path):
@@ -679,6 +701,26 @@ def test_a_container_name_is_at_most_123_characters_and_a_longer_one_is_told_so(
     assert "at most 123 characters" in gd(tmp_path, "vfs", "container", "create", "--help").stdout.decode()
 
 
+def test_a_container_name_of_64_hex_digits_is_refused_as_an_image_layers_id(tmp_path):
+    """Image layers are stored under the hex of their chain ids: a container so named would
+    stand in the way of the image that has that layer, so the name is a usage error, as an
+    image name of 64 hex digits is; 64 other characters are a name."""
+    from graphdriver.images.oci import chain_ids
+
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    layers = gd(tmp_path, "vfs", "layers").stdout
+    for name in (chain_ids([sha256(LAYER2)])[0][7:], "0" * 64):
+        proc = gd(tmp_path, "vfs", "container", "create", "localhost/made:1", name, check=False)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert proc.stderr.decode().startswith(f"graphdriver: invalid container name '{name}': ")
+        assert "64 hex digits are an image layer's id" in proc.stderr.decode()
+    assert gd(tmp_path, "vfs", "layers").stdout == layers  # nothing made
+    for name in ("A" * 64, "g" * 64, "a" * 63):
+        gd(tmp_path, "vfs", "container", "create", "localhost/made:1", name)
+    assert "64 hex" in gd(tmp_path, "vfs", "container", "create", "--help").stdout.decode()
+
+
 def test_container_ls_shows_the_image_by_the_name_it_was_made_from(tmp_path):
     """As ``docker ps``: the name given to ``container create`` (while the image has it), not
     whichever of the image's names sorts first."""
@@ -775,7 +817,8 @@ def test_an_image_of_the_other_system_is_refused_and_leaves_nothing(tmp_path):
 
 
 def test_image_load_help_lists_the_exit_codes_a_load_gives(tmp_path):
-    """The help's exit codes are those a load gives: 7 for an image of the other system too."""
+    """The help's exit codes are those a load gives: 7 for an image of the other system too,
+    5 for a layer in the way of one of the image's."""
     oci_layout(tmp_path / "win", [wingen.layer_tar(wingen.base_layer())], name="localhost/win:1",
                os_name="windows")
     escaping = io.BytesIO()
@@ -783,8 +826,12 @@ def test_image_load_help_lists_the_exit_codes_a_load_gives(tmp_path):
         tar.addfile(tarfile.TarInfo("../outside"))
     oci_layout(tmp_path / "escaping", [escaping.getvalue()])
     (tmp_path / "no-tar").write_bytes(b"not a tarball")
-    cases = {1: ["escaping"], 2: ["escaping", "--platform", "bogus"], 3: ["missing"], 6: ["no-tar"],
-             7: ["win"]}
+    oci_layout(tmp_path / "clash", [LAYER2])
+    from graphdriver.images.oci import chain_ids
+
+    gd(tmp_path, "vfs", "create", chain_ids([sha256(LAYER2)])[0][7:], "--rw")  # a layer with its id
+    cases = {1: ["escaping"], 2: ["escaping", "--platform", "bogus"], 3: ["missing"], 5: ["clash"],
+             6: ["no-tar"], 7: ["win"]}
     for code, (source, *rest) in cases.items():
         proc = gd(tmp_path, "vfs", "image", "load", str(tmp_path / source), *rest, check=False)
         assert proc.returncode == code and proc.stderr.count(b"\n") == 1, (code, proc.stderr)

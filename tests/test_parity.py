@@ -55,6 +55,17 @@ def test_diff_compress_original_gives_the_kept_blob(tmp_path):
         assert refused.stderr.decode().startswith("graphdriver: --compress original: "), refused.stderr
 
 
+def test_diff_compress_original_of_an_uncompressed_layout_blob_is_the_tarball(tmp_path):
+    """An OCI layout's uncompressed layer blob is the layer's tarball: given back as it came."""
+    from tests.test_images import oci_layout
+
+    oci_layout(tmp_path / "in", [LAYER], name="localhost/o:1", gzipped=False)
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    inspected = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/o:1").stdout)
+    layer_id = inspected["Layers"][0]["Layer"]
+    assert gd(tmp_path, "vfs", "diff", layer_id, "--compress", "original").stdout == LAYER
+
+
 def test_mounted_counts_across_processes_and_unmount_force_drops_them(tmp_path, driver_name):
     gd(tmp_path, driver_name, "create", "l")
     assert gd(tmp_path, driver_name, "mounted", "l").stdout == b"0\n"

@@ -696,6 +696,73 @@ def test_a_pull_by_digest_keeps_the_digested_reference(tmp_path, registry):
     assert gd(other, "image", "inspect", index_ref, check=False).returncode == 3
 
 
+def test_an_image_whose_tag_moved_is_still_found_by_its_manifest_digest(tmp_path, registry):
+    """R/multi:1 pulled for amd64, then for arm64: the tag moves, and the amd64 image is still
+    R/multi@<its manifest> (found by it, in its RepoDigests), as Docker keeps the digested
+    reference of an image whose tag moved; a tag moved by ``image tag`` leaves the same."""
+    from tests.test_images import sha256
+
+    ids = platforms_layout(tmp_path / "multi", ["linux/amd64", "linux/arm64"], "localhost/multi:1")
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{tmp_path / 'multi'}:1",
+                    f"docker://{registry.host}/multi:1"], check=True)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{registry.host}/multi:1"], check=True, capture_output=True).stdout
+    repo, tag = f"{registry.host}/multi", f"{registry.host}/multi:1"
+    index_ref = f"{repo}@{sha256(raw)}"
+    by_arch = {m["platform"]["architecture"]: f"{repo}@{m['digest']}" for m in json.loads(raw)["manifests"]}
+    gd(tmp_path, "image", "pull", tag, "--insecure", "--platform", "linux/amd64")
+    tagged = json.loads(gd(tmp_path, "image", "inspect", tag).stdout)["RepoDigests"]
+    assert tagged == sorted([by_arch["amd64"], index_ref])
+    gd(tmp_path, "image", "pull", tag, "--insecure", "--platform", "linux/arm64")
+    assert json.loads(gd(tmp_path, "image", "inspect", tag).stdout)["Id"] == ids["linux/arm64"]
+    moved = json.loads(gd(tmp_path, "image", "inspect", by_arch["amd64"]).stdout)
+    assert moved["Id"] == ids["linux/amd64"] and moved["Names"] == []
+    assert moved["RepoDigests"] == tagged  # as while it had the tag
+    assert json.loads(gd(tmp_path, "image", "inspect", by_arch["arm64"]).stdout)["Id"] == ids["linux/arm64"]
+    # The tag moved back by image tag: the arm64 image keeps its own digest the same way.
+    gd(tmp_path, "image", "tag", ids["linux/amd64"], tag)
+    assert json.loads(gd(tmp_path, "image", "inspect", by_arch["arm64"]).stdout)["Id"] == ids["linux/arm64"]
+    assert json.loads(gd(tmp_path, "image", "inspect", by_arch["amd64"]).stdout)["Id"] == ids["linux/amd64"]
+    # The last tag of the repository removed takes the repository's digested references with it.
+    gd(tmp_path, "image", "rm", tag)
+    assert gd(tmp_path, "image", "inspect", by_arch["amd64"], check=False).returncode == 3
+
+
+def test_a_pull_onto_a_layer_bearing_its_chain_id_is_refused_as_a_name_taken(tmp_path, registry):
+    """A container layer (here made by ``create --rw``) under the id of the image's layer is in
+    the way: exit 5 (a precondition, not an integrity failure), one line naming it."""
+    from graphdriver.images.oci import chain_ids
+    from tests.test_images import sha256
+
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/made:1"], check=True)
+    layer = chain_ids([sha256(LAYER1)])[0][7:]
+    gd(tmp_path, "create", layer, "--rw")
+    proc = gd(tmp_path, "image", "pull", f"{registry.host}/made:1", "--insecure", check=False)
+    assert proc.returncode == 5 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert proc.stderr.decode().startswith(f"graphdriver: layer {layer}: bears this image's chain id but "
+                                           "is a writable (container) layer")
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+
+
+def test_diff_compress_original_of_a_layer_pulled_uncompressed_gives_that_tarball(tmp_path, registry):
+    """A layer blob of media type ...layer.v1.tar is the tarball itself (its digest the DiffID):
+    the original bytes are the layer's exact diff, given back, not refused as never kept."""
+    from graphdriver.images import oci
+    from tests.test_images import sha256
+
+    put_image(registry.host, "plain:1", [(oci.OCI_LAYER, LAYER1, None), (oci.OCI_LAYER, LAYER2, None)])
+    gd(tmp_path, "image", "pull", f"{registry.host}/plain:1", "--insecure")
+    layers = json.loads(gd(tmp_path, "image", "inspect", f"{registry.host}/plain:1").stdout)["Layers"]
+    for layer, tarball in zip(layers, (LAYER1, LAYER2), strict=True):
+        original = gd(tmp_path, "diff", layer["Layer"], "--compress", "original").stdout
+        assert original == tarball and sha256(original) == layer["DiffID"]
+    out = tmp_path / "top.tar"
+    gd(tmp_path, "diff", layers[1]["Layer"], "--compress", "original", "-o", str(out))
+    assert out.read_bytes() == LAYER2
+
+
 def test_a_pull_onto_layers_already_stored_keeps_its_manifest_and_pushes_unchanged(tmp_path, registry):
     # The base layer arrives first from a docker-archive (no compressed blob kept for it)...
     oci_layout(tmp_path / "base", [LAYER1], name="localhost/base:1")
@@ -737,6 +804,21 @@ def test_tls_to_a_plain_http_registry_fails_at_once_and_says_why(tmp_path, regis
     assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
     assert b"attempts" not in proc.stderr  # not retried (a retried failure says how often it tried)
     assert b"plain HTTP" in proc.stderr and b"--insecure" in proc.stderr
+
+
+def test_verbose_causes_of_a_push_to_a_plain_http_registry_are_each_told_once(tmp_path, registry):
+    """With -v, the causes behind the line follow it, none the same as the one before it
+    (the SSL error reaches us wrapped in another of the same words)."""
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    proc = gd(tmp_path, "-v", "image", "push", "localhost/made:1", f"{registry.host}/made:1", check=False)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
+    causes = [line for line in lines if line.startswith("graphdriver:   caused by ")]
+    assert any("SSLError" in line for line in causes), lines
+    import itertools
+
+    assert all(a != b for a, b in itertools.pairwise(lines)), lines
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

@@ -240,6 +240,10 @@ def cmd_diff(store: Store, args: Args) -> int:
             raise InvalidArgument("--compress original", "gives back the bytes the layer came in, over "
                                   "its own parent: it takes no other --parent and no --regenerate")
         path = original_blob(store, args.id)
+        if path is None:  # it came as its uncompressed tarball, which its exact diff is
+            with output_stream(args.output) as out:
+                store.diff(args.id, out, exact=True)
+            return 0
         with output_stream(args.output) as out, open(path, "rb") as f:
             while chunk := f.read(1 << 20):
                 out.write(chunk)
@@ -476,15 +480,20 @@ def _flush_stdout() -> None:
 
 def _report(err: BaseException, args: Args | None) -> None:
     """The one line; with ``-v``, a line more for each cause behind it (not a traceback:
-    those are for internal errors only)."""
+    those are for internal errors only), none the same as the line before it (urllib3 and
+    requests wrap one SSLError in another of the same words)."""
     warn(str(err))
     if args is None or not args.verbose or sys.stderr is None:
         return
     seen = {id(err)}
     cause = cause_of(err)
+    last = ""
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        sys.stderr.write(f"{PROG}:   caused by {type(cause).__name__}: {cause}\n")
+        line = f"{PROG}:   caused by {type(cause).__name__}: {cause}\n"
+        if line != last:
+            sys.stderr.write(line)
+        last = line
         cause = cause_of(cause)
 
 

@@ -163,6 +163,8 @@ DOCS: dict[str, Doc] = {
                        2: "not a platform OS/ARCH[/VARIANT], - with a terminal on (or closed) standard input, "
                           "or neither a docker-archive nor an OCI layout",
                        3: "no such file, or no image for the platform",
+                       5: "a layer (a container's, or one made otherwise) has the id of one of the "
+                          "image's layers",
                        6: "a digest or DiffID does not match, or the archive is corrupt or truncated",
                        7: "a Docker schema 1 image, an artifact, an image of the other system (Windows "
                           "layers go to windowsfilter alone), or an archive this user may not read"}),
@@ -190,7 +192,10 @@ DOCS: dict[str, Doc] = {
                        ("graphdriver image pull localhost:5000/app:1 --insecure", "from a local plain-http "
                         "registry")],
                       {1: "the registry refused or failed", 2: "not a platform OS/ARCH[/VARIANT]",
-                       3: "no such image, or none for the platform", 6: "a digest does not match",
+                       3: "no such image, or none for the platform",
+                       5: "a layer (a container's, or one made otherwise) has the id of one of the "
+                          "image's layers",
+                       6: "a digest does not match",
                        7: "a Docker schema 1 image, an artifact, or an image of the other system"}),
     "image push": Doc("images", "Pushes an image to a registry, to REF (without it, to NAME, which must "
                       "then be a name of the image, as docker push NAME): blobs it has are skipped, blobs "
@@ -230,10 +235,11 @@ DOCS: dict[str, Doc] = {
     "container create": Doc("containers", "Creates a container: an init layer NAME-init with what a runtime "
                             "needs (/etc/hosts, /etc/hostname, /etc/resolv.conf, mount points) and the writable "
                             "layer NAME on it. NAME works with mount, changes, diff and diffsize. NAME is a "
-                            "layer id of at most 123 characters, so that NAME-init is one too (at most 128).",
+                            "layer id of at most 123 characters, so that NAME-init is one too (at most 128), and not 64 hex "
+                            "digits: those are an image layer's id (the hex of its chain id).",
                             [("graphdriver container create deb:2 web", "then: graphdriver mount web")],
                             {2: "not an image name, an id prefix several images start with, or NAME is no "
-                                "container name (over 123 characters, or not a layer id)", 3: "no such image",
+                                "container name (over 123 characters, 64 hex digits, or not a layer id)", 3: "no such image",
                              4: "the name is taken"}),
     "container commit": Doc("containers", "Makes what the container changed (its diff against the init layer) a "
                             "new layer on its image, and a new image with it. Prints the new image's id.",

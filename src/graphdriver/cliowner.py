@@ -55,10 +55,11 @@ def run(handler: Callable[[Store, Args], int], store: Store, args: Args) -> int:
 
 
 def _streams_trees(args: Args) -> bool:
-    """Whether the command writes what it reads from layer trees as it goes: ``diff`` (not of
-    the stored compressed bytes), ``image save`` of an archive (refused to a terminal)."""
+    """Whether the command may write what it reads from layer trees as it goes: ``diff`` (of
+    the stored compressed bytes, it reads no tree: :func:`_closed_folder` tells), ``image
+    save`` of an archive (refused to a terminal)."""
     if args.command == "diff":
-        return args.compress != "original"
+        return True
     if args.command == "image save":
         if args.output in (None, "-"):
             return args.format != "oci" and sys.stdout is not None and not sys.stdout.isatty()
@@ -71,6 +72,11 @@ def _closed_folder(store: Store, args: Args) -> bool:
     (whatever fails here is left for the command itself to report)."""
     try:
         if args.command == "diff":
+            if args.compress == "original":
+                from graphdriver.images.kept import original_blob
+
+                if original_blob(store, args.id) is not None:
+                    return False  # a file of the image store, read whole: no tree
             layers = [args.id, args.parent or store.record(args.id).parent]
         else:
             from graphdriver.images import manage

@@ -34,6 +34,7 @@ CONTAINERS_DIR = "containers"
 INIT_SUFFIX = "-init"
 #: The longest container name: its init layer ``NAME-init`` is a layer id too.
 MAX_NAME = MAX_ID - len(INIT_SUFFIX)
+_HEX = frozenset("0123456789abcdef")
 _INIT_DIRS = ("proc", "sys", "dev", "dev/pts", "dev/shm", "etc")
 _INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 
@@ -141,12 +142,17 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
 
 def check_new_name(name: str) -> None:
     """A usage error for a name no container can have: a layer id short enough that its init
-    layer's id (``NAME-init``) is one too, told about the name given, not about that id."""
+    layer's id (``NAME-init``) is one too, told about the name given, not about that id; and
+    not 64 hex digits, the id an image layer is stored under (the hex of its chain id): such a
+    container would stand in the way of every image later loaded or pulled with that layer."""
     if len(name) > MAX_NAME and is_valid_id(name):
         raise InvalidArgument(f"invalid container name {shorten(name)!r}",
                               f"must be at most {MAX_NAME} characters ({len(name)} given): its init layer "
                               f"NAME{INIT_SUFFIX} is a layer id, at most {MAX_ID}")
     check_id(name, "container name", most=MAX_NAME)
+    if len(name) == 64 and set(name) <= _HEX:
+        raise InvalidArgument(f"invalid container name {shorten(name)!r}",
+                              "64 hex digits are an image layer's id (the hex of its chain id), not a name")
 
 
 def _gone(images: ImageStore, image_id: str) -> bool:
@@ -355,6 +361,6 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
             new = ImageRecord(oci.sha256_digest(data), [full], [*base.layers, layer_id], diff_ids,
                               created=now, platform=base.platform)
             with store.locked():
-                images.untag(full)
+                images.untag(full, moving_to=new.id)
                 images.put(new)
     return new

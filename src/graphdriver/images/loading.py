@@ -17,7 +17,15 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from graphdriver.errors import AlreadyExists, ArchiveError, IntegrityError, NotFound, Unsupported, shorten
+from graphdriver.errors import (
+    AlreadyExists,
+    ArchiveError,
+    IntegrityError,
+    NotFound,
+    Precondition,
+    Unsupported,
+    shorten,
+)
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import claim, locked
 from graphdriver.images import oci
@@ -166,7 +174,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
             record = _record(images, src, image_id, config, layer_ids, diff_ids, kept)
             with store.locked():
                 for name in record.names:
-                    images.untag(name)
+                    images.untag(name, moving_to=image_id)
                 previous = _existing(images, image_id)
                 if previous is not None:
                     _merge(record, previous, src)
@@ -255,10 +263,12 @@ def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
 
 
 def _check_reused(store: Store, layer_id: str, diff_id: str, parent: str | None) -> None:
-    """IntegrityError unless the stored layer named by this chain id is the image layer the
-    image needs: read-only, made from a tarball of DiffID *diff_id*, on *parent*.  Layer ids
-    are the caller's to choose, so a layer made otherwise (``create``, a container's, one
-    imported on another parent) may bear the name; it is never taken for the image's."""
+    """Refuse the stored layer named by this chain id unless it is the image layer the image
+    needs: read-only, made from a tarball of DiffID *diff_id*, on *parent*.  Layer ids are the
+    caller's to choose, so a layer made otherwise (``create``, a container's, one imported on
+    another parent) may bear the name; it is never taken for the image's.  That is a name
+    taken (:class:`Precondition`, exit 5), nothing corrupt; a true image layer whose files
+    changed since its import is an integrity failure."""
     layer = store.record(layer_id)
     why = None
     if layer.writable:
@@ -270,8 +280,8 @@ def _check_reused(store: Store, layer_id: str, diff_id: str, parent: str | None)
     elif layer.parent != parent:
         why = f"has parent {layer.parent or 'none'}, not {parent or 'none'} (its chain differs)"
     if why is not None:
-        raise IntegrityError(f"layer {layer_id}", f"bears this image's chain id but {why}; remove it or "
-                                                  "give it another id, then load again")
+        raise Precondition(f"layer {layer_id}", f"bears this image's chain id but {why}; remove it or "
+                                                "give it another id, then load again")
     changed = store.changed_since_import(layer_id)  # mounted writable: is it still that tarball?
     if changed is not None:
         raise IntegrityError(f"layer {layer_id}", f"cannot be shared: it {changed}")

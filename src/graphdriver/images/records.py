@@ -76,8 +76,9 @@ class ImageRecord(Plain):
         #: ``os/arch`` from the config.
         self.platform = platform
         #: Where a registry holds the image by digest (``host/team/app@sha256:...``), sorted:
-        #: where it was pushed, and the index a tag named when it was pulled through one.  A
-        #: later push to another repository of that registry mounts the blobs from there.
+        #: where it was pushed, the index a tag named when it was pulled through one, and the
+        #: manifest of a name it lost to another image.  A later push to another repository
+        #: of that registry mounts the blobs from there.
         self.pushed = pushed or []
         #: Names and digested references that came with another manifest of the same image
         #: (other layer compression, Docker's media types or OCI's) than ``manifest``: for
@@ -134,9 +135,10 @@ class ImageRecord(Plain):
         """How closely *ref* names this image, 0 closest; None when it does not.
 
         0: a name it has, or the digested reference it was pulled by (what the
-        user asked for); 1: where it was pushed as that manifest, or the index a
+        user asked for); 1: where it was pushed as that manifest, the index a
         tag named when it was pulled (one index digest stands for an image per
-        platform); 2: the manifest kept for one of its names in that repository.
+        platform), or the manifest of a name that moved to another image; 2: the
+        manifest kept for one of its names in that repository.
         """
         if ref.digest is None:
             return 0 if str(ref) in self.names else None
@@ -221,6 +223,19 @@ def _unknown(name: str, bad: dict[str, IntegrityError]) -> GraphDriverError:
     return IntegrityError(f"image {shorten(name)!r}", f"unknown while a record is unreadable: {first}{more}")
 
 
+def _remember_manifest(record: ImageRecord, name: str, manifest: str) -> None:
+    """Keep ``repo@manifest`` for *record*, which loses *name* (of that repository and kept
+    manifest), unless another of its names there keeps that manifest reachable."""
+    repository = repository_of(name)
+    if not repository or manifest in record.manifests_in(repository):
+        return
+    where = f"{repository}@{manifest}"
+    if where not in record.pushed:
+        record.pushed.append(where)
+    if name in record.name_manifests:  # another manifest than the record's own: kept under its digest
+        record.name_manifests[where] = record.name_manifests[name]
+
+
 def repository_of(name: str) -> str:
     """The repository of *name*; ``""`` for a name no longer valid (written by hand, or by an
     older version), which names none."""
@@ -297,8 +312,9 @@ class ImageStore:
         record.names = sorted(set(record.names))
         record.digests = sorted(set(record.digests))
         record.pushed = sorted(set(record.pushed))
-        # A name the image does not have any more keeps no manifest of its own.
-        named = {*record.names, *record.digests}
+        # A name the image does not have any more keeps no manifest of its own (where a
+        # registry holds it by a manifest that is not its own keeps that one).
+        named = {*record.names, *record.digests, *record.pushed}
         record.name_manifests = {n: m for n, m in sorted(record.name_manifests.items())
                                  if n in named and m.get("manifest") != record.manifest}
         atomic.write_json(self._path(record.id), record.to_json())
@@ -388,12 +404,23 @@ class ImageStore:
             raise _unknown(name, {} if name.startswith("sha256:") else bad)
         return found[0]
 
-    def untag(self, name: str) -> ImageRecord | None:
-        """Take the reference *name* off the image holding it; that image, or None."""
+    def untag(self, name: str, moving_to: str | None = None) -> ImageRecord | None:
+        """Take the reference *name* off the image holding it; that image, or None.
+
+        *moving_to*: the id of the image the name goes to (a load, pull, tag or commit).
+        The image it leaves stays reachable by the manifest kept for it there
+        (``repo@sha256:...``, in its RepoDigests), as Docker keeps the digested reference
+        of an image whose tag moved.  It is kept as where a registry holds the image
+        (:attr:`ImageRecord.pushed`), which names no image to list or to keep from
+        ``prune``.
+        """
         full = str(reference.parse(name))
         for r in self.all():
             if full in r.names:
+                kept = r.manifest_of(full)
                 r.names.remove(full)
+                if r.id != moving_to and kept:
+                    _remember_manifest(r, full, kept)
                 self.put(r)
                 return r
         return None

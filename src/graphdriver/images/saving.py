@@ -290,12 +290,19 @@ def _kept(earlier: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[
     The tag is the ``org.opencontainers.image.ref.name`` that ``oci:DIR:TAG`` finds an image by
     (skopeo, buildah): two entries of one tag would leave the one saved last unreachable there,
     so a save replaces it, as ``skopeo copy ... oci:DIR:TAG`` does, whatever repository it was of.
+
+    A ref.name that is itself a full name (``localhost/app:1``, as ``buildah push IMG
+    oci:DIR:localhost/app:1`` writes it, with no containerd name) names that image, as
+    loading the layout reads it: it is compared as a name, not as a tag.
     """
 
-    def names(entry: dict[str, Any]) -> tuple[Any, Any]:
+    def names(entry: dict[str, Any]) -> tuple[str | None, Any]:
         notes = entry.get("annotations")
         notes = notes if isinstance(notes, dict) else {}
-        return notes.get(oci.CONTAINERD_NAME), notes.get(oci.REF_NAME)
+        tag = notes.get(oci.REF_NAME)
+        containerd = notes.get(oci.CONTAINERD_NAME)
+        name = _as_name(containerd, always=True) if containerd else _as_name(tag)
+        return name, tag
 
     full = {names(e)[0] for e in entries} - {None}
     tags = {names(e)[1] for e in entries} - {None}
@@ -307,3 +314,15 @@ def _kept(earlier: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[
             continue
         kept.append(entry)
     return kept
+
+
+def _as_name(value: Any, always: bool = False) -> str | None:
+    """The normalised image name an index annotation gives, if it names a repository
+    (``localhost/app:1``, ``deb:2``; any name with *always*); None for a bare tag (``1``)
+    or what is no name."""
+    if not isinstance(value, str) or not (always or any(c in value.split("@")[0] for c in "/:")):
+        return None
+    try:
+        return str(reference.parse_new(value))
+    except InvalidArgument:
+        return None
