@@ -202,6 +202,61 @@ def test_a_live_apply_is_under_way_not_damaged_and_a_killed_one_is_damaged(tmp_p
         assert run_cli("remove", "da", root=root, driver=driver_name).returncode == 0
 
 
+def test_an_apply_to_a_created_layer_killed_anywhere_claims_no_digest_it_lacks(tmp_path: Path,
+                                                                             driver_name: str):
+    """The apply that records its tarball as an import (the layer came from create): a kill
+    leaves the layer damaged and claiming no digest, or whole and giving the tarball back;
+    ``cleanup`` takes its half-written tar-split file either way."""
+    root = tmp_path / "store"
+    tar = tmp_path / "layer.tar"
+    layer = _layer(400, 20_000, 5)
+    tar.write_bytes(layer)
+    rng = random.Random(int(os.environ.get("GRAPHDRIVER_CRASH_SEED", "7")))
+    # Killed while it reads its input: its tar-split file is half written.
+    run_cli("create", "half", root=root, driver=driver_name, check=True)
+    apply = subprocess.Popen(_cli(root, "--driver", driver_name, "apply", "half", "-"), env=_env(),
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert apply.stdin is not None
+    apply.stdin.write(layer[: len(layer) // 2])
+    apply.stdin.flush()
+    _wait_marked(root, driver_name, "half")
+    apply.send_signal(signal.SIGKILL)
+    apply.wait(60)
+    apply.stdin.close()
+    run_cli("import", "base", str(tar), root=root, driver=driver_name, check=True)
+    rounds = [("half", None), *((f"l{n}", rng.uniform(0.2, 1.5)) for n in range(6))]
+    for n, (layer_id, delay) in enumerate(rounds):
+        if delay is not None:  # killed at a random moment, on a parent or none
+            parent = ("--parent", "base") if n % 2 else ()
+            run_cli("create", layer_id, *parent, root=root, driver=driver_name, check=True)
+            proc = subprocess.Popen(_cli(root, "--driver", driver_name, "apply", layer_id, str(tar)),
+                                    env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        deadline = time.monotonic() + 10  # (its confined child dies a moment after it)
+        while True:
+            run_cli("cleanup", root=root, driver=driver_name, check=True)
+            partial = [name for name in os.listdir(root / "tarsplit") if ".partial-" in name]
+            if not partial or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert partial == []
+        shown = json.loads(run_cli("layer", layer_id, root=root, driver=driver_name, check=True).stdout)
+        if "damaged" in shown:
+            assert "diff_digest" not in shown and "fresh" not in shown, shown
+            assert run_cli("check", layer_id, root=root, driver=driver_name).returncode == 6
+        elif "diff_digest" not in shown:  # killed before it began: the layer is as created
+            assert shown["fresh"] is True and shown["size"] is None, shown
+        else:  # finished before the kill
+            assert run_cli("diff", layer_id, root=root, driver=driver_name, check=True).stdout == layer
+            assert run_cli("check", layer_id, root=root, driver=driver_name, check=True).stdout == \
+                f"{layer_id}: ok\n".encode()
+        run_cli("remove", layer_id, root=root, driver=driver_name, check=True)
+        assert os.listdir(root / "tarsplit") == ["base.tar-split.gz"]
+        assert os.listdir(root / "pending") == []
+
+
 def test_cleanup_takes_the_lock_file_a_dead_apply_left(tmp_path: Path, driver_name: str):
     root = tmp_path / "store"
     run_cli("create", "da", root=root, driver=driver_name, check=True)

@@ -117,6 +117,29 @@ def test_apply_forgets_the_import(store):
     assert b"etc/motd" in names and b"etc/hosts" in names
 
 
+def test_an_apply_to_a_created_layer_stopped_after_its_tar_split_claims_no_digest(store, monkeypatch):
+    """Stopped between the tar-split file put in place and the record naming it (where a kill
+    may land): the layer says it is damaged and claims no digest; removing it takes the file."""
+    store.create("l")
+
+    def stopped(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "_record_ingest", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        store.apply("l", io.BytesIO(TOP))
+    assert os.path.exists(store.tarsplit_path("l"))
+    rec = store.layer("l")
+    assert rec.damaged is not None and rec.diff_digest is None and rec.fresh is None
+    with pytest.raises(NotFound):
+        store.tarsplit("l", io.BytesIO())
+    [(_, why)] = store.check(["l"])
+    assert why is not None and why.startswith("damaged"), why
+    assert any("layer l is damaged" in line for line in store.cleanup())
+    store.remove("l")
+    assert os.listdir(os.path.dirname(store.tarsplit_path("l"))) == []
+
+
 def test_tarsplit_metadata_for_go_tool(store, tmp_path):
     if shutil.which("tar-split") is None:
         pytest.skip("tar-split (Debian package tar-split) not installed")

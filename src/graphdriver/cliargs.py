@@ -128,8 +128,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             Option("--mount-label", "SELinux label for its mounts", metavar="LABEL"), *_LAYER_MAPS),
     Command("import", "ID [FILE]", "create an image layer from a layer tarball (plain, gzip, zstd, "
             "xz, bzip2; FILE or - for standard input); prints the bytes applied", _NEW_PARENT, *_LAYER_MAPS),
-    Command("apply", "ID [FILE]", "apply a layer tarball to an existing layer; prints the bytes "
-            "applied", _APPLY_PARENT, *_LAYER_MAPS),
+    Command("apply", "ID [FILE]", "apply a layer tarball to an existing layer (to one fresh from "
+            "create: recorded as import records it); prints the bytes applied", _APPLY_PARENT, *_LAYER_MAPS),
     Command("mount", "ID", "make the layer's root filesystem available; prints its path "
             "(counted: each mount needs an unmount)",
             Option("--mount-label", "SELinux label for the mount", metavar="LABEL")),

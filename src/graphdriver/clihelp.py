@@ -82,9 +82,13 @@ DOCS: dict[str, Doc] = {
                   {1: _REFUSED, 2: _TERMINAL, 3: "the parent does not exist", 4: "the id is taken",
                    6: _CORRUPT + "; or the parent, or a layer below it, is damaged"}),
     "apply": Doc("layers", "Applies a layer tarball to an existing layer (the seeds' ApplyDiff): whiteouts delete, "
-                 "files are added or replaced. The layer no longer matches an imported tarball afterwards. Prints "
-                 "the bytes applied.",
-                 [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr")],
+                 "files are added or replaced. To a layer made by create and since never applied to nor mounted "
+                 "writable (even with nothing written), it is recorded as import records a layer: digests and "
+                 "tar-split metadata, so that diff gives back the applied bytes and check verifies them. Any "
+                 "other apply (a second one, one after import or after a writable mount) leaves the layer "
+                 "matching no tarball: what an import recorded is forgotten. Prints the bytes applied.",
+                 [("graphdriver apply ctr changes.tar", "add a tarball's changes to ctr"),
+                  ("graphdriver create l && graphdriver apply l l.tar.gz", "recorded as graphdriver import l l.tar.gz records it")],
                  {1: _REFUSED, 2: "--parent names another layer than the one it sits on, or " + _TERMINAL,
                   3: "no such layer",
                   5: "the layer has children, is a mounted image layer, or is a layer of an image",
@@ -109,7 +113,8 @@ DOCS: dict[str, Doc] = {
                   [("graphdriver layers", "one id a line"), ("graphdriver layers --json", "the records")]),
     "layer": Doc("layers", "Prints the layer's record as JSON: id, parent, created, size, the digests recorded on "
                  "import (diff_digest is the DiffID), the compression it came in, mounted_writable when the "
-                 "store last mounted the imported layer writable, its mount count and mount point, and the "
+                 "store last mounted the imported layer writable, fresh while a layer made by create was never "
+                 "applied to nor mounted writable, its mount count and mount point, and the "
                  "driver's facts.",
                  [("graphdriver layer base", "the record"),
                   ("graphdriver layer base --json | jq -r .diff_digest", "its DiffID")], {3: "no such layer"}),

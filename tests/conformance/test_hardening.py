@@ -1308,7 +1308,7 @@ def _diff_of(store, layer_id: str) -> tuple[list[str], bytes]:
     import tarfile
 
     out = io.BytesIO()
-    store.diff(layer_id, out)
+    store.diff(layer_id, out, regenerate=True)  # from the files (not a tarball an apply recorded)
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
         names = [m.name.rstrip("/") for m in tf.getmembers()]
     for i, name in enumerate(names):

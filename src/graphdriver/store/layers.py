@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from graphdriver.drivers.values import CreateOpts
     from graphdriver.fs.locking import locked
     from graphdriver.idmap import IDMappings
+    from graphdriver.layerio.ingest import IngestResult
     from graphdriver.store.transaction import Transaction
 
     _T = TypeVar("_T")
@@ -515,6 +516,7 @@ class Store:
             opts = CreateOpts(mount_label=mount_label, storage_opt=storage_opt, idmaps=own,
                               parent_idmaps=parent_maps)
             self._driver_create(layer_id, parent, opts, writable=writable)
+            record.fresh = True  # holds nothing of its own: a first apply is recorded as an import
             tx.commit(record)
         return record
 
@@ -622,12 +624,14 @@ class Store:
             opts = CreateOpts(idmaps=own, parent_idmaps=parent_maps)
             self._driver_create(layer_id, parent, opts, writable=False)
             with tx.unlocked():  # other writers go on while the layer is extracted
-                self._ingest_into(record, stream)
+                result = self._ingest(record, stream)
+            self._record_ingest(record, result)
             tx.commit(record)
         return record
 
-    def _ingest_into(self, record: LayerRecord, stream: BinaryIO) -> None:
-        """Extract, hash and record tar-split in one pass; fill *record* with what was learnt."""
+    def _ingest(self, record: LayerRecord, stream: BinaryIO) -> IngestResult:
+        """Extract, hash and record tar-split in one pass; the data durable and the tar-split
+        file in place (none for an unreproducible archive) when it returns."""
         from graphdriver.fs.locking import claim
 
         final = self.tarsplit_path(record.id)
@@ -649,12 +653,16 @@ class Store:
             if result.unreproducible:
                 # tar-split would rebuild the wrong bytes: keep the digests, not the metadata.
                 os.unlink(staging)
-                record.unreproducible = result.unreproducible
             else:
                 os.replace(staging, final)
                 atomic.fsync_dir(os.path.dirname(final))
         finally:
             out.close()
+        return result
+
+    def _record_ingest(self, record: LayerRecord, result: IngestResult) -> None:
+        """Fill *record* with what :meth:`_ingest` learnt (under the lock: the parent's chain id)."""
+        record.unreproducible = result.unreproducible or None
         record.size = result.size
         record.diff_digest = result.diff_digest
         record.uncompressed_size = result.uncompressed_size
@@ -686,17 +694,27 @@ class Store:
         the whole tarball is applied and durable: after a crash, or an archive
         that fails half way, the layer is reported damaged (exit 6) and refused
         by ``mount`` until it is removed, never taken for whole.
+
+        A layer that holds nothing of its own yet (made by :meth:`create`, never
+        applied to nor mounted writable: its record's ``fresh``) is recorded as
+        :meth:`import_layer` records one: digests, tar-split data, so that
+        ``diff`` gives back the applied bytes.  Any other forgets what an
+        import recorded: the tarball no longer describes the layer alone.
         """
         lock: ApplyLock | None = None
         try:
             with self.locked():
                 record, before = self._begin_apply(layer_id, parent)
+                # Not mounted now either: a reader's view must not see files come and go
+                # (a writable mount took the mark away already).
+                fresh = bool(before.fresh) and before.size is None and before.diff_digest is None \
+                    and self.driver.mount_count(layer_id) == 0
                 # Until the apply ends, its lock tells its mark from a dead apply's: taken
                 # before the mark, given back in the block that writes its last record.
                 lock = self.records.hold_applying(layer_id)
                 record.damaged = f"an apply started at {now_rfc3339()} did not finish"
                 self.records.put(record)
-            return self._apply_files(record, before, stream, lock)
+            return self._apply_files(record, before, stream, lock, fresh=fresh)
         finally:
             if lock is not None:
                 lock.release()  # an exit no record was written for (interrupted): damaged
@@ -729,16 +747,21 @@ class Store:
         # layer: forget what the import recorded before touching the files.
         record.diff_digest = record.compressed_digest = record.chain_id = None
         record.compressed_size = record.uncompressed_size = record.unreproducible = None
-        record.compression = record.mounted_writable = None
+        record.compression = record.mounted_writable = record.fresh = None
         return record, before
 
-    def _apply_files(self, record: Layer, before: LayerRecord, stream: BinaryIO, lock: ApplyLock) -> int:
-        """The files part of :meth:`apply`, the layer marked damaged until it is done."""
+    def _apply_files(self, record: Layer, before: LayerRecord, stream: BinaryIO, lock: ApplyLock, *,
+                     fresh: bool = False) -> int:
+        """The files part of :meth:`apply`, the layer marked damaged until it is done; *fresh*:
+        recorded as an import (the tar-split file is in place before the record names it)."""
         layer_id = record.id
         try:
             from graphdriver.store import content
 
-            size = content.apply(self.driver, layer_id, stream, idmaps=self.layer_maps(record)).size
+            if fresh:
+                result = self._ingest(record, stream)
+            else:
+                result = content.apply(self.driver, layer_id, stream, idmaps=self.layer_maps(record))
         except GraphDriverError as e:
             with self.locked():
                 try:
@@ -757,15 +780,19 @@ class Store:
                     self.records.put(stored)
                 lock.release()
             self._raise_explained(e, layer_id)  # its files gone: damaged (6), not "not found"
-        self._sync()
+        if not fresh:
+            self._sync()  # (an ingest syncs before it puts its tar-split file in place)
         with self.locked():
             stored = self.records.get(layer_id)
-            stored.size = (stored.size or 0) + size
             stored.damaged = None
-            self._forget_tarsplit(layer_id)
+            if fresh:
+                self._record_ingest(stored, result)
+            else:
+                stored.size = (stored.size or 0) + result.size
+                self._forget_tarsplit(layer_id)
             self.records.put(stored)
             lock.release()
-        return size
+        return result.size
 
     def _forget_tarsplit(self, layer_id: str) -> None:
         """Drop the layer's tar-split data, if it has any (it no longer holds the imported tarball alone)."""
@@ -843,7 +870,9 @@ class Store:
         An imported layer that the driver hands out writable (a ``vfs`` tree)
         is recorded as ``mounted_writable`` first: its files may change behind
         its tarball's back, so ``diff`` checks them before giving back the
-        imported bytes.  *readonly*: the caller only reads, nothing is recorded.
+        imported bytes; a layer made by :meth:`create` loses its ``fresh`` mark
+        (an apply to it is no longer recorded as an import).  *readonly*: the
+        caller only reads, nothing is recorded.
         """
         # Found and mounted under the store lock: a removal checks the mount count and
         # removes under it, so it either sees this mount or is done before it (then: 3).
@@ -851,12 +880,15 @@ class Store:
             record = self._find(layer_id)
             self._refuse_damaged(record)
             try:
-                if not (readonly or record.diff_digest is None or record.read_only_store
-                        or not self.driver.writable_view(layer_id)):
+                if not (readonly or (record.diff_digest is None and not record.fresh)
+                        or record.read_only_store or not self.driver.writable_view(layer_id)):
                     # A diff that finds the layer unchanged forgets the mark only when no
                     # mount came in between (see :func:`graphdriver.store.integrity.changed`).
+                    # A layer made by create holds something of its own from now on, maybe.
                     stored = self.records.get(layer_id)
-                    stored.mounted_writable = now_rfc3339()
+                    if stored.diff_digest is not None:
+                        stored.mounted_writable = now_rfc3339()
+                    stored.fresh = None
                     self.records.put(stored)
                 return self.driver.get(layer_id, mount_label)
             except (NotFound, IntegrityError) as e:

@@ -53,9 +53,13 @@ _STORED: tuple[tuple[str, Any], ...] = (
     # When the store last handed out a writable view of this imported layer (its files may
     # then differ from its tarball); None: never since the import, or found unchanged since.
     ("mounted_writable", None),
+    # True from ``create`` until the layer is first applied to or mounted writable: it holds
+    # nothing of its own, so an apply to it is recorded as an import is.  None otherwise (and
+    # in records written before the field was).
+    ("fresh", None),
 )
 _OPTIONAL = ("diff_digest", "compressed_digest", "compressed_size", "compression", "uncompressed_size",
-             "chain_id", "uidmap", "gidmap", "unreproducible", "damaged", "mounted_writable")
+             "chain_id", "uidmap", "gidmap", "unreproducible", "damaged", "mounted_writable", "fresh")
 
 
 class LayerRecord:
@@ -84,6 +88,7 @@ class LayerRecord:
     unreproducible: str | None
     damaged: str | None
     mounted_writable: str | None
+    fresh: bool | None
 
     def __init__(self, **values: Any) -> None:
         for name, default in _STORED:
@@ -188,7 +193,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "size": _OPT_INT, "diff_digest": _OPT_STR, "compressed_digest": _OPT_STR,
     "compressed_size": _OPT_INT, "compression": _OPT_STR, "uncompressed_size": _OPT_INT, "chain_id": _OPT_STR,
     "unreproducible": _OPT_STR, "damaged": _OPT_STR, "uidmap": _OPT_STR, "gidmap": _OPT_STR,
-    "mounted_writable": _OPT_STR,
+    "mounted_writable": _OPT_STR, "fresh": (bool, type(None)),
 }
 
 
