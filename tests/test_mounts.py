@@ -243,3 +243,19 @@ def test_read_only_bind_mount(tmp_path, cleanup_mounts):
         assert e.value.errno == errno.EROFS
     finally:
         mounts.unmount(str(dst))
+
+
+@needs_root
+@pytest.mark.parametrize("readonly", [True, False])
+def test_bind_mount_flags(tmp_path, cleanup_mounts, readonly):
+    """``mount(2)`` ignores flags on a new bind: they take the remount, read-only or not."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    mounts.bind_mount(str(src), str(dst), readonly=readonly, options=("nosuid", "nodev"))
+    try:
+        flags = os.statvfs(dst).f_flag
+        assert flags & os.ST_NOSUID and flags & os.ST_NODEV
+        assert bool(flags & os.ST_RDONLY) == readonly
+    finally:
+        mounts.unmount(str(dst))

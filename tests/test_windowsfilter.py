@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -143,6 +144,63 @@ def test_a_truncated_security_descriptor_is_one_line_exit_6(tmp_path):
     assert b"MSWINDOWS.rawsd" in r.stderr
 
 
+
+def pax_layer(*members: tuple[str, str, dict[str, str]], data: bytes = b"x") -> bytes:
+    """A layer tarball as Python's tarfile writes one in PAX: ``(name, kind, records)`` with
+    *kind* ``d`` (directory), ``f`` (file), ``s`` (symlink to ``f``) or ``h`` (hard link to
+    ``Files/f``); times 1575700977."""
+    out = io.BytesIO()
+    types = {"d": tarfile.DIRTYPE, "f": tarfile.REGTYPE, "s": tarfile.SYMTYPE, "h": tarfile.LNKTYPE}
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, records in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mtime, info.pax_headers = types[kind], 1575700977, dict(records)
+            info.linkname = {"s": "f", "h": "Files/f"}.get(kind, "")
+            info.size = len(data) if kind == "f" else 0
+            tf.addfile(info, io.BytesIO(data) if kind == "f" else None)
+    return out.getvalue()
+
+
+_DIR, _FILE = {"MSWINDOWS.fileattr": "16"}, {"MSWINDOWS.fileattr": "32"}
+_CONTRADICTIONS = {
+    "a directory without 0x10": (("Files/d", "d", {"MSWINDOWS.fileattr": "32"}), "of a directory lacks"),
+    "a directory of attributes 0": (("Files/d", "d", {"MSWINDOWS.fileattr": "0"}), "of a directory lacks"),
+    "a file with 0x10": (("Files/g", "f", {"MSWINDOWS.fileattr": "48"}), "of a file has"),
+    "a hard link with 0x10": (("Files/g", "h", {"MSWINDOWS.fileattr": "16"}), "of a file has"),
+    "a file marked a junction": (("Files/g", "f", {**_FILE, "MSWINDOWS.mountpoint": "1"}), "not a symlink"),
+    "a directory marked a junction": (("Files/d", "d", {**_DIR, "MSWINDOWS.mountpoint": "1"}),
+                                      "not a symlink"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CONTRADICTIONS))
+def test_attributes_that_contradict_the_entry_type_are_a_corrupt_layer(tmp_path, case):
+    """Windows sets FILE_ATTRIBUTE_DIRECTORY on every directory and on no file, and a junction
+    is a symlink entry: an entry that says otherwise is corrupt (exit 6, one line, no layer)."""
+    from tests.conftest import run_cli
+
+    member, why = _CONTRADICTIONS[case]
+    layer = pax_layer(("Files", "d", _DIR), ("Files/f", "f", _FILE), member)
+    r = run_cli("import", "bad", "-", root=tmp_path / "s", driver="windowsfilter", input=layer)
+    assert r.returncode == 6 and r.stderr.count(b"\n") == 1, r.stderr
+    assert why.encode() in r.stderr and member[0].encode() in r.stderr, r.stderr
+    assert run_cli("exists", "bad", root=tmp_path / "s", driver="windowsfilter").returncode == 3
+    assert not (tmp_path / "s/windowsfilter/bad").exists()
+
+
+def test_other_attribute_bits_are_taken_as_they_come(wstore):
+    """Only the directory bit and the junction mark are held to the entry's type."""
+    layer = pax_layer(("Files", "d", {"MSWINDOWS.fileattr": "18"}),  # hidden directory
+                      ("Files/f", "f", {"MSWINDOWS.fileattr": "1056"}),  # archive, reparse point
+                      ("Files/s", "s", {"MSWINDOWS.fileattr": "1040", "MSWINDOWS.mountpoint": "1"}),
+                      ("Files/t", "s", {"MSWINDOWS.fileattr": "1056"}))  # a symlink to a file
+    wstore.import_layer("ok", None, io.BytesIO(layer))
+    records = winmeta.LayerMeta.load(wstore.driver.resolve("ok")).records
+    attributes = [records[p].meta.attributes for p in ("Files", "Files/f", "Files/s", "Files/t")]
+    assert attributes == [18, 1056, 1040, 1056]
+    assert records["Files/s"].meta.mountpoint
+    assert diff_bytes(wstore, "ok") == layer
+
 def test_security_descriptor_inheritance():
     def inherit(parent_sd: bytes, is_dir: bool) -> wintar.SecurityDescriptor:
         return wintar.parse_security_descriptor(wintar.inherit_security_descriptor(parent_sd, is_dir=is_dir))
@@ -203,6 +261,31 @@ def test_base_layer_layout_and_exact_reexport(wstore):
     assert set(paths) == named | {implied} and len(paths) == len(named) + 1
     assert paths == sorted(paths, key=lambda p: p.encode())
 
+
+
+@pytest.mark.skipif(not shutil.which("tar-split"), reason="needs the tar-split tool")
+def test_tar_split_asm_rebuilds_a_layer_from_its_folder_but_for_its_streams(wstore, tmp_path):
+    """As the README says: the layer's folder holds every entry's data at its name but an
+    alternate data stream's, kept in ``.winmeta/streams/``; ``tar-split asm`` rebuilds a layer
+    without streams exactly and fails on one with a stream, which ``diff`` gives back exactly."""
+    import dataclasses
+
+    plain = [dataclasses.replace(e, streams={}) if isinstance(e, wingen.WinFile) else e
+             for e in wingen.base_layer()]
+    for layer_id, entries in (("plain", plain), ("streams", wingen.base_layer())):
+        data = wingen.layer_tar(entries)
+        wstore.import_layer(layer_id, None, io.BytesIO(data))
+        meta = tmp_path / f"{layer_id}.gz"
+        with open(meta, "wb") as f:
+            wstore.tarsplit(layer_id, f)
+        folder = wstore.layer(layer_id).metadata["dir"]
+        r = subprocess.run(["tar-split", "asm", "--input", str(meta), "--path", folder, "--output",
+                            str(tmp_path / f"{layer_id}.tar")], capture_output=True, check=False)
+        if layer_id == "plain":
+            assert r.returncode == 0 and (tmp_path / "plain.tar").read_bytes() == data, r.stderr
+        else:
+            assert r.returncode != 0 and b"notepad.exe:Zone.Identifier" in r.stderr, r.stderr
+        assert diff_bytes(wstore, layer_id) == data
 
 def test_metadata_is_kept(wstore):
     import_entries(wstore, "base", wingen.base_layer())
@@ -455,6 +538,32 @@ def test_utility_vm_tombstone_accepted(wstore):
     assert "UtilityVM/Files/License.txt" in layer.tombstones
 
 
+
+def test_a_tombstone_of_an_alternate_data_stream_is_a_corrupt_layer(wstore, tmp_path):
+    """A stream travels inside its file's entry, never as an entry of its own (hcsshim hands
+    file and streams to Windows as one backup stream), so a layer drops a stream by giving
+    the file again without it; ``.wh.a.txt:Zone.Identifier`` is no deletion the format has,
+    and the sidecar could not hold it: refused as corrupt (exit 6), not taken and ignored."""
+    from tests.conftest import run_cli
+
+    base = wingen.layer_tar([wingen.WinDir("Files"),
+                             wingen.WinFile("Files/a.txt", b"hi", streams={"Zone.Identifier": b"zone"})])
+    wstore.import_layer("base", None, io.BytesIO(base))
+    with pytest.raises(CorruptArchive, match="tombstone of an alternate data stream") as refused:
+        import_entries(wstore, "bad", [wingen.WinDir("Files"),
+                                       wingen.Tombstone("Files/a.txt:Zone.Identifier")], parent="base")
+    assert refused.value.exit_code == 6 and not wstore.exists("bad")
+    with pytest.raises(ArchiveError, match="':' in a directory name"):  # a stream is no folder either
+        import_entries(wstore, "bad", [wingen.WinDir("Files"), wingen.Tombstone("Files/a.txt:s/x")],
+                       parent="base")
+    assert not wstore.exists("bad")
+    layer = wingen.layer_tar([wingen.WinDir("Files"), wingen.Tombstone("Files/a.txt:Zone.Identifier")])
+    r = run_cli("import", "bad", "--parent", "base", "-", root=Path(wstore.root), driver="windowsfilter",
+                input=layer)
+    assert r.returncode == 6 and r.stderr.count(b"\n") == 1, r.stderr
+    assert run_cli("exists", "bad", root=Path(wstore.root), driver="windowsfilter").returncode == 3
+    assert run_cli("diff", "base", root=Path(wstore.root), driver="windowsfilter").stdout == base
+
 def test_changes_and_diffsize_name_the_hives_and_the_utility_vm(wstore):
     """The seeds' Changes is every entry of the layer's export, each under its own name
     (``Hives/...``, ``UtilityVM/...`` besides ``Files/...``), and their DiffSize is the size of
@@ -655,6 +764,53 @@ def test_views_read_only_for_images_writable_for_sandboxes(wstore):
     assert not os.path.ismount(root)
 
 
+
+def _view_flags(path: str) -> tuple[bool, bool, set[str]]:
+    """Whether the mount at *path* ignores setuid bits and device nodes, by ``statvfs`` and by
+    its mountinfo options."""
+    from graphdriver.fs import mounts
+
+    flags = os.statvfs(path).f_flag
+    info = mounts.mount_at(path)
+    assert info is not None, path
+    return bool(flags & os.ST_NOSUID), bool(flags & os.ST_NODEV), set(info.options.split(","))
+
+
+@needs_root
+def test_views_are_nosuid_and_nodev(wstore):
+    """A hostile Windows layer's setuid-root file or device node is not live on the host:
+    every view, read-only image view and container view, bind or overlay, is mounted nosuid
+    and nodev; the bit is still there to see, and ``diff`` gives the same bytes."""
+    layer = pax_layer(("Files", "d", {"MSWINDOWS.fileattr": "16"}),
+                      ("Files/f", "f", {"MSWINDOWS.fileattr": "32"}), data=b"#!/bin/sh\nid -u\n")
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tf:  # the same layer, the file setuid root
+        members = tf.getmembers()
+        members[1].mode = 0o4755
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tw:
+            for m in members:
+                tw.addfile(m, tf.extractfile(m) if m.isfile() else None)
+    layer = out.getvalue()
+    wstore.import_layer("base", None, io.BytesIO(layer))
+    import_entries(wstore, "child", [wingen.WinDir("Files"), wingen.WinFile("Files/g.txt", b"g")],
+                   parent="base")
+    wstore.create("top", None, writable=True)  # a sandbox without parent: a writable bind mount
+    wstore.create("ctr", "child", writable=True)
+    for layer_id in ("base", "child", "top", "ctr"):  # bind ro, overlay ro, bind rw, overlay rw
+        root = wstore.mount(layer_id)
+        try:
+            nosuid, nodev, options = _view_flags(root)
+            assert nosuid and nodev and {"nosuid", "nodev"} <= options, (layer_id, options)
+            if layer_id in ("base", "child"):
+                assert os.stat(os.path.join(root, "f")).st_mode & 0o7777 == 0o4755
+            else:
+                Path(root, "new.txt").write_bytes(b"new")
+        finally:
+            wstore.unmount(layer_id)
+    assert diff_bytes(wstore, "base") == layer
+    names = [e.name for e in entries_of(diff_bytes(wstore, "ctr"))]
+    assert "Files/new.txt" in names and all("g.txt" not in n for n in names)
+
 def test_a_layer_whose_files_folder_is_gone_is_damaged_and_removable(wstore):
     """Its record stands, its files do not: exit 6 naming it (as a layer whose whole folder went),
     not a raw "No such file or directory"; remove takes what is left."""
@@ -707,6 +863,81 @@ def test_a_name_with_a_backslash_is_refused_by_diff_before_any_byte(wstore, tmp_
     assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
     assert not (tmp_path / "out.tar").exists()
 
+
+
+def _make_special(path: Path, kind: str) -> None:
+    import socket
+    import stat
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":  # bound from its folder: the whole path is longer than sun_path
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.chdir(path.parent)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(path.name)
+        finally:
+            os.fchdir(here)
+            os.close(here)
+    else:
+        kind_bits = stat.S_IFCHR if kind == "character device" else stat.S_IFBLK
+        os.mknod(path, 0o666 | kind_bits, os.makedev(1, 3))
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["fifo", "character device", "block device", "socket"])
+def test_a_special_file_in_a_container_is_refused_by_diff_before_any_byte(wstore, tmp_path, kind):
+    """A Windows layer holds files, directories and symlinks: a FIFO, a device or a socket a
+    container made has no entry there.  ``changes`` lists it (it changed); ``diff`` refuses the
+    whole tarball (exit 1, one line naming it) rather than hold less than ``changes`` says."""
+    from tests.conftest import run_cli
+
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("ctr", "base", writable=True)
+    root = Path(wstore.mount("ctr"))
+    try:
+        (root / "ok.txt").write_bytes(b"x")
+        _make_special(root / "Users/special", kind)
+    finally:
+        wstore.unmount("ctr")
+    assert (A, "/Files/Users/special") in changes_of(wstore, "ctr")
+    out = io.BytesIO()
+    says = f"(?i)is a {kind}, which a Windows layer cannot hold"
+    with pytest.raises(GraphDriverError, match=says) as refused:
+        wstore.diff("ctr", out)
+    assert (refused.value.exit_code, out.getvalue()) == (1, b"")
+    assert "/Files/Users/special" in str(refused.value)
+    r = run_cli("diff", "ctr", root=Path(wstore.root), driver="windowsfilter")
+    assert (r.returncode, r.stdout, r.stderr.count(b"\n")) == (1, b"", 1), r.stderr
+    r = run_cli("diff", "ctr", "-o", str(tmp_path / "out.tar"), root=Path(wstore.root),
+                driver="windowsfilter")
+    assert r.returncode == 1 and not (tmp_path / "out.tar").exists()
+    # Against another parent (two views compared, not the layer's own folder): refused too.
+    with pytest.raises(GraphDriverError, match="cannot hold"):
+        wstore.diff("ctr", io.BytesIO(), None)
+
+
+@needs_root
+def test_container_commit_of_a_special_file_is_refused_and_makes_no_image(tmp_path):
+    from tests.conftest import run_cli
+    from tests.test_images import oci_layout
+
+    store = tmp_path / "store"
+
+    def gd(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return run_cli(*args, root=store, driver="windowsfilter")
+
+    oci_layout(tmp_path / "in", [wingen.layer_tar(wingen.base_layer())], name="localhost/win:1",
+               os_name="windows")
+    assert gd("image", "load", str(tmp_path / "in")).returncode == 0
+    assert gd("container", "create", "localhost/win:1", "web").returncode == 0
+    root = gd("mount", "web").stdout.decode().strip()
+    os.mkfifo(os.path.join(root, "pipe"))
+    assert gd("unmount", "web").returncode == 0
+    r = gd("container", "commit", "web", "localhost/web:1")
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and b"/Files/pipe" in r.stderr, r.stderr
+    assert b"localhost/web" not in gd("image", "ls").stdout
 
 def test_a_hard_link_to_a_name_with_a_backslash_is_refused(wstore):
     entries = [wingen.WinDir("Files"), wingen.WinFile("Files/a.txt", b"x"),

@@ -32,7 +32,8 @@ byte.
 
 Viewing.  ``get`` gives the union of the chain's ``Files/`` trees: an
 overlay mount (read-only for image layers; upper directory ``Files/`` for
-writable ones), a bind mount for a layer without ancestors.  Without root
+writable ones), a bind mount for a layer without ancestors; every one
+``nosuid`` and ``nodev`` (:data:`VIEW_FLAGS`).  Without root
 an image layer's view is a materialised copy under the run root (writable
 layers need root).  Views live under ``<run root>/views/``.
 
@@ -126,6 +127,10 @@ VIEWS_DIR = "views"
 BASE_IMAGES_OPTION = "base_images"
 #: Overlay options: the upper directory alone must say what a layer changed.
 OVERLAY_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
+#: The flags of every view: nothing in a Windows layer is for Linux to run as its owner
+#: or to open as a device, so a setuid-root file or a device node a hostile layer
+#: brings is inert on the host.
+VIEW_FLAGS = ("nosuid", "nodev")
 
 
 # ----- probing ------------------------------------------------------------------------------------
@@ -490,15 +495,16 @@ class WindowsFilterDriver(Driver, BaseImages):
     def _mount_union(self, layer_id: str, folder: str, target: str, mount_label: str) -> None:
         own = self._files(folder)
         lowers = tuple(self._files(c) for c in self.layer_chain(layer_id))
-        options = (*OVERLAY_OPTIONS, f"context={mount_label}") if mount_label else OVERLAY_OPTIONS
+        label = (f"context={mount_label}",) if mount_label else ()
+        options = (*OVERLAY_OPTIONS, *VIEW_FLAGS, *label)
         if self._is_sandbox(folder):
             if not lowers:
-                mounts.bind_mount(own, target)
+                mounts.bind_mount(own, target, options=VIEW_FLAGS)
                 return
             work = os.path.join(self._data_dir(folder), WORK_DIR)
             mounts.mount_overlay(mounts.OverlayMount(lowers, own, work, options), target)
         elif not lowers:
-            mounts.bind_mount(own, target, readonly=True)
+            mounts.bind_mount(own, target, readonly=True, options=VIEW_FLAGS)
         else:
             mounts.mount_overlay(mounts.OverlayMount((own, *lowers), options=options, readonly=True), target)
 

@@ -206,12 +206,18 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
         raise MountError(err, os.strerror(err), target)
 
 
-def bind_mount(source: str, target: str, *, readonly: bool = False) -> None:
-    """Bind *source* on *target*, read-only if asked (which takes a second, remounting call)."""
+def bind_mount(source: str, target: str, *, readonly: bool = False, options: tuple[str, ...] = ()) -> None:
+    """Bind *source* on *target*, read-only if asked, with the mount flags *options* names
+    (keys of :data:`MOUNT_FLAGS`: ``nosuid``, ``nodev``...).
+
+    ``mount(2)`` ignores every flag but ``MS_REC`` on a new bind, so those take a
+    second, remounting call.
+    """
     mount(source, target, None, MS_BIND)
-    if readonly:
+    flags = (MS_RDONLY if readonly else 0) | _flags_of(options, 0)
+    if flags:
         try:
-            mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+            mount("none", target, None, MS_BIND | MS_REMOUNT | flags)
         except OSError:
             unmount(target)
             raise
@@ -243,8 +249,13 @@ def overlay_options(spec: OverlayMount, base: str | None = None) -> str:
 
 def _mount_flags(spec: OverlayMount, index: int) -> int:
     """The flags (*index* 0: ``mount(2)``'s, 1: ``fsmount``'s attributes) of *spec*'s options."""
+    return _flags_of(spec.options, index)
+
+
+def _flags_of(options: Sequence[str], index: int) -> int:
+    """The flags (*index* as for :func:`_mount_flags`) of the mount flags among *options*."""
     flags = 0
-    for option in spec.options:
+    for option in options:
         if option in MOUNT_FLAGS:
             flags |= MOUNT_FLAGS[option][index]
     return flags

@@ -20,7 +20,7 @@ import os
 import stat
 from typing import Any
 
-from graphdriver.errors import ArchiveError, GraphDriverError, warn
+from graphdriver.errors import ArchiveError, CorruptArchive, GraphDriverError, warn
 from graphdriver.fs import syscalls
 from graphdriver.fs.confine import is_symlink_error, open_dir_no_symlinks, open_no_symlinks
 from graphdriver.fs.overlayfs import is_whiteout, is_whiteout_at
@@ -62,8 +62,9 @@ class WindowsApplier(Extraction):
     their places; their metadata to the sidecar; stream entries to stream
     files; tombstones delete (and, with ``whiteout_devices``, leave an overlay
     whiteout under ``Files/`` where a lower layer has something there to
-    hide).  Permission bits come from the archive where it has any
-    (``backuptar`` writes none: directories then get 0755, files 0644).
+    hide); a tombstone of a stream is corrupt (see :mod:`.wintar`).
+    Permission bits come from the archive where it has any (``backuptar``
+    writes none: directories then get 0755, files 0644).
     Hard links are made within the layer; a target only a lower layer has is
     copied; a target no layer has is kept in the sidecar only.
     :meth:`run` returns the size the seeds count: the regular files' sizes,
@@ -172,6 +173,7 @@ class WindowsApplier(Extraction):
     # ----- entry kinds ---------------------------------------------------------------------
 
     def _regular(self, e: Any, rel: str, parent: str, base: str) -> None:
+        meta = wintar.meta_from_entry(e)  # a corrupt record is refused before a byte is written
         pfd = self._dir_fd(parent)
         self._remove(pfd, base, rel)
         fd = os.open(base, _CREATE, 0o600, dir_fd=pfd)
@@ -186,7 +188,7 @@ class WindowsApplier(Extraction):
             os.utime(fd, ns=_times(e))
         finally:
             os.close(fd)
-        self.meta.add(Record(rel, FILE, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns))
+        self.meta.add(Record(rel, FILE, meta, e.atime_ns, e.ctime_ns))
 
     def _copy_with_backup(self, fd: int, backup: str) -> None:
         """Copy the entry's data to *fd* and to the backup file *backup* of the layer folder."""
@@ -204,6 +206,7 @@ class WindowsApplier(Extraction):
             os.close(bfd)
 
     def _directory(self, e: Any, rel: str, parent: str, base: str) -> None:
+        meta = wintar.meta_from_entry(e)
         pfd = self._dir_fd(parent)
         opaque = False
         try:
@@ -226,12 +229,13 @@ class WindowsApplier(Extraction):
         os.fchmod(fd, permission_bits(e.mode, 0o755))
         self._chown(fd)
         self.pending[rel] = (*_times(e), None)
-        self.meta.add(Record(rel, DIR, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns))
+        self.meta.add(Record(rel, DIR, meta, e.atime_ns, e.ctime_ns))
 
     def _symlink(self, e: Any, rel: str, parent: str, base: str) -> None:
         target = e.linkname
         if not target:
             raise ArchiveError(e.name, "symlink with an empty target")
+        meta = wintar.meta_from_entry(e)
         # The target is content, stored as it is (relative targets above the
         # root included, as GNU tar, bsdtar and containerd store them): nothing
         # here ever follows a symlink, every path is resolved beneath the root.
@@ -242,7 +246,7 @@ class WindowsApplier(Extraction):
             with contextlib.suppress(PermissionError):
                 os.chown(base, *self.plan.owner, dir_fd=pfd, follow_symlinks=False)
         os.utime(base, ns=_times(e), dir_fd=pfd, follow_symlinks=False)
-        self.meta.add(Record(rel, SYMLINK, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns))
+        self.meta.add(Record(rel, SYMLINK, meta, e.atime_ns, e.ctime_ns))
 
     def _hardlink(self, e: Any, rel: str, parent: str, base: str) -> None:
         target = clean_name(e.linkname, e.name, "hardlink target") if e.linkname else ""
@@ -251,9 +255,9 @@ class WindowsApplier(Extraction):
         if not target or not inside:
             why = "invalid hard link: both names must be under Files/ or UtilityVM/Files/"
             raise ArchiveError(e.name, why)
+        record = Record(rel, LINK, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns, target=target)
         pfd = self._dir_fd(parent)
         self._remove(pfd, base, rel)
-        record = Record(rel, LINK, wintar.meta_from_entry(e), e.atime_ns, e.ctime_ns, target=target)
         tparent, _, tbase = target.rpartition("/")
         tfd = self._existing_dir(tparent)
         if tfd is not None and not is_whiteout_at(tfd, tbase):  # a file this layer deleted is no target
@@ -315,6 +319,15 @@ class WindowsApplier(Extraction):
             raise ArchiveError(e.name, "invalid tombstone")
         rel = f"{parent}/{name}" if parent else name
         wintar.check_tombstone(rel, e.name)
+        if ":" in parent:
+            raise ArchiveError(e.name, "':' in a directory name")
+        if ":" in name:
+            # A stream is part of its file's entry, never an entry of its own: a layer
+            # drops one by giving the file again without it (as Windows exports a file
+            # whose stream went), and the sidecar has no deletion of one stream.
+            raise CorruptArchive(e.name, "a tombstone of an alternate data stream: a Windows layer "
+                                         "deletes whole files and folders (a stream goes by giving "
+                                         "its file again without it)")
         self.last = ""
         found = self._existing_dir(parent)
         if found is not None:

@@ -6,7 +6,10 @@ imported, so the layer still re-exports byte for byte), the reassembly getter,
 what a layer changed (``Files/...`` paths, tombstones of what the layers below
 show included, and the layer's own ``Hives/`` and ``UtilityVM/`` entries) and
 the export of those changes in the Windows format (``backuptar``'s entries,
-metadata from the chain's sidecars, descriptors in binary).
+metadata from the chain's sidecars, descriptors in binary).  An export holds
+every change or is refused before its first byte: a name Windows would read
+otherwise, or a file the format has no entry for (a FIFO, a device, a socket),
+refuses it whole.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import BinaryIO
 
 from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.errors import GraphDriverError, NotFound, warn
+from graphdriver.errors import GraphDriverError, NotFound
 from graphdriver.fs.confine import find_in_union, open_file_in_root
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
@@ -146,25 +149,52 @@ def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: Bi
     *own_extras*: the layer's own ``Hives/`` and ``UtilityVM/`` travel with it
     (the diff is against its own parent).
     """
-    for c in changes:  # all before the first byte: a refused tarball is no half one
-        if ":" in c.path:
-            raise GraphDriverError(f"file {c.path!r}", "a ':' cannot be in the name of a file of a Windows "
-                                   "layer (it would read back as an alternate data stream): rename it")
-        if wintar.BACKSLASH in c.path:
-            raise GraphDriverError(f"file {c.path!r}", "a '\\' cannot be in the name of a file of a Windows "
-                                   "layer (Windows reads it as a path separator, so the file would land "
-                                   "elsewhere): rename it")
     items: list[tuple[str, str | None]] = []
     for c in changes:
         name = layout.FILES + c.path
         items.append((name, None if c.kind is ChangeKind.DELETE else root + c.path))
     if own_extras:
         items += _own_extras(data_dirs[0])
+    for name, path in items:  # all before the first byte: a refused tarball is no half one
+        _check_holdable(name, path)
     items.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
     exporter = _Exporter(winmeta.ChainMeta(list(data_dirs)), out)
     for name, path in items:
         exporter.add_item(name, path)
     exporter.close()
+
+
+def _check_holdable(name: str, path: str | None) -> None:
+    """Refuse (exit 1) the layer path *name*, the file at *path* (None: a deletion), where
+    a Windows layer cannot hold it as itself.
+
+    A ``:`` would read back as an alternate data stream and a ``\\`` as a path
+    separator; a FIFO, a device or a socket has no entry in the format at all
+    (``backuptar`` writes files, directories and reparse points).  Left out,
+    the tarball would hold less than ``changes`` lists, so the whole diff is
+    refused and the user says what goes.
+    """
+    if ":" in name:
+        raise GraphDriverError(f"file {'/' + name!r}", "a ':' cannot be in the name of a file of a Windows "
+                               "layer (it would read back as an alternate data stream): rename it")
+    if wintar.BACKSLASH in name:
+        raise GraphDriverError(f"file {'/' + name!r}", "a '\\' cannot be in the name of a file of a Windows "
+                               "layer (Windows reads it as a path separator, so the file would land "
+                               "elsewhere): rename it")
+    if not path:
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # gone since the listing: the writer skips it, as on every driver
+    if stat.S_IFMT(mode) not in _KINDS:
+        raise _special_file(name, mode)
+
+
+def _special_file(name: str, mode: int) -> GraphDriverError:
+    what = _SPECIAL.get(stat.S_IFMT(mode), "a special file")
+    return GraphDriverError(f"file {'/' + name!r}", f"is {what}, which a Windows layer cannot hold (it holds "
+                            "files, directories and symlinks): remove it")
 
 
 class WindowsFileGetter(FileGetter):
@@ -236,9 +266,8 @@ class _Exporter(LayerWriter):
 
     def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
         kind = _KINDS.get(stat.S_IFMT(st.st_mode))
-        if kind is None:
-            warn(f"{name}: a Windows layer holds only files, directories and symlinks; left out")
-            return None
+        if kind is None:  # made since export() checked: a diff holds what changes list, or fails
+            raise _special_file(name, st.st_mode)
         meta, times, self.index = self._meta(name, kind, st, self.chain.find(name))
         self.times = times
         if kind == REG:
@@ -308,6 +337,8 @@ class _Exporter(LayerWriter):
 
 
 _KINDS = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM}
+_SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+            stat.S_IFSOCK: "a socket"}
 
 
 def _as_backuptar_writes(meta: WinMeta) -> WinMeta:

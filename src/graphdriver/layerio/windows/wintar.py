@@ -30,7 +30,9 @@ FILETIME numbers; those are read too.
 
 An alternate data stream is a regular entry named ``<file>:<stream>`` right
 after its file.  ``.wh.<name>`` deletes ``<name>``; such tombstones are valid
-only under ``Files/`` and ``UtilityVM/Files/``.
+only under ``Files/`` and ``UtilityVM/Files/``, and name a file or folder: a
+stream is part of its file's entry (hcsshim hands the two to Windows as one
+backup stream), so a layer drops one by giving its file again without it.
 
 Everything here is format knowledge only: parsing and producing the records,
 the path rules, security descriptors (binary, self-relative) and their
@@ -229,6 +231,7 @@ def meta_from_entry(entry: TarEntry) -> WinMeta:
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptArchive(entry.name, f"invalid creation time {raw!r}") from e
     meta.mountpoint = _record(entry, MOUNTPOINT) is not None
+    _check_kind(entry, meta)
     for key, value in entry.pax.items():
         if key.startswith(EA_PREFIX) and len(key) > len(EA_PREFIX):
             meta.eas[key[len(EA_PREFIX) :]] = _b64(entry, key, value)
@@ -238,6 +241,27 @@ def meta_from_entry(entry: TarEntry) -> WinMeta:
         elif key not in _STANDARD and key not in _INTERPRETED:
             meta.extra[key] = value
     return meta
+
+
+def _check_kind(entry: TarEntry, meta: WinMeta) -> None:
+    """CorruptArchive (exit 6) where *meta* says another type than *entry* has.
+
+    Windows sets :data:`FILE_ATTRIBUTE_DIRECTORY` on every directory and on no
+    file (a hard link names a file), and a junction is a reparse point, which
+    ``backuptar`` writes as a symlink entry; a symlink may point to either, so
+    its directory bit is free.  An entry that contradicts its own header could
+    only re-export as something Windows would read otherwise.
+    """
+    is_dir = bool(meta.attributes & FILE_ATTRIBUTE_DIRECTORY)
+    if entry.type == DIR and not is_dir:
+        raise CorruptArchive(entry.name, f"{FILEATTR} {meta.attributes} of a directory lacks "
+                                         "FILE_ATTRIBUTE_DIRECTORY (0x10)")
+    if entry.type not in (DIR, SYM) and is_dir:
+        raise CorruptArchive(entry.name, f"{FILEATTR} {meta.attributes} of a file has "
+                                         "FILE_ATTRIBUTE_DIRECTORY (0x10)")
+    if meta.mountpoint and entry.type != SYM:
+        raise CorruptArchive(entry.name, f"{MOUNTPOINT} on an entry that is not a symlink (a junction "
+                                         "is one)")
 
 
 def meta_records(meta: WinMeta) -> dict[str, bytes]:
