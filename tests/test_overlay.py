@@ -302,6 +302,59 @@ def test_a_count_changing_in_another_run_root_keeps_its_mount(tmp_path):
         _release_all(tmp_path)
 
 
+def test_each_run_roots_own_mount_of_another_stores_layer_is_undone_by_its_last_unmount(tmp_path):
+    """Another store's layer is mounted in each run root's own folder: two run roots have two
+    mounts of it, and the last unmount in either undoes its own, whatever the other counts
+    (only a mount point both share, an own layer's, is left to the other)."""
+    shared = make_driver(tmp_path, "shared")
+    shared.create("base", None)
+    (diff_dir(shared, "base") / "f").write_bytes(b"f")
+    shared.create("mid", "base")
+
+    def mine(name: str) -> OverlayDriver:
+        run_dir = tmp_path / name / "0123456789abcdef" / "overlay"
+        return OverlayDriver(DriverConfig(home=str(tmp_path / "home"), run_root=str(run_dir),
+                                          readonly_homes=(shared.home,)))
+
+    a, b = mine("A"), mine("B")
+    try:
+        path_a, path_b = a.get("mid"), b.get("mid")
+        assert path_a != path_b and mounts.is_mount_point(path_a) and mounts.is_mount_point(path_b)
+        b.put("mid")
+        assert not mounts.is_mount_point(path_b) and mounts.is_mount_point(path_a)
+        a.put("mid")
+        assert not mounts.is_mount_point(path_a)
+    finally:
+        _release_all(tmp_path)
+
+
+def test_the_last_unmount_leaves_a_mount_another_run_root_counts_and_asks_only_this_store(tmp_path):
+    """An own layer's mount point is one for every run root: B's last put leaves the mount A
+    counts, A's own last put undoes it.  A note of a run root that counts for another store
+    (copied along with the home) is never asked."""
+    from graphdriver.drivers.refcount import RunRoots
+
+    a, b = _driver_with_run_root(tmp_path, "A"), _driver_with_run_root(tmp_path, "B")
+    try:
+        a.create("base", None)
+        a.create_rw("ctr", "base")
+        path = a.get("ctr")
+        assert b.get("ctr") == path and b.mount_count("ctr") == 1
+        b.put("ctr")
+        assert mounts.is_mount_point(path) and a.mount_count("ctr") == 1
+        # A run directory of another store (another key) counting a mount of its "ctr".
+        foreign = tmp_path / "A" / "fedcba9876543210" / "overlay"
+        other = OverlayDriver(DriverConfig(home=str(tmp_path / "home"), run_root=str(foreign)))
+        other.counts.set("ctr", 1, path)
+        RunRoots(other.home, other.run_root).note()
+        assert b.run_roots.counted_elsewhere("ctr", lambda p: False) == [str(tmp_path / "A")]
+        a.put("ctr")
+        assert not mounts.is_mount_point(path)
+        assert b.run_roots.counted_elsewhere("ctr", lambda p: False) == []
+    finally:
+        _release_all(tmp_path)
+
+
 def test_cleanup_still_unmounts_a_mount_no_run_root_counts(d):
     """A mount whose process died before counting it is stale: cleanup unmounts it."""
     d.create("base", None)

@@ -1099,6 +1099,78 @@ def test_a_layer_mounted_through_another_run_root_is_not_removed(store):
     assert f"forgot run root {other} (gone)" in cleaned, cleaned
 
 
+def test_the_last_unmount_with_another_run_root_leaves_the_mount_the_first_counts(store):
+    """A second run root's ``mount`` finds the first's mount and counts it; its last
+    ``unmount`` must leave it to the first, whose count stays, and whose last ``unmount``
+    undoes it (the second undid nothing of it)."""
+    from graphdriver.fs import mounts
+    from tests.conftest import run_cli
+
+    store.import_layer("l", None, io.BytesIO(make_tar({"f": F(b"f")})))
+    store.create("c", "l", writable=True)
+    root, other = Path(store.root), Path(store.run_root).parent / "another-run-root"
+    path = store.mount("c")
+    kernel = mounts.is_mount_point(path)
+    try:
+        run_cli("mount", "c", root=root, run_root=other, check=True)
+        run_cli("unmount", "c", root=root, run_root=other, check=True)
+        assert run_cli("mounted", "c", root=root, run_root=other).stdout == b"0\n"
+        assert store.driver.mount_count("c") == 1 and mounts.is_mount_point(path) == kernel
+        assert (Path(path) / "f").read_bytes() == b"f"
+    finally:
+        store.unmount("c")
+    assert not mounts.is_mount_point(path) and store.driver.mount_count("c") == 0
+    assert run_cli("remove", "c", root=root, run_root=other).returncode == 0
+
+
+def test_a_root_named_through_a_symlink_is_the_same_store_with_the_same_counts(store, tmp_path):
+    """``--root link`` where link names the store: one store, one run directory, one set of
+    mount counts, whatever the spelling; paths are told resolved; ``remove`` through the link
+    refuses a layer mounted through the real path as this run root's mount, never as
+    "another" run root's."""
+    from tests.conftest import run_cli
+
+    store.import_layer("l", None, io.BytesIO(make_tar({"f": F(b"f")})))
+    store.create("c", "l", writable=True)
+    link, run = tmp_path / "link", Path(store.run_root)
+    link.symlink_to(store.root)
+    path = store.mount("c")
+    try:
+        assert run_cli("mounted", "c", root=link, run_root=run).stdout == b"1\n"
+        again = run_cli("mount", "c", root=link, run_root=run, check=True).stdout.decode().strip()
+        assert again == path and store.driver.mount_count("c") == 2
+        run_cli("unmount", "c", root=link, run_root=run, check=True)
+        assert store.driver.mount_count("c") == 1 and (Path(path) / "f").read_bytes() == b"f"
+        refused = run_cli("remove", "c", root=link, run_root=run)
+        assert refused.returncode == 5 and b"another --run-root" not in refused.stderr, refused.stderr
+        assert len(os.listdir(run)) == 1  # one store folder in the run root
+        status = run_cli("status", root=link, run_root=run, check=True).stdout.decode()
+        assert f"Root: {store.root}\n" in status, status
+    finally:
+        store.unmount("c")
+    assert run_cli("mounted", "c", root=link, run_root=run).stdout == b"0\n"
+
+
+def test_a_copied_store_is_not_held_by_mounts_of_the_original(store, tmp_path):
+    """``cp -a`` copies the original's notes of its run roots: a mount of the original's layer
+    of the same name, counted in the original's run root, says nothing about the copy's."""
+    import subprocess
+
+    from tests.conftest import run_cli
+
+    store.import_layer("l", None, io.BytesIO(make_tar({"f": F(b"f")})))
+    store.create("c", "l", writable=True)
+    copy = tmp_path / "copy"
+    path = store.mount("c")
+    try:
+        subprocess.run(["cp", "-a", store.root, str(copy)], check=True)
+        removed = run_cli("remove", "c", root=copy, run_root=tmp_path / "run-copy")
+        assert removed.returncode == 0, removed.stderr
+        assert store.exists("c") and (Path(path) / "f").read_bytes() == b"f"
+    finally:
+        store.unmount("c")
+
+
 def test_check_names_a_chain_that_loops_and_ends(store):
     """Records edited by hand so that a sits on b and b on a: check says so (6), and ends."""
     import json

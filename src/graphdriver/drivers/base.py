@@ -528,7 +528,7 @@ class Driver(abc.ABC):
                 if token is not None:
                     self.counts.end_hold(key, *token)
                 if count == 0:
-                    self._unmount(layer_id)
+                    self._undo_mount(layer_id, key, path)  # found mounted: maybe another run root's
                 raise
             if token is not None:
                 self._holds.setdefault(key, []).append(token)
@@ -559,13 +559,31 @@ class Driver(abc.ABC):
                 if count <= 0:
                     raise Precondition(f"layer {layer_id}", "is not mounted")
                 if count == 1:
-                    self._unmount(layer_id)
+                    self._undo_mount(layer_id, key, path)
                 if token is not None:
                     holds.remove(token[1])
                 self.counts.set(key, count - 1, path or "", holds)
             finally:
                 if token is not None:
                     self.counts.end_hold(key, *token)
+
+    def _undo_mount(self, layer_id: str, key: str, path: str | None) -> None:
+        """With the count lock of *key* held and no count of it left here (the last ``put``,
+        or a ``get`` that failed): unmount, unless another run root counts this very mount.
+
+        A mount point outside the run root (an own layer's) is the same for every run root
+        of the store: the first ``get`` of a second run root finds it mounted and counts it
+        as it is, so the last ``put`` of either must leave it to the other's.
+        """
+        if path and self._shared(path) and self.run_roots.counted_elsewhere(
+                key, lambda recorded: recorded != path or self._mount_gone(layer_id, recorded)):
+            return
+        self._unmount(layer_id)
+
+    def _shared(self, path: str) -> bool:
+        """Whether a mount at *path* may be counted by other run roots too (it is not in this
+        one's run directory, where the views of other stores' layers and copies are made)."""
+        return os.path.commonpath((os.path.abspath(path), self._run_dir)) != self._run_dir
 
     def mount_state(self, layer_id: str) -> tuple[int, str | None]:
         """The layer's mount count and mount path (None when not mounted).
@@ -623,7 +641,7 @@ class Driver(abc.ABC):
         if dead and count > 0:
             left = max(count - len(dead), 0)
             if left == 0 and path and self._still_mounted(layer_id, path):
-                self._unmount(layer_id)
+                self._undo_mount(layer_id, key, path)
             self.counts.set(key, left, path or "", kept)
             count = left
         if dead or self.counts.has_holds(key):

@@ -235,15 +235,23 @@ class RunRoots:
     Counts live in a run root, and one store may be used with several
     (``--run-root``): a mount counted in another run root is live there though
     this one has no count of it.  A run directory is noted once, at its first
-    mount (``<home>/.run-roots/<key>`` holds its path), so that ``remove`` and
-    cleanup ask the others before they take a layer away or call a mount stale.
+    mount (``<home>/.run-roots/<key>`` holds its path), so that ``remove``, the
+    last ``put`` and cleanup ask the others before they take a layer away, undo
+    a mount, or call a mount stale.
+
+    A store keeps its counts at ``<run-root>/<store key>/<driver>``, the key
+    made of its root's resolved path: only noted run directories that end in
+    this run directory's key and driver count for this home.  A store copied
+    with ``cp -a`` carries the original's notes, which name the original's key:
+    they say nothing about the copy's layers and are never asked.
     """
 
     __slots__ = ("directory", "run_dir")
 
     def __init__(self, home: str, run_dir: str) -> None:
         self.directory = os.path.join(home, RUN_ROOTS_DIR)
-        self.run_dir = os.path.abspath(run_dir)
+        # Resolved, so that a run root named through a symlink is noted once, as itself.
+        self.run_dir = os.path.realpath(run_dir)
 
     def note(self) -> None:
         """Note this run directory (once; a home that cannot take the note is left as it is)."""
@@ -258,8 +266,8 @@ class RunRoots:
         except OSError:
             pass  # a read-only home: cleanup then knows no other run root, as before
 
-    def _others(self) -> list[tuple[str, str]]:
-        """(note, run directory) of every other run directory noted."""
+    def _noted(self) -> list[tuple[str, str]]:
+        """(note, run directory) of every run directory noted, this one's included."""
         from graphdriver.fs.locking import remove_abandoned
 
         try:
@@ -277,30 +285,58 @@ class RunRoots:
                     run_dir = os.fsdecode(f.read())
             except OSError:
                 continue  # a note being written (its temporary name), or gone meanwhile
-            if run_dir != self.run_dir:
-                out.append((note, run_dir))
+            out.append((note, run_dir))
         return out
+
+    def _ours(self, run_dir: str) -> bool:
+        """Whether *run_dir* keeps counts of this home: its store key and driver are this
+        run directory's (the last two parts of the path)."""
+        return _tail(run_dir) == _tail(self.run_dir)
+
+    def _is_this(self, run_dir: str) -> bool:
+        """Whether *run_dir* is this run directory, however it is spelt."""
+        if run_dir == self.run_dir:
+            return True
+        try:
+            return os.path.samestat(os.stat(run_dir), os.stat(self.run_dir))
+        except OSError:
+            return False
+
+    def _others(self) -> list[tuple[str, str]]:
+        """(note, run directory) of every other run directory noted that counts for this home."""
+        return [(note, run_dir) for note, run_dir in self._noted()
+                if self._ours(run_dir) and not self._is_this(run_dir)]
 
     def counted_elsewhere(self, key: str, mount_gone: Callable[[str | None], bool]) -> list[str]:
         """The run roots (as ``--run-root`` names them) of the other run directories that count
-        a live mount of *key* now (see :meth:`MountCounts.live_count`)."""
+        a live mount of *key* now (see :meth:`MountCounts.live_count`; a count whose recorded
+        path *mount_gone* rejects counts nothing)."""
         return [shown_run_root(run_dir) for _, run_dir in self._others()
                 if MountCounts(os.path.join(run_dir, "mounts")).live_count(key, mount_gone) > 0]
 
     def forget_gone(self) -> list[str]:
-        """Drop the notes of run directories that are gone (a reboot empties a tmpfs run root)."""
+        """Drop the notes of run directories that are gone (a reboot empties a tmpfs run root),
+        another store's among them (a note of another store's is never asked, and is left
+        while its run directory is there: the same store may be reached by another path)."""
         done = []
-        for note, run_dir in self._others():
-            if not os.path.isdir(run_dir):
-                try:
-                    os.unlink(note)
-                except FileNotFoundError:
-                    continue
-                if os.path.isdir(run_dir):  # made again meanwhile: its next mount would not note it
-                    atomic.write_bytes(note, os.fsencode(run_dir), 0o600)
-                    continue
-                done.append(f"forgot run root {shown_run_root(run_dir)} (gone)")
+        for note, run_dir in self._noted():
+            if os.path.isdir(run_dir) or self._is_this(run_dir):
+                continue
+            try:
+                os.unlink(note)
+            except FileNotFoundError:
+                continue
+            if os.path.isdir(run_dir):  # made again meanwhile: its next mount would not note it
+                atomic.write_bytes(note, os.fsencode(run_dir), 0o600)
+                continue
+            done.append(f"forgot run root {shown_run_root(run_dir)} (gone)")
         return done
+
+
+def _tail(run_dir: str) -> tuple[str, str]:
+    """The store key and driver of a run directory ``<run-root>/<store key>/<driver>``."""
+    head, driver = os.path.split(os.path.normpath(run_dir))
+    return os.path.basename(head), driver
 
 
 def shown_run_root(run_dir: str) -> str:

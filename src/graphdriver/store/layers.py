@@ -113,6 +113,20 @@ def default_run_root(root: str) -> str:
     return os.path.join(root, "run")
 
 
+def resolved(path: str) -> str:
+    """*path* absolute, with its symlinks resolved (as containers-storage resolves its graph
+    root when it opens the store), as far as it exists: a folder not made yet is named
+    below its resolved parent, and a symlink to nothing is left as it is (a folder is never
+    made where it points)."""
+    head, rest = os.path.abspath(path), []
+    while not os.path.exists(head):
+        if os.path.lexists(head) or os.path.dirname(head) == head:
+            return os.path.abspath(path)
+        head, name = os.path.split(head)
+        rest.append(name)
+    return os.path.join(os.path.realpath(head), *reversed(rest))
+
+
 class Store:
     """An open layer store."""
 
@@ -121,7 +135,9 @@ class Store:
             from graphdriver import drivers
 
             drivers.check_name(opts.driver)  # before anything is created
-        self.root = os.path.abspath(opts.root)
+        # Resolved: a store's run directory is keyed by its root's path, so every spelling
+        # of one store (a symlink to it, say) must share one key and one set of mount counts.
+        self.root = resolved(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
         for what, path in (("--root", self.root), ("--run-root", self.run_root)):
             try:
