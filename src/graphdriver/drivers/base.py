@@ -755,7 +755,10 @@ class Driver(abc.ABC):
         """
         if parent is None:
             return None
-        chain = self.layer_chain(layer_id)
+        try:
+            chain = self.layer_chain(layer_id)
+        except GraphDriverError:
+            return None  # (an unreadable chain file is the business of what needs the chain)
         if not chain or os.path.realpath(chain[0]) != os.path.realpath(self.resolve(parent)):
             return None
         try:
