@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from graphdriver.drivers.base import DriverConfig
+from graphdriver.drivers.base import TREE_MADE_FILE, DriverConfig
 from graphdriver.drivers.values import CreateOpts
 from graphdriver.drivers.vfs import VfsDriver, backing_filesystem
 from graphdriver.errors import (
@@ -645,3 +645,29 @@ def test_changes_and_diff_of_a_container(layered: VfsDriver) -> None:
     assert names == {"etc", "etc/.wh.a", "etc/b", "new"}
     assert content.size(d, "ctr", "base") == len(b"bigger b") + len(b"new")
     assert d.mount_count("ctr") == 0 and d.mount_count("base") == 0
+
+
+@needs_extract
+@needs_walk_export
+def test_a_child_is_marked_made_after_its_copy_and_before_anything_is_written(layered: VfsDriver) -> None:
+    """The mark's ctime parts the copies the driver made from what was written since: the walk
+    reads the bytes of files of the second kind alone (a copy's stat is the parent file's)."""
+    d = layered
+    d.create("child", "base")
+    mark = Path(d.resolve("child")) / TREE_MADE_FILE
+    made = os.lstat(mark).st_ctime_ns
+    assert max(os.lstat(p).st_ctime_ns for p in fs_of(d, "child").rglob("*")) <= made
+    assert d.written_since("child", "base") == made
+    assert not (Path(d.resolve("base")) / TREE_MADE_FILE).exists()  # nothing below to compare with
+    d.create("other", None)
+    assert d.written_since("child", "other") is None  # not the tree it was made from
+    # New bytes with the size, mode, owner and time the parent's file has.
+    content.apply(d, "child", tarball([("etc/a", b"A")]))
+    assert os.lstat(fs_of(d, "child") / "etc" / "a").st_ctime_ns >= made
+    found = [(c.path, c.kind.value) for c in content.changes(d, "child", "base")]
+    assert found == [("/etc", "C"), ("/etc/a", "C")]
+    assert content.size(d, "child", "base") == 1
+    # A layer made before such marks (by an older version) keeps Docker's rule: same stat, same file.
+    os.unlink(mark)
+    assert d.written_since("child", "base") is None
+    assert content.changes(d, "child", "base") == []

@@ -7,6 +7,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -252,6 +253,49 @@ def test_a_write_in_the_second_of_a_whole_second_time_is_a_change(trees: tuple[P
     assert diff(new, old) == ["C /top"]
     write(new / "top", "t", mtime_ns=whole + 300_000_000)  # the same bytes: Docker's time rule holds
     assert diff(new, old) == []
+
+
+def _mark_after(tmp_path: Path, *paths: Path) -> int:
+    """The ctime of a new mark, later than every ctime of *paths* (the kernel stamps ctimes
+    from a clock that ticks coarsely: wait for the next tick)."""
+    latest = max(os.lstat(p).st_ctime_ns for p in paths)
+    for attempt in range(1000):
+        mark = tmp_path / f"mark-{attempt}"
+        mark.touch()
+        if os.lstat(mark).st_ctime_ns > latest:
+            return os.lstat(mark).st_ctime_ns
+        time.sleep(0.002)
+    raise AssertionError("the clock of ctimes did not move")
+
+
+def since_diff(new: Path, old: Path, since: int) -> list[str]:
+    return listing(changes_between(str(new), str(old), since=since))
+
+
+def test_a_file_rewritten_after_the_tree_was_made_is_read(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    new, old = trees
+    since = _mark_after(tmp_path, new / "top", old / "top")
+    write(new / "top", "u")  # same size, mode, owner and time: only the bytes tell
+    assert since_diff(new, old, since) == ["C /top"]
+    assert diff(new, old) == []  # without the mark, Docker's rule: a copy's stat is the copy
+    write(new / "top", "t")  # the same bytes again: no change
+    assert since_diff(new, old, since) == []
+
+
+def test_a_file_of_the_old_tree_rewritten_after_the_mark_is_read(trees: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    new, old = trees
+    since = _mark_after(tmp_path, new / "top", old / "top")
+    write(old / "top", "u")
+    assert since_diff(new, old, since) == ["C /top"]
+
+
+def test_files_older_than_the_mark_are_not_read(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    """What is older than the mark is the driver's copy: the walk never reads a whole tree."""
+    new, old = trees
+    write(new / "top", "u")  # (a copy is never so; the walk must not look)
+    since = _mark_after(tmp_path, new / "top", old / "top")
+    assert since_diff(new, old, since) == []
 
 
 def test_same_inode_in_both_trees_is_pruned(tmp_path: Path) -> None:

@@ -605,6 +605,41 @@ def test_changes_and_diffsize_name_the_hives_and_the_utility_vm(wstore):
     assert "/Files/new.txt" in kinds and not any(p.startswith(("/Hives", "/UtilityVM")) for p in kinds)
 
 
+#: A file below and the same path again in a child, same bytes, size and times: (what the
+#: file below has, what the child's has, the PAX record and value the child's re-export holds).
+_OTHER_METADATA_ALONE = {
+    "attributes": ({}, {"attrs": 0x26}, "MSWINDOWS.fileattr", b"38"),
+    "descriptor": ({}, {"sd": wingen.DIR_SD}, "MSWINDOWS.rawsd", base64.b64encode(wingen.DIR_SD)),
+    "extended attribute": ({}, {"eas": {"NOTE": b"x"}}, "MSWINDOWS.xattr.NOTE", base64.b64encode(b"x")),
+    "stream bytes": ({"streams": {"s": b"one"}}, {"streams": {"s": b"two"}}, None, None),
+    "stream added": ({}, {"streams": {"s": b"one"}}, None, None),
+}
+
+
+@pytest.mark.parametrize("what", sorted(_OTHER_METADATA_ALONE))
+def test_a_file_given_other_windows_metadata_alone_is_changed(wstore, what):
+    """Same bytes, size and times, and other attributes (``MSWINDOWS.fileattr`` 0x26 instead of
+    32), descriptor, EAs or streams: the layer changed the file, as the seeds' Changes (every
+    entry of the layer's own reader) names it, and its re-export carries the new metadata."""
+    below, mine, record, value = _OTHER_METADATA_ALONE[what]
+    data = b"hello windows\n"
+    top = [wingen.WinDir("Files"), wingen.WinDir("Files/a")]
+    import_entries(wstore, "base", [*top, wingen.WinFile("Files/a/hello.txt", data, **below)])
+    import_entries(wstore, "child", [*top, wingen.WinFile("Files/a/hello.txt", data, **mine)], parent="base")
+    import_entries(wstore, "same", [*top, wingen.WinFile("Files/a/hello.txt", data, **below)], parent="base")
+    assert changes_of(wstore, "child") == [(C, "/Files/a"), (C, "/Files/a/hello.txt")]
+    assert wstore.diff_size("child") == len(data)
+    assert changes_of(wstore, "same") == [] and wstore.diff_size("same") == 0
+    out = io.BytesIO()
+    wstore.diff("child", out, regenerate=True)
+    entries = {e.name: e for e in entries_of(out.getvalue())}
+    assert "Files/a/hello.txt" in entries
+    if record is not None:
+        assert entries["Files/a/hello.txt"].pax[record] == value
+    else:
+        assert "Files/a/hello.txt:s" in entries  # the stream follows its file
+
+
 @pytest.mark.parametrize("privileged", [pytest.param(True, marks=needs_root), False])
 def test_a_tombstone_of_what_a_layer_below_deleted_already_is_no_change(wstore, privileged):
     """A deletion of a path a layer between deleted already hides nothing: the view is the

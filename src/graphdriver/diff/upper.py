@@ -13,8 +13,13 @@ layers below for each entry found:
   below it, so whatever exists below and not in the upper directory is
   deleted;
 * anything else is added when nothing is there below, and otherwise changed
-  if the generic walk's comparison says so (so a copied-up but untouched file
-  is not reported, exactly as the walk would not report it).
+  if the generic walk's comparison says so, with the bytes of every regular
+  file whose stat looks unchanged compared (the upper directory holds only
+  what the layer wrote or copied up, so this reads little: a file written
+  with the size and time it had below is a change, a file copied up and left
+  as it was is not);
+* a format that keeps more beside the files (the Windows metadata sidecar)
+  may say what else makes an entry changed (*meta*).
 
 "Below" is the parent's union view, computed the way overlayfs does: the
 lower directories nearest first, a whiteout or a non-directory hides
@@ -41,7 +46,7 @@ import stat
 from collections.abc import Sequence
 
 from graphdriver.diff.changes import Change, ChangeKind
-from graphdriver.diff.walk import Links, Walk, differs, finish
+from graphdriver.diff.walk import EVERY_FILE, Links, Walk, differs, finish
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.export import NO_ID_MAPS, changes_size, export_changes
@@ -50,7 +55,12 @@ from graphdriver.plain import Plain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import BinaryIO
+
+    #: Whether what a format keeps beside the file at a path (relative to the upper
+    #: directory) differs from what the layers below keep about it.
+    MetaDiffers = Callable[[str], bool]
 
 #: The change that :func:`~graphdriver.layerio.export.whiteout_entry` turns into
 #: ``<dir>/.wh..wh..opq``: the whiteout of the reserved name ``.wh..opq``.
@@ -80,10 +90,12 @@ class Scan(Plain):
 class _Reader:
     """One scan: the upper root, the lower roots and the comparison state per lower."""
 
-    def __init__(self, upper: str, lowers: Sequence[str], opaque_xattr: str) -> None:
+    def __init__(self, upper: str, lowers: Sequence[str], opaque_xattr: str,
+                 meta: MetaDiffers | None = None) -> None:
         self.upper = upper
         self.lowers = tuple(lowers)
         self.opaque_xattr = opaque_xattr
+        self.meta = meta
         self.scan = Scan()
         self._walks: dict[str, Walk] = {}
         self.links = Links()
@@ -100,11 +112,12 @@ class _Reader:
             raise
 
     def differs(self, root: str, path: str, new: os.stat_result, old: os.stat_result) -> bool:
-        # The generic walk's own comparison, so that both list the same changes.
+        # The generic walk's own comparison, so that both list the same changes; every
+        # entry here was written or copied up since the layer was made.
         walk = self._walks.get(root)
         if walk is None:
-            walk = self._walks[root] = Walk(self.upper, root)
-        return differs(walk, path, new, old)
+            walk = self._walks[root] = Walk(self.upper, root, since=EVERY_FILE)
+        return differs(walk, path, new, old) or (self.meta is not None and self.meta(path))
 
     # ----- the layers below ---------------------------------------------------------------
 
@@ -264,15 +277,21 @@ def _entryis_whiteout(e: os.DirEntry[str]) -> bool:
 # ----- the public face ---------------------------------------------------------------------------
 
 
-def scan(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> Scan:
-    """Read what the layer with upper directory *upper* changed over *lowers* (nearest first)."""
+def scan(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
+         meta: MetaDiffers | None = None) -> Scan:
+    """Read what the layer with upper directory *upper* changed over *lowers* (nearest first).
+
+    *meta* says whether an entry in both whose files look the same differs in what the
+    layer format keeps beside its files.
+    """
     os.lstat(upper)  # a missing upper directory is an error, not an empty layer
-    return _Reader(upper, lowers, opaque_xattr).run()
+    return _Reader(upper, lowers, opaque_xattr, meta).run()
 
 
-def changes(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> list[Change]:
-    """The layer's changes, sorted by path (see the module docstring)."""
-    return scan(upper, lowers, opaque_xattr).changes
+def changes(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
+            meta: MetaDiffers | None = None) -> list[Change]:
+    """The layer's changes, sorted by path (see the module docstring and :func:`scan`)."""
+    return scan(upper, lowers, opaque_xattr, meta).changes
 
 
 def export_changeset(result: Scan) -> list[Change]:

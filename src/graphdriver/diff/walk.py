@@ -13,10 +13,21 @@ side by side.  The rules are ``docker diff``'s:
   compares ``security.capability`` alone) differ, or, for non-directories,
   its size, modification time or symlink target.  Times are Docker's: equal
   to the second, one side without a fraction, is equal (a file from a plain
-  tar header and its copy); in that case alone a regular file's bytes are
-  compared, so a write in the same second is not lost.  A directory whose only
-  difference is its mtime or size is *not* changed: those move whenever an
-  entry inside is touched, and the entry itself is reported;
+  tar header and its copy).  A directory whose only difference is its mtime
+  or size is *not* changed: those move whenever an entry inside is touched,
+  and the entry itself is reported;
+* a regular file whose stat says nothing changed may still hold other bytes
+  (a tarball or a ``cp -p`` wrote new bytes of the same size and kept the
+  time), so its bytes are compared where it may have been written since the
+  new tree was made from the old: when either side's inode change time
+  (``ctime``, which no call sets at will) is at or after *since*, the moment
+  the layer's tree was made on its parent's (see
+  :meth:`~graphdriver.drivers.base.Driver.written_since`).  Older files are
+  the driver's own copies, untouched since, and are not read: the walk never
+  reads whole trees.  Without *since* (a layer made before that moment was
+  recorded, or a tree compared with another than the one it was made from)
+  only a file whose times are equal to the second alone is read, so that a
+  write in the very second a plain tar header gave is not lost;
 * a directory in both trees with any change below it is changed too, up to
   (not including) the root, so that exporting the change set also carries the
   directory's own metadata;
@@ -72,17 +83,26 @@ class Links:
                 for key in self.changed.intersection(self.unchanged) for path in self.unchanged[key]]
 
 
+#: A *since* before any file's time: every regular file whose stat looks unchanged is read
+#: (an overlay upper directory holds only what its layer wrote or copied up, so it is cheap).
+EVERY_FILE = -(1 << 63)
+
+
 class Walk:
     """State of one comparison: the two roots and what was found so far."""
 
-    __slots__ = ("changes", "links", "new_root", "old_root", "owner")
+    __slots__ = ("changes", "links", "new_root", "old_root", "owner", "since")
 
     def __init__(self, new_root: str, old_root: str | None,
-                 owner: Callable[[int, int], tuple[int, int]] | None = None) -> None:
+                 owner: Callable[[int, int], tuple[int, int]] | None = None,
+                 since: int | None = None) -> None:
         self.new_root = new_root
         self.old_root = old_root
         #: The old tree's (uid, gid) as the new tree would store them (layers with other id maps).
         self.owner = owner
+        #: Files with a ctime (ns) at or after this may have been written since the new tree
+        #: was made from the old: their bytes are compared (None: not known).
+        self.since = since
         self.changes: list[Change] = []
         self.links = Links()
 
@@ -91,7 +111,8 @@ class Walk:
 
 
 def changes_between(new_root: str, old_root: str | None,
-                    owner: Callable[[int, int], tuple[int, int]] | None = None) -> list[Change]:
+                    owner: Callable[[int, int], tuple[int, int]] | None = None,
+                    since: int | None = None) -> list[Change]:
     """What the tree at *new_root* changed relative to the tree at *old_root*.
 
     ``old_root=None`` stands for an empty tree: everything is added.  Paths are
@@ -101,9 +122,11 @@ def changes_between(new_root: str, old_root: str | None,
     Names that are not UTF-8 appear decoded with ``surrogateescape``, as
     :mod:`os` returns them.  Entries that vanish during the walk count as absent.
     *owner* translates the old tree's owners before they are compared, when the
-    two trees store ids under different maps.
+    two trees store ids under different maps.  *since* is when the new tree was
+    made on the old (in ns, of the clock of file times; see the module
+    docstring): files changed at or after it are compared byte for byte.
     """
-    walk = Walk(new_root, old_root, owner)
+    walk = Walk(new_root, old_root, owner, since)
     # Missing roots are errors (FileNotFoundError), not empty trees.
     new_st = os.lstat(new_root)
     if old_root is not None and _same_object(new_st, os.lstat(old_root)):
@@ -205,12 +228,22 @@ def differs(walk: Walk, path: str, new: os.stat_result, old: os.stat_result) -> 
                     return True
             except FileNotFoundError:
                 return True  # replaced while we looked: report it, export skips what is gone
-        # Times equal only to the second, one side with no fraction (a file from a plain
-        # tar header): a write in that same second looks the same, so look inside.
-        elif (stat.S_ISREG(mode) and new.st_mtime_ns != old.st_mtime_ns and new.st_size
-              and _contents_differ(walk.new_root + path, walk.old_root + path)):
+        elif (stat.S_ISREG(mode) and new.st_size and _may_be_rewritten(walk, new, old)
+              and contents_differ(walk.new_root + path, walk.old_root + path)):
             return True
     return _xattrs(walk.new_root + path) != _xattrs(walk.old_root + path)
+
+
+def _may_be_rewritten(walk: Walk, new: os.stat_result, old: os.stat_result) -> bool:
+    """Whether a regular file whose stat is the old one's may still hold other bytes."""
+    since = walk.since
+    # Changed (written, or its metadata set) after the new tree was made: no longer, or
+    # never, a copy the driver made.
+    if since is not None and (new.st_ctime_ns >= since or old.st_ctime_ns >= since):
+        return True
+    # Times equal only to the second, one side with no fraction (a file from a plain
+    # tar header): a write in that same second looks the same.
+    return new.st_mtime_ns != old.st_mtime_ns
 
 
 def _same_mtime(a_ns: int, b_ns: int) -> bool:
@@ -230,7 +263,7 @@ def _same_mtime(a_ns: int, b_ns: int) -> bool:
 _CHUNK = 1 << 20
 
 
-def _contents_differ(a: str, b: str) -> bool:
+def contents_differ(a: str, b: str) -> bool:
     """Whether two regular files of one size hold other bytes (True if either went away)."""
     try:
         fa = open_readable(a)

@@ -52,6 +52,9 @@ Invariants
 ----------
 * A layer folder that exists under its final name is whole: creation is staged
   in a ``.staging`` folder and renamed in.
+* A layer with a parent holds an empty ``tree-made`` file made once its tree was
+  made on the parent's, before anything was applied or written into it: files
+  changed later have a ctime no older than its (:meth:`Driver.written_since`).
 * ``remove`` renames the folder to ``.removing-<id>`` before destroying it, so a
   crash leaves either the layer or a ``.removing-`` leftover that ``cleanup``
   finishes.  Ids never start with a dot, so no layer can have such a name (the
@@ -96,6 +99,9 @@ if TYPE_CHECKING:
     from graphdriver.idmap import IDMappings
 
 LAYERCHAIN_FILE = "layerchain.json"
+#: Empty, in the folder of a layer with a parent: its ctime is when the layer's tree was made
+#: on its parent's (see :meth:`Driver.written_since`).
+TREE_MADE_FILE = "tree-made"
 LAYERID_FILE = "layerID"
 LAYERID_FILE_ALT = "layerId"
 #: A folder being removed: this prefix and the layer's folder name (no id starts with a dot).
@@ -361,6 +367,9 @@ class Driver(abc.ABC):
         fd = claim(staging, folder=True, mode=0o700, remove=self._destroy)
         try:
             self._create(layer_id, staging, parent, opts, rw=rw)
+            if parent is not None:
+                # Right after the copy (if any) and before anything is extracted or written.
+                atomic.write_bytes(os.path.join(staging, TREE_MADE_FILE), b"", 0o600, durable=False)
             self.write_layer_chain(staging, chain)
             os.rename(staging, final)
         except BaseException:
@@ -750,6 +759,30 @@ class Driver(abc.ABC):
         """The directory holding this layer's own files only, or None when its tree
         includes its parents' files (a full copy, as vfs keeps).  Read, never written."""
         return None
+
+    def written_since(self, layer_id: str, parent: str | None) -> int | None:
+        """When the tree of *layer_id* was made on the tree of *parent* (its own parent),
+        as the ctime in ns of a mark made then; None for another parent, or a layer made
+        before such marks were.
+
+        A file of the layer changed since (written, or its metadata set) has a later or
+        equal ctime (the kernel stamps every inode from one clock), and so does a file of
+        the parent changed since; anything older is as the layer was made (a copy of the
+        parent's, for vfs).  The generic walk reads the bytes of only those files
+        (:mod:`graphdriver.diff.walk`).
+        """
+        if parent is None:
+            return None
+        try:
+            chain = self.layer_chain(layer_id)
+        except GraphDriverError:
+            return None  # (an unreadable chain file is the business of what needs the chain)
+        if not chain or os.path.realpath(chain[0]) != os.path.realpath(self.resolve(parent)):
+            return None
+        try:
+            return os.lstat(os.path.join(self.resolve(layer_id), TREE_MADE_FILE)).st_ctime_ns
+        except FileNotFoundError:
+            return None
 
 
 def alternate_name(folder: str) -> tuple[str, str | None] | None:

@@ -10,6 +10,7 @@ Layout under the driver home::
     <home>/<id>/lower             the ancestors' links, nearest first (``.l/abc:.l/def``;
                                   absolute for ancestors in other stores)
     <home>/<id>/layerchain.json   the ancestors' folders, nearest first (the base class)
+    <home>/<id>/tree-made         a child's: empty, its ctime when ``diff`` was made (the base class)
 
 Mounting.  ``get`` mounts ``lowerdir=<ancestors>, upperdir=diff, workdir=work``
 at ``merged`` for writable (container) layers.  Image layers (``create``

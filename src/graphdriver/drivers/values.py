@@ -76,12 +76,14 @@ class ApplyTarget:
 class Comparison:
     """The directories that say what a layer changed relative to a parent.
 
-    Either two trees to walk (*root* against *parent_root*, None for no parent),
-    or an upper directory *root* over *lowers* that itself records the changes
-    (overlay's whiteouts and opaque directories): :attr:`native`.
+    Either two trees to walk (*root* against *parent_root*, None for no parent,
+    *since* when the layer's tree was made on the parent's if known: see
+    :meth:`~graphdriver.drivers.base.Driver.written_since`), or an upper directory
+    *root* over *lowers* that itself records the changes (overlay's whiteouts and
+    opaque directories): :attr:`native`.
     """
 
-    __slots__ = ("data_dirs", "lowers", "opaque_xattr", "parent_root", "root")
+    __slots__ = ("data_dirs", "lowers", "opaque_xattr", "parent_root", "root", "since")
 
     def __init__(
         self,
@@ -91,10 +93,12 @@ class Comparison:
         lowers: tuple[str, ...] | None = None,
         opaque_xattr: str | None = None,
         data_dirs: tuple[str, ...] = (),
+        since: int | None = None,
     ) -> None:
         #: The tree holding the layer's files as changes name them.
         self.root = root
         self.parent_root = parent_root
+        self.since = since
         self.lowers = lowers
         self.opaque_xattr = opaque_xattr or _overlay_opaque_xattr()
         #: The layer's folder and its ancestors', nearest first, for what a layer
@@ -136,13 +140,14 @@ class Compared:
         self.data_dirs = data_dirs
 
     def __enter__(self) -> Comparison:
+        since = self.driver.written_since(self.layer_id, self.parent)
         new = self.driver.get(self.layer_id, hold=True)
         try:
             old = None if self.parent is None else self.driver.get(self.parent, hold=True)
         except BaseException:
             self.driver.put(self.layer_id, hold=True)
             raise
-        return Comparison(new, parent_root=old, data_dirs=self.data_dirs)
+        return Comparison(new, parent_root=old, data_dirs=self.data_dirs, since=since)
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         try:

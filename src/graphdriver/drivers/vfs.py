@@ -4,6 +4,8 @@ Layout::
 
     <home>/<id>/layerchain.json   ancestors' folders, nearest first (null for a base)
     <home>/<id>/fs/               the layer's whole root filesystem
+    <home>/<id>/tree-made         a child's: empty, made right after the copy of its parent's
+                                  tree (its ctime parts copies from what was written since)
 
 A new layer starts as a copy of its parent's ``fs`` (cloned where the
 filesystem shares extents, see :mod:`graphdriver.fs.tree`), so ``get``

@@ -6,6 +6,7 @@ Layout under the driver home, as the seeds keep it::
     <home>/<id>/Hives/              its registry deltas (``*_Delta``), as imported
     <home>/<id>/UtilityVM/Files/    its utility VM files, as imported
     <home>/<id>/layerchain.json     the ancestors' folders, nearest first (``null`` for a base)
+    <home>/<id>/tree-made           a child's: empty, its ctime when ``Files/`` was made
     <home>/<id>/layerID             optional: the folder the layer really lives in
     <home>/<id>/bcd*.bak            the imported bytes of the utility VM's BCD files
     <home>/<id>/.winmeta/           what Linux files cannot hold (see :mod:`.winmeta`)

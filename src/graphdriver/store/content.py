@@ -87,7 +87,7 @@ def _changes_of(c: Comparison, windows: bool, owner: Owner | None = None) -> lis
         return upper.changes(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
     from graphdriver.diff.walk import changes_between
 
-    return changes_between(c.root, c.parent_root, owner)
+    return changes_between(c.root, c.parent_root, owner, c.since)
 
 
 def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True,
@@ -145,7 +145,7 @@ def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO, *,
             from graphdriver.diff.walk import changes_between
             from graphdriver.layerio.export import export_changes
 
-            export_changes(c.root, changes_between(c.root, c.parent_root, owner), out, maps)
+            export_changes(c.root, changes_between(c.root, c.parent_root, owner, c.since), out, maps)
 
 
 def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True,

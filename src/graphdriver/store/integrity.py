@@ -247,7 +247,8 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
             return problems
         from graphdriver.diff.walk import changes_between
 
-        changes = changes_between(root, inherited, owner) if inherited is not None else []
+        since = store.driver.written_since(record.id, record.parent)
+        changes = changes_between(root, inherited, owner, since) if inherited is not None else []
         with open(tarsplit_of(store, record), "rb") as f:
             meta, _kind = open_decompressed(f)
             return changes_problems(read_entries(meta), changes, root, inherited, owner)

@@ -303,6 +303,54 @@ def test_diff_apply_round_trip(store: Any, fmt: LayerFormat) -> None:
     assert view(store, "copy2", times=exact) == view(store, "ctr", times=exact)
 
 
+# ----- a file rewritten with the size, mode, owner and time it had below ------------------------
+
+SAME_STAT_BASE = {"a": D(), "a/hello.txt": F(b"hello windows\n")}
+
+
+def _assert_rewrite_carried(store: Any, fmt: LayerFormat, layer_id: str, new: bytes, data: bytes) -> None:
+    """``changes`` and ``diffsize`` of *layer_id* name the rewritten file, and its tarball *data*
+    holds the new bytes and makes the layer's view again on the base."""
+    assert changes_of(store, layer_id) == [(C, fmt.path("/a")), (C, fmt.path("/a/hello.txt"))]
+    assert store.diff_size(layer_id) == len(new)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        member = tf.extractfile(fmt.name_of("a/hello.txt"))
+        assert member is not None and member.read() == new
+    store.import_layer("again", "base", io.BytesIO(data))
+    exact = fmt.exact_times
+    assert view(store, "again", times=exact) == view(store, layer_id, times=exact)
+
+
+@every_driver
+def test_a_child_that_rewrites_a_file_with_its_size_mode_and_time_changed_it(store: Any,
+                                                                              fmt: LayerFormat) -> None:
+    """A tarball that writes new bytes over a file below with the very size, mode, owner and
+    modification time it had: the layer changed that file (containers-storage's overlay lists
+    every file of the layer's own directory), so ``changes``, ``diffsize`` and a tarball built
+    from the files all carry it."""
+    import_tar(store, fmt, "base", SAME_STAT_BASE)
+    import_tar(store, fmt, "child", {"a": D(), "a/hello.txt": F(b"hello changed\n")}, parent="base")
+    out = io.BytesIO()
+    store.diff("child", out, regenerate=True)
+    _assert_rewrite_carried(store, fmt, "child", b"hello changed\n", out.getvalue())
+
+
+@every_driver
+def test_a_file_a_container_rewrote_keeping_its_time_is_in_its_diff(store: Any, fmt: LayerFormat) -> None:
+    """New bytes of the same size written over a file below, its time put back (``cp -p`` of a
+    file ``touch -r`` gave the old time): the container's diff, and so a commit, keeps them."""
+    if not IS_ROOT and not fmt.rootless_changes:
+        pytest.skip(f"unprivileged {fmt.name} views are copies: what a process changes is not recorded")
+    import_tar(store, fmt, "base", SAME_STAT_BASE)
+    store.create("ctr", "base", writable=True)
+    root = store.mount("ctr")
+    try:
+        _content_kept_time(Path(root, "a/hello.txt"))
+    finally:
+        store.unmount("ctr")
+    _assert_rewrite_carried(store, fmt, "ctr", b"HELLO WINDOWS\n", diff_bytes(store, "ctr"))
+
+
 # ----- an imported layer changed through the store's own mount -------------------------------------
 
 
@@ -332,6 +380,7 @@ CHANGES_OF_INHERITED_FILES: dict[str, Callable[[Path], object]] = {
     "whited-out-file-made-again": lambda p: (p / "gone").write_bytes(b"g"),
     "parent-file-rewritten-in-its-second": lambda p: _rewritten_in_its_second(p / "etc/a"),
     "parent-file-xattr-set": lambda p: os.setxattr(p / "etc/a", "user.note", b"set"),
+    "parent-file-rewritten-time-kept": lambda p: _content_kept_time(p / "etc/a"),
 }
 
 

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from graphdriver.diff import upper
 from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.walk import contents_differ
 from graphdriver.errors import GraphDriverError, NotFound
 from graphdriver.fs.confine import find_in_union, open_file_in_root
 from graphdriver.fs.tree import walk_tree
@@ -52,10 +53,14 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
     of a name no layer below has, or one a layer between deleted already, hides
     nothing, so it changes nothing (as it makes no whiteout in the view); and
     what such a layer deleted is added, not changed, where this layer makes it again.
+    An entry whose file looks as it was below is changed still when the layer's sidecar
+    gives it other Windows metadata than the layers below do (:class:`_SidecarDiffers`).
     """
     own = os.path.join(data_dirs[0], layout.FILES)
     lowers = [os.path.join(d, layout.FILES) for d in data_dirs[1:]]
-    changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR)
+    own_meta = winmeta.LayerMeta.load(data_dirs[0])
+    changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR,
+                            meta=_SidecarDiffers(own_meta, winmeta.ChainMeta(list(data_dirs[1:]))))
     listed = {c.path for c in changes}
     extra = []
     with _Union(data_dirs[1:]) as below:
@@ -64,7 +69,7 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
         changes = [Change(c.path, ChangeKind.ADD)
                    if c.kind is ChangeKind.MODIFY and not below.shows(layout.FILES + c.path) else c
                    for c in changes]
-        for path in winmeta.LayerMeta.load(data_dirs[0]).tombstones:
+        for path in own_meta.tombstones:
             if not path.startswith(layout.FILES + "/"):
                 continue
             rel = path[len(layout.FILES) :]
@@ -101,6 +106,51 @@ def extra_changes(data_dirs: Sequence[str]) -> list[Change]:
             if below.shows(path):
                 out.append(Change("/" + path, ChangeKind.DELETE))
     return sorted(out, key=change_sort_key)
+
+
+class _SidecarDiffers:
+    """Whether the layer's own sidecar says other Windows metadata about a path of its
+    ``Files/`` than the layers below do: attributes, security descriptor, junction or not,
+    EAs, the other PAX records kept for export, and the alternate data streams (names and
+    bytes).  Times are left out, as the generic walk leaves out ctimes: a change of the
+    modification time shows in the file itself.
+
+    A path the layer keeps no metadata of (a file a Linux process wrote) has what the
+    layers below give it, so its metadata did not change; one that no layer below
+    describes, given metadata here, did.
+    """
+
+    def __init__(self, own: winmeta.LayerMeta, below: winmeta.ChainMeta) -> None:
+        self.own = own
+        self.below = below
+
+    def __call__(self, path: str) -> bool:
+        name = layout.FILES + path
+        rec = self.own.records.get(name)
+        if rec is None or rec.kind == winmeta.LINK:
+            return False  # a hard link: the metadata of the file it names
+        found = self.below.find(name)
+        if found is None:
+            return True
+        old, index = found
+        if _sidecar_key(rec.meta) != _sidecar_key(old.meta):
+            return True
+        return self._streams_differ(name, index)
+
+    def _streams_differ(self, name: str, index: int) -> bool:
+        mine = [(s, winmeta.stream_path(self.own.data_dir, name, s)) for s in self.own.streams.get(name, [])]
+        theirs = self.below.streams(index, name)
+        if [s for s, _ in mine] != [s for s, _ in theirs]:
+            return True
+        return any(contents_differ(a, b) for (_, a), (_, b) in zip(mine, theirs, strict=True))
+
+
+def _sidecar_key(meta: WinMeta | None) -> tuple[object, ...] | None:
+    """What of *meta* a change of the entry's Windows metadata is told by."""
+    if meta is None:
+        return None
+    return (meta.attributes, meta.security_descriptor, meta.sddl, meta.mountpoint,
+            sorted(meta.eas.items()), sorted(meta.extra.items()))
 
 
 class _Union:
