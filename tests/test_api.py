@@ -106,3 +106,25 @@ def test_a_third_party_driver_runs_the_shipped_conformance_suite(tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout, proc.stdout
+
+
+def test_a_third_party_drivers_own_class_is_known_in_the_suites_child_processes(tmp_path: Path) -> None:
+    """A driver of its own package and name (as the README shows it registered) passes the test
+    whose helper process mounts a layer: that process registers the driver too."""
+    package = tmp_path / "mypackage"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "driver.py").write_text(
+        "from graphdriver.drivers.vfs import VfsDriver\n\n\n"
+        "class MyDriver(VfsDriver):\n    name = \"mine\"\n"
+    )
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path,
+           "GRAPHDRIVER_CONFORMANCE_DRIVERS": "mine=mypackage.driver:MyDriver"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "--pyargs", "graphdriver.testing.conformance", "-k", "killed_command"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout, proc.stdout

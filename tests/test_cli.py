@@ -859,6 +859,70 @@ def test_what_this_user_may_not_use_exits_7(tmp_path):
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make what nobody may not read")
+def test_a_record_this_user_may_not_read_is_a_missing_privilege_never_corruption():
+    """Records of mode 0600 in a root store whose folders are open: exit 7 for what needs
+    the record (not 6), `layers` names it and exits 7, `check` skips it; with the folders
+    closed too, an additional store's layer is 7 (not "no such layer"), and the Python API
+    raises the project's errors, never a bare PermissionError."""
+    import tempfile
+
+    import graphdriver
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+
+    _load_every_module()
+
+    work = Path(tempfile.mkdtemp(prefix="gd-record-"))
+    try:
+        os.chmod(work, 0o755)
+        theirs = work / "theirs"
+        (work / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
+        run_cli("import", "base", str(work / "base.tar"), root=theirs, driver="vfs", check=True)
+        folders = [Path(d) for d, _, _ in os.walk(theirs)]
+        for d in folders:
+            os.chmod(d, os.stat(d).st_mode | 0o005)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        other = ["--root", str(theirs), "--run-root", str(mine / "run")]
+
+        def open_folders() -> list[object]:
+            codes: list[object] = [gd.main([*other, c, "base"]) for c in ("layer", "diff", "changes")]
+            codes.append(gd.main([*other, "layers"]))
+            codes.append(gd.main([*other, "check"]))
+            store = graphdriver.open_store(str(theirs), run_root=str(mine / "run"), create=False)
+            try:
+                store.layer("base")
+            except graphdriver.GraphDriverError as e:
+                codes.append((type(e).__name__, e.exit_code, "base" in str(e)))
+            try:
+                with store.locked():
+                    pass
+            except graphdriver.GraphDriverError as e:
+                codes.append((type(e).__name__, e.exit_code))
+            return codes
+
+        assert as_nobody(open_folders) == [7, 7, 7, 7, 0, ("Unsupported", 7, True), ("Unsupported", 7)]
+        for d in folders:
+            os.chmod(d, os.stat(d).st_mode & ~0o005)
+
+        def closed_folders() -> list[object]:
+            own = ["--root", str(mine / "s"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+            codes: list[object] = [gd.main([*own, "--additional-store", str(theirs), "layer", "base"])]
+            try:
+                graphdriver.open_store(str(theirs), run_root=str(mine / "run"), create=False)
+            except graphdriver.GraphDriverError as e:
+                codes.append((type(e).__name__, e.exit_code))
+            return codes
+
+        assert as_nobody(closed_folders) == [7, ("Unsupported", 7)]
+    finally:
+        import shutil
+
+        shutil.rmtree(work)
+
+
 @pytest.mark.parametrize("size", ["99999999999999999999999999999999G", " 20M", "\uff150M", "20M ", "1M", "0"])
 def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(tmp_path, size):
     r = run_cli("create", "x", "--rw", "--size", size, root=tmp_path / "s", run_root=tmp_path / "r",

@@ -775,6 +775,39 @@ def test_minbase_matches_gnu_tar(tmp_path: Path, minbase_tar: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as nobody")
+def test_without_privileges_only_owners_other_than_root_are_counted_as_skipped() -> None:
+    """Without privileges the user's own ids are root's: an entry owned 0:0 loses nothing (and
+    no chown to root is tried), so only the entries of other owners are counted."""
+    import tempfile
+
+    from graphdriver.layerio.tarstream import TarReader
+    from tests.conftest import as_nobody
+
+    data = tar_of(dir_("d"), reg("d/f", b"x"), sym("d/s", "f"), link("d/l", "d/f"),
+                  reg("a", b"y", uid=5), reg("b", uid=0, gid=7), dir_("c", uid=1000, gid=1000))
+    work = Path(tempfile.mkdtemp(prefix="gd-owners-"))
+    try:
+        os.chmod(work, 0o755)
+        dest = work / "dest"
+        dest.mkdir()
+        os.chown(dest, 65534, 65534)
+
+        def run() -> tuple[int, set[tuple[int, int]]]:
+            stats = ExtractStats()
+            fd = os.open(dest, os.O_RDONLY)
+            try:
+                extract_entries(TarReader(io.BytesIO(data)), fd, opts=ApplyOptions(), stats=stats)
+            finally:
+                os.close(fd)
+            owners = {(st.st_uid, st.st_gid) for st in (os.lstat(p) for p in dest.rglob("*"))}
+            return stats.skipped_chowns, owners
+
+        assert as_nobody(run) == (3, {(65534, 65534)})
+    finally:
+        shutil.rmtree(work)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as nobody")
 def test_privileged_xattrs_are_left_out_without_privilege_even_in_an_owner_namespace() -> None:
     """In a user namespace of the user's own, the kernel takes security.capability (as a
     namespaced capability): an unprivileged extraction still leaves trusted.* and

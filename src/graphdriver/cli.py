@@ -12,7 +12,14 @@ import sys
 
 from graphdriver import jsonio
 from graphdriver.cliargs import CLOSED_STDOUT, COMMANDS, PROG, Args, help_text, parse
-from graphdriver.errors import GraphDriverError, InvalidArgument, cause_of, os_error, set_warning_handler
+from graphdriver.errors import (
+    GraphDriverError,
+    InvalidArgument,
+    Unsupported,
+    cause_of,
+    os_error,
+    set_warning_handler,
+)
 from graphdriver.ids import check_id
 
 TYPE_CHECKING = False
@@ -184,14 +191,15 @@ def cmd_layers(store: Store, args: Args) -> int:
     else:
         sys.stdout.writelines(f"{r.id}\n" for r in records)
     # A corrupt record or a damaged layer is named, not fatal: the layers are listed
-    # (`check` exits 6 for them).
+    # (`check` exits 6 for them).  A record this user may not read is named too, and
+    # the listing exits 7 (a missing privilege), as for a records folder it may not read.
     for _layer_id, error in bad:
         warn(str(error))
     for r in records:
         damage = store.damage(r)
         if damage is not None and not damage[0]:  # a live apply's mark is no damage
             warn(f"layer {r.id}: is damaged ({damage[1]})")
-    return 0
+    return Unsupported.exit_code if any(isinstance(e, Unsupported) for _, e in corrupt) else 0
 
 
 def _with_metadata(

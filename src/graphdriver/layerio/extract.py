@@ -572,6 +572,10 @@ class _Extractor(Extraction):
         self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
         self.same_ids = opts.idmaps.identity  # archive owners are host owners
         self.privileged = privileged()
+        # Without privileges the user's own ids are root's (a tarball built from the
+        # layer's files gives them back as 0:0): a 0:0 owner is the user's already, so
+        # it is neither set (chown to root would fail) nor counted as skipped.
+        self.own_is_root = not self.privileged
         tolerant = opts.ignore_chown_errors
         self.tolerant = (not self.privileged) if tolerant is None else tolerant
         self.umask = _current_umask()
@@ -850,10 +854,11 @@ class _Extractor(Extraction):
                 self.reader.copy_to_fd(fd)
             # The common case spelled out: this runs for every file of every layer.
             uid, gid = (e.uid, e.gid) if self.same_ids else self._owner(e)
-            try:
-                sc.fchown(fd, uid, gid)
-            except OSError as x:
-                self._chown_failed(x)
+            if uid or gid or not self.own_is_root:
+                try:
+                    sc.fchown(fd, uid, gid)
+                except OSError as x:
+                    self._chown_failed(x)
             # chown clears setuid/setgid, so those come after it; plain
             # permissions were set by open() unless the umask took some.
             if perm & 0o7000 or perm & self.umask:
@@ -1366,12 +1371,16 @@ class _Extractor(Extraction):
         return self._map_ids(e.name, e.uid, e.gid)
 
     def _chown_fd(self, fd: int, uid: int, gid: int) -> None:
+        if not (uid or gid) and self.own_is_root:
+            return
         try:
             sc.fchown(fd, uid, gid)
         except OSError as x:
             self._chown_failed(x)
 
     def _chown_at(self, dfd: int, name: str, uid: int, gid: int) -> None:
+        if not (uid or gid) and self.own_is_root:
+            return
         try:
             sc.chown_at(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
         except OSError as x:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, shorten
+from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Unsupported, shorten
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX, under_way
 
 TYPE_CHECKING = False
@@ -325,13 +325,20 @@ def check(store: Store, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | 
         for layer_id in layer_ids:
             try:
                 records.append(store._find(layer_id))
-            except IntegrityError as e:
-                results.append((layer_id, e.why or str(e)))
+            except (IntegrityError, Unsupported) as e:
+                results.append((layer_id, _unread(e)))
     else:
         records, bad = store.scan_layers()
-        results += [(layer_id, e.why or str(e)) for layer_id, e in bad]
+        results += [(layer_id, _unread(e)) for layer_id, e in bad]
     results += check_records(store, records)
     return results if layer_ids else sorted(results, key=lambda r: r[0])
+
+
+def _unread(e: GraphDriverError) -> str:
+    """What ``check`` says of a record it could not read: corrupt, or skipped when this user
+    may not read it (a missing privilege, as for files it may not read: nothing is corrupt)."""
+    why = e.why or str(e)
+    return f"skipped: {why}" if isinstance(e, Unsupported) else why
 
 
 def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | None]]:

@@ -170,7 +170,7 @@ class Store:
         # Recovery runs only when work was left behind (markers, their locks,
         # half-written temporary files): a read-only command on a healthy store
         # lists one empty folder and goes on.
-        if opts.recover and self.records.pending_entries():
+        if opts.recover and self._left_behind():
             from graphdriver.errors import warn
 
             for line in self.cleanup():  # each repair said, as cleanup says it: it will find none
@@ -178,6 +178,13 @@ class Store:
                     warn(f"cleanup: {line}")
         if opts.driver_options:
             self.driver  # noqa: B018 - unknown driver options are refused at once
+
+    def _left_behind(self) -> list[str]:
+        """The pending folder's entries; one this user may not list is a missing privilege."""
+        try:
+            return self.records.pending_entries()
+        except PermissionError as e:
+            raise os_error(f"store {self.root}", e) from e
 
     def _settings_path(self) -> str:
         return os.path.join(self.root, STORE_FILE)
@@ -457,11 +464,12 @@ class Store:
         """Every complete layer with a sound record, this store's first, then the additional stores'."""
         return self.scan_layers()[0]
 
-    def scan_layers(self) -> tuple[list[Layer], list[tuple[str, IntegrityError]]]:
-        """:meth:`layers`, and the ids whose records are corrupt with what is wrong with each."""
+    def scan_layers(self) -> tuple[list[Layer], list[tuple[str, GraphDriverError]]]:
+        """:meth:`layers`, and the ids whose records cannot be read with why: corrupt
+        (:class:`IntegrityError`) or closed to this user (:class:`Unsupported`)."""
         seen: set[str] = set()
         out: list[Layer] = []
-        bad: list[tuple[str, IntegrityError]] = []
+        bad: list[tuple[str, GraphDriverError]] = []
         for records, read_only in ((self.records, False), *((ro, True) for ro in self.readonly)):
             # Records first, markers after: a layer's marker is made before its
             # record, so a record read here whose work is under way has its
@@ -1330,14 +1338,18 @@ class StoreLock:
         from graphdriver.fs.locking import locked
 
         self._held = locked(self.path)
-        for _ in range(99):
-            try:
-                os.makedirs(self.root, 0o700, exist_ok=True)
-                return self._held.__enter__()
-            except FileNotFoundError:
-                continue  # a first command that stored nothing took the new folders away meanwhile
-        os.makedirs(self.root, 0o700, exist_ok=True)
-        return self._held.__enter__()
+        try:
+            for _ in range(99):
+                try:
+                    os.makedirs(self.root, 0o700, exist_ok=True)
+                    return self._held.__enter__()
+                except FileNotFoundError:
+                    continue  # a first command that stored nothing took the new folders away meanwhile
+            os.makedirs(self.root, 0o700, exist_ok=True)
+            return self._held.__enter__()
+        except PermissionError as e:  # a store of another user's: a missing privilege (exit 7)
+            self._held = None
+            raise os_error(f"store {self.root}", e) from e
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         held, self._held = self._held, None

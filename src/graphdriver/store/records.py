@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from graphdriver.errors import IntegrityError, NotFound, Precondition
+from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Precondition, Unsupported
 from graphdriver.fs import atomic
 from graphdriver.ids import is_valid_id
 
@@ -237,7 +237,9 @@ class RecordStore:
         return os.path.join(self.dir, layer_id + ".json")
 
     def exists(self, layer_id: str) -> bool:
-        return os.path.exists(self._path(layer_id))
+        """Whether *layer_id* has a record here; :class:`Unsupported` (exit 7) when this user
+        may not look (a store that belongs to root): that is no answer, never "absent"."""
+        return _present(self._path(layer_id), layer_id)
 
     def get(self, layer_id: str) -> LayerRecord:
         path = self._path(layer_id)
@@ -245,6 +247,8 @@ class RecordStore:
             value = atomic.read_json(path)
         except FileNotFoundError as e:
             raise NotFound(f"layer {layer_id}", "no such layer") from e
+        except PermissionError as e:  # a missing privilege: nothing is corrupt
+            raise refused(layer_id, e) from e
         except (OSError, ValueError) as e:
             raise IntegrityError(f"layer record {layer_id}", f"unreadable: {e}") from e
         return LayerRecord.from_json(value, layer_id)
@@ -270,20 +274,22 @@ class RecordStore:
         """Every readable record (corrupt ones left out: see :meth:`scan`)."""
         return self.scan()[0]
 
-    def scan(self) -> tuple[list[LayerRecord], list[tuple[str, IntegrityError]]]:
-        """Every record: the good ones, and what is wrong with each corrupt one.
+    def scan(self) -> tuple[list[LayerRecord], list[tuple[str, GraphDriverError]]]:
+        """Every record: the good ones, and what is wrong with each one that cannot be read:
+        :class:`IntegrityError` for a corrupt one, :class:`Unsupported` for one this user may
+        not read (its layer is unknown, not damaged).
 
         One damaged record must not take the store down: callers list and use
         the good ones and name the bad.
         """
         good: list[LayerRecord] = []
-        bad: list[tuple[str, IntegrityError]] = []
+        bad: list[tuple[str, GraphDriverError]] = []
         for layer_id in self.ids():
             try:
                 good.append(self.get(layer_id))
             except NotFound:
                 pass  # removed while we looked
-            except IntegrityError as e:
+            except (IntegrityError, Unsupported) as e:
                 bad.append((layer_id, e))
         return good, bad
 
@@ -387,7 +393,7 @@ class RecordStore:
         return out
 
     def is_pending(self, layer_id: str) -> bool:
-        return os.path.exists(os.path.join(self.pending_dir, layer_id))
+        return _present(os.path.join(self.pending_dir, layer_id), layer_id)
 
     def _apply_lock_path(self, layer_id: str) -> str:
         return os.path.join(self.pending_dir, f".{layer_id}{APPLY_LOCK_SUFFIX}")
@@ -444,6 +450,24 @@ class ApplyLock:
 
 
 _BOOT_ID: str | None = None
+
+
+def refused(layer_id: str, e: OSError) -> Unsupported:
+    """*layer_id*'s record (or marker) that this user may not read: a missing privilege
+    (exit 7), never corruption."""
+    where = f" {e.filename}" if e.filename else ""
+    return Unsupported(f"layer {layer_id}", f"its record cannot be read by this user ({e.strerror}{where})")
+
+
+def _present(path: str, layer_id: str) -> bool:
+    """Whether *path* is there: :func:`os.path.exists` would read a refusal as absence."""
+    try:
+        os.stat(path)
+    except PermissionError as e:
+        raise refused(layer_id, e) from e
+    except OSError:  # not there (or a path no file can have)
+        return False
+    return True
 
 
 def boot_id() -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from graphdriver.errors import GraphDriverError, NotFound, Precondition
+from graphdriver.errors import GraphDriverError, NotFound, Precondition, Unsupported
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import remove_abandoned, remove_abandoned_in
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX
@@ -66,7 +66,8 @@ def _cleanup_layers(store: Store) -> list[str]:
             for r in good if r.damaged and not store.records.is_applying(r.id)
         )
         done.extend(
-            f"{error}: graphdriver remove {layer_id} removes it, nothing was removed for it"
+            f"{error}: nothing was done for it" if isinstance(error, Unsupported)
+            else f"{error}: graphdriver remove {layer_id} removes it, nothing was removed for it"
             for layer_id, error in corrupt
         )
         done.extend(store.driver.cleanup(_named_layers(store)))

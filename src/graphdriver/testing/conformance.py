@@ -904,6 +904,7 @@ _DIE_HOLDING = """
 import json, os, signal, sys
 from graphdriver.testing import setups
 root, run_root, name, options, layer = sys.argv[1:]
+setups.register_chosen()  # a third party's driver, as the suite's own process knows it
 store = setups.open_store(root, run_root, setups.DriverSetup(name, **json.loads(options)))
 store.driver.mounted(layer).__enter__()  # what changes and diff do while they read
 print("holding", flush=True)

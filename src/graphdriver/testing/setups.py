@@ -46,13 +46,24 @@ def driver_names(*, windows: bool) -> list[str]:
     """
     from graphdriver import drivers
 
+    names = register_chosen() or drivers.registered()
+    return [n for n in names if windows or layer_format(n) != "windows"]
+
+
+def register_chosen() -> list[str]:
+    """Register each ``NAME=module:Class`` of :data:`DRIVERS_ENV`; the names it chooses.
+
+    Every process the suite runs a driver in calls it (a child process too): a third
+    party's driver is known only where it was registered.
+    """
+    from graphdriver import drivers
+
     chosen = os.environ.get(DRIVERS_ENV, "").split()
     for item in chosen:
         name, _, target = item.partition("=")
         if target:
             drivers.register(name, target)
-    names = [item.partition("=")[0] for item in chosen] or drivers.registered()
-    return [n for n in names if windows or layer_format(n) != "windows"]
+    return [item.partition("=")[0] for item in chosen]
 
 
 def layer_format(name: str) -> str:
