@@ -252,15 +252,17 @@ BASE = {
 }
 
 
-def _container(store: Any, fmt: LayerFormat) -> None:
-    """``base`` from :data:`BASE`, and a writable ``ctr`` on it that a process changed."""
+def _container(store: Any, fmt: LayerFormat, files: dict[str, Any] | None = None,
+               modify: Callable[[str], None] | None = None) -> None:
+    """``base`` from *files* (:data:`BASE`), and a writable ``ctr`` on it that a process changed
+    (*modify* given the mounted root; :func:`_modify_container`)."""
     if not IS_ROOT and not fmt.rootless_changes:
         pytest.skip(f"unprivileged {fmt.name} views are copies: what a process changes is not recorded")
-    import_tar(store, fmt, "base", BASE)
+    import_tar(store, fmt, "base", BASE if files is None else files)
     store.create("ctr", "base", writable=True)
     root = store.mount("ctr")
     try:
-        _modify_container(root)
+        (modify or _modify_container)(root)
     finally:
         store.unmount("ctr")
 
@@ -339,15 +341,7 @@ def test_a_child_that_rewrites_a_file_with_its_size_mode_and_time_changed_it(sto
 def test_a_file_a_container_rewrote_keeping_its_time_is_in_its_diff(store: Any, fmt: LayerFormat) -> None:
     """New bytes of the same size written over a file below, its time put back (``cp -p`` of a
     file ``touch -r`` gave the old time): the container's diff, and so a commit, keeps them."""
-    if not IS_ROOT and not fmt.rootless_changes:
-        pytest.skip(f"unprivileged {fmt.name} views are copies: what a process changes is not recorded")
-    import_tar(store, fmt, "base", SAME_STAT_BASE)
-    store.create("ctr", "base", writable=True)
-    root = store.mount("ctr")
-    try:
-        _content_kept_time(Path(root, "a/hello.txt"))
-    finally:
-        store.unmount("ctr")
+    _container(store, fmt, SAME_STAT_BASE, lambda root: _content_kept_time(Path(root, "a/hello.txt")))
     _assert_rewrite_carried(store, fmt, "ctr", b"HELLO WINDOWS\n", diff_bytes(store, "ctr"))
 
 
