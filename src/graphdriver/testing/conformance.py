@@ -698,7 +698,8 @@ def test_an_apply_to_a_created_layer_is_recorded_as_an_import(store: Any, fmt: L
         asm = subprocess.run(["tar-split", "asm", "--input", str(tmp_path / "l.tsm"), "--path",
                               content.files_root(store.driver, "l")], capture_output=True, check=True)
         assert asm.stdout == data
-    assert _looked_at(store, "l") == _looked_at(store, "twin")
+    if IS_ROOT or fmt.rootless_changes or not writable:  # else no view of a writable layer here
+        assert _looked_at(store, "l") == _looked_at(store, "twin")
 
 
 def _mounted_writable(store: Any, layer_id: str) -> None:
@@ -733,6 +734,8 @@ def test_an_apply_to_a_layer_that_held_files_before_records_no_tarball(store: An
 
 @every_driver
 def test_a_read_only_look_keeps_a_created_layer_fresh(store: Any, fmt: LayerFormat) -> None:
+    if not IS_ROOT and not fmt.rootless_changes:
+        pytest.skip(f"unprivileged {fmt.name} stores give no view of a writable layer")
     store.create("l", None, writable=True)
     _looked_at(store, "l")
     data = fmt.tar({"f": F(b"f")})
