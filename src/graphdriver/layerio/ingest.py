@@ -52,11 +52,12 @@ _STOP_WAIT = 1.0
 class IngestResult(Plain):
     """What one pass learnt about a layer tarball."""
 
-    __slots__ = ("compressed_digest", "compressed_size", "compression", "diff_digest", "size",
-                 "uncompressed_size", "unreproducible")
+    __slots__ = ("compressed_digest", "compressed_size", "compression", "diff_digest", "repeated",
+                 "size", "uncompressed_size", "unreproducible")
 
     def __init__(self, size: int, diff_digest: str, uncompressed_size: int, compressed_digest: str,
-                 compressed_size: int, compression: str, unreproducible: str | None = None) -> None:
+                 compressed_size: int, compression: str, unreproducible: str | None = None,
+                 repeated: tuple[str, ...] = ()) -> None:
         self.size = size
         self.diff_digest = diff_digest
         self.uncompressed_size = uncompressed_size
@@ -65,6 +66,9 @@ class IngestResult(Plain):
         self.compression = compression
         #: Why the tarball cannot be rebuilt from its files (tar-split is then useless).
         self.unreproducible = unreproducible
+        #: Files given twice with content: rebuilt exactly only if each time with the same
+        #: bytes, which the tar-split metadata tells (:func:`.tarsplit.first_rewritten`).
+        self.repeated = repeated
 
 
 class _HashingReader:
@@ -298,4 +302,5 @@ class _Pipeline:
             compressed_size=self.compressed.count,
             compression=self.kind.value,
             unreproducible=check.reason,
+            repeated=() if check.reason else tuple(sorted(check.repeated)),
         )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import binascii
 import posixpath
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from graphdriver import codecs, jsonio
 from graphdriver.errors import IntegrityError
@@ -406,6 +406,31 @@ def checked_size(stored: BinaryIO) -> tuple[int, str | None]:
     except (ArchiveError, OSError, EOFError) as e:
         raise IntegrityError(what, f"cannot be decompressed: {e}") from e
     return size, None if repeated is None else repeated.decode("utf-8", "surrogateescape")
+
+
+def first_rewritten(stored: BinaryIO, names: Collection[str]) -> str | None:
+    """The first of *names* (each given twice as a regular file, normalised as
+    :mod:`~graphdriver.layerio.reproducible` has them) whose entries in the gzip-compressed
+    tar-split metadata *stored* do not all carry the size and CRC-64 of its last, else None.
+
+    Unpacking keeps only the last entry's bytes, which rebuilding reads for every entry of
+    the name: the tarball comes back exactly only where they were the same each time.
+    """
+    from graphdriver.layerio.compression import open_decompressed
+
+    wanted = set(names)
+    last: dict[str, tuple[int, bytes | None]] = {}
+    meta, _kind = open_decompressed(stored)
+    for entry in read_entries(meta):
+        if entry.type != FILE or not entry.size:
+            continue
+        name = posixpath.normpath("/" + entry.name.decode("utf-8", "surrogateescape")).lstrip("/")
+        if name not in wanted:
+            continue
+        seen = last.setdefault(name, (entry.size, entry.payload))
+        if seen != (entry.size, entry.payload):
+            return name  # not all the same, so not all the last's
+    return None
 
 
 def _go_clean(name: bytes) -> bytes:

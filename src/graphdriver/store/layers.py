@@ -670,6 +670,8 @@ class Store:
                 result = content.apply(self.driver, record.id, stream, tarsplit_out=out,
                                        idmaps=self.layer_maps(record))
                 out.flush()
+                if result.repeated and not result.unreproducible:
+                    result.unreproducible = _rewritten(staging, result.repeated)
             except BaseException:
                 os.unlink(staging)
                 raise
@@ -1312,6 +1314,17 @@ def _refuse_maps_unprivileged(idmaps: IDMappings | None) -> None:
     if idmaps is not None and not idmaps.identity and not privileged():
         raise Unsupported("--uidmap/--gidmap", "id maps need root (files are stored owned by the mapped "
                           "ids); without root a store keeps the user's own")
+
+
+def _rewritten(tarsplit: str, repeated: tuple[str, ...]) -> str | None:
+    """Why a tarball naming the files *repeated* twice cannot be rebuilt from its files, as the
+    tar-split metadata at *tarsplit* tells it: one of them came with other bytes (None if each
+    came with the same bytes every time, which rebuilding reads back each time)."""
+    from graphdriver.layerio.tarsplit import first_rewritten
+
+    with open(tarsplit, "rb") as f:
+        name = first_rewritten(f, repeated)
+    return None if name is None else f"{name!r} appears twice"
 
 
 def under_way(mark: str) -> str:
