@@ -245,6 +245,46 @@ def test_a_name_an_unreadable_record_may_hold_is_an_integrity_failure_naming_it(
     one_line_error(gd(tmp_path, "image", "inspect", "localhost/a:1", check=False), 3)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a record nobody may not read")
+def test_an_image_record_this_user_may_not_read_is_a_missing_privilege_never_corruption():
+    """Records of mode 0600 in a root store whose folders are open: the images are listed but that
+    one, which is named, and `image ls` exits 7 as `layers` does; a name it may hold is 7, not 6
+    (nothing is corrupt); with the records folder closed too, 7 naming the store's records."""
+    import shutil
+    import tempfile
+
+    from graphdriver import cli
+    from tests.conftest import as_nobody
+    from tests.test_cli import _load_every_module
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-image-record-"))
+    try:
+        os.chmod(work, 0o755)
+        a, _ = two_images(work)
+        store = work / "store"
+        for d, _, files in os.walk(store):  # all open but a's record
+            os.chmod(d, os.stat(d).st_mode | 0o005)
+            for name in files:
+                if name != a["Id"][7:] + ".json":
+                    os.chmod(os.path.join(d, name), os.stat(os.path.join(d, name)).st_mode | 0o004)
+        run = work / "nobody"
+        run.mkdir()
+        os.chown(run, 65534, 65534)
+        other = ["--root", str(store), "--run-root", str(run / "nobody")]
+
+        def codes() -> list[int]:
+            return [cli.main([*other, *args]) for args in (
+                ["image", "ls"], ["image", "inspect", "localhost/a:1"], ["image", "inspect", a["Id"]],
+                ["image", "inspect", "localhost/b:1"], ["container", "create", "localhost/a:1", "c1"])]
+
+        assert as_nobody(codes) == [7, 7, 7, 0, 7]
+        os.chmod(store / "images/records", 0o700)
+        assert as_nobody(codes)[:4] == [7, 7, 7, 7]
+    finally:
+        shutil.rmtree(work)
+
+
 def test_one_index_digest_names_the_image_pulled_by_it_then_this_machines(tmp_path):
     """Records as pulls through one index leave them: repo@<index digest> names the image pulled
     by that reference before one a tag pull reached through the index; among equals, the image

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from graphdriver import jsonio
 from graphdriver.cliargs import PROG, Args, UsageError
-from graphdriver.errors import IntegrityError
+from graphdriver.errors import IntegrityError, Unsupported
 from graphdriver.images import container_layers as ctrs
 from graphdriver.images import manage
 
@@ -133,10 +133,11 @@ def image_ls(store: Store, args: Args) -> int:
             created = _utc(manage.created(store, r)) or "-"
             rows += [[repo, tag, r.id[7:19], created, str(len(r.layers))] for repo, tag in _repo_tags(r)]
         _table(rows)
-    # A corrupt record is named, not fatal: the other images are listed.
+    # A corrupt record is named, not fatal: the other images are listed.  A record this
+    # user may not read is named too, and the listing exits 7, as `layers` does.
     for error in bad:
         sys.stderr.write(f"{PROG}: {error}\n")
-    return 0
+    return 7 if any(isinstance(e, Unsupported) for e in bad) else 0
 
 
 def _utc(text: str) -> str:

@@ -33,6 +33,7 @@ from graphdriver.errors import (
     InvalidArgument,
     NotFound,
     Precondition,
+    Unsupported,
     shorten,
 )
 from graphdriver.fs import atomic
@@ -213,14 +214,17 @@ def _of_platform(candidates: list[ImageRecord], name: str, wanted: str) -> Image
                        f"({wanted}): {listed}; name one by its id")
 
 
-def _unknown(name: str, bad: dict[str, IntegrityError]) -> GraphDriverError:
-    """No image *name* among the readable records: not found, unless a record is unreadable
-    (:class:`IntegrityError`, naming it, since it may hold *name*)."""
+def _unknown(name: str, bad: dict[str, GraphDriverError]) -> GraphDriverError:
+    """No image *name* among the readable records: not found, unless a record is unreadable,
+    since it may hold *name*: :class:`Unsupported` (exit 7) naming it where this user may not
+    read it, else :class:`IntegrityError` (exit 6)."""
     if not bad:
         return NotFound(f"image {shorten(name)!r}", "no such image")
-    first = next(iter(bad.values()))
+    refused: list[GraphDriverError] = [e for e in bad.values() if isinstance(e, Unsupported)]
+    first = (refused or list(bad.values()))[0]
     more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-    return IntegrityError(f"image {shorten(name)!r}", f"unknown while a record is unreadable: {first}{more}")
+    kind = Unsupported if refused else IntegrityError
+    return kind(f"image {shorten(name)!r}", f"unknown while a record is unreadable: {first}{more}")
 
 
 def _remember_manifest(record: ImageRecord, name: str, manifest: str) -> None:
@@ -264,29 +268,34 @@ class ImageStore:
         """Every image with a sound record, by name then id."""
         return self.scan()[0]
 
-    def scan(self) -> tuple[list[ImageRecord], list[IntegrityError]]:
-        """:meth:`all`, and what is wrong with each record that cannot be read.
+    def scan(self) -> tuple[list[ImageRecord], list[GraphDriverError]]:
+        """:meth:`all`, and what is wrong with each record that cannot be read:
+        :class:`IntegrityError` for a corrupt one, :class:`Unsupported` for one this user may
+        not read (its image is unknown, not damaged).
 
-        One corrupt record never takes the others down: it is reported, and
+        One unreadable record never takes the others down: it is reported, and
         the images of the sound records work as before.
         """
         out, bad = self._scan()
         return out, list(bad.values())
 
-    def _scan(self) -> tuple[list[ImageRecord], dict[str, IntegrityError]]:
+    def _scan(self) -> tuple[list[ImageRecord], dict[str, GraphDriverError]]:
         """:meth:`scan`, each unreadable record's error under the hex of the id its file is named by."""
         try:
             names = sorted(n for n in os.listdir(self.records_dir) if n.endswith(".json"))
         except FileNotFoundError:
             return [], {}
+        except PermissionError as e:
+            raise Unsupported(f"image records of store {self.root}",
+                              f"this user may not list them ({e.strerror})") from e
         out = []
-        bad = {}
+        bad: dict[str, GraphDriverError] = {}
         for name in names:
             try:
                 out.append(self._read(os.path.join(self.records_dir, name), name))
             except FileNotFoundError:
                 continue  # removed while listed
-            except IntegrityError as e:
+            except (IntegrityError, Unsupported) as e:
                 bad[name.removesuffix(".json")] = e
         out.sort(key=lambda r: (r.names[0] if r.names else r.digests[0] if r.digests else "\uffff", r.id))
         return out, bad
@@ -297,6 +306,8 @@ class ImageStore:
             value = atomic.read_json(path)
         except ValueError as e:
             raise IntegrityError(f"image record {name}", f"unreadable: {e}") from e
+        except PermissionError as e:  # a missing privilege (exit 7), never corruption
+            raise Unsupported(f"image record {name}", f"it cannot be read by this user ({e.strerror})") from e
         return ImageRecord.from_json(value, name)
 
     def get(self, image_id: str) -> ImageRecord:
@@ -377,7 +388,7 @@ class ImageStore:
         raise _unknown(name, bad)
 
     def _by_id_prefix(self, name: str, images: list[ImageRecord] | None = None,
-                      bad: dict[str, IntegrityError] | None = None) -> ImageRecord:
+                      bad: dict[str, GraphDriverError] | None = None) -> ImageRecord:
         """The image whose id *name* is, or starts with (at least 4 hex digits, ``sha256:`` optional).
 
         *images* and *bad* are :meth:`_scan`'s, when the caller has them.  An
