@@ -284,20 +284,81 @@ def test_another_run_roots_dead_holds_and_gone_mounts_count_nothing(tmp_path):
 
 
 def test_a_count_changing_in_another_run_root_keeps_its_mount(tmp_path):
-    """A command of the other run root holding its count lock (between its mount and its
-    count, say) is counting: cleanup here leaves the mount, and waits for nobody."""
+    """A command of the other run root between its first mount and its count holds its count
+    lock and the home's lock of the layer: cleanup here waits for it, then leaves the mount."""
+    import threading
+
     from graphdriver.drivers.refcount import RunRoots
 
     a, b = _driver_with_run_root(tmp_path, "A"), _driver_with_run_root(tmp_path, "B")
     try:
         a.create("base", None)
         a.create_rw("ctr", "base")
-        path = b._mount("ctr", "")
-        RunRoots(b.home, b.run_root).note()
-        with b.counts.lock("ctr"):  # B has mounted and not counted yet
-            done = "\n".join(a.cleanup())
-        assert f"left the mount of ctr: it is counted in run root {tmp_path / 'B'}" in done, done
+        done: list[str] = []
+        cleaning = threading.Thread(target=lambda: done.extend(a.cleanup()))
+        with b.counts.lock("ctr"), b.run_roots.lock("ctr"):  # B mounts and has not counted yet
+            path = b._mount("ctr", "")
+            RunRoots(b.home, b.run_root).note()
+            cleaning.start()
+            cleaning.join(0.5)
+            assert cleaning.is_alive()  # waiting for B
+            b.counts.set("ctr", 1, path)
+        cleaning.join(30)
+        text = "\n".join(done)
+        assert f"left the mount of ctr: it is counted in run root {tmp_path / 'B'}" in text, text
         assert mounts.is_mount_point(path)
+    finally:
+        _release_all(tmp_path)
+
+
+def test_two_last_unmounts_at_once_in_two_run_roots_undo_the_mount(tmp_path, monkeypatch):
+    """Each run root counts the one mount of an own layer, and both give their count back at
+    the same moment: one leaves the mount to the other, which undoes it.  (Each used to see the
+    other's count lock held, took it for a count, and left the mount counted by no one.)"""
+    import threading
+
+    a, b = _driver_with_run_root(tmp_path, "A"), _driver_with_run_root(tmp_path, "B")
+    try:
+        a.create("base", None)
+        a.create_rw("ctr", "base")
+        path = a.get("ctr")
+        assert b.get("ctr") == path
+        from graphdriver.drivers.refcount import RunRoots
+
+        # Both ask the other at once and have their answers before either acts, where they
+        # can: a barrier the other never reaches (it waits for the home's lock) breaks.
+        before, after = threading.Barrier(2, timeout=1.0), threading.Barrier(2, timeout=1.0)
+        asked = RunRoots.counted_elsewhere
+
+        def meet(barrier: threading.Barrier) -> None:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+
+        def meeting(self: RunRoots, *args: Any, **kw: Any) -> list[str]:
+            meet(before)
+            answer = asked(self, *args, **kw)
+            meet(after)
+            return answer
+
+        monkeypatch.setattr(RunRoots, "counted_elsewhere", meeting)
+        errors: list[BaseException] = []
+
+        def put(driver: OverlayDriver) -> None:
+            try:
+                driver.put("ctr")
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=put, args=(d,)) for d in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert (a.mount_count("ctr"), b.mount_count("ctr")) == (0, 0)
+        assert not mounts.is_mount_point(path)
     finally:
         _release_all(tmp_path)
 

@@ -308,7 +308,8 @@ def test_remove_renames_then_destroys(d: VfsDriver, tmp_path: Path, monkeypatch:
     d.remove("base")
     assert seen == [(str(tmp_path / "home" / ".removing-base"), False, True)]
     assert not d.exists("base")
-    assert sorted(os.listdir(tmp_path / "home")) == [".staging"]
+    assert sorted(os.listdir(tmp_path / "home")) == [".mount-locks", ".staging"]
+    assert os.listdir(tmp_path / "home" / ".mount-locks") == []  # the layer's lock went with it
     with pytest.raises(NotFound):
         d.remove("base")
 

@@ -422,10 +422,11 @@ class Driver(abc.ABC):
         if os.path.lexists(removing):
             self._destroy(removing)
         key = self._count_key(layer_id)
-        with self.counts.lock(key):
+        with self.counts.lock(key), self.run_roots.lock(key) as serialised:
             if self._live_state(layer_id, key)[0] > 0:
                 raise Precondition(f"layer {layer_id}", "is mounted")
-            elsewhere = self.run_roots.counted_elsewhere(key, self._gone_check(layer_id))
+            elsewhere = self.run_roots.counted_elsewhere(key, self._gone_check(layer_id),
+                                                         serialised=serialised)
             if elsewhere:
                 raise Precondition(f"layer {layer_id}", f"is mounted, counted in run root {elsewhere[0]} "
                                    "(another --run-root): unmount it there")
@@ -434,8 +435,9 @@ class Driver(abc.ABC):
                                    f"(mounted with another --run-root?); unmount --force {layer_id} "
                                    "unmounts it")
             os.rename(folder, removing)
-            # The layer is gone: its count lock goes with it (held here, so nobody counts).
+            # The layer is gone: its count locks go with it (held here, so nobody counts).
             self.counts.forget_lock(key)
+            self.run_roots.forget_lock(key)
         self._destroy(removing)
 
     def _destroy(self, folder: str) -> None:
@@ -484,6 +486,7 @@ class Driver(abc.ABC):
         done.extend(self._reap_holds())
         done.extend(self._cleanup_mounts())
         done.extend(self.counts.remove_unused_locks(self.exists))
+        done.extend(self.run_roots.remove_unused_locks(self.exists))
         done.extend(self.run_roots.forget_gone())
         return done
 
@@ -520,28 +523,34 @@ class Driver(abc.ABC):
         key = self._count_key(layer_id)
         with self.counts.lock(key):
             count, path = self._live_state(layer_id, key)
-            if path is None or not self._still_mounted(layer_id, path):
-                # Unmounted behind our back (or never): the old count owes nothing
-                # any more, so this mount starts afresh and one unmount undoes it.
-                count = 0
+            if path is not None and self._still_mounted(layer_id, path):
+                return self._count_get(layer_id, key, count, path, hold, False)
+            # Unmounted behind our back (or never): the old count owes nothing
+            # any more, so this mount starts afresh and one unmount undoes it.
+            with self.run_roots.lock(key) as serialised:
                 self.run_roots.note()  # others ask it before calling this stale
                 path = self._mount(layer_id, mount_label)
-            token = None
-            try:
-                holds = self.counts.holds(key) if count else []
-                if hold:
-                    token = self.counts.new_hold(key)
-                    holds.append(token[1])
-                self.counts.set(key, count + 1, path, holds)  # the count and its hold, in one write
-            except BaseException:
-                if token is not None:
-                    self.counts.end_hold(key, *token)
-                if count == 0:
-                    self._undo_mount(layer_id, key, path)  # found mounted: maybe another run root's
-                raise
+                return self._count_get(layer_id, key, 0, path, hold, serialised)
+
+    def _count_get(self, layer_id: str, key: str, count: int, path: str, hold: bool, serialised: bool) -> str:
+        """:meth:`get` once the layer is mounted at *path*: add one to its *count* (a first one
+        with the home's lock held, *serialised* where it was taken)."""
+        token = None
+        try:
+            holds = self.counts.holds(key) if count else []
+            if hold:
+                token = self.counts.new_hold(key)
+                holds.append(token[1])
+            self.counts.set(key, count + 1, path, holds)  # the count and its hold, in one write
+        except BaseException:
             if token is not None:
-                self._holds.setdefault(key, []).append(token)
-            return path
+                self.counts.end_hold(key, *token)
+            if count == 0:
+                self._undo_mount(layer_id, key, path, serialised)  # found mounted: maybe another's
+            raise
+        if token is not None:
+            self._holds.setdefault(key, []).append(token)
+        return path
 
     def put(self, layer_id: str, *, hold: bool = False) -> None:
         """Release one ``get``; the last release unmounts (the seeds' ``Put``).
@@ -567,25 +576,30 @@ class Driver(abc.ABC):
                     return  # its count was dropped meanwhile (unmount --force): nothing to give back
                 if count <= 0:
                     raise Precondition(f"layer {layer_id}", "is not mounted")
-                if count == 1:
-                    self._undo_mount(layer_id, key, path)
                 if token is not None:
                     holds.remove(token[1])
-                self.counts.set(key, count - 1, path or "", holds)
+                if count > 1:
+                    self.counts.set(key, count - 1, path or "", holds)
+                    return
+                with self.run_roots.lock(key) as serialised:  # the last: 0 before the others ask
+                    self._undo_mount(layer_id, key, path, serialised)
+                    self.counts.set(key, 0, path or "", holds)
             finally:
                 if token is not None:
                     self.counts.end_hold(key, *token)
 
-    def _undo_mount(self, layer_id: str, key: str, path: str | None) -> None:
+    def _undo_mount(self, layer_id: str, key: str, path: str | None, serialised: bool) -> None:
         """With the count lock of *key* held and no count of it left here (the last ``put``,
-        or a ``get`` that failed): unmount, unless another run root counts this very mount.
+        or a ``get`` that failed), and the home's lock of it held (*serialised* where it was
+        taken): unmount, unless another run root counts this very mount.
 
         A mount point outside the run root (an own layer's) is the same for every run root
         of the store: the first ``get`` of a second run root finds it mounted and counts it
         as it is, so the last ``put`` of either must leave it to the other's.
         """
         if path and self._shared(path) and self.run_roots.counted_elsewhere(
-                key, lambda recorded: recorded != path or self._mount_gone(layer_id, recorded)):
+                key, lambda recorded: recorded != path or self._mount_gone(layer_id, recorded),
+                serialised=serialised):
             return
         self._unmount(layer_id)
 
@@ -650,8 +664,11 @@ class Driver(abc.ABC):
         if dead and count > 0:
             left = max(count - len(dead), 0)
             if left == 0 and path and self._still_mounted(layer_id, path):
-                self._undo_mount(layer_id, key, path)
-            self.counts.set(key, left, path or "", kept)
+                with self.run_roots.lock(key) as serialised:
+                    self._undo_mount(layer_id, key, path, serialised)
+                    self.counts.set(key, 0, path, kept)
+            else:
+                self.counts.set(key, left, path or "", kept)
             count = left
         if dead or self.counts.has_holds(key):
             self.counts.tidy_holds(key, kept)  # only once the count no longer lists them

@@ -855,9 +855,10 @@ class OverlayDriver(Driver):
             if name.startswith(".") or not os.path.isdir(point):
                 continue
             key = self._count_key(name)
-            with self.counts.lock(key):
+            with self.counts.lock(key), self.run_roots.lock(key) as serialised:
                 if self.counts.count(key) == 0 and mounts.is_mount_point(point):
-                    elsewhere = self.run_roots.counted_elsewhere(key, self._gone_check(name))
+                    elsewhere = self.run_roots.counted_elsewhere(key, self._gone_check(name),
+                                                                 serialised=serialised)
                     if elsewhere:
                         done.append(f"left the mount of {name}: it is counted in run root {elsewhere[0]}")
                         continue

@@ -148,19 +148,31 @@ class MountCounts:
         except FileNotFoundError:
             return False
 
-    def live_count(self, key: str, mount_gone: Callable[[str | None], bool]) -> int:
+    def live_count(self, key: str, mount_gone: Callable[[str | None], bool], *,
+                   serialised: bool = False) -> int:
         """The count of *key* as this directory's own commands would take it, read from
         another run root: under its lock, taken without waiting (a command changing the count
         there now: 1), less the holds of commands that died, and 0 when *mount_gone* says the
-        recorded mount is gone.  Makes nothing, and waits for no one."""
+        recorded mount is gone.  Makes nothing, and waits for no one.
+
+        *serialised*: the caller holds the home's lock of *key* (:meth:`RunRoots.lock`), under
+        which every count of the mount goes to or from 0: the record is read as it stands (a
+        command holding its lock there is changing a count that stays above 0, or is waiting
+        to take it to or from 0 after us, as its record will show it then)."""
         from graphdriver.fs.locking import lock_if_free
 
+        if serialised:
+            return self._live(key, mount_gone, None)
         try:
             fd = lock_if_free(self._path(key) + _LOCK)
         except BlockingIOError:
             return 1
         except OSError:
             return 0  # not ours to read: nothing we could be told to keep
+        return self._live(key, mount_gone, fd)
+
+    def _live(self, key: str, mount_gone: Callable[[str | None], bool], fd: int | None) -> int:
+        """:meth:`live_count` once its lock is taken (*fd*, closed here) or not needed."""
         try:
             count, path, holds = self.entry(key)
             count -= len(self.dead_holds(key, holds))
@@ -214,19 +226,67 @@ class MountCounts:
     def remove_unused_locks(self, exists: Callable[[str], bool]) -> list[str]:
         """Remove the lock files of layers that are gone and that nobody holds now (someone
         holding one is counting a mount of it right now)."""
-        from graphdriver.fs.locking import remove_abandoned
+        return _remove_unused_locks(self.directory, _LOCK, exists, "mount lock")
 
-        done: list[str] = []
-        try:
-            entries = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return done
-        for entry in entries:
-            key = entry[: -len(_LOCK)]
-            if entry.endswith(_LOCK) and not exists(key) and remove_abandoned(
-                    os.path.join(self.directory, entry)):
-                done.append(f"removed mount lock of gone layer {key}")
+
+def _remove_unused_locks(directory: str, suffix: str, exists: Callable[[str], bool], what: str) -> list[str]:
+    """Remove the lock files ``<key><suffix>`` in *directory* of layers that are gone and that
+    nobody holds now; what was done, a line each."""
+    from graphdriver.fs.locking import remove_abandoned
+
+    done: list[str] = []
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
         return done
+    for entry in entries:
+        key = entry[: len(entry) - len(suffix)]
+        if entry.endswith(suffix) and not exists(key) and remove_abandoned(os.path.join(directory, entry)):
+            done.append(f"removed {what} of gone layer {key}")
+    return done
+
+
+class HomeLock:
+    """The home's lock of one layer's mount (``with run_roots.lock(key) as serialised:``),
+    held after the run root's own count lock while the count goes to or from 0: the first
+    ``get``, the last ``put``, ``remove`` and cleanup asking the other run roots.  Two run
+    roots of one store share an own layer's mount point; without it, two last ``put`` calls
+    at once each saw the other's count and both left the mount, counted by neither.
+
+    The block gets True, or False where the home cannot take the lock (a read-only store,
+    whose layers are mounted in the run root, where no other run root looks): the counts of
+    others are then read as before, a command changing one counting 1.
+    """
+
+    __slots__ = ("_lock", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock: locked | None = None
+
+    def __enter__(self) -> bool:
+        from graphdriver.fs.locking import locked
+
+        for _ in range(2):
+            lock = locked(self.path)
+            try:
+                lock.__enter__()
+            except FileNotFoundError:
+                try:
+                    os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
+                except OSError:
+                    return False
+                continue
+            except OSError:
+                return False
+            self._lock = lock
+            return True
+        return False
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(kind, value, tb)
+            self._lock = None
 
 
 class RunRoots:
@@ -307,12 +367,30 @@ class RunRoots:
         return [(note, run_dir) for note, run_dir in self._noted()
                 if self._ours(run_dir) and not self._is_this(run_dir)]
 
-    def counted_elsewhere(self, key: str, mount_gone: Callable[[str | None], bool]) -> list[str]:
+    def counted_elsewhere(self, key: str, mount_gone: Callable[[str | None], bool], *,
+                          serialised: bool = False) -> list[str]:
         """The run roots (as ``--run-root`` names them) of the other run directories that count
         a live mount of *key* now (see :meth:`MountCounts.live_count`; a count whose recorded
-        path *mount_gone* rejects counts nothing)."""
+        path *mount_gone* rejects counts nothing).  *serialised*: :meth:`lock` of *key* is held."""
         return [shown_run_root(run_dir) for _, run_dir in self._others()
-                if MountCounts(os.path.join(run_dir, "mounts")).live_count(key, mount_gone) > 0]
+                if MountCounts(os.path.join(run_dir, "mounts")).live_count(
+                    key, mount_gone, serialised=serialised) > 0]
+
+    def lock(self, key: str) -> HomeLock:
+        """The home's lock of *key*'s mount (see :class:`HomeLock`)."""
+        return HomeLock(os.path.join(os.path.dirname(self.directory), MOUNT_LOCKS_DIR, key))
+
+    def remove_unused_locks(self, exists: Callable[[str], bool]) -> list[str]:
+        """Remove the home's mount locks of layers that are gone and that nobody holds now."""
+        home = os.path.dirname(self.directory)
+        return _remove_unused_locks(os.path.join(home, MOUNT_LOCKS_DIR), "", exists, "home mount lock")
+
+    def forget_lock(self, key: str) -> None:
+        """Remove the home's lock of a layer that is gone (call with it held)."""
+        try:
+            os.unlink(os.path.join(os.path.dirname(self.directory), MOUNT_LOCKS_DIR, key))
+        except OSError:
+            pass
 
     def forget_gone(self) -> list[str]:
         """Drop the notes of run directories that are gone (a reboot empties a tmpfs run root),
@@ -347,3 +425,5 @@ def shown_run_root(run_dir: str) -> str:
 
 #: The folder of a driver's home where :class:`RunRoots` notes run directories.
 RUN_ROOTS_DIR = ".run-roots"
+#: The folder of a driver's home holding :class:`HomeLock` files, one per layer mounted.
+MOUNT_LOCKS_DIR = ".mount-locks"
