@@ -234,7 +234,7 @@ def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) ->
         def do_GET(self) -> None:
             code, body, headers = answer(self.path)
             self.send_response(code)
-            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            for key, value in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(body)
@@ -493,6 +493,33 @@ def test_busy_and_failing_answers_are_retried_then_given_up(tmp_path, monkeypatc
         with pytest.raises(client.RegistryError, match="gave up after 5 attempts"):
             reg.manifest("1")
         assert seen == [503] * client.ATTEMPTS
+
+
+def test_a_manifest_or_config_whose_connection_dropped_is_asked_again(monkeypatch):
+    """A body cut short (the connection closed before its Content-Length) is a dropped
+    connection: asked again, as the request itself would be, not an internal error."""
+    from graphdriver.images import oci
+    from graphdriver.images import registry as client
+    from graphdriver.images.reference import parse
+
+    manifest = b'{"schemaVersion":2,"mediaType":"%s"}' % client.oci.OCI_MANIFEST.encode()
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    cut: set[str] = set()
+
+    def answer(path: str) -> tuple[int, bytes, dict[str, str]]:
+        body = manifest if "/manifests/" in path else config
+        headers = {"Content-Type": client.oci.OCI_MANIFEST}
+        if path not in cut:  # the first time, half of it, saying it is whole
+            cut.add(path)
+            return 200, body[: len(body) // 2], {**headers, "Content-Length": str(len(body))}
+        return 200, body, headers
+
+    monkeypatch.setattr(client, "_BACKOFF", 0.01)
+    with fake_registry(answer) as host, client.Registry(parse(f"{host}/a:1"), insecure=True) as reg:
+        assert reg.manifest("1")[0] == manifest
+        desc = oci.Descriptor(oci.OCI_CONFIG, oci.sha256_digest(config), len(config))
+        assert reg.blob_bytes(desc) == config
+    assert len(cut) == 2
 
 
 def test_a_windows_image_is_picked_from_an_index_with_platform(tmp_path, registry):

@@ -481,10 +481,7 @@ class Registry:
 
     def manifest(self, reference: str) -> tuple[bytes, str]:
         """The manifest (or index) *reference* (a tag or a digest) names, and its media type."""
-        resp = self.request("GET", f"{self.repo}/manifests/{reference}", headers={"Accept": ACCEPT},
-                            stream=True)
-        data: bytes = resp.raw.read(MANIFEST_LIMIT + 1, decode_content=True)
-        resp.close()
+        resp, data = self._body(f"{self.repo}/manifests/{reference}", {"Accept": ACCEPT}, MANIFEST_LIMIT + 1)
         # Named by the image asked for; a manifest an index chose for it by its digest too.
         own = reference in (self.ref.tag or "latest", self.ref.digest)
         which = "manifest" if own else f"manifest {reference}"
@@ -498,15 +495,32 @@ class Registry:
             media = str(oci.load_json(data, "manifest").get("mediaType", oci.OCI_MANIFEST))
         return data, media
 
+    def _body(self, path: str, headers: dict[str, str], limit: int,
+              check: Callable[[Any], object] | None = None) -> tuple[Any, bytes]:
+        """GET *path* and read at most *limit* bytes of its body (*check* looks at the answer
+        first); a connection dropped while the body comes is asked again, as a request is."""
+        from urllib3.exceptions import HTTPError
+
+        for attempt in range(ATTEMPTS):
+            resp = self.request("GET", path, stream=True, headers=headers)
+            try:
+                if check is not None:
+                    check(resp)
+                data: bytes = resp.raw.read(limit, decode_content=True)
+                return resp, data
+            except (HTTPError, self.requests.ConnectionError) as e:
+                self._wait(attempt, None, f"GET {self._where(path)}", f"the connection dropped ({e})")
+            finally:
+                resp.close()
+        raise AssertionError("unreachable: _wait gives up on the last attempt")
+
     def blob_bytes(self, desc: oci.Descriptor, limit: int = 64 << 20) -> bytes:
         """The blob *desc* (a config), checked against its descriptor's size and digest."""
         digest = desc.digest
         if desc.size > limit:
             raise IntegrityError(f"blob {digest}", "larger than a config may be")
-        resp = self.request("GET", f"{self.repo}/blobs/{digest}", stream=True, headers=AS_STORED)
-        _encoding(resp, digest)  # (one sent all the same is decoded, or refused)
-        data: bytes = resp.raw.read(desc.size + 1, decode_content=True)
-        resp.close()
+        _, data = self._body(f"{self.repo}/blobs/{digest}", AS_STORED, desc.size + 1,
+                             lambda resp: _encoding(resp, digest))  # (one sent all the same is decoded)
         if len(data) > desc.size:
             raise IntegrityError(f"blob {digest}", f"the registry has more than the {desc.size} bytes "
                                  "its descriptor says")
