@@ -267,7 +267,7 @@ class HomeLock:
     def __enter__(self) -> bool:
         from graphdriver.fs.locking import locked
 
-        for _ in range(2):
+        for _ in range(3):
             lock = locked(self.path)
             try:
                 lock.__enter__()
@@ -386,11 +386,15 @@ class RunRoots:
         return _remove_unused_locks(os.path.join(home, MOUNT_LOCKS_DIR), "", exists, "home mount lock")
 
     def forget_lock(self, key: str) -> None:
-        """Remove the home's lock of a layer that is gone (call with it held)."""
-        try:
-            os.unlink(os.path.join(os.path.dirname(self.directory), MOUNT_LOCKS_DIR, key))
-        except OSError:
-            pass
+        """Remove the home's lock of a layer that is gone (call with it held), and its folder
+        once it is empty: a layer made and removed (a failed import) leaves nothing.  A lock
+        taken meanwhile makes the folder again (:class:`HomeLock`)."""
+        directory = os.path.join(os.path.dirname(self.directory), MOUNT_LOCKS_DIR)
+        for remove, path in ((os.unlink, os.path.join(directory, key)), (os.rmdir, directory)):
+            try:
+                remove(path)
+            except OSError:
+                pass
 
     def forget_gone(self) -> list[str]:
         """Drop the notes of run directories that are gone (a reboot empties a tmpfs run root),
