@@ -1529,6 +1529,44 @@ def _with_terminal_stdin(root: Path, *args: str) -> tuple[int, bytes, bytes]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def _with_terminal_stdout(root: Path, *args: str) -> tuple[int, bytes]:
+    """Run the command line with a pseudo-terminal on standard output; its exit code and stderr."""
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    leader, follower = pty.openpty()
+    try:
+        cmd = [sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+               str(root.parent / "run"), *args]
+        proc = subprocess.run(cmd, stdout=follower, stderr=subprocess.PIPE, check=False, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    finally:
+        os.close(follower)
+        os.close(leader)
+    return proc.returncode, proc.stderr
+
+
+def test_diff_and_tarsplit_refuse_a_terminal_on_standard_output(root, tmp_path):
+    """``diff`` and ``tarsplit`` without -o wrote a binary tarball into the user's terminal: refused
+    (exit 2) before a byte, as ``image save`` and ``docker save`` refuse it; -o FILE still works."""
+    (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x" * 100)}))
+    assert run_cli("import", "base", str(tmp_path / "base.tar"), root=root, driver="vfs").returncode == 0
+    for args in (["diff", "base"], ["diff", "base", "-o", "-"], ["diff", "base", "--compress", "gzip"],
+                 ["tarsplit", "base"]):
+        what = "tar-split metadata" if args[0] == "tarsplit" else "a tarball"
+        said = (f"graphdriver: {args[0]} will not write {what} to a terminal: give -o FILE or redirect "
+                f"standard output: see 'graphdriver {args[0]} --help'\n")
+        assert _with_terminal_stdout(root, *args) == (2, said.encode()), args
+    for name in ("diff", "tarsplit"):
+        assert _with_terminal_stdout(root, name, "base", "-o", str(tmp_path / name)) == (0, b""), name
+        text = " ".join(cli(root, name, "--help").stdout.decode().split())
+        assert "2 standard output is a terminal (give -o FILE)" in text, name
+    assert (tmp_path / "diff").read_bytes() == (tmp_path / "base.tar").read_bytes()
+
+
 def test_import_and_apply_refuse_a_terminal_on_standard_input(root):
     """``import ID -`` (or no FILE) and ``apply ID -`` with a terminal on standard input waited
     behind a progress bar for a tarball no one types: refused at once (exit 2), as ``image load

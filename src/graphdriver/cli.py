@@ -249,10 +249,10 @@ def cmd_diff(store: Store, args: Args) -> int:
                                   "its own parent: it takes no other --parent and no --regenerate")
         path = original_blob(store, args.id)
         if path is None:  # it came as its uncompressed tarball, which its exact diff is
-            with output_stream(args.output) as out:
+            with output_stream(args.output, args.command, "a tarball") as out:
                 store.diff(args.id, out, exact=True)
             return 0
-        with output_stream(args.output) as out, open(path, "rb") as f:
+        with output_stream(args.output, args.command, "a tarball") as out, open(path, "rb") as f:
             while chunk := f.read(1 << 20):
                 out.write(chunk)
         return 0
@@ -261,7 +261,7 @@ def cmd_diff(store: Store, args: Args) -> int:
     codec = Compression(kind)  # one of the option's choices, checked when parsed
     total = store.record(args.id).uncompressed_size if args.parent is None else None
     label = f"diff {args.id}"
-    with output_stream(args.output) as raw:
+    with output_stream(args.output, args.command, "a tarball") as raw:
         # The bar counts the tarball's bytes, before any compression; a plain diff
         # writes straight to the output.
         packer = raw if codec is Compression.NONE else open_compressor(raw, codec, threads=-1)
@@ -308,7 +308,7 @@ def cmd_cleanup(store: Store, args: Args) -> int:
 def cmd_tarsplit(store: Store, args: Args) -> int:
     from graphdriver.cliio import output_stream
 
-    with output_stream(args.output) as out:
+    with output_stream(args.output, args.command, "tar-split metadata") as out:
         store.tarsplit(args.id, out)
     return 0
 

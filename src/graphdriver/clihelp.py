@@ -130,7 +130,8 @@ DOCS: dict[str, Doc] = {
                 "compressed bytes an image kept.",
                 [("graphdriver diff ctr -o ctr.tar", "to a file"),
                  ("graphdriver diff base --compress zstd > base.tar.zst", "compressed")],
-                {3: "no such layer", 5: "--compress original and no bytes were kept",
+                {2: "standard output is a terminal (give -o FILE)", 3: "no such layer",
+                 5: "--compress original and no bytes were kept",
                  6: "the imported bytes cannot be given back, or the layer or one below it is damaged"}),
     "diffsize": Doc("layers", "Prints the bytes the layer adds: regular files added or changed, hard-linked "
                     "files once.", [("graphdriver diffsize ctr", "a number")],
@@ -148,7 +149,8 @@ DOCS: dict[str, Doc] = {
                     "github.com/vbatts/tar-split writes it), for other tools to rebuild the layer from its files.",
                     [("graphdriver tarsplit base -o base.tsp", "then: tar-split asm --input base.tsp --path "
                       "$(graphdriver mount base) --output base.tar")],
-                    {3: "no such layer, or it has no tar-split data (not imported)",
+                    {2: "standard output is a terminal (give -o FILE)",
+                     3: "no such layer, or it has no tar-split data (not imported)",
                      6: "its tar-split data is missing or corrupt (nothing is written)"}),
     "check": Doc("maintenance", "Re-exports every layer (or those named) and compares with its recorded digests "
                  "and tar headers; one line per layer, exit 6 naming each bad one.",

@@ -147,10 +147,23 @@ def begin_again() -> None:
     os.lseek(out.fileno(), _stdout_start, os.SEEK_SET)
 
 
+def refuse_terminal(command: str, what: str) -> None:
+    """Refuse to write *what* (``a tarball``, ``an archive``) to standard output when it is a
+    terminal, as ``docker save`` and ``docker export`` refuse: binary bytes there help no one
+    and can upset the terminal."""
+    if sys.stdout is not None and sys.stdout.isatty():
+        from graphdriver.cliargs import UsageError
+
+        raise UsageError(f"{command} will not write {what} to a terminal: give -o FILE or redirect "
+                         "standard output", command)
+
+
 @contextlib.contextmanager
-def output_stream(path: str | None) -> Iterator[BinaryIO]:
-    """Standard output, or FILE (see :mod:`graphdriver.fs.outfile`)."""
+def output_stream(path: str | None, command: str, what: str) -> Iterator[BinaryIO]:
+    """Standard output (never a terminal), or FILE (see :mod:`graphdriver.fs.outfile`), for
+    *command* writing *what*."""
     if path is None or path == "-":
+        refuse_terminal(command, what)
         yield stdout()
         sys.stdout.buffer.flush()
         return

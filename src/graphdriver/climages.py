@@ -112,10 +112,9 @@ def image_save(store: Store, args: Args) -> int:
     # An archive goes to standard output, as ``docker save`` writes it, but never to a terminal.
     if fmt == "oci":
         raise UsageError("image save --format oci needs -o DIR (an OCI layout is a folder)", args.command)
-    if sys.stdout is not None and sys.stdout.isatty():
-        raise UsageError("image save will not write an archive to a terminal: give -o FILE or redirect "
-                         "standard output", args.command)
-    from graphdriver.cliio import stdout
+    from graphdriver.cliio import refuse_terminal, stdout
+
+    refuse_terminal(args.command, "an archive")
 
     manage.save(store, args.name, stdout(), fmt, quiet=args.quiet)
     return 0
