@@ -1585,3 +1585,21 @@ def test_import_and_apply_refuse_a_terminal_on_standard_input(root):
     for name in ("import", "apply"):
         text = " ".join(cli(root, name, "--help").stdout.decode().split())
         assert "2 " in text and "- (or no FILE) with a terminal on (or closed) standard input" in text, name
+
+
+def test_json_of_a_store_under_a_folder_whose_name_is_not_utf8(tmp_path):
+    """``--json`` wrote such a path with ``\\udcff`` escapes, which are no text (jq and Go's JSON
+    read them as U+FFFD and lose the path): now U+FFFD, and ``path_raw`` with its bytes."""
+    import base64
+
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/st\xff"))
+    (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
+    assert run_cli("import", "b", str(tmp_path / "base.tar"), root=root, driver="vfs").returncode == 0
+    r = run_cli("mount", "b", "--json", root=root, driver="vfs")
+    shown = json.loads(r.stdout)
+    raw = base64.b64decode(shown["path_raw"])
+    assert raw.startswith(bytes(tmp_path) + b"/st\xff/") and Path(os.fsdecode(raw), "f").read_bytes() == b"x"
+    assert shown["path"] == raw.decode("utf-8", "replace") and b"\\udc" not in r.stdout
+    status = json.loads(run_cli("status", "--json", root=root, driver="vfs").stdout)["status"]
+    assert base64.b64decode(status["Root_raw"]) == bytes(tmp_path) + b"/st\xff"
+    assert run_cli("unmount", "b", root=root, driver="vfs").returncode == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -91,3 +92,23 @@ def test_dumps_writes_what_is_nested_deeper_than_recursion_goes():
             assert text == json.dumps(value, separators=(",", ":") if compact else None)
         finally:
             sys.setrecursionlimit(limit)
+
+
+def test_show_gives_text_that_is_not_utf8_lossy_and_its_bytes_beside_it():
+    """Command output holds UTF-8 text only: a name read with surrogateescape gets U+FFFD for
+    its bytes that are not UTF-8, and in an object ``KEY_raw`` with its bytes in base64."""
+    import base64
+
+    path = os.fsdecode(b"/srv/st\xff/vfs")
+    value = {"id": "b", "path": path, "names": [path], "nested": {"p": path}, "emoji": "\U0001f600"}
+    shown = json.loads(jsonio.show(value))
+    lossy = "/srv/st\ufffd/vfs"
+    assert shown == {"id": "b", "path": lossy, "path_raw": base64.b64encode(b"/srv/st\xff/vfs").decode(),
+                     "names": [lossy], "nested": {"p": lossy, "p_raw": shown["nested"]["p_raw"]},
+                     "emoji": "\U0001f600"}
+    assert base64.b64decode(shown["nested"]["p_raw"]) == b"/srv/st\xff/vfs"
+    assert list(shown) == ["id", "path", "path_raw", "names", "nested", "emoji"]
+    plain = {"id": "b", "path": "/srv/st/vfs", "emoji": "\U0001f600"}
+    assert jsonio.show(plain) == jsonio.dumps(plain)
+    assert jsonio.show(plain, indent=2) == jsonio.dumps(plain, indent=2)
+    assert json.loads(jsonio.show(["\ud800"])) == ["?"]  # a surrogate no byte was read as

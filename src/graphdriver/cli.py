@@ -89,7 +89,7 @@ def warn(text: str) -> None:
 def cmd_status(store: Store, args: Args) -> int:
     pairs = store.status()
     if args.json:
-        _out(jsonio.dumps({"driver": store.driver_name, "status": dict(pairs)}))
+        _out(jsonio.show({"driver": store.driver_name, "status": dict(pairs)}))
     else:
         _out(store.driver_name)
         for key, value in pairs:
@@ -120,7 +120,7 @@ def _parent_maps(store: Store, parent: str | None) -> Callable[[], IDMappings]:
 
 def _result(args: Args, text: str, value: dict[str, object]) -> None:
     """A command's one result: *text* as it is, or *value* as JSON with ``--json``."""
-    _out(jsonio.dumps(value) if args.json else text)
+    _out(jsonio.show(value) if args.json else text)
 
 
 def cmd_create(store: Store, args: Args) -> int:
@@ -138,7 +138,7 @@ def cmd_import(store: Store, args: Args) -> int:
         maps = _layer_maps(args, _parent_maps(store, args.parent))
         record = store.import_layer(args.id, args.parent, stream, idmaps=maps)
     if args.json:
-        _out(jsonio.dumps(record.display()))
+        _out(jsonio.show(record.display()))
     else:
         _out(str(record.size or 0))
     return 0
@@ -187,7 +187,7 @@ def cmd_layers(store: Store, args: Args) -> int:
     bad: list[tuple[str, GraphDriverError]] = [*corrupt]
     if args.json:
         records = _with_metadata(store, records, bad)
-        _out(jsonio.dumps([r.display() for r in records]))
+        _out(jsonio.show([r.display() for r in records]))
     else:
         sys.stdout.writelines(f"{r.id}\n" for r in records)
     # A corrupt record or a damaged layer is named, not fatal: the layers are listed
@@ -223,14 +223,14 @@ def _with_metadata(
 
 def cmd_layer(store: Store, args: Args) -> int:
     value = store.layer(args.id).display()
-    _out(jsonio.dumps(value, indent=None if args.json else 2))
+    _out(jsonio.show(value, indent=None if args.json else 2))
     return 0
 
 
 def cmd_changes(store: Store, args: Args) -> int:
     changes = store.changes(args.id, args.parent)
     if args.json:
-        _out(jsonio.dumps([c.to_json() for c in changes]))
+        _out(jsonio.show([c.to_json() for c in changes]))
     else:
         sys.stdout.writelines(f"{c}\n" for c in changes)
     return 0
@@ -294,7 +294,7 @@ def cmd_remove(store: Store, args: Args) -> int:
 def print_lines(args: Args, lines: list[str]) -> None:
     """What a repair did: one line each, or a JSON list with --json."""
     if args.json:
-        _out(jsonio.dumps(lines))
+        _out(jsonio.show(lines))
     else:
         for line in lines:
             _out(line)
@@ -326,7 +326,7 @@ def cmd_check(store: Store, args: Args) -> int:
         results = store.check(args.ids)  # as root of a namespace of the user's own: read whole
     bad = [(layer_id, why) for layer_id, why in results if why and not why.startswith(SKIPPED)]
     if args.json:
-        _out(jsonio.dumps([_check_entry(i, why) for i, why in results]))
+        _out(jsonio.show([_check_entry(i, why) for i, why in results]))
     else:
         for layer_id, why in results:
             _out(f"{layer_id}: {why or 'ok'}")
@@ -338,7 +338,7 @@ def cmd_check(store: Store, args: Args) -> int:
 def cmd_base_images(store: Store, args: Args) -> int:
     infos = store.base_images()
     if args.json:
-        _out(jsonio.dumps([i.to_json() for i in infos]))
+        _out(jsonio.show([i.to_json() for i in infos]))
     else:
         for i in infos:
             features = ",".join(i.os_features) or "-"

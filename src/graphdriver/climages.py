@@ -38,7 +38,7 @@ def image_load(store: Store, args: Args) -> int:
     if args.json:  # one JSON document: a list, however many images the archive held
         loaded = manage.load_named(store, args.source, platform=args.platform, quiet=args.quiet,
                                    report=report)
-        _out(jsonio.dumps([_ls_json(store, record) for record, _ in loaded]))
+        _out(jsonio.show([_ls_json(store, record) for record, _ in loaded]))
         return 0
 
     def told(record: ImageRecord, names: list[str]) -> None:
@@ -78,7 +78,7 @@ def image_pull(store: Store, args: Args) -> int:
     record = distribution.pull(store, args.ref, insecure=_insecure(args), platform=args.platform,
                                quiet=args.quiet, report=_reporter(args))
     # The reference pulled, in full: its tag, or for a pull by digest the digested reference.
-    _out(jsonio.dumps(_ls_json(store, record)) if args.json else str(reference.parse(args.ref)))
+    _out(jsonio.show(_ls_json(store, record)) if args.json else str(reference.parse(args.ref)))
     return 0
 
 
@@ -88,7 +88,7 @@ def image_push(store: Store, args: Args) -> int:
     ref = args.ref or _push_target(store, args)
     digest = distribution.push(store, args.name, ref, insecure=_insecure(args), quiet=args.quiet,
                                report=_reporter(args))
-    _out(jsonio.dumps({"name": args.name, "ref": ref, "digest": digest}) if args.json else digest)
+    _out(jsonio.show({"name": args.name, "ref": ref, "digest": digest}) if args.json else digest)
     return 0
 
 
@@ -125,7 +125,7 @@ def image_ls(store: Store, args: Args) -> int:
 
     records, bad = ImageStore(store.root).scan()
     if args.json:
-        _out(jsonio.dumps([_ls_json(store, r) for r in records]))
+        _out(jsonio.show([_ls_json(store, r) for r in records]))
     else:
         rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "LAYERS"]]
         for r in records:
@@ -186,7 +186,7 @@ def _repo_tags(record: ImageRecord) -> list[tuple[str, str]]:
 
 
 def image_inspect(store: Store, args: Args) -> int:
-    _out(jsonio.dumps(manage.inspect(store, args.name), indent=None if args.json else 2))
+    _out(jsonio.show(manage.inspect(store, args.name), indent=None if args.json else 2))
     return 0
 
 
@@ -241,7 +241,7 @@ def image_rm(store: Store, args: Args) -> int:
     if args.json:
         if len(args.names) == 1:
             del done[0]["name"]
-        _out(jsonio.dumps(done[0] if len(args.names) == 1 else done))
+        _out(jsonio.show(done[0] if len(args.names) == 1 else done))
     return code
 
 
@@ -259,13 +259,13 @@ def _remove_image(store: Store, name: str, force: bool) -> dict[str, Any]:
 
 def container_create(store: Store, args: Args) -> int:
     container = ctrs.create(store, args.image, args.name, size=args.size)
-    _out(jsonio.dumps(container.to_json()) if args.json else args.name)
+    _out(jsonio.show(container.to_json()) if args.json else args.name)
     return 0
 
 
 def container_commit(store: Store, args: Args) -> int:
     record = ctrs.commit(store, args.name, args.image)
-    _out(jsonio.dumps(record.to_json()) if args.json else record.id)
+    _out(jsonio.show(record.to_json()) if args.json else record.id)
     return 0
 
 
@@ -276,7 +276,7 @@ def container_rm(store: Store, args: Args) -> int:
 def container_ls(store: Store, args: Args) -> int:
     found, bad = ctrs.scan(store)
     if args.json:
-        _out(jsonio.dumps([c.to_json() for c in found]))
+        _out(jsonio.show([c.to_json() for c in found]))
     else:
         names = {r.id: [*r.names, *r.digests] for r in manage.images(store)}
 
@@ -298,7 +298,7 @@ def tree(store: Store, args: Args) -> int:
     from graphdriver.images import overview
 
     if args.json:
-        _out(jsonio.dumps(overview.tree_nodes(store)))
+        _out(jsonio.show(overview.tree_nodes(store)))
         return 0
     for line in overview.tree(store):
         _out(line)
@@ -310,7 +310,7 @@ def df(store: Store, args: Args) -> int:
 
     usage = overview.df(store)
     if args.json:
-        _out(jsonio.dumps(usage))
+        _out(jsonio.show(usage))
         return 0
     from graphdriver.units import format_size as h
 

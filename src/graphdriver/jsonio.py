@@ -85,6 +85,52 @@ def dumps(value: Any, *, indent: int | None = None, compact: bool = False) -> st
         return _deep(value, item, key)
 
 
+def show(value: Any, *, indent: int | None = None) -> str:
+    """:func:`dumps` of a command's output.  A string holding bytes that are not UTF-8 (a path
+    read with ``surrogateescape``, which JSON text cannot hold) gets U+FFFD for those bytes; in an
+    object, a member ``KEY_raw`` beside it gives its bytes in base64, as ``changes --json`` gives
+    ``path_raw`` and tar-split ``name_raw``."""
+    text = dumps(value, indent=indent)
+    if "\\ud" not in text:  # no surrogate was written: every string was UTF-8
+        return text
+    return dumps(_portable(value), indent=indent)
+
+
+def _portable(value: Any) -> Any:
+    """*value* with each string that is not UTF-8 made lossy, and its bytes kept in ``KEY_raw``."""
+    if isinstance(value, str):
+        return lossy(value)[0]
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[Any, Any] = {}
+    for k, v in value.items():
+        if isinstance(v, str):
+            out[k], raw = lossy(v)
+            if raw is not None and isinstance(k, str) and f"{k}_raw" not in value:
+                out[f"{k}_raw"] = raw
+        else:
+            out[k] = _portable(v)
+    return out
+
+
+def lossy(text: str) -> tuple[str, str | None]:
+    """*text* as UTF-8 text, and None; or, when it holds bytes that are not UTF-8, with U+FFFD
+    for them, and its bytes in base64."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        import base64
+
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate no byte was read as: no bytes to give
+            return text.encode("utf-8", "replace").decode("utf-8"), None
+        return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+    return text, None
+
+
 class _Text(str):
     """Text :func:`_deep` copies as it is (a value to encode is anything else)."""
 

@@ -71,15 +71,12 @@ class Change:
         U+FFFD for each such byte, and ``path_raw`` the path's bytes in base64,
         as tar-split's ``name_raw`` does for archive names.
         """
-        try:
-            self.path.encode("utf-8")
-        except UnicodeEncodeError:
-            import base64
+        from graphdriver.jsonio import lossy
 
-            raw = self.path.encode("utf-8", "surrogateescape")
-            lossy = raw.decode("utf-8", "replace")
-            return {"path": lossy, "path_raw": base64.b64encode(raw).decode("ascii"), "kind": self.kind.value}
-        return {"path": self.path, "kind": self.kind.value}
+        path, raw = lossy(self.path)
+        if raw is not None:
+            return {"path": path, "path_raw": raw, "kind": self.kind.value}
+        return {"path": path, "kind": self.kind.value}
 
 
 _PLAIN_BYTES = frozenset(range(0x20, 0x7F)) - {ord("\\")}
