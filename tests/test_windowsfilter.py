@@ -1503,6 +1503,18 @@ def test_base_images_cli(tmp_path):
     assert wrong.returncode == 7
 
 
+def test_base_images_in_a_folder_that_is_not_there_is_one_plain_line(tmp_path):
+    """A ``base_images`` folder that does not exist was told with Python's repr of the error
+    (``[Errno 2] No such file or directory: '...'``): now the folder and the reason, exit 2."""
+    from tests.conftest import run_cli
+
+    missing = tmp_path / "nowhere"
+    r = run_cli("--opt", f"base_images={missing}", "base-images", root=tmp_path / "root",
+                driver="windowsfilter")
+    said = f"graphdriver: base images in {missing}: No such file or directory\n"
+    assert (r.returncode, r.stderr.decode()) == (2, said)
+
+
 def test_status_with_base_images_of_a_store_not_made_yet(tmp_path):
     """A new store has no home yet: none registered, as status says without the option."""
     from tests.conftest import run_cli

@@ -108,6 +108,7 @@ from graphdriver.errors import (
     NotFound,
     Precondition,
     Unsupported,
+    os_error,
     warn,
 )
 from graphdriver.fs import atomic, mounts, privileged
@@ -285,7 +286,9 @@ def _descriptions(directory: str) -> list[tuple[dict[str, object], str]]:
                 desc = _checked(_read(desc_file, desc_file, what), desc_file, what)
                 path = _field(desc, "path")
                 out.append((desc, os.path.join(directory, name, path if isinstance(path, str) else ".")))
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise os_error(what, e, InvalidArgument) from e
+    except ValueError as e:
         raise InvalidArgument(what, str(e)) from e
     return out
 
