@@ -320,6 +320,69 @@ def test_a_corrupt_record_is_removed_when_named_and_never_by_cleanup(store):
     assert run_cli("remove", "b", root=root, run_root=run_root).returncode == 3
 
 
+def test_a_folder_in_place_of_a_record_is_a_corrupt_record_that_remove_takes(store):
+    """`rm layers/b.json; mkdir layers/b.json`: b is a corrupt record everywhere, and `remove b`
+    takes the folder with the layer instead of failing and leaving every command failing."""
+    from tests.conftest import run_cli
+
+    for name, parent in (("a", None), ("b", "a"), ("c", None)):
+        store.import_layer(name, parent, io.BytesIO(make_tar({name: F(name.encode())})))
+    record = Path(store.records.dir, "b.json")
+    record.unlink()
+    record.mkdir()
+    (record / "left").write_bytes(b"x")
+    root, run_root = Path(store.root), Path(store.run_root)
+    r = run_cli("layers", root=root, run_root=run_root)
+    assert (r.returncode, r.stdout) == (0, b"a\nc\n"), r.stderr
+    assert r.stderr.startswith(b"graphdriver: layer record b: unreadable: ") and r.stderr.count(b"\n") == 1
+    r = run_cli("check", root=root, run_root=run_root)
+    lines = r.stdout.decode().splitlines()
+    assert r.returncode == 6 and lines[0] == "a: ok" and lines[2] == "c: ok"
+    assert lines[1].startswith("b: unreadable: ")
+    r = run_cli("cleanup", root=root, run_root=run_root)
+    assert r.returncode == 0 and b"graphdriver remove b removes it" in r.stdout, r.stderr
+    assert record.is_dir() and store.driver.exists("b")  # cleanup never takes it
+    r = run_cli("remove", "a", root=root, run_root=run_root)
+    assert r.returncode == 5 and b"has children: b" in r.stderr, r.stderr
+    r = run_cli("remove", "b", root=root, run_root=run_root)
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert not record.exists() and not store.driver.exists("b") and store.records.pending_ids() == []
+    assert not os.path.exists(store.tarsplit_path("b"))
+    for args in (("cleanup",), ("layers",), ("check",)):
+        r = run_cli(*args, root=root, run_root=run_root)
+        assert (r.returncode, r.stderr) == (0, b""), (args, r.stderr)
+    assert run_cli("layers", root=root, run_root=run_root).stdout == b"a\nc\n"
+
+
+def test_cleanup_goes_on_when_a_dead_removal_cannot_be_finished_yet(store, monkeypatch):
+    """A leftover cleanup fails to remove is reported and left for later: cleanup, and every
+    command opening the store, still works."""
+    import errno
+
+    store.import_layer("x", None, io.BytesIO(make_tar({"x": F(b"x")})))
+    store.import_layer("y", None, io.BytesIO(make_tar({"y": F(b"y")})))
+    Path(store.records.pending_dir, "x").write_text('{"op": "remove"}')  # its remover died
+
+    def busy(layer_id: str) -> None:
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), layer_id)
+
+    monkeypatch.setattr(store.driver, "remove", busy)
+    assert store.cleanup() == [
+        "layer x left by an interrupted remove: not removed yet (Device or resource busy)"]
+    assert [r.id for r in store.layers()] == ["y"]
+    monkeypatch.undo()
+    assert store.cleanup() == ["removed layer x left by an interrupted remove"]
+    assert [r.id for r in store.layers()] == ["y"] and not store.driver.exists("x")
+
+
+def test_cleanup_keeps_a_folder_in_the_tar_split_folder_and_goes_on(store):
+    store.import_layer("x", None, io.BytesIO(make_tar({"x": F(b"x")})))
+    folder = Path(store.tarsplit_path("x")).with_name("mine")
+    folder.mkdir()
+    assert store.cleanup() == ["tar-split folder mine is no file of the store: kept"]
+    assert folder.is_dir() and [r.id for r in store.layers()] == ["x"]
+
+
 def test_tarsplit_data_missing_or_corrupt_is_exit_6_and_writes_nothing(store, tmp_path):
     """The record says the layer was imported: its tar-split data missing or unsound is corrupt
     metadata (6), found before any byte is written; a layer never imported has none (3)."""

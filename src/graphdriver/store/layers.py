@@ -31,7 +31,7 @@ from graphdriver.errors import (
 )
 from graphdriver.fs import atomic, path_key, privileged
 from graphdriver.ids import check_id
-from graphdriver.store.records import ApplyLock, Layer, LayerRecord, RecordStore, now_rfc3339
+from graphdriver.store.records import ApplyLock, Layer, LayerRecord, RecordStore, now_rfc3339, remove_entry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -822,10 +822,7 @@ class Store:
 
     def _forget_tarsplit(self, layer_id: str) -> None:
         """Drop the layer's tar-split data, if it has any (it no longer holds the imported tarball alone)."""
-        try:
-            os.unlink(self.tarsplit_path(layer_id))
-        except FileNotFoundError:
-            pass
+        remove_entry(self.tarsplit_path(layer_id))
 
     def _refuse_damaged(self, record: Layer, *, new_child: str | None = None) -> None:
         """IntegrityError naming the damaged layer when *record* or a layer below it is damaged.

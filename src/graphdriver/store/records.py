@@ -249,7 +249,9 @@ class RecordStore:
             raise NotFound(f"layer {layer_id}", "no such layer") from e
         except PermissionError as e:  # a missing privilege: nothing is corrupt
             raise refused(layer_id, e) from e
-        except (OSError, ValueError) as e:
+        except OSError as e:  # a folder in its place, say: its path is the store's business
+            raise IntegrityError(f"layer record {layer_id}", f"unreadable: {e.strerror or e}") from e
+        except ValueError as e:
             raise IntegrityError(f"layer record {layer_id}", f"unreadable: {e}") from e
         return LayerRecord.from_json(value, layer_id)
 
@@ -257,10 +259,9 @@ class RecordStore:
         atomic.write_json(self._path(record.id), record.to_json(), 0o600)
 
     def delete(self, layer_id: str) -> None:
-        try:
-            os.unlink(self._path(layer_id))
-        except FileNotFoundError:
-            pass
+        """Delete *layer_id*'s record, whatever stands in its place (a folder made where the
+        file was is the layer's damaged record, and goes with the layer)."""
+        remove_entry(self._path(layer_id))
         atomic.fsync_dir(self.dir)
 
     def ids(self) -> list[str]:
@@ -457,6 +458,18 @@ def refused(layer_id: str, e: OSError) -> Unsupported:
     (exit 7), never corruption."""
     where = f" {e.filename}" if e.filename else ""
     return Unsupported(f"layer {layer_id}", f"its record cannot be read by this user ({e.strerror}{where})")
+
+
+def remove_entry(path: str) -> None:
+    """Unlink *path*, or remove it whole where it is a folder; a missing *path* is no error."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        from graphdriver.fs.tree import remove_tree
+
+        remove_tree(path)
 
 
 def _present(path: str, layer_id: str) -> bool:

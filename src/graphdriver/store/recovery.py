@@ -54,8 +54,9 @@ def _cleanup_layers(store: Store) -> list[str]:
             op = marker.get("op", "work")
             try:
                 store.drop_layer(layer_id)
-            except GraphDriverError as e:  # mounted since, say: reported, the rest goes on
-                done.append(f"layer {layer_id} left by an interrupted {op}: not removed yet ({e})")
+            except (GraphDriverError, OSError) as e:  # mounted since, say: reported, the rest goes on
+                why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+                done.append(f"layer {layer_id} left by an interrupted {op}: not removed yet ({why})")
                 continue
             done.append(f"removed layer {layer_id} left by an interrupted {op}")
         done.extend(_remove_stray_locks(store))
@@ -167,6 +168,9 @@ def _remove_stray_tarsplit(store: Store) -> list[str]:
         if name.endswith(TARSPLIT_SUFFIX) and (name[: -len(TARSPLIT_SUFFIX)] in known or parents is None):
             continue  # (while a record cannot be read, whose file it is stays unknown: kept)
         path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):  # no file the store writes: not ours
+            done.append(f"tar-split folder {name} is no file of the store: kept")
+            continue
         head, sep, tail = name.rpartition(".partial-")
         half_written = bool(sep) and head.endswith(TARSPLIT_SUFFIX) and bool(tail)
         if remove_abandoned(path) if half_written else atomic.remove_file(path):
