@@ -423,6 +423,88 @@ def test_tarsplit_data_missing_or_corrupt_is_exit_6_and_writes_nothing(store, tm
     assert run_cli("tarsplit", "made", root=root, run_root=run_root).returncode == 3
 
 
+def _spoil_tarsplit(store, layer_id: str, how: str) -> None:
+    path = Path(store.tarsplit_path(layer_id))
+    good = path.read_bytes()
+    path.unlink()
+    if how == "a folder":
+        path.mkdir()
+    else:
+        path.write_bytes({"garbage": b"\x1f\x8b\x08\x00" + b"garbage" * 20,
+                          "truncated gzip": good[: len(good) // 2]}[how])
+
+
+_SPOILED = {"a folder": "tar-split metadata: cannot be read: Is a directory",
+            "garbage": "tar-split metadata: corrupt gzip data: ",
+            "truncated gzip": "tar-split metadata: corrupt gzip data: "}
+
+
+@pytest.mark.parametrize("how", list(_SPOILED))
+def test_check_reports_a_layer_whose_tar_split_data_is_spoiled_and_goes_on(store, how):
+    from tests.conftest import run_cli
+
+    for name in ("a", "b", "c"):
+        store.import_layer(name, None, io.BytesIO(make_tar({name: F(name.encode() * 100)})))
+    _spoil_tarsplit(store, "b", how)
+    ((_, why),) = [r for r in store.check() if r[0] == "b"]
+    assert why.startswith(_SPOILED[how]), why
+    r = run_cli("check", root=Path(store.root), run_root=Path(store.run_root))
+    lines = r.stdout.decode().splitlines()
+    assert r.returncode == 6 and lines[0] == "a: ok" and lines[2] == "c: ok", r.stderr
+    assert lines[1].startswith("b: " + _SPOILED[how]), lines
+    assert r.stderr.decode() == f"graphdriver: layer {lines[1]}\n"
+
+
+@pytest.mark.parametrize("how", list(_SPOILED))
+def test_diff_names_the_layer_whose_tar_split_data_is_spoiled_as_check_does(store, tmp_path, how):
+    from tests.conftest import run_cli
+
+    store.import_layer("b", None, io.BytesIO(make_tar({"b": F(b"b" * 100)})))
+    _spoil_tarsplit(store, "b", how)
+    ((_, why),) = store.check(["b"])
+    out = tmp_path / "b.tar"
+    for args in (("diff", "b"), ("diff", "b", "-o", str(out)), ("tarsplit", "b")):
+        r = run_cli(*args, root=Path(store.root), run_root=Path(store.run_root))
+        assert r.returncode == 6 and not out.exists(), (args, r.stderr)
+        err = r.stderr.decode()
+        assert err.count("\n") == 1 and "layer b" in err and store.root not in err, (args, err)
+        if args[0] == "diff":
+            assert err == f"graphdriver: layer b: {why}\n", args
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_tar_split_data_this_user_may_not_read_is_a_missing_privilege_naming_the_layer(driver_setup):
+    """Exit 7, never 6 (nothing is corrupt), and `check` skips the layer."""
+    import tempfile
+
+    from graphdriver.errors import GraphDriverError
+    from graphdriver.testing import setups
+    from tests.conftest import as_nobody
+
+    work = Path(tempfile.mkdtemp(prefix="gd-tarsplit-"))
+    try:
+        store = setups.open_store(work / "store", work / "run", driver_setup)
+        store.import_layer("a", None, io.BytesIO(make_tar({"a": F(b"a")})))
+        for folder, names, files in os.walk(work):
+            for name in (folder, *(os.path.join(folder, n) for n in names + files)):
+                os.lchown(name, 65534, 65534)
+        os.chmod(store.tarsplit_path("a"), 0)
+
+        def diff_and_check() -> tuple[object, object]:
+            try:
+                store.diff("a", io.BytesIO())
+            except GraphDriverError as e:
+                return (e.exit_code, str(e)), store.check()
+            return None, store.check()
+
+        refused, checked = as_nobody(diff_and_check)
+        why = "tar-split metadata: cannot be read by this user (Permission denied)"
+        assert refused == (7, f"layer a: {why}")
+        assert checked == [("a", f"skipped: {why}")]
+    finally:
+        shutil.rmtree(work)
+
+
 def test_a_reader_racing_a_removal_finds_the_layer_gone_never_corrupt(store, tmp_path):
     """diff and check of a layer another process is removing: 0 or 3, never 6."""
     import subprocess

@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import os
 
-from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Unsupported, shorten
+from graphdriver.errors import (
+    CorruptArchive,
+    GraphDriverError,
+    IntegrityError,
+    NotFound,
+    Unsupported,
+    shorten,
+)
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX, under_way
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-    from typing import Any, BinaryIO
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any, BinaryIO, TypeVar
 
+    from graphdriver.layerio.tarsplit import SplitEntry
     from graphdriver.store.layers import Store
     from graphdriver.store.records import Layer
+
+    _T = TypeVar("_T")
 
 
 def changed_since_import(store: Store, layer_id: str) -> str | None:
@@ -120,12 +130,39 @@ def tarsplit_of(store: Store, record: Layer) -> str:
     return store.tarsplit_path(record.id)
 
 
+def open_tarsplit(store: Store, record: Layer) -> BinaryIO:
+    """*record*'s tar-split file, open; a file that cannot be read is a failure of the layer, as
+    ``check`` names it (FileNotFoundError stays: a removal under way, or lost data, callers tell)."""
+    what, why = f"layer {record.id}", "tar-split metadata: cannot be read"
+    try:
+        return open(tarsplit_of(store, record), "rb")
+    except FileNotFoundError:
+        raise
+    except PermissionError as e:  # a missing privilege: nothing is corrupt
+        raise Unsupported(what, f"{why} by this user ({e.strerror})") from e
+    except OSError as e:  # a folder where the file was, say
+        raise IntegrityError(what, f"{why}: {e.strerror or e}") from e
+
+
+def read_tarsplit(store: Store, record: Layer, use: Callable[[Iterator[SplitEntry]], _T]) -> _T:
+    """What *use* makes of the entries of *record*'s tar-split data; data that does not
+    decompress is a failure of the layer (see :func:`open_tarsplit`)."""
+    from graphdriver.layerio.compression import open_decompressed
+    from graphdriver.layerio.tarsplit import read_entries
+
+    with open_tarsplit(store, record) as f:
+        try:
+            meta, _kind = open_decompressed(f)
+            return use(read_entries(meta))
+        except CorruptArchive as e:  # only the metadata is decompressed here
+            raise IntegrityError(f"layer {record.id}", f"tar-split metadata: {e.why or e}") from e
+
+
 def reassemble(store: Store, record: Layer, write: Callable[[Any], object]) -> int:
     """Rebuild the imported tarball from tar-split data; IntegrityError on any mismatch."""
     import hashlib
 
-    from graphdriver.layerio.compression import open_decompressed
-    from graphdriver.layerio.tarsplit import assemble, read_entries
+    from graphdriver.layerio.tarsplit import assemble
 
     digest = hashlib.sha256()
 
@@ -137,18 +174,20 @@ def reassemble(store: Store, record: Layer, write: Callable[[Any], object]) -> i
     from graphdriver.store import content
 
     getter = content.file_getter(store.driver, record.id)
+
+    def rebuild(entries: Iterator[SplitEntry]) -> tuple[int, bool]:
+        watch = sparse.Watch(entries)
+        return assemble(watch, getter, sink), watch.found
+
     try:
-        with open(tarsplit_of(store, record), "rb") as f:
-            meta, _kind = open_decompressed(f)
-            watch = sparse.Watch(read_entries(meta))
-            size = assemble(watch, getter, sink)
+        size, sparse_found = read_tarsplit(store, record, rebuild)
     finally:
         getter.close()
     if "sha256:" + digest.hexdigest() != record.diff_digest:
         raise IntegrityError(
             f"layer {record.id}", f"re-exported tarball does not match {record.diff_digest}"
         )
-    if watch.found:
+    if sparse_found:
         check_sparse_files(store, record)
     return size
 
@@ -156,15 +195,11 @@ def reassemble(store: Store, record: Layer, write: Callable[[Any], object]) -> i
 def check_sparse_files(store: Store, record: Layer) -> None:
     """IntegrityError unless the layer's sparse files hold the data their entries stored:
     no file checksum covers those bytes (the tar-split metadata holds them)."""
-    from graphdriver.layerio.compression import open_decompressed
-    from graphdriver.layerio.tarsplit import read_entries
     from graphdriver.layerio.verify import sparse_problems
     from graphdriver.store import content
 
     root = content.files_root(store.driver, record.id)
-    with open(tarsplit_of(store, record), "rb") as f:
-        meta, _kind = open_decompressed(f)
-        problems = sparse_problems(read_entries(meta), root)
+    problems = read_tarsplit(store, record, lambda entries: sparse_problems(entries, root))
     if problems:
         why = f"its files differ from its tarball: {_first_of(problems)}"
         raise IntegrityError(f"layer {record.id}", why)
@@ -195,8 +230,6 @@ def check_windows_files(store: Store, record: Layer) -> None:
     files cannot hold, export needs) are what its tarball's headers left
     (see :mod:`graphdriver.layerio.windows.verify`)."""
     from graphdriver.fs import privileged
-    from graphdriver.layerio.compression import open_decompressed
-    from graphdriver.layerio.tarsplit import read_entries
     from graphdriver.layerio.windows.verify import layer_problems
     from graphdriver.store import content
 
@@ -204,10 +237,9 @@ def check_windows_files(store: Store, record: Layer) -> None:
     if privileged():  # files applied without root keep the user's owner
         maps = store.layer_maps(record)
         owner = (maps.uids.to_host(0), maps.gids.to_host(0))
-    with open(tarsplit_of(store, record), "rb") as f:
-        meta, _kind = open_decompressed(f)
-        problems = layer_problems(read_entries(meta), content.files_root(store.driver, record.id),
-                                  owner=owner, opaque_marks=privileged())
+    root = content.files_root(store.driver, record.id)
+    problems = read_tarsplit(store, record, lambda entries: layer_problems(
+        entries, root, owner=owner, opaque_marks=privileged()))
     if problems:
         why = f"its files differ from its tarball: {_first_of(problems)}"
         raise IntegrityError(f"layer {record.id}", why)
@@ -222,8 +254,6 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
     """
     import contextlib
 
-    from graphdriver.layerio.compression import open_decompressed
-    from graphdriver.layerio.tarsplit import read_entries
     from graphdriver.layerio.verify import changes_problems, tree_problems
 
     # The layer's own files (an overlay upper directory, never a live union
@@ -239,19 +269,17 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
         if owner is not None and inherited is None and record.parent is not None:
             # Its own files start as a shifted copy of its parent's whole tree.
             inherited = stack.enter_context(store.driver.mounted(record.parent))
-        with open(tarsplit_of(store, record), "rb") as f:
-            meta, _kind = open_decompressed(f)
-            problems = tree_problems(read_entries(meta), root, store.layer_maps(record),
-                                     inherited=inherited)
+        maps = store.layer_maps(record)
+        problems = read_tarsplit(store, record, lambda entries: tree_problems(
+            entries, root, maps, inherited=inherited))
         if problems or not (full_tree and inherited_changes):
             return problems
         from graphdriver.diff.walk import changes_between
 
         since = store.driver.written_since(record.id, record.parent)
         changes = changes_between(root, inherited, owner, since) if inherited is not None else []
-        with open(tarsplit_of(store, record), "rb") as f:
-            meta, _kind = open_decompressed(f)
-            return changes_problems(read_entries(meta), changes, root, inherited, owner)
+        return read_tarsplit(store, record, lambda entries: changes_problems(
+            entries, changes, root, inherited, owner))
 
 
 def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
@@ -273,7 +301,7 @@ def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
             raise IntegrityError(what, f"the layer {changed_why(record, why)}")
     path = tarsplit_of(store, record)
     try:
-        with open(path, "rb") as f:
+        with open_tarsplit(store, record) as f:
             repeated = check_tarsplit(record, f)
             if repeated is not None:
                 raise NotFound(what, f"its tarball names {shorten(repeated)!r} twice, which tar-split's "
@@ -386,7 +414,9 @@ def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | N
             if not isinstance(error, GraphDriverError):
                 raise
             same = error.what == f"layer {record.id}"  # never "layer a: layer a: ..."
-            results.append((record.id, error.why if same and error.why else str(error)))
+            why = error.why if same and error.why else str(error)
+            # What this user may not do here (read its tar-split file, say) is no damage.
+            results.append((record.id, f"skipped: {why}" if isinstance(error, Unsupported) else why))
             continue
         results.append((record.id, None))
     return results
