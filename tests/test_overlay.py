@@ -627,6 +627,26 @@ def test_native_changes_equal_the_generic_walk(d, seed):
         parent = layer
 
 
+def test_two_lower_files_joined_into_one_are_changed_and_go_as_a_link(d):
+    """``rm q; ln p q`` in a container: the kernel copies ``p`` up and links ``q`` to it, so the
+    upper directory holds one file of two names, each looking as it did below.  Both names are
+    changed, and the tarball carries ``q`` as a link to ``p`` (as containers-storage does)."""
+    d.create("base", None)
+    apply(d, "base", {"p": F(b"same\n"), "q": F(b"same\n")})
+    d.create_rw("ctr", "base")
+    with d.mounted("ctr") as root:
+        os.unlink(os.path.join(root, "q"))
+        os.link(os.path.join(root, "p"), os.path.join(root, "q"))
+    p, q = (os.lstat(diff_dir(d, "ctr") / name) for name in ("p", "q"))
+    assert (p.st_ino, p.st_nlink) == (q.st_ino, 2)
+    assert native_changes(d, "ctr", "base") == walk_changes(d, "ctr", "base") == [(C, "/p"), (C, "/q")]
+    out = io.BytesIO()
+    content.export(d, "ctr", "base", out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        assert [(m.name, m.linkname if m.islnk() else None) for m in tf.getmembers()] == [
+            ("p", None), ("q", "p")]
+
+
 def test_opaque_directories_in_tarballs(d):
     d.create("base", None)
     apply(d, "base", BASE)

@@ -309,6 +309,41 @@ def test_same_inode_in_both_trees_is_pruned(tmp_path: Path) -> None:
     assert diff(new, old) == []
 
 
+def _two_files(root: Path, linked: bool) -> None:
+    """``p`` and ``q``: one size, one time, the same bytes; two files, or one of both names."""
+    write(root / "p", "same")
+    if linked:
+        os.link(root / "p", root / "q")
+    else:
+        write(root / "q", "same")
+
+
+def test_two_files_joined_into_one_are_both_changed(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    _two_files(old, linked=False)
+    _two_files(new, linked=True)  # ``rm q; ln p q``: each name looks as it did
+    assert diff(new, old) == ["C /p", "C /q"]
+
+
+def test_a_file_joined_to_another_of_other_bytes_is_changed_with_it(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    write(old / "p", "same")
+    write(old / "q", "diff")
+    _two_files(new, linked=True)
+    assert diff(new, old) == ["C /p", "C /q"]
+
+
+def test_names_of_one_file_in_both_trees_are_no_change(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    _two_files(old, linked=True)
+    _two_files(new, linked=True)  # a copy that kept the link
+    assert diff(new, old) == []
+    write(new / "r", "same")
+    os.unlink(new / "q")
+    os.link(new / "r", new / "q")  # another file, another group: q joined r, p stays alone
+    assert diff(new, old) == ["C /q", "A /r"]
+
+
 def test_same_root_is_no_change(trees: tuple[Path, Path]) -> None:
     new, _ = trees
     assert diff(new, new) == []

@@ -248,7 +248,7 @@ class _Reader:
             changed = self.differs(root, path, st, old_st)
             if changed:
                 self.add(path, ChangeKind.MODIFY)
-            self.links.note(path, st, changed)
+            self.links.note(path, st, changed, old_st)
             if is_dir:
                 below = self.dir_roots(roots, path) if stat.S_ISDIR(old_st.st_mode) else ()
                 subdirs.append((path, below, opaque))

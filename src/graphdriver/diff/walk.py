@@ -41,7 +41,10 @@ side by side.  The rules are ``docker diff``'s:
 * a file in both trees that nothing above calls changed, but that shares its
   inode with an added or changed file (``ln a b`` in a container: ``b`` is
   added, ``a`` is as it was), is changed too, so that the tarball carries the
-  link rather than a second copy (containers-storage lists it the same way).
+  link rather than a second copy (containers-storage lists it the same way);
+  and so is every name of a file whose names were separate files in the old
+  tree (``rm b; ln a b`` where ``a`` and ``b`` were two files: both changed,
+  the tarball carrying ``b`` as a link to ``a``).
 """
 
 from __future__ import annotations
@@ -56,31 +59,43 @@ from graphdriver.layerio.export import change_sort_key, read_xattrs
 
 
 class Links:
-    """Hard-linked files met in one comparison, to list the unchanged names of a changed inode."""
+    """Hard-linked files met in one comparison, to list the unchanged names of a changed or
+    joined inode."""
 
-    __slots__ = ("changed", "unchanged")
+    __slots__ = ("changed", "joined", "unchanged", "was")
 
     def __init__(self) -> None:
         self.changed: set[tuple[int, int]] = set()
         self.unchanged: dict[tuple[int, int], list[str]] = {}
+        #: The old tree's file at the first unchanged name of each inode, and the inodes whose
+        #: unchanged names were other files there (``rm b; ln a b``: joined since).
+        self.was: dict[tuple[int, int], tuple[int, int]] = {}
+        self.joined: set[tuple[int, int]] = set()
 
-    def note(self, path: str, st: os.stat_result, listed: bool) -> None:
-        """Remember file *path* of the new tree; *listed*: added or changed.
+    def note(self, path: str, st: os.stat_result, listed: bool, old: os.stat_result | None = None) -> None:
+        """Remember file *path* of the new tree; *listed*: added or changed; *old*: its lstat
+        in the old tree.
 
         An unchanged file matters only with other names; a changed one always, as
         fuse-overlayfs may count one name of a linked file only.
         """
         if stat.S_ISDIR(st.st_mode):
             return
+        key = (st.st_dev, st.st_ino)
         if listed:
-            self.changed.add((st.st_dev, st.st_ino))
+            self.changed.add(key)
         elif st.st_nlink > 1:
-            self.unchanged.setdefault((st.st_dev, st.st_ino), []).append(path)
+            self.unchanged.setdefault(key, []).append(path)
+            if old is not None:
+                before = (old.st_dev, old.st_ino)
+                if self.was.setdefault(key, before) != before:
+                    self.joined.add(key)
 
     def partners(self) -> list[Change]:
-        """The unchanged names of every inode that also has an added or changed name."""
-        return [Change(path, ChangeKind.MODIFY)
-                for key in self.changed.intersection(self.unchanged) for path in self.unchanged[key]]
+        """The unchanged names of every inode that also has an added or changed name, or whose
+        names were separate files in the old tree."""
+        keys = (self.changed | self.joined).intersection(self.unchanged)
+        return [Change(path, ChangeKind.MODIFY) for key in keys for path in self.unchanged[key]]
 
 
 #: A *since* before any file's time: every regular file whose stat looks unchanged is read
@@ -201,7 +216,7 @@ def _compare_dir(walk: Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
         changed = differs(walk, path, new_st, old_st)
         if changed:
             walk.add(path, ChangeKind.MODIFY)
-        walk.links.note(path, new_st, changed)
+        walk.links.note(path, new_st, changed, old_st)
         if new_is_dir:
             subdirs.append((path, stat.S_ISDIR(old_st.st_mode)))
     return subdirs

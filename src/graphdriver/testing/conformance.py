@@ -375,7 +375,16 @@ CHANGES_OF_INHERITED_FILES: dict[str, Callable[[Path], object]] = {
     "parent-file-rewritten-in-its-second": lambda p: _rewritten_in_its_second(p / "etc/a"),
     "parent-file-xattr-set": lambda p: os.setxattr(p / "etc/a", "user.note", b"set"),
     "parent-file-rewritten-time-kept": lambda p: _content_kept_time(p / "etc/a"),
+    "parent-files-joined": lambda p: _join(p / "etc/a", p / "etc/twin"),
 }
+
+def _join(path: Path, other: Path) -> None:
+    """``rm other; ln path other``: two files become one (each name keeps its size and time
+    where they were the same, and their folder its time)."""
+    folder = other.parent.stat()
+    other.unlink()
+    os.link(path, other)
+    os.utime(other.parent, ns=(folder.st_atime_ns, folder.st_mtime_ns))
 
 
 def _rewritten_in_its_second(path: Path) -> None:
@@ -449,7 +458,8 @@ def test_diff_of_a_child_layer_changed_through_its_mount_is_never_stale(store: A
                                                                           how: str) -> None:
     if how == "parent-file-owner-changed" and not IS_ROOT:
         pytest.skip("needs root to chown")
-    import_tar(store, fmt, "base", {"etc": D(), "etc/a": F(b"a"), "etc/b": F(b"b"), "gone": F(b"g")})
+    import_tar(store, fmt, "base", {"etc": D(), "etc/a": F(b"a"), "etc/b": F(b"b"), "etc/twin": F(b"a"),
+                                    "gone": F(b"g")})
     imported = fmt.tar({"etc/c": F(b"c"), "gone": W()})
     store.import_layer("child", "base", io.BytesIO(imported))
     before = _looked_at(store, "child")
@@ -595,6 +605,33 @@ def test_a_hard_link_made_in_a_container_to_a_file_below_goes_as_a_link(store: A
     try:
         a, b = os.lstat(os.path.join(root, "a")), os.lstat(os.path.join(root, "b"))
         assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+    finally:
+        store.unmount("copy")
+
+
+@oci_drivers
+def test_two_files_joined_into_one_in_a_container_go_as_a_link(store: Any) -> None:
+    """``rm q; ln p q`` in a container, ``p`` and ``q`` two files of the same bytes, size and
+    time below: each name looks as it did, but they are one file now.  Both are listed as
+    changed and the tarball carries ``q`` as a link to ``p`` (as containers-storage's overlay
+    lists and writes them), so that applying it joins them too."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"p": F(b"same\n"), "q": F(b"same\n")})))
+    store.create("ctr", "base", writable=True)
+    root = store.mount("ctr")
+    try:
+        _join(Path(root, "p"), Path(root, "q"))
+    finally:
+        store.unmount("ctr")
+    assert changes_of(store, "ctr") == [(C, "/p"), (C, "/q")]
+    tarball = diff_bytes(store, "ctr")
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tf:
+        assert [(m.name, m.linkname if m.islnk() else None) for m in tf.getmembers()] == [
+            ("p", None), ("q", "p")]
+    store.import_layer("copy", "base", io.BytesIO(tarball))
+    root = store.mount("copy")
+    try:
+        p, q = os.lstat(os.path.join(root, "p")), os.lstat(os.path.join(root, "q"))
+        assert p.st_ino == q.st_ino
     finally:
         store.unmount("copy")
 
