@@ -4,9 +4,11 @@
 proves every file's *content*.  This module proves the rest: for every entry
 of the layer's tar-split metadata, the stored file has the type, mode,
 owner, modification time, size, link target, device numbers and extended
-attributes its header gives, and the layer holds no file that no entry
-names.  A ``chmod``, ``chown``, new xattr, touched mtime or planted file in
-an image layer's folder is found, where a digest alone would miss it.
+attributes its header gives (a symlink's, fifo's and device node's xattrs
+too), no two entries are one file unless a hard-link entry makes them so,
+and the layer holds no file that no entry names.  A ``chmod``, ``chown``,
+new xattr, touched mtime, ``rm b; ln a b`` or planted file in an image
+layer's folder is found, where a digest alone would miss it.
 For a layer kept as a whole tree on top of a copy of its parent's (vfs),
 :func:`changes_problems` also finds what changed among the files its
 tarball left alone: a file of the parent's deleted, chmod-ed or chown-ed.
@@ -118,6 +120,7 @@ def tree_problems(
             problem = _compare(e, rel, root_fd, idmaps, as_root, inodes)
             if problem:
                 problems.append(f"{rel!r}: {problem}")
+        problems += _joined(inodes)
         for rel, target in links:
             # A hard link to a lower layer's file copies that file (and its folders) up
             # into an overlay upper directory: the very file linked is the layer's too.
@@ -134,6 +137,18 @@ def tree_problems(
         problems += [f"{rel!r}: is in the layer but in no entry of its tarball" for rel in sorted(extra)]
     finally:
         os.close(root_fd)
+    return problems
+
+
+def _joined(inodes: dict[str, tuple[int, int]]) -> list[str]:
+    """The entries that are one file with another though their tarball gave each a file of its
+    own (``rm b; ln a b``); *inodes*: (device, inode) by entry, hard-link entries left out."""
+    first: dict[tuple[int, int], str] = {}
+    problems = []
+    for rel, inode in inodes.items():
+        other = first.setdefault(inode, rel)
+        if other != rel:
+            problems.append(f"{rel!r}: is a hard link to {other!r}, its entry a file of its own")
     return problems
 
 
@@ -438,10 +453,8 @@ def clamped(entry_ns: int, file_ns: int) -> bool:
 
 
 def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> str:
-    if e.type == te.SYM:
-        return ""  # set on symlinks only where the filesystem allows: not compared
-    if e.type not in te.REGULAR_TYPES and e.type != te.DIR and e.sparse is None:
-        return ""
+    # Every kind of file: extraction sets a symlink's, a fifo's or a device node's xattrs as
+    # a file's (or fails), and one set on it since is as much a change.
     # By path through the directory's fd (one component, not followed): xattrs need no read
     # permission, and a file of mode 0000 is one an unprivileged store may hold.
     path = f"/proc/self/fd/{pfd}/{base}"

@@ -378,6 +378,16 @@ CHANGES_OF_INHERITED_FILES: dict[str, Callable[[Path], object]] = {
     "parent-files-joined": lambda p: _join(p / "etc/a", p / "etc/twin"),
 }
 
+#: And to a layer's files that a tarball's headers and checksums alone do not tell apart.
+CHANGES_OF_LINKS_AND_SPECIAL_FILES: dict[str, Callable[[Path], object]] = {
+    "symlink-xattr-set": lambda p: os.setxattr(p / "etc/sl", "trusted.note", b"set", follow_symlinks=False),
+    "fifo-xattr-set": lambda p: os.setxattr(p / "etc/fifo", "trusted.note", b"set"),
+    "device-xattr-set": lambda p: os.setxattr(p / "etc/null", "trusted.note", b"set"),
+    "files-joined": lambda p: _join(p / "etc/p", p / "etc/q"),
+    "files-of-other-bytes-joined": lambda p: _join(p / "etc/p", p / "etc/r"),
+}
+
+
 def _join(path: Path, other: Path) -> None:
     """``rm other; ln path other``: two files become one (each name keeps its size and time
     where they were the same, and their folder its time)."""
@@ -465,6 +475,22 @@ def test_diff_of_a_child_layer_changed_through_its_mount_is_never_stale(store: A
     before = _looked_at(store, "child")
     _change_through_mount(store, "child", CHANGES_OF_INHERITED_FILES[how])
     _assert_diff_is_the_layer_now(store, "child", "base", imported, before)
+
+
+@oci_drivers
+@pytest.mark.parametrize("how", sorted(CHANGES_OF_LINKS_AND_SPECIAL_FILES))
+def test_diff_of_a_layer_whose_links_or_special_files_changed_is_never_stale(store: Any, how: str) -> None:
+    """An xattr set on a symlink, a fifo or a device node, or two files made one, is a change
+    of the layer as much as a file's: ``diff`` no longer gives the imported bytes, and ``check``
+    finds the layer changed."""
+    if not IS_ROOT:
+        pytest.skip("needs root for trusted xattrs and device nodes")
+    imported = make_tar({"etc": D(), "etc/p": F(b"same\n"), "etc/q": F(b"same\n"), "etc/r": F(b"othr\n"),
+                         "etc/sl": L("p"), "etc/fifo": Dev("p"), "etc/null": Dev("c", 1, 3)})
+    store.import_layer("base", None, io.BytesIO(imported))
+    before = _looked_at(store, "base")
+    _change_through_mount(store, "base", CHANGES_OF_LINKS_AND_SPECIAL_FILES[how])
+    _assert_diff_is_the_layer_now(store, "base", None, imported, before)
 
 
 @oci_drivers
