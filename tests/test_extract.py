@@ -24,6 +24,7 @@ from graphdriver.fs import confine, syscalls
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.layerio.entry import TarEntry
 from graphdriver.layerio.extract import (
+    IMPLIED_DIR_MODE,
     ApplyOptions,
     ExtractStats,
     apply_layer,
@@ -537,10 +538,14 @@ def test_opaque_keeps_what_the_layer_made_before_the_marker(dest: Path, inline: 
 
 def test_whiteout_of_missing_paths_and_reserved_names(dest: Path, inline: bool) -> None:
     (dest / ".wh.real").write_bytes(b"a file named like a whiteout, from elsewhere")
+    (dest / "file").write_bytes(b"a file on the way")
     apply(dest, reg(".wh.absent"), reg("no/such/dir/.wh.x"), reg("no2/.wh..wh..opq"),
-          reg("sub/.wh..wh.whatever"), inline=inline)
-    # Nothing was created: no parents for whiteouts, no .wh. files.
-    assert listing(dest) == [".wh.real"]
+          reg("file/.wh.x"), reg("file/sub/.wh..wh..opq"), reg("sub/.wh..wh.whatever"), inline=inline)
+    # A marker's missing folders are made, as a file's are (Docker and containers-storage make
+    # them too); none below a file; no .wh. files.
+    assert listing(dest) == [".wh.real", "file", "no/", "no/such/", "no/such/dir/", "no2/"]
+    for folder in ("no", "no/such/dir", "no2"):
+        assert stat.S_IMODE(os.stat(dest / folder).st_mode) == IMPLIED_DIR_MODE
 
 
 def test_whiteout_names_are_checked(dest: Path) -> None:
@@ -553,22 +558,28 @@ def test_whiteout_names_are_checked(dest: Path) -> None:
 @needs_root("0/0 character devices and trusted.overlay.opaque")
 def test_whiteouts_overlay_mode(tmp_path: Path, dest: Path, inline: bool) -> None:
     lower = tmp_path / "lower"
-    (lower / "foo").mkdir(parents=True)
-    (lower / "foo/bar").write_bytes(b"")
+    for folder in ("foo", "gone"):
+        (lower / folder).mkdir(parents=True)
+        (lower / folder / "bar").write_bytes(b"")
     apply(
         dest,
-        reg(".wh.foo"),
-        reg("foo/.wh.bar"),  # below a whiteout: nothing to hide, foo stays a whiteout
+        reg(".wh.foo"), reg(".wh.gone"),
+        reg("gone/.wh.bar"),  # below a whiteout: a new folder, as for a file there, hiding all below
         dir_("d/"), reg("d/.wh..wh..opq"), reg("d/kept"),
-        reg("implied/.wh.x"),  # in a folder that is nowhere: nothing to hide, no folder made
+        reg("implied/.wh.x"),  # in a folder that is nowhere: the folder, nothing below to hide
+        reg("marked/.wh..wh..opq"),  # the same, opaque
         reg(".wh.ghost"),  # nothing below of that name: no device (the view would show it)
         reg("f", xattrs={"trusted.overlay.redirect": "/etc"}),
         whiteouts=WhiteoutMode.OVERLAY, lower_dirs=(str(lower),), inline=inline,
     )
     st = os.lstat(dest / "foo")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-    assert not os.path.lexists(dest / "implied") and not os.path.lexists(dest / "ghost")
-    assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
+    assert os.listdir(dest / "gone") == [] and os.getxattr(dest / "gone", "trusted.overlay.opaque") == b"y"
+    assert os.listdir(dest / "implied") == [] and not os.path.lexists(dest / "ghost")
+    assert "trusted.overlay.opaque" not in os.listxattr(dest / "implied")
+    assert os.listdir(dest / "marked") == []
+    for opaque in ("marked", "d"):
+        assert os.getxattr(dest / opaque, "trusted.overlay.opaque") == b"y"
     assert (dest / "d/kept").exists()
     assert "trusted.overlay.redirect" not in os.listxattr(dest / "f")
 

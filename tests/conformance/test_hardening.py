@@ -1367,16 +1367,54 @@ def test_a_hard_link_never_brings_back_what_a_layer_deleted(store, case):
     assert _read(store, "ok", "h") == b"secret"
 
 
-@pytest.mark.parametrize("marker", ["e/.wh.x", "e/.wh..wh..opq", "zz/.wh..wh..opq", "zz/y/.wh.x",
-                                    "d/f/.wh.x"])
+@pytest.mark.parametrize("marker", ["e/.wh.x", "e/.wh..wh..opq", "e/sub/.wh.x", "d/f/.wh.x"])
 def test_a_whiteout_with_nothing_to_hide_changes_nothing(store, marker):
-    """A whiteout or opaque marker below a file, or in a folder that is nowhere, hides
-    nothing: no driver makes a folder for it (a union used to turn the file into one)."""
+    """A whiteout or opaque marker below a file hides nothing: no driver makes a folder for
+    it (a union used to turn the file into one)."""
     store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
     store.import_layer("top", "base", io.BytesIO(make_tar({marker: F(b"")})))
     assert [str(c) for c in store.changes("top")] == []
     assert _read(store, "top", "e") == b"e" and _read(store, "top", "d/f") == b"secret"
     assert store.check(["top"]) == [("top", None)]
+
+
+def _tree(store, layer_id: str) -> dict:
+    from graphdriver.testing.treeutil import snapshot
+
+    path = store.mount(layer_id)
+    try:
+        return snapshot(path, times=False, skip=["."])
+    finally:
+        store.unmount(layer_id)
+
+
+@pytest.mark.parametrize("how", ["import", "apply"])
+@pytest.mark.parametrize("parent", ["base", None], ids=["on a layer", "a base layer"])
+@pytest.mark.parametrize("marker", ["zz/y/.wh.x", "zz/.wh..wh..opq", "d/new/.wh.x", "d/new/.wh..wh..opq"])
+def test_a_marker_in_a_folder_that_is_nowhere_makes_it_as_a_file_would(store, marker, parent, how):
+    """A whiteout or opaque marker in a folder neither the archive nor a lower layer has makes
+    that folder, and those missing on its way, as a file's entry there would (Docker's and
+    containers-storage's unpackers make them too): the same tree and changes, less the file;
+    the layer passes check and gives its bytes back."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    folder = marker.rpartition("/")[0]
+    store.import_layer("file", parent, io.BytesIO(make_tar({f"{folder}/file": F(b"")})))
+    tar = make_tar({marker: F(b"")})
+    if how == "import":
+        store.import_layer("top", parent, io.BytesIO(tar))
+    else:
+        store.create("top", parent)
+        store.apply("top", io.BytesIO(tar))
+    expected = [str(c) for c in store.changes("file") if c.path != f"/{folder}/file"]
+    assert [str(c) for c in store.changes("top")] == expected
+    assert folder in expected[-1]
+    with_file = _tree(store, "file")
+    del with_file[f"{folder}/file"]
+    assert _tree(store, "top") == with_file
+    assert store.check(["top"]) == [("top", None)]
+    out = io.BytesIO()
+    store.diff("top", out, exact=True)
+    assert out.getvalue() == tar
 
 
 def test_a_whiteout_of_a_name_nothing_below_has_leaves_no_entry_in_the_view(store):

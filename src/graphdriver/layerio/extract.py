@@ -16,8 +16,9 @@ Conventions, and where this differs from a plain ``tar -x``:
   starting ``.wh..wh.`` is reserved AUFS metadata and ignored (the
   ``.wh..wh.plnk`` hardlink store is extracted to a scratch directory and
   dropped at the end so links into it work); every other ``.wh.X`` deletes
-  ``X``, so ``.wh..foo`` deletes ``.foo``.  Nothing below a whiteout name is
-  ever created.
+  ``X``, so ``.wh..foo`` deletes ``.foo``.  A marker's missing folders are
+  created as a file's are (none where a file is in the way).  Nothing below a
+  whiteout name is ever created.
 * Symlink targets are content, stored as they are.  A path never goes
   through a symlink the archive did not make (a lower layer's, or one the
   layer held before): such an entry is refused, so that a full copy (which
@@ -1132,13 +1133,15 @@ class _Extractor(Extraction):
         if name in ("", "."):
             raise ArchiveError(e.name, "whiteout without a name")
         rel = f"{parent}/{name}" if parent else name
-        if not self.overlay:
-            pfd = self._existing_dir(parent)
-            if pfd is not None:
-                self._remove(pfd, name, rel)
+        if self.overlay and self._union_dir(parent):
+            self._whiteout_device(e, parent, name, rel)
             return
-        if not self._union_dir(parent):
-            return  # nothing below it to hide: no folder made for it, as in a copy
+        pfd = self._marker_folder(e, parent)
+        if pfd is not None:
+            self._remove(pfd, name, rel)
+
+    def _whiteout_device(self, e: TarEntry, parent: str, name: str, rel: str) -> None:
+        """Overlay: hide what the lower layers show at *rel*, in folder *parent* of the view."""
         if not self._below(rel):
             # Nothing of the lower layers to hide: a whiteout device there would show in the
             # view as an entry no one can read.  What this layer put there goes, as in a copy.
@@ -1157,25 +1160,40 @@ class _Extractor(Extraction):
         self.devices.add(rel)
 
     def _opaque(self, e: TarEntry, parent: str) -> None:
+        fd = self._marker_folder(e, parent)
+        if fd is None:
+            return  # a file: nothing to hide, no folder made, as in a copy
         if not self.overlay:
-            fd = self._existing_dir(parent)
-            if fd is not None:
-                self._empty_opaque(fd, parent)
+            self._empty_opaque(fd, parent)
             return
-        if not self._union_dir(parent):
-            return  # no such folder, or a file: nothing to hide, no folder made, as in a copy
-        try:
-            fd = self._dir_fd(parent)
-        except NotADirectoryError:
-            if self._whiteout_on_the_way(parent) is None:
-                raise
-            return  # a directory this layer deleted: nothing of it is left to hide, as in a copy
         if not hidden_by(parent, self.hidden):  # else nothing of the lowers' was put there since
             self._drop_copies(parent)
         if not parent and not hidden_by("", self.hidden):
             self._hide_lower_root(e)
         self._set_opaque(e.name, fd)
         self.hidden.add(parent)
+
+    def _marker_folder(self, e: TarEntry, parent: str) -> int | None:
+        """The folder whiteout or opaque marker *e* is in, made with the folders missing on its
+        way as for a file's entry (Docker's and containers-storage's unpackers make them too).
+        None where something else than a folder is on the way: nothing there to hide."""
+        if self.overlay and not self._union_dir(parent) and not self._missing_folder(parent):
+            return None  # a lower layer's file, which the upper directory lacks
+        try:
+            return self._parent_fd(e, parent)
+        except NotADirectoryError:
+            return None
+
+    def _missing_folder(self, rel: str) -> bool:
+        """Overlay: whether the view this layer makes so far lacks folder *rel* with nothing
+        but folders on the way to where it would be (a path this layer deleted included)."""
+        for prefix in _prefixes(rel):
+            mode = self._union_mode(prefix, with_layer=True)
+            if mode is None:
+                return True
+            if not stat.S_ISDIR(mode):
+                return False
+        return False
 
     def _drop_copies(self, rel: str) -> None:
         """Overlay: remove what this archive put below directory *rel* for the lowers' sake

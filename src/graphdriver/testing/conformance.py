@@ -872,7 +872,8 @@ def _info(name: str, kind: bytes = tarfile.REGTYPE, **fields: Any) -> tarfile.Ta
 def test_what_a_deleted_directory_held_below_stays_hidden(store: Any) -> None:
     """After ``.wh.d`` the layer's new ``d`` is new: a lower symlink ``d`` does not stop it,
     folders implied below it are new ones (not the hidden lower ones' owner and mode), and
-    an opaque marker in the deleted ``d`` hides nothing more; as in a full copy."""
+    an opaque marker in the deleted ``d`` makes it again, new and empty, as a file there
+    would; as in a full copy."""
     from graphdriver.layerio.extract import IMPLIED_DIR_MODE
 
     store.import_layer("base", None, io.BytesIO(_raw_tar(
@@ -889,7 +890,10 @@ def test_what_a_deleted_directory_held_below_stays_hidden(store: Any) -> None:
     store.import_layer("symlink", "base", io.BytesIO(_raw_tar(_info(".wh.s"), _info("s/x"))))
     assert "s/x" in view(store, "symlink")
     store.import_layer("marker", "base", io.BytesIO(_raw_tar(_info(".wh.d"), _info("d/.wh..wh..opq"))))
-    assert not any(p == "d" or p.startswith("d/") for p in view(store, "marker"))
+    owner = tree["d/sub/x"]["uid"]
+    tree = view(store, "marker")
+    assert [p for p in tree if p == "d" or p.startswith("d/")] == ["d"]
+    assert (tree["d"]["mode"], tree["d"]["uid"]) == (oct(IMPLIED_DIR_MODE), owner)
 
 
 @every_driver
