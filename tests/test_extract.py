@@ -555,6 +555,16 @@ def test_whiteout_names_are_checked(dest: Path) -> None:
         extract_fake(dest, [(TarEntry(".wh.gone/child"), b"")])
 
 
+@pytest.mark.parametrize("member", [reg("d/.wh..wh..opq/f"), reg(".wh..wh..opq/f"),
+                                    reg("d/.wh..wh..opq/sub/f"), reg("d/.wh..wh..opq/.wh.x"),
+                                    dir_("d/.wh..wh..opq/sub/")], ids=lambda m: m[0].name)
+def test_entries_below_an_opaque_marker_are_refused(dest: Path, inline: bool, member: Member) -> None:
+    """As below a whiteout: the marker is no folder, so nothing can be put below it."""
+    with pytest.raises(ArchiveError, match=r"below the opaque whiteout '\.wh\.\.wh\.\.opq'"):
+        apply(dest, member, reg("g"), inline=inline)
+    assert listing(dest) == []
+
+
 @needs_root("0/0 character devices and trusted.overlay.opaque")
 def test_whiteouts_overlay_mode(tmp_path: Path, dest: Path, inline: bool) -> None:
     lower = tmp_path / "lower"

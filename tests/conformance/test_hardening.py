@@ -1417,6 +1417,32 @@ def test_a_marker_in_a_folder_that_is_nowhere_makes_it_as_a_file_would(store, ma
     assert out.getvalue() == tar
 
 
+@pytest.mark.parametrize("how", ["import", "apply"])
+@pytest.mark.parametrize("name", ["d/.wh..wh..opq/f", "d/.wh.x/f"])
+def test_an_entry_below_a_whiteout_or_an_opaque_marker_is_refused(store, name, how):
+    """Neither marker is a folder: an entry below one is refused (exit 1, one line) on every
+    driver, and leaves nothing: no layer from an import, the layer as it was from an apply."""
+    from tests.conftest import run_cli
+
+    store.import_layer("base", None, io.BytesIO(make_tar(_WHITED_BASE)))
+    imported = make_tar({"f": F(b"top")})
+    store.import_layer("top", "base", io.BytesIO(imported))
+    digest = store.layer("top").diff_digest
+    where = {"root": Path(store.root), "run_root": Path(store.run_root)}
+    args = ("import", "--parent", "base", "new", "-") if how == "import" else ("apply", "top", "-")
+    r = run_cli(*args, input=make_tar({name: F(b"x"), "g": F(b"y")}), **where)
+    marker = name.split("/")[1]
+    kind = "opaque whiteout" if marker == ".wh..wh..opq" else "whiteout"
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr.decode() == f"graphdriver: entry {name!r}: entries below the {kind} {marker!r}\n"
+    assert sorted(layer.id for layer in store.layers()) == ["base", "top"]
+    assert (store.layer("top").damaged, store.layer("top").diff_digest) == (None, digest)
+    assert _read(store, "top", "f") == b"top" and store.check(["top"]) == [("top", None)]
+    out = io.BytesIO()
+    store.diff("top", out, exact=True)
+    assert out.getvalue() == imported
+
+
 def test_a_whiteout_of_a_name_nothing_below_has_leaves_no_entry_in_the_view(store):
     """Nothing below to hide: no whiteout device, which a union would show as an entry no one
     can read; what the layer itself put there before the whiteout is deleted, as in a copy."""

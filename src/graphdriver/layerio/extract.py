@@ -18,7 +18,8 @@ Conventions, and where this differs from a plain ``tar -x``:
   dropped at the end so links into it work); every other ``.wh.X`` deletes
   ``X``, so ``.wh..foo`` deletes ``.foo``.  A marker's missing folders are
   created as a file's are (none where a file is in the way).  Nothing below a
-  whiteout name is ever created.
+  whiteout name is ever created: an entry below ``.wh.X`` or ``.wh..wh..opq``
+  is refused.
 * Symlink targets are content, stored as they are.  A path never goes
   through a symlink the archive did not make (a lower layer's, or one the
   layer held before): such an entry is refused, so that a full copy (which
@@ -745,13 +746,16 @@ class _Extractor(Extraction):
     def _below_reserved(self, e: TarEntry, parent: str) -> bool:
         """Whether to skip an entry below a ``.wh.`` directory name (AUFS metadata).
 
-        Raises for entries below a plain whiteout name: a deleted path has no children.
+        Raises for entries below a plain whiteout name (a deleted path has no children) or
+        below an opaque marker (a marker, not a folder).
         """
         for comp in parent.split("/"):
             if not comp.startswith(WHITEOUT_PREFIX):
                 continue
             if not comp.startswith(WHITEOUT_META_PREFIX):
                 raise ArchiveError(e.name, f"entries below the whiteout {comp!r}")
+            if comp == OPAQUE_WHITEOUT:
+                raise ArchiveError(e.name, f"entries below the opaque whiteout {comp!r}")
             # Hardlink targets of old AUFS layers live in /.wh..wh.plnk: keep
             # those (in a scratch directory removed at the end), skip the rest.
             return not (parent == AUFS_LINK_DIR and e.type in REGULAR_TYPES)
