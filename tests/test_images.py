@@ -682,6 +682,40 @@ def test_container_rm_takes_several_names(tmp_path):
     assert gd(tmp_path, "vfs", "container", "rm", check=False).returncode == 2
 
 
+@pytest.mark.parametrize("driver", ["vfs", "overlay"])
+@pytest.mark.parametrize("hold", ["mount", "mount-init", "child", "child-of-init"])
+def test_a_refused_container_rm_leaves_the_container_whole(tmp_path, driver, hold):
+    """A ``container rm`` refused (exit 5) marked the container as being removed, so the next
+    ``cleanup`` or ``prune`` deleted it with its data; one refused on its init layer had deleted
+    the writable layer first.  Both layers are asked first: a refusal leaves it whole, as
+    ``docker rm`` and ``podman rm`` leave it."""
+    if driver == "overlay" and os.geteuid() != 0:
+        pytest.skip("overlay mounts need root")
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, driver, "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, driver, "container", "create", "localhost/made:1", "k")
+    mnt = Path(gd(tmp_path, driver, "mount", "k").stdout.decode().strip())
+    (mnt / "data").write_bytes(b"important\n")
+    gd(tmp_path, driver, "unmount", "k")
+    undo = {"mount": ("unmount", "k"), "mount-init": ("unmount", "k-init"),
+            "child": ("remove", "kid"), "child-of-init": ("remove", "kid")}[hold]
+    if hold.startswith("mount"):
+        gd(tmp_path, driver, "mount", undo[1])
+    else:
+        gd(tmp_path, driver, "create", "kid", "--parent", "k" if hold == "child" else "k-init")
+    proc = gd(tmp_path, driver, "container", "rm", "k", check=False)
+    assert proc.returncode == 5 and proc.stderr.count(b"\n") == 1, proc.stderr
+    for repair in ("cleanup", "prune"):
+        gd(tmp_path, driver, repair)
+    listed = json.loads(gd(tmp_path, driver, "--json", "container", "ls").stdout)
+    assert [(c["name"], c.get("removing")) for c in listed] == [("k", None)]
+    assert "A /data" in gd(tmp_path, driver, "changes", "k").stdout.decode()
+    gd(tmp_path, driver, *undo)
+    gd(tmp_path, driver, "container", "rm", "k")
+    assert gd(tmp_path, driver, "container", "ls").stdout.count(b"\n") <= 1  # the heading alone
+    assert not {"k", "k-init"} & set(gd(tmp_path, driver, "layers").stdout.decode().split())
+
+
 def test_a_container_name_is_at_most_123_characters_and_a_longer_one_is_told_so(tmp_path):
     """Its init layer NAME-init is a layer id (at most 128): a longer name is refused as itself,
     not as an invalid NAME-init, and the help says the limit."""

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from graphdriver.errors import AlreadyExists, IntegrityError, InvalidArgument, NotFound, shorten
+from graphdriver.errors import AlreadyExists, IntegrityError, InvalidArgument, NotFound, Precondition, shorten
 from graphdriver.fs import atomic
 from graphdriver.ids import MAX_ID, check_id, is_valid_id
 from graphdriver.images import oci, reference
@@ -282,15 +282,35 @@ def remove(store: Store, name: str) -> None:
     with locked(lock):
         try:
             c = container(store, name)  # again: another removal may have finished it meanwhile
-            if not c.removing:  # said first: a removal killed half way is finished by cleanup
-                c.removing = True
-                atomic.write_json(_path(store, name), c.to_json())
-            for layer_id in (c.layer, c.init):  # removed on the container's behalf: its record holds them
-                if store.exists(layer_id):
-                    store.remove(layer_id, holder=container_holder(name))
+            _remove_layers(store, c, container_holder(name))
             atomic.remove_file(_path(store, name))
         finally:
             atomic.remove_file(lock)  # (while held: a waiter takes the one made after it)
+
+
+def _mark_removing(store: Store, c: Container, removing: bool) -> None:
+    c.removing = removing
+    atomic.write_json(_path(store, c.name), c.to_json())
+
+
+def _remove_layers(store: Store, c: Container, holder: str) -> None:
+    """Remove container *c*'s layers on its behalf (its record holds them), the writable one
+    first; a removal refused before any layer went leaves the container whole, as ``docker rm``
+    and ``podman rm`` leave a container they refuse."""
+    layers = [layer_id for layer_id in (c.layer, c.init) if store.exists(layer_id)]
+    if not c.removing:
+        for i, layer_id in enumerate(layers):  # mounted, or a child on either: said first
+            store.refuse_removal(layer_id, holder, going=layers[:i])
+        _mark_removing(store, c, True)  # then a removal killed half way is cleanup's to finish
+    for i, layer_id in enumerate(layers):
+        if not store.exists(layer_id):
+            continue
+        try:
+            store.remove(layer_id, holder=holder)
+        except Precondition:
+            if i == 0 and all(store.exists(x) for x in layers):  # mounted meanwhile, say:
+                _mark_removing(store, c, False)  # nothing went, so nothing is cleanup's to finish
+            raise
 
 
 def finish_removal(store: Store, name: str) -> bool:

@@ -1175,14 +1175,7 @@ class Store:
         with self._transaction(layer_id, "remove", undo="finish-later") as tx:
             if not self.records.exists(layer_id):  # removed by another process meanwhile
                 raise NotFound(f"layer {layer_id}", "no such layer")
-            children = self._dependents(layer_id)
-            if children:
-                raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
-            if self.driver.mount_count(layer_id) > 0:
-                raise Precondition(f"layer {layer_id}", "is mounted")
-            if self.records.is_applying(layer_id):
-                raise Precondition(f"layer {layer_id}", "is being applied to: an apply is under way")
-            self._refuse_held(layer_id, holder)
+            self.refuse_removal(layer_id, holder)
             tx.mark()
             try:
                 # Asked even when the layer's files cannot be resolved (a base image's
@@ -1197,6 +1190,19 @@ class Store:
                 raise
             self._forget_tarsplit(layer_id)
             tx.commit(None)
+
+    def refuse_removal(self, layer_id: str, holder: str | None = None, *, going: Sequence[str] = ()) -> None:
+        """Precondition when :meth:`remove` would refuse *layer_id* as it stands: mounted, with
+        children (other than those in *going*, removed first), being applied to, or held by an
+        image or a container other than *holder*."""
+        children = [c for c in self._dependents(layer_id) if c not in going]
+        if children:
+            raise Precondition(f"layer {layer_id}", f"has children: {', '.join(children)}")
+        if self.driver.mount_count(layer_id) > 0:
+            raise Precondition(f"layer {layer_id}", "is mounted")
+        if self.records.is_applying(layer_id):
+            raise Precondition(f"layer {layer_id}", "is being applied to: an apply is under way")
+        self._refuse_held(layer_id, holder)
 
     def _refuse_held(self, layer_id: str, holder: str | None, *, containers: bool = True) -> None:
         """Precondition while an image or (unless not *containers*) a container other than
