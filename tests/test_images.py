@@ -716,6 +716,33 @@ def test_a_refused_container_rm_leaves_the_container_whole(tmp_path, driver, hol
     assert not {"k", "k-init"} & set(gd(tmp_path, driver, "layers").stdout.decode().split())
 
 
+def test_container_rm_removes_a_container_whose_record_is_corrupt(tmp_path):
+    """A container whose record cannot be read was listed as bad by ``container ls``, yet
+    ``container rm`` said there was no such container and ``remove`` that its record held the
+    layers: nothing could remove it.  Named, it goes with its two layers (as ``remove ID`` takes
+    a layer whose record is corrupt); refused while a layer is mounted, it stays as it was."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    for name in ("ct", "other"):
+        gd(tmp_path, "vfs", "container", "create", "localhost/made:1", name)
+    record = tmp_path / "store" / "containers" / "ct.json"
+    record.write_text("{bad")
+    gd(tmp_path, "vfs", "mount", "ct-init")
+    proc = gd(tmp_path, "vfs", "container", "rm", "ct", check=False)
+    assert proc.returncode == 5 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert record.read_text() == "{bad"
+    assert {"ct", "ct-init"} <= set(gd(tmp_path, "vfs", "layers").stdout.decode().split())
+    gd(tmp_path, "vfs", "unmount", "ct-init")
+    assert gd(tmp_path, "vfs", "container", "rm", "ct").returncode == 0
+    assert not record.exists()
+    layers = set(gd(tmp_path, "vfs", "layers").stdout.decode().split())
+    assert not {"ct", "ct-init"} & layers and {"other", "other-init"} <= layers
+    listed = gd(tmp_path, "vfs", "container", "ls")
+    assert listed.stderr == b"" and b"other" in listed.stdout and b"ct " not in listed.stdout
+    gd(tmp_path, "vfs", "container", "create", "localhost/made:1", "ct")  # the name is free again
+    assert gd(tmp_path, "vfs", "container", "rm", "nothing", check=False).returncode == 3
+
+
 def test_a_container_name_is_at_most_123_characters_and_a_longer_one_is_told_so(tmp_path):
     """Its init layer NAME-init is a layer id (at most 128): a longer name is refused as itself,
     not as an invalid NAME-init, and the help says the limit."""

@@ -277,15 +277,42 @@ def remove(store: Store, name: str) -> None:
     from graphdriver.fs.locking import locked
     from graphdriver.images.holders import container_holder
 
-    container(store, name)  # not found: said before anything is made
+    _known(store, name)  # not found: said before anything is made
     lock = removal_lock(store, name)
     with locked(lock):
         try:
-            c = container(store, name)  # again: another removal may have finished it meanwhile
-            _remove_layers(store, c, container_holder(name))
+            c = _known(store, name)  # again: another removal may have finished it meanwhile
+            if isinstance(c, Container):
+                _remove_layers(store, c, container_holder(name))
+            else:
+                _remove_unreadable(store, name, f"the unreadable {c.what}")
             atomic.remove_file(_path(store, name))
         finally:
             atomic.remove_file(lock)  # (while held: a waiter takes the one made after it)
+
+
+def _known(store: Store, name: str) -> Container | IntegrityError:
+    """Container *name*, or what is wrong with its record when it cannot be read (its layers,
+    named by its file, are still its own); NotFound when there is neither."""
+    found, unreadable = scan_by_name(store)
+    for c in found:
+        if c.name == name:
+            return c
+    if name in unreadable:
+        return unreadable[name]
+    raise NotFound(f"container {shorten(name)!r}", "no such container")
+
+
+def _remove_unreadable(store: Store, name: str, holder: str) -> None:
+    """Remove the layers of container *name* whose record cannot be read, as ``remove ID``
+    removes a layer whose record is corrupt: the user named it.  Its file name says which
+    layers are its; a refusal of either comes before any goes."""
+    layers = [layer_id for layer_id in (name, name + INIT_SUFFIX) if store.exists(layer_id)]
+    for i, layer_id in enumerate(layers):
+        store.refuse_removal(layer_id, holder, going=layers[:i])
+    for layer_id in layers:
+        if store.exists(layer_id):
+            store.remove(layer_id, holder=holder)
 
 
 def _mark_removing(store: Store, c: Container, removing: bool) -> None:
