@@ -796,9 +796,41 @@ def test_container_ls_shows_the_image_by_the_name_it_was_made_from(tmp_path):
         lines = gd(tmp_path, "vfs", "container", "ls").stdout.decode().splitlines()[1:]
         return {line.split()[0]: line.split()[1] for line in lines}
 
-    assert shown() == {"by-name": "localhost/web:2", "by-id": "localhost/web:1"}
+    # Made from its id: the short id, as docker ps shows it, not whichever name sorts first.
+    assert shown() == {"by-name": "localhost/web:2", "by-id": image_id[7:19]}
     gd(tmp_path, "vfs", "image", "rm", "localhost/web:2")  # the name goes; the image stays
-    assert shown() == {"by-name": "localhost/web:1", "by-id": "localhost/web:1"}
+    assert shown() == {"by-name": image_id[7:19], "by-id": image_id[7:19]}
+
+
+def test_container_ls_shows_the_short_id_once_the_name_it_was_made_from_names_another_image(tmp_path):
+    """As ``docker ps``: the name a container was made from is shown only while it still
+    resolves to the container's image; once a load or ``image tag`` moved it to another
+    image, the image's short id is shown (not the name, nor another name the image has), in
+    the table and as ``image_name`` in JSON, and the name again once it comes back."""
+    oci_layout(tmp_path / "old", [LAYER1], name="localhost/web:1")
+    oci_layout(tmp_path / "new", [LAYER1, LAYER2], name="localhost/web:1")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "old"))
+    old = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/web:1").stdout)["Id"]
+    gd(tmp_path, "vfs", "image", "tag", "localhost/web:1", "localhost/other:1")
+    gd(tmp_path, "vfs", "container", "create", "localhost/web:1", "c")
+
+    def shown() -> tuple[str, dict[str, Any]]:
+        line = gd(tmp_path, "vfs", "container", "ls").stdout.decode().splitlines()[1]
+        [listed] = json.loads(gd(tmp_path, "vfs", "--json", "container", "ls").stdout)
+        return line.split()[1], listed
+
+    row, listed = shown()
+    assert row == listed["image_name"] == "localhost/web:1" and listed["image"] == old
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "new"))  # the name moves to another image
+    new = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/web:1").stdout)["Id"]
+    row, listed = shown()
+    assert row == listed["image_name"] == old[7:19] and listed["image"] == old
+    gd(tmp_path, "vfs", "image", "tag", "localhost/other:1", "localhost/web:1")  # back again
+    row, listed = shown()
+    assert row == listed["image_name"] == "localhost/web:1"
+    gd(tmp_path, "vfs", "image", "tag", new, "localhost/web:1")  # moved by image tag
+    row, listed = shown()
+    assert row == listed["image_name"] == old[7:19]
 
 
 def test_names_resolve_as_docker_resolves_them(tmp_path):

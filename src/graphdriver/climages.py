@@ -275,19 +275,12 @@ def container_rm(store: Store, args: Args) -> int:
 
 def container_ls(store: Store, args: Args) -> int:
     found, bad = ctrs.scan(store)
+    shown = ctrs.shown_images(store, found)  # the IMAGE column, and ``image_name`` in JSON
     if args.json:
-        _out(jsonio.show([c.to_json() for c in found]))
+        _out(jsonio.show([{**c.to_json(), "image_name": shown[c.name]} for c in found]))
     else:
-        names = {r.id: [*r.names, *r.digests] for r in manage.images(store)}
-
-        def image(c: ctrs.Container) -> str:
-            # The name it was made from while the image still has it (as docker ps; a
-            # ``repo@sha256:...`` it was pulled by too), else its first name, else its short id.
-            held = names.get(c.image, [])
-            return c.image_name if c.image_name in held else (held[0] if held else c.image[7:19])
-
         rows = [["NAME", "IMAGE", "CREATED"]]
-        rows += [[c.name, image(c), _utc(c.created)] for c in found]
+        rows += [[c.name, shown[c.name], _utc(c.created)] for c in found]
         _table(rows)
     for error in bad:  # named, not fatal, as a corrupt image or layer record
         sys.stderr.write(f"{PROG}: {error}\n")

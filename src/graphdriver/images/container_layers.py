@@ -20,7 +20,15 @@ import tarfile
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from graphdriver.errors import AlreadyExists, IntegrityError, InvalidArgument, NotFound, Precondition, shorten
+from graphdriver.errors import (
+    AlreadyExists,
+    GraphDriverError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Precondition,
+    shorten,
+)
 from graphdriver.fs import atomic
 from graphdriver.ids import MAX_ID, check_id, is_valid_id
 from graphdriver.images import oci, reference
@@ -106,6 +114,31 @@ def scan_by_name(store: Store) -> tuple[list[Container], dict[str, IntegrityErro
         except (ValueError, KeyError, TypeError) as e:
             bad[n.removesuffix(".json")] = IntegrityError(f"container record {n}", f"malformed: {e}")
     return out, bad
+
+
+def shown_images(store: Store, found: list[Container]) -> dict[str, str]:
+    """The image ``container ls`` shows for each container of *found* (by its name), as
+    ``docker ps`` shows it: the name the container was made from while that name still
+    resolves to the container's image, else the image's short id (12 hex digits).  A name
+    that moved to another image (a load, pull, tag or commit) or is gone shows the id."""
+    images = ImageStore(store.root)
+    resolved: dict[str, str | None] = {}  # each name given, looked up once
+    shown = {}
+    for c in found:
+        if c.image_name and c.image_name not in resolved:
+            resolved[c.image_name] = _resolved_id(images, c.image_name)
+        still = bool(c.image_name) and resolved[c.image_name] == c.image
+        shown[c.name] = c.image_name if still else c.image[7:19]
+    return shown
+
+
+def _resolved_id(images: ImageStore, name: str) -> str | None:
+    """The id of the image *name* resolves to now; None when it resolves to none (not found,
+    ambiguous, or unknown while a record is unreadable)."""
+    try:
+        return images.resolve(name).id
+    except GraphDriverError:
+        return None
 
 
 def container(store: Store, name: str) -> Container:
