@@ -436,6 +436,95 @@ def test_image_ls_shows_times_in_utc(tmp_path):
     assert "2019-12-31 23:30:00" in row, row
 
 
+def _docker_archive(path: Path, config: dict, layers: list[bytes]) -> None:
+    """A docker-archive at *path* of one image, localhost/x:1, of *config* and *layers*."""
+    import io
+    import tarfile
+
+    data = json.dumps(config).encode()
+    files = {f"{i}.tar": layer for i, layer in enumerate(layers)}
+    files["config.json"] = data
+    files["manifest.json"] = json.dumps([{"Config": "config.json", "RepoTags": ["localhost/x:1"],
+                                          "Layers": [f"{i}.tar" for i in range(len(layers))]}]).encode()
+    with tarfile.open(path, "w") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+
+
+def _config(layers: list[bytes]) -> dict:
+    """A sound image config of *layers*, with every field the store reads."""
+    return {"architecture": "amd64", "os": "linux", "variant": "v2", "created": "2020-01-02T03:04:05Z",
+            "config": {"Env": ["A=1"]}, "history": [{"created": "2020-01-02T03:04:05Z", "created_by": "x"}],
+            "rootfs": {"type": "layers", "diff_ids": [oci.sha256_digest(x) for x in layers]}}
+
+
+@pytest.mark.parametrize("field, value, told", [
+    ("created", "yesterday", "the image config's created is not an RFC 3339 date-time: \"yesterday\""),
+    ("created", "2020-01-02 03:04:05Z", "the image config's created is not an RFC 3339 date-time"),
+    ("created", "2020-01-02T03:04:05", "the image config's created is not an RFC 3339 date-time"),
+    ("created", "2021-02-29T03:04:05Z", "the image config's created is not an RFC 3339 date-time"),
+    ("created", 1577934245, "the image config's created is not an RFC 3339 date-time: 1577934245"),
+    ("architecture", 64, "the image config's architecture is not a string: 64"),
+    ("os", ["linux"], "the image config's os is not a string"),
+    ("variant", {"v": 8}, "the image config's variant is not a string"),
+    ("config", ["A=1"], "the image config's config is not an object"),
+    ("history", {"created_by": "x"}, "the image config's history is not a list of objects"),
+    ("history", ["x"], "the image config's history is not a list of objects"),
+    ("history.0.created", "today", "the image config's history[0].created is not an RFC 3339 date-time"),
+    ("rootfs.type", "tar", "the image config's rootfs.type is not \"layers\": \"tar\""),
+    ("rootfs.type", None, "the image config's rootfs.type is not \"layers\": null"),
+    ("rootfs.diff_ids", "sha256:" + "a" * 64, "the image config has no rootfs.diff_ids"),
+])
+def test_an_image_config_field_of_the_wrong_kind_is_corrupt_and_leaves_nothing(tmp_path, field, value, told):
+    """As skopeo refuses such a config: a field the store reads that is not of its kind (a
+    ``created`` that is no RFC 3339 date-time) is a corrupt image, one line and exit 6, and
+    the load leaves no record, no layer and no blob; the same archive with a sound config loads."""
+    layers = [LAYER1, LAYER2]
+    config = _config(layers)
+    *parents, last = field.split(".")
+    part: dict | list = config
+    for key in parents:
+        part = part[int(key)] if isinstance(part, list) else part[key]
+    part[int(last) if isinstance(part, list) else last] = value  # type: ignore[index]
+    _docker_archive(tmp_path / "bad.tar", config, layers)
+    err = one_line_error(gd(tmp_path, "image", "load", str(tmp_path / "bad.tar"), check=False), 6)
+    assert err.startswith("graphdriver: image sha256:") and told in err, err
+    assert gd(tmp_path, "layers").stdout == b""
+    assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
+    assert not any(files for _, _, files in os.walk(tmp_path / "store" / "images"))
+    assert gd(tmp_path, "cleanup").stdout == b""
+    _docker_archive(tmp_path / "good.tar", _config(layers), layers)
+    assert gd(tmp_path, "image", "load", str(tmp_path / "good.tar")).stdout == b"localhost/x:1\n"
+
+
+@pytest.mark.parametrize("created", ["2020-01-02t03:04:05z", "2020-02-29T23:59:60.123456789-07:30",
+                                     "0001-01-01T00:00:00Z", None])
+def test_an_image_config_created_in_any_rfc_3339_form_loads(tmp_path, created):
+    """RFC 3339 takes ``t`` and ``z`` in either case, fractions, offsets and a leap second; a
+    null or missing ``created`` is an image that does not say when it was made."""
+    config = _config([LAYER1])
+    config["created"] = created
+    if created is None:
+        del config["history"]
+    _docker_archive(tmp_path / "in.tar", config, [LAYER1])
+    gd(tmp_path, "image", "load", str(tmp_path / "in.tar"))
+    assert inspect(tmp_path, "localhost/x:1")["Created"] == created
+
+
+def test_is_rfc3339_checks_the_grammar_and_the_calendar():
+    for good in ("2020-01-02T03:04:05Z", "2001-02-03T04:05:06.789Z", "2020-01-01T01:30:00+02:00",
+                 "2024-02-29T00:00:00z", "2016-12-31T23:59:60Z"):
+        assert oci.is_rfc3339(good), good
+    for bad in ("", "2020-01-02", "2020-01-02T03:04Z", "2020-01-02T03:04:05", "2020-01-02 03:04:05Z",
+                "2020-01-02T03:04:05.Z", "2023-02-29T00:00:00Z", "2020-13-01T00:00:00Z",
+                "2020-01-00T00:00:00Z", "2020-01-01T24:00:00Z", "2020-01-01T00:60:00Z",
+                "2020-01-01T00:00:00+24:00", "2020-01-01T00:00:00+0200", "\uff12020-01-01T00:00:00Z",
+                "2020-01-01T00:00:00Z\n"):
+        assert not oci.is_rfc3339(bad), bad
+
+
 def test_one_image_with_two_manifests_keeps_each_repositorys(tmp_path):
     """The same image (one config) loaded twice with other layer blobs: each repository keeps
     the manifest its names came with, for save, inspect and lookup by digest; removing the

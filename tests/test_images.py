@@ -1254,7 +1254,7 @@ def test_an_archive_whose_second_image_fails_tells_the_first_it_stored(tmp_path)
     for name, layers, diff_ids in (("localhost/first:1", ["one.tar"], [sha256(LAYER1)]),
                                    ("localhost/second:1", ["one.tar", "two.tar"],
                                     [sha256(LAYER1), sha256(b"not the layer")])):
-        config = json.dumps({"architecture": "amd64", "os": "linux", "created": name,
+        config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2020-01-02T03:04:05Z",
                              "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
         files[sha256(config)[7:] + ".json"] = config
         entries.append({"Config": sha256(config)[7:] + ".json", "RepoTags": [name], "Layers": layers})

@@ -826,6 +826,24 @@ def test_a_pull_checks_the_platform_of_an_image_without_an_index(tmp_path, regis
     assert gd(tmp_path, "image", "pull", ref, "--insecure", "--platform", "linux/amd64").returncode == 0
 
 
+def test_a_pull_of_an_image_whose_config_is_corrupt_is_refused_before_any_layer(tmp_path, registry):
+    """A config whose ``created`` is no RFC 3339 date-time (skopeo refuses it) is a corrupt
+    image, as for ``image load``: one line, exit 6, and nothing stored."""
+    from graphdriver.images import oci
+
+    digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2], created="yesterday")
+    blobs = tmp_path / "in" / "blobs" / "sha256"
+    for blob in blobs.iterdir():
+        if blob.name != digest[7:]:
+            put_blob(registry.host, "bad", blob.read_bytes())
+    put_manifest(registry.host, "bad:1", (blobs / digest[7:]).read_bytes(), oci.OCI_MANIFEST)
+    proc = gd(tmp_path, "image", "pull", f"{registry.host}/bad:1", "--insecure", check=False)
+    assert proc.returncode == 6 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"the image config's created is not an RFC 3339 date-time" in proc.stderr
+    assert gd(tmp_path, "layers").stdout == b""
+    assert not any(files for _, _, files in os.walk(tmp_path / "store" / "images"))
+
+
 def test_tls_to_a_plain_http_registry_fails_at_once_and_says_why(tmp_path, registry):
     proc = gd(tmp_path, "image", "pull", f"{registry.host}/made:1", check=False)
     assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr

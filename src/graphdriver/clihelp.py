@@ -172,7 +172,8 @@ DOCS: dict[str, Doc] = {
                        3: "no such file, or no image for the platform",
                        5: "a layer (a container's, or one made otherwise) has the id of one of the "
                           "image's layers",
-                       6: "a digest or DiffID does not match, or the archive is corrupt or truncated",
+                       6: "a digest or DiffID does not match, the archive is corrupt or truncated, or "
+                          "a field of the image config is not of its kind (a created that is no RFC 3339 time)",
                        7: "a Docker schema 1 image, an artifact, an image of the other system (Windows "
                           "layers go to windowsfilter alone), or an archive this user may not read"}),
     "image save": Doc("images", "Writes an image as a docker-archive (default), an oci-archive or an OCI layout "
@@ -202,7 +203,8 @@ DOCS: dict[str, Doc] = {
                        3: "no such image, or none for the platform",
                        5: "a layer (a container's, or one made otherwise) has the id of one of the "
                           "image's layers",
-                       6: "a digest does not match",
+                       6: "a digest does not match, or a field of the image config is not of its kind "
+                          "(a created that is no RFC 3339 time)",
                        7: "a Docker schema 1 image, an artifact, or an image of the other system"}),
     "image push": Doc("images", "Pushes an image to a registry, to REF (without it, to NAME, which must "
                       "then be a name of the image, as docker push NAME): blobs it has are skipped, blobs "

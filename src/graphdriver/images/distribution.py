@@ -82,11 +82,11 @@ def _pull(store: Store, images: ImageStore, ref: reference.Reference, insecure: 
         config_desc, layer_descs = oci.manifest_parts(oci.load_json(data, f"manifest of {ref}"),
                                                       f"image {ref}")
         config = reg.blob_bytes(config_desc)
+        parsed = oci.load_json(config, f"config of {ref}")
+        diff_ids = oci.checked_config(parsed, f"image {ref}")  # a corrupt one before anything else
         if chosen is None or not chosen.platform:  # no index chose it by its platform: its config says
             check_platform(config, platform, f"image {ref}")
-        parsed = oci.load_json(config, f"config of {ref}")
         check_os(store, parsed, f"image {ref}")  # before any layer
-        diff_ids = oci.diff_ids_of(parsed, str(ref))
         # Marked from the first blob on (not before: a pull that fails to reach the registry
         # leaves nothing in a new store).
         with Pending(images, f"pull {ref}"):

@@ -136,7 +136,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
     image_id = oci.sha256_digest(src.config)
     what = f"image {image_id[:19]}"
     config = oci.load_json(src.config, f"{what}: config")
-    diff_ids = oci.diff_ids_of(config, what)
+    diff_ids = oci.checked_config(config, what)  # a wrong field: corrupt, before anything is made
     if len(src.layers) != len(diff_ids):
         raise IntegrityError(what, f"{len(src.layers)} layers but {len(diff_ids)} diff_ids in the config")
     check_os(store, config, what)

@@ -7,10 +7,13 @@ media types; both are read, OCI is written where we make a manifest.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphdriver.errors import IntegrityError, InvalidArgument, Unsupported, shorten
 from graphdriver.images.reference import check_digest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -201,6 +204,74 @@ def diff_ids_of(config: dict[str, Any], what: str) -> list[str]:
         except InvalidArgument as e:
             raise IntegrityError(what, str(e)) from e
     return list(ids)
+
+
+def checked_config(config: dict[str, Any], what: str) -> list[str]:
+    """An image config's ``rootfs.diff_ids`` (:func:`diff_ids_of`), once the fields read from it
+    are found of their types, as Go's decoder (Docker's, skopeo's) reads them: ``created`` (and
+    each history entry's) an RFC 3339 date-time, ``architecture``, ``os`` and ``variant``
+    strings, ``rootfs.type`` ``layers``, ``history`` a list of objects, ``config`` an object.
+    A field left out (or null) is not checked; a wrong one is a corrupt image
+    (:class:`IntegrityError`)."""
+    _check_fields(config, "", (("created", "an RFC 3339 date-time"), ("architecture", "a string"),
+                               ("os", "a string"), ("variant", "a string"), ("config", "an object"),
+                               ("history", "a list of objects")), what)
+    for i, entry in enumerate(_key(config, "history") or []):
+        _check_fields(entry, f"history[{i}].", (("created", "an RFC 3339 date-time"),), what)
+    diff_ids = diff_ids_of(config, what)
+    kind = _key(_key(config, "rootfs"), "type")
+    if kind != "layers":
+        raise IntegrityError(what, f'the image config\'s rootfs.type is not "layers": {_shown(kind)}')
+    return diff_ids
+
+
+def _check_fields(value: dict[str, Any], prefix: str, fields: tuple[tuple[str, str], ...], what: str) -> None:
+    """:func:`checked_config`'s check of the *fields* of *value* (a part of the config named by
+    *prefix*): each ``(name, what it must be)``."""
+    for name, wanted in fields:
+        field = _key(value, name)
+        if field is None:
+            continue
+        if not _FIELD_KINDS[wanted](field):
+            raise IntegrityError(what, f"the image config's {prefix}{name} is not {wanted}: {_shown(field)}")
+
+
+#: What a config field must be (as :func:`checked_config` words it), and the check of it.
+_FIELD_KINDS: dict[str, Callable[[Any], bool]] = {
+    "an RFC 3339 date-time": lambda v: isinstance(v, str) and is_rfc3339(v),
+    "a string": lambda v: isinstance(v, str),
+    "an object": lambda v: isinstance(v, dict),
+    "a list of objects": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+}
+
+
+def _shown(value: Any) -> str:
+    """A config field's value as JSON, cut short, for a message."""
+    import json
+
+    return shorten(json.dumps(value), 80)
+
+
+#: RFC 3339's date-time: full-date "T" full-time, "T" and "Z" in either case.
+_RFC3339 = (r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.\d+)?"
+            r"(?:[Zz]|[+-](\d\d):(\d\d))")
+
+
+def is_rfc3339(text: str) -> bool:
+    """Whether *text* is an RFC 3339 date-time (``2006-01-02T15:04:05.999Z``, ``...+07:00``):
+    its grammar, and a day of its month, an hour, minute and second of a day (60: a leap
+    second), an offset of less than a day."""
+    import calendar
+    import re
+
+    m = re.fullmatch(_RFC3339, text, re.ASCII)
+    if m is None:
+        return False
+    year, month, day, hour, minute, second = (int(x) for x in m.groups()[:6])
+    off_hour, off_minute = (int(x or 0) for x in m.groups()[6:])
+    if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return False
+    return hour <= 23 and minute <= 59 and second <= 60 and off_hour <= 23 and off_minute <= 59
 
 
 def _key(value: dict[str, Any], name: str) -> Any:
