@@ -1325,6 +1325,11 @@ def test_the_look_for_closed_folders_is_only_for_outputs_that_cannot_be_taken_ba
         (["--tls-verify", "false", "r/x:1"], "false", "r/x:1"),
         (["--tls-verify", "true", "r/x:1"], "true", "r/x:1"),
         (["r/x:1"], None, "r/x:1"),
+        # Every spelling of Go's strconv.ParseBool, as podman takes them.
+        *((["--tls-verify=" + w, "r/x:1"], w, "r/x:1")
+          for w in ("1", "t", "T", "TRUE", "True", "0", "f", "F", "FALSE", "False")),
+        (["--tls-verify", "F", "r/x:1"], "F", "r/x:1"),
+        (["r/x:1", "--tls-verify", "0"], "0", "r/x:1"),
     ],
 )
 def test_tls_verify_stands_alone_or_takes_a_value(argv, verify, ref):
@@ -1334,11 +1339,31 @@ def test_tls_verify_stands_alone_or_takes_a_value(argv, verify, ref):
     assert (args.tls_verify, args.ref) == (verify, ref)
 
 
-def test_tls_verify_takes_only_true_or_false(root):
-    r = cli(root, "image", "pull", "--tls-verify=maybe", "r/x:1")
-    assert r.returncode == 2
-    assert r.stderr.decode().startswith("graphdriver: option --tls-verify 'maybe': choose true or false")
+@pytest.mark.parametrize("value", ["maybe", "yes", "no", "on", "tRUE", "FaLsE", "2", "", " true"])
+def test_tls_verify_takes_only_the_spellings_of_true_or_false(root, value):
+    """Go's strconv.ParseBool's spellings (podman's), and nothing else: a usage error naming them."""
+    r = cli(root, "image", "push", "localhost/x:1", f"--tls-verify={value}")
+    assert r.returncode == 2 and r.stderr.count(b"\n") == 1, r.stderr
+    told = f"graphdriver: option --tls-verify {value!r}: choose true, false, 1, 0, t, f, T, F, TRUE, FALSE, "
+    assert r.stderr.decode().startswith(told + "True or False"), r.stderr
     assert not root.exists()
+
+
+@pytest.mark.parametrize("verify, insecure", [(w, False) for w in ("true", "1", "t", "T", "TRUE", "True")]
+                         + [(w, True) for w in ("false", "0", "f", "F", "FALSE", "False")] + [(None, False)])
+def test_tls_verify_false_in_any_spelling_is_insecure(verify, insecure):
+    from graphdriver.cliargs import UsageError, parse
+    from graphdriver.climages import _insecure
+
+    for command in (["image", "pull", "r/x:1"], ["image", "push", "r/x:1"]):
+        args = parse([*command, *([f"--tls-verify={verify}"] if verify is not None else [])])
+        assert _insecure(args) is insecure
+        with_insecure = parse([*command, "--insecure", *([f"--tls-verify={verify}"] if verify else [])])
+        if insecure or verify is None:
+            assert _insecure(with_insecure) is True
+        else:  # --insecure and a true spelling contradict each other
+            with pytest.raises(UsageError, match=f"--insecure and --tls-verify={verify} contradict"):
+                _insecure(with_insecure)
 
 
 @pytest.mark.parametrize("names", [["./a", "a/b", "a"], ["a", "./a"], ["a/", "a"]])

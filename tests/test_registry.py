@@ -908,6 +908,23 @@ def test_insecure_skips_the_certificate_check_of_an_https_registry(tmp_path, tls
     assert b"not trusted" in refused.stderr and b"certs.d" in refused.stderr
 
 
+def test_tls_verify_takes_gos_spellings_of_true_and_false(tmp_path, tls_registry):
+    """As podman reads --tls-verify (Go's strconv.ParseBool): 0, f, F, FALSE, False are false
+    (https without checking the certificate), 1, t, T, TRUE, True are true (checked)."""
+    reg, _ = tls_registry
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    dest = f"{reg.host}/made:1"
+    gd(tmp_path, "image", "push", "localhost/made:1", dest, "--tls-verify=F")
+    for i, word in enumerate(("0", "f", "FALSE", "False")):
+        other = tmp_path / f"other-{i}"
+        other.mkdir()
+        assert gd(other, "image", "pull", dest, "--tls-verify", word).stdout.decode().strip() == dest
+    for word in ("1", "t", "T", "TRUE", "True"):
+        refused = gd(tmp_path, "image", "push", "localhost/made:1", dest, f"--tls-verify={word}", check=False)
+        assert refused.returncode == 1 and b"not trusted" in refused.stderr, refused.stderr
+
+
 def test_a_registry_ca_in_certs_d_is_trusted(tmp_path, tls_registry, monkeypatch):
     """The CA certificates of a registry's folder in podman's certs.d (the user's, as rootless
     podman reads it) and Docker's (HOST:PORT/ca.crt) are trusted besides the default ones."""

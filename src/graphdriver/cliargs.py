@@ -94,8 +94,12 @@ _LAYER_MAPS = (
 )
 
 _INSECURE = "https without checking the certificate, or plain http (a local registry)"
-_TLS_VERIFY = ("false: as --insecure (podman's spelling); true, or the flag alone: check the "
-               "certificate (the default)")
+_TLS_VERIFY = ("false (or 0, f, F, FALSE, False): as --insecure (podman's spelling); true (or 1, t, T, "
+               "TRUE, True), or the flag alone: check the certificate (the default)")
+#: The spellings of true and false ``--tls-verify`` takes: Go's strconv.ParseBool's, as podman reads them.
+TRUE_WORDS = ("true", "1", "t", "T", "TRUE", "True")
+FALSE_WORDS = ("false", "0", "f", "F", "FALSE", "False")
+_BOOL_WORDS = tuple(w for pair in zip(TRUE_WORDS, FALSE_WORDS, strict=True) for w in pair)
 
 GLOBAL_OPTIONS = (
     Option("--root", "the store (default $GRAPHDRIVER_ROOT, else /var/lib/graphdriver for root, else "
@@ -168,13 +172,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             Option("--format", "docker-archive, oci-archive or oci", metavar="FORMAT")),
     Command("image pull", "REF", "pull an image from a registry (OCI distribution API); prints its name",
             Option("--insecure", _INSECURE),
-            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"), bare="true"),
+            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=_BOOL_WORDS, bare="true"),
             Option("--platform", "the os/arch to take from a multi-platform index (default: this "
                                  "machine's)", metavar="OS/ARCH")),
     Command("image push", "NAME [REF]", "push an image to a registry (to REF, default NAME); prints the "
             "manifest digest",
             Option("--insecure", _INSECURE),
-            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=("true", "false"), bare="true")),
+            Option("--tls-verify", _TLS_VERIFY, metavar="BOOL", choices=_BOOL_WORDS, bare="true")),
     Command("image ls", "", "list the images: repository, tag, id, created, layers"),
     Command("image inspect", "NAME", "the image as JSON: id, names, digests, layers with DiffIDs "
             "and chain ids, the config"),

@@ -66,10 +66,14 @@ def _reporter(args: Args) -> Callable[[str], None]:
 
 
 def _insecure(args: Args) -> bool:
-    """``--insecure``, or podman's ``--tls-verify=false``; both at once contradict (exit 2)."""
-    if args.insecure and args.tls_verify == "true":
-        raise UsageError("--insecure and --tls-verify=true contradict each other", args.command)
-    return args.insecure or args.tls_verify == "false"
+    """``--insecure``, or podman's ``--tls-verify=false`` (or another of Go's spellings of false,
+    ``0``, ``f``, ...); ``--insecure`` with a true one contradicts it (exit 2)."""
+    from graphdriver.cliargs import FALSE_WORDS
+
+    verify = args.tls_verify is not None and args.tls_verify not in FALSE_WORDS
+    if args.insecure and verify:
+        raise UsageError(f"--insecure and --tls-verify={args.tls_verify} contradict each other", args.command)
+    return args.insecure or args.tls_verify in FALSE_WORDS
 
 
 def image_pull(store: Store, args: Args) -> int:
