@@ -895,6 +895,47 @@ images.load(store, {str(tmp_path / 'in')!r})
     assert not any((tmp_path / "store/images/blobs/sha256").iterdir())
 
 
+@pytest.mark.parametrize("after", ["init", "writable"])
+def test_a_container_create_killed_half_way_can_be_run_again(tmp_path, after):
+    """A ``container create`` killed after it made a layer left that layer in the way: run
+    again, it said ``a layer t2-init exists`` (exit 4) until ``cleanup`` was run by hand, while
+    ``container rm`` said there was no such container.  Run again, it now undoes what the dead
+    one left, as a load run again after its kill finds its way."""
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    kill_at = "t2-init" if after == "init" else "t2"
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT / 'src')!r})
+import graphdriver
+from graphdriver.images import container_layers
+from graphdriver.store.layers import Store
+real_init, real_create = container_layers._make_init, Store.create
+def init_then_die(*args):
+    real_init(*args)
+    if {after!r} == "init":
+        os._exit(9)  # killed right after the init layer is made
+def create_then_die(self, layer_id, *args, **kw):
+    record = real_create(self, layer_id, *args, **kw)
+    if layer_id == "t2":
+        os._exit(9)  # killed right after the writable layer is made, before the record
+    return record
+container_layers._make_init, Store.create = init_then_die, create_then_die
+store = graphdriver.open_store({str(tmp_path / 'store')!r}, run_root={str(tmp_path / 'run')!r}, driver="vfs")
+container_layers.create(store, "localhost/made:1", "t2")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == 9
+    assert kill_at in gd(tmp_path, "vfs", "layers").stdout.decode().split()
+    again = gd(tmp_path, "vfs", "container", "create", "localhost/made:1", "t2", check=False)
+    assert (again.returncode, again.stdout, again.stderr) == (0, b"t2\n", b"")
+    listed = json.loads(gd(tmp_path, "vfs", "--json", "container", "ls").stdout)
+    assert [c["name"] for c in listed] == ["t2"]
+    assert gd(tmp_path, "vfs", "cleanup").stdout == b""  # nothing left for it
+    gd(tmp_path, "vfs", "container", "rm", "t2")
+    assert len(gd(tmp_path, "vfs", "layers").stdout.split()) == 1  # the image's layer alone
+
+
 def test_an_image_of_the_other_system_is_refused_and_leaves_nothing(tmp_path):
     """As Docker refuses an image whose os is not its own: Windows layers go to windowsfilter
     alone, Linux ones never to it (exit 7, one line, no layer made)."""

@@ -157,6 +157,10 @@ def create(store: Store, image_name: str, name: str, *, size: str | None = None)
     given = str(reference.parse(image_name)) if by_name else ""  # shown by ``container ls``
     if os.path.exists(_path(store, name)):
         raise AlreadyExists(f"container {name}", "already exists")
+    if store.exists(name) or store.exists(init):
+        from graphdriver.images.recovery import undo_dead
+
+        undo_dead(store, f"container {name}")  # what a killed create of this name left
     for layer_id in (name, init):
         if store.exists(layer_id):
             raise AlreadyExists(f"container {name}", f"a layer {layer_id} exists")

@@ -60,6 +60,23 @@ def cleanup(store: Store) -> list[str]:
     return done
 
 
+def undo_dead(store: Store, what: str) -> list[str]:
+    """Undo the work *what* (``container NAME``) that died half way, as ``cleanup`` would:
+    a command run again after its kill then finds nothing of it in its way."""
+    images = ImageStore(store.root)
+    done: list[str] = []
+    for path in _markers(images):
+        if is_held(path + ".lock"):
+            continue
+        try:
+            dead = atomic.read_json(path).get("what") == what
+        except (OSError, ValueError, AttributeError):
+            continue
+        if dead:
+            done += _undo(store, path)
+    return done
+
+
 def _undo(store: Store, path: str) -> list[str]:
     from graphdriver.images.manage import used_layers
 
