@@ -125,9 +125,11 @@ def denied(err: BaseException) -> bool:
 
 
 def _let_go(err: BaseException) -> None:
-    """Drop the locals of the frames *err*'s chain holds (streams, threads of a failed run)."""
+    """Drop the frames *err*'s chain holds, and their locals (streams, threads of a failed
+    run): a frame of a nested function holds that function, and with it what it closes over."""
     import traceback
 
     for e in _chain(err):
         if e.__traceback__ is not None:
             traceback.clear_frames(e.__traceback__)
+            e.__traceback__ = None
