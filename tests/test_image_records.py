@@ -909,3 +909,74 @@ def test_the_lock_file_of_a_load_killed_before_or_after_its_marker_is_removed_by
     assert gd(tmp_path, "cleanup").stdout == b"removed the lock file fedcba9876543210.json.lock of" \
         b" an interrupted load, pull or removal\n"
     assert gd(tmp_path, "cleanup").stdout == b""
+
+
+# ----- a name moving from one image to another, killed at every step --------------------------------
+
+_KILLED_AT_A_WRITE = """
+import os, sys
+sys.path.insert(0, {src!r})
+from graphdriver import cli
+images, writes = {images!r}, [0]
+def dying(real):
+    def rename(src, dst, *args, **kw):
+        if os.path.abspath(dst).startswith(images):
+            writes[0] += 1
+            if writes[0] == {n}:
+                os._exit(9)  # killed just before this write into the image store lands
+        return real(src, dst, *args, **kw)
+    return rename
+os.replace, os.rename = dying(os.replace), dying(os.rename)
+sys.exit(cli.main({args!r}))
+"""
+
+
+def _named(root: Path, name: str) -> tuple[list[str], set[str], set[str]]:
+    """The ids of the images named *name*, of every image with a name, and of every image."""
+    from tests.conftest import run_cli
+
+    listed = json.loads(run_cli("image", "ls", "--json", root=root, driver="vfs", check=True).stdout)
+    return ([i["id"] for i in listed if name in i["names"]], {i["id"] for i in listed if i["names"]},
+            {i["id"] for i in listed})
+
+
+@pytest.mark.parametrize("move", ["tag", "load", "commit"])
+def test_a_name_moving_to_another_image_killed_at_any_step_keeps_one_image(tmp_path, move):
+    """`image tag`, `image load` and `container commit` take a name from the image that has it:
+    killed at any write, the name stays with one image, the old one or the new one, the same
+    before and after cleanup, and prune (which removes unnamed images) never removes the old
+    image while it has the name."""
+    import shutil
+
+    from tests.conftest import run_cli
+
+    name = "localhost/a:1"
+    template = tmp_path / "template" / "store"
+    a, b = two_images(template.parent)
+    run_cli("container", "create", "localhost/b:1", "c", root=template, driver="vfs", check=True)
+    oci_layout(tmp_path / "new", [make_tar({"srv/new": F(b"new\n")})], name=name)
+    args = {"tag": ["image", "tag", "localhost/b:1", name],
+            "load": ["image", "load", str(tmp_path / "new")],
+            "commit": ["container", "commit", "c", name]}[move]
+    for n in range(1, 100):
+        root = tmp_path / str(n) / "store"
+        shutil.copytree(template, root, symlinks=True)
+        script = _KILLED_AT_A_WRITE.format(src=str(ROOT / "src"), images=str(root / "images"), n=n, args=[
+            "--root", str(root), "--run-root", str(root.parent / "run"), "--driver", "vfs", *args])
+        proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True)
+        assert proc.returncode in (0, 9), proc.stderr
+        holders = _named(root, name)[0]
+        assert len(holders) == 1, f"killed at write {n}: {holders}"
+        inspected = run_cli("image", "inspect", name, root=root, driver="vfs", check=True)
+        assert json.loads(inspected.stdout)["Id"] == holders[0]
+        run_cli("cleanup", root=root, driver="vfs", check=True)
+        after_cleanup, named, _ = _named(root, name)
+        assert after_cleanup == holders, f"killed at write {n}"
+        run_cli("prune", root=root, driver="vfs", check=True)
+        after_prune, _, listed = _named(root, name)
+        assert after_prune == holders and named <= listed, f"killed at write {n}"
+        shutil.rmtree(root.parent)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0 and n > 2  # the whole move ran once, after a kill at each step before
+    assert holders != [a["Id"]] and b["Id"] in listed and a["Id"] not in listed

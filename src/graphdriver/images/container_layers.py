@@ -445,6 +445,5 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
             new = ImageRecord(oci.sha256_digest(data), [full], [*base.layers, layer_id], diff_ids,
                               created=now, platform=base.platform)
             with store.locked():
-                images.untag(full, moving_to=new.id)
-                images.put(new)
+                images.put_named(new, [full])  # taken from the image that had it
     return new

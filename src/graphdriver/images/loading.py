@@ -173,12 +173,10 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                     kept.append(layer.descriptor.digest)
             record = _record(images, src, image_id, config, layer_ids, diff_ids, kept)
             with store.locked():
-                for name in record.names:
-                    images.untag(name, moving_to=image_id)
                 previous = _existing(images, image_id)
                 if previous is not None:
                     _merge(record, previous, src)
-                images.put(record)
+                images.put_named(record, src.names)  # taken from the images that had them
         except BaseException:
             _undo(store, pending.made)
             keep = images.referenced_blobs()

@@ -138,10 +138,8 @@ def tag(store: Store, name: str, new: str) -> ImageRecord:
     full = str(reference.parse_new(new))
     with store.locked():
         record = store_images.resolve(name)
-        store_images.untag(full, moving_to=record.id)
-        record = store_images.get(record.id)  # again: the untag may have been its own name
         record.names.append(full)
-        store_images.put(record)
+        store_images.put_named(record, [full])
     return record
 
 

@@ -14,12 +14,17 @@
   blobs that manifest names (so a save or a push of an unchanged image gives
   the same digests);
 * ``pending/<token>.json``: a load, pull or commit under way and the layers it
-  made; held locked by its process, so ``cleanup`` knows a dead one's layers.
+  made; held locked by its process, so ``cleanup`` knows a dead one's layers;
+* ``pending/names.move``: names moving to an image (a load, pull, tag or
+  commit taking them from the images that have them), written first and
+  removed last under the store lock (see :meth:`ImageStore.put_named`).
 
 A record is written atomically after everything it names exists, so a crash
 leaves the whole image or no record; the leftovers are what ``cleanup``
 removes (layers of a dead pending load that nothing uses, blobs no record
-names).
+names).  A name moves from one image to another in one step as readers see
+it: the image it goes to is written first, and until the image it leaves is
+written without it, the move's marker says whose it is.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 IMAGES_DIR = "images"
+#: The marker of a move of names between images, in ``pending/`` (see :meth:`ImageStore.put_named`).
+MOVE_FILE = "names.move"
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -240,6 +247,15 @@ def _remember_manifest(record: ImageRecord, name: str, manifest: str) -> None:
         record.name_manifests[where] = record.name_manifests[name]
 
 
+def _take_name(record: ImageRecord, name: str) -> None:
+    """Take *name* off *record*, which loses it to another image: it stays reachable by the
+    manifest kept for it there (see :meth:`ImageStore.put_named`)."""
+    kept = record.manifest_of(name)
+    record.names.remove(name)
+    if kept:
+        _remember_manifest(record, name, kept)
+
+
 def repository_of(name: str) -> str:
     """The repository of *name*; ``""`` for a name no longer valid (written by hand, or by an
     older version), which names none."""
@@ -279,8 +295,10 @@ class ImageStore:
         out, bad = self._scan()
         return out, list(bad.values())
 
-    def _scan(self) -> tuple[list[ImageRecord], dict[str, GraphDriverError]]:
-        """:meth:`scan`, each unreadable record's error under the hex of the id its file is named by."""
+    def _scan(self, *, as_moved: bool = True) -> tuple[list[ImageRecord], dict[str, GraphDriverError]]:
+        """:meth:`scan`, each unreadable record's error under the hex of the id its file is named by;
+        with names a move under way (or killed) gave another image taken off the others, unless
+        not *as_moved* (the records as they are on disk)."""
         try:
             names = sorted(n for n in os.listdir(self.records_dir) if n.endswith(".json"))
         except FileNotFoundError:
@@ -297,6 +315,8 @@ class ImageStore:
                 continue  # removed while listed
             except (IntegrityError, Unsupported) as e:
                 bad[name.removesuffix(".json")] = e
+        if as_moved:
+            self._as_moved(out)
         out.sort(key=lambda r: (r.names[0] if r.names else r.digests[0] if r.digests else "\uffff", r.id))
         return out, bad
 
@@ -312,6 +332,17 @@ class ImageStore:
 
     def get(self, image_id: str) -> ImageRecord:
         """The image whose id is *image_id* (``sha256:`` and 64 hex digits): by its record, never by name."""
+        record = self._get(image_id)
+        move = self._move()
+        if move is not None and move[0] != record.id and set(move[1]) & set(record.names):
+            try:
+                self._as_moved([record, self._get(move[0])])
+            except GraphDriverError:
+                pass  # the image they go to is gone (or unreadable): none moved to it
+        return record
+
+    def _get(self, image_id: str) -> ImageRecord:
+        """:meth:`get`, the record as it is on disk."""
         reference.check_digest(image_id)
         try:
             return self._read(self._path(image_id), hex_of(image_id) + ".json")
@@ -319,6 +350,12 @@ class ImageStore:
             raise NotFound(f"image {image_id}", "no such image") from e
 
     def put(self, record: ImageRecord) -> None:
+        """Write *record* (under the store lock, as every change of a record), a move of names
+        a killed process left half done finished first."""
+        self.finish_move()
+        self._write(record)
+
+    def _write(self, record: ImageRecord) -> None:
         os.makedirs(self.records_dir, 0o700, exist_ok=True)
         record.names = sorted(set(record.names))
         record.digests = sorted(set(record.digests))
@@ -331,7 +368,96 @@ class ImageStore:
         atomic.write_json(self._path(record.id), record.to_json())
 
     def delete(self, image_id: str) -> None:
+        """Remove the record of *image_id* (under the store lock), as :meth:`put` writes one."""
+        self.finish_move()
         atomic.remove_file(self._path(image_id))
+
+    # ----- names moving between images -------------------------------------------------
+
+    @property
+    def _move_path(self) -> str:
+        return os.path.join(self.pending_dir, MOVE_FILE)
+
+    def put_named(self, record: ImageRecord, names: list[str]) -> None:
+        """Write *record*, which takes *names* (among its names, in full) from the other images
+        that have them (under the store lock).
+
+        Each image losing a name stays reachable by the manifest kept for it
+        there (``repo@sha256:...``, in its RepoDigests), as Docker keeps the
+        digested reference of an image whose tag moved; it is kept as where a
+        registry holds the image (:attr:`ImageRecord.pushed`), which names no
+        image to list or to keep from ``prune``.
+
+        Killed at any point, every name still has one image: the move's marker
+        is written first, then *record*, then each image losing a name, then the
+        marker goes.  Until *record* is written, no image lost a name; once it
+        is, readers take the names as *record*'s (:meth:`scan`, :meth:`get`), and
+        the next change of a record or ``cleanup`` finishes the move.
+        """
+        self.finish_move()
+        os.makedirs(self.pending_dir, 0o700, exist_ok=True)
+        atomic.write_json(self._move_path, {"image": record.id, "names": sorted(set(names))})
+        self._write(record)
+        self._take_names(record.id, names)
+        atomic.remove_file(self._move_path)
+
+    def finish_move(self) -> str | None:
+        """Finish the move of names a killed process left (under the store lock, so that no
+        move is under way): the names leave the other images if the image they go to has
+        them, else none had moved.  What was done, or None when no move was left."""
+        move = self._move()
+        if move is None:
+            if not os.path.lexists(self._move_path):
+                return None
+            atomic.remove_file(self._move_path)
+            return f"removed the unreadable marker {MOVE_FILE} of an interrupted move of names"
+        image_id, names = move
+        try:
+            record = self._get(image_id)
+        except GraphDriverError:
+            record = None
+        moved = sorted(set(names) & set(record.names)) if record is not None else []
+        if moved:
+            self._take_names(image_id, moved)
+        atomic.remove_file(self._move_path)
+        if not moved:
+            return (f"an interrupted move of {', '.join(names)} to image {image_id} had not begun: "
+                    "nothing had moved")
+        return f"finished an interrupted move of {', '.join(moved)} to image {image_id}"
+
+    def _move(self) -> tuple[str, list[str]] | None:
+        """The move of names under way or left by a killed process: the id of the image they
+        go to and the names; None when there is none (or its marker cannot be read)."""
+        try:
+            value = atomic.read_json(self._move_path)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("image"), str) \
+                or not isinstance(value.get("names"), list) \
+                or not all(isinstance(n, str) for n in value["names"]):
+            return None
+        return value["image"], value["names"]
+
+    def _take_names(self, image_id: str, names: list[str]) -> None:
+        """Write each image but *image_id* that has one of *names* without it."""
+        for other in self._scan(as_moved=False)[0]:
+            taken = [n for n in other.names if n in names]
+            if other.id != image_id and taken:
+                for name in taken:
+                    _take_name(other, name)
+                self._write(other)
+
+    def _as_moved(self, records: list[ImageRecord]) -> None:
+        """Take off *records* (read from disk) the names a move under way, or one a killed
+        process left, gave to one of them."""
+        move = self._move()
+        target = next((r for r in records if move is not None and r.id == move[0]), None)
+        if move is None or target is None:
+            return
+        for name in set(move[1]) & set(target.names):
+            for other in records:
+                if other is not target and name in other.names:
+                    _take_name(other, name)
 
     def _platform(self) -> str:
         """The platform of the store's images: this machine's, ``windows/ARCH`` on ``windowsfilter``."""
@@ -414,27 +540,6 @@ class ImageStore:
         if not found:
             raise _unknown(name, {} if name.startswith("sha256:") else bad)
         return found[0]
-
-    def untag(self, name: str, moving_to: str | None = None) -> ImageRecord | None:
-        """Take the reference *name* off the image holding it; that image, or None.
-
-        *moving_to*: the id of the image the name goes to (a load, pull, tag or commit).
-        The image it leaves stays reachable by the manifest kept for it there
-        (``repo@sha256:...``, in its RepoDigests), as Docker keeps the digested reference
-        of an image whose tag moved.  It is kept as where a registry holds the image
-        (:attr:`ImageRecord.pushed`), which names no image to list or to keep from
-        ``prune``.
-        """
-        full = str(reference.parse(name))
-        for r in self.all():
-            if full in r.names:
-                kept = r.manifest_of(full)
-                r.names.remove(full)
-                if r.id != moving_to and kept:
-                    _remember_manifest(r, full, kept)
-                self.put(r)
-                return r
-        return None
 
     # ----- blobs -----------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """What ``cleanup`` does for images: the leftovers of a load, pull, commit or container create that died.
 
+A move of names a killed process left half done is finished (the names
+leave the images they were moving from, once the image they go to has them)
+or dropped (when it had not written that image yet: no name had moved).
 A pending marker whose lock nobody holds belongs to a dead process: the
 layers it lists that no image or container uses (and that have no children)
 are removed, top first, then the marker.  Half-written blobs of dead
@@ -17,7 +20,7 @@ from graphdriver.errors import GraphDriverError
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import is_held, remove_abandoned, remove_abandoned_in
 from graphdriver.images.oci import hex_of
-from graphdriver.images.records import ImageStore
+from graphdriver.images.records import MOVE_FILE, ImageStore
 
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
@@ -27,6 +30,10 @@ def cleanup(store: Store) -> list[str]:
     """One line per thing done (run without the store lock held: it removes layers)."""
     images = ImageStore(store.root)
     done: list[str] = []
+    if os.path.lexists(os.path.join(images.pending_dir, MOVE_FILE)):
+        with store.locked():  # a live move holds it: a marker found under it is a dead one's
+            moved = images.finish_move()
+        done += [moved] if moved else []
     alive = False
     for path in _markers(images):
         if is_held(path + ".lock"):
