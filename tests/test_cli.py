@@ -1628,3 +1628,72 @@ def test_json_of_a_store_under_a_folder_whose_name_is_not_utf8(tmp_path):
     status = json.loads(run_cli("status", "--json", root=root, driver="vfs").stdout)["status"]
     assert base64.b64decode(status["Root_raw"]) == bytes(tmp_path) + b"/st\xff"
     assert run_cli("unmount", "b", root=root, driver="vfs").returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_df_and_tree_without_root_count_what_a_closed_folder_holds_and_name_records_they_cannot_read():
+    """Without root, ``df`` and ``tree`` gave 0B for a container layer holding a folder of mode
+    0000 (its size read failed, and was taken for none), and left out a layer whose record
+    this user may not read without a word.  They now read such a layer as its owner (as
+    ``diffsize`` does), and name each record they cannot read and exit 7, as ``layers`` does."""
+    import contextlib
+    import tempfile
+
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+
+    _load_every_module()
+    if not as_nobody(_userns_for_nobody):
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    work = Path(tempfile.mkdtemp(prefix="gd-df-"))
+    try:
+        os.chmod(work, 0o755)
+        (work / "base.tar").write_bytes(make_tar({"open": F(b"o")}))
+        os.chmod(work / "base.tar", 0o644)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+
+        def command(*argv: str) -> tuple[int, str]:
+            def run() -> tuple[int, str]:
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    code = gd.main([*own, *argv])
+                return code, out.getvalue()
+
+            result = as_nobody(run)
+            assert isinstance(result, tuple)
+            return result
+
+        assert command("import", "base", str(work / "base.tar"))[0] == 0
+        assert command("create", "ctr", "--parent", "base", "--rw")[0] == 0
+
+        code, path = command("mount", "ctr")
+        mnt = Path(path.strip())
+        assert code == 0
+
+        def fill() -> None:
+            (mnt / "big").write_bytes(b"x" * 100_000)
+            (mnt / "zz").mkdir()
+            (mnt / "zz/f").write_bytes(b"y")
+            (mnt / "zz").chmod(0)
+
+        as_nobody(fill)
+        assert command("unmount", "ctr")[0] == 0
+        assert command("diffsize", "ctr") == (0, "100001\n")
+        code, shown = command("--json", "df")
+        assert code == 0 and json.loads(shown)["layers"]["size"] >= 100_001  # ctr's, and base's tarball
+        code, drawn = command("tree")
+        assert code == 0 and "ctr  97.7KiB" in drawn, drawn
+        # A layer this user may not read the record of: named, and exit 7.
+        r = run_cli("import", "rootl", str(work / "base.tar"), root=mine / "store", run_root=work / "rootrun",
+                    driver="vfs")
+        assert r.returncode == 0, r.stderr
+        for argv in (["df"], ["tree"], ["--json", "df"], ["--json", "tree"]):
+            code, _shown = command(*argv)
+            assert code == 7, argv
+    finally:
+        import shutil
+
+        shutil.rmtree(work)

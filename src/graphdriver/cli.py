@@ -467,7 +467,8 @@ QUICK = frozenset({"status", "layers", "exists", "layer", "mounted", "mount", "u
 #: Commands that read whole layer trees (``create`` with a parent: a child's copy of its
 #: parent's), and undo what they did when that fails (see :mod:`graphdriver.cliowner`).
 _READS_TREES = frozenset({"changes", "diff", "diffsize", "tarsplit", "create",
-                          "container create", "container commit", "image save", "image push"})
+                          "container create", "container commit", "image save", "image push",
+                          "tree", "df"})
 
 
 def _ignore(_text: str) -> None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from graphdriver.errors import GraphDriverError
+    from graphdriver.images.overview import Usage
     from graphdriver.images.records import ImageRecord
     from graphdriver.store.layers import Store
 
@@ -291,24 +292,34 @@ def container_ls(store: Store, args: Args) -> int:
     return 0
 
 
+def _unreadable_named(seen: Usage) -> int:
+    """Name on stderr each layer record the overview could not read, as ``layers`` names them:
+    exit 7 when one is closed to this user (its layers are not counted), else 0."""
+    for _layer_id, error in seen.unreadable:
+        sys.stderr.write(f"{PROG}: {error}\n")
+    return Unsupported.exit_code if any(isinstance(e, Unsupported) for _, e in seen.unreadable) else 0
+
+
 def tree(store: Store, args: Args) -> int:
     from graphdriver.images import overview
 
+    seen = overview.Usage(store)
     if args.json:
-        _out(jsonio.show(overview.tree_nodes(store)))
-        return 0
-    for line in overview.tree(store):
-        _out(line)
-    return 0
+        _out(jsonio.show(overview.tree_nodes(store, seen)))
+    else:
+        for line in overview.tree(store, seen):
+            _out(line)
+    return _unreadable_named(seen)
 
 
 def df(store: Store, args: Args) -> int:
     from graphdriver.images import overview
 
-    usage = overview.df(store)
+    seen = overview.Usage(store)
+    usage = overview.df(store, seen)
     if args.json:
         _out(jsonio.show(usage))
-        return 0
+        return _unreadable_named(seen)
     from graphdriver.units import format_size as h
 
     i, c, ly = usage["images"], usage["containers"], usage["layers"]
@@ -319,7 +330,7 @@ def df(store: Store, args: Args) -> int:
         ["Layers (no image or container)", str(ly["total"]), "0", h(ly["size"]),
          f"{h(ly['reclaimable'])} ({h(ly['reclaimable_with_layers'])} with prune --layers)"],
     ])
-    return 0
+    return _unreadable_named(seen)
 
 
 def prune(store: Store, args: Args) -> int:

@@ -36,7 +36,8 @@ class Usage:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.layers = {layer.id: layer for layer in store.layers()}
+        good, self.unreadable = store.scan_layers()
+        self.layers = {layer.id: layer for layer in good}
         self._sizes: dict[str, int] = {}
         self.images, bad_images = ImageStore(store.root).scan()
         self.containers, unreadable = ctrs.scan_by_name(store)
@@ -69,10 +70,12 @@ class Usage:
         if recorded is not None and not layer.writable:
             return int(recorded)
         if layer_id not in self._sizes:
-            from graphdriver.errors import GraphDriverError
+            from graphdriver.errors import GraphDriverError, Unsupported
 
             try:
                 self._sizes[layer_id] = self.store.diff_size(layer_id)
+            except (PermissionError, Unsupported):
+                raise  # a folder closed to this user: no size to guess (the CLI reads it as the owner)
             except (GraphDriverError, OSError):
                 self._sizes[layer_id] = int(recorded or 0)  # damaged or gone meanwhile: what was recorded
         return self._sizes[layer_id]
@@ -87,12 +90,12 @@ class Usage:
         return out
 
 
-def tree_nodes(store: Store) -> list[dict[str, Any]]:
+def tree_nodes(store: Store, usage: Usage | None = None) -> list[dict[str, Any]]:
     """The layer graph from the base layers up (``tree --json``): per layer its id, own size,
     whether several images share it, the images whose top it is, its container, whether
     it is writable, and its children.  Built without recursion: a chain may be deeper than
     Python's recursion limit."""
-    usage = Usage(store)
+    usage = usage or Usage(store)
 
     def node(layer_id: str) -> dict[str, Any]:
         layer = usage.layers[layer_id]
@@ -126,11 +129,11 @@ def _label(node: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def tree(store: Store) -> list[str]:
+def tree(store: Store, usage: Usage | None = None) -> list[str]:
     """The lines of the layer graph."""
     lines: list[str] = []
     # (node, the prefix of its line, whether it is its parent's last child, whether it is a root)
-    work = [(root, "", True, True) for root in reversed(tree_nodes(store))]
+    work = [(root, "", True, True) for root in reversed(tree_nodes(store, usage))]
     while work:
         node, prefix, last, top = work.pop()
         branch = "" if top else ("└── " if last else "├── ")
@@ -141,9 +144,9 @@ def tree(store: Store) -> list[str]:
     return lines
 
 
-def df(store: Store) -> dict[str, Any]:
+def df(store: Store, usage: Usage | None = None) -> dict[str, Any]:
     """Totals per kind, and what ``prune`` (and ``prune --layers``) would free."""
-    usage = Usage(store)
+    usage = usage or Usage(store)
     used = usage.used()
     in_images: set[str] = set(usage.image_users)
     image_bytes = sum(usage.own_size(i) for i in in_images if i in usage.layers)
