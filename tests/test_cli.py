@@ -1226,6 +1226,67 @@ def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_tr
         shutil.rmtree(work)
 
 
+def _nobody_command(own: list[str], *argv: str) -> tuple[int, str, str, bool]:
+    """``graphdriver *own *argv`` as nobody in a process of its own: the exit code, what it
+    wrote to stdout and stderr, and whether it ran in the owner namespace."""
+    import contextlib
+
+    import graphdriver.fs
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+
+    def run() -> tuple[int, str, str, bool]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = gd.main([*own, *argv])
+        return code, out.getvalue(), err.getvalue(), graphdriver.fs._in_owner_namespace
+
+    result = as_nobody(run)
+    assert isinstance(result, tuple)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_user_xattrs_of_a_file_its_owner_may_not_write_are_imported_without_root():
+    """Without root, a file of mode 0444, 0000, 0555 or 4111 carrying a user.* xattr is
+    imported with it (user.* xattrs are the user's to keep; only privileged ones are left
+    out), its mode the archive's, and the layer stays its tarball: diff gives the imported
+    bytes back and check finds it ok."""
+    import shutil
+    import stat
+    import tempfile
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-xattr-ro-"))
+    try:
+        os.chmod(work, 0o755)
+        probe = work / "probe"
+        probe.touch()
+        try:
+            os.setxattr(probe, "user.a", b"1")
+        except OSError:
+            pytest.skip("the temporary folder's file system takes no user.* xattrs")
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        for mode in (0o444, 0o000, 0o555, 0o4111):
+            name = f"m{mode:o}"
+            layer = make_tar({"e": F(b"r\n", mode=mode, xattrs={"user.a": b"1"})})
+            (work / f"{name}.tar").write_bytes(layer)
+            os.chmod(work / f"{name}.tar", 0o644)
+            assert _nobody_command(own, "import", name, str(work / f"{name}.tar")) == (0, "2\n", "", False)
+            out = mine / f"{name}.out.tar"
+            assert _nobody_command(own, "diff", name, "-o", str(out))[:3] == (0, "", "")
+            assert out.read_bytes() == layer
+            assert _nobody_command(own, "check", name)[:3] == (0, f"{name}: ok\n", "")
+            file = mine / "store" / "vfs" / name / "fs" / "e"
+            assert stat.S_IMODE(file.stat().st_mode) == mode
+            assert os.getxattr(file, "user.a") == b"1"
+    finally:
+        shutil.rmtree(work)
+
+
 def test_whether_an_output_can_be_taken_back_is_known_before_writing(tmp_path):
     """A regular FILE (staged), a folder, /dev/null or a regular standard output written at
     its end can be taken back from a failed run; a pipe, a fifo, /dev/stdout on a pipe, or a

@@ -864,12 +864,15 @@ class _Extractor(Extraction):
                     sc.fchown(fd, uid, gid)
                 except OSError as x:
                     self._chown_failed(x)
-            # chown clears setuid/setgid, so those come after it; plain
-            # permissions were set by open() unless the umask took some.
-            if perm & 0o7000 or perm & self.umask:
-                sc.fchmod(fd, perm)
-            if e.xattrs:
-                self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v))
+            if e.xattrs and not self._may_write(perm):
+                self._xattrs_then_mode(e, fd, perm)
+            else:
+                # chown clears setuid/setgid, so those come after it; plain
+                # permissions were set by open() unless the umask took some.
+                if perm & 0o7000 or perm & self.umask:
+                    sc.fchmod(fd, perm)
+                if e.xattrs:
+                    self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v))
             atime = e.atime_ns
             os.utime(fd, ns=(e.mtime_ns if atime is None else atime, e.mtime_ns))
         finally:
@@ -1361,9 +1364,12 @@ class _Extractor(Extraction):
                 dst = os.open(name, _CREATE, 0o600, dir_fd=dst_dir)
                 sc.copy_fd(src, dst, st.st_size)
                 self._chown_fd(dst, st.st_uid, st.st_gid)
-                sc.fchmod(dst, mode)
                 xattrs = {k: os.getxattr(src, k) for k in os.listxattr(src)}
-                self._xattrs(e, lambda k, v: sc.fsetxattr(dst, k, v), xattrs)
+                if xattrs and not self._may_write(mode):
+                    self._xattrs_then_mode(e, dst, mode, xattrs)
+                else:
+                    sc.fchmod(dst, mode)
+                    self._xattrs(e, lambda k, v: sc.fsetxattr(dst, k, v), xattrs)
                 os.utime(dst, ns=times)
             finally:
                 os.close(src)
@@ -1414,6 +1420,22 @@ class _Extractor(Extraction):
             self.stats.skipped_chowns += 1
             return
         raise x
+
+    def _may_write(self, perm: int) -> bool:
+        """Whether this process may write a file of its own of mode *perm*: without
+        privilege, only while the owner's write bit is set."""
+        return self.privileged or bool(perm & 0o200)
+
+    def _xattrs_then_mode(
+        self, e: TarEntry, fd: int, perm: int, xattrs: dict[str, bytes] | None = None
+    ) -> None:
+        """Set the xattrs of the regular file open as *fd*, then its mode *perm*: ``user.*``
+        xattrs are set only on a file the process may write, so without privilege a file
+        its owner may not write (``0444``, ``0000``, ``4111``) gets them with the owner's
+        write bit lent for the moment."""
+        sc.fchmod(fd, perm | 0o200)
+        self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v), xattrs)
+        sc.fchmod(fd, perm)
 
     def _xattrs(
         self,
