@@ -1287,6 +1287,39 @@ def test_user_xattrs_of_a_file_its_owner_may_not_write_are_imported_without_root
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_an_entry_into_a_folder_of_mode_0000_is_a_missing_privilege_without_root():
+    """Without root, applying an entry below a folder of mode 0000 that the parent layer
+    made needs a permission the user lacks: exit 7 (not 1, an entry the layer cannot take),
+    one line naming the entry, and the layer is left as it was."""
+    import shutil
+    import tempfile
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-apply-"))
+    try:
+        os.chmod(work, 0o755)
+        (work / "p.tar").write_bytes(make_tar({"sec": D(mode=0o000), "sec/f": F(b"f")}))
+        (work / "m.tar").write_bytes(make_tar({"sec/more": F(b"m")}))
+        for name in ("p.tar", "m.tar"):
+            os.chmod(work / name, 0o644)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        assert _nobody_command(own, "import", "p", str(work / "p.tar"))[0] == 0
+        assert _nobody_command(own, "create", "c", "--parent", "p", "--rw")[:2] == (0, "c\n")
+        record = _nobody_command(own, "layer", "c")
+        assert record[0] == 0
+        code, out, err, _ = _nobody_command(own, "-v", "apply", "c", str(work / "m.tar"))
+        assert (code, out) == (7, "")
+        assert err == "graphdriver: entry 'sec/more': Permission denied (a permission this user lacks)\n"
+        assert _nobody_command(own, "layer", "c") == record
+        assert sorted(os.listdir(mine / "store" / "vfs" / "c" / "fs" / "sec")) == ["f"]
+    finally:
+        shutil.rmtree(work)
+
+
 def test_whether_an_output_can_be_taken_back_is_known_before_writing(tmp_path):
     """A regular FILE (staged), a folder, /dev/null or a regular standard output written at
     its end can be taken back from a failed run; a pipe, a fifo, /dev/stdout on a pipe, or a

@@ -36,6 +36,7 @@ EXIT_CODES = {
 #: The two ways a tarball fails import and apply (errors.CorruptArchive and errors.ArchiveError).
 _CORRUPT = "the tarball is corrupt (truncated, a bad header checksum or compressed data)"
 _REFUSED = "an entry is refused (reaching outside the layer, a hardlink to nothing, ...)"
+_DENIED = "writing an entry needs a permission this user lacks (a folder of the parent's of mode 0000, say)"
 #: Where import and apply read no tarball: standard input that no tarball is piped into.
 _TERMINAL = "- (or no FILE) with a terminal on (or closed) standard input"
 
@@ -80,7 +81,7 @@ DOCS: dict[str, Doc] = {
                     "user namespace's range"),
                    ("zstd -dc l.tar.zst | graphdriver import app --parent base -", "from standard input")],
                   {1: _REFUSED, 2: _TERMINAL, 3: "the parent does not exist", 4: "the id is taken",
-                   6: _CORRUPT + "; or the parent, or a layer below it, is damaged"}),
+                   6: _CORRUPT + "; or the parent, or a layer below it, is damaged", 7: _DENIED}),
     "apply": Doc("layers", "Applies a layer tarball to an existing layer (the seeds' ApplyDiff): whiteouts delete, "
                  "files are added or replaced. To a layer made by create and since never applied to nor mounted "
                  "writable (even with nothing written), it is recorded as import records a layer: digests and "
@@ -92,7 +93,7 @@ DOCS: dict[str, Doc] = {
                  {1: _REFUSED, 2: "--parent names another layer than the one it sits on, or " + _TERMINAL,
                   3: "no such layer",
                   5: "the layer has children, is a mounted image layer, or is a layer of an image",
-                  6: _CORRUPT}),
+                  6: _CORRUPT, 7: _DENIED}),
     "mount": Doc("layers", "Makes the union of the layer's chain available and prints its path. Mounts are "
                  "counted across processes: every mount needs an unmount.",
                  [('mnt=$(graphdriver mount ctr)', "mount, keep the path"),

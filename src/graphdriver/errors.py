@@ -102,6 +102,14 @@ class ArchiveError(GraphDriverError):
         super().__init__(what, why)
 
 
+class EntryDenied(ArchiveError):
+    """An entry refused for a permission this user lacks (EACCES, EPERM: a folder of a
+    lower layer its owner may not write, say): a missing privilege (exit 7), not an
+    entry the layer cannot take."""
+
+    exit_code = 7
+
+
 class CorruptArchive(ArchiveError):
     """A tarball that is not well formed: truncated, a header whose checksum does not
     match, malformed header fields or PAX records, corrupt compressed data (exit 6, an

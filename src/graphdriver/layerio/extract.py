@@ -48,7 +48,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterator, Sequence
 
-from graphdriver.errors import ArchiveError, BreakoutError, GraphDriverError, InvalidArgument
+from graphdriver.errors import ArchiveError, BreakoutError, EntryDenied, GraphDriverError, InvalidArgument
 from graphdriver.fs import PRIVILEGED_XATTRS, confine, privileged
 from graphdriver.fs import syscalls as sc
 from graphdriver.fs.overlayfs import is_whiteout, is_whiteout_at
@@ -368,7 +368,7 @@ class Extraction:
                 x.wrote_nothing = x.wrote_nothing and not began
                 raise
             except OSError as x:
-                raise ArchiveError(e.name, self._error_text(x)) from x
+                raise _entry_error(e.name, x, self._error_text(x)) from x
             except ValueError as x:  # a NUL byte in a name
                 raise ArchiveError(e.name, str(x)) from x
             except OverflowError as x:  # a number no system call takes
@@ -669,7 +669,7 @@ class _Extractor(Extraction):
 
     def _refused(self, e: TarEntry, x: OSError) -> ArchiveError:
         """*e* refused for *x* before any of it was written."""
-        refused = ArchiveError(e.name, self._error_text(x))
+        refused = _entry_error(e.name, x, self._error_text(x))
         refused.wrote_nothing = True
         return refused
 
@@ -1475,6 +1475,14 @@ class _Extractor(Extraction):
         if AUFS_LINK_DIR in self.created:
             self._remove(self.root_fd, AUFS_LINK_DIR, AUFS_LINK_DIR)
         super()._finish()
+
+def _entry_error(entry: str, x: OSError, why: str) -> ArchiveError:
+    """Entry *entry* failed with *x* (told as *why*): a permission refused is one this
+    user lacks (exit 7), anything else an entry the layer cannot take."""
+    if x.errno in (errno.EACCES, errno.EPERM):
+        return EntryDenied(entry, f"{why} (a permission this user lacks)")
+    return ArchiveError(entry, why)
+
 
 def _left_out(stats: ExtractStats) -> str:
     return (f"without privileges: skipped {stats.skipped_chowns} ownership changes, "
