@@ -923,6 +923,74 @@ def test_a_record_this_user_may_not_read_is_a_missing_privilege_never_corruption
         shutil.rmtree(work)
 
 
+def _main_as_nobody(argv: list[str]) -> tuple[int, str]:
+    """``graphdriver ARGV`` run in-process as nobody: its exit code and what it wrote to stderr."""
+    import contextlib
+
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+
+    def run() -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = gd.main(argv)
+        return code, err.getvalue()
+
+    result = as_nobody(run)
+    assert isinstance(result, tuple)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody and to mount")
+def test_a_file_a_read_only_file_system_keeps_closed_is_a_missing_privilege_never_missing():
+    """Without root, a file of mode 0000 is read by granting its owner's read bit for a
+    moment; a read-only file system refuses the grant.  That is a missing privilege: diff
+    exits 7 naming the layer and the file, check skips the layer, neither calls it missing."""
+    import subprocess
+    import tempfile
+
+    import graphdriver
+    from tests.conftest import as_nobody
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-rofs-"))
+    read_only = work / "ro"
+    mounted = False
+    try:
+        os.chmod(work, 0o755)
+        (work / "shadow.tar").write_bytes(make_tar({
+            "d0": D(), "d0/f1": F(b"secret", mode=0o000), "d0/f2": F(b"sudo", mode=0o4111)}))
+        os.chmod(work / "shadow.tar", 0o644)
+        for name in ("store", "ro", "run"):
+            (work / name).mkdir()
+            os.chown(work / name, 65534, 65534)
+        own = ["--root", str(work / "store" / "root"), "--run-root", str(work / "run"), "--driver", "vfs"]
+        assert _main_as_nobody([*own, "import", "sh", str(work / "shadow.tar")])[0] == 0
+        subprocess.run(["mount", "--bind", str(work / "store"), str(read_only)], check=True)
+        mounted = True
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+        ro = ["--root", str(read_only / "root"), "--run-root", str(work / "run")]
+
+        code, err = _main_as_nobody([*ro, "diff", "sh", "-o", str(work / "run" / "sh.tar")])
+        assert code == 7 and "d0/f1: Read-only file system" in err and "missing" not in err
+        code, err = _main_as_nobody([*ro, "check", "sh"])
+        assert code == 0 and "missing" not in err  # verified as the owner, or skipped
+
+        def check() -> object:
+            store = graphdriver.open_store(str(read_only / "root"), run_root=str(work / "run"), create=False)
+            return store.check(["sh"])
+
+        assert as_nobody(check) == [
+            ("sh", "skipped: its files cannot be read by this user (Read-only file system d0/f1)")]
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(read_only)], check=True)
+        import shutil
+
+        shutil.rmtree(work)
+
+
+
 @pytest.mark.parametrize("size", ["99999999999999999999999999999999G", " 20M", "\uff150M", "20M ", "1M", "0"])
 def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(tmp_path, size):
     r = run_cli("create", "x", "--rw", "--size", size, root=tmp_path / "s", run_root=tmp_path / "r",

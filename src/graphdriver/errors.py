@@ -81,11 +81,14 @@ class Unsupported(GraphDriverError):
     exit_code = 7
 
 
+#: The errnos of a missing privilege: EPERM, EACCES, EROFS (errno is not imported for three constants).
+REFUSED = (1, 13, 30)
+
+
 def os_error(what: str, e: OSError, otherwise: type[GraphDriverError] = GraphDriverError) -> GraphDriverError:
     """*e* as one of these: a permission refused or a read-only file system is a missing
     privilege (exit 7), the rest *otherwise*."""
-    denied = e.errno in (1, 13, 30)  # EPERM, EACCES, EROFS (errno is not imported for three constants)
-    return (Unsupported if denied else otherwise)(what, e.strerror or str(e))
+    return (Unsupported if e.errno in REFUSED else otherwise)(what, e.strerror or str(e))
 
 
 class ArchiveError(GraphDriverError):

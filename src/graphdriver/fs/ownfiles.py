@@ -48,6 +48,8 @@ def open_readable(name: str, dir_fd: int | None = None, flags: int = READ_FLAGS)
                     os.chmod(inode, mode)
             except PermissionError:
                 continue  # another reader took its grant back between our chmod and open: again
+            except OSError as e:  # no grant at all (a read-only file system): refused as before
+                raise PermissionError(e.errno, e.strerror, name) from e
         raise PermissionError(13, os.strerror(13), name)
     finally:
         os.close(path_fd)

@@ -27,7 +27,7 @@ import posixpath
 from collections.abc import Callable, Collection, Iterable, Iterator
 
 from graphdriver import codecs, jsonio
-from graphdriver.errors import IntegrityError
+from graphdriver.errors import REFUSED, IntegrityError
 from graphdriver.layerio.batched import BatchedWriter
 from graphdriver.layerio.crc64 import crc64_iso, digest
 from graphdriver.layerio.entry import TarEntry
@@ -479,9 +479,12 @@ def _open(entry: SplitEntry, files: FileSource) -> tuple[str, BinaryIO]:
     name = entry.name.decode("utf-8", "surrogateescape")
     try:
         return name, files.open(name)
-    except PermissionError:
-        raise  # there, but not for this user (a folder of mode 0000 without root): not damage
-    except (OSError, LookupError) as e:
+    except OSError as e:
+        if e.errno in REFUSED:  # there, but not for this user (mode 0000 without root, a
+            # read-only file system where its read bit cannot be granted): not damage
+            raise PermissionError(e.errno, e.strerror, name) from e
+        raise IntegrityError(f"file {name!r}", f"missing from the layer: {e}") from e
+    except LookupError as e:
         raise IntegrityError(f"file {name!r}", f"missing from the layer: {e}") from e
     except Exception as e:
         if getattr(e, "exit_code", None) == 3:  # NotFound from a getter
