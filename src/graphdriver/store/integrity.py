@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from graphdriver.errors import (
+    REFUSED,
     CorruptArchive,
     GraphDriverError,
     IntegrityError,
@@ -319,7 +320,11 @@ def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
 def of_layer(error: Exception, layer_id: str) -> Exception:
     """*error* told as a failure of layer *layer_id*, as ``check`` tells it: an integrity failure
     that names a file of the layer or its tar-split data but not the layer (``file './etc/passwd':
-    longer than ...``) becomes ``layer ID: file './etc/passwd': ...``; any other is *error*."""
+    longer than ...``) becomes ``layer ID: file './etc/passwd': ...``; a file of it this user may
+    not read, ``layer ID: etc/shadow: Permission denied`` (Unsupported, exit 7, from *error*, so a
+    run as the owner still sees what was refused); any other is *error*."""
+    if isinstance(error, OSError) and error.errno in REFUSED and error.filename:
+        return Unsupported(f"layer {layer_id}", f"{os.fsdecode(error.filename)}: {error.strerror}")
     if not isinstance(error, IntegrityError):
         return error
     what = error.what
