@@ -1829,10 +1829,8 @@ def test_df_and_tree_without_root_count_what_a_closed_folder_holds_and_name_reco
     0000 (its size read failed, and was taken for none), and left out a layer whose record
     this user may not read without a word.  They now read such a layer as its owner (as
     ``diffsize`` does), and name each record they cannot read and exit 7, as ``layers`` does."""
-    import contextlib
     import tempfile
 
-    from graphdriver import cli as gd
     from tests.conftest import as_nobody
 
     _load_every_module()
@@ -1849,15 +1847,7 @@ def test_df_and_tree_without_root_count_what_a_closed_folder_holds_and_name_reco
         own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
 
         def command(*argv: str) -> tuple[int, str]:
-            def run() -> tuple[int, str]:
-                out = io.StringIO()
-                with contextlib.redirect_stdout(out):
-                    code = gd.main([*own, *argv])
-                return code, out.getvalue()
-
-            result = as_nobody(run)
-            assert isinstance(result, tuple)
-            return result
+            return _nobody_command(own, *argv)[:2]
 
         assert command("import", "base", str(work / "base.tar"))[0] == 0
         assert command("create", "ctr", "--parent", "base", "--rw")[0] == 0

@@ -345,11 +345,17 @@ def _remove_unreadable(store: Store, name: str, holder: str) -> None:
     removes a layer whose record is corrupt: the user named it.  Its file name says which
     layers are its; a refusal of either comes before any goes."""
     layers = [layer_id for layer_id in (name, name + INIT_SUFFIX) if store.exists(layer_id)]
-    for i, layer_id in enumerate(layers):
-        store.refuse_removal(layer_id, holder, going=layers[:i])
+    _refuse_removal(store, layers, holder)
     for layer_id in layers:
         if store.exists(layer_id):
             store.remove(layer_id, holder=holder)
+
+
+def _refuse_removal(store: Store, layers: list[str], holder: str) -> None:
+    """Precondition when either of a container's *layers* (the writable one first) may not go:
+    mounted, a child on either, held by another: said before any goes."""
+    for i, layer_id in enumerate(layers):
+        store.refuse_removal(layer_id, holder, going=layers[:i])
 
 
 def _mark_removing(store: Store, c: Container, removing: bool) -> None:
@@ -363,8 +369,7 @@ def _remove_layers(store: Store, c: Container, holder: str) -> None:
     and ``podman rm`` leave a container they refuse."""
     layers = [layer_id for layer_id in (c.layer, c.init) if store.exists(layer_id)]
     if not c.removing:
-        for i, layer_id in enumerate(layers):  # mounted, or a child on either: said first
-            store.refuse_removal(layer_id, holder, going=layers[:i])
+        _refuse_removal(store, layers, holder)
         _mark_removing(store, c, True)  # then a removal killed half way is cleanup's to finish
     for i, layer_id in enumerate(layers):
         if not store.exists(layer_id):

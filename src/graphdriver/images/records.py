@@ -316,7 +316,7 @@ class ImageStore:
             except (IntegrityError, Unsupported) as e:
                 bad[name.removesuffix(".json")] = e
         if as_moved:
-            self._as_moved(out)
+            self._as_moved(out, self._move())
         out.sort(key=lambda r: (r.names[0] if r.names else r.digests[0] if r.digests else "\uffff", r.id))
         return out, bad
 
@@ -336,7 +336,7 @@ class ImageStore:
         move = self._move()
         if move is not None and move[0] != record.id and set(move[1]) & set(record.names):
             try:
-                self._as_moved([record, self._get(move[0])])
+                self._as_moved([record, self._get(move[0])], move)
             except GraphDriverError:
                 pass  # the image they go to is gone (or unreadable): none moved to it
         return record
@@ -447,10 +447,9 @@ class ImageStore:
                     _take_name(other, name)
                 self._write(other)
 
-    def _as_moved(self, records: list[ImageRecord]) -> None:
-        """Take off *records* (read from disk) the names a move under way, or one a killed
-        process left, gave to one of them."""
-        move = self._move()
+    def _as_moved(self, records: list[ImageRecord], move: tuple[str, list[str]] | None) -> None:
+        """Take off *records* (read from disk) the names *move* (:meth:`_move`: one under way,
+        or one a killed process left) gave to one of them."""
         target = next((r for r in records if move is not None and r.id == move[0]), None)
         if move is None or target is None:
             return

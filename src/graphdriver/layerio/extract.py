@@ -1476,6 +1476,7 @@ class _Extractor(Extraction):
             self._remove(self.root_fd, AUFS_LINK_DIR, AUFS_LINK_DIR)
         super()._finish()
 
+
 def _entry_error(entry: str, x: OSError, why: str) -> ArchiveError:
     """Entry *entry* failed with *x* (told as *why*): a permission refused is one this
     user lacks (exit 7), anything else an entry the layer cannot take."""

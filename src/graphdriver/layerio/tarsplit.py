@@ -479,12 +479,10 @@ def _open(entry: SplitEntry, files: FileSource) -> tuple[str, BinaryIO]:
     name = entry.name.decode("utf-8", "surrogateescape")
     try:
         return name, files.open(name)
-    except OSError as e:
-        if e.errno in REFUSED:  # there, but not for this user (mode 0000 without root, a
-            # read-only file system where its read bit cannot be granted): not damage
+    except (OSError, LookupError) as e:
+        if isinstance(e, OSError) and e.errno in REFUSED:  # there, but not for this user (mode
+            # 0000 without root, a read-only file system where its read bit cannot be granted)
             raise PermissionError(e.errno, e.strerror, name) from e
-        raise IntegrityError(f"file {name!r}", f"missing from the layer: {e}") from e
-    except LookupError as e:
         raise IntegrityError(f"file {name!r}", f"missing from the layer: {e}") from e
     except Exception as e:
         if getattr(e, "exit_code", None) == 3:  # NotFound from a getter
