@@ -226,8 +226,8 @@ def test_a_push_to_a_digest_checks_it_names_the_manifest_before_any_upload(tmp_p
 
 @contextlib.contextmanager
 def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) -> Iterator[str]:
-    """A registry on localhost answering each GET with ``answer(path)``: (status, body, headers);
-    yields its host."""
+    """A registry on localhost answering each GET, HEAD and POST with ``answer(path)``: (status,
+    body, headers), a HEAD without its body and a POST's body read first; yields its host."""
     import http.server
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -237,7 +237,14 @@ def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) ->
             for key, value in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
+
+        do_HEAD = do_GET
 
         def log_message(self, *args: object) -> None:
             pass
@@ -394,12 +401,20 @@ class TokenService:
         self.x5c = base64.b64encode(der).decode()
         self.service = service
         self.scopes: list[str] = []
+        #: How the next requests fail, one each: a status (``"503"``; ``"429"`` says Retry-After: 0)
+        #: or ``"drop"`` (the connection closed without an answer).
+        self.failing: list[str] = []
+        self.asked = 0
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 from urllib.parse import parse_qs, urlparse
 
+                owner.asked += 1
+                if owner.failing:
+                    self._fail(owner.failing.pop(0))
+                    return
                 query = parse_qs(urlparse(self.path).query)
                 scopes = query.get("scope", [])  # one parameter per scope, as the protocol has it
                 owner.scopes.extend(scopes)
@@ -409,6 +424,17 @@ class TokenService:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _fail(self, how: str) -> None:
+                if how == "drop":
+                    self.close_connection = True
+                    return
+                self.send_response(int(how))
+                if how == "429":
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -462,6 +488,48 @@ def test_bearer_tokens_per_repository_scope(tmp_path):
         assert ("team/two", frozenset({"pull"})) in asked
         assert ("team/one", frozenset({"pull"})) in asked  # the mount's source, read only
         assert {repo for repo, _ in asked} == {"team/one", "team/two"}
+    finally:
+        reg.stop()
+        tokens.close()
+
+
+def test_a_token_service_busy_failing_or_dropping_the_connection_is_asked_again(tmp_path, monkeypatch):
+    """A token realm answering 503, 429 (Retry-After: 0) or closing the connection is asked again
+    with backoff, as the registry is, and the pull goes on; a 401 or 403 from it is a refusal at
+    once (exit 1, asked once); one failing every time is given up after as many attempts."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make the token service's key")
+    from graphdriver.images import registry as client
+    from graphdriver.images.reference import parse
+
+    folder = tmp_path / "registry-folder"
+    folder.mkdir()
+    tokens = TokenService(folder, "test-registry")
+    auth = (f"auth:\n  token:\n    realm: {tokens.realm}\n    service: test-registry\n"
+            f"    issuer: test-issuer\n    rootcertbundle: {tokens.cert}\n")
+    reg = Registry(folder, auth=auth)
+    try:
+        oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        ref = f"{reg.host}/team/one:1"
+        gd(tmp_path, "image", "push", "localhost/made:1", ref, "--insecure")
+        for how in ("503", "429", "drop"):
+            tokens.failing, tokens.asked = [how], 0
+            pulled = gd(tmp_path / how, "image", "pull", ref, "--insecure", check=False)
+            assert pulled.returncode == 0, (how, pulled.stderr)
+            assert tokens.asked >= 2 and not tokens.failing, how
+        for how in ("401", "403"):
+            tokens.failing, tokens.asked = [how], 0
+            refused = gd(tmp_path / how, "image", "pull", ref, "--insecure", check=False)
+            assert (refused.returncode, refused.stderr.count(b"\n")) == (1, 1), (how, refused.stderr)
+            assert f"HTTP {how}".encode() in refused.stderr and tokens.asked == 1, (how, refused.stderr)
+        monkeypatch.setattr(client, "_BACKOFF", 0.01)
+        tokens.failing, tokens.asked = ["503"] * client.ATTEMPTS, 0
+        with client.Registry(parse(ref), insecure=True) as api, pytest.raises(client.RegistryError) as failed:
+            api.manifest("1")
+        assert str(failed.value) == (f"token service {tokens.realm}: gave up after {client.ATTEMPTS} "
+                                     "attempts: HTTP 503")
+        assert tokens.asked == client.ATTEMPTS
     finally:
         reg.stop()
         tokens.close()

@@ -18,9 +18,9 @@ and ``image push``.  What it does:
   the repository's namespace, its registry, or a URL of it: :func:`_auth_rank`),
   or ``Bearer`` (a token from the challenge's realm for the repository's scope,
   asked with those credentials if any, kept per scope).
-* **Retries**: 429 and 5xx answers and dropped connections are retried with
-  exponential backoff (``Retry-After`` honoured), at most :data:`ATTEMPTS`
-  times; a blob download that breaks resumes where it stopped with a
+* **Retries**: 429 and 5xx answers and dropped connections, of the registry and
+  of its token service alike, are retried with exponential backoff (``Retry-After``
+  honoured), at most :data:`ATTEMPTS` times; a blob download that breaks resumes where it stopped with a
   ``Range`` request, and every blob is checked against its digest.  Blobs are asked for
   as they are stored (``Accept-Encoding: identity``); one gzipped on the way all the same is
   decoded, one in an encoding nothing here decodes is refused.
@@ -348,7 +348,7 @@ class Registry:
                 self._authenticate(resp, scope_repo or self.repo)
                 resp.close()
                 continue
-            if resp.status_code == 429 or resp.status_code >= 500:
+            if _retried(resp.status_code):
                 resp.close()
                 self._wait(attempt, resp.headers.get("Retry-After"), f"{method} {self._where(path)}",
                            f"HTTP {resp.status_code}")
@@ -451,31 +451,41 @@ class Registry:
         self.auth_header = f"Bearer {self.tokens[scope]}"
 
     def _token(self, realm: str, query: dict[str, Any]) -> str:
-        """A token from the token service at *realm* for *query* (service and scopes)."""
+        """A token from the token service at *realm* for *query* (service and scopes).
+
+        A busy or failing service (429, 5xx) or a dropped connection is asked again as a
+        registry is (:meth:`_wait`: backoff, ``Retry-After`` honoured, at most :data:`ATTEMPTS`
+        times); a 401 or 403 is a refusal at once.
+        """
         what = f"token service {shorten(realm, 160)}"
         if self.insecure:  # its certificate goes unchecked as the registry's does, as Docker's
             from urllib.parse import urlsplit
 
             _quiet_unverified(urlsplit(realm).netloc)
+        for attempt in range(ATTEMPTS):
+            got, why = self._ask_token(realm, query, what)
+            if got is not None and not _retried(got.status_code):
+                return _token_of(got, what)
+            retry_after = got.headers.get("Retry-After") if got is not None else None
+            self._wait(attempt, retry_after, what, why)
+        raise AssertionError("unreachable: _wait gives up on the last attempt")
+
+    def _ask_token(self, realm: str, query: dict[str, Any], what: str) -> tuple[Any, str]:
+        """One request to the token service *what* at *realm*: its answer, or None for a
+        connection that failed; and why it would be asked again."""
         try:
             got = self.session.get(realm, params=query, auth=self.creds, timeout=(30, 60), verify=self.verify)
         except self.requests.exceptions.SSLError as e:
-            raise RegistryError(what, f"TLS failed ({_tls_detail(e)})") from e
-        except (self.requests.ConnectionError, self.requests.Timeout) as e:
-            raise RegistryError(what, _connection_failure(e)) from e
+            raise RegistryError(what, f"TLS failed ({_tls_detail(e)})") from e  # the same every time
+        except (self.requests.ConnectionError, self.requests.Timeout,
+                self.requests.exceptions.ChunkedEncodingError) as e:
+            return None, _connection_failure(e)
         except self.requests.RequestException as e:  # a URL requests will not ask
             raise RegistryError(f"registry {self.host}", f"its authentication challenge is malformed "
                                 f"(realm {shorten(realm, 120)!r}: {type(e).__name__})") from e
-        if got.status_code != 200:
-            raise RegistryError(what, f"HTTP {got.status_code}")
-        try:
-            body = got.json()
-        except ValueError:
-            body = None
-        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
-        if not isinstance(token, str):
-            raise RegistryError(what, "answered no token")
-        return token
+        if _retried(got.status_code):
+            got.close()
+        return got, f"HTTP {got.status_code}"
 
     # ----- pulling --------------------------------------------------------------------------------
 
@@ -677,6 +687,28 @@ class Registry:
                             headers={"Content-Type": media_type})
         resp.close()
         return str(resp.headers.get("Docker-Content-Digest") or oci.sha256_digest(data))
+
+
+def _retried(status: int) -> bool:
+    """Whether an answer of HTTP *status* is asked again: busy (429) or failing (5xx)."""
+    return status == 429 or status >= 500
+
+
+def _token_of(got: Any, what: str) -> str:
+    """The token in the token service *what*'s answer *got* (one that is not to be asked again)."""
+    if got.status_code in (401, 403):
+        raise RegistryError(what, f"HTTP {got.status_code}: not authorised (credentials from "
+                            "$REGISTRY_AUTH_FILE or ~/.docker/config.json)")
+    if got.status_code != 200:
+        raise RegistryError(what, f"HTTP {got.status_code}")
+    try:
+        body = got.json()
+    except ValueError:
+        body = None
+    token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+    if not isinstance(token, str):
+        raise RegistryError(what, "answered no token")
+    return token
 
 
 def _is_http_url(text: str) -> bool:
