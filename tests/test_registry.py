@@ -563,6 +563,31 @@ def test_busy_and_failing_answers_are_retried_then_given_up(tmp_path, monkeypatc
         assert seen == [503] * client.ATTEMPTS
 
 
+def test_retry_after_as_an_http_date_is_waited_for_as_seconds_are(monkeypatch):
+    """Retry-After may be an HTTP-date (RFC 9110) as well as seconds: waited for until then,
+    capped as seconds are; a date past asks no more than the backoff; neither is passed over."""
+    import datetime
+    from email.utils import format_datetime
+
+    from graphdriver.images import registry as client
+    from graphdriver.images.reference import parse
+
+    def later(seconds: int) -> str:
+        now = datetime.datetime.now(datetime.UTC)
+        return format_datetime(now + datetime.timedelta(seconds=seconds), usegmt=True)
+
+    slept: list[float] = []
+    monkeypatch.setattr(client.time, "sleep", slept.append)
+    with client.Registry(parse("localhost:5000/a:1"), insecure=True) as reg:
+        for attempt, retry_after in [(0, later(30)), (0, later(3600)), (0, "Fri, 31 Dec 1999 23:59:59 GMT"),
+                                     (2, "Fri, 31 Dec 1999 23:59:59 -0000"), (0, "3"), (0, "120"),
+                                     (1, "soon"), (1, None)]:
+            reg._wait(attempt, retry_after, "GET x", "HTTP 503")
+    assert 28 < slept[0] <= 30, slept
+    assert slept[1:] == [60.0, client._BACKOFF, client._BACKOFF * 4, 3.0, 60.0, client._BACKOFF * 2,
+                         client._BACKOFF * 2]
+
+
 def test_a_manifest_or_config_whose_connection_dropped_is_asked_again(monkeypatch):
     """A body cut short (the connection closed before its Content-Length) is a dropped
     connection: asked again, as the request itself would be, not an internal error."""

@@ -20,7 +20,8 @@ and ``image push``.  What it does:
   asked with those credentials if any, kept per scope).
 * **Retries**: 429 and 5xx answers and dropped connections, of the registry and
   of its token service alike, are retried with exponential backoff (``Retry-After``
-  honoured), at most :data:`ATTEMPTS` times; a blob download that breaks resumes where it stopped with a
+  honoured, in seconds or as an HTTP-date: :func:`retry_delay`), at most
+  :data:`ATTEMPTS` times; a blob download that breaks resumes where it stopped with a
   ``Range`` request, and every blob is checked against its digest.  Blobs are asked for
   as they are stored (``Accept-Encoding: identity``); one gzipped on the way all the same is
   decoded, one in an encoding nothing here decodes is refused.
@@ -33,6 +34,7 @@ and ``image push``.  What it does:
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import tempfile
@@ -55,6 +57,8 @@ ATTEMPTS = 5
 #: No manifest or index is larger (the distribution spec's registries cap them at 4 MiB).
 MANIFEST_LIMIT = 4 << 20
 _BACKOFF = 0.5  # seconds, doubled each retry
+#: The longest wait before a retry that a ``Retry-After`` is heeded for, in seconds.
+RETRY_AFTER_CAP = 60.0
 _CHUNK = 1 << 20
 #: Blobs up to this size go up in one request; larger ones in chunks of it.
 UPLOAD_CHUNK = 32 << 20
@@ -397,10 +401,7 @@ class Registry:
         failed for *why*; give up when that would be one attempt too many."""
         if attempt + 1 >= ATTEMPTS:
             raise RegistryError(what, f"gave up after {ATTEMPTS} attempts: {why}")
-        delay = _BACKOFF * (2**attempt)
-        if retry_after and retry_after.isdigit():
-            delay = min(max(delay, float(retry_after)), 60.0)
-        time.sleep(delay)
+        time.sleep(retry_delay(attempt, retry_after))
 
     def _fail(self, method: str, path: str, resp: Any) -> None:
         detail = ""
@@ -687,6 +688,37 @@ class Registry:
                             headers={"Content-Type": media_type})
         resp.close()
         return str(resp.headers.get("Docker-Content-Digest") or oci.sha256_digest(data))
+
+
+def retry_delay(attempt: int, retry_after: str | None, now: datetime.datetime | None = None) -> float:
+    """Seconds to wait before retry *attempt* + 1: the backoff, or longer when the answer's
+    ``Retry-After`` (*retry_after*, seconds or an HTTP-date: RFC 9110) asks for it, though never
+    more than :data:`RETRY_AFTER_CAP`.  A date past (as of *now*, default the clock's) asks for
+    nothing more; a value that is neither is passed over."""
+    delay = _BACKOFF * 2.0**attempt
+    asked = _retry_after_seconds(retry_after, now)
+    if asked is not None:
+        delay = min(max(delay, asked), RETRY_AFTER_CAP)
+    return delay
+
+
+def _retry_after_seconds(value: str | None, now: datetime.datetime | None) -> float | None:
+    """The seconds a ``Retry-After`` *value* asks to wait from *now* (negative for a date
+    past); None for no value, or one that is neither seconds nor an HTTP-date."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    if not value:
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # ``-0000``: UTC, as an HTTP-date always is
+        when = when.replace(tzinfo=datetime.UTC)
+    return (when - (now or datetime.datetime.now(datetime.UTC))).total_seconds()
 
 
 def _retried(status: int) -> bool:
