@@ -226,8 +226,9 @@ def test_a_push_to_a_digest_checks_it_names_the_manifest_before_any_upload(tmp_p
 
 @contextlib.contextmanager
 def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) -> Iterator[str]:
-    """A registry on localhost answering each GET, HEAD and POST with ``answer(path)``: (status,
-    body, headers), a HEAD without its body and a POST's body read first; yields its host."""
+    """A registry on localhost answering each GET, HEAD, POST and PUT with ``answer(path)``:
+    (status, body, headers), a HEAD without its body, the body of a POST or PUT read first;
+    yields its host."""
     import http.server
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -245,6 +246,7 @@ def fake_registry(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) ->
             self.do_GET()
 
         do_HEAD = do_GET
+        do_PUT = do_POST
 
         def log_message(self, *args: object) -> None:
             pass
@@ -270,6 +272,30 @@ def test_registry_refusals_are_told_in_words(tmp_path):
         assert missing.stderr.endswith(b"HTTP 404 (MANIFEST_UNKNOWN)\n"), missing.stderr
     refused = gd(tmp_path, "image", "pull", f"{host}/gone:1", "--insecure", check=False)  # ~8 s of retries
     assert refused.returncode == 1 and refused.stderr.endswith(b"connection refused\n"), refused.stderr
+
+
+def test_a_push_to_a_repository_the_registry_does_not_know_is_a_registry_failure(tmp_path):
+    """A registry answering a push's upload (or its manifest) with 404 NAME_UNKNOWN refuses the
+    repository: exit 1 in one line naming it, never 3, which says the image pushed is not here.
+    A 404 whose body is JSON but no error object says the same in words, not as Python."""
+    unknown = b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}'
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+    gd(tmp_path, "image", "load", str(tmp_path / "in"))
+    has_blobs, body = False, unknown
+
+    def answer(path: str) -> tuple[int, bytes, dict[str, str]]:
+        if "/blobs/sha256:" in path:  # the HEAD asking whether the registry has a blob
+            return (200 if has_blobs else 404), b"", {}
+        return 404, body, {"Content-Type": "application/json"}
+
+    with fake_registry(answer) as host:
+        # Refused at the first upload; at the manifest; with a body that holds no errors.
+        for has_blobs, body in ((False, unknown), (True, unknown), (False, b"[]")):
+            r = gd(tmp_path, "image", "push", "localhost/made:1", f"{host}/team/app:1", "--insecure",
+                   check=False)
+            assert (r.returncode, r.stderr.count(b"\n"), r.stdout) == (1, 1, b""), (has_blobs, r.stderr)
+            assert b"HTTP 404" in r.stderr and b"no repository team/app to push to" in r.stderr, r.stderr
+            assert (b"NAME_UNKNOWN" in r.stderr) == (body == unknown), r.stderr
 
 
 def test_a_registry_port_out_of_range_is_a_usage_error(tmp_path):

@@ -215,10 +215,11 @@ DOCS: dict[str, Doc] = {
                       "Prints the manifest digest.",
                       [("graphdriver image push localhost/web:1 localhost:5000/web:1 --insecure", "to a local "
                         "registry"),
-                       ("graphdriver image push localhost:5000/web:1 --insecure", "to where its name says")], {1: "the registry refused or failed",
-                                       2: "not an image name, an id prefix several images start with, or a "
-                                          "REF whose digest is not the image's manifest",
-                                       3: "no such image"}),
+                       ("graphdriver image push localhost:5000/web:1 --insecure", "to where its name says")],
+                      {1: "the registry refused or failed (it knows no repository REF names, say)",
+                       2: "not an image name, an id prefix several images start with, or a "
+                          "REF whose digest is not the image's manifest",
+                       3: "no such image here"}),
     "image ls": Doc("images", "Lists the images: repository, tag, image id, created (when the image was made, "
                     "from its config), number of layers. A corrupt image record is named on stderr.",
                     [("graphdriver image ls", "a table"), ("graphdriver image ls --json", "the records")]),

@@ -404,13 +404,9 @@ class Registry:
         time.sleep(retry_delay(attempt, retry_after))
 
     def _fail(self, method: str, path: str, resp: Any) -> None:
-        detail = ""
-        try:
-            errors = resp.json().get("errors") or []
-            detail = "; ".join(": ".join(shorten(str(e[k]), 200) for k in ("code", "message") if e.get(k))
-                               for e in errors if isinstance(e, dict))
-        except ValueError:
-            pass
+        errors = _errors(resp)
+        detail = "; ".join(": ".join(shorten(str(e[k]), 200) for k in ("code", "message") if e.get(k))
+                           for e in errors)
         what = f"{method} {self._where(path)}"
         why = f"HTTP {resp.status_code}" + (f" ({detail})" if detail else "")
         if resp.status_code == 400 and self.base.startswith("http:") and "HTTPS" in _text(resp):
@@ -419,11 +415,24 @@ class Registry:
                 why += f", and TLS with it failed ({self.tls_failure})"
         resp.close()
         if resp.status_code == 404:
-            raise NotFound(what, why)
+            if method in ("GET", "HEAD"):  # what was asked for is not there: the image pulled, a blob
+                raise NotFound(what, why)
+            raise RegistryError(what, why + self._unknown_repository(path, errors))  # a push refused
         if resp.status_code in (401, 403):
             raise RegistryError(what, why + ": not authorised (credentials from $REGISTRY_AUTH_FILE or "
                                 "~/.docker/config.json)")
         raise RegistryError(what, why)
+
+    def _unknown_repository(self, path: str, errors: list[dict[str, Any]]) -> str:
+        """What a 404 to a push's request on *path* says of the repository, with the *errors*
+        of its answer: that the registry knows none of that name when it says so
+        (``NAME_UNKNOWN``), or says nothing of a request to the repository's own path (not an
+        upload's Location); else nothing more."""
+        codes = {str(e.get("code")) for e in errors}
+        if "NAME_UNKNOWN" in codes or (not codes and "://" not in path):
+            return (f": the registry has no repository {shorten(self.repo)} to push to "
+                    "(it may have to be made there first)")
+        return ""
 
     def _authenticate(self, resp: Any, repo: str) -> None:
         header = resp.headers.get("WWW-Authenticate", "")
@@ -719,6 +728,17 @@ def _retry_after_seconds(value: str | None, now: datetime.datetime | None) -> fl
     if when.tzinfo is None:  # ``-0000``: UTC, as an HTTP-date always is
         when = when.replace(tzinfo=datetime.UTC)
     return (when - (now or datetime.datetime.now(datetime.UTC))).total_seconds()
+
+
+def _errors(resp: Any) -> list[dict[str, Any]]:
+    """The ``errors`` of a registry's error answer *resp* (as the distribution spec has them:
+    objects with a ``code`` and a ``message``); none for a body that holds no such list."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
 def _retried(status: int) -> bool:
