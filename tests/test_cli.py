@@ -205,6 +205,36 @@ def test_unknown_driver_on_a_new_root_creates_nothing(root):
     assert not root.exists()
 
 
+@pytest.mark.parametrize("driver", ["vfs", "overlay"])
+def test_an_additional_stores_layer_is_read_before_this_store_is_made(tmp_path, driver):
+    """A root that holds no store yet, with --additional-store: the commands that mount a layer
+    of that store (changes, diffsize, diff --regenerate, mount) work, keeping their counts in
+    the run root, and still make nothing under the root."""
+    if driver == "overlay" and os.geteuid() != 0:
+        pytest.skip("overlay needs root here")
+    theirs, root, run = tmp_path / "theirs", tmp_path / "mine", tmp_path / "run"
+    (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"base")}))
+    (tmp_path / "top.tar").write_bytes(make_tar({"d": D(), "d/g": F(b"top")}))
+    run_cli("import", "base", str(tmp_path / "base.tar"), root=theirs, driver=driver, check=True)
+    run_cli("import", "top", str(tmp_path / "top.tar"), "--parent", "base", root=theirs, driver=driver,
+            check=True)
+    own = ("--additional-store", str(theirs))
+    r = run_cli(*own, "changes", "top", root=root, run_root=run, driver=driver)
+    assert (r.returncode, r.stdout.decode(), r.stderr.decode()) == (0, "A /d\nA /d/g\n", "")
+    r = run_cli(*own, "diffsize", "top", root=root, run_root=run, driver=driver)
+    assert (r.returncode, r.stdout.decode()) == (0, "3\n"), r.stderr
+    r = run_cli(*own, "diff", "top", "--regenerate", root=root, run_root=run, driver=driver)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+        assert [m.name.rstrip("/") for m in tf] == ["d", "d/g"]
+    r = run_cli(*own, "mount", "top", root=root, run_root=run, driver=driver)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(r.stdout.decode().strip())) == ["d", "f"]
+    r = run_cli(*own, "unmount", "top", root=root, run_root=run, driver=driver)
+    assert r.returncode == 0, r.stderr
+    assert not root.exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [["layers"], ["--json", "layers"], ["exists", "a"], ["layer", "a"], ["status"], ["cleanup"],
@@ -1016,6 +1046,61 @@ def test_diff_of_a_file_this_user_may_not_read_names_the_layer_and_the_file():
                "--additional-store", str(theirs)]
         code, err = _main_as_nobody([*own, "diff", "p", "-o", str(mine / "p.tar")])
         assert (code, err) == (7, "graphdriver: layer p: d/f: Permission denied\n")
+    finally:
+        import shutil
+
+        shutil.rmtree(work)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
+def test_what_this_user_may_not_read_in_another_users_store_is_named_in_its_layer():
+    """Nobody, with no store of its own yet, reads root's store given as --additional-store:
+    a layer it may read is diffed with --regenerate; a folder or a file of a layer it may not
+    read stops diff, changes, diffsize and tarsplit with exit 7 naming the layer and the path
+    in it (never where the store keeps it), and check skips the layer saying that path."""
+    import tempfile
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-tree-"))
+    try:
+        os.chmod(work, 0o755)
+        theirs = work / "theirs"
+        layers = {"open": {"o": D(), "o/f": F(b"x")}, "closed": {"d": D(mode=0o700), "d/f": F(b"x")},
+                  "secret": {"e": D(), "e/s": F(b"x", mode=0o600)}}
+        for name, spec in layers.items():
+            (work / f"{name}.tar").write_bytes(make_tar(spec))
+            run_cli("import", name, str(work / f"{name}.tar"), root=theirs, driver="vfs", check=True)
+        for folder, _dirs, files in os.walk(theirs):
+            if not folder.endswith("/d"):
+                os.chmod(folder, os.stat(folder).st_mode | 0o005)
+            for name in files:
+                path = os.path.join(folder, name)
+                if not name.endswith(".lock") and not path.endswith("/e/s"):
+                    os.chmod(path, os.stat(path).st_mode | 0o004)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs",
+               "--additional-store", str(theirs)]
+        code, out, err, _ = _nobody_command(own, "diff", "open", "--regenerate", "-o", str(mine / "o.tar"))
+        assert (code, err) == (0, "")
+        with tarfile.open(mine / "o.tar") as tf:
+            assert [m.name.rstrip("/") for m in tf] == ["o", "o/f"]
+        folder = "graphdriver: layer closed: d: Permission denied\n"
+        for argv in (["diff", "closed", "--regenerate", "-o", "/dev/null"], ["changes", "closed"],
+                     ["diffsize", "closed"]):
+            assert _nobody_command(own, *argv)[::2] == (7, folder), argv
+        below = "graphdriver: layer closed: d/f: Permission denied\n"
+        for argv in (["diff", "closed", "-o", "/dev/null"], ["tarsplit", "closed", "-o", "/dev/null"]):
+            assert _nobody_command(own, *argv)[::2] == (7, below), argv
+        file = "graphdriver: layer secret: e/s: Permission denied\n"
+        for argv in (["diff", "secret", "--regenerate", "-o", "/dev/null"],
+                     ["diff", "secret", "-o", "/dev/null"]):
+            assert _nobody_command(own, *argv)[::2] == (7, file), argv
+        code, out, err, _ = _nobody_command(own, "check", "closed", "secret")
+        skipped = "skipped: its files cannot be read by this user (Permission denied"
+        assert (code, out, err) == (0, f"closed: {skipped} d/f)\nsecret: {skipped} e/s)\n", "")
+        assert not (mine / "store").exists()
     finally:
         import shutil
 

@@ -85,6 +85,18 @@ class Unsupported(GraphDriverError):
 REFUSED = (1, 13, 30)
 
 
+class ReadRefused(Unsupported):
+    """A file or folder of a layer this user may not read (exit 7), named by the layer and its
+    *path* in it (``layer b: etc/ssl/private: Permission denied``), never by where the store
+    keeps it; raised from the refusal itself, whose file name a run as the owner goes by."""
+
+    def __init__(self, layer_id: str, path: str, strerror: str) -> None:
+        self.layer_id = layer_id
+        self.path = path
+        self.strerror = strerror
+        super().__init__(f"layer {layer_id}", f"{path}: {strerror}")
+
+
 def os_error(what: str, e: OSError, otherwise: type[GraphDriverError] = GraphDriverError) -> GraphDriverError:
     """*e* as one of these: a permission refused or a read-only file system is a missing
     privilege (exit 7), the rest *otherwise*."""

@@ -208,6 +208,8 @@ class Driver(abc.ABC):
         self._run_dir = os.path.abspath(self.run_root)  # as the working folder is now
         #: This process's holds (see :meth:`mounted`), per count key, latest last.
         self._holds: dict[str, list[tuple[int, str]]] = {}
+        #: The run root's folder of counts is known to be there (see :meth:`_make_counts`).
+        self._counts_made = False
         if config.prepare:
             Driver.prepare(self)  # a subclass prepares its own part at the end of its __init__
 
@@ -521,6 +523,8 @@ class Driver(abc.ABC):
         """
         self.resolve(layer_id)
         key = self._count_key(layer_id)
+        if not self.config.prepare and not self._counts_made:
+            self._make_counts()
         with self.counts.lock(key):
             count, path = self._live_state(layer_id, key)
             if path is not None and self._still_mounted(layer_id, path):
@@ -531,6 +535,13 @@ class Driver(abc.ABC):
                 self.run_roots.note()  # others ask it before calling this stale
                 path = self._mount(layer_id, mount_label)
                 return self._count_get(layer_id, key, 0, path, hold, serialised)
+
+    def _make_counts(self) -> None:
+        """Make the run root's folder of mount counts, for a store not made yet: its first
+        ``get`` is of a layer of an additional store (``changes``, ``diff --regenerate``,
+        ``mount``).  The run root holds what is mounted now; the store stays unmade."""
+        os.makedirs(self.counts.directory, 0o700, exist_ok=True)
+        self._counts_made = True
 
     def _count_get(self, layer_id: str, key: str, count: int, path: str, hold: bool, serialised: bool) -> str:
         """:meth:`get` once the layer is mounted at *path*: add one to its *count* (a first one

@@ -272,9 +272,7 @@ class HomeLock:
             try:
                 lock.__enter__()
             except FileNotFoundError:
-                try:
-                    os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
-                except OSError:
+                if not _made_in_home(os.path.dirname(self.path)):
                     return False
                 continue
             except OSError:
@@ -320,11 +318,12 @@ class RunRoots:
         note = os.path.join(self.directory, path_key(self.run_dir))
         if os.path.exists(note):
             return
+        if not _made_in_home(self.directory):
+            return  # a read-only home, or none yet: cleanup then knows no other run root, as before
         try:
-            os.makedirs(self.directory, 0o700, exist_ok=True)
             atomic.write_bytes(note, os.fsencode(self.run_dir), 0o600)
         except OSError:
-            pass  # a read-only home: cleanup then knows no other run root, as before
+            pass  # a home that takes no file: the same
 
     def _noted(self) -> list[tuple[str, str]]:
         """(note, run directory) of every run directory noted, this one's included."""
@@ -413,6 +412,19 @@ class RunRoots:
                 continue
             done.append(f"forgot run root {shown_run_root(run_dir)} (gone)")
         return done
+
+
+def _made_in_home(folder: str) -> bool:
+    """Make *folder*, a folder of a driver's home, unless it is there; whether it is now.
+    A home that cannot take it (read-only), or that is not there (a store not made yet,
+    whose commands read layers of additional stores alone), is left as it is."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    return True
 
 
 def _tail(run_dir: str) -> tuple[str, str]:

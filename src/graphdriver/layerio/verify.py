@@ -117,7 +117,10 @@ def tree_problems(
             expected.update(_parents(parent))
             if e.type == te.LNK:
                 links.append((rel, posixpath.normpath("/" + e.linkname).lstrip("/")))
-            problem = _compare(e, rel, root_fd, idmaps, as_root, inodes)
+            try:
+                problem = _compare(e, rel, root_fd, idmaps, as_root, inodes)
+            except PermissionError as denied:  # named by its path in the layer, not its last name
+                raise PermissionError(denied.errno, denied.strerror, rel) from denied
             if problem:
                 problems.append(f"{rel!r}: {problem}")
         problems += _joined(inodes)
@@ -172,8 +175,8 @@ def sparse_problems(entries: Iterable[SplitEntry], root: str) -> list[str]:
                 finally:
                     if pfd != root_fd:
                         os.close(pfd)
-            except PermissionError:
-                raise  # there, but not for this user: not damage
+            except PermissionError as denied:  # there, but not for this user: not damage
+                raise PermissionError(denied.errno, denied.strerror, rel) from denied
             except OSError:
                 problems.append(f"{rel!r}: is missing from the layer")
     finally:

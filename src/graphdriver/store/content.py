@@ -9,13 +9,15 @@ reassembly, in the layer format the driver stores (Docker/OCI, or Windows).
 from __future__ import annotations
 
 import functools
+import os
 
 from graphdriver.drivers.base import OVERLAY_WHITEOUTS, WINDOWS_FORMAT
+from graphdriver.errors import REFUSED, ReadRefused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import BinaryIO
+    from collections.abc import Callable, Iterable
+    from typing import BinaryIO, NoReturn
 
     from graphdriver.diff.changes import Change
     from graphdriver.drivers.base import Driver
@@ -103,9 +105,12 @@ def changes(driver: Driver, layer_id: str, parent: str | None, *, native: bool =
     """
     windows = driver.LAYER_FORMAT == WINDOWS_FORMAT
     with driver.compare(layer_id, parent, native=native) as c:
-        found = _changes_of(c, windows, owner)
-        if windows:
-            return _windows_changes(c, found)
+        try:
+            found = _changes_of(c, windows, owner)
+            if windows:
+                return _windows_changes(c, found)
+        except OSError as e:
+            _raise_named(e, c, layer_id, parent)
     return found
 
 
@@ -132,20 +137,28 @@ def export(driver: Driver, layer_id: str, parent: str | None, out: BinaryIO, *,
     """
     maps = driver.config.idmaps if idmaps is None else idmaps
     with driver.compare(layer_id, parent, native=native) as c:
-        if driver.LAYER_FORMAT == WINDOWS_FORMAT:
-            from graphdriver.layerio.windows import layer
+        try:
+            _export(driver, c, out, maps, owner)
+        except OSError as e:
+            _raise_named(e, c, layer_id, parent)
 
-            found = _changes_of(c, True)
-            layer.export(c.root, found, c.data_dirs, out, own_extras=c.native)
-        elif c.lowers is not None:
-            from graphdriver.diff import upper
 
-            upper.export(c.root, c.lowers, out, maps, opaque_xattr=c.opaque_xattr)
-        else:
-            from graphdriver.diff.walk import changes_between
-            from graphdriver.layerio.export import export_changes
+def _export(driver: Driver, c: Comparison, out: BinaryIO, maps: IDMappings, owner: Owner | None) -> None:
+    """:func:`export` once the layer is compared (*c*)."""
+    if driver.LAYER_FORMAT == WINDOWS_FORMAT:
+        from graphdriver.layerio.windows import layer
 
-            export_changes(c.root, changes_between(c.root, c.parent_root, owner, c.since), out, maps)
+        found = _changes_of(c, True)
+        layer.export(c.root, found, c.data_dirs, out, own_extras=c.native)
+    elif c.lowers is not None:
+        from graphdriver.diff import upper
+
+        upper.export(c.root, c.lowers, out, maps, opaque_xattr=c.opaque_xattr)
+    else:
+        from graphdriver.diff.walk import changes_between
+        from graphdriver.layerio.export import export_changes
+
+        export_changes(c.root, changes_between(c.root, c.parent_root, owner, c.since), out, maps)
 
 
 def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = True,
@@ -160,14 +173,45 @@ def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = Tr
 
     windows = driver.LAYER_FORMAT == WINDOWS_FORMAT
     with driver.compare(layer_id, parent, native=native) as c:
-        if c.lowers is not None and not windows:
-            from graphdriver.diff import upper
+        try:
+            if c.lowers is not None and not windows:
+                from graphdriver.diff import upper
 
-            return upper.size(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
-        found = _changes_of(c, windows, owner)
-        if windows and c.native:
-            return changes_size(c.data_dirs[0], _windows_changes(c, found))
-        return changes_size(c.root, found)
+                return upper.size(c.root, c.lowers, opaque_xattr=c.opaque_xattr)
+            found = _changes_of(c, windows, owner)
+            if windows and c.native:
+                return changes_size(c.data_dirs[0], _windows_changes(c, found))
+            return changes_size(c.root, found)
+        except OSError as e:
+            _raise_named(e, c, layer_id, parent)
+
+
+def refused_read(error: BaseException, trees: Iterable[tuple[str | None, str | None]], *,
+                 here: str | None = None) -> ReadRefused | None:
+    """*error* as :class:`~graphdriver.errors.ReadRefused` when it is a read this user may not
+    make of a file or folder in one of *trees*, (folder, the layer whose files it holds) pairs,
+    named by its full path: that layer, and the path in it; named by a relative path, a path
+    in layer *here* (where the reader names them so); None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in REFUSED or not error.filename:
+        return None
+    name = os.fsdecode(error.filename)
+    if here is not None and not name.startswith("/"):
+        return ReadRefused(here, name, error.strerror or str(error))
+    for folder, layer_id in trees:
+        top = (folder or "").rstrip("/")
+        if top and layer_id is not None and (name == top or name.startswith(top + "/")):
+            return ReadRefused(layer_id, name[len(top) + 1:] or "/", error.strerror or str(error))
+    return None
+
+
+def _raise_named(error: OSError, c: Comparison, layer_id: str, parent: str | None) -> NoReturn:
+    """Raise *error*, a read refused in a tree of *c* named as the path in its layer (a lower
+    directory's path is the same path in the layer's view); any other error as it is."""
+    trees = [(c.root, layer_id), (c.parent_root, parent), *((lower, layer_id) for lower in c.lowers or ())]
+    refused = refused_read(error, trees)
+    if refused is None:
+        raise error
+    raise refused from error
 
 
 def files_root(driver: Driver, layer_id: str) -> str:

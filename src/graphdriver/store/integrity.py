@@ -19,6 +19,7 @@ from graphdriver.errors import (
     GraphDriverError,
     IntegrityError,
     NotFound,
+    ReadRefused,
     Unsupported,
     shorten,
 )
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO, TypeVar
 
     from graphdriver.layerio.tarsplit import SplitEntry
+    from graphdriver.store.content import Owner
     from graphdriver.store.layers import Store
     from graphdriver.store.records import Layer
 
@@ -255,7 +257,7 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
     """
     import contextlib
 
-    from graphdriver.layerio.verify import changes_problems, tree_problems
+    from graphdriver.store.content import refused_read
 
     # The layer's own files (an overlay upper directory, never a live union
     # mount), or its full tree, whose parent's paths are then no extra files.
@@ -270,17 +272,33 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
         if owner is not None and inherited is None and record.parent is not None:
             # Its own files start as a shifted copy of its parent's whole tree.
             inherited = stack.enter_context(store.driver.mounted(record.parent))
-        maps = store.layer_maps(record)
-        problems = read_tarsplit(store, record, lambda entries: tree_problems(
-            entries, root, maps, inherited=inherited))
-        if problems or not (full_tree and inherited_changes):
-            return problems
-        from graphdriver.diff.walk import changes_between
+        try:
+            return _tree_problems(store, record, (root, inherited), owner, inherited_changes and full_tree)
+        except OSError as e:  # a read refused: named by the layer and the path in it
+            refused = refused_read(e, [(root, record.id), (inherited, record.parent)], here=record.id)
+            if refused is None:
+                raise
+            raise refused from e
 
-        since = store.driver.written_since(record.id, record.parent)
-        changes = changes_between(root, inherited, owner, since) if inherited is not None else []
-        return read_tarsplit(store, record, lambda entries: changes_problems(
-            entries, changes, root, inherited, owner))
+
+def _tree_problems(store: Store, record: Layer, trees: tuple[str, str | None], owner: Owner | None,
+                   changes_too: bool) -> list[str]:
+    """:func:`file_problems` of the layer's files at *trees*' first, over its parent's tree at
+    the second where it is a full tree on top of it; *changes_too*: its changes over that too."""
+    from graphdriver.layerio.verify import changes_problems, tree_problems
+
+    root, inherited = trees
+    maps = store.layer_maps(record)
+    problems = read_tarsplit(store, record, lambda entries: tree_problems(
+        entries, root, maps, inherited=inherited))
+    if problems or not changes_too:
+        return problems
+    from graphdriver.diff.walk import changes_between
+
+    since = store.driver.written_since(record.id, record.parent)
+    changes = changes_between(root, inherited, owner, since) if inherited is not None else []
+    return read_tarsplit(store, record, lambda entries: changes_problems(
+        entries, changes, root, inherited, owner))
 
 
 def tarsplit(store: Store, layer_id: str, out: BinaryIO) -> None:
@@ -321,10 +339,10 @@ def of_layer(error: Exception, layer_id: str) -> Exception:
     """*error* told as a failure of layer *layer_id*, as ``check`` tells it: an integrity failure
     that names a file of the layer or its tar-split data but not the layer (``file './etc/passwd':
     longer than ...``) becomes ``layer ID: file './etc/passwd': ...``; a file of it this user may
-    not read, ``layer ID: etc/shadow: Permission denied`` (Unsupported, exit 7, from *error*, so a
+    not read, ``layer ID: etc/shadow: Permission denied`` (ReadRefused, exit 7, from *error*, so a
     run as the owner still sees what was refused); any other is *error*."""
     if isinstance(error, OSError) and error.errno in REFUSED and error.filename:
-        return Unsupported(f"layer {layer_id}", f"{os.fsdecode(error.filename)}: {error.strerror}")
+        return ReadRefused(layer_id, os.fsdecode(error.filename), error.strerror or str(error))
     if not isinstance(error, IntegrityError):
         return error
     what = error.what
@@ -407,10 +425,8 @@ def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | N
                 verify_files(store, record)
             else:
                 raise IntegrityError(f"layer {record.id}", "tar-split data is missing")
-        except PermissionError as e:  # a folder of mode 0000 in a store without root, say
-            where = f" {e.filename}" if e.filename else ""
-            results.append((record.id, f"skipped: its files cannot be read by this user"
-                                       f" ({e.strerror}{where})"))
+        except (PermissionError, ReadRefused) as e:  # a folder of mode 0000 in a store without root, say
+            results.append((record.id, _unreadable(record, e)))
             continue
         except (GraphDriverError, OSError) as e:
             error = store._explain(e, record.id, seen=record)
@@ -425,6 +441,16 @@ def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | N
             continue
         results.append((record.id, None))
     return results
+
+
+def _unreadable(record: Layer, e: PermissionError | ReadRefused) -> str:
+    """Why ``check`` skips *record*'s layer: a file or folder of it (or of the parent it is
+    compared with) this user may not read, named by its path in that layer."""
+    if isinstance(e, ReadRefused):
+        where = f" {e.path}" + (f" of layer {e.layer_id}" if e.layer_id != record.id else "")
+    else:
+        where = f" {os.fsdecode(e.filename)}" if e.filename else ""
+    return f"skipped: its files cannot be read by this user ({e.strerror}{where})"
 
 
 def missing_parent(store: Store, record: Layer) -> str | None:
