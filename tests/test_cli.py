@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -1020,6 +1021,18 @@ def test_a_file_a_read_only_file_system_keeps_closed_is_a_missing_privilege_neve
         shutil.rmtree(work)
 
 
+def _open_to_others(store: Path, keep: Callable[[str], bool]) -> None:
+    """Let every user read *store*'s folders and files (lock files aside), but those whose path
+    *keep* holds, which stay as they are."""
+    for folder, _dirs, files in os.walk(store):
+        if not keep(folder):
+            os.chmod(folder, os.stat(folder).st_mode | 0o005)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not name.endswith(".lock") and not keep(path):
+                os.chmod(path, os.stat(path).st_mode | 0o004)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
 def test_diff_of_a_file_this_user_may_not_read_names_the_layer_and_the_file():
     """An additional store of root's whose folders are open but a file is 0600: diff exits
@@ -1033,12 +1046,7 @@ def test_diff_of_a_file_this_user_may_not_read_names_the_layer_and_the_file():
         theirs = work / "theirs"
         (work / "p.tar").write_bytes(make_tar({"d": D(), "d/f": F(b"x", mode=0o600)}))
         run_cli("import", "p", str(work / "p.tar"), root=theirs, driver="vfs", check=True)
-        for folder, _dirs, files in os.walk(theirs):
-            os.chmod(folder, os.stat(folder).st_mode | 0o005)
-            for name in files:
-                path = os.path.join(folder, name)
-                if not name.endswith(".lock") and not (folder.endswith("/d") and name == "f"):
-                    os.chmod(path, os.stat(path).st_mode | 0o004)
+        _open_to_others(theirs, keep=lambda path: path.endswith("/d/f"))
         mine = work / "mine"
         mine.mkdir()
         os.chown(mine, 65534, 65534)
@@ -1070,13 +1078,7 @@ def test_what_this_user_may_not_read_in_another_users_store_is_named_in_its_laye
         for name, spec in layers.items():
             (work / f"{name}.tar").write_bytes(make_tar(spec))
             run_cli("import", name, str(work / f"{name}.tar"), root=theirs, driver="vfs", check=True)
-        for folder, _dirs, files in os.walk(theirs):
-            if not folder.endswith("/d"):
-                os.chmod(folder, os.stat(folder).st_mode | 0o005)
-            for name in files:
-                path = os.path.join(folder, name)
-                if not name.endswith(".lock") and not path.endswith("/e/s"):
-                    os.chmod(path, os.stat(path).st_mode | 0o004)
+        _open_to_others(theirs, keep=lambda path: path.endswith(("/d", "/e/s")))
         mine = work / "mine"
         mine.mkdir()
         os.chown(mine, 65534, 65534)

@@ -487,15 +487,20 @@ class TokenService:
         self.server.shutdown()
 
 
-def test_bearer_tokens_per_repository_scope(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl to make the token service's key")
+def _token_registry(tmp_path: Path) -> tuple[TokenService, Registry]:
+    """A token service and a registry that takes its tokens, in a folder of *tmp_path*."""
     folder = tmp_path / "registry-folder"
     folder.mkdir()
     tokens = TokenService(folder, "test-registry")
     auth = (f"auth:\n  token:\n    realm: {tokens.realm}\n    service: test-registry\n"
             f"    issuer: test-issuer\n    rootcertbundle: {tokens.cert}\n")
-    reg = Registry(folder, auth=auth)
+    return tokens, Registry(folder, auth=auth)
+
+
+def test_bearer_tokens_per_repository_scope(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make the token service's key")
+    tokens, reg = _token_registry(tmp_path)
     try:
         oci_layout(tmp_path / "in", [LAYER1, LAYER2], name="localhost/made:1")
         gd(tmp_path, "image", "load", str(tmp_path / "in"))
@@ -528,12 +533,7 @@ def test_a_token_service_busy_failing_or_dropping_the_connection_is_asked_again(
     from graphdriver.images import registry as client
     from graphdriver.images.reference import parse
 
-    folder = tmp_path / "registry-folder"
-    folder.mkdir()
-    tokens = TokenService(folder, "test-registry")
-    auth = (f"auth:\n  token:\n    realm: {tokens.realm}\n    service: test-registry\n"
-            f"    issuer: test-issuer\n    rootcertbundle: {tokens.cert}\n")
-    reg = Registry(folder, auth=auth)
+    tokens, reg = _token_registry(tmp_path)
     try:
         oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
         gd(tmp_path, "image", "load", str(tmp_path / "in"))

@@ -186,32 +186,29 @@ def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = Tr
             _raise_named(e, c, layer_id, parent)
 
 
-def refused_read(error: BaseException, trees: Iterable[tuple[str | None, str | None]], *,
-                 here: str | None = None) -> ReadRefused | None:
-    """*error* as :class:`~graphdriver.errors.ReadRefused` when it is a read this user may not
-    make of a file or folder in one of *trees*, (folder, the layer whose files it holds) pairs,
-    named by its full path: that layer, and the path in it; named by a relative path, a path
-    in layer *here* (where the reader names them so); None for any other error."""
-    if not isinstance(error, OSError) or error.errno not in REFUSED or not error.filename:
-        return None
-    name = os.fsdecode(error.filename)
-    if here is not None and not name.startswith("/"):
-        return ReadRefused(here, name, error.strerror or str(error))
-    for folder, layer_id in trees:
-        top = (folder or "").rstrip("/")
-        if top and layer_id is not None and (name == top or name.startswith(top + "/")):
-            return ReadRefused(layer_id, name[len(top) + 1:] or "/", error.strerror or str(error))
-    return None
+def raise_refused(error: OSError, trees: Iterable[tuple[str | None, str | None]], *,
+                  here: str | None = None) -> NoReturn:
+    """Raise *error*: as :class:`~graphdriver.errors.ReadRefused` when it is a read this user may
+    not make of a file or folder in one of *trees*, (folder, the layer whose files it holds)
+    pairs, named by its full path: that layer, and the path in it; named by a relative path, a
+    path in layer *here* (where the reader names them so); any other error as it is."""
+    name = os.fsdecode(error.filename) if error.filename else ""
+    if error.errno in REFUSED and name:
+        strerror = error.strerror or str(error)
+        if here is not None and not name.startswith("/"):
+            raise ReadRefused(here, name, strerror) from error
+        for folder, layer_id in trees:
+            top = (folder or "").rstrip("/")
+            if top and layer_id is not None and (name == top or name.startswith(top + "/")):
+                raise ReadRefused(layer_id, name[len(top) + 1:] or "/", strerror) from error
+    raise error
 
 
 def _raise_named(error: OSError, c: Comparison, layer_id: str, parent: str | None) -> NoReturn:
     """Raise *error*, a read refused in a tree of *c* named as the path in its layer (a lower
     directory's path is the same path in the layer's view); any other error as it is."""
-    trees = [(c.root, layer_id), (c.parent_root, parent), *((lower, layer_id) for lower in c.lowers or ())]
-    refused = refused_read(error, trees)
-    if refused is None:
-        raise error
-    raise refused from error
+    lowers = [(lower, layer_id) for lower in c.lowers or ()]
+    raise_refused(error, [(c.root, layer_id), (c.parent_root, parent), *lowers])
 
 
 def files_root(driver: Driver, layer_id: str) -> str:

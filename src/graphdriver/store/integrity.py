@@ -257,7 +257,7 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
     """
     import contextlib
 
-    from graphdriver.store.content import refused_read
+    from graphdriver.store.content import raise_refused
 
     # The layer's own files (an overlay upper directory, never a live union
     # mount), or its full tree, whose parent's paths are then no extra files.
@@ -275,10 +275,7 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
         try:
             return _tree_problems(store, record, (root, inherited), owner, inherited_changes and full_tree)
         except OSError as e:  # a read refused: named by the layer and the path in it
-            refused = refused_read(e, [(root, record.id), (inherited, record.parent)], here=record.id)
-            if refused is None:
-                raise
-            raise refused from e
+            raise_refused(e, [(root, record.id), (inherited, record.parent)], here=record.id)
 
 
 def _tree_problems(store: Store, record: Layer, trees: tuple[str, str | None], owner: Owner | None,
