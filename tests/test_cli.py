@@ -954,14 +954,18 @@ def test_a_record_this_user_may_not_read_is_a_missing_privilege_never_corruption
         shutil.rmtree(work)
 
 
-def _main_as_nobody(argv: list[str]) -> tuple[int, str]:
-    """``graphdriver ARGV`` run in-process as nobody: its exit code and what it wrote to stderr."""
+def _main_as_nobody(argv: list[str], *, namespaces: bool = True) -> tuple[int, str]:
+    """``graphdriver ARGV`` run in-process as nobody: its exit code and what it wrote to stderr
+    (without *namespaces*, as where no user namespace may be made)."""
     import contextlib
 
     from graphdriver import cli as gd
+    from graphdriver.fs import asowner
     from tests.conftest import as_nobody
 
     def run() -> tuple[int, str]:
+        if not namespaces:
+            asowner.available = lambda **_: False  # type: ignore[assignment]
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = gd.main(argv)
@@ -973,14 +977,17 @@ def _main_as_nobody(argv: list[str]) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody and to mount")
-def test_a_file_a_read_only_file_system_keeps_closed_is_a_missing_privilege_never_missing():
-    """Without root, a file of mode 0000 is read by granting its owner's read bit for a
-    moment; a read-only file system refuses the grant.  That is a missing privilege: diff
-    exits 7 naming the layer and the file, check skips the layer, neither calls it missing."""
+def test_a_file_of_mode_0000_is_read_on_a_read_only_file_system_and_never_called_missing():
+    """Without root, a file of mode 0000 is read as its owner, its mode untouched: on a
+    read-only file system too, where no mode could be changed, diff gives the imported
+    bytes back and check finds the layer ok.  Where it cannot be read so (no user namespace
+    may be made), that is a missing privilege: diff exits 7 naming the layer and the file,
+    check skips the layer, neither calls it missing."""
     import subprocess
     import tempfile
 
     import graphdriver
+    from graphdriver.fs import asowner
     from tests.conftest import as_nobody
 
     _load_every_module()
@@ -989,8 +996,8 @@ def test_a_file_a_read_only_file_system_keeps_closed_is_a_missing_privilege_neve
     mounted = False
     try:
         os.chmod(work, 0o755)
-        (work / "shadow.tar").write_bytes(make_tar({
-            "d0": D(), "d0/f1": F(b"secret", mode=0o000), "d0/f2": F(b"sudo", mode=0o4111)}))
+        layer = make_tar({"d0": D(), "d0/f1": F(b"secret", mode=0o000), "d0/f2": F(b"sudo", mode=0o4111)})
+        (work / "shadow.tar").write_bytes(layer)
         os.chmod(work / "shadow.tar", 0o644)
         for name in ("store", "ro", "run"):
             (work / name).mkdir()
@@ -1002,17 +1009,22 @@ def test_a_file_a_read_only_file_system_keeps_closed_is_a_missing_privilege_neve
         subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
         ro = ["--root", str(read_only / "root"), "--run-root", str(work / "run")]
 
-        code, err = _main_as_nobody([*ro, "diff", "sh", "-o", str(work / "run" / "sh.tar")])
-        assert (code, err) == (7, "graphdriver: layer sh: d0/f1: Read-only file system\n")
-        code, err = _main_as_nobody([*ro, "check", "sh"])
-        assert code == 0 and "missing" not in err  # verified as the owner, or skipped
+        if as_nobody(asowner.unshare_user):
+            assert _main_as_nobody([*ro, "diff", "sh", "-o", str(work / "run" / "sh.tar")]) == (0, "")
+            assert (work / "run" / "sh.tar").read_bytes() == layer
+            assert _main_as_nobody([*ro, "check", "sh"]) == (0, "")
+        code, err = _main_as_nobody([*ro, "diff", "sh", "-o", str(work / "run" / "sh.tar")], namespaces=False)
+        assert (code, err) == (7, "graphdriver: layer sh: d0/f1: Permission denied\n")
+        code, err = _main_as_nobody([*ro, "check", "sh"], namespaces=False)
+        assert code == 0 and "missing" not in err
 
         def check() -> object:
+            asowner.available = lambda **_: False  # type: ignore[assignment]
             store = graphdriver.open_store(str(read_only / "root"), run_root=str(work / "run"), create=False)
             return store.check(["sh"])
 
         assert as_nobody(check) == [
-            ("sh", "skipped: its files cannot be read by this user (Read-only file system d0/f1)")]
+            ("sh", "skipped: its files cannot be read by this user (Permission denied d0/f1)")]
     finally:
         if mounted:
             subprocess.run(["umount", str(read_only)], check=True)
@@ -1471,6 +1483,96 @@ def test_user_xattrs_of_a_file_its_owner_may_not_write_are_imported_without_root
             assert os.getxattr(file, "user.a") == b"1"
     finally:
         shutil.rmtree(work)
+
+
+def _traced_nobody_command(own: list[str], watched: list[Path],
+                           *argv: str) -> tuple[int, str, str, int, set[int]]:
+    """``graphdriver *own *argv`` as nobody in a process of its own, every chmod and fchmod of
+    it noted and a thread watching the modes of *watched* meanwhile: the exit code, stdout,
+    stderr, how many chmods changed a watched file, and the modes the thread saw."""
+    import contextlib
+    import threading
+
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+    from tests.test_ownfiles import _chmod_tracer
+
+    def run() -> tuple[int, str, str, int, set[int]]:
+        inodes = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in watched}
+        calls: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                seen.update(os.lstat(p).st_mode & 0o7777 for p in watched)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        _chmod_tracer(calls)
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = gd.main([*own, *argv])
+        finally:
+            done.set()
+            watcher.join()
+        return code, out.getvalue(), err.getvalue(), len([c for c in calls if c in inodes]), seen
+
+    result = as_nobody(run)
+    assert isinstance(result, tuple)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_reading_files_their_owner_may_not_read_never_changes_their_modes_without_root():
+    """Without root, a layer's files of mode 0000 or 4111 are read for copying to a child,
+    exporting, comparing and checking with their modes untouched: not one chmod of them,
+    and a watcher meanwhile sees only the stored modes.  The child's copies keep them."""
+    import shutil
+    import stat
+    import tempfile
+
+    _load_every_module()
+    if not as_nobody_may_unshare():
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    work = Path(tempfile.mkdtemp(prefix="gd-no-chmod-"))
+    try:
+        os.chmod(work, 0o755)
+        modes = {"etc/shadow": 0o000, "etc/gshadow": 0o000, "usr/bin/sudo": 0o4111}
+        layer = make_tar({"etc": D(), "etc/shadow": F(b"root:!!:19000::\n", mode=0o000),
+                          "etc/gshadow": F(b"root:::\n", mode=0o000),
+                          "usr": D(), "usr/bin": D(), "usr/bin/sudo": F(b"\x7fELF", mode=0o4111)})
+        (work / "files.tar").write_bytes(layer)
+        os.chmod(work / "files.tar", 0o644)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        assert _nobody_command(own, "import", "files", str(work / "files.tar"))[0] == 0
+        stored = mine / "store" / "vfs" / "files" / "fs"
+        watched = [stored / name for name in modes]
+        for argv, out in ((["create", "child", "--parent", "files"], "child\n"),
+                          (["diff", "files", "-o", str(mine / "a.tar")], ""),
+                          (["diff", "files", "--regenerate", "-o", str(mine / "b.tar")], ""),
+                          (["changes", "child"], ""),
+                          (["check", "files"], "files: ok\n")):
+            assert _traced_nobody_command(own, watched, *argv) == (0, out, "", 0, set(modes.values())), argv
+        assert (mine / "a.tar").read_bytes() == layer
+        with tarfile.open(mine / "b.tar") as t:
+            assert {m.name: m.mode for m in t.getmembers() if m.isfile()} == modes
+        child = mine / "store" / "vfs" / "child" / "fs"
+        assert {name: stat.S_IMODE((child / name).lstat().st_mode) for name in modes} == modes
+        assert (child / "etc" / "shadow").read_bytes() == b"root:!!:19000::\n"
+    finally:
+        shutil.rmtree(work)
+
+
+def as_nobody_may_unshare() -> bool:
+    """Whether nobody may make a user namespace here."""
+    from tests.conftest import as_nobody
+
+    return bool(as_nobody(_userns_for_nobody))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")

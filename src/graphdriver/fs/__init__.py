@@ -6,6 +6,7 @@
 - :mod:`.mounts`: the kernel's mount API and the one mountinfo parser.
 - :mod:`.tree`: copying and removing whole trees.
 - :mod:`.ownfiles`: reading files of ours that their mode closes to us (a store without root).
+- :mod:`.asowner`: work done as root of a user namespace mapping only us, in a process of its own.
 - :mod:`.confine`: opens confined to a directory, and the confined child process.
 - :mod:`.sizelimit` / :mod:`.sizerecord`: size limits (project quota or a loop image) and their record.
 """

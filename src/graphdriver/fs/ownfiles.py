@@ -2,15 +2,19 @@
 
 An unprivileged store keeps modes as the archive gives them, and cannot
 bypass them as root does: ``/etc/shadow`` is ``0000`` in Fedora and RHEL
-images, ``sudo`` is ``4111``.  To copy, export or compare such a file, its
-owner's read bit is added for the moment of the ``open`` and the mode put
-back at once (the open file stays readable; the file's times are untouched).
-Root never gets here: its opens do not fail for a mode.
+images, ``sudo`` is ``4111``.  To copy, export or compare such a file, it is
+opened by a helper process that is root of a user namespace mapping only the
+user and its group (:func:`graphdriver.fs.asowner.call`), where the capability
+that passes over modes holds for the user's files; the open file comes back
+over a socket.  The file's mode is never changed to read it: another process looking
+at it (a ``check``, a copy to a child layer) sees the mode stored, and a reader
+killed half way leaves nothing to undo.  Files the user may read never get
+there.  Root never gets here: its opens do not fail for a mode.
 
-A directory of mode ``0000`` cannot be served that way: a walk stays inside
-it.  For the commands that read whole trees, :func:`enter_owner_namespace`
-makes the process root of a user namespace that maps only its own user and
-group, as rootless podman's storage runs, where the owner reads and
+A directory of mode ``0000`` cannot be served one file at a time: a walk stays
+inside it.  For the commands that read whole trees,
+:func:`enter_owner_namespace` makes the process itself root of such a
+namespace, as rootless podman's storage runs, where the owner reads and
 searches its own files and directories whatever their modes.
 """
 
@@ -19,44 +23,43 @@ from __future__ import annotations
 import os
 import stat
 
+from graphdriver.fs import asowner
+
 #: How files are opened for reading: never through a symlink.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def open_readable(name: str, dir_fd: int | None = None, flags: int = READ_FLAGS) -> int:
     """``os.open(name, flags, dir_fd=dir_fd)``, or, refused for its mode, the same regular file
-    of ours opened as above; PermissionError as before for anything else."""
+    of ours opened as its owner, its mode untouched; PermissionError as before for anything
+    else, or where no user namespace can be made."""
     try:
         return os.open(name, flags, dir_fd=dir_fd)
-    except PermissionError:
-        pass
+    except PermissionError as e:
+        refused = e
     path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        inode = f"/proc/self/fd/{path_fd}"  # the very file opened above, whatever its name now
-        for _ in range(_TRIES):
-            st = os.fstat(path_fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                break
-            mode = stat.S_IMODE(st.st_mode)
-            try:
-                if mode & 0o400:  # another reader's grant: it serves, unless taken back meanwhile
-                    return os.open(inode, flags & ~os.O_NOFOLLOW)
-                os.chmod(inode, mode | 0o400)
-                try:
-                    return os.open(inode, flags & ~os.O_NOFOLLOW)
-                finally:
-                    os.chmod(inode, mode)
-            except PermissionError:
-                continue  # another reader took its grant back between our chmod and open: again
-            except OSError as e:  # no grant at all (a read-only file system): refused as before
-                raise PermissionError(e.errno, e.strerror, name) from e
-        raise PermissionError(13, os.strerror(13), name)
+        st = os.fstat(path_fd)
+        if not stat.S_ISREG(st.st_mode) or not _ours(st):
+            raise refused
+        flags &= ~os.O_NOFOLLOW  # the magic link is followed to the very file
+        try:
+            return int(asowner.call(_open_inode, (flags,), path_fd, sends_fd=True, name=name))
+        except PermissionError as e:  # no namespace here (or the file's group not the user's)
+            raise refused from e
     finally:
         os.close(path_fd)
 
 
-#: Rounds of grant and open before giving up (readers of one file race only briefly).
-_TRIES = 100
+def _open_inode(path_fd: int, flags: int) -> int:
+    """In the owner's helper: the file *path_fd* names (``O_PATH``), opened with *flags*."""
+    return os.open(f"/proc/self/fd/{path_fd}", flags)
+
+
+def _ours(st: os.stat_result) -> bool:
+    """Whether a file is the user's, owner and group (both must be mapped in the namespace
+    for its capabilities to pass over the file's mode)."""
+    return st.st_uid == os.geteuid() and st.st_gid == os.getegid()
 
 
 def enter_owner_namespace() -> bool:
@@ -77,18 +80,9 @@ def enter_owner_namespace() -> bool:
     """
     import graphdriver.fs
 
-    if os.geteuid() == 0 or graphdriver.fs._in_owner_namespace:
+    if not asowner.available(whole_trees=True):
         return False
     uid, gid = os.geteuid(), os.getegid()
-    if set(os.getgroups()) - {gid}:
-        return False
-    try:
-        # A process that changed its ids is not dumpable: its /proc files are root's, and
-        # the maps of a namespace it made could not be written.
-        if os.stat("/proc/self/uid_map").st_uid != uid:
-            return False
-    except OSError:
-        return False
     if "HOME" not in os.environ:  # found by name: in the namespace, the user is uid 0
         import pwd
 
@@ -96,32 +90,16 @@ def enter_owner_namespace() -> bool:
             os.environ["HOME"] = pwd.getpwuid(uid).pw_dir
         except KeyError:
             pass
-    if not _unshare_user() and not (_last_thread_gone() and _unshare_user()):
+    if not asowner.unshare_user() and not (_last_thread_gone() and asowner.unshare_user()):
         return False
     graphdriver.fs._in_owner_namespace = True
     try:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
+        asowner.map_own_ids(uid, gid)
     except OSError as e:
         from graphdriver.errors import Unsupported
 
         raise Unsupported("reading files as their owner",
-                          f"the user namespace's {name} could not be written ({e.strerror})") from e
-    return True
-
-
-def _unshare_user() -> bool:
-    """``unshare(CLONE_NEWUSER)``; whether it worked (a process of several threads cannot)."""
-    unshare = getattr(os, "unshare", None)  # Python 3.12 and later
-    if unshare is None:
-        from graphdriver.fs import syscalls
-
-        return syscalls.unshare_user()
-    try:
-        unshare(os.CLONE_NEWUSER)  # type: ignore[attr-defined]
-    except OSError:
-        return False
+                          f"the user namespace's {e.filename} could not be written ({e.strerror})") from e
     return True
 
 
