@@ -1568,6 +1568,52 @@ def test_reading_files_their_owner_may_not_read_never_changes_their_modes_withou
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_user_xattrs_of_a_file_or_folder_closed_to_its_owner_are_copied_and_exported_without_root():
+    """Without root, a file of mode 0000 carrying a user.* xattr (reading it needs read
+    permission) and a folder of mode 0555 carrying one (setting it needs write permission)
+    are copied to a child with their xattrs and modes, and exported with their xattrs."""
+    import shutil
+    import stat
+    import tempfile
+
+    _load_every_module()
+    if not as_nobody_may_unshare():
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-xattr-"))
+    try:
+        os.chmod(work, 0o755)
+        probe = work / "probe"
+        probe.touch()
+        try:
+            os.setxattr(probe, "user.a", b"1")
+        except OSError:
+            pytest.skip("the temporary folder's file system takes no user.* xattrs")
+        layer = make_tar({"etc": D(), "etc/gshadow": F(b"root:::\n", mode=0o000, xattrs={"user.a": b"1"}),
+                          "ro": D(mode=0o555, xattrs={"user.d": b"2"}), "ro/f": F(b"f")})
+        (work / "x.tar").write_bytes(layer)
+        os.chmod(work / "x.tar", 0o644)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        assert _nobody_command(own, "import", "x", str(work / "x.tar"))[0] == 0
+        assert _nobody_command(own, "create", "child", "--parent", "x") == (0, "child\n", "", False)
+        assert _nobody_command(own, "changes", "child") == (0, "", "", False)
+        assert _nobody_command(own, "diff", "x", "--regenerate", "-o", str(mine / "x.out"))[:3] == (0, "", "")
+        assert _nobody_command(own, "check", "x") == (0, "x: ok\n", "", False)
+        with tarfile.open(mine / "x.out") as t:
+            assert t.getmember("etc/gshadow").pax_headers["SCHILY.xattr.user.a"] == "1"
+            assert t.getmember("ro").pax_headers["SCHILY.xattr.user.d"] == "2"
+        child = mine / "store" / "vfs" / "child" / "fs"
+        assert stat.S_IMODE((child / "etc" / "gshadow").stat().st_mode) == 0o000
+        assert stat.S_IMODE((child / "ro").stat().st_mode) == 0o555
+        assert os.getxattr(child / "etc" / "gshadow", "user.a") == b"1"
+        assert os.getxattr(child / "ro", "user.d") == b"2"
+    finally:
+        shutil.rmtree(work)
+
+
 def as_nobody_may_unshare() -> bool:
     """Whether nobody may make a user namespace here."""
     from tests.conftest import as_nobody

@@ -9,7 +9,8 @@ reads there would show the user as uid 0; so the work is done by a child
 process that makes itself that namespace's root, and only the results (and
 any file it opened) come back.  Nothing of the user's files changes.
 
-:func:`call` makes a short call (open a file) in a helper process started at
+:func:`call` makes a short call (open a file, read its xattrs) in a helper
+process started at
 the first need and kept for the life of this process: making the namespace
 costs milliseconds, a call afterwards a round trip over a socket.  Calls from
 several threads take turns.  The helper closes every descriptor it inherits

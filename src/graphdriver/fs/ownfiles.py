@@ -2,11 +2,12 @@
 
 An unprivileged store keeps modes as the archive gives them, and cannot
 bypass them as root does: ``/etc/shadow`` is ``0000`` in Fedora and RHEL
-images, ``sudo`` is ``4111``.  To copy, export or compare such a file, it is
-opened by a helper process that is root of a user namespace mapping only the
-user and its group (:func:`graphdriver.fs.asowner.call`), where the capability
-that passes over modes holds for the user's files; the open file comes back
-over a socket.  The file's mode is never changed to read it: another process looking
+images, ``sudo`` is ``4111``.  To copy, export or compare such a file, or read
+its ``user.*`` xattrs (which need read permission too), it is opened by a
+helper process that is root of a user namespace mapping only the user and
+its group (:func:`graphdriver.fs.asowner.call`), where the capability that
+passes over modes holds for the user's files; the open file comes back over a
+socket.  The file's mode is never changed to read it: another process looking
 at it (a ``check``, a copy to a child layer) sees the mode stored, and a reader
 killed half way leaves nothing to undo.  Files the user may read never get
 there.  Root never gets here: its opens do not fail for a mode.
@@ -24,6 +25,10 @@ import os
 import stat
 
 from graphdriver.fs import asowner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 #: How files are opened for reading: never through a symlink.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -54,6 +59,49 @@ def open_readable(name: str, dir_fd: int | None = None, flags: int = READ_FLAGS)
 def _open_inode(path_fd: int, flags: int) -> int:
     """In the owner's helper: the file *path_fd* names (``O_PATH``), opened with *flags*."""
     return os.open(f"/proc/self/fd/{path_fd}", flags)
+
+
+def get_xattrs(target: int | str, names: Iterable[str], *, follow_symlinks: bool = True) -> dict[str, bytes]:
+    """The values of the extended attributes *names* of *target* (an fd or a path), those
+    removed since they were listed left out.  Those of a file or folder of ours whose mode
+    keeps us from reading them (``user.*`` ones need read permission) are read as its
+    owner, its mode untouched."""
+    wanted = list(names)
+    try:
+        return _get_xattrs(target, wanted, follow_symlinks)
+    except PermissionError as e:
+        st = os.stat(target, follow_symlinks=follow_symlinks)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or not _ours(st):
+            raise
+        refused = e
+    name = target if isinstance(target, str) else ""
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    path_fd = target if isinstance(target, int) else os.open(target, flags)
+    try:
+        return dict(asowner.call(_inode_xattrs, (wanted,), path_fd, name=name))
+    except PermissionError as e:  # no namespace here
+        raise refused from e
+    finally:
+        if path_fd != target:
+            os.close(path_fd)
+
+
+def _inode_xattrs(fd: int, names: list[str]) -> dict[str, bytes]:
+    """In the owner's helper: the xattrs *names* of the file *fd* (of any kind) is open on."""
+    return _get_xattrs(f"/proc/self/fd/{fd}", names, True)
+
+
+def _get_xattrs(target: int | str, names: list[str], follow_symlinks: bool) -> dict[str, bytes]:
+    import errno
+
+    values: dict[str, bytes] = {}
+    for name in names:
+        try:
+            values[name] = os.getxattr(target, name, follow_symlinks=follow_symlinks)
+        except OSError as e:
+            if e.errno != errno.ENODATA:  # removed since it was listed
+                raise
+    return values
 
 
 def _ours(st: os.stat_result) -> bool:

@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable, Iterator
 
 from graphdriver.fs import PRIVILEGED_XATTRS, privileged
-from graphdriver.fs.ownfiles import open_readable
+from graphdriver.fs.ownfiles import get_xattrs, open_readable
 from graphdriver.plain import Plain
 
 #: ``_IOW(0x94, 9, int)``: make the destination file share the source's extents.
@@ -441,8 +441,8 @@ class _TreeCopier:
         """Give a directory its metadata, once nothing more is written into it."""
         st = frame.st
         self._chown(frame.dst_fd, st)
+        self._copy_xattrs(frame.src_fd, frame.dst_fd)  # before a mode that may close it to writing
         os.chmod(frame.dst_fd, stat.S_IMODE(st.st_mode))
-        self._copy_xattrs(frame.src_fd, frame.dst_fd)
         os.utime(frame.dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     # ----- entries -----------------------------------------------------------------
@@ -479,9 +479,10 @@ class _TreeCopier:
                 if st.st_size:
                     self._copy_data(src_fd, dst_fd, st.st_size, holes=st.st_blocks * 512 < st.st_size)
                 # chown clears setuid/setgid and drops file capabilities: it goes first.
+                # user.* xattrs are set only on a file that may be written: before its mode.
                 self._chown(dst_fd, st)
-                os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
                 self._copy_xattrs(src_fd, dst_fd)
+                os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
                 os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             finally:
                 os.close(dst_fd)
@@ -551,18 +552,16 @@ class _TreeCopier:
             if e.errno == errno.EOPNOTSUPP:
                 return
             raise
+        wanted = []
         for attr in names:
             if not self.privileged and attr.startswith(PRIVILEGED_XATTRS):
                 # Closed without privilege, and left out as well where a user namespace of
                 # the user's own would take them (a namespaced capability).
                 self.stats.dropped_xattrs.append(f"{self.where() or '.'}: {attr}")
-                continue
-            try:
-                value = os.getxattr(src, attr, follow_symlinks=follow)
-            except OSError as e:
-                if e.errno == errno.ENODATA:  # removed since it was listed
-                    continue
-                raise
+            else:
+                wanted.append(attr)
+        # A file of mode 0000 too: user.* xattrs need read permission.
+        for attr, value in get_xattrs(src, wanted, follow_symlinks=follow).items():
             try:
                 os.setxattr(dst, attr, value, follow_symlinks=follow)
             except OSError as e:

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import GraphDriverError, InvalidArgument
 from graphdriver.fs.overlayfs import is_whiteout
-from graphdriver.fs.ownfiles import open_readable
+from graphdriver.fs.ownfiles import get_xattrs, open_readable
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import TarWriter
@@ -103,16 +103,9 @@ def read_xattrs(path: str) -> dict[str, bytes]:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return {}
         raise
-    xattrs: dict[str, bytes] = {}
-    for name in sorted(names):
-        if name in EXCLUDED_XATTRS or name.startswith(EXCLUDED_XATTR_PREFIXES):
-            continue
-        try:
-            xattrs[name] = os.getxattr(path, name, follow_symlinks=False)
-        except OSError as e:
-            if e.errno != errno.ENODATA:  # removed since listed: nothing to export
-                raise
-    return xattrs
+    excluded = EXCLUDED_XATTR_PREFIXES
+    wanted = [n for n in sorted(names) if n not in EXCLUDED_XATTRS and not n.startswith(excluded)]
+    return get_xattrs(path, wanted, follow_symlinks=False)  # a file of mode 0000 of ours too
 
 
 def entry_from_stat(root: str, relpath: str, st: os.stat_result, idmaps: IDMappings) -> TarEntry | None:

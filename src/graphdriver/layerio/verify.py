@@ -458,8 +458,9 @@ def clamped(entry_ns: int, file_ns: int) -> bool:
 def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> str:
     # Every kind of file: extraction sets a symlink's, a fifo's or a device node's xattrs as
     # a file's (or fails), and one set on it since is as much a change.
-    # By path through the directory's fd (one component, not followed): xattrs need no read
-    # permission, and a file of mode 0000 is one an unprivileged store may hold.
+    # By path through the directory's fd (one component, not followed): listing xattrs needs
+    # no read permission; reading user.* ones of a file of mode 0000 (which an unprivileged
+    # store may hold) does, and is done as its owner.
     path = f"/proc/self/fd/{pfd}/{base}"
     names = set(os.listxattr(path, follow_symlinks=False))
     private = sorted(n for n in names if n.startswith(_OVERLAY_PRIVATE) and not n.endswith(".overlay.opaque"))
@@ -472,8 +473,11 @@ def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> st
     if stored != wanted:
         extra, missing = sorted(stored - wanted), sorted(wanted - stored)
         return f"has xattr {extra[0]} its entry lacks" if extra else f"lacks xattr {missing[0]}"
-    for name in wanted:
-        if os.getxattr(path, name, follow_symlinks=False) != e.xattrs[name]:
+    from graphdriver.fs.ownfiles import get_xattrs
+
+    values = get_xattrs(path, sorted(wanted), follow_symlinks=False)
+    for name in sorted(wanted):
+        if values.get(name) != e.xattrs[name]:
             return f"has another value of xattr {name}"
     return ""
 
