@@ -1310,7 +1310,8 @@ def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_tr
             records.chmod(0o700)
 
         assert command("import", "base", str(work / "layer.tar"))[0] == 0
-        assert command("create", "ctr", "--parent", "base", "--rw") == (0, "ctr\n", True)
+        # The child's copy of its parent alone runs there, in a process of its own.
+        assert command("create", "ctr", "--parent", "base", "--rw") == (0, "ctr\n", False)
         assert command("diff", "base", "-o", str(mine / "base.tar"))[:1] == (0,)
         assert (mine / "base.tar").read_bytes() == layer
         assert command("diff", "base", "--regenerate", "-o", str(mine / "again.tar")) == (0, "", True)
@@ -1619,6 +1620,77 @@ def as_nobody_may_unshare() -> bool:
     from tests.conftest import as_nobody
 
     return bool(as_nobody(_userns_for_nobody))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_a_child_of_a_layer_holding_a_closed_folder_is_imported_and_loaded_without_root():
+    """Without root, import --parent and image load on a layer holding a folder of mode 0000
+    (and a file of mode 0000 with a user.* xattr) copy the parent as root of a user
+    namespace of the user's own, in a process of their own: the child holds the parent's
+    files with their modes, the folder's content and the xattr, then its own; an entry of
+    the child into the closed folder is still a missing privilege (7)."""
+    import shutil
+    import stat
+    import tempfile
+
+    _load_every_module()
+    if not as_nobody_may_unshare():
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-parent-"))
+    try:
+        os.chmod(work, 0o755)
+        probe = work / "probe"
+        probe.touch()
+        xattrs = {"user.a": b"1"}
+        try:
+            os.setxattr(probe, "user.a", b"1")
+        except OSError:
+            xattrs = {}
+        base = make_tar({"secret": D(mode=0o000), "secret/f": F(b"inside"), "etc": D(),
+                         "etc/shadow": F(b"root:!!:19000::\n", mode=0o000, xattrs=xattrs)})
+        top = make_tar({"etc": D(), "etc/hostname": F(b"box\n")})
+        into = make_tar({"secret/more": F(b"m")})
+        for name, data in (("base.tar", base), ("top.tar", top), ("into.tar", into)):
+            (work / name).write_bytes(data)
+            os.chmod(work / name, 0o644)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        assert _nobody_command(own, "import", "base", str(work / "base.tar"))[0] == 0
+        code, _out, err, whole = _nobody_command(own, "import", "--parent", "base", "top",
+                                                 str(work / "top.tar"))
+        assert (code, err, whole) == (0, "", False)  # only the copy ran as the owner
+        assert _nobody_command(own, "diff", "top", "-o", str(mine / "top.out"))[:3] == (0, "", "")
+        assert (mine / "top.out").read_bytes() == top
+        assert _nobody_command(own, "changes", "top")[:3] == (0, "C /etc\nA /etc/hostname\n", "")
+        assert _nobody_command(own, "check", "top")[:3] == (0, "top: ok\n", "")
+        fs = mine / "store" / "vfs" / "top" / "fs"
+        got = {name: stat.S_IMODE((fs / name).lstat().st_mode) for name in ("secret", "etc/shadow")}
+        assert got == {"secret": 0o000, "etc/shadow": 0o000}
+        assert (fs / "etc" / "hostname").read_bytes() == b"box\n"
+        if xattrs:
+            assert os.getxattr(fs / "etc" / "shadow", "user.a") == b"1"
+        assert sorted(os.listdir(fs / "secret")) == ["f"]
+        assert (fs / "secret" / "f").read_bytes() == b"inside"
+
+        code, out, err, _ = _nobody_command(own, "import", "--parent", "base", "in", str(work / "into.tar"))
+        assert (code, out) == (7, "") and "secret/more" in err
+        assert _nobody_command(own, "exists", "in")[0] != 0
+
+        from tests.test_images import oci_layout
+
+        oci_layout(work / "image", [base, top])
+        for folder, _dirs, files in os.walk(work / "image"):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
+        assert _nobody_command(own, "image", "load", str(work / "image"))[:3] == (0, "localhost/made:1\n", "")
+        assert _nobody_command(own, "image", "save", "localhost/made:1", "-o", str(mine / "img.tar"))[0] == 0
+    finally:
+        for folder, _dirs, _files in os.walk(work):
+            os.chmod(folder, 0o700)
+        shutil.rmtree(work)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")

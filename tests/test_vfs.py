@@ -28,7 +28,7 @@ from graphdriver.errors import (
 )
 from graphdriver.fs import tree as treecopy_module
 from graphdriver.fs.locking import claim
-from graphdriver.fs.tree import reflink_supported
+from graphdriver.fs.tree import reflink_supported, remove_tree
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.layerio.whiteout import WhiteoutMode
 from graphdriver.store import content
@@ -547,12 +547,21 @@ def test_works_without_privilege(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_a_parent_this_user_cannot_read_is_unsupported_without_privilege(tmp_path: Path) -> None:
-    """A directory of mode 0000 in the parent stops the copy without root: exit 7, told in words."""
+def test_a_parent_this_user_cannot_read_is_copied_as_its_owner_or_unsupported_without_privilege(
+    tmp_path: Path,
+) -> None:
+    """A directory of mode 0000 in the parent stops a copy without root; the copy is made
+    afresh as root of a user namespace of the user's own, in a process of its own, and
+    keeps the folder, its mode and what it holds.  Where no such namespace can be made:
+    exit 7, told in words."""
+    from graphdriver.fs import asowner
+
     _open_to_nobody(tmp_path)
     work = _nobodys(tmp_path / "nobody")
 
-    def scenario() -> str:
+    def scenario(namespaces: bool) -> str:
+        if not namespaces:
+            asowner.available = lambda **_: False  # type: ignore[assignment]  # as where they are disabled
         driver = VfsDriver(DriverConfig(home=str(work / "home"), run_root=str(work / "run")))
         driver.create("base", None)
         closed = fs_of(driver, "base") / "d0"
@@ -565,9 +574,15 @@ def test_a_parent_this_user_cannot_read_is_unsupported_without_privilege(tmp_pat
             return str(e)
         finally:
             closed.chmod(0o700)
-        return ""
+        copy = fs_of(driver, "ctr") / "d0"
+        mode = stat.S_IMODE(copy.stat().st_mode)
+        copy.chmod(0o700)
+        return f"{mode:o} {(copy / 'f').read_bytes()!r}"
 
-    said = as_nobody(scenario)
+    if as_nobody(asowner.unshare_user):
+        assert as_nobody(lambda: scenario(True)) == "0 b'x'"
+        remove_tree(str(work / "home"))
+    said = as_nobody(lambda: scenario(False))
     assert said.startswith("layer ctr: cannot copy the tree of parent base: Permission denied"), said
     assert "Errno" not in said
 

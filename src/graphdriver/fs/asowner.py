@@ -9,13 +9,15 @@ reads there would show the user as uid 0; so the work is done by a child
 process that makes itself that namespace's root, and only the results (and
 any file it opened) come back.  Nothing of the user's files changes.
 
-:func:`call` makes a short call (open a file, read its xattrs) in a helper
-process started at
-the first need and kept for the life of this process: making the namespace
-costs milliseconds, a call afterwards a round trip over a socket.  Calls from
-several threads take turns.  The helper closes every descriptor it inherits
-(a lock's, a pipe's), so that no lock or pipe of this process outlives its
-closing here.
+- :func:`call`: a short call (open a file, read its xattrs) served by a helper
+  process started at the first need and kept for the life of this process:
+  making the namespace costs milliseconds, a call afterwards a round trip
+  over a socket.  Calls from several threads take turns.
+- :func:`run`: long work (copying a tree) in a child of its own, killed with
+  this process.
+
+Both children close every descriptor they inherit (a lock's, a pipe's), so
+that no lock or pipe of this process outlives its closing here.
 """
 
 from __future__ import annotations
@@ -191,6 +193,66 @@ def _serve(
     if sends_fd:
         return (True, None), [value]
     return (True, value), []
+
+
+def run(work: Callable[[], T], name: str = "") -> T:
+    """``work()`` in a child process of its own that is root of such a namespace (killed if
+    this process dies): what it returned, which must pickle, or the OSError it raised
+    (named *name* when given).  *work* must need no descriptor of this process: the child
+    closes them.  PermissionError where no such namespace can be made."""
+    import errno
+    import signal
+    import socket
+
+    if not available():
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name or None)
+    ours, theirs = socket.socketpair()
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
+    if pid == 0:
+        _child_main(theirs, work, parent)
+    theirs.close()
+    try:
+        reply = _receive(ours)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # interrupted (Ctrl-C): leave no child writing on its own
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        ours.close()
+    os.waitpid(pid, 0)
+    result: T = _outcome(reply or ((False, (5, "the owner's process ended", None)), []), name, False)
+    return result
+
+
+def _child_main(sock: socket.socket, work: Callable[[], object], parent: int) -> NoReturn:
+    """The child's whole life: never returns into the parent's code, never runs atexit."""
+    import signal
+
+    from graphdriver.fs import syscalls
+
+    code = 0
+    try:
+        syscalls.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent:
+            raise SystemExit  # it died before the line above
+        sock = _own_descriptors(sock)
+        outcome = _enter_namespace()
+        if outcome[0]:
+            try:
+                outcome = (True, work())
+            except BaseException as e:
+                outcome = _failure(e)
+        _send(sock, outcome, [])
+    except BaseException:
+        code = _BROKEN
+    finally:
+        os._exit(code)
 
 
 def _enter_namespace() -> tuple[bool, Any]:

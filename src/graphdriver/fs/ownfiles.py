@@ -13,9 +13,10 @@ killed half way leaves nothing to undo.  Files the user may read never get
 there.  Root never gets here: its opens do not fail for a mode.
 
 A directory of mode ``0000`` cannot be served one file at a time: a walk stays
-inside it.  For the commands that read whole trees,
-:func:`enter_owner_namespace` makes the process itself root of such a
-namespace, as rootless podman's storage runs, where the owner reads and
+inside it.  :func:`graphdriver.fs.tree.copy_tree` copies a tree holding one in
+such a namespace, in a child process of its own; for the commands that read
+whole trees, :func:`enter_owner_namespace` makes the process itself root of
+such a namespace, as rootless podman's storage runs, where the owner reads and
 searches its own files and directories whatever their modes.
 """
 

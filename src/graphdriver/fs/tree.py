@@ -27,8 +27,8 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
-from graphdriver.fs import PRIVILEGED_XATTRS, privileged
-from graphdriver.fs.ownfiles import get_xattrs, open_readable
+from graphdriver.fs import PRIVILEGED_XATTRS, asowner, privileged
+from graphdriver.fs.ownfiles import closed_folder, get_xattrs, open_readable
 from graphdriver.plain import Plain
 
 #: ``_IOW(0x94, 9, int)``: make the destination file share the source's extents.
@@ -87,10 +87,41 @@ def copy_tree(src: str, dst: str, *, reflink: bool | None = None) -> CopyStats:
     Without privilege, entries whose owner cannot be set keep the copier's (as
     with ``cp -a``), and device nodes and ``trusted.*`` or ``security.*``
     attributes the destination refuses are left out and listed in the stats.
+    A tree holding a folder of the user's that its mode closes to the user
+    (``0000``) is copied, afresh, by a child process that is root of a user
+    namespace mapping only the user (:func:`graphdriver.fs.asowner.run`), where
+    the user's files open whatever their modes, as root copies them; never for a
+    user with supplementary groups, or where such a namespace cannot be made.
     Every other failure raises ``OSError`` naming the source path and leaves a
     partial copy for the caller to remove.
     """
-    return _TreeCopier(src, reflink).run(dst)
+    try:
+        return _TreeCopier(src, reflink).run(dst)
+    except PermissionError as e:
+        if not _closed_to_us(src):
+            raise
+        refused = e
+    _clear(dst)
+    try:
+        return asowner.run(lambda: _TreeCopier(src, reflink).run(dst))
+    except PermissionError as e:  # not even so (no namespace after all, a group not mapped there)
+        raise refused from e
+
+
+def _closed_to_us(src: str) -> bool:
+    """Whether a copy without privilege may have failed for a folder of the user's closed to
+    the user, which a copy as its owner would pass (see :func:`copy_tree`)."""
+    return asowner.available(whole_trees=True) and closed_folder(src) is not None
+
+
+def _clear(dst: str) -> None:
+    """Remove what a failed copy left in *dst* (which stays, if it is there)."""
+    try:
+        names = os.listdir(dst)
+    except FileNotFoundError:
+        return
+    for name in names:
+        remove_tree(os.path.join(dst, name))
 
 
 def reflink_supported(directory: str) -> bool:
