@@ -1615,6 +1615,64 @@ def test_user_xattrs_of_a_file_or_folder_closed_to_its_owner_are_copied_and_expo
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_a_child_linking_to_a_file_closed_to_its_owner_is_imported_on_overlay_without_root():
+    """Without root, overlay (fuse-overlayfs) copies a lower layer's file that a hardlink of
+    the child names up into the child's upper directory: one of mode 0000 is read as its
+    owner, and the copy keeps its mode, contents and user.* xattr."""
+    import contextlib
+    import shutil
+    import stat
+    import tempfile
+
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+
+    _load_every_module()
+    if not as_nobody_may_unshare():
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-link-"))
+    try:
+        os.chmod(work, 0o755)
+        (work / "probe").touch()
+        try:
+            os.setxattr(work / "probe", "user.a", b"1")
+        except OSError:
+            pytest.skip("the temporary folder's file system takes no user.* xattrs (overlay needs them)")
+        shadow = F(b"root:!!:19000::\n", mode=0o000, xattrs={"user.a": b"1"})
+        (work / "base.tar").write_bytes(make_tar({"etc": D(), "etc/shadow": shadow}))
+        (work / "top.tar").write_bytes(make_tar({"etc/shadow-": H("etc/shadow")}))
+        for name in ("base.tar", "top.tar"):
+            os.chmod(work / name, 0o644)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "overlay"]
+
+        def run() -> list[tuple[int, str]]:
+            import graphdriver.drivers.overlay as overlay
+
+            # Importing mounts nothing: the probe for fuse-overlayfs (/dev/fuse, which a machine
+            # may keep from nobody) is not what is tested here.
+            overlay.probe_home = lambda *_, **__: {}  # type: ignore[assignment]
+            codes = []
+            for argv in (["import", "base", str(work / "base.tar")],
+                         ["import", "--parent", "base", "top", str(work / "top.tar")]):
+                err = io.StringIO()
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                    codes.append((gd.main([*own, *argv]), err.getvalue()))
+            return codes
+
+        assert as_nobody(run) == [(0, ""), (0, "")]
+        upper = mine / "store" / "overlay" / "top" / "diff" / "etc"
+        a, b = (upper / "shadow").stat(), (upper / "shadow-").stat()
+        assert a.st_ino == b.st_ino and stat.S_IMODE(a.st_mode) == 0o000
+        assert (upper / "shadow").read_bytes() == b"root:!!:19000::\n"
+        assert os.getxattr(upper / "shadow", "user.a") == b"1"
+    finally:
+        shutil.rmtree(work)
+
+
 def as_nobody_may_unshare() -> bool:
     """Whether nobody may make a user namespace here."""
     from tests.conftest import as_nobody

@@ -486,6 +486,49 @@ def test_hardlink_target_whited_out_in_a_lower_dir(tmp_path: Path, dest: Path) -
         apply(dest, link("h", "f"), lower_dirs=(str(near), str(far)), inline=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as nobody")
+def test_hardlink_target_closed_to_its_owner_is_copied_up_without_root(inline: bool) -> None:
+    """Without root (an overlay upper directory on fuse-overlayfs), a lower layer's file of
+    mode 0000 that a hardlink entry names is copied up as it is, its user.* xattr too (which
+    needs read permission): read as its owner, neither its mode nor the copy's changed."""
+    import tempfile
+
+    from graphdriver.fs import syscalls
+    from tests.conftest import as_nobody
+
+    if not as_nobody(syscalls.unshare_user):
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-link-"))
+    try:
+        os.chmod(work, 0o755)
+        lower, dest = work / "lower", work / "dest"
+        (lower / "etc").mkdir(parents=True)
+        dest.mkdir()
+        shadow = lower / "etc/shadow"
+        shadow.write_bytes(b"root:!!:19000::\n")
+        try:
+            os.setxattr(shadow, "user.k", b"v")
+        except OSError:
+            pytest.skip("the temporary folder's file system takes no user.* xattrs")
+        os.chmod(shadow, 0)
+        for p in (lower, lower / "etc", shadow, dest):
+            os.chown(p, 65534, 65534)
+
+        def run() -> int:
+            return apply(dest, link("etc/shadow-", "etc/shadow"), whiteouts=WhiteoutMode.OVERLAY,
+                         lower_dirs=(str(lower),), inline=inline)
+
+        assert as_nobody(run) == 0
+        a, b = os.stat(dest / "etc/shadow"), os.stat(dest / "etc/shadow-")
+        assert a.st_ino == b.st_ino and a.st_nlink == 2
+        assert stat.S_IMODE(a.st_mode) == 0 and (a.st_uid, a.st_gid) == (65534, 65534)
+        assert (dest / "etc/shadow").read_bytes() == b"root:!!:19000::\n"
+        assert os.getxattr(dest / "etc/shadow", "user.k") == b"v"
+        assert stat.S_IMODE(os.stat(shadow).st_mode) == 0 and os.stat(shadow).st_nlink == 1
+    finally:
+        shutil.rmtree(work)
+
+
 def test_aufs_hardlink_store(dest: Path, inline: bool) -> None:
     apply(
         dest,

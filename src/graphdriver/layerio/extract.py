@@ -30,7 +30,9 @@ Conventions, and where this differs from a plain ``tar -x``:
   containerd's unpackers, so an entry through a symlink to nothing is refused.
 * A hardlink entry only makes the link: the inode keeps the metadata of the
   entry that created it.  A target missing from the layer is copied up from
-  ``lower_dirs`` first (an overlay upper directory holds only the layer).
+  ``lower_dirs`` first (an overlay upper directory holds only the layer);
+  without root, one its owner may not read (``0000``) is read as its owner
+  (:mod:`graphdriver.fs.ownfiles`), its mode untouched.
 * ``trusted.overlay.*``/``user.overlay.*`` xattrs in the archive are dropped,
   in every layer and for every driver: the kernel would obey them in any
   layer of an overlay chain (a base layer is a lower directory too).
@@ -52,6 +54,7 @@ from graphdriver.errors import ArchiveError, BreakoutError, EntryDenied, GraphDr
 from graphdriver.fs import PRIVILEGED_XATTRS, confine, privileged
 from graphdriver.fs import syscalls as sc
 from graphdriver.fs.overlayfs import is_whiteout, is_whiteout_at
+from graphdriver.fs.ownfiles import get_xattrs, open_readable
 from graphdriver.fs.tree import remove_tree_at
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio import entry as te
@@ -1358,13 +1361,13 @@ class _Extractor(Extraction):
         mode = stat.S_IMODE(st.st_mode)
         times = (st.st_atime_ns, st.st_mtime_ns)
         if stat.S_ISREG(st.st_mode):
-            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+            src = open_readable(name, src_dir)  # a lower /etc/shadow (0000) too, without root
             dst = -1
             try:
                 dst = os.open(name, _CREATE, 0o600, dir_fd=dst_dir)
                 sc.copy_fd(src, dst, st.st_size)
                 self._chown_fd(dst, st.st_uid, st.st_gid)
-                xattrs = {k: os.getxattr(src, k) for k in os.listxattr(src)}
+                xattrs = get_xattrs(src, os.listxattr(src))
                 if xattrs and not self._may_write(mode):
                     self._xattrs_then_mode(e, dst, mode, xattrs)
                 else:
