@@ -876,7 +876,8 @@ def test_an_image_whose_tag_moved_is_still_found_by_its_manifest_digest(tmp_path
 
 def test_a_pull_onto_a_layer_bearing_its_chain_id_is_refused_as_a_name_taken(tmp_path, registry):
     """A container layer (here made by ``create --rw``) under the id of the image's layer is in
-    the way: exit 5 (a precondition, not an integrity failure), one line naming it."""
+    the way: exit 5 (a precondition, not an integrity failure), one line naming it, whose advice
+    is to pull again (the command that was run, not a load)."""
     from graphdriver.images.oci import chain_ids
     from tests.test_images import sha256
 
@@ -889,6 +890,7 @@ def test_a_pull_onto_a_layer_bearing_its_chain_id_is_refused_as_a_name_taken(tmp
     assert proc.returncode == 5 and proc.stderr.count(b"\n") == 1, proc.stderr
     assert proc.stderr.decode().startswith(f"graphdriver: layer {layer}: bears this image's chain id but "
                                            "is a writable (container) layer")
+    assert proc.stderr.decode().endswith("; remove it or give it another id, then pull again\n"), proc.stderr
     assert gd(tmp_path, "image", "ls", "--json").stdout.strip() == b"[]"
 
 
