@@ -485,6 +485,133 @@ def test_a_save_into_a_layout_replaces_an_entry_whose_ref_name_is_the_full_name(
     assert loaded.stdout.decode().splitlines().count("localhost/app:1") == 1, loaded.stdout
 
 
+_PAUSED_SAVE = """
+import os, sys, time
+from graphdriver.fs import outfile
+from graphdriver.images import saving
+if {named}:
+    outfile._TMPFILE = 0  # as on a filesystem without unnamed files
+write = saving._Counting.write
+def pausing(self, data):
+    n = write(self, data)
+    if self.count >= 1 << 20:  # a megabyte into the layer's blob: stopped there until killed
+        self.flush()
+        os.write({fd}, b"paused")
+        time.sleep(600)
+    return n
+saving._Counting.write = pausing
+from graphdriver.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def _leftovers(target: Path, fmt: str, before: list[str]) -> list[str]:
+    """What a save to *target* left that is no whole file of its output: in an OCI layout, any
+    file but ``oci-layout``, ``index.json`` and blobs whose bytes have the digest they are named
+    by; beside an archive, any new name (the archive itself too)."""
+    if fmt != "oci":
+        return sorted(set(os.listdir(target.parent)) - set(before))
+    bad = []
+    for folder, _dirs, files in os.walk(target):
+        for name in files:
+            path = Path(folder, name)
+            rel = str(path.relative_to(target))
+            if rel.startswith("blobs/sha256/") and hashlib.sha256(path.read_bytes()).hexdigest() == name:
+                continue
+            if rel not in ("oci-layout", "index.json"):
+                bad.append(rel)
+    return sorted(bad)
+
+
+def _zombie(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL *proc*, and wait until it is dead but not reaped (its pid still taken)."""
+    import signal
+
+    os.kill(proc.pid, signal.SIGKILL)
+    while True:
+        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:
+            if f.read().rpartition(")")[2].split()[0] == "Z":
+                return
+        os.sched_yield()
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+@pytest.mark.parametrize(("fmt", "tmpfile"), [("oci", "unnamed"), ("oci", "named"),
+                                               ("oci-archive", "unnamed"), ("docker-archive", "unnamed")])
+def test_a_save_killed_half_way_leaves_no_half_written_file(tmp_path, fmt, tmpfile):
+    """``image save -o`` SIGKILLed in the middle of a layer's blob: an OCI layout holds whole
+    blobs only (none half written under a name, ``.partial`` or other), an archive is not
+    there at all; where the filesystem has no unnamed files, the killed writer's locked
+    temporary file is all there is, and the save run again removes it.  That save gives a
+    layout or archive skopeo reads and copies, its blobs checked against their digests."""
+    from graphdriver.fs import outfile
+
+    if tmpfile == "unnamed" and not outfile._TMPFILE:
+        pytest.skip("no O_TMPFILE here")
+    layer = make_tar({"big": F(os.urandom(6 << 20))})
+    digest = oci_layout(tmp_path / "in", [layer])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    target = tmp_path / "out" / ("layout" if fmt == "oci" else "image.tar")
+    target.parent.mkdir()
+    args = ["image", "save", "localhost/made:1", "-o", str(target), "--format", fmt]
+    argv = ["--root", str(tmp_path / "store"), "--run-root", str(tmp_path / "run"), "--driver", "vfs", *args]
+    paused, signal_fd = os.pipe()
+    script = _PAUSED_SAVE.format(named=tmpfile == "named", fd=signal_fd, argv=argv)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, pass_fds=(signal_fd,),
+                            stderr=subprocess.PIPE)
+    os.close(signal_fd)
+    try:
+        with os.fdopen(paused, "rb") as f:
+            assert f.read(6) == b"paused", proc.communicate()[1]
+        _zombie(proc)
+        left = _leftovers(target, fmt, [])
+        if tmpfile == "named":  # the killed writer's, locked until it died
+            assert len(left) == 1 and left[0].startswith("blobs/sha256/.tmp-"), left
+            assert left[0].endswith(f"-{proc.pid}"), left
+        else:
+            assert left == [], left
+        gd(tmp_path, "vfs", *args)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _leftovers(target, fmt, ["image.tar"]) == []
+    transport = {"oci": f"oci:{target}:1", "oci-archive": f"oci-archive:{target}",
+                 "docker-archive": f"docker-archive:{target}"}[fmt]
+    if fmt == "oci":
+        assert skopeo("inspect", transport)["Digest"] == digest
+    subprocess.run(["skopeo", "copy", "-q", transport, f"oci:{tmp_path / 'copied'}:1"], check=True)
+    config = skopeo("inspect", "--config", f"oci:{tmp_path / 'copied'}:1")
+    assert config["rootfs"]["diff_ids"] == [sha256(layer)]
+
+
+def test_a_save_into_a_layout_removes_what_killed_saves_left_there(tmp_path):
+    """Saved into a layout where earlier saves were killed (of other images): their partial
+    files (``<digest>.partial``, as earlier versions named them) and the temporary files of
+    writers now dead go; a live writer's stays, and so does what no save writes."""
+    from graphdriver.fs.locking import claim
+
+    oci_layout(tmp_path / "in", [LAYER1])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    out = tmp_path / "out"
+    blobs = out / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    other = "ab" * 32
+    for name in (f"blobs/sha256/{other}.partial", "index.json.partial", "oci-layout.partial",
+                 f"blobs/sha256/.tmp-{other}-12345", ".tmp-index.json-12345"):
+        (out / name).write_bytes(b"half")
+    kept = ["blobs/sha256/notes.partial", "blobs/sha256/.tmp-mine", "mine.partial",
+            f"blobs/sha256/.tmp-{'cd' * 32}-{os.getpid()}"]
+    for name in kept[:-1]:
+        (out / name).write_bytes(b"the user's")
+    live = claim(str(out / kept[-1]))  # a save under way
+    try:
+        gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(out), "--format", "oci")
+    finally:
+        os.close(live)
+    assert _leftovers(out, "oci", []) == sorted(kept)
+
+
 def test_an_archive_from_a_pipe_a_fifo_or_standard_input_loads(tmp_path):
     """A FIFO was opened a second time after its writer had gone, and waited forever."""
     oci_layout(tmp_path / "in", [LAYER1])

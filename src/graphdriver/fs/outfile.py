@@ -17,6 +17,10 @@ What the name points to decides how it is written, as GNU tools decide:
   never replaced (an open file through a duplicate of its descriptor, so a
   redirection to a file, a pipe or a socket gets the bytes where it stands).
 
+With ``replace=True`` (a file of a folder a command writes, such as a blob of
+an OCI layout) the name is always replaced as a regular file is, whatever
+stands there: never followed, never written into.
+
 Errors name the path the user gave, never the temporary file.
 """
 
@@ -96,15 +100,17 @@ class OutputFile:
     """
 
     def __init__(self, path: str, *, durable: bool = False,
-                 unwritable: type[GraphDriverError] = InvalidArgument) -> None:
+                 unwritable: type[GraphDriverError] = InvalidArgument, replace: bool = False) -> None:
         """*unwritable*: what a FILE that cannot be opened for writing (a missing folder on its
         way, a folder) is, unless a privilege lacks (exit 7): the layer commands' usage error,
         or the image commands' failure of the environment (exit 1, as docker and skopeo).
-        A filesystem that is full (or fails) is never the name's fault: exit 1 for all."""
+        A filesystem that is full (or fails) is never the name's fault: exit 1 for all.
+        *replace*: the name itself is replaced whatever it is (see the module's docstring)."""
         if not path:
             raise InvalidArgument("output file", "the name is empty")
         self.path = path
         self.durable = durable
+        self.replace = replace
         self.staging: str | None = None
         #: The staged file has no name yet (O_TMPFILE): :meth:`commit` links it.
         self.unnamed = False
@@ -117,6 +123,9 @@ class OutputFile:
 
     def _open(self) -> BinaryIO:
         global written_in_place
+        if self.replace:
+            directory, name = os.path.split(os.path.abspath(self.path))
+            return self._staged(directory, name, None)
         real, as_is = resolve(self.path)
         if as_is:
             written_in_place = True
@@ -131,7 +140,12 @@ class OutputFile:
                 written_in_place = True
             return open(real, "wb")  # a device, a fifo: written into
         directory, name = os.path.split(real)
-        self.final = real
+        return self._staged(directory, name, st)
+
+    def _staged(self, directory: str, name: str, st: os.stat_result | None) -> BinaryIO:
+        """A file that becomes *name* in *directory* on :meth:`commit`, with the permissions of
+        *st*, the regular file it replaces (None: a new file's)."""
+        self.final = os.path.join(directory, name)
         self.staging = os.path.join(directory, f"{temp_stem(name)}-{os.getpid()}")
         _remove_abandoned_siblings(directory, name)
         fd = self._unnamed(directory)

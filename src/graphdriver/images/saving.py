@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import tarfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -81,6 +82,8 @@ class _Output:
                 from graphdriver.errors import os_error
 
                 raise os_error(f"cannot write {path}", e) from e
+            if not self.made_folder:
+                _remove_leftovers(path)
         else:
             # A regular file is written beside the target and renamed over it once
             # whole (a failed save leaves what was there before); a device, a fifo
@@ -111,16 +114,16 @@ class _Output:
                 with progress.writing(out, f"save {name[-64:][:12]}", size, self.quiet) as bar:
                     inner(bar)
         if self.folder is not None:
+            # Each file is written unnamed (or, where the filesystem cannot, under a temporary
+            # name its writer holds locked) and named once whole: a save that fails or is killed
+            # leaves no half blob in the layout, only whole ones.
+            from graphdriver.fs.outfile import OutputFile
+
             path = os.path.join(self.folder, name)
-            try:
-                with open(path + ".partial", "wb") as f:
-                    counter = _Counting(f)  # type: ignore[arg-type]
-                    fill(counter)
+            with OutputFile(path, durable=True, unwritable=GraphDriverError, replace=True) as f:
+                counter = _Counting(f)
+                fill(counter)
                 _check_size(name, counter.count, size)
-            except BaseException:
-                atomic.remove_file(path + ".partial")  # a layout that existed keeps no half blob
-                raise
-            os.rename(path + ".partial", path)
             return
         assert self.tar is not None
         info = tarfile.TarInfo(name)
@@ -147,10 +150,35 @@ class _Output:
             from graphdriver.fs.tree import remove_tree
 
             remove_tree(self.folder)
-        elif self.folder is not None:
-            for name in self.written:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.folder, name) + ".partial")
+
+
+#: The names saves into an OCI layout folder wrote its files under until they were whole:
+#: ``<name>.partial`` (earlier versions, never locked) and ``.tmp-<name>-<pid>`` (locked by
+#: its writer), for the files of the folder itself and those of ``blobs/sha256``.
+_LEFTOVER = re.compile(r"(?:(?:index\.json|oci-layout)|[0-9a-f]{64})\.partial"
+                       r"|\.tmp-(?:(?:index\.json|oci-layout)|[0-9a-f]{64})-[0-9]+")
+
+
+def _remove_leftovers(folder: str) -> None:
+    """Remove what saves into the OCI layout *folder* killed half way left there: the partial
+    files of earlier versions, and the temporary files of writers now dead (a live save's
+    stay), so a save run again leaves the layout as a save never killed would."""
+    from graphdriver.fs.locking import remove_abandoned
+
+    for where in (folder, os.path.join(folder, "blobs", "sha256")):
+        try:
+            names = os.listdir(where)
+        except OSError:
+            continue
+        for name in names:
+            if not _LEFTOVER.fullmatch(name):
+                continue
+            path = os.path.join(where, name)
+            with contextlib.suppress(OSError):  # not ours to remove (another user's): left alone
+                if name.endswith(".partial"):
+                    atomic.remove_file(path)
+                else:
+                    remove_abandoned(path, os.unlink)
 
 
 def _check_size(name: str, got: int, want: int) -> None:
