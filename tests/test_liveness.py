@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,6 +169,83 @@ def test_cleanup_removes_an_unreaped_importers_leftovers(tmp_path: Path, childre
     assert sorted(os.listdir(staging)) == ["busy-live"]
     assert run_cli("cleanup", root=root, run_root=run_root).stdout == b""
     assert run_cli("layers", root=root, run_root=run_root).stdout == b"base\n"
+
+
+# An import whose confined child outlives it for as long as the test likes: the kernel kills
+# that child with its parent, but it ends only when what it does in the kernel returns (a
+# write to a slow disk, say); here it reads its input, a pipe, until the test closes it.
+_IMPORT_WITH_A_LINGERING_CHILD = """
+    import sys
+    from graphdriver.fs import syscalls
+    syscalls.set_parent_death_signal = lambda sig: None
+    from graphdriver.testing.setups import open_store
+    open_store({root!r}, {run_root!r}, "vfs").import_layer("victim", None, sys.stdin.buffer)
+"""
+
+
+def _import_then_kill(tmp_path: Path, children) -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """A vfs store with layer ``base`` and an import of ``victim`` killed while its confined
+    child, alive, extracts it (and reads the rest of its input from the pipe still open)."""
+    root, run_root = tmp_path / "store", tmp_path / "run"
+    assert run_cli("create", "base", root=root, run_root=run_root, driver="vfs").returncode == 0
+    tar = make_tar({f"f{i}": F(b"x" * 10_000) for i in range(300)})  # 3 MB: more than it reads at once
+    code = textwrap.dedent(_IMPORT_WITH_A_LINGERING_CHILD).format(root=str(root), run_root=str(run_root))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_ENV, stdin=subprocess.PIPE)
+    children.append(proc)
+    assert proc.stdin is not None
+    proc.stdin.write(tar[: 2 << 20])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not (root / "vfs" / "victim" / "fs" / "f0").exists():  # extracted by the child
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    from graphdriver.testing.setups import open_store
+
+    assert open_store(root, run_root, "vfs").cleanup() == []  # live: kept, and at once
+    _kill_unreaped(proc)
+    return root, run_root, proc
+
+
+def test_cleanup_waits_for_the_child_of_a_killed_import(tmp_path: Path, children) -> None:
+    """The confined child of a killed import still holds the import's lock a moment after
+    its parent is dead: cleanup run then waits for it and removes the layer, its tar-split
+    file with it, instead of taking it for live work."""
+    root, run_root, proc = _import_then_kill(tmp_path, children)
+    from graphdriver.testing.setups import open_store
+
+    store = open_store(root, run_root, "vfs")
+    done: list[str] = []
+    cleanup = threading.Thread(target=lambda: done.extend(store.cleanup()))
+    cleanup.start()
+    cleanup.join(0.5)
+    assert proc.stdin is not None
+    proc.stdin.close()  # the child reads the end of its input and ends
+    cleanup.join(30)
+    assert not cleanup.is_alive()
+    assert "removed layer victim left by an interrupted import" in done, done
+    assert f"removed stray tar-split file victim.tar-split.gz.partial-{proc.pid}" in done, done
+    assert [r.id for r in store.layers()] == ["base"]
+    assert os.listdir(root / "pending") == [] and os.listdir(root / "tarsplit") == []
+    assert sorted(n for n in os.listdir(root / "vfs") if not n.startswith(".")) == ["base"]
+
+
+def test_cleanup_says_what_the_child_of_a_killed_import_holds_too_long(tmp_path: Path, children,
+                                                                       monkeypatch) -> None:
+    """A child that outlives the wait keeps the layer for the next cleanup, which says so."""
+    from graphdriver.store import recovery
+    from graphdriver.testing.setups import open_store
+
+    root, run_root, proc = _import_then_kill(tmp_path, children)
+    monkeypatch.setattr(recovery, "CHILDREN_WAIT", 0.2, raising=False)
+    store = open_store(root, run_root, "vfs")
+    assert store.cleanup() == ["layer victim left by an interrupted import: not removed yet "
+                               "(a process it started still holds it)"]
+    assert (root / "pending" / "victim").exists()
+    assert proc.stdin is not None
+    proc.stdin.close()
+    monkeypatch.setattr(recovery, "CHILDREN_WAIT", 30.0)
+    assert "removed layer victim left by an interrupted import" in store.cleanup()
+    assert [r.id for r in store.layers()] == ["base"]
 
 
 # ----- probes ---------------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ The same locks tell whether the writer of a leftover is alive: whatever a
 process makes under a temporary name (a half-written file, a staging or
 probe folder) it makes with :func:`claim`, which holds a lock on it, and
 ``cleanup`` removes only what :func:`remove_abandoned` finds unlocked.
+
+An ``flock`` lives on in every child that inherited its descriptor, so it
+says whether some process of the work is alive.  Which of them: the one that
+began it, or only the helpers it forked (which die with it, a moment later)?
+That is told by a second lock of one process alone,
+:func:`hold_for_this_process`.
 """
 
 from __future__ import annotations
@@ -79,6 +85,42 @@ def is_held(path: str) -> bool:
     if fd is None:
         return os.path.lexists(path)
     os.close(fd)
+    return False
+
+
+def hold_for_this_process(fd: int) -> bool:
+    """Lock the file open for writing at *fd* with a lock of this process alone; whether it could.
+
+    A POSIX record lock belongs to the process, not to the open file description as an
+    ``flock`` does: a forked child does not inherit it, and the kernel drops it when this
+    process dies, before it is reaped, whatever its children still hold.  It is also dropped
+    when this process closes *any* descriptor of the file, so nothing else of this process
+    may open it.  Where the two kinds of locks are one (an ``flock`` on NFS is such a
+    lock) it is refused: False.
+    """
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def held_by_its_process(path: str) -> bool:
+    """Whether the process that took :func:`hold_for_this_process` on *path* is alive (False
+    when nobody holds it or there is no such file; True when that cannot be told).  Never
+    ask it of a file this process holds so: closing the probe would drop the lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (and with it the probe's own lock)
     return False
 
 

@@ -300,7 +300,11 @@ class RecordStore:
     # the working process holds an flock on for as long as the work lasts.  The
     # lock belongs to the open file description, so the confined child a
     # process forks holds it too: work counts as live until every process
-    # doing it is gone, whatever pids are reused later.
+    # doing it is gone, whatever pids are reused later.  The working process
+    # also holds a lock of its own on that file, which no child inherits
+    # (``"owner_lock"`` in the marker says so): once it is gone while the flock
+    # is still held, the work was killed and only its children, which die with
+    # it, are left to end (:meth:`outlived`).
 
     def _lock_path(self, layer_id: str) -> str:
         return os.path.join(self.pending_dir, f".{layer_id}.lock")
@@ -317,20 +321,20 @@ class RecordStore:
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            marker: dict[str, Any] = {"op": operation, "pid": os.getpid(), "boot": boot_id()}
+            if _hold_as_owner(fd):
+                marker["owner_lock"] = True
             try:
-                atomic.write_json(
-                    os.path.join(self.pending_dir, layer_id),
-                    {"op": operation, "pid": os.getpid(), "boot": boot_id()},
-                )
+                atomic.write_json(os.path.join(self.pending_dir, layer_id), marker)
             except OSError as e:
                 if not self._mark_without_space(layer_id, operation, e):
                     raise
         except BaseException:
-            os.close(fd)
+            _close_held(fd)
             raise
         old = self._held.pop(layer_id, None)
         if old is not None:
-            os.close(old)
+            _close_held(old)
         self._held[layer_id] = fd
 
     def _mark_without_space(self, layer_id: str, operation: str, e: OSError) -> bool:
@@ -360,7 +364,7 @@ class RecordStore:
         atomic.fsync_dir(self.pending_dir)
         fd = self._held.pop(layer_id, None)
         if fd is not None:
-            os.close(fd)
+            _close_held(fd)
 
     def pending_ids(self) -> list[str]:
         """Ids with a pending marker, without reading the markers."""
@@ -420,11 +424,33 @@ class RecordStore:
 
     def is_live(self, layer_id: str) -> bool:
         """Whether some process (this one included) is still doing the marked work."""
-        if layer_id in self._held:
+        path = self._lock_path(layer_id)
+        if layer_id in self._held or _held_here(path):
             return True
         from graphdriver.fs.locking import is_held
 
-        return is_held(self._lock_path(layer_id))
+        return is_held(path)
+
+    def outlived(self, layer_id: str, marker: dict[str, Any]) -> bool:
+        """Whether the process that marked *layer_id* (*marker*, as :meth:`pending` read it) is
+        dead while its marker's lock is still held: by the children it forked (a confined
+        extraction), which the kernel kills with it and which end a moment later."""
+        path = self._lock_path(layer_id)
+        if marker.get("owner_lock") is not True or layer_id in self._held or _held_here(path):
+            return False
+        from graphdriver.fs.locking import held_by_its_process
+
+        return not held_by_its_process(path)
+
+    def wait_ended(self, layer_id: str, timeout: float) -> bool:
+        """Wait up to *timeout* seconds until no process holds *layer_id*'s marker lock; whether
+        none does."""
+        deadline = time.monotonic() + timeout
+        while self.is_live(layer_id):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
 
 class ApplyLock:
@@ -451,6 +477,53 @@ class ApplyLock:
 
 
 _BOOT_ID: str | None = None
+
+#: The marker locks this process holds as their owner, whichever :class:`RecordStore`
+#: took them, by (device, inode): opening one to probe it would drop that lock.
+_OWNED: dict[tuple[int, int], int] = {}
+
+
+def _hold_as_owner(fd: int) -> bool:
+    """Take the owner's lock (one no child inherits) on the marker lock open at *fd*; whether it could."""
+    from graphdriver.fs.locking import hold_for_this_process
+
+    if not hold_for_this_process(fd):
+        return False
+    st = os.fstat(fd)
+    _OWNED[(st.st_dev, st.st_ino)] = fd
+    return True
+
+
+def _close_held(fd: int) -> None:
+    """Close a marker lock this process held (its owner's lock goes with it)."""
+    try:
+        st = os.fstat(fd)
+        _OWNED.pop((st.st_dev, st.st_ino), None)
+    finally:
+        os.close(fd)
+
+
+def _held_here(path: str) -> bool:
+    """Whether this process holds the marker lock at *path* as its owner (through a
+    descriptor still open on it)."""
+    if not _OWNED:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    fd = _OWNED.get(key)
+    if fd is None:
+        return False
+    try:
+        held = os.fstat(fd)
+    except OSError:
+        held = None
+    if held is None or (held.st_dev, held.st_ino) != key:
+        del _OWNED[key]  # closed without _close_held: its lock went with it
+        return False
+    return True
 
 
 def refused(layer_id: str, e: OSError) -> Unsupported:

@@ -1,8 +1,9 @@
 """Recovery: what ``cleanup`` finishes or undoes after a crash, and what it never touches.
 
 Run by ``graphdriver cleanup`` and when a store is opened with pending work.
-Layers whose transaction died (a pending marker whose lock nobody holds) are
-removed whole; interrupted removals are finished; half-written files of dead
+Layers whose transaction died (a pending marker whose lock nobody holds, or
+only the children of its dead process, which are waited for) are removed
+whole; interrupted removals are finished; half-written files of dead
 processes, stray locks and tar-split files of no layer are deleted; driver
 folders no record names are orphans.  Nothing a record names is ever deleted:
 a damaged layer is reported and left for its owner to remove.
@@ -45,13 +46,23 @@ def cleanup(store: Store) -> list[str]:
     return done
 
 
+#: How long cleanup waits for the children of a killed command to end (seconds): the
+#: kernel kills them with it, and they end as soon as what they do in it returns.
+CHILDREN_WAIT = 5.0
+
+
 def _cleanup_layers(store: Store) -> list[str]:
     done: list[str] = []
     with store.locked():
         for layer_id, marker in sorted(store.records.pending().items()):
-            if store.records.is_live(layer_id):
-                continue
             op = marker.get("op", "work")
+            if store.records.is_live(layer_id):
+                if not store.records.outlived(layer_id, marker):
+                    continue  # live work
+                if not store.records.wait_ended(layer_id, CHILDREN_WAIT):
+                    done.append(f"layer {layer_id} left by an interrupted {op}: not removed yet "
+                                "(a process it started still holds it)")
+                    continue
             try:
                 store.drop_layer(layer_id)
             except (GraphDriverError, OSError) as e:  # mounted since, say: reported, the rest goes on
