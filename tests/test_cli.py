@@ -1784,6 +1784,46 @@ def test_an_entry_into_a_folder_of_mode_0000_is_a_missing_privilege_without_root
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_a_parent_this_user_may_not_copy_is_named_by_its_layer_and_path():
+    """Without root, a child of a layer holding a folder this user may not read (its own of mode
+    0000 where no user namespace may be made, or another user's in an additional store) is
+    refused with exit 7 naming the parent layer and the folder's path in it, never where the
+    store keeps it; nothing of the child is left."""
+    import shutil
+    import tempfile
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-copy-"))
+    try:
+        os.chmod(work, 0o755)
+        theirs = work / "theirs"
+        (work / "own.tar").write_bytes(make_tar({"d": D(mode=0o000), "d/f": F(b"x"), "o": F(b"o")}))
+        (work / "theirs.tar").write_bytes(make_tar({"e": D(mode=0o700), "e/f": F(b"x")}))
+        for name in ("own.tar", "theirs.tar"):
+            os.chmod(work / name, 0o644)
+        run_cli("import", "other", str(work / "theirs.tar"), root=theirs, driver="vfs", check=True)
+        _open_to_others(theirs, lambda path: path.endswith("/e"))
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        assert _main_as_nobody([*own, "import", "p", str(work / "own.tar")])[0] == 0
+        closed = (7, "graphdriver: layer p: d: Permission denied\n")
+        for argv in (["create", "--parent", "p", "c"], ["create", "--parent", "p", "c", "--rw"],
+                     ["import", "--parent", "p", "c", str(work / "theirs.tar")]):
+            assert _main_as_nobody([*own, *argv], namespaces=False) == closed, argv
+        theirs_closed = (7, "graphdriver: layer other: e: Permission denied\n")
+        for argv in (["create", "--parent", "other", "c"],
+                     ["import", "--parent", "other", "c", str(work / "theirs.tar")]):
+            assert _main_as_nobody([*own, "--additional-store", str(theirs), *argv]) == theirs_closed, argv
+        assert _main_as_nobody([*own, "exists", "c"])[0] == 3
+    finally:
+        for folder, _dirs, _files in os.walk(work):
+            os.chmod(folder, 0o700)
+        shutil.rmtree(work)
+
+
 def test_whether_an_output_can_be_taken_back_is_known_before_writing(tmp_path):
     """A regular FILE (staged), a folder, /dev/null or a regular standard output written at
     its end can be taken back from a failed run; a pipe, a fifo, /dev/stdout on a pipe, or a

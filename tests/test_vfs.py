@@ -583,8 +583,7 @@ def test_a_parent_this_user_cannot_read_is_copied_as_its_owner_or_unsupported_wi
         assert as_nobody(lambda: scenario(True)) == "0 b'x'"
         remove_tree(str(work / "home"))
     said = as_nobody(lambda: scenario(False))
-    assert said.startswith("layer ctr: cannot copy the tree of parent base: Permission denied"), said
-    assert "Errno" not in said
+    assert said == "layer base: d0: Permission denied", said  # never where the store keeps it
 
 
 @needs_root

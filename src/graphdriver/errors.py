@@ -17,7 +17,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
+    from typing import NoReturn
 
 #: The most characters of a name (an archive entry, an id) an error message quotes.
 NAME_LIMIT = 200
@@ -95,6 +96,37 @@ class ReadRefused(Unsupported):
         self.path = path
         self.strerror = strerror
         super().__init__(f"layer {layer_id}", f"{path}: {strerror}")
+
+
+def read_refused(error: OSError, trees: Iterable[tuple[str | None, str | None]], *,
+                 here: str | None = None) -> ReadRefused | None:
+    """*error* as a :class:`ReadRefused` when it is a read this user may not make of a file or
+    folder in one of *trees*, (folder, the layer whose files it holds) pairs, named by its full
+    path: that layer, and the path in it; named by a relative path, a path in layer *here*
+    (where the reader names them so).  None for any other error."""
+    import os
+
+    name = os.fsdecode(error.filename) if error.filename else ""
+    if error.errno not in REFUSED or not name:
+        return None
+    strerror = error.strerror or str(error)
+    if here is not None and not name.startswith("/"):
+        return ReadRefused(here, name, strerror)
+    for folder, layer_id in trees:
+        top = (folder or "").rstrip("/")
+        if top and layer_id is not None and (name == top or name.startswith(top + "/")):
+            return ReadRefused(layer_id, name[len(top) + 1:] or "/", strerror)
+    return None
+
+
+def raise_refused(error: OSError, trees: Iterable[tuple[str | None, str | None]], *,
+                  here: str | None = None) -> NoReturn:
+    """Raise *error*: as :func:`read_refused` names it when it is such a read (from *error*, so a
+    run as the owner still sees what was refused), any other error as it is."""
+    refused = read_refused(error, trees, here=here)
+    if refused is None:
+        raise error
+    raise refused from error
 
 
 def os_error(what: str, e: OSError, otherwise: type[GraphDriverError] = GraphDriverError) -> GraphDriverError:

@@ -34,7 +34,7 @@ import errno
 import os
 
 from graphdriver.drivers.base import Driver, DriverConfig, probe_scratch, unfinished_probe
-from graphdriver.errors import GraphDriverError, InvalidArgument, NotFound, Unsupported
+from graphdriver.errors import REFUSED, GraphDriverError, InvalidArgument, NotFound, Unsupported, read_refused
 from graphdriver.fs import privileged
 
 TYPE_CHECKING = False
@@ -132,8 +132,13 @@ class VfsDriver(Driver):
             if self.copy_mode == "reflink" and e.errno in (errno.EOPNOTSUPP, errno.EXDEV):
                 # A parent in another store may sit on a filesystem that cannot share.
                 raise Unsupported(what, f"cannot clone the files of parent {parent}: {e}") from e
-            # A permission this user lacks (a directory of mode 0000 without root) is exit 7.
-            kind = Unsupported if e.errno in (errno.EPERM, errno.EACCES, errno.EROFS) else GraphDriverError
+            # A file or folder of the parent this user may not read (one of mode 0000, or another
+            # user's) is named by that layer and its path there, never where the store keeps it.
+            refused = read_refused(e, [(source, parent)])
+            if refused is not None:
+                raise refused from e
+            # Any other permission this user lacks is exit 7 too.
+            kind = Unsupported if e.errno in REFUSED else GraphDriverError
             raise kind(what, f"cannot copy the tree of parent {parent}: {e.strerror or e}") from e
         if opts.parent_idmaps is not None and opts.parent_idmaps != maps:
             from graphdriver.fs.tree import shift_owners

@@ -411,7 +411,7 @@ class _TreeCopier:
                 self._step(stack)
         except OSError as e:
             path = os.path.join(self.src, self.where()) if self.at[0] else self.src
-            raise OSError(e.errno, f"{e.strerror} (copying {path})", path) from e
+            raise OSError(e.errno, e.strerror, path) from e
         finally:
             for frame in stack:
                 frame.close()

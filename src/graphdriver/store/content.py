@@ -9,14 +9,13 @@ reassembly, in the layer format the driver stores (Docker/OCI, or Windows).
 from __future__ import annotations
 
 import functools
-import os
 
 from graphdriver.drivers.base import OVERLAY_WHITEOUTS, WINDOWS_FORMAT
-from graphdriver.errors import REFUSED, ReadRefused
+from graphdriver.errors import raise_refused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
     from typing import BinaryIO, NoReturn
 
     from graphdriver.diff.changes import Change
@@ -184,24 +183,6 @@ def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = Tr
             return changes_size(c.root, found)
         except OSError as e:
             _raise_named(e, c, layer_id, parent)
-
-
-def raise_refused(error: OSError, trees: Iterable[tuple[str | None, str | None]], *,
-                  here: str | None = None) -> NoReturn:
-    """Raise *error*: as :class:`~graphdriver.errors.ReadRefused` when it is a read this user may
-    not make of a file or folder in one of *trees*, (folder, the layer whose files it holds)
-    pairs, named by its full path: that layer, and the path in it; named by a relative path, a
-    path in layer *here* (where the reader names them so); any other error as it is."""
-    name = os.fsdecode(error.filename) if error.filename else ""
-    if error.errno in REFUSED and name:
-        strerror = error.strerror or str(error)
-        if here is not None and not name.startswith("/"):
-            raise ReadRefused(here, name, strerror) from error
-        for folder, layer_id in trees:
-            top = (folder or "").rstrip("/")
-            if top and layer_id is not None and (name == top or name.startswith(top + "/")):
-                raise ReadRefused(layer_id, name[len(top) + 1:] or "/", strerror) from error
-    raise error
 
 
 def _raise_named(error: OSError, c: Comparison, layer_id: str, parent: str | None) -> NoReturn:

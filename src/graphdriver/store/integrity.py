@@ -21,6 +21,7 @@ from graphdriver.errors import (
     NotFound,
     ReadRefused,
     Unsupported,
+    raise_refused,
     shorten,
 )
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX, under_way
@@ -256,8 +257,6 @@ def file_problems(store: Store, record: Layer, *, inherited_changes: bool = Fals
     of the parent's deleted, chmod-ed or chown-ed).
     """
     import contextlib
-
-    from graphdriver.store.content import raise_refused
 
     # The layer's own files (an overlay upper directory, never a live union
     # mount), or its full tree, whose parent's paths are then no extra files.
