@@ -1041,7 +1041,7 @@ def _open_to_others(store: Path, keep: Callable[[str], bool]) -> None:
             os.chmod(folder, os.stat(folder).st_mode | 0o005)
         for name in files:
             path = os.path.join(folder, name)
-            if not name.endswith(".lock") and not keep(path):
+            if not name.endswith(".lock") and not keep(path) and not os.path.islink(path):
                 os.chmod(path, os.stat(path).st_mode | 0o004)
 
 
@@ -1114,6 +1114,50 @@ def test_what_this_user_may_not_read_in_another_users_store_is_named_in_its_laye
         code, out, err, _ = _nobody_command(own, "check", "closed", "secret")
         skipped = "skipped: its files cannot be read by this user (Permission denied"
         assert (code, out, err) == (0, f"closed: {skipped} d/f)\nsecret: {skipped} e/s)\n", "")
+        assert not (mine / "store").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(work)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
+def test_what_this_user_may_not_read_of_a_windows_layer_is_named_in_its_layer():
+    """Nobody reads root's windowsfilter store given as --additional-store: a folder it may
+    not read in a layer's Files/, Hives/ or UtilityVM/ stops changes, diffsize and diff
+    --regenerate with exit 7 naming the layer and the path in it as its tarball names it
+    (Files/..., Hives/...), never where the store keeps it, and check skips the layer
+    saying that path."""
+    import tempfile
+
+    from graphdriver.testing import wingen
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-windows-"))
+    try:
+        os.chmod(work, 0o755)
+        theirs = work / "theirs"
+        (work / "base.tar").write_bytes(wingen.layer_tar(wingen.base_layer()))
+        closed = {"files": "Files/Windows/System32/drivers", "hives": "Hives", "uvm": "UtilityVM/Files/EFI"}
+        for name in closed:
+            run_cli("import", name, str(work / "base.tar"), root=theirs, driver="windowsfilter", check=True)
+        _open_to_others(theirs, keep=lambda path: False)
+        for name, path in closed.items():
+            os.chmod(theirs / "windowsfilter" / name / path, 0o700)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "windowsfilter",
+               "--additional-store", str(theirs)]
+        for name, path in closed.items():
+            said = f"graphdriver: layer {name}: {path}: Permission denied\n"
+            for argv in (["changes", name], ["diffsize", name],
+                         ["diff", name, "--regenerate", "-o", "/dev/null"]):
+                assert _nobody_command(own, *argv)[::2] == (7, said), argv
+        code, out, err, _ = _nobody_command(own, "check", "hives", "uvm")
+        skipped = "skipped: its files cannot be read by this user (Permission denied"
+        assert (code, out, err) == (0, f"hives: {skipped} Hives/DefaultUser_Delta)\n"
+                                       f"uvm: {skipped} UtilityVM/Files/EFI)\n", "")
         assert not (mine / "store").exists()
     finally:
         import shutil

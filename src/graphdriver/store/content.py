@@ -187,9 +187,12 @@ def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = Tr
 
 def _raise_named(error: OSError, c: Comparison, layer_id: str, parent: str | None) -> NoReturn:
     """Raise *error*, a read refused in a tree of *c* named as the path in its layer (a lower
-    directory's path is the same path in the layer's view); any other error as it is."""
+    directory's path is the same path in the layer's view); any other error as it is.  A
+    Windows layer's folders come first: its paths are those of its tarball (``Files/...``,
+    ``Hives/...``), and ``c.root`` is its ``Files/``."""
     lowers = [(lower, layer_id) for lower in c.lowers or ()]
-    raise_refused(error, [(c.root, layer_id), (c.parent_root, parent), *lowers])
+    folders = [(folder, layer_id) for folder in c.data_dirs]
+    raise_refused(error, [*folders, (c.root, layer_id), (c.parent_root, parent), *lowers])
 
 
 def files_root(driver: Driver, layer_id: str) -> str:

@@ -242,8 +242,11 @@ def check_windows_files(store: Store, record: Layer) -> None:
         maps = store.layer_maps(record)
         owner = (maps.uids.to_host(0), maps.gids.to_host(0))
     root = content.files_root(store.driver, record.id)
-    problems = read_tarsplit(store, record, lambda entries: layer_problems(
-        entries, root, owner=owner, opaque_marks=privileged()))
+    try:
+        problems = read_tarsplit(store, record, lambda entries: layer_problems(
+            entries, root, owner=owner, opaque_marks=privileged()))
+    except OSError as e:  # a read refused: named by the layer and the path in it
+        raise_refused(e, [(root, record.id)], here=record.id)
     if problems:
         why = f"its files differ from its tarball: {_first_of(problems)}"
         raise IntegrityError(f"layer {record.id}", why)
