@@ -1127,7 +1127,7 @@ def test_what_this_user_may_not_read_of_a_windows_layer_is_named_in_its_layer():
     not read in a layer's Files/, Hives/ or UtilityVM/ stops changes, diffsize and diff
     --regenerate with exit 7 naming the layer and the path in it as its tarball names it
     (Files/..., Hives/...), never where the store keeps it, and check skips the layer
-    saying that path."""
+    saying that path; so does mount of one closed in Files/ (a copy without root)."""
     import tempfile
 
     from graphdriver.testing import wingen
@@ -1158,6 +1158,13 @@ def test_what_this_user_may_not_read_of_a_windows_layer_is_named_in_its_layer():
         skipped = "skipped: its files cannot be read by this user (Permission denied"
         assert (code, out, err) == (0, f"hives: {skipped} Hives/DefaultUser_Delta)\n"
                                        f"uvm: {skipped} UtilityVM/Files/EFI)\n", "")
+        # Without root a view is a copy, which such a folder stops the same way, leaving none.
+        said = "graphdriver: layer files: Files/Windows/System32/drivers: Permission denied\n"
+        assert _nobody_command(own, "mount", "files")[::2] == (7, said)
+        assert not list((mine / "run").glob("*/windowsfilter/views/files"))
+        code, out, err, _ = _nobody_command(own, "mount", "hives")  # Hives/ is no part of the view
+        assert (code, err) == (0, "") and os.path.isdir(os.path.join(out.strip(), "Windows"))
+        assert _nobody_command(own, "unmount", "hives")[::2] == (0, "")
         assert not (mine / "store").exists()
     finally:
         import shutil

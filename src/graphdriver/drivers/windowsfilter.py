@@ -109,6 +109,7 @@ from graphdriver.errors import (
     Precondition,
     Unsupported,
     os_error,
+    read_refused,
     warn,
 )
 from graphdriver.fs import atomic, mounts, privileged
@@ -518,21 +519,35 @@ class WindowsFilterDriver(Driver, BaseImages):
         return self._is_sandbox(self.resolve(layer_id))
 
     def _materialise(self, layer_id: str, folder: str, target: str) -> None:
-        """Without root: copy the chain's ``Files/`` into *target*, bottom up, tombstones applied."""
+        """Without root: copy the chain's ``Files/`` into *target*, bottom up, tombstones applied.
+
+        A file or folder of the chain this user may not read is :class:`ReadRefused`, named by
+        the layer and its path in the layer's folder (a lower layer's, as the view shows it)."""
         if self._is_sandbox(folder):
             raise Unsupported(f"mounting layer {layer_id}", "writable Windows layers need root (overlay)")
+        datas = [self._data_dir(layer) for layer in [*reversed(self.layer_chain(layer_id)), folder]]
+        try:
+            for data in datas:
+                self._materialise_one(data, target)
+        except OSError as e:
+            refused = read_refused(e, [(data, layer_id) for data in datas])
+            if refused is None:
+                raise
+            raise refused from e
+
+    @staticmethod
+    def _materialise_one(data: str, target: str) -> None:
+        """Lay the ``Files/`` of the layer folder *data* over *target*, its tombstones first."""
         from graphdriver.layerio.windows.winmeta import LayerMeta  # the sidecar's tombstones
 
-        for layer in [*reversed(self.layer_chain(layer_id)), folder]:
-            data = self._data_dir(layer)
-            for path in sorted(LayerMeta.load(data).tombstones):
-                if has_path_prefix(path, FILES) and path != FILES:
-                    victim = os.path.join(target, path[len(FILES) + 1 :])
-                    if os.path.isdir(victim) and not os.path.islink(victim):
-                        remove_tree(victim)
-                    elif os.path.lexists(victim):
-                        os.unlink(victim)
-            shutil.copytree(os.path.join(data, FILES), target, symlinks=True, dirs_exist_ok=True)
+        for path in sorted(LayerMeta.load(data).tombstones):
+            if has_path_prefix(path, FILES) and path != FILES:
+                victim = os.path.join(target, path[len(FILES) + 1 :])
+                if os.path.isdir(victim) and not os.path.islink(victim):
+                    remove_tree(victim)
+                elif os.path.lexists(victim):
+                    os.unlink(victim)
+        _copy_over(os.path.join(data, FILES), target)
 
     def _unmount(self, layer_id: str) -> None:
         target = self._view_path(self.resolve(layer_id))
@@ -684,3 +699,22 @@ class WindowsFilterDriver(Driver, BaseImages):
             os.close(held)
 
 
+def _copy_over(src: str, dst: str) -> None:
+    """Copy the tree *src* over the folder *dst*, as ``shutil.copytree(src, dst, symlinks=True,
+    dirs_exist_ok=True)`` does, stopping at the first failure: an ``OSError`` naming its path
+    (copytree gathers failures into one error that keeps neither errno nor file name)."""
+    from graphdriver.fs.tree import walk_tree
+
+    folders = [""]
+    for rel, entry in walk_tree(src):
+        there = os.path.join(dst, rel)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), there)
+            shutil.copystat(entry.path, there, follow_symlinks=False)
+        elif entry.is_dir(follow_symlinks=False):
+            os.makedirs(there, exist_ok=True)
+            folders.append(rel)
+        else:
+            shutil.copy2(entry.path, there)
+    for rel in reversed(folders):  # a folder's times once what is in it is written
+        shutil.copystat(os.path.join(src, rel) if rel else src, os.path.join(dst, rel) if rel else dst)
