@@ -1172,6 +1172,46 @@ def test_what_this_user_may_not_read_of_a_windows_layer_is_named_in_its_layer():
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
+def test_a_layer_chain_file_this_user_may_not_read_is_a_missing_privilege_named_by_its_layer():
+    """Nobody reads root's store, given as --additional-store, whose layer keeps its chain file
+    (layerchain.json, 0600) closed: what needs the chain exits 7 naming the layer and the file,
+    never where the store keeps it, and check skips the layer instead of calling it damaged."""
+    import tempfile
+
+    from graphdriver.testing import wingen
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-chain-"))
+    try:
+        os.chmod(work, 0o755)
+        theirs, windows = work / "theirs", work / "windows"
+        (work / "b.tar").write_bytes(make_tar({"f": F(b"x")}))
+        (work / "w.tar").write_bytes(wingen.layer_tar(wingen.base_layer()))
+        run_cli("import", "base", str(work / "b.tar"), root=theirs, driver="vfs", check=True)
+        run_cli("import", "child", str(work / "b.tar"), "--parent", "base", root=theirs, driver="vfs",
+                check=True)
+        run_cli("import", "win", str(work / "w.tar"), root=windows, driver="windowsfilter", check=True)
+        for store in (theirs, windows):
+            _open_to_others(store, keep=lambda path: path.endswith("/layerchain.json"))
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run")]
+        vfs = [*own, "--driver", "vfs", "--additional-store", str(theirs)]
+        said = "graphdriver: layer child: layerchain.json: Permission denied\n"
+        assert _nobody_command(vfs, "create", "--parent", "child", "x")[::2] == (7, said)
+        win = [*own, "--driver", "windowsfilter", "--additional-store", str(windows)]
+        said = "graphdriver: layer win: layerchain.json: Permission denied\n"
+        assert _nobody_command(win, "changes", "win")[::2] == (7, said)
+        skipped = "win: skipped: layerchain.json: Permission denied\n"
+        assert _nobody_command(win, "check", "win")[:3] == (0, skipped, "")
+    finally:
+        import shutil
+
+        shutil.rmtree(work)
+
+
 @pytest.mark.parametrize("size", ["99999999999999999999999999999999G", " 20M", "\uff150M", "20M ", "1M", "0"])
 def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(tmp_path, size):
     r = run_cli("create", "x", "--rw", "--size", size, root=tmp_path / "s", run_root=tmp_path / "r",

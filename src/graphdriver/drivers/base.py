@@ -76,6 +76,7 @@ import os
 
 from graphdriver import jsonio
 from graphdriver.errors import (
+    REFUSED,
     AlreadyExists,
     GraphDriverError,
     InvalidArgument,
@@ -300,7 +301,12 @@ class Driver(abc.ABC):
             value = atomic.read_json(path)
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as e:
+        except OSError as e:  # named by its layer, never by where the store keeps it
+            why = f"{LAYERCHAIN_FILE}: {e.strerror or e}"
+            if e.errno in REFUSED:  # another user's store: a missing privilege, never damage
+                raise Unsupported(f"layer {layer_id}", why) from e
+            raise GraphDriverError(f"layer {layer_id}", f"unreadable {why}") from e
+        except ValueError as e:
             raise GraphDriverError(f"layer {layer_id}", f"unreadable {LAYERCHAIN_FILE}: {e}") from e
         if value is None:
             return []
