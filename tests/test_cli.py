@@ -1212,6 +1212,41 @@ def test_a_layer_chain_file_this_user_may_not_read_is_a_missing_privilege_named_
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
+def test_a_layer_folder_this_user_may_not_read_is_a_missing_privilege_named_by_its_layer():
+    """Nobody reads root's store, given as --additional-store, whose layer's own folder is
+    closed (0700): what needs the layer exits 7 naming it, never where the store keeps it
+    (its layerID file, which is looked for first), and check skips it instead of failing."""
+    import tempfile
+
+    _load_every_module()
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-folder-"))
+    try:
+        os.chmod(work, 0o755)
+        theirs = work / "theirs"
+        (work / "b.tar").write_bytes(make_tar({"f": F(b"x")}))
+        run_cli("import", "base", str(work / "b.tar"), root=theirs, driver="vfs", check=True)
+        run_cli("import", "child", str(work / "b.tar"), "--parent", "base", root=theirs, driver="vfs",
+                check=True)
+        _open_to_others(theirs, keep=lambda path: path.endswith("/vfs/child"))
+        os.chmod(theirs / "vfs" / "child", 0o700)
+        mine = work / "mine"
+        mine.mkdir()
+        os.chown(mine, 65534, 65534)
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs",
+               "--additional-store", str(theirs)]
+        why = "its folder cannot be read by this user (Permission denied)"
+        for argv in (["changes", "child"], ["diff", "child", "-o", "/dev/null"], ["mount", "child"],
+                     ["create", "--parent", "child", "x"]):
+            assert _nobody_command(own, *argv)[::2] == (7, f"graphdriver: layer child: {why}\n"), argv
+        assert _nobody_command(own, "check", "child", "base")[:3] == (
+            0, f"child: skipped: {why}\nbase: ok\n", "")
+    finally:
+        import shutil
+
+        shutil.rmtree(work)
+
+
 @pytest.mark.parametrize("size", ["99999999999999999999999999999999G", " 20M", "\uff150M", "20M ", "1M", "0"])
 def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(tmp_path, size):
     r = run_cli("create", "x", "--rw", "--size", size, root=tmp_path / "s", run_root=tmp_path / "r",

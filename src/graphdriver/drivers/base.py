@@ -263,7 +263,7 @@ class Driver(abc.ABC):
         for home in (self.home, *self.config.readonly_homes):
             folder = self._folder(home, layer_id)
             if os.path.isdir(folder):
-                found = alternate_name(folder)
+                found = self._alternate_name(layer_id, folder)
                 if found is None:
                     return folder
                 fname, alt = found
@@ -274,6 +274,19 @@ class Driver(abc.ABC):
                     raise NotFound(f"layer {layer_id}", f"{fname} names missing {alt}")
                 return target
         raise NotFound(f"layer {layer_id}", "no such layer")
+
+    @staticmethod
+    def _alternate_name(layer_id: str, folder: str) -> tuple[str, str | None] | None:
+        """:func:`alternate_name` of *layer_id*'s *folder*; a folder this user may not read (of
+        another user's store) is a missing privilege named by the layer, never by where the
+        store keeps it."""
+        try:
+            return alternate_name(folder)
+        except OSError as e:
+            if e.errno not in REFUSED:
+                raise
+            why = f"its folder cannot be read by this user ({e.strerror or e})"
+            raise Unsupported(f"layer {layer_id}", why) from e
 
     def is_readonly_store(self, layer_id: str) -> bool:
         """True when *layer_id* lives in an additional (read-only) store."""

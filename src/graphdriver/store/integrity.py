@@ -404,7 +404,12 @@ def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | N
             if not (store._being_removed(record.id) or store._remade(record)):
                 results.append((record.id, missing))
             continue  # (else removed meanwhile, its chain after it: no longer a layer to report)
-        if not store.driver.exists(record.id):
+        try:
+            present = store.driver.exists(record.id)
+        except Unsupported as e:  # its folder this user may not read: no damage
+            results.append((record.id, f"skipped: {e.why or e}"))
+            continue
+        if not present:
             error = store._explain(
                 NotFound(f"layer {record.id}", "no such layer"), record.id, seen=record
             )
