@@ -463,6 +463,22 @@ def test_reflink_on_xfs(xfs_mount: Path) -> None:
         os.chmod(xfs_mount / d / "ro", 0o755)
 
 
+def test_a_parent_that_cannot_be_cloned_is_named_by_its_layer(xfs_mount: Path, tmp_path: Path) -> None:
+    """vfs with copy=reflink on xfs, a parent in an additional store on another file system:
+    the child is refused (exit 7) naming the parent and why, never where the store keeps it."""
+    from graphdriver.testing.treeutil import F, make_tar
+    from tests.conftest import run_cli
+
+    (tmp_path / "b.tar").write_bytes(make_tar({"f": F(b"x" * 5000)}))
+    theirs, mine = tmp_path / "theirs", xfs_mount / "mine"
+    run_cli("import", "base", str(tmp_path / "b.tar"), root=theirs, driver="vfs", check=True)
+    run_cli("create", "a", root=mine, driver="vfs", check=True)
+    r = run_cli("--opt", "copy=reflink", "--additional-store", str(theirs), "create", "--parent", "base", "x",
+                root=mine, driver="vfs")
+    said = "graphdriver: layer x: cannot clone the files of parent base: Invalid cross-device link\n"
+    assert (r.returncode, r.stderr.decode()) == (7, said)
+
+
 def test_reflink_supported_leaves_nothing(tmp_path: Path) -> None:
     reflink_supported(str(tmp_path))
     assert os.listdir(tmp_path) == []

@@ -131,7 +131,8 @@ class VfsDriver(Driver):
             what = f"layer {layer_id}"
             if self.copy_mode == "reflink" and e.errno in (errno.EOPNOTSUPP, errno.EXDEV):
                 # A parent in another store may sit on a filesystem that cannot share.
-                raise Unsupported(what, f"cannot clone the files of parent {parent}: {e}") from e
+                why = f"cannot clone the files of parent {parent}: {e.strerror or e}"  # never the path
+                raise Unsupported(what, why) from e
             # A file or folder of the parent this user may not read (one of mode 0000, or another
             # user's) is named by that layer and its path there, never where the store keeps it.
             refused = read_refused(e, [(source, parent)])
