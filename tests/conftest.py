@@ -95,6 +95,20 @@ def store(store_root: Path, tmp_path: Path, driver_setup: DriverSetup) -> Iterat
             s.driver.put(record.id)
 
 
+@pytest.fixture
+def open_work() -> Iterator[Path]:
+    """A fresh folder every user may enter (pytest's own are closed to others), for tests
+    that make a store as root and read it as nobody; removed afterwards."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="gd-"))
+    os.chmod(work, 0o755)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work)
+
+
 def run_cli(*args: str, root: Path, run_root: Path | None = None, driver: str | None = None,
             input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess[bytes]:
     """Run the real ``graphdriver`` command (as a user would) on a store."""

@@ -841,62 +841,52 @@ def test_a_permission_refused_is_a_missing_privilege():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make what nobody may not use")
-def test_what_this_user_may_not_use_exits_7(tmp_path):
+def test_what_this_user_may_not_use_exits_7(tmp_path, open_work: Path) -> None:
     """A store, an input file or an output folder the user has no permission for: exit 7
     (a missing privilege, per the contract), not 1 or 2, and never 6 (nothing is corrupt)."""
-    import tempfile
 
     from graphdriver import cli as gd
     from tests.conftest import as_nobody
 
     _load_every_module()
 
-    work = Path(tempfile.mkdtemp(prefix="gd-denied-"))
-    try:
-        os.chmod(work, 0o755)
-        theirs = work / "theirs"
-        run_cli("create", "base", root=theirs, run_root=work / "run-theirs", driver="vfs", check=True)
-        os.chmod(theirs, 0o700)
-        (work / "secret.tar").write_bytes(make_tar({"f": F(b"x")}))
-        os.chmod(work / "secret.tar", 0o600)
-        (work / "locked-out").mkdir(mode=0o755)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
+    work = open_work
+    theirs = work / "theirs"
+    run_cli("create", "base", root=theirs, run_root=work / "run-theirs", driver="vfs", check=True)
+    os.chmod(theirs, 0o700)
+    (work / "secret.tar").write_bytes(make_tar({"f": F(b"x")}))
+    os.chmod(work / "secret.tar", 0o600)
+    (work / "locked-out").mkdir(mode=0o755)
+    mine = _nobody_home(work)[0]
 
-        def codes() -> list[int]:
-            own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
-            other = ["--root", str(theirs), "--run-root", str(work / "run-theirs")]
-            assert gd.main([*own, "create", "a"]) == 0
-            return [
-                gd.main([*other, "layers"]),
-                gd.main([*other, "status"]),
-                gd.main([*other, "create", "x"]),
-                gd.main([*other, "cleanup"]),
-                gd.main([*own, "import", "b", str(work / "secret.tar")]),
-                gd.main([*own, "diff", "a", "-o", str(work / "locked-out" / "a.tar")]),
-                # Id maps store files owned by the mapped ids: root's privilege.
-                gd.main([*own, "create", "m", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]),
-                gd.main([*own, "--uidmap", "0:100000:65536", "create", "n"]),
-                gd.main([*own, "image", "load", str(work / "secret.tar")]),
-                gd.main([*own, "image", "load", str(theirs / "layers" / "x.tar")]),  # a folder closed to us
-            ]
+    def codes() -> list[int]:
+        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        other = ["--root", str(theirs), "--run-root", str(work / "run-theirs")]
+        assert gd.main([*own, "create", "a"]) == 0
+        return [
+            gd.main([*other, "layers"]),
+            gd.main([*other, "status"]),
+            gd.main([*other, "create", "x"]),
+            gd.main([*other, "cleanup"]),
+            gd.main([*own, "import", "b", str(work / "secret.tar")]),
+            gd.main([*own, "diff", "a", "-o", str(work / "locked-out" / "a.tar")]),
+            # Id maps store files owned by the mapped ids: root's privilege.
+            gd.main([*own, "create", "m", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]),
+            gd.main([*own, "--uidmap", "0:100000:65536", "create", "n"]),
+            gd.main([*own, "image", "load", str(work / "secret.tar")]),
+            gd.main([*own, "image", "load", str(theirs / "layers" / "x.tar")]),  # a folder closed to us
+        ]
 
-        assert as_nobody(codes) == [7] * 10
-        assert not (work / "locked-out" / "a.tar").exists()
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    assert as_nobody(codes) == [7] * 10
+    assert not (work / "locked-out" / "a.tar").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make what nobody may not read")
-def test_a_record_this_user_may_not_read_is_a_missing_privilege_never_corruption():
+def test_a_record_this_user_may_not_read_is_a_missing_privilege_never_corruption(open_work: Path) -> None:
     """Records of mode 0600 in a root store whose folders are open: exit 7 for what needs
     the record (not 6), `layers` names it and exits 7, `check` skips it; with the folders
     closed too, an additional store's layer is 7 (not "no such layer"), and the Python API
     raises the project's errors, never a bare PermissionError."""
-    import tempfile
 
     import graphdriver
     from graphdriver import cli as gd
@@ -904,54 +894,46 @@ def test_a_record_this_user_may_not_read_is_a_missing_privilege_never_corruption
 
     _load_every_module()
 
-    work = Path(tempfile.mkdtemp(prefix="gd-record-"))
-    try:
-        os.chmod(work, 0o755)
-        theirs = work / "theirs"
-        (work / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
-        run_cli("import", "base", str(work / "base.tar"), root=theirs, driver="vfs", check=True)
-        folders = [Path(d) for d, _, _ in os.walk(theirs)]
-        for d in folders:
-            os.chmod(d, os.stat(d).st_mode | 0o005)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        other = ["--root", str(theirs), "--run-root", str(mine / "run")]
+    work = open_work
+    theirs = work / "theirs"
+    (work / "base.tar").write_bytes(make_tar({"f": F(b"x")}))
+    run_cli("import", "base", str(work / "base.tar"), root=theirs, driver="vfs", check=True)
+    folders = [Path(d) for d, _, _ in os.walk(theirs)]
+    for d in folders:
+        os.chmod(d, os.stat(d).st_mode | 0o005)
+    mine = _nobody_home(work)[0]
+    other = ["--root", str(theirs), "--run-root", str(mine / "run")]
 
-        def open_folders() -> list[object]:
-            codes: list[object] = [gd.main([*other, c, "base"]) for c in ("layer", "diff", "changes")]
-            codes.append(gd.main([*other, "layers"]))
-            codes.append(gd.main([*other, "check"]))
-            store = graphdriver.open_store(str(theirs), run_root=str(mine / "run"), create=False)
-            try:
-                store.layer("base")
-            except graphdriver.GraphDriverError as e:
-                codes.append((type(e).__name__, e.exit_code, "base" in str(e)))
-            try:
-                with store.locked():
-                    pass
-            except graphdriver.GraphDriverError as e:
-                codes.append((type(e).__name__, e.exit_code))
-            return codes
+    def open_folders() -> list[object]:
+        codes: list[object] = [gd.main([*other, c, "base"]) for c in ("layer", "diff", "changes")]
+        codes.append(gd.main([*other, "layers"]))
+        codes.append(gd.main([*other, "check"]))
+        store = graphdriver.open_store(str(theirs), run_root=str(mine / "run"), create=False)
+        try:
+            store.layer("base")
+        except graphdriver.GraphDriverError as e:
+            codes.append((type(e).__name__, e.exit_code, "base" in str(e)))
+        try:
+            with store.locked():
+                pass
+        except graphdriver.GraphDriverError as e:
+            codes.append((type(e).__name__, e.exit_code))
+        return codes
 
-        assert as_nobody(open_folders) == [7, 7, 7, 7, 0, ("Unsupported", 7, True), ("Unsupported", 7)]
-        for d in folders:
-            os.chmod(d, os.stat(d).st_mode & ~0o005)
+    assert as_nobody(open_folders) == [7, 7, 7, 7, 0, ("Unsupported", 7, True), ("Unsupported", 7)]
+    for d in folders:
+        os.chmod(d, os.stat(d).st_mode & ~0o005)
 
-        def closed_folders() -> list[object]:
-            own = ["--root", str(mine / "s"), "--run-root", str(mine / "run"), "--driver", "vfs"]
-            codes: list[object] = [gd.main([*own, "--additional-store", str(theirs), "layer", "base"])]
-            try:
-                graphdriver.open_store(str(theirs), run_root=str(mine / "run"), create=False)
-            except graphdriver.GraphDriverError as e:
-                codes.append((type(e).__name__, e.exit_code))
-            return codes
+    def closed_folders() -> list[object]:
+        own = ["--root", str(mine / "s"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        codes: list[object] = [gd.main([*own, "--additional-store", str(theirs), "layer", "base"])]
+        try:
+            graphdriver.open_store(str(theirs), run_root=str(mine / "run"), create=False)
+        except graphdriver.GraphDriverError as e:
+            codes.append((type(e).__name__, e.exit_code))
+        return codes
 
-        assert as_nobody(closed_folders) == [7, ("Unsupported", 7)]
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    assert as_nobody(closed_folders) == [7, ("Unsupported", 7)]
 
 
 def _main_as_nobody(argv: list[str], *, namespaces: bool = True) -> tuple[int, str]:
@@ -1033,6 +1015,21 @@ def test_a_file_of_mode_0000_is_read_on_a_read_only_file_system_and_never_called
         shutil.rmtree(work)
 
 
+def _nobody_home(work: Path, driver: str | None = "vfs", additional: Path | None = None,
+                 ) -> tuple[Path, list[str]]:
+    """Make ``work/mine``, a folder nobody owns, and the options that give nobody a store and a
+    run root in it: on *driver* (none: the default), reading *additional* as an additional store."""
+    mine = work / "mine"
+    mine.mkdir()
+    os.chown(mine, 65534, 65534)
+    own = ["--root", str(mine / "store"), "--run-root", str(mine / "run")]
+    if driver is not None:
+        own += ["--driver", driver]
+    if additional is not None:
+        own += ["--additional-store", str(additional)]
+    return mine, own
+
+
 def _open_to_others(store: Path, keep: Callable[[str], bool]) -> None:
     """Let every user read *store*'s folders and files (lock files aside), but those whose path
     *keep* holds, which stay as they are."""
@@ -1046,205 +1043,153 @@ def _open_to_others(store: Path, keep: Callable[[str], bool]) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
-def test_diff_of_a_file_this_user_may_not_read_names_the_layer_and_the_file():
+def test_diff_of_a_file_this_user_may_not_read_names_the_layer_and_the_file(open_work: Path) -> None:
     """An additional store of root's whose folders are open but a file is 0600: diff exits
     7 naming the layer and the file's path in it, not the file's bare name."""
-    import tempfile
 
     _load_every_module()
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-file-"))
-    try:
-        os.chmod(work, 0o755)
-        theirs = work / "theirs"
-        (work / "p.tar").write_bytes(make_tar({"d": D(), "d/f": F(b"x", mode=0o600)}))
-        run_cli("import", "p", str(work / "p.tar"), root=theirs, driver="vfs", check=True)
-        _open_to_others(theirs, keep=lambda path: path.endswith("/d/f"))
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs",
-               "--additional-store", str(theirs)]
-        code, err = _main_as_nobody([*own, "diff", "p", "-o", str(mine / "p.tar")])
-        assert (code, err) == (7, "graphdriver: layer p: d/f: Permission denied\n")
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    work = open_work
+    theirs = work / "theirs"
+    (work / "p.tar").write_bytes(make_tar({"d": D(), "d/f": F(b"x", mode=0o600)}))
+    run_cli("import", "p", str(work / "p.tar"), root=theirs, driver="vfs", check=True)
+    _open_to_others(theirs, keep=lambda path: path.endswith("/d/f"))
+    mine, own = _nobody_home(work, "vfs", theirs)
+    code, err = _main_as_nobody([*own, "diff", "p", "-o", str(mine / "p.tar")])
+    assert (code, err) == (7, "graphdriver: layer p: d/f: Permission denied\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
-def test_what_this_user_may_not_read_in_another_users_store_is_named_in_its_layer():
+def test_what_this_user_may_not_read_in_another_users_store_is_named_in_its_layer(open_work: Path) -> None:
     """Nobody, with no store of its own yet, reads root's store given as --additional-store:
     a layer it may read is diffed with --regenerate; a folder or a file of a layer it may not
     read stops diff, changes, diffsize and tarsplit with exit 7 naming the layer and the path
     in it (never where the store keeps it), and check skips the layer saying that path."""
-    import tempfile
 
     _load_every_module()
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-tree-"))
-    try:
-        os.chmod(work, 0o755)
-        theirs = work / "theirs"
-        layers = {"open": {"o": D(), "o/f": F(b"x")}, "closed": {"d": D(mode=0o700), "d/f": F(b"x")},
-                  "secret": {"e": D(), "e/s": F(b"x", mode=0o600)}}
-        for name, spec in layers.items():
-            (work / f"{name}.tar").write_bytes(make_tar(spec))
-            run_cli("import", name, str(work / f"{name}.tar"), root=theirs, driver="vfs", check=True)
-        _open_to_others(theirs, keep=lambda path: path.endswith(("/d", "/e/s")))
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs",
-               "--additional-store", str(theirs)]
-        code, out, err, _ = _nobody_command(own, "diff", "open", "--regenerate", "-o", str(mine / "o.tar"))
-        assert (code, err) == (0, "")
-        with tarfile.open(mine / "o.tar") as tf:
-            assert [m.name.rstrip("/") for m in tf] == ["o", "o/f"]
-        folder = "graphdriver: layer closed: d: Permission denied\n"
-        for argv in (["diff", "closed", "--regenerate", "-o", "/dev/null"], ["changes", "closed"],
-                     ["diffsize", "closed"]):
-            assert _nobody_command(own, *argv)[::2] == (7, folder), argv
-        below = "graphdriver: layer closed: d/f: Permission denied\n"
-        for argv in (["diff", "closed", "-o", "/dev/null"], ["tarsplit", "closed", "-o", "/dev/null"]):
-            assert _nobody_command(own, *argv)[::2] == (7, below), argv
-        file = "graphdriver: layer secret: e/s: Permission denied\n"
-        for argv in (["diff", "secret", "--regenerate", "-o", "/dev/null"],
-                     ["diff", "secret", "-o", "/dev/null"]):
-            assert _nobody_command(own, *argv)[::2] == (7, file), argv
-        code, out, err, _ = _nobody_command(own, "check", "closed", "secret")
-        skipped = "skipped: its files cannot be read by this user (Permission denied"
-        assert (code, out, err) == (0, f"closed: {skipped} d/f)\nsecret: {skipped} e/s)\n", "")
-        assert not (mine / "store").exists()
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    work = open_work
+    theirs = work / "theirs"
+    layers = {"open": {"o": D(), "o/f": F(b"x")}, "closed": {"d": D(mode=0o700), "d/f": F(b"x")},
+              "secret": {"e": D(), "e/s": F(b"x", mode=0o600)}}
+    for name, spec in layers.items():
+        (work / f"{name}.tar").write_bytes(make_tar(spec))
+        run_cli("import", name, str(work / f"{name}.tar"), root=theirs, driver="vfs", check=True)
+    _open_to_others(theirs, keep=lambda path: path.endswith(("/d", "/e/s")))
+    mine, own = _nobody_home(work, "vfs", theirs)
+    code, out, err, _ = _nobody_command(own, "diff", "open", "--regenerate", "-o", str(mine / "o.tar"))
+    assert (code, err) == (0, "")
+    with tarfile.open(mine / "o.tar") as tf:
+        assert [m.name.rstrip("/") for m in tf] == ["o", "o/f"]
+    folder = "graphdriver: layer closed: d: Permission denied\n"
+    for argv in (["diff", "closed", "--regenerate", "-o", "/dev/null"], ["changes", "closed"],
+                 ["diffsize", "closed"]):
+        assert _nobody_command(own, *argv)[::2] == (7, folder), argv
+    below = "graphdriver: layer closed: d/f: Permission denied\n"
+    for argv in (["diff", "closed", "-o", "/dev/null"], ["tarsplit", "closed", "-o", "/dev/null"]):
+        assert _nobody_command(own, *argv)[::2] == (7, below), argv
+    file = "graphdriver: layer secret: e/s: Permission denied\n"
+    for argv in (["diff", "secret", "--regenerate", "-o", "/dev/null"],
+                 ["diff", "secret", "-o", "/dev/null"]):
+        assert _nobody_command(own, *argv)[::2] == (7, file), argv
+    code, out, err, _ = _nobody_command(own, "check", "closed", "secret")
+    skipped = "skipped: its files cannot be read by this user (Permission denied"
+    assert (code, out, err) == (0, f"closed: {skipped} d/f)\nsecret: {skipped} e/s)\n", "")
+    assert not (mine / "store").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
-def test_what_this_user_may_not_read_of_a_windows_layer_is_named_in_its_layer():
+def test_what_this_user_may_not_read_of_a_windows_layer_is_named_in_its_layer(open_work: Path) -> None:
     """Nobody reads root's windowsfilter store given as --additional-store: a folder it may
     not read in a layer's Files/, Hives/ or UtilityVM/ stops changes, diffsize and diff
     --regenerate with exit 7 naming the layer and the path in it as its tarball names it
     (Files/..., Hives/...), never where the store keeps it, and check skips the layer
     saying that path; so does mount of one closed in Files/ (a copy without root)."""
-    import tempfile
 
     from graphdriver.testing import wingen
 
     _load_every_module()
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-windows-"))
-    try:
-        os.chmod(work, 0o755)
-        theirs = work / "theirs"
-        (work / "base.tar").write_bytes(wingen.layer_tar(wingen.base_layer()))
-        closed = {"files": "Files/Windows/System32/drivers", "hives": "Hives", "uvm": "UtilityVM/Files/EFI"}
-        for name in closed:
-            run_cli("import", name, str(work / "base.tar"), root=theirs, driver="windowsfilter", check=True)
-        _open_to_others(theirs, keep=lambda path: False)
-        for name, path in closed.items():
-            os.chmod(theirs / "windowsfilter" / name / path, 0o700)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "windowsfilter",
-               "--additional-store", str(theirs)]
-        for name, path in closed.items():
-            said = f"graphdriver: layer {name}: {path}: Permission denied\n"
-            for argv in (["changes", name], ["diffsize", name],
-                         ["diff", name, "--regenerate", "-o", "/dev/null"]):
-                assert _nobody_command(own, *argv)[::2] == (7, said), argv
-        code, out, err, _ = _nobody_command(own, "check", "hives", "uvm")
-        skipped = "skipped: its files cannot be read by this user (Permission denied"
-        assert (code, out, err) == (0, f"hives: {skipped} Hives/DefaultUser_Delta)\n"
-                                       f"uvm: {skipped} UtilityVM/Files/EFI)\n", "")
-        # Without root a view is a copy, which such a folder stops the same way, leaving none.
-        said = "graphdriver: layer files: Files/Windows/System32/drivers: Permission denied\n"
-        assert _nobody_command(own, "mount", "files")[::2] == (7, said)
-        assert not list((mine / "run").glob("*/windowsfilter/views/files"))
-        code, out, err, _ = _nobody_command(own, "mount", "hives")  # Hives/ is no part of the view
-        assert (code, err) == (0, "") and os.path.isdir(os.path.join(out.strip(), "Windows"))
-        assert _nobody_command(own, "unmount", "hives")[::2] == (0, "")
-        assert not (mine / "store").exists()
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    work = open_work
+    theirs = work / "theirs"
+    (work / "base.tar").write_bytes(wingen.layer_tar(wingen.base_layer()))
+    closed = {"files": "Files/Windows/System32/drivers", "hives": "Hives", "uvm": "UtilityVM/Files/EFI"}
+    for name in closed:
+        run_cli("import", name, str(work / "base.tar"), root=theirs, driver="windowsfilter", check=True)
+    _open_to_others(theirs, keep=lambda path: False)
+    for name, path in closed.items():
+        os.chmod(theirs / "windowsfilter" / name / path, 0o700)
+    mine, own = _nobody_home(work, "windowsfilter", theirs)
+    for name, path in closed.items():
+        said = f"graphdriver: layer {name}: {path}: Permission denied\n"
+        for argv in (["changes", name], ["diffsize", name],
+                     ["diff", name, "--regenerate", "-o", "/dev/null"]):
+            assert _nobody_command(own, *argv)[::2] == (7, said), argv
+    code, out, err, _ = _nobody_command(own, "check", "hives", "uvm")
+    skipped = "skipped: its files cannot be read by this user (Permission denied"
+    assert (code, out, err) == (0, f"hives: {skipped} Hives/DefaultUser_Delta)\n"
+                                   f"uvm: {skipped} UtilityVM/Files/EFI)\n", "")
+    # Without root a view is a copy, which such a folder stops the same way, leaving none.
+    said = "graphdriver: layer files: Files/Windows/System32/drivers: Permission denied\n"
+    assert _nobody_command(own, "mount", "files")[::2] == (7, said)
+    assert not list((mine / "run").glob("*/windowsfilter/views/files"))
+    code, out, err, _ = _nobody_command(own, "mount", "hives")  # Hives/ is no part of the view
+    assert (code, err) == (0, "") and os.path.isdir(os.path.join(out.strip(), "Windows"))
+    assert _nobody_command(own, "unmount", "hives")[::2] == (0, "")
+    assert not (mine / "store").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
-def test_a_layer_chain_file_this_user_may_not_read_is_a_missing_privilege_named_by_its_layer():
+def test_a_layer_chain_file_this_user_may_not_read_is_a_missing_privilege_named_by_its_layer(
+        open_work: Path) -> None:
     """Nobody reads root's store, given as --additional-store, whose layer keeps its chain file
     (layerchain.json, 0600) closed: what needs the chain exits 7 naming the layer and the file,
     never where the store keeps it, and check skips the layer instead of calling it damaged."""
-    import tempfile
 
     from graphdriver.testing import wingen
 
     _load_every_module()
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-chain-"))
-    try:
-        os.chmod(work, 0o755)
-        theirs, windows = work / "theirs", work / "windows"
-        (work / "b.tar").write_bytes(make_tar({"f": F(b"x")}))
-        (work / "w.tar").write_bytes(wingen.layer_tar(wingen.base_layer()))
-        run_cli("import", "base", str(work / "b.tar"), root=theirs, driver="vfs", check=True)
-        run_cli("import", "child", str(work / "b.tar"), "--parent", "base", root=theirs, driver="vfs",
-                check=True)
-        run_cli("import", "win", str(work / "w.tar"), root=windows, driver="windowsfilter", check=True)
-        for store in (theirs, windows):
-            _open_to_others(store, keep=lambda path: path.endswith("/layerchain.json"))
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run")]
-        vfs = [*own, "--driver", "vfs", "--additional-store", str(theirs)]
-        said = "graphdriver: layer child: layerchain.json: Permission denied\n"
-        assert _nobody_command(vfs, "create", "--parent", "child", "x")[::2] == (7, said)
-        win = [*own, "--driver", "windowsfilter", "--additional-store", str(windows)]
-        said = "graphdriver: layer win: layerchain.json: Permission denied\n"
-        assert _nobody_command(win, "changes", "win")[::2] == (7, said)
-        skipped = "win: skipped: layerchain.json: Permission denied\n"
-        assert _nobody_command(win, "check", "win")[:3] == (0, skipped, "")
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    work = open_work
+    theirs, windows = work / "theirs", work / "windows"
+    (work / "b.tar").write_bytes(make_tar({"f": F(b"x")}))
+    (work / "w.tar").write_bytes(wingen.layer_tar(wingen.base_layer()))
+    run_cli("import", "base", str(work / "b.tar"), root=theirs, driver="vfs", check=True)
+    run_cli("import", "child", str(work / "b.tar"), "--parent", "base", root=theirs, driver="vfs",
+            check=True)
+    run_cli("import", "win", str(work / "w.tar"), root=windows, driver="windowsfilter", check=True)
+    for store in (theirs, windows):
+        _open_to_others(store, keep=lambda path: path.endswith("/layerchain.json"))
+    own = _nobody_home(work, None)[1]
+    vfs = [*own, "--driver", "vfs", "--additional-store", str(theirs)]
+    said = "graphdriver: layer child: layerchain.json: Permission denied\n"
+    assert _nobody_command(vfs, "create", "--parent", "child", "x")[::2] == (7, said)
+    win = [*own, "--driver", "windowsfilter", "--additional-store", str(windows)]
+    said = "graphdriver: layer win: layerchain.json: Permission denied\n"
+    assert _nobody_command(win, "changes", "win")[::2] == (7, said)
+    skipped = "win: skipped: layerchain.json: Permission denied\n"
+    assert _nobody_command(win, "check", "win")[:3] == (0, skipped, "")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
-def test_a_layer_folder_this_user_may_not_read_is_a_missing_privilege_named_by_its_layer():
+def test_a_layer_folder_this_user_may_not_read_is_a_missing_privilege_named_by_its_layer(
+        open_work: Path) -> None:
     """Nobody reads root's store, given as --additional-store, whose layer's own folder is
     closed (0700): what needs the layer exits 7 naming it, never where the store keeps it
     (its layerID file, which is looked for first), and check skips it instead of failing."""
-    import tempfile
 
     _load_every_module()
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-folder-"))
-    try:
-        os.chmod(work, 0o755)
-        theirs = work / "theirs"
-        (work / "b.tar").write_bytes(make_tar({"f": F(b"x")}))
-        run_cli("import", "base", str(work / "b.tar"), root=theirs, driver="vfs", check=True)
-        run_cli("import", "child", str(work / "b.tar"), "--parent", "base", root=theirs, driver="vfs",
-                check=True)
-        _open_to_others(theirs, keep=lambda path: path.endswith("/vfs/child"))
-        os.chmod(theirs / "vfs" / "child", 0o700)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs",
-               "--additional-store", str(theirs)]
-        why = "its folder cannot be read by this user (Permission denied)"
-        for argv in (["changes", "child"], ["diff", "child", "-o", "/dev/null"], ["mount", "child"],
-                     ["create", "--parent", "child", "x"]):
-            assert _nobody_command(own, *argv)[::2] == (7, f"graphdriver: layer child: {why}\n"), argv
-        assert _nobody_command(own, "check", "child", "base")[:3] == (
-            0, f"child: skipped: {why}\nbase: ok\n", "")
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    work = open_work
+    theirs = work / "theirs"
+    (work / "b.tar").write_bytes(make_tar({"f": F(b"x")}))
+    run_cli("import", "base", str(work / "b.tar"), root=theirs, driver="vfs", check=True)
+    run_cli("import", "child", str(work / "b.tar"), "--parent", "base", root=theirs, driver="vfs",
+            check=True)
+    _open_to_others(theirs, keep=lambda path: path.endswith("/vfs/child"))
+    os.chmod(theirs / "vfs" / "child", 0o700)
+    own = _nobody_home(work, "vfs", theirs)[1]
+    why = "its folder cannot be read by this user (Permission denied)"
+    for argv in (["changes", "child"], ["diff", "child", "-o", "/dev/null"], ["mount", "child"],
+                 ["create", "--parent", "child", "x"]):
+        assert _nobody_command(own, *argv)[::2] == (7, f"graphdriver: layer child: {why}\n"), argv
+    assert _nobody_command(own, "check", "child", "base")[:3] == (
+        0, f"child: skipped: {why}\nbase: ok\n", "")
 
 
 @pytest.mark.parametrize("size", ["99999999999999999999999999999999G", " 20M", "\uff150M", "20M ", "1M", "0"])
@@ -1406,10 +1351,7 @@ def test_a_folder_of_mode_0000_is_read_without_root_by_the_commands_that_read_tr
         (work / "plain.tar").write_bytes(make_tar({"open": F(b"o")}))
         for name in ("layer.tar", "plain.tar"):
             os.chmod(work / name, 0o644)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        mine, own = _nobody_home(work, "vfs")
 
         def command(*argv: str) -> tuple[int, str, bool]:
             def run() -> tuple[int, str, bool]:
@@ -1572,44 +1514,35 @@ def _nobody_command(own: list[str], *argv: str) -> tuple[int, str, str, bool]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
-def test_user_xattrs_of_a_file_its_owner_may_not_write_are_imported_without_root():
+def test_user_xattrs_of_a_file_its_owner_may_not_write_are_imported_without_root(open_work: Path) -> None:
     """Without root, a file of mode 0444, 0000, 0555 or 4111 carrying a user.* xattr is
     imported with it (user.* xattrs are the user's to keep; only privileged ones are left
     out), its mode the archive's, and the layer stays its tarball: diff gives the imported
     bytes back and check finds it ok."""
-    import shutil
     import stat
-    import tempfile
 
     _load_every_module()
-    work = Path(tempfile.mkdtemp(prefix="gd-xattr-ro-"))
+    work = open_work
+    probe = work / "probe"
+    probe.touch()
     try:
-        os.chmod(work, 0o755)
-        probe = work / "probe"
-        probe.touch()
-        try:
-            os.setxattr(probe, "user.a", b"1")
-        except OSError:
-            pytest.skip("the temporary folder's file system takes no user.* xattrs")
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
-        for mode in (0o444, 0o000, 0o555, 0o4111):
-            name = f"m{mode:o}"
-            layer = make_tar({"e": F(b"r\n", mode=mode, xattrs={"user.a": b"1"})})
-            (work / f"{name}.tar").write_bytes(layer)
-            os.chmod(work / f"{name}.tar", 0o644)
-            assert _nobody_command(own, "import", name, str(work / f"{name}.tar")) == (0, "2\n", "", False)
-            out = mine / f"{name}.out.tar"
-            assert _nobody_command(own, "diff", name, "-o", str(out))[:3] == (0, "", "")
-            assert out.read_bytes() == layer
-            assert _nobody_command(own, "check", name)[:3] == (0, f"{name}: ok\n", "")
-            file = mine / "store" / "vfs" / name / "fs" / "e"
-            assert stat.S_IMODE(file.stat().st_mode) == mode
-            assert os.getxattr(file, "user.a") == b"1"
-    finally:
-        shutil.rmtree(work)
+        os.setxattr(probe, "user.a", b"1")
+    except OSError:
+        pytest.skip("the temporary folder's file system takes no user.* xattrs")
+    mine, own = _nobody_home(work, "vfs")
+    for mode in (0o444, 0o000, 0o555, 0o4111):
+        name = f"m{mode:o}"
+        layer = make_tar({"e": F(b"r\n", mode=mode, xattrs={"user.a": b"1"})})
+        (work / f"{name}.tar").write_bytes(layer)
+        os.chmod(work / f"{name}.tar", 0o644)
+        assert _nobody_command(own, "import", name, str(work / f"{name}.tar")) == (0, "2\n", "", False)
+        out = mine / f"{name}.out.tar"
+        assert _nobody_command(own, "diff", name, "-o", str(out))[:3] == (0, "", "")
+        assert out.read_bytes() == layer
+        assert _nobody_command(own, "check", name)[:3] == (0, f"{name}: ok\n", "")
+        file = mine / "store" / "vfs" / name / "fs" / "e"
+        assert stat.S_IMODE(file.stat().st_mode) == mode
+        assert os.getxattr(file, "user.a") == b"1"
 
 
 def _traced_nobody_command(own: list[str], watched: list[Path],
@@ -1652,104 +1585,87 @@ def _traced_nobody_command(own: list[str], watched: list[Path],
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
-def test_reading_files_their_owner_may_not_read_never_changes_their_modes_without_root():
+def test_reading_files_their_owner_may_not_read_never_changes_their_modes_without_root(
+        open_work: Path) -> None:
     """Without root, a layer's files of mode 0000 or 4111 are read for copying to a child,
     exporting, comparing and checking with their modes untouched: not one chmod of them,
     and a watcher meanwhile sees only the stored modes.  The child's copies keep them."""
-    import shutil
     import stat
-    import tempfile
 
     _load_every_module()
     if not as_nobody_may_unshare():
         pytest.skip("unprivileged user namespaces are disabled on this machine")
-    work = Path(tempfile.mkdtemp(prefix="gd-no-chmod-"))
-    try:
-        os.chmod(work, 0o755)
-        modes = {"etc/shadow": 0o000, "etc/gshadow": 0o000, "usr/bin/sudo": 0o4111}
-        layer = make_tar({"etc": D(), "etc/shadow": F(b"root:!!:19000::\n", mode=0o000),
-                          "etc/gshadow": F(b"root:::\n", mode=0o000),
-                          "usr": D(), "usr/bin": D(), "usr/bin/sudo": F(b"\x7fELF", mode=0o4111)})
-        (work / "files.tar").write_bytes(layer)
-        os.chmod(work / "files.tar", 0o644)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
-        assert _nobody_command(own, "import", "files", str(work / "files.tar"))[0] == 0
-        stored = mine / "store" / "vfs" / "files" / "fs"
-        watched = [stored / name for name in modes]
-        for argv, out in ((["create", "child", "--parent", "files"], "child\n"),
-                          (["diff", "files", "-o", str(mine / "a.tar")], ""),
-                          (["diff", "files", "--regenerate", "-o", str(mine / "b.tar")], ""),
-                          (["changes", "child"], ""),
-                          (["check", "files"], "files: ok\n")):
-            assert _traced_nobody_command(own, watched, *argv) == (0, out, "", 0, set(modes.values())), argv
-        assert (mine / "a.tar").read_bytes() == layer
-        with tarfile.open(mine / "b.tar") as t:
-            assert {m.name: m.mode for m in t.getmembers() if m.isfile()} == modes
-        child = mine / "store" / "vfs" / "child" / "fs"
-        assert {name: stat.S_IMODE((child / name).lstat().st_mode) for name in modes} == modes
-        assert (child / "etc" / "shadow").read_bytes() == b"root:!!:19000::\n"
-    finally:
-        shutil.rmtree(work)
+    work = open_work
+    modes = {"etc/shadow": 0o000, "etc/gshadow": 0o000, "usr/bin/sudo": 0o4111}
+    layer = make_tar({"etc": D(), "etc/shadow": F(b"root:!!:19000::\n", mode=0o000),
+                      "etc/gshadow": F(b"root:::\n", mode=0o000),
+                      "usr": D(), "usr/bin": D(), "usr/bin/sudo": F(b"\x7fELF", mode=0o4111)})
+    (work / "files.tar").write_bytes(layer)
+    os.chmod(work / "files.tar", 0o644)
+    mine, own = _nobody_home(work, "vfs")
+    assert _nobody_command(own, "import", "files", str(work / "files.tar"))[0] == 0
+    stored = mine / "store" / "vfs" / "files" / "fs"
+    watched = [stored / name for name in modes]
+    for argv, out in ((["create", "child", "--parent", "files"], "child\n"),
+                      (["diff", "files", "-o", str(mine / "a.tar")], ""),
+                      (["diff", "files", "--regenerate", "-o", str(mine / "b.tar")], ""),
+                      (["changes", "child"], ""),
+                      (["check", "files"], "files: ok\n")):
+        assert _traced_nobody_command(own, watched, *argv) == (0, out, "", 0, set(modes.values())), argv
+    assert (mine / "a.tar").read_bytes() == layer
+    with tarfile.open(mine / "b.tar") as t:
+        assert {m.name: m.mode for m in t.getmembers() if m.isfile()} == modes
+    child = mine / "store" / "vfs" / "child" / "fs"
+    assert {name: stat.S_IMODE((child / name).lstat().st_mode) for name in modes} == modes
+    assert (child / "etc" / "shadow").read_bytes() == b"root:!!:19000::\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
-def test_user_xattrs_of_a_file_or_folder_closed_to_its_owner_are_copied_and_exported_without_root():
+def test_user_xattrs_of_a_file_or_folder_closed_to_its_owner_are_copied_and_exported_without_root(
+        open_work: Path) -> None:
     """Without root, a file of mode 0000 carrying a user.* xattr (reading it needs read
     permission) and a folder of mode 0555 carrying one (setting it needs write permission)
     are copied to a child with their xattrs and modes, and exported with their xattrs."""
-    import shutil
     import stat
-    import tempfile
 
     _load_every_module()
     if not as_nobody_may_unshare():
         pytest.skip("unprivileged user namespaces are disabled on this machine")
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-xattr-"))
+    work = open_work
+    probe = work / "probe"
+    probe.touch()
     try:
-        os.chmod(work, 0o755)
-        probe = work / "probe"
-        probe.touch()
-        try:
-            os.setxattr(probe, "user.a", b"1")
-        except OSError:
-            pytest.skip("the temporary folder's file system takes no user.* xattrs")
-        layer = make_tar({"etc": D(), "etc/gshadow": F(b"root:::\n", mode=0o000, xattrs={"user.a": b"1"}),
-                          "ro": D(mode=0o555, xattrs={"user.d": b"2"}), "ro/f": F(b"f")})
-        (work / "x.tar").write_bytes(layer)
-        os.chmod(work / "x.tar", 0o644)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
-        assert _nobody_command(own, "import", "x", str(work / "x.tar"))[0] == 0
-        assert _nobody_command(own, "create", "child", "--parent", "x") == (0, "child\n", "", False)
-        assert _nobody_command(own, "changes", "child") == (0, "", "", False)
-        assert _nobody_command(own, "diff", "x", "--regenerate", "-o", str(mine / "x.out"))[:3] == (0, "", "")
-        assert _nobody_command(own, "check", "x") == (0, "x: ok\n", "", False)
-        with tarfile.open(mine / "x.out") as t:
-            assert t.getmember("etc/gshadow").pax_headers["SCHILY.xattr.user.a"] == "1"
-            assert t.getmember("ro").pax_headers["SCHILY.xattr.user.d"] == "2"
-        child = mine / "store" / "vfs" / "child" / "fs"
-        assert stat.S_IMODE((child / "etc" / "gshadow").stat().st_mode) == 0o000
-        assert stat.S_IMODE((child / "ro").stat().st_mode) == 0o555
-        assert os.getxattr(child / "etc" / "gshadow", "user.a") == b"1"
-        assert os.getxattr(child / "ro", "user.d") == b"2"
-    finally:
-        shutil.rmtree(work)
+        os.setxattr(probe, "user.a", b"1")
+    except OSError:
+        pytest.skip("the temporary folder's file system takes no user.* xattrs")
+    layer = make_tar({"etc": D(), "etc/gshadow": F(b"root:::\n", mode=0o000, xattrs={"user.a": b"1"}),
+                      "ro": D(mode=0o555, xattrs={"user.d": b"2"}), "ro/f": F(b"f")})
+    (work / "x.tar").write_bytes(layer)
+    os.chmod(work / "x.tar", 0o644)
+    mine, own = _nobody_home(work, "vfs")
+    assert _nobody_command(own, "import", "x", str(work / "x.tar"))[0] == 0
+    assert _nobody_command(own, "create", "child", "--parent", "x") == (0, "child\n", "", False)
+    assert _nobody_command(own, "changes", "child") == (0, "", "", False)
+    assert _nobody_command(own, "diff", "x", "--regenerate", "-o", str(mine / "x.out"))[:3] == (0, "", "")
+    assert _nobody_command(own, "check", "x") == (0, "x: ok\n", "", False)
+    with tarfile.open(mine / "x.out") as t:
+        assert t.getmember("etc/gshadow").pax_headers["SCHILY.xattr.user.a"] == "1"
+        assert t.getmember("ro").pax_headers["SCHILY.xattr.user.d"] == "2"
+    child = mine / "store" / "vfs" / "child" / "fs"
+    assert stat.S_IMODE((child / "etc" / "gshadow").stat().st_mode) == 0o000
+    assert stat.S_IMODE((child / "ro").stat().st_mode) == 0o555
+    assert os.getxattr(child / "etc" / "gshadow", "user.a") == b"1"
+    assert os.getxattr(child / "ro", "user.d") == b"2"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
-def test_a_child_linking_to_a_file_closed_to_its_owner_is_imported_on_overlay_without_root():
+def test_a_child_linking_to_a_file_closed_to_its_owner_is_imported_on_overlay_without_root(
+        open_work: Path) -> None:
     """Without root, overlay (fuse-overlayfs) copies a lower layer's file that a hardlink of
     the child names up into the child's upper directory: one of mode 0000 is read as its
     owner, and the copy keeps its mode, contents and user.* xattr."""
     import contextlib
-    import shutil
     import stat
-    import tempfile
 
     from graphdriver import cli as gd
     from tests.conftest import as_nobody
@@ -1757,46 +1673,39 @@ def test_a_child_linking_to_a_file_closed_to_its_owner_is_imported_on_overlay_wi
     _load_every_module()
     if not as_nobody_may_unshare():
         pytest.skip("unprivileged user namespaces are disabled on this machine")
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-link-"))
+    work = open_work
+    (work / "probe").touch()
     try:
-        os.chmod(work, 0o755)
-        (work / "probe").touch()
-        try:
-            os.setxattr(work / "probe", "user.a", b"1")
-        except OSError:
-            pytest.skip("the temporary folder's file system takes no user.* xattrs (overlay needs them)")
-        shadow = F(b"root:!!:19000::\n", mode=0o000, xattrs={"user.a": b"1"})
-        (work / "base.tar").write_bytes(make_tar({"etc": D(), "etc/shadow": shadow}))
-        (work / "top.tar").write_bytes(make_tar({"etc/shadow-": H("etc/shadow")}))
-        for name in ("base.tar", "top.tar"):
-            os.chmod(work / name, 0o644)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "overlay"]
+        os.setxattr(work / "probe", "user.a", b"1")
+    except OSError:
+        pytest.skip("the temporary folder's file system takes no user.* xattrs (overlay needs them)")
+    shadow = F(b"root:!!:19000::\n", mode=0o000, xattrs={"user.a": b"1"})
+    (work / "base.tar").write_bytes(make_tar({"etc": D(), "etc/shadow": shadow}))
+    (work / "top.tar").write_bytes(make_tar({"etc/shadow-": H("etc/shadow")}))
+    for name in ("base.tar", "top.tar"):
+        os.chmod(work / name, 0o644)
+    mine, own = _nobody_home(work, "overlay")
 
-        def run() -> list[tuple[int, str]]:
-            import graphdriver.drivers.overlay as overlay
+    def run() -> list[tuple[int, str]]:
+        import graphdriver.drivers.overlay as overlay
 
-            # Importing mounts nothing: the probe for fuse-overlayfs (/dev/fuse, which a machine
-            # may keep from nobody) is not what is tested here.
-            overlay.probe_home = lambda *_, **__: {}  # type: ignore[assignment]
-            codes = []
-            for argv in (["import", "base", str(work / "base.tar")],
-                         ["import", "--parent", "base", "top", str(work / "top.tar")]):
-                err = io.StringIO()
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-                    codes.append((gd.main([*own, *argv]), err.getvalue()))
-            return codes
+        # Importing mounts nothing: the probe for fuse-overlayfs (/dev/fuse, which a machine
+        # may keep from nobody) is not what is tested here.
+        overlay.probe_home = lambda *_, **__: {}  # type: ignore[assignment]
+        codes = []
+        for argv in (["import", "base", str(work / "base.tar")],
+                     ["import", "--parent", "base", "top", str(work / "top.tar")]):
+            err = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                codes.append((gd.main([*own, *argv]), err.getvalue()))
+        return codes
 
-        assert as_nobody(run) == [(0, ""), (0, "")]
-        upper = mine / "store" / "overlay" / "top" / "diff" / "etc"
-        a, b = (upper / "shadow").stat(), (upper / "shadow-").stat()
-        assert a.st_ino == b.st_ino and stat.S_IMODE(a.st_mode) == 0o000
-        assert (upper / "shadow").read_bytes() == b"root:!!:19000::\n"
-        assert os.getxattr(upper / "shadow", "user.a") == b"1"
-    finally:
-        shutil.rmtree(work)
+    assert as_nobody(run) == [(0, ""), (0, "")]
+    upper = mine / "store" / "overlay" / "top" / "diff" / "etc"
+    a, b = (upper / "shadow").stat(), (upper / "shadow-").stat()
+    assert a.st_ino == b.st_ino and stat.S_IMODE(a.st_mode) == 0o000
+    assert (upper / "shadow").read_bytes() == b"root:!!:19000::\n"
+    assert os.getxattr(upper / "shadow", "user.a") == b"1"
 
 
 def as_nobody_may_unshare() -> bool:
@@ -1837,10 +1746,7 @@ def test_a_child_of_a_layer_holding_a_closed_folder_is_imported_and_loaded_witho
         for name, data in (("base.tar", base), ("top.tar", top), ("into.tar", into)):
             (work / name).write_bytes(data)
             os.chmod(work / name, 0o644)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        mine, own = _nobody_home(work, "vfs")
         assert _nobody_command(own, "import", "base", str(work / "base.tar"))[0] == 0
         code, _out, err, whole = _nobody_command(own, "import", "--parent", "base", "top",
                                                  str(work / "top.tar"))
@@ -1878,36 +1784,27 @@ def test_a_child_of_a_layer_holding_a_closed_folder_is_imported_and_loaded_witho
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
-def test_an_entry_into_a_folder_of_mode_0000_is_a_missing_privilege_without_root():
+def test_an_entry_into_a_folder_of_mode_0000_is_a_missing_privilege_without_root(open_work: Path) -> None:
     """Without root, applying an entry below a folder of mode 0000 that the parent layer
     made needs a permission the user lacks: exit 7 (not 1, an entry the layer cannot take),
     one line naming the entry, and the layer is left as it was."""
-    import shutil
-    import tempfile
 
     _load_every_module()
-    work = Path(tempfile.mkdtemp(prefix="gd-closed-apply-"))
-    try:
-        os.chmod(work, 0o755)
-        (work / "p.tar").write_bytes(make_tar({"sec": D(mode=0o000), "sec/f": F(b"f")}))
-        (work / "m.tar").write_bytes(make_tar({"sec/more": F(b"m")}))
-        for name in ("p.tar", "m.tar"):
-            os.chmod(work / name, 0o644)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
-        assert _nobody_command(own, "import", "p", str(work / "p.tar"))[0] == 0
-        assert _nobody_command(own, "create", "c", "--parent", "p", "--rw")[:2] == (0, "c\n")
-        record = _nobody_command(own, "layer", "c")
-        assert record[0] == 0
-        code, out, err, _ = _nobody_command(own, "-v", "apply", "c", str(work / "m.tar"))
-        assert (code, out) == (7, "")
-        assert err == "graphdriver: entry 'sec/more': Permission denied (a permission this user lacks)\n"
-        assert _nobody_command(own, "layer", "c") == record
-        assert sorted(os.listdir(mine / "store" / "vfs" / "c" / "fs" / "sec")) == ["f"]
-    finally:
-        shutil.rmtree(work)
+    work = open_work
+    (work / "p.tar").write_bytes(make_tar({"sec": D(mode=0o000), "sec/f": F(b"f")}))
+    (work / "m.tar").write_bytes(make_tar({"sec/more": F(b"m")}))
+    for name in ("p.tar", "m.tar"):
+        os.chmod(work / name, 0o644)
+    mine, own = _nobody_home(work, "vfs")
+    assert _nobody_command(own, "import", "p", str(work / "p.tar"))[0] == 0
+    assert _nobody_command(own, "create", "c", "--parent", "p", "--rw")[:2] == (0, "c\n")
+    record = _nobody_command(own, "layer", "c")
+    assert record[0] == 0
+    code, out, err, _ = _nobody_command(own, "-v", "apply", "c", str(work / "m.tar"))
+    assert (code, out) == (7, "")
+    assert err == "graphdriver: entry 'sec/more': Permission denied (a permission this user lacks)\n"
+    assert _nobody_command(own, "layer", "c") == record
+    assert sorted(os.listdir(mine / "store" / "vfs" / "c" / "fs" / "sec")) == ["f"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
@@ -1930,10 +1827,7 @@ def test_a_parent_this_user_may_not_copy_is_named_by_its_layer_and_path():
             os.chmod(work / name, 0o644)
         run_cli("import", "other", str(work / "theirs.tar"), root=theirs, driver="vfs", check=True)
         _open_to_others(theirs, lambda path: path.endswith("/e"))
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+        own = _nobody_home(work, "vfs")[1]
         assert _main_as_nobody([*own, "import", "p", str(work / "own.tar")])[0] == 0
         closed = (7, "graphdriver: layer p: d: Permission denied\n")
         for argv in (["create", "--parent", "p", "c"], ["create", "--parent", "p", "c", "--rw"],
@@ -2355,59 +2249,50 @@ def test_json_of_a_store_under_a_folder_whose_name_is_not_utf8(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
-def test_df_and_tree_without_root_count_what_a_closed_folder_holds_and_name_records_they_cannot_read():
+def test_df_and_tree_without_root_count_what_a_closed_folder_holds_and_name_records_they_cannot_read(
+        open_work: Path) -> None:
     """Without root, ``df`` and ``tree`` gave 0B for a container layer holding a folder of mode
     0000 (its size read failed, and was taken for none), and left out a layer whose record
     this user may not read without a word.  They now read such a layer as its owner (as
     ``diffsize`` does), and name each record they cannot read and exit 7, as ``layers`` does."""
-    import tempfile
 
     from tests.conftest import as_nobody
 
     _load_every_module()
     if not as_nobody(_userns_for_nobody):
         pytest.skip("unprivileged user namespaces are disabled on this machine")
-    work = Path(tempfile.mkdtemp(prefix="gd-df-"))
-    try:
-        os.chmod(work, 0o755)
-        (work / "base.tar").write_bytes(make_tar({"open": F(b"o")}))
-        os.chmod(work / "base.tar", 0o644)
-        mine = work / "mine"
-        mine.mkdir()
-        os.chown(mine, 65534, 65534)
-        own = ["--root", str(mine / "store"), "--run-root", str(mine / "run"), "--driver", "vfs"]
+    work = open_work
+    (work / "base.tar").write_bytes(make_tar({"open": F(b"o")}))
+    os.chmod(work / "base.tar", 0o644)
+    mine, own = _nobody_home(work, "vfs")
 
-        def command(*argv: str) -> tuple[int, str]:
-            return _nobody_command(own, *argv)[:2]
+    def command(*argv: str) -> tuple[int, str]:
+        return _nobody_command(own, *argv)[:2]
 
-        assert command("import", "base", str(work / "base.tar"))[0] == 0
-        assert command("create", "ctr", "--parent", "base", "--rw")[0] == 0
+    assert command("import", "base", str(work / "base.tar"))[0] == 0
+    assert command("create", "ctr", "--parent", "base", "--rw")[0] == 0
 
-        code, path = command("mount", "ctr")
-        mnt = Path(path.strip())
-        assert code == 0
+    code, path = command("mount", "ctr")
+    mnt = Path(path.strip())
+    assert code == 0
 
-        def fill() -> None:
-            (mnt / "big").write_bytes(b"x" * 100_000)
-            (mnt / "zz").mkdir()
-            (mnt / "zz/f").write_bytes(b"y")
-            (mnt / "zz").chmod(0)
+    def fill() -> None:
+        (mnt / "big").write_bytes(b"x" * 100_000)
+        (mnt / "zz").mkdir()
+        (mnt / "zz/f").write_bytes(b"y")
+        (mnt / "zz").chmod(0)
 
-        as_nobody(fill)
-        assert command("unmount", "ctr")[0] == 0
-        assert command("diffsize", "ctr") == (0, "100001\n")
-        code, shown = command("--json", "df")
-        assert code == 0 and json.loads(shown)["layers"]["size"] >= 100_001  # ctr's, and base's tarball
-        code, drawn = command("tree")
-        assert code == 0 and "ctr  97.7KiB" in drawn, drawn
-        # A layer this user may not read the record of: named, and exit 7.
-        r = run_cli("import", "rootl", str(work / "base.tar"), root=mine / "store", run_root=work / "rootrun",
-                    driver="vfs")
-        assert r.returncode == 0, r.stderr
-        for argv in (["df"], ["tree"], ["--json", "df"], ["--json", "tree"]):
-            code, _shown = command(*argv)
-            assert code == 7, argv
-    finally:
-        import shutil
-
-        shutil.rmtree(work)
+    as_nobody(fill)
+    assert command("unmount", "ctr")[0] == 0
+    assert command("diffsize", "ctr") == (0, "100001\n")
+    code, shown = command("--json", "df")
+    assert code == 0 and json.loads(shown)["layers"]["size"] >= 100_001  # ctr's, and base's tarball
+    code, drawn = command("tree")
+    assert code == 0 and "ctr  97.7KiB" in drawn, drawn
+    # A layer this user may not read the record of: named, and exit 7.
+    r = run_cli("import", "rootl", str(work / "base.tar"), root=mine / "store", run_root=work / "rootrun",
+                driver="vfs")
+    assert r.returncode == 0, r.stderr
+    for argv in (["df"], ["tree"], ["--json", "df"], ["--json", "tree"]):
+        code, _shown = command(*argv)
+        assert code == 7, argv
