@@ -479,6 +479,22 @@ def test_a_parent_that_cannot_be_cloned_is_named_by_its_layer(xfs_mount: Path, t
     assert (r.returncode, r.stderr.decode()) == (7, said)
 
 
+def test_copy_reflink_works_on_a_store_not_made_yet(xfs_mount: Path, tmp_path: Path) -> None:
+    """vfs with copy=reflink on xfs takes a store whose folders are not made yet (probing the
+    folder it will be made in, not the missing home), and its children share their parent's
+    extents."""
+    from graphdriver.testing.treeutil import F, make_tar
+    from tests.conftest import run_cli
+
+    (tmp_path / "b.tar").write_bytes(make_tar({"big": F(b"x" * 65536)}))
+    store = xfs_mount / "new" / "store"
+    for argv in (["import", "base", str(tmp_path / "b.tar")], ["create", "--parent", "base", "child"]):
+        r = run_cli("--opt", "copy=reflink", *argv, root=store, driver="vfs")
+        assert (r.returncode, r.stderr.decode()) == (0, ""), argv
+    if shutil.which("filefrag"):
+        assert shared_extents(store / "vfs" / "child" / "fs" / "big")
+
+
 def test_reflink_supported_leaves_nothing(tmp_path: Path) -> None:
     reflink_supported(str(tmp_path))
     assert os.listdir(tmp_path) == []

@@ -890,6 +890,15 @@ NOT_NOW = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 UNFINISHED: set[str] = set()
 
 
+def nearest_existing(home: str) -> str:
+    """*home* made absolute, or its nearest ancestor that exists: where a probe of a home
+    not made yet looks (the home will be made on its filesystem)."""
+    existing = os.path.abspath(home)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
 def unfinished_probe(home: str, existing: str, e: OSError) -> bool:
     """Whether *e*, met making a probe's scratch folder in *existing*, lets the probe of
     *home* pass unfinished (see :data:`NOT_NOW`): only where *existing* is the home itself,

@@ -97,6 +97,7 @@ from graphdriver.drivers.base import (
     Driver,
     DriverConfig,
     layer_name_of,
+    nearest_existing,
     probe_scratch,
     probed_once,
     unfinished_probe,
@@ -227,9 +228,7 @@ def _probe(home: str, mount_program: str | None) -> dict[str, str]:
             raise Unsupported(what, f"mount program {mount_program} is not installed; or use --driver vfs")
         if not os.access("/dev/fuse", os.R_OK | os.W_OK):
             raise Unsupported(what, "/dev/fuse is missing or not accessible to this user; use --driver vfs")
-    existing = os.path.abspath(home)
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(home)
     info = mounts.filesystem_of(existing)
     backing = info.fstype if info else "unknown"
     found["Backing Filesystem"] = backing

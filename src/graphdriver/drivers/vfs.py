@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import os
 
-from graphdriver.drivers.base import Driver, DriverConfig, probe_scratch, unfinished_probe
+from graphdriver.drivers.base import Driver, DriverConfig, nearest_existing, probe_scratch, unfinished_probe
 from graphdriver.errors import REFUSED, GraphDriverError, InvalidArgument, NotFound, Unsupported, read_refused
 from graphdriver.fs import privileged
 
@@ -78,9 +78,7 @@ class VfsDriver(Driver):
     @classmethod
     def probe(cls, home: str) -> None:
         """vfs needs only a directory it can write in."""
-        existing = os.path.abspath(home)
-        while not os.path.lexists(existing):
-            existing = os.path.dirname(existing)
+        existing = nearest_existing(home)
         if not os.path.isdir(existing):
             raise Unsupported(f"vfs home {home}", f"{existing} is not a directory; choose another home")
         try:
@@ -107,11 +105,12 @@ class VfsDriver(Driver):
         ]
 
     def reflinks(self) -> bool:
-        """Whether files in the home can be cloned (probed once per driver)."""
+        """Whether files in the home can be cloned (probed once per driver; in the folder
+        the home will be made in, where it is not made yet)."""
         if self._reflinks is None:
             from graphdriver.fs.tree import reflink_supported
 
-            self._reflinks = reflink_supported(self.home)
+            self._reflinks = reflink_supported(nearest_existing(self.home))
         return self._reflinks
 
     # ----- the driver steps ------------------------------------------------------

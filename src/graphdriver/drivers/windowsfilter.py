@@ -97,6 +97,7 @@ from graphdriver.drivers.base import (
     DriverConfig,
     alternate_name,
     layer_name_of,
+    nearest_existing,
     probe_scratch,
     probed_once,
 )
@@ -151,9 +152,7 @@ def probe_home(home: str, *, cached: bool = False) -> dict[str, str]:
 
 
 def _probe(home: str) -> dict[str, str]:
-    existing = os.path.abspath(home)
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(home)
     what = f"windowsfilter at {home}"
     info = mounts.filesystem_of(existing)
     found = {"Backing Filesystem": info.fstype if info else "unknown"}
