@@ -171,25 +171,31 @@ def test_cleanup_removes_an_unreaped_importers_leftovers(tmp_path: Path, childre
     assert run_cli("layers", root=root, run_root=run_root).stdout == b"base\n"
 
 
-# An import whose confined child outlives it for as long as the test likes: the kernel kills
-# that child with its parent, but it ends only when what it does in the kernel returns (a
-# write to a slow disk, say); here it reads its input, a pipe, until the test closes it.
-_IMPORT_WITH_A_LINGERING_CHILD = """
+# An import (or apply) whose confined child outlives it for as long as the test likes: the
+# kernel kills that child with its parent, but it ends only when what it does in the kernel
+# returns (a write to a slow disk, say); here it reads its input, a pipe, until the test
+# closes it.
+_WORK_WITH_A_LINGERING_CHILD = """
     import sys
     from graphdriver.fs import syscalls
     syscalls.set_parent_death_signal = lambda sig: None
     from graphdriver.testing.setups import open_store
-    open_store({root!r}, {run_root!r}, "vfs").import_layer("victim", None, sys.stdin.buffer)
+    store = open_store({root!r}, {run_root!r}, "vfs")
+    {work}
 """
 
 
-def _import_then_kill(tmp_path: Path, children) -> tuple[Path, Path, subprocess.Popen[bytes]]:
-    """A vfs store with layer ``base`` and an import of ``victim`` killed while its confined
-    child, alive, extracts it (and reads the rest of its input from the pipe still open)."""
+def _import_then_kill(tmp_path: Path, children, *,
+                      work: str = 'store.import_layer("victim", None, sys.stdin.buffer)',
+                      ) -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """A vfs store with layer ``base`` and an import of ``victim`` (or other *work* making it)
+    killed while its confined child, alive, extracts it (and reads the rest of its input from
+    the pipe still open)."""
     root, run_root = tmp_path / "store", tmp_path / "run"
     assert run_cli("create", "base", root=root, run_root=run_root, driver="vfs").returncode == 0
     tar = make_tar({f"f{i}": F(b"x" * 10_000) for i in range(300)})  # 3 MB: more than it reads at once
-    code = textwrap.dedent(_IMPORT_WITH_A_LINGERING_CHILD).format(root=str(root), run_root=str(run_root))
+    code = textwrap.dedent(_WORK_WITH_A_LINGERING_CHILD).format(root=str(root), run_root=str(run_root),
+                                                                 work=work)
     proc = subprocess.Popen([sys.executable, "-c", code], env=_ENV, stdin=subprocess.PIPE)
     children.append(proc)
     assert proc.stdin is not None
@@ -232,18 +238,18 @@ def test_cleanup_waits_for_the_child_of_a_killed_import(tmp_path: Path, children
 def test_cleanup_says_what_the_child_of_a_killed_import_holds_too_long(tmp_path: Path, children,
                                                                        monkeypatch) -> None:
     """A child that outlives the wait keeps the layer for the next cleanup, which says so."""
-    from graphdriver.store import recovery
+    from graphdriver.store import records
     from graphdriver.testing.setups import open_store
 
     root, run_root, proc = _import_then_kill(tmp_path, children)
-    monkeypatch.setattr(recovery, "CHILDREN_WAIT", 0.2, raising=False)
+    monkeypatch.setattr(records, "CHILDREN_WAIT", 0.2)
     store = open_store(root, run_root, "vfs")
     assert store.cleanup() == ["layer victim left by an interrupted import: not removed yet "
                                "(a process it started still holds it)"]
     assert (root / "pending" / "victim").exists()
     assert proc.stdin is not None
     proc.stdin.close()
-    monkeypatch.setattr(recovery, "CHILDREN_WAIT", 30.0)
+    monkeypatch.setattr(records, "CHILDREN_WAIT", 30.0)
     assert "removed layer victim left by an interrupted import" in store.cleanup()
     assert [r.id for r in store.layers()] == ["base"]
 
@@ -416,3 +422,35 @@ def test_a_lock_file_that_is_a_symlink_is_taken_through_it(tmp_path: Path) -> No
     (tmp_path / "store.lock").symlink_to(tmp_path / "real.lock")
     with locking.locked(str(tmp_path / "store.lock")) as fd:
         assert os.fstat(fd).st_ino == os.stat(tmp_path / "real.lock").st_ino
+
+
+def test_an_apply_killed_while_its_child_ends_is_damaged_not_under_way(tmp_path: Path, children,
+                                                                        monkeypatch) -> None:
+    """The confined child of a killed apply still holds the apply's lock a moment after its
+    parent is dead: what asks then whether the apply is under way waits for it, so cleanup
+    says the layer is damaged, and takes the apply's lock file and half-written tar-split
+    file, instead of taking it for an apply that runs; a child that outlives the wait is
+    taken for one."""
+    from graphdriver.store import records
+    from graphdriver.testing.setups import open_store
+
+    work = 'store.create("victim", "base"); store.apply("victim", sys.stdin.buffer)'
+    root, run_root, proc = _import_then_kill(tmp_path, children, work=work)
+    store = open_store(root, run_root, "vfs")
+    monkeypatch.setattr(records, "CHILDREN_WAIT", 0.2)
+    assert store.records.is_applying("victim")
+    monkeypatch.setattr(records, "CHILDREN_WAIT", 30.0)
+    done: list[str] = []
+    cleanup = threading.Thread(target=lambda: done.extend(store.cleanup()))
+    cleanup.start()
+    cleanup.join(0.5)
+    assert cleanup.is_alive()  # waits for the child
+    assert proc.stdin is not None
+    proc.stdin.close()
+    cleanup.join(30)
+    assert not cleanup.is_alive()
+    assert "removed stray apply lock of victim" in done, done
+    assert f"removed stray tar-split file victim.tar-split.gz.partial-{proc.pid}" in done, done
+    assert any(line.startswith("layer victim is damaged (an apply started at ") for line in done), done
+    assert os.listdir(root / "pending") == [] and os.listdir(root / "tarsplit") == []
+    assert store.layer("victim").damaged is not None

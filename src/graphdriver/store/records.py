@@ -18,12 +18,21 @@ from graphdriver.ids import is_valid_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 RECORDS_DIR = "layers"
 PENDING_DIR = "pending"
 #: The lock file (``.<id>.apply`` in the pending folder) an apply holds while it runs.
 APPLY_LOCK_SUFFIX = ".apply"
+#: What an apply's lock file holds when its process also holds the owner's lock on it
+#: (see :meth:`RecordStore.hold_applying`).
+APPLY_OWNER_MARK = b"owner_lock\n"
+
+#: How long a question about work whose process is dead waits for that process's children
+#: to end (seconds): the kernel kills them with it, and they end as soon as what they do
+#: in it returns.
+CHILDREN_WAIT = 5.0
 
 
 #: Stored fields and their defaults, in the order records are written.
@@ -413,14 +422,35 @@ class RecordStore:
             fd = claim(path)  # a dead apply's lock file is taken over
         except FileExistsError:
             raise Precondition(f"layer {layer_id}", "is being applied to: an apply is under way") from None
+        try:
+            # The confined child an apply forks inherits the flock: the owner's lock, which
+            # it does not, tells a dead apply whose child is still ending from a live one.
+            if _hold_as_owner(fd):
+                os.write(fd, APPLY_OWNER_MARK)
+        except BaseException:
+            _close_held(fd)
+            raise
         return ApplyLock(fd, path)
 
     def is_applying(self, layer_id: str) -> bool:
         """Whether a live process is applying a tarball to *layer_id* now (a dead one's apply
-        left the layer damaged)."""
-        from graphdriver.fs.locking import is_held
+        left the layer damaged).  An apply that is dead while the child it forked still holds
+        its lock is waited for (up to :data:`CHILDREN_WAIT`): the child is ending."""
+        from graphdriver.fs.locking import held_by_its_process, is_held
 
-        return is_held(self._apply_lock_path(layer_id))
+        path = self._apply_lock_path(layer_id)
+        if _held_here(path):
+            return True
+        if not is_held(path):
+            return False
+        try:
+            with open(path, "rb") as f:
+                owned = f.read(len(APPLY_OWNER_MARK) + 1) == APPLY_OWNER_MARK
+        except OSError:
+            return True
+        if not owned or held_by_its_process(path):
+            return True  # (an apply of a version without the owner's lock is taken for live)
+        return not _wait_until(lambda: not is_held(path), CHILDREN_WAIT)
 
     def is_live(self, layer_id: str) -> bool:
         """Whether some process (this one included) is still doing the marked work."""
@@ -445,12 +475,7 @@ class RecordStore:
     def wait_ended(self, layer_id: str, timeout: float) -> bool:
         """Wait up to *timeout* seconds until no process holds *layer_id*'s marker lock; whether
         none does."""
-        deadline = time.monotonic() + timeout
-        while self.is_live(layer_id):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        return _wait_until(lambda: not self.is_live(layer_id), timeout)
 
 
 class ApplyLock:
@@ -472,7 +497,7 @@ class ApplyLock:
         except FileNotFoundError:
             pass
         finally:
-            os.close(self.fd)
+            _close_held(self.fd)
             self.fd = None
 
 
@@ -481,6 +506,16 @@ _BOOT_ID: str | None = None
 #: The marker locks this process holds as their owner, whichever :class:`RecordStore`
 #: took them, by (device, inode): opening one to probe it would drop that lock.
 _OWNED: dict[tuple[int, int], int] = {}
+
+
+def _wait_until(done: Callable[[], bool], timeout: float) -> bool:
+    """Wait up to *timeout* seconds until *done()*; whether it is."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _hold_as_owner(fd: int) -> bool:

@@ -16,6 +16,7 @@ import os
 from graphdriver.errors import GraphDriverError, NotFound, Precondition, Unsupported
 from graphdriver.fs import atomic
 from graphdriver.fs.locking import remove_abandoned, remove_abandoned_in
+from graphdriver.store import records
 from graphdriver.store.layers import TARSPLIT_DIR, TARSPLIT_SUFFIX
 from graphdriver.store.records import APPLY_LOCK_SUFFIX
 
@@ -46,11 +47,6 @@ def cleanup(store: Store) -> list[str]:
     return done
 
 
-#: How long cleanup waits for the children of a killed command to end (seconds): the
-#: kernel kills them with it, and they end as soon as what they do in it returns.
-CHILDREN_WAIT = 5.0
-
-
 def _cleanup_layers(store: Store) -> list[str]:
     done: list[str] = []
     with store.locked():
@@ -59,7 +55,7 @@ def _cleanup_layers(store: Store) -> list[str]:
             if store.records.is_live(layer_id):
                 if not store.records.outlived(layer_id, marker):
                     continue  # live work
-                if not store.records.wait_ended(layer_id, CHILDREN_WAIT):
+                if not store.records.wait_ended(layer_id, records.CHILDREN_WAIT):
                     done.append(f"layer {layer_id} left by an interrupted {op}: not removed yet "
                                 "(a process it started still holds it)")
                     continue
