@@ -259,6 +259,39 @@ def test_a_layer_that_only_bears_an_images_chain_id_is_never_taken_for_its_layer
     assert gd(tmp_path, "vfs", "check").returncode == 0
 
 
+def test_a_commit_never_takes_a_layer_that_only_bears_its_chain_id(tmp_path):
+    """A commit whose layer's chain id a layer made otherwise already bears (here made by
+    create) is refused (exit 5, naming it and the commit to run again), never taken for the
+    commit's layer; once it is gone the commit is made, and committing the same changes again
+    shares the layer the first commit made."""
+    from graphdriver.images.oci import chain_ids
+
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/base:1")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    gd(tmp_path, "vfs", "container", "create", "localhost/base:1", "web")
+    (Path(gd(tmp_path, "vfs", "mount", "web").stdout.decode().strip()) / "new").write_bytes(b"new")
+    gd(tmp_path, "vfs", "unmount", "web")
+    c1, c2 = (c[7:] for c in chain_ids([sha256(LAYER1), sha256(gd(tmp_path, "vfs", "diff", "web").stdout)]))
+    gd(tmp_path, "vfs", "create", c2, "--parent", c1)
+    proc = gd(tmp_path, "vfs", "container", "commit", "web", "localhost/web:1", check=False)
+    assert proc.returncode == 5 and proc.stdout == b"", proc.stderr
+    assert proc.stderr.decode() == (
+        f"graphdriver: layer {c2}: bears this image's chain id but holds no imported tarball (made by "
+        "create, or its import never finished); remove it or give it another id, then container commit "
+        "web again\n")
+    assert b"localhost/web" not in gd(tmp_path, "vfs", "image", "ls").stdout
+    gd(tmp_path, "vfs", "remove", c2)
+    for name in ("localhost/web:1", "localhost/web:2"):
+        gd(tmp_path, "vfs", "container", "commit", "web", name)
+        shown = json.loads(gd(tmp_path, "vfs", "image", "inspect", name).stdout)
+        assert [layer["Layer"] for layer in shown["Layers"]] == [c1, c2]
+    gd(tmp_path, "vfs", "container", "create", "localhost/web:2", "again")
+    root = Path(gd(tmp_path, "vfs", "mount", "again").stdout.decode().strip())
+    assert (root / "new").read_bytes() == b"new"
+    gd(tmp_path, "vfs", "unmount", "again")
+    assert gd(tmp_path, "vfs", "check").returncode == 0
+
+
 @pytest.mark.parametrize("link", ["usr/etc", "/usr/etc", "./usr/../usr/etc"])
 def test_a_container_of_an_image_whose_etc_is_a_symlink_gets_its_init_files_there(tmp_path, link):
     """As Docker makes them: the init files go where the image's own symlinks put them,

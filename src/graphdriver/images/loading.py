@@ -151,7 +151,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                 label = f"layer {i + 1}/{len(diff_ids)} {diff_id[7:19]}"
                 pending.use(layer_ids[i])
                 if _present(store, layer_ids[i]):
-                    _check_reused(store, layer_ids[i], diff_id, parent, work)
+                    check_reused(store, layer_ids[i], diff_id, parent, work)
                     _keep_blob(images, layer, diff_id, fresh)
                     if report is not None:
                         report(f"{label}: already present")
@@ -168,7 +168,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                         pending.forget(layer_ids[i])
                         if not _present(store, layer_ids[i], wait=True):
                             raise
-                        _check_reused(store, layer_ids[i], diff_id, parent, work)
+                        check_reused(store, layer_ids[i], diff_id, parent, work)
                 if layer.descriptor is not None and layer.descriptor.media_type not in _UNCOMPRESSED \
                         and images.has_blob(layer.descriptor.digest):
                     kept.append(layer.descriptor.digest)
@@ -261,14 +261,14 @@ def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
     return store.exists(layer_id)
 
 
-def _check_reused(store: Store, layer_id: str, diff_id: str, parent: str | None, work: str) -> None:
+def check_reused(store: Store, layer_id: str, diff_id: str, parent: str | None, work: str) -> None:
     """Refuse the stored layer named by this chain id unless it is the image layer the image
     needs: read-only, made from a tarball of DiffID *diff_id*, on *parent*.  Layer ids are the
     caller's to choose, so a layer made otherwise (``create``, a container's, one imported on
     another parent) may bear the name; it is never taken for the image's.  That is a name
     taken (:class:`Precondition`, exit 5), nothing corrupt, and the advice names *work*, the
-    command to run again (``load``, ``pull``); a true image layer whose files changed since
-    its import is an integrity failure."""
+    command to run again (``load``, ``pull``, ``container commit NAME``); a true image layer
+    whose files changed since its import is an integrity failure."""
     layer = store.record(layer_id)
     why = None
     if layer.writable:
