@@ -1137,6 +1137,43 @@ def test_what_this_user_may_not_read_of_a_windows_layer_is_named_in_its_layer(op
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
+def test_a_windows_layer_with_deletions_made_as_root_is_viewed_without_root(open_work: Path) -> None:
+    """A child Windows layer that deletes files, applied as root (its deletions are overlay
+    whiteouts beside the sidecar's tombstones), is mounted without root from root's store as
+    the same tree root's overlay view shows: the whiteouts are deletions, never files to
+    copy (opening one failed, exit 1 "No such device or address")."""
+    from graphdriver.testing import wingen
+    from graphdriver.testing.treeutil import snapshot
+
+    _load_every_module()
+    work = open_work
+    theirs = work / "theirs"
+    (work / "base.tar").write_bytes(wingen.layer_tar(wingen.base_layer()))
+    (work / "child.tar").write_bytes(wingen.layer_tar(wingen.child_layer()))
+    run_cli("import", "base", str(work / "base.tar"), root=theirs, driver="windowsfilter", check=True)
+    run_cli("import", "child", str(work / "child.tar"), "--parent", "base", root=theirs,
+            driver="windowsfilter", check=True)
+    _open_to_others(theirs, keep=lambda path: False)
+    own = _nobody_home(work, "windowsfilter", theirs)[1]
+
+    def seen(view: str) -> dict[str, tuple[object, ...]]:
+        return {rel: (item["type"], item.get("sha256"), item.get("target"))
+                for rel, item in snapshot(view, times=False).items()}
+
+    code, out, err, _ = _nobody_command(own, "mount", "child")
+    assert (code, err) == (0, "")
+    copied = seen(out.strip())
+    assert _nobody_command(own, "unmount", "child")[::2] == (0, "")
+    theirs_run = work / "run-theirs"
+    view = run_cli("mount", "child", root=theirs, run_root=theirs_run, driver="windowsfilter", check=True)
+    try:
+        assert copied == seen(view.stdout.decode().strip())
+    finally:
+        run_cli("unmount", "child", root=theirs, run_root=theirs_run, driver="windowsfilter", check=True)
+    assert "License.txt" not in copied and "Windows/System32/app.dll" in copied
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store nobody may not read")
 def test_a_layer_chain_file_this_user_may_not_read_is_a_missing_privilege_named_by_its_layer(
         open_work: Path) -> None:
     """Nobody reads root's store, given as --additional-store, whose layer keeps its chain file

@@ -701,7 +701,10 @@ class WindowsFilterDriver(Driver, BaseImages):
 def _copy_over(src: str, dst: str) -> None:
     """Copy the tree *src* over the folder *dst*, as ``shutil.copytree(src, dst, symlinks=True,
     dirs_exist_ok=True)`` does, stopping at the first failure: an ``OSError`` naming its path
-    (copytree gathers failures into one error that keeps neither errno nor file name)."""
+    (copytree gathers failures into one error that keeps neither errno nor file name).
+    Overlay whiteouts, which a layer applied as root holds beside its sidecar's tombstones
+    (applied already), are left out: a Windows layer holds no device."""
+    from graphdriver.fs.overlayfs import is_whiteout
     from graphdriver.fs.tree import walk_tree
 
     folders = [""]
@@ -713,7 +716,7 @@ def _copy_over(src: str, dst: str) -> None:
         elif entry.is_dir(follow_symlinks=False):
             os.makedirs(there, exist_ok=True)
             folders.append(rel)
-        else:
+        elif not is_whiteout(entry.stat(follow_symlinks=False)):
             shutil.copy2(entry.path, there)
     for rel in reversed(folders):  # a folder's times once what is in it is written
         shutil.copystat(os.path.join(src, rel) if rel else src, os.path.join(dst, rel) if rel else dst)
