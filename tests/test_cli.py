@@ -1237,6 +1237,16 @@ def test_a_size_no_file_system_takes_is_a_usage_error_before_the_store_is_made(t
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("how", [["--size", "20M"], ["--opt", "size=20M"]])
+def test_a_size_vfs_cannot_enforce_is_refused_before_the_store_is_made(tmp_path, how):
+    """The refusal (7) is an argument vfs cannot honour: no store.json, no run root."""
+    before, after = (how, []) if how[0] == "--opt" else ([], how)
+    r = run_cli(*before, "create", "x", "--rw", *after, root=tmp_path / "s", run_root=tmp_path / "r",
+                driver="vfs")
+    assert (r.returncode, r.stderr.count(b"\n")) == (7, 1), r.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
+
+
 def _one_layer_store(tmp_path: Path) -> Path:
     """A vfs store holding layer ``b``, imported from ``base.tar`` beside it."""
     (tmp_path / "base.tar").write_bytes(make_tar({"f": F(b"x")}))

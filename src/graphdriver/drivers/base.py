@@ -361,16 +361,33 @@ class Driver(abc.ABC):
         """
         from graphdriver.drivers.values import CreateOpts
 
-        opts = opts or CreateOpts()
-        if self.default_size is not None and "size" not in opts.storage_opt:
-            opts = CreateOpts(opts.mount_label, {**opts.storage_opt, "size": str(self.default_size)},
-                              opts.idmaps, opts.parent_idmaps)
-            try:
-                self.check_storage_opt(opts.storage_opt, rw=True)
-            except (InvalidArgument, Unsupported) as e:
-                raise type(e)(f"option size={self.config.options['size']}",
-                              f"the default size limit of writable layers: {e.why or e}") from e
-        self._create_checked(layer_id, parent, opts, rw=True)
+        self._create_checked(layer_id, parent, self._writable_opts(opts or CreateOpts()), rw=True)
+
+    def _writable_opts(self, opts: CreateOpts) -> CreateOpts:
+        """*opts* of a writable layer with the default size limit where they give none,
+        refused where this driver cannot enforce that limit."""
+        from graphdriver.drivers.values import CreateOpts
+
+        if self.default_size is None or "size" in opts.storage_opt:
+            return opts
+        opts = CreateOpts(opts.mount_label, {**opts.storage_opt, "size": str(self.default_size)},
+                          opts.idmaps, opts.parent_idmaps)
+        try:
+            self.check_storage_opt(opts.storage_opt, rw=True)
+        except (InvalidArgument, Unsupported) as e:
+            raise type(e)(f"option size={self.config.options['size']}",
+                          f"the default size limit of writable layers: {e.why or e}") from e
+        return opts
+
+    def check_create_opts(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
+        """Refuse what :meth:`create` (or :meth:`create_rw`, *rw*) would refuse of
+        *storage_opt*, before anything is made for the layer (or the store)."""
+        from graphdriver.drivers.values import CreateOpts
+
+        opts = CreateOpts(storage_opt=storage_opt)
+        if rw:
+            opts = self._writable_opts(opts)
+        self.check_storage_opt(opts.storage_opt, rw=rw)
 
     def _create_checked(
         self, layer_id: str, parent: str | None, opts: CreateOpts, *, rw: bool

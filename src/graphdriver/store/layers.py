@@ -532,6 +532,7 @@ class Store:
             limit = parse_size(size)
             check_limit(limit, size)  # before the store is touched
             storage_opt["size"] = str(limit)
+        self.driver.check_create_opts(storage_opt, rw=writable)  # a limit it cannot enforce too
         from graphdriver.drivers.values import CreateOpts
 
         with self._transaction(layer_id, "create") as tx:
