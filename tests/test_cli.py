@@ -267,6 +267,21 @@ def test_a_command_that_fails_on_a_new_root_leaves_nothing(root, tmp_path, args)
     assert not root.exists()
 
 
+@pytest.mark.parametrize("args", [["layers"], ["exists", "a"], ["status"], ["create", "a"]])
+@pytest.mark.parametrize("which", ["--root", "--run-root"])
+def test_a_store_folder_below_a_file_is_a_usage_error(tmp_path, args, which):
+    """As a --root that is a file: the argument names no folder, and none can be made there."""
+    (tmp_path / "file").write_bytes(b"")
+    given = tmp_path / "file" / "sub"
+    paths = {"root": given, "run_root": tmp_path / "run"} if which == "--root" else {
+        "root": tmp_path / "s", "run_root": given}
+    r = run_cli(*args, driver="vfs", **paths)
+    assert r.returncode == 2, r.stderr
+    says = f"{tmp_path / 'file'} on its way is not a folder"
+    assert r.stderr.decode() == f"graphdriver: {which} {given}: {says}\n"
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
 def test_a_store_that_holds_nothing_takes_the_driver_asked_for(root, tmp_path):
     # store.json as an earlier version's read-only command left it, and nothing else.
     for sub in ("layers", "pending", "tarsplit", "overlay/.l"):

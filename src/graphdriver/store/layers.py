@@ -127,6 +127,22 @@ def resolved(path: str) -> str:
     return os.path.join(os.path.realpath(head), *reversed(rest))
 
 
+def _refuse_no_folder(what: str, path: str) -> None:
+    """A usage error (a bad argument, not a corrupt store) for a *path* that is no folder,
+    or that could never be one: a file stands where a folder on its way belongs."""
+    try:
+        mode = os.stat(path).st_mode
+    except NotADirectoryError:
+        head = os.path.dirname(path)
+        while not os.path.exists(head) and os.path.dirname(head) != head:
+            head = os.path.dirname(head)  # the first that exists is the file
+        raise InvalidArgument(f"{what} {path}", f"{head} on its way is not a folder") from None
+    except OSError:
+        return  # not there yet (made when needed), or told when used
+    if not stat.S_ISDIR(mode):
+        raise InvalidArgument(f"{what} {path}", "is not a folder")
+
+
 class Store:
     """An open layer store."""
 
@@ -140,12 +156,7 @@ class Store:
         self.root = resolved(opts.root)
         self.run_root = os.path.abspath(opts.run_root)
         for what, path in (("--root", self.root), ("--run-root", self.run_root)):
-            try:
-                mode = os.stat(path).st_mode
-            except OSError:
-                continue  # not there yet (made when needed), or told when used
-            if not stat.S_ISDIR(mode):  # a bad argument, not a corrupt store
-                raise InvalidArgument(f"{what} {path}", "is not a folder")
+            _refuse_no_folder(what, path)
         # Without opts.create nothing is created here: a store comes to be (its
         # folders, and store.json fixing its driver) when the first layer is
         # stored in it (see _settle), so read-only commands leave no trace.
