@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.errors import InvalidArgument
+from graphdriver.errors import InvalidArgument, Unsupported
 from graphdriver.fs import mounts, sizelimit
 from graphdriver.store.layers import Store, StoreOptions
 from graphdriver.testing.treeutil import F, make_tar
@@ -199,3 +199,17 @@ def test_a_limit_over_the_free_space_is_made_and_said(home_fs):
         set_warning_handler(None)
     for layer_id in ("big", "fits", "base"):
         store.remove(layer_id)
+
+
+@pytest.mark.parametrize("home_fs", ["ext4"], indirect=True)
+def test_a_limit_larger_than_the_home_can_hold_a_file_of_is_unsupported_here(home_fs):
+    """ext4 holds no file over 16 TiB: the image of a 20T limit cannot be made there, a
+    limit of the filesystem (7), not a failure with the kernel's bare "File too large" (1)."""
+    store = _store(home_fs)
+    store.create("base")
+    with pytest.raises(Unsupported) as caught:
+        store.create("huge", "base", writable=True, size="20T")
+    assert "cannot hold" in str(caught.value) and "File too large" in str(caught.value)
+    assert [layer.id for layer in store.layers()] == ["base"]
+    assert mounts.mounts_below(str(home_fs / "store")) == []
+    store.remove("base")

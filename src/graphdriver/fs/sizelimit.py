@@ -281,6 +281,11 @@ def _make_image(path: str, size: int, fstype: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)  # sparse: the image takes only what is written
+    except OSError as e:
+        if e.errno != errno.EFBIG:
+            raise
+        raise Unsupported(f"size limit of {size} bytes", "the filesystem of the store cannot hold "
+                          f"an image file that large ({e.strerror})") from e
     finally:
         os.close(fd)
     if fstype == "ext4":
