@@ -405,3 +405,22 @@ def test_a_transaction_interrupted_while_taking_the_lock_back_undoes_under_the_l
         with tx.unlocked():
             pass  # the extraction
     assert events == ["locked", "marked", "unlocked", "interrupted", "locked", "dropped", "unlocked"]
+
+
+@pytest.mark.parametrize("driver", ["vfs", pytest.param("overlay", marks=needs_root)])
+def test_a_record_naming_a_parent_without_record_is_corrupt_not_removed_meanwhile(tmp_path, driver):
+    """No removal takes a layer from under a child: a child whose parent has no record is
+    corrupt metadata (6), as check says, for changes, diffsize and a regenerated diff too."""
+    import json
+
+    store = Store(StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "r"), driver=driver))
+    store.import_layer("base", None, io.BytesIO(BASE))
+    store.import_layer("top", "base", io.BytesIO(TOP))
+    path = tmp_path / "s" / "layers" / "top.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "parent": "gone"}))
+    says = "layer top: its chain's layer gone has no record (corrupt metadata)"
+    for read in (lambda: store.changes("top"), lambda: store.diff_size("top"),
+                 lambda: store.diff("top", io.BytesIO(), regenerate=True)):
+        with pytest.raises(IntegrityError) as caught:
+            read()
+        assert str(caught.value) == says

@@ -974,7 +974,8 @@ class Store:
             if self._being_removed(layer_id) or (
                 seen is not None and layer_id == seen.id and self._remade(seen)
             ):
-                return NotFound(f"layer {layer_id}", "no such layer (it was removed meanwhile)")
+                return self._broken_chain(seen) or NotFound(
+                    f"layer {layer_id}", "no such layer (it was removed meanwhile)")
         if isinstance(error, NotFound):
             for layer_id in filter(None, layer_ids):
                 if error.what == f"layer {layer_id}":
@@ -984,6 +985,16 @@ class Store:
                         f"graphdriver remove {layer_id} removes what is left",
                     )
         return error
+
+    def _broken_chain(self, seen: Layer | None) -> IntegrityError | None:
+        """Corrupt metadata where *seen*'s layer still stands but a layer of its chain has no
+        record: no removal takes a layer from under a child, so it never was removed meanwhile."""
+        if seen is None or self._being_removed(seen.id) or self._remade(seen):
+            return None
+        from graphdriver.store.integrity import missing_parent
+
+        broken = missing_parent(self, seen)
+        return IntegrityError(f"layer {seen.id}", broken) if broken else None
 
     def _raise_explained(
         self, error: Exception, *layer_ids: str | None, seen: Layer | None = None
