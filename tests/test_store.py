@@ -424,3 +424,17 @@ def test_a_record_naming_a_parent_without_record_is_corrupt_not_removed_meanwhil
         with pytest.raises(IntegrityError) as caught:
             read()
         assert str(caught.value) == says
+
+
+def test_a_record_naming_itself_as_its_parent_can_be_removed(tmp_path):
+    """Its chain loops (corrupt, 6 from check); it is no child of its own that keeps remove off."""
+    import json
+
+    store = Store(StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "r"), driver="vfs"))
+    store.import_layer("base", None, io.BytesIO(BASE))
+    store.import_layer("top", "base", io.BytesIO(TOP))
+    path = tmp_path / "s" / "layers" / "top.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "parent": "top"}))
+    assert store.check(["top"]) == [("top", "its chain loops back to layer top (corrupt metadata)")]
+    store.remove("top")
+    assert [layer.id for layer in store.layers()] == ["base"]

@@ -502,7 +502,8 @@ class Store:
         """The children of *layer_id*, and layers with a corrupt record whose files the driver
         says sit on it (their parent cannot be read, but their files may need this layer's)."""
         good, corrupt = self.records.scan()
-        found = [r.id for r in good if r.parent == layer_id]
+        found = [r.id for r in good if r.parent == layer_id and r.id != layer_id]  # (a record naming
+        # itself as its parent is corrupt, and no child of its own: remove takes it away)
         if corrupt and self.driver.exists(layer_id):
             folder = os.path.basename(self.driver.resolve(layer_id))
             for other, _error in corrupt:
