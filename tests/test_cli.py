@@ -394,6 +394,25 @@ def test_diff_to_a_full_device_is_a_failure_of_the_output_never_of_the_layer(roo
     assert cli(root, "check", "l").returncode == 0
 
 
+@pytest.mark.parametrize("args", [["layers"], ["layer", "l"], ["mounted", "l"], ["status"]])
+def test_output_to_a_full_device_is_one_line_and_exit_1(root, args):
+    """Buffered output (no PYTHONUNBUFFERED, as users run it) that cannot be written was
+    reported, then failed again at exit: Python's own lines, and exit code 120."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+                            str(root.parent / "run"), *args], stdout=full, stderr=subprocess.PIPE,
+                           env=env, check=False)
+    assert (r.returncode, r.stderr.decode()) == (1, "graphdriver: standard output: No space left on device\n")
+
+
 def test_diff_of_a_layer_missing_its_tarsplit_data_exits_6(root):
     data = make_tar({"f": F(b"abc")})
     assert cli(root, "import", "l", "-", input=data).returncode == 0

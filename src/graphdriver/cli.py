@@ -484,6 +484,7 @@ def _flush_stdout() -> None:
     except BrokenPipeError:
         raise
     except OSError as e:
+        _drop_stdout()  # what stays buffered would fail again at exit, past the one line
         raise GraphDriverError("standard output", e.strerror or str(e)) from e
 
 
@@ -517,11 +518,17 @@ def _quiet_broken_pipe() -> int:
 
     Standard output is pointed at /dev/null so that the flush at exit cannot fail again.
     """
+    _drop_stdout()
+    return 1
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that the flush at exit cannot fail again (Python
+    would then say so in lines of its own and exit with 120)."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, AttributeError, ValueError):
         pass
-    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
