@@ -533,6 +533,24 @@ def _drop_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    code = _main(argv)
+    _settle_stdout()
+    return code
+
+
+def _settle_stdout() -> None:
+    """Write out what is still buffered after a failure (what was printed before it); output
+    that cannot be written was reported or is past reporting, and is dropped (see
+    :func:`_drop_stdout`)."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        _drop_stdout()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args: Args | None = None
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
