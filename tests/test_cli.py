@@ -415,6 +415,28 @@ def test_output_to_a_full_device_is_one_line_and_exit_1(root, args):
     assert (r.returncode, r.stderr.decode()) == (1, f"graphdriver: {what}: No space left on device\n")
 
 
+@pytest.mark.parametrize("buffered", [True, False])
+def test_a_mount_whose_path_cannot_be_printed_is_given_back(root, buffered):
+    """mount > /dev/full failed (exit 1) but left the layer counted as mounted: a caller
+    told it failed never unmounts it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+                            str(root.parent / "run"), "mount", "l"], stdout=full, stderr=subprocess.PIPE,
+                           env=env, check=False)
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
+    assert cli(root, "mounted", "l").stdout == b"0\n"
+
+
 def test_diff_of_a_layer_missing_its_tarsplit_data_exits_6(root):
     data = make_tar({"f": F(b"abc")})
     assert cli(root, "import", "l", "-", input=data).returncode == 0

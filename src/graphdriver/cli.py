@@ -158,7 +158,12 @@ def cmd_apply(store: Store, args: Args) -> int:
 
 def cmd_mount(store: Store, args: Args) -> int:
     path = store.mount(args.id, args.mount_label)
-    _result(args, path, {"id": args.id, "path": path})
+    try:
+        _result(args, path, {"id": args.id, "path": path})
+        _flush_stdout()
+    except BaseException:
+        store.unmount(args.id)  # the path never went out: no caller would give this mount back
+        raise
     return 0
 
 
