@@ -805,6 +805,89 @@ def test_image_rm_at_the_same_time_reports_only_what_each_removed(tmp_path):
             assert proc.returncode == 0 and out == f"Untagged: localhost/made:{tag}\n".encode()
 
 
+_HELD_AT = """
+import os, sys
+from graphdriver.images import loading
+from graphdriver.store.layers import Store
+where = {where!r}
+def hold():
+    os.write({ready}, b"held")
+    os.read({go}, 1)
+if where == "remove":  # image rm: its layers found unused, before the first goes
+    remove = Store.remove
+    def held_remove(self, *args, **kw):
+        if where:
+            globals()["where"] = ""
+            hold()
+        return remove(self, *args, **kw)
+    Store.remove = held_remove
+elif where == "record":  # image load: every layer found stored, before the record is written
+    record = loading._record
+    def held_record(*args, **kw):
+        hold()
+        return record(*args, **kw)
+    loading._record = held_record
+else:  # image load: the shared layers found stored, before its own is imported on them
+    import_layer = Store.import_layer
+    def held_import(self, *args, **kw):
+        hold()
+        return import_layer(self, *args, **kw)
+    Store.import_layer = held_import
+from graphdriver.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def _held(tmp_path: Path, where: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``graphdriver ARGS`` held at *where* (see ``_HELD_AT``) once it is there, and the pipe
+    that lets it go on."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    argv = ["--root", str(tmp_path / "store"), "--run-root", str(tmp_path / "run"), "--driver", "vfs", *args]
+    script = _HELD_AT.format(where=where, ready=ready_w, go=go_r, argv=argv)
+    proc = subprocess.Popen([sys.executable, "-c", script], pass_fds=(ready_w, go_r), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    os.close(ready_w)
+    os.close(go_r)
+    with os.fdopen(ready_r, "rb") as ready:
+        assert ready.read(4) == b"held", proc.communicate()
+    return proc, go_w
+
+
+def _finish(proc: subprocess.Popen[bytes], go: int) -> subprocess.CompletedProcess[bytes]:
+    os.write(go, b"g")
+    os.close(go)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("load_at", ["record", "import"])
+def test_a_load_sharing_layers_with_an_image_removed_meanwhile_keeps_them(tmp_path, load_at):
+    """``image rm`` found its image's layers unused, then a load of an image sharing them found
+    them stored and relied on them, then the removal took them: the load wrote an image whose
+    layers were gone, or failed importing its own layer on a parent gone ("no such layer",
+    exit 3).  A removal now refuses a layer running work relies on, and the load asks whether
+    it is stored under the store lock, so the load is whole and the removal frees the rest."""
+    top = make_tar({"opt": D(), "opt/a": F(b"a\n")})
+    oci_layout(tmp_path / "a", [LAYER1, LAYER2, top], name="localhost/a:1")
+    b_layers = [LAYER1, LAYER2] if load_at == "record" else [LAYER1, LAYER2, make_tar({"opt/b": F(b"b\n")})]
+    oci_layout(tmp_path / "b", b_layers, name="localhost/b:1")
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a"))
+    a_layers = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/a:1").stdout)["Layers"]
+    rm, rm_go = _held(tmp_path, "remove", "image", "rm", "localhost/a:1")
+    load, load_go = _held(tmp_path, load_at, "image", "load", str(tmp_path / "b"))
+    removed = _finish(rm, rm_go)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.decode().count("Deleted layer:") == 1, removed.stdout  # its own top alone
+    loaded = _finish(load, load_go)
+    assert (loaded.returncode, loaded.stdout, loaded.stderr) == (0, b"localhost/b:1\n", b"")
+    image = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/b:1").stdout)
+    assert [x["Layer"] for x in image["Layers"][:2]] == [x["Layer"] for x in a_layers[:2]]
+    stored = gd(tmp_path, "vfs", "layers").stdout.decode().split()
+    assert sorted(stored) == sorted(x["Layer"] for x in image["Layers"])
+    assert gd(tmp_path, "vfs", "check", check=False).returncode == 0
+
+
 def test_apply_refuses_an_image_layer_and_takes_a_container_layer(tmp_path):
     """More applied to a layer of an image made the image another one: its DiffIDs no longer
     matched, ``image save`` wrote an archive skopeo refuses, and ``check`` no longer had a

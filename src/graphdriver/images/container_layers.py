@@ -411,7 +411,7 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
     the config is the image's with that DiffID appended to ``rootfs.diff_ids``,
     a history entry and a new ``created``.
     """
-    from graphdriver.images.loading import Pending, check_reused
+    from graphdriver.images.loading import Pending, check_reused, present_in_use
     from graphdriver.store.records import now_rfc3339
 
     c = container(store, name)
@@ -428,7 +428,7 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
         now = now_rfc3339()
         with Pending(images, f"commit {name}") as pending:
             pending.use(layer_id)
-            if store.exists(layer_id):  # this diff committed before, or another layer bears the name
+            if present_in_use(store, layer_id):  # this diff committed before, or another layer bears the name
                 check_reused(store, layer_id, diff_id, base.top_layer, f"container commit {name}")
             else:
                 tmp.seek(0)

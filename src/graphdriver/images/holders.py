@@ -9,6 +9,10 @@ used by an image, by a container).  A record that cannot be read may hold
 the layer all the same, so it is named too: an unreadable container record
 holds the layers its file name gives, an unreadable image record any layer
 an image could hold.  Nothing a record names is removed while it is unreadable.
+A load, pull, commit or container create running in another process holds the
+layers it made or relies on until it has written its record: its pending marker
+names them, and a removal asks under the store lock, which is where that work
+asks whether a layer it relies on is still there.
 """
 
 from __future__ import annotations
@@ -25,12 +29,18 @@ if TYPE_CHECKING:
 
 def holders(store: Store, layer_id: str, *, containers: bool = True) -> list[str]:
     """``image NAME`` and (unless not *containers*) ``container NAME`` for each record that
-    holds (or may hold) *layer_id*."""
+    holds (or may hold) *layer_id*, and ``a running WORK`` for image work under way that
+    relies on it."""
     images, bad_images = ImageStore(store.root).scan()
     out = [f"image {image.names[0] if image.names else image.id}"
            for image in images if layer_id in image.layers]
     if is_image_layer_id(layer_id):  # what an unreadable image record names is unknown
         out += [f"the unreadable {e.what}" for e in bad_images]
+    from graphdriver.images.loading import busy_work
+
+    work = busy_work(ImageStore(store.root)).get(layer_id)
+    if work is not None:  # a running load, pull, commit or container create relies on it
+        out.append(f"a running {work}")
     if not containers:
         return out
     found, unreadable = ctrs.scan_by_name(store)

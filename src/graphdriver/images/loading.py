@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: Layer media types whose blob is the uncompressed tarball (its digest is the DiffID).
 _UNCOMPRESSED = frozenset({oci.OCI_LAYER, oci.DOCKER_LAYER})
+#: The markers of the work this process runs: what it relies on never keeps its own undo back.
+_OURS: set[str] = set()
 
 
 class Pending:
@@ -61,6 +63,7 @@ class Pending:
         # would take that work for a dead one's, and undo it).
         self._lock = locked(self.path + ".lock")
         self._lock.__enter__()
+        _OURS.add(self.path)
         try:
             self._write()
         except BaseException:
@@ -90,26 +93,34 @@ class Pending:
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         atomic.remove_file(self.path)
         atomic.remove_file(self.path + ".lock")  # while held: a cleanup never finds it free
+        _OURS.discard(self.path)
         if self._lock is not None:
             self._lock.__exit__(None, None, None)
 
 
 def busy_layers(images: ImageStore) -> set[str]:
-    """Layers that load, pull, commit or container work still running has made or relies on."""
+    """Layers that load, pull, commit or container work still running in another process has
+    made or relies on."""
+    return set(busy_work(images))
+
+
+def busy_work(images: ImageStore) -> dict[str, str]:
+    """:func:`busy_layers`, each with the work that holds it (``load sha256:...``)."""
     from graphdriver.fs.locking import is_held
 
-    out: set[str] = set()
+    out: dict[str, str] = {}
     try:
         names = [n for n in os.listdir(images.pending_dir) if n.endswith(".json")]
     except FileNotFoundError:
         return out
     for name in names:
         path = os.path.join(images.pending_dir, name)
-        if not is_held(path + ".lock"):
+        if path in _OURS or not is_held(path + ".lock"):
             continue
         try:
             marker = atomic.read_json(path)
-            out.update(str(x) for x in (*marker.get("layers", []), *marker.get("uses", [])))
+            what = str(marker.get("what", "image work"))
+            out.update((str(x), what) for x in (*marker.get("layers", []), *marker.get("uses", [])))
         except (OSError, ValueError, AttributeError, TypeError):
             continue
     return out
@@ -150,7 +161,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                 parent = layer_ids[i - 1] if i else None
                 label = f"layer {i + 1}/{len(diff_ids)} {diff_id[7:19]}"
                 pending.use(layer_ids[i])
-                if _present(store, layer_ids[i]):
+                if present_in_use(store, layer_ids[i]):
                     check_reused(store, layer_ids[i], diff_id, parent, work)
                     _keep_blob(images, layer, diff_id, fresh)
                     if report is not None:
@@ -248,6 +259,14 @@ def _existing(images: ImageStore, image_id: str) -> ImageRecord | None:
         return images.get(image_id)
     except (NotFound, IntegrityError):
         return None
+
+
+def present_in_use(store: Store, layer_id: str) -> bool:
+    """Whether *layer_id*, which the caller's pending work now says it uses, is stored: asked
+    under the store lock, so a removal of it has either finished (False) or not begun, and
+    then never will (a removal refuses a layer live work uses)."""
+    with store.locked():
+        return _present(store, layer_id)
 
 
 def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
