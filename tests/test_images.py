@@ -827,6 +827,19 @@ elif where == "record":  # image load: every layer found stored, before the reco
         hold()
         return record(*args, **kw)
     loading._record = held_record
+elif where == "ingest":  # a layer's import marked under way, before its files are written
+    ingest = Store._ingest
+    def held_ingest(self, *args, **kw):
+        hold()
+        return ingest(self, *args, **kw)
+    Store._ingest = held_ingest
+elif where == "wait":  # image load: waiting for another process's import of a layer (not held)
+    present = loading._present
+    def waiting(*args, **kw):
+        if kw.get("wait"):
+            os.write({ready}, b"held")
+        return present(*args, **kw)
+    loading._present = waiting
 else:  # image load: the shared layers found stored, before its own is imported on them
     import_layer = Store.import_layer
     def held_import(self, *args, **kw):
@@ -886,6 +899,30 @@ def test_a_load_sharing_layers_with_an_image_removed_meanwhile_keeps_them(tmp_pa
     stored = gd(tmp_path, "vfs", "layers").stdout.decode().split()
     assert sorted(stored) == sorted(x["Layer"] for x in image["Layers"])
     assert gd(tmp_path, "vfs", "check", check=False).returncode == 0
+
+
+def test_a_load_waiting_for_a_layer_a_killed_load_was_importing_imports_it_itself(tmp_path):
+    """Two loads of images sharing a layer: the second waits while the first imports it.  The
+    first killed then, the second waited for an hour, as long as the dead import's marker
+    stood; it now sees the import's process gone, undoes what it left and imports the layer."""
+    oci_layout(tmp_path / "a", [LAYER1, LAYER2], name="localhost/a:1")
+    oci_layout(tmp_path / "b", [LAYER1], name="localhost/b:1")
+    first, first_go = _held(tmp_path, "ingest", "image", "load", str(tmp_path / "a"))
+    second, second_go = _held(tmp_path, "wait", "image", "load", str(tmp_path / "b"))
+    os.close(second_go)
+    first.kill()
+    first.communicate()
+    os.close(first_go)
+    try:
+        out, err = second.communicate(timeout=60)
+    finally:
+        second.kill()
+    assert (second.returncode, out, err) == (0, b"localhost/b:1\n", b"")
+    assert gd(tmp_path, "vfs", "cleanup").stdout == b""  # nothing left for it
+    layers = json.loads(gd(tmp_path, "vfs", "image", "inspect", "localhost/b:1").stdout)["Layers"]
+    assert gd(tmp_path, "vfs", "layers").stdout.decode().split() == [layers[0]["Layer"]]
+    assert gd(tmp_path, "vfs", "check").returncode == 0
+    assert gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a")).stdout == b"localhost/a:1\n"
 
 
 def test_apply_refuses_an_image_layer_and_takes_a_container_layer(tmp_path):

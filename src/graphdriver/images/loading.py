@@ -167,19 +167,13 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                     if report is not None:
                         report(f"{label}: already present")
                 else:
-                    pending.add(layer_ids[i])  # before the import: a crash during it is ours to undo
                     try:
-                        _import(store, images, layer, layer_ids[i], parent, diff_id, label, quiet, fresh)
+                        _import_or_share(store, images, pending, layer, layer_ids[i], parent, diff_id,
+                                         label, quiet, fresh, work)
                     except ArchiveError as e:  # "archive: truncated header" names no image, no layer
                         named = shorten(src.names[0]) if src.names else image_id[:19]
                         e.args = (f"image {named}, {label}: {e}",)
                         raise
-                    except AlreadyExists:
-                        # Another process imports it: not ours to undo; wait for it, then share it.
-                        pending.forget(layer_ids[i])
-                        if not _present(store, layer_ids[i], wait=True):
-                            raise
-                        check_reused(store, layer_ids[i], diff_id, parent, work)
                 if layer.descriptor is not None and layer.descriptor.media_type not in _UNCOMPRESSED \
                         and images.has_blob(layer.descriptor.digest):
                     kept.append(layer.descriptor.digest)
@@ -271,13 +265,41 @@ def present_in_use(store: Store, layer_id: str) -> bool:
 
 def _present(store: Store, layer_id: str, *, wait: bool = False) -> bool:
     """Whether *layer_id* is stored; with *wait*, first waits (up to an hour) while
-    another process's import of it is pending."""
+    another process's import of it is pending and that process lives."""
     import time
 
     deadline = time.monotonic() + 3600
-    while wait and store.records.is_pending(layer_id) and time.monotonic() < deadline:
+    while wait and store.records.is_pending(layer_id) and store.records.is_live(layer_id) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
     return store.exists(layer_id)
+
+
+#: How often a load tries to import a layer that other processes are importing and give up.
+_ATTEMPTS = 3
+
+
+def _import_or_share(store: Store, images: ImageStore, pending: Pending, layer: SourceLayer, layer_id: str,
+                     parent: str | None, diff_id: str, label: str, quiet: bool, fresh: list[str],
+                     work: str) -> None:
+    """Import a layer the store lacks.  Another process importing it meanwhile is waited for
+    and its layer shared; when that import failed, or its process died (what it left is undone
+    then, as ``cleanup`` would), the layer is imported here after all."""
+    from graphdriver.store.recovery import undo_dead_layer
+
+    for attempt in range(_ATTEMPTS):
+        pending.add(layer_id)  # before the import: a crash during it is ours to undo
+        try:
+            _import(store, images, layer, layer_id, parent, diff_id, label, quiet, fresh)
+            return
+        except AlreadyExists:
+            pending.forget(layer_id)  # another process's: not ours to undo
+            if _present(store, layer_id, wait=True):
+                check_reused(store, layer_id, diff_id, parent, work)
+                return
+            if attempt == _ATTEMPTS - 1:
+                raise
+            undo_dead_layer(store, layer_id)
 
 
 def check_reused(store: Store, layer_id: str, diff_id: str, parent: str | None, work: str) -> None:

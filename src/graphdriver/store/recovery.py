@@ -22,6 +22,8 @@ from graphdriver.store.records import APPLY_LOCK_SUFFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from graphdriver.store.layers import Store
 
 
@@ -51,21 +53,8 @@ def _cleanup_layers(store: Store) -> list[str]:
     done: list[str] = []
     with store.locked():
         for layer_id, marker in sorted(store.records.pending().items()):
-            op = marker.get("op", "work")
-            if store.records.is_live(layer_id):
-                if not store.records.outlived(layer_id, marker):
-                    continue  # live work
-                if not store.records.wait_ended(layer_id, records.CHILDREN_WAIT):
-                    done.append(f"layer {layer_id} left by an interrupted {op}: not removed yet "
-                                "(a process it started still holds it)")
-                    continue
-            try:
-                store.drop_layer(layer_id)
-            except (GraphDriverError, OSError) as e:  # mounted since, say: reported, the rest goes on
-                why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-                done.append(f"layer {layer_id} left by an interrupted {op}: not removed yet ({why})")
-                continue
-            done.append(f"removed layer {layer_id} left by an interrupted {op}")
+            undone = _undo_dead(store, layer_id, marker)
+            done += [undone] if undone is not None else []
         done.extend(_remove_stray_locks(store))
         done.extend(_remove_stale_temporaries(store))
         good, corrupt = store.records.scan()
@@ -82,6 +71,32 @@ def _cleanup_layers(store: Store) -> list[str]:
         done.extend(_remove_orphans(store))
         done.extend(_remove_stray_tarsplit(store))
     return done
+
+
+def undo_dead_layer(store: Store, layer_id: str) -> str | None:
+    """What ``cleanup`` does for *layer_id* alone: its pending work, if its process died, is
+    undone (or, for a removal, finished); what was done, None when no such work is left."""
+    with store.locked():
+        marker = store.records.pending().get(layer_id)
+        return None if marker is None else _undo_dead(store, layer_id, marker)
+
+
+def _undo_dead(store: Store, layer_id: str, marker: dict[str, Any]) -> str | None:
+    """Under the lock: undo the pending work *marker* says is under way on *layer_id* if its
+    process died (its confined children waited for); what was done, None for live work."""
+    op = marker.get("op", "work")
+    if store.records.is_live(layer_id):
+        if not store.records.outlived(layer_id, marker):
+            return None  # live work
+        if not store.records.wait_ended(layer_id, records.CHILDREN_WAIT):
+            return (f"layer {layer_id} left by an interrupted {op}: not removed yet "
+                    "(a process it started still holds it)")
+    try:
+        store.drop_layer(layer_id)
+    except (GraphDriverError, OSError) as e:  # mounted since, say: reported, the rest goes on
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+        return f"layer {layer_id} left by an interrupted {op}: not removed yet ({why})"
+    return f"removed layer {layer_id} left by an interrupted {op}"
 
 
 def _named_parents(store: Store) -> set[str] | None:
