@@ -925,6 +925,27 @@ def test_a_load_waiting_for_a_layer_a_killed_load_was_importing_imports_it_itsel
     assert gd(tmp_path, "vfs", "image", "load", str(tmp_path / "a")).stdout == b"localhost/a:1\n"
 
 
+def test_a_load_of_an_image_removed_meanwhile_keeps_its_blobs(tmp_path):
+    """``image rm`` of an image while a load of that very image found its layers and blobs
+    stored: the removal took the blobs (no record named them any more), and the load wrote a
+    record naming them, so ``image save`` failed (exit 6, "missing from the image store").
+    The load now keeps again, under the store lock, what was taken meanwhile."""
+    digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2])
+    gd(tmp_path, "vfs", "image", "load", str(tmp_path / "in"))
+    load, load_go = _held(tmp_path, "record", "image", "load", str(tmp_path / "in"))
+    removed = gd(tmp_path, "vfs", "image", "rm", "localhost/made:1")
+    assert b"Deleted: sha256:" in removed.stdout and b"Deleted layer" not in removed.stdout  # the load's
+    loaded = _finish(load, load_go)
+    assert (loaded.returncode, loaded.stdout, loaded.stderr) == (0, b"localhost/made:1\n", b"")
+    assert gd(tmp_path, "vfs", "cleanup").stdout == b""
+    saved = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "out"),
+               "--format", "oci", check=False)
+    assert saved.returncode == 0, saved.stderr
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [m["digest"] for m in index["manifests"]] == [digest]
+    assert gd(tmp_path, "vfs", "check").returncode == 0
+
+
 def test_apply_refuses_an_image_layer_and_takes_a_container_layer(tmp_path):
     """More applied to a layer of an image made the image another one: its DiffIDs no longer
     matched, ``image save`` wrote an archive skopeo refuses, and ``check`` no longer had a

@@ -178,11 +178,7 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                         and images.has_blob(layer.descriptor.digest):
                     kept.append(layer.descriptor.digest)
             record = _record(images, src, image_id, config, layer_ids, diff_ids, kept)
-            with store.locked():
-                previous = _existing(images, image_id)
-                if previous is not None:
-                    _merge(record, previous, src)
-                images.put_named(record, src.names)  # taken from the images that had them
+            _write_record(store, images, src, record, kept, fresh)
         except BaseException:
             _undo(store, pending.made)
             keep = images.referenced_blobs()
@@ -191,6 +187,28 @@ def load_image(store: Store, images: ImageStore, src: SourceImage, *, quiet: boo
                     atomic.remove_file(images.blob_path(digest))
             raise
     return record
+
+
+def _write_record(store: Store, images: ImageStore, src: SourceImage, record: ImageRecord, kept: list[str],
+                  fresh: list[str]) -> None:
+    """Write *record* (names moved to it), under the store lock, once the blobs it keeps are
+    there: the removal of an image with these very blobs (``image rm`` of the image this load
+    loads again) takes blobs no record names under that lock, also those this load found kept."""
+    for _attempt in range(_ATTEMPTS):
+        with store.locked():
+            images.put_blob(src.config)
+            if record.manifest is not None and src.manifest is not None:
+                images.put_blob(src.manifest)
+            if all(images.has_blob(digest) for digest in kept):
+                previous = _existing(images, record.id)
+                if previous is not None:
+                    _merge(record, previous, src)
+                images.put_named(record, src.names)  # taken from the images that had them
+                return
+        for layer, diff_id in zip(src.layers, record.diff_ids, strict=True):
+            _keep_blob(images, layer, diff_id, fresh)  # again: those removed meanwhile
+    raise Precondition(f"image {record.id[:19]}", "its blobs were removed while it was loaded, again and "
+                       "again: load it again")
 
 
 def check_os(store: Store, config: dict[str, Any], what: str) -> None:
