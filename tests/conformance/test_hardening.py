@@ -1507,6 +1507,27 @@ def test_an_opaque_root_hides_everything_below_on_every_driver(store, order):
     assert out.getvalue() == tar
 
 
+@pytest.mark.parametrize("before", [
+    {"d/mine": F(b"m")},
+    {"d/sub": D(), "d/sub/mine": F(b"m")},
+    {"d/.wh.gone": F(b""), "d/mine": F(b"m")},
+], ids=["a file", "a folder", "a whiteout"])
+def test_an_apply_of_an_opaque_marker_hides_what_the_layer_held_there_on_every_driver(store, before):
+    """An ``apply`` to a layer that already holds files in a folder: the tarball's marker
+    hides them with the parent's, as on a copy (vfs), so every driver shows the same."""
+    store.import_layer("base", None, io.BytesIO(make_tar(_OPAQUE_BASE)))
+    store.import_layer("top", "base", io.BytesIO(make_tar(before)))
+    store.apply("top", io.BytesIO(make_tar({"d": D(), "d/.wh..wh..opq": F(b""), "d/new": F(b"n")})))
+    root = Path(store.mount("top"))
+    try:
+        shown = sorted(os.listdir(root / "d"))
+    finally:
+        store.unmount("top")
+    assert shown == ["new"]
+    changes = [str(c) for c in store.changes("top") if str(c).startswith(("A /d/", "C /d/"))]
+    assert changes == ["A /d/new"]
+
+
 _OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}
 #: An opaque marker after entries of the same archive in its folder: (entries, what the
 #: folder then shows, its changes).  Whiteouts apply to lower layers only (OCI image spec).

@@ -1173,8 +1173,10 @@ class _Extractor(Extraction):
         fd = self._marker_folder(e, parent)
         if fd is None:
             return  # a file: nothing to hide, no folder made, as in a copy
+        # What the folder held before this archive goes, in a copy as in an upper
+        # directory (an apply to a layer that has files there already).
+        self._empty_opaque(fd, parent)
         if not self.overlay:
-            self._empty_opaque(fd, parent)
             return
         if not hidden_by(parent, self.hidden):  # else nothing of the lowers' was put there since
             self._drop_copies(parent)
