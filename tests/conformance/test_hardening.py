@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.errors import IntegrityError
+from graphdriver.errors import GraphDriverError, IntegrityError
 from graphdriver.testing.treeutil import D, F, H, L, make_tar
 
 
@@ -1526,6 +1526,26 @@ def test_an_apply_of_an_opaque_marker_hides_what_the_layer_held_there_on_every_d
     assert shown == ["new"]
     changes = [str(c) for c in store.changes("top") if str(c).startswith(("A /d/", "C /d/"))]
     assert changes == ["A /d/new"]
+
+
+@pytest.mark.parametrize("lower", ["file", "fifo"])
+@pytest.mark.parametrize("below", ["e/a", "e/a/", "e/x/y"])
+def test_an_entry_below_a_lower_layers_file_is_refused_on_every_driver(store, lower, below):
+    """A path through a file of a layer below (``e``, then ``e/a``) needs a folder where the
+    parent has a file: a copy refuses it (Not a directory), and so does an upper directory,
+    which would otherwise make the folder over the file; nothing is left of the layer."""
+    import tarfile
+
+    base = io.BytesIO()
+    with tarfile.open(fileobj=base, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("e")
+        info.type = tarfile.REGTYPE if lower == "file" else tarfile.FIFOTYPE
+        tf.addfile(info, io.BytesIO(b""))
+    store.import_layer("base", None, io.BytesIO(base.getvalue()))
+    entry = {below.rstrip("/"): D()} if below.endswith("/") else {below: F(b"x")}
+    with pytest.raises(GraphDriverError, match="Not a directory"):
+        store.import_layer("top", "base", io.BytesIO(make_tar(entry)))
+    assert not store.exists("top")
 
 
 _OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}

@@ -335,7 +335,8 @@ class Extraction:
 
     def _refuse_lower_symlink(self, rel: str) -> None:
         """Raise OSError (ELOOP) if directory *rel* may not be made: the union shows a
-        lower layer's symlink there.  Called before the directory is made."""
+        lower layer's symlink there (ENOTDIR: another file).  Called before the directory
+        is made."""
         raise NotImplementedError
 
     def _error_text(self, x: OSError) -> str:
@@ -802,7 +803,8 @@ class _Extractor(Extraction):
         sc.fchmod(fd, mode)
 
     def _refuse_lower_symlink(self, rel: str) -> None:
-        """Refuse to make directory *rel* over a symlink the union shows there (see :meth:`_resolve_dir`)."""
+        """Refuse to make directory *rel* over a symlink the union shows there (see
+        :meth:`_resolve_dir`), or over any other file, which a copy holds in the way too."""
         if not self.lower_fds or hidden_by(rel, self.hidden):
             return
         found = self._in_union(rel)
@@ -812,6 +814,8 @@ class _Extractor(Extraction):
         os.close(pfd)
         if stat.S_ISLNK(st.st_mode):
             raise OSError(errno.ELOOP, _through_symlink(rel))
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
 
     def _empty_opaque(self, fd: int, rel: str) -> None:
         """Remove what directory *rel* held before this layer (an opaque marker).
