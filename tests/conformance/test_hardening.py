@@ -1533,7 +1533,8 @@ def test_an_apply_of_an_opaque_marker_hides_what_the_layer_held_there_on_every_d
 def test_an_entry_below_a_lower_layers_file_is_refused_on_every_driver(store, lower, below):
     """A path through a file of a layer below (``e``, then ``e/a``) needs a folder where the
     parent has a file: a copy refuses it (Not a directory), and so does an upper directory,
-    which would otherwise make the folder over the file; nothing is left of the layer."""
+    which would otherwise make the folder over the file; nothing is left of the layer, and
+    an apply so refused at its first entry leaves the layer whole, not damaged."""
     import tarfile
 
     base = io.BytesIO()
@@ -1546,6 +1547,11 @@ def test_an_entry_below_a_lower_layers_file_is_refused_on_every_driver(store, lo
     with pytest.raises(GraphDriverError, match="Not a directory"):
         store.import_layer("top", "base", io.BytesIO(make_tar(entry)))
     assert not store.exists("top")
+    store.create("applied", "base")
+    with pytest.raises(GraphDriverError, match="Not a directory"):
+        store.apply("applied", io.BytesIO(make_tar(entry)))
+    store.mount("applied")  # refused before a byte was written: not damaged
+    store.unmount("applied")
 
 
 _OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}

@@ -634,7 +634,13 @@ class _Extractor(Extraction):
             return 0
         if t == LNK:  # before its folders are made: a refusal here has written nothing
             self._refuse_missing_target(e, rel)
-        pfd = self._parent_fd(e, parent)
+        made = self.dirs_made
+        try:
+            pfd = self._parent_fd(e, parent)
+        except NotADirectoryError as x:
+            if self.dirs_made != made:
+                raise
+            raise self._refused(e, x) from x  # a file in the way: nothing made
         if self.copies:
             self.copies.discard(rel)  # the entry's own now
         if t in REGULAR_TYPES:
