@@ -1554,6 +1554,25 @@ def test_an_entry_below_a_lower_layers_file_is_refused_on_every_driver(store, lo
     store.unmount("applied")
 
 
+@pytest.mark.parametrize("where", ["d/b", "d/sub/b"])
+def test_a_whiteout_applied_in_a_folder_the_layer_made_opaque_before_shows_nothing(store, where):
+    """The parent's ``d/b`` is hidden already by the layer's opaque ``d``; an apply deleting
+    the layer's own ``d/b`` leaves nothing in the view (overlay made a whiteout device there,
+    which the opaque folder listed as a name no one can read)."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"d": D(), where: F(b"parent")})))
+    store.import_layer("top", "base", io.BytesIO(make_tar({
+        "d": D(), "d/.wh..wh..opq": F(b""), where: F(b"mine")})))
+    folder, _, name = where.rpartition("/")
+    store.apply("top", io.BytesIO(make_tar({f"{folder}/.wh.{name}": F(b"")})))
+    root = Path(store.mount("top"))
+    try:
+        names = os.listdir(root / folder)
+    finally:
+        store.unmount("top")
+    assert names == []
+    assert f"D /{where}" in [str(c) for c in store.changes("top")]
+
+
 _OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}
 #: An opaque marker after entries of the same archive in its folder: (entries, what the
 #: folder then shows, its changes).  Whiteouts apply to lower layers only (OCI image spec).

@@ -203,7 +203,7 @@ def find_in_union(
                 fd = os.open(comp, _NOFOLLOW_DIR, dir_fd=dfd)
                 owned.append(fd)
                 below.append((index, fd))
-                if _is_opaque(fd, opaque_xattr):
+                if is_opaque(fd, opaque_xattr):
                     break  # what the layers further down hold here is hidden
             if not below:
                 return None
@@ -220,7 +220,8 @@ def find_in_union(
             os.close(fd)
 
 
-def _is_opaque(fd: int, opaque_xattr: str) -> bool:
+def is_opaque(fd: int, opaque_xattr: str) -> bool:
+    """Whether directory *fd* carries the opaque mark *opaque_xattr*."""
     try:
         return os.getxattr(fd, opaque_xattr) == b"y"
     except OSError as e:

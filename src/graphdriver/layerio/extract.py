@@ -1281,9 +1281,20 @@ class _Extractor(Extraction):
         if not self.lower_fds:
             return False
         parent = rel.rpartition("/")[0]
-        if parent and hidden_by(parent, self.hidden):
+        if parent and (hidden_by(parent, self.hidden) or self._opaque_already(parent)):
             return False
         return self._union_mode(rel, with_layer=False) is not None
+
+    def _opaque_already(self, rel: str) -> bool:
+        """Overlay: whether a folder of this layer on the way to *rel*, or *rel*, was made
+        opaque before this archive (an apply to a layer an earlier tarball marked)."""
+        for prefix in _prefixes(rel):
+            fd = self._existing_dir(prefix)
+            if fd is None:
+                return False
+            if confine.is_opaque(fd, self.opaque_xattr):
+                return True
+        return False
 
     def _union_dir(self, rel: str) -> bool:
         """Overlay: whether *rel* is a directory in the view this layer makes so far (itself
