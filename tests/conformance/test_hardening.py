@@ -1573,6 +1573,41 @@ def test_a_whiteout_applied_in_a_folder_the_layer_made_opaque_before_shows_nothi
     assert f"D /{where}" in [str(c) for c in store.changes("top")]
 
 
+@pytest.mark.parametrize("first", ["file", "symlink", "fifo"])
+@pytest.mark.parametrize("how", ["one archive", "an apply after"])
+def test_a_folder_made_where_the_layer_hid_a_parents_folder_shows_none_of_it(store, first, how):
+    """``d`` as a file (a symlink, a fifo) over the parent's folder ``d``, then ``d/`` again:
+    the new folder holds only what the layer puts there, as in a copy; overlay showed the
+    parent's files in it again."""
+    import tarfile
+
+    def tar_of(*infos: tarfile.TarInfo) -> bytes:
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for info in infos:
+                tf.addfile(info, io.BytesIO(b"") if info.isfile() else None)
+        return data.getvalue()
+
+    other = tarfile.TarInfo("d")
+    other.type = {"file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE, "fifo": tarfile.FIFOTYPE}[first]
+    other.linkname = "elsewhere" if first == "symlink" else ""
+    folder = tarfile.TarInfo("d")
+    folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+    store.import_layer("base", None, io.BytesIO(make_tar({"d": D(), "d/old": F(b"o")})))
+    if how == "one archive":
+        store.import_layer("top", "base", io.BytesIO(tar_of(other, folder)))
+    else:
+        store.import_layer("top", "base", io.BytesIO(tar_of(other)))
+        store.apply("top", io.BytesIO(tar_of(folder)))
+    root = Path(store.mount("top"))
+    try:
+        names = os.listdir(root / "d")
+    finally:
+        store.unmount("top")
+    assert names == []
+    assert [str(c) for c in store.changes("top")] == ["C /d", "D /d/old"]
+
+
 _OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}
 #: An opaque marker after entries of the same archive in its folder: (entries, what the
 #: folder then shows, its changes).  Whiteouts apply to lower layers only (OCI image spec).

@@ -901,12 +901,14 @@ class _Extractor(Extraction):
         except OSError as x:
             if x.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
-            # Something else than a directory is there (ELOOP: a symlink).
-            whiteout = self.overlay and is_whiteout_at(pfd, base)
+            # Something else than a directory is there (ELOOP: a symlink).  On overlay it
+            # hid what the lowers hold at *rel* (a whiteout, or a file of the layer's own),
+            # which the new directory must go on hiding, as a copy replaced it.
+            hiding = self.overlay and (is_whiteout_at(pfd, base) or self._below(rel))
             self._remove(pfd, base, rel)
             sc.mkdir_at(base, 0o700, dir_fd=pfd)
             fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
-            if whiteout:
+            if hiding:
                 self._set_opaque(e.name, fd)
                 self.hidden.add(rel)
         old = self.dirs.get(rel)
