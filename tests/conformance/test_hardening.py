@@ -1608,6 +1608,30 @@ def test_a_folder_made_where_the_layer_hid_a_parents_folder_shows_none_of_it(sto
     assert [str(c) for c in store.changes("top")] == ["C /d", "D /d/old"]
 
 
+@pytest.mark.parametrize("names", [
+    ["d/x", "d", ".wh..wh..opq"],
+    ["d/.wh.e", ".wh..wh..opq", ".wh..wh..opq"],
+], ids=["a folder replaced by a file", "a whiteout device dropped"])
+def test_an_opaque_root_after_a_folder_on_the_way_is_gone_is_taken(store, names):
+    """A folder that led to an entry of the archive and is no folder any more when an opaque
+    marker comes (a file replaced it; on overlay, a first marker of the root dropped what it
+    led to and whited it out) is not entered: the marker is taken, on every driver."""
+    import tarfile
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"d": D(), "d/e": F(b"e"), "z": F(b"z")})))
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in names:
+            tf.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    store.import_layer("top", "base", io.BytesIO(data.getvalue()))
+    root = Path(store.mount("top"))
+    try:
+        shown = sorted(os.listdir(root))
+    finally:
+        store.unmount("top")
+    assert shown == (["d"] if "d" in names else [])
+
+
 _OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}
 #: An opaque marker after entries of the same archive in its folder: (entries, what the
 #: folder then shows, its changes).  Whiteouts apply to lower layers only (OCI image spec).

@@ -838,7 +838,7 @@ class _Extractor(Extraction):
                     children = [(c.name, c.is_dir(follow_symlinks=False)) for c in it]
                 for name, is_dir in children:
                     crel = f"{drel}/{name}" if drel else name
-                    if crel in self.ancestors:  # on the way to what this layer wrote
+                    if crel in self.ancestors and is_dir:  # on the way to what this layer wrote
                         cfd = os.open(name, _OPEN_DIR, dir_fd=dfd)
                         owned.append(cfd)
                         work.append((cfd, crel))
