@@ -1632,6 +1632,40 @@ def test_an_opaque_root_after_a_folder_on_the_way_is_gone_is_taken(store, names)
     assert shown == (["d"] if "d" in names else [])
 
 
+@pytest.mark.parametrize("where", ["e", "d/e"])
+def test_a_hard_link_to_itself_over_a_parents_file_is_taken_on_every_driver(store, where):
+    """``e`` linked to ``e`` where only the parent has ``e``: a copy has the file, so there is
+    nothing to do; overlay, whose upper directory lacks it, refused the entry ("No such file
+    or directory"). To a parent's folder it is a link to a folder, refused everywhere."""
+    import tarfile
+
+    def self_link(name: str, *then: str) -> bytes:
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.LNKTYPE, name
+            tf.addfile(info)
+            for other in then:
+                tf.addfile(tarfile.TarInfo(other), io.BytesIO(b""))
+        return data.getvalue()
+
+    store.import_layer("base", None, io.BytesIO(make_tar({"d": D(), where: F(b"parent's"), "f": D()})))
+    tar = self_link(where)
+    store.import_layer("top", "base", io.BytesIO(tar))
+    assert _read(store, "top", where) == b"parent's"
+    assert store.check(["top"]) == [("top", None)]
+    out = io.BytesIO()
+    store.diff("top", out, exact=True)
+    assert out.getvalue() == tar
+    with pytest.raises(GraphDriverError, match="hardlink to a directory"):
+        store.import_layer("folder", "base", io.BytesIO(self_link("f")))
+    assert not store.exists("folder")
+    # The link is the layer's own entry: an opaque marker after it keeps it, as in a copy.
+    marker = f"{where.rpartition('/')[0]}/.wh..wh..opq".lstrip("/")
+    store.import_layer("kept", "base", io.BytesIO(self_link(where, marker)))
+    assert _read(store, "kept", where) == b"parent's"
+
+
 _OPAQUE_BASE = {"d": D(), "d/gone": F(b"g"), "d/sub": D(), "d/sub/old": F(b"o"), "d/f": F(b"f")}
 #: An opaque marker after entries of the same archive in its folder: (entries, what the
 #: folder then shows, its changes).  Whiteouts apply to lower layers only (OCI image spec).

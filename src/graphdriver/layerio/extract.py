@@ -1111,8 +1111,15 @@ class _Extractor(Extraction):
         target = self._link_target(e)
         tparent, _, tbase = target.rpartition("/")
         if target == rel:
-            # A link to itself: there is nothing to do if it exists.
-            os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            # A link to itself: nothing to do where the layer holds a file there; a lower
+            # layer's (overlay) is copied up, as the target of any other link is.
+            mode = self._union_mode(rel, with_layer=True)
+            if mode is None:
+                raise ArchiveError(e.name, f"hardlink target {e.linkname!r} is missing")
+            if stat.S_ISDIR(mode):
+                raise ArchiveError(e.name, "hardlink to a directory")
+            if not _exists_at(pfd, base) and self._copy_up(e, target):
+                self.copies.discard(rel)  # the entry's own file, not a copy for a link
             return
         copied = False
         for _ in range(4):
@@ -1534,6 +1541,14 @@ class _Followed:
     def __init__(self, link: str, target: str) -> None:
         self.link = link
         self.target = target
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _prefixes(rel: str) -> Iterator[str]:
