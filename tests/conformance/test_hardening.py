@@ -9,12 +9,13 @@ import hashlib
 import io
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from graphdriver.errors import GraphDriverError, IntegrityError
-from graphdriver.testing.treeutil import D, F, H, L, make_tar
+from graphdriver.testing.treeutil import D, F, H, L, Opaque, W, make_tar
 
 
 def _write(store, layer_id: str, name: str, data: bytes) -> None:
@@ -1933,3 +1934,58 @@ def test_cleanup_says_nothing_of_a_mount_record_its_last_unmount_removed_meanwhi
     monkeypatch.setattr(type(store.driver.counts), "counted", lambda self: listed)
     assert store.cleanup() == []
     assert store.driver.mount_count("ctr") == 0
+
+
+def _deep(store, layer_id: str, parent: str | None, spec: dict) -> None:
+    store.import_layer(layer_id, parent, io.BytesIO(make_tar(spec)))
+
+
+def test_paths_longer_than_the_kernel_takes_once_the_store_is_before_them(store):
+    """A layer's paths within ``PATH_MAX``, but not with the store's own path before them:
+    every command reads them, and the drivers agree on what changed."""
+    from graphdriver.diff.changes import ChangeKind
+
+    top = "/".join(f"d{i:02}" + "y" * 250 for i in range(15)) + "/" + "e" * 250
+    assert 4050 < len(top) < 4070
+    parents = {top.rsplit("/", n)[0]: D() for n in range(16, 0, -1)}
+    store.import_layer("base", None, io.BytesIO(make_tar({"etc": D()})))
+    _deep(store, "deep", "base", {
+        **parents, top: D(),
+        f"{top}/f1": F(b"one"), f"{top}/f2": F(b"two"), f"{top}/s": L("f1"),
+        f"{top}/h": H(f"{top}/f1"), f"{top}/x": F(b"x", xattrs={"user.k": b"v"}),
+        f"{top}/sub": D(), f"{top}/sub/a": F(b"a"),
+    })
+    _deep(store, "child", "deep", {
+        f"{top}/f1": F(b"ONE"), f"{top}/f2": W(), f"{top}/new": F(b"new"), f"{top}/s": L("f2"),
+        f"{top}/x": F(b"x", xattrs={"user.k": b"w"}), f"{top}/sub": Opaque(), f"{top}/sub/b": F(b"b"),
+    })
+    assert len(store.driver.home) + len(top) > 4100
+    changes = {c.path.removeprefix("/" + top): c.kind for c in store.changes("child")
+               if c.path.startswith(f"/{top}/")}
+    assert changes == {"/f1": ChangeKind.MODIFY, "/f2": ChangeKind.DELETE, "/new": ChangeKind.ADD,
+                       "/s": ChangeKind.MODIFY, "/x": ChangeKind.MODIFY, "/sub": ChangeKind.MODIFY,
+                       "/sub/a": ChangeKind.DELETE, "/sub/b": ChangeKind.ADD}
+    assert len(store.changes("deep")) == 16 + 7
+    assert store.diff_size("child") == len(b"ONE" + b"new" + b"x" + b"b")
+    assert store.diff_size("deep") == len(b"one" + b"two" + b"x" + b"a")
+    out = io.BytesIO()
+    store.diff("child", out, regenerate=True)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        names = {m.name.removeprefix(top) for m in tf.getmembers() if m.name.startswith(top + "/")}
+    assert {"/f1", "/new", "/s", "/x", "/sub/b"} <= names
+    assert "/.wh.f2" in names and ("/sub/.wh.a" in names or "/sub/.wh..wh..opq" in names)
+    assert store.check() == [("base", None), ("child", None), ("deep", None)]
+
+
+def test_a_path_longer_than_the_kernel_takes_is_refused_whole(store):
+    """Folders written one at a time could hold a path of 4,096 bytes and more, but no
+    command could name it: the entry is refused, named, and no layer is left."""
+    parts = [f"d{i:02}" + "y" * 200 for i in range(21)]  # 4,079 bytes, then 4,283
+    spec = {"/".join(parts[: i + 1]): D() for i in range(len(parts))}
+    too_long = "File name too long: 4283 bytes, where a path may have 4095"
+    with pytest.raises(GraphDriverError, match=too_long) as failure:
+        store.import_layer("deep", None, io.BytesIO(make_tar(spec)))
+    assert failure.value.exit_code == 1
+    assert "(4284 characters)" in str(failure.value)  # a folder's name ends in /
+    assert not store.exists("deep")
+    assert store.layers() == []

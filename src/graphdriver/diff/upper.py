@@ -47,6 +47,7 @@ from collections.abc import Sequence
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.diff.walk import EVERY_FILE, Links, Walk, differs, finish
+from graphdriver.fs.longpaths import ShortPaths
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.export import NO_ID_MAPS, changes_size, export_changes
@@ -99,13 +100,15 @@ class _Reader:
         self.scan = Scan()
         self._walks: dict[str, Walk] = {}
         self.links = Links()
+        #: Names of its paths within the kernel's limit (a layer's may be longer).
+        self.short = ShortPaths()
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.scan.changes.append(Change(path, kind))
 
     def is_opaque(self, path: str) -> bool:
         try:
-            return os.getxattr(path, self.opaque_xattr, follow_symlinks=False) == b"y"
+            return os.getxattr(self.short(path), self.opaque_xattr, follow_symlinks=False) == b"y"
         except OSError as e:
             if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
                 return False
@@ -116,7 +119,7 @@ class _Reader:
         # entry here was written or copied up since the layer was made.
         walk = self._walks.get(root)
         if walk is None:
-            walk = self._walks[root] = Walk(self.upper, root, since=EVERY_FILE)
+            walk = self._walks[root] = Walk(self.upper, root, since=EVERY_FILE, short=self.short)
         return differs(walk, path, new, old) or (self.meta is not None and self.meta(path))
 
     # ----- the layers below ---------------------------------------------------------------
@@ -125,7 +128,7 @@ class _Reader:
         """The entry the parent's view has at *path* (its lower root and lstat), or None."""
         for root in roots:
             try:
-                st = os.lstat(root + path)
+                st = os.lstat(self.short(root + path))
             except _GONE:
                 continue
             return None if is_whiteout(st) else (root, st)
@@ -136,7 +139,7 @@ class _Reader:
         out: list[str] = []
         for root in roots:
             try:
-                st = os.lstat(root + path)
+                st = os.lstat(self.short(root + path))
             except _GONE:
                 continue
             if not stat.S_ISDIR(st.st_mode):
@@ -152,8 +155,7 @@ class _Reader:
         hidden: set[str] = set()
         for root in roots:
             try:
-                with os.scandir(root + rel) as it:
-                    entries = list(it)
+                entries = self.short.entries(root + rel).values()
             except _GONE:
                 continue
             for e in entries:
@@ -171,9 +173,10 @@ class _Reader:
     def run(self) -> Scan:
         # (directory, lower roots of its view below, whether an opaque directory is at or above it)
         pending: list[tuple[str, tuple[str, ...], bool]] = [("", self.lowers, False)]
-        while pending:
-            rel, roots, opaque_above = pending.pop()
-            pending.extend(self.directory(rel, roots, opaque_above))
+        with self.short:
+            while pending:
+                rel, roots, opaque_above = pending.pop()
+                pending.extend(self.directory(rel, roots, opaque_above))
         finish(self.scan.changes, self.links)
         self.drop_idle_markers()
         return self.scan
@@ -208,8 +211,7 @@ class _Reader:
     ) -> list[tuple[str, tuple[str, ...], bool]]:
         """The changes of the direct entries of upper directory *rel*; returns the subdirectories."""
         try:
-            with os.scandir(self.upper + rel) as it:
-                entries = {e.name: e for e in it}
+            entries = self.short.entries(self.upper + rel)
         except _GONE:
             return []
         own_opaque = bool(rel) and self.is_opaque(self.upper + rel)

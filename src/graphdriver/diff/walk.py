@@ -54,6 +54,7 @@ import stat
 from collections.abc import Callable
 
 from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.fs.longpaths import ShortPaths
 from graphdriver.fs.ownfiles import open_readable
 from graphdriver.layerio.export import change_sort_key, read_xattrs
 
@@ -106,11 +107,11 @@ EVERY_FILE = -(1 << 63)
 class Walk:
     """State of one comparison: the two roots and what was found so far."""
 
-    __slots__ = ("changes", "links", "new_root", "old_root", "owner", "since")
+    __slots__ = ("changes", "links", "new_root", "old_root", "owner", "short", "since")
 
     def __init__(self, new_root: str, old_root: str | None,
                  owner: Callable[[int, int], tuple[int, int]] | None = None,
-                 since: int | None = None) -> None:
+                 since: int | None = None, short: ShortPaths | None = None) -> None:
         self.new_root = new_root
         self.old_root = old_root
         #: The old tree's (uid, gid) as the new tree would store them (layers with other id maps).
@@ -120,6 +121,8 @@ class Walk:
         self.since = since
         self.changes: list[Change] = []
         self.links = Links()
+        #: Names of its paths within the kernel's limit (a layer's may be longer).
+        self.short = short if short is not None else ShortPaths()
 
     def add(self, path: str, kind: ChangeKind) -> None:
         self.changes.append(Change(path, kind))
@@ -141,16 +144,17 @@ def changes_between(new_root: str, old_root: str | None,
     made on the old (in ns, of the clock of file times; see the module
     docstring): files changed at or after it are compared byte for byte.
     """
-    walk = Walk(new_root, old_root, owner, since)
     # Missing roots are errors (FileNotFoundError), not empty trees.
     new_st = os.lstat(new_root)
     if old_root is not None and _same_object(new_st, os.lstat(old_root)):
         return []
-    # An explicit stack rather than recursion: directory depth is input data.
-    pending: list[tuple[str, bool]] = [("", old_root is not None)]
-    while pending:
-        rel, in_old = pending.pop()
-        pending.extend(_compare_dir(walk, rel, in_old))
+    with ShortPaths() as short:
+        walk = Walk(new_root, old_root, owner, since, short)
+        # An explicit stack rather than recursion: directory depth is input data.
+        pending: list[tuple[str, bool]] = [("", old_root is not None)]
+        while pending:
+            rel, in_old = pending.pop()
+            pending.extend(_compare_dir(walk, rel, in_old))
     return finish(walk.changes, walk.links)
 
 
@@ -167,11 +171,10 @@ def _same_object(a: os.stat_result, b: os.stat_result) -> bool:
     return a.st_ino == b.st_ino and a.st_dev == b.st_dev
 
 
-def _scan(path: str) -> dict[str, os.DirEntry[str]]:
+def _scan(short: ShortPaths, path: str) -> dict[str, os.DirEntry[str]]:
     """The entries of directory *path* by name; empty if it vanished or was replaced."""
     try:
-        with os.scandir(path) as it:
-            return {e.name: e for e in it}
+        return short.entries(path)
     except (FileNotFoundError, NotADirectoryError):
         return {}
 
@@ -191,8 +194,8 @@ def _compare_dir(walk: Walk, rel: str, in_old: bool) -> list[tuple[str, bool]]:
     still to visit, each with whether the old tree has a directory there too
     (when it has not, everything below is added).
     """
-    new_entries = _scan(walk.new_root + rel)
-    old_entries = _scan(walk.old_root + rel) if in_old and walk.old_root is not None else {}
+    new_entries = _scan(walk.short, walk.new_root + rel)
+    old_entries = _scan(walk.short, walk.old_root + rel) if in_old and walk.old_root is not None else {}
     subdirs: list[tuple[str, bool]] = []
     for name in sorted(new_entries.keys() | old_entries.keys()):
         path = f"{rel}/{name}"
@@ -233,20 +236,21 @@ def differs(walk: Walk, path: str, new: os.stat_result, old: os.stat_result) -> 
         return True
     mode = new.st_mode
     assert walk.old_root is not None
+    short = walk.short
     if not stat.S_ISDIR(mode):
         if new.st_size != old.st_size or not _same_mtime(new.st_mtime_ns, old.st_mtime_ns):
             return True
         # The costlier checks last, only for entries whose stat looks unchanged.
         if stat.S_ISLNK(mode):
             try:
-                if os.readlink(walk.new_root + path) != os.readlink(walk.old_root + path):
+                if os.readlink(short(walk.new_root + path)) != os.readlink(short(walk.old_root + path)):
                     return True
             except FileNotFoundError:
                 return True  # replaced while we looked: report it, export skips what is gone
         elif (stat.S_ISREG(mode) and new.st_size and _may_be_rewritten(walk, new, old)
-              and contents_differ(walk.new_root + path, walk.old_root + path)):
+              and contents_differ(short(walk.new_root + path), short(walk.old_root + path))):
             return True
-    return _xattrs(walk.new_root + path) != _xattrs(walk.old_root + path)
+    return _xattrs(short(walk.new_root + path)) != _xattrs(short(walk.old_root + path))
 
 
 def _may_be_rewritten(walk: Walk, new: os.stat_result, old: os.stat_result) -> bool:

@@ -33,6 +33,7 @@ import errno
 import os
 
 from graphdriver.fs import privileged, syscalls
+from graphdriver.fs.longpaths import ShortPaths
 from graphdriver.fs.syscalls import (
     _UNIFIED_ARCHES,
     FSCONFIG_CMD_CREATE,
@@ -127,47 +128,22 @@ def _kernel_messages(fd: int) -> str:
     return "; ".join(lines)
 
 
-class _PathArgs:
-    """Turns layer paths into ``fsconfig`` strings, opening directories for long ones."""
-
-    def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
-
-    def __call__(self, path: str) -> bytes:
-        raw = os.fsencode(path)
-        if len(raw) < FSCONFIG_VALUE_MAX:
-            return raw
-        parent, name = os.path.split(path)
-        fd = self.fds.get(parent)
-        if fd is None:
-            fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            self.fds[parent] = fd
-        short = os.fsencode(f"/proc/self/fd/{fd}/") + os.fsencode(name)
-        if len(short) >= FSCONFIG_VALUE_MAX:
-            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
-        return short
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-
 def _mount_new_api(spec: OverlayMount, target: str) -> None:
     """Mount *spec* with fsopen & co; OSError(EINVAL) with ``lowerdir+`` means too old a kernel."""
     fsfd = syscalls.fsopen("overlay")
-    paths = _PathArgs()
+    # Long layer paths are named through their open directories.
+    paths = ShortPaths(FSCONFIG_VALUE_MAX, keep=None)
     step = "source"
     try:
         syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "source", b"overlay")
         for i, lower in enumerate(spec.lowers):
             step = f"lowerdir+#{i}"
-            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", paths(lower))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", os.fsencode(paths(lower)))
         if spec.upper is not None and spec.work is not None:
             step = "upperdir"
-            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", paths(spec.upper))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", os.fsencode(paths(spec.upper)))
             step = "workdir"
-            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", paths(spec.work))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", os.fsencode(paths(spec.work)))
         for option in spec.options:
             if option in MOUNT_FLAGS:
                 continue  # the mount's (fsmount below), not the filesystem's

@@ -31,6 +31,10 @@ from graphdriver.fs import PRIVILEGED_XATTRS, asowner, privileged
 from graphdriver.fs.ownfiles import closed_folder, get_xattrs, open_readable
 from graphdriver.plain import Plain
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from graphdriver.fs.longpaths import ShortPaths
+
 #: ``_IOW(0x94, 9, int)``: make the destination file share the source's extents.
 FICLONE = 0x40049409
 
@@ -201,19 +205,25 @@ def shift_owners(root: str, translate: Callable[[int, int], tuple[int, int]]) ->
     return changed
 
 
-def walk_tree(root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+def walk_tree(root: str, short: ShortPaths | None = None) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """Every entry below *root* as ``(path relative to root, entry)``, a directory before its children.
 
     Symlinks are listed, never followed.  A stack instead of recursion:
     ``os.walk`` recurses on Python 3.11, so a tree a thousand levels deep (a
     tarball can make one) would exceed the recursion limit.  Children come in
-    name order.
+    name order.  With *short*, folders whose paths are longer than the kernel
+    takes are listed too (:meth:`ShortPaths.entries`: their entries' ``path``
+    is then no path to use; the caller names them with *short*).
     """
     todo = [""]
     while todo:
         rel = todo.pop()
-        with os.scandir(os.path.join(root, rel) if rel else root) as it:
-            entries = sorted(it, key=_entry_name)
+        where = os.path.join(root, rel) if rel else root
+        if short is not None:
+            entries = sorted(short.entries(where).values(), key=_entry_name)
+        else:
+            with os.scandir(where) as it:
+                entries = sorted(it, key=_entry_name)
         subdirs = []
         for entry in entries:
             path = f"{rel}/{entry.name}" if rel else entry.name

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.errors import GraphDriverError, InvalidArgument
+from graphdriver.fs.longpaths import ShortPaths
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.fs.ownfiles import get_xattrs, open_readable
 from graphdriver.idmap import IDMappings
@@ -108,8 +109,8 @@ def read_xattrs(path: str) -> dict[str, bytes]:
     return get_xattrs(path, wanted, follow_symlinks=False)  # a file of mode 0000 of ours too
 
 
-def entry_from_stat(root: str, relpath: str, st: os.stat_result, idmaps: IDMappings) -> TarEntry | None:
-    """The tar entry for the file *relpath* under *root*, described by its lstat *st*.
+def entry_from_stat(path: str, relpath: str, st: os.stat_result, idmaps: IDMappings) -> TarEntry | None:
+    """The tar entry for the file *relpath* of a tree, at *path*, described by its lstat *st*.
 
     *relpath* has no leading ``/``.  The entry carries no data: for a regular
     file the caller writes ``entry.size`` bytes of it.  Returns None for a
@@ -119,7 +120,6 @@ def entry_from_stat(root: str, relpath: str, st: os.stat_result, idmaps: IDMappi
     mode = st.st_mode
     if stat.S_ISSOCK(mode):
         return None
-    path = os.path.join(root, relpath)
     entry = _owned_entry(relpath + "/" if stat.S_ISDIR(mode) else relpath, relpath, st, idmaps)
     _set_type(entry, path, st)
     entry.xattrs = read_xattrs(path)
@@ -252,9 +252,8 @@ class LayerWriter:
 class _OCIWriter(LayerWriter):
     """Docker's layer format: numeric owners mapped back to container ids, xattrs, devices."""
 
-    def __init__(self, out: BinaryIO, root: str, idmaps: IDMappings) -> None:
+    def __init__(self, out: BinaryIO, idmaps: IDMappings) -> None:
         super().__init__(out)
-        self.root = root
         self.idmaps = idmaps
 
     def describe(self, name: str, path: str, st: os.stat_result) -> TarEntry | None:
@@ -265,7 +264,7 @@ class _OCIWriter(LayerWriter):
                 "is a 0/0 character device, overlayfs's whiteout, which no layer tarball "
                 "carries: remove it",
             )
-        return entry_from_stat(self.root, name, st, self.idmaps)
+        return entry_from_stat(path, name, st, self.idmaps)
 
     def link(self, name: str, first: str, st: os.stat_result) -> TarEntry:
         entry = _owned_entry(name, name, st, self.idmaps)
@@ -284,13 +283,14 @@ def export_changes(
     written in :func:`change_sort_key` order whatever the order of *changes*.
     File data is streamed, never held whole in memory.  *out* is not closed.
     """
-    writer = _OCIWriter(out, root, idmaps)
-    for change in sorted(changes, key=change_sort_key):
-        relpath = change.path.lstrip("/")
-        if change.kind is ChangeKind.DELETE:
-            writer.deleted(change.path)
-        else:
-            writer.add(relpath, os.path.join(root, relpath))
+    writer = _OCIWriter(out, idmaps)
+    with ShortPaths() as short:
+        for change in sorted(changes, key=change_sort_key):
+            relpath = change.path.lstrip("/")
+            if change.kind is ChangeKind.DELETE:
+                writer.deleted(change.path)
+            else:
+                writer.add(relpath, short(os.path.join(root, relpath)))
     writer.close()
 
 
@@ -319,19 +319,20 @@ def changes_size(root: str, changes: Iterable[Change]) -> int:
     """
     total = 0
     seen: set[tuple[int, int]] = set()
-    for change in changes:
-        if change.kind is ChangeKind.DELETE:
-            continue
-        try:
-            st = os.lstat(os.path.join(root, change.path.lstrip("/")))
-        except _VANISHED:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
+    with ShortPaths() as short:
+        for change in changes:
+            if change.kind is ChangeKind.DELETE:
                 continue
-            seen.add(key)
-        total += st.st_size
+            try:
+                st = os.lstat(short(os.path.join(root, change.path.lstrip("/"))))
+            except _VANISHED:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            total += st.st_size
     return total

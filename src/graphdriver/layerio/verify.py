@@ -356,9 +356,11 @@ def _parents(parent: str) -> Iterator[str]:
 
 
 def _walk(root: str) -> set[str]:
+    from graphdriver.fs.longpaths import ShortPaths
     from graphdriver.fs.tree import walk_tree  # iterative: any depth a tarball makes
 
-    return {rel for rel, _ in walk_tree(root)}
+    with ShortPaths() as short:
+        return {rel for rel, _ in walk_tree(root, short)}
 
 
 def open_parent(root_fd: int, rel: str) -> tuple[int, str] | None:
