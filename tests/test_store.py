@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -435,6 +436,13 @@ def test_a_record_naming_itself_as_its_parent_can_be_removed(tmp_path):
     store.import_layer("top", "base", io.BytesIO(TOP))
     path = tmp_path / "s" / "layers" / "top.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "parent": "top"}))
-    assert store.check(["top"]) == [("top", "its chain loops back to layer top (corrupt metadata)")]
+    why = "its chain loops back to layer top (corrupt metadata)"
+    assert store.check(["top"]) == [("top", why)]
+    # What reads the chain says so too, never an empty answer.
+    for read in (store.changes, store.diff_size, store.mount,
+                 lambda i: store.diff(i, io.BytesIO(), regenerate=True),
+                 lambda i: store.create("child", i)):
+        with pytest.raises(IntegrityError, match=re.escape(why)):
+            read("top")
     store.remove("top")
     assert [layer.id for layer in store.layers()] == ["base"]

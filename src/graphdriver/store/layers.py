@@ -858,6 +858,9 @@ class Store:
                 current = self._find(current.parent) if current.parent is not None else None
             except GraphDriverError:
                 return  # an unreadable ancestor is explained where its files are needed
+        if current is not None:  # as check tells it: no union or comparison has an end
+            raise IntegrityError(f"layer {record.id}",
+                                 f"its chain loops back to layer {current.id} (corrupt metadata)")
 
     @staticmethod
     def _damaged_why(damaged: Layer, mark: str, record: Layer, new_child: str | None) -> str:
