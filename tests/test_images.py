@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -840,6 +841,16 @@ elif where == "wait":  # image load: waiting for another process's import of a l
             os.write({ready}, b"held")
         return present(*args, **kw)
     loading._present = waiting
+elif where == "referenced":  # cleanup: the blobs listed and what names them read, before any goes
+    from graphdriver.images.records import ImageStore
+    referenced = ImageStore.referenced_blobs
+    def held_referenced(self):
+        keep = referenced(self)
+        if where:
+            globals()["where"] = ""
+            hold()
+        return keep
+    ImageStore.referenced_blobs = held_referenced
 else:  # image load: the shared layers found stored, before its own is imported on them
     import_layer = Store.import_layer
     def held_import(self, *args, **kw):
@@ -943,6 +954,46 @@ def test_a_load_of_an_image_removed_meanwhile_keeps_its_blobs(tmp_path):
     assert saved.returncode == 0, saved.stderr
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert [m["digest"] for m in index["manifests"]] == [digest]
+    assert gd(tmp_path, "vfs", "check").returncode == 0
+
+
+def _waits_for_a_lock(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether *proc* ended (False) or waits for a lock another process holds (True)."""
+    while proc.poll() is None:
+        with open("/proc/locks") as f:  # "1: -> FLOCK ADVISORY WRITE PID ...": a waiter
+            waiting = [line.split() for line in f if " -> " in line]
+        if any(fields[5] == str(proc.pid) for fields in waiting):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_cleanup_never_takes_blobs_a_load_names_meanwhile(tmp_path):
+    """``cleanup`` found no image work alive, listed the blobs a killed load had left and read
+    that no record named them; a load of that image then found them kept and wrote its record;
+    cleanup went on and removed them: ``image save --format oci`` then failed (exit 6, "missing
+    from the image store").  Cleanup now does that under the store lock, where a load writes
+    its record once the blobs it names are there."""
+    digest = oci_layout(tmp_path / "in", [LAYER1, LAYER2])
+    killed, _ = _held(tmp_path, "record", "image", "load", str(tmp_path / "in"))
+    killed.kill()
+    killed.communicate()
+    clean, clean_go = _held(tmp_path, "referenced", "cleanup")
+    cmd = [sys.executable, "-m", "graphdriver", "--root", str(tmp_path / "store"), "--run-root",
+           str(tmp_path / "run"), "--driver", "vfs", "image", "load", str(tmp_path / "in")]
+    load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    waited = _waits_for_a_lock(load)  # before, it wrote its record at once
+    cleaned = _finish(clean, clean_go)
+    assert cleaned.returncode == 0, cleaned.stderr
+    out, err = load.communicate(timeout=120)
+    assert (load.returncode, out, err) == (0, b"localhost/made:1\n", b"")
+    saved = gd(tmp_path, "vfs", "image", "save", "localhost/made:1", "-o", str(tmp_path / "out"),
+               "--format", "oci", check=False)
+    assert saved.returncode == 0, saved.stderr
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [m["digest"] for m in index["manifests"]] == [digest]
+    assert waited
+    assert gd(tmp_path, "vfs", "cleanup").stdout == b""
     assert gd(tmp_path, "vfs", "check").returncode == 0
 
 

@@ -448,9 +448,9 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
             import json
 
             data = json.dumps(new_config, separators=(",", ":")).encode()
-            images.put_blob(data)
             new = ImageRecord(oci.sha256_digest(data), [full], [*base.layers, layer_id], diff_ids,
                               created=now, platform=base.platform)
-            with store.locked():
+            with store.locked():  # where blobs no record names are removed: kept and named at once
+                images.put_blob(data)
                 images.put_named(new, [full])  # taken from the image that had it
     return new

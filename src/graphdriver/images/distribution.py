@@ -65,7 +65,7 @@ def pull(store: Store, name: str, *, insecure: bool = False, platform: str | Non
     except BaseException:
         from graphdriver.images.recovery import forget_blobs
 
-        forget_blobs(images, fetched)
+        forget_blobs(store, images, fetched)
         raise
 
 

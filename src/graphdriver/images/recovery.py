@@ -48,7 +48,7 @@ def cleanup(store: Store) -> list[str]:
     done += remove_stale_temporaries((images.pending_dir, images.records_dir,
                                       os.path.join(store.root, CONTAINERS_DIR)))
     if not alive:
-        done += _remove_unreferenced(images)
+        done += _remove_unreferenced(store, images)
     from graphdriver.images import container_layers as ctrs
 
     found, unreadable = ctrs.scan_by_name(store)
@@ -149,16 +149,26 @@ def _markers(images: ImageStore) -> list[str]:
     return [os.path.join(images.pending_dir, n) for n in names]
 
 
-def forget_blobs(images: ImageStore, digests: list[str]) -> None:
+def forget_blobs(store: Store, images: ImageStore, digests: list[str]) -> None:
     """Remove the blobs *digests* (what a failed pull downloaded) that no record names, unless
     a load, pull or commit is running: it may be about to name them (``cleanup`` does it later)."""
     if digests and not any(is_held(path + ".lock") for path in _markers(images)):
         with contextlib.suppress(OSError, GraphDriverError):  # never hiding why the pull failed
-            _remove_unreferenced(images, {hex_of(d) for d in digests})
+            _remove_unreferenced(store, images, {hex_of(d) for d in digests})
 
 
-def _remove_unreferenced(images: ImageStore, only: set[str] | None = None) -> list[str]:
-    """Remove the blobs no record names (of those *only* names, when given)."""
+def _remove_unreferenced(store: Store, images: ImageStore, only: set[str] | None = None) -> list[str]:
+    """Remove the blobs no record names (of those *only* names, when given).
+
+    Under the store lock, the records read under it too: a load, pull or commit that began
+    after the caller found no such work alive writes its record under that lock once the
+    blobs it names are there (keeping again any removed meanwhile, or found kept before).
+    """
+    with store.locked():
+        return _remove_unreferenced_locked(images, only)
+
+
+def _remove_unreferenced_locked(images: ImageStore, only: set[str] | None) -> list[str]:
     try:
         names = os.listdir(images.blobs_dir) if only is None else sorted(only)
     except FileNotFoundError:
