@@ -236,21 +236,23 @@ def differs(walk: Walk, path: str, new: os.stat_result, old: os.stat_result) -> 
         return True
     mode = new.st_mode
     assert walk.old_root is not None
-    short = walk.short
-    if not stat.S_ISDIR(mode):
-        if new.st_size != old.st_size or not _same_mtime(new.st_mtime_ns, old.st_mtime_ns):
-            return True
-        # The costlier checks last, only for entries whose stat looks unchanged.
-        if stat.S_ISLNK(mode):
-            try:
-                if os.readlink(short(walk.new_root + path)) != os.readlink(short(walk.old_root + path)):
-                    return True
-            except FileNotFoundError:
-                return True  # replaced while we looked: report it, export skips what is gone
-        elif (stat.S_ISREG(mode) and new.st_size and _may_be_rewritten(walk, new, old)
-              and contents_differ(short(walk.new_root + path), short(walk.old_root + path))):
-            return True
-    return _xattrs(short(walk.new_root + path)) != _xattrs(short(walk.old_root + path))
+    if not stat.S_ISDIR(mode) and (
+            new.st_size != old.st_size or not _same_mtime(new.st_mtime_ns, old.st_mtime_ns)):
+        return True
+    new_path, old_path = walk.new_root + path, walk.old_root + path
+    if len(new_path) >= walk.short.quick or len(old_path) >= walk.short.quick:  # rare: no call otherwise
+        new_path, old_path = walk.short(new_path), walk.short(old_path)
+    # The costlier checks last, only for entries whose stat looks unchanged.
+    if stat.S_ISLNK(mode):
+        try:
+            if os.readlink(new_path) != os.readlink(old_path):
+                return True
+        except FileNotFoundError:
+            return True  # replaced while we looked: report it, export skips what is gone
+    elif (stat.S_ISREG(mode) and new.st_size and _may_be_rewritten(walk, new, old)
+          and contents_differ(new_path, old_path)):
+        return True
+    return _xattrs(new_path) != _xattrs(old_path)
 
 
 def _may_be_rewritten(walk: Walk, new: os.stat_result, old: os.stat_result) -> bool:

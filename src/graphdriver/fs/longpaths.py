@@ -36,13 +36,16 @@ class ShortPaths:
 
     def __init__(self, limit: int = PATH_LIMIT, keep: int | None = 16) -> None:
         self.limit = limit
-        #: Below this many characters a path is short whatever it holds (4 bytes a character).
-        self._quick = limit // 4
+        #: Below this many characters a path is short whatever it holds (4 bytes a character):
+        #: a caller may test that first and use the path as it is.
+        self.quick = limit // 4
         self.keep = keep
         self._fds: dict[bytes, int] = {}  # in order of use, the last used last
         self._proc: bool | None = None
 
     def __call__(self, path: str) -> str:
+        if len(path) < self.quick:  # nearly every path: no more than this test
+            return path
         if self._fits(path, 0) or not self._has_proc():
             return path
         parent, _, name = os.fsencode(path).rpartition(b"/")
@@ -77,7 +80,7 @@ class ShortPaths:
 
     def _fits(self, path: str, more: int) -> bool:
         """Whether *path* and *more* bytes are within the limit."""
-        return len(path) + more < self._quick or len(os.fsencode(path)) + more < self.limit
+        return len(path) + more < self.quick or len(os.fsencode(path)) + more < self.limit
 
     def directory(self, raw: bytes) -> int:
         """The open ``O_PATH`` descriptor of directory *raw* (kept; see the module docstring)."""
