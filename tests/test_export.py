@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.changes import Change, ChangeKind, change_sort_key
 from graphdriver.diff.walk import changes_between
 from graphdriver.errors import GraphDriverError
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.layerio.export import (
     NO_ID_MAPS,
-    change_sort_key,
     changes_size,
     entry_from_stat,
     export_changes,

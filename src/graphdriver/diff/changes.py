@@ -79,6 +79,15 @@ class Change:
         return {"path": path, "kind": self.kind.value}
 
 
+def change_sort_key(change: Change) -> bytes:
+    """Sort key of changes: the path's bytes, the order Docker and tar tools use.
+
+    A parent always sorts before its children, so an archive written in this
+    order creates every directory before the entries inside it.
+    """
+    return change.path.encode("utf-8", "surrogateescape")
+
+
 _PLAIN_BYTES = frozenset(range(0x20, 0x7F)) - {ord("\\")}
 _ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"', 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
 

@@ -43,21 +43,20 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Sequence
 
 from graphdriver.diff.changes import Change, ChangeKind
 from graphdriver.diff.walk import EVERY_FILE, Links, Walk, differs, finish
 from graphdriver.fs.longpaths import ShortPaths
 from graphdriver.fs.overlayfs import is_whiteout
-from graphdriver.idmap import IDMappings
-from graphdriver.layerio.export import NO_ID_MAPS, changes_size, export_changes
 from graphdriver.layerio.whiteout import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
 from graphdriver.plain import Plain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import BinaryIO
+
+    from graphdriver.idmap import IDMappings
 
     #: Whether what a format keeps beside the file at a path (relative to the upper
     #: directory) differs from what the layers below keep about it.
@@ -318,14 +317,20 @@ def export(
     upper: str,
     lowers: Sequence[str],
     out: BinaryIO,
-    idmaps: IDMappings = NO_ID_MAPS,
+    idmaps: IDMappings | None = None,
     opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
 ) -> None:
-    """Write the layer tarball of the layer with upper directory *upper* to *out*."""
+    """Write the layer tarball of the layer with upper directory *upper* to *out* (*idmaps*:
+    how the layer stores ids, identity when None)."""
+    # The tar writer is loaded by the commands that write a tarball only.
+    from graphdriver.layerio.export import NO_ID_MAPS, export_changes
+
     result = scan(upper, lowers, opaque_xattr)
-    export_changes(upper, export_changeset(result), out, idmaps)
+    export_changes(upper, export_changeset(result), out, NO_ID_MAPS if idmaps is None else idmaps)
 
 
 def size(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> int:
     """Bytes of regular files the layer added or changed (hardlinked inodes once)."""
+    from graphdriver.layerio.export import changes_size
+
     return changes_size(upper, scan(upper, lowers, opaque_xattr).changes)

@@ -51,12 +51,15 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
 
-from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.changes import Change, ChangeKind, change_sort_key
 from graphdriver.fs.longpaths import ShortPaths
 from graphdriver.fs.ownfiles import open_readable
-from graphdriver.layerio.export import change_sort_key, read_xattrs
+from graphdriver.layerio.xattrs import read_xattrs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Links:

@@ -874,7 +874,6 @@ class OverlayDriver(Driver):
 
     def apply_target(self, layer_id: str) -> ApplyTarget:
         from graphdriver.drivers.values import ApplyTarget
-        from graphdriver.fs import sizelimit
 
         folder = self.resolve(layer_id)
         live = self._live_mount(layer_id, folder)
@@ -882,7 +881,9 @@ class OverlayDriver(Driver):
             # Writing under a mounted overlay's upper directory is undefined: go
             # through the union, where the kernel makes the whiteouts itself.
             return ApplyTarget(path=live, whiteouts=DELETE_WHITEOUTS)
-        if self._own(folder):
+        if self._own(folder) and has_image(folder):
+            from graphdriver.fs import sizelimit
+
             sizelimit.ensure_mounted(folder)
         lowers = tuple(self._views(folder, [os.path.join(p, DIFF_DIR) for p in self.layer_chain(layer_id)]))
         # A base layer has nothing below to hide: its whiteouts just delete.
@@ -909,8 +910,6 @@ class OverlayDriver(Driver):
 
     def _native(self, layer_id: str, parent: str | None) -> tuple[str, list[str]] | None:
         """The upper directory and lower roots for a native diff, or None to walk instead."""
-        from graphdriver.fs import sizelimit
-
         if not self.native_diff:
             return None
         folder = self.resolve(layer_id)
@@ -923,7 +922,9 @@ class OverlayDriver(Driver):
             parent_link = os.path.join(os.path.dirname(parent_folder), self._link_entry(parent_folder))
             if not lowers or os.path.normpath(lowers[0]) != os.path.normpath(parent_link):
                 return None
-        if self._own(folder):
+        if self._own(folder) and has_image(folder):  # (sizelimit loads ctypes: only then)
+            from graphdriver.fs import sizelimit
+
             sizelimit.ensure_mounted(folder)
         if not all(os.path.isdir(p) for p in lowers):
             self._repair_chain(folder)

@@ -13,10 +13,8 @@ changed one.  Choices, and why:
   record when there is a fraction), so diff then apply is exact.  Access and
   change times are left out: they change on every read and would make two
   exports of one tree differ.
-* Every extended attribute is exported except ``security.selinux`` (a label
-  of the host's policy, set again by whoever mounts the layer) and overlayfs'
-  own ``trusted.overlay.*`` / ``user.overlay.*`` (the union's bookkeeping,
-  not the file's).
+* Every extended attribute is exported except those :mod:`graphdriver.layerio.xattrs`
+  leaves out (``security.selinux``, overlayfs' own).
 * Sockets are left out: tar has no type for them (GNU tar and Docker skip
   them too).
 * Files that vanish between the walk and the export are skipped quietly: a
@@ -30,24 +28,21 @@ import os
 import stat
 from collections.abc import Iterable
 
-from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.changes import Change, ChangeKind, change_sort_key
 from graphdriver.errors import GraphDriverError, InvalidArgument
 from graphdriver.fs.longpaths import ShortPaths
 from graphdriver.fs.overlayfs import is_whiteout
-from graphdriver.fs.ownfiles import get_xattrs, open_readable
+from graphdriver.fs.ownfiles import open_readable
 from graphdriver.idmap import IDMappings
 from graphdriver.layerio.entry import BLK, CHR, DIR, FIFO, LNK, REG, SYM, TarEntry
 from graphdriver.layerio.tarstream import TarWriter
 from graphdriver.layerio.whiteout import WHITEOUT_PREFIX
+from graphdriver.layerio.xattrs import read_xattrs
 from graphdriver.typed import cast
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
-
-#: Extended attributes never exported (see the module docstring).
-EXCLUDED_XATTRS = frozenset({"security.selinux"})
-EXCLUDED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 # Errors of an entry that disappeared or was replaced while being exported.
 _VANISHED = (FileNotFoundError, NotADirectoryError)
@@ -56,15 +51,6 @@ _VANISHED = (FileNotFoundError, NotADirectoryError)
 NO_ID_MAPS = IDMappings()
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def change_sort_key(change: Change) -> bytes:
-    """Sort key of changes: the path's bytes, the order Docker and tar tools use.
-
-    A parent always sorts before its children, so an archive written in this
-    order creates every directory before the entries inside it.
-    """
-    return change.path.encode("utf-8", "surrogateescape")
 
 
 def whiteout_entry(path: str) -> TarEntry:
@@ -94,19 +80,6 @@ def refuse_reserved_name(name: str) -> None:
                 f"{comp!r} starts with {WHITEOUT_PREFIX}, which layer tarballs reserve for "
                 "whiteouts (it would delete, not add): rename or remove it",
             )
-
-
-def read_xattrs(path: str) -> dict[str, bytes]:
-    """The exportable extended attributes of *path* (not following symlinks), sorted by name."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return {}
-        raise
-    excluded = EXCLUDED_XATTR_PREFIXES
-    wanted = [n for n in sorted(names) if n not in EXCLUDED_XATTRS and not n.startswith(excluded)]
-    return get_xattrs(path, wanted, follow_symlinks=False)  # a file of mode 0000 of ours too
 
 
 def entry_from_stat(path: str, relpath: str, st: os.stat_result, idmaps: IDMappings) -> TarEntry | None:

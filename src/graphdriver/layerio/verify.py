@@ -303,7 +303,7 @@ def _as_parent_had_it(root: str, old_root: str, rel: str,
         return stat.S_ISDIR(new.st_mode)
     if not stat.S_ISREG(new.st_mode) or (new.st_size, new.st_mtime_ns) != (old.st_size, old.st_mtime_ns):
         return False
-    from graphdriver.layerio.export import read_xattrs
+    from graphdriver.layerio.xattrs import read_xattrs
 
     return read_xattrs(os.path.join(root, rel)) == read_xattrs(os.path.join(old_root, rel))
 

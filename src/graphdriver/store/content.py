@@ -8,8 +8,6 @@ reassembly, in the layer format the driver stores (Docker/OCI, or Windows).
 
 from __future__ import annotations
 
-import functools
-
 from graphdriver.drivers.base import OVERLAY_WHITEOUTS, WINDOWS_FORMAT
 from graphdriver.errors import raise_refused
 
@@ -55,6 +53,8 @@ def apply(driver: Driver, layer_id: str, stream: BinaryIO, *, tarsplit_out: Bina
 
 
 def _oci_writer(idmaps: IDMappings, whiteouts: str, lowers: tuple[str, ...], opaque_xattr: str) -> Writer:
+    import functools  # (with collections: only the commands that write layers load it)
+
     from graphdriver.layerio.extract import ApplyOptions, extract_entries
     from graphdriver.layerio.whiteout import WhiteoutMode
 
@@ -68,6 +68,8 @@ def _oci_writer(idmaps: IDMappings, whiteouts: str, lowers: tuple[str, ...], opa
 
 
 def _windows_writer(idmaps: IDMappings, whiteout_devices: bool) -> Writer:
+    import functools
+
     from graphdriver.layerio.windows import apply as winapply
     from graphdriver.layerio.windows.layer import MUTATED_FILES
 
@@ -121,7 +123,7 @@ def _windows_changes(c: Comparison, found: list[Change]) -> list[Change]:
 
     out = [Change("/" + FILES + ch.path, ch.kind) for ch in found]
     if c.native:
-        from graphdriver.layerio.export import change_sort_key
+        from graphdriver.diff.changes import change_sort_key
         from graphdriver.layerio.windows.layer import extra_changes
 
         out = sorted([*out, *extra_changes(c.data_dirs)], key=change_sort_key)

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from graphdriver.diff import upper
-from graphdriver.diff.changes import Change, ChangeKind
+from graphdriver.diff.changes import Change, ChangeKind, change_sort_key
 from graphdriver.diff.walk import contents_differ
 from graphdriver.errors import GraphDriverError, NotFound
 from graphdriver.fs.confine import find_in_union, open_file_in_root
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio.entry import DIR, LNK, REG, SYM, TarEntry
-from graphdriver.layerio.export import LayerWriter, change_sort_key
+from graphdriver.layerio.export import LayerWriter
 from graphdriver.layerio.getter import FileGetter
 from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, winmeta, wintar
