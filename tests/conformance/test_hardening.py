@@ -1989,3 +1989,44 @@ def test_a_path_longer_than_the_kernel_takes_is_refused_whole(store):
     assert "(4284 characters)" in str(failure.value)  # a folder's name ends in /
     assert not store.exists("deep")
     assert store.layers() == []
+
+
+def _open_folder(root: str, rel: str) -> int:
+    """An fd of folder *rel* below *root*, opened a name at a time (its whole path may be too long)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in rel.split("/"):
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def test_a_layer_mounted_writable_is_compared_with_its_tarball_down_its_longest_paths(store):
+    """Once a mount may have changed a layer, diff and check compare its files with its tarball
+    at paths too long for the kernel with the store's path before them: the sound layer gives
+    its bytes back and passes, and a file made again where its tarball deletes one fails check."""
+    top = "/".join(f"d{i:02}" + "y" * 250 for i in range(15)) + "/" + "e" * 250
+    parents = {top.rsplit("/", n)[0]: D() for n in range(16, 0, -1)}
+    store.import_layer("base", None, io.BytesIO(make_tar({
+        **parents, top: D(), f"{top}/sub": D(), f"{top}/sub/a": F(b"a"), f"{top}/gone": F(b"g"),
+    })))
+    tar = make_tar({f"{top}/sub": Opaque(), f"{top}/sub/b": F(b"b"), f"{top}/gone": W()})
+    store.import_layer("deep", "base", io.BytesIO(tar))
+    assert len(store.driver.home) + len(top) > 4100
+    store.mount("deep")
+    store.unmount("deep")
+    out = io.BytesIO()
+    store.diff("deep", out, exact=True)
+    assert out.getvalue() == tar
+    assert store.check(["deep"]) == [("deep", None)]
+    root = store.mount("deep")
+    try:
+        if store.record("deep").mounted_writable is None:
+            return  # a read-only view: nothing a mount hands out can change the layer
+        fd = _open_folder(root, top)
+        os.close(os.open("gone", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.close(fd)
+    finally:
+        store.unmount("deep")
+    ((_, why),) = store.check(["deep"])
+    assert why is not None and "gone" in why

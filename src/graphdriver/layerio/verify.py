@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from graphdriver.diff.changes import Change
+    from graphdriver.fs.longpaths import ShortPaths
     from graphdriver.idmap import IDMappings
     from graphdriver.layerio.tarsplit import SplitEntry
     from graphdriver.layerio.tarstream import TarReader
@@ -251,8 +252,19 @@ def changes_problems(
             deleted.add(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]))
         elif rel:
             named.add(rel)
-    changes = list(changes)
-    partners = _link_partners(changes, links, named, root, old_root, owner)
+    from graphdriver.fs.longpaths import ShortPaths
+
+    with ShortPaths() as short:  # a path of the layer may be too long with *root* before it
+        return _unaccounted(list(changes), named, implied, deleted, opaque, links, root, old_root,
+                            owner, short)
+
+
+def _unaccounted(changes: list[Change], named: set[str], implied: set[str], deleted: set[str],
+                 opaque: set[str], links: set[str], root: str, old_root: str | None,
+                 owner: Callable[[int, int], tuple[int, int]] | None, short: ShortPaths) -> list[str]:
+    """The problems :func:`changes_problems` finds, from what its entries name, imply,
+    delete, make opaque and link (*short* names the paths of both trees)."""
+    partners = _link_partners(changes, links, named, root, old_root, owner, short)
     for rel in partners:
         implied.update(_parents(rel.rpartition("/")[0]))  # listed above them
     problems: list[str] = []
@@ -267,18 +279,18 @@ def changes_problems(
                 problems.append(f"{rel!r}: is deleted from the layer, and no entry of its tarball deletes it")
             continue
         if rel in implied and (kind == "A" or (
-                old_root is not None and _as_parent_had_it(root, old_root, rel, owner, True))):
+                old_root is not None and _as_parent_had_it(root, old_root, rel, owner, True, short))):
             continue  # a directory above the entries, made by unpacking or as the parent had it
         if rel in partners:
             continue  # a name of a parent's file an entry links to: listed with the link
         what = "added to" if kind == "A" else "changed in"
         problems.append(f"{rel!r}: was {what} the layer, and no entry of its tarball says so")
     for rel in sorted(deleted - named - implied):
-        if os.path.lexists(os.path.join(root, rel)):
+        if _file_id(root, rel, short) is not None:
             problems.append(f"{rel!r}: is in the layer, though its tarball deletes it")
     for rel in sorted(opaque):
         try:
-            names = os.listdir(os.path.join(root, rel)) if rel else os.listdir(root)
+            names = list(short.entries(os.path.join(root, rel) if rel else root))
         except (FileNotFoundError, NotADirectoryError):
             continue
         for name in sorted(names):
@@ -288,12 +300,13 @@ def changes_problems(
     return problems
 
 
-def _as_parent_had_it(root: str, old_root: str, rel: str,
-                      owner: Callable[[int, int], tuple[int, int]] | None, directory: bool) -> bool:
+def _as_parent_had_it(root: str, old_root: str, rel: str, owner: Callable[[int, int], tuple[int, int]] | None,
+                      directory: bool, short: ShortPaths) -> bool:
     """Whether *rel* has the same type, mode and owner in both trees, and is a directory
     (*directory*) or a regular file of the same size, modification time and xattrs."""
     try:
-        new, old = os.lstat(os.path.join(root, rel)), os.lstat(os.path.join(old_root, rel))
+        new_path, old_path = short(os.path.join(root, rel)), short(os.path.join(old_root, rel))
+        new, old = os.lstat(new_path), os.lstat(old_path)
     except FileNotFoundError:
         return False
     theirs = (old.st_uid, old.st_gid) if owner is None else owner(old.st_uid, old.st_gid)
@@ -305,26 +318,26 @@ def _as_parent_had_it(root: str, old_root: str, rel: str,
         return False
     from graphdriver.layerio.xattrs import read_xattrs
 
-    return read_xattrs(os.path.join(root, rel)) == read_xattrs(os.path.join(old_root, rel))
+    return read_xattrs(new_path) == read_xattrs(old_path)
 
 
-def _link_partners(changes: list[Change], links: set[str], named: set[str], root: str,
-                   old_root: str | None, owner: Callable[[int, int], tuple[int, int]] | None) -> set[str]:
+def _link_partners(changes: list[Change], links: set[str], named: set[str], root: str, old_root: str | None,
+                   owner: Callable[[int, int], tuple[int, int]] | None, short: ShortPaths) -> set[str]:
     """The changed paths that are names of a parent's file a hard-link entry links to, as
     the parent had it: the walk lists every name of a file that gained one (*links*: the
     hard-link entries and their targets, one of which the archive may have deleted since)."""
     if not links or old_root is None:
         return set()
-    files = {_file_id(root, name) for name in links} - {None}
+    files = {_file_id(root, name, short) for name in links} - {None}
     return {rel for rel in (c.path.lstrip("/") for c in changes if c.kind.value == "C")
-            if rel not in named and _file_id(root, rel) in files
-            and _as_parent_had_it(root, old_root, rel, owner, False)}
+            if rel not in named and _file_id(root, rel, short) in files
+            and _as_parent_had_it(root, old_root, rel, owner, False, short)}
 
 
-def _file_id(root: str, rel: str) -> tuple[int, int] | None:
+def _file_id(root: str, rel: str, short: ShortPaths) -> tuple[int, int] | None:
     """(device, inode) of *rel* under *root*; None if it is not there."""
     try:
-        st = os.lstat(os.path.join(root, rel))
+        st = os.lstat(short(os.path.join(root, rel)))
     except OSError:
         return None
     return st.st_dev, st.st_ino
