@@ -2401,3 +2401,54 @@ def test_df_and_tree_without_root_count_what_a_closed_folder_holds_and_name_reco
     for argv in (["df"], ["tree"], ["--json", "df"], ["--json", "tree"]):
         code, _shown = command(*argv)
         assert code == 7, argv
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_a_folder_of_mode_0000_down_a_long_path_is_read_without_root_and_named_in_its_layer():
+    """A folder its owner may not search, at a path of the layer within the kernel's limit
+    but not with the store's path before it: the commands that read layer trees still run
+    again as root of the owner's user namespace and read it; where no such namespace may be
+    made, the refusal names the layer and the path in it, never a name the store made up."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    from graphdriver import cli as gd
+    from tests.conftest import as_nobody
+
+    _load_every_module()
+    top = "/".join(f"d{i:02}" + "y" * 200 for i in range(20))  # 4,079 bytes
+    work = Path(tempfile.mkdtemp(prefix="gd-closed-long-"))
+    try:
+        os.chmod(work, 0o755)
+        parents = {top.rsplit("/", n)[0]: D() for n in range(19, 0, -1)}
+        layer = make_tar({**parents, top: D(), f"{top}/locked": D(mode=0o000),
+                          f"{top}/locked/f": F(b"inside")})
+        (work / "layer.tar").write_bytes(layer)
+        os.chmod(work / "layer.tar", 0o644)
+        mine, own = _nobody_home(work, "vfs")
+        assert len(str(mine / "store" / "vfs" / "base" / "fs")) + len(top) + len("/locked") > 4095
+
+        def command(*argv: str) -> tuple[int, str, str]:
+            def run() -> tuple[int, str, str]:
+                out, err = io.StringIO(), io.StringIO()
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    code = gd.main([*own, *argv])
+                return code, out.getvalue(), err.getvalue()
+
+            result = as_nobody(run)
+            assert isinstance(result, tuple)
+            return result
+
+        assert command("import", "base", str(work / "layer.tar"))[0] == 0
+        if as_nobody(_userns_for_nobody):
+            code, out, err = command("changes", "base")
+            assert (code, err) == (0, "") and f"A /{top}/locked/f\n" in out
+            assert command("diffsize", "base") == (0, "6\n", "")
+            assert command("create", "child", "--parent", "base")[0::2] == (0, "")
+            assert command("diff", "base", "--regenerate", "-o", str(mine / "again.tar"))[0::2] == (0, "")
+        _main_as_nobody([*own, "remove", "child"])
+        code, err = _main_as_nobody([*own, "changes", "base"], namespaces=False)
+        assert (code, err) == (7, f"graphdriver: layer base: {top}/locked: Permission denied\n")
+    finally:
+        shutil.rmtree(work)  # as root: the closed folders open all the same

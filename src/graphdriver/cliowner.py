@@ -113,8 +113,11 @@ def denied(err: BaseException) -> bool:
             name = os.fsdecode(e.filename)
             if not name.startswith("/"):
                 return True  # opened relative to a folder of a walk
+            from graphdriver.fs.longpaths import ShortPaths
+
             try:
-                st = os.lstat(name)
+                with ShortPaths() as short:  # a layer's path may be too long with the store's before it
+                    st = os.lstat(short(name))
             except OSError:
                 return False
             import stat

@@ -10,6 +10,7 @@ enough, else ``/proc/self/fd/N/name``, N being the path's directory opened
 already open or short enough.  Symlinks on the way are followed as the kernel
 follows them in a whole path.
 
+A failure to reach or list a long path names the path itself, as the call would.
 A name given stays valid while its directory stays open: the last *keep*
 directories asked for (all of them with ``keep=None``) until :meth:`close`.
 One instance serves one operation: a directory removed and made again since
@@ -31,6 +32,14 @@ NAME_MAX = 255
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+def named(error: OSError, path: str) -> OSError:
+    """*error* named by *path*, as a call given the whole path names what it refuses (never by
+    a name a :class:`ShortPaths` made up, which means nothing once its directory is closed)."""
+    if error.filename == path:
+        return error
+    return OSError(error.errno, error.strerror, path)  # of error's class: PermissionError, ...
+
+
 class ShortPaths:
     """Callable: ``short(path)`` is *path*, or a name of it shorter than *limit* bytes."""
 
@@ -49,7 +58,10 @@ class ShortPaths:
         if self._fits(path, 0) or not self._has_proc():
             return path
         parent, _, name = os.fsencode(path).rpartition(b"/")
-        short = b"/proc/self/fd/%d/%s" % (self.directory(parent), name)
+        try:
+            short = b"/proc/self/fd/%d/%s" % (self.directory(parent), name)
+        except OSError as e:
+            raise named(e, path) from e
         if len(short) >= self.limit:
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
         return os.fsdecode(short)
@@ -64,7 +76,10 @@ class ShortPaths:
         if self._fits(path, NAME_MAX + 1):  # every entry's path is short too
             with os.scandir(path) as it:
                 return {e.name: e for e in it}
-        fd = os.open(self(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise named(err, path) from err
         try:
             found: dict[str, os.DirEntry[str]] = {}
             with os.scandir(fd) as it:

@@ -176,21 +176,24 @@ def closed_folder(root: str) -> str | None:
     """The first folder in the tree at *root* (itself included) that this user owns and may
     not list or search (its mode lacks the owner's ``r`` or ``x``), or None.  Symlinks are
     not followed; folders the user may not reach or that are not the user's are left out."""
+    from graphdriver.fs.longpaths import ShortPaths
+
     uid = os.geteuid()
     stack = [root]
-    while stack:
-        path = stack.pop()
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            continue
-        if st.st_uid == uid and st.st_mode & 0o500 != 0o500:
-            return path
-        try:
-            with os.scandir(path) as it:
-                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
-        except OSError:
-            continue
+    with ShortPaths() as short:  # a layer's path may be too long with the store's before it
+        while stack:
+            path = stack.pop()
+            try:
+                st = os.lstat(short(path))
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            if st.st_uid == uid and st.st_mode & 0o500 != 0o500:
+                return path
+            try:
+                entries = short.entries(path)
+            except OSError:
+                continue
+            stack.extend(os.path.join(path, n) for n, e in entries.items() if e.is_dir(follow_symlinks=False))
     return None
