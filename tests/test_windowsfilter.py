@@ -774,6 +774,76 @@ def test_a_hardlink_to_a_deleted_file_is_dangling_never_a_tombstone_or_the_lower
     assert winmeta.LayerMeta.load(str(top)).records["Files/copy.txt"].dangling
 
 
+def regenerated_changes(store: Store, layer_id: str) -> tuple[list[tuple[ChangeKind, str]], int]:
+    """What a regenerated diff of the layer carries, as a change list would name it (each
+    entry's path, a tombstone as a deletion, ``Files`` itself and streams left out: they are
+    never listed), and the bytes of its regular files, as ``diffsize`` counts them."""
+    out = io.BytesIO()
+    store.diff(layer_id, out, regenerate=True)
+    found, size = [], 0
+    for e in entries_of(out.getvalue()):
+        folder, _, base = e.name.rstrip("/").rpartition("/")
+        if ":" in base or e.name.rstrip("/") == "Files":
+            continue
+        if base.startswith(".wh."):
+            found.append((X, f"/{folder}/{base[4:]}"))
+            continue
+        found.append((A, "/" + e.name.rstrip("/")))
+        if e.type == "0":
+            size += e.size
+    return sorted(found, key=lambda c: c[1]), size
+
+
+def assert_commands_agree(store: Store, layer_id: str) -> None:
+    """``changes`` names every path a regenerated diff carries (tombstones as deletions),
+    and ``diffsize`` counts the bytes of its files."""
+    listed = sorted(((X if k is X else A), p) for k, p in changes_of(store, layer_id))
+    carried, size = regenerated_changes(store, layer_id)
+    assert sorted(listed, key=lambda c: c[1]) == carried
+    assert store.diff_size(layer_id) == size
+
+
+def test_a_hard_link_to_a_file_no_layer_holds_is_listed_as_the_diff_carries_it(wstore, tmp_path):
+    """A trimmed image's link to a file it no longer holds lives on in the metadata and goes
+    out again in the layer's tarball, imported or regenerated: ``changes`` lists it there (added,
+    or changed over a name the layers below show), under ``Files/`` and ``UtilityVM/Files/``
+    alike, and ``diffsize`` counts no bytes for it."""
+    from tests.conftest import run_cli
+
+    solo = [wingen.WinDir("Files"), wingen.WinFile("Files/a.txt", b"a"),
+            wingen.WinLink("Files/b.txt", "Files/missing.txt")]
+    import_entries(wstore, "solo", solo)
+    assert changes_of(wstore, "solo") == [(A, "/Files/a.txt"), (A, "/Files/b.txt")]
+    assert_commands_agree(wstore, "solo")
+    import_entries(wstore, "base", wingen.base_layer())
+    child = [
+        wingen.WinDir("Files"),
+        wingen.WinLink("Files/License.txt", "Files/gone.txt"),  # over a file the base holds
+        wingen.WinLink("Files/ghost.txt", "Files/Windows/gone.dll"),
+        wingen.WinFile("Files/new.txt", b"n" * 10),
+        wingen.Tombstone("Files/Windows/System32/empty.log"),  # then a link there: no deletion
+        wingen.WinLink("Files/Windows/System32/empty.log", "Files/gone.log"),
+        wingen.WinDir("UtilityVM"),
+        wingen.WinDir("UtilityVM/Files"),
+        wingen.WinLink("UtilityVM/Files/ghost.sys", "UtilityVM/Files/gone.sys"),
+    ]
+    import_entries(wstore, "child", child, parent="base")
+    assert changes_of(wstore, "child") == [
+        (C, "/Files/License.txt"),
+        (C, "/Files/Windows/System32/empty.log"),
+        (A, "/Files/ghost.txt"),
+        (A, "/Files/new.txt"),
+        (C, "/UtilityVM"),
+        (C, "/UtilityVM/Files"),
+        (A, "/UtilityVM/Files/ghost.sys"),
+    ]
+    assert wstore.diff_size("child") == 10
+    assert_commands_agree(wstore, "child")
+    assert wstore.check() == [("base", None), ("child", None), ("solo", None)]
+    r = run_cli("changes", "solo", root=Path(wstore.root), driver="windowsfilter", check=True)
+    assert r.stdout == b"A /Files/a.txt\nA /Files/b.txt\n"
+
+
 # ----- views, sandboxes and their diffs -------------------------------------------------------------
 
 

@@ -43,7 +43,8 @@ Changes list what the layer's ``Files/`` changed, as ``/Files/...`` paths
 every entry of its own ``Hives/`` and ``UtilityVM/`` too (``/Hives``,
 ``/Hives/System_Delta``, ``/UtilityVM/Files/...``), as the seeds' list names
 the entries of the layer's export; the diff size counts the files of all of
-them.  A tombstone is listed only where the layers below show what it deletes.
+them.  A tombstone is listed only where the layers below show what it deletes; a
+hard link to a file no layer holds, which the layer's tarball carries, always is.
 A diff that no tar-split data covers is written in the Windows format:
 ``Files/...`` entries with ``MSWINDOWS.fileattr``, a security descriptor,
 creation, access and change times (to 100 ns) in PAX records, streams after

@@ -55,6 +55,9 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
     what such a layer deleted is added, not changed, where this layer makes it again.
     An entry whose file looks as it was below is changed still when the layer's sidecar
     gives it other Windows metadata than the layers below do (:class:`_SidecarDiffers`).
+    A hard link to a file no layer holds, which lives in the sidecar alone
+    (:func:`dangling_links`), is listed as the tarball carries it: added, or changed where
+    the layers below show that path; a tombstone of the same path before it is no deletion.
     """
     own = os.path.join(data_dirs[0], layout.FILES)
     lowers = [os.path.join(d, layout.FILES) for d in data_dirs[1:]]
@@ -62,6 +65,7 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
     changes = upper.changes(own, lowers, OVERLAY_OPAQUE_XATTR,
                             meta=_SidecarDiffers(own_meta, winmeta.ChainMeta(list(data_dirs[1:]))))
     listed = {c.path for c in changes}
+    links = dangling_links(data_dirs[0], own_meta, layout.FILES)
     extra = []
     with _Union(data_dirs[1:]) as below:
         # What a layer between deleted by a tombstone alone (no device: no root) is not
@@ -70,11 +74,17 @@ def own_changes(data_dirs: Sequence[str]) -> list[Change]:
                    if c.kind is ChangeKind.MODIFY and not below.shows(layout.FILES + c.path) else c
                    for c in changes]
         for path in own_meta.tombstones:
-            if not path.startswith(layout.FILES + "/"):
+            if not path.startswith(layout.FILES + "/") or path in links:
                 continue
             rel = path[len(layout.FILES) :]
             if rel not in listed and not os.path.lexists(own + rel) and below.shows(path):
                 extra.append(Change(rel, ChangeKind.DELETE))
+        # A link to a file no layer holds is in the layer's tarball: added, or changed over
+        # what the layers below show there.
+        for path in links:
+            rel = path[len(layout.FILES) :]
+            if rel not in listed:
+                extra.append(Change(rel, ChangeKind.MODIFY if below.shows(path) else ChangeKind.ADD))
     if extra:
         changes = sorted([*changes, *extra], key=change_sort_key)
     return changes
@@ -89,7 +99,8 @@ def extra_changes(data_dirs: Sequence[str]) -> list[Change]:
     ``UtilityVM/Files/...``), and part of what the seeds' DiffSize counts.  An
     entry is added where no ancestor (the rest of *data_dirs*) shows that path,
     changed where one does; a tombstone under ``UtilityVM/Files/`` is a deletion
-    where an ancestor shows what it deletes.  Sorted by path.
+    where an ancestor shows what it deletes, and a link there to a file no layer holds
+    (:func:`dangling_links`) an entry as any other.  Sorted by path.
     """
     own = data_dirs[0]
     out: list[Change] = []
@@ -100,12 +111,26 @@ def extra_changes(data_dirs: Sequence[str]) -> list[Change]:
                 continue
             for path in (top, *(f"{top}/{rel}" for rel, _ in walk_tree(start))):
                 out.append(Change("/" + path, ChangeKind.MODIFY if below.shows(path) else ChangeKind.ADD))
-        for path in winmeta.LayerMeta.load(own).tombstones:
+        meta = winmeta.LayerMeta.load(own)
+        links = dangling_links(own, meta, layout.UTILITY_VM_FILES)
+        for path in meta.tombstones:
             if not path.startswith(layout.UTILITY_VM_FILES + "/") or os.path.lexists(os.path.join(own, path)):
                 continue
-            if below.shows(path):
+            if path not in links and below.shows(path):
                 out.append(Change("/" + path, ChangeKind.DELETE))
+        for path in links:
+            out.append(Change("/" + path, ChangeKind.MODIFY if below.shows(path) else ChangeKind.ADD))
     return sorted(out, key=change_sort_key)
+
+
+def dangling_links(data_dir: str, meta: winmeta.LayerMeta, top: str) -> set[str]:
+    """The paths under *top* (``Files`` or ``UtilityVM/Files``) of the layer at *data_dir*
+    that are hard links to files no layer held when it was applied (trimmed images have
+    them): they live in its sidecar *meta* alone and go out in its tarball as links.  A path
+    the layer holds a file at since (a container wrote one there) is that file instead."""
+    return {r.path for r in meta.records.values()
+            if r.kind == winmeta.LINK and r.dangling and layout.has_path_prefix(r.path, top)
+            and r.path != top and not os.path.lexists(os.path.join(data_dir, r.path))}
 
 
 class _SidecarDiffers:
@@ -200,11 +225,17 @@ def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: Bi
     (the diff is against its own parent).
     """
     items: list[tuple[str, str | None]] = []
+    own = winmeta.LayerMeta.load(data_dirs[0]) if own_extras else None
+    # The layer's own links to files no layer holds: in its sidecar alone (so in its changes).
+    links = dangling_links(data_dirs[0], own, layout.FILES) if own is not None else set()
     for c in changes:
         name = layout.FILES + c.path
-        items.append((name, None if c.kind is ChangeKind.DELETE else root + c.path))
-    if own_extras:
-        items += _own_extras(data_dirs[0])
+        if c.kind is ChangeKind.DELETE:
+            items.append((name, None))
+        else:
+            items.append((name, "" if name in links else root + c.path))
+    if own is not None:
+        items += _own_extras(data_dirs[0], own)
     for name, path in items:  # all before the first byte: a refused tarball is no half one
         _check_holdable(name, path)
     items.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
@@ -267,8 +298,9 @@ class WindowsFileGetter(FileGetter):
             raise NotFound(f"file {name!r}", "not in the layer") from e
 
 
-def _own_extras(data_dir: str) -> list[tuple[str, str | None]]:
-    """The layer's own trees beside ``Files/``: ``Hives/``, ``UtilityVM/`` and what its records add."""
+def _own_extras(data_dir: str, layer: winmeta.LayerMeta) -> list[tuple[str, str | None]]:
+    """The layer's own trees beside ``Files/`` (``Hives/``, ``UtilityVM/``) and what its
+    records *layer* add, as :func:`extra_changes` lists them."""
     items: list[tuple[str, str | None]] = []
     for top in (layout.HIVES, layout.UTILITY_VM):
         start = os.path.join(data_dir, top)
@@ -276,13 +308,12 @@ def _own_extras(data_dir: str) -> list[tuple[str, str | None]]:
             continue
         items.append((top, start))
         items += [(f"{top}/{rel}", entry.path) for rel, entry in walk_tree(start)]
-    layer = winmeta.LayerMeta.load(data_dir)
     if layout.FILES in layer.records:
         items.append((layout.FILES, os.path.join(data_dir, layout.FILES)))
     items += [(p, None) for p in layer.tombstones if p.startswith(layout.UTILITY_VM_FILES + "/")
               and p not in layer.records]
     # Links to files no layer holds exist in the metadata only.
-    items += [(r.path, "") for r in layer.records.values() if r.kind == winmeta.LINK and r.dangling]
+    items += [(p, "") for p in dangling_links(data_dir, layer, layout.UTILITY_VM_FILES)]
     return items
 
 
