@@ -797,7 +797,7 @@ def regenerated_changes(store: Store, layer_id: str) -> tuple[list[tuple[ChangeK
 def assert_commands_agree(store: Store, layer_id: str) -> None:
     """``changes`` names every path a regenerated diff carries (tombstones as deletions),
     and ``diffsize`` counts the bytes of its files."""
-    listed = sorted(((X if k is X else A), p) for k, p in changes_of(store, layer_id))
+    listed = [((X if k is X else A), p) for k, p in changes_of(store, layer_id)]
     carried, size = regenerated_changes(store, layer_id)
     assert sorted(listed, key=lambda c: c[1]) == carried
     assert store.diff_size(layer_id) == size
@@ -842,6 +842,32 @@ def test_a_hard_link_to_a_file_no_layer_holds_is_listed_as_the_diff_carries_it(w
     assert wstore.check() == [("base", None), ("child", None), ("solo", None)]
     r = run_cli("changes", "solo", root=Path(wstore.root), driver="windowsfilter", check=True)
     assert r.stdout == b"A /Files/a.txt\nA /Files/b.txt\n"
+
+
+def test_a_tombstone_of_what_no_layer_below_shows_is_in_neither_changes_nor_a_regenerated_diff(wstore):
+    """Under ``UtilityVM/Files/`` as under ``Files/``, a tombstone of a name no layer below has
+    deletes nothing: ``changes`` lists no deletion and a diff built from the files carries none,
+    while the imported diff still gives it back."""
+    import_entries(wstore, "base", wingen.base_layer())
+    child = [
+        wingen.WinDir("Files"),
+        wingen.Tombstone("Files/ghost.sys"),
+        wingen.Tombstone("Files/License.txt"),
+        wingen.WinDir("UtilityVM"),
+        wingen.WinDir("UtilityVM/Files"),
+        wingen.Tombstone("UtilityVM/Files/ghost.sys"),
+        wingen.Tombstone("UtilityVM/Files/License.txt"),
+    ]
+    data = wingen.layer_tar(child)
+    wstore.import_layer("child", "base", io.BytesIO(data))
+    assert changes_of(wstore, "child") == [
+        (X, "/Files/License.txt"),
+        (C, "/UtilityVM"),
+        (C, "/UtilityVM/Files"),
+        (X, "/UtilityVM/Files/License.txt"),
+    ]
+    assert_commands_agree(wstore, "child")
+    assert diff_bytes(wstore, "child") == data
 
 
 # ----- views, sandboxes and their diffs -------------------------------------------------------------

@@ -235,7 +235,7 @@ def export(root: str, changes: list[Change], data_dirs: tuple[str, ...], out: Bi
         else:
             items.append((name, "" if name in links else root + c.path))
     if own is not None:
-        items += _own_extras(data_dirs[0], own)
+        items += _own_extras(data_dirs, own)
     for name, path in items:  # all before the first byte: a refused tarball is no half one
         _check_holdable(name, path)
     items.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
@@ -298,22 +298,22 @@ class WindowsFileGetter(FileGetter):
             raise NotFound(f"file {name!r}", "not in the layer") from e
 
 
-def _own_extras(data_dir: str, layer: winmeta.LayerMeta) -> list[tuple[str, str | None]]:
-    """The layer's own trees beside ``Files/`` (``Hives/``, ``UtilityVM/``) and what its
-    records *layer* add, as :func:`extra_changes` lists them."""
+def _own_extras(data_dirs: Sequence[str], layer: winmeta.LayerMeta) -> list[tuple[str, str | None]]:
+    """What :func:`extra_changes` lists (the layer's own trees beside ``Files/``: ``Hives/``,
+    ``UtilityVM/``), as items to write, and ``Files`` itself where its records *layer* give
+    it (the volume's root, never listed)."""
+    data_dir = data_dirs[0]
     items: list[tuple[str, str | None]] = []
-    for top in (layout.HIVES, layout.UTILITY_VM):
-        start = os.path.join(data_dir, top)
-        if not os.path.isdir(start):
-            continue
-        items.append((top, start))
-        items += [(f"{top}/{rel}", entry.path) for rel, entry in walk_tree(start)]
     if layout.FILES in layer.records:
         items.append((layout.FILES, os.path.join(data_dir, layout.FILES)))
-    items += [(p, None) for p in layer.tombstones if p.startswith(layout.UTILITY_VM_FILES + "/")
-              and p not in layer.records]
     # Links to files no layer holds exist in the metadata only.
-    items += [(p, "") for p in dangling_links(data_dir, layer, layout.UTILITY_VM_FILES)]
+    links = dangling_links(data_dir, layer, layout.UTILITY_VM_FILES)
+    for c in extra_changes(data_dirs):
+        path = c.path[1:]
+        if c.kind is ChangeKind.DELETE:
+            items.append((path, None))
+        else:
+            items.append((path, "" if path in links else os.path.join(data_dir, path)))
     return items
 
 
