@@ -870,6 +870,35 @@ def test_a_tombstone_of_what_no_layer_below_shows_is_in_neither_changes_nor_a_re
     assert diff_bytes(wstore, "child") == data
 
 
+@needs_root
+def test_a_hard_link_to_a_file_no_layer_holds_goes_with_the_folder_a_container_deletes(wstore):
+    """A sandbox applied to keeps such a link in its sidecar; once a container deletes the folder
+    it was in (or deletes it and makes it again), the link is gone with the folder's other files:
+    ``changes`` lists it no more, and neither a regenerated diff nor ``diff`` carries it."""
+    import_entries(wstore, "base", wingen.base_layer())
+    wstore.create("sb", "base", writable=True)
+    links = [wingen.WinDir("Files"), wingen.WinDir("Files/new"),
+             wingen.WinLink("Files/new/a.txt", "Files/gone.txt"),
+             wingen.WinLink("Files/Users/b.txt", "Files/gone.txt"),
+             wingen.WinLink("Files/Windows/System32/c.txt", "Files/gone.txt"),
+             wingen.WinLink("Files/kept.txt", "Files/gone.txt")]
+    wstore.apply("sb", io.BytesIO(wingen.layer_tar(links)))
+    root = Path(wstore.mount("sb"))
+    try:
+        shutil.rmtree(root / "new")
+        shutil.rmtree(root / "Windows")
+        shutil.rmtree(root / "Users")
+        (root / "Users").mkdir()
+    finally:
+        wstore.unmount("sb")
+    listed = changes_of(wstore, "sb")
+    assert (A, "/Files/kept.txt") in listed and (X, "/Files/Windows") in listed
+    assert not any(p.endswith(("a.txt", "b.txt", "c.txt")) for _, p in listed), listed
+    assert_commands_agree(wstore, "sb")
+    names = [e.name for e in entries_of(diff_bytes(wstore, "sb"))]
+    assert "Files/kept.txt" in names and not any(n.endswith(("a.txt", "b.txt", "c.txt")) for n in names)
+
+
 # ----- views, sandboxes and their diffs -------------------------------------------------------------
 
 

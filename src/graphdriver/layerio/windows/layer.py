@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import stat
 from collections.abc import Sequence
@@ -126,11 +127,45 @@ def extra_changes(data_dirs: Sequence[str]) -> list[Change]:
 def dangling_links(data_dir: str, meta: winmeta.LayerMeta, top: str) -> set[str]:
     """The paths under *top* (``Files`` or ``UtilityVM/Files``) of the layer at *data_dir*
     that are hard links to files no layer held when it was applied (trimmed images have
-    them): they live in its sidecar *meta* alone and go out in its tarball as links.  A path
-    the layer holds a file at since (a container wrote one there) is that file instead."""
+    them): they live in its sidecar *meta* alone and go out in its tarball as links.
+
+    A sandbox's files may have moved on since its apply: a path it holds a file at (a
+    container wrote one there) is that file instead, and a link in a folder a container
+    deleted (a whiteout or another file in its place, or the folder made again, opaque,
+    with no tombstone of the sidecar's to say the apply made it so) went with that folder.
+    """
     return {r.path for r in meta.records.values()
             if r.kind == winmeta.LINK and r.dangling and layout.has_path_prefix(r.path, top)
-            and r.path != top and not os.path.lexists(os.path.join(data_dir, r.path))}
+            and r.path != top and _in_sidecar_still(data_dir, meta, r.path)}
+
+
+def _in_sidecar_still(data_dir: str, meta: winmeta.LayerMeta, path: str) -> bool:
+    """Whether nothing the layer's files hold takes the place of the sidecar-only *path*."""
+    if os.path.lexists(os.path.join(data_dir, path)):
+        return False
+    folder = path.rpartition("/")[0]
+    while folder:
+        where = os.path.join(data_dir, folder)
+        try:
+            st = os.lstat(where)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        if folder not in meta.tombstones and _opaque(where):
+            return False
+        folder = folder.rpartition("/")[0]
+    return True
+
+
+def _opaque(path: str) -> bool:
+    """Whether the folder *path* (never followed) carries overlay's opaque mark."""
+    try:
+        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
 
 
 class _SidecarDiffers:
