@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -517,6 +518,32 @@ def test_the_command_line_says_a_warning_as_its_other_lines_and_q_silences_it(tm
     assert any("a trimmed image?" in line for line in lines)
     r = run_cli("-q", "import", "w2", layer, root=tmp_path / "s", driver="windowsfilter", check=True)
     assert r.stderr == b""
+
+
+@needs_root
+def test_the_python_api_warns_of_links_to_files_no_layer_holds_through_logging_as_root(tmp_path):
+    """The applying process is chrooted into the layer as root, where it can import nothing:
+    the warning about a trimmed image's links reaches the ``graphdriver`` logger all the same,
+    and the layer is imported, in a process that had not loaded :mod:`logging` before."""
+    from tests.conftest import ROOT
+
+    layer = tmp_path / "layer.tar"
+    link = wingen.WinLink("Files/b.txt", "Files/gone.txt")
+    layer.write_bytes(wingen.layer_tar([wingen.WinDir("Files"), link]))
+    script = (
+        "import sys\n"
+        "import graphdriver\n"
+        "assert 'logging' not in sys.modules\n"
+        f"store = graphdriver.open_store({str(tmp_path / 'root')!r}, run_root={str(tmp_path / 'run')!r},"
+        " driver='windowsfilter')\n"
+        f"store.import_layer('w', None, open({str(layer)!r}, 'rb'))\n"
+        "print([str(c) for c in store.changes('w')])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"['A /Files/b.txt']\n"
+    assert b"1 hard links name files in no layer" in r.stderr
 
 
 # ----- refusals -------------------------------------------------------------------------------------------

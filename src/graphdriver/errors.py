@@ -183,6 +183,13 @@ def set_warning_handler(handler: Callable[[str], None] | None) -> None:
     _warning_handler = handler
 
 
+def ready_to_warn() -> None:
+    """Import what :func:`warn` needs, for a process about to lose its imports (a child that
+    chroots into a layer may still have to warn): :mod:`logging`, unless a handler is set."""
+    if _warning_handler is None:
+        import logging  # noqa: F401
+
+
 def warn(message: str) -> None:
     """Say *message* (one line) where warnings go."""
     if _warning_handler is not None:

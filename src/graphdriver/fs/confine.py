@@ -29,7 +29,7 @@ import signal
 import stat
 from collections.abc import Callable, Sequence
 
-from graphdriver.errors import GraphDriverError, os_error
+from graphdriver.errors import GraphDriverError, os_error, ready_to_warn
 from graphdriver.fs import privileged, syscalls
 from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.plain import Plain
@@ -286,6 +286,7 @@ def run_confined(
                 raise GraphDriverError(f"opening {d}", x.strerror or str(x)) from x
         if inline_requested(inline):
             return fn(ConfinedDirs(root_fd, tuple(extra), False))
+        ready_to_warn()  # the child, chrooted, can import nothing more
         return _run_in_child(dest, fn, ConfinedDirs(root_fd, tuple(extra), False))
     finally:
         for fd in extra:
