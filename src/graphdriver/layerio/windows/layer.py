@@ -152,13 +152,13 @@ def _in_sidecar_still(data_dir: str, meta: winmeta.LayerMeta, path: str) -> bool
             return False
         if not stat.S_ISDIR(st.st_mode):
             return False
-        if folder not in meta.tombstones and _opaque(where):
+        if folder not in meta.tombstones and is_opaque(where):
             return False
         folder = folder.rpartition("/")[0]
     return True
 
 
-def _opaque(path: str) -> bool:
+def is_opaque(path: str) -> bool:
     """Whether the folder *path* (never followed) carries overlay's opaque mark."""
     try:
         return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"

@@ -30,7 +30,6 @@ compared by type only.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import stat
 
@@ -39,10 +38,9 @@ from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.extract import clean_name
 from graphdriver.layerio.verify import clamped, open_parent
-from graphdriver.layerio.whiteout import OVERLAY_OPAQUE_XATTR
 from graphdriver.layerio.windows import layout, winmeta, wintar
 from graphdriver.layerio.windows.apply import permission_bits
-from graphdriver.layerio.windows.layer import MUTATED_FILES
+from graphdriver.layerio.windows.layer import MUTATED_FILES, is_opaque
 from graphdriver.layerio.windows.winmeta import DELETED, DIR, FILE, LINK, STREAM, SYMLINK, Record
 
 TYPE_CHECKING = False
@@ -204,7 +202,7 @@ def _walk_problems(data_dir: str, named: set[str], tombstones: set[str],
             continue
         if not os.path.isdir(start) or os.path.islink(start):
             continue  # (compared with its entry, or reported above)
-        if remade is not None and top not in remade and _is_opaque(start):
+        if remade is not None and top not in remade and is_opaque(start):
             problems.append(f"{top!r}: {_OPAQUE}")
         for rel, entry in walk_tree(start):
             path = f"{top}/{rel}"
@@ -215,7 +213,7 @@ def _walk_problems(data_dir: str, named: set[str], tombstones: set[str],
                 where = "though its tarball deletes it" if deleted else "but in no entry of its tarball"
                 problems.append(f"{path!r}: is in the layer {where}")
             elif remade is not None and path not in remade and entry.is_dir(follow_symlinks=False) \
-                    and _is_opaque(entry.path):
+                    and is_opaque(entry.path):
                 problems.append(f"{path!r}: {_OPAQUE}")
     return problems
 
@@ -261,16 +259,6 @@ def _compare_metadata(rec: Record, e: te.TarEntry, base: str, pfd: int, st: os.s
     if st.st_mtime_ns != e.mtime_ns and not clamped(e.mtime_ns, st.st_mtime_ns):
         return f"was modified at {st.st_mtime_ns} ns, its entry at {e.mtime_ns} ns"
     return ""
-
-
-def _is_opaque(path: str) -> bool:
-    """Whether the folder *path* (never followed) carries overlay's opaque mark."""
-    try:
-        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError as x:
-        if x.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-            return False
-        raise
 
 
 def _parents(parent: str) -> Iterator[str]:
