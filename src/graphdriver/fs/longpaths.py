@@ -23,13 +23,22 @@ from __future__ import annotations
 import errno
 import os
 
-#: The longest path (in bytes, its NUL not counted) a system call takes.
-PATH_LIMIT = 4095
+#: ``PATH_MAX``: a path a system call takes is shorter than this many bytes.
+PATH_MAX = 4096
+
+#: A path of fewer characters than this is shorter than ``PATH_MAX`` bytes whatever it holds
+#: (4 bytes a character at most): a test of its length spares encoding nearly every path.
+QUICK_PATH = PATH_MAX // 4
 
 #: The longest name of one directory entry.
 NAME_MAX = 255
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def fits(path: str, limit: int = PATH_MAX, more: int = 0) -> bool:
+    """Whether *path*, and *more* bytes after it, are shorter than *limit* bytes."""
+    return len(path) + more < limit // 4 or len(os.fsencode(path)) + more < limit
 
 
 def named(error: OSError, path: str) -> OSError:
@@ -43,7 +52,7 @@ def named(error: OSError, path: str) -> OSError:
 class ShortPaths:
     """Callable: ``short(path)`` is *path*, or a name of it shorter than *limit* bytes."""
 
-    def __init__(self, limit: int = PATH_LIMIT, keep: int | None = 16) -> None:
+    def __init__(self, limit: int = PATH_MAX, keep: int | None = 16) -> None:
         self.limit = limit
         #: Below this many characters a path is short whatever it holds (4 bytes a character):
         #: a caller may test that first and use the path as it is.
@@ -55,7 +64,7 @@ class ShortPaths:
     def __call__(self, path: str) -> str:
         if len(path) < self.quick:  # nearly every path: no more than this test
             return path
-        if self._fits(path, 0) or not self._has_proc():
+        if fits(path, self.limit) or not self._has_proc():
             return path
         parent, _, name = os.fsencode(path).rpartition(b"/")
         try:
@@ -73,7 +82,7 @@ class ShortPaths:
         each comes with its lstat at hand (``DirEntry.stat(follow_symlinks=False)`` needs no
         call); one gone meanwhile is left out.
         """
-        if self._fits(path, NAME_MAX + 1):  # every entry's path is short too
+        if fits(path, self.limit, NAME_MAX + 1):  # every entry's path is short too
             with os.scandir(path) as it:
                 return {e.name: e for e in it}
         try:
@@ -92,10 +101,6 @@ class ShortPaths:
             return found
         finally:
             os.close(fd)
-
-    def _fits(self, path: str, more: int) -> bool:
-        """Whether *path* and *more* bytes are within the limit."""
-        return len(path) + more < self.quick or len(os.fsencode(path)) + more < self.limit
 
     def directory(self, raw: bytes) -> int:
         """The open ``O_PATH`` descriptor of directory *raw* (kept; see the module docstring)."""

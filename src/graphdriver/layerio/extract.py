@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from graphdriver.errors import ArchiveError, BreakoutError, EntryDenied, GraphDriverError, InvalidArgument
 from graphdriver.fs import PRIVILEGED_XATTRS, confine, privileged
 from graphdriver.fs import syscalls as sc
-from graphdriver.fs.longpaths import PATH_LIMIT
+from graphdriver.fs.longpaths import PATH_MAX, QUICK_PATH, fits
 from graphdriver.fs.overlayfs import is_whiteout, is_whiteout_at
 from graphdriver.fs.ownfiles import get_xattrs, open_readable
 from graphdriver.fs.tree import remove_tree_at
@@ -88,8 +88,6 @@ _DIR_CACHE_SIZE = 128
 _MAX_HOPS = 40
 # Owners chown(2) can set (2**32 - 1 means "unchanged"), device numbers mknod(2) keeps.
 _NO_ID = 0xFFFFFFFF
-#: Paths of fewer characters are within :data:`PATH_LIMIT` bytes whatever they hold.
-_QUICK_PATH = PATH_LIMIT // 4
 _MAJORS = 1 << 12
 _MINORS = 1 << 20
 AUFS_LINK_DIR = ".wh..wh.plnk"
@@ -740,10 +738,10 @@ class _Extractor(Extraction):
         if not e.name:
             raise ArchiveError(e.name, "empty name")
         rel = clean_name(e.name, e.name)
-        if len(rel) > _QUICK_PATH and len(os.fsencode(rel)) > PATH_LIMIT:
+        if len(rel) >= QUICK_PATH and not fits(rel):
             # Written a folder at a time it would fit, but no command could name it whole.
             raise ArchiveError(e.name, f"File name too long: {len(os.fsencode(rel))} bytes, "
-                                       f"where a path may have {PATH_LIMIT}")
+                                       f"where a path may have {PATH_MAX - 1}")
         if not (0 <= e.uid < _NO_ID and 0 <= e.gid < _NO_ID):
             # chown(2) reads 2**32 - 1 as "leave it": the owner would silently not be
             # set (the root entry's and an overlay whiteout's are set too).

@@ -252,52 +252,46 @@ def changes_problems(
             deleted.add(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]))
         elif rel:
             named.add(rel)
+    changes = list(changes)
     from graphdriver.fs.longpaths import ShortPaths
 
     with ShortPaths() as short:  # a path of the layer may be too long with *root* before it
-        return _unaccounted(list(changes), named, implied, deleted, opaque, links, root, old_root,
-                            owner, short)
-
-
-def _unaccounted(changes: list[Change], named: set[str], implied: set[str], deleted: set[str],
-                 opaque: set[str], links: set[str], root: str, old_root: str | None,
-                 owner: Callable[[int, int], tuple[int, int]] | None, short: ShortPaths) -> list[str]:
-    """The problems :func:`changes_problems` finds, from what its entries name, imply,
-    delete, make opaque and link (*short* names the paths of both trees)."""
-    partners = _link_partners(changes, links, named, root, old_root, owner, short)
-    for rel in partners:
-        implied.update(_parents(rel.rpartition("/")[0]))  # listed above them
-    problems: list[str] = []
-    for change in changes:
-        rel = change.path.lstrip("/")
-        kind = change.kind.value
-        if rel in named:
-            continue  # compared with its header
-        if kind == "D":
-            above = {"", *_parents(rel.rpartition("/")[0])}  # the root too: an opaque root hides all
-            if rel not in deleted and not above & (deleted | opaque):
-                problems.append(f"{rel!r}: is deleted from the layer, and no entry of its tarball deletes it")
-            continue
-        if rel in implied and (kind == "A" or (
-                old_root is not None and _as_parent_had_it(root, old_root, rel, owner, True, short))):
-            continue  # a directory above the entries, made by unpacking or as the parent had it
-        if rel in partners:
-            continue  # a name of a parent's file an entry links to: listed with the link
-        what = "added to" if kind == "A" else "changed in"
-        problems.append(f"{rel!r}: was {what} the layer, and no entry of its tarball says so")
-    for rel in sorted(deleted - named - implied):
-        if _file_id(root, rel, short) is not None:
-            problems.append(f"{rel!r}: is in the layer, though its tarball deletes it")
-    for rel in sorted(opaque):
-        try:
-            names = list(short.entries(os.path.join(root, rel) if rel else root))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in sorted(names):
-            path = posixpath.join(rel, name)
-            if path not in named and path not in implied:
-                problems.append(f"{path!r}: is in the layer, though its tarball makes {rel or '/'!r} opaque")
-    return problems
+        partners = _link_partners(changes, links, named, root, old_root, owner, short)
+        for rel in partners:
+            implied.update(_parents(rel.rpartition("/")[0]))  # listed above them
+        problems: list[str] = []
+        for change in changes:
+            rel = change.path.lstrip("/")
+            kind = change.kind.value
+            if rel in named:
+                continue  # compared with its header
+            if kind == "D":
+                above = {"", *_parents(rel.rpartition("/")[0])}  # the root too: an opaque root hides all
+                if rel not in deleted and not above & (deleted | opaque):
+                    problems.append(f"{rel!r}: is deleted from the layer, and no entry of its tarball "
+                                    "deletes it")
+                continue
+            if rel in implied and (kind == "A" or (
+                    old_root is not None and _as_parent_had_it(root, old_root, rel, owner, True, short))):
+                continue  # a directory above the entries, made by unpacking or as the parent had it
+            if rel in partners:
+                continue  # a name of a parent's file an entry links to: listed with the link
+            what = "added to" if kind == "A" else "changed in"
+            problems.append(f"{rel!r}: was {what} the layer, and no entry of its tarball says so")
+        for rel in sorted(deleted - named - implied):
+            if _file_id(root, rel, short) is not None:
+                problems.append(f"{rel!r}: is in the layer, though its tarball deletes it")
+        for rel in sorted(opaque):
+            try:
+                names = list(short.entries(os.path.join(root, rel) if rel else root))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in sorted(names):
+                path = posixpath.join(rel, name)
+                if path not in named and path not in implied:
+                    problems.append(f"{path!r}: is in the layer, though its tarball makes "
+                                    f"{rel or '/'!r} opaque")
+        return problems
 
 
 def _as_parent_had_it(root: str, old_root: str, rel: str, owner: Callable[[int, int], tuple[int, int]] | None,
