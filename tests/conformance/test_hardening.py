@@ -1991,6 +1991,24 @@ def test_a_path_longer_than_the_kernel_takes_is_refused_whole(store):
     assert store.layers() == []
 
 
+def test_a_symlink_target_longer_than_the_kernel_takes_is_refused_by_name(store):
+    """The kernel stores a symlink target of at most 4,095 bytes: a longer one is refused
+    saying it is the target, and no layer is left; one of 4,095 bytes is stored whole."""
+    longest = "t/" * 2047 + "t"
+    store.import_layer("ok", None, io.BytesIO(make_tar({"d": D(), "d/s": L(longest)})))
+    root = store.mount("ok")
+    try:
+        assert os.readlink(os.path.join(root, "d/s")) == longest
+    finally:
+        store.unmount("ok")
+    with pytest.raises(GraphDriverError, match="symlink target too long: 4097 bytes, "
+                                               "where a target may have 4095") as failure:
+        store.import_layer("far", None, io.BytesIO(make_tar({"d": D(), "d/s": L(longest + "/t")})))
+    assert failure.value.exit_code == 1
+    assert "'d/s'" in str(failure.value)
+    assert not store.exists("far")
+
+
 def _open_folder(root: str, rel: str) -> int:
     """An fd of folder *rel* below *root*, opened a name at a time (its whole path may be too long)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)

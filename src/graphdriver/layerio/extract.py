@@ -751,6 +751,9 @@ class _Extractor(Extraction):
             raise ArchiveError(e.name, sparse.unknown_version(e.pax))
         if rel == "." and t not in _DIR_TYPES:
             raise ArchiveError(e.name, "the layer root can only be a directory")
+        if t == SYM and e.linkname and not fits(e.linkname):
+            raise ArchiveError(e.name, f"symlink target too long: {len(os.fsencode(e.linkname))} "
+                                       f"bytes, where a target may have {PATH_MAX - 1}")
         if t == LNK and not rel.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
             if not e.linkname:
                 raise ArchiveError(e.name, "hardlink with an empty target")
