@@ -1126,6 +1126,59 @@ def test_a_client_certificate_in_certs_d_is_presented(tmp_path):
         reg.stop()
 
 
+def test_the_client_certificate_the_registry_accepts_is_presented_among_several(tmp_path):
+    """Of two NAME.cert/NAME.key pairs in the registry's certs.d folder, the first signed by a CA
+    the registry does not trust, the second by the one it does: the second is presented after the
+    first is refused, as Go's TLS in Docker and podman (skopeo too) presents the acceptable one."""
+    folder = tmp_path / "mtls"
+    folder.mkdir()
+    key, cert = self_signed(folder)
+    cas = {}
+    for name in ("trusted", "other"):
+        cas[name] = (folder / f"{name}.key", folder / f"{name}.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(cas[name][0]), "-out", str(cas[name][1]), "-days", "1",
+                        "-subj", f"/CN={name} CA"],
+                       check=True, capture_output=True)
+    home = tmp_path / "home"
+    env = {"HOME": str(home)}
+    tls = f"  tls:\n    certificate: {cert}\n    key: {key}\n    clientcas:\n      - {cas['trusted'][1]}\n"
+    reg = Registry(folder, auth=tls)
+    try:
+        mine = home / ".config/containers/certs.d" / reg.host
+        mine.mkdir(parents=True)
+        shutil.copy(cert, mine / "ca.crt")
+        for stem, ca in (("a", "other"), ("b", "trusted")):  # a.cert comes first, and is refused
+            csr = folder / f"{stem}.csr"
+            subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                            str(mine / f"{stem}.key"), "-out", str(csr), "-subj", f"/CN={stem}"],
+                           check=True, capture_output=True)
+            subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(cas[ca][1]), "-CAkey",
+                            str(cas[ca][0]), "-CAcreateserial", "-days", "1",
+                            "-out", str(mine / f"{stem}.cert")],
+                           check=True, capture_output=True)
+        oci_layout(tmp_path / "in", [LAYER1], name="localhost/made:1")
+        gd(tmp_path, "image", "load", str(tmp_path / "in"))
+        dest = f"{reg.host}/made:1"
+        pushed = gd(tmp_path, "image", "push", "localhost/made:1", dest, check=False, env=env)
+        assert pushed.returncode == 0 and pushed.stderr == b"", pushed.stderr
+        digest = pushed.stdout.strip()
+        for i, flags in enumerate(((), ("--insecure",))):  # insecure: still https, never plain http
+            other = tmp_path / f"other-{i}"
+            other.mkdir()
+            pulled = gd(other, "image", "pull", dest, *flags, check=False, env=env)
+            assert pulled.returncode == 0 and pulled.stdout.decode().strip() == dest, pulled.stderr
+            assert gd(other, "image", "inspect", dest).stdout.count(digest) >= 1
+        # With the refused one alone, the registry's refusal is the error, as before.
+        for f in ("b.cert", "b.key"):
+            (mine / f).unlink()
+        refused = gd(tmp_path / "other-0", "image", "pull", dest, check=False, env=env)
+        assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
+        assert b"asks for a client certificate" in refused.stderr
+    finally:
+        reg.stop()
+
+
 def test_a_foreign_layer_comes_from_its_urls(tmp_path):
     """A layer the registry does not hold (a Windows base layer, non-distributable) is fetched
     from its descriptor's urls, the first that answers, and checked against its digest."""

@@ -105,6 +105,16 @@ def client_certificate(host: str) -> tuple[str, str] | None:
 
     A certificate without its key, or a key without its certificate, is an error, as there.
     """
+    pairs = client_certificates(host)
+    return pairs[0] if pairs else None
+
+
+def client_certificates(host: str) -> list[tuple[str, str]]:
+    """Every client certificate configured for registry *host*, with its key, in the order
+    :func:`client_certificate` takes the first: Docker and containers/image load them all, and
+    Go's TLS presents the one the registry's CAs accept, so a registry that refuses one is offered
+    the next.  A certificate without its key, or a key without its certificate, is an error.
+    """
     files = _certs_d(host)
     present = set(files)
     for path in files:
@@ -115,8 +125,7 @@ def client_certificate(host: str) -> tuple[str, str] | None:
         if ext == ".cert" and stem + ".key" not in present:
             raise RegistryError(f"client certificate {path}",
                                 f"its key {os.path.basename(stem)}.key is missing")
-    pairs = [(f, f[: -len(".cert")] + ".key") for f in files if f.endswith(".cert")]
-    return pairs[0] if pairs else None
+    return [(f, f[: -len(".cert")] + ".key") for f in files if f.endswith(".cert")]
 
 
 def _ca_bundle(files: list[str], default: str) -> str:
@@ -273,7 +282,9 @@ class Registry:
         self.tokens: dict[str, str] = {}
         self.auth_header: str | None = None
         self.bundle: str | None = None
-        cert = client_certificate(ref.domain)
+        #: The client certificates configured, each offered in turn until the registry takes one.
+        self.certs = client_certificates(ref.domain)
+        cert = self.certs[0] if self.certs else None
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "graphdriver"
         #: Given with every request: the session's own would yield to $REQUESTS_CA_BUNDLE.
@@ -339,6 +350,8 @@ class Registry:
                 resp = self.session.request(method, self._url(path), headers=headers, data=data,
                                             timeout=(30, 300), allow_redirects=True, verify=self.verify, **kw)
             except (self.requests.ConnectionError, self.requests.Timeout) as e:
+                if self._next_certificate(e):
+                    continue
                 if self._use_http(e):
                     continue
                 if isinstance(e, self.requests.exceptions.SSLError):
@@ -361,6 +374,23 @@ class Registry:
             if resp.status_code not in ok:
                 self._fail(method, path, resp)
             return resp
+
+    def _next_certificate(self, error: Exception) -> bool:
+        """Whether the request that failed with *error* goes again with the next client certificate:
+        the registry refused the one given (its TLS alert names our certificate) and another is
+        configured, as Go's TLS (Docker's, podman's) presents the one of those the registry accepts."""
+        if not isinstance(error, self.requests.exceptions.SSLError) or self.session.cert is None:
+            return False
+        detail = _tls_detail(error)
+        if not ("alert" in detail and "certificate" in detail):
+            return False
+        at = self.certs.index(self.session.cert) if self.session.cert in self.certs else len(self.certs)
+        if at + 1 >= len(self.certs):
+            return False
+        self.session.cert = self.certs[at + 1]
+        for adapter in self.session.adapters.values():
+            adapter.close()  # no connection made with the refused certificate is used again
+        return True
 
     def _use_http(self, error: Exception) -> bool:
         """Whether the request that failed with *error* goes again over plain http: an insecure
