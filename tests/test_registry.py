@@ -1104,6 +1104,8 @@ def test_a_client_certificate_in_certs_d_is_presented(tmp_path):
         refused = gd(tmp_path, "image", "push", "localhost/made:1", dest, check=False, env=env)
         assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
         assert b"asks for a client certificate" in refused.stderr
+        # The folder named is the one this user keeps the registry's files in.
+        assert f"go in ~/.config/containers/certs.d/{reg.host}/)".encode() in refused.stderr, refused.stderr
         # A certificate without its key: named, before any connection.
         subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(mine / "me.key"),
                         "-out", str(folder / "me.csr"), "-subj", "/CN=me"], check=True, capture_output=True)
@@ -1767,6 +1769,8 @@ def test_auth_file_keys_with_a_scheme_and_a_path_or_a_namespace_are_matched(tmp_
             assert b"none are configured" in refused.stderr, (auths, refused.stderr)
         refused = pull({f"{host}/other": good, f"https://{host}/v1/": bad})
         assert refused.returncode == 1 and b"not authorised" in refused.stderr, refused.stderr
+        # The refusal names the file the refused credentials came from.
+        assert f"(the credentials of {auth})".encode() in refused.stderr, refused.stderr
     finally:
         reg.stop()
 

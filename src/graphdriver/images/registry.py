@@ -7,8 +7,8 @@ and ``image push``.  What it does:
 * **Names**: ``docker.io`` is served by ``registry-1.docker.io``; always https,
   its certificate checked against the default CAs and those configured for the
   registry as podman and Docker keep them (:func:`ca_files`), and the client
-  certificate kept there presented when the registry asks for one
-  (:func:`client_certificate`).  ``insecure`` is
+  certificates kept there presented when the registry asks for one
+  (:func:`client_certificates`).  ``insecure`` is
   Docker's insecure-registries and podman's ``--tls-verify=false``: https without
   checking the certificate (a self-signed one), and plain http when the registry
   does not speak TLS (a local registry).
@@ -94,26 +94,26 @@ def _certs_d(host: str) -> list[str]:
     return out
 
 
+def _certs_hint(host: str) -> str:
+    """Where registry *host*'s certificates go, as a refusal names it: its folder that exists
+    (the first of :data:`CERTS_DIRS`), else the system's for root and the user's for a user."""
+    for top in CERTS_DIRS:
+        if os.path.isdir(os.path.join(os.path.expanduser(top), host)):
+            return f"{top}/{host}/"
+    top = "/etc/containers/certs.d" if os.geteuid() == 0 else "~/.config/containers/certs.d"
+    return f"{top}/{host}/"
+
+
 def ca_files(host: str) -> list[str]:
     """The CA certificates configured for registry *host*: the ``*.crt`` files of its folders."""
     return [f for f in _certs_d(host) if f.endswith(".crt")]
 
 
-def client_certificate(host: str) -> tuple[str, str] | None:
-    """The client certificate configured for registry *host*, and its key: the first ``NAME.cert``
-    of its folders (with ``NAME.key`` beside it), as Docker and containers/image read them.
-
-    A certificate without its key, or a key without its certificate, is an error, as there.
-    """
-    pairs = client_certificates(host)
-    return pairs[0] if pairs else None
-
-
 def client_certificates(host: str) -> list[tuple[str, str]]:
-    """Every client certificate configured for registry *host*, with its key, in the order
-    :func:`client_certificate` takes the first: Docker and containers/image load them all, and
-    Go's TLS presents the one the registry's CAs accept, so a registry that refuses one is offered
-    the next.  A certificate without its key, or a key without its certificate, is an error.
+    """Every client certificate configured for registry *host*, with its key: each ``NAME.cert``
+    of its folders (with ``NAME.key`` beside it), in order.  Docker and containers/image load them
+    all, and Go's TLS presents the one the registry's CAs accept, so a registry that refuses one is
+    offered the next.  A certificate without its key, or a key without its certificate, is an error.
     """
     files = _certs_d(host)
     present = set(files)
@@ -168,9 +168,9 @@ def _auth_files() -> list[str]:
     return files
 
 
-def credentials(domain: str, path: str = "") -> tuple[str, str] | None:
+def credentials(domain: str, path: str = "") -> tuple[tuple[str, str], str] | None:
     """``(user, password)`` for repository *path* of registry *domain* from the first auth file
-    that has a key for it (the best key of that file: see :func:`_auth_rank`).
+    that has a key for it (the best key of that file: see :func:`_auth_rank`), and that file.
 
     A file that is missing is passed over; one that cannot be read, is not
     JSON, or holds an ``auth`` for *domain* that is not base64 ``user:password``
@@ -186,7 +186,7 @@ def credentials(domain: str, path: str = "") -> tuple[str, str] | None:
             if not isinstance(entry, dict):
                 raise GraphDriverError(f"auth file {file}", f"auths.{shorten(key)} is not an object")
             if entry.get("auth"):  # an entry without one is a credential helper's: passed over
-                return _decode_auth(entry["auth"], file, key)
+                return _decode_auth(entry["auth"], file, key), file
     return None
 
 
@@ -277,7 +277,12 @@ class Registry:
         #: Why TLS with an insecure registry failed, when that sent it to plain http.
         self.tls_failure: str | None = None
         self.repo = ref.path
-        self.creds = credentials(ref.domain, ref.path)
+        found = credentials(ref.domain, ref.path)
+        self.creds = found[0] if found is not None else None
+        #: Where the credentials came from, as a refusal names it.
+        self.creds_from = (f"the credentials of {found[1]}" if found is not None else
+                           "no credentials in $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json "
+                           "or ~/.docker/config.json")
         self.actions = "pull,push" if push else "pull"
         self.tokens: dict[str, str] = {}
         self.auth_header: str | None = None
@@ -418,9 +423,9 @@ class Registry:
         detail = _tls_detail(error)
         if "alert" in detail and "certificate" in detail:  # the registry's word on ours
             why = (f"the registry asks for a client certificate, and refused the one given or found none "
-                   f"(NAME.cert and NAME.key go in /etc/containers/certs.d/{self.host}/)")
+                   f"(NAME.cert and NAME.key go in {_certs_hint(self.host)})")
         elif "certificate" in detail:
-            why = (f"its certificate is not trusted (its CA goes in /etc/containers/certs.d/{self.host}/; "
+            why = (f"its certificate is not trusted (its CA goes in {_certs_hint(self.host)}; "
                    "--insecure skips the check)")
         else:  # most often an http-only registry answering the TLS handshake in plain text
             why = "the registry may speak plain HTTP (use --insecure for http)"
@@ -449,8 +454,7 @@ class Registry:
                 raise NotFound(what, why)
             raise RegistryError(what, why + self._unknown_repository(path, errors))  # a push refused
         if resp.status_code in (401, 403):
-            raise RegistryError(what, why + ": not authorised (credentials from $REGISTRY_AUTH_FILE or "
-                                "~/.docker/config.json)")
+            raise RegistryError(what, why + f": not authorised ({self.creds_from})")
         raise RegistryError(what, why)
 
     def _unknown_repository(self, path: str, errors: list[dict[str, Any]]) -> str:
@@ -505,7 +509,7 @@ class Registry:
         for attempt in range(ATTEMPTS):
             got, why = self._ask_token(realm, query, what)
             if got is not None and not _retried(got.status_code):
-                return _token_of(got, what)
+                return _token_of(got, what, self.creds_from)
             retry_after = got.headers.get("Retry-After") if got is not None else None
             self._wait(attempt, retry_after, what, why)
         raise AssertionError("unreachable: _wait gives up on the last attempt")
@@ -776,11 +780,11 @@ def _retried(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-def _token_of(got: Any, what: str) -> str:
-    """The token in the token service *what*'s answer *got* (one that is not to be asked again)."""
+def _token_of(got: Any, what: str, creds_from: str) -> str:
+    """The token in the token service *what*'s answer *got* (one that is not to be asked again);
+    *creds_from* says where the credentials given came from."""
     if got.status_code in (401, 403):
-        raise RegistryError(what, f"HTTP {got.status_code}: not authorised (credentials from "
-                            "$REGISTRY_AUTH_FILE or ~/.docker/config.json)")
+        raise RegistryError(what, f"HTTP {got.status_code}: not authorised ({creds_from})")
     if got.status_code != 200:
         raise RegistryError(what, f"HTTP {got.status_code}")
     try:
