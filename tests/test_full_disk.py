@@ -124,3 +124,24 @@ def test_a_removal_marked_on_a_full_filesystem_is_finished_by_cleanup(tmp_path, 
     assert not Store(opts).exists("base")  # opening the store cleans up
     assert os.listdir(Path(opts.root, "pending")) == []
     assert os.listdir(Path(opts.root, "layers")) == []
+
+
+def test_a_marker_that_finds_no_room_leaves_no_lock_behind(tmp_path, monkeypatch):
+    """A create whose pending marker cannot be written (a full filesystem) fails, and leaves
+    no lock file that the next command would report as a stray lock it removed."""
+    from graphdriver.errors import GraphDriverError
+    from graphdriver.fs import atomic
+
+    opts = StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "run"), driver="vfs")
+    store = Store(opts)
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_json", full)
+    with pytest.raises((OSError, GraphDriverError)):
+        store.create("x", "base")
+    monkeypatch.undo()
+    assert os.listdir(Path(opts.root, "pending")) == []
+    assert Store(opts).cleanup() == []

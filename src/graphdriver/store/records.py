@@ -337,6 +337,12 @@ class RecordStore:
                 atomic.write_json(os.path.join(self.pending_dir, layer_id), marker)
             except OSError as e:
                 if not self._mark_without_space(layer_id, operation, e):
+                    # No marker was written (a full filesystem, say): nothing is under way,
+                    # so the lock file goes too, as clear_pending takes it away.
+                    try:
+                        os.unlink(self._lock_path(layer_id))
+                    except FileNotFoundError:
+                        pass
                     raise
         except BaseException:
             _close_held(fd)
