@@ -391,7 +391,7 @@ def _unread(e: GraphDriverError) -> str:
     return f"skipped: {why}" if isinstance(e, Unsupported) else why
 
 
-def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | None]]:
+def check_records(store: Store, records: list[Layer], *, again: bool = True) -> list[tuple[str, str | None]]:
     results: list[tuple[str, str | None]] = []
     for record in records:
         damage = store.damage(record)
@@ -436,6 +436,10 @@ def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | N
             error = store._explain(e, record.id, seen=record)
             if isinstance(error, NotFound):
                 continue  # removed while we checked it: no longer a layer to report
+            fresh = _changed_meanwhile(store, record) if again else None
+            if fresh is not None:  # an apply began (or ended) while we read it: check it as it is now
+                results += check_records(store, [fresh], again=False)
+                continue
             if not isinstance(error, GraphDriverError):
                 raise
             same = error.what == f"layer {record.id}"  # never "layer a: layer a: ..."
@@ -445,6 +449,23 @@ def check_records(store: Store, records: list[Layer]) -> list[tuple[str, str | N
             continue
         results.append((record.id, None))
     return results
+
+
+def _changed_meanwhile(store: Store, record: Layer) -> Layer | None:
+    """*record*'s layer as its record says now, when that no longer says what *record* did
+    about its tarball (an apply, which marks the record before it touches a file, began or
+    ended while we compared the files): None when it says the same, or cannot be read."""
+    if record.read_only_store:
+        return None
+    try:
+        fresh = store._find(record.id)
+    except GraphDriverError:
+        return None
+    if (fresh.damaged, fresh.diff_digest, fresh.unreproducible) == (
+        record.damaged, record.diff_digest, record.unreproducible
+    ) and not store.records.is_applying(record.id):
+        return None
+    return fresh
 
 
 def _unreadable(record: Layer, e: PermissionError | ReadRefused) -> str:
