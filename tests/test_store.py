@@ -448,6 +448,27 @@ def test_a_record_naming_itself_as_its_parent_can_be_removed(tmp_path):
     assert [layer.id for layer in store.layers()] == ["base"]
 
 
+def test_check_of_a_layer_named_and_removed_meanwhile_says_it_is_not_found(store, monkeypatch):
+    """A layer ``check ID`` names and another process removes while its files are compared is
+    not found (exit 3), as when it was gone before, never an answer of no line and exit 0."""
+    from graphdriver.store import integrity
+
+    store.import_layer("base", None, io.BytesIO(BASE))
+    store.import_layer("other", None, io.BytesIO(BASE))
+    real = integrity.verify_files
+
+    def verify_then_remove(s: Store, record) -> None:
+        if record.id == "base" and store.exists("base"):
+            store.remove("base")
+        real(s, record)
+
+    monkeypatch.setattr(integrity, "verify_files", verify_then_remove)
+    with pytest.raises(NotFound, match="base") as failure:
+        store.check(["other", "base"])
+    assert failure.value.exit_code == 3
+    assert store.check(["other"]) == [("other", None)]
+
+
 def test_check_under_an_apply_that_begins_meanwhile_reports_no_damage(store, monkeypatch):
     """An apply that begins while check compares a layer's files with its tarball (check
     takes no lock) changes those files: check tells the layer as its record says now, an

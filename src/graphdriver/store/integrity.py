@@ -381,7 +381,13 @@ def check(store: Store, layer_ids: Sequence[str] = ()) -> list[tuple[str, str | 
         records, bad = store.scan_layers()
         results += [(layer_id, _unread(e)) for layer_id, e in bad]
     results += check_records(store, records)
-    return results if layer_ids else sorted(results, key=lambda r: r[0])
+    if layer_ids:
+        reported = {layer_id for layer_id, _ in results}
+        for layer_id in dict.fromkeys(layer_ids):
+            if layer_id not in reported:  # removed while it was checked: not found, as before it
+                results += check_records(store, [store._find(layer_id)])
+        return results
+    return sorted(results, key=lambda r: r[0])
 
 
 def _unread(e: GraphDriverError) -> str:
