@@ -248,3 +248,18 @@ def test_the_launcher_collects_garbage_cycles_only_for_long_work(made, command, 
     assert f"COLLECTS {collects}" in proc.stderr.decode().splitlines(), proc.stderr
     if command[0] == "mount":
         run_cli("unmount", "ctr", root=made, check=True)
+
+
+def test_ctrl_c_before_the_command_began_ends_it_with_130_and_no_traceback(tmp_path):
+    """An interrupt while the launcher still loads the command line (the first milliseconds
+    of every run) ends the command as an interrupt during its work does: exit 130, nothing on
+    stderr.  A stand-in ``graphdriver.cli`` interrupts its own loading."""
+    fake = tmp_path / "graphdriver"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "cli.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                 "time.sleep(5)\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, str(ROOT / "bin" / "graphdriver"), "layers"],
+                          capture_output=True, env=env, check=False, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, b"")
