@@ -200,6 +200,24 @@ def test_push_without_a_ref_goes_where_the_name_says(tmp_path, registry):
     assert missing.returncode == 3, missing.stderr
 
 
+def test_image_rm_names_a_reference_both_pulled_and_pushed_once(tmp_path, registry):
+    """A digested reference kept from a pull and again from a push to that repository is
+    one name: ``image rm`` says it once, as ``docker rmi`` does, in text and in JSON."""
+    digest = oci_layout(tmp_path / "in", [LAYER1], name="localhost/twice:1")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}:1",
+                    f"docker://{registry.host}/twice:1"], check=True)
+    by_digest = f"{registry.host}/twice@{digest}"
+    gd(tmp_path, "image", "pull", by_digest, "--insecure")
+    gd(tmp_path, "image", "push", by_digest, f"{registry.host}/twice:2", "--insecure")
+    gd(tmp_path, "image", "tag", by_digest, "localhost/twice:1")
+    out = json.loads(gd(tmp_path, "--json", "image", "rm", by_digest).stdout)
+    assert out["untagged"] == [by_digest]
+    gd(tmp_path, "image", "pull", by_digest, "--insecure")
+    gd(tmp_path, "image", "push", by_digest, f"{registry.host}/twice:2", "--insecure")
+    gone = gd(tmp_path, "image", "rm", "localhost/twice:1", by_digest).stdout.decode()
+    assert gone.count(f"Untagged: {by_digest}\n") == 1, gone
+
+
 def test_a_push_to_a_digest_checks_it_names_the_manifest_before_any_upload(tmp_path, registry):
     """REPO@sha256:... names one manifest: another image's is a usage error (exit 2) told before
     any blob goes up (the registry refused it only once every blob was sent); its own goes up

@@ -171,7 +171,9 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
     store_images = ImageStore(store.root)
     with store.locked():
         record, by_name = store_images.lookup(name)
-        every_name = [*record.names, *record.digests, *record.pushed]  # in full, as stored
+        # In full, as stored, each once: a reference pulled by digest and pushed to again is
+        # kept in both lists.
+        every_name = list(dict.fromkeys([*record.names, *record.digests, *record.pushed]))
         if by_name:
             full = str(reference.parse(name))
             # As Docker does: a tag goes alone; the last tag of a repository takes that
@@ -201,6 +203,8 @@ def remove(store: Store, name: str, *, force: bool = False) -> Removal:
             if others > 0:
                 if full:
                     refs.remove(full)
+                    if full in record.pushed:  # the same reference, kept from a push too
+                        record.pushed.remove(full)
                 store_images.put(record)
                 return Removal([n for n in every_name
                                 if n not in (*record.names, *record.digests, *record.pushed)])
