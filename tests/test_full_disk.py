@@ -101,19 +101,27 @@ def test_a_full_store_reads_its_layers_and_removes_them(tmp_path, driver, what):
             assert b"Supports d_type: true" in again
 
 
-def test_a_removal_marked_on_a_full_filesystem_is_finished_by_cleanup(tmp_path, monkeypatch):
+@pytest.fixture
+def one_layer(tmp_path: Path) -> tuple[StoreOptions, Store]:
+    """A vfs store holding layer ``base``."""
+    opts = StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "run"), driver="vfs")
+    store = Store(opts)
+    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
+    return opts, store
+
+
+def no_room(*_args: object, **_kwargs: object) -> None:
+    """A write that finds the filesystem full (stands in for ``atomic.write_json``)."""
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_removal_marked_on_a_full_filesystem_is_finished_by_cleanup(one_layer, monkeypatch):
     """With no room for its marker, a removal marks itself with a second name of the layer's
     record; killed after that, the next cleanup finishes it."""
     from graphdriver.fs import atomic
 
-    opts = StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "run"), driver="vfs")
-    store = Store(opts)
-    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
-
-    def full(*_args: object, **_kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(atomic, "write_json", full)
+    opts, store = one_layer
+    monkeypatch.setattr(atomic, "write_json", no_room)
     store.records.mark_pending("base", "remove")  # and the process dies here
     marker = Path(opts.root, "pending", "base")
     assert marker.exists() and os.path.samefile(marker, Path(opts.root, "layers", "base.json"))
@@ -126,20 +134,14 @@ def test_a_removal_marked_on_a_full_filesystem_is_finished_by_cleanup(tmp_path, 
     assert os.listdir(Path(opts.root, "layers")) == []
 
 
-def test_a_marker_that_finds_no_room_leaves_no_lock_behind(tmp_path, monkeypatch):
+def test_a_marker_that_finds_no_room_leaves_no_lock_behind(one_layer, monkeypatch):
     """A create whose pending marker cannot be written (a full filesystem) fails, and leaves
     no lock file that the next command would report as a stray lock it removed."""
     from graphdriver.errors import GraphDriverError
     from graphdriver.fs import atomic
 
-    opts = StoreOptions(root=str(tmp_path / "s"), run_root=str(tmp_path / "run"), driver="vfs")
-    store = Store(opts)
-    store.import_layer("base", None, io.BytesIO(make_tar({"f": F(b"x")})))
-
-    def full(*_args: object, **_kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(atomic, "write_json", full)
+    opts, store = one_layer
+    monkeypatch.setattr(atomic, "write_json", no_room)
     with pytest.raises((OSError, GraphDriverError)):
         store.create("x", "base")
     monkeypatch.undo()

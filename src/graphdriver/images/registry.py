@@ -287,15 +287,16 @@ class Registry:
         self.tokens: dict[str, str] = {}
         self.auth_header: str | None = None
         self.bundle: str | None = None
-        #: The client certificates configured, each offered in turn until the registry takes one.
-        self.certs = client_certificates(ref.domain)
-        cert = self.certs[0] if self.certs else None
+        certs = client_certificates(ref.domain)
+        #: The client certificates configured after the one given: each is offered in turn
+        #: while the registry refuses the one before.
+        self.spare_certs = certs[1:]
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "graphdriver"
         #: Given with every request: the session's own would yield to $REQUESTS_CA_BUNDLE.
         self.verify = self._trust()
         #: Also given when insecure: the registry may ask for it all the same.
-        self.session.cert = cert
+        self.session.cert = certs[0] if certs else None
 
     def __enter__(self) -> Registry:
         return self
@@ -384,15 +385,12 @@ class Registry:
         """Whether the request that failed with *error* goes again with the next client certificate:
         the registry refused the one given (its TLS alert names our certificate) and another is
         configured, as Go's TLS (Docker's, podman's) presents the one of those the registry accepts."""
-        if not isinstance(error, self.requests.exceptions.SSLError) or self.session.cert is None:
+        if not self.spare_certs or not isinstance(error, self.requests.exceptions.SSLError):
             return False
         detail = _tls_detail(error)
         if not ("alert" in detail and "certificate" in detail):
             return False
-        at = self.certs.index(self.session.cert) if self.session.cert in self.certs else len(self.certs)
-        if at + 1 >= len(self.certs):
-            return False
-        self.session.cert = self.certs[at + 1]
+        self.session.cert = self.spare_certs.pop(0)
         for adapter in self.session.adapters.values():
             adapter.close()  # no connection made with the refused certificate is used again
         return True

@@ -339,10 +339,7 @@ class RecordStore:
                 if not self._mark_without_space(layer_id, operation, e):
                     # No marker was written (a full filesystem, say): nothing is under way,
                     # so the lock file goes too, as clear_pending takes it away.
-                    try:
-                        os.unlink(self._lock_path(layer_id))
-                    except FileNotFoundError:
-                        pass
+                    atomic.remove_file(self._lock_path(layer_id))
                     raise
         except BaseException:
             _close_held(fd)
@@ -372,10 +369,7 @@ class RecordStore:
     def clear_pending(self, layer_id: str) -> None:
         """The work on *layer_id* is complete and durable (or undone)."""
         for path in (os.path.join(self.pending_dir, layer_id), self._lock_path(layer_id)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            atomic.remove_file(path)
         atomic.fsync_dir(self.pending_dir)
         fd = self._held.pop(layer_id, None)
         if fd is not None:
