@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -155,6 +156,21 @@ def test_tarsplit_metadata_for_go_tool(store, tmp_path):
     finally:
         store.unmount("base")
     assert out.stdout == BASE
+
+
+@needs_root
+def test_a_namespaced_capability_of_root_is_the_layer_its_tarball_gives(store):
+    """A revision-3 file capability whose root is uid 0 reads back as the revision-2 one it is
+    (the kernel's conversion, as getcap shows it): check finds the layer its tarball, and after a
+    mount that hands the tree out writable (vfs), diff still gives the imported bytes."""
+    v3 = struct.pack("<6I", 0x03000001, 1 << 13, 0, 0, 0, 0)  # cap_net_raw, effective, root 0
+    data = make_tar({"ping": F(b"ping", mode=0o755, xattrs={"security.capability": v3})})
+    store.import_layer("l", None, io.BytesIO(data))
+    assert store.check(["l"]) == [("l", None)]
+    store.mount("l")
+    store.unmount("l")
+    assert export(store, "l") == data
+    assert store.check(["l"]) == [("l", None)]
 
 
 def test_cli_check_reports_bad_layer_with_exit_6(tmp_path):

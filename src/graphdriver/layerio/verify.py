@@ -483,10 +483,11 @@ def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> st
         extra, missing = sorted(stored - wanted), sorted(wanted - stored)
         return f"has xattr {extra[0]} its entry lacks" if extra else f"lacks xattr {missing[0]}"
     from graphdriver.fs.ownfiles import get_xattrs
+    from graphdriver.layerio.xattrs import read_back
 
     values = get_xattrs(path, sorted(wanted), follow_symlinks=False)
     for name in sorted(wanted):
-        if values.get(name) != e.xattrs[name]:
+        if values.get(name) != read_back(name, e.xattrs[name]):
             return f"has another value of xattr {name}"
     return ""
 
