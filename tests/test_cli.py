@@ -2257,6 +2257,28 @@ def test_diff_of_a_tampered_layer_names_the_layer_as_check_does(root, tmp_path):
     assert not (tmp_path / "out.tar").exists()
 
 
+def test_check_quotes_a_name_that_is_not_utf8_as_its_error_line_does(root):
+    """check's line for a layer, and its ``--json`` error, show a byte of a file's name that is
+    not UTF-8 as the byte (``\\xe9``), as the line on stderr does, never as ``\\udce9``."""
+    from graphdriver.store.layers import Store, StoreOptions
+
+    tar = make_tar({"caf\udce9": F(b"hello\n")})
+    assert run_cli("import", "l", "-", root=root, driver="vfs", input=tar).returncode == 0
+    store = Store(StoreOptions(root=str(root), run_root=str(root.parent / "run")))
+    with open(os.fsencode(store.driver.apply_target("l").path) + b"/caf\xe9", "wb") as f:
+        f.write(b"HELLO\n")  # the same length: the checksum tells
+    r = cli(root, "check", "l")
+    why = r.stderr.decode().removeprefix("graphdriver: layer l: ").rstrip("\n")
+    assert r.returncode == 6 and "caf\\xe9" in why, r.stderr
+    assert r.stdout.decode() == f"l: {why}\n"
+    assert json.loads(cli(root, "--json", "check", "l").stdout)[0]["error"] == why
+    # A record file of such a name (no layer id) is told in one line too.
+    with open(os.path.join(os.fsencode(root), b"layers", b"x\xff\ny.json"), "wb") as f:
+        f.write(b"{bad")
+    lines = cli(root, "check").stdout.split(b"\n")
+    assert lines[0].startswith(b"l: ") and lines[1].startswith(b"x\\xff\\ny: unreadable: "), lines
+
+
 def _with_terminal_stdin(root: Path, *args: str) -> tuple[int, bytes, bytes]:
     """Run the command line with a pseudo-terminal on standard input (a user at a prompt)."""
     import pty

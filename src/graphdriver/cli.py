@@ -320,6 +320,7 @@ def cmd_tarsplit(store: Store, args: Args) -> int:
 
 def _check_entry(layer_id: str, why: str | None) -> dict[str, object]:
     """One layer of ``check --json``: ok true (verified), false (bad) or null (skipped, with why)."""
+    why = None if why is None else one_line(why)
     skipped = why is not None and why.startswith(SKIPPED)
     return {"id": layer_id, "ok": None if skipped else why is None, "skipped": skipped,
             "error": None if skipped else why, "reason": why[len(SKIPPED):] if skipped and why else None}
@@ -334,7 +335,7 @@ def cmd_check(store: Store, args: Args) -> int:
         _out(jsonio.show([_check_entry(i, why) for i, why in results]))
     else:
         for layer_id, why in results:
-            _out(f"{layer_id}: {why or 'ok'}")
+            _out(one_line(f"{layer_id}: {why or 'ok'}"))
     for layer_id, why in bad:
         warn(f"layer {layer_id}: {why}")
     return 6 if bad else 0
