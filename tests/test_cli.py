@@ -2279,6 +2279,16 @@ def test_check_quotes_a_name_that_is_not_utf8_as_its_error_line_does(root):
     assert lines[0].startswith(b"l: ") and lines[1].startswith(b"x\\xff\\ny: unreadable: "), lines
 
 
+def test_cleanup_tells_a_folder_whose_name_holds_a_newline_in_one_line(root):
+    """cleanup prints one line per thing it did: a name with a newline or a byte that is not
+    UTF-8 is escaped there as in an error line, so it cannot forge another line."""
+    assert run_cli("create", "a", root=root, driver="vfs").returncode == 0
+    os.mkdir(os.path.join(os.fsencode(root), b"vfs", b"x\xff\nremoved everything"))
+    r = cli(root, "cleanup")
+    assert (r.returncode, r.stdout) == (
+        0, b"removed orphaned layer folder x\\xff\\nremoved everything\n"), r.stderr
+
+
 def _with_terminal_stdin(root: Path, *args: str) -> tuple[int, bytes, bytes]:
     """Run the command line with a pseudo-terminal on standard input (a user at a prompt)."""
     import pty

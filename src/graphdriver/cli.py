@@ -297,12 +297,13 @@ def cmd_remove(store: Store, args: Args) -> int:
 
 
 def print_lines(args: Args, lines: list[str]) -> None:
-    """What a repair did: one line each, or a JSON list with --json."""
+    """What a repair did: one line each (a name in it escaped as in an error line), or a JSON
+    list with --json."""
     if args.json:
         _out(jsonio.show(lines))
     else:
         for line in lines:
-            _out(line)
+            _out(one_line(line))
 
 
 def cmd_cleanup(store: Store, args: Args) -> int:
