@@ -1125,6 +1125,29 @@ def test_mount_api_option_chooses_the_kernel_interface(
                           "fsopen": "fsopen/fsconfig lowerdir+ (mount_api=fsopen)"}[api]) in drv.status()
 
 
+@pytest.mark.parametrize("api", ["fsopen", "mount"])
+def test_a_container_layer_mounts_under_a_store_path_with_a_backslash_comma_or_colon(
+    tmp_path: Path, api: str
+) -> None:
+    """The kernel reads a backslash in ``upperdir`` and ``workdir`` as escaping the next
+    character, with either mount interface (``lowerdir+`` takes its path as it is): a store
+    whose path holds one mounts its container layers as any other."""
+    if api == "fsopen" and not _kernel_has_lowerdir_plus(tmp_path / "probe"):
+        pytest.skip("this kernel has no fsopen overlay with lowerdir+ (Linux 6.8 and later)")
+    drv = make_driver(tmp_path, home="st\\o,r:e\\", options={"mount_api": api})
+    try:
+        drv.create("base", None)
+        content.apply(drv, "base", io.BytesIO(make_tar({"a": F(b"a")})))
+        drv.create_rw("ctr", "base")
+        root = drv.get("ctr")
+        assert Path(root, "a").read_bytes() == b"a"
+        Path(root, "b").write_bytes(b"b")
+        drv.put("ctr")
+        assert (diff_dir(drv, "ctr") / "b").read_bytes() == b"b"
+    finally:
+        _release_all(tmp_path)
+
+
 def _kernel_has_lowerdir_plus(work: Path) -> bool:
     lowers, target = (work / "l1", work / "l2"), work / "mnt"
     for p in (*lowers, target):

@@ -141,9 +141,9 @@ def _mount_new_api(spec: OverlayMount, target: str) -> None:
             syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", os.fsencode(paths(lower)))
         if spec.upper is not None and spec.work is not None:
             step = "upperdir"
-            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", os.fsencode(paths(spec.upper)))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", _escaped_dir(paths, spec.upper))
             step = "workdir"
-            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", os.fsencode(paths(spec.work)))
+            syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", _escaped_dir(paths, spec.work))
         for option in spec.options:
             if option in MOUNT_FLAGS:
                 continue  # the mount's (fsmount below), not the filesystem's
@@ -170,6 +170,17 @@ def _mount_new_api(spec: OverlayMount, target: str) -> None:
     finally:
         paths.close()
         os.close(fsfd)
+
+
+def _escaped_dir(paths: ShortPaths, path: str) -> bytes:
+    """*path* as ``fsconfig``'s value of ``upperdir`` or ``workdir``, where the kernel reads a
+    backslash as escaping the next character (``lowerdir+`` takes its path as it is): each is
+    doubled, and a path that grows too long so is named through its open parent directory."""
+    value = os.fsencode(paths(path)).replace(b"\\", b"\\\\")
+    if len(value) >= FSCONFIG_VALUE_MAX:
+        parent, _, name = os.fsencode(path).rpartition(b"/")
+        value = b"/proc/self/fd/%d/%s" % (paths.directory(parent), name.replace(b"\\", b"\\\\"))
+    return value
 
 
 # ----- mount(2) ----------------------------------------------------------------------------
