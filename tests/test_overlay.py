@@ -1184,3 +1184,20 @@ def test_mount_flags_in_mountopt_are_the_mounts(tmp_path, api):
             assert open(os.path.join(root, "f"), "rb").read() == b"f"
     finally:
         _release_all(tmp_path)
+
+
+def test_mount_flags_in_mountopt_apply_to_a_layer_without_parent(tmp_path):
+    """A layer with nothing below it is bind-mounted, not stacked: its view takes the mount
+    flags of mountopt too, or a setuid file or device node of a base layer stays live."""
+    drv = make_driver(tmp_path, options={"mountopt": "nodev,nosuid,noexec,noatime"})
+    try:
+        drv.create("base", None)
+        apply(drv, "base", {"f": F(b"f")})
+        drv.create_rw("scratch", None)
+        for layer_id in ("base", "scratch"):
+            with drv.mounted(layer_id) as root:
+                options = os.statvfs(root).f_flag
+                assert options & os.ST_NODEV and options & os.ST_NOSUID, layer_id
+                assert options & os.ST_NOEXEC and options & os.ST_NOATIME, layer_id
+    finally:
+        _release_all(tmp_path)

@@ -728,7 +728,9 @@ class OverlayDriver(Driver):
             if not lowers:
                 if self.mount_program is not None:
                     return upper  # nothing to stack and no bind mounts without root
-                mounts.bind_mount(upper, target, readonly=not self._writable(folder))
+                # A bind mount takes the mount flags of mountopt (nodev, nosuid...), as a stack does.
+                flags = tuple(o for o in self.mount_options if o in mounts.MOUNT_FLAGS)
+                mounts.bind_mount(upper, target, readonly=not self._writable(folder), options=flags)
                 return target
             if self.mount_program is not None and not all(os.path.isdir(p) for p in lowers):
                 # A mount program says so only in its own words: a lower directory is
