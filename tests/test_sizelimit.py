@@ -160,6 +160,38 @@ def test_lost_image_mount_is_remounted(home_fs):
     store.remove("ctr")
 
 
+def test_lost_image_mount_is_remounted_for_a_child_and_for_check(home_fs):
+    """After a reboot a size-limited layer's image is not mounted: making a child on it,
+    checking it and giving its imported tarball back mount it again, as mount and changes do,
+    instead of calling the layer's files missing (exit 6)."""
+    store = _store(home_fs)
+    if store.driver.size_method is not sizelimit.Method.IMAGE:
+        pytest.skip("no image under a project quota")
+    tar = make_tar({"kept": F(b"kept")})
+    store.create("ctr", None, writable=True, size="16M")
+    store.apply("ctr", io.BytesIO(tar))  # fresh: recorded as an import
+    folder = store.driver.resolve("ctr")
+
+    def reboot() -> None:
+        mounts.unmount(os.path.join(folder, sizelimit.IMAGE_MOUNT))
+
+    reboot()
+    assert store.check(["ctr"]) == [("ctr", None)]
+    reboot()
+    out = io.BytesIO()
+    store.diff("ctr", out)
+    assert out.getvalue() == tar
+    reboot()
+    store.create("child", "ctr", writable=True)
+    root = store.mount("child")
+    try:
+        assert Path(root, "kept").read_bytes() == b"kept"
+    finally:
+        store.unmount("child")
+    for layer_id in ("child", "ctr"):
+        store.remove(layer_id)
+
+
 def test_size_refused_where_it_means_nothing(tmp_path):
     store = _store(tmp_path)
     try:

@@ -418,6 +418,12 @@ class OverlayDriver(Driver):
     def _existing_upper(self, layer_id: str, folder: str) -> str:
         """:meth:`_upper`, which must be there (the store tells a removed layer from a damaged one)."""
         path = self._upper(folder)
+        if not os.path.isdir(path) and self._own(folder) and has_image(folder):
+            from graphdriver.fs import sizelimit
+
+            # A size-limited layer whose image lost its mount (a reboot): mount it again.
+            if sizelimit.ensure_mounted(folder):
+                path = self._upper(folder)
         if not os.path.isdir(path):
             raise NotFound(f"layer {layer_id}", f"its files are missing (its {DIFF_DIR} directory)")
         return path
