@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import io
+import multiprocessing
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,6 +192,38 @@ def test_lost_image_mount_is_remounted_for_a_child_and_for_check(home_fs):
         store.unmount("child")
     for layer_id in ("child", "ctr"):
         store.remove(layer_id)
+
+
+def _remount_together(barrier: Any, folder: str) -> None:
+    barrier.wait()
+    sizelimit.ensure_mounted(folder)
+
+
+def test_lost_image_mount_is_remounted_once_by_commands_at_once(home_fs):
+    """Commands reading a size-limited layer at once after a reboot mounted its image once
+    each, stacked on one another (one filesystem on several loop devices), and remove then
+    failed with the image still mounted, leaving the layer half removed."""
+    store = _store(home_fs)
+    if store.driver.size_method is not sizelimit.Method.IMAGE:
+        pytest.skip("no image under a project quota")
+    store.create("ctr", None, writable=True, size="16M")
+    folder = store.driver.resolve("ctr")
+    target = os.path.join(folder, sizelimit.IMAGE_MOUNT)
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(4):
+        mounts.unmount(target)  # as after a reboot
+        barrier = ctx.Barrier(6)
+        procs = [ctx.Process(target=_remount_together, args=(barrier, folder)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        assert [p.exitcode for p in procs] == [0] * 6
+        stacked = [m for m in mounts.read_mountinfo() if m.mount_point == os.path.realpath(target)]
+        assert len(stacked) == 1
+    store.remove("ctr")
+    assert not os.path.exists(folder)
+    assert mounts.mounts_below(str(home_fs / "store")) == []
 
 
 def test_size_refused_where_it_means_nothing(tmp_path):

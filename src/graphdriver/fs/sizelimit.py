@@ -246,9 +246,14 @@ def ensure_mounted(folder: str) -> bool:
     target = os.path.join(folder, IMAGE_MOUNT)
     if mounts.is_mount_point(target):
         return False
-    record = limit_of(folder) or {}
-    fstype = str(record.get("fstype") or "ext4")
-    loop_mount(image, target, fstype)
+    # Commands reading the layer at once would each mount it (one filesystem on several
+    # loop devices, stacked): the image's own lock lets one do it, the others see it done.
+    with locked(image):
+        if mounts.is_mount_point(target):
+            return False
+        record = limit_of(folder) or {}
+        fstype = str(record.get("fstype") or "ext4")
+        loop_mount(image, target, fstype)
     return True
 
 
