@@ -194,6 +194,50 @@ def test_lost_image_mount_is_remounted_for_a_child_and_for_check(home_fs):
         store.remove(layer_id)
 
 
+def test_lost_image_mount_of_a_parent_is_remounted_for_an_apply(home_fs):
+    """An apply to a child of a size-limited layer after a reboot looks at the layers below
+    through the parent's image, which was not mounted again: the apply failed (exit 1) and
+    left the child damaged."""
+    store = _store(home_fs)
+    if store.driver.size_method is not sizelimit.Method.IMAGE:
+        pytest.skip("no image under a project quota")
+    store.create("ctr", None, writable=True, size="16M")
+    store.apply("ctr", io.BytesIO(make_tar({"gone": F(b"x"), "kept": F(b"kept")})))
+    store.create("child", "ctr", writable=True)
+    mounts.unmount(os.path.join(store.driver.resolve("ctr"), sizelimit.IMAGE_MOUNT))  # a reboot
+    store.apply("child", io.BytesIO(make_tar({".wh.gone": F(b"")})))
+    assert [str(c) for c in store.changes("child")] == ["D /gone"]
+    root = store.mount("child")
+    try:
+        assert sorted(os.listdir(root)) == ["kept"]
+    finally:
+        store.unmount("child")
+    for layer_id in ("child", "ctr"):
+        store.remove(layer_id)
+
+
+def test_lost_image_mount_below_the_parent_is_remounted_for_a_child_of_other_maps(home_fs):
+    """A child with other id maps than its parent looks at every layer below it when it is
+    made: a size-limited one whose image lost its mount (a reboot) failed the create (exit 1)."""
+    from graphdriver.idmap import IDMappings
+
+    store = _store(home_fs)
+    if store.driver.size_method is not sizelimit.Method.IMAGE:
+        pytest.skip("no image under a project quota")
+    store.create("ctr", None, writable=True, size="16M")
+    store.apply("ctr", io.BytesIO(make_tar({"kept": F(b"kept")})))
+    store.create("mid", "ctr", writable=True)
+    mounts.unmount(os.path.join(store.driver.resolve("ctr"), sizelimit.IMAGE_MOUNT))  # a reboot
+    store.create("child", "mid", writable=True, idmaps=IDMappings.parse("0:100000:65536", "0:100000:65536"))
+    root = store.mount("child")
+    try:
+        assert os.stat(os.path.join(root, "kept")).st_uid == 100000
+    finally:
+        store.unmount("child")
+    for layer_id in ("child", "mid", "ctr"):
+        store.remove(layer_id)
+
+
 def _remount_together(barrier: Any, folder: str) -> None:
     barrier.wait()
     sizelimit.ensure_mounted(folder)

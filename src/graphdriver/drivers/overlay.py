@@ -481,6 +481,7 @@ class OverlayDriver(Driver):
 
         parent_folder = self.resolve(parent) if parent else None
         if parent and parent_folder:
+            self._mount_images(self.layer_chain(parent))  # the parent's own: the next line
             self._existing_upper(parent, parent_folder)  # its files gone: nothing to stack on
         size = opts.storage_opt.get("size")
         where = folder
@@ -697,12 +698,17 @@ class OverlayDriver(Driver):
 
     def _repair_chain(self, folder: str) -> None:
         """Make every lower directory of *folder* reachable again (links, size-limited images)."""
-        from graphdriver.fs import sizelimit
-
         self.repair_links()
-        for ancestor in [folder, *self.layer_chain(os.path.basename(folder))]:
-            if self._own(ancestor):
-                sizelimit.ensure_mounted(ancestor)
+        self._mount_images([folder, *self.layer_chain(os.path.basename(folder))])
+
+    def _mount_images(self, folders: Sequence[str]) -> None:
+        """Mount again the images of the size-limited layers among *folders* that lost their
+        mount (a reboot)."""
+        for folder in folders:
+            if self._own(folder) and has_image(folder):
+                from graphdriver.fs import sizelimit
+
+                sizelimit.ensure_mounted(folder)
 
     # ----- get and put ------------------------------------------------------------------------
 
@@ -889,11 +895,9 @@ class OverlayDriver(Driver):
             # Writing under a mounted overlay's upper directory is undefined: go
             # through the union, where the kernel makes the whiteouts itself.
             return ApplyTarget(path=live, whiteouts=DELETE_WHITEOUTS)
-        if self._own(folder) and has_image(folder):
-            from graphdriver.fs import sizelimit
-
-            sizelimit.ensure_mounted(folder)
-        lowers = tuple(self._views(folder, [os.path.join(p, DIFF_DIR) for p in self.layer_chain(layer_id)]))
+        chain = self.layer_chain(layer_id)
+        self._mount_images([folder, *chain])
+        lowers = tuple(self._views(folder, [os.path.join(p, DIFF_DIR) for p in chain]))
         # A base layer has nothing below to hide: its whiteouts just delete.
         mode = OVERLAY_WHITEOUTS if lowers else DELETE_WHITEOUTS
         # Rootless overlays read opaque directories from user.* xattrs.
