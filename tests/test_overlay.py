@@ -1148,6 +1148,18 @@ def test_a_container_layer_mounts_under_a_store_path_with_a_backslash_comma_or_c
         _release_all(tmp_path)
 
 
+def test_status_says_which_mount_api_the_kernel_has(tmp_path, monkeypatch):
+    """With mount_api=auto, status named both interfaces ("... if present, else mount(2)")
+    until a mount of the same process had tried one: it asks the kernel instead."""
+    has = _kernel_has_lowerdir_plus(tmp_path / "probe")
+    _release_all(tmp_path)
+    monkeypatch.setattr(mounts, "_new_api", None)  # a command that has mounted nothing yet
+    drv = make_driver(tmp_path)
+    assert ("Mount API", "fsopen/fsconfig lowerdir+" if has else "mount(2)") in drv.status()
+    assert mounts.new_api_state() is None  # asking chose nothing for the mounts to come
+    assert mounts.mounts_below(str(tmp_path)) == []
+
+
 def _kernel_has_lowerdir_plus(work: Path) -> bool:
     lowers, target = (work / "l1", work / "l2"), work / "mnt"
     for p in (*lowers, target):

@@ -390,7 +390,7 @@ class OverlayDriver(Driver):
         new_api = "fsopen/fsconfig lowerdir+"
         api = {True: new_api, False: "mount(2)", None: f"{new_api} if present, else mount(2)"}
         if self.mount_api == "auto":
-            used = api[mounts.new_api_state()]
+            used = api[mounts.probe_new_api(nearest_existing(self.home))]
         else:  # forced by the option
             used = f"{api[self.mount_api == 'fsopen']} (mount_api={self.mount_api})"
         native = "true" if self.native_diff else f"false ({self.native_why})"

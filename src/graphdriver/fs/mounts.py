@@ -313,6 +313,26 @@ def new_api_state() -> bool | None:
     return _new_api
 
 
+def probe_new_api(directory: str) -> bool | None:
+    """Whether the kernel's overlay takes ``lowerdir+`` through the new mount API, asked by
+    setting *directory* as a lower layer of a context that is never mounted (None: it cannot
+    be asked, without the privilege to open one).  Changes nothing, not even what
+    :func:`mount_overlay` chooses."""
+    if _new_api is not None:
+        return _new_api
+    try:
+        fsfd = syscalls.fsopen("overlay")
+    except OSError as e:
+        return False if e.errno == errno.ENOSYS else None
+    try:
+        syscalls.fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", os.fsencode(directory))
+    except OSError as e:
+        return False if e.errno == errno.EINVAL else None
+    finally:
+        os.close(fsfd)
+    return True
+
+
 # ----- FUSE (rootless) -----------------------------------------------------------------------
 
 
