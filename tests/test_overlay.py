@@ -1096,6 +1096,49 @@ def test_conformance_suite_rootless_with_fuse_overlayfs(request):
     assert "cannot run here" not in out  # the overlay driver itself was not skipped
 
 
+def _fuse_daemons(target: str) -> list[int]:
+    """The pids of the FUSE programs serving a mount at *target*."""
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if name.isdigit() and os.fsencode(target) in argv and b"fuse-overlayfs" in argv[0]:
+            pids.append(int(name))
+    return pids
+
+
+@pytest.mark.skipif(not os.access(overlay.DEFAULT_MOUNT_PROGRAM, os.X_OK), reason="no fuse-overlayfs")
+def test_a_mount_whose_fuse_program_died_is_mounted_again(tmp_path):
+    """fuse-overlayfs killed (kill -9, the OOM killer) leaves a dead mount ("Transport
+    endpoint is not connected"): its count dropped, but the next mount handed that dead
+    mount out again as a mount a process had left uncounted."""
+    drv = make_driver(tmp_path, options={"mount_program": overlay.DEFAULT_MOUNT_PROGRAM})
+    try:
+        drv.create("base", None)
+        apply(drv, "base", {"f": F(b"f")})
+        drv.create_rw("ctr", "base")
+        root = drv.get("ctr")
+        for pid in _fuse_daemons(root):
+            os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.stat(root)
+            except OSError:
+                break
+            time.sleep(0.05)
+        assert drv.mount_count("ctr") == 0
+        root = drv.get("ctr")
+        assert Path(root, "f").read_bytes() == b"f"
+        drv.put("ctr")
+        assert not mounts.is_mount_point(root)
+    finally:
+        _release_all(tmp_path)
+
+
 # ----- the mount API option ---------------------------------------------------------------------------
 
 

@@ -729,7 +729,9 @@ class OverlayDriver(Driver):
         own = self._own(folder)
         target = self._merged(folder, create=True)
         if mounts.is_mount_point(target):
-            return target  # left by a process that died before counting it
+            if not mounts.is_dead(target):
+                return target  # left by a process that died before counting it
+            mounts.unmount(target)  # a FUSE mount whose program died: mounted afresh below
         if own and has_image(folder):
             from graphdriver.fs import sizelimit
 

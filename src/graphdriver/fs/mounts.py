@@ -416,6 +416,16 @@ def is_mount_point(path: str) -> bool:
     return mount_at(path) is not None
 
 
+def is_dead(path: str) -> bool:
+    """Whether *path* is a FUSE mount whose program is gone ("Transport endpoint is not
+    connected")."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
 def fs_magic(path: str) -> int | None:
     """The ``statfs`` type of the filesystem holding *path*, or None when it cannot be asked."""
     return syscalls.statfs_type(path)
