@@ -270,6 +270,33 @@ def test_lost_image_mount_is_remounted_once_by_commands_at_once(home_fs):
     assert mounts.mounts_below(str(home_fs / "store")) == []
 
 
+@pytest.mark.parametrize("home_fs", ["ext4"], indirect=True)
+def test_without_mkfs_ext4_limits_are_xfs_images_and_refusals_say_why(home_fs, monkeypatch):
+    """As root without mkfs.ext4, every limit was refused because it "needs root", and status
+    said so, though mkfs.xfs makes the images of limits from 300 MiB up."""
+    real_which = shutil.which
+    tools = {"mkfs.xfs"}
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: real_which(name, *a, **kw)
+                        if name not in ("mkfs.ext4", "mkfs.xfs") or name in tools else None)
+    store = _store(home_fs)
+    store.create("base")
+    store.create("big", "base", writable=True, size="320M")
+    assert sizelimit.limit_of(store.driver.resolve("big")) == {
+        "method": "image", "size": 320 * MiB, "fstype": "xfs"}
+    with pytest.raises(Unsupported) as caught:
+        store.create("small", "base", writable=True, size="32M")
+    assert "mkfs.ext4" in str(caught.value) and "needs root" not in str(caught.value)
+    assert [layer.id for layer in store.layers()] == ["base", "big"]
+    tools.clear()  # no mkfs at all
+    store = _store(home_fs)
+    assert ("Size Limits", "unavailable (needs mkfs.ext4 or mkfs.xfs)") in store.driver.status()
+    with pytest.raises(Unsupported) as caught:
+        store.create("none", "base", writable=True, size="320M")
+    assert "mkfs.ext4" in str(caught.value) and "needs root" not in str(caught.value)
+    for layer_id in ("big", "base"):
+        store.remove(layer_id)
+
+
 def test_size_refused_where_it_means_nothing(tmp_path):
     store = _store(tmp_path)
     try:

@@ -385,7 +385,7 @@ class OverlayDriver(Driver):
         return True, ""
 
     def status(self) -> list[tuple[str, str]]:
-        from graphdriver.fs import mounts
+        from graphdriver.fs import mounts, sizelimit
 
         new_api = "fsopen/fsconfig lowerdir+"
         api = {True: new_api, False: "mount(2)", None: f"{new_api} if present, else mount(2)"}
@@ -400,7 +400,8 @@ class OverlayDriver(Driver):
             ("Mount API", "FUSE" if self.mount_program else used),
             ("Mount Options", ",".join(self.mount_options) or "none"),
             ("Native Overlay Diff", native),
-            ("Size Limits", self.size_method.value if self.size_method else "unavailable (needs root)"),
+            ("Size Limits", self.size_method.value if self.size_method
+             else f"unavailable ({sizelimit.unavailable_why()})"),
             ("Max Depth", str(MAX_DEPTH)),
             ("Home", self.home),
         ]

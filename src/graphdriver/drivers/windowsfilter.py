@@ -356,7 +356,8 @@ class WindowsFilterDriver(Driver, BaseImages):
         if _sizelimit is None:
             sizes = "unavailable (no size-limit support in this installation)"
         else:
-            sizes = self.size_method.value if self.size_method else "unavailable (needs root)"
+            why = _sizelimit.unavailable_why()
+            sizes = self.size_method.value if self.size_method else f"unavailable ({why})"
         return [
             ("Windows", "layers kept on Linux in the seeds' layout"),
             *self.probed.items(),

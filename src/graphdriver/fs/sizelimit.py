@@ -41,7 +41,7 @@ from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
 from graphdriver.fs import atomic, mounts, privileged
 from graphdriver.fs.locking import locked
 from graphdriver.fs.sizerecord import IMAGE_FILE, RECORD_FILE, limit_of
-from graphdriver.units import MIN_SIZE, check_limit
+from graphdriver.units import check_limit
 
 IMAGE_MOUNT = "img"
 
@@ -158,9 +158,14 @@ def choose_method(home: str) -> Method | None:
         return None
     if _quota_device(home) is not None:
         return Method.QUOTA
-    if image_fstype(MIN_SIZE) is None:
+    if image_fstype(XFS_MIN_SIZE) is None:  # (mkfs.xfs alone makes the larger images only)
         return None
     return Method.IMAGE
+
+
+def unavailable_why() -> str:
+    """Why :func:`choose_method` found no way to limit sizes here."""
+    return "needs mkfs.ext4 or mkfs.xfs" if privileged() else "needs root"
 
 
 def image_fstype(size: int) -> str | None:
@@ -199,8 +204,14 @@ def check_storage_opt(
     except ValueError as e:
         raise InvalidArgument(f"size {storage_opt['size']!r}", "expected a number of bytes") from e
     check_size(size)
-    if method() is None:
-        raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
+    chosen = method()
+    if chosen is None:
+        if not privileged():
+            raise Unsupported("--size", "needs root (a project quota or a loop-mounted image)")
+        raise Unsupported("--size", "needs mkfs.ext4 (apt-get install e2fsprogs) for a loop-mounted image")
+    if chosen is Method.IMAGE and image_fstype(size) is None:
+        raise Unsupported(f"size limit of {size} bytes", "needs mkfs.ext4 (apt-get install e2fsprogs): "
+                          f"mkfs.xfs makes no filesystem under {XFS_MIN_SIZE >> 20} MiB")
 
 
 # ----- setting up and tearing down ------------------------------------------------------------
