@@ -504,3 +504,42 @@ def test_check_under_an_apply_that_begins_meanwhile_reports_no_damage(store, mon
     monkeypatch.setattr(integrity, "verify_files", verify_while_applying)
     results = dict(store.check())
     assert results["base"] == "skipped: no recorded digest (not imported)", results
+
+
+class _CountedLookups(set[str]):
+    """A set that counts the lookups made in it."""
+
+    lookups = 0
+
+    def __contains__(self, item: object) -> bool:
+        self.lookups += 1
+        return super().__contains__(item)
+
+
+def test_the_folders_of_a_deep_tree_are_added_once_each():
+    """Each path of a tree 2,000 levels deep costs one or two lookups, not one a level: ``check``
+    of such a layer stays linear in its entries."""
+    from graphdriver.layerio.verify import add_parents
+
+    folders = _CountedLookups()
+    paths = ["/".join(["d"] * depth) for depth in range(1, 2001)]
+    for path in paths:
+        add_parents(folders, path)
+    assert folders == set(paths)
+    assert folders.lookups <= 2 * len(paths)
+    add_parents(folders, "other/below")  # a new branch climbs to the root
+    assert {"other", "other/below"} <= folders
+
+
+def test_check_of_a_layer_600_folders_deep_finds_a_file_planted_at_the_bottom(store):
+    deep = "/".join(["d"] * 600)  # (shallow enough for pytest's recursive removal of old temp folders)
+    spec = {"/".join(["d"] * depth): D() for depth in range(1, 601)}
+    store.import_layer("deep", None, io.BytesIO(make_tar({**spec, deep + "/leaf": F(b"leaf\n")})))
+    assert store.check() == [("deep", None)]
+    bottom = Path(store.driver.apply_target("deep").path, deep)
+    times = bottom.stat()
+    (bottom / "planted").write_bytes(b"")
+    os.utime(bottom, ns=(times.st_atime_ns, times.st_mtime_ns))  # the file alone differs
+    [(_, why)] = store.check()
+    assert why is not None and "planted': is in the layer but in no entry" in why, why
+    store.remove("deep")

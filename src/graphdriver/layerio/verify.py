@@ -98,7 +98,8 @@ def tree_problems(
     """
     as_root = privileged()
     problems: list[str] = []
-    expected: set[str] = set()
+    expected: set[str] = set()  # with each path, the folders above it
+    hidden: set[str] = set()  # whiteout targets below a whiteout meta folder
     last = _last_headers(entries)
     links: list[tuple[str, str]] = []  # (hard link, its target)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -110,12 +111,19 @@ def tree_problems(
             if not rel or base.startswith(WHITEOUT_PREFIX) or WHITEOUT_META_PREFIX in parent:
                 # The root's own metadata is the store's; a whiteout leaves no file of
                 # its name (but, in an overlay upper directory, a 0/0 device of its target's).
-                if rel and not base.startswith(WHITEOUT_META_PREFIX):
-                    expected.add(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]))
-                expected.update(_parents(parent) if rel and WHITEOUT_META_PREFIX not in parent else ())
+                if not rel:
+                    continue
+                # Below a whiteout meta folder, the target alone: kept apart, as *expected*
+                # holds the folders above each of its paths.
+                below_meta = WHITEOUT_META_PREFIX in parent
+                if not base.startswith(WHITEOUT_META_PREFIX):
+                    target = posixpath.join(parent, base[len(WHITEOUT_PREFIX):])
+                    (hidden if below_meta else expected).add(target)
+                if not below_meta:
+                    add_parents(expected, parent)
                 continue
             expected.add(rel)
-            expected.update(_parents(parent))
+            add_parents(expected, parent)
             if e.type == te.LNK:
                 links.append((rel, posixpath.normpath("/" + e.linkname).lstrip("/")))
             try:
@@ -128,10 +136,11 @@ def tree_problems(
         for rel, target in links:
             # A hard link to a lower layer's file copies that file (and its folders) up
             # into an overlay upper directory: the very file linked is the layer's too.
-            if target not in expected and _inode(root_fd, rel) == _inode(root_fd, target) is not None:
+            if (target not in expected and target not in hidden
+                    and _inode(root_fd, rel) == _inode(root_fd, target) is not None):
                 expected.add(target)
-                expected.update(_parents(target.rpartition("/")[0]))
-        extra = _walk(root) - expected
+                add_parents(expected, target.rpartition("/")[0])
+        extra = _walk(root) - expected - hidden
         if inherited is not None:
             extra -= _walk(inherited)
         if OPAQUE_WHITEOUT in last and inherited is None:
@@ -239,11 +248,11 @@ def changes_problems(
             target = posixpath.normpath("/" + e.linkname).lstrip("/")
             linked.add(target)
             links.update((rel, target))
-            implied.update(_parents(target.rpartition("/")[0]))  # listed above the target
+            add_parents(implied, target.rpartition("/")[0])  # listed above the target
         parent, _, base = rel.rpartition("/")
         if WHITEOUT_META_PREFIX in parent:
             continue
-        implied.update(_parents(parent))
+        add_parents(implied, parent)
         if base == OPAQUE_WHITEOUT:
             opaque.add(parent)
         elif base.startswith(WHITEOUT_META_PREFIX):
@@ -258,7 +267,7 @@ def changes_problems(
     with ShortPaths() as short:  # a path of the layer may be too long with *root* before it
         partners = _link_partners(changes, links, named, root, old_root, owner, short)
         for rel in partners:
-            implied.update(_parents(rel.rpartition("/")[0]))  # listed above them
+            add_parents(implied, rel.rpartition("/")[0])  # listed above them
         problems: list[str] = []
         for change in changes:
             rel = change.path.lstrip("/")
@@ -359,6 +368,15 @@ def _inode(root_fd: int, rel: str) -> tuple[int, int] | None:
 def _parents(parent: str) -> Iterator[str]:
     while parent:
         yield parent
+        parent = parent.rpartition("/")[0]
+
+
+def add_parents(folders: set[str], parent: str) -> None:
+    """Add *parent* and the folders above it to *folders*, a set that holds the folders
+    above each of its paths: the climb ends at the first one there (so that a tree
+    thousands of levels deep costs one step a path, not one a level)."""
+    while parent and parent not in folders:
+        folders.add(parent)
         parent = parent.rpartition("/")[0]
 
 

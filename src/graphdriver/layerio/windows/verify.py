@@ -37,7 +37,7 @@ from graphdriver.fs.overlayfs import is_whiteout
 from graphdriver.fs.tree import walk_tree
 from graphdriver.layerio import entry as te
 from graphdriver.layerio.extract import clean_name
-from graphdriver.layerio.verify import clamped, open_parent
+from graphdriver.layerio.verify import add_parents, clamped, open_parent
 from graphdriver.layerio.windows import layout, winmeta, wintar
 from graphdriver.layerio.windows.apply import permission_bits
 from graphdriver.layerio.windows.layer import MUTATED_FILES, is_opaque
@@ -158,7 +158,7 @@ def _tree_problems(expected: list[tuple[Record, te.TarEntry]], layer: winmeta.La
     remade: set[str] = set()  # folders made again after their tombstone: may be opaque
     deleted: set[str] = set()
     for rec, e in expected:
-        allowed.update(_parents(rec.path.rpartition("/")[0]))
+        add_parents(allowed, rec.path.rpartition("/")[0])
         if rec.kind == DELETED:
             deleted.add(rec.path)
         elif rec.kind != STREAM:
@@ -259,12 +259,6 @@ def _compare_metadata(rec: Record, e: te.TarEntry, base: str, pfd: int, st: os.s
     if st.st_mtime_ns != e.mtime_ns and not clamped(e.mtime_ns, st.st_mtime_ns):
         return f"was modified at {st.st_mtime_ns} ns, its entry at {e.mtime_ns} ns"
     return ""
-
-
-def _parents(parent: str) -> Iterator[str]:
-    while parent:
-        yield parent
-        parent = parent.rpartition("/")[0]
 
 
 def _kind_name(mode: int) -> str:
