@@ -543,3 +543,23 @@ def test_check_of_a_layer_600_folders_deep_finds_a_file_planted_at_the_bottom(st
     [(_, why)] = store.check()
     assert why is not None and "planted': is in the layer but in no entry" in why, why
     store.remove("deep")
+
+
+def test_check_of_a_long_chain_reads_each_record_a_bounded_number_of_times(store, monkeypatch):
+    """Each layer's chain must be whole; checking all 60 layers of a chain reads each record
+    about once, not once per layer above it."""
+    parent = None
+    for i in range(60):
+        store.import_layer(f"l{i}", parent, io.BytesIO(make_tar({f"f{i}": F(b"%d\n" % i)})))
+        parent = f"l{i}"
+    reads = 0
+    find = Store._find
+
+    def counted(self: Store, layer_id: str) -> object:
+        nonlocal reads
+        reads += 1
+        return find(self, layer_id)
+
+    monkeypatch.setattr(Store, "_find", counted)
+    assert store.check() == sorted((f"l{i}", None) for i in range(60))
+    assert reads <= 3 * 60, reads

@@ -399,13 +399,14 @@ def _unread(e: GraphDriverError) -> str:
 
 def check_records(store: Store, records: list[Layer], *, again: bool = True) -> list[tuple[str, str | None]]:
     results: list[tuple[str, str | None]] = []
+    sound: set[str] = set()  # layers whose chains are whole (see missing_parent)
     for record in records:
         damage = store.damage(record)
         if damage is not None:
             shown = f"skipped: {under_way(damage[1])}" if damage[0] else f"damaged: {damage[1]}"
             results.append((record.id, shown))
             continue
-        missing = missing_parent(store, record)
+        missing = missing_parent(store, record, sound)
         if missing is not None:
             if not (store._being_removed(record.id) or store._remade(record)):
                 results.append((record.id, missing))
@@ -484,11 +485,18 @@ def _unreadable(record: Layer, e: PermissionError | ReadRefused) -> str:
     return f"skipped: its files cannot be read by this user ({e.strerror}{where})"
 
 
-def missing_parent(store: Store, record: Layer) -> str | None:
-    """What is wrong when a layer of *record*'s chain has no record (its files are unknown)."""
+def missing_parent(store: Store, record: Layer, sound: set[str] | None = None) -> str | None:
+    """What is wrong when a layer of *record*'s chain has no record (its files are unknown).
+
+    *sound*: layers whose chains were found whole, where the walk down may end; the
+    layers of *record*'s chain are added to it when it is whole too (so that checking
+    every layer of a long chain reads each record once, not once per layer above it).
+    """
     current: Layer | None = record
     seen = {record.id}
     while current is not None and current.parent:
+        if sound is not None and current.parent in sound:
+            break
         if current.parent in seen:
             return f"its chain loops back to layer {current.parent} (corrupt metadata)"
         seen.add(current.parent)
@@ -498,6 +506,8 @@ def missing_parent(store: Store, record: Layer) -> str | None:
             return f"its chain's layer {current.parent} has no record (corrupt metadata)"
         except IntegrityError as e:
             return f"its chain's layer {current.parent}: {e.why or e}"
+    if sound is not None:
+        sound |= seen
     return None
 
 
