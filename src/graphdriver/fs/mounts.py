@@ -64,6 +64,12 @@ MOUNT_FLAGS = {
     "nodiratime": (0x800, 0x80),
     "relatime": (0x200000, 0x0),
     "strictatime": (0x1000000, 0x20),
+    # The defaults, which mount(8) takes as clearing their "no" forms: nothing to set.
+    "suid": (0x0, 0x0),
+    "dev": (0x0, 0x0),
+    "exec": (0x0, 0x0),
+    "atime": (0x0, 0x0),
+    "diratime": (0x0, 0x0),
 }
 MNT_DETACH = 0x2
 

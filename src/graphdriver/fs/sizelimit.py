@@ -18,7 +18,8 @@ Two ways, chosen per store:
     directories live inside it and ``<layer>/diff`` and ``<layer>/work`` are
     symlinks to them.  This is what the seeds' ``sandbox.vhdx`` does on
     Windows.  Writing past the limit fails with ``ENOSPC``; the filesystem's
-    own structures (journal, inode tables) take a few percent of the size.
+    own structures (journal, inode tables) take part of the size: with ext4,
+    about 3 % of 20 GiB, 7 % of 1 GiB, 14-24 % of an image under 100 MiB.
     The loop device is set to clear itself when the filesystem is unmounted,
     so removing the layer (or losing the mount at a reboot) leaves no device
     behind; :func:`ensure_mounted` mounts the image again where it is missing.
