@@ -2289,6 +2289,23 @@ def test_cleanup_tells_a_folder_whose_name_holds_a_newline_in_one_line(root):
         0, b"removed orphaned layer folder x\\xff\\nremoved everything\n"), r.stderr
 
 
+@pytest.mark.parametrize("driver", ["vfs", "overlay"])
+def test_status_tells_a_store_path_holding_a_newline_in_its_one_line(tmp_path, driver):
+    """status prints the driver, then one ``key: value`` line per fact: a store path with a
+    newline or a byte that is not UTF-8 is escaped there, as in an error line (``--json``
+    gives it whole)."""
+    if driver == "overlay" and os.geteuid() != 0:
+        pytest.skip("needs root for overlay")
+    root = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"st\xff\nHome: elsewhere")))
+    r = run_cli("status", root=root, driver=driver, check=True)
+    lines = r.stdout.decode("utf-8", "surrogateescape").splitlines()
+    assert lines[0] == driver and all(": " in line for line in lines[1:]), lines
+    assert [line for line in lines if line.startswith("Home: ")] == [
+        f"Home: {root}/{driver}".replace("\n", "\\n").replace("\udcff", "\\xff")]
+    shown = json.loads(run_cli("status", "--json", root=root, driver=driver, check=True).stdout)
+    assert "\n" in shown["status"]["Home"]
+
+
 def _with_terminal_stdin(root: Path, *args: str) -> tuple[int, bytes, bytes]:
     """Run the command line with a pseudo-terminal on standard input (a user at a prompt)."""
     import pty

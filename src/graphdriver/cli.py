@@ -93,7 +93,7 @@ def cmd_status(store: Store, args: Args) -> int:
     else:
         _out(store.driver_name)
         for key, value in pairs:
-            _out(f"{key}: {value}")
+            _out(one_line(f"{key}: {value}"))  # a path with a newline cannot forge a line
     return 0
 
 
