@@ -1246,6 +1246,23 @@ def test_mount_flags_in_mountopt_are_the_mounts(tmp_path, api, mountopt, flags):
         _release_all(tmp_path)
 
 
+@pytest.mark.parametrize("api", ["auto", "mount"])
+def test_options_the_kernel_refuses_without_a_word_are_named(tmp_path, api):
+    """metacopy=on conflicts with the redirect_dir=off every mount gets: the kernel refuses the
+    mount with EINVAL and says why in its own log only, so the error names the options."""
+    drv = make_driver(tmp_path, options={"mountopt": "metacopy=on", "mount_api": api})
+    try:
+        drv.create("base", None)
+        drv.create_rw("ctr", "base")
+        with pytest.raises(GraphDriverError) as info:
+            drv.get("ctr")
+        assert info.value.exit_code == 1
+        assert "Invalid argument (overlay options " in str(info.value)
+        assert "redirect_dir=off,metacopy=on" in str(info.value) and "dmesg" in str(info.value)
+    finally:
+        _release_all(tmp_path)
+
+
 def test_mount_flags_in_mountopt_apply_to_a_layer_without_parent(tmp_path):
     """A layer with nothing below it is bind-mounted, not stacked: its view takes the mount
     flags of mountopt too, or a setuid file or device node of a base layer stays live."""

@@ -169,13 +169,23 @@ def _mount_new_api(spec: OverlayMount, target: str) -> None:
         finally:
             os.close(mfd)
     except OSError as e:
-        why = _kernel_messages(fsfd) or e.strerror or str(e)
+        why = _kernel_messages(fsfd) or _unexplained(e, spec, step == "create")
         err = MountError(e.errno, why, target)
         err.step = step
         raise err from e
     finally:
         paths.close()
         os.close(fsfd)
+
+
+def _unexplained(e: OSError, spec: OverlayMount, with_options: bool) -> str:
+    """*e*'s text, naming the overlay options when *with_options* and the kernel refused
+    them without a word (it writes why in its own log only: ``conflicting options``...)."""
+    why = e.strerror or str(e)
+    options = [o for o in spec.options if o not in MOUNT_FLAGS]
+    if with_options and e.errno == errno.EINVAL and options:
+        why += f" (overlay options {','.join(options)}; the kernel's log, dmesg, may say why)"
+    return why
 
 
 def _escaped_dir(paths: ShortPaths, path: str) -> bytes:
@@ -266,17 +276,18 @@ def _mount_legacy(spec: OverlayMount, target: str) -> None:
             target,
         )
     flags = (MS_RDONLY if spec.readonly else 0) | _mount_flags(spec, 0)
-    if spec.base is None:
-        mount("overlay", target, "overlay", flags, data)
-        return
     # The options name the layers relative to the base: mount from inside it.
-    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if spec.base is not None else None
     try:
-        os.chdir(spec.base)
+        if spec.base is not None:
+            os.chdir(spec.base)
         mount("overlay", target, "overlay", flags, data)
+    except MountError as e:
+        raise MountError(e.errno, _unexplained(e, spec, True), target) from None
     finally:
-        os.fchdir(here)
-        os.close(here)
+        if here is not None:
+            os.fchdir(here)
+            os.close(here)
 
 
 def mount_overlay(spec: OverlayMount, target: str, *, api: str = "auto") -> str:
