@@ -419,12 +419,8 @@ class OverlayDriver(Driver):
     def _existing_upper(self, layer_id: str, folder: str) -> str:
         """:meth:`_upper`, which must be there (the store tells a removed layer from a damaged one)."""
         path = self._upper(folder)
-        if not os.path.isdir(path) and self._own(folder) and has_image(folder):
-            from graphdriver.fs import sizelimit
-
-            # A size-limited layer whose image lost its mount (a reboot): mount it again.
-            if sizelimit.ensure_mounted(folder):
-                path = self._upper(folder)
+        if not os.path.isdir(path):
+            self._mount_images([folder])  # a size-limited layer whose image lost its mount
         if not os.path.isdir(path):
             raise NotFound(f"layer {layer_id}", f"its files are missing (its {DIFF_DIR} directory)")
         return path
@@ -706,7 +702,7 @@ class OverlayDriver(Driver):
         """Mount again the images of the size-limited layers among *folders* that lost their
         mount (a reboot)."""
         for folder in folders:
-            if self._own(folder) and has_image(folder):
+            if self._own(folder) and has_image(folder):  # (sizelimit loads ctypes: only then)
                 from graphdriver.fs import sizelimit
 
                 sizelimit.ensure_mounted(folder)
@@ -727,18 +723,13 @@ class OverlayDriver(Driver):
         from graphdriver.fs import mounts
 
         folder = self.resolve(layer_id)
-        own = self._own(folder)
         target = self._merged(folder, create=True)
         if mounts.is_mount_point(target):
             if not mounts.is_dead(target):
                 return target  # left by a process that died before counting it
             mounts.unmount(target)  # a FUSE mount whose program died: mounted afresh below
-        if own and has_image(folder):
-            from graphdriver.fs import sizelimit
-
-            sizelimit.ensure_mounted(folder)
         lowers = self._lowers(folder)
-        upper = self._existing_upper(layer_id, folder)
+        upper = self._existing_upper(layer_id, folder)  # (mounting a size limit's image again)
         try:
             if not lowers:
                 if self.mount_program is not None:
@@ -937,10 +928,7 @@ class OverlayDriver(Driver):
             parent_link = os.path.join(os.path.dirname(parent_folder), self._link_entry(parent_folder))
             if not lowers or os.path.normpath(lowers[0]) != os.path.normpath(parent_link):
                 return None
-        if self._own(folder) and has_image(folder):  # (sizelimit loads ctypes: only then)
-            from graphdriver.fs import sizelimit
-
-            sizelimit.ensure_mounted(folder)
+        self._mount_images([folder])
         if not all(os.path.isdir(p) for p in lowers):
             self._repair_chain(folder)
             self._refuse_missing_lowers(layer_id, lowers)
