@@ -394,23 +394,31 @@ def test_diff_to_a_full_device_is_a_failure_of_the_output_never_of_the_layer(roo
     assert cli(root, "check", "l").returncode == 0
 
 
-@pytest.mark.parametrize("args", [["layers"], ["layer", "l"], ["mounted", "l"], ["status"], ["diff", "c"]])
-def test_output_to_a_full_device_is_one_line_and_exit_1(root, args):
-    """Buffered output (no PYTHONUNBUFFERED, as users run it) that cannot be written was
-    reported, then failed again at exit: Python's own lines, and exit code 120."""
+def _to_full_device(root, args, *, buffered=True, data=b""):
+    """Run the CLI as users do (its output buffered unless told otherwise) with standard
+    output on /dev/full, where every write fails."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
-    assert cli(root, "create", "c", "--parent", "l").returncode == 0  # its diff is built from files
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env["PYTHONPATH"] = str(ROOT / "src")
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with open("/dev/full", "wb") as full:
-        r = subprocess.run([sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
-                            str(root.parent / "run"), *args], stdout=full, stderr=subprocess.PIPE,
-                           env=env, check=False)
+        return subprocess.run([sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
+                               str(root.parent / "run"), *args], stdout=full, stderr=subprocess.PIPE,
+                              input=data, env=env, check=False)
+
+
+@pytest.mark.parametrize("args", [["layers"], ["layer", "l"], ["mounted", "l"], ["status"], ["diff", "c"]])
+def test_output_to_a_full_device_is_one_line_and_exit_1(root, args):
+    """Buffered output (no PYTHONUNBUFFERED, as users run it) that cannot be written was
+    reported, then failed again at exit: Python's own lines, and exit code 120."""
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    assert cli(root, "create", "c", "--parent", "l").returncode == 0  # its diff is built from files
+    r = _to_full_device(root, args)
     what = "diff c" if args[0] == "diff" else "standard output"  # (diff writes as it reads)
     assert (r.returncode, r.stderr.decode()) == (1, f"graphdriver: {what}: No space left on device\n")
 
@@ -419,22 +427,25 @@ def test_output_to_a_full_device_is_one_line_and_exit_1(root, args):
 def test_a_mount_whose_path_cannot_be_printed_is_given_back(root, buffered):
     """mount > /dev/full failed (exit 1) but left the layer counted as mounted: a caller
     told it failed never unmounts it."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    env["PYTHONPATH"] = str(ROOT / "src")
-    if not buffered:
-        env["PYTHONUNBUFFERED"] = "1"
-    with open("/dev/full", "wb") as full:
-        r = subprocess.run([sys.executable, "-m", "graphdriver", "--root", str(root), "--run-root",
-                            str(root.parent / "run"), "mount", "l"], stdout=full, stderr=subprocess.PIPE,
-                           env=env, check=False)
+    r = _to_full_device(root, ["mount", "l"], buffered=buffered)
     assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
     assert cli(root, "mounted", "l").stdout == b"0\n"
+
+
+@pytest.mark.parametrize("args", [["create", "n", "--parent", "l"], ["import", "n", "-"],
+                                  ["--json", "import", "n", "-"]])
+@pytest.mark.parametrize("buffered", [True, False])
+def test_a_layer_whose_result_cannot_be_printed_is_not_kept(root, args, buffered):
+    """create or import > /dev/full failed (exit 1) but kept the layer: a script told it failed
+    tried again and was told it already exists."""
+    assert cli(root, "import", "l", "-", input=make_tar({"f": F(b"abc")})).returncode == 0
+    r = _to_full_device(root, args, buffered=buffered, data=make_tar({"g": F(b"xyz")}))
+    what = "standard output" if buffered else args[args.index("n") - 1] + " n"  # the write itself fails
+    assert (r.returncode, r.stderr.decode()) == (1, f"graphdriver: {what}: No space left on device\n")
+    assert cli(root, "exists", "n").returncode == 3
+    assert cli(root, "layers").stdout == b"l\n"
+    assert cli(root, "check").returncode == 0
 
 
 def test_diff_of_a_layer_missing_its_tarsplit_data_exits_6(root):

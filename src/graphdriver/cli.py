@@ -123,11 +123,25 @@ def _result(args: Args, text: str, value: dict[str, object]) -> None:
     _out(jsonio.show(value) if args.json else text)
 
 
+def _result_or_undo(args: Args, text: str, value: dict[str, object], undo: Callable[[], object]) -> None:
+    """Print a command's result now; if it cannot be written (exit 1), *undo* what the command
+    did, so that a caller told it failed finds nothing to clean up."""
+    try:
+        _result(args, text, value)
+        _flush_stdout()
+    except BaseException:
+        try:
+            undo()
+        except Exception:  # the failure to report is the output's; the undo's is secondary
+            pass
+        raise
+
+
 def cmd_create(store: Store, args: Args) -> int:
     maps = _layer_maps(args, _parent_maps(store, args.parent))
     record = store.create(args.id, args.parent, writable=args.rw, size=args.size,
                           mount_label=args.mount_label, idmaps=maps)
-    _result(args, args.id, record.display())
+    _result_or_undo(args, args.id, record.display(), lambda: store.remove(args.id))
     return 0
 
 
@@ -137,10 +151,7 @@ def cmd_import(store: Store, args: Args) -> int:
     with input_stream(args.file, "import", args.id, args.quiet) as stream:
         maps = _layer_maps(args, _parent_maps(store, args.parent))
         record = store.import_layer(args.id, args.parent, stream, idmaps=maps)
-    if args.json:
-        _out(jsonio.show(record.display()))
-    else:
-        _out(str(record.size or 0))
+    _result_or_undo(args, str(record.size or 0), record.display(), lambda: store.remove(args.id))
     return 0
 
 
@@ -158,12 +169,8 @@ def cmd_apply(store: Store, args: Args) -> int:
 
 def cmd_mount(store: Store, args: Args) -> int:
     path = store.mount(args.id, args.mount_label)
-    try:
-        _result(args, path, {"id": args.id, "path": path})
-        _flush_stdout()
-    except BaseException:
-        store.unmount(args.id)  # the path never went out: no caller would give this mount back
-        raise
+    # The path never went out: no caller would give this mount back.
+    _result_or_undo(args, path, {"id": args.id, "path": path}, lambda: store.unmount(args.id))
     return 0
 
 
