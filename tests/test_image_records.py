@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graphdriver.errors import NotFound
 from graphdriver.images import oci, reference
@@ -822,6 +824,50 @@ def test_a_time_no_calendar_has_is_shown_as_it_is(text):
     from graphdriver.climages import _utc
 
     assert _utc(text) == text[:19].replace("T", " ")
+
+
+_TIME_PARTS = st.sampled_from(["2020", "2019", "0000", "9999", "12", "13", "02", "30", "31", "24", "60", "59",
+                                "00", "-", ":", "T", "t", " ", ".", "5", "123", "\u0663", "Z", "z", "+01:00"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.lists(_TIME_PARTS, max_size=16).map("".join),
+    st.tuples(st.sampled_from(["2020", "2019", "0000", "\u0663\u0660\u0662\u0660"]),
+              st.sampled_from(["01", "02", "12", "13"]), st.sampled_from(["01", "28", "30", "31"]),
+              st.sampled_from(["T", "t", " ", "x"]), st.sampled_from(["00", "23", "24"]),
+              st.sampled_from(["00", "59", "60"]), st.sampled_from(["", ".", ".5", ".123456789", ".x"]),
+              st.sampled_from(["Z", "z", "", "+02:00"]))
+    .map(lambda p: f"{p[0]}-{p[1]}-{p[2]}{p[3]}{p[4]}:{p[5]}:{p[5]}{p[6]}{p[7]}"),
+))
+def test_a_time_in_utc_is_shown_as_the_full_parse_shows_it(text):
+    """The short way for times in UTC (no re, no datetime) gives what the full parse gives."""
+    from graphdriver.climages import _utc, _utc_parsed
+
+    assert _utc(text) == _utc_parsed(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text("ab09._-", max_size=12))
+def test_a_path_component_is_checked_as_docker_s_grammar_says(comp):
+    import re
+
+    from graphdriver.images.reference import _component_ok
+
+    grammar = re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", comp) is not None
+    assert _component_ok(comp) == grammar
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.text("aZ09-.:[]f", max_size=14))
+def test_a_registry_name_is_checked_as_docker_s_grammar_says(domain):
+    import re
+
+    from graphdriver.images.reference import _domain_ok
+
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    host = rf"(?:{label}(?:\.{label})*|\[[0-9A-Fa-f:.]+\])"
+    assert _domain_ok(domain) == (re.fullmatch(rf"{host}(?::[0-9]+)?", domain) is not None)
 
 
 def test_a_second_manifest_pulled_by_digest_is_kept_for_that_reference():

@@ -63,6 +63,22 @@ def test_read_only_commands_load_no_heavy_module(made, command):
     assert not heavy, f"{' '.join(command)} imported {sorted(heavy)}"
 
 
+def test_image_and_container_listings_load_no_heavy_module(tmp_path):
+    """``image ls`` loaded what loading, saving and committing images need (tarfile, tempfile,
+    typing: a listing took 2.5 times a ``layers``); it reads each image's config, whose
+    digest it checks (hashlib), and nothing more."""
+    from tests.test_images import LAYER1, oci_layout
+
+    oci_layout(tmp_path / "in", [LAYER1], name="localhost/x:1", created="2020-01-01T01:30:00Z")
+    store = tmp_path / "store"
+    run_cli("image", "load", str(tmp_path / "in"), root=store, driver="vfs", check=True)
+    run_cli("container", "create", "localhost/x:1", "web", root=store, check=True)
+    for command in (("image", "ls"), ("image", "ls", "--json"), ("image", "inspect", "localhost/x:1"),
+                    ("container", "ls"), ("container", "ls", "--json")):
+        heavy = loaded(store, *command) & {*HEAVY, "tarfile", "datetime"}
+        assert heavy <= {"hashlib"}, f"{' '.join(command)} imported {sorted(heavy)}"
+
+
 def test_create_on_vfs_loads_no_heavy_module(tmp_path):
     """``create`` is called as often as the read-only commands: without a parent it loads none
     of them, with one only what the tree copy needs (it reads trees, so it goes through the

@@ -17,11 +17,13 @@ From Python::
 Layers are shared by chain id; every DiffID is checked against the config.
 """
 
-from graphdriver.images.container_layers import Container, commit, container, containers
-from graphdriver.images.container_layers import create as create_container
-from graphdriver.images.container_layers import remove as remove_container
-from graphdriver.images.manage import Removal, image, images, inspect, load, remove, save, tag
-from graphdriver.images.records import ImageRecord
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from graphdriver.images.container_layers import Container, commit, container, containers
+    from graphdriver.images.container_layers import create as create_container
+    from graphdriver.images.container_layers import remove as remove_container
+    from graphdriver.images.manage import Removal, image, images, inspect, load, remove, save, tag
+    from graphdriver.images.records import ImageRecord
 
 __all__ = [
     "Container",
@@ -40,3 +42,25 @@ __all__ = [
     "save",
     "tag",
 ]
+
+# Where each name lives (and its name there): imported when first asked for, so that a
+# command that lists images does not load what loading, saving or committing them needs.
+_LAZY = {
+    **dict.fromkeys(("Container", "commit", "container", "containers"), "container_layers"),
+    "create_container": "container_layers:create",
+    "remove_container": "container_layers:remove",
+    **dict.fromkeys(("Removal", "image", "images", "inspect", "load", "remove", "save", "tag"), "manage"),
+    "ImageRecord": "records",
+}
+
+
+def __getattr__(name: str) -> object:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'graphdriver.images' has no attribute {name!r}")
+    import sys
+
+    module, _, attr = where.partition(":")
+    full = f"graphdriver.images.{module}"
+    __import__(full)
+    return getattr(sys.modules[full], attr or name)

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
-import tempfile
-from typing import TYPE_CHECKING, Any
 
 from graphdriver.errors import (
     AlreadyExists,
@@ -35,7 +32,10 @@ from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.plain import Plain
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from graphdriver.store.layers import Store
 
 CONTAINERS_DIR = "containers"
@@ -255,6 +255,8 @@ def _make_init(store: Store, init: str, parent: str | None) -> None:
                     missing.append((path, where))
         finally:
             store.unmount(parent)
+    import tarfile
+
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for path, where in missing:
@@ -419,6 +421,8 @@ def commit(store: Store, name: str, image_name: str) -> ImageRecord:
     base = images.get(c.image)
     full = str(reference.parse_new(image_name))
     config = oci.load_json(images.read_blob(base.id), f"image {base.id}: config")
+    import tempfile
+
     with tempfile.TemporaryFile(dir=store.root) as tmp:
         hashing = oci.HashingWriter(tmp)
         store.diff(name, hashing)  # type: ignore[arg-type]

@@ -17,12 +17,11 @@ asks whether a layer it relies on is still there.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from graphdriver.images import container_layers as ctrs
 from graphdriver.images.overview import is_image_layer_id
 from graphdriver.images.records import ImageStore
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from graphdriver.errors import IntegrityError, Precondition
 from graphdriver.images.records import ImageStore
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
 

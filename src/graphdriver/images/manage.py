@@ -6,16 +6,17 @@ The functions of the public API (``graphdriver.images``); the command line's
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO
-
 from graphdriver.errors import IntegrityError, InvalidArgument, NotFound, Precondition
 from graphdriver.fs import atomic
 from graphdriver.images import oci, reference
 from graphdriver.images.records import ImageRecord, ImageStore, repository_of
 from graphdriver.plain import Plain
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, BinaryIO
+
     from graphdriver.store.layers import Store
 
 

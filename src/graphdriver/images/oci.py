@@ -6,14 +6,13 @@ media types; both are read, OCI is written where we make a manifest.
 
 from __future__ import annotations
 
-import hashlib
-from typing import TYPE_CHECKING, Any
-
 from graphdriver.errors import IntegrityError, InvalidArgument, Unsupported, shorten
 from graphdriver.images.reference import check_digest
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -44,11 +43,15 @@ CONTAINERD_NAME = "io.containerd.image.name"
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # (OpenSSL: loaded by what hashes, not by what lists)
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def file_digest(path: str) -> str:
     """``sha256:<hex>`` of the file at *path*, read in chunks."""
+    import hashlib
+
     with open(path, "rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -57,6 +60,8 @@ class HashingWriter:
     """Writes to *out*, hashing (sha256) and counting what goes through."""
 
     def __init__(self, out: Any) -> None:
+        import hashlib
+
         self.out = out
         self.sha = hashlib.sha256()
         self.size = 0

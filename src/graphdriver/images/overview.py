@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from graphdriver.images import container_layers as ctrs
 from graphdriver.images.records import ImageRecord, ImageStore
 from graphdriver.units import format_size
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from graphdriver.store.layers import Store
 
 _HEX = frozenset("0123456789abcdef")

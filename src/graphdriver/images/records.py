@@ -30,7 +30,6 @@ written without it, the move's marker says whose it is.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 from graphdriver.errors import (
     GraphDriverError,
@@ -46,8 +45,10 @@ from graphdriver.images import reference
 from graphdriver.images.oci import file_digest, hex_of, sha256_digest
 from graphdriver.plain import Plain
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 IMAGES_DIR = "images"
 #: The marker of a move of names between images, in ``pending/`` (see :meth:`ImageStore.put_named`).

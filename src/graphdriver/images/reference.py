@@ -20,6 +20,11 @@ OFFICIAL_PREFIX = "library/"
 DEFAULT_TAG = "latest"
 
 _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-/")
+#: Letters and digits blanked out, leaving the separators of a path component.
+_BLANK_ALNUM = str.maketrans(dict.fromkeys("abcdefghijklmnopqrstuvwxyz0123456789", " "))
+_DIGITS = frozenset("0123456789")
+_LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+_IPV6_CHARS = frozenset("0123456789ABCDEFabcdef:.")
 _TAG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _HEX = frozenset("0123456789abcdef")
 
@@ -115,23 +120,39 @@ def _check_path(path: str, name: str) -> None:
             f"image name {shorten(name)!r}",
             "a repository is lower-case letters, digits and . _ - / (and a registry, a tag or a digest)",
         )
-    import re
-
     for comp in path.split("/"):
-        # Docker's grammar: alphanumerics joined by one ".", one "_", "__", or dashes.
-        if not re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", comp):
+        if not _component_ok(comp):
             raise InvalidArgument(f"image name {shorten(name)!r}", f"invalid path component {comp!r}")
 
 
-def _check_domain(domain: str, name: str) -> None:
-    """A host name (letters, digits, inner dashes, dot-separated), an IPv4 or a bracketed
-    IPv6 address, and maybe a port, as Docker's grammar has it."""
-    import re
+def _component_ok(comp: str) -> bool:
+    """Docker's grammar for a repository path component (of the characters a path may hold):
+    alphanumerics joined by one ".", one "_", "__", or dashes (checked without ``re``: a
+    listing that shows names pays nothing for it)."""
+    if not comp or comp[0] in "._-" or comp[-1] in "._-":
+        return False
+    separators = comp.translate(_BLANK_ALNUM).split()
+    return all(sep in (".", "_", "__") or sep == "-" * len(sep) for sep in separators)
 
-    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    host = rf"(?:{label}(?:\.{label})*|\[[0-9A-Fa-f:.]+\])"
-    if not re.fullmatch(rf"{host}(?::[0-9]+)?", domain):
+
+def _check_domain(domain: str, name: str) -> None:
+    if not _domain_ok(domain):
         raise InvalidArgument(f"image name {shorten(name)!r}", f"invalid registry name {shorten(domain)!r}")
+
+
+def _domain_ok(domain: str) -> bool:
+    """A host name (letters, digits, inner dashes, dot-separated), an IPv4 or a bracketed
+    IPv6 address, and maybe a port, as Docker's grammar has it (checked without ``re``)."""
+    if domain.startswith("["):
+        end = domain.find("]")
+        host_ok = end > 1 and set(domain[1:end]) <= _IPV6_CHARS
+        port = domain[end + 1 :] if end > 0 else ""
+    else:
+        host, colon, number = domain.partition(":")
+        port = colon + number
+        host_ok = all(label and set(label) <= _LABEL_CHARS and label[0] != "-" and label[-1] != "-"
+                      for label in host.split("."))
+    return host_ok and (not port or (port[0] == ":" and len(port) > 1 and set(port[1:]) <= _DIGITS))
 
 
 def check_digest(digest: str, what: str = "") -> str:
