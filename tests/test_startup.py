@@ -66,7 +66,7 @@ def test_read_only_commands_load_no_heavy_module(made, command):
 def test_image_and_container_listings_load_no_heavy_module(tmp_path):
     """``image ls`` loaded what loading, saving and committing images need (tarfile, tempfile,
     typing: a listing took 2.5 times a ``layers``); it reads each image's config, whose
-    digest it checks (hashlib), and nothing more."""
+    digest it checks (hashlib), and nothing more.  ``cleanup`` loaded typing and re."""
     from tests.test_images import LAYER1, oci_layout
 
     oci_layout(tmp_path / "in", [LAYER1], name="localhost/x:1", created="2020-01-01T01:30:00Z")
@@ -77,6 +77,9 @@ def test_image_and_container_listings_load_no_heavy_module(tmp_path):
                     ("container", "ls"), ("container", "ls", "--json")):
         heavy = loaded(store, *command) & {*HEAVY, "tarfile", "datetime"}
         assert heavy <= {"hashlib"}, f"{' '.join(command)} imported {sorted(heavy)}"
+    # cleanup looks for what dead image work left (its stale-mount sweep uses the mount calls).
+    heavy = loaded(store, "cleanup") & {*HEAVY, "tarfile", "datetime"}
+    assert heavy <= {"ctypes"}, f"cleanup imported {sorted(heavy)}"
 
 
 def test_create_on_vfs_loads_no_heavy_module(tmp_path):

@@ -12,9 +12,7 @@ Nothing an image or container record names is ever removed.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import TYPE_CHECKING
 
 from graphdriver.errors import GraphDriverError
 from graphdriver.fs import atomic
@@ -22,6 +20,7 @@ from graphdriver.fs.locking import is_held, remove_abandoned, remove_abandoned_i
 from graphdriver.images.oci import hex_of
 from graphdriver.images.records import MOVE_FILE, ImageStore
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from graphdriver.store.layers import Store
 
@@ -153,8 +152,10 @@ def forget_blobs(store: Store, images: ImageStore, digests: list[str]) -> None:
     """Remove the blobs *digests* (what a failed pull downloaded) that no record names, unless
     a load, pull or commit is running: it may be about to name them (``cleanup`` does it later)."""
     if digests and not any(is_held(path + ".lock") for path in _markers(images)):
-        with contextlib.suppress(OSError, GraphDriverError):  # never hiding why the pull failed
+        try:
             _remove_unreferenced(store, images, {hex_of(d) for d in digests})
+        except (OSError, GraphDriverError):  # never hiding why the pull failed
+            pass
 
 
 def _remove_unreferenced(store: Store, images: ImageStore, only: set[str] | None = None) -> list[str]:
