@@ -94,6 +94,15 @@ def test_create_on_vfs_loads_no_heavy_module(tmp_path):
     assert "graphdriver.cliio" not in child
 
 
+@pytest.mark.parametrize("command", [("create", "new"), ("create", "new", "--rw"),
+                                     ("create", "new", "--parent", "base", "--rw")])
+def test_create_without_a_size_loads_no_heavy_module(made, command):
+    """A container's layer is made as often as it is mounted: overlay's ``create`` loaded the
+    size limiter (ctypes, enum, contextlib) to check a size no one gave."""
+    heavy = loaded(made, *command) & set(HEAVY)
+    assert heavy <= {"collections"}, f"{' '.join(command)} imported {sorted(heavy)}"  # (a vfs tree copy)
+
+
 @pytest.mark.parametrize("command", [("layers",), ("exists", "ctr"), ("exists", "nope")])
 def test_listing_commands_load_no_driver(made, command):
     """The records answer these: no driver is opened, so none of its modules is loaded, nor

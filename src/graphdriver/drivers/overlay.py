@@ -469,13 +469,13 @@ class OverlayDriver(Driver):
         super()._create_checked(layer_id, parent, opts, rw=rw)
 
     def check_storage_opt(self, storage_opt: Mapping[str, str], *, rw: bool) -> None:
+        if not storage_opt:
+            return  # nothing to refuse: the size limiter (and the mount calls) stay unloaded
         from graphdriver.fs import sizelimit
 
         sizelimit.check_storage_opt(storage_opt, rw=rw, method=lambda: self.size_method, driver=self.name)
 
     def _create(self, layer_id: str, folder: str, parent: str | None, opts: CreateOpts, *, rw: bool) -> None:
-        from graphdriver.fs import sizelimit
-
         parent_folder = self.resolve(parent) if parent else None
         if parent and parent_folder:
             self._mount_images(self.layer_chain(parent))  # the parent's own: the next line
@@ -483,6 +483,8 @@ class OverlayDriver(Driver):
         size = opts.storage_opt.get("size")
         where = folder
         if size is not None and self.size_method is not None:
+            from graphdriver.fs import sizelimit
+
             where = sizelimit.prepare(folder, int(size), self.size_method, self.home)
         maps = opts.idmaps or self.config.idmaps
         upper = os.path.join(where, DIFF_DIR)
@@ -641,9 +643,10 @@ class OverlayDriver(Driver):
     def _destroy(self, folder: str) -> None:
         # A layer folder may hold mounts: its union at merged, its size-limited
         # image at img.  Deleting through a mount would delete its contents.
-        from graphdriver.fs import mounts, sizelimit
+        from graphdriver.fs import mounts
+        from graphdriver.fs.sizerecord import IMAGE_MOUNT
 
-        for sub in (MERGED_DIR, sizelimit.IMAGE_MOUNT):
+        for sub in (MERGED_DIR, IMAGE_MOUNT):
             point = os.path.join(folder, sub)
             if os.path.isdir(point) and mounts.is_mount_point(point):
                 mounts.unmount(point)

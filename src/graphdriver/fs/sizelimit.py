@@ -41,10 +41,8 @@ from collections.abc import Callable, Mapping
 from graphdriver.errors import GraphDriverError, InvalidArgument, Unsupported
 from graphdriver.fs import atomic, mounts, privileged
 from graphdriver.fs.locking import locked
-from graphdriver.fs.sizerecord import IMAGE_FILE, RECORD_FILE, limit_of
+from graphdriver.fs.sizerecord import IMAGE_FILE, IMAGE_MOUNT, RECORD_FILE, limit_of
 from graphdriver.units import check_limit
-
-IMAGE_MOUNT = "img"
 
 #: mkfs.xfs refuses filesystems smaller than this.
 XFS_MIN_SIZE = 300 * 1024 * 1024

@@ -14,6 +14,8 @@ from graphdriver.fs import atomic
 RECORD_FILE = "sizelimit.json"
 #: The sparse filesystem image of a layer limited by an image (not a quota).
 IMAGE_FILE = "size.img"
+#: Where that image is mounted in the layer folder.
+IMAGE_MOUNT = "img"
 
 
 def limit_of(folder: str) -> dict[str, object] | None:
