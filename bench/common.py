@@ -12,11 +12,15 @@ ratio to graphdriver.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -251,3 +255,29 @@ def have(tool: str) -> bool:
 
 def mib(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:.0f} MiB"
+
+
+def add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    """A regular file *name* holding *data* in the archive being written."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def image_config(layer: bytes) -> tuple[str, bytes, str]:
+    """A one-layer image's DiffID, config and config digest."""
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    return diff_id, config, "sha256:" + hashlib.sha256(config).hexdigest()
+
+
+def write_docker_archive(path: Path, layer: bytes, name: str) -> None:
+    """A docker-archive at *path* of one image named *name*, of the uncompressed *layer*."""
+    diff_id, config, config_digest = image_config(layer)
+    with tarfile.open(path, "w") as tf:
+        add_member(tf, f"{config_digest[7:]}.json", config)
+        add_member(tf, f"{diff_id[7:]}.tar", layer)
+        manifest = [{"Config": f"{config_digest[7:]}.json", "RepoTags": [name],
+                     "Layers": [f"{diff_id[7:]}.tar"]}]
+        add_member(tf, "manifest.json", json.dumps(manifest).encode())

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import shutil
 import socket
@@ -34,26 +33,23 @@ from pathlib import Path
 
 from common import (
     CACHE,
+    add_member,
     debian_layer,
     fresh,
     gd,
     graphdriver_command,
     have,
+    image_config,
     mib,
     place,
     places,
     report,
     take_turns,
     warm,
+    write_docker_archive,
 )
 
 NAME = "localhost/bench/deb:1"
-
-
-def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
 
 
 def archives() -> tuple[Path, Path]:
@@ -62,16 +58,8 @@ def archives() -> tuple[Path, Path]:
     if docker.exists() and oci.exists():
         return docker, oci
     layer = debian_layer().read_bytes()
-    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    with tarfile.open(docker.with_suffix(".partial"), "w") as tf:
-        _add(tf, f"{config_digest[7:]}.json", config)
-        _add(tf, f"{diff_id[7:]}.tar", layer)
-        manifest = [{"Config": f"{config_digest[7:]}.json", "RepoTags": [NAME],
-                     "Layers": [f"{diff_id[7:]}.tar"]}]
-        _add(tf, "manifest.json", json.dumps(manifest).encode())
+    _diff_id, config, config_digest = image_config(layer)
+    write_docker_archive(docker.with_suffix(".partial"), layer, NAME)
     docker.with_suffix(".partial").rename(docker)
     blob = gzip.compress(layer, compresslevel=6, mtime=0)
     blob_digest = "sha256:" + hashlib.sha256(blob).hexdigest()
@@ -86,10 +74,10 @@ def archives() -> tuple[Path, Path]:
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
         "size": len(image_manifest), "annotations": {"org.opencontainers.image.ref.name": NAME}}]}).encode()
     with tarfile.open(oci.with_suffix(".partial"), "w") as tf:
-        _add(tf, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        _add(tf, "index.json", index)
+        add_member(tf, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add_member(tf, "index.json", index)
         for digest, data in ((config_digest, config), (blob_digest, blob), (manifest_digest, image_manifest)):
-            _add(tf, f"blobs/sha256/{digest[7:]}", data)
+            add_member(tf, f"blobs/sha256/{digest[7:]}", data)
     oci.with_suffix(".partial").rename(oci)
     return docker, oci
 

@@ -77,6 +77,7 @@ def test_image_and_container_listings_load_no_heavy_module(tmp_path):
                     ("container", "ls"), ("container", "ls", "--json")):
         heavy = loaded(store, *command) & {*HEAVY, "tarfile", "datetime"}
         assert heavy <= {"hashlib"}, f"{' '.join(command)} imported {sorted(heavy)}"
+    assert "graphdriver.images.container_layers" not in loaded(store, "image", "ls")  # containers' own
     # cleanup looks for what dead image work left (its stale-mount sweep uses the mount calls).
     heavy = loaded(store, "cleanup") & {*HEAVY, "tarfile", "datetime"}
     assert heavy <= {"ctypes"}, f"cleanup imported {sorted(heavy)}"

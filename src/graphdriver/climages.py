@@ -7,7 +7,6 @@ import sys
 from graphdriver import jsonio
 from graphdriver.cliargs import PROG, Args, UsageError
 from graphdriver.errors import IntegrityError, Unsupported
-from graphdriver.images import container_layers as ctrs
 from graphdriver.images import manage
 
 TYPE_CHECKING = False
@@ -278,22 +277,30 @@ def _remove_image(store: Store, name: str, force: bool) -> dict[str, Any]:
 
 
 def container_create(store: Store, args: Args) -> int:
+    from graphdriver.images import container_layers as ctrs
+
     container = ctrs.create(store, args.image, args.name, size=args.size)
     _out(jsonio.show(container.to_json()) if args.json else args.name)
     return 0
 
 
 def container_commit(store: Store, args: Args) -> int:
+    from graphdriver.images import container_layers as ctrs
+
     record = ctrs.commit(store, args.name, args.image)
     _out(jsonio.show(record.to_json()) if args.json else record.id)
     return 0
 
 
 def container_rm(store: Store, args: Args) -> int:
+    from graphdriver.images import container_layers as ctrs
+
     return _each(args.names, lambda name: ctrs.remove(store, name))
 
 
 def container_ls(store: Store, args: Args) -> int:
+    from graphdriver.images import container_layers as ctrs
+
     found, bad = ctrs.scan(store)
     shown = ctrs.shown_images(store, found)  # the IMAGE column, and ``image_name`` in JSON
     if args.json:
