@@ -185,14 +185,19 @@ def find_in_union(
     """
     *dirs, name = rel.split("/")
     stack = list(enumerate(layer_fds))  # the layers whose directory makes up the union's, nearest first
-    owned: list[int] = []
+    # What this opened and still holds.  A layer's folder is closed as soon as the next
+    # level's is open: one fd per layer (and one more) is held, however deep *rel* is.
+    owned: set[int] = set()
     try:
         for depth, comp in enumerate(dirs):
             below: list[tuple[int, int]] = []
+            done = 0  # how many of *stack* were let go (a closed fd's number may come back)
             for index, dfd in stack:
                 try:
                     st = os.stat(comp, dir_fd=dfd, follow_symlinks=False)
                 except FileNotFoundError:
+                    _release(owned, dfd)
+                    done += 1
                     continue
                 if not stat.S_ISDIR(st.st_mode):
                     if below:
@@ -201,12 +206,16 @@ def find_in_union(
                         raise OSError(errno.ELOOP, f"{'/'.join(dirs[: depth + 1])!r} is a symlink")
                     return None  # deleted, or not a directory: nothing below it
                 fd = os.open(comp, _NOFOLLOW_DIR, dir_fd=dfd)
-                owned.append(fd)
+                _release(owned, dfd)
+                done += 1
+                owned.add(fd)
                 below.append((index, fd))
                 if is_opaque(fd, opaque_xattr):
                     break  # what the layers further down hold here is hidden
             if not below:
                 return None
+            for _, dfd in stack[done:]:  # those a break left out
+                _release(owned, dfd)
             stack = below
         for index, dfd in stack:
             try:
@@ -218,6 +227,13 @@ def find_in_union(
     finally:
         for fd in owned:
             os.close(fd)
+
+
+def _release(owned: set[int], fd: int) -> None:
+    """Close *fd* if it is one of *owned* (the caller's own stay open)."""
+    if fd in owned:
+        owned.discard(fd)
+        os.close(fd)
 
 
 def is_opaque(fd: int, opaque_xattr: str) -> bool:

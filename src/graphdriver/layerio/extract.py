@@ -51,7 +51,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 
 from graphdriver.errors import ArchiveError, BreakoutError, EntryDenied, GraphDriverError, InvalidArgument
-from graphdriver.fs import PRIVILEGED_XATTRS, confine, privileged
+from graphdriver.fs import PRIVILEGED_XATTRS, confine, fdlimit, privileged
 from graphdriver.fs import syscalls as sc
 from graphdriver.fs.longpaths import PATH_MAX, QUICK_PATH, fits
 from graphdriver.fs.overlayfs import is_whiteout, is_whiteout_at
@@ -80,9 +80,10 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LOWER_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 IMPLIED_DIR_MODE = 0o755
-# Parent directory fds kept open.  Entries come grouped by directory, so a
-# small cache hits nearly always; it is trimmed between entries only, so every
-# fd an entry is working with stays open until the entry is done.
+# Parent directory fds kept open at most (fewer under a low open-file limit:
+# see fdlimit).  Entries come grouped by directory, so a small cache hits
+# nearly always; an fd an entry is working with stays open until the entry is
+# done.
 _DIR_CACHE_SIZE = 128
 # Symlinks followed on one path at most, as the kernel's MAXSYMLINKS.
 _MAX_HOPS = 40
@@ -299,6 +300,11 @@ class Extraction:
         self.dirs: dict[str, int] = {}
         # Fds dropped from the cache while an entry may still use them.
         self.stale: list[int] = []
+        # How many directories to keep open (sized here: the chrooted child can
+        # still call getrlimit, but the lower layers' fds count against it too).
+        self.cache_size = max(1, fdlimit.keepable(_DIR_CACHE_SIZE) - len(lower_fds))
+        # The cached directories the current entry was given: never closed under it.
+        self.in_use: set[str] = set()
         # Paths this layer created, for opaque directories (which hide only
         # what was there before the layer), and the folders on their way.
         self.created: set[str] = set()
@@ -363,7 +369,8 @@ class Extraction:
                 raise
             if e is None:
                 break
-            if self.stale or len(self.dirs) > _DIR_CACHE_SIZE:
+            self.in_use.clear()
+            if self.stale or len(self.dirs) > self.cache_size:
                 self._trim_cache()
             try:
                 size += self._entry(e)
@@ -401,14 +408,15 @@ class Extraction:
             return self.root_fd
         fd = self.dirs.get(rel)
         if fd is not None:
+            self.in_use.add(rel)
             return fd
         try:
-            fd = self._resolve_dir(rel)
+            fd = self._with_fds(self._resolve_dir, rel)
         except FileNotFoundError:
             if not create:
                 raise
             return self._make_dirs(rel)
-        self.dirs[rel] = fd
+        self._cache(rel, fd)
         if rel not in self.pending and rel not in self.created:
             self._keep_times(fd, rel)
         return fd
@@ -455,13 +463,13 @@ class Extraction:
                 self.dirs_made += 1
                 # Only the deepest is cached: a hostile path thousands of
                 # levels deep must not pin thousands of fds.
-                sub = os.open(comps[i], _OPEN_DIR, dir_fd=fd)
+                sub = self._with_fds(os.open, comps[i], _OPEN_DIR, dir_fd=fd)
                 if owned:
                     os.close(fd)
                 fd, owned = sub, True
                 self._implied_metadata(fd, prefix)
                 self._made(prefix)
-            self.dirs[rel] = fd
+            self._cache(rel, fd)
             owned = False
             return fd
         finally:
@@ -486,11 +494,38 @@ class Extraction:
         os.close(found[1])
         return found[2] if stat.S_ISDIR(found[2].st_mode) else None
 
+    def _cache(self, rel: str, fd: int) -> None:
+        """Keep *fd* as directory *rel*'s for this entry and later ones, making room first."""
+        if len(self.dirs) >= self.cache_size:
+            self._evict(len(self.dirs) - self.cache_size + 1)
+        self.dirs[rel] = fd
+        self.in_use.add(rel)
+
+    def _evict(self, count: int) -> int:
+        """Close up to *count* cached fds the current entry was not given, oldest first."""
+        idle = [rel for rel in self.dirs if rel not in self.in_use][:count]
+        for rel in idle:
+            os.close(self.dirs.pop(rel))
+        return len(idle)
+
+    def _with_fds(self, fn: Callable[..., int], *args: object, **kwargs: object) -> int:
+        """``fn(*args, **kwargs)``, an fd; when none is left (EMFILE), the cache halves and it
+        is tried again, until nothing idle is left to close."""
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as x:
+                if not fdlimit.exhausted(x):
+                    raise
+                self.cache_size = max(1, len(self.dirs) // 2)
+                if not self._evict(max(1, len(self.dirs) - self.cache_size)):
+                    raise
+
     def _trim_cache(self) -> None:
         for fd in self.stale:
             os.close(fd)
         self.stale.clear()
-        while len(self.dirs) > _DIR_CACHE_SIZE:
+        while len(self.dirs) > self.cache_size:
             os.close(self.dirs.pop(next(iter(self.dirs))))
 
     def _invalidate(self) -> None:
@@ -837,31 +872,26 @@ class _Extractor(Extraction):
         Whiteouts apply to lower layers only (OCI image spec): what this archive wrote
         there before the marker stays, with the folders on its way, emptied of the rest.
         """
-        work: list[tuple[int, str]] = [(fd, rel)]
-        owned: list[int] = []
-        try:
-            while work:
-                dfd, drel = work.pop()
+        # Folders to visit by path, each opened when its turn comes: one fd at a
+        # time, however deep the layer's own folders go below the marker.
+        work = [rel]
+        while work:
+            drel = work.pop()
+            dfd = fd if drel == rel else self._with_fds(self._open_dir_nofollow, self.root_fd, drel)
+            try:
                 with os.scandir(dfd) as it:
                     children = [(c.name, c.is_dir(follow_symlinks=False)) for c in it]
                 for name, is_dir in children:
                     crel = f"{drel}/{name}" if drel else name
-                    if crel in self.ancestors and is_dir:  # on the way to what this layer wrote
-                        cfd = os.open(name, _OPEN_DIR, dir_fd=dfd)
-                        owned.append(cfd)
-                        work.append((cfd, crel))
-                        continue
-                    if crel not in self.created:
+                    if is_dir and (crel in self.ancestors or crel in self.created):
+                        # On the way to what this layer wrote, or made (or merged) by
+                        # it: kept, but what lay below it before the layer goes too.
+                        work.append(crel)
+                    elif crel not in self.created:
                         self._remove(dfd, name, crel)
-                    elif is_dir:
-                        # Made (or merged) by this layer: keep, but what lay
-                        # below it before the layer is hidden too.
-                        cfd = os.open(name, _OPEN_DIR, dir_fd=dfd)
-                        owned.append(cfd)
-                        work.append((cfd, crel))
-        finally:
-            for cfd in owned:
-                os.close(cfd)
+            finally:
+                if dfd != fd:
+                    os.close(dfd)
 
     # ----- entry kinds ----------------------------------------------------------------
 
@@ -923,6 +953,7 @@ class _Extractor(Extraction):
         if old is not None:
             self.stale.append(old)
         self.dirs[rel] = fd
+        self.in_use.add(rel)  # the entry works with it: no making room closes it
         self._dir_metadata(fd, e, rel)
 
     def _dir_metadata(self, fd: int, e: TarEntry, rel: str) -> None:

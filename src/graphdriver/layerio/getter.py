@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
 _NOT_PLAIN = frozenset({"", ".", ".."})  # last components that are no file name
-# Directories a getter keeps open (files come grouped by directory).
+# Directories a getter keeps open at most (files come grouped by directory);
+# fewer under a low open-file limit (see graphdriver.fs.fdlimit).
 _GETTER_DIRS = 64
 
 
@@ -85,8 +86,22 @@ class DirFileGetter(FileGetter):
         self._confine = confine
         self._root_fd: int | None = None
         self._dirs: dict[str, int] = {}
+        self._keep: int | None = None  # sized on first use (fdlimit is no start-up import)
 
     def open(self, name: str) -> BinaryIO:
+        try:
+            return self._open(name)
+        except OSError as e:
+            from graphdriver.fs import fdlimit
+
+            if not fdlimit.exhausted(e) or not self._dirs:
+                raise
+            # No descriptor left: keep fewer folders from now on, and try again.
+            self._keep = max(1, len(self._dirs) // 2)
+            self._close_dirs()
+            return self._open(name)
+
+    def _open(self, name: str) -> BinaryIO:
         clean = name.lstrip("/")
         if "//" in clean or "/." in clean or clean[:1] == "." or clean[-1:] == "/":
             # Found where extraction put it: "a/../x", "./q/./z", "r/.", "f/" name
@@ -111,7 +126,11 @@ class DirFileGetter(FileGetter):
         return _FdFile(fd)  # type: ignore[return-value]
 
     def _dir_fd(self, root_fd: int, rel: str) -> int:
-        if len(self._dirs) >= _GETTER_DIRS:
+        if self._keep is None:
+            from graphdriver.fs import fdlimit
+
+            self._keep = fdlimit.keepable(_GETTER_DIRS)
+        if len(self._dirs) >= self._keep:
             self._close_dirs()
         fd = self._dirs[rel] = self._confine.resolve_dir(root_fd, rel)
         return fd

@@ -23,6 +23,7 @@ is interchangeable.
 from __future__ import annotations
 
 import binascii
+import errno
 import posixpath
 from collections.abc import Callable, Collection, Iterable, Iterator
 
@@ -483,6 +484,8 @@ def _open(entry: SplitEntry, files: FileSource) -> tuple[str, BinaryIO]:
         if isinstance(e, OSError) and e.errno in REFUSED:  # there, but not for this user (mode
             # 0000 without root, a read-only file system where its read bit cannot be granted)
             raise PermissionError(e.errno, e.strerror, name) from e
+        if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise  # this process ran short, the layer is not at fault
         raise IntegrityError(f"file {name!r}", f"missing from the layer: {e}") from e
     except Exception as e:
         if getattr(e, "exit_code", None) == 3:  # NotFound from a getter

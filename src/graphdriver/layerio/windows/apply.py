@@ -226,6 +226,7 @@ class WindowsApplier(Extraction):
         if old is not None:
             self.stale.append(old)
         self.dirs[rel] = fd
+        self.in_use.add(rel)  # the entry works with it: no making room closes it
         os.fchmod(fd, permission_bits(e.mode, 0o755))
         self._chown(fd)
         self.pending[rel] = (*_times(e), None)
