@@ -14,9 +14,9 @@ archive, a disk image) keeps them: only its data is copied, as
 
 The walk works on directory file descriptors and ``*at`` calls, one path
 component at a time: no long path is resolved again for every file, and depth
-is limited neither by ``PATH_MAX`` nor by Python's recursion limit (past
-:data:`MAX_OPEN_DEPTH` levels, ancestors' descriptors are released and
-reopened through ``..``).
+is limited neither by ``PATH_MAX`` nor by Python's recursion limit, nor by the
+open-file limit (past :data:`MAX_OPEN_DEPTH` levels, or fewer as a low limit
+allows, ancestors' descriptors are released and reopened through ``..``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
-from graphdriver.fs import PRIVILEGED_XATTRS, asowner, privileged
+from graphdriver.fs import PRIVILEGED_XATTRS, asowner, fdlimit, privileged
+from graphdriver.fs.levelwalk import LevelWalk
 from graphdriver.fs.ownfiles import closed_folder, get_xattrs, open_readable
 from graphdriver.plain import Plain
 
@@ -47,7 +48,8 @@ _OWNER_DENIED = frozenset({errno.EPERM, errno.EINVAL})
 
 _CHUNK = 1 << 30  # bytes asked of one copy_file_range/sendfile call
 _RW_CHUNK = 1 << 20  # buffer of the read/write fallback
-#: Directories deeper than this release their ancestors' descriptors (reopened via "..").
+#: Directories deeper than this release their ancestors' descriptors (reopened via "..");
+#: fewer under a low open-file limit (:func:`fdlimit.keepable`).
 MAX_OPEN_DEPTH = 128
 
 _CAPABILITY = "security.capability"  # cleared by chown, put back by shift_owners
@@ -149,10 +151,11 @@ def shift_owners(root: str, translate: Callable[[int, int], tuple[int, int]]) ->
 
     What a chown clears is put back: setuid/setgid bits and file capabilities.
     Symlinks are changed themselves, never followed; the walk keeps one
-    descriptor per level and no recursion.
+    descriptor per level, for :data:`MAX_OPEN_DEPTH` levels at most (fewer
+    under a low open-file limit: deeper, the shallowest are released and
+    reopened through ``..``), and no recursion.
     """
     changed = 0
-    stack: list[tuple[int, list[str]]] = []
     done: set[tuple[int, int]] = set()  # hard-linked inodes already shifted through another name
 
     def shift(dir_fd: int | None, name: str) -> bool:
@@ -186,22 +189,18 @@ def shift_owners(root: str, translate: Callable[[int, int], tuple[int, int]]) ->
         return stat.S_ISDIR(st.st_mode)
 
     shift(None, root)
-    fd = os.open(root, _DIR_FLAGS)
-    stack.append((fd, os.listdir(fd)))
+    walk = LevelWalk(os.open(root, _DIR_FLAGS), MAX_OPEN_DEPTH)
     try:
-        while stack:
-            fd, names = stack[-1]
-            if not names:
-                os.close(fd)
-                stack.pop()
+        while walk.stack:
+            level = walk.stack[-1]
+            if not level.names:
+                walk.leave()
                 continue
-            name = names.pop()
-            if shift(fd, name):
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                stack.append((sub, os.listdir(sub)))
+            name = level.names.pop()
+            if shift(level.fd, name):
+                walk.enter(name)
     finally:
-        for fd, _ in stack:
-            os.close(fd)
+        walk.close()
     return changed
 
 
@@ -267,6 +266,7 @@ def remove_tree_at(dir_fd: int | None, name: str) -> None:
     # Per open directory: its descriptor, its name in its parent, subdirectories to do.
     stack: list[tuple[int, str, list[str]]] = []
     moved = 0
+    depth = fdlimit.keepable(MAX_OPEN_DEPTH, least=2)
     try:
         stack.append((root_fd, "", _unlink_files(root_fd)))
         while stack:
@@ -278,10 +278,16 @@ def remove_tree_at(dir_fd: int | None, name: str) -> None:
                     _rmdir_at(stack[-1][0], dname)
                 continue
             sub = subdirs.pop()
-            if len(stack) < MAX_OPEN_DEPTH:
-                child = _open_dir_at(fd, sub)
-                stack.append((child, sub, _unlink_files(child)))
-                continue
+            if len(stack) < depth:
+                try:
+                    child = _open_dir_at(fd, sub)
+                except OSError as e:
+                    if not fdlimit.exhausted(e) or len(stack) < 2:
+                        raise
+                    depth = len(stack)  # no descriptor left: this deep is as deep as it goes
+                else:
+                    stack.append((child, sub, _unlink_files(child)))
+                    continue
             moved += 1
             while _exists_at(root_fd, f".deep-{moved}"):
                 moved += 1
@@ -399,6 +405,9 @@ class _TreeCopier:
         # Where the copy is (directory frame, entry name or "" for the directory
         # itself), turned into a path only when one is reported.
         self.at: tuple[_Frame | None, str] = (None, "")
+        # Directory levels whose descriptors stay open (a pair each); deeper, the
+        # shallowest are released.
+        self.open_depth = fdlimit.keepable(MAX_OPEN_DEPTH, per_item=2, least=2)
 
     # ----- the walk ----------------------------------------------------------------
 
@@ -440,16 +449,11 @@ class _TreeCopier:
             name, st = frame.pending.pop()
             self.at = (frame, name)
             os.mkdir(name, 0o700, dir_fd=frame.dst_fd)
-            src_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.src_fd)
-            try:
-                dst_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.dst_fd)
-            except BaseException:
-                os.close(src_fd)
-                raise
+            src_fd, dst_fd = self._open_pair(stack, name)
             child = _Frame(frame, name, st, src_fd, dst_fd)
             stack.append(child)
             self.stats.dirs += 1
-            if len(stack) > MAX_OPEN_DEPTH:
+            if len(stack) > self.open_depth:
                 _release_one(stack)
             self._fill(child)
             return
@@ -461,6 +465,26 @@ class _TreeCopier:
                 _reopen_parent(frame)
         finally:
             frame.close()
+
+    def _open_pair(self, stack: list[_Frame], name: str) -> tuple[int, int]:
+        """Subdirectory *name* of the current frame, in the source and in the copy.
+
+        With no descriptor left (EMFILE), ancestors' are released, and fewer kept
+        from then on, until it opens or nothing more can be released.
+        """
+        frame = stack[-1]
+        while True:
+            try:
+                src_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.src_fd)
+                try:
+                    return src_fd, os.open(name, _DIR_FLAGS, dir_fd=frame.dst_fd)
+                except BaseException:
+                    os.close(src_fd)
+                    raise
+            except OSError as e:
+                if not fdlimit.exhausted(e) or not _release_one(stack):
+                    raise
+                self.open_depth = max(2, self.open_depth - 1)
 
     def _fill(self, frame: _Frame) -> None:
         """Copy a directory's non-directory entries; queue its subdirectories."""
@@ -755,8 +779,9 @@ def _open_empty_dir(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def _release_one(stack: list[_Frame]) -> None:
-    """Close the shallowest open non-root frame's descriptors to bound the open count.
+def _release_one(stack: list[_Frame]) -> bool:
+    """Close the shallowest open non-root frame's descriptors to bound the open count;
+    False if none could be (the root and the last frame, the one worked in, stay open).
 
     Released frames are always a run just above the root, so the frame below
     the shallowest open one is the one reopened when that one finishes.
@@ -764,7 +789,8 @@ def _release_one(stack: list[_Frame]) -> None:
     for frame in stack[1:-1]:
         if frame.src_fd >= 0:
             frame.close()
-            return
+            return True
+    return False
 
 
 def _reopen_parent(child: _Frame) -> None:
