@@ -478,6 +478,12 @@ QUICK = frozenset({"status", "layers", "exists", "layer", "mounted", "mount", "u
                    "completion", "man", "image ls", "container ls"})
 
 
+#: Commands that make or fill layers: under an open-file limit too low to finish, or to
+#: undo, they are refused before they start.
+_MAKES_LAYERS = frozenset({"create", "import", "apply", "container create", "container commit",
+                           "image load", "image pull"})
+
+
 #: Commands that read whole layer trees (``create`` with a parent: a child's copy of its
 #: parent's), and undo what they did when that fails (see :mod:`graphdriver.cliowner`).
 _READS_TREES = frozenset({"changes", "diff", "diffsize", "tarsplit", "create",
@@ -571,7 +577,12 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command not in QUICK:
             import gc
 
+            from graphdriver.fs import fdlimit
+
             gc.enable()  # long work: its garbage cycles are collected (the launcher held off)
+            fdlimit.raise_soft_limit()  # and deep trees are walked with fewer folders reopened
+            if args.command in _MAKES_LAYERS:  # refused before the work, not undone half way
+                fdlimit.require_free(args.command)
         code = _run(args)
         _flush_stdout()
         return code
