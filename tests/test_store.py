@@ -173,6 +173,91 @@ def test_a_namespaced_capability_of_root_is_the_layer_its_tarball_gives(store):
     assert store.check(["l"]) == [("l", None)]
 
 
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL xattr: version 2, then (tag, permissions, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+_NOBODY = 2**32 - 1  # the id of the entries that name nobody, as the kernel gives them back
+_UO, _USER, _GO, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_ACCESS, _DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
+_MASK_ALONE = _acl((_UO, 6, _NOBODY), (_GO, 4, _NOBODY), (_MASK, 5, _NOBODY), (_OTHER, 0, _NOBODY))
+_NAMED = _acl((_UO, 6, _NOBODY), (_USER, 7, 1000), (_GO, 4, _NOBODY), (_GROUP, 5, 50), (_MASK, 7, _NOBODY),
+              (_OTHER, 0, _NOBODY))
+# (header mode, ACL): the mode and ACL the kernel keeps (setting the ACL after the mode, as
+# containers-storage does too: the ACL's owner, mask (else group) and other entries are the mode).
+_ACL_CASES = {
+    "as-the-mode": (0o644, _acl((_UO, 6, _NOBODY), (_GO, 4, _NOBODY), (_OTHER, 4, _NOBODY)), 0o644, None),
+    "as-the-mode-ids-0": (0o644, _acl((_UO, 6, 0), (_GO, 4, 0), (_OTHER, 4, 0)), 0o644, None),
+    "another-mode": (0o644, _acl((_UO, 7, _NOBODY), (_GO, 5, _NOBODY), (_OTHER, 0, _NOBODY)), 0o750, None),
+    "named-and-mask": (0o640, _NAMED, 0o670, _NAMED),
+    "named-ids-0": (0o4640, _acl((_UO, 6, 0), (_USER, 7, 1000), (_GO, 4, 0), (_MASK, 5, 0), (_OTHER, 0, 0)),
+                    0o4650, _acl((_UO, 6, _NOBODY), (_USER, 7, 1000), (_GO, 4, _NOBODY), (_MASK, 5, _NOBODY),
+                                 (_OTHER, 0, _NOBODY))),
+    "mask-alone": (0o640, _MASK_ALONE, 0o650, _MASK_ALONE),
+    "empty": (0o600, _acl(), 0o600, None),
+}
+
+
+@needs_root
+@pytest.mark.parametrize("case", sorted(_ACL_CASES))
+def test_an_access_acl_is_the_mode_and_acl_the_kernel_keeps(store, case):
+    """An access ACL sets the mode's permissions (the group's from its mask), and one of the three
+    entries the mode holds is kept as the mode alone: the file is what the kernel keeps (the tree
+    containers-storage extracts), check finds the layer its tarball, and after a mount that hands
+    the tree out writable (vfs), diff still gives the imported bytes."""
+    mode, acl, kept_mode, kept_acl = _ACL_CASES[case]
+    xattrs = {_ACCESS: acl}
+    data = make_tar({"f": F(b"f", mode=mode, xattrs=xattrs), "d": D(mode=mode, xattrs=xattrs)})
+    store.import_layer("l", None, io.BytesIO(data))
+    assert store.check(["l"]) == [("l", None)]
+    root = store.mount("l")
+    try:
+        for name in ("f", "d"):
+            path = os.path.join(root, name)
+            assert os.lstat(path).st_mode & 0o7777 == kept_mode, name
+            assert (os.getxattr(path, _ACCESS) if _ACCESS in os.listxattr(path) else None) == kept_acl, name
+    finally:
+        store.unmount("l")
+    assert export(store, "l") == data
+    assert store.check(["l"]) == [("l", None)]
+
+
+@needs_root
+def test_a_default_acl_reads_back_with_its_ids_and_an_empty_one_is_none(store):
+    """A default ACL whose owner, group and other entries name id 0 reads back with no id in
+    them; an empty one is no default ACL: check finds the layer sound, diff gives its bytes."""
+    zeros = _acl((_UO, 7, 0), (_GO, 5, 0), (_OTHER, 5, 0))
+    data = make_tar({"d": D(xattrs={_DEFAULT: zeros}), "d/f": F(b"f"), "e": D(xattrs={_DEFAULT: _acl()})})
+    store.import_layer("l", None, io.BytesIO(data))
+    assert store.check(["l"]) == [("l", None)]
+    store.mount("l")
+    store.unmount("l")
+    assert export(store, "l") == data
+    assert store.check(["l"]) == [("l", None)]
+
+
+@needs_root
+@pytest.mark.parametrize("change", ["named", "mask", "removed", "default", "added"])
+def test_check_finds_an_acl_changed_in_the_layers_files(store, change):
+    """setfacl on a file of the layer is a change check reports, however the ACL came in."""
+    if shutil.which("setfacl") is None:
+        pytest.skip("needs setfacl")
+    as_mode = _acl((_UO, 6, _NOBODY), (_GO, 4, _NOBODY), (_OTHER, 4, _NOBODY))
+    data = make_tar({"f": F(b"f", mode=0o640, xattrs={_ACCESS: _NAMED}),
+                     "g": F(b"g", xattrs={_ACCESS: as_mode}), "d": D(xattrs={_DEFAULT: _NAMED})})
+    store.import_layer("l", None, io.BytesIO(data))
+    assert store.check(["l"]) == [("l", None)]
+    files = store.driver.apply_target("l").path
+    args = {"named": ["-n", "-m", "u:1000:r-x", "f"], "mask": ["-n", "-m", "m::r--", "f"],
+            "removed": ["-b", "f"], "default": ["-d", "-m", "u:7:r", "d"],
+            "added": ["-m", "u:7:r", "g"]}[change]
+    subprocess.run(["setfacl", *args[:-1], os.path.join(files, args[-1])], check=True)
+    [(layer, problem)] = store.check(["l"])
+    assert layer == "l" and problem is not None, problem
+    assert problem.startswith("its files differ from its tarball"), problem
+
+
 def test_cli_check_reports_bad_layer_with_exit_6(tmp_path):
     root = tmp_path / "store"
     assert run_cli("import", "good", "-", root=root, input=BASE).returncode == 0

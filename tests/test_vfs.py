@@ -547,6 +547,40 @@ def test_works_without_privilege(tmp_path: Path) -> None:
 
 
 @needs_root
+def test_acls_that_take_the_owners_permissions_away_import_without_privilege(tmp_path: Path) -> None:
+    """Without privilege, an access ACL giving the owner no search or write permission is set
+    once what the archive puts below it is written, and after a mode of the owner's lent for
+    the moment: the files are as with root (the mode's permissions from the ACL, the group's
+    from its mask), check finds the layer sound and diff gives its bytes back."""
+    from graphdriver import cli as gd
+    from graphdriver.testing.treeutil import D, F, make_tar
+    from tests.test_cli import _load_every_module
+
+    _load_every_module()
+    _open_to_nobody(tmp_path)
+    work = _nobodys(tmp_path / "nobody")
+    acl = (2).to_bytes(4, "little") + b"".join(
+        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + (2**32 - 1).to_bytes(4, "little")
+        for tag, perm in ((0x01, 6), (0x04, 4), (0x10, 5), (0x20, 0)))  # u::rw- g::r-- m::r-x o::---
+    xattrs = {"system.posix_acl_access": acl}
+    data = make_tar({"d": D(mode=0o555, xattrs=xattrs), "d/f": F(b"f"),
+                     "ro": F(b"r", mode=0o444, xattrs=xattrs)})
+
+    (work / "l.tar").write_bytes(data)
+
+    def scenario() -> list[int]:
+        own = ["--root", str(work / "store"), "--run-root", str(work / "run"), "--driver", "vfs"]
+        return [gd.main([*own, "import", "l", str(work / "l.tar")]), gd.main([*own, "check", "l"]),
+                gd.main([*own, "diff", "l", "-o", str(work / "out.tar")])]
+
+    assert as_nobody(scenario) == [0, 0, 0]
+    assert (work / "out.tar").read_bytes() == data
+    driver = VfsDriver(DriverConfig(home=str(work / "store" / "vfs"), run_root=str(work / "run")))
+    files = Path(driver.apply_target("l").path)
+    assert [stat.S_IMODE((files / p).lstat().st_mode) for p in ("d", "ro")] == [0o650, 0o650]
+
+
+@needs_root
 def test_a_parent_this_user_cannot_read_is_copied_as_its_owner_or_unsupported_without_privilege(
     tmp_path: Path,
 ) -> None:

@@ -70,6 +70,7 @@ from graphdriver.layerio.whiteout import (
     WhiteoutMode,
     hidden_by,
 )
+from graphdriver.layerio.xattrs import ACCESS_ACL, DEFAULT_ACL
 from graphdriver.plain import Plain
 
 TYPE_CHECKING = False
@@ -108,8 +109,8 @@ _UNSUPPORTED_TYPES = {
 }
 _KNOWN_TYPES = REGULAR_TYPES | _DIR_TYPES | {SYM, LNK} | set(_SPECIAL_TYPES)
 
-#: A directory's default ACL: what the files made in it inherit.
-DEFAULT_ACL = "system.posix_acl_default"
+#: A directory's ACLs: its access ACL and its default one (what the files made in it inherit).
+_ACLS = (ACCESS_ACL, DEFAULT_ACL)
 _IGNORED_XATTRS = frozenset({"security.selinux"})  # the labeler's business, not the layer's
 _OVERLAY_PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.")
 
@@ -312,10 +313,12 @@ class Extraction:
         # Directory path -> (atime, mtime, mode to set late or None), applied
         # after all entries since creating children changes a directory's mtime.
         self.pending: dict[str, tuple[int, int, int | None]] = {}
-        # Directory path -> its default ACL, set with the late modes: set at once, the
-        # files the layer puts in the directory would inherit it, and hold ACLs their
-        # entries lack (GNU tar waits the same way).
-        self.default_acls: dict[str, bytes] = {}
+        # Directory path -> its ACLs, set after the late modes.  Its default ACL: set at once,
+        # the files the layer puts in the directory would inherit it, and hold ACLs their
+        # entries lack (GNU tar waits the same way).  Its access ACL sets the mode's
+        # permissions (see _xattrs_then_mode): set at once, it could shut us out of the
+        # directory (without privilege), or a late mode would overwrite what it set.
+        self.late_acls: dict[str, dict[str, bytes]] = {}
         # Device nodes left out without the privilege to make them (see _special).
         self.skipped: set[str] = set()
         # Directories a path needed and this run made: an entry that failed while
@@ -556,7 +559,7 @@ class Extraction:
             inside = rel + "/"
             for p in [p for p in self.pending if p == rel or p.startswith(inside)]:
                 del self.pending[p]
-                self.default_acls.pop(p, None)
+                self.late_acls.pop(p, None)
         else:
             os.unlink(name, dir_fd=pfd)
             if stat.S_ISLNK(st.st_mode):
@@ -585,12 +588,11 @@ class Extraction:
             try:
                 if late is not None:
                     sc.fchmod(fd, late)
-                acl = self.default_acls.get(rel)
-                if acl is not None:
+                for name, acl in self.late_acls.get(rel, {}).items():
                     try:
-                        sc.fsetxattr(fd, DEFAULT_ACL, acl)
+                        sc.fsetxattr(fd, name, acl)
                     except OSError as x:
-                        raise ArchiveError(rel, f"setting xattr {DEFAULT_ACL!r}: {x.strerror}") from x
+                        raise ArchiveError(rel, f"setting xattr {name!r}: {x.strerror}") from x
                 os.utime(fd, ns=(atime, mtime))
             finally:
                 if fd != self.root_fd:
@@ -967,12 +969,13 @@ class _Extractor(Extraction):
             late = perm
             perm |= 0o700
         sc.fchmod(fd, perm)
-        self.default_acls.pop(rel, None)
+        self.late_acls.pop(rel, None)
         if e.xattrs:
             xattrs = e.xattrs
-            if DEFAULT_ACL in xattrs:
-                self.default_acls[rel] = xattrs[DEFAULT_ACL]
-                xattrs = {k: v for k, v in xattrs.items() if k != DEFAULT_ACL}
+            acls = {k: v for k, v in xattrs.items() if k in _ACLS}
+            if acls:
+                self.late_acls[rel] = acls
+                xattrs = {k: v for k, v in xattrs.items() if k not in _ACLS}
             self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v), xattrs)
         atime, mtime = _times(e)
         self.pending[rel] = (atime, mtime, late)
@@ -1506,10 +1509,20 @@ class _Extractor(Extraction):
         """Set the xattrs of the regular file open as *fd*, then its mode *perm*: ``user.*``
         xattrs are set only on a file the process may write, so without privilege a file
         its owner may not write (``0444``, ``0000``, ``4111``) gets them with the owner's
-        write bit lent for the moment."""
+        write bit lent for the moment.
+
+        An access ACL comes last, as on a file we may write: the kernel sets the mode's
+        permissions from it (the group's from its mask), where a mode set after it would
+        rewrite the ACL instead (see :func:`graphdriver.layerio.xattrs.kept_mode`)."""
+        xattrs = e.xattrs if xattrs is None else xattrs
+        acl = xattrs.get(ACCESS_ACL)
+        if acl is not None:
+            xattrs = {k: v for k, v in xattrs.items() if k != ACCESS_ACL}
         sc.fchmod(fd, perm | 0o200)
         self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v), xattrs)
         sc.fchmod(fd, perm)
+        if acl is not None:
+            self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v), {ACCESS_ACL: acl})
 
     def _xattrs(
         self,

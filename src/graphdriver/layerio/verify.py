@@ -448,8 +448,8 @@ def _compare_metadata(
         target = os.readlink(base, dir_fd=pfd)
         if target != e.linkname:
             return f"links to {target!r}, its entry to {e.linkname!r}"
-    elif stat.S_IMODE(st.st_mode) != e.mode & 0o7777:
-        return f"has mode {stat.S_IMODE(st.st_mode):04o}, its entry {e.mode & 0o7777:04o}"
+    elif stat.S_IMODE(st.st_mode) != _kept_mode(e):
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, its entry {_kept_mode(e):04o}"
     if e.sparse is not None:
         if st.st_size != e.sparse.size:
             return f"has {st.st_size} bytes, its entry {e.sparse.size}"
@@ -466,6 +466,16 @@ def _compare_metadata(
     if st.st_mtime_ns != e.mtime_ns and not clamped(e.mtime_ns, st.st_mtime_ns):
         return f"was modified at {st.st_mtime_ns} ns, its entry at {e.mtime_ns} ns"
     return _compare_xattrs(e, base, pfd, privileged)
+
+
+def _kept_mode(e: te.TarEntry) -> int:
+    """The mode the entry's file keeps: the header's, with what an access ACL set of it."""
+    mode = e.mode & 0o7777
+    if not e.xattrs:
+        return mode
+    from graphdriver.layerio.xattrs import kept_mode
+
+    return kept_mode(mode, e.xattrs)
 
 
 #: Where every filesystem's timestamps reach: 32-bit seconds either side of 1970.
@@ -494,18 +504,25 @@ def _compare_xattrs(e: te.TarEntry, base: str, pfd: int, privileged: bool) -> st
     if private:
         return f"carries overlay's own xattr {private[0]} (kept by an older import)"
     stored = {n for n in names if not n.startswith(_OVERLAY_PRIVATE) and n not in _HOST_XATTRS}
-    wanted = {k for k in e.xattrs if not k.startswith(_OVERLAY_PRIVATE) and k not in _HOST_XATTRS}
+    from graphdriver.layerio.xattrs import read_back
+
+    kept = {k: read_back(k, v) for k, v in e.xattrs.items()}
+    wanted = {k for k, v in kept.items() if v is not None and not k.startswith(_OVERLAY_PRIVATE)
+              and k not in _HOST_XATTRS}
     if not privileged:  # trusted.* and security.* need privilege: an unprivileged import skips them
         wanted = {k for k in wanted if not k.startswith(PRIVILEGED_XATTRS)}
     if stored != wanted:
         extra, missing = sorted(stored - wanted), sorted(wanted - stored)
-        return f"has xattr {extra[0]} its entry lacks" if extra else f"lacks xattr {missing[0]}"
+        if not extra:
+            return f"lacks xattr {missing[0]}"
+        if extra[0] in e.xattrs:  # an access ACL saying no more than the mode, or an empty ACL
+            return f"has xattr {extra[0]}, where its entry's value leaves none"
+        return f"has xattr {extra[0]} its entry lacks"
     from graphdriver.fs.ownfiles import get_xattrs
-    from graphdriver.layerio.xattrs import read_back
 
     values = get_xattrs(path, sorted(wanted), follow_symlinks=False)
     for name in sorted(wanted):
-        if values.get(name) != read_back(name, e.xattrs[name]):
+        if values.get(name) != kept[name]:
             return f"has another value of xattr {name}"
     return ""
 
