@@ -18,7 +18,7 @@ import pytest
 from graphdriver.drivers.vfs import VfsDriver
 from graphdriver.errors import GraphDriverError, IntegrityError, NotFound, Precondition, Unsupported
 from graphdriver.store.layers import Store, StoreOptions
-from graphdriver.testing.treeutil import D, F, H, L, make_tar
+from graphdriver.testing.treeutil import D, Dev, F, H, L, make_tar
 from tests.conftest import corpus_files, needs_root, run_cli
 
 
@@ -256,6 +256,60 @@ def test_check_finds_an_acl_changed_in_the_layers_files(store, change):
     [(layer, problem)] = store.check(["l"])
     assert layer == "l" and problem is not None, problem
     assert problem.startswith("its files differ from its tarball"), problem
+
+
+def _acl_xattrs(path: str) -> list[str]:
+    return sorted(k for k in os.listxattr(path, follow_symlinks=False) if k.startswith("system.posix_acl"))
+
+
+@needs_root
+@pytest.mark.parametrize("named", [False, True], ids=["implied", "named"])
+def test_a_default_acl_of_the_parent_layer_gives_the_files_of_a_child_none(store, named):
+    """What a child layer makes in a folder its parent gave a default ACL holds the ACLs its
+    entries give alone (none here) and their modes, as what a layer makes in a folder with a
+    default ACL of its own: the folder keeps its default ACL and other xattrs (the kernel's
+    copy up), check finds both layers sound, and diff gives the child's bytes back."""
+    folder = D(xattrs={_DEFAULT: _NAMED, "user.k": b"v"})
+    store.import_layer("base", None, io.BytesIO(make_tar({"d": folder})))
+    child = make_tar({**({"d": folder} if named else {}), "d/new": F(b"n", mode=0o604),
+                      "d/sub": D(mode=0o751), "d/sub/f": F(b"f", mode=0o640), "d/p": Dev("p", mode=0o620)})
+    store.import_layer("c", "base", io.BytesIO(child))
+    assert store.check() == [("base", None), ("c", None)]
+    root = store.mount("c")
+    try:
+        d = os.path.join(root, "d")
+        assert (os.getxattr(d, _DEFAULT), os.getxattr(d, "user.k")) == (_NAMED, b"v")
+        modes = {}
+        for name in ("new", "sub", "sub/f", "p"):
+            path = os.path.join(d, name)
+            assert _acl_xattrs(path) == [], name
+            modes[name] = os.lstat(path).st_mode & 0o7777
+        assert modes == {"new": 0o604, "sub": 0o751, "sub/f": 0o640, "p": 0o620}
+    finally:
+        store.unmount("c")
+    assert export(store, "c") == child
+    assert store.check() == [("base", None), ("c", None)]
+
+
+@needs_root
+def test_a_folder_entry_over_the_parent_layers_folder_holds_the_xattrs_it_gives(store):
+    """A folder entry without xattrs over a folder of the parent layer that has some (ACLs,
+    a user.* one) leaves a folder without any, on every driver (a full copy held the parent's):
+    check finds the layer sound, diff gives its bytes back."""
+    store.import_layer("base", None, io.BytesIO(make_tar({"d": D(xattrs={_DEFAULT: _NAMED, _ACCESS: _NAMED,
+                                                                       "user.k": b"v"})})))
+    child = make_tar({"d": D(mode=0o750, xattrs={"user.j": b"w"}), "d/f": F(b"f")})
+    store.import_layer("c", "base", io.BytesIO(child))
+    assert store.check() == [("base", None), ("c", None)]
+    root = store.mount("c")
+    try:
+        d = os.path.join(root, "d")
+        assert sorted(os.listxattr(d)) == ["user.j"]
+        assert os.lstat(d).st_mode & 0o7777 == 0o750
+        assert _acl_xattrs(os.path.join(d, "f")) == []
+    finally:
+        store.unmount("c")
+    assert export(store, "c") == child
 
 
 def test_cli_check_reports_bad_layer_with_exit_6(tmp_path):

@@ -154,6 +154,19 @@ def lsetxattr_at(dirfd: int, name: str, attr: str, value: bytes) -> None:
         os.close(here)
 
 
+def lremovexattr_at(dirfd: int, name: str, attr: str) -> None:
+    """Remove xattr *attr* of entry *name* of directory *dirfd*, not following a symlink
+    (a device node or fifo, which cannot be opened to get an fd), as :func:`lsetxattr_at`
+    sets one without setxattrat(2)."""
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(dirfd)
+        os.removexattr(os.fsencode(name), attr, follow_symlinks=False)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -190,6 +203,7 @@ def copy_fd(src: int, dst: int, size: int) -> None:
 fchown = os.fchown
 fchmod = os.fchmod
 fsetxattr = os.setxattr
+fremovexattr = os.removexattr
 chown_at = os.chown
 chmod_at = os.chmod
 mknod_at = os.mknod

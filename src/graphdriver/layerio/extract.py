@@ -70,7 +70,12 @@ from graphdriver.layerio.whiteout import (
     WhiteoutMode,
     hidden_by,
 )
-from graphdriver.layerio.xattrs import ACCESS_ACL, DEFAULT_ACL
+from graphdriver.layerio.xattrs import (
+    ACCESS_ACL,
+    DEFAULT_ACL,
+    EXCLUDED_XATTR_PREFIXES,
+    EXCLUDED_XATTRS,
+)
 from graphdriver.plain import Plain
 
 TYPE_CHECKING = False
@@ -319,6 +324,9 @@ class Extraction:
         # permissions (see _xattrs_then_mode): set at once, it could shut us out of the
         # directory (without privilege), or a late mode would overwrite what it set.
         self.late_acls: dict[str, dict[str, bytes]] = {}
+        # Directory path -> whether it holds a default ACL, which what is made in it inherits
+        # (a lower layer's, in a full copy): what this layer makes there drops it.
+        self.acl_dirs: dict[str, bool] = {}
         # Device nodes left out without the privilege to make them (see _special).
         self.skipped: set[str] = set()
         # Directories a path needed and this run made: an entry that failed while
@@ -464,9 +472,12 @@ class Extraction:
                     # Resolution said ENOENT, so this is a dangling symlink.
                     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
                 self.dirs_made += 1
+                inherited = self._inherits(fd, prefix)
                 # Only the deepest is cached: a hostile path thousands of
                 # levels deep must not pin thousands of fds.
                 sub = self._with_fds(os.open, comps[i], _OPEN_DIR, dir_fd=fd)
+                if inherited:
+                    self._drop_xattrs(sub, prefix, _ACLS)
                 if owned:
                     os.close(fd)
                 fd, owned = sub, True
@@ -539,6 +550,7 @@ class Extraction:
         """
         self.stale.extend(self.dirs.values())
         self.dirs.clear()
+        self.acl_dirs.clear()
 
     def close(self) -> None:
         """Close every cached fd."""
@@ -566,6 +578,39 @@ class Extraction:
                 self._invalidate()
         self._removed(rel)
         return True
+
+    def _inherits(self, pfd: int, rel: str) -> bool:
+        """Whether what is made at *rel* in its directory, open as *pfd*, inherits ACLs: the
+        directory holds a default ACL.  Asked once a directory."""
+        parent = rel.rpartition("/")[0]
+        known = self.acl_dirs.get(parent)
+        if known is None:
+            try:
+                os.getxattr(pfd, DEFAULT_ACL)
+                known = True
+            except OSError as x:
+                if x.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                known = False
+            self.acl_dirs[parent] = known
+        return known
+
+    def _drop_xattrs(self, target: int | tuple[int, str], rel: str, names: Sequence[str]) -> None:
+        """Remove the xattrs *names* of *target* (an fd, or a directory's fd and a name in it,
+        not followed), those it has: what the entry at *rel* lacks.  An ACL inherited from the
+        directory, above all: a file holds the ACLs its entry gives alone, as on a layer of its
+        own (where the default ACL of its directory, set once the archive is written, gives none)."""
+        for name in names:
+            try:
+                if isinstance(target, int):
+                    sc.fremovexattr(target, name)
+                else:
+                    sc.lremovexattr_at(*target, name)
+            except OSError as x:
+                if x.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise ArchiveError(rel, f"removing xattr {name!r}: {x.strerror}") from x
+        if DEFAULT_ACL in names:
+            self.acl_dirs[rel] = False
 
     def _removed(self, rel: str) -> None:
         """*rel* (and what was below it) was removed: a format may drop what it kept about it."""
@@ -840,18 +885,49 @@ class _Extractor(Extraction):
     def _implied_metadata(self, fd: int, rel: str) -> None:
         # Over lower layers, inherit the lower directory's identity so the
         # union view does not change it (unless this layer hid it: a new directory).
+        # Its xattrs too, as the kernel copies a directory up: its ACLs set late, as an
+        # entry's (so its default ACL gives the files of this layer none).
         st = None
         if self.lower_fds and not hidden_by(rel, self.hidden):
             st = self._lower_dir_stat(rel)
+        xattrs: dict[str, bytes] = {}
         if st is None:
             uid, gid = self._map_ids(rel, 0, 0)
             mode = IMPLIED_DIR_MODE
         else:
+            xattrs = self._lower_dir_xattrs(rel)
             uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
             self.pending[rel] = (st.st_atime_ns, st.st_mtime_ns, None)
             self.copies.add(rel)
         self._chown_fd(fd, uid, gid)
         sc.fchmod(fd, mode)
+        acls = {k: v for k, v in xattrs.items() if k in _ACLS}
+        if acls:
+            self.late_acls[rel] = acls
+        for name, value in xattrs.items():
+            if name not in acls:
+                try:
+                    sc.fsetxattr(fd, name, value)
+                except OSError as x:
+                    raise ArchiveError(rel, f"setting xattr {name!r}: {x.strerror}") from x
+
+    def _lower_dir_xattrs(self, rel: str) -> dict[str, bytes]:
+        """The xattrs an entry gives of directory *rel* of the union of the lower layers."""
+        found = self._in_union(rel)
+        if found is None:
+            return {}
+        _, pfd, _ = found
+        try:
+            fd = os.open(rel.rpartition("/")[2], _OPEN_DIR, dir_fd=pfd)
+        except PermissionError:  # a folder of mode 0000 without privilege: its owner and mode alone
+            return {}
+        finally:
+            os.close(pfd)
+        try:
+            names = self._settable(os.listxattr(fd))
+            return get_xattrs(fd, names) if names else {}
+        finally:
+            os.close(fd)
 
     def _refuse_lower_symlink(self, rel: str) -> None:
         """Refuse to make directory *rel* over a symlink the union shows there (see
@@ -917,12 +993,15 @@ class _Extractor(Extraction):
                     sc.fchown(fd, uid, gid)
                 except OSError as x:
                     self._chown_failed(x)
+            inherited = self._inherits(pfd, rel)
+            if inherited:  # its ACL, and a mode masked by it instead of the umask
+                self._drop_xattrs(fd, rel, (ACCESS_ACL,))
             if e.xattrs and not self._may_write(perm):
                 self._xattrs_then_mode(e, fd, perm)
             else:
                 # chown clears setuid/setgid, so those come after it; plain
                 # permissions were set by open() unless the umask took some.
-                if perm & 0o7000 or perm & self.umask:
+                if perm & 0o7000 or perm & self.umask or inherited:
                     sc.fchmod(fd, perm)
                 if e.xattrs:
                     self._xattrs(e, lambda k, v: sc.fsetxattr(fd, k, v))
@@ -932,10 +1011,11 @@ class _Extractor(Extraction):
             os.close(fd)
 
     def _directory(self, e: TarEntry, rel: str, pfd: int, base: str) -> None:
+        made = True
         try:
             sc.mkdir_at(base, 0o700, dir_fd=pfd)
         except FileExistsError:
-            pass
+            made = False
         try:
             fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
         except OSError as x:
@@ -947,6 +1027,7 @@ class _Extractor(Extraction):
             hiding = self.overlay and (is_whiteout_at(pfd, base) or self._below(rel))
             self._remove(pfd, base, rel)
             sc.mkdir_at(base, 0o700, dir_fd=pfd)
+            made = True
             fd = os.open(base, _OPEN_DIR, dir_fd=pfd)
             if hiding:
                 self._set_opaque(e.name, fd)
@@ -956,9 +1037,21 @@ class _Extractor(Extraction):
             self.stale.append(old)
         self.dirs[rel] = fd
         self.in_use.add(rel)  # the entry works with it: no making room closes it
-        self._dir_metadata(fd, e, rel)
+        if made:
+            drop: Sequence[str] = _ACLS if self._inherits(pfd, rel) else ()
+        else:
+            # A directory already there (a lower layer's, in a full copy) takes the entry's
+            # metadata: the xattrs it lacks go, and its ACLs are set late (see late_acls).
+            drop = [k for k in self._settable(os.listxattr(fd)) if k in _ACLS or k not in e.xattrs]
+        self._dir_metadata(fd, e, rel, drop)
 
-    def _dir_metadata(self, fd: int, e: TarEntry, rel: str) -> None:
+    def _settable(self, names: list[str]) -> list[str]:
+        """Those of the xattr *names* an entry gives, and this process may set and remove."""
+        wanted = [n for n in names if n not in EXCLUDED_XATTRS and not n.startswith(EXCLUDED_XATTR_PREFIXES)]
+        return wanted if self.privileged else [n for n in wanted if not n.startswith(PRIVILEGED_XATTRS)]
+
+    def _dir_metadata(self, fd: int, e: TarEntry, rel: str, drop: Sequence[str] = ()) -> None:
+        """Set the entry's owner, mode and xattrs on directory *fd*, removing its xattrs *drop*."""
         uid, gid = self._owner(e)
         self._chown_fd(fd, uid, gid)
         perm = e.mode & 0o7777
@@ -969,6 +1062,8 @@ class _Extractor(Extraction):
             late = perm
             perm |= 0o700
         sc.fchmod(fd, perm)
+        if drop:
+            self._drop_xattrs(fd, rel, drop)
         self.late_acls.pop(rel, None)
         if e.xattrs:
             xattrs = e.xattrs
@@ -1127,7 +1222,10 @@ class _Extractor(Extraction):
             return
         uid, gid = self._owner(e)
         self._chown_at(pfd, base, uid, gid)
-        if perm & 0o7000 or perm & self.umask:
+        inherited = self._inherits(pfd, rel)
+        if inherited:
+            self._drop_xattrs((pfd, base), rel, (ACCESS_ACL,))
+        if perm & 0o7000 or perm & self.umask or inherited:
             # Just made by mknod: not a symlink, so following is harmless.
             sc.chmod_at(base, perm, dir_fd=pfd)
         if e.xattrs:
