@@ -837,3 +837,66 @@ def test_entry_fields_keep_the_order_the_reader_relies_on() -> None:
 
     names = list(inspect.signature(TarEntry).parameters)[:9]
     assert names == ["name", "type", "size", "mode", "uid", "gid", "uname", "gname", "mtime_ns"]
+
+
+_ascii_component = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="/"),
+                           min_size=1, max_size=30)
+
+
+@st.composite
+def usual_entries(draw: st.DrawFn) -> TarEntry:
+    """An entry as an export writes nearly all of them: short ASCII names, small ids, times with
+    or without a fraction, no xattrs (the writer's quick header)."""
+    typ = draw(st.sampled_from([REG, REG, DIR, SYM, LNK, FIFO, CHR, BLK]))
+    name = "/".join(draw(st.lists(_ascii_component, min_size=1, max_size=3)))[:100]
+    return TarEntry(
+        name + "/" if typ == DIR and len(name) < 100 else name,
+        type=typ,
+        size=draw(st.integers(0, 8**11 - 1)),
+        mode=draw(st.integers(0, 0o7777)),
+        uid=draw(st.integers(0, 8**7 - 1)),
+        gid=draw(st.integers(0, 8**7 - 1)),
+        uname=draw(st.sampled_from(["", "", "root", "u" * 32])),
+        gname=draw(st.sampled_from(["", "", "wheel"])),
+        mtime_ns=draw(st.integers(0, (8**11 - 1) * 10**9 + 999_999_999)),
+        linkname="/".join(draw(st.lists(_ascii_component, min_size=1, max_size=3)))[:100]
+        if typ in (SYM, LNK) else "",
+        devmajor=draw(st.integers(0, 8**7 - 1)) if typ in (CHR, BLK) else 0,
+        devminor=draw(st.integers(0, 8**7 - 1)) if typ in (CHR, BLK) else 0,
+    )
+
+
+@given(usual_entries())
+@settings(max_examples=400)
+def test_the_quick_header_of_a_usual_entry_is_the_full_ones(entry: TarEntry) -> None:
+    quick = tarstream._usual_header(entry)
+    assert quick is not None
+    assert quick == tarstream._full_header(entry)
+
+
+@given(tar_entries())
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_the_quick_header_takes_only_what_it_writes_as_the_full_one(
+        item: tuple[TarEntry, bytes | None]) -> None:
+    entry, _ = item
+    quick = tarstream._usual_header(entry)
+    try:
+        full: bytes | str = tarstream._full_header(entry)
+    except ArchiveError:
+        full = "refused"
+    assert quick is None or quick == full
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 1 << 16, (1 << 16) + 1, (1 << 20) + 5])
+def test_data_joined_to_its_header_or_not_gives_the_same_archive(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    entry = TarEntry("f", size=size, mtime_ns=1_500_000_000_500_000_000)
+    head = tarstream._header(entry)
+    got = write((entry, data), (TarEntry("g"), b""))
+    assert got[: len(head)] == head
+    assert got[len(head) : len(head) + size] == data
+    with tarfile.open(fileobj=io.BytesIO(got)) as tf:
+        f = tf.extractfile("f")
+        assert f is not None and f.read() == data
+        assert tf.getnames() == ["f", "g"]
+    assert len(got) % BLOCK == 0
