@@ -244,6 +244,32 @@ def test_vanished_files_are_skipped(layer: tuple[Path, list[Change]]) -> None:
     assert changes_size(str(new), changes) == 0
 
 
+def test_files_said_regular_are_written_as_what_stands_there_now(tmp_path: Path) -> None:
+    """A path the caller found a regular file is opened at once; whatever replaced it since
+    (a symlink, a fifo, a folder, a socket, nothing) goes out as the careful way writes it."""
+    import socket
+
+    write(tmp_path / "plain", b"data")
+    write(tmp_path / "target", b"t")
+    os.symlink("target", tmp_path / "sym")
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "dir").mkdir()
+    write(tmp_path / "a", b"linked")
+    os.link(tmp_path / "a", tmp_path / "b")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "sock"))
+        changes = [Change(f"/{n}", A) for n in ("a", "b", "dir", "gone", "pipe", "plain", "sock", "sym")]
+        careful = export(tmp_path, changes)
+        out = io.BytesIO()
+        export_changes(str(tmp_path), changes, out, files={c.path for c in changes})
+    finally:
+        sock.close()
+    assert out.getvalue() == careful
+    assert names(careful) == ["a", "b", "dir/", "pipe", "plain", "sym"]
+    assert members(careful)["b"].islnk() and read(careful, "plain") == b"data"
+
+
 def test_names_that_are_not_utf8(tmp_path: Path) -> None:
     raw = os.fsdecode(b"caf\xe9")
     write(tmp_path / raw / "f", b"data")

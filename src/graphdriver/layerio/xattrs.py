@@ -44,6 +44,8 @@ def read_xattrs(path: str) -> dict[str, bytes]:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return {}
         raise
+    if not names:  # nearly every file
+        return {}
     excluded = EXCLUDED_XATTR_PREFIXES
     wanted = [n for n in sorted(names) if n not in EXCLUDED_XATTRS and not n.startswith(excluded)]
     return get_xattrs(path, wanted, follow_symlinks=False)  # a file of mode 0000 of ours too
