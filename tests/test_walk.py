@@ -548,3 +548,20 @@ def test_random_mutations_give_the_modelled_changes(
         # Against nothing, every path is an addition.
         assert diff(tmp / "new", None) == _expected(mutated, {"": Node("d", mode=0o755)})
 
+
+
+def test_quote_path_quotes_each_ascii_byte_only_where_it_must() -> None:
+    """Printable ASCII but the backslash prints as it is; every other byte below 0x80 is escaped."""
+    from graphdriver.diff.changes import quote_path
+
+    named = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", ord("\\"): "\\\\", ord('"'): '\\"'}
+    for b in range(1, 0x80):
+        path = f"/a{chr(b)}z"
+        if 0x20 <= b < 0x7F and b != ord("\\"):
+            assert quote_path(path) == path
+        else:
+            escape = named.get(b, f"\\{b:03o}")
+            assert quote_path(path) == '"/a' + escape + 'z"', b
+    assert quote_path('"/lead') == '"\\"/lead"'
+    assert quote_path("/caf\u00e9") == "/caf\u00e9"
+    assert quote_path("/" + os.fsdecode(b"\xff")) == '"/\\377"'

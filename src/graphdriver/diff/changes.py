@@ -103,6 +103,8 @@ def quote_path(path: str) -> str:
     and three octal digits for any other such byte; other paths (UTF-8 names
     included) print as they are.  ``--json`` output keeps the raw path (see :meth:`Change.to_json`).
     """
+    if path.isascii() and path.isprintable() and "\\" not in path and not path.startswith('"'):
+        return path  # nearly every path: printable ASCII (0x20 to 0x7e) but the backslash
     raw = path.encode("utf-8", "surrogateescape")
     try:
         raw.decode("utf-8")
