@@ -647,6 +647,65 @@ def test_two_lower_files_joined_into_one_are_changed_and_go_as_a_link(d):
             ("p", None), ("q", "p")]
 
 
+def test_a_new_name_in_a_new_folder_of_an_untouched_file_changes_the_file(d):
+    """``mkdir n; ln p n/q``: ``n/q`` is added inside an added folder (whose entries the scan
+    takes by their type alone), and ``p``, copied up untouched, shares its inode: ``p`` is
+    changed too, counted once, and the tarball links ``n/q`` to it."""
+    d.create("base", None)
+    apply(d, "base", {"p": F(b"x" * 10), "o": F(b"o")})
+    d.create_rw("ctr", "base")
+    with d.mounted("ctr") as root:
+        os.mkdir(os.path.join(root, "n"))
+        os.link(os.path.join(root, "p"), os.path.join(root, "n", "q"))
+    expected = [(A, "/n"), (A, "/n/q"), (C, "/p")]
+    assert native_changes(d, "ctr", "base") == walk_changes(d, "ctr", "base") == expected
+    assert content.size(d, "ctr", "base") == content.size(d, "ctr", "base", native=False) == 10
+    out = io.BytesIO()
+    content.export(d, "ctr", "base", out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        assert [(m.name, m.linkname if m.islnk() else None) for m in tf.getmembers()] == [
+            ("n", None), ("n/q", None), ("p", "n/q")]
+
+
+def test_sizes_and_changes_of_every_kind_agree_with_the_generic_walk(d):
+    """What the scan takes from directory entry types alone, or counts from its own look at
+    each file, against the walk: metadata-only changes, rewrites of the same size and time, files
+    of several names (each inode once), whiteouts, opaque folders, a layer with no parent."""
+    d.create("base", None)
+    apply(d, "base", {**BASE, "k": F(b"k" * 40), "m": F(b"m" * 30), "same": F(b"s" * 9, mtime=1_000)})
+    d.create_rw("ctr", "base")
+    with d.mounted("ctr") as root:
+        r = Path(root)
+        (r / "etc/hosts").write_bytes(b"h" * 200)
+        os.link(r / "etc/hosts", r / "etc/hosts2")  # a new name of a changed file
+        os.chmod(r / "k", 0o600)  # metadata only
+        (r / "same").write_bytes(b"S" * 9)
+        os.utime(r / "same", (1_000, 1_000))  # other bytes, the same size and time
+        with open(r / "m", "r+b"):
+            pass  # copied up, left as it was
+        (r / "new").mkdir()
+        (r / "new/f").write_bytes(b"n" * 70)
+        os.link(r / "new/f", r / "new/g")
+        os.symlink("f", r / "new/s")
+        os.mkfifo(r / "new/fifo")
+        os.unlink(r / "etc/motd")  # a whiteout
+        shutil.rmtree(r / "var/cache")
+        (r / "var/cache").mkdir()  # opaque
+        (r / "var/cache/again").write_bytes(b"a" * 5)
+    assert native_changes(d, "ctr", "base") == walk_changes(d, "ctr", "base")
+    assert (C, "/k") in native_changes(d, "ctr", "base") and (C, "/same") in native_changes(d, "ctr", "base")
+    assert (C, "/m") not in native_changes(d, "ctr", "base")
+    # hosts (200, two names), k (40), same (9), new/f (70, two names), var/cache/again (5)
+    assert content.size(d, "ctr", "base") == content.size(d, "ctr", "base", native=False) == 324
+    assert native_changes(d, "base", None) == walk_changes(d, "base", None)
+    assert content.size(d, "base", None) == content.size(d, "base", None, native=False)
+    out = io.BytesIO()
+    content.export(d, "ctr", "base", out)
+    d.create("copy", "base")
+    content.apply(d, "copy", io.BytesIO(out.getvalue()))
+    assert native_changes(d, "copy", "base") == native_changes(d, "ctr", "base")
+
+
 def test_opaque_directories_in_tarballs(d):
     d.create("base", None)
     apply(d, "base", BASE)

@@ -21,6 +21,14 @@ layers below for each entry found:
 * a format that keeps more beside the files (the Windows metadata sidecar)
   may say what else makes an entry changed (*meta*).
 
+Each entry is looked at as little as its case needs: its directory entry's type says
+whether it is a folder, a regular file or a symlink, so only an entry the view below also
+holds (to compare the two), a device or other special file (a whiteout?), and for
+:func:`size` an added regular file is stat'd; an added entry is listed as its directory
+entry shows it (one removed meanwhile from a live layer too, as a file removed just after
+its look would be).  The sizes :func:`size` adds up come from the same looks, and
+:func:`export` opens the regular files the scan met without another look.
+
 "Below" is the parent's union view, computed the way overlayfs does: the
 lower directories nearest first, a whiteout or a non-directory hides
 everything further down, an opaque directory hides the rest of its own
@@ -72,7 +80,7 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 class Scan(Plain):
     """What one reading of an upper directory found."""
 
-    __slots__ = ("carried", "changes", "implied", "opaque")
+    __slots__ = ("carried", "changes", "files", "implied", "linked", "opaque", "size")
 
     def __init__(self) -> None:
         #: The changes, sorted by path, exactly as the generic walk lists them.
@@ -85,20 +93,31 @@ class Scan(Plain):
         #: Everything of the layer below (and including) an opaque directory with a marker:
         #: the marker hides what was below, so these must travel with it, changed or not.
         self.carried: list[str] = []
+        #: The paths of the layer's regular files the scan met (by their directory entry's
+        #: type): export opens them without looking first.
+        self.files: set[str] = set()
+        #: With sizes counted (see :func:`scan`): the bytes of the added or changed regular
+        #: files of one name, and the paths of those of several names, whose inodes count once.
+        self.size = 0
+        self.linked: list[str] = []
 
 
 class _Reader:
     """One scan: the upper root, the lower roots and the comparison state per lower."""
 
     def __init__(self, upper: str, lowers: Sequence[str], opaque_xattr: str,
-                 meta: MetaDiffers | None = None) -> None:
+                 meta: MetaDiffers | None = None, sizes: bool = False) -> None:
         self.upper = upper
         self.lowers = tuple(lowers)
         self.opaque_xattr = opaque_xattr
         self.meta = meta
+        self.sizes = sizes
         self.scan = Scan()
         self._walks: dict[str, Walk] = {}
         self.links = Links()
+        #: Added entries, not folders, looked at by their directory entry alone: their inodes
+        #: matter only if the layer has unchanged names of several-named files.
+        self.unstated: list[str] = []
         #: Names of its paths within the kernel's limit (a layer's may be longer).
         self.short = ShortPaths()
 
@@ -125,9 +144,11 @@ class _Reader:
 
     def below(self, roots: tuple[str, ...], path: str) -> tuple[str, os.stat_result] | None:
         """The entry the parent's view has at *path* (its lower root and lstat), or None."""
+        quick = self.short.quick
         for root in roots:
+            full = root + path
             try:
-                st = os.lstat(self.short(root + path))
+                st = os.lstat(full if len(full) < quick else self.short(full))
             except _GONE:
                 continue
             return None if is_whiteout(st) else (root, st)
@@ -176,9 +197,22 @@ class _Reader:
             while pending:
                 rel, roots, opaque_above = pending.pop()
                 pending.extend(self.directory(rel, roots, opaque_above))
+            if self.links.unchanged:
+                self.note_unstated()
+        if self.sizes:
+            self.scan.linked += [c.path for c in self.links.partners()]
         finish(self.scan.changes, self.links)
         self.drop_idle_markers()
         return self.scan
+
+    def note_unstated(self) -> None:
+        """Note the inodes of the added entries not looked at: a file has unchanged names."""
+        for path in self.unstated:
+            try:
+                st = os.lstat(self.short(self.upper + path))
+            except _GONE:
+                continue
+            self.links.note(path, st, True)
 
     def drop_idle_markers(self) -> None:
         """Forget the opaque directories that hide nothing: no deletion at or below them.
@@ -225,35 +259,76 @@ class _Reader:
                 if e is None or _entryis_whiteout(e):
                     self.add(f"{rel}/{name}", ChangeKind.DELETE)
         subdirs: list[tuple[str, tuple[str, ...], bool]] = []
+        files = self.scan.files
+        carry = opaque and bool(roots or opaque_above)
         for name, e in entries.items():
             path = f"{rel}/{name}"
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if is_whiteout(st):
-                if not opaque and roots and self.below(roots, path) is not None:
-                    self.add(path, ChangeKind.DELETE)
-                continue
-            if opaque and (roots or opaque_above):
-                self.scan.carried.append(path)
+            # The directory entry's type says nearly always what it is, without a stat.
+            is_dir = e.is_dir(follow_symlinks=False)
+            st: os.stat_result | None = None
+            if is_dir:
+                pass
+            elif e.is_file(follow_symlinks=False):
+                files.add(path)
+            elif not e.is_symlink():
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if is_whiteout(st):
+                    if not opaque and roots and self.below(roots, path) is not None:
+                        self.add(path, ChangeKind.DELETE)
+                    continue
             old = self.below(roots, path) if roots else None
-            is_dir = stat.S_ISDIR(st.st_mode)
             if old is None:
+                if carry:
+                    self.scan.carried.append(path)
                 self.add(path, ChangeKind.ADD)
-                self.links.note(path, st, True)
                 if is_dir:
                     subdirs.append((path, (), opaque))
+                else:
+                    self.added(path, e, st)
                 continue
+            if st is None:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+            if carry:
+                self.scan.carried.append(path)
             root, old_st = old
             changed = self.differs(root, path, st, old_st)
             if changed:
                 self.add(path, ChangeKind.MODIFY)
+                if self.sizes:
+                    self.count(path, st)
             self.links.note(path, st, changed, old_st)
             if is_dir:
                 below = self.dir_roots(roots, path) if stat.S_ISDIR(old_st.st_mode) else ()
                 subdirs.append((path, below, opaque))
         return subdirs
+
+    def added(self, path: str, e: os.DirEntry[str], st: os.stat_result | None) -> None:
+        """Note the added entry *path*, no folder (*st*: its lstat, if taken)."""
+        if st is None and self.sizes and path in self.scan.files:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                return
+        if st is None:
+            self.unstated.append(path)
+            return
+        self.links.note(path, st, True)
+        if self.sizes:
+            self.count(path, st)
+
+    def count(self, path: str, st: os.stat_result) -> None:
+        """Count the size of the added or changed entry *path*, if a regular file."""
+        if stat.S_ISREG(st.st_mode):
+            if st.st_nlink == 1:
+                self.scan.size += st.st_size
+            else:
+                self.scan.linked.append(path)
 
 
 def _at_or_below(path: str, folders: set[str]) -> bool:
@@ -279,14 +354,15 @@ def _entryis_whiteout(e: os.DirEntry[str]) -> bool:
 
 
 def scan(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
-         meta: MetaDiffers | None = None) -> Scan:
+         meta: MetaDiffers | None = None, sizes: bool = False) -> Scan:
     """Read what the layer with upper directory *upper* changed over *lowers* (nearest first).
 
     *meta* says whether an entry in both whose files look the same differs in what the
-    layer format keeps beside its files.
+    layer format keeps beside its files.  *sizes*: count the sizes of the added and changed
+    files too (:func:`size`), which takes a look at each added file.
     """
     os.lstat(upper)  # a missing upper directory is an error, not an empty layer
-    return _Reader(upper, lowers, opaque_xattr, meta).run()
+    return _Reader(upper, lowers, opaque_xattr, meta, sizes).run()
 
 
 def changes(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
@@ -326,11 +402,19 @@ def export(
     from graphdriver.layerio.export import NO_ID_MAPS, export_changes
 
     result = scan(upper, lowers, opaque_xattr)
-    export_changes(upper, export_changeset(result), out, NO_ID_MAPS if idmaps is None else idmaps)
+    export_changes(upper, export_changeset(result), out, NO_ID_MAPS if idmaps is None else idmaps,
+                   result.files)
 
 
 def size(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> int:
-    """Bytes of regular files the layer added or changed (hardlinked inodes once)."""
+    """Bytes of regular files the layer added or changed (hardlinked inodes once).
+
+    The sizes come from the scan's own look at each file; only files of several names are
+    looked at again, to count each inode once.
+    """
     from graphdriver.layerio.export import changes_size
 
-    return changes_size(upper, scan(upper, lowers, opaque_xattr).changes)
+    result = scan(upper, lowers, opaque_xattr, sizes=True)
+    if not result.linked:
+        return result.size
+    return result.size + changes_size(upper, [Change(p, ChangeKind.MODIFY) for p in result.linked])
