@@ -13,6 +13,11 @@ changes
     ``changes`` of a container layer with 10 changed files over a base of
     20,000 files: graphdriver's native diff and its generic walk (in-process)
     and ``graphdriver changes`` against ``containers-storage changes``.
+container layer
+    ``changes``, ``diff`` and ``diffsize`` of a container layer in which a process rewrote
+    every file of a base of 100,000 (``--container-files``): ``graphdriver`` against
+    ``containers-storage`` on the same work, each command whole, in turns round by round;
+    ``--container-drivers overlay,vfs`` measures vfs too.
 import / export
     A layer tarball (Debian minbase from the import benchmark's cache, or
     ``--layer``) imported with ``graphdriver import`` and
@@ -22,6 +27,7 @@ import / export
 Run as root::
 
     python bench/overlay_bench.py [--rounds 7] [--depths 1,10,128,500] [--layer FILE]
+        [--container-files 100000] [--container-drivers overlay] [--skip mount,changes,container,import]
 """
 
 from __future__ import annotations
@@ -42,7 +48,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from common import CACHE, ENV, VENV, graphdriver_command  # noqa: E402
+from common import (  # noqa: E402
+    CACHE,
+    ENV,
+    VENV,
+    cs_cmd,
+    gd_cmd,
+    graphdriver_command,
+    remove_work,
+    report,
+    take_turns,
+)
 from graphdriver.fs.mounts import mounts_below, unmount  # noqa: E402
 from graphdriver.store import content  # noqa: E402
 from graphdriver.store.layers import Store, StoreOptions  # noqa: E402
@@ -199,6 +215,63 @@ def bench_changes(base: Path, files: int, rounds: int) -> None:
         cleanup(work)
 
 
+# ----- a container layer of many changed files ---------------------------------------------------
+
+
+def rewrite(root: Path, files: int) -> None:
+    """What a process in the container does: every file of :func:`base_tar` written anew."""
+    for i in range(files):
+        (root / "tree" / f"d{i % 100}" / f"f{i}").write_bytes(b"changed %d\n" % i)
+
+
+def run_out(cmd: list[str]) -> str:
+    return subprocess.run(cmd, env=ENV, check=True, capture_output=True).stdout.decode().strip()
+
+
+def container_layers(work: Path, driver: str, files: int) -> tuple[str, str]:
+    """The same container layer in both stores: graphdriver's id, containers-storage's id."""
+    tar = work / "base.tar"
+    tar.write_bytes(base_tar(files))
+    run_out(gd_cmd(work, driver, "import", "base", str(tar)))
+    run_out(gd_cmd(work, driver, "create", "ctr", "--parent", "base", "--rw"))
+    rewrite(Path(run_out(gd_cmd(work, driver, "mount", "ctr"))), files)
+    run_out(gd_cmd(work, driver, "unmount", "ctr"))
+    cs_base = run_out(cs_cmd(work, driver, "import-layer", "-f", str(tar))).split()[-1]
+    cs_ctr = run_out(cs_cmd(work, driver, "create-layer", cs_base)).split()[-1]
+    rewrite(Path(run_out(cs_cmd(work, driver, "mount", cs_ctr))), files)
+    run_out(cs_cmd(work, driver, "unmount", cs_ctr))
+    tar.unlink()
+    return "ctr", cs_ctr
+
+
+def bench_container(base: Path, files: int, rounds: int, drivers: list[str]) -> None:
+    for driver in drivers:
+        work = Path(tempfile.mkdtemp(dir=base))
+        try:
+            gd_ctr, cs_ctr = container_layers(work, driver, files)
+            sizes = (run_out(gd_cmd(work, driver, "diffsize", gd_ctr)),
+                     run_out(cs_cmd(work, driver, "diffsize", cs_ctr)))
+            lines = (len(run_out(gd_cmd(work, driver, "changes", gd_ctr)).splitlines()),
+                     len(run_out(cs_cmd(work, driver, "changes", cs_ctr)).splitlines()))
+            print(f"\ncontainer layer on {driver}, {files:,} files of the base rewritten: diffsize "
+                  f"{sizes[0]} and {sizes[1]}, changes {lines[0]:,} and {lines[1]:,} lines "
+                  "(graphdriver and containers-storage)")
+            ops = {
+                "changes": (["changes", gd_ctr], ["changes", cs_ctr]),
+                "diff": (["diff", gd_ctr, "-o", os.devnull], ["diff", "-u", "-f", os.devnull, cs_ctr]),
+                "diffsize": (["diffsize", gd_ctr], ["diffsize", cs_ctr]),
+            }
+            for op, (mine, theirs) in ops.items():
+                gd_op, cs_op = gd_cmd(work, driver, *mine), cs_cmd(work, driver, *theirs)
+                tools = {
+                    "graphdriver": lambda c=gd_op: timed(lambda: run_out(c)),
+                    "containers-storage": lambda c=cs_op: timed(lambda: run_out(c)),
+                }
+                report(f"{op} of that layer ({driver})", take_turns(tools, rounds))
+        finally:
+            remove_work(work)
+
+
 # ----- import and export ---------------------------------------------------------------------------
 
 
@@ -251,7 +324,9 @@ def main() -> int:
     p.add_argument("--depths", default="1,10,128,500")
     p.add_argument("--files", type=int, default=20_000)
     p.add_argument("--layer", type=Path, default=None)
-    p.add_argument("--skip", default="", help="comma-separated: mount,changes,import")
+    p.add_argument("--container-files", type=int, default=100_000)
+    p.add_argument("--container-drivers", default="overlay", help="comma-separated: overlay,vfs")
+    p.add_argument("--skip", default="", help="comma-separated: mount,changes,container,import")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("run as root: both tools mount with the kernel's overlay", file=sys.stderr)
@@ -266,6 +341,9 @@ def main() -> int:
             bench_mounts(base, [int(x) for x in args.depths.split(",")], args.rounds)
         if "changes" not in skip:
             bench_changes(base, args.files, args.rounds)
+        if "container" not in skip:
+            bench_container(base, args.container_files, max(3, args.rounds // 2),
+                            args.container_drivers.split(","))
         layer = args.layer or default_layer()
         if "import" not in skip:
             if layer is None:
