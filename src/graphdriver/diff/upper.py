@@ -145,6 +145,13 @@ class _Reader:
     def below(self, roots: tuple[str, ...], path: str) -> tuple[str, os.stat_result] | None:
         """The entry the parent's view has at *path* (its lower root and lstat), or None."""
         quick = self.short.quick
+        if len(roots) == 1:  # a layer on one other, or a folder only one of them has
+            full = roots[0] + path
+            try:
+                st = os.lstat(full if len(full) < quick else self.short(full))
+            except _GONE:
+                return None
+            return None if is_whiteout(st) else (roots[0], st)
         for root in roots:
             full = root + path
             try:
@@ -259,7 +266,7 @@ class _Reader:
                 if e is None or _entryis_whiteout(e):
                     self.add(f"{rel}/{name}", ChangeKind.DELETE)
         subdirs: list[tuple[str, tuple[str, ...], bool]] = []
-        files = self.scan.files
+        files, append = self.scan.files, self.scan.changes.append
         carry = opaque and bool(roots or opaque_above)
         for name, e in entries.items():
             path = f"{rel}/{name}"
@@ -283,7 +290,7 @@ class _Reader:
             if old is None:
                 if carry:
                     self.scan.carried.append(path)
-                self.add(path, ChangeKind.ADD)
+                append(Change(path, ChangeKind.ADD))
                 if is_dir:
                     subdirs.append((path, (), opaque))
                 else:
@@ -299,10 +306,11 @@ class _Reader:
             root, old_st = old
             changed = self.differs(root, path, st, old_st)
             if changed:
-                self.add(path, ChangeKind.MODIFY)
+                append(Change(path, ChangeKind.MODIFY))
                 if self.sizes:
                     self.count(path, st)
-            self.links.note(path, st, changed, old_st)
+            if st.st_nlink > 1:  # (the upper directory's own count: one name has no partner)
+                self.links.note(path, st, changed, old_st)
             if is_dir:
                 below = self.dir_roots(roots, path) if stat.S_ISDIR(old_st.st_mode) else ()
                 subdirs.append((path, below, opaque))
@@ -318,7 +326,8 @@ class _Reader:
         if st is None:
             self.unstated.append(path)
             return
-        self.links.note(path, st, True)
+        if st.st_nlink > 1:
+            self.links.note(path, st, True)
         if self.sizes:
             self.count(path, st)
 
