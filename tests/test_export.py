@@ -244,30 +244,58 @@ def test_vanished_files_are_skipped(layer: tuple[Path, list[Change]]) -> None:
     assert changes_size(str(new), changes) == 0
 
 
-def test_files_said_regular_are_written_as_what_stands_there_now(tmp_path: Path) -> None:
-    """A path the caller found a regular file is opened at once; whatever replaced it since
-    (a symlink, a fifo, a folder, a socket, nothing) goes out as the careful way writes it."""
-    import socket
+def test_only_what_is_a_regular_file_when_looked_at_is_opened(tmp_path: Path, monkeypatch) -> None:
+    """Opening a device node can act (a watchdog's starts it): what stands at a path is looked
+    at right before it is opened, and only a regular file is, whatever a scan found there
+    earlier (a live container may have put a node there since)."""
+    from graphdriver.layerio import export as export_module
 
+    opened: list[str] = []
+    real = export_module.open_readable
+
+    def spy(path: str, *args: object) -> int:
+        opened.append(os.path.basename(path))
+        return real(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export_module, "open_readable", spy)
     write(tmp_path / "plain", b"data")
-    write(tmp_path / "target", b"t")
-    os.symlink("target", tmp_path / "sym")
+    os.symlink("plain", tmp_path / "sym")
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "dir").mkdir()
-    write(tmp_path / "a", b"linked")
-    os.link(tmp_path / "a", tmp_path / "b")
-    sock = socket.socket(socket.AF_UNIX)
-    try:
-        sock.bind(str(tmp_path / "sock"))
-        changes = [Change(f"/{n}", A) for n in ("a", "b", "dir", "gone", "pipe", "plain", "sock", "sym")]
-        careful = export(tmp_path, changes)
-        out = io.BytesIO()
-        export_changes(str(tmp_path), changes, out, files={c.path for c in changes})
-    finally:
-        sock.close()
-    assert out.getvalue() == careful
-    assert names(careful) == ["a", "b", "dir/", "pipe", "plain", "sym"]
-    assert members(careful)["b"].islnk() and read(careful, "plain") == b"data"
+    changes = [Change(f"/{n}", A) for n in ("dir", "gone", "pipe", "plain", "sym")]
+    data = export(tmp_path, changes)
+    assert opened == ["plain"]
+    assert names(data) == ["dir/", "pipe", "plain", "sym"]
+
+
+def test_a_file_an_upper_directory_scan_found_is_looked_at_again_before_it_is_opened(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The overlay scan knows its regular files by their directory entries; by the time the
+    export reaches one, a live container may have made it a device node, never opened."""
+    from graphdriver.diff import upper
+    from graphdriver.layerio import export as export_module
+
+    write(tmp_path / "f", b"data")
+    real_scan, real_open = upper.scan, export_module.open_readable
+    opened: list[str] = []
+
+    def scan_then_swap(*args: object, **kwargs: object) -> object:
+        found = real_scan(*args, **kwargs)  # type: ignore[arg-type]
+        (tmp_path / "f").unlink()
+        os.mkfifo(tmp_path / "f")
+        return found
+
+    def spy(path: str, *args: object) -> int:
+        opened.append(os.path.basename(path))
+        return real_open(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upper, "scan", scan_then_swap)
+    monkeypatch.setattr(export_module, "open_readable", spy)
+    out = io.BytesIO()
+    upper.export(str(tmp_path), [], out)
+    assert opened == []
+    assert members(out.getvalue())["f"].isfifo()
 
 
 def test_names_that_are_not_utf8(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ class Scan(Plain):
         #: the marker hides what was below, so these must travel with it, changed or not.
         self.carried: list[str] = []
         #: The paths of the layer's regular files the scan met (by their directory entry's
-        #: type): export opens them without looking first.
+        #: type): with sizes counted, the added ones are stat'ed for their size.
         self.files: set[str] = set()
         #: With sizes counted (see :func:`scan`): the bytes of the added or changed regular
         #: files of one name, and the paths of those of several names, whose inodes count once.
@@ -411,8 +411,7 @@ def export(
     from graphdriver.layerio.export import NO_ID_MAPS, export_changes
 
     result = scan(upper, lowers, opaque_xattr)
-    export_changes(upper, export_changeset(result), out, NO_ID_MAPS if idmaps is None else idmaps,
-                   result.files)
+    export_changes(upper, export_changeset(result), out, NO_ID_MAPS if idmaps is None else idmaps)
 
 
 def size(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_XATTR) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 
 from graphdriver.diff.changes import Change, ChangeKind, change_sort_key
 from graphdriver.errors import GraphDriverError, InvalidArgument
@@ -175,19 +175,18 @@ class LayerWriter:
         """Write the whiteout deleting *name*."""
         self.writer.add(whiteout_entry(name))
 
-    def add(self, name: str, path: str, regular: bool = False) -> None:
+    def add(self, name: str, path: str) -> None:
         """Write *name*, the file at *path* as it is now; nothing if it is gone.
 
-        *regular*: the caller found a regular file there, which is then opened without
-        looking first (what was opened is described; anything else standing there now is
-        looked at first, as always).  Refuses a name with a ``.wh.`` component: written,
-        it would be a whiteout, deleting where the file was added.
+        A path is looked at (lstat) right before it is opened, and opened only as a regular
+        file, however it was found before: what a live container put there since (a device
+        node, whose opening can act: a watchdog's starts it) is never opened.  Refuses a
+        name with a ``.wh.`` component: written, it would be a whiteout, deleting where the
+        file was added.
         """
         if WHITEOUT_PREFIX in name:
             refuse_reserved_name(name)
         try:
-            if regular and self._add_opened(name, path):
-                return
             st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode) or (st.st_nlink > 1 and (st.st_dev, st.st_ino) in self.hardlinks):
                 self._write(name, path, st, None)
@@ -206,24 +205,6 @@ class LayerWriter:
                 os.close(fd)
         except _VANISHED:
             return
-
-    def _add_opened(self, name: str, path: str) -> bool:
-        """Write *name* from the file at *path* opened at once, if it is a regular file; False
-        if it is not, or cannot be opened so (then it is looked at first)."""
-        try:
-            fd = open_readable(path, None, _OPEN_FLAGS)
-        except _VANISHED:
-            raise
-        except OSError:  # a symlink (ELOOP), a socket (ENXIO), or refused: the careful way says
-            return False
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return False
-            self._write(name, path, st, fd)
-        finally:
-            os.close(fd)
-        return True
 
     def _write(self, name: str, path: str, st: os.stat_result, fd: int | None) -> None:
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
@@ -268,8 +249,7 @@ class _OCIWriter(LayerWriter):
 
 
 def export_changes(
-    root: str, changes: Iterable[Change], out: BinaryIO, idmaps: IDMappings = NO_ID_MAPS,
-    files: Container[str] = frozenset(),
+    root: str, changes: Iterable[Change], out: BinaryIO, idmaps: IDMappings = NO_ID_MAPS
 ) -> None:
     """Write the layer tarball of *changes* (paths within the tree at *root*) to *out*.
 
@@ -278,8 +258,6 @@ def export_changes(
     of an inode already written becomes a hard link to the first.  Entries are
     written in :func:`change_sort_key` order whatever the order of *changes*.
     File data is streamed, never held whole in memory.  *out* is not closed.
-    *files*: the paths of *changes* the caller found regular files (see
-    :meth:`LayerWriter.add`), which spares each a look before it is opened.
     """
     writer = _OCIWriter(out, idmaps)
     delete = ChangeKind.DELETE
@@ -291,7 +269,7 @@ def export_changes(
                 writer.deleted(path)
             else:
                 relpath = path.lstrip("/")
-                writer.add(relpath, short(top + relpath), path in files)
+                writer.add(relpath, short(top + relpath))
     writer.close()
 
 
