@@ -352,13 +352,13 @@ def test_hardlink_through_escaping_symlink(site: Site) -> None:
         ("../victim/.wh.hello", "path escapes the layer"),
     ],
 )
-@pytest.mark.parametrize("mode", list(WhiteoutMode))
-def test_whiteout_pointing_outside(site: Site, name: str, why: str, mode: WhiteoutMode) -> None:
+@pytest.mark.parametrize("mode", WhiteoutMode.ALL)
+def test_whiteout_pointing_outside(site: Site, name: str, why: str, mode: str) -> None:
     assert_breakout(site.apply(reg(name), whiteouts=mode), name, why)
 
 
-@pytest.mark.parametrize("mode", list(WhiteoutMode))
-def test_whiteout_through_escaping_symlink(site: Site, mode: WhiteoutMode) -> None:
+@pytest.mark.parametrize("mode", WhiteoutMode.ALL)
+def test_whiteout_through_escaping_symlink(site: Site, mode: str) -> None:
     os.symlink("../victim", site.dest / "evil")
     assert_through_symlink(site.apply(reg("evil/.wh.hello"), whiteouts=mode), "evil/.wh.hello", "evil")
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from graphdriver.diff.changes import Change, ChangeKind, change_sort_key
+from graphdriver.diff.size import changes_size
 from graphdriver.diff.walk import changes_between
 from graphdriver.errors import GraphDriverError
 from graphdriver.idmap import IDMap, IDMappings
 from graphdriver.layerio.export import (
     NO_ID_MAPS,
-    changes_size,
     entry_from_stat,
     export_changes,
     whiteout_entry,

@@ -161,6 +161,16 @@ CONTENT_HEAVY = ("argparse", "re", "json", "dataclasses", "typing", "inspect", "
                  "gzip", "shutil", "tempfile", "importlib.util", "zstandard", "rich")
 
 
+@pytest.mark.parametrize("command", [("changes", "ctr"), ("diffsize", "ctr"), ("changes", "base")])
+def test_changes_and_diffsize_load_no_heavy_module(made, command):
+    """Scripts list a container's changes as often as they mount it: the change kinds were an
+    enum (with functools and collections, a sixth of the command), and diffsize loaded the
+    tar writer for a sum of sizes."""
+    modules = loaded(made, *command)
+    assert not modules & set(HEAVY), f"{' '.join(command)} imported {sorted(modules & set(HEAVY))}"
+    assert "graphdriver.layerio.tarstream" not in modules
+
+
 @pytest.mark.parametrize("command", ["import", "apply", "diff", "changes", "diffsize"])
 def test_content_commands_load_no_heavy_module(made, tmp_path, command):
     layer = tmp_path / "layer.tar"

@@ -48,3 +48,12 @@ def test_fs_and_layerio_know_no_drivers_or_store() -> None:
         for path in sorted((PACKAGE / part).rglob("*.py")):
             bad = {m for m in imports_of(path) if m.startswith(("graphdriver.drivers", "graphdriver.store"))}
             assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+def test_drivers_and_extraction_name_whiteout_modes_alike() -> None:
+    """A driver's apply target says how deletions go in its own words (drivers import no
+    layer code), which the store hands to the extractor as they are."""
+    from graphdriver.drivers.base import DELETE_WHITEOUTS, OVERLAY_WHITEOUTS
+    from graphdriver.layerio.whiteout import WhiteoutMode
+
+    assert (DELETE_WHITEOUTS, OVERLAY_WHITEOUTS) == (WhiteoutMode.DELETE, WhiteoutMode.OVERLAY)

@@ -412,7 +412,7 @@ def test_apply_target_is_the_tree(d: VfsDriver) -> None:
     d.create("base", None)
     target = d.apply_target("base")
     assert target.path == str(fs_of(d, "base"))
-    assert target.whiteouts == WhiteoutMode.DELETE.value
+    assert target.whiteouts == WhiteoutMode.DELETE
     assert target.lower_dirs == ()
 
 

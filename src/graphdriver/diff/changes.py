@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
-import enum
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
-class ChangeKind(enum.Enum):
-    """``A`` added, ``C`` changed, ``D`` deleted (as ``docker diff`` prints them)."""
+class ChangeKind:
+    """``A`` added, ``C`` changed, ``D`` deleted (as ``docker diff`` prints them):
+    ``ChangeKind.ADD``, ``.MODIFY`` and ``.DELETE``, compared by identity, each with its
+    letter as ``value`` and its ``name``.
 
-    ADD = "A"
-    MODIFY = "C"
-    DELETE = "D"
+    Three constants of a plain class, not an :class:`enum.Enum`: ``changes`` and
+    ``diffsize`` would load ``enum`` (with ``functools`` and ``collections``) for them,
+    a sixth of their start-up.
+    """
+
+    __slots__ = ("name", "value")
+
+    ADD: ClassVar[ChangeKind]
+    MODIFY: ClassVar[ChangeKind]
+    DELETE: ClassVar[ChangeKind]
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"ChangeKind.{self.name}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return getattr, (ChangeKind, self.name)  # a copy or an unpickled one is the constant
+
+
+ChangeKind.ADD = ChangeKind("ADD", "A")
+ChangeKind.MODIFY = ChangeKind("MODIFY", "C")
+ChangeKind.DELETE = ChangeKind("DELETE", "D")
 
 
 class Change:

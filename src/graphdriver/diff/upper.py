@@ -420,7 +420,7 @@ def size(upper: str, lowers: Sequence[str], opaque_xattr: str = OVERLAY_OPAQUE_X
     The sizes come from the scan's own look at each file; only files of several names are
     looked at again, to count each inode once.
     """
-    from graphdriver.layerio.export import changes_size
+    from graphdriver.diff.size import changes_size
 
     result = scan(upper, lowers, opaque_xattr, sizes=True)
     if not result.linked:

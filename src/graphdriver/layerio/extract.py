@@ -128,7 +128,7 @@ class ApplyOptions:
     def __init__(
         self,
         idmaps: IDMappings | None = None,
-        whiteouts: WhiteoutMode = WhiteoutMode.DELETE,
+        whiteouts: str = WhiteoutMode.DELETE,
         lower_dirs: tuple[str, ...] = (),
         opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
         ignore_chown_errors: bool | None = None,
@@ -658,7 +658,7 @@ class _Extractor(Extraction):
         super().__init__(reader, root_fd, lower_fds, opts.opaque_xattr)
         self.opts = opts
         self.stats = stats
-        self.overlay = opts.whiteouts is WhiteoutMode.OVERLAY
+        self.overlay = opts.whiteouts == WhiteoutMode.OVERLAY
         self.same_ids = opts.idmaps.identity  # archive owners are host owners
         self.privileged = privileged()
         # Without privileges the user's own ids are root's (a tarball built from the

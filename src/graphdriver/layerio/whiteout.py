@@ -10,10 +10,11 @@ mounted with ``userxattr``, as rootless mounts are).
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Collection
-
 from graphdriver.fs.overlayfs import OPAQUE_XATTR, OPAQUE_XATTR_USER
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 WHITEOUT_PREFIX = ".wh."
 # Names starting with this are reserved metadata, not whiteouts of ".wh.<x>" files.
@@ -36,10 +37,14 @@ def hidden_by(path: str, folders: Collection[str]) -> bool:
     return "" in folders
 
 
-class WhiteoutMode(enum.Enum):
-    """How applying a layer expresses deletions in the target directory."""
+class WhiteoutMode:
+    """How applying a layer expresses deletions in the target directory: one of these names
+    (plain strings, the values a driver's apply target gives; not an :class:`enum.Enum`,
+    which the commands that list changes would load for them)."""
 
     #: The target holds the full tree (vfs): whiteouts delete, opaque dirs are emptied.
     DELETE = "delete"
     #: The target is an overlay upper dir: 0/0 char devices and the opaque xattr.
     OVERLAY = "overlay"
+    #: Both.
+    ALL = (DELETE, OVERLAY)

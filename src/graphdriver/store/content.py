@@ -56,11 +56,9 @@ def _oci_writer(idmaps: IDMappings, whiteouts: str, lowers: tuple[str, ...], opa
     import functools  # (with collections: only the commands that write layers load it)
 
     from graphdriver.layerio.extract import ApplyOptions, extract_entries
-    from graphdriver.layerio.whiteout import WhiteoutMode
-
     opts = ApplyOptions(
         idmaps=idmaps,
-        whiteouts=WhiteoutMode(whiteouts),
+        whiteouts=whiteouts,  # the driver's word for it, which WhiteoutMode spells alike
         lower_dirs=lowers,
         opaque_xattr=opaque_xattr,
     )
@@ -170,7 +168,7 @@ def size(driver: Driver, layer_id: str, parent: str | None, *, native: bool = Tr
     ``UtilityVM/`` files too, as the seeds' DiffSize (the sizes of the files its
     change list names) does.
     """
-    from graphdriver.layerio.export import changes_size
+    from graphdriver.diff.size import changes_size
 
     windows = driver.LAYER_FORMAT == WINDOWS_FORMAT
     with driver.compare(layer_id, parent, native=native) as c:
