@@ -158,6 +158,17 @@ def test_tarsplit_metadata_for_go_tool(store, tmp_path):
     assert out.stdout == BASE
 
 
+def assert_stays_its_tarball(store, data: bytes) -> None:
+    """Layer ``l`` imported from *data* checks sound, and after a mount that hands its tree out
+    writable (vfs) and no write, diff gives back *data* and check still finds it sound."""
+    store.import_layer("l", None, io.BytesIO(data))
+    assert store.check(["l"]) == [("l", None)]
+    store.mount("l")
+    store.unmount("l")
+    assert export(store, "l") == data
+    assert store.check(["l"]) == [("l", None)]
+
+
 @needs_root
 def test_a_namespaced_capability_of_root_is_the_layer_its_tarball_gives(store):
     """A revision-3 file capability whose root is uid 0 reads back as the revision-2 one it is
@@ -165,12 +176,7 @@ def test_a_namespaced_capability_of_root_is_the_layer_its_tarball_gives(store):
     mount that hands the tree out writable (vfs), diff still gives the imported bytes."""
     v3 = struct.pack("<6I", 0x03000001, 1 << 13, 0, 0, 0, 0)  # cap_net_raw, effective, root 0
     data = make_tar({"ping": F(b"ping", mode=0o755, xattrs={"security.capability": v3})})
-    store.import_layer("l", None, io.BytesIO(data))
-    assert store.check(["l"]) == [("l", None)]
-    store.mount("l")
-    store.unmount("l")
-    assert export(store, "l") == data
-    assert store.check(["l"]) == [("l", None)]
+    assert_stays_its_tarball(store, data)
 
 
 def _acl(*entries: tuple[int, int, int]) -> bytes:
@@ -229,12 +235,7 @@ def test_a_default_acl_reads_back_with_its_ids_and_an_empty_one_is_none(store):
     them; an empty one is no default ACL: check finds the layer sound, diff gives its bytes."""
     zeros = _acl((_UO, 7, 0), (_GO, 5, 0), (_OTHER, 5, 0))
     data = make_tar({"d": D(xattrs={_DEFAULT: zeros}), "d/f": F(b"f"), "e": D(xattrs={_DEFAULT: _acl()})})
-    store.import_layer("l", None, io.BytesIO(data))
-    assert store.check(["l"]) == [("l", None)]
-    store.mount("l")
-    store.unmount("l")
-    assert export(store, "l") == data
-    assert store.check(["l"]) == [("l", None)]
+    assert_stays_its_tarball(store, data)
 
 
 @needs_root
