@@ -26,8 +26,7 @@ whether it is a folder, a regular file or a symlink, so only an entry the view b
 holds (to compare the two), a device or other special file (a whiteout?), and for
 :func:`size` an added regular file is stat'd; an added entry is listed as its directory
 entry shows it (one removed meanwhile from a live layer too, as a file removed just after
-its look would be).  The sizes :func:`size` adds up come from the same looks, and
-:func:`export` opens the regular files the scan met without another look.
+its look would be).  The sizes :func:`size` adds up come from the same looks.
 
 "Below" is the parent's union view, computed the way overlayfs does: the
 lower directories nearest first, a whiteout or a non-directory hides
@@ -80,7 +79,7 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 class Scan(Plain):
     """What one reading of an upper directory found."""
 
-    __slots__ = ("carried", "changes", "files", "implied", "linked", "opaque", "size")
+    __slots__ = ("carried", "changes", "implied", "linked", "opaque", "size")
 
     def __init__(self) -> None:
         #: The changes, sorted by path, exactly as the generic walk lists them.
@@ -93,9 +92,6 @@ class Scan(Plain):
         #: Everything of the layer below (and including) an opaque directory with a marker:
         #: the marker hides what was below, so these must travel with it, changed or not.
         self.carried: list[str] = []
-        #: The paths of the layer's regular files the scan met (by their directory entry's
-        #: type): with sizes counted, the added ones are stat'ed for their size.
-        self.files: set[str] = set()
         #: With sizes counted (see :func:`scan`): the bytes of the added or changed regular
         #: files of one name, and the paths of those of several names, whose inodes count once.
         self.size = 0
@@ -266,18 +262,14 @@ class _Reader:
                 if e is None or _entryis_whiteout(e):
                     self.add(f"{rel}/{name}", ChangeKind.DELETE)
         subdirs: list[tuple[str, tuple[str, ...], bool]] = []
-        files, append = self.scan.files, self.scan.changes.append
+        append = self.scan.changes.append
         carry = opaque and bool(roots or opaque_above)
         for name, e in entries.items():
             path = f"{rel}/{name}"
             # The directory entry's type says nearly always what it is, without a stat.
             is_dir = e.is_dir(follow_symlinks=False)
             st: os.stat_result | None = None
-            if is_dir:
-                pass
-            elif e.is_file(follow_symlinks=False):
-                files.add(path)
-            elif not e.is_symlink():
+            if not is_dir and not e.is_file(follow_symlinks=False) and not e.is_symlink():
                 try:
                     st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -318,7 +310,7 @@ class _Reader:
 
     def added(self, path: str, e: os.DirEntry[str], st: os.stat_result | None) -> None:
         """Note the added entry *path*, no folder (*st*: its lstat, if taken)."""
-        if st is None and self.sizes and path in self.scan.files:
+        if st is None and self.sizes and e.is_file(follow_symlinks=False):
             try:
                 st = e.stat(follow_symlinks=False)
             except FileNotFoundError:
